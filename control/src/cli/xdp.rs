@@ -1,0 +1,300 @@
+//! `xdp-quic attach | detach | status | stats`: the operator's side of the XDP steering
+//! program. Each command exits non-zero with a message saying what to do when it
+//! cannot do its job, and then has changed nothing.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::xdp::{
+    self, AttachMode, AttachOptions, AttachOutcome, CountersJson, DetachOutcome, Mode,
+    ServiceConfig,
+};
+
+/// `--mode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ModeArg {
+    /// Native (driver) XDP when the driver has it, else generic (skb) XDP.
+    #[default]
+    Auto,
+    /// Native (driver) XDP only.
+    Native,
+    /// Generic (skb) XDP only.
+    Skb,
+}
+
+impl From<ModeArg> for AttachMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Auto => AttachMode::Auto,
+            ModeArg::Native => AttachMode::Native,
+            ModeArg::Skb => AttachMode::Skb,
+        }
+    }
+}
+
+/// Arguments of `xdp-quic attach`.
+#[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    /// Interface to attach to.
+    pub iface: String,
+    /// UDP destination port to steer to the AF_XDP sockets (repeat for several).
+    #[arg(long = "port", value_name = "PORT", required = true)]
+    pub ports: Vec<u16>,
+    /// Steer only packets to this destination address (repeat; default: any address).
+    #[arg(long = "addr", value_name = "IP")]
+    pub addrs: Vec<IpAddr>,
+    /// XDP mode.
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    pub mode: ModeArg,
+    /// Replace an XDP program that xdp-quic did not attach.
+    #[arg(long)]
+    pub force: bool,
+    /// Run in the network namespace /run/netns/NAME (keeps the host's /sys/fs/bpf).
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+}
+
+/// Arguments of `xdp-quic detach`.
+#[derive(Debug, clap::Args)]
+pub struct DetachArgs {
+    /// Interface to detach from.
+    pub iface: String,
+    /// Run in the network namespace /run/netns/NAME (keeps the host's /sys/fs/bpf).
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+}
+
+/// Arguments of `xdp-quic status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Run in the network namespace /run/netns/NAME (keeps the host's /sys/fs/bpf).
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+}
+
+/// Arguments of `xdp-quic stats`.
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// Interface.
+    pub iface: String,
+    /// Print JSON (one object; in watch mode one object per line).
+    #[arg(long)]
+    pub json: bool,
+    /// Print the counters and their rates every SECS seconds (until interrupted).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub watch: Option<f64>,
+    /// In watch mode, stop after N reports.
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub count: Option<u64>,
+    /// Run in the network namespace /run/netns/NAME (keeps the host's /sys/fs/bpf).
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=86400.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not a number of seconds between 0.1 and 86400"
+        )),
+    }
+}
+
+fn enter(netns: &Option<String>) -> anyhow::Result<()> {
+    match netns {
+        Some(n) => xdp::netns::enter(n),
+        None => Ok(()),
+    }
+}
+
+fn list<T: ToString>(v: impl IntoIterator<Item = T>, empty: &str) -> String {
+    let s: Vec<String> = v.into_iter().map(|x| x.to_string()).collect();
+    if s.is_empty() {
+        empty.to_string()
+    } else {
+        s.join(", ")
+    }
+}
+
+/// `xdp-quic attach`.
+pub fn attach(a: &AttachArgs) -> anyhow::Result<()> {
+    let service = ServiceConfig {
+        ports: a.ports.iter().copied().collect(),
+        addrs: a.addrs.iter().copied().collect(),
+    };
+    service.validate()?;
+    enter(&a.netns)?;
+    let opts = AttachOptions {
+        service: service.clone(),
+        mode: a.mode.into(),
+        force: a.force,
+    };
+    let ports = list(&service.ports, "-");
+    let addrs = list(&service.addrs, "any");
+    let pin_dir = xdp::pins::dir(&a.iface);
+    match xdp::attach(&a.iface, &opts)? {
+        AttachOutcome::Attached { mode, prog_id, replaced, mounted_bpffs, removed_stale } => {
+            if mounted_bpffs {
+                println!("mounted bpffs at {}", xdp::pins::BPFFS);
+            }
+            if removed_stale {
+                println!("removed stale pins of a previous attachment to {}", a.iface);
+            }
+            if let Some(id) = replaced {
+                println!("removed the XDP program {id} from {} (--force)", a.iface);
+            }
+            if a.mode == ModeArg::Auto && mode == Mode::Skb {
+                println!("native XDP is not available on {}: using generic (skb) mode", a.iface);
+            }
+            println!(
+                "attached xdp-quic to {} in {} mode (program id {prog_id}); ports {ports}; addresses {addrs}; pins in {}",
+                a.iface,
+                mode.name(),
+                pin_dir.display()
+            );
+        }
+        AttachOutcome::Unchanged { mode, prog_id } => println!(
+            "xdp-quic is already attached to {} in {} mode (program id {prog_id}) with ports {ports}, addresses {addrs}: nothing changed",
+            a.iface,
+            mode.name()
+        ),
+        AttachOutcome::Updated { mode, prog_id, before } => println!(
+            "xdp-quic is already attached to {} in {} mode (program id {prog_id}): updated ports {} -> {ports}, addresses {} -> {addrs}",
+            a.iface,
+            mode.name(),
+            list(&before.ports, "-"),
+            list(&before.addrs, "any"),
+        ),
+    }
+    Ok(())
+}
+
+/// `xdp-quic detach`.
+pub fn detach(a: &DetachArgs) -> anyhow::Result<()> {
+    enter(&a.netns)?;
+    match xdp::detach(&a.iface)? {
+        DetachOutcome::Detached { prog_id } => {
+            println!(
+                "detached xdp-quic (program id {prog_id}) from {} and removed its pins",
+                a.iface
+            )
+        }
+        DetachOutcome::RemovedStale => {
+            println!(
+                "{} had only stale xdp-quic pins (interface gone); removed them",
+                a.iface
+            )
+        }
+    }
+    Ok(())
+}
+
+/// `xdp-quic status`.
+pub fn status(a: &StatusArgs) -> anyhow::Result<()> {
+    enter(&a.netns)?;
+    let all = xdp::status()?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "interfaces": all }))?
+        );
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("xdp-quic is not attached to any interface");
+        return Ok(());
+    }
+    for s in all {
+        match s.state {
+            "attached" => {
+                println!(
+                    "{}: attached, {} mode, program id {}, link id {}, ifindex {}",
+                    s.iface,
+                    s.mode.unwrap_or("?"),
+                    s.prog_id.unwrap_or(0),
+                    s.link_id.unwrap_or(0),
+                    s.ifindex.unwrap_or(0)
+                );
+                println!("  ports: {}", list(&s.ports, "-"));
+                println!("  addresses: {}", list(&s.addrs, "any"));
+                let q: Vec<String> = s
+                    .queues
+                    .iter()
+                    .map(|q| {
+                        let mark = if q.socket { "socket" } else { "-" };
+                        format!("{}:{mark}", q.queue)
+                    })
+                    .collect();
+                println!("  queues: {}", q.join(" "));
+                println!("  pins: {}", s.pin_dir);
+            }
+            "other-netns" => println!(
+                "{}: attached in another network namespace (use --netns); pins {}",
+                s.iface, s.pin_dir
+            ),
+            _ => println!(
+                "{}: stale pins (interface gone): run `xdp-quic detach {}`",
+                s.iface, s.iface
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// `xdp-quic stats`.
+pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
+    enter(&a.netns)?;
+    let mut prev = xdp::pinned_counters(&a.iface)?;
+    let Some(secs) = a.watch else {
+        if a.json {
+            let j = serde_json::json!({ "iface": a.iface, "counters": CountersJson::from(&prev) });
+            println!("{}", serde_json::to_string_pretty(&j)?);
+        } else {
+            for (name, v) in prev.named() {
+                println!("{name:<24} {v:>16}");
+            }
+        }
+        return Ok(());
+    };
+    let interval = Duration::from_secs_f64(secs);
+    let mut last = Instant::now();
+    let mut n = 0u64;
+    while a.count.is_none_or(|c| n < c) {
+        std::thread::sleep(interval);
+        let now_counters = xdp::pinned_counters(&a.iface)?;
+        let now = Instant::now();
+        let dt = now.duration_since(last).as_secs_f64();
+        let delta = now_counters.delta(&prev);
+        if a.json {
+            let rates: serde_json::Map<String, serde_json::Value> = delta
+                .named()
+                .into_iter()
+                .map(|(k, d)| (k, serde_json::json!(d as f64 / dt)))
+                .collect();
+            let j = serde_json::json!({
+                "iface": a.iface,
+                "interval_secs": dt,
+                "counters": CountersJson::from(&now_counters),
+                "rates": rates,
+            });
+            println!("{}", serde_json::to_string(&j)?);
+        } else {
+            println!(
+                "{:<24} {:>16} {:>14}",
+                format!("{} ({dt:.1}s)", a.iface),
+                "total",
+                "per second"
+            );
+            for ((name, v), (_, d)) in now_counters.named().into_iter().zip(delta.named()) {
+                println!("{name:<24} {v:>16} {:>14.1}", d as f64 / dt);
+            }
+        }
+        prev = now_counters;
+        last = now;
+        n += 1;
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! xdp-quic control plane: loading and attaching the XDP steering program, its pinned maps,
+//! and the `xdp-quic` command line.
+
+pub mod cli;
+pub mod xdp;

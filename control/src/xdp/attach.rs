@@ -1,0 +1,393 @@
+//! Persistent attachment (`xdp-quic attach` / `detach`: pinned link and maps) and the
+//! embedded attachment (for the life of a process).
+
+use std::os::fd::AsFd as _;
+
+use anyhow::Context as _;
+use aya::maps::{Map, MapData, XskMap};
+use aya::programs::links::FdLink;
+use xdp_quic_ebpf::Config;
+
+use super::load::{self, AttachMode, Mode};
+use super::maps::{ProgramMaps, ServiceConfig};
+use super::netlink::{self, LinkState, XdpAttached};
+use super::{caps, netns, pins, sys, Counters, XdpError, XskRegistry};
+
+/// What [`attach`] asks for.
+#[derive(Debug, Clone, Default)]
+pub struct AttachOptions {
+    /// Ports and addresses to steer.
+    pub service: ServiceConfig,
+    /// Mode to attach in.
+    pub mode: AttachMode,
+    /// Replace an XDP program that xdp-quic did not attach.
+    pub force: bool,
+}
+
+/// What [`attach`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachOutcome {
+    /// Attached now.
+    Attached {
+        /// Mode used.
+        mode: Mode,
+        /// Program id.
+        prog_id: u32,
+        /// Id of the foreign program that `--force` removed.
+        replaced: Option<u32>,
+        /// Whether bpffs had to be mounted.
+        mounted_bpffs: bool,
+        /// Whether stale pins (of a vanished interface) were removed first.
+        removed_stale: bool,
+    },
+    /// Already attached with this service configuration: nothing changed.
+    Unchanged {
+        /// Mode of the attachment.
+        mode: Mode,
+        /// Program id.
+        prog_id: u32,
+    },
+    /// Already attached: ports/addresses updated in place.
+    Updated {
+        /// Mode of the attachment.
+        mode: Mode,
+        /// Program id.
+        prog_id: u32,
+        /// The service before.
+        before: ServiceConfig,
+    },
+}
+
+/// State of the pins of one interface name.
+#[derive(Debug)]
+pub enum Pinned {
+    /// No pin directory.
+    None,
+    /// Attached and live in this network namespace.
+    Live(Box<LiveAttachment>),
+    /// Live, but the interface is in another network namespace.
+    OtherNamespace,
+    /// Pins whose link no longer attaches anything (interface gone) or half-made.
+    Stale,
+}
+
+/// A live pinned attachment.
+#[derive(Debug)]
+pub struct LiveAttachment {
+    /// Its maps.
+    pub maps: ProgramMaps,
+    /// Its config entry.
+    pub config: Config,
+    /// Mode.
+    pub mode: Mode,
+    /// Program id.
+    pub prog_id: u32,
+    /// Link id.
+    pub link_id: u32,
+}
+
+/// Inspects the pins of `iface` against this network namespace.
+pub fn inspect(iface: &str) -> anyhow::Result<Pinned> {
+    let dir = pins::dir(iface);
+    if !dir.exists() {
+        return Ok(Pinned::None);
+    }
+    let link = match sys::obj_get(&dir.join(pins::LINK)) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Pinned::Stale),
+        Err(e) => {
+            return Err(anyhow::Error::from(e)
+                .context(format!("opening {}", dir.join(pins::LINK).display())))
+        }
+    };
+    let info = sys::xdp_link_info(link.as_fd()).context("reading the pinned link")?;
+    let Ok(maps) = ProgramMaps::open_pinned(&dir) else {
+        return Ok(Pinned::Stale);
+    };
+    if info.ifindex == 0 {
+        return Ok(Pinned::Stale);
+    }
+    let config = maps.read_config()?;
+    if config.netns_ino != netns::current_ino()? {
+        return Ok(Pinned::OtherNamespace);
+    }
+    let mode = Mode::from_config(config.mode).unwrap_or(Mode::Skb);
+    Ok(Pinned::Live(Box::new(LiveAttachment {
+        maps,
+        config,
+        mode,
+        prog_id: info.prog_id,
+        link_id: info.id,
+    })))
+}
+
+fn resolve(iface: &str) -> anyhow::Result<LinkState> {
+    netlink::link_by_name(iface)
+        .with_context(|| format!("looking up interface {iface}"))?
+        .ok_or_else(|| XdpError::UnknownInterface(iface.to_string()).into())
+}
+
+/// Attaches the steering program to `iface` persistently: the link and the maps are
+/// pinned under `/sys/fs/bpf/xdp-quic/<iface>/` (bpffs is mounted if needed) and stay
+/// after this process exits.
+///
+/// If xdp-quic is already attached there: same service → [`AttachOutcome::Unchanged`];
+/// other ports/addresses → updated in place ([`AttachOutcome::Updated`]); another mode
+/// asked explicitly → [`XdpError::ModeMismatch`]. Another program on the interface →
+/// [`XdpError::ForeignProgram`] unless `force`. On error nothing is left changed.
+pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome> {
+    opts.service.validate()?;
+    caps::require_xdp_admin(&format!("attaching XDP to {iface}"))?;
+    let link_state = resolve(iface)?;
+    let mounted_bpffs = pins::ensure_bpffs()?;
+    let mut removed_stale = false;
+    match inspect(iface)? {
+        Pinned::Live(mut live) => {
+            if link_state.ifindex != live.config.ifindex || link_state.xdp_prog_id != live.prog_id {
+                // Same name, other interface (recreated): the old link is dead weight.
+                pins::remove_dir(iface).context("removing stale pins")?;
+                removed_stale = true;
+            } else {
+                if !live.mode.satisfies(opts.mode) {
+                    return Err(XdpError::ModeMismatch {
+                        iface: iface.into(),
+                        current: live.mode.name(),
+                        wanted: if opts.mode == AttachMode::Native {
+                            "native"
+                        } else {
+                            "skb"
+                        },
+                    }
+                    .into());
+                }
+                let before = live.maps.read_service()?;
+                if before == opts.service {
+                    return Ok(AttachOutcome::Unchanged {
+                        mode: live.mode,
+                        prog_id: live.prog_id,
+                    });
+                }
+                live.maps.write_service(&opts.service)?;
+                return Ok(AttachOutcome::Updated {
+                    mode: live.mode,
+                    prog_id: live.prog_id,
+                    before,
+                });
+            }
+        }
+        Pinned::OtherNamespace => {
+            return Err(XdpError::OtherNamespace {
+                iface: iface.into(),
+                path: pins::dir(iface),
+            }
+            .into());
+        }
+        Pinned::Stale => {
+            pins::remove_dir(iface).context("removing stale pins")?;
+            removed_stale = true;
+        }
+        Pinned::None => {}
+    }
+    let replaced = clear_foreign(iface, &link_state, opts.force)?;
+    let config = Config {
+        ifindex: link_state.ifindex,
+        netns_ino: netns::current_ino()?,
+        ..Config::default()
+    };
+    let mut loaded = load::load(&opts.service, config)?;
+    let (link, mode) = load::attach_link(&mut loaded, iface, link_state.ifindex, opts.mode)?;
+    let mut config = loaded.maps.read_config()?;
+    config.mode = mode.to_config();
+    loaded.maps.write_config(&config)?;
+
+    let dir = pins::create_dir(iface)
+        .with_context(|| format!("creating {}", pins::dir(iface).display()))?;
+    let guard = pins::DirGuard::new(iface);
+    loaded.maps.pin(&dir)?;
+    link.pin(dir.join(pins::LINK))
+        .with_context(|| format!("pinning the link in {}", dir.display()))?;
+    guard.commit();
+    Ok(AttachOutcome::Attached {
+        mode,
+        prog_id: loaded.prog_id,
+        replaced,
+        mounted_bpffs,
+        removed_stale,
+    })
+}
+
+/// Removes a foreign XDP program from the interface when `force`; refuses otherwise.
+/// Returns the id of the program removed.
+fn clear_foreign(iface: &str, st: &LinkState, force: bool) -> anyhow::Result<Option<u32>> {
+    if st.xdp == XdpAttached::None {
+        return Ok(None);
+    }
+    if !force {
+        return Err(XdpError::ForeignProgram {
+            iface: iface.into(),
+            prog_id: st.xdp_prog_id,
+            mode: st.xdp.name(),
+        }
+        .into());
+    }
+    // A BPF link holds it: detach the link (its owner keeps a defunct link).
+    for info in aya::programs::loaded_links() {
+        let Ok(info) = info else { continue };
+        if info.link_type().ok() != Some(aya::programs::links::LinkType::Xdp)
+            || info.program_id() != st.xdp_prog_id
+        {
+            continue;
+        }
+        let fd = sys::link_fd_by_id(info.id()).context("opening the other program's link")?;
+        if sys::xdp_link_info(fd.as_fd())?.ifindex == st.ifindex {
+            sys::link_detach(fd.as_fd()).context("detaching the other program's link")?;
+            return Ok(Some(st.xdp_prog_id));
+        }
+    }
+    // Attached through netlink.
+    netlink::detach_netlink_xdp(st.ifindex, st.xdp.flags())
+        .with_context(|| format!("removing the other XDP program from {iface}"))?;
+    Ok(Some(st.xdp_prog_id))
+}
+
+/// What [`detach`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DetachOutcome {
+    /// The program was attached and is now gone with its pins.
+    Detached {
+        /// Program id it had.
+        prog_id: u32,
+    },
+    /// Only stale pins were left (interface gone); they are removed.
+    RemovedStale,
+}
+
+/// Detaches xdp-quic from `iface` and removes its pins. Errors with
+/// [`XdpError::NotAttached`] when there is nothing to detach.
+pub fn detach(iface: &str) -> anyhow::Result<DetachOutcome> {
+    caps::require_xdp_admin(&format!("detaching XDP from {iface}"))?;
+    if !pins::bpffs_mounted() {
+        return Err(XdpError::NotAttached {
+            iface: iface.into(),
+            path: pins::dir(iface),
+        }
+        .into());
+    }
+    match inspect(iface)? {
+        Pinned::None => Err(XdpError::NotAttached {
+            iface: iface.into(),
+            path: pins::dir(iface),
+        }
+        .into()),
+        Pinned::OtherNamespace => Err(XdpError::OtherNamespace {
+            iface: iface.into(),
+            path: pins::dir(iface),
+        }
+        .into()),
+        Pinned::Stale => {
+            pins::remove_dir(iface).context("removing stale pins")?;
+            Ok(DetachOutcome::RemovedStale)
+        }
+        Pinned::Live(live) => {
+            let link = sys::obj_get(&pins::dir(iface).join(pins::LINK))?;
+            let prog_id = live.prog_id;
+            drop(live);
+            // Detach explicitly: a daemon may hold the link fd open, and the attachment
+            // must end now, not when the last holder exits.
+            sys::link_detach(link.as_fd()).context("detaching the link")?;
+            pins::remove_dir(iface).context("removing pins")?;
+            Ok(DetachOutcome::Detached { prog_id })
+        }
+    }
+}
+
+/// An attachment that lasts as long as this value: dropping it (or the process
+/// exiting) detaches the program. No pins are made.
+pub struct EmbeddedAttachment {
+    // Field order: the link goes first, then the maps and the object.
+    _link: FdLink,
+    maps: ProgramMaps,
+    _ebpf: aya::Ebpf,
+    mode: Mode,
+    prog_id: u32,
+    ifindex: u32,
+}
+
+impl std::fmt::Debug for EmbeddedAttachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedAttachment")
+            .field("mode", &self.mode)
+            .field("prog_id", &self.prog_id)
+            .field("ifindex", &self.ifindex)
+            .finish()
+    }
+}
+
+impl EmbeddedAttachment {
+    /// Mode in use.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+    /// Program id.
+    pub fn prog_id(&self) -> u32 {
+        self.prog_id
+    }
+    /// Interface index.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+    /// A handle on the XSKMAP to register AF_XDP sockets (a second fd on the same map).
+    pub fn xsks(&self) -> anyhow::Result<XskRegistry> {
+        let Map::XskMap(data) = &self.maps.xsks else {
+            anyhow::bail!("xsks is not an XSKMAP");
+        };
+        let dup = MapData::from_id(data.info()?.id())?;
+        let Map::Array(odata) = &self.maps.xsk_owners else {
+            anyhow::bail!("xsk_owners is not an ARRAY");
+        };
+        let odup = MapData::from_id(odata.info()?.id())?;
+        Ok(XskRegistry::from_maps(
+            XskMap::try_from(Map::from_map_data(dup)?)?,
+            aya::maps::Array::try_from(Map::from_map_data(odup)?)?,
+        ))
+    }
+    /// Current counters.
+    pub fn counters(&self) -> anyhow::Result<Counters> {
+        Counters::read(&self.maps.counters)
+    }
+    /// Changes the steered ports/addresses.
+    pub fn set_service(&mut self, service: &ServiceConfig) -> anyhow::Result<()> {
+        self.maps.write_service(service)
+    }
+}
+
+/// Attaches for the life of the returned value (embedded mode). Refuses when xdp-quic's
+/// pins or another program already occupy the interface (no `force` here).
+pub fn attach_embedded(
+    iface: &str,
+    service: &ServiceConfig,
+    mode: AttachMode,
+) -> anyhow::Result<EmbeddedAttachment> {
+    service.validate()?;
+    caps::require_xdp_admin(&format!("attaching XDP to {iface}"))?;
+    let st = resolve(iface)?;
+    clear_foreign(iface, &st, false)?;
+    let config = Config {
+        ifindex: st.ifindex,
+        netns_ino: netns::current_ino()?,
+        ..Config::default()
+    };
+    let mut loaded = load::load(service, config)?;
+    let (link, mode) = load::attach_link(&mut loaded, iface, st.ifindex, mode)?;
+    let mut config = loaded.maps.read_config()?;
+    config.mode = mode.to_config();
+    loaded.maps.write_config(&config)?;
+    Ok(EmbeddedAttachment {
+        _link: link,
+        maps: loaded.maps,
+        _ebpf: loaded.ebpf,
+        mode,
+        prog_id: loaded.prog_id,
+        ifindex: st.ifindex,
+    })
+}

@@ -1,0 +1,54 @@
+//! The program's per-CPU counters, summed over CPUs.
+
+use std::collections::BTreeMap;
+
+use aya::maps::{Map, MapData, PerCpuArray};
+use serde::Serialize;
+use xdp_quic_ebpf::{Counter, CNT_COUNT};
+
+/// A snapshot of every counter, summed over CPUs, by index (see [`Counter::index`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters(pub [u64; CNT_COUNT as usize]);
+
+impl Counters {
+    /// Reads the `counters` map.
+    pub fn read(map: &Map) -> anyhow::Result<Self> {
+        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        let mut out = [0u64; CNT_COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = a.get(&(i as u32), 0)?;
+            *slot = per_cpu.iter().copied().fold(0u64, u64::wrapping_add);
+        }
+        Ok(Self(out))
+    }
+
+    /// Value of one counter.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c.index() as usize]
+    }
+
+    /// `(name, value)` of every counter in index order (see [`Counter::name`]).
+    pub fn named(&self) -> Vec<(String, u64)> {
+        Counter::all().map(|c| (c.name(), self.get(c))).collect()
+    }
+
+    /// `self - earlier`, per counter (wrapping).
+    pub fn delta(&self, earlier: &Counters) -> Counters {
+        let mut d = [0u64; CNT_COUNT as usize];
+        for (i, v) in d.iter_mut().enumerate() {
+            *v = self.0[i].wrapping_sub(earlier.0[i]);
+        }
+        Counters(d)
+    }
+}
+
+/// JSON form: `{"packets": N, "v4.redirected": N, ...}`, keys sorted.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct CountersJson(pub BTreeMap<String, u64>);
+
+impl From<&Counters> for CountersJson {
+    fn from(c: &Counters) -> Self {
+        Self(c.named().into_iter().collect())
+    }
+}

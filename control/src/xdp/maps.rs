@@ -1,0 +1,239 @@
+//! The program's maps, either just loaded or opened from their pins, and the service
+//! configuration (ports, addresses) written into them.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap, Map, MapData};
+use xdp_quic_ebpf::{maps as names, Config, XskOwner, CFG_FILTER_ADDRS};
+
+use super::XdpError;
+
+/// What is steered: UDP to one of `ports`, and, when `addrs` is not empty, to one of
+/// `addrs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// UDP destination ports (at least one, at most `xdp_quic_ebpf::MAX_PORTS`).
+    pub ports: BTreeSet<u16>,
+    /// Destination addresses; empty means any (at most `MAX_ADDRS` per family).
+    pub addrs: BTreeSet<IpAddr>,
+}
+
+impl ServiceConfig {
+    /// Checks the limits of the maps; a port 0 or an empty port set is refused.
+    pub fn validate(&self) -> Result<(), XdpError> {
+        if self.ports.is_empty() {
+            return Err(XdpError::BadArgument(
+                "at least one --port is needed".into(),
+            ));
+        }
+        if self.ports.contains(&0) {
+            return Err(XdpError::BadArgument(
+                "port 0 is not a valid service port".into(),
+            ));
+        }
+        if self.ports.len() > xdp_quic_ebpf::MAX_PORTS as usize {
+            return Err(XdpError::BadArgument(format!(
+                "at most {} ports",
+                xdp_quic_ebpf::MAX_PORTS
+            )));
+        }
+        let v4 = self.addrs.iter().filter(|a| a.is_ipv4()).count();
+        if v4 > xdp_quic_ebpf::MAX_ADDRS as usize
+            || self.addrs.len() - v4 > xdp_quic_ebpf::MAX_ADDRS as usize
+        {
+            return Err(XdpError::BadArgument(format!(
+                "at most {} addresses per family",
+                xdp_quic_ebpf::MAX_ADDRS
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Handles on the six maps of one program instance.
+#[derive(Debug)]
+pub struct ProgramMaps {
+    /// `xsks` (XSKMAP).
+    pub xsks: Map,
+    /// `ports`.
+    pub ports: Map,
+    /// `addrs4`.
+    pub addrs4: Map,
+    /// `addrs6`.
+    pub addrs6: Map,
+    /// `config`.
+    pub config: Map,
+    /// `counters`.
+    pub counters: Map,
+    /// `xsk_owners`.
+    pub xsk_owners: Map,
+}
+
+impl ProgramMaps {
+    /// Takes the maps out of a freshly loaded object.
+    pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        let mut take = |n: &str| {
+            ebpf.take_map(n)
+                .with_context(|| format!("map '{n}' missing from the object"))
+        };
+        Ok(Self {
+            xsks: take(names::XSKS)?,
+            ports: take(names::PORTS)?,
+            addrs4: take(names::ADDRS4)?,
+            addrs6: take(names::ADDRS6)?,
+            config: take(names::CONFIG)?,
+            counters: take(names::COUNTERS)?,
+            xsk_owners: take(names::XSK_OWNERS)?,
+        })
+    }
+
+    /// Opens the maps pinned in `dir`.
+    pub fn open_pinned(dir: &Path) -> anyhow::Result<Self> {
+        let open = |n: &str| -> anyhow::Result<Map> {
+            let p = dir.join(n);
+            let data = MapData::from_pin(&p)
+                .with_context(|| format!("opening pinned map {}", p.display()))?;
+            Ok(Map::from_map_data(data)?)
+        };
+        Ok(Self {
+            xsks: open(names::XSKS)?,
+            ports: open(names::PORTS)?,
+            addrs4: open(names::ADDRS4)?,
+            addrs6: open(names::ADDRS6)?,
+            config: open(names::CONFIG)?,
+            counters: open(names::COUNTERS)?,
+            xsk_owners: open(names::XSK_OWNERS)?,
+        })
+    }
+
+    /// Pins every map into `dir` under its name.
+    pub fn pin(&self, dir: &Path) -> anyhow::Result<()> {
+        for (n, m) in self.named() {
+            m.pin(dir.join(n))
+                .with_context(|| format!("pinning map {n} in {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    fn named(&self) -> [(&'static str, &Map); 7] {
+        [
+            (names::XSKS, &self.xsks),
+            (names::PORTS, &self.ports),
+            (names::ADDRS4, &self.addrs4),
+            (names::ADDRS6, &self.addrs6),
+            (names::CONFIG, &self.config),
+            (names::COUNTERS, &self.counters),
+            (names::XSK_OWNERS, &self.xsk_owners),
+        ]
+    }
+
+    /// The config entry.
+    pub fn read_config(&self) -> anyhow::Result<Config> {
+        let a: Array<&MapData, Config> = Array::try_from(&self.config)?;
+        Ok(a.get(&0, 0)?)
+    }
+
+    /// Writes the config entry.
+    pub fn write_config(&mut self, c: &Config) -> anyhow::Result<()> {
+        let mut a: Array<&mut MapData, Config> = Array::try_from(&mut self.config)?;
+        a.set(0, c, 0)?;
+        Ok(())
+    }
+
+    /// Queues whose registered AF_XDP socket is still held by its registrant, among
+    /// `0..queues` (see [`XskOwner`]).
+    pub fn registered_queues(&self, queues: u32) -> anyhow::Result<Vec<u32>> {
+        let a: Array<&MapData, XskOwner> = Array::try_from(&self.xsk_owners)?;
+        let mut v = Vec::new();
+        for q in 0..queues.min(a.len()) {
+            if owner_alive(&a.get(&q, 0)?) {
+                v.push(q);
+            }
+        }
+        Ok(v)
+    }
+
+    /// The service configuration currently in the maps.
+    pub fn read_service(&self) -> anyhow::Result<ServiceConfig> {
+        let ports: HashMap<&MapData, u16, u8> = HashMap::try_from(&self.ports)?;
+        let a4: HashMap<&MapData, [u8; 4], u8> = HashMap::try_from(&self.addrs4)?;
+        let a6: HashMap<&MapData, [u8; 16], u8> = HashMap::try_from(&self.addrs6)?;
+        let mut s = ServiceConfig::default();
+        for k in ports.keys() {
+            s.ports.insert(k?);
+        }
+        for k in a4.keys() {
+            s.addrs.insert(IpAddr::from(k?));
+        }
+        for k in a6.keys() {
+            s.addrs.insert(IpAddr::from(k?));
+        }
+        Ok(s)
+    }
+
+    /// Makes the maps steer exactly `want`, keeping `mode`, `ifindex` and `netns_ino`
+    /// of the config. New entries go in before old ones go out, and the address filter
+    /// is switched on only after the addresses are in (off before they leave), so a
+    /// packet in flight sees either the old or the new service, or a superset of both.
+    pub fn write_service(&mut self, want: &ServiceConfig) -> anyhow::Result<()> {
+        want.validate()?;
+        let have = self.read_service()?;
+        let mut cfg = self.read_config()?;
+        if want.addrs.is_empty() && cfg.flags & CFG_FILTER_ADDRS != 0 {
+            cfg.flags &= !CFG_FILTER_ADDRS;
+            self.write_config(&cfg)?;
+        }
+        {
+            let mut ports: HashMap<&mut MapData, u16, u8> = HashMap::try_from(&mut self.ports)?;
+            for p in want.ports.difference(&have.ports) {
+                ports
+                    .insert(p, 1, 0)
+                    .with_context(|| format!("adding port {p}"))?;
+            }
+            for p in have.ports.difference(&want.ports) {
+                ports
+                    .remove(p)
+                    .with_context(|| format!("removing port {p}"))?;
+            }
+        }
+        {
+            let mut a4: HashMap<&mut MapData, [u8; 4], u8> = HashMap::try_from(&mut self.addrs4)?;
+            let mut a6: HashMap<&mut MapData, [u8; 16], u8> = HashMap::try_from(&mut self.addrs6)?;
+            for a in want.addrs.difference(&have.addrs) {
+                match a {
+                    IpAddr::V4(v4) => a4.insert(v4.octets(), 1, 0),
+                    IpAddr::V6(v6) => a6.insert(v6.octets(), 1, 0),
+                }
+                .with_context(|| format!("adding address {a}"))?;
+            }
+            for a in have.addrs.difference(&want.addrs) {
+                match a {
+                    IpAddr::V4(v4) => a4.remove(&v4.octets()),
+                    IpAddr::V6(v6) => a6.remove(&v6.octets()),
+                }
+                .with_context(|| format!("removing address {a}"))?;
+            }
+        }
+        if !want.addrs.is_empty() && cfg.flags & CFG_FILTER_ADDRS == 0 {
+            cfg.flags |= CFG_FILTER_ADDRS;
+            self.write_config(&cfg)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether process `o.pid` still holds the socket with inode `o.sock_ino`.
+pub(crate) fn owner_alive(o: &XskOwner) -> bool {
+    if o.pid == 0 || o.sock_ino == 0 {
+        return false;
+    }
+    let want = format!("socket:[{}]", o.sock_ino);
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{}/fd", o.pid)) else {
+        return false;
+    };
+    rd.flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == want.as_str()))
+}

@@ -1,0 +1,54 @@
+//! Loading, attaching and inspecting the XDP steering program (`ebpf/xdp_quic.c`).
+//!
+//! * Persistent attachment ([`attach`], [`detach`]): the BPF link and the maps are
+//!   pinned under `/sys/fs/bpf/xdp-quic/<iface>/` with the names `link`, `xsks`,
+//!   `ports`, `addrs4`, `addrs6`, `config`, `counters` (see [`xdp_quic_ebpf::maps`]);
+//!   the program stays attached after the process exits, until [`detach`].
+//! * Daemons register their AF_XDP sockets in the pinned XSKMAP with [`XskRegistry`].
+//! * Embedded attachment ([`attach_embedded`]): no pins; the returned guard detaches
+//!   on drop, and the kernel detaches when the process dies.
+//! * [`status`], [`Counters`], and [`test_run`] for running the program on crafted
+//!   packets without an interface.
+//!
+//! Interfaces are looked up in the calling thread's network namespace; [`netns::enter`]
+//! moves there first without leaving the mount namespace (so the pins stay visible).
+
+mod attach;
+mod caps;
+mod counters;
+mod error;
+mod load;
+mod maps;
+pub mod netlink;
+pub mod netns;
+pub mod pins;
+mod status;
+mod sys;
+pub mod test_run;
+mod xsk;
+
+pub use attach::{
+    attach, attach_embedded, detach, inspect, AttachOptions, AttachOutcome, DetachOutcome,
+    EmbeddedAttachment, LiveAttachment, Pinned,
+};
+pub use counters::{Counters, CountersJson};
+pub use error::XdpError;
+pub use load::{AttachMode, Mode};
+pub use maps::{ProgramMaps, ServiceConfig};
+pub use status::{status, IfaceStatus, QueueStatus};
+pub use xsk::XskRegistry;
+
+/// Reads the counters of the program attached (pinned) on `iface`.
+pub fn pinned_counters(iface: &str) -> anyhow::Result<Counters> {
+    caps::require_xdp_admin(&format!("reading the counters of {iface}"))?;
+    let dir = pins::dir(iface);
+    if !pins::bpffs_mounted() || !dir.join(xdp_quic_ebpf::maps::COUNTERS).exists() {
+        return Err(XdpError::NotAttached {
+            iface: iface.into(),
+            path: dir,
+        }
+        .into());
+    }
+    let map = aya::maps::MapData::from_pin(dir.join(xdp_quic_ebpf::maps::COUNTERS))?;
+    Counters::read(&aya::maps::Map::from_map_data(map)?)
+}

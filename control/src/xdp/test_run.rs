@@ -1,0 +1,56 @@
+//! Running the steering program on crafted packets without an interface
+//! (`BPF_PROG_TEST_RUN`), for tests and for checking a kernel accepts the program.
+
+use std::os::fd::AsFd as _;
+
+use anyhow::Context as _;
+use aya::programs::Xdp;
+
+use super::load::{self, Loaded};
+use super::maps::ServiceConfig;
+use super::{sys, Counters};
+
+pub use super::sys::TestRunOutput;
+
+/// `XDP_DROP`.
+pub const XDP_DROP: u32 = 1;
+/// `XDP_PASS`.
+pub const XDP_PASS: u32 = 2;
+/// `XDP_REDIRECT`.
+pub const XDP_REDIRECT: u32 = 4;
+
+/// A loaded, unattached instance of the steering program.
+pub struct TestProgram {
+    loaded: Loaded,
+}
+
+impl TestProgram {
+    /// Loads the embedded program (the verifier checks it) configured with `service`.
+    pub fn load(service: &ServiceConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            loaded: load::load(service, xdp_quic_ebpf::Config::default())?,
+        })
+    }
+
+    /// Runs the program once on `packet`, as received on rx queue 0.
+    pub fn run(&mut self, packet: &[u8]) -> anyhow::Result<TestRunOutput> {
+        let prog: &Xdp = self
+            .loaded
+            .ebpf
+            .program(xdp_quic_ebpf::PROG_NAME)
+            .context("program missing")?
+            .try_into()?;
+        let fd = prog.fd()?;
+        sys::prog_test_run_xdp(fd.as_fd(), packet, 0, 0).context("BPF_PROG_TEST_RUN")
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> anyhow::Result<Counters> {
+        Counters::read(&self.loaded.maps.counters)
+    }
+
+    /// Replaces the steered ports/addresses.
+    pub fn set_service(&mut self, service: &ServiceConfig) -> anyhow::Result<()> {
+        self.loaded.maps.write_service(service)
+    }
+}

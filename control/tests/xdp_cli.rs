@@ -1,0 +1,392 @@
+//! `xdp-quic attach | detach | status | stats` against real veth pairs in test network
+//! namespaces (root only; in CI a missing privilege fails instead of skipping).
+
+mod xdp_support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use xdp_support::*;
+
+fn pin_dir(iface: &str) -> String {
+    format!("/sys/fs/bpf/xdp-quic/{iface}")
+}
+
+fn attach_counts_and_detaches(mode: &str) {
+    let tb = Testbed::new(2);
+    let _pins = PinGuard(tb.server_if.clone());
+    let (s, c) = (&tb.server.name, &tb.client.name);
+    let out = xq_ok(&[
+        "attach",
+        &tb.server_if,
+        "--netns",
+        s,
+        "--port",
+        "4433",
+        "--port",
+        "4434",
+        "--mode",
+        mode,
+    ]);
+    assert!(out.contains(&format!("in {mode} mode")), "{out}");
+    assert!(Path::new(&pin_dir(&tb.server_if)).join("xsks").exists());
+    let prog = xdp_prog_on(s, &tb.server_if).expect("no XDP program on the interface");
+
+    // status
+    let st: serde_json::Value =
+        serde_json::from_str(&xq_ok(&["status", "--json", "--netns", s])).unwrap();
+    let me = st["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["iface"] == tb.server_if.as_str())
+        .unwrap();
+    assert_eq!(me["state"], "attached");
+    assert_eq!(me["mode"], mode);
+    assert_eq!(me["prog_id"].as_u64(), Some(prog));
+    assert_eq!(me["ports"], serde_json::json!([4433, 4434]));
+    assert_eq!(me["queues"].as_array().unwrap().len(), 2);
+    assert!(me["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|q| q["socket"] == false));
+
+    // service traffic: counted, and with no AF_XDP socket it goes to the kernel
+    let before = stats(s, &tb.server_if);
+    send_udp(c, format!("{SERVER4}:4433").parse().unwrap(), 5, 100);
+    send_udp(c, format!("[{SERVER6}]:4434").parse().unwrap(), 3, 100);
+    send_udp(c, format!("{SERVER4}:4433").parse().unwrap(), 2, 10); // too short for QUIC
+    let after = stats(s, &tb.server_if);
+    let d = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+    assert_eq!(d("v4.passed_no_socket"), 5, "{after}");
+    assert_eq!(d("v6.passed_no_socket"), 3, "{after}");
+    assert_eq!(d("v4.dropped_malformed"), 2, "{after}");
+    assert!(d("packets") >= 10);
+
+    // other port and ICMP still reach the kernel
+    let other: SocketAddr = format!("{SERVER4}:5555").parse().unwrap();
+    assert!(
+        udp_reaches_kernel(s, c, other),
+        "UDP to another port did not reach the kernel"
+    );
+    let other6: SocketAddr = format!("[{SERVER6}]:5556").parse().unwrap();
+    assert!(
+        udp_reaches_kernel(s, c, other6),
+        "UDP/IPv6 to another port did not reach the kernel"
+    );
+    assert!(ping(c, SERVER4), "ping failed with XDP attached");
+    assert!(ping(c, SERVER6), "ping -6 failed with XDP attached");
+    let end = stats(s, &tb.server_if);
+    assert!(end["v4.passed_other_port"].as_u64().unwrap() >= 1, "{end}");
+    assert!(end["v4.passed_not_udp"].as_u64().unwrap() >= 1, "{end}");
+
+    // detach leaves no program and no pins
+    let out = xq_ok(&["detach", &tb.server_if, "--netns", s]);
+    assert!(out.contains("detached"), "{out}");
+    assert_eq!(xdp_prog_on(s, &tb.server_if), None);
+    assert!(!Path::new(&pin_dir(&tb.server_if)).exists());
+    assert!(ping(c, SERVER4));
+}
+
+#[test]
+fn native_attach_counts_traffic_and_detach_cleans_up() {
+    if privileged("native_attach") {
+        attach_counts_and_detaches("native");
+    }
+}
+
+#[test]
+fn skb_attach_counts_traffic_and_detach_cleans_up() {
+    if privileged("skb_attach") {
+        attach_counts_and_detaches("skb");
+    }
+}
+
+#[test]
+fn attach_twice_is_idempotent_and_updates_ports() {
+    if !privileged("attach_twice") {
+        return;
+    }
+    let tb = Testbed::new(1);
+    let _pins = PinGuard(tb.server_if.clone());
+    let (s, i) = (tb.server.name.as_str(), tb.server_if.as_str());
+    xq_ok(&["attach", i, "--netns", s, "--port", "4433"]);
+    let prog = xdp_prog_on(s, i).unwrap();
+    let out = xq_ok(&["attach", i, "--netns", s, "--port", "4433"]);
+    assert!(out.contains("nothing changed"), "{out}");
+    assert_eq!(xdp_prog_on(s, i), Some(prog));
+    let out = xq_ok(&[
+        "attach", i, "--netns", s, "--port", "443", "--addr", SERVER4,
+    ]);
+    assert!(out.contains("updated ports 4433 -> 443"), "{out}");
+    assert_eq!(xdp_prog_on(s, i), Some(prog), "update must not reattach");
+    let st: serde_json::Value =
+        serde_json::from_str(&xq_ok(&["status", "--json", "--netns", s])).unwrap();
+    let me = st["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["iface"] == i)
+        .unwrap()
+        .clone();
+    assert_eq!(me["ports"], serde_json::json!([443]));
+    assert_eq!(me["addrs"], serde_json::json!([SERVER4]));
+    // the address filter applies: IPv6 to 443 is another address now
+    send_udp(
+        &tb.client.name,
+        format!("[{SERVER6}]:443").parse().unwrap(),
+        2,
+        100,
+    );
+    assert_eq!(stats(s, i)["v6.passed_other_addr"].as_u64(), Some(2));
+    // asking for the other mode explicitly is refused and changes nothing
+    let mode = me["mode"].as_str().unwrap();
+    let other = if mode == "native" { "skb" } else { "native" };
+    xq_err(
+        &["attach", i, "--netns", s, "--port", "443", "--mode", other],
+        "xdp-quic is already attached",
+    );
+    assert_eq!(xdp_prog_on(s, i), Some(prog));
+    xq_ok(&["detach", i, "--netns", s]);
+    assert!(!Path::new(&pin_dir(i)).exists());
+}
+
+#[test]
+fn error_unknown_interface_and_netns() {
+    if !privileged("unknown_interface") {
+        return;
+    }
+    let ns = Netns::new();
+    xq_err(
+        &["attach", "nosuchif0", "--netns", &ns.name, "--port", "1"],
+        "unknown interface 'nosuchif0'",
+    );
+    xq_err(
+        &["attach", "eth0", "--netns", "xq-no-such-ns", "--port", "1"],
+        "unknown network namespace 'xq-no-such-ns'",
+    );
+    xq_err(
+        &["detach", "nosuchif0", "--netns", &ns.name],
+        "xdp-quic is not attached to 'nosuchif0'",
+    );
+    xq_err(
+        &["stats", "nosuchif0", "--netns", &ns.name],
+        "xdp-quic is not attached to 'nosuchif0'",
+    );
+    xq_err(
+        &["attach", "lo", "--netns", &ns.name, "--port", "0"],
+        "port 0 is not a valid service port",
+    );
+    assert!(!Path::new(&pin_dir("nosuchif0")).exists());
+}
+
+#[test]
+fn error_not_permitted_names_capabilities() {
+    if !privileged("not_permitted") {
+        return;
+    }
+    let tb = Testbed::new(1);
+    let _pins = PinGuard(tb.server_if.clone());
+    // setpriv drops to nobody with no capabilities; the netns is entered first as root.
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &tb.server.name,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .arg(env!("CARGO_BIN_EXE_xdp-quic"))
+        .args(["attach", &tb.server_if, "--port", "4433"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code().is_some_and(|c| c != 0), "{err}");
+    for cap in ["not permitted", "CAP_NET_ADMIN", "CAP_BPF", "CAP_SYS_ADMIN"] {
+        assert!(err.contains(cap), "missing {cap}: {err}");
+    }
+    assert_eq!(xdp_prog_on(&tb.server.name, &tb.server_if), None);
+    assert!(!Path::new(&pin_dir(&tb.server_if)).exists());
+}
+
+#[test]
+fn error_foreign_program_refused_unless_force() {
+    if !privileged("foreign_program") {
+        return;
+    }
+    let tb = Testbed::new(1);
+    let _pins = PinGuard(tb.server_if.clone());
+    let (s, i) = (tb.server.name.as_str(), tb.server_if.as_str());
+    let obj = concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf/xdp_quic.o");
+    sh(&[
+        "ip",
+        "-n",
+        s,
+        "link",
+        "set",
+        "dev",
+        i,
+        "xdpgeneric",
+        "obj",
+        obj,
+        "sec",
+        "xdp",
+    ]);
+    let foreign = xdp_prog_on(s, i).expect("foreign program attached");
+    let err = xq_err(
+        &["attach", i, "--netns", s, "--port", "4433"],
+        "already has an XDP program",
+    );
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(
+        xdp_prog_on(s, i),
+        Some(foreign),
+        "refusal must change nothing"
+    );
+    assert!(!Path::new(&pin_dir(i)).exists());
+    let out = xq_ok(&["attach", i, "--netns", s, "--port", "4433", "--force"]);
+    assert!(
+        out.contains(&format!("removed the XDP program {foreign}")),
+        "{out}"
+    );
+    let ours = xdp_prog_on(s, i).unwrap();
+    assert_ne!(ours, foreign);
+    xq_ok(&["detach", i, "--netns", s]);
+    assert_eq!(xdp_prog_on(s, i), None);
+}
+
+#[test]
+fn error_native_refused_and_auto_falls_back() {
+    if !privileged("native_refused") {
+        return;
+    }
+    // Loopback has no native XDP; each netns has its own `lo`, but the pins are named
+    // by interface, so only this test attaches to `lo`.
+    let ns = Netns::new();
+    let _pins = PinGuard("lo".into());
+    xq_err(
+        &[
+            "attach", "lo", "--netns", &ns.name, "--port", "4433", "--mode", "native",
+        ],
+        "refuses native XDP",
+    );
+    assert_eq!(xdp_prog_on(&ns.name, "lo"), None);
+    assert!(!Path::new(&pin_dir("lo")).exists());
+    let out = xq_ok(&[
+        "attach", "lo", "--netns", &ns.name, "--port", "4433", "--mode", "auto",
+    ]);
+    assert!(
+        out.contains("using generic (skb) mode") && out.contains("in skb mode"),
+        "{out}"
+    );
+    xq_ok(&["detach", "lo", "--netns", &ns.name]);
+    assert_eq!(xdp_prog_on(&ns.name, "lo"), None);
+}
+
+#[test]
+fn error_bpffs_missing() {
+    if !privileged("bpffs_missing") {
+        return;
+    }
+    let tb = Testbed::new(1);
+    let _pins = PinGuard(tb.server_if.clone());
+    // A private mount namespace where /sys/fs is a read-only tmpfs: no bpffs, and no
+    // way to mount one at /sys/fs/bpf.
+    let script = format!(
+        "mount -t tmpfs -o ro tmpfs /sys/fs && exec {} attach {} --netns {} --port 4433",
+        env!("CARGO_BIN_EXE_xdp-quic"),
+        tb.server_if,
+        tb.server.name
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code().is_some_and(|c| c != 0), "{err}");
+    assert!(
+        err.contains("bpffs is not mounted") && err.contains("mount -t bpf bpf /sys/fs/bpf"),
+        "{err}"
+    );
+    assert_eq!(xdp_prog_on(&tb.server.name, &tb.server_if), None);
+}
+
+#[test]
+fn stats_watch_prints_rates() {
+    if !privileged("stats_watch") {
+        return;
+    }
+    let tb = Testbed::new(1);
+    let _pins = PinGuard(tb.server_if.clone());
+    let (s, i) = (tb.server.name.as_str(), tb.server_if.as_str());
+    xq_ok(&["attach", i, "--netns", s, "--port", "4433", "--mode", "skb"]);
+    let out = xq_ok(&[
+        "stats", i, "--netns", s, "--json", "--watch", "0.2", "--count", "2",
+    ]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        assert!(
+            l["rates"]["packets"].is_number() && l["counters"]["packets"].is_number(),
+            "{l}"
+        );
+        assert!(l["interval_secs"].as_f64().unwrap() >= 0.2);
+    }
+    let text = xq_ok(&["stats", i, "--netns", s]);
+    assert!(
+        text.contains("v4.redirected") && text.contains("v6.dropped_malformed"),
+        "{text}"
+    );
+    xq_ok(&["detach", i, "--netns", s]);
+}
+
+#[test]
+fn embedded_attach_lasts_as_long_as_its_guard() {
+    if !privileged("embedded_attach") {
+        return;
+    }
+    use xdp_quic_control::xdp::{attach_embedded, AttachMode, ServiceConfig};
+    use xdp_quic_ebpf::{Counter, Family, FamilyCounter};
+    let tb = Testbed::new(2);
+    let (s, i, c) = (
+        tb.server.name.clone(),
+        tb.server_if.clone(),
+        tb.client.name.clone(),
+    );
+    in_netns(&s.clone(), move || {
+        let service = ServiceConfig {
+            ports: [4433].into(),
+            addrs: Default::default(),
+        };
+        let guard = attach_embedded(&i, &service, AttachMode::Skb).unwrap();
+        assert_eq!(xdp_prog_on(&s, &i), Some(u64::from(guard.prog_id())));
+        assert!(
+            !Path::new(&pin_dir(&i)).exists(),
+            "embedded mode makes no pins"
+        );
+        // a second attachment is refused while the first lives
+        let err = attach_embedded(&i, &service, AttachMode::Skb)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already has an XDP program"), "{err}");
+        let xsks = guard.xsks().unwrap();
+        assert_eq!(xsks.capacity(), xdp_quic_ebpf::MAX_QUEUES);
+        send_udp(&c, format!("{SERVER4}:4433").parse().unwrap(), 4, 100);
+        let n = guard
+            .counters()
+            .unwrap()
+            .get(Counter::Family(Family::V4, FamilyCounter::NoSocket));
+        assert_eq!(n, 4);
+        drop(xsks);
+        drop(guard);
+        assert_eq!(xdp_prog_on(&s, &i), None, "dropping the guard detaches");
+    });
+}

@@ -1,0 +1,307 @@
+//! An in-memory network with a virtual clock: the deterministic backend for tests.
+//!
+//! Addresses are bound by groups of backends (like an SO_REUSEPORT group); the network picks
+//! the member that receives a datagram by a [`MemSteering`] policy, so tests can reproduce
+//! the kernel's hash, the CID steering program, or a deliberately wrong choice (to exercise
+//! hand-over). Time only moves when the test moves it ([`MemNetwork::advance_to`]); every
+//! datagram takes the configured one-way latency. An impairment hook can drop or corrupt
+//! datagrams in flight.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use quinn_proto::EcnCodepoint;
+
+use super::{Backend, RxBatch, SendError, Transmit};
+use crate::cid::CidLayout;
+use crate::waker::Waker;
+
+/// How a group picks the member that receives a datagram.
+#[derive(Debug, Clone)]
+pub enum MemSteering {
+    /// A hash of the 4-tuple (the kernel's reuseport default).
+    Hash,
+    /// The worker octet of a short header's CID, else the hash (the UDP backend's program).
+    Cid(Arc<CidLayout>),
+    /// Always this member (to force misrouting in tests).
+    Fixed(usize),
+}
+
+/// A datagram in flight.
+#[derive(Debug, Clone)]
+pub struct MemPacket {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub ecn: Option<EcnCodepoint>,
+    pub data: Vec<u8>,
+    deliver_at: Instant,
+}
+
+/// What the impairment hook decides for a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Deliver,
+    Drop,
+}
+
+type Impairment = Box<dyn FnMut(&mut MemPacket) -> Verdict + Send>;
+
+struct Group {
+    inboxes: Vec<VecDeque<MemPacket>>,
+    steering: MemSteering,
+}
+
+struct Net {
+    now: Instant,
+    latency: Duration,
+    groups: HashMap<SocketAddr, Group>,
+    impairment: Option<Impairment>,
+    stats: MemStats,
+}
+
+/// Counts of the network itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemStats {
+    /// Datagrams put in an inbox.
+    pub delivered: u64,
+    /// Datagrams the impairment hook dropped.
+    pub impaired: u64,
+    /// Datagrams to an address nobody bound.
+    pub unroutable: u64,
+}
+
+/// The shared network. Cheap to clone.
+#[derive(Clone)]
+pub struct MemNetwork {
+    net: Arc<Mutex<Net>>,
+}
+
+impl MemNetwork {
+    /// A network whose datagrams take `latency` one way.
+    pub fn new(latency: Duration) -> Self {
+        Self {
+            net: Arc::new(Mutex::new(Net {
+                now: Instant::now(),
+                latency,
+                groups: HashMap::new(),
+                impairment: None,
+                stats: MemStats::default(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Net> {
+        self.net.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The virtual time.
+    pub fn now(&self) -> Instant {
+        self.lock().now
+    }
+
+    /// Moves the clock forward to `t` (never backward).
+    pub fn advance_to(&self, t: Instant) {
+        let mut n = self.lock();
+        n.now = n.now.max(t);
+    }
+
+    /// The earliest time a datagram still in flight arrives (after now). Datagrams that have
+    /// arrived already wait for their receiver, which reports them as work of its own.
+    pub fn next_delivery(&self) -> Option<Instant> {
+        let n = self.lock();
+        let now = n.now;
+        n.groups
+            .values()
+            .flat_map(|g| g.inboxes.iter().flat_map(|q| q.iter().map(|p| p.deliver_at)))
+            .filter(|&t| t > now)
+            .min()
+    }
+
+    /// Binds `members` backends to `addr`. Fails if `addr` is bound already.
+    pub fn bind(
+        &self,
+        addr: SocketAddr,
+        members: usize,
+        steering: MemSteering,
+    ) -> io::Result<Vec<MemBackend>> {
+        let mut n = self.lock();
+        if n.groups.contains_key(&addr) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{addr} is bound already"),
+            ));
+        }
+        n.groups.insert(
+            addr,
+            Group {
+                inboxes: (0..members).map(|_| VecDeque::new()).collect(),
+                steering,
+            },
+        );
+        Ok((0..members)
+            .map(|member| MemBackend {
+                net: self.clone(),
+                addr,
+                member,
+                max_segments: 4,
+            })
+            .collect())
+    }
+
+    /// Changes how `addr`'s group picks members.
+    pub fn set_steering(&self, addr: SocketAddr, steering: MemSteering) {
+        if let Some(g) = self.lock().groups.get_mut(&addr) {
+            g.steering = steering;
+        }
+    }
+
+    /// Sets the hook that sees every datagram sent from now on.
+    pub fn set_impairment(&self, f: impl FnMut(&mut MemPacket) -> Verdict + Send + 'static) {
+        self.lock().impairment = Some(Box::new(f));
+    }
+
+    /// Removes the impairment hook.
+    pub fn clear_impairment(&self) {
+        self.lock().impairment = None;
+    }
+
+    /// Puts a raw datagram on the wire, as if `from` had sent it (hostile input, spoofing).
+    pub fn inject(&self, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        let mut n = self.lock();
+        let p = MemPacket {
+            from,
+            to,
+            ecn: None,
+            data: data.to_vec(),
+            deliver_at: n.now + n.latency,
+        };
+        n.deliver(p);
+    }
+
+    /// The network's own counts.
+    pub fn stats(&self) -> MemStats {
+        self.lock().stats
+    }
+
+    /// Moves `backend` to a new local address (a NAT rebinding): later datagrams it sends come
+    /// from `to`, and datagrams to `to` reach it.
+    /// The old address is released when `backend` was its only member.
+    pub fn rebind(&self, backend: &mut MemBackend, to: SocketAddr) -> io::Result<()> {
+        let mut fresh = self.bind(to, 1, MemSteering::Hash)?;
+        let old = std::mem::replace(backend, fresh.pop().expect("one member"));
+        let mut n = self.lock();
+        if n.groups.get(&old.addr).is_some_and(|g| g.inboxes.len() == 1) {
+            n.groups.remove(&old.addr);
+        }
+        Ok(())
+    }
+}
+
+impl Net {
+    fn deliver(&mut self, mut p: MemPacket) {
+        if let Some(hook) = self.impairment.as_mut() {
+            if hook(&mut p) == Verdict::Drop {
+                self.stats.impaired += 1;
+                return;
+            }
+        }
+        let Some(group) = self.groups.get_mut(&p.to) else {
+            self.stats.unroutable += 1;
+            return;
+        };
+        let n = group.inboxes.len();
+        let member = match &group.steering {
+            MemSteering::Fixed(m) => *m % n,
+            MemSteering::Hash => hash_member(&p, n),
+            MemSteering::Cid(layout) => cid_member(layout, &p, n).unwrap_or_else(|| hash_member(&p, n)),
+        };
+        group.inboxes[member].push_back(p);
+        self.stats.delivered += 1;
+    }
+}
+
+fn hash_member(p: &MemPacket, n: usize) -> usize {
+    let mut h = std::hash::DefaultHasher::new();
+    (p.from, p.to).hash(&mut h);
+    (h.finish() % n as u64) as usize
+}
+
+/// What the UDP backend's classic-BPF program computes.
+fn cid_member(layout: &CidLayout, p: &MemPacket, n: usize) -> Option<usize> {
+    let first = *p.data.first()?;
+    if first & 0x80 != 0 || *p.data.get(1)? != layout.first_octet() {
+        return None;
+    }
+    let w = usize::from(*p.data.get(1 + layout.worker_offset())?);
+    (w < n).then_some(w)
+}
+
+/// One member of a bound group.
+pub struct MemBackend {
+    net: MemNetwork,
+    addr: SocketAddr,
+    member: usize,
+    max_segments: usize,
+}
+
+impl MemBackend {
+    /// Sets how many datagrams one transmit may carry (default 4, to exercise splitting).
+    pub fn set_max_segments(&mut self, n: usize) {
+        self.max_segments = n.max(1);
+    }
+}
+
+impl Backend for MemBackend {
+    fn max_segments(&self) -> usize {
+        self.max_segments
+    }
+
+    fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
+        let mut n = self.net.lock();
+        let now = n.now;
+        let Some(group) = n.groups.get_mut(&self.addr) else {
+            return Ok(0);
+        };
+        let inbox = &mut group.inboxes[self.member];
+        let mut added = 0;
+        while !batch.is_full() && inbox.front().is_some_and(|p| p.deliver_at <= now) {
+            let p = inbox.pop_front().expect("front checked");
+            batch.push(p.from, Some(p.to.ip()), p.ecn, &p.data);
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    fn send(&mut self, t: &Transmit<'_>) -> Result<(), SendError> {
+        let mut n = self.net.lock();
+        let deliver_at = n.now + n.latency;
+        let from = SocketAddr::new(t.src_ip.unwrap_or(self.addr.ip()), self.addr.port());
+        for seg in t.segments() {
+            n.deliver(MemPacket {
+                from,
+                to: t.destination,
+                ecn: t.ecn,
+                data: seg.to_vec(),
+                deliver_at,
+            });
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn wait(&mut self, _: Option<Instant>, _: bool, _: &Waker) -> io::Result<()> {
+        // Virtual time: the simulation decides when to turn again.
+        Ok(())
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}

@@ -1,0 +1,76 @@
+//! The I/O port of a worker: one small trait, three implementations.
+//!
+//! * [`udp::UdpBackend`]: a kernel UDP socket (SO_REUSEPORT, one per worker), quinn-udp for
+//!   GSO/GRO/ECN/pktinfo;
+//! * [`mem::MemBackend`]: an in-memory network with a virtual clock, for deterministic tests;
+//! * `xsk` (AF_XDP): a later step.
+//!
+//! The worker calls, per turn: [`Backend::recv`] until it returns 0, [`Backend::send`] for
+//! each datagram (or GSO batch) it produces, [`Backend::flush`] once at the end, and, when it
+//! has nothing to do, [`Backend::wait`].
+
+pub mod mem;
+pub mod rx;
+pub mod udp;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+pub use quinn_proto::EcnCodepoint;
+pub use rx::{Datagram, RxBatch};
+
+use crate::waker::Waker;
+
+/// One outgoing UDP datagram, or a GSO batch of `contents.len() / segment_size` datagrams of
+/// `segment_size` octets each (the last may be shorter), all to `destination`.
+#[derive(Debug, Clone, Copy)]
+pub struct Transmit<'a> {
+    pub destination: SocketAddr,
+    pub src_ip: Option<IpAddr>,
+    pub ecn: Option<EcnCodepoint>,
+    pub segment_size: Option<usize>,
+    pub contents: &'a [u8],
+}
+
+impl Transmit<'_> {
+    /// The datagrams of this transmit, one slice each.
+    pub fn segments(&self) -> std::slice::Chunks<'_, u8> {
+        let seg = self.segment_size.unwrap_or(self.contents.len()).max(1);
+        self.contents.chunks(seg)
+    }
+}
+
+/// Why a [`Backend::send`] did not take a transmit.
+#[derive(Debug)]
+pub enum SendError {
+    /// No room now (socket buffer or TX ring full): retry after the backend is writable. The
+    /// worker keeps the transmit and waits with `want_write`.
+    Blocked,
+    /// Failed for good; the datagram is dropped (QUIC's loss recovery resends its frames).
+    Failed(io::Error),
+}
+
+/// The I/O port of one worker.
+pub trait Backend {
+    /// The most datagrams one [`Transmit`] may carry (1 where there is no segmentation offload).
+    fn max_segments(&self) -> usize;
+
+    /// Moves received datagrams into `batch` until it is full or nothing is pending; returns
+    /// how many were added. Never blocks.
+    fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize>;
+
+    /// Sends one transmit, or queues it for [`Backend::flush`]. Never blocks.
+    fn send(&mut self, transmit: &Transmit<'_>) -> Result<(), SendError>;
+
+    /// Pushes what [`Backend::send`] queued out (one kick per batch where the backend needs one).
+    fn flush(&mut self) -> io::Result<()>;
+
+    /// Blocks until a datagram may be received, `want_write` and the backend can take more,
+    /// `waker` is woken, or `deadline` passes. Spurious returns are allowed.
+    fn wait(&mut self, deadline: Option<Instant>, want_write: bool, waker: &Waker)
+        -> io::Result<()>;
+
+    /// The local address datagrams are received on.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}

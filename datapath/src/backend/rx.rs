@@ -1,0 +1,132 @@
+//! The batch a worker receives into: the one copy of a packet on its way in.
+//!
+//! quinn-proto takes each datagram as an owned `BytesMut`. The batch carves them out of one
+//! large buffer (`split_to`), so receiving allocates once per [`POOL_CHUNK`] octets, not per
+//! packet; the buffer's memory returns to the allocator when quinn-proto and the application
+//! have dropped every datagram cut from it.
+
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::BytesMut;
+use quinn_proto::EcnCodepoint;
+
+/// Octets reserved at a time for received datagrams.
+pub const POOL_CHUNK: usize = 256 * 1024;
+
+/// One received UDP datagram.
+#[derive(Debug)]
+pub struct Datagram {
+    pub remote: SocketAddr,
+    /// The local address it was sent to (from IP_PKTINFO or the IP header).
+    pub local_ip: Option<IpAddr>,
+    pub ecn: Option<EcnCodepoint>,
+    pub data: BytesMut,
+}
+
+/// A reusable batch of received datagrams.
+#[derive(Debug)]
+pub struct RxBatch {
+    items: Vec<Datagram>,
+    capacity: usize,
+    pool: BytesMut,
+}
+
+impl RxBatch {
+    /// A batch of at most `capacity` datagrams.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            items: Vec::with_capacity(capacity),
+            capacity: capacity.max(1),
+            pool: BytesMut::new(),
+        }
+    }
+
+    /// How many more datagrams fit.
+    pub fn room(&self) -> usize {
+        self.capacity - self.items.len()
+    }
+
+    /// Whether no more datagram fits.
+    pub fn is_full(&self) -> bool {
+        self.items.len() >= self.capacity
+    }
+
+    /// Number of datagrams in the batch.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether the batch holds no datagram.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Copies `payload` into the batch. Call only while `!self.is_full()`.
+    pub fn push(
+        &mut self,
+        remote: SocketAddr,
+        local_ip: Option<IpAddr>,
+        ecn: Option<EcnCodepoint>,
+        payload: &[u8],
+    ) {
+        debug_assert!(!self.is_full());
+        if self.pool.capacity() < payload.len() {
+            self.pool.reserve(POOL_CHUNK.max(payload.len()));
+        }
+        self.pool.extend_from_slice(payload);
+        let data = self.pool.split_to(payload.len());
+        self.items.push(Datagram {
+            remote,
+            local_ip,
+            ecn,
+            data,
+        });
+    }
+
+    /// Takes the datagrams out, oldest first, leaving the batch empty and reusable.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Datagram> {
+        self.items.drain(..)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_and_drain_keep_contents_and_order() {
+        let mut b = RxBatch::new(3);
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        b.push(a, None, None, b"one");
+        b.push(a, None, Some(EcnCodepoint::Ce), &[7u8; 3000]);
+        assert_eq!(b.room(), 1);
+        b.push(a, None, None, b"");
+        assert!(b.is_full());
+        let got: Vec<_> = b.drain().collect();
+        assert_eq!(&got[0].data[..], b"one");
+        assert_eq!(got[1].data.len(), 3000);
+        assert_eq!(got[1].ecn, Some(EcnCodepoint::Ce));
+        assert!(got[2].data.is_empty());
+        assert!(b.is_empty());
+        assert_eq!(b.room(), 3);
+    }
+
+    #[test]
+    fn datagrams_are_independent_buffers() {
+        let mut b = RxBatch::new(2);
+        let a: SocketAddr = "[::1]:9".parse().unwrap();
+        b.push(a, None, None, b"aaaa");
+        b.push(a, None, None, b"bbbb");
+        let mut got: Vec<_> = b.drain().collect();
+        got[0].data[0] = b'x';
+        assert_eq!(&got[0].data[..], b"xaaa");
+        assert_eq!(&got[1].data[..], b"bbbb");
+    }
+}
+
+impl Default for RxBatch {
+    /// An empty placeholder batch (allocates nothing).
+    fn default() -> Self {
+        Self::new(0)
+    }
+}

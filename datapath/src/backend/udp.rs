@@ -1,0 +1,312 @@
+//! The kernel UDP backend: one socket per worker, all bound to one address with SO_REUSEPORT.
+//!
+//! quinn-udp gives it batching (recvmmsg, GSO sendmsg), GRO, ECN and the local address
+//! (IP_PKTINFO). A classic-BPF reuseport program ([`reuseport_program`]) makes the kernel pick
+//! the socket of a short-header packet from the worker octet of its destination CID, so a
+//! client that changes port or address still lands on its connection's worker; for anything
+//! else the kernel's 4-tuple hash picks. Where the program cannot be attached the workers hand
+//! misrouted packets over to their owner instead ([`crate::route`]).
+
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Instant;
+
+use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState, BATCH_SIZE};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::{Backend, RxBatch, SendError, Transmit};
+use crate::cid::CidLayout;
+use crate::waker::Waker;
+
+/// Receive buffer per recvmmsg slot: one GRO super-datagram is at most 64 KiB.
+const SLOT: usize = 64 * 1024;
+
+/// How the kernel chooses among the sockets of a reuseport group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steering {
+    /// The classic-BPF program reads the worker from the destination CID.
+    CidProgram,
+    /// The kernel's 4-tuple hash; the workers hand misrouted packets over.
+    Hash,
+}
+
+/// One worker's socket.
+pub struct UdpBackend {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    buf: Box<[u8]>,
+    meta: [RecvMeta; BATCH_SIZE],
+}
+
+impl std::fmt::Debug for UdpBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpBackend")
+            .field("local", &self.socket.local_addr().ok())
+            .finish()
+    }
+}
+
+impl UdpBackend {
+    /// Wraps a bound, non-blocking socket.
+    pub fn new(socket: UdpSocket) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+        // Generous buffers: bulk transfers burst far past the defaults.
+        let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), 8 << 20);
+        let _ = state.set_send_buffer_size(UdpSockRef::from(&socket), 8 << 20);
+        Ok(Self {
+            socket,
+            state,
+            buf: vec![0u8; SLOT * BATCH_SIZE].into_boxed_slice(),
+            meta: [RecvMeta::default(); BATCH_SIZE],
+        })
+    }
+
+    /// The socket.
+    pub fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+}
+
+/// Binds `workers` sockets to `addr` with SO_REUSEPORT, in worker order (the kernel's
+/// reuseport index of socket `i` is `i`), and tries to attach the CID steering program.
+///
+/// Port 0 picks a free port for the first socket and binds the rest to the same one. An
+/// unspecified IPv6 address is dual-stack.
+pub fn bind_group(
+    addr: SocketAddr,
+    workers: usize,
+    layout: &CidLayout,
+) -> io::Result<(Vec<UdpBackend>, Steering)> {
+    let mut addr = addr;
+    let mut sockets = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let domain = Domain::for_address(addr);
+        let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            s.set_only_v6(false)?;
+        }
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into()).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}"))
+        })?;
+        let socket: UdpSocket = s.into();
+        addr = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    let steering = if workers > 1 && attach_reuseport_program(&sockets[0], layout).is_ok() {
+        Steering::CidProgram
+    } else {
+        Steering::Hash
+    };
+    let backends = sockets
+        .into_iter()
+        .map(UdpBackend::new)
+        .collect::<io::Result<Vec<_>>>()?;
+    Ok((backends, steering))
+}
+
+/// The classic-BPF reuseport program for `layout`. It runs with the UDP payload at offset 0
+/// and returns the index of the socket to use; an index past the group makes the kernel fall
+/// back to its hash.
+///
+/// ```text
+/// ldb [0]                ; first byte
+/// jset #0x80, hash       ; long header: hash
+/// ldb [1]                ; first octet of the DCID
+/// jeq #first_octet, +0, hash
+/// ldb [2 + sid_len]      ; worker octet
+/// ret a
+/// hash: ret #0xffffffff
+/// ```
+pub fn reuseport_program(layout: &CidLayout) -> [libc::sock_filter; 7] {
+    const LDB_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+    const JSET: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET_A: u16 = (libc::BPF_RET | libc::BPF_A) as u16;
+    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let worker_at = 1 + layout.worker_offset() as u32;
+    [
+        op(LDB_ABS, 0, 0, 0),
+        op(JSET, 4, 0, 0x80),
+        op(LDB_ABS, 0, 0, 1),
+        op(JEQ, 0, 2, u32::from(layout.first_octet())),
+        op(LDB_ABS, 0, 0, worker_at),
+        op(RET_A, 0, 0, 0),
+        op(RET_K, 0, 0, u32::MAX),
+    ]
+}
+
+fn attach_reuseport_program(socket: &UdpSocket, layout: &CidLayout) -> io::Result<()> {
+    let mut prog = reuseport_program(layout);
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies the program.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl Backend for UdpBackend {
+    fn max_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
+        let mut added = 0;
+        while batch.room() > 0 {
+            let mut chunks = self.buf.chunks_mut(SLOT);
+            let mut slices: [IoSliceMut<'_>; BATCH_SIZE] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            let n = match self
+                .state
+                .recv(UdpSockRef::from(&self.socket), &mut slices, &mut self.meta)
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            for (meta, slot) in self.meta[..n].iter().zip(self.buf.chunks(SLOT)) {
+                let ecn = meta
+                    .ecn
+                    .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+                let stride = meta.stride.max(1);
+                for seg in slot[..meta.len].chunks(stride) {
+                    // A GRO super-datagram can hold more segments than the batch has room
+                    // for; the surplus is dropped like any datagram the socket could not take.
+                    if batch.is_full() {
+                        break;
+                    }
+                    batch.push(meta.addr, meta.dst_ip, ecn, seg);
+                    added += 1;
+                }
+            }
+            if n < BATCH_SIZE {
+                break;
+            }
+        }
+        Ok(added)
+    }
+
+    fn send(&mut self, t: &Transmit<'_>) -> Result<(), SendError> {
+        let transmit = quinn_udp::Transmit {
+            destination: t.destination,
+            ecn: t
+                .ecn
+                .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
+            contents: t.contents,
+            segment_size: t.segment_size,
+            src_ip: t.src_ip,
+        };
+        match self.state.send(UdpSockRef::from(&self.socket), &transmit) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(SendError::Blocked),
+            Err(e) => Err(SendError::Failed(e)),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn wait(
+        &mut self,
+        deadline: Option<Instant>,
+        want_write: bool,
+        waker: &Waker,
+    ) -> io::Result<()> {
+        let mut events = libc::POLLIN;
+        if want_write {
+            events |= libc::POLLOUT;
+        }
+        poll_fds(
+            &mut [
+                libc::pollfd {
+                    fd: self.socket.as_fd().as_raw_fd(),
+                    events,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: waker.fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ],
+            deadline,
+        )
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+}
+
+/// `ppoll` until one of `fds` is ready or `deadline` passes (nanosecond precision).
+pub(crate) fn poll_fds(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> io::Result<()> {
+    let ts = deadline.map(|d| {
+        let left = d.saturating_duration_since(Instant::now());
+        libc::timespec {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_nsec: left.subsec_nanos() as libc::c_long,
+        }
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `fds` is a live slice of pollfd and `ts_ptr` is null or points at `ts`, which
+    // lives until the call returns.
+    let rc = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            ts_ptr,
+            std::ptr::null(),
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_binds_one_port_and_steers_by_cid() {
+        let layout = CidLayout::for_workers(3).unwrap();
+        let (group, steering) = bind_group("127.0.0.1:0".parse().unwrap(), 3, &layout).unwrap();
+        let port = group[0].local_addr().unwrap().port();
+        assert!(group.iter().all(|b| b.local_addr().unwrap().port() == port));
+        assert_eq!(steering, Steering::CidProgram);
+    }
+
+    #[test]
+    fn bind_conflict_is_a_clear_error() {
+        let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let layout = CidLayout::for_workers(1).unwrap();
+        let err = bind_group(taken.local_addr().unwrap(), 1, &layout).unwrap_err();
+        assert!(err.to_string().contains("cannot bind UDP"), "{err}");
+    }
+}

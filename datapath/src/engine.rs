@@ -1,0 +1,478 @@
+//! Building the workers, running them on threads, and talking to them from other threads.
+//!
+//! ```text
+//! EngineBuilder ──build()──▶ Vec<Worker> + EngineHandle     (sans-IO: drive them yourself)
+//!               ──start(backends)/start_udp(addr)──▶ Engine  (one pinned thread per worker)
+//! ```
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, unbounded, Sender};
+use quinn_proto::{ClientConfig, EndpointConfig, ServerConfig, TransportConfig, VarInt};
+use rand::RngCore;
+
+use crate::backend::udp::{self, Steering};
+use crate::backend::{Backend, Datagram};
+use crate::cid::{CidLayout, CidLayoutError, ShardCidGenerator};
+use crate::conn::{Conn, ConnId, Ctx};
+use crate::handler::Handler;
+use crate::metrics::{Counters, WorkerMetrics};
+use crate::waker::Waker;
+use crate::worker::{Poll, Worker, WorkerParts};
+
+/// When a server makes clients prove their address with a Retry round trip first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RetryPolicy {
+    /// Never (one round trip less; the 3x anti-amplification limit still holds).
+    #[default]
+    Never,
+    /// Always.
+    Always,
+    /// When at least this many handshakes are pending on the worker (a flood defence).
+    AbovePendingHandshakes(usize),
+}
+
+/// Work posted to a worker from another thread.
+pub(crate) enum Command<H> {
+    Run(Box<dyn FnOnce(&mut H, &mut Ctx<'_>) + Send>),
+    RunOnConn(ConnId, Box<dyn FnOnce(&mut H, &mut Conn<'_>) + Send>),
+    Shutdown { code: VarInt, reason: Bytes },
+}
+
+/// What the workers of one engine share: read-only after start.
+pub(crate) struct Mesh<H> {
+    pub layout: Arc<CidLayout>,
+    pub handovers: Vec<Sender<Datagram>>,
+    pub commands: Vec<Sender<Command<H>>>,
+    pub wakers: Vec<Arc<Waker>>,
+    pub metrics: Vec<Arc<WorkerMetrics>>,
+}
+
+/// Errors of building or starting an engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("connection ID layout: {0}")]
+    Cid(#[from] CidLayoutError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("worker {worker} failed: {error}")]
+    Worker { worker: usize, error: io::Error },
+    #[error("worker {0} panicked")]
+    Panicked(usize),
+}
+
+/// Builds an engine: N workers, one endpoint shard each.
+pub struct EngineBuilder {
+    workers: usize,
+    cid_len: usize,
+    config_rotation: u8,
+    server_id: Vec<u8>,
+    server: Option<ServerConfig>,
+    client: Option<ClientConfig>,
+    transport: Option<Arc<TransportConfig>>,
+    retry: RetryPolicy,
+    cpus: Option<Vec<usize>>,
+    handover_capacity: usize,
+    drain_timeout: Duration,
+    rx_batch: usize,
+    reset_key: Option<[u8; 64]>,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            cid_len: 8,
+            config_rotation: 0,
+            server_id: Vec::new(),
+            server: None,
+            client: None,
+            transport: None,
+            retry: RetryPolicy::Never,
+            cpus: None,
+            handover_capacity: 4096,
+            drain_timeout: Duration::from_secs(3),
+            rx_batch: 64,
+            reset_key: None,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// Number of workers (threads, endpoint shards). Default 1, at most 256.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Accept connections with this configuration (shared by every shard, so Retry tokens
+    /// and session tickets are valid on any of them).
+    pub fn server(mut self, config: ServerConfig) -> Self {
+        self.server = Some(config);
+        self
+    }
+
+    /// Open connections ([`Ctx::connect`]) with this configuration.
+    pub fn client(mut self, config: ClientConfig) -> Self {
+        self.client = Some(config);
+        self
+    }
+
+    /// Transport parameters for both sides (stream limits, windows, idle timeout...).
+    pub fn transport(mut self, config: TransportConfig) -> Self {
+        self.transport = Some(Arc::new(config));
+        self
+    }
+
+    /// When to require a Retry round trip. Default [`RetryPolicy::Never`].
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Pin worker `i` to CPU `cpus[i % cpus.len()]`.
+    pub fn pin_cpus(mut self, cpus: Vec<usize>) -> Self {
+        self.cpus = Some(cpus);
+        self
+    }
+
+    /// CID length (default 8) and QUIC-LB server id and config rotation (default none, 0).
+    pub fn connection_ids(mut self, len: usize, server_id: &[u8], config_rotation: u8) -> Self {
+        self.cid_len = len;
+        self.server_id = server_id.to_vec();
+        self.config_rotation = config_rotation;
+        self
+    }
+
+    /// Datagrams each worker can have waiting from other workers (default 4096).
+    pub fn handover_capacity(mut self, n: usize) -> Self {
+        self.handover_capacity = n;
+        self
+    }
+
+    /// How long shutdown waits for connections to drain (default 3 s).
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.drain_timeout = d;
+        self
+    }
+
+    /// The stateless-reset key (default random). Hosts behind one balancer share it.
+    pub fn reset_key(mut self, key: [u8; 64]) -> Self {
+        self.reset_key = Some(key);
+        self
+    }
+
+    /// Builds the workers without starting threads (sans-IO). Drive each with
+    /// [`Worker::turn`] on its own backend; `factory(i)` makes worker `i`'s handler.
+    pub fn build<H, F>(self, mut factory: F) -> Result<(Vec<Worker<H>>, EngineHandle<H>), EngineError>
+    where
+        H: Handler,
+        F: FnMut(usize) -> H,
+    {
+        let n = self.workers;
+        let layout = Arc::new(CidLayout::new(
+            self.cid_len,
+            self.config_rotation,
+            &self.server_id,
+            n,
+        )?);
+        if self.server.is_none() && self.client.is_none() {
+            return Err(EngineError::Config(
+                "neither a server nor a client configuration was given".into(),
+            ));
+        }
+        if self.handover_capacity == 0 {
+            return Err(EngineError::Config("handover capacity must be at least 1".into()));
+        }
+        let key = self.reset_key.unwrap_or_else(|| {
+            let mut k = [0u8; 64];
+            rand::thread_rng().fill_bytes(&mut k);
+            k
+        });
+        let reset_key: Arc<dyn quinn_proto::crypto::HmacKey> =
+            Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key));
+        let server = self.server.map(|mut s| {
+            if let Some(t) = &self.transport {
+                s.transport_config(t.clone());
+            }
+            Arc::new(s)
+        });
+        let client = self.client.map(|mut c| {
+            if let Some(t) = &self.transport {
+                c.transport_config(t.clone());
+            }
+            c
+        });
+
+        let mut handover_rx = Vec::with_capacity(n);
+        let mut command_rx = Vec::with_capacity(n);
+        let mut mesh = Mesh {
+            layout: layout.clone(),
+            handovers: Vec::with_capacity(n),
+            commands: Vec::with_capacity(n),
+            wakers: Vec::with_capacity(n),
+            metrics: Vec::with_capacity(n),
+        };
+        for _ in 0..n {
+            let (tx, rx) = bounded(self.handover_capacity);
+            mesh.handovers.push(tx);
+            handover_rx.push(rx);
+            let (tx, rx) = unbounded();
+            mesh.commands.push(tx);
+            command_rx.push(rx);
+            mesh.wakers.push(Arc::new(Waker::new()?));
+            mesh.metrics.push(Arc::new(WorkerMetrics::default()));
+        }
+        let mesh = Arc::new(mesh);
+
+        let mut workers = Vec::with_capacity(n);
+        for (index, (handovers, commands)) in handover_rx.into_iter().zip(command_rx).enumerate() {
+            let mut config = EndpointConfig::new(reset_key.clone());
+            let l = layout.clone();
+            config.cid_generator(move || Box::new(ShardCidGenerator::new(l.clone(), index)));
+            let endpoint =
+                quinn_proto::Endpoint::new(Arc::new(config), server.clone(), true, None);
+            workers.push(Worker::new(WorkerParts {
+                index,
+                mesh: mesh.clone(),
+                endpoint,
+                handler: factory(index),
+                client: client.clone(),
+                retry: self.retry,
+                commands,
+                handovers,
+                rx_batch: self.rx_batch,
+                drain_timeout: self.drain_timeout,
+            }));
+        }
+        Ok((workers, EngineHandle { mesh }))
+    }
+
+    /// Builds the workers and runs each on its own thread over `backends[i]`.
+    pub fn start<H, B, F>(self, backends: Vec<B>, factory: F) -> Result<Engine<H>, EngineError>
+    where
+        H: Handler,
+        B: Backend + Send + 'static,
+        F: FnMut(usize) -> H,
+    {
+        if backends.len() != self.workers {
+            return Err(EngineError::Config(format!(
+                "{} backends for {} workers",
+                backends.len(),
+                self.workers
+            )));
+        }
+        let local_addr = backends
+            .first()
+            .map(|b| b.local_addr())
+            .transpose()?
+            .ok_or_else(|| EngineError::Config("at least one worker is needed".into()))?;
+        let cpus = self.cpus.clone();
+        let (workers, handle) = self.build(factory)?;
+        let mut threads = Vec::with_capacity(workers.len());
+        for (worker, backend) in workers.into_iter().zip(backends) {
+            let i = worker.index();
+            let waker = handle.mesh.wakers[i].clone();
+            let cpu = cpus.as_ref().filter(|c| !c.is_empty()).map(|c| c[i % c.len()]);
+            let t = std::thread::Builder::new()
+                .name(format!("xdp-quic-w{i}"))
+                .spawn(move || run(worker, backend, &waker, cpu))?;
+            threads.push(t);
+        }
+        Ok(Engine {
+            handle,
+            threads,
+            local_addr,
+            steering: None,
+        })
+    }
+
+    /// Binds one SO_REUSEPORT UDP socket per worker to `addr` and starts the engine on them.
+    pub fn start_udp<H, F>(self, addr: SocketAddr, factory: F) -> Result<Engine<H>, EngineError>
+    where
+        H: Handler,
+        F: FnMut(usize) -> H,
+    {
+        let layout = CidLayout::new(self.cid_len, self.config_rotation, &self.server_id, self.workers)?;
+        let (backends, steering) = udp::bind_group(addr, self.workers, &layout)?;
+        tracing::info!(
+            workers = self.workers,
+            local = %backends[0].local_addr()?,
+            ?steering,
+            "UDP backend bound"
+        );
+        let mut engine = self.start(backends, factory)?;
+        engine.steering = Some(steering);
+        Ok(engine)
+    }
+}
+
+/// The thread body of a worker.
+fn run<H: Handler, B: Backend>(
+    mut worker: Worker<H>,
+    mut io: B,
+    waker: &Waker,
+    cpu: Option<usize>,
+) -> io::Result<H> {
+    if let Some(cpu) = cpu {
+        if let Err(e) = pin_to_cpu(cpu) {
+            tracing::warn!(worker = worker.index(), cpu, "cannot pin worker: {e}");
+        }
+    }
+    loop {
+        match worker.turn(&mut io, Instant::now())? {
+            Poll::Done => return Ok(worker.into_handler()),
+            Poll::Continue(deadline) => {
+                if deadline.is_some_and(|d| d <= Instant::now()) {
+                    continue;
+                }
+                waker.park();
+                if !worker.has_inbox() {
+                    io.wait(deadline, worker.wants_write(), waker)?;
+                }
+                waker.unpark();
+            }
+        }
+    }
+}
+
+fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it (bounds-checked by the libc
+    // macro against CPU_SETSIZE); sched_setaffinity reads `size_of` bytes of it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu index too large"));
+        }
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Posts work to the workers of an engine from any thread. Cheap to clone.
+pub struct EngineHandle<H> {
+    pub(crate) mesh: Arc<Mesh<H>>,
+}
+
+impl<H> Clone for EngineHandle<H> {
+    fn clone(&self) -> Self {
+        Self {
+            mesh: self.mesh.clone(),
+        }
+    }
+}
+
+impl<H: Handler> EngineHandle<H> {
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.mesh.commands.len()
+    }
+
+    /// Runs `f` on worker `worker`'s thread, between two turns. Returns false if that worker
+    /// has ended (or does not exist).
+    pub fn post(&self, worker: usize, f: impl FnOnce(&mut H, &mut Ctx<'_>) + Send + 'static) -> bool {
+        self.send(worker, Command::Run(Box::new(f)))
+    }
+
+    /// Runs `f` on connection `id` on its worker's thread. `f` is dropped without running if
+    /// the connection is gone by then. Returns false if the worker has ended.
+    pub fn post_to_conn(
+        &self,
+        id: ConnId,
+        f: impl FnOnce(&mut H, &mut Conn<'_>) + Send + 'static,
+    ) -> bool {
+        self.send(id.worker(), Command::RunOnConn(id, Box::new(f)))
+    }
+
+    /// Asks every worker to close its connections with `code` and `reason` and stop.
+    pub fn shutdown(&self, code: VarInt, reason: &[u8]) {
+        for w in 0..self.workers() {
+            self.send(
+                w,
+                Command::Shutdown {
+                    code,
+                    reason: Bytes::copy_from_slice(reason),
+                },
+            );
+        }
+    }
+
+    /// The counters of every worker, as last published.
+    pub fn counters(&self) -> Vec<Counters> {
+        self.mesh.metrics.iter().map(|m| m.snapshot()).collect()
+    }
+
+    /// The sum of every worker's counters.
+    pub fn total(&self) -> Counters {
+        let mut t = Counters::default();
+        for c in self.counters() {
+            t += c;
+        }
+        t
+    }
+
+    fn send(&self, worker: usize, cmd: Command<H>) -> bool {
+        let Some(tx) = self.mesh.commands.get(worker) else {
+            return false;
+        };
+        let ok = tx.send(cmd).is_ok();
+        self.mesh.wakers[worker].wake();
+        ok
+    }
+}
+
+/// Running workers, one thread each.
+pub struct Engine<H> {
+    handle: EngineHandle<H>,
+    threads: Vec<JoinHandle<io::Result<H>>>,
+    local_addr: SocketAddr,
+    steering: Option<Steering>,
+}
+
+impl<H: Handler> Engine<H> {
+    /// A handle to post work from other threads.
+    pub fn handle(&self) -> EngineHandle<H> {
+        self.handle.clone()
+    }
+
+    /// The address the workers receive on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// How the kernel spreads packets over the UDP workers (None for other backends).
+    pub fn steering(&self) -> Option<Steering> {
+        self.steering
+    }
+
+    /// Closes every connection with `code`, waits for them to drain (bounded by the drain
+    /// timeout), joins the threads and returns the handlers.
+    pub fn shutdown(self, code: VarInt, reason: &[u8]) -> Result<Vec<H>, EngineError> {
+        self.handle.shutdown(code, reason);
+        self.join()
+    }
+
+    /// Waits until every worker has stopped by itself ([`Ctx::stop_worker`]) or by
+    /// [`EngineHandle::shutdown`], and returns the handlers.
+    pub fn join(self) -> Result<Vec<H>, EngineError> {
+        let mut out = Vec::with_capacity(self.threads.len());
+        for (worker, t) in self.threads.into_iter().enumerate() {
+            match t.join() {
+                Ok(Ok(h)) => out.push(h),
+                Ok(Err(error)) => return Err(EngineError::Worker { worker, error }),
+                Err(_) => return Err(EngineError::Panicked(worker)),
+            }
+        }
+        Ok(out)
+    }
+}

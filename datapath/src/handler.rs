@@ -1,0 +1,42 @@
+//! The application's side of a worker: callbacks, run to completion on the worker thread.
+//!
+//! One handler per worker (built by the factory given to the engine), so handler state needs
+//! no lock. Callbacks must not block: they run between the packets of every connection of the
+//! worker. Everything a callback does to a connection ([`Conn`]) is sent when it returns.
+
+use bytes::Bytes;
+use quinn_proto::{ConnectionError, StreamId, VarInt};
+
+use crate::conn::{Conn, ConnId, Ctx};
+
+/// Callbacks of one worker. Every method has a default that does nothing.
+#[allow(unused_variables)]
+pub trait Handler: Send + 'static {
+    /// The handshake of `conn` completed (server or client side).
+    fn connected(&mut self, conn: &mut Conn<'_>) {}
+
+    /// The peer opened `stream`. A readable callback follows at once (it may find nothing).
+    fn stream_opened(&mut self, conn: &mut Conn<'_>, stream: StreamId) {}
+
+    /// `stream` may have data or an end to read ([`Conn::read`]); spurious calls happen.
+    fn stream_readable(&mut self, conn: &mut Conn<'_>, stream: StreamId) {}
+
+    /// `stream` can take more data after a write returned 0 (flow control).
+    fn stream_writable(&mut self, conn: &mut Conn<'_>, stream: StreamId) {}
+
+    /// The peer acknowledged everything sent on `stream`, including its end.
+    fn stream_finished(&mut self, conn: &mut Conn<'_>, stream: StreamId) {}
+
+    /// The peer asked us to stop sending on `stream` with `code`.
+    fn stream_stopped(&mut self, conn: &mut Conn<'_>, stream: StreamId, code: VarInt) {}
+
+    /// The peer allows more streams to be opened ([`Conn::open_bi`] after it returned `None`).
+    fn streams_available(&mut self, conn: &mut Conn<'_>) {}
+
+    /// An unreliable datagram (RFC 9221) arrived.
+    fn datagram(&mut self, conn: &mut Conn<'_>, data: Bytes) {}
+
+    /// `conn` is gone: lost, closed by the peer, closed by us, or the connect failed. Called
+    /// once per connection; its [`ConnId`] is stale afterwards.
+    fn closed(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, reason: &ConnectionError) {}
+}

@@ -1,0 +1,93 @@
+//! Which shard a received datagram belongs to.
+//!
+//! The rules (docs/ARCHITECTURE.md, "Routing"):
+//! 1. Short header, or long-header Handshake: the destination CID was issued by this host and
+//!    names its worker. Another worker's CID goes to that worker (hand-over); it must never
+//!    reach this shard's endpoint, which would answer with a stateless reset.
+//! 2. Initial and 0-RTT carry a CID the client chose: they stay on the worker that got them;
+//!    the 4-tuple keeps the rest of the handshake there.
+//! 3. Anything else is the local endpoint's to judge (it drops what is not QUIC).
+
+use crate::cid::CidLayout;
+use crate::packet::quic::{self, Header, HeaderError};
+
+/// Where a datagram goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Feed it to this worker's endpoint.
+    Local,
+    /// Hand it to worker `n`.
+    Worker(usize),
+    /// Drop it: it cannot be a QUIC packet for us.
+    Drop(HeaderError),
+}
+
+/// The routing decision for `datagram` received by worker `me`.
+pub fn route(layout: &CidLayout, me: usize, datagram: &[u8]) -> Route {
+    match quic::peek(datagram, layout.len()) {
+        Err(e) => Route::Drop(e),
+        Ok(Header::Short { dcid }) | Ok(Header::ServerChosen { dcid }) => {
+            match layout.decode(dcid) {
+                Some(w) if w != me => Route::Worker(w),
+                _ => Route::Local,
+            }
+        }
+        Ok(Header::ClientChosen { .. }) | Ok(Header::Other) => Route::Local,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> CidLayout {
+        CidLayout::for_workers(4).unwrap()
+    }
+
+    fn short_for(worker: usize) -> Vec<u8> {
+        let l = layout();
+        let mut p = vec![0x41; 1 + l.len() + 20];
+        l.write(worker, &mut rand::thread_rng(), &mut p[1..1 + l.len()]);
+        p
+    }
+
+    #[test]
+    fn short_headers_go_to_their_owner() {
+        let l = layout();
+        for owner in 0..4 {
+            let p = short_for(owner);
+            for me in 0..4 {
+                let want = if owner == me {
+                    Route::Local
+                } else {
+                    Route::Worker(owner)
+                };
+                assert_eq!(route(&l, me, &p), want);
+            }
+        }
+    }
+
+    #[test]
+    fn initial_stays_even_when_dcid_looks_like_another_workers() {
+        let l = layout();
+        let mut cid = [0u8; 8];
+        l.write(3, &mut rand::thread_rng(), &mut cid);
+        let mut p = vec![0xc3, 0, 0, 0, 1, 8];
+        p.extend_from_slice(&cid);
+        p.resize(1200, 0);
+        assert_eq!(route(&l, 0, &p), Route::Local);
+        // The same CID in a Handshake packet is ours to route.
+        p[0] = 0xe3;
+        assert_eq!(route(&l, 0, &p), Route::Worker(3));
+    }
+
+    #[test]
+    fn foreign_cids_stay_local_and_garbage_is_dropped() {
+        let l = layout();
+        let mut p = short_for(2);
+        p[1] = 0xff; // first octet of another layout
+        assert_eq!(route(&l, 0, &p), Route::Local);
+        assert_eq!(route(&l, 0, &[]), Route::Drop(HeaderError::Empty));
+        assert_eq!(route(&l, 0, &[0x40, 1]), Route::Drop(HeaderError::Truncated));
+    }
+}

@@ -1,0 +1,113 @@
+//! The QUIC state of one worker: its `quinn_proto::Endpoint`, its connections, their timers,
+//! and the list of connections that need a poll. Owned and touched by one thread only.
+
+use quinn_proto::{Connection, ConnectionHandle, Endpoint};
+
+use crate::conn::ConnId;
+use crate::timer::TimerQueue;
+
+/// A connection and the worker's book-keeping about it.
+pub(crate) struct Slot {
+    pub conn: Connection,
+    pub id: ConnId,
+    /// Handshake not yet complete.
+    pub handshaking: bool,
+    /// The handler has heard `closed` for it.
+    pub reported_closed: bool,
+    /// In the dirty list already.
+    pub dirty: bool,
+}
+
+/// One endpoint shard.
+pub(crate) struct Shard {
+    pub endpoint: Endpoint,
+    /// Indexed by `ConnectionHandle.0`, which quinn-proto allocates densely.
+    pub slots: Vec<Option<Slot>>,
+    pub timers: TimerQueue,
+    /// Connections to poll for events and transmits this turn.
+    pub dirty: Vec<usize>,
+    /// Connections opened by callbacks, inserted after the callback returns.
+    pub born: Vec<(ConnectionHandle, Connection, u32)>,
+    pub next_serial: u32,
+    /// Connections alive.
+    pub active: usize,
+    /// Connections alive whose handshake is not complete.
+    pub handshaking: usize,
+}
+
+impl Shard {
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self {
+            endpoint,
+            slots: Vec::new(),
+            timers: TimerQueue::new(),
+            dirty: Vec::new(),
+            born: Vec::new(),
+            next_serial: 0,
+            active: 0,
+            handshaking: 0,
+        }
+    }
+
+    /// Adds a connection quinn-proto just created under `ch` and marks it dirty.
+    pub fn insert(&mut self, worker: usize, ch: ConnectionHandle, conn: Connection) -> ConnId {
+        let serial = self.next_serial;
+        self.next_serial = serial.wrapping_add(1);
+        self.insert_with_serial(worker, ch, conn, serial)
+    }
+
+    /// Like [`Shard::insert`], with a serial already handed out (by `Ctx::connect`).
+    pub fn insert_with_serial(
+        &mut self,
+        worker: usize,
+        ch: ConnectionHandle,
+        conn: Connection,
+        serial: u32,
+    ) -> ConnId {
+        let id = ConnId::new(worker, ch, serial);
+        if self.slots.len() <= ch.0 {
+            self.slots.resize_with(ch.0 + 1, || None);
+        }
+        debug_assert!(self.slots[ch.0].is_none(), "quinn-proto reused a live handle");
+        self.slots[ch.0] = Some(Slot {
+            conn,
+            id,
+            handshaking: true,
+            reported_closed: false,
+            dirty: false,
+        });
+        self.active += 1;
+        self.handshaking += 1;
+        self.mark_dirty(ch.0);
+        id
+    }
+
+    /// Queues connection `h` for a poll this turn.
+    pub fn mark_dirty(&mut self, h: usize) {
+        if let Some(Some(slot)) = self.slots.get_mut(h) {
+            if !slot.dirty {
+                slot.dirty = true;
+                self.dirty.push(h);
+            }
+        }
+    }
+
+    /// Removes a drained connection.
+    pub fn remove(&mut self, h: usize) -> Option<Slot> {
+        let slot = self.slots.get_mut(h)?.take()?;
+        self.timers.set(h, None);
+        self.active -= 1;
+        if slot.handshaking {
+            self.handshaking -= 1;
+        }
+        Some(slot)
+    }
+
+    /// Handles of every live connection.
+    pub fn handles(&self) -> impl Iterator<Item = usize> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(h, s)| s.as_ref().map(|_| h))
+    }
+}

@@ -1,0 +1,155 @@
+//! Deterministic simulation: engines over the in-memory network, driven by a virtual clock.
+//!
+//! ```text
+//! let net = MemNetwork::new(Duration::from_millis(5));
+//! let mut server = Node::new(builder, &net, addr, MemSteering::Hash, |_| MyHandler)?;
+//! let mut client = Node::new(client_builder, &net, client_addr, MemSteering::Hash, |_| ..)?;
+//! while !done(&server, &client) {
+//!     step(&net, &mut [&mut server, &mut client])?;
+//! }
+//! ```
+//!
+//! Each [`step`] turns every worker of every node once at the current virtual time, then, if
+//! nothing is due now, moves the clock to the next timer or delivery.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::backend::mem::{MemBackend, MemNetwork, MemSteering};
+use crate::engine::{EngineBuilder, EngineError, EngineHandle};
+use crate::handler::Handler;
+use crate::metrics::Counters;
+use crate::worker::{Poll, Worker};
+
+/// Something the simulation turns: a [`Node`].
+pub trait Drive {
+    /// Turns every worker once at `now`; returns the earliest deadline any worker reported.
+    fn turn(&mut self, now: Instant) -> io::Result<Option<Instant>>;
+
+    /// Whether every worker has stopped.
+    fn is_done(&self) -> bool;
+}
+
+/// An engine whose workers run over the in-memory network.
+pub struct Node<H: Handler> {
+    pub workers: Vec<Worker<H>>,
+    pub io: Vec<MemBackend>,
+    pub handle: EngineHandle<H>,
+    done: Vec<bool>,
+}
+
+impl<H: Handler> Node<H> {
+    /// Builds the workers of `builder` and binds them to `addr` on `net`.
+    pub fn new<F: FnMut(usize) -> H>(
+        builder: EngineBuilder,
+        net: &MemNetwork,
+        addr: SocketAddr,
+        steering: MemSteering,
+        factory: F,
+    ) -> Result<Self, EngineError> {
+        let (workers, handle) = builder.build(factory)?;
+        let io = net.bind(addr, workers.len(), steering)?;
+        let done = vec![false; workers.len()];
+        Ok(Self {
+            workers,
+            io,
+            handle,
+            done,
+        })
+    }
+
+    /// Worker `i`'s handler.
+    pub fn handler(&self, i: usize) -> &H {
+        self.workers[i].handler()
+    }
+
+    /// The sum of every worker's counters.
+    pub fn total(&self) -> Counters {
+        let mut t = Counters::default();
+        for w in &self.workers {
+            t += w.counters();
+        }
+        t
+    }
+
+    /// Connections alive over all workers.
+    pub fn connections(&self) -> usize {
+        self.workers.iter().map(|w| w.connections()).sum()
+    }
+
+}
+
+impl<H: Handler> Drive for Node<H> {
+    fn turn(&mut self, now: Instant) -> io::Result<Option<Instant>> {
+        let mut next: Option<Instant> = None;
+        for ((w, io), done) in self.workers.iter_mut().zip(&mut self.io).zip(&mut self.done) {
+            if *done {
+                continue;
+            }
+            match w.turn(io, now)? {
+                Poll::Done => *done = true,
+                Poll::Continue(Some(d)) => next = Some(next.map_or(d, |n| n.min(d))),
+                Poll::Continue(None) => {}
+            }
+            if w.has_inbox() {
+                next = Some(now);
+            }
+        }
+        Ok(next)
+    }
+
+    fn is_done(&self) -> bool {
+        self.done.iter().all(|d| *d)
+    }
+}
+
+/// One step of the simulation (see the module doc). Returns the virtual time afterwards.
+pub fn step(net: &MemNetwork, nodes: &mut [&mut dyn Drive]) -> io::Result<Instant> {
+    let now = net.now();
+    let mut next: Option<Instant> = None;
+    for n in nodes.iter_mut() {
+        if let Some(d) = n.turn(now)? {
+            next = Some(next.map_or(d, |x| x.min(d)));
+        }
+    }
+    if let Some(d) = net.next_delivery() {
+        next = Some(next.map_or(d, |x| x.min(d)));
+    }
+    match next {
+        Some(t) if t > now => net.advance_to(t),
+        Some(_) => {}
+        // Nothing armed anywhere: let idle time pass so tests with a time limit end.
+        None => net.advance_to(now + Duration::from_millis(100)),
+    }
+    Ok(net.now())
+}
+
+/// Steps until every node but the first (the server, by convention) is done.
+pub fn run_clients(
+    net: &MemNetwork,
+    nodes: &mut [&mut dyn Drive],
+    limit: Duration,
+) -> io::Result<Duration> {
+    run_until(net, nodes, limit, |n| n[1..].iter().all(|c| c.is_done()))
+}
+
+/// Steps until `done(nodes)` holds, or fails after `limit` of virtual time.
+pub fn run_until(
+    net: &MemNetwork,
+    nodes: &mut [&mut dyn Drive],
+    limit: Duration,
+    mut done: impl FnMut(&[&mut dyn Drive]) -> bool,
+) -> io::Result<Duration> {
+    let start = net.now();
+    while !done(nodes) {
+        let now = step(net, nodes)?;
+        if now - start > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("condition not reached within {limit:?} of virtual time"),
+            ));
+        }
+    }
+    Ok(net.now() - start)
+}

@@ -1,0 +1,175 @@
+//! TLS set-up: rustls (ring provider, TLS 1.3) configurations for quinn-proto, and a
+//! self-signed certificate for tests and demos.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+
+/// Errors of TLS set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("cannot generate a certificate: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Pem(String),
+    #[error("the TLS configuration cannot serve QUIC: {0}")]
+    Quic(String),
+}
+
+/// The crypto provider every configuration here uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate chain and its key.
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// A fresh self-signed ECDSA P-256 certificate for `names` (DNS names or IP addresses).
+    pub fn self_signed(names: &[&str]) -> Result<Self, TlsError> {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let ck = rcgen::generate_simple_self_signed(names)?;
+        Ok(Self {
+            chain: vec![ck.cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der())),
+        })
+    }
+
+    /// Loads a PEM certificate chain and a PEM private key.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| TlsError::Read {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let cert_pem = read(cert)?;
+        let key_pem = read(key)?;
+        let chain = rustls_pemfile_certs(&cert_pem)
+            .map_err(|e| TlsError::Pem(format!("{}: {e}", cert.display())))?;
+        if chain.is_empty() {
+            return Err(TlsError::Pem(format!(
+                "{}: no CERTIFICATE block",
+                cert.display()
+            )));
+        }
+        use rustls::pki_types::pem::PemObject;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| TlsError::Pem(format!("{}: {e}", key.display())))?;
+        Ok(Self { chain, key })
+    }
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())
+}
+
+/// A QUIC server configuration: `identity`, ALPN protocols `alpn`, any server name.
+pub fn server_config(
+    identity: Identity,
+    alpn: &[&[u8]],
+) -> Result<quinn_proto::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)?;
+    tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    tls.max_early_data_size = u32::MAX;
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    Ok(quinn_proto::ServerConfig::with_crypto(Arc::new(quic)))
+}
+
+/// How a client checks the server's certificate.
+pub enum Trust {
+    /// Only these roots (e.g. the server's self-signed certificate).
+    Roots(Vec<CertificateDer<'static>>),
+    /// No check at all: for tests and demos against self-signed servers only.
+    InsecureAnyCertificate,
+}
+
+/// A QUIC client configuration.
+pub fn client_config(trust: Trust, alpn: &[&[u8]]) -> Result<quinn_proto::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let mut tls = match trust {
+        Trust::Roots(roots) => {
+            let mut store = rustls::RootCertStore::empty();
+            for r in roots {
+                store.add(r)?;
+            }
+            builder.with_root_certificates(store).with_no_client_auth()
+        }
+        Trust::InsecureAnyCertificate => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+            .with_no_client_auth(),
+    };
+    tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    tls.enable_early_data = true;
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    Ok(quinn_proto::ClientConfig::new(Arc::new(quic)))
+}
+
+/// Accepts any certificate, still checking that the handshake signatures are valid.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

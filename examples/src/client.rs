@@ -1,0 +1,39 @@
+//! Running a client application on an engine of its own, over kernel UDP.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use xdp_quic::{Ctx, EngineBuilder, EngineError, Handler};
+
+/// Starts `builder`'s workers on UDP sockets bound to `bind` (port 0: any), runs
+/// `start` on every worker, and waits until every worker has stopped by itself.
+/// Returns the handlers and the wall time from start to the last worker's stop.
+pub fn run<H, F, S>(
+    builder: EngineBuilder,
+    bind: SocketAddr,
+    factory: F,
+    start: S,
+) -> Result<(Vec<H>, Duration), EngineError>
+where
+    H: Handler,
+    F: FnMut(usize) -> H,
+    S: Fn(&mut H, &mut Ctx<'_>) + Clone + Send + 'static,
+{
+    let engine = builder.start_udp(bind, factory)?;
+    let began = Instant::now();
+    let handle = engine.handle();
+    for w in 0..handle.workers() {
+        let start = start.clone();
+        handle.post(w, move |h, ctx| start(h, ctx));
+    }
+    let handlers = engine.join()?;
+    Ok((handlers, began.elapsed()))
+}
+
+/// The unspecified address of `remote`'s family, port 0: where a client binds.
+pub fn any_local_for(remote: SocketAddr) -> SocketAddr {
+    match remote {
+        SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
+        SocketAddr::V6(_) => "[::]:0".parse().expect("literal"),
+    }
+}

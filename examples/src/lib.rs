@@ -1,0 +1,14 @@
+//! Example applications on xdp-quic, each a [`xdp_quic::Handler`]:
+//!
+//! * [`echo`]: echoes bidirectional streams and datagrams (ALPN `echo`);
+//! * [`perf`]: the QUIC performance protocol of quinn's perf tool and msquic's secnetperf
+//!   (ALPN `perf`), server and client with throughput and latency figures;
+//! * [`hq`]: an hq-interop (HTTP/0.9 over QUIC, ALPN `hq-interop`) file server and client.
+//!
+//! [`client`] runs any of the clients on an engine of its own.
+
+pub mod client;
+pub mod echo;
+pub mod hq;
+pub mod outbox;
+pub mod perf;

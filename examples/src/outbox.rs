@@ -1,0 +1,48 @@
+//! Writing with back-pressure: what a stream could not take yet waits here.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use xdp_quic::{Conn, StreamError, StreamId};
+
+/// Data queued for one stream, in order.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    queue: VecDeque<Bytes>,
+    queued: usize,
+}
+
+impl Outbox {
+    /// Appends `data`.
+    pub fn push(&mut self, data: Bytes) {
+        self.queued += data.len();
+        self.queue.push_back(data);
+    }
+
+    /// Octets waiting.
+    pub fn len(&self) -> usize {
+        self.queued
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    /// Writes as much as the stream takes now; `Ok(true)` when everything went out.
+    pub fn flush(&mut self, conn: &mut Conn<'_>, s: StreamId) -> Result<bool, StreamError> {
+        while let Some(front) = self.queue.front_mut() {
+            let n = conn.write(s, front)?;
+            if n == 0 {
+                return Ok(false);
+            }
+            self.queued -= n;
+            if n == front.len() {
+                self.queue.pop_front();
+            } else {
+                let _ = front.split_to(n);
+            }
+        }
+        Ok(true)
+    }
+}

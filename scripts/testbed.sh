@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Two network namespaces joined by a multi-queue veth pair, for trying xdp-quic.
+#
+#   scripts/testbed.sh up   [--queues N] [--name PREFIX]
+#   scripts/testbed.sh down [--name PREFIX]
+#
+# With the default PREFIX "xq":
+#   namespace xq-server: interface xq-srv, 10.200.0.1/24 and fd00:200::1/64
+#   namespace xq-client: interface xq-cli, 10.200.0.2/24 and fd00:200::2/64
+# N rx and N tx queues on each side (default 4). veth has no RSS: a packet arrives on
+# the rx queue whose number is the tx queue the sender used.
+#
+# Use it (as root):
+#   xdp-quic attach xq-srv --netns xq-server --port 4433
+#   ip netns exec xq-client ping -c1 10.200.0.1
+#   xdp-quic stats xq-srv --netns xq-server
+# `up` fails if the namespaces exist; `down` removes everything `up` made (and the
+# xdp-quic pins of the server interface, if any) and is quiet about what is missing.
+set -euo pipefail
+
+usage() { sed -n '2,18p' "$0" >&2; exit 2; }
+
+cmd="${1:-}"; [ -n "$cmd" ] || usage; shift
+queues=4
+prefix=xq
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--queues) queues="${2:?--queues needs a number}"; shift 2 ;;
+	--name) prefix="${2:?--name needs a prefix}"; shift 2 ;;
+	*) echo "testbed.sh: unknown argument '$1'" >&2; usage ;;
+	esac
+done
+case "$queues" in ''|*[!0-9]*) echo "testbed.sh: --queues must be a number" >&2; exit 2 ;; esac
+[ "$queues" -ge 1 ] && [ "$queues" -le 64 ] || { echo "testbed.sh: --queues must be 1..64" >&2; exit 2; }
+case "$prefix" in ''|*[!a-zA-Z0-9_]*) echo "testbed.sh: --name must be letters, digits, _" >&2; exit 2 ;; esac
+[ "${#prefix}" -le 10 ] || { echo "testbed.sh: --name must be at most 10 characters" >&2; exit 2; }
+
+srv_ns="$prefix-server"; cli_ns="$prefix-client"
+srv_if="$prefix-srv"; cli_if="$prefix-cli"
+srv4=10.200.0.1; cli4=10.200.0.2; srv6=fd00:200::1; cli6=fd00:200::2
+
+if [ "$(id -u)" != 0 ]; then
+	echo "testbed.sh: needs root (ip netns, veth)" >&2
+	exit 1
+fi
+
+down() {
+	ip netns del "$srv_ns" 2>/dev/null || true
+	ip netns del "$cli_ns" 2>/dev/null || true
+	rm -rf "/sys/fs/bpf/xdp-quic/$srv_if" 2>/dev/null || true
+	rmdir /sys/fs/bpf/xdp-quic 2>/dev/null || true
+}
+
+case "$cmd" in
+up)
+	for ns in "$srv_ns" "$cli_ns"; do
+		if ip netns list | grep -qw "^$ns"; then
+			echo "testbed.sh: namespace $ns exists: run 'scripts/testbed.sh down --name $prefix' first" >&2
+			exit 1
+		fi
+	done
+	trap 'down; echo "testbed.sh: failed; removed what was made" >&2' ERR
+	ip netns add "$srv_ns"
+	ip netns add "$cli_ns"
+	ip link add "$srv_if" netns "$srv_ns" numrxqueues "$queues" numtxqueues "$queues" type veth \
+		peer name "$cli_if" netns "$cli_ns" numrxqueues "$queues" numtxqueues "$queues"
+	ip -n "$srv_ns" addr add "$srv4/24" dev "$srv_if"
+	ip -n "$cli_ns" addr add "$cli4/24" dev "$cli_if"
+	ip -n "$srv_ns" addr add "$srv6/64" dev "$srv_if" nodad
+	ip -n "$cli_ns" addr add "$cli6/64" dev "$cli_if" nodad
+	for ns in "$srv_ns" "$cli_ns"; do ip -n "$ns" link set lo up; done
+	ip -n "$srv_ns" link set "$srv_if" up
+	ip -n "$cli_ns" link set "$cli_if" up
+	trap - ERR
+	echo "server: netns $srv_ns, $srv_if, $srv4 $srv6"
+	echo "client: netns $cli_ns, $cli_if, $cli4 $cli6"
+	echo "queues: $queues"
+	;;
+down) down ;;
+*) usage ;;
+esac
