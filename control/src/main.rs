@@ -1,1 +1,62 @@
-fn main(){}
+//! `xdp-quic`: serve and test QUIC on the sharded engine, and manage the XDP steering program.
+
+use clap::{Parser, Subcommand};
+use xdp_quic_control::cli;
+
+/// A sharded QUIC datapath for Linux: kernel UDP today, AF_XDP kernel bypass via the XDP
+/// steering program.
+#[derive(Debug, Parser)]
+#[command(name = "xdp-quic", version, about)]
+struct Cli {
+    /// Log format on stderr (filter with RUST_LOG, e.g. RUST_LOG=xdp_quic=debug).
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve an example application (echo, perf, hq) on the engine.
+    Serve(cli::serve::ServeArgs),
+    /// Run an example client (echo, perf, hq) against a server.
+    Client(cli::client::ClientArgs),
+    /// Perf server and client in one process: throughput, requests/s, latency, counters.
+    Demo(cli::demo::DemoArgs),
+    /// Attach the XDP steering program to an interface (pinned under /sys/fs/bpf/xdp-quic).
+    Attach(cli::xdp::AttachArgs),
+    /// Detach the XDP steering program and remove its pins.
+    Detach(cli::xdp::DetachArgs),
+    /// Show every interface xdp-quic is attached to.
+    Status(cli::xdp::StatusArgs),
+    /// Show the XDP program's counters of an interface.
+    Stats(cli::xdp::StatsArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    match cli.command {
+        Command::Serve(a) => cli::serve::run(&a),
+        Command::Client(a) => cli::client::run(&a),
+        Command::Demo(a) => cli::demo::run(&a),
+        Command::Attach(a) => cli::xdp::attach(&a),
+        Command::Detach(a) => cli::xdp::detach(&a),
+        Command::Status(a) => cli::xdp::status(&a),
+        Command::Stats(a) => cli::xdp::stats(&a),
+    }
+}

@@ -161,7 +161,10 @@ impl ShardCidGenerator {
     /// # Panics
     /// When `worker` is not below `layout.workers()`: a programming error of the engine.
     pub fn new(layout: Arc<CidLayout>, worker: usize) -> Self {
-        assert!(worker < layout.workers(), "worker index out of the CID layout");
+        assert!(
+            worker < layout.workers(),
+            "worker index out of the CID layout"
+        );
         Self {
             layout,
             worker,
@@ -255,7 +258,10 @@ mod tests {
             CidLayout::new(8, 7, &[], 1),
             Err(CidLayoutError::ConfigRotation(7))
         );
-        assert_eq!(CidLayout::new(8, 0, &[], 0), Err(CidLayoutError::Workers(0)));
+        assert_eq!(
+            CidLayout::new(8, 0, &[], 0),
+            Err(CidLayoutError::Workers(0))
+        );
         assert_eq!(
             CidLayout::new(8, 0, &[], 257),
             Err(CidLayoutError::Workers(257))

@@ -101,7 +101,11 @@ impl Ctx<'_> {
 
     /// Opens a connection from this worker to `remote`, using the engine's client
     /// configuration. The handler hears `connected` or `closed` for the returned id.
-    pub fn connect(&mut self, remote: SocketAddr, server_name: &str) -> Result<ConnId, ConnectError> {
+    pub fn connect(
+        &mut self,
+        remote: SocketAddr,
+        server_name: &str,
+    ) -> Result<ConnId, ConnectError> {
         let cfg = self.client.ok_or(ConnectError::NoClientConfig)?.clone();
         let (ch, conn) = self.endpoint.connect(self.now, cfg, remote, server_name)?;
         let serial = *self.next_serial;
@@ -150,7 +154,10 @@ impl<'a> Conn<'a> {
         self.inner
             .crypto_session()
             .handshake_data()
-            .and_then(|d| d.downcast::<quinn_proto::crypto::rustls::HandshakeData>().ok())
+            .and_then(|d| {
+                d.downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+                    .ok()
+            })
             .and_then(|d| d.protocol)
     }
 

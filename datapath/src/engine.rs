@@ -37,10 +37,15 @@ pub enum RetryPolicy {
     AbovePendingHandshakes(usize),
 }
 
+/// Work for a worker, run between two turns.
+pub(crate) type WorkerTask<H> = Box<dyn FnOnce(&mut H, &mut Ctx<'_>) + Send>;
+/// Work for one connection, run on its worker.
+pub(crate) type ConnTask<H> = Box<dyn FnOnce(&mut H, &mut Conn<'_>) + Send>;
+
 /// Work posted to a worker from another thread.
 pub(crate) enum Command<H> {
-    Run(Box<dyn FnOnce(&mut H, &mut Ctx<'_>) + Send>),
-    RunOnConn(ConnId, Box<dyn FnOnce(&mut H, &mut Conn<'_>) + Send>),
+    Run(WorkerTask<H>),
+    RunOnConn(ConnId, ConnTask<H>),
     Shutdown { code: VarInt, reason: Bytes },
 }
 
@@ -171,7 +176,10 @@ impl EngineBuilder {
 
     /// Builds the workers without starting threads (sans-IO). Drive each with
     /// [`Worker::turn`] on its own backend; `factory(i)` makes worker `i`'s handler.
-    pub fn build<H, F>(self, mut factory: F) -> Result<(Vec<Worker<H>>, EngineHandle<H>), EngineError>
+    pub fn build<H, F>(
+        self,
+        mut factory: F,
+    ) -> Result<(Vec<Worker<H>>, EngineHandle<H>), EngineError>
     where
         H: Handler,
         F: FnMut(usize) -> H,
@@ -189,7 +197,9 @@ impl EngineBuilder {
             ));
         }
         if self.handover_capacity == 0 {
-            return Err(EngineError::Config("handover capacity must be at least 1".into()));
+            return Err(EngineError::Config(
+                "handover capacity must be at least 1".into(),
+            ));
         }
         let key = self.reset_key.unwrap_or_else(|| {
             let mut k = [0u8; 64];
@@ -237,8 +247,7 @@ impl EngineBuilder {
             let mut config = EndpointConfig::new(reset_key.clone());
             let l = layout.clone();
             config.cid_generator(move || Box::new(ShardCidGenerator::new(l.clone(), index)));
-            let endpoint =
-                quinn_proto::Endpoint::new(Arc::new(config), server.clone(), true, None);
+            let endpoint = quinn_proto::Endpoint::new(Arc::new(config), server.clone(), true, None);
             workers.push(Worker::new(WorkerParts {
                 index,
                 mesh: mesh.clone(),
@@ -280,7 +289,10 @@ impl EngineBuilder {
         for (worker, backend) in workers.into_iter().zip(backends) {
             let i = worker.index();
             let waker = handle.mesh.wakers[i].clone();
-            let cpu = cpus.as_ref().filter(|c| !c.is_empty()).map(|c| c[i % c.len()]);
+            let cpu = cpus
+                .as_ref()
+                .filter(|c| !c.is_empty())
+                .map(|c| c[i % c.len()]);
             let t = std::thread::Builder::new()
                 .name(format!("xdp-quic-w{i}"))
                 .spawn(move || run(worker, backend, &waker, cpu))?;
@@ -300,7 +312,12 @@ impl EngineBuilder {
         H: Handler,
         F: FnMut(usize) -> H,
     {
-        let layout = CidLayout::new(self.cid_len, self.config_rotation, &self.server_id, self.workers)?;
+        let layout = CidLayout::new(
+            self.cid_len,
+            self.config_rotation,
+            &self.server_id,
+            self.workers,
+        )?;
         let (backends, steering) = udp::bind_group(addr, self.workers, &layout)?;
         tracing::info!(
             workers = self.workers,
@@ -311,6 +328,24 @@ impl EngineBuilder {
         let mut engine = self.start(backends, factory)?;
         engine.steering = Some(steering);
         Ok(engine)
+    }
+}
+
+impl EngineBuilder {
+    /// Binds one UDP socket per worker to `addr` (port 0: a distinct ephemeral port each) and
+    /// starts the engine on them: the set-up for client engines, whose connections then
+    /// leave from as many 4-tuples as there are workers.
+    pub fn start_udp_client<H, F>(
+        self,
+        addr: SocketAddr,
+        factory: F,
+    ) -> Result<Engine<H>, EngineError>
+    where
+        H: Handler,
+        F: FnMut(usize) -> H,
+    {
+        let backends = udp::bind_each(addr, self.workers)?;
+        self.start(backends, factory)
     }
 }
 
@@ -349,7 +384,10 @@ fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         if cpu >= libc::CPU_SETSIZE as usize {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu index too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cpu index too large",
+            ));
         }
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
@@ -380,7 +418,11 @@ impl<H: Handler> EngineHandle<H> {
 
     /// Runs `f` on worker `worker`'s thread, between two turns. Returns false if that worker
     /// has ended (or does not exist).
-    pub fn post(&self, worker: usize, f: impl FnOnce(&mut H, &mut Ctx<'_>) + Send + 'static) -> bool {
+    pub fn post(
+        &self,
+        worker: usize,
+        f: impl FnOnce(&mut H, &mut Ctx<'_>) + Send + 'static,
+    ) -> bool {
         self.send(worker, Command::Run(Box::new(f)))
     }
 

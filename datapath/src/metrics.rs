@@ -101,15 +101,20 @@ mod tests {
     #[test]
     fn publish_snapshot_and_sum() {
         let m = WorkerMetrics::default();
-        let mut c = Counters::default();
-        c.rx_packets = 3;
-        c.handover_out = 2;
+        let c = Counters {
+            rx_packets: 3,
+            handover_out: 2,
+            ..Default::default()
+        };
         m.publish(&c);
         let s = m.snapshot();
         assert_eq!(s, c);
         let mut total = s;
         total += s;
         assert_eq!(total.rx_packets, 6);
-        assert!(total.fields().iter().any(|&(n, v)| n == "handover_out" && v == 4));
+        assert!(total
+            .fields()
+            .iter()
+            .any(|&(n, v)| n == "handover_out" && v == 4));
     }
 }

@@ -88,6 +88,9 @@ mod tests {
         p[1] = 0xff; // first octet of another layout
         assert_eq!(route(&l, 0, &p), Route::Local);
         assert_eq!(route(&l, 0, &[]), Route::Drop(HeaderError::Empty));
-        assert_eq!(route(&l, 0, &[0x40, 1]), Route::Drop(HeaderError::Truncated));
+        assert_eq!(
+            route(&l, 0, &[0x40, 1]),
+            Route::Drop(HeaderError::Truncated)
+        );
     }
 }

@@ -68,7 +68,10 @@ impl Shard {
         if self.slots.len() <= ch.0 {
             self.slots.resize_with(ch.0 + 1, || None);
         }
-        debug_assert!(self.slots[ch.0].is_none(), "quinn-proto reused a live handle");
+        debug_assert!(
+            self.slots[ch.0].is_none(),
+            "quinn-proto reused a live handle"
+        );
         self.slots[ch.0] = Some(Slot {
             conn,
             id,

@@ -77,13 +77,17 @@ impl<H: Handler> Node<H> {
     pub fn connections(&self) -> usize {
         self.workers.iter().map(|w| w.connections()).sum()
     }
-
 }
 
 impl<H: Handler> Drive for Node<H> {
     fn turn(&mut self, now: Instant) -> io::Result<Option<Instant>> {
         let mut next: Option<Instant> = None;
-        for ((w, io), done) in self.workers.iter_mut().zip(&mut self.io).zip(&mut self.done) {
+        for ((w, io), done) in self
+            .workers
+            .iter_mut()
+            .zip(&mut self.io)
+            .zip(&mut self.done)
+        {
             if *done {
                 continue;
             }

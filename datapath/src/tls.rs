@@ -72,6 +72,23 @@ impl Identity {
     }
 }
 
+/// Reads every certificate of a PEM file (e.g. a CA bundle, or a server's self-signed one).
+pub fn certs_from_pem_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let certs = rustls_pemfile_certs(&pem)
+        .map_err(|e| TlsError::Pem(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem(format!(
+            "{}: no CERTIFICATE block",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
 fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     use rustls::pki_types::pem::PemObject;
     CertificateDer::pem_slice_iter(pem)

@@ -177,7 +177,7 @@ impl<H: Handler> Worker<H> {
             match self.handovers.try_recv() {
                 Ok(d) => {
                     self.counters.handover_in += 1;
-                    self.to_endpoint(io, d);
+                    self.feed_endpoint(io, d);
                 }
                 Err(_) => break,
             }
@@ -240,7 +240,7 @@ impl<H: Handler> Worker<H> {
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += d.data.len() as u64;
         match route(&self.mesh.layout, self.index, &d.data) {
-            Route::Local => self.to_endpoint(io, d),
+            Route::Local => self.feed_endpoint(io, d),
             Route::Worker(w) => match self.mesh.handovers[w].try_send(d) {
                 Ok(()) => {
                     self.counters.handover_out += 1;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use xdp_quic::backend::mem::{MemNetwork, MemSteering};
 use xdp_quic::cid::CidLayout;
 use xdp_quic::testing::{run_clients, step, Drive, Node};
@@ -47,9 +47,21 @@ fn echo_client(
     datagrams: Vec<Bytes>,
 ) -> Node<EchoClient> {
     let n = datagrams.len();
-    let c = Node::new(client_builder(1), net, addr(at), MemSteering::Hash, move |_| {
-        EchoClient::new(addr(SERVER), "localhost", payloads.clone(), datagrams.clone(), n)
-    })
+    let c = Node::new(
+        client_builder(1),
+        net,
+        addr(at),
+        MemSteering::Hash,
+        move |_| {
+            EchoClient::new(
+                addr(SERVER),
+                "localhost",
+                payloads.clone(),
+                datagrams.clone(),
+                n,
+            )
+        },
+    )
     .unwrap();
     c.handle.post(0, |h, ctx| h.start(ctx));
     c
@@ -78,7 +90,12 @@ fn run(net: &MemNetwork, server: &mut dyn Drive, clients: &mut [Node<EchoClient>
 fn assert_all_ok(clients: &[Node<EchoClient>]) {
     for (i, c) in clients.iter().enumerate() {
         let h = c.handler(0);
-        assert!(h.all_ok(), "client {i}: results {:?} error {:?}", h.results, h.error);
+        assert!(
+            h.all_ok(),
+            "client {i}: results {:?} error {:?}",
+            h.results,
+            h.error
+        );
     }
 }
 
@@ -86,7 +103,9 @@ fn assert_all_ok(clients: &[Node<EchoClient>]) {
 fn handshake_streams_and_datagrams() {
     let net = MemNetwork::new(Duration::from_millis(10));
     let mut server = echo_server(&net, server_builder(1), MemSteering::Hash);
-    let payloads = (0..8).map(|i| payload(i, 1000 + 37_000 * i as usize)).collect();
+    let payloads = (0..8)
+        .map(|i| payload(i, 1000 + 37_000 * i as usize))
+        .collect();
     let grams = (0..5u8).map(|i| Bytes::from(vec![i; 100])).collect();
     let mut clients = vec![echo_client(&net, "10.0.0.2:5000", payloads, grams)];
     run(&net, &mut server, &mut clients);
@@ -121,7 +140,10 @@ fn connections_spread_over_shards_and_stay_there() {
         .map(|w| w.counters().conns_accepted)
         .collect();
     assert_eq!(per_worker.iter().sum::<u64>(), 24);
-    assert!(per_worker.iter().filter(|&&n| n > 0).count() >= 3, "{per_worker:?}");
+    assert!(
+        per_worker.iter().filter(|&&n| n > 0).count() >= 3,
+        "{per_worker:?}"
+    );
     // The 4-tuple hash keeps every packet of a connection on its worker: nothing handed over.
     assert_eq!(server.total().handover_out, 0);
     assert_eq!(server.total().resets_sent, 0);
@@ -131,7 +153,12 @@ fn connections_spread_over_shards_and_stay_there() {
 fn misrouted_packets_are_handed_over_never_reset() {
     let net = MemNetwork::new(Duration::from_millis(5));
     let mut server = echo_server(&net, server_builder(4), MemSteering::Hash);
-    let mut clients = vec![echo_client(&net, "10.0.2.1:7000", vec![payload(9, 2_000_000)], vec![])];
+    let mut clients = vec![echo_client(
+        &net,
+        "10.0.2.1:7000",
+        vec![payload(9, 2_000_000)],
+        vec![],
+    )];
 
     // Handshake on the worker the hash picks...
     while server.total().handshakes == 0 {
@@ -150,9 +177,15 @@ fn misrouted_packets_are_handed_over_never_reset() {
     assert_all_ok(&clients);
     let t = server.total();
     assert!(server.workers[wrong].counters().handover_out > 0);
-    assert_eq!(server.workers[owner].counters().handover_in, server.workers[wrong].counters().handover_out);
+    assert_eq!(
+        server.workers[owner].counters().handover_in,
+        server.workers[wrong].counters().handover_out
+    );
     assert_eq!(t.handover_dropped, 0);
-    assert_eq!(t.resets_sent, 0, "a misrouted packet provoked a stateless reset");
+    assert_eq!(
+        t.resets_sent, 0,
+        "a misrouted packet provoked a stateless reset"
+    );
 }
 
 #[test]
@@ -161,7 +194,14 @@ fn the_cid_steering_program_model_needs_no_hand_over() {
     let layout = Arc::new(CidLayout::for_workers(4).unwrap());
     let mut server = echo_server(&net, server_builder(4), MemSteering::Cid(layout));
     let mut clients: Vec<_> = (0..8)
-        .map(|i| echo_client(&net, &format!("10.0.3.{}:7100", i + 1), vec![payload(i, 50_000)], vec![]))
+        .map(|i| {
+            echo_client(
+                &net,
+                &format!("10.0.3.{}:7100", i + 1),
+                vec![payload(i, 50_000)],
+                vec![],
+            )
+        })
         .collect();
     run(&net, &mut server, &mut clients);
     assert_all_ok(&clients);
@@ -177,13 +217,19 @@ fn client_rebinding_mid_transfer_keeps_its_connection() {
             _ => MemSteering::Cid(Arc::new(CidLayout::for_workers(4).unwrap())),
         };
         let mut server = echo_server(&net, server_builder(4), s);
-        let mut clients = vec![echo_client(&net, "10.0.4.1:7200", vec![payload(3, 3_000_000)], vec![])];
+        let mut clients = vec![echo_client(
+            &net,
+            "10.0.4.1:7200",
+            vec![payload(3, 3_000_000)],
+            vec![],
+        )];
         // Part of the transfer on the first path...
         while server.handler_total_echoed() < 500_000 {
             step(&net, &mut [&mut server, &mut clients[0]]).unwrap();
         }
         // NAT rebinding: same client, new address and port.
-        net.rebind(&mut clients[0].io[0], addr("10.0.4.2:7201")).unwrap();
+        net.rebind(&mut clients[0].io[0], addr("10.0.4.2:7201"))
+            .unwrap();
         run(&net, &mut server, &mut clients);
         assert_all_ok(&clients);
         assert_eq!(server.total().conns_accepted, 1, "{steering}");
@@ -191,4 +237,198 @@ fn client_rebinding_mid_transfer_keeps_its_connection() {
             assert_eq!(server.total().handover_out, 0, "the program routes by CID");
         }
     }
+}
+
+#[test]
+fn retry_required_by_the_server() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut server = echo_server(
+        &net,
+        server_builder(2).retry(RetryPolicy::Always),
+        MemSteering::Hash,
+    );
+    let mut clients: Vec<_> = (0..3)
+        .map(|i| {
+            echo_client(
+                &net,
+                &format!("10.0.5.{}:7300", i + 1),
+                vec![payload(i, 10_000)],
+                vec![],
+            )
+        })
+        .collect();
+    run(&net, &mut server, &mut clients);
+    assert_all_ok(&clients);
+    let t = server.total();
+    assert_eq!(t.retries_sent, 3, "one Retry per client");
+    assert_eq!(t.conns_accepted, 3);
+}
+
+/// A handler that connects and then stays silent, recording when and why it was closed.
+#[derive(Default)]
+struct Silent {
+    closed: Option<(std::time::Instant, ConnectionError)>,
+    connected_at: Option<std::time::Instant>,
+}
+impl xdp_quic::Handler for Silent {
+    fn connected(&mut self, conn: &mut xdp_quic::Conn<'_>) {
+        self.connected_at = Some(conn.ctx().now());
+    }
+    fn closed(&mut self, ctx: &mut xdp_quic::Ctx<'_>, _id: xdp_quic::ConnId, r: &ConnectionError) {
+        self.closed = Some((ctx.now(), r.clone()));
+        ctx.stop_worker();
+    }
+}
+
+#[test]
+fn idle_timers_fire_at_their_deadline_on_both_sides() {
+    let net = MemNetwork::new(Duration::from_millis(10));
+    let mut t = TransportConfig::default();
+    t.max_idle_timeout(Some(VarInt::from_u32(2_000).into()));
+    let mut server = Node::new(
+        server_builder(1).transport(t),
+        &net,
+        addr(SERVER),
+        MemSteering::Hash,
+        |_| Silent::default(),
+    )
+    .unwrap();
+    let mut t = TransportConfig::default();
+    t.max_idle_timeout(Some(VarInt::from_u32(2_000).into()));
+    let mut client = Node::new(
+        client_builder(1).transport(t),
+        &net,
+        addr("10.0.6.1:7400"),
+        MemSteering::Hash,
+        |_| Silent::default(),
+    )
+    .unwrap();
+    client.handle.post(0, |_, ctx| {
+        ctx.connect(addr(SERVER), "localhost").unwrap();
+    });
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut client];
+    run_clients(&net, &mut nodes, Duration::from_secs(30)).unwrap();
+    drop(nodes);
+
+    let c = client.handler(0);
+    let (closed_at, reason) = c.closed.clone().expect("client closed");
+    assert_eq!(reason, ConnectionError::TimedOut);
+    let idle = closed_at - c.connected_at.expect("connected");
+    // The idle timer is armed by the last packet (at or after `connected`), and fires once:
+    // 2 s after it, within the few round trips the handshake's last packets take.
+    assert!(
+        idle >= Duration::from_secs(2) && idle < Duration::from_millis(2_100),
+        "{idle:?}"
+    );
+    // The server's connection times out too, and is drained.
+    while server.total().conns_closed == 0 {
+        step(&net, &mut [&mut server]).unwrap();
+    }
+    assert_eq!(
+        server.handler(0).closed.as_ref().map(|c| c.1.clone()),
+        Some(ConnectionError::TimedOut)
+    );
+    assert_eq!(server.connections(), 0);
+}
+
+#[test]
+fn shutdown_closes_every_connection_with_its_code_and_drains() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut server = Node::new(
+        server_builder(2),
+        &net,
+        addr(SERVER),
+        MemSteering::Hash,
+        |_| Silent::default(),
+    )
+    .unwrap();
+    let mut clients: Vec<_> = (0..6)
+        .map(|i| {
+            let c = Node::new(
+                client_builder(1),
+                &net,
+                addr(&format!("10.0.7.{}:7500", i + 1)),
+                MemSteering::Hash,
+                |_| Silent::default(),
+            )
+            .unwrap();
+            c.handle.post(0, |_, ctx| {
+                ctx.connect(addr(SERVER), "localhost").unwrap();
+            });
+            c
+        })
+        .collect();
+    while server.total().handshakes < 6 {
+        let mut nodes: Vec<&mut dyn Drive> = vec![&mut server];
+        nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
+        step(&net, &mut nodes).unwrap();
+    }
+    server.handle.shutdown(VarInt::from_u32(42), b"maintenance");
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut server];
+    nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
+    xdp_quic::testing::run_until(&net, &mut nodes, Duration::from_secs(10), |n| {
+        n.iter().all(|x| x.is_done())
+    })
+    .expect("server and clients stop");
+    drop(nodes);
+    assert_eq!(server.connections(), 0);
+    assert_eq!(server.total().conns_closed, 6);
+    for c in &clients {
+        match &c.handler(0).closed {
+            Some((_, ConnectionError::ApplicationClosed(close))) => {
+                assert_eq!(close.error_code, VarInt::from_u32(42));
+                assert_eq!(&close.reason[..], b"maintenance");
+            }
+            other => panic!("client closed with {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn hostile_input_during_a_transfer_is_counted_and_dropped() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut server = echo_server(&net, server_builder(4), MemSteering::Hash);
+    let mut clients = vec![echo_client(
+        &net,
+        "10.0.8.1:7600",
+        vec![payload(5, 1_000_000)],
+        vec![],
+    )];
+    let layout = CidLayout::for_workers(4).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let attacker = addr("10.0.8.66:666");
+    let mut sent = 0;
+    let limit = net.now() + Duration::from_secs(60);
+    while !clients[0].is_done() {
+        assert!(net.now() < limit, "transfer did not finish");
+        if sent < 2_000 {
+            for _ in 0..10 {
+                let kind = sent % 5;
+                let d: Vec<u8> = match kind {
+                    0 => (0..rng.gen_range(0..1500)).map(|_| rng.gen()).collect(),
+                    1 => vec![],
+                    2 => vec![0xc0, 0, 0, 0, 1, 20, 1, 2], // long header cut short
+                    3 => vec![0u8; 65_000],                // oversized
+                    _ => {
+                        // Forged short header with another shard's CID format.
+                        let mut p = vec![0x40 | rng.gen::<u8>() & 0x3f; 60];
+                        layout.write(rng.gen_range(0..4), &mut rng, &mut p[1..9]);
+                        p
+                    }
+                };
+                net.inject(attacker, addr(SERVER), &d);
+                sent += 1;
+            }
+        }
+        step(&net, &mut [&mut server, &mut clients[0]]).unwrap();
+    }
+    assert_all_ok(&clients);
+    let t = server.total();
+    assert!(t.rx_malformed >= 400, "{t:?}");
+    assert!(t.rx_ignored > 0, "{t:?}");
+    assert!(
+        t.handover_out > 0,
+        "forged CIDs of other workers are handed to them: {t:?}"
+    );
+    assert_eq!(t.conns_accepted, 1);
 }

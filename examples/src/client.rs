@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use xdp_quic::{Ctx, EngineBuilder, EngineError, Handler};
 
-/// Starts `builder`'s workers on UDP sockets bound to `bind` (port 0: any), runs
+/// Starts `builder`'s workers on UDP sockets bound to `bind` (one socket per worker; port 0:
+/// an ephemeral port each), runs
 /// `start` on every worker, and waits until every worker has stopped by itself.
 /// Returns the handlers and the wall time from start to the last worker's stop.
 pub fn run<H, F, S>(
@@ -19,7 +20,7 @@ where
     F: FnMut(usize) -> H,
     S: Fn(&mut H, &mut Ctx<'_>) + Clone + Send + 'static,
 {
-    let engine = builder.start_udp(bind, factory)?;
+    let engine = builder.start_udp_client(bind, factory)?;
     let began = Instant::now();
     let handle = engine.handle();
     for w in 0..handle.workers() {

@@ -192,7 +192,14 @@ impl EchoClient {
             };
             let mut out = Outbox::default();
             out.push(self.payloads[index].clone());
-            self.streams.insert(s, Sent { index, out, checked: 0 });
+            self.streams.insert(
+                s,
+                Sent {
+                    index,
+                    out,
+                    checked: 0,
+                },
+            );
             self.send(conn, s);
         }
     }

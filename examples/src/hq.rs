@@ -48,10 +48,7 @@ pub fn resolve(root: &Path, request: &[u8]) -> Result<PathBuf, PathError> {
     let path = line.strip_prefix("GET /").ok_or(PathError::BadRequest)?;
     let path = path.split(['?', '#']).next().unwrap_or("");
     let rel = Path::new(path);
-    if rel
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_)))
-    {
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
         return Err(PathError::NotFound);
     }
     let full = root.join(rel);
@@ -169,7 +166,8 @@ impl Handler for HqServer {
         if !complete {
             return;
         }
-        match resolve(&self.root, req).and_then(|p| File::open(p).map_err(|_| PathError::NotFound)) {
+        match resolve(&self.root, req).and_then(|p| File::open(p).map_err(|_| PathError::NotFound))
+        {
             Ok(file) => {
                 self.streams.insert(
                     key,
@@ -316,9 +314,18 @@ mod tests {
 
         assert!(resolve(&root, b"GET /a.txt\r\n").is_ok());
         assert!(resolve(&root, b"GET /sub/b.txt").is_ok());
-        assert_eq!(resolve(&root, b"GET /../secret\r\n"), Err(PathError::NotFound));
-        assert_eq!(resolve(&root, b"GET /sub/../../secret"), Err(PathError::NotFound));
-        assert_eq!(resolve(&root, b"GET //etc/passwd"), Err(PathError::NotFound));
+        assert_eq!(
+            resolve(&root, b"GET /../secret\r\n"),
+            Err(PathError::NotFound)
+        );
+        assert_eq!(
+            resolve(&root, b"GET /sub/../../secret"),
+            Err(PathError::NotFound)
+        );
+        assert_eq!(
+            resolve(&root, b"GET //etc/passwd"),
+            Err(PathError::NotFound)
+        );
         assert_eq!(resolve(&root, b"GET /link"), Err(PathError::NotFound));
         assert_eq!(resolve(&root, b"GET /sub"), Err(PathError::NotFound));
         assert_eq!(resolve(&root, b"GET /nope"), Err(PathError::NotFound));

@@ -278,8 +278,14 @@ pub struct PerfClient {
 
 impl PerfClient {
     /// Worker `worker` of `workers`: it opens its share of `cfg.connections`.
-    pub fn new(cfg: Arc<PerfClientConfig>, budget: Arc<Budget>, worker: usize, workers: usize) -> Self {
-        let connections = cfg.connections / workers + usize::from(worker < cfg.connections % workers);
+    pub fn new(
+        cfg: Arc<PerfClientConfig>,
+        budget: Arc<Budget>,
+        worker: usize,
+        workers: usize,
+    ) -> Self {
+        let connections =
+            cfg.connections / workers + usize::from(worker < cfg.connections % workers);
         Self {
             cfg,
             budget,
@@ -435,7 +441,12 @@ impl Handler for PerfClient {
                 self.stats.errors.push(format!("connection {id}: {reason}"));
             }
         }
-        let lost: Vec<_> = self.requests.keys().filter(|(c, _)| *c == id).copied().collect();
+        let lost: Vec<_> = self
+            .requests
+            .keys()
+            .filter(|(c, _)| *c == id)
+            .copied()
+            .collect();
         for k in lost {
             self.requests.remove(&k);
             self.stats.failed += 1;

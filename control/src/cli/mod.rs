@@ -1,1 +1,7 @@
+//! The `xdp-quic` command line: one module per group of subcommands.
+
+pub mod args;
+pub mod client;
+pub mod demo;
+pub mod serve;
 pub mod xdp;

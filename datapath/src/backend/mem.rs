@@ -116,7 +116,11 @@ impl MemNetwork {
         let now = n.now;
         n.groups
             .values()
-            .flat_map(|g| g.inboxes.iter().flat_map(|q| q.iter().map(|p| p.deliver_at)))
+            .flat_map(|g| {
+                g.inboxes
+                    .iter()
+                    .flat_map(|q| q.iter().map(|p| p.deliver_at))
+            })
             .filter(|&t| t > now)
             .min()
     }
@@ -194,7 +198,10 @@ impl MemNetwork {
         let mut fresh = self.bind(to, 1, MemSteering::Hash)?;
         let old = std::mem::replace(backend, fresh.pop().expect("one member"));
         let mut n = self.lock();
-        if n.groups.get(&old.addr).is_some_and(|g| g.inboxes.len() == 1) {
+        if n.groups
+            .get(&old.addr)
+            .is_some_and(|g| g.inboxes.len() == 1)
+        {
             n.groups.remove(&old.addr);
         }
         Ok(())
@@ -217,7 +224,9 @@ impl Net {
         let member = match &group.steering {
             MemSteering::Fixed(m) => *m % n,
             MemSteering::Hash => hash_member(&p, n),
-            MemSteering::Cid(layout) => cid_member(layout, &p, n).unwrap_or_else(|| hash_member(&p, n)),
+            MemSteering::Cid(layout) => {
+                cid_member(layout, &p, n).unwrap_or_else(|| hash_member(&p, n))
+            }
         };
         group.inboxes[member].push_back(p);
         self.stats.delivered += 1;

@@ -68,8 +68,12 @@ pub trait Backend {
 
     /// Blocks until a datagram may be received, `want_write` and the backend can take more,
     /// `waker` is woken, or `deadline` passes. Spurious returns are allowed.
-    fn wait(&mut self, deadline: Option<Instant>, want_write: bool, waker: &Waker)
-        -> io::Result<()>;
+    fn wait(
+        &mut self,
+        deadline: Option<Instant>,
+        want_write: bool,
+        waker: &Waker,
+    ) -> io::Result<()>;
 
     /// The local address datagrams are received on.
     fn local_addr(&self) -> io::Result<SocketAddr>;

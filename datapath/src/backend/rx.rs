@@ -89,6 +89,13 @@ impl RxBatch {
     }
 }
 
+impl Default for RxBatch {
+    /// An empty placeholder batch (allocates nothing).
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,12 +128,5 @@ mod tests {
         got[0].data[0] = b'x';
         assert_eq!(&got[0].data[..], b"xaaa");
         assert_eq!(&got[1].data[..], b"bbbb");
-    }
-}
-
-impl Default for RxBatch {
-    /// An empty placeholder batch (allocates nothing).
-    fn default() -> Self {
-        Self::new(0)
     }
 }

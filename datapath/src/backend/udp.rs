@@ -89,9 +89,8 @@ pub fn bind_group(
         }
         s.set_reuse_port(true)?;
         s.set_nonblocking(true)?;
-        s.bind(&addr.into()).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}"))
-        })?;
+        s.bind(&addr.into())
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
         let socket: UdpSocket = s.into();
         addr = socket.local_addr()?;
         sockets.push(socket);
@@ -106,6 +105,23 @@ pub fn bind_group(
         .map(UdpBackend::new)
         .collect::<io::Result<Vec<_>>>()?;
     Ok((backends, steering))
+}
+
+/// Binds one socket per worker to `addr`, each on its own port when `addr`'s port is 0: a
+/// client engine's workers then have distinct 4-tuples, which servers spread over their
+/// workers.
+pub fn bind_each(addr: SocketAddr, workers: usize) -> io::Result<Vec<UdpBackend>> {
+    (0..workers)
+        .map(|_| {
+            let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+            if addr.is_ipv6() && addr.ip().is_unspecified() {
+                s.set_only_v6(false)?;
+            }
+            s.bind(&addr.into())
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
+            UdpBackend::new(s.into())
+        })
+        .collect()
 }
 
 /// The classic-BPF reuseport program for `layout`. It runs with the UDP payload at offset 0
@@ -174,15 +190,16 @@ impl Backend for UdpBackend {
             let mut chunks = self.buf.chunks_mut(SLOT);
             let mut slices: [IoSliceMut<'_>; BATCH_SIZE] =
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-            let n = match self
-                .state
-                .recv(UdpSockRef::from(&self.socket), &mut slices, &mut self.meta)
-            {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
+            let n =
+                match self
+                    .state
+                    .recv(UdpSockRef::from(&self.socket), &mut slices, &mut self.meta)
+                {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
             for (meta, slot) in self.meta[..n].iter().zip(self.buf.chunks(SLOT)) {
                 let ecn = meta
                     .ecn

@@ -1,0 +1,254 @@
+//! `xdp-quic client`: the example clients (echo, perf, hq) over the UDP backend.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use xdp_quic::{tls, EngineBuilder};
+use xdp_quic_examples::client::{any_local_for, run as run_client};
+use xdp_quic_examples::echo::EchoClient;
+use xdp_quic_examples::hq::{Fetched, HqClient};
+use xdp_quic_examples::perf::{Budget, PerfClient, PerfClientConfig, PerfReport, PerfStats};
+
+use super::args::{self, App};
+
+/// Arguments of `xdp-quic client`.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// The server.
+    #[arg(long, value_name = "IP:PORT")]
+    pub connect: SocketAddr,
+    /// The application.
+    #[arg(long, value_enum, default_value_t = App::Perf)]
+    pub app: App,
+    /// Server name for TLS (SNI and certificate check).
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// PEM file with the certificate(s) to trust.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Do not check the server's certificate (test servers with self-signed certificates).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Client worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    #[command(flatten)]
+    pub perf: PerfArgs,
+    /// echo: text to send (one stream per --message).
+    #[arg(long = "message", value_name = "TEXT")]
+    pub messages: Vec<String>,
+    /// hq: paths to fetch (e.g. /index.html), in parallel on one connection.
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// hq: save fetched files into this directory (default: print sizes only).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of the perf client.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PerfArgs {
+    /// perf: octets requested per request (e.g. 1M).
+    #[arg(long, default_value = "1M", value_parser = args::parse_size)]
+    pub download: u64,
+    /// perf: octets uploaded per request.
+    #[arg(long, default_value = "0", value_parser = args::parse_size)]
+    pub upload: u64,
+    /// perf: requests in all (default 100, unless --duration is given).
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// perf: stop issuing requests after SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// perf: connections.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// perf: requests in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
+}
+
+fn builder(a: &ClientArgs) -> anyhow::Result<EngineBuilder> {
+    if a.workers == 0 || a.workers > 256 {
+        bail!("--workers must be between 1 and 256");
+    }
+    let trust = args::client_trust(a.ca.as_ref(), a.insecure)?;
+    let client = tls::client_config(trust, &[a.app.alpn()])?;
+    Ok(EngineBuilder::default()
+        .workers(a.workers)
+        .client(client)
+        .transport(super::serve::transport()))
+}
+
+pub fn run(a: &ClientArgs) -> anyhow::Result<()> {
+    let b = builder(a)?;
+    match a.app {
+        App::Perf => {
+            let report = perf(b, a.connect, &a.server_name, &a.perf, a.workers)?;
+            if a.json {
+                println!("{}", report_json(&report));
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+        App::Echo => echo(b, a),
+        App::Hq => hq(b, a),
+    }
+}
+
+/// Runs a perf client; fails when a request failed.
+pub fn perf(
+    b: EngineBuilder,
+    remote: SocketAddr,
+    server_name: &str,
+    p: &PerfArgs,
+    workers: usize,
+) -> anyhow::Result<PerfReport> {
+    if p.connections == 0 || p.streams == 0 {
+        bail!("--connections and --streams must be at least 1");
+    }
+    let duration = match p.duration {
+        Some(d) if !(d.is_finite() && d > 0.0) => bail!("--duration must be a positive number"),
+        d => d.map(std::time::Duration::from_secs_f64),
+    };
+    let requests = p
+        .requests
+        .or(if duration.is_some() { None } else { Some(100) });
+    let cfg = Arc::new(PerfClientConfig {
+        remote,
+        server_name: server_name.to_string(),
+        connections: p.connections,
+        streams: p.streams,
+        requests,
+        duration,
+        upload: p.upload,
+        download: p.download,
+    });
+    let budget = Budget::new(requests);
+    let workers = workers.min(p.connections);
+    let (handlers, elapsed) = run_client(
+        b.workers(workers),
+        any_local_for(remote),
+        |w| PerfClient::new(cfg.clone(), budget.clone(), w, workers),
+        |h: &mut PerfClient, ctx| h.start(ctx),
+    )?;
+    let mut stats = PerfStats::default();
+    for h in handlers {
+        stats.merge(h.stats);
+    }
+    if stats.connections == 0 {
+        bail!(
+            "no connection to {remote} could be established: {}",
+            stats.errors.first().map_or("timed out", String::as_str)
+        );
+    }
+    if stats.failed > 0 {
+        bail!(
+            "{} of {} requests failed; first errors: {:?}",
+            stats.failed,
+            stats.failed + stats.requests,
+            stats.errors
+        );
+    }
+    Ok(stats.report(elapsed))
+}
+
+/// A perf report as a JSON object.
+pub fn report_json(r: &PerfReport) -> serde_json::Value {
+    serde_json::json!({
+        "elapsed_s": r.elapsed_s,
+        "requests": r.requests,
+        "failed": r.failed,
+        "connections": r.connections,
+        "downloaded_bytes": r.downloaded,
+        "uploaded_bytes": r.uploaded,
+        "download_mbps": r.download_mbps,
+        "upload_mbps": r.upload_mbps,
+        "requests_per_s": r.requests_per_s,
+        "latency_ms": {"p50": r.p50_ms, "p90": r.p90_ms, "p99": r.p99_ms, "max": r.max_ms},
+    })
+}
+
+fn echo(b: EngineBuilder, a: &ClientArgs) -> anyhow::Result<()> {
+    let messages: Vec<Bytes> = if a.messages.is_empty() {
+        vec![Bytes::from_static(b"hello from xdp-quic")]
+    } else {
+        a.messages.iter().map(|m| Bytes::from(m.clone())).collect()
+    };
+    let (remote, name) = (a.connect, a.server_name.clone());
+    let msgs = messages.clone();
+    let (mut handlers, _) = run_client(
+        b.workers(1),
+        any_local_for(remote),
+        move |_| EchoClient::new(remote, &name, msgs.clone(), vec![], 0),
+        |h: &mut EchoClient, ctx| h.start(ctx),
+    )?;
+    let h = handlers.pop().context("no worker")?;
+    if let Some(e) = &h.error {
+        bail!("connection to {remote} failed: {e}");
+    }
+    for (m, ok) in messages.iter().zip(&h.results) {
+        match ok {
+            Some(true) => println!("{}", String::from_utf8_lossy(m)),
+            _ => bail!(
+                "the echo of {:?} did not come back intact",
+                String::from_utf8_lossy(m)
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn hq(b: EngineBuilder, a: &ClientArgs) -> anyhow::Result<()> {
+    if a.paths.is_empty() {
+        bail!("--app hq needs at least one --path /FILE");
+    }
+    if let Some(p) = a.paths.iter().find(|p| !p.starts_with('/')) {
+        bail!("--path {p}: paths start with /");
+    }
+    let (remote, name, paths) = (a.connect, a.server_name.clone(), a.paths.clone());
+    let (mut handlers, _) = run_client(
+        b.workers(1),
+        any_local_for(remote),
+        move |_| HqClient::new(remote, &name, paths.clone()),
+        |h: &mut HqClient, ctx| h.start(ctx),
+    )?;
+    let h = handlers.pop().context("no worker")?;
+    let mut failed = 0;
+    for (path, r) in a.paths.iter().zip(&h.results) {
+        match r {
+            Some(Fetched::Body(body)) => {
+                println!("{path}: {} octets", body.len());
+                if let Some(dir) = &a.out {
+                    let name = path.trim_start_matches('/').replace('/', "_");
+                    let file = dir.join(if name.is_empty() { "index" } else { &name });
+                    std::fs::write(&file, body)
+                        .with_context(|| format!("writing {}", file.display()))?;
+                }
+            }
+            Some(Fetched::Reset(code)) => {
+                failed += 1;
+                println!("{path}: refused by the server (code {code})");
+            }
+            Some(Fetched::Failed(e)) => {
+                failed += 1;
+                println!("{path}: failed: {e}");
+            }
+            None => {
+                failed += 1;
+                println!("{path}: no answer");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} requests failed", a.paths.len());
+    }
+    Ok(())
+}

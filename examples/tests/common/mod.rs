@@ -1,0 +1,410 @@
+//! Shared helpers of the loopback interop tests: the quinn side (client configuration, echo and
+//! perf servers written on quinn), our engines, payloads, and hang guards.
+//!
+//! The quinn side builds its TLS configuration with rustls directly (ring provider), not with
+//! `xdp_quic::tls`, so that the two peers share nothing but the wire.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::{RngCore, SeedableRng};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use xdp_quic::backend::udp::UdpBackend;
+use xdp_quic::{tls, Engine, EngineBuilder, Handler, VarInt};
+
+/// Hang guard of every wait: far above what any step needs, even in debug builds on 2 cores.
+pub const HANG: Duration = Duration::from_secs(60);
+
+/// How long our engines wait for connections to drain at shutdown.
+pub const DRAIN: Duration = Duration::from_secs(1);
+
+/// Deterministic pseudo-random octets.
+pub fn payload(seed: u64, len: usize) -> Bytes {
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v.into()
+}
+
+/// Panics with the first differing offset (not a 10 MB dump) unless `got == want`.
+#[track_caller]
+pub fn assert_same(what: &str, got: &[u8], want: &[u8]) {
+    if got == want {
+        return;
+    }
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    panic!(
+        "{what}: got {} octets, want {}; first difference at offset {at}",
+        got.len(),
+        want.len()
+    );
+}
+
+/// Awaits `f`, failing the test if it takes longer than [`HANG`].
+pub async fn guard<T>(what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(HANG, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: still running after {HANG:?} (hang guard)"),
+    }
+}
+
+/// Runs blocking `f` on a thread of its own and awaits it, with the hang guard. (A thread of
+/// our own rather than `spawn_blocking`: a hung one must not keep the runtime from dropping.)
+pub async fn blocking<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match guard(what, rx).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("{what}: thread vanished"),
+    }
+}
+
+/// A fresh self-signed identity for "localhost" and its certificate (for the peer to trust).
+pub fn identity() -> (tls::Identity, CertificateDer<'static>) {
+    let id = tls::Identity::self_signed(&["localhost"]).expect("self-signed certificate");
+    let cert = id.chain[0].clone();
+    (id, cert)
+}
+
+/// Our server engine builder: `workers` shards, ALPN `alpn`, short drain. Returns the
+/// certificate the client must trust.
+pub fn our_server(workers: usize, alpn: &[u8]) -> (EngineBuilder, CertificateDer<'static>) {
+    let (id, cert) = identity();
+    let b = EngineBuilder::default()
+        .workers(workers)
+        .server(tls::server_config(id, &[alpn]).expect("server TLS"))
+        .drain_timeout(DRAIN);
+    (b, cert)
+}
+
+/// Our client engine builder trusting `cert`, ALPN `alpn`.
+pub fn our_client(workers: usize, cert: CertificateDer<'static>, alpn: &[u8]) -> EngineBuilder {
+    EngineBuilder::default()
+        .workers(workers)
+        .client(tls::client_config(tls::Trust::Roots(vec![cert]), &[alpn]).expect("client TLS"))
+        .drain_timeout(DRAIN)
+}
+
+/// `workers` SO_REUSEPORT sockets on one loopback port, WITHOUT the CID steering program:
+/// the kernel's 4-tuple hash spreads packets and the workers hand misrouted ones over.
+pub fn hash_group(workers: usize) -> Vec<UdpBackend> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    (0..workers)
+        .map(|_| {
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+            s.set_reuse_port(true).unwrap();
+            s.bind(&addr.into()).unwrap();
+            let s: UdpSocket = s.into();
+            addr = s.local_addr().unwrap();
+            UdpBackend::new(s).unwrap()
+        })
+        .collect()
+}
+
+/// Shuts `engine` down (blocking, on a thread) and returns its handlers; panics if a worker
+/// failed or panicked.
+pub async fn shutdown<H: Handler>(engine: Engine<H>) -> Vec<H> {
+    blocking("engine shutdown", move || {
+        engine
+            .shutdown(VarInt::from_u32(0), b"bye")
+            .expect("workers ended cleanly")
+    })
+    .await
+}
+
+/// The transport of the quinn peers: datagrams on, 1,000 concurrent streams, 30 s idle.
+pub fn quinn_transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1000))
+        .datagram_receive_buffer_size(Some(1 << 20))
+        .datagram_send_buffer_size(1 << 20)
+        .max_idle_timeout(Some(Duration::from_secs(30).try_into().unwrap()));
+    t
+}
+
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A quinn client configuration trusting only `cert`, offering `alpn`.
+pub fn quinn_client_config(cert: CertificateDer<'static>, alpn: &[u8]) -> quinn::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(ring())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut c = quinn::ClientConfig::new(Arc::new(quic));
+    c.transport_config(Arc::new(quinn_transport()));
+    c
+}
+
+/// A quinn client endpoint on a fresh loopback port.
+pub fn quinn_client(cert: CertificateDer<'static>, alpn: &[u8]) -> quinn::Endpoint {
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn_client_config(cert, alpn));
+    ep
+}
+
+/// Connects `ep` to `addr` ("localhost"), with the hang guard.
+pub async fn quinn_connect(ep: &quinn::Endpoint, addr: SocketAddr) -> quinn::Connection {
+    guard("quinn connect", async {
+        ep.connect(addr, "localhost")
+            .expect("connect starts")
+            .await
+            .expect("handshake")
+    })
+    .await
+}
+
+/// Echoes `data` over a new bidirectional stream of `conn` (writing and reading at once) and
+/// returns what came back.
+pub async fn quinn_echo(conn: &quinn::Connection, data: Bytes) -> anyhow::Result<Vec<u8>> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let writer = tokio::spawn(async move {
+        send.write_chunk(data).await?;
+        send.finish()?;
+        anyhow::Ok(())
+    });
+    let back = recv.read_to_end(usize::MAX).await?;
+    writer.await??;
+    Ok(back)
+}
+
+/// Sends `n` distinct datagrams over `conn` and waits until each has come back at least once
+/// (resending the missing ones every 500 ms: datagrams are unreliable). Returns the sends.
+pub async fn quinn_datagrams(conn: &quinn::Connection, n: usize) -> usize {
+    let grams: Vec<Bytes> = (0..n)
+        .map(|i| payload(1000 + i as u64, 50 + 20 * i))
+        .collect();
+    let mut back = vec![false; n];
+    let mut sent = 0;
+    guard("datagram echo", async {
+        while back.iter().any(|b| !b) {
+            for (g, _) in grams.iter().zip(&back).filter(|(_, b)| !**b) {
+                conn.send_datagram(g.clone()).expect("datagrams enabled");
+                sent += 1;
+            }
+            let until = tokio::time::sleep(Duration::from_millis(500));
+            tokio::pin!(until);
+            loop {
+                tokio::select! {
+                    d = conn.read_datagram() => {
+                        let d = d.expect("connection alive");
+                        let i = grams.iter().position(|g| *g == d).expect("an echo of ours");
+                        back[i] = true;
+                        if back.iter().all(|b| *b) { break; }
+                    }
+                    _ = &mut until => break,
+                }
+            }
+        }
+    })
+    .await;
+    sent
+}
+
+/// A server written on quinn (the independent peer of our client).
+pub struct QuinnServer {
+    pub endpoint: quinn::Endpoint,
+    pub addr: SocketAddr,
+    pub cert: CertificateDer<'static>,
+    /// Retry packets sent.
+    pub retries: Arc<AtomicU64>,
+    /// Connections established.
+    pub connections: Arc<AtomicU64>,
+    /// Streams served to their end.
+    pub streams: Arc<AtomicU64>,
+    /// Datagrams echoed.
+    pub datagrams: Arc<AtomicU64>,
+    /// Most streams being served at once.
+    pub peak_streams: Arc<AtomicU64>,
+    live_streams: Arc<AtomicU64>,
+}
+
+/// What a quinn server does with each accepted bidirectional stream.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Service {
+    /// Echo streams and datagrams (ALPN `echo`).
+    Echo,
+    /// The QUIC perf protocol (ALPN `perf`).
+    Perf,
+}
+
+impl QuinnServer {
+    /// Starts a quinn server on a fresh loopback port; with `retry`, every client must first
+    /// prove its address with a Retry round trip.
+    pub fn start(service: Service, retry: bool) -> Self {
+        let (id, cert) = identity();
+        let key: PrivateKeyDer<'static> = id.key;
+        let mut tls = rustls::ServerConfig::builder_with_provider(ring())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(id.chain, key)
+            .unwrap();
+        tls.alpn_protocols = vec![match service {
+            Service::Echo => b"echo".to_vec(),
+            Service::Perf => b"perf".to_vec(),
+        }];
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        config.transport_config(Arc::new(quinn_transport()));
+        let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let s = Self {
+            endpoint,
+            addr,
+            cert,
+            retries: Default::default(),
+            connections: Default::default(),
+            streams: Default::default(),
+            datagrams: Default::default(),
+            peak_streams: Default::default(),
+            live_streams: Default::default(),
+        };
+        let ep = s.endpoint.clone();
+        let stats = s.stats();
+        tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                if retry && !incoming.remote_address_validated() {
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                    incoming.retry().expect("retry possible");
+                    continue;
+                }
+                let stats = stats.clone();
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    stats.connections.fetch_add(1, Ordering::Relaxed);
+                    serve(conn, service, stats).await;
+                });
+            }
+        });
+        s
+    }
+
+    fn stats(&self) -> Stats {
+        Stats {
+            retries: self.retries.clone(),
+            connections: self.connections.clone(),
+            streams: self.streams.clone(),
+            datagrams: self.datagrams.clone(),
+            peak_streams: self.peak_streams.clone(),
+            live_streams: self.live_streams.clone(),
+        }
+    }
+
+    /// Closes the endpoint and waits until its connections are gone.
+    pub async fn stop(self) {
+        self.endpoint.close(VarInt::from_u32(0), b"bye");
+        guard("quinn server idle", self.endpoint.wait_idle()).await;
+    }
+}
+
+#[derive(Clone)]
+struct Stats {
+    retries: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
+    streams: Arc<AtomicU64>,
+    datagrams: Arc<AtomicU64>,
+    peak_streams: Arc<AtomicU64>,
+    live_streams: Arc<AtomicU64>,
+}
+
+async fn serve(conn: quinn::Connection, service: Service, stats: Stats) {
+    if service == Service::Echo {
+        let c = conn.clone();
+        let st = stats.clone();
+        tokio::spawn(async move {
+            while let Ok(d) = c.read_datagram().await {
+                st.datagrams.fetch_add(1, Ordering::Relaxed);
+                let _ = c.send_datagram(d);
+            }
+        });
+    }
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let live = stats.live_streams.fetch_add(1, Ordering::Relaxed) + 1;
+            stats.peak_streams.fetch_max(live, Ordering::Relaxed);
+            let ok = match service {
+                Service::Echo => echo_stream(send, recv).await,
+                Service::Perf => perf_stream(send, recv).await,
+            };
+            stats.live_streams.fetch_sub(1, Ordering::Relaxed);
+            if ok.is_ok() {
+                stats.streams.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+}
+
+async fn echo_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> anyhow::Result<()> {
+    while let Some(chunk) = recv.read_chunk(64 * 1024, true).await? {
+        send.write_chunk(chunk.bytes).await?;
+    }
+    send.finish()?;
+    Ok(())
+}
+
+/// The perf protocol: 8-octet big-endian response size, upload to the end, then the response.
+async fn perf_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> anyhow::Result<()> {
+    let mut size = [0u8; 8];
+    recv.read_exact(&mut size).await?;
+    while recv.read_chunk(64 * 1024, true).await?.is_some() {}
+    let mut left = u64::from_be_bytes(size);
+    let zeros = Bytes::from(vec![0u8; 64 * 1024]);
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        send.write_chunk(zeros.slice(..n)).await?;
+        left -= n as u64;
+    }
+    send.finish()?;
+    Ok(())
+}
+
+/// A perf request from a quinn client: uploads `upload` octets, asks for `download`, checks
+/// that exactly `download` zeros come back.
+pub async fn quinn_perf_request(
+    conn: &quinn::Connection,
+    upload: usize,
+    download: u64,
+) -> anyhow::Result<()> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let writer = tokio::spawn(async move {
+        send.write_all(&download.to_be_bytes()).await?;
+        send.write_chunk(Bytes::from(vec![0u8; upload])).await?;
+        send.finish()?;
+        anyhow::Ok(())
+    });
+    let mut got = 0u64;
+    while let Some(chunk) = recv.read_chunk(64 * 1024, true).await? {
+        anyhow::ensure!(chunk.bytes.iter().all(|b| *b == 0), "non-zero perf payload");
+        got += chunk.bytes.len() as u64;
+    }
+    writer.await??;
+    anyhow::ensure!(got == download, "got {got} octets, asked for {download}");
+    Ok(())
+}

@@ -1,0 +1,792 @@
+//! Loopback interop with the quinn crate (0.11, tokio) as the independent peer, both ways:
+//! quinn clients against our server engine, and our client engine against servers written on
+//! quinn. Real kernel UDP sockets on 127.0.0.1, real threads; no timing thresholds (timeouts
+//! are hang guards only).
+//!
+//! Run: `cargo test -p xdp-quic-examples --test quinn_interop`
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use rand::{Rng, RngCore, SeedableRng};
+use xdp_quic::backend::udp::Steering;
+use xdp_quic::cid::CidLayout;
+use xdp_quic::{Counters, EngineHandle, RetryPolicy, TransportConfig, VarInt};
+use xdp_quic_examples::client::{self, any_local_for};
+use xdp_quic_examples::echo::{self, EchoClient, EchoServer};
+use xdp_quic_examples::perf::{self, Budget, PerfClient, PerfClientConfig, PerfServer, PerfStats};
+
+const MB: usize = 1_000_000;
+
+fn server_transport(streams: u32) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(streams));
+    t
+}
+
+fn total_echoed(h: &[EchoServer]) -> u64 {
+    h.iter().map(|h| h.echoed).sum()
+}
+
+fn sum<T>(h: &[T], f: impl Fn(&T) -> u64) -> u64 {
+    h.iter().map(f).sum()
+}
+
+// ---------------------------------------------------------------------------------------------
+// quinn client -> our server
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quinn_client_handshake_echo_and_datagrams() {
+    let (b, cert) = our_server(2, echo::ALPN);
+    let engine = b
+        .start_udp("127.0.0.1:0".parse().unwrap(), |_| EchoServer::default())
+        .unwrap();
+    let addr = engine.local_addr();
+    let ep = quinn_client(cert, echo::ALPN);
+    let conn = quinn_connect(&ep, addr).await;
+    assert_eq!(
+        conn.handshake_data()
+            .unwrap()
+            .downcast::<quinn::crypto::rustls::HandshakeData>()
+            .unwrap()
+            .protocol
+            .as_deref(),
+        Some(echo::ALPN)
+    );
+
+    for (i, len) in [0usize, 1, 1200, 65_536, 300_001].into_iter().enumerate() {
+        let data = payload(i as u64, len);
+        let back = guard("echo", quinn_echo(&conn, data.clone()))
+            .await
+            .unwrap();
+        assert_same("echo", &back, &data);
+    }
+    let sent = quinn_datagrams(&conn, 20).await;
+    assert!(conn.close_reason().is_none());
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+
+    let t = engine.handle().total();
+    let handlers = shutdown(engine).await;
+    assert_eq!(sum(&handlers, |h| h.connections), 1);
+    assert!(
+        sum(&handlers, |h| h.datagrams) >= 20 && sum(&handlers, |h| h.datagrams) <= sent as u64
+    );
+    assert_eq!(
+        total_echoed(&handlers),
+        (1 + 1200 + 65_536 + 300_001) as u64
+    );
+    assert_eq!((t.conns_accepted, t.handshakes, t.resets_sent), (1, 1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quinn_client_10_mb_each_way() {
+    let (b, cert) = our_server(1, echo::ALPN);
+    let engine = b
+        .start_udp("127.0.0.1:0".parse().unwrap(), |_| EchoServer::default())
+        .unwrap();
+    let ep = quinn_client(cert, echo::ALPN);
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    let data = payload(10, 10 * MB);
+    let back = guard("10 MB echo", quinn_echo(&conn, data.clone()))
+        .await
+        .unwrap();
+    assert_same("10 MB echo", &back, &data);
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    let handlers = shutdown(engine).await;
+    assert_eq!(total_echoed(&handlers), 10 * MB as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quinn_client_1000_concurrent_streams() {
+    const N: usize = 1000;
+    let (b, cert) = our_server(1, echo::ALPN);
+    let engine = b
+        .transport(server_transport(N as u32))
+        .start_udp("127.0.0.1:0".parse().unwrap(), |_| EchoServer::default())
+        .unwrap();
+    let ep = quinn_client(cert, echo::ALPN);
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+
+    // Open all 1,000 first, and make each visible to the server with its first octet, before
+    // any is finished: they are all open at the same time (the server allows exactly 1,000).
+    let data: Vec<Bytes> = (0..N)
+        .map(|i| payload(i as u64, 1 + (i * 37) % 3000))
+        .collect();
+    let mut opened = Vec::with_capacity(N);
+    for d in &data {
+        let (mut send, recv) = guard("open_bi", conn.open_bi()).await.unwrap();
+        send.write_all(&d[..1]).await.unwrap();
+        opened.push((send, recv));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (mut send, mut recv)) in opened.into_iter().enumerate() {
+        let d = data[i].clone();
+        tasks.spawn(async move {
+            send.write_chunk(d.slice(1..)).await?;
+            send.finish()?;
+            let back = recv.read_to_end(usize::MAX).await?;
+            anyhow::ensure!(back == d[..], "stream {i}: echo differs");
+            anyhow::Ok(())
+        });
+    }
+    let results = guard("1000 streams", tasks.join_all()).await;
+    assert!(
+        results.iter().all(|r| r.is_ok()),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    let handlers = shutdown(engine).await;
+    assert_eq!(
+        total_echoed(&handlers),
+        data.iter().map(|d| d.len() as u64).sum::<u64>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quinn_client_retry_required_by_our_server() {
+    let (b, cert) = our_server(2, echo::ALPN);
+    let engine = b
+        .retry(RetryPolicy::Always)
+        .start_udp("127.0.0.1:0".parse().unwrap(), |_| EchoServer::default())
+        .unwrap();
+    let ep = quinn_client(cert, echo::ALPN);
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    let data = payload(7, 200_000);
+    let back = guard("echo", quinn_echo(&conn, data.clone()))
+        .await
+        .unwrap();
+    assert_same("echo after retry", &back, &data);
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    let t = engine.handle().total();
+    shutdown(engine).await;
+    assert!(t.retries_sent >= 1, "{t:?}");
+    assert_eq!((t.conns_accepted, t.handshakes), (1, 1), "{t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quinn_clients_64_connections_spread_over_4_workers() {
+    const CONNS: usize = 64;
+    let (b, cert) = our_server(4, echo::ALPN);
+    let engine = b
+        .start_udp("127.0.0.1:0".parse().unwrap(), |_| EchoServer::default())
+        .unwrap();
+    let addr = engine.local_addr();
+    eprintln!("steering: {:?}", engine.steering());
+    let mut tasks = tokio::task::JoinSet::new();
+    // One quinn endpoint (one source port, one 4-tuple) per connection: the kernel spreads
+    // them over the reuseport group.
+    for i in 0..CONNS {
+        let cert = cert.clone();
+        tasks.spawn(async move {
+            let ep = quinn_client(cert, echo::ALPN);
+            let conn = quinn_connect(&ep, addr).await;
+            let data = payload(100 + i as u64, 20_000 + i);
+            let back = quinn_echo(&conn, data.clone()).await?;
+            anyhow::ensure!(back == data[..], "connection {i}: echo differs");
+            conn.close(VarInt::from_u32(0), b"done");
+            ep.wait_idle().await;
+            anyhow::Ok(())
+        });
+    }
+    let results = guard("64 connections", tasks.join_all()).await;
+    assert!(
+        results.iter().all(|r| r.is_ok()),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    let per_worker: Vec<Counters> = engine.handle().counters();
+    let handlers = shutdown(engine).await;
+    let conns: Vec<u64> = handlers.iter().map(|h| h.connections).collect();
+    eprintln!("connections per worker: {conns:?}");
+    assert_eq!(conns.iter().sum::<u64>(), CONNS as u64);
+    assert!(
+        conns.iter().all(|&n| n > 0),
+        "a worker got none of 64: {conns:?}"
+    );
+    for (w, c) in per_worker.iter().enumerate() {
+        assert_eq!(c.conns_accepted, conns[w], "worker {w}");
+    }
+    let t: Counters = per_worker
+        .into_iter()
+        .fold(Counters::default(), |mut a, c| {
+            a += c;
+            a
+        });
+    // Every packet of a connection reaches its owner directly: its 4-tuple never changes
+    // (hash), and its short headers name the owner (CID program).
+    assert_eq!(t.handover_out, 0, "{t:?}");
+    assert_eq!(t.resets_sent, 0, "{t:?}");
+}
+
+/// Rebinds the quinn client to a new port every `every` octets echoed (at most `max` times),
+/// until `enough(handle)` says the path under test was taken. Returns the number of rebinds.
+async fn rebinding_echo(
+    ep: &quinn::Endpoint,
+    conn: &quinn::Connection,
+    data: Bytes,
+    every: usize,
+    max: usize,
+    mut enough: impl FnMut() -> bool,
+) -> usize {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let up = data.clone();
+    let writer = tokio::spawn(async move {
+        send.write_chunk(up).await?;
+        send.finish()?;
+        anyhow::Ok(())
+    });
+    let mut back = Vec::with_capacity(data.len());
+    let mut rebinds = 0;
+    let mut next = every;
+    while let Some(chunk) = recv.read_chunk(64 * 1024, true).await.unwrap() {
+        back.extend_from_slice(&chunk.bytes);
+        if back.len() >= next && rebinds < max && !enough() {
+            next += every;
+            let before = ep.local_addr().unwrap();
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_nonblocking(true).unwrap();
+            ep.rebind(s).unwrap();
+            rebinds += 1;
+            eprintln!(
+                "rebind {rebinds} after {} octets: {before} -> {}",
+                back.len(),
+                ep.local_addr().unwrap()
+            );
+        }
+    }
+    writer.await.unwrap().unwrap();
+    assert_same("echo across rebinds", &back, &data);
+    rebinds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quinn_client_rebinds_mid_transfer_steered_by_the_server() {
+    let (b, cert) = our_server(4, echo::ALPN);
+    let engine = b
+        .start_udp("127.0.0.1:0".parse().unwrap(), |_| EchoServer::default())
+        .unwrap();
+    let steering = engine.steering().expect("UDP backend");
+    let handle = engine.handle();
+    let ep = quinn_client(cert, echo::ALPN);
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    let data = payload(20, 20 * MB);
+    // With the CID program one rebind shows it all (the kernel finds the owner by CID); under
+    // the hash, rebind until one lands on another worker (4 workers: 1/4 chance each time not).
+    let h = handle.clone();
+    let rebinds = guard(
+        "20 MB echo with rebinds",
+        rebinding_echo(&ep, &conn, data, 3 * MB, 5, move || {
+            steering == Steering::CidProgram && h.total().handover_out > 0
+        }),
+    )
+    .await;
+    assert!(rebinds >= 1);
+    assert!(conn.close_reason().is_none(), "the connection survived");
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    let per_worker = handle.counters();
+    let t = handle.total();
+    let handlers = shutdown(engine).await;
+    let owner = per_worker
+        .iter()
+        .position(|c| c.conns_accepted == 1)
+        .unwrap();
+    eprintln!(
+        "steering {steering:?}: owner worker {owner}, {rebinds} rebinds, handover_out {} (per worker rx {:?})",
+        t.handover_out,
+        per_worker.iter().map(|c| c.rx_packets).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        t.conns_accepted, 1,
+        "the rebound client kept its connection"
+    );
+    assert_eq!(total_echoed(&handlers), 20 * MB as u64);
+    assert_eq!(t.resets_sent, 0);
+    match steering {
+        Steering::CidProgram => {
+            eprintln!("routed by the reuseport CID program: no hand-over needed");
+            assert_eq!(t.handover_out, 0, "the kernel found the owner by CID");
+            for (w, c) in per_worker.iter().enumerate() {
+                if w != owner {
+                    assert_eq!(
+                        c.rx_packets, 0,
+                        "worker {w} received the connection's packets"
+                    );
+                }
+            }
+        }
+        Steering::Hash => {
+            eprintln!(
+                "routed by hand-over: {} datagrams handed to the owner",
+                t.handover_out
+            );
+            assert_eq!(t.handover_in + t.handover_dropped, t.handover_out);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quinn_client_rebinds_mid_transfer_handed_over_without_the_program() {
+    // The same server, but its reuseport group has no CID program: the kernel's 4-tuple hash
+    // picks the socket, so a new client port lands on any worker and hand-over must fix it.
+    let (b, cert) = our_server(4, echo::ALPN);
+    let engine = b.start(hash_group(4), |_| EchoServer::default()).unwrap();
+    let handle = engine.handle();
+    let ep = quinn_client(cert, echo::ALPN);
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    let data = payload(21, 20 * MB);
+    let h = handle.clone();
+    let rebinds = guard(
+        "20 MB echo with rebinds",
+        rebinding_echo(&ep, &conn, data, 2 * MB, 8, move || {
+            h.total().handover_out > 0
+        }),
+    )
+    .await;
+    assert!(conn.close_reason().is_none(), "the connection survived");
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    let t = handle.total();
+    let handlers = shutdown(engine).await;
+    eprintln!(
+        "hash steering: {rebinds} rebinds, handover_out {} handover_in {}",
+        t.handover_out, t.handover_in
+    );
+    assert_eq!(
+        t.conns_accepted, 1,
+        "the rebound client kept its connection"
+    );
+    assert_eq!(total_echoed(&handlers), 20 * MB as u64);
+    // 8 rebinds all hashing to the owner: probability 4^-8.
+    assert!(
+        t.handover_out > 0,
+        "no rebind landed on another worker: {t:?}"
+    );
+    assert_eq!(t.handover_dropped, 0);
+    assert_eq!(t.handover_in, t.handover_out);
+    assert_eq!(
+        t.resets_sent, 0,
+        "a misrouted packet provoked a stateless reset"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quinn_perf_client_against_our_perf_server() {
+    let (b, cert) = our_server(2, perf::ALPN);
+    let engine = b
+        .start_udp("127.0.0.1:0".parse().unwrap(), |_| PerfServer::default())
+        .unwrap();
+    let ep = quinn_client(cert, perf::ALPN);
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    let reqs = [
+        (0usize, 0u64),
+        (100_000, 1_000_000),
+        (1_000_000, 10),
+        (5, 2_000_000),
+    ];
+    for (up, down) in reqs {
+        let c = conn.clone();
+        tasks.spawn(async move { quinn_perf_request(&c, up, down).await });
+    }
+    let results = guard("perf requests", tasks.join_all()).await;
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    let handlers = shutdown(engine).await;
+    assert_eq!(sum(&handlers, |h| h.requests), reqs.len() as u64);
+    assert_eq!(sum(&handlers, |h| h.malformed), 0);
+    let uploaded: u64 = reqs.iter().map(|(u, _)| 8 + *u as u64).sum();
+    assert_eq!(sum(&handlers, |h| h.received), uploaded);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile input at our server while a quinn client transfers
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Blasted {
+    random: u64,
+    tiny: u64,
+    oversized: u64,
+    truncated_long: u64,
+    forged: u64,
+}
+
+/// One round of garbage from `sock` to `to`.
+fn blast_round(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    rng: &mut impl Rng,
+    layout: &CidLayout,
+    n: &mut Blasted,
+    round: u64,
+) {
+    let send = |d: &[u8]| {
+        // The socket buffer may be full, or ICMP may bounce: garbage is best effort.
+        let _ = sock.send_to(d, to);
+    };
+    // Random octets of every length 0..1500.
+    for _ in 0..4 {
+        let mut d = vec![0u8; rng.gen_range(0..1500)];
+        rng.fill_bytes(&mut d);
+        send(&d);
+        n.random += 1;
+    }
+    // 1- and 5-octet datagrams: too short for any QUIC header with an 8-octet CID.
+    for len in [1, 5] {
+        let mut d = vec![0u8; len];
+        rng.fill_bytes(&mut d);
+        send(&d);
+        n.tiny += 1;
+    }
+    // A long header cut inside its destination CID (Initial, version 1, DCID length 8).
+    send(&[0xc0 | rng.gen_range(0..16u8), 0, 0, 0, 1, 8, 1, 2, 3]);
+    n.truncated_long += 1;
+    // Short headers forged with each worker's CID layout (unknown nonces).
+    for w in 0..layout.workers() {
+        let mut d = vec![0u8; 1 + layout.len() + rng.gen_range(20..1200)];
+        rng.fill_bytes(&mut d);
+        d[0] = 0x40 | (rng.gen::<u8>() & 0x3f);
+        layout.write(w, rng, &mut d[1..1 + layout.len()]);
+        send(&d);
+        n.forged += 1;
+    }
+    // Now and then a 65,000-octet datagram: random, and forged for another worker.
+    if round % 16 == 0 {
+        let mut d = vec![0u8; 65_000];
+        rng.fill_bytes(&mut d);
+        send(&d);
+        d[0] = 0x40;
+        layout.write(
+            (round / 16) as usize % layout.workers(),
+            rng,
+            &mut d[1..1 + layout.len()],
+        );
+        send(&d);
+        n.oversized += 2;
+    }
+}
+
+/// Polls `handle` until `done` holds for its total (hang guard: 20 s).
+async fn wait_counters<H: xdp_quic::Handler>(
+    handle: &EngineHandle<H>,
+    what: &str,
+    done: impl Fn(&Counters) -> bool,
+) -> Counters {
+    for _ in 0..2000 {
+        let t = handle.total();
+        if done(&t) {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: counters never got there: {:?}", handle.total());
+}
+
+async fn hostile_input_during_transfer(hash_steering: bool) {
+    const WORKERS: usize = 4;
+    let (b, cert) = our_server(WORKERS, echo::ALPN);
+    let engine = if hash_steering {
+        b.start(hash_group(WORKERS), |_| EchoServer::default())
+            .unwrap()
+    } else {
+        b.start_udp("127.0.0.1:0".parse().unwrap(), |_| EchoServer::default())
+            .unwrap()
+    };
+    let steering = engine.steering().unwrap_or(Steering::Hash);
+    let addr = engine.local_addr();
+    let handle = engine.handle();
+    let layout = CidLayout::for_workers(WORKERS).unwrap();
+
+    let ep = quinn_client(cert, echo::ALPN);
+    let conn = quinn_connect(&ep, addr).await;
+
+    // The attacker: its own socket, blasting until the transfer is over.
+    let stop = Arc::new(AtomicBool::new(false));
+    let blaster = {
+        let stop = stop.clone();
+        let layout = layout.clone();
+        std::thread::spawn(move || {
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(0xbad);
+            let mut n = Blasted::default();
+            let mut round = 0;
+            while !stop.load(Ordering::Relaxed) {
+                blast_round(&sock, addr, &mut rng, &layout, &mut n, round);
+                round += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (sock, n)
+        })
+    };
+
+    let data = payload(66, 10 * MB);
+    let back = guard("10 MB echo under attack", quinn_echo(&conn, data.clone()))
+        .await
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let (sock, blasted) = blaster.join().expect("blaster");
+    assert_same("10 MB echo under attack", &back, &data);
+    let during = handle.total();
+    eprintln!("{steering:?}: blasted {blasted:?}\ncounters after the transfer: {during:?}");
+
+    // A quiet round, exactly counted, with the connection still up: 32 tiny datagrams must
+    // all be counted malformed; 32 forged short headers (8 per worker) must all be ignored or
+    // answered with a stateless reset, after a hand-over where the socket was not the owner's.
+    let before = wait_counters(&handle, "settle", |_| true).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xfeed);
+    for i in 0..32u8 {
+        let _ = sock.send_to(&[0x40 | (i & 0x3f)], addr);
+    }
+    for i in 0..32 {
+        let mut d = vec![0u8; 1 + layout.len() + 100];
+        rng.fill_bytes(&mut d);
+        d[0] = 0x40;
+        layout.write(i % WORKERS, &mut rng, &mut d[1..1 + layout.len()]);
+        let _ = sock.send_to(&d, addr);
+    }
+    let after = wait_counters(&handle, "quiet round", |t| {
+        t.rx_malformed >= before.rx_malformed + 32
+            && t.rx_ignored + t.resets_sent >= before.rx_ignored + before.resets_sent + 32
+    })
+    .await;
+    eprintln!("counters after the quiet round: {after:?}");
+
+    // The live connection did not notice: it still works, and nothing reset it.
+    let small = payload(67, 50_000);
+    let back = guard("echo after the attack", quinn_echo(&conn, small.clone()))
+        .await
+        .unwrap();
+    assert_same("echo after the attack", &back, &small);
+    assert!(
+        conn.close_reason().is_none(),
+        "live connection hurt: {:?}",
+        conn.close_reason()
+    );
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    let t = handle.total();
+    let handlers = shutdown(engine).await; // panics if a worker panicked
+
+    assert_eq!(total_echoed(&handlers), (10 * MB + 50_000) as u64);
+    assert_eq!(sum(&handlers, |h| h.connections), 1);
+    assert_eq!(
+        (t.conns_accepted, t.handshakes),
+        (1, 1),
+        "garbage made a connection: {t:?}"
+    );
+    assert!(
+        during.rx_malformed > 0,
+        "no truncated datagram counted during the transfer"
+    );
+    assert!(during.rx_ignored > 0, "nothing ignored during the transfer");
+    // Every stateless reset answers a short header of ours with an unknown nonce: the forged
+    // ones (and the odd random datagram whose octets happen to decode as our CID).
+    assert!(t.resets_sent <= blasted.forged + blasted.oversized + blasted.random + 32);
+    match steering {
+        Steering::CidProgram => {
+            // The kernel steers forged CIDs to the worker they name: nothing to hand over.
+            assert_eq!(t.handover_out, 0, "{t:?}");
+        }
+        Steering::Hash => {
+            // All garbage comes from one 4-tuple, so one worker gets it and hands the forged
+            // CIDs of the 3 others over: at least 24 of the quiet round's 32.
+            assert!(
+                after.handover_out >= before.handover_out + 24,
+                "{before:?} {after:?}"
+            );
+            assert_eq!(t.handover_in + t.handover_dropped, t.handover_out);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_during_transfer_cid_program() {
+    hostile_input_during_transfer(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_during_transfer_hash_and_hand_over() {
+    hostile_input_during_transfer(true).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// our client -> quinn server
+// ---------------------------------------------------------------------------------------------
+
+/// Runs one EchoClient (one worker, one connection) against `srv`.
+async fn our_echo_client(
+    srv: &QuinnServer,
+    workers: usize,
+    payloads: Vec<Bytes>,
+    grams: Vec<Bytes>,
+    wait: usize,
+) -> (Vec<EchoClient>, Counters) {
+    let addr = srv.addr;
+    let b = our_client(workers, srv.cert.clone(), echo::ALPN);
+    blocking("our echo client", move || {
+        let engine = b
+            .start_udp(any_local_for(addr), move |_| {
+                EchoClient::new(addr, "localhost", payloads.clone(), grams.clone(), wait)
+            })
+            .unwrap();
+        let handle = engine.handle();
+        for w in 0..workers {
+            handle.post(w, |h, ctx| h.start(ctx));
+        }
+        let handlers = engine.join().expect("client workers ended cleanly");
+        for (w, c) in handle.counters().iter().enumerate() {
+            eprintln!("client worker {w}: {c:?}");
+        }
+        (handlers, handle.total())
+    })
+    .await
+}
+
+#[track_caller]
+fn assert_echo_ok(h: &EchoClient) {
+    assert!(h.all_ok(), "results {:?}, error {:?}", h.results, h.error);
+    assert_eq!(h.error, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_handshake_echo_and_datagrams() {
+    let srv = QuinnServer::start(Service::Echo, false);
+    let payloads: Vec<Bytes> = [0usize, 1, 1200, 65_536, 300_001]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| payload(i as u64, n))
+        .collect();
+    let grams: Vec<Bytes> = (0..20)
+        .map(|i| payload(500 + i, 30 + 40 * i as usize))
+        .collect();
+    // Datagrams are unreliable: wait for half of them (loopback loses none in practice).
+    let (hs, t) = our_echo_client(&srv, 1, payloads, grams, 10).await;
+    assert_echo_ok(&hs[0]);
+    assert!(hs[0].datagrams_back >= 10);
+    assert_eq!((t.conns_opened, t.handshakes), (1, 1));
+    assert_eq!(srv.connections.load(Ordering::Relaxed), 1);
+    assert!(srv.datagrams.load(Ordering::Relaxed) >= 10);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_10_mb_each_way() {
+    let srv = QuinnServer::start(Service::Echo, false);
+    let (hs, _) = our_echo_client(&srv, 1, vec![payload(11, 10 * MB)], vec![], 0).await;
+    assert_echo_ok(&hs[0]);
+    assert_eq!(srv.streams.load(Ordering::Relaxed), 1);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_1000_concurrent_streams() {
+    let srv = QuinnServer::start(Service::Echo, false);
+    let payloads: Vec<Bytes> = (0..1000)
+        .map(|i| payload(i, 1 + (i as usize * 53) % 3000))
+        .collect();
+    let (hs, _) = our_echo_client(&srv, 1, payloads, vec![], 0).await;
+    assert_echo_ok(&hs[0]);
+    assert_eq!(hs[0].results.len(), 1000);
+    assert_eq!(srv.streams.load(Ordering::Relaxed), 1000);
+    eprintln!(
+        "quinn server: at most {} streams served at once",
+        srv.peak_streams.load(Ordering::Relaxed)
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_retry_required_by_quinn_server() {
+    let srv = QuinnServer::start(Service::Echo, true);
+    let (hs, t) = our_echo_client(&srv, 1, vec![payload(12, 200_000)], vec![], 0).await;
+    assert_echo_ok(&hs[0]);
+    assert!(srv.retries.load(Ordering::Relaxed) >= 1);
+    assert_eq!(srv.connections.load(Ordering::Relaxed), 1);
+    assert_eq!(t.handshakes, 1);
+    srv.stop().await;
+}
+
+/// Our perf client with `workers` workers opening `connections` against a quinn perf server.
+async fn our_perf_client(workers: usize, connections: usize, requests: u64) -> (PerfStats, u64) {
+    let srv = QuinnServer::start(Service::Perf, false);
+    let cfg = Arc::new(PerfClientConfig {
+        remote: srv.addr,
+        server_name: "localhost".into(),
+        connections,
+        streams: 2,
+        requests: Some(requests),
+        duration: None,
+        upload: 10_000,
+        download: 50_000,
+    });
+    let budget = Budget::new(cfg.requests);
+    let b = our_client(workers, srv.cert.clone(), perf::ALPN);
+    let (handlers, _elapsed) = blocking("our perf client", move || {
+        client::run(
+            b,
+            any_local_for(cfg.remote),
+            move |w| PerfClient::new(cfg.clone(), budget.clone(), w, workers),
+            |h, ctx| h.start(ctx),
+        )
+        .expect("client ran")
+    })
+    .await;
+    let mut stats = PerfStats::default();
+    for h in handlers {
+        stats.merge(h.stats);
+    }
+    let conns = srv.connections.load(Ordering::Relaxed);
+    srv.stop().await;
+    (stats, conns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_perf_client_64_connections_one_worker_against_quinn_perf_server() {
+    let (stats, conns) = our_perf_client(1, 64, 128).await;
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    assert_eq!((stats.requests, stats.failed), (128, 0));
+    assert_eq!(stats.connections, 64);
+    assert_eq!(conns, 64);
+    assert_eq!(stats.downloaded, 128 * 50_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_4_workers_64_connections_against_quinn_perf_server() {
+    let (stats, conns) = our_perf_client(4, 64, 128).await;
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    assert_eq!((stats.requests, stats.failed), (128, 0));
+    assert_eq!(stats.connections, 64);
+    assert_eq!(conns, 64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_engine_serves_several_quinn_servers_at_once() {
+    // One client engine, 4 workers, each worker one EchoClient connection to the same quinn
+    // server: 4 connections sharing the engine's one local port.
+    let srv = QuinnServer::start(Service::Echo, false);
+    let (hs, t) = our_echo_client(&srv, 4, vec![payload(13, 100_000)], vec![], 0).await;
+    for (w, h) in hs.iter().enumerate() {
+        assert!(
+            h.all_ok(),
+            "worker {w}: results {:?}, error {:?}",
+            h.results,
+            h.error
+        );
+    }
+    assert_eq!(t.handshakes, 4);
+    srv.stop().await;
+}

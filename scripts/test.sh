@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The project's test command (README.md): installs what the tests need, then runs them all.
+#
+#   1. Debian packages (scripts/setup.sh);
+#   2. the committed XDP object matches its source (ebpf/build.sh --check);
+#   3. formatting;
+#   4. every Rust test of the workspace (the XDP, AF_XDP and netns tests need root: with CI
+#      set, a missing privilege fails them instead of skipping);
+#   5. the NIC tuning scripts' tests (shellcheck, fake NIC, veth).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/setup.sh
+ebpf/build.sh --check
+cargo fmt --all --check
+cargo test --workspace --all-targets
+bash scripts/tests/nic_scripts_test.sh
