@@ -255,7 +255,7 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Feed a datagram that belongs here to the endpoint.
-    fn to_endpoint<B: Backend>(&mut self, io: &mut B, d: Datagram) {
+    fn feed_endpoint<B: Backend>(&mut self, io: &mut B, d: Datagram) {
         self.tx_buf.clear();
         let event = self.shard.endpoint.handle(
             self.now,
