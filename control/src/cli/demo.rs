@@ -15,7 +15,7 @@ use super::serve::{summary, transport};
 /// Arguments of `xdp-quic demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Octets the bulk phase downloads in all.
+    /// Octets the bulk phase downloads in all (at least; rounded up to equal requests).
     #[arg(long, default_value = "1G", value_parser = args::parse_size)]
     pub bytes: u64,
     /// Requests of the request phase (1 KB each).
@@ -60,11 +60,14 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
             .transport(transport())
             .drain_timeout(Duration::from_secs(1)))
     };
-    let per_request = 25_000_000u64.min(a.bytes.max(1));
+    // Requests of at most 25 MB, equal in size, adding up to at least --bytes.
+    let bytes = a.bytes.max(1);
+    let requests = bytes.div_ceil(25_000_000);
+    let per_request = bytes.div_ceil(requests);
     let bulk = PerfArgs {
         download: per_request,
         upload: 0,
-        requests: Some(a.bytes.div_ceil(per_request)),
+        requests: Some(requests),
         duration: None,
         connections: a.connections,
         streams: 1,

@@ -1,0 +1,279 @@
+//! The `xdp-quic` binary end to end over loopback: `serve` and `client` for every
+//! application, `demo`, and the errors an operator can run into.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_xdp-quic");
+
+/// A running `xdp-quic serve`, killed on drop if the test did not stop it.
+struct Server {
+    child: Option<Child>,
+    addr: SocketAddr,
+    stderr: Box<dyn BufRead + Send>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn xdp-quic serve");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        // "serving Perf on 127.0.0.1:PORT with N UDP worker(s), ..."
+        let addr = line
+            .split(" on ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Server {
+            child: Some(child),
+            addr,
+            stderr: Box::new(stderr),
+        }
+    }
+
+    /// Ctrl-C, then the exit status and everything it printed on stderr.
+    fn stop(mut self) -> (bool, String) {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = child.wait().unwrap();
+        let mut rest = String::new();
+        self.stderr.read_to_string(&mut rest).unwrap();
+        (status.success(), rest)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn client(addr: SocketAddr, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("client")
+        .args(["--connect", &addr.to_string()])
+        .args(args)
+        .output()
+        .expect("run xdp-quic client")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn echo_server_and_client() {
+    let server = Server::start(&["--app", "echo", "--workers", "2"]);
+    let out = client(
+        server.addr,
+        &[
+            "--app",
+            "echo",
+            "--insecure",
+            "--message",
+            "hello",
+            "--message",
+            "world",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello\nworld\n");
+    let (ok, stderr) = server.stop();
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("worker 0:") && stderr.contains("worker 1:"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn perf_server_and_client_with_json() {
+    let server = Server::start(&["--app", "perf", "--workers", "2", "--retry"]);
+    let out = client(
+        server.addr,
+        &[
+            "--app",
+            "perf",
+            "--insecure",
+            "--download",
+            "2M",
+            "--upload",
+            "100k",
+            "--requests",
+            "20",
+            "--connections",
+            "3",
+            "--streams",
+            "2",
+            "--workers",
+            "2",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(v["requests"], 20);
+    assert_eq!(v["failed"], 0);
+    assert_eq!(v["connections"], 3);
+    assert_eq!(v["downloaded_bytes"], 40_000_000);
+    assert_eq!(v["uploaded_bytes"], 2_000_000);
+    assert!(v["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+    let (ok, stderr) = server.stop();
+    assert!(ok, "{stderr}");
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("xdpquic-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn hq_serves_files_and_nothing_outside_its_root() {
+    let dir = temp_dir("hq");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(www.join("data.bin"), &body).unwrap();
+    std::fs::write(dir.join("secret"), b"not for you").unwrap();
+    let out_dir = dir.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+
+    let server = Server::start(&["--app", "hq", "--root", www.to_str().unwrap()]);
+    let out = client(
+        server.addr,
+        &[
+            "--app",
+            "hq",
+            "--insecure",
+            "--path",
+            "/data.bin",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(out_dir.join("data.bin")).unwrap(), body);
+
+    let out = client(
+        server.addr,
+        &[
+            "--app",
+            "hq",
+            "--insecure",
+            "--path",
+            "/../secret",
+            "--path",
+            "/nope",
+        ],
+    );
+    assert!(!out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("/../secret: refused by the server"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("/nope: refused by the server"), "{stdout}");
+    assert!(text(&out.stderr).contains("2 of 2 requests failed"));
+    let (ok, stderr) = server.stop();
+    assert!(ok, "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn demo_runs_small_and_reports_json() {
+    let out = Command::new(BIN)
+        .args(["demo", "--bytes", "30M", "--requests", "500", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["bulk"]["downloaded_bytes"], 30_000_000);
+    assert_eq!(v["requests"]["requests"], 500);
+    assert_eq!(v["requests"]["failed"], 0);
+    // Two bulk requests of 15 MB, then 500 requests.
+    assert_eq!(v["server_requests"], 502);
+    let workers = v["server_workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    let accepted: u64 = workers
+        .iter()
+        .map(|w| w["conns_accepted"].as_u64().unwrap())
+        .sum();
+    assert_eq!(accepted, 8, "4 connections per phase");
+}
+
+fn fails_with(args: &[&str], message: &str) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(message),
+        "{args:?}: expected {message:?} in {stderr:?}"
+    );
+}
+
+#[test]
+fn operator_errors_are_clear() {
+    fails_with(
+        &["client", "--connect", "127.0.0.1:9", "--app", "echo"],
+        "give --ca FILE, or --insecure",
+    );
+    fails_with(
+        &["serve", "--listen", "127.0.0.1:0", "--app", "hq"],
+        "--app hq needs --root DIR",
+    );
+    fails_with(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--app",
+            "hq",
+            "--root",
+            "/nonexistent-dir",
+        ],
+        "--root /nonexistent-dir",
+    );
+    fails_with(
+        &["serve", "--listen", "127.0.0.1:0", "--workers", "0"],
+        "--workers must be between 1 and 256",
+    );
+    fails_with(
+        &["serve", "--listen", "127.0.0.1:0", "--cert", "/tmp/x.pem"],
+        "--cert and --key go together",
+    );
+    fails_with(
+        &["serve", "--listen", "not-an-address"],
+        "invalid value 'not-an-address'",
+    );
+    fails_with(
+        &[
+            "client",
+            "--connect",
+            "127.0.0.1:9",
+            "--insecure",
+            "--download",
+            "5X",
+        ],
+        "unknown size unit",
+    );
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    fails_with(&["serve", "--listen", &addr], "cannot bind UDP");
+}
