@@ -74,6 +74,7 @@ pub enum EngineError {
 }
 
 /// Builds an engine: N workers, one endpoint shard each.
+#[derive(Clone)]
 pub struct EngineBuilder {
     workers: usize,
     cid_len: usize,
@@ -303,6 +304,8 @@ impl EngineBuilder {
             threads,
             local_addr,
             steering: None,
+            xsk: Vec::new(),
+            on_join: None,
         })
     }
 
@@ -346,6 +349,164 @@ impl EngineBuilder {
     {
         let backends = udp::bind_each(addr, self.workers)?;
         self.start(backends, factory)
+    }
+}
+
+/// Where AF_XDP sockets are registered so the XDP program steers packets to them: the
+/// XSKMAP of `xdp-quic attach` (pinned) or of an attachment the process made itself. The
+/// control crate implements it; tests may implement it over their own map.
+pub trait SocketMap: Send {
+    /// Steers RX queue `queue`'s service packets to the AF_XDP socket `fd`.
+    fn insert(&mut self, queue: u32, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()>;
+    /// Stops steering queue `queue` (its packets go to the kernel again).
+    fn remove(&mut self, queue: u32) -> io::Result<()>;
+}
+
+/// How to run the workers over AF_XDP: one worker per queue.
+#[derive(Debug, Clone)]
+pub struct XdpSetup {
+    /// The interface.
+    pub iface: String,
+    /// The service address: its port is steered; an unspecified IP serves every address.
+    pub listen: SocketAddr,
+    /// The queues to serve, one worker each (worker i drains `queues[i]`).
+    pub queues: Vec<u32>,
+    /// The UMEM of each queue.
+    pub umem: crate::xsk::umem::UmemConfig,
+    /// Entries of each ring.
+    pub ring_size: u32,
+    pub mode: crate::xsk::socket::BindMode,
+    pub poll: crate::backend::xsk::PollMode,
+    pub busy_poll: Option<crate::xsk::socket::BusyPoll>,
+    /// Check received UDP checksums.
+    pub verify_checksum: bool,
+}
+
+impl XdpSetup {
+    /// Defaults for `iface`, `listen` and `queues`: 4096 frames of 2 KiB per queue (8 MiB),
+    /// 2048-entry rings, zero-copy where possible, adaptive polling, checksums verified.
+    pub fn new(iface: &str, listen: SocketAddr, queues: Vec<u32>) -> Self {
+        Self {
+            iface: iface.to_string(),
+            listen,
+            queues,
+            umem: crate::xsk::umem::UmemConfig::default(),
+            ring_size: 2048,
+            mode: crate::xsk::socket::BindMode::Auto,
+            poll: crate::backend::xsk::PollMode::default(),
+            busy_poll: None,
+            verify_checksum: true,
+        }
+    }
+}
+
+/// The interface index of `name`.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
+    // SAFETY: passes a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface named {name:?} in this network namespace"),
+        ));
+    }
+    Ok(i)
+}
+
+impl EngineBuilder {
+    /// Opens one AF_XDP socket per queue of `setup`, registers each in `map`, binds an
+    /// ordinary UDP socket to the service port (so the kernel does not answer it with ICMP,
+    /// and as a canary: what reaches it missed the XDP path), and starts one worker per queue.
+    ///
+    /// The engine takes the sockets out of `map` when it is joined. The worker count is the
+    /// number of queues.
+    pub fn start_xdp<H, F>(
+        mut self,
+        setup: &XdpSetup,
+        mut map: Box<dyn SocketMap>,
+        factory: F,
+    ) -> Result<Engine<H>, EngineError>
+    where
+        H: Handler,
+        F: FnMut(usize) -> H,
+    {
+        use crate::backend::xsk::{XskBackend, XskBackendConfig};
+        if setup.queues.is_empty() {
+            return Err(EngineError::Config("no queue to serve".into()));
+        }
+        if setup.listen.port() == 0 {
+            return Err(EngineError::Config(
+                "the AF_XDP backend needs a fixed port".into(),
+            ));
+        }
+        let index = ifindex(&setup.iface)?;
+        self.workers = setup.queues.len();
+        let canary = std::net::UdpSocket::bind(setup.listen).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot reserve UDP {} (canary socket): {e}", setup.listen),
+            )
+        })?;
+        let mut backends = Vec::with_capacity(setup.queues.len());
+        for &queue in &setup.queues {
+            let mut socket = crate::xsk::socket::XskConfig::new(index, queue);
+            socket.rx_size = setup.ring_size;
+            socket.tx_size = setup.ring_size;
+            socket.comp_size = setup.ring_size;
+            socket.fill_size = setup.ring_size * 2;
+            socket.mode = setup.mode;
+            socket.busy_poll = setup.busy_poll;
+            let b = XskBackend::open(XskBackendConfig {
+                socket,
+                umem: setup.umem,
+                port: setup.listen.port(),
+                poll: setup.poll,
+                verify_checksum: setup.verify_checksum,
+                max_segments: 16,
+            })
+            .map_err(|e| io::Error::new(e.kind(), format!("{} queue {queue}: {e}", setup.iface)))?;
+            backends.push(b);
+        }
+        backends[0].set_canary(canary)?;
+        let infos = backends
+            .iter()
+            .map(|b| b.info())
+            .collect::<io::Result<Vec<_>>>()?;
+        for (b, &q) in backends.iter().zip(&setup.queues) {
+            if let Err(e) = map.insert(q, b.fd()) {
+                for &done in setup.queues.iter().take_while(|&&d| d != q) {
+                    let _ = map.remove(done);
+                }
+                return Err(e.into());
+            }
+        }
+        tracing::info!(
+            iface = %setup.iface,
+            queues = ?setup.queues,
+            zero_copy = infos.iter().all(|i| i.zero_copy),
+            "AF_XDP backend bound"
+        );
+        let queues = setup.queues.clone();
+        let mut engine = match self.start(backends, factory) {
+            Ok(e) => e,
+            Err(e) => {
+                for &q in &queues {
+                    let _ = map.remove(q);
+                }
+                return Err(e);
+            }
+        };
+        engine.xsk = infos;
+        engine.on_join = Some(Box::new(move || {
+            for &q in &queues {
+                if let Err(e) = map.remove(q) {
+                    tracing::warn!(queue = q, "cannot unregister the AF_XDP socket: {e}");
+                }
+            }
+        }));
+        Ok(engine)
     }
 }
 
@@ -479,6 +640,8 @@ pub struct Engine<H> {
     threads: Vec<JoinHandle<io::Result<H>>>,
     local_addr: SocketAddr,
     steering: Option<Steering>,
+    xsk: Vec<crate::backend::xsk::XskQueueInfo>,
+    on_join: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl<H: Handler> Engine<H> {
@@ -497,6 +660,12 @@ impl<H: Handler> Engine<H> {
         self.steering
     }
 
+    /// The AF_XDP queues of the workers (empty for other backends): counters and the
+    /// kernel's socket statistics.
+    pub fn xsk_queues(&self) -> &[crate::backend::xsk::XskQueueInfo] {
+        &self.xsk
+    }
+
     /// Closes every connection with `code`, waits for them to drain (bounded by the drain
     /// timeout), joins the threads and returns the handlers.
     pub fn shutdown(self, code: VarInt, reason: &[u8]) -> Result<Vec<H>, EngineError> {
@@ -506,15 +675,26 @@ impl<H: Handler> Engine<H> {
 
     /// Waits until every worker has stopped by itself ([`Ctx::stop_worker`]) or by
     /// [`EngineHandle::shutdown`], and returns the handlers.
-    pub fn join(self) -> Result<Vec<H>, EngineError> {
+    pub fn join(mut self) -> Result<Vec<H>, EngineError> {
         let mut out = Vec::with_capacity(self.threads.len());
-        for (worker, t) in self.threads.into_iter().enumerate() {
+        let mut first_error = None;
+        for (worker, t) in std::mem::take(&mut self.threads).into_iter().enumerate() {
             match t.join() {
                 Ok(Ok(h)) => out.push(h),
-                Ok(Err(error)) => return Err(EngineError::Worker { worker, error }),
-                Err(_) => return Err(EngineError::Panicked(worker)),
+                Ok(Err(error)) => {
+                    first_error.get_or_insert(EngineError::Worker { worker, error });
+                }
+                Err(_) => {
+                    first_error.get_or_insert(EngineError::Panicked(worker));
+                }
             }
         }
-        Ok(out)
+        if let Some(f) = self.on_join.take() {
+            f();
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 }

@@ -51,10 +51,13 @@ pub mod timer;
 pub mod tls;
 pub mod waker;
 pub mod worker;
+pub mod xsk;
 
 pub use backend::Backend;
 pub use conn::{Conn, ConnId, ConnectError, Ctx, ReadStatus, StreamError};
-pub use engine::{Engine, EngineBuilder, EngineError, EngineHandle, RetryPolicy};
+pub use engine::{
+    Engine, EngineBuilder, EngineError, EngineHandle, RetryPolicy, SocketMap, XdpSetup,
+};
 pub use handler::Handler;
 pub use metrics::Counters;
 pub use quinn_proto::{ConnectionError, Dir, Side, StreamId, TransportConfig, VarInt};

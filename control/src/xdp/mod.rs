@@ -22,6 +22,7 @@ mod maps;
 pub mod netlink;
 pub mod netns;
 pub mod pins;
+pub mod socket_map;
 mod status;
 mod sys;
 pub mod test_run;

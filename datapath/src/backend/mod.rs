@@ -3,7 +3,7 @@
 //! * [`udp::UdpBackend`]: a kernel UDP socket (SO_REUSEPORT, one per worker), quinn-udp for
 //!   GSO/GRO/ECN/pktinfo;
 //! * [`mem::MemBackend`]: an in-memory network with a virtual clock, for deterministic tests;
-//! * `xsk` (AF_XDP): a later step.
+//! * [`xsk::XskBackend`]: an AF_XDP socket per NIC queue, its own UMEM and rings.
 //!
 //! The worker calls, per turn: [`Backend::recv`] until it returns 0, [`Backend::send`] for
 //! each datagram (or GSO batch) it produces, [`Backend::flush`] once at the end, and, when it
@@ -12,6 +12,7 @@
 pub mod mem;
 pub mod rx;
 pub mod udp;
+pub mod xsk;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

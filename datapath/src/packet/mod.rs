@@ -1,4 +1,10 @@
 //! Packet codecs of the datapath. Each parser is bounds-checked and total: it returns `None`
 //! or an error for any input, never panics.
 
+pub mod checksum;
+pub mod eth;
+pub mod frame;
+pub mod ipv4;
+pub mod ipv6;
 pub mod quic;
+pub mod udp;

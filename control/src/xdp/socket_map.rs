@@ -1,0 +1,77 @@
+//! The engine's [`xdp_quic::SocketMap`] over this crate's XSKMAP access: the pinned map of
+//! `xdp-quic attach`, or an attachment made for the life of the server.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use super::{attach_embedded, pins, AttachMode, EmbeddedAttachment, ServiceConfig, XskRegistry};
+
+/// Where a server's AF_XDP sockets are registered.
+pub struct ServerSteering {
+    registry: XskRegistry,
+    /// Held for the life of the server when the process attached the program itself.
+    embedded: Option<EmbeddedAttachment>,
+}
+
+impl ServerSteering {
+    /// Uses the attachment `xdp-quic attach` pinned for `iface`, or, when there is none,
+    /// attaches the program to `iface` for the life of the returned value, steering
+    /// `listen`'s port (and its address, unless unspecified).
+    pub fn for_server(iface: &str, listen: SocketAddr, mode: AttachMode) -> anyhow::Result<Self> {
+        if pins::dir(iface).join(xdp_quic_ebpf::maps::XSKS).exists() {
+            return Ok(Self {
+                registry: XskRegistry::open(iface)?,
+                embedded: None,
+            });
+        }
+        let mut addrs = BTreeSet::new();
+        if !listen.ip().is_unspecified() {
+            addrs.insert(listen.ip());
+        }
+        let service = ServiceConfig {
+            ports: BTreeSet::from([listen.port()]),
+            addrs,
+        };
+        let attachment = attach_embedded(iface, &service, mode)?;
+        Ok(Self {
+            registry: attachment.xsks()?,
+            embedded: Some(attachment),
+        })
+    }
+
+    /// How the program is attached: `pinned`, or `embedded/<mode>`.
+    pub fn describe(&self) -> String {
+        match &self.embedded {
+            None => "pinned by xdp-quic attach".into(),
+            Some(a) => format!("attached by this process ({} mode)", a.mode().name()),
+        }
+    }
+
+    /// The embedded attachment, if this process made it (its counters are readable there).
+    pub fn embedded(&self) -> Option<&EmbeddedAttachment> {
+        self.embedded.as_ref()
+    }
+}
+
+struct Fd(i32);
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> i32 {
+        self.0
+    }
+}
+
+impl xdp_quic::SocketMap for ServerSteering {
+    fn insert(&mut self, queue: u32, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.registry
+            .register(queue, &Fd(fd.as_raw_fd()))
+            .map_err(|e| io::Error::other(format!("{e:#}")))
+    }
+
+    fn remove(&mut self, queue: u32) -> io::Result<()> {
+        self.registry
+            .unregister(queue)
+            .map_err(|e| io::Error::other(format!("{e:#}")))
+    }
+}

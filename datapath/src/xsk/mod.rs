@@ -1,0 +1,28 @@
+//! AF_XDP sockets, in-house: the UMEM ([`umem`]), the four rings ([`ring`]) and the socket
+//! that binds them to one queue of an interface ([`socket`]).
+//!
+//! ```text
+//!            user                         kernel
+//!   free frames ──fill ring──────────────▶ NIC RX into frame
+//!   RX batch    ◀──RX ring──────────────── frame + length
+//!   TX frame    ──TX ring──────────────▶  NIC TX (kick: sendto)
+//!   free frames ◀──completion ring─────── frame sent
+//! ```
+//!
+//! Every frame of the UMEM is, at any time, in exactly one place: the user's free list, the
+//! fill ring, the kernel, the RX ring, the TX ring or the completion ring.
+
+pub mod ring;
+pub mod socket;
+pub mod umem;
+
+/// An RX or TX descriptor (`struct xdp_desc`): a frame address in the UMEM and a length.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Desc {
+    pub addr: u64,
+    pub len: u32,
+    pub options: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Desc>() == std::mem::size_of::<libc::xdp_desc>());

@@ -1,0 +1,520 @@
+//! An AF_XDP socket bound to one queue of one interface, with its four rings mapped.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+
+use super::ring::{ConsRing, ProdRing, RingParts};
+use super::umem::Umem;
+use super::Desc;
+
+/// Socket options of busy polling (not in the libc crate's constants).
+const SO_BUSY_POLL: libc::c_int = 46;
+const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+
+/// Zero-copy or copy mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BindMode {
+    /// Zero-copy where the driver has it, else copy.
+    #[default]
+    Auto,
+    /// Zero-copy or fail.
+    ZeroCopy,
+    /// Copy mode.
+    Copy,
+}
+
+/// Busy-poll socket options: on real NICs they let the worker drive the driver's NAPI loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusyPoll {
+    /// SO_BUSY_POLL: microseconds to busy-poll in a blocking call.
+    pub usecs: u32,
+    /// SO_BUSY_POLL_BUDGET: packets per busy-poll round.
+    pub budget: u32,
+    /// SO_PREFER_BUSY_POLL: keep the driver's interrupts off while the application polls.
+    pub prefer: bool,
+}
+
+/// Where and how to bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XskConfig {
+    pub ifindex: u32,
+    pub queue: u32,
+    /// Entries of the RX and TX rings (powers of two).
+    pub rx_size: u32,
+    pub tx_size: u32,
+    /// Entries of the fill and completion rings (powers of two).
+    pub fill_size: u32,
+    pub comp_size: u32,
+    pub mode: BindMode,
+    /// Ask the kernel to set XDP_RING_NEED_WAKEUP instead of polling the rings itself.
+    pub need_wakeup: bool,
+    pub busy_poll: Option<BusyPoll>,
+}
+
+impl XskConfig {
+    /// Defaults for queue `queue` of interface `ifindex`: 2048-entry rings, auto mode.
+    pub fn new(ifindex: u32, queue: u32) -> Self {
+        Self {
+            ifindex,
+            queue,
+            rx_size: 2048,
+            tx_size: 2048,
+            fill_size: 4096,
+            comp_size: 2048,
+            mode: BindMode::Auto,
+            need_wakeup: true,
+            busy_poll: None,
+        }
+    }
+}
+
+/// The kernel's statistics of one socket (XDP_STATISTICS).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XskStats {
+    /// Dropped for other reasons (e.g. no room in the UMEM frame).
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    /// The RX ring was full.
+    pub rx_ring_full: u64,
+    /// The fill ring was empty when a packet came.
+    pub rx_fill_ring_empty: u64,
+    pub tx_ring_empty: u64,
+}
+
+/// One mapped ring area.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `map_ring` mapped; the rings pointing into it are fields
+        // of the same socket, which is being dropped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A bound AF_XDP socket. Drop it before the [`Umem`] it was opened with.
+pub struct XskSocket {
+    pub rx: ConsRing<Desc>,
+    pub tx: ProdRing<Desc>,
+    pub fill: ProdRing<u64>,
+    pub comp: ConsRing<u64>,
+    zero_copy: bool,
+    // Fields drop in order: the rings above (plain pointers), then the mappings, then the fd.
+    _maps: [Mapping; 4],
+    fd: OwnedFd,
+}
+
+// SAFETY: the socket and its rings are used by one thread at a time.
+unsafe impl Send for XskSocket {}
+
+fn err(what: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live `T` and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (v as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn getsockopt<T: Default>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
+    let mut v = T::default();
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` octets into the live `v`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut v as *mut T).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(v)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct RingOffset {
+    producer: u64,
+    consumer: u64,
+    desc: u64,
+    flags: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MmapOffsets {
+    rx: RingOffset,
+    tx: RingOffset,
+    fr: RingOffset,
+    cr: RingOffset,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Statistics {
+    rx_dropped: u64,
+    rx_invalid_descs: u64,
+    tx_invalid_descs: u64,
+    rx_ring_full: u64,
+    rx_fill_ring_empty_descs: u64,
+    tx_ring_empty_descs: u64,
+}
+
+fn map_ring<T>(
+    fd: &OwnedFd,
+    off: &RingOffset,
+    size: u32,
+    pgoff: u64,
+) -> io::Result<(Mapping, RingParts<T>)> {
+    let len = off.desc as usize + size as usize * std::mem::size_of::<T>();
+    // SAFETY: maps a ring the kernel created for this socket at its documented page offset.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd.as_raw_fd(),
+            pgoff as libc::off_t,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let base = p.cast::<u8>();
+    // SAFETY: the offsets come from XDP_MMAP_OFFSETS and lie inside the mapping.
+    let parts = unsafe {
+        RingParts {
+            producer: base.add(off.producer as usize).cast::<AtomicU32>(),
+            consumer: base.add(off.consumer as usize).cast::<AtomicU32>(),
+            flags: base.add(off.flags as usize).cast::<AtomicU32>(),
+            entries: base.add(off.desc as usize).cast::<T>(),
+            size,
+        }
+    };
+    Ok((
+        Mapping {
+            ptr: NonNull::new(base).expect("mmap returned non-null"),
+            len,
+        },
+        parts,
+    ))
+}
+
+impl XskSocket {
+    /// Creates a socket, registers `umem`, maps the rings and binds to the queue.
+    ///
+    /// With [`BindMode::Auto`] it tries zero-copy first and falls back to copy mode;
+    /// [`XskSocket::zero_copy`] says which it got. Errors name the cause and the remedy
+    /// (privileges, RLIMIT_MEMLOCK, a queue that already has a socket).
+    pub fn open(cfg: &XskConfig, umem: &Umem) -> io::Result<Self> {
+        for s in [cfg.rx_size, cfg.tx_size, cfg.fill_size, cfg.comp_size] {
+            if !s.is_power_of_two() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("AF_XDP ring size {s} is not a power of two"),
+                ));
+            }
+        }
+        // SAFETY: socket(2) takes no pointers; the result is checked.
+        let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            let e = io::Error::last_os_error();
+            let hint = if e.kind() == io::ErrorKind::PermissionDenied {
+                " (AF_XDP needs CAP_NET_RAW; binding needs CAP_NET_ADMIN)"
+            } else {
+                ""
+            };
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot create an AF_XDP socket{hint}: {e}"),
+            ));
+        }
+        // SAFETY: a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+
+        let (addr, len) = umem.area();
+        let ucfg = umem.config();
+        let reg = libc::xdp_umem_reg {
+            addr: addr as u64,
+            len: len as u64,
+            chunk_size: ucfg.frame_size,
+            headroom: ucfg.headroom,
+            flags: 0,
+            tx_metadata_len: 0,
+        };
+        setsockopt(&fd, libc::SOL_XDP, libc::XDP_UMEM_REG, &reg).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOBUFS) || e.raw_os_error() == Some(libc::ENOMEM) {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot register a {len}-octet UMEM: it counts against RLIMIT_MEMLOCK ({}); \
+                         run with CAP_IPC_LOCK (root has it), raise the limit (ulimit -l, \
+                         LimitMEMLOCK= in systemd), or give the queue fewer frames ({e})",
+                        memlock_limit()
+                    ),
+                )
+            } else {
+                err("cannot register the UMEM (XDP_UMEM_REG)", e)
+            }
+        })?;
+        setsockopt(&fd, libc::SOL_XDP, libc::XDP_UMEM_FILL_RING, &cfg.fill_size)
+            .map_err(|e| err("fill ring", e))?;
+        setsockopt(
+            &fd,
+            libc::SOL_XDP,
+            libc::XDP_UMEM_COMPLETION_RING,
+            &cfg.comp_size,
+        )
+        .map_err(|e| err("completion ring", e))?;
+        setsockopt(&fd, libc::SOL_XDP, libc::XDP_RX_RING, &cfg.rx_size)
+            .map_err(|e| err("RX ring", e))?;
+        setsockopt(&fd, libc::SOL_XDP, libc::XDP_TX_RING, &cfg.tx_size)
+            .map_err(|e| err("TX ring", e))?;
+        let off: MmapOffsets = getsockopt(&fd, libc::SOL_XDP, libc::XDP_MMAP_OFFSETS)
+            .map_err(|e| err("XDP_MMAP_OFFSETS", e))?;
+
+        let (m_rx, p_rx) =
+            map_ring::<Desc>(&fd, &off.rx, cfg.rx_size, libc::XDP_PGOFF_RX_RING as u64)?;
+        let (m_tx, p_tx) =
+            map_ring::<Desc>(&fd, &off.tx, cfg.tx_size, libc::XDP_PGOFF_TX_RING as u64)?;
+        let (m_fr, p_fr) =
+            map_ring::<u64>(&fd, &off.fr, cfg.fill_size, libc::XDP_UMEM_PGOFF_FILL_RING)?;
+        let (m_cr, p_cr) = map_ring::<u64>(
+            &fd,
+            &off.cr,
+            cfg.comp_size,
+            libc::XDP_UMEM_PGOFF_COMPLETION_RING,
+        )?;
+
+        if let Some(bp) = cfg.busy_poll {
+            setsockopt(
+                &fd,
+                libc::SOL_SOCKET,
+                SO_PREFER_BUSY_POLL,
+                &libc::c_int::from(bp.prefer),
+            )
+            .map_err(|e| err("SO_PREFER_BUSY_POLL (needs CAP_NET_ADMIN)", e))?;
+            setsockopt(
+                &fd,
+                libc::SOL_SOCKET,
+                SO_BUSY_POLL,
+                &(bp.usecs as libc::c_int),
+            )
+            .map_err(|e| {
+                err(
+                    "SO_BUSY_POLL (needs CAP_NET_ADMIN above net.core.busy_read)",
+                    e,
+                )
+            })?;
+            setsockopt(
+                &fd,
+                libc::SOL_SOCKET,
+                SO_BUSY_POLL_BUDGET,
+                &(bp.budget as libc::c_int),
+            )
+            .map_err(|e| err("SO_BUSY_POLL_BUDGET (needs CAP_NET_ADMIN)", e))?;
+        }
+
+        let wakeup = if cfg.need_wakeup {
+            libc::XDP_USE_NEED_WAKEUP
+        } else {
+            0
+        };
+        let zero_copy = match cfg.mode {
+            BindMode::Copy => {
+                bind(&fd, cfg, libc::XDP_COPY | wakeup)?;
+                false
+            }
+            BindMode::ZeroCopy => {
+                bind(&fd, cfg, libc::XDP_ZEROCOPY | wakeup)?;
+                true
+            }
+            BindMode::Auto => match bind(&fd, cfg, libc::XDP_ZEROCOPY | wakeup) {
+                Ok(()) => true,
+                Err(_) => {
+                    bind(&fd, cfg, libc::XDP_COPY | wakeup)?;
+                    false
+                }
+            },
+        };
+
+        // SAFETY: the parts point into mappings owned by the returned socket, which outlive the
+        // rings (field order); each ring side is used only through this socket.
+        let (rx, tx, fill, comp) = unsafe {
+            (
+                ConsRing::new(p_rx),
+                ProdRing::new(p_tx),
+                ProdRing::new(p_fr),
+                ConsRing::new(p_cr),
+            )
+        };
+        Ok(Self {
+            rx,
+            tx,
+            fill,
+            comp,
+            zero_copy,
+            _maps: [m_rx, m_tx, m_fr, m_cr],
+            fd,
+        })
+    }
+
+    /// Whether the socket is bound in zero-copy mode.
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
+    }
+
+    /// The socket's descriptor (to put in the XSKMAP, and to poll).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Tells the kernel to process the TX ring (one syscall per batch).
+    pub fn kick_tx(&self) -> io::Result<()> {
+        // SAFETY: sendto with no buffer and no address: the AF_XDP wake-up call.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
+        if rc >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // The kernel is busy or out of room: it finishes the ring on its own or next kick.
+            Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS) | Some(libc::ENETDOWN) => {
+                Ok(())
+            }
+            _ => Err(e),
+        }
+    }
+
+    /// Tells the kernel to refill from the fill ring (when it set need-wakeup on it).
+    pub fn wake_rx(&self) -> io::Result<()> {
+        // SAFETY: recvfrom with no buffer: the AF_XDP RX wake-up call.
+        let rc = unsafe {
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY)) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel's counters for this socket.
+    pub fn statistics(&self) -> io::Result<XskStats> {
+        statistics(&self.fd)
+    }
+}
+
+/// The kernel's counters of the AF_XDP socket `fd` (XDP_STATISTICS).
+pub fn statistics(fd: &OwnedFd) -> io::Result<XskStats> {
+    let s: Statistics = getsockopt(fd, libc::SOL_XDP, libc::XDP_STATISTICS)?;
+    Ok(XskStats {
+        rx_dropped: s.rx_dropped,
+        rx_invalid_descs: s.rx_invalid_descs,
+        tx_invalid_descs: s.tx_invalid_descs,
+        rx_ring_full: s.rx_ring_full,
+        rx_fill_ring_empty: s.rx_fill_ring_empty_descs,
+        tx_ring_empty: s.tx_ring_empty_descs,
+    })
+}
+
+fn bind(fd: &OwnedFd, cfg: &XskConfig, flags: u16) -> io::Result<()> {
+    let sxdp = libc::sockaddr_xdp {
+        sxdp_family: libc::AF_XDP as u16,
+        sxdp_flags: flags,
+        sxdp_ifindex: cfg.ifindex,
+        sxdp_queue_id: cfg.queue,
+        sxdp_shared_umem_fd: 0,
+    };
+    // SAFETY: passes a live sockaddr_xdp and its exact size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sxdp as *const libc::sockaddr_xdp).cast(),
+            std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    let mode = if flags & libc::XDP_ZEROCOPY != 0 {
+        "zero-copy"
+    } else {
+        "copy"
+    };
+    let hint = match e.raw_os_error() {
+        Some(libc::EBUSY) => " (another AF_XDP socket holds this queue)",
+        Some(libc::EINVAL) => " (no such queue on the interface?)",
+        Some(libc::EOPNOTSUPP) => " (the driver does not support this mode)",
+        Some(libc::EPERM) => " (needs CAP_NET_ADMIN)",
+        _ => "",
+    };
+    Err(io::Error::new(
+        e.kind(),
+        format!(
+            "cannot bind AF_XDP socket to ifindex {} queue {} in {mode} mode{hint}: {e}",
+            cfg.ifindex, cfg.queue
+        ),
+    ))
+}
+
+fn memlock_limit() -> String {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the live `r`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
+        return "unknown".into();
+    }
+    if r.rlim_cur == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        format!("{} KiB", r.rlim_cur / 1024)
+    }
+}
