@@ -266,8 +266,12 @@ mod tests {
             CidLayout::new(8, 0, &[], 257),
             Err(CidLayoutError::Workers(257))
         );
+        assert!(
+            CidLayout::new(6, 0, &[], 1).is_ok(),
+            "1 + 1 + 4-octet nonce"
+        );
         assert!(matches!(
-            CidLayout::new(6, 0, &[], 1),
+            CidLayout::new(5, 0, &[], 1),
             Err(CidLayoutError::Length { .. })
         ));
         assert!(matches!(

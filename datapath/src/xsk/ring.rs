@@ -319,7 +319,8 @@ mod tests {
                         held.push(a);
                     }
                     fill_c.release();
-                    while let Some(&a) = held.last() {
+                    while moved < total {
+                        let Some(&a) = held.last() else { break };
                         let d = super::super::Desc {
                             addr: a,
                             len: (a % 1500) as u32,
