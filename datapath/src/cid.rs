@@ -278,8 +278,9 @@ mod tests {
             CidLayout::new(21, 0, &[], 1),
             Err(CidLayoutError::Length { .. })
         ));
+        assert!(CidLayout::new(8, 0, &[1, 2], 1).is_ok());
         assert!(matches!(
-            CidLayout::new(8, 0, &[1, 2], 1),
+            CidLayout::new(7, 0, &[1, 2], 1),
             Err(CidLayoutError::Length { .. })
         ));
     }
