@@ -2,4 +2,5 @@
 //! and the `xdp-quic` command line.
 
 pub mod cli;
+pub mod testbed;
 pub mod xdp;

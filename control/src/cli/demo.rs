@@ -1,16 +1,37 @@
-//! `xdp-quic demo`: a perf server and a perf client in one process, over the UDP backend on
-//! loopback: a bulk phase (default 1 GB) and a request phase (default 10,000 requests), with
-//! throughput, requests/s, latency percentiles and the server workers' counters.
+//! `xdp-quic demo`: the perf protocol end to end, with figures.
+//!
+//! As root it builds a private testbed (two network namespaces, a multi-queue veth pair),
+//! attaches the XDP program to the server's side, runs the perf server over AF_XDP (one
+//! worker per queue) in one namespace and a perf client over kernel UDP in the other: a bulk
+//! phase (default 1 GB) and a request phase (default 10,000 requests of 1 KB). Then it runs
+//! the same over the UDP backend in the same testbed, prints both side by side, and removes
+//! everything it made (Ctrl-C too). Without the privileges it says so and runs the UDP demo
+//! on loopback.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use xdp_quic::{tls, EngineBuilder, VarInt};
-use xdp_quic_examples::perf::PerfServer;
+use xdp_quic::backend::xsk::XskSnapshot;
+use xdp_quic::{tls, Counters, Engine, EngineBuilder, VarInt, XdpSetup};
+use xdp_quic_examples::perf::{PerfReport, PerfServer};
 
 use super::args::{self, App};
 use super::client::{perf, report_json, PerfArgs};
-use super::serve::{summary, transport};
+use super::serve::{summary, transport, xsk_summary};
+use crate::testbed::Testbed;
+use crate::xdp::socket_map::ServerSteering;
+
+/// Which demo to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoBackend {
+    /// AF_XDP in a private testbed when running as root, else UDP on loopback.
+    Auto,
+    /// AF_XDP (and UDP, side by side) in a private testbed; fails without root.
+    Xdp,
+    /// UDP on loopback only.
+    Udp,
+}
 
 /// Arguments of `xdp-quic demo`.
 #[derive(Debug, clap::Args)]
@@ -21,67 +42,71 @@ pub struct DemoArgs {
     /// Requests of the request phase (1 KB each).
     #[arg(long, default_value_t = 10_000)]
     pub requests: u64,
-    /// Server workers.
-    #[arg(long, default_value_t = 2)]
-    pub workers: usize,
+    /// Queues of the testbed's veth pair: AF_XDP workers (and UDP workers).
+    #[arg(long, default_value_t = 4)]
+    pub queues: u32,
     /// Client connections.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
+    /// Which demo.
+    #[arg(long, value_enum, default_value_t = DemoBackend::Auto)]
+    pub backend: DemoBackend,
     /// Print the figures as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
-pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
-    if a.connections == 0 || a.workers == 0 || a.workers > 256 {
-        bail!("--workers (1..=256) and --connections must be at least 1");
-    }
-    let identity = tls::Identity::self_signed(&["localhost"])?;
-    let cert = identity.chain.clone();
-    let server = EngineBuilder::default()
-        .workers(a.workers)
-        .server(tls::server_config(identity, &[App::Perf.alpn()])?)
-        .transport(transport())
-        .start_udp("127.0.0.1:0".parse()?, |_| PerfServer::default())
-        .context("starting the perf server on loopback")?;
-    let addr = server.local_addr();
-    eprintln!(
-        "xdp-quic demo: perf server on {addr} (UDP backend, {} workers, steering {:?}), client in the same process",
-        a.workers,
-        server.steering().expect("UDP backend")
-    );
+/// Figures of one server run.
+struct Run {
+    label: String,
+    bulk: PerfReport,
+    requests: PerfReport,
+    served: u64,
+    workers: Vec<Counters>,
+    queues: Vec<XskSnapshot>,
+    xdp: Option<crate::xdp::Counters>,
+}
 
-    let client = || -> anyhow::Result<EngineBuilder> {
-        Ok(EngineBuilder::default()
-            .client(tls::client_config(
-                tls::Trust::Roots(cert.clone()),
-                &[App::Perf.alpn()],
-            )?)
-            .transport(transport())
-            .drain_timeout(Duration::from_secs(1)))
+pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
+    if a.connections == 0 || a.queues == 0 || a.queues > 64 {
+        bail!("--connections must be at least 1 and --queues between 1 and 64");
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let xdp = match a.backend {
+        DemoBackend::Udp => false,
+        DemoBackend::Xdp => true,
+        DemoBackend::Auto => {
+            if !root {
+                eprintln!(
+                    "xdp-quic demo: the AF_XDP demo needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF, \
+                     CAP_NET_RAW, CAP_IPC_LOCK) to build its testbed; running the UDP demo on loopback"
+                );
+            }
+            root
+        }
     };
+    let runs = if xdp {
+        testbed_runs(a)?
+    } else {
+        vec![loopback_run(a)?]
+    };
+    print(a, &runs);
+    Ok(())
+}
+
+fn phases(a: &DemoArgs) -> (PerfArgs, PerfArgs) {
     // Requests of at most 25 MB, equal in size, adding up to at least --bytes.
     let bytes = a.bytes.max(1);
     let requests = bytes.div_ceil(25_000_000);
-    let per_request = bytes.div_ceil(requests);
     let bulk = PerfArgs {
-        download: per_request,
+        download: bytes.div_ceil(requests),
         upload: 0,
         requests: Some(requests),
         duration: None,
         connections: a.connections,
         streams: 1,
     };
-    eprintln!(
-        "bulk: {} requests of {} octets over {} connections",
-        bulk.requests.unwrap_or(0),
-        per_request,
-        a.connections
-    );
-    // One client worker (and source port) per connection, up to 4: distinct 4-tuples, which
-    // the kernel spreads over the server's workers.
-    let client_workers = a.connections.min(4);
-    let bulk_report = perf(client()?, addr, "localhost", &bulk, client_workers)?;
     let rr = PerfArgs {
         download: 1000,
         upload: 0,
@@ -90,47 +115,242 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         connections: a.connections,
         streams: 16,
     };
-    eprintln!(
-        "requests: {} requests of 1 KB, 16 in flight on each of {} connections",
-        a.requests, a.connections
-    );
-    let rr_report = perf(client()?, addr, "localhost", &rr, client_workers)?;
+    (bulk, rr)
+}
 
+fn server_builder(identity: tls::Identity, workers: usize) -> anyhow::Result<EngineBuilder> {
+    Ok(EngineBuilder::default()
+        .workers(workers)
+        .server(tls::server_config(identity, &[App::Perf.alpn()])?)
+        .transport(transport()))
+}
+
+/// Runs both phases against `server` from the current namespace and stops the server.
+fn client_phases(
+    a: &DemoArgs,
+    label: String,
+    server: Engine<PerfServer>,
+    addr: SocketAddr,
+    trust: Vec<rustls_cert::Cert>,
+    xdp: Option<&dyn Fn() -> anyhow::Result<crate::xdp::Counters>>,
+    client_ns: Option<&str>,
+) -> anyhow::Result<Run> {
+    let (bulk, rr) = phases(a);
+    // One client worker (and source port) per connection, up to 4: distinct 4-tuples,
+    // which the kernel (UDP) or the sender's TX queue choice (veth) spreads over workers.
+    let client_workers = a.connections.min(4);
+    let client = || -> anyhow::Result<EngineBuilder> {
+        Ok(EngineBuilder::default()
+            .client(tls::client_config(
+                tls::Trust::Roots(trust.clone()),
+                &[App::Perf.alpn()],
+            )?)
+            .transport(transport())
+            .drain_timeout(Duration::from_secs(1)))
+    };
+    eprintln!(
+        "{label}: bulk, {} requests of {} octets",
+        bulk.requests.unwrap_or(0),
+        bulk.download
+    );
+    let work = || -> anyhow::Result<(PerfReport, PerfReport)> {
+        let b = perf(client()?, addr, "localhost", &bulk, client_workers)?;
+        eprintln!(
+            "{label}: {} requests of 1 KB, 16 in flight per connection",
+            rr.requests.unwrap_or(0)
+        );
+        let r = perf(client()?, addr, "localhost", &rr, client_workers)?;
+        Ok((b, r))
+    };
+    let reports = match client_ns {
+        Some(ns) => crate::testbed::in_netns(ns, work).and_then(|r| r),
+        None => work(),
+    };
+    let queues = server.xsk_queues().iter().map(|q| q.snapshot()).collect();
+    let xdp = xdp.map(|f| f()).transpose()?;
     let handle = server.handle();
     let handlers = server
         .shutdown(VarInt::from_u32(0), b"demo done")
         .context("stopping the server")?;
-    let counters = handle.counters();
-    let served: u64 = handlers.iter().map(|h| h.requests).sum();
+    let (bulk, requests) = reports?;
+    Ok(Run {
+        label,
+        bulk,
+        requests,
+        served: handlers.iter().map(|h| h.requests).sum(),
+        workers: handle.counters(),
+        queues,
+        xdp,
+    })
+}
 
-    if a.json {
-        let workers: Vec<_> = counters
-            .iter()
-            .map(|c| {
-                c.fields()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
-                    .collect::<serde_json::Map<_, _>>()
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({
-                "backend": "udp",
-                "bulk": report_json(&bulk_report),
-                "requests": report_json(&rr_report),
-                "server_requests": served,
-                "server_workers": workers,
-            })
+mod rustls_cert {
+    pub type Cert = rustls::pki_types::CertificateDer<'static>;
+}
+
+fn loopback_run(a: &DemoArgs) -> anyhow::Result<Run> {
+    let identity = tls::Identity::self_signed(&["localhost"])?;
+    let cert = identity.chain.clone();
+    let workers = a.queues.min(2) as usize;
+    let server = server_builder(identity, workers)?
+        .start_udp("127.0.0.1:0".parse()?, |_| PerfServer::default())
+        .context("starting the perf server on loopback")?;
+    let addr = server.local_addr();
+    let label = format!("UDP on loopback, {workers} workers");
+    eprintln!("xdp-quic demo: perf server on {addr} ({label}), client in the same process");
+    client_phases(a, label, server, addr, cert, None, None)
+}
+
+fn testbed_runs(a: &DemoArgs) -> anyhow::Result<Vec<Run>> {
+    Testbed::remove_all_on_signal()?;
+    let name = format!("xqd{}", std::process::id() % 1_000_000);
+    let tb = Testbed::create(&name, a.queues, 213).context("building the demo testbed")?;
+    let queues: Vec<u32> = (0..a.queues).collect();
+    let port = 4433;
+    let listen: SocketAddr = format!("[::]:{port}").parse()?;
+    let addr = SocketAddr::new(tb.server_ip(false), port);
+    eprintln!(
+        "xdp-quic demo: testbed {} ({}, {}) <-> {} ({}, {}), {} queues",
+        tb.server_ns,
+        tb.server_if,
+        tb.server_v4,
+        tb.client_ns,
+        tb.client_if,
+        tb.client_v4,
+        a.queues
+    );
+    let mut runs = Vec::new();
+
+    // AF_XDP: the program attached for the run, one worker per queue.
+    {
+        let identity = tls::Identity::self_signed(&["localhost"])?;
+        let cert = identity.chain.clone();
+        let service = crate::xdp::ServiceConfig {
+            ports: [port].into(),
+            addrs: Default::default(),
+        };
+        let attachment = tb.in_server(|| {
+            crate::xdp::attach_embedded(&tb.server_if, &service, crate::xdp::AttachMode::Auto)
+        })??;
+        let mode = attachment.mode().name();
+        let registry = attachment.xsks()?;
+        let setup = XdpSetup::new(&tb.server_if, listen, queues.clone());
+        let builder = server_builder(identity, queues.len())?;
+        let server = tb.in_server(|| {
+            builder.start_xdp(
+                &setup,
+                Box::new(ServerSteering::with_registry(registry, "demo")),
+                |_| PerfServer::default(),
+            )
+        })??;
+        let zc = server.xsk_queues().iter().all(|q| q.zero_copy);
+        let label = format!(
+            "AF_XDP, {} XDP, {} mode, {} queues",
+            mode,
+            if zc { "zero-copy" } else { "copy" },
+            queues.len()
         );
-    } else {
-        println!("== bulk download ==\n{bulk_report}\n");
-        println!("== requests ==\n{rr_report}\n");
-        println!("== server workers (UDP backend) ==");
-        for (i, c) in counters.iter().enumerate() {
-            println!("worker {i}: {}", summary(c));
-        }
-        println!("server answered {served} requests");
+        let counters = || attachment.counters();
+        let run = client_phases(
+            a,
+            label,
+            server,
+            addr,
+            cert,
+            Some(&counters),
+            Some(&tb.client_ns),
+        );
+        runs.push(run?);
+        drop(attachment);
     }
-    Ok(())
+
+    // UDP in the same testbed, program detached: the baseline.
+    {
+        let identity = tls::Identity::self_signed(&["localhost"])?;
+        let cert = identity.chain.clone();
+        let builder = server_builder(identity, queues.len())?;
+        let server = tb.in_server(|| builder.start_udp(listen, |_| PerfServer::default()))??;
+        let label = format!("UDP, SO_REUSEPORT, {} workers", queues.len());
+        runs.push(client_phases(
+            a,
+            label,
+            server,
+            addr,
+            cert,
+            None,
+            Some(&tb.client_ns),
+        )?);
+    }
+    drop(tb);
+    eprintln!("testbed removed");
+    Ok(runs)
+}
+
+fn run_json(r: &Run) -> serde_json::Value {
+    let workers: Vec<_> = r
+        .workers
+        .iter()
+        .map(|c| {
+            c.fields()
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+                .collect::<serde_json::Map<_, _>>()
+        })
+        .collect();
+    let queues: Vec<_> = r
+        .queues
+        .iter()
+        .map(|q| {
+            serde_json::json!({
+                "queue": q.queue, "zero_copy": q.zero_copy, "rx_parse_errors": q.rx_parse_errors,
+                "rx_bad_checksum": q.rx_bad_checksum, "tx_no_route": q.tx_no_route,
+                "tx_no_frame": q.tx_no_frame, "tx_ring_full": q.tx_ring_full, "kicks": q.kicks,
+                "canary_packets": q.canary_packets, "kernel_rx_dropped": q.kernel.rx_dropped,
+                "kernel_rx_ring_full": q.kernel.rx_ring_full,
+                "kernel_fill_ring_empty": q.kernel.rx_fill_ring_empty,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "server": r.label,
+        "bulk": report_json(&r.bulk),
+        "requests": report_json(&r.requests),
+        "server_requests": r.served,
+        "server_workers": workers,
+        "queues": queues,
+        "xdp_program": r.xdp.as_ref().map(|c| serde_json::to_value(crate::xdp::CountersJson::from(c)).unwrap_or_default()),
+    })
+}
+
+fn print(a: &DemoArgs, runs: &[Run]) {
+    if a.json {
+        let v: Vec<_> = runs.iter().map(run_json).collect();
+        println!("{}", serde_json::json!({ "runs": v }));
+        return;
+    }
+    for r in runs {
+        println!("== {} ==", r.label);
+        println!("bulk download: {}", r.bulk);
+        println!("requests:      {}", r.requests);
+        for (i, c) in r.workers.iter().enumerate() {
+            println!("  worker {i}: {}", summary(c));
+        }
+        for q in &r.queues {
+            println!("  queue {}: {}", q.queue, xsk_summary(q));
+        }
+        if let Some(x) = &r.xdp {
+            let named = x.named();
+            let nonzero: Vec<_> = named.iter().filter(|(_, v)| *v > 0).collect();
+            println!("  XDP program: {nonzero:?}");
+        }
+        println!("  server answered {} requests\n", r.served);
+    }
+    if let [x, u] = runs {
+        println!(
+            "AF_XDP / UDP: bulk throughput x{:.2}, requests/s x{:.2}, request p50 latency x{:.2}",
+            x.bulk.download_mbps / u.bulk.download_mbps.max(1e-9),
+            x.requests.requests_per_s / u.requests.requests_per_s.max(1e-9),
+            x.requests.p50_ms / u.requests.p50_ms.max(1e-9),
+        );
+    }
 }

@@ -13,6 +13,7 @@ pub struct ServerSteering {
     registry: XskRegistry,
     /// Held for the life of the server when the process attached the program itself.
     embedded: Option<EmbeddedAttachment>,
+    origin: String,
 }
 
 impl ServerSteering {
@@ -24,6 +25,7 @@ impl ServerSteering {
             return Ok(Self {
                 registry: XskRegistry::open(iface)?,
                 embedded: None,
+                origin: "pinned by xdp-quic attach".into(),
             });
         }
         let mut addrs = BTreeSet::new();
@@ -37,16 +39,26 @@ impl ServerSteering {
         let attachment = attach_embedded(iface, &service, mode)?;
         Ok(Self {
             registry: attachment.xsks()?,
+            origin: format!(
+                "attached by this process ({} mode)",
+                attachment.mode().name()
+            ),
             embedded: Some(attachment),
         })
     }
 
-    /// How the program is attached: `pinned`, or `embedded/<mode>`.
-    pub fn describe(&self) -> String {
-        match &self.embedded {
-            None => "pinned by xdp-quic attach".into(),
-            Some(a) => format!("attached by this process ({} mode)", a.mode().name()),
+    /// Registers sockets in `registry` (e.g. of an attachment the caller holds).
+    pub fn with_registry(registry: XskRegistry, origin: &str) -> Self {
+        Self {
+            registry,
+            embedded: None,
+            origin: origin.into(),
         }
+    }
+
+    /// How the program is attached, in words.
+    pub fn describe(&self) -> String {
+        self.origin.clone()
     }
 
     /// The embedded attachment, if this process made it (its counters are readable there).

@@ -227,9 +227,11 @@ pub struct QuinnServer {
     pub cert: CertificateDer<'static>,
     /// Retry packets sent.
     pub retries: Arc<AtomicU64>,
+    /// Connection attempts accepted (counted before the handshake goes on).
+    pub accepted: Arc<AtomicU64>,
     /// Connections established.
     pub connections: Arc<AtomicU64>,
-    /// Streams served to their end.
+    /// Streams served to their end (counted before the server finishes its side).
     pub streams: Arc<AtomicU64>,
     /// Datagrams echoed.
     pub datagrams: Arc<AtomicU64>,
@@ -273,6 +275,7 @@ impl QuinnServer {
             addr,
             cert,
             retries: Default::default(),
+            accepted: Default::default(),
             connections: Default::default(),
             streams: Default::default(),
             datagrams: Default::default(),
@@ -288,6 +291,7 @@ impl QuinnServer {
                     incoming.retry().expect("retry possible");
                     continue;
                 }
+                stats.accepted.fetch_add(1, Ordering::Relaxed);
                 let stats = stats.clone();
                 tokio::spawn(async move {
                     let Ok(conn) = incoming.await else { return };
@@ -302,6 +306,7 @@ impl QuinnServer {
     fn stats(&self) -> Stats {
         Stats {
             retries: self.retries.clone(),
+            accepted: self.accepted.clone(),
             connections: self.connections.clone(),
             streams: self.streams.clone(),
             datagrams: self.datagrams.clone(),
@@ -320,6 +325,7 @@ impl QuinnServer {
 #[derive(Clone)]
 struct Stats {
     retries: Arc<AtomicU64>,
+    accepted: Arc<AtomicU64>,
     connections: Arc<AtomicU64>,
     streams: Arc<AtomicU64>,
     datagrams: Arc<AtomicU64>,
@@ -338,37 +344,40 @@ async fn serve(conn: quinn::Connection, service: Service, stats: Stats) {
             }
         });
     }
-    while let Ok((send, recv)) = conn.accept_bi().await {
+    while let Ok((mut send, recv)) = conn.accept_bi().await {
         let stats = stats.clone();
         tokio::spawn(async move {
             let live = stats.live_streams.fetch_add(1, Ordering::Relaxed) + 1;
             stats.peak_streams.fetch_max(live, Ordering::Relaxed);
-            let ok = match service {
-                Service::Echo => echo_stream(send, recv).await,
-                Service::Perf => perf_stream(send, recv).await,
+            let served = match service {
+                Service::Echo => echo_stream(&mut send, recv).await,
+                Service::Perf => perf_stream(&mut send, recv).await,
             };
             stats.live_streams.fetch_sub(1, Ordering::Relaxed);
-            if ok.is_ok() {
+            // Counted before our side is finished, so before the peer can see the end.
+            if served.is_ok() {
                 stats.streams.fetch_add(1, Ordering::Relaxed);
+                let _ = send.finish();
             }
         });
     }
 }
 
+/// Echoes `recv` into `send` (left unfinished).
 async fn echo_stream(
-    mut send: quinn::SendStream,
+    send: &mut quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> anyhow::Result<()> {
     while let Some(chunk) = recv.read_chunk(64 * 1024, true).await? {
         send.write_chunk(chunk.bytes).await?;
     }
-    send.finish()?;
     Ok(())
 }
 
-/// The perf protocol: 8-octet big-endian response size, upload to the end, then the response.
+/// The perf protocol: 8-octet big-endian response size, upload to the end, then the response
+/// (left unfinished).
 async fn perf_stream(
-    mut send: quinn::SendStream,
+    send: &mut quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> anyhow::Result<()> {
     let mut size = [0u8; 8];
@@ -381,7 +390,6 @@ async fn perf_stream(
         send.write_chunk(zeros.slice(..n)).await?;
         left -= n as u64;
     }
-    send.finish()?;
     Ok(())
 }
 
