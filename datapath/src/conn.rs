@@ -74,7 +74,12 @@ pub struct Ctx<'a> {
     pub(crate) now: Instant,
     pub(crate) endpoint: &'a mut Endpoint,
     pub(crate) client: Option<&'a ClientConfig>,
-    pub(crate) born: &'a mut Vec<(ConnectionHandle, Connection, u32)>,
+    pub(crate) born: &'a mut Vec<(
+        ConnectionHandle,
+        Connection,
+        u32,
+        crate::congestion::CloseGate,
+    )>,
     pub(crate) stop: &'a mut bool,
     pub(crate) next_serial: &'a mut u32,
 }
@@ -110,7 +115,8 @@ impl Ctx<'_> {
         let (ch, conn) = self.endpoint.connect(self.now, cfg, remote, server_name)?;
         let serial = *self.next_serial;
         *self.next_serial = serial.wrapping_add(1);
-        self.born.push((ch, conn, serial));
+        let gate = crate::congestion::take_last_built();
+        self.born.push((ch, conn, serial, gate));
         Ok(ConnId::new(self.worker, ch, serial))
     }
 
@@ -126,6 +132,7 @@ pub struct Conn<'a> {
     pub(crate) inner: &'a mut Connection,
     pub(crate) id: ConnId,
     pub(crate) ctx: Ctx<'a>,
+    pub(crate) gate: &'a crate::congestion::CloseGate,
 }
 
 impl<'a> Conn<'a> {
@@ -248,6 +255,7 @@ impl<'a> Conn<'a> {
     pub fn close(&mut self, code: VarInt, reason: &[u8]) {
         self.inner
             .close(self.ctx.now, code, Bytes::copy_from_slice(reason));
+        self.gate.open();
     }
 
     /// quinn-proto's statistics for this connection.

@@ -52,6 +52,8 @@ pub(crate) enum Command<H> {
 /// What the workers of one engine share: read-only after start.
 pub(crate) struct Mesh<H> {
     pub layout: Arc<CidLayout>,
+    /// The engine accepts connections (routing of Initial packets depends on it).
+    pub serves: bool,
     pub handovers: Vec<Sender<Datagram>>,
     pub commands: Vec<Sender<Command<H>>>,
     pub wakers: Vec<Arc<Waker>>,
@@ -132,7 +134,12 @@ impl EngineBuilder {
     }
 
     /// Transport parameters for both sides (stream limits, windows, idle timeout...).
-    pub fn transport(mut self, config: TransportConfig) -> Self {
+    ///
+    /// The engine sets the congestion controller: quinn-proto's Cubic, wrapped so that a
+    /// closing connection's CONNECTION_CLOSE is never held back by a full window (see
+    /// [`crate::congestion`]); a controller set in `config` is replaced.
+    pub fn transport(mut self, mut config: TransportConfig) -> Self {
+        config.congestion_controller_factory(crate::congestion::GatedFactory::cubic());
         self.transport = Some(Arc::new(config));
         self
     }
@@ -209,16 +216,17 @@ impl EngineBuilder {
         });
         let reset_key: Arc<dyn quinn_proto::crypto::HmacKey> =
             Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key));
+        let transport = self.transport.clone().unwrap_or_else(|| {
+            let mut t = TransportConfig::default();
+            t.congestion_controller_factory(crate::congestion::GatedFactory::cubic());
+            Arc::new(t)
+        });
         let server = self.server.map(|mut s| {
-            if let Some(t) = &self.transport {
-                s.transport_config(t.clone());
-            }
+            s.transport_config(transport.clone());
             Arc::new(s)
         });
         let client = self.client.map(|mut c| {
-            if let Some(t) = &self.transport {
-                c.transport_config(t.clone());
-            }
+            c.transport_config(transport.clone());
             c
         });
 
@@ -226,6 +234,7 @@ impl EngineBuilder {
         let mut command_rx = Vec::with_capacity(n);
         let mut mesh = Mesh {
             layout: layout.clone(),
+            serves: server.is_some(),
             handovers: Vec::with_capacity(n),
             commands: Vec::with_capacity(n),
             wakers: Vec::with_capacity(n),
@@ -464,7 +473,8 @@ impl EngineBuilder {
                 port: setup.listen.port(),
                 poll: setup.poll,
                 verify_checksum: setup.verify_checksum,
-                max_segments: 16,
+                // A batch must fit the TX ring, with room to spare for the next one.
+                max_segments: (setup.ring_size as usize / 2).clamp(1, 16),
             })
             .map_err(|e| io::Error::new(e.kind(), format!("{} queue {queue}: {e}", setup.iface)))?;
             backends.push(b);

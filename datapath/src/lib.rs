@@ -39,6 +39,7 @@
 
 pub mod backend;
 pub mod cid;
+pub mod congestion;
 pub mod conn;
 pub mod engine;
 pub mod handler;

@@ -4,12 +4,15 @@
 //! 1. Short header, or long-header Handshake: the destination CID was issued by this host and
 //!    names its worker. Another worker's CID goes to that worker (hand-over); it must never
 //!    reach this shard's endpoint, which would answer with a stateless reset.
-//! 2. Initial and 0-RTT carry a CID the client chose: they stay on the worker that got them;
-//!    the 4-tuple keeps the rest of the handshake there.
-//! 3. Anything else is the local endpoint's to judge (it drops what is not QUIC).
+//! 2. Initial and 0-RTT sent by a client carry a CID the client chose: on an engine that
+//!    serves they stay on the worker that got them; the 4-tuple keeps the rest of the
+//!    handshake there. On a client-only engine every Initial comes from a server and carries
+//!    a CID this host issued: it is routed by CID like the rest.
+//! 3. Retry goes only from servers to clients and carries our CID: routed by CID.
+//! 4. Anything else is the local endpoint's to judge (it drops what is not QUIC).
 
 use crate::cid::CidLayout;
-use crate::packet::quic::{self, Header, HeaderError};
+use crate::packet::quic::{self, Header, HeaderError, LongType};
 
 /// Where a datagram goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,17 +25,22 @@ pub enum Route {
     Drop(HeaderError),
 }
 
-/// The routing decision for `datagram` received by worker `me`.
-pub fn route(layout: &CidLayout, me: usize, datagram: &[u8]) -> Route {
+/// The routing decision for `datagram` received by worker `me` of an engine that `serves`
+/// (has a server configuration) or not.
+pub fn route(layout: &CidLayout, me: usize, serves: bool, datagram: &[u8]) -> Route {
+    let by_cid = |dcid: &[u8]| match layout.decode(dcid) {
+        Some(w) if w != me => Route::Worker(w),
+        _ => Route::Local,
+    };
     match quic::peek(datagram, layout.len()) {
         Err(e) => Route::Drop(e),
-        Ok(Header::Short { dcid }) | Ok(Header::ServerChosen { dcid }) => {
-            match layout.decode(dcid) {
-                Some(w) if w != me => Route::Worker(w),
-                _ => Route::Local,
-            }
-        }
-        Ok(Header::ClientChosen { .. }) | Ok(Header::Other) => Route::Local,
+        Ok(Header::Short { dcid }) => by_cid(dcid),
+        Ok(Header::Long { ty, dcid }) => match ty {
+            LongType::Handshake | LongType::Retry => by_cid(dcid),
+            LongType::Initial | LongType::ZeroRtt if serves => Route::Local,
+            LongType::Initial | LongType::ZeroRtt => by_cid(dcid),
+        },
+        Ok(Header::Other) => Route::Local,
     }
 }
 
@@ -62,7 +70,7 @@ mod tests {
                 } else {
                     Route::Worker(owner)
                 };
-                assert_eq!(route(&l, me, &p), want);
+                assert_eq!(route(&l, me, true, &p), want);
             }
         }
     }
@@ -75,10 +83,14 @@ mod tests {
         let mut p = vec![0xc3, 0, 0, 0, 1, 8];
         p.extend_from_slice(&cid);
         p.resize(1200, 0);
-        assert_eq!(route(&l, 0, &p), Route::Local);
-        // The same CID in a Handshake packet is ours to route.
+        assert_eq!(route(&l, 0, true, &p), Route::Local);
+        // On a client-only engine, an Initial comes from a server and carries our CID.
+        assert_eq!(route(&l, 0, false, &p), Route::Worker(3));
+        // The same CID in a Handshake or Retry packet is ours to route.
         p[0] = 0xe3;
-        assert_eq!(route(&l, 0, &p), Route::Worker(3));
+        assert_eq!(route(&l, 0, true, &p), Route::Worker(3));
+        p[0] = 0xf3;
+        assert_eq!(route(&l, 0, true, &p), Route::Worker(3));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use quinn_proto::{Connection, ConnectionHandle, Endpoint};
 
+use crate::congestion::CloseGate;
 use crate::conn::ConnId;
 use crate::timer::TimerQueue;
 
@@ -16,6 +17,8 @@ pub(crate) struct Slot {
     pub reported_closed: bool,
     /// In the dirty list already.
     pub dirty: bool,
+    /// Opened when the connection closes (see [`crate::congestion`]).
+    pub gate: CloseGate,
 }
 
 /// One endpoint shard.
@@ -27,7 +30,7 @@ pub(crate) struct Shard {
     /// Connections to poll for events and transmits this turn.
     pub dirty: Vec<usize>,
     /// Connections opened by callbacks, inserted after the callback returns.
-    pub born: Vec<(ConnectionHandle, Connection, u32)>,
+    pub born: Vec<(ConnectionHandle, Connection, u32, CloseGate)>,
     pub next_serial: u32,
     /// Connections alive.
     pub active: usize,
@@ -50,10 +53,13 @@ impl Shard {
     }
 
     /// Adds a connection quinn-proto just created under `ch` and marks it dirty.
+    /// Call right after `Endpoint::accept`, on the same thread (it takes the connection's
+    /// close gate, see [`crate::congestion::take_last_built`]).
     pub fn insert(&mut self, worker: usize, ch: ConnectionHandle, conn: Connection) -> ConnId {
         let serial = self.next_serial;
         self.next_serial = serial.wrapping_add(1);
-        self.insert_with_serial(worker, ch, conn, serial)
+        let gate = crate::congestion::take_last_built();
+        self.insert_with_serial(worker, ch, conn, serial, gate)
     }
 
     /// Like [`Shard::insert`], with a serial already handed out (by `Ctx::connect`).
@@ -63,6 +69,7 @@ impl Shard {
         ch: ConnectionHandle,
         conn: Connection,
         serial: u32,
+        gate: CloseGate,
     ) -> ConnId {
         let id = ConnId::new(worker, ch, serial);
         if self.slots.len() <= ch.0 {
@@ -78,6 +85,7 @@ impl Shard {
             handshaking: true,
             reported_closed: false,
             dirty: false,
+            gate,
         });
         self.active += 1;
         self.handshaking += 1;

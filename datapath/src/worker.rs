@@ -39,6 +39,8 @@ use crate::shard::Shard;
 const MAX_RX_BATCHES: usize = 8;
 /// Posted commands and hand-overs taken per turn.
 const MAX_INBOX: usize = 256;
+/// The most octets one UDP send (and so one GSO batch) can carry over IPv4.
+const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// What the caller of [`Worker::turn`] should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,7 +241,7 @@ impl<H: Handler> Worker<H> {
     fn on_datagram<B: Backend>(&mut self, io: &mut B, d: Datagram) {
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += d.data.len() as u64;
-        match route(&self.mesh.layout, self.index, &d.data) {
+        match route(&self.mesh.layout, self.index, self.mesh.serves, &d.data) {
             Route::Local => self.feed_endpoint(io, d),
             Route::Worker(w) => match self.mesh.handovers[w].try_send(d) {
                 Ok(()) => {
@@ -406,6 +408,7 @@ impl<H: Handler> Worker<H> {
                 let mut conn = Conn {
                     inner: &mut slot.conn,
                     id,
+                    gate: &slot.gate,
                     ctx: Ctx {
                         worker: self.index,
                         now: self.now,
@@ -435,6 +438,7 @@ impl<H: Handler> Worker<H> {
         for h in handles {
             if let Some(Some(slot)) = self.shard.slots.get_mut(h) {
                 slot.conn.close(self.now, code, reason.clone());
+                slot.gate.open();
             }
             self.shard.mark_dirty(h);
         }
@@ -456,9 +460,10 @@ impl<H: Handler> Worker<H> {
                 }
                 self.drive(io, h);
             }
-            while let Some((ch, conn, serial)) = self.shard.born.pop() {
+            while let Some((ch, conn, serial, gate)) = self.shard.born.pop() {
                 self.counters.conns_opened += 1;
-                self.shard.insert_with_serial(self.index, ch, conn, serial);
+                self.shard
+                    .insert_with_serial(self.index, ch, conn, serial, gate);
             }
             if self.shard.dirty.is_empty() {
                 break;
@@ -499,6 +504,7 @@ impl<H: Handler> Worker<H> {
                 let mut conn = Conn {
                     inner: &mut slot.conn,
                     id: slot.id,
+                    gate: &slot.gate,
                     ctx: Ctx {
                         worker: self.index,
                         now: self.now,
@@ -555,7 +561,9 @@ impl<H: Handler> Worker<H> {
             }
 
             if self.stalled.is_none() {
-                let max = io.max_segments().max(1);
+                // One transmit must fit one UDP send (64 KiB), whatever the path MTU.
+                let per_send = MAX_UDP_PAYLOAD / usize::from(slot.conn.current_mtu()).max(1);
+                let max = io.max_segments().min(per_send).max(1);
                 loop {
                     self.tx_buf.clear();
                     let Some(t) = slot.conn.poll_transmit(self.now, max, &mut self.tx_buf) else {

@@ -432,3 +432,35 @@ fn hostile_input_during_a_transfer_is_counted_and_dropped() {
     );
     assert_eq!(t.conns_accepted, 1);
 }
+
+#[test]
+fn shutdown_during_transfers_reaches_every_client() {
+    let net = MemNetwork::new(Duration::from_millis(1));
+    let mut server = echo_server(&net, server_builder(2), MemSteering::Hash);
+    let mut clients: Vec<_> = (0..4)
+        .map(|i| {
+            let at = format!("10.0.9.{}:7700", i + 1);
+            echo_client(&net, &at, vec![payload(i, 1_000_000)], vec![])
+        })
+        .collect();
+    while server.total().handshakes < 4 {
+        let mut nodes: Vec<&mut dyn Drive> = vec![&mut server];
+        nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
+        step(&net, &mut nodes).unwrap();
+    }
+    // A few more steps: the uploads are under way.
+    for _ in 0..3 {
+        let mut nodes: Vec<&mut dyn Drive> = vec![&mut server];
+        nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
+        step(&net, &mut nodes).unwrap();
+    }
+    server.handle.shutdown(VarInt::from_u32(77), b"maintenance");
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut server];
+    nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
+    run_clients(&net, &mut nodes, Duration::from_secs(60)).unwrap();
+    drop(nodes);
+    for c in &clients {
+        let e = c.handler(0).error.clone().unwrap_or_default();
+        assert!(e.contains("maintenance"), "client saw {e:?}");
+    }
+}

@@ -208,9 +208,6 @@ impl EchoClient {
         let Some(st) = self.streams.get_mut(&s) else {
             return;
         };
-        if st.out.is_empty() {
-            return;
-        }
         match st.out.flush(conn, s) {
             Ok(true) => {
                 let _ = conn.finish(s);

@@ -13,8 +13,11 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Appends `data`.
+    /// Appends `data` (an empty chunk adds nothing).
     pub fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
         self.queued += data.len();
         self.queue.push_back(data);
     }

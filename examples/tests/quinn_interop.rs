@@ -25,7 +25,7 @@ use xdp_quic_examples::perf::{self, Budget, PerfClient, PerfClientConfig, PerfSe
 const MB: usize = 1_000_000;
 
 fn server_transport(streams: u32) -> TransportConfig {
-    let mut t = TransportConfig::default();
+    let mut t = our_transport();
     t.max_concurrent_bidi_streams(VarInt::from_u32(streams));
     t
 }
@@ -282,17 +282,13 @@ async fn quinn_client_rebinds_mid_transfer_steered_by_the_server() {
     let ep = quinn_client(cert, echo::ALPN);
     let conn = quinn_connect(&ep, engine.local_addr()).await;
     let data = payload(20, 20 * MB);
-    // With the CID program one rebind shows it all (the kernel finds the owner by CID); under
-    // the hash, rebind until one lands on another worker (4 workers: 1/4 chance each time not).
-    let h = handle.clone();
+    // Five new ports in the course of the transfer, every 3 MB.
     let rebinds = guard(
         "20 MB echo with rebinds",
-        rebinding_echo(&ep, &conn, data, 3 * MB, 5, move || {
-            steering == Steering::CidProgram && h.total().handover_out > 0
-        }),
+        rebinding_echo(&ep, &conn, data, 3 * MB, 5, || false),
     )
     .await;
-    assert!(rebinds >= 1);
+    assert_eq!(rebinds, 5);
     assert!(conn.close_reason().is_none(), "the connection survived");
     conn.close(VarInt::from_u32(0), b"done");
     guard("client idle", ep.wait_idle()).await;
@@ -350,9 +346,7 @@ async fn quinn_client_rebinds_mid_transfer_handed_over_without_the_program() {
     let h = handle.clone();
     let rebinds = guard(
         "20 MB echo with rebinds",
-        rebinding_echo(&ep, &conn, data, 2 * MB, 8, move || {
-            h.total().handover_out > 0
-        }),
+        rebinding_echo(&ep, &conn, data, MB, 16, move || h.total().handover_out > 0),
     )
     .await;
     assert!(conn.close_reason().is_none(), "the connection survived");
@@ -369,7 +363,8 @@ async fn quinn_client_rebinds_mid_transfer_handed_over_without_the_program() {
         "the rebound client kept its connection"
     );
     assert_eq!(total_echoed(&handlers), 20 * MB as u64);
-    // 8 rebinds all hashing to the owner: probability 4^-8.
+    // Up to 16 new ports until one hashes to another worker: all 16 to the owner has
+    // probability 4^-16.
     assert!(
         t.handover_out > 0,
         "no rebind landed on another worker: {t:?}"
@@ -465,7 +460,7 @@ fn blast_round(
         n.forged += 1;
     }
     // Now and then a 65,000-octet datagram: random, and forged for another worker.
-    if round % 16 == 0 {
+    if round.is_multiple_of(16) {
         let mut d = vec![0u8; 65_000];
         rng.fill_bytes(&mut d);
         send(&d);
@@ -541,6 +536,11 @@ async fn hostile_input_during_transfer(hash_steering: bool) {
     let (sock, blasted) = blaster.join().expect("blaster");
     assert_same("10 MB echo under attack", &back, &data);
     let during = handle.total();
+    let ps = conn.stats().path;
+    eprintln!(
+        "client path: rtt {:?} cwnd {} lost {} congestion events {} sent {}",
+        ps.rtt, ps.cwnd, ps.lost_packets, ps.congestion_events, ps.sent_packets
+    );
     eprintln!("{steering:?}: blasted {blasted:?}\ncounters after the transfer: {during:?}");
 
     // A quiet round, exactly counted, with the connection still up: 32 tiny datagrams must
@@ -602,10 +602,10 @@ async fn hostile_input_during_transfer(hash_steering: bool) {
             assert_eq!(t.handover_out, 0, "{t:?}");
         }
         Steering::Hash => {
-            // All garbage comes from one 4-tuple, so one worker gets it and hands the forged
-            // CIDs of the 3 others over: at least 24 of the quiet round's 32.
+            // The kernel's hash cannot know the worker a forged CID names: 3 in 4 of the
+            // quiet round's 32 land elsewhere and are handed over (none would: 4^-32).
             assert!(
-                after.handover_out >= before.handover_out + 24,
+                after.handover_out > before.handover_out,
                 "{before:?} {after:?}"
             );
             assert_eq!(t.handover_in + t.handover_dropped, t.handover_out);
@@ -624,7 +624,6 @@ async fn hostile_input_during_transfer_hash_and_hand_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: zero-length UDP datagrams vanish uncounted in the UDP backend (datapath/src/backend/udp.rs recv: slot[..0].chunks(stride) yields no segment), though rx_malformed documents 'empty'"]
 async fn empty_udp_datagrams_are_counted_malformed() {
     let (b, _cert) = our_server(1, echo::ALPN);
     let engine = b
@@ -642,6 +641,142 @@ async fn empty_udp_datagrams_are_counted_malformed() {
     shutdown(engine).await;
     assert_eq!(t.rx_packets, 17, "{t:?}");
     assert_eq!(t.rx_malformed, 17, "{t:?}");
+}
+
+#[test]
+fn udp_backend_keeps_every_gro_segment() {
+    use xdp_quic::backend::{Backend, RxBatch, Transmit};
+    let mut rx = hash_group(1).pop().unwrap();
+    let mut tx = hash_group(1).pop().unwrap();
+    if tx.max_segments() < 10 {
+        eprintln!("no GSO here: nothing to check");
+        return;
+    }
+    // 4 GSO sends of 10 segments each; on loopback the receiver's GRO keeps them together.
+    let data = vec![0x40u8; 10 * 1200];
+    let to = rx.local_addr().unwrap();
+    for _ in 0..4 {
+        let t = Transmit {
+            destination: to,
+            src_ip: None,
+            ecn: None,
+            segment_size: Some(1200),
+            contents: &data,
+        };
+        tx.send(&t).expect("sent");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // Receive in batches of 16 (the engine's default is 64) until the socket is empty.
+    let mut batch = RxBatch::new(16);
+    let mut got = 0;
+    loop {
+        let n = rx.recv(&mut batch).unwrap();
+        batch.drain().for_each(drop);
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    assert_eq!(got, 40, "datagrams lost inside the backend");
+}
+
+/// A UDP backend that records the largest transmit the worker handed it.
+struct Recording {
+    inner: xdp_quic::backend::udp::UdpBackend,
+    largest: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl xdp_quic::Backend for Recording {
+    fn max_segments(&self) -> usize {
+        self.inner.max_segments()
+    }
+    fn recv(&mut self, batch: &mut xdp_quic::backend::RxBatch) -> std::io::Result<usize> {
+        self.inner.recv(batch)
+    }
+    fn send(
+        &mut self,
+        t: &xdp_quic::backend::Transmit<'_>,
+    ) -> Result<(), xdp_quic::backend::SendError> {
+        self.largest.fetch_max(t.contents.len(), Ordering::Relaxed);
+        self.inner.send(t)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+    fn wait(
+        &mut self,
+        deadline: Option<std::time::Instant>,
+        want_write: bool,
+        waker: &xdp_quic::waker::Waker,
+    ) -> std::io::Result<()> {
+        self.inner.wait(deadline, want_write, waker)
+    }
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_server_never_hands_the_socket_more_than_one_udp_send_can_carry() {
+    // GSO on, as by default (not `our_server`, which works around this bug).
+    let (id, cert) = identity();
+    let largest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let backend = Recording {
+        inner: hash_group(1).pop().unwrap(),
+        largest: largest.clone(),
+    };
+    let engine = xdp_quic::EngineBuilder::default()
+        .server(xdp_quic::tls::server_config(id, &[perf::ALPN]).unwrap())
+        .drain_timeout(DRAIN)
+        .start(vec![backend], |_| PerfServer::default())
+        .unwrap();
+    let ep = quinn_client(cert, perf::ALPN);
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    guard(
+        "20 MB download",
+        quinn_perf_request(&conn, 0, 20 * MB as u64),
+    )
+    .await
+    .unwrap();
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    shutdown(engine).await;
+    let largest = largest.load(Ordering::Relaxed);
+    eprintln!("largest transmit: {largest} octets");
+    assert!(
+        largest <= 65_507,
+        "a {largest}-octet GSO transmit cannot be sent"
+    );
+}
+
+#[test]
+fn udp_backend_sends_a_full_gso_batch() {
+    use xdp_quic::backend::{Backend, RxBatch, Transmit};
+    let mut rx = hash_group(1).pop().unwrap();
+    let mut tx = hash_group(1).pop().unwrap();
+    // 1,452 octets: the largest datagram quinn-proto's path MTU discovery reaches by default.
+    let n = tx.max_segments();
+    let data = vec![0x40u8; n * 1452];
+    let t = Transmit {
+        destination: rx.local_addr().unwrap(),
+        src_ip: None,
+        ecn: None,
+        segment_size: Some(1452),
+        contents: &data,
+    };
+    let sent = tx.send(&t);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut batch = RxBatch::new(1024);
+    let mut got = 0;
+    while let Ok(k) = rx.recv(&mut batch) {
+        batch.drain().for_each(drop);
+        if k == 0 {
+            break;
+        }
+        got += k;
+    }
+    assert!(sent.is_ok());
+    assert_eq!(got, n, "{n} segments of 1452 octets sent as one GSO batch");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -708,7 +843,6 @@ async fn our_client_handshake_echo_and_datagrams() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: EchoClient never finishes a stream whose payload is empty (examples/src/echo.rs, EchoClient::send returns early on an empty Outbox, so finish() is never called); the client waits for the idle timeout"]
 async fn our_client_echoes_an_empty_stream() {
     let srv = QuinnServer::start(Service::Echo, false);
     let (hs, _) = our_echo_client(
@@ -726,8 +860,22 @@ async fn our_client_echoes_an_empty_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_client_10_mb_each_way() {
+    // Through the examples' own runner, as the CLI client uses it.
     let srv = QuinnServer::start(Service::Echo, false);
-    let (hs, _) = our_echo_client(&srv, 1, false, vec![payload(11, 10 * MB)], vec![], 0).await;
+    let addr = srv.addr;
+    let b = our_client(1, srv.cert.clone(), echo::ALPN);
+    let data = payload(11, 10 * MB);
+    let (hs, elapsed) = blocking("client::run", move || {
+        client::run(
+            b,
+            any_local_for(addr),
+            move |_| EchoClient::new(addr, "localhost", vec![data.clone()], vec![], 0),
+            |h, ctx| h.start(ctx),
+        )
+        .expect("client ran")
+    })
+    .await;
+    eprintln!("10 MB echoed in {elapsed:?}");
     assert_echo_ok(&hs[0]);
     assert_eq!(srv.streams.load(Ordering::Relaxed), 1);
     srv.stop().await;
@@ -872,7 +1020,6 @@ async fn our_client_engine_with_4_workers_each_connecting() {
 // handshake only proceeds when a retransmission happens to reach the owner (seconds of
 // back-off), or it fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a multi-worker client engine on one reuseport port (start_udp) misroutes the server's Initial/Retry: datapath/src/route.rs keeps ClientChosen/Other long headers local; the wrong worker sends the server a stateless reset and the handshake stalls"]
 async fn our_client_engine_with_4_workers_on_one_shared_port() {
     let srv = QuinnServer::start(Service::Echo, false);
     let (hs, t) = our_echo_client(&srv, 4, true, vec![payload(15, 10_000)], vec![], 0).await;

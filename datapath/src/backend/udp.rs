@@ -21,6 +21,8 @@ use crate::waker::Waker;
 
 /// Receive buffer per recvmmsg slot: one GRO super-datagram is at most 64 KiB.
 const SLOT: usize = 64 * 1024;
+/// Segments of one GSO send: 44 × 1,472 octets stay under the 65,507 one send can carry.
+const MAX_GSO_SEGMENTS: usize = 44;
 
 /// How the kernel chooses among the sockets of a reuseport group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +39,16 @@ pub struct UdpBackend {
     state: UdpSocketState,
     buf: Box<[u8]>,
     meta: [RecvMeta; BATCH_SIZE],
+    pending: Pending,
+}
+
+/// Datagrams of the last recvmmsg not yet handed out: message `msg` of `msgs`, from octet
+/// `offset` of its slot.
+#[derive(Debug, Default, Clone, Copy)]
+struct Pending {
+    msgs: usize,
+    msg: usize,
+    offset: usize,
 }
 
 impl std::fmt::Debug for UdpBackend {
@@ -60,6 +72,7 @@ impl UdpBackend {
             state,
             buf: vec![0u8; SLOT * BATCH_SIZE].into_boxed_slice(),
             meta: [RecvMeta::default(); BATCH_SIZE],
+            pending: Pending::default(),
         })
     }
 
@@ -179,14 +192,59 @@ fn attach_reuseport_program(socket: &UdpSocket, layout: &CidLayout) -> io::Resul
     }
 }
 
+impl UdpBackend {
+    /// Moves received datagrams not yet handed out into `batch`; returns how many.
+    fn drain_pending(&mut self, batch: &mut RxBatch) -> usize {
+        let mut added = 0;
+        let p = &mut self.pending;
+        while p.msg < p.msgs && !batch.is_full() {
+            let meta = &self.meta[p.msg];
+            let slot = &self.buf[p.msg * SLOT..p.msg * SLOT + meta.len];
+            let ecn = meta
+                .ecn
+                .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+            if slot.is_empty() {
+                // An empty datagram: the router counts and drops it.
+                batch.push(meta.addr, meta.dst_ip, ecn, &[]);
+                added += 1;
+                p.msg += 1;
+                continue;
+            }
+            let stride = meta.stride.max(1);
+            while p.offset < slot.len() && !batch.is_full() {
+                let end = (p.offset + stride).min(slot.len());
+                batch.push(meta.addr, meta.dst_ip, ecn, &slot[p.offset..end]);
+                added += 1;
+                p.offset = end;
+            }
+            if p.offset >= slot.len() {
+                p.msg += 1;
+                p.offset = 0;
+            }
+        }
+        if p.msg >= p.msgs {
+            *p = Pending::default();
+        }
+        added
+    }
+}
+
 impl Backend for UdpBackend {
+    /// At most 44 segments: 44 datagrams of 1,472 octets (the largest of a 1,500-octet path)
+    /// fit one UDP send. The worker caps further by the connection's current MTU.
     fn max_segments(&self) -> usize {
-        self.state.max_gso_segments()
+        self.state.max_gso_segments().min(MAX_GSO_SEGMENTS)
     }
 
     fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
         let mut added = 0;
-        while batch.room() > 0 {
+        loop {
+            // First what an earlier call left over (a GRO slot can hold more segments than
+            // the batch had room for), then a fresh recvmmsg.
+            added += self.drain_pending(batch);
+            if batch.is_full() || self.pending.msgs > 0 {
+                return Ok(added);
+            }
             let mut chunks = self.buf.chunks_mut(SLOT);
             let mut slices: [IoSliceMut<'_>; BATCH_SIZE] =
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
@@ -196,30 +254,19 @@ impl Backend for UdpBackend {
                     .recv(UdpSockRef::from(&self.socket), &mut slices, &mut self.meta)
                 {
                     Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(added),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 };
-            for (meta, slot) in self.meta[..n].iter().zip(self.buf.chunks(SLOT)) {
-                let ecn = meta
-                    .ecn
-                    .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
-                let stride = meta.stride.max(1);
-                for seg in slot[..meta.len].chunks(stride) {
-                    // A GRO super-datagram can hold more segments than the batch has room
-                    // for; the surplus is dropped like any datagram the socket could not take.
-                    if batch.is_full() {
-                        break;
-                    }
-                    batch.push(meta.addr, meta.dst_ip, ecn, seg);
-                    added += 1;
-                }
-            }
-            if n < BATCH_SIZE {
-                break;
+            self.pending = Pending {
+                msgs: n,
+                msg: 0,
+                offset: 0,
+            };
+            if n == 0 {
+                return Ok(added);
             }
         }
-        Ok(added)
     }
 
     fn send(&mut self, t: &Transmit<'_>) -> Result<(), SendError> {
@@ -232,7 +279,11 @@ impl Backend for UdpBackend {
             segment_size: t.segment_size,
             src_ip: t.src_ip,
         };
-        match self.state.send(UdpSockRef::from(&self.socket), &transmit) {
+        // try_send: errors reach the worker's counters (send() would swallow them).
+        match self
+            .state
+            .try_send(UdpSockRef::from(&self.socket), &transmit)
+        {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(SendError::Blocked),
             Err(e) => Err(SendError::Failed(e)),

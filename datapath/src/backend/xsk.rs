@@ -425,9 +425,20 @@ impl Backend for XskBackend {
             self.sock.tx.submit();
             self.tx_unsubmitted = 0;
         }
-        if self.in_tx > 0 && (!self.cfg.socket.need_wakeup || self.sock.tx.needs_wakeup()) {
+        // Kick until the kernel has taken the whole TX ring: in copy mode each call sends at
+        // most 32 frames, and what stays in the ring would wait a turn (or be lost at exit).
+        // In copy mode only sendto moves the ring, whatever its need-wakeup flag says.
+        let must_kick =
+            !self.sock.zero_copy() || !self.cfg.socket.need_wakeup || self.sock.tx.needs_wakeup();
+        let mut rounds = self.sock.tx.size() / 16 + 2;
+        while self.in_tx > 0 && must_kick && !self.sock.tx.is_drained() && rounds > 0 {
             self.local.kicks += 1;
-            self.sock.kick_tx()?;
+            rounds -= 1;
+            let more = self.sock.kick_tx()?;
+            self.reap_completions();
+            if !more {
+                break;
+            }
         }
         self.reap_completions();
         if self.cfg.socket.need_wakeup && self.sock.fill.needs_wakeup() {

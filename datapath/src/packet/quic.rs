@@ -5,18 +5,23 @@
 const VERSION_1: u32 = 1;
 const DRAFT_MASK: u32 = 0xff00_0000;
 
+/// The packet types of a QUIC v1 long header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LongType {
+    Initial,
+    ZeroRtt,
+    Handshake,
+    Retry,
+}
+
 /// What the first packet of a datagram says about routing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Header<'a> {
     /// Short header: `dcid` is the first `cid_len` octets after the first byte.
     Short { dcid: &'a [u8] },
-    /// Long header whose destination CID the client chose (Initial, 0-RTT): the datagram
-    /// belongs to the worker whose 4-tuple brought it.
-    ClientChosen { dcid: &'a [u8] },
-    /// Long header whose destination CID this endpoint issued (Handshake).
-    ServerChosen { dcid: &'a [u8] },
-    /// Long header of another kind (Retry, Version Negotiation, unknown version): let the
-    /// endpoint decide.
+    /// Long header of QUIC v1 (or a draft quinn-proto speaks).
+    Long { ty: LongType, dcid: &'a [u8] },
+    /// Long header of an unknown version (version negotiation is the endpoint's business).
     Other,
 }
 
@@ -47,11 +52,13 @@ pub fn peek(datagram: &[u8], cid_len: usize) -> Result<Header<'_>, HeaderError> 
     if version != VERSION_1 && version & DRAFT_MASK != DRAFT_MASK {
         return Ok(Header::Other);
     }
-    Ok(match (first >> 4) & 0b11 {
-        0b00 | 0b01 => Header::ClientChosen { dcid },
-        0b10 => Header::ServerChosen { dcid },
-        _ => Header::Other,
-    })
+    let ty = match (first >> 4) & 0b11 {
+        0b00 => LongType::Initial,
+        0b01 => LongType::ZeroRtt,
+        0b10 => LongType::Handshake,
+        _ => LongType::Retry,
+    };
+    Ok(Header::Long { ty, dcid })
 }
 
 #[cfg(test)]
@@ -79,15 +86,16 @@ mod tests {
     fn long_header_types() {
         let cid = [9u8; 8];
         let initial = long(0xc0, 1, &cid);
-        assert_eq!(peek(&initial, 8), Ok(Header::ClientChosen { dcid: &cid }));
+        let l = |ty| Ok(Header::Long { ty, dcid: &cid });
+        assert_eq!(peek(&initial, 8), l(LongType::Initial));
         let zero_rtt = long(0xd0, 1, &cid);
-        assert_eq!(peek(&zero_rtt, 8), Ok(Header::ClientChosen { dcid: &cid }));
+        assert_eq!(peek(&zero_rtt, 8), l(LongType::ZeroRtt));
         let hs = long(0xe0, 1, &cid);
-        assert_eq!(peek(&hs, 8), Ok(Header::ServerChosen { dcid: &cid }));
+        assert_eq!(peek(&hs, 8), l(LongType::Handshake));
         let retry = long(0xf0, 1, &cid);
-        assert_eq!(peek(&retry, 8), Ok(Header::Other));
+        assert_eq!(peek(&retry, 8), l(LongType::Retry));
         let draft = long(0xe0, 0xff00_001d, &cid);
-        assert_eq!(peek(&draft, 8), Ok(Header::ServerChosen { dcid: &cid }));
+        assert_eq!(peek(&draft, 8), l(LongType::Handshake));
         let unknown = long(0xe0, 0x6b33_43cf, &cid);
         assert_eq!(peek(&unknown, 8), Ok(Header::Other));
     }

@@ -115,6 +115,11 @@ impl<T: Copy> ProdRing<T> {
         unsafe { (*self.p.producer).store(self.cached_prod, Ordering::Release) };
     }
 
+    /// Whether the consumer has taken every submitted entry.
+    pub fn is_drained(&mut self) -> bool {
+        self.free(self.p.size) == self.p.size
+    }
+
     /// Entries pushed but not yet submitted.
     pub fn unsubmitted(&self) -> u32 {
         // SAFETY: `producer` is live; only this side writes it.

@@ -395,8 +395,10 @@ impl XskSocket {
         self.fd.as_fd()
     }
 
-    /// Tells the kernel to process the TX ring (one syscall per batch).
-    pub fn kick_tx(&self) -> io::Result<()> {
+    /// Tells the kernel to process the TX ring. Returns `Ok(true)` when the kernel stopped
+    /// before the end of the ring (EAGAIN: in copy mode one call sends at most 32 frames, or
+    /// the completion ring is full): reap completions and kick again.
+    pub fn kick_tx(&self) -> io::Result<bool> {
         // SAFETY: sendto with no buffer and no address: the AF_XDP wake-up call.
         let rc = unsafe {
             libc::sendto(
@@ -409,14 +411,13 @@ impl XskSocket {
             )
         };
         if rc >= 0 {
-            return Ok(());
+            return Ok(false);
         }
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
-            // The kernel is busy or out of room: it finishes the ring on its own or next kick.
-            Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS) | Some(libc::ENETDOWN) => {
-                Ok(())
-            }
+            Some(libc::EAGAIN) | Some(libc::EBUSY) => Ok(true),
+            // The device is out of room or down: the frames wait in the ring for the next kick.
+            Some(libc::ENOBUFS) | Some(libc::ENETDOWN) => Ok(false),
             _ => Err(e),
         }
     }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use rand::{RngCore, SeedableRng};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use xdp_quic::backend::udp::UdpBackend;
-use xdp_quic::{tls, Engine, EngineBuilder, Handler, VarInt};
+use xdp_quic::{tls, Engine, EngineBuilder, Handler, TransportConfig, VarInt};
 
 /// Hang guard of every wait: far above what any step needs, even in debug builds on 2 cores.
 pub const HANG: Duration = Duration::from_secs(60);
@@ -78,6 +78,11 @@ pub fn identity() -> (tls::Identity, CertificateDer<'static>) {
     (id, cert)
 }
 
+/// The transport of our engines in these tests (quinn-proto's defaults).
+pub fn our_transport() -> TransportConfig {
+    TransportConfig::default()
+}
+
 /// Our server engine builder: `workers` shards, ALPN `alpn`, short drain. Returns the
 /// certificate the client must trust.
 pub fn our_server(workers: usize, alpn: &[u8]) -> (EngineBuilder, CertificateDer<'static>) {
@@ -85,6 +90,7 @@ pub fn our_server(workers: usize, alpn: &[u8]) -> (EngineBuilder, CertificateDer
     let b = EngineBuilder::default()
         .workers(workers)
         .server(tls::server_config(id, &[alpn]).expect("server TLS"))
+        .transport(our_transport())
         .drain_timeout(DRAIN);
     (b, cert)
 }
@@ -94,6 +100,7 @@ pub fn our_client(workers: usize, cert: CertificateDer<'static>, alpn: &[u8]) ->
     EngineBuilder::default()
         .workers(workers)
         .client(tls::client_config(tls::Trust::Roots(vec![cert]), &[alpn]).expect("client TLS"))
+        .transport(our_transport())
         .drain_timeout(DRAIN)
 }
 

@@ -1,0 +1,593 @@
+//! QUIC over AF_XDP, for real: each test builds its own testbed (two network namespaces, a
+//! multi-queue veth pair), attaches the XDP program to the server's side, serves over AF_XDP
+//! there, and drives an independent client (the quinn crate, over kernel UDP) from the other
+//! namespace. Root is needed; with `CI` set a missing privilege fails the test.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{RngCore, SeedableRng};
+use xdp_quic::{tls, Engine, EngineBuilder, TransportConfig, VarInt, XdpSetup};
+use xdp_quic_control::testbed::Testbed;
+use xdp_quic_control::xdp::socket_map::ServerSteering;
+use xdp_quic_control::xdp::{self as xdp, AttachMode, EmbeddedAttachment, ServiceConfig};
+use xdp_quic_examples::echo::{self, EchoServer};
+
+const PORT: u16 = 4433;
+/// A hang guard, never a performance bound.
+const GUARD: Duration = Duration::from_secs(120);
+
+fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("this test needs root (netns, XDP, AF_XDP) and CI is set");
+    }
+    eprintln!("skipped: needs root");
+    false
+}
+
+fn unique_name() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "xb{}x{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A server over AF_XDP in its own testbed.
+struct Rig {
+    engine: Option<Engine<EchoServer>>,
+    attachment: Option<EmbeddedAttachment>,
+    cert: Vec<rustls::pki_types::CertificateDer<'static>>,
+    tb: Testbed,
+}
+
+impl Rig {
+    fn new(queues: u32, serve: &[u32], mode: AttachMode, tune: impl FnOnce(&mut XdpSetup)) -> Rig {
+        let tb = Testbed::create(&unique_name(), queues, 214).expect("testbed");
+        let service = ServiceConfig {
+            ports: [PORT].into(),
+            addrs: Default::default(),
+        };
+        let attachment = tb
+            .in_server(|| xdp::attach_embedded(&tb.server_if, &service, mode))
+            .unwrap()
+            .expect("attach");
+        let id = tls::Identity::self_signed(&["localhost"]).unwrap();
+        let cert = id.chain.clone();
+        let mut t = TransportConfig::default();
+        t.max_concurrent_bidi_streams(VarInt::from_u32(1100));
+        t.datagram_receive_buffer_size(Some(1 << 20));
+        let builder = EngineBuilder::default()
+            .server(tls::server_config(id, &[echo::ALPN]).unwrap())
+            .transport(t)
+            .drain_timeout(Duration::from_secs(2));
+        let mut setup = XdpSetup::new(
+            &tb.server_if,
+            format!("[::]:{PORT}").parse().unwrap(),
+            serve.to_vec(),
+        );
+        tune(&mut setup);
+        let registry = attachment.xsks().unwrap();
+        let engine = tb
+            .in_server(|| {
+                builder.start_xdp(
+                    &setup,
+                    Box::new(ServerSteering::with_registry(registry, "test")),
+                    |_| EchoServer::default(),
+                )
+            })
+            .unwrap()
+            .expect("start over AF_XDP");
+        Rig {
+            engine: Some(engine),
+            attachment: Some(attachment),
+            cert,
+            tb,
+        }
+    }
+
+    fn addr(&self, v6: bool) -> SocketAddr {
+        SocketAddr::new(self.tb.server_ip(v6), PORT)
+    }
+
+    fn engine(&self) -> &Engine<EchoServer> {
+        self.engine.as_ref().unwrap()
+    }
+
+    /// Runs `f` in the client namespace on a tokio runtime.
+    fn client<T: Send>(&self, f: impl AsyncFnOnce() -> T + Send) -> T {
+        self.tb
+            .in_client(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async { tokio::time::timeout(GUARD, f()).await.expect("hang guard") })
+            })
+            .unwrap()
+    }
+
+    /// Stops the server and returns its handlers.
+    fn stop(&mut self) -> Vec<EchoServer> {
+        self.engine
+            .take()
+            .unwrap()
+            .shutdown(VarInt::from_u32(0), b"test done")
+            .unwrap()
+    }
+
+    fn program_counter(&self, name: &str) -> u64 {
+        let c = self.attachment.as_ref().unwrap().counters().unwrap();
+        c.named()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| v)
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(e) = self.engine.take() {
+            let _ = e.shutdown(VarInt::from_u32(0), b"");
+        }
+        self.attachment.take();
+    }
+}
+
+/// A quinn client endpoint on a fresh socket of the current thread's namespace.
+fn quinn_endpoint(
+    certs: &[rustls::pki_types::CertificateDer<'static>],
+    v6: bool,
+) -> quinn::Endpoint {
+    let bind: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
+    let socket = std::net::UdpSocket::bind(bind).unwrap();
+    let mut ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs {
+        roots.add(c.clone()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![echo::ALPN.to_vec()];
+    let mut cfg = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    ));
+    let mut t = quinn::TransportConfig::default();
+    t.datagram_receive_buffer_size(Some(1 << 20));
+    cfg.transport_config(Arc::new(t));
+    ep.set_default_client_config(cfg);
+    ep
+}
+
+fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+/// Sends `data` on a new bidirectional stream and returns what comes back.
+async fn echo_stream(conn: &quinn::Connection, data: &[u8]) -> Vec<u8> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let (_, back) = tokio::join!(
+        async {
+            send.write_all(data).await.unwrap();
+            send.finish().unwrap();
+        },
+        async { recv.read_to_end(usize::MAX).await.unwrap() }
+    );
+    back
+}
+
+/// Handshake, 50 MB echoed byte for byte, 1,000 concurrent streams, datagrams.
+fn full_exchange(mode: AttachMode, v6: bool) {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::new(2, &[0, 1], mode, |_| {});
+    let addr = rig.addr(v6);
+    let cert = rig.cert.clone();
+    rig.client(async move || {
+        let ep = quinn_endpoint(&cert, v6);
+        let conn = ep
+            .connect(addr, "localhost")
+            .unwrap()
+            .await
+            .expect("handshake");
+
+        let big = random(50_000_000, 1);
+        assert!(echo_stream(&conn, &big).await == big, "50 MB echoed intact");
+
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..1000u64 {
+            let conn = conn.clone();
+            tasks.spawn(async move {
+                let d = random(1000 + i as usize, i);
+                echo_stream(&conn, &d).await == d
+            });
+        }
+        let mut ok = 0;
+        while let Some(r) = tasks.join_next().await {
+            ok += usize::from(r.unwrap());
+        }
+        assert_eq!(ok, 1000, "1,000 concurrent streams echoed intact");
+
+        for i in 0..10u8 {
+            conn.send_datagram(vec![i; 500].into()).unwrap();
+        }
+        let mut got = Vec::new();
+        while got.len() < 10 {
+            got.push(conn.read_datagram().await.unwrap()[0]);
+        }
+        got.sort();
+        assert_eq!(got, (0..10).collect::<Vec<u8>>());
+        conn.close(0u32.into(), b"bye");
+        ep.wait_idle().await;
+    });
+    let handlers = rig.stop();
+    assert_eq!(handlers.iter().map(|h| h.datagrams).sum::<u64>(), 10);
+    assert!(rig.program_counter(if v6 { "v6.redirected" } else { "v4.redirected" }) > 10_000);
+}
+
+#[test]
+fn native_xdp_ipv4_full_exchange() {
+    full_exchange(AttachMode::Native, false);
+}
+
+#[test]
+fn skb_xdp_ipv6_full_exchange() {
+    full_exchange(AttachMode::Skb, true);
+}
+
+/// The other two mode/family pairs: handshake and an echo.
+#[test]
+fn native_ipv6_and_skb_ipv4_echo() {
+    if !privileged() {
+        return;
+    }
+    for (mode, v6) in [(AttachMode::Native, true), (AttachMode::Skb, false)] {
+        let mut rig = Rig::new(1, &[0], mode, |_| {});
+        let addr = rig.addr(v6);
+        let cert = rig.cert.clone();
+        rig.client(async move || {
+            let ep = quinn_endpoint(&cert, v6);
+            let conn = ep
+                .connect(addr, "localhost")
+                .unwrap()
+                .await
+                .expect("handshake");
+            let d = random(300_000, 7);
+            assert!(echo_stream(&conn, &d).await == d);
+            conn.close(0u32.into(), b"");
+            ep.wait_idle().await;
+        });
+        rig.stop();
+    }
+}
+
+/// Four queues, four workers: clients (each its own socket, so its own TX queue on the veth)
+/// are added until every worker has served one; every connection echoes intact.
+#[test]
+fn four_queues_every_worker_serves_connections() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::new(4, &[0, 1, 2, 3], AttachMode::Native, |_| {});
+    let addr = rig.addr(false);
+    let cert = rig.cert.clone();
+    let handle = rig.engine().handle();
+    let clients = rig.client(async move || {
+        let mut n = 0;
+        // Each new socket picks a TX queue by its flow hash: 64 tries leave a queue out with
+        // a probability below 1e-7.
+        while n < 64 && handle.counters().iter().any(|c| c.conns_accepted == 0) {
+            let ep = quinn_endpoint(&cert, false);
+            let conn = ep
+                .connect(addr, "localhost")
+                .unwrap()
+                .await
+                .expect("handshake");
+            let d = random(20_000, n);
+            assert!(echo_stream(&conn, &d).await == d);
+            conn.close(0u32.into(), b"");
+            ep.wait_idle().await;
+            n += 1;
+        }
+        n
+    });
+    let per_worker: Vec<u64> = rig
+        .engine()
+        .handle()
+        .counters()
+        .iter()
+        .map(|c| c.conns_accepted)
+        .collect();
+    assert!(
+        per_worker.iter().all(|&n| n > 0),
+        "{per_worker:?} after {clients} clients"
+    );
+    assert_eq!(per_worker.iter().sum::<u64>(), clients);
+    for q in rig.engine().xsk_queues() {
+        assert_eq!(
+            q.snapshot().canary_packets,
+            0,
+            "the canary sees nothing in a correct setup"
+        );
+    }
+    rig.stop();
+}
+
+/// A client that moves to a new source port mid-transfer keeps its connection, also when the
+/// new path lands on another queue (and so another worker, which hands the packets over).
+#[test]
+fn migration_to_another_queue_keeps_the_connection() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::new(4, &[0, 1, 2, 3], AttachMode::Native, |_| {});
+    let addr = rig.addr(false);
+    let cert = rig.cert.clone();
+    let handle = rig.engine().handle();
+    rig.client(async move || {
+        let ep = quinn_endpoint(&cert, false);
+        let conn = ep
+            .connect(addr, "localhost")
+            .unwrap()
+            .await
+            .expect("handshake");
+        let mut round = 0u64;
+        // Rebind until a new port's packets arrive on another queue (seen as hand-overs).
+        while handle.total().handover_out == 0 {
+            assert!(round < 64, "no rebinding reached another queue");
+            let d = random(200_000, round);
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let echo = async {
+                send.write_all(&d[..100_000]).await.unwrap();
+                ep.rebind(std::net::UdpSocket::bind("0.0.0.0:0").unwrap())
+                    .unwrap();
+                send.write_all(&d[100_000..]).await.unwrap();
+                send.finish().unwrap();
+            };
+            let (_, back) =
+                tokio::join!(echo, async { recv.read_to_end(usize::MAX).await.unwrap() });
+            assert!(back == d, "stream intact across the rebinding");
+            round += 1;
+        }
+        conn.close(0u32.into(), b"");
+        ep.wait_idle().await;
+    });
+    let t = rig.engine().handle().total();
+    assert_eq!(t.conns_accepted, 1, "one connection all along");
+    assert!(t.handover_out > 0 && t.handover_dropped == 0);
+    rig.stop();
+}
+
+/// Our own client over the UDP backend against our server over AF_XDP.
+#[test]
+fn our_udp_client_against_our_xdp_server() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::new(2, &[0, 1], AttachMode::Auto, |_| {});
+    let addr = rig.addr(false);
+    let trust = tls::Trust::Roots(rig.cert.clone());
+    let payloads: Vec<bytes::Bytes> = (0..8).map(|i| random(500_000, i).into()).collect();
+    let grams = vec![bytes::Bytes::from_static(b"ping")];
+    let client = EngineBuilder::default()
+        .workers(1)
+        .client(tls::client_config(trust, &[echo::ALPN]).unwrap());
+    let (handlers, _) = rig
+        .tb
+        .in_client(|| {
+            xdp_quic_examples::client::run(
+                client,
+                "0.0.0.0:0".parse().unwrap(),
+                |_| echo::EchoClient::new(addr, "localhost", payloads.clone(), grams.clone(), 1),
+                |h: &mut echo::EchoClient, ctx| h.start(ctx),
+            )
+        })
+        .unwrap()
+        .unwrap();
+    assert!(
+        handlers[0].all_ok(),
+        "{:?} {:?}",
+        handlers[0].results,
+        handlers[0].error
+    );
+    assert_eq!(handlers[0].datagrams_back, 1);
+    rig.stop();
+}
+
+/// A 20 MB upload through a queue whose UMEM is too small for the load (32 frames wait in
+/// the fill ring): the kernel drops what finds no frame, QUIC resends, nothing is lost.
+#[test]
+fn starved_fill_ring_drops_and_recovers() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::new(1, &[0], AttachMode::Native, |s| s.umem.frames = 64);
+    let addr = rig.addr(false);
+    let cert = rig.cert.clone();
+    rig.client(async move || {
+        let ep = quinn_endpoint(&cert, false);
+        let conn = ep
+            .connect(addr, "localhost")
+            .unwrap()
+            .await
+            .expect("handshake");
+        let d = random(20_000_000, 3);
+        assert!(echo_stream(&conn, &d).await == d);
+        conn.close(0u32.into(), b"");
+        ep.wait_idle().await;
+    });
+    let k = rig.engine().xsk_queues()[0].snapshot().kernel;
+    assert!(
+        k.rx_fill_ring_empty + k.rx_dropped > 0,
+        "the fill ring ran dry at least once: {k:?}"
+    );
+    rig.stop();
+}
+
+/// A TX ring of 8 entries: sends push back every turn, the worker retries, nothing is lost.
+#[test]
+fn full_tx_ring_pushes_back_and_recovers() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::new(1, &[0], AttachMode::Native, |s| s.ring_size = 8);
+    let addr = rig.addr(false);
+    let cert = rig.cert.clone();
+    rig.client(async move || {
+        let ep = quinn_endpoint(&cert, false);
+        let conn = ep
+            .connect(addr, "localhost")
+            .unwrap()
+            .await
+            .expect("handshake");
+        let d = random(10_000_000, 4);
+        assert!(echo_stream(&conn, &d).await == d);
+        conn.close(0u32.into(), b"");
+        ep.wait_idle().await;
+    });
+    let s = rig.engine().xsk_queues()[0].snapshot();
+    assert!(s.tx_ring_full > 0, "the TX ring filled up: {s:?}");
+    assert!(rig.engine().handle().total().tx_blocked > 0);
+    rig.stop();
+}
+
+/// Shutdown while transfers run: every connection is closed with the code, and the queues'
+/// sockets leave the map (service packets then reach the kernel: `no socket on queue`).
+#[test]
+fn shutdown_during_transfers_closes_connections_and_unregisters() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::new(2, &[0, 1], AttachMode::Native, |_| {});
+    let addr = rig.addr(false);
+    let cert = rig.cert.clone();
+    let engine = rig.engine.take().unwrap();
+    let handle = engine.handle();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let stopper = std::thread::spawn(move || {
+        rx.recv().unwrap();
+        handle.shutdown(VarInt::from_u32(77), b"maintenance");
+        engine.join().unwrap()
+    });
+    let codes = rig.client(async move || {
+        let mut conns = Vec::new();
+        let mut eps = Vec::new();
+        for _ in 0..4 {
+            let ep = quinn_endpoint(&cert, false);
+            conns.push(
+                ep.connect(addr, "localhost")
+                    .unwrap()
+                    .await
+                    .expect("handshake"),
+            );
+            eps.push(ep);
+        }
+        let mut streams = Vec::new();
+        for c in &conns {
+            let (mut send, recv) = c.open_bi().await.unwrap();
+            send.write_all(&random(1_000_000, 5)).await.unwrap();
+            streams.push((send, recv));
+        }
+        tx.send(()).unwrap();
+        let mut codes = Vec::new();
+        for c in &conns {
+            match c.closed().await {
+                quinn::ConnectionError::ApplicationClosed(a) => {
+                    codes.push(a.error_code.into_inner())
+                }
+                other => {
+                    let o = std::process::Command::new("cat")
+                        .arg("/proc/net/snmp")
+                        .output()
+                        .unwrap();
+                    let o2 = std::process::Command::new("ip")
+                        .args(["-s", "link"])
+                        .output()
+                        .unwrap();
+                    panic!(
+                        "closed with {other}\n{}\n{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o2.stdout)
+                    )
+                }
+            }
+        }
+        codes
+    });
+    assert_eq!(codes, vec![77; 4]);
+    stopper.join().unwrap();
+    // The sockets are out of the map: service packets now pass to the kernel.
+    let before = rig.program_counter("v4.passed_no_socket");
+    rig.client(async move || {
+        let s = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+        for _ in 0..5 {
+            s.send_to(&[0x40; 100], addr).await.unwrap();
+        }
+    });
+    assert_eq!(rig.program_counter("v4.passed_no_socket") - before, 5);
+}
+
+/// A misconfiguration the canary reveals: the server serves queue 0 only, so service
+/// packets arriving on the other queues reach the kernel's UDP socket of the port.
+#[test]
+fn canary_counts_what_misses_the_xdp_path() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::new(4, &[0], AttachMode::Native, |_| {});
+    let addr = rig.addr(false);
+    let canary = |rig: &Rig| -> u64 {
+        rig.engine()
+            .xsk_queues()
+            .iter()
+            .map(|q| q.snapshot().canary_packets)
+            .sum()
+    };
+    let sent = rig.client(async move || {
+        let mut sent = 0u64;
+        // Sockets until one lands on a queue without an AF_XDP socket (bounded).
+        for _ in 0..64 {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..3 {
+                s.send_to(&[0x40; 100], addr).unwrap();
+                sent += 1;
+            }
+        }
+        sent
+    });
+    // The canary is read when the worker idles; give it a moment, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while canary(&rig) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let missed = rig.program_counter("v4.passed_no_socket");
+    assert!(missed > 0, "some of {sent} datagrams arrived on queues 1-3");
+    assert_eq!(
+        canary(&rig),
+        missed,
+        "the canary saw every datagram that missed AF_XDP"
+    );
+    let _ = IpAddr::from([0, 0, 0, 0]);
+    rig.stop();
+}

@@ -1,0 +1,149 @@
+//! A congestion-controller wrapper that lets a closing connection's CONNECTION_CLOSE out.
+//!
+//! quinn-proto 0.11.19 gates the packet that carries CONNECTION_CLOSE by the congestion
+//! window whenever stream data is still queued; once closed, a connection processes no more
+//! ACKs, so with a full window the close is never sent and the peer learns of it only by its
+//! idle timeout (quinn issue #2785, fixed upstream by PR #2787 after that release).
+//!
+//! Every connection of the engine gets its controller through [`GatedFactory`]; the worker
+//! keeps the [`CloseGate`] of each connection and opens it when it closes the connection.
+//! An open gate reports an unlimited window: a closed connection sends nothing but
+//! CONNECTION_CLOSE, so nothing else can use it. Remove this module when quinn-proto releases
+//! the fix.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use quinn_proto::congestion::{Controller, ControllerFactory, ControllerMetrics};
+use quinn_proto::RttEstimator;
+
+/// Opens one connection's congestion window for its CONNECTION_CLOSE.
+#[derive(Debug, Clone, Default)]
+pub struct CloseGate(Arc<AtomicBool>);
+
+impl CloseGate {
+    /// Call right after `Connection::close`.
+    pub fn open(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+thread_local! {
+    /// The gate of the controller built last on this thread (quinn-proto builds a
+    /// connection's controller inside `Endpoint::accept` / `Endpoint::connect`).
+    static LAST_BUILT: RefCell<Option<CloseGate>> = const { RefCell::new(None) };
+}
+
+/// Takes the gate of the connection that `accept` or `connect` just created on this thread.
+pub fn take_last_built() -> CloseGate {
+    LAST_BUILT
+        .with(|l| l.borrow_mut().take())
+        .unwrap_or_default()
+}
+
+/// Wraps another factory's controllers (Cubic by default) in a [`CloseGate`].
+pub struct GatedFactory {
+    inner: Arc<dyn ControllerFactory + Send + Sync>,
+}
+
+impl GatedFactory {
+    /// Gates the controllers `inner` builds.
+    pub fn new(inner: Arc<dyn ControllerFactory + Send + Sync>) -> Arc<Self> {
+        Arc::new(Self { inner })
+    }
+
+    /// Gates quinn-proto's default controller, Cubic.
+    pub fn cubic() -> Arc<Self> {
+        Self::new(Arc::new(quinn_proto::congestion::CubicConfig::default()))
+    }
+}
+
+impl ControllerFactory for GatedFactory {
+    fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        let gate = CloseGate::default();
+        LAST_BUILT.with(|l| *l.borrow_mut() = Some(gate.clone()));
+        Box::new(Gated {
+            inner: self.inner.clone().build(now, current_mtu),
+            gate,
+        })
+    }
+}
+
+struct Gated {
+    inner: Box<dyn Controller>,
+    gate: CloseGate,
+}
+
+impl Controller for Gated {
+    fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
+        self.inner.on_sent(now, bytes, last_packet_number)
+    }
+
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        app_limited: bool,
+        rtt: &RttEstimator,
+    ) {
+        self.inner.on_ack(now, sent, bytes, app_limited, rtt)
+    }
+
+    fn on_end_acks(
+        &mut self,
+        now: Instant,
+        in_flight: u64,
+        app_limited: bool,
+        largest_packet_num_acked: Option<u64>,
+    ) {
+        self.inner
+            .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked)
+    }
+
+    fn on_congestion_event(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        persistent: bool,
+        lost_bytes: u64,
+    ) {
+        self.inner
+            .on_congestion_event(now, sent, persistent, lost_bytes)
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.inner.on_mtu_update(new_mtu)
+    }
+
+    fn window(&self) -> u64 {
+        if self.gate.0.load(Ordering::Relaxed) {
+            u64::MAX / 2
+        } else {
+            self.inner.window()
+        }
+    }
+
+    fn metrics(&self) -> ControllerMetrics {
+        self.inner.metrics()
+    }
+
+    fn clone_box(&self) -> Box<dyn Controller> {
+        // A migrated path keeps the connection's gate.
+        Box::new(Gated {
+            inner: self.inner.clone_box(),
+            gate: self.gate.clone(),
+        })
+    }
+
+    fn initial_window(&self) -> u64 {
+        self.inner.initial_window()
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self.inner.into_any()
+    }
+}
