@@ -98,10 +98,10 @@ mod tests {
         let l = layout();
         let mut p = short_for(2);
         p[1] = 0xff; // first octet of another layout
-        assert_eq!(route(&l, 0, &p), Route::Local);
-        assert_eq!(route(&l, 0, &[]), Route::Drop(HeaderError::Empty));
+        assert_eq!(route(&l, 0, true, &p), Route::Local);
+        assert_eq!(route(&l, 0, true, &[]), Route::Drop(HeaderError::Empty));
         assert_eq!(
-            route(&l, 0, &[0x40, 1]),
+            route(&l, 0, true, &[0x40, 1]),
             Route::Drop(HeaderError::Truncated)
         );
     }
