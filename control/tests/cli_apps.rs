@@ -196,26 +196,128 @@ fn hq_serves_files_and_nothing_outside_its_root() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn demo_runs_small_and_reports_json() {
+fn demo_json(args: &[&str]) -> serde_json::Value {
     let out = Command::new(BIN)
-        .args(["demo", "--bytes", "30M", "--requests", "500", "--json"])
+        .arg("demo")
+        .args(args)
+        .arg("--json")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(v["bulk"]["downloaded_bytes"], 30_000_000);
-    assert_eq!(v["requests"]["requests"], 500);
-    assert_eq!(v["requests"]["failed"], 0);
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+fn check_run(run: &serde_json::Value, workers: usize) {
+    assert_eq!(run["bulk"]["downloaded_bytes"], 30_000_000);
+    assert_eq!(run["bulk"]["failed"], 0);
+    assert_eq!(run["requests"]["requests"], 500);
+    assert_eq!(run["requests"]["failed"], 0);
     // Two bulk requests of 15 MB, then 500 requests.
-    assert_eq!(v["server_requests"], 502);
-    let workers = v["server_workers"].as_array().unwrap();
-    assert_eq!(workers.len(), 2);
-    let accepted: u64 = workers
+    assert_eq!(run["server_requests"], 502);
+    let w = run["server_workers"].as_array().unwrap();
+    assert_eq!(w.len(), workers);
+    let accepted: u64 = w
         .iter()
         .map(|w| w["conns_accepted"].as_u64().unwrap())
         .sum();
     assert_eq!(accepted, 8, "4 connections per phase");
+}
+
+#[test]
+fn demo_over_udp_on_loopback() {
+    let v = demo_json(&["--backend", "udp", "--bytes", "30M", "--requests", "500"]);
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0]["server"]
+        .as_str()
+        .unwrap()
+        .starts_with("UDP on loopback"));
+    check_run(&runs[0], 2);
+}
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "needs root and CI is set");
+    eprintln!("skipped: needs root");
+    false
+}
+
+fn netns_list() -> String {
+    let o = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    text(&o.stdout)
+}
+
+#[test]
+fn demo_over_af_xdp_side_by_side_with_udp_and_cleans_up() {
+    if !root() {
+        return;
+    }
+    let v = demo_json(&["--backend", "xdp", "--bytes", "30M", "--requests", "500"]);
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert!(
+        runs[0]["server"].as_str().unwrap().starts_with("AF_XDP"),
+        "{}",
+        runs[0]["server"]
+    );
+    assert!(runs[1]["server"].as_str().unwrap().starts_with("UDP"));
+    check_run(&runs[0], 4);
+    check_run(&runs[1], 4);
+    let queues = runs[0]["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), 4);
+    for q in queues {
+        assert_eq!(
+            q["canary_packets"], 0,
+            "the XDP path took every service packet"
+        );
+        assert_eq!(q["rx_bad_checksum"], 0);
+    }
+    // Every datagram the AF_XDP workers got was redirected by the program.
+    let received: u64 = runs[0]["server_workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["rx_packets"].as_u64().unwrap())
+        .sum();
+    let redirected = runs[0]["xdp_program"]["v4.redirected"].as_u64().unwrap();
+    assert!(
+        received > 0 && redirected >= received,
+        "{redirected} < {received}"
+    );
+}
+
+#[test]
+fn demo_interrupted_removes_its_testbed() {
+    if !root() {
+        return;
+    }
+    let mut child = Command::new(BIN)
+        .args(["demo", "--backend", "xdp", "--bytes", "100G"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ns = format!("xqd{}s", child.id() % 1_000_000);
+    // Wait (bounded) until the testbed exists, then Ctrl-C.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !netns_list().contains(&ns) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo made no testbed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: kill(2) on the child we spawned and have not waited for.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(!netns_list().contains(&ns), "testbed left behind");
+    let ifaces = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    assert!(!text(&ifaces.stdout).contains(&ns));
 }
 
 fn fails_with(args: &[&str], message: &str) {
