@@ -17,9 +17,15 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str]) -> Server {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::start_with(&all).0
+    }
+
+    /// Starts `xdp-quic serve ARGS`; also returns the "serving ..." line.
+    fn start_with(args: &[&str]) -> (Server, String) {
         let mut child = Command::new(BIN)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -27,7 +33,13 @@ impl Server {
             .expect("spawn xdp-quic serve");
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
+        // Skip what comes before the "serving ..." line (e.g. a fallback notice).
+        while !line.starts_with("serving") {
+            line.clear();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                panic!("serve ended before serving");
+            }
+        }
         // "serving Perf on 127.0.0.1:PORT with N UDP worker(s), ..."
         let addr = line
             .split(" on ")
@@ -35,11 +47,12 @@ impl Server {
             .and_then(|s| s.split_whitespace().next())
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Server {
+        let server = Server {
             child: Some(child),
             addr,
             stderr: Box::new(stderr),
-        }
+        };
+        (server, line)
     }
 
     /// Ctrl-C, then the exit status and everything it printed on stderr.
@@ -378,4 +391,116 @@ fn operator_errors_are_clear() {
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     fails_with(&["serve", "--listen", &addr], "cannot bind UDP");
+}
+
+#[test]
+fn serve_auto_falls_back_to_udp_and_says_why() {
+    let (server, line) = Server::start_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        "auto",
+        "--iface",
+        "no-such-if0",
+        "--app",
+        "echo",
+    ]);
+    assert!(line.contains("UDP worker"), "{line}");
+    let out = client(
+        server.addr,
+        &["--app", "echo", "--insecure", "--message", "fallback"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (ok, stderr) = server.stop();
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn serve_over_af_xdp_on_a_pinned_attachment() {
+    if !root() {
+        return;
+    }
+    let name = format!("xc{}", std::process::id() % 100_000);
+    let tb = xdp_quic_control::testbed::Testbed::create(&name, 2, 215).unwrap();
+    let xq = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
+    let out = xq(&[
+        "attach",
+        &tb.server_if,
+        "--netns",
+        &tb.server_ns,
+        "--port",
+        "4433",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let (server, line) = Server::start_with(&[
+        "--netns",
+        &tb.server_ns,
+        "--listen",
+        "0.0.0.0:4433",
+        "--backend",
+        "xdp",
+        "--iface",
+        &tb.server_if,
+        "--app",
+        "echo",
+    ]);
+    assert!(line.contains("2 AF_XDP worker(s)"), "{line}");
+    assert!(line.contains("pinned by xdp-quic attach"), "{line}");
+
+    let status = |ns: &str| -> serde_json::Value {
+        let out = xq(&["status", "--netns", ns, "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["iface"] == tb.server_if.as_str())
+            .cloned()
+            .expect("our interface in status")
+    };
+    let st = status(&tb.server_ns);
+    let sockets: Vec<bool> = st["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["socket"].as_bool().unwrap())
+        .collect();
+    assert_eq!(sockets, vec![true, true], "{st}");
+
+    let addr = format!("{}:4433", tb.server_v4);
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &tb.client_ns,
+            BIN,
+            "client",
+            "--connect",
+            &addr,
+        ])
+        .args(["--insecure", "--app", "echo", "--message", "over-af-xdp"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "over-af-xdp\n");
+
+    let (ok, stderr) = server.stop();
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("queue 0: copy mode") && stderr.contains("canary 0"),
+        "{stderr}"
+    );
+    let st = status(&tb.server_ns);
+    assert!(
+        st["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|q| q["socket"] == false),
+        "{st}"
+    );
+    let out = xq(&["detach", &tb.server_if, "--netns", &tb.server_ns]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

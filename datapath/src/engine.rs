@@ -452,7 +452,7 @@ impl EngineBuilder {
         }
         let index = ifindex(&setup.iface)?;
         self.workers = setup.queues.len();
-        let canary = std::net::UdpSocket::bind(setup.listen).map_err(|e| {
+        let canary = canary_socket(setup.listen).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot reserve UDP {} (canary socket): {e}", setup.listen),
@@ -518,6 +518,23 @@ impl EngineBuilder {
         }));
         Ok(engine)
     }
+}
+
+/// The ordinary UDP socket that reserves the service port: dual-stack when `listen` is an
+/// unspecified address (the service answers on every address, IPv4 and IPv6).
+fn canary_socket(listen: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = if listen.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), listen.port())
+    } else {
+        listen
+    };
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        s.set_only_v6(false)?;
+    }
+    s.bind(&addr.into())?;
+    Ok(s.into())
 }
 
 /// The thread body of a worker.

@@ -43,9 +43,13 @@ pub struct ServeArgs {
     /// `xdp-quic attach` for --iface).
     #[arg(long, value_enum, default_value_t = super::xdp::ModeArg::Auto)]
     pub xdp_mode: super::xdp::ModeArg,
-    /// AF_XDP: UMEM frames per queue (2 KiB each; a power of two).
+    /// AF_XDP: UMEM frames per queue (2 KiB each; a power of two). A queue needs
+    /// frames × 2 KiB of locked memory (8 MiB by default).
     #[arg(long, default_value_t = 4096)]
     pub umem_frames: u32,
+    /// AF_XDP: do not verify UDP checksums of received frames (only where the NIC does).
+    #[arg(long)]
+    pub skip_checksum: bool,
     /// Run in the network namespace /run/netns/NAME (before any socket is made).
     #[arg(long, value_name = "NAME")]
     pub netns: Option<String>,
@@ -138,6 +142,7 @@ pub fn xdp_setup(a: &ServeArgs) -> anyhow::Result<XdpSetup> {
     };
     let mut setup = XdpSetup::new(iface, a.listen, queues);
     setup.umem.frames = a.umem_frames;
+    setup.verify_checksum = !a.skip_checksum;
     setup.poll = match a.poll {
         PollArg::Busy => PollMode::Busy,
         PollArg::Adaptive => PollMode::default(),
