@@ -504,3 +504,57 @@ fn serve_over_af_xdp_on_a_pinned_attachment() {
     let out = xq(&["detach", &tb.server_if, "--netns", &tb.server_ns]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// Without CAP_IPC_LOCK and with a small RLIMIT_MEMLOCK the UMEM cannot be registered: the
+/// operator gets the reason and the remedies, not a bare ENOBUFS, and nothing stays attached.
+#[test]
+fn umem_over_the_memlock_limit_is_a_clear_error() {
+    if !root() {
+        return;
+    }
+    let name = format!("xm{}", std::process::id() % 100_000);
+    let tb = xdp_quic_control::testbed::Testbed::create(&name, 1, 216).unwrap();
+    let out = Command::new("prlimit")
+        .args([
+            "--memlock=1048576",
+            "setpriv",
+            "--inh-caps=-ipc_lock",
+            "--bounding-set=-ipc_lock",
+        ])
+        .args([
+            BIN,
+            "serve",
+            "--netns",
+            &tb.server_ns,
+            "--listen",
+            "0.0.0.0:4433",
+        ])
+        .args([
+            "--backend",
+            "xdp",
+            "--iface",
+            &tb.server_if,
+            "--app",
+            "echo",
+        ])
+        .output()
+        .expect("prlimit and setpriv (util-linux)");
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    for needle in [
+        "RLIMIT_MEMLOCK",
+        "CAP_IPC_LOCK",
+        "ulimit -l",
+        "fewer frames",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} missing from {stderr}");
+    }
+    let links = Command::new("ip")
+        .args(["-n", &tb.server_ns, "-o", "link"])
+        .output()
+        .unwrap();
+    assert!(
+        !text(&links.stdout).contains(" xdp"),
+        "the program stayed attached"
+    );
+}
