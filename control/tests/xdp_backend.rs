@@ -591,3 +591,34 @@ fn canary_counts_what_misses_the_xdp_path() {
     let _ = IpAddr::from([0, 0, 0, 0]);
     rig.stop();
 }
+
+/// Busy polling (workers spin on their rings) with the busy-poll socket options set.
+#[test]
+fn busy_polling_with_busy_poll_socket_options() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::new(2, &[0, 1], AttachMode::Native, |s| {
+        s.poll = xdp_quic::backend::xsk::PollMode::Busy;
+        s.busy_poll = Some(xdp_quic::xsk::socket::BusyPoll {
+            usecs: 50,
+            budget: 64,
+            prefer: true,
+        });
+    });
+    let addr = rig.addr(false);
+    let cert = rig.cert.clone();
+    rig.client(async move || {
+        let ep = quinn_endpoint(&cert, false);
+        let conn = ep
+            .connect(addr, "localhost")
+            .unwrap()
+            .await
+            .expect("handshake");
+        let d = random(2_000_000, 9);
+        assert!(echo_stream(&conn, &d).await == d);
+        conn.close(0u32.into(), b"");
+        ep.wait_idle().await;
+    });
+    rig.stop();
+}

@@ -50,6 +50,14 @@ pub struct ServeArgs {
     /// AF_XDP: do not verify UDP checksums of received frames (only where the NIC does).
     #[arg(long)]
     pub skip_checksum: bool,
+    /// AF_XDP: set the busy-poll socket options (SO_BUSY_POLL=USECS, SO_PREFER_BUSY_POLL,
+    /// SO_BUSY_POLL_BUDGET=64): the worker drives the NIC's NAPI loop (real NICs; see
+    /// docs/TUNING.md for the per-device settings that go with it).
+    #[arg(long, value_name = "USECS")]
+    pub busy_poll: Option<u32>,
+    /// AF_XDP: back each UMEM with huge pages (reserve them first: nic-tune.sh --hugepages).
+    #[arg(long)]
+    pub huge_pages: bool,
     /// Run in the network namespace /run/netns/NAME (before any socket is made).
     #[arg(long, value_name = "NAME")]
     pub netns: Option<String>,
@@ -143,6 +151,12 @@ pub fn xdp_setup(a: &ServeArgs) -> anyhow::Result<XdpSetup> {
     let mut setup = XdpSetup::new(iface, a.listen, queues);
     setup.umem.frames = a.umem_frames;
     setup.verify_checksum = !a.skip_checksum;
+    setup.umem.huge_pages = a.huge_pages;
+    setup.busy_poll = a.busy_poll.map(|usecs| xdp_quic::xsk::socket::BusyPoll {
+        usecs,
+        budget: 64,
+        prefer: true,
+    });
     setup.poll = match a.poll {
         PollArg::Busy => PollMode::Busy,
         PollArg::Adaptive => PollMode::default(),
