@@ -196,6 +196,29 @@ async fn echo_stream(conn: &quinn::Connection, data: &[u8]) -> Vec<u8> {
     back
 }
 
+/// One quinn client: connects to `addr`, echoes `len` random octets (seeded by `seed`) on
+/// one stream, checks them, closes and waits until the close went out.
+async fn echo_once(
+    cert: &[rustls::pki_types::CertificateDer<'static>],
+    addr: SocketAddr,
+    len: usize,
+    seed: u64,
+) {
+    let ep = quinn_endpoint(cert, addr.is_ipv6());
+    let conn = ep
+        .connect(addr, "localhost")
+        .unwrap()
+        .await
+        .expect("handshake");
+    let d = random(len, seed);
+    assert!(
+        echo_stream(&conn, &d).await == d,
+        "{len} octets echoed intact"
+    );
+    conn.close(0u32.into(), b"");
+    ep.wait_idle().await;
+}
+
 /// Handshake, 50 MB echoed byte for byte, 1,000 concurrent streams, datagrams.
 fn full_exchange(mode: AttachMode, v6: bool) {
     if !privileged() {
@@ -266,18 +289,7 @@ fn native_ipv6_and_skb_ipv4_echo() {
         let mut rig = Rig::new(1, &[0], mode, |_| {});
         let addr = rig.addr(v6);
         let cert = rig.cert.clone();
-        rig.client(async move || {
-            let ep = quinn_endpoint(&cert, v6);
-            let conn = ep
-                .connect(addr, "localhost")
-                .unwrap()
-                .await
-                .expect("handshake");
-            let d = random(300_000, 7);
-            assert!(echo_stream(&conn, &d).await == d);
-            conn.close(0u32.into(), b"");
-            ep.wait_idle().await;
-        });
+        rig.client(async move || echo_once(&cert, addr, 300_000, 7).await);
         rig.stop();
     }
 }
@@ -425,18 +437,7 @@ fn starved_fill_ring_drops_and_recovers() {
     let mut rig = Rig::new(1, &[0], AttachMode::Native, |s| s.umem.frames = 64);
     let addr = rig.addr(false);
     let cert = rig.cert.clone();
-    rig.client(async move || {
-        let ep = quinn_endpoint(&cert, false);
-        let conn = ep
-            .connect(addr, "localhost")
-            .unwrap()
-            .await
-            .expect("handshake");
-        let d = random(20_000_000, 3);
-        assert!(echo_stream(&conn, &d).await == d);
-        conn.close(0u32.into(), b"");
-        ep.wait_idle().await;
-    });
+    rig.client(async move || echo_once(&cert, addr, 20_000_000, 3).await);
     let k = rig.engine().xsk_queues()[0].snapshot().kernel;
     assert!(
         k.rx_fill_ring_empty + k.rx_dropped > 0,
@@ -454,18 +455,7 @@ fn full_tx_ring_pushes_back_and_recovers() {
     let mut rig = Rig::new(1, &[0], AttachMode::Native, |s| s.ring_size = 8);
     let addr = rig.addr(false);
     let cert = rig.cert.clone();
-    rig.client(async move || {
-        let ep = quinn_endpoint(&cert, false);
-        let conn = ep
-            .connect(addr, "localhost")
-            .unwrap()
-            .await
-            .expect("handshake");
-        let d = random(10_000_000, 4);
-        assert!(echo_stream(&conn, &d).await == d);
-        conn.close(0u32.into(), b"");
-        ep.wait_idle().await;
-    });
+    rig.client(async move || echo_once(&cert, addr, 10_000_000, 4).await);
     let s = rig.engine().xsk_queues()[0].snapshot();
     assert!(s.tx_ring_full > 0, "the TX ring filled up: {s:?}");
     assert!(rig.engine().handle().total().tx_blocked > 0);
@@ -608,17 +598,6 @@ fn busy_polling_with_busy_poll_socket_options() {
     });
     let addr = rig.addr(false);
     let cert = rig.cert.clone();
-    rig.client(async move || {
-        let ep = quinn_endpoint(&cert, false);
-        let conn = ep
-            .connect(addr, "localhost")
-            .unwrap()
-            .await
-            .expect("handshake");
-        let d = random(2_000_000, 9);
-        assert!(echo_stream(&conn, &d).await == d);
-        conn.close(0u32.into(), b"");
-        ep.wait_idle().await;
-    });
+    rig.client(async move || echo_once(&cert, addr, 2_000_000, 9).await);
     rig.stop();
 }

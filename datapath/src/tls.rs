@@ -49,23 +49,12 @@ impl Identity {
 
     /// Loads a PEM certificate chain and a PEM private key.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
-        let read = |p: &Path| {
-            std::fs::read(p).map_err(|source| TlsError::Read {
-                path: p.display().to_string(),
-                source,
-            })
-        };
-        let cert_pem = read(cert)?;
-        let key_pem = read(key)?;
-        let chain = rustls_pemfile_certs(&cert_pem)
-            .map_err(|e| TlsError::Pem(format!("{}: {e}", cert.display())))?;
-        if chain.is_empty() {
-            return Err(TlsError::Pem(format!(
-                "{}: no CERTIFICATE block",
-                cert.display()
-            )));
-        }
         use rustls::pki_types::pem::PemObject;
+        let chain = certs_from_pem_file(cert)?;
+        let key_pem = std::fs::read(key).map_err(|source| TlsError::Read {
+            path: key.display().to_string(),
+            source,
+        })?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem)
             .map_err(|e| TlsError::Pem(format!("{}: {e}", key.display())))?;
         Ok(Self { chain, key })
