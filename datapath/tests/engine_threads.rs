@@ -1,0 +1,50 @@
+//! The threaded engine over kernel UDP: CPU pinning and the shutdown that joins the threads.
+
+use std::time::Duration;
+
+use xdp_quic::{tls, EngineBuilder, VarInt};
+use xdp_quic_examples::echo::{self, EchoServer};
+
+/// The CPUs a thread of this process may run on, by thread name, from /proc.
+fn allowed_cpus(thread_name: &str) -> Option<String> {
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        if comm.trim() == thread_name {
+            let status = std::fs::read_to_string(dir.join("status")).ok()?;
+            return status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_string());
+        }
+    }
+    None
+}
+
+#[test]
+fn workers_are_pinned_and_shutdown_joins_them() {
+    let id = tls::Identity::self_signed(&["localhost"]).unwrap();
+    let engine = EngineBuilder::default()
+        .workers(2)
+        .pin_cpus(vec![0])
+        .server(tls::server_config(id, &[echo::ALPN]).unwrap())
+        .drain_timeout(Duration::from_millis(200))
+        .start_udp("127.0.0.1:0".parse().unwrap(), |_| EchoServer::default())
+        .unwrap();
+    // The threads pin themselves first thing; wait (bounded) until both are visible.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while std::time::Instant::now() < deadline {
+        seen = (0..2)
+            .map(|i| allowed_cpus(&format!("xdp-quic-w{i}")))
+            .collect();
+        if seen.iter().all(|c| c.as_deref() == Some("0")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(seen, vec![Some("0".to_string()), Some("0".to_string())]);
+    let handlers = engine.shutdown(VarInt::from_u32(0), b"bye").unwrap();
+    assert_eq!(handlers.len(), 2);
+    assert!(allowed_cpus("xdp-quic-w0").is_none(), "threads joined");
+}
