@@ -290,6 +290,9 @@ async fn quinn_client_rebinds_mid_transfer_steered_by_the_server() {
     .await;
     assert_eq!(rebinds, 5);
     assert!(conn.close_reason().is_none(), "the connection survived");
+    // Resets are judged while the connection lives: after the close, a late retransmitted
+    // CLOSE reaching a drained server legitimately earns one.
+    let live_resets = handle.total().resets_sent;
     conn.close(VarInt::from_u32(0), b"done");
     guard("client idle", ep.wait_idle()).await;
     let per_worker = handle.counters();
@@ -309,7 +312,7 @@ async fn quinn_client_rebinds_mid_transfer_steered_by_the_server() {
         "the rebound client kept its connection"
     );
     assert_eq!(total_echoed(&handlers), 20 * MB as u64);
-    assert_eq!(t.resets_sent, 0);
+    assert_eq!(live_resets, 0);
     match steering {
         Steering::CidProgram => {
             eprintln!("routed by the reuseport CID program: no hand-over needed");
@@ -350,6 +353,7 @@ async fn quinn_client_rebinds_mid_transfer_handed_over_without_the_program() {
     )
     .await;
     assert!(conn.close_reason().is_none(), "the connection survived");
+    let live_resets = handle.total().resets_sent;
     conn.close(VarInt::from_u32(0), b"done");
     guard("client idle", ep.wait_idle()).await;
     let t = handle.total();
@@ -372,7 +376,7 @@ async fn quinn_client_rebinds_mid_transfer_handed_over_without_the_program() {
     assert_eq!(t.handover_dropped, 0);
     assert_eq!(t.handover_in, t.handover_out);
     assert_eq!(
-        t.resets_sent, 0,
+        live_resets, 0,
         "a misrouted packet provoked a stateless reset"
     );
 }
