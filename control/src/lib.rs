@@ -2,5 +2,6 @@
 //! and the `xdp-quic` command line.
 
 pub mod cli;
+pub mod metrics;
 pub mod testbed;
 pub mod xdp;

@@ -482,7 +482,7 @@ impl EngineBuilder {
         backends[0].set_canary(canary)?;
         let infos = backends
             .iter()
-            .map(|b| b.info())
+            .map(|b| b.info().map(Arc::new))
             .collect::<io::Result<Vec<_>>>()?;
         for (b, &q) in backends.iter().zip(&setup.queues) {
             if let Err(e) = map.insert(q, b.fd()) {
@@ -549,11 +549,22 @@ fn run<H: Handler, B: Backend>(
             tracing::warn!(worker = worker.index(), cpu, "cannot pin worker: {e}");
         }
     }
+    let mut last = Instant::now();
     loop {
-        match worker.turn(&mut io, Instant::now())? {
+        let done_before = worker.work_done();
+        let poll = worker.turn(&mut io, last)?;
+        let now = Instant::now();
+        // A turn that moved nothing is spin, not work (busy polling reports its real load).
+        if worker.work_done() != done_before {
+            worker.account_time(now - last, Duration::ZERO);
+        } else {
+            worker.account_time(Duration::ZERO, now - last);
+        }
+        last = now;
+        match poll {
             Poll::Done => return Ok(worker.into_handler()),
             Poll::Continue(deadline) => {
-                if deadline.is_some_and(|d| d <= Instant::now()) {
+                if deadline.is_some_and(|d| d <= now) {
                     continue;
                 }
                 waker.park();
@@ -561,6 +572,9 @@ fn run<H: Handler, B: Backend>(
                     io.wait(deadline, worker.wants_write(), waker)?;
                 }
                 waker.unpark();
+                let woke = Instant::now();
+                worker.account_time(Duration::ZERO, woke - last);
+                last = woke;
             }
         }
     }
@@ -642,6 +656,11 @@ impl<H: Handler> EngineHandle<H> {
         self.mesh.metrics.iter().map(|m| m.snapshot()).collect()
     }
 
+    /// Every worker's published metrics (counters and histograms), for exporters.
+    pub fn metrics(&self) -> Vec<Arc<WorkerMetrics>> {
+        self.mesh.metrics.clone()
+    }
+
     /// The sum of every worker's counters.
     pub fn total(&self) -> Counters {
         let mut t = Counters::default();
@@ -667,7 +686,7 @@ pub struct Engine<H> {
     threads: Vec<JoinHandle<io::Result<H>>>,
     local_addr: SocketAddr,
     steering: Option<Steering>,
-    xsk: Vec<crate::backend::xsk::XskQueueInfo>,
+    xsk: Vec<Arc<crate::backend::xsk::XskQueueInfo>>,
     on_join: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -689,7 +708,7 @@ impl<H: Handler> Engine<H> {
 
     /// The AF_XDP queues of the workers (empty for other backends): counters and the
     /// kernel's socket statistics.
-    pub fn xsk_queues(&self) -> &[crate::backend::xsk::XskQueueInfo] {
+    pub fn xsk_queues(&self) -> &[Arc<crate::backend::xsk::XskQueueInfo>] {
         &self.xsk
     }
 

@@ -7,17 +7,22 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+    ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
         /// The counters of one worker (or a sum of several).
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         pub struct Counters {
-            $( $(#[$doc])* pub $name: u64, )*
+            $( $(#[doc = $doc])* pub $name: u64, )*
         }
+
+        /// `(name, help)` of every counter, in declaration order (the doc comments).
+        pub const COUNTER_HELP: [(&str, &str); counters!(@count $($name)*)] =
+            [ $( (stringify!($name), concat!($($doc),*)), )* ];
 
         /// The published counters of one worker, readable from any thread.
         #[derive(Debug, Default)]
         pub struct WorkerMetrics {
             $( $name: AtomicU64, )*
+            histograms: PublishedHistograms,
         }
 
         impl WorkerMetrics {
@@ -29,6 +34,16 @@ macro_rules! counters {
             /// The last published values.
             pub fn snapshot(&self) -> Counters {
                 Counters { $( $name: self.$name.load(Relaxed), )* }
+            }
+
+            /// Publishes the histograms (called by the owning worker only).
+            pub fn publish_histograms(&self, h: &Histograms) {
+                self.histograms.publish(h);
+            }
+
+            /// The last published histograms.
+            pub fn histograms(&self) -> Histograms {
+                self.histograms.snapshot()
             }
         }
 
@@ -92,6 +107,176 @@ counters! {
     version_negotiations,
     /// Connections alive on this worker (a gauge).
     conns_active,
+    /// Connections that ended by idle timeout.
+    closed_timed_out,
+    /// Connections the peer closed (application or transport close).
+    closed_by_peer,
+    /// Connections closed locally (application or shutdown).
+    closed_locally,
+    /// Connections ended by a stateless reset from the peer.
+    closed_reset,
+    /// Connections ended by a protocol error or version mismatch.
+    closed_error,
+    /// Packets the connections that ended here had lost (quinn-proto's count).
+    lost_packets,
+    /// Congestion events of the connections that ended here.
+    congestion_events,
+    /// Nanoseconds of turns that did work.
+    busy_ns,
+    /// Nanoseconds waiting or spinning without work.
+    idle_ns,
+}
+
+/// A histogram with fixed bucket bounds: plain integers for the owner, published like the
+/// counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative); the last counts those above every bound.
+    counts: Vec<u64>,
+    sum: f64,
+}
+
+impl Histogram {
+    /// An empty histogram over `bounds` (ascending).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&mut self, v: f64) {
+        let i = self.bounds.partition_point(|&b| b < v);
+        self.counts[i] += 1;
+        self.sum += v;
+    }
+
+    /// The bucket upper bounds.
+    pub fn bounds(&self) -> &'static [f64] {
+        self.bounds
+    }
+
+    /// Observations in all.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Sum of the observations.
+    pub fn sum(&self) -> f64 {
+        self.sum
+    }
+
+    /// `(upper bound, cumulative count)` per bucket, `+Inf` last, as Prometheus wants them.
+    pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut acc = 0;
+        self.counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                acc += c;
+                (self.bounds.get(i).copied().unwrap_or(f64::INFINITY), acc)
+            })
+            .collect()
+    }
+
+    /// Adds `o` (same bounds) to this histogram.
+    pub fn merge(&mut self, o: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a += b;
+        }
+        self.sum += o.sum;
+    }
+}
+
+/// Bucket bounds of the receive batch sizes (datagrams per receive call).
+pub const BATCH_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+/// Bucket bounds of round-trip times and handshake times, in seconds.
+pub const TIME_BOUNDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// The histograms of one worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histograms {
+    /// Datagrams per non-empty receive call.
+    pub rx_batch: Histogram,
+    /// Smoothed RTT of each connection when it ended, in seconds.
+    pub rtt: Histogram,
+    /// Time from the first packet to the completed handshake, in seconds.
+    pub handshake: Histogram,
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Self {
+            rx_batch: Histogram::new(BATCH_BOUNDS),
+            rtt: Histogram::new(TIME_BOUNDS),
+            handshake: Histogram::new(TIME_BOUNDS),
+        }
+    }
+}
+
+impl Histograms {
+    /// Adds `o` to these histograms.
+    pub fn merge(&mut self, o: &Histograms) {
+        self.rx_batch.merge(&o.rx_batch);
+        self.rtt.merge(&o.rtt);
+        self.handshake.merge(&o.handshake);
+    }
+}
+
+/// Histograms as atomics: bucket counts and the sum (as f64 bits), each stored relaxed.
+/// A reader may see a bucket of one publication and the sum of the next: fine for metrics.
+#[derive(Debug)]
+struct PublishedHistograms {
+    parts: [(Vec<AtomicU64>, AtomicU64); 3],
+}
+
+impl Default for PublishedHistograms {
+    fn default() -> Self {
+        let part = |n: usize| {
+            (
+                (0..n).map(|_| AtomicU64::new(0)).collect(),
+                AtomicU64::new(0),
+            )
+        };
+        Self {
+            parts: [
+                part(BATCH_BOUNDS.len() + 1),
+                part(TIME_BOUNDS.len() + 1),
+                part(TIME_BOUNDS.len() + 1),
+            ],
+        }
+    }
+}
+
+impl PublishedHistograms {
+    fn publish(&self, h: &Histograms) {
+        for ((counts, sum), src) in self.parts.iter().zip([&h.rx_batch, &h.rtt, &h.handshake]) {
+            for (a, v) in counts.iter().zip(&src.counts) {
+                a.store(*v, Relaxed);
+            }
+            sum.store(src.sum.to_bits(), Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> Histograms {
+        let mut out = Histograms::default();
+        for ((counts, sum), dst) in
+            self.parts
+                .iter()
+                .zip([&mut out.rx_batch, &mut out.rtt, &mut out.handshake])
+        {
+            for (d, a) in dst.counts.iter_mut().zip(counts) {
+                *d = a.load(Relaxed);
+            }
+            dst.sum = f64::from_bits(sum.load(Relaxed));
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ pub(crate) struct Slot {
     pub dirty: bool,
     /// Opened when the connection closes (see [`crate::congestion`]).
     pub gate: CloseGate,
+    /// When the connection was created (for the handshake-time histogram).
+    pub created: std::time::Instant,
 }
 
 /// One endpoint shard.
@@ -55,11 +57,17 @@ impl Shard {
     /// Adds a connection quinn-proto just created under `ch` and marks it dirty.
     /// Call right after `Endpoint::accept`, on the same thread (it takes the connection's
     /// close gate, see [`crate::congestion::take_last_built`]).
-    pub fn insert(&mut self, worker: usize, ch: ConnectionHandle, conn: Connection) -> ConnId {
+    pub fn insert(
+        &mut self,
+        worker: usize,
+        ch: ConnectionHandle,
+        conn: Connection,
+        now: std::time::Instant,
+    ) -> ConnId {
         let serial = self.next_serial;
         self.next_serial = serial.wrapping_add(1);
         let gate = crate::congestion::take_last_built();
-        self.insert_with_serial(worker, ch, conn, serial, gate)
+        self.insert_with_serial(worker, ch, conn, serial, gate, now)
     }
 
     /// Like [`Shard::insert`], with a serial already handed out (by `Ctx::connect`).
@@ -70,6 +78,7 @@ impl Shard {
         conn: Connection,
         serial: u32,
         gate: CloseGate,
+        now: std::time::Instant,
     ) -> ConnId {
         let id = ConnId::new(worker, ch, serial);
         if self.slots.len() <= ch.0 {
@@ -86,6 +95,7 @@ impl Shard {
             reported_closed: false,
             dirty: false,
             gate,
+            created: now,
         });
         self.active += 1;
         self.handshaking += 1;

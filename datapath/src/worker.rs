@@ -31,7 +31,7 @@ use crate::backend::{Backend, Datagram, RxBatch, SendError, Transmit};
 use crate::conn::{Conn, Ctx};
 use crate::engine::{Command, Mesh, RetryPolicy};
 use crate::handler::Handler;
-use crate::metrics::{Counters, WorkerMetrics};
+use crate::metrics::{Counters, Histograms, WorkerMetrics};
 use crate::route::{route, Route};
 use crate::shard::Shard;
 
@@ -50,6 +50,21 @@ pub enum Poll {
     Continue(Option<Instant>),
     /// The worker stopped and drained: call [`Worker::into_handler`].
     Done,
+}
+
+/// Counts why a connection ended.
+fn count_close(c: &mut Counters, reason: &ConnectionError) {
+    match reason {
+        ConnectionError::TimedOut => c.closed_timed_out += 1,
+        ConnectionError::ApplicationClosed(_) | ConnectionError::ConnectionClosed(_) => {
+            c.closed_by_peer += 1
+        }
+        ConnectionError::LocallyClosed => c.closed_locally += 1,
+        ConnectionError::Reset => c.closed_reset += 1,
+        ConnectionError::TransportError(_)
+        | ConnectionError::VersionMismatch
+        | ConnectionError::CidsExhausted => c.closed_error += 1,
+    }
 }
 
 /// A transmit the backend could not take yet, kept with its bytes.
@@ -76,6 +91,7 @@ pub struct Worker<H: Handler> {
     stall_buf: Vec<u8>,
     stalled: Option<Stalled>,
     counters: Counters,
+    histograms: Histograms,
     metrics: Arc<WorkerMetrics>,
     now: Instant,
     stop_requested: bool,
@@ -115,6 +131,7 @@ impl<H: Handler> Worker<H> {
             stall_buf: Vec::with_capacity(64 * 1024),
             stalled: None,
             counters: Counters::default(),
+            histograms: Histograms::default(),
             metrics,
             now: Instant::now(),
             stop_requested: false,
@@ -147,6 +164,24 @@ impl<H: Handler> Worker<H> {
     /// This worker's counters as of the end of its last turn.
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// This worker's histograms as of the end of its last turn.
+    pub fn histograms(&self) -> &Histograms {
+        &self.histograms
+    }
+
+    /// Adds wall time spent in turns that did work (`busy`) or waiting and spinning without
+    /// work (`idle`). The thread runner calls it; the simulation has no wall time to add.
+    pub fn account_time(&mut self, busy: std::time::Duration, idle: std::time::Duration) {
+        self.counters.busy_ns += busy.as_nanos() as u64;
+        self.counters.idle_ns += idle.as_nanos() as u64;
+    }
+
+    /// Datagrams and commands handled so far: the runner compares it across a turn to tell
+    /// busy turns from idle ones.
+    pub fn work_done(&self) -> u64 {
+        self.counters.rx_packets + self.counters.tx_packets + self.counters.handover_in
     }
 
     /// Connections alive on this worker.
@@ -198,6 +233,7 @@ impl<H: Handler> Worker<H> {
                 break;
             }
             self.counters.rx_batches += 1;
+            self.histograms.rx_batch.observe(n as f64);
             let mut batch = std::mem::take(&mut self.rx);
             for d in batch.drain() {
                 self.on_datagram(io, d);
@@ -221,6 +257,7 @@ impl<H: Handler> Worker<H> {
         io.flush()?;
         self.counters.conns_active = self.shard.active as u64;
         self.metrics.publish(&self.counters);
+        self.metrics.publish_histograms(&self.histograms);
 
         if let Some(deadline) = self.drain_deadline {
             if self.shard.active == 0 || now >= deadline {
@@ -319,7 +356,9 @@ impl<H: Handler> Worker<H> {
         {
             Ok((ch, conn)) => {
                 self.counters.conns_accepted += 1;
-                self.shard.insert(self.index, ch, conn);
+                let remote = conn.remote_address();
+                let id = self.shard.insert(self.index, ch, conn, self.now);
+                tracing::debug!(conn = %id, %remote, "connection accepted");
             }
             Err(e) => {
                 self.counters.conns_refused += 1;
@@ -462,8 +501,10 @@ impl<H: Handler> Worker<H> {
             }
             while let Some((ch, conn, serial, gate)) = self.shard.born.pop() {
                 self.counters.conns_opened += 1;
-                self.shard
-                    .insert_with_serial(self.index, ch, conn, serial, gate);
+                let id = self
+                    .shard
+                    .insert_with_serial(self.index, ch, conn, serial, gate, self.now);
+                tracing::debug!(conn = %id, "connection opened");
             }
             if self.shard.dirty.is_empty() {
                 break;
@@ -521,12 +562,17 @@ impl<H: Handler> Worker<H> {
                             slot.handshaking = false;
                             *handshaking -= 1;
                             self.counters.handshakes += 1;
+                            let took = self.now.saturating_duration_since(slot.created);
+                            self.histograms.handshake.observe(took.as_secs_f64());
+                            tracing::debug!(conn = %slot.id, ?took, "handshake complete");
                         }
                         self.handler.connected(&mut conn);
                     }
                     Event::ConnectionLost { reason } => {
                         if !slot.reported_closed {
                             slot.reported_closed = true;
+                            count_close(&mut self.counters, &reason);
+                            tracing::debug!(conn = %slot.id, %reason, "connection lost");
                             self.handler.closed(&mut conn.ctx, slot.id, &reason);
                         }
                     }
@@ -614,7 +660,13 @@ impl<H: Handler> Worker<H> {
         if drained || slot.conn.is_drained() {
             let slot = self.shard.remove(h).expect("slot present");
             self.counters.conns_closed += 1;
+            let stats = slot.conn.stats();
+            self.counters.lost_packets += stats.path.lost_packets;
+            self.counters.congestion_events += stats.path.congestion_events;
+            self.histograms.rtt.observe(stats.path.rtt.as_secs_f64());
             if !slot.reported_closed {
+                self.counters.closed_locally += 1;
+                tracing::debug!(conn = %slot.id, "connection closed locally");
                 let mut ctx = Ctx {
                     worker: self.index,
                     now: self.now,

@@ -3,5 +3,6 @@
 pub mod args;
 pub mod client;
 pub mod demo;
+pub mod live;
 pub mod serve;
 pub mod xdp;

@@ -13,6 +13,7 @@ use xdp_quic::{
     VarInt, XdpSetup,
 };
 
+use crate::metrics::{EngineCollector, MetricsServer};
 use crate::xdp::socket_map::ServerSteering;
 use xdp_quic_examples::{echo::EchoServer, hq::HqServer, perf::PerfServer};
 
@@ -82,6 +83,10 @@ pub struct ServeArgs {
     /// Require a Retry round trip (address validation) from every client.
     #[arg(long)]
     pub retry: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (default 127.0.0.1:9464 when the flag
+    /// has no value). Keep it on loopback unless a firewall guards it.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+    pub metrics: Option<SocketAddr>,
     /// Print the workers' counters every SECS seconds.
     #[arg(long, value_name = "SECS")]
     pub stats_every: Option<u64>,
@@ -176,13 +181,14 @@ pub fn start_xdp<H: Handler>(
     setup: &XdpSetup,
     mode: crate::xdp::AttachMode,
     factory: impl FnMut(usize) -> H,
-) -> anyhow::Result<(Engine<H>, String)> {
+) -> anyhow::Result<(Engine<H>, String, Option<crate::xdp::CountersReader>)> {
     let steering = ServerSteering::for_server(&setup.iface, setup.listen, mode)?;
     let how = steering.describe();
+    let program = steering.counters_reader(&setup.iface).ok();
     let engine = b
         .start_xdp(setup, Box::new(steering), factory)
         .with_context(|| format!("starting AF_XDP workers on {}", setup.iface))?;
-    Ok((engine, how))
+    Ok((engine, how, program))
 }
 
 fn serve<H: Handler>(
@@ -197,11 +203,13 @@ fn serve<H: Handler>(
     };
     let mut xdp_error = None;
     let mut engine = None;
+    let mut program = None;
     if use_xdp {
         let attempt = xdp_setup(a)
             .and_then(|setup| start_xdp(b.clone(), &setup, a.xdp_mode.into(), &mut factory));
         match attempt {
-            Ok((e, how)) => {
+            Ok((e, how, p)) => {
+                program = p;
                 let zc = e.xsk_queues().iter().all(|q| q.zero_copy);
                 eprintln!(
                     "serving {:?} on {} with {} AF_XDP worker(s) on {} queues {:?} ({} mode; XDP program {how}); Ctrl-C stops",
@@ -238,6 +246,24 @@ fn serve<H: Handler>(
         }
     };
     drop(xdp_error);
+    let _metrics = match a.metrics {
+        None => None,
+        Some(addr) => {
+            let xdp = !engine.xsk_queues().is_empty();
+            let collector = EngineCollector::new(
+                if xdp { "xdp" } else { "udp" },
+                if xdp { a.iface.clone() } else { None },
+                engine.handle().metrics(),
+                engine.xsk_queues().to_vec(),
+                program,
+            );
+            let mut registry = prometheus_client::registry::Registry::default();
+            registry.register_collector(Box::new(collector));
+            let server = MetricsServer::start(addr, registry)?;
+            eprintln!("metrics on http://{}/metrics", server.local_addr());
+            Some(server)
+        }
+    };
     let (tx, rx) = mpsc::channel();
     ctrlc::set_handler(move || {
         let _ = tx.send(());

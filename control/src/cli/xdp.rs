@@ -89,6 +89,10 @@ pub struct StatsArgs {
     /// In watch mode, stop after N reports.
     #[arg(long, value_name = "N", requires = "watch")]
     pub count: Option<u64>,
+    /// Also read the metrics endpoint of a local daemon (`serve --metrics`): per-queue
+    /// packets/s, drops, connections and busy %.
+    #[arg(long, value_name = "ADDR")]
+    pub daemon: Option<std::net::SocketAddr>,
     /// Run in the network namespace /run/netns/NAME (keeps the host's /sys/fs/bpf).
     #[arg(long, value_name = "NAME")]
     pub netns: Option<String>,
@@ -246,6 +250,9 @@ pub fn status(a: &StatusArgs) -> anyhow::Result<()> {
 
 /// `xdp-quic stats`.
 pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
+    if a.daemon.is_some() {
+        return stats_with_daemon(a);
+    }
     enter(&a.netns)?;
     let mut prev = xdp::pinned_counters(&a.iface)?;
     let Some(secs) = a.watch else {
@@ -293,6 +300,56 @@ pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
             }
         }
         prev = now_counters;
+        last = now;
+        n += 1;
+    }
+    Ok(())
+}
+
+/// `xdp-quic stats --daemon ADDR`: the program's counters (when pinned) and the daemon's
+/// per-queue table.
+fn stats_with_daemon(a: &StatsArgs) -> anyhow::Result<()> {
+    use crate::cli::live;
+    use crate::metrics::{parse, scrape};
+    let addr = a.daemon.expect("checked by the caller");
+    enter(&a.netns)?;
+    let program = xdp::pinned_counters(&a.iface).ok();
+    let mut prev = parse(&scrape(addr)?);
+    let mut last = Instant::now();
+    let Some(secs) = a.watch else {
+        let rows = live::rows(&[], &prev, 1.0);
+        if a.json {
+            let j = serde_json::json!({
+                "iface": a.iface,
+                "counters": program.as_ref().map(CountersJson::from),
+                "queues": rows,
+            });
+            println!("{}", serde_json::to_string_pretty(&j)?);
+        } else {
+            print!("{}", live::render(&rows));
+        }
+        return Ok(());
+    };
+    let mut n = 0u64;
+    while a.count.is_none_or(|c| n < c) {
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let now_samples = parse(&scrape(addr)?);
+        let now = Instant::now();
+        let dt = now.duration_since(last).as_secs_f64();
+        let rows = live::rows(&prev, &now_samples, dt);
+        if a.json {
+            let j = serde_json::json!({
+                "iface": a.iface,
+                "interval_secs": dt,
+                "counters": xdp::pinned_counters(&a.iface).ok().as_ref().map(CountersJson::from),
+                "queues": rows,
+            });
+            println!("{}", serde_json::to_string(&j)?);
+        } else {
+            println!("{} ({dt:.1}s)", a.iface);
+            print!("{}", live::render(&rows));
+        }
+        prev = now_samples;
         last = now;
         n += 1;
     }

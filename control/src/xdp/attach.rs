@@ -355,6 +355,13 @@ impl EmbeddedAttachment {
     pub fn counters(&self) -> anyhow::Result<Counters> {
         Counters::read(&self.maps.counters)
     }
+    /// A reader of the counters that stays valid after this attachment is gone.
+    pub fn counters_reader(&self) -> anyhow::Result<super::CountersReader> {
+        let aya::maps::Map::PerCpuArray(data) = &self.maps.counters else {
+            anyhow::bail!("counters is not a per-CPU array");
+        };
+        super::CountersReader::from_map_id(data.info()?.id())
+    }
     /// Changes the steered ports/addresses.
     pub fn set_service(&mut self, service: &ServiceConfig) -> anyhow::Result<()> {
         self.maps.write_service(service)

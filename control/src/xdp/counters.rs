@@ -42,6 +42,37 @@ impl Counters {
     }
 }
 
+/// A handle on a program's `counters` map that outlives the attachment it came from (its own
+/// map descriptor): what a metrics exporter holds.
+#[derive(Debug)]
+pub struct CountersReader {
+    map: Map,
+}
+
+impl CountersReader {
+    /// The counters map pinned by `xdp-quic attach` for `iface`.
+    pub fn from_pins(iface: &str) -> anyhow::Result<Self> {
+        let path = super::pins::dir(iface).join(xdp_quic_ebpf::maps::COUNTERS);
+        let data = MapData::from_pin(&path)
+            .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+        Ok(Self {
+            map: Map::from_map_data(data)?,
+        })
+    }
+
+    /// The counters map with id `id`.
+    pub fn from_map_id(id: u32) -> anyhow::Result<Self> {
+        Ok(Self {
+            map: Map::from_map_data(MapData::from_id(id)?)?,
+        })
+    }
+
+    /// Reads every counter, summed over CPUs.
+    pub fn read(&self) -> anyhow::Result<Counters> {
+        Counters::read(&self.map)
+    }
+}
+
 /// JSON form: `{"packets": N, "v4.redirected": N, ...}`, keys sorted.
 #[derive(Debug, Serialize)]
 #[serde(transparent)]

@@ -32,7 +32,7 @@ pub use attach::{
     attach, attach_embedded, detach, inspect, AttachOptions, AttachOutcome, DetachOutcome,
     EmbeddedAttachment, LiveAttachment, Pinned,
 };
-pub use counters::{Counters, CountersJson};
+pub use counters::{Counters, CountersJson, CountersReader};
 pub use error::XdpError;
 pub use load::{AttachMode, Mode};
 pub use maps::{ProgramMaps, ServiceConfig};

@@ -65,6 +65,14 @@ impl ServerSteering {
     pub fn embedded(&self) -> Option<&EmbeddedAttachment> {
         self.embedded.as_ref()
     }
+
+    /// A reader of the program's counters: the embedded attachment's, else the pinned ones.
+    pub fn counters_reader(&self, iface: &str) -> anyhow::Result<super::CountersReader> {
+        match &self.embedded {
+            Some(a) => a.counters_reader(),
+            None => super::CountersReader::from_pins(iface),
+        }
+    }
 }
 
 struct Fd(i32);

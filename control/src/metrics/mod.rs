@@ -1,0 +1,16 @@
+//! Metrics of a running server, exposed for Prometheus.
+//!
+//! [`EngineCollector`] reads, at each scrape, what the engine publishes without locks (worker
+//! counters and histograms, per-queue AF_XDP counters with the kernel's XDP_STATISTICS) and
+//! the XDP program's per-CPU counters; [`MetricsServer`] serves them over HTTP on an address
+//! that should stay on loopback. Scraping never touches a worker: it reads atomics and maps.
+//!
+//! Names start with `xdpquic_`; labels: `worker`, and with AF_XDP `iface` and `queue`.
+
+mod collector;
+mod http;
+mod scrape;
+
+pub use collector::EngineCollector;
+pub use http::MetricsServer;
+pub use scrape::{parse, scrape, Sample};

@@ -1,0 +1,247 @@
+//! The Prometheus endpoint, scraped with a real HTTP client while real traffic flows.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prometheus_client::registry::Registry;
+use xdp_quic::{tls, Engine, EngineBuilder, VarInt};
+use xdp_quic_control::metrics::{parse, EngineCollector, MetricsServer, Sample};
+use xdp_quic_examples::echo::{self, EchoClient, EchoServer};
+
+fn udp_server() -> (
+    Engine<EchoServer>,
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+) {
+    let id = tls::Identity::self_signed(&["localhost"]).unwrap();
+    let cert = id.chain.clone();
+    let engine = EngineBuilder::default()
+        .workers(2)
+        .server(tls::server_config(id, &[echo::ALPN]).unwrap())
+        .drain_timeout(Duration::from_millis(300))
+        .start_udp("127.0.0.1:0".parse().unwrap(), |_| EchoServer::default())
+        .unwrap();
+    (engine, cert)
+}
+
+fn metrics_for(engine: &Engine<EchoServer>) -> MetricsServer {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(EngineCollector::new(
+        "udp",
+        None,
+        engine.handle().metrics(),
+        Vec::new(),
+        None,
+    )));
+    MetricsServer::start("127.0.0.1:0".parse().unwrap(), registry).unwrap()
+}
+
+/// Echoes `n` streams of `len` octets through `addr`; panics unless all come back intact.
+fn echo_through(
+    addr: SocketAddr,
+    cert: &[rustls::pki_types::CertificateDer<'static>],
+    n: u64,
+    len: usize,
+) {
+    let payloads: Vec<Bytes> = (0..n).map(|i| vec![i as u8; len].into()).collect();
+    let client = EngineBuilder::default()
+        .client(tls::client_config(tls::Trust::Roots(cert.to_vec()), &[echo::ALPN]).unwrap());
+    let (hs, _) = xdp_quic_examples::client::run(
+        client,
+        "0.0.0.0:0".parse().unwrap(),
+        |_| EchoClient::new(addr, "localhost", payloads.clone(), vec![], 0),
+        |h: &mut EchoClient, ctx| h.start(ctx),
+    )
+    .unwrap();
+    assert!(hs[0].all_ok(), "{:?}", hs[0].error);
+}
+
+fn get(url: &str) -> (u16, String, String) {
+    let mut resp = ureq::get(url).call().expect("HTTP GET");
+    let status = resp.status().as_u16();
+    let ty = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, ty, resp.body_mut().read_to_string().unwrap())
+}
+
+fn sum(samples: &[Sample], name: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.value)
+        .sum()
+}
+
+#[test]
+fn endpoint_serves_what_the_workers_counted() {
+    let (engine, cert) = udp_server();
+    let server = metrics_for(&engine);
+    echo_through(engine.local_addr(), &cert, 4, 200_000);
+
+    let url = format!("http://{}/metrics", server.local_addr());
+    let (status, ty, body) = get(&url);
+    assert_eq!(status, 200);
+    assert!(ty.starts_with("application/openmetrics-text"), "{ty}");
+    assert!(body.contains("# TYPE xdpquic_worker_rx_packets counter"));
+    assert!(body.contains("# TYPE xdpquic_connection_rtt_seconds histogram"));
+    assert!(body.trim_end().ends_with("# EOF"));
+    let samples = parse(&body);
+    let total = engine.handle().total();
+    assert!(total.rx_packets > 0);
+    assert_eq!(
+        sum(&samples, "xdpquic_worker_rx_packets_total"),
+        total.rx_packets as f64
+    );
+    assert_eq!(
+        sum(&samples, "xdpquic_worker_tx_bytes_total"),
+        total.tx_bytes as f64
+    );
+    assert_eq!(sum(&samples, "xdpquic_worker_conns_accepted_total"), 1.0);
+    assert_eq!(sum(&samples, "xdpquic_handshake_seconds_count"), 1.0);
+    assert_eq!(
+        sum(&samples, "xdpquic_rx_batch_size_count"),
+        total.rx_batches as f64,
+        "one observation per receive batch"
+    );
+    // The client's close ends the connection on the server: its RTT lands in the histogram.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut closed = 0.0;
+    while closed < 1.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        closed = sum(&parse(&get(&url).2), "xdpquic_worker_closed_by_peer_total");
+    }
+    let after = parse(&get(&url).2);
+    assert_eq!(closed, 1.0);
+    assert_eq!(sum(&after, "xdpquic_connection_rtt_seconds_count"), 1.0);
+    assert!(sum(&after, "xdpquic_worker_busy_seconds_total") > 0.0);
+    let (status, _, _) = get(&format!("http://{}/", server.local_addr()));
+    assert_eq!(status, 200);
+    drop(server);
+    engine.shutdown(VarInt::from_u32(0), b"").unwrap();
+}
+
+fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn malformed_and_slow_requests_disturb_neither_workers_nor_later_scrapes() {
+    let (engine, cert) = udp_server();
+    let server = metrics_for(&engine);
+    let addr = server.local_addr();
+    assert!(raw(addr, b"garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
+    assert!(raw(addr, b"POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+    assert!(raw(addr, b"GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    let huge = [b"GET /metrics HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 20_000]].concat();
+    assert!(raw(addr, &huge).starts_with("HTTP/1.1 431"));
+
+    // A client that connects and says nothing holds the endpoint until its timeout...
+    let slow = TcpStream::connect(addr).unwrap();
+    // ...while the workers go on serving.
+    echo_through(engine.local_addr(), &cert, 2, 500_000);
+    drop(slow);
+    let (status, _, body) = get(&format!("http://{addr}/metrics"));
+    assert_eq!(status, 200);
+    assert_eq!(
+        sum(&parse(&body), "xdpquic_worker_conns_accepted_total"),
+        1.0
+    );
+    drop(server);
+    engine.shutdown(VarInt::from_u32(0), b"").unwrap();
+}
+
+/// Over AF_XDP, from Prometheus alone: every packet the XDP program redirected was received
+/// by a worker or counted as dropped on the way (backend parse errors and kernel drops), and
+/// the canary saw nothing.
+#[test]
+fn af_xdp_packets_are_accounted_for_from_the_program_to_the_workers() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "needs root and CI is set");
+        return;
+    }
+    use xdp_quic_control::testbed::Testbed;
+    use xdp_quic_control::xdp::{self, socket_map::ServerSteering, AttachMode, ServiceConfig};
+    let tb = Testbed::create(&format!("xk{}", std::process::id() % 100_000), 2, 217).unwrap();
+    let service = ServiceConfig {
+        ports: [4433].into(),
+        addrs: Default::default(),
+    };
+    let attachment = tb
+        .in_server(|| xdp::attach_embedded(&tb.server_if, &service, AttachMode::Native))
+        .unwrap()
+        .unwrap();
+    let id = tls::Identity::self_signed(&["localhost"]).unwrap();
+    let cert = id.chain.clone();
+    let builder = EngineBuilder::default()
+        .server(tls::server_config(id, &[echo::ALPN]).unwrap())
+        .drain_timeout(Duration::from_millis(300));
+    let setup = xdp_quic::XdpSetup::new(&tb.server_if, "[::]:4433".parse().unwrap(), vec![0, 1]);
+    let registry = attachment.xsks().unwrap();
+    let engine = tb
+        .in_server(|| {
+            builder.start_xdp(
+                &setup,
+                Box::new(ServerSteering::with_registry(registry, "test")),
+                |_| EchoServer::default(),
+            )
+        })
+        .unwrap()
+        .unwrap();
+    let mut reg = Registry::default();
+    reg.register_collector(Box::new(EngineCollector::new(
+        "xdp",
+        Some(tb.server_if.clone()),
+        engine.handle().metrics(),
+        engine.xsk_queues().to_vec(),
+        Some(attachment.counters_reader().unwrap()),
+    )));
+    let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), reg).unwrap();
+
+    let addr = SocketAddr::new(tb.server_v4.into(), 4433);
+    tb.in_client(|| echo_through(addr, &cert, 4, 300_000))
+        .unwrap();
+    // Let the last packets (the client's close) reach the workers, bounded.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let body = get(&format!("http://{}/metrics", server.local_addr())).2;
+    let s = parse(&body);
+    let redirected: f64 = s
+        .iter()
+        .filter(|x| {
+            x.name == "xdpquic_xdp_packets_total" && x.label("outcome") == Some("redirected")
+        })
+        .map(|x| x.value)
+        .sum();
+    let received = sum(&s, "xdpquic_worker_rx_packets_total");
+    let backend_drops = sum(&s, "xdpquic_xsk_rx_parse_errors_total")
+        + sum(&s, "xdpquic_xsk_rx_bad_checksum_total")
+        + sum(&s, "xdpquic_xsk_rx_other_port_total");
+    let kernel_drops = sum(&s, "xdpquic_xsk_kernel_rx_dropped_total")
+        + sum(&s, "xdpquic_xsk_kernel_rx_ring_full_total");
+    assert!(received > 100.0, "{received}");
+    assert_eq!(
+        redirected,
+        received + backend_drops + kernel_drops,
+        "{body}"
+    );
+    assert_eq!(sum(&s, "xdpquic_xsk_canary_packets_total"), 0.0);
+    let queues: Vec<_> = s
+        .iter()
+        .filter(|x| x.name == "xdpquic_worker_rx_packets_total")
+        .filter_map(|x| x.label("queue").map(String::from))
+        .collect();
+    assert_eq!(queues, vec!["0", "1"], "queue labels");
+    drop(server);
+    engine.shutdown(VarInt::from_u32(0), b"").unwrap();
+    drop(attachment);
+}
