@@ -558,3 +558,68 @@ fn umem_over_the_memlock_limit_is_a_clear_error() {
         "the program stayed attached"
     );
 }
+
+#[test]
+fn stats_reads_a_daemons_metrics_endpoint() {
+    let (mut server, _) = Server::start_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--app",
+        "echo",
+        "--workers",
+        "2",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let mut line = String::new();
+    server.stderr.read_line(&mut line).unwrap();
+    let metrics = line
+        .trim()
+        .strip_prefix("metrics on http://")
+        .and_then(|s| s.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
+        .to_string();
+    let out = client(
+        server.addr,
+        &["--app", "echo", "--insecure", "--message", "counted"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // One report: totals per worker.
+    let out = Command::new(BIN)
+        .args(["stats", "lo", "--daemon", &metrics, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let queues = v["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), 2);
+    assert_eq!(
+        queues
+            .iter()
+            .map(|q| q["drops"].as_f64().unwrap())
+            .sum::<f64>(),
+        0.0
+    );
+
+    // Watch mode: one line of rates, and the text table.
+    let out = Command::new(BIN)
+        .args([
+            "stats", "lo", "--daemon", &metrics, "--watch", "0.2", "--count", "1", "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["interval_secs"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["queues"].as_array().unwrap().len(), 2);
+    let out = Command::new(BIN)
+        .args([
+            "stats", "lo", "--daemon", &metrics, "--watch", "0.2", "--count", "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(text(&out.stdout).contains("busy%"), "{}", text(&out.stdout));
+    let (ok, stderr) = server.stop();
+    assert!(ok, "{stderr}");
+}

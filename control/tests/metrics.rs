@@ -241,6 +241,31 @@ fn af_xdp_packets_are_accounted_for_from_the_program_to_the_workers() {
         .filter_map(|x| x.label("queue").map(String::from))
         .collect();
     assert_eq!(queues, vec!["0", "1"], "queue labels");
+
+    // Every metric the Grafana dashboard plots is one this server exports.
+    let dash: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/grafana/xdp-quic.json")).unwrap();
+    let mut exprs = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(exprs.len() > 10);
+    for e in &exprs {
+        for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if let Some(name) = word.strip_prefix("xdpquic_") {
+                let base = ["_total", "_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|suf| name.strip_suffix(suf))
+                    .unwrap_or(name);
+                assert!(
+                    body.contains(&format!("# TYPE xdpquic_{base} ")),
+                    "the dashboard plots xdpquic_{name}, which is not exported"
+                );
+            }
+        }
+    }
     drop(server);
     engine.shutdown(VarInt::from_u32(0), b"").unwrap();
     drop(attachment);
