@@ -21,6 +21,9 @@ pub(crate) struct Slot {
     pub gate: CloseGate,
     /// When the connection was created (for the handshake-time histogram).
     pub created: std::time::Instant,
+    /// The connection's tracing span: its life-cycle events, and whatever the application
+    /// logs in its callbacks, carry the connection id (free when the level is off).
+    pub span: tracing::Span,
 }
 
 /// One endpoint shard.
@@ -96,6 +99,7 @@ impl Shard {
             dirty: false,
             gate,
             created: now,
+            span: tracing::debug_span!("connection", conn = %id),
         });
         self.active += 1;
         self.handshaking += 1;
@@ -110,6 +114,14 @@ impl Shard {
                 slot.dirty = true;
                 self.dirty.push(h);
             }
+        }
+    }
+
+    /// The slot of `id`, while that connection lives.
+    pub fn get(&self, id: ConnId) -> Option<&Slot> {
+        match self.slots.get(id.handle()) {
+            Some(Some(slot)) if slot.id == id => Some(slot),
+            _ => None,
         }
     }
 

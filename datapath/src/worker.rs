@@ -358,7 +358,9 @@ impl<H: Handler> Worker<H> {
                 self.counters.conns_accepted += 1;
                 let remote = conn.remote_address();
                 let id = self.shard.insert(self.index, ch, conn, self.now);
-                tracing::debug!(conn = %id, %remote, "connection accepted");
+                if let Some(slot) = self.shard.get(id) {
+                    slot.span.in_scope(|| tracing::debug!(%remote, "accepted"));
+                }
             }
             Err(e) => {
                 self.counters.conns_refused += 1;
@@ -504,7 +506,9 @@ impl<H: Handler> Worker<H> {
                 let id = self
                     .shard
                     .insert_with_serial(self.index, ch, conn, serial, gate, self.now);
-                tracing::debug!(conn = %id, "connection opened");
+                if let Some(slot) = self.shard.get(id) {
+                    slot.span.in_scope(|| tracing::debug!("opened"));
+                }
             }
             if self.shard.dirty.is_empty() {
                 break;
@@ -532,6 +536,8 @@ impl<H: Handler> Worker<H> {
             let Some(Some(slot)) = slots.get_mut(h) else {
                 return;
             };
+            let span = slot.span.clone();
+            let _in_span = span.enter();
             while let Some(ev) = slot.conn.poll_endpoint_events() {
                 drained |= ev.is_drained();
                 if let Some(back) = endpoint.handle_event(ch, ev) {
@@ -564,7 +570,7 @@ impl<H: Handler> Worker<H> {
                             self.counters.handshakes += 1;
                             let took = self.now.saturating_duration_since(slot.created);
                             self.histograms.handshake.observe(took.as_secs_f64());
-                            tracing::debug!(conn = %slot.id, ?took, "handshake complete");
+                            tracing::debug!(?took, "handshake complete");
                         }
                         self.handler.connected(&mut conn);
                     }
@@ -572,7 +578,7 @@ impl<H: Handler> Worker<H> {
                         if !slot.reported_closed {
                             slot.reported_closed = true;
                             count_close(&mut self.counters, &reason);
-                            tracing::debug!(conn = %slot.id, %reason, "connection lost");
+                            tracing::debug!(%reason, "closed");
                             self.handler.closed(&mut conn.ctx, slot.id, &reason);
                         }
                     }
@@ -666,7 +672,7 @@ impl<H: Handler> Worker<H> {
             self.histograms.rtt.observe(stats.path.rtt.as_secs_f64());
             if !slot.reported_closed {
                 self.counters.closed_locally += 1;
-                tracing::debug!(conn = %slot.id, "connection closed locally");
+                slot.span.in_scope(|| tracing::debug!("closed locally"));
                 let mut ctx = Ctx {
                     worker: self.index,
                     now: self.now,

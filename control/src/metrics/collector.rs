@@ -58,6 +58,12 @@ impl EngineCollector {
 }
 
 type NoExemplars = HashMap<usize, Exemplar<NoLabelSet, f64>>;
+/// A per-queue AF_XDP metric: name, help, how to read it from a snapshot.
+type QueueMetric = (
+    &'static str,
+    &'static str,
+    fn(&xdp_quic::backend::xsk::XskSnapshot) -> u64,
+);
 
 fn histogram(
     enc: &mut DescriptorEncoder,
@@ -157,7 +163,7 @@ impl Collector for EngineCollector {
 
         if !self.queues.is_empty() {
             let snaps: Vec<_> = self.queues.iter().map(|q| q.snapshot()).collect();
-            let per_queue: [(&str, &str, fn(&xdp_quic::backend::xsk::XskSnapshot) -> u64); 14] = [
+            let per_queue: [QueueMetric; 14] = [
                 ("rx_parse_errors", "Frames that were not UDP over IP, or malformed.", |s| s.rx_parse_errors),
                 ("rx_bad_checksum", "Frames with a wrong UDP checksum.", |s| s.rx_bad_checksum),
                 ("rx_other_port", "Frames for another UDP port.", |s| s.rx_other_port),
