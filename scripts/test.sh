@@ -6,7 +6,8 @@
 #   3. formatting;
 #   4. every Rust test of the workspace (the XDP, AF_XDP and netns tests need root: with CI
 #      set, a missing privilege fails them instead of skipping);
-#   5. the NIC tuning scripts' tests (shellcheck, fake NIC, veth).
+#   5. the NIC tuning scripts' tests (shellcheck, fake NIC, veth);
+#   6. the benchmark, briefly: every workload on every server produces numbers and intact data.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -15,3 +16,4 @@ ebpf/build.sh --check
 cargo fmt --all --check
 cargo test --workspace --all-targets
 bash scripts/tests/nic_scripts_test.sh
+cargo run -q -p xdp-quic-bench -- --quick

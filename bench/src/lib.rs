@@ -1,1 +1,0 @@
-//! Benchmarks: filled by the benchmark issue.
