@@ -106,7 +106,13 @@ impl Client {
     }
 
     /// `n` requests for `size` octets, `streams` in flight on each of `conns` connections.
-    pub async fn requests(&self, conns: usize, streams: usize, n: u64, size: u64) -> anyhow::Result<Outcome> {
+    pub async fn requests(
+        &self,
+        conns: usize,
+        streams: usize,
+        n: u64,
+        size: u64,
+    ) -> anyhow::Result<Outcome> {
         let mut cs = Vec::new();
         for _ in 0..conns {
             let ep = self.endpoint()?;
@@ -193,7 +199,11 @@ async fn request(c: &quinn::Connection, upload: u64, download: u64) -> anyhow::R
     }
     send.finish()?;
     let mut got = 0u64;
-    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await.context("reading the response")? {
+    while let Some(chunk) = recv
+        .read_chunk(usize::MAX, true)
+        .await
+        .context("reading the response")?
+    {
         if chunk.bytes.iter().any(|&b| b != 0) {
             bail!("response corrupted: non-zero octet");
         }

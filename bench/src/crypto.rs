@@ -16,7 +16,11 @@ pub fn aes128gcm_gbps(for_how_long: Duration) -> f64 {
             let mut nonce = [0u8; 12];
             nonce[4..].copy_from_slice(&n.to_be_bytes());
             let tag = key
-                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut packet)
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    &mut packet,
+                )
                 .expect("seal");
             let _ = std::hint::black_box(tag);
             n += 1;

@@ -97,9 +97,21 @@ fn main() -> anyhow::Result<()> {
         bail!("--reps must be at least 1");
     }
     let sizes = if cli.quick {
-        Sizes { bulk: 8_000_000, upload: 4_000_000, requests: 300, latency: 50, handshakes: 10 }
+        Sizes {
+            bulk: 8_000_000,
+            upload: 4_000_000,
+            requests: 300,
+            latency: 50,
+            handshakes: 10,
+        }
     } else {
-        Sizes { bulk: 500_000_000, upload: 200_000_000, requests: 20_000, latency: 2_000, handshakes: 300 }
+        Sizes {
+            bulk: 500_000_000,
+            upload: 200_000_000,
+            requests: 20_000,
+            latency: 2_000,
+            handshakes: 300,
+        }
     };
     let reps = if cli.quick { 1 } else { cli.reps };
     let kinds = [Kind::Quinn, Kind::Udp, Kind::XdpNative, Kind::XdpSkb];
@@ -126,7 +138,14 @@ fn main() -> anyhow::Result<()> {
         let main: Vec<Workload> = if k == Kind::XdpSkb {
             vec![Workload::BulkDown16, Workload::Requests]
         } else {
-            vec![Workload::BulkDown1, Workload::BulkDown16, Workload::BulkUp1, Workload::Requests, Workload::Latency, Workload::Handshakes]
+            vec![
+                Workload::BulkDown1,
+                Workload::BulkDown16,
+                Workload::BulkUp1,
+                Workload::Requests,
+                Workload::Latency,
+                Workload::Handshakes,
+            ]
         };
         plan.push((k, 2, false, main));
         if k != Kind::XdpSkb {
@@ -144,16 +163,30 @@ fn main() -> anyhow::Result<()> {
             let mut srv = start_server(tb, *kind, *workers, *retry, &cert_path, &key_path)?;
             for &w in workloads {
                 step += 1;
-                eprint!("\r[{step}/{total_steps}] rep {} {:<24} {} worker(s): {:<44}", rep + 1, kind.label(), workers, w.name());
+                eprint!(
+                    "\r[{step}/{total_steps}] rep {} {:<24} {} worker(s): {:<44}",
+                    rep + 1,
+                    kind.label(),
+                    workers,
+                    w.name()
+                );
                 let before = cpu(tb, *kind, srv.id())?;
                 let c = client.clone();
                 let s = &sizes;
                 let outcome = in_netns(&tb.client_ns, move || run_workload(&c, w, s))??;
                 let after = cpu(tb, *kind, srv.id())?;
                 let m = Measure::new(w, &outcome, after.0 - before.0, after.1 - before.1);
-                match rows.iter_mut().find(|r| r.workload == w.name() && r.server == *kind && r.workers == *workers) {
+                match rows
+                    .iter_mut()
+                    .find(|r| r.workload == w.name() && r.server == *kind && r.workers == *workers)
+                {
                     Some(r) => r.reps.push(m),
-                    None => rows.push(Row { workload: w.name(), server: *kind, workers: *workers, reps: vec![m] }),
+                    None => rows.push(Row {
+                        workload: w.name(),
+                        server: *kind,
+                        workers: *workers,
+                        reps: vec![m],
+                    }),
                 }
             }
             stop_server(&mut srv)?;
@@ -171,7 +204,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let ceiling = crypto::aes128gcm_gbps(Duration::from_millis(if cli.quick { 100 } else { 1000 }));
-    let out = if cli.quick { dir.join("results") } else { cli.out.clone() };
+    let out = if cli.quick {
+        dir.join("results")
+    } else {
+        cli.out.clone()
+    };
     let written = report::write(&out, &rows, ceiling, cli.quick, reps)?;
     for p in &written {
         eprintln!("wrote {}", p.display());
@@ -186,7 +223,9 @@ fn main() -> anyhow::Result<()> {
 
 fn run_workload(c: &client::Client, w: Workload, s: &Sizes) -> anyhow::Result<client::Outcome> {
     sys::pin_and_prioritize(CLIENT_CPU)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let guard = Duration::from_secs(if s.requests < 1000 { 60 } else { 600 });
         let f = async {
@@ -196,10 +235,14 @@ fn run_workload(c: &client::Client, w: Workload, s: &Sizes) -> anyhow::Result<cl
                 Workload::BulkUp1 => c.bulk_upload(s.upload).await,
                 Workload::Requests => c.requests(16, 4, s.requests, 1000).await,
                 Workload::Latency => c.requests(1, 1, s.latency, 1000).await,
-                Workload::Handshakes | Workload::HandshakesRetry => c.handshakes(s.handshakes).await,
+                Workload::Handshakes | Workload::HandshakesRetry => {
+                    c.handshakes(s.handshakes).await
+                }
             }
         };
-        tokio::time::timeout(guard, f).await.context("workload hang guard")?
+        tokio::time::timeout(guard, f)
+            .await
+            .context("workload hang guard")?
     })
 }
 
@@ -219,15 +262,38 @@ fn cpu(tb: &Testbed, kind: Kind, pid: u32) -> anyhow::Result<(f64, f64)> {
     Ok((proc_cpu, busy))
 }
 
-fn start_server(tb: &Testbed, kind: Kind, workers: usize, retry: bool, cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Child> {
+fn start_server(
+    tb: &Testbed,
+    kind: Kind,
+    workers: usize,
+    retry: bool,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<Child> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.arg("server")
-        .args(["--kind", match kind { Kind::Quinn => "quinn", Kind::Udp => "udp", Kind::XdpNative => "xdp-native", Kind::XdpSkb => "xdp-skb" }])
+        .args([
+            "--kind",
+            match kind {
+                Kind::Quinn => "quinn",
+                Kind::Udp => "udp",
+                Kind::XdpNative => "xdp-native",
+                Kind::XdpSkb => "xdp-skb",
+            },
+        ])
         .args(["--netns", &tb.server_ns, "--iface", &tb.server_if])
-        .args(["--listen", &format!("0.0.0.0:{PORT}"), "--workers", &workers.to_string()])
+        .args([
+            "--listen",
+            &format!("0.0.0.0:{PORT}"),
+            "--workers",
+            &workers.to_string(),
+        ])
         .args(["--metrics", METRICS, "--cpu", &SERVER_CPU.to_string()])
-        .arg("--cert").arg(cert).arg("--key").arg(key)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -262,7 +328,9 @@ fn tempdir() -> anyhow::Result<PathBuf> {
 }
 
 /// One ECDSA P-256 certificate for every server, as PEM files.
-fn certificate(dir: &std::path::Path) -> anyhow::Result<(rustls::pki_types::CertificateDer<'static>, PathBuf, PathBuf)> {
+fn certificate(
+    dir: &std::path::Path,
+) -> anyhow::Result<(rustls::pki_types::CertificateDer<'static>, PathBuf, PathBuf)> {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
     let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&c, ck.cert.pem())?;

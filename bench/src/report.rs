@@ -143,7 +143,11 @@ pub fn markdown(rows: &[Row], ceiling: f64, quick: bool, reps: usize) -> String 
     }
     for (title, pick, unit_of) in [
         ("Throughput and rates", 0usize, "unit"),
-        ("Server CPU per unit of work (process user + system time, 10 ms resolution)", 1, "cpu"),
+        (
+            "Server CPU per unit of work (process user + system time, 10 ms resolution)",
+            1,
+            "cpu",
+        ),
     ] {
         let _ = unit_of;
         out.push_str(&format!("## {title}\n\n| workload | workers | unit |"));
@@ -152,9 +156,18 @@ pub fn markdown(rows: &[Row], ceiling: f64, quick: bool, reps: usize) -> String 
         }
         out.push_str("\n|---|---|---|---|---|---|---|\n");
         for &(w, workers) in &keys {
-            let get = |k: Kind| rows.iter().find(|r| r.workload == w && r.workers == workers && r.server == k);
-            let Some(any) = ORDER.iter().find_map(|&k| get(k)) else { continue };
-            let unit = if pick == 0 { any.reps[0].unit } else { any.reps[0].cpu_unit };
+            let get = |k: Kind| {
+                rows.iter()
+                    .find(|r| r.workload == w && r.workers == workers && r.server == k)
+            };
+            let Some(any) = ORDER.iter().find_map(|&k| get(k)) else {
+                continue;
+            };
+            let unit = if pick == 0 {
+                any.reps[0].unit
+            } else {
+                any.reps[0].cpu_unit
+            };
             let f = |m: &Measure| if pick == 0 { m.value } else { m.cpu_per_unit };
             let base = get(Kind::Quinn).map(|r| stats(&r.reps, f).0);
             out.push_str(&format!("| {w} | {workers} | {unit} |"));
@@ -177,9 +190,20 @@ pub fn markdown(rows: &[Row], ceiling: f64, quick: bool, reps: usize) -> String 
     }
     out.push_str("## Latency of one outstanding 1 KB request (ms)\n\n| server | p50 | p99 | p999 |\n|---|---|---|---|\n");
     for k in ORDER {
-        if let Some(r) = rows.iter().find(|r| r.workload == Workload::Latency.name() && r.server == k && r.workers == 2) {
-            let p = |f: fn(&Measure) -> Option<f64>| fmt(stats(&r.reps, |m| f(m).unwrap_or(f64::NAN)).0);
-            out.push_str(&format!("| {} | {} | {} | {} |\n", k.label(), p(|m| m.p50_ms), p(|m| m.p99_ms), p(|m| m.p999_ms)));
+        if let Some(r) = rows
+            .iter()
+            .find(|r| r.workload == Workload::Latency.name() && r.server == k && r.workers == 2)
+        {
+            let p = |f: fn(&Measure) -> Option<f64>| {
+                fmt(stats(&r.reps, |m| f(m).unwrap_or(f64::NAN)).0)
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                k.label(),
+                p(|m| m.p50_ms),
+                p(|m| m.p99_ms),
+                p(|m| m.p999_ms)
+            ));
         }
     }
     out.push_str(
@@ -191,14 +215,24 @@ pub fn markdown(rows: &[Row], ceiling: f64, quick: bool, reps: usize) -> String 
 }
 
 /// Grouped bar charts with min–max whiskers, one panel per group.
-fn chart(path: &Path, title: &str, panels: &[(String, String, Vec<(Kind, f64, f64, f64)>)]) -> anyhow::Result<()> {
+fn chart(
+    path: &Path,
+    title: &str,
+    panels: &[(String, String, Vec<(Kind, f64, f64, f64)>)],
+) -> anyhow::Result<()> {
     let cols = panels.len().clamp(1, 3);
     let rows_n = panels.len().div_ceil(cols);
-    let root = SVGBackend::new(path, (380 * cols as u32, 320 * rows_n as u32 + 40)).into_drawing_area();
+    let root =
+        SVGBackend::new(path, (380 * cols as u32, 320 * rows_n as u32 + 40)).into_drawing_area();
     root.fill(&WHITE)?;
     let (head, body) = root.split_vertically(40);
     head.titled(title, ("sans-serif", 20))?;
-    let colors = [RGBColor(90, 90, 90), RGBColor(52, 120, 200), RGBColor(220, 110, 40), RGBColor(240, 180, 90)];
+    let colors = [
+        RGBColor(90, 90, 90),
+        RGBColor(52, 120, 200),
+        RGBColor(220, 110, 40),
+        RGBColor(240, 180, 90),
+    ];
     for (area, (name, unit, bars)) in body.split_evenly((rows_n, cols)).iter().zip(panels) {
         let ymax = bars.iter().map(|b| b.3).fold(0.0, f64::max).max(1e-9) * 1.15;
         let mut c = ChartBuilder::on(area)
@@ -213,15 +247,25 @@ fn chart(path: &Path, title: &str, panels: &[(String, String, Vec<(Kind, f64, f6
             .x_labels(bars.len() * 2 + 1)
             .x_label_formatter(&|x| {
                 let i = x.floor() as usize;
-                if (x - i as f64 - 0.5).abs() < 0.26 { labels.get(i).copied().unwrap_or("").to_string() } else { String::new() }
+                if (x - i as f64 - 0.5).abs() < 0.26 {
+                    labels.get(i).copied().unwrap_or("").to_string()
+                } else {
+                    String::new()
+                }
             })
             .y_desc(unit.as_str())
             .draw()?;
         for (i, (k, med, lo, hi)) in bars.iter().enumerate() {
             let color = colors[ORDER.iter().position(|o| o == k).unwrap_or(0)];
             let x = i as f64;
-            c.draw_series(std::iter::once(Rectangle::new([(x + 0.15, 0.0), (x + 0.85, *med)], color.filled())))?;
-            c.draw_series(std::iter::once(PathElement::new(vec![(x + 0.5, *lo), (x + 0.5, *hi)], BLACK.stroke_width(2))))?;
+            c.draw_series(std::iter::once(Rectangle::new(
+                [(x + 0.15, 0.0), (x + 0.85, *med)],
+                color.filled(),
+            )))?;
+            c.draw_series(std::iter::once(PathElement::new(
+                vec![(x + 0.5, *lo), (x + 0.5, *hi)],
+                BLACK.stroke_width(2),
+            )))?;
         }
     }
     root.present()?;
@@ -238,7 +282,13 @@ fn short(k: Kind) -> &'static str {
 }
 
 /// Writes `<date>-<host>.json`, `.md` and the SVG plots into `dir`; returns their paths.
-pub fn write(dir: &Path, rows: &[Row], ceiling: f64, quick: bool, reps: usize) -> anyhow::Result<Vec<PathBuf>> {
+pub fn write(
+    dir: &Path,
+    rows: &[Row],
+    ceiling: f64,
+    quick: bool,
+    reps: usize,
+) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let stem = format!("{}-{}", crate::sys::today(), crate::sys::hostname());
     let json = dir.join(format!("{stem}.json"));
@@ -256,18 +306,24 @@ pub fn write(dir: &Path, rows: &[Row], ceiling: f64, quick: bool, reps: usize) -
     let md = dir.join(format!("{stem}.md"));
     std::fs::write(&md, markdown(rows, ceiling, quick, reps))?;
 
-    let panel = |w: Workload, workers: usize| -> Option<(String, String, Vec<(Kind, f64, f64, f64)>)> {
-        let bars: Vec<_> = ORDER
-            .iter()
-            .filter_map(|&k| rows.iter().find(|r| r.workload == w.name() && r.server == k && r.workers == workers))
-            .map(|r| {
-                let (m, lo, hi) = stats(&r.reps, |m| m.value);
-                (r.server, m, lo, hi)
-            })
-            .collect();
-        let unit = rows.iter().find(|r| r.workload == w.name())?.reps[0].unit.to_string();
-        (!bars.is_empty()).then(|| (format!("{}, {} workers", w.name(), workers), unit, bars))
-    };
+    let panel =
+        |w: Workload, workers: usize| -> Option<(String, String, Vec<(Kind, f64, f64, f64)>)> {
+            let bars: Vec<_> = ORDER
+                .iter()
+                .filter_map(|&k| {
+                    rows.iter()
+                        .find(|r| r.workload == w.name() && r.server == k && r.workers == workers)
+                })
+                .map(|r| {
+                    let (m, lo, hi) = stats(&r.reps, |m| m.value);
+                    (r.server, m, lo, hi)
+                })
+                .collect();
+            let unit = rows.iter().find(|r| r.workload == w.name())?.reps[0]
+                .unit
+                .to_string();
+            (!bars.is_empty()).then(|| (format!("{}, {} workers", w.name(), workers), unit, bars))
+        };
     let mut out = vec![json, md];
     let throughput = dir.join(format!("{stem}-throughput.svg"));
     let p: Vec<_> = [Workload::BulkDown1, Workload::BulkDown16, Workload::BulkUp1]
@@ -277,15 +333,30 @@ pub fn write(dir: &Path, rows: &[Row], ceiling: f64, quick: bool, reps: usize) -
     chart(&throughput, "Throughput (median, min–max)", &p)?;
     out.push(throughput);
     let rates = dir.join(format!("{stem}-rates.svg"));
-    let p: Vec<_> = [Workload::Requests, Workload::Handshakes, Workload::HandshakesRetry]
+    let p: Vec<_> = [
+        Workload::Requests,
+        Workload::Handshakes,
+        Workload::HandshakesRetry,
+    ]
+    .into_iter()
+    .filter_map(|w| panel(w, 2))
+    .collect();
+    chart(
+        &rates,
+        "Requests and handshakes per second (median, min–max)",
+        &p,
+    )?;
+    out.push(rates);
+    let latency = dir.join(format!("{stem}-latency.svg"));
+    let p: Vec<_> = [Workload::Latency]
         .into_iter()
         .filter_map(|w| panel(w, 2))
         .collect();
-    chart(&rates, "Requests and handshakes per second (median, min–max)", &p)?;
-    out.push(rates);
-    let latency = dir.join(format!("{stem}-latency.svg"));
-    let p: Vec<_> = [Workload::Latency].into_iter().filter_map(|w| panel(w, 2)).collect();
-    chart(&latency, "Latency of one outstanding request, p50 (median, min–max)", &p)?;
+    chart(
+        &latency,
+        "Latency of one outstanding request, p50 (median, min–max)",
+        &p,
+    )?;
     out.push(latency);
     Ok(out)
 }

@@ -96,7 +96,10 @@ fn ours(a: &ServerArgs, stop: std::sync::mpsc::Receiver<()>) -> anyhow::Result<(
     let identity = tls::Identity::from_pem_files(&a.cert, &a.key)?;
     let mut b = EngineBuilder::default()
         .workers(a.workers)
-        .server(tls::server_config(identity, &[xdp_quic_examples::perf::ALPN])?)
+        .server(tls::server_config(
+            identity,
+            &[xdp_quic_examples::perf::ALPN],
+        )?)
         .transport(xdp_quic::TransportConfig::default());
     if a.retry {
         b = b.retry(RetryPolicy::Always);
@@ -189,10 +192,15 @@ async fn serve_perf(conn: quinn::Connection) {
             }
             let mut buf = vec![0u8; 64 * 1024];
             while let Ok(Some(_)) = recv.read(&mut buf).await {}
+            // Zero-copy, like xdp-quic's perf server: quinn keeps references to the buffer.
             let mut left = u64::from_be_bytes(header);
             while left > 0 {
                 let n = left.min(ZEROS.len() as u64) as usize;
-                if send.write_all(&ZEROS[..n]).await.is_err() {
+                if send
+                    .write_chunk(bytes::Bytes::from_static(&ZEROS[..n]))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 left -= n as u64;

@@ -28,7 +28,10 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let f: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-    let (u, s): (u64, u64) = (f.get(11).unwrap_or(&"0").parse()?, f.get(12).unwrap_or(&"0").parse()?);
+    let (u, s): (u64, u64) = (
+        f.get(11).unwrap_or(&"0").parse()?,
+        f.get(12).unwrap_or(&"0").parse()?,
+    );
     // SAFETY: sysconf takes no pointers.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Ok((u + s) as f64 / hz)

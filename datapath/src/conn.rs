@@ -213,6 +213,26 @@ impl<'a> Conn<'a> {
         }
     }
 
+    /// Writes as much of `data` as flow control allows without copying it: quinn-proto keeps
+    /// the `Bytes` (a reference count) until the peer acknowledges them. `data` is advanced
+    /// past what was taken; `Ok(0)` means blocked until `stream_writable`.
+    pub fn write_chunk(
+        &mut self,
+        stream: StreamId,
+        data: &mut Bytes,
+    ) -> Result<usize, StreamError> {
+        match self
+            .inner
+            .send_stream(stream)
+            .write_chunks(std::slice::from_mut(data))
+        {
+            Ok(w) => Ok(w.bytes),
+            Err(WriteError::Blocked) => Ok(0),
+            Err(WriteError::Stopped(code)) => Err(StreamError::Stopped(code)),
+            Err(WriteError::ClosedStream) => Err(StreamError::Closed),
+        }
+    }
+
     /// Ends the sending side of `stream` after what was written.
     pub fn finish(&mut self, stream: StreamId) -> Result<(), StreamError> {
         self.inner

@@ -32,18 +32,17 @@ impl Outbox {
         self.queued == 0
     }
 
-    /// Writes as much as the stream takes now; `Ok(true)` when everything went out.
+    /// Writes as much as the stream takes now, without copying; `Ok(true)` when everything
+    /// went out.
     pub fn flush(&mut self, conn: &mut Conn<'_>, s: StreamId) -> Result<bool, StreamError> {
         while let Some(front) = self.queue.front_mut() {
-            let n = conn.write(s, front)?;
+            let n = conn.write_chunk(s, front)?;
             if n == 0 {
                 return Ok(false);
             }
             self.queued -= n;
-            if n == front.len() {
+            if front.is_empty() {
                 self.queue.pop_front();
-            } else {
-                let _ = front.split_to(n);
             }
         }
         Ok(true)

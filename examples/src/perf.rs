@@ -21,11 +21,13 @@ pub const ALPN: &[u8] = b"perf";
 /// What both sides write: zeros, from one static buffer.
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
-/// Writes up to `left` zeros; returns what was written (0: blocked).
+/// Writes up to `left` zeros until the stream blocks. Zero-copy: quinn-proto takes
+/// references to the static buffer.
 fn write_zeros(conn: &mut Conn<'_>, s: StreamId, left: &mut u64) -> Result<(), StreamError> {
     while *left > 0 {
         let n = (*left).min(ZEROS.len() as u64) as usize;
-        let w = conn.write(s, &ZEROS[..n])?;
+        let mut chunk = bytes::Bytes::from_static(&ZEROS[..n]);
+        let w = conn.write_chunk(s, &mut chunk)?;
         if w == 0 {
             return Ok(());
         }
