@@ -1,0 +1,173 @@
+//! Loss, corruption and black holes, deterministically: the in-memory network's impairment
+//! hook with a seeded generator, the virtual clock, real quinn-proto on both sides.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::{Rng, RngCore, SeedableRng};
+use xdp_quic::backend::mem::{MemNetwork, MemPacket, MemSteering, Verdict};
+use xdp_quic::testing::{run_clients, Drive, Node};
+use xdp_quic::{tls, EngineBuilder, TransportConfig, VarInt};
+use xdp_quic_examples::echo::{self, EchoClient, EchoServer};
+
+/// An idle timeout long enough for handshakes whose flights are lost many times in a row
+/// (probe timeouts back off exponentially: five losses take about 30 s, quinn-proto's
+/// default idle timeout).
+fn patient() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.max_idle_timeout(Some(VarInt::from_u32(120_000).into()));
+    t
+}
+
+fn server(net: &MemNetwork, at: SocketAddr) -> Node<EchoServer> {
+    let id = tls::Identity::self_signed(&["localhost"]).unwrap();
+    let b = EngineBuilder::default()
+        .workers(2)
+        .transport(patient())
+        .server(tls::server_config(id, &[echo::ALPN]).unwrap());
+    Node::new(b, net, at, MemSteering::Hash, |_| EchoServer::default()).unwrap()
+}
+
+fn client(net: &MemNetwork, at: SocketAddr, to: SocketAddr, payload: Bytes) -> Node<EchoClient> {
+    let b = EngineBuilder::default()
+        .transport(patient())
+        .client(tls::client_config(tls::Trust::InsecureAnyCertificate, &[echo::ALPN]).unwrap());
+    let c = Node::new(b, net, at, MemSteering::Hash, move |_| {
+        EchoClient::new(to, "localhost", vec![payload.clone()], vec![], 0)
+    })
+    .unwrap();
+    c.handle.post(0, |h, ctx| h.start(ctx));
+    c
+}
+
+fn payload(len: usize, seed: u64) -> Bytes {
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v.into()
+}
+
+/// Drops `drop` and corrupts `corrupt` of all datagrams, at random (seeded).
+fn impair(net: &MemNetwork, seed: u64, drop: f64, corrupt: f64) -> Arc<Mutex<(u64, u64)>> {
+    let counts = Arc::new(Mutex::new((0u64, 0u64)));
+    let c = counts.clone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    net.set_impairment(move |p: &mut MemPacket| {
+        if rng.gen_bool(drop) {
+            c.lock().unwrap().0 += 1;
+            return Verdict::Drop;
+        }
+        if rng.gen_bool(corrupt) && !p.data.is_empty() {
+            let i = rng.gen_range(0..p.data.len());
+            p.data[i] ^= 1 << rng.gen_range(0..8);
+            c.lock().unwrap().1 += 1;
+        }
+        Verdict::Deliver
+    });
+    counts
+}
+
+fn echo_10mb(server_at: &str, client_at: &str, loss: f64, corrupt: f64) {
+    let net = MemNetwork::new(Duration::from_millis(10));
+    let (s, c) = (server_at.parse().unwrap(), client_at.parse().unwrap());
+    let mut srv = server(&net, s);
+    let mut cli = vec![client(&net, c, s, payload(10_000_000, 1))];
+    let counts = impair(&net, 42, loss, corrupt);
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut srv, &mut cli[0]];
+    run_clients(&net, &mut nodes, Duration::from_secs(600)).expect("transfer ends");
+    drop(nodes);
+    let h = cli[0].handler(0);
+    assert!(h.all_ok(), "{:?} {:?}", h.results, h.error);
+    let (dropped, corrupted) = *counts.lock().unwrap();
+    assert!(dropped > 0 || corrupted > 0, "the impairment did something");
+    assert_eq!(srv.total().handshakes, 1);
+}
+
+#[test]
+fn ten_mb_byte_exact_under_2_percent_loss() {
+    echo_10mb("10.1.0.1:4433", "10.1.0.2:5000", 0.02, 0.0);
+}
+
+#[test]
+fn ten_mb_byte_exact_under_1_percent_corruption() {
+    echo_10mb("10.1.0.1:4433", "10.1.0.2:5000", 0.0, 0.01);
+}
+
+#[test]
+fn ten_mb_byte_exact_under_loss_and_corruption_over_ipv6() {
+    echo_10mb("[fd00::1]:4433", "[fd00::2]:5000", 0.02, 0.01);
+}
+
+#[test]
+fn fifty_handshakes_under_30_percent_loss() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let s: SocketAddr = "10.2.0.1:4433".parse().unwrap();
+    let mut srv = server(&net, s);
+    let mut clients: Vec<_> = (0..50)
+        .map(|i| {
+            let at = format!("10.2.1.{}:{}", i + 1, 6000 + i).parse().unwrap();
+            client(&net, at, s, payload(2_000, i))
+        })
+        .collect();
+    impair(&net, 7, 0.30, 0.0);
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut srv];
+    nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
+    run_clients(&net, &mut nodes, Duration::from_secs(600)).expect("clients end");
+    drop(nodes);
+    for (i, c) in clients.iter().enumerate() {
+        let h = c.handler(0);
+        assert!(h.all_ok(), "client {i}: {:?} {:?}", h.results, h.error);
+    }
+    assert_eq!(srv.total().handshakes, 50);
+}
+
+#[test]
+fn a_transfer_survives_a_two_second_black_hole() {
+    let net = MemNetwork::new(Duration::from_millis(10));
+    let s: SocketAddr = "10.3.0.1:4433".parse().unwrap();
+    let mut srv = server(&net, s);
+    let mut cli = vec![client(
+        &net,
+        "10.3.0.2:5000".parse().unwrap(),
+        s,
+        payload(4_000_000, 3),
+    )];
+    // The hole opens after the first 500 kB are echoed and closes 2 s (virtual) later.
+    let hole = Arc::new(AtomicBool::new(false));
+    let h2 = hole.clone();
+    let dropped = Arc::new(Mutex::new(0u64));
+    let d2 = dropped.clone();
+    net.set_impairment(move |_| {
+        if h2.load(Ordering::Relaxed) {
+            *d2.lock().unwrap() += 1;
+            Verdict::Drop
+        } else {
+            Verdict::Deliver
+        }
+    });
+    while srv.workers.iter().map(|w| w.handler().echoed).sum::<u64>() < 500_000 {
+        xdp_quic::testing::step(&net, &mut [&mut srv, &mut cli[0]]).unwrap();
+    }
+    hole.store(true, Ordering::Relaxed);
+    let opened = net.now();
+    while net.now() - opened < Duration::from_secs(2) {
+        xdp_quic::testing::step(&net, &mut [&mut srv, &mut cli[0]]).unwrap();
+    }
+    hole.store(false, Ordering::Relaxed);
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut srv, &mut cli[0]];
+    run_clients(&net, &mut nodes, Duration::from_secs(120)).expect("transfer ends");
+    drop(nodes);
+    let h = cli[0].handler(0);
+    assert!(h.all_ok(), "{:?} {:?}", h.results, h.error);
+    assert!(
+        *dropped.lock().unwrap() > 0,
+        "the black hole swallowed packets"
+    );
+    assert_eq!(
+        srv.total().conns_accepted,
+        1,
+        "the same connection all along"
+    );
+}
