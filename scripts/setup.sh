@@ -7,7 +7,14 @@
 #   ethtool, shellcheck      the NIC tuning scripts and their tests
 #   util-linux               nsenter, mount (bpffs)
 #   python3                  JSON checks in the script tests
+#   aioquic (PyPI)           the independent QUIC peer of the interop tests
 set -euo pipefail
+
+install_aioquic() {
+	python3 -c 'import aioquic' 2>/dev/null && return 0
+	echo "setup.sh: installing aioquic (PyPI)" >&2
+	python3 -m pip install --quiet --root-user-action=ignore 'aioquic==1.7.2'
+}
 
 packages=(clang llvm libbpf-dev iproute2 iputils-ping ethtool shellcheck util-linux python3)
 missing=()
@@ -15,6 +22,7 @@ for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
+	install_aioquic
 	exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -25,3 +33,4 @@ echo "setup.sh: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+install_aioquic

@@ -206,6 +206,8 @@ pub struct HqClient {
     remote: std::net::SocketAddr,
     server_name: String,
     paths: Vec<String>,
+    /// The next path to request (the rest wait for the peer's stream limit).
+    next: usize,
     pending: HashMap<StreamId, (usize, BytesMut)>,
     /// One result per path, in the order given.
     pub results: Vec<Option<Fetched>>,
@@ -220,6 +222,7 @@ impl HqClient {
             remote,
             server_name: server_name.to_string(),
             paths,
+            next: 0,
             pending: HashMap::new(),
             results: vec![None; n],
             conn: None,
@@ -247,22 +250,33 @@ impl HqClient {
     }
 }
 
+impl HqClient {
+    /// Requests paths until the peer's stream limit; `streams_available` resumes.
+    fn request_more(&mut self, conn: &mut Conn<'_>) {
+        while self.next < self.paths.len() {
+            let Some(s) = conn.open_bi() else {
+                return;
+            };
+            let req = format!("GET {}\r\n", self.paths[self.next]);
+            // A request line is far below any initial stream window.
+            let _ = conn.write(s, req.as_bytes());
+            let _ = conn.finish(s);
+            self.pending.insert(s, (self.next, BytesMut::new()));
+            self.next += 1;
+        }
+    }
+}
+
 impl Handler for HqClient {
     fn connected(&mut self, conn: &mut Conn<'_>) {
         if self.paths.is_empty() {
             conn.close(VarInt::from_u32(0), b"done");
         }
-        for (i, p) in self.paths.clone().iter().enumerate() {
-            let Some(s) = conn.open_bi() else {
-                self.results[i] = Some(Fetched::Failed("stream limit".into()));
-                continue;
-            };
-            let req = format!("GET {p}\r\n");
-            // A request line is far below any initial stream window.
-            let _ = conn.write(s, req.as_bytes());
-            let _ = conn.finish(s);
-            self.pending.insert(s, (i, BytesMut::new()));
-        }
+        self.request_more(conn);
+    }
+
+    fn streams_available(&mut self, conn: &mut Conn<'_>) {
+        self.request_more(conn);
     }
 
     fn stream_readable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
