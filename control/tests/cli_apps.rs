@@ -623,3 +623,26 @@ fn stats_reads_a_daemons_metrics_endpoint() {
     let (ok, stderr) = server.stop();
     assert!(ok, "{stderr}");
 }
+
+/// SIGTERM (what service managers send) stops the server like Ctrl-C: connections closed
+/// with a code, counters printed, exit 0.
+#[test]
+fn sigterm_shuts_the_server_down_gracefully() {
+    let (mut server, _) = Server::start_with(&["--listen", "127.0.0.1:0", "--app", "echo"]);
+    let out = client(
+        server.addr,
+        &["--app", "echo", "--insecure", "--message", "before-term"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut child = server.child.take().unwrap();
+    // SAFETY: kill(2) on the child we spawned and have not waited for.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    server.stderr.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{status}: {rest}");
+    assert!(
+        rest.contains("shutting down") && rest.contains("worker 0:"),
+        "{rest}"
+    );
+}

@@ -42,6 +42,7 @@ pub mod cid;
 pub mod congestion;
 pub mod conn;
 pub mod engine;
+mod guard;
 pub mod handler;
 pub mod metrics;
 pub mod packet;
@@ -59,6 +60,7 @@ pub use conn::{Conn, ConnId, ConnectError, Ctx, ReadStatus, StreamError};
 pub use engine::{
     Engine, EngineBuilder, EngineError, EngineHandle, RetryPolicy, SocketMap, XdpSetup,
 };
+pub use guard::INTERNAL_ERROR;
 pub use handler::Handler;
 pub use metrics::Counters;
 pub use quinn_proto::{ConnectionError, Dir, Side, StreamId, TransportConfig, VarInt};

@@ -121,6 +121,9 @@ counters! {
     lost_packets,
     /// Congestion events of the connections that ended here.
     congestion_events,
+    /// Application callbacks that panicked (the worker then closed its connections and
+    /// stopped).
+    handler_panics,
     /// Nanoseconds of turns that did work.
     busy_ns,
     /// Nanoseconds waiting or spinning without work.

@@ -30,6 +30,7 @@ use quinn_proto::{
 use crate::backend::{Backend, Datagram, RxBatch, SendError, Transmit};
 use crate::conn::{Conn, Ctx};
 use crate::engine::{Command, Mesh, RetryPolicy};
+use crate::guard::{Guarded, INTERNAL_ERROR};
 use crate::handler::Handler;
 use crate::metrics::{Counters, Histograms, WorkerMetrics};
 use crate::route::{route, Route};
@@ -81,7 +82,7 @@ pub struct Worker<H: Handler> {
     index: usize,
     mesh: Arc<Mesh<H>>,
     shard: Shard,
-    handler: H,
+    handler: Guarded<H>,
     client: Option<ClientConfig>,
     retry: RetryPolicy,
     commands: Receiver<Command<H>>,
@@ -121,7 +122,10 @@ impl<H: Handler> Worker<H> {
             index: p.index,
             mesh: p.mesh,
             shard: Shard::new(p.endpoint),
-            handler: p.handler,
+            handler: Guarded {
+                inner: p.handler,
+                poisoned: false,
+            },
             client: p.client,
             retry: p.retry,
             commands: p.commands,
@@ -148,17 +152,43 @@ impl<H: Handler> Worker<H> {
 
     /// The handler, e.g. to inspect its state between turns in tests.
     pub fn handler(&self) -> &H {
-        &self.handler
+        &self.handler.inner
     }
 
     /// The handler, mutably.
     pub fn handler_mut(&mut self) -> &mut H {
-        &mut self.handler
+        &mut self.handler.inner
     }
 
     /// Ends the worker, giving its handler back.
     pub fn into_handler(self) -> H {
-        self.handler
+        self.handler.inner
+    }
+
+    /// Whether the handler panicked (the worker then stops).
+    pub fn handler_failed(&self) -> bool {
+        self.handler.poisoned
+    }
+
+    /// Records a caught handler panic: the handler is not called again, and the worker closes
+    /// its connections with [`INTERNAL_ERROR`] and stops.
+    fn handler_panicked(&mut self) {
+        if self.handler.poisoned {
+            return;
+        }
+        self.handler.poisoned = true;
+        self.after_panic();
+    }
+
+    /// Counts a handler panic (the handler is already poisoned) and stops the worker.
+    fn after_panic(&mut self) {
+        self.counters.handler_panics += 1;
+        tracing::error!(
+            worker = self.index,
+            "application handler panicked: closing this worker's connections and stopping it"
+        );
+        self.stop_code = (INTERNAL_ERROR, Bytes::from_static(b"internal error"));
+        self.stop_requested = true;
     }
 
     /// This worker's counters as of the end of its last turn.
@@ -430,7 +460,15 @@ impl<H: Handler> Worker<H> {
                     stop: &mut self.stop_requested,
                     next_serial: &mut self.shard.next_serial,
                 };
-                f(&mut self.handler, &mut ctx);
+                let handler = &mut self.handler;
+                let ok = !handler.poisoned
+                    && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        f(&mut handler.inner, &mut ctx)
+                    }))
+                    .is_ok();
+                if !ok && !self.handler.poisoned {
+                    self.handler_panicked();
+                }
             }
             Command::RunOnConn(id, f) => {
                 let Shard {
@@ -460,7 +498,15 @@ impl<H: Handler> Worker<H> {
                         next_serial,
                     },
                 };
-                f(&mut self.handler, &mut conn);
+                let handler = &mut self.handler;
+                let ok = !handler.poisoned
+                    && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        f(&mut handler.inner, &mut conn)
+                    }))
+                    .is_ok();
+                if !ok && !self.handler.poisoned {
+                    self.handler_panicked();
+                }
                 self.shard.mark_dirty(id.handle());
             }
             Command::Shutdown { code, reason } => {
@@ -524,6 +570,7 @@ impl<H: Handler> Worker<H> {
     fn drive<B: Backend>(&mut self, io: &mut B, h: usize) {
         let ch = ConnectionHandle(h);
         let mut drained = false;
+        let mut panicked = false;
         loop {
             let Shard {
                 endpoint,
@@ -562,53 +609,58 @@ impl<H: Handler> Worker<H> {
                         next_serial,
                     },
                 };
-                match ev {
-                    Event::Connected => {
-                        if slot.handshaking {
-                            slot.handshaking = false;
-                            *handshaking -= 1;
-                            self.counters.handshakes += 1;
-                            let took = self.now.saturating_duration_since(slot.created);
-                            self.histograms.handshake.observe(took.as_secs_f64());
-                            tracing::debug!(?took, "handshake complete");
+                let dispatched =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match ev {
+                        Event::Connected => {
+                            if slot.handshaking {
+                                slot.handshaking = false;
+                                *handshaking -= 1;
+                                self.counters.handshakes += 1;
+                                let took = self.now.saturating_duration_since(slot.created);
+                                self.histograms.handshake.observe(took.as_secs_f64());
+                                tracing::debug!(?took, "handshake complete");
+                            }
+                            self.handler.connected(&mut conn);
                         }
-                        self.handler.connected(&mut conn);
-                    }
-                    Event::ConnectionLost { reason } => {
-                        if !slot.reported_closed {
-                            slot.reported_closed = true;
-                            count_close(&mut self.counters, &reason);
-                            tracing::debug!(%reason, "closed");
-                            self.handler.closed(&mut conn.ctx, slot.id, &reason);
+                        Event::ConnectionLost { reason } => {
+                            if !slot.reported_closed {
+                                slot.reported_closed = true;
+                                count_close(&mut self.counters, &reason);
+                                tracing::debug!(%reason, "closed");
+                                self.handler.closed(&mut conn.ctx, slot.id, &reason);
+                            }
                         }
-                    }
-                    Event::Stream(StreamEvent::Opened { dir }) => {
-                        while let Some(id) = conn.inner.streams().accept(dir) {
-                            self.handler.stream_opened(&mut conn, id);
-                            self.handler.stream_readable(&mut conn, id);
+                        Event::Stream(StreamEvent::Opened { dir }) => {
+                            while let Some(id) = conn.inner.streams().accept(dir) {
+                                self.handler.stream_opened(&mut conn, id);
+                                self.handler.stream_readable(&mut conn, id);
+                            }
                         }
-                    }
-                    Event::Stream(StreamEvent::Readable { id }) => {
-                        self.handler.stream_readable(&mut conn, id)
-                    }
-                    Event::Stream(StreamEvent::Writable { id }) => {
-                        self.handler.stream_writable(&mut conn, id)
-                    }
-                    Event::Stream(StreamEvent::Finished { id }) => {
-                        self.handler.stream_finished(&mut conn, id)
-                    }
-                    Event::Stream(StreamEvent::Stopped { id, error_code }) => {
-                        self.handler.stream_stopped(&mut conn, id, error_code)
-                    }
-                    Event::Stream(StreamEvent::Available { .. }) => {
-                        self.handler.streams_available(&mut conn)
-                    }
-                    Event::DatagramReceived => {
-                        while let Some(d) = conn.inner.datagrams().recv() {
-                            self.handler.datagram(&mut conn, d);
+                        Event::Stream(StreamEvent::Readable { id }) => {
+                            self.handler.stream_readable(&mut conn, id)
                         }
-                    }
-                    Event::HandshakeDataReady | Event::DatagramsUnblocked => {}
+                        Event::Stream(StreamEvent::Writable { id }) => {
+                            self.handler.stream_writable(&mut conn, id)
+                        }
+                        Event::Stream(StreamEvent::Finished { id }) => {
+                            self.handler.stream_finished(&mut conn, id)
+                        }
+                        Event::Stream(StreamEvent::Stopped { id, error_code }) => {
+                            self.handler.stream_stopped(&mut conn, id, error_code)
+                        }
+                        Event::Stream(StreamEvent::Available { .. }) => {
+                            self.handler.streams_available(&mut conn)
+                        }
+                        Event::DatagramReceived => {
+                            while let Some(d) = conn.inner.datagrams().recv() {
+                                self.handler.datagram(&mut conn, d);
+                            }
+                        }
+                        Event::HandshakeDataReady | Event::DatagramsUnblocked => {}
+                    }));
+                if dispatched.is_err() && !self.handler.poisoned {
+                    self.handler.poisoned = true;
+                    panicked = true;
                 }
             }
 
@@ -660,6 +712,9 @@ impl<H: Handler> Worker<H> {
             }
         }
 
+        if panicked {
+            self.after_panic();
+        }
         let Some(Some(slot)) = self.shard.slots.get_mut(h) else {
             return;
         };
@@ -682,8 +737,14 @@ impl<H: Handler> Worker<H> {
                     stop: &mut self.stop_requested,
                     next_serial: &mut self.shard.next_serial,
                 };
-                self.handler
-                    .closed(&mut ctx, slot.id, &ConnectionError::LocallyClosed);
+                let handler = &mut self.handler;
+                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    handler.closed(&mut ctx, slot.id, &ConnectionError::LocallyClosed)
+                }))
+                .is_ok();
+                if !ok {
+                    self.handler_panicked();
+                }
             }
             if !drained {
                 // quinn-proto has not told the endpoint yet; do it so the handle is freed.

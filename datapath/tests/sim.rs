@@ -464,3 +464,79 @@ fn shutdown_during_transfers_reaches_every_client() {
         assert!(e.contains("maintenance"), "client saw {e:?}");
     }
 }
+
+/// An echo server whose callbacks panic for one client (port 6666).
+#[derive(Default)]
+struct Fragile(EchoServer);
+impl xdp_quic::Handler for Fragile {
+    fn stream_readable(&mut self, conn: &mut xdp_quic::Conn<'_>, s: xdp_quic::StreamId) {
+        if conn.remote_address().port() == 6666 {
+            panic!("application bug (deliberate, in a test)");
+        }
+        self.0.stream_readable(conn, s)
+    }
+    fn stream_writable(&mut self, conn: &mut xdp_quic::Conn<'_>, s: xdp_quic::StreamId) {
+        self.0.stream_writable(conn, s)
+    }
+    fn closed(&mut self, ctx: &mut xdp_quic::Ctx<'_>, id: xdp_quic::ConnId, r: &ConnectionError) {
+        self.0.closed(ctx, id, r)
+    }
+}
+
+#[test]
+fn a_panicking_handler_closes_its_workers_connections_and_the_others_go_on() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut server = Node::new(
+        server_builder(2),
+        &net,
+        addr(SERVER),
+        MemSteering::Hash,
+        |_| Fragile::default(),
+    )
+    .unwrap();
+    let mut clients = vec![echo_client(
+        &net,
+        "10.0.10.66:6666",
+        vec![payload(1, 10_000)],
+        vec![],
+    )];
+    for i in 0..10 {
+        let at = format!("10.0.10.{}:{}", i + 1, 7000 + i);
+        clients.push(echo_client(&net, &at, vec![payload(i, 300_000)], vec![]));
+    }
+    run(&net, &mut server, &mut clients);
+
+    let failed: Vec<usize> = (0..2)
+        .filter(|&w| server.workers[w].handler_failed())
+        .collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "exactly the worker of the bad connection failed"
+    );
+    let bad = failed[0];
+    assert_eq!(server.workers[bad].counters().handler_panics, 1);
+    assert_eq!(
+        server.workers[bad].connections(),
+        0,
+        "its connections were closed"
+    );
+    assert_eq!(server.workers[1 - bad].counters().handler_panics, 0);
+    let evil = clients[0].handler(0).error.clone().unwrap_or_default();
+    assert!(evil.contains("code 1"), "{evil}");
+    let mut ok = 0;
+    for c in &clients[1..] {
+        let h = c.handler(0);
+        if h.all_ok() {
+            ok += 1;
+        } else {
+            // Clients of the failed worker are told why.
+            assert!(
+                h.error.as_deref().unwrap_or("").contains("code 1"),
+                "{:?}",
+                h.error
+            );
+        }
+    }
+    assert!(ok > 0, "the other worker went on serving");
+}
