@@ -214,12 +214,13 @@ pub fn markdown(rows: &[Row], ceiling: f64, quick: bool, reps: usize) -> String 
     out
 }
 
+/// One bar of a chart: the server, the median and the spread.
+type Bar = (Kind, f64, f64, f64);
+/// One panel of a chart: title, unit, bars.
+type Panel = (String, String, Vec<Bar>);
+
 /// Grouped bar charts with min–max whiskers, one panel per group.
-fn chart(
-    path: &Path,
-    title: &str,
-    panels: &[(String, String, Vec<(Kind, f64, f64, f64)>)],
-) -> anyhow::Result<()> {
+fn chart(path: &Path, title: &str, panels: &[Panel]) -> anyhow::Result<()> {
     let cols = panels.len().clamp(1, 3);
     let rows_n = panels.len().div_ceil(cols);
     let root =

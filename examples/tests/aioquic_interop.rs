@@ -310,7 +310,7 @@ fn ours_against_aioquic(big: usize, small: usize, retry: bool) {
     let h = hs.pop().unwrap();
     for ((name, body), r) in site.files.iter().zip(&h.results) {
         match r {
-            Some(Fetched::Body(b)) => assert!(&b[..] == &body[..], "{name} differs"),
+            Some(Fetched::Body(b)) => assert!(b[..] == body[..], "{name} differs"),
             other => panic!("{name}: {other:?}"),
         }
     }
