@@ -73,7 +73,7 @@ fn echo_10mb(server_at: &str, client_at: &str, loss: f64, corrupt: f64) {
     let net = MemNetwork::new(Duration::from_millis(10));
     let (s, c) = (server_at.parse().unwrap(), client_at.parse().unwrap());
     let mut srv = server(&net, s);
-    let mut cli = vec![client(&net, c, s, payload(10_000_000, 1))];
+    let mut cli = [client(&net, c, s, payload(10_000_000, 1))];
     let counts = impair(&net, 42, loss, corrupt);
     let mut nodes: Vec<&mut dyn Drive> = vec![&mut srv, &mut cli[0]];
     run_clients(&net, &mut nodes, Duration::from_secs(600)).expect("transfer ends");
@@ -128,7 +128,7 @@ fn a_transfer_survives_a_two_second_black_hole() {
     let net = MemNetwork::new(Duration::from_millis(10));
     let s: SocketAddr = "10.3.0.1:4433".parse().unwrap();
     let mut srv = server(&net, s);
-    let mut cli = vec![client(
+    let mut cli = [client(
         &net,
         "10.3.0.2:5000".parse().unwrap(),
         s,
