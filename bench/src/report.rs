@@ -307,24 +307,23 @@ pub fn write(
     let md = dir.join(format!("{stem}.md"));
     std::fs::write(&md, markdown(rows, ceiling, quick, reps))?;
 
-    let panel =
-        |w: Workload, workers: usize| -> Option<(String, String, Vec<(Kind, f64, f64, f64)>)> {
-            let bars: Vec<_> = ORDER
-                .iter()
-                .filter_map(|&k| {
-                    rows.iter()
-                        .find(|r| r.workload == w.name() && r.server == k && r.workers == workers)
-                })
-                .map(|r| {
-                    let (m, lo, hi) = stats(&r.reps, |m| m.value);
-                    (r.server, m, lo, hi)
-                })
-                .collect();
-            let unit = rows.iter().find(|r| r.workload == w.name())?.reps[0]
-                .unit
-                .to_string();
-            (!bars.is_empty()).then(|| (format!("{}, {} workers", w.name(), workers), unit, bars))
-        };
+    let panel = |w: Workload, workers: usize| -> Option<Panel> {
+        let bars: Vec<_> = ORDER
+            .iter()
+            .filter_map(|&k| {
+                rows.iter()
+                    .find(|r| r.workload == w.name() && r.server == k && r.workers == workers)
+            })
+            .map(|r| {
+                let (m, lo, hi) = stats(&r.reps, |m| m.value);
+                (r.server, m, lo, hi)
+            })
+            .collect();
+        let unit = rows.iter().find(|r| r.workload == w.name())?.reps[0]
+            .unit
+            .to_string();
+        (!bars.is_empty()).then(|| (format!("{}, {} workers", w.name(), workers), unit, bars))
+    };
     let mut out = vec![json, md];
     let throughput = dir.join(format!("{stem}-throughput.svg"));
     let p: Vec<_> = [Workload::BulkDown1, Workload::BulkDown16, Workload::BulkUp1]
