@@ -67,82 +67,43 @@ impl Drop for Netns {
     }
 }
 
-/// Server and client namespaces joined by a veth pair with `queues` queues each way.
-/// Server: 10.99.0.1/24, fd00:99::1/64 on `server_if`; client: .2 / ::2.
+/// Server and client namespaces joined by a veth pair with `queues` queues each way: the
+/// library's testbed (`xdp_quic_control::testbed`), under the names these tests use.
+/// Server: 10.99.0.1/24, fd00:63::1/64 on `server_if`; client: .2 / ::2.
 pub struct Testbed {
-    pub server: Netns,
-    pub client: Netns,
+    pub server: NsName,
+    pub client: NsName,
     pub server_if: String,
     pub client_if: String,
+    _inner: xdp_quic_control::testbed::Testbed,
+}
+
+/// A namespace's name.
+pub struct NsName {
+    pub name: String,
 }
 
 pub const SERVER4: &str = "10.99.0.1";
 pub const CLIENT4: &str = "10.99.0.2";
-pub const SERVER6: &str = "fd00:99::1";
-pub const CLIENT6: &str = "fd00:99::2";
+pub const SERVER6: &str = "fd00:63::1";
+pub const CLIENT6: &str = "fd00:63::2";
 
 impl Testbed {
     pub fn new(queues: u32) -> Self {
-        let server = Netns::new();
-        let client = Netns::new();
-        let server_if = unique("xs");
-        let client_if = unique("xc");
-        let q = queues.to_string();
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &server_if,
-            "netns",
-            &server.name,
-            "numrxqueues",
-            &q,
-            "numtxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &client_if,
-            "netns",
-            &client.name,
-            "numrxqueues",
-            &q,
-            "numtxqueues",
-            &q,
-        ]);
-        for (ns, ifname, a4, a6) in [
-            (&server, &server_if, SERVER4, SERVER6),
-            (&client, &client_if, CLIENT4, CLIENT6),
-        ] {
-            sh(&[
-                "ip",
-                "-n",
-                &ns.name,
-                "addr",
-                "add",
-                &format!("{a4}/24"),
-                "dev",
-                ifname,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &ns.name,
-                "addr",
-                "add",
-                &format!("{a6}/64"),
-                "dev",
-                ifname,
-                "nodad",
-            ]);
-            sh(&["ip", "-n", &ns.name, "link", "set", ifname, "up"]);
-        }
+        let inner = xdp_quic_control::testbed::Testbed::create(&unique("xt"), queues, 99)
+            .expect("creating the testbed");
+        assert_eq!(inner.server_v4.to_string(), SERVER4);
+        assert_eq!(inner.server_v6.to_string(), SERVER6);
         Self {
-            server,
-            client,
-            server_if,
-            client_if,
+            server: NsName {
+                name: inner.server_ns.clone(),
+            },
+            client: NsName {
+                name: inner.client_ns.clone(),
+            },
+            server_if: inner.server_if.clone(),
+            client_if: inner.client_if.clone(),
+            _inner: inner,
         }
     }
 }
