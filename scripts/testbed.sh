@@ -71,6 +71,14 @@ up)
 	for ns in "$srv_ns" "$cli_ns"; do ip -n "$ns" link set lo up; done
 	ip -n "$srv_ns" link set "$srv_if" up
 	ip -n "$cli_ns" link set "$cli_if" up
+	# veth hands locally sent UDP over with a partial checksum (offload); an AF_XDP reader
+	# sees those bytes, so checksums are computed in full on both sides.
+	if command -v ethtool >/dev/null 2>&1; then
+		ip netns exec "$srv_ns" ethtool -K "$srv_if" tx off >/dev/null
+		ip netns exec "$cli_ns" ethtool -K "$cli_if" tx off >/dev/null
+	else
+		echo "testbed.sh: ethtool missing: TX checksum offload stays on (serve AF_XDP with --skip-checksum)" >&2
+	fi
 	trap - ERR
 	echo "server: netns $srv_ns, $srv_if, $srv4 $srv6"
 	echo "client: netns $cli_ns, $cli_if, $cli4 $cli6"
