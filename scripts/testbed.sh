@@ -31,7 +31,10 @@ while [ $# -gt 0 ]; do
 	esac
 done
 case "$queues" in ''|*[!0-9]*) echo "testbed.sh: --queues must be a number" >&2; exit 2 ;; esac
-[ "$queues" -ge 1 ] && [ "$queues" -le 64 ] || { echo "testbed.sh: --queues must be 1..64" >&2; exit 2; }
+if [ "$queues" -lt 1 ] || [ "$queues" -gt 64 ]; then
+	echo "testbed.sh: --queues must be 1..64" >&2
+	exit 2
+fi
 case "$prefix" in ''|*[!a-zA-Z0-9_]*) echo "testbed.sh: --name must be letters, digits, _" >&2; exit 2 ;; esac
 [ "${#prefix}" -le 10 ] || { echo "testbed.sh: --name must be at most 10 characters" >&2; exit 2; }
 
