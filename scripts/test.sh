@@ -3,7 +3,7 @@
 #
 #   1. Debian packages (scripts/setup.sh);
 #   2. the committed XDP object matches its source (ebpf/build.sh --check);
-#   3. formatting;
+#   3. formatting (cargo fmt, shellcheck);
 #   4. every Rust test of the workspace (the XDP, AF_XDP and netns tests need root: with CI
 #      set, a missing privilege fails them instead of skipping);
 #   5. the NIC tuning scripts' tests (shellcheck, fake NIC, veth);
@@ -13,6 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup.sh
 ebpf/build.sh --check
+shellcheck scripts/*.sh scripts/lib/*.sh scripts/tests/*.sh .ci/run ebpf/build.sh
 cargo fmt --all --check
 cargo test --workspace --all-targets
 bash scripts/tests/nic_scripts_test.sh
