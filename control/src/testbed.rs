@@ -142,6 +142,30 @@ impl Testbed {
         in_netns(&self.client_ns, f)
     }
 
+    /// Attaches the XDP program to the server's interface for `setup.listen`'s port (any
+    /// address) in `mode`, and starts `builder` over AF_XDP per `setup`, both inside the
+    /// server namespace. Keep the returned attachment (its counters) until the engine is shut
+    /// down: dropping it detaches the program.
+    pub fn serve_xdp<H: xdp_quic::Handler>(
+        &self,
+        builder: xdp_quic::EngineBuilder,
+        setup: &xdp_quic::XdpSetup,
+        mode: crate::xdp::AttachMode,
+        factory: impl FnMut(usize) -> H + Send,
+    ) -> anyhow::Result<(xdp_quic::Engine<H>, crate::xdp::EmbeddedAttachment)> {
+        use crate::xdp::socket_map::ServerSteering;
+        let service = crate::xdp::ServiceConfig {
+            ports: [setup.listen.port()].into(),
+            addrs: Default::default(),
+        };
+        self.in_server(|| {
+            let attachment = crate::xdp::attach_embedded(&setup.iface, &service, mode)?;
+            let steering = ServerSteering::with_registry(attachment.xsks()?, "testbed");
+            let engine = builder.start_xdp(setup, Box::new(steering), factory)?;
+            Ok((engine, attachment))
+        })?
+    }
+
     /// Installs a Ctrl-C handler that removes every testbed of this process, then exits 130.
     pub fn remove_all_on_signal() -> anyhow::Result<()> {
         ctrlc::set_handler(|| {

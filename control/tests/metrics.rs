@@ -170,32 +170,18 @@ fn af_xdp_packets_are_accounted_for_from_the_program_to_the_workers() {
         return;
     }
     use xdp_quic_control::testbed::Testbed;
-    use xdp_quic_control::xdp::{self, socket_map::ServerSteering, AttachMode, ServiceConfig};
+    use xdp_quic_control::xdp::AttachMode;
     let tb = Testbed::create(&format!("xk{}", std::process::id() % 100_000), 2, 217).unwrap();
-    let service = ServiceConfig {
-        ports: [4433].into(),
-        addrs: Default::default(),
-    };
-    let attachment = tb
-        .in_server(|| xdp::attach_embedded(&tb.server_if, &service, AttachMode::Native))
-        .unwrap()
-        .unwrap();
     let id = tls::Identity::self_signed(&["localhost"]).unwrap();
     let cert = id.chain.clone();
     let builder = EngineBuilder::default()
         .server(tls::server_config(id, &[echo::ALPN]).unwrap())
         .drain_timeout(Duration::from_millis(300));
     let setup = xdp_quic::XdpSetup::new(&tb.server_if, "[::]:4433".parse().unwrap(), vec![0, 1]);
-    let registry = attachment.xsks().unwrap();
-    let engine = tb
-        .in_server(|| {
-            builder.start_xdp(
-                &setup,
-                Box::new(ServerSteering::with_registry(registry, "test")),
-                |_| EchoServer::default(),
-            )
+    let (engine, attachment) = tb
+        .serve_xdp(builder, &setup, AttachMode::Native, |_| {
+            EchoServer::default()
         })
-        .unwrap()
         .unwrap();
     let mut reg = Registry::default();
     reg.register_collector(Box::new(EngineCollector::new(

@@ -11,8 +11,7 @@ use std::time::Duration;
 use rand::{RngCore, SeedableRng};
 use xdp_quic::{tls, Engine, EngineBuilder, TransportConfig, VarInt, XdpSetup};
 use xdp_quic_control::testbed::Testbed;
-use xdp_quic_control::xdp::socket_map::ServerSteering;
-use xdp_quic_control::xdp::{self as xdp, AttachMode, EmbeddedAttachment, ServiceConfig};
+use xdp_quic_control::xdp::{AttachMode, EmbeddedAttachment};
 use xdp_quic_examples::echo::{self, EchoServer};
 
 const PORT: u16 = 4433;
@@ -51,14 +50,6 @@ struct Rig {
 impl Rig {
     fn new(queues: u32, serve: &[u32], mode: AttachMode, tune: impl FnOnce(&mut XdpSetup)) -> Rig {
         let tb = Testbed::create(&unique_name(), queues, 214).expect("testbed");
-        let service = ServiceConfig {
-            ports: [PORT].into(),
-            addrs: Default::default(),
-        };
-        let attachment = tb
-            .in_server(|| xdp::attach_embedded(&tb.server_if, &service, mode))
-            .unwrap()
-            .expect("attach");
         let id = tls::Identity::self_signed(&["localhost"]).unwrap();
         let cert = id.chain.clone();
         let mut t = TransportConfig::default();
@@ -74,17 +65,9 @@ impl Rig {
             serve.to_vec(),
         );
         tune(&mut setup);
-        let registry = attachment.xsks().unwrap();
-        let engine = tb
-            .in_server(|| {
-                builder.start_xdp(
-                    &setup,
-                    Box::new(ServerSteering::with_registry(registry, "test")),
-                    |_| EchoServer::default(),
-                )
-            })
-            .unwrap()
-            .expect("start over AF_XDP");
+        let (engine, attachment) = tb
+            .serve_xdp(builder, &setup, mode, |_| EchoServer::default())
+            .expect("serve over AF_XDP");
         Rig {
             engine: Some(engine),
             attachment: Some(attachment),

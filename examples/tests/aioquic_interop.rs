@@ -349,7 +349,6 @@ fn aioquic_client_against_our_server_over_af_xdp() {
         return;
     }
     use xdp_quic_control::testbed::Testbed;
-    use xdp_quic_control::xdp::socket_map::ServerSteering;
     let tb = Testbed::create(&format!("xa{}", std::process::id() % 100_000), 2, 220).unwrap();
     for case in ["handshake", "transfer", "multiplexing", "rebind-port"] {
         let site = match case {
@@ -363,18 +362,13 @@ fn aioquic_client_against_our_server_over_af_xdp() {
         let setup =
             xdp_quic::XdpSetup::new(&tb.server_if, "[::]:4433".parse().unwrap(), vec![0, 1]);
         let www = site.www();
-        let engine = tb
-            .in_server(|| {
-                let steering = ServerSteering::for_server(
-                    &tb.server_if,
-                    setup.listen,
-                    xdp_quic_control::xdp::AttachMode::Native,
-                )?;
-                Ok::<_, anyhow::Error>(b.start_xdp(&setup, Box::new(steering), move |_| {
-                    HqServer::new(&www).unwrap()
-                })?)
-            })
-            .unwrap()
+        let (engine, _attachment) = tb
+            .serve_xdp(
+                b,
+                &setup,
+                xdp_quic_control::xdp::AttachMode::Native,
+                move |_| HqServer::new(&www).unwrap(),
+            )
             .unwrap();
         let addr = SocketAddr::new(tb.server_v4.into(), 4433);
         aioquic_client(&site, addr, case, Some(&tb.client_ns));

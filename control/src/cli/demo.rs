@@ -20,7 +20,6 @@ use super::args::{self, App};
 use super::client::{perf, report_json, PerfArgs};
 use super::serve::{summary, transport, xsk_summary};
 use crate::testbed::Testbed;
-use crate::xdp::socket_map::ServerSteering;
 
 /// Which demo to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -225,24 +224,13 @@ fn testbed_runs(a: &DemoArgs) -> anyhow::Result<Vec<Run>> {
     {
         let identity = tls::Identity::self_signed(&["localhost"])?;
         let cert = identity.chain.clone();
-        let service = crate::xdp::ServiceConfig {
-            ports: [port].into(),
-            addrs: Default::default(),
-        };
-        let attachment = tb.in_server(|| {
-            crate::xdp::attach_embedded(&tb.server_if, &service, crate::xdp::AttachMode::Auto)
-        })??;
-        let mode = attachment.mode().name();
-        let registry = attachment.xsks()?;
         let setup = XdpSetup::new(&tb.server_if, listen, queues.clone());
         let builder = server_builder(identity, queues.len())?;
-        let server = tb.in_server(|| {
-            builder.start_xdp(
-                &setup,
-                Box::new(ServerSteering::with_registry(registry, "demo")),
-                |_| PerfServer::default(),
-            )
-        })??;
+        let (server, attachment) =
+            tb.serve_xdp(builder, &setup, crate::xdp::AttachMode::Auto, |_| {
+                PerfServer::default()
+            })?;
+        let mode = attachment.mode().name();
         let zc = server.xsk_queues().iter().all(|q| q.zero_copy);
         let label = format!(
             "AF_XDP, {} XDP, {} mode, {} queues",

@@ -300,22 +300,10 @@ impl Backend for UdpBackend {
         want_write: bool,
         waker: &Waker,
     ) -> io::Result<()> {
-        let mut events = libc::POLLIN;
-        if want_write {
-            events |= libc::POLLOUT;
-        }
         poll_fds(
             &mut [
-                libc::pollfd {
-                    fd: self.socket.as_fd().as_raw_fd(),
-                    events,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: waker.fd().as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+                pollfd(self.socket.as_fd().as_raw_fd(), want_write),
+                pollfd(waker.fd().as_raw_fd(), false),
             ],
             deadline,
         )
@@ -323,6 +311,20 @@ impl Backend for UdpBackend {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
+    }
+}
+
+/// A `pollfd` waiting for `fd` to be readable, and writable too when `want_write`.
+pub(crate) fn pollfd(fd: std::os::fd::RawFd, want_write: bool) -> libc::pollfd {
+    let events = if want_write {
+        libc::POLLIN | libc::POLLOUT
+    } else {
+        libc::POLLIN
+    };
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
     }
 }
 

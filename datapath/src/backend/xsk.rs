@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::udp::{poll_fds, pollfd};
 use super::{Backend, RxBatch, SendError, Transmit};
 use crate::packet::frame::{self, ParseError, L2};
 use crate::waker::Waker;
@@ -467,26 +468,11 @@ impl Backend for XskBackend {
         }
         self.check_canary();
         self.publish();
-        let mut events = libc::POLLIN;
-        if want_write {
-            events |= libc::POLLOUT;
-        }
+        // A negative fd (no canary) is ignored by poll.
         let mut fds = [
-            libc::pollfd {
-                fd: self.sock.fd().as_raw_fd(),
-                events,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: waker.fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.canary.as_ref().map_or(-1, |c| c.as_raw_fd()),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            pollfd(self.sock.fd().as_raw_fd(), want_write),
+            pollfd(waker.fd().as_raw_fd(), false),
+            pollfd(self.canary.as_ref().map_or(-1, |c| c.as_raw_fd()), false),
         ];
         // In flight transmits complete without waking us: come back soon to reap them.
         let deadline = if self.in_tx > 0 {
@@ -495,7 +481,7 @@ impl Backend for XskBackend {
         } else {
             deadline
         };
-        super::udp::poll_fds(&mut fds, deadline)
+        poll_fds(&mut fds, deadline)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
