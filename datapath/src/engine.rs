@@ -26,15 +26,32 @@ use crate::waker::Waker;
 use crate::worker::{Poll, Worker, WorkerParts};
 
 /// When a server makes clients prove their address with a Retry round trip first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// A client whose address is not validated costs the server a connection's state until the
+/// handshake completes or times out, and may be spoofed: a flood of Initials from forged
+/// addresses would otherwise fill memory. Under Retry the server keeps no state until the
+/// client echoes the token, which a spoofer cannot receive. Either way quinn-proto holds
+/// every unvalidated path to the 3x anti-amplification limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryPolicy {
-    /// Never (one round trip less; the 3x anti-amplification limit still holds).
-    #[default]
+    /// Never (one round trip less; pending handshakes are then unbounded).
     Never,
     /// Always.
     Always,
-    /// When at least this many handshakes are pending on the worker (a flood defence).
+    /// When at least this many handshakes are pending on the worker: the flood defence, and
+    /// the default ([`RetryPolicy::DEFAULT_PENDING_HANDSHAKES`]).
     AbovePendingHandshakes(usize),
+}
+
+impl RetryPolicy {
+    /// Pending handshakes per worker above which the default policy asks for a Retry.
+    pub const DEFAULT_PENDING_HANDSHAKES: usize = 256;
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy::AbovePendingHandshakes(Self::DEFAULT_PENDING_HANDSHAKES)
+    }
 }
 
 /// Work for a worker, run between two turns.
@@ -91,6 +108,7 @@ pub struct EngineBuilder {
     drain_timeout: Duration,
     rx_batch: usize,
     reset_key: Option<[u8; 64]>,
+    min_reset_interval: Duration,
 }
 
 impl Default for EngineBuilder {
@@ -103,12 +121,13 @@ impl Default for EngineBuilder {
             server: None,
             client: None,
             transport: None,
-            retry: RetryPolicy::Never,
+            retry: RetryPolicy::default(),
             cpus: None,
             handover_capacity: 4096,
             drain_timeout: Duration::from_secs(3),
             rx_batch: 64,
             reset_key: None,
+            min_reset_interval: Duration::from_millis(20),
         }
     }
 }
@@ -144,7 +163,8 @@ impl EngineBuilder {
         self
     }
 
-    /// When to require a Retry round trip. Default [`RetryPolicy::Never`].
+    /// When to require a Retry round trip. Default: above
+    /// [`RetryPolicy::DEFAULT_PENDING_HANDSHAKES`] pending handshakes per worker.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
@@ -173,6 +193,15 @@ impl EngineBuilder {
     /// How long shutdown waits for connections to drain (default 3 s).
     pub fn drain_timeout(mut self, d: Duration) -> Self {
         self.drain_timeout = d;
+        self
+    }
+
+    /// The shortest time between two stateless resets one worker sends (default 20 ms, so at
+    /// most 50 per second per worker). Datagrams with unknown CIDs beyond that rate are
+    /// dropped before any reset token is computed: a flood of them costs a header parse and
+    /// a hash lookup each, and cannot turn the server into a reflector.
+    pub fn min_reset_interval(mut self, d: Duration) -> Self {
+        self.min_reset_interval = d;
         self
     }
 
@@ -255,6 +284,7 @@ impl EngineBuilder {
         let mut workers = Vec::with_capacity(n);
         for (index, (handovers, commands)) in handover_rx.into_iter().zip(command_rx).enumerate() {
             let mut config = EndpointConfig::new(reset_key.clone());
+            config.min_reset_interval(self.min_reset_interval);
             let l = layout.clone();
             config.cid_generator(move || Box::new(ShardCidGenerator::new(l.clone(), index)));
             let endpoint = quinn_proto::Endpoint::new(Arc::new(config), server.clone(), true, None);

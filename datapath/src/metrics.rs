@@ -107,6 +107,9 @@ counters! {
     version_negotiations,
     /// Connections alive on this worker (a gauge).
     conns_active,
+    /// Connections alive whose handshake is not complete (a gauge; above the Retry threshold
+    /// new clients must validate their address).
+    conns_handshaking,
     /// Connections that ended by idle timeout.
     closed_timed_out,
     /// Connections the peer closed (application or transport close).

@@ -286,6 +286,7 @@ impl<H: Handler> Worker<H> {
         }
         io.flush()?;
         self.counters.conns_active = self.shard.active as u64;
+        self.counters.conns_handshaking = self.shard.handshaking as u64;
         self.metrics.publish(&self.counters);
         self.metrics.publish_histograms(&self.histograms);
 

@@ -81,8 +81,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
     /// Require a Retry round trip (address validation) from every client.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "retry_above")]
     pub retry: bool,
+    /// Require a Retry round trip from new clients while at least N handshakes are pending
+    /// on a worker (the defence against floods of spoofed Initials). 0: never ask.
+    #[arg(long, value_name = "N", default_value_t = RetryPolicy::DEFAULT_PENDING_HANDSHAKES)]
+    pub retry_above: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics (default 127.0.0.1:9464 when the flag
     /// has no value). Keep it on loopback unless a firewall guards it.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
@@ -112,9 +116,13 @@ pub fn builder(a: &ServeArgs) -> anyhow::Result<EngineBuilder> {
         .workers(a.workers)
         .server(server)
         .transport(transport());
-    if a.retry {
-        b = b.retry(RetryPolicy::Always);
-    }
+    b = b.retry(if a.retry {
+        RetryPolicy::Always
+    } else if a.retry_above == 0 {
+        RetryPolicy::Never
+    } else {
+        RetryPolicy::AbovePendingHandshakes(a.retry_above)
+    });
     if let Some(cpus) = &a.cpus {
         b = b.pin_cpus(cpus.clone());
     }
