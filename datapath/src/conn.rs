@@ -120,6 +120,40 @@ impl Ctx<'_> {
         Ok(ConnId::new(self.worker, ch, serial))
     }
 
+    /// Like [`Ctx::connect`], then runs `early` on the new connection before its first packet
+    /// is sent. What `early` writes can go out as 0-RTT: when the client configuration holds
+    /// a session from an earlier connection to this server that allows early data,
+    /// [`Conn::has_0rtt`] is true and streams open at once (within the limits the server
+    /// gave that session); otherwise [`Conn::open_bi`] returns `None` until the handshake
+    /// completes. After `connected`, [`Conn::accepted_0rtt`] tells whether the server took
+    /// the 0-RTT data (if not, quinn-proto sends it again in 1-RTT packets).
+    pub fn connect_with_early_data(
+        &mut self,
+        remote: SocketAddr,
+        server_name: &str,
+        early: impl FnOnce(&mut Conn<'_>),
+    ) -> Result<ConnId, ConnectError> {
+        let id = self.connect(remote, server_name)?;
+        let (ch, mut inner, serial, gate) = self.born.pop().expect("connect pushed it");
+        let mut conn = Conn {
+            inner: &mut inner,
+            id,
+            gate: &gate,
+            ctx: Ctx {
+                worker: self.worker,
+                now: self.now,
+                endpoint: &mut *self.endpoint,
+                client: self.client,
+                born: &mut *self.born,
+                stop: &mut *self.stop,
+                next_serial: &mut *self.next_serial,
+            },
+        };
+        early(&mut conn);
+        self.born.push((ch, inner, serial, gate));
+        Ok(id)
+    }
+
     /// Stops this worker: every connection is closed with code 0, drained, and the worker
     /// thread ends (see [`crate::Engine::join`]).
     pub fn stop_worker(&mut self) {
@@ -286,5 +320,30 @@ impl<'a> Conn<'a> {
     /// Current round-trip time estimate.
     pub fn rtt(&self) -> std::time::Duration {
         self.inner.rtt()
+    }
+
+    /// Whether the handshake is still going on (false once established, or closed).
+    pub fn is_handshaking(&self) -> bool {
+        self.inner.is_handshaking()
+    }
+
+    /// Client: 0-RTT keys were available (a resumed session allowing early data), so what
+    /// was written before the handshake completed went out as 0-RTT. Server: the client's
+    /// 0-RTT data was accepted.
+    pub fn has_0rtt(&self) -> bool {
+        self.inner.has_0rtt()
+    }
+
+    /// Client: whether the server accepted our 0-RTT data. Meaningful once connected.
+    pub fn accepted_0rtt(&self) -> bool {
+        self.inner.accepted_0rtt()
+    }
+
+    /// Starts a 1-RTT key update now (RFC 9001, section 6), e.g. to test that the peer
+    /// follows. Ignored while the handshake is not confirmed or a previous update is still
+    /// in progress. (quinn-proto also updates keys by itself: once early in every
+    /// connection, after 10 to 1,000 packets, and before the AEAD confidentiality limit.)
+    pub fn force_key_update(&mut self) {
+        self.inner.force_key_update()
     }
 }

@@ -244,6 +244,7 @@ impl<H: Handler> Worker<H> {
             match self.handovers.try_recv() {
                 Ok(d) => {
                     self.counters.handover_in += 1;
+                    io.adopt(&d);
                     self.feed_endpoint(io, d);
                 }
                 Err(_) => break,

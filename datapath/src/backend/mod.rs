@@ -78,4 +78,13 @@ pub trait Backend {
 
     /// The local address datagrams are received on.
     fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// Takes what replying to `datagram`'s sender needs from a datagram another worker's
+    /// backend received (a hand-over). The worker calls it before the datagram reaches the
+    /// endpoint. Kernel sockets need nothing; AF_XDP learns the sender's link layer
+    /// ([`Datagram::link`]), else the owner of a connection could not answer a peer whose
+    /// frames arrive on another queue (after a NAT rebinding, or a forged CID).
+    fn adopt(&mut self, datagram: &Datagram) {
+        let _ = datagram;
+    }
 }

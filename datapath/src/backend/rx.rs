@@ -10,6 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::BytesMut;
 use quinn_proto::EcnCodepoint;
 
+use crate::packet::frame::L2;
+
 /// Octets reserved at a time for received datagrams.
 pub const POOL_CHUNK: usize = 256 * 1024;
 
@@ -21,6 +23,11 @@ pub struct Datagram {
     pub local_ip: Option<IpAddr>,
     pub ecn: Option<EcnCodepoint>,
     pub data: BytesMut,
+    /// The link layer a reply to `remote` takes (our MAC and the peer's swapped, its VLAN
+    /// tag), where the backend builds frames itself (AF_XDP); `None` over kernel sockets.
+    /// Travels with a hand-over so the owner worker can answer a peer whose frames reached
+    /// another queue ([`crate::Backend::adopt`]).
+    pub link: Option<L2>,
 }
 
 /// A reusable batch of received datagrams.
@@ -69,6 +76,18 @@ impl RxBatch {
         ecn: Option<EcnCodepoint>,
         payload: &[u8],
     ) {
+        self.push_linked(remote, local_ip, ecn, None, payload)
+    }
+
+    /// [`RxBatch::push`] with the reply link layer of a backend that builds frames.
+    pub fn push_linked(
+        &mut self,
+        remote: SocketAddr,
+        local_ip: Option<IpAddr>,
+        ecn: Option<EcnCodepoint>,
+        link: Option<L2>,
+        payload: &[u8],
+    ) {
         debug_assert!(!self.is_full());
         if self.pool.capacity() < payload.len() {
             self.pool.reserve(POOL_CHUNK.max(payload.len()));
@@ -80,6 +99,7 @@ impl RxBatch {
             local_ip,
             ecn,
             data,
+            link,
         });
     }
 

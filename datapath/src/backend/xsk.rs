@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::udp::{poll_fds, pollfd};
-use super::{Backend, RxBatch, SendError, Transmit};
+use super::{Backend, Datagram, RxBatch, SendError, Transmit};
 use crate::packet::frame::{self, ParseError, L2};
 use crate::waker::Waker;
 use crate::xsk::socket::{XskConfig, XskSocket, XskStats};
@@ -332,13 +332,13 @@ impl Backend for XskBackend {
                     }
                     Ok(f) => {
                         let ecn = quinn_proto::EcnCodepoint::from_bits(f.ecn);
-                        batch.push(f.src, Some(f.dst.ip()), ecn, f.payload);
-                        added += 1;
                         let reply = L2 {
                             src_mac: f.l2.dst_mac,
                             dst_mac: f.l2.src_mac,
                             vlan: f.l2.vlan,
                         };
+                        batch.push_linked(f.src, Some(f.dst.ip()), ecn, Some(reply), f.payload);
+                        added += 1;
                         Some((
                             f.src.ip(),
                             Route {
@@ -367,6 +367,12 @@ impl Backend for XskBackend {
             self.refill();
         }
         Ok(added)
+    }
+
+    fn adopt(&mut self, d: &Datagram) {
+        if let (Some(l2), Some(local_ip)) = (d.link, d.local_ip) {
+            self.learn(frame::unmap(d.remote).ip(), Route { l2, local_ip });
+        }
     }
 
     fn send(&mut self, t: &Transmit<'_>) -> Result<(), SendError> {
