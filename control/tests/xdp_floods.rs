@@ -411,7 +411,7 @@ async fn legit_echo(
     send.finish().unwrap();
     let back = recv.read_to_end(usize::MAX).await.unwrap();
     assert!(back == data, "client {seed}: echoed intact");
-    conn.close(VarInt::from_u32(0).into(), b"done");
+    conn.close(VarInt::from_u32(0), b"done");
     ep.wait_idle().await;
 }
 

@@ -269,7 +269,7 @@ fn unknown_cid_flood_gets_only_rate_limited_resets() {
         while sent < due.min(FLOOD) {
             rng.fill_bytes(&mut packet);
             packet[0] = 0x40 | (packet[0] & 0x3f); // short header, fixed bit set
-            if sent % 2 == 0 {
+            if sent.is_multiple_of(2) {
                 let worker = (sent as usize / 2) % WORKERS;
                 layout.write(worker, &mut rng, &mut packet[1..1 + layout.len()]);
             }

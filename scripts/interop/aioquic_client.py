@@ -10,17 +10,23 @@ Fetches PATHS from HOST:PORT and writes each into OUT; exits 0 when every file a
   resumption                         two connections; the second resumes the first's session
   zerortt                            two connections; the second sends its requests in 0-RTT
   rebind-port                        moves to a new UDP port after the first file
-Prints one line of facts (e.g. "resumed=True") for the test to check.
+  rebind-addr                        moves to a socket bound to --rebind-ip (default
+                                     127.0.0.2), a new local address, after the first file
+  v2                                 offers QUIC v2 (0x6b3343cf) first, then v1: a server
+                                     without v2 answers with Version Negotiation
+Prints one line of facts (e.g. "resumed=True", "version=0x1") for the test to check.
 """
 import argparse
 import asyncio
 import os
+import socket
 import ssl
 
 from aioquic.asyncio import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import StreamDataReceived, StreamReset
+from aioquic.quic.packet import QuicProtocolVersion
 from aioquic.tls import CipherSuite
 
 
@@ -55,6 +61,8 @@ def configuration(args, ticket=None):
     c.server_name = "localhost"
     if args.case == "chacha20":
         c.cipher_suites = [CipherSuite.CHACHA20_POLY1305_SHA256]
+    if args.case == "v2":
+        c.supported_versions = [QuicProtocolVersion.VERSION_2, QuicProtocolVersion.VERSION_1]
     if ticket is not None:
         c.session_ticket = ticket
     return c
@@ -69,11 +77,22 @@ async def fetch(client, paths, out):
             f.write(body)
 
 
-async def rebind(client, loop):
+async def rebind(client, loop, ip=None):
+    """Moves the connection to a new socket: a new port, and with `ip` a new local address.
+
+    aioquic's sockets are dual-stack IPv6 ones that reach IPv4 peers at IPv4-mapped
+    addresses, so an IPv4 `ip` is bound as ::ffff:a.b.c.d."""
     old = client._transport
-    transport, _ = await loop.create_datagram_endpoint(lambda: client, local_addr=("::", 0))
+    host = "::"
+    if ip is not None:
+        host = ip if ":" in ip else "::ffff:" + ip
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind((host, 0, 0, 0))
+    transport, _ = await loop.create_datagram_endpoint(lambda: client, sock=sock)
     client._transport = transport
     old.close()
+    return sock.getsockname()[0]
 
 
 async def main():
@@ -82,6 +101,7 @@ async def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--case", default="transfer")
     p.add_argument("--out", required=True)
+    p.add_argument("--rebind-ip", default="127.0.0.2")
     p.add_argument("paths", nargs="+")
     args = p.parse_args()
     loop = asyncio.get_running_loop()
@@ -107,6 +127,18 @@ async def main():
             await rebind(client, loop)
             await fetch(client, args.paths[1:], args.out)
             facts["rebound"] = True
+        elif args.case == "rebind-addr":
+            await fetch(client, args.paths[:1], args.out)
+            before = client._transport.get_extra_info("sockname")[0]
+            after = await rebind(client, loop, args.rebind_ip)
+            await fetch(client, args.paths[1:], args.out)
+            facts["rebound"] = True
+            facts["from"] = before
+            facts["to"] = after
+        elif args.case == "v2":
+            await fetch(client, args.paths, args.out)
+            facts["version"] = hex(client._quic._version)
+            facts["after_vn"] = client._quic._version_negotiated_incompatible
         elif args.case in ("resumption", "zerortt"):
             await fetch(client, args.paths[:1], args.out)
             await asyncio.sleep(0.1)  # let the session ticket arrive

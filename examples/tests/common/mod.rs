@@ -148,18 +148,114 @@ fn ring() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A quinn client configuration trusting only `cert`, offering `alpn`.
 pub fn quinn_client_config(cert: CertificateDer<'static>, alpn: &[u8]) -> quinn::ClientConfig {
+    quinn_client_config_with(cert, alpn, ClientTls::default()).0
+}
+
+/// Variations of a test client's TLS configuration (quinn's, or ours built outside
+/// `xdp_quic::tls`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientTls {
+    /// Offer only TLS_CHACHA20_POLY1305_SHA256 (Initial packets still use AES-128-GCM, as
+    /// QUIC v1 requires).
+    pub chacha20_only: bool,
+    /// Send 0-RTT data when a resumed session allows it.
+    pub early_data: bool,
+}
+
+/// The ring provider, with only ChaCha20-Poly1305 if `chacha20_only`.
+fn provider_for(t: ClientTls) -> Arc<rustls::crypto::CryptoProvider> {
+    let mut p = rustls::crypto::ring::default_provider();
+    if t.chacha20_only {
+        p.cipher_suites = vec![rustls::crypto::ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256];
+    }
+    Arc::new(p)
+}
+
+/// Checks the server's certificate against one root, counting the full checks: a resumed
+/// TLS 1.3 handshake has no Certificate message, so fewer checks than handshakes means
+/// resumptions.
+#[derive(Debug)]
+pub struct CountingVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    /// Certificates checked (full handshakes).
+    pub checked: AtomicU64,
+}
+
+impl rustls::client::danger::ServerCertVerifier for CountingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.checked.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A client configuration (quinn's type, which is also quinn-proto's and so what our
+/// `EngineBuilder::client` takes) trusting only `cert`, offering `alpn`, varied by `t`;
+/// with the verifier that counts full handshakes. Sessions are kept in the configuration:
+/// connections made with clones of it resume each other's.
+pub fn quinn_client_config_with(
+    cert: CertificateDer<'static>,
+    alpn: &[u8],
+    t: ClientTls,
+) -> (quinn::ClientConfig, Arc<CountingVerifier>) {
+    let provider = provider_for(t);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(ring())
+    let verifier = Arc::new(CountingVerifier {
+        inner: rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap(),
+        checked: AtomicU64::new(0),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
         .with_no_client_auth();
     tls.alpn_protocols = vec![alpn.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    tls.enable_early_data = t.early_data;
+    let initial = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .and_then(|s| s.quic_suite())
+        .expect("AES-128-GCM has a QUIC suite");
+    let quic = quinn::crypto::rustls::QuicClientConfig::with_initial(Arc::new(tls), initial)
+        .unwrap();
     let mut c = quinn::ClientConfig::new(Arc::new(quic));
     c.transport_config(Arc::new(quinn_transport()));
-    c
+    (c, verifier)
 }
 
 /// A quinn client endpoint on a fresh loopback port.
@@ -244,7 +340,40 @@ pub struct QuinnServer {
     pub datagrams: Arc<AtomicU64>,
     /// Most streams being served at once.
     pub peak_streams: Arc<AtomicU64>,
+    /// Sessions the TLS server found for a client's ticket: resumed handshakes.
+    pub resumed: Arc<AtomicU64>,
     live_streams: Arc<AtomicU64>,
+}
+
+/// The TLS server's session store, counting the sessions it hands back for resumption.
+#[derive(Debug)]
+struct CountingSessions {
+    inner: Arc<dyn rustls::server::StoresServerSessions>,
+    found: Arc<AtomicU64>,
+}
+
+impl CountingSessions {
+    fn count(&self, v: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        if v.is_some() {
+            self.found.fetch_add(1, Ordering::Relaxed);
+        }
+        v
+    }
+}
+
+impl rustls::server::StoresServerSessions for CountingSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.inner.put(key, value)
+    }
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.count(self.inner.get(key))
+    }
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.count(self.inner.take(key))
+    }
+    fn can_cache(&self) -> bool {
+        self.inner.can_cache()
+    }
 }
 
 /// What a quinn server does with each accepted bidirectional stream.
@@ -260,6 +389,12 @@ impl QuinnServer {
     /// Starts a quinn server on a fresh loopback port; with `retry`, every client must first
     /// prove its address with a Retry round trip.
     pub fn start(service: Service, retry: bool) -> Self {
+        Self::start_with(service, retry, false)
+    }
+
+    /// [`QuinnServer::start`]; with `zero_rtt`, the session tickets it issues allow 0-RTT
+    /// data and it accepts it.
+    pub fn start_with(service: Service, retry: bool, zero_rtt: bool) -> Self {
         let (id, cert) = identity();
         let key: PrivateKeyDer<'static> = id.key;
         let mut tls = rustls::ServerConfig::builder_with_provider(ring())
@@ -268,6 +403,14 @@ impl QuinnServer {
             .with_no_client_auth()
             .with_single_cert(id.chain, key)
             .unwrap();
+        let resumed = Arc::new(AtomicU64::new(0));
+        tls.session_storage = Arc::new(CountingSessions {
+            inner: tls.session_storage.clone(),
+            found: resumed.clone(),
+        });
+        if zero_rtt {
+            tls.max_early_data_size = u32::MAX;
+        }
         tls.alpn_protocols = vec![match service {
             Service::Echo => b"echo".to_vec(),
             Service::Perf => b"perf".to_vec(),
@@ -287,6 +430,7 @@ impl QuinnServer {
             streams: Default::default(),
             datagrams: Default::default(),
             peak_streams: Default::default(),
+            resumed,
             live_streams: Default::default(),
         };
         let ep = s.endpoint.clone();
@@ -422,4 +566,302 @@ pub async fn quinn_perf_request(
     writer.await??;
     anyhow::ensure!(got == download, "got {got} octets, asked for {download}");
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test handlers on our engines
+// ---------------------------------------------------------------------------------------------
+
+/// Wraps a handler of our server and records what its peers looked like to it.
+pub struct Observed<H> {
+    pub inner: H,
+    /// Every remote address the server heard a connection from (at handshake, stream and
+    /// datagram callbacks): a migrated client shows up with its old and new addresses.
+    pub remotes: std::collections::BTreeSet<SocketAddr>,
+    /// One entry per completed handshake: whether the client's 0-RTT data was accepted.
+    pub zero_rtt: Vec<bool>,
+}
+
+impl<H> Observed<H> {
+    pub fn new(inner: H) -> Self {
+        Self {
+            inner,
+            remotes: Default::default(),
+            zero_rtt: Vec::new(),
+        }
+    }
+
+    /// The distinct remote IP addresses seen.
+    pub fn remote_ips(&self) -> std::collections::BTreeSet<std::net::IpAddr> {
+        self.remotes.iter().map(|a| a.ip()).collect()
+    }
+}
+
+impl<H: Handler> Handler for Observed<H> {
+    fn connected(&mut self, conn: &mut xdp_quic::Conn<'_>) {
+        self.remotes.insert(conn.remote_address());
+        self.zero_rtt.push(conn.has_0rtt());
+        self.inner.connected(conn)
+    }
+    fn stream_opened(&mut self, conn: &mut xdp_quic::Conn<'_>, s: xdp_quic::StreamId) {
+        self.inner.stream_opened(conn, s)
+    }
+    fn stream_readable(&mut self, conn: &mut xdp_quic::Conn<'_>, s: xdp_quic::StreamId) {
+        self.remotes.insert(conn.remote_address());
+        self.inner.stream_readable(conn, s)
+    }
+    fn stream_writable(&mut self, conn: &mut xdp_quic::Conn<'_>, s: xdp_quic::StreamId) {
+        self.inner.stream_writable(conn, s)
+    }
+    fn stream_finished(&mut self, conn: &mut xdp_quic::Conn<'_>, s: xdp_quic::StreamId) {
+        self.inner.stream_finished(conn, s)
+    }
+    fn stream_stopped(
+        &mut self,
+        conn: &mut xdp_quic::Conn<'_>,
+        s: xdp_quic::StreamId,
+        code: VarInt,
+    ) {
+        self.inner.stream_stopped(conn, s, code)
+    }
+    fn streams_available(&mut self, conn: &mut xdp_quic::Conn<'_>) {
+        self.inner.streams_available(conn)
+    }
+    fn datagram(&mut self, conn: &mut xdp_quic::Conn<'_>, data: Bytes) {
+        self.remotes.insert(conn.remote_address());
+        self.inner.datagram(conn, data)
+    }
+    fn closed(
+        &mut self,
+        ctx: &mut xdp_quic::Ctx<'_>,
+        conn: xdp_quic::ConnId,
+        reason: &xdp_quic::ConnectionError,
+    ) {
+        self.inner.closed(ctx, conn, reason)
+    }
+}
+
+/// One connection of a [`RoundsClient`].
+#[derive(Debug, Clone, Default)]
+pub struct Round {
+    /// One bidirectional stream each: the octets are written, then the stream is finished.
+    pub requests: Vec<Bytes>,
+    /// Write the requests as soon as the connection exists, before the handshake (0-RTT when
+    /// a resumed session allows it), rather than once connected.
+    pub early: bool,
+    /// Force a 1-RTT key update once this many response octets have arrived.
+    pub key_update_after: Option<usize>,
+}
+
+/// What one round saw.
+#[derive(Debug, Clone, Default)]
+pub struct RoundFacts {
+    /// 0-RTT keys were there when the requests were written early (a resumed session).
+    pub had_0rtt: bool,
+    /// The server accepted the 0-RTT data.
+    pub accepted_0rtt: bool,
+    /// The handshake completed.
+    pub connected: bool,
+    /// A key update was forced (after `key_update_after` octets).
+    pub key_update_forced: bool,
+    /// Response octets received.
+    pub received: usize,
+    /// Why the connection ended, if not by our own close after the last response.
+    pub error: Option<String>,
+}
+
+struct Pending {
+    index: usize,
+    out: xdp_quic_examples::outbox::Outbox,
+    /// Our side is finished (the whole request was taken).
+    finished: bool,
+    body: bytes::BytesMut,
+}
+
+/// A client handler on our engine for these tests: one connection per [`Round`] to `remote`
+/// ("localhost"), one after the other (the next starts when the previous one has closed, so
+/// it can resume its session); every response is kept whole. Echo (the response is the
+/// request) and hq-interop (`GET /path\r\n`) both fit. The worker stops after the last round.
+pub struct RoundsClient {
+    remote: SocketAddr,
+    rounds: Vec<Round>,
+    current: usize,
+    streams: std::collections::HashMap<xdp_quic::StreamId, Pending>,
+    next_request: usize,
+    /// Per round, per request: the response, or why there is none.
+    pub responses: Vec<Vec<Option<Result<Bytes, String>>>>,
+    pub facts: Vec<RoundFacts>,
+}
+
+impl RoundsClient {
+    pub fn new(remote: SocketAddr, rounds: Vec<Round>) -> Self {
+        Self {
+            remote,
+            responses: rounds
+                .iter()
+                .map(|r| vec![None; r.requests.len()])
+                .collect(),
+            facts: vec![RoundFacts::default(); rounds.len()],
+            rounds,
+            current: 0,
+            streams: Default::default(),
+            next_request: 0,
+        }
+    }
+
+    /// Starts the first round (post it to the worker).
+    pub fn start(&mut self, ctx: &mut xdp_quic::Ctx<'_>) {
+        self.connect(ctx);
+    }
+
+    fn connect(&mut self, ctx: &mut xdp_quic::Ctx<'_>) {
+        self.next_request = 0;
+        self.streams.clear();
+        let r = self.current;
+        let started = if self.rounds[r].early {
+            ctx.connect_with_early_data(self.remote, "localhost", |conn| {
+                self.facts[r].had_0rtt = conn.has_0rtt();
+                self.request_more(conn);
+            })
+        } else {
+            ctx.connect(self.remote, "localhost")
+        };
+        if let Err(e) = started {
+            self.facts[r].error = Some(e.to_string());
+            self.next_round(ctx);
+        }
+    }
+
+    fn next_round(&mut self, ctx: &mut xdp_quic::Ctx<'_>) {
+        self.current += 1;
+        if self.current < self.rounds.len() {
+            self.connect(ctx);
+        } else {
+            ctx.stop_worker();
+        }
+    }
+
+    /// Opens streams for the requests not sent yet, as the peer's limit allows.
+    fn request_more(&mut self, conn: &mut xdp_quic::Conn<'_>) {
+        while let Some(req) = self.rounds[self.current].requests.get(self.next_request) {
+            let req = req.clone();
+            let Some(s) = conn.open_bi() else { return };
+            let mut out = xdp_quic_examples::outbox::Outbox::default();
+            out.push(req);
+            self.streams.insert(
+                s,
+                Pending {
+                    index: self.next_request,
+                    out,
+                    finished: false,
+                    body: Default::default(),
+                },
+            );
+            self.next_request += 1;
+            self.flush(conn, s);
+        }
+    }
+
+    fn flush(&mut self, conn: &mut xdp_quic::Conn<'_>, s: xdp_quic::StreamId) {
+        let Some(p) = self.streams.get_mut(&s) else {
+            return;
+        };
+        if !p.finished && p.out.flush(conn, s) == Ok(true) {
+            let _ = conn.finish(s);
+            p.finished = true;
+        }
+    }
+
+    fn done(&mut self, conn: &mut xdp_quic::Conn<'_>, index: usize, r: Result<Bytes, String>) {
+        let responses = &mut self.responses[self.current];
+        responses[index] = Some(r);
+        if responses.iter().all(Option::is_some) {
+            conn.close(VarInt::from_u32(0), b"done");
+        }
+    }
+}
+
+impl Handler for RoundsClient {
+    fn connected(&mut self, conn: &mut xdp_quic::Conn<'_>) {
+        let f = &mut self.facts[self.current];
+        f.connected = true;
+        f.accepted_0rtt = conn.accepted_0rtt();
+        if self.rounds[self.current].requests.is_empty() {
+            conn.close(VarInt::from_u32(0), b"done");
+        }
+        self.request_more(conn);
+    }
+
+    fn streams_available(&mut self, conn: &mut xdp_quic::Conn<'_>) {
+        self.request_more(conn);
+    }
+
+    fn stream_writable(&mut self, conn: &mut xdp_quic::Conn<'_>, s: xdp_quic::StreamId) {
+        self.flush(conn, s);
+    }
+
+    fn stream_readable(&mut self, conn: &mut xdp_quic::Conn<'_>, s: xdp_quic::StreamId) {
+        let Some(p) = self.streams.get_mut(&s) else {
+            return;
+        };
+        let mut got = 0;
+        let status = conn.read(s, |b| {
+            got += b.len();
+            p.body.extend_from_slice(&b)
+        });
+        let f = &mut self.facts[self.current];
+        f.received += got;
+        if let Some(after) = self.rounds[self.current].key_update_after {
+            if !f.key_update_forced && f.received >= after {
+                conn.force_key_update();
+                f.key_update_forced = true;
+            }
+        }
+        match status {
+            Ok(xdp_quic::ReadStatus::Blocked) => {}
+            Ok(xdp_quic::ReadStatus::Finished) => {
+                let p = self.streams.remove(&s).expect("present");
+                self.done(conn, p.index, Ok(p.body.freeze()));
+            }
+            Err(e) => {
+                let p = self.streams.remove(&s).expect("present");
+                self.done(conn, p.index, Err(e.to_string()));
+            }
+        }
+    }
+
+    fn closed(
+        &mut self,
+        ctx: &mut xdp_quic::Ctx<'_>,
+        _conn: xdp_quic::ConnId,
+        reason: &xdp_quic::ConnectionError,
+    ) {
+        let responses = &mut self.responses[self.current];
+        if !responses.iter().all(Option::is_some) {
+            self.facts[self.current].error = Some(reason.to_string());
+            for r in responses.iter_mut().filter(|r| r.is_none()) {
+                *r = Some(Err(reason.to_string()));
+            }
+        }
+        self.next_round(ctx);
+    }
+}
+
+/// Runs a [`RoundsClient`] on a one-worker client engine built from `builder` and returns
+/// it with the engine's counters.
+pub fn run_rounds(
+    builder: EngineBuilder,
+    remote: SocketAddr,
+    rounds: Vec<Round>,
+) -> (RoundsClient, xdp_quic::Counters) {
+    let engine = builder
+        .workers(1)
+        .start_udp_client(xdp_quic_examples::client::any_local_for(remote), move |_| {
+            RoundsClient::new(remote, rounds.clone())
+        })
+        .expect("client engine");
+    let handle = engine.handle();
+    handle.post(0, |h, ctx| h.start(ctx));
+    let mut hs = engine.join().expect("client worker ended cleanly");
+    (hs.pop().expect("one worker"), handle.total())
 }
