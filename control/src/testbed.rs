@@ -160,7 +160,8 @@ impl Testbed {
         };
         self.in_server(|| {
             let attachment = crate::xdp::attach_embedded(&setup.iface, &service, mode)?;
-            let steering = ServerSteering::with_registry(attachment.xsks()?, "testbed");
+            let steering =
+                ServerSteering::with_registry(attachment.xsks()?, "testbed", attachment.prog_id());
             let engine = builder.start_xdp(setup, Box::new(steering), factory)?;
             Ok((engine, attachment))
         })?

@@ -646,3 +646,181 @@ fn sigterm_shuts_the_server_down_gracefully() {
         "{rest}"
     );
 }
+
+impl Server {
+    /// Reads stderr until a line contains `needle` and returns it; fails (killing the server)
+    /// if none does within a minute (a hang guard, not a performance bound).
+    fn wait_for(&mut self, needle: &str) -> String {
+        let done = self.watchdog();
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            if self.stderr.read_line(&mut line).unwrap() == 0 {
+                panic!("serve ended without printing {needle:?}:\n{seen}");
+            }
+            seen.push_str(&line);
+            if line.contains(needle) {
+                let _ = done.send(());
+                return line;
+            }
+        }
+    }
+
+    /// Kills the server unless the returned sender is used (or dropped) within a minute.
+    fn watchdog(&self) -> std::sync::mpsc::Sender<()> {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        let (done, watchdog) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                watchdog.recv_timeout(std::time::Duration::from_secs(60))
+            {
+                // SAFETY: kill(2) on the child's pid; the test still owns it (not waited).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+        done
+    }
+
+    /// Waits for the server to exit by itself; returns its status and the rest of stderr.
+    fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
+        let _done = self.watchdog();
+        let mut child = self.child.take().unwrap();
+        let mut rest = String::new();
+        self.stderr.read_to_string(&mut rest).unwrap();
+        (child.wait().unwrap(), rest)
+    }
+}
+
+/// A pinned attachment made by `xdp-quic attach` in a testbed's server namespace, detached
+/// (and its pins removed) on drop, whatever happened.
+struct PinnedAttach<'a> {
+    tb: &'a xdp_quic_control::testbed::Testbed,
+}
+
+impl<'a> PinnedAttach<'a> {
+    fn new(tb: &'a xdp_quic_control::testbed::Testbed) -> Self {
+        let out = Command::new(BIN)
+            .args(["attach", &tb.server_if, "--netns", &tb.server_ns])
+            .args(["--port", "4433"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        Self { tb }
+    }
+
+    fn detach(&self) {
+        let out = Command::new(BIN)
+            .args(["detach", &self.tb.server_if, "--netns", &self.tb.server_ns])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+}
+
+impl Drop for PinnedAttach<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN)
+            .args(["detach", &self.tb.server_if, "--netns", &self.tb.server_ns])
+            .output();
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/xdp-quic/{}", self.tb.server_if));
+    }
+}
+
+/// `xdp-quic client` from the testbed's client namespace; returns what it echoed.
+fn client_in(tb: &xdp_quic_control::testbed::Testbed, message: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &tb.client_ns, BIN, "client"])
+        .args(["--connect", &format!("{}:4433", tb.server_v4)])
+        .args(["--insecure", "--app", "echo", "--message", message])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+fn serve_xdp_in(tb: &xdp_quic_control::testbed::Testbed, backend: &str) -> (Server, String) {
+    Server::start_with(&[
+        "--netns",
+        &tb.server_ns,
+        "--listen",
+        "0.0.0.0:4433",
+        "--backend",
+        backend,
+        "--iface",
+        &tb.server_if,
+        "--app",
+        "echo",
+    ])
+}
+
+/// The interface goes down and up under a server: it says so, and serves on. Then the
+/// program is detached from under it: it says so, closes its AF_XDP connections and, in
+/// `--backend auto`, serves on over kernel UDP.
+#[test]
+fn auto_falls_back_to_udp_when_the_program_is_detached_from_under_it() {
+    if !root() {
+        return;
+    }
+    let tb = xdp_quic_control::testbed::Testbed::create(
+        &format!("xd{}", std::process::id() % 100_000),
+        1,
+        223,
+    )
+    .unwrap();
+    let pins = PinnedAttach::new(&tb);
+    let (mut server, line) = serve_xdp_in(&tb, "auto");
+    assert!(line.contains("AF_XDP worker"), "{line}");
+    assert_eq!(client_in(&tb, "before"), "before\n");
+
+    let ip = |state: &str| {
+        let out = Command::new("ip")
+            .args(["-n", &tb.server_ns, "link", "set", &tb.server_if, state])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    ip("down");
+    server.wait_for("went down");
+    ip("up");
+    server.wait_for("is up again");
+    assert_eq!(client_in(&tb, "after-down-up"), "after-down-up\n");
+
+    pins.detach();
+    let why = server.wait_for("error:");
+    assert!(why.contains("the XDP program was detached"), "{why}");
+    server.wait_for("falling back to kernel UDP");
+    let line = server.wait_for("serving");
+    assert!(line.contains("UDP worker"), "{line}");
+    assert_eq!(client_in(&tb, "over-udp-now"), "over-udp-now\n");
+    let (ok, stderr) = server.stop();
+    assert!(ok, "{stderr}");
+}
+
+/// `--backend xdp` does not fall back: losing the program is an error exit that says what
+/// happened and what to do.
+#[test]
+fn xdp_backend_exits_with_an_error_when_the_program_is_detached() {
+    if !root() {
+        return;
+    }
+    let tb = xdp_quic_control::testbed::Testbed::create(
+        &format!("xe{}", std::process::id() % 100_000),
+        1,
+        224,
+    )
+    .unwrap();
+    let pins = PinnedAttach::new(&tb);
+    let (server, line) = serve_xdp_in(&tb, "xdp");
+    assert!(line.contains("AF_XDP worker"), "{line}");
+    assert_eq!(client_in(&tb, "hello"), "hello\n");
+    pins.detach();
+    let (status, stderr) = server.wait_exit();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    for needle in [
+        "the XDP program was detached",
+        "--backend auto",
+        "worker 0:",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} missing from {stderr}");
+    }
+}

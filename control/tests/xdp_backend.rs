@@ -374,6 +374,123 @@ fn migration_to_another_queue_keeps_the_connection() {
     rig.stop();
 }
 
+/// A client that moves to a new IP address (rebind-addr) mid-transfer keeps its connection,
+/// also when the new address's packets arrive on another queue: the owner worker learns the
+/// new peer's link layer from the hand-over and can answer it (a bug before: `tx_no_route`).
+#[test]
+fn migration_to_another_address_on_another_queue_keeps_the_connection() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::new(4, &[0, 1, 2, 3], AttachMode::Native, |_| {});
+    let addr = rig.addr(false);
+    let cert = rig.cert.clone();
+    let handle = rig.engine().handle();
+    let extra: Vec<std::net::Ipv4Addr> = (10..42)
+        .map(|i| std::net::Ipv4Addr::new(10, 214, 0, i))
+        .collect();
+    for ip in &extra {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &rig.tb.client_ns, "addr", "add", &format!("{ip}/24")])
+            .args(["dev", &rig.tb.client_if])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    rig.client(async move || {
+        let ep = quinn_endpoint(&cert, false);
+        let conn = ep
+            .connect(addr, "localhost")
+            .unwrap()
+            .await
+            .expect("handshake");
+        let mut round = 0usize;
+        // Move to new addresses until one's packets arrive on another queue.
+        while handle.total().handover_out == 0 {
+            assert!(round < extra.len(), "no new address reached another queue");
+            let d = random(200_000, round as u64);
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let echo = async {
+                send.write_all(&d[..100_000]).await.unwrap();
+                ep.rebind(std::net::UdpSocket::bind((extra[round], 0)).unwrap())
+                    .unwrap();
+                send.write_all(&d[100_000..]).await.unwrap();
+                send.finish().unwrap();
+            };
+            let (_, back) =
+                tokio::join!(echo, async { recv.read_to_end(usize::MAX).await.unwrap() });
+            assert!(
+                back == d,
+                "stream intact across the move to {}",
+                extra[round]
+            );
+            round += 1;
+        }
+        conn.close(0u32.into(), b"");
+        ep.wait_idle().await;
+    });
+    let t = rig.engine().handle().total();
+    assert_eq!(t.conns_accepted, 1, "one connection all along");
+    assert!(t.handover_out > 0 && t.handover_dropped == 0);
+    let no_route: u64 = rig
+        .engine()
+        .xsk_queues()
+        .iter()
+        .map(|q| q.snapshot().tx_no_route)
+        .sum();
+    assert_eq!(no_route, 0, "every worker could answer the moved client");
+    rig.stop();
+}
+
+/// The server's interface goes down for a second and comes back: AF_XDP sockets stay bound,
+/// the connection survives (QUIC retransmits what was lost) and new ones are served.
+#[test]
+fn interface_down_and_up_keeps_connections() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::new(2, &[0, 1], AttachMode::Native, |_| {});
+    let addr = rig.addr(false);
+    let cert = rig.cert.clone();
+    let (ns, dev) = (rig.tb.server_ns.clone(), rig.tb.server_if.clone());
+    let set = move |state: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &ns, "link", "set", &dev, state])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    rig.client(async move || {
+        let ep = quinn_endpoint(&cert, false);
+        let conn = ep
+            .connect(addr, "localhost")
+            .unwrap()
+            .await
+            .expect("handshake");
+        let d = random(300_000, 1);
+        assert!(echo_stream(&conn, &d).await == d);
+        set("down");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        set("up");
+        let d = random(300_000, 2);
+        assert!(echo_stream(&conn, &d).await == d, "intact after down/up");
+        conn.close(0u32.into(), b"");
+        ep.wait_idle().await;
+        echo_once(&cert, addr, 50_000, 3).await;
+    });
+    let t = rig.engine().handle().total();
+    assert_eq!(t.conns_accepted, 2, "the first connection lived through it");
+    rig.stop();
+}
+
 /// Our own client over the UDP backend against our server over AF_XDP.
 #[test]
 fn our_udp_client_against_our_xdp_server() {

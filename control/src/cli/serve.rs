@@ -18,6 +18,7 @@ use crate::xdp::socket_map::ServerSteering;
 use xdp_quic_examples::{echo::EchoServer, hq::HqServer, perf::PerfServer};
 
 use super::args::{self, App, BackendArg, BindArg, PollArg};
+use crate::xdp::WatchEvent;
 
 /// Arguments of `xdp-quic serve`.
 #[derive(Debug, clap::Args)]
@@ -182,6 +183,17 @@ pub fn xdp_setup(a: &ServeArgs) -> anyhow::Result<XdpSetup> {
     Ok(setup)
 }
 
+/// A server over AF_XDP as [`start_xdp`] starts it.
+pub struct XdpServer<H: Handler> {
+    pub engine: Engine<H>,
+    /// How the program is attached, in words.
+    pub how: String,
+    /// The program's counters, when readable.
+    pub program: Option<crate::xdp::CountersReader>,
+    /// Watches the program the sockets are registered with.
+    pub watch: crate::xdp::ProgramWatch,
+}
+
 /// Starts `b` on AF_XDP per `setup`, attaching the program for the server's life when
 /// `xdp-quic attach` has not pinned it on the interface.
 pub fn start_xdp<H: Handler>(
@@ -189,14 +201,34 @@ pub fn start_xdp<H: Handler>(
     setup: &XdpSetup,
     mode: crate::xdp::AttachMode,
     factory: impl FnMut(usize) -> H,
-) -> anyhow::Result<(Engine<H>, String, Option<crate::xdp::CountersReader>)> {
+) -> anyhow::Result<XdpServer<H>> {
     let steering = ServerSteering::for_server(&setup.iface, setup.listen, mode)?;
     let how = steering.describe();
     let program = steering.counters_reader(&setup.iface).ok();
+    let ifindex = xdp_quic::engine::ifindex(&setup.iface)
+        .with_context(|| format!("looking up {}", setup.iface))?;
+    let watch = crate::xdp::ProgramWatch::new(ifindex, steering.prog_id())
+        .with_context(|| format!("reading the state of {}", setup.iface))?;
     let engine = b
         .start_xdp(setup, Box::new(steering), factory)
         .with_context(|| format!("starting AF_XDP workers on {}", setup.iface))?;
-    Ok((engine, how, program))
+    Ok(XdpServer {
+        engine,
+        how,
+        program,
+        watch,
+    })
+}
+
+/// How often a server over AF_XDP looks at its XDP program.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Why [`serve_until`] returned.
+enum Ended {
+    /// Ctrl-C or SIGTERM.
+    Stopped,
+    /// The XDP program is gone from under the AF_XDP workers.
+    ProgramLost(crate::xdp::WatchEvent),
 }
 
 fn serve<H: Handler>(
@@ -204,56 +236,106 @@ fn serve<H: Handler>(
     b: EngineBuilder,
     mut factory: impl FnMut(usize) -> H,
 ) -> anyhow::Result<()> {
-    let use_xdp = match a.backend {
+    let (tx, rx) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .context("installing the Ctrl-C handler")?;
+    let mut use_xdp = match a.backend {
         BackendArg::Udp => false,
         BackendArg::Xdp => true,
         BackendArg::Auto => a.iface.is_some(),
     };
-    let mut xdp_error = None;
-    let mut engine = None;
-    let mut program = None;
-    if use_xdp {
-        let attempt = xdp_setup(a)
-            .and_then(|setup| start_xdp(b.clone(), &setup, a.xdp_mode.into(), &mut factory));
-        match attempt {
-            Ok((e, how, p)) => {
-                program = p;
-                let zc = e.xsk_queues().iter().all(|q| q.zero_copy);
+    loop {
+        let mut xdp = None;
+        if use_xdp {
+            let attempt = xdp_setup(a)
+                .and_then(|setup| start_xdp(b.clone(), &setup, a.xdp_mode.into(), &mut factory));
+            match attempt {
+                Ok(x) => {
+                    let e = &x.engine;
+                    let zc = e.xsk_queues().iter().all(|q| q.zero_copy);
+                    eprintln!(
+                        "serving {:?} on {} with {} AF_XDP worker(s) on {} queues {:?} ({} mode; XDP program {}); Ctrl-C stops",
+                        a.app,
+                        a.listen,
+                        e.xsk_queues().len(),
+                        a.iface.as_deref().unwrap_or("?"),
+                        e.xsk_queues().iter().map(|q| q.queue).collect::<Vec<_>>(),
+                        if zc { "zero-copy" } else { "copy" },
+                        x.how,
+                    );
+                    xdp = Some(x);
+                }
+                Err(e) if a.backend == BackendArg::Auto => {
+                    eprintln!("AF_XDP is not available ({e:#}); falling back to UDP");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (engine, program, watch) = match xdp {
+            Some(x) => (x.engine, x.program, Some(x.watch)),
+            None => {
+                let e = b
+                    .clone()
+                    .start_udp(a.listen, &mut factory)
+                    .with_context(|| format!("starting the server on {}", a.listen))?;
                 eprintln!(
-                    "serving {:?} on {} with {} AF_XDP worker(s) on {} queues {:?} ({} mode; XDP program {how}); Ctrl-C stops",
+                    "serving {:?} on {} with {} UDP worker(s), steering {:?}; Ctrl-C stops",
                     a.app,
-                    a.listen,
-                    e.xsk_queues().len(),
-                    a.iface.as_deref().unwrap_or("?"),
-                    e.xsk_queues().iter().map(|q| q.queue).collect::<Vec<_>>(),
-                    if zc { "zero-copy" } else { "copy" },
+                    e.local_addr(),
+                    a.workers,
+                    e.steering().expect("UDP backend"),
                 );
-                engine = Some(e);
+                (e, None, None)
             }
-            Err(e) if a.backend == BackendArg::Auto => {
-                eprintln!("AF_XDP is not available ({e:#}); falling back to UDP");
-                xdp_error = Some(e);
+        };
+        let ended = serve_until(a, &engine, program, watch, &rx)?;
+        for q in engine.xsk_queues() {
+            eprintln!("queue {}: {}", q.queue, xsk_summary(&q.snapshot()));
+        }
+        let handle = engine.handle();
+        match ended {
+            Ended::Stopped => {
+                eprintln!("shutting down: closing connections");
+                engine
+                    .shutdown(VarInt::from_u32(0), b"server shutting down")
+                    .context("stopping the workers")?;
+                print_counters(&handle);
+                return Ok(());
             }
-            Err(e) => return Err(e),
+            Ended::ProgramLost(why) => {
+                let iface = a.iface.as_deref().unwrap_or("?");
+                eprintln!(
+                    "error: {why} on {iface}: the AF_XDP workers receive nothing any more; \
+                     closing their connections"
+                );
+                engine
+                    .shutdown(VarInt::from_u32(0), b"server lost its XDP program")
+                    .context("stopping the workers")?;
+                print_counters(&handle);
+                if a.backend != BackendArg::Auto {
+                    bail!(
+                        "{why} on {iface} under the running server; attach it again and \
+                         restart, or run with --backend auto to fall back to kernel UDP"
+                    );
+                }
+                eprintln!("--backend auto: falling back to kernel UDP on {}", a.listen);
+                use_xdp = false;
+            }
         }
     }
-    let engine = match engine {
-        Some(e) => e,
-        None => {
-            let e = b
-                .start_udp(a.listen, factory)
-                .with_context(|| format!("starting the server on {}", a.listen))?;
-            eprintln!(
-                "serving {:?} on {} with {} UDP worker(s), steering {:?}; Ctrl-C stops",
-                a.app,
-                e.local_addr(),
-                a.workers,
-                e.steering().expect("UDP backend"),
-            );
-            e
-        }
-    };
-    drop(xdp_error);
+}
+
+/// Serves until Ctrl-C, or until the XDP program `watch` looks after is lost; exports
+/// metrics and prints counters meanwhile.
+fn serve_until<H: Handler>(
+    a: &ServeArgs,
+    engine: &Engine<H>,
+    program: Option<crate::xdp::CountersReader>,
+    mut watch: Option<crate::xdp::ProgramWatch>,
+    stop: &mpsc::Receiver<()>,
+) -> anyhow::Result<Ended> {
     let _metrics = match a.metrics {
         None => None,
         Some(addr) => {
@@ -272,35 +354,46 @@ fn serve<H: Handler>(
             Some(server)
         }
     };
-    let (tx, rx) = mpsc::channel();
-    ctrlc::set_handler(move || {
-        let _ = tx.send(());
-    })
-    .context("installing the Ctrl-C handler")?;
     let handle = engine.handle();
+    let stats_every = a.stats_every.map(Duration::from_secs);
+    let mut next_stats = stats_every.map(|d| std::time::Instant::now() + d);
     loop {
-        let wait = a
-            .stats_every
-            .map_or(Duration::from_secs(3600), Duration::from_secs);
-        match rx.recv_timeout(wait) {
-            Ok(()) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if a.stats_every.is_some() {
-                    print_counters(&handle);
-                }
+        let mut wait = Duration::from_secs(3600);
+        if watch.is_some() {
+            wait = WATCH_EVERY;
+        }
+        if let Some(t) = next_stats {
+            wait = wait.min(t.saturating_duration_since(std::time::Instant::now()));
+        }
+        match stop.recv_timeout(wait) {
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(Ended::Stopped),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let (Some(t), Some(every)) = (next_stats, stats_every) {
+            if std::time::Instant::now() >= t {
+                print_counters(&handle);
+                next_stats = Some(t + every);
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some(w) = watch.as_mut() {
+            let iface = a.iface.as_deref().unwrap_or("?");
+            match w.check() {
+                Ok(events) => {
+                    for e in events {
+                        match e {
+                            WatchEvent::Down | WatchEvent::Up => {
+                                eprintln!("warning: {iface}: {e}")
+                            }
+                            WatchEvent::Detached { .. } | WatchEvent::InterfaceGone => {
+                                return Ok(Ended::ProgramLost(e))
+                            }
+                        }
+                    }
+                }
+                Err(e) => eprintln!("warning: cannot read the state of {iface}: {e}"),
+            }
         }
     }
-    for q in engine.xsk_queues() {
-        eprintln!("queue {}: {}", q.queue, xsk_summary(&q.snapshot()));
-    }
-    eprintln!("shutting down: closing connections");
-    engine
-        .shutdown(VarInt::from_u32(0), b"server shutting down")
-        .context("stopping the workers")?;
-    print_counters(&handle);
-    Ok(())
 }
 
 /// Prints one line per worker with its main counters.

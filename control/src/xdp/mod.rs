@@ -26,6 +26,7 @@ pub mod socket_map;
 mod status;
 mod sys;
 pub mod test_run;
+pub mod watch;
 mod xsk;
 
 pub use attach::{
@@ -37,6 +38,7 @@ pub use error::XdpError;
 pub use load::{AttachMode, Mode};
 pub use maps::{ProgramMaps, ServiceConfig};
 pub use status::{status, IfaceStatus, QueueStatus};
+pub use watch::{ProgramWatch, WatchEvent};
 pub use xsk::XskRegistry;
 
 /// Reads the counters of the program attached (pinned) on `iface`.

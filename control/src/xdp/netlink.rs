@@ -81,6 +81,8 @@ pub struct LinkState {
     pub xdp: XdpAttached,
     /// Id of the attached XDP program, 0 if none (or several).
     pub xdp_prog_id: u32,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
 }
 
 struct Socket(OwnedFd);
@@ -282,12 +284,14 @@ fn get_link(req: Vec<u8>) -> io::Result<Option<LinkState>> {
 
 fn parse_link(payload: &[u8]) -> LinkState {
     let ifindex = i32::from_ne_bytes(payload[4..8].try_into().unwrap()) as u32;
+    let flags = u32::from_ne_bytes(payload[8..12].try_into().unwrap());
     let mut st = LinkState {
         ifindex,
         name: String::new(),
         rx_queues: 1,
         xdp: XdpAttached::None,
         xdp_prog_id: 0,
+        up: flags & libc::IFF_UP as u32 != 0,
     };
     for (ty, v) in attrs(&payload[16..]) {
         match ty {

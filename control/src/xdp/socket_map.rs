@@ -6,7 +6,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use super::{attach_embedded, pins, AttachMode, EmbeddedAttachment, ServiceConfig, XskRegistry};
+use super::{
+    attach_embedded, inspect, pins, AttachMode, EmbeddedAttachment, Pinned, ServiceConfig,
+    XskRegistry,
+};
 
 /// Where a server's AF_XDP sockets are registered.
 pub struct ServerSteering {
@@ -14,6 +17,7 @@ pub struct ServerSteering {
     /// Held for the life of the server when the process attached the program itself.
     embedded: Option<EmbeddedAttachment>,
     origin: String,
+    prog_id: u32,
 }
 
 impl ServerSteering {
@@ -22,10 +26,22 @@ impl ServerSteering {
     /// `listen`'s port (and its address, unless unspecified).
     pub fn for_server(iface: &str, listen: SocketAddr, mode: AttachMode) -> anyhow::Result<Self> {
         if pins::dir(iface).join(xdp_quic_ebpf::maps::XSKS).exists() {
+            let prog_id = match inspect(iface)? {
+                Pinned::Live(live) => live.prog_id,
+                Pinned::OtherNamespace => anyhow::bail!(
+                    "the program xdp-quic attach pinned for {iface} serves an interface of \
+                     another network namespace: serve there (--netns), or detach it first"
+                ),
+                Pinned::Stale | Pinned::None => anyhow::bail!(
+                    "the pins of xdp-quic attach for {iface} are stale (the link attaches \
+                     nothing): run `xdp-quic detach {iface}`, then attach again"
+                ),
+            };
             return Ok(Self {
                 registry: XskRegistry::open(iface)?,
                 embedded: None,
                 origin: "pinned by xdp-quic attach".into(),
+                prog_id,
             });
         }
         let mut addrs = BTreeSet::new();
@@ -38,6 +54,7 @@ impl ServerSteering {
         };
         let attachment = attach_embedded(iface, &service, mode)?;
         Ok(Self {
+            prog_id: attachment.prog_id(),
             registry: attachment.xsks()?,
             origin: format!(
                 "attached by this process ({} mode)",
@@ -47,13 +64,20 @@ impl ServerSteering {
         })
     }
 
-    /// Registers sockets in `registry` (e.g. of an attachment the caller holds).
-    pub fn with_registry(registry: XskRegistry, origin: &str) -> Self {
+    /// Registers sockets in `registry` (e.g. of an attachment the caller holds), whose
+    /// program has id `prog_id`.
+    pub fn with_registry(registry: XskRegistry, origin: &str, prog_id: u32) -> Self {
         Self {
             registry,
             embedded: None,
             origin: origin.into(),
+            prog_id,
         }
+    }
+
+    /// The id of the program that steers to these sockets (for a [`super::ProgramWatch`]).
+    pub fn prog_id(&self) -> u32 {
+        self.prog_id
     }
 
     /// How the program is attached, in words.
