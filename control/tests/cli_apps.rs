@@ -24,35 +24,34 @@ impl Server {
 
     /// Starts `xdp-quic serve ARGS`; also returns the "serving ..." line.
     fn start_with(args: &[&str]) -> (Server, String) {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn xdp-quic serve");
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").args(args);
+        let mut server = Server::spawn(cmd);
         // Skip what comes before the "serving ..." line (e.g. a fallback notice).
-        while !line.starts_with("serving") {
-            line.clear();
-            if stderr.read_line(&mut line).unwrap() == 0 {
-                panic!("serve ended before serving");
-            }
-        }
+        let line = server.wait_for("serving");
         // "serving Perf on 127.0.0.1:PORT with N UDP worker(s), ..."
-        let addr = line
+        server.addr = line
             .split(" on ")
             .nth(1)
             .and_then(|s| s.split_whitespace().next())
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        let server = Server {
-            child: Some(child),
-            addr,
-            stderr: Box::new(stderr),
-        };
         (server, line)
+    }
+
+    /// Spawns `cmd` (a server command line), its stderr piped for [`Server::wait_for`].
+    fn spawn(mut cmd: Command) -> Server {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the server");
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        Server {
+            child: Some(child),
+            addr: "0.0.0.0:0".parse().unwrap(),
+            stderr: Box::new(stderr),
+        }
     }
 
     /// Ctrl-C, then the exit status and everything it printed on stderr.
@@ -91,7 +90,8 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn echo_server_and_client() {
-    let server = Server::start(&["--app", "echo", "--workers", "2"]);
+    // --cpus parses as one list (a regression: clap once wanted a value per CPU and panicked).
+    let server = Server::start(&["--app", "echo", "--workers", "2", "--cpus", "0-1"]);
     let out = client(
         server.addr,
         &[
@@ -442,6 +442,8 @@ fn serve_over_af_xdp_on_a_pinned_attachment() {
         "xdp",
         "--iface",
         &tb.server_if,
+        "--queues",
+        "0-1",
         "--app",
         "echo",
     ]);
@@ -823,4 +825,43 @@ fn xdp_backend_exits_with_an_error_when_the_program_is_detached() {
     ] {
         assert!(stderr.contains(needle), "{needle:?} missing from {stderr}");
     }
+}
+
+/// After `xdp-quic attach` (root), the server runs with CAP_NET_RAW, CAP_IPC_LOCK and CAP_BPF
+/// only: no CAP_NET_ADMIN, no CAP_SYS_ADMIN (the README's recipe, `setpriv` here, systemd's
+/// `AmbientCapabilities=` in production), and serves over AF_XDP.
+#[test]
+fn serve_after_attach_needs_only_net_raw_ipc_lock_and_bpf() {
+    if !root() {
+        return;
+    }
+    let tb = xdp_quic_control::testbed::Testbed::create(
+        &format!("xp{}", std::process::id() % 100_000),
+        1,
+        225,
+    )
+    .unwrap();
+    let _pins = PinnedAttach::new(&tb);
+    let caps = "-all,+net_raw,+ipc_lock,+bpf";
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", tb.server_ns))
+        .args(["setpriv", "--inh-caps", caps, "--ambient-caps", caps])
+        .args(["--bounding-set", caps, BIN, "serve"])
+        .args(["--listen", "0.0.0.0:4433", "--backend", "xdp"])
+        .args(["--iface", &tb.server_if, "--app", "echo"]);
+    let mut server = Server::spawn(cmd);
+    let line = server.wait_for("serving");
+    assert!(line.contains("AF_XDP worker"), "{line}");
+    let pid = server.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    // CAP_NET_RAW 13, CAP_IPC_LOCK 14, CAP_BPF 39: nothing else.
+    assert_eq!(eff, (1 << 13) | (1 << 14) | (1 << 39), "{status}");
+    assert_eq!(client_in(&tb, "least-privilege"), "least-privilege\n");
+    let (ok, stderr) = server.stop();
+    assert!(ok, "{stderr}");
 }

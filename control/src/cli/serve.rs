@@ -34,7 +34,8 @@ pub struct ServeArgs {
     pub iface: Option<String>,
     /// AF_XDP: the queues to serve, one worker each (default: every RX queue of --iface).
     #[arg(long, value_parser = args::parse_queues, value_name = "LIST")]
-    pub queues: Option<Vec<u32>>,
+    // Fully qualified: a plain `Vec` would make clap expect one value per queue.
+    pub queues: Option<std::vec::Vec<u32>>,
     /// AF_XDP: how idle workers wait.
     #[arg(long, value_enum, default_value_t = PollArg::Adaptive)]
     pub poll: PollArg,
@@ -68,7 +69,7 @@ pub struct ServeArgs {
     pub workers: usize,
     /// Pin worker i to the i-th CPU of this list (e.g. 0,2-3).
     #[arg(long, value_parser = args::parse_cpus)]
-    pub cpus: Option<Vec<usize>>,
+    pub cpus: Option<std::vec::Vec<usize>>,
     /// The application.
     #[arg(long, value_enum, default_value_t = App::Perf)]
     pub app: App,

@@ -246,7 +246,7 @@ impl XskSocket {
         if raw < 0 {
             let e = io::Error::last_os_error();
             let hint = if e.kind() == io::ErrorKind::PermissionDenied {
-                " (AF_XDP needs CAP_NET_RAW; binding needs CAP_NET_ADMIN)"
+                " (AF_XDP sockets need CAP_NET_RAW)"
             } else {
                 ""
             };
