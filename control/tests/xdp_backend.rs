@@ -3,9 +3,10 @@
 //! there, and drives an independent client (the quinn crate, over kernel UDP) from the other
 //! namespace. Root is needed; with `CI` set a missing privilege fails the test.
 
+mod xdp_support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{RngCore, SeedableRng};
@@ -13,6 +14,7 @@ use xdp_quic::{tls, Engine, EngineBuilder, TransportConfig, VarInt, XdpSetup};
 use xdp_quic_control::testbed::Testbed;
 use xdp_quic_control::xdp::{AttachMode, EmbeddedAttachment};
 use xdp_quic_examples::echo::{self, EchoServer};
+use xdp_support::quinn_endpoint;
 
 const PORT: u16 = 4433;
 /// A hang guard, never a performance bound.
@@ -122,42 +124,6 @@ impl Drop for Rig {
         }
         self.attachment.take();
     }
-}
-
-/// A quinn client endpoint on a fresh socket of the current thread's namespace.
-fn quinn_endpoint(
-    certs: &[rustls::pki_types::CertificateDer<'static>],
-    v6: bool,
-) -> quinn::Endpoint {
-    let bind: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
-    let socket = std::net::UdpSocket::bind(bind).unwrap();
-    let mut ep = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs {
-        roots.add(c.clone()).unwrap();
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![echo::ALPN.to_vec()];
-    let mut cfg = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-    ));
-    let mut t = quinn::TransportConfig::default();
-    t.datagram_receive_buffer_size(Some(1 << 20));
-    cfg.transport_config(Arc::new(t));
-    ep.set_default_client_config(cfg);
-    ep
 }
 
 fn random(len: usize, seed: u64) -> Vec<u8> {
@@ -329,14 +295,15 @@ fn four_queues_every_worker_serves_connections() {
     rig.stop();
 }
 
-/// A client that moves to a new source port mid-transfer keeps its connection, also when the
-/// new path lands on another queue (and so another worker, which hands the packets over).
-#[test]
-fn migration_to_another_queue_keeps_the_connection() {
-    if !privileged() {
-        return;
-    }
-    let mut rig = Rig::new(4, &[0, 1, 2, 3], AttachMode::Native, |_| {});
+/// Moves a quinn client to a new socket (`bind(round)`) in the middle of a 200 kB echo,
+/// round after round, until a new path's packets arrive on another queue (seen as
+/// hand-overs), checking every stream; then checks the server kept one connection and
+/// answered every path.
+fn migrate_until_another_queue(
+    rig: &mut Rig,
+    rounds: usize,
+    bind: impl Fn(usize) -> std::net::UdpSocket + Send,
+) {
     let addr = rig.addr(false);
     let cert = rig.cert.clone();
     let handle = rig.engine().handle();
@@ -347,87 +314,20 @@ fn migration_to_another_queue_keeps_the_connection() {
             .unwrap()
             .await
             .expect("handshake");
-        let mut round = 0u64;
-        // Rebind until a new port's packets arrive on another queue (seen as hand-overs).
+        let mut round = 0;
         while handle.total().handover_out == 0 {
-            assert!(round < 64, "no rebinding reached another queue");
-            let d = random(200_000, round);
-            let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            let echo = async {
-                send.write_all(&d[..100_000]).await.unwrap();
-                ep.rebind(std::net::UdpSocket::bind("0.0.0.0:0").unwrap())
-                    .unwrap();
-                send.write_all(&d[100_000..]).await.unwrap();
-                send.finish().unwrap();
-            };
-            let (_, back) =
-                tokio::join!(echo, async { recv.read_to_end(usize::MAX).await.unwrap() });
-            assert!(back == d, "stream intact across the rebinding");
-            round += 1;
-        }
-        conn.close(0u32.into(), b"");
-        ep.wait_idle().await;
-    });
-    let t = rig.engine().handle().total();
-    assert_eq!(t.conns_accepted, 1, "one connection all along");
-    assert!(t.handover_out > 0 && t.handover_dropped == 0);
-    rig.stop();
-}
-
-/// A client that moves to a new IP address (rebind-addr) mid-transfer keeps its connection,
-/// also when the new address's packets arrive on another queue: the owner worker learns the
-/// new peer's link layer from the hand-over and can answer it (a bug before: `tx_no_route`).
-#[test]
-fn migration_to_another_address_on_another_queue_keeps_the_connection() {
-    if !privileged() {
-        return;
-    }
-    let mut rig = Rig::new(4, &[0, 1, 2, 3], AttachMode::Native, |_| {});
-    let addr = rig.addr(false);
-    let cert = rig.cert.clone();
-    let handle = rig.engine().handle();
-    let extra: Vec<std::net::Ipv4Addr> = (10..42)
-        .map(|i| std::net::Ipv4Addr::new(10, 214, 0, i))
-        .collect();
-    for ip in &extra {
-        let out = std::process::Command::new("ip")
-            .args(["-n", &rig.tb.client_ns, "addr", "add", &format!("{ip}/24")])
-            .args(["dev", &rig.tb.client_if])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    rig.client(async move || {
-        let ep = quinn_endpoint(&cert, false);
-        let conn = ep
-            .connect(addr, "localhost")
-            .unwrap()
-            .await
-            .expect("handshake");
-        let mut round = 0usize;
-        // Move to new addresses until one's packets arrive on another queue.
-        while handle.total().handover_out == 0 {
-            assert!(round < extra.len(), "no new address reached another queue");
+            assert!(round < rounds, "no new path reached another queue");
             let d = random(200_000, round as u64);
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
             let echo = async {
                 send.write_all(&d[..100_000]).await.unwrap();
-                ep.rebind(std::net::UdpSocket::bind((extra[round], 0)).unwrap())
-                    .unwrap();
+                ep.rebind(bind(round)).unwrap();
                 send.write_all(&d[100_000..]).await.unwrap();
                 send.finish().unwrap();
             };
             let (_, back) =
                 tokio::join!(echo, async { recv.read_to_end(usize::MAX).await.unwrap() });
-            assert!(
-                back == d,
-                "stream intact across the move to {}",
-                extra[round]
-            );
+            assert!(back == d, "stream intact across move {round}");
             round += 1;
         }
         conn.close(0u32.into(), b"");
@@ -443,6 +343,50 @@ fn migration_to_another_address_on_another_queue_keeps_the_connection() {
         .map(|q| q.snapshot().tx_no_route)
         .sum();
     assert_eq!(no_route, 0, "every worker could answer the moved client");
+}
+
+/// A client that moves to a new source port mid-transfer keeps its connection, also when the
+/// new path lands on another queue (and so another worker, which hands the packets over).
+#[test]
+fn migration_to_another_queue_keeps_the_connection() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::new(4, &[0, 1, 2, 3], AttachMode::Native, |_| {});
+    migrate_until_another_queue(&mut rig, 64, |_| {
+        std::net::UdpSocket::bind("0.0.0.0:0").unwrap()
+    });
+    rig.stop();
+}
+
+/// A client that moves to a new IP address (rebind-addr) mid-transfer keeps its connection,
+/// also when the new address's packets arrive on another queue: the owner worker learns the
+/// new peer's link layer from the hand-over and can answer it (a bug before: `tx_no_route`,
+/// and the connection timed out).
+#[test]
+fn migration_to_another_address_on_another_queue_keeps_the_connection() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::new(4, &[0, 1, 2, 3], AttachMode::Native, |_| {});
+    let extra: Vec<std::net::Ipv4Addr> = (10..42)
+        .map(|i| std::net::Ipv4Addr::new(10, 214, 0, i))
+        .collect();
+    for ip in &extra {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &rig.tb.client_ns, "addr", "add", &format!("{ip}/24")])
+            .args(["dev", &rig.tb.client_if])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    migrate_until_another_queue(&mut rig, extra.len(), |round| {
+        std::net::UdpSocket::bind((extra[round], 0)).unwrap()
+    });
     rig.stop();
 }
 

@@ -5,6 +5,8 @@
 //! back to the forged addresses, so the anti-amplification limit is checked on the wire.
 //! Root is needed; with `CI` set a missing privilege fails the test.
 
+mod xdp_support;
+
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -26,18 +28,6 @@ const THRESHOLD: usize = 8;
 const QUEUES: u32 = 2;
 const FLOOD: u32 = 2_000;
 const LEGIT: u64 = 8;
-
-fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("this test needs root (netns, XDP, AF_XDP, raw sockets) and CI is set");
-    }
-    eprintln!("skipped: needs root");
-    false
-}
 
 /// Forged source `i`: 10.66.x.y, never assigned anywhere.
 fn forged(i: u32) -> (Ipv4Addr, u16) {
@@ -140,6 +130,21 @@ fn flood(to: Ipv4Addr) -> HashMap<Ipv4Addr, u64> {
     sent
 }
 
+/// Sets socket option `name` (level SOL_SOCKET) to `value`.
+fn setopt<T>(fd: &OwnedFd, name: libc::c_int, value: &T) {
+    // SAFETY: valid fd; `value` is live and its size is given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    check(rc, "setsockopt");
+}
+
 /// What the server sent one forged address.
 #[derive(Default, Debug, Clone, Copy)]
 struct Answer {
@@ -171,38 +176,19 @@ fn capture(dev: &str, stop: &AtomicBool) -> HashMap<Ipv4Addr, Answer> {
         tv_sec: 0,
         tv_usec: 100_000,
     };
-    let rcvbuf: libc::c_int = 8 << 20;
-    // SAFETY: valid fd, pointers to live values with their sizes.
-    unsafe {
-        check(
+    // SAFETY: valid fd, a pointer to a live sockaddr_ll with its size.
+    check(
+        unsafe {
             libc::bind(
                 fd.as_raw_fd(),
                 (&sll as *const libc::sockaddr_ll).cast(),
                 std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            ),
-            "bind packet socket",
-        );
-        check(
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            ),
-            "SO_RCVTIMEO",
-        );
-        check(
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&rcvbuf as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            ),
-            "SO_RCVBUFFORCE",
-        );
-    }
+            )
+        },
+        "bind packet socket",
+    );
+    setopt(&fd, libc::SO_RCVTIMEO, &timeout);
+    setopt(&fd, libc::SO_RCVBUFFORCE, &(8 << 20));
     let mut seen: HashMap<Ipv4Addr, Answer> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
@@ -266,7 +252,7 @@ fn serve(
 /// 2,000 forged Initials (one per 500 µs) while 8 quinn clients connect and echo.
 #[test]
 fn spoofed_initial_flood_over_af_xdp() {
-    if !privileged() {
+    if !xdp_support::privileged("xdp_floods") {
         return;
     }
     let tb = Testbed::create(&format!("xf{}", std::process::id() % 100_000), QUEUES, 221)
@@ -377,31 +363,9 @@ async fn legit_echo(
     seed: u64,
     len: u32,
 ) {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-    let ep = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in cert {
-        roots.add(c.clone()).unwrap();
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![echo::ALPN.to_vec()];
-    let cfg = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-    ));
+    let ep = xdp_support::quinn_endpoint(cert, false);
     let conn = ep
-        .connect_with(cfg, server, "localhost")
+        .connect(server, "localhost")
         .unwrap()
         .await
         .expect("a legitimate client's handshake");
@@ -421,7 +385,7 @@ async fn legit_echo(
 /// per `min_reset_interval`.
 #[test]
 fn unknown_cid_flood_over_af_xdp_gets_rate_limited_resets() {
-    if !privileged() {
+    if !xdp_support::privileged("xdp_floods") {
         return;
     }
     let tb = Testbed::create(&format!("xr{}", std::process::id() % 100_000), QUEUES, 222)

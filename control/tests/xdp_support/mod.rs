@@ -240,3 +240,39 @@ pub fn xdp_prog_on(ns: &str, iface: &str) -> Option<u64> {
         .as_u64()
         .or_else(|| v[0]["xdp"]["attached"][0]["prog"]["id"].as_u64())
 }
+
+/// A quinn client endpoint on a fresh socket of the current thread's namespace.
+pub fn quinn_endpoint(
+    certs: &[rustls::pki_types::CertificateDer<'static>],
+    v6: bool,
+) -> quinn::Endpoint {
+    let bind: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
+    let socket = std::net::UdpSocket::bind(bind).unwrap();
+    let mut ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        std::sync::Arc::new(quinn::TokioRuntime),
+    )
+    .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs {
+        roots.add(c.clone()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![xdp_quic_examples::echo::ALPN.to_vec()];
+    let mut cfg = quinn::ClientConfig::new(std::sync::Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    ));
+    let mut t = quinn::TransportConfig::default();
+    t.datagram_receive_buffer_size(Some(1 << 20));
+    cfg.transport_config(std::sync::Arc::new(t));
+    ep.set_default_client_config(cfg);
+    ep
+}
