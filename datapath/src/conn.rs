@@ -328,8 +328,9 @@ impl<'a> Conn<'a> {
     }
 
     /// Client: 0-RTT keys were available (a resumed session allowing early data), so what
-    /// was written before the handshake completed went out as 0-RTT. Server: the client's
-    /// 0-RTT data was accepted.
+    /// was written before the handshake completed went out as 0-RTT. Server: the handshake
+    /// accepted the client's early data (its ClientHello asked for it with a ticket that
+    /// allows it; the client may still have sent none).
     pub fn has_0rtt(&self) -> bool {
         self.inner.has_0rtt()
     }
@@ -340,9 +341,11 @@ impl<'a> Conn<'a> {
     }
 
     /// Starts a 1-RTT key update now (RFC 9001, section 6), e.g. to test that the peer
-    /// follows. Ignored while the handshake is not confirmed or a previous update is still
-    /// in progress. (quinn-proto also updates keys by itself: once early in every
-    /// connection, after 10 to 1,000 packets, and before the AEAD confidentiality limit.)
+    /// follows. Ignored before the connection is established and while a previous update
+    /// is still in progress; RFC 9001 asks to wait until the handshake is confirmed, so call
+    /// it once 1-RTT data has arrived. (quinn-proto also updates keys by itself: once early
+    /// in every connection, after 10 to 1,000 packets sent, and before the AEAD
+    /// confidentiality limit.)
     pub fn force_key_update(&mut self) {
         self.inner.force_key_update()
     }

@@ -1,16 +1,25 @@
 //! Interop with aioquic, an independent QUIC implementation (Python), in the test cases of
 //! the QUIC interop runner, with hq-interop (HTTP/0.9) as the application:
 //! aioquic's client against our server (over UDP, and over AF_XDP as root), and our client
-//! against aioquic's server. The aioquic peers are `scripts/interop/aioquic_*.py`.
+//! against aioquic's server. The aioquic peers are `scripts/interop/aioquic_*.py`; each
+//! prints facts (resumed, 0-RTT accepted, version, cipher suite, key updates) that the
+//! tests check.
+//!
+//! Run: `cargo test -p xdp-quic-examples --test aioquic_interop`
 
-use std::net::SocketAddr;
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use common::{quinn_client_config_with, run_rounds, ClientTls, Observed, Round, RoundsClient};
 use rand::{RngCore, SeedableRng};
-use xdp_quic::{tls, Engine, EngineBuilder, RetryPolicy, VarInt};
+use xdp_quic::{tls, Counters, Engine, EngineBuilder, RetryPolicy, VarInt};
 use xdp_quic_examples::hq::{self, Fetched, HqClient, HqServer};
 
 const CLIENT_PY: &str = concat!(
@@ -104,24 +113,38 @@ impl Drop for Site {
     }
 }
 
-fn our_server(site: &Site, retry: bool) -> Engine<HqServer> {
-    let mut b = EngineBuilder::default()
-        .workers(2)
+/// Our hq-interop server's builder for `site` (every client validates its address first if
+/// `retry`).
+fn our_builder(site: &Site, retry: bool) -> EngineBuilder {
+    let b = EngineBuilder::default()
         .server(tls::server_config(site.identity(), &[hq::ALPN]).unwrap())
         .drain_timeout(Duration::from_millis(300));
     if retry {
-        b = b.retry(RetryPolicy::Always);
+        b.retry(RetryPolicy::Always)
+    } else {
+        b
     }
-    let www = site.www();
-    b.start_udp("127.0.0.1:0".parse().unwrap(), move |_| {
-        HqServer::new(&www).unwrap()
-    })
-    .unwrap()
 }
 
-/// Runs aioquic's client for `case` against `addr` (inside `netns` if given); returns its
-/// facts line.
-fn aioquic_client(site: &Site, addr: SocketAddr, case: &str, netns: Option<&str>) -> String {
+fn our_server(site: &Site, retry: bool) -> Engine<Observed<HqServer>> {
+    let www = site.www();
+    our_builder(site, retry)
+        .workers(2)
+        .start_udp("127.0.0.1:0".parse().unwrap(), move |_| {
+            Observed::new(HqServer::new(&www).unwrap())
+        })
+        .unwrap()
+}
+
+/// Runs aioquic's client for `case` against `addr` (inside `netns` if given; `rebind_ip` is
+/// where the rebind-addr case moves to); returns its facts line.
+fn aioquic_client(
+    site: &Site,
+    addr: SocketAddr,
+    case: &str,
+    netns: Option<&str>,
+    rebind_ip: IpAddr,
+) -> String {
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -138,6 +161,7 @@ fn aioquic_client(site: &Site, addr: SocketAddr, case: &str, netns: Option<&str>
             "--port",
             &addr.port().to_string(),
         ])
+        .args(["--rebind-ip", &rebind_ip.to_string()])
         .args(["--case", case, "--out"])
         .arg(site.dir.join("out"))
         .args(site.paths())
@@ -152,98 +176,179 @@ fn aioquic_client(site: &Site, addr: SocketAddr, case: &str, netns: Option<&str>
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn aioquic_against_ours(
+/// The files each case fetches: (large files of ~3 MB, small files).
+fn files_for(case: &str) -> (usize, usize) {
+    match case {
+        "transfer" => (2, 0),
+        "multiplexing" => (0, 1000),
+        "keyupdate" | "rebind-port" | "rebind-addr" => (1, 3),
+        "chacha20" => (1, 2),
+        "handshake" => (0, 1),
+        _ => (0, 6),
+    }
+}
+
+/// Checks what `case` must show besides the files arriving intact: aioquic's facts line, our
+/// server's counters, and what its handlers saw (`client_ip` is where the client started,
+/// `moved_ip` where the rebind-addr case moves).
+fn check_case(
     case: &str,
-    big: usize,
-    small: usize,
-    retry: bool,
-) -> (String, xdp_quic::Counters) {
+    facts: &str,
+    t: &Counters,
+    seen: &[Observed<HqServer>],
+    client_ip: IpAddr,
+    moved_ip: IpAddr,
+) {
+    let has = |f: &str| facts.split_whitespace().any(|w| w == f);
+    let conns = if matches!(case, "resumption" | "zerortt") {
+        2
+    } else {
+        1
+    };
+    assert_eq!(
+        (t.conns_accepted, t.handshakes),
+        (conns, conns),
+        "{case}: {t:?}"
+    );
+    let remotes: BTreeSet<SocketAddr> = seen.iter().flat_map(|h| h.remotes.clone()).collect();
+    let ips: BTreeSet<IpAddr> = remotes.iter().map(|a| a.ip()).collect();
+    let mut zero_rtt: Vec<bool> = seen.iter().flat_map(|h| h.zero_rtt.clone()).collect();
+    zero_rtt.sort();
+    match case {
+        "handshake" | "transfer" | "multiplexing" => {}
+        "retry" => assert_eq!(
+            t.retries_sent, 1,
+            "our server made the client validate its address"
+        ),
+        // (aioquic's resumed ClientHello asks for early data whenever the ticket allows it,
+        // even when it sends none: so our server's 0-RTT flags are not checked here.)
+        "resumption" => assert!(has("resumed=True"), "{facts}"),
+        "zerortt" => {
+            assert!(
+                has("resumed=True") && has("early_data_accepted=True"),
+                "{facts}"
+            );
+            assert_eq!(zero_rtt, [false, true], "our server accepted 0-RTT once");
+        }
+        "chacha20" => assert!(has("cipher=CHACHA20_POLY1305_SHA256"), "{facts}"),
+        "keyupdate" => assert!(has("key_updated=True") && !has("key_updates=0"), "{facts}"),
+        "rebind-port" => {
+            assert!(has("rebound=True"), "{facts}");
+            assert!(remotes.len() >= 2, "our server saw one port: {remotes:?}");
+            assert_eq!(ips, BTreeSet::from([client_ip]), "{remotes:?}");
+        }
+        "rebind-addr" => {
+            assert!(has("rebound=True"), "{facts}");
+            assert_eq!(
+                ips,
+                BTreeSet::from([client_ip, moved_ip]),
+                "our server followed the client to its new address"
+            );
+        }
+        "v2" => {
+            assert!(has("version=0x1") && has("after_vn=True"), "{facts}");
+            assert_eq!(
+                t.version_negotiations, 1,
+                "our server answered the v2 Initial with Version Negotiation"
+            );
+        }
+        other => panic!("no checks for case {other}"),
+    }
+}
+
+/// aioquic's client runs `case` against our server on loopback; every file must arrive
+/// intact and the case's facts hold. Returns aioquic's facts line.
+fn aioquic_against_ours(case: &str) -> String {
+    let (big, small) = files_for(case);
     let site = Site::new(big, small);
-    let engine = our_server(&site, retry);
-    let facts = aioquic_client(&site, engine.local_addr(), case, None);
-    site.check_out();
+    let engine = our_server(&site, case == "retry");
     let handle = engine.handle();
-    engine.shutdown(VarInt::from_u32(0), b"").unwrap();
-    (facts, handle.total())
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+    let moved: IpAddr = "127.0.0.2".parse().unwrap();
+    let facts = aioquic_client(&site, engine.local_addr(), case, None, moved);
+    site.check_out();
+    let t = handle.total();
+    let seen = engine.shutdown(VarInt::from_u32(0), b"").unwrap();
+    check_case(case, &facts, &t, &seen, lo, moved);
+    facts
 }
 
 #[test]
 fn aioquic_client_handshake() {
     if aioquic() {
-        let (_, t) = aioquic_against_ours("handshake", 0, 1, false);
-        assert_eq!(t.handshakes, 1);
+        aioquic_against_ours("handshake");
     }
 }
 
 #[test]
 fn aioquic_client_transfer() {
     if aioquic() {
-        aioquic_against_ours("transfer", 2, 0, false);
+        aioquic_against_ours("transfer");
     }
 }
 
 #[test]
 fn aioquic_client_multiplexing() {
     if aioquic() {
-        aioquic_against_ours("multiplexing", 0, 1000, false);
+        aioquic_against_ours("multiplexing");
     }
 }
 
 #[test]
 fn aioquic_client_retry() {
     if aioquic() {
-        let (_, t) = aioquic_against_ours("retry", 0, 5, true);
-        assert_eq!(
-            t.retries_sent, 1,
-            "our server made the client validate its address"
-        );
+        aioquic_against_ours("retry");
     }
 }
 
 #[test]
 fn aioquic_client_resumption() {
     if aioquic() {
-        let (facts, t) = aioquic_against_ours("resumption", 0, 6, false);
-        assert!(facts.contains("resumed=True"), "{facts}");
-        assert_eq!(t.handshakes, 2);
+        aioquic_against_ours("resumption");
     }
 }
 
 #[test]
 fn aioquic_client_zerortt() {
     if aioquic() {
-        let (facts, _) = aioquic_against_ours("zerortt", 0, 6, false);
-        assert!(
-            facts.contains("resumed=True") && facts.contains("zero_rtt=True"),
-            "{facts}"
-        );
+        aioquic_against_ours("zerortt");
     }
 }
 
 #[test]
 fn aioquic_client_chacha20() {
     if aioquic() {
-        aioquic_against_ours("chacha20", 1, 2, false);
+        aioquic_against_ours("chacha20");
     }
 }
 
 #[test]
 fn aioquic_client_keyupdate() {
     if aioquic() {
-        let (facts, _) = aioquic_against_ours("keyupdate", 1, 2, false);
-        assert!(facts.contains("key_updated=True"), "{facts}");
+        aioquic_against_ours("keyupdate");
     }
 }
 
 #[test]
 fn aioquic_client_rebind_port() {
     if aioquic() {
-        let (facts, t) = aioquic_against_ours("rebind-port", 1, 3, false);
-        assert!(facts.contains("rebound=True"), "{facts}");
-        assert_eq!(
-            t.conns_accepted, 1,
-            "the rebound client kept its connection"
-        );
+        aioquic_against_ours("rebind-port");
+    }
+}
+
+#[test]
+fn aioquic_client_rebind_addr() {
+    if aioquic() {
+        aioquic_against_ours("rebind-addr");
+    }
+}
+
+/// aioquic offers QUIC v2 first; quinn-proto 0.11, under our server, speaks v1 only, so the
+/// server answers with Version Negotiation and aioquic starts again in v1.
+#[test]
+fn aioquic_client_v2() {
+    if aioquic() {
+        aioquic_against_ours("v2");
     }
 }
 
@@ -251,9 +356,13 @@ fn aioquic_client_rebind_port() {
 struct AioquicServer {
     child: std::process::Child,
     addr: SocketAddr,
+    /// The server's lines after "ready": one per ended connection.
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl AioquicServer {
+    /// Starts it on a free loopback port; every client validates its address first if
+    /// `retry`.
     fn start(site: &Site, retry: bool) -> AioquicServer {
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
@@ -273,17 +382,41 @@ impl AioquicServer {
             cmd.arg("--retry");
         }
         let mut child = cmd.spawn().unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(line.trim(), "ready");
-        AioquicServer {
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let server = AioquicServer {
             child,
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
-        }
+            lines,
+        };
+        assert_eq!(server.next_line(), "ready");
+        server
+    }
+
+    /// The next line the server prints (waiting at most [`common::HANG`]).
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(common::HANG)
+            .expect("aioquic server: no line within the hang guard")
+    }
+
+    /// The facts lines of the next `n` connections to end, in the order they ended.
+    fn connections(&self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let l = self.next_line();
+                assert!(l.starts_with("conn "), "unexpected line: {l}");
+                l
+            })
+            .collect()
     }
 }
 
@@ -314,6 +447,11 @@ fn ours_against_aioquic(big: usize, small: usize, retry: bool) {
             other => panic!("{name}: {other:?}"),
         }
     }
+    let facts = server.connections(1);
+    assert!(
+        facts[0].contains(&format!("served={}", site.files.len())),
+        "{facts:?}"
+    );
 }
 
 #[test]
@@ -337,7 +475,152 @@ fn our_client_against_aioquic_server_retry() {
     }
 }
 
-/// aioquic's client in the peer namespace against our server over AF_XDP.
+/// Our [`RoundsClient`] fetches over hq-interop from aioquic's server: `rounds[i]` names
+/// the site's files (by index) that connection `i` requests; `config` is our client's TLS
+/// configuration (`xdp_quic::tls::client_config` if `None`); `key_update_after` and `early`
+/// apply to every round. Checks every file arrived intact; returns the client and the
+/// server's facts lines (in the order the connections ended).
+fn ours_rounds_against_aioquic(
+    site: &Site,
+    config: Option<quinn::ClientConfig>,
+    rounds: &[&[usize]],
+    early: &[bool],
+    key_update_after: Option<usize>,
+) -> (RoundsClient, Vec<String>) {
+    let server = AioquicServer::start(site, false);
+    let cert = tls::certs_from_pem_file(&site.dir.join("cert.pem")).unwrap();
+    let config = config.unwrap_or_else(|| {
+        tls::client_config(tls::Trust::Roots(cert.clone()), &[hq::ALPN]).unwrap()
+    });
+    let b = EngineBuilder::default()
+        .client(config)
+        .drain_timeout(Duration::from_millis(300));
+    let plan: Vec<Round> = rounds
+        .iter()
+        .zip(early)
+        .map(|(files, &early)| Round {
+            requests: files
+                .iter()
+                .map(|&i| Bytes::from(format!("GET /{}\r\n", site.files[i].0)))
+                .collect(),
+            early,
+            key_update_after,
+        })
+        .collect();
+    let (c, _) = run_rounds(b, server.addr, plan);
+    for (r, files) in rounds.iter().enumerate() {
+        for (k, &i) in files.iter().enumerate() {
+            let (name, body) = &site.files[i];
+            match &c.responses[r][k] {
+                Some(Ok(got)) => assert!(got[..] == body[..], "round {r}: {name} differs"),
+                other => panic!("round {r}: {name}: {other:?} ({:?})", c.facts[r]),
+            }
+        }
+    }
+    let facts = server.connections(rounds.len());
+    (c, facts)
+}
+
+fn has(line: &str, fact: &str) -> bool {
+    line.split_whitespace().any(|w| w == fact)
+}
+
+#[test]
+fn our_client_against_aioquic_server_chacha20() {
+    if !aioquic() {
+        return;
+    }
+    let site = Site::new(1, 2);
+    // Our client offers TLS_CHACHA20_POLY1305_SHA256 alone.
+    let cert = tls::certs_from_pem_file(&site.dir.join("cert.pem")).unwrap();
+    let tls = ClientTls {
+        chacha20_only: true,
+        ..Default::default()
+    };
+    let config = quinn_client_config_with(cert[0].clone(), hq::ALPN, tls).0;
+    let (_, facts) =
+        ours_rounds_against_aioquic(&site, Some(config), &[&[0, 1, 2]], &[false], None);
+    assert!(
+        has(&facts[0], "cipher=CHACHA20_POLY1305_SHA256"),
+        "{facts:?}"
+    );
+}
+
+#[test]
+fn our_client_against_aioquic_server_keyupdate() {
+    if !aioquic() {
+        return;
+    }
+    let site = Site::new(1, 2);
+    // The update is forced at the first response octets: the connection is established and
+    // has sent too few packets for quinn-proto's own early update (10 to 1,000), so it is
+    // not ignored as a concurrent one.
+    let (c, facts) = ours_rounds_against_aioquic(&site, None, &[&[0, 1, 2]], &[false], Some(1));
+    assert!(c.facts[0].key_update_forced);
+    assert!(
+        !has(&facts[0], "key_updates=0"),
+        "aioquic saw no key update: {facts:?}"
+    );
+}
+
+#[test]
+fn our_client_against_aioquic_server_resumption() {
+    if !aioquic() {
+        return;
+    }
+    let site = Site::new(0, 6);
+    let (c, facts) = ours_rounds_against_aioquic(
+        &site,
+        None,
+        &[&[0, 1, 2], &[3, 4, 5]],
+        &[false, false],
+        None,
+    );
+    assert!(c.facts.iter().all(|f| f.connected), "{:?}", c.facts);
+    let resumed: Vec<bool> = facts.iter().map(|l| has(l, "resumed=True")).collect();
+    assert!(
+        resumed.contains(&true) && resumed.contains(&false),
+        "one full handshake, one resumed: {facts:?}"
+    );
+}
+
+#[test]
+fn our_client_against_aioquic_server_zerortt() {
+    if !aioquic() {
+        return;
+    }
+    let site = Site::new(0, 6);
+    let (c, facts) =
+        ours_rounds_against_aioquic(&site, None, &[&[0, 1, 2], &[3, 4, 5]], &[false, true], None);
+    let f = &c.facts[1];
+    assert!(f.had_0rtt, "our client held no 0-RTT keys: {f:?}");
+    assert_eq!(f.sent_early, 3, "every request went out as 0-RTT: {f:?}");
+    assert!(f.accepted_0rtt, "aioquic refused our 0-RTT data: {f:?}");
+    assert!(
+        facts
+            .iter()
+            .any(|l| has(l, "early_data=True") && has(l, "resumed=True")),
+        "{facts:?}"
+    );
+}
+
+/// The cases of the aioquic client against our server over AF_XDP, in a testbed.
+const AF_XDP_CASES: [&str; 11] = [
+    "handshake",
+    "transfer",
+    "multiplexing",
+    "retry",
+    "resumption",
+    "zerortt",
+    "chacha20",
+    "keyupdate",
+    "rebind-port",
+    "rebind-addr",
+    "v2",
+];
+
+/// aioquic's client in the peer namespace against our server over AF_XDP, every case in one
+/// testbed (the client namespace gets a second address for rebind-addr).
 #[test]
 fn aioquic_client_against_our_server_over_af_xdp() {
     if !aioquic() {
@@ -350,15 +633,24 @@ fn aioquic_client_against_our_server_over_af_xdp() {
     }
     use xdp_quic_control::testbed::Testbed;
     let tb = Testbed::create(&format!("xa{}", std::process::id() % 100_000), 2, 220).unwrap();
-    for case in ["handshake", "transfer", "multiplexing", "rebind-port"] {
-        let site = match case {
-            "transfer" => Site::new(2, 0),
-            "multiplexing" => Site::new(0, 500),
-            _ => Site::new(1, 2),
+    let moved = std::net::Ipv4Addr::new(10, 220, 0, 3);
+    let out = Command::new("ip")
+        .args(["-n", &tb.client_ns, "addr", "add", &format!("{moved}/24")])
+        .args(["dev", &tb.client_if])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for case in AF_XDP_CASES {
+        let (big, small) = match case {
+            "multiplexing" => (0, 500),
+            c => files_for(c),
         };
-        let b = EngineBuilder::default()
-            .server(tls::server_config(site.identity(), &[hq::ALPN]).unwrap())
-            .drain_timeout(Duration::from_millis(300));
+        let site = Site::new(big, small);
+        let b = our_builder(&site, case == "retry");
         let setup =
             xdp_quic::XdpSetup::new(&tb.server_if, "[::]:4433".parse().unwrap(), vec![0, 1]);
         let www = site.www();
@@ -367,12 +659,16 @@ fn aioquic_client_against_our_server_over_af_xdp() {
                 b,
                 &setup,
                 xdp_quic_control::xdp::AttachMode::Native,
-                move |_| HqServer::new(&www).unwrap(),
+                move |_| Observed::new(HqServer::new(&www).unwrap()),
             )
             .unwrap();
+        let handle = engine.handle();
         let addr = SocketAddr::new(tb.server_v4.into(), 4433);
-        aioquic_client(&site, addr, case, Some(&tb.client_ns));
+        let facts = aioquic_client(&site, addr, case, Some(&tb.client_ns), moved.into());
+        eprintln!("AF_XDP {case}: {facts}");
         site.check_out();
-        engine.shutdown(VarInt::from_u32(0), b"").unwrap();
+        let t = handle.total();
+        let seen = engine.shutdown(VarInt::from_u32(0), b"").unwrap();
+        check_case(case, &facts, &t, &seen, tb.client_v4.into(), moved.into());
     }
 }

@@ -230,14 +230,16 @@ async fn quinn_clients_64_connections_spread_over_4_workers() {
     assert_eq!(t.resets_sent, 0, "{t:?}");
 }
 
-/// Rebinds the quinn client to a new port every `every` octets echoed (at most `max` times),
-/// until `enough(handle)` says the path under test was taken. Returns the number of rebinds.
+/// Rebinds the quinn client to a new socket bound to `bind` (a new port, and a new address
+/// if `bind`'s differs) every `every` octets echoed (at most `max` times), until
+/// `enough(handle)` says the path under test was taken. Returns the number of rebinds.
 async fn rebinding_echo(
     ep: &quinn::Endpoint,
     conn: &quinn::Connection,
     data: Bytes,
     every: usize,
     max: usize,
+    bind: &str,
     mut enough: impl FnMut() -> bool,
 ) -> usize {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -255,7 +257,7 @@ async fn rebinding_echo(
         if back.len() >= next && rebinds < max && !enough() {
             next += every;
             let before = ep.local_addr().unwrap();
-            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let s = UdpSocket::bind(bind).unwrap();
             s.set_nonblocking(true).unwrap();
             ep.rebind(s).unwrap();
             rebinds += 1;
@@ -285,7 +287,7 @@ async fn quinn_client_rebinds_mid_transfer_steered_by_the_server() {
     // Five new ports in the course of the transfer, every 3 MB.
     let rebinds = guard(
         "20 MB echo with rebinds",
-        rebinding_echo(&ep, &conn, data, 3 * MB, 5, || false),
+        rebinding_echo(&ep, &conn, data, 3 * MB, 5, "127.0.0.1:0", || false),
     )
     .await;
     assert_eq!(rebinds, 5);
@@ -349,7 +351,9 @@ async fn quinn_client_rebinds_mid_transfer_handed_over_without_the_program() {
     let h = handle.clone();
     let rebinds = guard(
         "20 MB echo with rebinds",
-        rebinding_echo(&ep, &conn, data, MB, 16, move || h.total().handover_out > 0),
+        rebinding_echo(&ep, &conn, data, MB, 16, "127.0.0.1:0", move || {
+            h.total().handover_out > 0
+        }),
     )
     .await;
     assert!(conn.close_reason().is_none(), "the connection survived");
@@ -379,6 +383,208 @@ async fn quinn_client_rebinds_mid_transfer_handed_over_without_the_program() {
         live_resets, 0,
         "a misrouted packet provoked a stateless reset"
     );
+}
+
+/// A quinn client endpoint on a fresh loopback port with `config` (its TLS sessions, and
+/// so resumption, are shared by every connection it makes).
+fn quinn_endpoint(config: quinn::ClientConfig) -> quinn::Endpoint {
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(config);
+    ep
+}
+
+/// Our echo server on 2 UDP workers, each handler wrapped to record its peers.
+fn observed_echo_server() -> (
+    xdp_quic::Engine<Observed<EchoServer>>,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    let (b, cert) = our_server(2, echo::ALPN);
+    let engine = b
+        .start_udp("127.0.0.1:0".parse().unwrap(), |_| {
+            Observed::new(EchoServer::default())
+        })
+        .unwrap();
+    (engine, cert)
+}
+
+fn echoed(h: &[Observed<EchoServer>]) -> u64 {
+    h.iter().map(|h| h.inner.echoed).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quinn_client_resumption() {
+    let (engine, cert) = observed_echo_server();
+    let (config, verifier) = quinn_client_config_with(cert, echo::ALPN, ClientTls::default());
+    let ep = quinn_endpoint(config);
+    for i in 0..2 {
+        let conn = quinn_connect(&ep, engine.local_addr()).await;
+        let data = payload(30 + i, 100_000);
+        let back = guard("echo", quinn_echo(&conn, data.clone()))
+            .await
+            .unwrap();
+        assert_same("echo", &back, &data);
+        // The echo took a round trip after the handshake: the session ticket is in.
+        conn.close(VarInt::from_u32(0), b"done");
+    }
+    guard("client idle", ep.wait_idle()).await;
+    let t = engine.handle().total();
+    let handlers = shutdown(engine).await;
+    assert_eq!(
+        verifier.checked.load(Ordering::Relaxed),
+        1,
+        "the second handshake showed no certificate: it resumed the first's session"
+    );
+    assert_eq!((t.conns_accepted, t.handshakes), (2, 2), "{t:?}");
+    assert_eq!(echoed(&handlers), 200_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quinn_client_zerortt() {
+    let (engine, cert) = observed_echo_server();
+    let addr = engine.local_addr();
+    let tls = ClientTls {
+        early_data: true,
+        ..Default::default()
+    };
+    let (config, verifier) = quinn_client_config_with(cert, echo::ALPN, tls);
+    let ep = quinn_endpoint(config);
+    // A first connection gets a session ticket that allows early data.
+    let conn = quinn_connect(&ep, addr).await;
+    let first = payload(40, 10_000);
+    let back = guard("echo", quinn_echo(&conn, first.clone()))
+        .await
+        .unwrap();
+    assert_same("first echo", &back, &first);
+    conn.close(VarInt::from_u32(0), b"done");
+    // The second sends its stream in 0-RTT packets, before the handshake completes.
+    let connecting = ep.connect(addr, "localhost").unwrap();
+    let Ok((conn, accepted)) = connecting.into_0rtt() else {
+        panic!("no 0-RTT keys: our server's ticket did not allow early data");
+    };
+    let early = payload(41, 5_000);
+    let back = guard("0-RTT echo", quinn_echo(&conn, early.clone()))
+        .await
+        .unwrap();
+    assert_same("0-RTT echo", &back, &early);
+    assert!(
+        guard("0-RTT verdict", accepted).await,
+        "our server refused the 0-RTT data"
+    );
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    let t = engine.handle().total();
+    let handlers = shutdown(engine).await;
+    assert_eq!(verifier.checked.load(Ordering::Relaxed), 1, "resumed");
+    let mut zero_rtt: Vec<bool> = handlers.iter().flat_map(|h| h.zero_rtt.clone()).collect();
+    zero_rtt.sort();
+    assert_eq!(
+        zero_rtt,
+        [false, true],
+        "our server saw one full handshake and one with 0-RTT accepted"
+    );
+    assert_eq!((t.conns_accepted, t.handshakes), (2, 2), "{t:?}");
+    assert_eq!(echoed(&handlers), 15_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quinn_client_chacha20() {
+    let (engine, cert) = observed_echo_server();
+    // The client offers TLS_CHACHA20_POLY1305_SHA256 alone: a handshake that completes used
+    // it (a TLS 1.3 server can only pick a suite the client offered).
+    let tls = ClientTls {
+        chacha20_only: true,
+        ..Default::default()
+    };
+    let ep = quinn_endpoint(quinn_client_config_with(cert, echo::ALPN, tls).0);
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    let data = payload(42, 2 * MB);
+    let back = guard("echo", quinn_echo(&conn, data.clone()))
+        .await
+        .unwrap();
+    assert_same("ChaCha20 echo", &back, &data);
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    let handlers = shutdown(engine).await;
+    assert_eq!(echoed(&handlers), 2 * MB as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quinn_client_keyupdate() {
+    let (engine, cert) = observed_echo_server();
+    let ep = quinn_client(cert, echo::ALPN);
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    let data = payload(43, 4 * MB);
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let up = data.clone();
+    let writer = tokio::spawn(async move {
+        send.write_chunk(up).await?;
+        send.finish()?;
+        anyhow::Ok(())
+    });
+    let mut back = Vec::with_capacity(data.len());
+    let mut updated = false;
+    guard("echo with a key update", async {
+        while let Some(chunk) = recv.read_chunk(64 * 1024, true).await.unwrap() {
+            back.extend_from_slice(&chunk.bytes);
+            if !updated && back.len() >= MB {
+                // Established and a megabyte in: quinn-proto does not ignore it.
+                conn.force_key_update();
+                updated = true;
+            }
+        }
+    })
+    .await;
+    writer.await.unwrap().unwrap();
+    assert!(updated);
+    assert_same("echo across the key update", &back, &data);
+    assert!(conn.close_reason().is_none(), "the connection survived");
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    let handlers = shutdown(engine).await;
+    assert_eq!(echoed(&handlers), 4 * MB as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quinn_client_rebind_addr() {
+    let (engine, cert) = observed_echo_server();
+    let handle = engine.handle();
+    let ep = quinn_client(cert, echo::ALPN);
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    assert_eq!(ep.local_addr().unwrap().ip().to_string(), "127.0.0.1");
+    // One move, 1 MB into a 4 MB echo, to a socket on another local address.
+    let rebinds = guard(
+        "echo with an address change",
+        rebinding_echo(
+            &ep,
+            &conn,
+            payload(44, 4 * MB),
+            MB,
+            1,
+            "127.0.0.2:0",
+            || false,
+        ),
+    )
+    .await;
+    assert_eq!(rebinds, 1);
+    assert!(conn.close_reason().is_none(), "the connection survived");
+    let live_resets = handle.total().resets_sent;
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    let t = handle.total();
+    let handlers = shutdown(engine).await;
+    let ips: Vec<String> = handlers
+        .iter()
+        .flat_map(|h| h.remote_ips())
+        .map(|ip| ip.to_string())
+        .collect();
+    assert_eq!(
+        ips,
+        ["127.0.0.1", "127.0.0.2"],
+        "our server followed the client to its new address"
+    );
+    assert_eq!(t.conns_accepted, 1, "the moved client kept its connection");
+    assert_eq!(live_resets, 0);
+    assert_eq!(echoed(&handlers), 4 * MB as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -638,10 +844,11 @@ async fn empty_udp_datagrams_are_counted_malformed() {
     for _ in 0..16 {
         sock.send_to(&[], engine.local_addr()).unwrap();
     }
-    // A 1-octet marker after them on the same path (loopback keeps the order): once it is
-    // counted, the empty ones before it have been received too.
+    // A 1-octet marker after them on the same path (loopback keeps the order), malformed too.
+    // The counters are published per turn and a turn may take only some of the 17: wait for
+    // all of them (the hang guard fails the test if some never count).
     sock.send_to(&[0x40], engine.local_addr()).unwrap();
-    let t = wait_counters(&handle, "marker", |t| t.rx_malformed >= 1).await;
+    let t = wait_counters(&handle, "17 malformed", |t| t.rx_malformed >= 17).await;
     shutdown(engine).await;
     assert_eq!(t.rx_packets, 17, "{t:?}");
     assert_eq!(t.rx_malformed, 17, "{t:?}");
@@ -1046,5 +1253,122 @@ async fn our_client_engine_with_4_workers_on_one_shared_port() {
         t.rx_ignored, 0,
         "our client dropped its server's packets: {t:?}"
     );
+    srv.stop().await;
+}
+
+/// Runs [`RoundsClient`] (our client engine, one worker) with `rounds` against `srv`; its TLS
+/// configuration is `config`, or ours (`xdp_quic::tls::client_config`) if `None`. Checks that
+/// every echo came back intact.
+async fn our_rounds_against(
+    srv: &QuinnServer,
+    config: Option<quinn::ClientConfig>,
+    rounds: Vec<Round>,
+) -> (RoundsClient, Counters) {
+    let b = match config {
+        Some(c) => xdp_quic::EngineBuilder::default()
+            .client(c)
+            .transport(our_transport())
+            .drain_timeout(DRAIN),
+        None => our_client(1, srv.cert.clone(), echo::ALPN),
+    };
+    let addr = srv.addr;
+    let want = rounds.clone();
+    let (c, t) = blocking("our rounds client", move || run_rounds(b, addr, rounds)).await;
+    for (r, (round, got)) in want.iter().zip(&c.responses).enumerate() {
+        for (i, (req, resp)) in round.requests.iter().zip(got).enumerate() {
+            match resp {
+                Some(Ok(back)) => assert_same(&format!("round {r} echo {i}"), back, req),
+                other => panic!("round {r} echo {i}: {other:?} ({:?})", c.facts[r]),
+            }
+        }
+    }
+    (c, t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_chacha20_against_quinn_server() {
+    let srv = QuinnServer::start(Service::Echo, false);
+    // Our client offers TLS_CHACHA20_POLY1305_SHA256 alone (Initial packets use AES-128-GCM,
+    // as QUIC v1 requires).
+    let tls = ClientTls {
+        chacha20_only: true,
+        ..Default::default()
+    };
+    let config = quinn_client_config_with(srv.cert.clone(), echo::ALPN, tls).0;
+    let round = Round {
+        requests: vec![payload(60, 2 * MB), payload(61, 1000)],
+        ..Default::default()
+    };
+    let (c, t) = our_rounds_against(&srv, Some(config), vec![round]).await;
+    assert!(c.facts[0].connected);
+    assert_eq!(t.handshakes, 1);
+    assert_eq!(srv.streams.load(Ordering::Relaxed), 2);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_keyupdate_against_quinn_server() {
+    let srv = QuinnServer::start(Service::Echo, false);
+    let round = Round {
+        requests: vec![payload(62, 4 * MB)],
+        key_update_after: Some(MB),
+        ..Default::default()
+    };
+    let (c, _) = our_rounds_against(&srv, None, vec![round]).await;
+    assert!(c.facts[0].key_update_forced);
+    assert_eq!(c.facts[0].error, None, "the connection survived");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_resumption_against_quinn_server() {
+    let srv = QuinnServer::start(Service::Echo, false);
+    let round = |seed| Round {
+        requests: vec![payload(seed, 50_000)],
+        ..Default::default()
+    };
+    // Two connections one after the other on one engine: the second offers the session
+    // ticket the first received, kept in the engine's client configuration.
+    let (c, t) = our_rounds_against(&srv, None, vec![round(63), round(64)]).await;
+    assert!(c.facts.iter().all(|f| f.connected && f.error.is_none()));
+    assert_eq!((t.conns_opened, t.handshakes), (2, 2), "{t:?}");
+    assert_eq!(srv.connections.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        srv.resumed.load(Ordering::Relaxed),
+        1,
+        "quinn's TLS server resumed the second connection's session"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_zerortt_against_quinn_server() {
+    let srv = QuinnServer::start_with(Service::Echo, false, true);
+    let first = Round {
+        requests: vec![payload(65, 10_000)],
+        ..Default::default()
+    };
+    // The second writes its requests at once: in 0-RTT packets.
+    let second = Round {
+        requests: vec![payload(66, 3_000), payload(67, 1)],
+        early: true,
+        ..Default::default()
+    };
+    let (c, t) = our_rounds_against(&srv, None, vec![first, second]).await;
+    assert!(!c.facts[0].had_0rtt, "{:?}", c.facts[0]);
+    assert!(
+        c.facts[1].had_0rtt,
+        "our client held no 0-RTT keys: {:?}",
+        c.facts[1]
+    );
+    assert_eq!(c.facts[1].sent_early, 2, "both requests went out as 0-RTT");
+    assert!(
+        c.facts[1].accepted_0rtt,
+        "quinn's server refused our 0-RTT data: {:?}",
+        c.facts[1]
+    );
+    assert_eq!(t.handshakes, 2, "{t:?}");
+    assert_eq!(srv.resumed.load(Ordering::Relaxed), 1);
+    assert_eq!(srv.streams.load(Ordering::Relaxed), 3);
     srv.stop().await;
 }

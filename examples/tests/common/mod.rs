@@ -251,8 +251,8 @@ pub fn quinn_client_config_with(
         .tls13()
         .and_then(|s| s.quic_suite())
         .expect("AES-128-GCM has a QUIC suite");
-    let quic = quinn::crypto::rustls::QuicClientConfig::with_initial(Arc::new(tls), initial)
-        .unwrap();
+    let quic =
+        quinn::crypto::rustls::QuicClientConfig::with_initial(Arc::new(tls), initial).unwrap();
     let mut c = quinn::ClientConfig::new(Arc::new(quic));
     c.transport_config(Arc::new(quinn_transport()));
     (c, verifier)
@@ -575,8 +575,8 @@ pub async fn quinn_perf_request(
 /// Wraps a handler of our server and records what its peers looked like to it.
 pub struct Observed<H> {
     pub inner: H,
-    /// Every remote address the server heard a connection from (at handshake, stream and
-    /// datagram callbacks): a migrated client shows up with its old and new addresses.
+    /// Every remote address a connection had at any callback: a migrated client shows up
+    /// with its old and new addresses.
     pub remotes: std::collections::BTreeSet<SocketAddr>,
     /// One entry per completed handshake: whether the client's 0-RTT data was accepted.
     pub zero_rtt: Vec<bool>,
@@ -604,6 +604,7 @@ impl<H: Handler> Handler for Observed<H> {
         self.inner.connected(conn)
     }
     fn stream_opened(&mut self, conn: &mut xdp_quic::Conn<'_>, s: xdp_quic::StreamId) {
+        self.remotes.insert(conn.remote_address());
         self.inner.stream_opened(conn, s)
     }
     fn stream_readable(&mut self, conn: &mut xdp_quic::Conn<'_>, s: xdp_quic::StreamId) {
@@ -611,9 +612,11 @@ impl<H: Handler> Handler for Observed<H> {
         self.inner.stream_readable(conn, s)
     }
     fn stream_writable(&mut self, conn: &mut xdp_quic::Conn<'_>, s: xdp_quic::StreamId) {
+        self.remotes.insert(conn.remote_address());
         self.inner.stream_writable(conn, s)
     }
     fn stream_finished(&mut self, conn: &mut xdp_quic::Conn<'_>, s: xdp_quic::StreamId) {
+        self.remotes.insert(conn.remote_address());
         self.inner.stream_finished(conn, s)
     }
     fn stream_stopped(
@@ -622,9 +625,11 @@ impl<H: Handler> Handler for Observed<H> {
         s: xdp_quic::StreamId,
         code: VarInt,
     ) {
+        self.remotes.insert(conn.remote_address());
         self.inner.stream_stopped(conn, s, code)
     }
     fn streams_available(&mut self, conn: &mut xdp_quic::Conn<'_>) {
+        self.remotes.insert(conn.remote_address());
         self.inner.streams_available(conn)
     }
     fn datagram(&mut self, conn: &mut xdp_quic::Conn<'_>, data: Bytes) {
@@ -658,6 +663,8 @@ pub struct Round {
 pub struct RoundFacts {
     /// 0-RTT keys were there when the requests were written early (a resumed session).
     pub had_0rtt: bool,
+    /// Requests written before the handshake completed.
+    pub sent_early: usize,
     /// The server accepted the 0-RTT data.
     pub accepted_0rtt: bool,
     /// The handshake completed.
@@ -722,6 +729,7 @@ impl RoundsClient {
             ctx.connect_with_early_data(self.remote, "localhost", |conn| {
                 self.facts[r].had_0rtt = conn.has_0rtt();
                 self.request_more(conn);
+                self.facts[r].sent_early = self.next_request;
             })
         } else {
             ctx.connect(self.remote, "localhost")
@@ -856,9 +864,10 @@ pub fn run_rounds(
 ) -> (RoundsClient, xdp_quic::Counters) {
     let engine = builder
         .workers(1)
-        .start_udp_client(xdp_quic_examples::client::any_local_for(remote), move |_| {
-            RoundsClient::new(remote, rounds.clone())
-        })
+        .start_udp_client(
+            xdp_quic_examples::client::any_local_for(remote),
+            move |_| RoundsClient::new(remote, rounds.clone()),
+        )
         .expect("client engine");
     let handle = engine.handle();
     handle.post(0, |h, ctx| h.start(ctx));
