@@ -548,6 +548,7 @@ async fn quinn_client_keyupdate() {
 async fn quinn_client_rebind_addr() {
     let (engine, cert) = observed_echo_server();
     let handle = engine.handle();
+    let steering = engine.steering().expect("UDP backend");
     let ep = quinn_client(cert, echo::ALPN);
     let conn = quinn_connect(&ep, engine.local_addr()).await;
     assert_eq!(ep.local_addr().unwrap().ip().to_string(), "127.0.0.1");
@@ -583,8 +584,14 @@ async fn quinn_client_rebind_addr() {
         "our server followed the client to its new address"
     );
     assert_eq!(t.conns_accepted, 1, "the moved client kept its connection");
-    assert_eq!(live_resets, 0);
     assert_eq!(echoed(&handlers), 4 * MB as u64);
+    if steering == Steering::CidProgram {
+        // Every packet reached the owner directly. (Under hash steering a hand-over can
+        // deliver the client's retirement of its old CID before the owner's socket gives up
+        // older packets still carrying that CID, which then earn a harmless stateless reset.)
+        assert_eq!(live_resets, 0);
+        assert_eq!(t.handover_out, 0, "{t:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
