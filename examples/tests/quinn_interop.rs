@@ -294,7 +294,7 @@ async fn quinn_client_rebinds_mid_transfer_steered_by_the_server() {
     assert!(conn.close_reason().is_none(), "the connection survived");
     // Resets are judged while the connection lives: after the close, a late retransmitted
     // CLOSE reaching a drained server legitimately earns one.
-    let live_resets = handle.total().resets_sent;
+    let live_resets: Vec<u64> = handle.counters().iter().map(|c| c.resets_sent).collect();
     conn.close(VarInt::from_u32(0), b"done");
     guard("client idle", ep.wait_idle()).await;
     let per_worker = handle.counters();
@@ -314,7 +314,7 @@ async fn quinn_client_rebinds_mid_transfer_steered_by_the_server() {
         "the rebound client kept its connection"
     );
     assert_eq!(total_echoed(&handlers), 20 * MB as u64);
-    assert_eq!(live_resets, 0);
+    assert_no_misrouted_reset(&live_resets, owner, steering);
     match steering {
         Steering::CidProgram => {
             eprintln!("routed by the reuseport CID program: no hand-over needed");
@@ -357,10 +357,15 @@ async fn quinn_client_rebinds_mid_transfer_handed_over_without_the_program() {
     )
     .await;
     assert!(conn.close_reason().is_none(), "the connection survived");
-    let live_resets = handle.total().resets_sent;
+    let live_resets: Vec<u64> = handle.counters().iter().map(|c| c.resets_sent).collect();
     conn.close(VarInt::from_u32(0), b"done");
     guard("client idle", ep.wait_idle()).await;
     let t = handle.total();
+    let owner = handle
+        .counters()
+        .iter()
+        .position(|c| c.conns_accepted == 1)
+        .unwrap();
     let handlers = shutdown(engine).await;
     eprintln!(
         "hash steering: {rebinds} rebinds, handover_out {} handover_in {}",
@@ -379,10 +384,23 @@ async fn quinn_client_rebinds_mid_transfer_handed_over_without_the_program() {
     );
     assert_eq!(t.handover_dropped, 0);
     assert_eq!(t.handover_in, t.handover_out);
-    assert_eq!(
-        live_resets, 0,
-        "a misrouted packet provoked a stateless reset"
-    );
+    assert_no_misrouted_reset(&live_resets, owner, Steering::Hash);
+}
+
+/// No worker but the connection's `owner` sent a stateless reset while it lived: a packet
+/// that reached the wrong worker went to its owner and never to a foreign endpoint (which
+/// would have answered it with a reset). Under the CID program the owner receives every
+/// packet itself, in order, and sends none either. Under hash steering the owner may: a
+/// packet of the old path still queued in its socket can be read after the client's
+/// RETIRE_CONNECTION_ID came in over the new path and was handed over first, and a retired
+/// CID is unknown. That reset carries the retired CID's token, which the client no longer
+/// honours (RFC 9000, 10.3.1), so the connection lives on: the tests check it does.
+fn assert_no_misrouted_reset(resets: &[u64], owner: usize, steering: Steering) {
+    for (w, &n) in resets.iter().enumerate() {
+        if w != owner || steering == Steering::CidProgram {
+            assert_eq!(n, 0, "worker {w} (owner {owner}) sent {n} stateless resets");
+        }
+    }
 }
 
 /// A quinn client endpoint on a fresh loopback port with `config` (its TLS sessions, and
