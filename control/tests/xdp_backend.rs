@@ -14,7 +14,7 @@ use xdp_quic::{tls, Engine, EngineBuilder, TransportConfig, VarInt, XdpSetup};
 use xdp_quic_control::testbed::Testbed;
 use xdp_quic_control::xdp::{AttachMode, EmbeddedAttachment};
 use xdp_quic_examples::echo::{self, EchoServer};
-use xdp_support::quinn_endpoint;
+use xdp_support::{quinn_endpoint, quinn_endpoint_with};
 
 const PORT: u16 = 4433;
 /// A hang guard, never a performance bound.
@@ -432,6 +432,60 @@ fn interface_down_and_up_keeps_connections() {
     });
     let t = rig.engine().handle().total();
     assert_eq!(t.conns_accepted, 2, "the first connection lived through it");
+    rig.stop();
+}
+
+/// The interop runner's TLS-level cases with quinn as the client over AF_XDP: chacha20 (the
+/// client offers nothing else), keyupdate (forced mid-connection), resumption and zerortt (a
+/// second connection sends its stream in 0-RTT on the first one's ticket, and the server
+/// accepts it). Every echo byte-exact.
+#[test]
+fn quinn_tls_cases_over_af_xdp() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::new(2, &[0, 1], AttachMode::Native, |_| {});
+    let addr = rig.addr(false);
+    let cert = rig.cert.clone();
+    rig.client(async move || {
+        // chacha20, then keyupdate on the same connection.
+        let ep = quinn_endpoint_with(&cert, false, true, false);
+        let conn = ep
+            .connect(addr, "localhost")
+            .unwrap()
+            .await
+            .expect("chacha20 handshake");
+        let d = random(200_000, 7);
+        assert!(echo_stream(&conn, &d).await == d, "chacha20 echo");
+        conn.force_key_update();
+        let d = random(200_000, 8);
+        assert!(echo_stream(&conn, &d).await == d, "echo after a key update");
+        conn.close(0u32.into(), b"");
+        ep.wait_idle().await;
+
+        // resumption and zerortt.
+        let ep = quinn_endpoint_with(&cert, false, false, true);
+        let conn = ep
+            .connect(addr, "localhost")
+            .unwrap()
+            .await
+            .expect("handshake");
+        let d = random(10_000, 9);
+        assert!(
+            echo_stream(&conn, &d).await == d,
+            "first echo (the ticket arrives)"
+        );
+        conn.close(0u32.into(), b"");
+        let Ok((conn, accepted)) = ep.connect(addr, "localhost").unwrap().into_0rtt() else {
+            panic!("no 0-RTT keys: the session was not resumed");
+        };
+        let d = random(5_000, 10);
+        assert!(echo_stream(&conn, &d).await == d, "0-RTT echo");
+        assert!(accepted.await, "the server refused the 0-RTT data");
+        conn.close(0u32.into(), b"");
+        ep.wait_idle().await;
+    });
+    assert_eq!(rig.engine().handle().total().conns_accepted, 3);
     rig.stop();
 }
 
