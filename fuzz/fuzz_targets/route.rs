@@ -1,0 +1,166 @@
+//! `route`: the routing decision (`route::route`, with `packet::quic::peek` under it) made
+//! before quinn-proto's `Endpoint::handle`. Input format: `RouteInput` in `src/lib.rs` (any
+//! valid CID layout, 1..=256 workers, the deciding worker, serves or not, a packet to build and
+//! an arbitrary datagram).
+//!
+//! For the arbitrary datagram:
+//! * `route` returns (no panic) and is total; `Worker(w)` only ever names an existing worker
+//!   other than the deciding one;
+//! * `peek` is checked against the bytes (empty → `Empty`; short header → DCID = the
+//!   `len` octets after the first; long header → DCID = the octets its length octet announces
+//!   at offset 6, version 1 and drafts typed by bits 4-5, others `Other`; too short →
+//!   `Truncated`);
+//! * the decision follows the documented rules from that header and `CidLayout::decode`.
+//!
+//! For a packet built around a CID of worker `owner` (short header, long header of each type in
+//! version 1 and a draft, an unknown version, a DCID of another length), the decision is the
+//! one the rules prescribe, worked out independently of the header parser.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use xdp_quic::cid::CidLayout;
+use xdp_quic::packet::quic::{self, Header, HeaderError, LongType};
+use xdp_quic::route::{route, Route};
+use xdp_quic_fuzz::{Built, ByteRng, RouteInput};
+
+fuzz_target!(|data: &[u8]| {
+    let input = RouteInput::decode(data);
+    arbitrary_datagram(&input);
+    built_packet(&input);
+});
+
+fn by_cid(layout: &CidLayout, me: usize, dcid: &[u8]) -> Route {
+    match layout.decode(dcid) {
+        Some(w) if w != me => Route::Worker(w),
+        _ => Route::Local,
+    }
+}
+
+fn arbitrary_datagram(input: &RouteInput<'_>) {
+    let (layout, me, d) = (&input.layout, input.me, input.datagram);
+    let workers = layout.workers();
+    let r = route(layout, me, input.serves, d);
+    if let Route::Worker(w) = r {
+        assert!(w < workers, "worker {w} of {workers}");
+        assert_ne!(w, me, "hand-over to oneself");
+    }
+
+    // The header, checked against the bytes.
+    let peeked = quic::peek(d, layout.len());
+    let Some(&first) = d.first() else {
+        assert_eq!(peeked, Err(HeaderError::Empty));
+        assert_eq!(r, Route::Drop(HeaderError::Empty));
+        return;
+    };
+    if first & 0x80 == 0 {
+        if d.len() < 1 + layout.len() {
+            assert_eq!(peeked, Err(HeaderError::Truncated));
+        } else {
+            let dcid = &d[1..1 + layout.len()];
+            assert_eq!(peeked, Ok(Header::Short { dcid }));
+        }
+    } else if d.len() < 6 || d.len() < 6 + usize::from(d[5]) {
+        assert_eq!(peeked, Err(HeaderError::Truncated));
+    } else {
+        let version = u32::from_be_bytes([d[1], d[2], d[3], d[4]]);
+        if version == 1 || version >> 24 == 0xff {
+            let dcid = &d[6..6 + usize::from(d[5])];
+            let ty = [
+                LongType::Initial,
+                LongType::ZeroRtt,
+                LongType::Handshake,
+                LongType::Retry,
+            ][usize::from((first >> 4) & 3)];
+            assert_eq!(peeked, Ok(Header::Long { ty, dcid }));
+        } else {
+            assert_eq!(peeked, Ok(Header::Other));
+        }
+    }
+    if let Ok(Header::Short { dcid } | Header::Long { dcid, .. }) = peeked {
+        // Borrowed from the datagram, not copied.
+        let at = dcid.as_ptr() as usize - d.as_ptr() as usize;
+        assert!(at + dcid.len() <= d.len());
+    }
+
+    // The decision, from the rules.
+    let want = match peeked {
+        Err(e) => Route::Drop(e),
+        Ok(Header::Short { dcid }) => by_cid(layout, me, dcid),
+        Ok(Header::Long { ty, dcid }) => match ty {
+            LongType::Initial | LongType::ZeroRtt if input.serves => Route::Local,
+            _ => by_cid(layout, me, dcid),
+        },
+        Ok(Header::Other) => Route::Local,
+    };
+    assert_eq!(r, want);
+}
+
+fn built_packet(input: &RouteInput<'_>) {
+    let layout = &input.layout;
+    let (me, owner) = (input.me, input.owner);
+    let mut cid = [0u8; 20];
+    let cid = &mut cid[..layout.len()];
+    layout.write(owner, &mut ByteRng::new(input.nonce), cid);
+    assert_eq!(layout.decode(cid), Some(owner));
+    let ours = if owner == me {
+        Route::Local
+    } else {
+        Route::Worker(owner)
+    };
+    let bits = input.bits;
+    let long = |ty: u8, version: u32, dcid: &[u8]| {
+        let mut p = vec![0xc0 | (ty << 4) | (bits & 0x0f)];
+        p.extend_from_slice(&version.to_be_bytes());
+        p.push(dcid.len() as u8);
+        p.extend_from_slice(dcid);
+        p
+    };
+    // Initial and 0-RTT stay where they land on a server; the rest goes by CID.
+    let by_type = |ty: u8| {
+        if ty <= 1 && input.serves {
+            Route::Local
+        } else {
+            ours
+        }
+    };
+    let draft = 0xff00_0000 | u32::from(input.version);
+    let (mut p, want) = match input.built {
+        Built::Short => {
+            let mut p = vec![0x40 | (bits & 0x3f)];
+            p.extend_from_slice(cid);
+            (p, ours)
+        }
+        Built::V1(ty) => (long(ty, 1, cid), by_type(ty)),
+        Built::Draft(ty) => (long(ty, draft, cid), by_type(ty)),
+        Built::Unknown => {
+            // Neither 1 nor 0xff......: 0x00......, or 0x01...... and up to 0xfe.......
+            let v = (u32::from(input.version % 0xff) << 24) | 0x2 | u32::from(bits);
+            (long(bits >> 6, v, cid), Route::Local)
+        }
+        Built::ForeignLen => {
+            // A DCID of another length (0..=20 octets) is never ours: it stays local.
+            let mut n = usize::from(bits % 21);
+            if n == layout.len() {
+                n = (n + 1) % 21;
+            }
+            let dcid: Vec<u8> = cid.iter().copied().cycle().take(n).collect();
+            (long(input.version & 3, 1, &dcid), Route::Local)
+        }
+    };
+    p.extend_from_slice(input.datagram);
+    assert_eq!(
+        route(layout, me, input.serves, &p),
+        want,
+        "{:?} me {me} owner {owner} serves {}",
+        input.built,
+        input.serves
+    );
+    // Cut inside the header: dropped as truncated.
+    let header = p.len() - input.datagram.len();
+    p.truncate(header - 1);
+    assert_eq!(
+        route(layout, me, input.serves, &p),
+        Route::Drop(HeaderError::Truncated)
+    );
+}
