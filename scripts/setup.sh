@@ -7,6 +7,7 @@
 #   ethtool, shellcheck      the NIC tuning scripts and their tests
 #   util-linux               nsenter, mount (bpffs)
 #   python3                  JSON checks in the script tests
+#   g++                      libFuzzer (the cargo-fuzz targets, scripts/fuzz.sh)
 #   aioquic (PyPI)           the independent QUIC peer of the interop tests
 set -euo pipefail
 
@@ -16,7 +17,7 @@ install_aioquic() {
 	python3 -m pip install --quiet --root-user-action=ignore 'aioquic==1.7.2'
 }
 
-packages=(clang llvm libbpf-dev iproute2 iputils-ping ethtool shellcheck util-linux python3)
+packages=(clang llvm libbpf-dev iproute2 iputils-ping ethtool shellcheck util-linux python3 g++)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,7 +7,9 @@
 #   4. every Rust test of the workspace (the XDP, AF_XDP and netns tests need root: with CI
 #      set, a missing privilege fails them instead of skipping);
 #   5. the NIC tuning scripts' tests (shellcheck, fake NIC, veth);
-#   6. the benchmark, briefly: every workload on every server produces numbers and intact data.
+#   6. the benchmark, briefly: every workload on every server produces numbers and intact data;
+#   7. a short fuzz run: every cargo-fuzz target of fuzz/ for 20 s over the committed corpus
+#      (stable Rust; installs cargo-fuzz, pinned, when missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,3 +20,4 @@ cargo fmt --all --check
 cargo test --workspace --all-targets
 bash scripts/tests/nic_scripts_test.sh
 cargo run -q -p xdp-quic-bench -- --quick
+scripts/fuzz.sh 20
