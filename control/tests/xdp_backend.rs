@@ -373,16 +373,8 @@ fn migration_to_another_address_on_another_queue_keeps_the_connection() {
         .map(|i| std::net::Ipv4Addr::new(10, 214, 0, i))
         .collect();
     for ip in &extra {
-        let out = std::process::Command::new("ip")
-            .args(["-n", &rig.tb.client_ns, "addr", "add", &format!("{ip}/24")])
-            .args(["dev", &rig.tb.client_if])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (ns, dev, cidr) = (&rig.tb.client_ns, &rig.tb.client_if, format!("{ip}/24"));
+        xdp_support::sh(&["ip", "-n", ns, "addr", "add", &cidr, "dev", dev]);
     }
     migrate_until_another_queue(&mut rig, extra.len(), |round| {
         std::net::UdpSocket::bind((extra[round], 0)).unwrap()
@@ -401,17 +393,7 @@ fn interface_down_and_up_keeps_connections() {
     let addr = rig.addr(false);
     let cert = rig.cert.clone();
     let (ns, dev) = (rig.tb.server_ns.clone(), rig.tb.server_if.clone());
-    let set = move |state: &str| {
-        let out = std::process::Command::new("ip")
-            .args(["-n", &ns, "link", "set", &dev, state])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let set = move |state: &str| xdp_support::sh(&["ip", "-n", &ns, "link", "set", &dev, state]);
     rig.client(async move || {
         let ep = quinn_endpoint(&cert, false);
         let conn = ep

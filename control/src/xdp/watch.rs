@@ -47,17 +47,6 @@ impl ProgramWatch {
         })
     }
 
-    /// The program watched.
-    pub fn prog_id(&self) -> u32 {
-        self.prog_id
-    }
-
-    /// Whether the program was found gone by an earlier check (it stays lost: sockets
-    /// registered with it are not in a new program's map).
-    pub fn is_lost(&self) -> bool {
-        self.lost
-    }
-
     /// One look at the interface (a netlink round trip): the events since the last look,
     /// at most two (a down or up edge, then the loss of the program, reported once).
     pub fn check(&mut self) -> io::Result<Vec<WatchEvent>> {
