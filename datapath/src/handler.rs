@@ -8,10 +8,20 @@ use bytes::Bytes;
 use quinn_proto::{ConnectionError, StreamId, VarInt};
 
 use crate::conn::{Conn, ConnId, Ctx};
+use crate::engine::EngineHandle;
 
 /// Callbacks of one worker. Every method has a default that does nothing.
 #[allow(unused_variables)]
 pub trait Handler: Send + 'static {
+    /// Called once per worker, before any other callback, with a handle to the engine: keep
+    /// it to hand work back to this worker from other threads (the result of blocking I/O
+    /// done elsewhere, say) with [`EngineHandle::post`] or [`EngineHandle::post_to_conn`].
+    fn attached(&mut self, engine: &EngineHandle<Self>)
+    where
+        Self: Sized,
+    {
+    }
+
     /// The handshake of `conn` completed (server or client side).
     fn connected(&mut self, conn: &mut Conn<'_>) {}
 

@@ -118,12 +118,16 @@ pub(crate) struct WorkerParts<H: Handler> {
 impl<H: Handler> Worker<H> {
     pub(crate) fn new(p: WorkerParts<H>) -> Self {
         let metrics = p.mesh.metrics[p.index].clone();
+        let mut handler = p.handler;
+        handler.attached(&crate::engine::EngineHandle {
+            mesh: p.mesh.clone(),
+        });
         Self {
             index: p.index,
             mesh: p.mesh,
             shard: Shard::new(p.endpoint),
             handler: Guarded {
-                inner: p.handler,
+                inner: handler,
                 poisoned: false,
             },
             client: p.client,
