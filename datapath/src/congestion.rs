@@ -5,8 +5,14 @@
 //! ACKs, so with a full window the close is never sent and the peer learns of it only by its
 //! idle timeout (quinn issue #2785, fixed upstream by PR #2787 after that release).
 //!
-//! Every connection of the engine gets its controller through [`GatedFactory`]; the worker
+//! Every connection of the engine gets its controllers through [`GatedFactory`]; the worker
 //! keeps the [`CloseGate`] of each connection and opens it when it closes the connection.
+//! quinn-proto builds a connection's first controller inside `Endpoint::accept` or
+//! `Endpoint::connect`, and a fresh one whenever the peer moves to a new address (any move
+//! but an IPv4 port change, so every IPv6 move too): the factory leaves the gate of the
+//! controller it built last in a thread-local, and the worker takes it right after each of
+//! those calls ([`take_last_built`]), so the connection's gate is always its current
+//! controller's.
 //! An open gate reports an unlimited window: a closed connection sends nothing but
 //! CONNECTION_CLOSE, so nothing else can use it. Remove this module when quinn-proto releases
 //! the fix.
@@ -29,19 +35,24 @@ impl CloseGate {
     pub fn open(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
+
+    /// Whether [`CloseGate::open`] was called.
+    pub fn is_open(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 thread_local! {
-    /// The gate of the controller built last on this thread (quinn-proto builds a
-    /// connection's controller inside `Endpoint::accept` / `Endpoint::connect`).
+    /// The gate of the controller built last on this thread and not yet taken.
     static LAST_BUILT: RefCell<Option<CloseGate>> = const { RefCell::new(None) };
 }
 
-/// Takes the gate of the connection that `accept` or `connect` just created on this thread.
-pub fn take_last_built() -> CloseGate {
-    LAST_BUILT
-        .with(|l| l.borrow_mut().take())
-        .unwrap_or_default()
+/// Takes the gate of the controller that quinn-proto built on this thread since the last
+/// call, if it built one: call it right after `Endpoint::accept` and `Endpoint::connect` (a
+/// new connection) and after `Connection::handle_event` (a migration may have replaced the
+/// connection's controller).
+pub(crate) fn take_last_built() -> Option<CloseGate> {
+    LAST_BUILT.with(|l| l.borrow_mut().take())
 }
 
 /// Wraps another factory's controllers (Cubic by default) in a [`CloseGate`].

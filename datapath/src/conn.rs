@@ -115,7 +115,7 @@ impl Ctx<'_> {
         let (ch, conn) = self.endpoint.connect(self.now, cfg, remote, server_name)?;
         let serial = *self.next_serial;
         *self.next_serial = serial.wrapping_add(1);
-        let gate = crate::congestion::take_last_built();
+        let gate = crate::congestion::take_last_built().unwrap_or_default();
         self.born.push((ch, conn, serial, gate));
         Ok(ConnId::new(self.worker, ch, serial))
     }

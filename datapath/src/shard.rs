@@ -1,7 +1,7 @@
 //! The QUIC state of one worker: its `quinn_proto::Endpoint`, its connections, their timers,
 //! and the list of connections that need a poll. Owned and touched by one thread only.
 
-use quinn_proto::{Connection, ConnectionHandle, Endpoint};
+use quinn_proto::{Connection, ConnectionEvent, ConnectionHandle, Endpoint};
 
 use crate::congestion::CloseGate;
 use crate::conn::ConnId;
@@ -24,6 +24,21 @@ pub(crate) struct Slot {
     /// The connection's tracing span: its life-cycle events, and whatever the application
     /// logs in its callbacks, carry the connection id (free when the level is off).
     pub span: tracing::Span,
+}
+
+impl Slot {
+    /// Hands `event` to the connection. When quinn-proto built a new congestion controller
+    /// for it meanwhile (the peer moved to a new address), the connection's close gate
+    /// becomes the new controller's, opened already if the connection is closing.
+    pub fn handle_event(&mut self, event: ConnectionEvent) {
+        self.conn.handle_event(event);
+        if let Some(fresh) = crate::congestion::take_last_built() {
+            if self.gate.is_open() {
+                fresh.open();
+            }
+            self.gate = fresh;
+        }
+    }
 }
 
 /// One endpoint shard.
@@ -69,7 +84,7 @@ impl Shard {
     ) -> ConnId {
         let serial = self.next_serial;
         self.next_serial = serial.wrapping_add(1);
-        let gate = crate::congestion::take_last_built();
+        let gate = crate::congestion::take_last_built().unwrap_or_default();
         self.insert_with_serial(worker, ch, conn, serial, gate, now)
     }
 

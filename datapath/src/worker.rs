@@ -343,7 +343,7 @@ impl<H: Handler> Worker<H> {
         match event {
             Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
                 if let Some(Some(slot)) = self.shard.slots.get_mut(ch.0) {
-                    slot.conn.handle_event(ev);
+                    slot.handle_event(ev);
                     self.shard.mark_dirty(ch.0);
                 }
             }
@@ -594,7 +594,7 @@ impl<H: Handler> Worker<H> {
             while let Some(ev) = slot.conn.poll_endpoint_events() {
                 drained |= ev.is_drained();
                 if let Some(back) = endpoint.handle_event(ch, ev) {
-                    slot.conn.handle_event(back);
+                    slot.handle_event(back);
                 }
             }
 

@@ -540,3 +540,64 @@ fn a_panicking_handler_closes_its_workers_connections_and_the_others_go_on() {
     }
     assert!(ok > 0, "the other worker went on serving");
 }
+
+/// Clients that move to a new address mid-upload (a new IPv4 address, a new IPv6 address)
+/// still hear the server's close: quinn-proto builds a new congestion controller for the new
+/// path, and the close must not wait behind that controller's full window.
+#[test]
+fn shutdown_after_a_migration_reaches_every_client() {
+    let cases: [(&str, &str, [&str; 2]); 2] = [
+        ("10.0.10.1:4433", "10.0.11.{}:7800", ["10.0.12.{}:7801", ""]),
+        ("[fd00::1]:4433", "[fd00::11:{}]:7800", ["[fd00::12:{}]:7801", ""]),
+    ];
+    for (server_at, from, [to, _]) in cases {
+        let net = MemNetwork::new(Duration::from_millis(2));
+        let mut server = Node::new(
+            server_builder(2),
+            &net,
+            addr(server_at),
+            MemSteering::Hash,
+            |_| EchoServer::default(),
+        )
+        .unwrap();
+        let mut clients: Vec<_> = (0..4u64)
+            .map(|i| {
+                let at = addr(&from.replace("{}", &(i + 1).to_string()));
+                let target = addr(server_at);
+                let p = vec![payload(i, 20_000_000)];
+                let c = Node::new(client_builder(1), &net, at, MemSteering::Hash, move |_| {
+                    EchoClient::new(target, "localhost", p.clone(), vec![], 0)
+                })
+                .unwrap();
+                c.handle.post(0, |h, ctx| h.start(ctx));
+                c
+            })
+            .collect();
+        let mut step_all = |server: &mut Node<EchoServer>, clients: &mut Vec<Node<EchoClient>>| {
+            let mut nodes: Vec<&mut dyn Drive> = vec![server];
+            nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
+            step(&net, &mut nodes).unwrap();
+        };
+        while server.handler_total_echoed() < 2_000_000 {
+            step_all(&mut server, &mut clients);
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            let to = addr(&to.replace("{}", &(i + 1).to_string()));
+            net.rebind(&mut c.io[0], to).unwrap();
+        }
+        // The uploads go on over the new paths, with full windows.
+        let moved = server.handler_total_echoed();
+        while server.handler_total_echoed() < moved + 2_000_000 {
+            step_all(&mut server, &mut clients);
+        }
+        server.handle.shutdown(VarInt::from_u32(77), b"maintenance");
+        let mut nodes: Vec<&mut dyn Drive> = vec![&mut server];
+        nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
+        run_clients(&net, &mut nodes, Duration::from_secs(60)).unwrap();
+        drop(nodes);
+        for (i, c) in clients.iter().enumerate() {
+            let e = c.handler(0).error.clone().unwrap_or_default();
+            assert!(e.contains("maintenance"), "{server_at} client {i} saw {e:?}");
+        }
+    }
+}
