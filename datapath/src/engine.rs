@@ -75,6 +75,8 @@ pub(crate) struct Mesh<H> {
     pub commands: Vec<Sender<Command<H>>>,
     pub wakers: Vec<Arc<Waker>>,
     pub metrics: Vec<Arc<WorkerMetrics>>,
+    /// Why each worker failed, once it has ([`Worker::fail`]).
+    pub failures: Vec<std::sync::OnceLock<String>>,
 }
 
 /// Errors of building or starting an engine.
@@ -268,6 +270,7 @@ impl EngineBuilder {
             commands: Vec::with_capacity(n),
             wakers: Vec::with_capacity(n),
             metrics: Vec::with_capacity(n),
+            failures: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
         };
         for _ in 0..n {
             let (tx, rx) = bounded(self.handover_capacity);
@@ -568,6 +571,12 @@ fn canary_socket(listen: SocketAddr) -> io::Result<std::net::UdpSocket> {
 }
 
 /// The thread body of a worker.
+///
+/// A panic outside the application's callbacks (quinn-proto, the backend) or an I/O error
+/// from the backend ends the worker: [`Worker::fail`] closes its connections as far as the
+/// backend still sends and records why, and the thread returns the error. Its hand-over
+/// queue and command queue then disconnect, so the other workers stop routing to it (what
+/// they would have handed over counts as `handover_dropped`).
 fn run<H: Handler, B: Backend>(
     mut worker: Worker<H>,
     mut io: B,
@@ -582,7 +591,10 @@ fn run<H: Handler, B: Backend>(
     let mut last = Instant::now();
     loop {
         let done_before = worker.work_done();
-        let poll = worker.turn(&mut io, last)?;
+        let poll = match contain(|| worker.turn(&mut io, last)) {
+            Ok(poll) => poll,
+            Err(why) => return Err(failed(worker, &mut io, why)),
+        };
         let now = Instant::now();
         // A turn that moved nothing is spin, not work (busy polling reports its real load).
         if worker.work_done() != done_before {
@@ -598,16 +610,40 @@ fn run<H: Handler, B: Backend>(
                     continue;
                 }
                 waker.park();
-                if !worker.has_inbox() {
-                    io.wait(deadline, worker.wants_write(), waker)?;
-                }
+                let waited = if worker.has_inbox() {
+                    Ok(())
+                } else {
+                    let want_write = worker.wants_write();
+                    contain(|| io.wait(deadline, want_write, waker))
+                };
                 waker.unpark();
+                if let Err(why) = waited {
+                    return Err(failed(worker, &mut io, why));
+                }
                 let woke = Instant::now();
                 worker.account_time(Duration::ZERO, woke - last);
                 last = woke;
             }
         }
     }
+}
+
+/// Runs `f`, turning a panic or an I/O error into the reason a worker fails.
+fn contain<T>(f: impl FnOnce() -> io::Result<T>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("I/O error: {e}")),
+        Err(panic) => Err(format!(
+            "panicked: {}",
+            crate::guard::panic_message(&*panic)
+        )),
+    }
+}
+
+/// Fails `worker` for `why` and makes the thread's error.
+fn failed<H: Handler, B: Backend>(mut worker: Worker<H>, io: &mut B, why: String) -> io::Error {
+    worker.fail(io, Instant::now(), &why);
+    io::Error::other(why)
 }
 
 fn pin_to_cpu(cpu: usize) -> io::Result<()> {
@@ -689,6 +725,18 @@ impl<H: Handler> EngineHandle<H> {
     /// Every worker's published metrics (counters and histograms), for exporters.
     pub fn metrics(&self) -> Vec<Arc<WorkerMetrics>> {
         self.mesh.metrics.clone()
+    }
+
+    /// The workers that failed and why ([`Worker::fail`]): a panic outside the application's
+    /// callbacks or a fatal I/O error. Such a worker closed its connections as far as it
+    /// could and stopped; the others go on. A server should treat it as fatal (restart).
+    pub fn failed_workers(&self) -> Vec<(usize, String)> {
+        self.mesh
+            .failures
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| f.get().map(|why| (i, why.clone())))
+            .collect()
     }
 
     /// The sum of every worker's counters.

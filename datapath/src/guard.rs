@@ -45,3 +45,12 @@ forward! {
     fn datagram(&mut self, conn: &mut Conn<'_>, data: Bytes);
     fn closed(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, reason: &ConnectionError);
 }
+
+/// The message of a caught panic, when it has one.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}

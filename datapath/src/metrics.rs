@@ -127,6 +127,9 @@ counters! {
     /// Application callbacks that panicked (the worker then closed its connections and
     /// stopped).
     handler_panics,
+    /// 1 once the worker has failed (a panic outside the application's callbacks, or a fatal
+    /// I/O error): it closed its connections as far as it could and stopped (a gauge).
+    failed,
     /// Nanoseconds of turns that did work.
     busy_ns,
     /// Nanoseconds waiting or spinning without work.

@@ -522,6 +522,33 @@ impl<H: Handler> Worker<H> {
         }
     }
 
+    /// Ends a worker that cannot go on: a panic outside the application's callbacks (in
+    /// quinn-proto or the backend) or a fatal I/O error. Records `why` (see
+    /// [`crate::EngineHandle::failed_workers`]), logs it, sets the `failed` gauge,
+    /// closes every connection with [`INTERNAL_ERROR`] and sends what the backend still
+    /// takes, once, without waiting for the peers. Do not turn the worker again.
+    pub fn fail<B: Backend>(&mut self, io: &mut B, now: Instant, why: &str) {
+        tracing::error!(
+            worker = self.index,
+            connections = self.shard.active,
+            "worker failed ({why}): closing its connections and stopping it"
+        );
+        let _ = self.mesh.failures[self.index].set(why.to_string());
+        self.counters.failed = 1;
+        self.metrics.publish(&self.counters);
+        // Best effort: the state that failed may fail again.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.now = now;
+            self.stop_code = (INTERNAL_ERROR, Bytes::from_static(b"internal error"));
+            self.begin_stop();
+            self.drive_all(io);
+            io.flush()
+        }));
+        self.counters.conns_active = self.shard.active as u64;
+        self.counters.conns_handshaking = self.shard.handshaking as u64;
+        self.metrics.publish(&self.counters);
+    }
+
     /// Close every connection and refuse new ones; the worker ends when they have drained or
     /// the drain timeout passes.
     fn begin_stop(&mut self) {

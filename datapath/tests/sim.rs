@@ -548,7 +548,11 @@ fn a_panicking_handler_closes_its_workers_connections_and_the_others_go_on() {
 fn shutdown_after_a_migration_reaches_every_client() {
     let cases: [(&str, &str, [&str; 2]); 2] = [
         ("10.0.10.1:4433", "10.0.11.{}:7800", ["10.0.12.{}:7801", ""]),
-        ("[fd00::1]:4433", "[fd00::11:{}]:7800", ["[fd00::12:{}]:7801", ""]),
+        (
+            "[fd00::1]:4433",
+            "[fd00::11:{}]:7800",
+            ["[fd00::12:{}]:7801", ""],
+        ),
     ];
     for (server_at, from, [to, _]) in cases {
         let net = MemNetwork::new(Duration::from_millis(2));
@@ -597,7 +601,10 @@ fn shutdown_after_a_migration_reaches_every_client() {
         drop(nodes);
         for (i, c) in clients.iter().enumerate() {
             let e = c.handler(0).error.clone().unwrap_or_default();
-            assert!(e.contains("maintenance"), "{server_at} client {i} saw {e:?}");
+            assert!(
+                e.contains("maintenance"),
+                "{server_at} client {i} saw {e:?}"
+            );
         }
     }
 }

@@ -221,7 +221,7 @@ pub fn start_xdp<H: Handler>(
     })
 }
 
-/// How often a server over AF_XDP looks at its XDP program.
+/// How often a server looks at its workers' health and (over AF_XDP) its XDP program.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Why [`serve_until`] returned.
@@ -230,6 +230,8 @@ enum Ended {
     Stopped,
     /// The XDP program is gone from under the AF_XDP workers.
     ProgramLost(crate::xdp::WatchEvent),
+    /// Workers failed (a panic outside the application, or a fatal I/O error): (index, why).
+    WorkersFailed(Vec<(usize, String)>),
 }
 
 fn serve<H: Handler>(
@@ -305,6 +307,18 @@ fn serve<H: Handler>(
                 print_counters(&handle);
                 return Ok(());
             }
+            Ended::WorkersFailed(failed) => {
+                for (w, why) in &failed {
+                    eprintln!("error: worker {w} failed: {why}; its connections were closed");
+                }
+                eprintln!("stopping the other workers");
+                let _ = engine.shutdown(VarInt::from_u32(0), b"server failed");
+                print_counters(&handle);
+                bail!(
+                    "{} worker(s) failed; restart the server (its logs say why)",
+                    failed.len()
+                );
+            }
             Ended::ProgramLost(why) => {
                 let iface = a.iface.as_deref().unwrap_or("?");
                 eprintln!(
@@ -359,16 +373,17 @@ fn serve_until<H: Handler>(
     let stats_every = a.stats_every.map(Duration::from_secs);
     let mut next_stats = stats_every.map(|d| std::time::Instant::now() + d);
     loop {
-        let mut wait = Duration::from_secs(3600);
-        if watch.is_some() {
-            wait = WATCH_EVERY;
-        }
+        let mut wait = WATCH_EVERY;
         if let Some(t) = next_stats {
             wait = wait.min(t.saturating_duration_since(std::time::Instant::now()));
         }
         match stop.recv_timeout(wait) {
             Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(Ended::Stopped),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let failed = handle.failed_workers();
+        if !failed.is_empty() {
+            return Ok(Ended::WorkersFailed(failed));
         }
         if let (Some(t), Some(every)) = (next_stats, stats_every) {
             if std::time::Instant::now() >= t {

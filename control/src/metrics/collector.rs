@@ -13,7 +13,7 @@ use xdp_quic::metrics::{Counters, Histogram, WorkerMetrics, COUNTER_HELP};
 use crate::xdp::CountersReader;
 
 /// Gauges among the worker counters (everything else only grows).
-const GAUGES: &[&str] = &["conns_active", "conns_handshaking"];
+const GAUGES: &[&str] = &["conns_active", "conns_handshaking", "failed"];
 /// Counters kept in nanoseconds, exported in seconds.
 const NANOS: &[&str] = &["busy_ns", "idle_ns"];
 

@@ -396,8 +396,17 @@ impl XskSocket {
     }
 
     /// Tells the kernel to process the TX ring. Returns `Ok(true)` when the kernel stopped
-    /// before the end of the ring (EAGAIN: in copy mode one call sends at most 32 frames, or
-    /// the completion ring is full): reap completions and kick again.
+    /// before the end of the ring: reap completions and kick again.
+    ///
+    /// How the kernel's answers are taken (`xsk_sendmsg`, Documentation/networking/af_xdp.rst):
+    ///
+    /// | errno | meaning | here |
+    /// |---|---|---|
+    /// | EAGAIN, EBUSY | copy mode sends at most 32 frames a call, or the completion ring is full, or another call is in progress | `Ok(true)`: kick again after reaping |
+    /// | ENOBUFS | the device queue is full | `Ok(false)`: the frames wait in the ring for the next kick |
+    /// | ENETDOWN | the interface is down | `Ok(false)`: likewise, until it is up |
+    /// | EINTR | a signal | `Ok(true)` |
+    /// | anything else (ENXIO: the socket is unbound or its device went away; EBADF, EFAULT, EINVAL, EOPNOTSUPP) | the socket cannot send any more | `Err`: fatal, the worker fails |
     pub fn kick_tx(&self) -> io::Result<bool> {
         // SAFETY: sendto with no buffer and no address: the AF_XDP wake-up call.
         let rc = unsafe {
@@ -415,14 +424,18 @@ impl XskSocket {
         }
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EBUSY) => Ok(true),
-            // The device is out of room or down: the frames wait in the ring for the next kick.
+            Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::EINTR) => Ok(true),
             Some(libc::ENOBUFS) | Some(libc::ENETDOWN) => Ok(false),
-            _ => Err(e),
+            _ => Err(io::Error::new(
+                e.kind(),
+                format!("AF_XDP transmit wake-up failed: {e}"),
+            )),
         }
     }
 
-    /// Tells the kernel to refill from the fill ring (when it set need-wakeup on it).
+    /// Tells the kernel to refill from the fill ring (when it set need-wakeup on it). EAGAIN,
+    /// EBUSY, EINTR, ENOBUFS and ENETDOWN are transient (the next turn wakes it again); any
+    /// other errno is fatal, as for [`XskSocket::kick_tx`].
     pub fn wake_rx(&self) -> io::Result<()> {
         // SAFETY: recvfrom with no buffer: the AF_XDP RX wake-up call.
         let rc = unsafe {
@@ -437,8 +450,14 @@ impl XskSocket {
         };
         if rc < 0 {
             let e = io::Error::last_os_error();
-            if !matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY)) {
-                return Err(e);
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EAGAIN | libc::EBUSY | libc::EINTR | libc::ENOBUFS | libc::ENETDOWN)
+            ) {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("AF_XDP receive wake-up failed: {e}"),
+                ));
             }
         }
         Ok(())
