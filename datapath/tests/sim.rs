@@ -577,7 +577,7 @@ fn shutdown_after_a_migration_reaches_every_client() {
                 c
             })
             .collect();
-        let mut step_all = |server: &mut Node<EchoServer>, clients: &mut Vec<Node<EchoClient>>| {
+        let step_all = |server: &mut Node<EchoServer>, clients: &mut Vec<Node<EchoClient>>| {
             let mut nodes: Vec<&mut dyn Drive> = vec![server];
             nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
             step(&net, &mut nodes).unwrap();

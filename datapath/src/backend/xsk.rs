@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,9 +27,8 @@ use super::udp::{poll_fds, pollfd};
 use super::{Backend, Datagram, RxBatch, SendError, Transmit};
 use crate::packet::frame::{self, ParseError, L2};
 use crate::waker::Waker;
-use crate::xsk::socket::{XskConfig, XskSocket, XskStats};
+use crate::xsk::socket::{TxError, XskConfig, XskSocket, XskStats};
 use crate::xsk::umem::{Umem, UmemConfig};
-use crate::xsk::Desc;
 
 /// How an idle worker waits for packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +116,7 @@ impl XskQueueInfo {
             tx_ring_full: c.tx_ring_full.load(Relaxed),
             kicks: c.kicks.load(Relaxed),
             canary_packets: c.canary_packets.load(Relaxed),
-            kernel: crate::xsk::socket::statistics(&self.fd).unwrap_or_default(),
+            kernel: crate::xsk::socket::statistics(self.fd.as_fd()).unwrap_or_default(),
         }
     }
 }
@@ -160,16 +159,10 @@ struct Local {
 
 /// One queue's AF_XDP port.
 pub struct XskBackend {
-    // Drop order: the socket (and its ring mappings) before the UMEM it registered.
     sock: XskSocket,
-    umem: Umem,
     cfg: XskBackendConfig,
-    /// Frames in the fill ring or with the kernel for receiving.
-    in_fill: u32,
+    /// Frames kept lent to the kernel for receiving.
     fill_target: u32,
-    /// Frames in the TX ring or in flight, not yet completed.
-    in_tx: u32,
-    tx_unsubmitted: u32,
     routes: HashMap<IpAddr, Route>,
     local: Local,
     counters: Arc<XskCounters>,
@@ -178,18 +171,25 @@ pub struct XskBackend {
 }
 
 impl XskBackend {
-    /// Maps the UMEM, opens and binds the socket, and fills the fill ring.
+    /// Maps the UMEM, opens the socket, fills the fill ring and binds.
     pub fn open(cfg: XskBackendConfig) -> io::Result<Self> {
         let umem = Umem::new(cfg.umem)?;
-        let sock = XskSocket::open(&cfg.socket, &umem)?;
-        let fill_target = (cfg.umem.frames / 2).min(cfg.socket.fill_size);
+        let fill_target = Self::fill_target(&cfg);
+        let sock = XskSocket::open(&cfg.socket, umem, fill_target)?;
+        Ok(Self::with_socket(sock, cfg))
+    }
+
+    /// At most half of the UMEM waits in the fill ring; the rest carries transmits.
+    fn fill_target(cfg: &XskBackendConfig) -> u32 {
+        (cfg.umem.frames / 2).min(cfg.socket.fill_size)
+    }
+
+    /// The backend over a socket opened already (by [`XskBackend::open`], or over an
+    /// emulated kernel in tests).
+    pub fn with_socket(sock: XskSocket, cfg: XskBackendConfig) -> Self {
         let mut b = Self {
             sock,
-            umem,
-            in_fill: 0,
-            fill_target,
-            in_tx: 0,
-            tx_unsubmitted: 0,
+            fill_target: Self::fill_target(&cfg),
             routes: HashMap::new(),
             local: Local::default(),
             counters: Arc::new(XskCounters::default()),
@@ -197,8 +197,8 @@ impl XskBackend {
             canary_countdown: CANARY_EVERY,
             cfg,
         };
-        b.refill();
-        Ok(b)
+        b.sock.refill(b.fill_target);
+        b
     }
 
     /// Watches `socket`, an ordinary UDP socket bound to the service port: what reaches it
@@ -231,50 +231,12 @@ impl XskBackend {
 
     /// Frames currently free in the UMEM (for tests of exhaustion and recovery).
     pub fn free_frames(&self) -> usize {
-        self.umem.free_frames()
+        self.sock.umem().free_frames()
     }
 
-    /// Gives free frames to the kernel, up to the fill target.
-    fn refill(&mut self) {
-        let mut pushed = false;
-        while self.in_fill < self.fill_target {
-            let Some(addr) = self.umem.alloc() else { break };
-            if !self.sock.fill.push(addr) {
-                self.umem.release(addr);
-                break;
-            }
-            self.in_fill += 1;
-            pushed = true;
-        }
-        if pushed {
-            self.sock.fill.submit();
-        }
-    }
-
-    /// Takes back the frames the kernel has sent.
-    fn reap_completions(&mut self) {
-        let mut any = false;
-        while let Some(addr) = self.sock.comp.pop() {
-            self.umem.release(addr);
-            self.in_tx = self.in_tx.saturating_sub(1);
-            any = true;
-        }
-        if any {
-            self.sock.comp.release();
-        }
-    }
-
-    fn learn(&mut self, peer: IpAddr, route: Route) {
-        match self.routes.get_mut(&peer) {
-            Some(r) if *r == route => {}
-            Some(r) => *r = route,
-            None => {
-                if self.routes.len() >= MAX_ROUTES {
-                    self.routes.clear();
-                }
-                self.routes.insert(peer, route);
-            }
-        }
+    /// The socket (frame accounting, for tests).
+    pub fn socket(&self) -> &XskSocket {
+        &self.sock
     }
 
     fn check_canary(&mut self) {
@@ -299,79 +261,75 @@ impl XskBackend {
     }
 }
 
+/// Remembers the link layer of a reply to `peer`.
+fn learn(routes: &mut HashMap<IpAddr, Route>, peer: IpAddr, route: Route) {
+    match routes.get_mut(&peer) {
+        Some(r) if *r == route => {}
+        Some(r) => *r = route,
+        None => {
+            if routes.len() >= MAX_ROUTES {
+                routes.clear();
+            }
+            routes.insert(peer, route);
+        }
+    }
+}
+
 impl Backend for XskBackend {
     fn max_segments(&self) -> usize {
         self.cfg.max_segments.max(1)
     }
 
     fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
-        self.reap_completions();
-        self.refill();
+        self.sock.reap();
+        self.sock.refill(self.fill_target);
         self.canary_countdown -= 1;
         if self.canary_countdown == 0 {
             self.canary_countdown = CANARY_EVERY;
             self.check_canary();
         }
         let mut added = 0;
-        let mut popped = 0;
-        while !batch.is_full() {
-            let Some(Desc { addr, len, .. }) = self.sock.rx.pop() else {
-                break;
-            };
-            popped += 1;
-            self.in_fill = self.in_fill.saturating_sub(1);
-            let learned = match self.umem.bytes(addr, len) {
-                None => {
-                    self.local.rx_parse_errors += 1;
-                    None
+        let (local, routes, port, verify) = (
+            &mut self.local,
+            &mut self.routes,
+            self.cfg.port,
+            self.cfg.verify_checksum,
+        );
+        let taken = self
+            .sock
+            .recv(batch.room(), |octets| match frame::parse(octets, verify) {
+                Ok(f) if f.dst.port() != port => local.rx_other_port += 1,
+                Ok(f) => {
+                    let ecn = quinn_proto::EcnCodepoint::from_bits(f.ecn);
+                    let reply = L2 {
+                        src_mac: f.l2.dst_mac,
+                        dst_mac: f.l2.src_mac,
+                        vlan: f.l2.vlan,
+                    };
+                    batch.push_linked(f.src, Some(f.dst.ip()), ecn, Some(reply), f.payload);
+                    added += 1;
+                    let route = Route {
+                        l2: reply,
+                        local_ip: f.dst.ip(),
+                    };
+                    learn(routes, f.src.ip(), route);
                 }
-                Some(bytes) => match frame::parse(bytes, self.cfg.verify_checksum) {
-                    Ok(f) if f.dst.port() != self.cfg.port => {
-                        self.local.rx_other_port += 1;
-                        None
-                    }
-                    Ok(f) => {
-                        let ecn = quinn_proto::EcnCodepoint::from_bits(f.ecn);
-                        let reply = L2 {
-                            src_mac: f.l2.dst_mac,
-                            dst_mac: f.l2.src_mac,
-                            vlan: f.l2.vlan,
-                        };
-                        batch.push_linked(f.src, Some(f.dst.ip()), ecn, Some(reply), f.payload);
-                        added += 1;
-                        Some((
-                            f.src.ip(),
-                            Route {
-                                l2: reply,
-                                local_ip: f.dst.ip(),
-                            },
-                        ))
-                    }
-                    Err(ParseError::BadChecksum) => {
-                        self.local.rx_bad_checksum += 1;
-                        None
-                    }
-                    Err(_) => {
-                        self.local.rx_parse_errors += 1;
-                        None
-                    }
-                },
-            };
-            self.umem.release(addr);
-            if let Some((peer, route)) = learned {
-                self.learn(peer, route);
-            }
-        }
-        if popped > 0 {
-            self.sock.rx.release();
-            self.refill();
+                Err(ParseError::BadChecksum) => local.rx_bad_checksum += 1,
+                Err(_) => local.rx_parse_errors += 1,
+            });
+        if taken > 0 {
+            self.sock.refill(self.fill_target);
         }
         Ok(added)
     }
 
     fn adopt(&mut self, d: &Datagram) {
         if let (Some(l2), Some(local_ip)) = (d.link, d.local_ip) {
-            self.learn(frame::unmap(d.remote).ip(), Route { l2, local_ip });
+            learn(
+                &mut self.routes,
+                frame::unmap(d.remote).ip(),
+                Route { l2, local_ip },
+            );
         }
     }
 
@@ -387,39 +345,36 @@ impl Backend for XskBackend {
             .filter(|ip| ip.is_ipv4() == dst.is_ipv4())
             .unwrap_or(route.local_ip);
         let src = SocketAddr::new(src_ip, self.cfg.port);
+        // Refused whole before any frame is written: a transmit goes out entirely or not.
+        let room = self.cfg.umem.frame_size - self.cfg.umem.headroom;
+        let largest = t.segments().map(<[u8]>::len).max().unwrap_or(0);
+        if frame::header_len(&route.l2, dst.is_ipv6()) + largest > room as usize {
+            return Err(SendError::Failed(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "datagram larger than a UMEM frame",
+            )));
+        }
         let segments = t.segments().len() as u32;
-        if self.umem.free_frames() < segments as usize {
-            self.reap_completions();
-            if self.umem.free_frames() < segments as usize {
-                self.local.tx_no_frame += 1;
+        if self.sock.tx_room() < segments {
+            self.sock.reap();
+            if self.sock.tx_room() < segments {
+                if self.sock.umem().free_frames() < segments as usize {
+                    self.local.tx_no_frame += 1;
+                } else {
+                    self.local.tx_ring_full += 1;
+                }
                 return Err(SendError::Blocked);
             }
         }
-        if self.sock.tx.free(segments) < segments {
-            self.local.tx_ring_full += 1;
-            return Err(SendError::Blocked);
-        }
         let ecn = t.ecn.map_or(0, |e| e as u8);
         for seg in t.segments() {
-            let addr = self.umem.alloc().expect("counted above");
-            let written = self
-                .umem
-                .frame_mut(addr)
-                .ok_or(frame::BuildError::TooLarge)
-                .and_then(|buf| frame::write(buf, &route.l2, src, dst, ecn, seg));
-            match written {
-                Ok(len) => {
-                    let pushed = self.sock.tx.push(Desc {
-                        addr,
-                        len: len as u32,
-                        options: 0,
-                    });
-                    debug_assert!(pushed, "TX ring space was checked");
-                    self.in_tx += 1;
-                    self.tx_unsubmitted += 1;
-                }
-                Err(_) => {
-                    self.umem.release(addr);
+            match self
+                .sock
+                .send(|buf| frame::write(buf, &route.l2, src, dst, ecn, seg))
+            {
+                Ok(()) => {}
+                // Room and size were checked above; a family mismatch is the caller's error.
+                Err(TxError::NoRoom) | Err(TxError::Write(_)) => {
                     return Err(SendError::Failed(io::ErrorKind::InvalidInput.into()));
                 }
             }
@@ -428,27 +383,26 @@ impl Backend for XskBackend {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if self.tx_unsubmitted > 0 {
-            self.sock.tx.submit();
-            self.tx_unsubmitted = 0;
-        }
+        self.sock.submit_tx();
         // Kick until the kernel has taken the whole TX ring: in copy mode each call sends at
         // most 32 frames, and what stays in the ring would wait a turn (or be lost at exit).
-        // In copy mode only sendto moves the ring, whatever its need-wakeup flag says.
-        let must_kick =
-            !self.sock.zero_copy() || !self.cfg.socket.need_wakeup || self.sock.tx.needs_wakeup();
-        let mut rounds = self.sock.tx.size() / 16 + 2;
-        while self.in_tx > 0 && must_kick && !self.sock.tx.is_drained() && rounds > 0 {
+        let must_kick = self.sock.tx_needs_kick();
+        let mut rounds = self.sock.tx_ring_size() / 16 + 2;
+        while self.sock.tx_in_flight() > 0
+            && must_kick
+            && !self.sock.tx_ring_drained()
+            && rounds > 0
+        {
             self.local.kicks += 1;
             rounds -= 1;
             let more = self.sock.kick_tx()?;
-            self.reap_completions();
+            self.sock.reap();
             if !more {
                 break;
             }
         }
-        self.reap_completions();
-        if self.cfg.socket.need_wakeup && self.sock.fill.needs_wakeup() {
+        self.sock.reap();
+        if self.sock.fill_needs_wakeup() {
             self.sock.wake_rx()?;
         }
         self.publish();
@@ -467,7 +421,7 @@ impl Backend for XskBackend {
         };
         let until = Instant::now() + spin;
         while Instant::now() < until {
-            if self.sock.rx.available() > 0 || deadline.is_some_and(|d| Instant::now() >= d) {
+            if self.sock.rx_available() > 0 || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(());
             }
             std::hint::spin_loop();
@@ -481,7 +435,7 @@ impl Backend for XskBackend {
             pollfd(self.canary.as_ref().map_or(-1, |c| c.as_raw_fd()), false),
         ];
         // In flight transmits complete without waking us: come back soon to reap them.
-        let deadline = if self.in_tx > 0 {
+        let deadline = if self.sock.tx_in_flight() > 0 {
             let soon = Instant::now() + Duration::from_millis(1);
             Some(deadline.map_or(soon, |d| d.min(soon)))
         } else {
@@ -495,5 +449,243 @@ impl Backend for XskBackend {
             IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             self.cfg.port,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The backend over an emulated kernel: frames are conserved (every frame of the UMEM is
+    //! free, lent for RX or lent for TX, and the kernel side agrees) through receive, refill,
+    //! transmit, completion, exhaustion, refused transmits and bad descriptors.
+    use super::*;
+    use crate::xsk::emulated::{self, EmulatedKernel};
+    use crate::xsk::Desc;
+
+    const FRAMES: u32 = 64;
+    const SERVER: &str = "10.9.0.1:4433";
+    const CLIENT: &str = "10.9.0.2:5555";
+    const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+    fn backend() -> (XskBackend, EmulatedKernel) {
+        let mut socket = XskConfig::new(1, 0);
+        socket.rx_size = 16;
+        socket.tx_size = 16;
+        socket.comp_size = 16;
+        socket.fill_size = 32;
+        let cfg = XskBackendConfig {
+            socket,
+            umem: UmemConfig {
+                frames: FRAMES,
+                ..Default::default()
+            },
+            port: 4433,
+            poll: PollMode::Busy,
+            verify_checksum: true,
+            max_segments: 8,
+        };
+        let umem = Umem::new(cfg.umem).unwrap();
+        let (sock, kernel) =
+            emulated::socket(&cfg.socket, umem, XskBackend::fill_target(&cfg)).unwrap();
+        (XskBackend::with_socket(sock, cfg), kernel)
+    }
+
+    /// Every frame is in exactly one place, and both sides count the same (at a flush
+    /// boundary: nothing pushed and unpublished).
+    #[track_caller]
+    fn assert_conserved(b: &XskBackend, k: &mut EmulatedKernel) {
+        let u = b.socket().umem();
+        assert_eq!(
+            u.free_frames() as u32 + u.lent_rx() + u.lent_tx(),
+            FRAMES,
+            "a frame went missing or was counted twice"
+        );
+        assert_eq!(
+            u.lent_rx() as usize,
+            k.rx_frames() + k.rx_queued(),
+            "RX frames"
+        );
+        assert_eq!(u.lent_tx() as usize, k.tx_frames(), "TX frames");
+    }
+
+    fn packet(payload: &[u8], to_port: u16) -> Vec<u8> {
+        let l2 = L2 {
+            src_mac: CLIENT_MAC,
+            dst_mac: SERVER_MAC,
+            vlan: None,
+        };
+        let mut to: SocketAddr = SERVER.parse().unwrap();
+        to.set_port(to_port);
+        let mut buf = vec![0u8; 2048];
+        let n = frame::write(&mut buf, &l2, CLIENT.parse().unwrap(), to, 0, payload).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    fn transmit<'a>(contents: &'a [u8], segment_size: Option<usize>) -> Transmit<'a> {
+        Transmit {
+            destination: CLIENT.parse().unwrap(),
+            src_ip: None,
+            ecn: None,
+            segment_size,
+            contents,
+        }
+    }
+
+    #[test]
+    fn receive_refill_transmit_complete() {
+        let (mut b, mut k) = backend();
+        assert_eq!(
+            b.socket().umem().lent_rx(),
+            FRAMES / 2,
+            "half the UMEM to receive"
+        );
+        assert_conserved(&b, &mut k);
+
+        // Receive: every datagram once, in order; frames return and are lent again.
+        let mut batch = RxBatch::new(64);
+        for round in 0..5u8 {
+            for i in 0..10u8 {
+                k.deliver(&packet(&[round, i, 7], 4433)).unwrap();
+            }
+            k.deliver(&packet(b"not ours", 53)).unwrap();
+            let mut bad = packet(b"corrupt", 4433);
+            *bad.last_mut().unwrap() ^= 0xff;
+            k.deliver(&bad).unwrap();
+            assert_conserved(&b, &mut k);
+            assert_eq!(b.recv(&mut batch).unwrap(), 10);
+            let got: Vec<Vec<u8>> = batch.drain().map(|d| d.data.to_vec()).collect();
+            let want: Vec<Vec<u8>> = (0..10u8).map(|i| vec![round, i, 7]).collect();
+            assert_eq!(got, want);
+            assert_conserved(&b, &mut k);
+        }
+        assert_eq!(b.local.rx_other_port, 5);
+        assert_eq!(b.local.rx_bad_checksum, 5);
+        assert_eq!(b.socket().umem().lent_rx(), FRAMES / 2, "refilled");
+
+        // Transmit a GSO batch of 4 segments to the peer learned above.
+        let contents: Vec<u8> = (0..4000u32).map(|i| i as u8).collect();
+        b.send(&transmit(&contents, Some(1200))).unwrap();
+        b.flush().unwrap();
+        assert_conserved(&b, &mut k);
+        let sent = k.transmit(64);
+        assert_eq!(sent.len(), 4);
+        for (frame_octets, seg) in sent.iter().zip(contents.chunks(1200)) {
+            let f = frame::parse(frame_octets, true).unwrap();
+            assert_eq!(f.payload, seg);
+            assert_eq!(f.dst, CLIENT.parse::<SocketAddr>().unwrap());
+            assert_eq!(f.src, SERVER.parse::<SocketAddr>().unwrap());
+            assert_eq!((f.l2.src_mac, f.l2.dst_mac), (SERVER_MAC, CLIENT_MAC));
+        }
+        assert_conserved(&b, &mut k);
+        b.flush().unwrap(); // reaps the completions
+        assert_eq!(b.socket().umem().lent_tx(), 0);
+        assert_conserved(&b, &mut k);
+    }
+
+    #[test]
+    fn exhaustion_pushes_back_whole_transmits_and_recovers() {
+        let (mut b, mut k) = backend();
+        k.deliver(&packet(b"hello", 4433)).unwrap();
+        let mut batch = RxBatch::new(8);
+        assert_eq!(b.recv(&mut batch).unwrap(), 1);
+        batch.drain().for_each(drop);
+
+        // A slow NIC: completions held, so frames stay lent for TX.
+        k.hold_completions(true);
+        let contents = vec![9u8; 8 * 1000];
+        let mut accepted = 0;
+        let blocked = loop {
+            match b.send(&transmit(&contents, Some(1000))) {
+                Ok(()) => {
+                    accepted += 1;
+                    b.flush().unwrap();
+                    k.transmit(usize::MAX);
+                }
+                Err(SendError::Blocked) => break true,
+                Err(SendError::Failed(e)) => panic!("{e}"),
+            }
+            assert!(accepted < 100, "never pushed back");
+        };
+        assert!(blocked && accepted > 0);
+        assert_conserved(&b, &mut k);
+        let in_flight = b.socket().umem().lent_tx();
+        assert_eq!(
+            in_flight,
+            accepted * 8,
+            "refused whole: no partial transmit"
+        );
+        assert_eq!(b.local.tx_no_frame, 1);
+
+        // Completions flow again: the same transmit goes out.
+        k.hold_completions(false);
+        k.complete(usize::MAX);
+        b.send(&transmit(&contents, Some(1000))).unwrap();
+        b.flush().unwrap();
+        assert_eq!(k.transmit(usize::MAX).len(), 8);
+        // The completion ring (16 entries) takes back the rest over a few rounds.
+        for _ in 0..FRAMES {
+            k.complete(usize::MAX);
+            b.flush().unwrap();
+            if b.socket().umem().lent_tx() == 0 {
+                break;
+            }
+        }
+        assert_eq!(b.socket().umem().lent_tx(), 0);
+        assert_conserved(&b, &mut k);
+
+        // A datagram larger than a frame is refused before any frame is taken.
+        let big = vec![1u8; 3000];
+        assert!(matches!(
+            b.send(&transmit(&big, None)),
+            Err(SendError::Failed(_))
+        ));
+        assert_conserved(&b, &mut k);
+        // To a peer never heard from: refused, nothing taken.
+        let mut t = transmit(b"x", None);
+        t.destination = "10.9.0.99:1".parse().unwrap();
+        assert!(matches!(b.send(&t), Err(SendError::Failed(_))));
+        assert_eq!(b.local.tx_no_route, 1);
+        assert_conserved(&b, &mut k);
+    }
+
+    #[test]
+    fn descriptors_for_frames_not_lent_are_refused() {
+        let (mut b, mut k) = backend();
+        // Frame 63 is free (the fill ring took the first frames off the free list's end).
+        let free_addr = u64::from(FRAMES - 1) * 2048;
+        assert!(k.push_raw_rx(Desc {
+            addr: free_addr,
+            len: 60,
+            options: 0
+        }));
+        assert!(k.push_raw_rx(Desc {
+            addr: u64::from(FRAMES) * 2048 + 5,
+            len: 60,
+            options: 0
+        }));
+        let mut batch = RxBatch::new(8);
+        assert_eq!(b.recv(&mut batch).unwrap(), 0);
+        assert_eq!(b.socket().invalid_descs(), 2);
+        assert_conserved(&b, &mut k);
+        // Normal traffic goes on.
+        k.deliver(&packet(b"after", 4433)).unwrap();
+        assert_eq!(b.recv(&mut batch).unwrap(), 1);
+        assert_conserved(&b, &mut k);
+    }
+
+    #[test]
+    fn a_final_flush_leaves_nothing_in_the_tx_ring() {
+        let (mut b, mut k) = backend();
+        k.deliver(&packet(b"hello", 4433)).unwrap();
+        let mut batch = RxBatch::new(8);
+        b.recv(&mut batch).unwrap();
+        let contents = vec![3u8; 16 * 500];
+        b.send(&transmit(&contents, Some(500))).unwrap();
+        b.flush().unwrap();
+        assert!(b.sock.tx_ring_drained() || k.transmit(usize::MAX).len() == 16);
+        drop(b);
+        // The kernel side outlives the socket: the UMEM area is still mapped for it.
+        assert_eq!(k.transmit(usize::MAX).len(), 0);
     }
 }

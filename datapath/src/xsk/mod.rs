@@ -10,9 +10,14 @@
 //! ```
 //!
 //! Every frame of the UMEM is, at any time, in exactly one place: the user's free list, the
-//! fill ring, the kernel, the RX ring, the TX ring or the completion ring.
+//! fill ring, the kernel, the RX ring, the TX ring or the completion ring. The UMEM records
+//! which side holds each frame, and the socket moves frames only through that record
+//! ([`umem`], [`socket`]): safe code cannot reach a frame the kernel holds. The rings are
+//! private to the socket; [`emulated`] (feature `testing`) plays the kernel's side in tests.
 
-pub mod ring;
+#[cfg(any(test, feature = "testing"))]
+pub mod emulated;
+pub(crate) mod ring;
 pub mod socket;
 pub mod umem;
 

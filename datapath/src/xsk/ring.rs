@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The shared parts of one ring, as the kernel maps them.
 #[derive(Debug, Clone, Copy)]
-pub struct RingParts<T> {
+pub(crate) struct RingParts<T> {
     pub producer: *const AtomicU32,
     pub consumer: *const AtomicU32,
     pub flags: *const AtomicU32,
@@ -30,7 +30,7 @@ pub struct RingParts<T> {
 }
 
 /// The producing side of a ring (the user on the fill and TX rings).
-pub struct ProdRing<T> {
+pub(crate) struct ProdRing<T> {
     p: RingParts<T>,
     mask: u32,
     /// Next index to write.
@@ -41,7 +41,7 @@ pub struct ProdRing<T> {
 }
 
 /// The consuming side of a ring (the user on the RX and completion rings).
-pub struct ConsRing<T> {
+pub(crate) struct ConsRing<T> {
     p: RingParts<T>,
     mask: u32,
     /// Next index to read.
@@ -120,13 +120,6 @@ impl<T: Copy> ProdRing<T> {
         self.free(self.p.size) == self.p.size
     }
 
-    /// Entries pushed but not yet submitted.
-    pub fn unsubmitted(&self) -> u32 {
-        // SAFETY: `producer` is live; only this side writes it.
-        let shared = unsafe { (*self.p.producer).load(Ordering::Relaxed) };
-        self.cached_prod.wrapping_sub(shared)
-    }
-
     /// Whether the kernel asked to be woken (XDP_RING_NEED_WAKEUP) to process this ring.
     pub fn needs_wakeup(&self) -> bool {
         // SAFETY: `flags` is live.
@@ -187,13 +180,21 @@ impl<T: Copy> ConsRing<T> {
 }
 
 /// Ring memory owned by the process, for tests that play the kernel's side.
-pub struct TestRing<T> {
+#[cfg(any(test, feature = "testing"))]
+pub(crate) struct TestRing<T> {
     producer: Box<AtomicU32>,
     consumer: Box<AtomicU32>,
     flags: Box<AtomicU32>,
     entries: Box<[std::cell::UnsafeCell<T>]>,
 }
 
+// SAFETY: the entries are reached only through the producer and consumer sides, each owned
+// by one thread at a time and synchronised by the index protocol (release on publish,
+// acquire on observe), exactly as the kernel's rings are.
+#[cfg(any(test, feature = "testing"))]
+unsafe impl<T: Send> Sync for TestRing<T> {}
+
+#[cfg(any(test, feature = "testing"))]
 impl<T: Copy + Default> TestRing<T> {
     /// A ring of `size` entries (a power of two) whose indices start at `start`, so tests can
     /// begin just before the 2^32 wrap.
@@ -216,6 +217,13 @@ impl<T: Copy + Default> TestRing<T> {
             entries: self.entries.as_ptr() as *mut T,
             size: self.entries.len() as u32,
         }
+    }
+
+    /// Entries published and not yet released by the consumer.
+    pub fn queued(&self) -> usize {
+        let p = self.producer.load(Ordering::Acquire);
+        let c = self.consumer.load(Ordering::Acquire);
+        p.wrapping_sub(c) as usize
     }
 
     /// Sets or clears XDP_RING_NEED_WAKEUP, as the kernel would.

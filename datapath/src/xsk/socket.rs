@@ -1,12 +1,23 @@
-//! An AF_XDP socket bound to one queue of one interface, with its four rings mapped.
+//! An AF_XDP socket bound to one queue of one interface: its UMEM, its four rings, and the
+//! only operations on them that safe code needs.
+//!
+//! [`XskSocket`] owns its [`Umem`] and its ring mappings, so neither can go before the
+//! socket, and it keeps the rings private: frames move between this process and the kernel
+//! only through [`XskSocket::refill`] (lend free frames to receive into),
+//! [`XskSocket::recv`] (read what arrived, then free the frame), [`XskSocket::send`] (write a
+//! free frame and lend it to send) and [`XskSocket::reap`] (take sent frames back). Each
+//! lends or takes back through the UMEM's record of who holds each frame, so safe code never
+//! sees the octets of a frame while the kernel holds it, and a descriptor the kernel returns
+//! for a frame it was not lent is refused and counted ([`XskSocket::invalid_descs`]).
 
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 
 use super::ring::{ConsRing, ProdRing, RingParts};
-use super::umem::Umem;
+use super::umem::{Holder, Umem};
 use super::Desc;
 
 /// Socket options of busy polling (not in the libc crate's constants).
@@ -93,32 +104,79 @@ struct Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `map_ring` mapped; the rings pointing into it are fields
-        // of the same socket, which is being dropped.
+        // SAFETY: unmaps exactly what `map_ring` mapped. The rings that point into it belong to
+        // the same `XskSocket`, which is being dropped and never touches them again.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
-/// A bound AF_XDP socket. Drop it before the [`Umem`] it was opened with.
-pub struct XskSocket {
-    pub rx: ConsRing<Desc>,
-    pub tx: ProdRing<Desc>,
-    pub fill: ProdRing<u64>,
-    pub comp: ConsRing<u64>,
-    zero_copy: bool,
-    // Fields drop in order: the rings above (plain pointers), then the mappings, then the fd.
-    _maps: [Mapping; 4],
-    fd: OwnedFd,
+/// What backs the rings: a kernel socket, or (in tests) memory that an emulated kernel plays.
+enum Backing {
+    Kernel {
+        /// Closed first when the socket drops (see `Drop for XskSocket`).
+        fd: ManuallyDrop<OwnedFd>,
+        _maps: [Mapping; 4],
+    },
+    #[cfg(any(test, feature = "testing"))]
+    Emulated {
+        /// Readable when the emulated kernel delivered something (to poll like the socket).
+        fd: OwnedFd,
+        _rings: std::sync::Arc<super::emulated::Rings>,
+    },
 }
 
-// SAFETY: the socket and its rings are used by one thread at a time.
+/// Why [`XskSocket::send`] did not send.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TxError<E> {
+    /// No free frame, or the TX ring is full: nothing changed; reap, kick, retry later.
+    NoRoom,
+    /// The writer failed: the frame went back to the free list.
+    Write(E),
+}
+
+/// A bound AF_XDP socket with its UMEM and rings.
+pub struct XskSocket {
+    rx: ConsRing<Desc>,
+    tx: ProdRing<Desc>,
+    fill: ProdRing<u64>,
+    comp: ConsRing<u64>,
+    umem: Umem,
+    zero_copy: bool,
+    need_wakeup: bool,
+    /// TX descriptors pushed but not yet published.
+    tx_unsubmitted: u32,
+    invalid_descs: u64,
+    backing: Backing,
+}
+
+impl Drop for XskSocket {
+    fn drop(&mut self) {
+        #[allow(irrefutable_let_patterns)] // without the `testing` feature there is one variant
+        if let Backing::Kernel { fd, .. } = &mut self.backing {
+            // SAFETY: dropped exactly once, here; `fd` is not used after this (the other fields
+            // drop next: the ring mappings, then the UMEM). Closing first ends the socket's
+            // use of the rings and the UMEM, unless the descriptor lives on elsewhere (a dup,
+            // the XSKMAP): the kernel then keeps its own pins on the UMEM pages and its own
+            // references to the ring pages, so unmapping them here stays safe either way.
+            unsafe { ManuallyDrop::drop(fd) };
+        }
+    }
+}
+
+// SAFETY: the rings and the UMEM are owned by this value and used through `&mut self` only;
+// the kernel side of the rings is shared by the index protocol of `ring`.
 unsafe impl Send for XskSocket {}
 
 fn err(what: &str, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
+fn setsockopt<T>(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: &T,
+) -> io::Result<()> {
     // SAFETY: passes a pointer to a live `T` and its exact size.
     let rc = unsafe {
         libc::setsockopt(
@@ -136,7 +194,11 @@ fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, v: &T) -> 
     }
 }
 
-fn getsockopt<T: Default>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
+fn getsockopt<T: Default>(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<T> {
     let mut v = T::default();
     let mut len = std::mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: the kernel writes at most `len` octets into the live `v`.
@@ -226,21 +288,28 @@ fn map_ring<T>(
     ))
 }
 
+fn check_sizes(cfg: &XskConfig) -> io::Result<()> {
+    for s in [cfg.rx_size, cfg.tx_size, cfg.fill_size, cfg.comp_size] {
+        if !s.is_power_of_two() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("AF_XDP ring size {s} is not a power of two"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl XskSocket {
-    /// Creates a socket, registers `umem`, maps the rings and binds to the queue.
+    /// Creates a socket, registers `umem` (which the socket then owns), maps the rings,
+    /// lends up to `prefill` frames to the fill ring, and binds to the queue (filling before
+    /// binding: some zero-copy drivers post their receive buffers at bind time).
     ///
     /// With [`BindMode::Auto`] it tries zero-copy first and falls back to copy mode;
     /// [`XskSocket::zero_copy`] says which it got. Errors name the cause and the remedy
     /// (privileges, RLIMIT_MEMLOCK, a queue that already has a socket).
-    pub fn open(cfg: &XskConfig, umem: &Umem) -> io::Result<Self> {
-        for s in [cfg.rx_size, cfg.tx_size, cfg.fill_size, cfg.comp_size] {
-            if !s.is_power_of_two() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("AF_XDP ring size {s} is not a power of two"),
-                ));
-            }
-        }
+    pub fn open(cfg: &XskConfig, umem: Umem, prefill: u32) -> io::Result<Self> {
+        check_sizes(cfg)?;
         // SAFETY: socket(2) takes no pointers; the result is checked.
         let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if raw < 0 {
@@ -258,7 +327,7 @@ impl XskSocket {
         // SAFETY: a fresh descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
 
-        let (addr, len) = umem.area();
+        let (addr, len) = umem.area().raw();
         let ucfg = umem.config();
         let reg = libc::xdp_umem_reg {
             addr: addr as u64,
@@ -313,59 +382,12 @@ impl XskSocket {
         )?;
 
         if let Some(bp) = cfg.busy_poll {
-            setsockopt(
-                &fd,
-                libc::SOL_SOCKET,
-                SO_PREFER_BUSY_POLL,
-                &libc::c_int::from(bp.prefer),
-            )
-            .map_err(|e| err("SO_PREFER_BUSY_POLL (needs CAP_NET_ADMIN)", e))?;
-            setsockopt(
-                &fd,
-                libc::SOL_SOCKET,
-                SO_BUSY_POLL,
-                &(bp.usecs as libc::c_int),
-            )
-            .map_err(|e| {
-                err(
-                    "SO_BUSY_POLL (needs CAP_NET_ADMIN above net.core.busy_read)",
-                    e,
-                )
-            })?;
-            setsockopt(
-                &fd,
-                libc::SOL_SOCKET,
-                SO_BUSY_POLL_BUDGET,
-                &(bp.budget as libc::c_int),
-            )
-            .map_err(|e| err("SO_BUSY_POLL_BUDGET (needs CAP_NET_ADMIN)", e))?;
+            set_busy_poll(&fd, &bp)?;
         }
 
-        let wakeup = if cfg.need_wakeup {
-            libc::XDP_USE_NEED_WAKEUP
-        } else {
-            0
-        };
-        let zero_copy = match cfg.mode {
-            BindMode::Copy => {
-                bind(&fd, cfg, libc::XDP_COPY | wakeup)?;
-                false
-            }
-            BindMode::ZeroCopy => {
-                bind(&fd, cfg, libc::XDP_ZEROCOPY | wakeup)?;
-                true
-            }
-            BindMode::Auto => match bind(&fd, cfg, libc::XDP_ZEROCOPY | wakeup) {
-                Ok(()) => true,
-                Err(_) => {
-                    bind(&fd, cfg, libc::XDP_COPY | wakeup)?;
-                    false
-                }
-            },
-        };
-
-        // SAFETY: the parts point into mappings owned by the returned socket, which outlive the
-        // rings (field order); each ring side is used only through this socket.
+        // SAFETY: the parts point into the mappings moved into the returned socket, which
+        // unmaps them only when it drops, after its last use of the rings; this socket is the
+        // only user of each ring's user side.
         let (rx, tx, fill, comp) = unsafe {
             (
                 ConsRing::new(p_rx),
@@ -374,14 +396,80 @@ impl XskSocket {
                 ConsRing::new(p_cr),
             )
         };
+        let mut sock = Self {
+            rx,
+            tx,
+            fill,
+            comp,
+            umem,
+            zero_copy: false,
+            need_wakeup: cfg.need_wakeup,
+            tx_unsubmitted: 0,
+            invalid_descs: 0,
+            backing: Backing::Kernel {
+                fd: ManuallyDrop::new(fd),
+                _maps: [m_rx, m_tx, m_fr, m_cr],
+            },
+        };
+        sock.refill(prefill);
+
+        let wakeup = if cfg.need_wakeup {
+            libc::XDP_USE_NEED_WAKEUP
+        } else {
+            0
+        };
+        let fd = sock.fd();
+        sock.zero_copy = match cfg.mode {
+            BindMode::Copy => {
+                bind(fd, cfg, libc::XDP_COPY | wakeup)?;
+                false
+            }
+            BindMode::ZeroCopy => {
+                bind(fd, cfg, libc::XDP_ZEROCOPY | wakeup)?;
+                true
+            }
+            BindMode::Auto => match bind(fd, cfg, libc::XDP_ZEROCOPY | wakeup) {
+                Ok(()) => true,
+                Err(_) => {
+                    bind(fd, cfg, libc::XDP_COPY | wakeup)?;
+                    false
+                }
+            },
+        };
+        Ok(sock)
+    }
+
+    /// A socket whose kernel side is played by the test: see [`super::emulated`].
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn emulated(
+        cfg: &XskConfig,
+        umem: Umem,
+        rings: std::sync::Arc<super::emulated::Rings>,
+        fd: OwnedFd,
+    ) -> io::Result<Self> {
+        check_sizes(cfg)?;
+        // SAFETY: the ring memory lives in `rings`, which the returned socket keeps (in its
+        // backing) for as long as it uses the rings; this socket is each ring's only user
+        // side.
+        let (rx, tx, fill, comp) = unsafe {
+            (
+                ConsRing::new(rings.rx.parts()),
+                ProdRing::new(rings.tx.parts()),
+                ProdRing::new(rings.fill.parts()),
+                ConsRing::new(rings.comp.parts()),
+            )
+        };
         Ok(Self {
             rx,
             tx,
             fill,
             comp,
-            zero_copy,
-            _maps: [m_rx, m_tx, m_fr, m_cr],
-            fd,
+            umem,
+            zero_copy: false,
+            need_wakeup: cfg.need_wakeup,
+            tx_unsubmitted: 0,
+            invalid_descs: 0,
+            backing: Backing::Emulated { fd, _rings: rings },
         })
     }
 
@@ -392,7 +480,167 @@ impl XskSocket {
 
     /// The socket's descriptor (to put in the XSKMAP, and to poll).
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        match &self.backing {
+            Backing::Kernel { fd, .. } => fd.as_fd(),
+            #[cfg(any(test, feature = "testing"))]
+            Backing::Emulated { fd, .. } => fd.as_fd(),
+        }
+    }
+
+    /// The UMEM's layout and frame counts.
+    pub fn umem(&self) -> &Umem {
+        &self.umem
+    }
+
+    /// Descriptors the kernel returned that named no frame lent to it for that purpose, or
+    /// whose length left the frame: ignored.
+    pub fn invalid_descs(&self) -> u64 {
+        self.invalid_descs
+    }
+
+    /// Lends free frames to the kernel to receive into until `target` are lent (or the free
+    /// list or the fill ring runs out). Returns how many were lent now.
+    pub fn refill(&mut self, target: u32) -> u32 {
+        let mut lent = 0;
+        while self.umem.lent_rx() < target && self.fill.free(1) > 0 {
+            let Some(frame) = self.umem.alloc() else {
+                break;
+            };
+            let addr = self.umem.lend(frame, Holder::KernelRx, 0);
+            let pushed = self.fill.push(addr);
+            debug_assert!(pushed, "room was checked");
+            lent += 1;
+        }
+        if lent > 0 {
+            self.fill.submit();
+        }
+        lent
+    }
+
+    /// Descriptors waiting in the RX ring.
+    pub fn rx_available(&mut self) -> u32 {
+        self.rx.available()
+    }
+
+    /// Takes up to `max` received frames in order, hands each one's packet octets to `read`,
+    /// then puts the frame back on the free list (refill lends it again). Returns how many
+    /// descriptors were taken, invalid ones included.
+    pub fn recv(&mut self, max: usize, mut read: impl FnMut(&[u8])) -> usize {
+        let frame_size = u64::from(self.umem.config().frame_size);
+        let mut taken = 0;
+        while taken < max {
+            let Some(d) = self.rx.pop() else {
+                break;
+            };
+            taken += 1;
+            let Some(frame) = self.umem.take_back(d.addr, Holder::KernelRx) else {
+                self.invalid_descs += 1;
+                continue;
+            };
+            match self.umem.bytes(&frame, (d.addr % frame_size) as u32, d.len) {
+                Some(octets) => read(octets),
+                None => self.invalid_descs += 1,
+            }
+            self.umem.release(frame);
+        }
+        if taken > 0 {
+            self.rx.release();
+        }
+        taken
+    }
+
+    /// Frames that can be sent now without reaping: free frames and TX ring slots, the fewer.
+    pub fn tx_room(&mut self) -> u32 {
+        let free = u32::try_from(self.umem.free_frames()).unwrap_or(u32::MAX);
+        free.min(self.tx.free(self.tx.size()))
+    }
+
+    /// Sends one frame: `write` fills the frame (from the UMEM headroom on) and returns the
+    /// frame's length; the descriptor is pushed on the TX ring and published at
+    /// [`XskSocket::submit_tx`]. [`TxError::NoRoom`] when there is no free frame or TX slot
+    /// (nothing changed); when `write` fails the frame goes back to the free list.
+    pub fn send<E>(
+        &mut self,
+        write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<(), TxError<E>> {
+        if self.tx.free(1) == 0 {
+            return Err(TxError::NoRoom);
+        }
+        let Some(mut frame) = self.umem.alloc() else {
+            return Err(TxError::NoRoom);
+        };
+        let headroom = self.umem.config().headroom;
+        let len = match write(self.umem.bytes_mut(&mut frame, headroom)) {
+            Ok(len) => len,
+            Err(e) => {
+                self.umem.release(frame);
+                return Err(TxError::Write(e));
+            }
+        };
+        let max = (self.umem.config().frame_size - headroom) as usize;
+        let len = len.min(max) as u32;
+        let addr = self.umem.lend(frame, Holder::KernelTx, headroom);
+        let pushed = self.tx.push(Desc {
+            addr,
+            len,
+            options: 0,
+        });
+        debug_assert!(pushed, "room was checked");
+        self.tx_unsubmitted += 1;
+        Ok(())
+    }
+
+    /// Publishes the TX descriptors pushed since the last call; returns how many.
+    pub fn submit_tx(&mut self) -> u32 {
+        let n = self.tx_unsubmitted;
+        if n > 0 {
+            self.tx.submit();
+            self.tx_unsubmitted = 0;
+        }
+        n
+    }
+
+    /// Takes back the frames the kernel has sent (completion ring) onto the free list.
+    /// Returns how many.
+    pub fn reap(&mut self) -> u32 {
+        let mut n = 0;
+        while let Some(addr) = self.comp.pop() {
+            n += 1;
+            match self.umem.take_back(addr, Holder::KernelTx) {
+                Some(frame) => self.umem.release(frame),
+                None => self.invalid_descs += 1,
+            }
+        }
+        if n > 0 {
+            self.comp.release();
+        }
+        n
+    }
+
+    /// Frames lent to the kernel to send and not yet taken back.
+    pub fn tx_in_flight(&self) -> u32 {
+        self.umem.lent_tx()
+    }
+
+    /// Whether the kernel has taken every published TX descriptor off the ring.
+    pub fn tx_ring_drained(&mut self) -> bool {
+        self.tx.is_drained()
+    }
+
+    /// Entries of the TX ring.
+    pub fn tx_ring_size(&self) -> u32 {
+        self.tx.size()
+    }
+
+    /// Whether the kernel must be kicked to process the TX ring: always in copy mode (only
+    /// `sendto` moves it there), or when need-wakeup is off, or when the kernel asked.
+    pub fn tx_needs_kick(&self) -> bool {
+        !self.zero_copy || !self.need_wakeup || self.tx.needs_wakeup()
+    }
+
+    /// Whether the kernel asked to be woken to take frames from the fill ring.
+    pub fn fill_needs_wakeup(&self) -> bool {
+        self.need_wakeup && self.fill.needs_wakeup()
     }
 
     /// Tells the kernel to process the TX ring. Returns `Ok(true)` when the kernel stopped
@@ -408,10 +656,15 @@ impl XskSocket {
     /// | EINTR | a signal | `Ok(true)` |
     /// | anything else (ENXIO: the socket is unbound or its device went away; EBADF, EFAULT, EINVAL, EOPNOTSUPP) | the socket cannot send any more | `Err`: fatal, the worker fails |
     pub fn kick_tx(&self) -> io::Result<bool> {
+        let fd = match &self.backing {
+            Backing::Kernel { fd, .. } => fd.as_raw_fd(),
+            #[cfg(any(test, feature = "testing"))]
+            Backing::Emulated { .. } => return Ok(false),
+        };
         // SAFETY: sendto with no buffer and no address: the AF_XDP wake-up call.
         let rc = unsafe {
             libc::sendto(
-                self.fd.as_raw_fd(),
+                fd,
                 std::ptr::null(),
                 0,
                 libc::MSG_DONTWAIT,
@@ -437,10 +690,15 @@ impl XskSocket {
     /// EBUSY, EINTR, ENOBUFS and ENETDOWN are transient (the next turn wakes it again); any
     /// other errno is fatal, as for [`XskSocket::kick_tx`].
     pub fn wake_rx(&self) -> io::Result<()> {
+        let fd = match &self.backing {
+            Backing::Kernel { fd, .. } => fd.as_raw_fd(),
+            #[cfg(any(test, feature = "testing"))]
+            Backing::Emulated { .. } => return Ok(()),
+        };
         // SAFETY: recvfrom with no buffer: the AF_XDP RX wake-up call.
         let rc = unsafe {
             libc::recvfrom(
-                self.fd.as_raw_fd(),
+                fd,
                 std::ptr::null_mut(),
                 0,
                 libc::MSG_DONTWAIT,
@@ -462,16 +720,40 @@ impl XskSocket {
         }
         Ok(())
     }
+}
 
-    /// The kernel's counters for this socket.
-    pub fn statistics(&self) -> io::Result<XskStats> {
-        statistics(&self.fd)
-    }
+fn set_busy_poll(fd: &impl AsRawFd, bp: &BusyPoll) -> io::Result<()> {
+    setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        SO_PREFER_BUSY_POLL,
+        &libc::c_int::from(bp.prefer),
+    )
+    .map_err(|e| err("SO_PREFER_BUSY_POLL (needs CAP_NET_ADMIN)", e))?;
+    setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        SO_BUSY_POLL,
+        &(bp.usecs as libc::c_int),
+    )
+    .map_err(|e| {
+        err(
+            "SO_BUSY_POLL (needs CAP_NET_ADMIN above net.core.busy_read)",
+            e,
+        )
+    })?;
+    setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        SO_BUSY_POLL_BUDGET,
+        &(bp.budget as libc::c_int),
+    )
+    .map_err(|e| err("SO_BUSY_POLL_BUDGET (needs CAP_NET_ADMIN)", e))
 }
 
 /// The kernel's counters of the AF_XDP socket `fd` (XDP_STATISTICS).
-pub fn statistics(fd: &OwnedFd) -> io::Result<XskStats> {
-    let s: Statistics = getsockopt(fd, libc::SOL_XDP, libc::XDP_STATISTICS)?;
+pub fn statistics(fd: BorrowedFd<'_>) -> io::Result<XskStats> {
+    let s: Statistics = getsockopt(&fd, libc::SOL_XDP, libc::XDP_STATISTICS)?;
     Ok(XskStats {
         rx_dropped: s.rx_dropped,
         rx_invalid_descs: s.rx_invalid_descs,
@@ -482,7 +764,7 @@ pub fn statistics(fd: &OwnedFd) -> io::Result<XskStats> {
     })
 }
 
-fn bind(fd: &OwnedFd, cfg: &XskConfig, flags: u16) -> io::Result<()> {
+fn bind(fd: BorrowedFd<'_>, cfg: &XskConfig, flags: u16) -> io::Result<()> {
     let sxdp = libc::sockaddr_xdp {
         sxdp_family: libc::AF_XDP as u16,
         sxdp_flags: flags,

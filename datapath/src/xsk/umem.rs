@@ -1,7 +1,20 @@
-//! The UMEM: one mmap'd area cut into equal frames, and the user's list of free frames.
+//! The UMEM: one mmap'd area cut into equal frames, and who holds each frame.
+//!
+//! A frame is, at any time, the user's (free, or being read or written by this process) or
+//! lent to the kernel (in the fill ring or receiving into it; in the TX ring or being sent).
+//! [`Umem`] records which for every frame, and hands frames out as [`Frame`] tokens: a token
+//! is neither `Copy` nor `Clone`, only [`Umem::alloc`] and [`Umem::take_back`] make one, and
+//! [`Umem::release`] and [`Umem::lend`] consume it. So the frame bytes that safe code can
+//! reach (through a token) are never the kernel's at the same time, and a frame is never
+//! released twice. A descriptor the kernel returns is checked against the record before it
+//! becomes a token again: an address that names no frame lent for that purpose is refused.
+//!
+//! The area lives as long as its last holder ([`Umem`], and in tests the emulated kernel);
+//! the socket that registers it owns its `Umem` (see [`crate::xsk::socket::XskSocket`]).
 
 use std::io;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 /// Frame sizes the kernel accepts for an aligned UMEM.
 pub const FRAME_SIZES: [u32; 2] = [2048, 4096];
@@ -44,8 +57,11 @@ impl UmemConfig {
                 self.frame_size
             ));
         }
-        if self.frames == 0 || !self.frames.is_power_of_two() {
-            return bad(format!("UMEM frames {} (a power of two)", self.frames));
+        if self.frames == 0 || !self.frames.is_power_of_two() || self.frames > 1 << 24 {
+            return bad(format!(
+                "UMEM frames {} (a power of two, at most 2^24)",
+                self.frames
+            ));
         }
         if self.headroom >= self.frame_size / 2 {
             return bad(format!("UMEM headroom {} too large", self.headroom));
@@ -54,20 +70,76 @@ impl UmemConfig {
     }
 }
 
-/// The memory of a UMEM and its free frames.
-pub struct Umem {
-    area: NonNull<u8>,
+/// The mapped memory of a UMEM; unmapped when its last holder drops it.
+#[derive(Debug)]
+pub(crate) struct Area {
+    ptr: NonNull<u8>,
     len: usize,
-    cfg: UmemConfig,
-    free: Vec<u64>,
 }
 
-// SAFETY: the area is plain memory owned by this value; the kernel accesses frames only while
-// they are in its rings, which the owner of the Umem controls.
-unsafe impl Send for Umem {}
+// SAFETY: `Area` is an address range; every access to its bytes goes through `Umem` (whose
+// frame record decides who may touch which frame) or the emulated kernel of the tests, which
+// touches only frames lent to it.
+unsafe impl Send for Area {}
+// SAFETY: as above; shared references give out no bytes by themselves.
+unsafe impl Sync for Area {}
+
+impl Area {
+    /// Start and length.
+    pub(crate) fn raw(&self) -> (*mut u8, usize) {
+        (self.ptr.as_ptr(), self.len)
+    }
+}
+
+impl Drop for Area {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the range mapped in `Umem::new`; no `Umem` or emulated
+        // kernel refers to it any more (this is the last `Arc`). A kernel socket that still
+        // has the UMEM registered holds its own pins on the pages (XDP_UMEM_REG pins them and
+        // the kernel reaches them through its own mapping), so it never writes through this
+        // address range.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Who holds a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Holder {
+    /// This process: on the free list, or behind a [`Frame`] token.
+    User,
+    /// The kernel, to receive into (fill ring, then RX ring).
+    KernelRx,
+    /// The kernel, to send (TX ring, then completion ring).
+    KernelTx,
+}
+
+/// A frame of the UMEM that this process holds. Only [`Umem`] makes and takes tokens.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Frame(u32);
+
+impl Frame {
+    /// The frame's index in its UMEM.
+    #[cfg(test)]
+    pub(crate) fn index(&self) -> u32 {
+        self.0
+    }
+}
+
+/// The memory of a UMEM and the record of who holds each frame.
+#[derive(Debug)]
+pub struct Umem {
+    area: Arc<Area>,
+    cfg: UmemConfig,
+    free: Vec<u32>,
+    holder: Vec<Holder>,
+    lent_rx: u32,
+    lent_tx: u32,
+}
 
 impl Umem {
-    /// Maps the area; every frame starts free.
+    /// Maps the area (touching every page, so that it is allocated now, on the calling
+    /// thread's NUMA node); every frame starts free.
     pub fn new(cfg: UmemConfig) -> io::Result<Self> {
         cfg.check()?;
         let len = cfg.bytes();
@@ -100,15 +172,17 @@ impl Umem {
                 ),
             ));
         }
-        let free = (0..u64::from(cfg.frames))
-            .rev()
-            .map(|i| i * u64::from(cfg.frame_size))
-            .collect();
-        Ok(Self {
-            area: NonNull::new(p.cast()).expect("mmap returned non-null"),
+        let area = Arc::new(Area {
+            ptr: NonNull::new(p.cast()).expect("mmap returned non-null"),
             len,
+        });
+        Ok(Self {
+            area,
             cfg,
-            free,
+            free: (0..cfg.frames).rev().collect(),
+            holder: vec![Holder::User; cfg.frames as usize],
+            lent_rx: 0,
+            lent_tx: 0,
         })
     }
 
@@ -117,63 +191,98 @@ impl Umem {
         &self.cfg
     }
 
-    /// Start and length of the area, for XDP_UMEM_REG.
-    pub fn area(&self) -> (*mut u8, usize) {
-        (self.area.as_ptr(), self.len)
+    /// The area, for XDP_UMEM_REG and the emulated kernel.
+    pub(crate) fn area(&self) -> &Arc<Area> {
+        &self.area
     }
 
-    /// Takes a free frame (its address in the UMEM).
-    pub fn alloc(&mut self) -> Option<u64> {
-        self.free.pop()
-    }
-
-    /// Returns a frame to the free list.
-    pub fn release(&mut self, addr: u64) {
-        debug_assert!(addr < self.len as u64);
-        self.free.push(self.frame_start(addr));
-    }
-
-    /// Free frames.
+    /// Frames on the free list.
     pub fn free_frames(&self) -> usize {
         self.free.len()
     }
 
-    /// The start of the frame that holds `addr` (descriptors may point past the headroom).
-    pub fn frame_start(&self, addr: u64) -> u64 {
-        addr & !(u64::from(self.cfg.frame_size) - 1)
+    /// Frames lent to the kernel to receive into.
+    pub fn lent_rx(&self) -> u32 {
+        self.lent_rx
     }
 
-    /// The octets `[addr, addr + len)`, which must lie inside one frame the caller owns.
-    /// `None` if they do not (a descriptor the kernel should never give).
-    pub fn bytes(&self, addr: u64, len: u32) -> Option<&[u8]> {
-        let (start, end) = self.span(addr, len)?;
-        // SAFETY: `start..end` lies inside the mapped area (checked by `span`), and the frame is
-        // the caller's: the kernel does not write it while it is out of the kernel's rings.
-        Some(unsafe { std::slice::from_raw_parts(self.area.as_ptr().add(start), end - start) })
+    /// Frames lent to the kernel to send.
+    pub fn lent_tx(&self) -> u32 {
+        self.lent_tx
     }
 
-    /// The writable octets of the frame at `addr` from `addr` to the frame's end.
-    pub fn frame_mut(&mut self, addr: u64) -> Option<&mut [u8]> {
-        let end_of_frame = self.frame_start(addr) + u64::from(self.cfg.frame_size);
-        let len = u32::try_from(end_of_frame.checked_sub(addr)?).ok()?;
-        let (start, end) = self.span(addr, len)?;
-        // SAFETY: as in `bytes`, and `&mut self` makes the borrow unique.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.area.as_ptr().add(start), end - start) })
+    /// Takes a free frame.
+    pub(crate) fn alloc(&mut self) -> Option<Frame> {
+        self.free.pop().map(Frame)
     }
 
-    fn span(&self, addr: u64, len: u32) -> Option<(usize, usize)> {
-        let start = usize::try_from(addr).ok()?;
-        let end = start.checked_add(len as usize)?;
-        let frame_end = self.frame_start(addr) as usize + self.cfg.frame_size as usize;
-        (end <= self.len && end <= frame_end).then_some((start, end))
+    /// Puts a frame back on the free list.
+    pub(crate) fn release(&mut self, frame: Frame) {
+        debug_assert_eq!(self.holder[frame.0 as usize], Holder::User);
+        self.free.push(frame.0);
     }
-}
 
-impl Drop for Umem {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the area mapped in `new`; the sockets using it were dropped
-        // before (they borrow it for their life, see `XskSocket`).
-        unsafe { libc::munmap(self.area.as_ptr().cast(), self.len) };
+    /// The address of `frame` in the UMEM (plus `offset`), for a descriptor.
+    pub(crate) fn addr(&self, frame: &Frame, offset: u32) -> u64 {
+        u64::from(frame.0) * u64::from(self.cfg.frame_size) + u64::from(offset)
+    }
+
+    /// Records that `frame` goes to the kernel for `to` ([`Holder::KernelRx`] or
+    /// [`Holder::KernelTx`]) and returns its address; the token is gone. Call it only when
+    /// the descriptor will be pushed (the ring has room).
+    pub(crate) fn lend(&mut self, frame: Frame, to: Holder, offset: u32) -> u64 {
+        debug_assert_ne!(to, Holder::User);
+        let addr = self.addr(&frame, offset);
+        self.holder[frame.0 as usize] = to;
+        match to {
+            Holder::KernelRx => self.lent_rx += 1,
+            Holder::KernelTx => self.lent_tx += 1,
+            Holder::User => {}
+        }
+        addr
+    }
+
+    /// The token of the frame that holds `addr`, if the kernel had it `from` (a descriptor
+    /// of the RX ring: [`Holder::KernelRx`]; of the completion ring: [`Holder::KernelTx`]).
+    /// `None` for an address that names no frame the kernel had for that purpose: such a
+    /// descriptor must be ignored (the record stays as it was).
+    pub(crate) fn take_back(&mut self, addr: u64, from: Holder) -> Option<Frame> {
+        let index = addr / u64::from(self.cfg.frame_size);
+        let i = usize::try_from(index).ok()?;
+        if self.holder.get(i) != Some(&from) {
+            return None;
+        }
+        self.holder[i] = Holder::User;
+        match from {
+            Holder::KernelRx => self.lent_rx -= 1,
+            Holder::KernelTx => self.lent_tx -= 1,
+            Holder::User => {}
+        }
+        Some(Frame(index as u32))
+    }
+
+    /// The octets `[offset, offset + len)` of `frame`; `None` if they leave the frame.
+    pub(crate) fn bytes(&self, frame: &Frame, offset: u32, len: u32) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        if end > self.cfg.frame_size {
+            return None;
+        }
+        let start = self.addr(frame, offset) as usize;
+        // SAFETY: `start..start + len` lies inside the area (frame index < frames, end within
+        // the frame), and the frame is this process's: a token exists for it, so the kernel
+        // does not hold it, and the token is borrowed for the life of the slice, so no `&mut`
+        // to the same frame exists meanwhile.
+        Some(unsafe { std::slice::from_raw_parts(self.area.ptr.as_ptr().add(start), len as usize) })
+    }
+
+    /// The writable octets of `frame` from `offset` to its end.
+    pub(crate) fn bytes_mut(&mut self, frame: &mut Frame, offset: u32) -> &mut [u8] {
+        let offset = offset.min(self.cfg.frame_size);
+        let start = self.addr(frame, offset) as usize;
+        let len = (self.cfg.frame_size - offset) as usize;
+        // SAFETY: as in `bytes`; the token is borrowed mutably for the life of the slice, and
+        // tokens are unique, so this is the only reference to these octets.
+        unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(start), len) }
     }
 }
 
@@ -188,19 +297,58 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let mut got: Vec<u64> = std::iter::from_fn(|| u.alloc()).collect();
+        let mut got: Vec<Frame> = std::iter::from_fn(|| u.alloc()).collect();
         assert_eq!(got.len(), 8);
-        got.sort();
-        got.dedup();
-        assert_eq!(got, (0..8).map(|i| i * 2048).collect::<Vec<_>>());
-        let f = u.frame_mut(2048 + 100).unwrap();
-        assert_eq!(f.len(), 2048 - 100);
-        f[0] = 7;
-        assert_eq!(u.bytes(2148, 1).unwrap(), &[7]);
-        assert!(u.bytes(2048 + 2000, 100).is_none(), "crosses a frame end");
-        assert!(u.bytes(8 * 2048, 1).is_none(), "past the area");
-        u.release(2148);
-        assert_eq!(u.alloc(), Some(2048), "a frame returns by its start");
+        let mut idx: Vec<u32> = got.iter().map(Frame::index).collect();
+        idx.sort();
+        idx.dedup();
+        assert_eq!(idx, (0..8).collect::<Vec<_>>());
+        let mut f = got.pop().unwrap();
+        let buf = u.bytes_mut(&mut f, 100);
+        assert_eq!(buf.len(), 2048 - 100);
+        buf[0] = 7;
+        assert_eq!(u.bytes(&f, 100, 1).unwrap(), &[7]);
+        assert!(u.bytes(&f, 2000, 100).is_none(), "crosses the frame end");
+        u.release(f);
+        assert_eq!(u.free_frames(), 1);
+    }
+
+    #[test]
+    fn the_kernel_gives_back_only_what_it_was_lent() {
+        let mut u = Umem::new(UmemConfig {
+            frames: 4,
+            ..Default::default()
+        })
+        .unwrap();
+        let a = u.alloc().unwrap();
+        let b = u.alloc().unwrap();
+        let addr_a = u.lend(a, Holder::KernelRx, 0);
+        let addr_b = u.lend(b, Holder::KernelTx, 0);
+        assert_eq!((u.lent_rx(), u.lent_tx()), (1, 1));
+        assert!(
+            u.take_back(addr_a, Holder::KernelTx).is_none(),
+            "lent for RX"
+        );
+        assert!(
+            u.take_back(99 * 2048, Holder::KernelRx).is_none(),
+            "past the area"
+        );
+        let free = u.free_frames() as u64;
+        assert!(
+            u.take_back(free * 2048, Holder::KernelRx).is_none(),
+            "never lent"
+        );
+        // An RX descriptor points past the headroom: its frame comes back by its start.
+        let a = u.take_back(addr_a + 256, Holder::KernelRx).unwrap();
+        assert!(
+            u.take_back(addr_a, Holder::KernelRx).is_none(),
+            "returned twice"
+        );
+        let b = u.take_back(addr_b, Holder::KernelTx).unwrap();
+        assert_eq!((u.lent_rx(), u.lent_tx()), (0, 0));
+        u.release(a);
+        u.release(b);
+        assert_eq!(u.free_frames(), 4);
     }
 
     #[test]
