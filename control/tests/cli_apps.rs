@@ -865,3 +865,30 @@ fn serve_after_attach_needs_only_net_raw_ipc_lock_and_bpf() {
     let (ok, stderr) = server.stop();
     assert!(ok, "{stderr}");
 }
+
+#[test]
+fn a_second_server_on_the_same_port_is_refused() {
+    let first = Server::start(&["--app", "echo", "--workers", "2"]);
+    let port = first.addr.port();
+    for listen in [format!("127.0.0.1:{port}"), format!("0.0.0.0:{port}")] {
+        let out = Command::new(BIN)
+            .args(["serve", "--app", "echo", "--listen", &listen])
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{listen}: {err}");
+        assert!(err.contains("already bound by another socket"), "{err}");
+        assert!(err.contains("xdp-quic"), "names the holder: {err}");
+    }
+    // The first server was not disturbed: it still answers every request.
+    for i in 0..10 {
+        let out = client(
+            first.addr,
+            &["--insecure", "--app", "echo", "--message", &format!("m{i}")],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let (ok, log) = first.stop();
+    assert!(ok, "{log}");
+    assert!(log.contains("resets 0"), "no stateless resets: {log}");
+}

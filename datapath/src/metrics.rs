@@ -83,8 +83,11 @@ counters! {
     handover_out,
     /// Datagrams received from other workers.
     handover_in,
-    /// Hand-overs dropped because the owner's queue was full.
+    /// Hand-overs dropped because the owner's queue was full (or the owner failed).
     handover_dropped,
+    /// Datagrams the kernel dropped at this worker's UDP socket (receive buffer full, bad
+    /// checksum), read about once a second from SO_MEMINFO: the worker does not keep up.
+    kernel_rx_dropped,
     /// Transmits that failed for good (not counting back-pressure).
     tx_errors,
     /// Times the backend pushed back (socket buffer or TX ring full).

@@ -40,6 +40,8 @@ use crate::shard::Shard;
 const MAX_RX_BATCHES: usize = 8;
 /// Posted commands and hand-overs taken per turn.
 const MAX_INBOX: usize = 256;
+/// How often the worker reads the kernel's drop counter of its backend (one syscall).
+const KERNEL_READ_EVERY: Duration = Duration::from_secs(1);
 /// The most octets one UDP send (and so one GSO batch) can carry over IPv4.
 const MAX_UDP_PAYLOAD: usize = 65_507;
 
@@ -99,6 +101,7 @@ pub struct Worker<H: Handler> {
     stop_code: (VarInt, Bytes),
     drain_deadline: Option<Instant>,
     drain_timeout: Duration,
+    next_kernel_read: Instant,
 }
 
 /// Everything [`Worker::new`] needs; built by [`crate::EngineBuilder`].
@@ -146,6 +149,7 @@ impl<H: Handler> Worker<H> {
             stop_code: (VarInt::from_u32(0), Bytes::new()),
             drain_deadline: None,
             drain_timeout: p.drain_timeout,
+            next_kernel_read: Instant::now(),
         }
     }
 
@@ -290,6 +294,12 @@ impl<H: Handler> Worker<H> {
             self.drive_all(io);
         }
         io.flush()?;
+        if now >= self.next_kernel_read {
+            self.next_kernel_read = now + KERNEL_READ_EVERY;
+            if let Some(d) = io.kernel_drops() {
+                self.counters.kernel_rx_dropped = d;
+            }
+        }
         self.counters.conns_active = self.shard.active as u64;
         self.counters.conns_handshaking = self.shard.handshaking as u64;
         self.metrics.publish(&self.counters);

@@ -442,7 +442,7 @@ pub fn xsk_summary(s: &xdp_quic::backend::xsk::XskSnapshot) -> String {
 /// The main counters of a worker on one line.
 pub fn summary(c: &Counters) -> String {
     format!(
-        "rx {} pkts {} B, tx {} pkts {} B, conns accepted {} opened {} active {}, handovers out {} in {} dropped {}, malformed {}, ignored {}, resets {}",
+        "rx {} pkts {} B, tx {} pkts {} B, conns accepted {} opened {} active {}, handovers out {} in {} dropped {}, malformed {}, ignored {}, resets {}, kernel rx dropped {}",
         c.rx_packets,
         c.rx_bytes,
         c.tx_packets,
@@ -455,6 +455,7 @@ pub fn summary(c: &Counters) -> String {
         c.handover_dropped,
         c.rx_malformed,
         c.rx_ignored,
-        c.resets_sent
+        c.resets_sent,
+        c.kernel_rx_dropped
     )
 }

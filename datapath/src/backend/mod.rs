@@ -87,4 +87,11 @@ pub trait Backend {
     fn adopt(&mut self, datagram: &Datagram) {
         let _ = datagram;
     }
+
+    /// Datagrams the kernel dropped before this backend could receive them (a kernel
+    /// socket's full receive buffer), since it was opened; `None` where there is no such
+    /// counter. The worker reads it about once a second, never per packet.
+    fn kernel_drops(&mut self) -> Option<u64> {
+        None
+    }
 }

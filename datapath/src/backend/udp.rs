@@ -10,6 +10,7 @@
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
+
 use std::time::Instant;
 
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState, BATCH_SIZE};
@@ -18,6 +19,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::{Backend, RxBatch, SendError, Transmit};
 use crate::cid::CidLayout;
 use crate::waker::Waker;
+
+/// SO_MEMINFO (not in every libc target's constants) and the index of the drop counter in
+/// its answer (`SK_MEMINFO_DROPS`).
+const SO_MEMINFO: libc::c_int = 55;
+const SK_MEMINFO_DROPS: usize = 8;
+const SK_MEMINFO_VARS: usize = 9;
 
 /// Receive buffer per recvmmsg slot: one GRO super-datagram is at most 64 KiB.
 const SLOT: usize = 64 * 1024;
@@ -82,6 +89,27 @@ impl UdpBackend {
     }
 }
 
+/// Datagrams the kernel dropped at `socket` (receive buffer full, bad checksum): the
+/// socket's drop counter (SO_MEMINFO, `SK_MEMINFO_DROPS`). One syscall.
+pub fn kernel_drops(socket: &impl AsRawFd) -> io::Result<u64> {
+    let mut info = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` octets into the live array.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from(info[SK_MEMINFO_DROPS]))
+}
+
 /// Binds `workers` sockets to `addr` with SO_REUSEPORT, in worker order (the kernel's
 /// reuseport index of socket `i` is `i`), and tries to attach the CID steering program.
 ///
@@ -108,6 +136,18 @@ pub fn bind_group(
         addr = socket.local_addr()?;
         sockets.push(socket);
     }
+    // SO_REUSEPORT lets any socket of the same user join the group: check, on the sockets we
+    // hold, that no other socket shares the port (it would take a share of our packets).
+    if let Some(foreign) = foreign_sockets(addr, &sockets)?.into_iter().next() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "UDP {addr} is already bound by another socket ({foreign}) with SO_REUSEPORT: \
+                 refusing to join its group and take a share of its packets; stop the other \
+                 server or choose another port"
+            ),
+        ));
+    }
     let steering = if workers > 1 && attach_reuseport_program(&sockets[0], layout).is_ok() {
         Steering::CidProgram
     } else {
@@ -118,6 +158,87 @@ pub fn bind_group(
         .map(UdpBackend::new)
         .collect::<io::Result<Vec<_>>>()?;
     Ok((backends, steering))
+}
+
+/// The sockets bound to `addr`'s port (on an overlapping address) that are not `ours`, as
+/// `socket inode N, held by PID (COMM)` where the holder can be found, from
+/// /proc/thread-self/net/udp{,6}.
+fn foreign_sockets(addr: SocketAddr, ours: &[UdpSocket]) -> io::Result<Vec<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut own = Vec::with_capacity(ours.len());
+    for s in ours {
+        // A socket's inode number is its identity in /proc/net/udp.
+        let fd = s.as_fd().try_clone_to_owned()?;
+        own.push(std::fs::File::from(fd).metadata()?.ino());
+    }
+    let mut foreign = Vec::new();
+    for table in ["/proc/thread-self/net/udp", "/proc/thread-self/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for (ip, port, inode) in text.lines().skip(1).filter_map(parse_udp_line) {
+            let overlaps = ip.is_unspecified() || addr.ip().is_unspecified() || ip == addr.ip();
+            if port == addr.port() && overlaps && !own.contains(&inode) && inode != 0 {
+                foreign.push(match socket_holder(inode) {
+                    Some(who) => format!("socket inode {inode}, held by {who}"),
+                    None => format!("socket inode {inode}"),
+                });
+            }
+        }
+    }
+    Ok(foreign)
+}
+
+/// (local address, local port, inode) of a line of /proc/net/udp or udp6.
+fn parse_udp_line(line: &str) -> Option<(std::net::IpAddr, u16, u64)> {
+    let mut f = line.split_whitespace();
+    let local = f.nth(1)?;
+    let inode: u64 = f.nth(7)?.parse().ok()?;
+    let (hex_ip, hex_port) = local.split_once(':')?;
+    let port = u16::from_str_radix(hex_port, 16).ok()?;
+    // The kernel prints the address as 32-bit words in host order.
+    let words: Vec<u32> = (0..hex_ip.len() / 8)
+        .map(|i| u32::from_str_radix(&hex_ip[i * 8..i * 8 + 8], 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let ip = match words.as_slice() {
+        [w] => std::net::IpAddr::from(w.to_ne_bytes()),
+        [a, b, c, d] => {
+            let mut o = [0u8; 16];
+            for (i, w) in [a, b, c, d].into_iter().enumerate() {
+                o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            let v6 = std::net::Ipv6Addr::from(o);
+            v6.to_ipv4_mapped().map_or(v6.into(), Into::into)
+        }
+        _ => return None,
+    };
+    Some((ip, port, inode))
+}
+
+/// `PID (COMM)` of a process with a descriptor of socket `inode`, if one can be read.
+fn socket_holder(inode: u64) -> Option<String> {
+    let want = format!("socket:[{inode}]");
+    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = proc_entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want.as_str()) {
+                let comm =
+                    std::fs::read_to_string(proc_entry.path().join("comm")).unwrap_or_default();
+                return Some(format!("pid {pid} ({})", comm.trim()));
+            }
+        }
+    }
+    None
 }
 
 /// Binds one socket per worker to `addr`, each on its own port when `addr`'s port is 0: a
@@ -312,6 +433,10 @@ impl Backend for UdpBackend {
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
     }
+
+    fn kernel_drops(&mut self) -> Option<u64> {
+        kernel_drops(&self.socket).ok()
+    }
 }
 
 /// A `pollfd` waiting for `fd` to be readable, and writable too when `want_write`.
@@ -370,6 +495,59 @@ mod tests {
         let port = group[0].local_addr().unwrap().port();
         assert!(group.iter().all(|b| b.local_addr().unwrap().port() == port));
         assert_eq!(steering, Steering::CidProgram);
+    }
+
+    #[test]
+    fn a_group_refuses_a_port_another_reuseport_socket_holds() {
+        // Another server (here: a socket of this process we do not count as ours) bound the
+        // port with SO_REUSEPORT: joining its group would split its packets with it.
+        let other = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        other.set_reuse_port(true).unwrap();
+        other
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let port = other.local_addr().unwrap().as_socket().unwrap().port();
+        let layout = CidLayout::for_workers(2).unwrap();
+        for addr in [format!("127.0.0.1:{port}"), format!("0.0.0.0:{port}")] {
+            let err = bind_group(addr.parse().unwrap(), 2, &layout).unwrap_err();
+            let msg = err.to_string();
+            assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{msg}");
+            assert!(msg.contains("already bound by another socket"), "{msg}");
+            assert!(
+                msg.contains(&format!("pid {}", std::process::id())),
+                "{msg}"
+            );
+        }
+        drop(other);
+        // Free again: the group binds, and its own sockets are not foreign to it.
+        let (group, _) =
+            bind_group(format!("127.0.0.1:{port}").parse().unwrap(), 2, &layout).unwrap();
+        assert_eq!(group.len(), 2);
+    }
+
+    #[test]
+    fn proc_net_udp_lines_parse() {
+        let v4 = "  123: 0100007F:115C 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 424242 2 0000000000000000 0";
+        assert_eq!(
+            parse_udp_line(v4),
+            Some(("127.0.0.1".parse().unwrap(), 4444, 424242))
+        );
+        let v6 = "  5: 00000000000000000000000000000000:115C 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 77 2 0000000000000000 0";
+        assert_eq!(parse_udp_line(v6), Some(("::".parse().unwrap(), 4444, 77)));
+        assert_eq!(parse_udp_line("garbage"), None);
+    }
+
+    #[test]
+    fn the_kernel_drop_counter_counts_a_full_receive_buffer() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&rx).set_recv_buffer_size(1).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(kernel_drops(&rx).unwrap(), 0);
+        for _ in 0..64 {
+            tx.send_to(&[0u8; 1200], rx.local_addr().unwrap()).unwrap();
+        }
+        // Loopback delivers synchronously inside send: the drops are counted by now.
+        assert!(kernel_drops(&rx).unwrap() > 0);
     }
 
     #[test]
