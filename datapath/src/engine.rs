@@ -111,6 +111,22 @@ pub struct EngineBuilder {
     rx_batch: usize,
     reset_key: Option<[u8; 64]>,
     min_reset_interval: Duration,
+    max_connections: usize,
+}
+
+/// Connections one worker holds at most by default ([`EngineBuilder::max_connections`]).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The connection-level receive window of the default transport: what one connection can
+/// make its worker buffer of unread stream data (quinn-proto's own default is unlimited).
+pub const DEFAULT_RECEIVE_WINDOW: u32 = 16 << 20;
+
+/// The transport the engine uses unless told otherwise: quinn-proto's defaults (100
+/// concurrent streams each way, 1.25 MB stream windows, 10 MB send window, 30 s idle
+/// timeout) with the connection's receive window bounded to [`DEFAULT_RECEIVE_WINDOW`].
+pub fn default_transport() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.receive_window(VarInt::from_u32(DEFAULT_RECEIVE_WINDOW));
+    t
 }
 
 impl Default for EngineBuilder {
@@ -130,6 +146,7 @@ impl Default for EngineBuilder {
             rx_batch: 64,
             reset_key: None,
             min_reset_interval: Duration::from_millis(20),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -207,6 +224,16 @@ impl EngineBuilder {
         self
     }
 
+    /// Connections one worker holds at most (default [`DEFAULT_MAX_CONNECTIONS`]); past it,
+    /// new connections are refused (CONNECTION_REFUSED, counted in `conns_refused`) until
+    /// some close. With the default transport an idle connection costs about 32 KiB, and a
+    /// connection whose peer never reads at most its receive and send windows (16 + 10 MB)
+    /// plus what the application buffers: size this bound to the memory the host can give.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
     /// The stateless-reset key (default random). Hosts behind one balancer share it.
     pub fn reset_key(mut self, key: [u8; 64]) -> Self {
         self.reset_key = Some(key);
@@ -247,8 +274,13 @@ impl EngineBuilder {
         });
         let reset_key: Arc<dyn quinn_proto::crypto::HmacKey> =
             Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key));
+        if self.max_connections == 0 {
+            return Err(EngineError::Config(
+                "max_connections must be at least 1".into(),
+            ));
+        }
         let transport = self.transport.clone().unwrap_or_else(|| {
-            let mut t = TransportConfig::default();
+            let mut t = default_transport();
             t.congestion_controller_factory(crate::congestion::GatedFactory::cubic());
             Arc::new(t)
         });
@@ -302,6 +334,7 @@ impl EngineBuilder {
                 handovers,
                 rx_batch: self.rx_batch,
                 drain_timeout: self.drain_timeout,
+                max_connections: self.max_connections,
             }));
         }
         Ok((workers, EngineHandle { mesh }))

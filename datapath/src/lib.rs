@@ -7,7 +7,7 @@
 //!
 //! The worker engine is sans-IO ([`Worker::turn`]) and generic over a small [`Backend`] trait:
 //! kernel UDP with SO_REUSEPORT ([`backend::udp`]), an in-memory network with a virtual clock
-//! for deterministic tests ([`backend::mem`], [`testing`]), and AF_XDP (to come).
+//! for deterministic tests ([`backend::mem`], [`testing`]), and AF_XDP ([`backend::xsk`]).
 //!
 //! ```no_run
 //! use xdp_quic::{tls, Conn, EngineBuilder, Handler, ReadStatus, StreamId};
@@ -44,6 +44,7 @@ pub mod conn;
 pub mod engine;
 mod guard;
 pub mod handler;
+pub mod memory;
 pub mod metrics;
 pub mod packet;
 pub mod route;
@@ -58,7 +59,8 @@ pub mod xsk;
 pub use backend::Backend;
 pub use conn::{Conn, ConnId, ConnectError, Ctx, ReadStatus, StreamError};
 pub use engine::{
-    Engine, EngineBuilder, EngineError, EngineHandle, RetryPolicy, SocketMap, XdpSetup,
+    default_transport, Engine, EngineBuilder, EngineError, EngineHandle, RetryPolicy, SocketMap,
+    XdpSetup,
 };
 pub use guard::INTERNAL_ERROR;
 pub use handler::Handler;

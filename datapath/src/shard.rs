@@ -44,8 +44,10 @@ impl Slot {
 /// One endpoint shard.
 pub(crate) struct Shard {
     pub endpoint: Endpoint,
-    /// Indexed by `ConnectionHandle.0`, which quinn-proto allocates densely.
-    pub slots: Vec<Option<Slot>>,
+    /// Indexed by `ConnectionHandle.0`, which quinn-proto allocates densely. Boxed: a slot
+    /// is ~6 KiB (quinn-proto's `Connection` inline), and a vector of them would keep up to
+    /// as much again in spare capacity and move every connection when it grows.
+    pub slots: Vec<Option<Box<Slot>>>,
     pub timers: TimerQueue,
     /// Connections to poll for events and transmits this turn.
     pub dirty: Vec<usize>,
@@ -106,7 +108,7 @@ impl Shard {
             self.slots[ch.0].is_none(),
             "quinn-proto reused a live handle"
         );
-        self.slots[ch.0] = Some(Slot {
+        self.slots[ch.0] = Some(Box::new(Slot {
             conn,
             id,
             handshaking: true,
@@ -115,7 +117,7 @@ impl Shard {
             gate,
             created: now,
             span: tracing::debug_span!("connection", conn = %id),
-        });
+        }));
         self.active += 1;
         self.handshaking += 1;
         self.mark_dirty(ch.0);
@@ -141,7 +143,7 @@ impl Shard {
     }
 
     /// Removes a drained connection.
-    pub fn remove(&mut self, h: usize) -> Option<Slot> {
+    pub fn remove(&mut self, h: usize) -> Option<Box<Slot>> {
         let slot = self.slots.get_mut(h)?.take()?;
         self.timers.set(h, None);
         self.active -= 1;

@@ -102,6 +102,7 @@ pub struct Worker<H: Handler> {
     drain_deadline: Option<Instant>,
     drain_timeout: Duration,
     next_kernel_read: Instant,
+    max_connections: usize,
 }
 
 /// Everything [`Worker::new`] needs; built by [`crate::EngineBuilder`].
@@ -116,6 +117,7 @@ pub(crate) struct WorkerParts<H: Handler> {
     pub handovers: Receiver<Datagram>,
     pub rx_batch: usize,
     pub drain_timeout: Duration,
+    pub max_connections: usize,
 }
 
 impl<H: Handler> Worker<H> {
@@ -150,6 +152,7 @@ impl<H: Handler> Worker<H> {
             drain_deadline: None,
             drain_timeout: p.drain_timeout,
             next_kernel_read: Instant::now(),
+            max_connections: p.max_connections,
         }
     }
 
@@ -371,10 +374,11 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Accept, validate with Retry, or refuse a new connection.
+    /// Accept, validate with Retry, or refuse a new connection (while stopping, or when the
+    /// worker holds its maximum of connections).
     fn on_incoming<B: Backend>(&mut self, io: &mut B, incoming: Incoming) {
         self.tx_buf.clear();
-        if self.drain_deadline.is_some() {
+        if self.drain_deadline.is_some() || self.shard.active >= self.max_connections {
             let t = self.shard.endpoint.refuse(incoming, &mut self.tx_buf);
             self.counters.conns_refused += 1;
             self.send_stateless(io, &t);

@@ -130,7 +130,7 @@ async fn worker_fails_with(fault: u8, what: &str) {
             let why = guard("close of a failed worker", conn.closed()).await;
             match why {
                 quinn::ConnectionError::ApplicationClosed(c) => {
-                    assert_eq!(c.error_code, INTERNAL_ERROR.into(), "{what}")
+                    assert_eq!(c.error_code, INTERNAL_ERROR, "{what}")
                 }
                 other => panic!("{what}: a connection of the failed worker ended with {other}"),
             }

@@ -98,11 +98,12 @@ pub struct ServeArgs {
     pub stats_every: Option<u64>,
 }
 
-/// Transport parameters of the examples: many streams, datagrams on.
+/// Transport parameters of the examples: the engine's bounded defaults (16 MiB connection
+/// receive window; 100 concurrent bidirectional streams), 8 unidirectional streams,
+/// datagrams on (1 MiB receive buffer).
 pub fn transport() -> TransportConfig {
-    let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(1024));
-    t.max_concurrent_uni_streams(VarInt::from_u32(128));
+    let mut t = xdp_quic::default_transport();
+    t.max_concurrent_uni_streams(VarInt::from_u32(8));
     t.datagram_receive_buffer_size(Some(1 << 20));
     t
 }
@@ -370,6 +371,7 @@ fn serve_until<H: Handler>(
         }
     };
     let handle = engine.handle();
+    let mut trim = xdp_quic::memory::TrimPolicy::new(1000);
     let stats_every = a.stats_every.map(Duration::from_secs);
     let mut next_stats = stats_every.map(|d| std::time::Instant::now() + d);
     loop {
@@ -384,6 +386,10 @@ fn serve_until<H: Handler>(
         let failed = handle.failed_workers();
         if !failed.is_empty() {
             return Ok(Ended::WorkersFailed(failed));
+        }
+        let t = handle.total();
+        if trim.observe(t.conns_accepted + t.conns_opened + t.conns_closed) {
+            xdp_quic::memory::release_free_memory();
         }
         if let (Some(t), Some(every)) = (next_stats, stats_every) {
             if std::time::Instant::now() >= t {
