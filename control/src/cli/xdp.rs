@@ -83,11 +83,12 @@ pub struct StatsArgs {
     /// Print JSON (one object; in watch mode one object per line).
     #[arg(long)]
     pub json: bool,
-    /// Print the counters and their rates every SECS seconds (until interrupted).
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    /// Print the counters and their rates every SECS seconds (0.1 to 86400; until
+    /// interrupted).
+    #[arg(long, value_name = "SECS", value_parser = super::args::secs_between(0.1, 86_400.0))]
     pub watch: Option<f64>,
-    /// In watch mode, stop after N reports.
-    #[arg(long, value_name = "N", requires = "watch")]
+    /// In watch mode, stop after N reports (at least 1).
+    #[arg(long, value_name = "N", requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Also read the metrics endpoint of a local daemon (`serve --metrics`): per-queue
     /// packets/s, drops, connections and busy %.
@@ -96,15 +97,6 @@ pub struct StatsArgs {
     /// Run in the network namespace /run/netns/NAME (keeps the host's /sys/fs/bpf).
     #[arg(long, value_name = "NAME")]
     pub netns: Option<String>,
-}
-
-fn parse_secs(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if (0.1..=86400.0).contains(&v) => Ok(v),
-        _ => Err(format!(
-            "'{s}' is not a number of seconds between 0.1 and 86400"
-        )),
-    }
 }
 
 fn enter(netns: &Option<String>) -> anyhow::Result<()> {
