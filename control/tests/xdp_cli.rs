@@ -248,6 +248,31 @@ fn error_foreign_program_refused_unless_force() {
         "refusal must change nothing"
     );
     assert!(!Path::new(&pin_dir(i)).exists());
+    // A server does not replace it either, and says what to do without a --force of its own.
+    let err = xq_err(
+        &[
+            "serve",
+            "--netns",
+            s,
+            "--listen",
+            "0.0.0.0:4433",
+            "--backend",
+            "xdp",
+            "--iface",
+            i,
+            "--app",
+            "echo",
+        ],
+        "already has an XDP program",
+    );
+    assert!(
+        err.contains("xdp-quic did not attach")
+            && err.contains(&format!("ip link set dev {i} xdp off"))
+            && err.contains(&format!("xdp-quic attach {i} --port 4433 --force"))
+            && !err.contains("pass --force"),
+        "{err}"
+    );
+    assert_eq!(xdp_prog_on(s, i), Some(foreign));
     let out = xq_ok(&["attach", i, "--netns", s, "--port", "4433", "--force"]);
     assert!(
         out.contains(&format!("removed the XDP program {foreign}")),
@@ -372,11 +397,15 @@ fn embedded_attach_lasts_as_long_as_its_guard() {
             !Path::new(&pin_dir(&i)).exists(),
             "embedded mode makes no pins"
         );
-        // a second attachment is refused while the first lives
+        // a second attachment is refused while the first lives, naming its holder (us)
         let err = attach_embedded(&i, &service, AttachMode::Skb)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("already has an XDP program"), "{err}");
+        assert!(
+            err.contains("already has xdp-quic's XDP program")
+                && err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         let xsks = guard.xsks().unwrap();
         assert_eq!(xsks.capacity(), xdp_quic_ebpf::MAX_QUEUES);
         send_udp(&c, format!("{SERVER4}:4433").parse().unwrap(), 4, 100);
@@ -389,4 +418,162 @@ fn embedded_attach_lasts_as_long_as_its_guard() {
         drop(guard);
         assert_eq!(xdp_prog_on(&s, &i), None, "dropping the guard detaches");
     });
+}
+
+/// A server that attached the program for itself (no pins): `status` and `stats` show it as
+/// attached by that running process, with its queue's socket and its counters; a second
+/// server, `attach` and `detach` are refused with messages that name the process and suggest
+/// nothing that would break it; when it stops, the program goes with it.
+#[test]
+fn status_and_stats_show_a_servers_own_attachment() {
+    if !privileged("servers_own_attachment") {
+        return;
+    }
+    let tb = Testbed::new(1);
+    let _pins = PinGuard(tb.server_if.clone());
+    let (s, i, c) = (
+        tb.server.name.as_str(),
+        tb.server_if.as_str(),
+        tb.client.name.as_str(),
+    );
+    let server = ServeProcess::start(&[
+        "--netns",
+        s,
+        "--listen",
+        "0.0.0.0:4433",
+        "--backend",
+        "xdp",
+        "--iface",
+        i,
+        "--app",
+        "echo",
+        "--xdp-mode",
+        "skb",
+    ]);
+    assert!(
+        server.serving_line().contains("attached by this process"),
+        "{}",
+        server.serving_line()
+    );
+    let pid = server.pid();
+    let prog = xdp_prog_on(s, i).expect("the server attached a program");
+    assert!(!Path::new(&pin_dir(i)).exists(), "a server makes no pins");
+
+    let st: serde_json::Value =
+        serde_json::from_str(&xq_ok(&["status", "--json", "--netns", s])).unwrap();
+    let me = st["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["iface"] == i)
+        .unwrap_or_else(|| panic!("status misses the server's attachment: {st}"))
+        .clone();
+    assert_eq!(me["state"], "attached", "{me}");
+    assert_eq!(me["pinned"], false, "{me}");
+    assert_eq!(me["pin_dir"], serde_json::Value::Null, "{me}");
+    assert_eq!(me["mode"], "skb", "{me}");
+    assert_eq!(me["prog_id"].as_u64(), Some(prog), "{me}");
+    assert_eq!(me["ports"], serde_json::json!([4433]), "{me}");
+    let holders = me["holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 1, "{me}");
+    assert_eq!(holders[0]["pid"].as_u64(), Some(u64::from(pid)), "{me}");
+    assert_eq!(holders[0]["comm"], "xdp-quic", "{me}");
+    assert_eq!(holders[0]["link_id"], me["link_id"], "{me}");
+    assert_eq!(
+        me["queues"],
+        serde_json::json!([{"queue": 0, "socket": true}]),
+        "{me}"
+    );
+    let text = xq_ok(&["status", "--netns", s]);
+    assert!(
+        text.contains(&format!(
+            "{i}: attached by a running process (not pinned): pid {pid} (xdp-quic)"
+        )),
+        "{text}"
+    );
+
+    // stats reads the program's counters by id.
+    let stats_json = || -> serde_json::Value {
+        serde_json::from_str(&xq_ok(&["stats", i, "--netns", s, "--json"])).unwrap()
+    };
+    let before = stats_json();
+    assert_eq!(before["attachment"], "process", "{before}");
+    assert_eq!(before["pids"], serde_json::json!([pid]), "{before}");
+    send_udp(c, format!("{SERVER4}:4433").parse().unwrap(), 5, 100);
+    let after = stats_json();
+    let d =
+        |k: &str| after["counters"][k].as_u64().unwrap() - before["counters"][k].as_u64().unwrap();
+    assert_eq!(d("v4.redirected"), 5, "{after}");
+    let text = xq_ok(&["stats", i, "--netns", s]);
+    assert!(
+        text.contains("attached by a running process (not pinned)")
+            && text.contains("v4.redirected"),
+        "{text}"
+    );
+
+    // A second server on the interface: refused, naming the first; no --force, no `xdp off`.
+    let err = xq_err(
+        &[
+            "serve",
+            "--netns",
+            s,
+            "--listen",
+            "0.0.0.0:4434",
+            "--backend",
+            "xdp",
+            "--iface",
+            i,
+            "--app",
+            "echo",
+        ],
+        "already has xdp-quic's XDP program",
+    );
+    assert!(
+        err.contains("attached by another running process")
+            && err.contains(&format!("pid {pid} (xdp-quic)"))
+            && !err.contains("--force")
+            && !err.contains("xdp off"),
+        "{err}"
+    );
+    // attach: refused, the first server named, nothing changed.
+    let err = xq_err(
+        &["attach", i, "--netns", s, "--port", "4433"],
+        "already has xdp-quic's XDP program",
+    );
+    assert!(
+        err.contains(&format!("pid {pid} (xdp-quic)"))
+            && err.contains("stop that process first")
+            && !err.contains("xdp off"),
+        "{err}"
+    );
+    // detach: nothing pinned to remove; says whose it is.
+    let err = xq_err(
+        &["detach", i, "--netns", s],
+        "was attached by a running process for its own life",
+    );
+    assert!(err.contains(&format!("pid {pid}")), "{err}");
+    assert_eq!(
+        xdp_prog_on(s, i),
+        Some(prog),
+        "a refused command changed the program"
+    );
+    assert!(!Path::new(&pin_dir(i)).exists());
+
+    let (ok, err) = server.stop();
+    assert!(ok, "{err}");
+    assert_eq!(xdp_prog_on(s, i), None, "the program outlived its server");
+    let st: serde_json::Value =
+        serde_json::from_str(&xq_ok(&["status", "--json", "--netns", s])).unwrap();
+    assert!(
+        !st["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["iface"] == i),
+        "{st}"
+    );
+    xq_err(
+        &["stats", i, "--netns", s],
+        &format!("xdp-quic is not attached to '{i}'"),
+    );
 }

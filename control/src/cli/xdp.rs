@@ -206,8 +206,16 @@ pub fn status(a: &StatusArgs) -> anyhow::Result<()> {
     for s in all {
         match s.state {
             "attached" => {
+                let by = if s.pinned {
+                    String::new()
+                } else {
+                    format!(
+                        " by a running process (not pinned): {};",
+                        xdp::Owner::describe_holders(&s.holders)
+                    )
+                };
                 println!(
-                    "{}: attached, {} mode, program id {}, link id {}, ifindex {}",
+                    "{}: attached{by} {} mode, program id {}, link id {}, ifindex {}",
                     s.iface,
                     s.mode.unwrap_or("?"),
                     s.prog_id.unwrap_or(0),
@@ -225,11 +233,14 @@ pub fn status(a: &StatusArgs) -> anyhow::Result<()> {
                     })
                     .collect();
                 println!("  queues: {}", q.join(" "));
-                println!("  pins: {}", s.pin_dir);
+                if let Some(dir) = &s.pin_dir {
+                    println!("  pins: {dir}");
+                }
             }
             "other-netns" => println!(
                 "{}: attached in another network namespace (use --netns); pins {}",
-                s.iface, s.pin_dir
+                s.iface,
+                s.pin_dir.as_deref().unwrap_or("-")
             ),
             _ => println!(
                 "{}: stale pins (interface gone): run `xdp-quic detach {}`",
@@ -240,16 +251,38 @@ pub fn status(a: &StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `"pinned"` or `"process"`, and the pids holding a process's attachment.
+fn attachment_json(owner: &xdp::Owner) -> (&'static str, Vec<u32>) {
+    match owner {
+        xdp::Owner::Process { holders } => ("process", holders.iter().map(|h| h.pid).collect()),
+        _ => ("pinned", Vec::new()),
+    }
+}
+
 /// `xdp-quic stats`.
 pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
     if a.daemon.is_some() {
         return stats_with_daemon(a);
     }
     enter(&a.netns)?;
-    let mut prev = xdp::pinned_counters(&a.iface)?;
+    let mut prev = xdp::interface_counters(&a.iface)?;
+    let owner = xdp::interface_owner(&a.iface)?;
+    let (attachment, pids) = attachment_json(&owner);
+    if let (xdp::Owner::Process { holders }, false) = (&owner, a.json) {
+        println!(
+            "{}: xdp-quic attached by a running process (not pinned): {}",
+            a.iface,
+            xdp::Owner::describe_holders(holders)
+        );
+    }
     let Some(secs) = a.watch else {
         if a.json {
-            let j = serde_json::json!({ "iface": a.iface, "counters": CountersJson::from(&prev) });
+            let j = serde_json::json!({
+                "iface": a.iface,
+                "attachment": attachment,
+                "pids": pids,
+                "counters": CountersJson::from(&prev),
+            });
             println!("{}", serde_json::to_string_pretty(&j)?);
         } else {
             for (name, v) in prev.named() {
@@ -263,7 +296,7 @@ pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
     let mut n = 0u64;
     while a.count.is_none_or(|c| n < c) {
         std::thread::sleep(interval);
-        let now_counters = xdp::pinned_counters(&a.iface)?;
+        let now_counters = xdp::interface_counters(&a.iface)?;
         let now = Instant::now();
         let dt = now.duration_since(last).as_secs_f64();
         let delta = now_counters.delta(&prev);
@@ -275,6 +308,8 @@ pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
                 .collect();
             let j = serde_json::json!({
                 "iface": a.iface,
+                "attachment": attachment,
+                "pids": pids,
                 "interval_secs": dt,
                 "counters": CountersJson::from(&now_counters),
                 "rates": rates,
@@ -298,14 +333,14 @@ pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `xdp-quic stats --daemon ADDR`: the program's counters (when pinned) and the daemon's
+/// `xdp-quic stats --daemon ADDR`: the program's counters (when readable) and the daemon's
 /// per-queue table.
 fn stats_with_daemon(a: &StatsArgs) -> anyhow::Result<()> {
     use crate::cli::live;
     use crate::metrics::{parse, scrape};
     let addr = a.daemon.expect("checked by the caller");
     enter(&a.netns)?;
-    let program = xdp::pinned_counters(&a.iface).ok();
+    let program = xdp::interface_counters(&a.iface).ok();
     let mut prev = parse(&scrape(addr)?);
     let mut last = Instant::now();
     let Some(secs) = a.watch else {
@@ -333,7 +368,7 @@ fn stats_with_daemon(a: &StatsArgs) -> anyhow::Result<()> {
             let j = serde_json::json!({
                 "iface": a.iface,
                 "interval_secs": dt,
-                "counters": xdp::pinned_counters(&a.iface).ok().as_ref().map(CountersJson::from),
+                "counters": xdp::interface_counters(&a.iface).ok().as_ref().map(CountersJson::from),
                 "queues": rows,
             });
             println!("{}", serde_json::to_string(&j)?);
