@@ -312,20 +312,20 @@ fn error_native_refused_and_auto_falls_back() {
     assert_eq!(xdp_prog_on(&ns.name, "lo"), None);
 }
 
+/// `attach` (and `detach`) in a private mount namespace without bpffs at /sys/fs/bpf would
+/// pin on a bpffs that dies with the command: refused, naming `--netns`, nothing changed.
+/// Two such namespaces: `unshare -m` with /sys/fs read-only, and `ip netns exec`.
 #[test]
-fn error_bpffs_missing() {
-    if !privileged("bpffs_missing") {
+fn attach_in_a_private_mount_namespace_without_bpffs_is_refused() {
+    if !privileged("private_mount_namespace") {
         return;
     }
     let tb = Testbed::new(1);
     let _pins = PinGuard(tb.server_if.clone());
-    // A private mount namespace where /sys/fs is a read-only tmpfs: no bpffs, and no
-    // way to mount one at /sys/fs/bpf.
+    let (s, i) = (tb.server.name.as_str(), tb.server_if.as_str());
     let script = format!(
-        "mount -t tmpfs -o ro tmpfs /sys/fs && exec {} attach {} --netns {} --port 4433",
+        "mount -t tmpfs -o ro tmpfs /sys/fs && exec {} attach {i} --netns {s} --port 4433",
         env!("CARGO_BIN_EXE_xdp-quic"),
-        tb.server_if,
-        tb.server.name
     );
     let out = std::process::Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c", &script])
@@ -335,10 +335,145 @@ fn error_bpffs_missing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.code().is_some_and(|c| c != 0), "{err}");
     assert!(
-        err.contains("bpffs is not mounted") && err.contains("mount -t bpf bpf /sys/fs/bpf"),
+        err.contains("xdp-quic attach must run in the host's mount namespace")
+            && err.contains(&format!("--netns {s}"))
+            && err.contains("Nothing was changed"),
         "{err}"
     );
-    assert_eq!(xdp_prog_on(&tb.server.name, &tb.server_if), None);
+    assert_eq!(xdp_prog_on(s, i), None);
+
+    let out = xq_under_ip_netns_exec(s, &["attach", i, "--port", "4433"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code().is_some_and(|c| c != 0), "{err}");
+    assert!(
+        err.contains("xdp-quic attach must run in the host's mount namespace")
+            && err.contains("ip netns exec")
+            && err.contains(&format!("--netns {s}")),
+        "{err}"
+    );
+    assert_eq!(xdp_prog_on(s, i), None, "a refused attach attached");
+    assert!(!Path::new(&pin_dir(i)).exists());
+}
+
+/// Under `ip netns exec`, `status` and `stats` read the pins `attach --netns` made on the
+/// host's bpffs (through /proc), `serve` registers its sockets in them, and `detach` is
+/// refused (naming `--netns`) without changing anything.
+#[test]
+fn under_ip_netns_exec_status_stats_and_serve_find_the_host_pins() {
+    if !privileged("ip_netns_exec_reads") {
+        return;
+    }
+    let tb = Testbed::new(1);
+    let _pins = PinGuard(tb.server_if.clone());
+    let (s, i) = (tb.server.name.as_str(), tb.server_if.as_str());
+    xq_ok(&["attach", i, "--netns", s, "--port", "4433", "--mode", "skb"]);
+    let prog = xdp_prog_on(s, i).expect("attached");
+
+    let out = xq_under_ip_netns_exec(s, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let me = st["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["iface"] == i)
+        .unwrap_or_else(|| panic!("status under ip netns exec misses {i}: {st}"))
+        .clone();
+    assert_eq!(me["state"], "attached", "{me}");
+    assert_eq!(me["pinned"], true, "{me}");
+    assert_eq!(me["prog_id"].as_u64(), Some(prog));
+    assert_eq!(me["pin_dir"], pin_dir(i).as_str());
+    assert_eq!(me["ports"], serde_json::json!([4433]));
+
+    let stats_inside = || -> serde_json::Value {
+        let out = xq_under_ip_netns_exec(s, &["stats", i, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let before = stats_inside();
+    assert_eq!(before["attachment"], "pinned");
+    send_udp(
+        &tb.client.name,
+        format!("{SERVER4}:4433").parse().unwrap(),
+        3,
+        100,
+    );
+    let after = stats_inside();
+    let d =
+        |k: &str| after["counters"][k].as_u64().unwrap() - before["counters"][k].as_u64().unwrap();
+    assert_eq!(d("v4.passed_no_socket"), 3, "{after}");
+
+    // A server started under ip netns exec uses the pinned attachment: its socket is
+    // registered in the pinned map, which status sees, and packets reach it.
+    let mut cmd_args = vec!["netns", "exec", s, env!("CARGO_BIN_EXE_xdp-quic"), "serve"];
+    cmd_args.extend(["--listen", "0.0.0.0:4433", "--backend", "xdp", "--iface", i]);
+    cmd_args.extend(["--app", "echo"]);
+    let server = ServeProcess::start_program("ip", &cmd_args);
+    assert!(
+        server.serving_line().contains("pinned by xdp-quic attach"),
+        "{}",
+        server.serving_line()
+    );
+    let st: serde_json::Value =
+        serde_json::from_str(&xq_ok(&["status", "--json", "--netns", s])).unwrap();
+    let me = st["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["iface"] == i)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        me["queues"],
+        serde_json::json!([{"queue": 0, "socket": true}]),
+        "{me}"
+    );
+    let before = stats(s, i);
+    send_udp(
+        &tb.client.name,
+        format!("{SERVER4}:4433").parse().unwrap(),
+        4,
+        100,
+    );
+    let after = stats(s, i);
+    assert_eq!(
+        after["v4.redirected"].as_u64().unwrap() - before["v4.redirected"].as_u64().unwrap(),
+        4,
+        "{after}"
+    );
+    let (ok, err) = server.stop();
+    assert!(ok, "{err}");
+
+    let out = xq_under_ip_netns_exec(s, &["detach", i]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code().is_some_and(|c| c != 0), "{err}");
+    assert!(
+        err.contains("xdp-quic detach must run in the host's mount namespace")
+            && err.contains(&format!("--netns {s}")),
+        "{err}"
+    );
+    assert_eq!(xdp_prog_on(s, i), Some(prog), "a refused detach detached");
+    assert!(Path::new(&pin_dir(i)).join("link").exists());
+    xq_ok(&["detach", i, "--netns", s]);
+    assert_eq!(xdp_prog_on(s, i), None);
+    let out = xq_under_ip_netns_exec(s, &["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !st["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["iface"] == i),
+        "{st}"
+    );
 }
 
 #[test]

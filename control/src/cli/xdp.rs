@@ -188,9 +188,22 @@ pub fn detach(a: &DetachArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says on stderr when the pins are read through the host's mount namespace (`ip netns
+/// exec` hides /sys/fs/bpf).
+fn note_host_view() {
+    if let Some(p) = xdp::pins::host_view() {
+        eprintln!(
+            "note: this mount namespace has no bpffs at {} (ip netns exec?): reading the host's pins through {}",
+            xdp::pins::BPFFS,
+            p.display()
+        );
+    }
+}
+
 /// `xdp-quic status`.
 pub fn status(a: &StatusArgs) -> anyhow::Result<()> {
     enter(&a.netns)?;
+    note_host_view();
     let all = xdp::status()?;
     if a.json {
         println!(
@@ -265,6 +278,7 @@ pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
         return stats_with_daemon(a);
     }
     enter(&a.netns)?;
+    note_host_view();
     let mut prev = xdp::interface_counters(&a.iface)?;
     let owner = xdp::interface_owner(&a.iface)?;
     let (attachment, pids) = attachment_json(&owner);

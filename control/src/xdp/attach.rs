@@ -137,10 +137,12 @@ fn resolve(iface: &str) -> anyhow::Result<LinkState> {
 /// other ports/addresses → updated in place ([`AttachOutcome::Updated`]); another mode
 /// asked explicitly → [`XdpError::ModeMismatch`]. Another program on the interface (or
 /// xdp-quic's, attached by a running process) → [`XdpError::ProgramPresent`] unless `force`.
-/// On error nothing is left changed.
+/// In a private mount namespace without bpffs (`ip netns exec`) →
+/// [`XdpError::PrivateMountNamespace`]. On error nothing is left changed.
 pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome> {
     opts.service.validate()?;
     caps::require_xdp_admin(&format!("attaching XDP to {iface}"))?;
+    pins::require_host_bpffs("attach")?;
     let link_state = resolve(iface)?;
     let mounted_bpffs = pins::ensure_bpffs()?;
     let mut removed_stale = false;
@@ -281,6 +283,7 @@ pub enum DetachOutcome {
 /// [`XdpError::NotAttached`] when there is nothing to detach.
 pub fn detach(iface: &str) -> anyhow::Result<DetachOutcome> {
     caps::require_xdp_admin(&format!("detaching XDP from {iface}"))?;
+    pins::require_host_bpffs("detach")?;
     if !pins::bpffs_mounted() {
         return Err(not_pinned(iface));
     }

@@ -34,6 +34,24 @@ pub enum XdpError {
     /// suggests only what the command that asked ([`Requester`]) can do.
     #[error("{0}")]
     ProgramPresent(Box<Occupied>),
+    /// A command that pins or unpins runs in a private mount namespace without bpffs at
+    /// /sys/fs/bpf (as under `ip netns exec`), where its pins would not be the host's.
+    #[error(
+        "xdp-quic {command} must run in the host's mount namespace: this process runs in a \
+         private one without bpffs at /sys/fs/bpf (as under `ip netns exec`), where xdp-quic's \
+         pins are not the host's: a bpffs mounted here vanishes when the command exits, and \
+         an attachment pinned on it with it. Nothing was changed. Run the same command with \
+         `--netns {netns}` instead of under `ip netns exec` (--netns enters the network \
+         namespace and keeps the host's /sys/fs/bpf), or enter only the network namespace: \
+         `nsenter --net=/run/netns/{netns} xdp-quic {command} ...`"
+    )]
+    PrivateMountNamespace {
+        /// `attach` or `detach`.
+        command: &'static str,
+        /// The network namespace this process runs in (its name under /run/netns), or
+        /// `NAME` when it has none.
+        netns: String,
+    },
     /// xdp-quic is attached already in another mode than the one asked for.
     #[error(
         "xdp-quic is already attached to '{iface}' in {current} mode; run `xdp-quic detach \

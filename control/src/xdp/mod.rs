@@ -13,7 +13,9 @@
 //!   interface's program id ([`owner`]).
 //!
 //! Interfaces are looked up in the calling thread's network namespace; [`netns::enter`]
-//! moves there first without leaving the mount namespace (so the pins stay visible).
+//! moves there first without leaving the mount namespace (so the pins stay visible). In a
+//! private mount namespace without bpffs (`ip netns exec`) the pins are read through
+//! `/proc` and never changed ([`pins::root`]).
 
 mod attach;
 mod caps;
