@@ -56,7 +56,7 @@ struct xq_config {
 	unsigned int flags;     /* XQ_CFG_* */
 	unsigned int mode;      /* XQ_MODE_* (control plane only) */
 	unsigned int ifindex;   /* attached interface (control plane only) */
-	unsigned int reserved;  /* zero */
+	unsigned int reserved;  /* id of the xsk_owners map (control plane only) */
 	unsigned long long netns_ino; /* inode of the attaching netns (control plane only) */
 };
 

@@ -2,12 +2,14 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use xdp_quic::{tls, Engine, EngineBuilder, VarInt};
-use xdp_quic_control::metrics::{parse, EngineCollector, MetricsServer, Sample};
+use xdp_quic_control::metrics::{parse, EngineCollector, MetricsLimits, MetricsServer, Sample};
 use xdp_quic_examples::echo::{self, EchoClient, EchoServer};
 
 fn udp_server() -> (
@@ -144,17 +146,17 @@ fn malformed_and_slow_requests_disturb_neither_workers_nor_later_scrapes() {
     let huge = [b"GET /metrics HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 20_000]].concat();
     assert!(raw(addr, &huge).starts_with("HTTP/1.1 431"));
 
-    // A client that connects and says nothing holds the endpoint until its timeout...
+    // A client that connects and says nothing holds one connection slot, not the endpoint:
+    // the workers go on serving and scrapes are answered while it stays connected.
     let slow = TcpStream::connect(addr).unwrap();
-    // ...while the workers go on serving.
     echo_through(engine.local_addr(), &cert, 2, 500_000);
-    drop(slow);
     let (status, _, body) = get(&format!("http://{addr}/metrics"));
     assert_eq!(status, 200);
     assert_eq!(
         sum(&parse(&body), "xdpquic_worker_conns_accepted_total"),
         1.0
     );
+    drop(slow);
     drop(server);
     engine.shutdown(VarInt::from_u32(0), b"").unwrap();
 }
@@ -255,4 +257,171 @@ fn af_xdp_packets_are_accounted_for_from_the_program_to_the_workers() {
     drop(server);
     engine.shutdown(VarInt::from_u32(0), b"").unwrap();
     drop(attachment);
+}
+
+/// A registry with one counter, `probe_total` = 7.
+fn probe_registry() -> Registry {
+    let mut r = Registry::default();
+    let c: prometheus_client::metrics::counter::Counter = Default::default();
+    c.inc_by(7);
+    r.register("probe", "A counter the tests look for.", c);
+    r
+}
+
+/// Waits until `cond` holds; panics after a minute (a hang guard, not a performance bound).
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let guard = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < guard, "still waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A slow-loris client: an endless request head, one octet every `every`, until `stop` is set
+/// or the server closes the connection. Returns what the server answered and whether the
+/// server cut it off (rather than the test stopping it).
+fn slow_loris(
+    addr: SocketAddr,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(String, bool)> {
+    std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut reader = s.try_clone().unwrap();
+        let answer = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = reader.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        });
+        let head = b"GET /metrics HTTP/1.1\r\nX-Slow: ";
+        let mut i = 0usize;
+        let cut = loop {
+            if stop.load(Ordering::Relaxed) {
+                break false;
+            }
+            let byte = if i < head.len() { head[i] } else { b'a' };
+            if s.write_all(&[byte]).is_err() || answer.is_finished() {
+                break true;
+            }
+            i += 1;
+            std::thread::sleep(every);
+        };
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        (answer.join().unwrap(), cut)
+    })
+}
+
+/// Slow-loris clients (an octet every 100 to 500 ms) and idle open connections hold slots of
+/// the endpoint, never the endpoint: every scrape made meanwhile is answered in full, and the
+/// slow clients are all still connected after the scrapes (the deadline here is long).
+#[test]
+fn slow_and_idle_clients_never_hold_up_a_scrape() {
+    let limits = MetricsLimits {
+        deadline: Duration::from_secs(120),
+        max_connections: 16,
+    };
+    let server =
+        MetricsServer::start_with("127.0.0.1:0".parse().unwrap(), probe_registry(), limits)
+            .unwrap();
+    let addr = server.local_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let slow: Vec<_> = [100, 250, 500]
+        .into_iter()
+        .map(|ms| slow_loris(addr, Duration::from_millis(ms), stop.clone()))
+        .collect();
+    let idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    wait_until("6 connections in service", || {
+        server.active_connections() == 6
+    });
+    for _ in 0..10 {
+        let (status, ty, body) = get(&format!("http://{addr}/metrics"));
+        assert_eq!(status, 200);
+        assert!(ty.starts_with("application/openmetrics-text"), "{ty}");
+        assert_eq!(sum(&parse(&body), "probe_total"), 7.0, "{body}");
+    }
+    // The scrapes were served beside them, not after them: none of them was cut off or
+    // answered yet.
+    for mut s in idle.iter() {
+        s.set_nonblocking(true).unwrap();
+        let e = s
+            .read(&mut [0u8; 64])
+            .expect_err("an idle connection was answered or closed");
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in slow {
+        let (answer, cut) = t.join().unwrap();
+        assert!(!cut, "a slow client was cut off early: {answer:?}");
+    }
+    drop(idle);
+    wait_until("every connection closed", || {
+        server.active_connections() == 0
+    });
+    let (status, _, _) = get(&format!("http://{addr}/metrics"));
+    assert_eq!(status, 200);
+}
+
+/// The deadline covers the whole request, not each read: a client that keeps sending an
+/// octet every 100 ms, and one that sends nothing, are both answered 408 and closed, and the
+/// endpoint serves on.
+#[test]
+fn a_slow_client_is_cut_off_at_the_deadline() {
+    let limits = MetricsLimits {
+        deadline: Duration::from_millis(500),
+        max_connections: 4,
+    };
+    let server =
+        MetricsServer::start_with("127.0.0.1:0".parse().unwrap(), probe_registry(), limits)
+            .unwrap();
+    let addr = server.local_addr();
+    let never = Arc::new(AtomicBool::new(false));
+    let dripping = slow_loris(addr, Duration::from_millis(100), never.clone());
+    let mut idle = TcpStream::connect(addr).unwrap();
+    let (answer, cut) = dripping.join().unwrap();
+    assert!(cut, "the server never cut the slow client off");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    let mut out = String::new();
+    idle.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 408"), "{out:?}");
+    wait_until("every connection closed", || {
+        server.active_connections() == 0
+    });
+    let (status, _, body) = get(&format!("http://{addr}/metrics"));
+    assert_eq!(status, 200);
+    assert_eq!(sum(&parse(&body), "probe_total"), 7.0);
+}
+
+/// Past `max_connections` a new connection is answered 503 at once and closed; once the
+/// slots free up, scrapes are answered again.
+#[test]
+fn connections_past_the_bound_get_503_at_once() {
+    let limits = MetricsLimits {
+        deadline: Duration::from_secs(120),
+        max_connections: 2,
+    };
+    let server =
+        MetricsServer::start_with("127.0.0.1:0".parse().unwrap(), probe_registry(), limits)
+            .unwrap();
+    let addr = server.local_addr();
+    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    wait_until("2 connections in service", || {
+        server.active_connections() == 2
+    });
+    let refused = raw(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused:?}");
+    assert_eq!(server.active_connections(), 2);
+    drop(held);
+    wait_until("the slots freed", || server.active_connections() == 0);
+    let (status, _, body) = get(&format!("http://{addr}/metrics"));
+    assert_eq!(status, 200);
+    assert_eq!(sum(&parse(&body), "probe_total"), 7.0);
+    // Dropping the server cuts off a connection still being served.
+    let mut last = TcpStream::connect(addr).unwrap();
+    wait_until("1 connection in service", || {
+        server.active_connections() == 1
+    });
+    drop(server);
+    let mut out = Vec::new();
+    let _ = last.read_to_end(&mut out);
+    assert!(out.is_empty(), "{out:?}");
 }

@@ -248,6 +248,31 @@ fn error_foreign_program_refused_unless_force() {
         "refusal must change nothing"
     );
     assert!(!Path::new(&pin_dir(i)).exists());
+    // A server does not replace it either, and says what to do without a --force of its own.
+    let err = xq_err(
+        &[
+            "serve",
+            "--netns",
+            s,
+            "--listen",
+            "0.0.0.0:4433",
+            "--backend",
+            "xdp",
+            "--iface",
+            i,
+            "--app",
+            "echo",
+        ],
+        "already has an XDP program",
+    );
+    assert!(
+        err.contains("xdp-quic did not attach")
+            && err.contains(&format!("ip link set dev {i} xdp off"))
+            && err.contains(&format!("xdp-quic attach {i} --port 4433 --force"))
+            && !err.contains("pass --force"),
+        "{err}"
+    );
+    assert_eq!(xdp_prog_on(s, i), Some(foreign));
     let out = xq_ok(&["attach", i, "--netns", s, "--port", "4433", "--force"]);
     assert!(
         out.contains(&format!("removed the XDP program {foreign}")),
@@ -287,20 +312,20 @@ fn error_native_refused_and_auto_falls_back() {
     assert_eq!(xdp_prog_on(&ns.name, "lo"), None);
 }
 
+/// `attach` (and `detach`) in a private mount namespace without bpffs at /sys/fs/bpf would
+/// pin on a bpffs that dies with the command: refused, naming `--netns`, nothing changed.
+/// Two such namespaces: `unshare -m` with /sys/fs read-only, and `ip netns exec`.
 #[test]
-fn error_bpffs_missing() {
-    if !privileged("bpffs_missing") {
+fn attach_in_a_private_mount_namespace_without_bpffs_is_refused() {
+    if !privileged("private_mount_namespace") {
         return;
     }
     let tb = Testbed::new(1);
     let _pins = PinGuard(tb.server_if.clone());
-    // A private mount namespace where /sys/fs is a read-only tmpfs: no bpffs, and no
-    // way to mount one at /sys/fs/bpf.
+    let (s, i) = (tb.server.name.as_str(), tb.server_if.as_str());
     let script = format!(
-        "mount -t tmpfs -o ro tmpfs /sys/fs && exec {} attach {} --netns {} --port 4433",
+        "mount -t tmpfs -o ro tmpfs /sys/fs && exec {} attach {i} --netns {s} --port 4433",
         env!("CARGO_BIN_EXE_xdp-quic"),
-        tb.server_if,
-        tb.server.name
     );
     let out = std::process::Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c", &script])
@@ -310,10 +335,145 @@ fn error_bpffs_missing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.code().is_some_and(|c| c != 0), "{err}");
     assert!(
-        err.contains("bpffs is not mounted") && err.contains("mount -t bpf bpf /sys/fs/bpf"),
+        err.contains("xdp-quic attach must run in the host's mount namespace")
+            && err.contains(&format!("--netns {s}"))
+            && err.contains("Nothing was changed"),
         "{err}"
     );
-    assert_eq!(xdp_prog_on(&tb.server.name, &tb.server_if), None);
+    assert_eq!(xdp_prog_on(s, i), None);
+
+    let out = xq_under_ip_netns_exec(s, &["attach", i, "--port", "4433"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code().is_some_and(|c| c != 0), "{err}");
+    assert!(
+        err.contains("xdp-quic attach must run in the host's mount namespace")
+            && err.contains("ip netns exec")
+            && err.contains(&format!("--netns {s}")),
+        "{err}"
+    );
+    assert_eq!(xdp_prog_on(s, i), None, "a refused attach attached");
+    assert!(!Path::new(&pin_dir(i)).exists());
+}
+
+/// Under `ip netns exec`, `status` and `stats` read the pins `attach --netns` made on the
+/// host's bpffs (through /proc), `serve` registers its sockets in them, and `detach` is
+/// refused (naming `--netns`) without changing anything.
+#[test]
+fn under_ip_netns_exec_status_stats_and_serve_find_the_host_pins() {
+    if !privileged("ip_netns_exec_reads") {
+        return;
+    }
+    let tb = Testbed::new(1);
+    let _pins = PinGuard(tb.server_if.clone());
+    let (s, i) = (tb.server.name.as_str(), tb.server_if.as_str());
+    xq_ok(&["attach", i, "--netns", s, "--port", "4433", "--mode", "skb"]);
+    let prog = xdp_prog_on(s, i).expect("attached");
+
+    let out = xq_under_ip_netns_exec(s, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let me = st["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["iface"] == i)
+        .unwrap_or_else(|| panic!("status under ip netns exec misses {i}: {st}"))
+        .clone();
+    assert_eq!(me["state"], "attached", "{me}");
+    assert_eq!(me["pinned"], true, "{me}");
+    assert_eq!(me["prog_id"].as_u64(), Some(prog));
+    assert_eq!(me["pin_dir"], pin_dir(i).as_str());
+    assert_eq!(me["ports"], serde_json::json!([4433]));
+
+    let stats_inside = || -> serde_json::Value {
+        let out = xq_under_ip_netns_exec(s, &["stats", i, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let before = stats_inside();
+    assert_eq!(before["attachment"], "pinned");
+    send_udp(
+        &tb.client.name,
+        format!("{SERVER4}:4433").parse().unwrap(),
+        3,
+        100,
+    );
+    let after = stats_inside();
+    let d =
+        |k: &str| after["counters"][k].as_u64().unwrap() - before["counters"][k].as_u64().unwrap();
+    assert_eq!(d("v4.passed_no_socket"), 3, "{after}");
+
+    // A server started under ip netns exec uses the pinned attachment: its socket is
+    // registered in the pinned map, which status sees, and packets reach it.
+    let mut cmd_args = vec!["netns", "exec", s, env!("CARGO_BIN_EXE_xdp-quic"), "serve"];
+    cmd_args.extend(["--listen", "0.0.0.0:4433", "--backend", "xdp", "--iface", i]);
+    cmd_args.extend(["--app", "echo"]);
+    let server = ServeProcess::start_program("ip", &cmd_args);
+    assert!(
+        server.serving_line().contains("pinned by xdp-quic attach"),
+        "{}",
+        server.serving_line()
+    );
+    let st: serde_json::Value =
+        serde_json::from_str(&xq_ok(&["status", "--json", "--netns", s])).unwrap();
+    let me = st["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["iface"] == i)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        me["queues"],
+        serde_json::json!([{"queue": 0, "socket": true}]),
+        "{me}"
+    );
+    let before = stats(s, i);
+    send_udp(
+        &tb.client.name,
+        format!("{SERVER4}:4433").parse().unwrap(),
+        4,
+        100,
+    );
+    let after = stats(s, i);
+    assert_eq!(
+        after["v4.redirected"].as_u64().unwrap() - before["v4.redirected"].as_u64().unwrap(),
+        4,
+        "{after}"
+    );
+    let (ok, err) = server.stop();
+    assert!(ok, "{err}");
+
+    let out = xq_under_ip_netns_exec(s, &["detach", i]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code().is_some_and(|c| c != 0), "{err}");
+    assert!(
+        err.contains("xdp-quic detach must run in the host's mount namespace")
+            && err.contains(&format!("--netns {s}")),
+        "{err}"
+    );
+    assert_eq!(xdp_prog_on(s, i), Some(prog), "a refused detach detached");
+    assert!(Path::new(&pin_dir(i)).join("link").exists());
+    xq_ok(&["detach", i, "--netns", s]);
+    assert_eq!(xdp_prog_on(s, i), None);
+    let out = xq_under_ip_netns_exec(s, &["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !st["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["iface"] == i),
+        "{st}"
+    );
 }
 
 #[test]
@@ -372,11 +532,15 @@ fn embedded_attach_lasts_as_long_as_its_guard() {
             !Path::new(&pin_dir(&i)).exists(),
             "embedded mode makes no pins"
         );
-        // a second attachment is refused while the first lives
+        // a second attachment is refused while the first lives, naming its holder (us)
         let err = attach_embedded(&i, &service, AttachMode::Skb)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("already has an XDP program"), "{err}");
+        assert!(
+            err.contains("already has xdp-quic's XDP program")
+                && err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         let xsks = guard.xsks().unwrap();
         assert_eq!(xsks.capacity(), xdp_quic_ebpf::MAX_QUEUES);
         send_udp(&c, format!("{SERVER4}:4433").parse().unwrap(), 4, 100);
@@ -389,4 +553,162 @@ fn embedded_attach_lasts_as_long_as_its_guard() {
         drop(guard);
         assert_eq!(xdp_prog_on(&s, &i), None, "dropping the guard detaches");
     });
+}
+
+/// A server that attached the program for itself (no pins): `status` and `stats` show it as
+/// attached by that running process, with its queue's socket and its counters; a second
+/// server, `attach` and `detach` are refused with messages that name the process and suggest
+/// nothing that would break it; when it stops, the program goes with it.
+#[test]
+fn status_and_stats_show_a_servers_own_attachment() {
+    if !privileged("servers_own_attachment") {
+        return;
+    }
+    let tb = Testbed::new(1);
+    let _pins = PinGuard(tb.server_if.clone());
+    let (s, i, c) = (
+        tb.server.name.as_str(),
+        tb.server_if.as_str(),
+        tb.client.name.as_str(),
+    );
+    let server = ServeProcess::start(&[
+        "--netns",
+        s,
+        "--listen",
+        "0.0.0.0:4433",
+        "--backend",
+        "xdp",
+        "--iface",
+        i,
+        "--app",
+        "echo",
+        "--xdp-mode",
+        "skb",
+    ]);
+    assert!(
+        server.serving_line().contains("attached by this process"),
+        "{}",
+        server.serving_line()
+    );
+    let pid = server.pid();
+    let prog = xdp_prog_on(s, i).expect("the server attached a program");
+    assert!(!Path::new(&pin_dir(i)).exists(), "a server makes no pins");
+
+    let st: serde_json::Value =
+        serde_json::from_str(&xq_ok(&["status", "--json", "--netns", s])).unwrap();
+    let me = st["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["iface"] == i)
+        .unwrap_or_else(|| panic!("status misses the server's attachment: {st}"))
+        .clone();
+    assert_eq!(me["state"], "attached", "{me}");
+    assert_eq!(me["pinned"], false, "{me}");
+    assert_eq!(me["pin_dir"], serde_json::Value::Null, "{me}");
+    assert_eq!(me["mode"], "skb", "{me}");
+    assert_eq!(me["prog_id"].as_u64(), Some(prog), "{me}");
+    assert_eq!(me["ports"], serde_json::json!([4433]), "{me}");
+    let holders = me["holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 1, "{me}");
+    assert_eq!(holders[0]["pid"].as_u64(), Some(u64::from(pid)), "{me}");
+    assert_eq!(holders[0]["comm"], "xdp-quic", "{me}");
+    assert_eq!(holders[0]["link_id"], me["link_id"], "{me}");
+    assert_eq!(
+        me["queues"],
+        serde_json::json!([{"queue": 0, "socket": true}]),
+        "{me}"
+    );
+    let text = xq_ok(&["status", "--netns", s]);
+    assert!(
+        text.contains(&format!(
+            "{i}: attached by a running process (not pinned): pid {pid} (xdp-quic)"
+        )),
+        "{text}"
+    );
+
+    // stats reads the program's counters by id.
+    let stats_json = || -> serde_json::Value {
+        serde_json::from_str(&xq_ok(&["stats", i, "--netns", s, "--json"])).unwrap()
+    };
+    let before = stats_json();
+    assert_eq!(before["attachment"], "process", "{before}");
+    assert_eq!(before["pids"], serde_json::json!([pid]), "{before}");
+    send_udp(c, format!("{SERVER4}:4433").parse().unwrap(), 5, 100);
+    let after = stats_json();
+    let d =
+        |k: &str| after["counters"][k].as_u64().unwrap() - before["counters"][k].as_u64().unwrap();
+    assert_eq!(d("v4.redirected"), 5, "{after}");
+    let text = xq_ok(&["stats", i, "--netns", s]);
+    assert!(
+        text.contains("attached by a running process (not pinned)")
+            && text.contains("v4.redirected"),
+        "{text}"
+    );
+
+    // A second server on the interface: refused, naming the first; no --force, no `xdp off`.
+    let err = xq_err(
+        &[
+            "serve",
+            "--netns",
+            s,
+            "--listen",
+            "0.0.0.0:4434",
+            "--backend",
+            "xdp",
+            "--iface",
+            i,
+            "--app",
+            "echo",
+        ],
+        "already has xdp-quic's XDP program",
+    );
+    assert!(
+        err.contains("attached by another running process")
+            && err.contains(&format!("pid {pid} (xdp-quic)"))
+            && !err.contains("--force")
+            && !err.contains("xdp off"),
+        "{err}"
+    );
+    // attach: refused, the first server named, nothing changed.
+    let err = xq_err(
+        &["attach", i, "--netns", s, "--port", "4433"],
+        "already has xdp-quic's XDP program",
+    );
+    assert!(
+        err.contains(&format!("pid {pid} (xdp-quic)"))
+            && err.contains("stop that process first")
+            && !err.contains("xdp off"),
+        "{err}"
+    );
+    // detach: nothing pinned to remove; says whose it is.
+    let err = xq_err(
+        &["detach", i, "--netns", s],
+        "was attached by a running process for its own life",
+    );
+    assert!(err.contains(&format!("pid {pid}")), "{err}");
+    assert_eq!(
+        xdp_prog_on(s, i),
+        Some(prog),
+        "a refused command changed the program"
+    );
+    assert!(!Path::new(&pin_dir(i)).exists());
+
+    let (ok, err) = server.stop();
+    assert!(ok, "{err}");
+    assert_eq!(xdp_prog_on(s, i), None, "the program outlived its server");
+    let st: serde_json::Value =
+        serde_json::from_str(&xq_ok(&["status", "--json", "--netns", s])).unwrap();
+    assert!(
+        !st["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["iface"] == i),
+        "{st}"
+    );
+    xq_err(
+        &["stats", i, "--netns", s],
+        &format!("xdp-quic is not attached to '{i}'"),
+    );
 }

@@ -70,7 +70,9 @@ pub struct Config {
     pub mode: u32,
     /// Interface index the program is attached to; the program ignores it.
     pub ifindex: u32,
-    /// Zero.
+    /// Id of the `xsk_owners` map, which the program does not use (so the kernel does not
+    /// list it among the program's maps): the control plane finds it from here. The
+    /// program ignores it.
     pub reserved: u32,
     /// Inode of the network namespace of the interface; the program ignores it.
     pub netns_ino: u64,

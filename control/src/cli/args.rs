@@ -99,6 +99,60 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
+/// The longest interval a periodic flag takes: one day.
+pub const MAX_INTERVAL_SECS: u64 = 86_400;
+
+/// Parses a whole number of seconds between 1 and [`MAX_INTERVAL_SECS`] (one day): the value
+/// parser of periodic flags such as `serve --stats-every SECS`. Zero (which would report in a
+/// busy loop) and anything past a day are refused.
+pub fn parse_interval_secs(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(v) if (1..=MAX_INTERVAL_SECS).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not a whole number of seconds between 1 and {MAX_INTERVAL_SECS}"
+        )),
+    }
+}
+
+/// A value parser of a number of seconds (a fraction allowed) between `min` and `max`
+/// inclusive, both finite and `min > 0`: e.g. `value_parser = secs_between(0.1, 86400.0)`.
+/// Refuses zero, negative numbers, NaN, infinities and anything out of range, so the value
+/// always makes a valid [`std::time::Duration`] (`Duration::from_secs_f64` panics on some).
+pub fn secs_between(
+    min: f64,
+    max: f64,
+) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    assert!(
+        min.is_finite() && max.is_finite() && min > 0.0 && min <= max,
+        "secs_between({min}, {max})"
+    );
+    move |s: &str| match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (min..=max).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not a number of seconds between {min} and {max}"
+        )),
+    }
+}
+
+/// Parses a positive number of seconds (a fraction allowed, e.g. `0.5`), at most a day: the
+/// general value parser of duration flags such as `client --duration SECS`.
+pub fn parse_positive_secs(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        // Positive once made a Duration, too: 1e-12 would round to zero.
+        Ok(v)
+            if v.is_finite()
+                && v > 0.0
+                && v <= MAX_INTERVAL_SECS as f64
+                && !std::time::Duration::from_secs_f64(v).is_zero() =>
+        {
+            Ok(v)
+        }
+        _ => Err(format!(
+            "'{s}' is not a positive number of seconds (at most {MAX_INTERVAL_SECS})"
+        )),
+    }
+}
+
 /// Parses a CPU list such as `0,2-3`.
 pub fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
     let mut out = Vec::new();
@@ -162,6 +216,89 @@ mod tests {
         assert!(parse_size("ten").is_err());
         assert!(parse_size("5X").is_err());
         assert!(parse_size("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn interval_secs() {
+        assert_eq!(parse_interval_secs("1"), Ok(1));
+        assert_eq!(parse_interval_secs("5"), Ok(5));
+        assert_eq!(parse_interval_secs(" 60 "), Ok(60));
+        assert_eq!(parse_interval_secs("86400"), Ok(86_400));
+        for bad in [
+            "0",
+            "86401",
+            "-1",
+            "1.5",
+            "",
+            "x",
+            "99999999999999999999999",
+        ] {
+            let e = parse_interval_secs(bad).unwrap_err();
+            assert!(e.contains("between 1 and 86400"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn bounded_secs() {
+        let p = secs_between(0.1, 86_400.0);
+        assert_eq!(p("0.1"), Ok(0.1));
+        assert_eq!(p("0.2"), Ok(0.2));
+        assert_eq!(p("1"), Ok(1.0));
+        assert_eq!(p("86400"), Ok(86_400.0));
+        for bad in [
+            "0", "0.05", "-1", "86400.5", "nan", "inf", "-inf", "1e30", "", "1s",
+        ] {
+            let e = p(bad).unwrap_err();
+            assert!(e.contains("between 0.1 and 86400"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn positive_secs() {
+        assert_eq!(parse_positive_secs("0.5"), Ok(0.5));
+        assert_eq!(parse_positive_secs("30"), Ok(30.0));
+        assert_eq!(parse_positive_secs("86400"), Ok(86_400.0));
+        assert_eq!(parse_positive_secs("1e-9"), Ok(1e-9));
+        for bad in [
+            "0", "0.0", "-0.5", "nan", "NaN", "inf", "1e30", "86401", "", "ten", "1e-12",
+        ] {
+            let e = parse_positive_secs(bad).unwrap_err();
+            assert!(e.contains("positive number of seconds"), "{bad}: {e}");
+        }
+    }
+
+    /// The parsers as clap runs them: refused values are usage errors (exit status 2).
+    #[test]
+    fn clap_refuses_zero_intervals() {
+        #[derive(Debug, clap::Parser)]
+        struct T {
+            #[arg(long, value_parser = parse_interval_secs)]
+            every: Option<u64>,
+            #[arg(long, value_parser = secs_between(0.1, 86_400.0))]
+            watch: Option<f64>,
+            #[arg(long, value_parser = parse_positive_secs)]
+            duration: Option<f64>,
+        }
+        use clap::Parser as _;
+        let t =
+            T::try_parse_from(["t", "--every", "5", "--watch", "0.5", "--duration", "2"]).unwrap();
+        assert_eq!(
+            (t.every, t.watch, t.duration),
+            (Some(5), Some(0.5), Some(2.0))
+        );
+        for args in [
+            ["t", "--every", "0"],
+            ["t", "--watch", "0"],
+            ["t", "--duration", "0"],
+        ] {
+            let e = T::try_parse_from(args).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+            assert_eq!(e.exit_code(), 2);
+        }
     }
 
     #[test]

@@ -63,8 +63,8 @@ pub struct PerfArgs {
     /// perf: requests in all (default 100, unless --duration is given).
     #[arg(long)]
     pub requests: Option<u64>,
-    /// perf: stop issuing requests after SECS seconds.
-    #[arg(long, value_name = "SECS")]
+    /// perf: stop issuing requests after SECS seconds (a positive number, at most 86400).
+    #[arg(long, value_name = "SECS", value_parser = args::parse_positive_secs)]
     pub duration: Option<f64>,
     /// perf: connections.
     #[arg(long, default_value_t = 1)]
@@ -115,8 +115,11 @@ pub fn perf(
         bail!("--connections and --streams must be at least 1");
     }
     let duration = match p.duration {
-        Some(d) if !(d.is_finite() && d > 0.0) => bail!("--duration must be a positive number"),
-        d => d.map(std::time::Duration::from_secs_f64),
+        None => None,
+        Some(d) => match std::time::Duration::try_from_secs_f64(d) {
+            Ok(d) if !d.is_zero() => Some(d),
+            _ => bail!("--duration must be a positive number of seconds"),
+        },
     };
     let requests = p
         .requests

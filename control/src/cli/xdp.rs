@@ -83,11 +83,12 @@ pub struct StatsArgs {
     /// Print JSON (one object; in watch mode one object per line).
     #[arg(long)]
     pub json: bool,
-    /// Print the counters and their rates every SECS seconds (until interrupted).
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    /// Print the counters and their rates every SECS seconds (0.1 to 86400; until
+    /// interrupted).
+    #[arg(long, value_name = "SECS", value_parser = super::args::secs_between(0.1, 86_400.0))]
     pub watch: Option<f64>,
-    /// In watch mode, stop after N reports.
-    #[arg(long, value_name = "N", requires = "watch")]
+    /// In watch mode, stop after N reports (at least 1).
+    #[arg(long, value_name = "N", requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Also read the metrics endpoint of a local daemon (`serve --metrics`): per-queue
     /// packets/s, drops, connections and busy %.
@@ -96,15 +97,6 @@ pub struct StatsArgs {
     /// Run in the network namespace /run/netns/NAME (keeps the host's /sys/fs/bpf).
     #[arg(long, value_name = "NAME")]
     pub netns: Option<String>,
-}
-
-fn parse_secs(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if (0.1..=86400.0).contains(&v) => Ok(v),
-        _ => Err(format!(
-            "'{s}' is not a number of seconds between 0.1 and 86400"
-        )),
-    }
 }
 
 fn enter(netns: &Option<String>) -> anyhow::Result<()> {
@@ -196,9 +188,22 @@ pub fn detach(a: &DetachArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says on stderr when the pins are read through the host's mount namespace (`ip netns
+/// exec` hides /sys/fs/bpf).
+fn note_host_view() {
+    if let Some(p) = xdp::pins::host_view() {
+        eprintln!(
+            "note: this mount namespace has no bpffs at {} (ip netns exec?): reading the host's pins through {}",
+            xdp::pins::BPFFS,
+            p.display()
+        );
+    }
+}
+
 /// `xdp-quic status`.
 pub fn status(a: &StatusArgs) -> anyhow::Result<()> {
     enter(&a.netns)?;
+    note_host_view();
     let all = xdp::status()?;
     if a.json {
         println!(
@@ -214,8 +219,16 @@ pub fn status(a: &StatusArgs) -> anyhow::Result<()> {
     for s in all {
         match s.state {
             "attached" => {
+                let by = if s.pinned {
+                    String::new()
+                } else {
+                    format!(
+                        " by a running process (not pinned): {};",
+                        xdp::Owner::describe_holders(&s.holders)
+                    )
+                };
                 println!(
-                    "{}: attached, {} mode, program id {}, link id {}, ifindex {}",
+                    "{}: attached{by} {} mode, program id {}, link id {}, ifindex {}",
                     s.iface,
                     s.mode.unwrap_or("?"),
                     s.prog_id.unwrap_or(0),
@@ -233,11 +246,14 @@ pub fn status(a: &StatusArgs) -> anyhow::Result<()> {
                     })
                     .collect();
                 println!("  queues: {}", q.join(" "));
-                println!("  pins: {}", s.pin_dir);
+                if let Some(dir) = &s.pin_dir {
+                    println!("  pins: {dir}");
+                }
             }
             "other-netns" => println!(
                 "{}: attached in another network namespace (use --netns); pins {}",
-                s.iface, s.pin_dir
+                s.iface,
+                s.pin_dir.as_deref().unwrap_or("-")
             ),
             _ => println!(
                 "{}: stale pins (interface gone): run `xdp-quic detach {}`",
@@ -248,16 +264,39 @@ pub fn status(a: &StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `"pinned"` or `"process"`, and the pids holding a process's attachment.
+fn attachment_json(owner: &xdp::Owner) -> (&'static str, Vec<u32>) {
+    match owner {
+        xdp::Owner::Process { holders } => ("process", holders.iter().map(|h| h.pid).collect()),
+        _ => ("pinned", Vec::new()),
+    }
+}
+
 /// `xdp-quic stats`.
 pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
     if a.daemon.is_some() {
         return stats_with_daemon(a);
     }
     enter(&a.netns)?;
-    let mut prev = xdp::pinned_counters(&a.iface)?;
+    note_host_view();
+    let mut prev = xdp::interface_counters(&a.iface)?;
+    let owner = xdp::interface_owner(&a.iface)?;
+    let (attachment, pids) = attachment_json(&owner);
+    if let (xdp::Owner::Process { holders }, false) = (&owner, a.json) {
+        println!(
+            "{}: xdp-quic attached by a running process (not pinned): {}",
+            a.iface,
+            xdp::Owner::describe_holders(holders)
+        );
+    }
     let Some(secs) = a.watch else {
         if a.json {
-            let j = serde_json::json!({ "iface": a.iface, "counters": CountersJson::from(&prev) });
+            let j = serde_json::json!({
+                "iface": a.iface,
+                "attachment": attachment,
+                "pids": pids,
+                "counters": CountersJson::from(&prev),
+            });
             println!("{}", serde_json::to_string_pretty(&j)?);
         } else {
             for (name, v) in prev.named() {
@@ -271,7 +310,7 @@ pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
     let mut n = 0u64;
     while a.count.is_none_or(|c| n < c) {
         std::thread::sleep(interval);
-        let now_counters = xdp::pinned_counters(&a.iface)?;
+        let now_counters = xdp::interface_counters(&a.iface)?;
         let now = Instant::now();
         let dt = now.duration_since(last).as_secs_f64();
         let delta = now_counters.delta(&prev);
@@ -283,6 +322,8 @@ pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
                 .collect();
             let j = serde_json::json!({
                 "iface": a.iface,
+                "attachment": attachment,
+                "pids": pids,
                 "interval_secs": dt,
                 "counters": CountersJson::from(&now_counters),
                 "rates": rates,
@@ -306,14 +347,14 @@ pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `xdp-quic stats --daemon ADDR`: the program's counters (when pinned) and the daemon's
+/// `xdp-quic stats --daemon ADDR`: the program's counters (when readable) and the daemon's
 /// per-queue table.
 fn stats_with_daemon(a: &StatsArgs) -> anyhow::Result<()> {
     use crate::cli::live;
     use crate::metrics::{parse, scrape};
     let addr = a.daemon.expect("checked by the caller");
     enter(&a.netns)?;
-    let program = xdp::pinned_counters(&a.iface).ok();
+    let program = xdp::interface_counters(&a.iface).ok();
     let mut prev = parse(&scrape(addr)?);
     let mut last = Instant::now();
     let Some(secs) = a.watch else {
@@ -341,7 +382,7 @@ fn stats_with_daemon(a: &StatsArgs) -> anyhow::Result<()> {
             let j = serde_json::json!({
                 "iface": a.iface,
                 "interval_secs": dt,
-                "counters": xdp::pinned_counters(&a.iface).ok().as_ref().map(CountersJson::from),
+                "counters": xdp::interface_counters(&a.iface).ok().as_ref().map(CountersJson::from),
                 "queues": rows,
             });
             println!("{}", serde_json::to_string(&j)?);

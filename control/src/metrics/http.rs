@@ -1,54 +1,113 @@
-//! A minimal HTTP/1.1 endpoint for Prometheus: `GET /metrics`, one connection at a time, with
-//! timeouts, so that a slow or malformed client delays only other scrapes, never a worker.
+//! A minimal HTTP/1.1 endpoint for Prometheus: `GET /metrics`.
+//!
+//! Each connection is served on its own thread, at most [`Limits::max_connections`] at a
+//! time, and has one deadline ([`Limits::deadline`]) for the whole exchange: reading the
+//! request head and writing the answer. A client that sends a byte now and then, or nothing
+//! at all, or that does not read the answer, is cut off at the deadline and meanwhile holds
+//! one slot only: scrapes go on in the other slots. Past the bound a new connection is
+//! answered `503 Service Unavailable` at once and closed (it never waits), so even a client
+//! that holds every slot delays nothing longer than one deadline. Nothing here ever touches a
+//! worker.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 
 /// The longest request head read.
 const MAX_REQUEST: usize = 8 * 1024;
-/// How long a client may take to send its request or read the answer.
-const TIMEOUT: Duration = Duration::from_secs(2);
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Stack of a connection thread: it parses a request head and encodes the registry.
+const CONN_STACK: usize = 256 * 1024;
+
+/// How much the endpoint lets clients hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time a connection has, from its accept, to send its request head and take the whole
+    /// answer; past it the connection is closed (with `408 Request Timeout` when the head had
+    /// not arrived).
+    pub deadline: Duration,
+    /// Connections served at once; past it a new connection gets `503` and is closed.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    /// 5 s per exchange (Prometheus' default scrape timeout is 10 s), 16 connections.
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(5),
+            max_connections: 16,
+        }
+    }
+}
+
+/// The connections being served, by number: a handle on each socket (to cut it off when the
+/// server stops) and its thread.
+#[derive(Default)]
+struct Live {
+    next: u64,
+    conns: HashMap<u64, (TcpStream, JoinHandle<()>)>,
+}
+
+struct Shared {
+    registry: Registry,
+    limits: Limits,
+    stop: AtomicBool,
+    live: Mutex<Live>,
+}
+
+impl Shared {
+    fn live(&self) -> MutexGuard<'_, Live> {
+        // A panicking connection thread leaves the map consistent (inserts and removes are
+        // single calls), so a poisoned lock is still usable.
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// The metrics endpoint; stops when dropped.
 pub struct MetricsServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl MetricsServer {
-    /// Serves `registry` at `http://addr/metrics` (port 0: any free port).
+    /// Serves `registry` at `http://addr/metrics` (port 0: any free port) with the default
+    /// [`Limits`].
     pub fn start(addr: SocketAddr, registry: Registry) -> io::Result<Self> {
+        Self::start_with(addr, registry, Limits::default())
+    }
+
+    /// Serves `registry` at `http://addr/metrics` within `limits`.
+    pub fn start_with(addr: SocketAddr, registry: Registry, limits: Limits) -> io::Result<Self> {
+        if limits.max_connections == 0 || limits.deadline.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the metrics endpoint needs a deadline and at least one connection",
+            ));
+        }
         let listener = TcpListener::bind(addr).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot serve metrics on {addr}: {e}"))
         })?;
         let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let shared = Arc::new(Shared {
+            registry,
+            limits,
+            stop: AtomicBool::new(false),
+            live: Mutex::default(),
+        });
+        let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("xdp-quic-metrics".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if flag.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if let Ok(stream) = conn {
-                        if let Err(e) = answer(stream, &registry) {
-                            tracing::debug!("metrics request: {e}");
-                        }
-                    }
-                }
-            })?;
+            .spawn(move || accept_loop(&listener, &s))?;
         Ok(Self {
             addr,
-            stop,
+            shared,
             thread: Some(thread),
         })
     }
@@ -57,38 +116,161 @@ impl MetricsServer {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// Connections being served now (each at most [`Limits::deadline`] old).
+    pub fn active_connections(&self) -> usize {
+        self.shared.live().conns.len()
+    }
 }
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.addr, TIMEOUT);
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop (it checks the flag after every accept).
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        // Cut off the connections still being served, then wait for their threads.
+        let conns: Vec<_> = self.shared.live().conns.drain().map(|(_, c)| c).collect();
+        for (stream, _) in &conns {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        for (_, thread) in conns {
+            let _ = thread.join();
         }
     }
 }
 
-fn answer(mut stream: TcpStream, registry: &Registry) -> io::Result<()> {
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    for conn in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                tracing::debug!("metrics accept: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let deadline = Instant::now() + shared.limits.deadline;
+        // Held while the thread is spawned and recorded, so that it cannot remove its entry
+        // before the entry exists.
+        let mut live = shared.live();
+        if live.conns.len() >= shared.limits.max_connections {
+            drop(live);
+            refuse(stream);
+            continue;
+        }
+        let Ok(handle) = stream.try_clone() else {
+            continue;
+        };
+        let id = live.next;
+        live.next += 1;
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("xdp-quic-metrics-conn".into())
+            .stack_size(CONN_STACK)
+            .spawn(move || {
+                if let Err(e) = answer(stream, &s.registry, deadline) {
+                    tracing::debug!("metrics request: {e}");
+                }
+                s.live().conns.remove(&id);
+            });
+        match spawned {
+            Ok(thread) => {
+                live.conns.insert(id, (handle, thread));
+            }
+            Err(e) => tracing::debug!("metrics: no thread for a connection: {e}"),
+        }
+    }
+}
+
+/// Answers `503` without waiting (the socket is non-blocking) and closes.
+fn refuse(mut stream: TcpStream) {
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.write_all(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
+    );
+}
+
+/// Time left until `deadline`, or `TimedOut`.
+fn left(deadline: Instant) -> io::Result<Duration> {
+    match deadline.checked_duration_since(Instant::now()) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client did not finish within the deadline",
+        )),
+    }
+}
+
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads the request head (up to the blank line) before `deadline`. `Ok(None)`: the client
+/// closed first.
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> io::Result<Option<Vec<u8>>> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         if head.len() > MAX_REQUEST {
-            return respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                b"",
+            return Ok(Some(head));
+        }
+        stream.set_read_timeout(Some(left(deadline)?))?;
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) if timed_out(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(head))
+}
+
+/// Writes all of `bytes` before `deadline`.
+fn write_by(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.set_write_timeout(Some(left(deadline)?))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if timed_out(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn answer(mut stream: TcpStream, registry: &Registry, deadline: Instant) -> io::Result<()> {
+    let head = match read_head(&mut stream, deadline) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            let _ = stream.set_nonblocking(true);
+            let _ = stream.write_all(
+                b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             );
+            return Err(e);
         }
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
+        Err(e) => return Err(e),
+    };
+    let s = &mut stream;
+    if head.len() > MAX_REQUEST && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        return respond(
+            s,
+            "431 Request Header Fields Too Large",
+            "text/plain",
+            b"",
+            deadline,
+        );
     }
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
@@ -102,28 +284,35 @@ fn answer(mut stream: TcpStream, registry: &Registry) -> io::Result<()> {
             let mut body = String::new();
             prometheus_client::encoding::text::encode(&mut body, registry)
                 .map_err(|_| io::Error::other("encoding the metrics failed"))?;
-            respond(&mut stream, "200 OK", CONTENT_TYPE, body.as_bytes())
+            respond(s, "200 OK", CONTENT_TYPE, body.as_bytes(), deadline)
         }
         (b"GET", b"/") => respond(
-            &mut stream,
+            s,
             "200 OK",
             "text/plain",
             b"xdp-quic metrics: GET /metrics\n",
+            deadline,
         ),
-        (b"GET", _) => respond(&mut stream, "404 Not Found", "text/plain", b"not found\n"),
+        (b"GET", _) => respond(s, "404 Not Found", "text/plain", b"not found\n", deadline),
         _ if line.len() > 3 && parts.next().is_some_and(|v| v.starts_with(b"HTTP/")) => {
-            respond(&mut stream, "405 Method Not Allowed", "text/plain", b"")
+            respond(s, "405 Method Not Allowed", "text/plain", b"", deadline)
         }
-        _ => respond(&mut stream, "400 Bad Request", "text/plain", b""),
+        _ => respond(s, "400 Bad Request", "text/plain", b"", deadline),
     }
 }
 
-fn respond(stream: &mut TcpStream, status: &str, ty: &str, body: &[u8]) -> io::Result<()> {
+fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    ty: &str,
+    body: &[u8],
+    deadline: Instant,
+) -> io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ty}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
+    write_by(stream, head.as_bytes(), deadline)?;
+    write_by(stream, body, deadline)?;
     stream.flush()
 }

@@ -3,7 +3,9 @@
 //! [`EngineCollector`] reads, at each scrape, what the engine publishes without locks (worker
 //! counters and histograms, per-queue AF_XDP counters with the kernel's XDP_STATISTICS) and
 //! the XDP program's per-CPU counters; [`MetricsServer`] serves them over HTTP on an address
-//! that should stay on loopback. Scraping never touches a worker: it reads atomics and maps.
+//! that should stay on loopback, several connections at once within [`MetricsLimits`] (one
+//! deadline per exchange, a bound on connections), so that no client can hold up a scrape.
+//! Scraping never touches a worker: it reads atomics and maps.
 //!
 //! Names start with `xdpquic_`; labels: `worker`, and with AF_XDP `iface` and `queue`.
 
@@ -12,5 +14,5 @@ mod http;
 mod scrape;
 
 pub use collector::EngineCollector;
-pub use http::MetricsServer;
+pub use http::{Limits as MetricsLimits, MetricsServer};
 pub use scrape::{parse, scrape, Sample};

@@ -8,9 +8,11 @@ use aya::maps::{Map, MapData, XskMap};
 use aya::programs::links::FdLink;
 use xdp_quic_ebpf::Config;
 
+use super::error::{Occupied, Requester};
 use super::load::{self, AttachMode, Mode};
 use super::maps::{ProgramMaps, ServiceConfig};
 use super::netlink::{self, LinkState, XdpAttached};
+use super::owner::{self, Owner};
 use super::{caps, netns, pins, sys, Counters, XdpError, XskRegistry};
 
 /// What [`attach`] asks for.
@@ -133,11 +135,14 @@ fn resolve(iface: &str) -> anyhow::Result<LinkState> {
 ///
 /// If xdp-quic is already attached there: same service → [`AttachOutcome::Unchanged`];
 /// other ports/addresses → updated in place ([`AttachOutcome::Updated`]); another mode
-/// asked explicitly → [`XdpError::ModeMismatch`]. Another program on the interface →
-/// [`XdpError::ForeignProgram`] unless `force`. On error nothing is left changed.
+/// asked explicitly → [`XdpError::ModeMismatch`]. Another program on the interface (or
+/// xdp-quic's, attached by a running process) → [`XdpError::ProgramPresent`] unless `force`.
+/// In a private mount namespace without bpffs (`ip netns exec`) →
+/// [`XdpError::PrivateMountNamespace`]. On error nothing is left changed.
 pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome> {
     opts.service.validate()?;
     caps::require_xdp_admin(&format!("attaching XDP to {iface}"))?;
+    pins::require_host_bpffs("attach")?;
     let link_state = resolve(iface)?;
     let mounted_bpffs = pins::ensure_bpffs()?;
     let mut removed_stale = false;
@@ -188,7 +193,7 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
         }
         Pinned::None => {}
     }
-    let replaced = clear_foreign(iface, &link_state, opts.force)?;
+    let replaced = clear_foreign(iface, &link_state, opts.force, Requester::Attach)?;
     let config = Config {
         ifindex: link_state.ifindex,
         netns_ino: netns::current_ino()?,
@@ -216,18 +221,30 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
     })
 }
 
-/// Removes a foreign XDP program from the interface when `force`; refuses otherwise.
-/// Returns the id of the program removed.
-fn clear_foreign(iface: &str, st: &LinkState, force: bool) -> anyhow::Result<Option<u32>> {
+/// Removes the XDP program on the interface when `force`; refuses otherwise, saying whose
+/// it is (another tool's, or xdp-quic's: pinned, or attached by a running process) and what
+/// `requester` can do about it. Returns the id of the program removed.
+fn clear_foreign(
+    iface: &str,
+    st: &LinkState,
+    force: bool,
+    requester: Requester,
+) -> anyhow::Result<Option<u32>> {
     if st.xdp == XdpAttached::None {
         return Ok(None);
     }
     if !force {
-        return Err(XdpError::ForeignProgram {
+        // Only the wording depends on whose it is: an error finding out means "another's".
+        let owner = owner::identify(st.xdp_prog_id, st.ifindex)
+            .map(|(o, _)| o)
+            .unwrap_or(Owner::Other);
+        return Err(XdpError::ProgramPresent(Box::new(Occupied {
             iface: iface.into(),
             prog_id: st.xdp_prog_id,
             mode: st.xdp.name(),
-        }
+            owner,
+            requester,
+        }))
         .into());
     }
     // A BPF link holds it: detach the link (its owner keeps a defunct link).
@@ -266,19 +283,12 @@ pub enum DetachOutcome {
 /// [`XdpError::NotAttached`] when there is nothing to detach.
 pub fn detach(iface: &str) -> anyhow::Result<DetachOutcome> {
     caps::require_xdp_admin(&format!("detaching XDP from {iface}"))?;
+    pins::require_host_bpffs("detach")?;
     if !pins::bpffs_mounted() {
-        return Err(XdpError::NotAttached {
-            iface: iface.into(),
-            path: pins::dir(iface),
-        }
-        .into());
+        return Err(not_pinned(iface));
     }
     match inspect(iface)? {
-        Pinned::None => Err(XdpError::NotAttached {
-            iface: iface.into(),
-            path: pins::dir(iface),
-        }
-        .into()),
+        Pinned::None => Err(not_pinned(iface)),
         Pinned::OtherNamespace => Err(XdpError::OtherNamespace {
             iface: iface.into(),
             path: pins::dir(iface),
@@ -298,6 +308,31 @@ pub fn detach(iface: &str) -> anyhow::Result<DetachOutcome> {
             pins::remove_dir(iface).context("removing pins")?;
             Ok(DetachOutcome::Detached { prog_id })
         }
+    }
+}
+
+/// The error of a detach with no pins: [`XdpError::AttachedByProcess`] when a running
+/// process attached xdp-quic's program to `iface` for itself, else [`XdpError::NotAttached`].
+fn not_pinned(iface: &str) -> anyhow::Error {
+    let by_process = netlink::link_by_name(iface)
+        .ok()
+        .flatten()
+        .and_then(|l| owner::identify(l.xdp_prog_id, l.ifindex).ok())
+        .and_then(|(o, _)| match o {
+            Owner::Process { holders } => Some(holders),
+            _ => None,
+        });
+    match by_process {
+        Some(holders) => XdpError::AttachedByProcess {
+            iface: iface.into(),
+            holders: Owner::describe_holders(&holders),
+        }
+        .into(),
+        None => XdpError::NotAttached {
+            iface: iface.into(),
+            path: pins::dir(iface),
+        }
+        .into(),
     }
 }
 
@@ -369,7 +404,8 @@ impl EmbeddedAttachment {
 }
 
 /// Attaches for the life of the returned value (embedded mode). Refuses when xdp-quic's
-/// pins or another program already occupy the interface (no `force` here).
+/// pins or another program already occupy the interface (no `force` here), with an
+/// [`XdpError::ProgramPresent`] worded for a server ([`Requester::Server`]).
 pub fn attach_embedded(
     iface: &str,
     service: &ServiceConfig,
@@ -378,7 +414,8 @@ pub fn attach_embedded(
     service.validate()?;
     caps::require_xdp_admin(&format!("attaching XDP to {iface}"))?;
     let st = resolve(iface)?;
-    clear_foreign(iface, &st, false)?;
+    let port = service.ports.first().copied().unwrap_or_default();
+    clear_foreign(iface, &st, false, Requester::Server { port })?;
     let config = Config {
         ifindex: st.ifindex,
         netns_ino: netns::current_ino()?,

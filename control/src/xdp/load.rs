@@ -87,7 +87,8 @@ fn io_error_of(e: &ProgramError) -> Option<&io::Error> {
     }
 }
 
-/// Loads the embedded program and writes `service` and `config` into its maps.
+/// Loads the embedded program and writes `service` and `config` into its maps (with the id
+/// of its `xsk_owners` map in `config.reserved`).
 pub fn load(service: &ServiceConfig, config: Config) -> anyhow::Result<Loaded> {
     service.validate()?;
     let mut ebpf = Ebpf::load(xdp_quic_ebpf::object()).map_err(|e| {
@@ -110,6 +111,12 @@ pub fn load(service: &ServiceConfig, config: Config) -> anyhow::Result<Loaded> {
     }
     let prog_id = prog.info().context("reading the program's id")?.id();
     let mut maps = ProgramMaps::take(&mut ebpf)?;
+    // The program does not use xsk_owners, so the kernel does not list it among the
+    // program's maps: the config entry records its id, for finding it from the program.
+    let config = Config {
+        reserved: maps.xsk_owners_id()?,
+        ..config
+    };
     maps.write_config(&config)?;
     maps.write_service(service)?;
     Ok(Loaded {

@@ -109,6 +109,65 @@ impl ProgramMaps {
         })
     }
 
+    /// Opens, by id, the maps of a program whose maps are `map_ids`: those bearing
+    /// xdp-quic's map names, and `xsk_owners`, which the program does not use (so the
+    /// kernel does not list it) and whose id the control plane records in the config entry
+    /// (`Config::reserved`, written when the program is loaded). `Ok(None)` unless every one of them
+    /// is there.
+    pub fn open_by_ids(map_ids: &[u32]) -> anyhow::Result<Option<Self>> {
+        type Found = std::collections::HashMap<&'static str, Map>;
+        /// Opens map `id` into `found` if it bears one of xdp-quic's names (`only`: that one).
+        fn open(found: &mut Found, id: u32, only: Option<&str>) -> anyhow::Result<()> {
+            let info = aya::maps::MapInfo::from_id(id)
+                .with_context(|| format!("reading the info of map {id}"))?;
+            let Some(name) = names::ALL
+                .iter()
+                .find(|n| info.name_as_str() == Some(**n) && only.is_none_or(|o| o == **n))
+            else {
+                return Ok(());
+            };
+            let data = MapData::from_id(id).with_context(|| format!("opening map {id}"))?;
+            found.insert(name, Map::from_map_data(data)?);
+            Ok(())
+        }
+        let mut found = Found::default();
+        for &id in map_ids {
+            open(&mut found, id, None)?;
+        }
+        let owners_id = match found.get(names::CONFIG) {
+            Some(config) => {
+                let a: Array<&MapData, Config> = Array::try_from(config)?;
+                a.get(&0, 0)?.reserved
+            }
+            None => 0,
+        };
+        if owners_id != 0 && !found.contains_key(names::XSK_OWNERS) {
+            // The map may be gone (its id then names nothing, or another map): not found.
+            let _ = open(&mut found, owners_id, Some(names::XSK_OWNERS));
+        }
+        let mut take = |n: &str| found.remove(n);
+        let maps = (|| {
+            Some(Self {
+                xsks: take(names::XSKS)?,
+                ports: take(names::PORTS)?,
+                addrs4: take(names::ADDRS4)?,
+                addrs6: take(names::ADDRS6)?,
+                config: take(names::CONFIG)?,
+                counters: take(names::COUNTERS)?,
+                xsk_owners: take(names::XSK_OWNERS)?,
+            })
+        })();
+        Ok(maps)
+    }
+
+    /// The id of the `xsk_owners` map.
+    pub fn xsk_owners_id(&self) -> anyhow::Result<u32> {
+        let Map::Array(data) = &self.xsk_owners else {
+            anyhow::bail!("xsk_owners is not an ARRAY");
+        };
+        Ok(data.info()?.id())
+    }
+
     /// Pins every map into `dir` under its name.
     pub fn pin(&self, dir: &Path) -> anyhow::Result<()> {
         for (n, m) in self.named() {

@@ -8,10 +8,14 @@
 //! * Embedded attachment ([`attach_embedded`]): no pins; the returned guard detaches
 //!   on drop, and the kernel detaches when the process dies.
 //! * [`status`], [`Counters`], and [`test_run`] for running the program on crafted
-//!   packets without an interface.
+//!   packets without an interface. [`status`] and [`interface_counters`] also find
+//!   xdp-quic's program where a running process attached it for itself (no pins), from the
+//!   interface's program id ([`owner`]).
 //!
 //! Interfaces are looked up in the calling thread's network namespace; [`netns::enter`]
-//! moves there first without leaving the mount namespace (so the pins stay visible).
+//! moves there first without leaving the mount namespace (so the pins stay visible). In a
+//! private mount namespace without bpffs (`ip netns exec`) the pins are read through
+//! `/proc` and never changed ([`pins::root`]).
 
 mod attach;
 mod caps;
@@ -21,6 +25,7 @@ mod load;
 mod maps;
 pub mod netlink;
 pub mod netns;
+pub mod owner;
 pub mod pins;
 pub mod socket_map;
 mod status;
@@ -34,12 +39,58 @@ pub use attach::{
     EmbeddedAttachment, LiveAttachment, Pinned,
 };
 pub use counters::{Counters, CountersJson, CountersReader};
-pub use error::XdpError;
+pub use error::{Occupied, Requester, XdpError};
 pub use load::{AttachMode, Mode};
 pub use maps::{ProgramMaps, ServiceConfig};
+pub use owner::{Holder, OwnProgram, Owner};
 pub use status::{status, IfaceStatus, QueueStatus};
 pub use watch::{ProgramWatch, WatchEvent};
 pub use xsk::XskRegistry;
+
+/// Reads the counters of xdp-quic's program on `iface`: the attachment pinned for it, or
+/// else the program a running process attached to it for itself (found by the interface's
+/// program id, in the calling thread's network namespace). [`XdpError::NotAttached`] when
+/// there is neither.
+pub fn interface_counters(iface: &str) -> anyhow::Result<Counters> {
+    caps::require_xdp_admin(&format!("reading the counters of {iface}"))?;
+    let dir = pins::dir(iface);
+    if pins::bpffs_mounted() && dir.join(xdp_quic_ebpf::maps::COUNTERS).exists() {
+        return pinned_counters(iface);
+    }
+    if let Some(link) = netlink::link_by_name(iface)? {
+        if let Some(p) = owner::own_program(link.xdp_prog_id, link.ifindex)? {
+            return Counters::read(&p.maps.counters);
+        }
+    }
+    Err(XdpError::NotAttached {
+        iface: iface.into(),
+        path: dir,
+    }
+    .into())
+}
+
+/// Whose xdp-quic program [`interface_counters`] reads on `iface`: [`Owner::Pinned`] or
+/// [`Owner::Process`]; [`XdpError::NotAttached`] when there is none.
+pub fn interface_owner(iface: &str) -> anyhow::Result<Owner> {
+    let dir = pins::dir(iface);
+    if pins::bpffs_mounted() && dir.join(xdp_quic_ebpf::maps::COUNTERS).exists() {
+        return Ok(Owner::Pinned {
+            pin_dir: dir,
+            pinned_as: iface.into(),
+        });
+    }
+    if let Some(link) = netlink::link_by_name(iface)? {
+        let (owner, program) = owner::identify(link.xdp_prog_id, link.ifindex)?;
+        if program.is_some() {
+            return Ok(owner);
+        }
+    }
+    Err(XdpError::NotAttached {
+        iface: iface.into(),
+        path: dir,
+    }
+    .into())
+}
 
 /// Reads the counters of the program attached (pinned) on `iface`.
 pub fn pinned_counters(iface: &str) -> anyhow::Result<Counters> {

@@ -1,5 +1,5 @@
 //! Minimal rtnetlink: read an interface's index, rx queue count and XDP state
-//! (`RTM_GETLINK`), and set or remove an XDP program attached through netlink
+//! (`RTM_GETLINK`, one interface or all of them), and set or remove an XDP program attached through netlink
 //! (`RTM_SETLINK`).
 //! All `unsafe` for netlink sockets is here.
 
@@ -11,6 +11,8 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+/// `NLM_F_ROOT | NLM_F_MATCH`.
+const NLM_F_DUMP: u16 = 0x300;
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
 const RTM_SETLINK: u16 = 19;
@@ -140,32 +142,55 @@ impl Socket {
         self.send(req)?;
         let mut buf = vec![0u8; 64 * 1024];
         let n = self.recv(&mut buf)?;
-        let mut off = 0;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-            let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-            if len < 16 || off + len > n {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "bad netlink message",
-                ));
-            }
-            let payload = &buf[off + 16..off + len];
-            match ty {
-                NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR if payload.len() >= 4 => {
-                    let code = i32::from_ne_bytes(payload[..4].try_into().unwrap());
-                    if code != 0 {
-                        return Err(io::Error::from_raw_os_error(-code));
-                    }
-                    return Ok(()); // ack
-                }
-                _ => each(ty, payload),
-            }
-            off += align4(len);
-        }
-        Ok(())
+        parse_batch(&buf[..n], &mut each).map(|_| ())
     }
+
+    /// Sends a dump request (`NLM_F_DUMP`) and calls `each(type, payload)` for every
+    /// message of the reply, over as many datagrams as it takes, until `NLMSG_DONE`.
+    fn dump(&self, req: &[u8], mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
+        self.send(req)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = self.recv(&mut buf)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            if parse_batch(&buf[..n], &mut each)? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Calls `each(type, payload)` for the messages of one datagram; `Ok(true)` when it ended
+/// the reply (`NLMSG_DONE` or an ack). A netlink error becomes an `io::Error`.
+fn parse_batch(buf: &[u8], each: &mut impl FnMut(u16, &[u8])) -> io::Result<bool> {
+    let n = buf.len();
+    let mut off = 0;
+    while off + 16 <= n {
+        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
+        let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        if len < 16 || off + len > n {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad netlink message",
+            ));
+        }
+        let payload = &buf[off + 16..off + len];
+        match ty {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR if payload.len() >= 4 => {
+                let code = i32::from_ne_bytes(payload[..4].try_into().unwrap());
+                if code != 0 {
+                    return Err(io::Error::from_raw_os_error(-code));
+                }
+                return Ok(true); // ack
+            }
+            _ => each(ty, payload),
+        }
+        off += align4(len);
+    }
+    Ok(false)
 }
 
 fn align4(n: usize) -> usize {
@@ -265,6 +290,21 @@ pub fn link_by_index(ifindex: u32) -> io::Result<Option<LinkState>> {
     let mut m = Msg::new(RTM_GETLINK, 0);
     m.push(&ifinfomsg(ifindex));
     get_link(m.finish())
+}
+
+/// Every interface of the current network namespace, by index.
+pub fn all_links() -> io::Result<Vec<LinkState>> {
+    let mut m = Msg::new(RTM_GETLINK, NLM_F_DUMP);
+    m.push(&ifinfomsg(0));
+    let sock = Socket::open(NETLINK_ROUTE)?;
+    let mut links = Vec::new();
+    sock.dump(&m.finish(), |ty, payload| {
+        if ty == RTM_NEWLINK && payload.len() >= 16 {
+            links.push(parse_link(payload));
+        }
+    })?;
+    links.sort_by_key(|l| l.ifindex);
+    Ok(links)
 }
 
 fn get_link(req: Vec<u8>) -> io::Result<Option<LinkState>> {

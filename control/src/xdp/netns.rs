@@ -42,3 +42,19 @@ pub fn enter(name: &str) -> anyhow::Result<()> {
 pub fn current_ino() -> io::Result<u64> {
     Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino())
 }
+
+/// The name under `/run/netns` of the calling thread's network namespace, if it has one
+/// (`ip netns add` made it, or `ip netns exec NAME` runs us).
+pub fn current_name() -> Option<String> {
+    let me = std::fs::metadata("/proc/thread-self/ns/net").ok()?;
+    let mut names: Vec<String> = std::fs::read_dir("/run/netns")
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == me.ino() && m.dev() == me.dev())
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names.into_iter().next()
+}

@@ -2,24 +2,135 @@
 //!
 //! Directories are made mode 0700 (root only). The `link` pin keeps the program attached
 //! after the attaching process exits; removing the directory's pins detaches it.
+//!
+//! The pins live on the bpffs of the host's mount namespace. A process in a private mount
+//! namespace without bpffs at `/sys/fs/bpf` (`ip netns exec` makes one and remounts `/sys`)
+//! would mount a bpffs of its own there, which vanishes when the namespace does, with
+//! everything pinned on it. So: commands that pin or unpin refuse to run there
+//! ([`require_host_bpffs`]), and commands that only read find the host's pins through
+//! `/proc/<pid>/root/sys/fs/bpf` of a process of the initial mount namespace ([`root`]).
 
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::XdpError;
 
 /// Where bpffs is expected (and mounted if it is not).
 pub const BPFFS: &str = "/sys/fs/bpf";
-/// Directory of all xdp-quic pins.
+/// Directory of all xdp-quic pins, as the host's mount namespace sees it.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/xdp-quic";
 /// Pin name of the XDP link.
 pub const LINK: &str = "link";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+/// `PF_KTHREAD` in the flags field of `/proc/<pid>/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
 
-/// Pin directory of interface `iface`: `/sys/fs/bpf/xdp-quic/<iface>`.
+/// Pin directory of interface `iface`: `/sys/fs/bpf/xdp-quic/<iface>` (seen through
+/// `/proc/<pid>/root` where [`root`] says so).
 pub fn dir(iface: &str) -> PathBuf {
-    Path::new(PIN_ROOT).join(iface)
+    pin_root().join(iface)
+}
+
+/// `/sys/fs/bpf/xdp-quic` as this process reaches it (see [`root`]).
+pub fn pin_root() -> PathBuf {
+    root().join("xdp-quic")
+}
+
+/// The bpffs this process reads pins from: `/sys/fs/bpf` when bpffs is mounted there or
+/// this process runs in the initial mount namespace; otherwise (a private mount namespace
+/// without bpffs, as under `ip netns exec`) the host's, through
+/// `/proc/<pid>/root/sys/fs/bpf` of PID 1 (or of kthreadd, PID 2, where PID 1 cannot be
+/// inspected), when that is a bpffs.
+pub fn root() -> PathBuf {
+    let local = Path::new(BPFFS);
+    if is_bpffs(local) {
+        return local.to_path_buf();
+    }
+    host_bpffs().unwrap_or_else(|| local.to_path_buf())
+}
+
+/// Where the pins are read through the host's mount namespace, that path
+/// (`/proc/<pid>/root/sys/fs/bpf`); `None` when they are read at `/sys/fs/bpf`.
+pub fn host_view() -> Option<PathBuf> {
+    if is_bpffs(Path::new(BPFFS)) {
+        return None;
+    }
+    host_bpffs()
+}
+
+fn host_bpffs() -> Option<PathBuf> {
+    if mount_ns() != MountNs::Private {
+        return None;
+    }
+    let pid = reference_pid()?;
+    let p = PathBuf::from(format!("/proc/{pid}/root{BPFFS}"));
+    is_bpffs(&p).then_some(p)
+}
+
+/// This process's mount namespace, compared with the initial one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountNs {
+    /// The mount namespace of PID 1: what is mounted here outlives this process.
+    Initial,
+    /// Another one (`ip netns exec`, `unshare -m`): a mount made here vanishes with it.
+    Private,
+    /// Neither PID 1 nor kthreadd could be inspected.
+    Unknown,
+}
+
+/// Identity (device, inode) of the namespace file `path`.
+fn ns_id(path: &str) -> io::Result<(u64, u64)> {
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// A process of the initial mount namespace whose `/proc` entries this process may
+/// inspect: PID 1, or else PID 2 when it is a kernel thread (kthreadd, which always runs in
+/// the initial namespaces; in a PID namespace PID 2 is an ordinary process).
+fn reference_pid() -> Option<u32> {
+    if ns_id("/proc/1/ns/mnt").is_ok() {
+        return Some(1);
+    }
+    let stat = std::fs::read_to_string("/proc/2/stat").ok()?;
+    // Fields after the command name: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    let flags: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(6)?
+        .parse()
+        .ok()?;
+    (flags & PF_KTHREAD != 0 && ns_id("/proc/2/ns/mnt").is_ok()).then_some(2)
+}
+
+/// Whether this process runs in the initial mount namespace.
+pub fn mount_ns() -> MountNs {
+    let Some(pid) = reference_pid() else {
+        return MountNs::Unknown;
+    };
+    match (
+        ns_id("/proc/self/ns/mnt"),
+        ns_id(&format!("/proc/{pid}/ns/mnt")),
+    ) {
+        (Ok(me), Ok(init)) if me == init => MountNs::Initial,
+        (Ok(_), Ok(_)) => MountNs::Private,
+        _ => MountNs::Unknown,
+    }
+}
+
+/// Refuses, before anything is changed, to pin or unpin (`command`: `attach`, `detach`)
+/// from a private mount namespace without bpffs at `/sys/fs/bpf`: a bpffs mounted there
+/// would vanish with the namespace when the command exits, and an attachment pinned on it
+/// with it. `--netns NAME` is the supported way (it keeps the host's mount namespace).
+pub fn require_host_bpffs(command: &'static str) -> Result<(), XdpError> {
+    if is_bpffs(Path::new(BPFFS)) || mount_ns() != MountNs::Private {
+        return Ok(());
+    }
+    Err(XdpError::PrivateMountNamespace {
+        command,
+        netns: super::netns::current_name().unwrap_or_else(|| "NAME".into()),
+    })
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -64,16 +175,17 @@ pub fn ensure_bpffs() -> Result<bool, XdpError> {
     Ok(true)
 }
 
-/// Whether bpffs is mounted at `/sys/fs/bpf` (no side effects).
+/// Whether the bpffs of the pins is mounted (at `/sys/fs/bpf`, or the host's seen through
+/// `/proc`, see [`root`]); no side effects.
 pub fn bpffs_mounted() -> bool {
-    is_bpffs(Path::new(BPFFS))
+    is_bpffs(&root())
 }
 
 /// Creates `/sys/fs/bpf/xdp-quic/<iface>` (and its parent), both mode 0700.
 pub fn create_dir(iface: &str) -> io::Result<PathBuf> {
     let mut b = std::fs::DirBuilder::new();
     b.mode(0o700);
-    match b.create(PIN_ROOT) {
+    match b.create(pin_root()) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
@@ -101,14 +213,14 @@ pub fn remove_dir(iface: &str) -> io::Result<()> {
         Err(e) => return Err(e),
     }
     // The shared parent goes when it is empty; another interface may still use it.
-    let _ = std::fs::remove_dir(PIN_ROOT);
+    let _ = std::fs::remove_dir(pin_root());
     Ok(())
 }
 
 /// Interface names that have a pin directory, sorted.
 pub fn list() -> io::Result<Vec<String>> {
     let mut v = Vec::new();
-    match std::fs::read_dir(PIN_ROOT) {
+    match std::fs::read_dir(pin_root()) {
         Ok(rd) => {
             for e in rd {
                 let e = e?;

@@ -1,8 +1,13 @@
-//! What `xdp-quic status` reports for each pinned interface.
+//! What `xdp-quic status` reports: each pinned interface, and each interface of this network
+//! namespace where a running process attached xdp-quic's program for itself (not pinned).
+
+use std::collections::HashSet;
 
 use serde::Serialize;
 
 use super::attach::{inspect, Pinned};
+use super::maps::ProgramMaps;
+use super::owner::{self, Holder, Owner};
 use super::{netlink, pins};
 
 /// One rx queue of an attached interface.
@@ -15,15 +20,20 @@ pub struct QueueStatus {
     pub socket: bool,
 }
 
-/// Status of one interface with xdp-quic pins.
+/// Status of one interface with xdp-quic pins or with xdp-quic's program.
 #[derive(Debug, Clone, Serialize)]
 pub struct IfaceStatus {
-    /// Interface name (the pin directory's name).
+    /// Interface name (the pin directory's name when pinned).
     pub iface: String,
     /// `attached`, `stale` (pins left, interface gone: run detach) or `other-netns`.
     pub state: &'static str,
-    /// Pin directory.
-    pub pin_dir: String,
+    /// Whether `xdp-quic attach` pinned it; `false`: a running process attached it for its
+    /// own life (see `holders`).
+    pub pinned: bool,
+    /// Pin directory (as the host's mount namespace sees it); `None` when not pinned.
+    pub pin_dir: Option<String>,
+    /// The processes holding the attachment when not pinned.
+    pub holders: Vec<Holder>,
     /// `native` or `skb`.
     pub mode: Option<&'static str>,
     /// Program id.
@@ -40,32 +50,83 @@ pub struct IfaceStatus {
     pub queues: Vec<QueueStatus>,
 }
 
-/// Status of every interface that has xdp-quic pins, sorted by name.
+impl IfaceStatus {
+    fn new(iface: &str, pinned: bool) -> Self {
+        Self {
+            iface: iface.to_string(),
+            state: "stale",
+            pinned,
+            pin_dir: pinned.then(|| format!("{}/{iface}", pins::PIN_ROOT)),
+            holders: Vec::new(),
+            mode: None,
+            prog_id: None,
+            link_id: None,
+            ifindex: None,
+            ports: Vec::new(),
+            addrs: Vec::new(),
+            queues: Vec::new(),
+        }
+    }
+
+    fn fill(&mut self, maps: &ProgramMaps, link: &netlink::LinkState) -> anyhow::Result<()> {
+        let service = maps.read_service()?;
+        self.ports = service.ports.into_iter().collect();
+        self.addrs = service.addrs.iter().map(|a| a.to_string()).collect();
+        let registered = maps.registered_queues(link.rx_queues)?;
+        self.queues = (0..link.rx_queues)
+            .map(|q| QueueStatus {
+                queue: q,
+                socket: registered.contains(&q),
+            })
+            .collect();
+        Ok(())
+    }
+}
+
+/// Status of every interface that has xdp-quic pins, and of every interface of the calling
+/// thread's network namespace where a running process attached xdp-quic's program for
+/// itself; sorted by name.
 pub fn status() -> anyhow::Result<Vec<IfaceStatus>> {
-    if !pins::bpffs_mounted() {
-        return Ok(Vec::new());
-    }
     let mut out = Vec::new();
-    for iface in pins::list()? {
-        out.push(one(&iface)?);
+    if pins::bpffs_mounted() {
+        for iface in pins::list()? {
+            out.push(one(&iface)?);
+        }
     }
+    let pinned: HashSet<u32> = out.iter().filter_map(|s| s.prog_id).collect();
+    for link in netlink::all_links()? {
+        if link.xdp_prog_id == 0 || pinned.contains(&link.xdp_prog_id) {
+            continue;
+        }
+        if let Some(s) = unpinned(&link)? {
+            out.push(s);
+        }
+    }
+    out.sort_by(|a, b| a.iface.cmp(&b.iface));
     Ok(out)
 }
 
-/// Status of one interface name.
-pub fn one(iface: &str) -> anyhow::Result<IfaceStatus> {
-    let mut s = IfaceStatus {
-        iface: iface.to_string(),
-        state: "stale",
-        pin_dir: pins::dir(iface).display().to_string(),
-        mode: None,
-        prog_id: None,
-        link_id: None,
-        ifindex: None,
-        ports: Vec::new(),
-        addrs: Vec::new(),
-        queues: Vec::new(),
+/// Status of `link` when its XDP program is xdp-quic's, attached by a running process.
+fn unpinned(link: &netlink::LinkState) -> anyhow::Result<Option<IfaceStatus>> {
+    let (Owner::Process { holders }, Some(program)) =
+        owner::identify(link.xdp_prog_id, link.ifindex)?
+    else {
+        return Ok(None);
     };
+    let mut s = IfaceStatus::new(&link.name, false);
+    s.state = "attached";
+    s.mode = Some(program.mode.name());
+    s.prog_id = Some(program.prog_id);
+    s.link_id = holders.first().map(|h| h.link_id);
+    s.ifindex = Some(link.ifindex);
+    s.holders = holders;
+    s.fill(&program.maps, link)?;
+    Ok(Some(s))
+}
+
+/// Status of one pinned interface name.
+pub fn one(iface: &str) -> anyhow::Result<IfaceStatus> {
+    let mut s = IfaceStatus::new(iface, true);
     let live = match inspect(iface)? {
         Pinned::None | Pinned::Stale => return Ok(s),
         Pinned::OtherNamespace => {
@@ -74,25 +135,20 @@ pub fn one(iface: &str) -> anyhow::Result<IfaceStatus> {
         }
         Pinned::Live(l) => l,
     };
-    let service = live.maps.read_service()?;
     s.mode = Some(live.mode.name());
     s.prog_id = Some(live.prog_id);
     s.link_id = Some(live.link_id);
     s.ifindex = Some(live.config.ifindex);
-    s.ports = service.ports.into_iter().collect();
-    s.addrs = service.addrs.iter().map(|a| a.to_string()).collect();
     match netlink::link_by_index(live.config.ifindex)? {
         Some(link) if link.xdp_prog_id == live.prog_id => {
             s.state = "attached";
-            let registered = live.maps.registered_queues(link.rx_queues)?;
-            s.queues = (0..link.rx_queues)
-                .map(|q| QueueStatus {
-                    queue: q,
-                    socket: registered.contains(&q),
-                })
-                .collect();
+            s.fill(&live.maps, &link)?;
         }
-        _ => s.state = "stale",
+        _ => {
+            let service = live.maps.read_service()?;
+            s.ports = service.ports.into_iter().collect();
+            s.addrs = service.addrs.iter().map(|a| a.to_string()).collect();
+        }
     }
     Ok(s)
 }

@@ -297,3 +297,112 @@ pub fn quinn_endpoint_with(
     ep.set_default_client_config(cfg);
     ep
 }
+
+/// A running `xdp-quic serve`, its stderr read line by line; killed on drop unless stopped.
+pub struct ServeProcess {
+    child: Option<std::process::Child>,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
+    seen: String,
+    serving: String,
+}
+
+impl ServeProcess {
+    /// Starts `xdp-quic serve ARGS` and waits for its "serving ..." line.
+    pub fn start(args: &[&str]) -> Self {
+        let mut all = vec!["serve"];
+        all.extend_from_slice(args);
+        Self::start_program(env!("CARGO_BIN_EXE_xdp-quic"), &all)
+    }
+
+    /// Starts `program ARGS`, which runs (or execs) `xdp-quic serve`, and waits for its
+    /// "serving ..." line.
+    pub fn start_program(program: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn xdp-quic serve");
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut s = Self {
+            child: Some(child),
+            stderr,
+            seen: String::new(),
+            serving: String::new(),
+        };
+        s.serving = s.wait_for("serving");
+        s
+    }
+
+    /// The "serving ..." line.
+    pub fn serving_line(&self) -> &str {
+        &self.serving
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Reads stderr until a line contains `needle`; returns it. A server that has not printed
+    /// it within a minute is killed and the test fails (a hang guard, not a performance
+    /// bound).
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        use std::io::BufRead as _;
+        let pid = self.pid() as i32;
+        let (done, watchdog) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                watchdog.recv_timeout(Duration::from_secs(60))
+            {
+                // SAFETY: kill(2) on the child's pid, which the test owns and has not waited.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+        loop {
+            let mut line = String::new();
+            if self.stderr.read_line(&mut line).unwrap() == 0 {
+                panic!("serve ended without printing {needle:?}:\n{}", self.seen);
+            }
+            self.seen.push_str(&line);
+            if line.contains(needle) {
+                let _ = done.send(());
+                return line;
+            }
+        }
+    }
+
+    /// Ctrl-C; returns whether it exited with status 0, and all it printed on stderr.
+    pub fn stop(mut self) -> (bool, String) {
+        use std::io::Read as _;
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill(2) on the child we spawned and have not waited for.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = child.wait().unwrap();
+        let mut rest = std::mem::take(&mut self.seen);
+        self.stderr.read_to_string(&mut rest).unwrap();
+        (status.success(), rest)
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `xdp-quic <args>` under `ip netns exec NS` (a private mount namespace without
+/// bpffs at /sys/fs/bpf).
+pub fn xq_under_ip_netns_exec(ns: &str, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_xdp-quic")])
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .output()
+        .expect("spawn ip netns exec xdp-quic")
+}
