@@ -2,20 +2,51 @@
 //! runner. A request is `GET /path\r\n` on a bidirectional stream; the answer is the file's
 //! octets, then the end of the stream.
 //!
-//! The server serves files under one root directory and refuses any path that leaves it
-//! (`..`, symbolic links pointing out, absolute paths). Errors reset the stream: code
+//! # The server, [`HqServer`]
+//!
+//! It serves the regular files beneath one root directory. Errors reset the stream: code
 //! [`NOT_FOUND`] for a missing or refused file, [`BAD_REQUEST`] for a malformed request.
-//! Files are read on the worker thread in [`CHUNK`]-octet steps as the stream has room,
-//! so a slow disk slows that worker: serve from page cache or tmpfs.
+//!
+//! **What it opens.** A request path must be plain names (`/a/b.txt`: no `..`, no `.`, no
+//! empty path); it is opened beneath a descriptor of the root taken at start, in one step
+//! that follows no symbolic link at all, not even one that stays inside the root, and the
+//! opened descriptor must be a regular file (a FIFO, device, directory or socket is
+//! [`NOT_FOUND`]). Nothing is checked by name before it is opened, so renaming entries of
+//! the root under a running server cannot make it serve a file outside the root or block
+//! on a FIFO. See [`crate::files`] for how (`openat2(2)`, or an `O_NOFOLLOW` walk).
+//!
+//! **Where.** Once the engine has [attached](xdp_quic::Handler::attached) the handler,
+//! opening and reading happen on a small pool of threads of the handler's own
+//! ([`HqLimits::pool_threads`]), never on the worker: each [`CHUNK`] comes back to the worker
+//! with [`xdp_quic::EngineHandle::post_to_conn`], and the next one is read only after the
+//! worker has handed the previous one to the stream (flow control permitting): one chunk
+//! per stream at a time, read or waiting, however slowly the client reads.
+//!
+//! **How many.** A request holds a file slot from its open until all of its file has been
+//! written to its stream (the descriptor itself is closed as soon as the end of the file is
+//! read): at most [`HqLimits::files_per_connection`] (default 16) per connection and
+//! [`HqLimits::files_per_worker`] (default 256) per worker. Requests beyond either wait, in
+//! stream order per connection and round-robin between connections, and are served as
+//! slots free up; they are never refused for it. A stream that ends (stopped, reset) or a
+//! connection that closes gives its slots and waiting requests back at once (its
+//! descriptors close as soon as the pool hands them back).
+//!
+//! A handler wrapped in another handler must be attached with [`HqServer::attach_via`]; one
+//! that is never attached opens and reads on the worker thread (with the same safe open)
+//! and only the per-connection cap applies.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::File;
-use std::io::{self, Read};
-use std::path::{Component, Path, PathBuf};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use xdp_quic::{Conn, ConnId, ConnectionError, Ctx, Handler, ReadStatus, StreamId, VarInt};
+use xdp_quic::{
+    Conn, ConnId, ConnectionError, Ctx, Dir, EngineHandle, Handler, ReadStatus, StreamId, VarInt,
+};
 
+use crate::files::{read_chunk, FilePool, FileRoot};
 use crate::outbox::Outbox;
 
 /// ALPN of hq-interop.
@@ -29,17 +60,18 @@ pub const CHUNK: usize = 64 * 1024;
 /// The longest request line accepted.
 pub const MAX_REQUEST: usize = 4096;
 
-/// Why a request path was refused.
+/// Why a request was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PathError {
     /// Not `GET /...`.
     BadRequest,
-    /// Leaves the root, or names no regular file under it.
+    /// Not a plain relative path (`..`, `.`, empty, absolute).
     NotFound,
 }
 
-/// Parses a request line and resolves its path under `root` (which must be canonical).
-pub fn resolve(root: &Path, request: &[u8]) -> Result<PathBuf, PathError> {
+/// Parses a request line into the path to open beneath the root: `GET /a/b` gives `a/b`.
+/// Only checks the text; whether it names a servable file is for [`FileRoot::open_beneath`].
+pub fn parse_request(request: &[u8]) -> Result<PathBuf, PathError> {
     let line = request
         .strip_suffix(b"\r\n")
         .or_else(|| request.strip_suffix(b"\n"))
@@ -48,27 +80,226 @@ pub fn resolve(root: &Path, request: &[u8]) -> Result<PathBuf, PathError> {
     let path = line.strip_prefix("GET /").ok_or(PathError::BadRequest)?;
     let path = path.split(['?', '#']).next().unwrap_or("");
     let rel = Path::new(path);
-    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(PathError::NotFound);
-    }
-    let full = root.join(rel);
-    // Follow symbolic links, then check the result is still under the root.
-    let canon = full.canonicalize().map_err(|_| PathError::NotFound)?;
-    if !canon.starts_with(root) || !canon.is_file() {
-        return Err(PathError::NotFound);
-    }
-    Ok(canon)
+    crate::files::plain_names(rel).map_err(|_| PathError::NotFound)?;
+    Ok(rel.to_path_buf())
 }
 
-enum Serving {
+/// The limits of an [`HqServer`] (one per worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HqLimits {
+    /// Requests of one connection served at once (each with at most one file open); its
+    /// further requests wait. Default 16.
+    pub files_per_connection: usize,
+    /// Requests of the worker (every connection together) served at once; further requests
+    /// wait. Default 256.
+    pub files_per_worker: usize,
+    /// Threads that open and read files for this worker. Default 2.
+    pub pool_threads: usize,
+}
+
+impl Default for HqLimits {
+    fn default() -> Self {
+        Self {
+            files_per_connection: 16,
+            files_per_worker: 256,
+            pool_threads: 2,
+        }
+    }
+}
+
+/// What an [`HqServer`] holds now (for tests and monitoring).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HqState {
+    /// File slots taken (files open or being read, or whose last chunk is still being
+    /// written), including those of closed connections whose file the pool still has.
+    pub open: usize,
+    /// Complete requests waiting for a slot.
+    pub waiting: usize,
+    /// Streams with any state (request being read, waiting, being served).
+    pub streams: usize,
+    /// Connections with any state.
+    pub connections: usize,
+}
+
+enum Stream {
+    /// The request line, as far as it came.
     Reading(BytesMut),
-    Sending { file: File, out: Outbox, eof: bool },
+    /// A complete request, waiting for a file slot.
+    Waiting(PathBuf),
+    /// Being served; holds a slot of its connection and of the worker until it ends.
+    Sending(Body),
 }
 
-/// The hq-interop file server's handler.
+struct Body {
+    /// The file, with the worker between two reads; `None` while the pool has it and after
+    /// its end.
+    file: Option<File>,
+    /// What the stream has not taken yet (at most one chunk).
+    out: Outbox,
+    /// The end of the file was read.
+    eof: bool,
+    /// A pool job of this stream (its open or a read) has not come back yet.
+    busy: bool,
+    /// The stream ended while busy: what comes back is dropped.
+    abandoned: bool,
+}
+
+impl Body {
+    fn new(file: Option<File>, busy: bool) -> Self {
+        Self {
+            file,
+            out: Outbox::default(),
+            eof: false,
+            busy,
+            abandoned: false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct ConnState {
+    streams: HashMap<StreamId, Stream>,
+    /// Streams in [`Stream::Waiting`], served lowest (oldest) first.
+    waiting: BTreeSet<StreamId>,
+    /// Slots held (streams in [`Stream::Sending`]).
+    open: usize,
+    /// In [`HqServer::ready`].
+    queued: bool,
+}
+
+/// A chunk read by the pool: the file (unless its end was reached), the octets, the end.
+struct Loaded {
+    file: Option<File>,
+    data: Bytes,
+    eof: bool,
+}
+
+type ConnTask = Box<dyn FnOnce(&mut HqServer, &mut Conn<'_>) + Send>;
+type WorkerTask = Box<dyn FnOnce(&mut HqServer) + Send>;
+
+/// Posts work back to the worker of an [`HqServer`], however it is wrapped.
+struct Poster {
+    to_conn: Box<dyn Fn(ConnId, ConnTask) -> bool + Send + Sync>,
+    to_worker: Box<dyn Fn(usize, WorkerTask) -> bool + Send + Sync>,
+}
+
+/// The result of one pool job on its way back to the worker. If it never gets there (the
+/// connection was gone when it arrived), dropping it tells the worker that the slot is
+/// free.
+struct Delivery {
+    poster: Arc<Poster>,
+    conn: ConnId,
+    stream: StreamId,
+    /// The job opened the file (its failure is a refusal).
+    first: bool,
+    result: Option<io::Result<Loaded>>,
+}
+
+impl Delivery {
+    fn send(mut self, result: io::Result<Loaded>) {
+        self.result = Some(result);
+        let poster = self.poster.clone();
+        let conn = self.conn;
+        (poster.to_conn)(
+            conn,
+            Box::new(move |h, c| {
+                let mut d = self;
+                if let Some(r) = d.result.take() {
+                    h.loaded(c, d.stream, d.first, r);
+                }
+            }),
+        );
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(result) = self.result.take() {
+            drop(result); // closes the file first
+            (self.poster.to_worker)(self.conn.worker(), Box::new(|h| h.orphan_returned()));
+        }
+    }
+}
+
+/// The pool side of an attached server.
+struct Io {
+    pool: FilePool,
+    poster: Arc<Poster>,
+}
+
+impl Io {
+    /// Opens `path` and reads its first chunk on the pool.
+    fn open(
+        &self,
+        root: &Arc<FileRoot>,
+        conn: ConnId,
+        s: StreamId,
+        path: PathBuf,
+    ) -> io::Result<()> {
+        let root = root.clone();
+        let d = self.delivery(conn, s, true);
+        self.pool.try_submit(move || {
+            let r = guarded(|| {
+                let mut file = root.open_beneath(&path)?;
+                let (data, eof) = read_chunk(&mut file, CHUNK)?;
+                Ok(Loaded {
+                    file: (!eof).then_some(file),
+                    data,
+                    eof,
+                })
+            });
+            d.send(r)
+        })
+    }
+
+    /// Reads the next chunk of `file` on the pool.
+    fn read(&self, conn: ConnId, s: StreamId, mut file: File) -> io::Result<()> {
+        let d = self.delivery(conn, s, false);
+        self.pool.try_submit(move || {
+            let r = guarded(|| {
+                let (data, eof) = read_chunk(&mut file, CHUNK)?;
+                Ok(Loaded {
+                    file: (!eof).then_some(file),
+                    data,
+                    eof,
+                })
+            });
+            d.send(r)
+        })
+    }
+
+    fn delivery(&self, conn: ConnId, stream: StreamId, first: bool) -> Delivery {
+        Delivery {
+            poster: self.poster.clone(),
+            conn,
+            stream,
+            first,
+            result: None,
+        }
+    }
+}
+
+/// Runs `f`, turning a panic into an error (a pool job always reports back).
+fn guarded(f: impl FnOnce() -> io::Result<Loaded>) -> io::Result<Loaded> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(io::Error::other("file job panicked")))
+}
+
+/// The hq-interop file server's handler (one per worker).
 pub struct HqServer {
-    root: PathBuf,
-    streams: HashMap<(ConnId, StreamId), Serving>,
+    root: Arc<FileRoot>,
+    limits: HqLimits,
+    /// The pool, once attached; `None`: files are opened and read on the worker.
+    io: Option<Io>,
+    conns: HashMap<ConnId, ConnState>,
+    /// Connections with waiting requests and room of their own, in turn.
+    ready: VecDeque<ConnId>,
+    /// Entries of `ready` whose connection has closed.
+    stale: usize,
+    /// Slots taken on this worker.
+    open: usize,
+    /// Said once that it reads on the worker (not attached).
+    warned: bool,
     /// Files served in full.
     pub served: u64,
     /// Requests refused (bad request or not found).
@@ -76,87 +307,365 @@ pub struct HqServer {
 }
 
 impl HqServer {
-    /// Serves files under `root`.
+    /// Serves files beneath `root`, with the default [`HqLimits`].
     pub fn new(root: &Path) -> io::Result<Self> {
-        let root = root.canonicalize()?;
-        if !root.is_dir() {
+        Self::with_limits(root, HqLimits::default())
+    }
+
+    /// Serves files beneath `root` within `limits` (each at least 1).
+    pub fn with_limits(root: &Path, limits: HqLimits) -> io::Result<Self> {
+        if limits.files_per_connection == 0
+            || limits.files_per_worker == 0
+            || limits.pool_threads == 0
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{} is not a directory", root.display()),
+                "hq limits must be at least 1",
             ));
         }
+        let root = FileRoot::open(root)?;
+        tracing::debug!(root = %root.path().display(), resolver = ?root.resolver(), "hq root");
         Ok(Self {
-            root,
-            streams: HashMap::new(),
+            root: Arc::new(root),
+            limits,
+            io: None,
+            conns: HashMap::new(),
+            ready: VecDeque::new(),
+            stale: 0,
+            open: 0,
+            warned: false,
             served: 0,
             refused: 0,
         })
     }
 
-    fn refuse(&mut self, conn: &mut Conn<'_>, s: StreamId, code: VarInt) {
-        self.refused += 1;
-        let _ = conn.reset(s, code);
-        let _ = conn.stop(s, code);
-        self.streams.remove(&(conn.id(), s));
+    /// The limits in force.
+    pub fn limits(&self) -> HqLimits {
+        self.limits
     }
 
-    fn send(&mut self, conn: &mut Conn<'_>, s: StreamId) {
-        let key = (conn.id(), s);
-        let Some(Serving::Sending { file, out, eof }) = self.streams.get_mut(&key) else {
-            return;
+    /// What the server holds now.
+    pub fn state(&self) -> HqState {
+        let mut s = HqState {
+            open: self.open,
+            connections: self.conns.len(),
+            ..HqState::default()
         };
-        loop {
-            match out.flush(conn, s) {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(_) => {
-                    self.streams.remove(&key);
-                    return;
-                }
+        for c in self.conns.values() {
+            s.waiting += c.waiting.len();
+            s.streams += c.streams.len();
+        }
+        s
+    }
+
+    /// Attaches the server to `engine` when it is wrapped in another handler `H`: `project`
+    /// finds it inside. (Unwrapped, the engine does this through [`Handler::attached`].)
+    /// Starts the file pool; if its threads cannot be started, files are read on the worker.
+    pub fn attach_via<H: Handler>(
+        &mut self,
+        engine: &EngineHandle<H>,
+        project: fn(&mut H) -> &mut HqServer,
+    ) {
+        let (conns, workers) = (engine.clone(), engine.clone());
+        let poster = Arc::new(Poster {
+            to_conn: Box::new(move |id, task: ConnTask| {
+                conns.post_to_conn(id, move |h, c| task(project(h), c))
+            }),
+            to_worker: Box::new(move |w, task: WorkerTask| {
+                workers.post(w, move |h, _| task(project(h)))
+            }),
+        });
+        // Each slot has at most one job out, so the queue never fills.
+        match FilePool::new(self.limits.pool_threads, self.limits.files_per_worker) {
+            Ok(pool) => self.io = Some(Io { pool, poster }),
+            Err(e) => tracing::error!(error = %e, "hq: no file pool; reading on the worker"),
+        }
+    }
+
+    /// Puts `id` in the round of connections with waiting requests.
+    fn enqueue(&mut self, id: ConnId) {
+        if self.io.is_none() {
+            return;
+        }
+        if let Some(cs) = self.conns.get_mut(&id) {
+            if !cs.queued && !cs.waiting.is_empty() && cs.open < self.limits.files_per_connection {
+                cs.queued = true;
+                self.ready.push_back(id);
             }
-            if *eof {
-                let _ = conn.finish(s);
-                self.streams.remove(&key);
-                self.served += 1;
+        }
+    }
+
+    /// Starts waiting requests as slots allow: with the pool, any connection's; without,
+    /// only `here`'s (the one connection the worker can write to now).
+    fn admit(&mut self, here: Option<&mut Conn<'_>>) {
+        if self.io.is_some() {
+            self.admit_queued();
+        } else if let Some(conn) = here {
+            self.admit_here(conn);
+        }
+    }
+
+    fn admit_queued(&mut self) {
+        let Some(io) = &self.io else { return };
+        let per_conn = self.limits.files_per_connection;
+        while self.open < self.limits.files_per_worker {
+            let Some(id) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(cs) = self.conns.get_mut(&id) else {
+                self.stale = self.stale.saturating_sub(1);
+                continue;
+            };
+            let next = if cs.open < per_conn {
+                cs.waiting.pop_first()
+            } else {
+                None
+            };
+            let Some(s) = next else {
+                cs.queued = false;
+                continue;
+            };
+            let Some(Stream::Waiting(path)) = cs.streams.get(&s) else {
+                // Not reachable: `waiting` lists Waiting streams only. Try the next one.
+                self.ready.push_front(id);
+                continue;
+            };
+            if let Err(e) = io.open(&self.root, id, s, path.clone()) {
+                // Not reachable either: the queue has room for every slot, and the pool's
+                // threads outlive the server. Keep the request; retry at the next event.
+                tracing::error!(error = %e, "hq: file pool refused a job");
+                cs.waiting.insert(s);
+                self.ready.push_front(id);
+                break;
+            }
+            cs.streams.insert(s, Stream::Sending(Body::new(None, true)));
+            cs.open += 1;
+            self.open += 1;
+            if !cs.waiting.is_empty() && cs.open < per_conn {
+                self.ready.push_back(id);
+            } else {
+                cs.queued = false;
+            }
+        }
+    }
+
+    fn admit_here(&mut self, conn: &mut Conn<'_>) {
+        if !self.warned {
+            self.warned = true;
+            tracing::warn!(
+                "hq: not attached to its engine (a handler wrapping it must call \
+                 HqServer::attach_via): files are read on the worker thread and only the \
+                 per-connection cap applies"
+            );
+        }
+        let id = conn.id();
+        loop {
+            let per_conn = self.limits.files_per_connection;
+            let Some(cs) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if cs.open >= per_conn {
                 return;
             }
-            let mut buf = BytesMut::zeroed(CHUNK);
-            match file.read(&mut buf) {
-                Ok(0) => *eof = true,
-                Ok(n) => {
-                    buf.truncate(n);
-                    out.push(buf.freeze());
+            let Some(s) = cs.waiting.pop_first() else {
+                return;
+            };
+            let Some(Stream::Waiting(path)) = cs.streams.remove(&s) else {
+                continue;
+            };
+            match self.root.open_beneath(&path) {
+                Ok(file) => {
+                    cs.streams
+                        .insert(s, Stream::Sending(Body::new(Some(file), false)));
+                    cs.open += 1;
+                    self.open += 1;
+                    self.pump(conn, s);
                 }
                 Err(_) => {
+                    self.refused += 1;
                     let _ = conn.reset(s, NOT_FOUND);
-                    self.streams.remove(&key);
-                    return;
+                    let _ = conn.stop(s, NOT_FOUND);
                 }
             }
         }
     }
+
+    /// Ends `s` of `id`: its state goes, its slot (if any) is free.
+    fn end(&mut self, id: ConnId, s: StreamId) {
+        let Some(cs) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match cs.streams.remove(&s) {
+            Some(Stream::Sending(_)) => {
+                cs.open -= 1;
+                self.open -= 1;
+                self.enqueue(id);
+            }
+            Some(Stream::Waiting(_)) => {
+                cs.waiting.remove(&s);
+            }
+            Some(Stream::Reading(_)) | None => {}
+        }
+    }
+
+    /// Ends `s` of `id` early (stopped, or its stream is gone): at once, or when the pool
+    /// hands back what it is doing for it.
+    fn abandon(&mut self, id: ConnId, s: StreamId) {
+        if let Some(Stream::Sending(body)) =
+            self.conns.get_mut(&id).and_then(|c| c.streams.get_mut(&s))
+        {
+            if body.busy {
+                body.abandoned = true;
+                body.out = Outbox::default();
+                return;
+            }
+        }
+        self.end(id, s);
+    }
+
+    /// Refuses a request: resets and stops `s` with `code`.
+    fn refuse(&mut self, conn: &mut Conn<'_>, s: StreamId, code: VarInt) {
+        self.refused += 1;
+        let _ = conn.reset(s, code);
+        let _ = conn.stop(s, code);
+        self.end(conn.id(), s);
+    }
+
+    /// Writes what `s` has, finishes it at the end of its file, or has the next chunk read.
+    fn pump(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        let id = conn.id();
+        loop {
+            let Some(Stream::Sending(body)) =
+                self.conns.get_mut(&id).and_then(|c| c.streams.get_mut(&s))
+            else {
+                return;
+            };
+            if body.abandoned {
+                return;
+            }
+            match body.out.flush(conn, s) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(_) => return self.abandon(id, s),
+            }
+            if body.busy {
+                return;
+            }
+            if body.eof {
+                let _ = conn.finish(s);
+                self.served += 1;
+                return self.end(id, s);
+            }
+            let Some(mut file) = body.file.take() else {
+                // Not reachable: neither busy nor at its end, the stream has its file.
+                let _ = conn.reset(s, NOT_FOUND);
+                return self.end(id, s);
+            };
+            match &self.io {
+                Some(io) => {
+                    if io.read(id, s, file).is_err() {
+                        let _ = conn.reset(s, NOT_FOUND);
+                        return self.end(id, s);
+                    }
+                    body.busy = true;
+                    return;
+                }
+                None => match read_chunk(&mut file, CHUNK) {
+                    Ok((data, eof)) => {
+                        body.out.push(data);
+                        body.eof = eof;
+                        if !eof {
+                            body.file = Some(file);
+                        }
+                    }
+                    Err(_) => {
+                        let _ = conn.reset(s, NOT_FOUND);
+                        return self.end(id, s);
+                    }
+                },
+            }
+        }
+    }
+
+    /// A pool job of `s` came back.
+    fn loaded(&mut self, conn: &mut Conn<'_>, s: StreamId, first: bool, r: io::Result<Loaded>) {
+        let id = conn.id();
+        let Some(cs) = self.conns.get_mut(&id) else {
+            // Closed (`closed` came, the connection is draining): the slot stayed taken
+            // for this job.
+            drop(r);
+            return self.orphan_returned();
+        };
+        let Some(Stream::Sending(body)) = cs.streams.get_mut(&s) else {
+            // Not reachable: a stream with a job out stays until the job comes back.
+            return;
+        };
+        body.busy = false;
+        if body.abandoned {
+            drop(r);
+            self.end(id, s);
+        } else {
+            match r {
+                Ok(l) => {
+                    body.file = l.file;
+                    body.eof = l.eof;
+                    body.out.push(l.data);
+                    self.pump(conn, s);
+                }
+                Err(_) if first => self.refuse(conn, s, NOT_FOUND),
+                Err(_) => {
+                    let _ = conn.reset(s, NOT_FOUND);
+                    self.end(id, s);
+                }
+            }
+        }
+        self.admit(Some(conn));
+    }
+
+    /// A job of a closed connection came back (or was dropped): its slot is free.
+    fn orphan_returned(&mut self) {
+        self.open -= 1;
+        self.admit(None);
+    }
 }
 
 impl Handler for HqServer {
+    fn attached(&mut self, engine: &EngineHandle<Self>) {
+        self.attach_via(engine, |h| h);
+    }
+
+    fn stream_opened(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        if s.dir() == Dir::Uni {
+            // Requests come on bidirectional streams; there is nowhere to answer this one.
+            self.refused += 1;
+            let _ = conn.stop(s, BAD_REQUEST);
+            return;
+        }
+        // State starts here, not at the first readable call: a stream whose state has gone
+        // (answered, refused) may still be called readable (its end arriving late), and
+        // must not look like a new, empty request.
+        let cs = self.conns.entry(conn.id()).or_default();
+        cs.streams.insert(s, Stream::Reading(BytesMut::new()));
+    }
+
     fn stream_readable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
-        let key = (conn.id(), s);
-        let Serving::Reading(req) = self
-            .streams
-            .entry(key)
-            .or_insert_with(|| Serving::Reading(BytesMut::new()))
-        else {
+        let id = conn.id();
+        let Some(cs) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(Stream::Reading(req)) = cs.streams.get_mut(&s) else {
             return;
         };
         let status = conn.read(s, |b| {
-            if req.len() <= MAX_REQUEST {
-                req.extend_from_slice(&b)
-            }
+            // Keep one octet past the limit, to tell a request that is too long.
+            let room = (MAX_REQUEST + 1).saturating_sub(req.len());
+            req.extend_from_slice(&b[..b.len().min(room)]);
         });
         let complete = match status {
             Ok(ReadStatus::Finished) => true,
             Ok(ReadStatus::Blocked) => req.ends_with(b"\n"),
             Err(_) => {
-                self.streams.remove(&key);
+                cs.streams.remove(&s);
                 return;
             }
         };
@@ -166,18 +675,12 @@ impl Handler for HqServer {
         if !complete {
             return;
         }
-        match resolve(&self.root, req).and_then(|p| File::open(p).map_err(|_| PathError::NotFound))
-        {
-            Ok(file) => {
-                self.streams.insert(
-                    key,
-                    Serving::Sending {
-                        file,
-                        out: Outbox::default(),
-                        eof: false,
-                    },
-                );
-                self.send(conn, s);
+        match parse_request(req) {
+            Ok(path) => {
+                cs.streams.insert(s, Stream::Waiting(path));
+                cs.waiting.insert(s);
+                self.enqueue(id);
+                self.admit(Some(conn));
             }
             Err(PathError::BadRequest) => self.refuse(conn, s, BAD_REQUEST),
             Err(PathError::NotFound) => self.refuse(conn, s, NOT_FOUND),
@@ -185,11 +688,44 @@ impl Handler for HqServer {
     }
 
     fn stream_writable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
-        self.send(conn, s);
+        self.pump(conn, s);
+        self.admit(Some(conn));
+    }
+
+    fn stream_stopped(&mut self, conn: &mut Conn<'_>, s: StreamId, code: VarInt) {
+        let id = conn.id();
+        if self
+            .conns
+            .get(&id)
+            .is_some_and(|c| c.streams.contains_key(&s))
+        {
+            let _ = conn.reset(s, code);
+            self.abandon(id, s);
+            self.admit(Some(conn));
+        }
     }
 
     fn closed(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, _reason: &ConnectionError) {
-        self.streams.retain(|(c, _), _| *c != id);
+        let Some(cs) = self.conns.remove(&id) else {
+            return;
+        };
+        for st in cs.streams.into_values() {
+            if let Stream::Sending(body) = st {
+                // A busy stream's slot is freed when its job comes back (`orphan_returned`).
+                if !body.busy {
+                    self.open -= 1;
+                }
+            }
+        }
+        if cs.queued {
+            self.stale += 1;
+            if self.stale > 32 && self.stale * 2 > self.ready.len() {
+                let conns = &self.conns;
+                self.ready.retain(|c| conns.contains_key(c));
+                self.stale = 0;
+            }
+        }
+        self.admit(None);
     }
 }
 
@@ -316,35 +852,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_stay_under_the_root() {
-        let dir = std::env::temp_dir().join(format!("xdpquic-hq-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("www/sub")).unwrap();
-        std::fs::write(dir.join("www/a.txt"), b"a").unwrap();
-        std::fs::write(dir.join("www/sub/b.txt"), b"b").unwrap();
-        std::fs::write(dir.join("secret"), b"s").unwrap();
-        std::os::unix::fs::symlink(dir.join("secret"), dir.join("www/link")).unwrap();
-        let root = dir.join("www").canonicalize().unwrap();
+    fn requests_parse_to_plain_relative_paths() {
+        assert_eq!(parse_request(b"GET /a.txt\r\n"), Ok(PathBuf::from("a.txt")));
+        assert_eq!(
+            parse_request(b"GET /sub/b.txt"),
+            Ok(PathBuf::from("sub/b.txt"))
+        );
+        assert_eq!(
+            parse_request(b"GET /sub/b.txt?x=1#y\n"),
+            Ok(PathBuf::from("sub/b.txt"))
+        );
+        for bad in [
+            &b"GET /../secret\r\n"[..],
+            b"GET /sub/../../secret",
+            b"GET //etc/passwd",
+            b"GET /./a.txt",
+            b"GET /",
+            b"GET /?x",
+        ] {
+            assert_eq!(parse_request(bad), Err(PathError::NotFound), "{bad:?}");
+        }
+        assert_eq!(parse_request(b"POST /a.txt"), Err(PathError::BadRequest));
+        assert_eq!(parse_request(b"\xff\xfe"), Err(PathError::BadRequest));
+    }
 
-        assert!(resolve(&root, b"GET /a.txt\r\n").is_ok());
-        assert!(resolve(&root, b"GET /sub/b.txt").is_ok());
-        assert_eq!(
-            resolve(&root, b"GET /../secret\r\n"),
-            Err(PathError::NotFound)
-        );
-        assert_eq!(
-            resolve(&root, b"GET /sub/../../secret"),
-            Err(PathError::NotFound)
-        );
-        assert_eq!(
-            resolve(&root, b"GET //etc/passwd"),
-            Err(PathError::NotFound)
-        );
-        assert_eq!(resolve(&root, b"GET /link"), Err(PathError::NotFound));
-        assert_eq!(resolve(&root, b"GET /sub"), Err(PathError::NotFound));
-        assert_eq!(resolve(&root, b"GET /nope"), Err(PathError::NotFound));
-        assert_eq!(resolve(&root, b"POST /a.txt"), Err(PathError::BadRequest));
-        assert_eq!(resolve(&root, b"\xff\xfe"), Err(PathError::BadRequest));
-        std::fs::remove_dir_all(&dir).unwrap();
+    #[test]
+    fn limits_must_be_positive() {
+        let dir = std::env::temp_dir();
+        let zero = HqLimits {
+            files_per_worker: 0,
+            ..HqLimits::default()
+        };
+        assert!(HqServer::with_limits(&dir, zero).is_err());
+        assert!(HqServer::new(&dir.join("xdpquic-hq-no-such-dir")).is_err());
+        assert_eq!(HqServer::new(&dir).unwrap().limits(), HqLimits::default());
     }
 }

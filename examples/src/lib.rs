@@ -5,10 +5,12 @@
 //!   (ALPN `perf`), server and client with throughput and latency figures;
 //! * [`hq`]: an hq-interop (HTTP/0.9 over QUIC, ALPN `hq-interop`) file server and client.
 //!
-//! [`client`] runs any of the clients on an engine of its own.
+//! [`client`] runs any of the clients on an engine of its own; [`files`] opens files beneath a
+//! directory without following links, on a thread pool (used by [`hq`]).
 
 pub mod client;
 pub mod echo;
+pub mod files;
 pub mod hq;
 pub mod outbox;
 pub mod perf;
