@@ -388,6 +388,12 @@ fn operator_errors_are_clear() {
         ],
         "unknown size unit",
     );
+    for bad in ["0", "86401", "x"] {
+        fails_with(
+            &["serve", "--listen", "127.0.0.1:0", "--stats-every", bad],
+            "--stats-every",
+        );
+    }
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     fails_with(&["serve", "--listen", &addr], "cannot bind UDP");

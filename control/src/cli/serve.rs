@@ -93,8 +93,8 @@ pub struct ServeArgs {
     /// has no value). Keep it on loopback unless a firewall guards it.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
     pub metrics: Option<SocketAddr>,
-    /// Print the workers' counters every SECS seconds.
-    #[arg(long, value_name = "SECS")]
+    /// Print the workers' counters every SECS seconds (1 to 86400).
+    #[arg(long, value_name = "SECS", value_parser = args::parse_interval_secs)]
     pub stats_every: Option<u64>,
 }
 
