@@ -388,6 +388,10 @@ fn operator_errors_are_clear() {
         ],
         "unknown size unit",
     );
+    fails_with(
+        &["serve", "--listen", "127.0.0.1:0", "--max-connections", "0"],
+        "--max-connections must be at least 1",
+    );
     for bad in ["0", "86401", "x"] {
         fails_with(
             &["serve", "--listen", "127.0.0.1:0", "--stats-every", bad],

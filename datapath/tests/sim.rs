@@ -710,3 +710,47 @@ fn shutdown_after_a_migration_reaches_every_client() {
         }
     }
 }
+
+/// A worker holds at most `max_connections`: the next client is refused at once (not left to
+/// time out), and a client is served again once a connection has closed.
+#[test]
+fn connections_past_the_maximum_are_refused() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut server = echo_server(
+        &net,
+        server_builder(1).max_connections(2),
+        MemSteering::Hash,
+    );
+    let mut first: Vec<_> = (0..2)
+        .map(|i| {
+            let at = format!("10.0.13.{}:7900", i + 1);
+            echo_client(&net, &at, vec![payload(i, 3_000_000)], vec![])
+        })
+        .collect();
+    while server.connections() < 2 {
+        let mut nodes: Vec<&mut dyn Drive> = vec![&mut server];
+        nodes.extend(first.iter_mut().map(|c| c as &mut dyn Drive));
+        step(&net, &mut nodes).unwrap();
+    }
+    let mut third = vec![echo_client(
+        &net,
+        "10.0.13.9:7900",
+        vec![payload(9, 1000)],
+        vec![],
+    )];
+    run(&net, &mut server, &mut third);
+    let e = third[0].handler(0).error.clone().unwrap_or_default();
+    assert!(e.contains("refused"), "the third client saw {e:?}");
+    assert_eq!(server.total().conns_refused, 1);
+    // The first two finish; then there is room again.
+    run(&net, &mut server, &mut first);
+    assert_all_ok(&first);
+    let mut later = vec![echo_client(
+        &net,
+        "10.0.13.10:7900",
+        vec![payload(10, 1000)],
+        vec![],
+    )];
+    run(&net, &mut server, &mut later);
+    assert_all_ok(&later);
+}

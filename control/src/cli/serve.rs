@@ -89,6 +89,11 @@ pub struct ServeArgs {
     /// on a worker (the defence against floods of spoofed Initials). 0: never ask.
     #[arg(long, value_name = "N", default_value_t = RetryPolicy::DEFAULT_PENDING_HANDSHAKES)]
     pub retry_above: usize,
+    /// Connections one worker holds at most; new ones are refused past it (each idle one
+    /// costs about 24 KiB, a busy one up to its windows: see the README's limits).
+    #[arg(long, value_name = "N", default_value_t = xdp_quic::engine::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(usize))]
+    pub max_connections: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics (default 127.0.0.1:9464 when the flag
     /// has no value). Keep it on loopback unless a firewall guards it.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
@@ -113,12 +118,16 @@ pub fn builder(a: &ServeArgs) -> anyhow::Result<EngineBuilder> {
     if a.workers == 0 || a.workers > 256 {
         bail!("--workers must be between 1 and 256");
     }
+    if a.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
     let identity = args::server_identity(a.cert.as_ref(), a.key.as_ref())?;
     let server = tls::server_config(identity, &[a.app.alpn()])?;
     let mut b = EngineBuilder::default()
         .workers(a.workers)
         .server(server)
-        .transport(transport());
+        .transport(transport())
+        .max_connections(a.max_connections);
     b = b.retry(if a.retry {
         RetryPolicy::Always
     } else if a.retry_above == 0 {
