@@ -49,6 +49,7 @@ pub mod metrics;
 pub mod packet;
 pub mod route;
 mod shard;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod timer;
 pub mod tls;

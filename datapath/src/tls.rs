@@ -5,13 +5,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 /// Errors of TLS set-up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    #[cfg(feature = "self-signed")]
     #[error("cannot generate a certificate: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("cannot read {path}: {source}")]
@@ -38,12 +39,33 @@ pub struct Identity {
 
 impl Identity {
     /// A fresh self-signed ECDSA P-256 certificate for `names` (DNS names or IP addresses).
+    /// Feature `self-signed`.
+    #[cfg(feature = "self-signed")]
     pub fn self_signed(names: &[&str]) -> Result<Self, TlsError> {
+        Self::self_signed_with(names, &rcgen::PKCS_ECDSA_P256_SHA256)
+    }
+
+    /// A fresh self-signed Ed25519 certificate for `names`. Its signatures are deterministic
+    /// and of fixed length, so handshakes have the same sizes on every run: what the seeded
+    /// simulation needs to replay. Feature `self-signed`.
+    #[cfg(feature = "self-signed")]
+    pub fn self_signed_ed25519(names: &[&str]) -> Result<Self, TlsError> {
+        Self::self_signed_with(names, &rcgen::PKCS_ED25519)
+    }
+
+    #[cfg(feature = "self-signed")]
+    fn self_signed_with(
+        names: &[&str],
+        alg: &'static rcgen::SignatureAlgorithm,
+    ) -> Result<Self, TlsError> {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let ck = rcgen::generate_simple_self_signed(names)?;
+        let key = rcgen::KeyPair::generate_for(alg)?;
+        let cert = rcgen::CertificateParams::new(names)?.self_signed(&key)?;
         Ok(Self {
-            chain: vec![ck.cert.der().clone()],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der())),
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+                key.serialize_der(),
+            )),
         })
     }
 

@@ -2,13 +2,15 @@
 //!
 //! * [`udp::UdpBackend`]: a kernel UDP socket (SO_REUSEPORT, one per worker), quinn-udp for
 //!   GSO/GRO/ECN/pktinfo;
-//! * [`mem::MemBackend`]: an in-memory network with a virtual clock, for deterministic tests;
+//! * `mem::MemBackend` (feature `testing`): an in-memory network with a virtual clock, for
+//!   deterministic tests;
 //! * [`xsk::XskBackend`]: an AF_XDP socket per NIC queue, its own UMEM and rings.
 //!
 //! The worker calls, per turn: [`Backend::recv`] until it returns 0, [`Backend::send`] for
 //! each datagram (or GSO batch) it produces, [`Backend::flush`] once at the end, and, when it
 //! has nothing to do, [`Backend::wait`].
 
+#[cfg(any(test, feature = "testing"))]
 pub mod mem;
 pub mod rx;
 pub mod udp;

@@ -1,0 +1,292 @@
+//! The engine's configuration: [`EngineBuilder`], its defaults, and [`EngineBuilder::build`],
+//! which makes the workers and the mesh between them without starting threads (sans-IO).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, unbounded};
+use quinn_proto::{ClientConfig, EndpointConfig, ServerConfig, TransportConfig, VarInt};
+use rand::RngCore;
+
+use super::{EngineError, EngineHandle, Mesh};
+use crate::cid::{CidLayout, ShardCidGenerator};
+use crate::handler::Handler;
+use crate::metrics::WorkerMetrics;
+use crate::waker::Waker;
+use crate::worker::{Worker, WorkerParts};
+
+/// When a server makes clients prove their address with a Retry round trip first.
+///
+/// A client whose address is not validated costs the server a connection's state until the
+/// handshake completes or times out, and may be spoofed: a flood of Initials from forged
+/// addresses would otherwise fill memory. Under Retry the server keeps no state until the
+/// client echoes the token, which a spoofer cannot receive. Either way quinn-proto holds
+/// every unvalidated path to the 3x anti-amplification limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryPolicy {
+    /// Never (one round trip less; pending handshakes are then unbounded).
+    Never,
+    /// Always.
+    Always,
+    /// When at least this many handshakes are pending on the worker: the flood defence, and
+    /// the default ([`RetryPolicy::DEFAULT_PENDING_HANDSHAKES`]).
+    AbovePendingHandshakes(usize),
+}
+
+impl RetryPolicy {
+    /// Pending handshakes per worker above which the default policy asks for a Retry.
+    pub const DEFAULT_PENDING_HANDSHAKES: usize = 256;
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy::AbovePendingHandshakes(Self::DEFAULT_PENDING_HANDSHAKES)
+    }
+}
+
+/// Builds an engine: N workers, one endpoint shard each.
+#[derive(Clone)]
+pub struct EngineBuilder {
+    pub(super) workers: usize,
+    pub(super) cid_len: usize,
+    pub(super) config_rotation: u8,
+    pub(super) server_id: Vec<u8>,
+    pub(super) server: Option<ServerConfig>,
+    pub(super) client: Option<ClientConfig>,
+    pub(super) transport: Option<Arc<TransportConfig>>,
+    pub(super) retry: RetryPolicy,
+    pub(super) cpus: Option<Vec<usize>>,
+    pub(super) handover_capacity: usize,
+    pub(super) drain_timeout: Duration,
+    pub(super) rx_batch: usize,
+    pub(super) reset_key: Option<[u8; 64]>,
+    pub(super) min_reset_interval: Duration,
+    pub(super) max_connections: usize,
+}
+
+/// Connections one worker holds at most by default ([`EngineBuilder::max_connections`]).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The connection-level receive window of the default transport: what one connection can
+/// make its worker buffer of unread stream data (quinn-proto's own default is unlimited).
+pub const DEFAULT_RECEIVE_WINDOW: u32 = 16 << 20;
+
+/// The transport the engine uses unless told otherwise: quinn-proto's defaults (100
+/// concurrent streams each way, 1.25 MB stream windows, 10 MB send window, 30 s idle
+/// timeout) with the connection's receive window bounded to [`DEFAULT_RECEIVE_WINDOW`].
+pub fn default_transport() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.receive_window(VarInt::from_u32(DEFAULT_RECEIVE_WINDOW));
+    t
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            cid_len: 8,
+            config_rotation: 0,
+            server_id: Vec::new(),
+            server: None,
+            client: None,
+            transport: None,
+            retry: RetryPolicy::default(),
+            cpus: None,
+            handover_capacity: 4096,
+            drain_timeout: Duration::from_secs(3),
+            rx_batch: 64,
+            reset_key: None,
+            min_reset_interval: Duration::from_millis(20),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// Number of workers (threads, endpoint shards). Default 1, at most 256.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Accept connections with this configuration (shared by every shard, so Retry tokens
+    /// and session tickets are valid on any of them).
+    pub fn server(mut self, config: ServerConfig) -> Self {
+        self.server = Some(config);
+        self
+    }
+
+    /// Open connections ([`Ctx::connect`]) with this configuration.
+    pub fn client(mut self, config: ClientConfig) -> Self {
+        self.client = Some(config);
+        self
+    }
+
+    /// Transport parameters for both sides (stream limits, windows, idle timeout...).
+    ///
+    /// The engine sets the congestion controller: quinn-proto's Cubic, wrapped so that a
+    /// closing connection's CONNECTION_CLOSE is never held back by a full window (see
+    /// [`crate::congestion`]); a controller set in `config` is replaced.
+    pub fn transport(mut self, mut config: TransportConfig) -> Self {
+        config.congestion_controller_factory(crate::congestion::GatedFactory::cubic());
+        self.transport = Some(Arc::new(config));
+        self
+    }
+
+    /// When to require a Retry round trip. Default: above
+    /// [`RetryPolicy::DEFAULT_PENDING_HANDSHAKES`] pending handshakes per worker.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Pin worker `i` to CPU `cpus[i % cpus.len()]`.
+    pub fn pin_cpus(mut self, cpus: Vec<usize>) -> Self {
+        self.cpus = Some(cpus);
+        self
+    }
+
+    /// CID length (default 8) and QUIC-LB server id and config rotation (default none, 0).
+    pub fn connection_ids(mut self, len: usize, server_id: &[u8], config_rotation: u8) -> Self {
+        self.cid_len = len;
+        self.server_id = server_id.to_vec();
+        self.config_rotation = config_rotation;
+        self
+    }
+
+    /// Datagrams each worker can have waiting from other workers (default 4096).
+    pub fn handover_capacity(mut self, n: usize) -> Self {
+        self.handover_capacity = n;
+        self
+    }
+
+    /// How long shutdown waits for connections to drain (default 3 s).
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.drain_timeout = d;
+        self
+    }
+
+    /// The shortest time between two stateless resets one worker sends (default 20 ms, so at
+    /// most 50 per second per worker). Datagrams with unknown CIDs beyond that rate are
+    /// dropped before any reset token is computed: a flood of them costs a header parse and
+    /// a hash lookup each, and cannot turn the server into a reflector.
+    pub fn min_reset_interval(mut self, d: Duration) -> Self {
+        self.min_reset_interval = d;
+        self
+    }
+
+    /// Connections one worker holds at most (default [`DEFAULT_MAX_CONNECTIONS`]); past it,
+    /// new connections are refused (CONNECTION_REFUSED, counted in `conns_refused`) until
+    /// some close. With the default transport an idle connection costs about 32 KiB, and a
+    /// connection whose peer never reads at most its receive and send windows (16 + 10 MB)
+    /// plus what the application buffers: size this bound to the memory the host can give.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// The stateless-reset key (default random). Hosts behind one balancer share it.
+    pub fn reset_key(mut self, key: [u8; 64]) -> Self {
+        self.reset_key = Some(key);
+        self
+    }
+
+    /// Builds the workers without starting threads (sans-IO). Drive each with
+    /// [`Worker::turn`] on its own backend; `factory(i)` makes worker `i`'s handler.
+    pub fn build<H, F>(
+        self,
+        mut factory: F,
+    ) -> Result<(Vec<Worker<H>>, EngineHandle<H>), EngineError>
+    where
+        H: Handler,
+        F: FnMut(usize) -> H,
+    {
+        let n = self.workers;
+        let layout = Arc::new(CidLayout::new(
+            self.cid_len,
+            self.config_rotation,
+            &self.server_id,
+            n,
+        )?);
+        if self.server.is_none() && self.client.is_none() {
+            return Err(EngineError::Config(
+                "neither a server nor a client configuration was given".into(),
+            ));
+        }
+        if self.handover_capacity == 0 {
+            return Err(EngineError::Config(
+                "handover capacity must be at least 1".into(),
+            ));
+        }
+        let key = self.reset_key.unwrap_or_else(|| {
+            let mut k = [0u8; 64];
+            rand::thread_rng().fill_bytes(&mut k);
+            k
+        });
+        let reset_key: Arc<dyn quinn_proto::crypto::HmacKey> =
+            Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key));
+        if self.max_connections == 0 {
+            return Err(EngineError::Config(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        let transport = self.transport.clone().unwrap_or_else(|| {
+            let mut t = default_transport();
+            t.congestion_controller_factory(crate::congestion::GatedFactory::cubic());
+            Arc::new(t)
+        });
+        let server = self.server.map(|mut s| {
+            s.transport_config(transport.clone());
+            Arc::new(s)
+        });
+        let client = self.client.map(|mut c| {
+            c.transport_config(transport.clone());
+            c
+        });
+
+        let mut handover_rx = Vec::with_capacity(n);
+        let mut command_rx = Vec::with_capacity(n);
+        let mut mesh = Mesh {
+            layout: layout.clone(),
+            serves: server.is_some(),
+            handovers: Vec::with_capacity(n),
+            commands: Vec::with_capacity(n),
+            wakers: Vec::with_capacity(n),
+            metrics: Vec::with_capacity(n),
+            failures: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
+        };
+        for _ in 0..n {
+            let (tx, rx) = bounded(self.handover_capacity);
+            mesh.handovers.push(tx);
+            handover_rx.push(rx);
+            let (tx, rx) = unbounded();
+            mesh.commands.push(tx);
+            command_rx.push(rx);
+            mesh.wakers.push(Arc::new(Waker::new()?));
+            mesh.metrics.push(Arc::new(WorkerMetrics::default()));
+        }
+        let mesh = Arc::new(mesh);
+
+        let mut workers = Vec::with_capacity(n);
+        for (index, (handovers, commands)) in handover_rx.into_iter().zip(command_rx).enumerate() {
+            let mut config = EndpointConfig::new(reset_key.clone());
+            config.min_reset_interval(self.min_reset_interval);
+            let l = layout.clone();
+            config.cid_generator(move || Box::new(ShardCidGenerator::new(l.clone(), index)));
+            let endpoint = quinn_proto::Endpoint::new(Arc::new(config), server.clone(), true, None);
+            workers.push(Worker::new(WorkerParts {
+                index,
+                mesh: mesh.clone(),
+                endpoint,
+                handler: factory(index),
+                client: client.clone(),
+                retry: self.retry,
+                commands,
+                handovers,
+                rx_batch: self.rx_batch,
+                drain_timeout: self.drain_timeout,
+                max_connections: self.max_connections,
+            }));
+        }
+        Ok((workers, EngineHandle { mesh }))
+    }
+}

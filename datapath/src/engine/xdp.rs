@@ -1,0 +1,185 @@
+//! Starting the workers over AF_XDP: one socket per NIC queue, registered in the XDP
+//! program's socket map, and an ordinary UDP socket on the service port as a canary.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::{Engine, EngineBuilder, EngineError};
+use crate::handler::Handler;
+
+/// Where AF_XDP sockets are registered so the XDP program steers packets to them: the
+/// XSKMAP of `xdp-quic attach` (pinned) or of an attachment the process made itself. The
+/// control crate implements it; tests may implement it over their own map.
+pub trait SocketMap: Send {
+    /// Steers RX queue `queue`'s service packets to the AF_XDP socket `fd`.
+    fn insert(&mut self, queue: u32, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()>;
+    /// Stops steering queue `queue` (its packets go to the kernel again).
+    fn remove(&mut self, queue: u32) -> io::Result<()>;
+}
+
+/// How to run the workers over AF_XDP: one worker per queue.
+#[derive(Debug, Clone)]
+pub struct XdpSetup {
+    /// The interface.
+    pub iface: String,
+    /// The service address: its port is steered; an unspecified IP serves every address.
+    pub listen: SocketAddr,
+    /// The queues to serve, one worker each (worker i drains `queues[i]`).
+    pub queues: Vec<u32>,
+    /// The UMEM of each queue.
+    pub umem: crate::xsk::umem::UmemConfig,
+    /// Entries of each ring.
+    pub ring_size: u32,
+    pub mode: crate::xsk::socket::BindMode,
+    pub poll: crate::backend::xsk::PollMode,
+    pub busy_poll: Option<crate::xsk::socket::BusyPoll>,
+    /// Check received UDP checksums.
+    pub verify_checksum: bool,
+}
+
+impl XdpSetup {
+    /// Defaults for `iface`, `listen` and `queues`: 4096 frames of 2 KiB per queue (8 MiB),
+    /// 2048-entry rings, zero-copy where possible, adaptive polling, checksums verified.
+    pub fn new(iface: &str, listen: SocketAddr, queues: Vec<u32>) -> Self {
+        Self {
+            iface: iface.to_string(),
+            listen,
+            queues,
+            umem: crate::xsk::umem::UmemConfig::default(),
+            ring_size: 2048,
+            mode: crate::xsk::socket::BindMode::Auto,
+            poll: crate::backend::xsk::PollMode::default(),
+            busy_poll: None,
+            verify_checksum: true,
+        }
+    }
+}
+
+/// The interface index of `name`.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
+    // SAFETY: passes a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface named {name:?} in this network namespace"),
+        ));
+    }
+    Ok(i)
+}
+
+impl EngineBuilder {
+    /// Opens one AF_XDP socket per queue of `setup`, registers each in `map`, binds an
+    /// ordinary UDP socket to the service port (so the kernel does not answer it with ICMP,
+    /// and as a canary: what reaches it missed the XDP path), and starts one worker per queue.
+    ///
+    /// The engine takes the sockets out of `map` when it is joined. The worker count is the
+    /// number of queues.
+    pub fn start_xdp<H, F>(
+        mut self,
+        setup: &XdpSetup,
+        mut map: Box<dyn SocketMap>,
+        factory: F,
+    ) -> Result<Engine<H>, EngineError>
+    where
+        H: Handler,
+        F: FnMut(usize) -> H,
+    {
+        use crate::backend::xsk::{XskBackend, XskBackendConfig};
+        if setup.queues.is_empty() {
+            return Err(EngineError::Config("no queue to serve".into()));
+        }
+        if setup.listen.port() == 0 {
+            return Err(EngineError::Config(
+                "the AF_XDP backend needs a fixed port".into(),
+            ));
+        }
+        let index = ifindex(&setup.iface)?;
+        self.workers = setup.queues.len();
+        let canary = canary_socket(setup.listen).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot reserve UDP {} (canary socket): {e}", setup.listen),
+            )
+        })?;
+        let mut backends = Vec::with_capacity(setup.queues.len());
+        for &queue in &setup.queues {
+            let mut socket = crate::xsk::socket::XskConfig::new(index, queue);
+            socket.rx_size = setup.ring_size;
+            socket.tx_size = setup.ring_size;
+            socket.comp_size = setup.ring_size;
+            socket.fill_size = setup.ring_size * 2;
+            socket.mode = setup.mode;
+            socket.busy_poll = setup.busy_poll;
+            let b = XskBackend::open(XskBackendConfig {
+                socket,
+                umem: setup.umem,
+                port: setup.listen.port(),
+                poll: setup.poll,
+                verify_checksum: setup.verify_checksum,
+                // A batch must fit the TX ring, with room to spare for the next one.
+                max_segments: (setup.ring_size as usize / 2).clamp(1, 16),
+            })
+            .map_err(|e| io::Error::new(e.kind(), format!("{} queue {queue}: {e}", setup.iface)))?;
+            backends.push(b);
+        }
+        backends[0].set_canary(canary)?;
+        let infos = backends
+            .iter()
+            .map(|b| b.info().map(Arc::new))
+            .collect::<io::Result<Vec<_>>>()?;
+        for (b, &q) in backends.iter().zip(&setup.queues) {
+            if let Err(e) = map.insert(q, b.fd()) {
+                for &done in setup.queues.iter().take_while(|&&d| d != q) {
+                    let _ = map.remove(done);
+                }
+                return Err(e.into());
+            }
+        }
+        tracing::info!(
+            iface = %setup.iface,
+            queues = ?setup.queues,
+            zero_copy = infos.iter().all(|i| i.zero_copy),
+            "AF_XDP backend bound"
+        );
+        let queues = setup.queues.clone();
+        let mut engine = match self.start(backends, factory) {
+            Ok(e) => e,
+            Err(e) => {
+                for &q in &queues {
+                    let _ = map.remove(q);
+                }
+                return Err(e);
+            }
+        };
+        engine.xsk = infos;
+        engine.on_join = Some(Box::new(move || {
+            for &q in &queues {
+                if let Err(e) = map.remove(q) {
+                    tracing::warn!(queue = q, "cannot unregister the AF_XDP socket: {e}");
+                }
+            }
+        }));
+        Ok(engine)
+    }
+}
+
+/// The ordinary UDP socket that reserves the service port: dual-stack when `listen` is an
+/// unspecified address (the service answers on every address, IPv4 and IPv6).
+fn canary_socket(listen: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = if listen.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), listen.port())
+    } else {
+        listen
+    };
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        s.set_only_v6(false)?;
+    }
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
