@@ -5,9 +5,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use quinn_proto::{
-    ClientConfig, Connection, ConnectionHandle, ConnectionStats, Dir, Endpoint, ReadError,
-    ReadableError, Side, StreamId, VarInt, WriteError,
+    Connection, ConnectionHandle, ConnectionStats, Dir, ReadError, ReadableError, Side, StreamId,
+    VarInt, WriteError,
 };
+
+use crate::shard::{Born, Shard};
 
 /// A connection's identity, unique on its engine for the engine's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,18 +72,7 @@ pub enum ReadStatus {
 
 /// Worker-level actions, for callbacks and for work posted to a worker.
 pub struct Ctx<'a> {
-    pub(crate) worker: usize,
-    pub(crate) now: Instant,
-    pub(crate) endpoint: &'a mut Endpoint,
-    pub(crate) client: Option<&'a ClientConfig>,
-    pub(crate) born: &'a mut Vec<(
-        ConnectionHandle,
-        Connection,
-        u32,
-        crate::congestion::CloseGate,
-    )>,
-    pub(crate) stop: &'a mut bool,
-    pub(crate) next_serial: &'a mut u32,
+    pub(crate) shard: &'a mut Shard,
 }
 
 /// Why a connect could not start.
@@ -96,12 +87,12 @@ pub enum ConnectError {
 impl Ctx<'_> {
     /// This worker's index.
     pub fn worker(&self) -> usize {
-        self.worker
+        self.shard.worker
     }
 
     /// The time of the current turn (the virtual clock's under the in-memory backend).
     pub fn now(&self) -> Instant {
-        self.now
+        self.shard.now
     }
 
     /// Opens a connection from this worker to `remote`, using the engine's client
@@ -111,13 +102,20 @@ impl Ctx<'_> {
         remote: SocketAddr,
         server_name: &str,
     ) -> Result<ConnId, ConnectError> {
-        let cfg = self.client.ok_or(ConnectError::NoClientConfig)?.clone();
-        let (ch, conn) = self.endpoint.connect(self.now, cfg, remote, server_name)?;
-        let serial = *self.next_serial;
-        *self.next_serial = serial.wrapping_add(1);
+        let shard = &mut *self.shard;
+        let cfg = shard.client.clone().ok_or(ConnectError::NoClientConfig)?;
+        let (handle, conn) = shard
+            .endpoint
+            .connect(shard.now, cfg, remote, server_name)?;
         let gate = crate::congestion::take_last_built().unwrap_or_default();
-        self.born.push((ch, conn, serial, gate));
-        Ok(ConnId::new(self.worker, ch, serial))
+        let serial = shard.take_serial();
+        shard.born.push(Born {
+            handle,
+            conn,
+            serial,
+            gate,
+        });
+        Ok(ConnId::new(shard.worker, handle, serial))
     }
 
     /// Like [`Ctx::connect`], then runs `early` on the new connection before its first packet
@@ -134,30 +132,23 @@ impl Ctx<'_> {
         early: impl FnOnce(&mut Conn<'_>),
     ) -> Result<ConnId, ConnectError> {
         let id = self.connect(remote, server_name)?;
-        let (ch, mut inner, serial, gate) = self.born.pop().expect("connect pushed it");
-        let mut conn = Conn {
-            inner: &mut inner,
+        let mut born = self.shard.born.pop().expect("connect pushed it");
+        early(&mut Conn {
+            inner: &mut born.conn,
             id,
-            gate: &gate,
+            gate: &born.gate,
             ctx: Ctx {
-                worker: self.worker,
-                now: self.now,
-                endpoint: &mut *self.endpoint,
-                client: self.client,
-                born: &mut *self.born,
-                stop: &mut *self.stop,
-                next_serial: &mut *self.next_serial,
+                shard: &mut *self.shard,
             },
-        };
-        early(&mut conn);
-        self.born.push((ch, inner, serial, gate));
+        });
+        self.shard.born.push(born);
         Ok(id)
     }
 
     /// Stops this worker: every connection is closed with code 0, drained, and the worker
     /// thread ends (see [`crate::Engine::join`]).
     pub fn stop_worker(&mut self) {
-        *self.stop = true;
+        self.shard.stop_requested = true;
     }
 }
 
@@ -308,7 +299,7 @@ impl<'a> Conn<'a> {
     /// Closes the connection with an application error `code` and `reason`.
     pub fn close(&mut self, code: VarInt, reason: &[u8]) {
         self.inner
-            .close(self.ctx.now, code, Bytes::copy_from_slice(reason));
+            .close(self.ctx.shard.now, code, Bytes::copy_from_slice(reason));
         self.gate.open();
     }
 

@@ -5,11 +5,7 @@
 //! called again), counts `handler_panics`, and stops: it closes its connections with
 //! [`INTERNAL_ERROR`] and drains them. The other workers go on.
 
-use bytes::Bytes;
-use quinn_proto::{ConnectionError, StreamId, VarInt};
-
-use crate::conn::{Conn, ConnId, Ctx};
-use crate::handler::Handler;
+use quinn_proto::VarInt;
 
 /// The application error code of connections closed because their worker's handler panicked.
 pub const INTERNAL_ERROR: VarInt = VarInt::from_u32(0x1);
@@ -20,30 +16,18 @@ pub(crate) struct Guarded<H> {
     pub poisoned: bool,
 }
 
-macro_rules! forward {
-    ($( fn $name:ident(&mut self $(, $arg:ident: $ty:ty)* ); )*) => {
-        impl<H: Handler> Handler for Guarded<H> {
-            $(
-                fn $name(&mut self $(, $arg: $ty)*) {
-                    if !self.poisoned {
-                        self.inner.$name($($arg),*)
-                    }
-                }
-            )*
+impl<H> Guarded<H> {
+    /// Runs `f` on the handler, unless it panicked before. Returns true when `f` panicked now:
+    /// the handler is then poisoned, and the caller stops the worker.
+    pub fn call(&mut self, f: impl FnOnce(&mut H)) -> bool {
+        if self.poisoned {
+            return false;
         }
-    };
-}
-
-forward! {
-    fn connected(&mut self, conn: &mut Conn<'_>);
-    fn stream_opened(&mut self, conn: &mut Conn<'_>, stream: StreamId);
-    fn stream_readable(&mut self, conn: &mut Conn<'_>, stream: StreamId);
-    fn stream_writable(&mut self, conn: &mut Conn<'_>, stream: StreamId);
-    fn stream_finished(&mut self, conn: &mut Conn<'_>, stream: StreamId);
-    fn stream_stopped(&mut self, conn: &mut Conn<'_>, stream: StreamId, code: VarInt);
-    fn streams_available(&mut self, conn: &mut Conn<'_>);
-    fn datagram(&mut self, conn: &mut Conn<'_>, data: Bytes);
-    fn closed(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, reason: &ConnectionError);
+        let inner = &mut self.inner;
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(inner))).is_err();
+        self.poisoned |= panicked;
+        panicked
+    }
 }
 
 /// The message of a caught panic, when it has one.

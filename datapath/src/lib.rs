@@ -67,4 +67,4 @@ pub use guard::INTERNAL_ERROR;
 pub use handler::Handler;
 pub use metrics::Counters;
 pub use quinn_proto::{ConnectionError, Dir, Side, StreamId, TransportConfig, VarInt};
-pub use worker::{Poll, Worker};
+pub use worker::{TurnOutcome, Worker};

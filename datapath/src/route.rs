@@ -16,7 +16,7 @@ use crate::packet::quic::{self, Header, HeaderError, LongType};
 
 /// Where a datagram goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub enum Destination {
     /// Feed it to this worker's endpoint.
     Local,
     /// Hand it to worker `n`.
@@ -27,20 +27,20 @@ pub enum Route {
 
 /// The routing decision for `datagram` received by worker `me` of an engine that `serves`
 /// (has a server configuration) or not.
-pub fn route(layout: &CidLayout, me: usize, serves: bool, datagram: &[u8]) -> Route {
+pub fn route(layout: &CidLayout, me: usize, serves: bool, datagram: &[u8]) -> Destination {
     let by_cid = |dcid: &[u8]| match layout.decode(dcid) {
-        Some(w) if w != me => Route::Worker(w),
-        _ => Route::Local,
+        Some(w) if w != me => Destination::Worker(w),
+        _ => Destination::Local,
     };
     match quic::peek(datagram, layout.len()) {
-        Err(e) => Route::Drop(e),
+        Err(e) => Destination::Drop(e),
         Ok(Header::Short { dcid }) => by_cid(dcid),
         Ok(Header::Long { ty, dcid }) => match ty {
             LongType::Handshake | LongType::Retry => by_cid(dcid),
-            LongType::Initial | LongType::ZeroRtt if serves => Route::Local,
+            LongType::Initial | LongType::ZeroRtt if serves => Destination::Local,
             LongType::Initial | LongType::ZeroRtt => by_cid(dcid),
         },
-        Ok(Header::Other) => Route::Local,
+        Ok(Header::Other) => Destination::Local,
     }
 }
 
@@ -66,9 +66,9 @@ mod tests {
             let p = short_for(owner);
             for me in 0..4 {
                 let want = if owner == me {
-                    Route::Local
+                    Destination::Local
                 } else {
-                    Route::Worker(owner)
+                    Destination::Worker(owner)
                 };
                 assert_eq!(route(&l, me, true, &p), want);
             }
@@ -83,14 +83,14 @@ mod tests {
         let mut p = vec![0xc3, 0, 0, 0, 1, 8];
         p.extend_from_slice(&cid);
         p.resize(1200, 0);
-        assert_eq!(route(&l, 0, true, &p), Route::Local);
+        assert_eq!(route(&l, 0, true, &p), Destination::Local);
         // On a client-only engine, an Initial comes from a server and carries our CID.
-        assert_eq!(route(&l, 0, false, &p), Route::Worker(3));
+        assert_eq!(route(&l, 0, false, &p), Destination::Worker(3));
         // The same CID in a Handshake or Retry packet is ours to route.
         p[0] = 0xe3;
-        assert_eq!(route(&l, 0, true, &p), Route::Worker(3));
+        assert_eq!(route(&l, 0, true, &p), Destination::Worker(3));
         p[0] = 0xf3;
-        assert_eq!(route(&l, 0, true, &p), Route::Worker(3));
+        assert_eq!(route(&l, 0, true, &p), Destination::Worker(3));
     }
 
     #[test]
@@ -98,11 +98,14 @@ mod tests {
         let l = layout();
         let mut p = short_for(2);
         p[1] = 0xff; // first octet of another layout
-        assert_eq!(route(&l, 0, true, &p), Route::Local);
-        assert_eq!(route(&l, 0, true, &[]), Route::Drop(HeaderError::Empty));
+        assert_eq!(route(&l, 0, true, &p), Destination::Local);
+        assert_eq!(
+            route(&l, 0, true, &[]),
+            Destination::Drop(HeaderError::Empty)
+        );
         assert_eq!(
             route(&l, 0, true, &[0x40, 1]),
-            Route::Drop(HeaderError::Truncated)
+            Destination::Drop(HeaderError::Truncated)
         );
     }
 }

@@ -1,11 +1,53 @@
-//! The QUIC state of one worker: its `quinn_proto::Endpoint`, its connections, their timers,
-//! and the list of connections that need a poll. Owned and touched by one thread only.
+//! The QUIC state of one worker, owned and touched by its thread only: the endpoint side
+//! ([`Shard`]: the `quinn_proto::Endpoint`, the client configuration, connections opened by
+//! callbacks, the clock of the turn) and the connections ([`Connections`]: slots by handle,
+//! their timers, the ones that need a poll).
+//!
+//! The two are separate so that a callback can hold one connection (a slot of
+//! `Connections`) and act on the worker ([`crate::Ctx`], a borrow of `Shard`) at once.
 
-use quinn_proto::{Connection, ConnectionEvent, ConnectionHandle, Endpoint};
+use std::time::Instant;
+
+use quinn_proto::{ClientConfig, Connection, ConnectionEvent, ConnectionHandle, Endpoint};
 
 use crate::congestion::CloseGate;
 use crate::conn::ConnId;
 use crate::timer::TimerQueue;
+
+/// A connection that a callback opened, inserted into [`Connections`] after the callback.
+pub(crate) struct Born {
+    pub handle: ConnectionHandle,
+    pub conn: Connection,
+    pub serial: u32,
+    pub gate: CloseGate,
+}
+
+/// The endpoint side of a worker: what [`crate::Ctx`] acts on.
+pub(crate) struct Shard {
+    /// This worker's index.
+    pub worker: usize,
+    /// The time of the current turn.
+    pub now: Instant,
+    pub endpoint: Endpoint,
+    /// The configuration of connections this worker opens (`Ctx::connect`).
+    pub client: Option<ClientConfig>,
+    /// Connections opened by callbacks, inserted after the callback returns.
+    pub born: Vec<Born>,
+    /// The serial of the next connection: with the handle, it makes [`ConnId`]s unique for
+    /// the engine's life although quinn-proto reuses handles.
+    pub next_serial: u32,
+    /// A callback asked the worker to stop (`Ctx::stop_worker`), or a shutdown came.
+    pub stop_requested: bool,
+}
+
+impl Shard {
+    /// The next connection serial.
+    pub fn take_serial(&mut self) -> u32 {
+        let s = self.next_serial;
+        self.next_serial = s.wrapping_add(1);
+        s
+    }
+}
 
 /// A connection and the worker's book-keeping about it.
 pub(crate) struct Slot {
@@ -20,7 +62,7 @@ pub(crate) struct Slot {
     /// Opened when the connection closes (see [`crate::congestion`]).
     pub gate: CloseGate,
     /// When the connection was created (for the handshake-time histogram).
-    pub created: std::time::Instant,
+    pub created: Instant,
     /// The connection's tracing span: its life-cycle events, and whatever the application
     /// logs in its callbacks, carry the connection id (free when the level is off).
     pub span: tracing::Span,
@@ -41,9 +83,8 @@ impl Slot {
     }
 }
 
-/// One endpoint shard.
-pub(crate) struct Shard {
-    pub endpoint: Endpoint,
+/// The connections of a worker.
+pub(crate) struct Connections {
     /// Indexed by `ConnectionHandle.0`, which quinn-proto allocates densely. Boxed: a slot
     /// is ~6 KiB (quinn-proto's `Connection` inline), and a vector of them would keep up to
     /// as much again in spare capacity and move every connection when it grows.
@@ -51,64 +92,44 @@ pub(crate) struct Shard {
     pub timers: TimerQueue,
     /// Connections to poll for events and transmits this turn.
     pub dirty: Vec<usize>,
-    /// Connections opened by callbacks, inserted after the callback returns.
-    pub born: Vec<(ConnectionHandle, Connection, u32, CloseGate)>,
-    pub next_serial: u32,
     /// Connections alive.
     pub active: usize,
     /// Connections alive whose handshake is not complete.
     pub handshaking: usize,
 }
 
-impl Shard {
-    pub fn new(endpoint: Endpoint) -> Self {
+impl Connections {
+    pub fn new() -> Self {
         Self {
-            endpoint,
             slots: Vec::new(),
             timers: TimerQueue::new(),
             dirty: Vec::new(),
-            born: Vec::new(),
-            next_serial: 0,
             active: 0,
             handshaking: 0,
         }
     }
 
-    /// Adds a connection quinn-proto just created under `ch` and marks it dirty.
-    /// Call right after `Endpoint::accept`, on the same thread (it takes the connection's
-    /// close gate, see [`crate::congestion::take_last_built`]).
-    pub fn insert(
-        &mut self,
-        worker: usize,
-        ch: ConnectionHandle,
-        conn: Connection,
-        now: std::time::Instant,
-    ) -> ConnId {
-        let serial = self.next_serial;
-        self.next_serial = serial.wrapping_add(1);
-        let gate = crate::congestion::take_last_built().unwrap_or_default();
-        self.insert_with_serial(worker, ch, conn, serial, gate, now)
+    /// The slot of handle `h`, while a connection lives there.
+    pub fn slot(&mut self, h: usize) -> Option<&mut Slot> {
+        self.slots.get_mut(h)?.as_deref_mut()
     }
 
-    /// Like [`Shard::insert`], with a serial already handed out (by `Ctx::connect`).
-    pub fn insert_with_serial(
+    /// Adds connection `conn` under handle `ch` and marks it dirty. `gate` is its close gate:
+    /// right after `Endpoint::accept` or `Endpoint::connect`, on the same thread, the one
+    /// [`crate::congestion::take_last_built`] gives.
+    pub fn insert(
         &mut self,
-        worker: usize,
-        ch: ConnectionHandle,
+        id: ConnId,
         conn: Connection,
-        serial: u32,
         gate: CloseGate,
-        now: std::time::Instant,
+        now: Instant,
     ) -> ConnId {
-        let id = ConnId::new(worker, ch, serial);
-        if self.slots.len() <= ch.0 {
-            self.slots.resize_with(ch.0 + 1, || None);
+        let h = id.handle();
+        if self.slots.len() <= h {
+            self.slots.resize_with(h + 1, || None);
         }
-        debug_assert!(
-            self.slots[ch.0].is_none(),
-            "quinn-proto reused a live handle"
-        );
-        self.slots[ch.0] = Some(Box::new(Slot {
+        debug_assert!(self.slots[h].is_none(), "quinn-proto reused a live handle");
+        self.slots[h] = Some(Box::new(Slot {
             conn,
             id,
             handshaking: true,
@@ -120,7 +141,7 @@ impl Shard {
         }));
         self.active += 1;
         self.handshaking += 1;
-        self.mark_dirty(ch.0);
+        self.mark_dirty(h);
         id
     }
 
@@ -151,13 +172,5 @@ impl Shard {
             self.handshaking -= 1;
         }
         Some(slot)
-    }
-
-    /// Handles of every live connection.
-    pub fn handles(&self) -> impl Iterator<Item = usize> + '_ {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(h, s)| s.as_ref().map(|_| h))
     }
 }

@@ -20,7 +20,7 @@ use crate::backend::mem::{MemBackend, MemNetwork, MemSteering};
 use crate::engine::{EngineBuilder, EngineError, EngineHandle};
 use crate::handler::Handler;
 use crate::metrics::Counters;
-use crate::worker::{Poll, Worker};
+use crate::worker::{TurnOutcome, Worker};
 
 /// Something the simulation turns: a [`Node`].
 pub trait Drive {
@@ -92,9 +92,9 @@ impl<H: Handler> Drive for Node<H> {
                 continue;
             }
             match w.turn(io, now)? {
-                Poll::Done => *done = true,
-                Poll::Continue(Some(d)) => next = Some(next.map_or(d, |n| n.min(d))),
-                Poll::Continue(None) => {}
+                TurnOutcome::Done => *done = true,
+                TurnOutcome::Continue(Some(d)) => next = Some(next.map_or(d, |n| n.min(d))),
+                TurnOutcome::Continue(None) => {}
             }
             if w.has_inbox() {
                 next = Some(now);

@@ -2,39 +2,40 @@
 //!
 //! [`Worker::turn`] is sans-IO: it takes the backend and the time as arguments, so the same
 //! code runs on a real thread ([`crate::engine`]) and under the virtual clock of the
-//! in-memory network ([`crate::testing`]). One turn:
+//! in-memory network (`testing`). One turn:
 //!
 //! 1. retry a transmit the backend pushed back last turn;
 //! 2. run work posted by other threads, take datagrams handed over by other workers;
 //! 3. receive batches from the backend; route each datagram by its destination CID
 //!    ([`crate::route`]): to this shard's endpoint, to its owner worker, or drop;
 //! 4. fire the connection timers that are due;
-//! 5. poll every connection that changed: endpoint events, application callbacks
-//!    ([`Handler`]), then transmits straight to the backend;
+//! 5. drive every connection that changed ([`Worker::drive`]): endpoint events, application
+//!    callbacks ([`Handler`]), then transmits straight to the backend;
 //! 6. flush the backend, publish the counters, report the next deadline.
 //!
 //! Nothing here allocates, locks, logs or makes a syscall per packet: batches, buffers and
 //! queues are reused; the backend decides how many syscalls a batch costs.
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, TrySendError};
 use quinn_proto::{
-    ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, Event, Incoming, StreamEvent,
-    VarInt,
+    ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Event, Incoming,
+    StreamEvent, VarInt,
 };
 
 use crate::backend::{Backend, Datagram, RxBatch, SendError, Transmit};
-use crate::conn::{Conn, Ctx};
+use crate::conn::{Conn, ConnId, Ctx};
 use crate::engine::{Command, Mesh, RetryPolicy};
 use crate::guard::{Guarded, INTERNAL_ERROR};
 use crate::handler::Handler;
 use crate::metrics::{Counters, Histograms, WorkerMetrics};
-use crate::route::{route, Route};
-use crate::shard::Shard;
+use crate::route::{route, Destination};
+use crate::shard::{Connections, Shard};
 
 /// Receive batches per turn before timers and transmits get their turn.
 const MAX_RX_BATCHES: usize = 8;
@@ -47,7 +48,7 @@ const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// What the caller of [`Worker::turn`] should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Poll {
+pub enum TurnOutcome {
     /// Call `turn` again at the deadline (or when the backend or the waker has something);
     /// `None`: no timer is armed.
     Continue(Option<Instant>),
@@ -70,34 +71,75 @@ fn count_close(c: &mut Counters, reason: &ConnectionError) {
     }
 }
 
-/// A transmit the backend could not take yet, kept with its bytes.
-struct Stalled {
-    destination: std::net::SocketAddr,
-    src_ip: Option<std::net::IpAddr>,
-    ecn: Option<quinn_proto::EcnCodepoint>,
+/// A transmit whose octets are the first `len` of one of the worker's buffers: what
+/// quinn-proto produced, in the form the backend takes.
+#[derive(Debug, Clone, Copy)]
+struct Outgoing {
+    destination: SocketAddr,
+    src_ip: Option<IpAddr>,
+    ecn: Option<EcnCodepoint>,
     segment_size: Option<usize>,
     len: usize,
 }
 
+impl Outgoing {
+    fn of(t: &quinn_proto::Transmit) -> Self {
+        Self {
+            destination: t.destination,
+            src_ip: t.src_ip,
+            ecn: t.ecn,
+            segment_size: t.segment_size,
+            len: t.size,
+        }
+    }
+
+    /// Sends it (octets from `buf`) and counts what happened. Returns false when the backend
+    /// pushed back: the caller keeps it or drops it.
+    fn send<B: Backend>(&self, io: &mut B, buf: &[u8], c: &mut Counters) -> bool {
+        let t = Transmit {
+            destination: self.destination,
+            src_ip: self.src_ip,
+            ecn: self.ecn,
+            segment_size: self.segment_size,
+            contents: &buf[..self.len],
+        };
+        match io.send(&t) {
+            Ok(()) => {
+                c.tx_packets += t.segments().len() as u64;
+                c.tx_bytes += self.len as u64;
+                true
+            }
+            Err(SendError::Blocked) => {
+                c.tx_blocked += 1;
+                false
+            }
+            Err(SendError::Failed(e)) => {
+                c.tx_errors += 1;
+                tracing::trace!("send failed: {e}");
+                true
+            }
+        }
+    }
+}
+
 /// One worker: a shard of QUIC state, its handler, its inbox.
 pub struct Worker<H: Handler> {
-    index: usize,
     mesh: Arc<Mesh<H>>,
     shard: Shard,
+    conns: Connections,
     handler: Guarded<H>,
-    client: Option<ClientConfig>,
     retry: RetryPolicy,
     commands: Receiver<Command<H>>,
     handovers: Receiver<Datagram>,
     rx: RxBatch,
+    /// Where quinn-proto writes the transmit being built.
     tx_buf: Vec<u8>,
+    /// A transmit the backend pushed back, kept until it takes it.
+    stalled: Option<Outgoing>,
     stall_buf: Vec<u8>,
-    stalled: Option<Stalled>,
     counters: Counters,
     histograms: Histograms,
     metrics: Arc<WorkerMetrics>,
-    now: Instant,
-    stop_requested: bool,
     stop_code: (VarInt, Bytes),
     drain_deadline: Option<Instant>,
     drain_timeout: Duration,
@@ -128,26 +170,31 @@ impl<H: Handler> Worker<H> {
             mesh: p.mesh.clone(),
         });
         Self {
-            index: p.index,
             mesh: p.mesh,
-            shard: Shard::new(p.endpoint),
+            shard: Shard {
+                worker: p.index,
+                now: Instant::now(),
+                endpoint: p.endpoint,
+                client: p.client,
+                born: Vec::new(),
+                next_serial: 0,
+                stop_requested: false,
+            },
+            conns: Connections::new(),
             handler: Guarded {
                 inner: handler,
                 poisoned: false,
             },
-            client: p.client,
             retry: p.retry,
             commands: p.commands,
             handovers: p.handovers,
             rx: RxBatch::new(p.rx_batch),
             tx_buf: Vec::with_capacity(64 * 1024),
-            stall_buf: Vec::with_capacity(64 * 1024),
             stalled: None,
+            stall_buf: Vec::with_capacity(64 * 1024),
             counters: Counters::default(),
             histograms: Histograms::default(),
             metrics,
-            now: Instant::now(),
-            stop_requested: false,
             stop_code: (VarInt::from_u32(0), Bytes::new()),
             drain_deadline: None,
             drain_timeout: p.drain_timeout,
@@ -158,17 +205,12 @@ impl<H: Handler> Worker<H> {
 
     /// This worker's index.
     pub fn index(&self) -> usize {
-        self.index
+        self.shard.worker
     }
 
     /// The handler, e.g. to inspect its state between turns in tests.
     pub fn handler(&self) -> &H {
         &self.handler.inner
-    }
-
-    /// The handler, mutably.
-    pub fn handler_mut(&mut self) -> &mut H {
-        &mut self.handler.inner
     }
 
     /// Ends the worker, giving its handler back.
@@ -179,27 +221,6 @@ impl<H: Handler> Worker<H> {
     /// Whether the handler panicked (the worker then stops).
     pub fn handler_failed(&self) -> bool {
         self.handler.poisoned
-    }
-
-    /// Records a caught handler panic: the handler is not called again, and the worker closes
-    /// its connections with [`INTERNAL_ERROR`] and stops.
-    fn handler_panicked(&mut self) {
-        if self.handler.poisoned {
-            return;
-        }
-        self.handler.poisoned = true;
-        self.after_panic();
-    }
-
-    /// Counts a handler panic (the handler is already poisoned) and stops the worker.
-    fn after_panic(&mut self) {
-        self.counters.handler_panics += 1;
-        tracing::error!(
-            worker = self.index,
-            "application handler panicked: closing this worker's connections and stopping it"
-        );
-        self.stop_code = (INTERNAL_ERROR, Bytes::from_static(b"internal error"));
-        self.stop_requested = true;
     }
 
     /// This worker's counters as of the end of its last turn.
@@ -214,7 +235,7 @@ impl<H: Handler> Worker<H> {
 
     /// Adds wall time spent in turns that did work (`busy`) or waiting and spinning without
     /// work (`idle`). The thread runner calls it; the simulation has no wall time to add.
-    pub fn account_time(&mut self, busy: std::time::Duration, idle: std::time::Duration) {
+    pub fn account_time(&mut self, busy: Duration, idle: Duration) {
         self.counters.busy_ns += busy.as_nanos() as u64;
         self.counters.idle_ns += idle.as_nanos() as u64;
     }
@@ -227,7 +248,7 @@ impl<H: Handler> Worker<H> {
 
     /// Connections alive on this worker.
     pub fn connections(&self) -> usize {
-        self.shard.active
+        self.conns.active
     }
 
     /// Whether the backend pushed back and the worker waits to write.
@@ -241,10 +262,51 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Runs one turn at time `now` (see the module doc).
-    pub fn turn<B: Backend>(&mut self, io: &mut B, now: Instant) -> io::Result<Poll> {
-        self.now = now;
+    pub fn turn<B: Backend>(&mut self, io: &mut B, now: Instant) -> io::Result<TurnOutcome> {
+        self.shard.now = now;
         let mut more = self.retry_stalled(io);
+        self.take_inbox(io);
+        more |= self.has_inbox();
+        more |= self.receive(io);
+        self.fire_timers(now);
+        self.drive_all(io);
+        if self.shard.stop_requested && self.drain_deadline.is_none() {
+            self.begin_stop();
+            self.drive_all(io);
+        }
+        io.flush()?;
+        self.publish(io, now);
 
+        if let Some(deadline) = self.drain_deadline {
+            if self.conns.active == 0 || now >= deadline {
+                return Ok(TurnOutcome::Done);
+            }
+        }
+        if more || (!self.conns.dirty.is_empty() && self.stalled.is_none()) {
+            return Ok(TurnOutcome::Continue(Some(now)));
+        }
+        let mut next = self.conns.timers.next_deadline();
+        if let Some(d) = self.drain_deadline {
+            next = Some(next.map_or(d, |n| n.min(d)));
+        }
+        Ok(TurnOutcome::Continue(next))
+    }
+
+    /// Step 1: the transmit the backend pushed back last turn goes first. Returns whether it
+    /// went (there may be more to send this turn).
+    fn retry_stalled<B: Backend>(&mut self, io: &mut B) -> bool {
+        let Some(out) = self.stalled else {
+            return false;
+        };
+        if !out.send(io, &self.stall_buf, &mut self.counters) {
+            return false;
+        }
+        self.stalled = None;
+        true
+    }
+
+    /// Step 2: work posted by other threads, and datagrams other workers handed over.
+    fn take_inbox<B: Backend>(&mut self, io: &mut B) {
         for _ in 0..MAX_INBOX {
             match self.commands.try_recv() {
                 Ok(cmd) => self.run_command(cmd),
@@ -261,13 +323,16 @@ impl<H: Handler> Worker<H> {
                 Err(_) => break,
             }
         }
-        more |= self.has_inbox();
+    }
 
+    /// Step 3: receive batches and route each datagram. Returns whether anything came.
+    fn receive<B: Backend>(&mut self, io: &mut B) -> bool {
+        let mut any = false;
         for _ in 0..MAX_RX_BATCHES {
             let n = match io.recv(&mut self.rx) {
                 Ok(n) => n,
                 Err(e) => {
-                    tracing::debug!(worker = self.index, "receive failed: {e}");
+                    tracing::debug!(worker = self.index(), "receive failed: {e}");
                     break;
                 }
             };
@@ -281,55 +346,44 @@ impl<H: Handler> Worker<H> {
                 self.on_datagram(io, d);
             }
             self.rx = batch;
-            more = true;
+            any = true;
         }
+        any
+    }
 
-        while let Some(h) = self.shard.timers.pop_due(now) {
-            if let Some(Some(slot)) = self.shard.slots.get_mut(h) {
+    /// Step 4: the connections whose timer is due.
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(h) = self.conns.timers.pop_due(now) {
+            if let Some(slot) = self.conns.slot(h) {
                 slot.conn.handle_timeout(now);
-                self.shard.mark_dirty(h);
+                self.conns.mark_dirty(h);
             }
         }
+    }
 
-        self.drive_all(io);
-        if self.stop_requested && self.drain_deadline.is_none() {
-            self.begin_stop();
-            self.drive_all(io);
-        }
-        io.flush()?;
+    /// Step 6: the counters, published once per turn (and the kernel's drop count once a
+    /// second).
+    fn publish<B: Backend>(&mut self, io: &mut B, now: Instant) {
         if now >= self.next_kernel_read {
             self.next_kernel_read = now + KERNEL_READ_EVERY;
             if let Some(d) = io.kernel_drops() {
                 self.counters.kernel_rx_dropped = d;
             }
         }
-        self.counters.conns_active = self.shard.active as u64;
-        self.counters.conns_handshaking = self.shard.handshaking as u64;
+        self.counters.conns_active = self.conns.active as u64;
+        self.counters.conns_handshaking = self.conns.handshaking as u64;
         self.metrics.publish(&self.counters);
         self.metrics.publish_histograms(&self.histograms);
-
-        if let Some(deadline) = self.drain_deadline {
-            if self.shard.active == 0 || now >= deadline {
-                return Ok(Poll::Done);
-            }
-        }
-        if more || (!self.shard.dirty.is_empty() && self.stalled.is_none()) {
-            return Ok(Poll::Continue(Some(now)));
-        }
-        let mut next = self.shard.timers.next_deadline();
-        if let Some(d) = self.drain_deadline {
-            next = Some(next.map_or(d, |n| n.min(d)));
-        }
-        Ok(Poll::Continue(next))
     }
 
-    /// Route one received datagram.
+    /// Routes one received datagram.
     fn on_datagram<B: Backend>(&mut self, io: &mut B, d: Datagram) {
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += d.data.len() as u64;
-        match route(&self.mesh.layout, self.index, self.mesh.serves, &d.data) {
-            Route::Local => self.feed_endpoint(io, d),
-            Route::Worker(w) => match self.mesh.handovers[w].try_send(d) {
+        let me = self.index();
+        match route(&self.mesh.layout, me, self.mesh.serves, &d.data) {
+            Destination::Local => self.feed_endpoint(io, d),
+            Destination::Worker(w) => match self.mesh.handovers[w].try_send(d) {
                 Ok(()) => {
                     self.counters.handover_out += 1;
                     self.mesh.wakers[w].wake();
@@ -338,15 +392,15 @@ impl<H: Handler> Worker<H> {
                     self.counters.handover_dropped += 1
                 }
             },
-            Route::Drop(_) => self.counters.rx_malformed += 1,
+            Destination::Drop(_) => self.counters.rx_malformed += 1,
         }
     }
 
-    /// Feed a datagram that belongs here to the endpoint.
+    /// Feeds a datagram that belongs here to the endpoint.
     fn feed_endpoint<B: Backend>(&mut self, io: &mut B, d: Datagram) {
         self.tx_buf.clear();
         let event = self.shard.endpoint.handle(
-            self.now,
+            self.shard.now,
             d.remote,
             d.local_ip,
             d.ecn,
@@ -355,9 +409,9 @@ impl<H: Handler> Worker<H> {
         );
         match event {
             Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
-                if let Some(Some(slot)) = self.shard.slots.get_mut(ch.0) {
+                if let Some(slot) = self.conns.slot(ch.0) {
                     slot.handle_event(ev);
-                    self.shard.mark_dirty(ch.0);
+                    self.conns.mark_dirty(ch.0);
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => self.on_incoming(io, incoming),
@@ -374,12 +428,13 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Accept, validate with Retry, or refuse a new connection (while stopping, or when the
-    /// worker holds its maximum of connections).
+    /// Accepts, validates with Retry, or refuses a new connection (while stopping, or when
+    /// the worker holds its maximum of connections).
     fn on_incoming<B: Backend>(&mut self, io: &mut B, incoming: Incoming) {
         self.tx_buf.clear();
-        if self.drain_deadline.is_some() || self.shard.active >= self.max_connections {
-            let t = self.shard.endpoint.refuse(incoming, &mut self.tx_buf);
+        let endpoint = &mut self.shard.endpoint;
+        if self.drain_deadline.is_some() || self.conns.active >= self.max_connections {
+            let t = endpoint.refuse(incoming, &mut self.tx_buf);
             self.counters.conns_refused += 1;
             self.send_stateless(io, &t);
             return;
@@ -387,28 +442,26 @@ impl<H: Handler> Worker<H> {
         let retry = match self.retry {
             RetryPolicy::Never => false,
             RetryPolicy::Always => true,
-            RetryPolicy::AbovePendingHandshakes(n) => self.shard.handshaking >= n,
+            RetryPolicy::AbovePendingHandshakes(n) => self.conns.handshaking >= n,
         };
         if retry && !incoming.remote_address_validated() {
-            match self.shard.endpoint.retry(incoming, &mut self.tx_buf) {
+            match endpoint.retry(incoming, &mut self.tx_buf) {
                 Ok(t) => {
                     self.counters.retries_sent += 1;
                     self.send_stateless(io, &t);
                 }
-                Err(e) => self.shard.endpoint.ignore(e.into_incoming()),
+                Err(e) => endpoint.ignore(e.into_incoming()),
             }
             return;
         }
-        match self
-            .shard
-            .endpoint
-            .accept(incoming, self.now, &mut self.tx_buf, None)
-        {
+        match endpoint.accept(incoming, self.shard.now, &mut self.tx_buf, None) {
             Ok((ch, conn)) => {
                 self.counters.conns_accepted += 1;
                 let remote = conn.remote_address();
-                let id = self.shard.insert(self.index, ch, conn, self.now);
-                if let Some(slot) = self.shard.get(id) {
+                let gate = crate::congestion::take_last_built().unwrap_or_default();
+                let id = ConnId::new(self.shard.worker, ch, self.shard.take_serial());
+                self.conns.insert(id, conn, gate, self.shard.now);
+                if let Some(slot) = self.conns.get(id) {
                     slot.span.in_scope(|| tracing::debug!(%remote, "accepted"));
                 }
             }
@@ -421,119 +474,56 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Send an endpoint-generated packet in `tx_buf`; dropped if the backend pushes back.
+    /// Sends an endpoint-generated packet in `tx_buf`; dropped if the backend pushes back.
     fn send_stateless<B: Backend>(&mut self, io: &mut B, t: &quinn_proto::Transmit) {
-        let tx = Transmit {
-            destination: t.destination,
-            src_ip: t.src_ip,
-            ecn: t.ecn,
-            segment_size: t.segment_size,
-            contents: &self.tx_buf[..t.size],
-        };
-        match io.send(&tx) {
-            Ok(()) => {
-                self.counters.tx_packets += 1;
-                self.counters.tx_bytes += t.size as u64;
-            }
-            Err(SendError::Blocked) => self.counters.tx_blocked += 1,
-            Err(SendError::Failed(_)) => self.counters.tx_errors += 1,
-        }
-    }
-
-    /// Returns whether there is more to do this turn.
-    fn retry_stalled<B: Backend>(&mut self, io: &mut B) -> bool {
-        let Some(s) = &self.stalled else {
-            return false;
-        };
-        let tx = Transmit {
-            destination: s.destination,
-            src_ip: s.src_ip,
-            ecn: s.ecn,
-            segment_size: s.segment_size,
-            contents: &self.stall_buf[..s.len],
-        };
-        match io.send(&tx) {
-            Err(SendError::Blocked) => false,
-            Ok(()) => {
-                self.counters.tx_packets += tx.segments().len() as u64;
-                self.counters.tx_bytes += s.len as u64;
-                self.stalled = None;
-                true
-            }
-            Err(SendError::Failed(_)) => {
-                self.counters.tx_errors += 1;
-                self.stalled = None;
-                true
-            }
-        }
+        Outgoing::of(t).send(io, &self.tx_buf, &mut self.counters);
     }
 
     fn run_command(&mut self, cmd: Command<H>) {
-        match cmd {
+        let panicked = match cmd {
             Command::Run(f) => {
-                let mut ctx = Ctx {
-                    worker: self.index,
-                    now: self.now,
-                    endpoint: &mut self.shard.endpoint,
-                    client: self.client.as_ref(),
-                    born: &mut self.shard.born,
-                    stop: &mut self.stop_requested,
-                    next_serial: &mut self.shard.next_serial,
+                let ctx = &mut Ctx {
+                    shard: &mut self.shard,
                 };
-                let handler = &mut self.handler;
-                let ok = !handler.poisoned
-                    && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        f(&mut handler.inner, &mut ctx)
-                    }))
-                    .is_ok();
-                if !ok && !self.handler.poisoned {
-                    self.handler_panicked();
-                }
+                self.handler.call(|h| f(h, ctx))
             }
             Command::RunOnConn(id, f) => {
-                let Shard {
-                    endpoint,
-                    slots,
-                    born,
-                    next_serial,
-                    ..
-                } = &mut self.shard;
-                let Some(Some(slot)) = slots.get_mut(id.handle()) else {
+                let Some(slot) = self.conns.slot(id.handle()).filter(|s| s.id == id) else {
                     return;
                 };
-                if slot.id != id {
-                    return;
-                }
-                let mut conn = Conn {
+                let conn = &mut Conn {
                     inner: &mut slot.conn,
                     id,
                     gate: &slot.gate,
                     ctx: Ctx {
-                        worker: self.index,
-                        now: self.now,
-                        endpoint,
-                        client: self.client.as_ref(),
-                        born,
-                        stop: &mut self.stop_requested,
-                        next_serial,
+                        shard: &mut self.shard,
                     },
                 };
-                let handler = &mut self.handler;
-                let ok = !handler.poisoned
-                    && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        f(&mut handler.inner, &mut conn)
-                    }))
-                    .is_ok();
-                if !ok && !self.handler.poisoned {
-                    self.handler_panicked();
-                }
-                self.shard.mark_dirty(id.handle());
+                let panicked = self.handler.call(|h| f(h, conn));
+                self.conns.mark_dirty(id.handle());
+                panicked
             }
             Command::Shutdown { code, reason } => {
                 self.stop_code = (code, reason);
-                self.stop_requested = true;
+                self.shard.stop_requested = true;
+                false
             }
+        };
+        if panicked {
+            self.handler_panicked();
         }
+    }
+
+    /// Counts a handler panic (the handler is poisoned) and stops the worker: its
+    /// connections are closed with [`INTERNAL_ERROR`].
+    fn handler_panicked(&mut self) {
+        self.counters.handler_panics += 1;
+        tracing::error!(
+            worker = self.index(),
+            "application handler panicked: closing this worker's connections and stopping it"
+        );
+        self.stop_code = (INTERNAL_ERROR, Bytes::from_static(b"internal error"));
+        self.shard.stop_requested = true;
     }
 
     /// Ends a worker that cannot go on: a panic outside the application's callbacks (in
@@ -543,44 +533,44 @@ impl<H: Handler> Worker<H> {
     /// takes, once, without waiting for the peers. Do not turn the worker again.
     pub fn fail<B: Backend>(&mut self, io: &mut B, now: Instant, why: &str) {
         tracing::error!(
-            worker = self.index,
-            connections = self.shard.active,
+            worker = self.index(),
+            connections = self.conns.active,
             "worker failed ({why}): closing its connections and stopping it"
         );
-        let _ = self.mesh.failures[self.index].set(why.to_string());
+        let _ = self.mesh.failures[self.index()].set(why.to_string());
         self.counters.failed = 1;
         self.metrics.publish(&self.counters);
         // Best effort: the state that failed may fail again.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.now = now;
+            self.shard.now = now;
             self.stop_code = (INTERNAL_ERROR, Bytes::from_static(b"internal error"));
             self.begin_stop();
             self.drive_all(io);
             io.flush()
         }));
-        self.counters.conns_active = self.shard.active as u64;
-        self.counters.conns_handshaking = self.shard.handshaking as u64;
+        self.counters.conns_active = self.conns.active as u64;
+        self.counters.conns_handshaking = self.conns.handshaking as u64;
         self.metrics.publish(&self.counters);
     }
 
-    /// Close every connection and refuse new ones; the worker ends when they have drained or
-    /// the drain timeout passes.
+    /// Closes every connection and refuses new ones; the worker ends when they have drained
+    /// or the drain timeout passes.
     fn begin_stop(&mut self) {
-        self.drain_deadline = Some(self.now + self.drain_timeout);
+        let now = self.shard.now;
+        self.drain_deadline = Some(now + self.drain_timeout);
         let (code, reason) = self.stop_code.clone();
-        let handles: Vec<usize> = self.shard.handles().collect();
-        for h in handles {
-            if let Some(Some(slot)) = self.shard.slots.get_mut(h) {
-                slot.conn.close(self.now, code, reason.clone());
+        for h in 0..self.conns.slots.len() {
+            if let Some(slot) = self.conns.slot(h) {
+                slot.conn.close(now, code, reason.clone());
                 slot.gate.open();
+                self.conns.mark_dirty(h);
             }
-            self.shard.mark_dirty(h);
         }
     }
 
-    /// Poll every dirty connection, and those that callbacks opened, until quiet.
+    /// Step 5: drives every dirty connection, and those that callbacks opened, until quiet.
     fn drive_all<B: Backend>(&mut self, io: &mut B) {
-        let mut dirty = std::mem::take(&mut self.shard.dirty);
+        let mut dirty = std::mem::take(&mut self.conns.dirty);
         let mut deferred = Vec::new();
         loop {
             for h in dirty.drain(..) {
@@ -589,219 +579,213 @@ impl<H: Handler> Worker<H> {
                     deferred.push(h);
                     continue;
                 }
-                if let Some(Some(slot)) = self.shard.slots.get_mut(h) {
+                if let Some(slot) = self.conns.slot(h) {
                     slot.dirty = false;
                 }
                 self.drive(io, h);
             }
-            while let Some((ch, conn, serial, gate)) = self.shard.born.pop() {
+            while let Some(b) = self.shard.born.pop() {
                 self.counters.conns_opened += 1;
-                let id = self
-                    .shard
-                    .insert_with_serial(self.index, ch, conn, serial, gate, self.now);
-                if let Some(slot) = self.shard.get(id) {
+                let id = ConnId::new(self.shard.worker, b.handle, b.serial);
+                self.conns.insert(id, b.conn, b.gate, self.shard.now);
+                if let Some(slot) = self.conns.get(id) {
                     slot.span.in_scope(|| tracing::debug!("opened"));
                 }
             }
-            if self.shard.dirty.is_empty() {
+            if self.conns.dirty.is_empty() {
                 break;
             }
-            std::mem::swap(&mut dirty, &mut self.shard.dirty);
+            std::mem::swap(&mut dirty, &mut self.conns.dirty);
         }
         // Keep the deferred ones marked so they are polled once the backend takes more.
-        self.shard.dirty = dirty;
-        self.shard.dirty.extend(deferred);
+        self.conns.dirty = dirty;
+        self.conns.dirty.extend(deferred);
     }
 
-    /// Poll one connection: endpoint events, application events, transmits, timer.
+    /// Drives one connection: endpoint events both ways, application events to the handler,
+    /// transmits to the backend, until no new application event comes; then either removes
+    /// it (drained) or arms its timer.
     fn drive<B: Backend>(&mut self, io: &mut B, h: usize) {
-        let ch = ConnectionHandle(h);
         let mut drained = false;
         let mut panicked = false;
         loop {
-            let Shard {
-                endpoint,
-                slots,
-                born,
-                next_serial,
-                handshaking,
-                ..
-            } = &mut self.shard;
-            let Some(Some(slot)) = slots.get_mut(h) else {
-                return;
-            };
-            let span = slot.span.clone();
-            let _in_span = span.enter();
-            while let Some(ev) = slot.conn.poll_endpoint_events() {
-                drained |= ev.is_drained();
-                if let Some(back) = endpoint.handle_event(ch, ev) {
-                    slot.handle_event(back);
-                }
-            }
-
-            let mut events = 0;
-            while let Some(ev) = slot.conn.poll() {
-                events += 1;
-                let mut conn = Conn {
-                    inner: &mut slot.conn,
-                    id: slot.id,
-                    gate: &slot.gate,
-                    ctx: Ctx {
-                        worker: self.index,
-                        now: self.now,
-                        endpoint,
-                        client: self.client.as_ref(),
-                        born,
-                        stop: &mut self.stop_requested,
-                        next_serial,
-                    },
-                };
-                let dispatched =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match ev {
-                        Event::Connected => {
-                            if slot.handshaking {
-                                slot.handshaking = false;
-                                *handshaking -= 1;
-                                self.counters.handshakes += 1;
-                                let took = self.now.saturating_duration_since(slot.created);
-                                self.histograms.handshake.observe(took.as_secs_f64());
-                                tracing::debug!(?took, "handshake complete");
-                            }
-                            self.handler.connected(&mut conn);
-                        }
-                        Event::ConnectionLost { reason } => {
-                            if !slot.reported_closed {
-                                slot.reported_closed = true;
-                                count_close(&mut self.counters, &reason);
-                                tracing::debug!(%reason, "closed");
-                                self.handler.closed(&mut conn.ctx, slot.id, &reason);
-                            }
-                        }
-                        Event::Stream(StreamEvent::Opened { dir }) => {
-                            while let Some(id) = conn.inner.streams().accept(dir) {
-                                self.handler.stream_opened(&mut conn, id);
-                                self.handler.stream_readable(&mut conn, id);
-                            }
-                        }
-                        Event::Stream(StreamEvent::Readable { id }) => {
-                            self.handler.stream_readable(&mut conn, id)
-                        }
-                        Event::Stream(StreamEvent::Writable { id }) => {
-                            self.handler.stream_writable(&mut conn, id)
-                        }
-                        Event::Stream(StreamEvent::Finished { id }) => {
-                            self.handler.stream_finished(&mut conn, id)
-                        }
-                        Event::Stream(StreamEvent::Stopped { id, error_code }) => {
-                            self.handler.stream_stopped(&mut conn, id, error_code)
-                        }
-                        Event::Stream(StreamEvent::Available { .. }) => {
-                            self.handler.streams_available(&mut conn)
-                        }
-                        Event::DatagramReceived => {
-                            while let Some(d) = conn.inner.datagrams().recv() {
-                                self.handler.datagram(&mut conn, d);
-                            }
-                        }
-                        Event::HandshakeDataReady | Event::DatagramsUnblocked => {}
-                    }));
-                if dispatched.is_err() && !self.handler.poisoned {
-                    self.handler.poisoned = true;
-                    panicked = true;
-                }
-            }
-
-            if self.stalled.is_none() {
-                // One transmit must fit one UDP send (64 KiB), whatever the path MTU.
-                let per_send = MAX_UDP_PAYLOAD / usize::from(slot.conn.current_mtu()).max(1);
-                let max = io.max_segments().min(per_send).max(1);
-                loop {
-                    self.tx_buf.clear();
-                    let Some(t) = slot.conn.poll_transmit(self.now, max, &mut self.tx_buf) else {
-                        break;
-                    };
-                    let tx = Transmit {
-                        destination: t.destination,
-                        src_ip: t.src_ip,
-                        ecn: t.ecn,
-                        segment_size: t.segment_size,
-                        contents: &self.tx_buf[..t.size],
-                    };
-                    match io.send(&tx) {
-                        Ok(()) => {
-                            self.counters.tx_packets += tx.segments().len() as u64;
-                            self.counters.tx_bytes += t.size as u64;
-                        }
-                        Err(SendError::Blocked) => {
-                            self.counters.tx_blocked += 1;
-                            std::mem::swap(&mut self.tx_buf, &mut self.stall_buf);
-                            self.stalled = Some(Stalled {
-                                destination: t.destination,
-                                src_ip: t.src_ip,
-                                ecn: t.ecn,
-                                segment_size: t.segment_size,
-                                len: t.size,
-                            });
-                            // It may have more to send once the backend drains.
-                            slot.dirty = true;
-                            self.shard.dirty.push(h);
-                            break;
-                        }
-                        Err(SendError::Failed(e)) => {
-                            self.counters.tx_errors += 1;
-                            tracing::trace!("send failed: {e}");
-                        }
-                    }
-                }
-            }
+            drained |= self.exchange_endpoint_events(h);
+            let (events, now_panicked) = self.dispatch_events(h);
+            panicked |= now_panicked;
+            self.send_transmits(io, h);
             if events == 0 {
                 break;
             }
         }
-
         if panicked {
-            self.after_panic();
+            self.handler_panicked();
         }
-        let Some(Some(slot)) = self.shard.slots.get_mut(h) else {
+        match self.conns.slot(h) {
+            Some(slot) if drained || slot.conn.is_drained() => self.remove(h, drained),
+            Some(slot) => {
+                let deadline = slot.conn.poll_timeout();
+                self.conns.timers.set(h, deadline);
+            }
+            None => {}
+        }
+    }
+
+    /// Passes the connection's events to the endpoint and the endpoint's answers back.
+    /// Returns whether the connection told the endpoint it has drained.
+    fn exchange_endpoint_events(&mut self, h: usize) -> bool {
+        let endpoint = &mut self.shard.endpoint;
+        let Some(slot) = self.conns.slots.get_mut(h).and_then(|s| s.as_deref_mut()) else {
+            return false;
+        };
+        let mut drained = false;
+        while let Some(ev) = slot.conn.poll_endpoint_events() {
+            drained |= ev.is_drained();
+            if let Some(back) = endpoint.handle_event(ConnectionHandle(h), ev) {
+                slot.handle_event(back);
+            }
+        }
+        drained
+    }
+
+    /// Hands the connection's application events to the handler. Returns how many there
+    /// were, and whether the handler panicked.
+    fn dispatch_events(&mut self, h: usize) -> (usize, bool) {
+        let Self {
+            conns,
+            shard,
+            handler,
+            counters,
+            histograms,
+            ..
+        } = self;
+        let Some(slot) = conns.slots.get_mut(h).and_then(|s| s.as_deref_mut()) else {
+            return (0, false);
+        };
+        let span = slot.span.clone();
+        let _in_span = span.enter();
+        let (mut events, mut panicked) = (0, false);
+        while let Some(ev) = slot.conn.poll() {
+            events += 1;
+            match &ev {
+                Event::Connected if slot.handshaking => {
+                    slot.handshaking = false;
+                    conns.handshaking -= 1;
+                    counters.handshakes += 1;
+                    let took = shard.now.saturating_duration_since(slot.created);
+                    histograms.handshake.observe(took.as_secs_f64());
+                    tracing::debug!(?took, "handshake complete");
+                }
+                Event::ConnectionLost { reason } => {
+                    if slot.reported_closed {
+                        continue;
+                    }
+                    slot.reported_closed = true;
+                    count_close(counters, reason);
+                    tracing::debug!(%reason, "closed");
+                }
+                _ => {}
+            }
+            let conn = &mut Conn {
+                inner: &mut slot.conn,
+                id: slot.id,
+                gate: &slot.gate,
+                ctx: Ctx { shard: &mut *shard },
+            };
+            panicked |= handler.call(|h| dispatch(h, conn, ev));
+        }
+        (events, panicked)
+    }
+
+    /// Writes the connection's transmits to the backend, in GSO batches of up to
+    /// `Backend::max_segments` datagrams. When the backend pushes back, the transmit is kept
+    /// (`stalled`) and the connection stays dirty.
+    fn send_transmits<B: Backend>(&mut self, io: &mut B, h: usize) {
+        if self.stalled.is_some() {
+            return;
+        }
+        let Some(slot) = self.conns.slots.get_mut(h).and_then(|s| s.as_deref_mut()) else {
             return;
         };
-        if drained || slot.conn.is_drained() {
-            let slot = self.shard.remove(h).expect("slot present");
-            self.counters.conns_closed += 1;
-            let stats = slot.conn.stats();
-            self.counters.lost_packets += stats.path.lost_packets;
-            self.counters.congestion_events += stats.path.congestion_events;
-            self.histograms.rtt.observe(stats.path.rtt.as_secs_f64());
-            if !slot.reported_closed {
-                self.counters.closed_locally += 1;
-                slot.span.in_scope(|| tracing::debug!("closed locally"));
-                let mut ctx = Ctx {
-                    worker: self.index,
-                    now: self.now,
-                    endpoint: &mut self.shard.endpoint,
-                    client: self.client.as_ref(),
-                    born: &mut self.shard.born,
-                    stop: &mut self.stop_requested,
-                    next_serial: &mut self.shard.next_serial,
-                };
-                let handler = &mut self.handler;
-                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    handler.closed(&mut ctx, slot.id, &ConnectionError::LocallyClosed)
-                }))
-                .is_ok();
-                if !ok {
-                    self.handler_panicked();
-                }
+        // One transmit must fit one UDP send (64 KiB), whatever the path MTU.
+        let per_send = MAX_UDP_PAYLOAD / usize::from(slot.conn.current_mtu()).max(1);
+        let max = io.max_segments().min(per_send).max(1);
+        loop {
+            self.tx_buf.clear();
+            let Some(t) = slot
+                .conn
+                .poll_transmit(self.shard.now, max, &mut self.tx_buf)
+            else {
+                return;
+            };
+            let out = Outgoing::of(&t);
+            if !out.send(io, &self.tx_buf, &mut self.counters) {
+                std::mem::swap(&mut self.tx_buf, &mut self.stall_buf);
+                self.stalled = Some(out);
+                // It may have more to send once the backend drains.
+                slot.dirty = true;
+                self.conns.dirty.push(h);
+                return;
             }
-            if !drained {
-                // quinn-proto has not told the endpoint yet; do it so the handle is freed.
-                self.shard
-                    .endpoint
-                    .handle_event(ch, quinn_proto::EndpointEvent::drained());
-            }
-            return;
         }
-        let deadline = slot.conn.poll_timeout();
-        self.shard.timers.set(h, deadline);
+    }
+
+    /// Removes a drained connection, tells the handler if quinn-proto did not (a connection
+    /// closed locally), and frees its handle in the endpoint if the connection did not.
+    fn remove(&mut self, h: usize, endpoint_knows: bool) {
+        let slot = self.conns.remove(h).expect("slot present");
+        self.counters.conns_closed += 1;
+        let stats = slot.conn.stats();
+        self.counters.lost_packets += stats.path.lost_packets;
+        self.counters.congestion_events += stats.path.congestion_events;
+        self.histograms.rtt.observe(stats.path.rtt.as_secs_f64());
+        if !slot.reported_closed {
+            self.counters.closed_locally += 1;
+            slot.span.in_scope(|| tracing::debug!("closed locally"));
+            let ctx = &mut Ctx {
+                shard: &mut self.shard,
+            };
+            if self
+                .handler
+                .call(|h| h.closed(ctx, slot.id, &ConnectionError::LocallyClosed))
+            {
+                self.handler_panicked();
+            }
+        }
+        if !endpoint_knows {
+            self.shard
+                .endpoint
+                .handle_event(ConnectionHandle(h), quinn_proto::EndpointEvent::drained());
+        }
+    }
+}
+
+/// The callback of one application event. (`Connected` and `ConnectionLost` were counted
+/// already; a lost connection's `closed` comes once.)
+fn dispatch<H: Handler>(h: &mut H, conn: &mut Conn<'_>, ev: Event) {
+    match ev {
+        Event::Connected => h.connected(conn),
+        Event::ConnectionLost { reason } => {
+            let id = conn.id;
+            h.closed(&mut conn.ctx, id, &reason)
+        }
+        Event::Stream(StreamEvent::Opened { dir }) => {
+            while let Some(id) = conn.inner.streams().accept(dir) {
+                h.stream_opened(conn, id);
+                h.stream_readable(conn, id);
+            }
+        }
+        Event::Stream(StreamEvent::Readable { id }) => h.stream_readable(conn, id),
+        Event::Stream(StreamEvent::Writable { id }) => h.stream_writable(conn, id),
+        Event::Stream(StreamEvent::Finished { id }) => h.stream_finished(conn, id),
+        Event::Stream(StreamEvent::Stopped { id, error_code }) => {
+            h.stream_stopped(conn, id, error_code)
+        }
+        Event::Stream(StreamEvent::Available { .. }) => h.streams_available(conn),
+        Event::DatagramReceived => {
+            while let Some(d) = conn.inner.datagrams().recv() {
+                h.datagram(conn, d);
+            }
+        }
+        Event::HandshakeDataReady | Event::DatagramsUnblocked => {}
     }
 }

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use xdp_quic::cid::CidLayout;
 use xdp_quic::packet::frame::{self, L2};
 use xdp_quic::packet::quic;
-use xdp_quic::route::{route, Route};
+use xdp_quic::route::{route, Destination};
 
 fn addr(v6: bool) -> impl Strategy<Value = SocketAddr> {
     (any::<[u8; 16]>(), any::<u16>()).prop_map(move |(b, port)| {
@@ -79,9 +79,9 @@ proptest! {
         for me in [0, w, workers - 1] {
             let r = route(&layout, me, true, &packet);
             if me == w {
-                prop_assert_eq!(r, Route::Local);
+                prop_assert_eq!(r, Destination::Local);
             } else {
-                prop_assert_eq!(r, Route::Worker(w));
+                prop_assert_eq!(r, Destination::Worker(w));
             }
         }
     }
@@ -98,8 +98,8 @@ proptest! {
         let layout = CidLayout::for_workers(workers).unwrap();
         let me = me_pick % workers;
         match route(&layout, me, serves, &data) {
-            Route::Worker(w) => prop_assert!(w < workers && w != me),
-            Route::Local | Route::Drop(_) => {}
+            Destination::Worker(w) => prop_assert!(w < workers && w != me),
+            Destination::Local | Destination::Drop(_) => {}
         }
     }
 }

@@ -21,7 +21,7 @@
 use libfuzzer_sys::fuzz_target;
 use xdp_quic::cid::CidLayout;
 use xdp_quic::packet::quic::{self, Header, HeaderError, LongType};
-use xdp_quic::route::{route, Route};
+use xdp_quic::route::{route, Destination};
 use xdp_quic_fuzz::{Built, ByteRng, RouteInput};
 
 fuzz_target!(|data: &[u8]| {
@@ -30,10 +30,10 @@ fuzz_target!(|data: &[u8]| {
     built_packet(&input);
 });
 
-fn by_cid(layout: &CidLayout, me: usize, dcid: &[u8]) -> Route {
+fn by_cid(layout: &CidLayout, me: usize, dcid: &[u8]) -> Destination {
     match layout.decode(dcid) {
-        Some(w) if w != me => Route::Worker(w),
-        _ => Route::Local,
+        Some(w) if w != me => Destination::Worker(w),
+        _ => Destination::Local,
     }
 }
 
@@ -41,7 +41,7 @@ fn arbitrary_datagram(input: &RouteInput<'_>) {
     let (layout, me, d) = (&input.layout, input.me, input.datagram);
     let workers = layout.workers();
     let r = route(layout, me, input.serves, d);
-    if let Route::Worker(w) = r {
+    if let Destination::Worker(w) = r {
         assert!(w < workers, "worker {w} of {workers}");
         assert_ne!(w, me, "hand-over to oneself");
     }
@@ -50,7 +50,7 @@ fn arbitrary_datagram(input: &RouteInput<'_>) {
     let peeked = quic::peek(d, layout.len());
     let Some(&first) = d.first() else {
         assert_eq!(peeked, Err(HeaderError::Empty));
-        assert_eq!(r, Route::Drop(HeaderError::Empty));
+        assert_eq!(r, Destination::Drop(HeaderError::Empty));
         return;
     };
     if first & 0x80 == 0 {
@@ -85,13 +85,13 @@ fn arbitrary_datagram(input: &RouteInput<'_>) {
 
     // The decision, from the rules.
     let want = match peeked {
-        Err(e) => Route::Drop(e),
+        Err(e) => Destination::Drop(e),
         Ok(Header::Short { dcid }) => by_cid(layout, me, dcid),
         Ok(Header::Long { ty, dcid }) => match ty {
-            LongType::Initial | LongType::ZeroRtt if input.serves => Route::Local,
+            LongType::Initial | LongType::ZeroRtt if input.serves => Destination::Local,
             _ => by_cid(layout, me, dcid),
         },
-        Ok(Header::Other) => Route::Local,
+        Ok(Header::Other) => Destination::Local,
     };
     assert_eq!(r, want);
 }
@@ -104,9 +104,9 @@ fn built_packet(input: &RouteInput<'_>) {
     layout.write(owner, &mut ByteRng::new(input.nonce), cid);
     assert_eq!(layout.decode(cid), Some(owner));
     let ours = if owner == me {
-        Route::Local
+        Destination::Local
     } else {
-        Route::Worker(owner)
+        Destination::Worker(owner)
     };
     let bits = input.bits;
     let long = |ty: u8, version: u32, dcid: &[u8]| {
@@ -119,7 +119,7 @@ fn built_packet(input: &RouteInput<'_>) {
     // Initial and 0-RTT stay where they land on a server; the rest goes by CID.
     let by_type = |ty: u8| {
         if ty <= 1 && input.serves {
-            Route::Local
+            Destination::Local
         } else {
             ours
         }
@@ -136,7 +136,7 @@ fn built_packet(input: &RouteInput<'_>) {
         Built::Unknown => {
             // Neither 1 nor 0xff......: 0x00......, or 0x01...... and up to 0xfe.......
             let v = (u32::from(input.version % 0xff) << 24) | 0x2 | u32::from(bits);
-            (long(bits >> 6, v, cid), Route::Local)
+            (long(bits >> 6, v, cid), Destination::Local)
         }
         Built::ForeignLen => {
             // A DCID of another length (0..=20 octets) is never ours: it stays local.
@@ -145,7 +145,7 @@ fn built_packet(input: &RouteInput<'_>) {
                 n = (n + 1) % 21;
             }
             let dcid: Vec<u8> = cid.iter().copied().cycle().take(n).collect();
-            (long(input.version & 3, 1, &dcid), Route::Local)
+            (long(input.version & 3, 1, &dcid), Destination::Local)
         }
     };
     p.extend_from_slice(input.datagram);
@@ -161,6 +161,6 @@ fn built_packet(input: &RouteInput<'_>) {
     p.truncate(header - 1);
     assert_eq!(
         route(layout, me, input.serves, &p),
-        Route::Drop(HeaderError::Truncated)
+        Destination::Drop(HeaderError::Truncated)
     );
 }

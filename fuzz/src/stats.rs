@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use xdp_quic::cid::CidLayout;
 use xdp_quic::packet::frame;
-use xdp_quic::route::{route, Route};
+use xdp_quic::route::{route, Destination};
 
 use crate::{CidInput, FrameWriteInput, RouteInput};
 
@@ -89,9 +89,9 @@ fn corpus_stats() {
     for f in &inputs {
         let i = RouteInput::decode(f);
         let key = match route(&i.layout, i.me, i.serves, i.datagram) {
-            Route::Local => "datagram Local".to_string(),
-            Route::Worker(_) => "datagram Worker(_)".to_string(),
-            Route::Drop(e) => format!("datagram Drop({e:?})"),
+            Destination::Local => "datagram Local".to_string(),
+            Destination::Worker(_) => "datagram Worker(_)".to_string(),
+            Destination::Drop(e) => format!("datagram Drop({e:?})"),
         };
         *c.entry(key).or_default() += 1;
         *c.entry(format!("built {:?}", i.built)).or_default() += 1;

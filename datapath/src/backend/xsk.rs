@@ -137,7 +137,7 @@ pub struct XskBackendConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Route {
+struct ReturnPath {
     /// Link layer of a reply: our MAC as source, the peer's as destination, its VLAN tag.
     l2: L2,
     /// The local address the peer sent to (source of replies without an explicit one).
@@ -163,7 +163,7 @@ pub struct XskBackend {
     cfg: XskBackendConfig,
     /// Frames kept lent to the kernel for receiving.
     fill_target: u32,
-    routes: HashMap<IpAddr, Route>,
+    routes: HashMap<IpAddr, ReturnPath>,
     local: Local,
     counters: Arc<XskCounters>,
     canary: Option<UdpSocket>,
@@ -262,7 +262,7 @@ impl XskBackend {
 }
 
 /// Remembers the link layer of a reply to `peer`.
-fn learn(routes: &mut HashMap<IpAddr, Route>, peer: IpAddr, route: Route) {
+fn learn(routes: &mut HashMap<IpAddr, ReturnPath>, peer: IpAddr, route: ReturnPath) {
     match routes.get_mut(&peer) {
         Some(r) if *r == route => {}
         Some(r) => *r = route,
@@ -308,7 +308,7 @@ impl Backend for XskBackend {
                     };
                     batch.push_linked(f.src, Some(f.dst.ip()), ecn, Some(reply), f.payload);
                     added += 1;
-                    let route = Route {
+                    let route = ReturnPath {
                         l2: reply,
                         local_ip: f.dst.ip(),
                     };
@@ -328,7 +328,7 @@ impl Backend for XskBackend {
             learn(
                 &mut self.routes,
                 frame::unmap(d.remote).ip(),
-                Route { l2, local_ip },
+                ReturnPath { l2, local_ip },
             );
         }
     }

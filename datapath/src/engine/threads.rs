@@ -11,7 +11,7 @@ use crate::backend::Backend;
 use crate::cid::CidLayout;
 use crate::handler::Handler;
 use crate::waker::Waker;
-use crate::worker::{Poll, Worker};
+use crate::worker::{TurnOutcome, Worker};
 
 impl EngineBuilder {
     /// Builds the workers and runs each on its own thread over `backends[i]`.
@@ -135,8 +135,8 @@ fn run<H: Handler, B: Backend>(
         }
         last = now;
         match poll {
-            Poll::Done => return Ok(worker.into_handler()),
-            Poll::Continue(deadline) => {
+            TurnOutcome::Done => return Ok(worker.into_handler()),
+            TurnOutcome::Continue(deadline) => {
                 if deadline.is_some_and(|d| d <= now) {
                     continue;
                 }
