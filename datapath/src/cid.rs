@@ -161,6 +161,12 @@ impl ShardCidGenerator {
     /// # Panics
     /// When `worker` is not below `layout.workers()`: a programming error of the engine.
     pub fn new(layout: Arc<CidLayout>, worker: usize) -> Self {
+        Self::with_rng(layout, worker, StdRng::from_entropy())
+    }
+
+    /// Like [`ShardCidGenerator::new`], drawing the random part of CIDs from `rng` (seeded,
+    /// in replayable simulations).
+    pub fn with_rng(layout: Arc<CidLayout>, worker: usize, rng: StdRng) -> Self {
         assert!(
             worker < layout.workers(),
             "worker index out of the CID layout"
@@ -168,7 +174,7 @@ impl ShardCidGenerator {
         Self {
             layout,
             worker,
-            rng: StdRng::from_entropy(),
+            rng,
             lifetime: None,
         }
     }

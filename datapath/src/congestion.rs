@@ -11,7 +11,7 @@
 //! `Endpoint::connect`, and a fresh one whenever the peer moves to a new address (any move
 //! but an IPv4 port change, so every IPv6 move too): the factory leaves the gate of the
 //! controller it built last in a thread-local, and the worker takes it right after each of
-//! those calls ([`take_last_built`]), so the connection's gate is always its current
+//! those calls (`take_last_built`), so the connection's gate is always its current
 //! controller's.
 //! An open gate reports an unlimited window: a closed connection sends nothing but
 //! CONNECTION_CLOSE, so nothing else can use it. Remove this module when quinn-proto releases

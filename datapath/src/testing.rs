@@ -11,6 +11,15 @@
 //!
 //! Each [`step`] turns every worker of every node once at the current virtual time, then, if
 //! nothing is due now, moves the clock to the next timer or delivery.
+//!
+//! Runs replay. Every [`MemNetwork`] has a seed (`XDPQUIC_SEED` from the environment, or a
+//! fresh one), and [`Node::new`] seeds each engine from it and the node's address
+//! ([`EngineBuilder::seed`]): CIDs, reset keys and quinn-proto's own random choices are the
+//! same on every run with that seed, and so, on the virtual clock, is everything else, as
+//! long as the handshakes have fixed sizes (use `tls::Identity::self_signed_ed25519`: ECDSA
+//! signatures vary in length) and the test draws its own randomness from
+//! [`MemNetwork::seed`]. A test that panics prints `simulation seed N: replay this run with
+//! XDPQUIC_SEED=N`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -48,7 +57,7 @@ impl<H: Handler> Node<H> {
         steering: MemSteering,
         factory: F,
     ) -> Result<Self, EngineError> {
-        let (workers, handle) = builder.build(factory)?;
+        let (workers, handle) = builder.seed(net.seed_for(addr)).build(factory)?;
         let io = net.bind(addr, workers.len(), steering)?;
         let done = vec![false; workers.len()];
         Ok(Self {

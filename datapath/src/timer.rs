@@ -51,6 +51,7 @@ impl TimerQueue {
     }
 
     /// The deadline of `key`, if any.
+    #[cfg(test)]
     pub fn get(&self, key: usize) -> Option<Instant> {
         match self.pos.get(key) {
             Some(&i) if i != ABSENT => Some(self.heap[i].0),

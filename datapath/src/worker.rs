@@ -9,7 +9,7 @@
 //! 3. receive batches from the backend; route each datagram by its destination CID
 //!    ([`crate::route`]): to this shard's endpoint, to its owner worker, or drop;
 //! 4. fire the connection timers that are due;
-//! 5. drive every connection that changed ([`Worker::drive`]): endpoint events, application
+//! 5. drive every connection that changed (`Worker::drive`): endpoint events, application
 //!    callbacks ([`Handler`]), then transmits straight to the backend;
 //! 6. flush the backend, publish the counters, report the next deadline.
 //!

@@ -95,7 +95,7 @@ impl InitialForge {
 }
 
 fn server(net: &MemNetwork, at: SocketAddr, b: EngineBuilder) -> Node<EchoServer> {
-    let id = tls::Identity::self_signed(&["localhost"]).unwrap();
+    let id = tls::Identity::self_signed_ed25519(&["localhost"]).unwrap();
     let b = b
         .workers(WORKERS)
         .server(tls::server_config(id, &[echo::ALPN]).unwrap());

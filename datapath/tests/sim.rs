@@ -20,7 +20,7 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn server_builder(workers: usize) -> EngineBuilder {
-    let id = tls::Identity::self_signed(&["localhost"]).unwrap();
+    let id = tls::Identity::self_signed_ed25519(&["localhost"]).unwrap();
     EngineBuilder::default()
         .workers(workers)
         .server(tls::server_config(id, &[echo::ALPN]).unwrap())
@@ -636,7 +636,7 @@ fn shutdown_after_a_migration_reaches_every_client() {
     ];
     for (server_at, from, to) in cases {
         let net = MemNetwork::new(Duration::from_millis(2));
-        let id = tls::Identity::self_signed(&["localhost"]).unwrap();
+        let id = tls::Identity::self_signed_ed25519(&["localhost"]).unwrap();
         let builder = EngineBuilder::default()
             .workers(2)
             .server(tls::server_config(id, &[perf::ALPN]).unwrap())
@@ -753,4 +753,49 @@ fn connections_past_the_maximum_are_refused() {
     )];
     run(&net, &mut server, &mut later);
     assert_all_ok(&later);
+}
+
+/// With a CID lifetime, a worker retires the CIDs it issued and issues fresh ones: a long
+/// transfer reaches the server under several destination CIDs, every one naming the
+/// connection's worker, and the data arrives intact.
+#[test]
+fn connection_ids_rotate_and_keep_naming_their_worker() {
+    use std::collections::BTreeSet;
+    use xdp_quic::backend::mem::{MemPacket, Verdict};
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let layout = CidLayout::for_workers(2).unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let s = seen.clone();
+    let server_addr = addr(SERVER);
+    net.set_impairment(move |p: &mut MemPacket| {
+        // Short headers from the client: octets 1..9 are the server's CID (8 octets).
+        if p.to == server_addr && p.data.len() > 9 && p.data[0] & 0x80 == 0 {
+            s.lock().unwrap().insert(p.data[1..9].to_vec());
+        }
+        Verdict::Deliver
+    });
+    let mut server = echo_server(
+        &net,
+        server_builder(2).cid_lifetime(Some(Duration::from_millis(40))),
+        MemSteering::Hash,
+    );
+    let mut clients = vec![echo_client(
+        &net,
+        "10.0.14.1:8000",
+        vec![payload(14, 4_000_000)],
+        vec![],
+    )];
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut clients[0]];
+    let took = run_clients(&net, &mut nodes, Duration::from_secs(60)).unwrap();
+    drop(nodes);
+    assert_all_ok(&clients);
+    let seen = seen.lock().unwrap();
+    let workers: BTreeSet<_> = seen.iter().map(|c| layout.decode(c)).collect();
+    assert_eq!(workers.len(), 1, "every CID names one worker: {workers:?}");
+    assert!(workers.iter().all(Option::is_some));
+    assert!(
+        seen.len() >= 3,
+        "{} destination CIDs over {took:?} with a 40 ms lifetime",
+        seen.len()
+    );
 }

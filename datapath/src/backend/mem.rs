@@ -75,14 +75,54 @@ pub struct MemStats {
 }
 
 /// The shared network. Cheap to clone.
+///
+/// Every network has a seed: `XDPQUIC_SEED` from the environment, or a fresh one. Engines
+/// bound to it through [`crate::testing::Node`] draw all their randomness from it, so a run
+/// replays; when a test panics, the seed is printed so the failure can be replayed.
 #[derive(Clone)]
 pub struct MemNetwork {
     net: Arc<Mutex<Net>>,
+    seed: Arc<Seed>,
+}
+
+/// The seed of a network; prints itself if the test panics while it lives.
+struct Seed(u64);
+
+impl Drop for Seed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "simulation seed {0}: replay this run with XDPQUIC_SEED={0}",
+                self.0
+            );
+        }
+    }
+}
+
+/// One step of the SplitMix64 generator: mixes `x` into a well-spread 64-bit value.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 impl MemNetwork {
-    /// A network whose datagrams take `latency` one way.
+    /// A network whose datagrams take `latency` one way, seeded from `XDPQUIC_SEED` or
+    /// afresh.
     pub fn new(latency: Duration) -> Self {
+        let seed = match std::env::var("XDPQUIC_SEED") {
+            Ok(s) => s
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("XDPQUIC_SEED={s:?} is not a 64-bit number")),
+            Err(_) => rand::random(),
+        };
+        Self::with_seed(latency, seed)
+    }
+
+    /// A network whose datagrams take `latency` one way, with seed `seed`.
+    pub fn with_seed(latency: Duration, seed: u64) -> Self {
         Self {
             net: Arc::new(Mutex::new(Net {
                 now: Instant::now(),
@@ -91,7 +131,27 @@ impl MemNetwork {
                 impairment: None,
                 stats: MemStats::default(),
             })),
+            seed: Arc::new(Seed(seed)),
         }
+    }
+
+    /// The seed of this network.
+    pub fn seed(&self) -> u64 {
+        self.seed.0
+    }
+
+    /// The seed of whatever binds `addr`: derived from the network's seed and the address,
+    /// so each node draws its own numbers, the same ones on every replay.
+    pub fn seed_for(&self, addr: SocketAddr) -> u64 {
+        let mut h = mix(self.seed.0);
+        match addr.ip() {
+            std::net::IpAddr::V4(ip) => h = mix(h ^ u64::from(u32::from(ip))),
+            std::net::IpAddr::V6(ip) => {
+                let v = u128::from(ip);
+                h = mix(mix(h ^ (v as u64)) ^ ((v >> 64) as u64));
+            }
+        }
+        mix(h ^ u64::from(addr.port()))
     }
 
     fn lock(&self) -> MutexGuard<'_, Net> {
@@ -166,11 +226,6 @@ impl MemNetwork {
     /// Sets the hook that sees every datagram sent from now on.
     pub fn set_impairment(&self, f: impl FnMut(&mut MemPacket) -> Verdict + Send + 'static) {
         self.lock().impairment = Some(Box::new(f));
-    }
-
-    /// Removes the impairment hook.
-    pub fn clear_impairment(&self) {
-        self.lock().impairment = None;
     }
 
     /// Puts a raw datagram on the wire, as if `from` had sent it (hostile input, spoofing).

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded};
 use quinn_proto::{ClientConfig, EndpointConfig, ServerConfig, TransportConfig, VarInt};
-use rand::RngCore;
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 
 use super::{EngineError, EngineHandle, Mesh};
 use crate::cid::{CidLayout, ShardCidGenerator};
@@ -62,6 +63,8 @@ pub struct EngineBuilder {
     pub(super) reset_key: Option<[u8; 64]>,
     pub(super) min_reset_interval: Duration,
     pub(super) max_connections: usize,
+    pub(super) seed: Option<u64>,
+    pub(super) cid_lifetime: Option<Duration>,
 }
 
 /// Connections one worker holds at most by default ([`EngineBuilder::max_connections`]).
@@ -97,6 +100,8 @@ impl Default for EngineBuilder {
             reset_key: None,
             min_reset_interval: Duration::from_millis(20),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            seed: None,
+            cid_lifetime: None,
         }
     }
 }
@@ -115,7 +120,7 @@ impl EngineBuilder {
         self
     }
 
-    /// Open connections ([`Ctx::connect`]) with this configuration.
+    /// Open connections ([`crate::Ctx::connect`]) with this configuration.
     pub fn client(mut self, config: ClientConfig) -> Self {
         self.client = Some(config);
         self
@@ -184,6 +189,26 @@ impl EngineBuilder {
         self
     }
 
+    /// Retires every connection ID a worker issued and issues a fresh one after `lifetime`
+    /// (default: never). Rotation makes a long connection harder to follow across its
+    /// paths by on-path observers; the new CIDs name the same worker.
+    pub fn cid_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.cid_lifetime = lifetime;
+        self
+    }
+
+    /// Draws every random choice of the engine and of quinn-proto from `seed`: the
+    /// stateless-reset key (unless [`EngineBuilder::reset_key`] sets one), the random part
+    /// of CIDs, and each endpoint's generator (packet number skips, path challenges,
+    /// client-chosen CIDs). With the in-memory network and its virtual clock a run then
+    /// replays exactly (TLS keys stay random, but an Ed25519 certificate keeps every
+    /// handshake the same size: `tls::Identity::self_signed_ed25519`). For simulations
+    /// only: a server's CIDs become predictable.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
     /// The stateless-reset key (default random). Hosts behind one balancer share it.
     pub fn reset_key(mut self, key: [u8; 64]) -> Self {
         self.reset_key = Some(key);
@@ -217,9 +242,14 @@ impl EngineBuilder {
                 "handover capacity must be at least 1".into(),
             ));
         }
+        // One generator for everything random the engine chooses: seeded, or from entropy.
+        let mut rng = match self.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
         let key = self.reset_key.unwrap_or_else(|| {
             let mut k = [0u8; 64];
-            rand::thread_rng().fill_bytes(&mut k);
+            rng.fill_bytes(&mut k);
             k
         });
         let reset_key: Arc<dyn quinn_proto::crypto::HmacKey> =
@@ -271,8 +301,22 @@ impl EngineBuilder {
             let mut config = EndpointConfig::new(reset_key.clone());
             config.min_reset_interval(self.min_reset_interval);
             let l = layout.clone();
-            config.cid_generator(move || Box::new(ShardCidGenerator::new(l.clone(), index)));
-            let endpoint = quinn_proto::Endpoint::new(Arc::new(config), server.clone(), true, None);
+            let lifetime = self.cid_lifetime;
+            let cid_rng = StdRng::from_rng(&mut rng).expect("a StdRng seeds another");
+            config.cid_generator(move || {
+                Box::new(
+                    ShardCidGenerator::with_rng(l.clone(), index, cid_rng.clone())
+                        .with_lifetime(lifetime),
+                )
+            });
+            let mut endpoint_seed = [0u8; 32];
+            rng.fill_bytes(&mut endpoint_seed);
+            let endpoint = quinn_proto::Endpoint::new(
+                Arc::new(config),
+                server.clone(),
+                true,
+                self.seed.map(|_| endpoint_seed),
+            );
             workers.push(Worker::new(WorkerParts {
                 index,
                 mesh: mesh.clone(),

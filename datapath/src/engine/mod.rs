@@ -8,9 +8,9 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`builder`] | [`EngineBuilder`], its defaults, `build` (workers and the mesh between them) |
-//! | [`threads`] | `start*`: a pinned thread per worker, the thread body, failure containment |
-//! | [`xdp`] | `start_xdp`: one AF_XDP socket per queue, the XSKMAP, the canary socket |
+//! | `builder` | [`EngineBuilder`], its defaults, `build` (workers and the mesh between them) |
+//! | `threads` | `start*`: a pinned thread per worker, the thread body, failure containment |
+//! | `xdp` | `start_xdp`: one AF_XDP socket per queue, the XSKMAP, the canary socket |
 //! | this one | [`Engine`] (running threads) and [`EngineHandle`] (work posted from any thread) |
 
 mod builder;
@@ -60,7 +60,7 @@ pub(crate) struct Mesh<H> {
     pub commands: Vec<Sender<Command<H>>>,
     pub wakers: Vec<Arc<Waker>>,
     pub metrics: Vec<Arc<WorkerMetrics>>,
-    /// Why each worker failed, once it has ([`Worker::fail`]).
+    /// Why each worker failed, once it has ([`crate::Worker::fail`]).
     pub failures: Vec<std::sync::OnceLock<String>>,
 }
 
@@ -141,7 +141,7 @@ impl<H: Handler> EngineHandle<H> {
         self.mesh.metrics.clone()
     }
 
-    /// The workers that failed and why ([`Worker::fail`]): a panic outside the application's
+    /// The workers that failed and why ([`crate::Worker::fail`]): a panic outside the application's
     /// callbacks or a fatal I/O error. Such a worker closed its connections as far as it
     /// could and stopped; the others go on. A server should treat it as fatal (restart).
     pub fn failed_workers(&self) -> Vec<(usize, String)> {

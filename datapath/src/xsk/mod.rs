@@ -1,4 +1,4 @@
-//! AF_XDP sockets, in-house: the UMEM ([`umem`]), the four rings ([`ring`]) and the socket
+//! AF_XDP sockets, in-house: the UMEM ([`umem`]), the four rings (`ring`) and the socket
 //! that binds them to one queue of an interface ([`socket`]).
 //!
 //! ```text

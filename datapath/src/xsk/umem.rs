@@ -2,9 +2,9 @@
 //!
 //! A frame is, at any time, the user's (free, or being read or written by this process) or
 //! lent to the kernel (in the fill ring or receiving into it; in the TX ring or being sent).
-//! [`Umem`] records which for every frame, and hands frames out as [`Frame`] tokens: a token
-//! is neither `Copy` nor `Clone`, only [`Umem::alloc`] and [`Umem::take_back`] make one, and
-//! [`Umem::release`] and [`Umem::lend`] consume it. So the frame bytes that safe code can
+//! [`Umem`] records which for every frame, and hands frames out as `Frame` tokens: a token
+//! is neither `Copy` nor `Clone`, only `Umem::alloc` and `Umem::take_back` make one, and
+//! `Umem::release` and `Umem::lend` consume it. So the frame bytes that safe code can
 //! reach (through a token) are never the kernel's at the same time, and a frame is never
 //! released twice. A descriptor the kernel returns is checked against the record before it
 //! becomes a token again: an address that names no frame lent for that purpose is refused.
