@@ -41,6 +41,7 @@ pub mod backend;
 pub mod cid;
 pub mod congestion;
 pub mod conn;
+mod cpu;
 pub mod engine;
 mod guard;
 pub mod handler;

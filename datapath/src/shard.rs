@@ -8,7 +8,11 @@
 
 use std::time::Instant;
 
+use std::net::SocketAddr;
+
 use quinn_proto::{ClientConfig, Connection, ConnectionEvent, ConnectionHandle, Endpoint};
+
+use crate::packet::frame::L2;
 
 use crate::congestion::CloseGate;
 use crate::conn::ConnId;
@@ -66,6 +70,9 @@ pub(crate) struct Slot {
     /// The connection's tracing span: its life-cycle events, and whatever the application
     /// logs in its callbacks, carry the connection id (free when the level is off).
     pub span: tracing::Span,
+    /// The link layer of replies to the connection's current address and to the address
+    /// it had before its last move (AF_XDP; see [`crate::backend::Transmit::link`]).
+    pub links: [Option<(SocketAddr, L2)>; 2],
 }
 
 impl Slot {
@@ -80,6 +87,40 @@ impl Slot {
             }
             self.gate = fresh;
         }
+    }
+
+    /// Hands the connection a datagram from `remote` that came with link layer `link`, and
+    /// keeps that link layer for replies to `remote` when the datagram moved the connection
+    /// there (quinn-proto moves a connection only for a packet it authenticated) or when none
+    /// is known yet; the previous address keeps its own (quinn-proto may still validate it).
+    /// So a forged frame, which cannot be authenticated, never changes where a connection's
+    /// replies go.
+    pub fn handle_datagram(
+        &mut self,
+        event: ConnectionEvent,
+        remote: SocketAddr,
+        link: Option<L2>,
+    ) {
+        let before = self.conn.remote_address();
+        self.handle_event(event);
+        let now = self.conn.remote_address();
+        let Some(link) = link else { return };
+        if self.links[0].is_none() {
+            self.links[0] = Some((remote, link));
+        } else if now != before && now == remote {
+            self.links = [Some((remote, link)), self.links[0]];
+        }
+    }
+
+    /// The link layer of a reply to `to`: the one learned for that address, else the
+    /// current one.
+    pub fn link_for(&self, to: SocketAddr) -> Option<L2> {
+        self.links
+            .iter()
+            .flatten()
+            .find(|(a, _)| *a == to)
+            .or(self.links[0].as_ref())
+            .map(|(_, l)| *l)
     }
 }
 
@@ -122,6 +163,7 @@ impl Connections {
         id: ConnId,
         conn: Connection,
         gate: CloseGate,
+        link: Option<(SocketAddr, L2)>,
         now: Instant,
     ) -> ConnId {
         let h = id.handle();
@@ -138,6 +180,7 @@ impl Connections {
             gate,
             created: now,
             span: tracing::debug_span!("connection", conn = %id),
+            links: [link, None],
         }));
         self.active += 1;
         self.handshaking += 1;

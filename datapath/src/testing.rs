@@ -12,8 +12,8 @@
 //! Each [`step`] turns every worker of every node once at the current virtual time, then, if
 //! nothing is due now, moves the clock to the next timer or delivery.
 //!
-//! Runs replay. Every [`MemNetwork`] has a seed (`XDPQUIC_SEED` from the environment, or a
-//! fresh one), and [`Node::new`] seeds each engine from it and the node's address
+//! Runs replay. Every [`MemNetwork`] has a seed (`XDPQUIC_SEED` from the environment: a
+//! number, or `random` to explore; else a fixed default, so every test run is the same), and [`Node::new`] seeds each engine from it and the node's address
 //! ([`EngineBuilder::seed`]): CIDs, reset keys and quinn-proto's own random choices are the
 //! same on every run with that seed, and so, on the virtual clock, is everything else, as
 //! long as the handshakes have fixed sizes (use `tls::Identity::self_signed_ed25519`: ECDSA

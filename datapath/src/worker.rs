@@ -34,6 +34,7 @@ use crate::engine::{Command, Mesh, RetryPolicy};
 use crate::guard::{Guarded, INTERNAL_ERROR};
 use crate::handler::Handler;
 use crate::metrics::{Counters, Histograms, WorkerMetrics};
+use crate::packet::frame::L2;
 use crate::route::{route, Destination};
 use crate::shard::{Connections, Shard};
 
@@ -80,16 +81,18 @@ struct Outgoing {
     ecn: Option<EcnCodepoint>,
     segment_size: Option<usize>,
     len: usize,
+    link: Option<L2>,
 }
 
 impl Outgoing {
-    fn of(t: &quinn_proto::Transmit) -> Self {
+    fn of(t: &quinn_proto::Transmit, link: Option<L2>) -> Self {
         Self {
             destination: t.destination,
             src_ip: t.src_ip,
             ecn: t.ecn,
             segment_size: t.segment_size,
             len: t.size,
+            link,
         }
     }
 
@@ -102,6 +105,7 @@ impl Outgoing {
             ecn: self.ecn,
             segment_size: self.segment_size,
             contents: &buf[..self.len],
+            link: self.link,
         };
         match io.send(&t) {
             Ok(()) => {
@@ -317,7 +321,6 @@ impl<H: Handler> Worker<H> {
             match self.handovers.try_recv() {
                 Ok(d) => {
                     self.counters.handover_in += 1;
-                    io.adopt(&d);
                     self.feed_endpoint(io, d);
                 }
                 Err(_) => break,
@@ -398,6 +401,7 @@ impl<H: Handler> Worker<H> {
 
     /// Feeds a datagram that belongs here to the endpoint.
     fn feed_endpoint<B: Backend>(&mut self, io: &mut B, d: Datagram) {
+        let (remote, link) = (d.remote, d.link);
         self.tx_buf.clear();
         let event = self.shard.endpoint.handle(
             self.shard.now,
@@ -410,11 +414,11 @@ impl<H: Handler> Worker<H> {
         match event {
             Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
                 if let Some(slot) = self.conns.slot(ch.0) {
-                    slot.handle_event(ev);
+                    slot.handle_datagram(ev, remote, link);
                     self.conns.mark_dirty(ch.0);
                 }
             }
-            Some(DatagramEvent::NewConnection(incoming)) => self.on_incoming(io, incoming),
+            Some(DatagramEvent::NewConnection(incoming)) => self.on_incoming(io, incoming, link),
             Some(DatagramEvent::Response(t)) => {
                 // A stateless reset has a short header; version negotiation a long one.
                 if self.tx_buf.first().is_some_and(|b| b & 0x80 == 0) {
@@ -422,7 +426,7 @@ impl<H: Handler> Worker<H> {
                 } else {
                     self.counters.version_negotiations += 1;
                 }
-                self.send_stateless(io, &t);
+                self.send_stateless(io, &t, link);
             }
             None => self.counters.rx_ignored += 1,
         }
@@ -430,13 +434,13 @@ impl<H: Handler> Worker<H> {
 
     /// Accepts, validates with Retry, or refuses a new connection (while stopping, or when
     /// the worker holds its maximum of connections).
-    fn on_incoming<B: Backend>(&mut self, io: &mut B, incoming: Incoming) {
+    fn on_incoming<B: Backend>(&mut self, io: &mut B, incoming: Incoming, link: Option<L2>) {
         self.tx_buf.clear();
         let endpoint = &mut self.shard.endpoint;
         if self.drain_deadline.is_some() || self.conns.active >= self.max_connections {
             let t = endpoint.refuse(incoming, &mut self.tx_buf);
             self.counters.conns_refused += 1;
-            self.send_stateless(io, &t);
+            self.send_stateless(io, &t, link);
             return;
         }
         let retry = match self.retry {
@@ -448,7 +452,7 @@ impl<H: Handler> Worker<H> {
             match endpoint.retry(incoming, &mut self.tx_buf) {
                 Ok(t) => {
                     self.counters.retries_sent += 1;
-                    self.send_stateless(io, &t);
+                    self.send_stateless(io, &t, link);
                 }
                 Err(e) => endpoint.ignore(e.into_incoming()),
             }
@@ -460,7 +464,8 @@ impl<H: Handler> Worker<H> {
                 let remote = conn.remote_address();
                 let gate = crate::congestion::take_last_built().unwrap_or_default();
                 let id = ConnId::new(self.shard.worker, ch, self.shard.take_serial());
-                self.conns.insert(id, conn, gate, self.shard.now);
+                let link = link.map(|l| (remote, l));
+                self.conns.insert(id, conn, gate, link, self.shard.now);
                 if let Some(slot) = self.conns.get(id) {
                     slot.span.in_scope(|| tracing::debug!(%remote, "accepted"));
                 }
@@ -468,15 +473,21 @@ impl<H: Handler> Worker<H> {
             Err(e) => {
                 self.counters.conns_refused += 1;
                 if let Some(t) = e.response {
-                    self.send_stateless(io, &t);
+                    self.send_stateless(io, &t, link);
                 }
             }
         }
     }
 
-    /// Sends an endpoint-generated packet in `tx_buf`; dropped if the backend pushes back.
-    fn send_stateless<B: Backend>(&mut self, io: &mut B, t: &quinn_proto::Transmit) {
-        Outgoing::of(t).send(io, &self.tx_buf, &mut self.counters);
+    /// Sends an endpoint-generated packet in `tx_buf` over `link` (the datagram's it answers);
+    /// dropped if the backend pushes back.
+    fn send_stateless<B: Backend>(
+        &mut self,
+        io: &mut B,
+        t: &quinn_proto::Transmit,
+        link: Option<L2>,
+    ) {
+        Outgoing::of(t, link).send(io, &self.tx_buf, &mut self.counters);
     }
 
     fn run_command(&mut self, cmd: Command<H>) {
@@ -587,7 +598,7 @@ impl<H: Handler> Worker<H> {
             while let Some(b) = self.shard.born.pop() {
                 self.counters.conns_opened += 1;
                 let id = ConnId::new(self.shard.worker, b.handle, b.serial);
-                self.conns.insert(id, b.conn, b.gate, self.shard.now);
+                self.conns.insert(id, b.conn, b.gate, None, self.shard.now);
                 if let Some(slot) = self.conns.get(id) {
                     slot.span.in_scope(|| tracing::debug!("opened"));
                 }
@@ -717,7 +728,7 @@ impl<H: Handler> Worker<H> {
             else {
                 return;
             };
-            let out = Outgoing::of(&t);
+            let out = Outgoing::of(&t, slot.link_for(t.destination));
             if !out.send(io, &self.tx_buf, &mut self.counters) {
                 std::mem::swap(&mut self.tx_buf, &mut self.stall_buf);
                 self.stalled = Some(out);

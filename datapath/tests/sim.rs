@@ -799,3 +799,80 @@ fn connection_ids_rotate_and_keep_naming_their_worker() {
         seen.len()
     );
 }
+
+/// Where a connection's replies go (its link layer, for AF_XDP) changes only with a packet
+/// the connection authenticated: spoofed frames from the client's address with another MAC
+/// (a replayed packet, a forged one with the connection's CID) and a flood from spoofed
+/// sources leave it alone, and a real move of the client takes it along.
+#[test]
+fn forged_frames_never_redirect_a_connections_replies() {
+    use std::collections::BTreeSet;
+    use xdp_quic::backend::mem::{mac_of, MemPacket, Verdict};
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let client_at = addr("10.0.15.1:8100");
+    let moved_to = addr("10.0.15.2:8101");
+    let attacker_mac = [0x02, 0xee, 0xee, 0xee, 0xee, 0xee];
+    // Every destination MAC the server used toward each client address, and the client's
+    // packets (to replay and to forge from).
+    let macs = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let captured = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let (m, c) = (macs.clone(), captured.clone());
+    let server_addr = addr(SERVER);
+    net.set_impairment(move |p: &mut MemPacket| {
+        if p.from.port() == server_addr.port() {
+            if let Some(l) = p.link {
+                m.lock().unwrap().insert((p.to, l.dst_mac));
+            }
+        } else if p.to == server_addr && p.data[0] & 0x80 == 0 {
+            c.lock().unwrap().push(p.data.clone());
+        }
+        Verdict::Deliver
+    });
+    let mut server = echo_server(&net, server_builder(1), MemSteering::Hash);
+    let mut clients = vec![echo_client(
+        &net,
+        "10.0.15.1:8100",
+        vec![payload(15, 4_000_000)],
+        vec![],
+    )];
+    while server.handler_total_echoed() < 1_000_000 {
+        step(&net, &mut [&mut server, &mut clients[0]]).unwrap();
+    }
+    // The attack: the client's own packets replayed, forged ones with its CID, from its
+    // address but another MAC; and a flood of short headers from 2,000 spoofed sources.
+    let packets = captured.lock().unwrap().clone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(net.seed());
+    for p in packets.iter().rev().take(50) {
+        net.inject_from_mac(client_at, attacker_mac, server_addr, p);
+        let mut forged = p.clone();
+        rng.fill_bytes(&mut forged[9..]);
+        net.inject_from_mac(client_at, attacker_mac, server_addr, &forged);
+    }
+    for i in 0..2000u32 {
+        let from = SocketAddr::new(std::net::Ipv4Addr::from(0x0a63_0000 + i).into(), 9000);
+        let mut forged = packets[packets.len() - 1].clone();
+        rng.fill_bytes(&mut forged[9..]);
+        net.inject_from_mac(from, attacker_mac, server_addr, &forged);
+    }
+    let echoed = server.handler_total_echoed();
+    while server.handler_total_echoed() < echoed + 1_000_000 {
+        step(&net, &mut [&mut server, &mut clients[0]]).unwrap();
+    }
+    // A real move: the client's packets now come from a new address and its MAC.
+    net.rebind(&mut clients[0].io[0], moved_to).unwrap();
+    run(&net, &mut server, &mut clients);
+    assert_all_ok(&clients);
+    let macs = macs.lock().unwrap();
+    let toward = |a: SocketAddr| -> BTreeSet<[u8; 6]> {
+        macs.iter()
+            .filter(|(to, _)| *to == a)
+            .map(|(_, m)| *m)
+            .collect()
+    };
+    assert_eq!(toward(client_at), BTreeSet::from([mac_of(client_at)]));
+    assert_eq!(toward(moved_to), BTreeSet::from([mac_of(moved_to)]));
+    assert!(
+        macs.iter().all(|(_, m)| *m != attacker_mac),
+        "the server sent toward the attacker's MAC: {macs:?}"
+    );
+}

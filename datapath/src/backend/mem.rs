@@ -18,6 +18,7 @@ use quinn_proto::EcnCodepoint;
 
 use super::{Backend, RxBatch, SendError, Transmit};
 use crate::cid::CidLayout;
+use crate::packet::frame::L2;
 use crate::waker::Waker;
 
 /// How a group picks the member that receives a datagram.
@@ -32,13 +33,36 @@ pub enum MemSteering {
 }
 
 /// A datagram in flight.
+///
+/// The network also plays a link layer, so that what the AF_XDP path does with MAC
+/// addresses can be tested here: every address has a MAC ([`mac_of`]), a packet carries its
+/// sender's (`from_mac`, which an injected packet may forge), the receiver gets the reply
+/// link layer in [`crate::backend::Datagram::link`], and `link` is what the sender's
+/// transmit asked for.
 #[derive(Debug, Clone)]
 pub struct MemPacket {
     pub from: SocketAddr,
     pub to: SocketAddr,
     pub ecn: Option<EcnCodepoint>,
     pub data: Vec<u8>,
+    /// The sender's MAC address.
+    pub from_mac: [u8; 6],
+    /// The link layer the sender's transmit named ([`crate::backend::Transmit::link`]).
+    pub link: Option<L2>,
     deliver_at: Instant,
+}
+
+/// The MAC address the in-memory network gives `addr`'s host (locally administered).
+pub fn mac_of(addr: SocketAddr) -> [u8; 6] {
+    let h = mix(match addr.ip() {
+        std::net::IpAddr::V4(ip) => u64::from(u32::from(ip)),
+        std::net::IpAddr::V6(ip) => {
+            let v = u128::from(ip);
+            mix(v as u64) ^ (v >> 64) as u64
+        }
+    });
+    let b = h.to_be_bytes();
+    [0x02, b[1], b[2], b[3], b[4], b[5]]
 }
 
 /// What the impairment hook decides for a datagram.
@@ -76,14 +100,19 @@ pub struct MemStats {
 
 /// The shared network. Cheap to clone.
 ///
-/// Every network has a seed: `XDPQUIC_SEED` from the environment, or a fresh one. Engines
-/// bound to it through [`crate::testing::Node`] draw all their randomness from it, so a run
-/// replays; when a test panics, the seed is printed so the failure can be replayed.
+/// Every network has a seed: `XDPQUIC_SEED` from the environment (a number, or `random` for
+/// a fresh one each run, to explore), else [`DEFAULT_SEED`], so that a test run is the same
+/// run every time. Engines bound to it through [`crate::testing::Node`] draw all their
+/// randomness from it, so a run replays; when a test panics, the seed is printed so the
+/// failure can be replayed.
 #[derive(Clone)]
 pub struct MemNetwork {
     net: Arc<Mutex<Net>>,
     seed: Arc<Seed>,
 }
+
+/// The seed of networks made without `XDPQUIC_SEED`.
+pub const DEFAULT_SEED: u64 = 0x0005_eed0_0f5e_ed00;
 
 /// The seed of a network; prints itself if the test panics while it lives.
 struct Seed(u64);
@@ -108,15 +137,15 @@ fn mix(mut x: u64) -> u64 {
 }
 
 impl MemNetwork {
-    /// A network whose datagrams take `latency` one way, seeded from `XDPQUIC_SEED` or
-    /// afresh.
+    /// A network whose datagrams take `latency` one way, seeded from `XDPQUIC_SEED` (a
+    /// number, or `random`), else with [`DEFAULT_SEED`].
     pub fn new(latency: Duration) -> Self {
         let seed = match std::env::var("XDPQUIC_SEED") {
-            Ok(s) => s
-                .trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("XDPQUIC_SEED={s:?} is not a 64-bit number")),
-            Err(_) => rand::random(),
+            Ok(s) if s.trim() == "random" => rand::random(),
+            Ok(s) => s.trim().parse().unwrap_or_else(|_| {
+                panic!("XDPQUIC_SEED={s:?} is neither a 64-bit number nor `random`")
+            }),
+            Err(_) => DEFAULT_SEED,
         };
         Self::with_seed(latency, seed)
     }
@@ -230,12 +259,19 @@ impl MemNetwork {
 
     /// Puts a raw datagram on the wire, as if `from` had sent it (hostile input, spoofing).
     pub fn inject(&self, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        self.inject_from_mac(from, mac_of(from), to, data)
+    }
+
+    /// Like [`MemNetwork::inject`], from a forged MAC address (an on-link spoofer).
+    pub fn inject_from_mac(&self, from: SocketAddr, mac: [u8; 6], to: SocketAddr, data: &[u8]) {
         let mut n = self.lock();
         let p = MemPacket {
             from,
             to,
             ecn: None,
             data: data.to_vec(),
+            from_mac: mac,
+            link: None,
             deliver_at: n.now + n.latency,
         };
         n.deliver(p);
@@ -334,7 +370,12 @@ impl Backend for MemBackend {
         let mut added = 0;
         while !batch.is_full() && inbox.front().is_some_and(|p| p.deliver_at <= now) {
             let p = inbox.pop_front().expect("front checked");
-            batch.push(p.from, Some(p.to.ip()), p.ecn, &p.data);
+            let reply = L2 {
+                src_mac: mac_of(p.to),
+                dst_mac: p.from_mac,
+                vlan: None,
+            };
+            batch.push_linked(p.from, Some(p.to.ip()), p.ecn, Some(reply), &p.data);
             added += 1;
         }
         Ok(added)
@@ -344,12 +385,15 @@ impl Backend for MemBackend {
         let mut n = self.net.lock();
         let deliver_at = n.now + n.latency;
         let from = SocketAddr::new(t.src_ip.unwrap_or(self.addr.ip()), self.addr.port());
+        let from_mac = mac_of(from);
         for seg in t.segments() {
             n.deliver(MemPacket {
                 from,
                 to: t.destination,
                 ecn: t.ecn,
                 data: seg.to_vec(),
+                from_mac,
+                link: t.link,
                 deliver_at,
             });
         }

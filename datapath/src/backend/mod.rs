@@ -23,6 +23,8 @@ use std::time::Instant;
 pub use quinn_proto::EcnCodepoint;
 pub use rx::{Datagram, RxBatch};
 
+use crate::packet::frame::L2;
+
 use crate::waker::Waker;
 
 /// One outgoing UDP datagram, or a GSO batch of `contents.len() / segment_size` datagrams of
@@ -34,6 +36,13 @@ pub struct Transmit<'a> {
     pub ecn: Option<EcnCodepoint>,
     pub segment_size: Option<usize>,
     pub contents: &'a [u8],
+    /// The link layer of the reply, for a backend that builds frames itself (AF_XDP with
+    /// transmits on its ring): the one the connection's peer reached us with, as the
+    /// connection knows it (set when it was accepted, changed only by a packet that moved the
+    /// connection to a new address, which quinn-proto authenticated first), or the one of
+    /// the datagram a stateless answer replies to. `None` for connections this host opened
+    /// and over kernel sockets, which resolve next hops themselves.
+    pub link: Option<L2>,
 }
 
 impl Transmit<'_> {
@@ -80,15 +89,6 @@ pub trait Backend {
 
     /// The local address datagrams are received on.
     fn local_addr(&self) -> io::Result<SocketAddr>;
-
-    /// Takes what replying to `datagram`'s sender needs from a datagram another worker's
-    /// backend received (a hand-over). The worker calls it before the datagram reaches the
-    /// endpoint. Kernel sockets need nothing; AF_XDP learns the sender's link layer
-    /// ([`Datagram::link`]), else the owner of a connection could not answer a peer whose
-    /// frames arrive on another queue (after a NAT rebinding, or a forged CID).
-    fn adopt(&mut self, datagram: &Datagram) {
-        let _ = datagram;
-    }
 
     /// Datagrams the kernel dropped before this backend could receive them (a kernel
     /// socket's full receive buffer), since it was opened; `None` where there is no such

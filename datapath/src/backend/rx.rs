@@ -25,8 +25,9 @@ pub struct Datagram {
     pub data: BytesMut,
     /// The link layer a reply to `remote` takes (our MAC and the peer's swapped, its VLAN
     /// tag), where the backend builds frames itself (AF_XDP); `None` over kernel sockets.
-    /// Travels with a hand-over so the owner worker can answer a peer whose frames reached
-    /// another queue ([`crate::Backend::adopt`]).
+    /// The worker keeps it per connection ([`crate::backend::Transmit::link`]), and it
+    /// travels with a hand-over, so the owner worker can answer a peer whose frames reached
+    /// another queue.
     pub link: Option<L2>,
 }
 

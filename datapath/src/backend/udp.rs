@@ -44,7 +44,9 @@ pub enum Steering {
 pub struct UdpBackend {
     socket: UdpSocket,
     state: UdpSocketState,
-    buf: Box<[u8]>,
+    /// The recvmmsg slots, allocated at the first receive (a socket that only sends, the
+    /// kernel transmit path of AF_XDP, never needs them).
+    buf: Vec<u8>,
     meta: [RecvMeta; BATCH_SIZE],
     pending: Pending,
 }
@@ -77,7 +79,7 @@ impl UdpBackend {
         Ok(Self {
             socket,
             state,
-            buf: vec![0u8; SLOT * BATCH_SIZE].into_boxed_slice(),
+            buf: Vec::new(),
             meta: [RecvMeta::default(); BATCH_SIZE],
             pending: Pending::default(),
         })
@@ -120,9 +122,27 @@ pub fn bind_group(
     workers: usize,
     layout: &CidLayout,
 ) -> io::Result<(Vec<UdpBackend>, Steering)> {
+    let sockets = bind_reuseport(addr, workers)?;
+    let steering = if workers > 1 && attach_reuseport_program(&sockets[0], layout).is_ok() {
+        Steering::CidProgram
+    } else {
+        Steering::Hash
+    };
+    let backends = sockets
+        .into_iter()
+        .map(UdpBackend::new)
+        .collect::<io::Result<Vec<_>>>()?;
+    Ok((backends, steering))
+}
+
+/// Binds `n` sockets to `addr` with SO_REUSEPORT (port 0: a free port, the same for all),
+/// non-blocking, dual-stack for an unspecified IPv6 address, and checks on the bound sockets
+/// that no other socket shares the port: SO_REUSEPORT lets any socket of the same user join
+/// the group, and it would take a share of the packets.
+pub fn bind_reuseport(addr: SocketAddr, n: usize) -> io::Result<Vec<UdpSocket>> {
     let mut addr = addr;
-    let mut sockets = Vec::with_capacity(workers);
-    for _ in 0..workers {
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
         let domain = Domain::for_address(addr);
         let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
         if addr.is_ipv6() && addr.ip().is_unspecified() {
@@ -136,8 +156,6 @@ pub fn bind_group(
         addr = socket.local_addr()?;
         sockets.push(socket);
     }
-    // SO_REUSEPORT lets any socket of the same user join the group: check, on the sockets we
-    // hold, that no other socket shares the port (it would take a share of our packets).
     if let Some(foreign) = foreign_sockets(addr, &sockets)?.into_iter().next() {
         return Err(io::Error::new(
             io::ErrorKind::AddrInUse,
@@ -148,16 +166,7 @@ pub fn bind_group(
             ),
         ));
     }
-    let steering = if workers > 1 && attach_reuseport_program(&sockets[0], layout).is_ok() {
-        Steering::CidProgram
-    } else {
-        Steering::Hash
-    };
-    let backends = sockets
-        .into_iter()
-        .map(UdpBackend::new)
-        .collect::<io::Result<Vec<_>>>()?;
-    Ok((backends, steering))
+    Ok(sockets)
 }
 
 /// The sockets bound to `addr`'s port (on an overlapping address) that are not `ours`, as
@@ -365,6 +374,9 @@ impl Backend for UdpBackend {
             added += self.drain_pending(batch);
             if batch.is_full() || self.pending.msgs > 0 {
                 return Ok(added);
+            }
+            if self.buf.is_empty() {
+                self.buf.resize(SLOT * BATCH_SIZE, 0);
             }
             let mut chunks = self.buf.chunks_mut(SLOT);
             let mut slices: [IoSliceMut<'_>; BATCH_SIZE] =

@@ -6,16 +6,23 @@
 //! front of the payload: the one copy out), and `flush` (publish the TX ring, kick once when
 //! the kernel asks, reap completions).
 //!
-//! Replies reach the client because the backend learns, from each received frame, the link
-//! layer of its sender: a reply to IP `a` goes out with the MAC addresses swapped from the last
-//! frame received from `a` and its VLAN tag. A transmit to an address never heard from fails
-//! (`tx_no_route`); this backend serves, it does not resolve neighbours.
+//! Transmits take one of two paths per queue ([`TxPath`]):
 //!
-//! The UMEM is split: at most half of its frames wait in the fill ring for the kernel, the
-//! rest are for transmits. When the frames run out, sends push back (the worker retries) and
-//! the kernel drops receives (counted by XDP_STATISTICS); both recover as frames return.
+//! * `xsk`: frames built here and pushed on the socket's TX ring. A reply goes out with the
+//!   link layer the worker keeps for its connection ([`crate::backend::Transmit::link`]: the
+//!   MACs of the frame that opened or last moved the connection, swapped, and its VLAN tag);
+//!   a transmit without one fails (`tx_no_route`). At most half the UMEM waits in the fill
+//!   ring, the rest carries transmits. The right path where the driver does zero-copy.
+//! * `kernel`: sent through the queue's UDP socket on the service port with quinn-udp (GSO,
+//!   ECN, the source address by IP_PKTINFO), the kernel resolving next hops; the TX ring
+//!   stays unused and every frame serves receive. In copy mode (veth, drivers without
+//!   zero-copy) the kernel builds an skb per TX-ring frame anyway, so one per GSO batch of up
+//!   to 44 datagrams is far cheaper.
+//!
+//! When the frames run out, sends push back (the worker retries) and the kernel drops receives
+//! (counted by XDP_STATISTICS); both recover as frames return. The queue's UDP socket is also
+//! the canary: datagrams that reach it missed the XDP path.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -23,8 +30,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::udp::UdpBackend;
 use super::udp::{poll_fds, pollfd};
-use super::{Backend, Datagram, RxBatch, SendError, Transmit};
+use super::{Backend, RxBatch, SendError, Transmit};
 use crate::packet::frame::{self, ParseError, L2};
 use crate::waker::Waker;
 use crate::xsk::socket::{TxError, XskConfig, XskSocket, XskStats};
@@ -47,9 +55,6 @@ impl Default for PollMode {
     }
 }
 
-/// Remote peers whose link layer is remembered, at most (a spoofed flood cannot grow it
-/// further: the table starts over, and live peers are learned again from their next packet).
-const MAX_ROUTES: usize = 65_536;
 /// Receive calls between two looks at the canary socket.
 const CANARY_EVERY: u32 = 1024;
 
@@ -62,7 +67,8 @@ pub struct XskCounters {
     pub rx_bad_checksum: AtomicU64,
     /// Frames for another UDP port than the service's.
     pub rx_other_port: AtomicU64,
-    /// Transmits to an address never heard from (no link layer known).
+    /// Transmits on the TX ring without a link layer or local address (a connection this
+    /// host opened: the xsk path answers peers, the kernel path opens connections).
     pub tx_no_route: AtomicU64,
     /// Sends pushed back for want of a free frame.
     pub tx_no_frame: AtomicU64,
@@ -80,6 +86,7 @@ pub struct XskCounters {
 pub struct XskSnapshot {
     pub queue: u32,
     pub zero_copy: bool,
+    pub tx: Option<TxPath>,
     pub rx_parse_errors: u64,
     pub rx_bad_checksum: u64,
     pub rx_other_port: u64,
@@ -97,6 +104,8 @@ pub struct XskSnapshot {
 pub struct XskQueueInfo {
     pub queue: u32,
     pub zero_copy: bool,
+    /// The path transmits take.
+    pub tx: TxPath,
     pub counters: Arc<XskCounters>,
     fd: OwnedFd,
 }
@@ -108,6 +117,7 @@ impl XskQueueInfo {
         XskSnapshot {
             queue: self.queue,
             zero_copy: self.zero_copy,
+            tx: Some(self.tx),
             rx_parse_errors: c.rx_parse_errors.load(Relaxed),
             rx_bad_checksum: c.rx_bad_checksum.load(Relaxed),
             rx_other_port: c.rx_other_port.load(Relaxed),
@@ -117,6 +127,49 @@ impl XskQueueInfo {
             kicks: c.kicks.load(Relaxed),
             canary_packets: c.canary_packets.load(Relaxed),
             kernel: crate::xsk::socket::statistics(self.fd.as_fd()).unwrap_or_default(),
+        }
+    }
+}
+
+/// Which path a queue's transmits take (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxPath {
+    /// Frames built here, on the AF_XDP socket's TX ring.
+    Xsk,
+    /// The queue's UDP socket, with GSO.
+    Kernel,
+}
+
+impl std::fmt::Display for TxPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TxPath::Xsk => "xsk",
+            TxPath::Kernel => "kernel",
+        })
+    }
+}
+
+/// How to choose a queue's [`TxPath`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TxMode {
+    /// `xsk` where the socket runs zero-copy, `kernel` otherwise: in copy mode the kernel
+    /// builds an skb per TX-ring frame, and its UDP path with GSO one per 44 datagrams.
+    #[default]
+    Auto,
+    /// Always the TX ring.
+    Xsk,
+    /// Always the kernel's UDP path.
+    Kernel,
+}
+
+impl TxMode {
+    /// The path for a socket that runs zero-copy or not.
+    pub fn resolve(self, zero_copy: bool) -> TxPath {
+        match self {
+            TxMode::Xsk => TxPath::Xsk,
+            TxMode::Kernel => TxPath::Kernel,
+            TxMode::Auto if zero_copy => TxPath::Xsk,
+            TxMode::Auto => TxPath::Kernel,
         }
     }
 }
@@ -132,16 +185,11 @@ pub struct XskBackendConfig {
     pub poll: PollMode,
     /// Check the UDP checksum of received frames (turn off only where the NIC checks it).
     pub verify_checksum: bool,
-    /// The most segments one transmit may carry (AF_XDP has no GSO: each is a frame).
+    /// The most segments one transmit may carry on the TX ring (AF_XDP has no GSO: each is
+    /// a frame).
     pub max_segments: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ReturnPath {
-    /// Link layer of a reply: our MAC as source, the peer's as destination, its VLAN tag.
-    l2: L2,
-    /// The local address the peer sent to (source of replies without an explicit one).
-    local_ip: IpAddr,
+    /// How to choose the transmit path.
+    pub tx: TxMode,
 }
 
 /// Local counters, published to [`XskCounters`] at each flush.
@@ -161,52 +209,60 @@ struct Local {
 pub struct XskBackend {
     sock: XskSocket,
     cfg: XskBackendConfig,
+    tx: TxPath,
     /// Frames kept lent to the kernel for receiving.
     fill_target: u32,
-    routes: HashMap<IpAddr, ReturnPath>,
+    /// The queue's UDP socket on the service port: the canary, and the kernel transmit path.
+    service: Option<UdpBackend>,
     local: Local,
     counters: Arc<XskCounters>,
-    canary: Option<UdpSocket>,
     canary_countdown: u32,
 }
 
 impl XskBackend {
-    /// Maps the UMEM, opens the socket, fills the fill ring and binds.
-    pub fn open(cfg: XskBackendConfig) -> io::Result<Self> {
-        let umem = Umem::new(cfg.umem)?;
-        let fill_target = Self::fill_target(&cfg);
-        let sock = XskSocket::open(&cfg.socket, umem, fill_target)?;
-        Ok(Self::with_socket(sock, cfg))
+    /// Opens the socket over `umem`, fills the fill ring and binds; `service` is the queue's
+    /// UDP socket on the service port (needed for the kernel transmit path).
+    pub fn open(cfg: XskBackendConfig, umem: Umem, service: Option<UdpSocket>) -> io::Result<Self> {
+        let sock = XskSocket::open(&cfg.socket, umem, Self::fill_target(&cfg, TxPath::Xsk))?;
+        Self::with_socket(sock, cfg, service)
     }
 
-    /// At most half of the UMEM waits in the fill ring; the rest carries transmits.
-    fn fill_target(cfg: &XskBackendConfig) -> u32 {
-        (cfg.umem.frames / 2).min(cfg.socket.fill_size)
+    /// Frames kept in the fill ring: half the UMEM with transmits on the TX ring, all of it
+    /// otherwise (at most the fill ring's size).
+    fn fill_target(cfg: &XskBackendConfig, tx: TxPath) -> u32 {
+        let frames = match tx {
+            TxPath::Xsk => cfg.umem.frames / 2,
+            TxPath::Kernel => cfg.umem.frames,
+        };
+        frames.min(cfg.socket.fill_size)
     }
 
     /// The backend over a socket opened already (by [`XskBackend::open`], or over an
     /// emulated kernel in tests).
-    pub fn with_socket(sock: XskSocket, cfg: XskBackendConfig) -> Self {
+    pub fn with_socket(
+        sock: XskSocket,
+        cfg: XskBackendConfig,
+        service: Option<UdpSocket>,
+    ) -> io::Result<Self> {
+        let tx = cfg.tx.resolve(sock.zero_copy());
+        if tx == TxPath::Kernel && service.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the kernel transmit path needs the queue's UDP socket",
+            ));
+        }
         let mut b = Self {
             sock,
-            fill_target: Self::fill_target(&cfg),
-            routes: HashMap::new(),
+            fill_target: Self::fill_target(&cfg, tx),
+            tx,
+            service: service.map(UdpBackend::new).transpose()?,
             local: Local::default(),
             counters: Arc::new(XskCounters::default()),
-            canary: None,
             canary_countdown: CANARY_EVERY,
             cfg,
         };
         b.sock.refill(b.fill_target);
-        b
-    }
-
-    /// Watches `socket`, an ordinary UDP socket bound to the service port: what reaches it
-    /// missed the XDP path and is counted as `canary_packets`.
-    pub fn set_canary(&mut self, socket: UdpSocket) -> io::Result<()> {
-        socket.set_nonblocking(true)?;
-        self.canary = Some(socket);
-        Ok(())
+        Ok(b)
     }
 
     /// The socket descriptor (to register in the XSKMAP).
@@ -219,11 +275,17 @@ impl XskBackend {
         self.sock.zero_copy()
     }
 
+    /// The path transmits take.
+    pub fn tx_path(&self) -> TxPath {
+        self.tx
+    }
+
     /// What other threads need to watch this queue.
     pub fn info(&self) -> io::Result<XskQueueInfo> {
         Ok(XskQueueInfo {
             queue: self.cfg.socket.queue,
             zero_copy: self.sock.zero_copy(),
+            tx: self.tx,
             counters: self.counters.clone(),
             fd: self.sock.fd().try_clone_to_owned()?,
         })
@@ -240,9 +302,9 @@ impl XskBackend {
     }
 
     fn check_canary(&mut self) {
-        let Some(c) = &self.canary else { return };
+        let Some(c) = &self.service else { return };
         let mut buf = [0u8; 64];
-        while c.recv_from(&mut buf).is_ok() {
+        while c.socket().recv_from(&mut buf).is_ok() {
             self.local.canary_packets += 1;
         }
     }
@@ -259,96 +321,27 @@ impl XskBackend {
         c.kicks.store(l.kicks, Relaxed);
         c.canary_packets.store(l.canary_packets, Relaxed);
     }
-}
 
-/// Remembers the link layer of a reply to `peer`.
-fn learn(routes: &mut HashMap<IpAddr, ReturnPath>, peer: IpAddr, route: ReturnPath) {
-    match routes.get_mut(&peer) {
-        Some(r) if *r == route => {}
-        Some(r) => *r = route,
-        None => {
-            if routes.len() >= MAX_ROUTES {
-                routes.clear();
-            }
-            routes.insert(peer, route);
-        }
-    }
-}
-
-impl Backend for XskBackend {
-    fn max_segments(&self) -> usize {
-        self.cfg.max_segments.max(1)
-    }
-
-    fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
-        self.sock.reap();
-        self.sock.refill(self.fill_target);
-        self.canary_countdown -= 1;
-        if self.canary_countdown == 0 {
-            self.canary_countdown = CANARY_EVERY;
-            self.check_canary();
-        }
-        let mut added = 0;
-        let (local, routes, port, verify) = (
-            &mut self.local,
-            &mut self.routes,
-            self.cfg.port,
-            self.cfg.verify_checksum,
-        );
-        let taken = self
-            .sock
-            .recv(batch.room(), |octets| match frame::parse(octets, verify) {
-                Ok(f) if f.dst.port() != port => local.rx_other_port += 1,
-                Ok(f) => {
-                    let ecn = quinn_proto::EcnCodepoint::from_bits(f.ecn);
-                    let reply = L2 {
-                        src_mac: f.l2.dst_mac,
-                        dst_mac: f.l2.src_mac,
-                        vlan: f.l2.vlan,
-                    };
-                    batch.push_linked(f.src, Some(f.dst.ip()), ecn, Some(reply), f.payload);
-                    added += 1;
-                    let route = ReturnPath {
-                        l2: reply,
-                        local_ip: f.dst.ip(),
-                    };
-                    learn(routes, f.src.ip(), route);
-                }
-                Err(ParseError::BadChecksum) => local.rx_bad_checksum += 1,
-                Err(_) => local.rx_parse_errors += 1,
-            });
-        if taken > 0 {
-            self.sock.refill(self.fill_target);
-        }
-        Ok(added)
-    }
-
-    fn adopt(&mut self, d: &Datagram) {
-        if let (Some(l2), Some(local_ip)) = (d.link, d.local_ip) {
-            learn(
-                &mut self.routes,
-                frame::unmap(d.remote).ip(),
-                ReturnPath { l2, local_ip },
-            );
-        }
-    }
-
-    fn send(&mut self, t: &Transmit<'_>) -> Result<(), SendError> {
+    /// Builds the transmit's frames on the TX ring: whole or not at all.
+    fn send_on_ring(&mut self, t: &Transmit<'_>) -> Result<(), SendError> {
         let dst = frame::unmap(t.destination);
-        let Some(route) = self.routes.get(&dst.ip()).copied() else {
-            self.local.tx_no_route += 1;
-            return Err(SendError::Failed(io::ErrorKind::HostUnreachable.into()));
-        };
         let src_ip = t
             .src_ip
             .map(|ip| frame::unmap(SocketAddr::new(ip, 0)).ip())
-            .filter(|ip| ip.is_ipv4() == dst.is_ipv4())
-            .unwrap_or(route.local_ip);
+            .filter(|ip| ip.is_ipv4() == dst.is_ipv4());
+        let (Some(l2), Some(src_ip)) = (t.link, src_ip) else {
+            self.local.tx_no_route += 1;
+            return Err(SendError::Failed(io::Error::new(
+                io::ErrorKind::HostUnreachable,
+                "no link layer or local address for this peer (the xsk transmit path \
+                 answers peers it has heard from; use the kernel path to open connections)",
+            )));
+        };
         let src = SocketAddr::new(src_ip, self.cfg.port);
         // Refused whole before any frame is written: a transmit goes out entirely or not.
         let room = self.cfg.umem.frame_size - self.cfg.umem.headroom;
         let largest = t.segments().map(<[u8]>::len).max().unwrap_or(0);
-        if frame::header_len(&route.l2, dst.is_ipv6()) + largest > room as usize {
+        if frame::header_len(&l2, dst.is_ipv6()) + largest > room as usize {
             return Err(SendError::Failed(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "datagram larger than a UMEM frame",
@@ -370,7 +363,7 @@ impl Backend for XskBackend {
         for seg in t.segments() {
             match self
                 .sock
-                .send(|buf| frame::write(buf, &route.l2, src, dst, ecn, seg))
+                .send(|buf| frame::write(buf, &l2, src, dst, ecn, seg))
             {
                 Ok(()) => {}
                 // Room and size were checked above; a family mismatch is the caller's error.
@@ -382,10 +375,11 @@ impl Backend for XskBackend {
         Ok(())
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    /// Publishes the TX ring and kicks until the kernel has taken it: in copy mode each call
+    /// sends at most 32 frames, and what stays in the ring would wait a turn (or be lost at
+    /// exit).
+    fn flush_ring(&mut self) -> io::Result<()> {
         self.sock.submit_tx();
-        // Kick until the kernel has taken the whole TX ring: in copy mode each call sends at
-        // most 32 frames, and what stays in the ring would wait a turn (or be lost at exit).
         let must_kick = self.sock.tx_needs_kick();
         let mut rounds = self.sock.tx_ring_size() / 16 + 2;
         while self.sock.tx_in_flight() > 0
@@ -402,6 +396,62 @@ impl Backend for XskBackend {
             }
         }
         self.sock.reap();
+        Ok(())
+    }
+}
+
+impl Backend for XskBackend {
+    fn max_segments(&self) -> usize {
+        match (&self.service, self.tx) {
+            (Some(s), TxPath::Kernel) => s.max_segments(),
+            _ => self.cfg.max_segments.max(1),
+        }
+    }
+
+    fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
+        self.sock.reap();
+        self.sock.refill(self.fill_target);
+        self.canary_countdown -= 1;
+        if self.canary_countdown == 0 {
+            self.canary_countdown = CANARY_EVERY;
+            self.check_canary();
+        }
+        let mut added = 0;
+        let (local, port, verify) = (&mut self.local, self.cfg.port, self.cfg.verify_checksum);
+        let taken = self
+            .sock
+            .recv(batch.room(), |octets| match frame::parse(octets, verify) {
+                Ok(f) if f.dst.port() != port => local.rx_other_port += 1,
+                Ok(f) => {
+                    let ecn = quinn_proto::EcnCodepoint::from_bits(f.ecn);
+                    let reply = L2 {
+                        src_mac: f.l2.dst_mac,
+                        dst_mac: f.l2.src_mac,
+                        vlan: f.l2.vlan,
+                    };
+                    batch.push_linked(f.src, Some(f.dst.ip()), ecn, Some(reply), f.payload);
+                    added += 1;
+                }
+                Err(ParseError::BadChecksum) => local.rx_bad_checksum += 1,
+                Err(_) => local.rx_parse_errors += 1,
+            });
+        if taken > 0 {
+            self.sock.refill(self.fill_target);
+        }
+        Ok(added)
+    }
+
+    fn send(&mut self, t: &Transmit<'_>) -> Result<(), SendError> {
+        match (self.tx, &mut self.service) {
+            (TxPath::Kernel, Some(s)) => s.send(t),
+            _ => self.send_on_ring(t),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.tx == TxPath::Xsk {
+            self.flush_ring()?;
+        }
         if self.sock.fill_needs_wakeup() {
             self.sock.wake_rx()?;
         }
@@ -428,11 +478,16 @@ impl Backend for XskBackend {
         }
         self.check_canary();
         self.publish();
-        // A negative fd (no canary) is ignored by poll.
+        // A negative fd (no service socket) is ignored by poll. Writability is the TX ring's
+        // or the service socket's, by the transmit path.
+        let kernel_tx = self.tx == TxPath::Kernel;
         let mut fds = [
-            pollfd(self.sock.fd().as_raw_fd(), want_write),
+            pollfd(self.sock.fd().as_raw_fd(), want_write && !kernel_tx),
             pollfd(waker.fd().as_raw_fd(), false),
-            pollfd(self.canary.as_ref().map_or(-1, |c| c.as_raw_fd()), false),
+            pollfd(
+                self.service.as_ref().map_or(-1, |c| c.socket().as_raw_fd()),
+                want_write && kernel_tx,
+            ),
         ];
         // In flight transmits complete without waking us: come back soon to reap them.
         let deadline = if self.sock.tx_in_flight() > 0 {
@@ -483,12 +538,23 @@ mod tests {
             poll: PollMode::Busy,
             verify_checksum: true,
             max_segments: 8,
+            tx: TxMode::Xsk,
         };
         let umem = Umem::new(cfg.umem).unwrap();
-        let (sock, kernel) =
-            emulated::socket(&cfg.socket, umem, XskBackend::fill_target(&cfg)).unwrap();
-        (XskBackend::with_socket(sock, cfg), kernel)
+        let (sock, kernel) = emulated::socket(
+            &cfg.socket,
+            umem,
+            XskBackend::fill_target(&cfg, TxPath::Xsk),
+        )
+        .unwrap();
+        (XskBackend::with_socket(sock, cfg, None).unwrap(), kernel)
     }
+
+    const REPLY: L2 = L2 {
+        src_mac: SERVER_MAC,
+        dst_mac: CLIENT_MAC,
+        vlan: None,
+    };
 
     /// Every frame is in exactly one place, and both sides count the same (at a flush
     /// boundary: nothing pushed and unpublished).
@@ -525,10 +591,11 @@ mod tests {
     fn transmit<'a>(contents: &'a [u8], segment_size: Option<usize>) -> Transmit<'a> {
         Transmit {
             destination: CLIENT.parse().unwrap(),
-            src_ip: None,
+            src_ip: Some(SERVER.parse::<SocketAddr>().unwrap().ip()),
             ecn: None,
             segment_size,
             contents,
+            link: Some(REPLY),
         }
     }
 
@@ -563,7 +630,7 @@ mod tests {
         assert_eq!(b.local.rx_bad_checksum, 5);
         assert_eq!(b.socket().umem().lent_rx(), FRAMES / 2, "refilled");
 
-        // Transmit a GSO batch of 4 segments to the peer learned above.
+        // Transmit a GSO batch of 4 segments over the link layer of the peer.
         let contents: Vec<u8> = (0..4000u32).map(|i| i as u8).collect();
         b.send(&transmit(&contents, Some(1200))).unwrap();
         b.flush().unwrap();
@@ -641,9 +708,9 @@ mod tests {
             Err(SendError::Failed(_))
         ));
         assert_conserved(&b, &mut k);
-        // To a peer never heard from: refused, nothing taken.
+        // Without a link layer (a connection this host opened): refused, nothing taken.
         let mut t = transmit(b"x", None);
-        t.destination = "10.9.0.99:1".parse().unwrap();
+        t.link = None;
         assert!(matches!(b.send(&t), Err(SendError::Failed(_))));
         assert_eq!(b.local.tx_no_route, 1);
         assert_conserved(&b, &mut k);
@@ -687,5 +754,67 @@ mod tests {
         drop(b);
         // The kernel side outlives the socket: the UMEM area is still mapped for it.
         assert_eq!(k.transmit(usize::MAX).len(), 0);
+    }
+
+    /// The kernel transmit path: GSO batches leave through the queue's UDP socket, whole,
+    /// and every frame of the UMEM serves receive.
+    #[test]
+    fn the_kernel_path_sends_through_the_service_socket() {
+        let mut socket = XskConfig::new(1, 0);
+        socket.fill_size = 64;
+        let cfg = XskBackendConfig {
+            socket,
+            umem: UmemConfig {
+                frames: FRAMES,
+                ..Default::default()
+            },
+            port: 4433,
+            poll: PollMode::Busy,
+            verify_checksum: true,
+            max_segments: 8,
+            tx: TxMode::Auto,
+        };
+        let service = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let umem = Umem::new(cfg.umem).unwrap();
+        let (sock, mut k) = emulated::socket(
+            &cfg.socket,
+            umem,
+            XskBackend::fill_target(&cfg, TxPath::Kernel),
+        )
+        .unwrap();
+        let mut b = XskBackend::with_socket(sock, cfg, Some(service)).unwrap();
+        assert_eq!(b.tx_path(), TxPath::Kernel, "copy mode: the kernel path");
+        assert_eq!(
+            b.socket().umem().lent_rx(),
+            FRAMES,
+            "every frame serves receive"
+        );
+        assert!(b.max_segments() > 8, "GSO batches: {}", b.max_segments());
+        let contents: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let t = Transmit {
+            destination: peer.local_addr().unwrap(),
+            src_ip: None,
+            ecn: None,
+            segment_size: Some(1000),
+            contents: &contents,
+            link: None,
+        };
+        b.send(&t).unwrap();
+        b.flush().unwrap();
+        let mut buf = [0u8; 2000];
+        for seg in contents.chunks(1000) {
+            let (n, _) = peer.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], seg);
+        }
+        assert_eq!(k.transmit(usize::MAX).len(), 0, "nothing on the TX ring");
+        assert_conserved_kernel(&b, &mut k);
+    }
+
+    #[track_caller]
+    fn assert_conserved_kernel(b: &XskBackend, k: &mut EmulatedKernel) {
+        let u = b.socket().umem();
+        assert_eq!(u.free_frames() as u32 + u.lent_rx() + u.lent_tx(), FRAMES);
+        assert_eq!(u.lent_rx() as usize, k.rx_frames() + k.rx_queued());
     }
 }

@@ -115,7 +115,7 @@ fn run<H: Handler, B: Backend>(
     cpu: Option<usize>,
 ) -> io::Result<H> {
     if let Some(cpu) = cpu {
-        if let Err(e) = pin_to_cpu(cpu) {
+        if let Err(e) = crate::cpu::pin_to_cpu(cpu) {
             tracing::warn!(worker = worker.index(), cpu, "cannot pin worker: {e}");
         }
     }
@@ -175,23 +175,4 @@ fn contain<T>(f: impl FnOnce() -> io::Result<T>) -> Result<T, String> {
 fn failed<H: Handler, B: Backend>(mut worker: Worker<H>, io: &mut B, why: String) -> io::Error {
     worker.fail(io, Instant::now(), &why);
     io::Error::other(why)
-}
-
-fn pin_to_cpu(cpu: usize) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it (bounds-checked by the libc
-    // macro against CPU_SETSIZE); sched_setaffinity reads `size_of` bytes of it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if cpu >= libc::CPU_SETSIZE as usize {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "cpu index too large",
-            ));
-        }
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }

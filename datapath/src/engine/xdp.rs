@@ -36,11 +36,14 @@ pub struct XdpSetup {
     pub busy_poll: Option<crate::xsk::socket::BusyPoll>,
     /// Check received UDP checksums.
     pub verify_checksum: bool,
+    /// How each queue chooses its transmit path.
+    pub tx: crate::backend::xsk::TxMode,
 }
 
 impl XdpSetup {
     /// Defaults for `iface`, `listen` and `queues`: 4096 frames of 2 KiB per queue (8 MiB),
-    /// 2048-entry rings, zero-copy where possible, adaptive polling, checksums verified.
+    /// 2048-entry rings, zero-copy where possible, adaptive polling, checksums verified, the
+    /// transmit path chosen per queue (`TxMode::Auto`).
     pub fn new(iface: &str, listen: SocketAddr, queues: Vec<u32>) -> Self {
         Self {
             iface: iface.to_string(),
@@ -52,6 +55,7 @@ impl XdpSetup {
             poll: crate::backend::xsk::PollMode::default(),
             busy_poll: None,
             verify_checksum: true,
+            tx: crate::backend::xsk::TxMode::Auto,
         }
     }
 }
@@ -72,12 +76,15 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
 }
 
 impl EngineBuilder {
-    /// Opens one AF_XDP socket per queue of `setup`, registers each in `map`, binds an
-    /// ordinary UDP socket to the service port (so the kernel does not answer it with ICMP,
-    /// and as a canary: what reaches it missed the XDP path), and starts one worker per queue.
+    /// Opens one AF_XDP socket per queue of `setup`, registers each in `map`, binds one
+    /// ordinary UDP socket per queue to the service address (SO_REUSEPORT; so that the kernel
+    /// does not answer the port with ICMP, as the canary of what misses the XDP path, and as
+    /// the kernel transmit path), and starts one worker per queue.
     ///
-    /// The engine takes the sockets out of `map` when it is joined. The worker count is the
-    /// number of queues.
+    /// Each queue's UMEM is mapped and touched on a thread pinned to its worker's CPU (see
+    /// [`EngineBuilder::pin_cpus`]), so its pages sit on that CPU's NUMA node, and its fill
+    /// ring is filled before the socket is bound. The engine takes the sockets out of `map`
+    /// when it is joined. The worker count is the number of queues.
     pub fn start_xdp<H, F>(
         mut self,
         setup: &XdpSetup,
@@ -99,14 +106,16 @@ impl EngineBuilder {
         }
         let index = ifindex(&setup.iface)?;
         self.workers = setup.queues.len();
-        let canary = canary_socket(setup.listen).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot reserve UDP {} (canary socket): {e}", setup.listen),
-            )
-        })?;
+        let services =
+            crate::backend::udp::bind_reuseport(service_address(setup.listen), setup.queues.len())
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot reserve UDP {} for the queues: {e}", setup.listen),
+                    )
+                })?;
         let mut backends = Vec::with_capacity(setup.queues.len());
-        for &queue in &setup.queues {
+        for (i, (&queue, service)) in setup.queues.iter().zip(services).enumerate() {
             let mut socket = crate::xsk::socket::XskConfig::new(index, queue);
             socket.rx_size = setup.ring_size;
             socket.tx_size = setup.ring_size;
@@ -114,19 +123,35 @@ impl EngineBuilder {
             socket.fill_size = setup.ring_size * 2;
             socket.mode = setup.mode;
             socket.busy_poll = setup.busy_poll;
-            let b = XskBackend::open(XskBackendConfig {
-                socket,
-                umem: setup.umem,
-                port: setup.listen.port(),
-                poll: setup.poll,
-                verify_checksum: setup.verify_checksum,
-                // A batch must fit the TX ring, with room to spare for the next one.
-                max_segments: (setup.ring_size as usize / 2).clamp(1, 16),
-            })
-            .map_err(|e| io::Error::new(e.kind(), format!("{} queue {queue}: {e}", setup.iface)))?;
+            let cpu = self
+                .cpus
+                .as_ref()
+                .filter(|c| !c.is_empty())
+                .map(|c| c[i % c.len()]);
+            let umem_cfg = setup.umem;
+            let named = |e: io::Error| {
+                io::Error::new(e.kind(), format!("{} queue {queue}: {e}", setup.iface))
+            };
+            let umem = crate::cpu::on_cpu(cpu, move || crate::xsk::umem::Umem::new(umem_cfg))
+                .and_then(|u| u)
+                .map_err(named)?;
+            let b = XskBackend::open(
+                XskBackendConfig {
+                    socket,
+                    umem: setup.umem,
+                    port: setup.listen.port(),
+                    poll: setup.poll,
+                    verify_checksum: setup.verify_checksum,
+                    // A batch must fit the TX ring, with room to spare for the next one.
+                    max_segments: (setup.ring_size as usize / 2).clamp(1, 16),
+                    tx: setup.tx,
+                },
+                umem,
+                Some(service),
+            )
+            .map_err(named)?;
             backends.push(b);
         }
-        backends[0].set_canary(canary)?;
         let infos = backends
             .iter()
             .map(|b| b.info().map(Arc::new))
@@ -143,6 +168,7 @@ impl EngineBuilder {
             iface = %setup.iface,
             queues = ?setup.queues,
             zero_copy = infos.iter().all(|i| i.zero_copy),
+            tx = ?infos.iter().map(|i| i.tx).collect::<Vec<_>>(),
             "AF_XDP backend bound"
         );
         let queues = setup.queues.clone();
@@ -167,19 +193,12 @@ impl EngineBuilder {
     }
 }
 
-/// The ordinary UDP socket that reserves the service port: dual-stack when `listen` is an
-/// unspecified address (the service answers on every address, IPv4 and IPv6).
-fn canary_socket(listen: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let addr = if listen.ip().is_unspecified() {
+/// The address the queues' UDP sockets bind: dual-stack `[::]` when `listen` is unspecified
+/// (the service answers on every address, IPv4 and IPv6).
+fn service_address(listen: SocketAddr) -> SocketAddr {
+    if listen.ip().is_unspecified() {
         SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), listen.port())
     } else {
         listen
-    };
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() && addr.ip().is_unspecified() {
-        s.set_only_v6(false)?;
     }
-    s.bind(&addr.into())?;
-    Ok(s.into())
 }

@@ -1,0 +1,44 @@
+//! Pinning threads to CPUs, and placing memory on a CPU's NUMA node.
+
+use std::io;
+
+/// Pins the calling thread to CPU `cpu`.
+pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it (bounds-checked by the libc
+    // macro against CPU_SETSIZE); sched_setaffinity reads `size_of` bytes of it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cpu index too large",
+            ));
+        }
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` on a short-lived thread pinned to `cpu` and returns what it returned. Memory that
+/// `f` touches first is allocated on that CPU's NUMA node (the kernel's default policy places
+/// a page where it is first touched): a worker's UMEM belongs near the worker.
+pub(crate) fn on_cpu<T: Send>(cpu: Option<usize>, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    let Some(cpu) = cpu else {
+        return Ok(f());
+    };
+    std::thread::scope(|s| {
+        let t = std::thread::Builder::new()
+            .name(format!("xdp-quic-cpu{cpu}"))
+            .spawn_scoped(s, move || {
+                if let Err(e) = pin_to_cpu(cpu) {
+                    tracing::warn!(cpu, "cannot pin the allocating thread: {e}");
+                }
+                f()
+            })?;
+        t.join()
+            .map_err(|_| io::Error::other("the allocating thread panicked"))
+    })
+}
