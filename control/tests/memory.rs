@@ -133,11 +133,14 @@ fn idle_connections_cost_at_most_32_kib_each_and_the_memory_returns() {
     // would measure the handshakes' transient memory instead).
     for wave in 1..=N / 200 {
         for w in 0..2 {
-            client.handle().post(w, |h: &mut Idle, ctx| {
-                for _ in 0..100 {
-                    ctx.connect(h.to, "localhost").unwrap();
-                }
-            });
+            client
+                .handle()
+                .post(w, |h: &mut Idle, ctx| {
+                    for _ in 0..100 {
+                        ctx.connect(h.to, "localhost").unwrap();
+                    }
+                })
+                .expect("the worker is running");
         }
         wait_until("a wave of connections up", || {
             up.load(Ordering::Relaxed) == wave * 200
@@ -213,9 +216,12 @@ fn a_connection_that_never_reads_pins_at_most_64_mib() {
             written: w.clone(),
         })
         .unwrap();
-    client.handle().post(0, |h: &mut NeverReads, ctx| {
-        ctx.connect(h.to, "localhost").unwrap();
-    });
+    client
+        .handle()
+        .post(0, |h: &mut NeverReads, ctx| {
+            ctx.connect(h.to, "localhost").unwrap();
+        })
+        .expect("the worker is running");
     wait_until("the upload starts", || written.load(Ordering::Relaxed) > 0);
     let sent = settled("the client blocked by flow control", || {
         written.load(Ordering::Relaxed)

@@ -5,11 +5,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use quinn_proto::{
-    Connection, ConnectionHandle, ConnectionStats, Dir, ReadError, ReadableError, Side, StreamId,
-    VarInt, WriteError,
+    ConnectionHandle, ConnectionStats, Dir, ReadError, ReadableError, Side, StreamId, VarInt,
+    WriteError,
 };
 
-use crate::shard::{Born, Shard};
+use std::any::Any;
+
+use crate::shard::{Connections, Shard, Slot};
 
 /// A connection's identity, unique on its engine for the engine's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,9 +72,11 @@ pub enum ReadStatus {
     Finished,
 }
 
-/// Worker-level actions, for callbacks and for work posted to a worker.
+/// Worker-level actions, for callbacks and for work posted to a worker: open connections,
+/// act on any connection of this worker ([`Ctx::with_conn`]), stop the worker.
 pub struct Ctx<'a> {
     pub(crate) shard: &'a mut Shard,
+    pub(crate) conns: &'a mut Connections,
 }
 
 /// Why a connect could not start.
@@ -95,6 +99,31 @@ impl Ctx<'_> {
         self.shard.now
     }
 
+    /// Connections alive on this worker.
+    pub fn connections(&self) -> usize {
+        self.conns.active
+    }
+
+    /// Runs `f` on connection `id` of this worker, if it is alive and not the one the current
+    /// callback is about (that one is the callback's own [`Conn`]); returns what `f` returned.
+    /// What `f` does to it is sent when the callback returns, as for the callback's own
+    /// connection: fan-out, proxying and broadcast stay on the worker, with no channel.
+    pub fn with_conn<R>(&mut self, id: ConnId, f: impl FnOnce(&mut Conn<'_>) -> R) -> Option<R> {
+        if id.worker() != self.shard.worker {
+            return None;
+        }
+        let mut slot = self.conns.take(id)?;
+        let r = f(&mut Conn {
+            slot: &mut slot,
+            ctx: Ctx {
+                shard: &mut *self.shard,
+                conns: &mut *self.conns,
+            },
+        });
+        self.conns.put_back(slot, true);
+        Some(r)
+    }
+
     /// Opens a connection from this worker to `remote`, using the engine's client
     /// configuration. The handler hears `connected` or `closed` for the returned id.
     pub fn connect(
@@ -108,14 +137,11 @@ impl Ctx<'_> {
             .endpoint
             .connect(shard.now, cfg, remote, server_name)?;
         let gate = crate::congestion::take_last_built().unwrap_or_default();
-        let serial = shard.take_serial();
-        shard.born.push(Born {
-            handle,
-            conn,
-            serial,
-            gate,
-        });
-        Ok(ConnId::new(shard.worker, handle, serial))
+        let id = ConnId::new(shard.worker, handle, shard.take_serial());
+        shard
+            .born
+            .push(Box::new(Slot::new(id, conn, gate, None, shard.now)));
+        Ok(id)
     }
 
     /// Like [`Ctx::connect`], then runs `early` on the new connection before its first packet
@@ -134,11 +160,10 @@ impl Ctx<'_> {
         let id = self.connect(remote, server_name)?;
         let mut born = self.shard.born.pop().expect("connect pushed it");
         early(&mut Conn {
-            inner: &mut born.conn,
-            id,
-            gate: &born.gate,
+            slot: &mut born,
             ctx: Ctx {
                 shard: &mut *self.shard,
+                conns: &mut *self.conns,
             },
         });
         self.shard.born.push(born);
@@ -154,16 +179,54 @@ impl Ctx<'_> {
 
 /// One connection, as a callback sees it. Actions are sent when the callback returns.
 pub struct Conn<'a> {
-    pub(crate) inner: &'a mut Connection,
-    pub(crate) id: ConnId,
+    pub(crate) slot: &'a mut Slot,
     pub(crate) ctx: Ctx<'a>,
-    pub(crate) gate: &'a crate::congestion::CloseGate,
 }
 
 impl<'a> Conn<'a> {
     /// This connection's id.
     pub fn id(&self) -> ConnId {
-        self.id
+        self.slot.id
+    }
+
+    /// The application's state of this connection, created (`T::default()`) at the first
+    /// call. The engine keeps it with the connection and drops it, once, when the connection
+    /// ends (after the `closed` callback). One type per connection: asking for another type
+    /// replaces what was there.
+    pub fn state<T: Any + Send + Default>(&mut self) -> &mut T {
+        let user = &mut self.slot.user;
+        if !user.as_ref().is_some_and(|u| u.is::<T>()) {
+            *user = Some(Box::new(T::default()));
+        }
+        user.as_mut()
+            .and_then(|u| u.downcast_mut())
+            .expect("stored just above")
+    }
+
+    /// Takes this connection's state out (it is not dropped with the connection then).
+    pub fn take_state<T: Any + Send>(&mut self) -> Option<T> {
+        match self.slot.user.take()?.downcast::<T>() {
+            Ok(t) => Some(*t),
+            Err(other) => {
+                self.slot.user = Some(other);
+                None
+            }
+        }
+    }
+
+    /// The application's state of `stream`, created (`T::default()`) at the first call.
+    /// The engine drops it, once, when the stream is over on both sides (what we send is
+    /// finished and acknowledged, reset by us or stopped by the peer; what we receive is read
+    /// to its end, reset by the peer or stopped by us), or when the connection ends. One type
+    /// per stream, as for [`Conn::state`].
+    pub fn stream_state<T: Any + Send + Default>(&mut self, stream: StreamId) -> &mut T {
+        let side = self.side();
+        self.slot.streams.entry(stream, side).state()
+    }
+
+    /// Takes `stream`'s state out (it is not dropped with the stream then).
+    pub fn take_stream_state<T: Any + Send>(&mut self, stream: StreamId) -> Option<T> {
+        self.slot.streams.take(stream)
     }
 
     /// The worker-level context (connect, stop, clock).
@@ -173,35 +236,55 @@ impl<'a> Conn<'a> {
 
     /// The peer's address (it changes when the peer migrates).
     pub fn remote_address(&self) -> SocketAddr {
-        self.inner.remote_address()
+        self.slot.conn.remote_address()
+    }
+
+    /// The server name the client asked for (SNI), once the handshake has it.
+    pub fn server_name(&mut self) -> Option<String> {
+        self.handshake_data().and_then(|d| d.server_name)
+    }
+
+    /// The certificate chain the peer presented (a server's, or a client's under client
+    /// authentication), once the handshake has it.
+    pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        self.slot
+            .conn
+            .crypto_session()
+            .peer_identity()?
+            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+            .map(|b| *b)
+    }
+
+    fn handshake_data(&mut self) -> Option<quinn_proto::crypto::rustls::HandshakeData> {
+        self.slot
+            .conn
+            .crypto_session()
+            .handshake_data()?
+            .downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+            .ok()
+            .map(|d| *d)
     }
 
     /// Server or client.
     pub fn side(&self) -> Side {
-        self.inner.side()
+        self.slot.conn.side()
     }
 
     /// The ALPN protocol the handshake settled on.
     pub fn alpn(&mut self) -> Option<Vec<u8>> {
-        self.inner
-            .crypto_session()
-            .handshake_data()
-            .and_then(|d| {
-                d.downcast::<quinn_proto::crypto::rustls::HandshakeData>()
-                    .ok()
-            })
-            .and_then(|d| d.protocol)
+        self.handshake_data().and_then(|d| d.protocol)
     }
 
     /// Opens a bidirectional stream; `None` while the peer's stream limit is reached (wait for
     /// `streams_available`).
     pub fn open_bi(&mut self) -> Option<StreamId> {
-        self.inner.streams().open(Dir::Bi)
+        self.slot.conn.streams().open(Dir::Bi)
     }
 
     /// Opens a unidirectional stream; `None` while the peer's limit is reached.
     pub fn open_uni(&mut self) -> Option<StreamId> {
-        self.inner.streams().open(Dir::Uni)
+        self.slot.conn.streams().open(Dir::Uni)
     }
 
     /// Reads what `stream` has now, in order, handing each chunk to `sink` without copying.
@@ -210,7 +293,7 @@ impl<'a> Conn<'a> {
         stream: StreamId,
         mut sink: impl FnMut(Bytes),
     ) -> Result<ReadStatus, StreamError> {
-        let mut recv = self.inner.recv_stream(stream);
+        let mut recv = self.slot.conn.recv_stream(stream);
         let mut chunks = recv.read(true).map_err(|e| match e {
             ReadableError::ClosedStream | ReadableError::IllegalOrderedRead => StreamError::Closed,
         })?;
@@ -224,13 +307,19 @@ impl<'a> Conn<'a> {
         };
         // Credit flow control; the worker polls for transmits after the callback anyway.
         let _ = chunks.finalize();
+        if matches!(
+            result,
+            Ok(ReadStatus::Finished) | Err(StreamError::Reset(_))
+        ) {
+            self.slot.streams.recv_over(stream);
+        }
         result
     }
 
     /// Writes as much of `data` as flow control allows; `Ok(0)` means blocked until
     /// `stream_writable`.
     pub fn write(&mut self, stream: StreamId, data: &[u8]) -> Result<usize, StreamError> {
-        match self.inner.send_stream(stream).write(data) {
+        match self.slot.conn.send_stream(stream).write(data) {
             Ok(n) => Ok(n),
             Err(WriteError::Blocked) => Ok(0),
             Err(WriteError::Stopped(code)) => Err(StreamError::Stopped(code)),
@@ -247,7 +336,8 @@ impl<'a> Conn<'a> {
         data: &mut Bytes,
     ) -> Result<usize, StreamError> {
         match self
-            .inner
+            .slot
+            .conn
             .send_stream(stream)
             .write_chunks(std::slice::from_mut(data))
         {
@@ -260,7 +350,8 @@ impl<'a> Conn<'a> {
 
     /// Ends the sending side of `stream` after what was written.
     pub fn finish(&mut self, stream: StreamId) -> Result<(), StreamError> {
-        self.inner
+        self.slot
+            .conn
             .send_stream(stream)
             .finish()
             .map_err(|e| match e {
@@ -271,51 +362,60 @@ impl<'a> Conn<'a> {
 
     /// Abandons the sending side of `stream` with `code`.
     pub fn reset(&mut self, stream: StreamId, code: VarInt) -> Result<(), StreamError> {
-        self.inner
+        let r = self
+            .slot
+            .conn
             .send_stream(stream)
             .reset(code)
-            .map_err(|_| StreamError::Closed)
+            .map_err(|_| StreamError::Closed);
+        self.slot.streams.send_over(stream);
+        r
     }
 
     /// Asks the peer to stop sending on `stream` with `code`, discarding what arrives.
     pub fn stop(&mut self, stream: StreamId, code: VarInt) -> Result<(), StreamError> {
-        self.inner
+        let r = self
+            .slot
+            .conn
             .recv_stream(stream)
             .stop(code)
-            .map_err(|_| StreamError::Closed)
+            .map_err(|_| StreamError::Closed);
+        self.slot.streams.recv_over(stream);
+        r
     }
 
     /// Sends an unreliable datagram (RFC 9221); when the queue is full the oldest one is
     /// dropped.
     pub fn send_datagram(&mut self, data: Bytes) -> Result<(), quinn_proto::SendDatagramError> {
-        self.inner.datagrams().send(data, true)
+        self.slot.conn.datagrams().send(data, true)
     }
 
     /// The largest datagram the peer and the path allow now (`None`: not supported by peer).
     pub fn max_datagram_size(&mut self) -> Option<usize> {
-        self.inner.datagrams().max_size()
+        self.slot.conn.datagrams().max_size()
     }
 
     /// Closes the connection with an application error `code` and `reason`.
     pub fn close(&mut self, code: VarInt, reason: &[u8]) {
-        self.inner
+        self.slot
+            .conn
             .close(self.ctx.shard.now, code, Bytes::copy_from_slice(reason));
-        self.gate.open();
+        self.slot.gate.open();
     }
 
     /// quinn-proto's statistics for this connection.
     pub fn stats(&self) -> ConnectionStats {
-        self.inner.stats()
+        self.slot.conn.stats()
     }
 
     /// Current round-trip time estimate.
     pub fn rtt(&self) -> std::time::Duration {
-        self.inner.rtt()
+        self.slot.conn.rtt()
     }
 
     /// Whether the handshake is still going on (false once established, or closed).
     pub fn is_handshaking(&self) -> bool {
-        self.inner.is_handshaking()
+        self.slot.conn.is_handshaking()
     }
 
     /// Client: 0-RTT keys were available (a resumed session allowing early data), so what
@@ -323,12 +423,12 @@ impl<'a> Conn<'a> {
     /// accepted the client's early data (its ClientHello asked for it with a ticket that
     /// allows it; the client may still have sent none).
     pub fn has_0rtt(&self) -> bool {
-        self.inner.has_0rtt()
+        self.slot.conn.has_0rtt()
     }
 
     /// Client: whether the server accepted our 0-RTT data. Meaningful once connected.
     pub fn accepted_0rtt(&self) -> bool {
-        self.inner.accepted_0rtt()
+        self.slot.conn.accepted_0rtt()
     }
 
     /// Starts a 1-RTT key update now (RFC 9001, section 6), e.g. to test that the peer
@@ -338,6 +438,6 @@ impl<'a> Conn<'a> {
     /// in every connection, after 10 to 1,000 packets sent, and before the AEAD
     /// confidentiality limit.)
     pub fn force_key_update(&mut self) {
-        self.inner.force_key_update()
+        self.slot.conn.force_key_update()
     }
 }

@@ -48,6 +48,7 @@ pub mod handler;
 pub mod memory;
 pub mod metrics;
 pub mod packet;
+pub mod reply;
 pub mod route;
 mod shard;
 #[cfg(feature = "testing")]
@@ -61,11 +62,12 @@ pub mod xsk;
 pub use backend::Backend;
 pub use conn::{Conn, ConnId, ConnectError, Ctx, ReadStatus, StreamError};
 pub use engine::{
-    default_transport, Engine, EngineBuilder, EngineError, EngineHandle, RetryPolicy, SocketMap,
-    XdpSetup,
+    default_transport, Engine, EngineBuilder, EngineError, EngineHandle, PostError, RetryPolicy,
+    SocketMap, XdpSetup,
 };
 pub use guard::INTERNAL_ERROR;
 pub use handler::Handler;
 pub use metrics::Counters;
 pub use quinn_proto::{ConnectionError, Dir, Side, StreamId, TransportConfig, VarInt};
+pub use reply::{Gone, Reply};
 pub use worker::{TurnOutcome, Worker};

@@ -10,21 +10,16 @@ use std::time::Instant;
 
 use std::net::SocketAddr;
 
-use quinn_proto::{ClientConfig, Connection, ConnectionEvent, ConnectionHandle, Endpoint};
+use std::any::Any;
+use std::collections::HashMap;
+
+use quinn_proto::{ClientConfig, Connection, ConnectionEvent, Dir, Endpoint, Side, StreamId};
 
 use crate::packet::frame::L2;
 
 use crate::congestion::CloseGate;
 use crate::conn::ConnId;
 use crate::timer::TimerQueue;
-
-/// A connection that a callback opened, inserted into [`Connections`] after the callback.
-pub(crate) struct Born {
-    pub handle: ConnectionHandle,
-    pub conn: Connection,
-    pub serial: u32,
-    pub gate: CloseGate,
-}
 
 /// The endpoint side of a worker: what [`crate::Ctx`] acts on.
 pub(crate) struct Shard {
@@ -35,8 +30,8 @@ pub(crate) struct Shard {
     pub endpoint: Endpoint,
     /// The configuration of connections this worker opens (`Ctx::connect`).
     pub client: Option<ClientConfig>,
-    /// Connections opened by callbacks, inserted after the callback returns.
-    pub born: Vec<Born>,
+    /// Connections opened by callbacks, inserted into [`Connections`] after the callback.
+    pub born: Vec<Box<Slot>>,
     /// The serial of the next connection: with the handle, it makes [`ConnId`]s unique for
     /// the engine's life although quinn-proto reuses handles.
     pub next_serial: u32,
@@ -73,9 +68,38 @@ pub(crate) struct Slot {
     /// The link layer of replies to the connection's current address and to the address
     /// it had before its last move (AF_XDP; see [`crate::backend::Transmit::link`]).
     pub links: [Option<(SocketAddr, L2)>; 2],
+    /// The application's state of the connection ([`crate::Conn::state`]).
+    pub user: Option<Box<dyn Any + Send>>,
+    /// The application's state of its streams ([`crate::Conn::stream_state`]).
+    pub streams: StreamStates,
 }
 
 impl Slot {
+    /// A connection quinn-proto just created under `id`; `gate` is its close gate (right
+    /// after `Endpoint::accept` or `Endpoint::connect`, on the same thread, the one
+    /// [`crate::congestion::take_last_built`] gives).
+    pub fn new(
+        id: ConnId,
+        conn: Connection,
+        gate: CloseGate,
+        link: Option<(SocketAddr, L2)>,
+        now: Instant,
+    ) -> Self {
+        Self {
+            conn,
+            id,
+            handshaking: true,
+            reported_closed: false,
+            dirty: false,
+            gate,
+            created: now,
+            span: tracing::debug_span!("connection", conn = %id),
+            links: [link, None],
+            user: None,
+            streams: StreamStates::default(),
+        }
+    }
+
     /// Hands `event` to the connection. When quinn-proto built a new congestion controller
     /// for it meanwhile (the peer moved to a new address), the connection's close gate
     /// becomes the new controller's, opened already if the connection is closing.
@@ -155,37 +179,40 @@ impl Connections {
         self.slots.get_mut(h)?.as_deref_mut()
     }
 
-    /// Adds connection `conn` under handle `ch` and marks it dirty. `gate` is its close gate:
-    /// right after `Endpoint::accept` or `Endpoint::connect`, on the same thread, the one
-    /// [`crate::congestion::take_last_built`] gives.
-    pub fn insert(
-        &mut self,
-        id: ConnId,
-        conn: Connection,
-        gate: CloseGate,
-        link: Option<(SocketAddr, L2)>,
-        now: Instant,
-    ) -> ConnId {
+    /// Adds a connection and marks it dirty.
+    pub fn insert(&mut self, slot: Box<Slot>) -> ConnId {
+        let id = slot.id;
         let h = id.handle();
         if self.slots.len() <= h {
             self.slots.resize_with(h + 1, || None);
         }
         debug_assert!(self.slots[h].is_none(), "quinn-proto reused a live handle");
-        self.slots[h] = Some(Box::new(Slot {
-            conn,
-            id,
-            handshaking: true,
-            reported_closed: false,
-            dirty: false,
-            gate,
-            created: now,
-            span: tracing::debug_span!("connection", conn = %id),
-            links: [link, None],
-        }));
+        self.slots[h] = Some(slot);
         self.active += 1;
         self.handshaking += 1;
         self.mark_dirty(h);
         id
+    }
+
+    /// Takes connection `id` out of its place, for a callback that acts on it while it has
+    /// the rest of the worker at hand; [`Connections::put_back`] returns it.
+    pub fn take(&mut self, id: ConnId) -> Option<Box<Slot>> {
+        let place = self.slots.get_mut(id.handle())?;
+        if place.as_ref()?.id != id {
+            return None;
+        }
+        place.take()
+    }
+
+    /// Puts a connection [`Connections::take`] took back. `dirty`: mark it for a poll this
+    /// turn, so that what a callback did to it goes out (the connection being driven needs
+    /// none: its drive goes on).
+    pub fn put_back(&mut self, slot: Box<Slot>, dirty: bool) {
+        let h = slot.id.handle();
+        self.slots[h] = Some(slot);
+        if dirty {
+            self.mark_dirty(h);
+        }
     }
 
     /// Queues connection `h` for a poll this turn.
@@ -215,5 +242,79 @@ impl Connections {
             self.handshaking -= 1;
         }
         Some(slot)
+    }
+}
+
+/// The application's state of a connection's streams, and, for each, whether its two sides
+/// are over: the state is dropped when both are.
+#[derive(Default)]
+pub(crate) struct StreamStates {
+    map: HashMap<StreamId, StreamEntry>,
+}
+
+pub(crate) struct StreamEntry {
+    state: Option<Box<dyn Any + Send>>,
+    send_over: bool,
+    recv_over: bool,
+}
+
+impl StreamEntry {
+    /// The state, as a `T` (created, or replacing another type).
+    pub fn state<T: Any + Send + Default>(&mut self) -> &mut T {
+        if !self.state.as_ref().is_some_and(|s| s.is::<T>()) {
+            self.state = Some(Box::new(T::default()));
+        }
+        self.state
+            .as_mut()
+            .and_then(|s| s.downcast_mut())
+            .expect("stored just above")
+    }
+}
+
+impl StreamStates {
+    /// The entry of `id` on a connection of side `side`, created if absent. A unidirectional
+    /// stream has one side only: the other is over from the start.
+    pub fn entry(&mut self, id: StreamId, side: Side) -> &mut StreamEntry {
+        self.map.entry(id).or_insert_with(|| {
+            let uni = id.dir() == Dir::Uni;
+            let ours = id.initiator() == side;
+            StreamEntry {
+                state: None,
+                send_over: uni && !ours,
+                recv_over: uni && ours,
+            }
+        })
+    }
+
+    /// Takes `id`'s state out, if it is a `T`.
+    pub fn take<T: Any + Send>(&mut self, id: StreamId) -> Option<T> {
+        let e = self.map.get_mut(&id)?;
+        match e.state.take()?.downcast::<T>() {
+            Ok(t) => Some(*t),
+            Err(other) => {
+                e.state = Some(other);
+                None
+            }
+        }
+    }
+
+    /// What we send on `id` is over (finished and acknowledged, reset, or stopped).
+    pub fn send_over(&mut self, id: StreamId) {
+        if let Some(e) = self.map.get_mut(&id) {
+            e.send_over = true;
+            if e.recv_over {
+                self.map.remove(&id);
+            }
+        }
+    }
+
+    /// What we receive on `id` is over (read to the end, reset by the peer, or stopped).
+    pub fn recv_over(&mut self, id: StreamId) {
+        if let Some(e) = self.map.get_mut(&id) {
+            e.recv_over = true;
+            if e.send_over {
+                self.map.remove(&id);
+            }
+        }
     }
 }

@@ -36,7 +36,7 @@ use crate::handler::Handler;
 use crate::metrics::{Counters, Histograms, WorkerMetrics};
 use crate::packet::frame::L2;
 use crate::route::{route, Destination};
-use crate::shard::{Connections, Shard};
+use crate::shard::{Connections, Shard, Slot};
 
 /// Receive batches per turn before timers and transmits get their turn.
 const MAX_RX_BATCHES: usize = 8;
@@ -260,9 +260,11 @@ impl<H: Handler> Worker<H> {
         self.stalled.is_some()
     }
 
-    /// Whether work is queued for this worker by other threads.
+    /// Whether work is queued for this worker by other threads (or a shutdown).
     pub fn has_inbox(&self) -> bool {
-        !self.commands.is_empty() || !self.handovers.is_empty()
+        !self.commands.is_empty()
+            || !self.handovers.is_empty()
+            || self.mesh.stops[self.index()].pending()
     }
 
     /// Runs one turn at time `now` (see the module doc).
@@ -283,6 +285,7 @@ impl<H: Handler> Worker<H> {
 
         if let Some(deadline) = self.drain_deadline {
             if self.conns.active == 0 || now >= deadline {
+                self.abandon_all();
                 return Ok(TurnOutcome::Done);
             }
         }
@@ -309,8 +312,13 @@ impl<H: Handler> Worker<H> {
         true
     }
 
-    /// Step 2: work posted by other threads, and datagrams other workers handed over.
+    /// Step 2: a shutdown, work posted by other threads, and datagrams other workers handed
+    /// over.
     fn take_inbox<B: Backend>(&mut self, io: &mut B) {
+        if let Some(code) = self.mesh.stops[self.index()].take() {
+            self.stop_code = code;
+            self.shard.stop_requested = true;
+        }
         for _ in 0..MAX_INBOX {
             match self.commands.try_recv() {
                 Ok(cmd) => self.run_command(cmd),
@@ -465,7 +473,8 @@ impl<H: Handler> Worker<H> {
                 let gate = crate::congestion::take_last_built().unwrap_or_default();
                 let id = ConnId::new(self.shard.worker, ch, self.shard.take_serial());
                 let link = link.map(|l| (remote, l));
-                self.conns.insert(id, conn, gate, link, self.shard.now);
+                let slot = Slot::new(id, conn, gate, link, self.shard.now);
+                self.conns.insert(Box::new(slot));
                 if let Some(slot) = self.conns.get(id) {
                     slot.span.in_scope(|| tracing::debug!(%remote, "accepted"));
                 }
@@ -495,29 +504,24 @@ impl<H: Handler> Worker<H> {
             Command::Run(f) => {
                 let ctx = &mut Ctx {
                     shard: &mut self.shard,
+                    conns: &mut self.conns,
                 };
                 self.handler.call(|h| f(h, ctx))
             }
             Command::RunOnConn(id, f) => {
-                let Some(slot) = self.conns.slot(id.handle()).filter(|s| s.id == id) else {
+                let Some(mut slot) = self.conns.take(id) else {
                     return;
                 };
                 let conn = &mut Conn {
-                    inner: &mut slot.conn,
-                    id,
-                    gate: &slot.gate,
+                    slot: &mut slot,
                     ctx: Ctx {
                         shard: &mut self.shard,
+                        conns: &mut self.conns,
                     },
                 };
                 let panicked = self.handler.call(|h| f(h, conn));
-                self.conns.mark_dirty(id.handle());
+                self.conns.put_back(slot, true);
                 panicked
-            }
-            Command::Shutdown { code, reason } => {
-                self.stop_code = (code, reason);
-                self.shard.stop_requested = true;
-                false
             }
         };
         if panicked {
@@ -559,9 +563,7 @@ impl<H: Handler> Worker<H> {
             self.drive_all(io);
             io.flush()
         }));
-        self.counters.conns_active = self.conns.active as u64;
-        self.counters.conns_handshaking = self.conns.handshaking as u64;
-        self.metrics.publish(&self.counters);
+        self.publish_gauges();
     }
 
     /// Closes every connection and refuses new ones; the worker ends when they have drained
@@ -595,13 +597,10 @@ impl<H: Handler> Worker<H> {
                 }
                 self.drive(io, h);
             }
-            while let Some(b) = self.shard.born.pop() {
+            while let Some(born) = self.shard.born.pop() {
                 self.counters.conns_opened += 1;
-                let id = ConnId::new(self.shard.worker, b.handle, b.serial);
-                self.conns.insert(id, b.conn, b.gate, None, self.shard.now);
-                if let Some(slot) = self.conns.get(id) {
-                    slot.span.in_scope(|| tracing::debug!("opened"));
-                }
+                born.span.in_scope(|| tracing::debug!("opened"));
+                self.conns.insert(born);
             }
             if self.conns.dirty.is_empty() {
                 break;
@@ -658,20 +657,15 @@ impl<H: Handler> Worker<H> {
         drained
     }
 
-    /// Hands the connection's application events to the handler. Returns how many there
-    /// were, and whether the handler panicked.
+    /// Hands the connection's application events to the handler. The connection is taken
+    /// out of its place meanwhile, so that the callbacks can act on the others of the worker
+    /// ([`Ctx::with_conn`]). Returns how many events there were, and whether the handler
+    /// panicked.
     fn dispatch_events(&mut self, h: usize) -> (usize, bool) {
-        let Self {
-            conns,
-            shard,
-            handler,
-            counters,
-            histograms,
-            ..
-        } = self;
-        let Some(slot) = conns.slots.get_mut(h).and_then(|s| s.as_deref_mut()) else {
+        let Some(id) = self.conns.slot(h).map(|s| s.id) else {
             return (0, false);
         };
+        let mut slot = self.conns.take(id).expect("present");
         let span = slot.span.clone();
         let _in_span = span.enter();
         let (mut events, mut panicked) = (0, false);
@@ -680,10 +674,10 @@ impl<H: Handler> Worker<H> {
             match &ev {
                 Event::Connected if slot.handshaking => {
                     slot.handshaking = false;
-                    conns.handshaking -= 1;
-                    counters.handshakes += 1;
-                    let took = shard.now.saturating_duration_since(slot.created);
-                    histograms.handshake.observe(took.as_secs_f64());
+                    self.conns.handshaking -= 1;
+                    self.counters.handshakes += 1;
+                    let took = self.shard.now.saturating_duration_since(slot.created);
+                    self.histograms.handshake.observe(took.as_secs_f64());
                     tracing::debug!(?took, "handshake complete");
                 }
                 Event::ConnectionLost { reason } => {
@@ -691,19 +685,22 @@ impl<H: Handler> Worker<H> {
                         continue;
                     }
                     slot.reported_closed = true;
-                    count_close(counters, reason);
+                    count_close(&mut self.counters, reason);
                     tracing::debug!(%reason, "closed");
                 }
                 _ => {}
             }
             let conn = &mut Conn {
-                inner: &mut slot.conn,
-                id: slot.id,
-                gate: &slot.gate,
-                ctx: Ctx { shard: &mut *shard },
+                slot: &mut slot,
+                ctx: Ctx {
+                    shard: &mut self.shard,
+                    conns: &mut self.conns,
+                },
             };
-            panicked |= handler.call(|h| dispatch(h, conn, ev));
+            panicked |= self.handler.call(|h| dispatch(h, conn, ev));
         }
+        drop(_in_span);
+        self.conns.put_back(slot, false);
         (events, panicked)
     }
 
@@ -740,6 +737,23 @@ impl<H: Handler> Worker<H> {
         }
     }
 
+    /// At the drain deadline: removes the connections that have not drained, so that the
+    /// handler hears `closed` once for every connection, these too.
+    fn abandon_all(&mut self) {
+        for h in 0..self.conns.slots.len() {
+            if self.conns.slot(h).is_some() {
+                self.remove(h, false);
+            }
+        }
+        self.publish_gauges();
+    }
+
+    fn publish_gauges(&mut self) {
+        self.counters.conns_active = self.conns.active as u64;
+        self.counters.conns_handshaking = self.conns.handshaking as u64;
+        self.metrics.publish(&self.counters);
+    }
+
     /// Removes a drained connection, tells the handler if quinn-proto did not (a connection
     /// closed locally), and frees its handle in the endpoint if the connection did not.
     fn remove(&mut self, h: usize, endpoint_knows: bool) {
@@ -754,6 +768,7 @@ impl<H: Handler> Worker<H> {
             slot.span.in_scope(|| tracing::debug!("closed locally"));
             let ctx = &mut Ctx {
                 shard: &mut self.shard,
+                conns: &mut self.conns,
             };
             if self
                 .handler
@@ -776,24 +791,28 @@ fn dispatch<H: Handler>(h: &mut H, conn: &mut Conn<'_>, ev: Event) {
     match ev {
         Event::Connected => h.connected(conn),
         Event::ConnectionLost { reason } => {
-            let id = conn.id;
+            let id = conn.id();
             h.closed(&mut conn.ctx, id, &reason)
         }
         Event::Stream(StreamEvent::Opened { dir }) => {
-            while let Some(id) = conn.inner.streams().accept(dir) {
+            while let Some(id) = conn.slot.conn.streams().accept(dir) {
                 h.stream_opened(conn, id);
                 h.stream_readable(conn, id);
             }
         }
         Event::Stream(StreamEvent::Readable { id }) => h.stream_readable(conn, id),
         Event::Stream(StreamEvent::Writable { id }) => h.stream_writable(conn, id),
-        Event::Stream(StreamEvent::Finished { id }) => h.stream_finished(conn, id),
+        Event::Stream(StreamEvent::Finished { id }) => {
+            h.stream_finished(conn, id);
+            conn.slot.streams.send_over(id);
+        }
         Event::Stream(StreamEvent::Stopped { id, error_code }) => {
-            h.stream_stopped(conn, id, error_code)
+            h.stream_stopped(conn, id, error_code);
+            conn.slot.streams.send_over(id);
         }
         Event::Stream(StreamEvent::Available { .. }) => h.streams_available(conn),
         Event::DatagramReceived => {
-            while let Some(d) = conn.inner.datagrams().recv() {
+            while let Some(d) = conn.slot.conn.datagrams().recv() {
                 h.datagram(conn, d);
             }
         }

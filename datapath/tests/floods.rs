@@ -157,7 +157,10 @@ fn spoofed_initial_flood_is_met_with_retry_and_bounded_state() {
         // The legitimate clients arrive once the flood is under way, one per 50 ms.
         let wanted = ((net.now() - start).as_millis() as usize).saturating_sub(200) / 50;
         while started < wanted.min(legit.len()) {
-            legit[started].handle.post(0, |h, ctx| h.start(ctx));
+            legit[started]
+                .handle
+                .post(0, |h, ctx| h.start(ctx))
+                .expect("the worker is running");
             started += 1;
         }
         let mut nodes: Vec<&mut dyn Drive> = vec![&mut srv];
@@ -254,7 +257,10 @@ fn unknown_cid_flood_gets_only_rate_limited_resets() {
         s,
         payload(2_000_000, 9),
     );
-    legit.handle.post(0, |h, ctx| h.start(ctx));
+    legit
+        .handle
+        .post(0, |h, ctx| h.start(ctx))
+        .expect("the worker is running");
     let attacker = spoofed(1);
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let mut packet = [0u8; 120];

@@ -40,7 +40,9 @@ fn client(net: &MemNetwork, at: SocketAddr, to: SocketAddr, payload: Bytes) -> N
         EchoClient::new(to, "localhost", vec![payload.clone()], vec![], 0)
     })
     .unwrap();
-    c.handle.post(0, |h, ctx| h.start(ctx));
+    c.handle
+        .post(0, |h, ctx| h.start(ctx))
+        .expect("the worker is running");
     c
 }
 

@@ -63,7 +63,9 @@ fn echo_client(
         },
     )
     .unwrap();
-    c.handle.post(0, |h, ctx| h.start(ctx));
+    c.handle
+        .post(0, |h, ctx| h.start(ctx))
+        .expect("the worker is running");
     c
 }
 
@@ -303,9 +305,12 @@ fn idle_timers_fire_at_their_deadline_on_both_sides() {
         |_| Silent::default(),
     )
     .unwrap();
-    client.handle.post(0, |_, ctx| {
-        ctx.connect(addr(SERVER), "localhost").unwrap();
-    });
+    client
+        .handle
+        .post(0, |_, ctx| {
+            ctx.connect(addr(SERVER), "localhost").unwrap();
+        })
+        .expect("the worker is running");
     let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut client];
     run_clients(&net, &mut nodes, Duration::from_secs(30)).unwrap();
     drop(nodes);
@@ -352,9 +357,11 @@ fn shutdown_closes_every_connection_with_its_code_and_drains() {
                 |_| Silent::default(),
             )
             .unwrap();
-            c.handle.post(0, |_, ctx| {
-                ctx.connect(addr(SERVER), "localhost").unwrap();
-            });
+            c.handle
+                .post(0, |_, ctx| {
+                    ctx.connect(addr(SERVER), "localhost").unwrap();
+                })
+                .expect("the worker is running");
             c
         })
         .collect();
@@ -569,7 +576,9 @@ fn shutdown_after_a_move_to_a_new_address_reaches_every_client() {
                 move |_| EchoClient::new(addr("10.0.10.1:4433"), "localhost", p.clone(), vec![], 0),
             )
             .unwrap();
-            c.handle.post(0, |h, ctx| h.start(ctx));
+            c.handle
+                .post(0, |h, ctx| h.start(ctx))
+                .expect("the worker is running");
             c
         })
         .collect();
@@ -662,9 +671,11 @@ fn shutdown_after_a_migration_reaches_every_client() {
                     ended: None,
                 })
                 .unwrap();
-                c.handle.post(0, |h, ctx| {
-                    ctx.connect(h.server, "localhost").unwrap();
-                });
+                c.handle
+                    .post(0, |h, ctx| {
+                        ctx.connect(h.server, "localhost").unwrap();
+                    })
+                    .expect("the worker is running");
                 c
             })
             .collect();

@@ -25,7 +25,9 @@ where
     let handle = engine.handle();
     for w in 0..handle.workers() {
         let start = start.clone();
-        handle.post(w, move |h, ctx| start(h, ctx));
+        handle
+            .post(w, move |h, ctx| start(h, ctx))
+            .expect("the worker is running");
     }
     let handlers = engine.join()?;
     Ok((handlers, began.elapsed()))

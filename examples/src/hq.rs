@@ -369,10 +369,12 @@ impl HqServer {
         let (conns, workers) = (engine.clone(), engine.clone());
         let poster = Arc::new(Poster {
             to_conn: Box::new(move |id, task: ConnTask| {
-                conns.post_to_conn(id, move |h, c| task(project(h), c))
+                conns
+                    .post_to_conn_wait(id, move |h, c| task(project(h), c))
+                    .is_ok()
             }),
             to_worker: Box::new(move |w, task: WorkerTask| {
-                workers.post(w, move |h, _| task(project(h)))
+                workers.post_wait(w, move |h, _| task(project(h))).is_ok()
             }),
         });
         // Each slot has at most one job out, so the queue never fills.

@@ -206,9 +206,10 @@ async fn state(h: &EngineHandle<HqServer>) -> HqState {
     let mut sum = HqState::default();
     for w in 0..h.workers() {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        assert!(h.post(w, move |s, _| {
+        h.post(w, move |s, _| {
             let _ = tx.send(s.state());
-        }));
+        })
+        .expect("the worker is running");
         let s = guard("server state", rx).await.expect("worker answers");
         sum.open += s.open;
         sum.waiting += s.waiting;

@@ -898,6 +898,7 @@ fn udp_backend_keeps_every_gro_segment() {
             ecn: None,
             segment_size: Some(1200),
             contents: &data,
+            link: None,
         };
         tx.send(&t).expect("sent");
     }
@@ -999,6 +1000,7 @@ fn udp_backend_sends_a_full_gso_batch() {
         ecn: None,
         segment_size: Some(1452),
         contents: &data,
+        link: None,
     };
     let sent = tx.send(&t);
     std::thread::sleep(Duration::from_millis(100));
@@ -1042,7 +1044,9 @@ async fn our_echo_client(
         };
         let handle = engine.handle();
         for w in 0..workers {
-            handle.post(w, |h, ctx| h.start(ctx));
+            handle
+                .post(w, |h, ctx| h.start(ctx))
+                .expect("the worker is running");
         }
         let handlers = engine.join().expect("client workers ended cleanly");
         (handlers, handle.total())
@@ -1174,7 +1178,9 @@ async fn our_perf_client(
             .unwrap();
         let handle = engine.handle();
         for w in 0..workers {
-            handle.post(w, |h, ctx| h.start(ctx));
+            handle
+                .post(w, |h, ctx| h.start(ctx))
+                .expect("the worker is running");
         }
         let handlers = engine.join().expect("client workers ended cleanly");
         (handlers, handle.counters())

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, unbounded};
+use crossbeam_channel::bounded;
 use quinn_proto::{ClientConfig, EndpointConfig, ServerConfig, TransportConfig, VarInt};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -64,6 +64,7 @@ pub struct EngineBuilder {
     pub(super) min_reset_interval: Duration,
     pub(super) max_connections: usize,
     pub(super) seed: Option<u64>,
+    pub(super) command_capacity: usize,
     pub(super) cid_lifetime: Option<Duration>,
 }
 
@@ -101,6 +102,7 @@ impl Default for EngineBuilder {
             min_reset_interval: Duration::from_millis(20),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             seed: None,
+            command_capacity: 4096,
             cid_lifetime: None,
         }
     }
@@ -161,6 +163,14 @@ impl EngineBuilder {
     /// Datagrams each worker can have waiting from other workers (default 4096).
     pub fn handover_capacity(mut self, n: usize) -> Self {
         self.handover_capacity = n;
+        self
+    }
+
+    /// Work items ([`crate::EngineHandle::post`]) each worker queues at most (default 4096):
+    /// past it, posting fails with [`crate::engine::PostError::Full`] (or waits, with
+    /// `post_wait`).
+    pub fn command_capacity(mut self, n: usize) -> Self {
+        self.command_capacity = n;
         self
     }
 
@@ -237,6 +247,11 @@ impl EngineBuilder {
                 "neither a server nor a client configuration was given".into(),
             ));
         }
+        if self.command_capacity == 0 {
+            return Err(EngineError::Config(
+                "command capacity must be at least 1".into(),
+            ));
+        }
         if self.handover_capacity == 0 {
             return Err(EngineError::Config(
                 "handover capacity must be at least 1".into(),
@@ -280,6 +295,7 @@ impl EngineBuilder {
             serves: server.is_some(),
             handovers: Vec::with_capacity(n),
             commands: Vec::with_capacity(n),
+            stops: Vec::with_capacity(n),
             wakers: Vec::with_capacity(n),
             metrics: Vec::with_capacity(n),
             failures: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
@@ -288,8 +304,9 @@ impl EngineBuilder {
             let (tx, rx) = bounded(self.handover_capacity);
             mesh.handovers.push(tx);
             handover_rx.push(rx);
-            let (tx, rx) = unbounded();
+            let (tx, rx) = bounded(self.command_capacity);
             mesh.commands.push(tx);
+            mesh.stops.push(Default::default());
             command_rx.push(rx);
             mesh.wakers.push(Arc::new(Waker::new()?));
             mesh.metrics.push(Arc::new(WorkerMetrics::default()));

@@ -31,6 +31,8 @@ pub use builder::{
 };
 pub use xdp::{ifindex, SocketMap, XdpSetup};
 
+use crate::reply::Reply;
+
 use crate::backend::udp::Steering;
 use crate::backend::Datagram;
 use crate::cid::{CidLayout, CidLayoutError};
@@ -48,7 +50,50 @@ pub(crate) type ConnTask<H> = Box<dyn FnOnce(&mut H, &mut Conn<'_>) + Send>;
 pub(crate) enum Command<H> {
     Run(WorkerTask<H>),
     RunOnConn(ConnId, ConnTask<H>),
-    Shutdown { code: VarInt, reason: Bytes },
+}
+
+/// A request to stop a worker: set once, read by the worker every turn (not queued behind
+/// posted work, so a full queue never delays a shutdown).
+#[derive(Default)]
+pub(crate) struct StopSignal {
+    requested: std::sync::atomic::AtomicBool,
+    code: std::sync::Mutex<Option<(VarInt, Bytes)>>,
+}
+
+impl StopSignal {
+    fn request(&self, code: VarInt, reason: Bytes) {
+        let mut c = self.code.lock().unwrap_or_else(|p| p.into_inner());
+        c.get_or_insert((code, reason));
+        self.requested
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a stop was requested and not taken yet.
+    pub(crate) fn pending(&self) -> bool {
+        self.requested.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The close code and reason, once a stop was requested (taken: asked once).
+    pub(crate) fn take(&self) -> Option<(VarInt, Bytes)> {
+        if !self.requested.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        self.requested
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.code.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Why work could not be posted to a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PostError {
+    /// The worker's queue is full (it takes at most 256 items a turn): back off and post
+    /// again, or use [`EngineHandle::post_wait`] from a thread that may block.
+    #[error("the worker's queue is full")]
+    Full,
+    /// The worker has ended, or there is no such worker.
+    #[error("the worker has ended")]
+    Stopped,
 }
 
 /// What the workers of one engine share: read-only after start.
@@ -58,6 +103,7 @@ pub(crate) struct Mesh<H> {
     pub serves: bool,
     pub handovers: Vec<Sender<Datagram>>,
     pub commands: Vec<Sender<Command<H>>>,
+    pub stops: Vec<StopSignal>,
     pub wakers: Vec<Arc<Waker>>,
     pub metrics: Vec<Arc<WorkerMetrics>>,
     /// Why each worker failed, once it has ([`crate::Worker::fail`]).
@@ -98,36 +144,77 @@ impl<H: Handler> EngineHandle<H> {
         self.mesh.commands.len()
     }
 
-    /// Runs `f` on worker `worker`'s thread, between two turns. Returns false if that worker
-    /// has ended (or does not exist).
+    /// Runs `f` on worker `worker`'s thread, between two turns. Never blocks: each worker
+    /// has a bounded queue (see [`EngineBuilder::command_capacity`]).
     pub fn post(
         &self,
         worker: usize,
         f: impl FnOnce(&mut H, &mut Ctx<'_>) + Send + 'static,
-    ) -> bool {
-        self.send(worker, Command::Run(Box::new(f)))
+    ) -> Result<(), PostError> {
+        self.send(worker, Command::Run(Box::new(f)), false)
+    }
+
+    /// Like [`EngineHandle::post`], waiting while the worker's queue is full: back-pressure
+    /// for a producer thread that may block (never call it on a worker).
+    pub fn post_wait(
+        &self,
+        worker: usize,
+        f: impl FnOnce(&mut H, &mut Ctx<'_>) + Send + 'static,
+    ) -> Result<(), PostError> {
+        self.send(worker, Command::Run(Box::new(f)), true)
     }
 
     /// Runs `f` on connection `id` on its worker's thread. `f` is dropped without running if
-    /// the connection is gone by then. Returns false if the worker has ended.
+    /// the connection is gone by then. Never blocks.
     pub fn post_to_conn(
         &self,
         id: ConnId,
         f: impl FnOnce(&mut H, &mut Conn<'_>) + Send + 'static,
-    ) -> bool {
-        self.send(id.worker(), Command::RunOnConn(id, Box::new(f)))
+    ) -> Result<(), PostError> {
+        self.send(id.worker(), Command::RunOnConn(id, Box::new(f)), false)
+    }
+
+    /// Like [`EngineHandle::post_to_conn`], waiting while the worker's queue is full (for a
+    /// producer thread that may block, e.g. one doing blocking I/O for the connection).
+    pub fn post_to_conn_wait(
+        &self,
+        id: ConnId,
+        f: impl FnOnce(&mut H, &mut Conn<'_>) + Send + 'static,
+    ) -> Result<(), PostError> {
+        self.send(id.worker(), Command::RunOnConn(id, Box::new(f)), true)
+    }
+
+    /// Runs `f` on worker `worker` and hands back what it returned: `.wait()` for it on a
+    /// thread that may block, or `.await` it. The reply is [`crate::Gone`] if the worker
+    /// ended before running `f`.
+    pub fn call<T: Send + 'static>(
+        &self,
+        worker: usize,
+        f: impl FnOnce(&mut H, &mut Ctx<'_>) -> T + Send + 'static,
+    ) -> Result<Reply<T>, PostError> {
+        let (filler, reply) = crate::reply::channel();
+        self.post(worker, move |h, ctx| filler.fill(f(h, ctx)))?;
+        Ok(reply)
+    }
+
+    /// Runs `f` on connection `id` and hands back what it returned; the reply is
+    /// [`crate::Gone`] if the connection (or its worker) ended before.
+    pub fn call_conn<T: Send + 'static>(
+        &self,
+        id: ConnId,
+        f: impl FnOnce(&mut H, &mut Conn<'_>) -> T + Send + 'static,
+    ) -> Result<Reply<T>, PostError> {
+        let (filler, reply) = crate::reply::channel();
+        self.post_to_conn(id, move |h, conn| filler.fill(f(h, conn)))?;
+        Ok(reply)
     }
 
     /// Asks every worker to close its connections with `code` and `reason` and stop.
     pub fn shutdown(&self, code: VarInt, reason: &[u8]) {
-        for w in 0..self.workers() {
-            self.send(
-                w,
-                Command::Shutdown {
-                    code,
-                    reason: Bytes::copy_from_slice(reason),
-                },
-            );
+        let reason = Bytes::copy_from_slice(reason);
+        for (stop, waker) in self.mesh.stops.iter().zip(&self.mesh.wakers) {
+            stop.request(code, reason.clone());
+            waker.wake();
         }
     }
 
@@ -162,18 +249,28 @@ impl<H: Handler> EngineHandle<H> {
         t
     }
 
-    fn send(&self, worker: usize, cmd: Command<H>) -> bool {
+    fn send(&self, worker: usize, cmd: Command<H>, wait: bool) -> Result<(), PostError> {
         let Some(tx) = self.mesh.commands.get(worker) else {
-            return false;
+            return Err(PostError::Stopped);
         };
-        let ok = tx.send(cmd).is_ok();
+        let sent = if wait {
+            tx.send(cmd).map_err(|_| PostError::Stopped)
+        } else {
+            tx.try_send(cmd).map_err(|e| match e {
+                crossbeam_channel::TrySendError::Full(_) => PostError::Full,
+                crossbeam_channel::TrySendError::Disconnected(_) => PostError::Stopped,
+            })
+        };
+        // Woken even when full, so that it drains its queue.
         self.mesh.wakers[worker].wake();
-        ok
+        sent
     }
 }
 
-/// Running workers, one thread each.
-pub struct Engine<H> {
+/// Running workers, one thread each. Dropping it shuts the workers down and joins them
+/// (logging a warning): call [`Engine::shutdown`] or [`Engine::join`] to see how they ended.
+#[must_use = "dropping the engine stops its workers"]
+pub struct Engine<H: Handler> {
     pub(super) handle: EngineHandle<H>,
     pub(super) threads: Vec<JoinHandle<io::Result<H>>>,
     pub(super) local_addr: SocketAddr,
@@ -214,6 +311,10 @@ impl<H: Handler> Engine<H> {
     /// Waits until every worker has stopped by itself ([`Ctx::stop_worker`]) or by
     /// [`EngineHandle::shutdown`], and returns the handlers.
     pub fn join(mut self) -> Result<Vec<H>, EngineError> {
+        self.join_threads()
+    }
+
+    fn join_threads(&mut self) -> Result<Vec<H>, EngineError> {
         let mut out = Vec::with_capacity(self.threads.len());
         let mut first_error = None;
         for (worker, t) in std::mem::take(&mut self.threads).into_iter().enumerate() {
@@ -233,6 +334,22 @@ impl<H: Handler> Engine<H> {
         match first_error {
             Some(e) => Err(e),
             None => Ok(out),
+        }
+    }
+}
+
+impl<H: Handler> Drop for Engine<H> {
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            workers = self.threads.len(),
+            "engine dropped while running: shutting its workers down and joining them"
+        );
+        self.handle.shutdown(VarInt::from_u32(0), b"engine dropped");
+        if let Err(e) = self.join_threads() {
+            tracing::warn!("a worker of the dropped engine ended with an error: {e}");
         }
     }
 }

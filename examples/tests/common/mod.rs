@@ -870,7 +870,9 @@ pub fn run_rounds(
         )
         .expect("client engine");
     let handle = engine.handle();
-    handle.post(0, |h, ctx| h.start(ctx));
+    handle
+        .post(0, |h, ctx| h.start(ctx))
+        .expect("the worker is running");
     let mut hs = engine.join().expect("client worker ended cleanly");
     (hs.pop().expect("one worker"), handle.total())
 }
