@@ -51,10 +51,8 @@ pub(crate) fn channel<T>() -> (Filler<T>, Reply<T>) {
 impl<T> Shared<T> {
     fn settle(&self, to: State<T>) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let State::Pending(waker) = std::mem::replace(&mut *s, to) {
-            if let Some(w) = waker {
-                w.wake();
-            }
+        if let State::Pending(Some(waker)) = std::mem::replace(&mut *s, to) {
+            waker.wake();
         }
         self.filled.notify_all();
     }
