@@ -2,6 +2,7 @@
 //! or an error for any input, never panics.
 
 pub mod checksum;
+pub mod client_hello;
 pub mod eth;
 pub mod frame;
 pub mod ipv4;
