@@ -4,4 +4,6 @@
 pub mod cli;
 pub mod metrics;
 pub mod testbed;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod xdp;

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
+use xdp_quic_control::testing::privileged;
+
 const BIN: &str = env!("CARGO_BIN_EXE_xdp-quic");
 
 /// A running `xdp-quic serve`, killed on drop if the test did not stop it.
@@ -248,16 +250,6 @@ fn demo_over_udp_on_loopback() {
     check_run(&runs[0], 2);
 }
 
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "needs root and CI is set");
-    eprintln!("skipped: needs root");
-    false
-}
-
 fn netns_list() -> String {
     let o = Command::new("ip").args(["netns", "list"]).output().unwrap();
     text(&o.stdout)
@@ -265,7 +257,7 @@ fn netns_list() -> String {
 
 #[test]
 fn demo_over_af_xdp_side_by_side_with_udp_and_cleans_up() {
-    if !root() {
+    if !privileged("demo_over_af_xdp_side_by_side_with_udp_and_cleans_up") {
         return;
     }
     let v = demo_json(&["--backend", "xdp", "--bytes", "30M", "--requests", "500"]);
@@ -304,7 +296,7 @@ fn demo_over_af_xdp_side_by_side_with_udp_and_cleans_up() {
 
 #[test]
 fn demo_interrupted_removes_its_testbed() {
-    if !root() {
+    if !privileged("demo_interrupted_removes_its_testbed") {
         return;
     }
     let mut child = Command::new(BIN)
@@ -427,7 +419,7 @@ fn serve_auto_falls_back_to_udp_and_says_why() {
 
 #[test]
 fn serve_over_af_xdp_on_a_pinned_attachment() {
-    if !root() {
+    if !privileged("serve_over_af_xdp_on_a_pinned_attachment") {
         return;
     }
     let name = format!("xc{}", std::process::id() % 100_000);
@@ -521,7 +513,7 @@ fn serve_over_af_xdp_on_a_pinned_attachment() {
 /// operator gets the reason and the remedies, not a bare ENOBUFS, and nothing stays attached.
 #[test]
 fn umem_over_the_memlock_limit_is_a_clear_error() {
-    if !root() {
+    if !privileged("umem_over_the_memlock_limit_is_a_clear_error") {
         return;
     }
     let name = format!("xm{}", std::process::id() % 100_000);
@@ -770,7 +762,7 @@ fn serve_xdp_in(tb: &xdp_quic_control::testbed::Testbed, backend: &str) -> (Serv
 /// `--backend auto`, serves on over kernel UDP.
 #[test]
 fn auto_falls_back_to_udp_when_the_program_is_detached_from_under_it() {
-    if !root() {
+    if !privileged("auto_falls_back_to_udp_when_the_program_is_detached_from_under_it") {
         return;
     }
     let tb = xdp_quic_control::testbed::Testbed::create(
@@ -812,7 +804,7 @@ fn auto_falls_back_to_udp_when_the_program_is_detached_from_under_it() {
 /// happened and what to do.
 #[test]
 fn xdp_backend_exits_with_an_error_when_the_program_is_detached() {
-    if !root() {
+    if !privileged("xdp_backend_exits_with_an_error_when_the_program_is_detached") {
         return;
     }
     let tb = xdp_quic_control::testbed::Testbed::create(
@@ -842,7 +834,7 @@ fn xdp_backend_exits_with_an_error_when_the_program_is_detached() {
 /// `AmbientCapabilities=` in production), and serves over AF_XDP.
 #[test]
 fn serve_after_attach_needs_only_net_raw_ipc_lock_and_bpf() {
-    if !root() {
+    if !privileged("serve_after_attach_needs_only_net_raw_ipc_lock_and_bpf") {
         return;
     }
     let tb = xdp_quic_control::testbed::Testbed::create(

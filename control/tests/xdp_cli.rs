@@ -157,7 +157,7 @@ fn error_unknown_interface_and_netns() {
     if !privileged("unknown_interface") {
         return;
     }
-    let ns = Netns::new();
+    let ns = Netns::new("xqt");
     xq_err(
         &["attach", "nosuchif0", "--netns", &ns.name, "--port", "1"],
         "unknown interface 'nosuchif0'",
@@ -291,7 +291,7 @@ fn error_native_refused_and_auto_falls_back() {
     }
     // Loopback has no native XDP; each netns has its own `lo`, but the pins are named
     // by interface, so only this test attaches to `lo`.
-    let ns = Netns::new();
+    let ns = Netns::new("xqt");
     let _pins = PinGuard("lo".into());
     xq_err(
         &[
@@ -521,7 +521,7 @@ fn embedded_attach_lasts_as_long_as_its_guard() {
         tb.server_if.clone(),
         tb.client.name.clone(),
     );
-    in_netns(&s.clone(), move || {
+    xdp_quic_control::testbed::in_netns(&s.clone(), move || {
         let service = ServiceConfig {
             ports: [4433].into(),
             addrs: Default::default(),
@@ -552,7 +552,8 @@ fn embedded_attach_lasts_as_long_as_its_guard() {
         drop(xsks);
         drop(guard);
         assert_eq!(xdp_prog_on(&s, &i), None, "dropping the guard detaches");
-    });
+    })
+    .unwrap();
 }
 
 /// A server that attached the program for itself (no pins): `status` and `stats` show it as

@@ -20,6 +20,7 @@ use xdp_quic::cid::CidLayout;
 use xdp_quic::packet::{checksum, ipv4, udp};
 use xdp_quic::{tls, Engine, EngineBuilder, RetryPolicy, VarInt, XdpSetup};
 use xdp_quic_control::testbed::Testbed;
+use xdp_quic_control::testing::privileged;
 use xdp_quic_control::xdp::{AttachMode, EmbeddedAttachment};
 use xdp_quic_examples::echo::{self, EchoServer};
 
@@ -252,7 +253,7 @@ fn serve(
 /// 2,000 forged Initials (one per 500 µs) while 8 quinn clients connect and echo.
 #[test]
 fn spoofed_initial_flood_over_af_xdp() {
-    if !xdp_support::privileged("xdp_floods") {
+    if !privileged("spoofed_initial_flood_over_af_xdp") {
         return;
     }
     let tb = Testbed::create(&format!("xf{}", std::process::id() % 100_000), QUEUES, 221)
@@ -385,7 +386,7 @@ async fn legit_echo(
 /// per `min_reset_interval`.
 #[test]
 fn unknown_cid_flood_over_af_xdp_gets_rate_limited_resets() {
-    if !xdp_support::privileged("xdp_floods") {
+    if !privileged("unknown_cid_flood_over_af_xdp_gets_rate_limited_resets") {
         return;
     }
     let tb = Testbed::create(&format!("xr{}", std::process::id() % 100_000), QUEUES, 222)

@@ -1,71 +1,14 @@
 //! Shared by the xdp_* integration tests: privilege gate, network namespaces and veth
 //! pairs with Drop guards, running the `xdp-quic` binary, sending traffic.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A name unique to this process and call: `<prefix><pid><n>`, at most 15 bytes.
-pub fn unique(prefix: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = format!("{prefix}{}{n}", std::process::id() % 100_000);
-    assert!(name.len() <= 15, "{name} too long for an interface name");
-    name
-}
-
-/// True when the test may run: root. Without root, skips locally but panics in CI.
-pub fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: needs root (netns, veth, XDP), and CI is set: refusing to skip");
-    }
-    eprintln!("{test}: skipped: needs root");
-    false
-}
-
-/// Runs a command, panicking with its output if it fails.
-pub fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace, deleted on drop (with the interfaces in it).
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new() -> Self {
-        let name = unique("xqt");
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Self { name };
-        sh(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
+pub use xdp_quic_control::testing::{
+    ping, privileged, send_udp, sh, udp_reaches_kernel, unique_name, xdp_prog_on, Netns, PinGuard,
+};
 
 /// Server and client namespaces joined by a veth pair with `queues` queues each way: the
 /// library's testbed (`xdp_quic_control::testbed`), under the names these tests use.
@@ -90,7 +33,7 @@ pub const CLIENT6: &str = "fd00:63::2";
 
 impl Testbed {
     pub fn new(queues: u32) -> Self {
-        let inner = xdp_quic_control::testbed::Testbed::create(&unique("xt"), queues, 99)
+        let inner = xdp_quic_control::testbed::Testbed::create(&unique_name("xt"), queues, 99)
             .expect("creating the testbed");
         assert_eq!(inner.server_v4.to_string(), SERVER4);
         assert_eq!(inner.server_v6.to_string(), SERVER6);
@@ -105,17 +48,6 @@ impl Testbed {
             client_if: inner.client_if.clone(),
             _inner: inner,
         }
-    }
-}
-
-/// Removes xdp-quic's pins of an interface on drop (the netns guards remove the
-/// interfaces; pins live on the host's bpffs and would outlive them).
-pub struct PinGuard(pub String);
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/xdp-quic/{}", self.0));
-        let _ = std::fs::remove_dir("/sys/fs/bpf/xdp-quic");
     }
 }
 
@@ -164,81 +96,11 @@ pub fn xq_err(args: &[&str], needle: &str) -> String {
     err
 }
 
-/// Runs `f` on a thread moved into network namespace `ns`.
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        // SAFETY: `file` is an open netns file; setns moves only this new thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("netns thread panicked")
-}
-
-/// Sends `n` UDP datagrams of `len` bytes from namespace `ns` to `to`.
-pub fn send_udp(ns: &str, to: SocketAddr, n: usize, len: usize) {
-    in_netns(ns, move || {
-        let bind: SocketAddr = if to.is_ipv4() {
-            "0.0.0.0:0".parse().unwrap()
-        } else {
-            "[::]:0".parse().unwrap()
-        };
-        let s = UdpSocket::bind(bind).unwrap();
-        for _ in 0..n {
-            s.send_to(&vec![0x40u8; len], to).unwrap();
-        }
-    });
-}
-
-/// Binds a UDP socket in `ns` at `at`, then sends one datagram from `from_ns`; returns
-/// whether the socket got it within 2 s.
-pub fn udp_reaches_kernel(server_ns: &str, from_ns: &str, at: SocketAddr) -> bool {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let server_ns = server_ns.to_string();
-    let receiver = std::thread::spawn(move || {
-        in_netns(&server_ns, move || {
-            let s = UdpSocket::bind(at).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            tx.send(()).unwrap();
-            let mut buf = [0u8; 2048];
-            s.recv_from(&mut buf).is_ok_and(|(n, _)| n == 64)
-        })
-    });
-    rx.recv().unwrap();
-    send_udp(from_ns, at, 1, 64);
-    receiver.join().unwrap()
-}
-
-/// Pings `addr` once from `ns`.
-pub fn ping(ns: &str, addr: &str) -> bool {
-    Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "2", addr])
-        .output()
-        .expect("spawn ping")
-        .status
-        .success()
-}
-
 /// `xdp-quic stats <iface> --json` counters.
 pub fn stats(ns: &str, iface: &str) -> serde_json::Value {
     let out = xq_ok(&["stats", iface, "--netns", ns, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["counters"].clone()
-}
-
-/// The XDP program id on `iface` in `ns` (from `ip -j link`), if any.
-pub fn xdp_prog_on(ns: &str, iface: &str) -> Option<u64> {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-j", "-d", "link", "show", "dev", iface])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[0]["xdp"]["prog"]["id"]
-        .as_u64()
-        .or_else(|| v[0]["xdp"]["attached"][0]["prog"]["id"].as_u64())
 }
 
 /// A quinn client endpoint on a fresh socket of the current thread's namespace.
