@@ -1,7 +1,6 @@
 //! xdp-quic control plane: loading and attaching the XDP steering program, its pinned maps,
 //! and the `xdp-quic` command line.
 
-pub mod cli;
 pub mod metrics;
 pub mod testbed;
 #[cfg(feature = "testing")]

@@ -3,18 +3,18 @@
 //! there, and drives an independent client (the quinn crate, over kernel UDP) from the other
 //! namespace. Root is needed; with `CI` set a missing privilege fails the test.
 
-mod xdp_support;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use rand::{RngCore, SeedableRng};
+use support::{quinn_endpoint, quinn_endpoint_with};
 use xdp_quic::{tls, Engine, EngineBuilder, TransportConfig, VarInt, XdpSetup};
 use xdp_quic_control::testbed::Testbed;
 use xdp_quic_control::testing::{privileged, sh, unique_name};
 use xdp_quic_control::xdp::{AttachMode, EmbeddedAttachment};
 use xdp_quic_examples::echo::{self, EchoServer};
-use xdp_support::{quinn_endpoint, quinn_endpoint_with};
 
 const PORT: u16 = 4433;
 /// A hang guard, never a performance bound.

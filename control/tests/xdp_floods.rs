@@ -5,7 +5,7 @@
 //! back to the forged addresses, so the anti-amplification limit is checked on the wire.
 //! Root is needed; with `CI` set a missing privilege fails the test.
 
-mod xdp_support;
+mod support;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -364,7 +364,7 @@ async fn legit_echo(
     seed: u64,
     len: u32,
 ) {
-    let ep = xdp_support::quinn_endpoint(cert, false);
+    let ep = support::quinn_endpoint(cert, false);
     let conn = ep
         .connect(server, "localhost")
         .unwrap()

@@ -1,12 +1,12 @@
 //! `xdp-quic attach | detach | status | stats` against real veth pairs in test network
 //! namespaces (root only; in CI a missing privilege fails instead of skipping).
 
-mod xdp_support;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
 
-use xdp_support::*;
+use support::*;
 
 fn pin_dir(iface: &str) -> String {
     format!("/sys/fs/bpf/xdp-quic/{iface}")
@@ -221,7 +221,7 @@ fn error_foreign_program_refused_unless_force() {
     let tb = Testbed::new(1);
     let _pins = PinGuard(tb.server_if.clone());
     let (s, i) = (tb.server.name.as_str(), tb.server_if.as_str());
-    let obj = concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf/xdp_quic.o");
+    let obj = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ebpf/xdp_quic.o");
     sh(&[
         "ip",
         "-n",
@@ -506,54 +506,6 @@ fn stats_watch_prints_rates() {
         "{text}"
     );
     xq_ok(&["detach", i, "--netns", s]);
-}
-
-#[test]
-fn embedded_attach_lasts_as_long_as_its_guard() {
-    if !privileged("embedded_attach") {
-        return;
-    }
-    use xdp_quic_control::xdp::{attach_embedded, AttachMode, ServiceConfig};
-    use xdp_quic_ebpf::{Counter, Family, FamilyCounter};
-    let tb = Testbed::new(2);
-    let (s, i, c) = (
-        tb.server.name.clone(),
-        tb.server_if.clone(),
-        tb.client.name.clone(),
-    );
-    xdp_quic_control::testbed::in_netns(&s.clone(), move || {
-        let service = ServiceConfig {
-            ports: [4433].into(),
-            addrs: Default::default(),
-        };
-        let guard = attach_embedded(&i, &service, AttachMode::Skb).unwrap();
-        assert_eq!(xdp_prog_on(&s, &i), Some(u64::from(guard.prog_id())));
-        assert!(
-            !Path::new(&pin_dir(&i)).exists(),
-            "embedded mode makes no pins"
-        );
-        // a second attachment is refused while the first lives, naming its holder (us)
-        let err = attach_embedded(&i, &service, AttachMode::Skb)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("already has xdp-quic's XDP program")
-                && err.contains(&format!("pid {}", std::process::id())),
-            "{err}"
-        );
-        let xsks = guard.xsks().unwrap();
-        assert_eq!(xsks.capacity(), xdp_quic_ebpf::MAX_QUEUES);
-        send_udp(&c, format!("{SERVER4}:4433").parse().unwrap(), 4, 100);
-        let n = guard
-            .counters()
-            .unwrap()
-            .get(Counter::Family(Family::V4, FamilyCounter::NoSocket));
-        assert_eq!(n, 4);
-        drop(xsks);
-        drop(guard);
-        assert_eq!(xdp_prog_on(&s, &i), None, "dropping the guard detaches");
-    })
-    .unwrap();
 }
 
 /// A server that attached the program for itself (no pins): `status` and `stats` show it as

@@ -13,12 +13,12 @@ use xdp_quic::{
     VarInt, XdpSetup,
 };
 
-use crate::metrics::{EngineCollector, MetricsServer};
-use crate::xdp::socket_map::ServerSteering;
+use xdp_quic_control::metrics::{EngineCollector, MetricsServer};
+use xdp_quic_control::xdp::socket_map::ServerSteering;
 use xdp_quic_examples::{echo::EchoServer, hq::HqServer, perf::PerfServer};
 
 use super::args::{self, App, BackendArg, BindArg, PollArg};
-use crate::xdp::WatchEvent;
+use xdp_quic_control::xdp::WatchEvent;
 
 /// Arguments of `xdp-quic serve`.
 #[derive(Debug, clap::Args)]
@@ -143,7 +143,7 @@ pub fn builder(a: &ServeArgs) -> anyhow::Result<EngineBuilder> {
 
 pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
     if let Some(ns) = &a.netns {
-        crate::xdp::netns::enter(ns)?;
+        xdp_quic_control::xdp::netns::enter(ns)?;
     }
     let b = builder(a)?;
     match a.app {
@@ -200,9 +200,9 @@ pub struct XdpServer<H: Handler> {
     /// How the program is attached, in words.
     pub how: String,
     /// The program's counters, when readable.
-    pub program: Option<crate::xdp::CountersReader>,
+    pub program: Option<xdp_quic_control::xdp::CountersReader>,
     /// Watches the program the sockets are registered with.
-    pub watch: crate::xdp::ProgramWatch,
+    pub watch: xdp_quic_control::xdp::ProgramWatch,
 }
 
 /// Starts `b` on AF_XDP per `setup`, attaching the program for the server's life when
@@ -210,7 +210,7 @@ pub struct XdpServer<H: Handler> {
 pub fn start_xdp<H: Handler>(
     b: EngineBuilder,
     setup: &XdpSetup,
-    mode: crate::xdp::AttachMode,
+    mode: xdp_quic_control::xdp::AttachMode,
     factory: impl FnMut(usize) -> H,
 ) -> anyhow::Result<XdpServer<H>> {
     let steering = ServerSteering::for_server(&setup.iface, setup.listen, mode)?;
@@ -218,7 +218,7 @@ pub fn start_xdp<H: Handler>(
     let program = steering.counters_reader(&setup.iface).ok();
     let ifindex = xdp_quic::engine::ifindex(&setup.iface)
         .with_context(|| format!("looking up {}", setup.iface))?;
-    let watch = crate::xdp::ProgramWatch::new(ifindex, steering.prog_id())
+    let watch = xdp_quic_control::xdp::ProgramWatch::new(ifindex, steering.prog_id())
         .with_context(|| format!("reading the state of {}", setup.iface))?;
     let engine = b
         .start_xdp(setup, Box::new(steering), factory)
@@ -239,7 +239,7 @@ enum Ended {
     /// Ctrl-C or SIGTERM.
     Stopped,
     /// The XDP program is gone from under the AF_XDP workers.
-    ProgramLost(crate::xdp::WatchEvent),
+    ProgramLost(xdp_quic_control::xdp::WatchEvent),
     /// Workers failed (a panic outside the application, or a fatal I/O error): (index, why).
     WorkersFailed(Vec<(usize, String)>),
 }
@@ -357,8 +357,8 @@ fn serve<H: Handler>(
 fn serve_until<H: Handler>(
     a: &ServeArgs,
     engine: &Engine<H>,
-    program: Option<crate::xdp::CountersReader>,
-    mut watch: Option<crate::xdp::ProgramWatch>,
+    program: Option<xdp_quic_control::xdp::CountersReader>,
+    mut watch: Option<xdp_quic_control::xdp::ProgramWatch>,
     stop: &mpsc::Receiver<()>,
 ) -> anyhow::Result<Ended> {
     let _metrics = match a.metrics {
