@@ -1,16 +1,18 @@
 //! The Prometheus endpoint, scraped with a real HTTP client while real traffic flows.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use prometheus_client::registry::Registry;
+use support::echo_through;
 use xdp_quic::{tls, Engine, EngineBuilder, VarInt};
 use xdp_quic_control::metrics::{parse, EngineCollector, MetricsLimits, MetricsServer, Sample};
-use xdp_quic_examples::echo::{self, EchoClient, EchoServer};
+use xdp_quic_examples::echo::{self, EchoServer};
 
 fn udp_server() -> (
     Engine<EchoServer>,
@@ -37,26 +39,6 @@ fn metrics_for(engine: &Engine<EchoServer>) -> MetricsServer {
         None,
     )));
     MetricsServer::start("127.0.0.1:0".parse().unwrap(), registry).unwrap()
-}
-
-/// Echoes `n` streams of `len` octets through `addr`; panics unless all come back intact.
-fn echo_through(
-    addr: SocketAddr,
-    cert: &[rustls::pki_types::CertificateDer<'static>],
-    n: u64,
-    len: usize,
-) {
-    let payloads: Vec<Bytes> = (0..n).map(|i| vec![i as u8; len].into()).collect();
-    let client = EngineBuilder::default()
-        .client(tls::client_config(tls::Trust::Roots(cert.to_vec()), &[echo::ALPN]).unwrap());
-    let (hs, _) = xdp_quic_examples::client::run(
-        client,
-        "0.0.0.0:0".parse().unwrap(),
-        |_| EchoClient::new(addr, "localhost", payloads.clone(), vec![], 0),
-        |h: &mut EchoClient, ctx| h.start(ctx),
-    )
-    .unwrap();
-    assert!(hs[0].all_ok(), "{:?}", hs[0].error);
 }
 
 fn get(url: &str) -> (u16, String, String) {

@@ -60,3 +60,31 @@ pub fn quinn_endpoint_with(
     ep.set_default_client_config(cfg);
     ep
 }
+
+/// Echoes `n` streams of `len` octets through `addr` with an xdp-quic client engine (kernel
+/// UDP) of the calling thread's namespace; panics unless all come back intact.
+pub fn echo_through(
+    addr: SocketAddr,
+    cert: &[rustls::pki_types::CertificateDer<'static>],
+    n: u64,
+    len: usize,
+) {
+    use xdp_quic::{tls, EngineBuilder};
+    use xdp_quic_examples::echo::{self, EchoClient};
+    let payloads: Vec<bytes::Bytes> = (0..n).map(|i| vec![i as u8; len].into()).collect();
+    let client = EngineBuilder::default()
+        .client(tls::client_config(tls::Trust::Roots(cert.to_vec()), &[echo::ALPN]).unwrap());
+    let bind: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let (hs, _) = xdp_quic_examples::client::run(
+        client,
+        bind,
+        |_| EchoClient::new(addr, "localhost", payloads.clone(), vec![], 0),
+        |h: &mut EchoClient, ctx| h.start(ctx),
+    )
+    .unwrap();
+    assert!(hs[0].all_ok(), "{:?}", hs[0].error);
+}
