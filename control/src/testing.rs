@@ -49,6 +49,30 @@ pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
     }
 }
 
+/// Reads `read()` until `reached` holds for what it returns, and returns that; panics naming
+/// `what` if it does not within `within` (a hang guard: give it a generous value). For
+/// counters that move a little after the action that moves them (the kernel takes packets in
+/// asynchronously), read until they reach their expected value, then assert it exactly.
+pub fn read_until<T>(
+    what: &str,
+    within: Duration,
+    mut read: impl FnMut() -> T,
+    reached: impl Fn(&T) -> bool,
+) -> T {
+    let end = Instant::now() + within;
+    loop {
+        let value = read();
+        if reached(&value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < end,
+            "{what}: not reached within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Runs a command, panicking with its stderr if it fails.
 pub fn sh(args: &[&str]) {
     let out = Command::new(args[0])

@@ -299,30 +299,36 @@ fn demo_interrupted_removes_its_testbed() {
     if !privileged("demo_interrupted_removes_its_testbed") {
         return;
     }
-    let mut child = Command::new(BIN)
-        .args(["demo", "--backend", "xdp", "--bytes", "100G"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let ns = format!("xqd{}s", child.id() % 1_000_000);
-    // Wait (bounded) until the testbed exists, then Ctrl-C.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !netns_list().contains(&ns) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the demo made no testbed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut cmd = Command::new(BIN);
+    cmd.args(["demo", "--backend", "xdp", "--bytes", "100G"]);
+    let mut demo = Server::spawn(cmd);
+    let pid = demo.child.as_ref().unwrap().id();
+    let ns = format!("xqd{}s", pid % 1_000_000);
+    // Whatever happens, nothing of the demo's testbed outlives the test.
+    let _cleanup = NetnsCleanup(vec![ns.clone(), format!("xqd{}c", pid % 1_000_000)]);
+    // The demo names its testbed once it is complete (and so registered for removal on a
+    // signal); then Ctrl-C.
+    demo.wait_for("xdp-quic demo: testbed");
+    let made = netns_list().contains(&ns);
     // SAFETY: kill(2) on the child we spawned and have not waited for.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait().unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let status = demo.child.take().unwrap().wait().unwrap();
+    assert!(made, "the demo made no testbed");
     assert_eq!(status.code(), Some(130));
     assert!(!netns_list().contains(&ns), "testbed left behind");
     let ifaces = Command::new("ip").args(["-o", "link"]).output().unwrap();
     assert!(!text(&ifaces.stdout).contains(&ns));
+}
+
+/// Deletes these network namespaces on drop, where they exist.
+struct NetnsCleanup(Vec<String>);
+
+impl Drop for NetnsCleanup {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
 }
 
 fn fails_with(args: &[&str], message: &str) {
@@ -425,15 +431,7 @@ fn serve_over_af_xdp_on_a_pinned_attachment() {
     let name = format!("xc{}", std::process::id() % 100_000);
     let tb = xdp_quic_control::testbed::Testbed::create(&name, 2, 215).unwrap();
     let xq = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
-    let out = xq(&[
-        "attach",
-        &tb.server_if,
-        "--netns",
-        &tb.server_ns,
-        "--port",
-        "4433",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pins = PinnedAttach::new(&tb);
 
     let (server, line) = Server::start_with(&[
         "--netns",
@@ -505,8 +503,7 @@ fn serve_over_af_xdp_on_a_pinned_attachment() {
             .all(|q| q["socket"] == false),
         "{st}"
     );
-    let out = xq(&["detach", &tb.server_if, "--netns", &tb.server_ns]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    pins.detach();
 }
 
 /// Without CAP_IPC_LOCK and with a small RLIMIT_MEMLOCK the UMEM cannot be registered: the

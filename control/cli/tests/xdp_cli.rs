@@ -57,8 +57,20 @@ fn attach_counts_and_detaches(mode: &str) {
     send_udp(c, format!("{SERVER4}:4433").parse().unwrap(), 5, 100);
     send_udp(c, format!("[{SERVER6}]:4434").parse().unwrap(), 3, 100);
     send_udp(c, format!("{SERVER4}:4433").parse().unwrap(), 2, 10); // too short for QUIC
-    let after = stats(s, &tb.server_if);
-    let d = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+    let delta = |after: &serde_json::Value, k: &str| {
+        after[k].as_u64().unwrap() - before[k].as_u64().unwrap()
+    };
+    let after = read_until(
+        "the datagrams counted",
+        GUARD,
+        || stats(s, &tb.server_if),
+        |after| {
+            delta(after, "v4.passed_no_socket") >= 5
+                && delta(after, "v6.passed_no_socket") >= 3
+                && delta(after, "v4.dropped_malformed") >= 2
+        },
+    );
+    let d = |k: &str| delta(&after, k);
     assert_eq!(d("v4.passed_no_socket"), 5, "{after}");
     assert_eq!(d("v6.passed_no_socket"), 3, "{after}");
     assert_eq!(d("v4.dropped_malformed"), 2, "{after}");
@@ -139,7 +151,13 @@ fn attach_twice_is_idempotent_and_updates_ports() {
         2,
         100,
     );
-    assert_eq!(stats(s, i)["v6.passed_other_addr"].as_u64(), Some(2));
+    let other_addr = read_until(
+        "the datagrams counted",
+        GUARD,
+        || stats(s, i)["v6.passed_other_addr"].as_u64(),
+        |n| n.is_some_and(|n| n >= 2),
+    );
+    assert_eq!(other_addr, Some(2));
     // asking for the other mode explicitly is refused and changes nothing
     let mode = me["mode"].as_str().unwrap();
     let other = if mode == "native" { "skb" } else { "native" };
@@ -406,10 +424,13 @@ fn under_ip_netns_exec_status_stats_and_serve_find_the_host_pins() {
         3,
         100,
     );
-    let after = stats_inside();
-    let d =
-        |k: &str| after["counters"][k].as_u64().unwrap() - before["counters"][k].as_u64().unwrap();
-    assert_eq!(d("v4.passed_no_socket"), 3, "{after}");
+    let d = |after: &serde_json::Value, k: &str| {
+        after["counters"][k].as_u64().unwrap() - before["counters"][k].as_u64().unwrap()
+    };
+    let after = read_until("the datagrams counted", GUARD, stats_inside, |after| {
+        d(after, "v4.passed_no_socket") >= 3
+    });
+    assert_eq!(d(&after, "v4.passed_no_socket"), 3, "{after}");
 
     // A server started under ip netns exec uses the pinned attachment: its socket is
     // registered in the pinned map, which status sees, and packets reach it.
@@ -443,12 +464,16 @@ fn under_ip_netns_exec_status_stats_and_serve_find_the_host_pins() {
         4,
         100,
     );
-    let after = stats(s, i);
-    assert_eq!(
-        after["v4.redirected"].as_u64().unwrap() - before["v4.redirected"].as_u64().unwrap(),
-        4,
-        "{after}"
+    let redirected = |after: &serde_json::Value| {
+        after["v4.redirected"].as_u64().unwrap() - before["v4.redirected"].as_u64().unwrap()
+    };
+    let after = read_until(
+        "the datagrams counted",
+        GUARD,
+        || stats(s, i),
+        |after| redirected(after) >= 4,
     );
+    assert_eq!(redirected(&after), 4, "{after}");
     let (ok, err) = server.stop();
     assert!(ok, "{err}");
 
@@ -588,10 +613,13 @@ fn status_and_stats_show_a_servers_own_attachment() {
     assert_eq!(before["attachment"], "process", "{before}");
     assert_eq!(before["pids"], serde_json::json!([pid]), "{before}");
     send_udp(c, format!("{SERVER4}:4433").parse().unwrap(), 5, 100);
-    let after = stats_json();
-    let d =
-        |k: &str| after["counters"][k].as_u64().unwrap() - before["counters"][k].as_u64().unwrap();
-    assert_eq!(d("v4.redirected"), 5, "{after}");
+    let d = |after: &serde_json::Value, k: &str| {
+        after["counters"][k].as_u64().unwrap() - before["counters"][k].as_u64().unwrap()
+    };
+    let after = read_until("the datagrams counted", GUARD, stats_json, |after| {
+        d(after, "v4.redirected") >= 5
+    });
+    assert_eq!(d(&after, "v4.redirected"), 5, "{after}");
     let text = xq_ok(&["stats", i, "--netns", s]);
     assert!(
         text.contains("attached by a running process (not pinned)")

@@ -8,8 +8,12 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 pub use xdp_quic_control::testing::{
-    ping, privileged, send_udp, sh, udp_reaches_kernel, unique_name, xdp_prog_on, Netns, PinGuard,
+    ping, privileged, read_until, send_udp, sh, udp_reaches_kernel, unique_name, xdp_prog_on,
+    Netns, PinGuard,
 };
+
+/// A hang guard for each wait, never a performance bound.
+pub const GUARD: Duration = Duration::from_secs(60);
 
 /// Server and client namespaces joined by a veth pair with `queues` queues each way: the
 /// library's testbed (`xdp_quic_control::testbed`), under the names these tests use.
