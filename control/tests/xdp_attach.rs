@@ -17,7 +17,7 @@ fn embedded_attach_lasts_as_long_as_its_guard() {
     if !privileged("embedded_attach_lasts_as_long_as_its_guard") {
         return;
     }
-    let tb = Testbed::create(&unique_name("xa"), 2, 98).expect("testbed");
+    let tb = Testbed::create(&unique_name("xg"), 2, 98).expect("testbed");
     let (s, i, c) = (&tb.server_ns, &tb.server_if, &tb.client_ns);
     let to = std::net::SocketAddr::new(tb.server_v4.into(), 4433);
     in_netns(s, || {
