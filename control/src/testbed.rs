@@ -167,17 +167,26 @@ impl Testbed {
         })?
     }
 
-    /// Installs a Ctrl-C handler that removes every testbed of this process, then exits 130.
+    /// Installs a handler of SIGINT, SIGTERM and SIGHUP (Ctrl-C) that removes every testbed
+    /// of this process ([`Testbed::remove_all`]), then exits with status 130. Once per
+    /// process; refused when another handler of these signals is installed.
     pub fn remove_all_on_signal() -> anyhow::Result<()> {
-        ctrlc::set_handler(|| {
-            let names = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|p| p.into_inner()));
-            for ns in names {
-                let _ = ip(&["netns", "del", &ns]);
-            }
+        crate::signal::on_termination(|_| {
+            Testbed::remove_all();
             eprintln!("interrupted: testbed removed");
             std::process::exit(130);
         })
         .context("installing the Ctrl-C handler")
+    }
+
+    /// Removes every testbed of this process now (their namespaces, and so their veth
+    /// pairs), e.g. from a signal handler of the caller's own; dropping them afterwards does
+    /// nothing more.
+    pub fn remove_all() {
+        let names = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|p| p.into_inner()));
+        for ns in names {
+            let _ = ip(&["netns", "del", &ns]);
+        }
     }
 }
 

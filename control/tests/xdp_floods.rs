@@ -5,13 +5,13 @@
 //! back to the forged addresses, so the anti-amplification limit is checked on the wire.
 //! Root is needed; with `CI` set a missing privilege fails the test.
 
-mod xdp_support;
+mod support;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
@@ -20,6 +20,7 @@ use xdp_quic::cid::CidLayout;
 use xdp_quic::packet::{checksum, ipv4, udp};
 use xdp_quic::{tls, Engine, EngineBuilder, RetryPolicy, VarInt, XdpSetup};
 use xdp_quic_control::testbed::Testbed;
+use xdp_quic_control::testing::{privileged, wait_until};
 use xdp_quic_control::xdp::{AttachMode, EmbeddedAttachment};
 use xdp_quic_examples::echo::{self, EchoServer};
 
@@ -28,6 +29,8 @@ const THRESHOLD: usize = 8;
 const QUEUES: u32 = 2;
 const FLOOD: u32 = 2_000;
 const LEGIT: u64 = 8;
+/// A hang guard for each wait, never a performance bound.
+const GUARD: Duration = Duration::from_secs(120);
 
 /// Forged source `i`: 10.66.x.y, never assigned anywhere.
 fn forged(i: u32) -> (Ipv4Addr, u16) {
@@ -100,9 +103,9 @@ impl RawSender {
 }
 
 /// Sends `FLOOD` real client Initials (quinn-proto's, a ClientHello each) from forged
-/// addresses to `to`, one per 500 µs, over a raw socket of the current namespace. Returns the
-/// UDP payload octets sent per forged address.
-fn flood(to: Ipv4Addr) -> HashMap<Ipv4Addr, u64> {
+/// addresses to `to`, one per 500 µs, over a raw socket of the current namespace, counting
+/// them in `progress`. Returns the UDP payload octets sent per forged address.
+fn flood(to: Ipv4Addr, progress: &AtomicU32) -> HashMap<Ipv4Addr, u64> {
     let mut raw = RawSender::new();
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[3; 32]);
     let mut endpoint = quinn_proto::Endpoint::new(
@@ -125,6 +128,7 @@ fn flood(to: Ipv4Addr) -> HashMap<Ipv4Addr, u64> {
         let from = forged(i);
         raw.send(from, to, &quic[..t.size]);
         *sent.entry(from.0).or_insert(0) += t.size as u64;
+        progress.fetch_add(1, Ordering::Relaxed);
         std::thread::sleep(Duration::from_micros(500));
     }
     sent
@@ -155,9 +159,20 @@ struct Answer {
     resets: u64,
 }
 
+/// What [`capture`] saw, shared with the test while it runs.
+#[derive(Default)]
+struct Capture {
+    /// Set once the packet socket is bound: what the server sends from then on is seen.
+    ready: AtomicBool,
+    /// Asks the capture to take what is left in its socket and end.
+    stop: AtomicBool,
+    /// What the server sent each forged address.
+    answers: Mutex<HashMap<Ipv4Addr, Answer>>,
+}
+
 /// Captures, on interface `dev` of the current namespace, every UDP datagram from the server's
-/// port to a forged address until `stop`.
-fn capture(dev: &str, stop: &AtomicBool) -> HashMap<Ipv4Addr, Answer> {
+/// port to a forged address until `cap.stop`, then the datagrams still in its socket.
+fn capture(dev: &str, cap: &Capture) {
     let ifindex = xdp_quic::engine::ifindex(dev).unwrap();
     let proto = (libc::ETH_P_IP as u16).to_be();
     // SAFETY: plain socket(2); the fd is owned right away.
@@ -189,27 +204,28 @@ fn capture(dev: &str, stop: &AtomicBool) -> HashMap<Ipv4Addr, Answer> {
     );
     setopt(&fd, libc::SO_RCVTIMEO, &timeout);
     setopt(&fd, libc::SO_RCVBUFFORCE, &(8 << 20));
-    let mut seen: HashMap<Ipv4Addr, Answer> = HashMap::new();
+    cap.ready.store(true, Ordering::SeqCst);
     let mut buf = vec![0u8; 65536];
-    while !stop.load(Ordering::Relaxed) {
+    let mut take = |flags: libc::c_int| -> bool {
         // SAFETY: `buf` is writable for its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
         if n <= 0 {
-            continue;
+            return false;
         }
         let Ok((ip, rest)) = ipv4::parse(&buf[..n as usize], false) else {
-            continue;
+            return true;
         };
         if ip.protocol != 17 || ip.dst.octets()[..2] != [10, 66] {
-            continue;
+            return true;
         }
         let Ok((uh, _, payload)) = udp::parse(rest) else {
-            continue;
+            return true;
         };
         if uh.src_port != PORT {
-            continue;
+            return true;
         }
-        let a = seen.entry(ip.dst).or_default();
+        let mut answers = cap.answers.lock().unwrap();
+        let a = answers.entry(ip.dst).or_default();
         a.octets += payload.len() as u64;
         match payload.first().map(|b| b & 0xf0) {
             Some(0xf0) => a.retries += 1,
@@ -217,8 +233,41 @@ fn capture(dev: &str, stop: &AtomicBool) -> HashMap<Ipv4Addr, Answer> {
             Some(b) if b & 0x80 == 0 => a.resets += 1,
             _ => {}
         }
+        true
+    };
+    while !cap.stop.load(Ordering::SeqCst) {
+        take(0);
     }
-    seen
+    while take(libc::MSG_DONTWAIT) {}
+}
+
+/// Whether the workers have taken in every packet the program redirected to their sockets
+/// (received, or dropped on the way and counted: frame errors, the kernel's drops), and no
+/// connection is left on the server: then it has sent everything it will send (the answers
+/// went out before the counters that say so were published).
+fn quiescent(engine: &Engine<EchoServer>, attachment: &EmbeddedAttachment) -> bool {
+    let total = engine.handle().total();
+    let dropped: u64 = engine
+        .xsk_queues()
+        .iter()
+        .map(|q| {
+            let s = q.snapshot();
+            s.rx_parse_errors
+                + s.rx_bad_checksum
+                + s.rx_other_port
+                + s.kernel.rx_dropped
+                + s.kernel.rx_ring_full
+        })
+        .sum();
+    let redirected: u64 = attachment
+        .counters()
+        .unwrap()
+        .named()
+        .into_iter()
+        .filter(|(name, _)| name.ends_with(".redirected"))
+        .map(|(_, v)| v)
+        .sum();
+    redirected == total.rx_packets + dropped && total.conns_active == 0
 }
 
 /// Attaches the XDP program and serves echo over AF_XDP on every queue of `tb`'s server.
@@ -252,24 +301,32 @@ fn serve(
 /// 2,000 forged Initials (one per 500 µs) while 8 quinn clients connect and echo.
 #[test]
 fn spoofed_initial_flood_over_af_xdp() {
-    if !xdp_support::privileged("xdp_floods") {
+    if !privileged("spoofed_initial_flood_over_af_xdp") {
         return;
     }
     let tb = Testbed::create(&format!("xf{}", std::process::id() % 100_000), QUEUES, 221)
         .expect("testbed");
+    // A 5 s idle timeout: the handshakes of forged clients, which never answer, end 5 s after
+    // the server's last probe rather than 30 (what it may send them is the same: at most 3x
+    // what they sent), so that the test can wait for their end.
+    let mut transport = xdp_quic::default_transport();
+    transport.max_idle_timeout(Some(Duration::from_secs(5).try_into().unwrap()));
     let (engine, attachment, cert) = serve(
         &tb,
-        EngineBuilder::default().retry(RetryPolicy::AbovePendingHandshakes(THRESHOLD)),
+        EngineBuilder::default()
+            .retry(RetryPolicy::AbovePendingHandshakes(THRESHOLD))
+            .transport(transport),
     );
     let server = SocketAddr::new(tb.server_v4.into(), PORT);
     let handle = engine.handle();
 
-    let stop_capture = AtomicBool::new(false);
+    let cap = Capture::default();
     let flooding = AtomicBool::new(true);
-    let (sent, answers, max_pending, max_alive) = std::thread::scope(|s| {
-        let capture = s.spawn(|| {
-            tb.in_client(|| capture(&tb.client_if, &stop_capture))
-                .unwrap()
+    let progress = AtomicU32::new(0);
+    let (sent, max_pending, max_alive) = std::thread::scope(|s| {
+        let capture = s.spawn(|| tb.in_client(|| capture(&tb.client_if, &cap)).unwrap());
+        wait_until("the capture is ready", GUARD, || {
+            cap.ready.load(Ordering::SeqCst) || capture.is_finished()
         });
         // Samples the workers' gauges while the flood lasts.
         let monitor = s.spawn(|| {
@@ -282,9 +339,11 @@ fn spoofed_initial_flood_over_af_xdp() {
             }
             (pending, alive)
         });
-        let flooder = s.spawn(|| tb.in_client(|| flood(tb.server_v4)).unwrap());
+        let flooder = s.spawn(|| tb.in_client(|| flood(tb.server_v4, &progress)).unwrap());
         // The legitimate clients connect while the flood is under way.
-        std::thread::sleep(Duration::from_millis(200));
+        wait_until("a tenth of the flood sent", GUARD, || {
+            progress.load(Ordering::Relaxed) >= FLOOD / 10 || flooder.is_finished()
+        });
         tb.in_client(|| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -303,13 +362,20 @@ fn spoofed_initial_flood_over_af_xdp() {
         })
         .unwrap();
         let sent = flooder.join().unwrap();
-        // Give the last answers time to arrive (probe timeouts are ~1 s at most here).
-        std::thread::sleep(Duration::from_secs(2));
+        // Every forged Initial handled, every connection (the forged handshakes included)
+        // over: the server has sent the forged addresses all it ever will.
+        wait_until(
+            "the server took in the flood and ended every connection",
+            GUARD,
+            || quiescent(&engine, &attachment),
+        );
         flooding.store(false, Ordering::Relaxed);
-        stop_capture.store(true, Ordering::Relaxed);
+        cap.stop.store(true, Ordering::SeqCst);
         let (pending, alive) = monitor.join().unwrap();
-        (sent, capture.join().unwrap(), pending, alive)
+        capture.join().unwrap();
+        (sent, pending, alive)
     });
+    let answers = cap.answers.into_inner().unwrap();
     let t = handle.total();
     engine.shutdown(VarInt::from_u32(0), b"").unwrap();
     drop(attachment);
@@ -363,7 +429,7 @@ async fn legit_echo(
     seed: u64,
     len: u32,
 ) {
-    let ep = xdp_support::quinn_endpoint(cert, false);
+    let ep = support::quinn_endpoint(cert, false);
     let conn = ep
         .connect(server, "localhost")
         .unwrap()
@@ -385,7 +451,7 @@ async fn legit_echo(
 /// per `min_reset_interval`.
 #[test]
 fn unknown_cid_flood_over_af_xdp_gets_rate_limited_resets() {
-    if !xdp_support::privileged("xdp_floods") {
+    if !privileged("unknown_cid_flood_over_af_xdp_gets_rate_limited_resets") {
         return;
     }
     let tb = Testbed::create(&format!("xr{}", std::process::id() % 100_000), QUEUES, 222)
@@ -396,11 +462,11 @@ fn unknown_cid_flood_over_af_xdp_gets_rate_limited_resets() {
     let handle = engine.handle();
     let server = SocketAddr::new(tb.server_v4.into(), PORT);
     let attacker = forged(7);
-    let stop_capture = AtomicBool::new(false);
-    let (sent, answers, window) = std::thread::scope(|s| {
-        let capture = s.spawn(|| {
-            tb.in_client(|| capture(&tb.client_if, &stop_capture))
-                .unwrap()
+    let cap = Capture::default();
+    let (sent, window) = std::thread::scope(|s| {
+        let capture = s.spawn(|| tb.in_client(|| capture(&tb.client_if, &cap)).unwrap());
+        wait_until("the capture is ready", GUARD, || {
+            cap.ready.load(Ordering::SeqCst) || capture.is_finished()
         });
         let started = Instant::now();
         let flooder = s.spawn(|| {
@@ -441,11 +507,18 @@ fn unknown_cid_flood_over_af_xdp_gets_rate_limited_resets() {
         })
         .unwrap();
         let sent = flooder.join().unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        stop_capture.store(true, Ordering::Relaxed);
-        let answers = capture.join().unwrap();
-        (sent, answers, started.elapsed())
+        // Every forged short header handled (and answered, or not), the client's connection
+        // over: the server has sent all it will.
+        wait_until(
+            "the server took in the flood and ended every connection",
+            GUARD,
+            || quiescent(&engine, &attachment),
+        );
+        cap.stop.store(true, Ordering::SeqCst);
+        capture.join().unwrap();
+        (sent, started.elapsed())
     });
+    let answers = cap.answers.into_inner().unwrap();
     let t = handle.total();
     engine.shutdown(VarInt::from_u32(0), b"").unwrap();
     drop(attachment);

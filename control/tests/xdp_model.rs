@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use rand::{Rng, SeedableRng};
 use xdp_quic::packet::frame::{self, L2};
+use xdp_quic_control::testing::privileged;
 use xdp_quic_control::xdp::test_run::{TestProgram, XDP_DROP, XDP_PASS};
 use xdp_quic_control::xdp::ServiceConfig;
 
@@ -182,28 +183,16 @@ fn run_against_model(addrs: &[IpAddr], seed: u64) {
     }
 }
 
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "needs root (CAP_BPF) and CI is set"
-    );
-    false
-}
-
 #[test]
 fn verdicts_match_the_model_on_random_packets() {
-    if root() {
+    if privileged("verdicts_match_the_model_on_random_packets") {
         run_against_model(&[], 1);
     }
 }
 
 #[test]
 fn verdicts_match_the_model_with_an_address_filter() {
-    if root() {
+    if privileged("verdicts_match_the_model_with_an_address_filter") {
         run_against_model(
             &["10.99.0.1".parse().unwrap(), "fd00:63::1".parse().unwrap()],
             2,

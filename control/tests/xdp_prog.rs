@@ -2,14 +2,12 @@
 //! and counters. No interface needed (root only: loading BPF programs; in CI a missing
 //! privilege fails instead of skipping).
 
-mod xdp_support;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use xdp_quic_control::testing::privileged;
 use xdp_quic_control::xdp::test_run::{TestProgram, XDP_DROP, XDP_PASS};
 use xdp_quic_control::xdp::{Counters, ServiceConfig};
 use xdp_quic_ebpf::{Counter, Family, FamilyCounter};
-use xdp_support::privileged;
 
 const V4_DST: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 const V6_DST: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1);

@@ -1,9 +1,6 @@
 //! The program's per-CPU counters, summed over CPUs.
 
-use std::collections::BTreeMap;
-
 use aya::maps::{Map, MapData, PerCpuArray};
-use serde::Serialize;
 use xdp_quic_ebpf::{Counter, CNT_COUNT};
 
 /// A snapshot of every counter, summed over CPUs, by index (see [`Counter::index`]).
@@ -73,11 +70,13 @@ impl CountersReader {
     }
 }
 
-/// JSON form: `{"packets": N, "v4.redirected": N, ...}`, keys sorted.
-#[derive(Debug, Serialize)]
+/// JSON form: `{"packets": N, "v4.redirected": N, ...}`, keys sorted (feature `serde`).
+#[cfg(feature = "serde")]
+#[derive(Debug, serde::Serialize)]
 #[serde(transparent)]
-pub struct CountersJson(pub BTreeMap<String, u64>);
+pub struct CountersJson(pub std::collections::BTreeMap<String, u64>);
 
+#[cfg(feature = "serde")]
 impl From<&Counters> for CountersJson {
     fn from(c: &Counters) -> Self {
         Self(c.named().into_iter().collect())

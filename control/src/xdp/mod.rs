@@ -38,7 +38,9 @@ pub use attach::{
     attach, attach_embedded, detach, inspect, AttachOptions, AttachOutcome, DetachOutcome,
     EmbeddedAttachment, LiveAttachment, Pinned,
 };
-pub use counters::{Counters, CountersJson, CountersReader};
+#[cfg(feature = "serde")]
+pub use counters::CountersJson;
+pub use counters::{Counters, CountersReader};
 pub use error::{Occupied, Requester, XdpError};
 pub use load::{AttachMode, Mode};
 pub use maps::{ProgramMaps, ServiceConfig};

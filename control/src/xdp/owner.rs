@@ -12,7 +12,6 @@
 use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 
-use serde::Serialize;
 use xdp_quic_ebpf::Config;
 
 use super::load::Mode;
@@ -20,7 +19,8 @@ use super::maps::ProgramMaps;
 use super::{netns, pins, sys};
 
 /// A process holding a BPF link (an attachment made for the life of the process).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Holder {
     /// Process id.
     pub pid: u32,

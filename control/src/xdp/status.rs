@@ -3,15 +3,14 @@
 
 use std::collections::HashSet;
 
-use serde::Serialize;
-
 use super::attach::{inspect, Pinned};
 use super::maps::ProgramMaps;
 use super::owner::{self, Holder, Owner};
 use super::{netlink, pins};
 
 /// One rx queue of an attached interface.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct QueueStatus {
     /// Rx queue index.
     pub queue: u32,
@@ -21,7 +20,8 @@ pub struct QueueStatus {
 }
 
 /// Status of one interface with xdp-quic pins or with xdp-quic's program.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct IfaceStatus {
     /// Interface name (the pin directory's name when pinned).
     pub iface: String,

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
+use xdp_quic_control::testing::privileged;
+
 const BIN: &str = env!("CARGO_BIN_EXE_xdp-quic");
 
 /// A running `xdp-quic serve`, killed on drop if the test did not stop it.
@@ -248,16 +250,6 @@ fn demo_over_udp_on_loopback() {
     check_run(&runs[0], 2);
 }
 
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "needs root and CI is set");
-    eprintln!("skipped: needs root");
-    false
-}
-
 fn netns_list() -> String {
     let o = Command::new("ip").args(["netns", "list"]).output().unwrap();
     text(&o.stdout)
@@ -265,7 +257,7 @@ fn netns_list() -> String {
 
 #[test]
 fn demo_over_af_xdp_side_by_side_with_udp_and_cleans_up() {
-    if !root() {
+    if !privileged("demo_over_af_xdp_side_by_side_with_udp_and_cleans_up") {
         return;
     }
     let v = demo_json(&["--backend", "xdp", "--bytes", "30M", "--requests", "500"]);
@@ -304,33 +296,39 @@ fn demo_over_af_xdp_side_by_side_with_udp_and_cleans_up() {
 
 #[test]
 fn demo_interrupted_removes_its_testbed() {
-    if !root() {
+    if !privileged("demo_interrupted_removes_its_testbed") {
         return;
     }
-    let mut child = Command::new(BIN)
-        .args(["demo", "--backend", "xdp", "--bytes", "100G"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let ns = format!("xqd{}s", child.id() % 1_000_000);
-    // Wait (bounded) until the testbed exists, then Ctrl-C.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !netns_list().contains(&ns) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the demo made no testbed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut cmd = Command::new(BIN);
+    cmd.args(["demo", "--backend", "xdp", "--bytes", "100G"]);
+    let mut demo = Server::spawn(cmd);
+    let pid = demo.child.as_ref().unwrap().id();
+    let ns = format!("xqd{}s", pid % 1_000_000);
+    // Whatever happens, nothing of the demo's testbed outlives the test.
+    let _cleanup = NetnsCleanup(vec![ns.clone(), format!("xqd{}c", pid % 1_000_000)]);
+    // The demo names its testbed once it is complete (and so registered for removal on a
+    // signal); then Ctrl-C.
+    demo.wait_for("xdp-quic demo: testbed");
+    let made = netns_list().contains(&ns);
     // SAFETY: kill(2) on the child we spawned and have not waited for.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait().unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let status = demo.child.take().unwrap().wait().unwrap();
+    assert!(made, "the demo made no testbed");
     assert_eq!(status.code(), Some(130));
     assert!(!netns_list().contains(&ns), "testbed left behind");
     let ifaces = Command::new("ip").args(["-o", "link"]).output().unwrap();
     assert!(!text(&ifaces.stdout).contains(&ns));
+}
+
+/// Deletes these network namespaces on drop, where they exist.
+struct NetnsCleanup(Vec<String>);
+
+impl Drop for NetnsCleanup {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
 }
 
 fn fails_with(args: &[&str], message: &str) {
@@ -427,21 +425,13 @@ fn serve_auto_falls_back_to_udp_and_says_why() {
 
 #[test]
 fn serve_over_af_xdp_on_a_pinned_attachment() {
-    if !root() {
+    if !privileged("serve_over_af_xdp_on_a_pinned_attachment") {
         return;
     }
     let name = format!("xc{}", std::process::id() % 100_000);
     let tb = xdp_quic_control::testbed::Testbed::create(&name, 2, 215).unwrap();
     let xq = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
-    let out = xq(&[
-        "attach",
-        &tb.server_if,
-        "--netns",
-        &tb.server_ns,
-        "--port",
-        "4433",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pins = PinnedAttach::new(&tb);
 
     let (server, line) = Server::start_with(&[
         "--netns",
@@ -513,15 +503,14 @@ fn serve_over_af_xdp_on_a_pinned_attachment() {
             .all(|q| q["socket"] == false),
         "{st}"
     );
-    let out = xq(&["detach", &tb.server_if, "--netns", &tb.server_ns]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    pins.detach();
 }
 
 /// Without CAP_IPC_LOCK and with a small RLIMIT_MEMLOCK the UMEM cannot be registered: the
 /// operator gets the reason and the remedies, not a bare ENOBUFS, and nothing stays attached.
 #[test]
 fn umem_over_the_memlock_limit_is_a_clear_error() {
-    if !root() {
+    if !privileged("umem_over_the_memlock_limit_is_a_clear_error") {
         return;
     }
     let name = format!("xm{}", std::process::id() % 100_000);
@@ -770,7 +759,7 @@ fn serve_xdp_in(tb: &xdp_quic_control::testbed::Testbed, backend: &str) -> (Serv
 /// `--backend auto`, serves on over kernel UDP.
 #[test]
 fn auto_falls_back_to_udp_when_the_program_is_detached_from_under_it() {
-    if !root() {
+    if !privileged("auto_falls_back_to_udp_when_the_program_is_detached_from_under_it") {
         return;
     }
     let tb = xdp_quic_control::testbed::Testbed::create(
@@ -812,7 +801,7 @@ fn auto_falls_back_to_udp_when_the_program_is_detached_from_under_it() {
 /// happened and what to do.
 #[test]
 fn xdp_backend_exits_with_an_error_when_the_program_is_detached() {
-    if !root() {
+    if !privileged("xdp_backend_exits_with_an_error_when_the_program_is_detached") {
         return;
     }
     let tb = xdp_quic_control::testbed::Testbed::create(
@@ -842,7 +831,7 @@ fn xdp_backend_exits_with_an_error_when_the_program_is_detached() {
 /// `AmbientCapabilities=` in production), and serves over AF_XDP.
 #[test]
 fn serve_after_attach_needs_only_net_raw_ipc_lock_and_bpf() {
-    if !root() {
+    if !privileged("serve_after_attach_needs_only_net_raw_ipc_lock_and_bpf") {
         return;
     }
     let tb = xdp_quic_control::testbed::Testbed::create(

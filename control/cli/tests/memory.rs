@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::AtomicU64;
 
 use xdp_quic::{tls, Conn, ConnId, ConnectionError, Ctx, EngineBuilder, Handler, StreamId};
+use xdp_quic_control::testing::wait_until;
 
 const BIN: &str = env!("CARGO_BIN_EXE_xdp-quic");
 const HANG: Duration = Duration::from_secs(120);
@@ -105,14 +106,6 @@ fn settled(what: &str, mut value: impl FnMut() -> u64) -> u64 {
     last
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + HANG;
-    while !f() {
-        assert!(Instant::now() < end, "{what}: not reached within {HANG:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Idle connections cost at most 32 KiB each, and the server gives the memory back once they
 /// close.
 #[test]
@@ -142,7 +135,7 @@ fn idle_connections_cost_at_most_32_kib_each_and_the_memory_returns() {
                 })
                 .expect("the worker is running");
         }
-        wait_until("a wave of connections up", || {
+        wait_until("a wave of connections up", HANG, || {
             up.load(Ordering::Relaxed) == wave * 200
         });
     }
@@ -154,7 +147,7 @@ fn idle_connections_cost_at_most_32_kib_each_and_the_memory_returns() {
     client.shutdown(0u32.into(), b"bye").unwrap();
     // The server trims once its connection count has fallen.
     let grown = with - before;
-    wait_until("memory given back", || {
+    wait_until("memory given back", HANG, || {
         eprintln!("rss {}", server.rss_kib());
         server.rss_kib() <= before + grown / 4
     });
@@ -222,7 +215,9 @@ fn a_connection_that_never_reads_pins_at_most_64_mib() {
             ctx.connect(h.to, "localhost").unwrap();
         })
         .expect("the worker is running");
-    wait_until("the upload starts", || written.load(Ordering::Relaxed) > 0);
+    wait_until("the upload starts", HANG, || {
+        written.load(Ordering::Relaxed) > 0
+    });
     let sent = settled("the client blocked by flow control", || {
         written.load(Ordering::Relaxed)
     });

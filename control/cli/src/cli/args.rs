@@ -67,7 +67,7 @@ pub fn parse_queues(s: &str) -> Result<Vec<u32>, String> {
 
 /// The RX queues of `iface` in this thread's network namespace (netlink), as a list 0..n.
 pub fn all_queues(iface: &str) -> anyhow::Result<Vec<u32>> {
-    let link = crate::xdp::netlink::link_by_name(iface)
+    let link = xdp_quic_control::xdp::netlink::link_by_name(iface)
         .with_context(|| format!("looking up {iface}"))?
         .with_context(|| format!("no interface {iface:?} in this network namespace"))?;
     if link.rx_queues == 0 {

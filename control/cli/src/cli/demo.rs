@@ -19,7 +19,7 @@ use xdp_quic_examples::perf::{PerfReport, PerfServer};
 use super::args::{self, App};
 use super::client::{perf, report_json, PerfArgs};
 use super::serve::{summary, transport, xsk_summary};
-use crate::testbed::Testbed;
+use xdp_quic_control::testbed::Testbed;
 
 /// Which demo to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -63,7 +63,7 @@ struct Run {
     served: u64,
     workers: Vec<Counters>,
     queues: Vec<XskSnapshot>,
-    xdp: Option<crate::xdp::Counters>,
+    xdp: Option<xdp_quic_control::xdp::Counters>,
 }
 
 pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
@@ -131,7 +131,7 @@ fn client_phases(
     server: Engine<PerfServer>,
     addr: SocketAddr,
     trust: Vec<rustls_cert::Cert>,
-    xdp: Option<&dyn Fn() -> anyhow::Result<crate::xdp::Counters>>,
+    xdp: Option<&dyn Fn() -> anyhow::Result<xdp_quic_control::xdp::Counters>>,
     client_ns: Option<&str>,
 ) -> anyhow::Result<Run> {
     let (bulk, rr) = phases(a);
@@ -162,7 +162,7 @@ fn client_phases(
         Ok((b, r))
     };
     let reports = match client_ns {
-        Some(ns) => crate::testbed::in_netns(ns, work).and_then(|r| r),
+        Some(ns) => xdp_quic_control::testbed::in_netns(ns, work).and_then(|r| r),
         None => work(),
     };
     let queues = server.xsk_queues().iter().map(|q| q.snapshot()).collect();
@@ -226,10 +226,12 @@ fn testbed_runs(a: &DemoArgs) -> anyhow::Result<Vec<Run>> {
         let cert = identity.chain.clone();
         let setup = XdpSetup::new(&tb.server_if, listen, queues.clone());
         let builder = server_builder(identity, queues.len())?;
-        let (server, attachment) =
-            tb.serve_xdp(builder, &setup, crate::xdp::AttachMode::Auto, |_| {
-                PerfServer::default()
-            })?;
+        let (server, attachment) = tb.serve_xdp(
+            builder,
+            &setup,
+            xdp_quic_control::xdp::AttachMode::Auto,
+            |_| PerfServer::default(),
+        )?;
         let mode = attachment.mode().name();
         let zc = server.xsk_queues().iter().all(|q| q.zero_copy);
         let label = format!(
@@ -306,7 +308,7 @@ fn run_json(r: &Run) -> serde_json::Value {
         "server_requests": r.served,
         "server_workers": workers,
         "queues": queues,
-        "xdp_program": r.xdp.as_ref().map(|c| serde_json::to_value(crate::xdp::CountersJson::from(c)).unwrap_or_default()),
+        "xdp_program": r.xdp.as_ref().map(|c| serde_json::to_value(xdp_quic_control::xdp::CountersJson::from(c)).unwrap_or_default()),
     })
 }
 

@@ -1,7 +1,7 @@
 //! The per-queue table of `xdp-quic stats --daemon`: rates computed from two scrapes of a
 //! daemon's metrics endpoint.
 
-use crate::metrics::Sample;
+use xdp_quic_control::metrics::Sample;
 
 /// Counters whose increase counts as a drop.
 const DROPS: &[&str] = &[
@@ -107,7 +107,7 @@ pub fn render(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::parse;
+    use xdp_quic_control::metrics::parse;
 
     #[test]
     fn rates_between_two_scrapes() {

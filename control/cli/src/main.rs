@@ -1,7 +1,8 @@
 //! `xdp-quic`: serve and test QUIC on the sharded engine, and manage the XDP steering program.
 
+mod cli;
+
 use clap::{Parser, Subcommand};
-use xdp_quic_control::cli;
 
 /// A sharded QUIC datapath for Linux: kernel UDP today, AF_XDP kernel bypass via the XDP
 /// steering program.

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::xdp::{
+use xdp_quic_control::xdp::{
     self, AttachMode, AttachOptions, AttachOutcome, CountersJson, DetachOutcome, Mode,
     ServiceConfig,
 };
@@ -351,7 +351,7 @@ pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
 /// per-queue table.
 fn stats_with_daemon(a: &StatsArgs) -> anyhow::Result<()> {
     use crate::cli::live;
-    use crate::metrics::{parse, scrape};
+    use xdp_quic_control::metrics::{parse, scrape};
     let addr = a.daemon.expect("checked by the caller");
     enter(&a.netns)?;
     let program = xdp::interface_counters(&a.iface).ok();

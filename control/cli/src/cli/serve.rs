@@ -1,24 +1,24 @@
-//! `xdp-quic serve`: run an example application on the engine.
+//! `xdp-quic serve`: run an example application on the engine, over AF_XDP or kernel UDP, as
+//! the control library's [`Server`] does it (program watched, fallback to UDP), saying on
+//! stderr what happens.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use xdp_quic::backend::xsk::PollMode;
 use xdp_quic::xsk::socket::BindMode;
 use xdp_quic::{
-    tls, Counters, Engine, EngineBuilder, EngineHandle, Handler, RetryPolicy, TransportConfig,
-    VarInt, XdpSetup,
+    tls, Counters, EngineBuilder, Handler, RetryPolicy, TransportConfig, VarInt, XdpSetup,
 };
-
-use crate::metrics::{EngineCollector, MetricsServer};
-use crate::xdp::socket_map::ServerSteering;
+use xdp_quic_control::serve::{
+    Backend, Event, Fallback, ServeOptions, Server, Serving, Stop, StopReason,
+};
 use xdp_quic_examples::{echo::EchoServer, hq::HqServer, perf::PerfServer};
 
 use super::args::{self, App, BackendArg, BindArg, PollArg};
-use crate::xdp::WatchEvent;
 
 /// Arguments of `xdp-quic serve`.
 #[derive(Debug, clap::Args)]
@@ -143,7 +143,7 @@ pub fn builder(a: &ServeArgs) -> anyhow::Result<EngineBuilder> {
 
 pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
     if let Some(ns) = &a.netns {
-        crate::xdp::netns::enter(ns)?;
+        xdp_quic_control::xdp::netns::enter(ns)?;
     }
     let b = builder(a)?;
     match a.app {
@@ -194,242 +194,146 @@ pub fn xdp_setup(a: &ServeArgs) -> anyhow::Result<XdpSetup> {
     Ok(setup)
 }
 
-/// A server over AF_XDP as [`start_xdp`] starts it.
-pub struct XdpServer<H: Handler> {
-    pub engine: Engine<H>,
-    /// How the program is attached, in words.
-    pub how: String,
-    /// The program's counters, when readable.
-    pub program: Option<crate::xdp::CountersReader>,
-    /// Watches the program the sockets are registered with.
-    pub watch: crate::xdp::ProgramWatch,
-}
-
-/// Starts `b` on AF_XDP per `setup`, attaching the program for the server's life when
-/// `xdp-quic attach` has not pinned it on the interface.
-pub fn start_xdp<H: Handler>(
-    b: EngineBuilder,
-    setup: &XdpSetup,
-    mode: crate::xdp::AttachMode,
-    factory: impl FnMut(usize) -> H,
-) -> anyhow::Result<XdpServer<H>> {
-    let steering = ServerSteering::for_server(&setup.iface, setup.listen, mode)?;
-    let how = steering.describe();
-    let program = steering.counters_reader(&setup.iface).ok();
-    let ifindex = xdp_quic::engine::ifindex(&setup.iface)
-        .with_context(|| format!("looking up {}", setup.iface))?;
-    let watch = crate::xdp::ProgramWatch::new(ifindex, steering.prog_id())
-        .with_context(|| format!("reading the state of {}", setup.iface))?;
-    let engine = b
-        .start_xdp(setup, Box::new(steering), factory)
-        .with_context(|| format!("starting AF_XDP workers on {}", setup.iface))?;
-    Ok(XdpServer {
-        engine,
-        how,
-        program,
-        watch,
-    })
-}
-
-/// How often a server looks at its workers' health and (over AF_XDP) its XDP program.
-const WATCH_EVERY: Duration = Duration::from_secs(1);
-
-/// Why [`serve_until`] returned.
-enum Ended {
-    /// Ctrl-C or SIGTERM.
-    Stopped,
-    /// The XDP program is gone from under the AF_XDP workers.
-    ProgramLost(crate::xdp::WatchEvent),
-    /// Workers failed (a panic outside the application, or a fatal I/O error): (index, why).
-    WorkersFailed(Vec<(usize, String)>),
-}
-
 fn serve<H: Handler>(
     a: &ServeArgs,
     b: EngineBuilder,
-    mut factory: impl FnMut(usize) -> H,
+    factory: impl FnMut(usize) -> H + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (tx, rx) = mpsc::channel();
-    ctrlc::set_handler(move || {
-        let _ = tx.send(());
-    })
-    .context("installing the Ctrl-C handler")?;
-    let mut use_xdp = match a.backend {
+    let stop = Stop::new();
+    let on_signal = stop.clone();
+    ctrlc::set_handler(move || on_signal.stop()).context("installing the Ctrl-C handler")?;
+    let use_xdp = match a.backend {
         BackendArg::Udp => false,
         BackendArg::Xdp => true,
         BackendArg::Auto => a.iface.is_some(),
     };
+    let backend = if use_xdp {
+        match xdp_setup(a) {
+            Ok(setup) => Backend::Xdp {
+                setup,
+                mode: a.xdp_mode.into(),
+                fallback: if a.backend == BackendArg::Auto {
+                    Fallback::ToUdp
+                } else {
+                    Fallback::Never
+                },
+            },
+            Err(e) if a.backend == BackendArg::Auto => {
+                report(a, &Event::XdpUnavailable(e));
+                Backend::Udp(a.listen)
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        Backend::Udp(a.listen)
+    };
+    let options = ServeOptions {
+        metrics: a.metrics,
+        stop,
+        ..ServeOptions::default()
+    };
+    let server = Server::start(b, backend, options, factory)?;
+    // The events as they come, and the counters every --stats-every while an engine serves.
+    let stats_every = a.stats_every.map(Duration::from_secs);
+    let mut next_stats: Option<Instant> = None;
     loop {
-        let mut xdp = None;
-        if use_xdp {
-            let attempt = xdp_setup(a)
-                .and_then(|setup| start_xdp(b.clone(), &setup, a.xdp_mode.into(), &mut factory));
-            match attempt {
-                Ok(x) => {
-                    let e = &x.engine;
-                    let zc = e.xsk_queues().iter().all(|q| q.zero_copy);
-                    eprintln!(
-                        "serving {:?} on {} with {} AF_XDP worker(s) on {} queues {:?} ({} mode; XDP program {}); Ctrl-C stops",
-                        a.app,
-                        a.listen,
-                        e.xsk_queues().len(),
-                        a.iface.as_deref().unwrap_or("?"),
-                        e.xsk_queues().iter().map(|q| q.queue).collect::<Vec<_>>(),
-                        if zc { "zero-copy" } else { "copy" },
-                        x.how,
-                    );
-                    xdp = Some(x);
-                }
-                Err(e) if a.backend == BackendArg::Auto => {
-                    eprintln!("AF_XDP is not available ({e:#}); falling back to UDP");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let (engine, program, watch) = match xdp {
-            Some(x) => (x.engine, x.program, Some(x.watch)),
-            None => {
-                let e = b
-                    .clone()
-                    .start_udp(a.listen, &mut factory)
-                    .with_context(|| format!("starting the server on {}", a.listen))?;
-                eprintln!(
-                    "serving {:?} on {} with {} UDP worker(s), steering {:?}; Ctrl-C stops",
-                    a.app,
-                    e.local_addr(),
-                    a.workers,
-                    e.steering().expect("UDP backend"),
-                );
-                (e, None, None)
-            }
+        let event = match next_stats {
+            Some(t) => server
+                .events()
+                .recv_timeout(t.saturating_duration_since(Instant::now())),
+            None => server
+                .events()
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
         };
-        let ended = serve_until(a, &engine, program, watch, &rx)?;
-        for q in engine.xsk_queues() {
-            eprintln!("queue {}: {}", q.queue, xsk_summary(&q.snapshot()));
-        }
-        let handle = engine.handle();
-        match ended {
-            Ended::Stopped => {
-                eprintln!("shutting down: closing connections");
-                engine
-                    .shutdown(VarInt::from_u32(0), b"server shutting down")
-                    .context("stopping the workers")?;
-                print_counters(&handle);
-                return Ok(());
-            }
-            Ended::WorkersFailed(failed) => {
-                for (w, why) in &failed {
-                    eprintln!("error: worker {w} failed: {why}; its connections were closed");
+        match event {
+            Ok(e) => {
+                match &e {
+                    Event::Serving(_) => next_stats = stats_every.map(|d| Instant::now() + d),
+                    Event::Stopping { .. } => next_stats = None,
+                    _ => {}
                 }
-                eprintln!("stopping the other workers");
-                let _ = engine.shutdown(VarInt::from_u32(0), b"server failed");
-                print_counters(&handle);
-                bail!(
-                    "{} worker(s) failed; restart the server (its logs say why)",
-                    failed.len()
-                );
+                report(a, &e);
             }
-            Ended::ProgramLost(why) => {
-                let iface = a.iface.as_deref().unwrap_or("?");
-                eprintln!(
-                    "error: {why} on {iface}: the AF_XDP workers receive nothing any more; \
-                     closing their connections"
-                );
-                engine
-                    .shutdown(VarInt::from_u32(0), b"server lost its XDP program")
-                    .context("stopping the workers")?;
-                print_counters(&handle);
-                if a.backend != BackendArg::Auto {
-                    bail!(
-                        "{why} on {iface} under the running server; attach it again and \
-                         restart, or run with --backend auto to fall back to kernel UDP"
-                    );
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(handle) = server.handle() {
+                    print_counters(&handle.counters());
                 }
-                eprintln!("--backend auto: falling back to kernel UDP on {}", a.listen);
-                use_xdp = false;
+                next_stats = next_stats.zip(stats_every).map(|(t, every)| t + every);
             }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
+    }
+    match server.join()? {
+        StopReason::Requested => Ok(()),
+        StopReason::WorkersFailed(failed) => bail!(
+            "{} worker(s) failed; restart the server (its logs say why)",
+            failed.len()
+        ),
+        StopReason::ProgramLost { iface, why } => bail!(
+            "{why} on {iface} under the running server; attach it again and restart, or run \
+             with --backend auto to fall back to kernel UDP"
+        ),
     }
 }
 
-/// Serves until Ctrl-C, or until the XDP program `watch` looks after is lost; exports
-/// metrics and prints counters meanwhile.
-fn serve_until<H: Handler>(
-    a: &ServeArgs,
-    engine: &Engine<H>,
-    program: Option<crate::xdp::CountersReader>,
-    mut watch: Option<crate::xdp::ProgramWatch>,
-    stop: &mpsc::Receiver<()>,
-) -> anyhow::Result<Ended> {
-    let _metrics = match a.metrics {
-        None => None,
-        Some(addr) => {
-            let xdp = !engine.xsk_queues().is_empty();
-            let collector = EngineCollector::new(
-                if xdp { "xdp" } else { "udp" },
-                if xdp { a.iface.clone() } else { None },
-                engine.handle().metrics(),
-                engine.xsk_queues().to_vec(),
-                program,
-            );
-            let mut registry = prometheus_client::registry::Registry::default();
-            registry.register_collector(Box::new(collector));
-            let server = MetricsServer::start(addr, registry)?;
-            eprintln!("metrics on http://{}/metrics", server.local_addr());
-            Some(server)
+/// Says on stderr what the server did.
+fn report(a: &ServeArgs, event: &Event) {
+    match event {
+        Event::XdpUnavailable(e) => eprintln!("AF_XDP is not available ({e:#}); falling back to UDP"),
+        Event::Serving(Serving::Xdp {
+            listen,
+            iface,
+            queues,
+            zero_copy,
+            program,
+        }) => eprintln!(
+            "serving {:?} on {listen} with {} AF_XDP worker(s) on {iface} queues {queues:?} ({} mode; XDP program {program}); Ctrl-C stops",
+            a.app,
+            queues.len(),
+            if *zero_copy { "zero-copy" } else { "copy" },
+        ),
+        Event::Serving(Serving::Udp {
+            local_addr,
+            workers,
+            steering,
+        }) => eprintln!(
+            "serving {:?} on {local_addr} with {workers} UDP worker(s), steering {steering:?}; Ctrl-C stops",
+            a.app,
+        ),
+        Event::Metrics(addr) => eprintln!("metrics on http://{addr}/metrics"),
+        Event::Link { iface, change } => eprintln!("warning: {iface}: {change}"),
+        Event::WatchFailed { iface, error } => {
+            eprintln!("warning: cannot read the state of {iface}: {error}")
         }
-    };
-    let handle = engine.handle();
-    let mut trim = xdp_quic::memory::TrimPolicy::new(1000);
-    let stats_every = a.stats_every.map(Duration::from_secs);
-    let mut next_stats = stats_every.map(|d| std::time::Instant::now() + d);
-    loop {
-        let mut wait = WATCH_EVERY;
-        if let Some(t) = next_stats {
-            wait = wait.min(t.saturating_duration_since(std::time::Instant::now()));
-        }
-        match stop.recv_timeout(wait) {
-            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(Ended::Stopped),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        let failed = handle.failed_workers();
-        if !failed.is_empty() {
-            return Ok(Ended::WorkersFailed(failed));
-        }
-        let t = handle.total();
-        if trim.observe(t.conns_accepted + t.conns_opened + t.conns_closed) {
-            xdp_quic::memory::release_free_memory();
-        }
-        if let (Some(t), Some(every)) = (next_stats, stats_every) {
-            if std::time::Instant::now() >= t {
-                print_counters(&handle);
-                next_stats = Some(t + every);
+        Event::Stopping { reason, queues } => {
+            for q in queues {
+                eprintln!("queue {}: {}", q.queue, xsk_summary(q));
             }
-        }
-        if let Some(w) = watch.as_mut() {
-            let iface = a.iface.as_deref().unwrap_or("?");
-            match w.check() {
-                Ok(events) => {
-                    for e in events {
-                        match e {
-                            WatchEvent::Down | WatchEvent::Up => {
-                                eprintln!("warning: {iface}: {e}")
-                            }
-                            WatchEvent::Detached { .. } | WatchEvent::InterfaceGone => {
-                                return Ok(Ended::ProgramLost(e))
-                            }
-                        }
+            match reason {
+                StopReason::Requested => eprintln!("shutting down: closing connections"),
+                StopReason::WorkersFailed(failed) => {
+                    for (w, why) in failed {
+                        eprintln!("error: worker {w} failed: {why}; its connections were closed");
                     }
+                    eprintln!("stopping the other workers");
                 }
-                Err(e) => eprintln!("warning: cannot read the state of {iface}: {e}"),
+                StopReason::ProgramLost { iface, why } => eprintln!(
+                    "error: {why} on {iface}: the AF_XDP workers receive nothing any more; \
+                     closing their connections"
+                ),
             }
+        }
+        Event::Stopped { counters } => print_counters(counters),
+        Event::FallingBack { listen } => {
+            eprintln!("--backend auto: falling back to kernel UDP on {listen}")
         }
     }
 }
 
 /// Prints one line per worker with its main counters.
-pub fn print_counters<H: Handler>(handle: &EngineHandle<H>) {
-    for (i, c) in handle.counters().iter().enumerate() {
+pub fn print_counters(counters: &[Counters]) {
+    for (i, c) in counters.iter().enumerate() {
         eprintln!("worker {i}: {}", summary(c));
     }
 }

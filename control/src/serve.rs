@@ -1,0 +1,545 @@
+//! Serving over AF_XDP with the XDP program watched, falling back to kernel UDP: what
+//! `xdp-quic serve` does, as a library for daemons.
+//!
+//! [`Server::start`] starts a supervisor thread that starts an engine (over AF_XDP per an
+//! [`XdpSetup`], using the attachment `xdp-quic attach` pinned for the interface or attaching
+//! the program for the server's life; or over kernel UDP) and, every
+//! [`ServeOptions::watch_every`]:
+//!
+//! * stops the engine when workers failed ([`StopReason::WorkersFailed`]);
+//! * gives freed memory back to the system once a burst of connection churn is over
+//!   ([`xdp_quic::memory::TrimPolicy`]);
+//! * over AF_XDP, looks at the interface ([`ProgramWatch`]): it reports the interface going
+//!   down and up ([`Event::Link`]; sockets and program stay), and when the program its
+//!   sockets are registered with is detached or replaced, or the interface disappears, the
+//!   AF_XDP workers would receive nothing any more, so it closes their connections
+//!   ([`StopReason::ProgramLost`]) and, under [`Fallback::ToUdp`], starts over on kernel UDP.
+//!
+//! It also serves each engine's Prometheus endpoint when asked ([`ServeOptions::metrics`]).
+//! Nothing is printed: everything that happens is an [`Event`] on [`Server::events`], in
+//! order. The server ends on [`Stop::stop`], when workers fail, when the program is lost
+//! without fallback, or when an engine (or its metrics endpoint) cannot start: the events
+//! then end, and [`Server::join`] says why, or returns the error.
+//!
+//! Call [`Server::start`] from a thread in the network namespace of the interface: the
+//! supervisor thread starts from it and so works in that namespace (the sockets, the watch).
+
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use xdp_quic::backend::udp::Steering;
+use xdp_quic::backend::xsk::XskSnapshot;
+use xdp_quic::{Counters, Engine, EngineBuilder, EngineHandle, Handler, VarInt, XdpSetup};
+
+use crate::metrics::{EngineCollector, MetricsServer};
+use crate::xdp::socket_map::ServerSteering;
+use crate::xdp::{AttachMode, CountersReader, ProgramWatch, WatchEvent};
+
+/// What to do when AF_XDP cannot serve: at start, or after the program is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Fail at start; end the server when the program is lost.
+    Never,
+    /// Serve over kernel UDP on the same address instead.
+    ToUdp,
+}
+
+/// Where the workers get their packets.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// Kernel UDP sockets (SO_REUSEPORT, one per worker) bound to this address.
+    Udp(SocketAddr),
+    /// AF_XDP sockets per `setup` (one worker per queue). The program is the one `xdp-quic
+    /// attach` pinned for `setup.iface`, or else attached in `mode` for the server's life.
+    Xdp {
+        setup: XdpSetup,
+        mode: AttachMode,
+        fallback: Fallback,
+    },
+}
+
+/// Options of a [`Server`].
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Serve Prometheus metrics of each engine at `http://ADDR/metrics`.
+    pub metrics: Option<SocketAddr>,
+    /// How often the supervisor looks at the workers and the interface. Default 1 s.
+    pub watch_every: Duration,
+    /// Give freed memory back after bursts of at least this many connection events
+    /// ([`xdp_quic::memory::TrimPolicy`]); `None`: never. Default 1,000.
+    pub trim_after: Option<u64>,
+    /// Stops the server: keep a clone (e.g. for a signal handler) before starting it.
+    pub stop: Stop,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            metrics: None,
+            watch_every: Duration::from_secs(1),
+            trim_after: Some(1000),
+            stop: Stop::new(),
+        }
+    }
+}
+
+/// Asks a [`Server`] to stop: cheap to clone, usable from any thread (a Ctrl-C handler).
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<(Mutex<bool>, Condvar)>);
+
+impl Stop {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the server to close its connections and end ([`StopReason::Requested`]).
+    pub fn stop(&self) {
+        *self.flag() = true;
+        self.0 .1.notify_all();
+    }
+
+    /// Whether [`Stop::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        *self.flag()
+    }
+
+    /// Waits up to `timeout` for [`Stop::stop`]; returns whether it was called.
+    fn wait(&self, timeout: Duration) -> bool {
+        let (stopped, _) = self
+            .0
+             .1
+            .wait_timeout_while(self.flag(), timeout, |stopped| !*stopped)
+            .unwrap_or_else(|p| p.into_inner());
+        *stopped
+    }
+
+    fn flag(&self) -> MutexGuard<'_, bool> {
+        self.0 .0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What serves, as an engine starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serving {
+    /// AF_XDP workers, one per queue of `iface`.
+    Xdp {
+        /// The service address.
+        listen: SocketAddr,
+        iface: String,
+        queues: Vec<u32>,
+        /// Whether every queue is in zero-copy mode (else copy mode).
+        zero_copy: bool,
+        /// How the program is attached, in words ("pinned by xdp-quic attach", "attached by
+        /// this process (native mode)").
+        program: String,
+    },
+    /// Kernel UDP workers.
+    Udp {
+        /// The address the sockets are bound to (its port when 0 was asked for).
+        local_addr: SocketAddr,
+        workers: usize,
+        /// How the kernel spreads packets over the workers.
+        steering: Steering,
+    },
+}
+
+/// Why a server stopped an engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// [`Stop::stop`] was called.
+    Requested,
+    /// Workers failed (a panic outside the application's callbacks, or a fatal I/O error):
+    /// (index, why). They closed their connections; the others are stopped too.
+    WorkersFailed(Vec<(usize, String)>),
+    /// The XDP program the AF_XDP workers were registered with is gone from `iface`: `why`
+    /// is [`WatchEvent::Detached`] or [`WatchEvent::InterfaceGone`].
+    ProgramLost { iface: String, why: WatchEvent },
+}
+
+/// What a [`Server`] reports, in the order it happens.
+#[derive(Debug)]
+pub enum Event {
+    /// An engine started and serves.
+    Serving(Serving),
+    /// AF_XDP could not start (why); [`Fallback::ToUdp`]: UDP starts instead.
+    XdpUnavailable(anyhow::Error),
+    /// The engine's Prometheus endpoint listens at this address.
+    Metrics(SocketAddr),
+    /// The interface went down or came back up ([`WatchEvent::Down`], [`WatchEvent::Up`]):
+    /// the program and the sockets stay, connections may survive it.
+    Link { iface: String, change: WatchEvent },
+    /// The state of the interface could not be read this time.
+    WatchFailed {
+        iface: String,
+        error: std::io::Error,
+    },
+    /// The engine stops, closing its connections: why, and the counters of its AF_XDP
+    /// queues (none over UDP) as it stops.
+    Stopping {
+        reason: StopReason,
+        queues: Vec<XskSnapshot>,
+    },
+    /// The engine has stopped: the final counters of its workers.
+    Stopped { counters: Vec<Counters> },
+    /// After the program was lost, under [`Fallback::ToUdp`]: kernel UDP starts on `listen`.
+    FallingBack { listen: SocketAddr },
+}
+
+/// A running server: its engine, watched by a supervisor thread. Dropping it stops it and
+/// waits for the end.
+pub struct Server<H: Handler> {
+    events: mpsc::Receiver<Event>,
+    stop: Stop,
+    current: Arc<Mutex<Option<EngineHandle<H>>>>,
+    supervisor: Option<JoinHandle<anyhow::Result<StopReason>>>,
+}
+
+impl<H: Handler> Server<H> {
+    /// Starts a server: `builder` per `backend`, with a handler per worker from `factory`
+    /// (called again for the workers of a fallback engine). Returns at once; the first events
+    /// say what serves ([`Event::XdpUnavailable`], [`Event::Serving`], [`Event::Metrics`]),
+    /// or the events end and [`Server::join`] returns why nothing could (AF_XDP without
+    /// fallback, UDP, the metrics endpoint). Fails only when no thread can be started.
+    pub fn start<F>(
+        builder: EngineBuilder,
+        backend: Backend,
+        options: ServeOptions,
+        factory: F,
+    ) -> anyhow::Result<Self>
+    where
+        F: FnMut(usize) -> H + Send + 'static,
+    {
+        let (tx, events) = mpsc::channel();
+        let current = Arc::new(Mutex::new(None));
+        let (listen, fallback) = match &backend {
+            Backend::Udp(listen) => (*listen, Fallback::Never),
+            Backend::Xdp {
+                setup, fallback, ..
+            } => (setup.listen, *fallback),
+        };
+        let mut supervisor = Supervisor {
+            builder,
+            factory,
+            listen,
+            fallback,
+            metrics: options.metrics,
+            watch_every: options.watch_every,
+            trim_after: options.trim_after,
+            stop: options.stop.clone(),
+            events: tx,
+            current: current.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("xdp-quic-serve".into())
+            .spawn(move || {
+                let running = supervisor.first(backend)?;
+                supervisor.run(running)
+            })
+            .context("starting the server's supervisor thread")?;
+        Ok(Self {
+            events,
+            stop: options.stop,
+            current,
+            supervisor: Some(thread),
+        })
+    }
+
+    /// What happens, in order; the channel ends when the server has ended.
+    pub fn events(&self) -> &mpsc::Receiver<Event> {
+        &self.events
+    }
+
+    /// A clone of the server's [`Stop`].
+    pub fn stopper(&self) -> Stop {
+        self.stop.clone()
+    }
+
+    /// Asks the server to stop ([`Stop::stop`]); [`Server::join`] waits for the end.
+    pub fn stop(&self) {
+        self.stop.stop();
+    }
+
+    /// A handle of the engine serving now (its counters, work posted to its workers); `None`
+    /// between an engine and its fallback, and once the server has ended.
+    pub fn handle(&self) -> Option<EngineHandle<H>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Waits until the server has ended and says why: [`StopReason::Requested`],
+    /// [`StopReason::WorkersFailed`], or [`StopReason::ProgramLost`] under
+    /// [`Fallback::Never`]. An error when an engine could not be stopped cleanly, or the
+    /// fallback could not start.
+    pub fn join(mut self) -> anyhow::Result<StopReason> {
+        let thread = self.supervisor.take().expect("joined once");
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the server's supervisor thread panicked"))?
+    }
+}
+
+impl<H: Handler> Drop for Server<H> {
+    fn drop(&mut self) {
+        if let Some(thread) = self.supervisor.take() {
+            self.stop.stop();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// An engine started over AF_XDP by [`start_xdp`].
+pub struct XdpEngine<H: Handler> {
+    pub engine: Engine<H>,
+    /// How the program is attached, in words.
+    pub how: String,
+    /// The program's counters, when readable.
+    pub program: Option<CountersReader>,
+    /// Watches the program the sockets are registered with (from the calling thread's
+    /// network namespace).
+    pub watch: ProgramWatch,
+}
+
+/// Starts `builder` over AF_XDP per `setup`: registers the sockets with the attachment `xdp-quic
+/// attach` pinned for `setup.iface`, or attaches the program in `mode` for the engine's life.
+/// The building block of [`Server`], for callers that supervise the engine themselves.
+pub fn start_xdp<H: Handler>(
+    builder: EngineBuilder,
+    setup: &XdpSetup,
+    mode: AttachMode,
+    factory: impl FnMut(usize) -> H,
+) -> anyhow::Result<XdpEngine<H>> {
+    let steering = ServerSteering::for_server(&setup.iface, setup.listen, mode)?;
+    let how = steering.describe();
+    let program = steering.counters_reader(&setup.iface).ok();
+    let ifindex = xdp_quic::engine::ifindex(&setup.iface)
+        .with_context(|| format!("looking up {}", setup.iface))?;
+    let watch = ProgramWatch::new(ifindex, steering.prog_id())
+        .with_context(|| format!("reading the state of {}", setup.iface))?;
+    let engine = builder
+        .start_xdp(setup, Box::new(steering), factory)
+        .with_context(|| format!("starting AF_XDP workers on {}", setup.iface))?;
+    Ok(XdpEngine {
+        engine,
+        how,
+        program,
+        watch,
+    })
+}
+
+/// An engine under supervision.
+struct Running<H: Handler> {
+    engine: Engine<H>,
+    /// Over AF_XDP: the interface and its watch.
+    watch: Option<(String, ProgramWatch)>,
+    /// The metrics endpoint, held for the engine's life.
+    metrics: Option<MetricsServer>,
+}
+
+/// The supervisor thread's state.
+struct Supervisor<H: Handler, F> {
+    builder: EngineBuilder,
+    factory: F,
+    listen: SocketAddr,
+    fallback: Fallback,
+    metrics: Option<SocketAddr>,
+    watch_every: Duration,
+    trim_after: Option<u64>,
+    stop: Stop,
+    events: mpsc::Sender<Event>,
+    current: Arc<Mutex<Option<EngineHandle<H>>>>,
+}
+
+impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
+    fn report(&self, event: Event) {
+        // Nobody listening is no reason to stop serving.
+        let _ = self.events.send(event);
+    }
+
+    fn set_current(&self, handle: Option<EngineHandle<H>>) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = handle;
+    }
+
+    /// Starts the first engine per `backend`.
+    fn first(&mut self, backend: Backend) -> anyhow::Result<Running<H>> {
+        match backend {
+            Backend::Udp(_) => self.start_udp(),
+            Backend::Xdp { setup, mode, .. } => {
+                match start_xdp(self.builder.clone(), &setup, mode, &mut self.factory) {
+                    Ok(x) => self.begin_xdp(x, &setup),
+                    Err(e) if self.fallback == Fallback::ToUdp => {
+                        self.report(Event::XdpUnavailable(e));
+                        self.start_udp()
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    fn start_udp(&mut self) -> anyhow::Result<Running<H>> {
+        let engine = self
+            .builder
+            .clone()
+            .start_udp(self.listen, &mut self.factory)
+            .with_context(|| format!("starting the server on {}", self.listen))?;
+        let serving = Serving::Udp {
+            local_addr: engine.local_addr(),
+            workers: engine.handle().workers(),
+            steering: engine.steering().expect("a UDP engine has a steering"),
+        };
+        self.begin(engine, serving, None, None)
+    }
+
+    fn begin_xdp(&mut self, x: XdpEngine<H>, setup: &XdpSetup) -> anyhow::Result<Running<H>> {
+        let queues = x.engine.xsk_queues();
+        let serving = Serving::Xdp {
+            listen: setup.listen,
+            iface: setup.iface.clone(),
+            queues: queues.iter().map(|q| q.queue).collect(),
+            zero_copy: queues.iter().all(|q| q.zero_copy),
+            program: x.how,
+        };
+        let watch = Some((setup.iface.clone(), x.watch));
+        self.begin(x.engine, serving, x.program, watch)
+    }
+
+    /// Reports `serving`, publishes the engine's handle and starts its metrics endpoint.
+    fn begin(
+        &mut self,
+        engine: Engine<H>,
+        serving: Serving,
+        program: Option<CountersReader>,
+        watch: Option<(String, ProgramWatch)>,
+    ) -> anyhow::Result<Running<H>> {
+        let iface = match &serving {
+            Serving::Xdp { iface, .. } => Some(iface.clone()),
+            Serving::Udp { .. } => None,
+        };
+        self.report(Event::Serving(serving));
+        self.set_current(Some(engine.handle()));
+        let metrics = match self.metrics {
+            None => None,
+            Some(addr) => {
+                let collector = EngineCollector::new(
+                    if iface.is_some() { "xdp" } else { "udp" },
+                    iface,
+                    engine.handle().metrics(),
+                    engine.xsk_queues().to_vec(),
+                    program,
+                );
+                let mut registry = prometheus_client::registry::Registry::default();
+                registry.register_collector(Box::new(collector));
+                match MetricsServer::start(addr, registry) {
+                    Ok(server) => {
+                        self.report(Event::Metrics(server.local_addr()));
+                        Some(server)
+                    }
+                    Err(e) => {
+                        self.set_current(None);
+                        let _ = engine.shutdown(VarInt::from_u32(0), b"server failed");
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        Ok(Running {
+            engine,
+            watch,
+            metrics,
+        })
+    }
+
+    /// Supervises `running` and its fallbacks until the server ends.
+    fn run(mut self, mut running: Running<H>) -> anyhow::Result<StopReason> {
+        loop {
+            let reason = self.watch(&mut running);
+            let Running {
+                engine, metrics, ..
+            } = running;
+            drop(metrics);
+            let queues = engine.xsk_queues().iter().map(|q| q.snapshot()).collect();
+            self.report(Event::Stopping {
+                reason: reason.clone(),
+                queues,
+            });
+            let handle = engine.handle();
+            self.set_current(None);
+            let stopped = match &reason {
+                StopReason::Requested => engine
+                    .shutdown(VarInt::from_u32(0), b"server shutting down")
+                    .map(drop),
+                StopReason::WorkersFailed(_) => {
+                    // The failed workers' error is the news, not the join's.
+                    let _ = engine.shutdown(VarInt::from_u32(0), b"server failed");
+                    Ok(())
+                }
+                StopReason::ProgramLost { .. } => engine
+                    .shutdown(VarInt::from_u32(0), b"server lost its XDP program")
+                    .map(drop),
+            };
+            stopped.context("stopping the workers")?;
+            self.report(Event::Stopped {
+                counters: handle.counters(),
+            });
+            if !matches!(reason, StopReason::ProgramLost { .. }) || self.fallback == Fallback::Never
+            {
+                return Ok(reason);
+            }
+            self.report(Event::FallingBack {
+                listen: self.listen,
+            });
+            running = self.start_udp()?;
+        }
+    }
+
+    /// Waits until the engine must stop, and says why.
+    fn watch(&mut self, running: &mut Running<H>) -> StopReason {
+        let handle = running.engine.handle();
+        let mut trim = self.trim_after.map(xdp_quic::memory::TrimPolicy::new);
+        loop {
+            if self.stop.wait(self.watch_every) {
+                return StopReason::Requested;
+            }
+            let failed = handle.failed_workers();
+            if !failed.is_empty() {
+                return StopReason::WorkersFailed(failed);
+            }
+            if let Some(trim) = trim.as_mut() {
+                let t = handle.total();
+                if trim.observe(t.conns_accepted + t.conns_opened + t.conns_closed) {
+                    xdp_quic::memory::release_free_memory();
+                }
+            }
+            let Some((iface, watch)) = running.watch.as_mut() else {
+                continue;
+            };
+            match watch.check() {
+                Ok(events) => {
+                    for e in events {
+                        match e {
+                            WatchEvent::Down | WatchEvent::Up => self.report(Event::Link {
+                                iface: iface.clone(),
+                                change: e,
+                            }),
+                            WatchEvent::Detached { .. } | WatchEvent::InterfaceGone => {
+                                return StopReason::ProgramLost {
+                                    iface: iface.clone(),
+                                    why: e,
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(error) => self.report(Event::WatchFailed {
+                    iface: iface.clone(),
+                    error,
+                }),
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Helpers of the workspace's tests (feature `testing`, off for daemons): the privilege gate
+//! of the tests that need root, unique names, guards that remove what a test made even when
+//! it fails, traffic and probes from inside network namespaces, and waiting on a condition
+//! instead of sleeping.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Whether a test that needs root (network namespaces, veth pairs, XDP, AF_XDP, BPF) may
+/// run: true as root. Otherwise the test is skipped (false, and a note on stderr), unless the
+/// environment variable `CI` is set: then this panics, so that CI never passes by skipping.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{test}: needs root (network namespaces, veth, XDP, AF_XDP, BPF) and CI is set: \
+             refusing to skip"
+        );
+    }
+    eprintln!("{test}: skipped: needs root");
+    false
+}
+
+/// A name unique to this process and call, `<prefix><pid % 100000><n>`, at most 15 octets
+/// (an interface name; a [`crate::testbed::Testbed`] takes at most 12).
+pub fn unique_name(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{prefix}{}{n}", std::process::id() % 100_000);
+    assert!(name.len() <= 15, "{name}: too long for an interface name");
+    name
+}
+
+/// Polls `cond` until it holds; panics naming `what` if it does not within `within` (a hang
+/// guard, never a performance bound: give it a generous value).
+pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + within;
+    while !cond() {
+        assert!(
+            Instant::now() < end,
+            "{what}: not reached within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads `read()` until `reached` holds for what it returns, and returns that; panics naming
+/// `what` if it does not within `within` (a hang guard: give it a generous value). For
+/// counters that move a little after the action that moves them (the kernel takes packets in
+/// asynchronously), read until they reach their expected value, then assert it exactly.
+pub fn read_until<T>(
+    what: &str,
+    within: Duration,
+    mut read: impl FnMut() -> T,
+    reached: impl Fn(&T) -> bool,
+) -> T {
+    let end = Instant::now() + within;
+    loop {
+        let value = read();
+        if reached(&value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < end,
+            "{what}: not reached within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs a command, panicking with its stderr if it fails.
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace with its loopback up, deleted on drop (with the interfaces in it).
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Makes a namespace named after `prefix` ([`unique_name`]).
+    pub fn new(prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        sh(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Removes xdp-quic's pins of an interface on drop, and so the pinned link's attachment:
+/// namespace guards remove the interfaces, but pins live on the host's bpffs and would
+/// outlive them.
+#[derive(Debug)]
+pub struct PinGuard(pub String);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let root = std::path::Path::new(crate::xdp::pins::PIN_ROOT);
+        let _ = std::fs::remove_dir_all(root.join(&self.0));
+        // Only when empty: other tests may have pins there.
+        let _ = std::fs::remove_dir(root);
+    }
+}
+
+/// Sends `n` UDP datagrams of `len` octets from network namespace `ns` to `to`.
+pub fn send_udp(ns: &str, to: SocketAddr, n: usize, len: usize) {
+    crate::testbed::in_netns(ns, || {
+        let bind: SocketAddr = if to.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let s = UdpSocket::bind(bind).expect("binding a UDP socket");
+        let payload = vec![0x40u8; len];
+        for _ in 0..n {
+            s.send_to(&payload, to).expect("sending a datagram");
+        }
+    })
+    .expect("entering the namespace");
+}
+
+/// Binds a UDP socket at `at` in namespace `server_ns`, sends it one 64-octet datagram from
+/// `from_ns`, and returns whether the socket got it within 2 s.
+pub fn udp_reaches_kernel(server_ns: &str, from_ns: &str, at: SocketAddr) -> bool {
+    let (bound, is_bound) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let receiver = s.spawn(|| {
+            crate::testbed::in_netns(server_ns, || {
+                let sock = UdpSocket::bind(at).expect("binding the receiver");
+                sock.set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("SO_RCVTIMEO");
+                bound.send(()).expect("the sender waits");
+                let mut buf = [0u8; 2048];
+                sock.recv_from(&mut buf).is_ok_and(|(n, _)| n == 64)
+            })
+            .expect("entering the namespace")
+        });
+        is_bound.recv().expect("the receiver was bound");
+        send_udp(from_ns, at, 1, 64);
+        receiver.join().expect("the receiver panicked")
+    })
+}
+
+/// Pings `addr` once from namespace `ns` (2 s at most).
+pub fn ping(ns: &str, addr: &str) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "2", addr])
+        .output()
+        .expect("spawning ping (iputils-ping)")
+        .status
+        .success()
+}
+
+/// The id of the XDP program on `iface` in namespace `ns`, if any, as `ip link` reports it
+/// (an oracle independent of this crate's netlink code).
+pub fn xdp_prog_on(ns: &str, iface: &str) -> Option<u64> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show", "dev", iface])
+        .output()
+        .expect("spawning ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip -n {ns} link show dev {iface}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    prog_id_in(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The program id of the first `prog/xdp id N` in `ip -o link` output.
+fn prog_id_in(line: &str) -> Option<u64> {
+    let rest = &line[line.find("prog/xdp id ")? + "prog/xdp id ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_id_from_ip_link() {
+        let attached = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 xdpgeneric qdisc noqueue \
+            state UNKNOWN mode DEFAULT group default qlen 1000\\    link/loopback \
+            00:00:00:00:00:00 brd 00:00:00:00:00:00\\    prog/xdp id 1536 name xdp_quic tag \
+            f5b8f271faf57011 jited ";
+        assert_eq!(prog_id_in(attached), Some(1536));
+        let bare = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN";
+        assert_eq!(prog_id_in(bare), None);
+    }
+
+    #[test]
+    fn names_are_unique_and_short() {
+        let (a, b) = (unique_name("xt"), unique_name("xt"));
+        assert_ne!(a, b);
+        assert!(a.len() <= 15 && a.starts_with("xt"));
+    }
+}

@@ -1,0 +1,307 @@
+//! `xdp_quic_control::serve::Server` as a daemon embeds it: its events in order, the
+//! metrics endpoint, stopping on request; over AF_XDP in a testbed (root; in CI a missing
+//! privilege fails instead of skipping), the interface going down and up, and the program
+//! detached from under it, with and without the fallback to kernel UDP.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::echo_through;
+use xdp_quic::{tls, EngineBuilder, XdpSetup};
+use xdp_quic_control::serve::{
+    Backend, Event, Fallback, ServeOptions, Server, Serving, StopReason,
+};
+use xdp_quic_control::testbed::{in_netns, Testbed};
+use xdp_quic_control::testing::{privileged, sh, unique_name, PinGuard};
+use xdp_quic_control::xdp::{self, AttachMode, AttachOptions, ServiceConfig, WatchEvent};
+use xdp_quic_examples::echo::{self, EchoServer};
+
+/// A hang guard for each event, never a performance bound.
+const GUARD: Duration = Duration::from_secs(60);
+
+type Cert = rustls::pki_types::CertificateDer<'static>;
+
+/// An echo server's builder (`workers` workers) and its certificate.
+fn echo_builder(workers: usize) -> (EngineBuilder, Vec<Cert>) {
+    let id = tls::Identity::self_signed(&["localhost"]).unwrap();
+    let cert = id.chain.clone();
+    let builder = EngineBuilder::default()
+        .workers(workers)
+        .server(tls::server_config(id, &[echo::ALPN]).unwrap())
+        .drain_timeout(Duration::from_millis(500));
+    (builder, cert)
+}
+
+/// The next event (the test fails if none comes within [`GUARD`]).
+fn next(server: &Server<EchoServer>) -> Event {
+    server
+        .events()
+        .recv_timeout(GUARD)
+        .unwrap_or_else(|e| panic!("no event within {GUARD:?}: {e}"))
+}
+
+/// Asserts that the events have ended (the server has).
+fn no_more_events(server: &Server<EchoServer>) {
+    match server.events().recv_timeout(GUARD) {
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
+        other => panic!("the server should have ended: {other:?}"),
+    }
+}
+
+/// Expects `Stopping` for `reason` with `queues` AF_XDP queues, then `Stopped` with the
+/// counters of `workers` workers; returns the connections they accepted.
+fn stops(server: &Server<EchoServer>, reason: &StopReason, queues: usize, workers: usize) -> u64 {
+    match next(server) {
+        Event::Stopping {
+            reason: r,
+            queues: q,
+        } => {
+            assert_eq!(&r, reason);
+            assert_eq!(q.len(), queues, "{q:?}");
+        }
+        other => panic!("expected Stopping, got {other:?}"),
+    }
+    match next(server) {
+        Event::Stopped { counters } => {
+            assert_eq!(counters.len(), workers);
+            counters.iter().map(|c| c.conns_accepted).sum()
+        }
+        other => panic!("expected Stopped, got {other:?}"),
+    }
+}
+
+#[test]
+fn udp_server_reports_its_events_and_stops_on_request() {
+    let (builder, cert) = echo_builder(2);
+    let options = ServeOptions {
+        metrics: Some("127.0.0.1:0".parse().unwrap()),
+        ..ServeOptions::default()
+    };
+    let server = Server::start(
+        builder,
+        Backend::Udp("127.0.0.1:0".parse().unwrap()),
+        options,
+        |_| EchoServer::default(),
+    )
+    .unwrap();
+    let addr = match next(&server) {
+        Event::Serving(Serving::Udp {
+            local_addr,
+            workers,
+            ..
+        }) => {
+            assert_eq!(workers, 2);
+            assert_ne!(local_addr.port(), 0);
+            local_addr
+        }
+        other => panic!("expected Serving over UDP, got {other:?}"),
+    };
+    let metrics = match next(&server) {
+        Event::Metrics(a) => a,
+        other => panic!("expected Metrics, got {other:?}"),
+    };
+    echo_through(addr, &cert, 3, 10_000);
+    let body = ureq::get(&format!("http://{metrics}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        body.contains("xdpquic_worker_rx_packets_total{worker=\"1\""),
+        "{body}"
+    );
+    assert_eq!(server.handle().unwrap().workers(), 2);
+
+    server.stopper().stop();
+    assert_eq!(stops(&server, &StopReason::Requested, 0, 2), 1);
+    no_more_events(&server);
+    assert!(server.handle().is_none());
+    assert_eq!(server.join().unwrap(), StopReason::Requested);
+    // The endpoint went with the engine.
+    assert!(std::net::TcpStream::connect(metrics).is_err());
+}
+
+/// AF_XDP that cannot start (no such interface): without fallback the server ends at once
+/// with the error; with it, the error is an event, then UDP serves.
+#[test]
+fn af_xdp_that_cannot_start_fails_or_falls_back() {
+    // A port that was free a moment ago (AF_XDP needs a fixed one).
+    let listen = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let setup = XdpSetup::new("xq-nosuch0", listen, vec![0]);
+    let xdp = |fallback| Backend::Xdp {
+        setup: setup.clone(),
+        mode: AttachMode::Auto,
+        fallback,
+    };
+    let (builder, _) = echo_builder(1);
+    let refused = Server::start(
+        builder,
+        xdp(Fallback::Never),
+        ServeOptions::default(),
+        |_| EchoServer::default(),
+    )
+    .unwrap();
+    no_more_events(&refused);
+    let why = format!("{:#}", refused.join().expect_err("AF_XDP cannot start"));
+
+    let (builder, cert) = echo_builder(1);
+    let server = Server::start(
+        builder,
+        xdp(Fallback::ToUdp),
+        ServeOptions::default(),
+        |_| EchoServer::default(),
+    )
+    .unwrap();
+    match next(&server) {
+        Event::XdpUnavailable(e) => assert_eq!(format!("{e:#}"), why),
+        other => panic!("expected XdpUnavailable, got {other:?}"),
+    }
+    let addr = match next(&server) {
+        Event::Serving(Serving::Udp { local_addr, .. }) => local_addr,
+        other => panic!("expected Serving over UDP, got {other:?}"),
+    };
+    assert_eq!(addr, listen);
+    echo_through(addr, &cert, 1, 1000);
+    drop(server); // stops it and waits
+}
+
+/// A testbed whose server interface has xdp-quic attached and pinned (`xdp-quic attach`),
+/// removed on drop; and an echo server over AF_XDP on it, with `fallback`.
+fn pinned_testbed(name: &str, net: u8) -> (Testbed, PinGuard) {
+    let tb = Testbed::create(&unique_name(name), 1, net).expect("testbed");
+    let pins = PinGuard(tb.server_if.clone());
+    let opts = AttachOptions {
+        service: ServiceConfig {
+            ports: [4433].into(),
+            addrs: Default::default(),
+        },
+        mode: AttachMode::Auto,
+        force: false,
+    };
+    tb.in_server(|| xdp::attach(&tb.server_if, &opts))
+        .unwrap()
+        .expect("attach");
+    (tb, pins)
+}
+
+fn serve_in(tb: &Testbed, fallback: Fallback) -> (Server<EchoServer>, Vec<Cert>) {
+    let (builder, cert) = echo_builder(1);
+    let setup = XdpSetup::new(&tb.server_if, "0.0.0.0:4433".parse().unwrap(), vec![0]);
+    let backend = Backend::Xdp {
+        setup,
+        mode: AttachMode::Auto,
+        fallback,
+    };
+    let server = tb
+        .in_server(|| {
+            Server::start(builder, backend, ServeOptions::default(), |_| {
+                EchoServer::default()
+            })
+        })
+        .unwrap()
+        .expect("serving over AF_XDP");
+    match next(&server) {
+        Event::Serving(Serving::Xdp {
+            iface,
+            queues,
+            program,
+            ..
+        }) => {
+            assert_eq!(iface, tb.server_if);
+            assert_eq!(queues, vec![0]);
+            assert_eq!(program, "pinned by xdp-quic attach");
+        }
+        other => panic!("expected Serving over AF_XDP, got {other:?}"),
+    }
+    (server, cert)
+}
+
+fn detach(tb: &Testbed) {
+    tb.in_server(|| xdp::detach(&tb.server_if))
+        .unwrap()
+        .expect("detach");
+}
+
+#[test]
+fn losing_the_program_falls_back_to_udp() {
+    if !privileged("losing_the_program_falls_back_to_udp") {
+        return;
+    }
+    let (tb, _pins) = pinned_testbed("xv", 226);
+    let (server, cert) = serve_in(&tb, Fallback::ToUdp);
+    let addr = SocketAddr::new(tb.server_v4.into(), 4433);
+    tb.in_client(|| echo_through(addr, &cert, 2, 50_000))
+        .unwrap();
+
+    // Down and up: reported, nothing stops.
+    for (state, change) in [("down", WatchEvent::Down), ("up", WatchEvent::Up)] {
+        sh(&[
+            "ip",
+            "-n",
+            &tb.server_ns,
+            "link",
+            "set",
+            &tb.server_if,
+            state,
+        ]);
+        match next(&server) {
+            Event::Link { iface, change: c } => {
+                assert_eq!((iface.as_str(), c), (tb.server_if.as_str(), change))
+            }
+            other => panic!("expected Link {state}, got {other:?}"),
+        }
+    }
+
+    detach(&tb);
+    let lost = StopReason::ProgramLost {
+        iface: tb.server_if.clone(),
+        why: WatchEvent::Detached { now: None },
+    };
+    assert_eq!(stops(&server, &lost, 1, 1), 1);
+    match next(&server) {
+        Event::FallingBack { listen } => assert_eq!(listen, "0.0.0.0:4433".parse().unwrap()),
+        other => panic!("expected FallingBack, got {other:?}"),
+    }
+    match next(&server) {
+        Event::Serving(Serving::Udp { local_addr, .. }) => {
+            assert_eq!(local_addr, "0.0.0.0:4433".parse().unwrap())
+        }
+        other => panic!("expected Serving over UDP, got {other:?}"),
+    }
+    tb.in_client(|| echo_through(addr, &cert, 2, 50_000))
+        .unwrap();
+    server.stop();
+    assert_eq!(stops(&server, &StopReason::Requested, 0, 1), 1);
+    no_more_events(&server);
+    assert_eq!(server.join().unwrap(), StopReason::Requested);
+}
+
+#[test]
+fn losing_the_program_without_fallback_ends_the_server() {
+    if !privileged("losing_the_program_without_fallback_ends_the_server") {
+        return;
+    }
+    let (tb, _pins) = pinned_testbed("xw", 227);
+    let (server, cert) = serve_in(&tb, Fallback::Never);
+    let addr = SocketAddr::new(tb.server_v4.into(), 4433);
+    tb.in_client(|| echo_through(addr, &cert, 1, 1000)).unwrap();
+    detach(&tb);
+    let lost = StopReason::ProgramLost {
+        iface: tb.server_if.clone(),
+        why: WatchEvent::Detached { now: None },
+    };
+    assert_eq!(stops(&server, &lost, 1, 1), 1);
+    no_more_events(&server);
+    assert_eq!(server.join().unwrap(), lost);
+    // Nothing serves the port any more: the server's sockets and workers are gone.
+    in_netns(&tb.server_ns, || {
+        std::net::UdpSocket::bind("0.0.0.0:4433").expect("the port is free again");
+    })
+    .unwrap();
+}
