@@ -6,7 +6,11 @@
 //!
 //! veth quirk: packets a local socket sends through veth carry only a partial UDP checksum
 //! (checksum offload: the receiving stack would not check it). An AF_XDP reader sees those
-//! bytes, so the testbed turns TX checksum offload off on both ends.
+//! bytes, so the testbed turns TX checksum offload off on the client's end, whose packets the
+//! server's AF_XDP sockets read. The server's end keeps its offloads, as a real NIC does
+//! (without TX checksum offload the kernel does no GSO: the kernel transmit path would lose
+//! its batches). [`Testbed::full_checksums_from_server`] turns it off there too, for tests
+//! that read with AF_XDP in the client namespace.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
@@ -117,10 +121,17 @@ impl Testbed {
             ])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
-            let (ns, dev) = (ns.clone(), dev.clone());
-            in_netns(&ns, move || tx_checksum_offload_off(&dev))??;
         }
+        let (ns, dev) = (tb.client_ns.clone(), tb.client_if.clone());
+        in_netns(&ns, move || tx_checksum_offload_off(&dev))??;
         Ok(tb)
+    }
+
+    /// Turns TX checksum offload off on the server's end too: for an AF_XDP reader in the
+    /// client namespace (a client engine over AF_XDP).
+    pub fn full_checksums_from_server(&self) -> anyhow::Result<()> {
+        let (ns, dev) = (self.server_ns.clone(), self.server_if.clone());
+        in_netns(&ns, move || tx_checksum_offload_off(&dev))?
     }
 
     /// The server's address of a family.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rand::{RngCore, SeedableRng};
 use support::{quinn_endpoint, quinn_endpoint_with};
+use xdp_quic::backend::xsk::{TxMode, TxPath};
 use xdp_quic::{tls, Engine, EngineBuilder, TransportConfig, VarInt, XdpSetup};
 use xdp_quic_control::testbed::Testbed;
 use xdp_quic_control::testing::{privileged, sh, unique_name, wait_until};
@@ -148,11 +149,20 @@ async fn echo_once(
 }
 
 /// Handshake, 50 MB echoed byte for byte, 1,000 concurrent streams, datagrams.
-fn full_exchange(mode: AttachMode, v6: bool) {
+fn full_exchange(mode: AttachMode, v6: bool, tx: TxMode) {
     if !privileged("full_exchange") {
         return;
     }
-    let mut rig = Rig::new(2, &[0, 1], mode, |_| {});
+    let mut rig = Rig::new(2, &[0, 1], mode, |s| s.tx = tx);
+    let want = match tx {
+        TxMode::Xsk => TxPath::Xsk,
+        // veth is copy mode: `auto` takes the kernel's path.
+        TxMode::Kernel | TxMode::Auto => TxPath::Kernel,
+    };
+    assert!(
+        rig.engine().xsk_queues().iter().all(|q| q.tx == want),
+        "{tx:?} on veth transmits on {want}"
+    );
     let addr = rig.addr(v6);
     let cert = rig.cert.clone();
     rig.client(async move || {
@@ -198,13 +208,24 @@ fn full_exchange(mode: AttachMode, v6: bool) {
 }
 
 #[test]
-fn native_xdp_ipv4_full_exchange() {
-    full_exchange(AttachMode::Native, false);
+fn native_xdp_ipv4_full_exchange_transmitting_on_the_ring() {
+    full_exchange(AttachMode::Native, false, TxMode::Xsk);
 }
 
 #[test]
-fn skb_xdp_ipv6_full_exchange() {
-    full_exchange(AttachMode::Skb, true);
+fn skb_xdp_ipv6_full_exchange_transmitting_on_the_ring() {
+    full_exchange(AttachMode::Skb, true, TxMode::Xsk);
+}
+
+/// `auto` on veth (copy mode): transmits through the queues' UDP sockets, with GSO.
+#[test]
+fn native_xdp_ipv4_full_exchange_transmitting_through_the_kernel() {
+    full_exchange(AttachMode::Native, false, TxMode::Auto);
+}
+
+#[test]
+fn native_xdp_ipv6_full_exchange_transmitting_through_the_kernel() {
+    full_exchange(AttachMode::Native, true, TxMode::Kernel);
 }
 
 /// The other two mode/family pairs: handshake and an echo.
@@ -331,23 +352,26 @@ fn migration_to_another_queue_keeps_the_connection() {
     if !privileged("migration_to_another_queue_keeps_the_connection") {
         return;
     }
-    let mut rig = Rig::new(4, &[0, 1, 2, 3], AttachMode::Native, |_| {});
-    migrate_until_another_queue(&mut rig, 64, |_| {
-        std::net::UdpSocket::bind("0.0.0.0:0").unwrap()
-    });
-    rig.stop();
+    for tx in [TxMode::Xsk, TxMode::Kernel] {
+        let mut rig = Rig::new(4, &[0, 1, 2, 3], AttachMode::Native, |s| s.tx = tx);
+        migrate_until_another_queue(&mut rig, 64, |_| {
+            std::net::UdpSocket::bind("0.0.0.0:0").unwrap()
+        });
+        rig.stop();
+    }
 }
 
 /// A client that moves to a new IP address (rebind-addr) mid-transfer keeps its connection,
-/// also when the new address's packets arrive on another queue: the owner worker learns the
-/// new peer's link layer from the hand-over and can answer it (a bug before: `tx_no_route`,
-/// and the connection timed out).
+/// also when the new address's packets arrive on another queue: the hand-over carries the
+/// new peer's link layer to the owner worker, which keeps it for the connection once the
+/// packet moved it, and answers on the TX ring (a bug before: `tx_no_route`, and the
+/// connection timed out).
 #[test]
 fn migration_to_another_address_on_another_queue_keeps_the_connection() {
     if !privileged("migration_to_another_address_on_another_queue_keeps_the_connection") {
         return;
     }
-    let mut rig = Rig::new(4, &[0, 1, 2, 3], AttachMode::Native, |_| {});
+    let mut rig = Rig::new(4, &[0, 1, 2, 3], AttachMode::Native, |s| s.tx = TxMode::Xsk);
     let extra: Vec<std::net::Ipv4Addr> = (10..42)
         .map(|i| std::net::Ipv4Addr::new(10, 214, 0, i))
         .collect();
@@ -511,7 +535,10 @@ fn full_tx_ring_pushes_back_and_recovers() {
     if !privileged("full_tx_ring_pushes_back_and_recovers") {
         return;
     }
-    let mut rig = Rig::new(1, &[0], AttachMode::Native, |s| s.ring_size = 8);
+    let mut rig = Rig::new(1, &[0], AttachMode::Native, |s| {
+        s.ring_size = 8;
+        s.tx = TxMode::Xsk;
+    });
     let addr = rig.addr(false);
     let cert = rig.cert.clone();
     rig.client(async move || echo_once(&cert, addr, 10_000_000, 4).await);
