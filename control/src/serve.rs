@@ -132,6 +132,8 @@ pub enum Serving {
         queues: Vec<u32>,
         /// Whether every queue is in zero-copy mode (else copy mode).
         zero_copy: bool,
+        /// The transmit path of each queue, in `queues`' order.
+        tx: Vec<xdp_quic::backend::xsk::TxPath>,
         /// How the program is attached, in words ("pinned by xdp-quic attach", "attached by
         /// this process (native mode)").
         program: String,
@@ -331,6 +333,44 @@ pub fn start_xdp<H: Handler>(
     })
 }
 
+/// Starts a client engine over AF_XDP on `setup.iface`: binds the queues' UDP sockets to
+/// `setup.listen`'s address on a port the kernel picks, attaches the XDP program for that
+/// port for the engine's life, and starts `builder` (a client configuration; open connections
+/// with `Ctx::connect`) with every queue transmitting through the kernel (`tx kernel`: the
+/// kernel resolves the next hop of the servers it connects to). Replies come back through
+/// the AF_XDP sockets. Returns the engine and its local port.
+pub fn start_xdp_client<H: Handler>(
+    builder: EngineBuilder,
+    setup: &XdpSetup,
+    mode: AttachMode,
+    factory: impl FnMut(usize) -> H,
+) -> anyhow::Result<(XdpEngine<H>, u16)> {
+    let services = xdp_quic::engine::bind_services(setup.listen, setup.queues.len())?;
+    let port = services[0].local_addr()?.port();
+    let mut setup = setup.clone();
+    setup.listen.set_port(port);
+    setup.tx = xdp_quic::backend::xsk::TxMode::Kernel;
+    let steering = ServerSteering::attach_own(&setup.iface, setup.listen, mode)?;
+    let how = steering.describe();
+    let program = steering.counters_reader(&setup.iface).ok();
+    let ifindex = xdp_quic::engine::ifindex(&setup.iface)
+        .with_context(|| format!("looking up {}", setup.iface))?;
+    let watch = ProgramWatch::new(ifindex, steering.prog_id())
+        .with_context(|| format!("reading the state of {}", setup.iface))?;
+    let engine = builder
+        .start_xdp_on(&setup, Box::new(steering), services, factory)
+        .with_context(|| format!("starting AF_XDP workers on {}", setup.iface))?;
+    Ok((
+        XdpEngine {
+            engine,
+            how,
+            program,
+            watch,
+        },
+        port,
+    ))
+}
+
 /// An engine under supervision.
 struct Running<H: Handler> {
     engine: Engine<H>,
@@ -402,6 +442,7 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
             iface: setup.iface.clone(),
             queues: queues.iter().map(|q| q.queue).collect(),
             zero_copy: queues.iter().all(|q| q.zero_copy),
+            tx: queues.iter().map(|q| q.tx).collect(),
             program: x.how,
         };
         let watch = Some((setup.iface.clone(), x.watch));

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
 
+use xdp_quic::backend::xsk::TxMode;
 use xdp_quic::cid::CidLayout;
 use xdp_quic::packet::{checksum, ipv4, udp};
 use xdp_quic::{tls, Engine, EngineBuilder, RetryPolicy, VarInt, XdpSetup};
 use xdp_quic_control::testbed::Testbed;
-use xdp_quic_control::testing::{privileged, wait_until};
+use xdp_quic_control::testing::{privileged, sh, unique_name, wait_until};
 use xdp_quic_control::xdp::{AttachMode, EmbeddedAttachment};
 use xdp_quic_examples::echo::{self, EchoServer};
 
@@ -270,10 +271,13 @@ fn quiescent(engine: &Engine<EchoServer>, attachment: &EmbeddedAttachment) -> bo
     redirected == total.rx_packets + dropped && total.conns_active == 0
 }
 
-/// Attaches the XDP program and serves echo over AF_XDP on every queue of `tb`'s server.
+/// Attaches the XDP program and serves echo over AF_XDP on every queue of `tb`'s server,
+/// transmitting per `tx`. On the kernel path, replies to the forged sources (10.66/16) are
+/// routed to the client's side, where the capture sees them.
 fn serve(
     tb: &Testbed,
     builder: EngineBuilder,
+    tx: TxMode,
 ) -> (
     Engine<EchoServer>,
     EmbeddedAttachment,
@@ -285,11 +289,23 @@ fn serve(
         .workers(QUEUES as usize)
         .server(tls::server_config(id, &[echo::ALPN]).unwrap())
         .drain_timeout(Duration::from_secs(1));
-    let setup = XdpSetup::new(
+    let mut setup = XdpSetup::new(
         &tb.server_if,
         format!("0.0.0.0:{PORT}").parse().unwrap(),
         (0..QUEUES).collect(),
     );
+    setup.tx = tx;
+    let via = tb.client_v4.to_string();
+    sh(&[
+        "ip",
+        "-n",
+        &tb.server_ns,
+        "route",
+        "add",
+        "10.66.0.0/16",
+        "via",
+        &via,
+    ]);
     let (engine, attachment) = tb
         .serve_xdp(builder, &setup, AttachMode::Native, |_| {
             EchoServer::default()
@@ -298,14 +314,27 @@ fn serve(
     (engine, attachment, cert)
 }
 
-/// 2,000 forged Initials (one per 500 µs) while 8 quinn clients connect and echo.
+/// 2,000 forged Initials (one per 500 µs) while 8 quinn clients connect and echo, the
+/// server transmitting on its TX rings.
 #[test]
 fn spoofed_initial_flood_over_af_xdp() {
     if !privileged("spoofed_initial_flood_over_af_xdp") {
         return;
     }
-    let tb = Testbed::create(&format!("xf{}", std::process::id() % 100_000), QUEUES, 221)
-        .expect("testbed");
+    spoofed_initial_flood(TxMode::Xsk, "xf", 221);
+}
+
+/// The same, the server transmitting through the kernel.
+#[test]
+fn spoofed_initial_flood_over_af_xdp_transmitting_through_the_kernel() {
+    if !privileged("spoofed_initial_flood_over_af_xdp_transmitting_through_the_kernel") {
+        return;
+    }
+    spoofed_initial_flood(TxMode::Kernel, "xk", 223);
+}
+
+fn spoofed_initial_flood(tx: TxMode, prefix: &str, net: u8) {
+    let tb = Testbed::create(&unique_name(prefix), QUEUES, net).expect("testbed");
     // A 5 s idle timeout: the handshakes of forged clients, which never answer, end 5 s after
     // the server's last probe rather than 30 (what it may send them is the same: at most 3x
     // what they sent), so that the test can wait for their end.
@@ -316,6 +345,7 @@ fn spoofed_initial_flood_over_af_xdp() {
         EngineBuilder::default()
             .retry(RetryPolicy::AbovePendingHandshakes(THRESHOLD))
             .transport(transport),
+        tx,
     );
     let server = SocketAddr::new(tb.server_v4.into(), PORT);
     let handle = engine.handle();
@@ -454,11 +484,26 @@ fn unknown_cid_flood_over_af_xdp_gets_rate_limited_resets() {
     if !privileged("unknown_cid_flood_over_af_xdp_gets_rate_limited_resets") {
         return;
     }
-    let tb = Testbed::create(&format!("xr{}", std::process::id() % 100_000), QUEUES, 222)
-        .expect("testbed");
+    unknown_cid_flood(TxMode::Xsk, "xr", 222);
+}
+
+/// The same, the server transmitting through the kernel.
+#[test]
+fn unknown_cid_flood_over_af_xdp_transmitting_through_the_kernel() {
+    if !privileged("unknown_cid_flood_over_af_xdp_transmitting_through_the_kernel") {
+        return;
+    }
+    unknown_cid_flood(TxMode::Kernel, "xq", 224);
+}
+
+fn unknown_cid_flood(tx: TxMode, prefix: &str, net: u8) {
+    let tb = Testbed::create(&unique_name(prefix), QUEUES, net).expect("testbed");
     let interval = Duration::from_millis(50);
-    let (engine, attachment, cert) =
-        serve(&tb, EngineBuilder::default().min_reset_interval(interval));
+    let (engine, attachment, cert) = serve(
+        &tb,
+        EngineBuilder::default().min_reset_interval(interval),
+        tx,
+    );
     let handle = engine.handle();
     let server = SocketAddr::new(tb.server_v4.into(), PORT);
     let attacker = forged(7);

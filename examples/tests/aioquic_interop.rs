@@ -364,14 +364,41 @@ impl AioquicServer {
     /// Starts it on a free loopback port; every client validates its address first if
     /// `retry`.
     fn start(site: &Site, retry: bool) -> AioquicServer {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut cmd = Command::new("python3");
+        Self::start_at(site, retry, "127.0.0.1".parse().unwrap(), None)
+    }
+
+    /// Starts it on `host` (inside network namespace `netns` if given; port 4434 there, a
+    /// free loopback port otherwise).
+    fn start_at(
+        site: &Site,
+        retry: bool,
+        host: std::net::IpAddr,
+        netns: Option<&str>,
+    ) -> AioquicServer {
+        let port = match netns {
+            Some(_) => 4434,
+            None => std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port(),
+        };
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "python3"]);
+                c
+            }
+            None => Command::new("python3"),
+        };
         cmd.arg(SERVER_PY)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--cert"])
+            .args([
+                "--host",
+                &host.to_string(),
+                "--port",
+                &port.to_string(),
+                "--cert",
+            ])
             .arg(site.dir.join("cert.pem"))
             .arg("--key")
             .arg(site.dir.join("key.pem"))
@@ -394,7 +421,7 @@ impl AioquicServer {
         });
         let server = AioquicServer {
             child,
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            addr: SocketAddr::new(host, port),
             lines,
         };
         assert_eq!(server.next_line(), "ready");
@@ -670,5 +697,68 @@ fn aioquic_client_against_our_server_over_af_xdp() {
         let t = handle.total();
         let seen = engine.shutdown(VarInt::from_u32(0), b"").unwrap();
         check_case(case, &facts, &t, &seen, tb.client_v4.into(), moved.into());
+    }
+}
+
+/// Our hq client over AF_XDP (its interface in the client namespace, the program attached
+/// for its port, transmitting through the kernel) fetches aioquic's files byte-exact, IPv4
+/// and IPv6.
+#[test]
+fn our_client_over_af_xdp_against_aioquic_server() {
+    if !aioquic()
+        || !xdp_quic_control::testing::privileged("our_client_over_af_xdp_against_aioquic_server")
+    {
+        return;
+    }
+    use xdp_quic_control::testbed::Testbed;
+    let tb = Testbed::create(&xdp_quic_control::testing::unique_name("xo"), 2, 226).unwrap();
+    // Our AF_XDP reader is on the client's side: full checksums from the server's.
+    tb.full_checksums_from_server().unwrap();
+    let site = Site::new(1, 200);
+    for v6 in [false, true] {
+        let server = AioquicServer::start_at(&site, false, tb.server_ip(v6), Some(&tb.server_ns));
+        let trust =
+            tls::Trust::Roots(tls::certs_from_pem_file(&site.dir.join("cert.pem")).unwrap());
+        let b = EngineBuilder::default().client(tls::client_config(trust, &[hq::ALPN]).unwrap());
+        let (addr, paths) = (server.addr, site.paths());
+        let iface = tb.client_if.clone();
+        let h = tb
+            .in_client(move || {
+                let setup = xdp_quic::XdpSetup::new(
+                    &iface,
+                    xdp_quic_examples::client::any_local_for(addr),
+                    vec![0, 1],
+                );
+                let (x, _port) = xdp_quic_control::serve::start_xdp_client(
+                    b,
+                    &setup,
+                    xdp_quic_control::xdp::AttachMode::Native,
+                    move |_| HqClient::new(addr, "localhost", paths.clone()),
+                )
+                .unwrap();
+                assert!(
+                    x.engine
+                        .xsk_queues()
+                        .iter()
+                        .all(|q| q.tx == xdp_quic::backend::xsk::TxPath::Kernel),
+                    "a client transmits through the kernel"
+                );
+                let (hs, _) =
+                    xdp_quic_examples::client::run_on_first(x.engine, |h, ctx| h.start(ctx))
+                        .unwrap();
+                hs.into_iter().next().unwrap()
+            })
+            .unwrap();
+        for ((name, body), r) in site.files.iter().zip(&h.results) {
+            match r {
+                Some(Fetched::Body(b)) => assert!(b[..] == body[..], "{name} differs (v6 {v6})"),
+                other => panic!("{name} (v6 {v6}): {other:?}"),
+            }
+        }
+        let facts = server.connections(1);
+        assert!(
+            facts[0].contains(&format!("served={}", site.files.len())),
+            "{facts:?}"
+        );
     }
 }

@@ -1403,3 +1403,65 @@ async fn our_client_zerortt_against_quinn_server() {
     assert_eq!(srv.streams.load(Ordering::Relaxed), 3);
     srv.stop().await;
 }
+
+/// Our echo client over AF_XDP (its interface in the client namespace, the program attached
+/// for its port, transmitting through the kernel) against quinn's server in the server
+/// namespace: 10 MB each way and 200 streams byte-exact, IPv4 and IPv6.
+#[test]
+fn our_client_over_af_xdp_against_quinn_server() {
+    if !xdp_quic_control::testing::privileged("our_client_over_af_xdp_against_quinn_server") {
+        return;
+    }
+    use xdp_quic_control::testbed::Testbed;
+    let tb = Testbed::create(&xdp_quic_control::testing::unique_name("xq"), 2, 227).unwrap();
+    tb.full_checksums_from_server().unwrap();
+    for v6 in [false, true] {
+        let bind = SocketAddr::new(tb.server_ip(v6), 0);
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let tb = &tb;
+            s.spawn(move || {
+                tb.in_server(move || {
+                    let rt = tokio::runtime::Runtime::new().unwrap();
+                    rt.block_on(async move {
+                        let server = QuinnServer::start_at(Service::Echo, false, false, bind);
+                        addr_tx.send((server.addr, server.cert.clone())).unwrap();
+                        let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                        server.stop().await;
+                    })
+                })
+                .unwrap()
+            });
+            let (addr, cert) = addr_rx.recv_timeout(HANG).expect("quinn server up");
+            let mut payloads = vec![payload(1, 10_000_000)];
+            payloads.extend((0..200).map(|i| payload(100 + i, 1000 + i as usize)));
+            let p = payloads.clone();
+            let iface = tb.client_if.clone();
+            let h = tb
+                .in_client(move || {
+                    let b = our_client(1, cert, echo::ALPN);
+                    let setup = xdp_quic::XdpSetup::new(
+                        &iface,
+                        xdp_quic_examples::client::any_local_for(addr),
+                        vec![0, 1],
+                    );
+                    let (x, _port) = xdp_quic_control::serve::start_xdp_client(
+                        b,
+                        &setup,
+                        xdp_quic_control::xdp::AttachMode::Native,
+                        move |_| echo::EchoClient::new(addr, "localhost", p.clone(), vec![], 0),
+                    )
+                    .unwrap();
+                    let (hs, _) =
+                        xdp_quic_examples::client::run_on_first(x.engine, |h, ctx| h.start(ctx))
+                            .unwrap();
+                    hs.into_iter().next().unwrap()
+                })
+                .unwrap();
+            stop_tx.send(()).unwrap();
+            assert!(h.all_ok(), "v6 {v6}: {:?} {:?}", h.results, h.error);
+            assert_eq!(h.results.len(), payloads.len());
+        });
+    }
+}

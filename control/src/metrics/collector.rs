@@ -163,11 +163,28 @@ impl Collector for EngineCollector {
 
         if !self.queues.is_empty() {
             let snaps: Vec<_> = self.queues.iter().map(|q| q.snapshot()).collect();
+            let mut fam = enc.encode_descriptor(
+                "xdpquic_xsk_info",
+                "Each AF_XDP queue's mode (zero-copy or copy) and transmit path (xsk: the \
+                 socket's TX ring; kernel: the queue's UDP socket with GSO); value 1.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (w, q) in self.queues.iter().enumerate() {
+                let mut labels = self.labels(w);
+                labels.push((
+                    "mode",
+                    if q.zero_copy { "zero-copy" } else { "copy" }.to_string(),
+                ));
+                labels.push(("tx", q.tx.to_string()));
+                fam.encode_family(&labels)?.encode_gauge(&1u64)?;
+            }
+            drop(fam);
             let per_queue: [QueueMetric; 14] = [
                 ("rx_parse_errors", "Frames that were not UDP over IP, or malformed.", |s| s.rx_parse_errors),
                 ("rx_bad_checksum", "Frames with a wrong UDP checksum.", |s| s.rx_bad_checksum),
                 ("rx_other_port", "Frames for another UDP port.", |s| s.rx_other_port),
-                ("tx_no_route", "Transmits to a peer never heard from.", |s| s.tx_no_route),
+                ("tx_no_route", "Transmits on the TX ring without the peer's link layer (a connection this host opened).", |s| s.tx_no_route),
                 ("tx_no_frame", "Sends pushed back for want of a free UMEM frame.", |s| s.tx_no_frame),
                 ("tx_ring_full", "Sends pushed back by a full TX ring.", |s| s.tx_ring_full),
                 ("kicks", "TX wake-up syscalls.", |s| s.kicks),

@@ -44,6 +44,13 @@ impl ServerSteering {
                 prog_id,
             });
         }
+        Self::attach_own(iface, listen, mode)
+    }
+
+    /// Attaches the program to `iface` for the life of the returned value, steering
+    /// `listen`'s port (and its address, unless unspecified), whatever `xdp-quic attach`
+    /// pinned: for a client engine, whose port is its own.
+    pub fn attach_own(iface: &str, listen: SocketAddr, mode: AttachMode) -> anyhow::Result<Self> {
         let mut addrs = BTreeSet::new();
         if !listen.ip().is_unspecified() {
             addrs.insert(listen.ip());

@@ -29,7 +29,7 @@ use quinn_proto::VarInt;
 pub use builder::{
     default_transport, EngineBuilder, RetryPolicy, DEFAULT_MAX_CONNECTIONS, DEFAULT_RECEIVE_WINDOW,
 };
-pub use xdp::{ifindex, SocketMap, XdpSetup};
+pub use xdp::{bind_services, ifindex, SocketMap, XdpSetup};
 
 use crate::reply::Reply;
 
@@ -267,12 +267,18 @@ impl<H: Handler> EngineHandle<H> {
     }
 }
 
+/// A worker's thread: running, or joined already ([`Engine::wait_worker`]).
+pub(super) enum WorkerThread<H> {
+    Running(JoinHandle<io::Result<H>>),
+    Ended(std::thread::Result<io::Result<H>>),
+}
+
 /// Running workers, one thread each. Dropping it shuts the workers down and joins them
 /// (logging a warning): call [`Engine::shutdown`] or [`Engine::join`] to see how they ended.
 #[must_use = "dropping the engine stops its workers"]
 pub struct Engine<H: Handler> {
     pub(super) handle: EngineHandle<H>,
-    pub(super) threads: Vec<JoinHandle<io::Result<H>>>,
+    pub(super) threads: Vec<WorkerThread<H>>,
     pub(super) local_addr: SocketAddr,
     pub(super) steering: Option<Steering>,
     pub(super) xsk: Vec<Arc<crate::backend::xsk::XskQueueInfo>>,
@@ -314,11 +320,31 @@ impl<H: Handler> Engine<H> {
         self.join_threads()
     }
 
+    /// Waits until worker `worker` has stopped (by itself, [`Ctx::stop_worker`], or failed),
+    /// the others running on: a client whose connections all live on one worker, say, while
+    /// the others receive for it. [`Engine::join`] or [`Engine::shutdown`] still returns its
+    /// handler.
+    pub fn wait_worker(&mut self, worker: usize) {
+        let Some(t) = self.threads.get_mut(worker) else {
+            return;
+        };
+        // A placeholder while the thread is joined; replaced by its result below.
+        let joining = WorkerThread::Ended(Ok(Err(io::Error::other("being joined"))));
+        *t = match std::mem::replace(t, joining) {
+            WorkerThread::Running(h) => WorkerThread::Ended(h.join()),
+            ended => ended,
+        };
+    }
+
     fn join_threads(&mut self) -> Result<Vec<H>, EngineError> {
         let mut out = Vec::with_capacity(self.threads.len());
         let mut first_error = None;
         for (worker, t) in std::mem::take(&mut self.threads).into_iter().enumerate() {
-            match t.join() {
+            let ended = match t {
+                WorkerThread::Running(h) => h.join(),
+                WorkerThread::Ended(r) => r,
+            };
+            match ended {
                 Ok(Ok(h)) => out.push(h),
                 Ok(Err(error)) => {
                     first_error.get_or_insert(EngineError::Worker { worker, error });

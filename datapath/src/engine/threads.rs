@@ -46,7 +46,7 @@ impl EngineBuilder {
             let t = std::thread::Builder::new()
                 .name(format!("xdp-quic-w{i}"))
                 .spawn(move || run(worker, backend, &waker, cpu))?;
-            threads.push(t);
+            threads.push(super::WorkerThread::Running(t));
         }
         Ok(Engine {
             handle,

@@ -86,34 +86,58 @@ impl EngineBuilder {
     /// ring is filled before the socket is bound. The engine takes the sockets out of `map`
     /// when it is joined. The worker count is the number of queues.
     pub fn start_xdp<H, F>(
-        mut self,
+        self,
         setup: &XdpSetup,
-        mut map: Box<dyn SocketMap>,
+        map: Box<dyn SocketMap>,
         factory: F,
     ) -> Result<Engine<H>, EngineError>
     where
         H: Handler,
         F: FnMut(usize) -> H,
     {
-        use crate::backend::xsk::{XskBackend, XskBackendConfig};
+        if setup.listen.port() == 0 {
+            return Err(EngineError::Config(
+                "the AF_XDP backend needs a fixed port (or sockets bound already: \
+                 start_xdp_on)"
+                    .into(),
+            ));
+        }
+        let services = bind_services(setup.listen, setup.queues.len())?;
+        self.start_xdp_on(setup, map, services, factory)
+    }
+
+    /// Like [`EngineBuilder::start_xdp`], over the queues' UDP sockets bound already
+    /// ([`bind_services`]; one per queue, on the port the XDP program steers): the way for
+    /// a client engine, whose port is the one the kernel picked. A client engine (no server
+    /// configuration) opens connections, so its queues must transmit through the kernel
+    /// ([`crate::backend::xsk::TxMode::Kernel`], or `Auto` on copy-mode sockets): the TX ring
+    /// has no next hop for a peer it has not heard from.
+    pub fn start_xdp_on<H, F>(
+        mut self,
+        setup: &XdpSetup,
+        mut map: Box<dyn SocketMap>,
+        services: Vec<std::net::UdpSocket>,
+        factory: F,
+    ) -> Result<Engine<H>, EngineError>
+    where
+        H: Handler,
+        F: FnMut(usize) -> H,
+    {
+        use crate::backend::xsk::{TxPath, XskBackend, XskBackendConfig};
         if setup.queues.is_empty() {
             return Err(EngineError::Config("no queue to serve".into()));
         }
-        if setup.listen.port() == 0 {
-            return Err(EngineError::Config(
-                "the AF_XDP backend needs a fixed port".into(),
-            ));
+        if services.len() != setup.queues.len() {
+            return Err(EngineError::Config(format!(
+                "{} UDP sockets for {} queues",
+                services.len(),
+                setup.queues.len()
+            )));
         }
+        let port = services[0].local_addr()?.port();
         let index = ifindex(&setup.iface)?;
         self.workers = setup.queues.len();
-        let services =
-            crate::backend::udp::bind_reuseport(service_address(setup.listen), setup.queues.len())
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("cannot reserve UDP {} for the queues: {e}", setup.listen),
-                    )
-                })?;
+        let client_only = self.server.is_none();
         let mut backends = Vec::with_capacity(setup.queues.len());
         for (i, (&queue, service)) in setup.queues.iter().zip(services).enumerate() {
             let mut socket = crate::xsk::socket::XskConfig::new(index, queue);
@@ -139,7 +163,7 @@ impl EngineBuilder {
                 XskBackendConfig {
                     socket,
                     umem: setup.umem,
-                    port: setup.listen.port(),
+                    port,
                     poll: setup.poll,
                     verify_checksum: setup.verify_checksum,
                     // A batch must fit the TX ring, with room to spare for the next one.
@@ -150,6 +174,14 @@ impl EngineBuilder {
                 Some(service),
             )
             .map_err(named)?;
+            if client_only && b.tx_path() == TxPath::Xsk {
+                return Err(EngineError::Config(format!(
+                    "{} queue {queue}: a client engine over AF_XDP transmits through the \
+                     kernel (tx kernel): the TX ring has no next hop for the servers it \
+                     connects to",
+                    setup.iface
+                )));
+            }
             backends.push(b);
         }
         let infos = backends
@@ -193,12 +225,19 @@ impl EngineBuilder {
     }
 }
 
-/// The address the queues' UDP sockets bind: dual-stack `[::]` when `listen` is unspecified
-/// (the service answers on every address, IPv4 and IPv6).
-fn service_address(listen: SocketAddr) -> SocketAddr {
-    if listen.ip().is_unspecified() {
+/// Binds the queues' UDP sockets to `listen` (SO_REUSEPORT, one per queue; dual-stack `[::]`
+/// when `listen` is unspecified, so that the service answers on every address, IPv4 and
+/// IPv6). Port 0 picks one for all: read it from the first socket.
+pub fn bind_services(listen: SocketAddr, queues: usize) -> io::Result<Vec<std::net::UdpSocket>> {
+    let addr = if listen.ip().is_unspecified() {
         SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), listen.port())
     } else {
         listen
-    }
+    };
+    crate::backend::udp::bind_reuseport(addr, queues).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot reserve UDP {listen} for the queues: {e}"),
+        )
+    })
 }

@@ -395,6 +395,11 @@ impl QuinnServer {
     /// [`QuinnServer::start`]; with `zero_rtt`, the session tickets it issues allow 0-RTT
     /// data and it accepts it.
     pub fn start_with(service: Service, retry: bool, zero_rtt: bool) -> Self {
+        Self::start_at(service, retry, zero_rtt, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// [`QuinnServer::start_with`] on `bind` (call it from the network namespace it is in).
+    pub fn start_at(service: Service, retry: bool, zero_rtt: bool, bind: SocketAddr) -> Self {
         let (id, cert) = identity();
         let key: PrivateKeyDer<'static> = id.key;
         let mut tls = rustls::ServerConfig::builder_with_provider(ring())
@@ -418,7 +423,7 @@ impl QuinnServer {
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         config.transport_config(Arc::new(quinn_transport()));
-        let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let endpoint = quinn::Endpoint::server(config, bind).unwrap();
         let addr = endpoint.local_addr().unwrap();
         let s = Self {
             endpoint,

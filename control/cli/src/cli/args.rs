@@ -57,6 +57,28 @@ pub enum BindArg {
     Copy,
 }
 
+/// `--tx`: the transmit path of AF_XDP queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TxArg {
+    /// `xsk` on zero-copy sockets, `kernel` otherwise (copy mode: veth, drivers without
+    /// zero-copy).
+    Auto,
+    /// Frames on the AF_XDP socket's TX ring.
+    Xsk,
+    /// The queue's UDP socket, with GSO: the kernel builds one skb per batch.
+    Kernel,
+}
+
+impl From<TxArg> for xdp_quic::backend::xsk::TxMode {
+    fn from(t: TxArg) -> Self {
+        match t {
+            TxArg::Auto => Self::Auto,
+            TxArg::Xsk => Self::Xsk,
+            TxArg::Kernel => Self::Kernel,
+        }
+    }
+}
+
 /// Parses a queue list such as `0-3` or `0,2` (the same syntax as CPU lists).
 pub fn parse_queues(s: &str) -> Result<Vec<u32>, String> {
     let v = parse_cpus(s).map_err(|e| e.replace("CPU", "queue"))?;

@@ -1,4 +1,4 @@
-//! `xdp-quic client`: the example clients (echo, perf, hq) over the UDP backend.
+//! `xdp-quic client`: the example clients (echo, perf, hq) over kernel UDP or AF_XDP.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,9 +32,22 @@ pub struct ClientArgs {
     /// Do not check the server's certificate (test servers with self-signed certificates).
     #[arg(long)]
     pub insecure: bool,
-    /// Client worker threads.
+    /// Client worker threads (UDP backend; over AF_XDP: one per queue).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// I/O backend of the client's workers.
+    #[arg(long, value_enum, default_value_t = ClientBackend::Udp)]
+    pub backend: ClientBackend,
+    /// AF_XDP: the interface the server is reached through. The XDP program is attached to
+    /// it for the client's port for the client's life; transmits go through the kernel.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+    /// AF_XDP: the queues to receive on, one worker each (default: every RX queue).
+    #[arg(long, value_parser = args::parse_queues, value_name = "LIST")]
+    pub queues: Option<std::vec::Vec<u32>>,
+    /// AF_XDP: XDP attach mode.
+    #[arg(long, value_enum, default_value_t = super::xdp::ModeArg::Auto)]
+    pub xdp_mode: super::xdp::ModeArg,
     #[command(flatten)]
     pub perf: PerfArgs,
     /// echo: text to send (one stream per --message).
@@ -49,6 +62,86 @@ pub struct ClientArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `client --backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientBackend {
+    /// Kernel UDP sockets, one per worker.
+    Udp,
+    /// AF_XDP sockets on every queue of --iface (replies bypass the kernel).
+    Xdp,
+}
+
+/// Where a client's engine runs.
+#[derive(Debug, Clone)]
+pub enum Launch {
+    /// Kernel UDP sockets, one per worker.
+    Udp,
+    /// AF_XDP on `queues` of `iface` (the program attached for the client's port).
+    Xdp {
+        iface: String,
+        queues: Vec<u32>,
+        mode: xdp_quic_control::xdp::AttachMode,
+    },
+}
+
+impl Launch {
+    fn of(a: &ClientArgs) -> anyhow::Result<Self> {
+        Ok(match a.backend {
+            ClientBackend::Udp => Launch::Udp,
+            ClientBackend::Xdp => {
+                let iface = a.iface.clone().context(
+                    "--backend xdp needs --iface, the interface the server is reached through",
+                )?;
+                let queues = match &a.queues {
+                    Some(q) => q.clone(),
+                    None => args::all_queues(&iface)?,
+                };
+                Launch::Xdp {
+                    iface,
+                    queues,
+                    mode: a.xdp_mode.into(),
+                }
+            }
+        })
+    }
+
+    /// Starts a client engine to reach `remote` and runs `start` on it; returns the handlers
+    /// (the one that ran the client first) and the wall time. Over UDP `start` runs on every
+    /// one of `workers`; over AF_XDP on worker 0, while every queue's worker receives.
+    fn run<H, F, S>(
+        &self,
+        b: EngineBuilder,
+        remote: SocketAddr,
+        workers: usize,
+        factory: F,
+        start: S,
+    ) -> anyhow::Result<(Vec<H>, std::time::Duration)>
+    where
+        H: xdp_quic::Handler,
+        F: FnMut(usize) -> H,
+        S: Fn(&mut H, &mut xdp_quic::Ctx<'_>) + Clone + Send + 'static,
+    {
+        match self {
+            Launch::Udp => Ok(run_client(
+                b.workers(workers),
+                any_local_for(remote),
+                factory,
+                start,
+            )?),
+            Launch::Xdp {
+                iface,
+                queues,
+                mode,
+            } => {
+                let setup = xdp_quic::XdpSetup::new(iface, any_local_for(remote), queues.clone());
+                let (x, _port) =
+                    xdp_quic_control::serve::start_xdp_client(b, &setup, *mode, factory)?;
+                Ok(xdp_quic_examples::client::run_on_first(x.engine, start)?)
+            }
+        }
+    }
 }
 
 /// Options of the perf client.
@@ -90,7 +183,8 @@ pub fn run(a: &ClientArgs) -> anyhow::Result<()> {
     let b = builder(a)?;
     match a.app {
         App::Perf => {
-            let report = perf(b, a.connect, &a.server_name, &a.perf, a.workers)?;
+            let launch = Launch::of(a)?;
+            let report = perf(b, a.connect, &a.server_name, &a.perf, a.workers, &launch)?;
             if a.json {
                 println!("{}", report_json(&report));
             } else {
@@ -110,6 +204,7 @@ pub fn perf(
     server_name: &str,
     p: &PerfArgs,
     workers: usize,
+    launch: &Launch,
 ) -> anyhow::Result<PerfReport> {
     if p.connections == 0 || p.streams == 0 {
         bail!("--connections and --streams must be at least 1");
@@ -136,10 +231,17 @@ pub fn perf(
     });
     let budget = Budget::new(requests);
     let workers = workers.min(p.connections);
-    let (handlers, elapsed) = run_client(
-        b.workers(workers),
-        any_local_for(remote),
-        |w| PerfClient::new(cfg.clone(), budget.clone(), w, workers),
+    // Over AF_XDP the connections all start on worker 0 (the others receive for it).
+    let share = if matches!(launch, Launch::Xdp { .. }) {
+        1
+    } else {
+        workers
+    };
+    let (handlers, elapsed) = launch.run(
+        b,
+        remote,
+        workers,
+        |w| PerfClient::new(cfg.clone(), budget.clone(), w.min(share - 1), share),
         |h: &mut PerfClient, ctx| h.start(ctx),
     )?;
     let mut stats = PerfStats::default();
@@ -187,13 +289,14 @@ fn echo(b: EngineBuilder, a: &ClientArgs) -> anyhow::Result<()> {
     };
     let (remote, name) = (a.connect, a.server_name.clone());
     let msgs = messages.clone();
-    let (mut handlers, _) = run_client(
-        b.workers(1),
-        any_local_for(remote),
+    let (handlers, _) = Launch::of(a)?.run(
+        b,
+        remote,
+        1,
         move |_| EchoClient::new(remote, &name, msgs.clone(), vec![], 0),
         |h: &mut EchoClient, ctx| h.start(ctx),
     )?;
-    let h = handlers.pop().context("no worker")?;
+    let h = handlers.into_iter().next().context("no worker")?;
     if let Some(e) = &h.error {
         bail!("connection to {remote} failed: {e}");
     }
@@ -217,13 +320,14 @@ fn hq(b: EngineBuilder, a: &ClientArgs) -> anyhow::Result<()> {
         bail!("--path {p}: paths start with /");
     }
     let (remote, name, paths) = (a.connect, a.server_name.clone(), a.paths.clone());
-    let (mut handlers, _) = run_client(
-        b.workers(1),
-        any_local_for(remote),
+    let (handlers, _) = Launch::of(a)?.run(
+        b,
+        remote,
+        1,
         move |_| HqClient::new(remote, &name, paths.clone()),
         |h: &mut HqClient, ctx| h.start(ctx),
     )?;
-    let h = handlers.pop().context("no worker")?;
+    let h = handlers.into_iter().next().context("no worker")?;
     let mut failed = 0;
     for (path, r) in a.paths.iter().zip(&h.results) {
         match r {

@@ -17,7 +17,7 @@ use xdp_quic::{tls, Counters, Engine, EngineBuilder, VarInt, XdpSetup};
 use xdp_quic_examples::perf::{PerfReport, PerfServer};
 
 use super::args::{self, App};
-use super::client::{perf, report_json, PerfArgs};
+use super::client::{perf, report_json, Launch, PerfArgs};
 use super::serve::{summary, transport, xsk_summary};
 use xdp_quic_control::testbed::Testbed;
 
@@ -50,6 +50,10 @@ pub struct DemoArgs {
     /// Which demo.
     #[arg(long, value_enum, default_value_t = DemoBackend::Auto)]
     pub backend: DemoBackend,
+    /// AF_XDP: how the queues transmit (`auto`: the TX ring on zero-copy sockets, the
+    /// kernel's UDP path with GSO otherwise, as on the testbed's veth).
+    #[arg(long, value_enum, default_value_t = args::TxArg::Auto)]
+    pub tx: args::TxArg,
     /// Print the figures as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -153,12 +157,26 @@ fn client_phases(
         bulk.download
     );
     let work = || -> anyhow::Result<(PerfReport, PerfReport)> {
-        let b = perf(client()?, addr, "localhost", &bulk, client_workers)?;
+        let b = perf(
+            client()?,
+            addr,
+            "localhost",
+            &bulk,
+            client_workers,
+            &Launch::Udp,
+        )?;
         eprintln!(
             "{label}: {} requests of 1 KB, 16 in flight per connection",
             rr.requests.unwrap_or(0)
         );
-        let r = perf(client()?, addr, "localhost", &rr, client_workers)?;
+        let r = perf(
+            client()?,
+            addr,
+            "localhost",
+            &rr,
+            client_workers,
+            &Launch::Udp,
+        )?;
         Ok((b, r))
     };
     let reports = match client_ns {
@@ -224,7 +242,8 @@ fn testbed_runs(a: &DemoArgs) -> anyhow::Result<Vec<Run>> {
     {
         let identity = tls::Identity::self_signed(&["localhost"])?;
         let cert = identity.chain.clone();
-        let setup = XdpSetup::new(&tb.server_if, listen, queues.clone());
+        let mut setup = XdpSetup::new(&tb.server_if, listen, queues.clone());
+        setup.tx = a.tx.into();
         let builder = server_builder(identity, queues.len())?;
         let (server, attachment) = tb.serve_xdp(
             builder,
@@ -234,10 +253,12 @@ fn testbed_runs(a: &DemoArgs) -> anyhow::Result<Vec<Run>> {
         )?;
         let mode = attachment.mode().name();
         let zc = server.xsk_queues().iter().all(|q| q.zero_copy);
+        let tx: Vec<_> = server.xsk_queues().iter().map(|q| q.tx).collect();
         let label = format!(
-            "AF_XDP, {} XDP, {} mode, {} queues",
+            "AF_XDP, {} XDP, {} mode, transmit {}, {} queues",
             mode,
             if zc { "zero-copy" } else { "copy" },
+            super::serve::tx_summary(&queues, &tx),
             queues.len()
         );
         let counters = || attachment.counters();
@@ -292,7 +313,8 @@ fn run_json(r: &Run) -> serde_json::Value {
         .iter()
         .map(|q| {
             serde_json::json!({
-                "queue": q.queue, "zero_copy": q.zero_copy, "rx_parse_errors": q.rx_parse_errors,
+                "queue": q.queue, "zero_copy": q.zero_copy,
+                "tx": q.tx.map(|t| t.to_string()), "rx_parse_errors": q.rx_parse_errors,
                 "rx_bad_checksum": q.rx_bad_checksum, "tx_no_route": q.tx_no_route,
                 "tx_no_frame": q.tx_no_frame, "tx_ring_full": q.tx_ring_full, "kicks": q.kicks,
                 "canary_packets": q.canary_packets, "kernel_rx_dropped": q.kernel.rx_dropped,

@@ -18,7 +18,7 @@ use xdp_quic_control::serve::{
 };
 use xdp_quic_examples::{echo::EchoServer, hq::HqServer, perf::PerfServer};
 
-use super::args::{self, App, BackendArg, BindArg, PollArg};
+use super::args::{self, App, BackendArg, BindArg, PollArg, TxArg};
 
 /// Arguments of `xdp-quic serve`.
 #[derive(Debug, clap::Args)]
@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// AF_XDP: zero-copy or copy mode.
     #[arg(long, value_enum, default_value_t = BindArg::Auto)]
     pub bind_mode: BindArg,
+    /// AF_XDP: how each queue transmits: on the socket's TX ring (`xsk`), or through the
+    /// queue's UDP socket with GSO (`kernel`); `auto` takes `xsk` on zero-copy sockets only.
+    #[arg(long, value_enum, default_value_t = TxArg::Auto)]
+    pub tx: TxArg,
     /// AF_XDP: XDP attach mode when this process attaches the program itself (no
     /// `xdp-quic attach` for --iface).
     #[arg(long, value_enum, default_value_t = super::xdp::ModeArg::Auto)]
@@ -191,6 +195,7 @@ pub fn xdp_setup(a: &ServeArgs) -> anyhow::Result<XdpSetup> {
         BindArg::ZeroCopy => BindMode::ZeroCopy,
         BindArg::Copy => BindMode::Copy,
     };
+    setup.tx = a.tx.into();
     Ok(setup)
 }
 
@@ -286,12 +291,14 @@ fn report(a: &ServeArgs, event: &Event) {
             iface,
             queues,
             zero_copy,
+            tx,
             program,
         }) => eprintln!(
-            "serving {:?} on {listen} with {} AF_XDP worker(s) on {iface} queues {queues:?} ({} mode; XDP program {program}); Ctrl-C stops",
+            "serving {:?} on {listen} with {} AF_XDP worker(s) on {iface} queues {queues:?} ({} mode; transmit {}; XDP program {program}); Ctrl-C stops",
             a.app,
             queues.len(),
             if *zero_copy { "zero-copy" } else { "copy" },
+            tx_summary(queues, tx),
         ),
         Event::Serving(Serving::Udp {
             local_addr,
@@ -338,11 +345,25 @@ pub fn print_counters(counters: &[Counters]) {
     }
 }
 
+/// The transmit path of the queues: one word when they agree, else per queue.
+pub fn tx_summary(queues: &[u32], tx: &[xdp_quic::backend::xsk::TxPath]) -> String {
+    match tx.first() {
+        Some(first) if tx.iter().all(|t| t == first) => format!("{first}"),
+        _ => queues
+            .iter()
+            .zip(tx)
+            .map(|(q, t)| format!("queue {q} {t}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 /// The counters of an AF_XDP queue on one line.
 pub fn xsk_summary(s: &xdp_quic::backend::xsk::XskSnapshot) -> String {
     format!(
-        "{} mode, parse errors {}, bad checksums {}, other port {}, no route {}, TX no frame {}, TX ring full {}, kicks {}, canary {}; kernel: rx dropped {}, rx ring full {}, fill ring empty {}, tx ring empty {}",
+        "{} mode, transmit {}, parse errors {}, bad checksums {}, other port {}, no route {}, TX no frame {}, TX ring full {}, kicks {}, canary {}; kernel: rx dropped {}, rx ring full {}, fill ring empty {}, tx ring empty {}",
         if s.zero_copy { "zero-copy" } else { "copy" },
+        s.tx.map_or("?".to_string(), |t| t.to_string()),
         s.rx_parse_errors,
         s.rx_bad_checksum,
         s.rx_other_port,
