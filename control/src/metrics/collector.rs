@@ -163,23 +163,24 @@ impl Collector for EngineCollector {
 
         if !self.queues.is_empty() {
             let snaps: Vec<_> = self.queues.iter().map(|q| q.snapshot()).collect();
-            let mut fam = enc.encode_descriptor(
-                "xdpquic_xsk_info",
-                "Each AF_XDP queue's mode (zero-copy or copy) and transmit path (xsk: the \
+            {
+                let mut fam = enc.encode_descriptor(
+                    "xdpquic_xsk_info",
+                    "Each AF_XDP queue's mode (zero-copy or copy) and transmit path (xsk: the \
                  socket's TX ring; kernel: the queue's UDP socket with GSO); value 1.",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (w, q) in self.queues.iter().enumerate() {
-                let mut labels = self.labels(w);
-                labels.push((
-                    "mode",
-                    if q.zero_copy { "zero-copy" } else { "copy" }.to_string(),
-                ));
-                labels.push(("tx", q.tx.to_string()));
-                fam.encode_family(&labels)?.encode_gauge(&1u64)?;
+                    None,
+                    MetricType::Gauge,
+                )?;
+                for (w, q) in self.queues.iter().enumerate() {
+                    let mut labels = self.labels(w);
+                    labels.push((
+                        "mode",
+                        if q.zero_copy { "zero-copy" } else { "copy" }.to_string(),
+                    ));
+                    labels.push(("tx", q.tx.to_string()));
+                    fam.encode_family(&labels)?.encode_gauge(&1u64)?;
+                }
             }
-            drop(fam);
             let per_queue: [QueueMetric; 14] = [
                 ("rx_parse_errors", "Frames that were not UDP over IP, or malformed.", |s| s.rx_parse_errors),
                 ("rx_bad_checksum", "Frames with a wrong UDP checksum.", |s| s.rx_bad_checksum),
