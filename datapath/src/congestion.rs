@@ -55,20 +55,42 @@ pub(crate) fn take_last_built() -> Option<CloseGate> {
     LAST_BUILT.with(|l| l.borrow_mut().take())
 }
 
+/// A congestion-controller factory, shared.
+pub type AnyFactory = Arc<dyn ControllerFactory + Send + Sync>;
+
+/// A controller chosen after the transport that uses it was made (the engine builder's
+/// `congestion`, which may come after its `transport`): set once, at the engine's build;
+/// Cubic if never set.
+pub(crate) type Choice = Arc<std::sync::OnceLock<AnyFactory>>;
+
 /// Wraps another factory's controllers (Cubic by default) in a [`CloseGate`].
 pub struct GatedFactory {
-    inner: Arc<dyn ControllerFactory + Send + Sync>,
+    inner: Inner,
+}
+
+enum Inner {
+    Fixed(AnyFactory),
+    Chosen(Choice),
 }
 
 impl GatedFactory {
     /// Gates the controllers `inner` builds.
-    pub fn new(inner: Arc<dyn ControllerFactory + Send + Sync>) -> Arc<Self> {
-        Arc::new(Self { inner })
+    pub fn new(inner: AnyFactory) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Inner::Fixed(inner),
+        })
     }
 
     /// Gates quinn-proto's default controller, Cubic.
     pub fn cubic() -> Arc<Self> {
         Self::new(Arc::new(quinn_proto::congestion::CubicConfig::default()))
+    }
+
+    /// Gates the controller `choice` holds when a connection is made.
+    pub(crate) fn chosen(choice: Choice) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Inner::Chosen(choice),
+        })
     }
 }
 
@@ -76,8 +98,14 @@ impl ControllerFactory for GatedFactory {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
         let gate = CloseGate::default();
         LAST_BUILT.with(|l| *l.borrow_mut() = Some(gate.clone()));
+        let inner = match &self.inner {
+            Inner::Fixed(f) => f.clone(),
+            Inner::Chosen(c) => c
+                .get_or_init(|| Arc::new(quinn_proto::congestion::CubicConfig::default()))
+                .clone(),
+        };
         Box::new(Gated {
-            inner: self.inner.clone().build(now, current_mtu),
+            inner: inner.build(now, current_mtu),
             gate,
         })
     }

@@ -7,6 +7,7 @@
 use bytes::Bytes;
 use quinn_proto::{ConnectionError, StreamId, VarInt};
 
+use crate::accept::{Decision, Incoming};
 use crate::conn::{Conn, ConnId, Ctx};
 use crate::engine::EngineHandle;
 
@@ -20,6 +21,15 @@ pub trait Handler: Send + 'static {
     where
         Self: Sized,
     {
+    }
+
+    /// A client attempts a new connection: accept it (default), accept it with another
+    /// configuration, refuse it, ask for a Retry first, or ignore it. Runs before the server
+    /// keeps any state for it, after the engine's own protections (its connection limit, and
+    /// the Retry the engine asks above its threshold of pending handshakes: an attempt that
+    /// reaches this hook unvalidated is below it).
+    fn incoming(&mut self, ctx: &mut Ctx<'_>, incoming: &Incoming<'_>) -> Decision {
+        Decision::Accept
     }
 
     /// The handshake of `conn` completed (server or client side).

@@ -37,6 +37,7 @@
 //! engine.shutdown(0u32.into(), b"bye").unwrap();
 //! ```
 
+pub mod accept;
 pub mod backend;
 pub mod cid;
 pub mod congestion;
@@ -59,6 +60,7 @@ pub mod waker;
 pub mod worker;
 pub mod xsk;
 
+pub use accept::{Decision, Incoming};
 pub use backend::Backend;
 pub use conn::{Conn, ConnId, ConnectError, Ctx, ReadStatus, StreamError};
 pub use engine::{

@@ -119,7 +119,9 @@ pub fn server_config(
     tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     tls.max_early_data_size = u32::MAX;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
-    Ok(quinn_proto::ServerConfig::with_crypto(Arc::new(quic)))
+    let mut config = quinn_proto::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(Arc::new(crate::engine::default_transport()));
+    Ok(config)
 }
 
 /// How a client checks the server's certificate.
@@ -150,7 +152,9 @@ pub fn client_config(trust: Trust, alpn: &[&[u8]]) -> Result<quinn_proto::Client
     tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     tls.enable_early_data = true;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
-    Ok(quinn_proto::ClientConfig::new(Arc::new(quic)))
+    let mut config = quinn_proto::ClientConfig::new(Arc::new(quic));
+    config.transport_config(Arc::new(crate::engine::default_transport()));
+    Ok(config)
 }
 
 /// Accepts any certificate, still checking that the handshake signatures are valid.

@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, TrySendError};
 use quinn_proto::{
-    ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Event, Incoming,
-    StreamEvent, VarInt,
+    ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Event,
+    Incoming as ProtoIncoming, StreamEvent, VarInt,
 };
 
+use crate::accept::{Decision, Incoming};
 use crate::backend::{Backend, Datagram, RxBatch, SendError, Transmit};
 use crate::conn::{Conn, ConnId, Ctx};
 use crate::engine::{Command, Mesh, RetryPolicy};
@@ -140,6 +141,9 @@ pub struct Worker<H: Handler> {
     tx_buf: Vec<u8>,
     /// A transmit the backend pushed back, kept until it takes it.
     stalled: Option<Outgoing>,
+    /// The last Initial packet received, for the accept hook to peek at its ClientHello
+    /// (quinn-proto takes the datagram itself).
+    initial: Vec<u8>,
     stall_buf: Vec<u8>,
     counters: Counters,
     histograms: Histograms,
@@ -195,6 +199,7 @@ impl<H: Handler> Worker<H> {
             rx: RxBatch::new(p.rx_batch),
             tx_buf: Vec::with_capacity(64 * 1024),
             stalled: None,
+            initial: Vec::with_capacity(1500),
             stall_buf: Vec::with_capacity(64 * 1024),
             counters: Counters::default(),
             histograms: Histograms::default(),
@@ -410,6 +415,11 @@ impl<H: Handler> Worker<H> {
     /// Feeds a datagram that belongs here to the endpoint.
     fn feed_endpoint<B: Backend>(&mut self, io: &mut B, d: Datagram) {
         let (remote, link) = (d.remote, d.link);
+        // A long-header Initial may open a connection: keep its octets for the accept hook.
+        if self.mesh.serves && d.data.first().is_some_and(|b| b & 0xf0 == 0xc0) {
+            self.initial.clear();
+            self.initial.extend_from_slice(&d.data);
+        }
         self.tx_buf.clear();
         let event = self.shard.endpoint.handle(
             self.shard.now,
@@ -442,38 +452,60 @@ impl<H: Handler> Worker<H> {
 
     /// Accepts, validates with Retry, or refuses a new connection (while stopping, or when
     /// the worker holds its maximum of connections).
-    fn on_incoming<B: Backend>(&mut self, io: &mut B, incoming: Incoming, link: Option<L2>) {
+    fn on_incoming<B: Backend>(&mut self, io: &mut B, incoming: ProtoIncoming, link: Option<L2>) {
         self.tx_buf.clear();
-        let endpoint = &mut self.shard.endpoint;
         if self.drain_deadline.is_some() || self.conns.active >= self.max_connections {
-            let t = endpoint.refuse(incoming, &mut self.tx_buf);
-            self.counters.conns_refused += 1;
-            self.send_stateless(io, &t, link);
-            return;
+            return self.refuse(io, incoming, link);
         }
+        let validated = incoming.remote_address_validated();
         let retry = match self.retry {
             RetryPolicy::Never => false,
             RetryPolicy::Always => true,
             RetryPolicy::AbovePendingHandshakes(n) => self.conns.handshaking >= n,
         };
-        if retry && !incoming.remote_address_validated() {
-            match endpoint.retry(incoming, &mut self.tx_buf) {
-                Ok(t) => {
-                    self.counters.retries_sent += 1;
-                    self.send_stateless(io, &t, link);
-                }
-                Err(e) => endpoint.ignore(e.into_incoming()),
-            }
-            return;
+        if retry && !validated {
+            return self.send_retry(io, incoming, link);
         }
-        match endpoint.accept(incoming, self.shard.now, &mut self.tx_buf, None) {
+        let attempt = Incoming {
+            remote: incoming.remote_address(),
+            local_ip: incoming.local_ip(),
+            validated,
+            datagram: &self.initial,
+            hello: Default::default(),
+        };
+        let ctx = &mut Ctx {
+            shard: &mut self.shard,
+            conns: &mut self.conns,
+        };
+        let mut decision = Decision::Refuse;
+        if self.handler.call(|h| decision = h.incoming(ctx, &attempt)) {
+            self.handler_panicked();
+        }
+        let config = match decision {
+            Decision::Accept => None,
+            Decision::AcceptWith(config) => Some(config),
+            Decision::Refuse => return self.refuse(io, incoming, link),
+            Decision::Retry if !validated => return self.send_retry(io, incoming, link),
+            Decision::Retry => None,
+            Decision::Ignore => {
+                self.counters.conns_refused += 1;
+                self.shard.endpoint.ignore(incoming);
+                return;
+            }
+        };
+        let now = self.shard.now;
+        match self
+            .shard
+            .endpoint
+            .accept(incoming, now, &mut self.tx_buf, config)
+        {
             Ok((ch, conn)) => {
                 self.counters.conns_accepted += 1;
                 let remote = conn.remote_address();
                 let gate = crate::congestion::take_last_built().unwrap_or_default();
                 let id = ConnId::new(self.shard.worker, ch, self.shard.take_serial());
                 let link = link.map(|l| (remote, l));
-                let slot = Slot::new(id, conn, gate, link, self.shard.now);
+                let slot = Slot::new(id, conn, gate, link, now);
                 self.conns.insert(Box::new(slot));
                 if let Some(slot) = self.conns.get(id) {
                     slot.span.in_scope(|| tracing::debug!(%remote, "accepted"));
@@ -485,6 +517,26 @@ impl<H: Handler> Worker<H> {
                     self.send_stateless(io, &t, link);
                 }
             }
+        }
+    }
+
+    /// Refuses a connection attempt (CONNECTION_REFUSED).
+    fn refuse<B: Backend>(&mut self, io: &mut B, incoming: ProtoIncoming, link: Option<L2>) {
+        self.tx_buf.clear();
+        let t = self.shard.endpoint.refuse(incoming, &mut self.tx_buf);
+        self.counters.conns_refused += 1;
+        self.send_stateless(io, &t, link);
+    }
+
+    /// Answers a connection attempt with a Retry (no state kept).
+    fn send_retry<B: Backend>(&mut self, io: &mut B, incoming: ProtoIncoming, link: Option<L2>) {
+        self.tx_buf.clear();
+        match self.shard.endpoint.retry(incoming, &mut self.tx_buf) {
+            Ok(t) => {
+                self.counters.retries_sent += 1;
+                self.send_stateless(io, &t, link);
+            }
+            Err(e) => self.shard.endpoint.ignore(e.into_incoming()),
         }
     }
 

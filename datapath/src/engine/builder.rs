@@ -55,6 +55,9 @@ pub struct EngineBuilder {
     pub(super) server: Option<ServerConfig>,
     pub(super) client: Option<ClientConfig>,
     pub(super) transport: Option<Arc<TransportConfig>>,
+    pub(super) congestion: Option<crate::congestion::AnyFactory>,
+    /// The controller behind the gate of `transport`, fixed at build.
+    pub(super) choice: crate::congestion::Choice,
     pub(super) retry: RetryPolicy,
     pub(super) cpus: Option<Vec<usize>>,
     pub(super) handover_capacity: usize,
@@ -74,12 +77,15 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// make its worker buffer of unread stream data (quinn-proto's own default is unlimited).
 pub const DEFAULT_RECEIVE_WINDOW: u32 = 16 << 20;
 
-/// The transport the engine uses unless told otherwise: quinn-proto's defaults (100
-/// concurrent streams each way, 1.25 MB stream windows, 10 MB send window, 30 s idle
-/// timeout) with the connection's receive window bounded to [`DEFAULT_RECEIVE_WINDOW`].
+/// The transport of `tls::server_config` and `tls::client_config`, and of the engine when
+/// told a controller but no transport: quinn-proto's defaults (100 concurrent streams each
+/// way, 1.25 MB stream windows, 10 MB send window, 30 s idle timeout) with the connection's
+/// receive window bounded to [`DEFAULT_RECEIVE_WINDOW`], and Cubic behind the close gate
+/// ([`crate::congestion`]).
 pub fn default_transport() -> TransportConfig {
     let mut t = TransportConfig::default();
     t.receive_window(VarInt::from_u32(DEFAULT_RECEIVE_WINDOW));
+    t.congestion_controller_factory(crate::congestion::GatedFactory::cubic());
     t
 }
 
@@ -93,6 +99,8 @@ impl Default for EngineBuilder {
             server: None,
             client: None,
             transport: None,
+            congestion: None,
+            choice: Default::default(),
             retry: RetryPolicy::default(),
             cpus: None,
             handover_capacity: 4096,
@@ -128,14 +136,32 @@ impl EngineBuilder {
         self
     }
 
-    /// Transport parameters for both sides (stream limits, windows, idle timeout...).
+    /// Transport parameters for both sides (stream limits, windows, idle timeout...),
+    /// replacing the transport of the server and client configurations given.
     ///
-    /// The engine sets the congestion controller: quinn-proto's Cubic, wrapped so that a
-    /// closing connection's CONNECTION_CLOSE is never held back by a full window (see
-    /// [`crate::congestion`]); a controller set in `config` is replaced.
+    /// The congestion controller is the one [`EngineBuilder::congestion`] names (Cubic by
+    /// default) behind the close gate, so that a closing connection's CONNECTION_CLOSE is
+    /// never held back by a full window ([`crate::congestion`]): one set in `config` is
+    /// replaced, since quinn-proto gives no way to read it back and wrap it.
+    ///
+    /// Without this call the engine keeps the transport of the configurations as they come:
+    /// `tls::server_config` and `tls::client_config` carry [`default_transport`]; a
+    /// configuration built by hand carries whatever it was given (quinn-proto's defaults
+    /// leave the receive window unbounded: see the README's limits).
     pub fn transport(mut self, mut config: TransportConfig) -> Self {
-        config.congestion_controller_factory(crate::congestion::GatedFactory::cubic());
+        config.congestion_controller_factory(crate::congestion::GatedFactory::chosen(
+            self.choice.clone(),
+        ));
         self.transport = Some(Arc::new(config));
+        self
+    }
+
+    /// The congestion controller of the engine's connections (default: Cubic), behind the
+    /// close gate; e.g. `Arc::new(quinn_proto::congestion::BbrConfig::default())` or
+    /// `NewRenoConfig`. Applies the transport of [`EngineBuilder::transport`], or
+    /// [`default_transport`] when none was given.
+    pub fn congestion(mut self, factory: crate::congestion::AnyFactory) -> Self {
+        self.congestion = Some(factory);
         self
     }
 
@@ -274,17 +300,31 @@ impl EngineBuilder {
                 "max_connections must be at least 1".into(),
             ));
         }
-        let transport = self.transport.clone().unwrap_or_else(|| {
-            let mut t = default_transport();
-            t.congestion_controller_factory(crate::congestion::GatedFactory::cubic());
-            Arc::new(t)
-        });
+        // The engine's transport, when it was given one (or a controller): it replaces the
+        // configurations'.
+        if let Some(cc) = &self.congestion {
+            // The first build of this builder (and its clones) fixes it.
+            let _ = self.choice.set(cc.clone());
+        }
+        let transport = match (self.transport, self.congestion) {
+            (None, None) => None,
+            (Some(t), _) => Some(t),
+            (None, Some(cc)) => {
+                let mut t = default_transport();
+                t.congestion_controller_factory(crate::congestion::GatedFactory::new(cc));
+                Some(Arc::new(t))
+            }
+        };
         let server = self.server.map(|mut s| {
-            s.transport_config(transport.clone());
+            if let Some(t) = &transport {
+                s.transport_config(t.clone());
+            }
             Arc::new(s)
         });
         let client = self.client.map(|mut c| {
-            c.transport_config(transport.clone());
+            if let Some(t) = &transport {
+                c.transport_config(t.clone());
+            }
             c
         });
 
@@ -299,6 +339,7 @@ impl EngineBuilder {
             wakers: Vec::with_capacity(n),
             metrics: Vec::with_capacity(n),
             failures: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
+            transport: transport.clone(),
         };
         for _ in 0..n {
             let (tx, rx) = bounded(self.handover_capacity);

@@ -106,6 +106,8 @@ pub(crate) struct Mesh<H> {
     pub stops: Vec<StopSignal>,
     pub wakers: Vec<Arc<Waker>>,
     pub metrics: Vec<Arc<WorkerMetrics>>,
+    /// The engine's transport, applied to server configurations set later too.
+    pub transport: Option<Arc<quinn_proto::TransportConfig>>,
     /// Why each worker failed, once it has ([`crate::Worker::fail`]).
     pub failures: Vec<std::sync::OnceLock<String>>,
 }
@@ -207,6 +209,26 @@ impl<H: Handler> EngineHandle<H> {
         let (filler, reply) = crate::reply::channel();
         self.post_to_conn(id, move |h, conn| filler.fill(f(h, conn)))?;
         Ok(reply)
+    }
+
+    /// Replaces the server configuration of every worker (a new certificate, new ALPNs, new
+    /// transport parameters): connections accepted from now on use it; those alive keep
+    /// theirs. Waits for room in the workers' queues.
+    pub fn set_server_config(
+        &self,
+        mut config: quinn_proto::ServerConfig,
+    ) -> Result<(), PostError> {
+        if let Some(t) = &self.mesh.transport {
+            config.transport_config(t.clone());
+        }
+        let config = Arc::new(config);
+        for w in 0..self.workers() {
+            let c = config.clone();
+            self.post_wait(w, move |_, ctx| {
+                ctx.shard.endpoint.set_server_config(Some(c));
+            })?;
+        }
+        Ok(())
     }
 
     /// Asks every worker to close its connections with `code` and `reason` and stop.

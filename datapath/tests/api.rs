@@ -1,0 +1,597 @@
+//! The callback API a daemon needs, in the deterministic simulation: the accept hook,
+//! engine-owned connection and stream state, acting on other connections from a callback,
+//! calls with replies, the transport and controller the application chose, `closed` once per
+//! connection, and a server configuration replaced while serving.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use xdp_quic::backend::mem::{MemNetwork, MemSteering};
+use xdp_quic::testing::{run_clients, run_until, step, Drive, Node};
+use xdp_quic::{
+    tls, Conn, ConnId, ConnectionError, Ctx, Decision, EngineBuilder, Handler, Incoming,
+    ReadStatus, StreamId, TransportConfig, VarInt,
+};
+use xdp_quic_examples::echo::{self, EchoClient, EchoServer};
+
+const SERVER: &str = "10.7.0.1:4433";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn identity() -> tls::Identity {
+    tls::Identity::self_signed_ed25519(&["localhost"]).unwrap()
+}
+
+fn server_config() -> quinn_proto::ServerConfig {
+    tls::server_config(identity(), &[echo::ALPN]).unwrap()
+}
+
+fn client_builder() -> EngineBuilder {
+    EngineBuilder::default()
+        .client(tls::client_config(tls::Trust::InsecureAnyCertificate, &[echo::ALPN]).unwrap())
+        .drain_timeout(Duration::from_millis(300))
+}
+
+/// An echo client at `at` that asks for server name `name`.
+fn client(net: &MemNetwork, at: &str, name: &str, payload: &[u8]) -> Node<EchoClient> {
+    let name = name.to_string();
+    let p = Bytes::copy_from_slice(payload);
+    let c = Node::new(
+        client_builder(),
+        net,
+        addr(at),
+        MemSteering::Hash,
+        move |_| EchoClient::new(addr(SERVER), &name, vec![p.clone()], vec![], 0),
+    )
+    .unwrap();
+    c.handle
+        .post(0, |h, ctx| h.start(ctx))
+        .expect("the worker is running");
+    c
+}
+
+fn run(net: &MemNetwork, server: &mut dyn Drive, clients: &mut [Node<EchoClient>]) {
+    let mut nodes: Vec<&mut dyn Drive> = vec![server];
+    nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
+    run_clients(net, &mut nodes, Duration::from_secs(60)).expect("clients finish");
+}
+
+/// What the accept hook saw of an attempt: remote, server name, ALPNs, validated.
+type Seen = (SocketAddr, Option<String>, Vec<Vec<u8>>, bool);
+
+/// Echo behind an accept hook that refuses a name and an address and retries another name.
+#[derive(Default)]
+struct Gatekeeper {
+    echo: EchoServer,
+    seen: Vec<Seen>,
+}
+
+impl Handler for Gatekeeper {
+    fn incoming(&mut self, _ctx: &mut Ctx<'_>, i: &Incoming<'_>) -> Decision {
+        self.seen.push((
+            i.remote_address(),
+            i.server_name().map(str::to_string),
+            i.alpn().to_vec(),
+            i.address_validated(),
+        ));
+        match i.server_name() {
+            _ if i.remote_address().ip() == addr("10.7.1.66:0").ip() => Decision::Refuse,
+            Some("blocked.example") => Decision::Refuse,
+            Some("retry.example") => Decision::Retry,
+            Some("silent.example") => Decision::Ignore,
+            _ => Decision::Accept,
+        }
+    }
+    fn stream_readable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        self.echo.stream_readable(conn, s)
+    }
+    fn stream_writable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        self.echo.stream_writable(conn, s)
+    }
+}
+
+#[test]
+fn the_accept_hook_refuses_retries_ignores_and_accepts_by_name_and_address() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let b = EngineBuilder::default()
+        .server(server_config())
+        .drain_timeout(Duration::from_millis(300));
+    let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, |_| {
+        Gatekeeper::default()
+    })
+    .unwrap();
+    let mut clients = vec![
+        client(&net, "10.7.1.1:5000", "localhost", b"fine"),
+        client(&net, "10.7.1.2:5000", "blocked.example", b"no"),
+        client(&net, "10.7.1.3:5000", "retry.example", b"after a retry"),
+        client(&net, "10.7.1.66:5000", "localhost", b"bad address"),
+    ];
+    run(&net, &mut server, &mut clients);
+    let ok = |i: usize| clients[i].handler(0).all_ok();
+    let error = |i: usize| clients[i].handler(0).error.clone().unwrap_or_default();
+    assert!(ok(0), "{}", error(0));
+    assert!(error(1).contains("refused"), "blocked name: {}", error(1));
+    assert!(ok(2), "retried then accepted: {}", error(2));
+    assert!(
+        error(3).contains("refused"),
+        "blocked address: {}",
+        error(3)
+    );
+    let t = server.total();
+    assert_eq!(t.retries_sent, 1);
+    assert_eq!(t.conns_accepted, 2);
+    let seen = &server.handler(0).seen;
+    // The retried client came twice: unvalidated, then validated.
+    let retried: Vec<bool> = seen
+        .iter()
+        .filter(|s| s.1.as_deref() == Some("retry.example"))
+        .map(|s| s.3)
+        .collect();
+    assert_eq!(retried, vec![false, true]);
+    assert!(
+        seen.iter().all(|s| s.2 == vec![echo::ALPN.to_vec()]),
+        "{seen:?}"
+    );
+
+    // Ignored: no answer at all, the client times out.
+    let mut silent = vec![client(&net, "10.7.1.4:5000", "silent.example", b"...")];
+    run(&net, &mut server, &mut silent);
+    let e = silent[0].handler(0).error.clone().unwrap_or_default();
+    assert!(e.contains("timed out"), "{e}");
+}
+
+/// Counts drops: a stand-in for an application's per-connection and per-stream state.
+struct Tracked(Arc<AtomicUsize>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Echo whose per-stream and per-connection state live in the engine.
+struct Stateful {
+    stream_drops: Arc<AtomicUsize>,
+    conn_drops: Arc<AtomicUsize>,
+}
+
+#[derive(Default)]
+struct StreamBuf {
+    data: Vec<u8>,
+    tracked: Option<Tracked>,
+}
+
+#[derive(Default)]
+struct ConnState {
+    streams: usize,
+    tracked: Option<Tracked>,
+}
+
+impl Handler for Stateful {
+    fn connected(&mut self, conn: &mut Conn<'_>) {
+        conn.state::<ConnState>().tracked = Some(Tracked(self.conn_drops.clone()));
+    }
+    fn stream_opened(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        conn.state::<ConnState>().streams += 1;
+        conn.stream_state::<StreamBuf>(s).tracked = Some(Tracked(self.stream_drops.clone()));
+    }
+    fn stream_readable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        let mut got = Vec::new();
+        let status = conn.read(s, |b| got.extend_from_slice(&b));
+        conn.stream_state::<StreamBuf>(s).data.extend(got);
+        if status == Ok(ReadStatus::Finished) {
+            let data = std::mem::take(&mut conn.stream_state::<StreamBuf>(s).data);
+            // Small replies: they fit the stream's window at once.
+            let _ = conn.write(s, &data);
+            let _ = conn.finish(s);
+        }
+    }
+}
+
+#[test]
+fn connection_and_stream_state_are_dropped_exactly_once() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let (stream_drops, conn_drops) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (s, c) = (stream_drops.clone(), conn_drops.clone());
+    let b = EngineBuilder::default()
+        .server(server_config())
+        .drain_timeout(Duration::from_millis(300));
+    let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, move |_| {
+        Stateful {
+            stream_drops: s.clone(),
+            conn_drops: c.clone(),
+        }
+    })
+    .unwrap();
+    let payloads: Vec<Bytes> = (0..40u8)
+        .map(|i| Bytes::from(vec![i; 100 + i as usize]))
+        .collect();
+    let p = payloads.clone();
+    let mut clients = vec![Node::new(
+        client_builder(),
+        &net,
+        addr("10.7.2.1:5000"),
+        MemSteering::Hash,
+        move |_| EchoClient::new(addr(SERVER), "localhost", p.clone(), vec![], 0),
+    )
+    .unwrap()];
+    clients[0]
+        .handle
+        .post(0, |h, ctx| h.start(ctx))
+        .expect("the worker is running");
+    run(&net, &mut server, &mut clients);
+    assert!(clients[0].handler(0).all_ok());
+    // Each stream's state went when both its sides were over; the connection's with it.
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut server];
+    run_until(&net, &mut nodes, Duration::from_secs(10), |_| {
+        conn_drops.load(Ordering::SeqCst) == 1
+    })
+    .expect("the connection ends");
+    drop(nodes);
+    assert_eq!(stream_drops.load(Ordering::SeqCst), payloads.len());
+    assert_eq!(conn_drops.load(Ordering::SeqCst), 1);
+    server.handle.shutdown(0u32.into(), b"");
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut server];
+    run_until(&net, &mut nodes, Duration::from_secs(10), |n| {
+        n[0].is_done()
+    })
+    .unwrap();
+    drop(nodes);
+    assert_eq!(
+        stream_drops.load(Ordering::SeqCst),
+        payloads.len(),
+        "not twice"
+    );
+    assert_eq!(conn_drops.load(Ordering::SeqCst), 1, "not twice");
+}
+
+/// Relays what one client sends to every other connection of the worker, from the
+/// callback, on a new unidirectional stream each: `Ctx::with_conn`.
+#[derive(Default)]
+struct Relay {
+    conns: Vec<ConnId>,
+}
+
+impl Handler for Relay {
+    fn connected(&mut self, conn: &mut Conn<'_>) {
+        self.conns.push(conn.id());
+    }
+    fn stream_readable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        let mut msg = Vec::new();
+        if conn.read(s, |b| msg.extend_from_slice(&b)) != Ok(ReadStatus::Finished) {
+            conn.stream_state::<Vec<u8>>(s).extend(msg);
+            return;
+        }
+        let mut whole = conn.take_stream_state::<Vec<u8>>(s).unwrap_or_default();
+        whole.extend(msg);
+        let me = conn.id();
+        for &other in self.conns.iter().filter(|&&c| c != me) {
+            let relayed = conn.ctx().with_conn(other, |o| {
+                let u = o.open_uni().expect("stream credit");
+                o.write(u, &whole).unwrap();
+                o.finish(u).unwrap();
+            });
+            assert!(relayed.is_some(), "{other} is alive on this worker");
+        }
+        let _ = conn.finish(s);
+    }
+    fn closed(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, _r: &ConnectionError) {
+        self.conns.retain(|c| *c != id);
+    }
+}
+
+/// Sends `msg` (if any) once connected, then collects what arrives on unidirectional
+/// streams until it has `want` messages.
+struct Listener {
+    msg: Option<Vec<u8>>,
+    want: usize,
+    got: Vec<Vec<u8>>,
+    partial: BTreeMap<StreamId, Vec<u8>>,
+}
+
+impl Handler for Listener {
+    fn connected(&mut self, conn: &mut Conn<'_>) {
+        if let Some(m) = self.msg.take() {
+            let s = conn.open_bi().unwrap();
+            conn.write(s, &m).unwrap();
+            conn.finish(s).unwrap();
+        }
+    }
+    fn stream_readable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        let buf = self.partial.entry(s).or_default();
+        if let Ok(ReadStatus::Finished) = conn.read(s, |b| buf.extend_from_slice(&b)) {
+            if s.dir() == xdp_quic::Dir::Uni {
+                self.got.push(self.partial.remove(&s).unwrap());
+            }
+        }
+        if self.got.len() >= self.want {
+            conn.close(0u32.into(), b"done");
+        }
+    }
+    fn closed(&mut self, ctx: &mut Ctx<'_>, _id: ConnId, _r: &ConnectionError) {
+        ctx.stop_worker();
+    }
+}
+
+#[test]
+fn a_callback_acts_on_other_connections_of_its_worker() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let b = EngineBuilder::default()
+        .server(server_config())
+        .drain_timeout(Duration::from_millis(300));
+    let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, |_| {
+        Relay::default()
+    })
+    .unwrap();
+    let listener = |at: &str, msg: Option<&[u8]>, want: usize| {
+        let msg = msg.map(<[u8]>::to_vec);
+        let c = Node::new(
+            client_builder(),
+            &net,
+            addr(at),
+            MemSteering::Hash,
+            move |_| Listener {
+                msg: msg.clone(),
+                want,
+                got: Vec::new(),
+                partial: BTreeMap::new(),
+            },
+        )
+        .unwrap();
+        c.handle
+            .post(0, |_, ctx| {
+                ctx.connect(addr(SERVER), "localhost").unwrap();
+            })
+            .expect("the worker is running");
+        c
+    };
+    let mut a = listener("10.7.3.1:5000", None, 2);
+    let mut b_ = listener("10.7.3.2:5000", None, 2);
+    // Both listeners connected before the speakers talk.
+    while server.connections() < 2 {
+        step(&net, &mut [&mut server, &mut a, &mut b_]).unwrap();
+    }
+    let mut s1 = listener("10.7.3.3:5000", Some(b"one"), 1);
+    let mut s2 = listener("10.7.3.4:5000", Some(b"two"), 1);
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut a, &mut b_, &mut s1, &mut s2];
+    run_until(&net, &mut nodes, Duration::from_secs(30), |n| {
+        n[1].is_done() && n[2].is_done()
+    })
+    .expect("the listeners hear both");
+    drop(nodes);
+    for l in [&a, &b_] {
+        let mut got = l.handler(0).got.clone();
+        got.sort();
+        assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
+    }
+}
+
+/// Counts the controllers it builds (then builds NewReno): the controller the application
+/// chose is the one connections use.
+struct CountingFactory(Arc<AtomicUsize>);
+
+impl quinn_proto::congestion::ControllerFactory for CountingFactory {
+    fn build(
+        self: Arc<Self>,
+        now: Instant,
+        mtu: u16,
+    ) -> Box<dyn quinn_proto::congestion::Controller> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Arc::new(quinn_proto::congestion::NewRenoConfig::default()).build(now, mtu)
+    }
+}
+
+#[test]
+fn calls_reply_and_the_applications_transport_and_controller_are_used() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    // The server's own transport (2 concurrent streams) is kept: no `.transport()` here.
+    let mut config = server_config();
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(2));
+    config.transport_config(Arc::new(t));
+    let built = Arc::new(AtomicUsize::new(0));
+    let b = EngineBuilder::default()
+        .server(config)
+        .drain_timeout(Duration::from_millis(300));
+    let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, |_| {
+        Recorder::default()
+    })
+    .unwrap();
+    // The client's controller: chosen with `.congestion`, gated by the engine.
+    let cb = client_builder().congestion(Arc::new(CountingFactory(built.clone())));
+    let open = Arc::new(Mutex::new(Vec::new()));
+    let o = open.clone();
+    struct Opener(Arc<Mutex<Vec<StreamId>>>);
+    impl Handler for Opener {
+        fn connected(&mut self, conn: &mut Conn<'_>) {
+            while let Some(s) = conn.open_bi() {
+                self.0.lock().unwrap().push(s);
+            }
+        }
+    }
+    let mut client = Node::new(
+        cb,
+        &net,
+        addr("10.7.4.1:5000"),
+        MemSteering::Hash,
+        move |_| Opener(o.clone()),
+    )
+    .unwrap();
+    client
+        .handle
+        .post(0, |_, ctx| {
+            ctx.connect(addr(SERVER), "localhost").unwrap();
+        })
+        .expect("the worker is running");
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut client];
+    run_until(&net, &mut nodes, Duration::from_secs(30), |_| {
+        !open.lock().unwrap().is_empty()
+    })
+    .unwrap();
+    drop(nodes);
+    assert_eq!(
+        open.lock().unwrap().len(),
+        2,
+        "the server's limit of 2 streams held"
+    );
+    client.handle.shutdown(0u32.into(), b"counted");
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut client];
+    run_until(&net, &mut nodes, Duration::from_secs(30), |n| {
+        n[1].is_done()
+    })
+    .unwrap();
+    drop(nodes);
+    while server.connections() > 0 {
+        step(&net, &mut [&mut server]).unwrap();
+    }
+    assert!(
+        built.load(Ordering::SeqCst) >= 1,
+        "the chosen controller was used"
+    );
+    let reply = server
+        .handle
+        .call(0, |_h, ctx| (ctx.worker(), ctx.now()))
+        .expect("queued");
+    step(&net, &mut [&mut server]).unwrap();
+    let (worker, _) = reply.wait().expect("the worker ran it");
+    assert_eq!(worker, 0);
+    // A call that never runs (its connection is gone) replies Gone.
+    let ended = server.handler(0).ids[0];
+    let gone = server
+        .handle
+        .call_conn(ended, |_h, c| c.id())
+        .expect("queued");
+    step(&net, &mut [&mut server]).unwrap();
+    assert!(gone.wait().is_err());
+}
+
+/// Records the ids of its connections, and every `closed` call.
+#[derive(Default)]
+struct Recorder {
+    ids: Vec<ConnId>,
+    closed: Vec<ConnId>,
+}
+
+impl Handler for Recorder {
+    fn connected(&mut self, conn: &mut Conn<'_>) {
+        self.ids.push(conn.id());
+    }
+    fn closed(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, _r: &ConnectionError) {
+        self.closed.push(id);
+    }
+}
+
+/// Connections still alive at the drain deadline (their peers went silent) are abandoned,
+/// and the handler hears `closed` once for each of them too.
+#[test]
+fn closed_comes_once_for_every_connection_even_past_the_drain_deadline() {
+    use xdp_quic::backend::mem::{MemPacket, Verdict};
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let b = EngineBuilder::default()
+        .server(server_config())
+        .drain_timeout(Duration::from_millis(200));
+    let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, |_| {
+        Recorder::default()
+    })
+    .unwrap();
+    let mut clients: Vec<_> = (0..3)
+        .map(|i| {
+            let c = Node::new(
+                client_builder(),
+                &net,
+                addr(&format!("10.7.5.{}:5000", i + 1)),
+                MemSteering::Hash,
+                |_| Recorder::default(),
+            )
+            .unwrap();
+            c.handle
+                .post(0, |_, ctx| {
+                    ctx.connect(addr(SERVER), "localhost").unwrap();
+                })
+                .expect("the worker is running");
+            c
+        })
+        .collect();
+    while server.handler(0).ids.len() < 3 {
+        let mut nodes: Vec<&mut dyn Drive> = vec![&mut server];
+        nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
+        step(&net, &mut nodes).unwrap();
+    }
+    // The clients go silent: nothing reaches the server any more.
+    let server_addr = addr(SERVER);
+    net.set_impairment(move |p: &mut MemPacket| {
+        if p.to == server_addr {
+            Verdict::Drop
+        } else {
+            Verdict::Deliver
+        }
+    });
+    server.handle.shutdown(7u32.into(), b"bye");
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut server];
+    run_until(&net, &mut nodes, Duration::from_secs(10), |n| {
+        n[0].is_done()
+    })
+    .unwrap();
+    drop(nodes);
+    let h = server.handler(0);
+    let mut closed = h.closed.clone();
+    closed.sort();
+    let mut ids = h.ids.clone();
+    ids.sort();
+    assert_eq!(closed, ids, "once each");
+}
+
+/// A new server configuration (another certificate) takes effect for new connections while
+/// the engine serves; the connections alive keep theirs.
+#[test]
+fn a_server_configuration_is_replaced_while_serving() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let first = identity();
+    let first_cert = first.chain[0].clone();
+    let b = EngineBuilder::default()
+        .server(tls::server_config(first, &[echo::ALPN]).unwrap())
+        .drain_timeout(Duration::from_millis(300));
+    let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, |_| {
+        EchoServer::default()
+    })
+    .unwrap();
+    struct CertSeen(Option<Vec<u8>>);
+    impl Handler for CertSeen {
+        fn connected(&mut self, conn: &mut Conn<'_>) {
+            self.0 = conn.peer_certificates().map(|c| c[0].to_vec());
+            conn.close(0u32.into(), b"seen");
+        }
+        fn closed(&mut self, ctx: &mut Ctx<'_>, _: ConnId, _: &ConnectionError) {
+            ctx.stop_worker();
+        }
+    }
+    let seen = |at: &str, server: &mut Node<EchoServer>| -> Vec<u8> {
+        let mut c = Node::new(client_builder(), &net, addr(at), MemSteering::Hash, |_| {
+            CertSeen(None)
+        })
+        .unwrap();
+        c.handle
+            .post(0, |_, ctx| {
+                ctx.connect(addr(SERVER), "localhost").unwrap();
+            })
+            .expect("the worker is running");
+        let mut nodes: Vec<&mut dyn Drive> = vec![server, &mut c];
+        run_clients(&net, &mut nodes, Duration::from_secs(30)).unwrap();
+        drop(nodes);
+        c.handler(0).0.clone().expect("a certificate")
+    };
+    assert_eq!(seen("10.7.6.1:5000", &mut server), first_cert.to_vec());
+    let second = identity();
+    let second_cert = second.chain[0].clone();
+    server
+        .handle
+        .set_server_config(tls::server_config(second, &[echo::ALPN]).unwrap())
+        .unwrap();
+    assert_eq!(seen("10.7.6.2:5000", &mut server), second_cert.to_vec());
+}
