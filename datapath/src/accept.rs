@@ -2,10 +2,26 @@
 //! server keeps any state for it ([`crate::Handler::incoming`]).
 
 use std::cell::OnceCell;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn_proto::Incoming as ProtoIncoming;
 
 use crate::packet::client_hello::{self, ClientHelloInfo};
+use crate::packet::frame::L2;
+
+/// The most attempts one worker holds awaiting a deferred decision ([`Decision::Defer`]);
+/// beyond it, the hook's `Defer` refuses.
+pub const MAX_DEFERRED: usize = 256;
+/// How long an attempt awaits a deferred decision before the worker ignores it.
+pub const DEFER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Names a connection attempt on its worker, for a decision taken later ([`Decision::Defer`],
+/// [`crate::Ctx::decide`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttemptId(pub(crate) u64);
 
 /// A new connection attempt, as the application's accept hook sees it.
 ///
@@ -14,6 +30,7 @@ use crate::packet::client_hello::{self, ClientHelloInfo};
 /// [`crate::packet::client_hello`]): claims of an unauthenticated peer, good for choosing
 /// what to do; the handshake itself still checks them.
 pub struct Incoming<'a> {
+    pub(crate) id: AttemptId,
     pub(crate) remote: SocketAddr,
     pub(crate) local_ip: Option<IpAddr>,
     pub(crate) validated: bool,
@@ -22,6 +39,12 @@ pub struct Incoming<'a> {
 }
 
 impl Incoming<'_> {
+    /// This attempt's name on its worker: what [`crate::Ctx::decide`] takes after the hook
+    /// returned [`Decision::Defer`].
+    pub fn id(&self) -> AttemptId {
+        self.id
+    }
+
     /// Where the attempt comes from (unvalidated unless [`Incoming::address_validated`]).
     pub fn remote_address(&self) -> SocketAddr {
         self.remote
@@ -72,4 +95,76 @@ pub enum Decision {
     Retry,
     /// Drop it without an answer (the client times out).
     Ignore,
+    /// Decide later, off the hook, with [`crate::Ctx::decide`] and [`Incoming::id`] (e.g.
+    /// after asking another task). The worker holds the attempt (at most [`MAX_DEFERRED`]
+    /// per worker: beyond, this refuses) and ignores it if no decision comes within
+    /// [`DEFER_TIMEOUT`]. Packets the client repeats meanwhile wait with it, within
+    /// quinn-proto's `ServerConfig::incoming_buffer_size`.
+    Defer,
+}
+
+/// Attempts awaiting a deferred decision, oldest first (ids and deadlines both grow).
+#[derive(Default)]
+pub(crate) struct Deferred {
+    next: u64,
+    held: VecDeque<(AttemptId, Instant, Option<Held>)>,
+    len: usize,
+}
+
+/// An attempt held for a decision.
+pub(crate) struct Held {
+    pub incoming: ProtoIncoming,
+    pub link: Option<L2>,
+}
+
+impl Deferred {
+    /// A fresh id for the next attempt.
+    pub fn next_id(&mut self) -> AttemptId {
+        self.next += 1;
+        AttemptId(self.next)
+    }
+
+    /// Holds `held` under `id` until `deadline`; gives it back when the table is full.
+    pub fn hold(&mut self, id: AttemptId, held: Held, deadline: Instant) -> Result<(), Held> {
+        if self.len >= MAX_DEFERRED {
+            return Err(held);
+        }
+        self.held.push_back((id, deadline, Some(held)));
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Takes the attempt `id` out, if it is still held.
+    pub fn take(&mut self, id: AttemptId) -> Option<Held> {
+        let i = self.held.binary_search_by_key(&id, |e| e.0).ok()?;
+        let held = self.held[i].2.take()?;
+        self.len -= 1;
+        self.trim();
+        Some(held)
+    }
+
+    /// Takes out the oldest attempt whose deadline is `now` or past (every held one with
+    /// `now` = `None`).
+    pub fn expired(&mut self, now: Option<Instant>) -> Option<Held> {
+        self.trim();
+        let (_, deadline, _) = self.held.front()?;
+        if now.is_some_and(|now| now < *deadline) {
+            return None;
+        }
+        let held = self.held.pop_front()?.2;
+        self.len -= 1;
+        held
+    }
+
+    /// When the oldest held attempt expires.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.held.iter().find(|e| e.2.is_some()).map(|e| e.1)
+    }
+
+    /// Drops decided entries from the front.
+    fn trim(&mut self) {
+        while self.held.front().is_some_and(|e| e.2.is_none()) {
+            self.held.pop_front();
+        }
+    }
 }

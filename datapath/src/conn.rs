@@ -63,6 +63,17 @@ pub enum StreamError {
     ConnectionLost,
 }
 
+/// What [`Conn::read_chunk`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunk {
+    /// The next octets of the stream, in order.
+    Data(Bytes),
+    /// Nothing to read now; more may come (wait for `stream_readable`).
+    Blocked,
+    /// The stream is finished and was read to its end.
+    Finished,
+}
+
 /// How far a [`Conn::read`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadStatus {
@@ -131,11 +142,25 @@ impl Ctx<'_> {
         remote: SocketAddr,
         server_name: &str,
     ) -> Result<ConnId, ConnectError> {
+        let cfg = self
+            .shard
+            .client
+            .clone()
+            .ok_or(ConnectError::NoClientConfig)?;
+        self.connect_with(cfg, remote, server_name)
+    }
+
+    /// Like [`Ctx::connect`], with `config` instead of the engine's client configuration.
+    pub fn connect_with(
+        &mut self,
+        config: quinn_proto::ClientConfig,
+        remote: SocketAddr,
+        server_name: &str,
+    ) -> Result<ConnId, ConnectError> {
         let shard = &mut *self.shard;
-        let cfg = shard.client.clone().ok_or(ConnectError::NoClientConfig)?;
         let (handle, conn) = shard
             .endpoint
-            .connect(shard.now, cfg, remote, server_name)?;
+            .connect(shard.now, config, remote, server_name)?;
         let gate = crate::congestion::take_last_built().unwrap_or_default();
         let id = ConnId::new(shard.worker, handle, shard.take_serial());
         shard
@@ -168,6 +193,47 @@ impl Ctx<'_> {
         });
         self.shard.born.push(born);
         Ok(id)
+    }
+
+    /// Decides on connection attempt `attempt`, whose accept hook returned
+    /// [`crate::Decision::Defer`]: the new connection's id when accepted (the handler hears
+    /// `connected` or `closed` for it), `None` when refused, retried or ignored (a stopping
+    /// or full worker refuses whatever the decision). Errs with [`crate::Gone`] when the
+    /// attempt is no longer held: decided already, or its time ran out.
+    pub fn decide(
+        &mut self,
+        attempt: crate::accept::AttemptId,
+        decision: crate::Decision,
+    ) -> Result<Option<ConnId>, crate::Gone> {
+        let held = self.shard.deferred.take(attempt).ok_or(crate::Gone)?;
+        if let crate::Decision::Defer = decision {
+            let deadline = self.shard.now + crate::accept::DEFER_TIMEOUT;
+            return match self.shard.deferred.hold(attempt, held, deadline) {
+                Ok(()) => Ok(None),
+                Err(held) => self.decide_now(held, crate::Decision::Refuse),
+            };
+        }
+        self.decide_now(held, decision)
+    }
+
+    fn decide_now(
+        &mut self,
+        held: crate::accept::Held,
+        decision: crate::Decision,
+    ) -> Result<Option<ConnId>, crate::Gone> {
+        let mut buf = Vec::new();
+        let link = held.link;
+        match self
+            .shard
+            .settle(self.conns, held.incoming, link, decision, &mut buf)
+        {
+            crate::shard::Settled::Accepted(id) => Ok(Some(id)),
+            crate::shard::Settled::Answer(t) => {
+                self.shard.answers.push((t, buf, link));
+                Ok(None)
+            }
+            crate::shard::Settled::Silent => Ok(None),
+        }
     }
 
     /// Stops this worker: every connection is closed with code 0, drained, and the worker
@@ -311,6 +377,26 @@ impl<'a> Conn<'a> {
             result,
             Ok(ReadStatus::Finished) | Err(StreamError::Reset(_))
         ) {
+            self.slot.streams.recv_over(stream);
+        }
+        result
+    }
+
+    /// Reads the next chunk of `stream`, at most `max` octets (quinn's `read_chunk`): for a
+    /// reader that takes what it has room for and leaves the rest to flow control.
+    pub fn read_chunk(&mut self, stream: StreamId, max: usize) -> Result<Chunk, StreamError> {
+        let mut recv = self.slot.conn.recv_stream(stream);
+        let mut chunks = recv.read(true).map_err(|e| match e {
+            ReadableError::ClosedStream | ReadableError::IllegalOrderedRead => StreamError::Closed,
+        })?;
+        let result = match chunks.next(max) {
+            Ok(Some(chunk)) => Ok(Chunk::Data(chunk.bytes)),
+            Ok(None) => Ok(Chunk::Finished),
+            Err(ReadError::Blocked) => Ok(Chunk::Blocked),
+            Err(ReadError::Reset(code)) => Err(StreamError::Reset(code)),
+        };
+        let _ = chunks.finalize();
+        if matches!(result, Ok(Chunk::Finished) | Err(StreamError::Reset(_))) {
             self.slot.streams.recv_over(stream);
         }
         result

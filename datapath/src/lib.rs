@@ -60,9 +60,9 @@ pub mod waker;
 pub mod worker;
 pub mod xsk;
 
-pub use accept::{Decision, Incoming};
+pub use accept::{AttemptId, Decision, Incoming};
 pub use backend::Backend;
-pub use conn::{Conn, ConnId, ConnectError, Ctx, ReadStatus, StreamError};
+pub use conn::{Chunk, Conn, ConnId, ConnectError, Ctx, ReadStatus, StreamError};
 pub use engine::{
     default_transport, Engine, EngineBuilder, EngineError, EngineHandle, PostError, RetryPolicy,
     SocketMap, XdpSetup,

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use quinn_proto::{ClientConfig, Connection, ConnectionEvent, Dir, Endpoint, Side, StreamId};
 
+use crate::accept::Deferred;
 use crate::packet::frame::L2;
 
 use crate::congestion::CloseGate;
@@ -37,9 +38,98 @@ pub(crate) struct Shard {
     pub next_serial: u32,
     /// A callback asked the worker to stop (`Ctx::stop_worker`), or a shutdown came.
     pub stop_requested: bool,
+    /// The most connections this worker holds.
+    pub max_connections: usize,
+    /// Connection attempts awaiting a deferred decision ([`crate::Decision::Defer`]).
+    pub deferred: Deferred,
+    /// Answers to attempts decided off the hook ([`crate::Ctx::decide`]), sent by the
+    /// worker after the work that decided them.
+    pub answers: Vec<(quinn_proto::Transmit, Vec<u8>, Option<L2>)>,
+    /// Decisions taken since the worker last folded them into its counters.
+    pub tally: Tally,
+}
+
+/// Counts of settled connection attempts.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Tally {
+    pub accepted: u64,
+    pub refused: u64,
+    pub retries: u64,
+}
+
+/// What settling an attempt came to.
+pub(crate) enum Settled {
+    Accepted(ConnId),
+    /// An answer to send (its octets in the buffer given to [`Shard::settle`]).
+    Answer(quinn_proto::Transmit),
+    /// Nothing to send (ignored).
+    Silent,
 }
 
 impl Shard {
+    /// Carries out `decision` on a connection attempt that arrived over `link`; an answer to
+    /// send is written into `buf`. A stopping or full worker refuses whatever the decision;
+    /// `Defer` here means ignore (the caller holds attempts it defers).
+    pub fn settle(
+        &mut self,
+        conns: &mut Connections,
+        incoming: quinn_proto::Incoming,
+        link: Option<L2>,
+        decision: crate::Decision,
+        buf: &mut Vec<u8>,
+    ) -> Settled {
+        use crate::Decision;
+        buf.clear();
+        let decision = if self.stop_requested || conns.active >= self.max_connections {
+            Decision::Refuse
+        } else {
+            decision
+        };
+        let config = match decision {
+            Decision::Accept => None,
+            Decision::AcceptWith(config) => Some(config),
+            Decision::Retry if !incoming.remote_address_validated() => {
+                return match self.endpoint.retry(incoming, buf) {
+                    Ok(t) => {
+                        self.tally.retries += 1;
+                        Settled::Answer(t)
+                    }
+                    Err(e) => {
+                        self.endpoint.ignore(e.into_incoming());
+                        Settled::Silent
+                    }
+                };
+            }
+            Decision::Retry => None,
+            Decision::Refuse => {
+                self.tally.refused += 1;
+                return Settled::Answer(self.endpoint.refuse(incoming, buf));
+            }
+            Decision::Ignore | Decision::Defer => {
+                self.tally.refused += 1;
+                self.endpoint.ignore(incoming);
+                return Settled::Silent;
+            }
+        };
+        let now = self.now;
+        match self.endpoint.accept(incoming, now, buf, config) {
+            Ok((ch, conn)) => {
+                self.tally.accepted += 1;
+                let remote = conn.remote_address();
+                let gate = crate::congestion::take_last_built().unwrap_or_default();
+                let id = ConnId::new(self.worker, ch, self.take_serial());
+                let slot = Slot::new(id, conn, gate, link.map(|l| (remote, l)), now);
+                slot.span.in_scope(|| tracing::debug!(%remote, "accepted"));
+                conns.insert(Box::new(slot));
+                Settled::Accepted(id)
+            }
+            Err(e) => {
+                self.tally.refused += 1;
+                e.response.map_or(Settled::Silent, Settled::Answer)
+            }
+        }
+    }
+
     /// The next connection serial.
     pub fn take_serial(&mut self) -> u32 {
         let s = self.next_serial;
@@ -222,14 +312,6 @@ impl Connections {
                 slot.dirty = true;
                 self.dirty.push(h);
             }
-        }
-    }
-
-    /// The slot of `id`, while that connection lives.
-    pub fn get(&self, id: ConnId) -> Option<&Slot> {
-        match self.slots.get(id.handle()) {
-            Some(Some(slot)) if slot.id == id => Some(slot),
-            _ => None,
         }
     }
 

@@ -28,16 +28,16 @@ use quinn_proto::{
     Incoming as ProtoIncoming, StreamEvent, VarInt,
 };
 
-use crate::accept::{Decision, Incoming};
+use crate::accept::{Decision, Held, Incoming, DEFER_TIMEOUT};
 use crate::backend::{Backend, Datagram, RxBatch, SendError, Transmit};
-use crate::conn::{Conn, ConnId, Ctx};
+use crate::conn::{Conn, Ctx};
 use crate::engine::{Command, Mesh, RetryPolicy};
 use crate::guard::{Guarded, INTERNAL_ERROR};
 use crate::handler::Handler;
 use crate::metrics::{Counters, Histograms, WorkerMetrics};
 use crate::packet::frame::L2;
 use crate::route::{route, Destination};
-use crate::shard::{Connections, Shard, Slot};
+use crate::shard::{Connections, Settled, Shard};
 
 /// Receive batches per turn before timers and transmits get their turn.
 const MAX_RX_BATCHES: usize = 8;
@@ -187,6 +187,10 @@ impl<H: Handler> Worker<H> {
                 born: Vec::new(),
                 next_serial: 0,
                 stop_requested: false,
+                max_connections: p.max_connections,
+                deferred: Default::default(),
+                answers: Vec::new(),
+                tally: Default::default(),
             },
             conns: Connections::new(),
             handler: Guarded {
@@ -298,6 +302,9 @@ impl<H: Handler> Worker<H> {
             return Ok(TurnOutcome::Continue(Some(now)));
         }
         let mut next = self.conns.timers.next_deadline();
+        if let Some(d) = self.shard.deferred.next_deadline() {
+            next = Some(next.map_or(d, |n| n.min(d)));
+        }
         if let Some(d) = self.drain_deadline {
             next = Some(next.map_or(d, |n| n.min(d)));
         }
@@ -330,6 +337,7 @@ impl<H: Handler> Worker<H> {
                 Err(_) => break,
             }
         }
+        self.settle_deferred(io);
         for _ in 0..MAX_INBOX {
             match self.handovers.try_recv() {
                 Ok(d) => {
@@ -386,6 +394,10 @@ impl<H: Handler> Worker<H> {
                 self.counters.kernel_rx_dropped = d;
             }
         }
+        let tally = std::mem::take(&mut self.shard.tally);
+        self.counters.conns_accepted += tally.accepted;
+        self.counters.conns_refused += tally.refused;
+        self.counters.retries_sent += tally.retries;
         self.counters.conns_active = self.conns.active as u64;
         self.counters.conns_handshaking = self.conns.handshaking as u64;
         self.metrics.publish(&self.counters);
@@ -466,7 +478,9 @@ impl<H: Handler> Worker<H> {
         if retry && !validated {
             return self.send_retry(io, incoming, link);
         }
+        let id = self.shard.deferred.next_id();
         let attempt = Incoming {
+            id,
             remote: incoming.remote_address(),
             local_ip: incoming.local_ip(),
             validated,
@@ -481,42 +495,32 @@ impl<H: Handler> Worker<H> {
         if self.handler.call(|h| decision = h.incoming(ctx, &attempt)) {
             self.handler_panicked();
         }
-        let config = match decision {
-            Decision::Accept => None,
-            Decision::AcceptWith(config) => Some(config),
-            Decision::Refuse => return self.refuse(io, incoming, link),
-            Decision::Retry if !validated => return self.send_retry(io, incoming, link),
-            Decision::Retry => None,
-            Decision::Ignore => {
-                self.counters.conns_refused += 1;
-                self.shard.endpoint.ignore(incoming);
-                return;
+        if let Decision::Defer = decision {
+            let held = Held { incoming, link };
+            let deadline = self.shard.now + DEFER_TIMEOUT;
+            match self.shard.deferred.hold(id, held, deadline) {
+                Ok(()) => return,
+                Err(held) => return self.refuse(io, held.incoming, link),
             }
-        };
-        let now = self.shard.now;
-        match self
-            .shard
-            .endpoint
-            .accept(incoming, now, &mut self.tx_buf, config)
-        {
-            Ok((ch, conn)) => {
-                self.counters.conns_accepted += 1;
-                let remote = conn.remote_address();
-                let gate = crate::congestion::take_last_built().unwrap_or_default();
-                let id = ConnId::new(self.shard.worker, ch, self.shard.take_serial());
-                let link = link.map(|l| (remote, l));
-                let slot = Slot::new(id, conn, gate, link, now);
-                self.conns.insert(Box::new(slot));
-                if let Some(slot) = self.conns.get(id) {
-                    slot.span.in_scope(|| tracing::debug!(%remote, "accepted"));
-                }
-            }
-            Err(e) => {
-                self.counters.conns_refused += 1;
-                if let Some(t) = e.response {
-                    self.send_stateless(io, &t, link);
-                }
-            }
+        }
+        let settled =
+            self.shard
+                .settle(&mut self.conns, incoming, link, decision, &mut self.tx_buf);
+        if let Settled::Answer(t) = settled {
+            self.send_stateless(io, &t, link);
+        }
+    }
+
+    /// Sends the answers to attempts decided by posted work ([`Ctx::decide`]), and ignores
+    /// deferred attempts whose time is up (all of them once stopping).
+    fn settle_deferred<B: Backend>(&mut self, io: &mut B) {
+        for (t, buf, link) in std::mem::take(&mut self.shard.answers) {
+            Outgoing::of(&t, link).send(io, &buf, &mut self.counters);
+        }
+        let now = (!self.shard.stop_requested).then_some(self.shard.now);
+        while let Some(held) = self.shard.deferred.expired(now) {
+            self.shard.tally.refused += 1;
+            self.shard.endpoint.ignore(held.incoming);
         }
     }
 
@@ -524,7 +528,7 @@ impl<H: Handler> Worker<H> {
     fn refuse<B: Backend>(&mut self, io: &mut B, incoming: ProtoIncoming, link: Option<L2>) {
         self.tx_buf.clear();
         let t = self.shard.endpoint.refuse(incoming, &mut self.tx_buf);
-        self.counters.conns_refused += 1;
+        self.shard.tally.refused += 1;
         self.send_stateless(io, &t, link);
     }
 
@@ -533,7 +537,7 @@ impl<H: Handler> Worker<H> {
         self.tx_buf.clear();
         match self.shard.endpoint.retry(incoming, &mut self.tx_buf) {
             Ok(t) => {
-                self.counters.retries_sent += 1;
+                self.shard.tally.retries += 1;
                 self.send_stateless(io, &t, link);
             }
             Err(e) => self.shard.endpoint.ignore(e.into_incoming()),
@@ -801,6 +805,10 @@ impl<H: Handler> Worker<H> {
     }
 
     fn publish_gauges(&mut self) {
+        let tally = std::mem::take(&mut self.shard.tally);
+        self.counters.conns_accepted += tally.accepted;
+        self.counters.conns_refused += tally.refused;
+        self.counters.retries_sent += tally.retries;
         self.counters.conns_active = self.conns.active as u64;
         self.counters.conns_handshaking = self.conns.handshaking as u64;
         self.metrics.publish(&self.counters);

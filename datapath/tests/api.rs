@@ -595,3 +595,118 @@ fn a_server_configuration_is_replaced_while_serving() {
         .unwrap();
     assert_eq!(seen("10.7.6.2:5000", &mut server), second_cert.to_vec());
 }
+
+/// Attempts awaiting a decision: id and server name.
+type Waiting = Arc<Mutex<Vec<(xdp_quic::AttemptId, Option<String>)>>>;
+
+/// Echo whose accept hook defers every decision: the test decides from outside the hook.
+#[derive(Default)]
+struct Deferring {
+    echo: EchoServer,
+    waiting: Waiting,
+}
+
+impl Handler for Deferring {
+    fn incoming(&mut self, _ctx: &mut Ctx<'_>, i: &Incoming<'_>) -> Decision {
+        let seen = (i.id(), i.server_name().map(str::to_string));
+        self.waiting.lock().unwrap().push(seen);
+        Decision::Defer
+    }
+    fn stream_readable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        self.echo.stream_readable(conn, s)
+    }
+    fn stream_writable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        self.echo.stream_writable(conn, s)
+    }
+}
+
+#[test]
+fn a_deferred_decision_is_taken_later_by_posted_work() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let b = EngineBuilder::default()
+        .server(server_config())
+        .drain_timeout(Duration::from_millis(300));
+    let waiting = Waiting::default();
+    let w = waiting.clone();
+    let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, move |_| {
+        Deferring {
+            waiting: w.clone(),
+            ..Default::default()
+        }
+    })
+    .unwrap();
+    let mut clients = vec![
+        client(&net, "10.7.2.1:5000", "accept.example", b"accepted later"),
+        client(&net, "10.7.2.2:5000", "refuse.example", b"refused later"),
+    ];
+    {
+        let mut nodes: Vec<&mut dyn Drive> = vec![&mut server];
+        nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
+        run_until(&net, &mut nodes, Duration::from_secs(5), |_| {
+            waiting.lock().unwrap().len() == 2
+        })
+        .expect("both attempts reach the hook");
+    }
+    let held = waiting.lock().unwrap().clone();
+    let mut decided = Vec::new();
+    for &(id, ref name) in &held {
+        let decision = match name.as_deref() {
+            Some("accept.example") => Decision::Accept,
+            _ => Decision::Refuse,
+        };
+        let reply = server
+            .handle
+            .call(0, move |_, ctx| ctx.decide(id, decision))
+            .unwrap();
+        decided.push(reply);
+    }
+    run(&net, &mut server, &mut clients);
+    let outcomes: Vec<_> = decided.into_iter().map(|r| r.wait().unwrap()).collect();
+    assert!(
+        outcomes[0].as_ref().is_ok_and(|c| c.is_some()),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1], Ok(None));
+    assert!(clients[0].handler(0).all_ok());
+    let e = clients[1].handler(0).error.clone().unwrap_or_default();
+    assert!(e.contains("refused"), "{e}");
+    // Decided once: a second decision finds nothing.
+    let first = held[0].0;
+    let again = server
+        .handle
+        .call(0, move |_, ctx| ctx.decide(first, Decision::Accept))
+        .unwrap();
+    step(&net, &mut [&mut server]).unwrap();
+    assert_eq!(again.wait().unwrap(), Err(xdp_quic::Gone));
+    let t = server.total();
+    assert_eq!((t.conns_accepted, t.conns_refused), (1, 1));
+}
+
+#[test]
+fn a_deferred_attempt_without_a_decision_is_ignored_when_its_time_is_up() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let b = EngineBuilder::default()
+        .server(server_config())
+        .drain_timeout(Duration::from_millis(300));
+    let waiting = Waiting::default();
+    let w = waiting.clone();
+    let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, move |_| {
+        Deferring {
+            waiting: w.clone(),
+            ..Default::default()
+        }
+    })
+    .unwrap();
+    let mut clients = vec![client(&net, "10.7.3.1:5000", "late.example", b"never")];
+    run(&net, &mut server, &mut clients);
+    let e = clients[0].handler(0).error.clone().unwrap_or_default();
+    assert!(e.contains("timed out"), "{e}");
+    let id = waiting.lock().unwrap()[0].0;
+    let late = server
+        .handle
+        .call(0, move |_, ctx| ctx.decide(id, Decision::Accept))
+        .unwrap();
+    step(&net, &mut [&mut server]).unwrap();
+    assert_eq!(late.wait().unwrap(), Err(xdp_quic::Gone));
+    assert_eq!(server.total().conns_accepted, 0);
+}
