@@ -322,7 +322,9 @@ impl<'a> Conn<'a> {
             .map(|b| *b)
     }
 
-    fn handshake_data(&mut self) -> Option<quinn_proto::crypto::rustls::HandshakeData> {
+    pub(crate) fn handshake_data(
+        &mut self,
+    ) -> Option<quinn_proto::crypto::rustls::HandshakeData> {
         self.slot
             .conn
             .crypto_session()

@@ -56,6 +56,8 @@ mod shard;
 pub mod testing;
 pub mod timer;
 pub mod tls;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 pub mod waker;
 pub mod worker;
 pub mod xsk;

@@ -5,16 +5,23 @@
 //! sender, after queueing, writes the eventfd only when it finds `parked` set. SeqCst on both
 //! sides makes one of them see the other: either the worker sees the message, or the sender
 //! sees `parked` and wakes it.
+//!
+//! A worker driven by an async runtime (the thread-per-core mode of [`crate::tokio`])
+//! parks with its task's waker instead ([`Waker::park_task`]): a wake then wakes that task,
+//! with no syscall when it comes from the worker's own thread.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 /// An eventfd with a parked flag.
 #[derive(Debug)]
 pub struct Waker {
     fd: OwnedFd,
     parked: AtomicBool,
+    /// The task to wake instead of writing the eventfd (async runtimes).
+    task: Mutex<Option<std::task::Waker>>,
 }
 
 impl Waker {
@@ -29,14 +36,37 @@ impl Waker {
             // SAFETY: `fd` is a fresh descriptor that nothing else owns.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             parked: AtomicBool::new(false),
+            task: Mutex::new(None),
         })
     }
 
     /// Wakes the worker if it is parked. Call after queueing work for it.
     pub fn wake(&self) {
         if self.parked.swap(false, Ordering::SeqCst) {
-            self.signal();
+            let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match task {
+                Some(task) => task.wake(),
+                None => self.signal(),
+            }
         }
+    }
+
+    /// Worker side, under an async runtime: like [`Waker::park`], a wake then waking `task`
+    /// (until [`Waker::unpark_task`]).
+    pub fn park_task(&self, task: &std::task::Waker) {
+        {
+            let mut t = self.task.lock().unwrap_or_else(|p| p.into_inner());
+            if !t.as_ref().is_some_and(|t| t.will_wake(task)) {
+                *t = Some(task.clone());
+            }
+        }
+        self.parked.store(true, Ordering::SeqCst);
+    }
+
+    /// Worker side, under an async runtime: after waking, clear the flag (the eventfd is not
+    /// used).
+    pub fn unpark_task(&self) {
+        self.parked.store(false, Ordering::SeqCst);
     }
 
     fn signal(&self) {

@@ -1,6 +1,7 @@
 //! Example applications on xdp-quic, each a [`xdp_quic::Handler`]:
 //!
-//! * [`echo`]: echoes bidirectional streams and datagrams (ALPN `echo`);
+//! * [`echo`]: echoes bidirectional streams and datagrams (ALPN `echo`); [`async_echo`] is
+//!   the same server on the async API ([`xdp_quic::tokio`]);
 //! * [`perf`]: the QUIC performance protocol of quinn's perf tool and msquic's secnetperf
 //!   (ALPN `perf`), server and client with throughput and latency figures;
 //! * [`hq`]: an hq-interop (HTTP/0.9 over QUIC, ALPN `hq-interop`) file server and client.
@@ -8,6 +9,7 @@
 //! [`client`] runs any of the clients on an engine of its own; [`files`] opens files beneath a
 //! directory without following links, on a thread pool (used by [`hq`]).
 
+pub mod async_echo;
 pub mod client;
 pub mod echo;
 pub mod files;

@@ -63,6 +63,16 @@ pub enum SendError {
     Failed(io::Error),
 }
 
+/// What a runtime watches to wake a worker ([`Backend::readiness`]). Both descriptors live
+/// as long as the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    /// Readable when a datagram may be received.
+    pub read: std::os::fd::RawFd,
+    /// Writable when a send the backend pushed back may go on (may equal `read`).
+    pub write: std::os::fd::RawFd,
+}
+
 /// The I/O port of one worker.
 pub trait Backend {
     /// The most datagrams one [`Transmit`] may carry (1 where there is no segmentation offload).
@@ -89,6 +99,19 @@ pub trait Backend {
 
     /// The local address datagrams are received on.
     fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// For runtimes that wait by themselves instead of calling [`Backend::wait`] (the async
+    /// thread-per-core mode, [`crate::tokio`]): the descriptors to watch. `None`: this
+    /// backend is waited on by `wait` only (the in-memory network).
+    fn readiness(&self) -> Option<Readiness> {
+        None
+    }
+
+    /// Called by such a runtime before it sleeps, for the housekeeping [`Backend::wait`]
+    /// does; returns when to come back at the latest (`deadline`, or sooner).
+    fn before_sleep(&mut self, deadline: Option<Instant>) -> Option<Instant> {
+        deadline
+    }
 
     /// Datagrams the kernel dropped before this backend could receive them (a kernel
     /// socket's full receive buffer), since it was opened; `None` where there is no such

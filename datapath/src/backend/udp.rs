@@ -446,6 +446,11 @@ impl Backend for UdpBackend {
         self.socket.local_addr()
     }
 
+    fn readiness(&self) -> Option<super::Readiness> {
+        let fd = self.socket.as_fd().as_raw_fd();
+        Some(super::Readiness { read: fd, write: fd })
+    }
+
     fn kernel_drops(&mut self) -> Option<u64> {
         kernel_drops(&self.socket).ok()
     }

@@ -476,8 +476,7 @@ impl Backend for XskBackend {
             }
             std::hint::spin_loop();
         }
-        self.check_canary();
-        self.publish();
+        let deadline = self.before_sleep(deadline);
         // A negative fd (no service socket) is ignored by poll. Writability is the TX ring's
         // or the service socket's, by the transmit path.
         let kernel_tx = self.tx == TxPath::Kernel;
@@ -489,14 +488,28 @@ impl Backend for XskBackend {
                 want_write && kernel_tx,
             ),
         ];
+        poll_fds(&mut fds, deadline)
+    }
+
+    fn readiness(&self) -> Option<super::Readiness> {
+        let read = self.sock.fd().as_raw_fd();
+        let write = match (&self.service, self.tx) {
+            (Some(s), TxPath::Kernel) => s.socket().as_raw_fd(),
+            _ => read,
+        };
+        Some(super::Readiness { read, write })
+    }
+
+    fn before_sleep(&mut self, deadline: Option<Instant>) -> Option<Instant> {
+        self.check_canary();
+        self.publish();
         // In flight transmits complete without waking us: come back soon to reap them.
-        let deadline = if self.sock.tx_in_flight() > 0 {
+        if self.sock.tx_in_flight() > 0 {
             let soon = Instant::now() + Duration::from_millis(1);
             Some(deadline.map_or(soon, |d| d.min(soon)))
         } else {
             deadline
-        };
-        poll_fds(&mut fds, deadline)
+        }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

@@ -14,7 +14,7 @@
 //! | this one | [`Engine`] (running threads) and [`EngineHandle`] (work posted from any thread) |
 
 mod builder;
-mod threads;
+pub(crate) mod threads;
 mod xdp;
 
 use std::io;

@@ -13,6 +13,23 @@ use crate::handler::Handler;
 use crate::waker::Waker;
 use crate::worker::{TurnOutcome, Worker};
 
+/// How a worker's thread runs it: [`Blocking`] (turn, then sleep in [`Backend::wait`]), or
+/// an async runtime on the thread (the thread-per-core mode of [`crate::tokio`]).
+pub(crate) trait Runner<H: Handler>: Clone + Send + 'static {
+    /// The thread body: turns `worker` over `io` until it stops (pinned already).
+    fn run<B: Backend>(self, worker: Worker<H>, io: B, waker: &Waker) -> io::Result<H>;
+}
+
+/// The plain worker thread.
+#[derive(Clone, Copy)]
+pub(crate) struct Blocking;
+
+impl<H: Handler> Runner<H> for Blocking {
+    fn run<B: Backend>(self, worker: Worker<H>, io: B, waker: &Waker) -> io::Result<H> {
+        run(worker, io, waker)
+    }
+}
+
 impl EngineBuilder {
     /// Builds the workers and runs each on its own thread over `backends[i]`.
     pub fn start<H, B, F>(self, backends: Vec<B>, factory: F) -> Result<Engine<H>, EngineError>
@@ -20,6 +37,22 @@ impl EngineBuilder {
         H: Handler,
         B: Backend + Send + 'static,
         F: FnMut(usize) -> H,
+    {
+        self.start_run(backends, factory, Blocking)
+    }
+
+    /// [`EngineBuilder::start`] with the threads run by `runner`.
+    pub(crate) fn start_run<H, B, F, R>(
+        self,
+        backends: Vec<B>,
+        factory: F,
+        runner: R,
+    ) -> Result<Engine<H>, EngineError>
+    where
+        H: Handler,
+        B: Backend + Send + 'static,
+        F: FnMut(usize) -> H,
+        R: Runner<H>,
     {
         if backends.len() != self.workers {
             return Err(EngineError::Config(format!(
@@ -43,9 +76,17 @@ impl EngineBuilder {
                 .as_ref()
                 .filter(|c| !c.is_empty())
                 .map(|c| c[i % c.len()]);
+            let runner = runner.clone();
             let t = std::thread::Builder::new()
                 .name(format!("xdp-quic-w{i}"))
-                .spawn(move || run(worker, backend, &waker, cpu))?;
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if let Err(e) = crate::cpu::pin_to_cpu(cpu) {
+                            tracing::warn!(worker = i, cpu, "cannot pin worker: {e}");
+                        }
+                    }
+                    runner.run(worker, backend, &waker)
+                })?;
             threads.push(super::WorkerThread::Running(t));
         }
         Ok(Engine {
@@ -64,6 +105,21 @@ impl EngineBuilder {
         H: Handler,
         F: FnMut(usize) -> H,
     {
+        self.start_udp_run(addr, factory, Blocking)
+    }
+
+    /// [`EngineBuilder::start_udp`] with the threads run by `runner`.
+    pub(crate) fn start_udp_run<H, F, R>(
+        self,
+        addr: SocketAddr,
+        factory: F,
+        runner: R,
+    ) -> Result<Engine<H>, EngineError>
+    where
+        H: Handler,
+        F: FnMut(usize) -> H,
+        R: Runner<H>,
+    {
         let layout = CidLayout::new(
             self.cid_len,
             self.config_rotation,
@@ -77,7 +133,7 @@ impl EngineBuilder {
             ?steering,
             "UDP backend bound"
         );
-        let mut engine = self.start(backends, factory)?;
+        let mut engine = self.start_run(backends, factory, runner)?;
         engine.steering = Some(steering);
         Ok(engine)
     }
@@ -96,8 +152,23 @@ impl EngineBuilder {
         H: Handler,
         F: FnMut(usize) -> H,
     {
+        self.start_udp_client_run(addr, factory, Blocking)
+    }
+
+    /// [`EngineBuilder::start_udp_client`] with the threads run by `runner`.
+    pub(crate) fn start_udp_client_run<H, F, R>(
+        self,
+        addr: SocketAddr,
+        factory: F,
+        runner: R,
+    ) -> Result<Engine<H>, EngineError>
+    where
+        H: Handler,
+        F: FnMut(usize) -> H,
+        R: Runner<H>,
+    {
         let backends = udp::bind_each(addr, self.workers)?;
-        self.start(backends, factory)
+        self.start_run(backends, factory, runner)
     }
 }
 
@@ -108,17 +179,7 @@ impl EngineBuilder {
 /// backend still sends and records why, and the thread returns the error. Its hand-over
 /// queue and command queue then disconnect, so the other workers stop routing to it (what
 /// they would have handed over counts as `handover_dropped`).
-fn run<H: Handler, B: Backend>(
-    mut worker: Worker<H>,
-    mut io: B,
-    waker: &Waker,
-    cpu: Option<usize>,
-) -> io::Result<H> {
-    if let Some(cpu) = cpu {
-        if let Err(e) = crate::cpu::pin_to_cpu(cpu) {
-            tracing::warn!(worker = worker.index(), cpu, "cannot pin worker: {e}");
-        }
-    }
+fn run<H: Handler, B: Backend>(mut worker: Worker<H>, mut io: B, waker: &Waker) -> io::Result<H> {
     let mut last = Instant::now();
     loop {
         let done_before = worker.work_done();
@@ -160,7 +221,7 @@ fn run<H: Handler, B: Backend>(
 }
 
 /// Runs `f`, turning a panic or an I/O error into the reason a worker fails.
-fn contain<T>(f: impl FnOnce() -> io::Result<T>) -> Result<T, String> {
+pub(crate) fn contain<T>(f: impl FnOnce() -> io::Result<T>) -> Result<T, String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("I/O error: {e}")),
@@ -172,7 +233,7 @@ fn contain<T>(f: impl FnOnce() -> io::Result<T>) -> Result<T, String> {
 }
 
 /// Fails `worker` for `why` and makes the thread's error.
-fn failed<H: Handler, B: Backend>(mut worker: Worker<H>, io: &mut B, why: String) -> io::Error {
+pub(crate) fn failed<H: Handler, B: Backend>(mut worker: Worker<H>, io: &mut B, why: String) -> io::Error {
     worker.fail(io, Instant::now(), &why);
     io::Error::other(why)
 }

@@ -113,15 +113,32 @@ impl EngineBuilder {
     /// ([`crate::backend::xsk::TxMode::Kernel`], or `Auto` on copy-mode sockets): the TX ring
     /// has no next hop for a peer it has not heard from.
     pub fn start_xdp_on<H, F>(
-        mut self,
+        self,
         setup: &XdpSetup,
-        mut map: Box<dyn SocketMap>,
+        map: Box<dyn SocketMap>,
         services: Vec<std::net::UdpSocket>,
         factory: F,
     ) -> Result<Engine<H>, EngineError>
     where
         H: Handler,
         F: FnMut(usize) -> H,
+    {
+        self.start_xdp_run(setup, map, services, factory, super::threads::Blocking)
+    }
+
+    /// [`EngineBuilder::start_xdp_on`] with the threads run by `runner`.
+    pub(crate) fn start_xdp_run<H, F, R>(
+        mut self,
+        setup: &XdpSetup,
+        mut map: Box<dyn SocketMap>,
+        services: Vec<std::net::UdpSocket>,
+        factory: F,
+        runner: R,
+    ) -> Result<Engine<H>, EngineError>
+    where
+        H: Handler,
+        F: FnMut(usize) -> H,
+        R: super::threads::Runner<H>,
     {
         use crate::backend::xsk::{TxPath, XskBackend, XskBackendConfig};
         if setup.queues.is_empty() {
@@ -204,7 +221,7 @@ impl EngineBuilder {
             "AF_XDP backend bound"
         );
         let queues = setup.queues.clone();
-        let mut engine = match self.start(backends, factory) {
+        let mut engine = match self.start_run(backends, factory, runner) {
             Ok(e) => e,
             Err(e) => {
                 for &q in &queues {

@@ -1,0 +1,346 @@
+//! [`Connection`] and [`Connecting`]: a connection as the application's tasks hold it.
+
+use std::any::Any;
+use std::future::{poll_fn, Future};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn_proto::{ConnectionError, ConnectionStats, Dir, Side, VarInt};
+
+use super::error::SendDatagramError;
+use super::shared::{dir_index, register, ConnShared, Wakes};
+use super::stream::{RecvStream, SendStream};
+use super::Keeper;
+
+/// A handle on a connection that counts towards its implicit close: when the last one goes
+/// (connection, streams, connecting), the connection is closed with code 0, as in quinn.
+pub(crate) struct ConnRef {
+    pub(crate) shared: Arc<ConnShared>,
+    keeper: Arc<Keeper>,
+}
+
+impl ConnRef {
+    pub(crate) fn new(shared: Arc<ConnShared>, keeper: Arc<Keeper>) -> Self {
+        shared.refs.fetch_add(1, Ordering::AcqRel);
+        Self { shared, keeper }
+    }
+}
+
+impl Clone for ConnRef {
+    fn clone(&self) -> Self {
+        Self::new(self.shared.clone(), self.keeper.clone())
+    }
+}
+
+impl Drop for ConnRef {
+    fn drop(&mut self) {
+        if self.shared.refs.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let mut st = self.shared.lock();
+        if st.error.is_none() && st.close.is_none() {
+            st.close = Some((VarInt::from_u32(0), Bytes::new()));
+            self.shared.schedule(&mut st);
+        }
+    }
+}
+
+/// A connection in its handshake: `.await` it for the [`Connection`].
+pub struct Connecting {
+    conn: Option<ConnRef>,
+}
+
+impl Connecting {
+    pub(crate) fn new(conn: ConnRef) -> Self {
+        Self { conn: Some(conn) }
+    }
+
+    /// The peer's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        let c = self.conn.as_ref().expect("polled after completion");
+        c.shared
+            .lock()
+            .info
+            .remote
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// 0-RTT is not offered by this API: the `Connecting` comes back, as quinn gives it back
+    /// when 0-RTT is not possible.
+    #[allow(clippy::result_large_err)]
+    pub fn into_0rtt(self) -> Result<(Connection, ()), Self> {
+        Err(self)
+    }
+}
+
+impl Future for Connecting {
+    type Output = Result<Connection, ConnectionError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let conn = self.conn.as_ref().expect("polled after completion");
+        {
+            let mut st = conn.shared.lock();
+            if !st.established {
+                if let Some(e) = &st.error {
+                    return Poll::Ready(Err(e.clone()));
+                }
+                st.connecting = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+        }
+        let conn = self.conn.take().expect("checked above");
+        Poll::Ready(Ok(Connection(conn)))
+    }
+}
+
+/// An established connection. Cheap to clone; when every clone and every stream of it is
+/// dropped, the connection is closed with code 0 (quinn's implicit close).
+#[derive(Clone)]
+pub struct Connection(pub(crate) ConnRef);
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.0.shared.lock();
+        f.debug_struct("Connection")
+            .field("id", &st.id)
+            .field("remote", &st.info.remote)
+            .finish()
+    }
+}
+
+impl Connection {
+    fn shared(&self) -> &Arc<ConnShared> {
+        &self.0.shared
+    }
+
+    /// Opens a bidirectional stream, waiting while the peer's stream limit is reached.
+    pub fn open_bi(
+        &self,
+    ) -> impl Future<Output = Result<(SendStream, RecvStream), ConnectionError>> + Send + '_ {
+        let mut asked = false;
+        poll_fn(move |cx| {
+            self.poll_open(cx, Dir::Bi, &mut asked).map_ok(|id| {
+                (
+                    SendStream::new(self.0.clone(), id),
+                    RecvStream::new(self.0.clone(), id),
+                )
+            })
+        })
+    }
+
+    /// Opens a unidirectional stream, waiting while the peer's stream limit is reached.
+    pub fn open_uni(&self) -> impl Future<Output = Result<SendStream, ConnectionError>> + Send + '_ {
+        let mut asked = false;
+        poll_fn(move |cx| {
+            self.poll_open(cx, Dir::Uni, &mut asked)
+                .map_ok(|id| SendStream::new(self.0.clone(), id))
+        })
+    }
+
+    fn poll_open(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+        asked: &mut bool,
+    ) -> Poll<Result<quinn_proto::StreamId, ConnectionError>> {
+        let c = self.shared();
+        let mut st = c.lock();
+        if let Some(e) = &st.error {
+            return Poll::Ready(Err(e.clone()));
+        }
+        let d = dir_index(dir);
+        if !*asked {
+            *asked = true;
+            st.open_requests[d] += 1;
+            c.schedule(&mut st);
+        } else if let Some(id) = st.opened[d].pop_front() {
+            return Poll::Ready(Ok(id));
+        }
+        register(&mut st.open_waiters, cx.waker());
+        Poll::Pending
+    }
+
+    /// Waits for the next bidirectional stream the peer opens.
+    pub fn accept_bi(
+        &self,
+    ) -> impl Future<Output = Result<(SendStream, RecvStream), ConnectionError>> + Send + '_ {
+        poll_fn(move |cx| {
+            self.poll_accept(cx, Dir::Bi).map_ok(|id| {
+                (
+                    SendStream::new(self.0.clone(), id),
+                    RecvStream::new(self.0.clone(), id),
+                )
+            })
+        })
+    }
+
+    /// Waits for the next unidirectional stream the peer opens.
+    pub fn accept_uni(&self) -> impl Future<Output = Result<RecvStream, ConnectionError>> + Send + '_ {
+        poll_fn(move |cx| {
+            self.poll_accept(cx, Dir::Uni)
+                .map_ok(|id| RecvStream::new(self.0.clone(), id))
+        })
+    }
+
+    fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+    ) -> Poll<Result<quinn_proto::StreamId, ConnectionError>> {
+        let mut st = self.shared().lock();
+        if let Some(id) = st.incoming[dir_index(dir)].pop_front() {
+            return Poll::Ready(Ok(id));
+        }
+        if let Some(e) = &st.error {
+            return Poll::Ready(Err(e.clone()));
+        }
+        register(&mut st.accept_waiters, cx.waker());
+        Poll::Pending
+    }
+
+    /// Waits for the next unreliable datagram (RFC 9221).
+    pub fn read_datagram(&self) -> impl Future<Output = Result<Bytes, ConnectionError>> + Send + '_ {
+        poll_fn(move |cx| {
+            let mut st = self.shared().lock();
+            if let Some(d) = st.datagrams.pop_front() {
+                st.datagram_bytes -= d.len();
+                return Poll::Ready(Ok(d));
+            }
+            if let Some(e) = &st.error {
+                return Poll::Ready(Err(e.clone()));
+            }
+            register(&mut st.datagram_waiters, cx.waker());
+            Poll::Pending
+        })
+    }
+
+    /// Sends an unreliable datagram; when too many wait to be sent, the oldest is dropped.
+    pub fn send_datagram(&self, data: Bytes) -> Result<(), SendDatagramError> {
+        let c = self.shared();
+        let mut st = c.lock();
+        if let Some(e) = &st.error {
+            return Err(SendDatagramError::ConnectionLost(e.clone()));
+        }
+        let Some(max) = st.info.max_datagram else {
+            return Err(SendDatagramError::UnsupportedByPeer);
+        };
+        if data.len() > max {
+            return Err(SendDatagramError::TooLarge);
+        }
+        st.out_datagram_bytes += data.len();
+        st.out_datagrams.push_back(data);
+        while st.out_datagram_bytes > c.ep.limits.datagram_send {
+            match st.out_datagrams.pop_front() {
+                Some(d) => st.out_datagram_bytes -= d.len(),
+                None => break,
+            }
+        }
+        c.schedule(&mut st);
+        Ok(())
+    }
+
+    /// The largest datagram the peer and the path take now (`None`: the peer takes none).
+    pub fn max_datagram_size(&self) -> Option<usize> {
+        self.shared().lock().info.max_datagram
+    }
+
+    /// Closes the connection with `error_code` and `reason`: every operation on it fails with
+    /// `LocallyClosed` from now on; what was written before goes out first as far as the
+    /// close allows (as in quinn: use [`SendStream::stopped`] to know it arrived).
+    pub fn close(&self, error_code: VarInt, reason: &[u8]) {
+        let c = self.shared();
+        let mut wakes = Wakes::default();
+        {
+            let mut st = c.lock();
+            if st.error.is_some() {
+                return;
+            }
+            st.close = Some((error_code, Bytes::copy_from_slice(reason)));
+            c.schedule(&mut st);
+            st.error = Some(ConnectionError::LocallyClosed);
+            st.wake_all(&mut wakes);
+        }
+        wakes.wake();
+    }
+
+    /// Waits until the connection ends; says why.
+    pub fn closed(&self) -> impl Future<Output = ConnectionError> + Send + '_ {
+        poll_fn(move |cx| {
+            let mut st = self.shared().lock();
+            if let Some(e) = &st.error {
+                return Poll::Ready(e.clone());
+            }
+            register(&mut st.closed_waiters, cx.waker());
+            Poll::Pending
+        })
+    }
+
+    /// Why the connection ended, if it has.
+    pub fn close_reason(&self) -> Option<ConnectionError> {
+        self.shared().lock().error.clone()
+    }
+
+    /// The peer's address (it changes when the peer migrates).
+    pub fn remote_address(&self) -> SocketAddr {
+        self.shared()
+            .lock()
+            .info
+            .remote
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The local address the peer sent to, for accepted connections where the backend
+    /// knows it.
+    pub fn local_ip(&self) -> Option<IpAddr> {
+        self.shared().lock().info.local_ip
+    }
+
+    /// Server or client.
+    pub fn side(&self) -> Side {
+        self.shared().lock().side
+    }
+
+    /// The round-trip time estimate.
+    pub fn rtt(&self) -> Duration {
+        self.shared().lock().info.rtt
+    }
+
+    /// quinn-proto's statistics, as of the worker's last batch of work for this connection.
+    pub fn stats(&self) -> ConnectionStats {
+        self.shared().lock().info.stats.unwrap_or_default()
+    }
+
+    /// The handshake's results: a `quinn_proto::crypto::rustls::HandshakeData` (ALPN
+    /// protocol, server name), as quinn gives it.
+    pub fn handshake_data(&self) -> Option<Box<dyn Any>> {
+        let st = self.shared().lock();
+        let h = st.info.handshake.as_ref()?;
+        Some(Box::new(quinn_proto::crypto::rustls::HandshakeData {
+            protocol: h.protocol.clone(),
+            server_name: h.server_name.clone(),
+        }))
+    }
+
+    /// The peer's certificate chain, a `Vec<rustls::pki_types::CertificateDer>`, as quinn
+    /// gives it.
+    pub fn peer_identity(&self) -> Option<Box<dyn Any>> {
+        let st = self.shared().lock();
+        let certs = st.info.peer_certificates.clone()?;
+        Some(Box::new(certs))
+    }
+
+    /// An id unique among the connections alive in this process.
+    pub fn stable_id(&self) -> usize {
+        Arc::as_ptr(self.shared()) as usize
+    }
+
+    /// The engine's id of this connection (its worker, for one).
+    pub fn id(&self) -> Option<crate::ConnId> {
+        self.shared().lock().id
+    }
+}

@@ -1,0 +1,463 @@
+//! The worker's side of the async API: a [`Handler`] that moves events into the shared
+//! state and wakes the tasks waiting on them, and applies the tasks' requests in batches.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quinn_proto::{ConnectionError, Dir, StreamId, VarInt};
+
+use super::shared::{
+    dir_index, lock, Attempt, ConnShared, ConnState, EndpointShared, Op, RecvEnd, SendEnd,
+    StreamSlot, Wakes,
+};
+use crate::accept::{Decision, Incoming};
+use crate::conn::{Chunk, Conn, ConnId, Ctx, StreamError};
+use crate::handler::Handler;
+
+/// One worker's handler for the async API.
+pub struct Driver {
+    ep: Arc<EndpointShared>,
+    worker: usize,
+    conns: HashMap<ConnId, Arc<ConnShared>>,
+    /// Spare buffers, reused batch after batch.
+    ops: Vec<Op>,
+    todo: Vec<StreamId>,
+}
+
+impl Driver {
+    pub(crate) fn new(ep: Arc<EndpointShared>, worker: usize) -> Self {
+        Self {
+            ep,
+            worker,
+            conns: HashMap::new(),
+            ops: Vec::new(),
+            todo: Vec::new(),
+        }
+    }
+
+    /// Runs the ops the tasks queued for this worker (posted by [`EndpointShared::push`]).
+    pub(crate) fn drain(&mut self, ctx: &mut Ctx<'_>) {
+        let mut ops = std::mem::take(&mut self.ops);
+        self.ep.inboxes[self.worker].take(&mut ops);
+        for op in ops.drain(..) {
+            match op {
+                Op::Service(c) => {
+                    let id = c.lock().id;
+                    let done = id.and_then(|id| ctx.with_conn(id, |conn| self.service(conn, &c)));
+                    if done.is_none() {
+                        // Not registered yet (a connect under way) or gone: `connected`
+                        // applies what is pending, `closed` fails it.
+                        c.lock().scheduled = false;
+                    }
+                }
+                Op::Decide(attempt, decision, conn) => {
+                    let outcome = ctx.decide(attempt, decision);
+                    if let Some(c) = conn {
+                        match outcome {
+                            Ok(Some(id)) => self.register(id, c),
+                            Ok(None) => fail(&c, ConnectionError::LocallyClosed),
+                            Err(_) => fail(&c, ConnectionError::TimedOut),
+                        }
+                    }
+                }
+                Op::Connect {
+                    conn,
+                    config,
+                    remote,
+                    server_name,
+                } => match ctx.connect_with(config, remote, &server_name) {
+                    Ok(id) => self.register(id, conn),
+                    Err(e) => {
+                        tracing::debug!(%remote, "connect failed on the worker: {e}");
+                        fail(&conn, ConnectionError::LocallyClosed)
+                    }
+                },
+                Op::CloseAll(code, reason) => {
+                    let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+                    for id in ids {
+                        ctx.with_conn(id, |conn| conn.close(code, &reason));
+                    }
+                }
+            }
+        }
+        self.ops = ops;
+    }
+
+    fn register(&mut self, id: ConnId, c: Arc<ConnShared>) {
+        {
+            let mut st = c.lock();
+            st.id = Some(id);
+        }
+        self.ep.opened();
+        self.conns.insert(id, c);
+    }
+
+    fn shared(&self, conn: &Conn<'_>) -> Option<Arc<ConnShared>> {
+        self.conns.get(&conn.id()).cloned()
+    }
+
+    /// Applies every request marked on connection `c`.
+    fn service(&mut self, conn: &mut Conn<'_>, c: &Arc<ConnShared>) {
+        let mut wakes = Wakes::default();
+        {
+            let mut st = c.lock();
+            st.scheduled = false;
+            if let Some((code, reason)) = st.close.take() {
+                conn.close(code, &reason);
+            }
+            open_streams(conn, &mut st, &mut wakes);
+            while let Some(d) = st.out_datagrams.pop_front() {
+                st.out_datagram_bytes -= d.len();
+                // Too large or unsupported was checked by the task; a path that shrank
+                // since drops it, as the network could.
+                let _ = conn.send_datagram(d);
+            }
+            let mut todo = std::mem::take(&mut self.todo);
+            std::mem::swap(&mut todo, &mut st.todo);
+            for id in todo.drain(..) {
+                apply(conn, &mut st, id, &mut wakes);
+            }
+            self.todo = todo;
+            if std::mem::take(&mut st.resume) {
+                let paused = std::mem::take(&mut st.paused);
+                for id in paused {
+                    if let Some(slot) = st.streams.get_mut(&id) {
+                        slot.paused = false;
+                    }
+                    read_into(conn, &mut st, &self.ep, id, &mut wakes);
+                }
+            }
+            refresh(conn, &mut st);
+            st.info.stats = Some(conn.stats());
+        }
+        wakes.wake();
+    }
+
+    /// Runs `f` on the shared state of `conn`, then wakes what it collected.
+    fn with_state(
+        &mut self,
+        conn: &mut Conn<'_>,
+        f: impl FnOnce(&mut Conn<'_>, &mut ConnState, &EndpointShared, &mut Wakes),
+    ) {
+        let Some(c) = self.shared(conn) else { return };
+        let mut wakes = Wakes::default();
+        {
+            let mut st = c.lock();
+            f(conn, &mut st, &self.ep, &mut wakes);
+        }
+        wakes.wake();
+    }
+}
+
+/// Ends connection `c` that never registered on a worker.
+fn fail(c: &ConnShared, error: ConnectionError) {
+    let mut wakes = Wakes::default();
+    {
+        let mut st = c.lock();
+        st.error.get_or_insert(error);
+        st.wake_all(&mut wakes);
+    }
+    wakes.wake();
+}
+
+/// Refreshes what the tasks read without asking.
+fn refresh(conn: &mut Conn<'_>, st: &mut ConnState) {
+    st.info.remote = Some(conn.remote_address());
+    st.info.rtt = conn.rtt();
+    st.info.max_datagram = conn.max_datagram_size();
+}
+
+/// Opens the streams tasks asked for, as far as the peer allows.
+fn open_streams(conn: &mut Conn<'_>, st: &mut ConnState, wakes: &mut Wakes) {
+    let side = conn.side();
+    for dir in [Dir::Bi, Dir::Uni] {
+        let d = dir_index(dir);
+        while st.open_requests[d] > 0 {
+            let opened = match dir {
+                Dir::Bi => conn.open_bi(),
+                Dir::Uni => conn.open_uni(),
+            };
+            let Some(id) = opened else { break };
+            st.streams.insert(id, StreamSlot::new(id, side));
+            st.opened[d].push_back(id);
+            st.open_requests[d] -= 1;
+            wakes.all(&mut st.open_waiters);
+        }
+    }
+}
+
+/// Applies the requests marked on stream `id`: stop, reset, queued writes, finish.
+fn apply(conn: &mut Conn<'_>, st: &mut ConnState, id: StreamId, wakes: &mut Wakes) {
+    let Some(slot) = st.streams.get_mut(&id) else {
+        return;
+    };
+    slot.queued = false;
+    if let (Some(code), false) = (slot.stop, slot.stop_sent) {
+        let _ = conn.stop(id, code);
+        slot.stop_sent = true;
+    }
+    if let (Some(code), false) = (slot.reset, slot.reset_sent) {
+        let _ = conn.reset(id, code);
+        slot.reset_sent = true;
+        slot.send.clear();
+        slot.send_len = 0;
+    }
+    push_send(conn, slot, id, wakes);
+    if slot.is_done() {
+        st.streams.remove(&id);
+    }
+}
+
+/// Moves the stream's queued octets into quinn-proto as far as flow control allows, then
+/// its end when asked for and everything went.
+fn push_send(conn: &mut Conn<'_>, slot: &mut StreamSlot, id: StreamId, wakes: &mut Wakes) {
+    let before = slot.send_len;
+    while let Some(front) = slot.send.front_mut() {
+        let len = front.len();
+        match conn.write_chunk(id, front) {
+            Ok(0) if len > 0 => break,
+            Ok(n) => {
+                slot.send_len -= n;
+                if front.is_empty() {
+                    slot.send.pop_front();
+                }
+            }
+            Err(e) => {
+                if let StreamError::Stopped(code) = e {
+                    slot.send_end = SendEnd::Stopped(code);
+                }
+                slot.send.clear();
+                slot.send_len = 0;
+                wakes.all(&mut slot.stopped_waiters);
+                break;
+            }
+        }
+    }
+    if slot.send.is_empty() && slot.finish && !slot.finish_sent {
+        slot.finish_sent = true;
+        if let Err(StreamError::Stopped(code)) = conn.finish(id) {
+            slot.send_end = SendEnd::Stopped(code);
+            wakes.all(&mut slot.stopped_waiters);
+        }
+    }
+    if slot.send_len < before || slot.send_end != SendEnd::Open {
+        wakes.add(slot.write_waker.take());
+    }
+}
+
+/// Moves what stream `id` has received out of quinn-proto into its buffer, while the
+/// limits leave room; a stream left with data in quinn-proto is paused until the
+/// application makes room.
+fn read_into(
+    conn: &mut Conn<'_>,
+    st: &mut ConnState,
+    ep: &EndpointShared,
+    id: StreamId,
+    wakes: &mut Wakes,
+) {
+    let limits = &ep.limits;
+    let (mut buffered, mut held) = (st.buffered, st.held);
+    let mut pause = false;
+    {
+        let Some(slot) = st.streams.get_mut(&id) else {
+            return;
+        };
+        if slot.stop.is_some() || slot.recv_end != RecvEnd::Open || !slot.recv_handle {
+            return;
+        }
+        let mut woke = false;
+        loop {
+            if slot.recv_len >= limits.stream_receive
+                || buffered >= limits.connection_receive
+                || held >= limits.held_streams
+            {
+                pause = !slot.paused;
+                slot.paused = true;
+                break;
+            }
+            let room = limits.stream_receive - slot.recv_len;
+            match conn.read_chunk(id, room) {
+                Ok(Chunk::Data(b)) => {
+                    slot.recv_len += b.len();
+                    buffered += b.len();
+                    slot.recv.push_back(b);
+                    woke = true;
+                }
+                Ok(Chunk::Finished) => {
+                    slot.recv_end = RecvEnd::Finished;
+                    slot.held = true;
+                    held += 1;
+                    woke = true;
+                    break;
+                }
+                Err(StreamError::Reset(code)) => {
+                    slot.recv_end = RecvEnd::Reset(code);
+                    slot.held = true;
+                    held += 1;
+                    woke = true;
+                    break;
+                }
+                Ok(Chunk::Blocked) | Err(_) => break,
+            }
+        }
+        if woke {
+            wakes.add(slot.read_waker.take());
+        }
+    }
+    st.buffered = buffered;
+    st.held = held;
+    if pause {
+        st.paused.push(id);
+    }
+}
+
+impl Handler for Driver {
+    fn incoming(&mut self, _ctx: &mut Ctx<'_>, i: &Incoming<'_>) -> Decision {
+        if self.ep.is_closing() || self.ep.refusing.load(std::sync::atomic::Ordering::Acquire) {
+            return Decision::Refuse;
+        }
+        let waiters = {
+            let mut q = lock(self.ep.accept_queue(self.worker));
+            if q.attempts.len() >= self.ep.limits.incoming {
+                return Decision::Refuse;
+            }
+            q.attempts.push_back(Attempt {
+                worker: self.worker,
+                id: i.id(),
+                remote: i.remote_address(),
+                local_ip: i.local_ip(),
+                validated: i.address_validated(),
+                server_name: i.server_name().map(str::to_string),
+                alpn: i.alpn().to_vec(),
+            });
+            std::mem::take(&mut q.waiters)
+        };
+        for w in waiters {
+            w.wake();
+        }
+        Decision::Defer
+    }
+
+    fn connected(&mut self, conn: &mut Conn<'_>) {
+        let Some(c) = self.shared(conn) else { return };
+        {
+            let mut st = c.lock();
+            st.established = true;
+            st.info.handshake = conn.handshake_data();
+            st.info.peer_certificates = conn.peer_certificates();
+            st.info.datagrams_enabled = conn.max_datagram_size().is_some();
+            if let Some(w) = st.connecting.take() {
+                w.wake();
+            }
+        }
+        // Requests made while connecting (a close, say) go now.
+        self.service(conn, &c);
+    }
+
+    fn stream_opened(&mut self, conn: &mut Conn<'_>, stream: StreamId) {
+        let side = conn.side();
+        self.with_state(conn, |_, st, _, wakes| {
+            st.streams.insert(stream, StreamSlot::new(stream, side));
+            st.incoming[dir_index(stream.dir())].push_back(stream);
+            wakes.all(&mut st.accept_waiters);
+        });
+    }
+
+    fn stream_readable(&mut self, conn: &mut Conn<'_>, stream: StreamId) {
+        self.with_state(conn, |conn, st, ep, wakes| {
+            read_into(conn, st, ep, stream, wakes);
+            refresh(conn, st);
+        });
+    }
+
+    fn stream_writable(&mut self, conn: &mut Conn<'_>, stream: StreamId) {
+        self.with_state(conn, |conn, st, _, wakes| {
+            apply(conn, st, stream, wakes);
+        });
+    }
+
+    fn stream_finished(&mut self, conn: &mut Conn<'_>, stream: StreamId) {
+        self.with_state(conn, |_, st, _, wakes| {
+            if let Some(slot) = st.streams.get_mut(&stream) {
+                if slot.send_end == SendEnd::Open {
+                    slot.send_end = SendEnd::Acked;
+                }
+                wakes.all(&mut slot.stopped_waiters);
+                if slot.is_done() {
+                    st.streams.remove(&stream);
+                }
+            }
+        });
+    }
+
+    fn stream_stopped(&mut self, conn: &mut Conn<'_>, stream: StreamId, code: VarInt) {
+        self.with_state(conn, |_, st, _, wakes| {
+            if let Some(slot) = st.streams.get_mut(&stream) {
+                slot.send_end = SendEnd::Stopped(code);
+                slot.send.clear();
+                slot.send_len = 0;
+                wakes.add(slot.write_waker.take());
+                wakes.all(&mut slot.stopped_waiters);
+            }
+        });
+    }
+
+    fn streams_available(&mut self, conn: &mut Conn<'_>) {
+        self.with_state(conn, |conn, st, _, wakes| open_streams(conn, st, wakes));
+    }
+
+    fn datagram(&mut self, conn: &mut Conn<'_>, data: Bytes) {
+        self.with_state(conn, |_, st, ep, wakes| {
+            st.datagram_bytes += data.len();
+            st.datagrams.push_back(data);
+            // Unreliable: the oldest go when the application falls behind.
+            while st.datagram_bytes > ep.limits.datagram_receive {
+                match st.datagrams.pop_front() {
+                    Some(d) => st.datagram_bytes -= d.len(),
+                    None => break,
+                }
+            }
+            wakes.all(&mut st.datagram_waiters);
+        });
+    }
+
+    fn closed(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, reason: &ConnectionError) {
+        let Some(c) = self.conns.remove(&id) else {
+            return;
+        };
+        let mut wakes = Wakes::default();
+        {
+            let mut st = c.lock();
+            st.error.get_or_insert_with(|| reason.clone());
+            st.wake_all(&mut wakes);
+            // What no handle can read any more goes now; what a handle may still read stays
+            // with it (quinn hands out buffered data before the connection's error).
+            st.streams
+                .retain(|_, s| s.recv_handle && (!s.recv.is_empty() || s.recv_end != RecvEnd::Open));
+            st.incoming = Default::default();
+            st.opened = Default::default();
+            st.out_datagrams.clear();
+        }
+        wakes.wake();
+        self.ep.ended();
+    }
+}
+
+impl Drop for Driver {
+    /// The worker ended (stopped, or failed): the tasks still waiting on its connections
+    /// hear that they are gone.
+    fn drop(&mut self) {
+        self.ep
+            .closing
+            .store(true, std::sync::atomic::Ordering::Release);
+        for (_, c) in self.conns.drain() {
+            fail(&c, ConnectionError::LocallyClosed);
+            self.ep.ended();
+        }
+        let waiters = std::mem::take(&mut lock(self.ep.accept_queue(self.worker)).waiters);
+        for w in waiters {
+            w.wake();
+        }
+    }
+}

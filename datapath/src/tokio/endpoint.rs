@@ -1,0 +1,345 @@
+//! [`Endpoint`] and [`Incoming`].
+
+use std::future::{poll_fn, Future, IntoFuture};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::Bytes;
+use quinn_proto::{ClientConfig, ConnectError, ConnectionError, ServerConfig, Side, VarInt};
+
+use super::connection::{ConnRef, Connecting, Connection};
+use super::error::RetryError;
+use super::shared::{lock, register, Attempt, ConnShared, EndpointShared, Op};
+use super::{Builder, Keeper};
+use crate::{Decision, EngineBuilder};
+
+/// A QUIC endpoint over the engine's workers: accepts connections (a server), opens them (a
+/// client), or both. Cheap to clone. The engine shuts down when the last endpoint handle and
+/// the last connection handle are gone.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub(crate) shared: Arc<EndpointShared>,
+    keeper: Arc<Keeper>,
+    /// Thread-per-core: the worker this endpoint belongs to.
+    worker: Option<usize>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("local_addr", &self.shared.local_addr.get())
+            .field("worker", &self.worker)
+            .finish()
+    }
+}
+
+impl Endpoint {
+    pub(crate) fn new(
+        shared: Arc<EndpointShared>,
+        keeper: Arc<Keeper>,
+        worker: Option<usize>,
+    ) -> Self {
+        Self {
+            shared,
+            keeper,
+            worker,
+        }
+    }
+
+    /// A server on `addr` with `config`, one worker per available CPU over kernel UDP
+    /// sockets (SO_REUSEPORT). For AF_XDP, thread-per-core or other settings, see
+    /// [`Builder`].
+    pub fn server(config: ServerConfig, addr: SocketAddr) -> io::Result<Self> {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Builder::new(EngineBuilder::default().workers(workers).server(config))
+            .bind_udp(addr)
+            .map_err(io::Error::other)
+    }
+
+    /// A client endpoint on `addr` (port 0: an ephemeral port), one worker. Set a client
+    /// configuration with [`Endpoint::set_default_client_config`] or use
+    /// [`Endpoint::connect_with`].
+    pub fn client(addr: SocketAddr) -> io::Result<Self> {
+        Builder::new(EngineBuilder::default().workers(1))
+            .bind_udp(addr)
+            .map_err(io::Error::other)
+    }
+
+    /// A builder over `engine`'s configuration.
+    pub fn builder(engine: EngineBuilder) -> Builder {
+        Builder::new(engine)
+    }
+
+    /// Waits for the next connection attempt; `None` once the endpoint is closed (or, in
+    /// thread-per-core mode, on the endpoint `bind_*` returned: each worker's endpoint
+    /// accepts).
+    pub fn accept(&self) -> impl Future<Output = Option<Incoming>> + Send + '_ {
+        poll_fn(move |cx| {
+            let ep = &self.shared;
+            if ep.is_closing() || (self.worker.is_none() && ep.accepts.len() > 1) {
+                return Poll::Ready(None);
+            }
+            let mut q = lock(ep.accept_queue(self.worker.unwrap_or(0)));
+            if let Some(attempt) = q.attempts.pop_front() {
+                return Poll::Ready(Some(Incoming {
+                    attempt,
+                    endpoint: self.clone(),
+                    decided: false,
+                }));
+            }
+            register(&mut q.waiters, cx.waker());
+            drop(q);
+            // Closed meanwhile: `close` wakes the waiters after setting the flag.
+            if ep.is_closing() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+    }
+
+    /// The configuration [`Endpoint::connect`] uses.
+    pub fn set_default_client_config(&self, config: ClientConfig) {
+        *lock(&self.shared.default_client) = Some(config);
+    }
+
+    /// Replaces the server configuration for connections accepted from now on (a new
+    /// certificate, say); `None` refuses new connections.
+    pub fn set_server_config(&self, config: Option<ServerConfig>) {
+        let Some(handle) = self.shared.handle.get() else {
+            return;
+        };
+        match config {
+            Some(c) => {
+                self.shared.refusing.store(false, Ordering::Release);
+                if let Err(e) = handle.set_server_config(c) {
+                    tracing::warn!("cannot set the server configuration: {e}");
+                }
+            }
+            None => self.shared.refusing.store(true, Ordering::Release),
+        }
+    }
+
+    /// Opens a connection to `addr` with the default client configuration.
+    pub fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<Connecting, ConnectError> {
+        let config = lock(&self.shared.default_client)
+            .clone()
+            .ok_or(ConnectError::NoDefaultClientConfig)?;
+        self.connect_with(config, addr, server_name)
+    }
+
+    /// Opens a connection to `addr` with `config`. In thread-per-core mode, from this
+    /// endpoint's worker; else from the workers in turn.
+    pub fn connect_with(
+        &self,
+        config: ClientConfig,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<Connecting, ConnectError> {
+        let ep = &self.shared;
+        if ep.is_closing() {
+            return Err(ConnectError::EndpointStopping);
+        }
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(ConnectError::InvalidRemoteAddress(addr));
+        }
+        if rustls::pki_types::ServerName::try_from(server_name).is_err() {
+            return Err(ConnectError::InvalidServerName(server_name.into()));
+        }
+        let worker = self
+            .worker
+            .unwrap_or_else(|| ep.next_worker.fetch_add(1, Ordering::Relaxed) % ep.inboxes.len());
+        let shared = ConnShared::new(worker, Side::Client, ep.clone());
+        shared.lock().info.remote = Some(addr);
+        let conn = ConnRef::new(shared.clone(), self.keeper.clone());
+        let op = Op::Connect {
+            conn: shared,
+            config,
+            remote: addr,
+            server_name: server_name.into(),
+        };
+        ep.push(worker, op)
+            .map_err(|_| ConnectError::EndpointStopping)?;
+        Ok(Connecting::new(conn))
+    }
+
+    /// The local address of the workers' sockets.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.shared
+            .local_addr
+            .get()
+            .copied()
+            .ok_or_else(|| io::Error::other("the endpoint is not bound"))
+    }
+
+    /// Connections alive.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::Acquire)
+    }
+
+    /// Closes every connection with `error_code` and `reason` and accepts no more (every
+    /// worker's, whichever endpoint of thread-per-core mode it is called on).
+    pub fn close(&self, error_code: VarInt, reason: &[u8]) {
+        let ep = &self.shared;
+        ep.closing.store(true, Ordering::Release);
+        let reason = Bytes::copy_from_slice(reason);
+        for w in 0..ep.inboxes.len() {
+            let _ = ep.push(w, Op::CloseAll(error_code, reason.clone()));
+        }
+        for q in &ep.accepts {
+            let waiters = std::mem::take(&mut lock(q).waiters);
+            for w in waiters {
+                w.wake();
+            }
+        }
+    }
+
+    /// Waits until no connection is alive (after [`Endpoint::close`], say: they have closed
+    /// and drained, within the engine's drain timeout).
+    pub fn wait_idle(&self) -> impl Future<Output = ()> + Send + '_ {
+        poll_fn(move |cx| {
+            if self.open_connections() == 0 {
+                return Poll::Ready(());
+            }
+            register(&mut lock(&self.shared.idle_waiters), cx.waker());
+            if self.open_connections() == 0 {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+    }
+
+    /// The engine's counters, summed over the workers.
+    pub fn counters(&self) -> crate::Counters {
+        self.shared
+            .handle
+            .get()
+            .map(|h| h.total())
+            .unwrap_or_default()
+    }
+}
+
+/// A connection attempt: accept it (`.await` it, or [`Incoming::accept`]), refuse it, ask for
+/// a Retry, or ignore it. Dropped undecided, it is refused, as in quinn.
+pub struct Incoming {
+    attempt: Attempt,
+    endpoint: Endpoint,
+    decided: bool,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("remote", &self.attempt.remote)
+            .field("server_name", &self.attempt.server_name)
+            .finish()
+    }
+}
+
+impl Incoming {
+    fn decide(&mut self, decision: Decision, conn: Option<Arc<ConnShared>>) {
+        self.decided = true;
+        let op = Op::Decide(self.attempt.id, decision, conn);
+        // A worker that ended has dropped the attempt already.
+        let _ = self.endpoint.shared.push(self.attempt.worker, op);
+    }
+
+    /// Accepts it with the endpoint's server configuration.
+    pub fn accept(self) -> Result<Connecting, ConnectionError> {
+        self.accept_as(Decision::Accept)
+    }
+
+    /// Accepts it with `server_config` (another certificate, other ALPNs or transport).
+    pub fn accept_with(
+        self,
+        server_config: Arc<ServerConfig>,
+    ) -> Result<Connecting, ConnectionError> {
+        self.accept_as(Decision::AcceptWith(server_config))
+    }
+
+    fn accept_as(mut self, decision: Decision) -> Result<Connecting, ConnectionError> {
+        let ep = self.endpoint.shared.clone();
+        let shared = ConnShared::new(self.attempt.worker, Side::Server, ep);
+        {
+            let mut st = shared.lock();
+            st.info.remote = Some(self.attempt.remote);
+            st.info.local_ip = self.attempt.local_ip;
+        }
+        let conn = ConnRef::new(shared.clone(), self.endpoint.keeper.clone());
+        self.decide(decision, Some(shared));
+        Ok(Connecting::new(conn))
+    }
+
+    /// Refuses it: the client hears CONNECTION_REFUSED.
+    pub fn refuse(mut self) {
+        self.decide(Decision::Refuse, None);
+    }
+
+    /// Asks the client to prove its address with a Retry first; errs (giving the attempt
+    /// back) if it did already.
+    pub fn retry(mut self) -> Result<(), RetryError> {
+        if self.attempt.validated {
+            return Err(RetryError(Box::new(self)));
+        }
+        self.decide(Decision::Retry, None);
+        Ok(())
+    }
+
+    /// Drops it without an answer.
+    pub fn ignore(mut self) {
+        self.decide(Decision::Ignore, None);
+    }
+
+    /// Where it comes from.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.attempt.remote
+    }
+
+    /// The local address it was sent to, when the backend knows it.
+    pub fn local_ip(&self) -> Option<IpAddr> {
+        self.attempt.local_ip
+    }
+
+    /// Whether the client proved its address (it echoed a Retry token).
+    pub fn remote_address_validated(&self) -> bool {
+        self.attempt.validated
+    }
+
+    /// Whether [`Incoming::retry`] would send a Retry.
+    pub fn may_retry(&self) -> bool {
+        !self.attempt.validated
+    }
+
+    /// The server name the client asks for (SNI), peeked from its ClientHello (not in
+    /// quinn: there it is known after the handshake only).
+    pub fn server_name(&self) -> Option<&str> {
+        self.attempt.server_name.as_deref()
+    }
+
+    /// The ALPN protocols the client offers (peeked, as [`Incoming::server_name`]).
+    pub fn alpn(&self) -> &[Vec<u8>] {
+        &self.attempt.alpn
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if !self.decided {
+            self.decide(Decision::Refuse, None);
+        }
+    }
+}
+
+impl IntoFuture for Incoming {
+    type Output = Result<Connection, ConnectionError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    /// Accepts it and waits for the handshake.
+    fn into_future(self) -> Self::IntoFuture {
+        let connecting = self.accept();
+        Box::pin(async move { connecting?.await })
+    }
+}

@@ -1,0 +1,150 @@
+//! Thread-per-core mode: each worker thread runs a current-thread tokio runtime whose tasks
+//! are the worker's turns ([`drive`]) and the application's tasks for that worker's
+//! connections. The worker sleeps in the runtime (its backend's descriptors registered with
+//! the runtime's epoll, its waker parked with the driving task's waker), so that the
+//! application's tasks run whenever the worker has nothing to do, and a task's request wakes
+//! the worker without a syscall.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use super::driver::Driver;
+use super::shared::EndpointShared;
+use super::{Endpoint, Keeper, Main};
+use crate::backend::Backend;
+use crate::engine::threads::{contain, failed, Runner};
+use crate::waker::Waker;
+use crate::worker::{TurnOutcome, Worker};
+
+/// The thread body of thread-per-core mode.
+#[derive(Clone)]
+pub(crate) struct PerCore {
+    main: Main,
+    ep: Arc<EndpointShared>,
+}
+
+impl PerCore {
+    pub(crate) fn new(main: Main, ep: &Arc<EndpointShared>) -> Self {
+        Self {
+            main,
+            ep: ep.clone(),
+        }
+    }
+}
+
+impl Runner<Driver> for PerCore {
+    fn run<B: Backend>(self, worker: Worker<Driver>, io: B, waker: &Waker) -> io::Result<Driver> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let local = tokio::task::LocalSet::new();
+        let ep = Endpoint::new(self.ep.clone(), Arc::new(Keeper::none()), Some(worker.index()));
+        let main = self.main.clone();
+        local.spawn_local(async move { main(ep).await });
+        // The application's tasks left when the worker ends are dropped with the runtime.
+        local.block_on(&rt, drive(worker, io, waker))
+    }
+}
+
+/// A descriptor the backend owns, registered with the runtime for as long as this lives
+/// (dropped before the backend: see [`drive`]).
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Turns `worker` over `io` until it stops, sleeping in the runtime between turns.
+async fn drive<B: Backend>(mut worker: Worker<Driver>, mut io: B, waker: &Waker) -> io::Result<Driver> {
+    let ready = io.readiness().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this backend cannot run thread-per-core (it has no descriptor to wait on)",
+        )
+    })?;
+    let both = Interest::READABLE | Interest::WRITABLE;
+    let register = |fd: RawFd| {
+        // SAFETY: `fd` is one of `io`'s descriptors, open for as long as `io` lives
+        // (`Backend::readiness`); `io` is this function's argument, so it is dropped after
+        // the registrations, which are locals, and nothing here closes or replaces it.
+        unsafe { AsyncFd::register_with_interest(Fd(fd), both) }.map_err(io::Error::from)
+    };
+    let read = register(ready.read)?;
+    let write = if ready.write != ready.read {
+        Some(register(ready.write)?)
+    } else {
+        None
+    };
+    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(sleep);
+    let mut last = Instant::now();
+    loop {
+        let done_before = worker.work_done();
+        let outcome = match contain(|| worker.turn(&mut io, last)) {
+            Ok(outcome) => outcome,
+            Err(why) => return Err(failed(worker, &mut io, why)),
+        };
+        let now = Instant::now();
+        if worker.work_done() != done_before {
+            worker.account_time(now - last, Duration::ZERO);
+        } else {
+            worker.account_time(Duration::ZERO, now - last);
+        }
+        last = now;
+        let deadline = match outcome {
+            TurnOutcome::Done => return Ok(worker.into_handler()),
+            TurnOutcome::Continue(deadline) => deadline,
+        };
+        if deadline.is_some_and(|d| d <= now) {
+            // More to do at once: let the tasks the turn woke run first.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let deadline = io.before_sleep(deadline);
+        if let Some(d) = deadline {
+            sleep.as_mut().reset(d.into());
+        }
+        let want_write = worker.wants_write();
+        let writer = write.as_ref().unwrap_or(&read);
+        poll_fn(|cx| {
+            waker.park_task(cx.waker());
+            if worker.has_inbox() {
+                return Poll::Ready(());
+            }
+            if let Poll::Ready(Ok(mut g)) = read.poll_read_ready(cx) {
+                g.clear_ready();
+                return Poll::Ready(());
+            }
+            if let Some(w) = &write {
+                if let Poll::Ready(Ok(mut g)) = w.poll_read_ready(cx) {
+                    g.clear_ready();
+                    return Poll::Ready(());
+                }
+            }
+            if want_write {
+                if let Poll::Ready(Ok(mut g)) = writer.poll_write_ready(cx) {
+                    g.clear_ready();
+                    return Poll::Ready(());
+                }
+            }
+            if deadline.is_some() && sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await;
+        waker.unpark_task();
+        let woke = Instant::now();
+        worker.account_time(Duration::ZERO, woke - last);
+        last = woke;
+    }
+}

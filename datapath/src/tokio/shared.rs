@@ -1,0 +1,469 @@
+//! The state the application's tasks and the workers share: per endpoint, per worker, per
+//! connection (one lock each), and the work tasks hand to the workers in batches.
+//!
+//! A task acts on its connection under the connection's lock: reads take buffered data, writes
+//! queue theirs, requests are marked. When a connection's first request of a batch is queued,
+//! the connection is put on its worker's inbox, and the inbox is posted to the worker once
+//! (one command in flight per worker): the worker applies every marked request of every
+//! queued connection in one go, between two turns ([`super::driver`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::Waker;
+
+use bytes::Bytes;
+use quinn_proto::{ClientConfig, ConnectionError, Dir, Side, StreamId, VarInt};
+
+use super::driver::Driver;
+use super::Limits;
+use crate::accept::AttemptId;
+use crate::{ConnId, Decision, EngineHandle};
+
+/// Locks `m`, taking the state of a holder that panicked as it is (every critical section
+/// here leaves the state consistent between statements).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Wakers collected under a lock, woken after it is released.
+#[derive(Default)]
+pub(crate) struct Wakes(Vec<Waker>);
+
+impl Wakes {
+    pub fn add(&mut self, w: Option<Waker>) {
+        self.0.extend(w);
+    }
+    pub fn all(&mut self, ws: &mut Vec<Waker>) {
+        self.0.append(ws);
+    }
+    pub fn wake(self) {
+        for w in self.0 {
+            w.wake();
+        }
+    }
+}
+
+/// Registers `w` in `list` unless a waker there wakes the same task.
+pub(crate) fn register(list: &mut Vec<Waker>, w: &Waker) {
+    if !list.iter().any(|x| x.will_wake(w)) {
+        list.push(w.clone());
+    }
+}
+
+/// Work for a worker.
+pub(crate) enum Op {
+    /// Apply the requests marked on this connection.
+    Service(Arc<ConnShared>),
+    /// Decide on a deferred connection attempt (with the connection to bind when accepted).
+    Decide(AttemptId, Decision, Option<Arc<ConnShared>>),
+    /// Open a connection.
+    Connect {
+        conn: Arc<ConnShared>,
+        config: ClientConfig,
+        remote: SocketAddr,
+        server_name: String,
+    },
+    /// Close every connection of the worker.
+    CloseAll(VarInt, Bytes),
+}
+
+#[derive(Default)]
+struct InboxState {
+    ops: Vec<Op>,
+    posted: bool,
+}
+
+/// One worker's inbox: ops queued by tasks, posted to the worker as one command.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    state: Mutex<InboxState>,
+}
+
+impl Inbox {
+    /// Takes the queued ops (into `into`, emptied first); the next op posts again.
+    pub fn take(&self, into: &mut Vec<Op>) {
+        into.clear();
+        let mut s = lock(&self.state);
+        std::mem::swap(&mut s.ops, into);
+        s.posted = false;
+    }
+}
+
+/// A connection attempt waiting for the application's decision.
+pub(crate) struct Attempt {
+    pub worker: usize,
+    pub id: AttemptId,
+    pub remote: SocketAddr,
+    pub local_ip: Option<std::net::IpAddr>,
+    pub validated: bool,
+    pub server_name: Option<String>,
+    pub alpn: Vec<Vec<u8>>,
+}
+
+/// Attempts for [`super::Endpoint::accept`].
+#[derive(Default)]
+pub(crate) struct AcceptQueue {
+    pub attempts: VecDeque<Attempt>,
+    pub waiters: Vec<Waker>,
+}
+
+/// What an endpoint's tasks and workers share.
+pub(crate) struct EndpointShared {
+    pub handle: OnceLock<EngineHandle<Driver>>,
+    pub inboxes: Vec<Inbox>,
+    /// One accept queue (the application's runtime) or one per worker (thread-per-core).
+    pub accepts: Vec<Mutex<AcceptQueue>>,
+    pub limits: Limits,
+    pub default_client: Mutex<Option<ClientConfig>>,
+    /// `close` was called, or the engine is stopping: no more accepts.
+    pub closing: std::sync::atomic::AtomicBool,
+    /// `set_server_config(None)`: new attempts are refused.
+    pub refusing: std::sync::atomic::AtomicBool,
+    /// Connections alive (registered on a worker, not closed yet).
+    pub open: AtomicUsize,
+    pub idle_waiters: Mutex<Vec<Waker>>,
+    pub next_worker: AtomicUsize,
+    pub local_addr: OnceLock<SocketAddr>,
+}
+
+impl EndpointShared {
+    pub fn new(workers: usize, per_core: bool, limits: Limits) -> Self {
+        let queues = if per_core { workers } else { 1 };
+        Self {
+            handle: OnceLock::new(),
+            inboxes: (0..workers).map(|_| Inbox::default()).collect(),
+            accepts: (0..queues).map(|_| Mutex::default()).collect(),
+            limits,
+            default_client: Mutex::new(None),
+            closing: Default::default(),
+            refusing: Default::default(),
+            open: AtomicUsize::new(0),
+            idle_waiters: Mutex::default(),
+            next_worker: AtomicUsize::new(0),
+            local_addr: OnceLock::new(),
+        }
+    }
+
+    /// The accept queue of worker `worker`'s attempts.
+    pub fn accept_queue(&self, worker: usize) -> &Mutex<AcceptQueue> {
+        &self.accepts[worker % self.accepts.len()]
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Queues `op` for `worker`, posting the inbox if it is not posted yet. Returns the op
+    /// when the worker has ended.
+    pub fn push(&self, worker: usize, op: Op) -> Result<(), Op> {
+        let Some(handle) = self.handle.get() else {
+            return Err(op);
+        };
+        let inbox = &self.inboxes[worker];
+        let post = {
+            let mut s = lock(&inbox.state);
+            s.ops.push(op);
+            !std::mem::replace(&mut s.posted, true)
+        };
+        if post {
+            // At most one command of this endpoint is queued per worker, so the queue has
+            // room: this does not wait (see `Builder`'s command capacity).
+            if handle
+                .post_wait(worker, |driver, ctx| driver.drain(ctx))
+                .is_err()
+            {
+                let mut s = lock(&inbox.state);
+                s.posted = false;
+                return Err(s.ops.pop().expect("pushed above"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A connection was registered on a worker.
+    pub fn opened(&self) {
+        self.open.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A registered connection ended.
+    pub fn ended(&self) {
+        if self.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let waiters = std::mem::take(&mut *lock(&self.idle_waiters));
+            for w in waiters {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// How far the receiving side of a stream got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecvEnd {
+    Open,
+    /// The worker read its end: the buffer holds the last octets.
+    Finished,
+    /// The peer reset it: after the buffered octets, reads fail with this code.
+    Reset(VarInt),
+}
+
+/// How far the sending side of a stream got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendEnd {
+    Open,
+    /// The peer acknowledged everything, its end included.
+    Acked,
+    /// The peer asked us to stop, with this code.
+    Stopped(VarInt),
+}
+
+/// One stream, both sides, as the tasks and the worker see it.
+pub(crate) struct StreamSlot {
+    pub recv: VecDeque<Bytes>,
+    pub recv_len: usize,
+    /// Octets handed to the application so far (the offset of `read_chunk`'s chunks).
+    pub recv_offset: u64,
+    pub recv_end: RecvEnd,
+    /// A [`super::RecvStream`] exists (or will: the stream waits to be accepted).
+    pub recv_handle: bool,
+    /// The application stopped reading (stop, or dropped the handle early).
+    pub stop: Option<VarInt>,
+    pub stop_sent: bool,
+    /// The worker left data in quinn-proto for lack of room here.
+    pub paused: bool,
+    /// Counted in [`ConnState::held`].
+    pub held: bool,
+    pub read_waker: Option<Waker>,
+
+    pub send: VecDeque<Bytes>,
+    pub send_len: usize,
+    pub send_end: SendEnd,
+    /// A [`super::SendStream`] exists (or will).
+    pub send_handle: bool,
+    pub finish: bool,
+    pub finish_sent: bool,
+    pub reset: Option<VarInt>,
+    pub reset_sent: bool,
+    pub write_waker: Option<Waker>,
+    pub stopped_waiters: Vec<Waker>,
+
+    /// In [`ConnState::todo`] already.
+    pub queued: bool,
+}
+
+impl StreamSlot {
+    /// A new stream of a connection on side `side`: a unidirectional one has one side only.
+    pub fn new(id: StreamId, side: Side) -> Self {
+        let uni = id.dir() == Dir::Uni;
+        let ours = id.initiator() == side;
+        Self {
+            recv: VecDeque::new(),
+            recv_len: 0,
+            recv_offset: 0,
+            recv_end: RecvEnd::Open,
+            recv_handle: !(uni && ours),
+            stop: None,
+            stop_sent: false,
+            paused: false,
+            held: false,
+            read_waker: None,
+            send: VecDeque::new(),
+            send_len: 0,
+            send_end: SendEnd::Open,
+            send_handle: !(uni && !ours),
+            finish: false,
+            finish_sent: false,
+            reset: None,
+            reset_sent: false,
+            write_waker: None,
+            stopped_waiters: Vec::new(),
+            queued: false,
+        }
+    }
+
+    /// Nothing left to do for it on either side: it can be forgotten.
+    pub fn is_done(&self) -> bool {
+        !self.recv_handle
+            && !self.send_handle
+            && self.send.is_empty()
+            && (!self.finish || self.finish_sent)
+            && (self.reset.is_none() || self.reset_sent)
+            && (self.stop.is_none() || self.stop_sent)
+    }
+}
+
+/// Facts about a connection the tasks read without asking the worker, refreshed by it.
+#[derive(Default)]
+pub(crate) struct Info {
+    pub remote: Option<SocketAddr>,
+    pub local_ip: Option<std::net::IpAddr>,
+    pub rtt: std::time::Duration,
+    pub max_datagram: Option<usize>,
+    pub datagrams_enabled: bool,
+    pub handshake: Option<quinn_proto::crypto::rustls::HandshakeData>,
+    pub peer_certificates: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    pub stats: Option<quinn_proto::ConnectionStats>,
+}
+
+/// A connection's shared state.
+pub(crate) struct ConnState {
+    pub id: Option<ConnId>,
+    pub side: Side,
+    pub established: bool,
+    pub error: Option<ConnectionError>,
+    pub connecting: Option<Waker>,
+    pub closed_waiters: Vec<Waker>,
+    pub info: Info,
+
+    /// Streams the peer opened, not accepted yet: bidirectional, unidirectional.
+    pub incoming: [VecDeque<StreamId>; 2],
+    pub accept_waiters: Vec<Waker>,
+    /// Opens asked for and not done yet, and streams opened for the askers.
+    pub open_requests: [usize; 2],
+    pub opened: [VecDeque<StreamId>; 2],
+    pub open_waiters: Vec<Waker>,
+
+    pub datagrams: VecDeque<Bytes>,
+    pub datagram_bytes: usize,
+    pub datagram_waiters: Vec<Waker>,
+    pub out_datagrams: VecDeque<Bytes>,
+    pub out_datagram_bytes: usize,
+
+    pub streams: HashMap<StreamId, StreamSlot>,
+    /// Streams with requests for the worker.
+    pub todo: Vec<StreamId>,
+    /// Streams the worker stopped reading for lack of room here.
+    pub paused: Vec<StreamId>,
+    /// Resume reading the paused streams.
+    pub resume: bool,
+    /// Octets received and not read by the application yet, all streams.
+    pub buffered: usize,
+    /// Streams whose receiving side quinn-proto is done with but the application is not.
+    pub held: usize,
+    pub close: Option<(VarInt, Bytes)>,
+    /// On its worker's inbox already.
+    pub scheduled: bool,
+}
+
+/// Index of a direction in the per-direction arrays.
+pub(crate) fn dir_index(dir: Dir) -> usize {
+    match dir {
+        Dir::Bi => 0,
+        Dir::Uni => 1,
+    }
+}
+
+/// A connection: its worker, its endpoint, its state, the application's handles on it.
+pub(crate) struct ConnShared {
+    pub worker: usize,
+    pub ep: Arc<EndpointShared>,
+    pub state: Mutex<ConnState>,
+    /// Application handles (connection, streams, connecting): when the last goes, the
+    /// connection is closed (quinn's implicit close).
+    pub refs: AtomicUsize,
+}
+
+impl ConnShared {
+    pub fn new(worker: usize, side: Side, ep: Arc<EndpointShared>) -> Arc<Self> {
+        Arc::new(Self {
+            worker,
+            ep,
+            state: Mutex::new(ConnState {
+                id: None,
+                side,
+                established: false,
+                error: None,
+                connecting: None,
+                closed_waiters: Vec::new(),
+                info: Info::default(),
+                incoming: Default::default(),
+                accept_waiters: Vec::new(),
+                open_requests: [0; 2],
+                opened: Default::default(),
+                open_waiters: Vec::new(),
+                datagrams: VecDeque::new(),
+                datagram_bytes: 0,
+                datagram_waiters: Vec::new(),
+                out_datagrams: VecDeque::new(),
+                out_datagram_bytes: 0,
+                streams: HashMap::new(),
+                todo: Vec::new(),
+                paused: Vec::new(),
+                resume: false,
+                buffered: 0,
+                held: 0,
+                close: None,
+                scheduled: false,
+            }),
+            refs: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, ConnState> {
+        lock(&self.state)
+    }
+
+    /// Puts the connection on its worker's inbox if it is not there yet. Call with its
+    /// state locked (`st`), after marking a request.
+    pub fn schedule(self: &Arc<Self>, st: &mut ConnState) {
+        if st.scheduled || st.error.is_some() {
+            return;
+        }
+        st.scheduled = true;
+        if self.ep.push(self.worker, Op::Service(self.clone())).is_err() {
+            st.scheduled = false;
+            st.error = Some(ConnectionError::LocallyClosed);
+        }
+    }
+
+    /// Marks stream `id` for the worker and schedules the connection.
+    pub fn request(self: &Arc<Self>, st: &mut ConnState, id: StreamId) {
+        if let Some(slot) = st.streams.get_mut(&id) {
+            if !slot.queued {
+                slot.queued = true;
+                st.todo.push(id);
+            }
+        }
+        self.schedule(st);
+    }
+}
+
+impl ConnState {
+    /// The application took `n` octets of stream `id`: asks the worker to resume reading
+    /// paused streams once there is room again (half the limits, so that it does not come
+    /// back for every read).
+    pub fn consumed(&mut self, limits: &Limits, n: usize) -> bool {
+        self.buffered -= n;
+        !self.paused.is_empty()
+            && self.buffered <= limits.connection_receive / 2
+            && self.held < limits.held_streams
+    }
+
+    /// The application is done with the receiving side of `slot` (read to its end or
+    /// reset, stopped, or dropped): its buffer and its hold are released. Returns whether
+    /// paused streams may resume.
+    pub fn release_recv(&mut self, limits: &Limits, slot: &mut StreamSlot) -> bool {
+        let n = std::mem::take(&mut slot.recv_len);
+        slot.recv.clear();
+        slot.recv_handle = false;
+        if std::mem::take(&mut slot.held) {
+            self.held -= 1;
+        }
+        self.consumed(limits, n) || (!self.paused.is_empty() && self.held < limits.held_streams)
+    }
+
+    /// Wakes everything waiting on the connection (it ended).
+    pub fn wake_all(&mut self, wakes: &mut Wakes) {
+        wakes.add(self.connecting.take());
+        wakes.all(&mut self.closed_waiters);
+        wakes.all(&mut self.accept_waiters);
+        wakes.all(&mut self.open_waiters);
+        wakes.all(&mut self.datagram_waiters);
+        for s in self.streams.values_mut() {
+            wakes.add(s.read_waker.take());
+            wakes.add(s.write_waker.take());
+            wakes.all(&mut s.stopped_waiters);
+        }
+    }
+}

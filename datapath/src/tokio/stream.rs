@@ -1,0 +1,482 @@
+//! [`SendStream`] and [`RecvStream`]: the two sides of a stream as tasks hold them.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use quinn_proto::{Chunk, StreamId, VarInt, Written};
+
+use super::connection::ConnRef;
+use super::error::{
+    ClosedStream, ReadError, ReadExactError, ReadToEndError, StoppedError, WriteError,
+};
+use super::shared::{register, RecvEnd, SendEnd};
+
+/// The sending side of a stream. Dropping it finishes the stream (after what was written),
+/// or resets it with the peer's code if the peer stopped it, as in quinn.
+pub struct SendStream {
+    conn: ConnRef,
+    id: StreamId,
+}
+
+impl SendStream {
+    pub(crate) fn new(conn: ConnRef, id: StreamId) -> Self {
+        Self { conn, id }
+    }
+
+    /// The stream's id.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Queues `buf` (as much of it as the stream's queue takes: [`super::Limits`]), waiting
+    /// while the queue is full; returns how much was taken.
+    pub async fn write(&mut self, buf: &[u8]) -> Result<usize, WriteError> {
+        poll_fn(|cx| self.poll_write_with(cx, buf.len(), |n| Bytes::copy_from_slice(&buf[..n])))
+            .await
+    }
+
+    /// Writes all of `buf`.
+    pub async fn write_all(&mut self, mut buf: &[u8]) -> Result<(), WriteError> {
+        while !buf.is_empty() {
+            let n = self.write(buf).await?;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Queues `buf` whole without copying it (quinn-proto keeps the same `Bytes` until the
+    /// peer acknowledges them), once the stream's queue has room.
+    pub async fn write_chunk(&mut self, buf: Bytes) -> Result<(), WriteError> {
+        let mut buf = Some(buf);
+        poll_fn(|cx| {
+            let len = buf.as_ref().map_or(0, Bytes::len);
+            self.poll_write_with(cx, usize::MAX, |_| buf.take().unwrap_or_default())
+                .map_ok(|_| len)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Queues the chunks of `bufs` whole, as many as have room; says how much went.
+    pub async fn write_chunks(&mut self, bufs: &mut [Bytes]) -> Result<Written, WriteError> {
+        let mut written = Written::default();
+        for b in bufs.iter_mut() {
+            if b.is_empty() {
+                written.chunks += 1;
+                continue;
+            }
+            if written.bytes > 0 && !self.has_room()? {
+                break;
+            }
+            let chunk = std::mem::take(b);
+            written.bytes += chunk.len();
+            self.write_chunk(chunk).await?;
+            written.chunks += 1;
+        }
+        Ok(written)
+    }
+
+    /// Queues every chunk of `bufs` whole.
+    pub async fn write_all_chunks(&mut self, bufs: &mut [Bytes]) -> Result<(), WriteError> {
+        for b in bufs.iter_mut() {
+            self.write_chunk(std::mem::take(b)).await?;
+        }
+        Ok(())
+    }
+
+    fn has_room(&self) -> Result<bool, WriteError> {
+        let c = &self.conn.shared;
+        let st = c.lock();
+        let slot = st.streams.get(&self.id).ok_or(WriteError::ClosedStream)?;
+        Ok(slot.send_len < c.ep.limits.stream_send)
+    }
+
+    /// Takes up to `max` octets made by `take(n)` when the queue has room.
+    fn poll_write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+        take: impl FnOnce(usize) -> Bytes,
+    ) -> Poll<Result<usize, WriteError>> {
+        let c = &self.conn.shared;
+        let mut st = c.lock();
+        if let Some(e) = &st.error {
+            return Poll::Ready(Err(WriteError::ConnectionLost(e.clone())));
+        }
+        let limit = c.ep.limits.stream_send;
+        let Some(slot) = st.streams.get_mut(&self.id) else {
+            return Poll::Ready(Err(WriteError::ClosedStream));
+        };
+        if let SendEnd::Stopped(code) = slot.send_end {
+            return Poll::Ready(Err(WriteError::Stopped(code)));
+        }
+        if slot.finish || slot.reset.is_some() {
+            return Poll::Ready(Err(WriteError::ClosedStream));
+        }
+        let room = limit.saturating_sub(slot.send_len);
+        if room == 0 {
+            slot.write_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let data = take(room.min(max));
+        let n = data.len();
+        if n > 0 {
+            slot.send_len += n;
+            slot.send.push_back(data);
+            c.request(&mut st, self.id);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Ends the stream after what was written. Errs if it was finished or reset already.
+    pub fn finish(&mut self) -> Result<(), ClosedStream> {
+        let c = &self.conn.shared;
+        let mut st = c.lock();
+        let slot = st.streams.get_mut(&self.id).ok_or_else(ClosedStream::new)?;
+        if slot.finish || slot.reset.is_some() {
+            return Err(ClosedStream::new());
+        }
+        slot.finish = true;
+        c.request(&mut st, self.id);
+        Ok(())
+    }
+
+    /// Abandons the stream with `error_code`: what is queued is dropped, the peer hears the
+    /// code.
+    pub fn reset(&mut self, error_code: VarInt) -> Result<(), ClosedStream> {
+        let c = &self.conn.shared;
+        let mut st = c.lock();
+        let slot = st.streams.get_mut(&self.id).ok_or_else(ClosedStream::new)?;
+        if slot.reset.is_some() || slot.send_end == SendEnd::Acked {
+            return Err(ClosedStream::new());
+        }
+        slot.reset = Some(error_code);
+        slot.send.clear();
+        slot.send_len = 0;
+        c.request(&mut st, self.id);
+        Ok(())
+    }
+
+    /// Completes when the peer has acknowledged everything, the end included (`None`), or
+    /// asked us to stop (its code).
+    pub fn stopped(
+        &self,
+    ) -> impl Future<Output = Result<Option<VarInt>, StoppedError>> + Send + Sync + 'static {
+        let conn = self.conn.clone();
+        let id = self.id;
+        poll_fn(move |cx| {
+            let mut st = conn.shared.lock();
+            let error = st.error.clone();
+            let Some(slot) = st.streams.get_mut(&id) else {
+                return Poll::Ready(match error {
+                    Some(e) => Err(StoppedError::ConnectionLost(e)),
+                    None => Ok(None),
+                });
+            };
+            match slot.send_end {
+                SendEnd::Acked => Poll::Ready(Ok(None)),
+                SendEnd::Stopped(code) => Poll::Ready(Ok(Some(code))),
+                SendEnd::Open => match error {
+                    Some(e) => Poll::Ready(Err(StoppedError::ConnectionLost(e))),
+                    None => {
+                        register(&mut slot.stopped_waiters, cx.waker());
+                        Poll::Pending
+                    }
+                },
+            }
+        })
+    }
+}
+
+impl Drop for SendStream {
+    fn drop(&mut self) {
+        let c = &self.conn.shared;
+        let mut st = c.lock();
+        let Some(slot) = st.streams.get_mut(&self.id) else {
+            return;
+        };
+        slot.send_handle = false;
+        slot.write_waker = None;
+        if !slot.finish && slot.reset.is_none() {
+            match slot.send_end {
+                SendEnd::Open => slot.finish = true,
+                SendEnd::Stopped(code) => slot.reset = Some(code),
+                SendEnd::Acked => {}
+            }
+        }
+        if slot.is_done() {
+            st.streams.remove(&self.id);
+        } else {
+            c.request(&mut st, self.id);
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut()
+            .poll_write_with(cx, buf.len(), |n| Bytes::copy_from_slice(&buf[..n]))
+            .map_err(Into::into)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.get_mut().finish().map_err(Into::into))
+    }
+}
+
+/// The receiving side of a stream. Dropping it before its end stops the stream (code 0), as
+/// in quinn.
+pub struct RecvStream {
+    conn: ConnRef,
+    id: StreamId,
+    /// Read to its end (or reset, or stopped): nothing to do on drop.
+    all_read: bool,
+}
+
+impl RecvStream {
+    pub(crate) fn new(conn: ConnRef, id: StreamId) -> Self {
+        Self {
+            conn,
+            id,
+            all_read: false,
+        }
+    }
+
+    /// The stream's id.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Always false: this API opens no 0-RTT streams.
+    pub fn is_0rtt(&self) -> bool {
+        false
+    }
+
+    /// Reads into `buf`: `Some(n)` octets, or `None` at the end of the stream.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
+        let max = buf.len();
+        let chunk = poll_fn(|cx| self.poll_chunk(cx, max)).await?;
+        Ok(chunk.map(|c| {
+            buf[..c.len()].copy_from_slice(&c);
+            c.len()
+        }))
+    }
+
+    /// Fills `buf`, or errs with how much came before the stream ended.
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ReadExactError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.read(&mut buf[filled..]).await? {
+                Some(n) => filled += n,
+                None => return Err(ReadExactError::FinishedEarly(filled)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next chunk, at most `max_length` octets, without copying. Reads are always in
+    /// order here (which an unordered reader accepts too).
+    pub async fn read_chunk(
+        &mut self,
+        max_length: usize,
+        _ordered: bool,
+    ) -> Result<Option<Chunk>, ReadError> {
+        let offset = {
+            let st = self.conn.shared.lock();
+            st.streams.get(&self.id).map_or(0, |s| s.recv_offset)
+        };
+        let chunk = poll_fn(|cx| self.poll_chunk(cx, max_length)).await?;
+        Ok(chunk.map(|bytes| Chunk { offset, bytes }))
+    }
+
+    /// Fills `bufs` with the next chunks without copying; `None` at the end.
+    pub async fn read_chunks(&mut self, bufs: &mut [Bytes]) -> Result<Option<usize>, ReadError> {
+        if bufs.is_empty() {
+            return Ok(Some(0));
+        }
+        match poll_fn(|cx| self.poll_chunk(cx, usize::MAX)).await? {
+            None => Ok(None),
+            Some(first) => {
+                bufs[0] = first;
+                let mut n = 1;
+                while n < bufs.len() {
+                    match self.try_chunk() {
+                        Some(b) => {
+                            bufs[n] = b;
+                            n += 1;
+                        }
+                        None => break,
+                    }
+                }
+                Ok(Some(n))
+            }
+        }
+    }
+
+    fn try_chunk(&mut self) -> Option<Bytes> {
+        let waker = std::task::Waker::noop();
+        match self.poll_chunk(&mut Context::from_waker(waker), usize::MAX) {
+            Poll::Ready(Ok(Some(b))) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// Reads the whole stream, up to `size_limit` octets.
+    pub async fn read_to_end(&mut self, size_limit: usize) -> Result<Vec<u8>, ReadToEndError> {
+        let mut out = Vec::new();
+        while let Some(chunk) = poll_fn(|cx| self.poll_chunk(cx, usize::MAX)).await? {
+            if out.len() + chunk.len() > size_limit {
+                return Err(ReadToEndError::TooLong);
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Stops reading: the peer is asked to stop sending with `error_code`, what is buffered
+    /// is dropped.
+    pub fn stop(&mut self, error_code: VarInt) -> Result<(), ClosedStream> {
+        if self.all_read {
+            return Err(ClosedStream::new());
+        }
+        self.all_read = true;
+        let c = &self.conn.shared;
+        let mut st = c.lock();
+        let limits = c.ep.limits;
+        let Some(mut slot) = st.streams.remove(&self.id) else {
+            return Err(ClosedStream::new());
+        };
+        let resume = st.release_recv(&limits, &mut slot);
+        if slot.recv_end == RecvEnd::Open {
+            slot.stop = Some(error_code);
+        }
+        slot.read_waker = None;
+        if !slot.is_done() {
+            st.streams.insert(self.id, slot);
+            c.request(&mut st, self.id);
+        }
+        if resume {
+            st.resume = true;
+            c.schedule(&mut st);
+        }
+        Ok(())
+    }
+
+    /// The next buffered octets (at most `max`), the end (`None`), or the stream's error.
+    fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<Option<Bytes>, ReadError>> {
+        if self.all_read {
+            return Poll::Ready(Err(ReadError::ClosedStream));
+        }
+        let c = &self.conn.shared;
+        let limits = c.ep.limits;
+        let mut st = c.lock();
+        let error = st.error.clone();
+        let (buffered, held) = (st.buffered, st.held);
+        let Some(slot) = st.streams.get_mut(&self.id) else {
+            return Poll::Ready(Err(match error {
+                Some(e) => ReadError::ConnectionLost(e),
+                None => ReadError::ClosedStream,
+            }));
+        };
+        if let Some(front) = slot.recv.front_mut() {
+            let b = if front.len() <= max {
+                slot.recv.pop_front().expect("front exists")
+            } else {
+                front.split_to(max)
+            };
+            let n = b.len();
+            slot.recv_len -= n;
+            slot.recv_offset += n as u64;
+            let room_here = slot.paused
+                && slot.recv_len <= limits.stream_receive / 2
+                && buffered - n < limits.connection_receive
+                && held < limits.held_streams;
+            let room_on_conn = st.consumed(&limits, n);
+            if (room_here || room_on_conn) && error.is_none() {
+                st.resume = true;
+                c.schedule(&mut st);
+            }
+            return Poll::Ready(Ok(Some(b)));
+        }
+        let end = slot.recv_end;
+        match end {
+            RecvEnd::Open => {
+                if let Some(e) = error {
+                    return Poll::Ready(Err(ReadError::ConnectionLost(e)));
+                }
+                slot.read_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            RecvEnd::Finished | RecvEnd::Reset(_) => {
+                self.all_read = true;
+                let mut slot = st.streams.remove(&self.id).expect("looked up above");
+                let resume = st.release_recv(&limits, &mut slot);
+                if !slot.is_done() {
+                    st.streams.insert(self.id, slot);
+                }
+                if resume && error.is_none() {
+                    st.resume = true;
+                    c.schedule(&mut st);
+                }
+                Poll::Ready(match end {
+                    RecvEnd::Reset(code) => Err(ReadError::Reset(code)),
+                    _ => Ok(None),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        if self.all_read {
+            return;
+        }
+        let c = &self.conn.shared;
+        let mut st = c.lock();
+        if st.error.is_some() {
+            st.streams.remove(&self.id);
+            return;
+        }
+        drop(st);
+        let _ = self.stop(VarInt::from_u32(0));
+    }
+}
+
+impl tokio::io::AsyncRead for RecvStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.all_read {
+            // Past the end: end of file again, as for any reader.
+            return Poll::Ready(Ok(()));
+        }
+        match this.poll_chunk(cx, buf.remaining()) {
+            Poll::Ready(Ok(Some(b))) => {
+                buf.put_slice(&b);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Ok(None)) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
