@@ -322,9 +322,7 @@ impl<'a> Conn<'a> {
             .map(|b| *b)
     }
 
-    pub(crate) fn handshake_data(
-        &mut self,
-    ) -> Option<quinn_proto::crypto::rustls::HandshakeData> {
+    pub(crate) fn handshake_data(&mut self) -> Option<quinn_proto::crypto::rustls::HandshakeData> {
         self.slot
             .conn
             .crypto_session()

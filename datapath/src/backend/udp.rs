@@ -448,7 +448,10 @@ impl Backend for UdpBackend {
 
     fn readiness(&self) -> Option<super::Readiness> {
         let fd = self.socket.as_fd().as_raw_fd();
-        Some(super::Readiness { read: fd, write: fd })
+        Some(super::Readiness {
+            read: fd,
+            write: fd,
+        })
     }
 
     fn kernel_drops(&mut self) -> Option<u64> {

@@ -233,7 +233,11 @@ pub(crate) fn contain<T>(f: impl FnOnce() -> io::Result<T>) -> Result<T, String>
 }
 
 /// Fails `worker` for `why` and makes the thread's error.
-pub(crate) fn failed<H: Handler, B: Backend>(mut worker: Worker<H>, io: &mut B, why: String) -> io::Error {
+pub(crate) fn failed<H: Handler, B: Backend>(
+    mut worker: Worker<H>,
+    io: &mut B,
+    why: String,
+) -> io::Error {
     worker.fail(io, Instant::now(), &why);
     io::Error::other(why)
 }

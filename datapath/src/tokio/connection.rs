@@ -134,7 +134,9 @@ impl Connection {
     }
 
     /// Opens a unidirectional stream, waiting while the peer's stream limit is reached.
-    pub fn open_uni(&self) -> impl Future<Output = Result<SendStream, ConnectionError>> + Send + '_ {
+    pub fn open_uni(
+        &self,
+    ) -> impl Future<Output = Result<SendStream, ConnectionError>> + Send + '_ {
         let mut asked = false;
         poll_fn(move |cx| {
             self.poll_open(cx, Dir::Uni, &mut asked)
@@ -180,7 +182,9 @@ impl Connection {
     }
 
     /// Waits for the next unidirectional stream the peer opens.
-    pub fn accept_uni(&self) -> impl Future<Output = Result<RecvStream, ConnectionError>> + Send + '_ {
+    pub fn accept_uni(
+        &self,
+    ) -> impl Future<Output = Result<RecvStream, ConnectionError>> + Send + '_ {
         poll_fn(move |cx| {
             self.poll_accept(cx, Dir::Uni)
                 .map_ok(|id| RecvStream::new(self.0.clone(), id))
@@ -204,7 +208,9 @@ impl Connection {
     }
 
     /// Waits for the next unreliable datagram (RFC 9221).
-    pub fn read_datagram(&self) -> impl Future<Output = Result<Bytes, ConnectionError>> + Send + '_ {
+    pub fn read_datagram(
+        &self,
+    ) -> impl Future<Output = Result<Bytes, ConnectionError>> + Send + '_ {
         poll_fn(move |cx| {
             let mut st = self.shared().lock();
             if let Some(d) = st.datagrams.pop_front() {

@@ -433,8 +433,9 @@ impl Handler for Driver {
             st.wake_all(&mut wakes);
             // What no handle can read any more goes now; what a handle may still read stays
             // with it (quinn hands out buffered data before the connection's error).
-            st.streams
-                .retain(|_, s| s.recv_handle && (!s.recv.is_empty() || s.recv_end != RecvEnd::Open));
+            st.streams.retain(|_, s| {
+                s.recv_handle && (!s.recv.is_empty() || s.recv_end != RecvEnd::Open)
+            });
             st.incoming = Default::default();
             st.opened = Default::default();
             st.out_datagrams.clear();

@@ -3,8 +3,8 @@
 
 use std::io;
 
-pub use quinn_proto::{ConnectError, ConnectionError};
 use quinn_proto::VarInt;
+pub use quinn_proto::{ConnectError, ConnectionError};
 
 /// The stream was finished, reset or stopped already (quinn's `ClosedStream`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, thiserror::Error)]

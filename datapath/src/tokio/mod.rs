@@ -168,7 +168,11 @@ impl Builder {
         ));
         // One command of this API is in flight per worker (`EndpointShared::push`);
         // room for the application's own posts besides.
-        let engine = self.engine.clone().command_capacity(64.max(self.engine.command_capacity));
+        let engine = self
+            .engine
+            .clone()
+            .command_capacity(64.max(self.engine.command_capacity));
+        *shared::lock(&shared.default_client) = engine.client.clone();
         (shared, engine)
     }
 
@@ -192,11 +196,9 @@ impl Builder {
             (Some(main), true) => {
                 engine.start_udp_run(addr, factory, per_core::PerCore::new(main, &shared))
             }
-            (Some(main), false) => engine.start_udp_client_run(
-                addr,
-                factory,
-                per_core::PerCore::new(main, &shared),
-            ),
+            (Some(main), false) => {
+                engine.start_udp_client_run(addr, factory, per_core::PerCore::new(main, &shared))
+            }
         }?;
         Ok(self.finish(shared, engine))
     }

@@ -45,7 +45,11 @@ impl Runner<Driver> for PerCore {
             .enable_all()
             .build()?;
         let local = tokio::task::LocalSet::new();
-        let ep = Endpoint::new(self.ep.clone(), Arc::new(Keeper::none()), Some(worker.index()));
+        let ep = Endpoint::new(
+            self.ep.clone(),
+            Arc::new(Keeper::none()),
+            Some(worker.index()),
+        );
         let main = self.main.clone();
         local.spawn_local(async move { main(ep).await });
         // The application's tasks left when the worker ends are dropped with the runtime.
@@ -64,7 +68,11 @@ impl AsRawFd for Fd {
 }
 
 /// Turns `worker` over `io` until it stops, sleeping in the runtime between turns.
-async fn drive<B: Backend>(mut worker: Worker<Driver>, mut io: B, waker: &Waker) -> io::Result<Driver> {
+async fn drive<B: Backend>(
+    mut worker: Worker<Driver>,
+    mut io: B,
+    waker: &Waker,
+) -> io::Result<Driver> {
     let ready = io.readiness().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::Unsupported,

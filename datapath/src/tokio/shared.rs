@@ -411,7 +411,11 @@ impl ConnShared {
             return;
         }
         st.scheduled = true;
-        if self.ep.push(self.worker, Op::Service(self.clone())).is_err() {
+        if self
+            .ep
+            .push(self.worker, Op::Service(self.clone()))
+            .is_err()
+        {
             st.scheduled = false;
             st.error = Some(ConnectionError::LocallyClosed);
         }

@@ -323,6 +323,23 @@ pub async fn quinn_datagrams(conn: &quinn::Connection, n: usize) -> usize {
     sent
 }
 
+/// A quinn server configuration with a fresh self-signed identity for "localhost", ALPN
+/// `alpn`, the transport of [`quinn_transport`]; with the certificate to trust.
+pub fn quinn_server_config(alpn: &[u8]) -> (quinn::ServerConfig, CertificateDer<'static>) {
+    let (id, cert) = identity();
+    let mut tls = rustls::ServerConfig::builder_with_provider(ring())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(id.chain, id.key)
+        .unwrap();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(Arc::new(quinn_transport()));
+    (config, cert)
+}
+
 /// A server written on quinn (the independent peer of our client).
 pub struct QuinnServer {
     pub endpoint: quinn::Endpoint,
