@@ -434,13 +434,16 @@ impl ConnShared {
 }
 
 impl ConnState {
-    /// The application took `n` octets of stream `id`: asks the worker to resume reading
-    /// paused streams once there is room again (half the limits, so that it does not come
-    /// back for every read).
+    /// The application took `n` octets of stream `id`: whether paused streams should
+    /// resume, which is when the connection's buffer comes down across half its limit (so
+    /// that reading does not resume for every read).
     pub fn consumed(&mut self, limits: &Limits, n: usize) -> bool {
+        let before = self.buffered;
         self.buffered -= n;
+        let half = limits.connection_receive / 2;
         !self.paused.is_empty()
-            && self.buffered <= limits.connection_receive / 2
+            && before > half
+            && self.buffered <= half
             && self.held < limits.held_streams
     }
 

@@ -1,5 +1,6 @@
 //! [`SendStream`] and [`RecvStream`]: the two sides of a stream as tasks hold them.
 
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
@@ -265,12 +266,10 @@ impl RecvStream {
 
     /// Reads into `buf`: `Some(n)` octets, or `None` at the end of the stream.
     pub async fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
-        let max = buf.len();
-        let chunk = poll_fn(|cx| self.poll_chunk(cx, max)).await?;
-        Ok(chunk.map(|c| {
-            buf[..c.len()].copy_from_slice(&c);
-            c.len()
-        }))
+        if buf.is_empty() {
+            return Ok(Some(0));
+        }
+        poll_fn(|cx| self.poll_copy(cx, buf)).await
     }
 
     /// Fills `buf`, or errs with how much came before the stream ended.
@@ -379,6 +378,54 @@ impl RecvStream {
         cx: &mut Context<'_>,
         max: usize,
     ) -> Poll<Result<Option<Bytes>, ReadError>> {
+        self.poll_take(cx, |recv| {
+            let front = recv.front_mut().expect("called with data buffered");
+            let b = if front.len() <= max {
+                recv.pop_front().expect("front exists")
+            } else {
+                front.split_to(max)
+            };
+            let n = b.len();
+            (b, n)
+        })
+    }
+
+    /// Copies as much buffered data as fits into `buf` (from as many chunks as it takes);
+    /// `None` at the end.
+    fn poll_copy(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<Result<Option<usize>, ReadError>> {
+        self.poll_take(cx, |recv| {
+            let mut n = 0;
+            while n < buf.len() {
+                let Some(front) = recv.front_mut() else {
+                    break;
+                };
+                let k = front.len().min(buf.len() - n);
+                buf[n..n + k].copy_from_slice(&front[..k]);
+                n += k;
+                if k == front.len() {
+                    recv.pop_front();
+                } else {
+                    let _ = front.split_to(k);
+                }
+            }
+            (n, n)
+        })
+    }
+
+    /// Takes buffered data with `take` (given a non-empty queue; returns what it made and
+    /// how many octets it took), or reports the end or the stream's error. Asks the worker
+    /// to read on when this read brings the stream's buffer, or the connection's, down
+    /// across half its limit while reading is paused (not at every read: a paused stream
+    /// resumed for a few octets of room would come back in tiny pieces).
+    fn poll_take<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        take: impl FnOnce(&mut VecDeque<Bytes>) -> (T, usize),
+    ) -> Poll<Result<Option<T>, ReadError>> {
         if self.all_read {
             return Poll::Ready(Err(ReadError::ClosedStream));
         }
@@ -386,32 +433,25 @@ impl RecvStream {
         let limits = c.ep.limits;
         let mut st = c.lock();
         let error = st.error.clone();
-        let (buffered, held) = (st.buffered, st.held);
         let Some(slot) = st.streams.get_mut(&self.id) else {
             return Poll::Ready(Err(match error {
                 Some(e) => ReadError::ConnectionLost(e),
                 None => ReadError::ClosedStream,
             }));
         };
-        if let Some(front) = slot.recv.front_mut() {
-            let b = if front.len() <= max {
-                slot.recv.pop_front().expect("front exists")
-            } else {
-                front.split_to(max)
-            };
-            let n = b.len();
+        if !slot.recv.is_empty() {
+            let before = slot.recv_len;
+            let (out, n) = take(&mut slot.recv);
             slot.recv_len -= n;
             slot.recv_offset += n as u64;
-            let room_here = slot.paused
-                && slot.recv_len <= limits.stream_receive / 2
-                && buffered - n < limits.connection_receive
-                && held < limits.held_streams;
+            let half = limits.stream_receive / 2;
+            let room_here = slot.paused && before > half && slot.recv_len <= half;
             let room_on_conn = st.consumed(&limits, n);
             if (room_here || room_on_conn) && error.is_none() {
                 st.resume = true;
                 c.schedule(&mut st);
             }
-            return Poll::Ready(Ok(Some(b)));
+            return Poll::Ready(Ok(Some(out)));
         }
         let end = slot.recv_end;
         match end {
@@ -469,9 +509,13 @@ impl tokio::io::AsyncRead for RecvStream {
             // Past the end: end of file again, as for any reader.
             return Poll::Ready(Ok(()));
         }
-        match this.poll_chunk(cx, buf.remaining()) {
-            Poll::Ready(Ok(Some(b))) => {
-                buf.put_slice(&b);
+        let dst = buf.initialize_unfilled();
+        if dst.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        match this.poll_copy(cx, dst) {
+            Poll::Ready(Ok(Some(n))) => {
+                buf.advance(n);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Ok(None)) => Poll::Ready(Ok(())),
