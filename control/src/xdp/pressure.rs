@@ -4,9 +4,10 @@
 //!
 //! A queue is under pressure while the worker that drains it has at least as many pending
 //! handshakes as its Retry threshold (every new client is then answered with a Retry, and each
-//! of their Initials has cost a decryption already), or when the kernel found the queue's
-//! fill ring empty since the last look (it dropped packets at the socket, legitimate ones as
-//! much as the flood's). It stays so for [`PressurePolicy::hold`] after the last of these,
+//! of their Initials has cost a decryption already), or when the kernel dropped packets at
+//! the queue's socket since the last look, finding its fill ring empty or its RX ring full
+//! (the worker does not keep up, and those drops take legitimate packets as much as the
+//! flood's). It stays so for [`PressurePolicy::hold`] after the last of these,
 //! and until the pending handshakes are below 3/4 of the threshold: hysteresis, so that the
 //! flag does not flap with each packet of a flood.
 //!
@@ -28,8 +29,9 @@ pub struct PressurePolicy {
     /// Pending handshakes on the queue's worker at or above which it is under pressure: the
     /// engine's Retry threshold (`RetryPolicy::AbovePendingHandshakes`). `None`: not a cause.
     pub pending_handshakes: Option<u64>,
-    /// Whether the kernel finding the queue's fill ring empty is a cause.
-    pub fill_ring_empty: bool,
+    /// Whether the kernel dropping packets at the queue's socket (fill ring empty, RX ring
+    /// full) is a cause.
+    pub socket_drops: bool,
     /// How often the monitor looks (default 50 ms).
     pub every: Duration,
     /// How long a queue stays under pressure after its last cause (default 2 s).
@@ -40,7 +42,7 @@ impl Default for PressurePolicy {
     fn default() -> Self {
         Self {
             pending_handshakes: Some(xdp_quic::RetryPolicy::DEFAULT_PENDING_HANDSHAKES as u64),
-            fill_ring_empty: true,
+            socket_drops: true,
             every: Duration::from_millis(50),
             hold: Duration::from_secs(2),
         }
@@ -68,6 +70,9 @@ pub struct QueueLoad {
     /// The kernel's count of times it found the queue's fill ring empty
     /// (`XDP_STATISTICS.rx_fill_ring_empty_descs`), cumulative.
     pub fill_ring_empty: u64,
+    /// The kernel's count of packets it dropped for a full RX ring
+    /// (`XDP_STATISTICS.rx_ring_full`), cumulative.
+    pub rx_ring_full: u64,
 }
 
 /// Why a queue came under pressure.
@@ -77,6 +82,8 @@ pub enum Cause {
     PendingHandshakes(u64),
     /// The kernel found its fill ring empty this many times since the last look.
     FillRingEmpty(u64),
+    /// The kernel dropped this many packets for a full RX ring since the last look.
+    RxRingFull(u64),
 }
 
 /// A queue's pressure flag changed.
@@ -93,7 +100,8 @@ pub struct PressureChange {
 pub struct QueuePressure {
     on: bool,
     last_cause: Option<Instant>,
-    fill_ring_empty: Option<u64>,
+    /// The kernel's counters at the last look (fill ring empty, RX ring full).
+    drops: Option<(u64, u64)>,
 }
 
 impl QueuePressure {
@@ -109,15 +117,19 @@ impl QueuePressure {
         now: Instant,
         load: &QueueLoad,
     ) -> Option<Option<Cause>> {
-        let grown = self
-            .fill_ring_empty
-            .map_or(0, |before| load.fill_ring_empty.saturating_sub(before));
-        self.fill_ring_empty = Some(load.fill_ring_empty);
+        let (empty, full) = self.drops.map_or((0, 0), |(e, f)| {
+            (
+                load.fill_ring_empty.saturating_sub(e),
+                load.rx_ring_full.saturating_sub(f),
+            )
+        });
+        self.drops = Some((load.fill_ring_empty, load.rx_ring_full));
         let cause = match policy.pending_handshakes {
             Some(n) if load.pending_handshakes >= n => {
                 Some(Cause::PendingHandshakes(load.pending_handshakes))
             }
-            _ if policy.fill_ring_empty && grown > 0 => Some(Cause::FillRingEmpty(grown)),
+            _ if policy.socket_drops && empty > 0 => Some(Cause::FillRingEmpty(empty)),
+            _ if policy.socket_drops && full > 0 => Some(Cause::RxRingFull(full)),
             _ => None,
         };
         if cause.is_some() {
@@ -234,7 +246,7 @@ impl PressureMonitor {
     }
 
     /// Watches every AF_XDP queue of `engine`: worker i's pending handshakes and the kernel's
-    /// fill-ring statistics of its queue.
+    /// drops at its queue's socket.
     pub fn for_engine<H: xdp_quic::Handler>(
         maps: ShieldMaps,
         engine: &xdp_quic::Engine<H>,
@@ -252,10 +264,14 @@ impl PressureMonitor {
             workers
                 .iter()
                 .zip(&queues)
-                .map(|(w, q)| QueueLoad {
-                    queue: q.queue,
-                    pending_handshakes: w.snapshot().conns_handshaking,
-                    fill_ring_empty: q.snapshot().kernel.rx_fill_ring_empty,
+                .map(|(w, q)| {
+                    let kernel = q.snapshot().kernel;
+                    QueueLoad {
+                        queue: q.queue,
+                        pending_handshakes: w.snapshot().conns_handshaking,
+                        fill_ring_empty: kernel.rx_fill_ring_empty,
+                        rx_ring_full: kernel.rx_ring_full,
+                    }
                 })
                 .collect()
         };
@@ -338,6 +354,7 @@ mod tests {
             queue: 0,
             pending_handshakes: pending,
             fill_ring_empty: empty,
+            rx_ring_full: 0,
         }
     }
 
@@ -367,7 +384,7 @@ mod tests {
     }
 
     #[test]
-    fn fill_ring_growth_sets_and_the_hold_keeps_it() {
+    fn socket_drops_set_and_the_hold_keeps_it() {
         let p = PressurePolicy {
             pending_handshakes: None,
             hold: Duration::from_secs(1),
@@ -386,11 +403,21 @@ mod tests {
         assert_eq!(q.observe(&p, at(900), &load(0, 531)), None);
         assert_eq!(q.observe(&p, at(1800), &load(0, 531)), None);
         assert_eq!(q.observe(&p, at(1901), &load(0, 531)), Some(None));
-        // Off as a cause: growth does nothing.
+        // A full RX ring too.
+        let full = QueueLoad {
+            rx_ring_full: 7,
+            ..load(0, 531)
+        };
+        assert_eq!(
+            q.observe(&p, at(2000), &full),
+            Some(Some(Cause::RxRingFull(7)))
+        );
+        assert_eq!(q.observe(&p, at(3001), &full), Some(None));
+        // Off as a cause: drops do nothing.
         let off = PressurePolicy {
-            fill_ring_empty: false,
+            socket_drops: false,
             ..p
         };
-        assert_eq!(q.observe(&off, at(2000), &load(0, 900)), None);
+        assert_eq!(q.observe(&off, at(3100), &load(0, 900)), None);
     }
 }

@@ -23,10 +23,13 @@
 
 use aya::maps::{Array, Map, MapData};
 use xdp_quic::cid::CidLayout;
-use xdp_quic_ebpf::{
-    Rate, Shield, MAX_SERVER_ID, MAX_VERSIONS, SHIELD_ADMIT, SHIELD_CID, SHIELD_ON,
-};
+use xdp_quic_ebpf::{Shield, MAX_SERVER_ID, MAX_VERSIONS, SHIELD_ADMIT, SHIELD_CID, SHIELD_ON};
 
+pub use xdp_quic_ebpf::{Rate, MIN_INITIAL_DATAGRAM};
+
+use std::sync::Arc;
+
+use super::pressure::{PressureChange, PressureMonitor, PressurePolicy, PressureView};
 use super::{pins, XdpError};
 
 /// The versions quinn-proto 0.11's endpoint accepts by default (its
@@ -202,6 +205,8 @@ fn with_layout(entry: &Shield, layout: Option<&CidLayout>) -> anyhow::Result<Shi
 pub struct ShieldMaps {
     shield: Array<MapData, Shield>,
     pressure: Array<MapData, u32>,
+    /// Kernel ids of the two maps (to open them again).
+    ids: (u32, u32),
 }
 
 impl std::fmt::Debug for ShieldMaps {
@@ -210,20 +215,31 @@ impl std::fmt::Debug for ShieldMaps {
     }
 }
 
-fn dup(map: &Map) -> anyhow::Result<Map> {
+fn array_id(map: &Map) -> anyhow::Result<u32> {
     let Map::Array(data) = map else {
         anyhow::bail!("expected an ARRAY map");
     };
-    Ok(Map::from_map_data(MapData::from_id(data.info()?.id())?)?)
+    Ok(data.info()?.id())
 }
 
 impl ShieldMaps {
     /// Second descriptors on `shield` and `pressure` (of a loaded program or an attachment).
     pub(crate) fn from_maps(shield: &Map, pressure: &Map) -> anyhow::Result<Self> {
+        Self::from_ids(array_id(shield)?, array_id(pressure)?)
+    }
+
+    fn from_ids(shield: u32, pressure: u32) -> anyhow::Result<Self> {
+        let open = |id| -> anyhow::Result<Map> { Ok(Map::from_map_data(MapData::from_id(id)?)?) };
         Ok(Self {
-            shield: Array::try_from(dup(shield)?)?,
-            pressure: Array::try_from(dup(pressure)?)?,
+            shield: Array::try_from(open(shield)?)?,
+            pressure: Array::try_from(open(pressure)?)?,
+            ids: (shield, pressure),
         })
+    }
+
+    /// Other descriptors on the same maps.
+    pub fn try_clone(&self) -> anyhow::Result<Self> {
+        Self::from_ids(self.ids.0, self.ids.1)
     }
 
     /// The maps `xdp-quic attach` pinned for `iface`; [`XdpError::NotAttached`] when there
@@ -243,9 +259,15 @@ impl ShieldMaps {
                 .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
             Ok(Map::from_map_data(data)?)
         };
+        let (shield, pressure) = (
+            open(xdp_quic_ebpf::maps::SHIELD)?,
+            open(xdp_quic_ebpf::maps::PRESSURE)?,
+        );
+        let ids = (array_id(&shield)?, array_id(&pressure)?);
         Ok(Self {
-            shield: Array::try_from(open(xdp_quic_ebpf::maps::SHIELD)?)?,
-            pressure: Array::try_from(open(xdp_quic_ebpf::maps::PRESSURE)?)?,
+            shield: Array::try_from(shield)?,
+            pressure: Array::try_from(pressure)?,
+            ids,
         })
     }
 
@@ -306,6 +328,88 @@ impl ShieldMaps {
             }
         }
         Ok(v)
+    }
+}
+
+/// The shield engaged for a running server engine: on with its configuration, the engine's
+/// CID layout written, and a [`PressureMonitor`] keeping the pressure flags of its queues.
+/// Dropping it stops the monitor (clearing the flags), removes the layout, and turns the
+/// shield off again if it was off before (a configuration changed meanwhile, by `xdp-quic
+/// attach --shield`, is kept).
+pub struct ShieldGuard {
+    maps: ShieldMaps,
+    was_on: bool,
+    monitor: Option<PressureMonitor>,
+}
+
+impl std::fmt::Debug for ShieldGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShieldGuard")
+            .field("was_on", &self.was_on)
+            .field("monitor", &self.monitor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShieldGuard {
+    /// Engages the shield in `maps` for `engine` (over AF_XDP, one queue per worker):
+    /// `config` on, `layout` (exactly the engine's CIDs: `EngineBuilder::connection_ids`, as
+    /// many workers as queues) written, and, when `config` admits under pressure, a monitor
+    /// per `policy` that calls `report` on each change.
+    pub fn engage<H: xdp_quic::Handler>(
+        maps: ShieldMaps,
+        config: &ShieldConfig,
+        layout: &CidLayout,
+        engine: &xdp_quic::Engine<H>,
+        policy: PressurePolicy,
+        report: Option<Box<dyn FnMut(PressureChange) + Send>>,
+    ) -> anyhow::Result<Self> {
+        config.validate()?;
+        anyhow::ensure!(
+            layout.workers() == engine.xsk_queues().len(),
+            "the CID layout names {} workers, the engine has {} AF_XDP queues",
+            layout.workers(),
+            engine.xsk_queues().len()
+        );
+        let was_on = maps.config()?.is_some();
+        let monitor = if config.admit_under_pressure {
+            Some(PressureMonitor::for_engine(
+                maps.try_clone()?,
+                engine,
+                policy,
+                report,
+            )?)
+        } else {
+            None
+        };
+        let mut guard = Self {
+            maps,
+            was_on,
+            monitor,
+        };
+        guard.maps.set_layout(Some(layout))?;
+        guard.maps.set_config(Some(config))?;
+        Ok(guard)
+    }
+
+    /// What the pressure monitor publishes (none when the shield does not admit under
+    /// pressure).
+    pub fn pressure(&self) -> Option<Arc<PressureView>> {
+        self.monitor.as_ref().map(PressureMonitor::view)
+    }
+}
+
+impl Drop for ShieldGuard {
+    fn drop(&mut self) {
+        drop(self.monitor.take());
+        let restored = self.maps.entry().and_then(|e| {
+            let e = if self.was_on { e } else { off(&e) };
+            let e = with_layout(&e, None)?;
+            self.maps.set_entry(&e)
+        });
+        if let Err(e) = restored {
+            tracing::warn!("cannot put the XDP shield back as it was: {e:#}");
+        }
     }
 }
 
