@@ -538,11 +538,6 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
             Some(report),
         )
         .with_context(|| format!("engaging the XDP shield on {iface}"))?;
-        self.report(Event::Shield {
-            iface: iface.to_string(),
-            config: opts.config.clone(),
-            monitor: guard.pressure().is_some(),
-        });
         Ok(Some(guard))
     }
 
@@ -581,6 +576,13 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
             Serving::Udp { .. } => None,
         };
         self.report(Event::Serving(serving));
+        if let (Some(guard), Some(opts), Some(iface)) = (&shield, &self.shield, &iface) {
+            self.report(Event::Shield {
+                iface: iface.clone(),
+                config: opts.config.clone(),
+                monitor: guard.pressure().is_some(),
+            });
+        }
         self.set_current(Some(engine.handle()));
         let metrics = match self.metrics {
             None => None,

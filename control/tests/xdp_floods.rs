@@ -1068,3 +1068,143 @@ fn tokenless_initial_flood_with_and_without_the_shield() {
         );
     }
 }
+
+/// The library's server with the shield (what `serve --xdp-shield` runs) over an attachment
+/// pinned by `xdp-quic attach`: the shield comes on with the engine's CID layout, a quinn
+/// client echoes through it, forged Initials put a queue under pressure (reported), and when
+/// the server stops the shield is off again, its layout and pressure flags cleared.
+#[test]
+fn server_with_the_shield_engages_it_and_puts_it_back() {
+    if !privileged("server_with_the_shield_engages_it_and_puts_it_back") {
+        return;
+    }
+    use xdp_quic_control::serve::{Backend, Event, Fallback, ServeOptions, Server, ShieldOptions};
+    use xdp_quic_control::testing::PinGuard;
+    use xdp_quic_control::xdp::{self, AttachOptions, ServiceConfig, ShieldMaps};
+
+    let tb = Testbed::create(&unique_name("xv"), QUEUES, 227).expect("testbed");
+    let _pins = PinGuard(tb.server_if.clone());
+    let opts = AttachOptions {
+        service: ServiceConfig {
+            ports: [PORT].into(),
+            addrs: Default::default(),
+        },
+        mode: AttachMode::Auto,
+        force: false,
+    };
+    tb.in_server(|| xdp::attach(&tb.server_if, &opts))
+        .unwrap()
+        .expect("attach");
+    let maps = || {
+        tb.in_server(|| ShieldMaps::from_pins(&tb.server_if))
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(maps().config().unwrap(), None, "off after a plain attach");
+
+    let id = tls::Identity::self_signed(&["localhost"]).unwrap();
+    let cert = id.chain.clone();
+    let builder = EngineBuilder::default()
+        .server(tls::server_config(id, &[echo::ALPN]).unwrap())
+        .retry(RetryPolicy::AbovePendingHandshakes(8))
+        .drain_timeout(Duration::from_secs(1));
+    let setup = XdpSetup::new(
+        &tb.server_if,
+        format!("0.0.0.0:{PORT}").parse().unwrap(),
+        (0..QUEUES).collect(),
+    );
+    let options = ServeOptions {
+        shield: Some(ShieldOptions {
+            pressure: PressurePolicy::for_retry_threshold(Some(8)),
+            ..ShieldOptions::default()
+        }),
+        ..ServeOptions::default()
+    };
+    let backend = Backend::Xdp {
+        setup,
+        mode: AttachMode::Auto,
+        fallback: Fallback::Never,
+    };
+    let server = tb
+        .in_server(|| Server::start(builder, backend, options, |_| EchoServer::default()))
+        .unwrap()
+        .expect("start the server");
+    let next = || {
+        server
+            .events()
+            .recv_timeout(GUARD)
+            .expect("an event from the server")
+    };
+    assert!(matches!(next(), Event::Serving(_)));
+    match next() {
+        Event::Shield {
+            config, monitor, ..
+        } => {
+            assert_eq!(config, ShieldConfig::default());
+            assert!(monitor);
+        }
+        other => panic!("expected the shield, got {other:?}"),
+    }
+    // On, with the engine's layout (8-octet CIDs, config rotation 0, 2 workers).
+    let entry = maps().entry().unwrap();
+    assert_eq!(maps().config().unwrap(), Some(ShieldConfig::default()));
+    assert_eq!(
+        (
+            entry.flags & xdp_quic_ebpf::SHIELD_CID,
+            entry.cid_first,
+            entry.workers
+        ),
+        (xdp_quic_ebpf::SHIELD_CID, 7, QUEUES as u16)
+    );
+
+    let server_addr = SocketAddr::new(tb.server_v4.into(), PORT);
+    tb.in_client(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(120),
+                    legit_echo(&cert, server_addr, 4, 100_000),
+                )
+                .await
+                .expect("hang guard")
+            })
+    })
+    .unwrap();
+
+    // Forged Initials until a queue is under pressure (past 8 pending handshakes).
+    let initials = forged_initials(400, tb.server_v4);
+    tb.in_client(|| {
+        let raw = RawSender::new();
+        for p in &initials {
+            raw.send_packet(p);
+        }
+    })
+    .unwrap();
+    let change = loop {
+        match next() {
+            Event::Pressure { change, .. } => break change,
+            Event::Link { .. } | Event::WatchFailed { .. } => {}
+            other => panic!("expected pressure, got {other:?}"),
+        }
+    };
+    assert!(
+        change.cause.is_some(),
+        "a queue came under pressure: {change:?}"
+    );
+    assert!(maps().pressure(change.queue).unwrap());
+
+    server.stop();
+    let reason = server.join().expect("the server ended cleanly");
+    assert_eq!(reason, xdp_quic_control::serve::StopReason::Requested);
+    // Off again, no layout, no pressure.
+    let maps = maps();
+    assert_eq!(maps.config().unwrap(), None);
+    assert_eq!(maps.entry().unwrap(), xdp_quic_ebpf::Shield::default());
+    assert!(maps.pressured(QUEUES).unwrap().is_empty());
+    tb.in_server(|| xdp::detach(&tb.server_if))
+        .unwrap()
+        .expect("detach");
+}
