@@ -633,6 +633,32 @@ fn engage_shield(
     .expect("engage the shield")
 }
 
+/// The Prometheus text the server's collector exports (as `serve --metrics` does with the
+/// shield on): the workers, their queues, the program's counters, the pressure flags.
+fn prometheus_text(
+    engine: &Engine<EchoServer>,
+    attachment: &EmbeddedAttachment,
+    iface: &str,
+    shield: &ShieldGuard,
+) -> String {
+    use xdp_quic_control::metrics::EngineCollector;
+    let mut collector = EngineCollector::new(
+        "xdp",
+        Some(iface.to_string()),
+        engine.handle().metrics(),
+        engine.xsk_queues().to_vec(),
+        Some(attachment.counters_reader().unwrap()),
+    );
+    if let Some(view) = shield.pressure() {
+        collector = collector.with_pressure(view);
+    }
+    let mut reg = prometheus_client::registry::Registry::default();
+    reg.register_collector(Box::new(collector));
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, &reg).unwrap();
+    body
+}
+
 /// An IPv4 packet (header, UDP, `payload`) from `from` to `to`:PORT, checksums set.
 fn raw_packet((src, sport): (Ipv4Addr, u16), to: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     let mut ip = [0u8; ipv4::HEADER_LEN];
@@ -773,6 +799,32 @@ fn short_initials_are_dropped_in_xdp_and_reach_no_worker() {
     let t = engine.handle().total();
     assert_eq!(t.rx_packets, 0, "no worker received a short Initial");
     assert_eq!(t.conns_accepted + t.retries_sent + t.rx_malformed, 0);
+
+    // What the Prometheus endpoint exports: every counter of the program (each new reason
+    // among them), the short Initials counted, and the shield's pressure flags per queue.
+    let body = prometheus_text(&engine, &attachment, &tb.server_if, &shield);
+    for c in xdp_quic_ebpf::Counter::all() {
+        let name = c.name();
+        let (family, outcome) = name.split_once('.').unwrap_or(("any", &name));
+        let series = format!(
+            "xdpquic_xdp_packets_total{{iface=\"{}\",family=\"{family}\",outcome=\"{outcome}\"}} ",
+            tb.server_if
+        );
+        assert!(body.contains(&series), "no {series}in\n{body}");
+    }
+    assert!(
+        body.contains(&format!(
+            "family=\"v4\",outcome=\"dropped_short_initial\"}} {FLOOD}\n"
+        )),
+        "{body}"
+    );
+    for q in 0..QUEUES {
+        let series = format!(
+            "xdpquic_xdp_pressure{{iface=\"{}\",queue=\"{q}\"}} 0\n",
+            tb.server_if
+        );
+        assert!(body.contains(&series), "no {series}in\n{body}");
+    }
 
     // Legitimate traffic goes through the shield.
     let server = SocketAddr::new(tb.server_v4.into(), PORT);
@@ -1069,7 +1121,7 @@ fn tokenless_initial_flood_with_and_without_the_shield() {
     if !privileged("tokenless_initial_flood_with_and_without_the_shield") {
         return;
     }
-    let tb = Testbed::create(&unique_name("xb"), QUEUES, 226).expect("testbed");
+    let tb = Testbed::create(&unique_name("xe"), QUEUES, 228).expect("testbed");
     let made = Instant::now();
     let initials = forged_initials(BIG_FLOOD, tb.server_v4);
     let made = made.elapsed();
@@ -1134,7 +1186,7 @@ fn server_with_the_shield_engages_it_and_puts_it_back() {
     use xdp_quic_control::testing::PinGuard;
     use xdp_quic_control::xdp::{self, AttachOptions, ServiceConfig, ShieldMaps};
 
-    let tb = Testbed::create(&unique_name("xv"), QUEUES, 227).expect("testbed");
+    let tb = Testbed::create(&unique_name("xd"), QUEUES, 229).expect("testbed");
     let _pins = PinGuard(tb.server_if.clone());
     let opts = AttachOptions {
         service: ServiceConfig {
