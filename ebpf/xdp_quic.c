@@ -5,12 +5,17 @@
  * Steers UDP packets addressed to a service port (and, when configured, to a
  * service address) into the AF_XDP socket registered for the rx queue the
  * packet arrived on. Everything else goes to the kernel (XDP_PASS). Service
- * packets that cannot hold a QUIC packet are dropped. Every decision is
- * counted in the per-CPU "counters" map; see xdp_quic.h for the contract.
+ * packets that cannot hold a QUIC packet are dropped, and, with the shield on
+ * (the "shield" map), so are those QUIC says a server discards, and Initials
+ * over their source prefix's rate while the queue's worker is under pressure.
+ * Every decision is counted in the per-CPU "counters" map; see xdp_quic.h for
+ * the contract.
  *
  * Parsing: Ethernet, at most one 802.1Q / 802.1ad tag, IPv4 (any header
  * length; fragments pass), IPv6 (UDP as the next header; any extension
- * header passes), UDP. No loops: the verifier sees straight-line code.
+ * header passes), UDP, and the first octets of the QUIC header. The only
+ * loops have constant bounds and are unrolled: the verifier sees
+ * straight-line code.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -29,6 +34,21 @@
 #define IPV4_MF 0x2000
 #define IPV4_OFFSET 0x1FFF
 #define IPV6_NEXTHDR_FRAGMENT 44
+#define NSEC_PER_SEC 1000000000ull
+/* A bucket idle this long is full again, whatever its rate (and the refill's
+ * multiplication cannot overflow: 2^40 ns times a rate below 2^24). */
+#define REFILL_FULL_NS (1ull << 40)
+
+/* The layouts ebpf/src/lib.rs mirrors (its tests check the same numbers). */
+_Static_assert(sizeof(struct xq_config) == 24, "struct xq_config");
+_Static_assert(sizeof(struct xq_shield) == 76, "struct xq_shield");
+_Static_assert(__builtin_offsetof(struct xq_shield, server_id) == 8, "xq_shield.server_id");
+_Static_assert(__builtin_offsetof(struct xq_shield, prefix4) == 24, "xq_shield.prefix4");
+_Static_assert(__builtin_offsetof(struct xq_shield, versions) == 28, "xq_shield.versions");
+_Static_assert(__builtin_offsetof(struct xq_shield, initial) == 60, "xq_shield.initial");
+_Static_assert(__builtin_offsetof(struct xq_shield, version) == 68, "xq_shield.version");
+_Static_assert(sizeof(struct xq_bucket_key) == 20, "struct xq_bucket_key");
+_Static_assert(sizeof(struct xq_bucket) == 16, "struct xq_bucket");
 
 struct vlan_tag {
 	__be16 tci;
@@ -88,6 +108,27 @@ struct {
 	__type(value, struct xq_xsk_owner);
 } xsk_owners SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct xq_shield);
+} shield SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XQ_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} pressure SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XQ_MAX_BUCKETS);
+	__type(key, struct xq_bucket_key);
+	__type(value, struct xq_bucket);
+} buckets SEC(".maps");
+
 static __always_inline void count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
@@ -113,16 +154,220 @@ static __always_inline int filter_addrs(void)
 	return cfg && (cfg->flags & XQ_CFG_FILTER_ADDRS);
 }
 
+/* Takes a token from the bucket of `key` (made full, less this token, when it
+ * is not there); returns whether there was one. Buckets are shared by the CPUs
+ * without a lock: concurrent packets of one prefix may take a token twice or
+ * refill it twice, a small error either way. */
+static __always_inline int take_token(struct xq_bucket_key *key,
+				      const struct xq_rate *rate)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct xq_bucket *b = bpf_map_lookup_elem(&buckets, key);
+	__u32 burst = rate->burst;
+	__u32 per_sec = rate->per_sec;
+
+	if (!b) {
+		struct xq_bucket fresh = { .stamp_ns = now };
+
+		if (burst == 0)
+			return 0;
+		fresh.tokens = burst - 1;
+		bpf_map_update_elem(&buckets, key, &fresh, BPF_ANY);
+		return 1;
+	}
+	if (per_sec && now > b->stamp_ns) {
+		__u64 elapsed = now - b->stamp_ns;
+		__u64 add = elapsed >= REFILL_FULL_NS ?
+			burst : elapsed * per_sec / NSEC_PER_SEC;
+
+		if (add) {
+			__u64 tokens = b->tokens + add;
+
+			if (tokens >= burst) {
+				b->tokens = burst;
+				b->stamp_ns = now;
+			} else {
+				b->tokens = tokens;
+				/* Keep the fraction of a token already earned. */
+				b->stamp_ns += add * NSEC_PER_SEC / per_sec;
+			}
+		}
+	}
+	if (b->tokens == 0)
+		return 0;
+	b->tokens -= 1;
+	return 1;
+}
+
+/* Takes a token of kind `kind` for the source prefix of `src` (4 or 16
+ * octets: `fam`), as long as `prefix` bits. */
+static __always_inline int admit(__u8 kind, __u32 fam, const __u8 *src,
+				 __u32 prefix, const struct xq_rate *rate)
+{
+	struct xq_bucket_key key = {
+		.kind = kind,
+		.family = fam == XQ_CNT_V4 ? 4 : 6,
+		.prefix = prefix,
+	};
+	int n = fam == XQ_CNT_V4 ? 4 : 16;
+
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		__u32 bits;
+
+		if (i >= n)
+			break;
+		bits = prefix > 8 * i ? prefix - 8 * i : 0;
+		if (bits >= 8)
+			key.addr[i] = src[i];
+		else if (bits > 0)
+			key.addr[i] = src[i] & (__u8)(0xff << (8 - bits));
+	}
+	return take_token(&key, rate);
+}
+
+static __always_inline int spoken(const struct xq_shield *s, __u32 version)
+{
+	if (version == 0)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < XQ_MAX_VERSIONS; i++)
+		if (s->versions[i] == version)
+			return 1;
+	return 0;
+}
+
+/* Whether the DCID of a short header (`p`: the QUIC payload, at least
+ * XQ_MIN_QUIC_PAYLOAD octets before `end`) is in our layout. */
+static __always_inline int our_cid(const struct xq_shield *s, const __u8 *p,
+				   void *end)
+{
+	__u32 sid = s->sid_len;
+	const __u8 *w;
+
+	if ((void *)(p + XQ_MIN_QUIC_PAYLOAD) > end)
+		return 0;
+	if (p[1] != s->cid_first)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < XQ_MAX_SERVER_ID; i++)
+		if (i < sid && p[2 + i] != s->server_id[i])
+			return 0;
+	w = p + 2 + (sid & 0xf);
+	if ((void *)(w + 1) > end)
+		return 0;
+	return *w < s->workers;
+}
+
+/* Whether the Initial at `p` (a datagram of at least XQ_MIN_INITIAL_DATAGRAM
+ * octets) carries a token: a nonzero token length after the two CIDs. A
+ * header that cannot be read counts as carrying none. */
+static __always_inline int has_token(const __u8 *p, void *end)
+{
+	const __u8 *q;
+	__u8 dcid, scid, b0;
+
+	if ((void *)(p + 7) > end)
+		return 0;
+	dcid = p[5];
+	if (dcid > XQ_MAX_CID_LEN)
+		return 0;
+	q = p + 6 + (dcid & 0x1f);
+	if ((void *)(q + 1) > end)
+		return 0;
+	scid = *q;
+	if (scid > XQ_MAX_CID_LEN)
+		return 0;
+	q += 1 + (scid & 0x1f);
+	if ((void *)(q + 8) > end)
+		return 0;
+	/* A variable-length integer: 1, 2, 4 or 8 octets (two high bits). */
+	b0 = q[0];
+	if (b0 & 0x3f)
+		return 1;
+	switch (b0 >> 6) {
+	case 0:
+		return 0;
+	case 1:
+		return q[1] != 0;
+	case 2:
+		return (q[1] | q[2] | q[3]) != 0;
+	default:
+		return (q[1] | q[2] | q[3] | q[4] | q[5] | q[6] | q[7]) != 0;
+	}
+}
+
+/* The shield's verdict on a service packet whose QUIC payload `p` of `len`
+ * octets (at least XQ_MIN_QUIC_PAYLOAD, inside the packet) came from `src`:
+ * 0 to steer it, else the XQ_FAM_* reason to drop it. */
+static __always_inline __u32 shield_check(struct xdp_md *ctx, const __u8 *p,
+					  void *end, __u32 len, __u32 fam,
+					  const __u8 *src)
+{
+	__u32 zero = 0;
+	struct xq_shield *s = bpf_map_lookup_elem(&shield, &zero);
+	__u32 version, q, *pr;
+
+	if (!s || !(s->flags & XQ_SHIELD_ON))
+		return 0;
+	if ((void *)(p + XQ_MIN_QUIC_PAYLOAD) > end)
+		return 0;
+	if (!(p[0] & 0x80)) {
+		if ((s->flags & XQ_SHIELD_CID) && !our_cid(s, p, end))
+			return XQ_FAM_FOREIGN_CID;
+		return 0;
+	}
+	version = ((__u32)p[1] << 24) | ((__u32)p[2] << 16) |
+		  ((__u32)p[3] << 8) | p[4];
+	if (!spoken(s, version)) {
+		if (len < XQ_MIN_INITIAL_DATAGRAM)
+			return XQ_FAM_UNKNOWN_VERSION;
+		if (!admit(XQ_BUCKET_VERSION, fam, src,
+			   fam == XQ_CNT_V4 ? s->prefix4 : s->prefix6,
+			   &s->version))
+			return XQ_FAM_VERSION_RATE;
+		count(XQ_CNT_VERSION_PASSED);
+		return 0;
+	}
+	/* v1's long packet types: 0 is Initial. */
+	if ((p[0] & 0x30) != 0)
+		return 0;
+	if (len < XQ_MIN_INITIAL_DATAGRAM)
+		return XQ_FAM_SHORT_INITIAL;
+	if (!(s->flags & XQ_SHIELD_ADMIT))
+		return 0;
+	q = ctx->rx_queue_index;
+	pr = bpf_map_lookup_elem(&pressure, &q);
+	if (!pr || !*pr)
+		return 0;
+	if (has_token(p, end)) {
+		count(XQ_CNT_WITH_TOKEN);
+		return 0;
+	}
+	if (!admit(XQ_BUCKET_INITIAL, fam, src,
+		   fam == XQ_CNT_V4 ? s->prefix4 : s->prefix6, &s->initial))
+		return XQ_FAM_INITIAL_RATE;
+	count(XQ_CNT_ADMITTED);
+	return 0;
+}
+
 /* Decides for a UDP header `udp` of family `fam` whose destination address
- * matched (or is not filtered). `end` is the packet end. */
+ * matched (or is not filtered), from source address `src`. `end` is the
+ * packet end. */
 static __always_inline int steer_udp(struct xdp_md *ctx, struct udphdr *udp,
-				     void *end, __u32 fam)
+				     void *end, __u32 fam, const __u8 *src)
 {
 	__u16 ulen = bpf_ntohs(udp->len);
+	__u32 drop;
 
 	if (ulen < sizeof(*udp) + XQ_MIN_QUIC_PAYLOAD ||
 	    (void *)udp + ulen > end)
 		return verdict(fam, XQ_FAM_MALFORMED, XDP_DROP);
+
+	drop = shield_check(ctx, (const __u8 *)(udp + 1), end,
+			    ulen - sizeof(*udp), fam, src);
+	if (drop)
+		return verdict(fam, drop, XDP_DROP);
 
 	/* The low bits of the flags are the action when no socket is
 	 * registered at this key: the packet then goes to the kernel. */
@@ -164,7 +409,7 @@ static __always_inline int handle_ipv4(struct xdp_md *ctx, void *l3, void *end)
 		return verdict(XQ_CNT_V4, XQ_FAM_OTHER_PORT, XDP_PASS);
 	if (filter_addrs() && !bpf_map_lookup_elem(&addrs4, &ip->daddr))
 		return verdict(XQ_CNT_V4, XQ_FAM_OTHER_ADDR, XDP_PASS);
-	return steer_udp(ctx, udp, end, XQ_CNT_V4);
+	return steer_udp(ctx, udp, end, XQ_CNT_V4, (const __u8 *)&ip->saddr);
 }
 
 static __always_inline int handle_ipv6(struct xdp_md *ctx, void *l3, void *end)
@@ -194,7 +439,8 @@ static __always_inline int handle_ipv6(struct xdp_md *ctx, void *l3, void *end)
 		if (!bpf_map_lookup_elem(&addrs6, &daddr))
 			return verdict(XQ_CNT_V6, XQ_FAM_OTHER_ADDR, XDP_PASS);
 	}
-	return steer_udp(ctx, udp, end, XQ_CNT_V6);
+	return steer_udp(ctx, udp, end, XQ_CNT_V6,
+			 (const __u8 *)&ip6->saddr);
 }
 
 SEC("xdp")

@@ -15,6 +15,10 @@
 //!   AF_XDP workers would receive nothing any more, so it closes their connections
 //!   ([`StopReason::ProgramLost`]) and, under [`Fallback::ToUdp`], starts over on kernel UDP.
 //!
+//! Over AF_XDP it engages the XDP program's shield when asked ([`ServeOptions::shield`]):
+//! the QUIC rules on, the engine's CID layout written, and a pressure monitor on each queue
+//! ([`crate::xdp::ShieldGuard`]), put back as they were when the engine stops.
+//!
 //! It also serves each engine's Prometheus endpoint when asked ([`ServeOptions::metrics`]).
 //! Nothing is printed: everything that happens is an [`Event`] on [`Server::events`], in
 //! order. The server ends on [`Stop::stop`], when workers fail, when the program is lost
@@ -35,8 +39,13 @@ use xdp_quic::backend::xsk::XskSnapshot;
 use xdp_quic::{Counters, Engine, EngineBuilder, EngineHandle, Handler, VarInt, XdpSetup};
 
 use crate::metrics::{EngineCollector, MetricsServer};
+use crate::xdp::pressure::PressureChange;
 use crate::xdp::socket_map::ServerSteering;
-use crate::xdp::{AttachMode, CountersReader, ProgramWatch, WatchEvent};
+use crate::xdp::{
+    AttachMode, CountersReader, PressurePolicy, ProgramWatch, ShieldConfig, ShieldGuard,
+    ShieldMaps, WatchEvent,
+};
+use xdp_quic::cid::CidLayout;
 
 /// What to do when AF_XDP cannot serve: at start, or after the program is lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +82,9 @@ pub struct ServeOptions {
     pub trim_after: Option<u64>,
     /// Stops the server: keep a clone (e.g. for a signal handler) before starting it.
     pub stop: Stop,
+    /// Over AF_XDP: engage the XDP program's shield for each engine's life (default none:
+    /// the shield is left as the attachment has it, and no pressure is ever flagged).
+    pub shield: Option<ShieldOptions>,
 }
 
 impl Default for ServeOptions {
@@ -82,7 +94,44 @@ impl Default for ServeOptions {
             watch_every: Duration::from_secs(1),
             trim_after: Some(1000),
             stop: Stop::new(),
+            shield: None,
         }
+    }
+}
+
+/// The XDP shield of a server over AF_XDP (see [`crate::xdp::shield`]).
+#[derive(Debug, Clone)]
+pub struct ShieldOptions {
+    /// The rules, on for the engine's life.
+    pub config: ShieldConfig,
+    /// The engine's CIDs: length, server id and config rotation exactly as given to
+    /// `EngineBuilder::connection_ids` (default 8, none, 0). With other values every short
+    /// header of the engine's connections would be dropped.
+    pub cid_len: usize,
+    pub server_id: Vec<u8>,
+    pub config_rotation: u8,
+    /// When a queue is under pressure; set its `pending_handshakes` to the engine's Retry
+    /// threshold.
+    pub pressure: PressurePolicy,
+}
+
+impl Default for ShieldOptions {
+    fn default() -> Self {
+        Self {
+            config: ShieldConfig::default(),
+            cid_len: 8,
+            server_id: Vec::new(),
+            config_rotation: 0,
+            pressure: PressurePolicy::default(),
+        }
+    }
+}
+
+impl ShieldOptions {
+    /// The CID layout of an engine with `workers` workers.
+    pub fn layout(&self, workers: usize) -> anyhow::Result<CidLayout> {
+        CidLayout::new(self.cid_len, self.config_rotation, &self.server_id, workers)
+            .context("the shield's CID layout")
     }
 }
 
@@ -188,6 +237,19 @@ pub enum Event {
     Stopped { counters: Vec<Counters> },
     /// After the program was lost, under [`Fallback::ToUdp`]: kernel UDP starts on `listen`.
     FallingBack { listen: SocketAddr },
+    /// The XDP shield is engaged for the engine on `iface` ([`ServeOptions::shield`]).
+    Shield {
+        iface: String,
+        config: ShieldConfig,
+        /// Whether the pressure monitor runs (the configuration admits under pressure).
+        monitor: bool,
+    },
+    /// A queue of `iface` came under pressure (the shield now admits Initials without a
+    /// token per source prefix there), or is not under pressure any more.
+    Pressure {
+        iface: String,
+        change: PressureChange,
+    },
 }
 
 /// A running server: its engine, watched by a supervisor thread. Dropping it stops it and
@@ -230,6 +292,7 @@ impl<H: Handler> Server<H> {
             metrics: options.metrics,
             watch_every: options.watch_every,
             trim_after: options.trim_after,
+            shield: options.shield,
             stop: options.stop.clone(),
             events: tx,
             current: current.clone(),
@@ -304,6 +367,9 @@ pub struct XdpEngine<H: Handler> {
     /// Watches the program the sockets are registered with (from the calling thread's
     /// network namespace).
     pub watch: ProgramWatch,
+    /// The program's shield maps, when readable (to engage the shield:
+    /// [`crate::xdp::ShieldGuard::engage`]).
+    pub shield: Option<ShieldMaps>,
 }
 
 /// Starts `builder` over AF_XDP per `setup`: registers the sockets with the attachment `xdp-quic
@@ -318,6 +384,7 @@ pub fn start_xdp<H: Handler>(
     let steering = ServerSteering::for_server(&setup.iface, setup.listen, mode)?;
     let how = steering.describe();
     let program = steering.counters_reader(&setup.iface).ok();
+    let shield = steering.shield_maps(&setup.iface).ok();
     let ifindex = xdp_quic::engine::ifindex(&setup.iface)
         .with_context(|| format!("looking up {}", setup.iface))?;
     let watch = ProgramWatch::new(ifindex, steering.prog_id())
@@ -330,6 +397,7 @@ pub fn start_xdp<H: Handler>(
         how,
         program,
         watch,
+        shield,
     })
 }
 
@@ -366,6 +434,7 @@ pub fn start_xdp_client<H: Handler>(
             how,
             program,
             watch,
+            shield: None,
         },
         port,
     ))
@@ -378,6 +447,8 @@ struct Running<H: Handler> {
     watch: Option<(String, ProgramWatch)>,
     /// The metrics endpoint, held for the engine's life.
     metrics: Option<MetricsServer>,
+    /// The shield engaged for the engine, put back after it stops.
+    shield: Option<ShieldGuard>,
 }
 
 /// The supervisor thread's state.
@@ -389,6 +460,7 @@ struct Supervisor<H: Handler, F> {
     metrics: Option<SocketAddr>,
     watch_every: Duration,
     trim_after: Option<u64>,
+    shield: Option<ShieldOptions>,
     stop: Stop,
     events: mpsc::Sender<Event>,
     current: Arc<Mutex<Option<EngineHandle<H>>>>,
@@ -432,10 +504,44 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
             workers: engine.handle().workers(),
             steering: engine.steering().expect("a UDP engine has a steering"),
         };
-        self.begin(engine, serving, None, None)
+        self.begin(engine, serving, None, None, None)
     }
 
-    fn begin_xdp(&mut self, x: XdpEngine<H>, setup: &XdpSetup) -> anyhow::Result<Running<H>> {
+    /// Engages the shield for `engine` when asked; on failure the engine is shut down.
+    fn engage_shield(
+        &self,
+        engine: &Engine<H>,
+        maps: Option<ShieldMaps>,
+        iface: &str,
+    ) -> anyhow::Result<Option<ShieldGuard>> {
+        let Some(opts) = &self.shield else {
+            return Ok(None);
+        };
+        let maps = maps.with_context(|| {
+            format!("the shield asked for, but the XDP program's shield maps on {iface} cannot be opened (an attachment of an older xdp-quic: detach and attach again)")
+        })?;
+        let layout = opts.layout(engine.xsk_queues().len())?;
+        let events = self.events.clone();
+        let name = iface.to_string();
+        let report = Box::new(move |change| {
+            let _ = events.send(Event::Pressure {
+                iface: name.clone(),
+                change,
+            });
+        });
+        let guard = ShieldGuard::engage(
+            maps,
+            &opts.config,
+            &layout,
+            engine,
+            opts.pressure,
+            Some(report),
+        )
+        .with_context(|| format!("engaging the XDP shield on {iface}"))?;
+        Ok(Some(guard))
+    }
+
+    fn begin_xdp(&mut self, mut x: XdpEngine<H>, setup: &XdpSetup) -> anyhow::Result<Running<H>> {
         let queues = x.engine.xsk_queues();
         let serving = Serving::Xdp {
             listen: setup.listen,
@@ -446,7 +552,14 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
             program: x.how,
         };
         let watch = Some((setup.iface.clone(), x.watch));
-        self.begin(x.engine, serving, x.program, watch)
+        let shield = match self.engage_shield(&x.engine, x.shield.take(), &setup.iface) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = x.engine.shutdown(VarInt::from_u32(0), b"server failed");
+                return Err(e);
+            }
+        };
+        self.begin(x.engine, serving, x.program, watch, shield)
     }
 
     /// Reports `serving`, publishes the engine's handle and starts its metrics endpoint.
@@ -456,23 +569,34 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
         serving: Serving,
         program: Option<CountersReader>,
         watch: Option<(String, ProgramWatch)>,
+        shield: Option<ShieldGuard>,
     ) -> anyhow::Result<Running<H>> {
         let iface = match &serving {
             Serving::Xdp { iface, .. } => Some(iface.clone()),
             Serving::Udp { .. } => None,
         };
         self.report(Event::Serving(serving));
+        if let (Some(guard), Some(opts), Some(iface)) = (&shield, &self.shield, &iface) {
+            self.report(Event::Shield {
+                iface: iface.clone(),
+                config: opts.config.clone(),
+                monitor: guard.pressure().is_some(),
+            });
+        }
         self.set_current(Some(engine.handle()));
         let metrics = match self.metrics {
             None => None,
             Some(addr) => {
-                let collector = EngineCollector::new(
+                let mut collector = EngineCollector::new(
                     if iface.is_some() { "xdp" } else { "udp" },
                     iface,
                     engine.handle().metrics(),
                     engine.xsk_queues().to_vec(),
                     program,
                 );
+                if let Some(view) = shield.as_ref().and_then(ShieldGuard::pressure) {
+                    collector = collector.with_pressure(view);
+                }
                 let mut registry = prometheus_client::registry::Registry::default();
                 registry.register_collector(Box::new(collector));
                 match MetricsServer::start(addr, registry) {
@@ -492,6 +616,7 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
             engine,
             watch,
             metrics,
+            shield,
         })
     }
 
@@ -500,7 +625,10 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
         loop {
             let reason = self.watch(&mut running);
             let Running {
-                engine, metrics, ..
+                engine,
+                metrics,
+                shield,
+                ..
             } = running;
             drop(metrics);
             let queues = engine.xsk_queues().iter().map(|q| q.snapshot()).collect();
@@ -523,6 +651,8 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
                     .shutdown(VarInt::from_u32(0), b"server lost its XDP program")
                     .map(drop),
             };
+            // After the workers: the shield guarded them to the end.
+            drop(shield);
             stopped.context("stopping the workers")?;
             self.report(Event::Stopped {
                 counters: handle.counters(),

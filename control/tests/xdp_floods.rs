@@ -247,6 +247,12 @@ fn capture(dev: &str, cap: &Capture) {
 /// connection is left on the server: then it has sent everything it will send (the answers
 /// went out before the counters that say so were published).
 fn quiescent(engine: &Engine<EchoServer>, attachment: &EmbeddedAttachment) -> bool {
+    taken_in(engine, attachment) && engine.handle().total().conns_active == 0
+}
+
+/// Whether the workers have taken in every packet the program redirected to their sockets
+/// (received, or dropped on the way and counted).
+fn taken_in(engine: &Engine<EchoServer>, attachment: &EmbeddedAttachment) -> bool {
     let total = engine.handle().total();
     let dropped: u64 = engine
         .xsk_queues()
@@ -268,7 +274,7 @@ fn quiescent(engine: &Engine<EchoServer>, attachment: &EmbeddedAttachment) -> bo
         .filter(|(name, _)| name.ends_with(".redirected"))
         .map(|(_, v)| v)
         .sum();
-    redirected == total.rx_packets + dropped && total.conns_active == 0
+    redirected == total.rx_packets + dropped
 }
 
 /// Attaches the XDP program and serves echo over AF_XDP on every queue of `tb`'s server,
@@ -301,7 +307,7 @@ fn serve(
         "-n",
         &tb.server_ns,
         "route",
-        "add",
+        "replace",
         "10.66.0.0/16",
         "via",
         &via,
@@ -588,4 +594,721 @@ fn unknown_cid_flood(tx: TxMode, prefix: &str, net: u8) {
          ({} octets back for {sent}); cap {cap}",
         a.resets, a.octets
     );
+}
+
+// ---- The shield on the wire ------------------------------------------------------------
+
+use xdp_quic_control::testing::read_until;
+use xdp_quic_control::xdp::pressure::PressureChange;
+use xdp_quic_control::xdp::{PressurePolicy, ShieldConfig, ShieldGuard};
+
+/// The program's counter `name` of `attachment`.
+fn program_counter(attachment: &EmbeddedAttachment, name: &str) -> u64 {
+    attachment
+        .counters()
+        .unwrap()
+        .named()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+/// Engages the shield for `engine` as `serve --xdp-shield` does: default rules, the
+/// engine's CID layout (the builder's defaults), a pressure monitor per `policy`.
+fn engage_shield(
+    engine: &Engine<EchoServer>,
+    attachment: &EmbeddedAttachment,
+    policy: PressurePolicy,
+    report: Option<Box<dyn FnMut(PressureChange) + Send>>,
+) -> ShieldGuard {
+    ShieldGuard::engage(
+        attachment.shield().unwrap(),
+        &ShieldConfig::default(),
+        &CidLayout::for_workers(QUEUES as usize).unwrap(),
+        engine,
+        policy,
+        report,
+    )
+    .expect("engage the shield")
+}
+
+/// The Prometheus text the server's collector exports (as `serve --metrics` does with the
+/// shield on): the workers, their queues, the program's counters, the pressure flags.
+fn prometheus_text(
+    engine: &Engine<EchoServer>,
+    attachment: &EmbeddedAttachment,
+    iface: &str,
+    shield: &ShieldGuard,
+) -> String {
+    use xdp_quic_control::metrics::EngineCollector;
+    let mut collector = EngineCollector::new(
+        "xdp",
+        Some(iface.to_string()),
+        engine.handle().metrics(),
+        engine.xsk_queues().to_vec(),
+        Some(attachment.counters_reader().unwrap()),
+    );
+    if let Some(view) = shield.pressure() {
+        collector = collector.with_pressure(view);
+    }
+    let mut reg = prometheus_client::registry::Registry::default();
+    reg.register_collector(Box::new(collector));
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, &reg).unwrap();
+    body
+}
+
+/// An IPv4 packet (header, UDP, `payload`) from `from` to `to`:PORT, checksums set.
+fn raw_packet((src, sport): (Ipv4Addr, u16), to: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let mut ip = [0u8; ipv4::HEADER_LEN];
+    ipv4::write(&mut ip, src, to, 0, 17, udp::HEADER_LEN + payload.len());
+    let mut uh = [0u8; udp::HEADER_LEN];
+    udp::write(&mut uh, sport, PORT, payload.len(), 0);
+    let mut l4 = uh.to_vec();
+    l4.extend_from_slice(payload);
+    udp::set_checksum(&mut uh, checksum::udp_v4(src, to, &l4));
+    let mut p = ip.to_vec();
+    p.extend_from_slice(&uh);
+    p.extend_from_slice(payload);
+    p
+}
+
+impl RawSender {
+    /// Sends a whole IPv4 packet made by [`raw_packet`].
+    fn send_packet(&self, packet: &[u8]) {
+        let dst = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([packet[16], packet[17], packet[18], packet[19]]),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: `packet` and `dst` outlive the call; lengths are theirs.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&dst as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        check(rc as libc::c_int, "sendto");
+    }
+}
+
+impl RawSender {
+    /// Sends whole IPv4 packets made by [`raw_packet`], 64 per `sendmmsg`; counts them in
+    /// `progress` as they go.
+    fn send_all(&self, packets: &[Vec<u8>], progress: &AtomicU32) {
+        for batch in packets.chunks(64) {
+            let dst: Vec<libc::sockaddr_in> = batch
+                .iter()
+                .map(|p| libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: 0,
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes([p[16], p[17], p[18], p[19]]),
+                    },
+                    sin_zero: [0; 8],
+                })
+                .collect();
+            let mut iov: Vec<libc::iovec> = batch
+                .iter()
+                .map(|p| libc::iovec {
+                    iov_base: p.as_ptr() as *mut libc::c_void,
+                    iov_len: p.len(),
+                })
+                .collect();
+            // SAFETY: an all-zero mmsghdr is valid; the fields set point into `dst` and
+            // `iov`, which outlive the calls below.
+            let mut msgs: Vec<libc::mmsghdr> = (0..batch.len())
+                .map(|i| {
+                    let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                    m.msg_hdr.msg_name = (&dst[i] as *const libc::sockaddr_in) as *mut _;
+                    m.msg_hdr.msg_namelen =
+                        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                    m.msg_hdr.msg_iov = &mut iov[i];
+                    m.msg_hdr.msg_iovlen = 1;
+                    m
+                })
+                .collect();
+            let mut done = 0;
+            while done < msgs.len() {
+                // SAFETY: `msgs[done..]` are valid mmsghdrs whose pointers are live.
+                let n = unsafe {
+                    libc::sendmmsg(
+                        self.fd.as_raw_fd(),
+                        msgs[done..].as_mut_ptr(),
+                        (msgs.len() - done) as libc::c_uint,
+                        0,
+                    )
+                };
+                check(n, "sendmmsg");
+                done += n as usize;
+            }
+            progress.fetch_add(batch.len() as u32, Ordering::Relaxed);
+        }
+    }
+}
+
+/// 2,000 Initials in datagrams shorter than 1,200 octets, from forged addresses: with the
+/// shield on, the program drops every one (counted as `dropped_short_initial`) and no worker
+/// receives any; then a quinn client connects and echoes through the shield (its short
+/// headers carry the engine's CIDs).
+#[test]
+fn short_initials_are_dropped_in_xdp_and_reach_no_worker() {
+    if !privileged("short_initials_are_dropped_in_xdp_and_reach_no_worker") {
+        return;
+    }
+    let tb = Testbed::create(&unique_name("xs"), QUEUES, 225).expect("testbed");
+    let (engine, attachment, cert) = serve(&tb, EngineBuilder::default(), TxMode::Auto);
+    let shield = engage_shield(&engine, &attachment, PressurePolicy::default(), None);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let packets: Vec<Vec<u8>> = (0..FLOOD)
+        .map(|i| {
+            // A v1 Initial header (random CIDs), 100 to 1,199 octets in all.
+            let len = 100 + (rng.next_u32() % 1100) as usize;
+            let mut q = vec![0u8; len];
+            rng.fill_bytes(&mut q);
+            q[0] = 0xc0 | (q[0] & 0x0f);
+            q[1..5].copy_from_slice(&1u32.to_be_bytes());
+            q[5] = 8;
+            q[14] = 8;
+            raw_packet(forged(i), tb.server_v4, &q)
+        })
+        .collect();
+    tb.in_client(|| {
+        let raw = RawSender::new();
+        for p in &packets {
+            raw.send_packet(p);
+        }
+    })
+    .unwrap();
+    let dropped = read_until(
+        "the short Initials counted",
+        GUARD,
+        || program_counter(&attachment, "v4.dropped_short_initial"),
+        |&n| n >= u64::from(FLOOD),
+    );
+    assert_eq!(dropped, u64::from(FLOOD));
+    assert_eq!(program_counter(&attachment, "v4.redirected"), 0);
+    let t = engine.handle().total();
+    assert_eq!(t.rx_packets, 0, "no worker received a short Initial");
+    assert_eq!(t.conns_accepted + t.retries_sent + t.rx_malformed, 0);
+
+    // What the Prometheus endpoint exports: every counter of the program (each new reason
+    // among them), the short Initials counted, and the shield's pressure flags per queue.
+    let body = prometheus_text(&engine, &attachment, &tb.server_if, &shield);
+    for c in xdp_quic_ebpf::Counter::all() {
+        let name = c.name();
+        let (family, outcome) = name.split_once('.').unwrap_or(("any", &name));
+        let series = format!(
+            "xdpquic_xdp_packets_total{{iface=\"{}\",family=\"{family}\",outcome=\"{outcome}\"}} ",
+            tb.server_if
+        );
+        assert!(body.contains(&series), "no {series}in\n{body}");
+    }
+    assert!(
+        body.contains(&format!(
+            "family=\"v4\",outcome=\"dropped_short_initial\"}} {FLOOD}\n"
+        )),
+        "{body}"
+    );
+    for q in 0..QUEUES {
+        let series = format!(
+            "xdpquic_xdp_pressure{{iface=\"{}\",queue=\"{q}\"}} 0\n",
+            tb.server_if
+        );
+        assert!(body.contains(&series), "no {series}in\n{body}");
+    }
+
+    // Legitimate traffic goes through the shield.
+    let server = SocketAddr::new(tb.server_v4.into(), PORT);
+    tb.in_client(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(120),
+                    legit_echo(&cert, server, 3, 200_000),
+                )
+                .await
+                .expect("hang guard")
+            })
+    })
+    .unwrap();
+    let t = engine.handle().total();
+    assert_eq!(t.handshakes, 1);
+    assert_eq!(program_counter(&attachment, "v4.dropped_foreign_cid"), 0);
+    assert_eq!(
+        program_counter(&attachment, "v4.dropped_short_initial"),
+        u64::from(FLOOD)
+    );
+    println!(
+        "{FLOOD} short Initials over AF_XDP with the shield: {dropped} dropped in XDP, 0 to the \
+         workers; then a quinn client echoed 200 kB through the shield ({} packets to the \
+         workers)",
+        t.rx_packets
+    );
+    drop(shield);
+    engine.shutdown(VarInt::from_u32(0), b"").unwrap();
+    drop(attachment);
+}
+
+/// Tokenless Initials in the big flood.
+const BIG_FLOOD: u32 = 50_000;
+
+/// Forged source `i` of the big flood: 16 /24 prefixes (10.66.0-15.0/24), 256 hosts each,
+/// the prefix changing with every packet.
+fn forged_spread(i: u32) -> (Ipv4Addr, u16) {
+    (
+        Ipv4Addr::new(10, 66, (i % 16) as u8, (i / 16) as u8),
+        20_000 + (i % 40_000) as u16,
+    )
+}
+
+/// `n` real client Initials (quinn-proto's, a ClientHello each, no token) to `to`, from
+/// forged sources, as whole IPv4 packets: made before the flood, so that it goes at the rate
+/// the sender can write.
+fn forged_initials(n: u32, to: Ipv4Addr) -> Vec<Vec<u8>> {
+    let config = tls::client_config(tls::Trust::InsecureAnyCertificate, &[echo::ALPN]).unwrap();
+    let server = SocketAddr::new(to.into(), PORT);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[3; 32]);
+    let mut out = Vec::with_capacity(n as usize);
+    let mut quic = Vec::new();
+    for chunk in 0..n.div_ceil(1000) {
+        // A fresh endpoint every 1,000: it keeps a little of every connection it made.
+        let mut endpoint = quinn_proto::Endpoint::new(
+            Arc::new(quinn_proto::EndpointConfig::new(Arc::new(key.clone()))),
+            None,
+            false,
+            None,
+        );
+        for i in chunk * 1000..((chunk + 1) * 1000).min(n) {
+            let now = Instant::now();
+            let (_, mut conn) = endpoint
+                .connect(now, config.clone(), server, "localhost")
+                .unwrap();
+            quic.clear();
+            let t = conn.poll_transmit(now, 1, &mut quic).expect("an Initial");
+            out.push(raw_packet(forged_spread(i), to, &quic[..t.size]));
+        }
+    }
+    out
+}
+
+/// CPU time (ns) of this process's worker threads (`xdp-quic-w*`) so far.
+fn workers_cpu_ns() -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let p = e.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        if !comm.starts_with("xdp-quic-w") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(p.join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// Softirq CPU time of the whole machine so far (every CPU), from /proc/stat: where the XDP
+/// program and the kernel's copy into the AF_XDP sockets run.
+fn softirq_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // user nice system idle iowait irq softirq steal guest guest_nice
+    let softirq = f[6];
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_nanos(softirq * 1_000_000_000 / hz)
+}
+
+/// One quinn client: connects, echoes 2,000 octets; returns its handshake time.
+async fn legit_timed(
+    cert: Vec<rustls::pki_types::CertificateDer<'static>>,
+    server: SocketAddr,
+    seed: u64,
+) -> Duration {
+    let ep = support::quinn_endpoint(&cert, false);
+    let started = Instant::now();
+    let conn = ep
+        .connect(server, "localhost")
+        .unwrap()
+        .await
+        .expect("a legitimate client's handshake");
+    let handshake = started.elapsed();
+    let data: Vec<u8> = (0..2_000u32).map(|i| (i * 7 + seed as u32) as u8).collect();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&data).await.unwrap();
+    send.finish().unwrap();
+    let back = recv.read_to_end(usize::MAX).await.unwrap();
+    assert!(back == data, "client {seed}: echoed intact");
+    conn.close(VarInt::from_u32(0), b"done");
+    ep.wait_idle().await;
+    handshake
+}
+
+/// What one run of the big flood measured.
+#[derive(Debug)]
+struct FloodRun {
+    shield: bool,
+    sent_in: Duration,
+    /// From the flood's first packet to the first queue under pressure.
+    pressure_after: Option<Duration>,
+    /// Service packets the XDP program saw.
+    reached_xdp: u64,
+    softirq: Duration,
+    fill_ring_empty: u64,
+    rx_ring_full: u64,
+    kernel_rx_dropped: u64,
+    worker_packets: u64,
+    worker_cpu: Duration,
+    handshakes: Vec<Duration>,
+    dropped_in_xdp: u64,
+    admitted: u64,
+    pressure_episodes: u64,
+}
+
+/// Serves echo over AF_XDP (Retry above 64 pending handshakes per worker, 5 s idle timeout),
+/// with or without the shield, and sends the `BIG_FLOOD` Initials at full rate from the client
+/// namespace; when 40% are sent, 8 quinn clients connect at once and echo. Waits until the
+/// server has taken in everything and every connection is over.
+fn big_flood(shield_on: bool, initials: &[Vec<u8>], tb: &Testbed) -> FloodRun {
+    let mut transport = xdp_quic::default_transport();
+    transport.max_idle_timeout(Some(Duration::from_secs(5).try_into().unwrap()));
+    let (engine, attachment, cert) = serve(
+        tb,
+        EngineBuilder::default()
+            .retry(RetryPolicy::AbovePendingHandshakes(64))
+            .transport(transport),
+        TxMode::Auto,
+    );
+    // When the first queue came under pressure.
+    let pressured = Arc::new(Mutex::new(None::<Instant>));
+    let shield = shield_on.then(|| {
+        let first = pressured.clone();
+        let report = Box::new(move |c: PressureChange| {
+            if c.cause.is_some() {
+                first.lock().unwrap().get_or_insert_with(Instant::now);
+            }
+        });
+        engage_shield(
+            &engine,
+            &attachment,
+            PressurePolicy::for_retry_threshold(Some(64)),
+            Some(report),
+        )
+    });
+    let flood_started = Mutex::new(None::<Instant>);
+    let server = SocketAddr::new(tb.server_v4.into(), PORT);
+    let queues = |f: fn(&xdp_quic::backend::xsk::XskSnapshot) -> u64| -> u64 {
+        engine.xsk_queues().iter().map(|q| f(&q.snapshot())).sum()
+    };
+    let empty0 = queues(|s| s.kernel.rx_fill_ring_empty);
+    let dropped0 = queues(|s| s.kernel.rx_dropped);
+    let cpu0 = workers_cpu_ns();
+    let softirq0 = softirq_time();
+    let full0 = queues(|s| s.kernel.rx_ring_full);
+    let progress = AtomicU32::new(0);
+    let (sent_in, mut handshakes) = std::thread::scope(|s| {
+        let flooder = s.spawn(|| {
+            tb.in_client(|| {
+                let raw = RawSender::new();
+                let started = Instant::now();
+                *flood_started.lock().unwrap() = Some(started);
+                raw.send_all(initials, &progress);
+                started.elapsed()
+            })
+            .unwrap()
+        });
+        wait_until("40% of the flood sent", GUARD, || {
+            progress.load(Ordering::Relaxed) >= BIG_FLOOD * 2 / 5 || flooder.is_finished()
+        });
+        let handshakes = tb
+            .in_client(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async {
+                        let mut set = tokio::task::JoinSet::new();
+                        for i in 0..LEGIT {
+                            set.spawn(legit_timed(cert.clone(), server, i));
+                        }
+                        tokio::time::timeout(Duration::from_secs(120), set.join_all())
+                            .await
+                            .expect("hang guard")
+                    })
+            })
+            .unwrap();
+        (flooder.join().unwrap(), handshakes)
+    });
+    // The CPU the flood cost the machine: until the workers have taken in the last packet
+    // (the forged handshakes' timers later cost little).
+    wait_until("the workers took in the flood", GUARD, || {
+        taken_in(&engine, &attachment)
+    });
+    let softirq = softirq_time() - softirq0;
+    wait_until(
+        "the server took in the flood and ended every connection",
+        GUARD,
+        || quiescent(&engine, &attachment),
+    );
+    let t = engine.handle().total();
+    let drops = |name: &str| program_counter(&attachment, &format!("v4.{name}"));
+    let run = FloodRun {
+        shield: shield_on,
+        sent_in,
+        pressure_after: pressured
+            .lock()
+            .unwrap()
+            .zip(*flood_started.lock().unwrap())
+            .map(|(p, f)| p.saturating_duration_since(f)),
+        reached_xdp: program_counter(&attachment, "v4.seen"),
+        softirq,
+        rx_ring_full: queues(|s| s.kernel.rx_ring_full) - full0,
+        fill_ring_empty: queues(|s| s.kernel.rx_fill_ring_empty) - empty0,
+        kernel_rx_dropped: queues(|s| s.kernel.rx_dropped) - dropped0,
+        worker_packets: t.rx_packets,
+        worker_cpu: Duration::from_nanos(workers_cpu_ns() - cpu0),
+        handshakes: {
+            handshakes.sort();
+            handshakes
+        },
+        dropped_in_xdp: drops("dropped_initial_rate")
+            + drops("dropped_short_initial")
+            + drops("dropped_unknown_version")
+            + drops("dropped_version_rate")
+            + drops("dropped_foreign_cid"),
+        admitted: program_counter(&attachment, "shield_admitted"),
+        pressure_episodes: shield
+            .as_ref()
+            .and_then(ShieldGuard::pressure)
+            .map_or(0, |v| v.queues().iter().map(|q| q.2).sum()),
+    };
+    assert_eq!(t.handshakes, LEGIT, "every legitimate client got through");
+    drop(shield);
+    engine.shutdown(VarInt::from_u32(0), b"").unwrap();
+    drop(attachment);
+    run
+}
+
+/// 50,000 tokenless Initials from forged addresses at full rate while 8 quinn clients
+/// connect, without the shield and with it: every client connects both times; with the
+/// shield the queues come under pressure and the program drops Initials beyond their
+/// prefixes' rate. Prints the comparison (kernel fill-ring drops, the workers' packets, the
+/// workers' CPU per flood packet, the clients' handshake times): figures, not thresholds.
+#[test]
+fn tokenless_initial_flood_with_and_without_the_shield() {
+    if !privileged("tokenless_initial_flood_with_and_without_the_shield") {
+        return;
+    }
+    let tb = Testbed::create(&unique_name("xe"), QUEUES, 228).expect("testbed");
+    let made = Instant::now();
+    let initials = forged_initials(BIG_FLOOD, tb.server_v4);
+    let made = made.elapsed();
+    let off = big_flood(false, &initials, &tb);
+    let on = big_flood(true, &initials, &tb);
+    assert_eq!(off.dropped_in_xdp, 0);
+    assert!(
+        on.pressure_episodes > 0,
+        "the flood put a queue under pressure"
+    );
+    assert!(
+        on.dropped_in_xdp > 0,
+        "the shield dropped Initials over their prefix's rate"
+    );
+    println!(
+        "{BIG_FLOOD} tokenless Initials (made in {made:.2?}) from 16 forged /24s, 8 quinn clients:"
+    );
+    for r in [&off, &on] {
+        let ms: Vec<String> = r
+            .handshakes
+            .iter()
+            .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
+            .collect();
+        println!(
+            "  shield {}: sent in {:.0?} ({:.0} pkt/s); reached XDP {}; first pressure after \
+             {}; kernel drops at the sockets: fill ring empty {}, RX ring full {}, rx dropped {}; workers \
+             received {} packets, used {:.0?} CPU ({:.2} µs per flood packet); softirq \
+             {:.0?} ({:.2} µs per flood packet, machine-wide); dropped in XDP {}, admitted \
+             under pressure {}, pressure episodes {}; handshakes (ms) {}",
+            if r.shield { "on " } else { "off" },
+            r.sent_in,
+            f64::from(BIG_FLOOD) / r.sent_in.as_secs_f64(),
+            r.reached_xdp,
+            r.pressure_after
+                .map_or("-".to_string(), |d| format!("{:.0?}", d)),
+            r.fill_ring_empty,
+            r.rx_ring_full,
+            r.kernel_rx_dropped,
+            r.worker_packets,
+            r.worker_cpu,
+            r.worker_cpu.as_secs_f64() * 1e6 / f64::from(BIG_FLOOD),
+            r.softirq,
+            r.softirq.as_secs_f64() * 1e6 / f64::from(BIG_FLOOD),
+            r.dropped_in_xdp,
+            r.admitted,
+            r.pressure_episodes,
+            ms.join(" ")
+        );
+    }
+}
+
+/// The library's server with the shield (what `serve --xdp-shield` runs) over an attachment
+/// pinned by `xdp-quic attach`: the shield comes on with the engine's CID layout, a quinn
+/// client echoes through it, forged Initials put a queue under pressure (reported), and when
+/// the server stops the shield is off again, its layout and pressure flags cleared.
+#[test]
+fn server_with_the_shield_engages_it_and_puts_it_back() {
+    if !privileged("server_with_the_shield_engages_it_and_puts_it_back") {
+        return;
+    }
+    use xdp_quic_control::serve::{Backend, Event, Fallback, ServeOptions, Server, ShieldOptions};
+    use xdp_quic_control::testing::PinGuard;
+    use xdp_quic_control::xdp::{self, AttachOptions, ServiceConfig, ShieldMaps};
+
+    let tb = Testbed::create(&unique_name("xd"), QUEUES, 229).expect("testbed");
+    let _pins = PinGuard(tb.server_if.clone());
+    let opts = AttachOptions {
+        service: ServiceConfig {
+            ports: [PORT].into(),
+            addrs: Default::default(),
+        },
+        mode: AttachMode::Auto,
+        force: false,
+    };
+    tb.in_server(|| xdp::attach(&tb.server_if, &opts))
+        .unwrap()
+        .expect("attach");
+    let maps = || {
+        tb.in_server(|| ShieldMaps::from_pins(&tb.server_if))
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(maps().config().unwrap(), None, "off after a plain attach");
+
+    let id = tls::Identity::self_signed(&["localhost"]).unwrap();
+    let cert = id.chain.clone();
+    let builder = EngineBuilder::default()
+        .server(tls::server_config(id, &[echo::ALPN]).unwrap())
+        .retry(RetryPolicy::AbovePendingHandshakes(8))
+        .drain_timeout(Duration::from_secs(1));
+    let setup = XdpSetup::new(
+        &tb.server_if,
+        format!("0.0.0.0:{PORT}").parse().unwrap(),
+        (0..QUEUES).collect(),
+    );
+    let options = ServeOptions {
+        shield: Some(ShieldOptions {
+            pressure: PressurePolicy::for_retry_threshold(Some(8)),
+            ..ShieldOptions::default()
+        }),
+        ..ServeOptions::default()
+    };
+    let backend = Backend::Xdp {
+        setup,
+        mode: AttachMode::Auto,
+        fallback: Fallback::Never,
+    };
+    let server = tb
+        .in_server(|| Server::start(builder, backend, options, |_| EchoServer::default()))
+        .unwrap()
+        .expect("start the server");
+    let next = || {
+        server
+            .events()
+            .recv_timeout(GUARD)
+            .expect("an event from the server")
+    };
+    assert!(matches!(next(), Event::Serving(_)));
+    match next() {
+        Event::Shield {
+            config, monitor, ..
+        } => {
+            assert_eq!(config, ShieldConfig::default());
+            assert!(monitor);
+        }
+        other => panic!("expected the shield, got {other:?}"),
+    }
+    // On, with the engine's layout (8-octet CIDs, config rotation 0, 2 workers).
+    let entry = maps().entry().unwrap();
+    assert_eq!(maps().config().unwrap(), Some(ShieldConfig::default()));
+    assert_eq!(
+        (
+            entry.flags & xdp_quic_ebpf::SHIELD_CID,
+            entry.cid_first,
+            entry.workers
+        ),
+        (xdp_quic_ebpf::SHIELD_CID, 7, QUEUES as u16)
+    );
+
+    let server_addr = SocketAddr::new(tb.server_v4.into(), PORT);
+    tb.in_client(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(120),
+                    legit_echo(&cert, server_addr, 4, 100_000),
+                )
+                .await
+                .expect("hang guard")
+            })
+    })
+    .unwrap();
+
+    // Forged Initials until a queue is under pressure (past 8 pending handshakes).
+    let initials = forged_initials(400, tb.server_v4);
+    tb.in_client(|| {
+        let raw = RawSender::new();
+        for p in &initials {
+            raw.send_packet(p);
+        }
+    })
+    .unwrap();
+    let change = loop {
+        match next() {
+            Event::Pressure { change, .. } => break change,
+            Event::Link { .. } | Event::WatchFailed { .. } => {}
+            other => panic!("expected pressure, got {other:?}"),
+        }
+    };
+    assert!(
+        change.cause.is_some(),
+        "a queue came under pressure: {change:?}"
+    );
+    assert!(maps().pressure(change.queue).unwrap());
+
+    server.stop();
+    let reason = server.join().expect("the server ended cleanly");
+    assert_eq!(reason, xdp_quic_control::serve::StopReason::Requested);
+    // Off again, no layout, no pressure.
+    let maps = maps();
+    assert_eq!(maps.config().unwrap(), None);
+    assert_eq!(maps.entry().unwrap(), xdp_quic_ebpf::Shield::default());
+    assert!(maps.pressured(QUEUES).unwrap().is_empty());
+    tb.in_server(|| xdp::detach(&tb.server_if))
+        .unwrap()
+        .expect("detach");
 }

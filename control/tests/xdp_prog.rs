@@ -3,6 +3,7 @@
 //! privilege fails instead of skipping).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use xdp_quic_control::testing::privileged;
 use xdp_quic_control::xdp::test_run::{TestProgram, XDP_DROP, XDP_PASS};
@@ -352,4 +353,519 @@ fn bad_service_config_is_refused() {
         .unwrap()
         .to_string();
     assert!(err.contains("at most 64 ports"), "{err}");
+}
+
+// ---- The shield ------------------------------------------------------------------------
+
+use xdp_quic::cid::CidLayout;
+use xdp_quic_control::xdp::ShieldConfig;
+use xdp_quic_ebpf::Rate;
+
+const V1: u32 = 1;
+const DRAFT_29: u32 = 0xff00_001d;
+const V2: u32 = 0x6b33_43cf;
+
+/// A long header (`ty`: v1's packet type, 0 Initial) of `version`, with the CIDs and, for an
+/// Initial, the token length `token_len` (a varint as given) and token; padded to `len`
+/// octets of UDP payload.
+fn long(ty: u8, version: u32, dcid: &[u8], scid: &[u8], token_len: &[u8], len: usize) -> Vec<u8> {
+    let mut p = vec![0xc0 | (ty << 4)];
+    p.extend_from_slice(&version.to_be_bytes());
+    p.push(dcid.len() as u8);
+    p.extend_from_slice(dcid);
+    p.push(scid.len() as u8);
+    p.extend_from_slice(scid);
+    p.extend_from_slice(token_len);
+    assert!(
+        p.len() <= len,
+        "a {len}-octet datagram cannot hold this header"
+    );
+    p.resize(len, 0x5a);
+    p
+}
+
+fn initial(version: u32, len: usize) -> Vec<u8> {
+    long(0, version, &[7; 8], &[9; 8], &[0], len)
+}
+
+/// A short header with `dcid`, `len` octets.
+fn short(dcid: &[u8], len: usize) -> Vec<u8> {
+    let mut p = vec![0x41];
+    p.extend_from_slice(dcid);
+    p.resize(len, 0x33);
+    p
+}
+
+/// UDP to port 4433 carrying `payload`.
+fn quic_udp(payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&40000u16.to_be_bytes());
+    u.extend_from_slice(&4433u16.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    u
+}
+
+/// IPv4 from `src` to V4_DST carrying `payload` in UDP to the service port.
+fn quic4(src: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let mut l3 = ipv4(17, &quic_udp(payload), 0, 0, V4_DST);
+    l3[12..16].copy_from_slice(&src.octets());
+    v4_pkt(&[], l3)
+}
+
+/// IPv6 from `src` to V6_DST.
+fn quic6(src: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
+    let mut l3 = ipv6(17, &quic_udp(payload), V6_DST);
+    l3[8..24].copy_from_slice(&src.octets());
+    v6_pkt(&[], l3)
+}
+
+/// The counters of an outcome, and one more.
+fn plus([a, b]: [Counter; 2], x: Counter) -> [Counter; 3] {
+    [a, b, x]
+}
+
+const SRC4: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+const SRC6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2);
+
+fn shield_program(config: ShieldConfig, layout: Option<&CidLayout>) -> TestProgram {
+    let p = TestProgram::load(&service(&[4433], &[])).unwrap();
+    let mut maps = p.shield().unwrap();
+    maps.set_config(Some(&config)).unwrap();
+    maps.set_layout(layout).unwrap();
+    p
+}
+
+#[test]
+fn shield_off_lets_everything_through_as_before() {
+    if !privileged("shield_off_lets_everything_through_as_before") {
+        return;
+    }
+    use FamilyCounter::*;
+    let mut p = TestProgram::load(&service(&[4433], &[])).unwrap();
+    // A layout alone does nothing while the shield is off.
+    let layout = CidLayout::for_workers(2).unwrap();
+    let mut maps = p.shield().unwrap();
+    maps.set_layout(Some(&layout)).unwrap();
+    maps.set_pressure(0, true).unwrap();
+    for payload in [initial(V1, 100), initial(V2, 100), short(&[0xee; 8], 100)] {
+        check(&mut p, &quic4(SRC4, &payload), XDP_PASS, &f4(NoSocket));
+    }
+    // Turned on, then off again: as before.
+    maps.set_config(Some(&ShieldConfig::default())).unwrap();
+    check(
+        &mut p,
+        &quic4(SRC4, &initial(V1, 100)),
+        XDP_DROP,
+        &f4(ShortInitial),
+    );
+    maps.set_config(None).unwrap();
+    check(
+        &mut p,
+        &quic4(SRC4, &initial(V1, 100)),
+        XDP_PASS,
+        &f4(NoSocket),
+    );
+    assert!(p.buckets().unwrap().is_empty());
+}
+
+#[test]
+fn shield_drops_initials_in_short_datagrams() {
+    if !privileged("shield_drops_initials_in_short_datagrams") {
+        return;
+    }
+    use FamilyCounter::*;
+    let mut p = shield_program(ShieldConfig::default(), None);
+    for (payload, verdict, c4, c6) in [
+        (
+            initial(V1, 1199),
+            XDP_DROP,
+            f4(ShortInitial),
+            f6(ShortInitial),
+        ),
+        (
+            initial(DRAFT_29, 1199),
+            XDP_DROP,
+            f4(ShortInitial),
+            f6(ShortInitial),
+        ),
+        (
+            long(0, V1, &[7; 8], &[], &[0], 21),
+            XDP_DROP,
+            f4(ShortInitial),
+            f6(ShortInitial),
+        ),
+        (initial(V1, 1200), XDP_PASS, f4(NoSocket), f6(NoSocket)),
+        (
+            initial(DRAFT_29, 1350),
+            XDP_PASS,
+            f4(NoSocket),
+            f6(NoSocket),
+        ),
+        // 0-RTT, Handshake and Retry may be small.
+        (
+            long(1, V1, &[7; 8], &[9; 8], &[], 100),
+            XDP_PASS,
+            f4(NoSocket),
+            f6(NoSocket),
+        ),
+        (
+            long(2, V1, &[7; 8], &[9; 8], &[], 100),
+            XDP_PASS,
+            f4(NoSocket),
+            f6(NoSocket),
+        ),
+        (
+            long(3, V1, &[7; 8], &[9; 8], &[], 100),
+            XDP_PASS,
+            f4(NoSocket),
+            f6(NoSocket),
+        ),
+    ] {
+        check(&mut p, &quic4(SRC4, &payload), verdict, &c4);
+        check(&mut p, &quic6(SRC6, &payload), verdict, &c6);
+    }
+    // Shorter than a QUIC packet: malformed first.
+    check(
+        &mut p,
+        &quic4(SRC4, &long(0, V1, &[7; 8], &[], &[0], 20)),
+        XDP_DROP,
+        &f4(Malformed),
+    );
+    // The UDP length counts, not the frame: Ethernet padding does not make it 1,200.
+    let mut padded = quic4(SRC4, &initial(V1, 1100));
+    padded.extend([0u8; 200]);
+    check(&mut p, &padded, XDP_DROP, &f4(ShortInitial));
+}
+
+#[test]
+fn shield_drops_small_unknown_versions_and_rate_limits_large_ones() {
+    if !privileged("shield_drops_small_unknown_versions_and_rate_limits_large_ones") {
+        return;
+    }
+    use FamilyCounter::*;
+    let config = ShieldConfig {
+        // Only v1 spoken: draft 29 counts as unknown here.
+        versions: vec![V1],
+        version_negotiation: Rate {
+            per_sec: 0,
+            burst: 2,
+        },
+        ..ShieldConfig::default()
+    };
+    let mut p = shield_program(config, None);
+    let passed = Counter::VersionPassed;
+    // Too small for version negotiation: v2, a draft not spoken, a VN packet (version 0).
+    for v in [V2, DRAFT_29, 0, 0x1a2a_3a4a] {
+        check(
+            &mut p,
+            &quic4(SRC4, &initial(v, 1199)),
+            XDP_DROP,
+            &f4(UnknownVersion),
+        );
+        check(
+            &mut p,
+            &quic6(SRC6, &initial(v, 600)),
+            XDP_DROP,
+            &f6(UnknownVersion),
+        );
+    }
+    // Any packet type of another version (the type bits are v1's only).
+    let hs = long(2, V2, &[1; 8], &[2; 8], &[], 100);
+    check(&mut p, &quic4(SRC4, &hs), XDP_DROP, &f4(UnknownVersion));
+    // Large enough: 2 per /24, then dropped.
+    let big = initial(V2, 1200);
+    for _ in 0..2 {
+        check(
+            &mut p,
+            &quic4(SRC4, &big),
+            XDP_PASS,
+            &plus(f4(NoSocket), passed),
+        );
+    }
+    check(&mut p, &quic4(SRC4, &big), XDP_DROP, &f4(VersionRate));
+    // Same /24, another host: the same bucket.
+    check(
+        &mut p,
+        &quic4(Ipv4Addr::new(10, 99, 0, 200), &big),
+        XDP_DROP,
+        &f4(VersionRate),
+    );
+    // Another /24: its own.
+    let other = Ipv4Addr::new(10, 99, 1, 2);
+    check(
+        &mut p,
+        &quic4(other, &big),
+        XDP_PASS,
+        &plus(f4(NoSocket), passed),
+    );
+    // IPv6: per /56.
+    for _ in 0..2 {
+        check(
+            &mut p,
+            &quic6(SRC6, &big),
+            XDP_PASS,
+            &plus(f6(NoSocket), passed),
+        );
+    }
+    let same56 = Ipv6Addr::new(0xfd00, 0x99, 0, 0xff, 1, 2, 3, 4);
+    check(&mut p, &quic6(same56, &big), XDP_DROP, &f6(VersionRate));
+    let other56 = Ipv6Addr::new(0xfd00, 0x99, 0, 0x100, 0, 0, 0, 2);
+    check(
+        &mut p,
+        &quic6(other56, &big),
+        XDP_PASS,
+        &plus(f6(NoSocket), passed),
+    );
+    // One bucket per prefix and kind, the address masked.
+    let mut keys: Vec<_> = p
+        .buckets()
+        .unwrap()
+        .into_iter()
+        .map(|(k, b)| (k.kind, k.family, k.prefix, k.addr, b.tokens))
+        .collect();
+    keys.sort();
+    let a4 = |a: [u8; 3]| {
+        let mut x = [0u8; 16];
+        x[..3].copy_from_slice(&a);
+        x
+    };
+    let a6 = |a: [u8; 7]| {
+        let mut x = [0u8; 16];
+        x[..7].copy_from_slice(&a);
+        x
+    };
+    assert_eq!(
+        keys,
+        vec![
+            (2, 4, 24, a4([10, 99, 0]), 0),
+            (2, 4, 24, a4([10, 99, 1]), 1),
+            (2, 6, 56, a6([0xfd, 0, 0, 0x99, 0, 0, 0]), 0),
+            (2, 6, 56, a6([0xfd, 0, 0, 0x99, 0, 0, 1]), 1),
+        ]
+    );
+}
+
+#[test]
+fn shield_drops_short_headers_whose_cid_is_not_ours() {
+    if !privileged("shield_drops_short_headers_whose_cid_is_not_ours") {
+        return;
+    }
+    use FamilyCounter::*;
+    let layout = CidLayout::new(10, 3, &[0xab, 0xcd], 4).unwrap();
+    let mut p = shield_program(ShieldConfig::default(), Some(&layout));
+    let mut rng = rand::thread_rng();
+    let cid = |w: usize, rng: &mut rand::rngs::ThreadRng| {
+        let mut c = [0u8; 10];
+        layout.write(w, rng, &mut c);
+        c
+    };
+    for w in 0..4 {
+        let c = cid(w, &mut rng);
+        check(
+            &mut p,
+            &quic4(SRC4, &short(&c, 60)),
+            XDP_PASS,
+            &f4(NoSocket),
+        );
+        check(
+            &mut p,
+            &quic6(SRC6, &short(&c, 21)),
+            XDP_PASS,
+            &f6(NoSocket),
+        );
+    }
+    let good = cid(1, &mut rng);
+    let mut bad = Vec::new();
+    let mut worker = good;
+    worker[3] = 4; // a worker beyond the count
+    bad.push(worker);
+    let mut first = good;
+    first[0] ^= 0x20; // another config rotation
+    bad.push(first);
+    let mut len = good;
+    len[0] = (3 << 5) | 7; // another length
+    bad.push(len);
+    for i in 1..3 {
+        let mut sid = good;
+        sid[i] ^= 1; // another server id
+        bad.push(sid);
+    }
+    bad.push([0x40; 10]);
+    for c in bad {
+        check(
+            &mut p,
+            &quic4(SRC4, &short(&c, 100)),
+            XDP_DROP,
+            &f4(ForeignCid),
+        );
+        check(
+            &mut p,
+            &quic6(SRC6, &short(&c, 100)),
+            XDP_DROP,
+            &f6(ForeignCid),
+        );
+    }
+    // 256 workers: every worker octet is ours; no server id.
+    let all = CidLayout::new(8, 0, &[], 256).unwrap();
+    p.shield().unwrap().set_layout(Some(&all)).unwrap();
+    let mut c = [0u8; 8];
+    all.write(255, &mut rng, &mut c);
+    check(
+        &mut p,
+        &quic4(SRC4, &short(&c, 100)),
+        XDP_PASS,
+        &f4(NoSocket),
+    );
+    // No layout: short headers are not checked.
+    p.shield().unwrap().set_layout(None).unwrap();
+    check(
+        &mut p,
+        &quic4(SRC4, &short(&[0x40; 10], 100)),
+        XDP_PASS,
+        &f4(NoSocket),
+    );
+}
+
+#[test]
+fn shield_admits_tokenless_initials_per_prefix_under_pressure() {
+    if !privileged("shield_admits_tokenless_initials_per_prefix_under_pressure") {
+        return;
+    }
+    use FamilyCounter::*;
+    let config = ShieldConfig {
+        initial: Rate {
+            per_sec: 0,
+            burst: 3,
+        },
+        prefix_v4: 16,
+        prefix_v6: 48,
+        ..ShieldConfig::default()
+    };
+    let mut p = shield_program(config.clone(), None);
+    let mut maps = p.shield().unwrap();
+    let tokenless = initial(V1, 1200);
+    let admitted4 = plus(f4(NoSocket), Counter::Admitted);
+    let admitted6 = plus(f6(NoSocket), Counter::Admitted);
+    let with_token4 = plus(f4(NoSocket), Counter::WithToken);
+    // No pressure: every Initial passes, no bucket is made.
+    for _ in 0..5 {
+        check(&mut p, &quic4(SRC4, &tokenless), XDP_PASS, &f4(NoSocket));
+    }
+    // Pressure on another queue only: not this one's business.
+    maps.set_pressure(1, true).unwrap();
+    check(&mut p, &quic4(SRC4, &tokenless), XDP_PASS, &f4(NoSocket));
+    assert!(p.buckets().unwrap().is_empty());
+    // Pressure on queue 0: 3 per /16, then dropped.
+    maps.set_pressure(0, true).unwrap();
+    for _ in 0..3 {
+        check(&mut p, &quic4(SRC4, &tokenless), XDP_PASS, &admitted4);
+    }
+    check(&mut p, &quic4(SRC4, &tokenless), XDP_DROP, &f4(InitialRate));
+    check(
+        &mut p,
+        &quic4(Ipv4Addr::new(10, 99, 77, 1), &tokenless),
+        XDP_DROP,
+        &f4(InitialRate),
+    );
+    check(
+        &mut p,
+        &quic4(Ipv4Addr::new(10, 98, 0, 2), &tokenless),
+        XDP_PASS,
+        &admitted4,
+    );
+    // Initials that carry a token pass, whatever the bucket: a Retry token, a NEW_TOKEN one,
+    // in 1-, 2-, 4- and 8-octet length encodings.
+    for token_len in [
+        &[0x01][..],
+        &[0x3f],
+        &[0x40, 0x01],
+        &[0x41, 0x00],
+        &[0x80, 0, 0, 0x10],
+        &[0xc0, 0, 0, 0, 0, 0, 0, 0x01],
+    ] {
+        let t = long(0, V1, &[7; 8], &[9; 8], token_len, 1200);
+        check(&mut p, &quic4(SRC4, &t), XDP_PASS, &with_token4);
+        let t = long(0, DRAFT_29, &[7; 20], &[], token_len, 1252);
+        check(&mut p, &quic4(SRC4, &t), XDP_PASS, &with_token4);
+    }
+    // A zero token length in a longer encoding is no token; nor is a header whose CIDs
+    // cannot be read (longer than 20 octets).
+    for t in [
+        long(0, V1, &[7; 8], &[9; 8], &[0x40, 0x00], 1200),
+        long(0, V1, &[7; 8], &[9; 8], &[0xc0, 0, 0, 0, 0, 0, 0, 0], 1200),
+        long(0, V1, &[7; 21], &[9; 8], &[0x05], 1200),
+        long(0, V1, &[7; 8], &[9; 21], &[0x05], 1200),
+    ] {
+        check(&mut p, &quic4(SRC4, &t), XDP_DROP, &f4(InitialRate));
+    }
+    // Other packet types are not limited.
+    let hs = long(2, V1, &[7; 8], &[9; 8], &[], 1200);
+    check(&mut p, &quic4(SRC4, &hs), XDP_PASS, &f4(NoSocket));
+    // IPv6, per /48.
+    for _ in 0..3 {
+        check(&mut p, &quic6(SRC6, &tokenless), XDP_PASS, &admitted6);
+    }
+    let same48 = Ipv6Addr::new(0xfd00, 0x99, 0, 0xffff, 0, 0, 0, 9);
+    check(
+        &mut p,
+        &quic6(same48, &tokenless),
+        XDP_DROP,
+        &f6(InitialRate),
+    );
+    // Pressure gone: everything passes again (the buckets stay, unused).
+    maps.set_pressure(0, false).unwrap();
+    check(&mut p, &quic4(SRC4, &tokenless), XDP_PASS, &f4(NoSocket));
+    // Admission off: pressure is ignored.
+    maps.set_pressure(0, true).unwrap();
+    maps.set_config(Some(&ShieldConfig {
+        admit_under_pressure: false,
+        ..config
+    }))
+    .unwrap();
+    check(&mut p, &quic4(SRC4, &tokenless), XDP_PASS, &f4(NoSocket));
+}
+
+#[test]
+fn shield_buckets_refill_at_their_rate() {
+    if !privileged("shield_buckets_refill_at_their_rate") {
+        return;
+    }
+    use FamilyCounter::*;
+    let config = ShieldConfig {
+        initial: Rate {
+            per_sec: 20,
+            burst: 2,
+        },
+        ..ShieldConfig::default()
+    };
+    let mut p = shield_program(config, None);
+    p.shield().unwrap().set_pressure(0, true).unwrap();
+    let pkt = quic4(SRC4, &initial(V1, 1200));
+    let admitted = plus(f4(NoSocket), Counter::Admitted);
+    let start = std::time::Instant::now();
+    check(&mut p, &pkt, XDP_PASS, &admitted);
+    check(&mut p, &pkt, XDP_PASS, &admitted);
+    // Empty now: the next token comes 50 ms after the bucket was made, never sooner.
+    let mut refused = 0;
+    let mut refilled = None;
+    xdp_quic_control::testing::wait_until("a token refilled", Duration::from_secs(30), || {
+        let out = p.run(&pkt).unwrap();
+        if out.retval == XDP_PASS {
+            refilled = Some(start.elapsed());
+            return true;
+        }
+        refused += 1;
+        false
+    });
+    let refilled = refilled.unwrap();
+    assert!(
+        refilled >= Duration::from_millis(50),
+        "a token after {refilled:?}, sooner than 1/20 s"
+    );
+    let c = p.counters().unwrap();
+    assert_eq!(c.get(Counter::Family(Family::V4, InitialRate)), refused);
+    assert_eq!(c.get(Counter::Admitted), 3);
+    invariants(&c);
 }

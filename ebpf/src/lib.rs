@@ -38,8 +38,18 @@ pub mod maps {
     /// ARRAY: rx queue index (`u32`) → [`crate::XskOwner`]: who registered the socket
     /// of that queue (the kernel cannot list an XSKMAP's sockets to user space).
     pub const XSK_OWNERS: &str = "xsk_owners";
+    /// ARRAY of one [`crate::Shield`]: the QUIC rules (all zero: off).
+    pub const SHIELD: &str = "shield";
+    /// ARRAY: rx queue index (`u32`) → `u32`, nonzero while the worker that drains that
+    /// queue is under pressure (the control plane's pressure monitor writes it).
+    pub const PRESSURE: &str = "pressure";
+    /// LRU_HASH: [`crate::BucketKey`] → [`crate::Bucket`], the token buckets of source
+    /// prefixes; written by the program only.
+    pub const BUCKETS: &str = "buckets";
     /// Every map, in a fixed order.
-    pub const ALL: [&str; 7] = [XSKS, PORTS, ADDRS4, ADDRS6, CONFIG, COUNTERS, XSK_OWNERS];
+    pub const ALL: [&str; 10] = [
+        XSKS, PORTS, ADDRS4, ADDRS6, CONFIG, COUNTERS, XSK_OWNERS, SHIELD, PRESSURE, BUCKETS,
+    ];
 }
 
 /// Capacity of the `xsks` map: queues 0..MAX_QUEUES can get a socket.
@@ -48,8 +58,33 @@ pub const MAX_QUEUES: u32 = 256;
 pub const MAX_PORTS: u32 = 64;
 /// Capacity of each of `addrs4` and `addrs6`.
 pub const MAX_ADDRS: u32 = 64;
+/// Capacity of the `buckets` map (source prefixes with a token bucket).
+pub const MAX_BUCKETS: u32 = 32768;
 /// A steered UDP payload shorter than this is dropped as malformed.
 pub const MIN_QUIC_PAYLOAD: u32 = 21;
+
+/// [`Shield::flags`] bit: the shield is on: Initials of a spoken version in datagrams
+/// shorter than [`MIN_INITIAL_DATAGRAM`] are dropped, long headers of other versions too
+/// when shorter than that, and rate limited per source prefix when not.
+pub const SHIELD_ON: u32 = 0x1;
+/// [`Shield::flags`] bit: also drop short headers whose DCID is not in the layout.
+pub const SHIELD_CID: u32 = 0x2;
+/// [`Shield::flags`] bit: also admit tokenless Initials per source prefix while their rx
+/// queue is under pressure (the `pressure` map).
+pub const SHIELD_ADMIT: u32 = 0x4;
+/// The smallest UDP payload of a datagram with an Initial a server accepts (RFC 9000 §14.1),
+/// and of one with a version it does not speak that it answers (§5.2.2).
+pub const MIN_INITIAL_DATAGRAM: u32 = 1200;
+/// Slots of [`Shield::versions`].
+pub const MAX_VERSIONS: usize = 8;
+/// Longest server id a CID layout can hold.
+pub const MAX_SERVER_ID: usize = 14;
+/// Longest CID of QUIC v1.
+pub const MAX_CID_LEN: u32 = 20;
+/// [`BucketKey::kind`]: Initials without a token, under pressure.
+pub const BUCKET_INITIAL: u8 = 1;
+/// [`BucketKey::kind`]: long headers of a version not spoken, 1,200 octets or more.
+pub const BUCKET_VERSION: u8 = 2;
 
 /// [`Config::flags`] bit: steer only packets to an address in `addrs4` / `addrs6`.
 pub const CFG_FILTER_ADDRS: u32 = 0x1;
@@ -84,6 +119,90 @@ pub struct Config {
 // every bit pattern is a valid value, as `aya::Pod` requires.
 unsafe impl aya::Pod for Config {}
 
+/// A token bucket's parameters (`struct xq_rate`): `burst` tokens, refilled at `per_sec`
+/// tokens a second (0: never refilled).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rate {
+    /// Tokens added per second.
+    pub per_sec: u32,
+    /// Most tokens a bucket holds (and holds when it is made).
+    pub burst: u32,
+}
+
+/// The single entry of the `shield` map (`struct xq_shield`); all zero: off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shield {
+    /// `SHIELD_*` bits.
+    pub flags: u32,
+    /// Octet 0 of the server's CIDs: config rotation << 5 | (length - 1).
+    pub cid_first: u8,
+    /// Octets of the server id, at most [`MAX_SERVER_ID`].
+    pub sid_len: u8,
+    /// The worker octet of a CID is below this (1..=256).
+    pub workers: u16,
+    /// The server id (its first `sid_len` octets).
+    pub server_id: [u8; 16],
+    /// Source prefix of a bucket, IPv4 (bits, 0..=32).
+    pub prefix4: u8,
+    /// Source prefix of a bucket, IPv6 (bits, 0..=128).
+    pub prefix6: u8,
+    /// Zero.
+    pub reserved: u16,
+    /// Versions the server speaks, with v1's long packet types; 0: an empty slot.
+    pub versions: [u32; MAX_VERSIONS],
+    /// Per prefix: Initials without a token, while their queue is under pressure.
+    pub initial: Rate,
+    /// Per prefix: long headers of a version not spoken, 1,200 octets or more.
+    pub version: Rate,
+}
+
+#[cfg(feature = "aya")]
+#[allow(unsafe_code)]
+// SAFETY: `Shield` is `repr(C)` without padding (u32, u8, u8, u16, 16 × u8, u8, u8, u16,
+// 8 × u32, 4 × u32: every field at its natural alignment, 76 octets) and every bit pattern
+// is a valid value, as `aya::Pod` requires.
+unsafe impl aya::Pod for Shield {}
+
+/// A key of the `buckets` map (`struct xq_bucket_key`): one source prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BucketKey {
+    /// `BUCKET_*`.
+    pub kind: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// Prefix length in bits.
+    pub prefix: u8,
+    /// Zero.
+    pub reserved: u8,
+    /// The source address masked to the prefix (IPv4: the first 4 octets).
+    pub addr: [u8; 16],
+}
+
+#[cfg(feature = "aya")]
+#[allow(unsafe_code)]
+// SAFETY: `BucketKey` is `repr(C)` of 20 octets without padding; any bits are valid.
+unsafe impl aya::Pod for BucketKey {}
+
+/// A value of the `buckets` map (`struct xq_bucket`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// `bpf_ktime_get_ns()` the tokens count up to.
+    pub stamp_ns: u64,
+    /// Tokens left.
+    pub tokens: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+#[cfg(feature = "aya")]
+#[allow(unsafe_code)]
+// SAFETY: `Bucket` is `repr(C)`, a u64 then two u32, no padding; any bits are valid.
+unsafe impl aya::Pod for Bucket {}
+
 /// An entry of the `xsk_owners` map (`struct xq_xsk_owner`); all zero: nobody.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -105,9 +224,9 @@ unsafe impl aya::Pod for XskOwner {}
 /// First index of the IPv4 counter block (`XQ_CNT_V4`).
 pub const CNT_V4: u32 = 3;
 /// First index of the IPv6 counter block (`XQ_CNT_V6`).
-pub const CNT_V6: u32 = 11;
+pub const CNT_V6: u32 = 16;
 /// Number of counters in the `counters` map (`XQ_CNT_COUNT`).
-pub const CNT_COUNT: u32 = 19;
+pub const CNT_COUNT: u32 = 32;
 
 /// Offsets in a per-family counter block (`XQ_FAM_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -129,11 +248,25 @@ pub enum FamilyCounter {
     NoSocket = 6,
     /// Dropped: service packet whose UDP length runs past the end or is too short for QUIC.
     Malformed = 7,
+    /// Dropped by the shield: an Initial of a spoken version in a datagram shorter than
+    /// [`MIN_INITIAL_DATAGRAM`].
+    ShortInitial = 8,
+    /// Dropped by the shield: a long header of a version not spoken in a datagram shorter
+    /// than [`MIN_INITIAL_DATAGRAM`] (too small for version negotiation).
+    UnknownVersion = 9,
+    /// Dropped by the shield: a long header of a version not spoken, its source prefix over
+    /// the version-negotiation rate.
+    VersionRate = 10,
+    /// Dropped by the shield: a short header whose DCID is not in the server's layout.
+    ForeignCid = 11,
+    /// Dropped by the shield: an Initial without a token while its queue was under
+    /// pressure, its source prefix over the admission rate.
+    InitialRate = 12,
 }
 
 impl FamilyCounter {
     /// Every offset, in index order.
-    pub const ALL: [FamilyCounter; 8] = [
+    pub const ALL: [FamilyCounter; 13] = [
         Self::Seen,
         Self::Redirect,
         Self::NotUdp,
@@ -142,6 +275,11 @@ impl FamilyCounter {
         Self::Fragment,
         Self::NoSocket,
         Self::Malformed,
+        Self::ShortInitial,
+        Self::UnknownVersion,
+        Self::VersionRate,
+        Self::ForeignCid,
+        Self::InitialRate,
     ];
 
     /// Stable snake_case name (used in `xdp-quic stats` output).
@@ -155,6 +293,11 @@ impl FamilyCounter {
             Self::Fragment => "passed_fragment",
             Self::NoSocket => "passed_no_socket",
             Self::Malformed => "dropped_malformed",
+            Self::ShortInitial => "dropped_short_initial",
+            Self::UnknownVersion => "dropped_unknown_version",
+            Self::VersionRate => "dropped_version_rate",
+            Self::ForeignCid => "dropped_foreign_cid",
+            Self::InitialRate => "dropped_initial_rate",
         }
     }
 }
@@ -189,6 +332,15 @@ pub enum Counter {
     PassBadHeader,
     /// A per-family counter.
     Family(Family, FamilyCounter),
+    /// Not an outcome: Initials without a token admitted under pressure, within their
+    /// prefix's rate (`XQ_CNT_ADMITTED`).
+    Admitted,
+    /// Not an outcome: Initials with a token under pressure, which pass unlimited
+    /// (`XQ_CNT_WITH_TOKEN`).
+    WithToken,
+    /// Not an outcome: long headers of a version not spoken, 1,200 octets or more, within
+    /// their prefix's rate (`XQ_CNT_VERSION_PASSED`).
+    VersionPassed,
 }
 
 impl Counter {
@@ -199,6 +351,9 @@ impl Counter {
             Self::PassNotIp => 1,
             Self::PassBadHeader => 2,
             Self::Family(f, c) => f.base() + c as u32,
+            Self::Admitted => 29,
+            Self::WithToken => 30,
+            Self::VersionPassed => 31,
         }
     }
 
@@ -216,6 +371,7 @@ impl Counter {
                     .into_iter()
                     .map(|c| Self::Family(Family::V6, c)),
             )
+            .chain([Self::Admitted, Self::WithToken, Self::VersionPassed])
     }
 
     /// Stable name, e.g. `packets`, `v4.redirected`.
@@ -226,6 +382,9 @@ impl Counter {
             Self::PassBadHeader => "passed_bad_header".into(),
             Self::Family(Family::V4, c) => format!("v4.{}", c.name()),
             Self::Family(Family::V6, c) => format!("v6.{}", c.name()),
+            Self::Admitted => "shield_admitted".into(),
+            Self::WithToken => "shield_with_token".into(),
+            Self::VersionPassed => "shield_version_passed".into(),
         }
     }
 }
@@ -274,6 +433,25 @@ mod tests {
         assert_eq!(d["XQ_MAP_CONFIG"], maps::CONFIG);
         assert_eq!(d["XQ_MAP_COUNTERS"], maps::COUNTERS);
         assert_eq!(d["XQ_MAP_XSK_OWNERS"], maps::XSK_OWNERS);
+        assert_eq!(d["XQ_MAP_SHIELD"], maps::SHIELD);
+        assert_eq!(d["XQ_MAP_PRESSURE"], maps::PRESSURE);
+        assert_eq!(d["XQ_MAP_BUCKETS"], maps::BUCKETS);
+        assert_eq!(num(&d, "XQ_MAX_BUCKETS"), MAX_BUCKETS);
+        assert_eq!(num(&d, "XQ_SHIELD_ON"), SHIELD_ON);
+        assert_eq!(num(&d, "XQ_SHIELD_CID"), SHIELD_CID);
+        assert_eq!(num(&d, "XQ_SHIELD_ADMIT"), SHIELD_ADMIT);
+        assert_eq!(num(&d, "XQ_MIN_INITIAL_DATAGRAM"), MIN_INITIAL_DATAGRAM);
+        assert_eq!(num(&d, "XQ_MAX_VERSIONS") as usize, MAX_VERSIONS);
+        assert_eq!(num(&d, "XQ_MAX_SERVER_ID") as usize, MAX_SERVER_ID);
+        assert_eq!(num(&d, "XQ_MAX_CID_LEN"), MAX_CID_LEN);
+        assert_eq!(num(&d, "XQ_BUCKET_INITIAL"), u32::from(BUCKET_INITIAL));
+        assert_eq!(num(&d, "XQ_BUCKET_VERSION"), u32::from(BUCKET_VERSION));
+        assert_eq!(num(&d, "XQ_CNT_ADMITTED"), Counter::Admitted.index());
+        assert_eq!(num(&d, "XQ_CNT_WITH_TOKEN"), Counter::WithToken.index());
+        assert_eq!(
+            num(&d, "XQ_CNT_VERSION_PASSED"),
+            Counter::VersionPassed.index()
+        );
         assert_eq!(num(&d, "XQ_MAX_QUEUES"), MAX_QUEUES);
         assert_eq!(num(&d, "XQ_MAX_PORTS"), MAX_PORTS);
         assert_eq!(num(&d, "XQ_MAX_ADDRS"), MAX_ADDRS);
@@ -301,6 +479,11 @@ mod tests {
             ("XQ_FAM_FRAGMENT", FamilyCounter::Fragment),
             ("XQ_FAM_NO_SOCKET", FamilyCounter::NoSocket),
             ("XQ_FAM_MALFORMED", FamilyCounter::Malformed),
+            ("XQ_FAM_SHORT_INITIAL", FamilyCounter::ShortInitial),
+            ("XQ_FAM_UNKNOWN_VERSION", FamilyCounter::UnknownVersion),
+            ("XQ_FAM_VERSION_RATE", FamilyCounter::VersionRate),
+            ("XQ_FAM_FOREIGN_CID", FamilyCounter::ForeignCid),
+            ("XQ_FAM_INITIAL_RATE", FamilyCounter::InitialRate),
         ];
         for (name, c) in fam {
             assert_eq!(num(&d, name), c as u32, "{name}");
@@ -324,6 +507,27 @@ mod tests {
         assert_eq!(std::mem::size_of::<Config>(), 24);
         assert_eq!(std::mem::align_of::<Config>(), 8);
         assert_eq!(std::mem::size_of::<XskOwner>(), 16);
+        assert_eq!(std::mem::size_of::<Shield>(), 76);
+        assert_eq!(std::mem::align_of::<Shield>(), 4);
+        assert_eq!(std::mem::size_of::<BucketKey>(), 20);
+        assert_eq!(std::mem::size_of::<Bucket>(), 16);
+    }
+
+    /// Field offsets of `struct xq_shield` as C lays it out (natural alignment, no padding).
+    #[test]
+    fn shield_offsets_match_c() {
+        use std::mem::offset_of;
+        assert_eq!(offset_of!(Shield, cid_first), 4);
+        assert_eq!(offset_of!(Shield, sid_len), 5);
+        assert_eq!(offset_of!(Shield, workers), 6);
+        assert_eq!(offset_of!(Shield, server_id), 8);
+        assert_eq!(offset_of!(Shield, prefix4), 24);
+        assert_eq!(offset_of!(Shield, prefix6), 25);
+        assert_eq!(offset_of!(Shield, versions), 28);
+        assert_eq!(offset_of!(Shield, initial), 60);
+        assert_eq!(offset_of!(Shield, version), 68);
+        assert_eq!(offset_of!(BucketKey, addr), 4);
+        assert_eq!(offset_of!(Bucket, tokens), 8);
     }
 
     #[test]

@@ -891,3 +891,99 @@ fn a_second_server_on_the_same_port_is_refused() {
     assert!(ok, "{log}");
     assert!(log.contains("resets 0"), "no stateless resets: {log}");
 }
+
+/// `serve --xdp-shield` over AF_XDP (the program attached by the server for itself): the
+/// shield comes on with the engine's CID layout (`status` shows it), a client echoes through
+/// it, and at stop the program goes with the server. Over kernel UDP the option is refused.
+#[test]
+fn serve_with_the_xdp_shield() {
+    if !privileged("serve_with_the_xdp_shield") {
+        return;
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--backend", "udp"])
+        .args(["--app", "echo", "--xdp-shield"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--xdp-shield needs the AF_XDP backend"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let name = format!("xh{}", std::process::id() % 100_000);
+    let tb = xdp_quic_control::testbed::Testbed::create(&name, 2, 230).unwrap();
+    let (mut server, line) = Server::start_with(&[
+        "--netns",
+        &tb.server_ns,
+        "--listen",
+        "0.0.0.0:4433",
+        "--backend",
+        "xdp",
+        "--iface",
+        &tb.server_if,
+        "--queues",
+        "0-1",
+        "--app",
+        "echo",
+        "--retry-above",
+        "16",
+        "--xdp-shield",
+    ]);
+    assert!(line.contains("2 AF_XDP worker(s)"), "{line}");
+    let on = server.wait_for("XDP shield on");
+    assert!(
+        on.contains(&tb.server_if) && on.contains("under pressure, tokenless Initials 64/s"),
+        "{on}"
+    );
+    let out = Command::new(BIN)
+        .args(["status", "--netns", &tb.server_ns, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let me = v["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["iface"] == tb.server_if.as_str())
+        .cloned()
+        .expect("our interface in status");
+    assert_eq!(me["pinned"], false, "{me}");
+    let layout = me["shield"]["cid_layout"].as_str().unwrap_or_default();
+    assert!(
+        layout.contains("8 octets") && layout.contains("2 workers"),
+        "{me}"
+    );
+
+    let addr = format!("{}:4433", tb.server_v4);
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &tb.client_ns,
+            BIN,
+            "client",
+            "--connect",
+            &addr,
+        ])
+        .args([
+            "--insecure",
+            "--app",
+            "echo",
+            "--message",
+            "through-the-shield",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "through-the-shield\n");
+
+    let (ok, stderr) = server.stop();
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        xdp_quic_control::testing::xdp_prog_on(&tb.server_ns, &tb.server_if),
+        None
+    );
+}

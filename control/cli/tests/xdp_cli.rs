@@ -693,3 +693,160 @@ fn status_and_stats_show_a_servers_own_attachment() {
         &format!("xdp-quic is not attached to '{i}'"),
     );
 }
+
+/// Sends `n` datagrams of `payload` from namespace `ns` to `to`.
+fn send_payload(ns: &str, to: SocketAddr, n: usize, payload: &[u8]) {
+    xdp_quic_control::testbed::in_netns(ns, || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("binding a UDP socket");
+        for _ in 0..n {
+            s.send_to(payload, to).expect("sending a datagram");
+        }
+    })
+    .expect("entering the namespace");
+}
+
+/// A long header of `version`, type Initial, 8-octet CIDs, `len` octets in all.
+fn long_header(version: u32, len: usize) -> Vec<u8> {
+    let mut p = vec![0x5au8; len];
+    p[0] = 0xc3;
+    p[1..5].copy_from_slice(&version.to_be_bytes());
+    p[5] = 8;
+    p[14] = 8;
+    p
+}
+
+/// `attach --shield` with its options: `status` shows the shield as configured, `stats` (text
+/// and JSON) names every drop reason and counts the shield's drops (Initials in short
+/// datagrams, small long headers of a version not spoken); `attach --no-shield` turns it off
+/// (the same packets then reach the kernel: no socket), `status` says so.
+#[test]
+fn attach_shield_shows_in_status_and_stats() {
+    if !privileged("attach_shield") {
+        return;
+    }
+    let tb = Testbed::new(1);
+    let _pins = PinGuard(tb.server_if.clone());
+    let (s, c, i) = (
+        tb.server.name.as_str(),
+        tb.client.name.as_str(),
+        tb.server_if.as_str(),
+    );
+    let shield_of = || {
+        let st: serde_json::Value =
+            serde_json::from_str(&xq_ok(&["status", "--json", "--netns", s])).unwrap();
+        st["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["iface"] == i)
+            .unwrap()["shield"]
+            .clone()
+    };
+    let out = xq_ok(&["attach", i, "--netns", s, "--port", "4433"]);
+    assert!(!out.contains("shield"), "{out}");
+    assert_eq!(shield_of(), serde_json::Value::Null, "off by default");
+    let out = xq_ok(&[
+        "attach",
+        i,
+        "--netns",
+        s,
+        "--port",
+        "4433",
+        "--shield",
+        "--shield-initial-rate",
+        "10",
+        "--shield-prefix4",
+        "16",
+    ]);
+    assert!(out.contains("shield: on"), "{out}");
+    let sh = shield_of();
+    assert_eq!(sh["prefix_v4"], 16, "{sh}");
+    assert_eq!(sh["prefix_v6"], 56, "{sh}");
+    assert_eq!(
+        sh["initial_under_pressure"],
+        serde_json::json!([10, 10]),
+        "{sh}"
+    );
+    assert_eq!(sh["versions"][0], 1, "{sh}");
+    assert_eq!(sh["cid_layout"], serde_json::Value::Null, "no server: {sh}");
+    assert_eq!(sh["pressure"], serde_json::json!([]), "{sh}");
+    let text = xq_ok(&["status", "--netns", s]);
+    assert!(text.contains("shield: on"), "{text}");
+    let out = xq_ok(&[
+        "attach",
+        i,
+        "--netns",
+        s,
+        "--port",
+        "4433",
+        "--shield",
+        "--shield-initial-rate",
+        "10",
+        "--shield-prefix4",
+        "16",
+    ]);
+    assert!(out.contains("shield: on, unchanged"), "{out}");
+
+    // Every reason, in both outputs.
+    let text = xq_ok(&["stats", i, "--netns", s]);
+    let json = stats(s, i);
+    for fam in ["v4", "v6"] {
+        for reason in [
+            "dropped_short_initial",
+            "dropped_unknown_version",
+            "dropped_version_rate",
+            "dropped_foreign_cid",
+            "dropped_initial_rate",
+        ] {
+            let name = format!("{fam}.{reason}");
+            assert!(text.contains(&name), "stats lacks {name}: {text}");
+            assert!(json[&name].is_u64(), "stats --json lacks {name}: {json}");
+        }
+    }
+    for name in [
+        "shield_admitted",
+        "shield_with_token",
+        "shield_version_passed",
+    ] {
+        assert!(text.contains(name), "stats lacks {name}: {text}");
+        assert!(json[name].is_u64(), "stats --json lacks {name}: {json}");
+    }
+
+    // The shield's drops, counted.
+    let to: SocketAddr = format!("{SERVER4}:4433").parse().unwrap();
+    send_payload(c, to, 3, &long_header(1, 300));
+    send_payload(c, to, 2, &long_header(0x1a2a_3a4a, 200));
+    let after = read_until(
+        "the shield's drops counted",
+        GUARD,
+        || stats(s, i),
+        |a| {
+            a["v4.dropped_short_initial"].as_u64() >= Some(3)
+                && a["v4.dropped_unknown_version"].as_u64() >= Some(2)
+        },
+    );
+    assert_eq!(after["v4.dropped_short_initial"], 3, "{after}");
+    assert_eq!(after["v4.dropped_unknown_version"], 2, "{after}");
+    assert_eq!(
+        after["v4.passed_no_socket"], json["v4.passed_no_socket"],
+        "{after}"
+    );
+
+    // Off: the same packets go on (to the kernel: no socket here).
+    let out = xq_ok(&["attach", i, "--netns", s, "--port", "4433", "--no-shield"]);
+    assert!(out.contains("shield: off"), "{out}");
+    assert_eq!(shield_of(), serde_json::Value::Null);
+    assert!(xq_ok(&["status", "--netns", s]).contains("shield: off"));
+    let base = after["v4.passed_no_socket"].as_u64().unwrap();
+    send_payload(c, to, 3, &long_header(1, 300));
+    let end = read_until(
+        "the short Initials counted",
+        GUARD,
+        || stats(s, i),
+        |a| a["v4.passed_no_socket"].as_u64() >= Some(base + 3),
+    );
+    assert_eq!(end["v4.passed_no_socket"].as_u64(), Some(base + 3), "{end}");
+    assert_eq!(end["v4.dropped_short_initial"], 3, "{end}");
+    xq_ok(&["detach", i, "--netns", s]);
+    assert!(!Path::new(&pin_dir(i)).exists());
+}

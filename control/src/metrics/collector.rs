@@ -10,6 +10,7 @@ use prometheus_client::metrics::MetricType;
 use xdp_quic::backend::xsk::XskQueueInfo;
 use xdp_quic::metrics::{Counters, Histogram, WorkerMetrics, COUNTER_HELP};
 
+use crate::xdp::pressure::PressureView;
 use crate::xdp::CountersReader;
 
 /// Gauges among the worker counters (everything else only grows).
@@ -26,6 +27,8 @@ pub struct EngineCollector {
     /// Queue of worker i (AF_XDP only).
     queues: Vec<Arc<XskQueueInfo>>,
     program: Option<Mutex<CountersReader>>,
+    /// The XDP shield's pressure monitor, when it runs.
+    pressure: Option<Arc<PressureView>>,
 }
 
 impl EngineCollector {
@@ -44,7 +47,15 @@ impl EngineCollector {
             workers,
             queues,
             program: program.map(Mutex::new),
+            pressure: None,
         }
+    }
+
+    /// Also exports the pressure flags of the XDP shield's monitor
+    /// (`xdpquic_xdp_pressure`, `xdpquic_xdp_pressure_episodes_total`, per queue).
+    pub fn with_pressure(mut self, view: Arc<PressureView>) -> Self {
+        self.pressure = Some(view);
+        self
     }
 
     fn labels(&self, worker: usize) -> Vec<(&'static str, String)> {
@@ -232,6 +243,31 @@ impl Collector for EngineCollector {
                 ];
                 fam.encode_family(&l)?
                     .encode_counter::<NoLabelSet, _, f64>(&v, None)?;
+            }
+        }
+        if let (Some(view), Some(iface)) = (&self.pressure, &self.iface) {
+            let queues = view.queues();
+            let labels = |q: u32| [("iface", iface.clone()), ("queue", q.to_string())];
+            let mut fam = enc.encode_descriptor(
+                "xdpquic_xdp_pressure",
+                "1 while the XDP shield admits Initials without a token per source prefix on \
+                 this queue (its worker at its Retry threshold, or the kernel dropping at its socket).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for &(q, on, _) in &queues {
+                fam.encode_family(&labels(q))?
+                    .encode_gauge(&u64::from(on))?;
+            }
+            let mut fam = enc.encode_descriptor(
+                "xdpquic_xdp_pressure_episodes",
+                "Times this queue came under pressure.",
+                None,
+                MetricType::Counter,
+            )?;
+            for &(q, _, n) in &queues {
+                fam.encode_family(&labels(q))?
+                    .encode_counter::<NoLabelSet, _, f64>(&n, None)?;
             }
         }
         Ok(())

@@ -13,6 +13,7 @@ use super::load::{self, AttachMode, Mode};
 use super::maps::{ProgramMaps, ServiceConfig};
 use super::netlink::{self, LinkState, XdpAttached};
 use super::owner::{self, Owner};
+use super::shield::ShieldMaps;
 use super::{caps, netns, pins, sys, Counters, XdpError, XskRegistry};
 
 /// What [`attach`] asks for.
@@ -400,6 +401,10 @@ impl EmbeddedAttachment {
     /// Changes the steered ports/addresses.
     pub fn set_service(&mut self, service: &ServiceConfig) -> anyhow::Result<()> {
         self.maps.write_service(service)
+    }
+    /// The shield's maps (descriptors of their own, valid after this attachment is gone).
+    pub fn shield(&self) -> anyhow::Result<ShieldMaps> {
+        self.maps.shield_maps()
     }
 }
 

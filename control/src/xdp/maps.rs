@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, Map, MapData};
-use xdp_quic_ebpf::{maps as names, Config, XskOwner, CFG_FILTER_ADDRS};
+use xdp_quic_ebpf::{maps as names, Config, Shield, XskOwner, CFG_FILTER_ADDRS};
 
 use super::XdpError;
 
@@ -53,7 +53,7 @@ impl ServiceConfig {
     }
 }
 
-/// Handles on the six maps of one program instance.
+/// Handles on the maps of one program instance.
 #[derive(Debug)]
 pub struct ProgramMaps {
     /// `xsks` (XSKMAP).
@@ -70,6 +70,12 @@ pub struct ProgramMaps {
     pub counters: Map,
     /// `xsk_owners`.
     pub xsk_owners: Map,
+    /// `shield`.
+    pub shield: Map,
+    /// `pressure`.
+    pub pressure: Map,
+    /// `buckets`.
+    pub buckets: Map,
 }
 
 impl ProgramMaps {
@@ -87,6 +93,9 @@ impl ProgramMaps {
             config: take(names::CONFIG)?,
             counters: take(names::COUNTERS)?,
             xsk_owners: take(names::XSK_OWNERS)?,
+            shield: take(names::SHIELD)?,
+            pressure: take(names::PRESSURE)?,
+            buckets: take(names::BUCKETS)?,
         })
     }
 
@@ -106,6 +115,9 @@ impl ProgramMaps {
             config: open(names::CONFIG)?,
             counters: open(names::COUNTERS)?,
             xsk_owners: open(names::XSK_OWNERS)?,
+            shield: open(names::SHIELD)?,
+            pressure: open(names::PRESSURE)?,
+            buckets: open(names::BUCKETS)?,
         })
     }
 
@@ -155,6 +167,9 @@ impl ProgramMaps {
                 config: take(names::CONFIG)?,
                 counters: take(names::COUNTERS)?,
                 xsk_owners: take(names::XSK_OWNERS)?,
+                shield: take(names::SHIELD)?,
+                pressure: take(names::PRESSURE)?,
+                buckets: take(names::BUCKETS)?,
             })
         })();
         Ok(maps)
@@ -177,7 +192,7 @@ impl ProgramMaps {
         Ok(())
     }
 
-    fn named(&self) -> [(&'static str, &Map); 7] {
+    fn named(&self) -> [(&'static str, &Map); 10] {
         [
             (names::XSKS, &self.xsks),
             (names::PORTS, &self.ports),
@@ -186,7 +201,29 @@ impl ProgramMaps {
             (names::CONFIG, &self.config),
             (names::COUNTERS, &self.counters),
             (names::XSK_OWNERS, &self.xsk_owners),
+            (names::SHIELD, &self.shield),
+            (names::PRESSURE, &self.pressure),
+            (names::BUCKETS, &self.buckets),
         ]
+    }
+
+    /// The shield entry (all zero: off).
+    pub fn read_shield(&self) -> anyhow::Result<Shield> {
+        let a: Array<&MapData, Shield> = Array::try_from(&self.shield)?;
+        Ok(a.get(&0, 0)?)
+    }
+
+    /// Writes the shield entry.
+    pub fn write_shield(&mut self, s: &Shield) -> anyhow::Result<()> {
+        let mut a: Array<&mut MapData, Shield> = Array::try_from(&mut self.shield)?;
+        a.set(0, s, 0)?;
+        Ok(())
+    }
+
+    /// A handle on the `shield` and `pressure` maps with descriptors of its own (it outlives
+    /// these handles): what a server holds to write its CID layout and its pressure flags.
+    pub fn shield_maps(&self) -> anyhow::Result<super::ShieldMaps> {
+        super::ShieldMaps::from_maps(&self.shield, &self.pressure)
     }
 
     /// The config entry.

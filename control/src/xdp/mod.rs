@@ -2,11 +2,14 @@
 //!
 //! * Persistent attachment ([`attach`], [`detach`]): the BPF link and the maps are
 //!   pinned under `/sys/fs/bpf/xdp-quic/<iface>/` with the names `link`, `xsks`,
-//!   `ports`, `addrs4`, `addrs6`, `config`, `counters` (see [`xdp_quic_ebpf::maps`]);
+//!   `ports`, `addrs4`, `addrs6`, `config`, `counters`, `xsk_owners`, `shield`, `pressure`,
+//!   `buckets` (see [`xdp_quic_ebpf::maps`]);
 //!   the program stays attached after the process exits, until [`detach`].
 //! * Daemons register their AF_XDP sockets in the pinned XSKMAP with [`XskRegistry`].
 //! * Embedded attachment ([`attach_embedded`]): no pins; the returned guard detaches
 //!   on drop, and the kernel detaches when the process dies.
+//! * The shield ([`shield`]): the QUIC rules of the program, and the pressure flags a
+//!   [`PressureMonitor`] keeps per queue.
 //! * [`status`], [`Counters`], and [`test_run`] for running the program on crafted
 //!   packets without an interface. [`status`] and [`interface_counters`] also find
 //!   xdp-quic's program where a running process attached it for itself (no pins), from the
@@ -27,6 +30,8 @@ pub mod netlink;
 pub mod netns;
 pub mod owner;
 pub mod pins;
+pub mod pressure;
+pub mod shield;
 pub mod socket_map;
 mod status;
 mod sys;
@@ -45,7 +50,9 @@ pub use error::{Occupied, Requester, XdpError};
 pub use load::{AttachMode, Mode};
 pub use maps::{ProgramMaps, ServiceConfig};
 pub use owner::{Holder, OwnProgram, Owner};
-pub use status::{status, IfaceStatus, QueueStatus};
+pub use pressure::{PressureMonitor, PressurePolicy};
+pub use shield::{ShieldConfig, ShieldGuard, ShieldMaps};
+pub use status::{status, IfaceStatus, QueueStatus, ShieldStatus};
 pub use watch::{ProgramWatch, WatchEvent};
 pub use xsk::XskRegistry;
 

@@ -97,6 +97,14 @@ impl ServerSteering {
         self.embedded.as_ref()
     }
 
+    /// The shield's maps of the program: the embedded attachment's, else the pinned ones.
+    pub fn shield_maps(&self, iface: &str) -> anyhow::Result<super::ShieldMaps> {
+        match &self.embedded {
+            Some(a) => a.shield(),
+            None => super::ShieldMaps::from_pins(iface),
+        }
+    }
+
     /// A reader of the program's counters: the embedded attachment's, else the pinned ones.
     pub fn counters_reader(&self, iface: &str) -> anyhow::Result<super::CountersReader> {
         match &self.embedded {

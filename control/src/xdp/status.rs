@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use super::attach::{inspect, Pinned};
 use super::maps::ProgramMaps;
 use super::owner::{self, Holder, Owner};
+use super::ShieldConfig;
 use super::{netlink, pins};
 
 /// One rx queue of an attached interface.
@@ -48,6 +49,72 @@ pub struct IfaceStatus {
     pub addrs: Vec<String>,
     /// Rx queues (only when attached in this network namespace).
     pub queues: Vec<QueueStatus>,
+    /// The shield, when on.
+    pub shield: Option<ShieldStatus>,
+}
+
+/// The shield of an attachment.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ShieldStatus {
+    /// Its configuration.
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub config: ShieldConfig,
+    /// Versions spoken.
+    pub versions: Vec<u32>,
+    /// Source prefixes of the buckets, IPv4 and IPv6.
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+    /// Version negotiations per source prefix: per second, burst.
+    pub version_negotiation: (u32, u32),
+    /// Tokenless Initials per source prefix under pressure: per second, burst; `None`: not
+    /// limited.
+    pub initial_under_pressure: Option<(u32, u32)>,
+    /// The CIDs short headers are checked against, in words; `None`: not checked (no server
+    /// wrote its layout).
+    pub cid_layout: Option<String>,
+    /// Rx queues under pressure now.
+    pub pressure: Vec<u32>,
+}
+
+impl ShieldStatus {
+    fn read(maps: &ProgramMaps, rx_queues: u32) -> anyhow::Result<Option<Self>> {
+        let entry = maps.read_shield()?;
+        let Some(config) = ShieldConfig::from_map(&entry) else {
+            return Ok(None);
+        };
+        let cid_layout = (entry.flags & xdp_quic_ebpf::SHIELD_CID != 0).then(|| {
+            let sid = &entry.server_id[..usize::from(entry.sid_len).min(16)];
+            format!(
+                "octet 0 {:#04x} ({} octets, config rotation {}), server id {}, {} workers",
+                entry.cid_first,
+                (entry.cid_first & 0x1f) + 1,
+                entry.cid_first >> 5,
+                if sid.is_empty() {
+                    "none".to_string()
+                } else {
+                    sid.iter().map(|b| format!("{b:02x}")).collect()
+                },
+                entry.workers
+            )
+        });
+        let pressure = maps.shield_maps()?.pressured(rx_queues)?;
+        Ok(Some(Self {
+            versions: config.versions.clone(),
+            prefix_v4: config.prefix_v4,
+            prefix_v6: config.prefix_v6,
+            version_negotiation: (
+                config.version_negotiation.per_sec,
+                config.version_negotiation.burst,
+            ),
+            initial_under_pressure: config
+                .admit_under_pressure
+                .then_some((config.initial.per_sec, config.initial.burst)),
+            cid_layout,
+            pressure,
+            config,
+        }))
+    }
 }
 
 impl IfaceStatus {
@@ -65,6 +132,7 @@ impl IfaceStatus {
             ports: Vec::new(),
             addrs: Vec::new(),
             queues: Vec::new(),
+            shield: None,
         }
     }
 
@@ -79,6 +147,7 @@ impl IfaceStatus {
                 socket: registered.contains(&q),
             })
             .collect();
+        self.shield = ShieldStatus::read(maps, link.rx_queues)?;
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use aya::programs::Xdp;
 
 use super::load::{self, Loaded};
 use super::maps::ServiceConfig;
-use super::{sys, Counters};
+use super::{sys, Counters, ShieldMaps};
 
 pub use super::sys::TestRunOutput;
 
@@ -52,5 +52,42 @@ impl TestProgram {
     /// Replaces the steered ports/addresses.
     pub fn set_service(&mut self, service: &ServiceConfig) -> anyhow::Result<()> {
         self.loaded.maps.write_service(service)
+    }
+
+    /// The shield's maps: configuration, CID layout and pressure flags (rx queue 0 is the
+    /// one [`TestProgram::run`] uses).
+    pub fn shield(&self) -> anyhow::Result<ShieldMaps> {
+        self.loaded.maps.shield_maps()
+    }
+
+    /// Writes the shield's map entry as given (no validation: for tests of the program).
+    pub fn set_shield_entry(&mut self, s: &xdp_quic_ebpf::Shield) -> anyhow::Result<()> {
+        self.loaded.maps.write_shield(s)
+    }
+
+    /// The token buckets the program made so far.
+    pub fn buckets(
+        &self,
+    ) -> anyhow::Result<Vec<(xdp_quic_ebpf::BucketKey, xdp_quic_ebpf::Bucket)>> {
+        let m: aya::maps::HashMap<
+            &aya::maps::MapData,
+            xdp_quic_ebpf::BucketKey,
+            xdp_quic_ebpf::Bucket,
+        > = aya::maps::HashMap::try_from(&self.loaded.maps.buckets)?;
+        Ok(m.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Removes every token bucket.
+    pub fn clear_buckets(&mut self) -> anyhow::Result<()> {
+        let mut m: aya::maps::HashMap<
+            &mut aya::maps::MapData,
+            xdp_quic_ebpf::BucketKey,
+            xdp_quic_ebpf::Bucket,
+        > = aya::maps::HashMap::try_from(&mut self.loaded.maps.buckets)?;
+        let keys: Vec<_> = m.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            m.remove(&k)?;
+        }
+        Ok(())
     }
 }

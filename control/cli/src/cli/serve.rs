@@ -105,6 +105,11 @@ pub struct ServeArgs {
     /// Print the workers' counters every SECS seconds (1 to 86400).
     #[arg(long, value_name = "SECS", value_parser = args::parse_interval_secs)]
     pub stats_every: Option<u64>,
+    /// AF_XDP: turn the XDP program's shield on while serving (drops what QUIC says to
+    /// drop before it costs a frame; admits new clients per source prefix while a worker is
+    /// under pressure; see docs/XDP.md). On by itself over an `xdp-quic attach --shield`.
+    #[arg(long)]
+    pub xdp_shield: bool,
 }
 
 /// Transport parameters of the examples: the engine's bounded defaults (16 MiB connection
@@ -232,9 +237,17 @@ fn serve<H: Handler>(
     } else {
         Backend::Udp(a.listen)
     };
+    let shield = match &backend {
+        Backend::Xdp { setup, .. } => shield_options(a, &setup.iface)?,
+        Backend::Udp(_) if a.xdp_shield && a.backend == BackendArg::Udp => {
+            bail!("--xdp-shield needs the AF_XDP backend (--backend xdp --iface IF)")
+        }
+        Backend::Udp(_) => None,
+    };
     let options = ServeOptions {
         metrics: a.metrics,
         stop,
+        shield,
         ..ServeOptions::default()
     };
     let server = Server::start(b, backend, options, factory)?;
@@ -280,6 +293,26 @@ fn serve<H: Handler>(
              with --backend auto to fall back to kernel UDP"
         ),
     }
+}
+
+/// The shield of `a` over `iface`: `--xdp-shield`, or the configuration of an `xdp-quic
+/// attach --shield` pinned for it; the engine's CIDs are the builder's defaults, and the
+/// pressure threshold its Retry threshold.
+fn shield_options(
+    a: &ServeArgs,
+    iface: &str,
+) -> anyhow::Result<Option<xdp_quic_control::serve::ShieldOptions>> {
+    use xdp_quic_control::xdp::{shield, PressurePolicy};
+    let pinned = shield::pinned(iface).unwrap_or(None);
+    if !a.xdp_shield && pinned.is_none() {
+        return Ok(None);
+    }
+    let retry = (!a.retry && a.retry_above > 0).then_some(a.retry_above);
+    Ok(Some(xdp_quic_control::serve::ShieldOptions {
+        config: pinned.unwrap_or_default(),
+        pressure: PressurePolicy::for_retry_threshold(retry),
+        ..Default::default()
+    }))
 }
 
 /// Says on stderr what the server did.
@@ -335,6 +368,47 @@ fn report(a: &ServeArgs, event: &Event) {
         Event::FallingBack { listen } => {
             eprintln!("--backend auto: falling back to kernel UDP on {listen}")
         }
+        Event::Shield {
+            iface,
+            config,
+            monitor,
+        } => eprintln!(
+            "XDP shield on {iface}: Initials under {} octets, other versions under {} \
+             octets and short headers of other CIDs dropped; version negotiation {}/s per \
+             source prefix (/{}, /{}){}",
+            xdp_quic_control::xdp::shield::MIN_INITIAL_DATAGRAM,
+            xdp_quic_control::xdp::shield::MIN_INITIAL_DATAGRAM,
+            config.version_negotiation.per_sec,
+            config.prefix_v4,
+            config.prefix_v6,
+            if *monitor {
+                format!(
+                    "; under pressure, tokenless Initials {}/s (bursts of {}) per prefix",
+                    config.initial.per_sec, config.initial.burst
+                )
+            } else {
+                String::new()
+            }
+        ),
+        Event::Pressure { iface, change } => match change.cause {
+            Some(cause) => eprintln!(
+                "XDP shield: {iface} queue {} under pressure ({}): admitting tokenless \
+                 Initials per source prefix",
+                change.queue,
+                match cause {
+                    xdp_quic_control::xdp::pressure::Cause::PendingHandshakes(n) =>
+                        format!("{n} pending handshakes"),
+                    xdp_quic_control::xdp::pressure::Cause::FillRingEmpty(n) =>
+                        format!("fill ring found empty {n} times"),
+                    xdp_quic_control::xdp::pressure::Cause::RxRingFull(n) =>
+                        format!("{n} packets dropped for a full RX ring"),
+                }
+            ),
+            None => eprintln!(
+                "XDP shield: {iface} queue {} no longer under pressure",
+                change.queue
+            ),
+        },
     }
 }
 

@@ -49,9 +49,60 @@ pub struct AttachArgs {
     /// Replace an XDP program that xdp-quic did not attach.
     #[arg(long)]
     pub force: bool,
+    /// Turn the shield on: drop what QUIC says a server drops before it costs a frame, and,
+    /// under pressure, admit new clients per source prefix (see docs/XDP.md). A server over
+    /// this attachment runs it (its CID layout, the pressure monitor).
+    #[arg(long, conflicts_with = "no_shield")]
+    pub shield: bool,
+    /// Turn the shield off (an attachment keeps it otherwise).
+    #[arg(long)]
+    pub no_shield: bool,
+    /// With --shield: Initials without a token admitted per source prefix and second while
+    /// under pressure (bursts of as many).
+    #[arg(long, value_name = "N", requires = "shield", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub shield_initial_rate: Option<u32>,
+    /// With --shield: version negotiations per source prefix and second (bursts of twice as
+    /// many).
+    #[arg(long, value_name = "N", requires = "shield", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub shield_vn_rate: Option<u32>,
+    /// With --shield: the IPv4 source prefix that shares a bucket (bits, default 24).
+    #[arg(long, value_name = "BITS", requires = "shield", value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub shield_prefix4: Option<u8>,
+    /// With --shield: the IPv6 source prefix that shares a bucket (bits, default 56).
+    #[arg(long, value_name = "BITS", requires = "shield", value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub shield_prefix6: Option<u8>,
     /// Run in the network namespace /run/netns/NAME (keeps the host's /sys/fs/bpf).
     #[arg(long, value_name = "NAME")]
     pub netns: Option<String>,
+}
+
+impl AttachArgs {
+    /// The shield asked for: `Some(Some(config))` on, `Some(None)` off, `None` as it is.
+    fn shield_config(&self) -> Option<Option<xdp::ShieldConfig>> {
+        use xdp::shield::Rate;
+        if self.no_shield {
+            return Some(None);
+        }
+        if !self.shield {
+            return None;
+        }
+        let mut c = xdp::ShieldConfig::default();
+        if let Some(n) = self.shield_initial_rate {
+            c.initial = Rate {
+                per_sec: n,
+                burst: n,
+            };
+        }
+        if let Some(n) = self.shield_vn_rate {
+            c.version_negotiation = Rate {
+                per_sec: n,
+                burst: n.saturating_mul(2),
+            };
+        }
+        c.prefix_v4 = self.shield_prefix4.unwrap_or(c.prefix_v4);
+        c.prefix_v6 = self.shield_prefix6.unwrap_or(c.prefix_v6);
+        Some(Some(c))
+    }
 }
 
 /// Arguments of `xdp-quic detach`.
@@ -122,6 +173,10 @@ pub fn attach(a: &AttachArgs) -> anyhow::Result<()> {
         addrs: a.addrs.iter().copied().collect(),
     };
     service.validate()?;
+    let shield = a.shield_config();
+    if let Some(Some(c)) = &shield {
+        c.validate()?;
+    }
     enter(&a.netns)?;
     let opts = AttachOptions {
         service: service.clone(),
@@ -165,7 +220,35 @@ pub fn attach(a: &AttachArgs) -> anyhow::Result<()> {
             list(&before.addrs, "any"),
         ),
     }
+    if let Some(want) = shield {
+        let before = xdp::shield::set_pinned(&a.iface, want.as_ref())?;
+        match (&before, &want) {
+            (_, Some(c)) if before.as_ref() == Some(c) => {
+                println!("shield: on, unchanged")
+            }
+            (_, Some(c)) => println!("shield: on ({})", shield_words(c)),
+            (Some(_), None) => println!("shield: off"),
+            (None, None) => println!("shield: off, unchanged"),
+        }
+    }
     Ok(())
+}
+
+/// The shield's configuration in words.
+fn shield_words(c: &xdp::ShieldConfig) -> String {
+    format!(
+        "versions {}; per source prefix /{} /{}: version negotiation {}/s (bursts of {}), tokenless Initials under pressure {}",
+        list(c.versions.iter().map(|v| format!("{v:#x}")), "-"),
+        c.prefix_v4,
+        c.prefix_v6,
+        c.version_negotiation.per_sec,
+        c.version_negotiation.burst,
+        if c.admit_under_pressure {
+            format!("{}/s (bursts of {})", c.initial.per_sec, c.initial.burst)
+        } else {
+            "unlimited".to_string()
+        }
+    )
 }
 
 /// `xdp-quic detach`.
@@ -246,6 +329,17 @@ pub fn status(a: &StatusArgs) -> anyhow::Result<()> {
                     })
                     .collect();
                 println!("  queues: {}", q.join(" "));
+                match &s.shield {
+                    Some(sh) => println!(
+                        "  shield: on ({}); CIDs checked: {}; under pressure: {}",
+                        shield_words(&sh.config),
+                        sh.cid_layout
+                            .as_deref()
+                            .unwrap_or("no (no server wrote its layout)"),
+                        list(&sh.pressure, "no queue")
+                    ),
+                    None => println!("  shield: off"),
+                }
                 if let Some(dir) = &s.pin_dir {
                     println!("  pins: {dir}");
                 }
@@ -300,7 +394,7 @@ pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&j)?);
         } else {
             for (name, v) in prev.named() {
-                println!("{name:<24} {v:>16}");
+                println!("{name:<28} {v:>12}");
             }
         }
         return Ok(());
@@ -331,13 +425,13 @@ pub fn stats(a: &StatsArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&j)?);
         } else {
             println!(
-                "{:<24} {:>16} {:>14}",
+                "{:<28} {:>12} {:>14}",
                 format!("{} ({dt:.1}s)", a.iface),
                 "total",
                 "per second"
             );
             for ((name, v), (_, d)) in now_counters.named().into_iter().zip(delta.named()) {
-                println!("{name:<24} {v:>16} {:>14.1}", d as f64 / dt);
+                println!("{name:<28} {v:>12} {:>14.1}", d as f64 / dt);
             }
         }
         prev = now_counters;

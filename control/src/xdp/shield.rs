@@ -1,0 +1,498 @@
+//! The shield: the QUIC rules of the XDP program (`ebpf/xdp_quic.c`, map `shield`), and the
+//! per-queue pressure flags its admission of new clients depends on (map `pressure`).
+//!
+//! With the shield on, the program drops before they cost a frame or a decryption:
+//!
+//! * an Initial of a version the server speaks in a UDP datagram shorter than 1,200 octets
+//!   (RFC 9000 §14.1: a server discards it);
+//! * a long header of another version in a datagram shorter than 1,200 octets (§5.2.2: too
+//!   small to be answered with version negotiation); larger ones reach the worker's version
+//!   negotiation within a per-source-prefix rate ([`ShieldConfig::version_negotiation`]);
+//! * a short header whose DCID cannot be one of the server's (the CID layout of the running
+//!   engine: octet 0, server id, worker octet below the worker count), once a server wrote
+//!   its layout ([`ShieldMaps::set_layout`]);
+//! * while the worker of the packet's rx queue is under pressure (its entry in `pressure`,
+//!   set by a [`super::PressureMonitor`]), an Initial without a token beyond its source
+//!   prefix's rate ([`ShieldConfig::initial`]); Initials with a token (Retry or NEW_TOKEN)
+//!   pass.
+//!
+//! "The versions the server speaks" are a set written here ([`ShieldConfig::versions`]): by
+//! default what the engine's quinn-proto endpoint accepts ([`DEFAULT_VERSIONS`]: QUIC v1 and
+//! the drafts 29 to 34, which share v1's packet types). A version outside the set is one the
+//! endpoint answers with version negotiation.
+
+use aya::maps::{Array, Map, MapData};
+use xdp_quic::cid::CidLayout;
+use xdp_quic_ebpf::{Shield, MAX_SERVER_ID, MAX_VERSIONS, SHIELD_ADMIT, SHIELD_CID, SHIELD_ON};
+
+pub use xdp_quic_ebpf::{Rate, MIN_INITIAL_DATAGRAM};
+
+use std::sync::Arc;
+
+use super::pressure::{PressureChange, PressureMonitor, PressurePolicy, PressureView};
+use super::{pins, XdpError};
+
+/// The versions quinn-proto 0.11's endpoint accepts by default (its
+/// `DEFAULT_SUPPORTED_VERSIONS`; a test checks they agree): QUIC v1, then drafts 29 to 34.
+pub const DEFAULT_VERSIONS: [u32; 7] = [
+    0x0000_0001,
+    0xff00_001d,
+    0xff00_001e,
+    0xff00_001f,
+    0xff00_0020,
+    0xff00_0021,
+    0xff00_0022,
+];
+
+/// QUIC v2 (RFC 9369): its long packet types differ from v1's, so the program cannot treat it
+/// as spoken.
+const QUIC_V2: u32 = 0x6b33_43cf;
+
+/// The highest refill rate a bucket takes (the program's arithmetic is exact below 2^24).
+pub const MAX_RATE: u32 = 10_000_000;
+
+/// What the shield does, besides the CID layout that a server writes for itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShieldConfig {
+    /// Versions the server speaks, at most 8, none 0 and not QUIC v2. Default
+    /// [`DEFAULT_VERSIONS`].
+    pub versions: Vec<u32>,
+    /// Source prefix length that shares a bucket, IPv4 (default 24).
+    pub prefix_v4: u8,
+    /// Source prefix length that shares a bucket, IPv6 (default 56).
+    pub prefix_v6: u8,
+    /// Under pressure, per source prefix: Initials without a token (default 64 a second,
+    /// bursts of 64).
+    pub initial: Rate,
+    /// Always, per source prefix: long headers of a version not spoken, 1,200 octets or
+    /// more, which the worker answers with version negotiation (default 16 a second, bursts
+    /// of 32).
+    pub version_negotiation: Rate,
+    /// Admit Initials without a token per source prefix while their queue is under pressure
+    /// (default true). Off: the pressure flags are ignored.
+    pub admit_under_pressure: bool,
+}
+
+impl Default for ShieldConfig {
+    fn default() -> Self {
+        Self {
+            versions: DEFAULT_VERSIONS.to_vec(),
+            prefix_v4: 24,
+            prefix_v6: 56,
+            initial: Rate {
+                per_sec: 64,
+                burst: 64,
+            },
+            version_negotiation: Rate {
+                per_sec: 16,
+                burst: 32,
+            },
+            admit_under_pressure: true,
+        }
+    }
+}
+
+impl ShieldConfig {
+    /// Checks what the program can hold.
+    pub fn validate(&self) -> Result<(), XdpError> {
+        let bad = |m: String| Err(XdpError::BadArgument(m));
+        if self.versions.is_empty() || self.versions.len() > MAX_VERSIONS {
+            return bad(format!(
+                "the shield needs 1 to {MAX_VERSIONS} versions, got {}",
+                self.versions.len()
+            ));
+        }
+        if let Some(v) = self.versions.iter().find(|&&v| v == 0 || v == QUIC_V2) {
+            return bad(format!(
+                "version {v:#010x} cannot be spoken through the shield (0 is version \
+                 negotiation; QUIC v2 numbers its packet types differently from v1)"
+            ));
+        }
+        if self.prefix_v4 > 32 || self.prefix_v6 > 128 {
+            return bad(format!(
+                "source prefixes are at most /32 (IPv4) and /128 (IPv6), got /{} and /{}",
+                self.prefix_v4, self.prefix_v6
+            ));
+        }
+        for (what, r) in [
+            ("initial", self.initial),
+            ("version negotiation", self.version_negotiation),
+        ] {
+            if r.burst == 0 || r.per_sec > MAX_RATE {
+                return bad(format!(
+                    "the {what} rate needs a burst of at least 1 and at most {MAX_RATE} a \
+                     second, got {} a second, bursts of {}",
+                    r.per_sec, r.burst
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the configuration back from a map entry; `None` when the shield is off.
+    pub fn from_map(s: &Shield) -> Option<Self> {
+        if s.flags & SHIELD_ON == 0 {
+            return None;
+        }
+        Some(Self {
+            versions: s.versions.iter().copied().filter(|&v| v != 0).collect(),
+            prefix_v4: s.prefix4,
+            prefix_v6: s.prefix6,
+            initial: s.initial,
+            version_negotiation: s.version,
+            admit_under_pressure: s.flags & SHIELD_ADMIT != 0,
+        })
+    }
+
+    /// `entry` with this configuration on, its CID layout kept.
+    fn apply(&self, entry: &Shield) -> Shield {
+        let mut versions = [0u32; MAX_VERSIONS];
+        versions[..self.versions.len()].copy_from_slice(&self.versions);
+        let mut flags = (entry.flags & SHIELD_CID) | SHIELD_ON;
+        if self.admit_under_pressure {
+            flags |= SHIELD_ADMIT;
+        }
+        Shield {
+            flags,
+            prefix4: self.prefix_v4,
+            prefix6: self.prefix_v6,
+            reserved: 0,
+            versions,
+            initial: self.initial,
+            version: self.version_negotiation,
+            ..*entry
+        }
+    }
+}
+
+/// `entry` with the shield off (its CID layout kept: it counts only while the shield is on).
+fn off(entry: &Shield) -> Shield {
+    Shield {
+        flags: entry.flags & SHIELD_CID,
+        cid_first: entry.cid_first,
+        sid_len: entry.sid_len,
+        workers: entry.workers,
+        server_id: entry.server_id,
+        ..Shield::default()
+    }
+}
+
+/// `entry` with `layout` as the CIDs of the server (`None`: no check of short headers).
+fn with_layout(entry: &Shield, layout: Option<&CidLayout>) -> anyhow::Result<Shield> {
+    let mut s = *entry;
+    s.flags &= !SHIELD_CID;
+    s.cid_first = 0;
+    s.sid_len = 0;
+    s.workers = 0;
+    s.server_id = [0; 16];
+    if let Some(l) = layout {
+        let sid = l.server_id();
+        anyhow::ensure!(
+            sid.len() <= MAX_SERVER_ID,
+            "a server id of {} octets does not fit a CID",
+            sid.len()
+        );
+        s.flags |= SHIELD_CID;
+        s.cid_first = l.first_octet();
+        s.sid_len = sid.len() as u8;
+        s.workers = l.workers() as u16;
+        s.server_id[..sid.len()].copy_from_slice(sid);
+    }
+    Ok(s)
+}
+
+/// The `shield` and `pressure` maps of one program, on descriptors of their own.
+pub struct ShieldMaps {
+    shield: Array<MapData, Shield>,
+    pressure: Array<MapData, u32>,
+    /// Kernel ids of the two maps (to open them again).
+    ids: (u32, u32),
+}
+
+impl std::fmt::Debug for ShieldMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShieldMaps").finish_non_exhaustive()
+    }
+}
+
+fn array_id(map: &Map) -> anyhow::Result<u32> {
+    let Map::Array(data) = map else {
+        anyhow::bail!("expected an ARRAY map");
+    };
+    Ok(data.info()?.id())
+}
+
+impl ShieldMaps {
+    /// Second descriptors on `shield` and `pressure` (of a loaded program or an attachment).
+    pub(crate) fn from_maps(shield: &Map, pressure: &Map) -> anyhow::Result<Self> {
+        Self::from_ids(array_id(shield)?, array_id(pressure)?)
+    }
+
+    fn from_ids(shield: u32, pressure: u32) -> anyhow::Result<Self> {
+        let open = |id| -> anyhow::Result<Map> { Ok(Map::from_map_data(MapData::from_id(id)?)?) };
+        Ok(Self {
+            shield: Array::try_from(open(shield)?)?,
+            pressure: Array::try_from(open(pressure)?)?,
+            ids: (shield, pressure),
+        })
+    }
+
+    /// Other descriptors on the same maps.
+    pub fn try_clone(&self) -> anyhow::Result<Self> {
+        Self::from_ids(self.ids.0, self.ids.1)
+    }
+
+    /// The maps `xdp-quic attach` pinned for `iface`; [`XdpError::NotAttached`] when there
+    /// are none.
+    pub fn from_pins(iface: &str) -> anyhow::Result<Self> {
+        let dir = pins::dir(iface);
+        let open = |name: &str| -> anyhow::Result<Map> {
+            let path = dir.join(name);
+            if !path.exists() {
+                return Err(XdpError::NotAttached {
+                    iface: iface.into(),
+                    path: dir.clone(),
+                }
+                .into());
+            }
+            let data = MapData::from_pin(&path)
+                .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+            Ok(Map::from_map_data(data)?)
+        };
+        let (shield, pressure) = (
+            open(xdp_quic_ebpf::maps::SHIELD)?,
+            open(xdp_quic_ebpf::maps::PRESSURE)?,
+        );
+        let ids = (array_id(&shield)?, array_id(&pressure)?);
+        Ok(Self {
+            shield: Array::try_from(shield)?,
+            pressure: Array::try_from(pressure)?,
+            ids,
+        })
+    }
+
+    /// The map entry as it is.
+    pub fn entry(&self) -> anyhow::Result<Shield> {
+        Ok(self.shield.get(&0, 0)?)
+    }
+
+    /// Writes the map entry as given (what [`ShieldMaps::entry`] read, to restore it).
+    pub fn set_entry(&mut self, s: &Shield) -> anyhow::Result<()> {
+        self.shield.set(0, s, 0)?;
+        Ok(())
+    }
+
+    /// The configuration; `None` when the shield is off.
+    pub fn config(&self) -> anyhow::Result<Option<ShieldConfig>> {
+        Ok(ShieldConfig::from_map(&self.entry()?))
+    }
+
+    /// Turns the shield on with `config`, or off (`None`); the CID layout stays.
+    pub fn set_config(&mut self, config: Option<&ShieldConfig>) -> anyhow::Result<()> {
+        let entry = self.entry()?;
+        let next = match config {
+            Some(c) => {
+                c.validate()?;
+                c.apply(&entry)
+            }
+            None => off(&entry),
+        };
+        self.set_entry(&next)
+    }
+
+    /// The CIDs of the server the program steers to (`None`: short headers are not
+    /// checked). Write exactly the engine's layout: a short header that does not fit it is
+    /// dropped while the shield is on.
+    pub fn set_layout(&mut self, layout: Option<&CidLayout>) -> anyhow::Result<()> {
+        let next = with_layout(&self.entry()?, layout)?;
+        self.set_entry(&next)
+    }
+
+    /// Sets or clears the pressure flag of rx queue `queue`.
+    pub fn set_pressure(&mut self, queue: u32, on: bool) -> anyhow::Result<()> {
+        self.pressure.set(queue, u32::from(on), 0)?;
+        Ok(())
+    }
+
+    /// Whether rx queue `queue` is flagged as under pressure.
+    pub fn pressure(&self, queue: u32) -> anyhow::Result<bool> {
+        Ok(self.pressure.get(&queue, 0)? != 0)
+    }
+
+    /// The queues among `0..queues` flagged as under pressure.
+    pub fn pressured(&self, queues: u32) -> anyhow::Result<Vec<u32>> {
+        let mut v = Vec::new();
+        for q in 0..queues.min(xdp_quic_ebpf::MAX_QUEUES) {
+            if self.pressure(q)? {
+                v.push(q);
+            }
+        }
+        Ok(v)
+    }
+}
+
+/// The shield engaged for a running server engine: on with its configuration, the engine's
+/// CID layout written, and a [`PressureMonitor`] keeping the pressure flags of its queues.
+/// Dropping it stops the monitor (clearing the flags), removes the layout, and turns the
+/// shield off again if it was off before (a configuration changed meanwhile, by `xdp-quic
+/// attach --shield`, is kept).
+pub struct ShieldGuard {
+    maps: ShieldMaps,
+    was_on: bool,
+    monitor: Option<PressureMonitor>,
+}
+
+impl std::fmt::Debug for ShieldGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShieldGuard")
+            .field("was_on", &self.was_on)
+            .field("monitor", &self.monitor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShieldGuard {
+    /// Engages the shield in `maps` for `engine` (over AF_XDP, one queue per worker):
+    /// `config` on, `layout` (exactly the engine's CIDs: `EngineBuilder::connection_ids`, as
+    /// many workers as queues) written, and, when `config` admits under pressure, a monitor
+    /// per `policy` that calls `report` on each change.
+    pub fn engage<H: xdp_quic::Handler>(
+        maps: ShieldMaps,
+        config: &ShieldConfig,
+        layout: &CidLayout,
+        engine: &xdp_quic::Engine<H>,
+        policy: PressurePolicy,
+        report: Option<Box<dyn FnMut(PressureChange) + Send>>,
+    ) -> anyhow::Result<Self> {
+        config.validate()?;
+        anyhow::ensure!(
+            layout.workers() == engine.xsk_queues().len(),
+            "the CID layout names {} workers, the engine has {} AF_XDP queues",
+            layout.workers(),
+            engine.xsk_queues().len()
+        );
+        let was_on = maps.config()?.is_some();
+        let monitor = if config.admit_under_pressure {
+            Some(PressureMonitor::for_engine(
+                maps.try_clone()?,
+                engine,
+                policy,
+                report,
+            )?)
+        } else {
+            None
+        };
+        let mut guard = Self {
+            maps,
+            was_on,
+            monitor,
+        };
+        guard.maps.set_layout(Some(layout))?;
+        guard.maps.set_config(Some(config))?;
+        Ok(guard)
+    }
+
+    /// What the pressure monitor publishes (none when the shield does not admit under
+    /// pressure).
+    pub fn pressure(&self) -> Option<Arc<PressureView>> {
+        self.monitor.as_ref().map(PressureMonitor::view)
+    }
+}
+
+impl Drop for ShieldGuard {
+    fn drop(&mut self) {
+        drop(self.monitor.take());
+        let restored = self.maps.entry().and_then(|e| {
+            let e = if self.was_on { e } else { off(&e) };
+            let e = with_layout(&e, None)?;
+            self.maps.set_entry(&e)
+        });
+        if let Err(e) = restored {
+            tracing::warn!("cannot put the XDP shield back as it was: {e:#}");
+        }
+    }
+}
+
+/// Turns the shield on or off for `iface`'s pinned attachment (what `xdp-quic attach
+/// --shield` and `--no-shield` do); returns what it was.
+pub fn set_pinned(
+    iface: &str,
+    config: Option<&ShieldConfig>,
+) -> anyhow::Result<Option<ShieldConfig>> {
+    let mut maps = ShieldMaps::from_pins(iface)?;
+    let before = maps.config()?;
+    maps.set_config(config)?;
+    Ok(before)
+}
+
+/// The shield of `iface`'s pinned attachment; `Ok(None)` when it is off or nothing is pinned.
+pub fn pinned(iface: &str) -> anyhow::Result<Option<ShieldConfig>> {
+    if !pins::dir(iface).join(xdp_quic_ebpf::maps::SHIELD).exists() {
+        return Ok(None);
+    }
+    ShieldMaps::from_pins(iface)?.config()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_versions_are_quinn_protos() {
+        assert_eq!(
+            &DEFAULT_VERSIONS[..],
+            quinn_proto::DEFAULT_SUPPORTED_VERSIONS
+        );
+    }
+
+    #[test]
+    fn default_config_is_valid_and_round_trips() {
+        let c = ShieldConfig::default();
+        c.validate().unwrap();
+        let entry = c.apply(&Shield::default());
+        assert_eq!(entry.flags, SHIELD_ON | SHIELD_ADMIT);
+        assert_eq!(ShieldConfig::from_map(&entry), Some(c));
+        assert_eq!(ShieldConfig::from_map(&off(&entry)), None);
+    }
+
+    #[test]
+    fn layout_survives_config_changes_and_config_survives_layout_changes() {
+        let layout = CidLayout::new(10, 3, &[0xab, 0xcd], 4).unwrap();
+        let entry = with_layout(&Shield::default(), Some(&layout)).unwrap();
+        assert_eq!(entry.flags, SHIELD_CID);
+        assert_eq!(entry.cid_first, (3 << 5) | 9);
+        assert_eq!(entry.sid_len, 2);
+        assert_eq!(&entry.server_id[..2], &[0xab, 0xcd]);
+        assert_eq!(entry.workers, 4);
+        let on = ShieldConfig::default().apply(&entry);
+        assert_eq!(on.flags, SHIELD_ON | SHIELD_ADMIT | SHIELD_CID);
+        assert_eq!((on.cid_first, on.workers), (entry.cid_first, 4));
+        let cleared = with_layout(&on, None).unwrap();
+        assert_eq!(cleared.flags, SHIELD_ON | SHIELD_ADMIT);
+        assert_eq!(
+            ShieldConfig::from_map(&cleared),
+            Some(ShieldConfig::default())
+        );
+        let off = off(&on);
+        assert_eq!(off.flags, SHIELD_CID);
+        assert_eq!(off.versions, [0; MAX_VERSIONS]);
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let bad = |f: fn(&mut ShieldConfig)| {
+            let mut c = ShieldConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(bad(|c| c.versions.clear()).contains("1 to 8 versions"));
+        assert!(bad(|c| c.versions = vec![1; 9]).contains("1 to 8 versions"));
+        assert!(bad(|c| c.versions = vec![1, 0]).contains("0x00000000"));
+        assert!(bad(|c| c.versions = vec![QUIC_V2]).contains("0x6b3343cf"));
+        assert!(bad(|c| c.prefix_v4 = 33).contains("/33"));
+        assert!(bad(|c| c.prefix_v6 = 129).contains("/129"));
+        assert!(bad(|c| c.initial.burst = 0).contains("initial rate"));
+        assert!(bad(|c| c.version_negotiation.per_sec = MAX_RATE + 1)
+            .contains("version negotiation rate"));
+    }
+}
