@@ -157,6 +157,8 @@ impl EndpointShared {
 
     /// Queues `op` for `worker`, posting the inbox if it is not posted yet. Returns the op
     /// when the worker has ended.
+    // The error hands the operation back to be failed; boxing it would allocate per push.
+    #[allow(clippy::result_large_err)]
     pub fn push(&self, worker: usize, op: Op) -> Result<(), Op> {
         let Some(handle) = self.handle.get() else {
             return Err(op);
@@ -271,7 +273,7 @@ impl StreamSlot {
             send: VecDeque::new(),
             send_len: 0,
             send_end: SendEnd::Open,
-            send_handle: !(uni && !ours),
+            send_handle: !uni || ours,
             finish: false,
             finish_sent: false,
             reset: None,
