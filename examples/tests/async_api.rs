@@ -499,3 +499,37 @@ async fn closing_the_endpoint_closes_its_connections_and_stops_accepting() {
         let _: Arc<()> = Arc::new(());
     }
 }
+
+/// The server code of issue 15, compiled unchanged but for the import (quinn's
+/// `use quinn::{Connection, Endpoint};`).
+mod ported_from_quinn {
+    use xdp_quic::tokio::{Connection, Endpoint};
+    pub async fn serve(ep: Endpoint) {
+        while let Some(incoming) = ep.accept().await {
+            tokio::spawn(async move {
+                let conn: Connection = incoming.await.unwrap();
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let data = recv.read_to_end(1 << 20).await.unwrap();
+                    send.write_all(&data).await.unwrap();
+                    send.finish().unwrap();
+                }
+            });
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_ported_from_quinn_serves_a_quinn_client() {
+    for mode in MODES {
+        let (ep, cert) = server(mode, 2, Limits::default(), ported_from_quinn::serve);
+        let client = quinn_client(cert, async_echo::ALPN);
+        let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
+        for i in 0..4 {
+            let data = payload(40 + i, 100_000);
+            let back = quinn_echo(&conn, data.clone()).await.unwrap();
+            assert_same(&format!("{mode:?} echo {i}"), &back, &data);
+        }
+        conn.close(VarInt::from_u32(0), b"");
+        ep.close(VarInt::from_u32(0), b"");
+    }
+}
