@@ -10,6 +10,7 @@
 //! directory without following links, on a thread pool (used by [`hq`]).
 
 pub mod async_echo;
+pub mod async_hq;
 pub mod client;
 pub mod echo;
 pub mod files;

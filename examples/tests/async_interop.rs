@@ -173,7 +173,7 @@ fn aioquic_client(ca: &std::path::Path, addr: SocketAddr, netns: Option<&str>) -
     };
     let out = cmd
         .arg(ECHO_PY)
-        .arg("client")
+        .args(["client", "--ask-close"])
         .args(["--host", &addr.ip().to_string()])
         .args(["--port", &addr.port().to_string()])
         .arg("--ca")

@@ -1,0 +1,131 @@
+//! hq-interop (HTTP/0.9) on the async API ([`xdp_quic::tokio`]): the same protocol, the same
+//! safe open and the same limits as the callback server [`crate::hq::HqServer`], written as
+//! one task per request, with the file's open and reads on tokio's blocking pool.
+//!
+//! - A request line longer than [`MAX_REQUEST`] or not `GET /path` resets the stream with
+//!   [`BAD_REQUEST`]; a path that is not plain names, names nothing, or names anything but a
+//!   regular file beneath the root gets [`NOT_FOUND`] ([`FileRoot::open_beneath`]: opened
+//!   first, checked on the descriptor, no symbolic link followed).
+//! - At most [`HqLimits::files_per_connection`] requests of a connection, and
+//!   [`HqLimits::files_per_worker`] of the endpoint (every connection together), are served
+//!   at once; further ones wait for a slot (in the order they arrived) and are never
+//!   refused for it. A slot holds one descriptor and one [`CHUNK`] read ahead at most.
+//! - The next chunk is read only once the previous one is in the stream (flow control
+//!   permitting), so a slow reader costs one chunk of memory, not the file.
+
+use std::io;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use xdp_quic::tokio::{Connection, Endpoint, RecvStream, SendStream};
+
+use crate::files::{read_chunk, FileRoot};
+pub use crate::hq::{HqLimits, ALPN, BAD_REQUEST, CHUNK, MAX_REQUEST, NOT_FOUND};
+
+/// The server: the root and the endpoint-wide slots.
+#[derive(Clone)]
+pub struct AsyncHq {
+    root: Arc<FileRoot>,
+    limits: HqLimits,
+    files: Arc<Semaphore>,
+}
+
+impl AsyncHq {
+    /// Serves the regular files beneath `root`, with `limits` (`pool_threads` is unused:
+    /// the files are read on tokio's blocking pool).
+    pub fn new(root: &std::path::Path, limits: HqLimits) -> io::Result<AsyncHq> {
+        Ok(AsyncHq {
+            root: Arc::new(FileRoot::open(root)?),
+            files: Arc::new(Semaphore::new(limits.files_per_worker.max(1))),
+            limits,
+        })
+    }
+
+    /// Accepts connections until the endpoint closes, each served by its own task.
+    pub async fn serve(self, ep: Endpoint) {
+        while let Some(incoming) = ep.accept().await {
+            let hq = self.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(conn) => hq.serve_connection(conn).await,
+                    Err(e) => tracing::debug!("handshake failed: {e}"),
+                }
+            });
+        }
+    }
+
+    /// Serves the requests of `conn` until it ends.
+    pub async fn serve_connection(&self, conn: Connection) {
+        let mine = Arc::new(Semaphore::new(self.limits.files_per_connection.max(1)));
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            let hq = self.clone();
+            let mine = mine.clone();
+            tokio::spawn(async move {
+                if let Err(e) = hq.answer(send, recv, &mine).await {
+                    tracing::debug!("request ended: {e}");
+                }
+            });
+        }
+    }
+
+    /// Reads one request and answers it.
+    async fn answer(
+        &self,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        mine: &Semaphore,
+    ) -> anyhow::Result<()> {
+        let line = match recv.read_to_end(MAX_REQUEST).await {
+            Ok(line) => line,
+            Err(xdp_quic::tokio::ReadToEndError::TooLong) => {
+                let _ = send.reset(BAD_REQUEST);
+                let _ = recv.stop(BAD_REQUEST);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let rel = match crate::hq::parse_request(&line) {
+            Ok(rel) => rel,
+            Err(crate::hq::PathError::BadRequest) => {
+                let _ = send.reset(BAD_REQUEST);
+                return Ok(());
+            }
+            Err(crate::hq::PathError::NotFound) => {
+                let _ = send.reset(NOT_FOUND);
+                return Ok(());
+            }
+        };
+        // Slots in a fixed order (the connection's, then the endpoint's): no two requests
+        // wait for each other's.
+        let _mine = mine.acquire().await?;
+        let _slot = self.files.acquire().await?;
+        let root = self.root.clone();
+        let opened = tokio::task::spawn_blocking(move || root.open_beneath(&rel)).await?;
+        let Ok(mut file) = opened else {
+            let _ = send.reset(NOT_FOUND);
+            return Ok(());
+        };
+        loop {
+            let read = tokio::task::spawn_blocking(move || {
+                read_chunk(&mut file, CHUNK).map(|(chunk, end)| (chunk, end, file))
+            })
+            .await?;
+            let (chunk, end, f) = match read {
+                Ok(read) => read,
+                Err(e) => {
+                    // Reset, never finish: a truncated file must not look complete.
+                    let _ = send.reset(NOT_FOUND);
+                    return Err(e.into());
+                }
+            };
+            file = f;
+            if !chunk.is_empty() {
+                send.write_chunk(chunk).await?;
+            }
+            if end {
+                send.finish()?;
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The applications on the async API: the `async-echo` binary (kernel UDP in both modes, and
+//! AF_XDP in a testbed, driven by aioquic's echo client) and the async hq-interop server
+//! ([`xdp_quic_examples::async_hq`]: files byte-exact, errors, links not followed).
+//!
+//! Run: `cargo test -p xdp-quic-examples --test async_apps`
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+
+use bytes::Bytes;
+use common::*;
+use xdp_quic::tokio::Builder;
+use xdp_quic::{tls, EngineBuilder, VarInt};
+use xdp_quic_examples::async_hq::{self, AsyncHq, HqLimits};
+
+const BIN: &str = env!("CARGO_BIN_EXE_async-echo");
+const ECHO_PY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../scripts/interop/aioquic_echo.py"
+);
+
+/// A scratch directory, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(what: &str) -> Scratch {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("xq-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `async-echo` binary, killed on drop if it is still running.
+struct Server {
+    child: Child,
+    lines: std_mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts it with `args` (inside `netns` if given), writing its certificate to
+    /// `cert_out`; returns once it says it serves.
+    fn start(args: &[&str], cert_out: &std::path::Path, netns: Option<&str>) -> Server {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = cmd
+            .args(args)
+            .arg("--cert-out")
+            .arg(cert_out)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let s = Server { child, lines };
+        s.wait_for("async-echo: serving");
+        s
+    }
+
+    fn wait_for(&self, what: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(HANG)
+                .unwrap_or_else(|_| panic!("async-echo never said {what:?}"));
+            if line.contains(what) {
+                return line;
+            }
+        }
+    }
+
+    /// Ctrl-C; the exit status.
+    fn interrupt(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill has no memory preconditions; the pid is our child's, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.wait_for("async-echo: closing");
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn aioquic() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import aioquic"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "aioquic is missing and CI is set (scripts/setup.sh installs it)"
+        );
+        eprintln!("skipped: python3 -m pip install aioquic");
+    }
+    ok
+}
+
+/// aioquic's echo client (10 MB, 1,000 streams, datagrams) against `addr`, in `netns` if
+/// given; its facts line.
+fn aioquic_client(ca: &std::path::Path, addr: SocketAddr, netns: Option<&str>) -> String {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "python3"]);
+            c
+        }
+        None => Command::new("python3"),
+    };
+    let out = cmd
+        .args([ECHO_PY, "client", "--host", &addr.ip().to_string()])
+        .args(["--port", &addr.port().to_string(), "--ca"])
+        .arg(ca)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let facts = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "aioquic echo client: {facts} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    facts
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn the_async_echo_binary_serves_in_both_modes_and_stops_on_ctrl_c() {
+    if !aioquic() {
+        return;
+    }
+    for tpc in [false, true] {
+        let dir = Scratch::new("async-echo");
+        let cert = dir.0.join("cert.pem");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let listen = addr.to_string();
+        let mut args = vec!["--listen", &listen, "--workers", "2"];
+        if tpc {
+            args.push("--thread-per-core");
+        }
+        let server = Server::start(&args, &cert, None);
+        let facts = aioquic_client(&cert, addr, None);
+        assert!(facts.contains("bulk=ok streams=1000 "), "{facts}");
+        assert!(!facts.contains("datagrams=0"), "{facts}");
+        let status = server.interrupt();
+        assert!(status.success(), "thread-per-core {tpc}: {status}");
+    }
+}
+
+#[test]
+fn the_async_echo_binary_refuses_bad_arguments() {
+    for (args, want) in [
+        (
+            &["--listen", "127.0.0.1:0", "--backend", "xdp"][..],
+            "--iface",
+        ),
+        (
+            &["--listen", "127.0.0.1:0", "--iface", "lo"][..],
+            "--iface is for --backend xdp",
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:4433",
+                "--backend",
+                "xdp",
+                "--iface",
+                "no-such-if0",
+            ][..],
+            "no interface",
+        ),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+/// `async-echo --backend xdp` in a testbed's server namespace, aioquic's client in the peer
+/// namespace; the program is gone after Ctrl-C.
+#[test]
+fn the_async_echo_binary_serves_over_af_xdp() {
+    if !aioquic() || !xdp_quic_control::testing::privileged("async-echo over AF_XDP") {
+        return;
+    }
+    use xdp_quic_control::testbed::Testbed;
+    let tb = Testbed::create(&xdp_quic_control::testing::unique_name("xk"), 2, 223).unwrap();
+    for tpc in [false, true] {
+        let dir = Scratch::new("async-echo-xdp");
+        let cert = dir.0.join("cert.pem");
+        let mut args = vec![
+            "--listen",
+            "0.0.0.0:4433",
+            "--backend",
+            "xdp",
+            "--iface",
+            &tb.server_if,
+        ];
+        if tpc {
+            args.push("--thread-per-core");
+        }
+        let server = Server::start(&args, &cert, Some(&tb.server_ns));
+        assert!(
+            xdp_quic_control::testing::xdp_prog_on(&tb.server_ns, &tb.server_if).is_some(),
+            "the XDP program is attached while it serves"
+        );
+        let addr = SocketAddr::new(tb.server_v4.into(), 4433);
+        let facts = aioquic_client(&cert, addr, Some(&tb.client_ns));
+        assert!(facts.contains("bulk=ok streams=1000 "), "{facts}");
+        let status = server.interrupt();
+        assert!(status.success(), "thread-per-core {tpc}: {status}");
+        assert_eq!(
+            xdp_quic_control::testing::xdp_prog_on(&tb.server_ns, &tb.server_if),
+            None,
+            "the program is removed at exit"
+        );
+    }
+}
+
+/// A site for the hq server: files, a link out of the root, a FIFO.
+fn site() -> (Scratch, Vec<(String, Bytes)>) {
+    let dir = Scratch::new("async-hq");
+    let www = dir.0.join("www");
+    std::fs::create_dir_all(www.join("sub")).unwrap();
+    let files = vec![
+        ("big.bin".to_string(), payload(1, 3_000_000)),
+        ("sub/small.txt".to_string(), payload(2, 700)),
+        ("empty".to_string(), Bytes::new()),
+    ];
+    for (name, body) in &files {
+        std::fs::write(www.join(name), body).unwrap();
+    }
+    std::fs::write(dir.0.join("secret"), b"outside the root").unwrap();
+    std::os::unix::fs::symlink(dir.0.join("secret"), www.join("link")).unwrap();
+    let fifo = std::ffi::CString::new(www.join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    (dir, files)
+}
+
+/// One hq request over quinn: the body, or the reset code.
+async fn get(conn: &quinn::Connection, request: &[u8]) -> Result<Vec<u8>, u64> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(request).await.unwrap();
+    send.finish().unwrap();
+    match recv.read_to_end(usize::MAX).await {
+        Ok(body) => Ok(body),
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => Err(code.into_inner()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_async_hq_server_serves_files_and_refuses_what_it_must() {
+    let (dir, files) = site();
+    for tpc in [false, true] {
+        let (id, cert) = identity();
+        let engine = EngineBuilder::default()
+            .workers(2)
+            .server(tls::server_config(id, &[async_hq::ALPN]).unwrap())
+            .drain_timeout(DRAIN);
+        let limits = HqLimits {
+            files_per_connection: 2,
+            ..HqLimits::default()
+        };
+        let hq = AsyncHq::new(&dir.0.join("www"), limits).unwrap();
+        let any = "127.0.0.1:0".parse().unwrap();
+        let ep = if tpc {
+            let hq = hq.clone();
+            Builder::new(engine)
+                .thread_per_core(move |ep| hq.clone().serve(ep))
+                .bind_udp(any)
+                .unwrap()
+        } else {
+            let ep = Builder::new(engine).bind_udp(any).unwrap();
+            tokio::spawn(hq.serve(ep.clone()));
+            ep
+        };
+        let client = quinn_client(cert, async_hq::ALPN);
+        let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
+        // More requests at once than the connection's slots: they wait, none is refused.
+        let mut all = tokio::task::JoinSet::new();
+        for round in 0..3 {
+            for (name, body) in files.clone() {
+                let conn = conn.clone();
+                all.spawn(async move {
+                    let got = get(&conn, format!("GET /{name}\r\n").as_bytes()).await;
+                    assert_same(&format!("{name} round {round}"), &got.unwrap(), &body);
+                });
+            }
+        }
+        while let Some(r) = guard("hq requests", all.join_next()).await {
+            r.unwrap();
+        }
+        let refused: [(&[u8], VarInt); 6] = [
+            (b"GET /missing\r\n", async_hq::NOT_FOUND),
+            (b"GET /link\r\n", async_hq::NOT_FOUND),
+            (b"GET /fifo\r\n", async_hq::NOT_FOUND),
+            (b"GET /../secret\r\n", async_hq::NOT_FOUND),
+            (b"POST /big.bin\r\n", async_hq::BAD_REQUEST),
+            (&[b'G'; async_hq::MAX_REQUEST + 1], async_hq::BAD_REQUEST),
+        ];
+        for (request, code) in refused {
+            let got = guard("refused request", get(&conn, request)).await;
+            assert_eq!(
+                got,
+                Err(code.into_inner()),
+                "{:?}",
+                String::from_utf8_lossy(&request[..request.len().min(40)])
+            );
+        }
+        conn.close(VarInt::from_u32(0), b"");
+        ep.close(VarInt::from_u32(0), b"");
+        guard("idle", ep.wait_idle()).await;
+    }
+}
