@@ -8,6 +8,7 @@
 #   util-linux               nsenter, mount (bpffs)
 #   python3                  JSON checks in the script tests
 #   g++                      libFuzzer (the cargo-fuzz targets, scripts/fuzz.sh)
+#   ngtcp2-client            gtlsclient: ngtcp2's HTTP/3 client, a second independent HTTP/3 peer
 #   aioquic (PyPI)           the independent QUIC peer of the interop tests
 set -euo pipefail
 
@@ -17,7 +18,7 @@ install_aioquic() {
 	python3 -m pip install --quiet --root-user-action=ignore 'aioquic==1.7.2'
 }
 
-packages=(clang llvm libbpf-dev iproute2 iputils-ping ethtool shellcheck util-linux python3 g++)
+packages=(clang llvm libbpf-dev iproute2 iputils-ping ethtool shellcheck util-linux python3 g++ ngtcp2-client)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -88,6 +88,19 @@ impl SendStream {
         Ok(())
     }
 
+    /// Takes octets from the front of `buf` into the stream's queue (without copying when
+    /// `buf` is made of `Bytes`), as many as the queue has room for; `Pending` while it is
+    /// full. For protocol adapters that poll (quinn has no such method: its callers poll
+    /// `AsyncWrite`, which copies).
+    pub fn poll_write_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut impl bytes::Buf,
+    ) -> Poll<Result<usize, WriteError>> {
+        let max = buf.remaining();
+        self.poll_write_with(cx, max, |n| buf.copy_to_bytes(n))
+    }
+
     fn has_room(&self) -> Result<bool, WriteError> {
         let c = &self.conn.shared;
         let st = c.lock();
@@ -370,6 +383,17 @@ impl RecvStream {
             c.schedule(&mut st);
         }
         Ok(())
+    }
+
+    /// The next received octets (at most `max`) without copying, the end (`None`), or the
+    /// stream's error; `Pending` until one of them is there. For protocol adapters that
+    /// poll ([`RecvStream::read_chunk`] is the same as a future).
+    pub fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<Option<Bytes>, ReadError>> {
+        self.poll_chunk(cx, max)
     }
 
     /// The next buffered octets (at most `max`), the end (`None`), or the stream's error.

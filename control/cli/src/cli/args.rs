@@ -14,6 +14,8 @@ pub enum App {
     Perf,
     /// hq-interop, HTTP/0.9 over QUIC (ALPN `hq-interop`).
     Hq,
+    /// HTTP/3 static files (ALPN `h3`), on the async API.
+    H3,
 }
 
 impl App {
@@ -23,6 +25,7 @@ impl App {
             App::Echo => xdp_quic_examples::echo::ALPN,
             App::Perf => xdp_quic_examples::perf::ALPN,
             App::Hq => xdp_quic_examples::hq::ALPN,
+            App::H3 => xdp_quic_examples::h3_files::ALPN,
         }
     }
 }

@@ -17,15 +17,16 @@ use super::args::{self, App};
 /// Arguments of `xdp-quic client`.
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
-    /// The server.
+    /// The server (required but for `--app h3`, where the URL names it).
     #[arg(long, value_name = "IP:PORT")]
-    pub connect: SocketAddr,
+    pub connect: Option<SocketAddr>,
     /// The application.
     #[arg(long, value_enum, default_value_t = App::Perf)]
     pub app: App,
-    /// Server name for TLS (SNI and certificate check).
-    #[arg(long, default_value = "localhost")]
-    pub server_name: String,
+    /// Server name for TLS (SNI and certificate check; default `localhost`, or the URL's
+    /// host with `--app h3`).
+    #[arg(long)]
+    pub server_name: Option<String>,
     /// PEM file with the certificate(s) to trust.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
@@ -56,7 +57,10 @@ pub struct ClientArgs {
     /// hq: paths to fetch (e.g. /index.html), in parallel on one connection.
     #[arg(long = "path", value_name = "PATH")]
     pub paths: Vec<String>,
-    /// hq: save fetched files into this directory (default: print sizes only).
+    /// h3: URLs to fetch (https://HOST[:PORT]/PATH), in parallel on one connection.
+    #[arg(long = "url", value_name = "URL")]
+    pub urls: Vec<String>,
+    /// hq, h3: save fetched files into this directory (default: print sizes only).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Print the result as JSON on stdout.
@@ -179,12 +183,43 @@ fn builder(a: &ClientArgs) -> anyhow::Result<EngineBuilder> {
         .transport(super::serve::transport()))
 }
 
+impl ClientArgs {
+    /// Whether `--server-name` was given.
+    pub fn server_name_given(&self) -> bool {
+        self.server_name.is_some()
+    }
+
+    /// The TLS server name (`localhost` unless given).
+    pub fn server_name(&self) -> String {
+        self.server_name
+            .clone()
+            .unwrap_or_else(|| "localhost".into())
+    }
+
+    /// The server's address (`--connect`).
+    pub fn connect(&self) -> anyhow::Result<SocketAddr> {
+        self.connect
+            .context("--connect IP:PORT is required (the server to reach)")
+    }
+}
+
 pub fn run(a: &ClientArgs) -> anyhow::Result<()> {
+    if a.app == App::H3 {
+        return super::h3::client(a);
+    }
     let b = builder(a)?;
     match a.app {
+        App::H3 => unreachable!("handled above"),
         App::Perf => {
             let launch = Launch::of(a)?;
-            let report = perf(b, a.connect, &a.server_name, &a.perf, a.workers, &launch)?;
+            let report = perf(
+                b,
+                a.connect()?,
+                &a.server_name(),
+                &a.perf,
+                a.workers,
+                &launch,
+            )?;
             if a.json {
                 println!("{}", report_json(&report));
             } else {
@@ -287,7 +322,7 @@ fn echo(b: EngineBuilder, a: &ClientArgs) -> anyhow::Result<()> {
     } else {
         a.messages.iter().map(|m| Bytes::from(m.clone())).collect()
     };
-    let (remote, name) = (a.connect, a.server_name.clone());
+    let (remote, name) = (a.connect()?, a.server_name());
     let msgs = messages.clone();
     let (handlers, _) = Launch::of(a)?.run(
         b,
@@ -319,7 +354,7 @@ fn hq(b: EngineBuilder, a: &ClientArgs) -> anyhow::Result<()> {
     if let Some(p) = a.paths.iter().find(|p| !p.starts_with('/')) {
         bail!("--path {p}: paths start with /");
     }
-    let (remote, name, paths) = (a.connect, a.server_name.clone(), a.paths.clone());
+    let (remote, name, paths) = (a.connect()?, a.server_name(), a.paths.clone());
     let (handlers, _) = Launch::of(a)?.run(
         b,
         remote,

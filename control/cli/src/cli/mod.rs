@@ -3,6 +3,7 @@
 pub mod args;
 pub mod client;
 pub mod demo;
+pub mod h3;
 pub mod live;
 pub mod serve;
 pub mod xdp;

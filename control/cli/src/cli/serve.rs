@@ -156,6 +156,7 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
     }
     let b = builder(a)?;
     match a.app {
+        App::H3 => super::h3::serve(a, b),
         App::Echo => serve(a, b, |_| EchoServer::default()),
         App::Perf => serve(a, b, |_| PerfServer::default()),
         App::Hq => {

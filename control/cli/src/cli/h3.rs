@@ -1,0 +1,210 @@
+//! `xdp-quic serve --app h3` and `xdp-quic client --app h3`: HTTP/3 static files on the async
+//! API ([`xdp_quic_examples::h3_files`]), over kernel UDP or AF_XDP.
+//!
+//! The HTTP/3 server runs on the async API rather than under the control library's
+//! supervisor: it takes the options of the engine (workers, CPUs, Retry, connection limit,
+//! AF_XDP set-up) but not `--backend auto`, `--metrics`, `--stats-every` or `--xdp-shield`
+//! (refused with an error). SIGTERM or Ctrl-C sends GOAWAY on every connection, lets the
+//! requests in flight finish for up to 10 s, then closes what is left.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use xdp_quic::tokio::{Builder, Endpoint};
+use xdp_quic::{tls, EngineBuilder, VarInt};
+use xdp_quic_control::xdp::{self, socket_map::ServerSteering};
+use xdp_quic_examples::h3_files::{self, H3Server, HqLimits};
+
+use super::args::BackendArg;
+use super::client::ClientArgs;
+use super::serve::ServeArgs;
+
+/// How long requests in flight may take to finish after GOAWAY.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// `serve --app h3`.
+pub fn serve(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<()> {
+    let root = a
+        .root
+        .as_ref()
+        .context("--app h3 needs --root DIR, the directory to serve")?;
+    for (set, flag) in [
+        (a.metrics.is_some(), "--metrics"),
+        (a.stats_every.is_some(), "--stats-every"),
+        (a.xdp_shield, "--xdp-shield"),
+        (a.backend == BackendArg::Auto, "--backend auto"),
+    ] {
+        if set {
+            bail!("{flag} is not available with --app h3 yet (it serves on the async API)");
+        }
+    }
+    let server = H3Server::new(root, HqLimits::default())
+        .with_context(|| format!("--root {}", root.display()))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.send(true);
+    })
+    .context("installing the Ctrl-C handler")?;
+    rt.block_on(async move {
+        let (ep, attachment, how) = bind(a, b)?;
+        tokio::spawn(server.serve(ep.clone(), stop_rx.clone()));
+        eprintln!("serving H3 on {} {how}; Ctrl-C stops", ep.local_addr()?);
+        let mut stop = stop_rx;
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+        eprintln!("shutting down: GOAWAY sent, finishing the requests in flight");
+        if tokio::time::timeout(GRACE, ep.wait_idle()).await.is_err() {
+            eprintln!("requests still in flight after {GRACE:?}: closing");
+        }
+        ep.close(VarInt::from_u32(0x100), b"shutting down");
+        ep.wait_idle().await;
+        drop(ep);
+        drop(attachment);
+        anyhow::Ok(())
+    })
+}
+
+/// Binds the endpoint of `serve --app h3`; over AF_XDP attaches the XDP program for the
+/// port (or uses the one `xdp-quic attach` pinned for the interface).
+fn bind(
+    a: &ServeArgs,
+    b: EngineBuilder,
+) -> anyhow::Result<(Endpoint, Option<xdp::EmbeddedAttachment>, String)> {
+    let builder = Builder::new(b);
+    match a.backend {
+        BackendArg::Udp => {
+            let ep = builder.bind_udp(a.listen)?;
+            Ok((ep, None, format!("with {} UDP worker(s)", a.workers)))
+        }
+        BackendArg::Xdp | BackendArg::Auto => {
+            let setup = super::serve::xdp_setup(a)?;
+            let service = xdp::ServiceConfig {
+                ports: [a.listen.port()].into(),
+                addrs: Default::default(),
+            };
+            let attachment = xdp::attach_embedded(&setup.iface, &service, a.xdp_mode.into())
+                .with_context(|| format!("attaching the XDP program to {}", setup.iface))?;
+            let steering =
+                ServerSteering::with_registry(attachment.xsks()?, "serve-h3", attachment.prog_id());
+            let ep = builder
+                .bind_xdp(&setup, Box::new(steering))
+                .with_context(|| format!("starting AF_XDP workers on {}", setup.iface))?;
+            let how = format!(
+                "with {} AF_XDP worker(s) on {} queues {:?}",
+                setup.queues.len(),
+                setup.iface,
+                setup.queues
+            );
+            Ok((ep, Some(attachment), how))
+        }
+    }
+}
+
+/// `client --app h3 --url URL...`: fetches each URL (one connection to their common
+/// authority), prints status and size, saves bodies into `--out`.
+pub fn client(a: &ClientArgs) -> anyhow::Result<()> {
+    if a.urls.is_empty() {
+        bail!("--app h3 needs --url https://HOST[:PORT]/PATH (one or more)");
+    }
+    let mut authority = None;
+    let mut paths = Vec::new();
+    for url in &a.urls {
+        let uri: http::Uri = url.parse().with_context(|| format!("--url {url}"))?;
+        if uri.scheme_str() != Some("https") {
+            bail!("--url {url}: HTTP/3 URLs are https://");
+        }
+        let auth = uri
+            .authority()
+            .with_context(|| format!("--url {url}: no host"))?
+            .clone();
+        match &authority {
+            None => authority = Some(auth),
+            Some(first) if *first != auth => {
+                bail!("--url {url}: every URL must name the same host and port ({first})")
+            }
+            Some(_) => {}
+        }
+        paths.push(
+            uri.path_and_query()
+                .map_or("/".to_string(), |p| p.as_str().to_string()),
+        );
+    }
+    let authority = authority.expect("one URL at least");
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(443);
+    let remote: SocketAddr = match a.connect {
+        Some(addr) => addr,
+        None => (host, port)
+            .to_socket_addrs()
+            .with_context(|| format!("resolving {host}"))?
+            .next()
+            .with_context(|| format!("{host} has no address"))?,
+    };
+    let server_name = if a.server_name_given() {
+        a.server_name()
+    } else {
+        host.to_string()
+    };
+    if a.backend != super::client::ClientBackend::Udp {
+        bail!("--app h3 runs its client over kernel UDP (--backend udp)");
+    }
+    let trust = super::args::client_trust(a.ca.as_ref(), a.insecure)?;
+    let engine = EngineBuilder::default()
+        .workers(1)
+        .client(tls::client_config(trust, &[h3_files::ALPN])?)
+        .transport(super::serve::transport());
+    let rt = tokio::runtime::Runtime::new()?;
+    let out = a.out.clone();
+    let json = a.json;
+    rt.block_on(async move {
+        let ep = Builder::new(engine).bind_udp(xdp_quic_examples::client::any_local_for(remote))?;
+        let conn = ep
+            .connect(remote, &server_name)?
+            .await
+            .with_context(|| format!("connecting to {remote}"))?;
+        let authority = authority.to_string();
+        let fetched = h3_files::fetch(conn.clone(), &authority, &paths, 1 << 30).await?;
+        conn.close(VarInt::from_u32(0x100), b"");
+        let mut failed = 0;
+        for (path, f) in paths.iter().zip(&fetched) {
+            if !f.status.is_success() {
+                failed += 1;
+            }
+            if json {
+                println!(
+                    "{{\"path\":{path:?},\"status\":{},\"bytes\":{}}}",
+                    f.status.as_u16(),
+                    f.body.len()
+                );
+            } else {
+                println!("{path}: {} {} octets", f.status, f.body.len());
+            }
+            if let (Some(dir), true) = (&out, f.status.is_success()) {
+                let name = path
+                    .split('?')
+                    .next()
+                    .unwrap_or("")
+                    .rsplit('/')
+                    .next()
+                    .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+                    .unwrap_or("index.html");
+                let dest = dir.join(name);
+                std::fs::write(&dest, &f.body)
+                    .with_context(|| format!("writing {}", dest.display()))?;
+            }
+        }
+        ep.wait_idle().await;
+        if failed > 0 {
+            bail!("{failed} of {} request(s) did not succeed", paths.len());
+        }
+        anyhow::Ok(())
+    })
+}

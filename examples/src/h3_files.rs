@@ -1,0 +1,292 @@
+//! HTTP/3 static files on the async API, through the `h3` crate ([`xdp_quic_h3`]): the
+//! server of `xdp-quic serve --app h3`, and the client of `xdp-quic client --app h3`.
+//!
+//! The server answers `GET` and `HEAD` of the regular files beneath its root, with
+//! `content-length` and a `content-type` from the extension: 200, 404 (no such file, or a
+//! path that is not plain names, or anything but a regular file: opened beneath the root
+//! with the same safe open as hq, [`FileRoot::open_beneath`]), 400 (a target that is not an
+//! absolute path), 405 with `allow` for other methods. The same slots as hq bound the files
+//! open and read at once ([`HqLimits`]); each file is read a 64 KiB chunk at a time on
+//! tokio's blocking pool, the next only once the previous is in the stream.
+//!
+//! Shutdown: [`H3Server::serve`] takes a signal; when it fires, every connection sends
+//! GOAWAY, lets its requests in flight finish, and closes (`H3_NO_ERROR`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h3::server::RequestStream;
+use http::{Method, Request, Response, StatusCode};
+use tokio::sync::{watch, Semaphore};
+use xdp_quic::tokio::{Connection, Endpoint};
+
+use crate::files::{plain_names, read_chunk, FileRoot};
+pub use crate::hq::HqLimits;
+pub use xdp_quic_h3::ALPN;
+
+/// Octets read from a file at a time.
+pub const CHUNK: usize = 64 * 1024;
+
+/// The file server: its root and the endpoint-wide slots.
+#[derive(Clone)]
+pub struct H3Server {
+    root: Arc<FileRoot>,
+    limits: HqLimits,
+    files: Arc<Semaphore>,
+}
+
+type Stream = RequestStream<xdp_quic_h3::BidiStream<Bytes>, Bytes>;
+
+impl H3Server {
+    /// Serves the regular files beneath `root` with `limits` (`pool_threads` unused: the
+    /// files are read on tokio's blocking pool).
+    pub fn new(root: &Path, limits: HqLimits) -> std::io::Result<H3Server> {
+        Ok(H3Server {
+            root: Arc::new(FileRoot::open(root)?),
+            files: Arc::new(Semaphore::new(limits.files_per_worker.max(1))),
+            limits,
+        })
+    }
+
+    /// Accepts connections until the endpoint closes; once `stop` turns true, stops
+    /// accepting requests (GOAWAY) and lets those in flight finish.
+    pub async fn serve(self, ep: Endpoint, stop: watch::Receiver<bool>) {
+        while let Some(incoming) = ep.accept().await {
+            let (server, stop) = (self.clone(), stop.clone());
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(conn) => server.serve_connection(conn, stop).await,
+                    Err(e) => tracing::debug!("handshake failed: {e}"),
+                }
+            });
+        }
+    }
+
+    /// Serves the requests of one connection.
+    pub async fn serve_connection(&self, conn: Connection, mut stop: watch::Receiver<bool>) {
+        let mut h3 =
+            match h3::server::Connection::<_, Bytes>::new(xdp_quic_h3::Connection::new(conn)).await
+            {
+                Ok(h3) => h3,
+                Err(e) => {
+                    tracing::debug!("HTTP/3 set-up failed: {e}");
+                    return;
+                }
+            };
+        let mine = Arc::new(Semaphore::new(self.limits.files_per_connection.max(1)));
+        let mut stopping = *stop.borrow();
+        if stopping {
+            let _ = h3.shutdown(0).await;
+        }
+        loop {
+            let next = tokio::select! {
+                next = h3.accept() => next,
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    // GOAWAY: no new request; those accepted go on (h3 closes the
+                    // connection once they are done).
+                    let _ = h3.shutdown(0).await;
+                    continue;
+                }
+            };
+            match next {
+                Ok(Some(resolver)) => {
+                    let (server, mine) = (self.clone(), mine.clone());
+                    tokio::spawn(async move {
+                        match resolver.resolve_request().await {
+                            Ok((req, stream)) => {
+                                if let Err(e) = server.answer(req, stream, &mine).await {
+                                    tracing::debug!("request ended: {e}");
+                                }
+                            }
+                            Err(e) => tracing::debug!("bad request: {e}"),
+                        }
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!("connection ended: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn answer(
+        &self,
+        req: Request<()>,
+        mut stream: Stream,
+        mine: &Semaphore,
+    ) -> anyhow::Result<()> {
+        let head = match *req.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => {
+                let resp = Response::builder()
+                    .status(StatusCode::METHOD_NOT_ALLOWED)
+                    .header("allow", "GET, HEAD")
+                    .body(())?;
+                stream.send_response(resp).await?;
+                stream.finish().await?;
+                return Ok(());
+            }
+        };
+        let path = req.uri().path();
+        let Some(rel) = path.strip_prefix('/') else {
+            return status(stream, StatusCode::BAD_REQUEST).await;
+        };
+        let rel = std::path::PathBuf::from(rel);
+        if plain_names(&rel).is_err() {
+            return status(stream, StatusCode::NOT_FOUND).await;
+        }
+        let _mine = mine.acquire().await?;
+        let _slot = self.files.acquire().await?;
+        let root = self.root.clone();
+        let ext = rel
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let opened = tokio::task::spawn_blocking(move || {
+            let f = root.open_beneath(&rel)?;
+            let len = f.metadata()?.len();
+            std::io::Result::Ok((f, len))
+        })
+        .await?;
+        let Ok((mut file, len)) = opened else {
+            return status(stream, StatusCode::NOT_FOUND).await;
+        };
+        let resp = Response::builder()
+            .status(StatusCode::OK)
+            .header("content-length", len)
+            .header("content-type", content_type(ext.as_deref()))
+            .body(())?;
+        stream.send_response(resp).await?;
+        if !head {
+            loop {
+                let read = tokio::task::spawn_blocking(move || {
+                    read_chunk(&mut file, CHUNK).map(|(chunk, end)| (chunk, end, file))
+                })
+                .await?;
+                let (chunk, end, f) = match read {
+                    Ok(read) => read,
+                    Err(e) => {
+                        // The length was promised: a shorter body must not look complete.
+                        stream.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                        return Err(e.into());
+                    }
+                };
+                file = f;
+                if !chunk.is_empty() {
+                    stream.send_data(chunk).await?;
+                }
+                if end {
+                    break;
+                }
+            }
+        }
+        stream.finish().await?;
+        Ok(())
+    }
+}
+
+/// Answers with `code` and no body.
+async fn status(mut stream: Stream, code: StatusCode) -> anyhow::Result<()> {
+    let resp = Response::builder()
+        .status(code)
+        .header("content-length", 0)
+        .body(())?;
+    stream.send_response(resp).await?;
+    stream.finish().await?;
+    Ok(())
+}
+
+/// The media type of a file extension (lower case); `application/octet-stream` otherwise.
+pub fn content_type(ext: Option<&str>) -> &'static str {
+    match ext {
+        Some("html" | "htm") => "text/html; charset=utf-8",
+        Some("txt") => "text/plain; charset=utf-8",
+        Some("css") => "text/css",
+        Some("js" | "mjs") => "text/javascript",
+        Some("json") => "application/json",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("svg") => "image/svg+xml",
+        Some("webp") => "image/webp",
+        Some("ico") => "image/vnd.microsoft.icon",
+        Some("wasm") => "application/wasm",
+        Some("pdf") => "application/pdf",
+        _ => "application/octet-stream",
+    }
+}
+
+/// What a client request got back.
+#[derive(Debug)]
+pub struct Fetched {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// Fetches each of `paths` from `authority` over `conn` (one HTTP/3 connection, the
+/// requests at once, bodies up to `max_body` octets each); then closes the connection
+/// cleanly.
+pub async fn fetch(
+    conn: Connection,
+    authority: &str,
+    paths: &[String],
+    max_body: usize,
+) -> anyhow::Result<Vec<Fetched>> {
+    let (mut driver, send) = h3::client::new(xdp_quic_h3::Connection::new(conn)).await?;
+    let drive = tokio::spawn(async move { futures_close(&mut driver).await });
+    let mut tasks = Vec::new();
+    for path in paths {
+        let mut send = send.clone();
+        let uri = format!("https://{authority}{path}");
+        tasks.push(tokio::spawn(async move {
+            let req = Request::get(uri).body(())?;
+            let mut stream = send.send_request(req).await?;
+            stream.finish().await?;
+            let resp = stream.recv_response().await?;
+            let mut body = Vec::new();
+            while let Some(mut chunk) = stream.recv_data().await? {
+                use bytes::Buf;
+                if body.len() + chunk.remaining() > max_body {
+                    anyhow::bail!("body over {max_body} octets");
+                }
+                while chunk.has_remaining() {
+                    let c = chunk.chunk();
+                    body.extend_from_slice(c);
+                    let n = c.len();
+                    chunk.advance(n);
+                }
+            }
+            anyhow::Ok(Fetched {
+                status: resp.status(),
+                headers: resp.headers().clone(),
+                body,
+            })
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await??);
+    }
+    drop(send);
+    let _ = drive.await;
+    Ok(out)
+}
+
+/// Drives the client connection until it ends; the end once every request sender is gone
+/// is a clean one.
+async fn futures_close<C, B>(driver: &mut h3::client::Connection<C, B>)
+where
+    C: h3::quic::Connection<B>,
+    B: bytes::Buf,
+{
+    let e = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    if !e.is_h3_no_error() {
+        tracing::debug!("HTTP/3 connection ended: {e}");
+    }
+}

@@ -1,0 +1,430 @@
+//! HTTP/3 over xdp-quic: the [`h3`] crate's QUIC traits ([`h3::quic`]) implemented over the
+//! async API ([`xdp_quic::tokio`]), as `h3-quinn` does over quinn. Wrap a connection in
+//! [`Connection::new`] and hand it to `h3::server::Connection::new` or `h3::client::new`:
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use http::{Response, StatusCode};
+//!
+//! /// Answers every request of every connection with "hello".
+//! async fn serve(ep: xdp_quic::tokio::Endpoint) {
+//!     while let Some(incoming) = ep.accept().await {
+//!         tokio::spawn(async move {
+//!             let Ok(conn) = incoming.await else { return };
+//!             let Ok(mut h3) = h3::server::Connection::<_, Bytes>::new(
+//!                 xdp_quic_h3::Connection::new(conn)).await else { return };
+//!             while let Ok(Some(resolver)) = h3.accept().await {
+//!                 tokio::spawn(async move {
+//!                     let Ok((_request, mut stream)) = resolver.resolve_request().await else { return };
+//!                     let response = Response::builder().status(StatusCode::OK).body(()).unwrap();
+//!                     if stream.send_response(response).await.is_ok()
+//!                         && stream.send_data(Bytes::from_static(b"hello\n")).await.is_ok()
+//!                     {
+//!                         let _ = stream.finish().await;
+//!                     }
+//!                 });
+//!             }
+//!         });
+//!     }
+//! }
+//! ```
+//!
+//! The endpoint's ALPN must be `h3` ([`ALPN`]). Datagrams and WebTransport (h3's extension
+//! traits) are not implemented.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
+use xdp_quic::tokio as xq;
+use xdp_quic::VarInt;
+
+/// ALPN of HTTP/3.
+pub const ALPN: &[u8] = b"h3";
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type Bidi = Result<(xq::SendStream, xq::RecvStream), xq::ConnectionError>;
+type Uni = Result<xq::RecvStream, xq::ConnectionError>;
+type OpenedUni = Result<xq::SendStream, xq::ConnectionError>;
+
+/// A QUIC connection for h3.
+pub struct Connection {
+    conn: xq::Connection,
+    accept_bi: Option<BoxFuture<Bidi>>,
+    accept_uni: Option<BoxFuture<Uni>>,
+    opener: OpenStreams,
+}
+
+impl Connection {
+    /// Wraps an established connection.
+    pub fn new(conn: xq::Connection) -> Self {
+        Self {
+            opener: OpenStreams::new(conn.clone()),
+            conn,
+            accept_bi: None,
+            accept_uni: None,
+        }
+    }
+
+    /// The connection underneath.
+    pub fn inner(&self) -> &xq::Connection {
+        &self.conn
+    }
+}
+
+/// Polls the future in `slot`, made by `make` if there is none; empties the slot when done.
+fn poll_slot<T>(
+    slot: &mut Option<BoxFuture<T>>,
+    cx: &mut Context<'_>,
+    make: impl FnOnce() -> BoxFuture<T>,
+) -> Poll<T> {
+    let fut = slot.get_or_insert_with(make);
+    let out = fut.as_mut().poll(cx);
+    if out.is_ready() {
+        *slot = None;
+    }
+    out
+}
+
+impl<B: Buf> quic::Connection<B> for Connection {
+    type RecvStream = RecvStream;
+    type OpenStreams = OpenStreams;
+
+    fn poll_accept_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::RecvStream, ConnectionErrorIncoming>> {
+        let conn = &self.conn;
+        poll_slot(&mut self.accept_uni, cx, || {
+            let c = conn.clone();
+            Box::pin(async move { c.accept_uni().await })
+        })
+        .map(|r| r.map(RecvStream::new).map_err(connection_error))
+    }
+
+    fn poll_accept_bidi(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::BidiStream, ConnectionErrorIncoming>> {
+        let conn = &self.conn;
+        poll_slot(&mut self.accept_bi, cx, || {
+            let c = conn.clone();
+            Box::pin(async move { c.accept_bi().await })
+        })
+        .map(|r| r.map(BidiStream::new).map_err(connection_error))
+    }
+
+    fn opener(&self) -> Self::OpenStreams {
+        OpenStreams::new(self.conn.clone())
+    }
+}
+
+impl<B: Buf> quic::OpenStreams<B> for Connection {
+    type BidiStream = BidiStream<B>;
+    type SendStream = SendStream<B>;
+
+    fn poll_open_bidi(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
+        quic::OpenStreams::<B>::poll_open_bidi(&mut self.opener, cx)
+    }
+
+    fn poll_open_send(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
+        quic::OpenStreams::<B>::poll_open_send(&mut self.opener, cx)
+    }
+
+    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
+        close(&self.conn, code, reason)
+    }
+}
+
+fn close(conn: &xq::Connection, code: h3::error::Code, reason: &[u8]) {
+    let code = VarInt::from_u64(code.value()).unwrap_or(VarInt::MAX);
+    conn.close(code, reason);
+}
+
+/// Opens streams of a connection (h3 keeps one to open its control and QPACK streams and,
+/// in a client, request streams).
+pub struct OpenStreams {
+    conn: xq::Connection,
+    open_bi: Option<BoxFuture<Bidi>>,
+    open_uni: Option<BoxFuture<OpenedUni>>,
+}
+
+impl OpenStreams {
+    fn new(conn: xq::Connection) -> Self {
+        Self {
+            conn,
+            open_bi: None,
+            open_uni: None,
+        }
+    }
+}
+
+impl Clone for OpenStreams {
+    fn clone(&self) -> Self {
+        Self::new(self.conn.clone())
+    }
+}
+
+impl<B: Buf> quic::OpenStreams<B> for OpenStreams {
+    type BidiStream = BidiStream<B>;
+    type SendStream = SendStream<B>;
+
+    fn poll_open_bidi(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
+        let conn = &self.conn;
+        poll_slot(&mut self.open_bi, cx, || {
+            let c = conn.clone();
+            Box::pin(async move { c.open_bi().await })
+        })
+        .map(|r| r.map(BidiStream::new).map_err(stream_connection_error))
+    }
+
+    fn poll_open_send(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
+        let conn = &self.conn;
+        poll_slot(&mut self.open_uni, cx, || {
+            let c = conn.clone();
+            Box::pin(async move { c.open_uni().await })
+        })
+        .map(|r| r.map(SendStream::new).map_err(stream_connection_error))
+    }
+
+    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
+        close(&self.conn, code, reason)
+    }
+}
+
+/// Both halves of a bidirectional stream.
+pub struct BidiStream<B: Buf> {
+    send: SendStream<B>,
+    recv: RecvStream,
+}
+
+impl<B: Buf> BidiStream<B> {
+    fn new((send, recv): (xq::SendStream, xq::RecvStream)) -> Self {
+        Self {
+            send: SendStream::new(send),
+            recv: RecvStream::new(recv),
+        }
+    }
+}
+
+impl<B: Buf> quic::BidiStream<B> for BidiStream<B> {
+    type SendStream = SendStream<B>;
+    type RecvStream = RecvStream;
+
+    fn split(self) -> (Self::SendStream, Self::RecvStream) {
+        (self.send, self.recv)
+    }
+}
+
+impl<B: Buf> quic::RecvStream for BidiStream<B> {
+    type Buf = Bytes;
+
+    fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Self::Buf>, StreamErrorIncoming>> {
+        self.recv.poll_data(cx)
+    }
+
+    fn stop_sending(&mut self, error_code: u64) {
+        self.recv.stop_sending(error_code)
+    }
+
+    fn recv_id(&self) -> StreamId {
+        self.recv.recv_id()
+    }
+}
+
+impl<B: Buf> quic::SendStream<B> for BidiStream<B> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        self.send.poll_ready(cx)
+    }
+
+    fn send_data<T: Into<WriteBuf<B>>>(&mut self, data: T) -> Result<(), StreamErrorIncoming> {
+        self.send.send_data(data)
+    }
+
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        self.send.poll_finish(cx)
+    }
+
+    fn reset(&mut self, reset_code: u64) {
+        self.send.reset(reset_code)
+    }
+
+    fn send_id(&self) -> StreamId {
+        self.send.send_id()
+    }
+}
+
+/// The receiving side of a stream.
+pub struct RecvStream {
+    stream: xq::RecvStream,
+}
+
+impl RecvStream {
+    fn new(stream: xq::RecvStream) -> Self {
+        Self { stream }
+    }
+}
+
+/// The largest chunk handed to h3 at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+impl quic::RecvStream for RecvStream {
+    type Buf = Bytes;
+
+    fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Self::Buf>, StreamErrorIncoming>> {
+        self.stream
+            .poll_read_chunk(cx, READ_CHUNK)
+            .map_err(read_error)
+    }
+
+    fn stop_sending(&mut self, error_code: u64) {
+        let _ = self
+            .stream
+            .stop(VarInt::from_u64(error_code).unwrap_or(VarInt::MAX));
+    }
+
+    fn recv_id(&self) -> StreamId {
+        stream_id(self.stream.id())
+    }
+}
+
+/// The sending side of a stream: one h3 frame at a time is queued (`send_data`), then
+/// written as the stream's queue takes it (`poll_ready`).
+pub struct SendStream<B: Buf> {
+    stream: xq::SendStream,
+    pending: Option<WriteBuf<B>>,
+}
+
+impl<B: Buf> SendStream<B> {
+    fn new(stream: xq::SendStream) -> Self {
+        Self {
+            stream,
+            pending: None,
+        }
+    }
+
+    /// Writes what is pending; `Ready(Ok)` once all of it is queued on the stream.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        while let Some(buf) = &mut self.pending {
+            if !buf.has_remaining() {
+                self.pending = None;
+                break;
+            }
+            match self.stream.poll_write_buf(cx, buf) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_error(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<B: Buf> quic::SendStream<B> for SendStream<B> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        self.poll_pending(cx)
+    }
+
+    fn send_data<T: Into<WriteBuf<B>>>(&mut self, data: T) -> Result<(), StreamErrorIncoming> {
+        if self.pending.as_ref().is_some_and(|b| b.has_remaining()) {
+            return Err(StreamErrorIncoming::Unknown(Box::new(NotReady)));
+        }
+        self.pending = Some(data.into());
+        Ok(())
+    }
+
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        if self.poll_pending(cx)?.is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(
+            self.stream
+                .finish()
+                .map_err(|e| StreamErrorIncoming::Unknown(Box::new(e))),
+        )
+    }
+
+    fn reset(&mut self, reset_code: u64) {
+        self.pending = None;
+        let _ = self
+            .stream
+            .reset(VarInt::from_u64(reset_code).unwrap_or(VarInt::MAX));
+    }
+
+    fn send_id(&self) -> StreamId {
+        stream_id(self.stream.id())
+    }
+}
+
+/// `send_data` was called while an earlier frame was still being written.
+#[derive(Debug)]
+struct NotReady;
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("send_data before poll_ready finished the previous frame")
+    }
+}
+
+impl std::error::Error for NotReady {}
+
+fn stream_id(id: xq::StreamId) -> StreamId {
+    StreamId::try_from(VarInt::from(id).into_inner()).expect("a QUIC stream id is a varint")
+}
+
+fn connection_error(e: xq::ConnectionError) -> ConnectionErrorIncoming {
+    match e {
+        xq::ConnectionError::ApplicationClosed(c) => ConnectionErrorIncoming::ApplicationClose {
+            error_code: c.error_code.into_inner(),
+        },
+        xq::ConnectionError::TimedOut => ConnectionErrorIncoming::Timeout,
+        other => ConnectionErrorIncoming::Undefined(Arc::new(other)),
+    }
+}
+
+fn stream_connection_error(e: xq::ConnectionError) -> StreamErrorIncoming {
+    StreamErrorIncoming::ConnectionErrorIncoming {
+        connection_error: connection_error(e),
+    }
+}
+
+fn read_error(e: xq::ReadError) -> StreamErrorIncoming {
+    match e {
+        xq::ReadError::Reset(code) => StreamErrorIncoming::StreamTerminated {
+            error_code: code.into_inner(),
+        },
+        xq::ReadError::ConnectionLost(e) => stream_connection_error(e),
+        other => StreamErrorIncoming::Unknown(Box::new(other)),
+    }
+}
+
+fn write_error(e: xq::WriteError) -> StreamErrorIncoming {
+    match e {
+        xq::WriteError::Stopped(code) => StreamErrorIncoming::StreamTerminated {
+            error_code: code.into_inner(),
+        },
+        xq::WriteError::ConnectionLost(e) => stream_connection_error(e),
+        other => StreamErrorIncoming::Unknown(Box::new(other)),
+    }
+}
