@@ -28,6 +28,10 @@ pub use xdp_quic_h3::ALPN;
 /// Octets read from a file at a time.
 pub const CHUNK: usize = 64 * 1024;
 
+/// The largest header section a request may have (SETTINGS_MAX_FIELD_SECTION_SIZE; h3's
+/// own default is unlimited).
+pub const MAX_FIELD_SECTION: u64 = 16 * 1024;
+
 /// The file server: its root and the endpoint-wide slots.
 #[derive(Clone)]
 pub struct H3Server {
@@ -65,15 +69,17 @@ impl H3Server {
 
     /// Serves the requests of one connection.
     pub async fn serve_connection(&self, conn: Connection, mut stop: watch::Receiver<bool>) {
-        let mut h3 =
-            match h3::server::Connection::<_, Bytes>::new(xdp_quic_h3::Connection::new(conn)).await
-            {
-                Ok(h3) => h3,
-                Err(e) => {
-                    tracing::debug!("HTTP/3 set-up failed: {e}");
-                    return;
-                }
-            };
+        let mut h3 = match h3::server::builder()
+            .max_field_section_size(MAX_FIELD_SECTION)
+            .build::<_, Bytes>(xdp_quic_h3::Connection::new(conn))
+            .await
+        {
+            Ok(h3) => h3,
+            Err(e) => {
+                tracing::debug!("HTTP/3 set-up failed: {e}");
+                return;
+            }
+        };
         let mine = Arc::new(Semaphore::new(self.limits.files_per_connection.max(1)));
         let mut stopping = *stop.borrow();
         if stopping {
