@@ -1028,20 +1028,34 @@ fn big_flood(shield_on: bool, initials: &[Vec<u8>], tb: &Testbed) -> FloodRun {
     let softirq0 = softirq_time();
     let full0 = queues(|s| s.kernel.rx_ring_full);
     let progress = AtomicU32::new(0);
+    let rest = std::sync::atomic::AtomicBool::new(false);
+    let first = initials.len() * 2 / 5;
     let (sent_in, mut handshakes) = std::thread::scope(|s| {
         let flooder = s.spawn(|| {
             tb.in_client(|| {
                 let raw = RawSender::new();
                 let started = Instant::now();
                 *flood_started.lock().unwrap() = Some(started);
-                raw.send_all(initials, &progress);
+                raw.send_all(&initials[..first], &progress);
+                while !rest.load(Ordering::Acquire) {
+                    std::thread::yield_now();
+                }
+                raw.send_all(&initials[first..], &progress);
                 started.elapsed()
             })
             .unwrap()
         });
         wait_until("40% of the flood sent", GUARD, || {
-            progress.load(Ordering::Relaxed) >= BIG_FLOOD * 2 / 5 || flooder.is_finished()
+            progress.load(Ordering::Relaxed) as usize >= first
         });
+        if shield_on {
+            // However fast the sender, the rest of the flood meets the shield engaged (no
+            // wait if the pressure came already; the first 40% met the workers unshielded).
+            wait_until("the flood put a queue under pressure", GUARD, || {
+                pressured.lock().unwrap().is_some()
+            });
+        }
+        rest.store(true, Ordering::Release);
         let handshakes = tb
             .in_client(|| {
                 tokio::runtime::Builder::new_current_thread()
