@@ -7,7 +7,8 @@
 #   4. every Rust test of the workspace (the XDP, AF_XDP and netns tests need root: with CI
 #      set, a missing privilege fails them instead of skipping);
 #   5. the NIC tuning scripts' tests (shellcheck, fake NIC, veth);
-#   6. the benchmark, briefly: every workload on every server produces numbers and intact data;
+#   6. the benchmarks, briefly: every workload on every server produces numbers and intact
+#      data (the main bench, then the HTTP/3 one);
 #   7. a short fuzz run: every cargo-fuzz target of fuzz/ for 20 s over the committed corpus
 #      (stable Rust; installs cargo-fuzz, pinned, when missing).
 set -euo pipefail
@@ -20,4 +21,5 @@ cargo fmt --all --check
 cargo test --workspace --all-targets
 bash scripts/tests/nic_scripts_test.sh
 cargo run -q -p xdp-quic-bench -- --quick
+cargo run -q -p xdp-quic-bench --bin xdp-quic-h3-bench -- --quick
 scripts/fuzz.sh 20
