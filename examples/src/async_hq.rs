@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use xdp_quic::tokio::{Connection, Endpoint, RecvStream, SendStream};
 
-use crate::files::{read_chunk, FileRoot};
+use crate::files::{read_chunk_pooled, FileRoot};
 pub use crate::hq::{HqLimits, ALPN, BAD_REQUEST, CHUNK, MAX_REQUEST, NOT_FOUND};
 
 /// The server: the root and the endpoint-wide slots.
@@ -106,11 +106,7 @@ impl AsyncHq {
             return Ok(());
         };
         loop {
-            let read = tokio::task::spawn_blocking(move || {
-                read_chunk(&mut file, CHUNK).map(|(chunk, end)| (chunk, end, file))
-            })
-            .await?;
-            let (chunk, end, f) = match read {
+            let (chunk, end, f) = match read_chunk_pooled(file, CHUNK).await {
                 Ok(read) => read,
                 Err(e) => {
                     // Reset, never finish: a truncated file must not look complete.

@@ -252,6 +252,14 @@ pub fn read_chunk(file: &mut File, max: usize) -> io::Result<(Bytes, bool)> {
     Ok((buf.freeze(), false))
 }
 
+/// [`read_chunk`] on tokio's blocking pool, for async servers: the chunk, whether the file
+/// ended, and the file back for the next one.
+pub async fn read_chunk_pooled(mut file: File, max: usize) -> io::Result<(Bytes, bool, File)> {
+    tokio::task::spawn_blocking(move || read_chunk(&mut file, max).map(|(c, end)| (c, end, file)))
+        .await
+        .map_err(io::Error::other)?
+}
+
 type Job = Box<dyn FnOnce() + Send>;
 
 /// A few threads that run blocking file work (open, read) off the worker threads, fed by a

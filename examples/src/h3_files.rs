@@ -21,7 +21,7 @@ use http::{Method, Request, Response, StatusCode};
 use tokio::sync::{watch, Semaphore};
 use xdp_quic::tokio::{Connection, Endpoint};
 
-use crate::files::{plain_names, read_chunk, FileRoot};
+use crate::files::{plain_names, read_chunk_pooled, FileRoot};
 pub use crate::hq::HqLimits;
 pub use xdp_quic_h3::ALPN;
 
@@ -170,11 +170,7 @@ impl H3Server {
         stream.send_response(resp).await?;
         if !head {
             loop {
-                let read = tokio::task::spawn_blocking(move || {
-                    read_chunk(&mut file, CHUNK).map(|(chunk, end)| (chunk, end, file))
-                })
-                .await?;
-                let (chunk, end, f) = match read {
+                let (chunk, end, f) = match read_chunk_pooled(file, CHUNK).await {
                     Ok(read) => read,
                     Err(e) => {
                         // The length was promised: a shorter body must not look complete.

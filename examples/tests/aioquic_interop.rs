@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{quinn_client_config_with, run_rounds, ClientTls, Observed, Round, RoundsClient};
+use common::{
+    aioquic, command_in, quinn_client_config_with, run_rounds, ClientTls, Observed, Round,
+    RoundsClient,
+};
 use rand::{RngCore, SeedableRng};
 use xdp_quic::{tls, Counters, Engine, EngineBuilder, RetryPolicy, VarInt};
 use xdp_quic_examples::hq::{self, Fetched, HqClient, HqServer};
@@ -30,21 +33,6 @@ const SERVER_PY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../scripts/interop/aioquic_server.py"
 );
-
-fn aioquic() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import aioquic"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "aioquic is missing and CI is set (scripts/setup.sh installs it)"
-        );
-        eprintln!("skipped: python3 -m pip install aioquic");
-    }
-    ok
-}
 
 /// A directory of files to serve, the certificate, and where fetched files go.
 struct Site {
@@ -145,14 +133,7 @@ fn aioquic_client(
     netns: Option<&str>,
     rebind_ip: IpAddr,
 ) -> String {
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "python3"]);
-            c
-        }
-        None => Command::new("python3"),
-    };
+    let mut cmd = command_in(netns, "python3");
     let out = cmd
         .arg(CLIENT_PY)
         .args([
@@ -383,14 +364,7 @@ impl AioquicServer {
                 .unwrap()
                 .port(),
         };
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "python3"]);
-                c
-            }
-            None => Command::new("python3"),
-        };
+        let mut cmd = command_in(netns, "python3");
         cmd.arg(SERVER_PY)
             .args([
                 "--host",

@@ -53,14 +53,7 @@ impl Server {
     /// Starts it with `args` (inside `netns` if given), writing its certificate to
     /// `cert_out`; returns once it says it serves.
     fn start(args: &[&str], cert_out: &std::path::Path, netns: Option<&str>) -> Server {
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, BIN]);
-                c
-            }
-            None => Command::new(BIN),
-        };
+        let mut cmd = command_in(netns, BIN);
         let mut child = cmd
             .args(args)
             .arg("--cert-out")
@@ -112,32 +105,10 @@ impl Drop for Server {
     }
 }
 
-fn aioquic() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import aioquic"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "aioquic is missing and CI is set (scripts/setup.sh installs it)"
-        );
-        eprintln!("skipped: python3 -m pip install aioquic");
-    }
-    ok
-}
-
 /// aioquic's echo client (10 MB, 1,000 streams, datagrams) against `addr`, in `netns` if
 /// given; its facts line.
 fn aioquic_client(ca: &std::path::Path, addr: SocketAddr, netns: Option<&str>) -> String {
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "python3"]);
-            c
-        }
-        None => Command::new("python3"),
-    };
+    let mut cmd = command_in(netns, "python3");
     let out = cmd
         .args([ECHO_PY, "client", "--host", &addr.ip().to_string()])
         .args(["--port", &addr.port().to_string(), "--ca"])

@@ -9,7 +9,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
@@ -34,21 +34,6 @@ enum Mode {
 }
 
 const MODES: [Mode; 2] = [Mode::AppRuntime, Mode::ThreadPerCore];
-
-fn aioquic() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import aioquic"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "aioquic is missing and CI is set (scripts/setup.sh installs it)"
-        );
-        eprintln!("skipped: python3 -m pip install aioquic");
-    }
-    ok
-}
 
 /// A certificate for "localhost" and its key as PEM files, removed on drop.
 struct Pem {
@@ -163,14 +148,7 @@ fn start_server(
 /// Runs aioquic's echo client against `addr` (inside `netns` if given) and returns its facts
 /// line.
 fn aioquic_client(ca: &std::path::Path, addr: SocketAddr, netns: Option<&str>) -> String {
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "python3"]);
-            c
-        }
-        None => Command::new("python3"),
-    };
+    let mut cmd = command_in(netns, "python3");
     let out = cmd
         .arg(ECHO_PY)
         .args(["client", "--ask-close"])
@@ -246,14 +224,7 @@ struct AioquicServer {
 
 impl AioquicServer {
     fn start(pem: &Pem, host: std::net::IpAddr, netns: Option<&str>) -> AioquicServer {
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "python3"]);
-                c
-            }
-            None => Command::new("python3"),
-        };
+        let mut cmd = command_in(netns, "python3");
         let mut child = cmd
             .arg(ECHO_PY)
             .arg("server")

@@ -75,18 +75,36 @@ impl Connection {
     }
 }
 
-/// Polls the future in `slot`, made by `make` if there is none; empties the slot when done.
+/// Polls the future in `slot`, made by `make` from `conn` if there is none; empties the slot
+/// when done.
 fn poll_slot<T>(
     slot: &mut Option<BoxFuture<T>>,
     cx: &mut Context<'_>,
-    make: impl FnOnce() -> BoxFuture<T>,
+    conn: &xq::Connection,
+    make: fn(xq::Connection) -> BoxFuture<T>,
 ) -> Poll<T> {
-    let fut = slot.get_or_insert_with(make);
+    let fut = slot.get_or_insert_with(|| make(conn.clone()));
     let out = fut.as_mut().poll(cx);
     if out.is_ready() {
         *slot = None;
     }
     out
+}
+
+fn accept_bi(c: xq::Connection) -> BoxFuture<Bidi> {
+    Box::pin(async move { c.accept_bi().await })
+}
+
+fn accept_uni(c: xq::Connection) -> BoxFuture<Uni> {
+    Box::pin(async move { c.accept_uni().await })
+}
+
+fn open_bi(c: xq::Connection) -> BoxFuture<Bidi> {
+    Box::pin(async move { c.open_bi().await })
+}
+
+fn open_uni(c: xq::Connection) -> BoxFuture<OpenedUni> {
+    Box::pin(async move { c.open_uni().await })
 }
 
 impl<B: Buf> quic::Connection<B> for Connection {
@@ -97,24 +115,16 @@ impl<B: Buf> quic::Connection<B> for Connection {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::RecvStream, ConnectionErrorIncoming>> {
-        let conn = &self.conn;
-        poll_slot(&mut self.accept_uni, cx, || {
-            let c = conn.clone();
-            Box::pin(async move { c.accept_uni().await })
-        })
-        .map(|r| r.map(RecvStream::new).map_err(connection_error))
+        poll_slot(&mut self.accept_uni, cx, &self.conn, accept_uni)
+            .map(|r| r.map(RecvStream::new).map_err(connection_error))
     }
 
     fn poll_accept_bidi(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::BidiStream, ConnectionErrorIncoming>> {
-        let conn = &self.conn;
-        poll_slot(&mut self.accept_bi, cx, || {
-            let c = conn.clone();
-            Box::pin(async move { c.accept_bi().await })
-        })
-        .map(|r| r.map(BidiStream::new).map_err(connection_error))
+        poll_slot(&mut self.accept_bi, cx, &self.conn, accept_bi)
+            .map(|r| r.map(BidiStream::new).map_err(connection_error))
     }
 
     fn opener(&self) -> Self::OpenStreams {
@@ -182,24 +192,16 @@ impl<B: Buf> quic::OpenStreams<B> for OpenStreams {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        let conn = &self.conn;
-        poll_slot(&mut self.open_bi, cx, || {
-            let c = conn.clone();
-            Box::pin(async move { c.open_bi().await })
-        })
-        .map(|r| r.map(BidiStream::new).map_err(stream_connection_error))
+        poll_slot(&mut self.open_bi, cx, &self.conn, open_bi)
+            .map(|r| r.map(BidiStream::new).map_err(stream_connection_error))
     }
 
     fn poll_open_send(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        let conn = &self.conn;
-        poll_slot(&mut self.open_uni, cx, || {
-            let c = conn.clone();
-            Box::pin(async move { c.open_uni().await })
-        })
-        .map(|r| r.map(SendStream::new).map_err(stream_connection_error))
+        poll_slot(&mut self.open_uni, cx, &self.conn, open_uni)
+            .map(|r| r.map(SendStream::new).map_err(stream_connection_error))
     }
 
     fn close(&mut self, code: h3::error::Code, reason: &[u8]) {

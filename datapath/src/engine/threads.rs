@@ -182,23 +182,14 @@ impl EngineBuilder {
 fn run<H: Handler, B: Backend>(mut worker: Worker<H>, mut io: B, waker: &Waker) -> io::Result<H> {
     let mut last = Instant::now();
     loop {
-        let done_before = worker.work_done();
-        let poll = match contain(|| worker.turn(&mut io, last)) {
+        let poll = match accounted_turn(&mut worker, &mut io, &mut last) {
             Ok(poll) => poll,
             Err(why) => return Err(failed(worker, &mut io, why)),
         };
-        let now = Instant::now();
-        // A turn that moved nothing is spin, not work (busy polling reports its real load).
-        if worker.work_done() != done_before {
-            worker.account_time(now - last, Duration::ZERO);
-        } else {
-            worker.account_time(Duration::ZERO, now - last);
-        }
-        last = now;
         match poll {
             TurnOutcome::Done => return Ok(worker.into_handler()),
             TurnOutcome::Continue(deadline) => {
-                if deadline.is_some_and(|d| d <= now) {
+                if deadline.is_some_and(|d| d <= last) {
                     continue;
                 }
                 waker.park();
@@ -221,6 +212,27 @@ fn run<H: Handler, B: Backend>(mut worker: Worker<H>, mut io: B, waker: &Waker) 
 }
 
 /// Runs `f`, turning a panic or an I/O error into the reason a worker fails.
+/// One turn of `worker` at `last`, its time accounted as work or spin (a turn that moved
+/// nothing is spin: busy polling reports its real load); `last` moves to now. Errs with why
+/// the turn failed (hand it to [`failed`]).
+pub(crate) fn accounted_turn<H: Handler, B: Backend>(
+    worker: &mut Worker<H>,
+    io: &mut B,
+    last: &mut Instant,
+) -> Result<TurnOutcome, String> {
+    let done_before = worker.work_done();
+    let at = *last;
+    let outcome = contain(|| worker.turn(io, at))?;
+    let now = Instant::now();
+    if worker.work_done() != done_before {
+        worker.account_time(now - at, Duration::ZERO);
+    } else {
+        worker.account_time(Duration::ZERO, now - at);
+    }
+    *last = now;
+    Ok(outcome)
+}
+
 pub(crate) fn contain<T>(f: impl FnOnce() -> io::Result<T>) -> Result<T, String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),

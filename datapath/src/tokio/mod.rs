@@ -179,6 +179,7 @@ impl Builder {
     fn finish(self, shared: Arc<EndpointShared>, engine: Engine<Driver>) -> Endpoint {
         let _ = shared.local_addr.set(engine.local_addr());
         let _ = shared.handle.set(engine.handle());
+        shared.started.notify_waiters();
         Endpoint::new(shared, Arc::new(Keeper::new(engine)), None)
     }
 

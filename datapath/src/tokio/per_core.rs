@@ -19,7 +19,7 @@ use super::driver::Driver;
 use super::shared::EndpointShared;
 use super::{Endpoint, Keeper, Main};
 use crate::backend::Backend;
-use crate::engine::threads::{contain, failed, Runner};
+use crate::engine::threads::{accounted_turn, failed, Runner};
 use crate::waker::Waker;
 use crate::worker::{TurnOutcome, Worker};
 
@@ -51,7 +51,13 @@ impl Runner<Driver> for PerCore {
             Some(worker.index()),
         );
         let main = self.main.clone();
-        local.spawn_local(async move { main(ep).await });
+        let shared = self.ep.clone();
+        // The worker runs before the builder has finished starting the engine: the
+        // application starts once the endpoint can take requests.
+        local.spawn_local(async move {
+            shared.started().await;
+            main(ep).await
+        });
         // The application's tasks left when the worker ends are dropped with the runtime.
         local.block_on(&rt, drive(worker, io, waker))
     }
@@ -96,23 +102,15 @@ async fn drive<B: Backend>(
     tokio::pin!(sleep);
     let mut last = Instant::now();
     loop {
-        let done_before = worker.work_done();
-        let outcome = match contain(|| worker.turn(&mut io, last)) {
+        let outcome = match accounted_turn(&mut worker, &mut io, &mut last) {
             Ok(outcome) => outcome,
             Err(why) => return Err(failed(worker, &mut io, why)),
         };
-        let now = Instant::now();
-        if worker.work_done() != done_before {
-            worker.account_time(now - last, Duration::ZERO);
-        } else {
-            worker.account_time(Duration::ZERO, now - last);
-        }
-        last = now;
         let deadline = match outcome {
             TurnOutcome::Done => return Ok(worker.into_handler()),
             TurnOutcome::Continue(deadline) => deadline,
         };
-        if deadline.is_some_and(|d| d <= now) {
+        if deadline.is_some_and(|d| d <= last) {
             // More to do at once: let the tasks the turn woke run first.
             tokio::task::yield_now().await;
             continue;

@@ -126,13 +126,30 @@ pub(crate) struct EndpointShared {
     pub idle_waiters: Mutex<Vec<Waker>>,
     pub next_worker: AtomicUsize,
     pub local_addr: OnceLock<SocketAddr>,
+    /// Notified once `handle` is set: the engine has started.
+    pub started: tokio::sync::Notify,
 }
 
 impl EndpointShared {
+    /// Waits until the engine has started (`handle` set), which thread-per-core mode's
+    /// workers do before running the application: they start before the builder returns.
+    pub async fn started(&self) {
+        loop {
+            let notified = self.started.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.handle.get().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     pub fn new(workers: usize, per_core: bool, limits: Limits) -> Self {
         let queues = if per_core { workers } else { 1 };
         Self {
             handle: OnceLock::new(),
+            started: tokio::sync::Notify::new(),
             inboxes: (0..workers).map(|_| Inbox::default()).collect(),
             accepts: (0..queues).map(|_| Mutex::default()).collect(),
             limits,

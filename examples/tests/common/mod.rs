@@ -898,3 +898,32 @@ pub fn run_rounds(
     let mut hs = engine.join().expect("client worker ended cleanly");
     (hs.pop().expect("one worker"), handle.total())
 }
+
+/// Whether aioquic is installed (python3 -c "import aioquic"); with CI set, its absence fails
+/// the test instead of skipping it.
+pub fn aioquic() -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import aioquic"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "aioquic is missing and CI is set (scripts/setup.sh installs it)"
+        );
+        eprintln!("skipped: python3 -m pip install aioquic");
+    }
+    ok
+}
+
+/// `program`, to run inside network namespace `netns` if given (`ip netns exec`).
+pub fn command_in(netns: Option<&str>, program: &str) -> std::process::Command {
+    match netns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => std::process::Command::new(program),
+    }
+}
