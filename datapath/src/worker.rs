@@ -394,13 +394,7 @@ impl<H: Handler> Worker<H> {
                 self.counters.kernel_rx_dropped = d;
             }
         }
-        let tally = std::mem::take(&mut self.shard.tally);
-        self.counters.conns_accepted += tally.accepted;
-        self.counters.conns_refused += tally.refused;
-        self.counters.retries_sent += tally.retries;
-        self.counters.conns_active = self.conns.active as u64;
-        self.counters.conns_handshaking = self.conns.handshaking as u64;
-        self.metrics.publish(&self.counters);
+        self.publish_gauges();
         self.metrics.publish_histograms(&self.histograms);
     }
 
@@ -804,6 +798,7 @@ impl<H: Handler> Worker<H> {
         self.publish_gauges();
     }
 
+    /// Folds the shard's tally into the counters, sets the gauges, publishes the counters.
     fn publish_gauges(&mut self) {
         let tally = std::mem::take(&mut self.shard.tally);
         self.counters.conns_accepted += tally.accepted;
