@@ -1,25 +1,30 @@
-//! `xdp-quic-bench`: quinn, xdp-quic over UDP and xdp-quic over AF_XDP, side by side in one
-//! run, on the same testbed, cores, certificate, cipher and client. See bench/README.md.
+//! `xdp-quic-bench`: quinn, xdp-quic over UDP and xdp-quic over AF_XDP (both transmit
+//! paths), side by side in one run, on the same testbed, cores, certificate, cipher and
+//! client. See bench/README.md.
 
+mod app;
 mod client;
 mod crypto;
+mod load;
 mod report;
 mod server;
 mod sys;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use xdp_quic_control::testbed::{in_netns, Testbed};
 
-use report::{Measure, Row};
-use server::{Kind, ServerArgs};
+use app::AppStats;
+use load::{Job, Outcome, Probe};
+use report::{Measure, Row, Sample};
+use server::{Kind, ServerArgs, ServerStats};
 
 /// Side-by-side benchmarks of xdp-quic against quinn (run as root).
 #[derive(Debug, Parser)]
@@ -33,9 +38,25 @@ struct Cli {
     /// Repetitions of every measurement (median and spread are reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Only these servers (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    servers: Vec<Kind>,
+    /// Only workloads whose name contains this (repeat for more; default: all).
+    #[arg(long)]
+    only: Vec<String>,
+    /// Seconds each duration-bound workload (ingest, connection scale) measures.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
     /// Where the JSON, markdown and SVG results go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    /// Before each server, wait up to this many seconds for the machine to be quiet (other
+    /// processes using under 0.2 cores over half a second).
+    #[arg(long, default_value_t = 120.0)]
+    quiet_wait: f64,
+    /// Stem of the result files (default `<date>-<host>`).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,7 +66,7 @@ enum Cmd {
     Server(ServerArgs),
 }
 
-/// A workload and its size.
+/// A workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
     BulkDown1,
@@ -55,20 +76,48 @@ pub enum Workload {
     Latency,
     Handshakes,
     HandshakesRetry,
+    Ingest,
+    /// Connection scale: this many connections.
+    Scale(usize),
 }
 
+/// Connections and requests in flight per connection of the request workload.
+pub const REQ_CONNS: usize = 16;
+pub const REQ_STREAMS: usize = 64;
+/// Server workers of the main rows: the server has one core, and one worker per core is how
+/// xdp-quic is deployed (two workers on one core are an extra row: sharding's cost).
+pub const MAIN_WORKERS: usize = 1;
+/// Connections of the ingest workload.
+pub const INGEST_CONNS: usize = 64;
+
 impl Workload {
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            Workload::BulkDown1 => "bulk download, 1 connection",
-            Workload::BulkDown16 => "bulk download, 16 connections",
-            Workload::BulkUp1 => "bulk upload, 1 connection",
-            Workload::Requests => "1 KB requests, 64 streams on 16 connections",
-            Workload::Latency => "1 KB request, one outstanding",
-            Workload::Handshakes => "new connection per request",
-            Workload::HandshakesRetry => "new connection per request, Retry",
+            Workload::BulkDown1 => "bulk download, 1 connection".into(),
+            Workload::BulkDown16 => "bulk download, 16 connections".into(),
+            Workload::BulkUp1 => "bulk upload, 1 connection".into(),
+            Workload::Requests => {
+                format!("1 KB requests, {REQ_STREAMS} streams × {REQ_CONNS} connections")
+            }
+            Workload::Latency => "1 KB request, one outstanding".into(),
+            Workload::Handshakes => "new connection per request".into(),
+            Workload::HandshakesRetry => "new connection per request, Retry".into(),
+            Workload::Ingest => {
+                format!("ingest, 1 KB uni streams on {INGEST_CONNS} connections")
+            }
+            Workload::Scale(n) => format!("{n} connections, 1 KB requests in a loop"),
         }
     }
+}
+
+/// Which client drives a measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loader {
+    /// xdp-quic's client engine: the load generator of every table.
+    Ours,
+    /// quinn's client: a cross-check.
+    Quinn,
 }
 
 struct Sizes {
@@ -77,12 +126,93 @@ struct Sizes {
     requests: u64,
     latency: u64,
     handshakes: u64,
+    scale: [usize; 3],
+    duration: Duration,
+    guard: Duration,
 }
 
-const SERVER_CPU: usize = 0;
-const CLIENT_CPU: usize = 1;
+pub const SERVER_CPU: usize = 0;
+pub const CLIENT_CPU: usize = 1;
 const PORT: u16 = 4433;
-const METRICS: &str = "127.0.0.1:9465";
+
+/// One server instance and what runs against it.
+struct Step {
+    kind: Kind,
+    workers: usize,
+    retry: bool,
+    work: Vec<(Workload, Loader)>,
+}
+
+fn plan(kinds: &[Kind], scale: [usize; 3]) -> Vec<Step> {
+    use Loader::*;
+    use Workload::*;
+    let mut plan = Vec::new();
+    for &k in kinds {
+        if k == Kind::XdpSkb {
+            plan.push(Step {
+                kind: k,
+                workers: MAIN_WORKERS,
+                retry: false,
+                work: vec![(BulkDown1, Ours), (Requests, Ours), (Ingest, Ours)],
+            });
+            continue;
+        }
+        plan.push(Step {
+            kind: k,
+            workers: MAIN_WORKERS,
+            retry: false,
+            work: vec![
+                (BulkDown1, Ours),
+                (BulkDown16, Ours),
+                (BulkUp1, Ours),
+                (Requests, Ours),
+                (Latency, Ours),
+                (Handshakes, Ours),
+                (Ingest, Ours),
+                (BulkDown1, Quinn),
+                (Requests, Quinn),
+            ],
+        });
+        plan.push(Step {
+            kind: k,
+            workers: MAIN_WORKERS,
+            retry: true,
+            work: vec![(HandshakesRetry, Ours)],
+        });
+        // A fresh server per connection count, so that its memory is that count's.
+        for n in scale {
+            plan.push(Step {
+                kind: k,
+                workers: MAIN_WORKERS,
+                retry: false,
+                work: vec![(Scale(n), Ours)],
+            });
+        }
+        plan.push(Step {
+            kind: k,
+            workers: 2,
+            retry: false,
+            work: vec![(BulkDown16, Ours), (Requests, Ours), (Ingest, Ours)],
+        });
+    }
+    plan
+}
+
+/// What every measurement shares.
+struct Bench {
+    client: quinn::ClientConfig,
+    sizes: Sizes,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A testbed with the client's sockets, one per server RX queue.
+struct Bed {
+    tb: Testbed,
+    sockets: Vec<UdpSocket>,
+    /// The server RX queue each socket's datagrams land on.
+    socket_queues: Vec<usize>,
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -103,99 +233,173 @@ fn main() -> anyhow::Result<()> {
             requests: 300,
             latency: 50,
             handshakes: 10,
+            scale: [10, 100, 1_000],
+            duration: Duration::from_millis(300),
+            guard: Duration::from_secs(120),
         }
     } else {
         Sizes {
-            bulk: 500_000_000,
-            upload: 200_000_000,
-            requests: 20_000,
-            latency: 2_000,
-            handshakes: 300,
+            bulk: 4_000_000_000,
+            upload: 2_000_000_000,
+            requests: 200_000,
+            latency: 20_000,
+            handshakes: 3_000,
+            scale: [10, 1_000, 10_000],
+            duration: Duration::from_secs_f64(cli.duration.max(0.1)),
+            guard: Duration::from_secs(600),
         }
     };
     let reps = if cli.quick { 1 } else { cli.reps };
-    let kinds = [Kind::Quinn, Kind::Udp, Kind::XdpNative, Kind::XdpSkb];
+    let kinds: Vec<Kind> = if cli.servers.is_empty() {
+        vec![
+            Kind::Quinn,
+            Kind::Udp,
+            Kind::XdpKernel,
+            Kind::XdpXsk,
+            Kind::XdpSkb,
+        ]
+    } else {
+        cli.servers.clone()
+    };
+    let mut steps = plan(&kinds, sizes.scale);
+    if !cli.only.is_empty() {
+        for s in &mut steps {
+            s.work
+                .retain(|(w, _)| cli.only.iter().any(|o| w.name().contains(o.as_str())));
+        }
+        steps.retain(|s| !s.work.is_empty());
+    }
     let dir = tempdir()?;
     let (cert, cert_path, key_path) = certificate(&dir)?;
+    let bench = Bench {
+        client: client::config(cert)?,
+        sizes,
+        cert: cert_path,
+        key: key_path,
+    };
 
+    sys::prioritize();
     Testbed::remove_all_on_signal()?;
     // AF_XDP serves one queue per worker: the runs with N workers use a testbed of N queues
     // (for every server, so that they compare on the same ground).
     let pid = std::process::id() % 10_000;
-    let beds = [
-        Testbed::create(&format!("xqb{pid}q1"), 1, 219)?,
-        Testbed::create(&format!("xqb{pid}q2"), 2, 218)?,
-    ];
-    let clients = beds
-        .iter()
-        .map(|tb| client::Client::new(cert.clone(), SocketAddr::new(tb.server_v4.into(), PORT)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    eprintln!("testbeds of 1 and 2 queues; server on CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}");
-
-    // (server kind, workers, retry) -> workloads run against that instance.
-    let mut plan: Vec<(Kind, usize, bool, Vec<Workload>)> = Vec::new();
-    for &k in &kinds {
-        let main: Vec<Workload> = if k == Kind::XdpSkb {
-            vec![Workload::BulkDown16, Workload::Requests]
-        } else {
-            vec![
-                Workload::BulkDown1,
-                Workload::BulkDown16,
-                Workload::BulkUp1,
-                Workload::Requests,
-                Workload::Latency,
-                Workload::Handshakes,
-            ]
-        };
-        plan.push((k, 2, false, main));
-        if k != Kind::XdpSkb {
-            plan.push((k, 1, false, vec![Workload::BulkDown16, Workload::Requests]));
-            plan.push((k, 2, true, vec![Workload::HandshakesRetry]));
+    let mut beds = Vec::new();
+    for (queues, net) in [(1u32, 219u8), (2, 218)] {
+        let tb = Testbed::create(&format!("xqb{pid}q{queues}"), queues, net)?;
+        let (sockets, socket_queues) = client_sockets(&tb)?;
+        beds.push(Bed {
+            tb,
+            sockets,
+            socket_queues,
+        });
+    }
+    let mut offloads = Vec::new();
+    for bed in &beds {
+        let tb = &bed.tb;
+        for (end, ns, dev) in [
+            ("server", &tb.server_ns, &tb.server_if),
+            ("client", &tb.client_ns, &tb.client_if),
+        ] {
+            let o = sys::offloads(ns, dev).unwrap_or_else(|e| vec![("ethtool".into(), e.to_string())]);
+            offloads.push(report::Offloads {
+                queues: tb.queues,
+                end,
+                iface: dev.clone(),
+                features: o,
+            });
         }
     }
+    eprintln!(
+        "testbeds of 1 and 2 queues; server on CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}; \
+         client sockets land on server RX queues {:?}",
+        beds[1].socket_queues
+    );
+    let meta = report::Meta {
+        quick: cli.quick,
+        reps,
+        ceiling_gbps: 0.0,
+        offloads,
+        socket_queues: beds[1].socket_queues.clone(),
+        duration_s: bench.sizes.duration.as_secs_f64(),
+    };
 
+    let out = if cli.quick {
+        dir.join("results")
+    } else {
+        cli.out.clone()
+    };
+    let stem = cli
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", sys::today(), sys::hostname()));
     let mut rows: Vec<Row> = Vec::new();
-    let total_steps: usize = reps * plan.iter().map(|p| p.3.len()).sum::<usize>();
-    let mut step = 0;
+    let total: usize = reps * steps.iter().map(|s| s.work.len()).sum::<usize>();
+    let mut done = 0;
+    let began = Instant::now();
     for rep in 0..reps {
-        for (kind, workers, retry, workloads) in &plan {
-            let (tb, client) = (&beds[*workers - 1], &clients[*workers - 1]);
-            let mut srv = start_server(tb, *kind, *workers, *retry, &cert_path, &key_path)?;
-            for &w in workloads {
-                step += 1;
+        // Each repetition starts with another server: a slow spell of the shared machine
+        // does not always hit the same one.
+        let n = kinds.len();
+        let mut order: Vec<&Step> = Vec::new();
+        for i in 0..n {
+            let k = kinds[(i + rep) % n];
+            order.extend(steps.iter().filter(|s| s.kind == k));
+        }
+        for step in order {
+            if !cli.quick {
+                wait_quiet(Duration::from_secs_f64(cli.quiet_wait));
+            }
+            let bed = &beds[step.workers - 1];
+            let mut srv = ServerProc::start(&bed.tb, step, &bench)?;
+            for &(w, loader) in &step.work {
+                done += 1;
                 eprint!(
-                    "\r[{step}/{total_steps}] rep {} {:<24} {} worker(s): {:<44}",
+                    "\r[{done}/{total}, {:.0} min] rep {} {:<26} {} worker(s), {:<5} client: {:<52}",
+                    began.elapsed().as_secs_f64() / 60.0,
                     rep + 1,
-                    kind.label(),
-                    workers,
+                    step.kind.label(),
+                    step.workers,
+                    match loader {
+                        Loader::Ours => "our",
+                        Loader::Quinn => "quinn",
+                    },
                     w.name()
                 );
-                let before = cpu(tb, *kind, srv.id())?;
-                let c = client.clone();
-                let s = &sizes;
-                let outcome = in_netns(&tb.client_ns, move || run_workload(&c, w, s))??;
-                let after = cpu(tb, *kind, srv.id())?;
-                let m = Measure::new(w, &outcome, after.0 - before.0, after.1 - before.1);
+                let m = measure(&bench, bed, &mut srv, w, loader).with_context(|| {
+                    format!(
+                        "{} on {} ({} workers, {loader:?} client)",
+                        w.name(),
+                        step.kind.label(),
+                        step.workers
+                    )
+                })?;
+                let key = (w.name(), step.kind, step.workers, loader);
                 match rows
                     .iter_mut()
-                    .find(|r| r.workload == w.name() && r.server == *kind && r.workers == *workers)
+                    .find(|r| (r.workload.clone(), r.server, r.workers, r.client) == key)
                 {
                     Some(r) => r.reps.push(m),
                     None => rows.push(Row {
                         workload: w.name(),
-                        server: *kind,
-                        workers: *workers,
+                        kind: w,
+                        server: step.kind,
+                        workers: step.workers,
+                        client: loader,
                         reps: vec![m],
                     }),
                 }
             }
-            stop_server(&mut srv)?;
+            srv.stop()?;
+        }
+        if !cli.quick && rep + 1 < reps {
+            // Partial results, in case a long run is cut short.
+            report::write(&out, &stem, &rows, &meta)?;
         }
     }
     eprintln!();
     drop(beds);
 
-    // Every measurement produced numbers and its data arrived intact (run_workload checks).
+    // Every measurement produced numbers (the data was checked as it arrived).
     for r in &rows {
         for m in &r.reps {
             if !(m.value.is_finite() && m.value > 0.0) {
@@ -203,13 +407,15 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let ceiling = crypto::aes128gcm_gbps(Duration::from_millis(if cli.quick { 100 } else { 1000 }));
-    let out = if cli.quick {
-        dir.join("results")
-    } else {
-        cli.out.clone()
+    let meta = report::Meta {
+        ceiling_gbps: crypto::aes128gcm_gbps(Duration::from_millis(if cli.quick {
+            100
+        } else {
+            1000
+        })),
+        ..meta
     };
-    let written = report::write(&out, &rows, ceiling, cli.quick, reps)?;
+    let written = report::write(&out, &stem, &rows, &meta)?;
     for p in &written {
         eprintln!("wrote {}", p.display());
     }
@@ -221,102 +427,319 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_workload(c: &client::Client, w: Workload, s: &Sizes) -> anyhow::Result<client::Outcome> {
-    sys::pin_and_prioritize(CLIENT_CPU)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let guard = Duration::from_secs(if s.requests < 1000 { 60 } else { 600 });
-        let f = async {
-            match w {
-                Workload::BulkDown1 => c.bulk_download(1, s.bulk).await,
-                Workload::BulkDown16 => c.bulk_download(16, s.bulk).await,
-                Workload::BulkUp1 => c.bulk_upload(s.upload).await,
-                Workload::Requests => c.requests(16, 4, s.requests, 1000).await,
-                Workload::Latency => c.requests(1, 1, s.latency, 1000).await,
-                Workload::Handshakes | Workload::HandshakesRetry => {
-                    c.handshakes(s.handshakes).await
+/// Waits until the machine's cores are quiet (under 0.2 busy cores over 0.5 s), at most
+/// `max`; a shared machine's other work would otherwise land in the measurements.
+fn wait_quiet(max: Duration) {
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        let busy = |c: &[sys::CpuJiffies]| c.iter().map(|c| c.busy).sum::<u64>();
+        let Ok(a) = sys::cpu_jiffies() else { return };
+        std::thread::sleep(Duration::from_millis(500));
+        let Ok(b) = sys::cpu_jiffies() else { return };
+        let cores = (busy(&b) - busy(&a)) as f64 / sys::hz() / 0.5;
+        if cores < 0.2 {
+            return;
+        }
+        if start.elapsed() >= max {
+            eprintln!("\nthe machine is still busy ({cores:.2} cores): measuring anyway");
+            return;
+        }
+        if !said {
+            eprint!("\nwaiting for the machine to be quiet ({cores:.2} cores busy)... ");
+            said = true;
+        }
+    }
+}
+
+/// A UDP socket per RX queue of the server in the client namespace, chosen so that on a
+/// multi-queue testbed their datagrams land on distinct RX queues of the server (veth has no RSS: the queue is the
+/// sender's TX queue, picked by a hash of the 4-tuple). Found by probing with GRO on at the
+/// server's end, where veth counts packets per RX queue; GRO is put back as it was.
+fn client_sockets(tb: &Testbed) -> anyhow::Result<(Vec<UdpSocket>, Vec<usize>)> {
+    let bind = || -> anyhow::Result<UdpSocket> {
+        Ok(in_netns(&tb.client_ns, || UdpSocket::bind("0.0.0.0:0"))??)
+    };
+    if tb.queues == 1 {
+        return Ok((vec![bind()?], vec![0]));
+    }
+    let remote = SocketAddr::new(tb.server_v4.into(), PORT);
+    let (ns, dev) = (&tb.server_ns, &tb.server_if);
+    let gro = sys::offloads(ns, dev)?
+        .into_iter()
+        .find(|(k, _)| k == "generic-receive-offload")
+        .map(|(_, v)| v.starts_with("on"))
+        .unwrap_or(false);
+    sys::ethtool(ns, &["-K", dev, "gro", "on"])?;
+    let found = (|| -> anyhow::Result<Vec<(UdpSocket, usize)>> {
+        // The first datagram resolves the neighbour.
+        let warm = bind()?;
+        warm.send_to(&[0u8; 16], remote)?;
+        std::thread::sleep(Duration::from_millis(50));
+        let mut chosen: Vec<(UdpSocket, usize)> = Vec::new();
+        for _ in 0..64 {
+            let s = bind()?;
+            let before = sys::rx_queue_packets(ns, dev)?;
+            for _ in 0..8 {
+                s.send_to(&[0u8; 16], remote)?;
+            }
+            let mut q = None;
+            for _ in 0..50 {
+                let after = sys::rx_queue_packets(ns, dev)?;
+                let moved: Vec<usize> = (0..after.len())
+                    .filter(|&i| after[i] >= before.get(i).copied().unwrap_or(0) + 8)
+                    .collect();
+                if let [one] = moved[..] {
+                    q = Some(one);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if let Some(q) = q {
+                if chosen.iter().all(|(_, c)| *c != q) {
+                    chosen.push((s, q));
                 }
             }
-        };
-        tokio::time::timeout(guard, f)
-            .await
-            .context("workload hang guard")?
-    })
+            if chosen.len() == tb.queues as usize {
+                break;
+            }
+        }
+        Ok(chosen)
+    })();
+    if !gro {
+        sys::ethtool(ns, &["-K", dev, "gro", "off"])?;
+    }
+    let mut found = found?;
+    if found.len() < tb.queues as usize {
+        bail!("could not find client ports landing on each RX queue of {dev}");
+    }
+    found.sort_by_key(|(_, q)| *q);
+    Ok(found.into_iter().unzip())
 }
 
-/// (process CPU seconds, worker busy seconds if ours).
-fn cpu(tb: &Testbed, kind: Kind, pid: u32) -> anyhow::Result<(f64, f64)> {
-    let proc_cpu = sys::cpu_seconds(pid)?;
-    if !kind.is_ours() {
-        return Ok((proc_cpu, proc_cpu));
-    }
-    let addr: SocketAddr = METRICS.parse()?;
-    let body = in_netns(&tb.server_ns, || xdp_quic_control::metrics::scrape(addr))??;
-    let busy = xdp_quic_control::metrics::parse(&body)
-        .iter()
-        .filter(|s| s.name == "xdpquic_worker_busy_seconds_total")
-        .map(|s| s.value)
-        .sum();
-    Ok((proc_cpu, busy))
+/// A server child: its stdin takes commands, its stdout answers.
+struct ServerProc {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
 }
 
-fn start_server(
-    tb: &Testbed,
-    kind: Kind,
-    workers: usize,
-    retry: bool,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("server")
-        .args([
-            "--kind",
-            match kind {
-                Kind::Quinn => "quinn",
-                Kind::Udp => "udp",
-                Kind::XdpNative => "xdp-native",
-                Kind::XdpSkb => "xdp-skb",
-            },
-        ])
-        .args(["--netns", &tb.server_ns, "--iface", &tb.server_if])
-        .args([
-            "--listen",
-            &format!("0.0.0.0:{PORT}"),
-            "--workers",
-            &workers.to_string(),
-        ])
-        .args(["--metrics", METRICS, "--cpu", &SERVER_CPU.to_string()])
-        .arg("--cert")
-        .arg(cert)
-        .arg("--key")
-        .arg(key)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .process_group(0);
-    if retry {
-        cmd.arg("--retry");
+impl ServerProc {
+    fn start(tb: &Testbed, step: &Step, b: &Bench) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("server")
+            .args(["--kind", step.kind.arg()])
+            .args(["--netns", &tb.server_ns, "--iface", &tb.server_if])
+            .args(["--listen", &format!("0.0.0.0:{PORT}")])
+            .args(["--workers", &step.workers.to_string()])
+            .args(["--cpu", &SERVER_CPU.to_string()])
+            .arg("--cert")
+            .arg(&b.cert)
+            .arg("--key")
+            .arg(&b.key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0);
+        if step.retry {
+            cmd.arg("--retry");
+        }
+        let mut child = cmd.spawn().context("starting a server")?;
+        let stdin = child.stdin.take().expect("piped");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{} did not start", step.kind.label());
+        }
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+        })
     }
-    let mut child = cmd.spawn().context("starting a server")?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-    if line.trim() != "ready" {
-        let _ = child.kill();
-        bail!("{} did not start", kind.label());
+
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
-    Ok(child)
+
+    fn stats(&mut self) -> anyhow::Result<ServerStats> {
+        writeln!(self.stdin, "stats")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        serde_json::from_str(&line).with_context(|| format!("server stats {line:?}"))
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        writeln!(self.stdin, "stop")?;
+        drop(self.stdin);
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("a server exited with {status}");
+        }
+        Ok(())
+    }
 }
 
-fn stop_server(child: &mut Child) -> anyhow::Result<()> {
-    // SAFETY: kill(2) on our child, not yet waited for.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("a server exited with {status}");
+/// Samples the server, the machine and the client around the measured span.
+struct Sampler {
+    server: u32,
+    before: Option<Sample>,
+    after: Option<Sample>,
+}
+
+impl Sampler {
+    fn take(&self) -> anyhow::Result<Sample> {
+        Ok(Sample {
+            server_cpu_s: sys::cpu_seconds(self.server)?,
+            client_cpu_s: sys::cpu_seconds(std::process::id())?,
+            cpus: sys::cpu_jiffies()?,
+            server_rss_kib: sys::rss_kib(self.server)?,
+        })
+    }
+}
+
+impl Probe for Sampler {
+    fn before(&mut self) -> anyhow::Result<()> {
+        self.before = Some(self.take()?);
+        Ok(())
+    }
+    fn after(&mut self) -> anyhow::Result<()> {
+        self.after = Some(self.take()?);
+        Ok(())
+    }
+}
+
+fn measure(
+    b: &Bench,
+    bed: &Bed,
+    srv: &mut ServerProc,
+    w: Workload,
+    loader: Loader,
+) -> anyhow::Result<Measure> {
+    let s = &b.sizes;
+    let remote = SocketAddr::new(bed.tb.server_v4.into(), PORT);
+    let stats0 = srv.stats()?;
+    let rss0 = sys::rss_kib(srv.pid())?;
+    let mut probe = Sampler {
+        server: srv.pid(),
+        before: None,
+        after: None,
+    };
+    let outcome: Outcome = match loader {
+        Loader::Ours => {
+            let job = match w {
+                Workload::BulkDown1 => Job::Download {
+                    conns: 1,
+                    each: s.bulk,
+                },
+                Workload::BulkDown16 => Job::Download {
+                    conns: 16,
+                    each: s.bulk / 16,
+                },
+                Workload::BulkUp1 => Job::Upload { bytes: s.upload },
+                Workload::Requests => Job::Requests {
+                    conns: REQ_CONNS,
+                    streams: REQ_STREAMS,
+                    total: s.requests,
+                    size: 1000,
+                },
+                Workload::Latency => Job::Requests {
+                    conns: 1,
+                    streams: 1,
+                    total: s.latency,
+                    size: 1000,
+                },
+                Workload::Handshakes | Workload::HandshakesRetry => Job::Handshakes {
+                    total: s.handshakes,
+                },
+                Workload::Ingest => Job::Ingest {
+                    conns: INGEST_CONNS,
+                },
+                Workload::Scale(n) => Job::Scale {
+                    conns: n,
+                    size: 1000,
+                },
+            };
+            load::run(
+                b.client.clone(),
+                &bed.sockets,
+                CLIENT_CPU,
+                remote,
+                job,
+                s.duration,
+                s.guard,
+                &mut probe,
+            )?
+        }
+        Loader::Quinn => {
+            let job = match w {
+                Workload::BulkDown1 => client::QuinnJob::Download {
+                    conns: 1,
+                    total: s.bulk,
+                },
+                Workload::Requests => client::QuinnJob::Requests {
+                    conns: REQ_CONNS,
+                    streams: REQ_STREAMS,
+                    total: s.requests,
+                    size: 1000,
+                },
+                other => bail!("no quinn-client run of {}", other.name()),
+            };
+            client::run(
+                b.client.clone(),
+                &bed.sockets,
+                CLIENT_CPU,
+                remote,
+                job,
+                s.guard,
+                &mut probe,
+            )?
+        }
+    };
+    let stats1 = srv.stats()?;
+    let app = stats1.app.since(&stats0.app);
+    check(w, &outcome, &app, s)?;
+    let (Some(before), Some(after)) = (probe.before, probe.after) else {
+        bail!("the workload ended without its samples");
+    };
+    Ok(Measure::new(
+        w,
+        &outcome,
+        &before,
+        &after,
+        rss0,
+        stats1.busy_s - stats0.busy_s,
+        app,
+    ))
+}
+
+/// What the server saw agrees with what the client did.
+fn check(w: Workload, o: &Outcome, app: &AppStats, s: &Sizes) -> anyhow::Result<()> {
+    let ok = match w {
+        Workload::BulkDown1 => o.downloaded == s.bulk && app.requests == 1,
+        Workload::BulkDown16 => o.downloaded == s.bulk / 16 * 16 && app.requests == 16,
+        Workload::BulkUp1 => app.received == s.upload + 8 && o.uploaded == s.upload,
+        Workload::Requests
+        | Workload::Latency
+        | Workload::Handshakes
+        | Workload::HandshakesRetry => app.requests == o.completed,
+        Workload::Ingest => app.ingest_bad == 0 && app.ingested >= o.completed,
+        Workload::Scale(_) => app.requests >= o.completed,
+    };
+    if !ok || o.completed == 0 || app.ingest_bad != 0 {
+        bail!(
+            "{}: the server's account {app:?} does not match the client's \
+             (completed {}, downloaded {}, uploaded {})",
+            w.name(),
+            o.completed,
+            o.downloaded,
+            o.uploaded
+        );
     }
     Ok(())
 }

@@ -1,31 +1,67 @@
-//! Results: per measurement, per row (workload × server × workers) median and spread, ratios
-//! to quinn; written as JSON, a markdown table and SVG plots.
+//! Results: per measurement, per row (workload × server × workers × client) median and
+//! spread, ratios; the targets of the issue checked against the medians; written as JSON, a
+//! markdown report and SVG plots.
 
 use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
-use crate::client::Outcome;
+use crate::app::AppStats;
+use crate::load::Outcome;
 use crate::server::Kind;
-use crate::Workload;
+use crate::sys::CpuJiffies;
+use crate::{Loader, Workload, CLIENT_CPU, MAIN_WORKERS, SERVER_CPU};
+
+/// What the bench reads at each edge of a measured span.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub server_cpu_s: f64,
+    /// CPU time of the bench process: the client (and the bench's own few samples).
+    pub client_cpu_s: f64,
+    pub cpus: Vec<CpuJiffies>,
+    pub server_rss_kib: u64,
+}
+
+/// A client core busier than this over a workload may have limited it: flagged.
+pub const SATURATED: f64 = 0.95;
 
 /// One measurement.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Measure {
-    /// The headline figure: Gbit/s, requests/s, handshakes/s, or p50 latency in ms.
+    /// The headline figure: Gbit/s, requests/s, streams/s, handshakes/s, or p50 latency in ms.
     pub value: f64,
     pub unit: &'static str,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub p999_ms: Option<f64>,
-    /// Server process CPU seconds during the workload (user + system, /proc).
+    /// Server process CPU seconds (user + system, /proc/PID/stat, 10 ms ticks).
     pub server_cpu_s: f64,
-    /// Wall time of the workers' turns that did work (ours; spin excluded; workers sharing a
-    /// core each count the whole turn), else the process CPU.
-    pub server_busy_s: f64,
-    /// Server process CPU per unit of work: per GB, per 1,000 requests, or per handshake.
-    pub cpu_per_unit: f64,
+    /// Busy CPU seconds of every core (/proc/stat user, nice, system, irq, softirq): on veth
+    /// the receiver's stack runs in the sender's context, so a server's cost is partly on the
+    /// client's core and the other way round.
+    pub machine_cpu_s: f64,
+    /// CPU seconds of the bench process (the client).
+    pub client_cpu_s: f64,
+    /// Machine CPU left over: other processes and kernel work charged to no process of ours.
+    pub rest_cpu_s: f64,
+    /// Time the hypervisor took from both cores.
+    pub steal_s: f64,
+    /// Busy fraction of the server's and the client's core.
+    pub server_core_busy: f64,
+    pub client_core_busy: f64,
+    /// The client's core was at least [`SATURATED`] busy.
+    pub client_saturated: bool,
+    pub server_cpu_per_unit: f64,
+    pub machine_cpu_per_unit: f64,
     pub cpu_unit: &'static str,
+    /// Server resident memory (VmRSS) at the end of the span, and before the workload's
+    /// connections were opened.
+    pub server_rss_mib: f64,
+    pub server_rss_before_mib: f64,
+    /// xdp-quic servers: their workers' busy time (turns that moved packets).
+    pub server_busy_s: f64,
+    /// What the server's application counted over the workload.
+    pub server_app: AppStats,
     pub outcome: Outcome,
 }
 
@@ -40,63 +76,122 @@ fn percentile(v: &[f64], p: f64) -> Option<f64> {
 }
 
 impl Measure {
-    pub fn new(w: Workload, o: &Outcome, cpu_s: f64, busy_s: f64) -> Self {
+    pub fn new(
+        w: Workload,
+        o: &Outcome,
+        before: &Sample,
+        after: &Sample,
+        rss_before_kib: u64,
+        busy_s: f64,
+        app: AppStats,
+    ) -> Self {
+        let hz = crate::sys::hz();
         let secs = o.elapsed_s.max(1e-9);
-        // Process CPU for every server: the same yardstick (AF_XDP's adaptive spin is a real
-        // cost of that backend, and busy wall time double-counts workers sharing a core).
-        let cpu = cpu_s;
-        let (value, unit, cpu_per_unit, cpu_unit) = match w {
-            Workload::BulkDown1 | Workload::BulkDown16 | Workload::BulkUp1 => (
-                o.bytes as f64 * 8.0 / secs / 1e9,
-                "Gbit/s",
-                cpu / (o.bytes as f64 / 1e9).max(1e-9),
-                "CPU-s/GB",
-            ),
-            Workload::Requests => (
-                o.requests as f64 / secs,
+        let server = after.server_cpu_s - before.server_cpu_s;
+        let client = after.client_cpu_s - before.client_cpu_s;
+        let d = |i: usize, f: fn(&CpuJiffies) -> u64| -> f64 {
+            match (before.cpus.get(i), after.cpus.get(i)) {
+                (Some(b), Some(a)) => f(a).saturating_sub(f(b)) as f64,
+                _ => 0.0,
+            }
+        };
+        let n = after.cpus.len();
+        let machine: f64 = (0..n).map(|i| d(i, |c| c.busy)).sum::<f64>() / hz;
+        let steal: f64 = (0..n).map(|i| d(i, |c| c.steal)).sum::<f64>() / hz;
+        let busy = |i: usize| d(i, |c| c.busy) / d(i, |c| c.total).max(1.0);
+        let (value, unit, work, cpu_unit) = match w {
+            Workload::BulkDown1 | Workload::BulkDown16 | Workload::BulkUp1 => {
+                let bytes = (o.downloaded + o.uploaded) as f64;
+                (bytes * 8.0 / secs / 1e9, "Gbit/s", bytes / 1e9, "CPU-s/GB")
+            }
+            Workload::Requests | Workload::Scale(_) => (
+                o.completed as f64 / secs,
                 "req/s",
-                cpu / (o.requests as f64 / 1e3).max(1e-9),
-                "CPU-s/1k req",
+                o.completed as f64 / 1e6,
+                "CPU-µs/req",
             ),
             Workload::Latency => (
                 percentile(&o.latencies, 50.0).unwrap_or(f64::NAN),
                 "ms p50",
-                cpu / (o.requests as f64 / 1e3).max(1e-9),
-                "CPU-s/1k req",
+                o.completed as f64 / 1e6,
+                "CPU-µs/req",
+            ),
+            Workload::Ingest => (
+                o.completed as f64 / secs,
+                "streams/s",
+                o.completed as f64 / 1e6,
+                "CPU-µs/stream",
             ),
             Workload::Handshakes | Workload::HandshakesRetry => (
-                o.handshakes as f64 / secs,
+                o.completed as f64 / secs,
                 "handshakes/s",
-                cpu * 1e3 / (o.handshakes as f64).max(1e-9),
+                o.completed as f64 / 1e3,
                 "CPU-ms/handshake",
             ),
         };
+        let work = work.max(1e-12);
+        let client_core_busy = busy(CLIENT_CPU);
         Self {
             value,
             unit,
             p50_ms: percentile(&o.latencies, 50.0),
             p99_ms: percentile(&o.latencies, 99.0),
             p999_ms: percentile(&o.latencies, 99.9),
-            server_cpu_s: cpu_s,
-            server_busy_s: busy_s,
-            cpu_per_unit,
+            server_cpu_s: server,
+            machine_cpu_s: machine,
+            client_cpu_s: client,
+            rest_cpu_s: (machine - server - client).max(0.0),
+            steal_s: steal,
+            server_core_busy: busy(SERVER_CPU),
+            client_core_busy,
+            client_saturated: client_core_busy >= SATURATED,
+            server_cpu_per_unit: server / work,
+            machine_cpu_per_unit: machine / work,
             cpu_unit,
+            server_rss_mib: after.server_rss_kib as f64 / 1024.0,
+            server_rss_before_mib: rss_before_kib as f64 / 1024.0,
+            server_busy_s: busy_s,
+            server_app: app,
             outcome: o.clone(),
         }
     }
 }
 
-/// All repetitions of one workload on one server with a worker count.
+/// All repetitions of one workload on one server with a worker count and a client.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Row {
-    pub workload: &'static str,
+    pub workload: String,
+    #[serde(skip)]
+    pub kind: Workload,
     pub server: Kind,
     pub workers: usize,
+    pub client: Loader,
     pub reps: Vec<Measure>,
 }
 
+/// Offloads of one end of a testbed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Offloads {
+    pub queues: u32,
+    pub end: &'static str,
+    pub iface: String,
+    pub features: Vec<(String, String)>,
+}
+
+/// What the report says about the run besides the rows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Meta {
+    pub quick: bool,
+    pub reps: usize,
+    pub ceiling_gbps: f64,
+    pub offloads: Vec<Offloads>,
+    /// The server RX queue of each client socket on the 2-queue testbed.
+    pub socket_queues: Vec<usize>,
+    pub duration_s: f64,
+}
+
 /// (median, min, max) of `f` over the repetitions.
-fn stats(reps: &[Measure], f: impl Fn(&Measure) -> f64) -> (f64, f64, f64) {
+pub fn stats(reps: &[Measure], f: impl Fn(&Measure) -> f64) -> (f64, f64, f64) {
     let mut v: Vec<f64> = reps.iter().map(f).collect();
     v.sort_by(|a, b| a.total_cmp(b));
     let med = if v.len() % 2 == 1 {
@@ -108,92 +203,340 @@ fn stats(reps: &[Measure], f: impl Fn(&Measure) -> f64) -> (f64, f64, f64) {
 }
 
 fn fmt(v: f64) -> String {
-    if v >= 1000.0 {
+    if !v.is_finite() {
+        "–".into()
+    } else if v >= 1000.0 {
+        let s = format!("{v:.0}");
+        // Thousands separators.
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    } else if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
         format!("{v:.1}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
     } else {
         format!("{v:.3}")
     }
 }
 
-const ORDER: [Kind; 4] = [Kind::Quinn, Kind::Udp, Kind::XdpNative, Kind::XdpSkb];
+/// The servers, in table order.
+pub const ORDER: [Kind; 5] = [
+    Kind::Quinn,
+    Kind::Udp,
+    Kind::XdpKernel,
+    Kind::XdpXsk,
+    Kind::XdpSkb,
+];
 
-/// The markdown table: every figure, its spread and its ratio to quinn.
-pub fn markdown(rows: &[Row], ceiling: f64, quick: bool, reps: usize) -> String {
-    let mut out = format!(
-        "# xdp-quic-bench, {} on {}{}\n\n\
-         Kernel {}, {} CPUs; server pinned to CPU 0, client to CPU 1, each at nice -15; \
-         {reps} repetition(s): median [min–max] (×ratio to quinn, same workers). Client: quinn \
-         0.11 over kernel UDP in the peer namespace of veth testbeds (as many queues as \
-         workers; copy-mode AF_XDP). Cipher AES-128-GCM, one ECDSA P-256 certificate, default transport \
-         parameters. Local ceiling: AES-128-GCM sealing of 1,200-octet packets on one core, \
-         {ceiling:.2} Gbit/s.\n\n",
-        crate::sys::today(),
-        crate::sys::hostname(),
-        if quick { " (quick: sizes too small to compare)" } else { "" },
-        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-    );
-    let mut keys: Vec<(&str, usize)> = Vec::new();
-    for r in rows {
-        if !keys.contains(&(r.workload, r.workers)) {
-            keys.push((r.workload, r.workers));
+fn find<'a>(
+    rows: &'a [Row],
+    w: &str,
+    k: Kind,
+    workers: usize,
+    client: Loader,
+) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.workload == w && r.server == k && r.workers == workers && r.client == client)
+}
+
+/// (workload name, workload, workers) of the rows of `client`, in first-seen order.
+fn keys(rows: &[Row], client: Loader) -> Vec<(String, Workload, usize)> {
+    let mut keys: Vec<(String, Workload, usize)> = Vec::new();
+    for r in rows.iter().filter(|r| r.client == client) {
+        if !keys.iter().any(|k| k.0 == r.workload && k.2 == r.workers) {
+            keys.push((r.workload.clone(), r.kind, r.workers));
         }
     }
-    for (title, pick, unit_of) in [
-        ("Throughput and rates", 0usize, "unit"),
-        (
-            "Server CPU per unit of work (process user + system time, 10 ms resolution)",
-            1,
-            "cpu",
-        ),
-    ] {
-        let _ = unit_of;
-        out.push_str(&format!("## {title}\n\n| workload | workers | unit |"));
-        for k in ORDER {
-            out.push_str(&format!(" {} |", k.label()));
+    // Workload order, then workers (2 before 1).
+    let rank = |w: Workload| match w {
+        Workload::BulkDown1 => 0,
+        Workload::BulkDown16 => 1,
+        Workload::BulkUp1 => 2,
+        Workload::Requests => 3,
+        Workload::Latency => 4,
+        Workload::Handshakes => 5,
+        Workload::HandshakesRetry => 6,
+        Workload::Ingest => 7,
+        Workload::Scale(n) => 8 + n,
+    };
+    keys.sort_by_key(|k| (rank(k.1), std::cmp::Reverse(k.2)));
+    keys
+}
+
+/// One table: a line per workload (and worker count), a column per server, each cell
+/// `median [min–max]`, `×ratio` to the server `base`, and ‡ where the client's core was
+/// saturated in some repetition.
+fn table(
+    rows: &[Row],
+    kinds: &[Kind],
+    client: Loader,
+    unit: impl Fn(&Measure) -> &'static str,
+    f: impl Fn(&Measure) -> f64 + Copy,
+    base: Kind,
+    include: impl Fn(Workload) -> bool,
+) -> String {
+    let mut out = String::from("| workload | workers | unit |");
+    for k in kinds {
+        out.push_str(&format!(" {} |", k.label()));
+    }
+    out.push_str("\n|---|---|---|");
+    out.push_str(&"---|".repeat(kinds.len()));
+    out.push('\n');
+    for (name, w, workers) in keys(rows, client) {
+        if !include(w) {
+            continue;
         }
-        out.push_str("\n|---|---|---|---|---|---|---|\n");
-        for &(w, workers) in &keys {
-            let get = |k: Kind| {
-                rows.iter()
-                    .find(|r| r.workload == w && r.workers == workers && r.server == k)
-            };
-            let Some(any) = ORDER.iter().find_map(|&k| get(k)) else {
-                continue;
-            };
-            let unit = if pick == 0 {
-                any.reps[0].unit
-            } else {
-                any.reps[0].cpu_unit
-            };
-            let f = |m: &Measure| if pick == 0 { m.value } else { m.cpu_per_unit };
-            let base = get(Kind::Quinn).map(|r| stats(&r.reps, f).0);
-            out.push_str(&format!("| {w} | {workers} | {unit} |"));
-            for k in ORDER {
-                match get(k) {
-                    None => out.push_str(" – |"),
-                    Some(r) => {
-                        let (m, lo, hi) = stats(&r.reps, f);
-                        let ratio = match base {
-                            Some(b) if k != Kind::Quinn && b > 0.0 => format!(" (×{:.2})", m / b),
-                            _ => String::new(),
-                        };
-                        out.push_str(&format!(" {} [{}–{}]{ratio} |", fmt(m), fmt(lo), fmt(hi)));
-                    }
+        let Some(any) = kinds
+            .iter()
+            .find_map(|&k| find(rows, &name, k, workers, client))
+        else {
+            continue;
+        };
+        let b = find(rows, &name, base, workers, client).map(|r| stats(&r.reps, f).0);
+        out.push_str(&format!("| {name} | {workers} | {} |", unit(&any.reps[0])));
+        for &k in kinds {
+            match find(rows, &name, k, workers, client) {
+                None => out.push_str(" – |"),
+                Some(r) => {
+                    let (m, lo, hi) = stats(&r.reps, f);
+                    let ratio = match b {
+                        Some(b) if k != base && b > 0.0 => format!(" ×{:.2}", m / b),
+                        _ => String::new(),
+                    };
+                    let flag = if r.reps.iter().any(|m| m.client_saturated) {
+                        " ‡"
+                    } else {
+                        ""
+                    };
+                    let spread = if r.reps.len() > 1 {
+                        format!(" [{}–{}]", fmt(lo), fmt(hi))
+                    } else {
+                        String::new()
+                    };
+                    out.push_str(&format!(" {}{spread}{ratio}{flag} |", fmt(m)));
                 }
             }
-            out.push('\n');
         }
         out.push('\n');
     }
-    out.push_str("## Latency of one outstanding 1 KB request (ms)\n\n| server | p50 | p99 | p999 |\n|---|---|---|---|\n");
-    for k in ORDER {
-        if let Some(r) = rows
+    out
+}
+
+/// The targets of the issue, checked against the medians of this run.
+fn targets(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| target | workload | figures (medians) | met |\n|---|---|---|---|\n",
+    );
+    let med = |r: &Row, f: fn(&Measure) -> f64| stats(&r.reps, f).0;
+    let yes = |ok: bool| if ok { "yes" } else { "**no**" };
+    for (name, w, workers) in keys(rows, Loader::Ours) {
+        let (Some(x), Some(u)) = (
+            find(rows, &name, Kind::XdpKernel, workers, Loader::Ours),
+            find(rows, &name, Kind::Udp, workers, Loader::Ours),
+        ) else {
+            continue;
+        };
+        let (xv, uv) = (med(x, |m| m.value), med(u, |m| m.value));
+        // Latency: lower is better.
+        let rate_ok = if w == Workload::Latency {
+            xv <= uv
+        } else {
+            xv >= uv
+        };
+        out.push_str(&format!(
+            "| AF_XDP (tx auto = kernel on veth) rate ≥ UDP's | {name}{} | {} vs {} {} (×{:.2}) | {} |\n",
+            workers_note(workers),
+            fmt(xv),
+            fmt(uv),
+            x.reps[0].unit,
+            xv / uv.max(1e-12),
+            yes(rate_ok)
+        ));
+        let (xc, uc) = (
+            med(x, |m| m.machine_cpu_per_unit),
+            med(u, |m| m.machine_cpu_per_unit),
+        );
+        out.push_str(&format!(
+            "| AF_XDP machine CPU per unit ≤ UDP's | {name}{} | {} vs {} {} (×{:.2}) | {} |\n",
+            workers_note(workers),
+            fmt(xc),
+            fmt(uc),
+            x.reps[0].cpu_unit,
+            xc / uc.max(1e-12),
+            yes(xc <= uc)
+        ));
+    }
+    for w in [Workload::BulkDown1, Workload::BulkDown16] {
+        let name = w.name();
+        if let (Some(u), Some(q)) = (
+            find(rows, &name, Kind::Udp, MAIN_WORKERS, Loader::Ours),
+            find(rows, &name, Kind::Quinn, MAIN_WORKERS, Loader::Ours),
+        ) {
+            let (uc, qc) = (
+                med(u, |m| m.server_cpu_per_unit),
+                med(q, |m| m.server_cpu_per_unit),
+            );
+            out.push_str(&format!(
+                "| UDP server CPU per GB ≤ 0.67 × quinn's | {name} | {} vs {} CPU-s/GB (×{:.2}) | {} |\n",
+                fmt(uc),
+                fmt(qc),
+                uc / qc.max(1e-12),
+                yes(uc <= 0.67 * qc)
+            ));
+        }
+    }
+    let name = Workload::Ingest.name();
+    for k in [Kind::Udp, Kind::XdpKernel, Kind::XdpXsk] {
+        if let Some(r) = find(rows, &name, k, MAIN_WORKERS, Loader::Ours) {
+            let per_core = med(r, |m| 1e6 / m.server_cpu_per_unit.max(1e-12));
+            out.push_str(&format!(
+                "| ingest ≥ 270k streams/s per server core | {name}, {} | {} streams per server CPU-second ({} streams/s on the one server core) | {} |\n",
+                k.label(),
+                fmt(per_core),
+                fmt(med(r, |m| m.value)),
+                yes(per_core >= 270_000.0)
+            ));
+        }
+    }
+    out
+}
+
+fn workers_note(workers: usize) -> String {
+    if workers == MAIN_WORKERS {
+        String::new()
+    } else {
+        format!(" ({workers} workers)")
+    }
+}
+
+/// The markdown report.
+pub fn markdown(rows: &[Row], meta: &Meta) -> String {
+    let kinds: Vec<Kind> = ORDER
+        .iter()
+        .copied()
+        .filter(|k| rows.iter().any(|r| r.server == *k))
+        .collect();
+    let mut out = format!(
+        "# xdp-quic-bench, {} on {}{}\n\n\
+         Kernel {}, {} CPUs. Every server runs pinned to CPU {SERVER_CPU} with {MAIN_WORKERS} \
+         worker (rows marked 2: two workers on that one core, on a 2-queue testbed), the \
+         client pinned to CPU {CLIENT_CPU}, each at nice -15; {} repetition(s), each going \
+         through every server: median [min–max], ×ratio to quinn's server. Client: \
+         **xdp-quic's client engine** (quinn-proto over kernel UDP, one worker per server RX \
+         queue, each with a socket chosen to land on its own queue: {:?} on the 2-queue \
+         testbed); quinn's own client runs as a cross-check (last table). Cipher AES-128-GCM, \
+         one ECDSA P-256 certificate, quinn-proto's default transport parameters on every \
+         server. Duration-bound workloads measure {:.1} s after their connections are up. \
+         ‡: the client's core was ≥{:.0}% busy in at least one repetition (the client may have \
+         set the pace). Local ceiling: AES-128-GCM sealing of 1,200-octet packets on one core, \
+         {:.2} Gbit/s.\n\n",
+        crate::sys::today(),
+        crate::sys::hostname(),
+        if meta.quick {
+            " (quick: sizes too small to compare)"
+        } else {
+            ""
+        },
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        meta.reps,
+        meta.socket_queues,
+        meta.duration_s,
+        SATURATED * 100.0,
+        meta.ceiling_gbps,
+    );
+    out.push_str(
+        "Offloads (`ethtool -k`) of the veth testbeds: the server's end keeps its defaults, \
+         as a real NIC would (checksum offload, so the kernel's UDP path does GSO); only the \
+         client's end has TX checksum offload off, so that AF_XDP reads full checksums.\n\n",
+    );
+    for o in &meta.offloads {
+        let f: Vec<String> = o
+            .features
             .iter()
-            .find(|r| r.workload == Workload::Latency.name() && r.server == k && r.workers == 2)
-        {
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        out.push_str(&format!(
+            "- {}-queue testbed, {} end ({}): {}\n",
+            o.queues,
+            o.end,
+            o.iface,
+            f.join(", ")
+        ));
+    }
+    out.push('\n');
+    let all = |_: Workload| true;
+    out.push_str("## Rate\n\n");
+    out.push_str(&table(
+        rows,
+        &kinds,
+        Loader::Ours,
+        |m| m.unit,
+        |m| m.value,
+        Kind::Quinn,
+        all,
+    ));
+    out.push_str(
+        "\n## Server process CPU per unit of work\n\n\
+         User + system time of the server process (/proc/PID/stat, 10 ms ticks).\n\n",
+    );
+    out.push_str(&table(
+        rows,
+        &kinds,
+        Loader::Ours,
+        |m| m.cpu_unit,
+        |m| m.server_cpu_per_unit,
+        Kind::Quinn,
+        |w| w != Workload::Latency,
+    ));
+    out.push_str(
+        "\n## Machine CPU per unit of work\n\n\
+         Busy time of both cores (/proc/stat), client and kernel included: on veth the \
+         receiver's stack runs in the sender's context, so part of a server's cost lands on \
+         the client's core and the other way round. This is the fair total.\n\n",
+    );
+    out.push_str(&table(
+        rows,
+        &kinds,
+        Loader::Ours,
+        |m| m.cpu_unit,
+        |m| m.machine_cpu_per_unit,
+        Kind::Quinn,
+        |w| w != Workload::Latency,
+    ));
+    out.push_str("\n## Server memory at scale\n\nVmRSS of the server process with every connection open, MiB (a fresh server per connection count).\n\n");
+    out.push_str(&table(
+        rows,
+        &kinds,
+        Loader::Ours,
+        |_| "MiB",
+        |m| m.server_rss_mib,
+        Kind::Quinn,
+        |w| matches!(w, Workload::Scale(_)),
+    ));
+    out.push_str("\n## Busy fraction of the client's core\n\n");
+    out.push_str(&table(
+        rows,
+        &kinds,
+        Loader::Ours,
+        |_| "%",
+        |m| m.client_core_busy * 100.0,
+        Kind::Quinn,
+        all,
+    ));
+    out.push_str("\n## Latency of one outstanding 1 KB request (ms)\n\n| server | p50 | p99 | p999 |\n|---|---|---|---|\n");
+    for &k in &kinds {
+        if let Some(r) = find(rows, &Workload::Latency.name(), k, MAIN_WORKERS, Loader::Ours) {
             let p = |f: fn(&Measure) -> Option<f64>| {
                 fmt(stats(&r.reps, |m| f(m).unwrap_or(f64::NAN)).0)
             };
@@ -207,10 +550,50 @@ pub fn markdown(rows: &[Row], ceiling: f64, quick: bool, reps: usize) -> String 
         }
     }
     out.push_str(
-        "\nThe request latency includes the client's own scheduling; quinn-proto's ACK delay \
-         (25 ms max_ack_delay) does not shape it, as every response carries the ACK of its \
-         request.\n",
+        "\nThe latency is measured by the client around each request and includes its own \
+         scheduling.\n\n## Targets\n\n",
     );
+    out.push_str(&targets(rows));
+    if rows.iter().any(|r| r.client == Loader::Quinn) {
+        out.push_str(
+            "\n## Cross-check: quinn's client\n\nThe same workloads driven by quinn 0.11's \
+             client (tokio, one thread on the client's core), ratio to quinn's server.\n\n",
+        );
+        out.push_str(&table(
+            rows,
+            &kinds,
+            Loader::Quinn,
+            |m| m.unit,
+            |m| m.value,
+            Kind::Quinn,
+            all,
+        ));
+        out.push_str("\nBusy fraction of the client's core under quinn's client (%):\n\n");
+        out.push_str(&table(
+            rows,
+            &kinds,
+            Loader::Quinn,
+            |_| "%",
+            |m| m.client_core_busy * 100.0,
+            Kind::Quinn,
+            all,
+        ));
+    }
+    let (rest, steal): (Vec<f64>, Vec<f64>) = rows
+        .iter()
+        .flat_map(|r| r.reps.iter())
+        .map(|m| (m.rest_cpu_s / m.outcome.elapsed_s.max(1e-9), m.steal_s / m.outcome.elapsed_s.max(1e-9)))
+        .unzip();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    out.push_str(&format!(
+        "\nNoise: CPU used outside the server and client processes averaged {:.2} cores over \
+         the measured spans (max {:.2}), hypervisor steal {:.3} cores (max {:.3}); per \
+         measurement in the JSON (`rest_cpu_s`, `steal_s`).\n",
+        mean(&rest),
+        rest.iter().copied().fold(0.0, f64::max),
+        mean(&steal),
+        steal.iter().copied().fold(0.0, f64::max),
+    ));
     out
 }
 
@@ -222,9 +605,9 @@ type Panel = (String, String, Vec<Bar>);
 /// Grouped bar charts with min–max whiskers, one panel per group.
 fn chart(path: &Path, title: &str, panels: &[Panel]) -> anyhow::Result<()> {
     let cols = panels.len().clamp(1, 3);
-    let rows_n = panels.len().div_ceil(cols);
+    let rows_n = panels.len().div_ceil(cols).max(1);
     let root =
-        SVGBackend::new(path, (380 * cols as u32, 320 * rows_n as u32 + 40)).into_drawing_area();
+        SVGBackend::new(path, (430 * cols as u32, 320 * rows_n as u32 + 40)).into_drawing_area();
     root.fill(&WHITE)?;
     let (head, body) = root.split_vertically(40);
     head.titled(title, ("sans-serif", 20))?;
@@ -233,6 +616,7 @@ fn chart(path: &Path, title: &str, panels: &[Panel]) -> anyhow::Result<()> {
         RGBColor(52, 120, 200),
         RGBColor(220, 110, 40),
         RGBColor(240, 180, 90),
+        RGBColor(150, 90, 170),
     ];
     for (area, (name, unit, bars)) in body.split_evenly((rows_n, cols)).iter().zip(panels) {
         let ymax = bars.iter().map(|b| b.3).fold(0.0, f64::max).max(1e-9) * 1.15;
@@ -242,7 +626,7 @@ fn chart(path: &Path, title: &str, panels: &[Panel]) -> anyhow::Result<()> {
             .x_label_area_size(40)
             .y_label_area_size(75)
             .build_cartesian_2d(0f64..bars.len() as f64, 0f64..ymax)?;
-        let labels: Vec<&str> = bars.iter().map(|b| short(b.0)).collect();
+        let labels: Vec<&str> = bars.iter().map(|b| b.0.short()).collect();
         c.configure_mesh()
             .disable_x_mesh()
             .x_labels(bars.len() * 2 + 1)
@@ -273,90 +657,128 @@ fn chart(path: &Path, title: &str, panels: &[Panel]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn short(k: Kind) -> &'static str {
-    match k {
-        Kind::Quinn => "quinn",
-        Kind::Udp => "UDP",
-        Kind::XdpNative => "AF_XDP",
-        Kind::XdpSkb => "AF_XDP skb",
-    }
-}
-
-/// Writes `<date>-<host>.json`, `.md` and the SVG plots into `dir`; returns their paths.
-pub fn write(
-    dir: &Path,
-    rows: &[Row],
-    ceiling: f64,
-    quick: bool,
-    reps: usize,
-) -> anyhow::Result<Vec<PathBuf>> {
+/// Writes `<stem>.json`, `.md` and the SVG plots into `dir`; returns their paths (JSON and
+/// markdown first).
+pub fn write(dir: &Path, stem: &str, rows: &[Row], meta: &Meta) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
-    let stem = format!("{}-{}", crate::sys::today(), crate::sys::hostname());
     let json = dir.join(format!("{stem}.json"));
     std::fs::write(
         &json,
         serde_json::to_string_pretty(&serde_json::json!({
             "date": crate::sys::today(),
             "host": crate::sys::hostname(),
-            "quick": quick,
-            "repetitions": reps,
-            "aes128gcm_ceiling_gbps": ceiling,
+            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+            "server_cpu": SERVER_CPU,
+            "client_cpu": CLIENT_CPU,
+            "meta": meta,
             "rows": rows,
         }))?,
     )?;
     let md = dir.join(format!("{stem}.md"));
-    std::fs::write(&md, markdown(rows, ceiling, quick, reps))?;
+    std::fs::write(&md, markdown(rows, meta))?;
 
-    let panel = |w: Workload, workers: usize| -> Option<Panel> {
-        let bars: Vec<_> = ORDER
+    let panel = |w: Workload, workers: usize, f: fn(&Measure) -> f64, unit: Option<&str>| {
+        let name = w.name();
+        let bars: Vec<Bar> = ORDER
             .iter()
-            .filter_map(|&k| {
-                rows.iter()
-                    .find(|r| r.workload == w.name() && r.server == k && r.workers == workers)
-            })
+            .filter_map(|&k| find(rows, &name, k, workers, Loader::Ours))
             .map(|r| {
-                let (m, lo, hi) = stats(&r.reps, |m| m.value);
+                let (m, lo, hi) = stats(&r.reps, f);
                 (r.server, m, lo, hi)
             })
             .collect();
-        let unit = rows.iter().find(|r| r.workload == w.name())?.reps[0]
-            .unit
-            .to_string();
-        (!bars.is_empty()).then(|| (format!("{}, {} workers", w.name(), workers), unit, bars))
+        let first = find_any(rows, &name)?;
+        let unit = unit.unwrap_or(first.reps[0].unit).to_string();
+        (!bars.is_empty()).then(|| (format!("{name}, {workers} workers"), unit, bars))
     };
     let mut out = vec![json, md];
-    let throughput = dir.join(format!("{stem}-throughput.svg"));
-    let p: Vec<_> = [Workload::BulkDown1, Workload::BulkDown16, Workload::BulkUp1]
+    let mut plot = |file: &str, title: &str, panels: Vec<Panel>| -> anyhow::Result<()> {
+        if panels.is_empty() {
+            return Ok(());
+        }
+        let p = dir.join(format!("{stem}-{file}.svg"));
+        chart(&p, title, &panels)?;
+        out.push(p);
+        Ok(())
+    };
+    let value: fn(&Measure) -> f64 = |m| m.value;
+    plot(
+        "throughput",
+        "Throughput (median, min–max)",
+        [Workload::BulkDown1, Workload::BulkDown16, Workload::BulkUp1]
+            .into_iter()
+            .filter_map(|w| panel(w, MAIN_WORKERS, value, None))
+            .collect(),
+    )?;
+    plot(
+        "rates",
+        "Requests, ingest streams and handshakes per second (median, min–max)",
+        [
+            Workload::Requests,
+            Workload::Ingest,
+            Workload::Handshakes,
+            Workload::HandshakesRetry,
+        ]
         .into_iter()
-        .filter_map(|w| panel(w, 2))
-        .collect();
-    chart(&throughput, "Throughput (median, min–max)", &p)?;
-    out.push(throughput);
-    let rates = dir.join(format!("{stem}-rates.svg"));
-    let p: Vec<_> = [
+        .filter_map(|w| panel(w, MAIN_WORKERS, value, None))
+        .collect(),
+    )?;
+    plot(
+        "latency",
+        "Latency of one outstanding request, p50 (median, min–max)",
+        [Workload::Latency]
+            .into_iter()
+            .filter_map(|w| panel(w, MAIN_WORKERS, value, None))
+            .collect(),
+    )?;
+    let machine: fn(&Measure) -> f64 = |m| m.machine_cpu_per_unit;
+    let cpu_panels: Vec<Panel> = [
+        Workload::BulkDown1,
+        Workload::BulkUp1,
         Workload::Requests,
-        Workload::Handshakes,
-        Workload::HandshakesRetry,
+        Workload::Ingest,
     ]
     .into_iter()
-    .filter_map(|w| panel(w, 2))
+    .filter_map(|w| {
+        let unit = find_any(rows, &w.name())?.reps[0].cpu_unit;
+        panel(w, MAIN_WORKERS, machine, Some(unit))
+    })
     .collect();
-    chart(
-        &rates,
-        "Requests and handshakes per second (median, min–max)",
-        &p,
+    plot(
+        "cpu",
+        "Machine CPU (both cores) per unit of work, lower is better",
+        cpu_panels,
     )?;
-    out.push(rates);
-    let latency = dir.join(format!("{stem}-latency.svg"));
-    let p: Vec<_> = [Workload::Latency]
-        .into_iter()
-        .filter_map(|w| panel(w, 2))
+    let mut scale: Vec<Workload> = rows
+        .iter()
+        .filter_map(|r| match r.kind {
+            Workload::Scale(n) => Some(Workload::Scale(n)),
+            _ => None,
+        })
         .collect();
-    chart(
-        &latency,
-        "Latency of one outstanding request, p50 (median, min–max)",
-        &p,
+    scale.sort_by_key(|w| match w {
+        Workload::Scale(n) => *n,
+        _ => 0,
+    });
+    scale.dedup();
+    let rss: fn(&Measure) -> f64 = |m| m.server_rss_mib;
+    let mut scale_panels: Vec<Panel> = scale
+        .iter()
+        .filter_map(|&w| panel(w, MAIN_WORKERS, value, None))
+        .collect();
+    scale_panels.extend(
+        scale
+            .iter()
+            .filter_map(|&w| panel(w, MAIN_WORKERS, rss, Some("server RSS, MiB"))),
+    );
+    plot(
+        "scale",
+        "Connection scale: requests/s, then server RSS (median, min–max)",
+        scale_panels,
     )?;
-    out.push(latency);
     Ok(out)
+}
+
+fn find_any<'a>(rows: &'a [Row], name: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.workload == name)
 }

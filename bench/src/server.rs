@@ -1,30 +1,39 @@
-//! The servers under test, each run as a child process of the bench (so that its CPU time is
-//! its own), inside the testbed's server namespace, pinned and at raised priority:
+//! The servers under test, each run as a child process of the bench (so that its CPU time and
+//! memory are its own), inside the testbed's server namespace, pinned and at raised priority:
 //!
-//! * `quinn`: a perf-protocol server on quinn 0.11 and tokio (quinn-udp: GSO/GRO): the
+//! * `quinn`: the bench's application on quinn 0.11 and tokio (quinn-udp: GSO/GRO), the
 //!   baseline users have today;
-//! * `udp`: xdp-quic over kernel UDP (SO_REUSEPORT workers);
-//! * `xdp-native`, `xdp-skb`: xdp-quic over AF_XDP, the program attached by the server.
+//! * `udp`: xdp-quic over kernel UDP (SO_REUSEPORT workers, CID steering);
+//! * `xdp-kernel`, `xdp-xsk`: xdp-quic over AF_XDP (native XDP, the program attached by the
+//!   server), transmitting through the kernel's UDP path (GSO; what `--tx auto` picks on a
+//!   copy-mode socket such as veth's) or on the AF_XDP TX ring;
+//! * `xdp-skb`: AF_XDP under generic (skb) XDP, transmitting through the kernel.
 //!
-//! The child prints `ready` on stdout once it serves, and shuts down on SIGINT.
+//! Every one runs [`crate::app`]: perf on bidirectional streams, ingest on unidirectional.
+//! The child prints `ready` once it serves; then each `stats` line on its stdin gets one JSON
+//! line back ([`ServerStats`]), and `stop` (or the end of stdin) shuts it down.
 
+use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use anyhow::Context;
+use xdp_quic::backend::xsk::TxMode;
 use xdp_quic::{tls, EngineBuilder, RetryPolicy, VarInt, XdpSetup};
-use xdp_quic_control::metrics::{EngineCollector, MetricsServer};
 use xdp_quic_control::xdp::{socket_map::ServerSteering, AttachMode};
-use xdp_quic_examples::perf::PerfServer;
+
+use crate::app::{AppCounters, AppStats, BenchApp, INGEST_SIZE};
 
 /// Which server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     Quinn,
     Udp,
-    XdpNative,
+    XdpKernel,
+    XdpXsk,
     XdpSkb,
 }
 
@@ -34,14 +43,32 @@ impl Kind {
         match self {
             Kind::Quinn => "quinn",
             Kind::Udp => "xdp-quic UDP",
-            Kind::XdpNative => "xdp-quic AF_XDP",
-            Kind::XdpSkb => "xdp-quic AF_XDP (skb)",
+            Kind::XdpKernel => "AF_XDP tx=kernel (auto)",
+            Kind::XdpXsk => "AF_XDP tx=xsk",
+            Kind::XdpSkb => "AF_XDP skb XDP, tx=kernel",
         }
     }
 
-    /// Whether it is one of ours (it then exposes worker busy time).
-    pub fn is_ours(self) -> bool {
-        self != Kind::Quinn
+    /// The short name in plots.
+    pub fn short(self) -> &'static str {
+        match self {
+            Kind::Quinn => "quinn",
+            Kind::Udp => "UDP",
+            Kind::XdpKernel => "XDP kernel",
+            Kind::XdpXsk => "XDP xsk",
+            Kind::XdpSkb => "XDP skb",
+        }
+    }
+
+    /// The `--kind` argument of the child.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Kind::Quinn => "quinn",
+            Kind::Udp => "udp",
+            Kind::XdpKernel => "xdp-kernel",
+            Kind::XdpXsk => "xdp-xsk",
+            Kind::XdpSkb => "xdp-skb",
+        }
     }
 }
 
@@ -64,35 +91,50 @@ pub struct ServerArgs {
     pub cert: PathBuf,
     #[arg(long)]
     pub key: PathBuf,
-    /// Metrics endpoint (ours), inside the server namespace.
-    #[arg(long)]
-    pub metrics: SocketAddr,
     /// CPU the server runs on.
     #[arg(long)]
     pub cpu: usize,
 }
 
-/// Runs a server until SIGINT.
+/// A server's answer to `stats`.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct ServerStats {
+    pub app: AppStats,
+    /// xdp-quic: the workers' busy time (turns that moved packets; adaptive spin excluded),
+    /// summed over workers. quinn: 0.
+    pub busy_s: f64,
+}
+
+/// Runs a server until `stop` or the end of stdin.
 pub fn run(a: &ServerArgs) -> anyhow::Result<()> {
     xdp_quic_control::xdp::netns::enter(&a.netns)?;
     crate::sys::pin_and_prioritize(a.cpu)?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    ctrlc::set_handler(move || {
-        let _ = tx.send(());
-    })?;
+    let counters = Arc::new(AppCounters::default());
     match a.kind {
-        Kind::Quinn => quinn_server(a, rx),
-        _ => ours(a, rx),
+        Kind::Quinn => quinn_server(a, counters),
+        _ => ours(a, counters),
     }
 }
 
-fn ready() {
-    use std::io::Write;
-    println!("ready");
-    let _ = std::io::stdout().flush();
+/// Prints `ready`, answers `stats` with `stats()`, returns at `stop` or the end of stdin.
+fn serve_commands(stats: impl Fn() -> ServerStats) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        match line?.trim() {
+            "stats" => {
+                writeln!(out, "{}", serde_json::to_string(&stats())?)?;
+                out.flush()?;
+            }
+            "stop" => break,
+            other => anyhow::bail!("unknown command {other:?}"),
+        }
+    }
+    Ok(())
 }
 
-fn ours(a: &ServerArgs, stop: std::sync::mpsc::Receiver<()>) -> anyhow::Result<()> {
+fn ours(a: &ServerArgs, counters: Arc<AppCounters>) -> anyhow::Result<()> {
     let identity = tls::Identity::from_pem_files(&a.cert, &a.key)?;
     let mut b = EngineBuilder::default()
         .workers(a.workers)
@@ -100,12 +142,15 @@ fn ours(a: &ServerArgs, stop: std::sync::mpsc::Receiver<()>) -> anyhow::Result<(
             identity,
             &[xdp_quic_examples::perf::ALPN],
         )?)
-        .transport(xdp_quic::TransportConfig::default());
+        .transport(xdp_quic::TransportConfig::default())
+        // The connection-scale workload holds 10,000 connections on one worker.
+        .max_connections(100_000);
     if a.retry {
         b = b.retry(RetryPolicy::Always);
     }
-    let (engine, program) = match a.kind {
-        Kind::Udp => (b.start_udp(a.listen, |_| PerfServer::default())?, None),
+    let app = |_| BenchApp::new(counters.clone());
+    let engine = match a.kind {
+        Kind::Udp => b.start_udp(a.listen, app)?,
         _ => {
             let mode = if a.kind == Kind::XdpSkb {
                 AttachMode::Skb
@@ -113,29 +158,30 @@ fn ours(a: &ServerArgs, stop: std::sync::mpsc::Receiver<()>) -> anyhow::Result<(
                 AttachMode::Native
             };
             let steering = ServerSteering::for_server(&a.iface, a.listen, mode)?;
-            let program = steering.counters_reader(&a.iface).ok();
             let queues = (0..a.workers as u32).collect();
-            let setup = XdpSetup::new(&a.iface, a.listen, queues);
-            let e = b.start_xdp(&setup, Box::new(steering), |_| PerfServer::default())?;
-            (e, program)
+            let mut setup = XdpSetup::new(&a.iface, a.listen, queues);
+            setup.tx = if a.kind == Kind::XdpXsk {
+                TxMode::Xsk
+            } else {
+                TxMode::Kernel
+            };
+            b.start_xdp(&setup, Box::new(steering), app)?
         }
     };
-    let mut registry = prometheus_client::registry::Registry::default();
-    registry.register_collector(Box::new(EngineCollector::new(
-        if a.kind == Kind::Udp { "udp" } else { "xdp" },
-        (a.kind != Kind::Udp).then(|| a.iface.clone()),
-        engine.handle().metrics(),
-        engine.xsk_queues().to_vec(),
-        program,
-    )));
-    let _metrics = MetricsServer::start(a.metrics, registry)?;
-    ready();
-    let _ = stop.recv();
+    let handle = engine.handle();
+    serve_commands(|| ServerStats {
+        app: counters.snapshot(),
+        busy_s: handle
+            .metrics()
+            .iter()
+            .map(|m| m.snapshot().busy_ns as f64 / 1e9)
+            .sum(),
+    })?;
     engine.shutdown(VarInt::from_u32(0), b"bench done")?;
     Ok(())
 }
 
-fn quinn_server(a: &ServerArgs, stop: std::sync::mpsc::Receiver<()>) -> anyhow::Result<()> {
+fn quinn_server(a: &ServerArgs, counters: Arc<AppCounters>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(a.workers)
         .enable_all()
@@ -155,43 +201,54 @@ fn quinn_server(a: &ServerArgs, stop: std::sync::mpsc::Receiver<()>) -> anyhow::
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let retry = a.retry;
-    let listen = a.listen;
-    rt.block_on(async move {
-        let endpoint = quinn::Endpoint::server(config, listen)?;
-        ready();
-        let ep = endpoint.clone();
-        tokio::spawn(async move {
-            while let Some(incoming) = ep.accept().await {
-                if retry && !incoming.remote_address_validated() {
-                    let _ = incoming.retry();
-                    continue;
-                }
-                tokio::spawn(async move {
-                    if let Ok(conn) = incoming.await {
-                        serve_perf(conn).await;
-                    }
-                });
+    let endpoint = {
+        let _guard = rt.enter();
+        quinn::Endpoint::server(config, a.listen)?
+    };
+    let ep = endpoint.clone();
+    let c = counters.clone();
+    rt.spawn(async move {
+        while let Some(incoming) = ep.accept().await {
+            if retry && !incoming.remote_address_validated() {
+                let _ = incoming.retry();
+                continue;
             }
-        });
-        tokio::task::spawn_blocking(move || stop.recv()).await.ok();
+            let c = c.clone();
+            tokio::spawn(async move {
+                if let Ok(conn) = incoming.await {
+                    tokio::spawn(serve_ingest(conn.clone(), c.clone()));
+                    serve_perf(conn, c).await;
+                }
+            });
+        }
+    });
+    serve_commands(|| ServerStats {
+        app: counters.snapshot(),
+        busy_s: 0.0,
+    })?;
+    rt.block_on(async {
         endpoint.close(0u32.into(), b"bench done");
         endpoint.wait_idle().await;
-        anyhow::Ok(())
-    })
+    });
+    Ok(())
 }
 
 /// The perf protocol on a quinn connection: per stream, the 8-octet size, the upload to
 /// its end, then that many octets back.
-async fn serve_perf(conn: quinn::Connection) {
+async fn serve_perf(conn: quinn::Connection, counters: Arc<AppCounters>) {
     static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let counters = counters.clone();
         tokio::spawn(async move {
             let mut header = [0u8; 8];
             if recv.read_exact(&mut header).await.is_err() {
                 return;
             }
-            let mut buf = vec![0u8; 64 * 1024];
-            while let Ok(Some(_)) = recv.read(&mut buf).await {}
+            let mut received = 8u64;
+            while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
+                received += chunk.bytes.len() as u64;
+            }
+            counters.received.fetch_add(received, Relaxed);
             // Zero-copy, like xdp-quic's perf server: quinn keeps references to the buffer.
             let mut left = u64::from_be_bytes(header);
             while left > 0 {
@@ -205,8 +262,31 @@ async fn serve_perf(conn: quinn::Connection) {
                 }
                 left -= n as u64;
             }
-            let _ = send.finish();
+            if send.finish().is_ok() {
+                counters.requests.fetch_add(1, Relaxed);
+            }
             let _ = send.stopped().await;
+        });
+    }
+}
+
+/// Ingest on a quinn connection: each unidirectional stream read to its end, checked,
+/// counted and dropped.
+async fn serve_ingest(conn: quinn::Connection, counters: Arc<AppCounters>) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let index = recv.id().index();
+            let mut check = crate::app::IngestCheck::default();
+            let c = loop {
+                match recv.read_chunk(INGEST_SIZE, true).await {
+                    Ok(Some(chunk)) => check.take(index, &chunk.bytes),
+                    Ok(None) if check.intact() => break &counters.ingested,
+                    Ok(None) => break &counters.ingest_bad,
+                    Err(_) => break &counters.ingest_cut,
+                }
+            };
+            c.fetch_add(1, Relaxed);
         });
     }
 }

@@ -37,6 +37,122 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((u + s) as f64 / hz)
 }
 
+/// Raises the calling thread's priority (nice -15; threads it spawns inherit it). Needs root,
+/// else it stays as it is.
+pub fn prioritize() {
+    // SAFETY: setpriority takes no pointers.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -15) };
+}
+
+/// Jiffies of one CPU from /proc/stat.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CpuJiffies {
+    /// user + nice + system + irq + softirq.
+    pub busy: u64,
+    /// busy + idle + iowait + steal.
+    pub total: u64,
+    /// Time the hypervisor gave to others (a sign of a noisy neighbour).
+    pub steal: u64,
+}
+
+/// Per-CPU jiffies now (`cpuN` lines of /proc/stat, in CPU order).
+pub fn cpu_jiffies() -> anyhow::Result<Vec<CpuJiffies>> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let mut out = Vec::new();
+    for line in stat.lines() {
+        let mut f = line.split_whitespace();
+        let Some(name) = f.next() else { continue };
+        if !(name.starts_with("cpu") && name.len() > 3) {
+            continue;
+        }
+        let v: Vec<u64> = f.map(|x| x.parse().unwrap_or(0)).collect();
+        let g = |i: usize| v.get(i).copied().unwrap_or(0);
+        let busy = g(0) + g(1) + g(2) + g(5) + g(6);
+        out.push(CpuJiffies {
+            busy,
+            total: busy + g(3) + g(4) + g(7),
+            steal: g(7),
+        });
+    }
+    if out.is_empty() {
+        bail!("/proc/stat has no cpuN lines");
+    }
+    Ok(out)
+}
+
+/// Clock ticks per second of /proc times.
+pub fn hz() -> f64 {
+    // SAFETY: sysconf takes no pointers.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+/// Resident memory of process `pid` in KiB (VmRSS of /proc/PID/status).
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for process {pid}"))
+}
+
+/// Runs `ethtool ARGS` in network namespace `ns`; its standard output.
+pub fn ethtool(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    xdp_quic_control::testbed::in_netns(ns, move || -> anyhow::Result<String> {
+        let out = std::process::Command::new("ethtool")
+            .args(&args)
+            .output()
+            .map_err(|e| anyhow::anyhow!("running ethtool (install it): {e}"))?;
+        if !out.status.success() {
+            bail!(
+                "ethtool {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    })?
+}
+
+/// The offloads that shape these benchmarks, as `ethtool -k` names them, with their state.
+pub fn offloads(ns: &str, dev: &str) -> anyhow::Result<Vec<(String, String)>> {
+    const SHOWN: [&str; 6] = [
+        "tx-checksumming",
+        "scatter-gather",
+        "generic-segmentation-offload",
+        "tx-udp-segmentation",
+        "generic-receive-offload",
+        "rx-checksumming",
+    ];
+    let text = ethtool(ns, &["-k", dev])?;
+    Ok(SHOWN
+        .iter()
+        .filter_map(|name| {
+            text.lines().find_map(|l| {
+                let (k, v) = l.trim().split_once(':')?;
+                (k == *name).then(|| (k.to_string(), v.trim().to_string()))
+            })
+        })
+        .collect())
+}
+
+/// Packets each RX queue of veth `dev` has taken through its NAPI path (`ethtool -S`
+/// `rx_queue_N_xdp_packets`; counted while GRO or an XDP program is on).
+pub fn rx_queue_packets(ns: &str, dev: &str) -> anyhow::Result<Vec<u64>> {
+    let text = ethtool(ns, &["-S", dev])?;
+    let mut v: Vec<(usize, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let (k, n) = l.trim().split_once(':')?;
+            let q = k.strip_prefix("rx_queue_")?.strip_suffix("_xdp_packets")?;
+            Some((q.parse().ok()?, n.trim().parse().ok()?))
+        })
+        .collect();
+    v.sort();
+    Ok(v.into_iter().map(|(_, n)| n).collect())
+}
+
 /// `YYYY-MM-DD` of today (UTC).
 pub fn today() -> String {
     let days = std::time::SystemTime::now()
@@ -75,5 +191,8 @@ mod tests {
         assert_eq!(t.len(), 10);
         assert!(t.starts_with("20"));
         assert!(super::cpu_seconds(std::process::id()).unwrap() >= 0.0);
+        let cpus = super::cpu_jiffies().unwrap();
+        assert!(!cpus.is_empty() && cpus.iter().all(|c| c.busy <= c.total));
+        assert!(super::rss_kib(std::process::id()).unwrap() > 0);
     }
 }

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use xdp_quic::backend::xsk::XskSnapshot;
+use xdp_quic::backend::xsk::{PollMode, XskSnapshot};
 use xdp_quic::{tls, Counters, Engine, EngineBuilder, VarInt, XdpSetup};
 use xdp_quic_examples::perf::{PerfReport, PerfServer};
 
@@ -54,6 +54,13 @@ pub struct DemoArgs {
     /// kernel's UDP path with GSO otherwise, as on the testbed's veth).
     #[arg(long, value_enum, default_value_t = args::TxArg::Auto)]
     pub tx: args::TxArg,
+    /// AF_XDP: how an idle worker waits (`busy` spins on the rings and keeps its core; the
+    /// demo's client shares the same cores, so `adaptive` sleeps after `--spin`).
+    #[arg(long, value_enum, default_value_t = args::PollArg::Adaptive)]
+    pub poll: args::PollArg,
+    /// AF_XDP, adaptive polling: microseconds an idle worker spins before it sleeps.
+    #[arg(long, default_value_t = 50, value_name = "USECS")]
+    pub spin: u64,
     /// Print the figures as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -244,6 +251,7 @@ fn testbed_runs(a: &DemoArgs) -> anyhow::Result<Vec<Run>> {
         let cert = identity.chain.clone();
         let mut setup = XdpSetup::new(&tb.server_if, listen, queues.clone());
         setup.tx = a.tx.into();
+        setup.poll = poll_mode(a);
         let builder = server_builder(identity, queues.len())?;
         let (server, attachment) = tb.serve_xdp(
             builder,
@@ -255,10 +263,14 @@ fn testbed_runs(a: &DemoArgs) -> anyhow::Result<Vec<Run>> {
         let zc = server.xsk_queues().iter().all(|q| q.zero_copy);
         let tx: Vec<_> = server.xsk_queues().iter().map(|q| q.tx).collect();
         let label = format!(
-            "AF_XDP, {} XDP, {} mode, transmit {}, {} queues",
+            "AF_XDP, {} XDP, {} mode, transmit {}, {} polling, {} queues",
             mode,
             if zc { "zero-copy" } else { "copy" },
             super::serve::tx_summary(&queues, &tx),
+            match setup.poll {
+                PollMode::Busy => "busy".to_string(),
+                PollMode::Adaptive { spin } => format!("adaptive ({} µs spin)", spin.as_micros()),
+            },
             queues.len()
         );
         let counters = || attachment.counters();
@@ -295,6 +307,16 @@ fn testbed_runs(a: &DemoArgs) -> anyhow::Result<Vec<Run>> {
     drop(tb);
     eprintln!("testbed removed");
     Ok(runs)
+}
+
+/// The AF_XDP workers' polling of `a`.
+fn poll_mode(a: &DemoArgs) -> PollMode {
+    match a.poll {
+        args::PollArg::Busy => PollMode::Busy,
+        args::PollArg::Adaptive => PollMode::Adaptive {
+            spin: Duration::from_micros(a.spin),
+        },
+    }
 }
 
 fn run_json(r: &Run) -> serde_json::Value {
@@ -334,10 +356,33 @@ fn run_json(r: &Run) -> serde_json::Value {
     })
 }
 
+/// AF_XDP's figures over UDP's: bulk throughput, requests/s, request p50 latency.
+fn ratios(x: &Run, u: &Run) -> (f64, f64, f64) {
+    (
+        x.bulk.download_mbps / u.bulk.download_mbps.max(1e-9),
+        x.requests.requests_per_s / u.requests.requests_per_s.max(1e-9),
+        x.requests.p50_ms / u.requests.p50_ms.max(1e-9),
+    )
+}
+
 fn print(a: &DemoArgs, runs: &[Run]) {
     if a.json {
         let v: Vec<_> = runs.iter().map(run_json).collect();
-        println!("{}", serde_json::json!({ "runs": v }));
+        let summary = match runs {
+            [x, u] => {
+                let (bulk, rps, p50) = ratios(x, u);
+                serde_json::json!({
+                    "bulk_throughput_ratio": bulk,
+                    "requests_per_s_ratio": rps,
+                    "request_p50_latency_ratio": p50,
+                })
+            }
+            _ => serde_json::Value::Null,
+        };
+        println!(
+            "{}",
+            serde_json::json!({ "runs": v, "af_xdp_over_udp": summary })
+        );
         return;
     }
     for r in runs {
@@ -358,11 +403,9 @@ fn print(a: &DemoArgs, runs: &[Run]) {
         println!("  server answered {} requests\n", r.served);
     }
     if let [x, u] = runs {
+        let (bulk, rps, p50) = ratios(x, u);
         println!(
-            "AF_XDP / UDP: bulk throughput x{:.2}, requests/s x{:.2}, request p50 latency x{:.2}",
-            x.bulk.download_mbps / u.bulk.download_mbps.max(1e-9),
-            x.requests.requests_per_s / u.requests.requests_per_s.max(1e-9),
-            x.requests.p50_ms / u.requests.p50_ms.max(1e-9),
+            "AF_XDP / UDP: bulk throughput ×{bulk:.2}, requests/s ×{rps:.2}, request p50 latency ×{p50:.2}"
         );
     }
 }
