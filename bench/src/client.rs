@@ -34,8 +34,16 @@ pub fn config(cert: CertificateDer<'static>) -> anyhow::Result<quinn::ClientConf
 /// The workloads the quinn client runs.
 #[derive(Debug, Clone, Copy)]
 pub enum QuinnJob {
-    Download { conns: usize, total: u64 },
-    Requests { conns: usize, streams: usize, total: u64, size: u64 },
+    Download {
+        conns: usize,
+        total: u64,
+    },
+    Requests {
+        conns: usize,
+        streams: usize,
+        total: u64,
+        size: u64,
+    },
 }
 
 /// Runs `job` with quinn's client on `cpu` over `sockets` (connections spread over them);

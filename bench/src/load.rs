@@ -147,7 +147,8 @@ pub struct Load {
 
 /// Whether every octet of `b` is zero (an OR over blocks, which vectorizes).
 fn all_zero(b: &[u8]) -> bool {
-    b.chunks(512).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
+    b.chunks(512)
+        .all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
 }
 
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];

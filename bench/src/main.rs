@@ -300,7 +300,8 @@ fn main() -> anyhow::Result<()> {
             ("server", &tb.server_ns, &tb.server_if),
             ("client", &tb.client_ns, &tb.client_if),
         ] {
-            let o = sys::offloads(ns, dev).unwrap_or_else(|e| vec![("ethtool".into(), e.to_string())]);
+            let o =
+                sys::offloads(ns, dev).unwrap_or_else(|e| vec![("ethtool".into(), e.to_string())]);
             offloads.push(report::Offloads {
                 queues: tb.queues,
                 end,
@@ -421,7 +422,6 @@ fn main() -> anyhow::Result<()> {
     }
     println!("{}", std::fs::read_to_string(&written[1])?);
     if cli.quick {
-        std::fs::remove_dir_all(&dir)?;
         println!("bench: {} passed, 0 failed", rows.len());
     }
     Ok(())
@@ -576,12 +576,23 @@ impl ServerProc {
 
     fn stop(mut self) -> anyhow::Result<()> {
         writeln!(self.stdin, "stop")?;
-        drop(self.stdin);
+        self.stdin.flush()?;
         let status = self.child.wait()?;
         if !status.success() {
             bail!("a server exited with {status}");
         }
         Ok(())
+    }
+}
+
+impl Drop for ServerProc {
+    /// A server left running by an error: killed and reaped before the testbed goes, so that
+    /// nothing keeps its namespace (and the veth pair, and the XDP program) alive.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -744,15 +755,31 @@ fn check(w: Workload, o: &Outcome, app: &AppStats, s: &Sizes) -> anyhow::Result<
     Ok(())
 }
 
-fn tempdir() -> anyhow::Result<PathBuf> {
+/// The bench's scratch directory (certificate, quick results), removed when dropped: on
+/// success and on failure alike.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> anyhow::Result<TempDir> {
     let d = std::env::temp_dir().join(format!("xdp-quic-bench-{}", std::process::id()));
     std::fs::create_dir_all(&d)?;
-    Ok(d)
+    Ok(TempDir(d))
 }
 
 /// One ECDSA P-256 certificate for every server, as PEM files.
 fn certificate(
-    dir: &std::path::Path,
+    dir: &TempDir,
 ) -> anyhow::Result<(rustls::pki_types::CertificateDer<'static>, PathBuf, PathBuf)> {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
     let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));

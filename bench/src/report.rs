@@ -236,13 +236,7 @@ pub const ORDER: [Kind; 5] = [
     Kind::XdpSkb,
 ];
 
-fn find<'a>(
-    rows: &'a [Row],
-    w: &str,
-    k: Kind,
-    workers: usize,
-    client: Loader,
-) -> Option<&'a Row> {
+fn find<'a>(rows: &'a [Row], w: &str, k: Kind, workers: usize, client: Loader) -> Option<&'a Row> {
     rows.iter()
         .find(|r| r.workload == w && r.server == k && r.workers == workers && r.client == client)
 }
@@ -332,9 +326,8 @@ fn table(
 
 /// The targets of the issue, checked against the medians of this run.
 fn targets(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "| target | workload | figures (medians) | met |\n|---|---|---|---|\n",
-    );
+    let mut out =
+        String::from("| target | workload | figures (medians) | met |\n|---|---|---|---|\n");
     let med = |r: &Row, f: fn(&Measure) -> f64| stats(&r.reps, f).0;
     let yes = |ok: bool| if ok { "yes" } else { "**no**" };
     for (name, w, workers) in keys(rows, Loader::Ours) {
@@ -461,11 +454,7 @@ pub fn markdown(rows: &[Row], meta: &Meta) -> String {
          client's end has TX checksum offload off, so that AF_XDP reads full checksums.\n\n",
     );
     for o in &meta.offloads {
-        let f: Vec<String> = o
-            .features
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
+        let f: Vec<String> = o.features.iter().map(|(k, v)| format!("{k} {v}")).collect();
         out.push_str(&format!(
             "- {}-queue testbed, {} end ({}): {}\n",
             o.queues,
@@ -536,7 +525,13 @@ pub fn markdown(rows: &[Row], meta: &Meta) -> String {
     ));
     out.push_str("\n## Latency of one outstanding 1 KB request (ms)\n\n| server | p50 | p99 | p999 |\n|---|---|---|---|\n");
     for &k in &kinds {
-        if let Some(r) = find(rows, &Workload::Latency.name(), k, MAIN_WORKERS, Loader::Ours) {
+        if let Some(r) = find(
+            rows,
+            &Workload::Latency.name(),
+            k,
+            MAIN_WORKERS,
+            Loader::Ours,
+        ) {
             let p = |f: fn(&Measure) -> Option<f64>| {
                 fmt(stats(&r.reps, |m| f(m).unwrap_or(f64::NAN)).0)
             };
@@ -582,7 +577,12 @@ pub fn markdown(rows: &[Row], meta: &Meta) -> String {
     let (rest, steal): (Vec<f64>, Vec<f64>) = rows
         .iter()
         .flat_map(|r| r.reps.iter())
-        .map(|m| (m.rest_cpu_s / m.outcome.elapsed_s.max(1e-9), m.steal_s / m.outcome.elapsed_s.max(1e-9)))
+        .map(|m| {
+            (
+                m.rest_cpu_s / m.outcome.elapsed_s.max(1e-9),
+                m.steal_s / m.outcome.elapsed_s.max(1e-9),
+            )
+        })
         .unzip();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     out.push_str(&format!(
