@@ -169,6 +169,7 @@ async fn drive(
         downloaded,
         uploaded: 0,
         completed,
+        acknowledged: completed,
         latencies,
     })
 }

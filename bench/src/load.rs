@@ -483,8 +483,12 @@ pub struct Outcome {
     pub elapsed_s: f64,
     pub downloaded: u64,
     pub uploaded: u64,
-    /// Requests, ingest streams or handshakes completed within `elapsed_s`.
+    /// Requests, ingest streams or handshakes completed within `elapsed_s` (ingest: streams
+    /// the server's application took in, checked).
     pub completed: u64,
+    /// What the client counted as completed: ingest streams acknowledged by the server's
+    /// transport, end included.
+    pub acknowledged: u64,
     /// Latencies in seconds (requests; handshakes: connect to response).
     #[serde(skip)]
     pub latencies: Vec<f64>,
@@ -498,18 +502,27 @@ pub trait Probe {
     fn after(&mut self) -> anyhow::Result<()>;
 }
 
-/// Runs `job` against `remote` from `sockets` (one client worker each, pinned to `cpu`);
-/// `duration` bounds the work of ingest and scale jobs. `probe` samples around the work.
+/// How long a workload may run.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// The work of ingest and scale jobs (duration-bound).
+    pub duration: Duration,
+    /// The hang guard: the most any step may take.
+    pub guard: Duration,
+}
+
+/// Runs `job` against `remote` from `sockets` (one client worker each, pinned to `cpu`).
+/// `probe` samples around the work.
 pub fn run(
     client: quinn::ClientConfig,
     sockets: &[UdpSocket],
     cpu: usize,
     remote: SocketAddr,
     job: Job,
-    duration: Duration,
-    guard: Duration,
+    timing: Timing,
     probe: &mut dyn Probe,
 ) -> anyhow::Result<Outcome> {
+    let Timing { duration, guard } = timing;
     let mut backends = Vec::with_capacity(sockets.len());
     for s in sockets {
         drain(s);

@@ -20,6 +20,8 @@ pub struct Sample {
     pub client_cpu_s: f64,
     pub cpus: Vec<CpuJiffies>,
     pub server_rss_kib: u64,
+    /// The server application's counters.
+    pub app: AppStats,
 }
 
 /// A client core busier than this over a workload may have limited it: flagged.
@@ -228,13 +230,18 @@ fn fmt(v: f64) -> String {
 }
 
 /// The servers, in table order.
-pub const ORDER: [Kind; 5] = [
+pub const ORDER: [Kind; 7] = [
     Kind::Quinn,
     Kind::Udp,
     Kind::XdpKernel,
     Kind::XdpXsk,
     Kind::XdpSkb,
+    Kind::AsyncRt,
+    Kind::AsyncTpc,
 ];
+
+/// The columns of the async-API tables (issue 15): quinn, the callback engine, both modes.
+pub const ASYNC_ORDER: [Kind; 4] = [Kind::Quinn, Kind::Udp, Kind::AsyncRt, Kind::AsyncTpc];
 
 fn find<'a>(rows: &'a [Row], w: &str, k: Kind, workers: usize, client: Loader) -> Option<&'a Row> {
     rows.iter()
@@ -402,6 +409,100 @@ fn targets(rows: &[Row]) -> String {
     out
 }
 
+/// Issue 15: the async API (`xdp_quic::tokio`) in both modes beside the callback engine
+/// (xdp-quic UDP) and quinn, on the workloads measured for it; ratios to the callback engine.
+fn async_section(rows: &[Row]) -> String {
+    let kinds: Vec<Kind> = ASYNC_ORDER
+        .iter()
+        .copied()
+        .filter(|k| rows.iter().any(|r| r.server == *k))
+        .collect();
+    let measured: Vec<String> = rows
+        .iter()
+        .filter(|r| r.server.is_async())
+        .map(|r| r.workload.clone())
+        .collect();
+    let only = |w: Workload| measured.contains(&w.name());
+    let mut out = String::from(
+        "\n## The async API (issue 15)\n\nxdp-quic's `xdp_quic::tokio` over kernel UDP, running \
+         the same application source as the quinn server: in the application's runtime (a \
+         tokio runtime of its own threads; requests handed to the engine's worker in batches) \
+         and thread-per-core (the tasks on the worker's thread). Ratios to the callback \
+         engine (xdp-quic UDP).\n\nRate:\n\n",
+    );
+    let w = MAIN_WORKERS;
+    let ours = Loader::Ours;
+    out.push_str(&table(
+        rows,
+        &kinds,
+        ours,
+        |m| m.unit,
+        |m| m.value,
+        Kind::Udp,
+        only,
+    ));
+    out.push_str("\nServer process CPU per unit:\n\n");
+    out.push_str(&table(
+        rows,
+        &kinds,
+        ours,
+        |m| m.cpu_unit,
+        |m| m.server_cpu_per_unit,
+        Kind::Udp,
+        only,
+    ));
+    out.push_str("\nMachine CPU per unit:\n\n");
+    out.push_str(&table(
+        rows,
+        &kinds,
+        ours,
+        |m| m.cpu_unit,
+        |m| m.machine_cpu_per_unit,
+        Kind::Udp,
+        only,
+    ));
+    out.push_str(
+        "\nIssue 15's targets (medians; requests per server core = requests per second of \
+         server process CPU):\n\n| target | figures | met |\n|---|---|---|\n",
+    );
+    let name = Workload::Requests.name();
+    let med = |k: Kind, f: fn(&Measure) -> f64| {
+        find(rows, &name, k, w, ours).map(|r| stats(&r.reps, f).0)
+    };
+    let cpu: fn(&Measure) -> f64 = |m| m.server_cpu_per_unit;
+    let yes = |ok: bool| if ok { "yes" } else { "**no**" };
+    if let (Some(t), Some(c)) = (med(Kind::AsyncTpc, cpu), med(Kind::Udp, cpu)) {
+        out.push_str(&format!(
+            "| thread-per-core CPU per request within 10% of the callback engine's | {} vs {} server CPU-µs/req (×{:.2}) | {} |\n",
+            fmt(t),
+            fmt(c),
+            t / c.max(1e-12),
+            yes(t <= 1.10 * c)
+        ));
+    }
+    for k in [Kind::AsyncTpc, Kind::AsyncRt] {
+        if let (Some(x), Some(q)) = (med(k, cpu), med(Kind::Quinn, cpu)) {
+            if x <= 0.0 || q <= 0.0 {
+                out.push_str(&format!(
+                    "| {} requests per server core ≥ 3 × quinn's | span too short for the CPU clock | – |\n",
+                    k.label()
+                ));
+                continue;
+            }
+            let (xr, qr) = (1e6 / x.max(1e-12), 1e6 / q.max(1e-12));
+            out.push_str(&format!(
+                "| {} requests per server core ≥ 3 × quinn's | {} vs {} req per server CPU-s (×{:.2}) | {} |\n",
+                k.label(),
+                fmt(xr),
+                fmt(qr),
+                xr / qr.max(1e-12),
+                yes(xr >= 3.0 * qr)
+            ));
+        }
+    }
+    out
+}
+
 fn workers_note(workers: usize) -> String {
     if workers == MAIN_WORKERS {
         String::new()
@@ -415,7 +516,7 @@ pub fn markdown(rows: &[Row], meta: &Meta) -> String {
     let kinds: Vec<Kind> = ORDER
         .iter()
         .copied()
-        .filter(|k| rows.iter().any(|r| r.server == *k))
+        .filter(|k| !k.is_async() && rows.iter().any(|r| r.server == *k))
         .collect();
     let mut out = format!(
         "# xdp-quic-bench, {} on {}{}\n\n\
@@ -549,6 +650,9 @@ pub fn markdown(rows: &[Row], meta: &Meta) -> String {
          scheduling.\n\n## Targets\n\n",
     );
     out.push_str(&targets(rows));
+    if rows.iter().any(|r| r.server.is_async()) {
+        out.push_str(&async_section(rows));
+    }
     if rows.iter().any(|r| r.client == Loader::Quinn) {
         out.push_str(
             "\n## Cross-check: quinn's client\n\nThe same workloads driven by quinn 0.11's \
@@ -617,6 +721,8 @@ fn chart(path: &Path, title: &str, panels: &[Panel]) -> anyhow::Result<()> {
         RGBColor(220, 110, 40),
         RGBColor(240, 180, 90),
         RGBColor(150, 90, 170),
+        RGBColor(60, 170, 110),
+        RGBColor(20, 110, 70),
     ];
     for (area, (name, unit, bars)) in body.split_evenly((rows_n, cols)).iter().zip(panels) {
         let ymax = bars.iter().map(|b| b.3).fold(0.0, f64::max).max(1e-9) * 1.15;

@@ -7,16 +7,20 @@
 //! * `xdp-kernel`, `xdp-xsk`: xdp-quic over AF_XDP (native XDP, the program attached by the
 //!   server), transmitting through the kernel's UDP path (GSO; what `--tx auto` picks on a
 //!   copy-mode socket such as veth's) or on the AF_XDP TX ring;
-//! * `xdp-skb`: AF_XDP under generic (skb) XDP, transmitting through the kernel.
+//! * `xdp-skb`: AF_XDP under generic (skb) XDP, transmitting through the kernel;
+//! * `async-rt`, `async-tpc`: xdp-quic over kernel UDP through its async API
+//!   (`xdp_quic::tokio`), in the application's runtime (a tokio runtime on threads of its own)
+//!   or thread-per-core (each worker runs the application's tasks on its own thread).
 //!
-//! Every one runs [`crate::app`]: perf on bidirectional streams, ingest on unidirectional.
+//! Every one runs [`crate::app`]: perf on bidirectional streams, ingest on unidirectional. The
+//! quinn server and the async-API servers run the very same source ([`perf_app!`]): the async
+//! API is quinn's shape, a port by import.
 //! The child prints `ready` once it serves; then each `stats` line on its stdin gets one JSON
 //! line back ([`ServerStats`]), and `stop` (or the end of stdin) shuts it down.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -24,7 +28,7 @@ use xdp_quic::backend::xsk::TxMode;
 use xdp_quic::{tls, EngineBuilder, RetryPolicy, VarInt, XdpSetup};
 use xdp_quic_control::xdp::{socket_map::ServerSteering, AttachMode};
 
-use crate::app::{AppCounters, AppStats, BenchApp, INGEST_SIZE};
+use crate::app::{AppCounters, AppStats, BenchApp};
 
 /// Which server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
@@ -35,6 +39,8 @@ pub enum Kind {
     XdpKernel,
     XdpXsk,
     XdpSkb,
+    AsyncRt,
+    AsyncTpc,
 }
 
 impl Kind {
@@ -46,7 +52,14 @@ impl Kind {
             Kind::XdpKernel => "AF_XDP tx=kernel (auto)",
             Kind::XdpXsk => "AF_XDP tx=xsk",
             Kind::XdpSkb => "AF_XDP skb XDP, tx=kernel",
+            Kind::AsyncRt => "async API, app runtime (UDP)",
+            Kind::AsyncTpc => "async API, thread-per-core (UDP)",
         }
+    }
+
+    /// Whether this is a server of the async API (issue 15's rows).
+    pub fn is_async(self) -> bool {
+        matches!(self, Kind::AsyncRt | Kind::AsyncTpc)
     }
 
     /// The short name in plots.
@@ -57,6 +70,8 @@ impl Kind {
             Kind::XdpKernel => "XDP kernel",
             Kind::XdpXsk => "XDP xsk",
             Kind::XdpSkb => "XDP skb",
+            Kind::AsyncRt => "async rt",
+            Kind::AsyncTpc => "async tpc",
         }
     }
 
@@ -68,6 +83,8 @@ impl Kind {
             Kind::XdpKernel => "xdp-kernel",
             Kind::XdpXsk => "xdp-xsk",
             Kind::XdpSkb => "xdp-skb",
+            Kind::AsyncRt => "async-rt",
+            Kind::AsyncTpc => "async-tpc",
         }
     }
 }
@@ -112,6 +129,7 @@ pub fn run(a: &ServerArgs) -> anyhow::Result<()> {
     let counters = Arc::new(AppCounters::default());
     match a.kind {
         Kind::Quinn => quinn_server(a, counters),
+        Kind::AsyncRt | Kind::AsyncTpc => async_server(a, counters),
         _ => ours(a, counters),
     }
 }
@@ -134,7 +152,8 @@ fn serve_commands(stats: impl Fn() -> ServerStats) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ours(a: &ServerArgs, counters: Arc<AppCounters>) -> anyhow::Result<()> {
+/// The engine every xdp-quic server starts from.
+fn engine_builder(a: &ServerArgs) -> anyhow::Result<EngineBuilder> {
     let identity = tls::Identity::from_pem_files(&a.cert, &a.key)?;
     let mut b = EngineBuilder::default()
         .workers(a.workers)
@@ -148,6 +167,11 @@ fn ours(a: &ServerArgs, counters: Arc<AppCounters>) -> anyhow::Result<()> {
     if a.retry {
         b = b.retry(RetryPolicy::Always);
     }
+    Ok(b)
+}
+
+fn ours(a: &ServerArgs, counters: Arc<AppCounters>) -> anyhow::Result<()> {
+    let b = engine_builder(a)?;
     let app = |_| BenchApp::new(counters.clone());
     let engine = match a.kind {
         Kind::Udp => b.start_udp(a.listen, app)?,
@@ -205,23 +229,7 @@ fn quinn_server(a: &ServerArgs, counters: Arc<AppCounters>) -> anyhow::Result<()
         let _guard = rt.enter();
         quinn::Endpoint::server(config, a.listen)?
     };
-    let ep = endpoint.clone();
-    let c = counters.clone();
-    rt.spawn(async move {
-        while let Some(incoming) = ep.accept().await {
-            if retry && !incoming.remote_address_validated() {
-                let _ = incoming.retry();
-                continue;
-            }
-            let c = c.clone();
-            tokio::spawn(async move {
-                if let Ok(conn) = incoming.await {
-                    tokio::spawn(serve_ingest(conn.clone(), c.clone()));
-                    serve_perf(conn, c).await;
-                }
-            });
-        }
-    });
+    rt.spawn(quinn_app::serve(endpoint.clone(), retry, counters.clone()));
     serve_commands(|| ServerStats {
         app: counters.snapshot(),
         busy_s: 0.0,
@@ -233,60 +241,132 @@ fn quinn_server(a: &ServerArgs, counters: Arc<AppCounters>) -> anyhow::Result<()
     Ok(())
 }
 
-/// The perf protocol on a quinn connection: per stream, the 8-octet size, the upload to
-/// its end, then that many octets back.
-async fn serve_perf(conn: quinn::Connection, counters: Arc<AppCounters>) {
-    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-        let counters = counters.clone();
-        tokio::spawn(async move {
-            let mut header = [0u8; 8];
-            if recv.read_exact(&mut header).await.is_err() {
-                return;
-            }
-            let mut received = 8u64;
-            while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
-                received += chunk.bytes.len() as u64;
-            }
-            counters.received.fetch_add(received, Relaxed);
-            // Zero-copy, like xdp-quic's perf server: quinn keeps references to the buffer.
-            let mut left = u64::from_be_bytes(header);
-            while left > 0 {
-                let n = left.min(ZEROS.len() as u64) as usize;
-                if send
-                    .write_chunk(bytes::Bytes::from_static(&ZEROS[..n]))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                left -= n as u64;
-            }
-            if send.finish().is_ok() {
-                counters.requests.fetch_add(1, Relaxed);
-            }
-            let _ = send.stopped().await;
-        });
-    }
+/// xdp-quic's async API: the engine's workers (one per queue, on the server's core) with the
+/// application's tasks either in a tokio runtime of their own threads (`async-rt`, one
+/// thread per worker, on the same core) or on the workers' threads (`async-tpc`).
+fn async_server(a: &ServerArgs, counters: Arc<AppCounters>) -> anyhow::Result<()> {
+    use xdp_quic::tokio::Builder;
+    let b = Builder::new(engine_builder(a)?);
+    let retry = false;
+    let (endpoint, rt) = if a.kind == Kind::AsyncTpc {
+        let c = counters.clone();
+        let ep = b
+            .thread_per_core(move |ep| async_app::serve(ep, retry, c.clone()))
+            .bind_udp(a.listen)?;
+        // Only to wait for the end at `stop`.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        (ep, rt)
+    } else {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(a.workers)
+            .enable_all()
+            .build()?;
+        let ep = b.bind_udp(a.listen)?;
+        rt.spawn(async_app::serve(ep.clone(), retry, counters.clone()));
+        (ep, rt)
+    };
+    serve_commands(|| ServerStats {
+        app: counters.snapshot(),
+        busy_s: 0.0,
+    })?;
+    rt.block_on(async {
+        endpoint.close(0u32.into(), b"bench done");
+        endpoint.wait_idle().await;
+    });
+    Ok(())
 }
 
-/// Ingest on a quinn connection: each unidirectional stream read to its end, checked,
-/// counted and dropped.
-async fn serve_ingest(conn: quinn::Connection, counters: Arc<AppCounters>) {
-    while let Ok(mut recv) = conn.accept_uni().await {
-        let counters = counters.clone();
-        tokio::spawn(async move {
-            let index = recv.id().index();
-            let mut check = crate::app::IngestCheck::default();
-            let c = loop {
-                match recv.read_chunk(INGEST_SIZE, true).await {
-                    Ok(Some(chunk)) => check.take(index, &chunk.bytes),
-                    Ok(None) if check.intact() => break &counters.ingested,
-                    Ok(None) => break &counters.ingest_bad,
-                    Err(_) => break &counters.ingest_cut,
+/// The bench's application on a quinn-shaped async API, for quinn and for xdp-quic's
+/// `xdp_quic::tokio` alike: one source, ported by the import.
+macro_rules! perf_app {
+    ($module:ident, $($api:ident)::+) => {
+        mod $module {
+            use std::sync::atomic::Ordering::Relaxed;
+            use std::sync::Arc;
+
+            use crate::app::{AppCounters, IngestCheck, INGEST_SIZE};
+            use $($api)::+ as api;
+
+            /// Accepts connections (asking for Retry first if `retry`), each served by tasks
+            /// of its own.
+            pub async fn serve(ep: api::Endpoint, retry: bool, counters: Arc<AppCounters>) {
+                while let Some(incoming) = ep.accept().await {
+                    if retry && !incoming.remote_address_validated() {
+                        let _ = incoming.retry();
+                        continue;
+                    }
+                    let c = counters.clone();
+                    tokio::spawn(async move {
+                        if let Ok(conn) = incoming.await {
+                            tokio::spawn(serve_ingest(conn.clone(), c.clone()));
+                            serve_perf(conn, c).await;
+                        }
+                    });
                 }
-            };
-            c.fetch_add(1, Relaxed);
-        });
-    }
+            }
+
+            /// The perf protocol: per stream, the 8-octet size, the upload to its end, then
+            /// that many octets back.
+            async fn serve_perf(conn: api::Connection, counters: Arc<AppCounters>) {
+                static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let counters = counters.clone();
+                    tokio::spawn(async move {
+                        let mut header = [0u8; 8];
+                        if recv.read_exact(&mut header).await.is_err() {
+                            return;
+                        }
+                        let mut received = 8u64;
+                        while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
+                            received += chunk.bytes.len() as u64;
+                        }
+                        counters.received.fetch_add(received, Relaxed);
+                        // Without copying, like xdp-quic's perf server: the stack keeps
+                        // references to the static buffer.
+                        let mut left = u64::from_be_bytes(header);
+                        while left > 0 {
+                            let n = left.min(ZEROS.len() as u64) as usize;
+                            if send
+                                .write_chunk(bytes::Bytes::from_static(&ZEROS[..n]))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                            left -= n as u64;
+                        }
+                        if send.finish().is_ok() {
+                            counters.requests.fetch_add(1, Relaxed);
+                        }
+                        let _ = send.stopped().await;
+                    });
+                }
+            }
+
+            /// Ingest: each unidirectional stream read to its end, checked, counted, dropped.
+            async fn serve_ingest(conn: api::Connection, counters: Arc<AppCounters>) {
+                while let Ok(mut recv) = conn.accept_uni().await {
+                    let counters = counters.clone();
+                    tokio::spawn(async move {
+                        let index = recv.id().index();
+                        let mut check = IngestCheck::default();
+                        let c = loop {
+                            match recv.read_chunk(INGEST_SIZE, true).await {
+                                Ok(Some(chunk)) => check.take(index, &chunk.bytes),
+                                Ok(None) if check.intact() => break &counters.ingested,
+                                Ok(None) => break &counters.ingest_bad,
+                                Err(_) => break &counters.ingest_cut,
+                            }
+                        };
+                        c.fetch_add(1, Relaxed);
+                    });
+                }
+            }
+        }
+    };
 }
+
+perf_app!(quinn_app, quinn);
+perf_app!(async_app, xdp_quic::tokio);
