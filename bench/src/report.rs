@@ -20,12 +20,18 @@ pub struct Sample {
     pub client_cpu_s: f64,
     pub cpus: Vec<CpuJiffies>,
     pub server_rss_kib: u64,
+    /// CPU seconds of the kernel threads ([`crate::sys::kernel_threads_cpu_seconds`]).
+    pub kthreads_cpu_s: f64,
     /// The server application's counters.
     pub app: AppStats,
 }
 
 /// A client core busier than this over a workload may have limited it: flagged.
 pub const SATURATED: f64 = 0.95;
+
+/// Other work on the machine (cores, averaged over the span) above which a measurement is
+/// taken again (at most twice), and flagged if it stays above.
+pub const NOISY: f64 = 0.15;
 
 /// One measurement.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -46,6 +52,14 @@ pub struct Measure {
     pub client_cpu_s: f64,
     /// Machine CPU left over: other processes and kernel work charged to no process of ours.
     pub rest_cpu_s: f64,
+    /// Of that, kernel work: kernel threads (ksoftirqd, kworkers) and irq/softirq time.
+    pub kernel_cpu_s: f64,
+    /// The rest: other processes of the machine (noise).
+    pub others_cpu_s: f64,
+    /// `others_cpu_s` over the span was above [`NOISY`] cores.
+    pub noisy: bool,
+    /// Times this measurement was taken (more than 1: the earlier ones were noisy).
+    pub tries: u32,
     /// Time the hypervisor took from both cores.
     pub steal_s: f64,
     /// Busy fraction of the server's and the client's core.
@@ -100,6 +114,10 @@ impl Measure {
         let n = after.cpus.len();
         let machine: f64 = (0..n).map(|i| d(i, |c| c.busy)).sum::<f64>() / hz;
         let steal: f64 = (0..n).map(|i| d(i, |c| c.steal)).sum::<f64>() / hz;
+        let irq: f64 = (0..n).map(|i| d(i, |c| c.irq)).sum::<f64>() / hz;
+        let kernel = irq + (after.kthreads_cpu_s - before.kthreads_cpu_s).max(0.0);
+        let rest = (machine - server - client).max(0.0);
+        let others = (rest - kernel).max(0.0);
         let busy = |i: usize| d(i, |c| c.busy) / d(i, |c| c.total).max(1.0);
         let (value, unit, work, cpu_unit) = match w {
             Workload::BulkDown1 | Workload::BulkDown16 | Workload::BulkUp1 => {
@@ -142,7 +160,11 @@ impl Measure {
             server_cpu_s: server,
             machine_cpu_s: machine,
             client_cpu_s: client,
-            rest_cpu_s: (machine - server - client).max(0.0),
+            rest_cpu_s: rest,
+            kernel_cpu_s: kernel,
+            others_cpu_s: others,
+            noisy: others / secs > NOISY,
+            tries: 1,
             steal_s: steal,
             server_core_busy: busy(SERVER_CPU),
             client_core_busy,
@@ -312,11 +334,13 @@ fn table(
                         Some(b) if k != base && b > 0.0 => format!(" ×{:.2}", m / b),
                         _ => String::new(),
                     };
-                    let flag = if r.reps.iter().any(|m| m.client_saturated) {
-                        " ‡"
-                    } else {
-                        ""
-                    };
+                    let mut flag = String::new();
+                    if r.reps.iter().any(|m| m.client_saturated) {
+                        flag.push_str(" ‡");
+                    }
+                    if r.reps.iter().any(|m| m.noisy) {
+                        flag.push_str(" §");
+                    }
                     let spread = if r.reps.len() > 1 {
                         format!(" [{}–{}]", fmt(lo), fmt(hi))
                     } else {
@@ -530,7 +554,8 @@ pub fn markdown(rows: &[Row], meta: &Meta) -> String {
          one ECDSA P-256 certificate, quinn-proto's default transport parameters on every \
          server. Duration-bound workloads measure {:.1} s after their connections are up. \
          ‡: the client's core was ≥{:.0}% busy in at least one repetition (the client may have \
-         set the pace). Local ceiling: AES-128-GCM sealing of 1,200-octet packets on one core, \
+         set the pace). §: other processes of the machine used more than {:.2} cores during \
+         at least one repetition, taken three times (the machine is shared). Local ceiling: AES-128-GCM sealing of 1,200-octet packets on one core, \
          {:.2} Gbit/s.\n\n",
         crate::sys::today(),
         crate::sys::hostname(),
@@ -547,6 +572,7 @@ pub fn markdown(rows: &[Row], meta: &Meta) -> String {
         meta.socket_queues,
         meta.duration_s,
         SATURATED * 100.0,
+        NOISY,
         meta.ceiling_gbps,
     );
     out.push_str(
@@ -690,9 +716,11 @@ pub fn markdown(rows: &[Row], meta: &Meta) -> String {
         .unzip();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     out.push_str(&format!(
-        "\nNoise: CPU used outside the server and client processes averaged {:.2} cores over \
-         the measured spans (max {:.2}), hypervisor steal {:.3} cores (max {:.3}); per \
-         measurement in the JSON (`rest_cpu_s`, `steal_s`).\n",
+        "\nNoise: other processes of the machine (machine CPU less the server, the client, \
+         kernel threads and irq/softirq time) averaged {:.2} cores over the measured spans \
+         (max {:.2}), hypervisor steal {:.3} cores (max {:.3}); {retaken} measurement(s) \
+         taken again for noise; per measurement in the JSON (`others_cpu_s`, `kernel_cpu_s`, \
+         `steal_s`, `tries`).\n",
         mean(&rest),
         rest.iter().copied().fold(0.0, f64::max),
         mean(&steal),

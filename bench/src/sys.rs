@@ -53,6 +53,8 @@ pub struct CpuJiffies {
     pub total: u64,
     /// Time the hypervisor gave to others (a sign of a noisy neighbour).
     pub steal: u64,
+    /// irq + softirq: kernel work charged to no process (the veth receive path, say).
+    pub irq: u64,
 }
 
 /// Per-CPU jiffies now (`cpuN` lines of /proc/stat, in CPU order).
@@ -72,12 +74,43 @@ pub fn cpu_jiffies() -> anyhow::Result<Vec<CpuJiffies>> {
             busy,
             total: busy + g(3) + g(4) + g(7),
             steal: g(7),
+            irq: g(5) + g(6),
         });
     }
     if out.is_empty() {
         bail!("/proc/stat has no cpuN lines");
     }
     Ok(out)
+}
+
+/// CPU seconds of every kernel thread so far (children of kthreadd: ksoftirqd, kworkers...):
+/// kernel work the traffic causes outside the processes that made it.
+pub fn kernel_threads_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // After the name: state, ppid, ... utime (12th), stime (13th).
+        if f.get(1) != Some(&"2") {
+            continue;
+        }
+        let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ticks += n(11) + n(12);
+    }
+    ticks as f64 / hz()
 }
 
 /// Clock ticks per second of /proc times.
