@@ -709,11 +709,16 @@ pub fn markdown(rows: &[Row], meta: &Meta) -> String {
         .flat_map(|r| r.reps.iter())
         .map(|m| {
             (
-                m.rest_cpu_s / m.outcome.elapsed_s.max(1e-9),
+                m.others_cpu_s / m.outcome.elapsed_s.max(1e-9),
                 m.steal_s / m.outcome.elapsed_s.max(1e-9),
             )
         })
         .unzip();
+    let retaken: u32 = rows
+        .iter()
+        .flat_map(|r| r.reps.iter())
+        .map(|m| m.tries - 1)
+        .sum();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     out.push_str(&format!(
         "\nNoise: other processes of the machine (machine CPU less the server, the client, \
