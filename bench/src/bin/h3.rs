@@ -30,6 +30,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use xdp_quic::{tls, EngineBuilder, XdpSetup};
 use xdp_quic_control::testbed::Testbed;
 
+// The main bench's pinning and CPU accounting (only part of it is used here).
+#[allow(dead_code)]
+#[path = "../sys.rs"]
+mod sys;
+
 const PORT: u16 = 4433;
 const SERVER_CPU: usize = 0;
 const CLIENT_CPU: usize = 1;
@@ -258,11 +263,19 @@ fn measure(
     let remote = SocketAddr::new(IpAddr::V4(tb.server_v4), PORT);
     let cert_der = tls::certs_from_pem_file(cert)?;
     let dur = Duration::from_secs_f64(secs);
-    let (cpu0, machine0, self0) = (process_cpu(pid)?, machine_busy()?, self_cpu()?);
+    let (cpu0, machine0, self0) = (
+        sys::cpu_seconds(pid)?,
+        machine_busy()?,
+        sys::cpu_seconds(std::process::id())?,
+    );
     let t0 = Instant::now();
     let done = tb.in_client(move || load(remote, cert_der, size, dur))??;
     let elapsed = t0.elapsed().as_secs_f64();
-    let (cpu1, machine1, self1) = (process_cpu(pid)?, machine_busy()?, self_cpu()?);
+    let (cpu1, machine1, self1) = (
+        sys::cpu_seconds(pid)?,
+        machine_busy()?,
+        sys::cpu_seconds(std::process::id())?,
+    );
     // Closing its stdin stops the server, which detaches its XDP program on the way out;
     // killed only if it does not.
     drop(server.0.stdin.take());
@@ -283,45 +296,10 @@ fn measure(
     })
 }
 
-/// CPU seconds (user + system) of process `pid`.
-fn process_cpu(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    Ok(ticks / clock_ticks())
-}
-
-fn self_cpu() -> anyhow::Result<f64> {
-    process_cpu(std::process::id())
-}
-
-/// Busy CPU seconds of the whole machine (every core: all but idle and iowait).
+/// Busy CPU seconds of the whole machine (every core), as the main bench counts them.
 fn machine_busy() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().next().context("/proc/stat")?;
-    let v: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    let total: f64 = v.iter().take(8).sum();
-    Ok((total - v[3] - v[4]) / clock_ticks())
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no memory preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it;
-    // sched_setaffinity reads it for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+    let busy: u64 = sys::cpu_jiffies()?.iter().map(|c| c.busy).sum();
+    Ok(busy as f64 / sys::hz())
 }
 
 /// The load: [`CONNS`] connections of xdp-quic's async HTTP/3 client, [`STREAMS`] requests
@@ -333,7 +311,7 @@ fn load(
     size: usize,
     dur: Duration,
 ) -> anyhow::Result<u64> {
-    pin_to(CLIENT_CPU);
+    sys::pin_and_prioritize(CLIENT_CPU)?;
     let client = tls::client_config(tls::Trust::Roots(cert), &[xdp_quic_h3::ALPN])?;
     let engine = EngineBuilder::default()
         .workers(1)

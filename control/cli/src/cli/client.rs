@@ -184,11 +184,6 @@ fn builder(a: &ClientArgs) -> anyhow::Result<EngineBuilder> {
 }
 
 impl ClientArgs {
-    /// Whether `--server-name` was given.
-    pub fn server_name_given(&self) -> bool {
-        self.server_name.is_some()
-    }
-
     /// The TLS server name (`localhost` unless given).
     pub fn server_name(&self) -> String {
         self.server_name

@@ -148,11 +148,7 @@ pub fn client(a: &ClientArgs) -> anyhow::Result<()> {
             .next()
             .with_context(|| format!("{host} has no address"))?,
     };
-    let server_name = if a.server_name_given() {
-        a.server_name()
-    } else {
-        host.to_string()
-    };
+    let server_name = a.server_name.clone().unwrap_or_else(|| host.to_string());
     if a.backend != super::client::ClientBackend::Udp {
         bail!("--app h3 runs its client over kernel UDP (--backend udp)");
     }
