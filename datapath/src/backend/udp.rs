@@ -169,6 +169,30 @@ pub fn bind_reuseport(addr: SocketAddr, n: usize) -> io::Result<Vec<UdpSocket>> 
     Ok(sockets)
 }
 
+/// Reads a /proc/net table in as few read(2) calls as it takes to fill a large buffer. The
+/// kernel walks the table afresh from a line index at each call, so sockets closed by other
+/// threads between small reads (what `read_to_string` does) shift the index and hide
+/// entries; within one call it walks on without losing its place.
+fn read_proc_table(path: &str) -> io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// The sockets bound to `addr`'s port (on an overlapping address) that are not `ours`, as
 /// `socket inode N, held by PID (COMM)` where the holder can be found, from
 /// /proc/thread-self/net/udp{,6}.
@@ -182,7 +206,7 @@ fn foreign_sockets(addr: SocketAddr, ours: &[UdpSocket]) -> io::Result<Vec<Strin
     }
     let mut foreign = Vec::new();
     for table in ["/proc/thread-self/net/udp", "/proc/thread-self/net/udp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
+        let Ok(text) = read_proc_table(table) else {
             continue;
         };
         for (ip, port, inode) in text.lines().skip(1).filter_map(parse_udp_line) {
