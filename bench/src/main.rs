@@ -57,6 +57,9 @@ struct Cli {
     /// Stem of the result files (default `<date>-<host>`).
     #[arg(long)]
     name: Option<String>,
+    /// Requests per measurement of the request workloads (longer spans: finer CPU figures).
+    #[arg(long, default_value_t = 200_000)]
+    requests: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,7 +254,7 @@ fn main() -> anyhow::Result<()> {
         Sizes {
             bulk: 4_000_000_000,
             upload: 2_000_000_000,
-            requests: 200_000,
+            requests: cli.requests.max(1),
             latency: 20_000,
             handshakes: 3_000,
             scale: [10, 1_000, 10_000],

@@ -148,6 +148,9 @@ pub(crate) struct Slot {
     pub reported_closed: bool,
     /// In the dirty list already.
     pub dirty: bool,
+    /// Its transmit was held back last time it was driven ([`crate::Worker`]'s
+    /// `hold_transmits`): the next drive sends.
+    pub held: bool,
     /// Opened when the connection closes (see [`crate::congestion`]).
     pub gate: CloseGate,
     /// When the connection was created (for the handshake-time histogram).
@@ -181,6 +184,7 @@ impl Slot {
             handshaking: true,
             reported_closed: false,
             dirty: false,
+            held: false,
             gate,
             created: now,
             span: tracing::debug_span!("connection", conn = %id),

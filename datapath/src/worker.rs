@@ -153,6 +153,11 @@ pub struct Worker<H: Handler> {
     drain_timeout: Duration,
     next_kernel_read: Instant,
     max_connections: usize,
+    /// Hold a connection's transmit back for one turn after its handler heard events
+    /// (thread-per-core mode, whose tasks answer between two turns).
+    hold_transmits: bool,
+    /// Connections whose transmit was held this turn (a buffer reused turn after turn).
+    held: Vec<usize>,
 }
 
 /// Everything [`Worker::new`] needs; built by [`crate::EngineBuilder`].
@@ -213,7 +218,21 @@ impl<H: Handler> Worker<H> {
             drain_timeout: p.drain_timeout,
             next_kernel_read: Instant::now(),
             max_connections: p.max_connections,
+            hold_transmits: false,
+            held: Vec::new(),
         }
+    }
+
+    /// Holds a connection's transmit back for one turn after its handler heard events, so
+    /// that what the application answers between two turns (on this thread, before the next
+    /// [`Worker::turn`]) leaves with the ACKs of what it answers: one batch instead of an
+    /// ACK-only packet and then the answers. For handlers whose work happens outside their
+    /// callbacks (thread-per-core mode of [`crate::tokio`] turns it on); a handler that
+    /// answers in its callbacks gains nothing from it. A connection's transmit is never held
+    /// two drives in a row, and a turn that held one reports a deadline of now, so nothing
+    /// waits more than one turn. Off by default.
+    pub fn hold_transmits(&mut self, on: bool) {
+        self.hold_transmits = on;
     }
 
     /// This worker's index.
@@ -660,6 +679,10 @@ impl<H: Handler> Worker<H> {
         // Keep the deferred ones marked so they are polled once the backend takes more.
         self.conns.dirty = dirty;
         self.conns.dirty.extend(deferred);
+        // The held ones transmit at their next drive, next turn.
+        for h in self.held.drain(..) {
+            self.conns.mark_dirty(h);
+        }
     }
 
     /// Drives one connection: endpoint events both ways, application events to the handler,
@@ -668,11 +691,16 @@ impl<H: Handler> Worker<H> {
     fn drive<B: Backend>(&mut self, io: &mut B, h: usize) {
         let mut drained = false;
         let mut panicked = false;
+        let may_hold = self.hold_transmits && self.conns.slot(h).is_some_and(|s| !s.held);
+        let mut dispatched = false;
         loop {
             drained |= self.exchange_endpoint_events(h);
             let (events, now_panicked) = self.dispatch_events(h);
             panicked |= now_panicked;
-            self.send_transmits(io, h);
+            dispatched |= events > 0;
+            if !(may_hold && dispatched) {
+                self.send_transmits(io, h);
+            }
             if events == 0 {
                 break;
             }
@@ -680,11 +708,16 @@ impl<H: Handler> Worker<H> {
         if panicked {
             self.handler_panicked();
         }
+        let hold = may_hold && dispatched;
         match self.conns.slot(h) {
             Some(slot) if drained || slot.conn.is_drained() => self.remove(h, drained),
             Some(slot) => {
+                slot.held = hold;
                 let deadline = slot.conn.poll_timeout();
                 self.conns.timers.set(h, deadline);
+                if hold {
+                    self.held.push(h);
+                }
             }
             None => {}
         }

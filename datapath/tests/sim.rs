@@ -887,3 +887,110 @@ fn forged_frames_never_redirect_a_connections_replies() {
         "the server sent toward the attacker's MAC: {macs:?}"
     );
 }
+
+/// Answers between turns, as the tasks of the async API's thread-per-core mode do: reads each
+/// stream to its end in its callbacks, writes it back when the test posts [`LateEcho::answer`].
+#[derive(Default)]
+struct LateEcho {
+    read: std::collections::HashMap<(xdp_quic::ConnId, xdp_quic::StreamId), (Vec<Bytes>, bool)>,
+}
+
+impl xdp_quic::Handler for LateEcho {
+    fn stream_readable(&mut self, conn: &mut xdp_quic::Conn<'_>, s: xdp_quic::StreamId) {
+        let e = self.read.entry((conn.id(), s)).or_default();
+        if let Ok(xdp_quic::ReadStatus::Finished) = conn.read(s, |b| e.0.push(b)) {
+            e.1 = true;
+        }
+    }
+}
+
+impl LateEcho {
+    /// Echoes every stream read to its end.
+    fn answer(&mut self, ctx: &mut xdp_quic::Ctx<'_>) {
+        let done: Vec<_> = self
+            .read
+            .iter()
+            .filter(|(_, (_, fin))| *fin)
+            .map(|(k, _)| *k)
+            .collect();
+        for (id, s) in done {
+            let (chunks, _) = self.read.remove(&(id, s)).expect("listed above");
+            ctx.with_conn(id, |conn| {
+                for mut c in chunks {
+                    // Well within the stream's flow-control window.
+                    let n = conn.write_chunk(s, &mut c).expect("writable");
+                    assert!(c.is_empty(), "{n} octets taken of a chunk");
+                }
+                conn.finish(s).expect("open");
+            });
+        }
+    }
+}
+
+/// Echoes 8 streams of 200 octets for each of 8 clients through a [`LateEcho`] server
+/// answering between turns; returns the packets the server sent.
+fn late_echo(hold: bool) -> u64 {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut server = Node::new(
+        server_builder(1),
+        &net,
+        addr(SERVER),
+        MemSteering::Hash,
+        |_| LateEcho::default(),
+    )
+    .unwrap();
+    server.workers[0].hold_transmits(hold);
+    let mut clients: Vec<_> = (0..LATE_CLIENTS)
+        .map(|i| {
+            let payloads = (0..8).map(|j| payload(i * 10 + j, 200)).collect();
+            echo_client(&net, &format!("10.0.0.{}:5000", i + 2), payloads, vec![])
+        })
+        .collect();
+    let start = net.now();
+    while !clients.iter().all(|c| c.is_done()) {
+        assert!(
+            net.now() - start < Duration::from_secs(60),
+            "hold {hold}: the clients did not finish in 60 s of virtual time"
+        );
+        let mut nodes: Vec<&mut dyn Drive> = vec![&mut server];
+        nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
+        step(&net, &mut nodes).unwrap();
+        // The application's turn, between two of the worker's.
+        server
+            .handle
+            .post(0, |h, ctx| h.answer(ctx))
+            .expect("the worker runs");
+    }
+    assert_all_ok(&clients);
+    server.total().tx_packets
+}
+
+const LATE_CLIENTS: u64 = 8;
+
+#[test]
+fn held_transmits_leave_with_what_the_application_answers_between_turns() {
+    // Without holding, each connection's requests are acknowledged in a packet of their
+    // own, and the answers follow in the next turn; held, the ACK leaves with the answers.
+    let (held, plain) = (late_echo(true), late_echo(false));
+    assert!(
+        held + LATE_CLIENTS <= plain,
+        "held: {held} packets sent, not held: {plain}: an ACK-only packet per connection \
+         should have been saved"
+    );
+
+    // A handler that answers in its callbacks completes too: a held transmit goes at the
+    // next turn without anything else happening.
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut server = echo_server(&net, server_builder(2), MemSteering::Hash);
+    for w in &mut server.workers {
+        w.hold_transmits(true);
+    }
+    let mut clients: Vec<_> = (0..4)
+        .map(|i| {
+            let payloads = (0..4).map(|j| payload(i * 10 + j, 50_000)).collect();
+            echo_client(&net, &format!("10.0.0.{}:5000", i + 2), payloads, vec![])
+        })
+        .collect();
+    run(&net, &mut server, &mut clients);
+    assert_all_ok(&clients);
+}

@@ -19,7 +19,7 @@ use crate::handler::Handler;
 pub struct Driver {
     ep: Arc<EndpointShared>,
     worker: usize,
-    conns: HashMap<ConnId, Arc<ConnShared>>,
+    conns: HashMap<ConnId, Arc<ConnShared>, rustc_hash::FxBuildHasher>,
     /// Spare buffers, reused batch after batch.
     ops: Vec<Op>,
     todo: Vec<StreamId>,
@@ -30,7 +30,7 @@ impl Driver {
         Self {
             ep,
             worker,
-            conns: HashMap::new(),
+            conns: HashMap::default(),
             ops: Vec::new(),
             todo: Vec::new(),
         }

@@ -58,6 +58,7 @@ mod error;
 mod per_core;
 mod shared;
 mod stream;
+mod streams;
 
 use std::future::Future;
 use std::net::SocketAddr;

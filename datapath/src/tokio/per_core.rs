@@ -40,7 +40,14 @@ impl PerCore {
 }
 
 impl Runner<Driver> for PerCore {
-    fn run<B: Backend>(self, worker: Worker<Driver>, io: B, waker: &Waker) -> io::Result<Driver> {
+    fn run<B: Backend>(
+        self,
+        mut worker: Worker<Driver>,
+        io: B,
+        waker: &Waker,
+    ) -> io::Result<Driver> {
+        // The tasks answer between two turns: their answers leave with the ACKs.
+        worker.hold_transmits(true);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

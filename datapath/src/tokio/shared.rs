@@ -7,7 +7,7 @@
 //! (one command in flight per worker): the worker applies every marked request of every
 //! queued connection in one go, between two turns ([`super::driver`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -15,8 +15,10 @@ use std::task::Waker;
 
 use bytes::Bytes;
 use quinn_proto::{ClientConfig, ConnectionError, Dir, Side, StreamId, VarInt};
+use smallvec::SmallVec;
 
 use super::driver::Driver;
+use super::streams::Streams;
 use super::Limits;
 use crate::accept::AttemptId;
 use crate::{ConnId, Decision, EngineHandle};
@@ -27,16 +29,20 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Wakers collected under a lock, woken after it is released.
+/// Tasks waiting for one thing. Most waits have one waiter: it is held without allocating.
+pub(crate) type WakerList = SmallVec<[Waker; 1]>;
+
+/// Wakers collected under a lock, woken after it is released (a few without allocating:
+/// this runs on every event of the worker).
 #[derive(Default)]
-pub(crate) struct Wakes(Vec<Waker>);
+pub(crate) struct Wakes(SmallVec<[Waker; 4]>);
 
 impl Wakes {
     pub fn add(&mut self, w: Option<Waker>) {
         self.0.extend(w);
     }
-    pub fn all(&mut self, ws: &mut Vec<Waker>) {
-        self.0.append(ws);
+    pub fn all(&mut self, ws: &mut WakerList) {
+        self.0.extend(ws.drain(..));
     }
     pub fn wake(self) {
         for w in self.0 {
@@ -46,9 +52,48 @@ impl Wakes {
 }
 
 /// Registers `w` in `list` unless a waker there wakes the same task.
-pub(crate) fn register(list: &mut Vec<Waker>, w: &Waker) {
+pub(crate) fn register(list: &mut WakerList, w: &Waker) {
     if !list.iter().any(|x| x.will_wake(w)) {
         list.push(w.clone());
+    }
+}
+
+/// A stream's queue of chunks, in order. Most streams of request-response protocols hold
+/// one chunk at a time: the first is held inline, so that they allocate nothing here; the
+/// rest (bulk transfers) queue behind it.
+#[derive(Default)]
+pub(crate) struct Chunks {
+    /// The first chunk; `None` only when the queue is empty.
+    head: Option<Bytes>,
+    rest: VecDeque<Bytes>,
+}
+
+impl Chunks {
+    pub fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
+    pub fn push_back(&mut self, b: Bytes) {
+        if self.head.is_none() {
+            self.head = Some(b);
+        } else {
+            self.rest.push_back(b);
+        }
+    }
+
+    pub fn front_mut(&mut self) -> Option<&mut Bytes> {
+        self.head.as_mut()
+    }
+
+    pub fn pop_front(&mut self) -> Option<Bytes> {
+        let b = self.head.take();
+        self.head = self.rest.pop_front();
+        b
+    }
+
+    pub fn clear(&mut self) {
+        self.head = None;
+        self.rest.clear();
     }
 }
 
@@ -106,7 +151,7 @@ pub(crate) struct Attempt {
 #[derive(Default)]
 pub(crate) struct AcceptQueue {
     pub attempts: VecDeque<Attempt>,
-    pub waiters: Vec<Waker>,
+    pub waiters: WakerList,
 }
 
 /// What an endpoint's tasks and workers share.
@@ -123,7 +168,7 @@ pub(crate) struct EndpointShared {
     pub refusing: std::sync::atomic::AtomicBool,
     /// Connections alive (registered on a worker, not closed yet).
     pub open: AtomicUsize,
-    pub idle_waiters: Mutex<Vec<Waker>>,
+    pub idle_waiters: Mutex<WakerList>,
     pub next_worker: AtomicUsize,
     pub local_addr: OnceLock<SocketAddr>,
     /// Notified once `handle` is set: the engine has started.
@@ -239,7 +284,7 @@ pub(crate) enum SendEnd {
 
 /// One stream, both sides, as the tasks and the worker see it.
 pub(crate) struct StreamSlot {
-    pub recv: VecDeque<Bytes>,
+    pub recv: Chunks,
     pub recv_len: usize,
     /// Octets handed to the application so far (the offset of `read_chunk`'s chunks).
     pub recv_offset: u64,
@@ -255,7 +300,7 @@ pub(crate) struct StreamSlot {
     pub held: bool,
     pub read_waker: Option<Waker>,
 
-    pub send: VecDeque<Bytes>,
+    pub send: Chunks,
     pub send_len: usize,
     pub send_end: SendEnd,
     /// A [`super::SendStream`] exists (or will).
@@ -265,7 +310,7 @@ pub(crate) struct StreamSlot {
     pub reset: Option<VarInt>,
     pub reset_sent: bool,
     pub write_waker: Option<Waker>,
-    pub stopped_waiters: Vec<Waker>,
+    pub stopped_waiters: WakerList,
 
     /// In [`ConnState::todo`] already.
     pub queued: bool,
@@ -277,7 +322,7 @@ impl StreamSlot {
         let uni = id.dir() == Dir::Uni;
         let ours = id.initiator() == side;
         Self {
-            recv: VecDeque::new(),
+            recv: Chunks::default(),
             recv_len: 0,
             recv_offset: 0,
             recv_end: RecvEnd::Open,
@@ -287,7 +332,7 @@ impl StreamSlot {
             paused: false,
             held: false,
             read_waker: None,
-            send: VecDeque::new(),
+            send: Chunks::default(),
             send_len: 0,
             send_end: SendEnd::Open,
             send_handle: !uni || ours,
@@ -296,7 +341,7 @@ impl StreamSlot {
             reset: None,
             reset_sent: false,
             write_waker: None,
-            stopped_waiters: Vec::new(),
+            stopped_waiters: WakerList::new(),
             queued: false,
         }
     }
@@ -332,24 +377,24 @@ pub(crate) struct ConnState {
     pub established: bool,
     pub error: Option<ConnectionError>,
     pub connecting: Option<Waker>,
-    pub closed_waiters: Vec<Waker>,
+    pub closed_waiters: WakerList,
     pub info: Info,
 
     /// Streams the peer opened, not accepted yet: bidirectional, unidirectional.
     pub incoming: [VecDeque<StreamId>; 2],
-    pub accept_waiters: Vec<Waker>,
+    pub accept_waiters: WakerList,
     /// Opens asked for and not done yet, and streams opened for the askers.
     pub open_requests: [usize; 2],
     pub opened: [VecDeque<StreamId>; 2],
-    pub open_waiters: Vec<Waker>,
+    pub open_waiters: WakerList,
 
     pub datagrams: VecDeque<Bytes>,
     pub datagram_bytes: usize,
-    pub datagram_waiters: Vec<Waker>,
+    pub datagram_waiters: WakerList,
     pub out_datagrams: VecDeque<Bytes>,
     pub out_datagram_bytes: usize,
 
-    pub streams: HashMap<StreamId, StreamSlot>,
+    pub streams: Streams,
     /// Streams with requests for the worker.
     pub todo: Vec<StreamId>,
     /// Streams the worker stopped reading for lack of room here.
@@ -394,19 +439,19 @@ impl ConnShared {
                 established: false,
                 error: None,
                 connecting: None,
-                closed_waiters: Vec::new(),
+                closed_waiters: WakerList::new(),
                 info: Info::default(),
                 incoming: Default::default(),
-                accept_waiters: Vec::new(),
+                accept_waiters: WakerList::new(),
                 open_requests: [0; 2],
                 opened: Default::default(),
-                open_waiters: Vec::new(),
+                open_waiters: WakerList::new(),
                 datagrams: VecDeque::new(),
                 datagram_bytes: 0,
-                datagram_waiters: Vec::new(),
+                datagram_waiters: WakerList::new(),
                 out_datagrams: VecDeque::new(),
                 out_datagram_bytes: 0,
-                streams: HashMap::new(),
+                streams: Streams::default(),
                 todo: Vec::new(),
                 paused: Vec::new(),
                 resume: false,
@@ -469,7 +514,10 @@ impl ConnState {
     /// The application is done with the receiving side of `slot` (read to its end or
     /// reset, stopped, or dropped): its buffer and its hold are released. Returns whether
     /// paused streams may resume.
-    pub fn release_recv(&mut self, limits: &Limits, slot: &mut StreamSlot) -> bool {
+    pub fn release_recv(&mut self, limits: &Limits, id: StreamId) -> bool {
+        let Some(slot) = self.streams.get_mut(&id) else {
+            return false;
+        };
         let n = std::mem::take(&mut slot.recv_len);
         slot.recv.clear();
         slot.recv_handle = false;
@@ -477,6 +525,19 @@ impl ConnState {
             self.held -= 1;
         }
         self.consumed(limits, n) || (!self.paused.is_empty() && self.held < limits.held_streams)
+    }
+
+    /// Forgets stream `id` if nothing is left to do for it (see [`StreamSlot::is_done`]).
+    /// Returns whether it is still there.
+    pub fn forget_if_done(&mut self, id: StreamId) -> bool {
+        match self.streams.get(&id) {
+            Some(slot) if slot.is_done() => {
+                self.streams.remove(&id);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
     }
 
     /// Wakes everything waiting on the connection (it ended).

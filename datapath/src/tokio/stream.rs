@@ -1,6 +1,5 @@
 //! [`SendStream`] and [`RecvStream`]: the two sides of a stream as tasks hold them.
 
-use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
@@ -13,7 +12,7 @@ use super::connection::ConnRef;
 use super::error::{
     ClosedStream, ReadError, ReadExactError, ReadToEndError, StoppedError, WriteError,
 };
-use super::shared::{register, RecvEnd, SendEnd};
+use super::shared::{register, Chunks, RecvEnd, SendEnd};
 
 /// The sending side of a stream. Dropping it finishes the stream (after what was written),
 /// or resets it with the peer's code if the peer stopped it, as in quinn.
@@ -304,12 +303,14 @@ impl RecvStream {
         max_length: usize,
         _ordered: bool,
     ) -> Result<Option<Chunk>, ReadError> {
-        let offset = {
-            let st = self.conn.shared.lock();
-            st.streams.get(&self.id).map_or(0, |s| s.recv_offset)
-        };
-        let chunk = poll_fn(|cx| self.poll_chunk(cx, max_length)).await?;
-        Ok(chunk.map(|bytes| Chunk { offset, bytes }))
+        poll_fn(|cx| {
+            self.poll_take(cx, |recv, offset| {
+                let bytes = take_chunk(recv, max_length);
+                let n = bytes.len();
+                (Chunk { offset, bytes }, n)
+            })
+        })
+        .await
     }
 
     /// Fills `bufs` with the next chunks without copying; `None` at the end.
@@ -366,16 +367,15 @@ impl RecvStream {
         let c = &self.conn.shared;
         let mut st = c.lock();
         let limits = c.ep.limits;
-        let Some(mut slot) = st.streams.remove(&self.id) else {
+        let Some(slot) = st.streams.get_mut(&self.id) else {
             return Err(ClosedStream::new());
         };
-        let resume = st.release_recv(&limits, &mut slot);
         if slot.recv_end == RecvEnd::Open {
             slot.stop = Some(error_code);
         }
         slot.read_waker = None;
-        if !slot.is_done() {
-            st.streams.insert(self.id, slot);
+        let resume = st.release_recv(&limits, self.id);
+        if st.forget_if_done(self.id) {
             c.request(&mut st, self.id);
         }
         if resume {
@@ -402,13 +402,8 @@ impl RecvStream {
         cx: &mut Context<'_>,
         max: usize,
     ) -> Poll<Result<Option<Bytes>, ReadError>> {
-        self.poll_take(cx, |recv| {
-            let front = recv.front_mut().expect("called with data buffered");
-            let b = if front.len() <= max {
-                recv.pop_front().expect("front exists")
-            } else {
-                front.split_to(max)
-            };
+        self.poll_take(cx, |recv, _| {
+            let b = take_chunk(recv, max);
             let n = b.len();
             (b, n)
         })
@@ -421,7 +416,7 @@ impl RecvStream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<Result<Option<usize>, ReadError>> {
-        self.poll_take(cx, |recv| {
+        self.poll_take(cx, |recv, _| {
             let mut n = 0;
             while n < buf.len() {
                 let Some(front) = recv.front_mut() else {
@@ -440,15 +435,15 @@ impl RecvStream {
         })
     }
 
-    /// Takes buffered data with `take` (given a non-empty queue; returns what it made and
-    /// how many octets it took), or reports the end or the stream's error. Asks the worker
+    /// Takes buffered data with `take` (given a non-empty queue and the stream offset of
+    /// its front; returns what it made and how many octets it took), or reports the end or the stream's error. Asks the worker
     /// to read on when this read brings the stream's buffer, or the connection's, down
     /// across half its limit while reading is paused (not at every read: a paused stream
     /// resumed for a few octets of room would come back in tiny pieces).
     fn poll_take<T>(
         &mut self,
         cx: &mut Context<'_>,
-        take: impl FnOnce(&mut VecDeque<Bytes>) -> (T, usize),
+        take: impl FnOnce(&mut Chunks, u64) -> (T, usize),
     ) -> Poll<Result<Option<T>, ReadError>> {
         if self.all_read {
             return Poll::Ready(Err(ReadError::ClosedStream));
@@ -465,7 +460,7 @@ impl RecvStream {
         };
         if !slot.recv.is_empty() {
             let before = slot.recv_len;
-            let (out, n) = take(&mut slot.recv);
+            let (out, n) = take(&mut slot.recv, slot.recv_offset);
             slot.recv_len -= n;
             slot.recv_offset += n as u64;
             let half = limits.stream_receive / 2;
@@ -488,11 +483,8 @@ impl RecvStream {
             }
             RecvEnd::Finished | RecvEnd::Reset(_) => {
                 self.all_read = true;
-                let mut slot = st.streams.remove(&self.id).expect("looked up above");
-                let resume = st.release_recv(&limits, &mut slot);
-                if !slot.is_done() {
-                    st.streams.insert(self.id, slot);
-                }
+                let resume = st.release_recv(&limits, self.id);
+                st.forget_if_done(self.id);
                 if resume && error.is_none() {
                     st.resume = true;
                     c.schedule(&mut st);
@@ -503,6 +495,16 @@ impl RecvStream {
                 })
             }
         }
+    }
+}
+
+/// The next chunk of the non-empty queue `recv`, at most `max` octets.
+fn take_chunk(recv: &mut Chunks, max: usize) -> Bytes {
+    let front = recv.front_mut().expect("called with data buffered");
+    if front.len() <= max {
+        recv.pop_front().expect("front exists")
+    } else {
+        front.split_to(max)
     }
 }
 
