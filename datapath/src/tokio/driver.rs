@@ -20,6 +20,9 @@ pub struct Driver {
     ep: Arc<EndpointShared>,
     worker: usize,
     conns: HashMap<ConnId, Arc<ConnShared>, rustc_hash::FxBuildHasher>,
+    /// A stream the peer opened, announced by `stream_opened` and registered with the
+    /// `stream_readable` call the worker makes right after it: one lock for both.
+    opened: Option<(ConnId, StreamId)>,
     /// Spare buffers, reused batch after batch.
     ops: Vec<Op>,
     todo: Vec<StreamId>,
@@ -31,6 +34,7 @@ impl Driver {
             ep,
             worker,
             conns: HashMap::default(),
+            opened: None,
             ops: Vec::new(),
             todo: Vec::new(),
         }
@@ -38,6 +42,7 @@ impl Driver {
 
     /// Runs the ops the tasks queued for this worker (posted by [`EndpointShared::push`]).
     pub(crate) fn drain(&mut self, ctx: &mut Ctx<'_>) {
+        self.flush_opened();
         let mut ops = std::mem::take(&mut self.ops);
         self.ep.inboxes[self.worker].take(&mut ops);
         for op in ops.drain(..) {
@@ -134,13 +139,32 @@ impl Driver {
         wakes.wake();
     }
 
+    /// Registers the stream `stream_opened` announced, if the `stream_readable` call that
+    /// registers it did not come (the worker makes both for each new stream, in a row).
+    fn flush_opened(&mut self) {
+        let Some((id, stream)) = self.opened.take() else {
+            return;
+        };
+        let Some(c) = self.conns.get(&id) else { return };
+        let mut wakes = Wakes::default();
+        {
+            let mut st = c.lock();
+            let side = st.side;
+            accept_stream(&mut st, stream, side, &mut wakes);
+        }
+        wakes.wake();
+    }
+
     /// Runs `f` on the shared state of `conn`, then wakes what it collected.
     fn with_state(
         &mut self,
         conn: &mut Conn<'_>,
         f: impl FnOnce(&mut Conn<'_>, &mut ConnState, &EndpointShared, &mut Wakes),
     ) {
-        let Some(c) = self.shared(conn) else { return };
+        self.flush_opened();
+        let Some(c) = self.conns.get(&conn.id()) else {
+            return;
+        };
         let mut wakes = Wakes::default();
         {
             let mut st = c.lock();
@@ -166,6 +190,13 @@ fn refresh(conn: &mut Conn<'_>, st: &mut ConnState) {
     st.info.remote = Some(conn.remote_address());
     st.info.rtt = conn.rtt();
     st.info.max_datagram = conn.max_datagram_size();
+}
+
+/// A stream the peer opened: it waits for `accept_bi` / `accept_uni`.
+fn accept_stream(st: &mut ConnState, stream: StreamId, side: quinn_proto::Side, wakes: &mut Wakes) {
+    st.streams.insert(stream, StreamSlot::new(stream, side));
+    st.incoming[dir_index(stream.dir())].push_back(stream);
+    wakes.all(&mut st.accept_waiters);
 }
 
 /// Opens the streams tasks asked for, as far as the peer allows.
@@ -340,6 +371,7 @@ impl Handler for Driver {
     }
 
     fn connected(&mut self, conn: &mut Conn<'_>) {
+        self.flush_opened();
         let Some(c) = self.shared(conn) else { return };
         {
             let mut st = c.lock();
@@ -356,16 +388,22 @@ impl Handler for Driver {
     }
 
     fn stream_opened(&mut self, conn: &mut Conn<'_>, stream: StreamId) {
-        let side = conn.side();
-        self.with_state(conn, |_, st, _, wakes| {
-            st.streams.insert(stream, StreamSlot::new(stream, side));
-            st.incoming[dir_index(stream.dir())].push_back(stream);
-            wakes.all(&mut st.accept_waiters);
-        });
+        // Registered by the `stream_readable` call that follows (see `opened`).
+        self.flush_opened();
+        self.opened = Some((conn.id(), stream));
     }
 
     fn stream_readable(&mut self, conn: &mut Conn<'_>, stream: StreamId) {
+        let new = self.opened == Some((conn.id(), stream));
+        if new {
+            self.opened = None;
+        } else {
+            self.flush_opened();
+        }
         self.with_state(conn, |conn, st, ep, wakes| {
+            if new {
+                accept_stream(st, stream, conn.side(), wakes);
+            }
             read_into(conn, st, ep, stream, wakes);
             refresh(conn, st);
         });
@@ -423,6 +461,7 @@ impl Handler for Driver {
     }
 
     fn closed(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, reason: &ConnectionError) {
+        self.flush_opened();
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
@@ -449,6 +488,7 @@ impl Drop for Driver {
     /// The worker ended (stopped, or failed): the tasks still waiting on its connections
     /// hear that they are gone.
     fn drop(&mut self) {
+        self.flush_opened();
         self.ep
             .closing
             .store(true, std::sync::atomic::Ordering::Release);
