@@ -19,21 +19,28 @@ use super::Keeper;
 
 /// A handle on a connection that counts towards its implicit close: when the last one goes
 /// (connection, streams, connecting), the connection is closed with code 0, as in quinn.
+/// While one exists, the connection's state keeps the engine (its [`Keeper`]), so a clone
+/// costs one reference count and the connection's count, not a third.
 pub(crate) struct ConnRef {
     pub(crate) shared: Arc<ConnShared>,
-    keeper: Arc<Keeper>,
 }
 
 impl ConnRef {
-    pub(crate) fn new(shared: Arc<ConnShared>, keeper: Arc<Keeper>) -> Self {
+    /// The first handle on a new connection, `shared`, which keeps `keeper` until the last
+    /// handle goes.
+    pub(crate) fn first(shared: Arc<ConnShared>, keeper: Arc<Keeper>) -> Self {
+        shared.lock().keeper = Some(keeper);
         shared.refs.fetch_add(1, Ordering::AcqRel);
-        Self { shared, keeper }
+        Self { shared }
     }
 }
 
 impl Clone for ConnRef {
     fn clone(&self) -> Self {
-        Self::new(self.shared.clone(), self.keeper.clone())
+        self.shared.refs.fetch_add(1, Ordering::AcqRel);
+        Self {
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -42,11 +49,16 @@ impl Drop for ConnRef {
         if self.shared.refs.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
-        let mut st = self.shared.lock();
-        if st.error.is_none() && st.close.is_none() {
-            st.close = Some((VarInt::from_u32(0), Bytes::new()));
-            self.shared.schedule(&mut st);
-        }
+        let keeper = {
+            let mut st = self.shared.lock();
+            if st.error.is_none() && st.close.is_none() {
+                st.close = Some((VarInt::from_u32(0), Bytes::new()));
+                self.shared.schedule(&mut st);
+            }
+            st.keeper.take()
+        };
+        // Outside the lock: the last keeper shuts the engine down.
+        drop(keeper);
     }
 }
 

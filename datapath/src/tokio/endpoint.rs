@@ -154,7 +154,7 @@ impl Endpoint {
             .unwrap_or_else(|| ep.next_worker.fetch_add(1, Ordering::Relaxed) % ep.inboxes.len());
         let shared = ConnShared::new(worker, Side::Client, ep.clone());
         shared.lock().info.remote = Some(addr);
-        let conn = ConnRef::new(shared.clone(), self.keeper.clone());
+        let conn = ConnRef::first(shared.clone(), self.keeper.clone());
         let op = Op::Connect {
             conn: shared,
             config,
@@ -268,7 +268,7 @@ impl Incoming {
             st.info.remote = Some(self.attempt.remote);
             st.info.local_ip = self.attempt.local_ip;
         }
-        let conn = ConnRef::new(shared.clone(), self.endpoint.keeper.clone());
+        let conn = ConnRef::first(shared.clone(), self.endpoint.keeper.clone());
         self.decide(decision, Some(shared));
         Ok(Connecting::new(conn))
     }

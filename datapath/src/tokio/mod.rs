@@ -34,7 +34,9 @@
 //!   tasks; the application's future runs on every worker with an [`Endpoint`] that accepts
 //!   that worker's connections, and the tasks it spawns (`tokio::spawn` or `spawn_local`) run
 //!   there too: a connection's tasks never leave its worker's core, and waking them costs no
-//!   syscall.
+//!   syscall. The worker holds a connection's transmit back for one turn after its tasks were
+//!   handed events ([`crate::Worker::hold_transmits`]), so that their answers leave with the
+//!   ACKs of what they answer, in one batch.
 //!
 //! Where it differs from quinn, and why:
 //! - reads and writes go through bounded per-stream queues between the tasks and the worker

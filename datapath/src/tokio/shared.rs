@@ -408,6 +408,9 @@ pub(crate) struct ConnState {
     pub close: Option<(VarInt, Bytes)>,
     /// On its worker's inbox already.
     pub scheduled: bool,
+    /// The engine, kept alive while the application holds a handle on the connection
+    /// (`super::connection::ConnRef`); taken when the last goes.
+    pub keeper: Option<Arc<super::Keeper>>,
 }
 
 /// Index of a direction in the per-direction arrays.
@@ -459,6 +462,7 @@ impl ConnShared {
                 held: 0,
                 close: None,
                 scheduled: false,
+                keeper: None,
             }),
             refs: AtomicUsize::new(0),
         })
