@@ -10,7 +10,8 @@
 //!    ([`crate::route`]): to this shard's endpoint, to its owner worker, or drop;
 //! 4. fire the connection timers that are due;
 //! 5. drive every connection that changed (`Worker::drive`): endpoint events, application
-//!    callbacks ([`Handler`]), then transmits straight to the backend;
+//!    callbacks ([`Handler`]), then transmits straight to the backend (or, with
+//!    [`Worker::hold_transmits`], at the next turn, after the application answered);
 //! 6. flush the backend, publish the counters, report the next deadline.
 //!
 //! Nothing here allocates, locks, logs or makes a syscall per packet: batches, buffers and

@@ -394,11 +394,10 @@ impl Handler for Driver {
     }
 
     fn stream_readable(&mut self, conn: &mut Conn<'_>, stream: StreamId) {
+        // Any other stream announced is registered first, by `with_state`.
         let new = self.opened == Some((conn.id(), stream));
         if new {
             self.opened = None;
-        } else {
-            self.flush_opened();
         }
         self.with_state(conn, |conn, st, ep, wakes| {
             if new {
