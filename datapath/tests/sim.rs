@@ -940,12 +940,7 @@ fn late_echo(hold: bool) -> u64 {
     )
     .unwrap();
     server.workers[0].hold_transmits(hold);
-    let mut clients: Vec<_> = (0..LATE_CLIENTS)
-        .map(|i| {
-            let payloads = (0..8).map(|j| payload(i * 10 + j, 200)).collect();
-            echo_client(&net, &format!("10.0.0.{}:5000", i + 2), payloads, vec![])
-        })
-        .collect();
+    let mut clients = echo_clients(&net, LATE_CLIENTS, 8, 200);
     let start = net.now();
     while !clients.iter().all(|c| c.is_done()) {
         assert!(
@@ -967,6 +962,16 @@ fn late_echo(hold: bool) -> u64 {
 
 const LATE_CLIENTS: u64 = 8;
 
+/// `n` echo clients (10.0.0.2 and up), each with `streams` streams of `len` octets.
+fn echo_clients(net: &MemNetwork, n: u64, streams: u64, len: usize) -> Vec<Node<EchoClient>> {
+    (0..n)
+        .map(|i| {
+            let payloads = (0..streams).map(|j| payload(i * 10 + j, len)).collect();
+            echo_client(net, &format!("10.0.0.{}:5000", i + 2), payloads, vec![])
+        })
+        .collect()
+}
+
 #[test]
 fn held_transmits_leave_with_what_the_application_answers_between_turns() {
     // Without holding, each connection's requests are acknowledged in a packet of their
@@ -985,12 +990,7 @@ fn held_transmits_leave_with_what_the_application_answers_between_turns() {
     for w in &mut server.workers {
         w.hold_transmits(true);
     }
-    let mut clients: Vec<_> = (0..4)
-        .map(|i| {
-            let payloads = (0..4).map(|j| payload(i * 10 + j, 50_000)).collect();
-            echo_client(&net, &format!("10.0.0.{}:5000", i + 2), payloads, vec![])
-        })
-        .collect();
+    let mut clients = echo_clients(&net, 4, 4, 50_000);
     run(&net, &mut server, &mut clients);
     assert_all_ok(&clients);
 }
