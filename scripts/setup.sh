@@ -6,7 +6,7 @@
 #   iproute2, iputils-ping   network namespaces, veth pairs, traffic checks in the tests
 #   ethtool, shellcheck      the NIC tuning scripts and their tests
 #   util-linux               nsenter, mount (bpffs)
-#   python3                  JSON checks in the script tests
+#   python3, python3-pip     JSON checks in the script tests; pip for aioquic
 #   g++                      libFuzzer (the cargo-fuzz targets, scripts/fuzz.sh)
 #   ngtcp2-client            gtlsclient: ngtcp2's HTTP/3 client, a second independent HTTP/3 peer
 #   aioquic (PyPI)           the independent QUIC peer of the interop tests
@@ -15,10 +15,15 @@ set -euo pipefail
 install_aioquic() {
 	python3 -c 'import aioquic' 2>/dev/null && return 0
 	echo "setup.sh: installing aioquic (PyPI)" >&2
-	python3 -m pip install --quiet --root-user-action=ignore 'aioquic==1.7.2'
+	local pip=(python3 -m pip install --quiet --root-user-action=ignore)
+	"${pip[@]}" 'aioquic==1.7.2' 2>/dev/null && return 0
+	# Debian's own python3 is "externally managed" (PEP 668) and refuses the install above;
+	# aioquic is only a test peer, so it goes beside the system's packages there.
+	echo "setup.sh: retrying with --break-system-packages (an externally managed python3)" >&2
+	"${pip[@]}" --break-system-packages 'aioquic==1.7.2'
 }
 
-packages=(clang llvm libbpf-dev iproute2 iputils-ping ethtool shellcheck util-linux python3 g++ ngtcp2-client)
+packages=(clang llvm libbpf-dev iproute2 iputils-ping ethtool shellcheck util-linux python3 python3-pip g++ ngtcp2-client)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -295,27 +295,31 @@ fn four_queues_every_worker_serves_connections() {
     rig.stop();
 }
 
-/// Moves a quinn client to a new socket (`bind(round)`) in the middle of a 200 kB echo,
-/// round after round, until a new path's packets arrive on another queue (seen as
-/// hand-overs), checking every stream; then checks the server kept one connection and
-/// answered every path.
+/// Moves a quinn client (over IPv6 if `v6`) to a new socket (`bind(round)`) in the middle of
+/// a 200 kB echo, round after round, until a new path's packets arrive on another queue
+/// (seen as hand-overs), checking every stream; then checks the server kept one connection
+/// and answered every path.
 fn migrate_until_another_queue(
     rig: &mut Rig,
+    v6: bool,
     rounds: usize,
     bind: impl Fn(usize) -> std::net::UdpSocket + Send,
 ) {
-    let addr = rig.addr(false);
+    let addr = rig.addr(v6);
     let cert = rig.cert.clone();
     let handle = rig.engine().handle();
+    // The rig may have served before: what this call adds is what counts.
+    let before = handle.total();
+    let moved_from = before.handover_out;
     rig.client(async move || {
-        let ep = quinn_endpoint(&cert, false);
+        let ep = quinn_endpoint(&cert, v6);
         let conn = ep
             .connect(addr, "localhost")
             .unwrap()
             .await
             .expect("handshake");
         let mut round = 0;
-        while handle.total().handover_out == 0 {
+        while handle.total().handover_out == moved_from {
             assert!(round < rounds, "no new path reached another queue");
             let d = random(200_000, round as u64);
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -334,8 +338,12 @@ fn migrate_until_another_queue(
         ep.wait_idle().await;
     });
     let t = rig.engine().handle().total();
-    assert_eq!(t.conns_accepted, 1, "one connection all along");
-    assert!(t.handover_out > 0 && t.handover_dropped == 0);
+    assert_eq!(
+        t.conns_accepted - before.conns_accepted,
+        1,
+        "one connection all along (v6 {v6})"
+    );
+    assert!(t.handover_out > before.handover_out && t.handover_dropped == 0);
     let no_route: u64 = rig
         .engine()
         .xsk_queues()
@@ -346,7 +354,8 @@ fn migrate_until_another_queue(
 }
 
 /// A client that moves to a new source port mid-transfer keeps its connection, also when the
-/// new path lands on another queue (and so another worker, which hands the packets over).
+/// new path lands on another queue (and so another worker, which hands the packets over):
+/// both transmit paths, IPv4 and IPv6.
 #[test]
 fn migration_to_another_queue_keeps_the_connection() {
     if !privileged("migration_to_another_queue_keeps_the_connection") {
@@ -354,9 +363,12 @@ fn migration_to_another_queue_keeps_the_connection() {
     }
     for tx in [TxMode::Xsk, TxMode::Kernel] {
         let mut rig = Rig::new(4, &[0, 1, 2, 3], AttachMode::Native, |s| s.tx = tx);
-        migrate_until_another_queue(&mut rig, 64, |_| {
-            std::net::UdpSocket::bind("0.0.0.0:0").unwrap()
-        });
+        for v6 in [false, true] {
+            let any = if v6 { "[::]:0" } else { "0.0.0.0:0" };
+            migrate_until_another_queue(&mut rig, v6, 64, |_| {
+                std::net::UdpSocket::bind(any).unwrap()
+            });
+        }
         rig.stop();
     }
 }
@@ -379,7 +391,7 @@ fn migration_to_another_address_on_another_queue_keeps_the_connection() {
         let (ns, dev, cidr) = (&rig.tb.client_ns, &rig.tb.client_if, format!("{ip}/24"));
         sh(&["ip", "-n", ns, "addr", "add", &cidr, "dev", dev]);
     }
-    migrate_until_another_queue(&mut rig, extra.len(), |round| {
+    migrate_until_another_queue(&mut rig, false, extra.len(), |round| {
         std::net::UdpSocket::bind((extra[round], 0)).unwrap()
     });
     rig.stop();

@@ -506,6 +506,105 @@ fn serve_over_af_xdp_on_a_pinned_attachment() {
     pins.detach();
 }
 
+/// `xdp-quic client --backend xdp --iface IF` from the testbed's client namespace, against
+/// servers over kernel UDP in the server's, IPv4 (echo, byte-exact) and IPv6 (perf): the
+/// client says which path it took, its replies come through its AF_XDP sockets (the
+/// program's redirect counter), and the program it attached for its port is gone when it
+/// exits. Without `--iface` it is a clear error.
+#[test]
+fn client_over_af_xdp_from_the_command_line() {
+    use xdp_quic_control::testing::{unique_name, xdp_prog_on};
+    if !privileged("client_over_af_xdp_from_the_command_line") {
+        return;
+    }
+    let tb = xdp_quic_control::testbed::Testbed::create(&unique_name("xk"), 2, 241).unwrap();
+    // The client reads what the server's side sends: full checksums from there.
+    tb.full_checksums_from_server().unwrap();
+    let serve = |listen: &str, app: &str| {
+        Server::start_with(&["--netns", &tb.server_ns, "--listen", listen, "--app", app]).0
+    };
+    let echo = serve("0.0.0.0:4433", "echo");
+    let perf = serve("[::]:4434", "perf");
+    let client = |addr: SocketAddr, args: &[&str]| -> Output {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &tb.client_ns, BIN, "client"])
+            .args(["--connect", &addr.to_string(), "--insecure"])
+            .args(["--backend", "xdp", "--iface", &tb.client_if])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(&format!("AF_XDP on {} queue(s) 0,1", tb.client_if)),
+            "{stderr}"
+        );
+        let redirected: u64 = stderr
+            .split("redirected ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no redirect count in {stderr}"));
+        assert!(redirected > 0, "{stderr}");
+        assert_eq!(
+            xdp_prog_on(&tb.client_ns, &tb.client_if),
+            None,
+            "the client's program is detached at its exit"
+        );
+        out
+    };
+
+    let message = "through-the-client's-af-xdp-sockets";
+    let out = client(
+        SocketAddr::new(tb.server_v4.into(), 4433),
+        &["--app", "echo", "--message", message],
+    );
+    assert_eq!(text(&out.stdout), format!("{message}\n"));
+
+    let out = client(
+        SocketAddr::new(tb.server_v6.into(), 4434),
+        &[
+            "--app",
+            "perf",
+            "--download",
+            "3M",
+            "--requests",
+            "6",
+            "--streams",
+            "3",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(v["requests"], 6, "{v}");
+    assert_eq!(v["failed"], 0, "{v}");
+    assert_eq!(v["downloaded_bytes"], 18_000_000, "{v}");
+
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &tb.client_ns,
+            BIN,
+            "client",
+            "--backend",
+            "xdp",
+        ])
+        .args(["--connect", &format!("{}:4433", tb.server_v4), "--insecure"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--backend xdp needs --iface"),
+        "{}",
+        text(&out.stderr)
+    );
+    for server in [echo, perf] {
+        let (ok, stderr) = server.stop();
+        assert!(ok, "{stderr}");
+    }
+}
+
 /// Without CAP_IPC_LOCK and with a small RLIMIT_MEMLOCK the UMEM cannot be registered: the
 /// operator gets the reason and the remedies, not a bare ENOBUFS, and nothing stays attached.
 #[test]

@@ -140,9 +140,31 @@ impl Launch {
                 mode,
             } => {
                 let setup = xdp_quic::XdpSetup::new(iface, any_local_for(remote), queues.clone());
-                let (x, _port) =
+                let (x, port) =
                     xdp_quic_control::serve::start_xdp_client(b, &setup, *mode, factory)?;
-                Ok(xdp_quic_examples::client::run_on_first(x.engine, start)?)
+                let list: Vec<String> = queues.iter().map(u32::to_string).collect();
+                eprintln!(
+                    "xdp-quic client: AF_XDP on {iface} queue(s) {} for local port {port} ({}), \
+                     transmitting through the kernel",
+                    list.join(","),
+                    x.how
+                );
+                let program = x.program;
+                let out = xdp_quic_examples::client::run_on_first(x.engine, start)?;
+                // Read after the run: the reader keeps the counters map open past the detach.
+                if let Some(c) = program.and_then(|p| p.read().ok()) {
+                    let redirected: u64 = c
+                        .named()
+                        .iter()
+                        .filter(|(name, _)| name.ends_with(".redirected"))
+                        .map(|(_, v)| v)
+                        .sum();
+                    eprintln!(
+                        "xdp-quic client: the XDP program redirected {redirected} packet(s) to \
+                         the client's AF_XDP sockets"
+                    );
+                }
+                Ok(out)
             }
         }
     }
