@@ -533,3 +533,196 @@ async fn code_ported_from_quinn_serves_a_quinn_client() {
         ep.close(VarInt::from_u32(0), b"");
     }
 }
+
+/// Streams the application has not accepted yet fill the connection's budgets (bidirectional
+/// ones with data beyond `connection_receive`, unidirectional ones finished beyond
+/// `held_streams`) while it reads one stream at a time, as the README's echo server does:
+/// the stream it reads still gets its data. (Before, every stream paused until the idle
+/// timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_not_accepted_yet_never_stall_the_one_being_read() {
+    const BIDI: usize = 12;
+    const SIZE: usize = 100_000;
+    const UNI: usize = 6;
+    for mode in MODES {
+        let limits = Limits {
+            stream_receive: 64 << 10,
+            connection_receive: 128 << 10,
+            held_streams: 2,
+            ..Limits::default()
+        };
+        // Each bidirectional stream read to its end and answered with its length, one after
+        // the other; then the unidirectional ones; then their total on one more stream.
+        let app = |ep: Endpoint| async move {
+            while let Some(incoming) = ep.accept().await {
+                tokio::spawn(async move {
+                    let conn = incoming.await.unwrap();
+                    for _ in 0..BIDI {
+                        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+                        let data = recv.read_to_end(usize::MAX).await.unwrap();
+                        send.write_all(&(data.len() as u64).to_be_bytes())
+                            .await
+                            .unwrap();
+                        send.finish().unwrap();
+                    }
+                    let mut total = 0u64;
+                    for _ in 0..UNI {
+                        let mut recv = conn.accept_uni().await.unwrap();
+                        total += recv.read_to_end(usize::MAX).await.unwrap().len() as u64;
+                    }
+                    let (mut send, _recv) = conn.accept_bi().await.unwrap();
+                    send.write_all(&total.to_be_bytes()).await.unwrap();
+                    send.finish().unwrap();
+                    let _ = send.stopped().await;
+                });
+            }
+        };
+        let (ep, cert) = server(mode, 1, limits, app);
+        let client = quinn_client(cert, async_echo::ALPN);
+        let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
+        for i in 0..UNI {
+            let mut send = conn.open_uni().await.unwrap();
+            send.write_all(&payload(40 + i as u64, 1000)).await.unwrap();
+            send.finish().unwrap();
+        }
+        let mut streams = Vec::new();
+        for i in 0..BIDI {
+            let (mut send, recv) = conn.open_bi().await.unwrap();
+            send.write_chunk(payload(i as u64, SIZE)).await.unwrap();
+            send.finish().unwrap();
+            streams.push((send, recv));
+        }
+        for (i, (_send, mut recv)) in streams.into_iter().enumerate() {
+            let answer = guard("an answer", recv.read_to_end(8)).await.unwrap();
+            assert_eq!(answer, (SIZE as u64).to_be_bytes(), "{mode:?}: stream {i}");
+        }
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.finish().unwrap();
+        let total = guard("the total", recv.read_to_end(8)).await.unwrap();
+        assert_eq!(total, (UNI as u64 * 1000).to_be_bytes(), "{mode:?}");
+        conn.close(VarInt::from_u32(0), b"");
+    }
+}
+
+/// A quinn server that allows one bidirectional stream at a time, and serves each with
+/// `serve`, one after the other, on its first connection.
+fn one_stream_quinn_server<F, Fut>(serve: F) -> (quinn::Endpoint, CertificateDer<'static>)
+where
+    F: Fn(quinn::SendStream, quinn::RecvStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let (mut config, cert) = quinn_server_config(async_echo::ALPN);
+    let mut t = quinn_transport();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    config.transport_config(Arc::new(t));
+    let ep = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let accept = ep.clone();
+    tokio::spawn(async move {
+        let conn = accept.accept().await.unwrap().await.unwrap();
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            serve(send, recv).await;
+        }
+    });
+    (ep, cert)
+}
+
+/// quinn's echo of one stream.
+async fn quinn_echo_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let data = recv.read_to_end(1 << 20).await.unwrap();
+    send.write_all(&data).await.unwrap();
+    send.finish().unwrap();
+}
+
+/// `open_bi` futures dropped while the peer's one stream is busy hold nothing: the next
+/// opens get the credit, one after the other. (Before, a dropped open's request stayed: when
+/// credit came back with no open waiting, the worker opened a stream nobody owned, which held
+/// the credit, and the next open waited forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_open_holds_no_stream() {
+    for mode in MODES {
+        let (server, cert) = one_stream_quinn_server(quinn_echo_stream);
+        let addr = server.local_addr().unwrap();
+        let back = with_client(mode, cert, move |ep| async move {
+            let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            for _ in 0..3 {
+                let mut open = std::pin::pin!(conn.open_bi());
+                std::future::poll_fn(|cx| {
+                    assert!(
+                        open.as_mut().poll(cx).is_pending(),
+                        "the one stream is busy"
+                    );
+                    std::task::Poll::Ready(())
+                })
+                .await;
+            }
+            send.write_all(b"first").await.unwrap();
+            send.finish().unwrap();
+            let mut back = recv.read_to_end(1 << 10).await.unwrap();
+            for i in 0..3u8 {
+                let (mut send, mut recv) = guard("an open", conn.open_bi()).await.unwrap();
+                send.write_all(&[i; 10]).await.unwrap();
+                send.finish().unwrap();
+                back.extend(recv.read_to_end(1 << 10).await.unwrap());
+            }
+            conn.close(VarInt::from_u32(0), b"");
+            back
+        })
+        .await;
+        let mut want = b"first".to_vec();
+        for i in 0..3u8 {
+            want.extend([i; 10]);
+        }
+        assert_eq!(back, want, "{mode:?}");
+        server.close(VarInt::from_u32(0), b"");
+    }
+}
+
+/// The peer stops a stream whose `SendStream` was dropped with data still queued: the
+/// stream is reset with the peer's code, so it is freed and the peer's one stream of credit
+/// comes back (before, nobody reset it and the next open waited forever). A `stopped`
+/// future that outlives its handle learns how the stream ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_stopped_after_its_handle_went_is_reset_and_freed() {
+    for mode in MODES {
+        // The first stream: read a little, then stop it with code 7; the rest: echoed.
+        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (server, cert) = one_stream_quinn_server(move |mut send, mut recv| {
+            let first = first.swap(false, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if first {
+                    let mut buf = [0u8; 10];
+                    recv.read_exact(&mut buf).await.unwrap();
+                    recv.stop(VarInt::from_u32(7)).unwrap();
+                    send.finish().unwrap();
+                    let _ = send.stopped().await;
+                } else {
+                    quinn_echo_stream(send, recv).await;
+                }
+            }
+        });
+        let addr = server.local_addr().unwrap();
+        let (stopped, back) = with_client(mode, cert, move |ep| async move {
+            let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let stopped = tokio::task::spawn_local(send.stopped());
+            // More than the peer's stream window: most of it is still queued here when the
+            // handle goes and when the peer's STOP_SENDING comes.
+            send.write_chunk(payload(9, 3 << 20)).await.unwrap();
+            send.finish().unwrap();
+            drop(send);
+            assert!(recv.read_to_end(1 << 10).await.unwrap().is_empty());
+            let stopped = guard("stopped", stopped).await.unwrap();
+            let (mut send, mut recv) = guard("an open", conn.open_bi()).await.unwrap();
+            send.write_all(b"again").await.unwrap();
+            send.finish().unwrap();
+            let back = recv.read_to_end(1 << 10).await.unwrap();
+            conn.close(VarInt::from_u32(0), b"");
+            (stopped, back)
+        })
+        .await;
+        assert_eq!(stopped, Ok(Some(VarInt::from_u32(7))), "{mode:?}");
+        assert_eq!(back, b"again", "{mode:?}");
+        server.close(VarInt::from_u32(0), b"");
+    }
+}

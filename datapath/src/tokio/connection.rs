@@ -115,6 +115,82 @@ impl Future for Connecting {
 #[derive(Clone)]
 pub struct Connection(pub(crate) ConnRef);
 
+/// One `open_bi` / `open_uni` under way: asks the worker for a stream (one request of
+/// `open_requests`; the worker queues what it opens in `opened`, for any asker) and takes
+/// one. Dropped before it took one, it withdraws its request, or, when the worker already
+/// served it, finishes the stream nobody will take, so that no stream holds the peer's
+/// credit for nothing.
+struct Opening<'a> {
+    conn: &'a Connection,
+    dir: Dir,
+    asked: bool,
+    done: bool,
+}
+
+impl<'a> Opening<'a> {
+    fn new(conn: &'a Connection, dir: Dir) -> Self {
+        Self {
+            conn,
+            dir,
+            asked: false,
+            done: false,
+        }
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<quinn_proto::StreamId, ConnectionError>> {
+        let c = self.conn.shared();
+        let mut st = c.lock();
+        if let Some(e) = &st.error {
+            self.done = true;
+            return Poll::Ready(Err(e.clone()));
+        }
+        let d = dir_index(self.dir);
+        if self.asked {
+            if let Some(id) = st.opened[d].pop_front() {
+                self.done = true;
+                return Poll::Ready(Ok(id));
+            }
+        }
+        // Registered before asking: a worker that has ended wakes it (`schedule`).
+        register(&mut st.open_waiters, cx.waker());
+        if !self.asked {
+            self.asked = true;
+            st.open_requests[d] += 1;
+            c.schedule(&mut st);
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if !self.asked || self.done {
+            return;
+        }
+        let d = dir_index(self.dir);
+        let unclaimed = {
+            let mut st = self.conn.shared().lock();
+            if st.open_requests[d] > 0 {
+                st.open_requests[d] -= 1;
+                None
+            } else {
+                st.opened[d].pop_front()
+            }
+        };
+        // Outside the lock: the handles' drops take it. Dropping them finishes the stream
+        // (empty) and stops its receiving side, as for any stream the application drops.
+        if let Some(id) = unclaimed {
+            drop(SendStream::new(self.conn.0.clone(), id));
+            if self.dir == Dir::Bi {
+                drop(RecvStream::new(self.conn.0.clone(), id));
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let st = self.0.shared.lock();
@@ -131,12 +207,14 @@ impl Connection {
     }
 
     /// Opens a bidirectional stream, waiting while the peer's stream limit is reached.
+    /// Cancel-safe: dropped before it completes, it opens nothing (or finishes at once the
+    /// stream the worker opened for it).
     pub fn open_bi(
         &self,
     ) -> impl Future<Output = Result<(SendStream, RecvStream), ConnectionError>> + Send + '_ {
-        let mut asked = false;
+        let mut opening = Opening::new(self, Dir::Bi);
         poll_fn(move |cx| {
-            self.poll_open(cx, Dir::Bi, &mut asked).map_ok(|id| {
+            opening.poll(cx).map_ok(|id| {
                 (
                     SendStream::new(self.0.clone(), id),
                     RecvStream::new(self.0.clone(), id),
@@ -146,37 +224,16 @@ impl Connection {
     }
 
     /// Opens a unidirectional stream, waiting while the peer's stream limit is reached.
+    /// Cancel-safe, as [`Connection::open_bi`].
     pub fn open_uni(
         &self,
     ) -> impl Future<Output = Result<SendStream, ConnectionError>> + Send + '_ {
-        let mut asked = false;
+        let mut opening = Opening::new(self, Dir::Uni);
         poll_fn(move |cx| {
-            self.poll_open(cx, Dir::Uni, &mut asked)
+            opening
+                .poll(cx)
                 .map_ok(|id| SendStream::new(self.0.clone(), id))
         })
-    }
-
-    fn poll_open(
-        &self,
-        cx: &mut Context<'_>,
-        dir: Dir,
-        asked: &mut bool,
-    ) -> Poll<Result<quinn_proto::StreamId, ConnectionError>> {
-        let c = self.shared();
-        let mut st = c.lock();
-        if let Some(e) = &st.error {
-            return Poll::Ready(Err(e.clone()));
-        }
-        let d = dir_index(dir);
-        if !*asked {
-            *asked = true;
-            st.open_requests[d] += 1;
-            c.schedule(&mut st);
-        } else if let Some(id) = st.opened[d].pop_front() {
-            return Poll::Ready(Ok(id));
-        }
-        register(&mut st.open_waiters, cx.waker());
-        Poll::Pending
     }
 
     /// Waits for the next bidirectional stream the peer opens.
@@ -267,9 +324,11 @@ impl Connection {
         self.shared().lock().info.max_datagram
     }
 
-    /// Closes the connection with `error_code` and `reason`: every operation on it fails with
-    /// `LocallyClosed` from now on; what was written before goes out first as far as the
-    /// close allows (as in quinn: use [`SendStream::stopped`] to know it arrived).
+    /// Closes the connection with `error_code` and `reason`: from now on new operations fail
+    /// with `LocallyClosed`, except that reads still hand out what was received before and
+    /// `accept_bi`/`accept_uni` the streams that were waiting (quinn hands buffered data out
+    /// before the error too); what was written before goes out first as far as the close
+    /// allows (as in quinn: use [`SendStream::stopped`] to know it arrived).
     pub fn close(&self, error_code: VarInt, reason: &[u8]) {
         let c = self.shared();
         let mut wakes = Wakes::default();

@@ -175,7 +175,7 @@ impl Driver {
 }
 
 /// Ends connection `c` that never registered on a worker.
-fn fail(c: &ConnShared, error: ConnectionError) {
+pub(crate) fn fail(c: &ConnShared, error: ConnectionError) {
     let mut wakes = Wakes::default();
     {
         let mut st = c.lock();
@@ -233,6 +233,7 @@ fn apply(conn: &mut Conn<'_>, st: &mut ConnState, id: StreamId, wakes: &mut Wake
         slot.reset_sent = true;
         slot.send.clear();
         slot.send_len = 0;
+        wakes.all(&mut slot.stopped_waiters);
     }
     push_send(conn, slot, id, wakes);
     if slot.is_done() {
@@ -255,21 +256,23 @@ fn push_send(conn: &mut Conn<'_>, slot: &mut StreamSlot, id: StreamId, wakes: &m
                 }
             }
             Err(e) => {
-                if let StreamError::Stopped(code) = e {
-                    slot.send_end = SendEnd::Stopped(code);
+                match e {
+                    StreamError::Stopped(code) => stopped_by_peer(conn, slot, id, code, wakes),
+                    // quinn-proto has no such stream any more: its sending side is over.
+                    _ => over_already(slot, wakes),
                 }
                 slot.send.clear();
                 slot.send_len = 0;
-                wakes.all(&mut slot.stopped_waiters);
                 break;
             }
         }
     }
     if slot.send.is_empty() && slot.finish && !slot.finish_sent {
         slot.finish_sent = true;
-        if let Err(StreamError::Stopped(code)) = conn.finish(id) {
-            slot.send_end = SendEnd::Stopped(code);
-            wakes.all(&mut slot.stopped_waiters);
+        match conn.finish(id) {
+            Ok(()) => {}
+            Err(StreamError::Stopped(code)) => stopped_by_peer(conn, slot, id, code, wakes),
+            Err(_) => over_already(slot, wakes),
         }
     }
     if slot.send_len < before || slot.send_end != SendEnd::Open {
@@ -277,9 +280,52 @@ fn push_send(conn: &mut Conn<'_>, slot: &mut StreamSlot, id: StreamId, wakes: &m
     }
 }
 
+/// The peer stopped the sending side of `slot`: what is queued goes, `stopped` waiters
+/// learn the code, and a stream whose `SendStream` is gone is reset with it at once, as the
+/// handle's drop would have (quinn-proto keeps a stopped stream, and its credit, until it is
+/// reset).
+fn stopped_by_peer(
+    conn: &mut Conn<'_>,
+    slot: &mut StreamSlot,
+    id: StreamId,
+    code: VarInt,
+    wakes: &mut Wakes,
+) {
+    slot.send_end = SendEnd::Stopped(code);
+    slot.send.clear();
+    slot.send_len = 0;
+    if !slot.send_handle && slot.reset.is_none() {
+        let _ = conn.reset(id, code);
+        slot.reset = Some(code);
+        slot.reset_sent = true;
+    }
+    wakes.add(slot.write_waker.take());
+    wakes.all(&mut slot.stopped_waiters);
+}
+
+/// quinn-proto refused a write or finish for a stream it no longer has (reset, or done):
+/// its sending side is over, as quinn reports it (`stopped` completes with `None`).
+fn over_already(slot: &mut StreamSlot, wakes: &mut Wakes) {
+    if slot.send_end == SendEnd::Open {
+        slot.send_end = SendEnd::Acked;
+    }
+    wakes.add(slot.write_waker.take());
+    wakes.all(&mut slot.stopped_waiters);
+}
+
+/// What a stream whose reader waits on an empty buffer may take beyond the connection's
+/// budgets (see [`read_into`]).
+const STARVING_GRANT: usize = 64 << 10;
+
 /// Moves what stream `id` has received out of quinn-proto into its buffer, while the
 /// limits leave room; a stream left with data in quinn-proto is paused until the
 /// application makes room.
+///
+/// A stream whose reader waits on an empty buffer is never held back by the connection's
+/// budgets (`connection_receive`, `held_streams`), only by its own: it takes one chunk of
+/// at most [`STARVING_GRANT`] beyond them. Otherwise streams the application has not
+/// accepted (or read to their end) yet could fill the budgets and stall the one it reads,
+/// which quinn's per-stream flow control never does.
 fn read_into(
     conn: &mut Conn<'_>,
     st: &mut ConnState,
@@ -299,15 +345,17 @@ fn read_into(
         }
         let mut woke = false;
         loop {
-            if slot.recv_len >= limits.stream_receive
-                || buffered >= limits.connection_receive
-                || held >= limits.held_streams
-            {
+            let starving = slot.recv_len == 0 && slot.read_waker.is_some();
+            let over = buffered >= limits.connection_receive || held >= limits.held_streams;
+            if slot.recv_len >= limits.stream_receive || (over && !starving) {
                 pause = !slot.paused;
                 slot.paused = true;
                 break;
             }
-            let room = limits.stream_receive - slot.recv_len;
+            let mut room = limits.stream_receive - slot.recv_len;
+            if over {
+                room = room.min(STARVING_GRANT);
+            }
             match conn.read_chunk(id, room) {
                 Ok(Chunk::Data(b)) => {
                     slot.recv_len += b.len();
@@ -429,13 +477,18 @@ impl Handler for Driver {
     }
 
     fn stream_stopped(&mut self, conn: &mut Conn<'_>, stream: StreamId, code: VarInt) {
-        self.with_state(conn, |_, st, _, wakes| {
-            if let Some(slot) = st.streams.get_mut(&stream) {
-                slot.send_end = SendEnd::Stopped(code);
-                slot.send.clear();
-                slot.send_len = 0;
-                wakes.add(slot.write_waker.take());
-                wakes.all(&mut slot.stopped_waiters);
+        self.with_state(conn, |conn, st, _, wakes| {
+            match st.streams.get_mut(&stream) {
+                Some(slot) => {
+                    stopped_by_peer(conn, slot, stream, code, wakes);
+                    if slot.is_done() {
+                        st.streams.remove(&stream);
+                    }
+                }
+                // Forgotten here (finished, no handle left): nobody will reset it.
+                None => {
+                    let _ = conn.reset(stream, code);
+                }
             }
         });
     }

@@ -243,8 +243,13 @@ impl Incoming {
     fn decide(&mut self, decision: Decision, conn: Option<Arc<ConnShared>>) {
         self.decided = true;
         let op = Op::Decide(self.attempt.id, decision, conn);
-        // A worker that ended has dropped the attempt already.
-        let _ = self.endpoint.shared.push(self.attempt.worker, op);
+        // A worker that ended has dropped the attempt already; the connection it would have
+        // made fails, so that its `Connecting` resolves.
+        if let Err(Op::Decide(_, _, Some(conn))) =
+            self.endpoint.shared.push(self.attempt.worker, op)
+        {
+            super::driver::fail(&conn, ConnectionError::LocallyClosed);
+        }
     }
 
     /// Accepts it with the endpoint's server configuration.

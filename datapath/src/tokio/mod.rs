@@ -83,7 +83,9 @@ use shared::EndpointShared;
 /// What the async API buffers between the workers and the tasks: the bounds on what a peer
 /// (or a slow task) can make it hold. Per connection, received and unread data is bounded by
 /// `connection_receive` (plus quinn-proto's own receive windows), whatever the number of
-/// streams.
+/// streams, plus one chunk of at most 64 KiB for each stream whose reader waits on an empty
+/// buffer: the connection's budgets never stall a stream the application is reading, even
+/// when streams it has not accepted yet fill them (quinn's flow control is per stream too).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Received octets of one stream waiting for the application. Default 256 KiB.

@@ -311,6 +311,9 @@ pub(crate) struct StreamSlot {
     pub reset_sent: bool,
     pub write_waker: Option<Waker>,
     pub stopped_waiters: WakerList,
+    /// `SendStream::stopped` futures alive: the slot stays until the sending side is
+    /// over (acknowledged, stopped or reset), so that they learn how it ended.
+    pub stopped_futures: u32,
 
     /// In [`ConnState::todo`] already.
     pub queued: bool,
@@ -342,6 +345,7 @@ impl StreamSlot {
             reset_sent: false,
             write_waker: None,
             stopped_waiters: WakerList::new(),
+            stopped_futures: 0,
             queued: false,
         }
     }
@@ -354,6 +358,12 @@ impl StreamSlot {
             && (!self.finish || self.finish_sent)
             && (self.reset.is_none() || self.reset_sent)
             && (self.stop.is_none() || self.stop_sent)
+            && (self.stopped_futures == 0 || self.send_over())
+    }
+
+    /// The sending side is over: acknowledged, stopped by the peer, or reset by us.
+    pub fn send_over(&self) -> bool {
+        self.send_end != SendEnd::Open || self.reset_sent
     }
 }
 
@@ -484,8 +494,14 @@ impl ConnShared {
             .push(self.worker, Op::Service(self.clone()))
             .is_err()
         {
+            // The worker has ended: nothing will serve this connection again. Whoever
+            // waits on it hears so (the caller holds the lock: its wakes run at once, and
+            // a woken task takes the lock after the caller has let it go).
             st.scheduled = false;
             st.error = Some(ConnectionError::LocallyClosed);
+            let mut wakes = Wakes::default();
+            st.wake_all(&mut wakes);
+            wakes.wake();
         }
     }
 

@@ -61,6 +61,7 @@ impl SendStream {
     }
 
     /// Queues the chunks of `bufs` whole, as many as have room; says how much went.
+    /// Cancel-safe: a chunk leaves `bufs` only when it is queued.
     pub async fn write_chunks(&mut self, bufs: &mut [Bytes]) -> Result<Written, WriteError> {
         let mut written = Written::default();
         for b in bufs.iter_mut() {
@@ -71,20 +72,24 @@ impl SendStream {
             if written.bytes > 0 && !self.has_room()? {
                 break;
             }
-            let chunk = std::mem::take(b);
-            written.bytes += chunk.len();
-            self.write_chunk(chunk).await?;
+            written.bytes += self.write_taken(b).await?;
             written.chunks += 1;
         }
         Ok(written)
     }
 
-    /// Queues every chunk of `bufs` whole.
+    /// Queues every chunk of `bufs` whole. Cancel-safe: a chunk leaves `bufs` only when it
+    /// is queued.
     pub async fn write_all_chunks(&mut self, bufs: &mut [Bytes]) -> Result<(), WriteError> {
         for b in bufs.iter_mut() {
-            self.write_chunk(std::mem::take(b)).await?;
+            self.write_taken(b).await?;
         }
         Ok(())
+    }
+
+    /// Queues `b` whole once there is room, taking it out of `b` in the same poll.
+    async fn write_taken(&mut self, b: &mut Bytes) -> Result<usize, WriteError> {
+        poll_fn(|cx| self.poll_write_with(cx, usize::MAX, |_| std::mem::take(b))).await
     }
 
     /// Takes octets from the front of `buf` into the stream's queue (without copying when
@@ -174,33 +179,91 @@ impl SendStream {
     }
 
     /// Completes when the peer has acknowledged everything, the end included (`None`), or
-    /// asked us to stop (its code).
+    /// asked us to stop (its code); `None` too when the stream was reset. The future may
+    /// outlive the stream's handle: the stream's state is kept until it completes or goes.
     pub fn stopped(
         &self,
     ) -> impl Future<Output = Result<Option<VarInt>, StoppedError>> + Send + Sync + 'static {
-        let conn = self.conn.clone();
-        let id = self.id;
-        poll_fn(move |cx| {
+        Stopped::new(self.conn.clone(), self.id)
+    }
+}
+
+/// The future of [`SendStream::stopped`]: counted in its stream's slot while alive
+/// (`stopped_futures`), so that the slot stays until the sending side is over.
+struct Stopped {
+    conn: ConnRef,
+    id: StreamId,
+    /// Counted in the slot.
+    counted: bool,
+}
+
+impl Stopped {
+    fn new(conn: ConnRef, id: StreamId) -> Self {
+        let counted = {
             let mut st = conn.shared.lock();
-            let error = st.error.clone();
-            let Some(slot) = st.streams.get_mut(&id) else {
-                return Poll::Ready(match error {
-                    Some(e) => Err(StoppedError::ConnectionLost(e)),
-                    None => Ok(None),
-                });
-            };
-            match slot.send_end {
-                SendEnd::Acked => Poll::Ready(Ok(None)),
-                SendEnd::Stopped(code) => Poll::Ready(Ok(Some(code))),
+            match st.streams.get_mut(&id) {
+                Some(slot) if !slot.send_over() => {
+                    slot.stopped_futures += 1;
+                    true
+                }
+                _ => false,
+            }
+        };
+        Self { conn, id, counted }
+    }
+}
+
+/// Stops counting a [`Stopped`] future in the slot of `id` (which may go then).
+fn uncount(counted: &mut bool, id: StreamId, st: &mut super::shared::ConnState) {
+    if std::mem::take(counted) {
+        if let Some(slot) = st.streams.get_mut(&id) {
+            slot.stopped_futures -= 1;
+        }
+        st.forget_if_done(id);
+    }
+}
+
+impl Future for Stopped {
+    type Output = Result<Option<VarInt>, StoppedError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut st = this.conn.shared.lock();
+        let error = st.error.clone();
+        let out = match st.streams.get_mut(&this.id) {
+            None => Some(match error {
+                Some(e) => Err(StoppedError::ConnectionLost(e)),
+                None => Ok(None),
+            }),
+            Some(slot) => match slot.send_end {
+                SendEnd::Acked => Some(Ok(None)),
+                SendEnd::Stopped(code) => Some(Ok(Some(code))),
+                SendEnd::Open if slot.reset.is_some() => Some(Ok(None)),
                 SendEnd::Open => match error {
-                    Some(e) => Poll::Ready(Err(StoppedError::ConnectionLost(e))),
+                    Some(e) => Some(Err(StoppedError::ConnectionLost(e))),
                     None => {
                         register(&mut slot.stopped_waiters, cx.waker());
-                        Poll::Pending
+                        None
                     }
                 },
+            },
+        };
+        match out {
+            Some(r) => {
+                uncount(&mut this.counted, this.id, &mut st);
+                Poll::Ready(r)
             }
-        })
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if self.counted {
+            let mut st = self.conn.shared.lock();
+            uncount(&mut self.counted, self.id, &mut st);
+        }
     }
 }
 
@@ -479,6 +542,12 @@ impl RecvStream {
                     return Poll::Ready(Err(ReadError::ConnectionLost(e)));
                 }
                 slot.read_waker = Some(cx.waker().clone());
+                if slot.paused {
+                    // Paused for the connection's budgets while this reader has nothing:
+                    // the worker gives a waiting reader its chunk anyway (`read_into`).
+                    st.resume = true;
+                    c.schedule(&mut st);
+                }
                 Poll::Pending
             }
             RecvEnd::Finished | RecvEnd::Reset(_) => {
