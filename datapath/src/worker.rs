@@ -711,7 +711,7 @@ impl<H: Handler> Worker<H> {
         }
         let hold = may_hold && dispatched;
         match self.conns.slot(h) {
-            Some(slot) if drained || slot.conn.is_drained() => self.remove(h, drained),
+            Some(slot) if drained || slot.conn.is_drained() => self.remove(h),
             Some(slot) => {
                 slot.held = hold;
                 let deadline = slot.conn.poll_timeout();
@@ -725,7 +725,10 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Passes the connection's events to the endpoint and the endpoint's answers back.
-    /// Returns whether the connection told the endpoint it has drained.
+    /// Returns whether the connection has drained. That one event is kept from the endpoint
+    /// until [`Worker::remove`] has taken the slot out: the endpoint frees the handle on it,
+    /// and a callback in between (`closed`, say, accepting a waiting attempt) would be given
+    /// the same handle for a new connection while the old slot still sits in its place.
     fn exchange_endpoint_events(&mut self, h: usize) -> bool {
         let endpoint = &mut self.shard.endpoint;
         let Some(slot) = self.conns.slots.get_mut(h).and_then(|s| s.as_deref_mut()) else {
@@ -733,7 +736,10 @@ impl<H: Handler> Worker<H> {
         };
         let mut drained = false;
         while let Some(ev) = slot.conn.poll_endpoint_events() {
-            drained |= ev.is_drained();
+            if ev.is_drained() {
+                drained = true;
+                continue;
+            }
             if let Some(back) = endpoint.handle_event(ConnectionHandle(h), ev) {
                 slot.handle_event(back);
             }
@@ -826,7 +832,7 @@ impl<H: Handler> Worker<H> {
     fn abandon_all(&mut self) {
         for h in 0..self.conns.slots.len() {
             if self.conns.slot(h).is_some() {
-                self.remove(h, false);
+                self.remove(h);
             }
         }
         self.publish_gauges();
@@ -844,8 +850,9 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Removes a drained connection, tells the handler if quinn-proto did not (a connection
-    /// closed locally), and frees its handle in the endpoint if the connection did not.
-    fn remove(&mut self, h: usize, endpoint_knows: bool) {
+    /// closed locally), then frees its handle in the endpoint: only now, with the slot gone,
+    /// may the endpoint give the handle to another connection.
+    fn remove(&mut self, h: usize) {
         let slot = self.conns.remove(h).expect("slot present");
         self.counters.conns_closed += 1;
         let stats = slot.conn.stats();
@@ -866,11 +873,9 @@ impl<H: Handler> Worker<H> {
                 self.handler_panicked();
             }
         }
-        if !endpoint_knows {
-            self.shard
-                .endpoint
-                .handle_event(ConnectionHandle(h), quinn_proto::EndpointEvent::drained());
-        }
+        self.shard
+            .endpoint
+            .handle_event(ConnectionHandle(h), quinn_proto::EndpointEvent::drained());
     }
 }
 

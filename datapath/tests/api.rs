@@ -710,3 +710,130 @@ fn a_deferred_attempt_without_a_decision_is_ignored_when_its_time_is_up() {
     assert_eq!(late.wait().unwrap(), Err(xdp_quic::Gone));
     assert_eq!(server.total().conns_accepted, 0);
 }
+
+/// Serves one connection at a time: later attempts wait (deferred) until the current one
+/// closes, and `closed` accepts the oldest of them.
+#[derive(Default)]
+struct OneAtATime {
+    echo: EchoServer,
+    live: bool,
+    waiting: std::collections::VecDeque<xdp_quic::AttemptId>,
+    accepted_in_closed: Vec<Result<Option<ConnId>, xdp_quic::Gone>>,
+}
+
+impl Handler for OneAtATime {
+    fn incoming(&mut self, _ctx: &mut Ctx<'_>, i: &Incoming<'_>) -> Decision {
+        if self.live {
+            self.waiting.push_back(i.id());
+            return Decision::Defer;
+        }
+        self.live = true;
+        Decision::Accept
+    }
+    fn closed(&mut self, ctx: &mut Ctx<'_>, _id: ConnId, _reason: &ConnectionError) {
+        self.live = false;
+        if let Some(next) = self.waiting.pop_front() {
+            self.live = true;
+            let accepted = ctx.decide(next, Decision::Accept);
+            self.accepted_in_closed.push(accepted);
+        }
+    }
+    fn stream_readable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        self.echo.stream_readable(conn, s)
+    }
+    fn stream_writable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        self.echo.stream_writable(conn, s)
+    }
+}
+
+/// A client that connects and says nothing more.
+struct Quiet(Arc<AtomicUsize>);
+impl Handler for Quiet {
+    fn connected(&mut self, _conn: &mut Conn<'_>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A connection accepted from `closed` of one that timed out: quinn-proto drains a timed-out
+/// connection and reports it lost in the same drive, and the endpoint hands the freed handle
+/// to the next connection it makes. The new connection lives and is served (before, the dead
+/// slot was put back over it: it was never driven, and the worker's counts leaked).
+#[test]
+fn a_connection_accepted_while_another_closes_is_served() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut t = TransportConfig::default();
+    t.max_idle_timeout(Some(VarInt::from_u32(2_000).into()));
+    let b = EngineBuilder::default()
+        .server(server_config())
+        .transport(t)
+        .drain_timeout(Duration::from_millis(300));
+    let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, |_| {
+        OneAtATime::default()
+    })
+    .unwrap();
+    let connected = Arc::new(AtomicUsize::new(0));
+    let c = connected.clone();
+    let mut quiet = Node::new(
+        client_builder(),
+        &net,
+        addr("10.7.9.1:5000"),
+        MemSteering::Hash,
+        move |_| Quiet(c.clone()),
+    )
+    .unwrap();
+    quiet
+        .handle
+        .post(0, |_, ctx| {
+            ctx.connect(addr(SERVER), "localhost").unwrap();
+        })
+        .expect("the worker is running");
+    {
+        let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut quiet];
+        run_until(&net, &mut nodes, Duration::from_secs(5), |_| {
+            connected.load(Ordering::SeqCst) == 1
+        })
+        .expect("the quiet client connects");
+        // The second attempt comes late in the quiet one's 2 s: it waits less than its own
+        // idle timeout (quinn-proto counts it from the attempt's first packet).
+        let late = net.now() + Duration::from_millis(1_500);
+        run_until(&net, &mut nodes, Duration::from_secs(5), |_| {
+            net.now() >= late
+        })
+        .unwrap();
+    }
+    let mut echo = client(
+        &net,
+        "10.7.9.2:5000",
+        "localhost",
+        b"served after the quiet one",
+    );
+    {
+        let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut quiet, &mut echo];
+        run_until(&net, &mut nodes, Duration::from_secs(30), |n| {
+            n[2].is_done()
+        })
+        .expect("the second client is served");
+    }
+    let h = server.handler(0);
+    assert!(
+        echo.handler(0).all_ok(),
+        "{:?}; decided in closed: {:?}; {:?}",
+        echo.handler(0).error,
+        h.accepted_in_closed,
+        server.total()
+    );
+    assert_eq!(h.accepted_in_closed.len(), 1);
+    assert!(
+        matches!(h.accepted_in_closed[0], Ok(Some(_))),
+        "{:?}",
+        h.accepted_in_closed
+    );
+    let t = server.total();
+    assert_eq!(t.conns_accepted, 2);
+    // Both ended (the quiet one timed out, the echo client closed): nothing leaked.
+    while server.connections() > 0 {
+        step(&net, &mut [&mut server]).unwrap();
+    }
+    assert_eq!(server.total().conns_active, 0);
+    assert_eq!(server.total().conns_handshaking, 0);
+}

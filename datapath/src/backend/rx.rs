@@ -1,9 +1,16 @@
 //! The batch a worker receives into: the one copy of a packet on its way in.
 //!
-//! quinn-proto takes each datagram as an owned `BytesMut`. The batch carves them out of one
-//! large buffer (`split_to`), so receiving allocates once per [`POOL_CHUNK`] octets, not per
-//! packet; the buffer's memory returns to the allocator when quinn-proto and the application
+//! quinn-proto takes each datagram as an owned `BytesMut`. The batch carves them out of
+//! chunks of [`POOL_CHUNK`] octets (`split_to`), so receiving allocates once per chunk, not
+//! per packet; a chunk's memory returns to the allocator when quinn-proto and the application
 //! have dropped every datagram cut from it.
+//!
+//! The chunk is small on purpose: a datagram that quinn-proto keeps (out-of-order stream
+//! data waiting for a gap to fill) keeps its whole chunk, while quinn-proto counts only the
+//! datagram's own size against its receive windows and defragmentation thresholds. A peer
+//! that lands one small frame in each chunk makes the worker hold at most `POOL_CHUNK` per
+//! frame kept (quinn itself shares one buffer between the segments of a GRO batch, up to
+//! 64 KiB).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -12,8 +19,9 @@ use quinn_proto::EcnCodepoint;
 
 use crate::packet::frame::L2;
 
-/// Octets reserved at a time for received datagrams.
-pub const POOL_CHUNK: usize = 256 * 1024;
+/// Octets reserved at a time for received datagrams (a datagram larger than this gets a
+/// chunk of its own size).
+pub const POOL_CHUNK: usize = 16 * 1024;
 
 /// One received UDP datagram.
 #[derive(Debug)]
@@ -91,7 +99,8 @@ impl RxBatch {
     ) {
         debug_assert!(!self.is_full());
         if self.pool.capacity() < payload.len() {
-            self.pool.reserve(POOL_CHUNK.max(payload.len()));
+            // A fresh chunk (`reserve` could size it from the buffer's history instead).
+            self.pool = BytesMut::with_capacity(POOL_CHUNK.max(payload.len()));
         }
         self.pool.extend_from_slice(payload);
         let data = self.pool.split_to(payload.len());
@@ -120,6 +129,34 @@ impl Default for RxBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Datagrams kept by quinn-proto keep their chunk: no chunk is larger than
+    /// [`POOL_CHUNK`] (datagrams cut from one chunk lie next to each other in memory).
+    #[test]
+    fn datagrams_share_chunks_of_at_most_pool_chunk() {
+        const LEN: usize = 1200;
+        let mut b = RxBatch::new(100);
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for i in 0..100u8 {
+            b.push(a, None, None, &[i; LEN]);
+        }
+        let kept: Vec<BytesMut> = b.drain().map(|d| d.data).collect();
+        let (mut chunks, mut run) = (1, LEN);
+        for w in kept.windows(2) {
+            if w[0].as_ptr() as usize + LEN == w[1].as_ptr() as usize {
+                run += LEN;
+            } else {
+                chunks += 1;
+                run = LEN;
+            }
+            assert!(run <= POOL_CHUNK, "a chunk of {run} octets");
+        }
+        assert_eq!(chunks, 100usize.div_ceil(POOL_CHUNK / LEN));
+        assert!(kept
+            .iter()
+            .enumerate()
+            .all(|(i, d)| d[..] == [i as u8; LEN]));
+    }
 
     #[test]
     fn push_and_drain_keep_contents_and_order() {

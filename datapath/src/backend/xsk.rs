@@ -3,8 +3,9 @@
 //! Per turn the worker calls `recv` (reap completions, refill the fill ring, take RX
 //! descriptors, parse Ethernet/VLAN/IPv4/IPv6/UDP, copy each payload once into the batch,
 //! return the frame), `send` per transmit (one free frame per GSO segment, headers written in
-//! front of the payload: the one copy out), and `flush` (publish the TX ring, kick once when
-//! the kernel asks, reap completions).
+//! front of the payload: the one copy out), and `flush` (publish the TX ring; kick when the
+//! kernel asks, and always in copy mode, where each kick takes at most 32 frames, until it
+//! has taken the ring; reap completions).
 //!
 //! Transmits take one of two paths per queue ([`TxPath`]):
 //!
@@ -12,7 +13,7 @@
 //!   link layer the worker keeps for its connection ([`crate::backend::Transmit::link`]: the
 //!   MACs of the frame that opened or last moved the connection, swapped, and its VLAN tag);
 //!   a transmit without one fails (`tx_no_route`). At most half the UMEM waits in the fill
-//!   ring, the rest carries transmits. The right path where the driver does zero-copy.
+//!   ring, the rest carries transmits (a transmit carries no more segments than that rest). The right path where the driver does zero-copy.
 //! * `kernel`: sent through the queue's UDP socket on the service port with quinn-udp (GSO,
 //!   ECN, the source address by IP_PKTINFO), the kernel resolving next hops; the TX ring
 //!   stays unused and every frame serves receive. In copy mode (veth, drivers without
@@ -212,6 +213,9 @@ pub struct XskBackend {
     tx: TxPath,
     /// Frames kept lent to the kernel for receiving.
     fill_target: u32,
+    /// The last transmit refused waits for room on the TX ring (which makes the socket
+    /// writable), not for frames (which come back with completions, and wake nothing).
+    blocked_on_ring: bool,
     /// The queue's UDP socket on the service port: the canary, and the kernel transmit path.
     service: Option<UdpBackend>,
     local: Local,
@@ -222,7 +226,12 @@ pub struct XskBackend {
 impl XskBackend {
     /// Opens the socket over `umem`, fills the fill ring and binds; `service` is the queue's
     /// UDP socket on the service port (needed for the kernel transmit path).
-    pub fn open(cfg: XskBackendConfig, umem: Umem, service: Option<UdpSocket>) -> io::Result<Self> {
+    pub fn open(
+        mut cfg: XskBackendConfig,
+        umem: Umem,
+        service: Option<UdpSocket>,
+    ) -> io::Result<Self> {
+        cfg.umem = *umem.config();
         let sock = XskSocket::open(&cfg.socket, umem, Self::fill_target(&cfg, TxPath::Xsk))?;
         Self::with_socket(sock, cfg, service)
     }
@@ -241,9 +250,11 @@ impl XskBackend {
     /// emulated kernel in tests).
     pub fn with_socket(
         sock: XskSocket,
-        cfg: XskBackendConfig,
+        mut cfg: XskBackendConfig,
         service: Option<UdpSocket>,
     ) -> io::Result<Self> {
+        // The layout is the socket's UMEM's, whatever `cfg` said.
+        cfg.umem = *sock.umem().config();
         let tx = cfg.tx.resolve(sock.zero_copy());
         if tx == TxPath::Kernel && service.is_none() {
             return Err(io::Error::new(
@@ -254,6 +265,7 @@ impl XskBackend {
         let mut b = Self {
             sock,
             fill_target: Self::fill_target(&cfg, tx),
+            blocked_on_ring: false,
             tx,
             service: service.map(UdpBackend::new).transpose()?,
             local: Local::default(),
@@ -351,10 +363,11 @@ impl XskBackend {
         if self.sock.tx_room() < segments {
             self.sock.reap();
             if self.sock.tx_room() < segments {
-                if self.sock.umem().free_frames() < segments as usize {
-                    self.local.tx_no_frame += 1;
-                } else {
+                self.blocked_on_ring = self.sock.umem().free_frames() >= segments as usize;
+                if self.blocked_on_ring {
                     self.local.tx_ring_full += 1;
+                } else {
+                    self.local.tx_no_frame += 1;
                 }
                 return Err(SendError::Blocked);
             }
@@ -404,7 +417,12 @@ impl Backend for XskBackend {
     fn max_segments(&self) -> usize {
         match (&self.service, self.tx) {
             (Some(s), TxPath::Kernel) => s.max_segments(),
-            _ => self.cfg.max_segments.max(1),
+            // No more than the frames left to transmits can ever hold: a larger transmit
+            // would be refused for lack of frames forever.
+            _ => {
+                let tx_share = (self.cfg.umem.frames - self.fill_target) as usize;
+                self.cfg.max_segments.min(tx_share).max(1)
+            }
         }
     }
 
@@ -479,9 +497,14 @@ impl Backend for XskBackend {
         let deadline = self.before_sleep(deadline);
         // A negative fd (no service socket) is ignored by poll. Writability is the TX ring's
         // or the service socket's, by the transmit path.
+        // Waiting for frames rather than ring room: the 1 ms deadline of `before_sleep` reaps
+        // the completions (POLLOUT would be ready at once, and the wait a spin).
         let kernel_tx = self.tx == TxPath::Kernel;
         let mut fds = [
-            pollfd(self.sock.fd().as_raw_fd(), want_write && !kernel_tx),
+            pollfd(
+                self.sock.fd().as_raw_fd(),
+                want_write && !kernel_tx && self.blocked_on_ring,
+            ),
             pollfd(waker.fd().as_raw_fd(), false),
             pollfd(
                 self.service.as_ref().map_or(-1, |c| c.socket().as_raw_fd()),
@@ -767,6 +790,41 @@ mod tests {
         drop(b);
         // The kernel side outlives the socket: the UMEM area is still mapped for it.
         assert_eq!(k.transmit(usize::MAX).len(), 0);
+    }
+
+    /// A small UMEM bounds the transmit: no more segments than the frames left to transmits
+    /// (a larger one would be refused for lack of frames forever), whatever the
+    /// configuration claims the UMEM is; and a transmit of that many goes out whole.
+    #[test]
+    fn a_transmit_fits_the_frames_left_to_transmits() {
+        let mut socket = XskConfig::new(1, 0);
+        socket.tx_size = 64;
+        socket.comp_size = 64;
+        let real = UmemConfig {
+            frames: 16,
+            ..Default::default()
+        };
+        let cfg = XskBackendConfig {
+            socket,
+            // Not the socket's UMEM: the socket's layout wins.
+            umem: UmemConfig {
+                frames: 1024,
+                ..Default::default()
+            },
+            port: 4433,
+            poll: PollMode::Busy,
+            verify_checksum: true,
+            max_segments: 32,
+            tx: TxMode::Xsk,
+        };
+        let fill = 8; // half of the 16 frames
+        let (sock, mut k) = emulated::socket(&cfg.socket, Umem::new(real).unwrap(), fill).unwrap();
+        let mut b = XskBackend::with_socket(sock, cfg, None).unwrap();
+        assert_eq!(b.max_segments(), 8, "16 frames, 8 in the fill ring");
+        let contents = vec![7u8; 8 * 100];
+        b.send(&transmit(&contents, Some(100))).unwrap();
+        b.flush().unwrap();
+        assert_eq!(k.transmit(usize::MAX).len(), 8, "every segment left");
     }
 
     /// The kernel transmit path: GSO batches leave through the queue's UDP socket, whole,

@@ -267,22 +267,34 @@ impl Umem {
         if end > self.cfg.frame_size {
             return None;
         }
+        self.check_held(frame);
         let start = self.addr(frame, offset) as usize;
-        // SAFETY: `start..start + len` lies inside the area (frame index < frames, end within
-        // the frame), and the frame is this process's: a token exists for it, so the kernel
-        // does not hold it, and the token is borrowed for the life of the slice, so no `&mut`
-        // to the same frame exists meanwhile.
+        // SAFETY: `start..start + len` lies inside the area (`check_held`: frame index <
+        // frames; end within the frame, checked above), and this process holds the frame
+        // (`check_held`), so the kernel does not write it. The slice borrows `self`, so no
+        // `bytes_mut` (which needs `&mut self`) runs while it lives.
         Some(unsafe { std::slice::from_raw_parts(self.area.ptr.as_ptr().add(start), len as usize) })
     }
 
     /// The writable octets of `frame` from `offset` to its end.
     pub(crate) fn bytes_mut(&mut self, frame: &mut Frame, offset: u32) -> &mut [u8] {
+        self.check_held(frame);
         let offset = offset.min(self.cfg.frame_size);
         let start = self.addr(frame, offset) as usize;
         let len = (self.cfg.frame_size - offset) as usize;
-        // SAFETY: as in `bytes`; the token is borrowed mutably for the life of the slice, and
-        // tokens are unique, so this is the only reference to these octets.
+        // SAFETY: inside the area and held by this process, as in `bytes`; the slice
+        // borrows `self` mutably, so it is the only reference into the area while it lives.
         unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(start), len) }
+    }
+
+    /// Panics unless this UMEM has `frame` and this process holds it: a token of another
+    /// UMEM must not reach into this one's area, or into a frame its kernel holds.
+    fn check_held(&self, frame: &Frame) {
+        assert!(
+            self.holder.get(frame.0 as usize) == Some(&Holder::User),
+            "frame {} is not one this UMEM lent to its user",
+            frame.0
+        );
     }
 }
 
