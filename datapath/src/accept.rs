@@ -2,7 +2,6 @@
 //! server keeps any state for it ([`crate::Handler::incoming`]).
 
 use std::cell::OnceCell;
-use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,12 +102,12 @@ pub enum Decision {
     Defer,
 }
 
-/// Attempts awaiting a deferred decision, oldest first (ids and deadlines both grow).
+/// Attempts awaiting a deferred decision: at most [`MAX_DEFERRED`], so a linear search is
+/// cheap, and the table never holds more than that, whatever order decisions come in.
 #[derive(Default)]
 pub(crate) struct Deferred {
     next: u64,
-    held: VecDeque<(AttemptId, Instant, Option<Held>)>,
-    len: usize,
+    held: Vec<(AttemptId, Instant, Held)>,
 }
 
 /// An attempt held for a decision.
@@ -128,45 +127,31 @@ impl Deferred {
     // The error hands the attempt back to be refused; boxing it would allocate per refusal.
     #[allow(clippy::result_large_err)]
     pub fn hold(&mut self, id: AttemptId, held: Held, deadline: Instant) -> Result<(), Held> {
-        if self.len >= MAX_DEFERRED {
+        if self.held.len() >= MAX_DEFERRED {
             return Err(held);
         }
-        self.held.push_back((id, deadline, Some(held)));
-        self.len += 1;
+        self.held.push((id, deadline, held));
         Ok(())
     }
 
     /// Takes the attempt `id` out, if it is still held.
     pub fn take(&mut self, id: AttemptId) -> Option<Held> {
-        let i = self.held.binary_search_by_key(&id, |e| e.0).ok()?;
-        let held = self.held[i].2.take()?;
-        self.len -= 1;
-        self.trim();
-        Some(held)
+        let i = self.held.iter().position(|e| e.0 == id)?;
+        Some(self.held.swap_remove(i).2)
     }
 
-    /// Takes out the oldest attempt whose deadline is `now` or past (every held one with
-    /// `now` = `None`).
+    /// Takes out an attempt whose deadline is `now` or past (any held one with `now` =
+    /// `None`).
     pub fn expired(&mut self, now: Option<Instant>) -> Option<Held> {
-        self.trim();
-        let (_, deadline, _) = self.held.front()?;
-        if now.is_some_and(|now| now < *deadline) {
-            return None;
-        }
-        let held = self.held.pop_front()?.2;
-        self.len -= 1;
-        held
+        let i = self
+            .held
+            .iter()
+            .position(|e| now.is_none_or(|now| e.1 <= now))?;
+        Some(self.held.swap_remove(i).2)
     }
 
-    /// When the oldest held attempt expires.
+    /// When the first held attempt expires.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.held.iter().find(|e| e.2.is_some()).map(|e| e.1)
-    }
-
-    /// Drops decided entries from the front.
-    fn trim(&mut self) {
-        while self.held.front().is_some_and(|e| e.2.is_none()) {
-            self.held.pop_front();
-        }
+        self.held.iter().map(|e| e.1).min()
     }
 }

@@ -837,3 +837,58 @@ fn a_connection_accepted_while_another_closes_is_served() {
     assert_eq!(server.total().conns_active, 0);
     assert_eq!(server.total().conns_handshaking, 0);
 }
+
+/// Deferred attempts are found whatever order decisions come in: one decided to wait
+/// again (`Defer` from `decide`) and one deferred after it leave the others findable.
+/// (Before, the table was searched as if sorted, and deciding the second attempt answered
+/// `Gone` while it was still held.)
+#[test]
+fn deferred_attempts_are_found_in_any_order() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let b = EngineBuilder::default()
+        .server(server_config())
+        .drain_timeout(Duration::from_millis(300));
+    let waiting = Waiting::default();
+    let w = waiting.clone();
+    let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, move |_| {
+        Deferring {
+            waiting: w.clone(),
+            ..Default::default()
+        }
+    })
+    .unwrap();
+    let mut clients: Vec<Node<EchoClient>> = (1..=3)
+        .map(|i| client(&net, &format!("10.7.8.{i}:5000"), "localhost", b"in any order"))
+        .collect();
+    let reach = |server: &mut Node<Deferring>, clients: &mut [Node<EchoClient>], n: usize| {
+        let mut nodes: Vec<&mut dyn Drive> = vec![server];
+        nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
+        run_until(&net, &mut nodes, Duration::from_secs(5), |_| {
+            waiting.lock().unwrap().len() == n
+        })
+        .unwrap_or_else(|e| panic!("{n} attempts: {e}; {:?}", waiting.lock().unwrap()));
+    };
+    reach(&mut server, &mut clients, 3);
+    let ids: Vec<_> = waiting.lock().unwrap().iter().map(|w| w.0).collect();
+    let decide = |server: &mut Node<Deferring>, id, d: Decision| {
+        let reply = server
+            .handle
+            .call(0, move |_, ctx| ctx.decide(id, d))
+            .unwrap();
+        // One turn, the clock standing still (a step would jump to the attempts' deadline).
+        server.turn(net.now()).unwrap();
+        reply.wait().unwrap()
+    };
+    // The first waits again; a fourth attempt comes after it.
+    assert_eq!(decide(&mut server, ids[0], Decision::Defer), Ok(None));
+    clients.push(client(&net, "10.7.8.4:5000", "localhost", b"in any order"));
+    reach(&mut server, &mut clients, 4);
+    let fourth = waiting.lock().unwrap()[3].0;
+    for id in [ids[1], ids[2], fourth, ids[0]] {
+        let got = decide(&mut server, id, Decision::Accept);
+        assert!(matches!(got, Ok(Some(_))), "attempt {id:?} still held: {got:?}");
+    }
+    run(&net, &mut server, &mut clients);
+    assert!(clients.iter().all(|c| c.handler(0).all_ok()));
+    assert_eq!(server.total().conns_accepted, 4);
+}
