@@ -158,6 +158,7 @@ impl Ctx<'_> {
         server_name: &str,
     ) -> Result<ConnId, ConnectError> {
         let shard = &mut *self.shard;
+        let _ = crate::congestion::take_last_built();
         let (handle, conn) = shard
             .endpoint
             .connect(shard.now, config, remote, server_name)?;
@@ -486,7 +487,7 @@ impl<'a> Conn<'a> {
         self.slot
             .conn
             .close(self.ctx.shard.now, code, Bytes::copy_from_slice(reason));
-        self.slot.gate.open();
+        self.slot.open_gates();
     }
 
     /// quinn-proto's statistics for this connection.

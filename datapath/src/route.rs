@@ -4,10 +4,13 @@
 //! 1. Short header, or long-header Handshake: the destination CID was issued by this host and
 //!    names its worker. Another worker's CID goes to that worker (hand-over); it must never
 //!    reach this shard's endpoint, which would answer with a stateless reset.
-//! 2. Initial and 0-RTT sent by a client carry a CID the client chose: on an engine that
-//!    serves they stay on the worker that got them; the 4-tuple keeps the rest of the
-//!    handshake there. On a client-only engine every Initial comes from a server and carries
-//!    a CID this host issued: it is routed by CID like the rest.
+//! 2. Initial and 0-RTT: routed by DCID too when it is of our layout. An Initial from a
+//!    server (to a connection this host opened, on an engine that may serve as well) carries
+//!    a CID this host issued, which names the worker that owns the connection. An Initial
+//!    from a client carries a CID the client chose: almost always not of our layout, so it
+//!    stays on the worker that got it (the 4-tuple keeps the rest of the handshake there);
+//!    the rare client CID that looks like ours names one worker for every packet of that
+//!    handshake, which the hand-over keeps consistent.
 //! 3. Retry goes only from servers to clients and carries our CID: routed by CID.
 //! 4. Anything else is the local endpoint's to judge (it drops what is not QUIC).
 
@@ -25,9 +28,8 @@ pub enum Destination {
     Drop(HeaderError),
 }
 
-/// The routing decision for `datagram` received by worker `me` of an engine that `serves`
-/// (has a server configuration) or not.
-pub fn route(layout: &CidLayout, me: usize, serves: bool, datagram: &[u8]) -> Destination {
+/// The routing decision for `datagram` received by worker `me`.
+pub fn route(layout: &CidLayout, me: usize, datagram: &[u8]) -> Destination {
     let by_cid = |dcid: &[u8]| match layout.decode(dcid) {
         Some(w) if w != me => Destination::Worker(w),
         _ => Destination::Local,
@@ -36,9 +38,9 @@ pub fn route(layout: &CidLayout, me: usize, serves: bool, datagram: &[u8]) -> De
         Err(e) => Destination::Drop(e),
         Ok(Header::Short { dcid }) => by_cid(dcid),
         Ok(Header::Long { ty, dcid }) => match ty {
-            LongType::Handshake | LongType::Retry => by_cid(dcid),
-            LongType::Initial | LongType::ZeroRtt if serves => Destination::Local,
-            LongType::Initial | LongType::ZeroRtt => by_cid(dcid),
+            LongType::Handshake | LongType::Retry | LongType::Initial | LongType::ZeroRtt => {
+                by_cid(dcid)
+            }
         },
         Ok(Header::Other) => Destination::Local,
     }
@@ -70,27 +72,32 @@ mod tests {
                 } else {
                     Destination::Worker(owner)
                 };
-                assert_eq!(route(&l, me, true, &p), want);
+                assert_eq!(route(&l, me, &p), want);
             }
         }
     }
 
     #[test]
-    fn initial_stays_even_when_dcid_looks_like_another_workers() {
+    fn initials_go_by_dcid_when_it_is_ours_and_stay_otherwise() {
         let l = layout();
         let mut cid = [0u8; 8];
         l.write(3, &mut rand::thread_rng(), &mut cid);
         let mut p = vec![0xc3, 0, 0, 0, 1, 8];
         p.extend_from_slice(&cid);
         p.resize(1200, 0);
-        assert_eq!(route(&l, 0, true, &p), Destination::Local);
-        // On a client-only engine, an Initial comes from a server and carries our CID.
-        assert_eq!(route(&l, 0, false, &p), Destination::Worker(3));
-        // The same CID in a Handshake or Retry packet is ours to route.
+        // A server's Initial to a connection worker 3 opened carries worker 3's CID.
+        assert_eq!(route(&l, 0, &p), Destination::Worker(3));
+        // So do its Handshake packets, and a Retry.
         p[0] = 0xe3;
-        assert_eq!(route(&l, 0, true, &p), Destination::Worker(3));
+        assert_eq!(route(&l, 0, &p), Destination::Worker(3));
         p[0] = 0xf3;
-        assert_eq!(route(&l, 0, true, &p), Destination::Worker(3));
+        assert_eq!(route(&l, 0, &p), Destination::Worker(3));
+        // A client's Initial carries a CID it chose: not of our layout, it stays.
+        p[0] = 0xc3;
+        p[6] = l.first_octet() ^ 0x80;
+        assert_eq!(route(&l, 0, &p), Destination::Local);
+        p[0] = 0xd3; // 0-RTT, the same
+        assert_eq!(route(&l, 0, &p), Destination::Local);
     }
 
     #[test]
@@ -98,13 +105,10 @@ mod tests {
         let l = layout();
         let mut p = short_for(2);
         p[1] = 0xff; // first octet of another layout
-        assert_eq!(route(&l, 0, true, &p), Destination::Local);
+        assert_eq!(route(&l, 0, &p), Destination::Local);
+        assert_eq!(route(&l, 0, &[]), Destination::Drop(HeaderError::Empty));
         assert_eq!(
-            route(&l, 0, true, &[]),
-            Destination::Drop(HeaderError::Empty)
-        );
-        assert_eq!(
-            route(&l, 0, true, &[0x40, 1]),
+            route(&l, 0, &[0x40, 1]),
             Destination::Drop(HeaderError::Truncated)
         );
     }

@@ -80,6 +80,8 @@ impl Shard {
     ) -> Settled {
         use crate::Decision;
         buf.clear();
+        // A controller built by an accept that failed earlier is nobody's.
+        let _ = crate::congestion::take_last_built();
         let decision = if self.stop_requested || conns.active >= self.max_connections {
             Decision::Refuse
         } else {
@@ -153,6 +155,9 @@ pub(crate) struct Slot {
     pub held: bool,
     /// Opened when the connection closes (see [`crate::congestion`]).
     pub gate: CloseGate,
+    /// The gate of the controller before the last one quinn-proto built: a path that
+    /// fails validation brings that controller back.
+    pub prev_gate: Option<CloseGate>,
     /// When the connection was created (for the handshake-time histogram).
     pub created: Instant,
     /// The connection's tracing span: its life-cycle events, and whatever the application
@@ -186,6 +191,7 @@ impl Slot {
             dirty: false,
             held: false,
             gate,
+            prev_gate: None,
             created: now,
             span: tracing::debug_span!("connection", conn = %id),
             links: [link, None],
@@ -196,14 +202,26 @@ impl Slot {
 
     /// Hands `event` to the connection. When quinn-proto built a new congestion controller
     /// for it meanwhile (the peer moved to a new address), the connection's close gate
-    /// becomes the new controller's, opened already if the connection is closing.
+    /// becomes the new controller's, opened already if the connection is closing; the old
+    /// one is kept too, for a move that fails validation brings its controller back.
     pub fn handle_event(&mut self, event: ConnectionEvent) {
+        // Whatever another call left there (it is taken where built) is not this one's.
+        let _ = crate::congestion::take_last_built();
         self.conn.handle_event(event);
         if let Some(fresh) = crate::congestion::take_last_built() {
             if self.gate.is_open() {
                 fresh.open();
             }
-            self.gate = fresh;
+            self.prev_gate = Some(std::mem::replace(&mut self.gate, fresh));
+        }
+    }
+
+    /// Opens the close gates (the connection is closing): its controller's, and the one
+    /// before, in case a failed move brings that back.
+    pub fn open_gates(&self) {
+        self.gate.open();
+        if let Some(g) = &self.prev_gate {
+            g.open();
         }
     }
 

@@ -423,7 +423,7 @@ impl<H: Handler> Worker<H> {
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += d.data.len() as u64;
         let me = self.index();
-        match route(&self.mesh.layout, me, self.mesh.serves, &d.data) {
+        match route(&self.mesh.layout, me, &d.data) {
             Destination::Local => self.feed_endpoint(io, d),
             Destination::Worker(w) => match self.mesh.handovers[w].try_send(d) {
                 Ok(()) => {
@@ -441,10 +441,14 @@ impl<H: Handler> Worker<H> {
     /// Feeds a datagram that belongs here to the endpoint.
     fn feed_endpoint<B: Backend>(&mut self, io: &mut B, d: Datagram) {
         let (remote, link) = (d.remote, d.link);
-        // A long-header Initial may open a connection: keep its octets for the accept hook.
-        if self.mesh.serves && d.data.first().is_some_and(|b| b & 0xf0 == 0xc0) {
+        // A long-header Initial may open a connection: keep its octets for the accept hook
+        // (the type bits only: quinn-proto takes Initials whose QUIC bit is greased to 0).
+        // Anything else clears them, so the hook never reads an earlier client's hello.
+        if self.mesh.serves {
             self.initial.clear();
-            self.initial.extend_from_slice(&d.data);
+            if d.data.first().is_some_and(|b| b & 0xb0 == 0x80) {
+                self.initial.extend_from_slice(&d.data);
+            }
         }
         self.tx_buf.clear();
         let event = self.shard.endpoint.handle(
@@ -464,11 +468,13 @@ impl<H: Handler> Worker<H> {
             }
             Some(DatagramEvent::NewConnection(incoming)) => self.on_incoming(io, incoming, link),
             Some(DatagramEvent::Response(t)) => {
-                // A stateless reset has a short header; version negotiation a long one.
-                if self.tx_buf.first().is_some_and(|b| b & 0x80 == 0) {
-                    self.counters.resets_sent += 1;
-                } else {
-                    self.counters.version_negotiations += 1;
+                // A stateless reset has a short header; version negotiation a long one of
+                // version 0; any other long one closes an attempt at once (an Initial with
+                // CONNECTION_CLOSE: a bad token, say), a refusal.
+                match self.tx_buf.get(..5) {
+                    Some([b, ..]) if b & 0x80 == 0 => self.counters.resets_sent += 1,
+                    Some([_, 0, 0, 0, 0]) => self.counters.version_negotiations += 1,
+                    _ => self.counters.conns_refused += 1,
                 }
                 self.send_stateless(io, &t, link);
             }
@@ -645,7 +651,7 @@ impl<H: Handler> Worker<H> {
         for h in 0..self.conns.slots.len() {
             if let Some(slot) = self.conns.slot(h) {
                 slot.conn.close(now, code, reason.clone());
-                slot.gate.open();
+                slot.open_gates();
                 self.conns.mark_dirty(h);
             }
         }

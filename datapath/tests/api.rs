@@ -858,7 +858,14 @@ fn deferred_attempts_are_found_in_any_order() {
     })
     .unwrap();
     let mut clients: Vec<Node<EchoClient>> = (1..=3)
-        .map(|i| client(&net, &format!("10.7.8.{i}:5000"), "localhost", b"in any order"))
+        .map(|i| {
+            client(
+                &net,
+                &format!("10.7.8.{i}:5000"),
+                "localhost",
+                b"in any order",
+            )
+        })
         .collect();
     let reach = |server: &mut Node<Deferring>, clients: &mut [Node<EchoClient>], n: usize| {
         let mut nodes: Vec<&mut dyn Drive> = vec![server];
@@ -886,7 +893,10 @@ fn deferred_attempts_are_found_in_any_order() {
     let fourth = waiting.lock().unwrap()[3].0;
     for id in [ids[1], ids[2], fourth, ids[0]] {
         let got = decide(&mut server, id, Decision::Accept);
-        assert!(matches!(got, Ok(Some(_))), "attempt {id:?} still held: {got:?}");
+        assert!(
+            matches!(got, Ok(Some(_))),
+            "attempt {id:?} still held: {got:?}"
+        );
     }
     run(&net, &mut server, &mut clients);
     assert!(clients.iter().all(|c| c.handler(0).all_ok()));

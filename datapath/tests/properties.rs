@@ -77,7 +77,7 @@ proptest! {
         packet.extend_from_slice(&rest);
         prop_assert_eq!(quic::peek(&packet, len), Ok(quic::Header::Short { dcid: &cid[..] }));
         for me in [0, w, workers - 1] {
-            let r = route(&layout, me, true, &packet);
+            let r = route(&layout, me, &packet);
             if me == w {
                 prop_assert_eq!(r, Destination::Local);
             } else {
@@ -93,11 +93,10 @@ proptest! {
         data in proptest::collection::vec(any::<u8>(), 0..1_500),
         workers in 1usize..=16,
         me_pick: usize,
-        serves: bool,
     ) {
         let layout = CidLayout::for_workers(workers).unwrap();
         let me = me_pick % workers;
-        match route(&layout, me, serves, &data) {
+        match route(&layout, me, &data) {
             Destination::Worker(w) => prop_assert!(w < workers && w != me),
             Destination::Local | Destination::Drop(_) => {}
         }

@@ -994,3 +994,46 @@ fn held_transmits_leave_with_what_the_application_answers_between_turns() {
     run(&net, &mut server, &mut clients);
     assert_all_ok(&clients);
 }
+
+/// An engine that serves and also opens connections (a proxy, say), with 4 workers behind
+/// hash steering: each worker's connection is answered on whichever worker the 4-tuple
+/// hashes to, and the server's Initials (which carry the opening worker's CID) are routed
+/// to it. (Before, Initials on a serving engine stayed where they landed, taken there for a
+/// new client's attempt, and three connections in four timed out.)
+#[test]
+fn an_engine_that_serves_and_connects_reaches_servers_from_every_worker() {
+    let net = MemNetwork::new(Duration::from_millis(2));
+    let mut server = echo_server(&net, server_builder(1), MemSteering::Hash);
+    let id = tls::Identity::self_signed_ed25519(&["localhost"]).unwrap();
+    let both = server_builder(4)
+        .server(tls::server_config(id, &[echo::ALPN]).unwrap())
+        .client(tls::client_config(tls::Trust::InsecureAnyCertificate, &[echo::ALPN]).unwrap());
+    let mut proxy = Node::new(both, &net, addr("10.0.9.1:4433"), MemSteering::Hash, |w| {
+        EchoClient::new(
+            addr(SERVER),
+            "localhost",
+            vec![payload(900 + w as u64, 20_000)],
+            vec![],
+            0,
+        )
+    })
+    .unwrap();
+    for w in 0..4 {
+        proxy
+            .handle
+            .post(w, |h, ctx| h.start(ctx))
+            .expect("the worker is running");
+    }
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut proxy];
+    run_clients(&net, &mut nodes, Duration::from_secs(60)).expect("every worker's client ends");
+    drop(nodes);
+    for w in 0..4 {
+        let h = proxy.handler(w);
+        assert!(h.all_ok(), "worker {w}: {:?} {:?}", h.results, h.error);
+    }
+    assert_eq!(server.total().conns_accepted, 4);
+    assert!(
+        proxy.total().handover_out > 0,
+        "the hash moved some: the test proves something"
+    );
+}

@@ -1,7 +1,7 @@
 //! `route`: the routing decision (`route::route`, with `packet::quic::peek` under it) made
 //! before quinn-proto's `Endpoint::handle`. Input format: `RouteInput` in `src/lib.rs` (any
-//! valid CID layout, 1..=256 workers, the deciding worker, serves or not, a packet to build and
-//! an arbitrary datagram).
+//! valid CID layout, 1..=256 workers, the deciding worker, a serves flag the rules no longer
+//! read, a packet to build and an arbitrary datagram).
 //!
 //! For the arbitrary datagram:
 //! * `route` returns (no panic) and is total; `Worker(w)` only ever names an existing worker
@@ -40,7 +40,7 @@ fn by_cid(layout: &CidLayout, me: usize, dcid: &[u8]) -> Destination {
 fn arbitrary_datagram(input: &RouteInput<'_>) {
     let (layout, me, d) = (&input.layout, input.me, input.datagram);
     let workers = layout.workers();
-    let r = route(layout, me, input.serves, d);
+    let r = route(layout, me, d);
     if let Destination::Worker(w) = r {
         assert!(w < workers, "worker {w} of {workers}");
         assert_ne!(w, me, "hand-over to oneself");
@@ -87,10 +87,9 @@ fn arbitrary_datagram(input: &RouteInput<'_>) {
     let want = match peeked {
         Err(e) => Destination::Drop(e),
         Ok(Header::Short { dcid }) => by_cid(layout, me, dcid),
-        Ok(Header::Long { ty, dcid }) => match ty {
-            LongType::Initial | LongType::ZeroRtt if input.serves => Destination::Local,
-            _ => by_cid(layout, me, dcid),
-        },
+        // Every long-header type by CID: a client's Initial carries a CID of its own,
+        // which `decode` does not take for ours (unless it happens to look like one).
+        Ok(Header::Long { dcid, .. }) => by_cid(layout, me, dcid),
         Ok(Header::Other) => Destination::Local,
     };
     assert_eq!(r, want);
@@ -116,14 +115,8 @@ fn built_packet(input: &RouteInput<'_>) {
         p.extend_from_slice(dcid);
         p
     };
-    // Initial and 0-RTT stay where they land on a server; the rest goes by CID.
-    let by_type = |ty: u8| {
-        if ty <= 1 && input.serves {
-            Destination::Local
-        } else {
-            ours
-        }
-    };
+    // Every long-header type goes by CID (Initials too: from a server, they carry ours).
+    let by_type = |_ty: u8| ours;
     let draft = 0xff00_0000 | u32::from(input.version);
     let (mut p, want) = match input.built {
         Built::Short => {
@@ -150,17 +143,16 @@ fn built_packet(input: &RouteInput<'_>) {
     };
     p.extend_from_slice(input.datagram);
     assert_eq!(
-        route(layout, me, input.serves, &p),
+        route(layout, me, &p),
         want,
-        "{:?} me {me} owner {owner} serves {}",
-        input.built,
-        input.serves
+        "{:?} me {me} owner {owner}",
+        input.built
     );
     // Cut inside the header: dropped as truncated.
     let header = p.len() - input.datagram.len();
     p.truncate(header - 1);
     assert_eq!(
-        route(layout, me, input.serves, &p),
+        route(layout, me, &p),
         Destination::Drop(HeaderError::Truncated)
     );
 }

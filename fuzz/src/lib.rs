@@ -234,6 +234,7 @@ pub struct RouteInput<'a> {
     pub layout: CidLayout,
     /// The deciding worker (< workers).
     pub me: usize,
+    /// Read from the input and kept in its format; routing no longer depends on it.
     pub serves: bool,
     /// Owner of the CID in the built packet (< workers).
     pub owner: usize,

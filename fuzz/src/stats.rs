@@ -88,7 +88,7 @@ fn corpus_stats() {
     let mut c = BTreeMap::new();
     for f in &inputs {
         let i = RouteInput::decode(f);
-        let key = match route(&i.layout, i.me, i.serves, i.datagram) {
+        let key = match route(&i.layout, i.me, i.datagram) {
             Destination::Local => "datagram Local".to_string(),
             Destination::Worker(_) => "datagram Worker(_)".to_string(),
             Destination::Drop(e) => format!("datagram Drop({e:?})"),
