@@ -47,7 +47,9 @@ pub trait Handler: Send + 'static {
     /// The peer acknowledged everything sent on `stream`, including its end.
     fn stream_finished(&mut self, conn: &mut Conn<'_>, stream: StreamId) {}
 
-    /// The peer asked us to stop sending on `stream` with `code`.
+    /// The peer asked us to stop sending on `stream` with `code`. After this callback the
+    /// engine resets the stream with `code` (RFC 9000 §3.5), unless the handler did already:
+    /// what was not sent is dropped, and writes to it fail.
     fn stream_stopped(&mut self, conn: &mut Conn<'_>, stream: StreamId, code: VarInt) {}
 
     /// The peer allows more streams to be opened ([`Conn::open_bi`] after it returned `None`).

@@ -908,7 +908,10 @@ fn dispatch<H: Handler>(h: &mut H, conn: &mut Conn<'_>, ev: Event) {
         }
         Event::Stream(StreamEvent::Stopped { id, error_code }) => {
             h.stream_stopped(conn, id, error_code);
-            conn.slot.streams.send_over(id);
+            // RFC 9000 §3.5: a stopped stream is reset. quinn-proto leaves that to the
+            // application and keeps the stream (and the peer's stream credit) until then; a
+            // handler that reset it already makes this a no-op.
+            let _ = conn.reset(id, error_code);
         }
         Event::Stream(StreamEvent::Available { .. }) => h.streams_available(conn),
         Event::DatagramReceived => {

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use xdp_quic::tokio::{Connection, Endpoint, RecvStream, SendStream};
 
 use crate::files::{read_chunk_pooled, FileRoot};
-pub use crate::hq::{HqLimits, ALPN, BAD_REQUEST, CHUNK, MAX_REQUEST, NOT_FOUND};
+pub use crate::hq::{HqLimits, ALPN, BAD_REQUEST, CHUNK, MAX_REQUEST, NOT_FOUND, STALLED};
 
 /// The server: the root and the endpoint-wide slots.
 #[derive(Clone)]
@@ -116,7 +116,16 @@ impl AsyncHq {
             };
             file = f;
             if !chunk.is_empty() {
-                send.write_chunk(chunk).await?;
+                // A client that takes nothing for this long gives its slots up.
+                match tokio::time::timeout(crate::h3_files::SEND_STALL, send.write_chunk(chunk))
+                    .await
+                {
+                    Ok(written) => written?,
+                    Err(_) => {
+                        let _ = send.reset(STALLED);
+                        return Ok(());
+                    }
+                }
             }
             if end {
                 send.finish()?;

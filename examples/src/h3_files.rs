@@ -27,6 +27,9 @@ pub use xdp_quic_h3::ALPN;
 
 /// Octets read from a file at a time.
 pub const CHUNK: usize = 64 * 1024;
+/// A response whose client takes none of it for this long is abandoned (its stream reset),
+/// so that clients that stop reading cannot hold the request slots for good.
+pub const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The largest header section a request may have (SETTINGS_MAX_FIELD_SECTION_SIZE; h3's
 /// own default is unlimited).
@@ -169,8 +172,12 @@ impl H3Server {
             .body(())?;
         stream.send_response(resp).await?;
         if !head {
-            loop {
-                let (chunk, end, f) = match read_chunk_pooled(file, CHUNK).await {
+            // Exactly the length announced: a file that shrank meanwhile is cut off with an
+            // error, one that grew is not read past it.
+            let mut left = len;
+            while left > 0 {
+                let want = CHUNK.min(usize::try_from(left).unwrap_or(CHUNK));
+                let (chunk, end, f) = match read_chunk_pooled(file, want).await {
                     Ok(read) => read,
                     Err(e) => {
                         // The length was promised: a shorter body must not look complete.
@@ -179,11 +186,19 @@ impl H3Server {
                     }
                 };
                 file = f;
-                if !chunk.is_empty() {
-                    stream.send_data(chunk).await?;
+                left -= chunk.len() as u64;
+                if end && left > 0 {
+                    stream.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                    anyhow::bail!("the file shrank while it was sent ({left} octets short)");
                 }
-                if end {
-                    break;
+                if !chunk.is_empty() {
+                    match tokio::time::timeout(SEND_STALL, stream.send_data(chunk)).await {
+                        Ok(sent) => sent?,
+                        Err(_) => {
+                            stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+                            anyhow::bail!("the client took nothing for {SEND_STALL:?}");
+                        }
+                    }
                 }
             }
         }

@@ -55,6 +55,8 @@ pub const ALPN: &[u8] = b"hq-interop";
 pub const NOT_FOUND: VarInt = VarInt::from_u32(0x10);
 /// Stream reset code: the request is not `GET /path`.
 pub const BAD_REQUEST: VarInt = VarInt::from_u32(0x11);
+/// Stream reset code: the client took none of the answer for [`crate::h3_files::SEND_STALL`].
+pub const STALLED: VarInt = VarInt::from_u32(0x12);
 /// Octets read from a file at a time.
 pub const CHUNK: usize = 64 * 1024;
 /// The longest request line accepted.
@@ -652,10 +654,15 @@ impl Handler for HqServer {
 
     fn stream_readable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
         let id = conn.id();
-        let Some(cs) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let Some(Stream::Reading(req)) = cs.streams.get_mut(&s) else {
+        // A request read already (answered, or waiting its turn): what still arrives (its
+        // end, late) is read and dropped, so that quinn-proto frees the stream's receiving
+        // side and gives the client its stream credit back.
+        let Some(Stream::Reading(req)) = self
+            .conns
+            .get_mut(&id)
+            .and_then(|cs| cs.streams.get_mut(&s))
+        else {
+            let _ = conn.read(s, |_| {});
             return;
         };
         let status = conn.read(s, |b| {
@@ -667,7 +674,9 @@ impl Handler for HqServer {
             Ok(ReadStatus::Finished) => true,
             Ok(ReadStatus::Blocked) => req.ends_with(b"\n"),
             Err(_) => {
-                cs.streams.remove(&s);
+                if let Some(cs) = self.conns.get_mut(&id) {
+                    cs.streams.remove(&s);
+                }
                 return;
             }
         };
@@ -677,7 +686,11 @@ impl Handler for HqServer {
         if !complete {
             return;
         }
-        match parse_request(req) {
+        let parsed = parse_request(req);
+        let Some(cs) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match parsed {
             Ok(path) => {
                 cs.streams.insert(s, Stream::Waiting(path));
                 cs.waiting.insert(s);

@@ -860,3 +860,30 @@ async fn wrapped_servers_serve_whether_attached_or_not_body() {
         assert_eq!(s.state(), HqState::default(), "forward {forward}");
     }
 }
+
+/// Clients that end their request stream only after reading the answer (the FIN comes
+/// late, after the request line was taken as complete): the server reads that late end, so
+/// quinn-proto frees each stream and the client's stream credit comes back. Against a limit
+/// of 8 streams, 40 requests in a row on one connection all get their file. (Before, the
+/// late end was never read, and the ninth request waited forever.)
+#[test]
+fn requests_whose_end_comes_late_free_their_streams() {
+    on_runtime(requests_whose_end_comes_late_free_their_streams_body());
+}
+
+async fn requests_whose_end_comes_late_free_their_streams_body() {
+    let (_t, www, _big, small) = cap_site("late-fin");
+    let (engine, cert) = server(&www, HqLimits::default(), 8);
+    let ep = client(cert, None);
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    for i in 0..40 {
+        let (mut send, recv) = guard("an open", conn.open_bi()).await.unwrap();
+        send.write_all(b"GET /small\r\n").await.unwrap();
+        let got = guard("the answer", read_answer(recv)).await;
+        assert_eq!(got, Got::Body(small.to_vec()), "request {i}");
+        send.finish().unwrap();
+    }
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    shutdown(engine).await;
+}

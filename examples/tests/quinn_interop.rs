@@ -1465,3 +1465,39 @@ fn our_client_over_af_xdp_against_quinn_server() {
         });
     }
 }
+
+/// quinn's client stops the downloads it no longer wants, mid-response, against our perf
+/// server that allows two streams at a time: each stopped stream is reset (RFC 9000 §3.5),
+/// which frees it and gives the client its stream credit back, so requests go on. (Before,
+/// nothing reset them: quinn-proto kept them, and the third request waited forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_the_peer_stops_are_reset_and_give_their_credit_back() {
+    let (b, cert) = our_server(1, perf::ALPN);
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(2));
+    let engine = b
+        .transport(t)
+        .start_udp("127.0.0.1:0".parse().unwrap(), |_| PerfServer::default())
+        .unwrap();
+    let ep = quinn_client(cert, perf::ALPN);
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    for round in 0..6 {
+        let (mut send, mut recv) = guard("an open", conn.open_bi()).await.unwrap();
+        send.write_all(&(100u64 << 20).to_be_bytes()).await.unwrap();
+        send.finish().unwrap();
+        let first = guard("the first octets", recv.read_chunk(10_000, true))
+            .await
+            .unwrap();
+        assert!(first.is_some(), "round {round}: the download started");
+        recv.stop(VarInt::from_u32(5)).unwrap();
+    }
+    guard(
+        "a whole request after them",
+        quinn_perf_request(&conn, 10, 5_000),
+    )
+    .await
+    .unwrap();
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    shutdown(engine).await;
+}

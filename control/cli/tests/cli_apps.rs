@@ -343,6 +343,33 @@ fn fails_with(args: &[&str], message: &str) {
 
 #[test]
 fn operator_errors_are_clear() {
+    // A name that would leave the pin root, and ranges too large to expand.
+    fails_with(&["detach", ".."], "is not an interface name");
+    fails_with(&["stats", "a/b"], "is not an interface name");
+    fails_with(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cpus",
+            "0-18446744073709551615",
+        ],
+        "at most 8191",
+    );
+    fails_with(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "xdp",
+            "--iface",
+            "lo",
+            "--queues",
+            "0-4294967295",
+        ],
+        "at most 4095",
+    );
     fails_with(
         &["client", "--connect", "127.0.0.1:9", "--app", "echo"],
         "give --ca FILE, or --insecure",
@@ -487,6 +514,27 @@ fn serve_over_af_xdp_on_a_pinned_attachment() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "over-af-xdp\n");
+
+    // A second server on a port the attachment does not steer is refused, saying why.
+    let out = xq(&[
+        "serve",
+        "--netns",
+        &tb.server_ns,
+        "--listen",
+        "0.0.0.0:4999",
+        "--backend",
+        "xdp",
+        "--iface",
+        &tb.server_if,
+        "--app",
+        "echo",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("steers port(s) 4433"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let (ok, stderr) = server.stop();
     assert!(ok, "{stderr}");

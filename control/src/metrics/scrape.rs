@@ -25,8 +25,15 @@ impl Sample {
     }
 }
 
-/// GETs `http://addr/metrics` and returns the body.
+/// The most a scrape reads: an exposition of thousands of series is far below it.
+const MAX_ANSWER: u64 = 16 << 20;
+/// The whole exchange's deadline: an endpoint that trickles its answer is given up on.
+const SCRAPE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// GETs `http://addr/metrics` and returns the body: at most 16 MiB within 10 s, whatever
+/// the endpoint does.
 pub fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
+    let deadline = std::time::Instant::now() + SCRAPE_DEADLINE;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| format!("connecting to the metrics endpoint {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -34,8 +41,26 @@ pub fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
         s,
         "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            bail!("{addr}: no complete answer within {SCRAPE_DEADLINE:?}");
+        }
+        s.set_read_timeout(Some(left.min(Duration::from_secs(5))))?;
+        let n = s
+            .read(&mut buf)
+            .with_context(|| format!("reading the answer of {addr}"))?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if raw.len() as u64 > MAX_ANSWER {
+            bail!("{addr}: an answer larger than {} MiB", MAX_ANSWER >> 20);
+        }
+    }
+    let resp = String::from_utf8_lossy(&raw);
     let (head, body) = resp
         .split_once("\r\n\r\n")
         .context("malformed HTTP answer")?;

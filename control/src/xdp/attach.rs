@@ -91,6 +91,7 @@ pub struct LiveAttachment {
 
 /// Inspects the pins of `iface` against this network namespace.
 pub fn inspect(iface: &str) -> anyhow::Result<Pinned> {
+    pins::check_iface_name(iface)?;
     let dir = pins::dir(iface);
     if !dir.exists() {
         return Ok(Pinned::None);

@@ -61,6 +61,7 @@ pub use xsk::XskRegistry;
 /// program id, in the calling thread's network namespace). [`XdpError::NotAttached`] when
 /// there is neither.
 pub fn interface_counters(iface: &str) -> anyhow::Result<Counters> {
+    pins::check_iface_name(iface)?;
     caps::require_xdp_admin(&format!("reading the counters of {iface}"))?;
     let dir = pins::dir(iface);
     if pins::bpffs_mounted() && dir.join(xdp_quic_ebpf::maps::COUNTERS).exists() {
@@ -81,6 +82,7 @@ pub fn interface_counters(iface: &str) -> anyhow::Result<Counters> {
 /// Whose xdp-quic program [`interface_counters`] reads on `iface`: [`Owner::Pinned`] or
 /// [`Owner::Process`]; [`XdpError::NotAttached`] when there is none.
 pub fn interface_owner(iface: &str) -> anyhow::Result<Owner> {
+    pins::check_iface_name(iface)?;
     let dir = pins::dir(iface);
     if pins::bpffs_mounted() && dir.join(xdp_quic_ebpf::maps::COUNTERS).exists() {
         return Ok(Owner::Pinned {
@@ -103,6 +105,7 @@ pub fn interface_owner(iface: &str) -> anyhow::Result<Owner> {
 
 /// Reads the counters of the program attached (pinned) on `iface`.
 pub fn pinned_counters(iface: &str) -> anyhow::Result<Counters> {
+    pins::check_iface_name(iface)?;
     caps::require_xdp_admin(&format!("reading the counters of {iface}"))?;
     let dir = pins::dir(iface);
     if !pins::bpffs_mounted() || !dir.join(xdp_quic_ebpf::maps::COUNTERS).exists() {

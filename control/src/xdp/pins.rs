@@ -26,8 +26,36 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// `PF_KTHREAD` in the flags field of `/proc/<pid>/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
+/// Whether `iface` can be an interface name by the kernel's rules (1 to 15 octets, not `.`
+/// or `..`, no `/`, `:`, NUL or white space): only such a name keeps its pin directory
+/// beneath the pin root.
+pub fn is_iface_name(iface: &str) -> bool {
+    !iface.is_empty()
+        && iface.len() < 16
+        && iface != "."
+        && iface != ".."
+        && !iface
+            .chars()
+            .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
+}
+
+/// An error unless `iface` [`is_iface_name`].
+pub fn check_iface_name(iface: &str) -> io::Result<()> {
+    if is_iface_name(iface) {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{iface:?} is not an interface name (1 to 15 characters, no '/', ':' or spaces)"
+            ),
+        ))
+    }
+}
+
 /// Pin directory of interface `iface`: `/sys/fs/bpf/xdp-quic/<iface>` (seen through
-/// `/proc/<pid>/root` where [`root`] says so).
+/// `/proc/<pid>/root` where [`root`] says so). Check the name first
+/// ([`check_iface_name`]: the entry points of this crate do).
 pub fn dir(iface: &str) -> PathBuf {
     pin_root().join(iface)
 }
@@ -183,6 +211,7 @@ pub fn bpffs_mounted() -> bool {
 
 /// Creates `/sys/fs/bpf/xdp-quic/<iface>` (and its parent), both mode 0700.
 pub fn create_dir(iface: &str) -> io::Result<PathBuf> {
+    check_iface_name(iface)?;
     let mut b = std::fs::DirBuilder::new();
     b.mode(0o700);
     match b.create(pin_root()) {
@@ -198,6 +227,7 @@ pub fn create_dir(iface: &str) -> io::Result<PathBuf> {
 /// Removes the pins of `iface` and its directory; the link pin goes first so that the
 /// program is detached before its maps disappear. Missing pins are fine.
 pub fn remove_dir(iface: &str) -> io::Result<()> {
+    check_iface_name(iface)?;
     let d = dir(iface);
     let names = std::iter::once(LINK).chain(xdp_quic_ebpf::maps::ALL);
     for name in names {

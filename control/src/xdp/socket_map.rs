@@ -27,7 +27,31 @@ impl ServerSteering {
     pub fn for_server(iface: &str, listen: SocketAddr, mode: AttachMode) -> anyhow::Result<Self> {
         if pins::dir(iface).join(xdp_quic_ebpf::maps::XSKS).exists() {
             let prog_id = match inspect(iface)? {
-                Pinned::Live(live) => live.prog_id,
+                Pinned::Live(live) => {
+                    // The attachment must steer what this server listens on, or every
+                    // client packet would reach the canary socket instead.
+                    let service = live.maps.read_service()?;
+                    let addr_ok = service.addrs.is_empty()
+                        || listen.ip().is_unspecified()
+                        || service.addrs.contains(&listen.ip());
+                    if !service.ports.contains(&listen.port()) || !addr_ok {
+                        let ports: Vec<String> = service.ports.iter().map(u16::to_string).collect();
+                        anyhow::bail!(
+                            "the program xdp-quic attach pinned for {iface} steers port(s) {} \
+                             {}, not {listen}: attach again naming this port too \
+                             (`xdp-quic attach {iface} --port {}` with its other ports) or \
+                             listen on one it steers",
+                            ports.join(","),
+                            if service.addrs.is_empty() {
+                                "of every address".to_string()
+                            } else {
+                                format!("of {:?}", service.addrs)
+                            },
+                            listen.port()
+                        );
+                    }
+                    live.prog_id
+                }
                 Pinned::OtherNamespace => anyhow::bail!(
                     "the program xdp-quic attach pinned for {iface} serves an interface of \
                      another network namespace: serve there (--netns), or detach it first"

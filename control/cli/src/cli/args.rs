@@ -84,10 +84,11 @@ impl From<TxArg> for xdp_quic::backend::xsk::TxMode {
 
 /// Parses a queue list such as `0-3` or `0,2` (the same syntax as CPU lists).
 pub fn parse_queues(s: &str) -> Result<Vec<u32>, String> {
-    let v = parse_cpus(s).map_err(|e| e.replace("CPU", "queue"))?;
-    v.into_iter()
-        .map(|q| u32::try_from(q).map_err(|_| format!("queue {q} out of range")))
-        .collect()
+    // Queue numbers of real NICs stay far below this; an engine has at most 256 workers.
+    Ok(parse_list(s, "queue", 4095)?
+        .into_iter()
+        .map(|q| q as u32)
+        .collect())
 }
 
 /// The RX queues of `iface` in this thread's network namespace (netlink), as a list 0..n.
@@ -178,25 +179,52 @@ pub fn parse_positive_secs(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Parses a CPU list such as `0,2-3`.
+/// Parses an interface name (the kernel's rules: 1 to 15 characters, no `/`, `:` or
+/// spaces, not `.` or `..`).
+pub fn parse_iface(s: &str) -> Result<String, String> {
+    xdp_quic_control::xdp::pins::check_iface_name(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// The highest CPU number a CPU list may name (the kernel's `NR_CPUS` limit).
+const MAX_CPU: usize = 8191;
+
+/// Parses a CPU list such as `0,2-3`: each CPU at most once, none above 8191.
 pub fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
+    parse_list(s, "CPU", MAX_CPU)
+}
+
+/// Parses a list of numbers and ranges (`0,2-3`) of `what`, each at most `max` and named
+/// once: a range is checked before it is expanded, so a huge one is an error, not an
+/// allocation.
+fn parse_list(s: &str, what: &str, max: usize) -> Result<Vec<usize>, String> {
     let mut out = Vec::new();
+    let bad = || format!("'{s}' is not a {what} list (example: 0,2-3)");
+    let too_big = |n: usize| format!("{what} {n} out of range (at most {max})");
     for part in s.split(',').filter(|p| !p.is_empty()) {
-        let bad = || format!("'{s}' is not a CPU list (example: 0,2-3)");
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) =
-                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-                if a > b {
-                    return Err(bad());
-                }
-                out.extend(a..=b);
+        let (a, b): (usize, usize) = match part.split_once('-') {
+            Some((a, b)) => (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?),
+            None => {
+                let n = part.parse().map_err(|_| bad())?;
+                (n, n)
             }
-            None => out.push(part.parse().map_err(|_| bad())?),
+        };
+        if a > b {
+            return Err(bad());
+        }
+        if b > max {
+            return Err(too_big(b));
+        }
+        for n in a..=b {
+            if out.contains(&n) {
+                return Err(format!("{what} {n} is named twice in '{s}'"));
+            }
+            out.push(n);
         }
     }
     if out.is_empty() {
-        return Err("empty CPU list".into());
+        return Err(format!("empty {what} list"));
     }
     Ok(out)
 }
@@ -332,5 +360,14 @@ mod tests {
         assert!(parse_cpus("3-1").is_err());
         assert!(parse_cpus("").is_err());
         assert!(parse_cpus("a").is_err());
+        // Huge ranges are refused before they are expanded, repeats are refused.
+        assert!(parse_cpus("0-18446744073709551615")
+            .unwrap_err()
+            .contains("at most 8191"));
+        assert!(parse_queues("0-4294967295")
+            .unwrap_err()
+            .contains("at most 4095"));
+        assert!(parse_cpus("1,0-2").unwrap_err().contains("named twice"));
+        assert_eq!(parse_queues("0-3"), Ok(vec![0, 1, 2, 3]));
     }
 }

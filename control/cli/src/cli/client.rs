@@ -41,7 +41,7 @@ pub struct ClientArgs {
     pub backend: ClientBackend,
     /// AF_XDP: the interface the server is reached through. The XDP program is attached to
     /// it for the client's port for the client's life; transmits go through the kernel.
-    #[arg(long, value_name = "IFACE")]
+    #[arg(long, value_name = "IFACE", value_parser = super::args::parse_iface)]
     pub iface: Option<String>,
     /// AF_XDP: the queues to receive on, one worker each (default: every RX queue).
     #[arg(long, value_parser = args::parse_queues, value_name = "LIST")]

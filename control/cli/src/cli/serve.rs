@@ -30,7 +30,7 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = BackendArg::Udp)]
     pub backend: BackendArg,
     /// Interface of the AF_XDP backend.
-    #[arg(long, value_name = "IFACE")]
+    #[arg(long, value_name = "IFACE", value_parser = super::args::parse_iface)]
     pub iface: Option<String>,
     /// AF_XDP: the queues to serve, one worker each (default: every RX queue of --iface).
     #[arg(long, value_parser = args::parse_queues, value_name = "LIST")]

@@ -36,6 +36,7 @@ impl From<ModeArg> for AttachMode {
 #[derive(Debug, clap::Args)]
 pub struct AttachArgs {
     /// Interface to attach to.
+    #[arg(value_parser = super::args::parse_iface)]
     pub iface: String,
     /// UDP destination port to steer to the AF_XDP sockets (repeat for several).
     #[arg(long = "port", value_name = "PORT", required = true)]
@@ -109,6 +110,7 @@ impl AttachArgs {
 #[derive(Debug, clap::Args)]
 pub struct DetachArgs {
     /// Interface to detach from.
+    #[arg(value_parser = super::args::parse_iface)]
     pub iface: String,
     /// Run in the network namespace /run/netns/NAME (keeps the host's /sys/fs/bpf).
     #[arg(long, value_name = "NAME")]
@@ -130,6 +132,7 @@ pub struct StatusArgs {
 #[derive(Debug, clap::Args)]
 pub struct StatsArgs {
     /// Interface.
+    #[arg(value_parser = super::args::parse_iface)]
     pub iface: String,
     /// Print JSON (one object; in watch mode one object per line).
     #[arg(long)]
