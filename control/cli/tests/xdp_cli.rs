@@ -850,3 +850,45 @@ fn attach_shield_shows_in_status_and_stats() {
     xq_ok(&["detach", i, "--netns", s]);
     assert!(!Path::new(&pin_dir(i)).exists());
 }
+
+/// The attached interface is renamed and another takes its name: a new `attach` under that
+/// name is refused, saying so, and the renamed interface keeps its program (before, its pins
+/// were taken for stale and removed, which detached a program in use). `detach` under the
+/// name still ends that attachment; `--force` would replace it.
+#[test]
+fn attach_refuses_to_drop_a_live_attachment_of_a_renamed_interface() {
+    if !privileged("attach_renamed") {
+        return;
+    }
+    let tb = Testbed::new(1);
+    let _pins = PinGuard(tb.server_if.clone());
+    let (s, i) = (tb.server.name.as_str(), tb.server_if.as_str());
+    xq_ok(&["attach", i, "--netns", s, "--port", "4433"]);
+    let prog = xdp_prog_on(s, i).unwrap();
+    let renamed = format!("{i}r");
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", s])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&["link", "set", i, "down"]);
+    ip(&["link", "set", i, "name", &renamed]);
+    ip(&["link", "set", &renamed, "up"]);
+    let peer = format!("{i}p");
+    ip(&["link", "add", i, "type", "veth", "peer", "name", &peer]);
+    xq_err(
+        &["attach", i, "--netns", s, "--port", "4433"],
+        "live attachment of interface index",
+    );
+    assert_eq!(xdp_prog_on(s, &renamed), Some(prog), "still attached");
+    xq_ok(&["detach", i, "--netns", s]);
+    assert_eq!(xdp_prog_on(s, &renamed), None);
+    assert!(!Path::new(&pin_dir(i)).exists());
+}

@@ -5,8 +5,9 @@
 //! request head and writing the answer. A client that sends a byte now and then, or nothing
 //! at all, or that does not read the answer, is cut off at the deadline and meanwhile holds
 //! one slot only: scrapes go on in the other slots. Past the bound a new connection is
-//! answered `503 Service Unavailable` at once and closed (it never waits), so even a client
-//! that holds every slot delays nothing longer than one deadline. Nothing here ever touches a
+//! answered `503 Service Unavailable` at once and closed (it never waits). A client that
+//! holds every slot and keeps reconnecting can keep scrapes answered 503: keep the endpoint
+//! on loopback or behind a firewall (the README says so). Nothing here ever touches a
 //! worker.
 
 use std::collections::HashMap;

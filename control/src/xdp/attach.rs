@@ -72,6 +72,12 @@ pub enum Pinned {
     OtherNamespace,
     /// Pins whose link no longer attaches anything (interface gone) or half-made.
     Stale,
+    /// A live link whose maps do not open (pinned by another version of xdp-quic): never
+    /// taken for stale, since removing its pins would detach a program in use.
+    Incompatible {
+        /// The live link's program.
+        prog_id: u32,
+    },
 }
 
 /// A live pinned attachment.
@@ -105,12 +111,14 @@ pub fn inspect(iface: &str) -> anyhow::Result<Pinned> {
         }
     };
     let info = sys::xdp_link_info(link.as_fd()).context("reading the pinned link")?;
-    let Ok(maps) = ProgramMaps::open_pinned(&dir) else {
-        return Ok(Pinned::Stale);
-    };
     if info.ifindex == 0 {
         return Ok(Pinned::Stale);
     }
+    let Ok(maps) = ProgramMaps::open_pinned(&dir) else {
+        return Ok(Pinned::Incompatible {
+            prog_id: info.prog_id,
+        });
+    };
     let config = maps.read_config()?;
     if config.netns_ino != netns::current_ino()? {
         return Ok(Pinned::OtherNamespace);
@@ -151,8 +159,20 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
     match inspect(iface)? {
         Pinned::Live(mut live) => {
             if link_state.ifindex != live.config.ifindex || link_state.xdp_prog_id != live.prog_id {
-                // Same name, other interface (recreated): the old link is dead weight.
-                pins::remove_dir(iface).context("removing stale pins")?;
+                // The pins hold a live attachment of another interface (this one renamed,
+                // or recreated while the old one lives on under another name): removing
+                // them detaches a program that may be serving. Only with --force.
+                if !opts.force {
+                    anyhow::bail!(
+                        "the pins of {iface} hold xdp-quic's live attachment of interface \
+                         index {} (program {}), not of the {iface} there is now (renamed, or \
+                         recreated?): detach it first (`xdp-quic detach {iface}`), or attach \
+                         with --force to replace it",
+                        live.config.ifindex,
+                        live.prog_id
+                    );
+                }
+                pins::remove_dir(iface).context("removing the pins of the other attachment")?;
                 removed_stale = true;
             } else {
                 if !live.mode.satisfies(opts.mode) {
@@ -193,6 +213,7 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
             pins::remove_dir(iface).context("removing stale pins")?;
             removed_stale = true;
         }
+        Pinned::Incompatible { prog_id } => anyhow::bail!(incompatible(iface, prog_id)),
         Pinned::None => {}
     }
     let replaced = clear_foreign(iface, &link_state, opts.force, Requester::Attach)?;
@@ -300,6 +321,12 @@ pub fn detach(iface: &str) -> anyhow::Result<DetachOutcome> {
             pins::remove_dir(iface).context("removing stale pins")?;
             Ok(DetachOutcome::RemovedStale)
         }
+        Pinned::Incompatible { prog_id } => {
+            let link = sys::obj_get(&pins::dir(iface).join(pins::LINK))?;
+            sys::link_detach(link.as_fd()).context("detaching the link")?;
+            pins::remove_dir(iface).context("removing pins")?;
+            Ok(DetachOutcome::Detached { prog_id })
+        }
         Pinned::Live(live) => {
             let link = sys::obj_get(&pins::dir(iface).join(pins::LINK))?;
             let prog_id = live.prog_id;
@@ -311,6 +338,15 @@ pub fn detach(iface: &str) -> anyhow::Result<DetachOutcome> {
             Ok(DetachOutcome::Detached { prog_id })
         }
     }
+}
+
+/// What to do about a live link whose maps do not open.
+pub(crate) fn incompatible(iface: &str, prog_id: u32) -> String {
+    format!(
+        "xdp-quic's link pinned for {iface} is live (program {prog_id}) but its maps do not \
+         open: pinned by another version of xdp-quic? Run `xdp-quic detach {iface}`, then \
+         attach again"
+    )
 }
 
 /// The error of a detach with no pins: [`XdpError::AttachedByProcess`] when a running

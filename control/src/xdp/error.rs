@@ -103,7 +103,7 @@ pub enum XdpError {
     /// bpffs is not mounted and could not be mounted.
     #[error(
         "bpffs is not mounted at /sys/fs/bpf and mounting it failed ({cause}); mount it with \
-         `mount -t bpf bpf /sys/fs/bpf` (needs CAP_SYS_ADMIN) and retry"
+         `mount -t bpf -o mode=0700 bpf /sys/fs/bpf` (needs CAP_SYS_ADMIN) and retry"
     )]
     BpffsMissing {
         /// Why the mount failed.

@@ -219,9 +219,31 @@ pub fn create_dir(iface: &str) -> io::Result<PathBuf> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
+    check_pin_root()?;
     let d = dir(iface);
     b.create(&d)?;
     Ok(d)
+}
+
+/// The pin root must be a real directory (not a link), ours, and writable by us alone:
+/// on a bpffs that others may write to, another user could have made it first.
+fn check_pin_root() -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let root = pin_root();
+    let m = std::fs::symlink_metadata(&root)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !m.file_type().is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a directory of this user's writable by it alone (a link, or made \
+                 by another user?): refusing to pin there; remove it and retry",
+                root.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Removes the pins of `iface` and its directory; the link pin goes first so that the

@@ -56,6 +56,9 @@ impl ServerSteering {
                     "the program xdp-quic attach pinned for {iface} serves an interface of \
                      another network namespace: serve there (--netns), or detach it first"
                 ),
+                Pinned::Incompatible { prog_id } => {
+                    anyhow::bail!(super::attach::incompatible(iface, prog_id))
+                }
                 Pinned::Stale | Pinned::None => anyhow::bail!(
                     "the pins of xdp-quic attach for {iface} are stale (the link attaches \
                      nothing): run `xdp-quic detach {iface}`, then attach again"

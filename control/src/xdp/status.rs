@@ -198,6 +198,10 @@ pub fn one(iface: &str) -> anyhow::Result<IfaceStatus> {
     let mut s = IfaceStatus::new(iface, true);
     let live = match inspect(iface)? {
         Pinned::None | Pinned::Stale => return Ok(s),
+        Pinned::Incompatible { .. } => {
+            s.state = "incompatible";
+            return Ok(s);
+        }
         Pinned::OtherNamespace => {
             s.state = "other-netns";
             return Ok(s);
