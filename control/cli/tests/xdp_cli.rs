@@ -207,25 +207,34 @@ fn error_not_permitted_names_capabilities() {
     let tb = Testbed::new(1);
     let _pins = PinGuard(tb.server_if.clone());
     // setpriv drops to nobody with no capabilities; the netns is entered first as root.
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &tb.server.name,
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-        ])
-        .arg(env!("CARGO_BIN_EXE_xdp-quic"))
-        .args(["attach", &tb.server_if, "--port", "4433"])
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.code().is_some_and(|c| c != 0), "{err}");
-    for cap in ["not permitted", "CAP_NET_ADMIN", "CAP_BPF", "CAP_SYS_ADMIN"] {
-        assert!(err.contains(cap), "missing {cap}: {err}");
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &tb.server.name,
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ])
+            .arg(env!("CARGO_BIN_EXE_xdp-quic"))
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    // attach, and status (the pins are root's alone): each names what it lacks.
+    for args in [
+        &["attach", &tb.server_if, "--port", "4433"][..],
+        &["status"][..],
+    ] {
+        let out = as_nobody(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code().is_some_and(|c| c != 0), "{args:?}: {err}");
+        for cap in ["not permitted", "CAP_NET_ADMIN", "CAP_BPF", "CAP_SYS_ADMIN"] {
+            assert!(err.contains(cap), "{args:?}: missing {cap}: {err}");
+        }
     }
     assert_eq!(xdp_prog_on(&tb.server.name, &tb.server_if), None);
     assert!(!Path::new(&pin_dir(&tb.server_if)).exists());

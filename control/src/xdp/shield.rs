@@ -334,11 +334,13 @@ impl ShieldMaps {
 /// The shield engaged for a running server engine: on with its configuration, the engine's
 /// CID layout written, and a [`PressureMonitor`] keeping the pressure flags of its queues.
 /// Dropping it stops the monitor (clearing the flags), removes the layout, and turns the
-/// shield off again if it was off before (a configuration changed meanwhile, by `xdp-quic
-/// attach --shield`, is kept).
+/// shield off again if it was off before and still holds the configuration this guard
+/// wrote (a configuration changed meanwhile, by `xdp-quic attach --shield`, is kept).
 pub struct ShieldGuard {
     maps: ShieldMaps,
     was_on: bool,
+    /// The configuration this guard turned on.
+    wrote: ShieldConfig,
     monitor: Option<PressureMonitor>,
 }
 
@@ -385,10 +387,15 @@ impl ShieldGuard {
         let mut guard = Self {
             maps,
             was_on,
+            wrote: config.clone(),
             monitor,
         };
         guard.maps.set_layout(Some(layout))?;
         guard.maps.set_config(Some(config))?;
+        // As the map holds it, to tell at drop whether anyone changed it since.
+        if let Some(written) = guard.maps.config()? {
+            guard.wrote = written;
+        }
         Ok(guard)
     }
 
@@ -403,7 +410,8 @@ impl Drop for ShieldGuard {
     fn drop(&mut self) {
         drop(self.monitor.take());
         let restored = self.maps.entry().and_then(|e| {
-            let e = if self.was_on { e } else { off(&e) };
+            let ours = ShieldConfig::from_map(&e).as_ref() == Some(&self.wrote);
+            let e = if self.was_on || !ours { e } else { off(&e) };
             let e = with_layout(&e, None)?;
             self.maps.set_entry(&e)
         });

@@ -156,10 +156,19 @@ impl IfaceStatus {
 /// thread's network namespace where a running process attached xdp-quic's program for
 /// itself; sorted by name.
 pub fn status() -> anyhow::Result<Vec<IfaceStatus>> {
+    // The pins are root's alone (0700), and programs are read with bpf(): say what is
+    // missing rather than a bare EACCES.
+    super::caps::require_xdp_admin("reading the status of xdp-quic's attachments")?;
     let mut out = Vec::new();
     if pins::bpffs_mounted() {
         for iface in pins::list()? {
-            out.push(one(&iface)?);
+            // One interface that cannot be read does not hide the others.
+            out.push(one(&iface).unwrap_or_else(|e| {
+                let mut s = IfaceStatus::new(&iface, true);
+                s.state = "unreadable";
+                tracing::warn!("status of {iface}: {e:#}");
+                s
+            }));
         }
     }
     let pinned: HashSet<u32> = out.iter().filter_map(|s| s.prog_id).collect();
