@@ -620,21 +620,27 @@ impl Handler for Deferring {
     }
 }
 
-#[test]
-fn a_deferred_decision_is_taken_later_by_posted_work() {
-    let net = MemNetwork::new(Duration::from_millis(5));
+/// A server whose accept hook defers every attempt, and the attempts it saw.
+fn deferring_server(net: &MemNetwork) -> (Node<Deferring>, Waiting) {
     let b = EngineBuilder::default()
         .server(server_config())
         .drain_timeout(Duration::from_millis(300));
     let waiting = Waiting::default();
     let w = waiting.clone();
-    let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, move |_| {
+    let server = Node::new(b, net, addr(SERVER), MemSteering::Hash, move |_| {
         Deferring {
             waiting: w.clone(),
             ..Default::default()
         }
     })
     .unwrap();
+    (server, waiting)
+}
+
+#[test]
+fn a_deferred_decision_is_taken_later_by_posted_work() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let (mut server, waiting) = deferring_server(&net);
     let mut clients = vec![
         client(&net, "10.7.2.1:5000", "accept.example", b"accepted later"),
         client(&net, "10.7.2.2:5000", "refuse.example", b"refused later"),
@@ -685,18 +691,7 @@ fn a_deferred_decision_is_taken_later_by_posted_work() {
 #[test]
 fn a_deferred_attempt_without_a_decision_is_ignored_when_its_time_is_up() {
     let net = MemNetwork::new(Duration::from_millis(5));
-    let b = EngineBuilder::default()
-        .server(server_config())
-        .drain_timeout(Duration::from_millis(300));
-    let waiting = Waiting::default();
-    let w = waiting.clone();
-    let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, move |_| {
-        Deferring {
-            waiting: w.clone(),
-            ..Default::default()
-        }
-    })
-    .unwrap();
+    let (mut server, waiting) = deferring_server(&net);
     let mut clients = vec![client(&net, "10.7.3.1:5000", "late.example", b"never")];
     run(&net, &mut server, &mut clients);
     let e = clients[0].handler(0).error.clone().unwrap_or_default();
@@ -845,18 +840,7 @@ fn a_connection_accepted_while_another_closes_is_served() {
 #[test]
 fn deferred_attempts_are_found_in_any_order() {
     let net = MemNetwork::new(Duration::from_millis(5));
-    let b = EngineBuilder::default()
-        .server(server_config())
-        .drain_timeout(Duration::from_millis(300));
-    let waiting = Waiting::default();
-    let w = waiting.clone();
-    let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, move |_| {
-        Deferring {
-            waiting: w.clone(),
-            ..Default::default()
-        }
-    })
-    .unwrap();
+    let (mut server, waiting) = deferring_server(&net);
     let mut clients: Vec<Node<EchoClient>> = (1..=3)
         .map(|i| {
             client(

@@ -2,7 +2,9 @@
 //! its sender as it arrives (chunk by chunk, without copying), every datagram too. ALPN `echo`,
 //! the same protocol as [`crate::echo`]. The server of the `async-echo` binary.
 
-use xdp_quic::tokio::{Connection, Endpoint, ReadError, RecvStream, SendStream, WriteError};
+use xdp_quic::tokio::{
+    Connection, Endpoint, ReadError, RecvStream, SendStream, VarInt, WriteError,
+};
 
 /// ALPN of the echo protocol.
 pub use crate::echo::ALPN;
@@ -49,10 +51,22 @@ pub enum EchoError {
     Write(#[from] WriteError),
 }
 
-/// Writes back what `recv` brings, then finishes `send`.
+/// Writes back what `recv` brings, then finishes `send`. A stream the peer reset is reset
+/// back with its code (dropping `send` would finish it, and a partial echo would look whole).
 pub async fn echo_stream(mut send: SendStream, mut recv: RecvStream) -> Result<(), EchoError> {
-    while let Some(chunk) = recv.read_chunk(CHUNK, true).await? {
-        send.write_chunk(chunk.bytes).await?;
+    loop {
+        match recv.read_chunk(CHUNK, true).await {
+            Ok(Some(chunk)) => send.write_chunk(chunk.bytes).await?,
+            Ok(None) => break,
+            Err(e) => {
+                let code = match e {
+                    ReadError::Reset(code) => code,
+                    _ => VarInt::from_u32(0),
+                };
+                let _ = send.reset(code);
+                return Err(e.into());
+            }
+        }
     }
     // Finished already only if the peer stopped it, which the write would have said.
     let _ = send.finish();

@@ -100,7 +100,14 @@ impl AsyncHq {
         let _mine = mine.acquire().await?;
         let _slot = self.files.acquire().await?;
         let root = self.root.clone();
-        let opened = tokio::task::spawn_blocking(move || root.open_beneath(&rel)).await?;
+        let opened = match tokio::task::spawn_blocking(move || root.open_beneath(&rel)).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                // Never finished: an empty body would look like an empty file.
+                let _ = send.reset(NOT_FOUND);
+                return Err(e.into());
+            }
+        };
         let Ok(mut file) = opened else {
             let _ = send.reset(NOT_FOUND);
             return Ok(());

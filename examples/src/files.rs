@@ -241,6 +241,11 @@ pub fn read_chunk(file: &mut File, max: usize) -> io::Result<(Bytes, bool)> {
     while got < max {
         match file.read(&mut buf[got..]) {
             Ok(0) => {
+                // A short last chunk is copied out: kept until the peer acknowledges it, it
+                // would otherwise keep the whole `max`-octet buffer.
+                if got < max / 2 {
+                    return Ok((Bytes::copy_from_slice(&buf[..got]), true));
+                }
                 buf.truncate(got);
                 return Ok((buf.freeze(), true));
             }

@@ -85,8 +85,10 @@ impl H3Server {
         };
         let mine = Arc::new(Semaphore::new(self.limits.files_per_connection.max(1)));
         let mut stopping = *stop.borrow();
+        // GOAWAY's id is the first request not served (RFC 9114 §5.2): one past the last
+        // accepted, so that a client does not take an accepted request for refused.
         if stopping {
-            let _ = h3.shutdown(0).await;
+            let _ = h3.shutdown(1).await;
         }
         loop {
             let next = tokio::select! {
@@ -95,7 +97,7 @@ impl H3Server {
                     stopping = true;
                     // GOAWAY: no new request; those accepted go on (h3 closes the
                     // connection once they are done).
-                    let _ = h3.shutdown(0).await;
+                    let _ = h3.shutdown(1).await;
                     continue;
                 }
             };
