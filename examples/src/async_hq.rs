@@ -34,6 +34,12 @@ impl AsyncHq {
     /// Serves the regular files beneath `root`, with `limits` (`pool_threads` is unused:
     /// the files are read on tokio's blocking pool).
     pub fn new(root: &std::path::Path, limits: HqLimits) -> io::Result<AsyncHq> {
+        if limits.send_stall.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the send stall must be more than 0",
+            ));
+        }
         Ok(AsyncHq {
             root: Arc::new(FileRoot::open(root)?),
             files: Arc::new(Semaphore::new(limits.files_per_worker.max(1))),
@@ -124,9 +130,7 @@ impl AsyncHq {
             file = f;
             if !chunk.is_empty() {
                 // A client that takes nothing for this long gives its slots up.
-                match tokio::time::timeout(crate::h3_files::SEND_STALL, send.write_chunk(chunk))
-                    .await
-                {
+                match tokio::time::timeout(self.limits.send_stall, send.write_chunk(chunk)).await {
                     Ok(written) => written?,
                     Err(_) => {
                         let _ = send.reset(STALLED);

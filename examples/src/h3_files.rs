@@ -27,9 +27,6 @@ pub use xdp_quic_h3::ALPN;
 
 /// Octets read from a file at a time.
 pub const CHUNK: usize = 64 * 1024;
-/// A response whose client takes none of it for this long is abandoned (its stream reset),
-/// so that clients that stop reading cannot hold the request slots for good.
-pub const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The largest header section a request may have (SETTINGS_MAX_FIELD_SECTION_SIZE; h3's
 /// own default is unlimited).
@@ -49,6 +46,12 @@ impl H3Server {
     /// Serves the regular files beneath `root` with `limits` (`pool_threads` unused: the
     /// files are read on tokio's blocking pool).
     pub fn new(root: &Path, limits: HqLimits) -> std::io::Result<H3Server> {
+        if limits.send_stall.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the send stall must be more than 0",
+            ));
+        }
         Ok(H3Server {
             root: Arc::new(FileRoot::open(root)?),
             files: Arc::new(Semaphore::new(limits.files_per_worker.max(1))),
@@ -194,11 +197,12 @@ impl H3Server {
                     anyhow::bail!("the file shrank while it was sent ({left} octets short)");
                 }
                 if !chunk.is_empty() {
-                    match tokio::time::timeout(SEND_STALL, stream.send_data(chunk)).await {
+                    let stall = self.limits.send_stall;
+                    match tokio::time::timeout(stall, stream.send_data(chunk)).await {
                         Ok(sent) => sent?,
                         Err(_) => {
                             stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
-                            anyhow::bail!("the client took nothing for {SEND_STALL:?}");
+                            anyhow::bail!("the client took nothing for {stall:?}");
                         }
                     }
                 }

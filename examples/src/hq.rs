@@ -39,7 +39,9 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use xdp_quic::{
@@ -55,7 +57,7 @@ pub const ALPN: &[u8] = b"hq-interop";
 pub const NOT_FOUND: VarInt = VarInt::from_u32(0x10);
 /// Stream reset code: the request is not `GET /path`.
 pub const BAD_REQUEST: VarInt = VarInt::from_u32(0x11);
-/// Stream reset code: the client took none of the answer for [`crate::h3_files::SEND_STALL`].
+/// Stream reset code: the client took none of the answer for [`HqLimits::send_stall`].
 pub const STALLED: VarInt = VarInt::from_u32(0x12);
 /// Octets read from a file at a time.
 pub const CHUNK: usize = 64 * 1024;
@@ -97,6 +99,10 @@ pub struct HqLimits {
     pub files_per_worker: usize,
     /// Threads that open and read files for this worker. Default 2.
     pub pool_threads: usize,
+    /// A response the client takes nothing of for this long is reset ([`STALLED`]) and its
+    /// slots freed, so that clients that stop reading cannot hold them for good. Default
+    /// 30 s.
+    pub send_stall: Duration,
 }
 
 impl Default for HqLimits {
@@ -105,9 +111,13 @@ impl Default for HqLimits {
             files_per_connection: 16,
             files_per_worker: 256,
             pool_threads: 2,
+            send_stall: SEND_STALL,
         }
     }
 }
+
+/// The default of [`HqLimits::send_stall`].
+pub const SEND_STALL: Duration = Duration::from_secs(30);
 
 /// What an [`HqServer`] holds now (for tests and monitoring).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -144,6 +154,9 @@ struct Body {
     busy: bool,
     /// The stream ended while busy: what comes back is dropped.
     abandoned: bool,
+    /// When the client last took octets of it, or octets became ready for it; `None`
+    /// before the first.
+    progress: Option<Instant>,
 }
 
 impl Body {
@@ -154,6 +167,7 @@ impl Body {
             eof: false,
             busy,
             abandoned: false,
+            progress: None,
         }
     }
 }
@@ -306,6 +320,10 @@ pub struct HqServer {
     pub served: u64,
     /// Requests refused (bad request or not found).
     pub refused: u64,
+    /// Answers reset because their clients took nothing of them for `send_stall`.
+    pub stalled: u64,
+    /// Dropped with the handler: ends its stall sweeper at once.
+    sweeper: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl HqServer {
@@ -319,10 +337,11 @@ impl HqServer {
         if limits.files_per_connection == 0
             || limits.files_per_worker == 0
             || limits.pool_threads == 0
+            || limits.send_stall.is_zero()
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "hq limits must be at least 1",
+                "hq limits must be at least 1 (and the send stall more than 0)",
             ));
         }
         let root = FileRoot::open(root)?;
@@ -338,6 +357,8 @@ impl HqServer {
             warned: false,
             served: 0,
             refused: 0,
+            stalled: 0,
+            sweeper: None,
         })
     }
 
@@ -384,6 +405,65 @@ impl HqServer {
             Ok(pool) => self.io = Some(Io { pool, poster }),
             Err(e) => tracing::error!(error = %e, "hq: no file pool; reading on the worker"),
         }
+        // A few times per stall period, every worker looks for answers their clients stopped
+        // taking (each handler's sweeper asks them all: the handler does not know its own
+        // worker; a sweep is cheap and changes nothing twice). The thread ends with this
+        // handler (its channel closes) or the engine.
+        let (sweeps, period) = (
+            engine.clone(),
+            (self.limits.send_stall / 4).max(Duration::from_millis(10)),
+        );
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("hq-stall-sweep".into())
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
+                    for w in 0..sweeps.workers() {
+                        let sweep =
+                            move |h: &mut H, ctx: &mut Ctx<'_>| project(h).sweep_stalled(ctx);
+                        if let Err(xdp_quic::PostError::Stopped) = sweeps.post(w, sweep) {
+                            return;
+                        }
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => self.sweeper = Some(stop),
+            Err(e) => {
+                tracing::error!(error = %e, "hq: no stall sweeper; stalled answers keep their slots")
+            }
+        }
+    }
+
+    /// Resets the answers whose clients took nothing of them for `send_stall` (not those
+    /// waiting for the disk) and frees their slots.
+    fn sweep_stalled(&mut self, ctx: &mut Ctx<'_>) {
+        let (now, stall) = (ctx.now(), self.limits.send_stall);
+        let stalled: Vec<(ConnId, StreamId)> = self
+            .conns
+            .iter()
+            .flat_map(|(id, cs)| {
+                cs.streams.iter().filter_map(move |(s, st)| match st {
+                    Stream::Sending(b)
+                        if !b.busy
+                            && !b.abandoned
+                            && b.progress
+                                .is_some_and(|p| now.saturating_duration_since(p) >= stall) =>
+                    {
+                        Some((*id, *s))
+                    }
+                    _ => None,
+                })
+            })
+            .collect();
+        for (id, s) in stalled {
+            ctx.with_conn(id, |conn| {
+                let _ = conn.reset(s, STALLED);
+            });
+            self.stalled += 1;
+            self.end(id, s);
+        }
+        self.admit(None);
     }
 
     /// Puts `id` in the round of connections with waiting requests.
@@ -547,7 +627,12 @@ impl HqServer {
             if body.abandoned {
                 return;
             }
-            match body.out.flush(conn, s) {
+            let before = body.out.len();
+            let flushed = body.out.flush(conn, s);
+            if body.out.len() < before || body.progress.is_none() {
+                body.progress = Some(conn.ctx().now());
+            }
+            match flushed {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(_) => return self.abandon(id, s),
@@ -614,6 +699,8 @@ impl HqServer {
                     body.file = l.file;
                     body.eof = l.eof;
                     body.out.push(l.data);
+                    // The disk's time does not count against the client.
+                    body.progress = Some(conn.ctx().now());
                     self.pump(conn, s);
                 }
                 Err(_) if first => self.refuse(conn, s, NOT_FOUND),
@@ -899,6 +986,11 @@ mod tests {
             ..HqLimits::default()
         };
         assert!(HqServer::with_limits(&dir, zero).is_err());
+        let no_stall = HqLimits {
+            send_stall: Duration::ZERO,
+            ..HqLimits::default()
+        };
+        assert!(HqServer::with_limits(&dir, no_stall).is_err());
         assert!(HqServer::new(&dir.join("xdpquic-hq-no-such-dir")).is_err());
         assert_eq!(HqServer::new(&dir).unwrap().limits(), HqLimits::default());
     }

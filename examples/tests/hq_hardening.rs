@@ -625,6 +625,7 @@ async fn a_flood_of_unread_streams_holds_at_most_the_connection_cap_body() {
         files_per_connection: 16,
         files_per_worker: 64,
         pool_threads: 2,
+        ..HqLimits::default()
     };
     let (engine, cert) = server(&www, limits, 1024);
     let h = engine.handle();
@@ -714,6 +715,7 @@ async fn requests_past_the_worker_cap_wait_and_are_served_when_files_close_body(
         files_per_connection: 4,
         files_per_worker: 8,
         pool_threads: 2,
+        ..HqLimits::default()
     };
     let (engine, cert) = server(&www, limits, 1024);
     let h = engine.handle();
@@ -883,6 +885,51 @@ async fn requests_whose_end_comes_late_free_their_streams_body() {
         assert_eq!(got, Got::Body(small.to_vec()), "request {i}");
         send.finish().unwrap();
     }
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    shutdown(engine).await;
+}
+
+/// A client that stops reading an answer gives its slot back after `send_stall`: its answer
+/// is reset with STALLED, and its request waiting for that slot is served. (Before, a client
+/// that never read, yet kept its connection alive, held its slots for good.)
+#[test]
+fn a_client_that_stops_reading_gives_its_slot_back_after_the_stall() {
+    on_runtime(a_client_that_stops_reading_gives_its_slot_back_after_the_stall_body());
+}
+
+async fn a_client_that_stops_reading_gives_its_slot_back_after_the_stall_body() {
+    let (_t, www, _big, small) = cap_site("stall");
+    let limits = HqLimits {
+        files_per_connection: 1,
+        send_stall: Duration::from_millis(300),
+        ..HqLimits::default()
+    };
+    let (engine, cert) = server(&www, limits, 16);
+    let ep = client(cert, Some(HOSTILE_WINDOW));
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    // The one slot: an answer this client will not read (its window holds 16 KiB).
+    let (_send, unread) = request_unread(&conn, "/big").await;
+    // Waits for that slot, and gets it once the stalled answer is reset.
+    assert_eq!(
+        guard("the second request", get(&conn, "/small")).await,
+        Got::Body(small.to_vec())
+    );
+    assert_eq!(
+        guard("the stalled answer", read_answer(unread)).await,
+        Got::Reset(hq::STALLED)
+    );
+    let stalled = {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        engine
+            .handle()
+            .post(0, move |s, _| {
+                let _ = tx.send(s.stalled);
+            })
+            .unwrap();
+        guard("the count", rx).await.unwrap()
+    };
+    assert_eq!(stalled, 1);
     conn.close(VarInt::from_u32(0), b"done");
     guard("client idle", ep.wait_idle()).await;
     shutdown(engine).await;
