@@ -158,10 +158,13 @@ impl Ctx<'_> {
         server_name: &str,
     ) -> Result<ConnId, ConnectError> {
         let shard = &mut *self.shard;
-        let _ = crate::congestion::take_last_built();
         let (handle, conn) = shard
             .endpoint
-            .connect(shard.now, config, remote, server_name)?;
+            .connect(shard.now, config, remote, server_name)
+            .inspect_err(|_| {
+                // A controller built before the failure is nobody's (see `Shard::settle`).
+                let _ = crate::congestion::take_last_built();
+            })?;
         let gate = crate::congestion::take_last_built().unwrap_or_default();
         let id = ConnId::new(shard.worker, handle, shard.take_serial());
         shard

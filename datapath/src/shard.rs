@@ -80,8 +80,6 @@ impl Shard {
     ) -> Settled {
         use crate::Decision;
         buf.clear();
-        // A controller built by an accept that failed earlier is nobody's.
-        let _ = crate::congestion::take_last_built();
         let decision = if self.stop_requested || conns.active >= self.max_connections {
             Decision::Refuse
         } else {
@@ -126,6 +124,9 @@ impl Shard {
                 Settled::Accepted(id)
             }
             Err(e) => {
+                // quinn-proto may have built the controller before failing: it is nobody's,
+                // and must not be taken for the next connection's.
+                let _ = crate::congestion::take_last_built();
                 self.tally.refused += 1;
                 e.response.map_or(Settled::Silent, Settled::Answer)
             }
@@ -205,8 +206,6 @@ impl Slot {
     /// becomes the new controller's, opened already if the connection is closing; the old
     /// one is kept too, for a move that fails validation brings its controller back.
     pub fn handle_event(&mut self, event: ConnectionEvent) {
-        // Whatever another call left there (it is taken where built) is not this one's.
-        let _ = crate::congestion::take_last_built();
         self.conn.handle_event(event);
         if let Some(fresh) = crate::congestion::take_last_built() {
             if self.gate.is_open() {

@@ -357,19 +357,7 @@ async fn a_dropped_read_future_loses_no_data() {
                 tokio::spawn(async move {
                     let conn = incoming.await.unwrap();
                     let (mut send, mut recv) = conn.accept_bi().await.unwrap();
-                    let mut got = Vec::new();
-                    let mut buf = [0u8; 700];
-                    let mut dropped = 0u32;
-                    loop {
-                        match tokio::time::timeout(Duration::from_micros(300), recv.read(&mut buf))
-                            .await
-                        {
-                            Err(_) => dropped += 1,
-                            Ok(Ok(Some(n))) => got.extend_from_slice(&buf[..n]),
-                            Ok(Ok(None)) => break,
-                            Ok(Err(e)) => panic!("{e}"),
-                        }
-                    }
+                    let (got, dropped) = read_dropping_futures(&mut recv).await.unwrap();
                     send.write_all(&dropped.to_be_bytes()).await.unwrap();
                     send.write_all(&got).await.unwrap();
                     send.finish().unwrap();

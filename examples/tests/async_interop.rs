@@ -403,6 +403,36 @@ async fn our_async_client_against_aioquic() {
     }
 }
 
+/// Binds `b` over AF_XDP on both queues of the testbed's server interface, port 4433, with
+/// the program attached for this endpoint (native mode); keep the attachment as long as the
+/// endpoint.
+fn bind_over_xdp(
+    tb: &xdp_quic_control::testbed::Testbed,
+    b: Builder,
+) -> (Endpoint, xdp_quic_control::xdp::EmbeddedAttachment) {
+    let setup = XdpSetup::new(&tb.server_if, "[::]:4433".parse().unwrap(), vec![0, 1]);
+    let service = xdp_quic_control::xdp::ServiceConfig {
+        ports: [4433].into(),
+        addrs: Default::default(),
+    };
+    tb.in_server(|| {
+        let a = xdp_quic_control::xdp::attach_embedded(
+            &tb.server_if,
+            &service,
+            xdp_quic_control::xdp::AttachMode::Native,
+        )
+        .unwrap();
+        let steering = xdp_quic_control::xdp::socket_map::ServerSteering::with_registry(
+            a.xsks().unwrap(),
+            "async-test",
+            a.prog_id(),
+        );
+        let ep = b.bind_xdp(&setup, Box::new(steering)).unwrap();
+        (ep, a)
+    })
+    .unwrap()
+}
+
 /// aioquic's client in the peer namespace against our async server over AF_XDP, both modes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aioquic_client_against_the_async_server_over_af_xdp() {
@@ -413,29 +443,11 @@ async fn aioquic_client_against_the_async_server_over_af_xdp() {
     let tb = Testbed::create(&xdp_quic_control::testing::unique_name("xy"), 2, 221).unwrap();
     for mode in MODES {
         let pem = Pem::new();
-        let setup = XdpSetup::new(&tb.server_if, "[::]:4433".parse().unwrap(), vec![0, 1]);
-        let service = xdp_quic_control::xdp::ServiceConfig {
-            ports: [4433].into(),
-            addrs: Default::default(),
-        };
         let mut attachment = None;
         let (ep, mut ended) = start_server(mode, &pem, 2, |b| {
-            tb.in_server(|| {
-                let a = xdp_quic_control::xdp::attach_embedded(
-                    &tb.server_if,
-                    &service,
-                    xdp_quic_control::xdp::AttachMode::Native,
-                )
-                .unwrap();
-                let steering = xdp_quic_control::xdp::socket_map::ServerSteering::with_registry(
-                    a.xsks().unwrap(),
-                    "async-test",
-                    a.prog_id(),
-                );
-                attachment = Some(a);
-                b.bind_xdp(&setup, Box::new(steering)).unwrap()
-            })
-            .unwrap()
+            let (ep, a) = bind_over_xdp(&tb, b);
+            attachment = Some(a);
+            ep
         });
         let addr = SocketAddr::new(tb.server_v4.into(), 4433);
         let (ns, ca) = (tb.client_ns.clone(), pem.cert());
@@ -508,17 +520,9 @@ async fn echo_or_drop_reads(ep: Endpoint) {
                         let _ = async_echo::echo_stream(send, recv).await;
                         return;
                     }
-                    let (mut got, mut buf, mut dropped) = (Vec::new(), [0u8; 700], 0u32);
-                    loop {
-                        match tokio::time::timeout(Duration::from_micros(300), recv.read(&mut buf))
-                            .await
-                        {
-                            Err(_) => dropped += 1,
-                            Ok(Ok(Some(n))) => got.extend_from_slice(&buf[..n]),
-                            Ok(Ok(None)) => break,
-                            Ok(Err(_)) => return,
-                        }
-                    }
+                    let Ok((got, dropped)) = read_dropping_futures(&mut recv).await else {
+                        return;
+                    };
                     let _ = send.write_all(&dropped.to_be_bytes()).await;
                     let _ = send.write_all(&got).await;
                     let _ = send.finish();
@@ -542,11 +546,6 @@ async fn quinn_client_against_the_async_server_over_af_xdp() {
     let tb = Testbed::create(&xdp_quic_control::testing::unique_name("xw"), 2, 242).unwrap();
     for mode in MODES {
         let pem = Pem::new();
-        let setup = XdpSetup::new(&tb.server_if, "[::]:4433".parse().unwrap(), vec![0, 1]);
-        let service = xdp_quic_control::xdp::ServiceConfig {
-            ports: [4433].into(),
-            addrs: Default::default(),
-        };
         let engine = EngineBuilder::default()
             .workers(2)
             .server(tls::server_config(pem.identity(), &[async_echo::ALPN]).unwrap())
@@ -557,24 +556,7 @@ async fn quinn_client_against_the_async_server_over_af_xdp() {
             Mode::AppRuntime => b,
             Mode::ThreadPerCore => b.thread_per_core(echo_or_drop_reads),
         };
-        let mut attachment = None;
-        let ep = tb
-            .in_server(|| {
-                let a = xdp_quic_control::xdp::attach_embedded(
-                    &tb.server_if,
-                    &service,
-                    xdp_quic_control::xdp::AttachMode::Native,
-                )
-                .unwrap();
-                let steering = xdp_quic_control::xdp::socket_map::ServerSteering::with_registry(
-                    a.xsks().unwrap(),
-                    "async-quinn-test",
-                    a.prog_id(),
-                );
-                attachment = Some(a);
-                b.bind_xdp(&setup, Box::new(steering)).unwrap()
-            })
-            .unwrap();
+        let (ep, attachment) = bind_over_xdp(&tb, b);
         if mode == Mode::AppRuntime {
             tokio::spawn(echo_or_drop_reads(ep.clone()));
         }

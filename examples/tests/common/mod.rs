@@ -49,6 +49,23 @@ pub fn assert_same(what: &str, got: &[u8], want: &[u8]) {
     );
 }
 
+/// Reads `recv` to its end with a short timeout around every read, so that read futures are
+/// dropped again and again while a peer trickles; returns the data and how many reads were
+/// dropped.
+pub async fn read_dropping_futures(
+    recv: &mut xdp_quic::tokio::RecvStream,
+) -> Result<(Vec<u8>, u32), xdp_quic::tokio::ReadError> {
+    let (mut got, mut buf, mut dropped) = (Vec::new(), [0u8; 700], 0u32);
+    loop {
+        match tokio::time::timeout(Duration::from_micros(300), recv.read(&mut buf)).await {
+            Err(_) => dropped += 1,
+            Ok(Ok(Some(n))) => got.extend_from_slice(&buf[..n]),
+            Ok(Ok(None)) => return Ok((got, dropped)),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
 /// Awaits `f`, failing the test if it takes longer than [`HANG`].
 pub async fn guard<T>(what: &str, f: impl Future<Output = T>) -> T {
     match tokio::time::timeout(HANG, f).await {
