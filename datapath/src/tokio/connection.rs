@@ -4,7 +4,6 @@ use std::any::Any;
 use std::future::{poll_fn, Future};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -15,14 +14,20 @@ use quinn_proto::{ConnectionError, ConnectionStats, Dir, Side, VarInt};
 use super::error::SendDatagramError;
 use super::shared::{dir_index, register, ConnShared, Wakes};
 use super::stream::{RecvStream, SendStream};
+use super::streams::StreamKey;
 use super::Keeper;
 
 /// A handle on a connection that counts towards its implicit close: when the last one goes
-/// (connection, streams, connecting), the connection is closed with code 0, as in quinn.
-/// While one exists, the connection's state keeps the engine (its [`Keeper`]), so a clone
-/// costs one reference count and the connection's count, not a third.
-pub(crate) struct ConnRef {
-    pub(crate) shared: Arc<ConnShared>,
+/// (connection, streams, connecting, `stopped` futures), the connection is closed with code
+/// 0, as in quinn. While one exists, the connection's state keeps the engine (its
+/// [`Keeper`]). The handles share one [`Handles`], so a clone or a drop costs one reference
+/// count.
+#[derive(Clone)]
+pub(crate) struct ConnRef(Arc<Handles>);
+
+/// What the application's handles on one connection share; its drop is the implicit close.
+pub(crate) struct Handles {
+    shared: Arc<ConnShared>,
 }
 
 impl ConnRef {
@@ -30,25 +35,17 @@ impl ConnRef {
     /// handle goes.
     pub(crate) fn first(shared: Arc<ConnShared>, keeper: Arc<Keeper>) -> Self {
         shared.lock().keeper = Some(keeper);
-        shared.refs.fetch_add(1, Ordering::AcqRel);
-        Self { shared }
+        Self(Arc::new(Handles { shared }))
+    }
+
+    /// The connection's shared state.
+    pub(crate) fn shared(&self) -> &Arc<ConnShared> {
+        &self.0.shared
     }
 }
 
-impl Clone for ConnRef {
-    fn clone(&self) -> Self {
-        self.shared.refs.fetch_add(1, Ordering::AcqRel);
-        Self {
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl Drop for ConnRef {
+impl Drop for Handles {
     fn drop(&mut self) {
-        if self.shared.refs.fetch_sub(1, Ordering::AcqRel) != 1 {
-            return;
-        }
         let keeper = {
             let mut st = self.shared.lock();
             if st.error.is_none() && st.close.is_none() {
@@ -75,7 +72,7 @@ impl Connecting {
     /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
         let c = self.conn.as_ref().expect("polled after completion");
-        c.shared
+        c.shared()
             .lock()
             .info
             .remote
@@ -96,7 +93,7 @@ impl Future for Connecting {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let conn = self.conn.as_ref().expect("polled after completion");
         {
-            let mut st = conn.shared.lock();
+            let mut st = conn.shared().lock();
             if !st.established {
                 if let Some(e) = &st.error {
                     return Poll::Ready(Err(e.clone()));
@@ -137,10 +134,7 @@ impl<'a> Opening<'a> {
         }
     }
 
-    fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<quinn_proto::StreamId, ConnectionError>> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<StreamKey, ConnectionError>> {
         let c = self.conn.shared();
         let mut st = c.lock();
         if let Some(e) = &st.error {
@@ -151,7 +145,7 @@ impl<'a> Opening<'a> {
         if self.asked {
             if let Some(id) = st.opened[d].pop_front() {
                 self.done = true;
-                return Poll::Ready(Ok(id));
+                return Poll::Ready(Ok(st.streams.key(id)));
             }
         }
         // Registered before asking: a worker that has ended wakes it (`schedule`).
@@ -177,15 +171,15 @@ impl Drop for Opening<'_> {
                 st.open_requests[d] -= 1;
                 None
             } else {
-                st.opened[d].pop_front()
+                st.opened[d].pop_front().map(|id| st.streams.key(id))
             }
         };
         // Outside the lock: the handles' drops take it. Dropping them finishes the stream
         // (empty) and stops its receiving side, as for any stream the application drops.
-        if let Some(id) = unclaimed {
-            drop(SendStream::new(self.conn.0.clone(), id));
+        if let Some(key) = unclaimed {
+            drop(SendStream::new(self.conn.0.clone(), key));
             if self.dir == Dir::Bi {
-                drop(RecvStream::new(self.conn.0.clone(), id));
+                drop(RecvStream::new(self.conn.0.clone(), key));
             }
         }
     }
@@ -193,7 +187,7 @@ impl Drop for Opening<'_> {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let st = self.0.shared.lock();
+        let st = self.0.shared().lock();
         f.debug_struct("Connection")
             .field("id", &st.id)
             .field("remote", &st.info.remote)
@@ -203,7 +197,7 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     fn shared(&self) -> &Arc<ConnShared> {
-        &self.0.shared
+        self.0.shared()
     }
 
     /// Opens a bidirectional stream, waiting while the peer's stream limit is reached.
@@ -264,10 +258,10 @@ impl Connection {
         &self,
         cx: &mut Context<'_>,
         dir: Dir,
-    ) -> Poll<Result<quinn_proto::StreamId, ConnectionError>> {
+    ) -> Poll<Result<StreamKey, ConnectionError>> {
         let mut st = self.shared().lock();
         if let Some(id) = st.incoming[dir_index(dir)].pop_front() {
-            return Poll::Ready(Ok(id));
+            return Poll::Ready(Ok(st.streams.key(id)));
         }
         if let Some(e) = &st.error {
             return Poll::Ready(Err(e.clone()));

@@ -11,6 +11,7 @@ use super::shared::{
     dir_index, lock, Attempt, ConnShared, ConnState, EndpointShared, Op, RecvEnd, SendEnd,
     StreamSlot, Wakes,
 };
+use super::streams::{Lookup, StreamKey};
 use crate::accept::{Decision, Incoming};
 use crate::conn::{Chunk, Conn, ConnId, Ctx, StreamError};
 use crate::handler::Handler;
@@ -25,7 +26,7 @@ pub struct Driver {
     opened: Option<(ConnId, StreamId)>,
     /// Spare buffers, reused batch after batch.
     ops: Vec<Op>,
-    todo: Vec<StreamId>,
+    todo: Vec<StreamKey>,
 }
 
 impl Driver {
@@ -120,8 +121,8 @@ impl Driver {
             }
             let mut todo = std::mem::take(&mut self.todo);
             std::mem::swap(&mut todo, &mut st.todo);
-            for id in todo.drain(..) {
-                apply(conn, &mut st, id, &mut wakes);
+            for key in todo.drain(..) {
+                apply(conn, &mut st, key, &mut wakes);
             }
             self.todo = todo;
             if std::mem::take(&mut st.resume) {
@@ -219,10 +220,11 @@ fn open_streams(conn: &mut Conn<'_>, st: &mut ConnState, wakes: &mut Wakes) {
 }
 
 /// Applies the requests marked on stream `id`: stop, reset, queued writes, finish.
-fn apply(conn: &mut Conn<'_>, st: &mut ConnState, id: StreamId, wakes: &mut Wakes) {
-    let Some(slot) = st.streams.get_mut(&id) else {
+fn apply(conn: &mut Conn<'_>, st: &mut ConnState, k: impl Lookup, wakes: &mut Wakes) {
+    let Some(slot) = st.streams.get_mut(&k) else {
         return;
     };
+    let id = slot.id;
     slot.queued = false;
     if let (Some(code), false) = (slot.stop, slot.stop_sent) {
         let _ = conn.stop(id, code);
@@ -237,7 +239,7 @@ fn apply(conn: &mut Conn<'_>, st: &mut ConnState, id: StreamId, wakes: &mut Wake
     }
     push_send(conn, slot, id, wakes);
     if slot.is_done() {
-        st.streams.remove(&id);
+        st.streams.remove(&k);
     }
 }
 

@@ -18,7 +18,7 @@ use quinn_proto::{ClientConfig, ConnectionError, Dir, Side, StreamId, VarInt};
 use smallvec::SmallVec;
 
 use super::driver::Driver;
-use super::streams::Streams;
+use super::streams::{Lookup, StreamKey, Streams};
 use super::Limits;
 use crate::accept::AttemptId;
 use crate::{ConnId, Decision, EngineHandle};
@@ -284,6 +284,7 @@ pub(crate) enum SendEnd {
 
 /// One stream, both sides, as the tasks and the worker see it.
 pub(crate) struct StreamSlot {
+    pub id: StreamId,
     pub recv: Chunks,
     pub recv_len: usize,
     /// Octets handed to the application so far (the offset of `read_chunk`'s chunks).
@@ -325,6 +326,7 @@ impl StreamSlot {
         let uni = id.dir() == Dir::Uni;
         let ours = id.initiator() == side;
         Self {
+            id,
             recv: Chunks::default(),
             recv_len: 0,
             recv_offset: 0,
@@ -406,7 +408,7 @@ pub(crate) struct ConnState {
 
     pub streams: Streams,
     /// Streams with requests for the worker.
-    pub todo: Vec<StreamId>,
+    pub todo: Vec<StreamKey>,
     /// Streams the worker stopped reading for lack of room here.
     pub paused: Vec<StreamId>,
     /// Resume reading the paused streams.
@@ -436,9 +438,6 @@ pub(crate) struct ConnShared {
     pub worker: usize,
     pub ep: Arc<EndpointShared>,
     pub state: Mutex<ConnState>,
-    /// Application handles (connection, streams, connecting): when the last goes, the
-    /// connection is closed (quinn's implicit close).
-    pub refs: AtomicUsize,
 }
 
 impl ConnShared {
@@ -474,7 +473,6 @@ impl ConnShared {
                 scheduled: false,
                 keeper: None,
             }),
-            refs: AtomicUsize::new(0),
         })
     }
 
@@ -505,12 +503,12 @@ impl ConnShared {
         }
     }
 
-    /// Marks stream `id` for the worker and schedules the connection.
-    pub fn request(self: &Arc<Self>, st: &mut ConnState, id: StreamId) {
-        if let Some(slot) = st.streams.get_mut(&id) {
+    /// Marks the stream of `key` for the worker and schedules the connection.
+    pub fn request(self: &Arc<Self>, st: &mut ConnState, key: StreamKey) {
+        if let Some(slot) = st.streams.get_mut(&key) {
             if !slot.queued {
                 slot.queued = true;
-                st.todo.push(id);
+                st.todo.push(key);
             }
         }
         self.schedule(st);
@@ -534,8 +532,8 @@ impl ConnState {
     /// The application is done with the receiving side of `slot` (read to its end or
     /// reset, stopped, or dropped): its buffer and its hold are released. Returns whether
     /// paused streams may resume.
-    pub fn release_recv(&mut self, limits: &Limits, id: StreamId) -> bool {
-        let Some(slot) = self.streams.get_mut(&id) else {
+    pub fn release_recv(&mut self, limits: &Limits, k: &impl Lookup) -> bool {
+        let Some(slot) = self.streams.get_mut(k) else {
             return false;
         };
         let n = std::mem::take(&mut slot.recv_len);
@@ -547,12 +545,12 @@ impl ConnState {
         self.consumed(limits, n) || (!self.paused.is_empty() && self.held < limits.held_streams)
     }
 
-    /// Forgets stream `id` if nothing is left to do for it (see [`StreamSlot::is_done`]).
+    /// Forgets the stream if nothing is left to do for it (see [`StreamSlot::is_done`]).
     /// Returns whether it is still there.
-    pub fn forget_if_done(&mut self, id: StreamId) -> bool {
-        match self.streams.get(&id) {
+    pub fn forget_if_done(&mut self, k: &impl Lookup) -> bool {
+        match self.streams.get(k) {
             Some(slot) if slot.is_done() => {
-                self.streams.remove(&id);
+                self.streams.remove(k);
                 false
             }
             Some(_) => true,

@@ -13,22 +13,23 @@ use super::error::{
     ClosedStream, ReadError, ReadExactError, ReadToEndError, StoppedError, WriteError,
 };
 use super::shared::{register, Chunks, RecvEnd, SendEnd};
+use super::streams::StreamKey;
 
 /// The sending side of a stream. Dropping it finishes the stream (after what was written),
 /// or resets it with the peer's code if the peer stopped it, as in quinn.
 pub struct SendStream {
     conn: ConnRef,
-    id: StreamId,
+    key: StreamKey,
 }
 
 impl SendStream {
-    pub(crate) fn new(conn: ConnRef, id: StreamId) -> Self {
-        Self { conn, id }
+    pub(crate) fn new(conn: ConnRef, key: StreamKey) -> Self {
+        Self { conn, key }
     }
 
     /// The stream's id.
     pub fn id(&self) -> StreamId {
-        self.id
+        self.key.id
     }
 
     /// Queues `buf` (as much of it as the stream's queue takes: [`super::Limits`]), waiting
@@ -106,9 +107,9 @@ impl SendStream {
     }
 
     fn has_room(&self) -> Result<bool, WriteError> {
-        let c = &self.conn.shared;
+        let c = &self.conn.shared();
         let st = c.lock();
-        let slot = st.streams.get(&self.id).ok_or(WriteError::ClosedStream)?;
+        let slot = st.streams.get(&self.key).ok_or(WriteError::ClosedStream)?;
         Ok(slot.send_len < c.ep.limits.stream_send)
     }
 
@@ -119,13 +120,13 @@ impl SendStream {
         max: usize,
         take: impl FnOnce(usize) -> Bytes,
     ) -> Poll<Result<usize, WriteError>> {
-        let c = &self.conn.shared;
+        let c = &self.conn.shared();
         let mut st = c.lock();
         if let Some(e) = &st.error {
             return Poll::Ready(Err(WriteError::ConnectionLost(e.clone())));
         }
         let limit = c.ep.limits.stream_send;
-        let Some(slot) = st.streams.get_mut(&self.id) else {
+        let Some(slot) = st.streams.get_mut(&self.key) else {
             return Poll::Ready(Err(WriteError::ClosedStream));
         };
         if let SendEnd::Stopped(code) = slot.send_end {
@@ -144,37 +145,43 @@ impl SendStream {
         if n > 0 {
             slot.send_len += n;
             slot.send.push_back(data);
-            c.request(&mut st, self.id);
+            c.request(&mut st, self.key);
         }
         Poll::Ready(Ok(n))
     }
 
     /// Ends the stream after what was written. Errs if it was finished or reset already.
     pub fn finish(&mut self) -> Result<(), ClosedStream> {
-        let c = &self.conn.shared;
+        let c = &self.conn.shared();
         let mut st = c.lock();
-        let slot = st.streams.get_mut(&self.id).ok_or_else(ClosedStream::new)?;
+        let slot = st
+            .streams
+            .get_mut(&self.key)
+            .ok_or_else(ClosedStream::new)?;
         if slot.finish || slot.reset.is_some() {
             return Err(ClosedStream::new());
         }
         slot.finish = true;
-        c.request(&mut st, self.id);
+        c.request(&mut st, self.key);
         Ok(())
     }
 
     /// Abandons the stream with `error_code`: what is queued is dropped, the peer hears the
     /// code.
     pub fn reset(&mut self, error_code: VarInt) -> Result<(), ClosedStream> {
-        let c = &self.conn.shared;
+        let c = &self.conn.shared();
         let mut st = c.lock();
-        let slot = st.streams.get_mut(&self.id).ok_or_else(ClosedStream::new)?;
+        let slot = st
+            .streams
+            .get_mut(&self.key)
+            .ok_or_else(ClosedStream::new)?;
         if slot.reset.is_some() || slot.send_end == SendEnd::Acked {
             return Err(ClosedStream::new());
         }
         slot.reset = Some(error_code);
         slot.send.clear();
         slot.send_len = 0;
-        c.request(&mut st, self.id);
+        c.request(&mut st, self.key);
         Ok(())
     }
 
@@ -184,7 +191,7 @@ impl SendStream {
     pub fn stopped(
         &self,
     ) -> impl Future<Output = Result<Option<VarInt>, StoppedError>> + Send + Sync + 'static {
-        Stopped::new(self.conn.clone(), self.id)
+        Stopped::new(self.conn.clone(), self.key)
     }
 }
 
@@ -192,16 +199,16 @@ impl SendStream {
 /// (`stopped_futures`), so that the slot stays until the sending side is over.
 struct Stopped {
     conn: ConnRef,
-    id: StreamId,
+    key: StreamKey,
     /// Counted in the slot.
     counted: bool,
 }
 
 impl Stopped {
-    fn new(conn: ConnRef, id: StreamId) -> Self {
+    fn new(conn: ConnRef, key: StreamKey) -> Self {
         let counted = {
-            let mut st = conn.shared.lock();
-            match st.streams.get_mut(&id) {
+            let mut st = conn.shared().lock();
+            match st.streams.get_mut(&key) {
                 Some(slot) if !slot.send_over() => {
                     slot.stopped_futures += 1;
                     true
@@ -209,17 +216,17 @@ impl Stopped {
                 _ => false,
             }
         };
-        Self { conn, id, counted }
+        Self { conn, key, counted }
     }
 }
 
 /// Stops counting a [`Stopped`] future in the slot of `id` (which may go then).
-fn uncount(counted: &mut bool, id: StreamId, st: &mut super::shared::ConnState) {
+fn uncount(counted: &mut bool, key: StreamKey, st: &mut super::shared::ConnState) {
     if std::mem::take(counted) {
-        if let Some(slot) = st.streams.get_mut(&id) {
+        if let Some(slot) = st.streams.get_mut(&key) {
             slot.stopped_futures -= 1;
         }
-        st.forget_if_done(id);
+        st.forget_if_done(&key);
     }
 }
 
@@ -228,9 +235,9 @@ impl Future for Stopped {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let mut st = this.conn.shared.lock();
+        let mut st = this.conn.shared().lock();
         let error = st.error.clone();
-        let out = match st.streams.get_mut(&this.id) {
+        let out = match st.streams.get_mut(&this.key) {
             None => Some(match error {
                 Some(e) => Err(StoppedError::ConnectionLost(e)),
                 None => Ok(None),
@@ -250,7 +257,7 @@ impl Future for Stopped {
         };
         match out {
             Some(r) => {
-                uncount(&mut this.counted, this.id, &mut st);
+                uncount(&mut this.counted, this.key, &mut st);
                 Poll::Ready(r)
             }
             None => Poll::Pending,
@@ -261,17 +268,17 @@ impl Future for Stopped {
 impl Drop for Stopped {
     fn drop(&mut self) {
         if self.counted {
-            let mut st = self.conn.shared.lock();
-            uncount(&mut self.counted, self.id, &mut st);
+            let mut st = self.conn.shared().lock();
+            uncount(&mut self.counted, self.key, &mut st);
         }
     }
 }
 
 impl Drop for SendStream {
     fn drop(&mut self) {
-        let c = &self.conn.shared;
+        let c = &self.conn.shared();
         let mut st = c.lock();
-        let Some(slot) = st.streams.get_mut(&self.id) else {
+        let Some(slot) = st.streams.get_mut(&self.key) else {
             return;
         };
         slot.send_handle = false;
@@ -284,9 +291,9 @@ impl Drop for SendStream {
             }
         }
         if slot.is_done() {
-            st.streams.remove(&self.id);
+            st.streams.remove(&self.key);
         } else {
-            c.request(&mut st, self.id);
+            c.request(&mut st, self.key);
         }
     }
 }
@@ -315,23 +322,23 @@ impl tokio::io::AsyncWrite for SendStream {
 /// in quinn.
 pub struct RecvStream {
     conn: ConnRef,
-    id: StreamId,
+    key: StreamKey,
     /// Read to its end (or reset, or stopped): nothing to do on drop.
     all_read: bool,
 }
 
 impl RecvStream {
-    pub(crate) fn new(conn: ConnRef, id: StreamId) -> Self {
+    pub(crate) fn new(conn: ConnRef, key: StreamKey) -> Self {
         Self {
             conn,
-            id,
+            key,
             all_read: false,
         }
     }
 
     /// The stream's id.
     pub fn id(&self) -> StreamId {
-        self.id
+        self.key.id
     }
 
     /// Always false: this API opens no 0-RTT streams.
@@ -427,19 +434,19 @@ impl RecvStream {
             return Err(ClosedStream::new());
         }
         self.all_read = true;
-        let c = &self.conn.shared;
+        let c = &self.conn.shared();
         let mut st = c.lock();
         let limits = c.ep.limits;
-        let Some(slot) = st.streams.get_mut(&self.id) else {
+        let Some(slot) = st.streams.get_mut(&self.key) else {
             return Err(ClosedStream::new());
         };
         if slot.recv_end == RecvEnd::Open {
             slot.stop = Some(error_code);
         }
         slot.read_waker = None;
-        let resume = st.release_recv(&limits, self.id);
-        if st.forget_if_done(self.id) {
-            c.request(&mut st, self.id);
+        let resume = st.release_recv(&limits, &self.key);
+        if st.forget_if_done(&self.key) {
+            c.request(&mut st, self.key);
         }
         if resume {
             st.resume = true;
@@ -511,11 +518,11 @@ impl RecvStream {
         if self.all_read {
             return Poll::Ready(Err(ReadError::ClosedStream));
         }
-        let c = &self.conn.shared;
+        let c = &self.conn.shared();
         let limits = c.ep.limits;
         let mut st = c.lock();
         let error = st.error.clone();
-        let Some(slot) = st.streams.get_mut(&self.id) else {
+        let Some(slot) = st.streams.get_mut(&self.key) else {
             return Poll::Ready(Err(match error {
                 Some(e) => ReadError::ConnectionLost(e),
                 None => ReadError::ClosedStream,
@@ -552,8 +559,8 @@ impl RecvStream {
             }
             RecvEnd::Finished | RecvEnd::Reset(_) => {
                 self.all_read = true;
-                let resume = st.release_recv(&limits, self.id);
-                st.forget_if_done(self.id);
+                let resume = st.release_recv(&limits, &self.key);
+                st.forget_if_done(&self.key);
                 if resume && error.is_none() {
                     st.resume = true;
                     c.schedule(&mut st);
@@ -582,10 +589,10 @@ impl Drop for RecvStream {
         if self.all_read {
             return;
         }
-        let c = &self.conn.shared;
+        let c = &self.conn.shared();
         let mut st = c.lock();
         if st.error.is_some() {
-            st.streams.remove(&self.id);
+            st.streams.remove(&self.key);
             return;
         }
         drop(st);

@@ -4,7 +4,8 @@
 //! hash map of whole slots, each new stream lands in a different (cold) bucket of a table
 //! sized for the most streams the connection ever had; here the index holds only ids, and a
 //! new stream reuses the slot the last forgotten one left (last in, first out), which is
-//! still in the cache.
+//! still in the cache. A handle keeps its stream's [`StreamKey`]: the id and the slot it
+//! had, found again without the index.
 
 use std::collections::HashMap;
 
@@ -14,6 +15,38 @@ use super::shared::StreamSlot;
 
 /// Slabs above this many slots are given back when the connection has no stream left.
 const KEEP_SLOTS: usize = 64;
+
+/// A stream's id and the slot it was given: the handles' key, which finds the slot at once
+/// (the slot's own id confirms it) and falls back to the index if the slot was reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamKey {
+    pub id: StreamId,
+    slot: u32,
+}
+
+/// What finds a slot: a stream id (through the index) or a [`StreamKey`].
+pub(crate) trait Lookup {
+    fn id(&self) -> StreamId;
+    /// Where the slot probably is.
+    fn hint(&self) -> Option<u32> {
+        None
+    }
+}
+
+impl Lookup for StreamId {
+    fn id(&self) -> StreamId {
+        *self
+    }
+}
+
+impl Lookup for StreamKey {
+    fn id(&self) -> StreamId {
+        self.id
+    }
+    fn hint(&self) -> Option<u32> {
+        Some(self.slot)
+    }
+}
 
 /// A connection's stream slots by id.
 #[derive(Default)]
@@ -28,14 +61,34 @@ pub(crate) struct Streams {
 }
 
 impl Streams {
-    pub fn get(&self, id: &StreamId) -> Option<&StreamSlot> {
-        let i = *self.index.get(id)?;
-        self.slots[i as usize].as_ref()
+    /// The key of stream `id`, for its handles (a key of no slot if it has none).
+    pub fn key(&self, id: StreamId) -> StreamKey {
+        StreamKey {
+            id,
+            slot: self.index.get(&id).copied().unwrap_or(u32::MAX),
+        }
     }
 
-    pub fn get_mut(&mut self, id: &StreamId) -> Option<&mut StreamSlot> {
-        let i = *self.index.get(id)?;
-        self.slots[i as usize].as_mut()
+    fn position(&self, k: &impl Lookup) -> Option<usize> {
+        let id = k.id();
+        if let Some(h) = k.hint() {
+            if let Some(Some(slot)) = self.slots.get(h as usize) {
+                if slot.id == id {
+                    return Some(h as usize);
+                }
+            }
+        }
+        self.index.get(&id).map(|&i| i as usize)
+    }
+
+    pub fn get(&self, k: &impl Lookup) -> Option<&StreamSlot> {
+        let i = self.position(k)?;
+        self.slots[i].as_ref()
+    }
+
+    pub fn get_mut(&mut self, k: &impl Lookup) -> Option<&mut StreamSlot> {
+        let i = self.position(k)?;
+        self.slots[i].as_mut()
     }
 
     /// Adds stream `id` (replacing a slot it had).
@@ -60,9 +113,9 @@ impl Streams {
         self.index.insert(id, i);
     }
 
-    /// Forgets stream `id`.
-    pub fn remove(&mut self, id: &StreamId) {
-        let Some(i) = self.index.remove(id) else {
+    /// Forgets the stream.
+    pub fn remove(&mut self, k: &impl Lookup) {
+        let Some(i) = self.index.remove(&k.id()) else {
             return;
         };
         self.slots[i as usize] = None;
@@ -120,6 +173,20 @@ mod tests {
         assert_eq!(s.slots.len(), 3, "the emptied slot is reused");
         assert_eq!(s.get(&id(3)).expect("present").recv_len, 0, "a fresh slot");
         assert_eq!(s.len(), 3);
+
+        // A key finds its slot, and its stream only: not the stream that reuses the slot.
+        let k4 = {
+            s.insert(id(4), StreamSlot::new(id(4), Side::Server));
+            s.key(id(4))
+        };
+        s.get_mut(&k4).expect("present").recv_len = 4;
+        s.remove(&k4);
+        assert!(s.get(&k4).is_none());
+        s.insert(id(5), StreamSlot::new(id(5), Side::Server));
+        assert!(s.get(&k4).is_none(), "the slot is stream 5's now");
+        assert_eq!(s.get(&s.key(id(5))).expect("present").recv_len, 0);
+        assert_eq!(s.get(&s.key(id(9))).map(|_| ()), None, "no such stream");
+        s.remove(&id(5));
 
         for i in 4..200 {
             s.insert(id(i), StreamSlot::new(id(i), Side::Server));
