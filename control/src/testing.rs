@@ -119,10 +119,13 @@ pub struct PinGuard(pub String);
 
 impl Drop for PinGuard {
     fn drop(&mut self) {
+        // Under the pin lock, as `attach` and `detach` change pins: a test running beside
+        // this one may be making its pin directory. The lock's drop removes the root when
+        // it is empty.
+        let lock = crate::xdp::pins::PinLock::existing();
         let root = std::path::Path::new(crate::xdp::pins::PIN_ROOT);
         let _ = std::fs::remove_dir_all(root.join(&self.0));
-        // Only when empty: other tests may have pins there.
-        let _ = std::fs::remove_dir(root);
+        drop(lock);
     }
 }
 

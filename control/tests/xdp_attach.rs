@@ -60,3 +60,125 @@ fn embedded_attach_lasts_as_long_as_its_guard() {
     })
     .unwrap();
 }
+
+/// Pinned attaches and detaches of two interfaces at once, from several threads (as from
+/// several `xdp-quic attach` processes): each sees the pins as the one before left them
+/// (the pin lock), so a second attach of the same service finds the first's attachment
+/// unchanged instead of failing on it, a second detach finds nothing to detach, and a
+/// detach giving the empty pin root back never pulls it from under another interface's
+/// attach.
+#[test]
+fn concurrent_attaches_and_detaches_see_each_other_whole() {
+    use std::sync::Barrier;
+    use xdp_quic_control::testing::PinGuard;
+    use xdp_quic_control::xdp::{
+        attach, detach, AttachOptions, AttachOutcome, DetachOutcome, XdpError,
+    };
+
+    if !privileged("concurrent_attaches_and_detaches_see_each_other_whole") {
+        return;
+    }
+    let beds = [
+        Testbed::create(&unique_name("xl"), 1, 96).expect("testbed"),
+        Testbed::create(&unique_name("xm"), 1, 97).expect("testbed"),
+    ];
+    let _pins: Vec<PinGuard> = beds.iter().map(|b| PinGuard(b.server_if.clone())).collect();
+    let opts = AttachOptions {
+        service: ServiceConfig {
+            ports: [4433].into(),
+            addrs: Default::default(),
+        },
+        mode: AttachMode::Skb,
+        force: false,
+    };
+    const ROUNDS: usize = 10;
+    for round in 0..ROUNDS {
+        // Two attaches of each interface, all four at once.
+        let start = Barrier::new(4);
+        let outcomes: Vec<(usize, anyhow::Result<AttachOutcome>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|t| {
+                    let (tb, start, opts) = (&beds[t % 2], &start, &opts);
+                    s.spawn(move || {
+                        let r = tb.in_server(|| {
+                            start.wait();
+                            attach(&tb.server_if, opts)
+                        });
+                        (t % 2, r.expect("entering the namespace"))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (bed, tb) in beds.iter().enumerate() {
+            let mine: Vec<&AttachOutcome> = outcomes
+                .iter()
+                .filter(|(b, _)| *b == bed)
+                .map(|(_, r)| {
+                    r.as_ref()
+                        .unwrap_or_else(|e| panic!("round {round}: attach failed: {e:#}"))
+                })
+                .collect();
+            let attached = mine
+                .iter()
+                .filter(|o| matches!(o, AttachOutcome::Attached { .. }))
+                .count();
+            let unchanged = mine
+                .iter()
+                .filter(|o| matches!(o, AttachOutcome::Unchanged { .. }))
+                .count();
+            assert_eq!(
+                (attached, unchanged),
+                (1, 1),
+                "round {round}: one attach made it, the other found it: {mine:?}"
+            );
+            assert!(xdp_prog_on(&tb.server_ns, &tb.server_if).is_some());
+        }
+        // Two detaches of each interface, all four at once.
+        let start = Barrier::new(4);
+        let outcomes: Vec<(usize, anyhow::Result<DetachOutcome>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|t| {
+                    let (tb, start) = (&beds[t % 2], &start);
+                    s.spawn(move || {
+                        let r = tb.in_server(|| {
+                            start.wait();
+                            detach(&tb.server_if)
+                        });
+                        (t % 2, r.expect("entering the namespace"))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (bed, tb) in beds.iter().enumerate() {
+            let mine: Vec<&anyhow::Result<DetachOutcome>> = outcomes
+                .iter()
+                .filter(|(b, _)| *b == bed)
+                .map(|(_, r)| r)
+                .collect();
+            let detached = mine
+                .iter()
+                .filter(|r| matches!(r, Ok(DetachOutcome::Detached { .. })))
+                .count();
+            let not_attached = mine
+                .iter()
+                .filter(|r| {
+                    matches!(r, Err(e) if matches!(
+                        e.downcast_ref::<XdpError>(),
+                        Some(XdpError::NotAttached { .. })
+                    ))
+                })
+                .count();
+            assert_eq!(
+                (detached, not_attached),
+                (1, 1),
+                "round {round}: one detach did it, the other found nothing: {mine:?}"
+            );
+            assert_eq!(xdp_prog_on(&tb.server_ns, &tb.server_if), None);
+            assert!(!std::path::Path::new(pins::PIN_ROOT)
+                .join(&tb.server_if)
+                .exists());
+        }
+    }
+}

@@ -153,8 +153,13 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
     opts.service.validate()?;
     caps::require_xdp_admin(&format!("attaching XDP to {iface}"))?;
     pins::require_host_bpffs("attach")?;
-    let link_state = resolve(iface)?;
+    // An unknown interface is refused before anything changes.
+    resolve(iface)?;
     let mounted_bpffs = pins::ensure_bpffs()?;
+    // From the first look at the pins to the last change: no other attach or detach.
+    let _lock =
+        pins::PinLock::take().with_context(|| format!("locking {}", pins::pin_root().display()))?;
+    let link_state = resolve(iface)?;
     let mut removed_stale = false;
     match inspect(iface)? {
         Pinned::Live(mut live) => {
@@ -310,6 +315,11 @@ pub fn detach(iface: &str) -> anyhow::Result<DetachOutcome> {
     if !pins::bpffs_mounted() {
         return Err(not_pinned(iface));
     }
+    let Some(_lock) = pins::PinLock::existing()
+        .with_context(|| format!("locking {}", pins::pin_root().display()))?
+    else {
+        return Err(not_pinned(iface));
+    };
     match inspect(iface)? {
         Pinned::None => Err(not_pinned(iface)),
         Pinned::OtherNamespace => Err(XdpError::OtherNamespace {

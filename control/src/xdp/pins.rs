@@ -9,6 +9,11 @@
 //! everything pinned on it. So: commands that pin or unpin refuse to run there
 //! ([`require_host_bpffs`]), and commands that only read find the host's pins through
 //! `/proc/<pid>/root/sys/fs/bpf` of a process of the initial mount namespace ([`root`]).
+//!
+//! Commands that change pins hold [`PinLock`], an exclusive `flock` on the pin root, from
+//! their first look at the pins to their last change: two `attach`es of one interface, or
+//! a `detach` of one interface removing the (empty) root while an `attach` of another makes
+//! its directory there, would otherwise step on each other.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -246,6 +251,95 @@ fn check_pin_root() -> io::Result<()> {
     Ok(())
 }
 
+/// An exclusive lock on the pin root (`flock` on the directory), held by a command that
+/// changes pins for as long as it looks at them and changes them; other such commands of
+/// any process wait for it. Dropping it gives the root back if it is empty, then unlocks.
+pub struct PinLock {
+    /// The pin root, open and locked: closing it unlocks.
+    _root: std::fs::File,
+}
+
+impl PinLock {
+    /// Takes the lock, making the pin root (mode 0700, checked) if there is none; waits
+    /// while another command holds it.
+    pub fn take() -> io::Result<PinLock> {
+        loop {
+            let mut b = std::fs::DirBuilder::new();
+            b.mode(0o700);
+            match b.create(pin_root()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            if let Some(lock) = Self::lock_root()? {
+                return Ok(lock);
+            }
+        }
+    }
+
+    /// Takes the lock if the pin root exists (`None` if there is none: nothing is pinned).
+    pub fn existing() -> io::Result<Option<PinLock>> {
+        loop {
+            match std::fs::symlink_metadata(pin_root()) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+            if let Some(lock) = Self::lock_root()? {
+                return Ok(Some(lock));
+            }
+        }
+    }
+
+    /// Opens and locks the pin root; `None` when, once locked, it is no longer the root
+    /// (the holder before removed it: the caller looks again).
+    fn lock_root() -> io::Result<Option<PinLock>> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        check_pin_root()?;
+        let root = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(pin_root())
+        {
+            Ok(f) => f,
+            // Removed between the check and the open: look again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        loop {
+            // SAFETY: flock on a descriptor `root` owns, open for the whole call.
+            if unsafe { libc::flock(root.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        // While we waited, the holder may have removed the root (it was empty) and another
+        // command made a new one: the lock must be on the root that is there.
+        let locked = root.metadata()?;
+        match std::fs::symlink_metadata(pin_root()) {
+            Ok(now) if now.dev() == locked.dev() && now.ino() == locked.ino() => {
+                Ok(Some(PinLock { _root: root }))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for PinLock {
+    fn drop(&mut self) {
+        // Only when empty (other interfaces may have pins there), and before unlocking: a
+        // command waiting for the lock then sees the root gone and makes it again.
+        // `_root` closes after this, which unlocks.
+        let _ = std::fs::remove_dir(pin_root());
+    }
+}
+
 /// Removes the pins of `iface` and its directory; the link pin goes first so that the
 /// program is detached before its maps disappear. Missing pins are fine.
 pub fn remove_dir(iface: &str) -> io::Result<()> {
@@ -264,8 +358,8 @@ pub fn remove_dir(iface: &str) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    // The shared parent goes when it is empty; another interface may still use it.
-    let _ = std::fs::remove_dir(pin_root());
+    // The shared parent goes when it is empty (another interface may still use it):
+    // [`PinLock`]'s drop removes it.
     Ok(())
 }
 
