@@ -21,6 +21,23 @@ const PORT: u16 = 4433;
 /// A hang guard, never a performance bound.
 const GUARD: Duration = Duration::from_secs(120);
 
+/// An echo server's builder, with its certificate.
+fn echo_builder() -> (
+    EngineBuilder,
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+) {
+    let id = tls::Identity::self_signed(&["localhost"]).unwrap();
+    let cert = id.chain.clone();
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1100));
+    t.datagram_receive_buffer_size(Some(1 << 20));
+    let builder = EngineBuilder::default()
+        .server(tls::server_config(id, &[echo::ALPN]).unwrap())
+        .transport(t)
+        .drain_timeout(Duration::from_secs(2));
+    (builder, cert)
+}
+
 /// A server over AF_XDP in its own testbed.
 struct Rig {
     engine: Option<Engine<EchoServer>>,
@@ -32,15 +49,7 @@ struct Rig {
 impl Rig {
     fn new(queues: u32, serve: &[u32], mode: AttachMode, tune: impl FnOnce(&mut XdpSetup)) -> Rig {
         let tb = Testbed::create(&unique_name("xb"), queues, 214).expect("testbed");
-        let id = tls::Identity::self_signed(&["localhost"]).unwrap();
-        let cert = id.chain.clone();
-        let mut t = TransportConfig::default();
-        t.max_concurrent_bidi_streams(VarInt::from_u32(1100));
-        t.datagram_receive_buffer_size(Some(1 << 20));
-        let builder = EngineBuilder::default()
-            .server(tls::server_config(id, &[echo::ALPN]).unwrap())
-            .transport(t)
-            .drain_timeout(Duration::from_secs(2));
+        let (builder, cert) = echo_builder();
         let mut setup = XdpSetup::new(
             &tb.server_if,
             format!("[::]:{PORT}").parse().unwrap(),
@@ -56,6 +65,26 @@ impl Rig {
             cert,
             tb,
         }
+    }
+
+    /// Serves on the testbed again (after [`Rig::stop`]), on `serve`.
+    fn restart(&mut self, serve: &[u32]) {
+        self.attachment.take();
+        let (builder, cert) = echo_builder();
+        let setup = XdpSetup::new(
+            &self.tb.server_if,
+            format!("[::]:{PORT}").parse().unwrap(),
+            serve.to_vec(),
+        );
+        let (engine, attachment) = self
+            .tb
+            .serve_xdp(builder, &setup, AttachMode::Native, |_| {
+                EchoServer::default()
+            })
+            .expect("serving again on the same queues");
+        self.engine = Some(engine);
+        self.attachment = Some(attachment);
+        self.cert = cert;
     }
 
     fn addr(&self, v6: bool) -> SocketAddr {
@@ -561,7 +590,8 @@ fn full_tx_ring_pushes_back_and_recovers() {
 }
 
 /// Shutdown while transfers run: every connection is closed with the code, and the queues'
-/// sockets leave the map (service packets then reach the kernel: `no socket on queue`).
+/// sockets leave the map (service packets then reach the kernel: `no socket on queue`),
+/// even while the queues' infos (what a metrics endpoint keeps) are still held.
 #[test]
 fn shutdown_during_transfers_closes_connections_and_unregisters() {
     if !privileged("shutdown_during_transfers_closes_connections_and_unregisters") {
@@ -572,6 +602,7 @@ fn shutdown_during_transfers_closes_connections_and_unregisters() {
     let cert = rig.cert.clone();
     let engine = rig.engine.take().unwrap();
     let handle = engine.handle();
+    let infos = engine.xsk_queues().to_vec();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let stopper = std::thread::spawn(move || {
         rx.recv().unwrap();
@@ -638,6 +669,18 @@ fn shutdown_during_transfers_closes_connections_and_unregisters() {
         rig.program_counter("v4.passed_no_socket") - before >= 5
     });
     assert_eq!(rig.program_counter("v4.passed_no_socket") - before, 5);
+    // The queues are free for a new server of this process (a socket left open would hold
+    // its queue: EBUSY), though their infos are still held.
+    rig.restart(&[0, 1]);
+    let cert = rig.cert.clone();
+    rig.client(async move || echo_once(&cert, addr, 100_000, 1).await);
+    let old: Vec<_> = infos.iter().map(|i| i.snapshot()).collect();
+    assert!(
+        old.iter().all(|s| s.kernel.rx_invalid_descs == 0),
+        "the last figures read: {old:?}"
+    );
+    drop(infos);
+    rig.stop();
 }
 
 /// A misconfiguration the canary reveals: the server serves queue 0 only, so service

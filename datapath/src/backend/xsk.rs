@@ -26,7 +26,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ use super::udp::{poll_fds, pollfd};
 use super::{Backend, RxBatch, SendError, Transmit};
 use crate::packet::frame::{self, ParseError, L2};
 use crate::waker::Waker;
-use crate::xsk::socket::{TxError, XskConfig, XskSocket, XskStats};
+use crate::xsk::socket::{StatsSource, TxError, XskConfig, XskSocket, XskStats};
 use crate::xsk::umem::{Umem, UmemConfig};
 
 /// How an idle worker waits for packets.
@@ -99,8 +99,9 @@ pub struct XskSnapshot {
     pub kernel: XskStats,
 }
 
-/// What other threads keep of a queue's backend: its counters and a duplicate of its socket
-/// descriptor to read the kernel's statistics.
+/// What other threads keep of a queue's backend: its counters, and where to read the
+/// kernel's statistics of its socket while the socket is open. Holding it does not keep
+/// the socket open (bound to its queue and in the XSKMAP) once the backend is gone.
 #[derive(Debug)]
 pub struct XskQueueInfo {
     pub queue: u32,
@@ -108,7 +109,9 @@ pub struct XskQueueInfo {
     /// The path transmits take.
     pub tx: TxPath,
     pub counters: Arc<XskCounters>,
-    fd: OwnedFd,
+    stats: StatsSource,
+    /// The kernel's statistics as last read: what a snapshot shows once the socket is gone.
+    last: std::sync::Mutex<XskStats>,
 }
 
 impl XskQueueInfo {
@@ -127,8 +130,19 @@ impl XskQueueInfo {
             tx_ring_full: c.tx_ring_full.load(Relaxed),
             kicks: c.kicks.load(Relaxed),
             canary_packets: c.canary_packets.load(Relaxed),
-            kernel: crate::xsk::socket::statistics(self.fd.as_fd()).unwrap_or_default(),
+            kernel: self.kernel(),
         }
+    }
+}
+
+impl XskQueueInfo {
+    /// The kernel's statistics of the socket now, or as last read once it is closed.
+    fn kernel(&self) -> XskStats {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(now) = self.stats.read() {
+            *last = now;
+        }
+        *last
     }
 }
 
@@ -299,7 +313,8 @@ impl XskBackend {
             zero_copy: self.sock.zero_copy(),
             tx: self.tx,
             counters: self.counters.clone(),
-            fd: self.sock.fd().try_clone_to_owned()?,
+            stats: self.sock.stats_source(),
+            last: Default::default(),
         })
     }
 

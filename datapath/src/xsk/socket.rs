@@ -15,6 +15,7 @@ use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Weak};
 
 use super::ring::{ConsRing, ProdRing, RingParts};
 use super::umem::{Holder, Umem};
@@ -113,8 +114,9 @@ impl Drop for Mapping {
 /// What backs the rings: a kernel socket, or (in tests) memory that an emulated kernel plays.
 enum Backing {
     Kernel {
-        /// Closed first when the socket drops (see `Drop for XskSocket`).
-        fd: ManuallyDrop<OwnedFd>,
+        /// Closed first when the socket drops (see `Drop for XskSocket`). Shared only with
+        /// [`StatsSource`]s, which hold it for one `getsockopt` at a time.
+        fd: ManuallyDrop<Arc<OwnedFd>>,
         _maps: [Mapping; 4],
     },
     #[cfg(any(test, feature = "testing"))]
@@ -155,9 +157,11 @@ impl Drop for XskSocket {
         if let Backing::Kernel { fd, .. } = &mut self.backing {
             // SAFETY: dropped exactly once, here; `fd` is not used after this (the other fields
             // drop next: the ring mappings, then the UMEM). Closing first ends the socket's
-            // use of the rings and the UMEM, unless the descriptor lives on elsewhere (a dup,
-            // the XSKMAP): the kernel then keeps its own pins on the UMEM pages and its own
-            // references to the ring pages, so unmapping them here stays safe either way.
+            // use of the rings and the UMEM, unless the socket lives on a moment elsewhere (a
+            // `StatsSource` in the middle of its `getsockopt` closes it when done; the XSKMAP
+            // lets it go once closed): the kernel then keeps its own pins on the UMEM pages
+            // and its own references to the ring pages, so unmapping them here stays safe
+            // either way.
             unsafe { ManuallyDrop::drop(fd) };
         }
     }
@@ -407,7 +411,7 @@ impl XskSocket {
             tx_unsubmitted: 0,
             invalid_descs: 0,
             backing: Backing::Kernel {
-                fd: ManuallyDrop::new(fd),
+                fd: ManuallyDrop::new(Arc::new(fd)),
                 _maps: [m_rx, m_tx, m_fr, m_cr],
             },
         };
@@ -484,6 +488,18 @@ impl XskSocket {
             Backing::Kernel { fd, .. } => fd.as_fd(),
             #[cfg(any(test, feature = "testing"))]
             Backing::Emulated { fd, .. } => fd.as_fd(),
+        }
+    }
+
+    /// Where another thread reads the kernel's statistics of this socket
+    /// ([`statistics`]) for as long as it is open, without keeping it open (a duplicate
+    /// descriptor would keep it bound to its queue, and in the XSKMAP, after the socket
+    /// went).
+    pub fn stats_source(&self) -> StatsSource {
+        match &self.backing {
+            Backing::Kernel { fd, .. } => StatsSource(Arc::downgrade(fd)),
+            #[cfg(any(test, feature = "testing"))]
+            Backing::Emulated { .. } => StatsSource(Weak::new()),
         }
     }
 
@@ -749,6 +765,18 @@ fn set_busy_poll(fd: &impl AsRawFd, bp: &BusyPoll) -> io::Result<()> {
         &(bp.budget as libc::c_int),
     )
     .map_err(|e| err("SO_BUSY_POLL_BUDGET (needs CAP_NET_ADMIN)", e))
+}
+
+/// Reads a socket's statistics from another thread: see [`XskSocket::stats_source`].
+#[derive(Debug, Clone)]
+pub struct StatsSource(Weak<OwnedFd>);
+
+impl StatsSource {
+    /// The kernel's statistics of the socket; `None` once it is closed (or unreadable).
+    pub fn read(&self) -> Option<XskStats> {
+        let fd = self.0.upgrade()?;
+        statistics(fd.as_fd()).ok()
+    }
 }
 
 /// The kernel's counters of the AF_XDP socket `fd` (XDP_STATISTICS).
