@@ -9,10 +9,17 @@
 //! open and read at once ([`HqLimits`]); each file is read a 64 KiB chunk at a time on
 //! tokio's blocking pool, the next only once the previous is in the stream.
 //!
+//! The request's path is percent-decoded (RFC 3986 §2.1) before it is checked: `%2F` (a
+//! slash inside a name) and NUL find nothing (404), a malformed escape is a bad request.
+//!
 //! Shutdown: [`H3Server::serve`] takes a signal; when it fires, every connection sends
-//! GOAWAY, lets its requests in flight finish, and closes (`H3_NO_ERROR`).
+//! GOAWAY naming the first request it will not serve (RFC 9114 §5.2), rejects any request
+//! from there on (`H3_REQUEST_REJECTED`, so that the client may retry it elsewhere), lets
+//! the requests before it finish, and closes (`H3_NO_ERROR`) once they are acknowledged
+//! ([`xdp_quic_h3::CLOSE_LINGER`]).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -87,10 +94,17 @@ impl H3Server {
             }
         };
         let mine = Arc::new(Semaphore::new(self.limits.files_per_connection.max(1)));
+        // Requests accepted so far: the client's bidirectional streams come in order, so the
+        // next one's stream index. Once GOAWAY is sent, its id (as an index) is in `goaway`
+        // and requests from there on are rejected.
+        let mut accepted = 0u64;
+        let goaway = Arc::new(AtomicU64::new(u64::MAX));
         let mut stopping = *stop.borrow();
-        // GOAWAY's id is the first request not served (RFC 9114 §5.2): one past the last
-        // accepted, so that a client does not take an accepted request for refused.
+        // GOAWAY's id is the first request not served (RFC 9114 §5.2): h3's `shutdown(1)`
+        // names the one after the last accepted, but still serves a request with that very
+        // id (it rejects only those above), which `answer_or_reject` rejects.
         if stopping {
+            goaway.store(accepted, Ordering::Release);
             let _ = h3.shutdown(1).await;
         }
         loop {
@@ -100,16 +114,25 @@ impl H3Server {
                     stopping = true;
                     // GOAWAY: no new request; those accepted go on (h3 closes the
                     // connection once they are done).
+                    goaway.store(accepted, Ordering::Release);
                     let _ = h3.shutdown(1).await;
                     continue;
                 }
             };
             match next {
                 Ok(Some(resolver)) => {
-                    let (server, mine) = (self.clone(), mine.clone());
+                    accepted += 1;
+                    let (server, mine, goaway) = (self.clone(), mine.clone(), goaway.clone());
                     tokio::spawn(async move {
                         match resolver.resolve_request().await {
-                            Ok((req, stream)) => {
+                            Ok((req, mut stream)) => {
+                                if stream.id().index() >= goaway.load(Ordering::Acquire) {
+                                    // At or past the GOAWAY: not processed, as it said.
+                                    let rejected = h3::error::Code::H3_REQUEST_REJECTED;
+                                    stream.stop_sending(rejected);
+                                    stream.stop_stream(rejected);
+                                    return;
+                                }
                                 if let Err(e) = server.answer(req, stream, &mine).await {
                                     tracing::debug!("request ended: {e}");
                                 }
@@ -150,7 +173,11 @@ impl H3Server {
         let Some(rel) = path.strip_prefix('/') else {
             return status(stream, StatusCode::BAD_REQUEST).await;
         };
-        let rel = std::path::PathBuf::from(rel);
+        let rel = match percent_decode(rel) {
+            Ok(Some(rel)) => rel,
+            Ok(None) => return status(stream, StatusCode::NOT_FOUND).await,
+            Err(MalformedEscape) => return status(stream, StatusCode::BAD_REQUEST).await,
+        };
         if plain_names(&rel).is_err() {
             return status(stream, StatusCode::NOT_FOUND).await;
         }
@@ -166,7 +193,15 @@ impl H3Server {
             let len = f.metadata()?.len();
             std::io::Result::Ok((f, len))
         })
-        .await?;
+        .await;
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                // No answer will come: the client must not take the stream's end for one.
+                stream.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                return Err(e.into());
+            }
+        };
         let Ok((mut file, len)) = opened else {
             return status(stream, StatusCode::NOT_FOUND).await;
         };
@@ -211,6 +246,55 @@ impl H3Server {
         stream.finish().await?;
         Ok(())
     }
+}
+
+/// A `%` not followed by two hexadecimal digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedEscape;
+
+impl std::fmt::Display for MalformedEscape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a % not followed by two hexadecimal digits")
+    }
+}
+
+impl std::error::Error for MalformedEscape {}
+
+/// The path beneath the root that `rel` (the request's path without its leading `/`)
+/// names, percent-decoded (RFC 3986 §2.1): `Ok(None)` when it decodes to a name no file can
+/// have (a `/` or a NUL inside a name), `Err` for a malformed escape.
+pub fn percent_decode(rel: &str) -> Result<Option<std::path::PathBuf>, MalformedEscape> {
+    use std::os::unix::ffi::OsStringExt;
+    let hex = |b: u8| match b {
+        b'0'..=b'9' => Ok(b - b'0'),
+        b'a'..=b'f' => Ok(b - b'a' + 10),
+        b'A'..=b'F' => Ok(b - b'A' + 10),
+        _ => Err(MalformedEscape),
+    };
+    let bytes = rel.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    let mut nameless = false;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let (Some(&h), Some(&l)) = (bytes.get(i + 1), bytes.get(i + 2)) else {
+                return Err(MalformedEscape);
+            };
+            let b = hex(h)? << 4 | hex(l)?;
+            nameless |= b == b'/' || b == 0;
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    if nameless {
+        return Ok(None);
+    }
+    Ok(Some(std::path::PathBuf::from(
+        std::ffi::OsString::from_vec(out),
+    )))
 }
 
 /// Answers with `code` and no body.
@@ -311,5 +395,27 @@ where
     let e = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
     if !e.is_h3_no_error() {
         tracing::debug!("HTTP/3 connection ended: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+    use std::path::PathBuf;
+
+    #[test]
+    fn paths_are_percent_decoded() {
+        let ok = |s: &str| percent_decode(s).unwrap().unwrap();
+        assert_eq!(ok("a%20b.txt"), PathBuf::from("a b.txt"));
+        assert_eq!(ok("dir/%C3%A9t%c3%a9"), PathBuf::from("dir/été"));
+        assert_eq!(ok("plain"), PathBuf::from("plain"));
+        // Decoded dots are still dots: the caller's check refuses `..`.
+        assert_eq!(ok("%2e%2e/x"), PathBuf::from("../x"));
+        // No name holds a slash or a NUL.
+        assert_eq!(percent_decode("a%2Fb").unwrap(), None);
+        assert_eq!(percent_decode("a%00").unwrap(), None);
+        for bad in ["%", "%4", "%zz", "a%g0"] {
+            assert!(percent_decode(bad).is_err(), "{bad}");
+        }
     }
 }

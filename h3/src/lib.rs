@@ -31,11 +31,22 @@
 //!
 //! The endpoint's ALPN must be `h3` ([`ALPN`]). Datagrams and WebTransport (h3's extension
 //! traits) are not implemented.
+//!
+//! **A clean close waits for the answers.** h3 closes its connection (`H3_NO_ERROR`) as soon
+//! as its last request stream is dropped, which is once the response is queued, not once it
+//! arrived: a close then throws away what the peer has not received, and even what it
+//! received but has not read (h3's client, like quinn's, fails its reads once the
+//! connection is closed); quinn does the same to h3-quinn's users. Here a clean close made
+//! while a stream's end is sent and not acknowledged waits for the peer to close the
+//! connection (which it does once it has read its answers), at most [`CLOSE_LINGER`];
+//! h3's control and QPACK streams stay open meanwhile. Other codes close at once.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
@@ -45,6 +56,41 @@ use xdp_quic::VarInt;
 /// ALPN of HTTP/3.
 pub const ALPN: &[u8] = b"h3";
 
+/// The longest a clean close (`H3_NO_ERROR`) made with answers in flight waits for the peer
+/// to close the connection first.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(10);
+
+/// The streams of one connection whose end was sent and is not acknowledged yet.
+#[derive(Default)]
+struct InFlight {
+    streams: AtomicUsize,
+    /// Unidirectional streams h3 dropped without ending them: its control and QPACK
+    /// streams, which must stay open as long as the connection (RFC 9114 §6.2.1: closing
+    /// one is a connection error) and so outlive h3 while a clean close waits. Dropped (so
+    /// finished) with the last handle on this, after the close.
+    parked: std::sync::Mutex<Vec<xq::SendStream>>,
+    /// The same for the peer's unidirectional streams h3 dropped before their end: dropping
+    /// them would ask the peer to stop its critical streams.
+    parked_recv: std::sync::Mutex<Vec<xq::RecvStream>>,
+}
+
+impl InFlight {
+    /// Counts a stream until `stopped` (its `SendStream::stopped`) completes. Needs a tokio
+    /// runtime (the async API's handles live in one); without one the stream is not waited
+    /// for.
+    fn watch(self: &Arc<Self>, stopped: impl Future + Send + 'static) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        let me = self.clone();
+        rt.spawn(async move {
+            let _ = stopped.await;
+            me.streams.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type Bidi = Result<(xq::SendStream, xq::RecvStream), xq::ConnectionError>;
 type Uni = Result<xq::RecvStream, xq::ConnectionError>;
@@ -53,6 +99,7 @@ type OpenedUni = Result<xq::SendStream, xq::ConnectionError>;
 /// A QUIC connection for h3.
 pub struct Connection {
     conn: xq::Connection,
+    flight: Arc<InFlight>,
     accept_bi: Option<BoxFuture<Bidi>>,
     accept_uni: Option<BoxFuture<Uni>>,
     opener: OpenStreams,
@@ -61,9 +108,11 @@ pub struct Connection {
 impl Connection {
     /// Wraps an established connection.
     pub fn new(conn: xq::Connection) -> Self {
+        let flight = Arc::new(InFlight::default());
         Self {
-            opener: OpenStreams::new(conn.clone()),
+            opener: OpenStreams::new(conn.clone(), flight.clone()),
             conn,
+            flight,
             accept_bi: None,
             accept_uni: None,
         }
@@ -115,20 +164,26 @@ impl<B: Buf> quic::Connection<B> for Connection {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::RecvStream, ConnectionErrorIncoming>> {
-        poll_slot(&mut self.accept_uni, cx, &self.conn, accept_uni)
-            .map(|r| r.map(RecvStream::new).map_err(connection_error))
+        let flight = &self.flight;
+        poll_slot(&mut self.accept_uni, cx, &self.conn, accept_uni).map(|r| {
+            r.map(|s| RecvStream::new(s, flight))
+                .map_err(connection_error)
+        })
     }
 
     fn poll_accept_bidi(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::BidiStream, ConnectionErrorIncoming>> {
-        poll_slot(&mut self.accept_bi, cx, &self.conn, accept_bi)
-            .map(|r| r.map(BidiStream::new).map_err(connection_error))
+        let flight = &self.flight;
+        poll_slot(&mut self.accept_bi, cx, &self.conn, accept_bi).map(|r| {
+            r.map(|s| BidiStream::new(s, flight))
+                .map_err(connection_error)
+        })
     }
 
     fn opener(&self) -> Self::OpenStreams {
-        OpenStreams::new(self.conn.clone())
+        OpenStreams::new(self.conn.clone(), self.flight.clone())
     }
 }
 
@@ -151,27 +206,43 @@ impl<B: Buf> quic::OpenStreams<B> for Connection {
     }
 
     fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
-        close(&self.conn, code, reason)
+        close(&self.conn, &self.flight, code, reason)
     }
 }
 
-fn close(conn: &xq::Connection, code: h3::error::Code, reason: &[u8]) {
-    let code = VarInt::from_u64(code.value()).unwrap_or(VarInt::MAX);
-    conn.close(code, reason);
+/// Closes `conn` with `code`; a clean close with streams in flight first waits for the peer
+/// to close (at most [`CLOSE_LINGER`], on a task of its own: h3 calls this from `Drop`).
+fn close(conn: &xq::Connection, flight: &Arc<InFlight>, code: h3::error::Code, reason: &[u8]) {
+    let value = VarInt::from_u64(code.value()).unwrap_or(VarInt::MAX);
+    let waits = code == h3::error::Code::H3_NO_ERROR && flight.streams.load(Ordering::Acquire) > 0;
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) if waits => {
+            let (conn, flight, reason) = (conn.clone(), flight.clone(), reason.to_vec());
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(CLOSE_LINGER, conn.closed()).await;
+                conn.close(value, &reason);
+                // The parked streams go now, after the close.
+                drop(flight);
+            });
+        }
+        _ => conn.close(value, reason),
+    }
 }
 
 /// Opens streams of a connection (h3 keeps one to open its control and QPACK streams and,
 /// in a client, request streams).
 pub struct OpenStreams {
     conn: xq::Connection,
+    flight: Arc<InFlight>,
     open_bi: Option<BoxFuture<Bidi>>,
     open_uni: Option<BoxFuture<OpenedUni>>,
 }
 
 impl OpenStreams {
-    fn new(conn: xq::Connection) -> Self {
+    fn new(conn: xq::Connection, flight: Arc<InFlight>) -> Self {
         Self {
             conn,
+            flight,
             open_bi: None,
             open_uni: None,
         }
@@ -180,7 +251,7 @@ impl OpenStreams {
 
 impl Clone for OpenStreams {
     fn clone(&self) -> Self {
-        Self::new(self.conn.clone())
+        Self::new(self.conn.clone(), self.flight.clone())
     }
 }
 
@@ -192,20 +263,26 @@ impl<B: Buf> quic::OpenStreams<B> for OpenStreams {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        poll_slot(&mut self.open_bi, cx, &self.conn, open_bi)
-            .map(|r| r.map(BidiStream::new).map_err(stream_connection_error))
+        let flight = &self.flight;
+        poll_slot(&mut self.open_bi, cx, &self.conn, open_bi).map(|r| {
+            r.map(|s| BidiStream::new(s, flight))
+                .map_err(stream_connection_error)
+        })
     }
 
     fn poll_open_send(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        poll_slot(&mut self.open_uni, cx, &self.conn, open_uni)
-            .map(|r| r.map(SendStream::new).map_err(stream_connection_error))
+        let flight = &self.flight;
+        poll_slot(&mut self.open_uni, cx, &self.conn, open_uni).map(|r| {
+            r.map(|s| SendStream::new(s, flight))
+                .map_err(stream_connection_error)
+        })
     }
 
     fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
-        close(&self.conn, code, reason)
+        close(&self.conn, &self.flight, code, reason)
     }
 }
 
@@ -216,10 +293,10 @@ pub struct BidiStream<B: Buf> {
 }
 
 impl<B: Buf> BidiStream<B> {
-    fn new((send, recv): (xq::SendStream, xq::RecvStream)) -> Self {
+    fn new((send, recv): (xq::SendStream, xq::RecvStream), flight: &Arc<InFlight>) -> Self {
         Self {
-            send: SendStream::new(send),
-            recv: RecvStream::new(recv),
+            send: SendStream::new(send, flight),
+            recv: RecvStream::new(recv, flight),
         }
     }
 }
@@ -276,12 +353,43 @@ impl<B: Buf> quic::SendStream<B> for BidiStream<B> {
 
 /// The receiving side of a stream.
 pub struct RecvStream {
-    stream: xq::RecvStream,
+    /// `None` only once parked, in `drop`.
+    stream: Option<xq::RecvStream>,
+    flight: Arc<InFlight>,
+    /// A unidirectional stream (the peer's control and QPACK streams): parked if dropped
+    /// before its end (see [`InFlight::parked_recv`]).
+    keep_open: bool,
+    /// Read to its end, reset, or stopped.
+    ended: bool,
 }
 
 impl RecvStream {
-    fn new(stream: xq::RecvStream) -> Self {
-        Self { stream }
+    fn new(stream: xq::RecvStream, flight: &Arc<InFlight>) -> Self {
+        Self {
+            keep_open: stream.id().dir() == xdp_quic::Dir::Uni,
+            stream: Some(stream),
+            flight: flight.clone(),
+            ended: false,
+        }
+    }
+
+    fn stream(&mut self) -> &mut xq::RecvStream {
+        self.stream.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        if self.keep_open && !self.ended {
+            if let Some(stream) = self.stream.take() {
+                let mut parked = self
+                    .flight
+                    .parked_recv
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                parked.push(stream);
+            }
+        }
     }
 }
 
@@ -295,35 +403,53 @@ impl quic::RecvStream for RecvStream {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Self::Buf>, StreamErrorIncoming>> {
-        self.stream
-            .poll_read_chunk(cx, READ_CHUNK)
-            .map_err(read_error)
+        let out = self.stream().poll_read_chunk(cx, READ_CHUNK);
+        if matches!(out, Poll::Ready(Ok(None) | Err(_))) {
+            self.ended = true;
+        }
+        out.map_err(read_error)
     }
 
     fn stop_sending(&mut self, error_code: u64) {
+        self.ended = true;
         let _ = self
-            .stream
+            .stream()
             .stop(VarInt::from_u64(error_code).unwrap_or(VarInt::MAX));
     }
 
     fn recv_id(&self) -> StreamId {
-        stream_id(self.stream.id())
+        stream_id(self.stream.as_ref().expect("present until dropped").id())
     }
 }
 
 /// The sending side of a stream: one h3 frame at a time is queued (`send_data`), then
 /// written as the stream's queue takes it (`poll_ready`).
 pub struct SendStream<B: Buf> {
-    stream: xq::SendStream,
+    /// `None` only once parked, in `drop`.
+    stream: Option<xq::SendStream>,
     pending: Option<WriteBuf<B>>,
+    /// Told of the stream's end, so that a clean close waits for it.
+    flight: Arc<InFlight>,
+    /// A unidirectional stream (h3's control and QPACK streams): parked if dropped before
+    /// its end (see [`InFlight::parked`]).
+    keep_open: bool,
+    /// Finished or reset.
+    ended: bool,
 }
 
 impl<B: Buf> SendStream<B> {
-    fn new(stream: xq::SendStream) -> Self {
+    fn new(stream: xq::SendStream, flight: &Arc<InFlight>) -> Self {
         Self {
-            stream,
+            keep_open: stream.id().dir() == xdp_quic::Dir::Uni,
+            stream: Some(stream),
             pending: None,
+            flight: flight.clone(),
+            ended: false,
         }
+    }
+
+    fn stream(&mut self) -> &mut xq::SendStream {
+        self.stream.as_mut().expect("present until dropped")
     }
 
     /// Writes what is pending; `Ready(Ok)` once all of it is queued on the stream.
@@ -333,7 +459,12 @@ impl<B: Buf> SendStream<B> {
                 self.pending = None;
                 break;
             }
-            match self.stream.poll_write_buf(cx, buf) {
+            match self
+                .stream
+                .as_mut()
+                .expect("present until dropped")
+                .poll_write_buf(cx, buf)
+            {
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(write_error(e))),
                 Poll::Pending => return Poll::Pending,
@@ -350,7 +481,10 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
 
     fn send_data<T: Into<WriteBuf<B>>>(&mut self, data: T) -> Result<(), StreamErrorIncoming> {
         if self.pending.as_ref().is_some_and(|b| b.has_remaining()) {
-            return Err(StreamErrorIncoming::Unknown(Box::new(NotReady)));
+            // A misuse of this trait, not the peer's doing: h3 closes with H3_INTERNAL_ERROR.
+            return Err(StreamErrorIncoming::ConnectionErrorIncoming {
+                connection_error: ConnectionErrorIncoming::InternalError(NotReady.to_string()),
+            });
         }
         self.pending = Some(data.into());
         Ok(())
@@ -360,22 +494,39 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
         if self.poll_pending(cx)?.is_pending() {
             return Poll::Pending;
         }
-        Poll::Ready(
-            self.stream
-                .finish()
-                .map_err(|e| StreamErrorIncoming::Unknown(Box::new(e))),
-        )
+        let finished = self
+            .stream()
+            .finish()
+            .map_err(|e| StreamErrorIncoming::Unknown(Box::new(e)));
+        if finished.is_ok() {
+            self.ended = true;
+            let stopped = self.stream().stopped();
+            self.flight.watch(stopped);
+        }
+        Poll::Ready(finished)
     }
 
     fn reset(&mut self, reset_code: u64) {
         self.pending = None;
+        self.ended = true;
         let _ = self
-            .stream
+            .stream()
             .reset(VarInt::from_u64(reset_code).unwrap_or(VarInt::MAX));
     }
 
     fn send_id(&self) -> StreamId {
-        stream_id(self.stream.id())
+        stream_id(self.stream.as_ref().expect("present until dropped").id())
+    }
+}
+
+impl<B: Buf> Drop for SendStream<B> {
+    fn drop(&mut self) {
+        if self.keep_open && !self.ended {
+            if let Some(stream) = self.stream.take() {
+                let mut parked = self.flight.parked.lock().unwrap_or_else(|p| p.into_inner());
+                parked.push(stream);
+            }
+        }
     }
 }
 

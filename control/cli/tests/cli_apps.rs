@@ -1134,3 +1134,61 @@ fn serve_with_the_xdp_shield() {
         None
     );
 }
+
+/// Without `--queues`, `serve --backend xdp` serves the queues the interface has active
+/// (its channels, after `ethtool -L`), not every queue its driver allocated: AF_XDP cannot
+/// bind the others. A `--workers` that disagrees with the queues is refused.
+#[test]
+fn serve_over_af_xdp_serves_the_active_queues() {
+    if !privileged("serve_over_af_xdp_serves_the_active_queues") {
+        return;
+    }
+    let name = format!("xa{}", std::process::id() % 100_000);
+    let tb = xdp_quic_control::testbed::Testbed::create(&name, 4, 216).unwrap();
+    // 4 queues allocated, 2 in use.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &tb.server_ns,
+            "ethtool",
+            "-L",
+            &tb.server_if,
+        ])
+        .args(["rx", "2", "tx", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ethtool -L: {}", text(&out.stderr));
+    let base = [
+        "--netns",
+        tb.server_ns.as_str(),
+        "--listen",
+        "0.0.0.0:4433",
+        "--backend",
+        "xdp",
+        "--iface",
+        tb.server_if.as_str(),
+        "--app",
+        "echo",
+    ];
+    let mut refused = vec!["serve"];
+    refused.extend_from_slice(&base);
+    refused.extend_from_slice(&["--workers", "3"]);
+    let out = Command::new(BIN).args(&refused).output().unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--workers 3")
+            && err.contains("one worker per queue")
+            && err.contains("[0, 1]"),
+        "{err}"
+    );
+
+    let (server, line) = Server::start_with(&base);
+    assert!(
+        line.contains("2 AF_XDP worker(s)") && line.contains("queues [0, 1]"),
+        "{line}"
+    );
+    let (ok, stderr) = server.stop();
+    assert!(ok, "{stderr}");
+}

@@ -24,6 +24,7 @@ mod attach;
 mod caps;
 mod counters;
 mod error;
+pub mod ethtool;
 mod load;
 mod maps;
 pub mod netlink;

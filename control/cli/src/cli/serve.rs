@@ -183,6 +183,17 @@ pub fn xdp_setup(a: &ServeArgs) -> anyhow::Result<XdpSetup> {
         Some(q) => q.clone(),
         None => args::all_queues(iface)?,
     };
+    // Over AF_XDP the engine runs one worker per queue: a --workers that says otherwise was
+    // meant for something else (1, the default, says nothing).
+    if a.workers != 1 && a.workers != queues.len() {
+        bail!(
+            "--workers {} but {} serves {} queue(s) {queues:?}: over AF_XDP there is one worker \
+             per queue; choose the queues with --queues LIST",
+            a.workers,
+            iface,
+            queues.len()
+        );
+    }
     let mut setup = XdpSetup::new(iface, a.listen, queues);
     setup.umem.frames = a.umem_frames;
     setup.verify_checksum = !a.skip_checksum;

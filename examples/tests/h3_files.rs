@@ -1,0 +1,232 @@
+//! The HTTP/3 file server ([`xdp_quic_examples::h3_files`]) through the library, against
+//! the h3 crate's client over our async API: the end of a connection with a response still
+//! in flight, requests at or past the server's GOAWAY, percent-encoded paths.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use common::{assert_same, guard, identity, payload};
+use http::{Request, StatusCode};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::watch;
+use xdp_quic::tokio::{Builder, Connection, Endpoint};
+use xdp_quic::{tls, EngineBuilder};
+use xdp_quic_examples::h3_files::{H3Server, HqLimits, ALPN};
+
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// A directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(what: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!(
+            "xq-h3-{what}-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The files served: a large one, a small one, and one with a space in its name.
+fn site() -> (Scratch, Bytes, Bytes) {
+    let dir = Scratch::new("site");
+    let (big, small) = (payload(7, 4_000_000), payload(8, 900));
+    std::fs::write(dir.0.join("big.bin"), &big).unwrap();
+    std::fs::write(dir.0.join("a b.txt"), &small).unwrap();
+    std::fs::write(dir.0.join("été.txt"), &small).unwrap();
+    (dir, big, small)
+}
+
+/// The file server on a UDP endpoint of ours (the application's runtime), stopping (GOAWAY)
+/// when `stop` turns true.
+fn server(
+    root: &std::path::Path,
+    stop: watch::Receiver<bool>,
+) -> (Endpoint, CertificateDer<'static>) {
+    let (id, cert) = identity();
+    let engine = EngineBuilder::default()
+        .workers(1)
+        .server(tls::server_config(id, &[ALPN]).unwrap())
+        .drain_timeout(DRAIN);
+    let ep = Builder::new(engine)
+        .bind_udp("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let h3 = H3Server::new(root, HqLimits::default()).unwrap();
+    tokio::spawn(h3.serve(ep.clone(), stop));
+    (ep, cert)
+}
+
+/// A connection of a client endpoint of ours to `server`.
+async fn connect(server: &Endpoint, cert: CertificateDer<'static>) -> (Endpoint, Connection) {
+    let client = tls::client_config(tls::Trust::Roots(vec![cert]), &[ALPN]).unwrap();
+    let engine = EngineBuilder::default()
+        .workers(1)
+        .client(client)
+        .drain_timeout(DRAIN);
+    let ep = Builder::new(engine)
+        .bind_udp("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let conn = ep
+        .connect(server.local_addr().unwrap(), "localhost")
+        .unwrap()
+        .await
+        .expect("handshake");
+    (ep, conn)
+}
+
+/// The body of a response, read to its end; `pause` after each 64 KiB (a slow reader).
+async fn body<S>(stream: &mut h3::client::RequestStream<S, Bytes>, pause: Duration) -> Vec<u8>
+where
+    S: h3::quic::RecvStream,
+{
+    let mut body = Vec::new();
+    let mut paced = 0;
+    while let Some(mut chunk) = stream.recv_data().await.expect("the body") {
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            body.extend_from_slice(c);
+            let n = c.len();
+            chunk.advance(n);
+        }
+        if !pause.is_zero() && body.len() >= paced + (64 << 10) {
+            paced = body.len();
+            tokio::time::sleep(pause).await;
+        }
+    }
+    body
+}
+
+/// The client says it is going away while the server still sends a 4 MB response to a slow
+/// reader: the server's h3 ends the connection as soon as its request stream is done, with
+/// most of the response still queued. The close waits for it to be acknowledged, so it
+/// arrives whole (before, the connection closed under it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_in_flight_when_the_connection_ends_arrives_whole() {
+    let (dir, big, _) = site();
+    let (_keep, stop) = watch::channel(false);
+    let (ep, cert) = server(&dir.0, stop);
+    guard("a response in flight at the end", async {
+        let (_client, conn) = connect(&ep, cert).await;
+        let (mut driver, mut send) = h3::client::new(xdp_quic_h3::Connection::new(conn))
+            .await
+            .unwrap();
+        let req = Request::get("https://localhost/big.bin").body(()).unwrap();
+        let mut stream = send.send_request(req).await.unwrap();
+        stream.finish().await.unwrap();
+        let resp = stream.recv_response().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        // GOAWAY from the client: no request after this one.
+        driver.shutdown(0).await.unwrap();
+        let drive =
+            tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let got = body(&mut stream, Duration::from_millis(5)).await;
+        assert_same("the response in flight", &got, &big);
+        drop(stream);
+        drop(send);
+        let end = drive.await.unwrap();
+        assert!(end.is_h3_no_error(), "the connection ended cleanly: {end}");
+    })
+    .await;
+    ep.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+}
+
+/// A server already stopping sends GOAWAY(0) at once: the request the client sent on stream
+/// 0 before reading it is rejected (H3_REQUEST_REJECTED: the client may retry it
+/// elsewhere), not served, as GOAWAY(0) said. h3 alone would serve it (it rejects only ids
+/// above the GOAWAY's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_at_or_past_the_goaway_are_rejected() {
+    let (dir, _, _) = site();
+    let (_keep, stop) = watch::channel(true);
+    let (ep, cert) = server(&dir.0, stop);
+    guard("a request past the GOAWAY", async {
+        let (_client, conn) = connect(&ep, cert).await;
+        let (mut driver, mut send) = h3::client::new(xdp_quic_h3::Connection::new(conn))
+            .await
+            .unwrap();
+        // Sent before the client reads the server's control stream (its driver is not
+        // polled yet), so before it knows of the GOAWAY.
+        let req = Request::get("https://localhost/a%20b.txt")
+            .body(())
+            .unwrap();
+        let mut stream = send.send_request(req).await.unwrap();
+        assert_eq!(stream.id().index(), 0);
+        stream.finish().await.unwrap();
+        let drive =
+            tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        match stream.recv_response().await {
+            Err(h3::error::StreamError::RemoteTerminate { code, .. }) => {
+                assert_eq!(code, h3::error::Code::H3_REQUEST_REJECTED)
+            }
+            Ok(resp) => panic!("served past the GOAWAY: {}", resp.status()),
+            Err(e) => panic!("not rejected: {e}"),
+        }
+        drop(stream);
+        drop(send);
+        drive.abort();
+    })
+    .await;
+    ep.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+}
+
+/// Paths are percent-decoded: a space and UTF-8 are found, an encoded slash or NUL finds
+/// nothing, encoded dots do not climb out of the root, a malformed escape is a bad request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percent_encoded_paths_are_decoded() {
+    let (dir, _, small) = site();
+    std::fs::write(dir.0.join("..secret"), b"x").unwrap();
+    let (_keep, stop) = watch::channel(false);
+    let (ep, cert) = server(&dir.0, stop);
+    guard("percent-encoded paths", async {
+        let (_client, conn) = connect(&ep, cert).await;
+        let (mut driver, mut send) = h3::client::new(xdp_quic_h3::Connection::new(conn))
+            .await
+            .unwrap();
+        let drive =
+            tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let cases: [(&str, StatusCode); 7] = [
+            ("/a%20b.txt", StatusCode::OK),
+            ("/%C3%A9t%C3%A9.txt", StatusCode::OK),
+            ("/a%2Fb.txt", StatusCode::NOT_FOUND),
+            ("/a%00b.txt", StatusCode::NOT_FOUND),
+            ("/%2e%2e/etc/passwd", StatusCode::NOT_FOUND),
+            ("/%2e%2esecret", StatusCode::OK),
+            ("/a%2", StatusCode::BAD_REQUEST),
+        ];
+        for (path, want) in cases {
+            let req = Request::get(format!("https://localhost{path}"))
+                .body(())
+                .unwrap();
+            let mut stream = send.send_request(req).await.unwrap();
+            stream.finish().await.unwrap();
+            let resp = stream.recv_response().await.unwrap();
+            assert_eq!(resp.status(), want, "{path}");
+            let got = body(&mut stream, Duration::ZERO).await;
+            match path {
+                "/a%20b.txt" | "/%C3%A9t%C3%A9.txt" => assert_same(path, &got, &small),
+                "/%2e%2esecret" => assert_eq!(got, b"x"),
+                _ => assert!(got.is_empty(), "{path}"),
+            }
+        }
+        drop(send);
+        let end = drive.await.unwrap();
+        assert!(end.is_h3_no_error(), "{end}");
+    })
+    .await;
+    ep.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+}
