@@ -319,6 +319,15 @@ static __always_inline __u32 shield_check(struct xdp_md *ctx, const __u8 *p,
 	}
 	version = ((__u32)p[1] << 24) | ((__u32)p[2] << 16) |
 		  ((__u32)p[3] << 8) | p[4];
+	/* Version Negotiation: only servers send it (RFC 9000 17.2.1), so it
+	 * can only answer a connection this host opened, whose CID is its DCID
+	 * (at p + 6, its length at p + 5: our_cid reads p + 5 as a short
+	 * header). Any other is dropped, whatever its size. */
+	if (version == 0) {
+		if ((s->flags & XQ_SHIELD_CID) && our_cid(s, p + 5, end))
+			return 0;
+		return XQ_FAM_UNKNOWN_VERSION;
+	}
 	if (!spoken(s, version)) {
 		if (len < XQ_MIN_INITIAL_DATAGRAM)
 			return XQ_FAM_UNKNOWN_VERSION;
@@ -329,7 +338,15 @@ static __always_inline __u32 shield_check(struct xdp_md *ctx, const __u8 *p,
 		count(XQ_CNT_VERSION_PASSED);
 		return 0;
 	}
-	/* v1's long packet types: 0 is Initial. */
+	/* v1's long packet types: 0 Initial, 1 0-RTT, 2 Handshake, 3 Retry.
+	 * A Handshake packet is sent once the peer has our CID (RFC 9000 7.2),
+	 * and a Retry only by a server this host connected to: either way the
+	 * DCID is ours. Initials and 0-RTT may carry a client's random DCID. */
+	if (p[0] & 0x20) {
+		if ((s->flags & XQ_SHIELD_CID) && !our_cid(s, p + 5, end))
+			return XQ_FAM_FOREIGN_CID;
+		return 0;
+	}
 	if ((p[0] & 0x30) != 0)
 		return 0;
 	if (len < XQ_MIN_INITIAL_DATAGRAM)

@@ -87,9 +87,11 @@ struct xq_xsk_owner {
 /* xq_shield.flags. With XQ_SHIELD_ON clear the program steers as if the map were empty.
  * XQ_SHIELD_ON: drop Initials of a spoken version in datagrams shorter than
  *   XQ_MIN_INITIAL_DATAGRAM, long headers of other versions in datagrams shorter than
- *   that, and rate limit the larger ones per source prefix (the `version` rate);
- * XQ_SHIELD_CID: also drop short headers whose DCID is not in the layout below
- *   (cid_first, server_id, workers), written when a server engine starts;
+ *   that, and rate limit the larger ones per source prefix (the `version` rate); drop
+ *   Version Negotiation packets (version 0) unless their DCID is in the layout below;
+ * XQ_SHIELD_CID: also drop short headers, and Handshake and Retry long headers of a
+ *   spoken version, whose DCID is not in the layout below (cid_first, server_id,
+ *   workers), written when a server engine starts;
  * XQ_SHIELD_ADMIT: also, while the rx queue's entry in "pressure" is nonzero, admit
  *   Initials without a token per source prefix (the `initial` rate). */
 #define XQ_SHIELD_ON 0x1u
@@ -168,9 +170,9 @@ struct xq_bucket {
 #define XQ_FAM_NO_SOCKET 6  /* passed: service packet, no socket on its rx queue */
 #define XQ_FAM_MALFORMED 7  /* dropped: service packet, UDP length past the end or too short */
 #define XQ_FAM_SHORT_INITIAL 8   /* dropped (shield): Initial in a datagram < 1200 */
-#define XQ_FAM_UNKNOWN_VERSION 9 /* dropped (shield): other version, datagram < 1200 */
+#define XQ_FAM_UNKNOWN_VERSION 9 /* dropped (shield): other version, datagram < 1200; VN not ours */
 #define XQ_FAM_VERSION_RATE 10   /* dropped (shield): other version, its prefix over rate */
-#define XQ_FAM_FOREIGN_CID 11    /* dropped (shield): short header, DCID not ours */
+#define XQ_FAM_FOREIGN_CID 11    /* dropped (shield): short header, Handshake or Retry, DCID not ours */
 #define XQ_FAM_INITIAL_RATE 12   /* dropped (shield): tokenless Initial under pressure, prefix over rate */
 #define XQ_FAM_COUNT 13
 

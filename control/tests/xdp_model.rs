@@ -77,7 +77,16 @@ impl Shield {
             return ((!ours).then_some("dropped_foreign_cid"), Vec::new());
         }
         let version = u32::from_be_bytes([p[1], p[2], p[3], p[4]]);
-        if version == 0 || !self.config.versions.contains(&version) {
+        // A long header's DCID, where the program reads it (26 octets at least).
+        let ours_long = p.len() >= 26 && self.layout.decode(&p[6..6 + self.layout.len()]).is_some();
+        if version == 0 {
+            // Version negotiation: only an answer to a connection of ours.
+            return (
+                (!ours_long).then_some("dropped_unknown_version"),
+                Vec::new(),
+            );
+        }
+        if !self.config.versions.contains(&version) {
             if len < MIN_INITIAL {
                 return (Some("dropped_unknown_version"), Vec::new());
             }
@@ -85,6 +94,10 @@ impl Shield {
                 return (Some("dropped_version_rate"), Vec::new());
             }
             return (None, vec!["shield_version_passed"]);
+        }
+        if p[0] & 0x20 != 0 {
+            // Handshake and Retry: the DCID is ours.
+            return ((!ours_long).then_some("dropped_foreign_cid"), Vec::new());
         }
         if p[0] & 0x30 != 0 {
             return (None, Vec::new());
@@ -242,7 +255,17 @@ fn quic_payload(rng: &mut impl Rng, layout: &CidLayout) -> Vec<u8> {
             _ => 8 + (rng.next_u32() % 13) as u8,
         }
     };
-    let dcid = cid_len(rng);
+    let mut dcid = cid_len(rng);
+    if rng.gen_bool(0.4) && 6 + layout.len() <= p.len() {
+        // One of our CIDs (a Handshake, a Retry or a version negotiation to us), of a
+        // worker that may be beyond the count.
+        let w = rng.gen_range(0..layout.workers() + 1).min(255);
+        let mut cid = vec![0u8; layout.len()];
+        layout.write(0, rng, &mut cid);
+        cid[layout.worker_offset()] = w as u8;
+        p[6..6 + cid.len()].copy_from_slice(&cid);
+        dcid = cid.len() as u8;
+    }
     p[5] = dcid;
     let at = 6 + usize::from(dcid);
     if at >= p.len() {

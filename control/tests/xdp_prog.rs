@@ -574,6 +574,11 @@ fn shield_drops_small_unknown_versions_and_rate_limits_large_ones() {
     // Any packet type of another version (the type bits are v1's only).
     let hs = long(2, V2, &[1; 8], &[2; 8], &[], 100);
     check(&mut p, &quic4(SRC4, &hs), XDP_DROP, &f4(UnknownVersion));
+    // Version negotiation (version 0) is only ever an answer to a connection of ours: at
+    // any size, not rate limited like other versions (no layout here, so no CID is ours).
+    let vn = long(0, 0, &[1; 8], &[2; 8], &[0, 0, 0, 1], 1250);
+    check(&mut p, &quic4(SRC4, &vn), XDP_DROP, &f4(UnknownVersion));
+    check(&mut p, &quic6(SRC6, &vn), XDP_DROP, &f6(UnknownVersion));
     // Large enough: 2 per /24, then dropped.
     let big = initial(V2, 1200);
     for _ in 0..2 {
@@ -649,6 +654,7 @@ fn shield_drops_small_unknown_versions_and_rate_limits_large_ones() {
 
 #[test]
 fn shield_drops_short_headers_whose_cid_is_not_ours() {
+    // And Handshake, Retry and version negotiation long headers (below).
     if !privileged("shield_drops_short_headers_whose_cid_is_not_ours") {
         return;
     }
@@ -693,18 +699,67 @@ fn shield_drops_short_headers_whose_cid_is_not_ours() {
         bad.push(sid);
     }
     bad.push([0x40; 10]);
-    for c in bad {
+    for c in &bad {
         check(
             &mut p,
-            &quic4(SRC4, &short(&c, 100)),
+            &quic4(SRC4, &short(c, 100)),
             XDP_DROP,
             &f4(ForeignCid),
         );
         check(
             &mut p,
-            &quic6(SRC6, &short(&c, 100)),
+            &quic6(SRC6, &short(c, 100)),
             XDP_DROP,
             &f6(ForeignCid),
+        );
+    }
+    // Long headers whose DCID must be ours too: Handshake (sent once the client has our
+    // CID), Retry (only to a connection of ours), version negotiation (likewise). Initial
+    // and 0-RTT may carry a client's random DCID.
+    for (ty, version) in [(2, V1), (3, V1), (2, DRAFT_29), (0, 0)] {
+        for w in 0..4 {
+            let c = cid(w, &mut rng);
+            check(
+                &mut p,
+                &quic4(SRC4, &long(ty, version, &c, &[9; 8], &[], 60)),
+                XDP_PASS,
+                &f4(NoSocket),
+            );
+        }
+        let foreign = if version == 0 {
+            UnknownVersion
+        } else {
+            ForeignCid
+        };
+        for c in bad.iter().chain([&[7u8; 10]]) {
+            check(
+                &mut p,
+                &quic4(SRC4, &long(ty, version, c, &[9; 8], &[], 60)),
+                XDP_DROP,
+                &f4(foreign),
+            );
+            check(
+                &mut p,
+                &quic6(SRC6, &long(ty, version, c, &[9; 8], &[], 1300)),
+                XDP_DROP,
+                &f6(foreign),
+            );
+        }
+        // Too short to hold a CID where the program reads it: not ours.
+        let c = cid(0, &mut rng);
+        check(
+            &mut p,
+            &quic4(SRC4, &long(ty, version, &c, &[], &[], 25)),
+            XDP_DROP,
+            &f4(foreign),
+        );
+    }
+    for ty in [0, 1] {
+        check(
+            &mut p,
+            &quic4(SRC4, &long(ty, V1, &[7; 8], &[9; 8], &[0], 1200)),
+            XDP_PASS,
+            &f4(NoSocket),
         );
     }
     // 256 workers: every worker octet is ours; no server id.
@@ -718,7 +773,7 @@ fn shield_drops_short_headers_whose_cid_is_not_ours() {
         XDP_PASS,
         &f4(NoSocket),
     );
-    // No layout: short headers are not checked.
+    // No layout: short headers, Handshake and Retry are not checked.
     p.shield().unwrap().set_layout(None).unwrap();
     check(
         &mut p,
@@ -726,6 +781,14 @@ fn shield_drops_short_headers_whose_cid_is_not_ours() {
         XDP_PASS,
         &f4(NoSocket),
     );
+    for ty in [2, 3] {
+        check(
+            &mut p,
+            &quic4(SRC4, &long(ty, V1, &[0x40; 10], &[9; 8], &[], 60)),
+            XDP_PASS,
+            &f4(NoSocket),
+        );
+    }
 }
 
 #[test]

@@ -65,9 +65,11 @@ pub const MIN_QUIC_PAYLOAD: u32 = 21;
 
 /// [`Shield::flags`] bit: the shield is on: Initials of a spoken version in datagrams
 /// shorter than [`MIN_INITIAL_DATAGRAM`] are dropped, long headers of other versions too
-/// when shorter than that, and rate limited per source prefix when not.
+/// when shorter than that, and rate limited per source prefix when not; version
+/// negotiation packets (version 0) are dropped unless their DCID is in the layout.
 pub const SHIELD_ON: u32 = 0x1;
-/// [`Shield::flags`] bit: also drop short headers whose DCID is not in the layout.
+/// [`Shield::flags`] bit: also drop short headers, and Handshake and Retry long headers of
+/// a spoken version, whose DCID is not in the layout.
 pub const SHIELD_CID: u32 = 0x2;
 /// [`Shield::flags`] bit: also admit tokenless Initials per source prefix while their rx
 /// queue is under pressure (the `pressure` map).
@@ -252,12 +254,15 @@ pub enum FamilyCounter {
     /// [`MIN_INITIAL_DATAGRAM`].
     ShortInitial = 8,
     /// Dropped by the shield: a long header of a version not spoken in a datagram shorter
-    /// than [`MIN_INITIAL_DATAGRAM`] (too small for version negotiation).
+    /// than [`MIN_INITIAL_DATAGRAM`] (too small for version negotiation), or a version
+    /// negotiation packet (version 0) whose DCID is not in the layout (only servers send
+    /// them: it can only answer a connection of ours).
     UnknownVersion = 9,
     /// Dropped by the shield: a long header of a version not spoken, its source prefix over
     /// the version-negotiation rate.
     VersionRate = 10,
-    /// Dropped by the shield: a short header whose DCID is not in the server's layout.
+    /// Dropped by the shield: a short header, or a Handshake or Retry long header of a spoken
+    /// version, whose DCID is not in the server's layout.
     ForeignCid = 11,
     /// Dropped by the shield: an Initial without a token while its queue was under
     /// pressure, its source prefix over the admission rate.

@@ -10,7 +10,12 @@
 //!   negotiation within a per-source-prefix rate ([`ShieldConfig::version_negotiation`]);
 //! * a short header whose DCID cannot be one of the server's (the CID layout of the running
 //!   engine: octet 0, server id, worker octet below the worker count), once a server wrote
-//!   its layout ([`ShieldMaps::set_layout`]);
+//!   its layout ([`ShieldMaps::set_layout`]); the same for Handshake and Retry long headers
+//!   of a spoken version (a Handshake packet comes once the peer has our CID, RFC 9000 §7.2;
+//!   a Retry only to a connection this host opened), which would otherwise pass at any size
+//!   down to 21 octets;
+//! * a version negotiation packet (version 0) unless its DCID is in that layout: only
+//!   servers send them (§17.2.1), so one can only answer a connection of ours;
 //! * while the worker of the packet's rx queue is under pressure (its entry in `pressure`,
 //!   set by a [`super::PressureMonitor`]), an Initial without a token beyond its source
 //!   prefix's rate ([`ShieldConfig::initial`]); Initials with a token (Retry or NEW_TOKEN)
