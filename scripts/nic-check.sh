@@ -52,10 +52,14 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -n "$iface" ] || nic_usage_error "missing interface"
-[ -z "$want_queues" ] || { nic_is_uint "$want_queues" && [ "$want_queues" -ge 1 ]; } ||
+[ -z "$want_queues" ] || { nic_is_uint "$want_queues" && [ "$((10#$want_queues))" -ge 1 ]; } ||
     nic_usage_error "--queues needs a positive integer, got '$want_queues'"
 [ -z "$want_busy" ] || nic_is_uint "$want_busy" || nic_usage_error "--busy-poll needs microseconds (integer), got '$want_busy'"
 [ -z "$want_huge" ] || nic_is_uint "$want_huge" || nic_usage_error "--hugepages needs an integer, got '$want_huge'"
+# Decimal from here on: "08" is 8 (arithmetic would read it as octal, and JSON not at all).
+[ -z "$want_queues" ] || want_queues=$((10#$want_queues))
+[ -z "$want_busy" ] || want_busy=$((10#$want_busy))
+[ -z "$want_huge" ] || want_huge=$((10#$want_huge))
 if [ -n "$want_cpus" ]; then
     want_cpus=$(nic_expand_cpulist "$want_cpus") || nic_usage_error "--cpus needs a CPU list such as 0-3,6, got '$want_cpus'"
 fi

@@ -244,32 +244,6 @@ do_revert() {
         cur=$(nic_read "$p" || echo "")
         [ "$cur" = "$saved" ] || write_val "$key $cur -> $saved" "$p" "$saved"
     done
-    while IFS= read -r line; do
-        [[ $line =~ ^irq\.([0-9]+)=(.*)$ ]] || continue
-        irq=${BASH_REMATCH[1]} saved=${BASH_REMATCH[2]}
-        if ! cur=$(nic_irq_affinity "$irq"); then
-            note_skip "IRQ $irq no longer exists; its affinity ($saved) is not restored"
-            continue
-        fi
-        [ "$cur" = "$saved" ] || write_val "IRQ $irq affinity $cur -> $saved" "$NIC_PROC/irq/$irq/smp_affinity_list" "$saved"
-    done <"$state"
-    if p=$(nic_state_get "$state" irqbalance.conf); then
-        saved=$(nic_state_get "$state" irqbalance.content || echo absent)
-        if [ "$saved" = absent ]; then
-            if [ -e "$p" ]; then
-                say "+ rm $p"
-                if [ "$dry" = 0 ]; then rm -f "$p" || fail "cannot remove $p"; CHANGED+=("removed $p"); fi
-                restart_irqbalance
-            fi
-        elif [ ! -f "$p" ] || [ "$(base64 -w0 <"$p")" != "$saved" ]; then
-            say "+ restore $p (saved copy)"
-            if [ "$dry" = 0 ]; then
-                base64 -d <<<"$saved" >"$p" || fail "cannot restore $p"
-                CHANGED+=("restored $p")
-            fi
-            restart_irqbalance
-        fi
-    fi
     for f in rx-gro-hw lro; do
         saved=$(nic_state_get "$state" "feature.$f" || echo unsupported)
         key=$f; [ "$f" = lro ] && key=large-receive-offload
@@ -332,6 +306,35 @@ do_revert() {
                 run "RSS indirection table -> weights $counts" 0 ethtool -X "$iface" weight $counts
                 note_skip "the saved indirection table was restored as per-queue weights ($counts); the order of its entries may differ"
             fi
+        fi
+    fi
+
+    # IRQ affinities and irqbalance after the channels: the queues that come back with the
+    # saved channel count have their IRQs again (a driver may also renumber them on -L).
+    while IFS= read -r line; do
+        [[ $line =~ ^irq\.([0-9]+)=(.*)$ ]] || continue
+        irq=${BASH_REMATCH[1]} saved=${BASH_REMATCH[2]}
+        if ! cur=$(nic_irq_affinity "$irq"); then
+            note_skip "IRQ $irq no longer exists; its affinity ($saved) is not restored"
+            continue
+        fi
+        [ "$cur" = "$saved" ] || write_val "IRQ $irq affinity $cur -> $saved" "$NIC_PROC/irq/$irq/smp_affinity_list" "$saved"
+    done <"$state"
+    if p=$(nic_state_get "$state" irqbalance.conf); then
+        saved=$(nic_state_get "$state" irqbalance.content || echo absent)
+        if [ "$saved" = absent ]; then
+            if [ -e "$p" ]; then
+                say "+ rm $p"
+                if [ "$dry" = 0 ]; then rm -f "$p" || fail "cannot remove $p"; CHANGED+=("removed $p"); fi
+                restart_irqbalance
+            fi
+        elif [ ! -f "$p" ] || [ "$(base64 -w0 <"$p")" != "$saved" ]; then
+            say "+ restore $p (saved copy)"
+            if [ "$dry" = 0 ]; then
+                base64 -d <<<"$saved" >"$p" || fail "cannot restore $p"
+                CHANGED+=("restored $p")
+            fi
+            restart_irqbalance
         fi
     fi
 
@@ -464,6 +467,14 @@ for f in lro rx-gro-hw; do
 done
 
 # --- 5. irqbalance and 6. IRQ affinity ------------------------------------------------------
+# The channel change above may have added queues (with IRQs of their own) or made the driver
+# request its vectors again (renumbered): find the queue IRQs again.
+if [ "$dry" = 0 ] && [ "$have_channels" = 1 ] && [ "$curq" -ne "$queues" ]; then
+    have_irqs=0
+    nic_queue_irqs "$iface" && have_irqs=1
+elif [ "$dry" = 1 ] && [ "$have_channels" = 1 ] && [ "$queues" -gt "$curq" ]; then
+    say "# dry run: the IRQs of queues $curq to $((queues - 1)) exist only after the channel change"
+fi
 if [ "$have_irqs" = 1 ]; then
     if [ -n "$ib_pid" ]; then
         banned=$(nic_irqbalance_banned "$ib_pid")

@@ -39,7 +39,7 @@ test=tokenless_initial_flood_with_and_without_the_shield
 cmd=(cargo test "${profile[@]}" -p xdp-quic-control --test xdp_floods "$test" -- --exact --nocapture)
 echo "# $(date -u +%FT%TZ); $(nproc) CPUs; kernel $(uname -r); git $(git rev-parse --short HEAD)"
 echo "# CI=1 ${cmd[*]}"
-cargo test "${profile[@]}" -p xdp-quic-control --test xdp_floods --no-run 2>/dev/null
+cargo test "${profile[@]}" -p xdp-quic-control --test xdp_floods --no-run
 for i in $(seq 1 "$runs"); do
     echo "## run $i of $runs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
     out=$(CI=1 "${cmd[@]}" 2>&1) || { printf '%s\n' "$out" >&2; exit 1; }

@@ -50,7 +50,12 @@ fi
 down() {
 	ip netns del "$srv_ns" 2>/dev/null || true
 	ip netns del "$cli_ns" 2>/dev/null || true
-	rm -rf "/sys/fs/bpf/xdp-quic/$srv_if" 2>/dev/null || true
+	# Under the lock `xdp-quic attach` and `detach` take on the pin root.
+	if [ -d /sys/fs/bpf/xdp-quic ] && command -v flock >/dev/null 2>&1; then
+		flock /sys/fs/bpf/xdp-quic rm -rf "/sys/fs/bpf/xdp-quic/$srv_if" 2>/dev/null || true
+	else
+		rm -rf "/sys/fs/bpf/xdp-quic/$srv_if" 2>/dev/null || true
+	fi
 	rmdir /sys/fs/bpf/xdp-quic 2>/dev/null || true
 }
 
@@ -63,6 +68,7 @@ up)
 		fi
 	done
 	trap 'down; echo "testbed.sh: failed; removed what was made" >&2' ERR
+	trap 'down; echo "testbed.sh: interrupted; removed what was made" >&2; exit 130' INT TERM
 	ip netns add "$srv_ns"
 	ip netns add "$cli_ns"
 	ip link add "$srv_if" netns "$srv_ns" numrxqueues "$queues" numtxqueues "$queues" type veth \
@@ -74,15 +80,16 @@ up)
 	for ns in "$srv_ns" "$cli_ns"; do ip -n "$ns" link set lo up; done
 	ip -n "$srv_ns" link set "$srv_if" up
 	ip -n "$cli_ns" link set "$cli_if" up
-	# veth hands locally sent UDP over with a partial checksum (offload); an AF_XDP reader
-	# sees those bytes, so checksums are computed in full on both sides.
+	# veth hands locally sent UDP over with a partial checksum (offload); the server's AF_XDP
+	# reader sees those bytes, so the client's end computes checksums in full. The server's
+	# end keeps its offloads, as a real NIC would (checksum offload is what lets the kernel's
+	# UDP path do GSO), as the tests' and the bench's testbeds do.
 	if command -v ethtool >/dev/null 2>&1; then
-		ip netns exec "$srv_ns" ethtool -K "$srv_if" tx off >/dev/null
 		ip netns exec "$cli_ns" ethtool -K "$cli_if" tx off >/dev/null
 	else
 		echo "testbed.sh: ethtool missing: TX checksum offload stays on (serve AF_XDP with --skip-checksum)" >&2
 	fi
-	trap - ERR
+	trap - ERR INT TERM
 	echo "server: netns $srv_ns, $srv_if, $srv4 $srv6"
 	echo "client: netns $cli_ns, $cli_if, $cli4 $cli6"
 	echo "queues: $queues"

@@ -55,9 +55,11 @@ nic_expand_cpulist() { # list
         if [[ $part == *-* ]]; then
             a=${part%-*} b=${part#*-}
             nic_is_uint "$a" && nic_is_uint "$b" && [ "$((10#$a))" -le "$((10#$b))" ] || return 1
+            # The kernel's CPU numbers stay below 8192 (NR_CPUS), as the CLI's --cpus do.
+            [ "$((10#$b))" -lt 8192 ] || return 1
             for ((i = 10#$a; i <= 10#$b; i++)); do out+=("$i"); done
         else
-            nic_is_uint "$part" || return 1
+            nic_is_uint "$part" && [ "$((10#$part))" -lt 8192 ] || return 1
             out+=("$((10#$part))")
         fi
     done

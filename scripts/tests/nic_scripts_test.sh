@@ -91,6 +91,9 @@ fk "$check" ens1f0 --json >"$tmp/c1.json" 2>"$tmp/c1.err"
 rc=$?
 expect "fake: check exits 3 when there are warnings" eq "$rc" 3
 expect "fake: check --json is valid JSON" json_ok "$tmp/c1.json"
+fk "$check" ens1f0 --queues 08 --json >"$tmp/c08.json" 2>&1
+expect "fake: check --queues 08 reads decimal 8, valid JSON" eval \
+    'json_ok "$tmp/c08.json" && grep -q "\"queues\":8" "$tmp/c08.json"'
 expect "fake: check warns about UDP hashing, IRQs, irqbalance and LRO" \
     eq "$(json_ids "$tmp/c1.json" warn)" "rss-udp4 rss-udp6 irq-q0 irq-q1 irq-q2 irq-q3 irq-q4 irq-q5 irq-q6 irq-q7 irqbalance lro"
 expect "fake: check gives the fixing commands" \
@@ -211,18 +214,39 @@ fk "$tune" ens1f0 --revert >"$tmp/revert.out" 2>&1
 rc=$?
 detail=$(cat "$tmp/revert.out")
 expect "fake: revert exits 0" eq "$rc" 0
-expect "fake: revert issues exactly these commands, in this order" eq "$(changes)" "systemctl restart irqbalance
-ethtool -K ens1f0 lro on
+expect "fake: revert issues exactly these commands, in this order" eq "$(changes)" "ethtool -K ens1f0 lro on
 ethtool -N ens1f0 rx-flow-hash udp6 sd
 ethtool -N ens1f0 rx-flow-hash udp4 sd
 ethtool -X ens1f0 default
-ethtool -L ens1f0 combined 8"
+ethtool -L ens1f0 combined 8
+systemctl restart irqbalance"
 expect "fake: revert dry run printed what revert did" eq "$(plus_lines "$tmp/rdry.out" | grep -v '^+ rm ')" "$(plus_lines "$tmp/revert.out")"
 expect "fake: revert restores the fake /proc, /sys, /etc and NIC byte for byte" same_tree
 expect "fake: revert removes the saved state" test ! -e "$state"
 fk "$tune" ens1f0 --revert >"$tmp/r2.out" 2>&1
 rc=$?
 expect "fake: revert without saved state fails clearly" eval '[ "$rc" = 1 ] && grep -q "no saved state" "$tmp/r2.out"'
+
+# A driver that requests its queue vectors again on a channel change (ice with dynamic
+# MSI-X): tune finds the queue IRQs again after `ethtool -L`, and revert restores the
+# channels before the saved affinities (of IRQs that exist again only then).
+new_fake
+echo 1 >"$F/proc/irq/121/smp_affinity_list"
+FAKE_RENUMBER_IRQS=100 fk "$tune" ens1f0 --queues 4 --cpus 4-7 >"$tmp/rn.out" 2>&1
+rc=$?
+detail=$(cat "$tmp/rn.out")
+expect "fake: tune with renumbered IRQs exits 0" eq "$rc" 0
+expect "fake: tune puts the renumbered queue IRQs on their CPUs" eq \
+    "$(for q in 0 1 2 3; do cat "$F/proc/irq/$((221 + q))/smp_affinity_list"; done | tr '\n' ' ')" "4 5 6 7 "
+expect "fake: tune bans the renumbered IRQs from irqbalance" \
+    grep -q -- '--banirq=221 --banirq=222 --banirq=223 --banirq=224' "$F/etc/default/irqbalance"
+FAKE_RENUMBER_IRQS=-100 fk "$tune" ens1f0 --revert >"$tmp/rn2.out" 2>&1
+rc=$?
+detail=$(cat "$tmp/rn2.out")
+expect "fake: revert with renumbered IRQs exits 0" eq "$rc" 0
+expect "fake: revert restores the saved affinity of an IRQ back after the channels" eq \
+    "$(cat "$F/proc/irq/121/smp_affinity_list")" 1
+new_fake
 
 # bad input: clear error, exit 2 (1 for an unknown interface), nothing changed
 bad() { # expected-rc message-regex args...
@@ -248,6 +272,7 @@ bad 2 "lists 3 CPUs for 4 queues" "$tune" ens1f0 --queues 4 --cpus 0-2
 bad 2 "twice" "$tune" ens1f0 --queues 2 --cpus 1,1
 bad 2 "CPU 12 is not online" "$tune" ens1f0 --queues 2 --cpus 0,12
 bad 2 "CPU list" "$tune" ens1f0 --queues 2 --cpus 3-1
+bad 2 "CPU list" "$tune" ens1f0 --queues 2 --cpus 0-999999999
 bad 2 "microseconds" "$tune" ens1f0 --queues 2 --cpus 0,1 --busy-poll fast
 bad 2 "unknown option" "$tune" ens1f0 --queues 2 --cpus 0,1 --turbo
 bad 2 "takes no tuning options" "$tune" ens1f0 --revert --queues 2
