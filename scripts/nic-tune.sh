@@ -155,6 +155,7 @@ snapshot() {
     echo "version=1"
     echo "iface=$iface"
     echo "saved_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "boot_id=$(nic_boot_id)"
     if nic_channels "$iface"; then
         echo "channels.kind=$CH_KIND"
         if [ "$CH_KIND" = combined ]; then echo "channels.combined=$CH_CUR_COMB"; else
@@ -194,14 +195,19 @@ snapshot() {
 # Writes the state file: keeps every key an earlier tune saved (the original state), adds
 # keys it did not have, and replaces the target.
 save_state() {
-    local tmp line key have=" "
+    local tmp line key have=" " rebooted=0
     mkdir -p "$NIC_STATE_DIR" || fail "cannot create state directory $NIC_STATE_DIR"
     tmp=$(mktemp "$NIC_STATE_DIR/.$iface.state.XXXXXX") || fail "cannot write in $NIC_STATE_DIR"
+    # Saved before a reboot: the IRQ numbers it holds may be other devices' now. The rest
+    # (channels, hashes, features, irqbalance's file before the first tune) is still what
+    # this NIC and host had before any tune.
+    if [ -r "$state" ] && ! same_boot "$state"; then rebooted=1; fi
     {
         if [ -r "$state" ]; then
             while IFS= read -r line; do
                 key=${line%%=*}
                 [[ $key == target.* ]] && continue
+                if [ "$rebooted" = 1 ] && [[ $key == irq.* || $key == boot_id ]]; then continue; fi
                 have+="$key "
                 printf '%s\n' "$line"
             done <"$state"
@@ -219,6 +225,14 @@ save_state() {
         [ -z "$huge" ] || echo "target.hugepages=$huge"
     } >"$tmp" || { rm -f "$tmp"; fail "cannot write $tmp"; }
     mv -f "$tmp" "$state" || { rm -f "$tmp"; fail "cannot write $state"; }
+}
+
+# Whether state file $1 was saved since the last boot (a file without a boot id, or a host
+# that does not tell its boot id, counts as the same boot).
+same_boot() {
+    local saved
+    saved=$(nic_state_get "$1" boot_id || echo unknown)
+    [ "$saved" = unknown ] || [ "$(nic_boot_id)" = unknown ] || [ "$saved" = "$(nic_boot_id)" ]
 }
 
 # --- revert --------------------------------------------------------------------------------
@@ -311,9 +325,15 @@ do_revert() {
 
     # IRQ affinities and irqbalance after the channels: the queues that come back with the
     # saved channel count have their IRQs again (a driver may also renumber them on -L).
+    local rebooted=0
+    same_boot "$state" || rebooted=1
     while IFS= read -r line; do
         [[ $line =~ ^irq\.([0-9]+)=(.*)$ ]] || continue
         irq=${BASH_REMATCH[1]} saved=${BASH_REMATCH[2]}
+        if [ "$rebooted" = 1 ]; then
+            note_skip "IRQ $irq affinity ($saved): saved before a reboot, the number may be another device's now"
+            continue
+        fi
         if ! cur=$(nic_irq_affinity "$irq"); then
             note_skip "IRQ $irq no longer exists; its affinity ($saved) is not restored"
             continue
@@ -477,38 +497,67 @@ elif [ "$dry" = 1 ] && [ "$have_channels" = 1 ] && [ "$queues" -gt "$curq" ]; th
 fi
 if [ "$have_irqs" = 1 ]; then
     if [ -n "$ib_pid" ]; then
-        banned=$(nic_irqbalance_banned "$ib_pid")
+        conf=$(nic_irqbalance_conf)
+        # The arguments the file had before any tune (its copy in the state), plus a ban of
+        # each queue IRQ of this tune: the bans an earlier tune added (of queues no longer
+        # tuned, or of IRQ numbers a reboot may have given to other devices) are not kept.
+        old_args=''
+        orig=$(nic_state_get "$state" irqbalance.content || echo none)
+        case $orig in
+        none)
+            if [ -f "$conf" ]; then
+                old_args=$(sed -n 's/^[[:space:]]*IRQBALANCE_ARGS=//p' "$conf" | tail -n 1)
+            fi
+            ;;
+        absent) ;;
+        *) old_args=$(base64 -d <<<"$orig" 2>/dev/null | sed -n 's/^[[:space:]]*IRQBALANCE_ARGS=//p' | tail -n 1) ;;
+        esac
+        old_args=${old_args#[\"\']} old_args=${old_args%[\"\']}
+        read -r -a words <<<"$old_args"
+        orig_banned=' '
+        for a in "${words[@]}"; do
+            case $a in --banirq=*) orig_banned+="${a#--banirq=} " ;; esac
+        done
         add=()
         for ((q = 0; q < queues; q++)); do
             irq=${QIRQ[q]:-}
-            if [ -n "$irq" ] && [[ $banned != *" $irq "* ]]; then add+=("--banirq=$irq"); fi
+            if [ -n "$irq" ] && [[ $orig_banned != *" $irq "* ]]; then add+=("--banirq=$irq"); fi
         done
-        if [ "${#add[@]}" -gt 0 ]; then
-            conf=$(nic_irqbalance_conf)
-            old_args=''
-            if [ -f "$conf" ]; then
-                old_args=$(sed -n 's/^[[:space:]]*IRQBALANCE_ARGS=//p' "$conf" | tail -n 1)
-                old_args=${old_args#[\"\']} old_args=${old_args%[\"\']}
-            fi
-            new_args="${old_args:+$old_args }${add[*]}"
-            say "+ set IRQBALANCE_ARGS=\"$new_args\" in $conf"
-            if [ "$dry" = 0 ]; then
-                tmp=$(mktemp) || fail "cannot create a temporary file"
-                {
-                    if [ -f "$conf" ]; then grep -v '^[[:space:]]*IRQBALANCE_ARGS=' "$conf" || true; fi
-                    echo "# xdp-quic nic-tune.sh $iface: keep irqbalance off its queue IRQs (undo: nic-tune.sh $iface --revert)"
-                    echo "IRQBALANCE_ARGS=\"$new_args\""
-                } >"$tmp"
-                if ! { mkdir -p "$(dirname "$conf")" && cat "$tmp" >"$conf"; }; then
+        new_args="${old_args:+$old_args }${add[*]}"
+        cur_args=''
+        if [ -f "$conf" ]; then
+            cur_args=$(sed -n 's/^[[:space:]]*IRQBALANCE_ARGS=//p' "$conf" | tail -n 1)
+            cur_args=${cur_args#[\"\']} cur_args=${cur_args%[\"\']}
+        fi
+        banned=$(nic_irqbalance_banned "$ib_pid")
+        running_ok=1
+        for ((q = 0; q < queues; q++)); do
+            irq=${QIRQ[q]:-}
+            if [ -n "$irq" ] && [[ $banned != *" $irq "* ]]; then running_ok=0; fi
+        done
+        if [ "$cur_args" = "$new_args" ] && [ "$running_ok" = 1 ]; then
+            say "  ok: irqbalance already leaves the queue IRQs alone"
+        else
+            if [ "$cur_args" != "$new_args" ]; then
+                say "+ set IRQBALANCE_ARGS=\"$new_args\" in $conf"
+                if [ "$dry" = 0 ]; then
+                    tmp=$(mktemp) || fail "cannot create a temporary file"
+                    {
+                        if [ -f "$conf" ]; then
+                            grep -v -e '^[[:space:]]*IRQBALANCE_ARGS=' -e '^# xdp-quic nic-tune.sh ' "$conf" || true
+                        fi
+                        echo "# xdp-quic nic-tune.sh $iface: keep irqbalance off its queue IRQs (undo: nic-tune.sh $iface --revert)"
+                        echo "IRQBALANCE_ARGS=\"$new_args\""
+                    } >"$tmp"
+                    if ! { mkdir -p "$(dirname "$conf")" && cat "$tmp" >"$conf"; }; then
+                        rm -f "$tmp"
+                        fail "cannot write $conf"
+                    fi
                     rm -f "$tmp"
-                    fail "cannot write $conf"
+                    CHANGED+=("IRQBALANCE_ARGS in $conf")
                 fi
-                rm -f "$tmp"
-                CHANGED+=("IRQBALANCE_ARGS in $conf")
             fi
             run "irqbalance restarted with ${add[*]}" 0 systemctl restart irqbalance
-        else
-            say "  ok: irqbalance already leaves the queue IRQs alone"
         fi
     fi
     for ((q = 0; q < queues; q++)); do

@@ -74,6 +74,10 @@ nic_online_cpus() {
 }
 
 # First line of a file, or nothing (status 1) when it cannot be read.
+# The kernel's id of this boot ("unknown" where it does not tell): IRQ numbers are only
+# meaningful within one boot.
+nic_boot_id() { nic_read "$NIC_PROC/sys/kernel/random/boot_id" 2>/dev/null || echo unknown; }
+
 nic_read() { # path
     local v
     [ -r "$1" ] || return 1

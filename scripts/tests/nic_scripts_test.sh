@@ -159,6 +159,7 @@ expect "fake: irqbalance restarted with the queue IRQs banned" \
 state=$F/state/ens1f0.state
 expected_state="version=1
 iface=ens1f0
+boot_id=unknown
 channels.kind=combined
 channels.combined=8
 indir=$(for ((i = 0; i < 128; i++)); do printf '%s ' $((i % 8)); done | sed 's/ $//')
@@ -246,6 +247,33 @@ detail=$(cat "$tmp/rn2.out")
 expect "fake: revert with renumbered IRQs exits 0" eq "$rc" 0
 expect "fake: revert restores the saved affinity of an IRQ back after the channels" eq \
     "$(cat "$F/proc/irq/121/smp_affinity_list")" 1
+
+# Across a reboot (another boot id): the IRQ numbers saved before it are left alone by revert,
+# and a tune after it bans this boot's queue IRQs only, not those of every earlier tune.
+new_fake
+mkdir -p "$F/proc/sys/kernel/random"
+echo boot-a >"$F/proc/sys/kernel/random/boot_id"
+fk "$tune" ens1f0 --queues 4 --cpus 4-7 >"$tmp/b1.out" 2>&1
+expect "fake: the state holds the boot it was saved in" grep -qx 'boot_id=boot-a' "$state"
+echo boot-b >"$F/proc/sys/kernel/random/boot_id"
+for irq in 121 122 123 124; do echo 0-7 >"$F/proc/irq/$irq/smp_affinity_list"; done
+fk "$tune" ens1f0 --queues 2 --cpus 0,1 >"$tmp/b2.out" 2>&1
+rc=$?
+detail=$(cat "$tmp/b2.out")
+expect "fake: tune after a reboot exits 0" eq "$rc" 0
+expect "fake: tune after a reboot bans this tune's queue IRQs only" eq \
+    "$(sed -n 's/^IRQBALANCE_ARGS=//p' "$F/etc/default/irqbalance")" '"--banirq=121 --banirq=122"'
+expect "fake: tune after a reboot saves this boot's IRQ affinities" eval \
+    'grep -qx "boot_id=boot-b" "$state" && grep -qx "irq.123=0-7" "$state"'
+echo boot-c >"$F/proc/sys/kernel/random/boot_id"
+echo 5 >"$F/proc/irq/123/smp_affinity_list"
+fk "$tune" ens1f0 --revert >"$tmp/b3.out" 2>&1
+rc=$?
+detail=$(cat "$tmp/b3.out")
+expect "fake: revert after a reboot exits 0 and leaves the IRQs alone" eval \
+    '[ "$rc" = 0 ] && [ "$(cat "$F/proc/irq/123/smp_affinity_list")" = 5 ] && grep -q "saved before a reboot" "$tmp/b3.out"'
+expect "fake: revert after a reboot restores irqbalance's file" \
+    cmp -s "$F/etc/default/irqbalance" "$tmp/snap/etc/default/irqbalance"
 new_fake
 
 # bad input: clear error, exit 2 (1 for an unknown interface), nothing changed
