@@ -230,3 +230,46 @@ async fn percent_encoded_paths_are_decoded() {
     ep.close(0u32.into(), b"done");
     ep.wait_idle().await;
 }
+
+/// A request body the server does not read (a POST answered 405): the server asks the client
+/// to stop sending it with H3_NO_ERROR (RFC 9114 §4.1.1), and the client's writes end with
+/// that code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_request_body_is_stopped_with_h3_no_error() {
+    let (dir, _, _) = site();
+    let (_keep, stop) = watch::channel(false);
+    let (ep, cert) = server(&dir.0, stop);
+    guard("an unread request body", async {
+        let (_client, conn) = connect(&ep, cert).await;
+        let (mut driver, mut send) = h3::client::new(xdp_quic_h3::Connection::new(conn))
+            .await
+            .unwrap();
+        let drive =
+            tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let req = Request::post("https://localhost/a%20b.txt")
+            .body(())
+            .unwrap();
+        let mut stream = send.send_request(req).await.unwrap();
+        let resp = stream.recv_response().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        // More than any receive window: the writes stop when the STOP_SENDING comes.
+        let chunk = Bytes::from(vec![0x42u8; 64 << 10]);
+        let mut sent = 0usize;
+        let code = loop {
+            match stream.send_data(chunk.clone()).await {
+                Ok(()) => sent += chunk.len(),
+                Err(h3::error::StreamError::RemoteTerminate { code, .. }) => break code,
+                Err(e) => panic!("after {sent} octets: {e}"),
+            }
+            assert!(sent < 256 << 20, "the server never stopped the body");
+        };
+        assert_eq!(code, h3::error::Code::H3_NO_ERROR, "after {sent} octets");
+        drop(stream);
+        drop(send);
+        let end = drive.await.unwrap();
+        assert!(end.is_h3_no_error(), "{end}");
+    })
+    .await;
+    ep.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+}

@@ -380,15 +380,25 @@ impl RecvStream {
 
 impl Drop for RecvStream {
     fn drop(&mut self) {
-        if self.keep_open && !self.ended {
-            if let Some(stream) = self.stream.take() {
-                let mut parked = self
-                    .flight
-                    .parked_recv
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                parked.push(stream);
-            }
+        if self.ended {
+            return;
+        }
+        let Some(mut stream) = self.stream.take() else {
+            return;
+        };
+        if self.keep_open {
+            let mut parked = self
+                .flight
+                .parked_recv
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            parked.push(stream);
+        } else {
+            // A request body (or response) nobody reads: the peer is asked to stop sending
+            // with H3_NO_ERROR (RFC 9114 §4.1.1), not the async API's default code 0.
+            let _ = stream.stop(
+                VarInt::from_u64(h3::error::Code::H3_NO_ERROR.value()).unwrap_or(VarInt::MAX),
+            );
         }
     }
 }
