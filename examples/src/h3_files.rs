@@ -15,8 +15,10 @@
 //! Shutdown: [`H3Server::serve`] takes a signal; when it fires, every connection sends
 //! GOAWAY naming the first request it will not serve (RFC 9114 §5.2), rejects any request
 //! from there on (`H3_REQUEST_REJECTED`, so that the client may retry it elsewhere), lets
-//! the requests before it finish, and closes (`H3_NO_ERROR`) once they are acknowledged
-//! ([`xdp_quic_h3::CLOSE_LINGER`]).
+//! the requests before it finish, and, [`GOAWAY_QUIET`] after the last of them (or after
+//! the GOAWAY, with none), closes (`H3_NO_ERROR`): at once when the client has acknowledged
+//! every answer, else once it closes, at most [`xdp_quic_h3::CLOSE_LINGER`] later. An idle
+//! client no longer keeps its connection until the client itself sends GOAWAY.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +36,10 @@ pub use xdp_quic_h3::ALPN;
 
 /// Octets read from a file at a time.
 pub const CHUNK: usize = 64 * 1024;
+
+/// After GOAWAY, once every request before it is answered, how long a connection stays open
+/// for requests that raced the GOAWAY (they are rejected) before it ends.
+pub const GOAWAY_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The largest header section a request may have (SETTINGS_MAX_FIELD_SECTION_SIZE; h3's
 /// own default is unlimited).
@@ -99,31 +105,51 @@ impl H3Server {
         // and requests from there on are rejected.
         let mut accepted = 0u64;
         let goaway = Arc::new(AtomicU64::new(u64::MAX));
+        // The requests being answered (their results reaped as they end).
+        let mut tasks = tokio::task::JoinSet::new();
+        // Once GOAWAY is sent and every request before it is answered, the connection ends
+        // after GOAWAY_QUIET without a request (one that raced the GOAWAY is rejected
+        // meanwhile): h3 alone would keep it until the client sends GOAWAY too, which an
+        // idle client never does.
+        let quiet = tokio::time::sleep(std::time::Duration::MAX);
+        tokio::pin!(quiet);
         let mut stopping = *stop.borrow();
         // GOAWAY's id is the first request not served (RFC 9114 §5.2): h3's `shutdown(1)`
         // names the one after the last accepted, but still serves a request with that very
-        // id (it rejects only those above), which `answer_or_reject` rejects.
+        // id (it rejects only those above): the request's task rejects it.
         if stopping {
             goaway.store(accepted, Ordering::Release);
             let _ = h3.shutdown(1).await;
+            quiet
+                .as_mut()
+                .reset(tokio::time::Instant::now() + GOAWAY_QUIET);
         }
         loop {
             let next = tokio::select! {
                 next = h3.accept() => next,
-                _ = stop.changed(), if !stopping => {
-                    stopping = true;
-                    // GOAWAY: no new request; those accepted go on (h3 closes the
-                    // connection once they are done).
-                    goaway.store(accepted, Ordering::Release);
-                    let _ = h3.shutdown(1).await;
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                    if stopping && tasks.is_empty() {
+                        quiet.as_mut().reset(tokio::time::Instant::now() + GOAWAY_QUIET);
+                    }
                     continue;
                 }
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    // GOAWAY: no new request; those accepted go on.
+                    goaway.store(accepted, Ordering::Release);
+                    let _ = h3.shutdown(1).await;
+                    if tasks.is_empty() {
+                        quiet.as_mut().reset(tokio::time::Instant::now() + GOAWAY_QUIET);
+                    }
+                    continue;
+                }
+                _ = &mut quiet, if stopping && tasks.is_empty() => break,
             };
             match next {
                 Ok(Some(resolver)) => {
                     accepted += 1;
                     let (server, mine, goaway) = (self.clone(), mine.clone(), goaway.clone());
-                    tokio::spawn(async move {
+                    tasks.spawn(async move {
                         match resolver.resolve_request().await {
                             Ok((req, mut stream)) => {
                                 if stream.id().index() >= goaway.load(Ordering::Acquire) {
@@ -148,6 +174,9 @@ impl H3Server {
                 }
             }
         }
+        // The answers still being sent go on: the connection (closed cleanly as `h3` goes)
+        // stays open until they are acknowledged ([`xdp_quic_h3::CLOSE_LINGER`]).
+        tasks.detach_all();
     }
 
     async fn answer(

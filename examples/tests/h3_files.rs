@@ -273,3 +273,54 @@ async fn an_unread_request_body_is_stopped_with_h3_no_error() {
     ep.close(0u32.into(), b"done");
     ep.wait_idle().await;
 }
+
+/// Shutdown with an idle client connected: the server sends GOAWAY and, with nothing to
+/// answer, closes the connection itself (H3_NO_ERROR) soon after; h3 alone kept it until the
+/// client sent GOAWAY too, which an idle client never does (here the connection would have
+/// ended by idle timeout instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_an_idle_connection_cleanly() {
+    let (dir, _, small) = site();
+    let (stop_tx, stop) = watch::channel(false);
+    let (ep, cert) = server(&dir.0, stop);
+    guard("an idle connection at shutdown", async {
+        let (_client, conn) = connect(&ep, cert).await;
+        let (mut driver, mut send) = h3::client::new(xdp_quic_h3::Connection::new(conn.clone()))
+            .await
+            .unwrap();
+        let drive =
+            tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        // One request answered, then idle.
+        let req = Request::get("https://localhost/a%20b.txt")
+            .body(())
+            .unwrap();
+        let mut stream = send.send_request(req).await.unwrap();
+        stream.finish().await.unwrap();
+        assert_eq!(
+            stream.recv_response().await.unwrap().status(),
+            StatusCode::OK
+        );
+        assert_same(
+            "before the shutdown",
+            &body(&mut stream, Duration::ZERO).await,
+            &small,
+        );
+        drop(stream);
+        stop_tx.send(true).unwrap();
+        let end = drive.await.unwrap();
+        assert!(end.is_h3_no_error(), "closed cleanly by the server: {end}");
+        match conn.closed().await {
+            xdp_quic::tokio::ConnectionError::ApplicationClosed(c) => {
+                assert_eq!(
+                    c.error_code.into_inner(),
+                    h3::error::Code::H3_NO_ERROR.value()
+                )
+            }
+            other => panic!("not closed by the server's h3: {other}"),
+        }
+        drop(send);
+    })
+    .await;
+    ep.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+}
