@@ -182,3 +182,70 @@ fn concurrent_attaches_and_detaches_see_each_other_whole() {
         }
     }
 }
+
+/// A change to a pinned attachment's shield (`attach --shield`: read the entry, change it,
+/// write it back) waits for the pin lock, so a change another process makes under it (a
+/// server writing its CID layout) is not written over.
+#[test]
+fn shield_changes_to_pinned_maps_wait_for_the_pin_lock() {
+    use std::os::unix::fs::MetadataExt;
+    use xdp_quic_control::testing::PinGuard;
+    use xdp_quic_control::xdp::shield::{self, ShieldConfig};
+    use xdp_quic_control::xdp::{attach, AttachOptions, ShieldMaps};
+
+    if !privileged("shield_changes_to_pinned_maps_wait_for_the_pin_lock") {
+        return;
+    }
+    let tb = Testbed::create(&unique_name("xn"), 1, 95).expect("testbed");
+    let _pins = PinGuard(tb.server_if.clone());
+    let opts = AttachOptions {
+        service: ServiceConfig {
+            ports: [4433].into(),
+            addrs: Default::default(),
+        },
+        mode: AttachMode::Skb,
+        force: false,
+    };
+    tb.in_server(|| attach(&tb.server_if, &opts))
+        .unwrap()
+        .expect("attach");
+    let root_ino = std::fs::metadata(pins::PIN_ROOT).unwrap().ino();
+    // Held here, as another attach or a server writing its layout would.
+    let lock = pins::PinLock::existing().unwrap().expect("the pin root");
+    std::thread::scope(|s| {
+        let setter = s.spawn(|| {
+            tb.in_server(|| shield::set_pinned(&tb.server_if, Some(&ShieldConfig::default())))
+                .unwrap()
+        });
+        wait_until("attach --shield waits for the pin lock", GUARD, || {
+            std::fs::read_to_string("/proc/locks")
+                .unwrap()
+                .lines()
+                .any(|l| l.contains("->") && l.contains(&format!(":{root_ino} ")))
+        });
+        // Under the lock: a layout, as a server engaging the shield writes it.
+        let mut maps = tb
+            .in_server(|| ShieldMaps::from_pins(&tb.server_if))
+            .unwrap()
+            .unwrap();
+        let mut e = maps.entry().unwrap();
+        e.flags |= xdp_quic_ebpf::SHIELD_CID;
+        e.cid_first = 7;
+        e.workers = 3;
+        maps.set_entry(&e).unwrap();
+        drop(lock);
+        let before = setter.join().unwrap().expect("set_pinned");
+        assert_eq!(before, None, "it was off");
+        let after = maps.entry().unwrap();
+        assert_eq!(
+            maps.config().unwrap(),
+            Some(ShieldConfig::default()),
+            "the shield is on"
+        );
+        assert_eq!(
+            (after.flags & xdp_quic_ebpf::SHIELD_CID, after.workers),
+            (xdp_quic_ebpf::SHIELD_CID, 3),
+            "the layout written meanwhile is kept"
+        );
+    });
+}

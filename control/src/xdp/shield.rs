@@ -212,6 +212,10 @@ pub struct ShieldMaps {
     pressure: Array<MapData, u32>,
     /// Kernel ids of the two maps (to open them again).
     ids: (u32, u32),
+    /// An attachment's pinned maps, which other processes change too (`attach --shield`, a
+    /// server's [`ShieldGuard`]): their entry is read, changed and written back under the
+    /// pin lock ([`pins::PinLock`]).
+    pinned: bool,
 }
 
 impl std::fmt::Debug for ShieldMaps {
@@ -239,12 +243,15 @@ impl ShieldMaps {
             shield: Array::try_from(open(shield)?)?,
             pressure: Array::try_from(open(pressure)?)?,
             ids: (shield, pressure),
+            pinned: false,
         })
     }
 
     /// Other descriptors on the same maps.
     pub fn try_clone(&self) -> anyhow::Result<Self> {
-        Self::from_ids(self.ids.0, self.ids.1)
+        let mut maps = Self::from_ids(self.ids.0, self.ids.1)?;
+        maps.pinned = self.pinned;
+        Ok(maps)
     }
 
     /// The maps `xdp-quic attach` pinned for `iface`; [`XdpError::NotAttached`] when there
@@ -273,7 +280,29 @@ impl ShieldMaps {
             shield: Array::try_from(shield)?,
             pressure: Array::try_from(pressure)?,
             ids,
+            pinned: true,
         })
+    }
+
+    /// Reads the entry, changes it with `f` and writes it back; for pinned maps under the
+    /// pin lock, so that another process's change made meanwhile is not written over (a
+    /// process that may open the maps but not lock their directory goes without).
+    /// Returns what `f` returned besides the entry.
+    pub fn update<T>(
+        &mut self,
+        f: impl FnOnce(&Shield) -> anyhow::Result<(Shield, T)>,
+    ) -> anyhow::Result<T> {
+        let _lock = if self.pinned {
+            pins::PinLock::existing().unwrap_or_else(|e| {
+                tracing::debug!("updating the shield without the pin lock: {e}");
+                None
+            })
+        } else {
+            None
+        };
+        let (next, out) = f(&self.entry()?)?;
+        self.set_entry(&next)?;
+        Ok(out)
     }
 
     /// The map entry as it is.
@@ -294,23 +323,23 @@ impl ShieldMaps {
 
     /// Turns the shield on with `config`, or off (`None`); the CID layout stays.
     pub fn set_config(&mut self, config: Option<&ShieldConfig>) -> anyhow::Result<()> {
-        let entry = self.entry()?;
-        let next = match config {
-            Some(c) => {
-                c.validate()?;
-                c.apply(&entry)
-            }
-            None => off(&entry),
-        };
-        self.set_entry(&next)
+        if let Some(c) = config {
+            c.validate()?;
+        }
+        self.update(|entry| {
+            let next = match config {
+                Some(c) => c.apply(entry),
+                None => off(entry),
+            };
+            Ok((next, ()))
+        })
     }
 
     /// The CIDs of the server the program steers to (`None`: short headers are not
     /// checked). Write exactly the engine's layout: a short header that does not fit it is
     /// dropped while the shield is on.
     pub fn set_layout(&mut self, layout: Option<&CidLayout>) -> anyhow::Result<()> {
-        let next = with_layout(&self.entry()?, layout)?;
-        self.set_entry(&next)
+        self.update(|entry| Ok((with_layout(entry, layout)?, ())))
     }
 
     /// Sets or clears the pressure flag of rx queue `queue`.
@@ -414,11 +443,11 @@ impl ShieldGuard {
 impl Drop for ShieldGuard {
     fn drop(&mut self) {
         drop(self.monitor.take());
-        let restored = self.maps.entry().and_then(|e| {
-            let ours = ShieldConfig::from_map(&e).as_ref() == Some(&self.wrote);
-            let e = if self.was_on || !ours { e } else { off(&e) };
-            let e = with_layout(&e, None)?;
-            self.maps.set_entry(&e)
+        let (was_on, wrote) = (self.was_on, &self.wrote);
+        let restored = self.maps.update(|e| {
+            let ours = ShieldConfig::from_map(e).as_ref() == Some(wrote);
+            let e = if was_on || !ours { *e } else { off(e) };
+            Ok((with_layout(&e, None)?, ()))
         });
         if let Err(e) = restored {
             tracing::warn!("cannot put the XDP shield back as it was: {e:#}");
@@ -432,10 +461,18 @@ pub fn set_pinned(
     iface: &str,
     config: Option<&ShieldConfig>,
 ) -> anyhow::Result<Option<ShieldConfig>> {
+    if let Some(c) = config {
+        c.validate()?;
+    }
     let mut maps = ShieldMaps::from_pins(iface)?;
-    let before = maps.config()?;
-    maps.set_config(config)?;
-    Ok(before)
+    maps.update(|entry| {
+        let before = ShieldConfig::from_map(entry);
+        let next = match config {
+            Some(c) => c.apply(entry),
+            None => off(entry),
+        };
+        Ok((next, before))
+    })
 }
 
 /// The shield of `iface`'s pinned attachment; `Ok(None)` when it is off or nothing is pinned.
