@@ -639,6 +639,7 @@ impl Sampler<'_> {
             cpus: sys::cpu_jiffies()?,
             server_rss_kib: sys::rss_kib(pid)?,
             kthreads_cpu_s: sys::kernel_threads_cpu_seconds(),
+            others_ticks: sys::other_processes_ticks(&[pid, std::process::id()]),
             app: self.srv.stats()?.app,
         })
     }

@@ -22,6 +22,8 @@ pub struct Sample {
     pub server_rss_kib: u64,
     /// CPU seconds of the kernel threads ([`crate::sys::kernel_threads_cpu_seconds`]).
     pub kthreads_cpu_s: f64,
+    /// CPU ticks of every other process, by pid ([`crate::sys::other_processes_ticks`]).
+    pub others_ticks: std::collections::HashMap<u32, u64>,
     /// The server application's counters.
     pub app: AppStats,
 }
@@ -52,9 +54,10 @@ pub struct Measure {
     pub client_cpu_s: f64,
     /// Machine CPU left over: other processes and kernel work charged to no process of ours.
     pub rest_cpu_s: f64,
-    /// Of that, kernel work: kernel threads (ksoftirqd, kworkers) and irq/softirq time.
+    /// Kernel work: kernel threads (ksoftirqd, kworkers) and irq/softirq time (part of which
+    /// is inside the server's and the client's own times).
     pub kernel_cpu_s: f64,
-    /// The rest: other processes of the machine (noise).
+    /// Other processes of the machine (noise): their own CPU time over the span.
     pub others_cpu_s: f64,
     /// `others_cpu_s` over the span was above [`NOISY`] cores.
     pub noisy: bool,
@@ -117,7 +120,16 @@ impl Measure {
         let irq: f64 = (0..n).map(|i| d(i, |c| c.irq)).sum::<f64>() / hz;
         let kernel = irq + (after.kthreads_cpu_s - before.kthreads_cpu_s).max(0.0);
         let rest = (machine - server - client).max(0.0);
-        let others = (rest - kernel).max(0.0);
+        // The other processes' own CPU over the span (one that started during it counts
+        // from its start). Not `rest - kernel`: irq and softirq time that interrupted the
+        // server or the client is in their own times already, so that difference hid most
+        // of the noise.
+        let others = after
+            .others_ticks
+            .iter()
+            .map(|(pid, t)| t.saturating_sub(before.others_ticks.get(pid).copied().unwrap_or(0)))
+            .sum::<u64>() as f64
+            / hz;
         let busy = |i: usize| d(i, |c| c.busy) / d(i, |c| c.total).max(1.0);
         let (value, unit, work, cpu_unit) = match w {
             Workload::BulkDown1 | Workload::BulkDown16 | Workload::BulkUp1 => {
@@ -794,8 +806,8 @@ pub fn markdown(rows: &[Row], meta: &Meta) -> String {
         .sum();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     out.push_str(&format!(
-        "\nNoise: other processes of the machine (machine CPU less the server, the client, \
-         kernel threads and irq/softirq time) averaged {:.2} cores over the measured spans \
+        "\nNoise: other processes of the machine (their own CPU time: every process but \
+         the server, the bench and kernel threads) averaged {:.2} cores over the measured spans \
          (max {:.2}), hypervisor steal {:.3} cores (max {:.3}); {retaken} measurement(s) \
          taken again for noise; per measurement in the JSON (`others_cpu_s`, `kernel_cpu_s`, \
          `steal_s`, `tries`).\n",

@@ -113,6 +113,35 @@ pub fn kernel_threads_cpu_seconds() -> f64 {
     ticks as f64 / hz()
 }
 
+/// CPU ticks (utime + stime) of every process but kernel threads and `exclude`, by pid:
+/// the other work of the machine (sampled around a span; see `report::Measure::new`).
+pub fn other_processes_ticks(exclude: &[u32]) -> std::collections::HashMap<u32, u64> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == 2 || exclude.contains(&pid) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // Kernel threads (children of kthreadd) are counted apart.
+        if f.get(1) == Some(&"2") {
+            continue;
+        }
+        let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        out.insert(pid, n(11) + n(12));
+    }
+    out
+}
+
 /// Clock ticks per second of /proc times.
 pub fn hz() -> f64 {
     // SAFETY: sysconf takes no pointers.

@@ -107,7 +107,17 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Stri
         .map_err(|e| e.to_string())
 }
 
-/// A QUIC server configuration: `identity`, ALPN protocols `alpn`, any server name.
+/// Datagrams kept for one connection attempt not decided yet ([`crate::Decision::Defer`];
+/// the async API defers every attempt), in octets: beyond it they are dropped (the client
+/// sends them again). quinn-proto's own default is 10 MiB.
+pub const INCOMING_BUFFER: u64 = 64 << 10;
+/// Datagrams kept for all the attempts not decided yet of one worker's endpoint, in octets.
+/// quinn-proto's own default is 100 MiB.
+pub const INCOMING_BUFFER_TOTAL: u64 = 4 << 20;
+
+/// A QUIC server configuration: `identity`, ALPN protocols `alpn`, any server name; the
+/// datagrams kept for undecided attempts bounded by [`INCOMING_BUFFER`] and
+/// [`INCOMING_BUFFER_TOTAL`].
 pub fn server_config(
     identity: Identity,
     alpn: &[&[u8]],
@@ -121,6 +131,8 @@ pub fn server_config(
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn_proto::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(Arc::new(crate::engine::default_transport()));
+    config.incoming_buffer_size(INCOMING_BUFFER);
+    config.incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
     Ok(config)
 }
 
@@ -203,5 +215,25 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(all(test, feature = "self-signed"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_configs_bound_what_undecided_attempts_keep() {
+        let id = Identity::self_signed(&["localhost"]).expect("a certificate");
+        let config = server_config(id, &[b"x"]).expect("a configuration");
+        // quinn-proto has no getter: its Debug output shows the fields.
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains(&format!("incoming_buffer_size: {INCOMING_BUFFER}"))
+                && shown.contains(&format!(
+                    "incoming_buffer_size_total: {INCOMING_BUFFER_TOTAL}"
+                )),
+            "{shown}"
+        );
     }
 }

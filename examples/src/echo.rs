@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use xdp_quic::{
-    Conn, ConnId, ConnectionError, Ctx, Handler, ReadStatus, StreamError, StreamId, VarInt,
+    Chunk, Conn, ConnId, ConnectionError, Ctx, Handler, ReadStatus, StreamError, StreamId, VarInt,
 };
 
 use crate::outbox::Outbox;
@@ -35,6 +35,11 @@ pub struct EchoServer {
 }
 
 impl EchoServer {
+    /// Streams this worker holds state for (being echoed).
+    pub fn streams_held(&self) -> usize {
+        self.streams.len()
+    }
+
     fn pump(&mut self, conn: &mut Conn<'_>, s: StreamId) {
         let key = (conn.id(), s);
         let e = self.streams.entry(key).or_default();
@@ -56,13 +61,16 @@ impl EchoServer {
                 return;
             }
             let mut got = 0u64;
-            match conn.read(s, |b| {
-                got += b.len() as u64;
-                e.out.push(b)
-            }) {
-                Ok(ReadStatus::Finished) => e.fin = true,
-                Ok(ReadStatus::Blocked) if got == 0 => return,
-                Ok(ReadStatus::Blocked) => {}
+            // At most what the buffer has room for: a whole receive window of out-of-order
+            // data made readable at once stays in quinn-proto (its flow control holds the
+            // peer), not here.
+            match conn.read_chunk(s, MAX_BUFFERED - e.out.len()) {
+                Ok(Chunk::Data(b)) => {
+                    got = b.len() as u64;
+                    e.out.push(b);
+                }
+                Ok(Chunk::Finished) => e.fin = true,
+                Ok(Chunk::Blocked) => return,
                 Err(StreamError::Reset(code)) => {
                     // The peer abandoned its side: abandon ours.
                     let _ = conn.reset(s, code);
@@ -97,6 +105,11 @@ impl Handler for EchoServer {
         if self.streams.contains_key(&(conn.id(), s)) {
             self.pump(conn, s);
         }
+    }
+
+    fn stream_stopped(&mut self, conn: &mut Conn<'_>, s: StreamId, _code: VarInt) {
+        // The engine resets it; what was left to echo goes.
+        self.streams.remove(&(conn.id(), s));
     }
 
     fn datagram(&mut self, conn: &mut Conn<'_>, data: Bytes) {

@@ -57,6 +57,11 @@ pub struct PerfServer {
 }
 
 impl PerfServer {
+    /// Streams this worker holds state for (being read or answered).
+    pub fn streams_held(&self) -> usize {
+        self.streams.len()
+    }
+
     fn respond(&mut self, conn: &mut Conn<'_>, s: StreamId) {
         let key = (conn.id(), s);
         let Some(st) = self.streams.get_mut(&key) else {
@@ -111,6 +116,11 @@ impl Handler for PerfServer {
 
     fn stream_writable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
         self.respond(conn, s);
+    }
+
+    fn stream_stopped(&mut self, conn: &mut Conn<'_>, s: StreamId, _code: VarInt) {
+        // The engine resets it: the rest of the answer is not sent.
+        self.streams.remove(&(conn.id(), s));
     }
 
     fn closed(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, _reason: &ConnectionError) {

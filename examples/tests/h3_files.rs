@@ -324,3 +324,39 @@ async fn shutdown_closes_an_idle_connection_cleanly() {
     ep.close(0u32.into(), b"done");
     ep.wait_idle().await;
 }
+
+/// A request stream announcing a HEADERS frame far over any field section: h3 alone would
+/// buffer it whole before it checks its size, as long as the client sends; the adapter reads
+/// the frame's header as it goes by and stops the stream (H3_EXCESSIVE_LOAD) at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_headers_frame_is_stopped_at_its_header() {
+    let (dir, _, _) = site();
+    let (_keep, stop) = watch::channel(false);
+    let (ep, cert) = server(&dir.0, stop);
+    guard("a huge HEADERS frame", async {
+        let (_client, conn) = connect(&ep, cert).await;
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        // HEADERS (type 0x1), length 2^40 in an 8-octet variable-length integer.
+        let mut header = vec![0x01];
+        header.extend_from_slice(&((3u64 << 62) | (1 << 40)).to_be_bytes());
+        send.write_all(&header).await.unwrap();
+        let junk = Bytes::from(vec![0x5au8; 64 << 10]);
+        let mut sent = 0usize;
+        let code = loop {
+            match send.write_chunk(junk.clone()).await {
+                Ok(()) => sent += junk.len(),
+                Err(xdp_quic::tokio::WriteError::Stopped(code)) => break code,
+                Err(e) => panic!("after {sent} octets: {e}"),
+            }
+            assert!(sent < 256 << 20, "the server kept taking the frame");
+        };
+        assert_eq!(
+            code.into_inner(),
+            h3::error::Code::H3_EXCESSIVE_LOAD.value(),
+            "after {sent} octets"
+        );
+    })
+    .await;
+    ep.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+}

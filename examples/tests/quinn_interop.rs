@@ -1497,6 +1497,53 @@ async fn streams_the_peer_stops_are_reset_and_give_their_credit_back() {
     )
     .await
     .unwrap();
+    // And the server forgot them once it read the STOP_SENDING frames (before the request
+    // sent after them), the connection still open.
+    let held = engine.handle().call(0, |h, _| h.streams_held()).unwrap();
+    assert_eq!(guard("the worker's answer", held).await.unwrap(), 0);
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    shutdown(engine).await;
+}
+
+/// A client that reads little of an echo and then stops the stream: the echo server's
+/// buffered answer goes with the stream (before, it stayed until the connection closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echo_the_peer_stops_is_forgotten() {
+    let (b, cert) = our_server(1, echo::ALPN);
+    let engine = b
+        .start_udp("127.0.0.1:0".parse().unwrap(), |_| EchoServer::default())
+        .unwrap();
+    let mut config = quinn_client_config(cert, echo::ALPN);
+    let mut t = quinn_transport();
+    // A small window: most of the echo waits in the server's buffer.
+    t.stream_receive_window(VarInt::from_u32(2_000));
+    config.transport_config(std::sync::Arc::new(t));
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(config);
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    let handle = engine.handle();
+    for round in 0..4 {
+        let (mut send, mut recv) = guard("an open", conn.open_bi()).await.unwrap();
+        send.write_all(&vec![round as u8; 50_000]).await.unwrap();
+        send.finish().unwrap();
+        let first = guard("the first octets", recv.read_chunk(1_000, true))
+            .await
+            .unwrap();
+        assert!(first.is_some(), "round {round}: the echo started");
+        recv.stop(VarInt::from_u32(5)).unwrap();
+    }
+    // The connection still echoes; by the time it has, the server has read the STOP_SENDING
+    // frames sent before, and forgotten those streams.
+    let back = guard(
+        "an echo after them",
+        quinn_echo(&conn, Bytes::from_static(b"still here")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(back, b"still here");
+    let held = handle.call(0, |h, _| h.streams_held()).unwrap();
+    assert_eq!(guard("the worker's answer", held).await.unwrap(), 0);
     conn.close(VarInt::from_u32(0), b"done");
     guard("client idle", ep.wait_idle()).await;
     shutdown(engine).await;

@@ -53,6 +53,10 @@ use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, Wri
 use xdp_quic::tokio as xq;
 use xdp_quic::VarInt;
 
+mod frames;
+use frames::FrameGuard;
+pub use frames::MAX_FRAME;
+
 /// ALPN of HTTP/3.
 pub const ALPN: &[u8] = b"h3";
 
@@ -361,15 +365,23 @@ pub struct RecvStream {
     keep_open: bool,
     /// Read to its end, reset, or stopped.
     ended: bool,
+    /// Refuses a frame h3 would buffer without bound ([`MAX_FRAME`]).
+    frames: FrameGuard,
 }
 
 impl RecvStream {
     fn new(stream: xq::RecvStream, flight: &Arc<InFlight>) -> Self {
+        let uni = stream.id().dir() == xdp_quic::Dir::Uni;
         Self {
-            keep_open: stream.id().dir() == xdp_quic::Dir::Uni,
+            keep_open: uni,
             stream: Some(stream),
             flight: flight.clone(),
             ended: false,
+            frames: if uni {
+                FrameGuard::uni()
+            } else {
+                FrameGuard::bidi()
+            },
         }
     }
 
@@ -414,6 +426,18 @@ impl quic::RecvStream for RecvStream {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Self::Buf>, StreamErrorIncoming>> {
         let out = self.stream().poll_read_chunk(cx, READ_CHUNK);
+        if let Poll::Ready(Ok(Some(data))) = &out {
+            if let Err(too_long) = self.frames.feed(data) {
+                // h3 would buffer the whole frame before looking at it: the peer is told
+                // to stop (H3_EXCESSIVE_LOAD) and h3 sees the stream fail.
+                self.ended = true;
+                let code = h3::error::Code::H3_EXCESSIVE_LOAD.value();
+                let _ = self
+                    .stream()
+                    .stop(VarInt::from_u64(code).unwrap_or(VarInt::MAX));
+                return Poll::Ready(Err(StreamErrorIncoming::Unknown(Box::new(too_long))));
+            }
+        }
         if matches!(out, Poll::Ready(Ok(None) | Err(_))) {
             self.ended = true;
         }

@@ -357,6 +357,9 @@ fn read_into(
             let mut room = limits.stream_receive - slot.recv_len;
             if over {
                 room = room.min(STARVING_GRANT);
+            } else {
+                // Not past the connection's budget with this read either.
+                room = room.min(limits.connection_receive - buffered);
             }
             match conn.read_chunk(id, room) {
                 Ok(Chunk::Data(b)) => {
