@@ -24,12 +24,18 @@ import asyncio
 import os
 import socket
 import ssl
+import sys
 
 from aioquic.asyncio import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import crypto
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import HandshakeCompleted, StreamDataReceived, StreamReset
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    StreamDataReceived,
+    StreamReset,
+)
 from aioquic.quic.packet import QuicProtocolVersion
 from aioquic.tls import CipherSuite, Epoch
 
@@ -71,6 +77,16 @@ class HqClient(QuicConnectionProtocol):
             fut, _ = self.waiters[event.stream_id]
             if not fut.done():
                 fut.set_exception(RuntimeError(f"stream reset with code {event.error_code}"))
+        elif isinstance(event, ConnectionTerminated):
+            # aioquic fails no request of its own when the connection ends.
+            for sid, (fut, buf) in self.waiters.items():
+                if not fut.done():
+                    fut.set_exception(
+                        RuntimeError(
+                            f"connection closed (error {event.error_code:#x}, "
+                            f"{event.reason_phrase!r}) with stream {sid} at {len(buf)} octets"
+                        )
+                    )
 
 
 def configuration(args, ticket=None):
@@ -187,5 +203,11 @@ def connection_facts(quic):
     }
 
 
+# Every case ends well within this; a stalled connection fails the run instead of hanging.
+DEADLINE_S = 120
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
+    except TimeoutError:
+        sys.exit(f"aioquic client: not done within {DEADLINE_S} s (a stalled connection?)")
