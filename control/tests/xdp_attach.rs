@@ -61,6 +61,18 @@ fn embedded_attach_lasts_as_long_as_its_guard() {
     .unwrap();
 }
 
+/// `xdp-quic attach IF --port 4433 --mode skb`.
+fn skb_attach_of_4433() -> xdp_quic_control::xdp::AttachOptions {
+    xdp_quic_control::xdp::AttachOptions {
+        service: ServiceConfig {
+            ports: [4433].into(),
+            addrs: Default::default(),
+        },
+        mode: AttachMode::Skb,
+        force: false,
+    }
+}
+
 /// Pinned attaches and detaches of two interfaces at once, from several threads (as from
 /// several `xdp-quic attach` processes): each sees the pins as the one before left them
 /// (the pin lock), so a second attach of the same service finds the first's attachment
@@ -71,9 +83,7 @@ fn embedded_attach_lasts_as_long_as_its_guard() {
 fn concurrent_attaches_and_detaches_see_each_other_whole() {
     use std::sync::Barrier;
     use xdp_quic_control::testing::PinGuard;
-    use xdp_quic_control::xdp::{
-        attach, detach, AttachOptions, AttachOutcome, DetachOutcome, XdpError,
-    };
+    use xdp_quic_control::xdp::{attach, detach, AttachOutcome, DetachOutcome, XdpError};
 
     if !privileged("concurrent_attaches_and_detaches_see_each_other_whole") {
         return;
@@ -83,14 +93,7 @@ fn concurrent_attaches_and_detaches_see_each_other_whole() {
         Testbed::create(&unique_name("xm"), 1, 97).expect("testbed"),
     ];
     let _pins: Vec<PinGuard> = beds.iter().map(|b| PinGuard(b.server_if.clone())).collect();
-    let opts = AttachOptions {
-        service: ServiceConfig {
-            ports: [4433].into(),
-            addrs: Default::default(),
-        },
-        mode: AttachMode::Skb,
-        force: false,
-    };
+    let opts = skb_attach_of_4433();
     const ROUNDS: usize = 10;
     for round in 0..ROUNDS {
         // Two attaches of each interface, all four at once.
@@ -191,21 +194,14 @@ fn shield_changes_to_pinned_maps_wait_for_the_pin_lock() {
     use std::os::unix::fs::MetadataExt;
     use xdp_quic_control::testing::PinGuard;
     use xdp_quic_control::xdp::shield::{self, ShieldConfig};
-    use xdp_quic_control::xdp::{attach, AttachOptions, ShieldMaps};
+    use xdp_quic_control::xdp::{attach, ShieldMaps};
 
     if !privileged("shield_changes_to_pinned_maps_wait_for_the_pin_lock") {
         return;
     }
     let tb = Testbed::create(&unique_name("xn"), 1, 95).expect("testbed");
     let _pins = PinGuard(tb.server_if.clone());
-    let opts = AttachOptions {
-        service: ServiceConfig {
-            ports: [4433].into(),
-            addrs: Default::default(),
-        },
-        mode: AttachMode::Skb,
-        force: false,
-    };
+    let opts = skb_attach_of_4433();
     tb.in_server(|| attach(&tb.server_if, &opts))
         .unwrap()
         .expect("attach");

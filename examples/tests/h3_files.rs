@@ -108,6 +108,32 @@ where
     body
 }
 
+type Driver = h3::client::Connection<xdp_quic_h3::Connection, Bytes>;
+type Requests = h3::client::SendRequest<xdp_quic_h3::OpenStreams, Bytes>;
+
+/// An HTTP/3 client of ours on a connection to `server` (its endpoint kept alive with it).
+async fn h3_client(
+    server: &Endpoint,
+    cert: CertificateDer<'static>,
+) -> (Endpoint, Driver, Requests) {
+    let (client, conn) = connect(server, cert).await;
+    let (driver, send) = h3::client::new(xdp_quic_h3::Connection::new(conn))
+        .await
+        .unwrap();
+    (client, driver, send)
+}
+
+/// Drives the client connection until it ends, and says how.
+fn drive(mut driver: Driver) -> tokio::task::JoinHandle<h3::error::ConnectionError> {
+    tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await })
+}
+
+/// Closes the server's endpoint and waits for its connections to end.
+async fn stop_server(ep: Endpoint) {
+    ep.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+}
+
 /// The client says it is going away while the server still sends a 4 MB response to a slow
 /// reader: the server's h3 ends the connection as soon as its request stream is done, with
 /// most of the response still queued. The close waits for it to be acknowledged, so it
@@ -118,10 +144,7 @@ async fn a_response_in_flight_when_the_connection_ends_arrives_whole() {
     let (_keep, stop) = watch::channel(false);
     let (ep, cert) = server(&dir.0, stop);
     guard("a response in flight at the end", async {
-        let (_client, conn) = connect(&ep, cert).await;
-        let (mut driver, mut send) = h3::client::new(xdp_quic_h3::Connection::new(conn))
-            .await
-            .unwrap();
+        let (_client, mut driver, mut send) = h3_client(&ep, cert).await;
         let req = Request::get("https://localhost/big.bin").body(()).unwrap();
         let mut stream = send.send_request(req).await.unwrap();
         stream.finish().await.unwrap();
@@ -129,8 +152,7 @@ async fn a_response_in_flight_when_the_connection_ends_arrives_whole() {
         assert_eq!(resp.status(), StatusCode::OK);
         // GOAWAY from the client: no request after this one.
         driver.shutdown(0).await.unwrap();
-        let drive =
-            tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let drive = drive(driver);
         let got = body(&mut stream, Duration::from_millis(5)).await;
         assert_same("the response in flight", &got, &big);
         drop(stream);
@@ -139,8 +161,7 @@ async fn a_response_in_flight_when_the_connection_ends_arrives_whole() {
         assert!(end.is_h3_no_error(), "the connection ended cleanly: {end}");
     })
     .await;
-    ep.close(0u32.into(), b"done");
-    ep.wait_idle().await;
+    stop_server(ep).await;
 }
 
 /// A server already stopping sends GOAWAY(0) at once: the request the client sent on stream
@@ -153,10 +174,7 @@ async fn requests_at_or_past_the_goaway_are_rejected() {
     let (_keep, stop) = watch::channel(true);
     let (ep, cert) = server(&dir.0, stop);
     guard("a request past the GOAWAY", async {
-        let (_client, conn) = connect(&ep, cert).await;
-        let (mut driver, mut send) = h3::client::new(xdp_quic_h3::Connection::new(conn))
-            .await
-            .unwrap();
+        let (_client, driver, mut send) = h3_client(&ep, cert).await;
         // Sent before the client reads the server's control stream (its driver is not
         // polled yet), so before it knows of the GOAWAY.
         let req = Request::get("https://localhost/a%20b.txt")
@@ -165,8 +183,7 @@ async fn requests_at_or_past_the_goaway_are_rejected() {
         let mut stream = send.send_request(req).await.unwrap();
         assert_eq!(stream.id().index(), 0);
         stream.finish().await.unwrap();
-        let drive =
-            tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let drive = drive(driver);
         match stream.recv_response().await {
             Err(h3::error::StreamError::RemoteTerminate { code, .. }) => {
                 assert_eq!(code, h3::error::Code::H3_REQUEST_REJECTED)
@@ -179,8 +196,7 @@ async fn requests_at_or_past_the_goaway_are_rejected() {
         drive.abort();
     })
     .await;
-    ep.close(0u32.into(), b"done");
-    ep.wait_idle().await;
+    stop_server(ep).await;
 }
 
 /// Paths are percent-decoded: a space and UTF-8 are found, an encoded slash or NUL finds
@@ -192,12 +208,8 @@ async fn percent_encoded_paths_are_decoded() {
     let (_keep, stop) = watch::channel(false);
     let (ep, cert) = server(&dir.0, stop);
     guard("percent-encoded paths", async {
-        let (_client, conn) = connect(&ep, cert).await;
-        let (mut driver, mut send) = h3::client::new(xdp_quic_h3::Connection::new(conn))
-            .await
-            .unwrap();
-        let drive =
-            tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let (_client, driver, mut send) = h3_client(&ep, cert).await;
+        let drive = drive(driver);
         let cases: [(&str, StatusCode); 7] = [
             ("/a%20b.txt", StatusCode::OK),
             ("/%C3%A9t%C3%A9.txt", StatusCode::OK),
@@ -227,8 +239,7 @@ async fn percent_encoded_paths_are_decoded() {
         assert!(end.is_h3_no_error(), "{end}");
     })
     .await;
-    ep.close(0u32.into(), b"done");
-    ep.wait_idle().await;
+    stop_server(ep).await;
 }
 
 /// A request body the server does not read (a POST answered 405): the server asks the client
@@ -240,12 +251,8 @@ async fn an_unread_request_body_is_stopped_with_h3_no_error() {
     let (_keep, stop) = watch::channel(false);
     let (ep, cert) = server(&dir.0, stop);
     guard("an unread request body", async {
-        let (_client, conn) = connect(&ep, cert).await;
-        let (mut driver, mut send) = h3::client::new(xdp_quic_h3::Connection::new(conn))
-            .await
-            .unwrap();
-        let drive =
-            tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let (_client, driver, mut send) = h3_client(&ep, cert).await;
+        let drive = drive(driver);
         let req = Request::post("https://localhost/a%20b.txt")
             .body(())
             .unwrap();
@@ -270,8 +277,7 @@ async fn an_unread_request_body_is_stopped_with_h3_no_error() {
         assert!(end.is_h3_no_error(), "{end}");
     })
     .await;
-    ep.close(0u32.into(), b"done");
-    ep.wait_idle().await;
+    stop_server(ep).await;
 }
 
 /// Shutdown with an idle client connected: the server sends GOAWAY and, with nothing to
@@ -285,11 +291,10 @@ async fn shutdown_closes_an_idle_connection_cleanly() {
     let (ep, cert) = server(&dir.0, stop);
     guard("an idle connection at shutdown", async {
         let (_client, conn) = connect(&ep, cert).await;
-        let (mut driver, mut send) = h3::client::new(xdp_quic_h3::Connection::new(conn.clone()))
+        let (driver, mut send) = h3::client::new(xdp_quic_h3::Connection::new(conn.clone()))
             .await
             .unwrap();
-        let drive =
-            tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let drive = drive(driver);
         // One request answered, then idle.
         let req = Request::get("https://localhost/a%20b.txt")
             .body(())
@@ -321,8 +326,7 @@ async fn shutdown_closes_an_idle_connection_cleanly() {
         drop(send);
     })
     .await;
-    ep.close(0u32.into(), b"done");
-    ep.wait_idle().await;
+    stop_server(ep).await;
 }
 
 /// A request stream announcing a HEADERS frame far over any field section: h3 alone would
@@ -357,6 +361,5 @@ async fn a_huge_headers_frame_is_stopped_at_its_header() {
         );
     })
     .await;
-    ep.close(0u32.into(), b"done");
-    ep.wait_idle().await;
+    stop_server(ep).await;
 }

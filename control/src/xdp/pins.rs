@@ -217,17 +217,26 @@ pub fn bpffs_mounted() -> bool {
 /// Creates `/sys/fs/bpf/xdp-quic/<iface>` (and its parent), both mode 0700.
 pub fn create_dir(iface: &str) -> io::Result<PathBuf> {
     check_iface_name(iface)?;
-    let mut b = std::fs::DirBuilder::new();
-    b.mode(0o700);
-    match b.create(pin_root()) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
+    make_root()?;
     check_pin_root()?;
     let d = dir(iface);
-    b.create(&d)?;
+    private_dir().create(&d)?;
     Ok(d)
+}
+
+/// A builder of directories of mode 0700.
+fn private_dir() -> std::fs::DirBuilder {
+    let mut b = std::fs::DirBuilder::new();
+    b.mode(0o700);
+    b
+}
+
+/// Makes the pin root (mode 0700) if there is none.
+fn make_root() -> io::Result<()> {
+    match private_dir().create(pin_root()) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// The pin root must be a real directory (not a link), ours, and writable by us alone:
@@ -264,13 +273,7 @@ impl PinLock {
     /// while another command holds it.
     pub fn take() -> io::Result<PinLock> {
         loop {
-            let mut b = std::fs::DirBuilder::new();
-            b.mode(0o700);
-            match b.create(pin_root()) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
+            make_root()?;
             if let Some(lock) = Self::lock_root()? {
                 return Ok(lock);
             }
