@@ -117,6 +117,11 @@ pub(crate) struct Held {
 }
 
 impl Deferred {
+    /// Attempts held.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
     /// A fresh id for the next attempt.
     pub fn next_id(&mut self) -> AttemptId {
         self.next += 1;

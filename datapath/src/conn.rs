@@ -105,6 +105,12 @@ impl Ctx<'_> {
         self.shard.worker
     }
 
+    /// How many more attempts this worker can hold for a later decision
+    /// ([`crate::Decision::Defer`]); an attempt deferred beyond is refused.
+    pub fn defer_room(&self) -> usize {
+        crate::accept::MAX_DEFERRED.saturating_sub(self.shard.deferred.len())
+    }
+
     /// The time of the current turn (the virtual clock's under the in-memory backend).
     pub fn now(&self) -> Instant {
         self.shard.now

@@ -397,16 +397,22 @@ fn read_into(
 }
 
 impl Handler for Driver {
-    fn incoming(&mut self, _ctx: &mut Ctx<'_>, i: &Incoming<'_>) -> Decision {
+    fn incoming(&mut self, ctx: &mut Ctx<'_>, i: &Incoming<'_>) -> Decision {
         if self.ep.is_closing() || self.ep.refusing.load(std::sync::atomic::Ordering::Acquire) {
+            return Decision::Refuse;
+        }
+        // Refused here, not queued, when the worker cannot hold it either: an entry for an
+        // attempt the worker refuses could only fail the task that accepts it.
+        if ctx.defer_room() == 0 {
             return Decision::Refuse;
         }
         let waiters = {
             let mut q = lock(self.ep.accept_queue(self.worker));
-            if q.attempts.len() >= self.ep.limits.incoming {
+            if !q.has_room(self.ep.limits.incoming) {
                 return Decision::Refuse;
             }
             q.attempts.push_back(Attempt {
+                at: std::time::Instant::now(),
                 worker: self.worker,
                 id: i.id(),
                 remote: i.remote_address(),

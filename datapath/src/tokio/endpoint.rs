@@ -84,7 +84,7 @@ impl Endpoint {
                 return Poll::Ready(None);
             }
             let mut q = lock(ep.accept_queue(self.worker.unwrap_or(0)));
-            if let Some(attempt) = q.attempts.pop_front() {
+            if let Some(attempt) = q.next() {
                 return Poll::Ready(Some(Incoming {
                     attempt,
                     endpoint: self.clone(),

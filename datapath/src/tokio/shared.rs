@@ -138,6 +138,8 @@ impl Inbox {
 
 /// A connection attempt waiting for the application's decision.
 pub(crate) struct Attempt {
+    /// When its worker deferred it: it gives up on it [`crate::accept::DEFER_TIMEOUT`] later.
+    pub at: std::time::Instant,
     pub worker: usize,
     pub id: AttemptId,
     pub remote: SocketAddr,
@@ -152,6 +154,32 @@ pub(crate) struct Attempt {
 pub(crate) struct AcceptQueue {
     pub attempts: VecDeque<Attempt>,
     pub waiters: WakerList,
+}
+
+impl AcceptQueue {
+    /// The next attempt its worker still holds (those it gave up on, not decided within
+    /// [`crate::accept::DEFER_TIMEOUT`], go: accepting one could only fail).
+    pub fn next(&mut self) -> Option<Attempt> {
+        while let Some(a) = self.attempts.pop_front() {
+            if a.at.elapsed() < crate::accept::DEFER_TIMEOUT {
+                return Some(a);
+            }
+        }
+        None
+    }
+
+    /// Whether another attempt fits under `limit`, once the expired ones at the front are
+    /// dropped.
+    pub fn has_room(&mut self, limit: usize) -> bool {
+        while self
+            .attempts
+            .front()
+            .is_some_and(|a| a.at.elapsed() >= crate::accept::DEFER_TIMEOUT)
+        {
+            self.attempts.pop_front();
+        }
+        self.attempts.len() < limit
+    }
 }
 
 /// What an endpoint's tasks and workers share.
@@ -570,5 +598,43 @@ impl ConnState {
             wakes.add(s.write_waker.take());
             wakes.all(&mut s.stopped_waiters);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accept::{AttemptId, DEFER_TIMEOUT};
+    use std::time::{Duration, Instant};
+
+    fn attempt(id: u64, at: Instant) -> Attempt {
+        Attempt {
+            at,
+            worker: 0,
+            id: AttemptId(id),
+            remote: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            local_ip: None,
+            validated: false,
+            server_name: None,
+            alpn: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn attempts_their_worker_gave_up_on_are_not_handed_out_nor_counted() {
+        let now = Instant::now();
+        let old = now - DEFER_TIMEOUT - Duration::from_millis(1);
+        let mut q = AcceptQueue::default();
+        for (id, at) in [(1, old), (2, old), (3, now), (4, old), (5, now)] {
+            q.attempts.push_back(attempt(id, at));
+        }
+        // Room counts the live ones once the expired front is gone.
+        assert!(q.has_room(4));
+        assert_eq!(q.attempts.len(), 3, "the two expired at the front went");
+        assert!(!q.has_room(3));
+        // Handed out: live ones only, in order.
+        let ids: Vec<u64> = std::iter::from_fn(|| q.next()).map(|a| a.id.0).collect();
+        assert_eq!(ids, [3, 5]);
+        assert!(q.attempts.is_empty());
     }
 }
