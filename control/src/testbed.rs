@@ -228,49 +228,6 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> anyhow::Resu
 
 /// Turns TX checksum offload off on `dev` (ETHTOOL_STXCSUM) in this thread's namespace.
 pub fn tx_checksum_offload_off(dev: &str) -> anyhow::Result<()> {
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        data: *mut EthtoolValue,
-        _pad: [u8; 16],
-    }
-    if dev.len() >= libc::IFNAMSIZ {
-        bail!("interface name {dev:?} too long");
-    }
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        data: &mut value,
-        _pad: [0; 16],
-    };
-    req.name[..dev.len()].copy_from_slice(dev.as_bytes());
-    // SAFETY: a datagram socket for the ioctl; checked; closed by OwnedFd.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket for SIOCETHTOOL");
-    }
-    // SAFETY: `fd` is fresh and owned here.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points to, both live.
-    let rc = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            libc::SIOCETHTOOL,
-            &mut req as *mut IfReq,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("turning TX checksum offload off on {dev}"));
-    }
-    Ok(())
+    crate::xdp::ethtool::tx_checksum_offload_off(dev)
+        .with_context(|| format!("turning TX checksum offload off on {dev}"))
 }
