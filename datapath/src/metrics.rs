@@ -113,6 +113,9 @@ counters! {
     /// Connections alive whose handshake is not complete (a gauge; above the Retry threshold
     /// new clients must validate their address).
     conns_handshaking,
+    /// Connection attempts awaiting a deferred decision (`Decision::Defer`; a gauge). They
+    /// count towards the Retry threshold with `conns_handshaking`.
+    attempts_deferred,
     /// Connections that ended by idle timeout.
     closed_timed_out,
     /// Connections the peer closed (application or transport close).

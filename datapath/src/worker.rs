@@ -493,7 +493,11 @@ impl<H: Handler> Worker<H> {
         let retry = match self.retry {
             RetryPolicy::Never => false,
             RetryPolicy::Always => true,
-            RetryPolicy::AbovePendingHandshakes(n) => self.conns.handshaking >= n,
+            // Attempts awaiting a deferred decision hold state too (their datagrams, and
+            // a handshake once accepted): they count as pending.
+            RetryPolicy::AbovePendingHandshakes(n) => {
+                self.conns.handshaking + self.shard.deferred.len() >= n
+            }
         };
         if retry && !validated {
             return self.send_retry(io, incoming, link);
@@ -852,6 +856,7 @@ impl<H: Handler> Worker<H> {
         self.counters.retries_sent += tally.retries;
         self.counters.conns_active = self.conns.active as u64;
         self.counters.conns_handshaking = self.conns.handshaking as u64;
+        self.counters.attempts_deferred = self.shard.deferred.len() as u64;
         self.metrics.publish(&self.counters);
     }
 

@@ -14,7 +14,7 @@ use xdp_quic::backend::mem::{MemNetwork, MemSteering};
 use xdp_quic::testing::{run_clients, run_until, step, Drive, Node};
 use xdp_quic::{
     tls, Conn, ConnId, ConnectionError, Ctx, Decision, EngineBuilder, Handler, Incoming,
-    ReadStatus, StreamId, TransportConfig, VarInt,
+    ReadStatus, RetryPolicy, StreamId, TransportConfig, VarInt,
 };
 use xdp_quic_examples::echo::{self, EchoClient, EchoServer};
 
@@ -622,7 +622,11 @@ impl Handler for Deferring {
 
 /// A server whose accept hook defers every attempt, and the attempts it saw.
 fn deferring_server(net: &MemNetwork) -> (Node<Deferring>, Waiting) {
-    let b = EngineBuilder::default()
+    deferring_server_with(net, EngineBuilder::default())
+}
+
+fn deferring_server_with(net: &MemNetwork, b: EngineBuilder) -> (Node<Deferring>, Waiting) {
+    let b = b
         .server(server_config())
         .drain_timeout(Duration::from_millis(300));
     let waiting = Waiting::default();
@@ -686,6 +690,61 @@ fn a_deferred_decision_is_taken_later_by_posted_work() {
     assert_eq!(again.wait().unwrap(), Err(xdp_quic::Gone));
     let t = server.total();
     assert_eq!((t.conns_accepted, t.conns_refused), (1, 1));
+}
+
+/// Attempts awaiting a decision count towards the Retry threshold: with two of them held,
+/// a third client is asked to prove its address first, and comes back validated.
+#[test]
+fn deferred_attempts_count_towards_the_retry_threshold() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let (mut server, waiting) = deferring_server_with(
+        &net,
+        EngineBuilder::default().retry(RetryPolicy::AbovePendingHandshakes(2)),
+    );
+    let mut clients = vec![
+        client(&net, "10.7.8.1:5000", "one.example", b"first"),
+        client(&net, "10.7.8.2:5000", "two.example", b"second"),
+    ];
+    {
+        let mut nodes: Vec<&mut dyn Drive> = vec![&mut server];
+        nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
+        run_until(&net, &mut nodes, Duration::from_secs(5), |_| {
+            waiting.lock().unwrap().len() == 2
+        })
+        .expect("both attempts reach the hook");
+    }
+    assert_eq!(server.total().retries_sent, 0, "below the threshold");
+    assert_eq!(server.total().attempts_deferred, 2);
+    clients.push(client(&net, "10.7.8.3:5000", "three.example", b"third"));
+    {
+        let mut nodes: Vec<&mut dyn Drive> = vec![&mut server];
+        nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
+        run_until(&net, &mut nodes, Duration::from_secs(5), |_| {
+            waiting.lock().unwrap().len() == 3
+        })
+        .expect("the third attempt reaches the hook after its Retry");
+    }
+    assert_eq!(server.total().retries_sent, 1, "two attempts held: Retry");
+    let held = waiting.lock().unwrap().clone();
+    assert_eq!(held[2].1.as_deref(), Some("three.example"));
+    let decided: Vec<_> = held
+        .iter()
+        .map(|&(id, _)| {
+            server
+                .handle
+                .call(0, move |_, ctx| ctx.decide(id, Decision::Accept))
+                .unwrap()
+        })
+        .collect();
+    run(&net, &mut server, &mut clients);
+    for r in decided {
+        assert!(r.wait().unwrap().is_ok_and(|c| c.is_some()));
+    }
+    for (i, c) in clients.iter().enumerate() {
+        assert!(c.handler(0).all_ok(), "client {i}: {:?}", c.handler(0).error);
+    }
+    let t = server.total();
+    assert_eq!((t.conns_accepted, t.attempts_deferred), (3, 0));
 }
 
 #[test]

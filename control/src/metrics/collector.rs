@@ -14,7 +14,12 @@ use crate::xdp::pressure::PressureView;
 use crate::xdp::CountersReader;
 
 /// Gauges among the worker counters (everything else only grows).
-const GAUGES: &[&str] = &["conns_active", "conns_handshaking", "failed"];
+const GAUGES: &[&str] = &[
+    "conns_active",
+    "conns_handshaking",
+    "attempts_deferred",
+    "failed",
+];
 /// Counters kept in nanoseconds, exported in seconds.
 const NANOS: &[&str] = &["busy_ns", "idle_ns"];
 

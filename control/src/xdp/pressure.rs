@@ -65,7 +65,8 @@ impl PressurePolicy {
 pub struct QueueLoad {
     /// The rx queue.
     pub queue: u32,
-    /// Handshakes pending on its worker (`conns_handshaking`).
+    /// Handshakes pending on its worker (`conns_handshaking`), with the attempts awaiting a
+    /// deferred decision (`attempts_deferred`), as its Retry threshold counts them.
     pub pending_handshakes: u64,
     /// The kernel's count of times it found the queue's fill ring empty
     /// (`XDP_STATISTICS.rx_fill_ring_empty_descs`), cumulative.
@@ -268,7 +269,10 @@ impl PressureMonitor {
                     let kernel = q.snapshot().kernel;
                     QueueLoad {
                         queue: q.queue,
-                        pending_handshakes: w.snapshot().conns_handshaking,
+                        pending_handshakes: {
+                            let s = w.snapshot();
+                            s.conns_handshaking + s.attempts_deferred
+                        },
                         fill_ring_empty: kernel.rx_fill_ring_empty,
                         rx_ring_full: kernel.rx_ring_full,
                     }

@@ -30,7 +30,8 @@ pub enum RetryPolicy {
     /// Always.
     Always,
     /// When at least this many handshakes are pending on the worker: the flood defence, and
-    /// the default ([`RetryPolicy::DEFAULT_PENDING_HANDSHAKES`]).
+    /// the default ([`RetryPolicy::DEFAULT_PENDING_HANDSHAKES`]). Attempts awaiting a
+    /// deferred decision ([`Decision::Defer`](crate::Decision::Defer)) count as pending.
     AbovePendingHandshakes(usize),
 }
 
