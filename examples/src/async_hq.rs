@@ -129,7 +129,9 @@ impl AsyncHq {
             };
             file = f;
             if !chunk.is_empty() {
-                // A client that takes nothing for this long gives its slots up.
+                // The chunk goes once the stream's queue has room for it, that is once the
+                // client took as much: one that does not within `send_stall` (stopped, or
+                // reading a trickle) gives its slots up.
                 match tokio::time::timeout(self.limits.send_stall, send.write_chunk(chunk)).await {
                     Ok(written) => written?,
                     Err(_) => {

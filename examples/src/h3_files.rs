@@ -266,7 +266,7 @@ impl H3Server {
                         Ok(sent) => sent?,
                         Err(_) => {
                             stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
-                            anyhow::bail!("the client took nothing for {stall:?}");
+                            anyhow::bail!("the client took less than a chunk in {stall:?}");
                         }
                     }
                 }

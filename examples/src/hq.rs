@@ -57,7 +57,8 @@ pub const ALPN: &[u8] = b"hq-interop";
 pub const NOT_FOUND: VarInt = VarInt::from_u32(0x10);
 /// Stream reset code: the request is not `GET /path`.
 pub const BAD_REQUEST: VarInt = VarInt::from_u32(0x11);
-/// Stream reset code: the client took none of the answer for [`HqLimits::send_stall`].
+/// Stream reset code: the client did not take a chunk of the answer within
+/// [`HqLimits::send_stall`].
 pub const STALLED: VarInt = VarInt::from_u32(0x12);
 /// Octets read from a file at a time.
 pub const CHUNK: usize = 64 * 1024;
@@ -99,9 +100,11 @@ pub struct HqLimits {
     pub files_per_worker: usize,
     /// Threads that open and read files for this worker. Default 2.
     pub pool_threads: usize,
-    /// A response the client takes nothing of for this long is reset ([`STALLED`]) and its
-    /// slots freed, so that clients that stop reading cannot hold them for good. Default
-    /// 30 s.
+    /// A response whose client does not take a whole chunk ([`CHUNK`], or what is left of
+    /// the file) within this long is reset ([`STALLED`]) and its slots freed, so that
+    /// clients that stop reading, or read a trickle, cannot hold them for good (a minimum
+    /// rate of 64 KiB per 30 s by default). The time the disk takes does not count.
+    /// Default 30 s.
     pub send_stall: Duration,
 }
 
@@ -154,8 +157,9 @@ struct Body {
     busy: bool,
     /// The stream ended while busy: what comes back is dropped.
     abandoned: bool,
-    /// When the client last took octets of it, or octets became ready for it; `None`
-    /// before the first.
+    /// When the client last took the whole chunk it had, or a chunk became ready for it;
+    /// `None` before the first. A client that trickles keeps its slot only as long as it
+    /// takes a chunk per `send_stall`.
     progress: Option<Instant>,
 }
 
@@ -320,7 +324,7 @@ pub struct HqServer {
     pub served: u64,
     /// Requests refused (bad request or not found).
     pub refused: u64,
-    /// Answers reset because their clients took nothing of them for `send_stall`.
+    /// Answers reset because their clients did not take a chunk within `send_stall`.
     pub stalled: u64,
     /// Dropped with the handler: ends its stall sweeper at once.
     sweeper: Option<std::sync::mpsc::Sender<()>>,
@@ -435,8 +439,8 @@ impl HqServer {
         }
     }
 
-    /// Resets the answers whose clients took nothing of them for `send_stall` (not those
-    /// waiting for the disk) and frees their slots.
+    /// Resets the answers whose clients did not take their chunk within `send_stall` (not
+    /// those waiting for the disk) and frees their slots.
     fn sweep_stalled(&mut self, ctx: &mut Ctx<'_>) {
         let (now, stall) = (ctx.now(), self.limits.send_stall);
         let stalled: Vec<(ConnId, StreamId)> = self
@@ -627,9 +631,11 @@ impl HqServer {
             if body.abandoned {
                 return;
             }
-            let before = body.out.len();
             let flushed = body.out.flush(conn, s);
-            if body.out.len() < before || body.progress.is_none() {
+            // The clock restarts when the chunk is all taken (the next one is then read, and
+            // the disk's time does not count), not at every octet: taking a few octets now
+            // and then does not hold a slot for good.
+            if matches!(flushed, Ok(true)) || body.progress.is_none() {
                 body.progress = Some(conn.ctx().now());
             }
             match flushed {

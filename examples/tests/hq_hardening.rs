@@ -934,3 +934,62 @@ async fn a_client_that_stops_reading_gives_its_slot_back_after_the_stall_body() 
     guard("client idle", ep.wait_idle()).await;
     shutdown(engine).await;
 }
+
+/// A client that reads an answer a trickle at a time (1 KiB every 50 ms, so the server
+/// sees progress far more often than every `send_stall`) gives its slot back all the same:
+/// it never takes a whole chunk within the stall, so its answer is reset with STALLED and
+/// its request waiting for that slot is served. (Before, any octet taken restarted the
+/// clock, and such a client held its slots for good.)
+#[test]
+fn a_client_that_reads_a_trickle_gives_its_slot_back_after_the_stall() {
+    on_runtime(a_client_that_reads_a_trickle_gives_its_slot_back_after_the_stall_body());
+}
+
+async fn a_client_that_reads_a_trickle_gives_its_slot_back_after_the_stall_body() {
+    let (_t, www, _big, small) = cap_site("trickle");
+    let limits = HqLimits {
+        files_per_connection: 1,
+        send_stall: Duration::from_millis(300),
+        ..HqLimits::default()
+    };
+    let (engine, cert) = server(&www, limits, 16);
+    let ep = client(cert, Some(HOSTILE_WINDOW));
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    // The one slot: an answer this client reads 1 KiB at a time.
+    let (_send, mut trickled) = request_unread(&conn, "/big").await;
+    let trickle = tokio::spawn(async move {
+        let mut got = 0usize;
+        let mut buf = [0u8; 1024];
+        loop {
+            match trickled.read(&mut buf).await {
+                Ok(Some(n)) => got += n,
+                Ok(None) => return (got, Got::Body(Vec::new())),
+                Err(quinn::ReadError::Reset(code)) => return (got, Got::Reset(code)),
+                Err(e) => return (got, Got::Failed(e.to_string())),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // Waits for that slot, and gets it once the trickled answer is reset.
+    assert_eq!(
+        guard("the second request", get(&conn, "/small")).await,
+        Got::Body(small.to_vec())
+    );
+    let (got, end) = guard("the trickled answer", trickle).await.unwrap();
+    assert_eq!(end, Got::Reset(hq::STALLED), "after {got} octets");
+    assert!(got > 0 && got < BIG, "the trickle took {got} octets");
+    let stalled = {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        engine
+            .handle()
+            .post(0, move |s, _| {
+                let _ = tx.send(s.stalled);
+            })
+            .unwrap();
+        guard("the count", rx).await.unwrap()
+    };
+    assert_eq!(stalled, 1);
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    shutdown(engine).await;
+}
