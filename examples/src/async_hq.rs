@@ -20,7 +20,9 @@ use tokio::sync::Semaphore;
 use xdp_quic::tokio::{Connection, Endpoint, RecvStream, SendStream};
 
 use crate::files::{read_chunk_pooled, FileRoot};
-pub use crate::hq::{HqLimits, ALPN, BAD_REQUEST, CHUNK, MAX_REQUEST, NOT_FOUND, STALLED};
+pub use crate::hq::{
+    HqLimits, ALPN, BAD_REQUEST, CHUNK, MAX_REQUEST, NOT_FOUND, REQUEST_TIMED_OUT, STALLED,
+};
 
 /// The server: the root and the endpoint-wide slots.
 #[derive(Clone)]
@@ -34,10 +36,10 @@ impl AsyncHq {
     /// Serves the regular files beneath `root`, with `limits` (`pool_threads` is unused:
     /// the files are read on tokio's blocking pool).
     pub fn new(root: &std::path::Path, limits: HqLimits) -> io::Result<AsyncHq> {
-        if limits.send_stall.is_zero() {
+        if limits.send_stall.is_zero() || limits.request_timeout.is_zero() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "the send stall must be more than 0",
+                "the send stall and request timeout must be more than 0",
             ));
         }
         Ok(AsyncHq {
@@ -81,14 +83,20 @@ impl AsyncHq {
         mut recv: RecvStream,
         mine: &Semaphore,
     ) -> anyhow::Result<()> {
-        let line = match recv.read_to_end(MAX_REQUEST).await {
-            Ok(line) => line,
-            Err(xdp_quic::tokio::ReadToEndError::TooLong) => {
+        let line = recv.read_to_end(MAX_REQUEST);
+        let line = match tokio::time::timeout(self.limits.request_timeout, line).await {
+            Ok(Ok(line)) => line,
+            Err(_) => {
+                let _ = send.reset(REQUEST_TIMED_OUT);
+                let _ = recv.stop(REQUEST_TIMED_OUT);
+                return Ok(());
+            }
+            Ok(Err(xdp_quic::tokio::ReadToEndError::TooLong)) => {
                 let _ = send.reset(BAD_REQUEST);
                 let _ = recv.stop(BAD_REQUEST);
                 return Ok(());
             }
-            Err(e) => return Err(e.into()),
+            Ok(Err(e)) => return Err(e.into()),
         };
         let rel = match crate::hq::parse_request(&line) {
             Ok(rel) => rel,

@@ -59,10 +59,10 @@ impl H3Server {
     /// Serves the regular files beneath `root` with `limits` (`pool_threads` unused: the
     /// files are read on tokio's blocking pool).
     pub fn new(root: &Path, limits: HqLimits) -> std::io::Result<H3Server> {
-        if limits.send_stall.is_zero() {
+        if limits.send_stall.is_zero() || limits.request_timeout.is_zero() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                "the send stall must be more than 0",
+                "the send stall and request timeout must be more than 0",
             ));
         }
         Ok(H3Server {
@@ -149,8 +149,9 @@ impl H3Server {
                 Ok(Some(resolver)) => {
                     accepted += 1;
                     let (server, mine, goaway) = (self.clone(), mine.clone(), goaway.clone());
+                    let limit = self.limits.request_timeout;
                     tasks.spawn(async move {
-                        match resolver.resolve_request().await {
+                        match resolve_within(resolver, limit).await {
                             Ok((req, mut stream)) => {
                                 if stream.id().index() >= goaway.load(Ordering::Acquire) {
                                     // At or past the GOAWAY: not processed, as it said.
@@ -274,6 +275,30 @@ impl H3Server {
         }
         stream.finish().await?;
         Ok(())
+    }
+}
+
+/// Reads a request's headers, if they come whole within `limit` (from when its stream was
+/// accepted); a request that does not is rejected (its response side reset with
+/// H3_REQUEST_REJECTED, its request side stopped when dropped), so that headers sent a
+/// trickle at a time do not hold the stream for the connection's life.
+async fn resolve_within(
+    mut resolver: h3::server::RequestResolver<xdp_quic_h3::Connection, Bytes>,
+    limit: std::time::Duration,
+) -> anyhow::Result<(Request<()>, Stream)> {
+    use h3::quic::SendStream as _;
+    // h3 0.0.8 offers no way to reject a request whose headers have not come, but its
+    // resolver's frame stream is public (the workspace pins h3 to 0.0.8): the first frame is
+    // read here, under the time limit, and handed to h3 as `resolve_request` would.
+    let first = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx));
+    match tokio::time::timeout(limit, first).await {
+        Ok(frame) => Ok(resolver.accept_with_frame(frame)?.resolve().await?),
+        Err(_) => {
+            resolver
+                .frame_stream
+                .reset(h3::error::Code::H3_REQUEST_REJECTED.value());
+            anyhow::bail!("the request's headers did not come within {limit:?}")
+        }
     }
 }
 

@@ -60,6 +60,9 @@ pub const BAD_REQUEST: VarInt = VarInt::from_u32(0x11);
 /// Stream reset code: the client did not take a chunk of the answer within
 /// [`HqLimits::send_stall`].
 pub const STALLED: VarInt = VarInt::from_u32(0x12);
+/// Stream reset code: the request line did not come whole within
+/// [`HqLimits::request_timeout`].
+pub const REQUEST_TIMED_OUT: VarInt = VarInt::from_u32(0x13);
 /// Octets read from a file at a time.
 pub const CHUNK: usize = 64 * 1024;
 /// The longest request line accepted.
@@ -106,6 +109,11 @@ pub struct HqLimits {
     /// rate of 64 KiB per 30 s by default). The time the disk takes does not count.
     /// Default 30 s.
     pub send_stall: Duration,
+    /// A request whose line has not come whole this long after its stream opened is
+    /// refused ([`REQUEST_TIMED_OUT`]), so that requests sent a trickle at a time, or never
+    /// ended, do not hold their stream and its buffer for the connection's life. Default
+    /// 10 s.
+    pub request_timeout: Duration,
 }
 
 impl Default for HqLimits {
@@ -115,12 +123,15 @@ impl Default for HqLimits {
             files_per_worker: 256,
             pool_threads: 2,
             send_stall: SEND_STALL,
+            request_timeout: REQUEST_TIMEOUT,
         }
     }
 }
 
 /// The default of [`HqLimits::send_stall`].
 pub const SEND_STALL: Duration = Duration::from_secs(30);
+/// The default of [`HqLimits::request_timeout`].
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What an [`HqServer`] holds now (for tests and monitoring).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -137,8 +148,8 @@ pub struct HqState {
 }
 
 enum Stream {
-    /// The request line, as far as it came.
-    Reading(BytesMut),
+    /// The request line, as far as it came, and when its stream opened.
+    Reading(BytesMut, Instant),
     /// A complete request, waiting for a file slot.
     Waiting(PathBuf),
     /// Being served; holds a slot of its connection and of the worker until it ends.
@@ -326,6 +337,8 @@ pub struct HqServer {
     pub refused: u64,
     /// Answers reset because their clients did not take a chunk within `send_stall`.
     pub stalled: u64,
+    /// Requests refused because their line did not come whole within `request_timeout`.
+    pub timed_out: u64,
     /// Dropped with the handler: ends its stall sweeper at once.
     sweeper: Option<std::sync::mpsc::Sender<()>>,
 }
@@ -342,10 +355,11 @@ impl HqServer {
             || limits.files_per_worker == 0
             || limits.pool_threads == 0
             || limits.send_stall.is_zero()
+            || limits.request_timeout.is_zero()
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "hq limits must be at least 1 (and the send stall more than 0)",
+                "hq limits must be at least 1 (and the send stall and request timeout more than 0)",
             ));
         }
         let root = FileRoot::open(root)?;
@@ -362,6 +376,7 @@ impl HqServer {
             served: 0,
             refused: 0,
             stalled: 0,
+            timed_out: 0,
             sweeper: None,
         })
     }
@@ -409,14 +424,13 @@ impl HqServer {
             Ok(pool) => self.io = Some(Io { pool, poster }),
             Err(e) => tracing::error!(error = %e, "hq: no file pool; reading on the worker"),
         }
-        // A few times per stall period, every worker looks for answers their clients stopped
-        // taking (each handler's sweeper asks them all: the handler does not know its own
-        // worker; a sweep is cheap and changes nothing twice). The thread ends with this
-        // handler (its channel closes) or the engine.
-        let (sweeps, period) = (
-            engine.clone(),
-            (self.limits.send_stall / 4).max(Duration::from_millis(10)),
-        );
+        // A few times per stall period (or request timeout, the shorter), every worker looks
+        // for answers their clients stopped taking and requests that did not come whole
+        // (each handler's sweeper asks them all: the handler does not know its own worker; a
+        // sweep is cheap and changes nothing twice). The thread ends with this handler (its
+        // channel closes) or the engine.
+        let shortest = self.limits.send_stall.min(self.limits.request_timeout);
+        let (sweeps, period) = (engine.clone(), (shortest / 4).max(Duration::from_millis(10)));
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name("hq-stall-sweep".into())
@@ -440,9 +454,33 @@ impl HqServer {
     }
 
     /// Resets the answers whose clients did not take their chunk within `send_stall` (not
-    /// those waiting for the disk) and frees their slots.
+    /// those waiting for the disk) and frees their slots; refuses the requests whose line
+    /// did not come whole within `request_timeout`.
     fn sweep_stalled(&mut self, ctx: &mut Ctx<'_>) {
         let (now, stall) = (ctx.now(), self.limits.send_stall);
+        let limit = self.limits.request_timeout;
+        let late: Vec<(ConnId, StreamId)> = self
+            .conns
+            .iter()
+            .flat_map(|(id, cs)| {
+                cs.streams.iter().filter_map(move |(s, st)| match st {
+                    Stream::Reading(_, opened)
+                        if now.saturating_duration_since(*opened) >= limit =>
+                    {
+                        Some((*id, *s))
+                    }
+                    _ => None,
+                })
+            })
+            .collect();
+        for (id, s) in late {
+            ctx.with_conn(id, |conn| {
+                let _ = conn.reset(s, REQUEST_TIMED_OUT);
+                let _ = conn.stop(s, REQUEST_TIMED_OUT);
+            });
+            self.timed_out += 1;
+            self.end(id, s);
+        }
         let stalled: Vec<(ConnId, StreamId)> = self
             .conns
             .iter()
@@ -592,7 +630,7 @@ impl HqServer {
             Some(Stream::Waiting(_)) => {
                 cs.waiting.remove(&s);
             }
-            Some(Stream::Reading(_)) | None => {}
+            Some(Stream::Reading(..)) | None => {}
         }
     }
 
@@ -742,7 +780,8 @@ impl Handler for HqServer {
         // (answered, refused) may still be called readable (its end arriving late), and
         // must not look like a new, empty request.
         let cs = self.conns.entry(conn.id()).or_default();
-        cs.streams.insert(s, Stream::Reading(BytesMut::new()));
+        let opened = conn.ctx().now();
+        cs.streams.insert(s, Stream::Reading(BytesMut::new(), opened));
     }
 
     fn stream_readable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
@@ -750,7 +789,7 @@ impl Handler for HqServer {
         // A request read already (answered, or waiting its turn): what still arrives (its
         // end, late) is read and dropped, so that quinn-proto frees the stream's receiving
         // side and gives the client its stream credit back.
-        let Some(Stream::Reading(req)) = self
+        let Some(Stream::Reading(req, _)) = self
             .conns
             .get_mut(&id)
             .and_then(|cs| cs.streams.get_mut(&s))
@@ -997,6 +1036,11 @@ mod tests {
             ..HqLimits::default()
         };
         assert!(HqServer::with_limits(&dir, no_stall).is_err());
+        let no_time = HqLimits {
+            request_timeout: Duration::ZERO,
+            ..HqLimits::default()
+        };
+        assert!(HqServer::with_limits(&dir, no_time).is_err());
         assert!(HqServer::new(&dir.join("xdpquic-hq-no-such-dir")).is_err());
         assert_eq!(HqServer::new(&dir).unwrap().limits(), HqLimits::default());
     }

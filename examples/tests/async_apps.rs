@@ -271,6 +271,7 @@ async fn the_async_hq_server_serves_files_and_refuses_what_it_must() {
             .drain_timeout(DRAIN);
         let limits = HqLimits {
             files_per_connection: 2,
+            request_timeout: std::time::Duration::from_millis(300),
             ..HqLimits::default()
         };
         let hq = AsyncHq::new(&dir.0.join("www"), limits).unwrap();
@@ -319,6 +320,18 @@ async fn the_async_hq_server_serves_files_and_refuses_what_it_must() {
                 String::from_utf8_lossy(&request[..request.len().min(40)])
             );
         }
+        // A request line that never ends is refused once its time is up.
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"GET /big.bin").await.unwrap();
+        let got = guard("a request that never ends", recv.read_to_end(usize::MAX)).await;
+        assert!(
+            matches!(
+                got,
+                Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code)))
+                    if code == async_hq::REQUEST_TIMED_OUT
+            ),
+            "{got:?}"
+        );
         conn.close(VarInt::from_u32(0), b"");
         ep.close(VarInt::from_u32(0), b"");
         guard("idle", ep.wait_idle()).await;

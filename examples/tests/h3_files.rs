@@ -55,6 +55,14 @@ fn server(
     root: &std::path::Path,
     stop: watch::Receiver<bool>,
 ) -> (Endpoint, CertificateDer<'static>) {
+    server_with(root, stop, HqLimits::default())
+}
+
+fn server_with(
+    root: &std::path::Path,
+    stop: watch::Receiver<bool>,
+    limits: HqLimits,
+) -> (Endpoint, CertificateDer<'static>) {
     let (id, cert) = identity();
     let engine = EngineBuilder::default()
         .workers(1)
@@ -63,7 +71,7 @@ fn server(
     let ep = Builder::new(engine)
         .bind_udp("127.0.0.1:0".parse().unwrap())
         .unwrap();
-    let h3 = H3Server::new(root, HqLimits::default()).unwrap();
+    let h3 = H3Server::new(root, limits).unwrap();
     tokio::spawn(h3.serve(ep.clone(), stop));
     (ep, cert)
 }
@@ -359,6 +367,50 @@ async fn a_huge_headers_frame_is_stopped_at_its_header() {
             h3::error::Code::H3_EXCESSIVE_LOAD.value(),
             "after {sent} octets"
         );
+    })
+    .await;
+    stop_server(ep).await;
+}
+
+/// A request whose HEADERS frame never comes whole is rejected (H3_REQUEST_REJECTED) once
+/// `request_timeout` has passed, and the connection goes on serving. (Before, h3 waited for
+/// the rest of the frame for the connection's life.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_that_never_come_whole_are_rejected_when_their_time_is_up() {
+    let (dir, _, small) = site();
+    let (_keep, stop) = watch::channel(false);
+    let limits = HqLimits {
+        request_timeout: Duration::from_millis(300),
+        ..HqLimits::default()
+    };
+    let (ep, cert) = server_with(&dir.0, stop, limits);
+    guard("headers that never come whole", async {
+        let (client, conn) = connect(&ep, cert).await;
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        // HEADERS (type 0x1) of 100 octets, of which 10 are sent.
+        send.write_all(&[0x01, 0x40, 100]).await.unwrap();
+        send.write_all(&[0u8; 10]).await.unwrap();
+        let got = recv.read_to_end(1 << 20).await;
+        assert!(
+            matches!(
+                &got,
+                Err(xdp_quic::tokio::ReadToEndError::Read(xdp_quic::tokio::ReadError::Reset(c)))
+                    if c.into_inner() == h3::error::Code::H3_REQUEST_REJECTED.value()
+            ),
+            "{got:?}"
+        );
+        // The connection still serves.
+        let (driver, mut sender) = h3::client::new(xdp_quic_h3::Connection::new(conn))
+            .await
+            .unwrap();
+        let _driving = drive(driver);
+        let req = Request::get("https://localhost/a%20b.txt").body(()).unwrap();
+        let mut stream = sender.send_request(req).await.unwrap();
+        stream.finish().await.unwrap();
+        let resp = stream.recv_response().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_same("a b.txt", &body(&mut stream, Duration::ZERO).await, &small);
+        drop(client);
     })
     .await;
     stop_server(ep).await;

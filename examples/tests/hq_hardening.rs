@@ -993,3 +993,51 @@ async fn a_client_that_reads_a_trickle_gives_its_slot_back_after_the_stall_body(
     guard("client idle", ep.wait_idle()).await;
     shutdown(engine).await;
 }
+
+/// A request line that never comes whole (sent in part, never ended) is refused with
+/// REQUEST_TIMED_OUT once `request_timeout` has passed, and counted; the connection's other
+/// requests are served meanwhile and after. (Before, such a request held its stream and
+/// buffer for the connection's life.)
+#[test]
+fn a_request_that_never_comes_whole_is_refused_when_its_time_is_up() {
+    on_runtime(a_request_that_never_comes_whole_is_refused_when_its_time_is_up_body());
+}
+
+async fn a_request_that_never_comes_whole_is_refused_when_its_time_is_up_body() {
+    let (_t, www, _big, small) = cap_site("request-timeout");
+    let limits = HqLimits {
+        request_timeout: Duration::from_millis(300),
+        ..HqLimits::default()
+    };
+    let (engine, cert) = server(&www, limits, 16);
+    let ep = client(cert, None);
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    let (mut send, slow) = guard("open a stream", conn.open_bi()).await.unwrap();
+    send.write_all(b"GET /sm").await.unwrap();
+    assert_eq!(
+        guard("a request meanwhile", get(&conn, "/small")).await,
+        Got::Body(small.to_vec())
+    );
+    assert_eq!(
+        guard("the unended request", read_answer(slow)).await,
+        Got::Reset(hq::REQUEST_TIMED_OUT)
+    );
+    assert_eq!(
+        guard("a request after", get(&conn, "/small")).await,
+        Got::Body(small.to_vec())
+    );
+    let timed_out = {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        engine
+            .handle()
+            .post(0, move |s, _| {
+                let _ = tx.send(s.timed_out);
+            })
+            .unwrap();
+        guard("the count", rx).await.unwrap()
+    };
+    assert_eq!(timed_out, 1);
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    shutdown(engine).await;
+}
