@@ -741,7 +741,11 @@ fn deferred_attempts_count_towards_the_retry_threshold() {
         assert!(r.wait().unwrap().is_ok_and(|c| c.is_some()));
     }
     for (i, c) in clients.iter().enumerate() {
-        assert!(c.handler(0).all_ok(), "client {i}: {:?}", c.handler(0).error);
+        assert!(
+            c.handler(0).all_ok(),
+            "client {i}: {:?}",
+            c.handler(0).error
+        );
     }
     let t = server.total();
     assert_eq!((t.conns_accepted, t.attempts_deferred), (3, 0));

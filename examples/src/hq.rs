@@ -430,7 +430,10 @@ impl HqServer {
         // sweep is cheap and changes nothing twice). The thread ends with this handler (its
         // channel closes) or the engine.
         let shortest = self.limits.send_stall.min(self.limits.request_timeout);
-        let (sweeps, period) = (engine.clone(), (shortest / 4).max(Duration::from_millis(10)));
+        let (sweeps, period) = (
+            engine.clone(),
+            (shortest / 4).max(Duration::from_millis(10)),
+        );
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name("hq-stall-sweep".into())
@@ -781,7 +784,8 @@ impl Handler for HqServer {
         // must not look like a new, empty request.
         let cs = self.conns.entry(conn.id()).or_default();
         let opened = conn.ctx().now();
-        cs.streams.insert(s, Stream::Reading(BytesMut::new(), opened));
+        cs.streams
+            .insert(s, Stream::Reading(BytesMut::new(), opened));
     }
 
     fn stream_readable(&mut self, conn: &mut Conn<'_>, s: StreamId) {

@@ -404,7 +404,9 @@ async fn headers_that_never_come_whole_are_rejected_when_their_time_is_up() {
             .await
             .unwrap();
         let _driving = drive(driver);
-        let req = Request::get("https://localhost/a%20b.txt").body(()).unwrap();
+        let req = Request::get("https://localhost/a%20b.txt")
+            .body(())
+            .unwrap();
         let mut stream = sender.send_request(req).await.unwrap();
         stream.finish().await.unwrap();
         let resp = stream.recv_response().await.unwrap();

@@ -260,17 +260,41 @@ fn demo_over_af_xdp_side_by_side_with_udp_and_cleans_up() {
     if !privileged("demo_over_af_xdp_side_by_side_with_udp_and_cleans_up") {
         return;
     }
-    let v = demo_json(&["--backend", "xdp", "--bytes", "30M", "--requests", "500"]);
+    let v = demo_json(&[
+        "--backend",
+        "xdp",
+        "--bytes",
+        "30M",
+        "--requests",
+        "500",
+        "--rounds",
+        "2",
+    ]);
     let runs = v["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 2);
+    // Two rounds, each AF_XDP then UDP (whichever ran first).
+    assert_eq!(runs.len(), 4);
+    for (i, run) in runs.iter().enumerate() {
+        let label = run["server"].as_str().unwrap();
+        let want = if i % 2 == 0 { "AF_XDP" } else { "UDP" };
+        assert!(label.starts_with(want), "run {i}: {label}");
+        check_run(run, 4);
+    }
+    // The summary: each round's ratios, and their median.
+    let s = &v["af_xdp_over_udp"];
+    let rounds = s["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    let each: Vec<f64> = rounds
+        .iter()
+        .map(|r| r["requests_per_s_ratio"].as_f64().unwrap())
+        .collect();
+    let x = |i: usize| runs[i]["requests"]["requests_per_s"].as_f64().unwrap();
+    assert!((each[0] - x(0) / x(1)).abs() < 1e-9, "{each:?}");
+    assert!((each[1] - x(2) / x(3)).abs() < 1e-9, "{each:?}");
+    let median = s["requests_per_s_ratio"].as_f64().unwrap();
     assert!(
-        runs[0]["server"].as_str().unwrap().starts_with("AF_XDP"),
-        "{}",
-        runs[0]["server"]
+        (median - (each[0] + each[1]) / 2.0).abs() < 1e-9,
+        "{median} {each:?}"
     );
-    assert!(runs[1]["server"].as_str().unwrap().starts_with("UDP"));
-    check_run(&runs[0], 4);
-    check_run(&runs[1], 4);
     let queues = runs[0]["queues"].as_array().unwrap();
     assert_eq!(queues.len(), 4);
     for q in queues {

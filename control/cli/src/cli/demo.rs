@@ -4,9 +4,9 @@
 //! attaches the XDP program to the server's side, runs the perf server over AF_XDP (one
 //! worker per queue) in one namespace and a perf client over kernel UDP in the other: a bulk
 //! phase (default 1 GB) and a request phase (default 10,000 requests of 1 KB). Then it runs
-//! the same over the UDP backend in the same testbed, prints both side by side, and removes
-//! everything it made (Ctrl-C too). Without the privileges it says so and runs the UDP demo
-//! on loopback.
+//! the same over the UDP backend in the same testbed, for `--rounds` rounds (the order of the
+//! two alternating), prints both side by side with the median ratios, and removes everything
+//! it made (Ctrl-C too). Without the privileges it says so and runs the UDP demo on loopback.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -39,8 +39,13 @@ pub struct DemoArgs {
     #[arg(long, default_value = "1G", value_parser = args::parse_size)]
     pub bytes: u64,
     /// Requests of the request phase (1 KB each).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 50_000)]
     pub requests: u64,
+    /// Rounds of AF_XDP and UDP, side by side (each round runs both, in turn first): the
+    /// summary gives the median of the rounds' ratios and their spread, since one round on a
+    /// shared machine moves by ±20%.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub rounds: u32,
     /// Queues of the testbed's veth pair: AF_XDP workers (and UDP workers).
     #[arg(long, default_value_t = 4)]
     pub queues: u32,
@@ -56,9 +61,11 @@ pub struct DemoArgs {
     pub tx: args::TxArg,
     /// AF_XDP: how an idle worker waits (`busy` spins on the rings and keeps its core; the
     /// demo's client shares the same cores, so `adaptive` sleeps after `--spin`). Measured
-    /// on the 2-core VM, AF_XDP / UDP medians of the summary line over 19 rounds (busy: 6):
-    /// busy ×0.59 bulk, ×0.54 requests/s; adaptive 0 µs ×0.98 / ×0.98, 10 µs ×0.97 / ×0.98
-    /// (14 rounds), 25 µs ×0.99 / ×1.01, 50 µs (serve's default) ×0.96 / ×0.94.
+    /// on the 2-core VM with 10,000 requests, AF_XDP / UDP medians of the summary line over
+    /// 19 rounds (busy: 6): busy ×0.59 bulk, ×0.54 requests/s; adaptive 0 µs ×0.98 / ×0.98,
+    /// 10 µs ×0.97 / ×0.98 (14 rounds), 25 µs ×0.99 / ×1.01, 50 µs (serve's default) ×0.96 /
+    /// ×0.94. With 50,000 requests, 15 rounds each, alternating: 0 µs ×0.99 / ×1.03 (IQR of
+    /// requests/s 0.96–1.04), 25 µs ×1.01 / ×0.94 (0.92–0.98): 0 µs is the default.
     #[arg(long, value_enum, default_value_t = args::PollArg::Adaptive)]
     pub poll: args::PollArg,
     /// AF_XDP, adaptive polling: microseconds an idle worker spins before it sleeps.
@@ -70,9 +77,9 @@ pub struct DemoArgs {
 }
 
 /// The demo's adaptive spin: the best of 0, 10, 25 and 50 µs by measurement (see `--poll`).
-/// Client and server share the two cores of the demo's machine, so a worker that spins longer
+/// Client and server share the two cores of the demo's machine, so a worker that spins
 /// takes the client's time.
-const DEMO_SPIN_US: u64 = 25;
+const DEMO_SPIN_US: u64 = 0;
 
 /// Figures of one server run.
 struct Run {
@@ -251,70 +258,100 @@ fn testbed_runs(a: &DemoArgs) -> anyhow::Result<Vec<Run>> {
         tb.client_v4,
         a.queues
     );
+    let ctx = TestbedCtx {
+        a,
+        tb: &tb,
+        queues: &queues,
+        listen,
+        addr,
+    };
     let mut runs = Vec::new();
-
-    // AF_XDP: the program attached for the run, one worker per queue.
-    {
-        let identity = tls::Identity::self_signed(&["localhost"])?;
-        let cert = identity.chain.clone();
-        let mut setup = XdpSetup::new(&tb.server_if, listen, queues.clone());
-        setup.tx = a.tx.into();
-        setup.poll = poll_mode(a);
-        let builder = server_builder(identity, queues.len())?;
-        let (server, attachment) = tb.serve_xdp(
-            builder,
-            &setup,
-            xdp_quic_control::xdp::AttachMode::Auto,
-            |_| PerfServer::default(),
-        )?;
-        let mode = attachment.mode().name();
-        let zc = server.xsk_queues().iter().all(|q| q.zero_copy);
-        let tx: Vec<_> = server.xsk_queues().iter().map(|q| q.tx).collect();
-        let label = format!(
-            "AF_XDP, {} XDP, {} mode, transmit {}, {} polling, {} queues",
-            mode,
-            if zc { "zero-copy" } else { "copy" },
-            super::serve::tx_summary(&queues, &tx),
-            match setup.poll {
-                PollMode::Busy => "busy".to_string(),
-                PollMode::Adaptive { spin } => format!("adaptive ({} µs spin)", spin.as_micros()),
-            },
-            queues.len()
-        );
-        let counters = || attachment.counters();
-        let run = client_phases(
-            a,
-            label,
-            server,
-            addr,
-            cert,
-            Some(&counters),
-            Some(&tb.client_ns),
-        );
-        runs.push(run?);
-        drop(attachment);
-    }
-
-    // UDP in the same testbed, program detached: the baseline.
-    {
-        let identity = tls::Identity::self_signed(&["localhost"])?;
-        let cert = identity.chain.clone();
-        let builder = server_builder(identity, queues.len())?;
-        let server = tb.in_server(|| builder.start_udp(listen, |_| PerfServer::default()))??;
-        let label = format!("UDP, SO_REUSEPORT, {} workers", queues.len());
-        runs.push(client_phases(
-            a,
-            label,
-            server,
-            addr,
-            cert,
-            None,
-            Some(&tb.client_ns),
-        )?);
+    for round in 0..a.rounds {
+        // Each side goes first in turn, so that a drift of the shared machine over a round
+        // does not always favour the same one.
+        let (x, u) = if round % 2 == 0 {
+            let x = xdp_run(&ctx)?;
+            (x, udp_run(&ctx)?)
+        } else {
+            let u = udp_run(&ctx)?;
+            (xdp_run(&ctx)?, u)
+        };
+        runs.push(x);
+        runs.push(u);
     }
     drop(tb);
     eprintln!("testbed removed");
     Ok(runs)
+}
+
+/// What every run in the demo's testbed shares.
+struct TestbedCtx<'a> {
+    a: &'a DemoArgs,
+    tb: &'a Testbed,
+    queues: &'a [u32],
+    listen: SocketAddr,
+    addr: SocketAddr,
+}
+
+/// AF_XDP: the program attached for the run, one worker per queue.
+fn xdp_run(c: &TestbedCtx<'_>) -> anyhow::Result<Run> {
+    let identity = tls::Identity::self_signed(&["localhost"])?;
+    let cert = identity.chain.clone();
+    let mut setup = XdpSetup::new(&c.tb.server_if, c.listen, c.queues.to_vec());
+    setup.tx = c.a.tx.into();
+    setup.poll = poll_mode(c.a);
+    let builder = server_builder(identity, c.queues.len())?;
+    let (server, attachment) = c.tb.serve_xdp(
+        builder,
+        &setup,
+        xdp_quic_control::xdp::AttachMode::Auto,
+        |_| PerfServer::default(),
+    )?;
+    let mode = attachment.mode().name();
+    let zc = server.xsk_queues().iter().all(|q| q.zero_copy);
+    let tx: Vec<_> = server.xsk_queues().iter().map(|q| q.tx).collect();
+    let label = format!(
+        "AF_XDP, {} XDP, {} mode, transmit {}, {} polling, {} queues",
+        mode,
+        if zc { "zero-copy" } else { "copy" },
+        super::serve::tx_summary(c.queues, &tx),
+        match setup.poll {
+            PollMode::Busy => "busy".to_string(),
+            PollMode::Adaptive { spin } => format!("adaptive ({} µs spin)", spin.as_micros()),
+        },
+        c.queues.len()
+    );
+    let counters = || attachment.counters();
+    let run = client_phases(
+        c.a,
+        label,
+        server,
+        c.addr,
+        cert,
+        Some(&counters),
+        Some(&c.tb.client_ns),
+    );
+    drop(attachment);
+    run
+}
+
+/// UDP in the same testbed, program detached: the baseline.
+fn udp_run(c: &TestbedCtx<'_>) -> anyhow::Result<Run> {
+    let identity = tls::Identity::self_signed(&["localhost"])?;
+    let cert = identity.chain.clone();
+    let builder = server_builder(identity, c.queues.len())?;
+    let server =
+        c.tb.in_server(|| builder.start_udp(c.listen, |_| PerfServer::default()))??;
+    let label = format!("UDP, SO_REUSEPORT, {} workers", c.queues.len());
+    client_phases(
+        c.a,
+        label,
+        server,
+        c.addr,
+        cert,
+        None,
+        Some(&c.tb.client_ns),
+    )
 }
 
 /// The AF_XDP workers' polling of `a`.
@@ -373,19 +410,56 @@ fn ratios(x: &Run, u: &Run) -> (f64, f64, f64) {
     )
 }
 
+/// Median, least and greatest of `v` (not empty).
+fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (median, v[0], v[n - 1])
+}
+
+/// The ratios of every round (`runs` holds AF_XDP then UDP for each); empty without AF_XDP.
+fn round_ratios(runs: &[Run]) -> Vec<(f64, f64, f64)> {
+    if runs.len() < 2 {
+        return Vec::new();
+    }
+    runs.chunks_exact(2).map(|r| ratios(&r[0], &r[1])).collect()
+}
+
 fn print(a: &DemoArgs, runs: &[Run]) {
+    let rounds = round_ratios(runs);
+    let column = |f: fn(&(f64, f64, f64)) -> f64| spread(rounds.iter().map(f).collect());
     if a.json {
         let v: Vec<_> = runs.iter().map(run_json).collect();
-        let summary = match runs {
-            [x, u] => {
-                let (bulk, rps, p50) = ratios(x, u);
-                serde_json::json!({
-                    "bulk_throughput_ratio": bulk,
-                    "requests_per_s_ratio": rps,
-                    "request_p50_latency_ratio": p50,
+        let summary = if rounds.is_empty() {
+            serde_json::Value::Null
+        } else {
+            let each: Vec<_> = rounds
+                .iter()
+                .map(|(bulk, rps, p50)| {
+                    serde_json::json!({
+                        "bulk_throughput_ratio": bulk,
+                        "requests_per_s_ratio": rps,
+                        "request_p50_latency_ratio": p50,
+                    })
                 })
-            }
-            _ => serde_json::Value::Null,
+                .collect();
+            let (bulk, rps, p50) = (column(|r| r.0), column(|r| r.1), column(|r| r.2));
+            serde_json::json!({
+                "bulk_throughput_ratio": bulk.0,
+                "requests_per_s_ratio": rps.0,
+                "request_p50_latency_ratio": p50.0,
+                "spread": {
+                    "bulk_throughput_ratio": [bulk.1, bulk.2],
+                    "requests_per_s_ratio": [rps.1, rps.2],
+                    "request_p50_latency_ratio": [p50.1, p50.2],
+                },
+                "rounds": each,
+            })
         };
         println!(
             "{}",
@@ -393,7 +467,8 @@ fn print(a: &DemoArgs, runs: &[Run]) {
         );
         return;
     }
-    for r in runs {
+    // The details of the first round; the others are in the ratios below (and `--json`).
+    for r in runs.iter().take(2) {
         println!("== {} ==", r.label);
         println!("bulk download: {}", r.bulk);
         println!("requests:      {}", r.requests);
@@ -410,10 +485,22 @@ fn print(a: &DemoArgs, runs: &[Run]) {
         }
         println!("  server answered {} requests\n", r.served);
     }
-    if let [x, u] = runs {
-        let (bulk, rps, p50) = ratios(x, u);
-        println!(
-            "AF_XDP / UDP: bulk throughput ×{bulk:.2}, requests/s ×{rps:.2}, request p50 latency ×{p50:.2}"
-        );
+    if rounds.is_empty() {
+        return;
     }
+    if rounds.len() > 1 {
+        for (i, (bulk, rps, p50)) in rounds.iter().enumerate() {
+            println!(
+                "round {}: AF_XDP / UDP bulk throughput ×{bulk:.2}, requests/s ×{rps:.2}, request p50 latency ×{p50:.2}",
+                i + 1
+            );
+        }
+    }
+    let (bulk, rps, p50) = (column(|r| r.0), column(|r| r.1), column(|r| r.2));
+    println!(
+        "AF_XDP / UDP: bulk throughput ×{:.2} [{:.2}–{:.2}], requests/s ×{:.2} [{:.2}–{:.2}], request p50 latency ×{:.2} [{:.2}–{:.2}] (median [min–max] of {} round{})",
+        bulk.0, bulk.1, bulk.2, rps.0, rps.1, rps.2, p50.0, p50.1, p50.2,
+        rounds.len(),
+        if rounds.len() == 1 { "" } else { "s" }
+    );
 }
