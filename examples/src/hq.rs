@@ -351,21 +351,18 @@ impl HqServer {
 
     /// Serves files beneath `root` within `limits` (each at least 1).
     pub fn with_limits(root: &Path, limits: HqLimits) -> io::Result<Self> {
-        if limits.files_per_connection == 0
-            || limits.files_per_worker == 0
-            || limits.pool_threads == 0
-            || limits.send_stall.is_zero()
-            || limits.request_timeout.is_zero()
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "hq limits must be at least 1 (and the send stall and request timeout more than 0)",
-            ));
-        }
-        let root = FileRoot::open(root)?;
+        Self::check(limits)?;
+        Self::with_root(Arc::new(FileRoot::open(root)?), limits)
+    }
+
+    /// Serves files beneath a root opened once ([`FileRoot::open`]) and shared, so that the
+    /// servers of every worker, and those a supervisor makes later, serve the same directory
+    /// (one that is renamed or replaced meanwhile changes nothing).
+    pub fn with_root(root: Arc<FileRoot>, limits: HqLimits) -> io::Result<Self> {
+        Self::check(limits)?;
         tracing::debug!(root = %root.path().display(), resolver = ?root.resolver(), "hq root");
         Ok(Self {
-            root: Arc::new(root),
+            root,
             limits,
             io: None,
             conns: HashMap::new(),
@@ -379,6 +376,22 @@ impl HqServer {
             timed_out: 0,
             sweeper: None,
         })
+    }
+
+    /// Refuses limits of 0.
+    fn check(limits: HqLimits) -> io::Result<()> {
+        if limits.files_per_connection == 0
+            || limits.files_per_worker == 0
+            || limits.pool_threads == 0
+            || limits.send_stall.is_zero()
+            || limits.request_timeout.is_zero()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "hq limits must be at least 1 (and the send stall and request timeout more than 0)",
+            ));
+        }
+        Ok(())
     }
 
     /// The limits in force.

@@ -499,6 +499,18 @@ async fn our_async_client_over_af_xdp_against_aioquic() {
         };
         let got = run_our_client(mode, &pem, server.addr, bind).await;
         check_our_client_run(&format!("AF_XDP {mode:?}"), got, &server);
+        // The endpoint's engine, and with it the program it attached, goes on a thread of
+        // its own once the last handle is dropped: the next mode attaches once it is gone.
+        let (ns, iface) = (tb.client_ns.clone(), iface.clone());
+        tokio::task::spawn_blocking(move || {
+            xdp_quic_control::testing::wait_until(
+                "the first client's program detached",
+                Duration::from_secs(30),
+                || xdp_quic_control::testing::xdp_prog_on(&ns, &iface).is_none(),
+            )
+        })
+        .await
+        .unwrap();
     }
 }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use quinn_proto::{ConnectionError, ConnectionStats, Dir, Side, VarInt};
 
 use super::error::SendDatagramError;
-use super::shared::{dir_index, register, ConnShared, Wakes};
+use super::shared::{dir_index, register, ConnShared, WakerList, Wakes};
 use super::stream::{RecvStream, SendStream};
 use super::streams::StreamKey;
 use super::Keeper;
@@ -165,15 +165,25 @@ impl Drop for Opening<'_> {
             return;
         }
         let d = dir_index(self.dir);
+        let mut wake = WakerList::new();
         let unclaimed = {
             let mut st = self.conn.shared().lock();
             if st.open_requests[d] > 0 {
                 st.open_requests[d] -= 1;
+                // The request withdrawn may be another opener's while the stream opened for
+                // this one waits in `opened`: the others look again, or one would wait for a
+                // stream that is already there.
+                if !st.opened[d].is_empty() {
+                    wake = std::mem::take(&mut st.open_waiters);
+                }
                 None
             } else {
                 st.opened[d].pop_front().map(|id| st.streams.key(id))
             }
         };
+        for w in wake {
+            w.wake();
+        }
         // Outside the lock: the handles' drops take it. Dropping them finishes the stream
         // (empty) and stops its receiving side, as for any stream the application drops.
         if let Some(key) = unclaimed {
@@ -337,18 +347,24 @@ impl Connection {
             st.wake_all(&mut wakes);
         }
         wakes.wake();
+        c.closed.notify_waiters();
     }
 
     /// Waits until the connection ends; says why.
     pub fn closed(&self) -> impl Future<Output = ConnectionError> + Send + '_ {
-        poll_fn(move |cx| {
-            let mut st = self.shared().lock();
-            if let Some(e) = &st.error {
-                return Poll::Ready(e.clone());
+        async move {
+            let c = self.shared();
+            loop {
+                // Registered before the look, so that an end between the two wakes it.
+                let notified = c.closed.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(e) = &c.lock().error {
+                    return e.clone();
+                }
+                notified.await;
             }
-            register(&mut st.closed_waiters, cx.waker());
-            Poll::Pending
-        })
+        }
     }
 
     /// Why the connection ended, if it has.

@@ -58,6 +58,14 @@ impl Driver {
                     }
                 }
                 Op::Decide(attempt, decision, conn) => {
+                    // Once the endpoint is closing, `CloseAll` has gone by: a connection
+                    // accepted now would live on (and `wait_idle` wait for it), so it is
+                    // refused, as quinn closes those that come after its close.
+                    let decision = if self.ep.is_closing() {
+                        Decision::Refuse
+                    } else {
+                        decision
+                    };
                     let outcome = ctx.decide(attempt, decision);
                     if let Some(c) = conn {
                         match outcome {
@@ -184,6 +192,7 @@ pub(crate) fn fail(c: &ConnShared, error: ConnectionError) {
         st.wake_all(&mut wakes);
     }
     wakes.wake();
+    c.closed.notify_waiters();
 }
 
 /// Refreshes what the tasks read without asking.
@@ -543,6 +552,7 @@ impl Handler for Driver {
             st.out_datagrams.clear();
         }
         wakes.wake();
+        c.closed.notify_waiters();
         self.ep.ended();
     }
 }

@@ -19,7 +19,9 @@ use crate::{Decision, EngineBuilder};
 
 /// A QUIC endpoint over the engine's workers: accepts connections (a server), opens them (a
 /// client), or both. Cheap to clone. The engine shuts down when the last endpoint handle and
-/// the last connection handle are gone.
+/// the last connection handle are gone; its workers are then joined on a thread of their own
+/// (no task blocks), so what they hold (the sockets, an XDP program attached for the
+/// engine's life) is released shortly after, not by the time the last handle's drop returns.
 #[derive(Clone)]
 pub struct Endpoint {
     pub(crate) shared: Arc<EndpointShared>,

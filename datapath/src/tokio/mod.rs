@@ -108,6 +108,28 @@ pub struct Limits {
     pub incoming: usize,
 }
 
+impl Limits {
+    /// Refuses limits that would stall every stream or refuse every connection: the
+    /// receive and send buffers, the held streams and the accept queue must be at least 1
+    /// (the datagram queues may be 0: no datagram waits).
+    fn check(&self) -> Result<(), EngineError> {
+        for (value, name) in [
+            (self.stream_receive, "stream_receive"),
+            (self.connection_receive, "connection_receive"),
+            (self.held_streams, "held_streams"),
+            (self.stream_send, "stream_send"),
+            (self.incoming, "incoming"),
+        ] {
+            if value == 0 {
+                return Err(EngineError::Config(format!(
+                    "async API limit {name} must be at least 1"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -145,7 +167,8 @@ impl Builder {
         }
     }
 
-    /// What the async API buffers (see [`Limits`]).
+    /// What the async API buffers (see [`Limits`]; `bind_*` refuses a 0 where it would
+    /// stall every stream or refuse every connection).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
@@ -191,6 +214,7 @@ impl Builder {
     /// Binds one UDP socket per worker to `addr` (a server: SO_REUSEPORT on `addr`; a
     /// client: each on its own ephemeral port when `addr`'s port is 0) and starts.
     pub fn bind_udp(mut self, addr: SocketAddr) -> Result<Endpoint, EngineError> {
+        self.limits.check()?;
         let workers = self.engine.workers;
         let (shared, engine) = self.parts(workers);
         let server = engine.server.is_some();
@@ -235,6 +259,7 @@ impl Builder {
         map: Box<dyn SocketMap>,
         services: Vec<std::net::UdpSocket>,
     ) -> Result<Endpoint, EngineError> {
+        self.limits.check()?;
         let (shared, engine) = self.parts(setup.queues.len());
         let s = shared.clone();
         let factory = move |w| Driver::new(s.clone(), w);

@@ -417,7 +417,6 @@ pub(crate) struct ConnState {
     pub established: bool,
     pub error: Option<ConnectionError>,
     pub connecting: Option<Waker>,
-    pub closed_waiters: WakerList,
     pub info: Info,
 
     /// Streams the peer opened, not accepted yet: bidirectional, unidirectional.
@@ -466,6 +465,10 @@ pub(crate) struct ConnShared {
     pub worker: usize,
     pub ep: Arc<EndpointShared>,
     pub state: Mutex<ConnState>,
+    /// Notified once the connection has ended (`ConnState::error` set): what
+    /// `Connection::closed` waits on. A `Notify`, not a waker list, so that a `closed()`
+    /// future dropped unfinished (in a `select!` per stream, say) leaves nothing behind.
+    pub closed: tokio::sync::Notify,
 }
 
 impl ConnShared {
@@ -473,13 +476,13 @@ impl ConnShared {
         Arc::new(Self {
             worker,
             ep,
+            closed: tokio::sync::Notify::new(),
             state: Mutex::new(ConnState {
                 id: None,
                 side,
                 established: false,
                 error: None,
                 connecting: None,
-                closed_waiters: WakerList::new(),
                 info: Info::default(),
                 incoming: Default::default(),
                 accept_waiters: WakerList::new(),
@@ -528,6 +531,7 @@ impl ConnShared {
             let mut wakes = Wakes::default();
             st.wake_all(&mut wakes);
             wakes.wake();
+            self.closed.notify_waiters();
         }
     }
 
@@ -589,7 +593,6 @@ impl ConnState {
     /// Wakes everything waiting on the connection (it ended).
     pub fn wake_all(&mut self, wakes: &mut Wakes) {
         wakes.add(self.connecting.take());
-        wakes.all(&mut self.closed_waiters);
         wakes.all(&mut self.accept_waiters);
         wakes.all(&mut self.open_waiters);
         wakes.all(&mut self.datagram_waiters);

@@ -407,7 +407,19 @@ impl RecvStream {
         }
     }
 
+    /// The next buffered chunk, if there is one now. Never takes the stream's end or its
+    /// reset: those are for the next read to report (taking them here would lose them).
     fn try_chunk(&mut self) -> Option<Bytes> {
+        let buffered = {
+            let c = &self.conn.shared();
+            let st = c.lock();
+            st.streams
+                .get(&self.key)
+                .is_some_and(|slot| !slot.recv.is_empty())
+        };
+        if !buffered {
+            return None;
+        }
         let waker = std::task::Waker::noop();
         match self.poll_chunk(&mut Context::from_waker(waker), usize::MAX) {
             Poll::Ready(Ok(Some(b))) => Some(b),
@@ -516,7 +528,8 @@ impl RecvStream {
         take: impl FnOnce(&mut Chunks, u64) -> (T, usize),
     ) -> Poll<Result<Option<T>, ReadError>> {
         if self.all_read {
-            return Poll::Ready(Err(ReadError::ClosedStream));
+            // Past the end (read, reset and reported, or stopped): the end again, as quinn.
+            return Poll::Ready(Ok(None));
         }
         let c = &self.conn.shared();
         let limits = c.ep.limits;

@@ -48,7 +48,7 @@ pub fn serve(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<()> {
     })
     .context("installing the Ctrl-C handler")?;
     rt.block_on(async move {
-        let (ep, attachment, how) = bind(a, b)?;
+        let (ep, how) = bind(a, b)?;
         tokio::spawn(server.serve(ep.clone(), stop_rx.clone()));
         eprintln!("serving H3 on {} {how}; Ctrl-C stops", ep.local_addr()?);
         let mut stop = stop_rx;
@@ -64,43 +64,35 @@ pub fn serve(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<()> {
         ep.close(VarInt::from_u32(0x100), b"shutting down");
         ep.wait_idle().await;
         drop(ep);
-        drop(attachment);
         anyhow::Ok(())
     })
 }
 
-/// Binds the endpoint of `serve --app h3`; over AF_XDP attaches the XDP program for the
-/// port (or uses the one `xdp-quic attach` pinned for the interface).
-fn bind(
-    a: &ServeArgs,
-    b: EngineBuilder,
-) -> anyhow::Result<(Endpoint, Option<xdp::EmbeddedAttachment>, String)> {
+/// Binds the endpoint of `serve --app h3`; over AF_XDP uses the program `xdp-quic attach`
+/// pinned for the interface, or attaches it for the port for the endpoint's life, as the
+/// other apps do ([`ServerSteering::for_server`]).
+fn bind(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<(Endpoint, String)> {
     let builder = Builder::new(b);
     match a.backend {
         BackendArg::Udp => {
             let ep = builder.bind_udp(a.listen)?;
-            Ok((ep, None, format!("with {} UDP worker(s)", a.workers)))
+            Ok((ep, format!("with {} UDP worker(s)", a.workers)))
         }
         BackendArg::Xdp | BackendArg::Auto => {
             let setup = super::serve::xdp_setup(a)?;
-            let service = xdp::ServiceConfig {
-                ports: [a.listen.port()].into(),
-                addrs: Default::default(),
-            };
-            let attachment = xdp::attach_embedded(&setup.iface, &service, a.xdp_mode.into())
-                .with_context(|| format!("attaching the XDP program to {}", setup.iface))?;
-            let steering =
-                ServerSteering::with_registry(attachment.xsks()?, "serve-h3", attachment.prog_id());
+            let steering = ServerSteering::for_server(&setup.iface, a.listen, a.xdp_mode.into())
+                .with_context(|| format!("steering {} to AF_XDP", setup.iface))?;
+            let origin = steering.describe();
             let ep = builder
                 .bind_xdp(&setup, Box::new(steering))
                 .with_context(|| format!("starting AF_XDP workers on {}", setup.iface))?;
             let how = format!(
-                "with {} AF_XDP worker(s) on {} queues {:?}",
+                "with {} AF_XDP worker(s) on {} queues {:?} ({origin})",
                 setup.queues.len(),
                 setup.iface,
                 setup.queues
             );
-            Ok((ep, Some(attachment), how))
+            Ok((ep, how))
         }
     }
 }

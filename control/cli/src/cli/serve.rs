@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -16,7 +16,12 @@ use xdp_quic::{
 use xdp_quic_control::serve::{
     Backend, Event, Fallback, ServeOptions, Server, Serving, Stop, StopReason,
 };
-use xdp_quic_examples::{echo::EchoServer, hq::HqServer, perf::PerfServer};
+use xdp_quic_examples::files::FileRoot;
+use xdp_quic_examples::{
+    echo::EchoServer,
+    hq::{HqLimits, HqServer},
+    perf::PerfServer,
+};
 
 use super::args::{self, App, BackendArg, BindArg, PollArg, TxArg};
 
@@ -164,11 +169,16 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
                 .root
                 .as_ref()
                 .context("--app hq needs --root DIR, the directory to serve")?;
-            let probe =
-                HqServer::new(root).with_context(|| format!("--root {}", root.display()))?;
-            drop(probe);
-            let root = root.clone();
-            serve(a, b, move |_| HqServer::new(&root).expect("checked above"))
+            // Opened once: every worker's server, and those of a later fall-back to UDP,
+            // serve the directory `--root` named at start (README: resolved once).
+            let root = FileRoot::open(root)
+                .map(Arc::new)
+                .with_context(|| format!("--root {}", root.display()))?;
+            let limits = HqLimits::default();
+            HqServer::with_root(root.clone(), limits)?;
+            serve(a, b, move |_| {
+                HqServer::with_root(root.clone(), limits).expect("the same limits, checked above")
+            })
         }
     }
 }
