@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use xdp_quic::tokio::{Builder, Endpoint};
 use xdp_quic::{tls, EngineBuilder, VarInt};
-use xdp_quic_control::xdp::{self, socket_map::ServerSteering};
+use xdp_quic_control::xdp::socket_map::ServerSteering;
 use xdp_quic_examples::h3_files::{self, H3Server, HqLimits};
 
 use super::args::BackendArg;
