@@ -205,7 +205,8 @@ fn af_xdp_packets_are_accounted_for_from_the_program_to_the_workers() {
     let received = sum(&s, "xdpquic_worker_rx_packets_total");
     let backend_drops = sum(&s, "xdpquic_xsk_rx_parse_errors_total")
         + sum(&s, "xdpquic_xsk_rx_bad_checksum_total")
-        + sum(&s, "xdpquic_xsk_rx_other_port_total");
+        + sum(&s, "xdpquic_xsk_rx_other_port_total")
+        + sum(&s, "xdpquic_xsk_rx_martians_total");
     let kernel_drops = sum(&s, "xdpquic_xsk_kernel_rx_dropped_total")
         + sum(&s, "xdpquic_xsk_kernel_rx_ring_full_total");
     assert!(received > 100.0, "{received}");

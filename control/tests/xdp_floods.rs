@@ -262,6 +262,7 @@ fn taken_in(engine: &Engine<EchoServer>, attachment: &EmbeddedAttachment) -> boo
             s.rx_parse_errors
                 + s.rx_bad_checksum
                 + s.rx_other_port
+                + s.rx_martians
                 + s.kernel.rx_dropped
                 + s.kernel.rx_ring_full
         })

@@ -197,10 +197,11 @@ impl Collector for EngineCollector {
                     fam.encode_family(&labels)?.encode_gauge(&1u64)?;
                 }
             }
-            let per_queue: [QueueMetric; 14] = [
+            let per_queue: [QueueMetric; 15] = [
                 ("rx_parse_errors", "Frames that were not UDP over IP, or malformed.", |s| s.rx_parse_errors),
                 ("rx_bad_checksum", "Frames with a wrong UDP checksum.", |s| s.rx_bad_checksum),
                 ("rx_other_port", "Frames for another UDP port.", |s| s.rx_other_port),
+                ("rx_martians", "Frames no reply may answer (multicast or broadcast source, unspecified, loopback or multicast address), dropped.", |s| s.rx_martians),
                 ("tx_no_route", "Transmits on the TX ring without the peer's link layer (a connection this host opened).", |s| s.tx_no_route),
                 ("tx_no_frame", "Sends pushed back for want of a free UMEM frame.", |s| s.tx_no_frame),
                 ("tx_ring_full", "Sends pushed back by a full TX ring.", |s| s.tx_ring_full),

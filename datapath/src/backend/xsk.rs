@@ -68,6 +68,9 @@ pub struct XskCounters {
     pub rx_bad_checksum: AtomicU64,
     /// Frames for another UDP port than the service's.
     pub rx_other_port: AtomicU64,
+    /// Frames no reply may answer (martians: a multicast or broadcast source, an
+    /// unspecified, loopback or multicast address; `UdpFrame::is_martian`), dropped.
+    pub rx_martians: AtomicU64,
     /// Transmits on the TX ring without a link layer or local address (a connection this
     /// host opened: the xsk path answers peers, the kernel path opens connections).
     pub tx_no_route: AtomicU64,
@@ -91,6 +94,7 @@ pub struct XskSnapshot {
     pub rx_parse_errors: u64,
     pub rx_bad_checksum: u64,
     pub rx_other_port: u64,
+    pub rx_martians: u64,
     pub tx_no_route: u64,
     pub tx_no_frame: u64,
     pub tx_ring_full: u64,
@@ -125,6 +129,7 @@ impl XskQueueInfo {
             rx_parse_errors: c.rx_parse_errors.load(Relaxed),
             rx_bad_checksum: c.rx_bad_checksum.load(Relaxed),
             rx_other_port: c.rx_other_port.load(Relaxed),
+            rx_martians: c.rx_martians.load(Relaxed),
             tx_no_route: c.tx_no_route.load(Relaxed),
             tx_no_frame: c.tx_no_frame.load(Relaxed),
             tx_ring_full: c.tx_ring_full.load(Relaxed),
@@ -213,6 +218,7 @@ struct Local {
     rx_parse_errors: u64,
     rx_bad_checksum: u64,
     rx_other_port: u64,
+    rx_martians: u64,
     tx_no_route: u64,
     tx_no_frame: u64,
     tx_ring_full: u64,
@@ -342,6 +348,7 @@ impl XskBackend {
         c.rx_parse_errors.store(l.rx_parse_errors, Relaxed);
         c.rx_bad_checksum.store(l.rx_bad_checksum, Relaxed);
         c.rx_other_port.store(l.rx_other_port, Relaxed);
+        c.rx_martians.store(l.rx_martians, Relaxed);
         c.tx_no_route.store(l.tx_no_route, Relaxed);
         c.tx_no_frame.store(l.tx_no_frame, Relaxed);
         c.tx_ring_full.store(l.tx_ring_full, Relaxed);
@@ -455,6 +462,7 @@ impl Backend for XskBackend {
             .sock
             .recv(batch.room(), |octets| match frame::parse(octets, verify) {
                 Ok(f) if f.dst.port() != port => local.rx_other_port += 1,
+                Ok(f) if f.is_martian() => local.rx_martians += 1,
                 Ok(f) => {
                     let ecn = quinn_proto::EcnCodepoint::from_bits(f.ecn);
                     let reply = L2 {
@@ -701,6 +709,61 @@ mod tests {
         assert_conserved(&b, &mut k);
     }
 
+    /// Martians are dropped and counted, never handed to the endpoint (whose reply would go
+    /// to a whole segment or from an address not ours); their frames go back to the kernel.
+    #[test]
+    fn martians_are_dropped_and_counted() {
+        let (mut b, mut k) = backend();
+        let mut batch = RxBatch::new(64);
+        let server: SocketAddr = SERVER.parse().unwrap();
+        let mut multicast_to = server;
+        multicast_to.set_ip("224.0.0.1".parse().unwrap());
+        let martians = [
+            // A broadcast source MAC.
+            (
+                L2 {
+                    src_mac: [0xff; 6],
+                    dst_mac: SERVER_MAC,
+                    vlan: None,
+                },
+                CLIENT.parse().unwrap(),
+                server,
+            ),
+            // A broadcast source address.
+            (
+                L2 {
+                    src_mac: CLIENT_MAC,
+                    dst_mac: SERVER_MAC,
+                    vlan: None,
+                },
+                "255.255.255.255:5000".parse().unwrap(),
+                server,
+            ),
+            // A multicast destination address.
+            (
+                L2 {
+                    src_mac: CLIENT_MAC,
+                    dst_mac: SERVER_MAC,
+                    vlan: None,
+                },
+                CLIENT.parse().unwrap(),
+                multicast_to,
+            ),
+        ];
+        for (l2, from, to) in martians {
+            let mut buf = vec![0u8; 2048];
+            let n = frame::write(&mut buf, &l2, from, to, 0, b"martian").unwrap();
+            k.deliver(&buf[..n]).unwrap();
+        }
+        k.deliver(&packet(b"ours", 4433)).unwrap();
+        assert_eq!(b.recv(&mut batch).unwrap(), 1, "only the ordinary datagram");
+        let got: Vec<Vec<u8>> = batch.drain().map(|d| d.data.to_vec()).collect();
+        assert_eq!(got, vec![b"ours".to_vec()]);
+        assert_eq!(b.local.rx_martians, 3);
+        assert_eq!(b.socket().umem().lent_rx(), FRAMES / 2, "refilled");
+        assert_conserved(&b, &mut k);
+    }
+
     #[test]
     fn exhaustion_pushes_back_whole_transmits_and_recovers() {
         let (mut b, mut k) = backend();
@@ -772,16 +835,22 @@ mod tests {
         let (mut b, mut k) = backend();
         // Frame 63 is free (the fill ring took the first frames off the free list's end).
         let free_addr = u64::from(FRAMES - 1) * 2048;
-        assert!(k.push_raw_rx(Desc {
-            addr: free_addr,
-            len: 60,
-            options: 0
-        }));
-        assert!(k.push_raw_rx(Desc {
-            addr: u64::from(FRAMES) * 2048 + 5,
-            len: 60,
-            options: 0
-        }));
+        // SAFETY: frame 63 is on the user side's free list, not held by the emulated kernel.
+        assert!(unsafe {
+            k.push_raw_rx(Desc {
+                addr: free_addr,
+                len: 60,
+                options: 0,
+            })
+        });
+        // SAFETY: past the end of the UMEM: no frame at all.
+        assert!(unsafe {
+            k.push_raw_rx(Desc {
+                addr: u64::from(FRAMES) * 2048 + 5,
+                len: 60,
+                options: 0,
+            })
+        });
         let mut batch = RxBatch::new(8);
         assert_eq!(b.recv(&mut batch).unwrap(), 0);
         assert_eq!(b.socket().invalid_descs(), 2);

@@ -3,7 +3,7 @@
 //! [`parse`] takes a received frame apart without copying; [`write`](fn@write) builds one in a
 //! UMEM frame. Both are allocation-free and total (no panics for any input).
 
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use super::checksum::{self, PROTO_UDP};
 use super::{eth, ipv4, ipv6, udp};
@@ -33,6 +33,33 @@ pub struct UdpFrame<'a> {
     pub ecn: u8,
     /// The UDP payload (UDP length − 8 octets).
     pub payload: &'a [u8],
+}
+
+impl UdpFrame<'_> {
+    /// Whether no reply may go back the way this frame came (a martian, which the kernel's
+    /// stack drops): a multicast or broadcast source (MAC or IP), an unspecified or loopback
+    /// address at either end, or a multicast or limited-broadcast destination address.
+    /// Replies are built from the frame's own addresses (the source MAC becomes the
+    /// destination, the destination IP the source): answering such a frame would send to a
+    /// whole segment, or from an address that cannot be ours.
+    pub fn is_martian(&self) -> bool {
+        // The group bit: multicast, and broadcast (ff:ff:ff:ff:ff:ff).
+        if self.l2.src_mac[0] & 1 == 1 {
+            return true;
+        }
+        let unroutable = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => a.is_unspecified() || a.is_loopback() || a.is_multicast(),
+            IpAddr::V6(a) => {
+                a.is_unspecified()
+                    || a.is_loopback()
+                    || a.is_multicast()
+                    || a.to_ipv4_mapped().is_some()
+            }
+        };
+        let broadcast = |ip: IpAddr| matches!(ip, IpAddr::V4(a) if a.is_broadcast());
+        let (src, dst) = (self.src.ip(), self.dst.ip());
+        unroutable(src) || broadcast(src) || unroutable(dst) || broadcast(dst)
+    }
 }
 
 /// Why a frame is not a UDP datagram this datapath takes.
@@ -573,5 +600,49 @@ mod tests {
         let f = build(&TAGGED, (src, dst), 3, &[]);
         let p = parse(&f, true).unwrap();
         assert_eq!((p.src, p.dst, p.ecn, p.l2), (src, dst, 3, TAGGED));
+    }
+
+    #[test]
+    fn martians_are_told_apart() {
+        let frame = |src: &str, dst: &str, src_mac: [u8; 6]| UdpFrame {
+            l2: L2 { src_mac, ..PLAIN },
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            ecn: 0,
+            payload: &[],
+        };
+        let mac = PLAIN.src_mac;
+        for (src, dst) in [
+            ("192.0.2.1:1", "192.0.2.2:4433"),
+            ("[2001:db8::1]:1", "[2001:db8::2]:4433"),
+        ] {
+            assert!(!frame(src, dst, mac).is_martian(), "{src} -> {dst}");
+        }
+        for (src, dst) in [
+            ("0.0.0.0:1", "192.0.2.2:4433"),
+            ("255.255.255.255:1", "192.0.2.2:4433"),
+            ("224.0.0.1:1", "192.0.2.2:4433"),
+            ("127.0.0.1:1", "192.0.2.2:4433"),
+            ("192.0.2.1:1", "255.255.255.255:4433"),
+            ("192.0.2.1:1", "239.1.2.3:4433"),
+            ("192.0.2.1:1", "0.0.0.0:4433"),
+            ("192.0.2.1:1", "127.0.0.1:4433"),
+            ("[::]:1", "[2001:db8::2]:4433"),
+            ("[ff02::1]:1", "[2001:db8::2]:4433"),
+            ("[::1]:1", "[2001:db8::2]:4433"),
+            ("[::ffff:192.0.2.1]:1", "[2001:db8::2]:4433"),
+            ("[2001:db8::1]:1", "[ff02::1]:4433"),
+            ("[2001:db8::1]:1", "[::1]:4433"),
+        ] {
+            assert!(frame(src, dst, mac).is_martian(), "{src} -> {dst}");
+        }
+        for src_mac in [
+            [0xff; 6],
+            [0x01, 0x00, 0x5e, 0, 0, 1],
+            [0x33, 0x33, 0, 0, 0, 1],
+        ] {
+            let f = frame("192.0.2.1:1", "192.0.2.2:4433", src_mac);
+            assert!(f.is_martian(), "{src_mac:02x?}");
+        }
     }
 }

@@ -234,7 +234,15 @@ impl EmulatedKernel {
 
     /// Pushes `desc` on the RX ring as it is, as a faulty kernel would (to test that the
     /// user side refuses what it did not lend).
-    pub fn push_raw_rx(&mut self, desc: Desc) -> bool {
+    ///
+    /// # Safety
+    ///
+    /// `desc` must not name a frame this emulated kernel holds (one in the fill ring, or
+    /// taken for transmit): the user side would accept it as received and lend it out again
+    /// while this kernel may still write into it (`deliver`), two writers of one frame.
+    /// Frames the user side holds, and addresses outside the UMEM, are what such a test
+    /// pushes: those it refuses.
+    pub unsafe fn push_raw_rx(&mut self, desc: Desc) -> bool {
         let pushed = self.rx.push(desc);
         self.rx.submit();
         pushed

@@ -156,7 +156,8 @@ impl Drop for XskSocket {
         #[allow(irrefutable_let_patterns)] // without the `testing` feature there is one variant
         if let Backing::Kernel { fd, .. } = &mut self.backing {
             // SAFETY: dropped exactly once, here; `fd` is not used after this (the other fields
-            // drop next: the ring mappings, then the UMEM). Closing first ends the socket's
+            // drop next, in declaration order: the rings' handles, the UMEM (unmapped once
+            // its last holder goes), then `backing`'s ring mappings). Closing first ends the socket's
             // use of the rings and the UMEM, unless the socket lives on a moment elsewhere (a
             // `StatsSource` in the middle of its `getsockopt` closes it when done; the XSKMAP
             // lets it go once closed): the kernel then keeps its own pins on the UMEM pages

@@ -19,6 +19,14 @@ use std::sync::Arc;
 /// Frame sizes the kernel accepts for an aligned UMEM.
 pub const FRAME_SIZES: [u32; 2] = [2048, 4096];
 
+/// The headroom the kernel keeps in front of received data, besides the UMEM's own
+/// (`XDP_PACKET_HEADROOM`).
+const XDP_PACKET_HEADROOM: u32 = 256;
+
+/// The least room a frame must leave for a packet: a 1,500-octet IP packet (the MTU
+/// Ethernet paths have) behind an Ethernet header with one VLAN tag.
+const MIN_FRAME_ROOM: u32 = 1500 + 18;
+
 /// How to lay out a UMEM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UmemConfig {
@@ -63,8 +71,19 @@ impl UmemConfig {
                 self.frames
             ));
         }
-        if self.headroom >= self.frame_size / 2 {
-            return bad(format!("UMEM headroom {} too large", self.headroom));
+        // The kernel puts received data after the headroom and its own XDP headroom: what
+        // is left must hold the largest frame a QUIC peer may send us whole.
+        let room = self
+            .frame_size
+            .saturating_sub(self.headroom)
+            .saturating_sub(XDP_PACKET_HEADROOM);
+        if room < MIN_FRAME_ROOM {
+            return bad(format!(
+                "UMEM headroom {} too large: {room} octets of a {}-octet frame are left for \
+                 a packet, under the {MIN_FRAME_ROOM} a 1,500-octet IP packet with Ethernet \
+                 and VLAN headers needs",
+                self.headroom, self.frame_size
+            ));
         }
         Ok(())
     }
@@ -378,8 +397,31 @@ mod tests {
                 headroom: 1024,
                 ..Default::default()
             },
+            // 2048 - 300 - 256 = 1492 octets: too few for a 1,500-octet packet.
+            UmemConfig {
+                headroom: 300,
+                ..Default::default()
+            },
         ] {
             assert!(Umem::new(cfg).is_err(), "{cfg:?}");
+        }
+    }
+
+    #[test]
+    fn layouts_with_room_for_a_full_packet_are_taken() {
+        for cfg in [
+            UmemConfig::default(),
+            UmemConfig {
+                headroom: 2048 - 256 - 1518,
+                ..Default::default()
+            },
+            UmemConfig {
+                frame_size: 4096,
+                headroom: 1024,
+                ..Default::default()
+            },
+        ] {
+            assert!(Umem::new(cfg).is_ok(), "{cfg:?}");
         }
     }
 }

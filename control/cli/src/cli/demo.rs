@@ -382,7 +382,7 @@ fn run_json(r: &Run) -> serde_json::Value {
             serde_json::json!({
                 "queue": q.queue, "zero_copy": q.zero_copy,
                 "tx": q.tx.map(|t| t.to_string()), "rx_parse_errors": q.rx_parse_errors,
-                "rx_bad_checksum": q.rx_bad_checksum, "tx_no_route": q.tx_no_route,
+                "rx_bad_checksum": q.rx_bad_checksum, "rx_martians": q.rx_martians, "tx_no_route": q.tx_no_route,
                 "tx_no_frame": q.tx_no_frame, "tx_ring_full": q.tx_ring_full, "kicks": q.kicks,
                 "canary_packets": q.canary_packets, "kernel_rx_dropped": q.kernel.rx_dropped,
                 "kernel_rx_ring_full": q.kernel.rx_ring_full,

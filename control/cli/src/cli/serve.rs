@@ -457,12 +457,13 @@ pub fn tx_summary(queues: &[u32], tx: &[xdp_quic::backend::xsk::TxPath]) -> Stri
 /// The counters of an AF_XDP queue on one line.
 pub fn xsk_summary(s: &xdp_quic::backend::xsk::XskSnapshot) -> String {
     format!(
-        "{} mode, transmit {}, parse errors {}, bad checksums {}, other port {}, no route {}, TX no frame {}, TX ring full {}, kicks {}, canary {}; kernel: rx dropped {}, rx ring full {}, fill ring empty {}, tx ring empty {}",
+        "{} mode, transmit {}, parse errors {}, bad checksums {}, other port {}, martians {}, no route {}, TX no frame {}, TX ring full {}, kicks {}, canary {}; kernel: rx dropped {}, rx ring full {}, fill ring empty {}, tx ring empty {}",
         if s.zero_copy { "zero-copy" } else { "copy" },
         s.tx.map_or("?".to_string(), |t| t.to_string()),
         s.rx_parse_errors,
         s.rx_bad_checksum,
         s.rx_other_port,
+        s.rx_martians,
         s.tx_no_route,
         s.tx_no_frame,
         s.tx_ring_full,
