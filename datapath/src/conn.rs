@@ -142,7 +142,9 @@ impl Ctx<'_> {
     }
 
     /// Opens a connection from this worker to `remote`, using the engine's client
-    /// configuration. The handler hears `connected` or `closed` for the returned id.
+    /// configuration. The handler hears `connected` or `closed` for the returned id. Fails
+    /// with `EndpointStopping` once the worker is stopping (a connection opened then would
+    /// escape the drain).
     pub fn connect(
         &mut self,
         remote: SocketAddr,
@@ -164,6 +166,9 @@ impl Ctx<'_> {
         server_name: &str,
     ) -> Result<ConnId, ConnectError> {
         let shard = &mut *self.shard;
+        if shard.stop_requested {
+            return Err(quinn_proto::ConnectError::EndpointStopping.into());
+        }
         let (handle, conn) = shard
             .endpoint
             .connect(shard.now, config, remote, server_name)
@@ -297,7 +302,11 @@ impl<'a> Conn<'a> {
     /// per stream, as for [`Conn::state`].
     pub fn stream_state<T: Any + Send + Default>(&mut self, stream: StreamId) -> &mut T {
         let side = self.side();
-        self.slot.streams.entry(stream, side).state()
+        let conn = &mut self.slot.conn;
+        // quinn-proto forgets a sending side once it is over (acknowledged, or reset): asked
+        // then, it says `ClosedStream`.
+        let send_gone = || conn.send_stream(stream).stopped().is_err();
+        self.slot.streams.entry(stream, side, send_gone).state()
     }
 
     /// Takes `stream`'s state out (it is not dropped with the stream then).
@@ -464,7 +473,10 @@ impl<'a> Conn<'a> {
             .send_stream(stream)
             .reset(code)
             .map_err(|_| StreamError::Closed);
-        self.slot.streams.send_over(stream);
+        // Once: a stream reset already (or gone) ended its sending side then.
+        if r.is_ok() {
+            self.slot.streams.send_over(stream);
+        }
         r
     }
 
@@ -476,7 +488,10 @@ impl<'a> Conn<'a> {
             .recv_stream(stream)
             .stop(code)
             .map_err(|_| StreamError::Closed);
-        self.slot.streams.recv_over(stream);
+        // Once: a stream stopped already, or read to its end, ended its receiving side then.
+        if r.is_ok() {
+            self.slot.streams.recv_over(stream);
+        }
         r
     }
 

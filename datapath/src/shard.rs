@@ -353,6 +353,13 @@ impl Connections {
 #[derive(Default)]
 pub(crate) struct StreamStates {
     map: HashMap<StreamId, StreamEntry>,
+    /// The side of the connection, once the application has made a state here (before,
+    /// nothing is kept: an application that never makes one pays nothing per stream).
+    side: Option<Side>,
+    /// Streams with a side over and no entry (yet): an entry made later starts with that
+    /// side over, so that it still goes when the other side ends. At most one per stream
+    /// quinn-proto keeps open; forgotten when both sides are over.
+    ended: HashMap<StreamId, (bool, bool)>,
 }
 
 pub(crate) struct StreamEntry {
@@ -376,17 +383,46 @@ impl StreamEntry {
 
 impl StreamStates {
     /// The entry of `id` on a connection of side `side`, created if absent. A unidirectional
-    /// stream has one side only: the other is over from the start.
-    pub fn entry(&mut self, id: StreamId, side: Side) -> &mut StreamEntry {
+    /// stream has one side only: the other is over from the start. A side that ended before
+    /// the entry was made hears no end again, so it starts over: one this connection noted
+    /// (`ended`), or a sending side quinn-proto has forgotten already (`send_gone`: sent and
+    /// acknowledged, or reset). (A receiving side that ended before the connection's first
+    /// entry was made is not known: that one entry stays until the connection ends.)
+    pub fn entry(
+        &mut self,
+        id: StreamId,
+        side: Side,
+        send_gone: impl FnOnce() -> bool,
+    ) -> &mut StreamEntry {
+        self.side = Some(side);
+        let ended = &mut self.ended;
         self.map.entry(id).or_insert_with(|| {
-            let uni = id.dir() == Dir::Uni;
-            let ours = id.initiator() == side;
+            let (send_from_start, recv_from_start) = one_sided(id, side);
+            let (send_ended, recv_ended) = ended.remove(&id).unwrap_or_default();
             StreamEntry {
                 state: None,
-                send_over: uni && !ours,
-                recv_over: uni && ours,
+                send_over: send_from_start || send_ended || send_gone(),
+                recv_over: recv_from_start || recv_ended,
             }
         })
+    }
+
+    /// Notes that a side of `id` (`send`, or receive) is over, for a stream with no entry,
+    /// once the application makes entries on this connection.
+    fn note_ended(&mut self, id: StreamId, send: bool) {
+        let Some(side) = self.side else {
+            return;
+        };
+        let (send_from_start, recv_from_start) = one_sided(id, side);
+        let e = self.ended.entry(id).or_default();
+        if send {
+            e.0 = true;
+        } else {
+            e.1 = true;
+        }
+        if (e.0 || send_from_start) && (e.1 || recv_from_start) {
+            self.ended.remove(&id);
+        }
     }
 
     /// Takes `id`'s state out, if it is a `T`.
@@ -403,21 +439,66 @@ impl StreamStates {
 
     /// What we send on `id` is over (finished and acknowledged, reset, or stopped).
     pub fn send_over(&mut self, id: StreamId) {
-        if let Some(e) = self.map.get_mut(&id) {
-            e.send_over = true;
-            if e.recv_over {
-                self.map.remove(&id);
+        match self.map.get_mut(&id) {
+            Some(e) => {
+                e.send_over = true;
+                if e.recv_over {
+                    self.map.remove(&id);
+                }
             }
+            None => self.note_ended(id, true),
         }
     }
 
     /// What we receive on `id` is over (read to the end, reset by the peer, or stopped).
     pub fn recv_over(&mut self, id: StreamId) {
-        if let Some(e) = self.map.get_mut(&id) {
-            e.recv_over = true;
-            if e.send_over {
-                self.map.remove(&id);
+        match self.map.get_mut(&id) {
+            Some(e) => {
+                e.recv_over = true;
+                if e.send_over {
+                    self.map.remove(&id);
+                }
             }
+            None => self.note_ended(id, false),
         }
+    }
+}
+
+/// Which sides of `id` are over from the start on a connection of `side` (send, receive):
+/// a unidirectional stream has one side only.
+fn one_sided(id: StreamId, side: Side) -> (bool, bool) {
+    let uni = id.dir() == Dir::Uni;
+    let ours = id.initiator() == side;
+    (uni && !ours, uni && ours)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// States made after one side of their stream ended still go when the other side
+    /// ends, and what is noted of streams without state is forgotten once both sides are.
+    #[test]
+    fn state_made_after_a_side_ended_goes_with_the_other_side() {
+        let mut s = StreamStates::default();
+        let bi = |n| StreamId::new(Side::Client, Dir::Bi, n);
+        // The connection's first state: from here on, ends are noted.
+        *s.entry(bi(0), Side::Server, || false).state::<u8>() = 1;
+        // Read to its end, then a state made: it goes when the sending side ends.
+        s.recv_over(bi(1));
+        *s.entry(bi(1), Side::Server, || false).state::<u8>() = 2;
+        s.send_over(bi(1));
+        assert!(!s.map.contains_key(&bi(1)));
+        // Its sending side already forgotten by quinn-proto when the state is made.
+        *s.entry(bi(2), Side::Server, || true).state::<u8>() = 3;
+        s.recv_over(bi(2));
+        assert!(!s.map.contains_key(&bi(2)));
+        // Streams without state: noted, then forgotten.
+        s.recv_over(bi(3));
+        s.send_over(bi(3));
+        s.recv_over(StreamId::new(Side::Client, Dir::Uni, 0));
+        s.send_over(StreamId::new(Side::Server, Dir::Uni, 0));
+        assert!(s.ended.is_empty());
+        assert_eq!(s.map.len(), 1, "only the first, still open");
     }
 }

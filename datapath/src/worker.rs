@@ -638,6 +638,8 @@ impl<H: Handler> Worker<H> {
         // Best effort: the state that failed may fail again.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.shard.now = now;
+            // Nothing new from here: no connection accepted or opened by a callback.
+            self.shard.stop_requested = true;
             self.stop_code = (INTERNAL_ERROR, Bytes::from_static(b"internal error"));
             self.begin_stop();
             self.drive_all(io);

@@ -547,6 +547,82 @@ fn closed_comes_once_for_every_connection_even_past_the_drain_deadline() {
     assert_eq!(closed, ids, "once each");
 }
 
+/// Reconnects from `closed`, and records what `connect` said and every `closed`.
+#[derive(Default)]
+struct Reconnector {
+    opened: Vec<ConnId>,
+    refused: Vec<String>,
+    closed: Vec<ConnId>,
+}
+
+impl Handler for Reconnector {
+    fn closed(&mut self, ctx: &mut Ctx<'_>, id: ConnId, _r: &ConnectionError) {
+        self.closed.push(id);
+        match ctx.connect(addr(SERVER), "localhost") {
+            Ok(id) => self.opened.push(id),
+            Err(e) => self.refused.push(e.to_string()),
+        }
+    }
+}
+
+/// A handler that reconnects from `closed` cannot open connections once its worker stops:
+/// `connect` fails, so none escapes the drain, the worker ends as soon as its connections
+/// have closed, and every connection it opened hears `closed`. (Before, each `closed` opened
+/// a new connection that nothing closed: the worker waited out its drain timeout, and the
+/// last ones never heard `closed`.)
+#[test]
+fn connections_cannot_be_opened_once_the_worker_stops() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut server = Node::new(
+        EngineBuilder::default().server(server_config()),
+        &net,
+        addr(SERVER),
+        MemSteering::Hash,
+        |_| EchoServer::default(),
+    )
+    .unwrap();
+    let mut client = Node::new(
+        client_builder().drain_timeout(Duration::from_secs(30)),
+        &net,
+        addr("10.7.9.1:5000"),
+        MemSteering::Hash,
+        |_| Reconnector::default(),
+    )
+    .unwrap();
+    let first = client
+        .handle
+        .call(0, |h, ctx| {
+            let id = ctx.connect(addr(SERVER), "localhost").unwrap();
+            h.opened.push(id);
+        })
+        .unwrap();
+    step(&net, &mut [&mut server, &mut client]).unwrap();
+    first.wait().unwrap();
+    let begun = net.now();
+    while server.connections() < 1 {
+        step(&net, &mut [&mut server, &mut client]).unwrap();
+        assert!(net.now() - begun < Duration::from_secs(5), "not connected");
+    }
+    let start = net.now();
+    client.handle.shutdown(0u32.into(), b"bye");
+    run_until(
+        &net,
+        &mut [&mut server, &mut client],
+        Duration::from_secs(60),
+        |n| n[1].is_done(),
+    )
+    .unwrap();
+    assert!(
+        net.now() - start < Duration::from_secs(30),
+        "the worker waited out its drain timeout"
+    );
+    let h = client.handler(0);
+    assert_eq!(h.opened.len(), 1, "{:?}", h.refused);
+    assert_eq!(h.closed, h.opened, "closed once for each");
+    assert_eq!(h.refused.len(), 1);
+    assert!(h.refused[0].contains("stopping"), "{:?}", h.refused);
+}
+
 /// A new server configuration (another certificate) takes effect for new connections while
 /// the engine serves; the connections alive keep theirs.
 #[test]
@@ -948,4 +1024,29 @@ fn deferred_attempts_are_found_in_any_order() {
     run(&net, &mut server, &mut clients);
     assert!(clients.iter().all(|c| c.handler(0).all_ok()));
     assert_eq!(server.total().conns_accepted, 4);
+}
+
+/// Durations the engine adds to instants are bounded at build, so that `Duration::MAX` (a
+/// natural way to ask for "never") is a clear error rather than an overflow in a worker.
+#[test]
+fn durations_that_would_overflow_are_refused_at_build() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    for (b, name) in [
+        (
+            EngineBuilder::default().min_reset_interval(Duration::MAX),
+            "min_reset_interval",
+        ),
+        (
+            EngineBuilder::default().drain_timeout(Duration::MAX),
+            "drain_timeout",
+        ),
+    ] {
+        let b = b.server(server_config());
+        let e = Node::new(b, &net, addr(SERVER), MemSteering::Hash, |_| {
+            EchoServer::default()
+        })
+        .err()
+        .expect("refused");
+        assert!(e.to_string().contains(name), "{e}");
+    }
 }

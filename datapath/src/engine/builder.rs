@@ -46,6 +46,9 @@ impl Default for RetryPolicy {
     }
 }
 
+/// The longest `drain_timeout` and `min_reset_interval` taken: a day.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 /// Builds an engine: N workers, one endpoint shard each.
 #[derive(Clone)]
 pub struct EngineBuilder {
@@ -201,7 +204,7 @@ impl EngineBuilder {
         self
     }
 
-    /// How long shutdown waits for connections to drain (default 3 s).
+    /// How long shutdown waits for connections to drain (default 3 s, at most a day).
     pub fn drain_timeout(mut self, d: Duration) -> Self {
         self.drain_timeout = d;
         self
@@ -210,7 +213,7 @@ impl EngineBuilder {
     /// The shortest time between two stateless resets one worker sends (default 20 ms, so at
     /// most 50 per second per worker). Datagrams with unknown CIDs beyond that rate are
     /// dropped before any reset token is computed: a flood of them costs a header parse and
-    /// a hash lookup each, and cannot turn the server into a reflector.
+    /// a hash lookup each, and cannot turn the server into a reflector. At most a day.
     pub fn min_reset_interval(mut self, d: Duration) -> Self {
         self.min_reset_interval = d;
         self
@@ -283,6 +286,18 @@ impl EngineBuilder {
             return Err(EngineError::Config(
                 "handover capacity must be at least 1".into(),
             ));
+        }
+        // Both are added to instants: beyond a day they would only serve to overflow one
+        // (a panic in quinn-proto at the second unknown-CID packet, or at shutdown).
+        for (d, name) in [
+            (self.drain_timeout, "drain_timeout"),
+            (self.min_reset_interval, "min_reset_interval"),
+        ] {
+            if d > MAX_DURATION {
+                return Err(EngineError::Config(format!(
+                    "{name} must be at most {MAX_DURATION:?} (not {d:?})"
+                )));
+            }
         }
         // One generator for everything random the engine chooses: seeded, or from entropy.
         let mut rng = match self.seed {
