@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, TrySendError};
 use quinn_proto::{
     ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Event,
@@ -318,7 +318,10 @@ impl<H: Handler> Worker<H> {
                 return Ok(TurnOutcome::Done);
             }
         }
-        if more || (!self.conns.dirty.is_empty() && self.stalled.is_none()) {
+        // Answers to attempts a callback decided this turn (`Ctx::decide`) go out next turn:
+        // at once, not at the next packet or timer.
+        let answers = !self.shard.answers.is_empty();
+        if more || answers || (!self.conns.dirty.is_empty() && self.stalled.is_none()) {
             return Ok(TurnOutcome::Continue(Some(now)));
         }
         let mut next = self.conns.timers.next_deadline();
@@ -450,13 +453,23 @@ impl<H: Handler> Worker<H> {
                 self.initial.extend_from_slice(&d.data);
             }
         }
+        // While attempts await a decision, quinn-proto keeps the long-header datagrams that
+        // come for them, counting their lengths (`tls::INCOMING_BUFFER`): each gets a copy
+        // of its own, so that a small one does not keep the 16 KiB receive chunk it landed
+        // in. (Only then, and only long headers: the hot path copies nothing.)
+        let data = if self.shard.deferred.len() > 0 && d.data.first().is_some_and(|b| b & 0x80 != 0)
+        {
+            BytesMut::from(&d.data[..])
+        } else {
+            d.data
+        };
         self.tx_buf.clear();
         let event = self.shard.endpoint.handle(
             self.shard.now,
             d.remote,
             d.local_ip,
             d.ecn,
-            d.data,
+            data,
             &mut self.tx_buf,
         );
         match event {
