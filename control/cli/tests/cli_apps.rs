@@ -575,6 +575,30 @@ fn serve_over_af_xdp_on_a_pinned_attachment() {
             .all(|q| q["socket"] == false),
         "{st}"
     );
+    // The HTTP/3 server uses the pinned attachment too (before, it tried to attach its own
+    // and failed on the pinned program).
+    let root = std::env::temp_dir().join(format!("xq-h3-pinned-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let (h3, line) = Server::start_with(&[
+        "--netns",
+        &tb.server_ns,
+        "--listen",
+        "0.0.0.0:4433",
+        "--backend",
+        "xdp",
+        "--iface",
+        &tb.server_if,
+        "--queues",
+        "0-1",
+        "--app",
+        "h3",
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    assert!(line.contains("pinned by xdp-quic attach"), "{line}");
+    let (ok, stderr) = h3.stop();
+    std::fs::remove_dir_all(&root).unwrap();
+    assert!(ok, "{stderr}");
     pins.detach();
 }
 
@@ -757,15 +781,24 @@ fn stats_reads_a_daemons_metrics_endpoint() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
 
-    // One report: totals per worker.
+    // One report: rates over a second (none: the client is gone), totals per worker.
     let out = Command::new(BIN)
         .args(["stats", "lo", "--daemon", &metrics, "--json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["interval_secs"].as_f64().unwrap() >= 1.0, "{v}");
     let queues = v["queues"].as_array().unwrap();
     assert_eq!(queues.len(), 2);
+    assert_eq!(
+        queues
+            .iter()
+            .map(|q| q["rx_pps"].as_f64().unwrap())
+            .sum::<f64>(),
+        0.0,
+        "rates, not the totals since start: {v}"
+    );
     assert_eq!(
         queues
             .iter()

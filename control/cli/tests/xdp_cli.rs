@@ -337,6 +337,36 @@ fn error_native_refused_and_auto_falls_back() {
     );
     xq_ok(&["detach", "lo", "--netns", &ns.name]);
     assert_eq!(xdp_prog_on(&ns.name, "lo"), None);
+    // With --force over another program, the refusal comes after that program is gone
+    // (the two steps are not atomic): the error says so.
+    let obj = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ebpf/xdp_quic.o");
+    sh(&[
+        "ip",
+        "-n",
+        &ns.name,
+        "link",
+        "set",
+        "dev",
+        "lo",
+        "xdpgeneric",
+        "obj",
+        obj,
+        "sec",
+        "xdp",
+    ]);
+    let foreign = xdp_prog_on(&ns.name, "lo").expect("foreign program attached");
+    let err = xq_err(
+        &[
+            "attach", "lo", "--netns", &ns.name, "--port", "4433", "--mode", "native", "--force",
+        ],
+        "refuses native XDP",
+    );
+    assert!(
+        err.contains(&format!("(id {foreign}) was removed (--force)")),
+        "{err}"
+    );
+    assert_eq!(xdp_prog_on(&ns.name, "lo"), None);
+    assert!(!Path::new(&pin_dir("lo")).exists());
 }
 
 /// `attach` (and `detach`) in a private mount namespace without bpffs at /sys/fs/bpf would
@@ -899,5 +929,45 @@ fn attach_refuses_to_drop_a_live_attachment_of_a_renamed_interface() {
     assert_eq!(xdp_prog_on(s, &renamed), Some(prog), "still attached");
     xq_ok(&["detach", i, "--netns", s]);
     assert_eq!(xdp_prog_on(s, &renamed), None);
+    assert!(!Path::new(&pin_dir(i)).exists());
+}
+
+/// Pins whose maps do not open (another version's, or one removed) are told as such by
+/// `status`, not as stale pins of a gone interface; `detach` from another namespace leaves
+/// them alone, `detach` from theirs removes them.
+#[test]
+fn pins_whose_maps_do_not_open_are_told_apart_and_detached_only_from_their_namespace() {
+    if !privileged("incompatible_pins") {
+        return;
+    }
+    let tb = Testbed::new(1);
+    let _pins = PinGuard(tb.server_if.clone());
+    let (s, c, i) = (
+        tb.server.name.as_str(),
+        tb.client.name.as_str(),
+        tb.server_if.as_str(),
+    );
+    xq_ok(&["attach", i, "--netns", s, "--port", "4433"]);
+    let prog = xdp_prog_on(s, i).expect("attached");
+    std::fs::remove_file(format!("{}/buckets", pin_dir(i))).unwrap();
+    let out = xq_ok(&["status", "--netns", s]);
+    assert!(out.contains("maps do not open"), "{out}");
+    assert!(!out.contains("interface gone"), "{out}");
+    let out = xq_ok(&["status", "--netns", s, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let st = v["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["iface"] == i)
+        .cloned()
+        .expect("listed");
+    assert_eq!(st["state"], "incompatible", "{st}");
+    // From the client's namespace, which has no such interface: refused, nothing changed.
+    xq_err(&["detach", i, "--netns", c], "another network namespace");
+    assert_eq!(xdp_prog_on(s, i), Some(prog));
+    assert!(Path::new(&pin_dir(i)).exists());
+    xq_ok(&["detach", i, "--netns", s]);
+    assert_eq!(xdp_prog_on(s, i), None);
     assert!(!Path::new(&pin_dir(i)).exists());
 }

@@ -115,6 +115,16 @@ pub fn inspect(iface: &str) -> anyhow::Result<Pinned> {
         return Ok(Pinned::Stale);
     }
     let Ok(maps) = ProgramMaps::open_pinned(&dir) else {
+        // Without the maps (and the namespace they record), the link's interface tells:
+        // unless this namespace has it, by this name, it is another namespace's, which a
+        // detach here must not touch.
+        let here = netlink::link_by_name(iface)
+            .ok()
+            .flatten()
+            .is_some_and(|l| l.ifindex == info.ifindex);
+        if !here {
+            return Ok(Pinned::OtherNamespace);
+        }
         return Ok(Pinned::Incompatible {
             prog_id: info.prog_id,
         });
@@ -148,7 +158,9 @@ fn resolve(iface: &str) -> anyhow::Result<LinkState> {
 /// asked explicitly → [`XdpError::ModeMismatch`]. Another program on the interface (or
 /// xdp-quic's, attached by a running process) → [`XdpError::ProgramPresent`] unless `force`.
 /// In a private mount namespace without bpffs (`ip netns exec`) →
-/// [`XdpError::PrivateMountNamespace`]. On error nothing is left changed.
+/// [`XdpError::PrivateMountNamespace`]. On error nothing is left changed, with one exception: with `force`, the program that was
+/// there is removed before ours attaches, so an attach that fails then (the mode refused,
+/// say) leaves the interface with none; the error says so.
 pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome> {
     opts.service.validate()?;
     caps::require_xdp_admin(&format!("attaching XDP to {iface}"))?;
@@ -221,14 +233,24 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
         Pinned::Incompatible { prog_id } => anyhow::bail!(incompatible(iface, prog_id)),
         Pinned::None => {}
     }
-    let replaced = clear_foreign(iface, &link_state, opts.force, Requester::Attach)?;
+    // Loaded (and verified) before another program is removed: a load that fails leaves
+    // the interface as it was.
     let config = Config {
         ifindex: link_state.ifindex,
         netns_ino: netns::current_ino()?,
         ..Config::default()
     };
     let mut loaded = load::load(&opts.service, config)?;
-    let (link, mode) = load::attach_link(&mut loaded, iface, link_state.ifindex, opts.mode)?;
+    let replaced = clear_foreign(iface, &link_state, opts.force, Requester::Attach)?;
+    let (link, mode) = load::attach_link(&mut loaded, iface, link_state.ifindex, opts.mode)
+        .map_err(|e| match replaced {
+            // The one step that cannot be undone: say so.
+            Some(id) => e.context(format!(
+                "the program that was on {iface} (id {id}) was removed (--force) before \
+                 this attach failed: {iface} has no XDP program now"
+            )),
+            None => e,
+        })?;
     let mut config = loaded.maps.read_config()?;
     config.mode = mode.to_config();
     loaded.maps.write_config(&config)?;

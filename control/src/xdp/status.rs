@@ -26,7 +26,9 @@ pub struct QueueStatus {
 pub struct IfaceStatus {
     /// Interface name (the pin directory's name when pinned).
     pub iface: String,
-    /// `attached`, `stale` (pins left, interface gone: run detach) or `other-netns`.
+    /// `attached`, `stale` (pins left, interface gone: run detach), `other-netns`,
+    /// `incompatible` (the pinned link is live but its maps do not open: another version's
+    /// pins) or `unreadable` (reading the pins failed).
     pub state: &'static str,
     /// Whether `xdp-quic attach` pinned it; `false`: a running process attached it for its
     /// own life (see `holders`).

@@ -793,6 +793,11 @@ pub fn statistics(fd: BorrowedFd<'_>) -> io::Result<XskStats> {
     })
 }
 
+/// How long a bind waits for a queue held by a socket that was just closed: the kernel lets
+/// a closed socket's queue go in deferred work, so a server restarted at once (a service
+/// manager's restart) can find its queues still held for a moment.
+const BUSY_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn bind(fd: BorrowedFd<'_>, cfg: &XskConfig, flags: u16) -> io::Result<()> {
     let sxdp = libc::sockaddr_xdp {
         sxdp_family: libc::AF_XDP as u16,
@@ -801,25 +806,33 @@ fn bind(fd: BorrowedFd<'_>, cfg: &XskConfig, flags: u16) -> io::Result<()> {
         sxdp_queue_id: cfg.queue,
         sxdp_shared_umem_fd: 0,
     };
-    // SAFETY: passes a live sockaddr_xdp and its exact size.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sxdp as *const libc::sockaddr_xdp).cast(),
-            std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-        )
+    let start = std::time::Instant::now();
+    let e = loop {
+        // SAFETY: passes a live sockaddr_xdp and its exact size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sxdp as *const libc::sockaddr_xdp).cast(),
+                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < BUSY_QUEUE_WAIT {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            continue;
+        }
+        break e;
     };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
     let mode = if flags & libc::XDP_ZEROCOPY != 0 {
         "zero-copy"
     } else {
         "copy"
     };
     let hint = match e.raw_os_error() {
-        Some(libc::EBUSY) => " (another AF_XDP socket holds this queue)",
+        Some(libc::EBUSY) => " (another AF_XDP socket holds this queue, 2 s after the first try)",
         Some(libc::EINVAL) => " (no such queue on the interface?)",
         Some(libc::EOPNOTSUPP) => " (the driver does not support this mode)",
         Some(libc::EPERM) => " (needs CAP_NET_ADMIN)",

@@ -352,6 +352,16 @@ pub fn status(a: &StatusArgs) -> anyhow::Result<()> {
                 s.iface,
                 s.pin_dir.as_deref().unwrap_or("-")
             ),
+            "incompatible" => println!(
+                "{}: pinned link live, but its maps do not open (pinned by another version of \
+                 xdp-quic?): run `xdp-quic detach {}`, then attach again",
+                s.iface, s.iface
+            ),
+            "unreadable" => println!(
+                "{}: pins that cannot be read (see the warning above); pins {}",
+                s.iface,
+                s.pin_dir.as_deref().unwrap_or("-")
+            ),
             _ => println!(
                 "{}: stale pins (interface gone): run `xdp-quic detach {}`",
                 s.iface, s.iface
@@ -451,19 +461,33 @@ fn stats_with_daemon(a: &StatsArgs) -> anyhow::Result<()> {
     use xdp_quic_control::metrics::{parse, scrape};
     let addr = a.daemon.expect("checked by the caller");
     enter(&a.netns)?;
-    let program = xdp::interface_counters(&a.iface).ok();
     let mut prev = parse(&scrape(addr)?);
     let mut last = Instant::now();
     let Some(secs) = a.watch else {
-        let rows = live::rows(&[], &prev, 1.0);
+        // The table's columns are rates: measured over one second between two scrapes.
+        std::thread::sleep(Duration::from_secs(1));
+        let now_samples = parse(&scrape(addr)?);
+        let dt = last.elapsed().as_secs_f64();
+        let rows = live::rows(&prev, &now_samples, dt);
+        let program = xdp::interface_counters(&a.iface);
         if a.json {
             let j = serde_json::json!({
                 "iface": a.iface,
-                "counters": program.as_ref().map(CountersJson::from),
+                "interval_secs": dt,
+                "counters": program.as_ref().ok().map(CountersJson::from),
                 "queues": rows,
             });
             println!("{}", serde_json::to_string_pretty(&j)?);
         } else {
+            match &program {
+                Ok(c) => {
+                    for (name, v) in c.named() {
+                        println!("{name:<28} {v:>12}");
+                    }
+                }
+                Err(e) => eprintln!("the XDP program's counters of {}: {e:#}", a.iface),
+            }
+            println!("{} ({dt:.1}s)", a.iface);
             print!("{}", live::render(&rows));
         }
         return Ok(());
