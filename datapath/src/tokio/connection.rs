@@ -351,6 +351,8 @@ impl Connection {
     }
 
     /// Waits until the connection ends; says why.
+    // Written out, as the others are, so that the signature promises `Send`.
+    #[allow(clippy::manual_async_fn)]
     pub fn closed(&self) -> impl Future<Output = ConnectionError> + Send + '_ {
         async move {
             let c = self.shared();
