@@ -128,7 +128,9 @@ fn malformed_and_slow_requests_disturb_neither_workers_nor_later_scrapes() {
     let server = metrics_for(&engine);
     let addr = server.local_addr();
     assert!(raw(addr, b"garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
-    assert!(raw(addr, b"POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+    let refused = raw(addr, b"POST /metrics HTTP/1.1\r\n\r\n");
+    assert!(refused.starts_with("HTTP/1.1 405"), "{refused}");
+    assert!(refused.contains("\r\nAllow: GET\r\n"), "{refused}");
     assert!(raw(addr, b"GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
     let huge = [b"GET /metrics HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 20_000]].concat();
     assert!(raw(addr, &huge).starts_with("HTTP/1.1 431"));

@@ -283,9 +283,17 @@ fn answer(mut stream: TcpStream, registry: &Registry, deadline: Instant) -> io::
     match (method, path) {
         (b"GET", b"/metrics") => {
             let mut body = String::new();
-            prometheus_client::encoding::text::encode(&mut body, registry)
-                .map_err(|_| io::Error::other("encoding the metrics failed"))?;
-            respond(s, "200 OK", CONTENT_TYPE, body.as_bytes(), deadline)
+            match prometheus_client::encoding::text::encode(&mut body, registry) {
+                Ok(()) => respond(s, "200 OK", CONTENT_TYPE, body.as_bytes(), deadline),
+                // A scraper hears that it failed, rather than a connection closed.
+                Err(_) => respond(
+                    s,
+                    "500 Internal Server Error",
+                    "text/plain",
+                    b"encoding the metrics failed\n",
+                    deadline,
+                ),
+            }
         }
         (b"GET", b"/") => respond(
             s,
@@ -296,7 +304,15 @@ fn answer(mut stream: TcpStream, registry: &Registry, deadline: Instant) -> io::
         ),
         (b"GET", _) => respond(s, "404 Not Found", "text/plain", b"not found\n", deadline),
         _ if line.len() > 3 && parts.next().is_some_and(|v| v.starts_with(b"HTTP/")) => {
-            respond(s, "405 Method Not Allowed", "text/plain", b"", deadline)
+            let allow = "Allow: GET\r\n";
+            respond_with(
+                s,
+                "405 Method Not Allowed",
+                allow,
+                "text/plain",
+                b"",
+                deadline,
+            )
         }
         _ => respond(s, "400 Bad Request", "text/plain", b"", deadline),
     }
@@ -309,8 +325,20 @@ fn respond(
     body: &[u8],
     deadline: Instant,
 ) -> io::Result<()> {
+    respond_with(stream, status, "", ty, body, deadline)
+}
+
+/// [`respond`] with `extra` header lines (each ending in CRLF).
+fn respond_with(
+    stream: &mut TcpStream,
+    status: &str,
+    extra: &str,
+    ty: &str,
+    body: &[u8],
+    deadline: Instant,
+) -> io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ty}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\n{extra}Content-Type: {ty}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     write_by(stream, head.as_bytes(), deadline)?;
