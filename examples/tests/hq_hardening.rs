@@ -201,6 +201,21 @@ fn client(
     ep
 }
 
+/// What `read` reads of worker 0's server.
+async fn read_server<T: Send + 'static>(
+    engine: &Engine<HqServer>,
+    read: impl FnOnce(&HqServer) -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    engine
+        .handle()
+        .post(0, move |s, _| {
+            let _ = tx.send(read(s));
+        })
+        .expect("the worker is running");
+    guard("the server's answer", rx).await.unwrap()
+}
+
 /// The server's state (summed over its workers).
 async fn state(h: &EngineHandle<HqServer>) -> HqState {
     let mut sum = HqState::default();
@@ -919,16 +934,7 @@ async fn a_client_that_stops_reading_gives_its_slot_back_after_the_stall_body() 
         guard("the stalled answer", read_answer(unread)).await,
         Got::Reset(hq::STALLED)
     );
-    let stalled = {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        engine
-            .handle()
-            .post(0, move |s, _| {
-                let _ = tx.send(s.stalled);
-            })
-            .unwrap();
-        guard("the count", rx).await.unwrap()
-    };
+    let stalled = read_server(&engine, |s| s.stalled).await;
     assert_eq!(stalled, 1);
     conn.close(VarInt::from_u32(0), b"done");
     guard("client idle", ep.wait_idle()).await;
@@ -978,16 +984,7 @@ async fn a_client_that_reads_a_trickle_gives_its_slot_back_after_the_stall_body(
     let (got, end) = guard("the trickled answer", trickle).await.unwrap();
     assert_eq!(end, Got::Reset(hq::STALLED), "after {got} octets");
     assert!(got > 0 && got < BIG, "the trickle took {got} octets");
-    let stalled = {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        engine
-            .handle()
-            .post(0, move |s, _| {
-                let _ = tx.send(s.stalled);
-            })
-            .unwrap();
-        guard("the count", rx).await.unwrap()
-    };
+    let stalled = read_server(&engine, |s| s.stalled).await;
     assert_eq!(stalled, 1);
     conn.close(VarInt::from_u32(0), b"done");
     guard("client idle", ep.wait_idle()).await;
@@ -1026,16 +1023,7 @@ async fn a_request_that_never_comes_whole_is_refused_when_its_time_is_up_body() 
         guard("a request after", get(&conn, "/small")).await,
         Got::Body(small.to_vec())
     );
-    let timed_out = {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        engine
-            .handle()
-            .post(0, move |s, _| {
-                let _ = tx.send(s.timed_out);
-            })
-            .unwrap();
-        guard("the count", rx).await.unwrap()
-    };
+    let timed_out = read_server(&engine, |s| s.timed_out).await;
     assert_eq!(timed_out, 1);
     conn.close(VarInt::from_u32(0), b"done");
     guard("client idle", ep.wait_idle()).await;
