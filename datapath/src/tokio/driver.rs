@@ -13,7 +13,9 @@ use super::shared::{
 };
 use super::streams::{Lookup, StreamKey};
 use crate::accept::{Decision, Incoming};
+use crate::backend::Backend;
 use crate::conn::{Chunk, Conn, ConnId, Ctx, StreamError};
+use crate::engine::threads::Runner;
 use crate::handler::Handler;
 
 /// One worker's handler for the async API.
@@ -557,10 +559,13 @@ impl Handler for Driver {
     }
 }
 
-impl Drop for Driver {
-    /// The worker ended (stopped, or failed): the tasks still waiting on its connections
-    /// hear that they are gone.
-    fn drop(&mut self) {
+impl Driver {
+    /// The worker has ended (stopped, or failed, or its handler poisoned by a panic): the
+    /// tasks still waiting on its connections hear that they are gone, what was queued for
+    /// it fails, and later operations fail at once. Called as the worker's thread ends
+    /// ([`Ending`]), not only when the engine is joined, which waits for the tasks' handles.
+    /// Idempotent.
+    pub(crate) fn end(&mut self) {
         self.flush_opened();
         self.ep
             .closing
@@ -569,9 +574,79 @@ impl Drop for Driver {
             fail(&c, ConnectionError::LocallyClosed);
             self.ep.ended();
         }
+        for op in self.ep.inboxes[self.worker].kill() {
+            super::shared::fail_op(op);
+        }
         let waiters = std::mem::take(&mut lock(self.ep.accept_queue(self.worker)).waiters);
         for w in waiters {
             w.wake();
         }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// Runs a worker with `R`, then ends its driver ([`Driver::end`]) on the worker's thread:
+/// a worker that stopped while the application still holds handles (its handler poisoned
+/// by a panic, say) does not leave their tasks waiting until the engine is joined.
+#[derive(Clone)]
+pub(crate) struct Ending<R>(pub R);
+
+impl<R: Runner<Driver>> Runner<Driver> for Ending<R> {
+    fn run<B: Backend>(
+        self,
+        worker: crate::worker::Worker<Driver>,
+        io: B,
+        waker: &crate::waker::Waker,
+    ) -> std::io::Result<Driver> {
+        let mut ended = self.0.run(worker, io, waker);
+        if let Ok(driver) = &mut ended {
+            driver.end();
+        }
+        ended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::IntoFuture;
+    use std::time::Duration;
+
+    use super::super::{shared, Builder};
+    use crate::{tls, EngineBuilder};
+
+    /// Once a worker has ended (what its thread marks, `Driver::end`), what the tasks ask of
+    /// its connections fails at once instead of waiting for a worker that will never serve it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn operations_fail_at_once_once_their_worker_has_ended() {
+        let id = tls::Identity::self_signed_ed25519(&["localhost"]).unwrap();
+        let cert = id.chain[0].clone();
+        let any = "127.0.0.1:0".parse().unwrap();
+        let server = EngineBuilder::default().server(tls::server_config(id, &[b"t"]).unwrap());
+        let server = Builder::new(server).bind_udp(any).unwrap();
+        let trust = tls::Trust::Roots(vec![cert]);
+        let client = EngineBuilder::default().client(tls::client_config(trust, &[b"t"]).unwrap());
+        let client = Builder::new(client).bind_udp(any).unwrap();
+        let connecting = client
+            .connect(server.local_addr().unwrap(), "localhost")
+            .unwrap();
+        let incoming = server.accept().await.unwrap();
+        let (conn, theirs) = tokio::join!(incoming.into_future(), connecting);
+        let (conn, _theirs) = (conn.unwrap(), theirs.unwrap());
+        for op in server.shared.inboxes[0].kill() {
+            shared::fail_op(op);
+        }
+        let opened = tokio::time::timeout(Duration::from_secs(30), conn.open_bi())
+            .await
+            .expect("failed at once, not left waiting");
+        assert!(opened.is_err());
+        let closed = tokio::time::timeout(Duration::from_secs(30), conn.closed())
+            .await
+            .expect("the connection is known to be gone");
+        assert_eq!(closed, quinn_proto::ConnectionError::LocallyClosed);
     }
 }

@@ -78,6 +78,7 @@ pub use stream::{RecvStream, SendStream};
 
 use crate::engine::threads::Blocking;
 use crate::{Engine, EngineBuilder, EngineError, SocketMap, XdpSetup};
+use driver::Ending;
 use shared::EndpointShared;
 
 /// What the async API buffers between the workers and the tasks: the bounds on what a peer
@@ -221,14 +222,16 @@ impl Builder {
         let s = shared.clone();
         let factory = move |w| Driver::new(s.clone(), w);
         let engine = match (self.main.clone(), server) {
-            (None, true) => engine.start_udp_run(addr, factory, Blocking),
-            (None, false) => engine.start_udp_client_run(addr, factory, Blocking),
+            (None, true) => engine.start_udp_run(addr, factory, Ending(Blocking)),
+            (None, false) => engine.start_udp_client_run(addr, factory, Ending(Blocking)),
             (Some(main), true) => {
-                engine.start_udp_run(addr, factory, per_core::PerCore::new(main, &shared))
+                engine.start_udp_run(addr, factory, Ending(per_core::PerCore::new(main, &shared)))
             }
-            (Some(main), false) => {
-                engine.start_udp_client_run(addr, factory, per_core::PerCore::new(main, &shared))
-            }
+            (Some(main), false) => engine.start_udp_client_run(
+                addr,
+                factory,
+                Ending(per_core::PerCore::new(main, &shared)),
+            ),
         }?;
         Ok(self.finish(shared, engine))
     }
@@ -264,13 +267,13 @@ impl Builder {
         let s = shared.clone();
         let factory = move |w| Driver::new(s.clone(), w);
         let engine = match self.main.clone() {
-            None => engine.start_xdp_run(setup, map, services, factory, Blocking),
+            None => engine.start_xdp_run(setup, map, services, factory, Ending(Blocking)),
             Some(main) => engine.start_xdp_run(
                 setup,
                 map,
                 services,
                 factory,
-                per_core::PerCore::new(main, &shared),
+                Ending(per_core::PerCore::new(main, &shared)),
             ),
         }?;
         Ok(self.finish(shared, engine))

@@ -118,6 +118,8 @@ pub(crate) enum Op {
 struct InboxState {
     ops: Vec<Op>,
     posted: bool,
+    /// The worker has ended: nothing queued here would ever be served.
+    dead: bool,
 }
 
 /// One worker's inbox: ops queued by tasks, posted to the worker as one command.
@@ -133,6 +135,31 @@ impl Inbox {
         let mut s = lock(&self.state);
         std::mem::swap(&mut s.ops, into);
         s.posted = false;
+    }
+
+    /// The worker has ended: later pushes fail at once, and what is queued is handed back
+    /// (to be failed, [`fail_op`]).
+    pub fn kill(&self) -> Vec<Op> {
+        let mut s = lock(&self.state);
+        s.dead = true;
+        std::mem::take(&mut s.ops)
+    }
+}
+
+/// Fails `op`, whose worker has ended: whoever waits on its connection hears that it is
+/// gone. The caller must not hold the lock of that connection.
+pub(crate) fn fail_op(op: Op) {
+    let conn = match op {
+        Op::Service(c) => {
+            c.lock().scheduled = false;
+            Some(c)
+        }
+        Op::Decide(_, _, c) => c,
+        Op::Connect { conn, .. } => Some(conn),
+        Op::CloseAll(..) => None,
+    };
+    if let Some(c) = conn {
+        super::driver::fail(&c, ConnectionError::LocallyClosed);
     }
 }
 
@@ -246,7 +273,8 @@ impl EndpointShared {
     }
 
     /// Queues `op` for `worker`, posting the inbox if it is not posted yet. Returns the op
-    /// when the worker has ended.
+    /// when the worker has ended. The caller may hold the lock of `op`'s connection (and
+    /// of no other).
     // The error hands the operation back to be failed; boxing it would allocate per push.
     #[allow(clippy::result_large_err)]
     pub fn push(&self, worker: usize, op: Op) -> Result<(), Op> {
@@ -256,6 +284,9 @@ impl EndpointShared {
         let inbox = &self.inboxes[worker];
         let post = {
             let mut s = lock(&inbox.state);
+            if s.dead {
+                return Err(op);
+            }
             s.ops.push(op);
             !std::mem::replace(&mut s.posted, true)
         };
@@ -266,9 +297,18 @@ impl EndpointShared {
                 .post_wait(worker, |driver, ctx| driver.drain(ctx))
                 .is_err()
             {
-                let mut s = lock(&inbox.state);
-                s.posted = false;
-                return Err(s.ops.pop().expect("pushed above"));
+                // The worker has ended. The inbox was empty when this push found it not
+                // posted (`take` empties it as it clears the flag), so the first op is this
+                // caller's; those pushed since (their pushers saw it posted) are failed here,
+                // outside the inbox's lock. None of them is the caller's connection's: a
+                // connection has one op queued at most (`schedule`), and a new connection's
+                // lock is not held by whoever pushed for it.
+                let mut queued = inbox.kill().into_iter();
+                let ours = queued.next().expect("pushed above");
+                for op in queued {
+                    fail_op(op);
+                }
+                return Err(ours);
             }
         }
         Ok(())
