@@ -31,6 +31,9 @@ pub(crate) struct Shard {
     pub endpoint: Endpoint,
     /// The configuration of connections this worker opens (`Ctx::connect`).
     pub client: Option<ClientConfig>,
+    /// This worker accepts connections: built with a server configuration, or given one
+    /// since (`EngineHandle::set_server_config`). Its Initials are then kept for the hook.
+    pub serves: bool,
     /// Connections opened by callbacks, inserted into [`Connections`] after the callback.
     pub born: Vec<Box<Slot>>,
     /// The serial of the next connection: with the handle, it makes [`ConnId`]s unique for

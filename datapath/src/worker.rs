@@ -179,6 +179,7 @@ pub(crate) struct WorkerParts<H: Handler> {
 impl<H: Handler> Worker<H> {
     pub(crate) fn new(p: WorkerParts<H>) -> Self {
         let metrics = p.mesh.metrics[p.index].clone();
+        let serves = p.mesh.serves;
         let mut handler = p.handler;
         handler.attached(&crate::engine::EngineHandle {
             mesh: p.mesh.clone(),
@@ -190,6 +191,7 @@ impl<H: Handler> Worker<H> {
                 now: Instant::now(),
                 endpoint: p.endpoint,
                 client: p.client,
+                serves,
                 born: Vec::new(),
                 next_serial: 0,
                 stop_requested: false,
@@ -447,7 +449,7 @@ impl<H: Handler> Worker<H> {
         // A long-header Initial may open a connection: keep its octets for the accept hook
         // (the type bits only: quinn-proto takes Initials whose QUIC bit is greased to 0).
         // Anything else clears them, so the hook never reads an earlier client's hello.
-        if self.mesh.serves {
+        if self.shard.serves {
             self.initial.clear();
             if d.data.first().is_some_and(|b| b & 0xb0 == 0x80) {
                 self.initial.extend_from_slice(&d.data);

@@ -1026,6 +1026,50 @@ fn deferred_attempts_are_found_in_any_order() {
     assert_eq!(server.total().conns_accepted, 4);
 }
 
+/// Accepts every attempt and records the server name it asked for; echoes.
+#[derive(Default)]
+struct NameSeen {
+    echo: EchoServer,
+    names: Vec<Option<String>>,
+}
+
+impl Handler for NameSeen {
+    fn incoming(&mut self, _ctx: &mut Ctx<'_>, i: &Incoming<'_>) -> Decision {
+        self.names.push(i.server_name().map(str::to_string));
+        Decision::Accept
+    }
+    fn stream_readable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        self.echo.stream_readable(conn, s)
+    }
+    fn stream_writable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        self.echo.stream_writable(conn, s)
+    }
+}
+
+/// An engine built without a server configuration and given one later shows the accept hook
+/// the client's hello like any server. (Before, only engines built with one kept it: the
+/// hook saw no server name.)
+#[test]
+fn an_engine_given_a_server_configuration_later_shows_the_hook_the_hello() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut server = Node::new(
+        client_builder(),
+        &net,
+        addr(SERVER),
+        MemSteering::Hash,
+        |_| NameSeen::default(),
+    )
+    .unwrap();
+    server.handle.set_server_config(server_config()).unwrap();
+    let mut clients = vec![client(&net, "10.7.10.1:5000", "late.example", b"hello")];
+    run(&net, &mut server, &mut clients);
+    assert!(clients[0].handler(0).all_ok());
+    assert_eq!(
+        server.handler(0).names,
+        vec![Some("late.example".to_string())]
+    );
+}
+
 /// Durations the engine adds to instants are bounded at build, so that `Duration::MAX` (a
 /// natural way to ask for "never") is a clear error rather than an overflow in a worker.
 #[test]

@@ -99,7 +99,8 @@ pub enum PostError {
 /// What the workers of one engine share: read-only after start.
 pub(crate) struct Mesh<H> {
     pub layout: Arc<CidLayout>,
-    /// The engine accepts connections (routing of Initial packets depends on it).
+    /// The engine was built to accept connections (each worker's `Shard::serves` starts
+    /// from it, and turns true when it is given a server configuration later).
     pub serves: bool,
     pub handovers: Vec<Sender<Datagram>>,
     pub commands: Vec<Sender<Command<H>>>,
@@ -226,6 +227,7 @@ impl<H: Handler> EngineHandle<H> {
             let c = config.clone();
             self.post_wait(w, move |_, ctx| {
                 ctx.shard.endpoint.set_server_config(Some(c));
+                ctx.shard.serves = true;
             })?;
         }
         Ok(())
