@@ -442,27 +442,26 @@ impl StreamStates {
 
     /// What we send on `id` is over (finished and acknowledged, reset, or stopped).
     pub fn send_over(&mut self, id: StreamId) {
-        match self.map.get_mut(&id) {
-            Some(e) => {
-                e.send_over = true;
-                if e.recv_over {
-                    self.map.remove(&id);
-                }
-            }
-            None => self.note_ended(id, true),
-        }
+        self.side_over(id, true);
     }
 
     /// What we receive on `id` is over (read to the end, reset by the peer, or stopped).
     pub fn recv_over(&mut self, id: StreamId) {
-        match self.map.get_mut(&id) {
-            Some(e) => {
-                e.recv_over = true;
-                if e.send_over {
-                    self.map.remove(&id);
-                }
-            }
-            None => self.note_ended(id, false),
+        self.side_over(id, false);
+    }
+
+    /// One side of `id` is over (`send`, or receive): its entry goes once both are.
+    fn side_over(&mut self, id: StreamId, send: bool) {
+        let Some(e) = self.map.get_mut(&id) else {
+            return self.note_ended(id, send);
+        };
+        if send {
+            e.send_over = true;
+        } else {
+            e.recv_over = true;
+        }
+        if e.send_over && e.recv_over {
+            self.map.remove(&id);
         }
     }
 }

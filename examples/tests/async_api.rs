@@ -790,6 +790,18 @@ async fn read_chunks_reports_the_end_and_the_reset_after_the_data() {
 /// Sets a flag when woken.
 struct Flag(std::sync::atomic::AtomicBool);
 
+impl Flag {
+    /// Waits until it is set (within the hang guard).
+    async fn raised(&self, what: &str) {
+        guard(what, async {
+            while !self.0.load(std::sync::atomic::Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+    }
+}
+
 impl std::task::Wake for Flag {
     fn wake(self: Arc<Self>) {
         self.0.store(true, std::sync::atomic::Ordering::Release);
@@ -821,12 +833,7 @@ async fn an_open_dropped_after_its_stream_came_hands_it_to_the_next() {
             send.write_all(b"first").await.unwrap();
             send.finish().unwrap();
             let mut back = recv.read_to_end(1 << 10).await.unwrap();
-            guard("the first opener woken", async {
-                while !flag.0.load(std::sync::atomic::Ordering::Acquire) {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            })
-            .await;
+            flag.raised("the first opener woken").await;
             // The second opener, a task of its own: once it has asked, it waits until woken.
             let asked = Arc::new(Flag(std::sync::atomic::AtomicBool::new(false)));
             let (c2, a2) = (conn.clone(), asked.clone());
@@ -839,12 +846,7 @@ async fn an_open_dropped_after_its_stream_came_hands_it_to_the_next() {
                 })
                 .await
             });
-            guard("the second opener asked", async {
-                while !asked.0.load(std::sync::atomic::Ordering::Acquire) {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            })
-            .await;
+            asked.raised("the second opener asked").await;
             drop(first);
             let (mut send, mut recv) = guard("the second opener", second).await.unwrap().unwrap();
             send.write_all(b"second").await.unwrap();

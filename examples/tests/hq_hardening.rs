@@ -905,6 +905,29 @@ async fn requests_whose_end_comes_late_free_their_streams_body() {
     shutdown(engine).await;
 }
 
+/// An hq server with one file slot per connection and a 300 ms send stall, and a connection
+/// to it of a client whose streams' windows hold 16 KiB; with the small file's content.
+async fn one_slot_stalling_server(
+    name: &str,
+) -> (
+    TempDir,
+    Bytes,
+    Engine<HqServer>,
+    quinn::Endpoint,
+    quinn::Connection,
+) {
+    let (t, www, _big, small) = cap_site(name);
+    let limits = HqLimits {
+        files_per_connection: 1,
+        send_stall: Duration::from_millis(300),
+        ..HqLimits::default()
+    };
+    let (engine, cert) = server(&www, limits, 16);
+    let ep = client(cert, Some(HOSTILE_WINDOW));
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    (t, small, engine, ep, conn)
+}
+
 /// A client that stops reading an answer gives its slot back after `send_stall`: its answer
 /// is reset with STALLED, and its request waiting for that slot is served. (Before, a client
 /// that never read, yet kept its connection alive, held its slots for good.)
@@ -914,15 +937,7 @@ fn a_client_that_stops_reading_gives_its_slot_back_after_the_stall() {
 }
 
 async fn a_client_that_stops_reading_gives_its_slot_back_after_the_stall_body() {
-    let (_t, www, _big, small) = cap_site("stall");
-    let limits = HqLimits {
-        files_per_connection: 1,
-        send_stall: Duration::from_millis(300),
-        ..HqLimits::default()
-    };
-    let (engine, cert) = server(&www, limits, 16);
-    let ep = client(cert, Some(HOSTILE_WINDOW));
-    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    let (_t, small, engine, ep, conn) = one_slot_stalling_server("stall").await;
     // The one slot: an answer this client will not read (its window holds 16 KiB).
     let (_send, unread) = request_unread(&conn, "/big").await;
     // Waits for that slot, and gets it once the stalled answer is reset.
@@ -952,15 +967,7 @@ fn a_client_that_reads_a_trickle_gives_its_slot_back_after_the_stall() {
 }
 
 async fn a_client_that_reads_a_trickle_gives_its_slot_back_after_the_stall_body() {
-    let (_t, www, _big, small) = cap_site("trickle");
-    let limits = HqLimits {
-        files_per_connection: 1,
-        send_stall: Duration::from_millis(300),
-        ..HqLimits::default()
-    };
-    let (engine, cert) = server(&www, limits, 16);
-    let ep = client(cert, Some(HOSTILE_WINDOW));
-    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    let (_t, small, engine, ep, conn) = one_slot_stalling_server("trickle").await;
     // The one slot: an answer this client reads 1 KiB at a time.
     let (_send, mut trickled) = request_unread(&conn, "/big").await;
     let trickle = tokio::spawn(async move {

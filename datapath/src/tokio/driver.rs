@@ -574,9 +574,7 @@ impl Driver {
             fail(&c, ConnectionError::LocallyClosed);
             self.ep.ended();
         }
-        for op in self.ep.inboxes[self.worker].kill() {
-            super::shared::fail_op(op);
-        }
+        self.ep.inboxes[self.worker].end();
         let waiters = std::mem::take(&mut lock(self.ep.accept_queue(self.worker)).waiters);
         for w in waiters {
             w.wake();
@@ -616,7 +614,7 @@ mod tests {
     use std::future::IntoFuture;
     use std::time::Duration;
 
-    use super::super::{shared, Builder};
+    use super::super::Builder;
     use crate::{tls, EngineBuilder};
 
     /// Once a worker has ended (what its thread marks, `Driver::end`), what the tasks ask of
@@ -637,9 +635,7 @@ mod tests {
         let incoming = server.accept().await.unwrap();
         let (conn, theirs) = tokio::join!(incoming.into_future(), connecting);
         let (conn, _theirs) = (conn.unwrap(), theirs.unwrap());
-        for op in server.shared.inboxes[0].kill() {
-            shared::fail_op(op);
-        }
+        server.shared.inboxes[0].end();
         let opened = tokio::time::timeout(Duration::from_secs(30), conn.open_bi())
             .await
             .expect("failed at once, not left waiting");

@@ -144,6 +144,13 @@ impl Inbox {
         s.dead = true;
         std::mem::take(&mut s.ops)
     }
+
+    /// [`Inbox::kill`], failing what was queued. Call it holding no connection's lock.
+    pub fn end(&self) {
+        for op in self.kill() {
+            fail_op(op);
+        }
+    }
 }
 
 /// Fails `op`, whose worker has ended: whoever waits on its connection hears that it is
