@@ -49,6 +49,7 @@ pub mod handler;
 pub mod memory;
 pub mod metrics;
 pub mod packet;
+mod peers;
 pub mod reply;
 pub mod route;
 mod shard;

@@ -11,8 +11,12 @@
 //!    stays on the worker that got it (the 4-tuple keeps the rest of the handshake there);
 //!    the rare client CID that looks like ours names one worker for every packet of that
 //!    handshake, which the hand-over keeps consistent.
-//! 3. Retry goes only from servers to clients and carries our CID: routed by CID.
-//! 4. Anything else is the local endpoint's to judge (it drops what is not QUIC).
+//! 3. Retry and Version Negotiation go only from servers to clients and carry our CID: routed
+//!    by CID.
+//! 4. A short header whose DCID this host did not issue is a stateless reset from a peer, or
+//!    junk: [`Destination::Stray`], which the worker hands to the workers that opened
+//!    connections to its sender ([`crate::peers`]), or else judges itself.
+//! 5. Anything else is the local endpoint's to judge (it drops what is not QUIC).
 
 use crate::cid::CidLayout;
 use crate::packet::quic::{self, Header, HeaderError, LongType};
@@ -24,6 +28,11 @@ pub enum Destination {
     Local,
     /// Hand it to worker `n`.
     Worker(usize),
+    /// A short header whose destination CID is not of this host's layout: a stateless
+    /// reset from a peer (its CID is random), or junk. Only an endpoint holding a connection
+    /// to its sender can tell: the worker finds out which ([`crate::peers`]) and otherwise
+    /// feeds it to its own endpoint, which drops it.
+    Stray,
     /// Drop it: it cannot be a QUIC packet for us.
     Drop(HeaderError),
 }
@@ -36,12 +45,16 @@ pub fn route(layout: &CidLayout, me: usize, datagram: &[u8]) -> Destination {
     };
     match quic::peek(datagram, layout.len()) {
         Err(e) => Destination::Drop(e),
-        Ok(Header::Short { dcid }) => by_cid(dcid),
+        Ok(Header::Short { dcid }) => match layout.decode(dcid) {
+            None => Destination::Stray,
+            Some(_) => by_cid(dcid),
+        },
         Ok(Header::Long { ty, dcid }) => match ty {
             LongType::Handshake | LongType::Retry | LongType::Initial | LongType::ZeroRtt => {
                 by_cid(dcid)
             }
         },
+        Ok(Header::VersionNegotiation { dcid }) => by_cid(dcid),
         Ok(Header::Other) => Destination::Local,
     }
 }
@@ -92,6 +105,11 @@ mod tests {
         assert_eq!(route(&l, 0, &p), Destination::Worker(3));
         p[0] = 0xf3;
         assert_eq!(route(&l, 0, &p), Destination::Worker(3));
+        // And a Version Negotiation (version 0) answering it.
+        p[0] = 0x80;
+        p[1..5].copy_from_slice(&[0; 4]);
+        assert_eq!(route(&l, 0, &p), Destination::Worker(3));
+        p[1..5].copy_from_slice(&[0, 0, 0, 1]);
         // A client's Initial carries a CID it chose: not of our layout, it stays.
         p[0] = 0xc3;
         p[6] = l.first_octet() ^ 0x80;
@@ -101,11 +119,15 @@ mod tests {
     }
 
     #[test]
-    fn foreign_cids_stay_local_and_garbage_is_dropped() {
+    fn foreign_cids_are_strays_and_garbage_is_dropped() {
         let l = layout();
         let mut p = short_for(2);
         p[1] = 0xff; // first octet of another layout
-        assert_eq!(route(&l, 0, &p), Destination::Local);
+        assert_eq!(route(&l, 0, &p), Destination::Stray);
+        // A long header with a foreign CID stays (a client's Initial, say).
+        let mut long = vec![0xc3, 0, 0, 0, 1, 8, 0xff];
+        long.resize(1200, 0);
+        assert_eq!(route(&l, 0, &long), Destination::Local);
         assert_eq!(route(&l, 0, &[]), Destination::Drop(HeaderError::Empty));
         assert_eq!(
             route(&l, 0, &[0x40, 1]),

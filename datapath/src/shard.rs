@@ -174,6 +174,9 @@ pub(crate) struct Slot {
     pub user: Option<Box<dyn Any + Send>>,
     /// The application's state of its streams ([`crate::Conn::stream_state`]).
     pub streams: StreamStates,
+    /// The remote address this connection, opened by this worker, is recorded under in
+    /// the engine's [`crate::peers::OutgoingPeers`] (multi-worker engines only).
+    pub outgoing_to: Option<SocketAddr>,
 }
 
 impl Slot {
@@ -201,6 +204,7 @@ impl Slot {
             links: [link, None],
             user: None,
             streams: StreamStates::default(),
+            outgoing_to: None,
         }
     }
 
@@ -246,7 +250,16 @@ impl Slot {
         if self.links[0].is_none() {
             self.links[0] = Some((remote, link));
         } else if now != before && now == remote {
-            self.links = [Some((remote, link)), self.links[0]];
+            // Keep the link of the address it moved from: a move that fails validation
+            // goes back to that one (not always `links[0]`: after a failed move, that is
+            // the address the connection left again).
+            let from = self
+                .links
+                .iter()
+                .flatten()
+                .find(|(a, _)| *a == before)
+                .copied();
+            self.links = [Some((remote, link)), from];
         }
     }
 

@@ -30,6 +30,7 @@ use quinn_proto::{
 };
 
 use crate::accept::{Decision, Held, Incoming, DEFER_TIMEOUT};
+use crate::backend::rx::POOL_CHUNK;
 use crate::backend::{Backend, Datagram, RxBatch, SendError, Transmit};
 use crate::conn::{Conn, Ctx};
 use crate::engine::{Command, Mesh, RetryPolicy};
@@ -159,6 +160,8 @@ pub struct Worker<H: Handler> {
     hold_transmits: bool,
     /// Connections whose transmit was held this turn (a buffer reused turn after turn).
     held: Vec<usize>,
+    /// The other workers a stray datagram goes to (a buffer reused; see `on_stray`).
+    stray_owners: Vec<usize>,
 }
 
 /// Everything [`Worker::new`] needs; built by [`crate::EngineBuilder`].
@@ -223,6 +226,7 @@ impl<H: Handler> Worker<H> {
             max_connections: p.max_connections,
             hold_transmits: false,
             held: Vec::new(),
+            stray_owners: Vec::new(),
         }
     }
 
@@ -430,17 +434,62 @@ impl<H: Handler> Worker<H> {
         let me = self.index();
         match route(&self.mesh.layout, me, &d.data) {
             Destination::Local => self.feed_endpoint(io, d),
-            Destination::Worker(w) => match self.mesh.handovers[w].try_send(d) {
-                Ok(()) => {
-                    self.counters.handover_out += 1;
-                    self.mesh.wakers[w].wake();
-                }
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                    self.counters.handover_dropped += 1
-                }
-            },
+            Destination::Worker(w) => self.hand_over(w, d),
+            Destination::Stray => self.on_stray(io, d),
             Destination::Drop(_) => self.counters.rx_malformed += 1,
         }
+    }
+
+    /// Hands `d` to worker `w` (dropped, and counted, when its queue is full). A datagram
+    /// larger than a receive chunk, which has a chunk of its own size, is dropped too: each
+    /// queued datagram then holds at most [`POOL_CHUNK`] octets, which bounds the queue's
+    /// memory. (QUIC packets of other workers that large come only from peers that probed a
+    /// path MTU over 16 KiB; they are not worth a bound four times as large.)
+    fn hand_over(&mut self, w: usize, d: Datagram) {
+        if d.data.len() > POOL_CHUNK {
+            self.counters.handover_dropped += 1;
+            return;
+        }
+        match self.mesh.handovers[w].try_send(d) {
+            Ok(()) => {
+                self.counters.handover_out += 1;
+                self.mesh.wakers[w].wake();
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counters.handover_dropped += 1
+            }
+        }
+    }
+
+    /// A short header whose CID this host did not issue: a stateless reset, or junk. It goes
+    /// to the workers that opened connections to its sender (their endpoints hold the reset
+    /// tokens; one that does not recognise it drops it), and to this one's endpoint when no
+    /// other worker did or this one did too. Copies only when it goes to more than one.
+    fn on_stray<B: Backend>(&mut self, io: &mut B, d: Datagram) {
+        let mut others = std::mem::take(&mut self.stray_owners);
+        let mine = self
+            .mesh
+            .outgoing
+            .owners(d.remote, self.index(), &mut others);
+        match others.split_last() {
+            None => self.feed_endpoint(io, d),
+            Some((&last, rest)) => {
+                let copy = |d: &Datagram| Datagram {
+                    data: BytesMut::from(&d.data[..]),
+                    ..*d
+                };
+                for &w in rest {
+                    self.hand_over(w, copy(&d));
+                }
+                if mine {
+                    self.hand_over(last, copy(&d));
+                    self.feed_endpoint(io, d);
+                } else {
+                    self.hand_over(last, d);
+                }
+            }
+        }
+        self.stray_owners = others;
     }
 
     /// Feeds a datagram that belongs here to the endpoint.
@@ -694,9 +743,15 @@ impl<H: Handler> Worker<H> {
                 }
                 self.drive(io, h);
             }
-            while let Some(born) = self.shard.born.pop() {
+            while let Some(mut born) = self.shard.born.pop() {
                 self.counters.conns_opened += 1;
                 born.span.in_scope(|| tracing::debug!("opened"));
+                // Its peer's stateless reset may reach another worker of a shared port.
+                if self.mesh.handovers.len() > 1 {
+                    let remote = born.conn.remote_address();
+                    self.mesh.outgoing.add(remote, self.index());
+                    born.outgoing_to = Some(remote);
+                }
                 self.conns.insert(born);
             }
             if self.conns.dirty.is_empty() {
@@ -883,6 +938,9 @@ impl<H: Handler> Worker<H> {
     fn remove(&mut self, h: usize) {
         let slot = self.conns.remove(h).expect("slot present");
         self.counters.conns_closed += 1;
+        if let Some(remote) = slot.outgoing_to {
+            self.mesh.outgoing.remove(remote, self.index());
+        }
         let stats = slot.conn.stats();
         self.counters.lost_packets += stats.path.lost_packets;
         self.counters.congestion_events += stats.path.congestion_events;

@@ -190,6 +190,40 @@ fn misrouted_packets_are_handed_over_never_reset() {
     );
 }
 
+/// Each datagram in a worker's hand-over queue holds at most one receive chunk (16 KiB):
+/// that is what bounds the queue's memory (README). A datagram larger than a chunk, which
+/// has a buffer of its own size, is not handed over but dropped and counted; one that fits
+/// is handed over.
+#[test]
+fn datagrams_larger_than_a_receive_chunk_are_not_handed_over() {
+    use xdp_quic::backend::rx::POOL_CHUNK;
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut server = echo_server(&net, server_builder(2), MemSteering::Fixed(0));
+    // A Handshake packet naming worker 1, which reaches worker 0.
+    let layout = CidLayout::for_workers(2).unwrap();
+    let mut cid = vec![0u8; layout.len()];
+    layout.write(1, &mut rand::thread_rng(), &mut cid);
+    let handshake = |len: usize| {
+        let mut p = vec![0xe0, 0, 0, 0, 1, cid.len() as u8];
+        p.extend_from_slice(&cid);
+        p.push(0);
+        p.resize(len, 0);
+        p
+    };
+    let attacker = addr("10.0.9.9:9999");
+    net.inject(attacker, addr(SERVER), &handshake(1_200));
+    net.inject(attacker, addr(SERVER), &handshake(POOL_CHUNK + 1));
+    net.inject(attacker, addr(SERVER), &handshake(60_000));
+    let mut seen = 0;
+    while seen < 3 {
+        step(&net, &mut [&mut server]).unwrap();
+        let c = server.workers[0].counters();
+        seen = c.handover_out + c.handover_dropped;
+    }
+    let c = server.workers[0].counters();
+    assert_eq!((c.handover_out, c.handover_dropped), (1, 2), "{c:?}");
+}
+
 #[test]
 fn the_cid_steering_program_model_needs_no_hand_over() {
     let net = MemNetwork::new(Duration::from_millis(5));

@@ -25,7 +25,8 @@ struct Echoing {
 /// The echo server's handler (one per worker).
 #[derive(Default)]
 pub struct EchoServer {
-    streams: HashMap<(ConnId, StreamId), Echoing>,
+    /// Per connection, its streams being echoed: a connection's go at once when it ends.
+    streams: HashMap<ConnId, HashMap<StreamId, Echoing>>,
     /// Octets echoed so far on this worker.
     pub echoed: u64,
     /// Datagrams echoed so far on this worker.
@@ -37,24 +38,30 @@ pub struct EchoServer {
 impl EchoServer {
     /// Streams this worker holds state for (being echoed).
     pub fn streams_held(&self) -> usize {
-        self.streams.len()
+        self.streams.values().map(HashMap::len).sum()
+    }
+
+    fn forget(&mut self, conn: ConnId, s: StreamId) {
+        if let Some(streams) = self.streams.get_mut(&conn) {
+            streams.remove(&s);
+        }
     }
 
     fn pump(&mut self, conn: &mut Conn<'_>, s: StreamId) {
-        let key = (conn.id(), s);
-        let e = self.streams.entry(key).or_default();
+        let id = conn.id();
+        let e = self.streams.entry(id).or_default().entry(s).or_default();
         loop {
             match e.out.flush(conn, s) {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(_) => {
-                    self.streams.remove(&key);
+                    self.forget(id, s);
                     return;
                 }
             }
             if e.fin {
                 let _ = conn.finish(s);
-                self.streams.remove(&key);
+                self.forget(id, s);
                 return;
             }
             if e.out.len() >= MAX_BUFFERED {
@@ -74,12 +81,12 @@ impl EchoServer {
                 Err(StreamError::Reset(code)) => {
                     // The peer abandoned its side: abandon ours.
                     let _ = conn.reset(s, code);
-                    self.streams.remove(&key);
+                    self.forget(id, s);
                     return;
                 }
                 Err(_) => {
                     // Read to its end already (a spurious readable call): nothing to do.
-                    self.streams.remove(&key);
+                    self.forget(id, s);
                     return;
                 }
             }
@@ -102,14 +109,18 @@ impl Handler for EchoServer {
     }
 
     fn stream_writable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
-        if self.streams.contains_key(&(conn.id(), s)) {
+        if self
+            .streams
+            .get(&conn.id())
+            .is_some_and(|m| m.contains_key(&s))
+        {
             self.pump(conn, s);
         }
     }
 
     fn stream_stopped(&mut self, conn: &mut Conn<'_>, s: StreamId, _code: VarInt) {
         // The engine resets it; what was left to echo goes.
-        self.streams.remove(&(conn.id(), s));
+        self.forget(conn.id(), s);
     }
 
     fn datagram(&mut self, conn: &mut Conn<'_>, data: Bytes) {
@@ -118,7 +129,7 @@ impl Handler for EchoServer {
     }
 
     fn closed(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, _reason: &ConnectionError) {
-        self.streams.retain(|(c, _), _| *c != id);
+        self.streams.remove(&id);
     }
 }
 

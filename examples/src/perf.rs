@@ -47,7 +47,9 @@ struct Serving {
 /// The perf server's handler (one per worker).
 #[derive(Default)]
 pub struct PerfServer {
-    streams: HashMap<(ConnId, StreamId), Serving>,
+    /// Per connection, its streams being read or answered: a connection's go at once when
+    /// it ends, and its map is reused by its next requests.
+    streams: HashMap<ConnId, HashMap<StreamId, Serving>>,
     /// Requests answered in full.
     pub requests: u64,
     /// Octets received (request headers and uploads).
@@ -59,24 +61,30 @@ pub struct PerfServer {
 impl PerfServer {
     /// Streams this worker holds state for (being read or answered).
     pub fn streams_held(&self) -> usize {
-        self.streams.len()
+        self.streams.values().map(HashMap::len).sum()
+    }
+
+    fn forget(&mut self, conn: ConnId, s: StreamId) {
+        if let Some(streams) = self.streams.get_mut(&conn) {
+            streams.remove(&s);
+        }
     }
 
     fn respond(&mut self, conn: &mut Conn<'_>, s: StreamId) {
-        let key = (conn.id(), s);
-        let Some(st) = self.streams.get_mut(&key) else {
+        let id = conn.id();
+        let Some(st) = self.streams.get_mut(&id).and_then(|m| m.get_mut(&s)) else {
             return;
         };
         let Some(left) = st.respond.as_mut() else {
             return;
         };
         if write_zeros(conn, s, left).is_err() {
-            self.streams.remove(&key);
+            self.forget(id, s);
             return;
         }
         if *left == 0 {
             let _ = conn.finish(s);
-            self.streams.remove(&key);
+            self.forget(id, s);
             self.requests += 1;
         }
     }
@@ -84,8 +92,8 @@ impl PerfServer {
 
 impl Handler for PerfServer {
     fn stream_readable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
-        let key = (conn.id(), s);
-        let st = self.streams.entry(key).or_default();
+        let id = conn.id();
+        let st = self.streams.entry(id).or_default().entry(s).or_default();
         if st.respond.is_some() {
             return;
         }
@@ -106,10 +114,15 @@ impl Handler for PerfServer {
             Ok(ReadStatus::Finished) => {
                 self.malformed += 1;
                 let _ = conn.reset(s, VarInt::from_u32(1));
-                self.streams.remove(&key);
+                self.forget(id, s);
             }
-            Err(_) => {
-                self.streams.remove(&key);
+            Err(e) => {
+                // The peer abandoned its request: abandon the answer too, so that
+                // quinn-proto frees the stream and gives the peer its credit back.
+                if let StreamError::Reset(code) = e {
+                    let _ = conn.reset(s, code);
+                }
+                self.forget(id, s);
             }
         }
     }
@@ -120,11 +133,11 @@ impl Handler for PerfServer {
 
     fn stream_stopped(&mut self, conn: &mut Conn<'_>, s: StreamId, _code: VarInt) {
         // The engine resets it: the rest of the answer is not sent.
-        self.streams.remove(&(conn.id(), s));
+        self.forget(conn.id(), s);
     }
 
     fn closed(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, _reason: &ConnectionError) {
-        self.streams.retain(|(c, _), _| *c != id);
+        self.streams.remove(&id);
     }
 }
 

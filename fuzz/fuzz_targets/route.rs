@@ -64,7 +64,10 @@ fn arbitrary_datagram(input: &RouteInput<'_>) {
         assert_eq!(peeked, Err(HeaderError::Truncated));
     } else {
         let version = u32::from_be_bytes([d[1], d[2], d[3], d[4]]);
-        if version == 1 || version >> 24 == 0xff {
+        if version == 0 {
+            let dcid = &d[6..6 + usize::from(d[5])];
+            assert_eq!(peeked, Ok(Header::VersionNegotiation { dcid }));
+        } else if version == 1 || version >> 24 == 0xff {
             let dcid = &d[6..6 + usize::from(d[5])];
             let ty = [
                 LongType::Initial,
@@ -86,10 +89,14 @@ fn arbitrary_datagram(input: &RouteInput<'_>) {
     // The decision, from the rules.
     let want = match peeked {
         Err(e) => Destination::Drop(e),
+        // A short header whose CID is not of our layout: a peer's stateless reset, or junk.
+        Ok(Header::Short { dcid }) if layout.decode(dcid).is_none() => Destination::Stray,
         Ok(Header::Short { dcid }) => by_cid(layout, me, dcid),
         // Every long-header type by CID: a client's Initial carries a CID of its own,
         // which `decode` does not take for ours (unless it happens to look like one).
         Ok(Header::Long { dcid, .. }) => by_cid(layout, me, dcid),
+        // Version Negotiation echoes the CID a connection of ours chose.
+        Ok(Header::VersionNegotiation { dcid }) => by_cid(layout, me, dcid),
         Ok(Header::Other) => Destination::Local,
     };
     assert_eq!(r, want);

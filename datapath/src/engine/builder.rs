@@ -356,6 +356,7 @@ impl EngineBuilder {
             metrics: Vec::with_capacity(n),
             failures: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
             transport: transport.clone(),
+            outgoing: Default::default(),
         };
         for _ in 0..n {
             let (tx, rx) = bounded(self.handover_capacity);

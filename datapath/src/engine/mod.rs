@@ -96,7 +96,8 @@ pub enum PostError {
     Stopped,
 }
 
-/// What the workers of one engine share: read-only after start.
+/// What the workers of one engine share: read-only after start, but for the record of
+/// outgoing connections (`outgoing`, written as they open and end).
 pub(crate) struct Mesh<H> {
     pub layout: Arc<CidLayout>,
     /// The engine was built to accept connections (each worker's `Shard::serves` starts
@@ -111,6 +112,8 @@ pub(crate) struct Mesh<H> {
     pub transport: Option<Arc<quinn_proto::TransportConfig>>,
     /// Why each worker failed, once it has ([`crate::Worker::fail`]).
     pub failures: Vec<std::sync::OnceLock<String>>,
+    /// The remote addresses of the connections the workers opened ([`crate::peers`]).
+    pub outgoing: crate::peers::OutgoingPeers,
 }
 
 /// Errors of building or starting an engine.

@@ -21,6 +21,9 @@ pub enum Header<'a> {
     Short { dcid: &'a [u8] },
     /// Long header of QUIC v1 (or a draft quinn-proto speaks).
     Long { ty: LongType, dcid: &'a [u8] },
+    /// A Version Negotiation packet (version 0): a server's answer to a connection this host
+    /// opened, whose CID it echoes as `dcid`.
+    VersionNegotiation { dcid: &'a [u8] },
     /// Long header of an unknown version (version negotiation is the endpoint's business).
     Other,
 }
@@ -49,6 +52,9 @@ pub fn peek(datagram: &[u8], cid_len: usize) -> Result<Header<'_>, HeaderError> 
     let dcid = datagram
         .get(6..6 + dcid_len)
         .ok_or(HeaderError::Truncated)?;
+    if version == 0 {
+        return Ok(Header::VersionNegotiation { dcid });
+    }
     if version != VERSION_1 && version & DRAFT_MASK != DRAFT_MASK {
         return Ok(Header::Other);
     }
@@ -98,6 +104,8 @@ mod tests {
         assert_eq!(peek(&draft, 8), l(LongType::Handshake));
         let unknown = long(0xe0, 0x6b33_43cf, &cid);
         assert_eq!(peek(&unknown, 8), Ok(Header::Other));
+        let vn = long(0x80, 0, &cid);
+        assert_eq!(peek(&vn, 8), Ok(Header::VersionNegotiation { dcid: &cid }));
     }
 
     #[test]

@@ -1,0 +1,126 @@
+//! Which workers have opened connections to which peers, so that a stateless reset from a
+//! peer reaches the worker that can recognise it.
+//!
+//! A stateless reset (RFC 9000 §10.3) looks like a short-header packet whose destination CID
+//! is random: nothing in it names the worker that owns the connection, so it lands on
+//! whichever worker the kernel's hash (or the NIC's RSS) picks. For connections a peer opened
+//! that is the owner (the 4-tuple that brought their Initial brings the reset too). For
+//! connections a worker opened from a port its engine shares (`Ctx::connect` on a serving
+//! engine), it is any worker; only the owner's endpoint holds the reset token, so elsewhere
+//! the reset was dropped and the connection waited for its idle timeout.
+//!
+//! Each worker records here the remote address of each connection it opened, for as long as
+//! the connection lives; a worker that receives a short header whose CID this host did not
+//! issue ([`crate::route::Destination::Stray`]) from such an address hands it to the workers
+//! that opened connections to it. Entries are made by the application's own `connect`s (a
+//! peer cannot add any), one per open connection. The lock is taken only on that cold path
+//! (stray packets while outgoing connections exist) and when outgoing connections open and
+//! end; the count lets every other packet skip it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::RwLock;
+
+/// The workers that have connections open to each remote address (connections they opened).
+#[derive(Default)]
+pub(crate) struct OutgoingPeers {
+    /// Connections recorded, all addresses.
+    count: AtomicUsize,
+    /// Per address: (worker, its connections to the address).
+    map: RwLock<HashMap<SocketAddr, Vec<(usize, u32)>>>,
+}
+
+impl OutgoingPeers {
+    /// Records a connection of `worker` to `remote`. Pair with [`OutgoingPeers::remove`].
+    pub fn add(&self, remote: SocketAddr, worker: usize) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let owners = map.entry(remote).or_default();
+        match owners.iter_mut().find(|(w, _)| *w == worker) {
+            Some((_, n)) => *n += 1,
+            None => owners.push((worker, 1)),
+        }
+        self.count.fetch_add(1, Ordering::Release);
+    }
+
+    /// Forgets a connection [`OutgoingPeers::add`] recorded.
+    pub fn remove(&self, remote: SocketAddr, worker: usize) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let Some(owners) = map.get_mut(&remote) else {
+            return;
+        };
+        let Some(i) = owners.iter().position(|(w, _)| *w == worker) else {
+            return;
+        };
+        owners[i].1 -= 1;
+        if owners[i].1 == 0 {
+            owners.swap_remove(i);
+        }
+        if owners.is_empty() {
+            map.remove(&remote);
+        }
+        self.count.fetch_sub(1, Ordering::Release);
+    }
+
+    /// The workers other than `me` with connections open to `remote` (into `others`,
+    /// emptied first), and whether `me` has any. Takes no lock while no connection is
+    /// recorded.
+    pub fn owners(&self, remote: SocketAddr, me: usize, others: &mut Vec<usize>) -> bool {
+        others.clear();
+        if self.count.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let mut mine = false;
+        for &(w, _) in map.get(&remote).into_iter().flatten() {
+            if w == me {
+                mine = true;
+            } else {
+                others.push(w);
+            }
+        }
+        mine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_are_counted_per_connection_and_forgotten_with_the_last() {
+        let p = OutgoingPeers::default();
+        let a: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        let b: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        let mut others = Vec::new();
+        assert!(!p.owners(a, 0, &mut others));
+        assert!(others.is_empty());
+
+        p.add(a, 1);
+        p.add(a, 1);
+        p.add(a, 2);
+        p.add(b, 0);
+        assert!(!p.owners(a, 0, &mut others));
+        others.sort();
+        assert_eq!(others, [1, 2]);
+        assert!(p.owners(a, 1, &mut others));
+        assert_eq!(others, [2]);
+        assert!(p.owners(b, 0, &mut others));
+        assert!(others.is_empty());
+
+        // Worker 1 had two connections to `a`: it stays an owner until both have ended.
+        p.remove(a, 1);
+        assert!(p.owners(a, 1, &mut others));
+        p.remove(a, 1);
+        assert!(!p.owners(a, 1, &mut others));
+        assert_eq!(others, [2]);
+        p.remove(a, 2);
+        p.remove(b, 0);
+        assert_eq!(p.count.load(Ordering::Relaxed), 0);
+        assert!(p.map.read().unwrap().is_empty(), "nothing left behind");
+
+        // Removing what was never added changes nothing.
+        p.remove(a, 3);
+        assert_eq!(p.count.load(Ordering::Relaxed), 0);
+    }
+}
