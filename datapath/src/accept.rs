@@ -85,7 +85,10 @@ pub enum Decision {
     /// Accept it with the engine's server configuration.
     Accept,
     /// Accept it with this configuration (another certificate, other ALPNs or transport
-    /// parameters: e.g. chosen by [`Incoming::server_name`]).
+    /// parameters: e.g. chosen by [`Incoming::server_name`]). Taken as it is: the engine's
+    /// transport ([`crate::EngineBuilder::transport`]) is not applied to it, so give it
+    /// [`crate::engine::default_transport`] (or your own) for the README's receive-window
+    /// bounds and the close gate ([`crate::congestion`]); `tls::server_config` does.
     AcceptWith(Arc<quinn_proto::ServerConfig>),
     /// Refuse it: the client hears CONNECTION_REFUSED at once.
     Refuse,

@@ -11,8 +11,10 @@
 //! `Endpoint::connect`, and a fresh one whenever the peer moves to a new address (any move
 //! but an IPv4 port change, so every IPv6 move too): the factory leaves the gate of the
 //! controller it built last in a thread-local, and the worker takes it right after each of
-//! those calls (`take_last_built`), so the connection's gate is always its current
-//! controller's.
+//! those calls (`take_last_built`). The first is the connection's gate; every later one is
+//! made to follow it ([`CloseGate::follow`]), so that opening the connection's gate opens
+//! every controller it ever had, including one that a move failing validation brings back
+//! (quinn-proto may bring back a controller from several moves before).
 //! An open gate reports an unlimited window: a closed connection sends nothing but
 //! CONNECTION_CLOSE, so nothing else can use it. Remove this module when quinn-proto releases
 //! the fix.
@@ -28,17 +30,32 @@ use quinn_proto::RttEstimator;
 
 /// Opens one connection's congestion window for its CONNECTION_CLOSE.
 #[derive(Debug, Clone, Default)]
-pub struct CloseGate(Arc<AtomicBool>);
+pub struct CloseGate(Arc<GateState>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    open: AtomicBool,
+    /// The connection's gate, for the gate of a controller built after the first.
+    follows: std::sync::OnceLock<CloseGate>,
+}
 
 impl CloseGate {
     /// Call right after `Connection::close`.
     pub fn open(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.open.store(true, Ordering::Relaxed);
     }
 
-    /// Whether [`CloseGate::open`] was called.
+    /// Whether [`CloseGate::open`] was called on it, or on the gate it follows.
     pub fn is_open(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.open.load(Ordering::Relaxed) || self.0.follows.get().is_some_and(|g| g.is_open())
+    }
+
+    /// Makes this gate (of a controller quinn-proto built after the connection's first)
+    /// open whenever `connection`'s gate is. `connection` must be a gate that follows none
+    /// (the connection's first), so that a check reads two flags at most.
+    pub(crate) fn follow(&self, connection: &CloseGate) {
+        debug_assert!(connection.0.follows.get().is_none());
+        let _ = self.0.follows.set(connection.clone());
     }
 }
 
@@ -59,9 +76,9 @@ pub(crate) fn take_last_built() -> Option<CloseGate> {
 pub type AnyFactory = Arc<dyn ControllerFactory + Send + Sync>;
 
 /// A controller chosen after the transport that uses it was made (the engine builder's
-/// `congestion`, which may come after its `transport`): set once, at the engine's build;
-/// Cubic if never set.
-pub(crate) type Choice = Arc<std::sync::OnceLock<AnyFactory>>;
+/// `congestion`, which may come after its `transport`): set once, at the build of the first
+/// engine made with that transport, with whether that builder named it (Cubic otherwise).
+pub(crate) type Choice = Arc<std::sync::OnceLock<(AnyFactory, bool)>>;
 
 /// Wraps another factory's controllers (Cubic by default) in a [`CloseGate`].
 pub struct GatedFactory {
@@ -101,7 +118,13 @@ impl ControllerFactory for GatedFactory {
         let inner = match &self.inner {
             Inner::Fixed(f) => f.clone(),
             Inner::Chosen(c) => c
-                .get_or_init(|| Arc::new(quinn_proto::congestion::CubicConfig::default()))
+                .get_or_init(|| {
+                    (
+                        Arc::new(quinn_proto::congestion::CubicConfig::default()),
+                        false,
+                    )
+                })
+                .0
                 .clone(),
         };
         Box::new(Gated {
@@ -159,7 +182,7 @@ impl Controller for Gated {
     }
 
     fn window(&self) -> u64 {
-        if self.gate.0.load(Ordering::Relaxed) {
+        if self.gate.is_open() {
             u64::MAX / 2
         } else {
             self.inner.window()
@@ -184,5 +207,39 @@ impl Controller for Gated {
 
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
         self.inner.into_any()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection that moved twice has three controllers; a move that fails validation
+    /// may bring back any earlier one. Opening the connection's gate opens all of them.
+    #[test]
+    fn every_controller_a_connection_had_opens_with_its_gate() {
+        let factory = GatedFactory::cubic();
+        let now = Instant::now();
+        let mut built = Vec::new();
+        for _ in 0..3 {
+            let c = factory.clone().build(now, 1200);
+            built.push((c, take_last_built().expect("the factory left its gate")));
+        }
+        let connection = built[0].1.clone();
+        for (_, gate) in &built[1..] {
+            gate.follow(&connection);
+        }
+        let initial = built[0].0.window();
+        assert!(built.iter().all(|(c, _)| c.window() == initial));
+        connection.open();
+        for (i, (c, gate)) in built.iter().enumerate() {
+            assert!(gate.is_open(), "gate {i}");
+            assert_eq!(c.window(), u64::MAX / 2, "controller {i}");
+            assert_eq!(
+                c.clone_box().window(),
+                u64::MAX / 2,
+                "a copy of controller {i}"
+            );
+        }
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! glibc's allocator keeps the memory that freed connections leave in its arenas for reuse:
 //! after 10,000 connections close, the process still holds most of what they used. A daemon
-//! that sees its connection count fall a long way calls [`release_free_memory`] (the
-//! `xdp-quic serve` loop does, at most once a second, after a fall of a quarter and at least
-//! 1,000 connections: [`TrimPolicy`]).
+//! that has seen many connections come and go calls [`release_free_memory`] (the
+//! `xdp-quic serve` loop does, at most once a second, once a burst of connections opening or
+//! closing is over: [`TrimPolicy`]).
 
 /// Returns the allocator's free memory to the operating system where it can (glibc's
 /// `malloc_trim`, every arena). Takes the arenas' locks for a few milliseconds per 100 MB:

@@ -157,11 +157,9 @@ pub(crate) struct Slot {
     /// Its transmit was held back last time it was driven ([`crate::Worker`]'s
     /// `hold_transmits`): the next drive sends.
     pub held: bool,
-    /// Opened when the connection closes (see [`crate::congestion`]).
+    /// Opened when the connection closes (see [`crate::congestion`]): the gate of its first
+    /// controller, which the gates of later ones follow.
     pub gate: CloseGate,
-    /// The gate of the controller before the last one quinn-proto built: a path that
-    /// fails validation brings that controller back.
-    pub prev_gate: Option<CloseGate>,
     /// When the connection was created (for the handshake-time histogram).
     pub created: Instant,
     /// The connection's tracing span: its life-cycle events, and whatever the application
@@ -198,7 +196,6 @@ impl Slot {
             dirty: false,
             held: false,
             gate,
-            prev_gate: None,
             created: now,
             span: tracing::debug_span!("connection", conn = %id),
             links: [link, None],
@@ -209,26 +206,19 @@ impl Slot {
     }
 
     /// Hands `event` to the connection. When quinn-proto built a new congestion controller
-    /// for it meanwhile (the peer moved to a new address), the connection's close gate
-    /// becomes the new controller's, opened already if the connection is closing; the old
-    /// one is kept too, for a move that fails validation brings its controller back.
+    /// for it meanwhile (the peer moved to a new address), the new controller's gate follows
+    /// the connection's: opening that one opens every controller the connection has had,
+    /// whichever a move that fails validation brings back.
     pub fn handle_event(&mut self, event: ConnectionEvent) {
         self.conn.handle_event(event);
         if let Some(fresh) = crate::congestion::take_last_built() {
-            if self.gate.is_open() {
-                fresh.open();
-            }
-            self.prev_gate = Some(std::mem::replace(&mut self.gate, fresh));
+            fresh.follow(&self.gate);
         }
     }
 
-    /// Opens the close gates (the connection is closing): its controller's, and the one
-    /// before, in case a failed move brings that back.
+    /// Opens the close gate (the connection is closing): of every controller it has had.
     pub fn open_gates(&self) {
         self.gate.open();
-        if let Some(g) = &self.prev_gate {
-            g.open();
-        }
     }
 
     /// Hands the connection a datagram from `remote` that came with link layer `link`, and

@@ -162,6 +162,25 @@ pub struct Worker<H: Handler> {
     held: Vec<usize>,
     /// The other workers a stray datagram goes to (a buffer reused; see `on_stray`).
     stray_owners: Vec<usize>,
+    /// Marks the worker ended when it drops (last: see [`EndMark`]).
+    _end: EndMark<H>,
+}
+
+/// Dropped with its worker, however the worker ends (drained, failed, or unwinding from a
+/// panic): marks it ended, so that its queues take nothing more, and drops what is still
+/// queued for it. Posted work that will never run then says so at once (a call's reply is
+/// [`crate::Gone`]) instead of waiting for good, and handed-over datagrams free their
+/// buffers.
+struct EndMark<H: Handler> {
+    mesh: Arc<Mesh<H>>,
+    index: usize,
+}
+
+impl<H: Handler> Drop for EndMark<H> {
+    fn drop(&mut self) {
+        self.mesh.ended[self.index].store(true, std::sync::atomic::Ordering::SeqCst);
+        self.mesh.drop_queued(self.index);
+    }
 }
 
 /// Everything [`Worker::new`] needs; built by [`crate::EngineBuilder`].
@@ -182,6 +201,10 @@ pub(crate) struct WorkerParts<H: Handler> {
 impl<H: Handler> Worker<H> {
     pub(crate) fn new(p: WorkerParts<H>) -> Self {
         let metrics = p.mesh.metrics[p.index].clone();
+        let end = EndMark {
+            mesh: p.mesh.clone(),
+            index: p.index,
+        };
         let serves = p.mesh.serves;
         let mut handler = p.handler;
         handler.attached(&crate::engine::EngineHandle {
@@ -227,6 +250,7 @@ impl<H: Handler> Worker<H> {
             hold_transmits: false,
             held: Vec::new(),
             stray_owners: Vec::new(),
+            _end: end,
         }
     }
 
@@ -446,7 +470,7 @@ impl<H: Handler> Worker<H> {
     /// memory. (QUIC packets of other workers that large come only from peers that probed a
     /// path MTU over 16 KiB; they are not worth a bound four times as large.)
     fn hand_over(&mut self, w: usize, d: Datagram) {
-        if d.data.len() > POOL_CHUNK {
+        if d.data.len() > POOL_CHUNK || self.mesh.has_ended(w) {
             self.counters.handover_dropped += 1;
             return;
         }
@@ -454,6 +478,10 @@ impl<H: Handler> Worker<H> {
             Ok(()) => {
                 self.counters.handover_out += 1;
                 self.mesh.wakers[w].wake();
+                // It ended as this went in (see `EngineHandle::send`).
+                if self.mesh.has_ended(w) {
+                    self.mesh.drop_queued(w);
+                }
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.counters.handover_dropped += 1

@@ -623,6 +623,78 @@ fn connections_cannot_be_opened_once_the_worker_stops() {
     assert!(h.refused[0].contains("stopping"), "{:?}", h.refused);
 }
 
+/// Clones of a builder share its transport (quinn-proto's cannot be copied), and with it
+/// the controller it names: the first engine built fixes it, a clone built with the same
+/// choice is fine, and one that asks for another controller is refused, rather than given
+/// the first one's or changing the first one's connections.
+#[test]
+fn clones_of_a_builder_cannot_give_its_transport_two_controllers() {
+    let bbr: xdp_quic::congestion::AnyFactory =
+        Arc::new(quinn_proto::congestion::BbrConfig::default());
+    let base = EngineBuilder::default()
+        .server(server_config())
+        .transport(TransportConfig::default());
+    let build = |b: EngineBuilder| b.build(|_| EchoServer::default()).map(|_| ());
+    build(base.clone().congestion(bbr.clone())).expect("the first fixes it");
+    build(base.clone().congestion(bbr.clone())).expect("the same controller again");
+    let other: xdp_quic::congestion::AnyFactory =
+        Arc::new(quinn_proto::congestion::NewRenoConfig::default());
+    for (what, b) in [
+        ("another controller", base.clone().congestion(other)),
+        ("none named after one was", base.clone()),
+    ] {
+        match build(b) {
+            Err(xdp_quic::EngineError::Config(m)) => assert!(m.contains("transport"), "{m}"),
+            other => panic!("{what}: {:?}", other.map(|_| ())),
+        }
+    }
+    // A fresh transport on the clone is its own.
+    build(base.transport(TransportConfig::default())).expect("a transport of its own");
+}
+
+/// Work posted to a worker that ends before running it is dropped, and a call's reply says
+/// so (`Gone`) instead of waiting for good: here calls queued after the worker stopped and
+/// before it was dropped. What is posted after that is refused.
+#[test]
+fn calls_left_queued_when_their_worker_ends_reply_gone() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut server = Node::new(
+        EngineBuilder::default().server(server_config()),
+        &net,
+        addr(SERVER),
+        MemSteering::Hash,
+        |_| EchoServer::default(),
+    )
+    .unwrap();
+    let stop = server.handle.call(0, |_, ctx| ctx.stop_worker()).unwrap();
+    run_until(&net, &mut [&mut server], Duration::from_secs(5), |n| {
+        n[0].is_done()
+    })
+    .unwrap();
+    stop.wait().unwrap();
+    let left: Vec<_> = (0..10)
+        .map(|i| server.handle.call(0, move |_, _| i).unwrap())
+        .collect();
+    let handle = server.handle.clone();
+    drop(server);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for r in left {
+            let _ = tx.send(r.wait());
+        }
+    });
+    for i in 0..10 {
+        let got = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("reply {i} still waiting (hang guard)"));
+        assert_eq!(got, Err(xdp_quic::Gone), "reply {i}");
+    }
+    assert!(matches!(
+        handle.call(0, |_, _| ()),
+        Err(xdp_quic::PostError::Stopped)
+    ));
+}
+
 /// A new server configuration (another certificate) takes effect for new connections while
 /// the engine serves; the connections alive keep theirs.
 #[test]
@@ -1073,7 +1145,7 @@ fn an_engine_given_a_server_configuration_later_shows_the_hook_the_hello() {
 /// Durations the engine adds to instants are bounded at build, so that `Duration::MAX` (a
 /// natural way to ask for "never") is a clear error rather than an overflow in a worker.
 #[test]
-fn durations_that_would_overflow_are_refused_at_build() {
+fn durations_that_would_overflow_and_queues_too_large_are_refused_at_build() {
     let net = MemNetwork::new(Duration::from_millis(5));
     for (b, name) in [
         (
@@ -1084,13 +1156,22 @@ fn durations_that_would_overflow_are_refused_at_build() {
             EngineBuilder::default().drain_timeout(Duration::MAX),
             "drain_timeout",
         ),
+        // Queues whose slots could not be allocated (an abort, not an error, before).
+        (
+            EngineBuilder::default().handover_capacity(usize::MAX / 2),
+            "handover capacity",
+        ),
+        (
+            EngineBuilder::default().command_capacity(1 << 40),
+            "command capacity",
+        ),
     ] {
         let b = b.server(server_config());
         let built = Node::new(b, &net, addr(SERVER), MemSteering::Hash, |_| {
             EchoServer::default()
         });
         let Err(e) = built else {
-            panic!("{name} of Duration::MAX was taken");
+            panic!("{name} out of range was taken");
         };
         assert!(e.to_string().contains(name), "{e}");
     }

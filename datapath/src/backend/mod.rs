@@ -98,6 +98,13 @@ pub trait Backend {
         waker: &Waker,
     ) -> io::Result<()>;
 
+    /// Whether [`Backend::wait`] returns at once, always (busy polling): the worker then
+    /// polls its queues every turn and never parks, so that nobody writes or reads its
+    /// eventfd (no syscall per loop on either side).
+    fn busy_polls(&self) -> bool {
+        false
+    }
+
     /// The local address datagrams are received on.
     fn local_addr(&self) -> io::Result<SocketAddr>;
 

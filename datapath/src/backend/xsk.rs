@@ -500,6 +500,10 @@ impl Backend for XskBackend {
         Ok(())
     }
 
+    fn busy_polls(&self) -> bool {
+        self.cfg.poll == PollMode::Busy
+    }
+
     fn wait(
         &mut self,
         deadline: Option<Instant>,

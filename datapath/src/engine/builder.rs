@@ -93,6 +93,9 @@ pub fn default_transport() -> TransportConfig {
     t
 }
 
+/// The most slots of a worker's command or hand-over queue (allocated at the build).
+const MAX_QUEUE: usize = 1 << 20;
+
 impl Default for EngineBuilder {
     fn default() -> Self {
         Self {
@@ -153,6 +156,9 @@ impl EngineBuilder {
     /// configuration built by hand carries whatever it was given (quinn-proto's defaults
     /// leave the receive window unbounded: see the README's limits).
     pub fn transport(mut self, mut config: TransportConfig) -> Self {
+        // A choice of its own: not the one of an earlier transport this builder (or a clone
+        // of it) was given.
+        self.choice = Default::default();
         config.congestion_controller_factory(crate::congestion::GatedFactory::chosen(
             self.choice.clone(),
         ));
@@ -190,15 +196,16 @@ impl EngineBuilder {
         self
     }
 
-    /// Datagrams each worker can have waiting from other workers (default 4096).
+    /// Datagrams each worker can have waiting from other workers (default 4096, at most
+    /// 2^20: the slots are allocated at the build).
     pub fn handover_capacity(mut self, n: usize) -> Self {
         self.handover_capacity = n;
         self
     }
 
-    /// Work items ([`crate::EngineHandle::post`]) each worker queues at most (default 4096):
-    /// past it, posting fails with [`crate::engine::PostError::Full`] (or waits, with
-    /// `post_wait`).
+    /// Work items ([`crate::EngineHandle::post`]) each worker queues at most (default 4096,
+    /// at most 2^20): past it, posting fails with [`crate::engine::PostError::Full`] (or
+    /// waits, with `post_wait`).
     pub fn command_capacity(mut self, n: usize) -> Self {
         self.command_capacity = n;
         self
@@ -277,15 +284,16 @@ impl EngineBuilder {
                 "neither a server nor a client configuration was given".into(),
             ));
         }
-        if self.command_capacity == 0 {
-            return Err(EngineError::Config(
-                "command capacity must be at least 1".into(),
-            ));
-        }
-        if self.handover_capacity == 0 {
-            return Err(EngineError::Config(
-                "handover capacity must be at least 1".into(),
-            ));
+        // Each queue's slots are allocated whole at the build, per worker.
+        for (n, name) in [
+            (self.command_capacity, "command capacity"),
+            (self.handover_capacity, "handover capacity"),
+        ] {
+            if !(1..=MAX_QUEUE).contains(&n) {
+                return Err(EngineError::Config(format!(
+                    "{name} must be between 1 and {MAX_QUEUE}, got {n}"
+                )));
+            }
         }
         // Both are added to instants: beyond a day they would only serve to overflow one
         // (a panic in quinn-proto at the second unknown-CID packet, or at shutdown).
@@ -318,9 +326,30 @@ impl EngineBuilder {
         }
         // The engine's transport, when it was given one (or a controller): it replaces the
         // configurations'.
-        if let Some(cc) = &self.congestion {
-            // The first build of this builder (and its clones) fixes it.
-            let _ = self.choice.set(cc.clone());
+        if self.transport.is_some() {
+            // The transport is shared with this builder's clones (quinn-proto's cannot be
+            // copied): the first engine built with it fixes its controller, and a clone that
+            // asks for another one, or for none after one was named, is refused rather than
+            // given the other's (or changing the other's connections).
+            let fixed = self.choice.get_or_init(|| match &self.congestion {
+                Some(cc) => (cc.clone(), true),
+                None => (
+                    Arc::new(quinn_proto::congestion::CubicConfig::default()),
+                    false,
+                ),
+            });
+            let same = match (&self.congestion, fixed) {
+                (Some(cc), (f, true)) => Arc::ptr_eq(cc, f),
+                (None, (_, false)) => true,
+                _ => false,
+            };
+            if !same {
+                return Err(EngineError::Config(
+                    "this builder's transport was given to an engine built from a clone of it \
+                     with another congestion controller: call `transport` again on this one"
+                        .into(),
+                ));
+            }
         }
         let transport = match (self.transport, self.congestion) {
             (None, None) => None,
@@ -357,14 +386,19 @@ impl EngineBuilder {
             failures: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
             transport: transport.clone(),
             outgoing: Default::default(),
+            command_rx: Vec::with_capacity(n),
+            handover_rx: Vec::with_capacity(n),
+            ended: (0..n).map(|_| Default::default()).collect(),
         };
         for _ in 0..n {
             let (tx, rx) = bounded(self.handover_capacity);
             mesh.handovers.push(tx);
+            mesh.handover_rx.push(rx.clone());
             handover_rx.push(rx);
             let (tx, rx) = bounded(self.command_capacity);
             mesh.commands.push(tx);
             mesh.stops.push(Default::default());
+            mesh.command_rx.push(rx.clone());
             command_rx.push(rx);
             mesh.wakers.push(Arc::new(Waker::new()?));
             mesh.metrics.push(Arc::new(WorkerMetrics::default()));

@@ -19,11 +19,12 @@ mod xdp;
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use quinn_proto::VarInt;
 
 pub use builder::{
@@ -56,7 +57,7 @@ pub(crate) enum Command<H> {
 /// posted work, so a full queue never delays a shutdown).
 #[derive(Default)]
 pub(crate) struct StopSignal {
-    requested: std::sync::atomic::AtomicBool,
+    requested: AtomicBool,
     code: std::sync::Mutex<Option<(VarInt, Bytes)>>,
 }
 
@@ -64,22 +65,23 @@ impl StopSignal {
     fn request(&self, code: VarInt, reason: Bytes) {
         let mut c = self.code.lock().unwrap_or_else(|p| p.into_inner());
         c.get_or_insert((code, reason));
-        self.requested
-            .store(true, std::sync::atomic::Ordering::Release);
+        // SeqCst, like the waker's `parked` flag it pairs with: a worker that parks and
+        // then reads this, and a requester that sets this and then wakes, cannot both miss
+        // (Release/Acquire alone would allow it).
+        self.requested.store(true, Ordering::SeqCst);
     }
 
     /// Whether a stop was requested and not taken yet.
     pub(crate) fn pending(&self) -> bool {
-        self.requested.load(std::sync::atomic::Ordering::Acquire)
+        self.requested.load(Ordering::SeqCst)
     }
 
     /// The close code and reason, once a stop was requested (taken: asked once).
     pub(crate) fn take(&self) -> Option<(VarInt, Bytes)> {
-        if !self.requested.load(std::sync::atomic::Ordering::Acquire) {
+        if !self.requested.load(Ordering::SeqCst) {
             return None;
         }
-        self.requested
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.requested.store(false, Ordering::Relaxed);
         self.code.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
@@ -114,6 +116,27 @@ pub(crate) struct Mesh<H> {
     pub failures: Vec<std::sync::OnceLock<String>>,
     /// The remote addresses of the connections the workers opened ([`crate::peers`]).
     pub outgoing: crate::peers::OutgoingPeers,
+    /// Each worker's ends of its queues, kept here too so that what is queued for a worker
+    /// that ended can be dropped by whoever finds it there ([`Mesh::drop_queued`]).
+    pub command_rx: Vec<Receiver<Command<H>>>,
+    pub handover_rx: Vec<Receiver<Datagram>>,
+    /// Each worker has ended (set as its queues drop: `worker::EndMark`); its queues take
+    /// nothing more. (The queues never disconnect: the receivers above live as long as this.)
+    pub ended: Vec<AtomicBool>,
+}
+
+impl<H> Mesh<H> {
+    /// Drops what is queued for worker `w`, which has ended: posted work goes unrun (the
+    /// replies of calls say [`crate::Gone`]), handed-over datagrams free their buffers.
+    pub fn drop_queued(&self, w: usize) {
+        while self.command_rx[w].try_recv().is_ok() {}
+        while self.handover_rx[w].try_recv().is_ok() {}
+    }
+
+    /// Whether worker `w` has ended (see `ended`).
+    pub fn has_ended(&self, w: usize) -> bool {
+        self.ended[w].load(Ordering::SeqCst)
+    }
 }
 
 /// Errors of building or starting an engine.
@@ -280,6 +303,9 @@ impl<H: Handler> EngineHandle<H> {
         let Some(tx) = self.mesh.commands.get(worker) else {
             return Err(PostError::Stopped);
         };
+        if self.mesh.has_ended(worker) {
+            return Err(PostError::Stopped);
+        }
         let sent = if wait {
             tx.send(cmd).map_err(|_| PostError::Stopped)
         } else {
@@ -290,6 +316,12 @@ impl<H: Handler> EngineHandle<H> {
         };
         // Woken even when full, so that it drains its queue.
         self.mesh.wakers[worker].wake();
+        // The worker may have ended as this went in, after dropping what was queued: then
+        // nothing will run it, and it goes here (a call's reply says `Gone`). Either the
+        // worker's drop comes after the send, or this load sees it ended (both are SeqCst).
+        if sent.is_ok() && self.mesh.has_ended(worker) {
+            self.mesh.drop_queued(worker);
+        }
         sent
     }
 }

@@ -12,6 +12,7 @@ use crate::cid::CidLayout;
 use crate::handler::Handler;
 use crate::waker::Waker;
 use crate::worker::{TurnOutcome, Worker};
+use quinn_proto::VarInt;
 
 /// How a worker's thread runs it: [`Blocking`] (turn, then sleep in [`Backend::wait`]), or
 /// an async runtime on the thread (the thread-per-core mode of [`crate::tokio`]).
@@ -77,7 +78,7 @@ impl EngineBuilder {
                 .filter(|c| !c.is_empty())
                 .map(|c| c[i % c.len()]);
             let runner = runner.clone();
-            let t = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("xdp-quic-w{i}"))
                 .spawn(move || {
                     if let Some(cpu) = cpu {
@@ -86,8 +87,22 @@ impl EngineBuilder {
                         }
                     }
                     runner.run(worker, backend, &waker)
-                })?;
-            threads.push(super::WorkerThread::Running(t));
+                });
+            match spawned {
+                Ok(t) => threads.push(super::WorkerThread::Running(t)),
+                Err(e) => {
+                    // The workers started already (no connection yet) stop and are joined,
+                    // so that none keeps its socket, or its share of the port, after the
+                    // error.
+                    handle.shutdown(VarInt::from_u32(0), b"");
+                    for t in threads {
+                        if let super::WorkerThread::Running(t) = t {
+                            let _ = t.join();
+                        }
+                    }
+                    return Err(e.into());
+                }
+            }
         }
         Ok(Engine {
             handle,
@@ -176,9 +191,10 @@ impl EngineBuilder {
 ///
 /// A panic outside the application's callbacks (quinn-proto, the backend) or an I/O error
 /// from the backend ends the worker: [`Worker::fail`] closes its connections as far as the
-/// backend still sends and records why, and the thread returns the error. Its hand-over
-/// queue and command queue then disconnect, so the other workers stop routing to it (what
-/// they would have handed over counts as `handover_dropped`).
+/// backend still sends and records why, and the thread returns the error. The worker is
+/// then marked ended: what was queued for it is dropped, the other workers stop routing to
+/// it (what they would have handed over counts as `handover_dropped`), and work posted to
+/// it is refused.
 fn run<H: Handler, B: Backend>(mut worker: Worker<H>, mut io: B, waker: &Waker) -> io::Result<H> {
     let mut last = Instant::now();
     loop {
@@ -189,7 +205,7 @@ fn run<H: Handler, B: Backend>(mut worker: Worker<H>, mut io: B, waker: &Waker) 
         match poll {
             TurnOutcome::Done => return Ok(worker.into_handler()),
             TurnOutcome::Continue(deadline) => {
-                if deadline.is_some_and(|d| d <= last) {
+                if deadline.is_some_and(|d| d <= last) || io.busy_polls() {
                     continue;
                 }
                 waker.park();

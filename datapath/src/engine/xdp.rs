@@ -144,6 +144,15 @@ impl EngineBuilder {
         if setup.queues.is_empty() {
             return Err(EngineError::Config("no queue to serve".into()));
         }
+        if let crate::backend::xsk::PollMode::Adaptive { spin } = setup.poll {
+            // A worker spins this long before each sleep: past a second it would only keep
+            // its core busy (and `Duration::MAX` overflows the instant it spins to).
+            if spin > std::time::Duration::from_secs(1) {
+                return Err(EngineError::Config(format!(
+                    "an adaptive poll spin of {spin:?} (at most 1 s)"
+                )));
+            }
+        }
         if services.len() != setup.queues.len() {
             return Err(EngineError::Config(format!(
                 "{} UDP sockets for {} queues",

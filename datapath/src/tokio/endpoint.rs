@@ -247,7 +247,7 @@ impl Incoming {
         let op = Op::Decide(self.attempt.id, decision, conn);
         // A worker that ended has dropped the attempt already; the connection it would have
         // made fails, so that its `Connecting` resolves.
-        if let Err(Op::Decide(_, _, Some(conn))) =
+        if let Err(Some(Op::Decide(_, _, Some(conn)))) =
             self.endpoint.shared.push(self.attempt.worker, op)
         {
             super::driver::fail(&conn, ConnectionError::LocallyClosed);

@@ -279,20 +279,21 @@ impl EndpointShared {
         self.closing.load(Ordering::Acquire)
     }
 
-    /// Queues `op` for `worker`, posting the inbox if it is not posted yet. Returns the op
-    /// when the worker has ended. The caller may hold the lock of `op`'s connection (and
-    /// of no other).
+    /// Queues `op` for `worker`, posting the inbox if it is not posted yet. Errs when the
+    /// worker has ended, with the op to be failed by the caller, or `None` when the ending
+    /// worker took it and failed it already ([`Inbox::end`]). The caller may hold the lock
+    /// of `op`'s connection (and of no other).
     // The error hands the operation back to be failed; boxing it would allocate per push.
     #[allow(clippy::result_large_err)]
-    pub fn push(&self, worker: usize, op: Op) -> Result<(), Op> {
+    pub fn push(&self, worker: usize, op: Op) -> Result<(), Option<Op>> {
         let Some(handle) = self.handle.get() else {
-            return Err(op);
+            return Err(Some(op));
         };
         let inbox = &self.inboxes[worker];
         let post = {
             let mut s = lock(&inbox.state);
             if s.dead {
-                return Err(op);
+                return Err(Some(op));
             }
             s.ops.push(op);
             !std::mem::replace(&mut s.posted, true)
@@ -309,9 +310,10 @@ impl EndpointShared {
                 // caller's; those pushed since (their pushers saw it posted) are failed here,
                 // outside the inbox's lock. None of them is the caller's connection's: a
                 // connection has one op queued at most (`schedule`), and a new connection's
-                // lock is not held by whoever pushed for it.
+                // lock is not held by whoever pushed for it. The ending worker's own
+                // `Inbox::end` may have taken them all first (it fails them itself).
                 let mut queued = inbox.kill().into_iter();
-                let ours = queued.next().expect("pushed above");
+                let ours = queued.next();
                 for op in queued {
                     fail_op(op);
                 }
