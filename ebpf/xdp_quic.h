@@ -97,6 +97,10 @@ struct xq_xsk_owner {
 #define XQ_SHIELD_ON 0x1u
 #define XQ_SHIELD_CID 0x2u
 #define XQ_SHIELD_ADMIT 0x4u
+/* Not read by the program: the shield was turned on by a server for its life (`serve
+ * --xdp-shield`), not by `xdp-quic attach --shield`. Found set with no server running, it
+ * is what a server that did not stop cleanly left behind. */
+#define XQ_SHIELD_SERVER 0x8u
 
 /* RFC 9000 14.1: a server discards an Initial in a UDP datagram whose payload is shorter;
  * 5.2.2: and a packet of an unsupported version in one that is shorter. */

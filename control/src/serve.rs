@@ -250,6 +250,10 @@ pub enum Event {
         iface: String,
         change: PressureChange,
     },
+    /// The engine on `iface`, serving without the shield, found it on as a server that did
+    /// not stop cleanly (killed) had left it, and turned it off
+    /// ([`crate::xdp::ShieldMaps::clear_left_by_server`]).
+    StaleShieldCleared { iface: String },
 }
 
 /// A running server: its engine, watched by a supervisor thread. Dropping it stops it and
@@ -515,6 +519,20 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
         iface: &str,
     ) -> anyhow::Result<Option<ShieldGuard>> {
         let Some(opts) = &self.shield else {
+            // Serving without the shield: one that a server killed before it could turn it
+            // off left on (with that server's CID layout) goes, now that this engine holds
+            // the queues.
+            if let Some(mut maps) = maps {
+                match maps.clear_left_by_server() {
+                    Ok(true) => {
+                        let _ = self.events.send(Event::StaleShieldCleared {
+                            iface: iface.to_string(),
+                        });
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("cannot read the XDP shield on {iface}: {e:#}"),
+                }
+            }
             return Ok(None);
         };
         let maps = maps.with_context(|| {

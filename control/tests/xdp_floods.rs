@@ -1264,9 +1264,18 @@ fn server_with_the_shield_engages_it_and_puts_it_back() {
         }
         other => panic!("expected the shield, got {other:?}"),
     }
-    // On, with the engine's layout (8-octet CIDs, config rotation 0, 2 workers).
+    // On, with the engine's layout (8-octet CIDs, config rotation 0, 2 workers), marked as
+    // turned on by a server for its life.
     let entry = maps().entry().unwrap();
     assert_eq!(maps().config().unwrap(), Some(ShieldConfig::default()));
+    assert!(maps().left_by_server().unwrap());
+    assert_eq!(
+        tb.in_server(|| xdp::shield::pinned(&tb.server_if))
+            .unwrap()
+            .unwrap(),
+        None,
+        "a later server does not take a server's shield for an `attach --shield`"
+    );
     assert_eq!(
         (
             entry.flags & xdp_quic_ebpf::SHIELD_CID,
@@ -1323,6 +1332,109 @@ fn server_with_the_shield_engages_it_and_puts_it_back() {
     assert_eq!(maps.config().unwrap(), None);
     assert_eq!(maps.entry().unwrap(), xdp_quic_ebpf::Shield::default());
     assert!(maps.pressured(QUEUES).unwrap().is_empty());
+    tb.in_server(|| xdp::detach(&tb.server_if))
+        .unwrap()
+        .expect("detach");
+}
+
+/// A server killed while it had the shield on leaves it on, with its CID layout, in the
+/// pinned maps. The next server that serves without the shield turns that off (and says so);
+/// a shield `xdp-quic attach --shield` turned on stays, for such a server to adopt.
+#[test]
+fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
+    if !privileged("a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next") {
+        return;
+    }
+    use xdp_quic_control::serve::{Backend, Event, Fallback, ServeOptions, Server};
+    use xdp_quic_control::testing::PinGuard;
+    use xdp_quic_control::xdp::{self, AttachOptions, ServiceConfig, ShieldMaps};
+
+    let tb = Testbed::create(&unique_name("xk"), QUEUES, 231).expect("testbed");
+    let _pins = PinGuard(tb.server_if.clone());
+    let opts = AttachOptions {
+        service: ServiceConfig {
+            ports: [PORT].into(),
+            addrs: Default::default(),
+        },
+        mode: AttachMode::Auto,
+        force: false,
+    };
+    tb.in_server(|| xdp::attach(&tb.server_if, &opts))
+        .unwrap()
+        .expect("attach");
+    let maps = || {
+        tb.in_server(|| ShieldMaps::from_pins(&tb.server_if))
+            .unwrap()
+            .unwrap()
+    };
+    let serve_plain = || {
+        let id = tls::Identity::self_signed(&["localhost"]).unwrap();
+        let builder = EngineBuilder::default()
+            .server(tls::server_config(id, &[echo::ALPN]).unwrap())
+            .drain_timeout(Duration::from_secs(1));
+        let setup = XdpSetup::new(
+            &tb.server_if,
+            format!("0.0.0.0:{PORT}").parse().unwrap(),
+            (0..QUEUES).collect(),
+        );
+        let backend = Backend::Xdp {
+            setup,
+            mode: AttachMode::Auto,
+            fallback: Fallback::Never,
+        };
+        let server = tb
+            .in_server(|| {
+                Server::start(builder, backend, ServeOptions::default(), |_| {
+                    EchoServer::default()
+                })
+            })
+            .unwrap()
+            .expect("start the server");
+        // Whether it turned a stale shield off (said before it serves).
+        let mut cleared = false;
+        loop {
+            match server.events().recv_timeout(GUARD).expect("an event") {
+                Event::Serving(_) => break,
+                Event::StaleShieldCleared { iface } => {
+                    assert_eq!(iface, tb.server_if);
+                    cleared = true;
+                }
+                Event::Link { .. } | Event::WatchFailed { .. } => {}
+                other => panic!("expected the server to serve, got {other:?}"),
+            }
+        }
+        (server, cleared)
+    };
+
+    // What a server killed with the shield on leaves: on, its layout, the server's mark.
+    let layout = xdp_quic::cid::CidLayout::for_workers(QUEUES as usize).unwrap();
+    let mut m = maps();
+    m.set_layout(Some(&layout)).unwrap();
+    m.set_config(Some(&ShieldConfig::default())).unwrap();
+    m.update(|e| {
+        let mut e = *e;
+        e.flags |= xdp_quic_ebpf::SHIELD_SERVER;
+        Ok((e, ()))
+    })
+    .unwrap();
+    assert!(maps().left_by_server().unwrap());
+
+    let (server, cleared) = serve_plain();
+    assert!(cleared, "the server said nothing of the stale shield");
+    assert_eq!(maps().entry().unwrap(), xdp_quic_ebpf::Shield::default());
+    server.stop();
+    server.join().expect("the server ended cleanly");
+
+    // A shield turned on by `attach --shield` is not a server's: it stays.
+    tb.in_server(|| xdp::shield::set_pinned(&tb.server_if, Some(&ShieldConfig::default())))
+        .unwrap()
+        .unwrap();
+    assert!(!maps().left_by_server().unwrap());
+    let (server, cleared) = serve_plain();
+    assert!(!cleared, "an attach's shield was taken for a stale one");
+    server.stop();
+    server.join().expect("the server ended cleanly");
+    assert_eq!(maps().config().unwrap(), Some(ShieldConfig::default()));
     tb.in_server(|| xdp::detach(&tb.server_if))
         .unwrap()
         .expect("detach");

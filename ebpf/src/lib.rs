@@ -74,6 +74,10 @@ pub const SHIELD_CID: u32 = 0x2;
 /// [`Shield::flags`] bit: also admit tokenless Initials per source prefix while their rx
 /// queue is under pressure (the `pressure` map).
 pub const SHIELD_ADMIT: u32 = 0x4;
+/// [`Shield::flags`] bit, not read by the program: the shield was turned on by a server for
+/// its life (`serve --xdp-shield`, `ShieldGuard`), not by `xdp-quic attach --shield`. Found
+/// set while no server runs, it is what a server that did not stop cleanly left behind.
+pub const SHIELD_SERVER: u32 = 0x8;
 /// The smallest UDP payload of a datagram with an Initial a server accepts (RFC 9000 §14.1),
 /// and of one with a version it does not speak that it answers (§5.2.2).
 pub const MIN_INITIAL_DATAGRAM: u32 = 1200;

@@ -28,7 +28,9 @@
 
 use aya::maps::{Array, Map, MapData};
 use xdp_quic::cid::CidLayout;
-use xdp_quic_ebpf::{Shield, MAX_SERVER_ID, MAX_VERSIONS, SHIELD_ADMIT, SHIELD_CID, SHIELD_ON};
+use xdp_quic_ebpf::{
+    Shield, MAX_SERVER_ID, MAX_VERSIONS, SHIELD_ADMIT, SHIELD_CID, SHIELD_ON, SHIELD_SERVER,
+};
 
 pub use xdp_quic_ebpf::{Rate, MIN_INITIAL_DATAGRAM};
 
@@ -316,6 +318,29 @@ impl ShieldMaps {
         Ok(())
     }
 
+    /// Whether the shield is on because a server turned it on for its life
+    /// ([`ShieldGuard::engage`] over an attachment made without `--shield`). Found so while
+    /// no server serves the attachment, it is what one that did not stop cleanly (killed)
+    /// left behind, its CID layout too.
+    pub fn left_by_server(&self) -> anyhow::Result<bool> {
+        let e = self.entry()?;
+        Ok(e.flags & SHIELD_ON != 0 && e.flags & SHIELD_SERVER != 0)
+    }
+
+    /// Turns off, with its CID layout, a shield a server turned on for its life
+    /// ([`ShieldMaps::left_by_server`]); a shield `xdp-quic attach --shield` turned on stays.
+    /// For the server that now serves the attachment's queues, which no other can hold:
+    /// whoever left it is gone. Returns whether there was one.
+    pub fn clear_left_by_server(&mut self) -> anyhow::Result<bool> {
+        self.update(|e| {
+            if e.flags & SHIELD_ON != 0 && e.flags & SHIELD_SERVER != 0 {
+                Ok((with_layout(&off(e), None)?, true))
+            } else {
+                Ok((*e, false))
+            }
+        })
+    }
+
     /// The configuration; `None` when the shield is off.
     pub fn config(&self) -> anyhow::Result<Option<ShieldConfig>> {
         Ok(ShieldConfig::from_map(&self.entry()?))
@@ -407,7 +432,8 @@ impl ShieldGuard {
             layout.workers(),
             engine.xsk_queues().len()
         );
-        let was_on = maps.config()?.is_some();
+        // On by `attach --shield` (kept after this server): not one a server left on.
+        let was_on = maps.config()?.is_some() && !maps.left_by_server()?;
         let monitor = if config.admit_under_pressure {
             Some(PressureMonitor::for_engine(
                 maps.try_clone()?,
@@ -426,6 +452,15 @@ impl ShieldGuard {
         };
         guard.maps.set_layout(Some(layout))?;
         guard.maps.set_config(Some(config))?;
+        if !was_on {
+            // Turned on for this server's life: marked, so that what a server killed before
+            // it could put the shield back is known for what it is.
+            guard.maps.update(|e| {
+                let mut e = *e;
+                e.flags |= SHIELD_SERVER;
+                Ok((e, ()))
+            })?;
+        }
         // As the map holds it, to tell at drop whether anyone changed it since.
         if let Some(written) = guard.maps.config()? {
             guard.wrote = written;
@@ -475,12 +510,18 @@ pub fn set_pinned(
     })
 }
 
-/// The shield of `iface`'s pinned attachment; `Ok(None)` when it is off or nothing is pinned.
+/// The shield of `iface`'s pinned attachment as `xdp-quic attach --shield` set it; `Ok(None)`
+/// when it is off, nothing is pinned, or a server turned it on for its life (see
+/// [`ShieldMaps::left_by_server`]).
 pub fn pinned(iface: &str) -> anyhow::Result<Option<ShieldConfig>> {
     if !pins::dir(iface).join(xdp_quic_ebpf::maps::SHIELD).exists() {
         return Ok(None);
     }
-    ShieldMaps::from_pins(iface)?.config()
+    let maps = ShieldMaps::from_pins(iface)?;
+    if maps.left_by_server()? {
+        return Ok(None);
+    }
+    maps.config()
 }
 
 #[cfg(test)]
