@@ -252,7 +252,14 @@ mod tests {
         let t = super::today();
         assert_eq!(t.len(), 10);
         assert!(t.starts_with("20"));
-        assert!(super::cpu_seconds(std::process::id()).unwrap() >= 0.0);
+        // This process's CPU time grows while it works (burn until the 10 ms tick moves it).
+        let before = super::cpu_seconds(std::process::id()).unwrap();
+        let mut x = 0u64;
+        while super::cpu_seconds(std::process::id()).unwrap() <= before {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
         let cpus = super::cpu_jiffies().unwrap();
         assert!(!cpus.is_empty() && cpus.iter().all(|c| c.busy <= c.total));
         assert!(super::rss_kib(std::process::id()).unwrap() > 0);

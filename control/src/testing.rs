@@ -31,7 +31,9 @@ pub fn privileged(test: &str) -> bool {
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let name = format!("{prefix}{}{n}", std::process::id() % 100_000);
+    // The pid at a fixed width, so that (pid, n) pairs cannot run together into one name
+    // (1234 then 51, and 12345 then 1).
+    let name = format!("{prefix}{:05}{n}", std::process::id() % 100_000);
     assert!(name.len() <= 15, "{name}: too long for an interface name");
     name
 }
@@ -146,32 +148,40 @@ pub fn send_udp(ns: &str, to: SocketAddr, n: usize, len: usize) {
     .expect("entering the namespace");
 }
 
-/// Binds a UDP socket at `at` in namespace `server_ns`, sends it one 64-octet datagram from
-/// `from_ns`, and returns whether the socket got it within 2 s.
+/// Binds a UDP socket at `at` in namespace `server_ns`, sends it 64-octet datagrams from
+/// `from_ns`, one every 100 ms, and returns whether one reached it within 30 s (a hang guard,
+/// generous: a positive check, which a loaded machine must not fail).
 pub fn udp_reaches_kernel(server_ns: &str, from_ns: &str, at: SocketAddr) -> bool {
     let (bound, is_bound) = std::sync::mpsc::channel();
+    let got = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         let receiver = s.spawn(|| {
             crate::testbed::in_netns(server_ns, || {
                 let sock = UdpSocket::bind(at).expect("binding the receiver");
-                sock.set_read_timeout(Some(Duration::from_secs(2)))
+                sock.set_read_timeout(Some(Duration::from_secs(30)))
                     .expect("SO_RCVTIMEO");
                 bound.send(()).expect("the sender waits");
                 let mut buf = [0u8; 2048];
-                sock.recv_from(&mut buf).is_ok_and(|(n, _)| n == 64)
+                let ok = sock.recv_from(&mut buf).is_ok_and(|(n, _)| n == 64);
+                got.store(true, std::sync::atomic::Ordering::Release);
+                ok
             })
             .expect("entering the namespace")
         });
         is_bound.recv().expect("the receiver was bound");
-        send_udp(from_ns, at, 1, 64);
+        while !got.load(std::sync::atomic::Ordering::Acquire) {
+            send_udp(from_ns, at, 1, 64);
+            std::thread::sleep(Duration::from_millis(100));
+        }
         receiver.join().expect("the receiver panicked")
     })
 }
 
-/// Pings `addr` once from namespace `ns` (2 s at most).
+/// Pings `addr` from namespace `ns` until one answer comes, for 30 s at most (a positive
+/// check: a hang guard, not a deadline).
 pub fn ping(ns: &str, addr: &str) -> bool {
     Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "2", addr])
+        .args(["netns", "exec", ns, "ping", "-c", "1", "-w", "30", addr])
         .output()
         .expect("spawning ping (iputils-ping)")
         .status

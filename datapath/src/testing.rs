@@ -119,6 +119,7 @@ impl<H: Handler> Drive for Node<H> {
 
 /// One step of the simulation (see the module doc). Returns the virtual time afterwards.
 pub fn step(net: &MemNetwork, nodes: &mut [&mut dyn Drive]) -> io::Result<Instant> {
+    net.count_step();
     let now = net.now();
     let mut next: Option<Instant> = None;
     for n in nodes.iter_mut() {

@@ -202,7 +202,11 @@ fn datagrams_larger_than_a_receive_chunk_are_not_handed_over() {
     // A Handshake packet naming worker 1, which reaches worker 0.
     let layout = CidLayout::for_workers(2).unwrap();
     let mut cid = vec![0u8; layout.len()];
-    layout.write(1, &mut rand::thread_rng(), &mut cid);
+    layout.write(
+        1,
+        &mut rand::rngs::StdRng::seed_from_u64(net.seed()),
+        &mut cid,
+    );
     let handshake = |len: usize| {
         let mut p = vec![0xe0, 0, 0, 0, 1, cid.len() as u8];
         p.extend_from_slice(&cid);

@@ -514,11 +514,16 @@ async fn our_async_client_over_af_xdp_against_aioquic() {
     }
 }
 
+/// Read futures the server of [`quinn_client_against_the_async_server_over_af_xdp`] has
+/// dropped (the client waits for the first before it trickles the rest).
+static DROPPED_READS: AtomicU32 = AtomicU32::new(0);
+
 /// What the server of [`quinn_client_against_the_async_server_over_af_xdp`] does with a
 /// stream, by its first octet: `E` echo; `D` read with a short timeout around every read
 /// (dropping read futures while the client trickles), then answer the number of dropped
 /// reads and the data.
 async fn echo_or_drop_reads(ep: Endpoint) {
+    // (The read futures it drops are counted in `DROPPED_READS`.)
     while let Some(incoming) = ep.accept().await {
         tokio::spawn(async move {
             let Ok(conn) = incoming.await else { return };
@@ -532,7 +537,8 @@ async fn echo_or_drop_reads(ep: Endpoint) {
                         let _ = async_echo::echo_stream(send, recv).await;
                         return;
                     }
-                    let Ok((got, dropped)) = read_dropping_futures(&mut recv).await else {
+                    let Ok((got, dropped)) = read_dropping_futures(&mut recv, &DROPPED_READS).await
+                    else {
                         return;
                     };
                     let _ = send.write_all(&dropped.to_be_bytes()).await;
@@ -601,8 +607,12 @@ async fn quinn_client_against_the_async_server_over_af_xdp() {
                         let (mut send, mut recv) = conn.open_bi().await.unwrap();
                         let slow = payload(22, 300_000);
                         send.write_all(b"D").await.unwrap();
-                        for piece in slow.chunks(3_000) {
+                        DROPPED_READS.store(0, Ordering::Release);
+                        for (i, piece) in slow.chunks(3_000).enumerate() {
                             send.write_all(piece).await.unwrap();
+                            if i == 0 {
+                                wait_for_a_dropped_read(&DROPPED_READS).await;
+                            }
                             // Trickle, so that the server's reads time out in between.
                             tokio::time::sleep(Duration::from_millis(1)).await;
                         }

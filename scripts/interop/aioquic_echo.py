@@ -121,13 +121,16 @@ async def run_client(args):
         for i, (p, b) in enumerate(zip(payloads, backs)):
             if p != b:
                 fail(f"stream {i}")
-        for i in range(args.datagrams):
-            client._quic.send_datagram_frame(i.to_bytes(4, "big") * 25)
-        client.transmit()
-        # Datagrams are unreliable: wait for the echoes a while, count what came.
-        for _ in range(200):
-            if client.datagrams >= args.datagrams:
-                break
+        # Datagrams are unreliable: sent again every 100 ms until at least one echo came
+        # (the deadline of the whole run is the hang guard), then a little longer for the
+        # rest; the count is what came.
+        rounds = 0
+        while client.datagrams == 0 or (client.datagrams < args.datagrams and rounds < 20):
+            if rounds % 10 == 0:
+                for i in range(args.datagrams):
+                    client._quic.send_datagram_frame(i.to_bytes(4, "big") * 25)
+                client.transmit()
+            rounds += 1
             await asyncio.sleep(0.01)
         client.close(error_code=7, reason_phrase="done")
         await client.wait_closed()
@@ -153,6 +156,11 @@ async def run_server(args):
     await asyncio.Event().wait()
 
 
+# The client's hang guard: it waits on conditions (echoes, datagrams, the close), never
+# on fixed times, so a run that stalls ends here.
+CLIENT_DEADLINE_S = 120
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("role", choices=["server", "client"])
@@ -166,7 +174,13 @@ def main():
     p.add_argument("--datagrams", type=int, default=20)
     p.add_argument("--ask-close", action="store_true")
     args = p.parse_args()
-    asyncio.run(run_server(args) if args.role == "server" else run_client(args))
+    if args.role == "server":
+        asyncio.run(run_server(args))
+        return
+    try:
+        asyncio.run(asyncio.wait_for(run_client(args), CLIENT_DEADLINE_S))
+    except asyncio.TimeoutError:
+        sys.exit(f"aioquic echo client: not done within {CLIENT_DEADLINE_S} s (hang guard)")
 
 
 if __name__ == "__main__":

@@ -909,8 +909,10 @@ impl<'a> PinnedAttach<'a> {
             .args(["--port", "4433"])
             .output()
             .unwrap();
+        // The guard first: an attach that failed half-way is cleaned up too.
+        let guard = Self { tb };
         assert!(out.status.success(), "{}", text(&out.stderr));
-        Self { tb }
+        guard
     }
 
     fn detach(&self) {

@@ -80,6 +80,10 @@ struct Group {
 }
 
 struct Net {
+    /// When the network was made (virtual time) and the steps it has seen: see
+    /// [`MemNetwork::count_step`].
+    began: Instant,
+    steps: u64,
     now: Instant,
     latency: Duration,
     groups: HashMap<SocketAddr, Group>,
@@ -110,6 +114,11 @@ pub struct MemNetwork {
     net: Arc<Mutex<Net>>,
     seed: Arc<Seed>,
 }
+
+/// The most virtual time one network's simulation runs ([`MemNetwork::count_step`]).
+pub const MAX_VIRTUAL_TIME: Duration = Duration::from_secs(4 * 3600);
+/// The most steps one network's simulation takes ([`MemNetwork::count_step`]).
+pub const MAX_STEPS: u64 = 50_000_000;
 
 /// The seed of networks made without `XDPQUIC_SEED`.
 pub const DEFAULT_SEED: u64 = 0x0005_eed0_0f5e_ed00;
@@ -154,6 +163,8 @@ impl MemNetwork {
     pub fn with_seed(latency: Duration, seed: u64) -> Self {
         Self {
             net: Arc::new(Mutex::new(Net {
+                began: Instant::now(),
+                steps: 0,
                 now: Instant::now(),
                 latency,
                 groups: HashMap::new(),
@@ -190,6 +201,23 @@ impl MemNetwork {
     /// The virtual time.
     pub fn now(&self) -> Instant {
         self.lock().now
+    }
+
+    /// Counts one step of a simulation on this network ([`crate::testing::step`]) and
+    /// panics, printing the seed, once it has run [`MAX_VIRTUAL_TIME`] of virtual time or
+    /// [`MAX_STEPS`] steps: the hang guard of every loop that steps until a condition holds,
+    /// so that one whose condition never comes fails with its seed instead of running on.
+    pub fn count_step(&self) {
+        let mut n = self.lock();
+        n.steps += 1;
+        let (ran, steps) = (n.now - n.began, n.steps);
+        drop(n);
+        assert!(
+            ran <= MAX_VIRTUAL_TIME && steps <= MAX_STEPS,
+            "the simulation ran {ran:?} of virtual time in {steps} steps, past its limits \
+             ({MAX_VIRTUAL_TIME:?}, {MAX_STEPS} steps): a condition it waits on never came \
+             (hang guard)"
+        );
     }
 
     /// Moves the clock forward to `t` (never backward).

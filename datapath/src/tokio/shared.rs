@@ -389,8 +389,8 @@ pub(crate) struct StreamSlot {
     pub reset_sent: bool,
     pub write_waker: Option<Waker>,
     pub stopped_waiters: WakerList,
-    /// `SendStream::stopped` futures alive: the slot stays until the sending side is
-    /// over (acknowledged, stopped or reset), so that they learn how it ended.
+    /// `SendStream::stopped` futures alive: the slot stays until each has seen how the
+    /// sending side ended (acknowledged, stopped or reset) or was dropped.
     pub stopped_futures: u32,
 
     /// In [`ConnState::todo`] already.
@@ -437,7 +437,10 @@ impl StreamSlot {
             && (!self.finish || self.finish_sent)
             && (self.reset.is_none() || self.reset_sent)
             && (self.stop.is_none() || self.stop_sent)
-            && (self.stopped_futures == 0 || self.send_over())
+            // Not as soon as the sending side is over: a `stopped` future woken by that
+            // must still find the slot when it runs, to learn how it ended (a stop's code,
+            // not `None`). Each uncounts itself as it completes or drops.
+            && self.stopped_futures == 0
     }
 
     /// The sending side is over: acknowledged, stopped by the peer, or reset by us.

@@ -51,19 +51,36 @@ pub fn assert_same(what: &str, got: &[u8], want: &[u8]) {
 
 /// Reads `recv` to its end with a short timeout around every read, so that read futures are
 /// dropped again and again while a peer trickles; returns the data and how many reads were
-/// dropped.
+/// dropped, which it also publishes in `seen` as it goes (the peer waits for the first
+/// before it sends the rest: [`wait_for_a_dropped_read`]).
 pub async fn read_dropping_futures(
     recv: &mut xdp_quic::tokio::RecvStream,
+    seen: &std::sync::atomic::AtomicU32,
 ) -> Result<(Vec<u8>, u32), xdp_quic::tokio::ReadError> {
     let (mut got, mut buf, mut dropped) = (Vec::new(), [0u8; 700], 0u32);
     loop {
         match tokio::time::timeout(Duration::from_micros(300), recv.read(&mut buf)).await {
-            Err(_) => dropped += 1,
+            Err(_) => {
+                dropped += 1;
+                seen.store(dropped, Ordering::Release);
+            }
             Ok(Ok(Some(n))) => got.extend_from_slice(&buf[..n]),
             Ok(Ok(None)) => return Ok((got, dropped)),
             Ok(Err(e)) => return Err(e),
         }
     }
+}
+
+/// Waits until [`read_dropping_futures`] has dropped a read future (`seen` above 0): sent
+/// after the first piece of a trickle, so that the server certainly drops one, whatever the
+/// machine's load.
+pub async fn wait_for_a_dropped_read(seen: &std::sync::atomic::AtomicU32) {
+    guard("a read future dropped", async {
+        while seen.load(Ordering::Acquire) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
 }
 
 /// Awaits `f`, failing the test if it takes longer than [`HANG`].
