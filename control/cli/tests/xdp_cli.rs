@@ -316,27 +316,32 @@ fn error_native_refused_and_auto_falls_back() {
     if !privileged("native_refused") {
         return;
     }
-    // Loopback has no native XDP; each netns has its own `lo`, but the pins are named
-    // by interface, so only this test attaches to `lo`.
+    // A bridge has no native XDP (and needs no module this kernel may lack, as dummy
+    // does). Named uniquely: the pins are named by interface and bpffs is the host's, not
+    // the namespace's (the link goes with the namespace).
     let ns = Netns::new("xqt");
-    let _pins = PinGuard("lo".into());
+    let lo = unique_name("xqd");
+    sh(&["ip", "-n", &ns.name, "link", "add", &lo, "type", "bridge"]);
+    sh(&["ip", "-n", &ns.name, "link", "set", "dev", &lo, "up"]);
+    let _pins = PinGuard(lo.clone());
+    let lo = lo.as_str();
     xq_err(
         &[
-            "attach", "lo", "--netns", &ns.name, "--port", "4433", "--mode", "native",
+            "attach", lo, "--netns", &ns.name, "--port", "4433", "--mode", "native",
         ],
         "refuses native XDP",
     );
-    assert_eq!(xdp_prog_on(&ns.name, "lo"), None);
-    assert!(!Path::new(&pin_dir("lo")).exists());
+    assert_eq!(xdp_prog_on(&ns.name, lo), None);
+    assert!(!Path::new(&pin_dir(lo)).exists());
     let out = xq_ok(&[
-        "attach", "lo", "--netns", &ns.name, "--port", "4433", "--mode", "auto",
+        "attach", lo, "--netns", &ns.name, "--port", "4433", "--mode", "auto",
     ]);
     assert!(
         out.contains("using generic (skb) mode") && out.contains("in skb mode"),
         "{out}"
     );
-    xq_ok(&["detach", "lo", "--netns", &ns.name]);
-    assert_eq!(xdp_prog_on(&ns.name, "lo"), None);
+    xq_ok(&["detach", lo, "--netns", &ns.name]);
+    assert_eq!(xdp_prog_on(&ns.name, lo), None);
     // With --force over another program, the refusal comes after that program is gone
     // (the two steps are not atomic): the error says so.
     let obj = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ebpf/xdp_quic.o");
@@ -347,17 +352,17 @@ fn error_native_refused_and_auto_falls_back() {
         "link",
         "set",
         "dev",
-        "lo",
+        lo,
         "xdpgeneric",
         "obj",
         obj,
         "sec",
         "xdp",
     ]);
-    let foreign = xdp_prog_on(&ns.name, "lo").expect("foreign program attached");
+    let foreign = xdp_prog_on(&ns.name, lo).expect("foreign program attached");
     let err = xq_err(
         &[
-            "attach", "lo", "--netns", &ns.name, "--port", "4433", "--mode", "native", "--force",
+            "attach", lo, "--netns", &ns.name, "--port", "4433", "--mode", "native", "--force",
         ],
         "refuses native XDP",
     );
@@ -365,8 +370,8 @@ fn error_native_refused_and_auto_falls_back() {
         err.contains(&format!("(id {foreign}) was removed (--force)")),
         "{err}"
     );
-    assert_eq!(xdp_prog_on(&ns.name, "lo"), None);
-    assert!(!Path::new(&pin_dir("lo")).exists());
+    assert_eq!(xdp_prog_on(&ns.name, lo), None);
+    assert!(!Path::new(&pin_dir(lo)).exists());
 }
 
 /// `attach` (and `detach`) in a private mount namespace without bpffs at /sys/fs/bpf would
