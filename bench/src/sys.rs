@@ -255,7 +255,12 @@ mod tests {
         // This process's CPU time grows while it works (burn until the 10 ms tick moves it).
         let before = super::cpu_seconds(std::process::id()).unwrap();
         let mut x = 0u64;
+        let began = std::time::Instant::now();
         while super::cpu_seconds(std::process::id()).unwrap() <= before {
+            assert!(
+                began.elapsed() < std::time::Duration::from_secs(30),
+                "30 s of work and no CPU time counted (hang guard)"
+            );
             for i in 0..100_000u64 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
             }

@@ -251,8 +251,8 @@ pub enum Event {
         change: PressureChange,
     },
     /// The engine on `iface`, serving without the shield, found it on as a server that did
-    /// not stop cleanly (killed) had left it, and turned it off
-    /// ([`crate::xdp::ShieldMaps::clear_left_by_server`]).
+    /// not stop cleanly (killed) had left it (no other server holds the attachment's
+    /// queues), and turned it off ([`crate::xdp::ShieldMaps::clear_left_by_server`]).
     StaleShieldCleared { iface: String },
 }
 
@@ -523,7 +523,8 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
             // off left on (with that server's CID layout) goes, now that this engine holds
             // the queues.
             if let Some(mut maps) = maps {
-                match maps.clear_left_by_server() {
+                let ours: Vec<u32> = engine.xsk_queues().iter().map(|q| q.queue).collect();
+                match maps.clear_left_by_server(&ours) {
                     Ok(true) => {
                         let _ = self.events.send(Event::StaleShieldCleared {
                             iface: iface.to_string(),

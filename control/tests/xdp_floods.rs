@@ -1268,7 +1268,7 @@ fn server_with_the_shield_engages_it_and_puts_it_back() {
     // turned on by a server for its life.
     let entry = maps().entry().unwrap();
     assert_eq!(maps().config().unwrap(), Some(ShieldConfig::default()));
-    assert!(maps().left_by_server().unwrap());
+    assert!(maps().on_for_a_server().unwrap());
     assert_eq!(
         tb.in_server(|| xdp::shield::pinned(&tb.server_if))
             .unwrap()
@@ -1351,9 +1351,10 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
 
     let tb = Testbed::create(&unique_name("xk"), QUEUES, 231).expect("testbed");
     let _pins = PinGuard(tb.server_if.clone());
+    // Two ports: the two servers at the end each listen on one (a port has one server).
     let opts = AttachOptions {
         service: ServiceConfig {
-            ports: [PORT].into(),
+            ports: [PORT, PORT + 1].into(),
             addrs: Default::default(),
         },
         mode: AttachMode::Auto,
@@ -1367,29 +1368,38 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
             .unwrap()
             .unwrap()
     };
-    let serve_plain = || {
+    // A server on `queues`, with the shield for its life or not.
+    let serve_on = |queues: std::ops::Range<u32>, port: u16, shield: bool| {
         let id = tls::Identity::self_signed(&["localhost"]).unwrap();
         let builder = EngineBuilder::default()
             .server(tls::server_config(id, &[echo::ALPN]).unwrap())
             .drain_timeout(Duration::from_secs(1));
         let setup = XdpSetup::new(
             &tb.server_if,
-            format!("0.0.0.0:{PORT}").parse().unwrap(),
-            (0..QUEUES).collect(),
+            format!("0.0.0.0:{port}").parse().unwrap(),
+            queues.collect(),
         );
         let backend = Backend::Xdp {
             setup,
             mode: AttachMode::Auto,
             fallback: Fallback::Never,
         };
-        let server = tb
-            .in_server(|| {
-                Server::start(builder, backend, ServeOptions::default(), |_| {
-                    EchoServer::default()
-                })
-            })
+        let options = ServeOptions {
+            shield: shield.then(|| xdp_quic_control::serve::ShieldOptions {
+                config: ShieldConfig {
+                    admit_under_pressure: false,
+                    ..ShieldConfig::default()
+                },
+                ..Default::default()
+            }),
+            ..ServeOptions::default()
+        };
+        tb.in_server(|| Server::start(builder, backend, options, |_| EchoServer::default()))
             .unwrap()
-            .expect("start the server");
+            .expect("start the server")
+    };
+    let serve_plain = || {
+        let server = serve_on(0..QUEUES, PORT, false);
         // Whether it turned a stale shield off (said before it serves).
         let mut cleared = false;
         loop {
@@ -1417,7 +1427,11 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
         Ok((e, ()))
     })
     .unwrap();
-    assert!(maps().left_by_server().unwrap());
+    assert!(maps().on_for_a_server().unwrap());
+    assert!(
+        maps().left_by_server(&[]).unwrap(),
+        "no server holds a queue"
+    );
 
     let (server, cleared) = serve_plain();
     assert!(cleared, "the server said nothing of the stale shield");
@@ -1429,12 +1443,44 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
     tb.in_server(|| xdp::shield::set_pinned(&tb.server_if, Some(&ShieldConfig::default())))
         .unwrap()
         .unwrap();
-    assert!(!maps().left_by_server().unwrap());
+    assert!(!maps().on_for_a_server().unwrap());
     let (server, cleared) = serve_plain();
     assert!(!cleared, "an attach's shield was taken for a stale one");
     server.stop();
     server.join().expect("the server ended cleanly");
     assert_eq!(maps().config().unwrap(), Some(ShieldConfig::default()));
+
+    // Two servers on one attachment, on queues of their own: the shield one of them turned
+    // on for its life is not the other's to turn off, nor to take over.
+    tb.in_server(|| xdp::shield::set_pinned(&tb.server_if, None))
+        .unwrap()
+        .unwrap();
+    let a = serve_on(0..1, PORT, true);
+    let b = serve_on(1..2, PORT + 1, false);
+    loop {
+        match b.events().recv_timeout(GUARD) {
+            Ok(Event::Serving(_)) => break,
+            Ok(Event::StaleShieldCleared { .. }) => {
+                panic!("a live server's shield taken for stale")
+            }
+            Ok(_) => {}
+            Err(e) => panic!("server b: {e}: {:?}", b.join()),
+        }
+    }
+    assert!(
+        maps().on_for_a_server().unwrap(),
+        "server a's shield stays on"
+    );
+    b.stop();
+    b.join().expect("server b ended cleanly");
+    assert!(maps().on_for_a_server().unwrap(), "still on after b");
+    a.stop();
+    a.join().expect("server a ended cleanly");
+    assert_eq!(
+        maps().config().unwrap(),
+        None,
+        "a turned it off as it ended"
+    );
     tb.in_server(|| xdp::detach(&tb.server_if))
         .unwrap()
         .expect("detach");

@@ -10,9 +10,10 @@
 //! the reset was dropped and the connection waited for its idle timeout.
 //!
 //! Each worker records here the remote address of each connection it opened, for as long as
-//! the connection lives; a worker that receives a short header whose CID this host did not
-//! issue ([`crate::route::Destination::Stray`]) from such an address hands it to the workers
-//! that opened connections to it. Entries are made by the application's own `connect`s (a
+//! the connection lives (and forgets them all when it ends); a worker that receives a short
+//! header whose CID this host did not issue ([`crate::route::Destination::Stray`]) from such
+//! an address hands a copy to the workers that opened connections to it, and gives it to its
+//! own endpoint too (a connection that peer opened to this worker may be the reset's). Entries are made by the application's own `connect`s (a
 //! peer cannot add any), one per open connection. The lock is taken only on that cold path
 //! (stray packets while outgoing connections exist) and when outgoing connections open and
 //! end; the count lets every other packet skip it.
@@ -62,24 +63,41 @@ impl OutgoingPeers {
         self.count.fetch_sub(1, Ordering::Release);
     }
 
+    /// Forgets every connection of `worker`, which has ended (one that failed may not have
+    /// removed its connections one by one).
+    pub fn forget_worker(&self, worker: usize) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let mut gone = 0usize;
+        map.retain(|_, owners| {
+            owners.retain(|&(w, n)| {
+                if w == worker {
+                    gone += n as usize;
+                }
+                w != worker
+            });
+            !owners.is_empty()
+        });
+        self.count.fetch_sub(gone, Ordering::Release);
+    }
+
     /// The workers other than `me` with connections open to `remote` (into `others`,
-    /// emptied first), and whether `me` has any. Takes no lock while no connection is
-    /// recorded.
-    pub fn owners(&self, remote: SocketAddr, me: usize, others: &mut Vec<usize>) -> bool {
+    /// emptied first). Takes no lock while no connection is recorded.
+    pub fn others(&self, remote: SocketAddr, me: usize, others: &mut Vec<usize>) {
         others.clear();
         if self.count.load(Ordering::Acquire) == 0 {
-            return false;
+            return;
         }
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        let mut mine = false;
-        for &(w, _) in map.get(&remote).into_iter().flatten() {
-            if w == me {
-                mine = true;
-            } else {
-                others.push(w);
-            }
-        }
-        mine
+        others.extend(
+            map.get(&remote)
+                .into_iter()
+                .flatten()
+                .map(|&(w, _)| w)
+                .filter(|&w| w != me),
+        );
     }
 }
 
@@ -93,26 +111,28 @@ mod tests {
         let a: SocketAddr = "192.0.2.1:443".parse().unwrap();
         let b: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
         let mut others = Vec::new();
-        assert!(!p.owners(a, 0, &mut others));
+        p.others(a, 0, &mut others);
         assert!(others.is_empty());
 
         p.add(a, 1);
         p.add(a, 1);
         p.add(a, 2);
         p.add(b, 0);
-        assert!(!p.owners(a, 0, &mut others));
+        p.others(a, 0, &mut others);
         others.sort();
         assert_eq!(others, [1, 2]);
-        assert!(p.owners(a, 1, &mut others));
+        p.others(a, 1, &mut others);
         assert_eq!(others, [2]);
-        assert!(p.owners(b, 0, &mut others));
-        assert!(others.is_empty());
+        p.others(b, 3, &mut others);
+        assert_eq!(others, [0]);
 
         // Worker 1 had two connections to `a`: it stays an owner until both have ended.
         p.remove(a, 1);
-        assert!(p.owners(a, 1, &mut others));
+        p.others(a, 0, &mut others);
+        others.sort();
+        assert_eq!(others, [1, 2]);
         p.remove(a, 1);
-        assert!(!p.owners(a, 1, &mut others));
+        p.others(a, 0, &mut others);
         assert_eq!(others, [2]);
         p.remove(a, 2);
         p.remove(b, 0);
@@ -122,5 +142,26 @@ mod tests {
         // Removing what was never added changes nothing.
         p.remove(a, 3);
         assert_eq!(p.count.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_worker_that_ended_is_forgotten_whole() {
+        let p = OutgoingPeers::default();
+        let a: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:443".parse().unwrap();
+        p.add(a, 1);
+        p.add(a, 1);
+        p.add(a, 2);
+        p.add(b, 1);
+        p.forget_worker(1);
+        let mut others = Vec::new();
+        p.others(a, 0, &mut others);
+        assert_eq!(others, [2]);
+        p.others(b, 0, &mut others);
+        assert!(others.is_empty());
+        assert_eq!(p.count.load(Ordering::Relaxed), 1);
+        p.remove(a, 2);
+        assert_eq!(p.count.load(Ordering::Relaxed), 0);
+        assert!(p.map.read().unwrap().is_empty());
     }
 }

@@ -47,7 +47,8 @@ pub fn route(layout: &CidLayout, me: usize, datagram: &[u8]) -> Destination {
         Err(e) => Destination::Drop(e),
         Ok(Header::Short { dcid }) => match layout.decode(dcid) {
             None => Destination::Stray,
-            Some(_) => by_cid(dcid),
+            Some(w) if w != me => Destination::Worker(w),
+            Some(_) => Destination::Local,
         },
         Ok(Header::Long { ty, dcid }) => match ty {
             LongType::Handshake | LongType::Retry | LongType::Initial | LongType::ZeroRtt => {

@@ -179,7 +179,9 @@ struct EndMark<H: Handler> {
 impl<H: Handler> Drop for EndMark<H> {
     fn drop(&mut self) {
         self.mesh.ended[self.index].store(true, std::sync::atomic::Ordering::SeqCst);
-        self.mesh.drop_queued(self.index);
+        self.mesh.drop_queued_commands(self.index);
+        self.mesh.drop_queued_datagrams(self.index);
+        self.mesh.outgoing.forget_worker(self.index);
     }
 }
 
@@ -480,7 +482,7 @@ impl<H: Handler> Worker<H> {
                 self.mesh.wakers[w].wake();
                 // It ended as this went in (see `EngineHandle::send`).
                 if self.mesh.has_ended(w) {
-                    self.mesh.drop_queued(w);
+                    self.mesh.drop_queued_datagrams(w);
                 }
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
@@ -489,35 +491,25 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// A short header whose CID this host did not issue: a stateless reset, or junk. It goes
-    /// to the workers that opened connections to its sender (their endpoints hold the reset
-    /// tokens; one that does not recognise it drops it), and to this one's endpoint when no
-    /// other worker did or this one did too. Copies only when it goes to more than one.
+    /// A short header whose CID this host did not issue: a stateless reset, or junk. A copy
+    /// goes to each other worker that opened connections to its sender (their endpoints hold
+    /// the reset tokens; one that does not recognise it drops it), and the datagram to this
+    /// one's endpoint, whose connections (opened by it, or by that peer to it) may be the
+    /// reset's. Copies only while other workers have connections open to the sender.
     fn on_stray<B: Backend>(&mut self, io: &mut B, d: Datagram) {
         let mut others = std::mem::take(&mut self.stray_owners);
-        let mine = self
-            .mesh
+        self.mesh
             .outgoing
-            .owners(d.remote, self.index(), &mut others);
-        match others.split_last() {
-            None => self.feed_endpoint(io, d),
-            Some((&last, rest)) => {
-                let copy = |d: &Datagram| Datagram {
-                    data: BytesMut::from(&d.data[..]),
-                    ..*d
-                };
-                for &w in rest {
-                    self.hand_over(w, copy(&d));
-                }
-                if mine {
-                    self.hand_over(last, copy(&d));
-                    self.feed_endpoint(io, d);
-                } else {
-                    self.hand_over(last, d);
-                }
-            }
+            .others(d.remote, self.index(), &mut others);
+        for &w in &others {
+            let copy = Datagram {
+                data: BytesMut::from(&d.data[..]),
+                ..d
+            };
+            self.hand_over(w, copy);
         }
         self.stray_owners = others;
+        self.feed_endpoint(io, d);
     }
 
     /// Feeds a datagram that belongs here to the endpoint.

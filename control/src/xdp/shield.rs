@@ -218,6 +218,9 @@ pub struct ShieldMaps {
     /// server's [`ShieldGuard`]): their entry is read, changed and written back under the
     /// pin lock ([`pins::PinLock`]).
     pinned: bool,
+    /// The pin directory of an attachment's maps: where the registrations of other servers
+    /// on it are found ([`ShieldMaps::left_by_server`]).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ShieldMaps {
@@ -246,6 +249,7 @@ impl ShieldMaps {
             pressure: Array::try_from(open(pressure)?)?,
             ids: (shield, pressure),
             pinned: false,
+            dir: None,
         })
     }
 
@@ -253,6 +257,7 @@ impl ShieldMaps {
     pub fn try_clone(&self) -> anyhow::Result<Self> {
         let mut maps = Self::from_ids(self.ids.0, self.ids.1)?;
         maps.pinned = self.pinned;
+        maps.dir = self.dir.clone();
         Ok(maps)
     }
 
@@ -283,6 +288,7 @@ impl ShieldMaps {
             pressure: Array::try_from(pressure)?,
             ids,
             pinned: true,
+            dir: Some(dir),
         })
     }
 
@@ -319,19 +325,42 @@ impl ShieldMaps {
     }
 
     /// Whether the shield is on because a server turned it on for its life
-    /// ([`ShieldGuard::engage`] over an attachment made without `--shield`). Found so while
-    /// no server serves the attachment, it is what one that did not stop cleanly (killed)
-    /// left behind, its CID layout too.
-    pub fn left_by_server(&self) -> anyhow::Result<bool> {
+    /// ([`ShieldGuard::engage`] over an attachment made without `--shield`), rather than
+    /// `xdp-quic attach --shield`. Whether that server is still there is for
+    /// [`ShieldMaps::left_by_server`] to tell.
+    pub fn on_for_a_server(&self) -> anyhow::Result<bool> {
         let e = self.entry()?;
         Ok(e.flags & SHIELD_ON != 0 && e.flags & SHIELD_SERVER != 0)
     }
 
-    /// Turns off, with its CID layout, a shield a server turned on for its life
-    /// ([`ShieldMaps::left_by_server`]); a shield `xdp-quic attach --shield` turned on stays.
-    /// For the server that now serves the attachment's queues, which no other can hold:
-    /// whoever left it is gone. Returns whether there was one.
-    pub fn clear_left_by_server(&mut self) -> anyhow::Result<bool> {
+    /// Whether the shield is on for a server ([`ShieldMaps::on_for_a_server`]) that is
+    /// gone: no process but this one holds an AF_XDP socket registered on the attachment
+    /// (on a queue outside `ours`, this engine's own). Such a shield is what a server that
+    /// did not stop cleanly (killed) left behind, its CID layout too. (Another live server
+    /// on other queues of the attachment may own it: then it is not stale.)
+    pub fn left_by_server(&self, ours: &[u32]) -> anyhow::Result<bool> {
+        if !self.on_for_a_server()? {
+            return Ok(false);
+        }
+        let Some(dir) = &self.dir else {
+            // Maps of a program this process loaded: no other server registers on them.
+            return Ok(true);
+        };
+        let others = super::maps::ProgramMaps::open_pinned(dir)?
+            .registered_queues(u32::MAX)?
+            .into_iter()
+            .any(|q| !ours.contains(&q));
+        Ok(!others)
+    }
+
+    /// Turns off, with its CID layout, a shield a server that is gone left on
+    /// ([`ShieldMaps::left_by_server`]); a shield `xdp-quic attach --shield` turned on, or
+    /// that a live server owns, stays. For a server that serves queues `ours` of the
+    /// attachment. Returns whether there was one.
+    pub fn clear_left_by_server(&mut self, ours: &[u32]) -> anyhow::Result<bool> {
+        if !self.left_by_server(ours)? {
+            return Ok(false);
+        }
         self.update(|e| {
             if e.flags & SHIELD_ON != 0 && e.flags & SHIELD_SERVER != 0 {
                 Ok((with_layout(&off(e), None)?, true))
@@ -432,8 +461,10 @@ impl ShieldGuard {
             layout.workers(),
             engine.xsk_queues().len()
         );
-        // On by `attach --shield` (kept after this server): not one a server left on.
-        let was_on = maps.config()?.is_some() && !maps.left_by_server()?;
+        // On by `attach --shield`, or by another live server (kept after this one): not one
+        // a server that is gone left on.
+        let ours: Vec<u32> = engine.xsk_queues().iter().map(|q| q.queue).collect();
+        let was_on = maps.config()?.is_some() && !maps.left_by_server(&ours)?;
         let monitor = if config.admit_under_pressure {
             Some(PressureMonitor::for_engine(
                 maps.try_clone()?,
@@ -451,16 +482,15 @@ impl ShieldGuard {
             monitor,
         };
         guard.maps.set_layout(Some(layout))?;
-        guard.maps.set_config(Some(config))?;
-        if !was_on {
-            // Turned on for this server's life: marked, so that what a server killed before
-            // it could put the shield back is known for what it is.
-            guard.maps.update(|e| {
-                let mut e = *e;
+        // On, and, when this server turns it on for its life, marked so in the same write:
+        // what a server killed before it could put the shield back is known for what it is.
+        guard.maps.update(|e| {
+            let mut e = config.apply(e);
+            if !was_on {
                 e.flags |= SHIELD_SERVER;
-                Ok((e, ()))
-            })?;
-        }
+            }
+            Ok((e, ()))
+        })?;
         // As the map holds it, to tell at drop whether anyone changed it since.
         if let Some(written) = guard.maps.config()? {
             guard.wrote = written;
@@ -512,13 +542,13 @@ pub fn set_pinned(
 
 /// The shield of `iface`'s pinned attachment as `xdp-quic attach --shield` set it; `Ok(None)`
 /// when it is off, nothing is pinned, or a server turned it on for its life (see
-/// [`ShieldMaps::left_by_server`]).
+/// [`ShieldMaps::on_for_a_server`]).
 pub fn pinned(iface: &str) -> anyhow::Result<Option<ShieldConfig>> {
     if !pins::dir(iface).join(xdp_quic_ebpf::maps::SHIELD).exists() {
         return Ok(None);
     }
     let maps = ShieldMaps::from_pins(iface)?;
-    if maps.left_by_server()? {
+    if maps.on_for_a_server()? {
         return Ok(None);
     }
     maps.config()

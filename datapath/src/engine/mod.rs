@@ -117,7 +117,8 @@ pub(crate) struct Mesh<H> {
     /// The remote addresses of the connections the workers opened ([`crate::peers`]).
     pub outgoing: crate::peers::OutgoingPeers,
     /// Each worker's ends of its queues, kept here too so that what is queued for a worker
-    /// that ended can be dropped by whoever finds it there ([`Mesh::drop_queued`]).
+    /// that ended can be dropped by whoever finds it there ([`Mesh::drop_queued_commands`],
+    /// [`Mesh::drop_queued_datagrams`]).
     pub command_rx: Vec<Receiver<Command<H>>>,
     pub handover_rx: Vec<Receiver<Datagram>>,
     /// Each worker has ended (set as its queues drop: `worker::EndMark`); its queues take
@@ -126,10 +127,15 @@ pub(crate) struct Mesh<H> {
 }
 
 impl<H> Mesh<H> {
-    /// Drops what is queued for worker `w`, which has ended: posted work goes unrun (the
-    /// replies of calls say [`crate::Gone`]), handed-over datagrams free their buffers.
-    pub fn drop_queued(&self, w: usize) {
+    /// Drops the work queued for worker `w`, which has ended: it goes unrun (the replies of
+    /// calls say [`crate::Gone`]). Runs the Drop code of what the application posted: the
+    /// ending worker calls it, and a poster that raced the end (for its own queue only).
+    pub fn drop_queued_commands(&self, w: usize) {
         while self.command_rx[w].try_recv().is_ok() {}
+    }
+
+    /// Drops the datagrams handed over to worker `w`, which has ended (their buffers go).
+    pub fn drop_queued_datagrams(&self, w: usize) {
         while self.handover_rx[w].try_recv().is_ok() {}
     }
 
@@ -320,7 +326,7 @@ impl<H: Handler> EngineHandle<H> {
         // nothing will run it, and it goes here (a call's reply says `Gone`). Either the
         // worker's drop comes after the send, or this load sees it ended (both are SeqCst).
         if sent.is_ok() && self.mesh.has_ended(worker) {
-            self.mesh.drop_queued(worker);
+            self.mesh.drop_queued_commands(worker);
         }
         sent
     }

@@ -196,7 +196,8 @@ impl SendStream {
 }
 
 /// The future of [`SendStream::stopped`]: counted in its stream's slot while alive
-/// (`stopped_futures`), so that the slot stays until the sending side is over.
+/// (`stopped_futures`), so that the slot stays until the future has seen how the sending
+/// side ended (or was dropped).
 struct Stopped {
     conn: ConnRef,
     key: StreamKey,

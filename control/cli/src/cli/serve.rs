@@ -319,7 +319,7 @@ fn serve<H: Handler>(
 
 /// The shield of `a` over `iface`: `--xdp-shield`, or the configuration of an `xdp-quic
 /// attach --shield` pinned for it (not one a server left on: see
-/// `ShieldMaps::left_by_server`); the engine's CIDs are the builder's defaults, and the
+/// `ShieldMaps::on_for_a_server`); the engine's CIDs are the builder's defaults, and the
 /// pressure threshold its Retry threshold.
 fn shield_options(
     a: &ServeArgs,
@@ -433,7 +433,7 @@ fn report(a: &ServeArgs, event: &Event) {
             ),
         },
         Event::StaleShieldCleared { iface } => eprintln!(
-            "XDP shield: turned off on {iface}: a server that did not stop cleanly had left it              on (without --xdp-shield, this server serves without it)"
+            "XDP shield: turned off on {iface}: a server that did not stop cleanly had left it on (without --xdp-shield, this server serves without it)"
         ),
     }
 }
