@@ -1456,6 +1456,15 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
         .unwrap()
         .unwrap();
     let a = serve_on(0..1, PORT, true);
+    // Its shield engaged (after it serves) before the other starts.
+    loop {
+        match a.events().recv_timeout(GUARD) {
+            Ok(Event::Shield { .. }) => break,
+            Ok(_) => {}
+            Err(e) => panic!("server a: {e}: {:?}", a.join()),
+        }
+    }
+    assert!(maps().on_for_a_server().unwrap());
     let b = serve_on(1..2, PORT + 1, false);
     loop {
         match b.events().recv_timeout(GUARD) {
