@@ -17,7 +17,8 @@ Fetches PATHS from HOST:PORT and writes each into OUT; exits 0 when every file a
                                      without v2 answers with Version Negotiation
 Prints one line of facts (e.g. "resumed=True", "version=0x1") for the test to check; every
 case adds cipher= (the TLS cipher suite) and key_updates= (1-RTT key updates of the last
-connection, ours and the server's, in either direction).
+connection, ours and the server's, in either direction) and local_key_updates= (those
+this client started).
 """
 import argparse
 import asyncio
@@ -39,16 +40,60 @@ from aioquic.quic.events import (
 from aioquic.quic.packet import QuicProtocolVersion
 from aioquic.tls import CipherSuite, Epoch
 
-# Count key updates per key pair (aioquic keeps no count of its own).
+# Count key updates per key pair (aioquic keeps no count of its own), and note the first
+# packet number sent in each key phase: RFC 9001 section 6.1 lets an endpoint start a key
+# update only once a packet of its current phase has been acknowledged, and aioquic does not
+# check that itself. (A server that updated its keys first, as quinn does early in every
+# connection, and a client that updates again before the server saw a packet of the new
+# phase, leave the server decrypting with the wrong keys: the connection stalls.)
 _update_key = crypto.CryptoPair._update_key
+_encrypt_packet = crypto.CryptoPair.encrypt_packet
 
 
 def _counting_update_key(self, trigger):
     self.key_updates = getattr(self, "key_updates", 0) + 1
+    if trigger == "local_update":
+        self.local_key_updates = getattr(self, "local_key_updates", 0) + 1
+    self.phase_first_pn = None
     _update_key(self, trigger)
 
 
+def _encrypt_noting_phase(self, plain_header, plain_payload, packet_number):
+    out = _encrypt_packet(self, plain_header, plain_payload, packet_number)
+    if getattr(self, "phase_first_pn", None) is None:
+        self.phase_first_pn = packet_number
+    return out
+
+
 crypto.CryptoPair._update_key = _counting_update_key
+crypto.CryptoPair.encrypt_packet = _encrypt_noting_phase
+
+
+def may_update_keys(quic):
+    """Whether RFC 9001 lets `quic` start a key update now: the handshake is confirmed and
+    the peer acknowledged a packet sent with the current keys."""
+    pair = quic._cryptos.get(Epoch.ONE_RTT)
+    space = quic._spaces.get(Epoch.ONE_RTT)
+    first = getattr(pair, "phase_first_pn", None)
+    return (
+        quic._handshake_confirmed
+        and first is not None
+        and space is not None
+        and space.largest_acked_packet >= first
+    )
+
+
+async def update_keys(client):
+    """Starts one key update of our own, as soon as the RFC allows one. A request the server's
+    own update overtakes is absorbed by it (aioquic moves to the server's phase and forgets
+    the request), so this asks again until one of ours went out."""
+    pair = client._quic._cryptos[Epoch.ONE_RTT]
+    while getattr(pair, "local_key_updates", 0) == 0:
+        if may_update_keys(client._quic) and not pair._update_key_requested:
+            client._quic.request_key_update()
+            client._quic.send_ping(0)  # a packet to carry the new phase, whatever is left
+            client.transmit()
+        await asyncio.sleep(0.005)
 
 
 class HqClient(QuicConnectionProtocol):
@@ -148,9 +193,7 @@ async def main():
         if args.case == "keyupdate":
             # Update the keys while the first (large) file is on its way.
             first = client.request(args.paths[0])
-            await asyncio.sleep(0.02)
-            client._quic.request_key_update()
-            client.transmit()
+            await update_keys(client)
             body = await first
             with open(os.path.join(args.out, args.paths[0].strip("/").replace("/", "_")), "wb") as f:
                 f.write(body)
@@ -203,6 +246,7 @@ def connection_facts(quic):
     return {
         "cipher": CipherSuite(schedule.cipher_suite).name if schedule else None,
         "key_updates": getattr(one_rtt, "key_updates", 0),
+        "local_key_updates": getattr(one_rtt, "local_key_updates", 0),
     }
 
 

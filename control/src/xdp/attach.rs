@@ -284,15 +284,39 @@ fn clear_foreign(
         return Ok(None);
     }
     if !force {
-        // Only the wording depends on whose it is: an error finding out means "another's".
-        let owner = owner::identify(st.xdp_prog_id, st.ifindex)
-            .map(|(o, _)| o)
-            .unwrap_or(Owner::Other);
+        let mut st = st.clone();
+        // A program can go while it is looked at: its last holder closed it (a process that
+        // ended, or a child another thread of this process forked while holding the link,
+        // which kept it until its exec). Finding its owner takes a scan of every process,
+        // so the interface is looked at again after it: refused only if the same program
+        // is still there (three looks at most, for programs that come and go).
+        for _ in 0..3 {
+            // Only the wording depends on whose it is: an error finding out means "another's".
+            let owner = owner::identify(st.xdp_prog_id, st.ifindex)
+                .map(|(o, _)| o)
+                .unwrap_or(Owner::Other);
+            let now = resolve(iface)?;
+            if now.xdp == XdpAttached::None {
+                return Ok(None);
+            }
+            if now.xdp_prog_id != st.xdp_prog_id {
+                st = now;
+                continue;
+            }
+            return Err(XdpError::ProgramPresent(Box::new(Occupied {
+                iface: iface.into(),
+                prog_id: st.xdp_prog_id,
+                mode: st.xdp.name(),
+                owner,
+                requester,
+            }))
+            .into());
+        }
         return Err(XdpError::ProgramPresent(Box::new(Occupied {
             iface: iface.into(),
             prog_id: st.xdp_prog_id,
             mode: st.xdp.name(),
-            owner,
+            owner: Owner::Other,
             requester,
         }))
         .into());
