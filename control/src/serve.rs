@@ -38,7 +38,7 @@ use xdp_quic::backend::udp::Steering;
 use xdp_quic::backend::xsk::XskSnapshot;
 use xdp_quic::{Counters, Engine, EngineBuilder, EngineHandle, Handler, VarInt, XdpSetup};
 
-use crate::metrics::{EngineCollector, MetricsServer};
+use crate::metrics::{bind_metrics, EngineCollector, MetricsLimits, MetricsServer};
 use crate::xdp::pressure::PressureChange;
 use crate::xdp::socket_map::ServerSteering;
 use crate::xdp::{
@@ -70,12 +70,24 @@ pub enum Backend {
     },
 }
 
+/// The events [`Server::events`] holds that nobody took: past them new ones are dropped
+/// (a daemon that never reads them does not grow).
+pub const EVENTS: usize = 1024;
+
+/// The shortest [`ServeOptions::watch_every`].
+pub const MIN_WATCH_EVERY: Duration = Duration::from_millis(10);
+
 /// Options of a [`Server`].
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Serve Prometheus metrics of each engine at `http://ADDR/metrics`.
+    /// Serve Prometheus metrics of each engine at `http://ADDR/metrics`. The port is bound
+    /// before the first engine starts, so that a port in use fails the server before it
+    /// attaches or serves anything.
     pub metrics: Option<SocketAddr>,
-    /// How often the supervisor looks at the workers and the interface. Default 1 s.
+    /// What the metrics endpoint lets its clients hold (default: 16 connections, 5 s each).
+    pub metrics_limits: MetricsLimits,
+    /// How often the supervisor looks at the workers and the interface. Default 1 s; at
+    /// least [`MIN_WATCH_EVERY`].
     pub watch_every: Duration,
     /// Give freed memory back after bursts of at least this many connection events
     /// ([`xdp_quic::memory::TrimPolicy`]); `None`: never. Default 1,000.
@@ -91,6 +103,7 @@ impl Default for ServeOptions {
     fn default() -> Self {
         Self {
             metrics: None,
+            metrics_limits: MetricsLimits::default(),
             watch_every: Duration::from_secs(1),
             trim_after: Some(1000),
             stop: Stop::new(),
@@ -270,7 +283,8 @@ impl<H: Handler> Server<H> {
     /// (called again for the workers of a fallback engine). Returns at once; the first events
     /// say what serves ([`Event::XdpUnavailable`], [`Event::Serving`], [`Event::Metrics`]),
     /// or the events end and [`Server::join`] returns why nothing could (AF_XDP without
-    /// fallback, UDP, the metrics endpoint). Fails only when no thread can be started.
+    /// fallback, UDP, the metrics endpoint's port). Fails only on a `watch_every` under
+    /// [`MIN_WATCH_EVERY`] or when no thread can be started.
     pub fn start<F>(
         builder: EngineBuilder,
         backend: Backend,
@@ -280,7 +294,14 @@ impl<H: Handler> Server<H> {
     where
         F: FnMut(usize) -> H + Send + 'static,
     {
-        let (tx, events) = mpsc::channel();
+        if options.watch_every < MIN_WATCH_EVERY {
+            anyhow::bail!(
+                "ServeOptions::watch_every of {:?}: at least {MIN_WATCH_EVERY:?} (the \
+                 supervisor asks the kernel about the interface each time)",
+                options.watch_every
+            );
+        }
+        let (tx, events) = mpsc::sync_channel(EVENTS);
         let current = Arc::new(Mutex::new(None));
         let (listen, fallback) = match &backend {
             Backend::Udp(listen) => (*listen, Fallback::Never),
@@ -294,6 +315,8 @@ impl<H: Handler> Server<H> {
             listen,
             fallback,
             metrics: options.metrics,
+            metrics_limits: options.metrics_limits,
+            metrics_listener: None,
             watch_every: options.watch_every,
             trim_after: options.trim_after,
             shield: options.shield,
@@ -304,6 +327,9 @@ impl<H: Handler> Server<H> {
         let thread = std::thread::Builder::new()
             .name("xdp-quic-serve".into())
             .spawn(move || {
+                if let Some(addr) = supervisor.metrics {
+                    supervisor.metrics_listener = Some(bind_metrics(addr)?);
+                }
                 let running = supervisor.first(backend)?;
                 supervisor.run(running)
             })
@@ -316,7 +342,8 @@ impl<H: Handler> Server<H> {
         })
     }
 
-    /// What happens, in order; the channel ends when the server has ended.
+    /// What happens, in order; the channel ends when the server has ended. It holds at most
+    /// [`EVENTS`] not taken: read it (the CLI does), or expect the newest to be dropped.
     pub fn events(&self) -> &mpsc::Receiver<Event> {
         &self.events
     }
@@ -371,9 +398,9 @@ pub struct XdpEngine<H: Handler> {
     /// Watches the program the sockets are registered with (from the calling thread's
     /// network namespace).
     pub watch: ProgramWatch,
-    /// The program's shield maps, when readable (to engage the shield:
-    /// [`crate::xdp::ShieldGuard::engage`]).
-    pub shield: Option<ShieldMaps>,
+    /// The program's shield maps (to engage the shield:
+    /// [`crate::xdp::ShieldGuard::engage`]), or why they cannot be opened.
+    pub shield: anyhow::Result<ShieldMaps>,
 }
 
 /// Starts `builder` over AF_XDP per `setup`: registers the sockets with the attachment `xdp-quic
@@ -388,7 +415,7 @@ pub fn start_xdp<H: Handler>(
     let steering = ServerSteering::for_server(&setup.iface, setup.listen, mode)?;
     let how = steering.describe();
     let program = steering.counters_reader(&setup.iface).ok();
-    let shield = steering.shield_maps(&setup.iface).ok();
+    let shield = steering.shield_maps(&setup.iface);
     let ifindex = xdp_quic::engine::ifindex(&setup.iface)
         .with_context(|| format!("looking up {}", setup.iface))?;
     let watch = ProgramWatch::new(ifindex, steering.prog_id())
@@ -438,7 +465,7 @@ pub fn start_xdp_client<H: Handler>(
             how,
             program,
             watch,
-            shield: None,
+            shield: Err(anyhow::anyhow!("a client engine has no shield")),
         },
         port,
     ))
@@ -462,18 +489,21 @@ struct Supervisor<H: Handler, F> {
     listen: SocketAddr,
     fallback: Fallback,
     metrics: Option<SocketAddr>,
+    metrics_limits: MetricsLimits,
+    /// The metrics endpoint's socket, bound before the first engine starts and taken by it.
+    metrics_listener: Option<std::net::TcpListener>,
     watch_every: Duration,
     trim_after: Option<u64>,
     shield: Option<ShieldOptions>,
     stop: Stop,
-    events: mpsc::Sender<Event>,
+    events: mpsc::SyncSender<Event>,
     current: Arc<Mutex<Option<EngineHandle<H>>>>,
 }
 
 impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
     fn report(&self, event: Event) {
         // Nobody listening is no reason to stop serving.
-        let _ = self.events.send(event);
+        let _ = self.events.try_send(event);
     }
 
     fn set_current(&self, handle: Option<EngineHandle<H>>) {
@@ -515,18 +545,18 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
     fn engage_shield(
         &self,
         engine: &Engine<H>,
-        maps: Option<ShieldMaps>,
+        maps: anyhow::Result<ShieldMaps>,
         iface: &str,
     ) -> anyhow::Result<Option<ShieldGuard>> {
         let Some(opts) = &self.shield else {
             // Serving without the shield: one that a server killed before it could turn it
             // off left on (with that server's CID layout) goes, now that this engine holds
             // the queues.
-            if let Some(mut maps) = maps {
+            if let Ok(mut maps) = maps {
                 let ours: Vec<u32> = engine.xsk_queues().iter().map(|q| q.queue).collect();
                 match maps.clear_left_by_server(&ours) {
                     Ok(true) => {
-                        let _ = self.events.send(Event::StaleShieldCleared {
+                        let _ = self.events.try_send(Event::StaleShieldCleared {
                             iface: iface.to_string(),
                         });
                     }
@@ -537,13 +567,13 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
             return Ok(None);
         };
         let maps = maps.with_context(|| {
-            format!("the shield asked for, but the XDP program's shield maps on {iface} cannot be opened (an attachment of an older xdp-quic: detach and attach again)")
+            format!("the shield asked for, but the XDP program's shield maps on {iface} cannot be opened (if it is an attachment of an older xdp-quic: detach and attach again)")
         })?;
         let layout = opts.layout(engine.xsk_queues().len())?;
         let events = self.events.clone();
         let name = iface.to_string();
         let report = Box::new(move |change| {
-            let _ = events.send(Event::Pressure {
+            let _ = events.try_send(Event::Pressure {
                 iface: name.clone(),
                 change,
             });
@@ -571,7 +601,11 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
             program: x.how,
         };
         let watch = Some((setup.iface.clone(), x.watch));
-        let shield = match self.engage_shield(&x.engine, x.shield.take(), &setup.iface) {
+        let shield = match self.engage_shield(
+            &x.engine,
+            std::mem::replace(&mut x.shield, Err(anyhow::anyhow!("taken"))),
+            &setup.iface,
+        ) {
             Ok(s) => s,
             Err(e) => {
                 let _ = x.engine.shutdown(VarInt::from_u32(0), b"server failed");
@@ -618,7 +652,13 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
                 }
                 let mut registry = prometheus_client::registry::Registry::default();
                 registry.register_collector(Box::new(collector));
-                match MetricsServer::start(addr, registry) {
+                let started = match self.metrics_listener.take() {
+                    Some(listener) => Ok(listener),
+                    // An engine after the first (a fallback): the first's endpoint is gone.
+                    None => bind_metrics(addr),
+                }
+                .and_then(|l| MetricsServer::start_on(l, registry, self.metrics_limits));
+                match started {
                     Ok(server) => {
                         self.report(Event::Metrics(server.local_addr()));
                         Some(server)

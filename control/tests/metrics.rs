@@ -413,3 +413,44 @@ fn connections_past_the_bound_get_503_at_once() {
     let _ = last.read_to_end(&mut out);
     assert!(out.is_empty(), "{out:?}");
 }
+
+/// Dropping the endpoint returns however its address is reached: here from another network
+/// namespace than the one it serves in, where connecting to its address (how it was woken
+/// before) reaches nothing of it, and the drop waited for ever. It also happened when the
+/// address was removed from its interface.
+#[test]
+fn the_endpoint_stops_though_its_address_cannot_be_reached_from_here() {
+    if !xdp_quic_control::testing::privileged("metrics endpoint in a namespace") {
+        return;
+    }
+    let ns = xdp_quic_control::testing::Netns::new("xmt");
+    let server = xdp_quic_control::testbed::in_netns(&ns.name, || {
+        MetricsServer::start("127.0.0.1:0".parse().unwrap(), Registry::default())
+    })
+    .unwrap()
+    .unwrap();
+    let addr = server.local_addr();
+    // Inside its namespace it answers.
+    let status = xdp_quic_control::testbed::in_netns(&ns.name, || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        String::from_utf8_lossy(&head).into_owned()
+    })
+    .unwrap();
+    assert_eq!(status, "HTTP/1.1 200");
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(server);
+        let _ = done_tx.send(());
+    });
+    done.recv_timeout(GUARD)
+        .expect("dropping the endpoint did not return");
+    // Its port is closed in its namespace.
+    let refused =
+        xdp_quic_control::testbed::in_netns(&ns.name, || TcpStream::connect(addr).is_err())
+            .unwrap();
+    assert!(refused, "the endpoint still accepts after its drop");
+}

@@ -124,6 +124,45 @@ fn udp_server_reports_its_events_and_stops_on_request() {
     assert!(std::net::TcpStream::connect(metrics).is_err());
 }
 
+/// A metrics port already in use fails the server before it serves anything: the port is
+/// bound before the engine starts, so no `Serving` is reported for a server that then ends.
+/// A watch period under the minimum is refused at once.
+#[test]
+fn a_metrics_port_in_use_fails_the_server_before_it_serves() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (builder, _) = echo_builder(1);
+    let options = ServeOptions {
+        metrics: Some(taken.local_addr().unwrap()),
+        ..ServeOptions::default()
+    };
+    let server = Server::start(
+        builder.clone(),
+        Backend::Udp("127.0.0.1:0".parse().unwrap()),
+        options,
+        |_| EchoServer::default(),
+    )
+    .unwrap();
+    no_more_events(&server);
+    let err = format!("{:#}", server.join().unwrap_err());
+    assert!(err.contains("cannot serve metrics on"), "{err}");
+
+    let options = ServeOptions {
+        watch_every: Duration::ZERO,
+        ..ServeOptions::default()
+    };
+    let refused = Server::start(
+        builder,
+        Backend::Udp("127.0.0.1:0".parse().unwrap()),
+        options,
+        |_| EchoServer::default(),
+    );
+    let err = format!(
+        "{:#}",
+        refused.err().expect("a zero watch period is refused")
+    );
+    assert!(err.contains("watch_every"), "{err}");
+}
+
 /// AF_XDP that cannot start (no such interface): without fallback the server ends at once
 /// with the error; with it, the error is an event, then UDP serves.
 #[test]

@@ -342,12 +342,12 @@ async fn shutdown_closes_an_idle_connection_cleanly() {
 /// the frame's header as it goes by and stops the stream (H3_EXCESSIVE_LOAD) at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_headers_frame_is_stopped_at_its_header() {
-    let (dir, _, _) = site();
+    let (dir, _, small) = site();
     let (_keep, stop) = watch::channel(false);
     let (ep, cert) = server(&dir.0, stop);
     guard("a huge HEADERS frame", async {
         let (_client, conn) = connect(&ep, cert).await;
-        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
         // HEADERS (type 0x1), length 2^40 in an 8-octet variable-length integer.
         let mut header = vec![0x01];
         header.extend_from_slice(&((3u64 << 62) | (1 << 40)).to_be_bytes());
@@ -367,6 +367,181 @@ async fn a_huge_headers_frame_is_stopped_at_its_header() {
             h3::error::Code::H3_EXCESSIVE_LOAD.value(),
             "after {sent} octets"
         );
+        // The request was never answered: its response side is reset, not finished empty
+        // (which a client would take for a complete response).
+        let got = recv.read_to_end(1 << 20).await;
+        assert!(
+            matches!(
+                &got,
+                Err(xdp_quic::tokio::ReadToEndError::Read(xdp_quic::tokio::ReadError::Reset(c)))
+                    if c.into_inner() == h3::error::Code::H3_REQUEST_CANCELLED.value()
+            ),
+            "{got:?}"
+        );
+        // The connection still serves.
+        let body = raw_get(&conn, "/a%20b.txt", &[]).await;
+        assert_same("a b.txt", &body, &small);
+    })
+    .await;
+    stop_server(ep).await;
+}
+
+/// `v` as an 8-octet variable-length integer (RFC 9000 §16).
+fn varint8(v: u64) -> [u8; 8] {
+    ((3u64 << 62) | v).to_be_bytes()
+}
+
+/// A frame of type `ty` (below 64) with `payload`.
+fn raw_frame(ty: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![ty];
+    f.extend_from_slice(&varint8(payload.len() as u64));
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A frame type RFC 9114 reserves (0x1f * N + 0x21, §7.2.8), in 8 octets.
+const RESERVED_FRAME: u64 = 0x1f * 1337 + 0x21;
+
+/// A frame of the reserved type with `len` octets of payload.
+fn reserved_frame(len: usize) -> Vec<u8> {
+    let mut f = varint8(RESERVED_FRAME).to_vec();
+    f.extend_from_slice(&varint8(len as u64));
+    f.extend(std::iter::repeat_n(0x5a, len));
+    f
+}
+
+/// GETs `path` on a request stream of `conn` written by hand (a HEADERS frame of QPACK
+/// static-table references, RFC 9204 Appendix A), with `extra` frames before it; returns
+/// the response's DATA, read from the raw frames.
+async fn raw_get(conn: &Connection, path: &str, extra: &[u8]) -> Vec<u8> {
+    // Required Insert Count 0, Base 0; :method GET (17), :scheme https (23); :authority
+    // (0) and :path (1) as literals with a static name reference.
+    let mut fields = vec![0x00, 0x00, 0xc0 | 17, 0xc0 | 23, 0x50, 9];
+    fields.extend_from_slice(b"localhost");
+    fields.extend_from_slice(&[0x51, path.len() as u8]);
+    fields.extend_from_slice(path.as_bytes());
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(extra).await.unwrap();
+    send.write_all(&raw_frame(0x01, &fields)).await.unwrap();
+    send.finish().unwrap();
+    let raw = recv.read_to_end(16 << 20).await.expect("the response");
+    let (mut data, mut at) = (Vec::new(), 0);
+    let varint = |at: &mut usize| {
+        let len = 1usize << (raw[*at] >> 6);
+        let mut v = u64::from(raw[*at] & 0x3f);
+        for &b in &raw[*at + 1..*at + len] {
+            v = v << 8 | u64::from(b);
+        }
+        *at += len;
+        v
+    };
+    let mut types = Vec::new();
+    while at < raw.len() {
+        let ty = varint(&mut at);
+        let len = varint(&mut at) as usize;
+        if ty == 0x0 {
+            data.extend_from_slice(&raw[at..at + len]);
+        }
+        types.push(ty);
+        at += len;
+    }
+    assert_eq!(types.first(), Some(&0x1), "a response starts with HEADERS");
+    data
+}
+
+/// Frames of types RFC 9114 does not define must be ignored whatever their length (§7.2.8,
+/// §9): before and after a request's HEADERS, and on the client's control stream after
+/// its SETTINGS, frames of a reserved type far over `MAX_FRAME` are skipped, and the
+/// requests are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_of_undefined_types_are_ignored_whatever_their_length() {
+    let (dir, _, small) = site();
+    let (_keep, stop) = watch::channel(false);
+    let (ep, cert) = server(&dir.0, stop);
+    guard("frames of undefined types", async {
+        let (_client, conn) = connect(&ep, cert).await;
+        let big = xdp_quic_h3::MAX_FRAME as usize * 3;
+        let mut control = conn.open_uni().await.unwrap();
+        let mut c = vec![0x00];
+        c.extend(raw_frame(0x04, &[]));
+        c.extend(reserved_frame(big));
+        control.write_all(&c).await.unwrap();
+        let before = reserved_frame(big);
+        let body = raw_get(&conn, "/a%20b.txt", &before).await;
+        assert_same("a b.txt", &body, &small);
+        let body = raw_get(&conn, "/%C3%A9t%C3%A9.txt", &reserved_frame(0)).await;
+        assert_same("été.txt", &body, &small);
+        assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+    })
+    .await;
+    stop_server(ep).await;
+}
+
+/// A SETTINGS frame over `MAX_FRAME` on the client's control stream: the control stream must
+/// not be stopped (RFC 9114 §6.2.1), so the server closes the connection with
+/// H3_EXCESSIVE_LOAD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_frame_on_the_control_stream_closes_the_connection() {
+    let (dir, _, _) = site();
+    let (_keep, stop) = watch::channel(false);
+    let (ep, cert) = server(&dir.0, stop);
+    guard("a huge frame on the control stream", async {
+        let (_client, conn) = connect(&ep, cert).await;
+        let mut control = conn.open_uni().await.unwrap();
+        let mut c = vec![0x00, 0x04];
+        c.extend_from_slice(&varint8(xdp_quic_h3::MAX_FRAME + 1));
+        control.write_all(&c).await.unwrap();
+        match conn.closed().await {
+            xdp_quic::ConnectionError::ApplicationClosed(close) => assert_eq!(
+                close.error_code.into_inner(),
+                h3::error::Code::H3_EXCESSIVE_LOAD.value()
+            ),
+            other => panic!("closed with {other:?}"),
+        }
+    })
+    .await;
+    stop_server(ep).await;
+}
+
+/// A stream of an unknown type (h3 stops it) and a WebTransport stream (not offered: the
+/// adapter stops it) are stopped with H3_STREAM_CREATION_ERROR, not kept open (each would
+/// hold one of the connection's unidirectional stream credits for its life), and the
+/// connection serves on; a client's push stream (only servers push, RFC 9114 §6.2.2) closes
+/// the connection with H3_STREAM_CREATION_ERROR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unidirectional_streams_h3_does_not_take_are_refused() {
+    let (dir, _, small) = site();
+    let (_keep, stop) = watch::channel(false);
+    let (ep, cert) = server(&dir.0, stop);
+    guard("unidirectional streams h3 does not take", async {
+        let (client, conn) = connect(&ep, cert.clone()).await;
+        for first in [
+            varint8(RESERVED_FRAME).to_vec(),
+            vec![0x40, 0x54, 0x00, 0x5a],
+        ] {
+            let mut uni = conn.open_uni().await.unwrap();
+            uni.write_all(&first).await.unwrap();
+            let code = uni.stopped().await.unwrap();
+            assert_eq!(
+                code.map(|c| c.into_inner()),
+                Some(h3::error::Code::H3_STREAM_CREATION_ERROR.value()),
+                "stream starting {first:x?}"
+            );
+        }
+        let body = raw_get(&conn, "/a%20b.txt", &[]).await;
+        assert_same("a b.txt", &body, &small);
+        drop(client);
+
+        let (_client, conn) = connect(&ep, cert).await;
+        let mut push = conn.open_uni().await.unwrap();
+        push.write_all(&[0x01, 0x00, 0x5a]).await.unwrap();
+        match conn.closed().await {
+            xdp_quic::ConnectionError::ApplicationClosed(close) => assert_eq!(
+                close.error_code.into_inner(),
+                h3::error::Code::H3_STREAM_CREATION_ERROR.value()
+            ),
+            other => panic!("closed with {other:?}"),
+        }
     })
     .await;
     stop_server(ep).await;

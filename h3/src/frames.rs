@@ -1,20 +1,37 @@
-//! A watch on the HTTP/3 frames a peer sends, before h3 sees them: h3 0.0.8 buffers every
-//! frame but DATA whole before it decodes (and before it checks a HEADERS frame against
-//! SETTINGS_MAX_FIELD_SECTION_SIZE), so a peer announcing a huge HEADERS or unknown frame
-//! could make it buffer without bound. [`FrameGuard`] reads the frame headers as the octets
-//! go by (it does not change them) and refuses a non-DATA frame longer than
-//! [`MAX_FRAME`].
+//! A filter on the HTTP/3 frames a peer sends, before h3 sees them.
+//!
+//! h3 0.0.8 buffers every frame but DATA whole before it decodes it (and before it checks
+//! a HEADERS frame against SETTINGS_MAX_FIELD_SECTION_SIZE), unknown and reserved types
+//! included, so a peer announcing a huge frame could make it buffer without bound.
+//! [`FrameFilter`] reads the frame headers as the octets go by and:
+//! - passes the frames of the types RFC 9114 defines (§7.2: DATA, HEADERS, CANCEL_PUSH,
+//!   SETTINGS, PUSH_PROMISE, GOAWAY, MAX_PUSH_ID, and HTTP/2's reserved types, which h3
+//!   answers with H3_FRAME_UNEXPECTED) unchanged, and refuses one other than DATA longer
+//!   than [`MAX_FRAME`] at its header ([`TooLong`]);
+//! - drops the frames of every other type, header and payload, whatever their length: they
+//!   carry nothing this server understands and MUST be ignored (§7.2.8, §9).
+//!
+//! A chunk that loses nothing is passed on as it came (no copy); one that does is copied
+//! once, without the dropped octets.
 
-/// The longest frame other than DATA a peer may send (HEADERS, SETTINGS, unknown types).
+use bytes::{Bytes, BytesMut};
+
+/// The longest frame other than DATA a peer may send (HEADERS, SETTINGS, ...).
 pub const MAX_FRAME: u64 = 64 << 10;
 
 /// The frame type of DATA (RFC 9114 §7.2.1).
 const DATA: u64 = 0x0;
 /// The unidirectional stream type of the control stream (RFC 9114 §6.2.1); the others a
 /// peer may open (QPACK's encoder and decoder streams, RFC 9204 §4.2) are not framed.
-const CONTROL: u64 = 0x0;
+pub const CONTROL: u64 = 0x0;
 
-/// Where a [`FrameGuard`] is in the stream.
+/// Whether RFC 9114 defines frame type `ty` (HTTP/2's reserved types included: h3 refuses
+/// those itself).
+fn defined(ty: u64) -> bool {
+    ty <= 0x9 || ty == 0xd
+}
+
+/// Where a [`FrameFilter`] is in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// A unidirectional stream's type, not read yet.
@@ -23,19 +40,23 @@ enum State {
     FrameType,
     /// A frame's length (its type known).
     Length(u64),
-    /// Inside a frame's payload, this many octets left.
-    Payload(u64),
-    /// Not framed (a QPACK stream): nothing more to watch.
+    /// Inside a frame's payload, this many octets left; passed on if `keep`.
+    Payload { left: u64, keep: bool },
+    /// Not framed (a QPACK stream, or one h3 refuses): passed on as it comes.
     Unframed,
 }
 
-/// Follows the frame headers of one stream the peer sends on.
+/// Filters the frames of one stream the peer sends on.
 #[derive(Debug, Clone)]
-pub struct FrameGuard {
+pub struct FrameFilter {
     state: State,
-    /// The variable-length integer being read, and how many of its octets came.
-    varint: [u8; 8],
-    have: usize,
+    /// The octets of the frame header (type and length) read so far, and how many.
+    head: [u8; 16],
+    head_len: usize,
+    /// The variable-length integer being read: its first octet's index in `head`.
+    varint_at: usize,
+    /// The stream type of a unidirectional stream, once read.
+    stream_type: Option<u64>,
 }
 
 /// A frame longer than [`MAX_FRAME`] that is not DATA: its type and announced length.
@@ -57,7 +78,63 @@ impl std::fmt::Display for TooLong {
 
 impl std::error::Error for TooLong {}
 
-impl FrameGuard {
+/// What a chunk becomes: a prefix of it (no copy) until something in it is dropped or
+/// octets of an earlier chunk go in front; then a copy.
+struct Out<'a> {
+    data: &'a Bytes,
+    /// While `copy` is `None`: what was passed on is `data[..prefix]`.
+    prefix: usize,
+    copy: Option<BytesMut>,
+}
+
+impl<'a> Out<'a> {
+    fn new(data: &'a Bytes) -> Self {
+        Self {
+            data,
+            prefix: 0,
+            copy: None,
+        }
+    }
+
+    /// The copy, made from the prefix passed on so far if there is none yet.
+    fn copy(&mut self) -> &mut BytesMut {
+        let (data, prefix) = (self.data, self.prefix);
+        self.copy.get_or_insert_with(|| {
+            let mut b = BytesMut::with_capacity(data.len());
+            b.extend_from_slice(&data[..prefix]);
+            b
+        })
+    }
+
+    /// Passes on `data[from..to]`.
+    fn range(&mut self, from: usize, to: usize) {
+        if from == to {
+            return;
+        }
+        if self.copy.is_none() && from == self.prefix {
+            self.prefix = to;
+        } else {
+            let data = self.data;
+            self.copy().extend_from_slice(&data[from..to]);
+        }
+    }
+
+    /// Passes on octets that are not (all) in this chunk.
+    fn octets(&mut self, o: &[u8]) {
+        if !o.is_empty() {
+            self.copy().extend_from_slice(o);
+        }
+    }
+
+    fn finish(self) -> Bytes {
+        match self.copy {
+            Some(b) => b.freeze(),
+            None => self.data.slice(..self.prefix),
+        }
+    }
+}
+
+impl FrameFilter {
     /// For a bidirectional (request) stream: frames from its first octet.
     pub fn bidi() -> Self {
         Self::at(State::FrameType)
@@ -71,68 +148,126 @@ impl FrameGuard {
     fn at(state: State) -> Self {
         Self {
             state,
-            varint: [0; 8],
-            have: 0,
+            head: [0; 16],
+            head_len: 0,
+            varint_at: 0,
+            stream_type: None,
         }
     }
 
-    /// Follows `data`, the next octets of the stream.
-    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), TooLong> {
-        while !data.is_empty() {
+    /// A unidirectional stream's type, once its octets came.
+    pub fn stream_type(&self) -> Option<u64> {
+        self.stream_type
+    }
+
+    /// The next octets of the stream, `data`, as h3 is to see them: frames of undefined
+    /// types taken out, and the octets of a frame header that `data` ends inside held back
+    /// until the rest of it comes. Empty when nothing of `data` is to be seen (yet).
+    pub fn filter(&mut self, data: Bytes) -> Result<Bytes, TooLong> {
+        let mut out = Out::new(&data);
+        // The frame header being read started in this chunk at `head_from` (so it can be
+        // passed on as a range of it), or in an earlier one.
+        let mut head_from = (self.head_len == 0).then_some(0);
+        let mut at = 0;
+        while at < data.len() {
             match self.state {
-                State::Unframed => return Ok(()),
-                State::Payload(left) => {
-                    let n = left.min(data.len() as u64);
-                    data = &data[n as usize..];
-                    self.state = if left == n {
+                State::Unframed => {
+                    out.range(at, data.len());
+                    at = data.len();
+                }
+                State::Payload { left, keep } => {
+                    let n = left.min((data.len() - at) as u64) as usize;
+                    if keep {
+                        out.range(at, at + n);
+                    }
+                    at += n;
+                    self.state = if left == n as u64 {
                         State::FrameType
                     } else {
-                        State::Payload(left - n)
+                        State::Payload {
+                            left: left - n as u64,
+                            keep,
+                        }
                     };
                 }
                 State::StreamType | State::FrameType | State::Length(_) => {
-                    let Some(v) = self.varint(&mut data) else {
-                        return Ok(());
+                    if self.head_len == 0 {
+                        head_from = Some(at);
+                    }
+                    let Some(v) = self.varint(&data, &mut at) else {
+                        break; // the header goes on in the next chunk
                     };
-                    self.state = match self.state {
-                        State::StreamType if v == CONTROL => State::FrameType,
-                        State::StreamType => State::Unframed,
-                        State::FrameType => State::Length(v),
-                        State::Length(ty) if ty != DATA && v > MAX_FRAME => {
-                            return Err(TooLong {
-                                frame_type: ty,
-                                length: v,
-                            })
+                    match self.state {
+                        State::StreamType => {
+                            self.stream_type = Some(v);
+                            self.pass_head(&mut out, head_from, at);
+                            self.state = if v == CONTROL {
+                                State::FrameType
+                            } else {
+                                State::Unframed
+                            };
                         }
-                        State::Length(_) if v == 0 => State::FrameType,
-                        State::Length(_) => State::Payload(v),
-                        s => s,
-                    };
+                        State::FrameType => self.state = State::Length(v),
+                        State::Length(ty) => {
+                            let keep = defined(ty);
+                            if keep && ty != DATA && v > MAX_FRAME {
+                                return Err(TooLong {
+                                    frame_type: ty,
+                                    length: v,
+                                });
+                            }
+                            if keep {
+                                self.pass_head(&mut out, head_from, at);
+                            } else {
+                                self.head_len = 0;
+                            }
+                            self.state = if v == 0 {
+                                State::FrameType
+                            } else {
+                                State::Payload { left: v, keep }
+                            };
+                        }
+                        _ => unreachable!("only header states read integers"),
+                    }
                 }
             }
         }
-        Ok(())
+        Ok(out.finish())
     }
 
-    /// Takes the octets of a variable-length integer (RFC 9000 §16) from the front of
-    /// `data`; the integer once all of them came.
-    fn varint(&mut self, data: &mut &[u8]) -> Option<u64> {
-        let first = if self.have == 0 {
-            data[0]
+    /// Passes on the header read (it ends at `to` in this chunk), and starts the next.
+    fn pass_head(&mut self, out: &mut Out<'_>, from: Option<usize>, to: usize) {
+        match from {
+            Some(from) => out.range(from, to),
+            None => out.octets(&self.head[..self.head_len]),
+        }
+        self.head_len = 0;
+    }
+
+    /// Reads the octets of a variable-length integer (RFC 9000 §16) from `data` at `*at`
+    /// into `head`; the integer once all of them came.
+    fn varint(&mut self, data: &[u8], at: &mut usize) -> Option<u64> {
+        if self.head_len == 0 {
+            self.varint_at = 0;
+        }
+        let start = self.varint_at;
+        let first = if self.head_len == start {
+            data[*at]
         } else {
-            self.varint[0]
+            self.head[start]
         };
         let len = 1usize << (first >> 6);
-        let take = (len - self.have).min(data.len());
-        self.varint[self.have..self.have + take].copy_from_slice(&data[..take]);
-        self.have += take;
-        *data = &data[take..];
-        if self.have < len {
+        let have = self.head_len - start;
+        let take = (len - have).min(data.len() - *at);
+        self.head[self.head_len..self.head_len + take].copy_from_slice(&data[*at..*at + take]);
+        self.head_len += take;
+        *at += take;
+        if self.head_len - start < len {
             return None;
         }
-        self.have = 0;
-        let mut v = u64::from(self.varint[0] & 0x3f);
-        for &b in &self.varint[1..len] {
+        self.varint_at = self.head_len;
+        let mut v = u64::from(self.head[start] & 0x3f);
+        for &b in &self.head[start + 1..start + len] {
             v = v << 8 | u64::from(b);
         }
         Some(v)
@@ -156,39 +291,98 @@ mod tests {
         out
     }
 
+    /// A frame whose length field says `len` and that carries `payload` octets.
     fn frame(ty: u64, len: u64, payload: usize) -> Vec<u8> {
-        let mut f = varint(ty, 1);
+        let mut f = varint(ty, if ty < 64 { 1 } else { 8 });
         f.extend(varint(len, 8));
-        f.extend(std::iter::repeat_n(0x5a, payload));
+        f.extend((0..payload).map(|i| i as u8));
         f
     }
 
+    /// What h3 sees of `s` given in chunks of `split` octets.
+    fn seen(mut g: FrameFilter, s: &[u8], split: usize) -> Result<Vec<u8>, TooLong> {
+        let mut out = Vec::new();
+        for part in s.chunks(split) {
+            out.extend_from_slice(&g.filter(Bytes::copy_from_slice(part))?);
+        }
+        Ok(out)
+    }
+
+    const SPLITS: [usize; 7] = [1, 2, 3, 7, 9, 1000, usize::MAX];
+
     #[test]
-    fn frames_are_followed_across_any_split() {
-        // HEADERS of 100, DATA of 200 000 (over the limit: DATA may be), an unknown frame of
-        // MAX_FRAME, an empty SETTINGS.
+    fn defined_frames_pass_unchanged_across_any_split() {
+        // HEADERS of 100, DATA of 200 000 (over the limit: DATA may be), SETTINGS of
+        // MAX_FRAME, an empty GOAWAY, HTTP/2's PING (h3 refuses it, so it must see it).
         let mut s = frame(0x1, 100, 100);
         s.extend(frame(DATA, 200_000, 200_000));
-        s.extend(frame(0x21, MAX_FRAME, MAX_FRAME as usize));
-        s.extend(frame(0x4, 0, 0));
-        for split in [1, 2, 3, 7, 1000, s.len()] {
-            let mut g = FrameGuard::bidi();
-            for part in s.chunks(split) {
-                g.feed(part).unwrap();
-            }
-            assert_eq!(g.state, State::FrameType, "split {split}");
+        s.extend(frame(0x4, MAX_FRAME, MAX_FRAME as usize));
+        s.extend(frame(0x7, 0, 0));
+        s.extend(frame(0x6, 8, 8));
+        for split in SPLITS {
+            assert_eq!(
+                seen(FrameFilter::bidi(), &s, split).unwrap(),
+                s,
+                "split {split}"
+            );
         }
     }
 
     #[test]
-    fn a_long_frame_other_than_data_is_refused_at_its_header() {
-        for ty in [0x1, 0x4, 0x21] {
+    fn undefined_frames_are_taken_out_whatever_their_length() {
+        // A reserved type (0x1f * N + 0x21) far over MAX_FRAME, an unknown one, and an
+        // empty one, between defined frames: only the defined ones are left.
+        let reserved = 0x1f * 1337 + 0x21;
+        let mut s = frame(0x1, 10, 10);
+        s.extend(frame(reserved, 200_000, 200_000));
+        s.extend(frame(DATA, 5, 5));
+        s.extend(frame(0x21, 3, 3));
+        s.extend(frame(0x2f, 0, 0));
+        s.extend(frame(0x1, 3, 3));
+        let mut want = frame(0x1, 10, 10);
+        want.extend(frame(DATA, 5, 5));
+        want.extend(frame(0x1, 3, 3));
+        for split in SPLITS {
+            assert_eq!(
+                seen(FrameFilter::bidi(), &s, split).unwrap(),
+                want,
+                "split {split}"
+            );
+        }
+        // On a control stream too, after its type.
+        let mut control = varint(CONTROL, 1);
+        control.extend(frame(0x4, 0, 0));
+        control.extend(frame(reserved, 1 << 40, 70_000));
+        let mut want = varint(CONTROL, 1);
+        want.extend(frame(0x4, 0, 0));
+        for split in SPLITS {
+            assert_eq!(seen(FrameFilter::uni(), &control, split).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn a_chunk_that_loses_nothing_is_not_copied() {
+        let s = Bytes::from(frame(0x1, 100, 100));
+        let out = FrameFilter::bidi().filter(s.clone()).unwrap();
+        assert_eq!(out.as_ptr(), s.as_ptr());
+        assert_eq!(out.len(), s.len());
+        // A chunk that ends inside a header is passed on up to it, still without a copy.
+        let mut two = frame(0x1, 100, 100);
+        two.extend(frame(0x1, 100, 100));
+        let two = Bytes::from(two);
+        let out = FrameFilter::bidi()
+            .filter(two.slice(..s.len() + 3))
+            .unwrap();
+        assert_eq!((out.as_ptr(), out.len()), (two.as_ptr(), s.len()));
+    }
+
+    #[test]
+    fn a_long_defined_frame_other_than_data_is_refused_at_its_header() {
+        for ty in [0x1, 0x4, 0x5, 0x7] {
             let s = frame(ty, MAX_FRAME + 1, 0);
             for split in [1, 4, s.len()] {
-                let mut g = FrameGuard::bidi();
-                let r = s.chunks(split).try_for_each(|p| g.feed(p));
                 assert_eq!(
-                    r,
+                    seen(FrameFilter::bidi(), &s, split),
                     Err(TooLong {
                         frame_type: ty,
                         length: MAX_FRAME + 1
@@ -200,24 +394,35 @@ mod tests {
         // After an allowed frame too.
         let mut s = frame(0x1, 10, 10);
         s.extend(frame(0x1, 1 << 40, 0));
-        assert!(FrameGuard::bidi().feed(&s).is_err());
+        assert!(seen(FrameFilter::bidi(), &s, usize::MAX).is_err());
     }
 
     #[test]
     fn control_streams_are_framed_qpack_streams_are_not() {
         let mut control = varint(CONTROL, 1);
         control.extend(frame(0x4, MAX_FRAME + 1, 0));
-        assert!(FrameGuard::uni().feed(&control).is_err());
+        let mut g = FrameFilter::uni();
+        assert!(g.filter(Bytes::from(control)).is_err());
+        assert_eq!(g.stream_type(), Some(CONTROL));
         for ty in [0x2, 0x3, 0x21] {
             let mut qpack = varint(ty, 1);
             qpack.extend(frame(0x1, 1 << 40, 0));
-            assert!(FrameGuard::uni().feed(&qpack).is_ok(), "stream type {ty}");
+            qpack.extend(frame(0x21, 5, 5));
+            for split in SPLITS {
+                assert_eq!(
+                    seen(FrameFilter::uni(), &qpack, split).unwrap(),
+                    qpack,
+                    "stream type {ty} split {split}"
+                );
+            }
         }
         // A stream type in two octets, split.
         let mut s = varint(CONTROL, 2);
         s.extend(frame(0x7, MAX_FRAME + 1, 0));
-        let mut g = FrameGuard::uni();
-        assert!(g.feed(&s[..1]).is_ok());
-        assert!(g.feed(&s[1..]).is_err());
+        let mut g = FrameFilter::uni();
+        assert_eq!(g.filter(Bytes::copy_from_slice(&s[..1])).unwrap().len(), 0);
+        assert_eq!(g.stream_type(), None);
+        assert!(g.filter(Bytes::copy_from_slice(&s[1..])).is_err());
+        assert_eq!(g.stream_type(), Some(CONTROL));
     }
 }

@@ -54,7 +54,7 @@ use xdp_quic::tokio as xq;
 use xdp_quic::VarInt;
 
 mod frames;
-use frames::FrameGuard;
+use frames::FrameFilter;
 pub use frames::MAX_FRAME;
 
 /// ALPN of HTTP/3.
@@ -168,9 +168,9 @@ impl<B: Buf> quic::Connection<B> for Connection {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::RecvStream, ConnectionErrorIncoming>> {
-        let flight = &self.flight;
-        poll_slot(&mut self.accept_uni, cx, &self.conn, accept_uni).map(|r| {
-            r.map(|s| RecvStream::new(s, flight))
+        let (conn, flight) = (&self.conn, &self.flight);
+        poll_slot(&mut self.accept_uni, cx, conn, accept_uni).map(|r| {
+            r.map(|s| RecvStream::new(s, conn, flight))
                 .map_err(connection_error)
         })
     }
@@ -179,9 +179,9 @@ impl<B: Buf> quic::Connection<B> for Connection {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::BidiStream, ConnectionErrorIncoming>> {
-        let flight = &self.flight;
-        poll_slot(&mut self.accept_bi, cx, &self.conn, accept_bi).map(|r| {
-            r.map(|s| BidiStream::new(s, flight))
+        let (conn, flight) = (&self.conn, &self.flight);
+        poll_slot(&mut self.accept_bi, cx, conn, accept_bi).map(|r| {
+            r.map(|s| BidiStream::new(s, conn, flight))
                 .map_err(connection_error)
         })
     }
@@ -267,9 +267,9 @@ impl<B: Buf> quic::OpenStreams<B> for OpenStreams {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        let flight = &self.flight;
-        poll_slot(&mut self.open_bi, cx, &self.conn, open_bi).map(|r| {
-            r.map(|s| BidiStream::new(s, flight))
+        let (conn, flight) = (&self.conn, &self.flight);
+        poll_slot(&mut self.open_bi, cx, conn, open_bi).map(|r| {
+            r.map(|s| BidiStream::new(s, conn, flight))
                 .map_err(stream_connection_error)
         })
     }
@@ -297,10 +297,14 @@ pub struct BidiStream<B: Buf> {
 }
 
 impl<B: Buf> BidiStream<B> {
-    fn new((send, recv): (xq::SendStream, xq::RecvStream), flight: &Arc<InFlight>) -> Self {
+    fn new(
+        (send, recv): (xq::SendStream, xq::RecvStream),
+        conn: &xq::Connection,
+        flight: &Arc<InFlight>,
+    ) -> Self {
         Self {
             send: SendStream::new(send, flight),
-            recv: RecvStream::new(recv, flight),
+            recv: RecvStream::new(recv, conn, flight),
         }
     }
 }
@@ -359,34 +363,46 @@ impl<B: Buf> quic::SendStream<B> for BidiStream<B> {
 pub struct RecvStream {
     /// `None` only once parked, in `drop`.
     stream: Option<xq::RecvStream>,
+    /// To close it when the peer's control stream carries a frame h3 would buffer without
+    /// bound.
+    conn: xq::Connection,
     flight: Arc<InFlight>,
-    /// A unidirectional stream (the peer's control and QPACK streams): parked if dropped
-    /// before its end (see [`InFlight::parked_recv`]).
-    keep_open: bool,
     /// Read to its end, reset, or stopped.
     ended: bool,
-    /// Refuses a frame h3 would buffer without bound ([`MAX_FRAME`]).
-    frames: FrameGuard,
+    /// Takes out the frames h3 is not to see, refuses those it would buffer without bound
+    /// ([`MAX_FRAME`]); knows a unidirectional stream's type.
+    frames: FrameFilter,
 }
 
+/// HTTP/3's unidirectional stream types a peer's stream must stay open with, parked when h3
+/// drops it before its end: the control stream (RFC 9114 §6.2.1) and QPACK's encoder and
+/// decoder streams (RFC 9204 §4.2); closing one is a connection error.
+const CRITICAL_UNI: [u64; 3] = [frames::CONTROL, 0x2, 0x3];
+
 impl RecvStream {
-    fn new(stream: xq::RecvStream, flight: &Arc<InFlight>) -> Self {
+    fn new(stream: xq::RecvStream, conn: &xq::Connection, flight: &Arc<InFlight>) -> Self {
         let uni = stream.id().dir() == xdp_quic::Dir::Uni;
         Self {
-            keep_open: uni,
             stream: Some(stream),
+            conn: conn.clone(),
             flight: flight.clone(),
             ended: false,
             frames: if uni {
-                FrameGuard::uni()
+                FrameFilter::uni()
             } else {
-                FrameGuard::bidi()
+                FrameFilter::bidi()
             },
         }
     }
 
     fn stream(&mut self) -> &mut xq::RecvStream {
         self.stream.as_mut().expect("present until dropped")
+    }
+
+    fn is_uni(&self) -> bool {
+        self.stream
+            .as_ref()
+            .is_some_and(|s| s.id().dir() == xdp_quic::Dir::Uni)
     }
 }
 
@@ -395,28 +411,48 @@ impl Drop for RecvStream {
         if self.ended {
             return;
         }
+        let uni = self.is_uni();
         let Some(mut stream) = self.stream.take() else {
             return;
         };
-        if self.keep_open {
-            let mut parked = self
-                .flight
-                .parked_recv
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            parked.push(stream);
-        } else {
+        let code = match (uni, self.frames.stream_type()) {
+            // A critical stream, or one whose type has not come yet (it may be one): kept
+            // open with the connection.
+            (true, None) => None,
+            (true, Some(ty)) if CRITICAL_UNI.contains(&ty) => None,
+            // A stream type h3 does not take (a client's push stream, WebTransport's,
+            // unknown ones): refused (RFC 9114 §6.2).
+            (true, Some(_)) => Some(h3::error::Code::H3_STREAM_CREATION_ERROR),
+            // A response the client gives up on: the request is cancelled (§4.1.1).
+            (false, _) if self.conn.side() == xdp_quic::Side::Client => {
+                Some(h3::error::Code::H3_REQUEST_CANCELLED)
+            }
             // A request body (or response) nobody reads: the peer is asked to stop sending
             // with H3_NO_ERROR (RFC 9114 §4.1.1), not the async API's default code 0.
-            let _ = stream.stop(
-                VarInt::from_u64(h3::error::Code::H3_NO_ERROR.value()).unwrap_or(VarInt::MAX),
-            );
+            (false, _) => Some(h3::error::Code::H3_NO_ERROR),
+        };
+        match code {
+            Some(code) => {
+                let _ = stream.stop(VarInt::from_u64(code.value()).unwrap_or(VarInt::MAX));
+            }
+            None => {
+                let mut parked = self
+                    .flight
+                    .parked_recv
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                parked.push(stream);
+            }
         }
     }
 }
 
 /// The largest chunk handed to h3 at once.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Chunks that the frame filter empties entirely, read in one `poll_data` before it yields
+/// (a peer sending frames of undefined types without end cannot hold the task).
+const EMPTIED_CHUNKS: usize = 16;
 
 impl quic::RecvStream for RecvStream {
     type Buf = Bytes;
@@ -425,23 +461,35 @@ impl quic::RecvStream for RecvStream {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Self::Buf>, StreamErrorIncoming>> {
-        let out = self.stream().poll_read_chunk(cx, READ_CHUNK);
-        if let Poll::Ready(Ok(Some(data))) = &out {
-            if let Err(too_long) = self.frames.feed(data) {
-                // h3 would buffer the whole frame before looking at it: the peer is told
-                // to stop (H3_EXCESSIVE_LOAD) and h3 sees the stream fail.
-                self.ended = true;
-                let code = h3::error::Code::H3_EXCESSIVE_LOAD.value();
-                let _ = self
-                    .stream()
-                    .stop(VarInt::from_u64(code).unwrap_or(VarInt::MAX));
-                return Poll::Ready(Err(StreamErrorIncoming::Unknown(Box::new(too_long))));
+        for _ in 0..EMPTIED_CHUNKS {
+            let data = match self.stream().poll_read_chunk(cx, READ_CHUNK) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(Some(data))) => data,
+                Poll::Ready(other) => {
+                    self.ended = true;
+                    return Poll::Ready(other.map_err(read_error));
+                }
+            };
+            let typed = self.frames.stream_type().is_some();
+            let seen = match self.frames.filter(data) {
+                Ok(seen) => seen,
+                Err(too_long) => return Poll::Ready(Err(self.refuse(too_long))),
+            };
+            if !typed {
+                if let Some(refused) = self
+                    .frames
+                    .stream_type()
+                    .and_then(|ty| self.refuse_type(ty))
+                {
+                    return Poll::Ready(Err(refused));
+                }
+            }
+            if !seen.is_empty() {
+                return Poll::Ready(Ok(Some(seen)));
             }
         }
-        if matches!(out, Poll::Ready(Ok(None) | Err(_))) {
-            self.ended = true;
-        }
-        out.map_err(read_error)
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     fn stop_sending(&mut self, error_code: u64) {
@@ -453,6 +501,61 @@ impl quic::RecvStream for RecvStream {
 
     fn recv_id(&self) -> StreamId {
         stream_id(self.stream.as_ref().expect("present until dropped").id())
+    }
+}
+
+/// The push stream type (RFC 9114 §6.2.2) and WebTransport's (not offered here).
+const PUSH: u64 = 0x1;
+const WEBTRANSPORT_UNI: u64 = 0x54;
+
+impl RecvStream {
+    /// Refuses a unidirectional stream of type `ty` that h3 0.0.8 would hold without reading
+    /// (it waits for octets past the push id that may never come, for the connection's
+    /// life, holding a stream credit): a client's push stream closes the connection with
+    /// H3_STREAM_CREATION_ERROR (§6.2.2: only servers push); a push stream to a client that
+    /// allowed none, or a WebTransport stream, is stopped with that code. h3 sees the stream
+    /// end before its type and forgets it. `None`: a type h3 takes.
+    fn refuse_type(&mut self, ty: u64) -> Option<StreamErrorIncoming> {
+        if ty != PUSH && ty != WEBTRANSPORT_UNI {
+            return None;
+        }
+        self.ended = true;
+        let code = h3::error::Code::H3_STREAM_CREATION_ERROR;
+        if ty == PUSH && self.conn.side() == xdp_quic::Side::Server {
+            close(&self.conn, &self.flight, code, b"a client's push stream");
+            return Some(StreamErrorIncoming::ConnectionErrorIncoming {
+                connection_error: ConnectionErrorIncoming::ApplicationClose {
+                    error_code: code.value(),
+                },
+            });
+        }
+        let _ = self
+            .stream()
+            .stop(VarInt::from_u64(code.value()).unwrap_or(VarInt::MAX));
+        Some(StreamErrorIncoming::StreamTerminated {
+            error_code: code.value(),
+        })
+    }
+
+    /// Refuses a frame h3 would buffer whole ([`MAX_FRAME`]): on a request stream the peer
+    /// is told to stop (H3_EXCESSIVE_LOAD) and h3 sees the stream fail; on the peer's
+    /// control stream, which must not be stopped (RFC 9114 §6.2.1), the connection is
+    /// closed with H3_EXCESSIVE_LOAD.
+    fn refuse(&mut self, too_long: frames::TooLong) -> StreamErrorIncoming {
+        self.ended = true;
+        let code = h3::error::Code::H3_EXCESSIVE_LOAD;
+        if self.is_uni() {
+            close(&self.conn, &self.flight, code, b"frame too long");
+            return StreamErrorIncoming::ConnectionErrorIncoming {
+                connection_error: ConnectionErrorIncoming::ApplicationClose {
+                    error_code: code.value(),
+                },
+            };
+        }
+        let _ = self
+            .stream()
+            .stop(VarInt::from_u64(code.value()).unwrap_or(VarInt::MAX));
+        StreamErrorIncoming::Unknown(Box::new(too_long))
     }
 }
 
@@ -469,6 +572,8 @@ pub struct SendStream<B: Buf> {
     keep_open: bool,
     /// Finished or reset.
     ended: bool,
+    /// h3 gave it something to send.
+    written: bool,
 }
 
 impl<B: Buf> SendStream<B> {
@@ -479,6 +584,7 @@ impl<B: Buf> SendStream<B> {
             pending: None,
             flight: flight.clone(),
             ended: false,
+            written: false,
         }
     }
 
@@ -521,6 +627,7 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
             });
         }
         self.pending = Some(data.into());
+        self.written = true;
         Ok(())
     }
 
@@ -554,11 +661,24 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
 }
 
 impl<B: Buf> Drop for SendStream<B> {
+    /// A stream h3 drops without ending it: its control and QPACK streams are parked (kept
+    /// open with the connection); a request or response stream it wrote to is finished (the
+    /// async API's drop), as h3 expects; one it never wrote to is reset with
+    /// H3_REQUEST_CANCELLED, so that the peer sees a cancelled exchange and not an empty
+    /// response (h3 drops a request's stream so when it refuses the request).
     fn drop(&mut self) {
-        if self.keep_open && !self.ended {
+        if self.ended {
+            return;
+        }
+        if self.keep_open {
             if let Some(stream) = self.stream.take() {
                 let mut parked = self.flight.parked.lock().unwrap_or_else(|p| p.into_inner());
                 parked.push(stream);
+            }
+        } else if !self.written {
+            let code = h3::error::Code::H3_REQUEST_CANCELLED.value();
+            if let Some(stream) = self.stream.as_mut() {
+                let _ = stream.reset(VarInt::from_u64(code).unwrap_or(VarInt::MAX));
             }
         }
     }

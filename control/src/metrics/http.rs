@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -74,8 +75,14 @@ impl Shared {
 pub struct MetricsServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    /// A second descriptor of the listening socket: shut down to wake the accept loop.
+    listener: TcpListener,
     thread: Option<JoinHandle<()>>,
 }
+
+/// The longest [`Limits::deadline`] (an hour): a deadline is a bound, not a way to turn it
+/// off.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 
 impl MetricsServer {
     /// Serves `registry` at `http://addr/metrics` (port 0: any free port) with the default
@@ -86,16 +93,16 @@ impl MetricsServer {
 
     /// Serves `registry` at `http://addr/metrics` within `limits`.
     pub fn start_with(addr: SocketAddr, registry: Registry, limits: Limits) -> io::Result<Self> {
-        if limits.max_connections == 0 || limits.deadline.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the metrics endpoint needs a deadline and at least one connection",
-            ));
-        }
-        let listener = TcpListener::bind(addr).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot serve metrics on {addr}: {e}"))
-        })?;
+        limits.validate()?;
+        Self::start_on(bind(addr)?, registry, limits)
+    }
+
+    /// Serves `registry` on `listener` (bound by [`bind`], so that a server can take its
+    /// port before it starts what it reports on) within `limits`.
+    pub fn start_on(listener: TcpListener, registry: Registry, limits: Limits) -> io::Result<Self> {
+        limits.validate()?;
         let addr = listener.local_addr()?;
+        let wake = listener.try_clone()?;
         let shared = Arc::new(Shared {
             registry,
             limits,
@@ -109,6 +116,7 @@ impl MetricsServer {
         Ok(Self {
             addr,
             shared,
+            listener: wake,
             thread: Some(thread),
         })
     }
@@ -127,8 +135,13 @@ impl MetricsServer {
 impl Drop for MetricsServer {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop (it checks the flag after every accept).
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        // Wake the accept loop: shutting the listening socket down makes a blocked accept
+        // fail (EINVAL), and the loop checks the flag after every accept. (Connecting to
+        // the endpoint, the usual trick, fails when its address went away, or from another
+        // network namespace, and the join would then wait for ever.)
+        // SAFETY: shutdown(2) on a descriptor this value owns, open until it drops; it
+        // touches no memory of ours.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RD) };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -140,6 +153,28 @@ impl Drop for MetricsServer {
         for (_, thread) in conns {
             let _ = thread.join();
         }
+    }
+}
+
+/// Binds the endpoint's listening socket at `addr` (port 0: any free port).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot serve metrics on {addr}: {e}")))
+}
+
+impl Limits {
+    fn validate(&self) -> io::Result<()> {
+        if self.max_connections == 0 || self.deadline.is_zero() || self.deadline > MAX_DEADLINE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the metrics endpoint needs a deadline of at most {MAX_DEADLINE:?} and at \
+                     least one connection (got {:?}, {})",
+                    self.deadline, self.max_connections
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -176,10 +211,11 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             .name("xdp-quic-metrics-conn".into())
             .stack_size(CONN_STACK)
             .spawn(move || {
-                if let Err(e) = answer(stream, &s.registry, deadline) {
+                // The slot is given back however the thread ends, a panic included.
+                let slot = Slot { shared: s, id };
+                if let Err(e) = answer(stream, &slot.shared.registry, deadline) {
                     tracing::debug!("metrics request: {e}");
                 }
-                s.live().conns.remove(&id);
             });
         match spawned {
             Ok(thread) => {
@@ -187,6 +223,18 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             }
             Err(e) => tracing::debug!("metrics: no thread for a connection: {e}"),
         }
+    }
+}
+
+/// A connection's slot in [`Live`], given back when its thread ends.
+struct Slot {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.live().conns.remove(&self.id);
     }
 }
 

@@ -313,13 +313,15 @@ fn run(
     loop {
         let now = Instant::now();
         for (i, load) in loads.iter().enumerate().take(state.len()) {
+            let before = state[i].clone();
             let Some(change) = state[i].observe(&policy, now, load) else {
                 continue;
             };
             if let Err(e) = maps.set_pressure(load.queue, change.is_some()) {
                 tracing::warn!(queue = load.queue, "cannot set the pressure flag: {e:#}");
-                // Try again at the next look.
-                state[i] = QueuePressure::default();
+                // As if not looked at: the next look makes the same change and writes it
+                // again (a flag left on by a failed write to turn it off is retried too).
+                state[i] = before;
                 continue;
             }
             view.on[i].store(change.is_some(), Ordering::Relaxed);

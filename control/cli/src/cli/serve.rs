@@ -233,7 +233,19 @@ fn serve<H: Handler>(
 ) -> anyhow::Result<()> {
     let stop = Stop::new();
     let on_signal = stop.clone();
-    ctrlc::set_handler(move || on_signal.stop()).context("installing the Ctrl-C handler")?;
+    let mut signals = 0u32;
+    ctrlc::set_handler(move || {
+        signals += 1;
+        if signals == 1 {
+            eprintln!("stopping (Ctrl-C again to exit at once)");
+            on_signal.stop();
+        } else {
+            // The kernel closes what the process held: its own XDP link and AF_XDP sockets
+            // go with it (pins made by `xdp-quic attach` stay, as they should).
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
     let use_xdp = match a.backend {
         BackendArg::Udp => false,
         BackendArg::Xdp => true,
@@ -311,8 +323,9 @@ fn serve<H: Handler>(
             failed.len()
         ),
         StopReason::ProgramLost { iface, why } => bail!(
-            "{why} on {iface} under the running server; attach it again and restart, or run \
-             with --backend auto to fall back to kernel UDP"
+            "{why} on {iface} under the running server; restart the server (after `xdp-quic \
+             attach {iface}` again if it was attached so), or run with --backend auto to fall \
+             back to kernel UDP"
         ),
     }
 }
@@ -326,7 +339,17 @@ fn shield_options(
     iface: &str,
 ) -> anyhow::Result<Option<xdp_quic_control::serve::ShieldOptions>> {
     use xdp_quic_control::xdp::{shield, PressurePolicy};
-    let pinned = shield::pinned(iface).unwrap_or(None);
+    let pinned = match shield::pinned(iface) {
+        Ok(p) => p,
+        Err(e) => {
+            // A shield an operator attached that cannot be read is not silently dropped.
+            eprintln!(
+                "warning: cannot read the shield pinned for {iface} ({e:#}): serving without \
+                 it unless --xdp-shield"
+            );
+            None
+        }
+    };
     if !a.xdp_shield && pinned.is_none() {
         return Ok(None);
     }
