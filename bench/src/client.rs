@@ -26,6 +26,9 @@ pub fn config(cert: CertificateDer<'static>) -> anyhow::Result<quinn::ClientConf
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![xdp_quic_examples::perf::ALPN.to_vec()];
+    // Every connection makes a full handshake (certificate, signature): the handshake
+    // workloads measure new clients, not resumed sessions (rustls resumes by default).
+    tls.resumption = rustls::client::Resumption::disabled();
     Ok(quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
     )))

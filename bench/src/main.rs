@@ -293,7 +293,9 @@ fn main() -> anyhow::Result<()> {
         key: key_path,
     };
 
-    sys::prioritize();
+    // The bench's own thread (sampling, /proc walks, the servers' stats) runs on the
+    // client's core, where its CPU is counted.
+    sys::pin_and_prioritize(CLIENT_CPU)?;
     Testbed::remove_all_on_signal()?;
     // AF_XDP serves one queue per worker: the runs with N workers use a testbed of N queues
     // (for every server, so that they compare on the same ground).

@@ -130,7 +130,9 @@ impl Measure {
             .map(|(pid, t)| t.saturating_sub(before.others_ticks.get(pid).copied().unwrap_or(0)))
             .sum::<u64>() as f64
             / hz;
-        let busy = |i: usize| d(i, |c| c.busy) / d(i, |c| c.total).max(1.0);
+        // Of the time the core was given (steal is time the hypervisor gave to others: a
+        // client that ran all it was given is saturated).
+        let busy = |i: usize| d(i, |c| c.busy) / (d(i, |c| c.total) - d(i, |c| c.steal)).max(1.0);
         let (value, unit, work, cpu_unit) = match w {
             Workload::BulkDown1 | Workload::BulkDown16 | Workload::BulkUp1 => {
                 let bytes = (o.downloaded + o.uploaded) as f64;

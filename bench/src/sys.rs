@@ -37,13 +37,6 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((u + s) as f64 / hz)
 }
 
-/// Raises the calling thread's priority (nice -15; threads it spawns inherit it). Needs root,
-/// else it stays as it is.
-pub fn prioritize() {
-    // SAFETY: setpriority takes no pointers.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -15) };
-}
-
 /// Jiffies of one CPU from /proc/stat.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct CpuJiffies {

@@ -425,10 +425,29 @@ fn server(
                     .with_no_client_auth()
                     .with_single_cert(identity.chain, identity.key)?;
                 tls.alpn_protocols = vec![xdp_quic_h3::ALPN.to_vec()];
-                tls.max_early_data_size = 0;
+                // As ours (`tls::server_config`): tickets allow early data, the connection's
+                // receive window is bounded the same, and the socket asks for the same 8 MiB
+                // buffers (`UdpBackend::new`).
+                tls.max_early_data_size = u32::MAX;
                 let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-                let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-                let ep = quinn::Endpoint::server(config, listen)?;
+                let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+                let mut transport = quinn::TransportConfig::default();
+                transport.receive_window(xdp_quic::VarInt::from_u32(
+                    xdp_quic::engine::DEFAULT_RECEIVE_WINDOW,
+                ));
+                config.transport_config(Arc::new(transport));
+                let socket = std::net::UdpSocket::bind(listen)?;
+                {
+                    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+                    let _ = state.set_recv_buffer_size((&socket).into(), 8 << 20);
+                    let _ = state.set_send_buffer_size((&socket).into(), 8 << 20);
+                }
+                let ep = quinn::Endpoint::new(
+                    quinn::EndpointConfig::default(),
+                    Some(config),
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                )?;
                 let accept = ep.clone();
                 tokio::spawn(async move {
                     while let Some(incoming) = accept.accept().await {
@@ -499,9 +518,16 @@ async fn accept_loop(ep: xdp_quic::tokio::Endpoint) {
     }
 }
 
+/// Median (the mean of the middle two for an even count), minimum and maximum.
 fn median_spread(v: &mut [f64]) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
-    (v[v.len() / 2], v[0], v[v.len() - 1])
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (median, v[0], v[n - 1])
 }
 
 fn report(results: &[(Kind, usize, Vec<Run>)]) {

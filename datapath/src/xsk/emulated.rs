@@ -176,7 +176,8 @@ impl EmulatedKernel {
 
     /// The "NIC" sends up to `max` frames from the TX ring: their octets, in order. Their
     /// addresses go to the completion ring (unless completions are held, or it is full: then
-    /// they wait for [`EmulatedKernel::complete`]).
+    /// they wait for [`EmulatedKernel::complete`]). An invalid descriptor is counted and
+    /// skipped, never completed, as the kernel does (its frame stays with the kernel).
     pub fn transmit(&mut self, max: usize) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         while out.len() < max {
@@ -184,7 +185,10 @@ impl EmulatedKernel {
             let len = d.len as usize;
             match self.frame_at(d.addr) {
                 Some(frame) if len <= frame.len() => out.push(frame[..len].to_vec()),
-                _ => self.invalid_descs += 1,
+                _ => {
+                    self.invalid_descs += 1;
+                    continue;
+                }
             }
             self.pending.push(d.addr);
         }

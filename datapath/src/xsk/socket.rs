@@ -142,27 +142,32 @@ pub struct XskSocket {
     tx: ProdRing<Desc>,
     fill: ProdRing<u64>,
     comp: ConsRing<u64>,
-    umem: Umem,
     zero_copy: bool,
     need_wakeup: bool,
     /// TX descriptors pushed but not yet published.
     tx_unsubmitted: u32,
     invalid_descs: u64,
     backing: Backing,
+    /// After `backing` (fields drop in declaration order): unmapped once the socket is
+    /// released.
+    umem: Umem,
 }
 
 impl Drop for XskSocket {
     fn drop(&mut self) {
         #[allow(irrefutable_let_patterns)] // without the `testing` feature there is one variant
         if let Backing::Kernel { fd, .. } = &mut self.backing {
-            // SAFETY: dropped exactly once, here; `fd` is not used after this (the other fields
-            // drop next, in declaration order: the rings' handles, the UMEM (unmapped once
-            // its last holder goes), then `backing`'s ring mappings). Closing first ends the socket's
-            // use of the rings and the UMEM, unless the socket lives on a moment elsewhere (a
-            // `StatsSource` in the middle of its `getsockopt` closes it when done; the XSKMAP
-            // lets it go once closed): the kernel then keeps its own pins on the UMEM pages
-            // and its own references to the ring pages, so unmapping them here stays safe
-            // either way.
+            // SAFETY: dropped exactly once, here; `fd` is not used after this. The other
+            // fields drop next, in declaration order: the rings' handles (pointers into the
+            // ring mappings, unused from here), then `backing`'s ring mappings, then the UMEM.
+            // Closing the descriptor does not release the socket by itself: each ring mapping
+            // holds a reference to the socket's file, and the kernel releases the socket
+            // (unbinds it, takes it out of the XSKMAP, and unregisters the UMEM) when the
+            // last of them is unmapped, before the UMEM is. (A `StatsSource` in the middle of
+            // its `getsockopt` holds the descriptor a moment longer, and the socket with it:
+            // the kernel reaches the UMEM through its own pins on the pages and the rings
+            // through its own references to their pages, never through these mappings, so
+            // unmapping them meanwhile stays safe.)
             unsafe { ManuallyDrop::drop(fd) };
         }
     }
@@ -199,11 +204,13 @@ fn setsockopt<T>(
     }
 }
 
+/// Reads option `name` into a `T` (a kernel that knows a shorter version of the structure
+/// leaves its tail zero); with the length the kernel wrote.
 fn getsockopt<T: Default>(
     fd: &impl AsRawFd,
     level: libc::c_int,
     name: libc::c_int,
-) -> io::Result<T> {
+) -> io::Result<(T, usize)> {
     let mut v = T::default();
     let mut len = std::mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: the kernel writes at most `len` octets into the live `v`.
@@ -217,7 +224,7 @@ fn getsockopt<T: Default>(
         )
     };
     if rc == 0 {
-        Ok(v)
+        Ok((v, len as usize))
     } else {
         Err(io::Error::last_os_error())
     }
@@ -258,6 +265,19 @@ fn map_ring<T>(
     size: u32,
     pgoff: u64,
 ) -> io::Result<(Mapping, RingParts<T>)> {
+    // The ring's header (three 32-bit indices) lies before its descriptors, which are
+    // aligned for `T`: checked, so that the pointers below stay inside the mapping.
+    let fits = |at: u64| at.checked_add(4).is_some_and(|end| end <= off.desc);
+    if !(fits(off.producer) && fits(off.consumer) && fits(off.flags))
+        || off.desc % std::mem::align_of::<T>() as u64 != 0
+        || off.desc > (1 << 20)
+    {
+        return Err(io::Error::other(format!(
+            "the kernel's ring offsets make no sense (producer {}, consumer {}, flags {}, \
+             descriptors {})",
+            off.producer, off.consumer, off.flags, off.desc
+        )));
+    }
     let len = off.desc as usize + size as usize * std::mem::size_of::<T>();
     // SAFETY: maps a ring the kernel created for this socket at its documented page offset.
     let p = unsafe {
@@ -274,7 +294,8 @@ fn map_ring<T>(
         return Err(io::Error::last_os_error());
     }
     let base = p.cast::<u8>();
-    // SAFETY: the offsets come from XDP_MMAP_OFFSETS and lie inside the mapping.
+    // SAFETY: the offsets come from XDP_MMAP_OFFSETS, checked above to lie inside the
+    // mapping (indices before the descriptors, which end at `len`).
     let parts = unsafe {
         RingParts {
             producer: base.add(off.producer as usize).cast::<AtomicU32>(),
@@ -370,8 +391,16 @@ impl XskSocket {
             .map_err(|e| err("RX ring", e))?;
         setsockopt(&fd, libc::SOL_XDP, libc::XDP_TX_RING, &cfg.tx_size)
             .map_err(|e| err("TX ring", e))?;
-        let off: MmapOffsets = getsockopt(&fd, libc::SOL_XDP, libc::XDP_MMAP_OFFSETS)
+        let (off, n): (MmapOffsets, _) = getsockopt(&fd, libc::SOL_XDP, libc::XDP_MMAP_OFFSETS)
             .map_err(|e| err("XDP_MMAP_OFFSETS", e))?;
+        if n != std::mem::size_of::<MmapOffsets>() {
+            // A kernel before 5.4 writes the older layout (no `flags`): read as this one,
+            // every offset would be wrong.
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("XDP_MMAP_OFFSETS of {n} octets: a kernel older than 5.4 (need_wakeup)"),
+            ));
+        }
 
         let (m_rx, p_rx) =
             map_ring::<Desc>(&fd, &off.rx, cfg.rx_size, libc::XDP_PGOFF_RX_RING as u64)?;
@@ -782,7 +811,7 @@ impl StatsSource {
 
 /// The kernel's counters of the AF_XDP socket `fd` (XDP_STATISTICS).
 pub fn statistics(fd: BorrowedFd<'_>) -> io::Result<XskStats> {
-    let s: Statistics = getsockopt(&fd, libc::SOL_XDP, libc::XDP_STATISTICS)?;
+    let (s, _): (Statistics, _) = getsockopt(&fd, libc::SOL_XDP, libc::XDP_STATISTICS)?;
     Ok(XskStats {
         rx_dropped: s.rx_dropped,
         rx_invalid_descs: s.rx_invalid_descs,

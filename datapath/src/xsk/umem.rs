@@ -93,7 +93,11 @@ impl UmemConfig {
 #[derive(Debug)]
 pub(crate) struct Area {
     ptr: NonNull<u8>,
+    /// The octets of the frames.
     len: usize,
+    /// The octets mapped: `len` rounded up to the huge page size on huge pages (munmap of a
+    /// hugetlb mapping needs whole pages, and fails otherwise, leaking them).
+    mapped: usize,
 }
 
 // SAFETY: `Area` is an address range; every access to its bytes goes through `Umem` (whose
@@ -113,12 +117,28 @@ impl Area {
 impl Drop for Area {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the range mapped in `Umem::new`; no `Umem` or emulated
-        // kernel refers to it any more (this is the last `Arc`). A kernel socket that still
-        // has the UMEM registered holds its own pins on the pages (XDP_UMEM_REG pins them and
-        // the kernel reaches them through its own mapping), so it never writes through this
-        // address range.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        // kernel refers to it any more (this is the last `Arc`). The socket the UMEM was
+        // registered with is released before (`XskSocket` drops its ring mappings, the
+        // socket's last references, before its UMEM); and a kernel socket that still had it
+        // registered would hold its own pins on the pages (XDP_UMEM_REG pins them and the
+        // kernel reaches them through its own mapping), never this address range.
+        let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.mapped) };
+        debug_assert_eq!(rc, 0, "munmap of the UMEM: {}", io::Error::last_os_error());
     }
+}
+
+/// The default huge page size (`Hugepagesize` of /proc/meminfo): what `MAP_HUGETLB` maps
+/// without a size flag.
+fn huge_page_size() -> io::Result<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Hugepagesize:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<usize>().ok())
+        .filter(|kb| *kb > 0)
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| io::Error::other("no Hugepagesize in /proc/meminfo"))
 }
 
 /// Who holds a frame.
@@ -163,14 +183,16 @@ impl Umem {
         cfg.check()?;
         let len = cfg.bytes();
         let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
+        let mut mapped = len;
         if cfg.huge_pages {
             flags |= libc::MAP_HUGETLB;
+            mapped = len.next_multiple_of(huge_page_size()?);
         }
         // SAFETY: an anonymous private mapping; the result is checked.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                mapped,
                 libc::PROT_READ | libc::PROT_WRITE,
                 flags,
                 -1,
@@ -194,6 +216,7 @@ impl Umem {
         let area = Arc::new(Area {
             ptr: NonNull::new(p.cast()).expect("mmap returned non-null"),
             len,
+            mapped,
         });
         Ok(Self {
             area,
@@ -237,7 +260,13 @@ impl Umem {
 
     /// Puts a frame back on the free list.
     pub(crate) fn release(&mut self, frame: Frame) {
-        debug_assert_eq!(self.holder[frame.0 as usize], Holder::User);
+        // A real check (one octet): a token of another UMEM whose index this one lent to the
+        // kernel would otherwise put a kernel-held frame on the free list.
+        assert_eq!(
+            self.holder[frame.0 as usize],
+            Holder::User,
+            "a frame token of another UMEM"
+        );
         self.free.push(frame.0);
     }
 
@@ -320,6 +349,57 @@ impl Umem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A UMEM on huge pages smaller than one huge page maps (and unmaps) whole pages: before,
+    /// its munmap failed and the reserved page stayed taken. Reserves one huge page for
+    /// the test (root; put back after).
+    #[test]
+    fn a_small_umem_on_huge_pages_gives_its_page_back() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var_os("CI").is_none(), "needs root and CI is set");
+            eprintln!("skipped: needs root (to reserve a huge page)");
+            return;
+        }
+        let page = huge_page_size().unwrap();
+        assert!(page >= 2 << 20 && page.is_power_of_two(), "{page}");
+        let free = || -> usize {
+            let m = std::fs::read_to_string("/proc/meminfo").unwrap();
+            m.lines()
+                .find_map(|l| l.strip_prefix("HugePages_Free:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        const NR: &str = "/proc/sys/vm/nr_hugepages";
+        struct Restore(String);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let _ = std::fs::write(NR, &self.0);
+            }
+        }
+        let before = std::fs::read_to_string(NR).unwrap();
+        let _restore = Restore(before.clone());
+        let n: usize = before.trim().parse().unwrap();
+        std::fs::write(NR, (n + 1).to_string()).unwrap();
+        let free_before = free();
+        if free_before == 0 {
+            eprintln!("skipped: the kernel could not reserve a huge page");
+            return;
+        }
+        let u = Umem::new(UmemConfig {
+            frames: 512,
+            huge_pages: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(u.area.len, 512 * 2048);
+        assert_eq!(u.area.mapped, page);
+        assert_eq!(free(), free_before - 1);
+        drop(u);
+        assert_eq!(free(), free_before, "the huge page was given back");
+    }
 
     #[test]
     fn frames_are_handed_out_once_and_bounds_hold() {
