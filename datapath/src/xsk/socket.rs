@@ -269,7 +269,7 @@ fn map_ring<T>(
     // aligned for `T`: checked, so that the pointers below stay inside the mapping.
     let fits = |at: u64| at.checked_add(4).is_some_and(|end| end <= off.desc);
     if !(fits(off.producer) && fits(off.consumer) && fits(off.flags))
-        || off.desc % std::mem::align_of::<T>() as u64 != 0
+        || !off.desc.is_multiple_of(std::mem::align_of::<T>() as u64)
         || off.desc > (1 << 20)
     {
         return Err(io::Error::other(format!(
