@@ -268,10 +268,12 @@ fn map_ring<T>(
     // The ring's header (three 32-bit indices) lies before its descriptors, which are
     // aligned for `T`: checked, so that the pointers below stay inside the mapping.
     let fits = |at: u64| at.checked_add(4).is_some_and(|end| end <= off.desc);
-    if !(fits(off.producer) && fits(off.consumer) && fits(off.flags))
-        || !off.desc.is_multiple_of(std::mem::align_of::<T>() as u64)
-        || off.desc > (1 << 20)
-    {
+    let sane = fits(off.producer)
+        && fits(off.consumer)
+        && fits(off.flags)
+        && off.desc.is_multiple_of(std::mem::align_of::<T>() as u64)
+        && off.desc <= 1 << 20;
+    if !sane {
         return Err(io::Error::other(format!(
             "the kernel's ring offsets make no sense (producer {}, consumer {}, flags {}, \
              descriptors {})",
