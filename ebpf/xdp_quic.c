@@ -347,8 +347,17 @@ static __always_inline __u32 shield_check(struct xdp_md *ctx, const __u8 *p,
 			return XQ_FAM_FOREIGN_CID;
 		return 0;
 	}
-	if ((p[0] & 0x30) != 0)
+	/* 0-RTT, of any size: a DCID of at most 20 octets (RFC 9000 17.2), and
+	 * either the client's first (at least 8 octets, 7.2) or, once it heard
+	 * from us, ours. (p[5] lies within XQ_MIN_QUIC_PAYLOAD.) */
+	if ((p[0] & 0x30) == 0x10) {
+		if (p[5] > 20)
+			return XQ_FAM_MALFORMED;
+		if (p[5] < 8 && (s->flags & XQ_SHIELD_CID) &&
+		    !our_cid(s, p + 5, end))
+			return XQ_FAM_FOREIGN_CID;
 		return 0;
+	}
 	if (len < XQ_MIN_INITIAL_DATAGRAM)
 		return XQ_FAM_SHORT_INITIAL;
 	if (!(s->flags & XQ_SHIELD_ADMIT))
@@ -369,16 +378,19 @@ static __always_inline __u32 shield_check(struct xdp_md *ctx, const __u8 *p,
 }
 
 /* Decides for a UDP header `udp` of family `fam` whose destination address
- * matched (or is not filtered), from source address `src`. `end` is the
- * packet end. */
+ * matched (or is not filtered), from source address `src`; `l4len` is the
+ * IP payload's length its IP header gives. `end` is the packet end. */
 static __always_inline int steer_udp(struct xdp_md *ctx, struct udphdr *udp,
-				     void *end, __u32 fam, const __u8 *src)
+				     void *end, __u32 fam, const __u8 *src,
+				     __u32 l4len)
 {
 	__u16 ulen = bpf_ntohs(udp->len);
 	__u32 drop;
 
+	/* The UDP length is the IP payload's: a datagram padded past it (to
+	 * pass the 1200-octet rules, say) is malformed. */
 	if (ulen < sizeof(*udp) + XQ_MIN_QUIC_PAYLOAD ||
-	    (void *)udp + ulen > end)
+	    (void *)udp + ulen > end || ulen != l4len)
 		return verdict(fam, XQ_FAM_MALFORMED, XDP_DROP);
 
 	drop = shield_check(ctx, (const __u8 *)(udp + 1), end,
@@ -405,7 +417,7 @@ static __always_inline int handle_ipv4(struct xdp_md *ctx, void *l3, void *end)
 {
 	struct iphdr *ip = l3;
 	struct udphdr *udp;
-	__u32 hlen;
+	__u32 hlen, tot;
 
 	if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5) {
 		count(XQ_CNT_PASS_BAD_HEADER);
@@ -426,7 +438,9 @@ static __always_inline int handle_ipv4(struct xdp_md *ctx, void *l3, void *end)
 		return verdict(XQ_CNT_V4, XQ_FAM_OTHER_PORT, XDP_PASS);
 	if (filter_addrs() && !bpf_map_lookup_elem(&addrs4, &ip->daddr))
 		return verdict(XQ_CNT_V4, XQ_FAM_OTHER_ADDR, XDP_PASS);
-	return steer_udp(ctx, udp, end, XQ_CNT_V4, (const __u8 *)&ip->saddr);
+	tot = bpf_ntohs(ip->tot_len);
+	return steer_udp(ctx, udp, end, XQ_CNT_V4, (const __u8 *)&ip->saddr,
+			 tot >= hlen ? tot - hlen : 0);
 }
 
 static __always_inline int handle_ipv6(struct xdp_md *ctx, void *l3, void *end)
@@ -457,7 +471,7 @@ static __always_inline int handle_ipv6(struct xdp_md *ctx, void *l3, void *end)
 			return verdict(XQ_CNT_V6, XQ_FAM_OTHER_ADDR, XDP_PASS);
 	}
 	return steer_udp(ctx, udp, end, XQ_CNT_V6,
-			 (const __u8 *)&ip6->saddr);
+			 (const __u8 *)&ip6->saddr, bpf_ntohs(ip6->payload_len));
 }
 
 SEC("xdp")

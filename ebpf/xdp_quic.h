@@ -172,7 +172,7 @@ struct xq_bucket {
 #define XQ_FAM_OTHER_ADDR 4 /* passed: service port, not a configured address */
 #define XQ_FAM_FRAGMENT 5   /* passed: IP fragment (IPv4 MF/offset, IPv6 fragment header) */
 #define XQ_FAM_NO_SOCKET 6  /* passed: service packet, no socket on its rx queue */
-#define XQ_FAM_MALFORMED 7  /* dropped: service packet, UDP length past the end or too short */
+#define XQ_FAM_MALFORMED 7  /* dropped: service packet, UDP length past the end, too short or not the IP payload's; 0-RTT DCID over 20 */
 #define XQ_FAM_SHORT_INITIAL 8   /* dropped (shield): Initial in a datagram < 1200 */
 #define XQ_FAM_UNKNOWN_VERSION 9 /* dropped (shield): other version, datagram < 1200; VN not ours */
 #define XQ_FAM_VERSION_RATE 10   /* dropped (shield): other version, its prefix over rate */

@@ -438,8 +438,14 @@ if [ "$have_channels" = 1 ]; then
     if [ "$curq" -ne "$queues" ]; then
         # shellcheck disable=SC2046 # channel_cmd gives separate arguments
         {
-            if [ "$queues" -lt "$curq" ] && [ "$have_indir" = 1 ] && [ "$queues" -gt 1 ]; then
-                run "RSS indirection table -> equal $queues" 0 ethtool -X "$iface" equal "$queues"
+            # The kernel refuses to remove queues a hand-set table uses: the table goes
+            # to the new count first (to the driver's own for a single queue).
+            if [ "$queues" -lt "$curq" ] && [ "$have_indir" = 1 ]; then
+                if [ "$queues" -gt 1 ]; then
+                    run "RSS indirection table -> equal $queues" 0 ethtool -X "$iface" equal "$queues"
+                else
+                    run "RSS indirection table -> default" 0 ethtool -X "$iface" default
+                fi
             fi
             run "channels $curq -> $queues" 0 ethtool -L "$iface" $(channel_cmd "$queues")
             if [ "$queues" -gt "$curq" ] && [ "$have_indir" = 1 ] && [ "$queues" -gt 1 ]; then

@@ -118,8 +118,8 @@ pub struct ShieldOptions {
     /// The rules, on for the engine's life.
     pub config: ShieldConfig,
     /// The engine's CIDs: length, server id and config rotation exactly as given to
-    /// `EngineBuilder::connection_ids` (default 8, none, 0). With other values every short
-    /// header of the engine's connections would be dropped.
+    /// `EngineBuilder::connection_ids` (default 8, none, 0). [`Server::start`] refuses other
+    /// values: the shield would drop every short header of the engine's connections.
     pub cid_len: usize,
     pub server_id: Vec<u8>,
     pub config_rotation: u8,
@@ -284,7 +284,8 @@ impl<H: Handler> Server<H> {
     /// say what serves ([`Event::XdpUnavailable`], [`Event::Serving`], [`Event::Metrics`]),
     /// or the events end and [`Server::join`] returns why nothing could (AF_XDP without
     /// fallback, UDP, the metrics endpoint's port). Fails only on a `watch_every` under
-    /// [`MIN_WATCH_EVERY`] or when no thread can be started.
+    /// [`MIN_WATCH_EVERY`], on shield options whose CIDs are not the builder's, or when no
+    /// thread can be started.
     pub fn start<F>(
         builder: EngineBuilder,
         backend: Backend,
@@ -294,6 +295,27 @@ impl<H: Handler> Server<H> {
     where
         F: FnMut(usize) -> H + Send + 'static,
     {
+        if let Some(shield) = &options.shield {
+            let theirs = (
+                shield.cid_len,
+                &shield.server_id[..],
+                shield.config_rotation,
+            );
+            let engine = builder.connection_id_settings();
+            if theirs != engine {
+                anyhow::bail!(
+                    "ShieldOptions' CIDs (length {}, server id {:02x?}, rotation {}) differ from \
+                     the engine's (length {}, server id {:02x?}, rotation {}): the shield would \
+                     drop every short header of the engine's connections",
+                    theirs.0,
+                    theirs.1,
+                    theirs.2,
+                    engine.0,
+                    engine.1,
+                    engine.2
+                );
+            }
+        }
         if options.watch_every < MIN_WATCH_EVERY {
             anyhow::bail!(
                 "ServeOptions::watch_every of {:?}: at least {MIN_WATCH_EVERY:?} (the \

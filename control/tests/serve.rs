@@ -163,6 +163,28 @@ fn a_metrics_port_in_use_fails_the_server_before_it_serves() {
     assert!(err.contains("watch_every"), "{err}");
 }
 
+/// Shield options whose CIDs are not the engine's are refused at the start (the shield would
+/// drop every short header of the engine's connections).
+#[test]
+fn shield_options_with_other_cids_than_the_engines_are_refused() {
+    let (builder, _) = echo_builder(1);
+    let options = ServeOptions {
+        shield: Some(xdp_quic_control::serve::ShieldOptions {
+            cid_len: 12,
+            ..Default::default()
+        }),
+        ..ServeOptions::default()
+    };
+    let refused = Server::start(
+        builder,
+        Backend::Udp("127.0.0.1:0".parse().unwrap()),
+        options,
+        |_| EchoServer::default(),
+    );
+    let err = format!("{:#}", refused.err().expect("refused"));
+    assert!(err.contains("differ from the engine's"), "{err}");
+}
+
 /// AF_XDP that cannot start (no such interface): without fallback the server ends at once
 /// with the error; with it, the error is an event, then UDP serves.
 #[test]

@@ -1427,6 +1427,8 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
         Ok((e, ()))
     })
     .unwrap();
+    // And a pressure flag its monitor had set.
+    m.set_pressure(1, true).unwrap();
     assert!(maps().on_for_a_server().unwrap());
     assert!(
         maps().left_by_server(&[]).unwrap(),
@@ -1436,6 +1438,7 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
     let (server, cleared) = serve_plain();
     assert!(cleared, "the server said nothing of the stale shield");
     assert_eq!(maps().entry().unwrap(), xdp_quic_ebpf::Shield::default());
+    assert_eq!(maps().pressured(QUEUES).unwrap(), Vec::<u32>::new());
     server.stop();
     server.join().expect("the server ended cleanly");
 

@@ -99,7 +99,14 @@ impl Shield {
             // Handshake and Retry: the DCID is ours.
             return ((!ours_long).then_some("dropped_foreign_cid"), Vec::new());
         }
-        if p[0] & 0x30 != 0 {
+        if p[0] & 0x30 == 0x10 {
+            // 0-RTT: a DCID of at most 20 octets, the client's first (8 or more) or ours.
+            if p[5] > 20 {
+                return (Some("dropped_malformed"), Vec::new());
+            }
+            if p[5] < 8 && !ours_long {
+                return (Some("dropped_foreign_cid"), Vec::new());
+            }
             return (None, Vec::new());
         }
         if len < MIN_INITIAL {
@@ -150,7 +157,8 @@ fn model(p: &[u8], addrs: &[IpAddr], shield: Option<&mut Shield>) -> (u32, Vec<S
         proto = be16(p, 16);
         off = 18;
     }
-    let (fam, udp, src, dst): (&str, usize, IpAddr, IpAddr) = match proto {
+    // (family, UDP header offset, source, destination, IP payload length)
+    let (fam, udp, src, dst, l4len): (&str, usize, IpAddr, IpAddr, usize) = match proto {
         0x0800 => {
             let ip = &p[off..];
             if ip.len() < 20 || ip[0] >> 4 != 4 || ip[0] & 0xf < 5 {
@@ -164,7 +172,9 @@ fn model(p: &[u8], addrs: &[IpAddr], shield: Option<&mut Shield>) -> (u32, Vec<S
             }
             let src = IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]));
             let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
-            ("v4", off + usize::from(ip[0] & 0xf) * 4, src, dst)
+            let hlen = usize::from(ip[0] & 0xf) * 4;
+            let l4len = usize::from(be16(ip, 2)).saturating_sub(hlen);
+            ("v4", off + hlen, src, dst, l4len)
         }
         0x86dd => {
             let ip = &p[off..];
@@ -181,7 +191,7 @@ fn model(p: &[u8], addrs: &[IpAddr], shield: Option<&mut Shield>) -> (u32, Vec<S
             s.copy_from_slice(&ip[8..24]);
             d.copy_from_slice(&ip[24..40]);
             let (s, d) = (Ipv6Addr::from(s).into(), Ipv6Addr::from(d).into());
-            ("v6", off + 40, s, d)
+            ("v6", off + 40, s, d, usize::from(be16(ip, 4)))
         }
         _ => return pass("passed_not_ip"),
     };
@@ -195,7 +205,7 @@ fn model(p: &[u8], addrs: &[IpAddr], shield: Option<&mut Shield>) -> (u32, Vec<S
         return pass(&format!("{fam}.passed_other_addr"));
     }
     let ulen = usize::from(be16(p, udp + 4));
-    if ulen < 8 + MIN_QUIC_PAYLOAD || udp + ulen > p.len() {
+    if ulen < 8 + MIN_QUIC_PAYLOAD || udp + ulen > p.len() || ulen != l4len {
         return (XDP_DROP, vec![format!("{fam}.dropped_malformed")]);
     }
     let (drop, besides) = match shield {

@@ -537,6 +537,21 @@ fn shield_drops_initials_in_short_datagrams() {
     let mut padded = quic4(SRC4, &initial(V1, 1100));
     padded.extend([0u8; 200]);
     check(&mut p, &padded, XDP_DROP, &f4(ShortInitial));
+    // Nor a UDP length past the IP payload's (the IP header says 1,100 octets of QUIC, the
+    // UDP header 1,200, the frame is padded to hold them).
+    let mut lying = quic4(SRC4, &initial(V1, 1200));
+    let tot = (20 + 8 + 1100u16).to_be_bytes();
+    lying[14 + 2..14 + 4].copy_from_slice(&tot);
+    check(&mut p, &lying, XDP_DROP, &f4(Malformed));
+    let mut lying6 = quic6(SRC6, &initial(V1, 1200));
+    let plen = (8 + 1100u16).to_be_bytes();
+    lying6[14 + 4..14 + 6].copy_from_slice(&plen);
+    check(&mut p, &lying6, XDP_DROP, &f6(Malformed));
+    // 0-RTT: a DCID over 20 octets is malformed; without a CID layout a short one passes.
+    let over = long(1, V1, &[7; 21], &[9; 8], &[], 100);
+    check(&mut p, &quic4(SRC4, &over), XDP_DROP, &f4(Malformed));
+    let short_dcid = long(1, V1, &[7; 4], &[9; 8], &[], 100);
+    check(&mut p, &quic4(SRC4, &short_dcid), XDP_PASS, &f4(NoSocket));
 }
 
 #[test]
@@ -700,6 +715,20 @@ fn shield_drops_short_headers_whose_cid_is_not_ours() {
         bad.push(sid);
     }
     bad.push([0x40; 10]);
+    // A 0-RTT packet's DCID under 8 octets can only be ours (a client's first has 8 or
+    // more): a foreign one is dropped; one of 8 or more passes, whatever it is.
+    check(
+        &mut p,
+        &quic4(SRC4, &long(1, V1, &[7; 4], &[9; 8], &[], 100)),
+        XDP_DROP,
+        &f4(ForeignCid),
+    );
+    check(
+        &mut p,
+        &quic4(SRC4, &long(1, V1, &[7; 8], &[9; 8], &[], 100)),
+        XDP_PASS,
+        &f4(NoSocket),
+    );
     for c in &bad {
         check(
             &mut p,

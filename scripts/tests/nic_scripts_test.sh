@@ -228,6 +228,20 @@ fk "$tune" ens1f0 --revert >"$tmp/r2.out" 2>&1
 rc=$?
 expect "fake: revert without saved state fails clearly" eval '[ "$rc" = 1 ] && grep -q "no saved state" "$tmp/r2.out"'
 
+# Down to one queue after a tune that set the table by hand: the table goes back to the
+# driver's own first (the kernel refuses to remove queues a hand-set table uses).
+new_fake
+fk "$tune" ens1f0 --queues 4 --cpus 4-7 >"$tmp/q1a.out" 2>&1
+fk "$tune" ens1f0 --queues 1 --cpus 0 >"$tmp/q1b.out" 2>&1
+rc=$?
+detail=$(cat "$tmp/q1b.out")
+expect "fake: tune from 4 queues down to 1 exits 0" eq "$rc" 0
+fk "$tune" ens1f0 --revert >"$tmp/q1c.out" 2>&1
+rc=$?
+detail=$(cat "$tmp/q1c.out")
+expect "fake: revert after 4 then 1 queue exits 0" eq "$rc" 0
+expect "fake: revert after 4 then 1 queue restores the fake host byte for byte" same_tree
+
 # A driver that requests its queue vectors again on a channel change (ice with dynamic
 # MSI-X): tune finds the queue IRQs again after `ethtool -L`, and revert restores the
 # channels before the saved affinities (of IRQs that exist again only then).

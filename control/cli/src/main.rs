@@ -52,6 +52,13 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    if matches!(cli.command, Command::Status(_) | Command::Stats(_)) {
+        // Report commands end quietly when what reads them does (`stats --watch 1 | head`),
+        // as Unix tools do, instead of panicking on a broken pipe. (The servers keep Rust's
+        // default: a closed log pipe is no reason to drop connections.)
+        // SAFETY: signal(2) with SIG_DFL, before any other thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Serve(a) => cli::serve::run(&a),
         Command::Client(a) => cli::client::run(&a),

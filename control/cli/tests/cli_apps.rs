@@ -398,6 +398,19 @@ fn operator_errors_are_clear() {
         &["client", "--connect", "127.0.0.1:9", "--app", "echo"],
         "give --ca FILE, or --insecure",
     );
+    // Fewer CPUs than workers would put two workers on a CPU without a word.
+    fails_with(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "3",
+            "--cpus",
+            "0-1",
+        ],
+        "give one CPU per worker",
+    );
     fails_with(
         &["serve", "--listen", "127.0.0.1:0", "--app", "hq"],
         "--app hq needs --root DIR",

@@ -361,13 +361,22 @@ impl ShieldMaps {
         if !self.left_by_server(ours)? {
             return Ok(false);
         }
-        self.update(|e| {
+        let cleared = self.update(|e| {
             if e.flags & SHIELD_ON != 0 && e.flags & SHIELD_SERVER != 0 {
                 Ok((with_layout(&off(e), None)?, true))
             } else {
                 Ok((*e, false))
             }
-        })
+        })?;
+        if cleared {
+            // Its pressure flags too: no live server owns a queue (`left_by_server`), and a
+            // flag left on would go on rate-limiting tokenless Initials there for good once
+            // a shield is on again.
+            for q in self.pressured(xdp_quic_ebpf::MAX_QUEUES)? {
+                self.set_pressure(q, false)?;
+            }
+        }
+        Ok(cleared)
     }
 
     /// The configuration; `None` when the shield is off.

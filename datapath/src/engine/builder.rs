@@ -196,6 +196,13 @@ impl EngineBuilder {
         self
     }
 
+    /// The CID settings given to [`EngineBuilder::connection_ids`] (or the defaults): length,
+    /// server id, config rotation. For what must agree with the engine's CIDs (the XDP
+    /// shield's layout).
+    pub fn connection_id_settings(&self) -> (usize, &[u8], u8) {
+        (self.cid_len, &self.server_id, self.config_rotation)
+    }
+
     /// Datagrams each worker can have waiting from other workers (default 4096, at most
     /// 2^20: the slots are allocated at the build).
     pub fn handover_capacity(mut self, n: usize) -> Self {

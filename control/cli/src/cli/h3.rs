@@ -159,7 +159,10 @@ pub fn client(a: &ClientArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("connecting to {remote}"))?;
         let authority = authority.to_string();
-        let fetched = h3_files::fetch(conn.clone(), &authority, &paths, 1 << 30).await?;
+        // The bodies are fetched at once and held until written: 1 GiB for all of them, so
+        // that a server cannot make this client hold a GiB per path.
+        let per_body = FETCH_BUDGET / paths.len().max(1);
+        let fetched = h3_files::fetch(conn.clone(), &authority, &paths, per_body).await?;
         conn.close(VarInt::from_u32(0x100), b"");
         let mut failed = 0;
         for (path, f) in paths.iter().zip(&fetched) {
@@ -196,3 +199,6 @@ pub fn client(a: &ClientArgs) -> anyhow::Result<()> {
         anyhow::Ok(())
     })
 }
+
+/// What `client --app h3` holds of response bodies at most, all paths together.
+const FETCH_BUDGET: usize = 1 << 30;

@@ -150,6 +150,7 @@ pub fn builder(a: &ServeArgs) -> anyhow::Result<EngineBuilder> {
         RetryPolicy::AbovePendingHandshakes(a.retry_above)
     });
     if let Some(cpus) = &a.cpus {
+        check_cpus(cpus, a.workers, "--workers")?;
         b = b.pin_cpus(cpus.clone());
     }
     Ok(b)
@@ -204,6 +205,9 @@ pub fn xdp_setup(a: &ServeArgs) -> anyhow::Result<XdpSetup> {
             queues.len()
         );
     }
+    if let Some(cpus) = &a.cpus {
+        check_cpus(cpus, queues.len(), "queues (one worker each)")?;
+    }
     let mut setup = XdpSetup::new(iface, a.listen, queues);
     setup.umem.frames = a.umem_frames;
     setup.verify_checksum = !a.skip_checksum;
@@ -224,6 +228,18 @@ pub fn xdp_setup(a: &ServeArgs) -> anyhow::Result<XdpSetup> {
     };
     setup.tx = a.tx.into();
     Ok(setup)
+}
+
+/// `--cpus` gives each of `workers` workers a CPU of its own (a shorter list would put two
+/// workers on a CPU, silently).
+fn check_cpus(cpus: &[usize], workers: usize, what: &str) -> anyhow::Result<()> {
+    if cpus.len() < workers {
+        bail!(
+            "--cpus lists {} CPU(s) {cpus:?} for {workers} {what}: give one CPU per worker",
+            cpus.len()
+        );
+    }
+    Ok(())
 }
 
 fn serve<H: Handler>(

@@ -189,7 +189,9 @@ pub fn attach(a: &AttachArgs) -> anyhow::Result<()> {
     let ports = list(&service.ports, "-");
     let addrs = list(&service.addrs, "any");
     let pin_dir = xdp::pins::dir(&a.iface);
-    match xdp::attach(&a.iface, &opts)? {
+    let outcome = xdp::attach(&a.iface, &opts)?;
+    let fresh = matches!(outcome, AttachOutcome::Attached { .. });
+    match outcome {
         AttachOutcome::Attached { mode, prog_id, replaced, mounted_bpffs, removed_stale } => {
             if mounted_bpffs {
                 println!("mounted bpffs at {}", xdp::pins::BPFFS);
@@ -224,7 +226,21 @@ pub fn attach(a: &AttachArgs) -> anyhow::Result<()> {
         ),
     }
     if let Some(want) = shield {
-        let before = xdp::shield::set_pinned(&a.iface, want.as_ref())?;
+        let before = match xdp::shield::set_pinned(&a.iface, want.as_ref()) {
+            Ok(b) => b,
+            Err(e) if fresh => {
+                // Nothing left behind: the attachment this command made goes too.
+                let undone = xdp::detach(&a.iface).map(|_| ());
+                return Err(e.context(match undone {
+                    Ok(()) => format!("the shield could not be set: {} detached again", a.iface),
+                    Err(d) => format!(
+                        "the shield could not be set, and detaching {} again failed too ({d:#})",
+                        a.iface
+                    ),
+                }));
+            }
+            Err(e) => return Err(e),
+        };
         match (&before, &want) {
             (_, Some(c)) if before.as_ref() == Some(c) => {
                 println!("shield: on, unchanged")
