@@ -411,6 +411,21 @@ fn operator_errors_are_clear() {
         ],
         "give one CPU per worker",
     );
+    // An argument mistake is an error with --backend auto too, not a fall-back to UDP.
+    fails_with(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "auto",
+            "--iface",
+            "lo",
+            "--workers",
+            "2",
+        ],
+        "over AF_XDP there is one worker per queue",
+    );
     fails_with(
         &["serve", "--listen", "127.0.0.1:0", "--app", "hq"],
         "--app hq needs --root DIR",

@@ -197,13 +197,14 @@ pub fn xdp_setup(a: &ServeArgs) -> anyhow::Result<XdpSetup> {
     // Over AF_XDP the engine runs one worker per queue: a --workers that says otherwise was
     // meant for something else (1, the default, says nothing).
     if a.workers != 1 && a.workers != queues.len() {
-        bail!(
+        return Err(BadArgs(format!(
             "--workers {} but {} serves {} queue(s) {queues:?}: over AF_XDP there is one worker \
              per queue; choose the queues with --queues LIST",
             a.workers,
             iface,
             queues.len()
-        );
+        ))
+        .into());
     }
     if let Some(cpus) = &a.cpus {
         check_cpus(cpus, queues.len(), "queues (one worker each)")?;
@@ -234,13 +235,27 @@ pub fn xdp_setup(a: &ServeArgs) -> anyhow::Result<XdpSetup> {
 /// workers on a CPU, silently).
 fn check_cpus(cpus: &[usize], workers: usize, what: &str) -> anyhow::Result<()> {
     if cpus.len() < workers {
-        bail!(
+        return Err(BadArgs(format!(
             "--cpus lists {} CPU(s) {cpus:?} for {workers} {what}: give one CPU per worker",
             cpus.len()
-        );
+        ))
+        .into());
     }
     Ok(())
 }
+
+/// Arguments that contradict each other: an error of the operator's, which `--backend auto`
+/// reports instead of falling back to UDP (it falls back when the host cannot do AF_XDP).
+#[derive(Debug)]
+struct BadArgs(String);
+
+impl std::fmt::Display for BadArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadArgs {}
 
 fn serve<H: Handler>(
     a: &ServeArgs,
@@ -278,7 +293,7 @@ fn serve<H: Handler>(
                     Fallback::Never
                 },
             },
-            Err(e) if a.backend == BackendArg::Auto => {
+            Err(e) if a.backend == BackendArg::Auto && e.downcast_ref::<BadArgs>().is_none() => {
                 report(a, &Event::XdpUnavailable(e));
                 Backend::Udp(a.listen)
             }
