@@ -99,7 +99,17 @@ CHANGED=() SKIPPED=()
 say() { printf '%s\n' "$*"; }
 note_skip() { SKIPPED+=("$1"); say "  skip: $1"; }
 
+# A revert goes on past a failed step (BEST_EFFORT=1): the failure is kept in FAILED and the
+# steps after it are still restored; the revert then keeps the state and exits 1.
+BEST_EFFORT=0
+FAILED=()
+
 fail() { # message
+    if [ "$BEST_EFFORT" = 1 ]; then
+        printf '%s: FAILED (going on with the rest): %s\n' "$nic_prog" "$1" >&2
+        FAILED+=("$1")
+        return 0
+    fi
     printf '%s: FAILED: %s\n' "$nic_prog" "$1" >&2
     if [ "${#CHANGED[@]}" -eq 0 ]; then
         printf '%s: nothing was changed by this run.\n' "$nic_prog" >&2
@@ -139,6 +149,7 @@ write_val() { # description path value [hint]
     [ "$dry" = 1 ] && return 0
     if ! { printf '%s\n' "$val" >"$path"; } 2>/dev/null; then
         fail "$desc: cannot write '$val' to $path${hint:+ ($hint)}"
+        return 0
     fi
     CHANGED+=("$desc")
 }
@@ -243,6 +254,7 @@ do_revert() {
     [ "$(nic_state_get "$state" iface || true)" = "$iface" ] || nic_die "$state is not a state file for $iface"
     if [ "$dry" = 1 ]; then say "# dry run: nothing will be changed"; fi
     say "# reverting $iface to the state saved in $state"
+    BEST_EFFORT=1
 
     for key in gro_flush_timeout napi_defer_hard_irqs; do
         saved=$(nic_state_get "$state" "sys.$key" || echo unsupported)
@@ -370,6 +382,15 @@ do_revert() {
         say "nic-tune $iface: dry run of --revert; nothing changed"
         return 0
     fi
+    if [ "${#FAILED[@]}" -gt 0 ]; then
+        printf '%s: revert of %s incomplete: %d step(s) failed, the rest restored (%d changes):\n' \
+            "$nic_prog" "$iface" "${#FAILED[@]}" "${#CHANGED[@]}" >&2
+        printf '    %s\n' "${FAILED[@]}" >&2
+        printf '%s: the state stays in %s; fix the cause (an XDP program attached: xdp-quic detach %s) and run --revert again\n' \
+            "$nic_prog" "$state" "$iface" >&2
+        exit 1
+    fi
+    BEST_EFFORT=0
     rm -f "$state" || fail "restored everything but cannot remove $state"
     say "nic-tune $iface: reverted (${#CHANGED[@]} changes), removed $state"
     [ "${#SKIPPED[@]}" -eq 0 ] || { say "not restored:"; printf '    %s\n' "${SKIPPED[@]}"; }

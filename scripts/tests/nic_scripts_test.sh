@@ -338,6 +338,22 @@ rc=$?
 detail=$(cat "$tmp/revert2.out")
 expect "fake: revert after a failed tune restores the tree byte for byte" eval '[ "$rc" = 0 ] && same_tree && [ ! -e "$state" ]'
 
+# a revert step failing: the steps after it are still restored, the state stays, exit 1;
+# the next revert finishes the job
+new_fake
+fk "$tune" "${tune_args[@]}" >"$tmp/be1.out" 2>&1
+FAKE_ETHTOOL_FAIL="-K ens1f0 lro on" fk "$tune" ens1f0 --revert >"$tmp/be2.out" 2>&1
+rc=$?
+detail=$(cat "$tmp/be2.out")
+expect "fake: a revert step failing goes on with the rest, keeps the state, exits 1" eval \
+    '[ "$rc" = 1 ] && [ -e "$state" ] && grep -q "FAILED (going on with the rest): lro off -> on" "$tmp/be2.out" &&
+     grep -q "revert of ens1f0 incomplete: 1 step(s) failed" "$tmp/be2.out" && grep -q "^+ ethtool -L ens1f0 combined 8" "$tmp/be2.out"'
+fk "$tune" ens1f0 --revert >"$tmp/be3.out" 2>&1
+rc=$?
+detail=$(cat "$tmp/be3.out")
+expect "fake: the next revert finishes and restores the tree byte for byte" eval '[ "$rc" = 0 ] && same_tree && [ ! -e "$state" ]'
+new_fake
+
 # XDP mode and MTU findings
 echo generic >"$F/nic/ens1f0/xdp"
 echo 9000 >"$F/sys/class/net/ens1f0/mtu"
