@@ -225,12 +225,23 @@ impl Collector for EngineCollector {
             }
         }
 
-        if let (Some(reader), Some(iface)) = (&self.program, &self.iface) {
-            let counters = reader
-                .lock()
-                .map_err(|_| std::fmt::Error)?
-                .read()
-                .map_err(|_| std::fmt::Error)?;
+        // The program's counters, when they can be read: a failed read (the map gone with
+        // the program, say) leaves this family out of the scrape, not the whole scrape (the
+        // workers' families above stay). A reader poisoned by a panic is still usable.
+        let program = match (&self.program, &self.iface) {
+            (Some(reader), Some(iface)) => {
+                let read = reader.lock().unwrap_or_else(|p| p.into_inner()).read();
+                match read {
+                    Ok(counters) => Some((counters, iface)),
+                    Err(e) => {
+                        tracing::debug!("metrics: the XDP program's counters: {e:#}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some((counters, iface)) = program {
             let mut fam = enc.encode_descriptor(
                 "xdpquic_xdp_packets",
                 "Packets the XDP program saw, by family and outcome (summed over CPUs).",
