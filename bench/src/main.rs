@@ -633,27 +633,55 @@ struct Sampler<'a> {
 }
 
 impl Sampler<'_> {
-    fn take(&mut self) -> anyhow::Result<Sample> {
+    /// A sample around the span's edge: the slow walks of /proc (kernel threads, other
+    /// processes: the noise figures) away from it, and the figures the results divide (the
+    /// server's application counters and CPU, the machine's jiffies) at it, so that the
+    /// work counted and the CPU counted cover the same span. `start`: the edge comes after
+    /// this sample (before the work); else before it.
+    fn take(&mut self, start: bool) -> anyhow::Result<Sample> {
         let pid = self.srv.pid();
+        let me = std::process::id();
+        let walks = || {
+            (
+                sys::kernel_threads_cpu_seconds(),
+                sys::other_processes_ticks(&[pid, me]),
+            )
+        };
+        let early = start.then(walks);
+        let app = if start {
+            None
+        } else {
+            Some(self.srv.stats()?.app)
+        };
+        let edge = (
+            sys::cpu_seconds(pid)?,
+            sys::cpu_jiffies()?,
+            sys::cpu_seconds(me)?,
+        );
+        let app = match app {
+            Some(a) => a,
+            None => self.srv.stats()?.app,
+        };
+        let (kthreads_cpu_s, others_ticks) = early.unwrap_or_else(walks);
         Ok(Sample {
-            server_cpu_s: sys::cpu_seconds(pid)?,
-            client_cpu_s: sys::cpu_seconds(std::process::id())?,
-            cpus: sys::cpu_jiffies()?,
+            server_cpu_s: edge.0,
+            cpus: edge.1,
+            client_cpu_s: edge.2,
             server_rss_kib: sys::rss_kib(pid)?,
-            kthreads_cpu_s: sys::kernel_threads_cpu_seconds(),
-            others_ticks: sys::other_processes_ticks(&[pid, std::process::id()]),
-            app: self.srv.stats()?.app,
+            kthreads_cpu_s,
+            others_ticks,
+            app,
         })
     }
 }
 
 impl Probe for Sampler<'_> {
     fn before(&mut self) -> anyhow::Result<()> {
-        self.before = Some(self.take()?);
+        self.before = Some(self.take(true)?);
         Ok(())
     }
     fn after(&mut self) -> anyhow::Result<()> {
-        self.after = Some(self.take()?);
+        self.after = Some(self.take(false)?);
         Ok(())
     }
 }
