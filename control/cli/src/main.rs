@@ -4,8 +4,8 @@ mod cli;
 
 use clap::{Parser, Subcommand};
 
-/// A sharded QUIC datapath for Linux: kernel UDP today, AF_XDP kernel bypass via the XDP
-/// steering program.
+/// A sharded QUIC datapath for Linux: AF_XDP kernel bypass through an XDP steering
+/// program, or kernel UDP sockets where AF_XDP is not available.
 #[derive(Debug, Parser)]
 #[command(name = "xdp-quic", version, about)]
 struct Cli {
@@ -24,9 +24,9 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve an example application (echo, perf, hq) on the engine.
+    /// Serve an example application (echo, perf, hq, h3) on the engine.
     Serve(cli::serve::ServeArgs),
-    /// Run an example client (echo, perf, hq) against a server.
+    /// Run an example client (echo, perf, hq, h3) against a server.
     Client(cli::client::ClientArgs),
     /// Perf server and client in one process: throughput, requests/s, latency, counters.
     Demo(cli::demo::DemoArgs),

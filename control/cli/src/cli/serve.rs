@@ -82,7 +82,7 @@ pub struct ServeArgs {
     /// The application.
     #[arg(long, value_enum, default_value_t = App::Perf)]
     pub app: App,
-    /// Directory the hq application serves.
+    /// Directory the hq and h3 applications serve.
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// PEM certificate chain (default: a fresh self-signed certificate).
