@@ -286,8 +286,7 @@ impl Connection {
     ) -> impl Future<Output = Result<Bytes, ConnectionError>> + Send + '_ {
         poll_fn(move |cx| {
             let mut st = self.shared().lock();
-            if let Some(d) = st.datagrams.pop_front() {
-                st.datagram_bytes -= d.len();
+            if let Some(d) = st.datagrams.pop() {
                 return Poll::Ready(Ok(d));
             }
             if let Some(e) = &st.error {
@@ -311,14 +310,7 @@ impl Connection {
         if data.len() > max {
             return Err(SendDatagramError::TooLarge);
         }
-        st.out_datagram_bytes += data.len();
-        st.out_datagrams.push_back(data);
-        while st.out_datagram_bytes > c.ep.limits.datagram_send {
-            match st.out_datagrams.pop_front() {
-                Some(d) => st.out_datagram_bytes -= d.len(),
-                None => break,
-            }
-        }
+        st.out_datagrams.push(data, c.ep.limits.datagram_send);
         c.schedule(&mut st);
         Ok(())
     }
@@ -330,9 +322,10 @@ impl Connection {
 
     /// Closes the connection with `error_code` and `reason`: from now on new operations fail
     /// with `LocallyClosed`, except that reads still hand out what was received before and
-    /// `accept_bi`/`accept_uni` the streams that were waiting (quinn hands buffered data out
-    /// before the error too); what was written before goes out first as far as the close
-    /// allows (as in quinn: use [`SendStream::stopped`] to know it arrived).
+    /// `accept_bi`/`accept_uni` the streams that were waiting, until the close's drain ends
+    /// (quinn hands buffered data out before the error too). What was written and not sent
+    /// yet is discarded, as in quinn, where nothing goes out after a close: to have data
+    /// arrive, `finish` its stream and await [`SendStream::stopped`] before closing.
     pub fn close(&self, error_code: VarInt, reason: &[u8]) {
         let c = self.shared();
         let mut wakes = Wakes::default();

@@ -77,6 +77,11 @@ impl Driver {
                         }
                     }
                 }
+                // As for `Decide`: a connect that raced `Endpoint::close` (checked by the
+                // task before the close, queued behind its `CloseAll`) is not opened.
+                Op::Connect { conn, .. } if self.ep.is_closing() => {
+                    fail(&conn, ConnectionError::LocallyClosed)
+                }
                 Op::Connect {
                     conn,
                     config,
@@ -123,8 +128,7 @@ impl Driver {
                 conn.close(code, &reason);
             }
             open_streams(conn, &mut st, &mut wakes);
-            while let Some(d) = st.out_datagrams.pop_front() {
-                st.out_datagram_bytes -= d.len();
+            while let Some(d) = st.out_datagrams.pop() {
                 // Too large or unsupported was checked by the task; a path that shrank
                 // since drops it, as the network could.
                 let _ = conn.send_datagram(d);
@@ -521,15 +525,8 @@ impl Handler for Driver {
 
     fn datagram(&mut self, conn: &mut Conn<'_>, data: Bytes) {
         self.with_state(conn, |_, st, ep, wakes| {
-            st.datagram_bytes += data.len();
-            st.datagrams.push_back(data);
             // Unreliable: the oldest go when the application falls behind.
-            while st.datagram_bytes > ep.limits.datagram_receive {
-                match st.datagrams.pop_front() {
-                    Some(d) => st.datagram_bytes -= d.len(),
-                    None => break,
-                }
-            }
+            st.datagrams.push(data, ep.limits.datagram_receive);
             wakes.all(&mut st.datagram_waiters);
         });
     }
@@ -575,9 +572,14 @@ impl Driver {
             self.ep.ended();
         }
         self.ep.inboxes[self.worker].end();
-        let waiters = std::mem::take(&mut lock(self.ep.accept_queue(self.worker)).waiters);
-        for w in waiters {
-            w.wake();
+        // The endpoint accepts nothing more, on any worker (`closing`): every accept
+        // queue's waiters learn it (in thread-per-core mode the other workers' `accept`s
+        // would otherwise wait for attempts that no longer come).
+        for q in &self.ep.accepts {
+            let waiters = std::mem::take(&mut lock(q).waiters);
+            for w in waiters {
+                w.wake();
+            }
         }
     }
 }

@@ -82,7 +82,7 @@ impl Endpoint {
     pub fn accept(&self) -> impl Future<Output = Option<Incoming>> + Send + '_ {
         poll_fn(move |cx| {
             let ep = &self.shared;
-            if ep.is_closing() || (self.worker.is_none() && ep.accepts.len() > 1) {
+            if ep.is_closing() || (self.worker.is_none() && ep.per_core) {
                 return Poll::Ready(None);
             }
             let mut q = lock(ep.accept_queue(self.worker.unwrap_or(0)));

@@ -99,10 +99,11 @@ pub struct Limits {
     /// Octets written to one stream and not yet taken by quinn-proto: writes wait beyond it.
     /// Default 256 KiB.
     pub stream_send: usize,
-    /// Received datagrams waiting for `read_datagram`, in octets (the oldest are dropped
-    /// beyond it). Default 256 KiB.
+    /// Received datagrams waiting for `read_datagram`, in octets, each counted with 32 more
+    /// for its queue slot (the oldest are dropped beyond it). Default 256 KiB.
     pub datagram_receive: usize,
-    /// Datagrams waiting to be sent, in octets (the oldest dropped beyond). Default 256 KiB.
+    /// Datagrams waiting to be sent, in octets, each counted with 32 more for its slot (the
+    /// oldest dropped beyond). Default 256 KiB.
     pub datagram_send: usize,
     /// Connection attempts waiting for `accept` (per worker in thread-per-core mode);
     /// refused beyond it. Default 1,024.

@@ -222,6 +222,8 @@ pub(crate) struct EndpointShared {
     pub inboxes: Vec<Inbox>,
     /// One accept queue (the application's runtime) or one per worker (thread-per-core).
     pub accepts: Vec<Mutex<AcceptQueue>>,
+    /// Thread-per-core mode: each worker's endpoint accepts, the one `bind_*` returned none.
+    pub per_core: bool,
     pub limits: Limits,
     pub default_client: Mutex<Option<ClientConfig>>,
     /// `close` was called, or the engine is stopping: no more accepts.
@@ -259,6 +261,7 @@ impl EndpointShared {
             started: tokio::sync::Notify::new(),
             inboxes: (0..workers).map(|_| Inbox::default()).collect(),
             accepts: (0..queues).map(|_| Mutex::default()).collect(),
+            per_core,
             limits,
             default_client: Mutex::new(None),
             closing: Default::default(),
@@ -479,11 +482,11 @@ pub(crate) struct ConnState {
     pub opened: [VecDeque<StreamId>; 2],
     pub open_waiters: WakerList,
 
-    pub datagrams: VecDeque<Bytes>,
-    pub datagram_bytes: usize,
+    /// Received, waiting for `read_datagram`.
+    pub datagrams: DatagramQueue,
     pub datagram_waiters: WakerList,
-    pub out_datagrams: VecDeque<Bytes>,
-    pub out_datagram_bytes: usize,
+    /// Waiting for the worker to send them.
+    pub out_datagrams: DatagramQueue,
 
     pub streams: Streams,
     /// Streams with requests for the worker.
@@ -502,6 +505,48 @@ pub(crate) struct ConnState {
     /// The engine, kept alive while the application holds a handle on the connection
     /// (`super::connection::ConnRef`); taken when the last goes.
     pub keeper: Option<Arc<super::Keeper>>,
+}
+
+/// What one queued datagram counts for against its queue's bound: its octets and its slot,
+/// so that empty datagrams (a peer may put hundreds in a packet) are bounded too.
+pub(crate) const DATAGRAM_SLOT: usize = std::mem::size_of::<Bytes>();
+
+/// Datagrams waiting on one side of a connection, bounded in octets (each counted with its
+/// slot, [`DATAGRAM_SLOT`]): unreliable, so the oldest go when a push goes past the bound.
+#[derive(Default)]
+pub(crate) struct DatagramQueue {
+    items: VecDeque<Bytes>,
+    size: usize,
+}
+
+impl DatagramQueue {
+    /// Queues `d`, dropping the oldest while the queue holds more than `limit`.
+    pub fn push(&mut self, d: Bytes, limit: usize) {
+        self.size += d.len() + DATAGRAM_SLOT;
+        self.items.push_back(d);
+        while self.size > limit {
+            if self.pop().is_none() {
+                break;
+            }
+        }
+    }
+
+    /// The oldest.
+    pub fn pop(&mut self) -> Option<Bytes> {
+        let d = self.items.pop_front()?;
+        self.size -= d.len() + DATAGRAM_SLOT;
+        Some(d)
+    }
+
+    pub fn clear(&mut self) {
+        self.items.clear();
+        self.size = 0;
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.items.len()
+    }
 }
 
 /// Index of a direction in the per-direction arrays.
@@ -541,11 +586,9 @@ impl ConnShared {
                 open_requests: [0; 2],
                 opened: Default::default(),
                 open_waiters: WakerList::new(),
-                datagrams: VecDeque::new(),
-                datagram_bytes: 0,
+                datagrams: DatagramQueue::default(),
                 datagram_waiters: WakerList::new(),
-                out_datagrams: VecDeque::new(),
-                out_datagram_bytes: 0,
+                out_datagrams: DatagramQueue::default(),
                 streams: Streams::default(),
                 todo: Vec::new(),
                 paused: Vec::new(),
@@ -673,6 +716,26 @@ mod tests {
             server_name: None,
             alpn: Vec::new(),
         }
+    }
+
+    /// Empty datagrams count too: a peer that sends them by the hundred per packet to an
+    /// application that never reads them cannot grow the queue without bound (before, each
+    /// counted 0 octets). The newest stay.
+    #[test]
+    fn a_datagram_queue_bounds_empty_datagrams_and_keeps_the_newest() {
+        let mut q = DatagramQueue::default();
+        for _ in 0..100_000 {
+            q.push(Bytes::new(), 100 * DATAGRAM_SLOT);
+        }
+        assert_eq!(q.len(), 100);
+        for i in 0..10u8 {
+            q.push(Bytes::from(vec![i; 1000]), 4 * (1000 + DATAGRAM_SLOT));
+        }
+        assert_eq!(q.len(), 4);
+        assert_eq!(q.pop().unwrap()[0], 6);
+        q.clear();
+        assert!(q.pop().is_none());
+        assert_eq!(q.size, 0);
     }
 
     #[test]
