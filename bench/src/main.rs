@@ -641,32 +641,33 @@ impl Sampler<'_> {
     fn take(&mut self, start: bool) -> anyhow::Result<Sample> {
         let pid = self.srv.pid();
         let me = std::process::id();
-        let walks = || {
+        let noise = || {
             (
                 sys::kernel_threads_cpu_seconds(),
                 sys::other_processes_ticks(&[pid, me]),
             )
         };
-        let early = start.then(walks);
-        let app = if start {
-            None
+        let cpu = || -> anyhow::Result<_> {
+            Ok((
+                sys::cpu_seconds(pid)?,
+                sys::cpu_jiffies()?,
+                sys::cpu_seconds(me)?,
+            ))
+        };
+        // Before the work: noise, CPU, counters; after it: counters, CPU, noise.
+        let ((kthreads_cpu_s, others_ticks), (server_cpu_s, cpus, client_cpu_s), app) = if start {
+            let n = noise();
+            let c = cpu()?;
+            (n, c, self.srv.stats()?.app)
         } else {
-            Some(self.srv.stats()?.app)
+            let app = self.srv.stats()?.app;
+            let c = cpu()?;
+            (noise(), c, app)
         };
-        let edge = (
-            sys::cpu_seconds(pid)?,
-            sys::cpu_jiffies()?,
-            sys::cpu_seconds(me)?,
-        );
-        let app = match app {
-            Some(a) => a,
-            None => self.srv.stats()?.app,
-        };
-        let (kthreads_cpu_s, others_ticks) = early.unwrap_or_else(walks);
         Ok(Sample {
-            server_cpu_s: edge.0,
-            cpus: edge.1,
-            client_cpu_s: edge.2,
+            server_cpu_s,
+            cpus,
+            client_cpu_s,
             server_rss_kib: sys::rss_kib(pid)?,
             kthreads_cpu_s,
             others_ticks,

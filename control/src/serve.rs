@@ -612,7 +612,7 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
         Ok(Some(guard))
     }
 
-    fn begin_xdp(&mut self, mut x: XdpEngine<H>, setup: &XdpSetup) -> anyhow::Result<Running<H>> {
+    fn begin_xdp(&mut self, x: XdpEngine<H>, setup: &XdpSetup) -> anyhow::Result<Running<H>> {
         let queues = x.engine.xsk_queues();
         let serving = Serving::Xdp {
             listen: setup.listen,
@@ -623,11 +623,7 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
             program: x.how,
         };
         let watch = Some((setup.iface.clone(), x.watch));
-        let shield = match self.engage_shield(
-            &x.engine,
-            std::mem::replace(&mut x.shield, Err(anyhow::anyhow!("taken"))),
-            &setup.iface,
-        ) {
+        let shield = match self.engage_shield(&x.engine, x.shield, &setup.iface) {
             Ok(s) => s,
             Err(e) => {
                 let _ = x.engine.shutdown(VarInt::from_u32(0), b"server failed");

@@ -23,6 +23,16 @@ const GUARD: Duration = Duration::from_secs(60);
 
 type Cert = rustls::pki_types::CertificateDer<'static>;
 
+/// An echo server of `builder` over kernel UDP on loopback, with `options`.
+fn start_udp(builder: EngineBuilder, options: ServeOptions) -> anyhow::Result<Server<EchoServer>> {
+    Server::start(
+        builder,
+        Backend::Udp("127.0.0.1:0".parse().unwrap()),
+        options,
+        |_| EchoServer::default(),
+    )
+}
+
 /// An echo server's builder (`workers` workers) and its certificate.
 fn echo_builder(workers: usize) -> (EngineBuilder, Vec<Cert>) {
     let id = tls::Identity::self_signed(&["localhost"]).unwrap();
@@ -79,13 +89,7 @@ fn udp_server_reports_its_events_and_stops_on_request() {
         metrics: Some("127.0.0.1:0".parse().unwrap()),
         ..ServeOptions::default()
     };
-    let server = Server::start(
-        builder,
-        Backend::Udp("127.0.0.1:0".parse().unwrap()),
-        options,
-        |_| EchoServer::default(),
-    )
-    .unwrap();
+    let server = start_udp(builder, options).unwrap();
     let addr = match next(&server) {
         Event::Serving(Serving::Udp {
             local_addr,
@@ -135,13 +139,7 @@ fn a_metrics_port_in_use_fails_the_server_before_it_serves() {
         metrics: Some(taken.local_addr().unwrap()),
         ..ServeOptions::default()
     };
-    let server = Server::start(
-        builder.clone(),
-        Backend::Udp("127.0.0.1:0".parse().unwrap()),
-        options,
-        |_| EchoServer::default(),
-    )
-    .unwrap();
+    let server = start_udp(builder.clone(), options).unwrap();
     no_more_events(&server);
     let err = format!("{:#}", server.join().unwrap_err());
     assert!(err.contains("cannot serve metrics on"), "{err}");
@@ -150,12 +148,7 @@ fn a_metrics_port_in_use_fails_the_server_before_it_serves() {
         watch_every: Duration::ZERO,
         ..ServeOptions::default()
     };
-    let refused = Server::start(
-        builder,
-        Backend::Udp("127.0.0.1:0".parse().unwrap()),
-        options,
-        |_| EchoServer::default(),
-    );
+    let refused = start_udp(builder, options);
     let err = format!(
         "{:#}",
         refused.err().expect("a zero watch period is refused")
@@ -175,12 +168,7 @@ fn shield_options_with_other_cids_than_the_engines_are_refused() {
         }),
         ..ServeOptions::default()
     };
-    let refused = Server::start(
-        builder,
-        Backend::Udp("127.0.0.1:0".parse().unwrap()),
-        options,
-        |_| EchoServer::default(),
-    );
+    let refused = start_udp(builder, options);
     let err = format!("{:#}", refused.err().expect("refused"));
     assert!(err.contains("differ from the engine's"), "{err}");
 }
