@@ -17,7 +17,7 @@ pub const MAX_DEFERRED: usize = 256;
 /// How long an attempt awaits a deferred decision before the worker ignores it.
 pub const DEFER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Names a connection attempt on its worker, for a decision taken later ([`Decision::Defer`],
+/// Names a connection attempt, unique in its engine, for a decision taken later ([`Decision::Defer`],
 /// [`crate::Ctx::decide`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AttemptId(pub(crate) u64);
@@ -107,7 +107,6 @@ pub enum Decision {
 
 /// Attempts awaiting a deferred decision: at most [`MAX_DEFERRED`], so a linear search is
 /// cheap, and the table never holds more than that, whatever order decisions come in.
-#[derive(Default)]
 pub(crate) struct Deferred {
     next: u64,
     held: Vec<(AttemptId, Instant, Held)>,
@@ -123,6 +122,15 @@ impl Deferred {
     /// Attempts held.
     pub fn len(&self) -> usize {
         self.held.len()
+    }
+
+    /// The table of worker `worker`: its ids carry the worker's index in their top 16 bits,
+    /// so that an id decided on another worker names none of that one's attempts (`Gone`).
+    pub fn for_worker(worker: usize) -> Self {
+        Self {
+            next: (worker as u64 & 0xffff) << 48,
+            held: Vec::new(),
+        }
     }
 
     /// A fresh id for the next attempt.

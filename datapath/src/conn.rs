@@ -121,7 +121,8 @@ impl Ctx<'_> {
         self.conns.active
     }
 
-    /// Runs `f` on connection `id` of this worker, if it is alive and not the one the current
+    /// Runs `f` on connection `id` of this worker, if it is alive (its `closed` not heard yet;
+    /// one the current callback opened is alive at once) and not the one the current
     /// callback is about (that one is the callback's own [`Conn`]); returns what `f` returned.
     /// What `f` does to it is sent when the callback returns, as for the callback's own
     /// connection: fan-out, proxying and broadcast stay on the worker, with no channel.
@@ -129,16 +130,25 @@ impl Ctx<'_> {
         if id.worker() != self.shard.worker {
             return None;
         }
-        let mut slot = self.conns.take(id)?;
-        let r = f(&mut Conn {
-            slot: &mut slot,
-            ctx: Ctx {
-                shard: &mut *self.shard,
-                conns: &mut *self.conns,
-            },
-        });
+        let slot = self.conns.take_live(id)?;
+        Some(self.on_taken(slot, f))
+    }
+
+    /// Runs `f` on a connection taken out of its place, then puts it back (marked for a
+    /// poll), even if `f` panics: the panic goes on to the callback's guard after that. A
+    /// slot dropped on the way would leave its connection unclosed and never drained.
+    fn on_taken<R>(&mut self, mut slot: Box<Slot>, f: impl FnOnce(&mut Conn<'_>) -> R) -> R {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            f(&mut Conn {
+                slot: &mut slot,
+                ctx: Ctx {
+                    shard: &mut *self.shard,
+                    conns: &mut *self.conns,
+                },
+            })
+        }));
         self.conns.put_back(slot, true);
-        Some(r)
+        r.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
     /// Opens a connection from this worker to `remote`, using the engine's client
@@ -178,9 +188,11 @@ impl Ctx<'_> {
             })?;
         let gate = crate::congestion::take_last_built().unwrap_or_default();
         let id = ConnId::new(shard.worker, handle, shard.take_serial());
-        shard
-            .born
-            .push(Box::new(Slot::new(id, conn, gate, None, shard.now)));
+        // In its place at once (marked for a poll): reachable by `with_conn`, posts and a
+        // stop in this very turn. The worker counts it at the end of the turn.
+        self.conns
+            .insert(Box::new(Slot::new(id, conn, gate, None, shard.now)));
+        shard.born.push(id);
         Ok(id)
     }
 
@@ -198,15 +210,8 @@ impl Ctx<'_> {
         early: impl FnOnce(&mut Conn<'_>),
     ) -> Result<ConnId, ConnectError> {
         let id = self.connect(remote, server_name)?;
-        let mut born = self.shard.born.pop().expect("connect pushed it");
-        early(&mut Conn {
-            slot: &mut born,
-            ctx: Ctx {
-                shard: &mut *self.shard,
-                conns: &mut *self.conns,
-            },
-        });
-        self.shard.born.push(born);
+        let born = self.conns.take(id).expect("connect placed it");
+        self.on_taken(born, early);
         Ok(id)
     }
 

@@ -59,6 +59,7 @@ pub trait Handler: Send + 'static {
     fn datagram(&mut self, conn: &mut Conn<'_>, data: Bytes) {}
 
     /// `conn` is gone: lost, closed by the peer, closed by us, or the connect failed. Called
-    /// once per connection; its [`ConnId`] is stale afterwards.
+    /// once per connection; its [`ConnId`] is stale afterwards (`with_conn`, posts and calls
+    /// to it are not run).
     fn closed(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, reason: &ConnectionError) {}
 }

@@ -34,8 +34,9 @@ pub(crate) struct Shard {
     /// This worker accepts connections: built with a server configuration, or given one
     /// since (`EngineHandle::set_server_config`). Its Initials are then kept for the hook.
     pub serves: bool,
-    /// Connections opened by callbacks, inserted into [`Connections`] after the callback.
-    pub born: Vec<Box<Slot>>,
+    /// Connections opened by callbacks this turn (already in [`Connections`]), for the
+    /// worker to count and register at the end of the turn.
+    pub born: Vec<ConnId>,
     /// The serial of the next connection: with the handle, it makes [`ConnId`]s unique for
     /// the engine's life although quinn-proto reuses handles.
     pub next_serial: u32,
@@ -316,6 +317,19 @@ impl Connections {
     pub fn take(&mut self, id: ConnId) -> Option<Box<Slot>> {
         let place = self.slots.get_mut(id.handle())?;
         if place.as_ref()?.id != id {
+            return None;
+        }
+        place.take()
+    }
+
+    /// Like [`Connections::take`], for the application: not a connection whose `closed`
+    /// the handler heard (its id is stale then, though quinn-proto keeps it a while to drain).
+    pub fn take_live(&mut self, id: ConnId) -> Option<Box<Slot>> {
+        let place = self.slots.get_mut(id.handle())?;
+        if place
+            .as_ref()
+            .is_none_or(|s| s.id != id || s.reported_closed)
+        {
             return None;
         }
         place.take()

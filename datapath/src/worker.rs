@@ -14,8 +14,10 @@
 //!    [`Worker::hold_transmits`], at the next turn, after the application answered);
 //! 6. flush the backend, publish the counters, report the next deadline.
 //!
-//! Nothing here allocates, locks, logs or makes a syscall per packet: batches, buffers and
-//! queues are reused; the backend decides how many syscalls a batch costs.
+//! Nothing here allocates, locks, logs or makes a syscall per packet of a connection: batches,
+//! buffers and queues are reused; the backend decides how many syscalls a batch costs. (The
+//! exceptions, stray short headers while the engine has outgoing connections among them, are
+//! listed in docs/ARCHITECTURE.md.)
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -224,7 +226,7 @@ impl<H: Handler> Worker<H> {
                 next_serial: 0,
                 stop_requested: false,
                 max_connections: p.max_connections,
-                deferred: Default::default(),
+                deferred: crate::accept::Deferred::for_worker(p.index),
                 answers: Vec::new(),
                 tally: Default::default(),
             },
@@ -673,7 +675,7 @@ impl<H: Handler> Worker<H> {
                 self.handler.call(|h| f(h, ctx))
             }
             Command::RunOnConn(id, f) => {
-                let Some(mut slot) = self.conns.take(id) else {
+                let Some(mut slot) = self.conns.take_live(id) else {
                     return;
                 };
                 let conn = &mut Conn {
@@ -763,16 +765,20 @@ impl<H: Handler> Worker<H> {
                 }
                 self.drive(io, h);
             }
-            while let Some(mut born) = self.shard.born.pop() {
+            let me = self.index();
+            while let Some(id) = self.shard.born.pop() {
                 self.counters.conns_opened += 1;
+                // Drained already when the callback that opened it closed it at once.
+                let Some(born) = self.conns.slot(id.handle()).filter(|s| s.id == id) else {
+                    continue;
+                };
                 born.span.in_scope(|| tracing::debug!("opened"));
                 // Its peer's stateless reset may reach another worker of a shared port.
                 if self.mesh.handovers.len() > 1 {
                     let remote = born.conn.remote_address();
-                    self.mesh.outgoing.add(remote, self.index());
+                    self.mesh.outgoing.add(remote, me);
                     born.outgoing_to = Some(remote);
                 }
-                self.conns.insert(born);
             }
             if self.conns.dirty.is_empty() {
                 break;

@@ -1176,3 +1176,277 @@ fn durations_that_would_overflow_and_queues_too_large_are_refused_at_build() {
         assert!(e.to_string().contains(name), "{e}");
     }
 }
+
+/// Records every `closed` it hears.
+#[derive(Default)]
+struct Watcher {
+    closed: Vec<(ConnId, String)>,
+}
+
+impl Handler for Watcher {
+    fn closed(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, reason: &ConnectionError) {
+        self.closed.push((id, reason.to_string()));
+    }
+}
+
+/// Steps both nodes until `done`, failing after `limit` of virtual time.
+fn step_until(
+    net: &MemNetwork,
+    server: &mut Node<EchoServer>,
+    client: &mut Node<Watcher>,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&Node<EchoServer>, &Node<Watcher>) -> bool,
+) {
+    let begun = net.now();
+    while !done(server, client) {
+        assert!(net.now() - begun < limit, "{what}");
+        step(net, &mut [&mut *server, &mut *client]).unwrap();
+    }
+}
+
+/// A connection a call opens is in its place at once: the same call reaches it with
+/// `with_conn`, and closing it there closes it. (Before, it joined the worker's connections
+/// at the end of the turn: `with_conn`, posts to it and a stop in that turn missed it, and an
+/// async endpoint closed in the turn of a connect left that connection open.)
+#[test]
+fn a_connection_a_call_opens_is_reachable_in_the_same_turn() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut server = Node::new(
+        EngineBuilder::default().server(server_config()),
+        &net,
+        addr(SERVER),
+        MemSteering::Hash,
+        |_| EchoServer::default(),
+    )
+    .unwrap();
+    let mut client = Node::new(
+        client_builder(),
+        &net,
+        addr("10.7.11.1:5000"),
+        MemSteering::Hash,
+        |_| Watcher::default(),
+    )
+    .unwrap();
+    let reply = client
+        .handle
+        .call(0, |_, ctx| {
+            let id = ctx.connect(addr(SERVER), "localhost").unwrap();
+            let seen = ctx.with_conn(id, |c| {
+                c.close(VarInt::from_u32(7), b"at once");
+                c.id()
+            });
+            (id, seen)
+        })
+        .unwrap();
+    step(&net, &mut [&mut server, &mut client]).unwrap();
+    let (id, seen) = reply.wait().unwrap();
+    assert_eq!(seen, Some(id), "the connection was not reachable");
+    step_until(
+        &net,
+        &mut server,
+        &mut client,
+        Duration::from_secs(10),
+        "the connection closed in its first turn never ended",
+        |_, c| !c.handler(0).closed.is_empty(),
+    );
+    let closed = &client.handler(0).closed;
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(closed[0].0, id);
+    assert!(closed[0].1.contains("closed"), "{closed:?}");
+    assert_eq!(client.workers[0].counters().conns_opened, 1);
+}
+
+/// A handler that panics inside `with_conn` poisons its worker, which closes every
+/// connection, the one `with_conn` held included: its peer hears the close at once instead
+/// of waiting out its idle timeout. (Before, that connection's slot was dropped while the
+/// panic unwound: never closed, and the worker's stop waited out its drain timeout.)
+#[test]
+fn a_panic_inside_with_conn_still_closes_that_connection() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut server = Node::new(
+        EngineBuilder::default().server(server_config()),
+        &net,
+        addr(SERVER),
+        MemSteering::Hash,
+        |_| EchoServer::default(),
+    )
+    .unwrap();
+    let mut client = Node::new(
+        client_builder().drain_timeout(Duration::from_secs(60)),
+        &net,
+        addr("10.7.11.2:5000"),
+        MemSteering::Hash,
+        |_| Watcher::default(),
+    )
+    .unwrap();
+    let ids = client
+        .handle
+        .call(0, |_, ctx| {
+            [
+                ctx.connect(addr(SERVER), "localhost").unwrap(),
+                ctx.connect(addr(SERVER), "localhost").unwrap(),
+            ]
+        })
+        .unwrap();
+    step(&net, &mut [&mut server, &mut client]).unwrap();
+    let [victim, _other] = ids.wait().unwrap();
+    step_until(
+        &net,
+        &mut server,
+        &mut client,
+        Duration::from_secs(10),
+        "not connected",
+        |s, _| s.connections() == 2,
+    );
+    client
+        .handle
+        .post(0, move |_, ctx| {
+            ctx.with_conn(victim, |_| {
+                panic!("application bug (deliberate, in a test)")
+            });
+        })
+        .unwrap();
+    // Far below the idle timeout (30 s) and the client's drain timeout (60 s).
+    step_until(
+        &net,
+        &mut server,
+        &mut client,
+        Duration::from_secs(5),
+        "a connection stayed open on the server",
+        |s, _| s.connections() == 0,
+    );
+    step_until(
+        &net,
+        &mut server,
+        &mut client,
+        Duration::from_secs(5),
+        "the poisoned worker did not end",
+        |_, c| c.is_done(),
+    );
+    assert_eq!(client.workers[0].counters().handler_panics, 1);
+    assert_eq!(client.workers[0].connections(), 0);
+}
+
+/// Once the handler heard `closed`, the connection's id is stale: calls and posts to it are
+/// not run (the reply is `Gone`), although quinn-proto keeps the connection a while to drain.
+/// (Before, they ran on the draining connection and could make state for it again.)
+#[test]
+fn a_connection_is_out_of_reach_once_closed_was_heard() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut server = Node::new(
+        EngineBuilder::default().server(server_config()),
+        &net,
+        addr(SERVER),
+        MemSteering::Hash,
+        |_| EchoServer::default(),
+    )
+    .unwrap();
+    let mut client = Node::new(
+        client_builder(),
+        &net,
+        addr("10.7.11.3:5000"),
+        MemSteering::Hash,
+        |_| Watcher::default(),
+    )
+    .unwrap();
+    let id = client
+        .handle
+        .call(0, |_, ctx| ctx.connect(addr(SERVER), "localhost").unwrap())
+        .unwrap();
+    step(&net, &mut [&mut server, &mut client]).unwrap();
+    let id = id.wait().unwrap();
+    step_until(
+        &net,
+        &mut server,
+        &mut client,
+        Duration::from_secs(10),
+        "not connected",
+        |s, _| s.connections() == 1,
+    );
+    server.handle.shutdown(VarInt::from_u32(3), b"bye");
+    step_until(
+        &net,
+        &mut server,
+        &mut client,
+        Duration::from_secs(10),
+        "the client never heard the close",
+        |_, c| !c.handler(0).closed.is_empty(),
+    );
+    assert_eq!(client.connections(), 1, "still draining");
+    let reply = client.handle.call_conn(id, |_, c| c.id()).unwrap();
+    step(&net, &mut [&mut server, &mut client]).unwrap();
+    assert_eq!(reply.wait(), Err(xdp_quic::Gone));
+}
+
+/// Attempts awaiting a decision, with the worker that holds each.
+type WaitingOn = Arc<Mutex<Vec<(xdp_quic::AttemptId, usize)>>>;
+
+/// Defers every attempt, noting its worker.
+struct DeferringOn(WaitingOn);
+
+impl Handler for DeferringOn {
+    fn incoming(&mut self, ctx: &mut Ctx<'_>, i: &Incoming<'_>) -> Decision {
+        self.0.lock().unwrap().push((i.id(), ctx.worker()));
+        Decision::Defer
+    }
+}
+
+/// An attempt's id names it in the whole engine: decided on another worker it is `Gone`,
+/// never that worker's attempt of the same number. (Before, every worker counted its
+/// attempts from 1, and a decision sent to the wrong worker settled another client's.)
+#[test]
+fn an_attempt_decided_on_another_worker_is_gone() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let waiting = WaitingOn::default();
+    let w = waiting.clone();
+    let b = EngineBuilder::default()
+        .workers(2)
+        .server(server_config())
+        .drain_timeout(Duration::from_millis(300));
+    let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, move |_| {
+        DeferringOn(w.clone())
+    })
+    .unwrap();
+    let mut clients: Vec<Node<EchoClient>> = Vec::new();
+    for i in 1..=64 {
+        let on = |w| waiting.lock().unwrap().iter().any(|e| e.1 == w);
+        if on(0) && on(1) {
+            break;
+        }
+        let at = format!("10.7.12.{i}:5000");
+        clients.push(client(&net, &at, "localhost", b"x"));
+        let n = clients.len();
+        let mut nodes: Vec<&mut dyn Drive> = vec![&mut server];
+        nodes.extend(clients.iter_mut().map(|c| c as &mut dyn Drive));
+        run_until(&net, &mut nodes, Duration::from_secs(5), |_| {
+            waiting.lock().unwrap().len() == n
+        })
+        .expect("the attempt reaches the hook");
+    }
+    let held = waiting.lock().unwrap().clone();
+    assert!(
+        held.iter().any(|e| e.1 == 0) && held.iter().any(|e| e.1 == 1),
+        "64 clients all on one worker: {held:?}"
+    );
+    for &(id, on) in &held {
+        for worker in 0..2 {
+            // `Defer` again: found, it waits on (no client is settled by the test).
+            let reply = server
+                .handle
+                .call(worker, move |_, ctx| ctx.decide(id, Decision::Defer))
+                .unwrap();
+            server.turn(net.now()).unwrap();
+            let got = reply.wait().unwrap();
+            if worker == on {
+                assert_eq!(got, Ok(None), "{id:?} on its worker {on}");
+            } else {
+                assert_eq!(
+                    got,
+                    Err(xdp_quic::Gone),
+                    "{id:?} of worker {on} on {worker}"
+                );
+            }
+        }
+    }
+}

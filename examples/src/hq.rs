@@ -822,10 +822,13 @@ impl Handler for HqServer {
         let complete = match status {
             Ok(ReadStatus::Finished) => true,
             Ok(ReadStatus::Blocked) => req.ends_with(b"\n"),
-            Err(_) => {
-                if let Some(cs) = self.conns.get_mut(&id) {
-                    cs.streams.remove(&s);
+            Err(e) => {
+                // The client abandoned its request: abandon the answer's side too, so that
+                // quinn-proto frees the stream and gives the client its credit back.
+                if let xdp_quic::StreamError::Reset(code) = e {
+                    let _ = conn.reset(s, code);
                 }
+                self.end(id, s);
                 return;
             }
         };

@@ -352,7 +352,7 @@ impl AioquicServer {
     }
 
     /// Starts it on `host` (inside network namespace `netns` if given; port 4434 there, a
-    /// free loopback port otherwise).
+    /// port it picks itself, and reports, otherwise).
     fn start_at(
         site: &Site,
         retry: bool,
@@ -361,11 +361,7 @@ impl AioquicServer {
     ) -> AioquicServer {
         let port = match netns {
             Some(_) => 4434,
-            None => std::net::UdpSocket::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port(),
+            None => 0,
         };
         let mut cmd = command_in(netns, "python3");
         cmd.arg(SERVER_PY)
@@ -396,12 +392,21 @@ impl AioquicServer {
                 }
             }
         });
-        let server = AioquicServer {
+        let mut server = AioquicServer {
             child,
             addr: SocketAddr::new(host, port),
             lines,
         };
-        assert_eq!(server.next_line(), "ready");
+        let ready = server.next_line();
+        let bound: u16 = ready
+            .strip_prefix("ready port=")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("aioquic server: unexpected first line: {ready}"));
+        assert!(
+            port == 0 || bound == port,
+            "asked for port {port}, got {bound}"
+        );
+        server.addr.set_port(bound);
         server
     }
 
@@ -453,7 +458,7 @@ fn ours_against_aioquic(big: usize, small: usize, retry: bool) {
     }
     let facts = server.connections(1);
     assert!(
-        facts[0].contains(&format!("served={}", site.files.len())),
+        has(&facts[0], &format!("served={}", site.files.len())),
         "{facts:?}"
     );
 }
@@ -734,7 +739,7 @@ fn our_client_over_af_xdp_against_aioquic_server() {
         }
         let facts = server.connections(1);
         assert!(
-            facts[0].contains(&format!("served={}", site.files.len())),
+            has(&facts[0], &format!("served={}", site.files.len())),
             "{facts:?}"
         );
     }

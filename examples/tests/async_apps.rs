@@ -47,11 +47,13 @@ impl Drop for Scratch {
 struct Server {
     child: Child,
     lines: std_mpsc::Receiver<String>,
+    /// The address it says it serves on (the port it was given, or the one it picked).
+    addr: SocketAddr,
 }
 
 impl Server {
     /// Starts it with `args` (inside `netns` if given), writing its certificate to
-    /// `cert_out`; returns once it says it serves.
+    /// `cert_out`; returns once it says it serves, and where.
     fn start(args: &[&str], cert_out: &std::path::Path, netns: Option<&str>) -> Server {
         let mut cmd = command_in(netns, BIN);
         let mut child = cmd
@@ -72,8 +74,19 @@ impl Server {
                 }
             }
         });
-        let s = Server { child, lines };
-        s.wait_for("async-echo: serving");
+        let mut s = Server {
+            child,
+            lines,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        // "async-echo: serving ADDR over BACKEND[, thread-per-core]"
+        let line = s.wait_for("async-echo: serving ");
+        s.addr = line
+            .split("async-echo: serving ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("async-echo: no address in {line:?}"));
         s
     }
 
@@ -125,14 +138,6 @@ fn aioquic_client(ca: &std::path::Path, addr: SocketAddr, netns: Option<&str>) -
     facts
 }
 
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn the_async_echo_binary_serves_in_both_modes_and_stops_on_ctrl_c() {
     if !aioquic() {
@@ -141,13 +146,17 @@ fn the_async_echo_binary_serves_in_both_modes_and_stops_on_ctrl_c() {
     for tpc in [false, true] {
         let dir = Scratch::new("async-echo");
         let cert = dir.0.join("cert.pem");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let listen = addr.to_string();
-        let mut args = vec!["--listen", &listen, "--workers", "2"];
+        // It picks a free port itself and says which.
+        let mut args = vec!["--listen", "127.0.0.1:0", "--workers", "2"];
         if tpc {
             args.push("--thread-per-core");
         }
         let server = Server::start(&args, &cert, None);
+        let addr = server.addr;
+        assert!(
+            addr.ip().is_loopback() && addr.port() != 0,
+            "serving on {addr}"
+        );
         let facts = aioquic_client(&cert, addr, None);
         assert!(facts.contains("bulk=ok streams=1000 "), "{facts}");
         assert!(!facts.contains("datagrams=0"), "{facts}");

@@ -519,9 +519,10 @@ async fn our_async_client_over_af_xdp_against_aioquic() {
 static DROPPED_READS: AtomicU32 = AtomicU32::new(0);
 
 /// What the server of [`quinn_client_against_the_async_server_over_af_xdp`] does with a
-/// stream, by its first octet: `E` echo; `D` read with a short timeout around every read
-/// (dropping read futures while the client trickles), then answer the number of dropped
-/// reads and the data.
+/// stream, by its first octet: `E` echo; `D` wait for the first octet of the data, then read
+/// the rest with a short timeout around every read (dropping read futures while the client
+/// trickles: all after data arrived, none on a stream with nothing yet sent), then answer the
+/// number of dropped reads and the data.
 async fn echo_or_drop_reads(ep: Endpoint) {
     // (The read futures it drops are counted in `DROPPED_READS`.)
     while let Some(incoming) = ep.accept().await {
@@ -537,10 +538,16 @@ async fn echo_or_drop_reads(ep: Endpoint) {
                         let _ = async_echo::echo_stream(send, recv).await;
                         return;
                     }
-                    let Ok((got, dropped)) = read_dropping_futures(&mut recv, &DROPPED_READS).await
+                    let mut first = [0u8; 1];
+                    if recv.read_exact(&mut first).await.is_err() {
+                        return;
+                    }
+                    let Ok((rest, dropped)) =
+                        read_dropping_futures(&mut recv, &DROPPED_READS).await
                     else {
                         return;
                     };
+                    let got = [&first[..], &rest[..]].concat();
                     let _ = send.write_all(&dropped.to_be_bytes()).await;
                     let _ = send.write_all(&got).await;
                     let _ = send.finish();
@@ -606,12 +613,18 @@ async fn quinn_client_against_the_async_server_over_af_xdp() {
                         let echoed = echoed[..] == data[..];
                         let (mut send, mut recv) = conn.open_bi().await.unwrap();
                         let slow = payload(22, 300_000);
-                        send.write_all(b"D").await.unwrap();
+                        // Reset before the stream carries anything: every drop counted is
+                        // the server's, on this stream, after the first piece's data came.
                         DROPPED_READS.store(0, Ordering::Release);
                         for (i, piece) in slow.chunks(3_000).enumerate() {
-                            send.write_all(piece).await.unwrap();
                             if i == 0 {
+                                // The tag goes with the first piece.
+                                send.write_all(&[b"D", piece].concat()).await.unwrap();
+                                // The server times out waiting for more: a read future
+                                // dropped, for sure, with the rest still to come.
                                 wait_for_a_dropped_read(&DROPPED_READS).await;
+                            } else {
+                                send.write_all(piece).await.unwrap();
                             }
                             // Trickle, so that the server's reads time out in between.
                             tokio::time::sleep(Duration::from_millis(1)).await;

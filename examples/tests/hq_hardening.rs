@@ -905,6 +905,36 @@ async fn requests_whose_end_comes_late_free_their_streams_body() {
     shutdown(engine).await;
 }
 
+/// Requests the client resets before their line is whole are abandoned both ways: the
+/// server resets its side with the client's code, quinn-proto frees each stream and the
+/// client's credit comes back. Against a limit of 2 streams, 6 cancelled requests and then a
+/// whole one all end. (Before, the server forgot the request but left its own side open:
+/// the stream was never freed, and after 2 cancellations the connection could open none.)
+#[test]
+fn requests_the_client_cancels_give_their_credit_back() {
+    on_runtime(requests_the_client_cancels_give_their_credit_back_body());
+}
+
+async fn requests_the_client_cancels_give_their_credit_back_body() {
+    let (_t, www, _big, small) = cap_site("cancelled");
+    let (engine, cert) = server(&www, HqLimits::default(), 2);
+    let ep = client(cert, None);
+    let conn = quinn_connect(&ep, engine.local_addr()).await;
+    for round in 0..6 {
+        let (mut send, recv) = guard("an open", conn.open_bi()).await.unwrap();
+        send.write_all(b"GET /sm").await.unwrap();
+        send.reset(VarInt::from_u32(7)).unwrap();
+        let got = guard("the server's reset", read_answer(recv)).await;
+        assert_eq!(got, Got::Reset(VarInt::from_u32(7)), "round {round}");
+    }
+    let got = guard("a whole request after them", get(&conn, "/small")).await;
+    assert_eq!(got, Got::Body(small.to_vec()));
+    wait_state(&engine.handle(), "streams forgotten", |s| s.streams == 0).await;
+    conn.close(VarInt::from_u32(0), b"done");
+    guard("client idle", ep.wait_idle()).await;
+    shutdown(engine).await;
+}
+
 /// An hq server with one file slot per connection and a 300 ms send stall, and a connection
 /// to it of a client whose streams' windows hold 16 KiB; with the small file's content.
 async fn one_slot_stalling_server(

@@ -3,7 +3,8 @@
 
 Serves ROOT on HOST:PORT with CERT/KEY; --retry makes every client validate its address
 first. It issues session tickets and keeps them, so clients can resume and send 0-RTT data.
-Prints "ready" once listening, then one line of facts per connection when it ends:
+PORT 0 picks a free port. Prints "ready port=P" once listening (P: the port it listens on),
+then one line of facts per connection when it ends:
   conn version=0x1 cipher=AES_128_GCM_SHA256 n=1 handshake=True resumed=False
        early_data=False key_updates=0 served=3
 (on one line; n: the connection's number; handshake: it completed; key_updates: 1-RTT key
@@ -38,7 +39,10 @@ class HqServer(QuicConnectionProtocol):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # Requests still arriving, by stream; a stream leaves once answered, and later data
+        # or end-of-stream on it is ignored (it is answered once, and counted once).
         self.requests = {}
+        self.answered = set()
         HqServer.connections += 1
         self.facts = {"n": HqServer.connections, "handshake": False}
         self.served = 0
@@ -49,12 +53,14 @@ class HqServer(QuicConnectionProtocol):
             self.facts["handshake"] = True
         elif isinstance(event, ConnectionTerminated):
             self.report()
-        if not isinstance(event, StreamDataReceived):
+        if not isinstance(event, StreamDataReceived) or event.stream_id in self.answered:
             return
         buf = self.requests.setdefault(event.stream_id, bytearray())
         buf += event.data
         if not (event.end_stream or b"\n" in buf):
             return
+        del self.requests[event.stream_id]
+        self.answered.add(event.stream_id)
         line = bytes(buf).split(b"\r\n")[0].split(b"\n")[0].decode(errors="replace")
         path = line[4:] if line.startswith("GET /") else None
         full = os.path.realpath(os.path.join(self.root, path.lstrip("/"))) if path else None
@@ -100,12 +106,13 @@ async def main():
     c = QuicConfiguration(is_client=False, alpn_protocols=["hq-interop"])
     c.load_cert_chain(args.cert, args.key)
     tickets = {}
-    await serve(
+    server = await serve(
         args.host, args.port, configuration=c, create_protocol=HqServer, retry=args.retry,
         session_ticket_handler=lambda t: tickets.__setitem__(t.ticket, t),
         session_ticket_fetcher=lambda label: tickets.pop(label, None),
     )
-    print("ready", flush=True)
+    port = server._transport.get_extra_info("sockname")[1]
+    print(f"ready port={port}", flush=True)
     await asyncio.Event().wait()
 
 

@@ -235,7 +235,7 @@ impl EngineBuilder {
 
     /// Connections one worker holds at most (default [`DEFAULT_MAX_CONNECTIONS`]); past it,
     /// new connections are refused (CONNECTION_REFUSED, counted in `conns_refused`) until
-    /// some close. With the default transport an idle connection costs about 32 KiB, and a
+    /// some close. With the default transport an idle connection costs about 24 KiB, and a
     /// connection whose peer never reads at most its receive and send windows (16 + 10 MB)
     /// plus what the application buffers: size this bound to the memory the host can give.
     pub fn max_connections(mut self, n: usize) -> Self {

@@ -200,7 +200,7 @@ impl<H: Handler> EngineHandle<H> {
     }
 
     /// Runs `f` on connection `id` on its worker's thread. `f` is dropped without running if
-    /// the connection is gone by then. Never blocks.
+    /// the connection is gone by then (the handler heard its `closed`). Never blocks.
     pub fn post_to_conn(
         &self,
         id: ConnId,
