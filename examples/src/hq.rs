@@ -915,7 +915,15 @@ pub struct HqClient {
     /// One result per path, in the order given.
     pub results: Vec<Option<Fetched>>,
     conn: Option<ConnId>,
+    /// Octets of bodies it may still take in (a server cannot make it hold more).
+    budget: usize,
 }
+
+/// What an [`HqClient`] holds of all its bodies together by default: 1 GiB.
+pub const CLIENT_BODIES: usize = 1 << 30;
+
+/// Stream stop code of an [`HqClient`] whose bodies would pass its budget.
+pub const TOO_LARGE: VarInt = VarInt::from_u32(0x14);
 
 impl HqClient {
     /// Fetches `paths` (each starting with `/`) from `remote`.
@@ -929,7 +937,15 @@ impl HqClient {
             pending: HashMap::new(),
             results: vec![None; n],
             conn: None,
+            budget: CLIENT_BODIES,
         }
+    }
+
+    /// Takes in at most `octets` of bodies, all paths together (default [`CLIENT_BODIES`]):
+    /// the body that would pass it is stopped ([`TOO_LARGE`]) and its path failed.
+    pub fn with_body_budget(mut self, octets: usize) -> Self {
+        self.budget = octets;
+        self
     }
 
     /// Connects (post it to the worker once the engine runs).
@@ -987,7 +1003,23 @@ impl Handler for HqClient {
             return;
         };
         let i = *i;
-        match conn.read(s, |b| body.extend_from_slice(&b)) {
+        let budget = &mut self.budget;
+        let mut over = false;
+        let status = conn.read(s, |b| {
+            if b.len() > *budget {
+                over = true;
+            } else if !over {
+                *budget -= b.len();
+                body.extend_from_slice(&b);
+            }
+        });
+        if over {
+            let _ = conn.stop(s, TOO_LARGE);
+            self.pending.remove(&s);
+            let why = "the bodies passed the client's budget".to_string();
+            return self.finish_one(conn, i, Fetched::Failed(why));
+        }
+        match status {
             Ok(ReadStatus::Blocked) => {}
             Ok(ReadStatus::Finished) => {
                 let (_, body) = self.pending.remove(&s).expect("present");

@@ -935,6 +935,45 @@ async fn requests_the_client_cancels_give_their_credit_back_body() {
     shutdown(engine).await;
 }
 
+/// Our hq client holds at most its budget of bodies, whatever a server sends: the body that
+/// would pass it is stopped and its path failed; the paths within it are fetched whole.
+#[test]
+fn the_hq_client_takes_in_at_most_its_budget() {
+    on_runtime(the_hq_client_takes_in_at_most_its_budget_body());
+}
+
+async fn the_hq_client_takes_in_at_most_its_budget_body() {
+    let (_t, www, big, small) = cap_site("client-budget");
+    assert!(big.len() > small.len());
+    let (engine, cert) = server(&www, HqLimits::default(), 8);
+    let addr = engine.local_addr();
+    // A budget of exactly the small file: that one is fetched whole, the big one fails.
+    for path in ["/small", "/big"] {
+        let paths = vec![path.to_string()];
+        let b = our_client(1, cert.clone(), hq::ALPN);
+        let budget = small.len();
+        let (mut hs, _) = blocking("the client", move || {
+            xdp_quic_examples::client::run(
+                b,
+                "127.0.0.1:0".parse().unwrap(),
+                move |_| {
+                    hq::HqClient::new(addr, "localhost", paths.clone()).with_body_budget(budget)
+                },
+                |h: &mut hq::HqClient, ctx| h.start(ctx),
+            )
+            .unwrap()
+        })
+        .await;
+        let got = hs.pop().unwrap().results.pop().unwrap();
+        match (path, got) {
+            ("/small", Some(hq::Fetched::Body(b))) => assert_eq!(b, small),
+            ("/big", Some(hq::Fetched::Failed(why))) => assert!(why.contains("budget"), "{why}"),
+            (_, other) => panic!("{path}: {other:?}"),
+        }
+    }
+    shutdown(engine).await;
+}
+
 /// An hq server with one file slot per connection and a 300 ms send stall, and a connection
 /// to it of a client whose streams' windows hold 16 KiB; with the small file's content.
 async fn one_slot_stalling_server(
