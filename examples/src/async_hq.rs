@@ -10,8 +10,10 @@
 //!   [`HqLimits::files_per_worker`] of the endpoint (every connection together), are served
 //!   at once; further ones wait for a slot (in the order they arrived) and are never
 //!   refused for it. A slot holds one descriptor and one [`CHUNK`] read ahead at most.
-//! - The next chunk is read only once the previous one is in the stream (flow control
-//!   permitting), so a slow reader costs one chunk of memory, not the file.
+//! - The next chunk is read only once the previous one is in the stream's queue, and a slot
+//!   is given back only once the client acknowledged the answer's end, so a slow reader costs
+//!   at most the stream's queue (the endpoint's `Limits::stream_send`) per slot, not the
+//!   file; one that takes nothing within [`HqLimits::send_stall`] is reset ([`STALLED`]).
 
 use std::io;
 use std::sync::Arc;
@@ -150,6 +152,15 @@ impl AsyncHq {
             }
             if end {
                 send.finish()?;
+                // The slot is held until the client took the end: what is queued (up to the
+                // stream's send limit) is this request's memory until then, and a client
+                // that does not take it within `send_stall` loses it.
+                match tokio::time::timeout(self.limits.send_stall, send.stopped()).await {
+                    Ok(_) => {}
+                    Err(_) => {
+                        let _ = send.reset(STALLED);
+                    }
+                }
                 return Ok(());
             }
         }

@@ -346,3 +346,58 @@ async fn the_async_hq_server_serves_files_and_refuses_what_it_must() {
         guard("idle", ep.wait_idle()).await;
     }
 }
+
+/// A client that does not take an answer's end gives its slot back after `send_stall`, its
+/// answer reset with STALLED, though the whole answer fit in the stream's queue: the slot is
+/// held until the end is acknowledged. (Before, a file smaller than the queue released its
+/// slot once queued, so a client that never read held up to the queue's size per stream, with
+/// no deadline.) Its next request, waiting for that slot, is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_async_hq_server_takes_back_the_slot_of_an_answer_not_taken() {
+    let dir = Scratch::new("async-hq-stall");
+    let www = dir.0.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let (mid, small) = (payload(3, 100_000), payload(4, 700));
+    std::fs::write(www.join("mid"), &mid).unwrap();
+    std::fs::write(www.join("small"), &small).unwrap();
+    let (id, cert) = identity();
+    let engine = EngineBuilder::default()
+        .server(tls::server_config(id, &[async_hq::ALPN]).unwrap())
+        .drain_timeout(DRAIN);
+    let limits = HqLimits {
+        files_per_connection: 1,
+        send_stall: std::time::Duration::from_millis(300),
+        ..HqLimits::default()
+    };
+    let hq = AsyncHq::new(&www, limits).unwrap();
+    let ep = Builder::new(engine)
+        .bind_udp("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    tokio::spawn(hq.serve(ep.clone()));
+    // Streams of 16 KB of window: the client cannot take the 100 KB answer without reading.
+    let mut config = quinn_client_config(cert, async_hq::ALPN);
+    let mut t = quinn_transport();
+    t.stream_receive_window(VarInt::from_u32(16_000));
+    config.transport_config(std::sync::Arc::new(t));
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(config);
+    let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
+    let (mut send, mut unread) = conn.open_bi().await.unwrap();
+    send.write_all(b"GET /mid\r\n").await.unwrap();
+    send.finish().unwrap();
+    // Waits for the one slot, which the unread answer holds until its stall.
+    let got = guard("the request after it", get(&conn, b"GET /small\r\n")).await;
+    assert_same("small", &got.unwrap(), &small);
+    let got = guard("the unread answer", unread.read_to_end(usize::MAX)).await;
+    assert!(
+        matches!(
+            got,
+            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code)))
+                if code == async_hq::STALLED
+        ),
+        "{got:?}"
+    );
+    conn.close(VarInt::from_u32(0), b"");
+    ep.close(VarInt::from_u32(0), b"");
+    guard("idle", ep.wait_idle()).await;
+}
