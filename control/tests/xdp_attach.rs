@@ -245,3 +245,54 @@ fn shield_changes_to_pinned_maps_wait_for_the_pin_lock() {
         );
     });
 }
+
+/// A server that stops takes out of the pinned XSKMAP only the sockets it put there: a queue
+/// another server registered since (a rolling restart: the old server's socket closed, the
+/// new one bound to the queue and registered, then the old one unregisters) stays steered to
+/// the new socket. (Before, the old server's unregister cleared whatever was there.)
+#[test]
+fn unregistering_leaves_a_queue_another_socket_took_since() {
+    use xdp_quic::xsk::socket::{XskConfig, XskSocket};
+    use xdp_quic::xsk::umem::{Umem, UmemConfig};
+    use xdp_quic_control::testing::PinGuard;
+    use xdp_quic_control::xdp::{attach, ProgramMaps, XskRegistry};
+
+    if !privileged("unregistering_leaves_a_queue_another_socket_took_since") {
+        return;
+    }
+    let tb = Testbed::create(&unique_name("xr"), 1, 96).expect("testbed");
+    let _pins = PinGuard(tb.server_if.clone());
+    tb.in_server(|| attach(&tb.server_if, &skb_attach_of_4433()))
+        .unwrap()
+        .expect("attach");
+    tb.in_server(|| {
+        let name = std::ffi::CString::new(tb.server_if.as_str()).unwrap();
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(ifindex, 0);
+        let socket = || {
+            let umem = Umem::new(UmemConfig::default()).expect("umem");
+            XskSocket::open(&XskConfig::new(ifindex, 0), umem, 0).expect("AF_XDP socket")
+        };
+        let registered = || {
+            ProgramMaps::open_pinned(&pins::dir(&tb.server_if))
+                .unwrap()
+                .registered_queues(1)
+                .unwrap()
+        };
+        let mut old = XskRegistry::open(&tb.server_if).unwrap();
+        let first = socket();
+        old.register(0, &first.fd()).unwrap();
+        assert_eq!(registered(), [0]);
+        drop(first);
+        let mut new = XskRegistry::open(&tb.server_if).unwrap();
+        let second = socket();
+        new.register(0, &second.fd()).unwrap();
+        old.unregister(0).expect("unregister");
+        assert_eq!(registered(), [0], "the new server's socket was taken out");
+        new.unregister(0).expect("unregister");
+        assert!(registered().is_empty(), "its own socket is taken out");
+        drop(second);
+    })
+    .unwrap();
+}

@@ -75,7 +75,8 @@ counters! {
     tx_bytes,
     /// Receive calls that returned at least one datagram.
     rx_batches,
-    /// Datagrams dropped before the endpoint: empty or truncated QUIC header.
+    /// Datagrams dropped before the endpoint: empty or truncated QUIC header, or from port 0
+    /// or an unspecified address (no answer could go there).
     rx_malformed,
     /// Datagrams the endpoint ignored (not QUIC, unknown version too short, foreign CID...).
     rx_ignored,

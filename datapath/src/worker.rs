@@ -462,6 +462,13 @@ impl<H: Handler> Worker<H> {
     fn on_datagram<B: Backend>(&mut self, io: &mut B, d: Datagram) {
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += d.data.len() as u64;
+        if d.remote.port() == 0 || d.remote.ip().is_unspecified() {
+            // No answer can go there: Linux fails a send to port 0 with EINVAL, which
+            // quinn-udp takes for a NIC without GSO (and without ECN marks) and turns both off
+            // for the socket's life. One such datagram would slow every connection.
+            self.counters.rx_malformed += 1;
+            return;
+        }
         let me = self.index();
         match route(&self.mesh.layout, me, &d.data) {
             Destination::Local => self.feed_endpoint(io, d),

@@ -318,3 +318,50 @@ fn unknown_cid_flood_gets_only_rate_limited_resets() {
         t.resets_sent, w.to, w.from
     );
 }
+
+/// A datagram from port 0 is dropped unanswered (counted malformed): Linux refuses a send to
+/// port 0 with EINVAL, which quinn-udp takes for a NIC without GSO, turning GSO (and ECN
+/// marks) off for the socket's life; one such datagram slowed every connection of a worker.
+/// The same datagram from another port is answered (a stateless reset).
+#[test]
+fn datagrams_from_port_zero_are_dropped_unanswered() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let s: SocketAddr = "10.6.0.1:4433".parse().unwrap();
+    let mut srv = server(&net, s, EngineBuilder::default());
+    let wire = tap(&net);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let mut packet = [0u8; 120];
+    rng.fill_bytes(&mut packet);
+    packet[0] = 0x40 | (packet[0] & 0x3f); // short header, fixed bit set
+    let layout = CidLayout::for_workers(WORKERS).unwrap();
+    layout.write(0, &mut rng, &mut packet[1..1 + layout.len()]);
+    let zero = SocketAddr::new(spoofed(1).ip(), 0);
+    let nine = SocketAddr::new(spoofed(2).ip(), 9);
+    net.inject(zero, s, &packet);
+    net.inject(nine, s, &packet);
+    let start = net.now();
+    while srv.total().resets_sent + srv.total().rx_malformed < 2 {
+        step(&net, &mut [&mut srv]).unwrap();
+        assert!(
+            net.now() - start < Duration::from_secs(5),
+            "{:?}",
+            srv.total()
+        );
+    }
+    // Whatever is on its way is delivered.
+    while net.next_delivery().is_some() {
+        step(&net, &mut [&mut srv]).unwrap();
+    }
+    let t = srv.total();
+    assert_eq!((t.resets_sent, t.rx_malformed), (1, 1));
+    let w = wire.lock().unwrap();
+    assert!(
+        w.get(&nine.ip()).is_some_and(|w| w.to > 0),
+        "the reset went out"
+    );
+    assert_eq!(
+        w.get(&zero.ip()).map_or(0, |w| w.to),
+        0,
+        "nothing to port 0"
+    );
+}

@@ -20,6 +20,9 @@ pub struct XskRegistry {
     map: XskMap<MapData>,
     owners: Array<MapData, XskOwner>,
     path: PathBuf,
+    /// The queues this registry set, with the inode of the socket it set there: what
+    /// [`XskRegistry::unregister`] may take out again.
+    mine: std::collections::HashMap<u32, u64>,
 }
 
 impl std::fmt::Debug for XskRegistry {
@@ -49,7 +52,12 @@ impl XskRegistry {
         let odata =
             MapData::from_pin(&opath).with_context(|| format!("opening {}", opath.display()))?;
         let owners = Array::try_from(Map::from_map_data(odata)?)?;
-        Ok(Self { map, owners, path })
+        Ok(Self {
+            map,
+            owners,
+            path,
+            mine: Default::default(),
+        })
     }
 
     /// Wraps maps already at hand (e.g. [`super::EmbeddedAttachment::xsks`]).
@@ -58,6 +66,7 @@ impl XskRegistry {
             map,
             owners,
             path: PathBuf::new(),
+            mine: Default::default(),
         }
     }
 
@@ -67,7 +76,8 @@ impl XskRegistry {
     }
 
     /// Steers the service packets of rx queue `queue` to `socket` (an AF_XDP socket
-    /// bound to that queue of the interface). Replaces any socket there.
+    /// bound to that queue of the interface). Replaces any socket there (a server started
+    /// to take over from a running one, say; a live one of another process is warned about).
     /// Also records this process and the socket's inode in `xsk_owners`, for status.
     pub fn register(&mut self, queue: u32, socket: &impl AsRawFd) -> anyhow::Result<()> {
         let fd = socket.as_raw_fd();
@@ -75,6 +85,17 @@ impl XskRegistry {
         let ino = std::fs::metadata(format!("/proc/self/fd/{fd}"))
             .map(|m| m.ino())
             .unwrap_or(0);
+        if let Ok(o) = self.owners.get(&queue, 0) {
+            if o.pid != std::process::id() && super::maps::owner_alive(&o) {
+                tracing::warn!(
+                    queue,
+                    pid = o.pid,
+                    "queue {queue} was steered to a socket of process {}, still running: it \
+                     now goes to this one",
+                    o.pid
+                );
+            }
+        }
         self.map.set(queue, fd, 0).with_context(|| {
             format!(
                 "registering an AF_XDP socket for queue {queue} in {}",
@@ -89,11 +110,31 @@ impl XskRegistry {
         self.owners
             .set(queue, owner, 0)
             .context("recording the socket's owner")?;
+        self.mine.insert(queue, ino);
         Ok(())
     }
 
-    /// Stops steering rx queue `queue`: its service packets go to the kernel again.
+    /// Stops steering rx queue `queue` to the socket this registry set there: its service
+    /// packets go to the kernel again. A queue another socket has taken since (another
+    /// server's, which registered after this one) is left to it: `Ok`, nothing changed.
+    /// (The map has no compare-and-delete: a registration racing this call between its look
+    /// at the owner and its removal can still be undone.)
     pub fn unregister(&mut self, queue: u32) -> anyhow::Result<()> {
+        let Some(ino) = self.mine.remove(&queue) else {
+            return Ok(());
+        };
+        let owner = self
+            .owners
+            .get(&queue, 0)
+            .context("reading the queue's owner")?;
+        if owner.pid != std::process::id() || owner.sock_ino != ino {
+            tracing::debug!(
+                queue,
+                pid = owner.pid,
+                "queue taken over since: left as it is"
+            );
+            return Ok(());
+        }
         self.map
             .unset(queue)
             .with_context(|| format!("unregistering queue {queue} in {}", self.path.display()))?;

@@ -37,14 +37,17 @@ pub struct UdpFrame<'a> {
 
 impl UdpFrame<'_> {
     /// Whether no reply may go back the way this frame came (a martian, which the kernel's
-    /// stack drops): a multicast or broadcast source (MAC or IP), an unspecified or loopback
-    /// address at either end, or a multicast or limited-broadcast destination address.
+    /// stack drops): a multicast or broadcast source (MAC or IP), a multicast or broadcast
+    /// destination MAC, source port 0, an unspecified or loopback address at either end, or a
+    /// multicast or limited-broadcast destination address.
     /// Replies are built from the frame's own addresses (the source MAC becomes the
     /// destination, the destination IP the source): answering such a frame would send to a
     /// whole segment, or from an address that cannot be ours.
     pub fn is_martian(&self) -> bool {
-        // The group bit: multicast, and broadcast (ff:ff:ff:ff:ff:ff).
-        if self.l2.src_mac[0] & 1 == 1 {
+        // The group bit: multicast, and broadcast (ff:ff:ff:ff:ff:ff); at the destination
+        // too: a reply leaves from the frame's destination MAC. And source port 0: no reply
+        // can go there (Linux refuses the send, which quinn-udp takes for a NIC without GSO).
+        if self.l2.src_mac[0] & 1 == 1 || self.l2.dst_mac[0] & 1 == 1 || self.src.port() == 0 {
             return true;
         }
         let unroutable = |ip: IpAddr| match ip {
@@ -633,6 +636,8 @@ mod tests {
             ("[::ffff:192.0.2.1]:1", "[2001:db8::2]:4433"),
             ("[2001:db8::1]:1", "[ff02::1]:4433"),
             ("[2001:db8::1]:1", "[::1]:4433"),
+            ("192.0.2.1:0", "192.0.2.2:4433"),
+            ("[2001:db8::1]:0", "[2001:db8::2]:4433"),
         ] {
             assert!(frame(src, dst, mac).is_martian(), "{src} -> {dst}");
         }
@@ -643,6 +648,9 @@ mod tests {
         ] {
             let f = frame("192.0.2.1:1", "192.0.2.2:4433", src_mac);
             assert!(f.is_martian(), "{src_mac:02x?}");
+            let mut f = frame("192.0.2.1:1", "192.0.2.2:4433", mac);
+            f.l2.dst_mac = src_mac;
+            assert!(f.is_martian(), "to {src_mac:02x?}");
         }
     }
 }
