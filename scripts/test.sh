@@ -9,8 +9,9 @@
 #   5. the NIC tuning scripts' tests (shellcheck, fake NIC, veth);
 #   6. the benchmarks, briefly: every workload on every server produces numbers and intact
 #      data (the main bench, then the HTTP/3 one);
-#   7. a short fuzz run: every cargo-fuzz target of fuzz/ for 20 s over the committed corpus
-#      (stable Rust; installs cargo-fuzz, pinned, when missing).
+#   7. the fuzz crate's own tests (fuzz/ is a workspace of its own, which step 4 does not
+#      reach), then a short fuzz run: every cargo-fuzz target of fuzz/ for 20 s over the
+#      committed corpus (stable Rust; installs cargo-fuzz, pinned, when missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,4 +23,5 @@ cargo test --workspace --all-targets
 bash scripts/tests/nic_scripts_test.sh
 cargo run -q -p xdp-quic-bench -- --quick
 cargo run -q -p xdp-quic-bench --bin xdp-quic-h3-bench -- --quick
+cargo test --manifest-path fuzz/Cargo.toml --target-dir fuzz/target --lib
 scripts/fuzz.sh 20

@@ -1,7 +1,7 @@
 //! Shared pieces of the fuzz targets: a byte cursor that never runs out, an `RngCore` fed by
-//! fuzz bytes, and the input formats of the `cid`, `route` and `frame_write` targets (decoder
-//! for the targets, encoder for the seed generator in `seeds.rs`, so that seeds and targets
-//! cannot drift apart).
+//! fuzz bytes, and the input formats of the `cid`, `route`, `frame_write` and `client_hello`
+//! targets (decoder for the targets, encoder for the seed generator in `seeds.rs`, so that
+//! seeds and targets cannot drift apart); reference implementations the targets compare with.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
@@ -33,6 +33,10 @@ mod tests {
             CidInput::decode(&data);
             RouteInput::decode(&data);
             FrameWriteInput::decode(&data);
+            let hello = ClientHelloInput::decode(&data);
+            assert!(hello.initial().seal().len() > hello.pn_offset());
+            let built = HelloSpec::decode(&data).build();
+            assert!(built.sent <= built.message.len() && built.need <= built.message.len());
         }
     }
 }
@@ -523,4 +527,504 @@ pub fn ref_udp_checksum(src: IpAddr, dst: IpAddr, segment: &[u8]) -> u16 {
         _ => panic!("mixed address families"),
     }
     !(ref_sum(segment, ref_sum(&pseudo, 0)) as u16)
+}
+
+// ---------------------------------------------------------------------------------------------
+// `client_hello` target input
+// ---------------------------------------------------------------------------------------------
+
+use xdp_quic::packet::client_hello::testing::{crypto_frame, Initial};
+use xdp_quic::packet::client_hello::{ClientHelloInfo, PeekError, MAX_CLIENT_HELLO_LEN};
+
+/// Longest frames body the `client_hello` target seals (the sealer takes less than 16 KiB; a
+/// packet over `MAX_PACKET_LEN`, 4096 octets, is refused as `TooLarge` before decryption).
+pub const MAX_FRAMES_LEN: usize = 8000;
+
+/// Octets after the packet when the input asks for a coalesced datagram: a short header and
+/// some junk, which the peek must ignore.
+pub const TRAILER: [u8; 24] = [
+    0x40, 0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
+];
+
+/// What the payload of the sealed Initial is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelloPayload<'a> {
+    /// The frames in clear, as given (at most [`MAX_FRAMES_LEN`] octets).
+    Frames(&'a [u8]),
+    /// A well-formed ClientHello built from a description, cut into CRYPTO frames.
+    Built(HelloSpec),
+}
+
+/// Input of the `client_hello` target: a client Initial packet of QUIC v1 in clear, which the
+/// target seals with the client Initial keys of its DCID (`Initial::seal`, the datapath's
+/// test kit) and hands to `peek`.
+///
+/// ```text
+/// flags:u8  dcid_len:u8  dcid[dcid_len % 21]  scid_len:u8  scid[scid_len % 21]
+/// token_len:u8  token[token_len % 64]  pn:u32be  at:u16be  body[..]
+/// ```
+/// flags: bits 0-1 packet number length - 1, bits 2-3 the reserved bits (0 in a valid
+/// packet), bit 4 [`TRAILER`] after the packet (a coalesced datagram), bit 5 the octet at
+/// `at % len` of the sealed packet XORed with 1, bit 6 PADDING frames up to a 1200-octet
+/// packet (as clients send), bit 7 `body` is a [`HelloSpec`] instead of the frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientHelloInput<'a> {
+    pub dcid: &'a [u8],
+    pub scid: &'a [u8],
+    pub token: &'a [u8],
+    pub pn: u32,
+    /// 1..=4.
+    pub pn_len: usize,
+    /// 0..=3.
+    pub reserved: u8,
+    pub trailer: bool,
+    /// The changed octet: `at % len` of the sealed packet.
+    pub flip: Option<u16>,
+    pub pad: bool,
+    pub payload: HelloPayload<'a>,
+}
+
+impl<'a> ClientHelloInput<'a> {
+    pub fn decode(data: &'a [u8]) -> Self {
+        let mut c = Cursor::new(data);
+        let flags = c.u8();
+        let n = usize::from(c.u8() % 21);
+        let dcid = c.take(n);
+        let n = usize::from(c.u8() % 21);
+        let scid = c.take(n);
+        let n = usize::from(c.u8() % 64);
+        let token = c.take(n);
+        let pn = u32::from_be_bytes(c.array());
+        let at = c.u16();
+        let body = c.rest();
+        let payload = if flags & 0x80 != 0 {
+            HelloPayload::Built(HelloSpec::decode(body))
+        } else {
+            HelloPayload::Frames(&body[..body.len().min(MAX_FRAMES_LEN)])
+        };
+        Self {
+            dcid,
+            scid,
+            token,
+            pn,
+            pn_len: usize::from(flags & 3) + 1,
+            reserved: (flags >> 2) & 3,
+            trailer: flags & 0x10 != 0,
+            flip: (flags & 0x20 != 0).then_some(at),
+            pad: flags & 0x40 != 0,
+            payload,
+        }
+    }
+
+    /// The bytes that [`Self::decode`] turns back into `self` (for seeds).
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(self.dcid.len() <= 20 && self.scid.len() <= 20 && self.token.len() < 64);
+        assert!((1..=4).contains(&self.pn_len) && self.reserved < 4);
+        let mut flags = (self.pn_len - 1) as u8 | self.reserved << 2;
+        flags |= u8::from(self.trailer) << 4 | u8::from(self.flip.is_some()) << 5;
+        flags |= u8::from(self.pad) << 6;
+        let body = match &self.payload {
+            HelloPayload::Frames(f) => {
+                assert!(f.len() <= MAX_FRAMES_LEN);
+                f.to_vec()
+            }
+            HelloPayload::Built(spec) => {
+                flags |= 0x80;
+                spec.encode()
+            }
+        };
+        let mut v = vec![flags, self.dcid.len() as u8];
+        v.extend_from_slice(self.dcid);
+        v.push(self.scid.len() as u8);
+        v.extend_from_slice(self.scid);
+        v.push(self.token.len() as u8);
+        v.extend_from_slice(self.token);
+        v.extend_from_slice(&self.pn.to_be_bytes());
+        v.extend_from_slice(&self.flip.unwrap_or(0).to_be_bytes());
+        v.extend(body);
+        v
+    }
+
+    /// The frames of the payload in clear (built from the description in that mode), padded
+    /// to a 1200-octet packet when asked.
+    pub fn frames(&self) -> Vec<u8> {
+        let mut frames = match &self.payload {
+            HelloPayload::Frames(f) => f.to_vec(),
+            HelloPayload::Built(spec) => spec.build().frames,
+        };
+        if self.pad {
+            let overhead = 1
+                + 4
+                + 1
+                + self.dcid.len()
+                + 1
+                + self.scid.len()
+                + 1
+                + self.token.len()
+                + 2
+                + self.pn_len
+                + 16;
+            frames.resize(frames.len().max(1200usize.saturating_sub(overhead)), 0);
+        }
+        frames
+    }
+
+    /// The Initial in clear that the target seals.
+    pub fn initial(&self) -> Initial {
+        Initial {
+            dcid: self.dcid.to_vec(),
+            scid: self.scid.to_vec(),
+            token: self.token.to_vec(),
+            pn: self.pn,
+            pn_len: self.pn_len,
+            reserved: self.reserved,
+            payload: self.frames(),
+        }
+    }
+
+    /// Where the packet number starts in the sealed packet (the token length takes one octet,
+    /// the Length field two).
+    pub fn pn_offset(&self) -> usize {
+        1 + 4 + 1 + self.dcid.len() + 1 + self.scid.len() + 1 + self.token.len() + 2
+    }
+}
+
+/// A ClientHello described by the `client_hello` input in its built mode, and how it is cut
+/// into CRYPTO frames.
+///
+/// ```text
+/// sni_len:u8  sni[sni_len % 64]  alpn_n:u8  (len:u8  name[len % 32 + 1]) × (alpn_n % 5)
+/// grease:u16be  order:u8  cuts:u16be×3  keep:u8
+/// ```
+/// The server name octets are mapped onto printable ASCII (`'!' + b % 94`); an empty one is
+/// no `server_name` extension, no names no ALPN extension. `grease % 1024`: the body length
+/// of an extension of unknown type. `order`: bit 0 ALPN before the server name, bit 1 the
+/// unknown extension last (else first), bit 2 the CRYPTO frames in reverse order, bits 3-4 a
+/// rotation of that order, bit 5 PING and ACK frames between them, bit 6 the first part sent
+/// twice, bit 7 no legacy session id. The message is cut at the `cuts` (modulo its length + 1);
+/// `keep`: only that many parts from the front are sent when it is 1.. below their number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloSpec {
+    pub server_name: Option<String>,
+    pub alpn: Vec<Vec<u8>>,
+    pub grease: usize,
+    pub order: u8,
+    pub cuts: [u16; 3],
+    pub keep: u8,
+}
+
+/// A built ClientHello: the frames carrying it and what `peek` must answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltHello {
+    /// The handshake message.
+    pub message: Vec<u8>,
+    pub frames: Vec<u8>,
+    /// The stream octets `0..sent` are in the frames.
+    pub sent: usize,
+    /// The stream octets the parse must read to answer (server name and ALPN read in full,
+    /// or, when one is absent, every extension header).
+    pub need: usize,
+    pub expected: Result<ClientHelloInfo, PeekError>,
+}
+
+const EXT_SERVER_NAME: u16 = 0;
+const EXT_ALPN: u16 = 16;
+const EXT_SUPPORTED_VERSIONS: u16 = 43;
+const EXT_GREASE: u16 = 0x0a0a;
+
+impl HelloSpec {
+    pub fn decode(data: &[u8]) -> Self {
+        let mut c = Cursor::new(data);
+        let n = usize::from(c.u8() % 64);
+        let sni = c.take(n);
+        let server_name =
+            (!sni.is_empty()).then(|| sni.iter().map(|b| char::from(b'!' + b % 94)).collect());
+        let count = c.u8() % 5;
+        let alpn = (0..count)
+            .map(|_| {
+                let n = usize::from(c.u8() % 32) + 1;
+                let mut name = c.take(n).to_vec();
+                name.resize(n, b'x');
+                name
+            })
+            .collect();
+        let grease = usize::from(c.u16() % 1024);
+        let order = c.u8();
+        let cuts = [c.u16(), c.u16(), c.u16()];
+        let keep = c.u8();
+        Self {
+            server_name,
+            alpn,
+            grease,
+            order,
+            cuts,
+            keep,
+        }
+    }
+
+    /// The bytes that [`Self::decode`] turns back into `self` (for seeds).
+    pub fn encode(&self) -> Vec<u8> {
+        let sni = self.server_name.as_deref().unwrap_or("");
+        assert!(sni.len() < 64 && sni.bytes().all(|b| b.is_ascii_graphic()));
+        assert!(self.alpn.len() < 5 && self.grease < 1024);
+        let mut v = vec![sni.len() as u8];
+        v.extend(sni.bytes().map(|b| b - b'!'));
+        v.push(self.alpn.len() as u8);
+        for name in &self.alpn {
+            assert!((1..=32).contains(&name.len()));
+            v.push(name.len() as u8 - 1);
+            v.extend_from_slice(name);
+        }
+        v.extend_from_slice(&(self.grease as u16).to_be_bytes());
+        v.push(self.order);
+        for cut in self.cuts {
+            v.extend_from_slice(&cut.to_be_bytes());
+        }
+        v.push(self.keep);
+        v
+    }
+
+    /// The ClientHello, its frames and the answer they call for.
+    pub fn build(&self) -> BuiltHello {
+        let (message, need) = self.message();
+        // The parts, by cut points strictly inside the message.
+        let mut points: Vec<usize> = self
+            .cuts
+            .iter()
+            .map(|&c| usize::from(c) % (message.len() + 1))
+            .filter(|&c| c > 0 && c < message.len())
+            .collect();
+        points.sort_unstable();
+        points.dedup();
+        let mut bounds = vec![0];
+        bounds.extend(points);
+        bounds.push(message.len());
+        let parts: Vec<(usize, usize)> = bounds.windows(2).map(|w| (w[0], w[1])).collect();
+        let kept = match usize::from(self.keep) {
+            k @ 1.. if k < parts.len() => k,
+            _ => parts.len(),
+        };
+        let sent = parts[kept - 1].1;
+        let mut order: Vec<usize> = (0..kept).collect();
+        if self.order & 4 != 0 {
+            order.reverse();
+        }
+        order.rotate_left(usize::from(self.order >> 3 & 3) % kept);
+        if self.order & 0x40 != 0 {
+            order.push(0);
+        }
+        let mut frames = Vec::new();
+        for (i, &p) in order.iter().enumerate() {
+            let (start, end) = parts[p];
+            if self.order & 0x20 != 0 {
+                frames.push(0x01); // PING
+                frames.extend_from_slice(&[0x02, i as u8, 0, 0, 0]); // ACK, no range
+            }
+            frames.extend(crypto_frame(start as u64, &message[start..end]));
+        }
+        if self.order & 0x20 != 0 {
+            // ACK with ECN counts and one more range.
+            frames.extend_from_slice(&[0x03, 9, 0, 1, 0, 1, 2, 0, 0, 0]);
+        }
+        let expected = if sent >= need {
+            Ok(ClientHelloInfo {
+                server_name: self.server_name.clone(),
+                alpn: self.alpn.clone(),
+            })
+        } else {
+            Err(PeekError::Incomplete)
+        };
+        BuiltHello {
+            message,
+            frames,
+            sent,
+            need,
+            expected,
+        }
+    }
+
+    /// The handshake message, and the length of its prefix the parse must read.
+    fn message(&self) -> (Vec<u8>, usize) {
+        // Offsets are of the message, whose 4-octet header comes first.
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&[0xaa; 32]); // random
+        let mut reads = vec![4 + body.len() + 1]; // session id length
+        let sid = if self.order & 0x80 != 0 { 0 } else { 32 };
+        body.push(sid as u8);
+        body.extend(std::iter::repeat_n(0xbb, sid));
+        reads.push(4 + body.len() + 2); // cipher suites length
+        body.extend_from_slice(&[0, 6, 0x13, 0x01, 0x13, 0x02, 0x13, 0x03]);
+        reads.push(4 + body.len() + 1); // compression methods length
+        body.extend_from_slice(&[1, 0]);
+        reads.push(4 + body.len() + 2); // extensions length
+
+        let ext = |ty: u16, body: &[u8]| {
+            let mut e = ty.to_be_bytes().to_vec();
+            e.extend_from_slice(&(body.len() as u16).to_be_bytes());
+            e.extend_from_slice(body);
+            (ty, e)
+        };
+        let mut sni = None;
+        if let Some(name) = &self.server_name {
+            let mut list = vec![0];
+            list.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            list.extend_from_slice(name.as_bytes());
+            let mut b = (list.len() as u16).to_be_bytes().to_vec();
+            b.extend(list);
+            sni = Some(ext(EXT_SERVER_NAME, &b));
+        }
+        let mut alpn = None;
+        if !self.alpn.is_empty() {
+            let list: Vec<u8> = self
+                .alpn
+                .iter()
+                .flat_map(|n| std::iter::once(n.len() as u8).chain(n.iter().copied()))
+                .collect();
+            let mut b = (list.len() as u16).to_be_bytes().to_vec();
+            b.extend(list);
+            alpn = Some(ext(EXT_ALPN, &b));
+        }
+        let grease = ext(EXT_GREASE, &vec![0x5a; self.grease]);
+        let mut exts = vec![ext(EXT_SUPPORTED_VERSIONS, &[2, 0x03, 0x04])];
+        if self.order & 2 == 0 {
+            exts.push(grease.clone());
+        }
+        if self.order & 1 != 0 {
+            exts.extend(alpn.clone());
+            exts.extend(sni.clone());
+        } else {
+            exts.extend(sni.clone());
+            exts.extend(alpn.clone());
+        }
+        if self.order & 2 != 0 {
+            exts.push(grease);
+        }
+
+        let all: Vec<u8> = exts.iter().flat_map(|(_, e)| e.clone()).collect();
+        body.extend_from_slice(&(all.len() as u16).to_be_bytes());
+        let mut at = 4 + body.len();
+        let mut both_read = None;
+        let (mut sni_read, mut alpn_read) = (false, false);
+        for (ty, e) in &exts {
+            reads.push(at + 4); // type and length
+            if *ty == EXT_SERVER_NAME || *ty == EXT_ALPN {
+                reads.push(at + e.len()); // the body, read in full
+                sni_read |= *ty == EXT_SERVER_NAME;
+                alpn_read |= *ty == EXT_ALPN;
+                if sni_read && alpn_read {
+                    both_read = Some(at + e.len());
+                }
+            }
+            at += e.len();
+        }
+        body.extend(all);
+        // Both extensions read: nothing after them matters. Else every read must succeed.
+        let need = both_read.unwrap_or_else(|| reads.iter().copied().max().unwrap_or(0));
+
+        let mut message = vec![1];
+        message.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        message.extend(body);
+        assert!(message.len() <= MAX_CLIENT_HELLO_LEN);
+        (message, need)
+    }
+}
+
+/// The CRYPTO stream of an Initial payload reassembled the plain way: a frame walk after
+/// RFC 9000 §19 over the frames an Initial may carry (PADDING, PING, ACK, CRYPTO,
+/// CONNECTION_CLOSE of the transport), the stream octets below `MAX_CLIENT_HELLO_LEN` kept by
+/// offset, a later copy of an octet checked against the first.
+#[derive(Debug, Clone)]
+pub struct RefStream {
+    pub data: Vec<u8>,
+    pub received: Vec<bool>,
+}
+
+impl RefStream {
+    /// Octets `start..start + len`, if all were received.
+    pub fn get(&self, start: usize, len: usize) -> Option<&[u8]> {
+        let end = start.checked_add(len)?;
+        self.received
+            .get(start..end)?
+            .iter()
+            .all(|&r| r)
+            .then(|| &self.data[start..end])
+    }
+}
+
+/// `None` where the payload breaks the frame rules (an unknown or disallowed frame type, a
+/// frame cut short, a CRYPTO frame ending past 2^62 - 1, CRYPTO frames disagreeing).
+pub fn ref_crypto_stream(payload: &[u8]) -> Option<RefStream> {
+    fn varint(p: &[u8], at: &mut usize) -> Option<u64> {
+        let first = *p.get(*at)?;
+        let n = 1usize << (first >> 6);
+        let bytes = p.get(*at..*at + n)?;
+        *at += n;
+        Some(
+            bytes[1..]
+                .iter()
+                .fold(u64::from(first & 0x3f), |v, &b| v << 8 | u64::from(b)),
+        )
+    }
+    fn bytes<'p>(p: &'p [u8], at: &mut usize, len: u64) -> Option<&'p [u8]> {
+        let end = at.checked_add(usize::try_from(len).ok()?)?;
+        let b = p.get(*at..end)?;
+        *at = end;
+        Some(b)
+    }
+    let mut s = RefStream {
+        data: vec![0; MAX_CLIENT_HELLO_LEN],
+        received: vec![false; MAX_CLIENT_HELLO_LEN],
+    };
+    let mut at = 0;
+    while at < payload.len() {
+        match varint(payload, &mut at)? {
+            0x00 | 0x01 => {}
+            ty @ (0x02 | 0x03) => {
+                varint(payload, &mut at)?; // largest acknowledged
+                varint(payload, &mut at)?; // ACK delay
+                let ranges = varint(payload, &mut at)?;
+                varint(payload, &mut at)?; // first range
+                                           // Each range reads at least two octets: a huge count fails at the payload's end.
+                for _ in 0..ranges {
+                    varint(payload, &mut at)?; // gap
+                    varint(payload, &mut at)?; // range length
+                }
+                if ty == 0x03 {
+                    for _ in 0..3 {
+                        varint(payload, &mut at)?; // ECT(0), ECT(1), ECN-CE counts
+                    }
+                }
+            }
+            0x06 => {
+                let offset = varint(payload, &mut at)?;
+                let len = varint(payload, &mut at)?;
+                let data = bytes(payload, &mut at, len)?;
+                if offset.checked_add(len)? > (1 << 62) - 1 {
+                    return None;
+                }
+                for (i, &b) in data.iter().enumerate() {
+                    let Some(pos) = usize::try_from(offset)
+                        .ok()
+                        .and_then(|o| o.checked_add(i))
+                        .filter(|&p| p < MAX_CLIENT_HELLO_LEN)
+                    else {
+                        break;
+                    };
+                    if s.received[pos] && s.data[pos] != b {
+                        return None;
+                    }
+                    s.data[pos] = b;
+                    s.received[pos] = true;
+                }
+            }
+            0x1c => {
+                varint(payload, &mut at)?; // error code
+                varint(payload, &mut at)?; // frame type
+                let reason = varint(payload, &mut at)?;
+                bytes(payload, &mut at, reason)?;
+            }
+            _ => return None,
+        }
+    }
+    Some(s)
 }

@@ -11,7 +11,9 @@ use xdp_quic::cid::CidLayout;
 use xdp_quic::packet::frame;
 use xdp_quic::route::{route, Destination};
 
-use crate::{CidInput, FrameWriteInput, RouteInput};
+use xdp_quic::packet::client_hello::peek;
+
+use crate::{CidInput, ClientHelloInput, FrameWriteInput, HelloPayload, RouteInput};
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -98,4 +100,33 @@ fn corpus_stats() {
         *c.entry(format!("built {:?}", i.built)).or_default() += 1;
     }
     show("route", inputs.len(), c);
+
+    let inputs = corpus("client_hello");
+    let mut c = BTreeMap::new();
+    for f in &inputs {
+        let i = ClientHelloInput::decode(f);
+        let mode = match i.payload {
+            HelloPayload::Frames(_) => "frames",
+            HelloPayload::Built(_) => "built",
+        };
+        let variant = if i.flip.is_some() { " flipped" } else { "" };
+        let mut datagram = i.initial().seal();
+        if let Some(at) = i.flip {
+            let n = datagram.len();
+            datagram[usize::from(at) % n] ^= 1;
+        }
+        let key = match peek(&datagram) {
+            Ok(info) => format!(
+                "{mode}{variant} Ok sni={} alpn={}",
+                info.server_name.is_some(),
+                info.alpn.len()
+            ),
+            Err(e) => format!(
+                "{mode}{variant} Err {}",
+                format!("{e:?}").split('(').next().unwrap()
+            ),
+        };
+        *c.entry(key).or_default() += 1;
+    }
+    show("client_hello", inputs.len(), c);
 }
