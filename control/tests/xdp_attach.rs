@@ -296,3 +296,40 @@ fn unregistering_leaves_a_queue_another_socket_took_since() {
     })
     .unwrap();
 }
+
+/// A pinned attachment's ports moved to a disjoint set as large as the map can hold with
+/// the old set (40 → 40 in a map of 64): updated to exactly the new set. (Before, new entries
+/// went in before old ones went out: the map overflowed after 24, the command failed, and 64
+/// ports were left steered.)
+#[test]
+fn ports_move_to_a_disjoint_set_that_does_not_fit_beside_the_old() {
+    use xdp_quic_control::testing::PinGuard;
+    use xdp_quic_control::xdp::{attach, AttachOptions, AttachOutcome, ProgramMaps};
+
+    if !privileged("ports_move_to_a_disjoint_set_that_does_not_fit_beside_the_old") {
+        return;
+    }
+    let tb = Testbed::create(&unique_name("xu"), 1, 97).expect("testbed");
+    let _pins = PinGuard(tb.server_if.clone());
+    let opts = |ports: std::ops::Range<u16>| AttachOptions {
+        service: ServiceConfig {
+            ports: ports.collect(),
+            addrs: Default::default(),
+        },
+        mode: AttachMode::Skb,
+        force: false,
+    };
+    tb.in_server(|| attach(&tb.server_if, &opts(1..41)))
+        .unwrap()
+        .expect("attach");
+    let got = tb
+        .in_server(|| attach(&tb.server_if, &opts(41..81)))
+        .unwrap()
+        .expect("the update");
+    assert!(matches!(got, AttachOutcome::Updated { .. }), "{got:?}");
+    let steered = ProgramMaps::open_pinned(&pins::dir(&tb.server_if))
+        .unwrap()
+        .read_service()
+        .unwrap();
+    assert_eq!(steered.ports, (41..81).collect());
+}

@@ -1493,6 +1493,30 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
         None,
         "a turned it off as it ended"
     );
+
+    // `attach --shield` under a server that turned the shield on for its life, with the
+    // very rules the server wrote ("on, unchanged"): the shield is the operator's now, and
+    // stays when that server ends.
+    let a = serve_on(0..1, PORT, true);
+    loop {
+        match a.events().recv_timeout(GUARD) {
+            Ok(Event::Shield { .. }) => break,
+            Ok(_) => {}
+            Err(e) => panic!("server a: {e}: {:?}", a.join()),
+        }
+    }
+    let wrote = maps().config().unwrap();
+    assert!(wrote.is_some());
+    tb.in_server(|| xdp::shield::set_pinned(&tb.server_if, wrote.as_ref()))
+        .unwrap()
+        .unwrap();
+    a.stop();
+    a.join().expect("server a ended cleanly");
+    assert_eq!(
+        maps().config().unwrap(),
+        wrote,
+        "the operator's shield was turned off"
+    );
     tb.in_server(|| xdp::detach(&tb.server_if))
         .unwrap()
         .expect("detach");

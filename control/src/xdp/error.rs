@@ -68,7 +68,7 @@ pub enum XdpError {
     /// The pins of this interface name belong to an interface of another namespace.
     #[error(
         "the pins at {path} belong to an interface named '{iface}' in another network \
-         namespace; detach it there (xdp-quic --netns <ns> detach {iface}) first"
+         namespace; detach it there (xdp-quic detach {iface} --netns <ns>) first"
     )]
     OtherNamespace {
         /// Interface name.

@@ -271,12 +271,35 @@ impl ProgramMaps {
     }
 
     /// Makes the maps steer exactly `want`, keeping `mode`, `ifindex` and `netns_ino`
-    /// of the config. New entries go in before old ones go out, and the address filter
-    /// is switched on only after the addresses are in (off before they leave), so a
-    /// packet in flight sees either the old or the new service, or a superset of both.
+    /// of the config. New entries go in before old ones go out (unless old and new together
+    /// would not fit a map: then the old go first), and the address filter is switched on
+    /// only after the addresses are in (off before they leave), so a packet in flight sees
+    /// either the old or the new service, or a superset of both. A change that fails
+    /// partway is undone (as far as the maps let it be), and its error returned.
     pub fn write_service(&mut self, want: &ServiceConfig) -> anyhow::Result<()> {
         want.validate()?;
         let have = self.read_service()?;
+        let cfg = self.read_config()?;
+        match self.apply_service(want, &have) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let undone = self.read_service().and_then(|now| {
+                    self.apply_service(&have, &now)?;
+                    self.write_config(&cfg)
+                });
+                match undone {
+                    Ok(()) => Err(e),
+                    Err(u) => Err(e.context(format!(
+                        "and the maps could not be put back as they were ({u:#}): detach and \
+                         attach again"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Moves the maps from service `have` to `want` (see [`ProgramMaps::write_service`]).
+    fn apply_service(&mut self, want: &ServiceConfig, have: &ServiceConfig) -> anyhow::Result<()> {
         let mut cfg = self.read_config()?;
         if want.addrs.is_empty() && cfg.flags & CFG_FILTER_ADDRS != 0 {
             cfg.flags &= !CFG_FILTER_ADDRS;
@@ -284,26 +307,49 @@ impl ProgramMaps {
         }
         {
             let mut ports: HashMap<&mut MapData, u16, u8> = HashMap::try_from(&mut self.ports)?;
-            for p in want.ports.difference(&have.ports) {
-                ports
-                    .insert(p, 1, 0)
-                    .with_context(|| format!("adding port {p}"))?;
+            let fits = want.ports.union(&have.ports).count() <= xdp_quic_ebpf::MAX_PORTS as usize;
+            let add = |ports: &mut HashMap<&mut MapData, u16, u8>| -> anyhow::Result<()> {
+                for p in want.ports.difference(&have.ports) {
+                    ports
+                        .insert(p, 1, 0)
+                        .with_context(|| format!("adding port {p}"))?;
+                }
+                Ok(())
+            };
+            if fits {
+                add(&mut ports)?;
             }
             for p in have.ports.difference(&want.ports) {
                 ports
                     .remove(p)
                     .with_context(|| format!("removing port {p}"))?;
             }
+            if !fits {
+                add(&mut ports)?;
+            }
         }
         {
             let mut a4: HashMap<&mut MapData, [u8; 4], u8> = HashMap::try_from(&mut self.addrs4)?;
             let mut a6: HashMap<&mut MapData, [u8; 16], u8> = HashMap::try_from(&mut self.addrs6)?;
-            for a in want.addrs.difference(&have.addrs) {
-                match a {
-                    IpAddr::V4(v4) => a4.insert(v4.octets(), 1, 0),
-                    IpAddr::V6(v6) => a6.insert(v6.octets(), 1, 0),
+            let v4 = |a: &&IpAddr| a.is_ipv4();
+            let v6 = |a: &&IpAddr| a.is_ipv6();
+            let max = xdp_quic_ebpf::MAX_ADDRS as usize;
+            let fits = want.addrs.union(&have.addrs).filter(v4).count() <= max
+                && want.addrs.union(&have.addrs).filter(v6).count() <= max;
+            let add = |a4: &mut HashMap<&mut MapData, [u8; 4], u8>,
+                       a6: &mut HashMap<&mut MapData, [u8; 16], u8>|
+             -> anyhow::Result<()> {
+                for a in want.addrs.difference(&have.addrs) {
+                    match a {
+                        IpAddr::V4(v4) => a4.insert(v4.octets(), 1, 0),
+                        IpAddr::V6(v6) => a6.insert(v6.octets(), 1, 0),
+                    }
+                    .with_context(|| format!("adding address {a}"))?;
                 }
-                .with_context(|| format!("adding address {a}"))?;
+                Ok(())
+            };
+            if fits {
+                add(&mut a4, &mut a6)?;
             }
             for a in have.addrs.difference(&want.addrs) {
                 match a {
@@ -311,6 +357,9 @@ impl ProgramMaps {
                     IpAddr::V6(v6) => a6.remove(&v6.octets()),
                 }
                 .with_context(|| format!("removing address {a}"))?;
+            }
+            if !fits {
+                add(&mut a4, &mut a6)?;
             }
         }
         if !want.addrs.is_empty() && cfg.flags & CFG_FILTER_ADDRS == 0 {

@@ -519,7 +519,10 @@ impl Drop for ShieldGuard {
         drop(self.monitor.take());
         let (was_on, wrote) = (self.was_on, &self.wrote);
         let restored = self.maps.update(|e| {
-            let ours = ShieldConfig::from_map(e).as_ref() == Some(wrote);
+            // Ours: the configuration this server wrote, still marked as a server's (an
+            // `attach --shield` since clears the mark, and its shield stays).
+            let ours =
+                e.flags & SHIELD_SERVER != 0 && ShieldConfig::from_map(e).as_ref() == Some(wrote);
             let e = if was_on || !ours { *e } else { off(e) };
             Ok((with_layout(&e, None)?, ()))
         });

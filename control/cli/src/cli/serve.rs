@@ -355,7 +355,7 @@ fn serve<H: Handler>(
         ),
         StopReason::ProgramLost { iface, why } => bail!(
             "{why} on {iface} under the running server; restart the server (after `xdp-quic \
-             attach {iface}` again if it was attached so), or run with --backend auto to fall \
+             attach {iface} --port PORT` again if it was attached so), or run with --backend auto to fall \
              back to kernel UDP"
         ),
     }
