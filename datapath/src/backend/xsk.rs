@@ -458,6 +458,7 @@ impl Backend for XskBackend {
         }
         let mut added = 0;
         let (local, port, verify) = (&mut self.local, self.cfg.port, self.cfg.verify_checksum);
+        let ifindex = self.cfg.socket.ifindex;
         let taken = self
             .sock
             .recv(batch.room(), |octets| match frame::parse(octets, verify) {
@@ -470,7 +471,8 @@ impl Backend for XskBackend {
                         dst_mac: f.l2.src_mac,
                         vlan: f.l2.vlan,
                     };
-                    batch.push_linked(f.src, Some(f.dst.ip()), ecn, Some(reply), f.payload);
+                    let from = scoped(f.src, ifindex);
+                    batch.push_linked(from, Some(f.dst.ip()), ecn, Some(reply), f.payload);
                     added += 1;
                 }
                 Err(ParseError::BadChecksum) => local.rx_bad_checksum += 1,
@@ -567,6 +569,19 @@ impl Backend for XskBackend {
             IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             self.cfg.port,
         ))
+    }
+}
+
+/// `addr` with the scope of interface `ifindex` if it is an IPv6 link-local address: a reply
+/// through a kernel socket to a link-local peer needs it (the kernel refuses one without:
+/// EINVAL), and it names the peer the same way on every datagram.
+fn scoped(addr: SocketAddr, ifindex: u32) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(mut a) if a.ip().is_unicast_link_local() => {
+            a.set_scope_id(ifindex);
+            SocketAddr::V6(a)
+        }
+        other => other,
     }
 }
 
@@ -710,6 +725,45 @@ mod tests {
         assert_conserved(&b, &mut k);
         b.flush().unwrap(); // reaps the completions
         assert_eq!(b.socket().umem().lent_tx(), 0);
+        assert_conserved(&b, &mut k);
+    }
+
+    /// A link-local IPv6 peer is named with the interface's scope (the socket's ifindex, 1
+    /// here), so that a reply through the kernel can reach it; other addresses have none.
+    #[test]
+    fn link_local_peers_get_the_interfaces_scope() {
+        let (mut b, mut k) = backend();
+        let mut batch = RxBatch::new(64);
+        let l2 = L2 {
+            src_mac: CLIENT_MAC,
+            dst_mac: SERVER_MAC,
+            vlan: None,
+        };
+        for (from, to) in [
+            ("[fe80::1]:5000", "[fe80::2]:4433"),
+            ("[2001:db8::1]:5000", "[2001:db8::2]:4433"),
+        ] {
+            let mut buf = vec![0u8; 2048];
+            let n = frame::write(
+                &mut buf,
+                &l2,
+                from.parse().unwrap(),
+                to.parse().unwrap(),
+                0,
+                b"x",
+            )
+            .unwrap();
+            k.deliver(&buf[..n]).unwrap();
+        }
+        assert_eq!(b.recv(&mut batch).unwrap(), 2);
+        let scopes: Vec<u32> = batch
+            .drain()
+            .map(|d| match d.remote {
+                SocketAddr::V6(a) => a.scope_id(),
+                SocketAddr::V4(_) => panic!("an IPv4 peer"),
+            })
+            .collect();
+        assert_eq!(scopes, [1, 0]);
         assert_conserved(&b, &mut k);
     }
 
