@@ -50,6 +50,20 @@ impl ServerSteering {
                             listen.port()
                         );
                     }
+                    let others: Vec<String> = (service.ports.iter())
+                        .filter(|&&p| p != listen.port())
+                        .map(u16::to_string)
+                        .collect();
+                    if !others.is_empty() {
+                        tracing::warn!(
+                            "the attachment of {iface} steers port(s) {} too: their packets on \
+                             this server's queues come to it and are dropped (rx_other_port), \
+                             not given to the kernel; attach with --port {} alone unless \
+                             another server serves them on queues of its own",
+                            others.join(","),
+                            listen.port()
+                        );
+                    }
                     live.prog_id
                 }
                 Pinned::OtherNamespace => anyhow::bail!(
