@@ -40,6 +40,21 @@ pub trait Drive {
     fn is_done(&self) -> bool;
 }
 
+/// The network's virtual clock as wall-clock time, for what quinn-proto dates by
+/// `SystemTime` (its Retry and NEW_TOKEN tokens): a fixed epoch plus the virtual time since
+/// the node was made, so that tokens expire by virtual time and a run replays however slow
+/// the machine. (A server configuration given later, `set_server_config`, keeps its own.)
+struct VirtualWallClock {
+    net: MemNetwork,
+    start: Instant,
+}
+
+impl quinn_proto::TimeSource for VirtualWallClock {
+    fn now(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + (self.net.now() - self.start)
+    }
+}
+
 /// An engine whose workers run over the in-memory network.
 pub struct Node<H: Handler> {
     pub workers: Vec<Worker<H>>,
@@ -57,6 +72,13 @@ impl<H: Handler> Node<H> {
         steering: MemSteering,
         factory: F,
     ) -> Result<Self, EngineError> {
+        let mut builder = builder;
+        if let Some(server) = builder.server.as_mut() {
+            server.time_source(std::sync::Arc::new(VirtualWallClock {
+                net: net.clone(),
+                start: net.now(),
+            }));
+        }
         let (workers, handle) = builder.seed(net.seed_for(addr)).build(factory)?;
         let io = net.bind(addr, workers.len(), steering)?;
         let done = vec![false; workers.len()];
