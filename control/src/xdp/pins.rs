@@ -257,6 +257,25 @@ fn check_pin_root() -> io::Result<()> {
             ),
         ));
     }
+    // Its parent, the bpffs: one that others may write to without the sticky bit lets them
+    // rename the pin root away and put their own in its place between two looks.
+    if let Some(parent) = root.parent() {
+        let p = std::fs::metadata(parent)?;
+        if p.mode() & 0o022 != 0 && p.mode() & 0o1000 == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} may be written to by other users (mode {:o}, no sticky bit), who could \
+                     swap the pins under xdp-quic: remount it private (`mount -o \
+                     remount,mode=0700 {}`) or set the sticky bit (`chmod +t {}`)",
+                    parent.display(),
+                    p.mode() & 0o7777,
+                    parent.display(),
+                    parent.display()
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 
