@@ -191,6 +191,10 @@ pub fn attach(a: &AttachArgs) -> anyhow::Result<()> {
     let pin_dir = xdp::pins::dir(&a.iface);
     let outcome = xdp::attach(&a.iface, &opts)?;
     let fresh = matches!(outcome, AttachOutcome::Attached { .. });
+    let previous = match &outcome {
+        AttachOutcome::Updated { before, .. } => Some(before.clone()),
+        _ => None,
+    };
     match outcome {
         AttachOutcome::Attached { mode, prog_id, replaced, mounted_bpffs, removed_stale } => {
             if mounted_bpffs {
@@ -239,7 +243,25 @@ pub fn attach(a: &AttachArgs) -> anyhow::Result<()> {
                     ),
                 }));
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                // Nothing left changed: an update this command made is undone.
+                let Some(previous) = previous else {
+                    return Err(e);
+                };
+                let back = AttachOptions {
+                    service: previous,
+                    ..opts
+                };
+                let undone = xdp::attach(&a.iface, &back).map(|_| ());
+                return Err(e.context(match undone {
+                    Ok(()) => "the shield could not be set: the ports and addresses are put back"
+                        .to_string(),
+                    Err(d) => format!(
+                        "the shield could not be set, and putting the ports and addresses back \
+                         failed too ({d:#})"
+                    ),
+                }));
+            }
         };
         match (&before, &want) {
             (_, Some(c)) if before.as_ref() == Some(c) => {
