@@ -471,6 +471,14 @@ pub fn start_xdp_client<H: Handler>(
     let mut setup = setup.clone();
     setup.listen.set_port(port);
     setup.tx = xdp_quic::backend::xsk::TxMode::Kernel;
+    if crate::xdp::pins::dir(&setup.iface).exists() {
+        anyhow::bail!(
+            "{} has the program `xdp-quic attach` pinned for its servers, and a client engine \
+             attaches a program of its own for its local port (an interface holds one): run \
+             the client over another interface, or over kernel UDP (--backend udp)",
+            setup.iface
+        );
+    }
     let steering = ServerSteering::attach_own(&setup.iface, setup.listen, mode)?;
     let how = steering.describe();
     let program = steering.counters_reader(&setup.iface).ok();
