@@ -385,6 +385,9 @@ async fn the_async_hq_server_takes_back_the_slot_of_an_answer_not_taken() {
     let (mut send, mut unread) = conn.open_bi().await.unwrap();
     send.write_all(b"GET /mid\r\n").await.unwrap();
     send.finish().unwrap();
+    // Its answer has begun: it holds the one slot (a little is read here, the rest not).
+    let first = guard("the answer's start", unread.read_chunk(1_000, true)).await;
+    assert!(first.unwrap().is_some_and(|c| !c.bytes.is_empty()));
     // Waits for the one slot, which the unread answer holds until its stall.
     let got = guard("the request after it", get(&conn, b"GET /small\r\n")).await;
     assert_same("small", &got.unwrap(), &small);
