@@ -1,7 +1,7 @@
 //! # xdp-quic: a sharded QUIC datapath for Linux
 //!
 //! N worker threads, each with its own `quinn_proto::Endpoint` shard, its own I/O port and its
-//! own application handler: connections scale with cores, with no lock on the hot path and no
+//! own application handler: connections scale with cores, with no lock on a connection's packets and no
 //! connection ever handled by the wrong shard (connection IDs name their worker, see
 //! [`cid`] and [`route`]).
 //!

@@ -13,16 +13,14 @@
 //! the connection lives (and forgets them all when it ends); a worker that receives a short
 //! header whose CID this host did not issue ([`crate::route::Destination::Stray`]) from such
 //! an address hands a copy to the workers that opened connections to it, and gives it to its
-//! own endpoint too (a connection that peer opened to this worker may be the reset's).
-//! Entries are made by the application's own `connect`s (a peer cannot add any), one per open
-//! connection. The table's lock is taken when outgoing connections open and end, and by a
-//! worker that meets a stray packet after such a change, to refresh its own copy
-//! ([`OutgoingView`]); a flood of stray packets reads that copy, with no lock and no shared
-//! write. The count lets every other packet skip it all.
+//! own endpoint too (a connection that peer opened to this worker may be the reset's). Entries are made by the application's own `connect`s (a
+//! peer cannot add any), one per open connection. The lock is taken only on that cold path
+//! (stray packets while outgoing connections exist) and when outgoing connections open and
+//! end; the count lets every other packet skip it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 
 /// The workers that have connections open to each remote address (connections they opened).
@@ -30,20 +28,8 @@ use std::sync::RwLock;
 pub(crate) struct OutgoingPeers {
     /// Connections recorded, all addresses.
     count: AtomicUsize,
-    /// Changes made to `map`, for the workers' copies to know theirs is stale.
-    generation: AtomicU64,
     /// Per address: (worker, its connections to the address).
     map: RwLock<HashMap<SocketAddr, Vec<(usize, u32)>>>,
-}
-
-/// A worker's copy of [`OutgoingPeers`], refreshed when the table changed since.
-#[derive(Default)]
-pub(crate) struct OutgoingView {
-    /// The table's generation this copy is of (0: never taken; the table's starts at 0 too,
-    /// and is empty then).
-    generation: u64,
-    /// Per address, the workers with connections to it.
-    owners: HashMap<SocketAddr, Vec<usize>>,
 }
 
 impl OutgoingPeers {
@@ -55,7 +41,6 @@ impl OutgoingPeers {
             Some((_, n)) => *n += 1,
             None => owners.push((worker, 1)),
         }
-        self.generation.fetch_add(1, Ordering::Release);
         self.count.fetch_add(1, Ordering::Release);
     }
 
@@ -75,7 +60,6 @@ impl OutgoingPeers {
         if owners.is_empty() {
             map.remove(&remote);
         }
-        self.generation.fetch_add(1, Ordering::Release);
         self.count.fetch_sub(1, Ordering::Release);
     }
 
@@ -96,40 +80,22 @@ impl OutgoingPeers {
             });
             !owners.is_empty()
         });
-        self.generation.fetch_add(1, Ordering::Release);
         self.count.fetch_sub(gone, Ordering::Release);
     }
 
     /// The workers other than `me` with connections open to `remote` (into `others`,
-    /// emptied first), as of `view`, which is refreshed first if the table changed since.
-    /// Takes no lock while no connection is recorded, nor while the table is unchanged.
-    pub fn others(
-        &self,
-        view: &mut OutgoingView,
-        remote: SocketAddr,
-        me: usize,
-        others: &mut Vec<usize>,
-    ) {
+    /// emptied first). Takes no lock while no connection is recorded.
+    pub fn others(&self, remote: SocketAddr, me: usize, others: &mut Vec<usize>) {
         others.clear();
         if self.count.load(Ordering::Acquire) == 0 {
             return;
         }
-        if self.generation.load(Ordering::Acquire) != view.generation {
-            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-            // Read under the lock: every change bumps it under the write lock.
-            view.generation = self.generation.load(Ordering::Acquire);
-            view.owners.clear();
-            view.owners.extend(
-                map.iter()
-                    .map(|(a, owners)| (*a, owners.iter().map(|&(w, _)| w).collect())),
-            );
-        }
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         others.extend(
-            view.owners
-                .get(&remote)
+            map.get(&remote)
                 .into_iter()
                 .flatten()
-                .copied()
+                .map(|&(w, _)| w)
                 .filter(|&w| w != me),
         );
     }
@@ -142,32 +108,31 @@ mod tests {
     #[test]
     fn owners_are_counted_per_connection_and_forgotten_with_the_last() {
         let p = OutgoingPeers::default();
-        let mut v = OutgoingView::default();
         let a: SocketAddr = "192.0.2.1:443".parse().unwrap();
         let b: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
         let mut others = Vec::new();
-        p.others(&mut v, a, 0, &mut others);
+        p.others(a, 0, &mut others);
         assert!(others.is_empty());
 
         p.add(a, 1);
         p.add(a, 1);
         p.add(a, 2);
         p.add(b, 0);
-        p.others(&mut v, a, 0, &mut others);
+        p.others(a, 0, &mut others);
         others.sort();
         assert_eq!(others, [1, 2]);
-        p.others(&mut v, a, 1, &mut others);
+        p.others(a, 1, &mut others);
         assert_eq!(others, [2]);
-        p.others(&mut v, b, 3, &mut others);
+        p.others(b, 3, &mut others);
         assert_eq!(others, [0]);
 
         // Worker 1 had two connections to `a`: it stays an owner until both have ended.
         p.remove(a, 1);
-        p.others(&mut v, a, 0, &mut others);
+        p.others(a, 0, &mut others);
         others.sort();
         assert_eq!(others, [1, 2]);
         p.remove(a, 1);
-        p.others(&mut v, a, 0, &mut others);
+        p.others(a, 0, &mut others);
         assert_eq!(others, [2]);
         p.remove(a, 2);
         p.remove(b, 0);
@@ -179,29 +144,9 @@ mod tests {
         assert_eq!(p.count.load(Ordering::Relaxed), 0);
     }
 
-    /// A worker's copy follows every change, one that leaves the count as it was included.
-    #[test]
-    fn a_workers_copy_follows_the_table() {
-        let p = OutgoingPeers::default();
-        let mut v = OutgoingView::default();
-        let a: SocketAddr = "192.0.2.1:443".parse().unwrap();
-        let b: SocketAddr = "192.0.2.2:443".parse().unwrap();
-        let mut others = Vec::new();
-        p.add(a, 1);
-        p.others(&mut v, a, 0, &mut others);
-        assert_eq!(others, [1]);
-        p.remove(a, 1);
-        p.add(b, 2);
-        p.others(&mut v, a, 0, &mut others);
-        assert!(others.is_empty(), "a stale copy: {others:?}");
-        p.others(&mut v, b, 0, &mut others);
-        assert_eq!(others, [2]);
-    }
-
     #[test]
     fn a_worker_that_ended_is_forgotten_whole() {
         let p = OutgoingPeers::default();
-        let mut v = OutgoingView::default();
         let a: SocketAddr = "192.0.2.1:443".parse().unwrap();
         let b: SocketAddr = "192.0.2.2:443".parse().unwrap();
         p.add(a, 1);
@@ -210,9 +155,9 @@ mod tests {
         p.add(b, 1);
         p.forget_worker(1);
         let mut others = Vec::new();
-        p.others(&mut v, a, 0, &mut others);
+        p.others(a, 0, &mut others);
         assert_eq!(others, [2]);
-        p.others(&mut v, b, 0, &mut others);
+        p.others(b, 0, &mut others);
         assert!(others.is_empty());
         assert_eq!(p.count.load(Ordering::Relaxed), 1);
         p.remove(a, 2);

@@ -16,8 +16,8 @@
 //!
 //! Nothing here allocates, locks, logs or makes a syscall per packet of a connection: batches,
 //! buffers and queues are reused; the backend decides how many syscalls a batch costs. (The
-//! exceptions, copies of stray short headers for the workers that opened connections to
-//! their sender among them, are listed in docs/ARCHITECTURE.md.)
+//! exceptions, stray short headers while the engine has outgoing connections among them, are
+//! listed in docs/ARCHITECTURE.md.)
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -164,8 +164,6 @@ pub struct Worker<H: Handler> {
     held: Vec<usize>,
     /// The other workers a stray datagram goes to (a buffer reused; see `on_stray`).
     stray_owners: Vec<usize>,
-    /// This worker's copy of the engine's outgoing peers, for stray packets.
-    outgoing_view: crate::peers::OutgoingView,
     /// Marks the worker ended when it drops (last: see [`EndMark`]).
     _end: EndMark<H>,
 }
@@ -256,7 +254,6 @@ impl<H: Handler> Worker<H> {
             hold_transmits: false,
             held: Vec::new(),
             stray_owners: Vec::new(),
-            outgoing_view: Default::default(),
             _end: end,
         }
     }
@@ -510,8 +507,9 @@ impl<H: Handler> Worker<H> {
     /// reset's. Copies only while other workers have connections open to the sender.
     fn on_stray<B: Backend>(&mut self, io: &mut B, d: Datagram) {
         let mut others = std::mem::take(&mut self.stray_owners);
-        let me = self.index();
-        (self.mesh.outgoing).others(&mut self.outgoing_view, d.remote, me, &mut others);
+        self.mesh
+            .outgoing
+            .others(d.remote, self.index(), &mut others);
         for &w in &others {
             let copy = Datagram {
                 data: BytesMut::from(&d.data[..]),
