@@ -471,7 +471,10 @@ pub fn start_xdp_client<H: Handler>(
     let mut setup = setup.clone();
     setup.listen.set_port(port);
     setup.tx = xdp_quic::backend::xsk::TxMode::Kernel;
-    if crate::xdp::pins::dir(&setup.iface).exists() {
+    if matches!(
+        crate::xdp::inspect(&setup.iface),
+        Ok(crate::xdp::Pinned::Live(_))
+    ) {
         anyhow::bail!(
             "{} has the program `xdp-quic attach` pinned for its servers, and a client engine \
              attaches a program of its own for its local port (an interface holds one): run \

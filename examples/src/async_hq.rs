@@ -13,7 +13,9 @@
 //! - The next chunk is read only once the previous one is in the stream's queue, and a slot
 //!   is given back only once the client acknowledged the answer's end, so a slow reader costs
 //!   at most the stream's queue (the endpoint's `Limits::stream_send`) per slot, not the
-//!   file; one that takes nothing within [`HqLimits::send_stall`] is reset ([`STALLED`]).
+//!   file. One that does not take a chunk within [`HqLimits::send_stall`] is reset
+//!   ([`STALLED`]), and at the end, one that does not acknowledge the rest within a stall per
+//!   chunk still queued (at most 4) and one more.
 
 use std::io;
 use std::sync::Arc;
@@ -25,6 +27,10 @@ use crate::files::{read_chunk_pooled, FileRoot};
 pub use crate::hq::{
     HqLimits, ALPN, BAD_REQUEST, CHUNK, MAX_REQUEST, NOT_FOUND, REQUEST_TIMED_OUT, STALLED,
 };
+
+/// Chunks a stream's send queue holds at most, with the async API's default
+/// `Limits::stream_send` (256 KiB).
+const QUEUE_CHUNKS: usize = (256 << 10) / CHUNK;
 
 /// The server: the root and the endpoint-wide slots.
 #[derive(Clone)]
@@ -128,6 +134,7 @@ impl AsyncHq {
             let _ = send.reset(NOT_FOUND);
             return Ok(());
         };
+        let mut sent = 0usize;
         loop {
             let (chunk, end, f) = match read_chunk_pooled(file, CHUNK).await {
                 Ok(read) => read,
@@ -138,6 +145,7 @@ impl AsyncHq {
                 }
             };
             file = f;
+            sent += chunk.len();
             if !chunk.is_empty() {
                 // The chunk goes once the stream's queue has room for it, that is once the
                 // client took as much: one that does not within `send_stall` (stopped, or
@@ -153,9 +161,12 @@ impl AsyncHq {
             if end {
                 send.finish()?;
                 // The slot is held until the client took the end: what is queued (up to the
-                // stream's send limit) is this request's memory until then, and a client
-                // that does not take it within `send_stall` loses it.
-                match tokio::time::timeout(self.limits.send_stall, send.stopped()).await {
+                // stream's send limit) is this request's memory until then. A client taking a
+                // chunk per `send_stall` drains the queue's chunks (at most QUEUE_CHUNKS) in
+                // as many stalls: one that does not within that, and one more, loses it.
+                let queued = sent.div_ceil(CHUNK).min(QUEUE_CHUNKS) as u32;
+                let within = self.limits.send_stall * (queued + 1);
+                match tokio::time::timeout(within, send.stopped()).await {
                     Ok(_) => {}
                     Err(_) => {
                         let _ = send.reset(STALLED);

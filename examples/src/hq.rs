@@ -1015,7 +1015,10 @@ impl Handler for HqClient {
         });
         if over {
             let _ = conn.stop(s, TOO_LARGE);
-            self.pending.remove(&s);
+            // What the dropped body took is free again for the other paths.
+            if let Some((_, body)) = self.pending.remove(&s) {
+                self.budget += body.len();
+            }
             let why = "the bodies passed the client's budget".to_string();
             return self.finish_one(conn, i, Fetched::Failed(why));
         }

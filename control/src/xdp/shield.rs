@@ -493,9 +493,12 @@ impl ShieldGuard {
         guard.maps.set_layout(Some(layout))?;
         // On, and, when this server turns it on for its life, marked so in the same write:
         // what a server killed before it could put the shield back is known for what it is.
-        guard.maps.update(|e| {
-            let mut e = config.apply(e);
-            if !was_on {
+        guard.maps.update(|before| {
+            let mut e = config.apply(before);
+            // A server's mark stays a server's (one already on, of a server on other queues,
+            // keeps its mark: the last server to go turns it off, or the next one finds it
+            // stale), rather than passing for an operator's `attach --shield` for good.
+            if !was_on || before.flags & SHIELD_SERVER != 0 {
                 e.flags |= SHIELD_SERVER;
             }
             Ok((e, ()))

@@ -459,11 +459,12 @@ impl Backend for XskBackend {
         let mut added = 0;
         let (local, port, verify) = (&mut self.local, self.cfg.port, self.cfg.verify_checksum);
         let ifindex = self.cfg.socket.ifindex;
+        let ring_tx = self.tx == TxPath::Xsk;
         let taken = self
             .sock
             .recv(batch.room(), |octets| match frame::parse(octets, verify) {
                 Ok(f) if f.dst.port() != port => local.rx_other_port += 1,
-                Ok(f) if f.is_martian() => local.rx_martians += 1,
+                Ok(f) if f.is_martian() || (ring_tx && f.to_group_mac()) => local.rx_martians += 1,
                 Ok(f) => {
                     let ecn = quinn_proto::EcnCodepoint::from_bits(f.ecn);
                     let reply = L2 {
@@ -787,6 +788,17 @@ mod tests {
                 CLIENT.parse().unwrap(),
                 server,
             ),
+            // To the broadcast MAC (this backend transmits on the ring: its reply would
+            // leave from that address).
+            (
+                L2 {
+                    src_mac: CLIENT_MAC,
+                    dst_mac: [0xff; 6],
+                    vlan: None,
+                },
+                CLIENT.parse().unwrap(),
+                server,
+            ),
             // A broadcast source address.
             (
                 L2 {
@@ -817,7 +829,7 @@ mod tests {
         assert_eq!(b.recv(&mut batch).unwrap(), 1, "only the ordinary datagram");
         let got: Vec<Vec<u8>> = batch.drain().map(|d| d.data.to_vec()).collect();
         assert_eq!(got, vec![b"ours".to_vec()]);
-        assert_eq!(b.local.rx_martians, 3);
+        assert_eq!(b.local.rx_martians, 4);
         assert_eq!(b.socket().umem().lent_rx(), FRAMES / 2, "refilled");
         assert_conserved(&b, &mut k);
     }

@@ -36,18 +36,26 @@ pub struct UdpFrame<'a> {
 }
 
 impl UdpFrame<'_> {
+    /// Sent to a multicast or broadcast MAC address. Linux takes unicast IP in such frames
+    /// (CLUSTERIP, NLB), and so does a reply through the kernel; a reply on the TX ring would
+    /// leave from that group address, so that path drops them.
+    pub fn to_group_mac(&self) -> bool {
+        self.l2.dst_mac[0] & 1 == 1
+    }
+
     /// Whether no reply may go back the way this frame came (a martian, which the kernel's
-    /// stack drops): a multicast or broadcast source (MAC or IP), a multicast or broadcast
-    /// destination MAC, source port 0, an unspecified or loopback address at either end, or a
-    /// multicast or limited-broadcast destination address.
+    /// stack drops): a multicast or broadcast source (MAC or IP), source port 0, an
+    /// unspecified or loopback address at either end, or a multicast or limited-broadcast
+    /// destination address.
     /// Replies are built from the frame's own addresses (the source MAC becomes the
     /// destination, the destination IP the source): answering such a frame would send to a
     /// whole segment, or from an address that cannot be ours.
     pub fn is_martian(&self) -> bool {
-        // The group bit: multicast, and broadcast (ff:ff:ff:ff:ff:ff); at the destination
-        // too: a reply leaves from the frame's destination MAC. And source port 0: no reply
-        // can go there (Linux refuses the send, which quinn-udp takes for a NIC without GSO).
-        if self.l2.src_mac[0] & 1 == 1 || self.l2.dst_mac[0] & 1 == 1 || self.src.port() == 0 {
+        // The group bit: multicast, and broadcast (ff:ff:ff:ff:ff:ff). And source port 0: no
+        // reply can go there (Linux refuses the send, which quinn-udp takes for a NIC without
+        // GSO). (A group destination MAC is for the transmit path to judge: see
+        // `UdpFrame::to_group_mac`.)
+        if self.l2.src_mac[0] & 1 == 1 || self.src.port() == 0 {
             return true;
         }
         let unroutable = |ip: IpAddr| match ip {
@@ -649,8 +657,9 @@ mod tests {
             let f = frame("192.0.2.1:1", "192.0.2.2:4433", src_mac);
             assert!(f.is_martian(), "{src_mac:02x?}");
             let mut f = frame("192.0.2.1:1", "192.0.2.2:4433", mac);
+            assert!(!f.to_group_mac());
             f.l2.dst_mac = src_mac;
-            assert!(f.is_martian(), "to {src_mac:02x?}");
+            assert!(!f.is_martian() && f.to_group_mac(), "to {src_mac:02x?}");
         }
     }
 }
