@@ -654,7 +654,9 @@ pub fn markdown(rows: &[Row], meta: &Meta) -> String {
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        // The machine's, not this thread's: the bench pins itself to the client's core.
+        // SAFETY: sysconf takes no pointers.
+        unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(0),
         meta.reps,
         meta.socket_queues,
         meta.duration_s,
