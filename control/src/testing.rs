@@ -26,16 +26,61 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
-/// A name unique to this process and call, `<prefix><pid % 100000><n>`, at most 15 octets
-/// (an interface name; a [`crate::testbed::Testbed`] takes at most 12).
+/// A name unique to this process and call, `<prefix><pid in base 36, 5 digits><n>`, at most
+/// 15 octets (an interface name; a [`crate::testbed::Testbed`] takes at most 12). Unique among
+/// processes running at once too (the whole pid: Linux's are below 36^5). The first call
+/// makes the process remove, on SIGINT, SIGTERM or SIGHUP (a test run interrupted or timed
+/// out), every testbed it made and the bpffs pins of interfaces named from these names, then
+/// exit; drop guards do it for a test that ends, passed or failed.
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     // The pid at a fixed width, so that (pid, n) pairs cannot run together into one name
     // (1234 then 51, and 12345 then 1).
-    let name = format!("{prefix}{:05}{n}", std::process::id() % 100_000);
+    let name = format!("{prefix}{}{n}", base36(std::process::id()));
     assert!(name.len() <= 15, "{name}: too long for an interface name");
+    NAMES.lock().unwrap_or_else(|p| p.into_inner()).push(name.clone());
+    static ON_SIGNAL: std::sync::Once = std::sync::Once::new();
+    ON_SIGNAL.call_once(|| {
+        // Refused if the test binary has a handler of its own: the guards still clean up
+        // whatever ends normally.
+        let _ = crate::signal::on_termination(|sig| {
+            crate::testbed::Testbed::remove_all();
+            remove_pins_of_names();
+            eprintln!("interrupted: this process's test namespaces and pins are removed");
+            std::process::exit(128 + sig);
+        });
+    });
     name
+}
+
+/// The names [`unique_name`] gave out.
+static NAMES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes the pin directories of interfaces named from [`unique_name`]'s names.
+fn remove_pins_of_names() {
+    let names = NAMES.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let root = std::path::Path::new(crate::xdp::pins::PIN_ROOT);
+    let Ok(dirs) = std::fs::read_dir(root) else {
+        return;
+    };
+    for d in dirs.flatten() {
+        let dir = d.file_name().to_string_lossy().into_owned();
+        if names.iter().any(|n| dir.starts_with(n.as_str())) {
+            let _ = std::fs::remove_dir_all(d.path());
+        }
+    }
+}
+
+/// `n` in base 36, 5 digits wide (enough for any Linux pid, at most 2^22).
+fn base36(mut n: u32) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = [b'0'; 5];
+    for d in out.iter_mut().rev() {
+        *d = DIGITS[(n % 36) as usize];
+        n /= 36;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Polls `cond` until it holds; panics naming `what` if it does not within `within` (a hang
