@@ -39,7 +39,10 @@ pub fn unique_name(prefix: &str) -> String {
     // (1234 then 51, and 12345 then 1).
     let name = format!("{prefix}{}{n}", base36(std::process::id()));
     assert!(name.len() <= 15, "{name}: too long for an interface name");
-    NAMES.lock().unwrap_or_else(|p| p.into_inner()).push(name.clone());
+    NAMES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(name.clone());
     static ON_SIGNAL: std::sync::Once = std::sync::Once::new();
     ON_SIGNAL.call_once(|| {
         // Refused if the test binary has a handler of its own: the guards still clean up

@@ -333,3 +333,72 @@ fn ports_move_to_a_disjoint_set_that_does_not_fit_beside_the_old() {
         .unwrap();
     assert_eq!(steered.ports, (41..81).collect());
 }
+
+/// Run by `an_interrupted_test_run_removes_its_testbeds_and_pins`, in a process of its own:
+/// makes a testbed with a pinned attachment, says so, and waits to be killed.
+#[test]
+#[ignore = "a child process of an_interrupted_test_run_removes_its_testbeds_and_pins"]
+fn child_that_makes_a_pinned_testbed_and_waits() {
+    use xdp_quic_control::xdp::attach;
+    if std::env::var_os("XQ_SIGNAL_CHILD").is_none() {
+        return;
+    }
+    let tb = Testbed::create(&unique_name("xg"), 1, 98).expect("testbed");
+    tb.in_server(|| attach(&tb.server_if, &skb_attach_of_4433()))
+        .unwrap()
+        .expect("attach");
+    println!("ready {} {}", tb.server_ns, tb.server_if);
+    loop {
+        std::thread::park();
+    }
+}
+
+/// A test run killed by a signal (Ctrl-C, a timeout) removes the namespaces and the bpffs
+/// pins its tests made, which their drop guards never get to. (Before, they leaked.)
+#[test]
+fn an_interrupted_test_run_removes_its_testbeds_and_pins() {
+    use std::io::BufRead;
+    if !privileged("an_interrupted_test_run_removes_its_testbeds_and_pins") {
+        return;
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "child_that_makes_a_pinned_testbed_and_waits",
+            "--nocapture",
+        ])
+        .env("XQ_SIGNAL_CHILD", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Killed on the way out whatever happens here (the signal cleans up after it).
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) takes no pointers.
+            unsafe { libc::kill(self.0 as i32, libc::SIGTERM) };
+        }
+    }
+    let _kill = Kill(child.id());
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = loop {
+        let line = lines
+            .next()
+            .expect("the child ended before it was ready")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("ready ") {
+            break rest.to_string();
+        }
+    };
+    let (ns, iface) = ready.split_once(' ').unwrap();
+    let netns_exists = |ns: &str| std::path::Path::new("/run/netns").join(ns).exists();
+    let pins = std::path::Path::new(pins::PIN_ROOT).join(iface);
+    assert!(netns_exists(ns) && pins.exists(), "the child made them");
+    // SAFETY: kill(2) takes no pointers.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status}");
+    assert!(!netns_exists(ns), "{ns} is left");
+    assert!(!pins.exists(), "{} is left", pins.display());
+}

@@ -259,22 +259,30 @@ fn check_pin_root() -> io::Result<()> {
     }
     // Its parent, the bpffs: one that others may write to without the sticky bit lets them
     // rename the pin root away and put their own in its place between two looks.
-    if let Some(parent) = root.parent() {
-        let p = std::fs::metadata(parent)?;
-        if p.mode() & 0o022 != 0 && p.mode() & 0o1000 == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "{} may be written to by other users (mode {:o}, no sticky bit), who could \
-                     swap the pins under xdp-quic: remount it private (`mount -o \
-                     remount,mode=0700 {}`) or set the sticky bit (`chmod +t {}`)",
-                    parent.display(),
-                    p.mode() & 0o7777,
-                    parent.display(),
-                    parent.display()
-                ),
-            ));
-        }
+    match root.parent() {
+        Some(parent) => check_shared_parent(parent),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a directory other users may write to without the sticky bit (they could rename
+/// what is in it, ours included).
+fn check_shared_parent(parent: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = std::fs::metadata(parent)?.mode();
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} may be written to by other users (mode {:o}, no sticky bit), who could \
+                 swap the pins under xdp-quic: remount it private (`mount -o \
+                 remount,mode=0700 {}`) or set the sticky bit (`chmod +t {}`)",
+                parent.display(),
+                mode & 0o7777,
+                parent.display(),
+                parent.display()
+            ),
+        ));
     }
     Ok(())
 }
@@ -427,5 +435,28 @@ impl Drop for DirGuard {
         if let Some(i) = self.iface.take() {
             let _ = remove_dir(&i);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A bpffs (here a directory standing for it) that others may write to is refused unless
+    /// it has the sticky bit; one only its owner writes to passes.
+    #[test]
+    fn a_parent_others_may_write_to_needs_the_sticky_bit() {
+        let d = std::env::temp_dir().join(format!("xq-pins-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let check = |mode: u32| {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+            check_shared_parent(&d)
+        };
+        let results = [0o700, 0o755, 0o1777, 0o777, 0o770].map(|m| check(m).is_ok());
+        let _ = std::fs::remove_dir_all(&d);
+        assert_eq!(results, [true, true, true, false, false]);
+        let e = check_shared_parent(Path::new("/nonexistent-xq")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 }
