@@ -1398,6 +1398,18 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
             .unwrap()
             .expect("start the server")
     };
+    // A server on queue 0 with the shield for its life, once its shield is engaged.
+    let serve_shielded = || {
+        let a = serve_on(0..1, PORT, true);
+        loop {
+            match a.events().recv_timeout(GUARD) {
+                Ok(Event::Shield { .. }) => break,
+                Ok(_) => {}
+                Err(e) => panic!("server a: {e}: {:?}", a.join()),
+            }
+        }
+        a
+    };
     let serve_plain = || {
         let server = serve_on(0..QUEUES, PORT, false);
         // Whether it turned a stale shield off (said before it serves).
@@ -1458,15 +1470,8 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
     tb.in_server(|| xdp::shield::set_pinned(&tb.server_if, None))
         .unwrap()
         .unwrap();
-    let a = serve_on(0..1, PORT, true);
     // Its shield engaged (after it serves) before the other starts.
-    loop {
-        match a.events().recv_timeout(GUARD) {
-            Ok(Event::Shield { .. }) => break,
-            Ok(_) => {}
-            Err(e) => panic!("server a: {e}: {:?}", a.join()),
-        }
-    }
+    let a = serve_shielded();
     assert!(maps().on_for_a_server().unwrap());
     let b = serve_on(1..2, PORT + 1, false);
     loop {
@@ -1497,14 +1502,7 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
     // `attach --shield` under a server that turned the shield on for its life, with the
     // very rules the server wrote ("on, unchanged"): the shield is the operator's now, and
     // stays when that server ends.
-    let a = serve_on(0..1, PORT, true);
-    loop {
-        match a.events().recv_timeout(GUARD) {
-            Ok(Event::Shield { .. }) => break,
-            Ok(_) => {}
-            Err(e) => panic!("server a: {e}: {:?}", a.join()),
-        }
-    }
+    let a = serve_shielded();
     let wrote = maps().config().unwrap();
     assert!(wrote.is_some());
     tb.in_server(|| xdp::shield::set_pinned(&tb.server_if, wrote.as_ref()))

@@ -1205,6 +1205,32 @@ fn step_until(
     }
 }
 
+/// An echo server at [`SERVER`] and, at `at`, a client engine whose handler records every
+/// `closed` (with `drain` as its drain timeout).
+fn server_and_watcher(
+    net: &MemNetwork,
+    at: &str,
+    drain: Duration,
+) -> (Node<EchoServer>, Node<Watcher>) {
+    let server = Node::new(
+        EngineBuilder::default().server(server_config()),
+        net,
+        addr(SERVER),
+        MemSteering::Hash,
+        |_| EchoServer::default(),
+    )
+    .unwrap();
+    let client = Node::new(
+        client_builder().drain_timeout(drain),
+        net,
+        addr(at),
+        MemSteering::Hash,
+        |_| Watcher::default(),
+    )
+    .unwrap();
+    (server, client)
+}
+
 /// A connection a call opens is in its place at once: the same call reaches it with
 /// `with_conn`, and closing it there closes it. (Before, it joined the worker's connections
 /// at the end of the turn: `with_conn`, posts to it and a stop in that turn missed it, and an
@@ -1212,22 +1238,8 @@ fn step_until(
 #[test]
 fn a_connection_a_call_opens_is_reachable_in_the_same_turn() {
     let net = MemNetwork::new(Duration::from_millis(5));
-    let mut server = Node::new(
-        EngineBuilder::default().server(server_config()),
-        &net,
-        addr(SERVER),
-        MemSteering::Hash,
-        |_| EchoServer::default(),
-    )
-    .unwrap();
-    let mut client = Node::new(
-        client_builder(),
-        &net,
-        addr("10.7.11.1:5000"),
-        MemSteering::Hash,
-        |_| Watcher::default(),
-    )
-    .unwrap();
+    let (mut server, mut client) =
+        server_and_watcher(&net, "10.7.11.1:5000", Duration::from_millis(300));
     let reply = client
         .handle
         .call(0, |_, ctx| {
@@ -1264,22 +1276,8 @@ fn a_connection_a_call_opens_is_reachable_in_the_same_turn() {
 #[test]
 fn a_panic_inside_with_conn_still_closes_that_connection() {
     let net = MemNetwork::new(Duration::from_millis(5));
-    let mut server = Node::new(
-        EngineBuilder::default().server(server_config()),
-        &net,
-        addr(SERVER),
-        MemSteering::Hash,
-        |_| EchoServer::default(),
-    )
-    .unwrap();
-    let mut client = Node::new(
-        client_builder().drain_timeout(Duration::from_secs(60)),
-        &net,
-        addr("10.7.11.2:5000"),
-        MemSteering::Hash,
-        |_| Watcher::default(),
-    )
-    .unwrap();
+    let (mut server, mut client) =
+        server_and_watcher(&net, "10.7.11.2:5000", Duration::from_secs(60));
     let ids = client
         .handle
         .call(0, |_, ctx| {
@@ -1334,22 +1332,8 @@ fn a_panic_inside_with_conn_still_closes_that_connection() {
 #[test]
 fn a_connection_is_out_of_reach_once_closed_was_heard() {
     let net = MemNetwork::new(Duration::from_millis(5));
-    let mut server = Node::new(
-        EngineBuilder::default().server(server_config()),
-        &net,
-        addr(SERVER),
-        MemSteering::Hash,
-        |_| EchoServer::default(),
-    )
-    .unwrap();
-    let mut client = Node::new(
-        client_builder(),
-        &net,
-        addr("10.7.11.3:5000"),
-        MemSteering::Hash,
-        |_| Watcher::default(),
-    )
-    .unwrap();
+    let (mut server, mut client) =
+        server_and_watcher(&net, "10.7.11.3:5000", Duration::from_millis(300));
     let id = client
         .handle
         .call(0, |_, ctx| ctx.connect(addr(SERVER), "localhost").unwrap())
