@@ -238,13 +238,7 @@ fn against_stream(r: &Result<ClientHelloInfo, PeekError>, stream: Option<&RefStr
         );
     }
     if !info.alpn.is_empty() {
-        let names: Vec<u8> = info
-            .alpn
-            .iter()
-            .flat_map(|n| std::iter::once(n.len() as u8).chain(n.iter().copied()))
-            .collect();
-        let mut list = (names.len() as u16).to_be_bytes().to_vec();
-        list.extend(names);
+        let list = xdp_quic_fuzz::alpn_list(&info.alpn);
         assert!(within(&list), "ALPN {:?} not in the ClientHello", info.alpn);
     }
 }

@@ -12,6 +12,18 @@ mod seeds;
 #[cfg(test)]
 mod stats;
 
+/// The body of an ALPN extension (RFC 7301): a 16-bit length, then each protocol name with
+/// an 8-bit length.
+pub fn alpn_list(names: &[Vec<u8>]) -> Vec<u8> {
+    let list: Vec<u8> = names
+        .iter()
+        .flat_map(|n| std::iter::once(n.len() as u8).chain(n.iter().copied()))
+        .collect();
+    let mut b = (list.len() as u16).to_be_bytes().to_vec();
+    b.extend(list);
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -875,14 +887,7 @@ impl HelloSpec {
         }
         let mut alpn = None;
         if !self.alpn.is_empty() {
-            let list: Vec<u8> = self
-                .alpn
-                .iter()
-                .flat_map(|n| std::iter::once(n.len() as u8).chain(n.iter().copied()))
-                .collect();
-            let mut b = (list.len() as u16).to_be_bytes().to_vec();
-            b.extend(list);
-            alpn = Some(ext(EXT_ALPN, &b));
+            alpn = Some(ext(EXT_ALPN, &alpn_list(&self.alpn)));
         }
         let grease = ext(EXT_GREASE, &vec![0x5a; self.grease]);
         let mut exts = vec![ext(EXT_SUPPORTED_VERSIONS, &[2, 0x03, 0x04])];
