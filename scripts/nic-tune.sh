@@ -30,7 +30,10 @@ irqbalance (IRQBALANCE_ARGS in its environment file, then systemctl restart irqb
 What the device cannot do is reported as unsupported and skipped.
 
 The state before the first change is saved to \$NIC_STATE_DIR/IFACE.state (default
-/var/lib/xdp-quic/nic-tune); tuning again keeps that original state. The first failing
+/var/lib/xdp-quic/nic-tune); tuning again keeps that original state. Busy polling
+(net.core.busy_poll, busy_read), huge pages and irqbalance's file are host-wide, yet saved
+per interface: when tuning a second NIC, its saved state holds the first one's changes, so
+revert in the reverse order of tuning (both runs warn when another NIC's state is saved). The first failing
 command stops the run; it then says what it had changed.
 Exit status: 0 done, 1 failed or error, 2 bad arguments.
 Environment: NIC_PROC, NIC_SYS, NIC_ETC, NIC_STATE_DIR (roots, see scripts/lib/nic-common.sh).
@@ -402,7 +405,26 @@ restart_irqbalance() {
     fi
 }
 
+# Warns about the other interfaces' saved states: the host-wide settings each holds.
+warn_other_states() {
+    local f others=() later=()
+    for f in "$NIC_STATE_DIR"/*.state; do
+        if [ ! -e "$f" ] || [ "$f" = "$state" ]; then continue; fi
+        others+=("$(basename "$f" .state)")
+        if [ -e "$state" ] && [ "$f" -nt "$state" ]; then later+=("$(basename "$f" .state)"); fi
+    done
+    [ "${#others[@]}" -gt 0 ] || return 0
+    if [ "$revert" = 1 ] && [ "${#later[@]}" -gt 0 ]; then
+        printf '%s: warning: %s tuned after %s: revert %s first, or the host-wide settings (busy polling, huge pages, irqbalance) go back to what tuning %s had set\n' \
+            "$nic_prog" "${later[*]}" "$iface" "${later[*]}" "$iface" >&2
+    elif [ "$revert" = 0 ]; then
+        printf '%s: warning: %s also tuned: the host-wide settings saved for %s are those after it; revert in the reverse order of tuning\n' \
+            "$nic_prog" "${others[*]}" "$iface" >&2
+    fi
+}
+
 if [ "$revert" = 1 ]; then
+    warn_other_states
     do_revert
     exit 0
 fi
@@ -430,6 +452,7 @@ if [ "$dry" = 1 ]; then
     say "# dry run: nothing will be changed"
     say "# would save the current state to $state$([ -e "$state" ] && echo " (keeping the original state it already holds)")"
 else
+    [ -e "$state" ] || warn_other_states
     save_state
     say "# saved the state before tuning to $state"
 fi

@@ -23,6 +23,15 @@ install_aioquic() {
 	"${pip[@]}" --break-system-packages 'aioquic==1.7.2'
 }
 
+# The Rust toolchain's parts the tests call (rustup cannot download them where crates.io is
+# the only network): say so at once rather than fail later unclearly.
+for tool in cargo rustfmt; do
+	command -v "$tool" >/dev/null 2>&1 || {
+		echo "setup.sh: $tool not found on PATH: install Rust 1.95 with rustup's default profile (rustc, cargo, rustfmt)" >&2
+		exit 1
+	}
+done
+
 packages=(clang llvm libbpf-dev iproute2 iputils-ping ethtool shellcheck util-linux python3 python3-pip g++ ngtcp2-client)
 missing=()
 for p in "${packages[@]}"; do

@@ -48,15 +48,33 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 down() {
-	ip netns del "$srv_ns" 2>/dev/null || true
-	ip netns del "$cli_ns" 2>/dev/null || true
+	local ns pids
+	for ns in "$srv_ns" "$cli_ns"; do
+		# A process left in the namespace (a server started in it) would keep it, its veth
+		# and its XDP program alive after the name is gone.
+		pids=$(ip netns pids "$ns" 2>/dev/null || true)
+		if [ -n "$pids" ]; then
+			echo "testbed.sh: stopping the processes left in $ns: $(echo "$pids" | tr '\n' ' ')" >&2
+			# shellcheck disable=SC2086 # one pid per word
+			kill $pids 2>/dev/null || true
+			for _ in 1 2 3 4 5 6 7 8 9 10; do
+				[ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && break
+				sleep 0.5
+			done
+			# shellcheck disable=SC2046 # one pid per word
+			kill -9 $(ip netns pids "$ns" 2>/dev/null) 2>/dev/null || true
+		fi
+		ip netns del "$ns" 2>/dev/null || true
+	done
 	# Under the lock `xdp-quic attach` and `detach` take on the pin root.
 	if [ -d /sys/fs/bpf/xdp-quic ] && command -v flock >/dev/null 2>&1; then
-		flock /sys/fs/bpf/xdp-quic rm -rf "/sys/fs/bpf/xdp-quic/$srv_if" 2>/dev/null || true
+		# shellcheck disable=SC2016 # $1 is the inner shell's
+		flock /sys/fs/bpf/xdp-quic sh -c 'rm -rf "$1"; rmdir /sys/fs/bpf/xdp-quic 2>/dev/null' \
+			sh "/sys/fs/bpf/xdp-quic/$srv_if" 2>/dev/null || true
 	else
 		rm -rf "/sys/fs/bpf/xdp-quic/$srv_if" 2>/dev/null || true
+		rmdir /sys/fs/bpf/xdp-quic 2>/dev/null || true
 	fi
-	rmdir /sys/fs/bpf/xdp-quic 2>/dev/null || true
 }
 
 case "$cmd" in

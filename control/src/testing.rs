@@ -57,6 +57,31 @@ pub fn unique_name(prefix: &str) -> String {
     name
 }
 
+/// Makes `cmd`'s process die (SIGKILL) when the thread that spawns it ends: a test's child
+/// (a server in a test namespace) cannot outlive a test run stopped by a signal, whose
+/// handler removes the namespaces but never runs the guards that would stop the child.
+/// Spawn from the thread that owns the child for its whole life (the test's own).
+pub fn dies_with_test(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the hook runs in the child between fork and exec, and only calls prctl(2)
+    // and getppid(2), which are async-signal-safe, allocate nothing and take no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl: then nothing would signal us.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other(
+                    "the test that spawned this has ended",
+                ));
+            }
+            Ok(())
+        })
+    }
+}
+
 /// The names [`unique_name`] gave out.
 static NAMES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use support::echo_through;
 use xdp_quic::{tls, Engine, EngineBuilder, VarInt};
 use xdp_quic_control::metrics::{parse, EngineCollector, MetricsLimits, MetricsServer, Sample};
-use xdp_quic_control::testing::wait_until;
+use xdp_quic_control::testing::{unique_name, wait_until};
 use xdp_quic_examples::echo::{self, EchoServer};
 
 /// A hang guard for each wait, never a performance bound.
@@ -162,7 +162,7 @@ fn af_xdp_packets_are_accounted_for_from_the_program_to_the_workers() {
     }
     use xdp_quic_control::testbed::Testbed;
     use xdp_quic_control::xdp::AttachMode;
-    let tb = Testbed::create(&format!("xk{}", std::process::id() % 100_000), 2, 217).unwrap();
+    let tb = Testbed::create(&unique_name("xk"), 2, 217).unwrap();
     let id = tls::Identity::self_signed(&["localhost"]).unwrap();
     let cert = id.chain.clone();
     let builder = EngineBuilder::default()

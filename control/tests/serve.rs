@@ -174,50 +174,55 @@ fn shield_options_with_other_cids_than_the_engines_are_refused() {
 }
 
 /// AF_XDP that cannot start (no such interface): without fallback the server ends at once
-/// with the error; with it, the error is an event, then UDP serves.
+/// with the error; with it, the error is an event, then UDP serves on the same address.
+/// In a namespace of its own: the fallback binds the fixed port it was given, which no
+/// parallel test can take there.
 #[test]
 fn af_xdp_that_cannot_start_fails_or_falls_back() {
-    // A port that was free a moment ago (AF_XDP needs a fixed one).
-    let listen = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let setup = XdpSetup::new("xq-nosuch0", listen, vec![0]);
-    let xdp = |fallback| Backend::Xdp {
-        setup: setup.clone(),
-        mode: AttachMode::Auto,
-        fallback,
-    };
-    let (builder, _) = echo_builder(1);
-    let refused = Server::start(
-        builder,
-        xdp(Fallback::Never),
-        ServeOptions::default(),
-        |_| EchoServer::default(),
-    )
-    .unwrap();
-    no_more_events(&refused);
-    let why = format!("{:#}", refused.join().expect_err("AF_XDP cannot start"));
-
-    let (builder, cert) = echo_builder(1);
-    let server = Server::start(
-        builder,
-        xdp(Fallback::ToUdp),
-        ServeOptions::default(),
-        |_| EchoServer::default(),
-    )
-    .unwrap();
-    match next(&server) {
-        Event::XdpUnavailable(e) => assert_eq!(format!("{e:#}"), why),
-        other => panic!("expected XdpUnavailable, got {other:?}"),
+    if !privileged("af_xdp_that_cannot_start_fails_or_falls_back") {
+        return;
     }
-    let addr = match next(&server) {
-        Event::Serving(Serving::Udp { local_addr, .. }) => local_addr,
-        other => panic!("expected Serving over UDP, got {other:?}"),
-    };
-    assert_eq!(addr, listen);
-    echo_through(addr, &cert, 1, 1000);
-    drop(server); // stops it and waits
+    let tb = Testbed::create(&unique_name("xf"), 1, 233).expect("testbed");
+    tb.in_server(|| {
+        let listen: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+        let setup = XdpSetup::new("xq-nosuch0", listen, vec![0]);
+        let xdp = |fallback| Backend::Xdp {
+            setup: setup.clone(),
+            mode: AttachMode::Auto,
+            fallback,
+        };
+        let (builder, _) = echo_builder(1);
+        let refused = Server::start(
+            builder,
+            xdp(Fallback::Never),
+            ServeOptions::default(),
+            |_| EchoServer::default(),
+        )
+        .unwrap();
+        no_more_events(&refused);
+        let why = format!("{:#}", refused.join().expect_err("AF_XDP cannot start"));
+
+        let (builder, cert) = echo_builder(1);
+        let server = Server::start(
+            builder,
+            xdp(Fallback::ToUdp),
+            ServeOptions::default(),
+            |_| EchoServer::default(),
+        )
+        .unwrap();
+        match next(&server) {
+            Event::XdpUnavailable(e) => assert_eq!(format!("{e:#}"), why),
+            other => panic!("expected XdpUnavailable, got {other:?}"),
+        }
+        let addr = match next(&server) {
+            Event::Serving(Serving::Udp { local_addr, .. }) => local_addr,
+            other => panic!("expected Serving over UDP, got {other:?}"),
+        };
+        assert_eq!(addr, listen);
+        echo_through(addr, &cert, 1, 1000);
+        drop(server); // stops it and waits
+    })
+    .unwrap();
 }
 
 /// A testbed whose server interface has xdp-quic attached and pinned (`xdp-quic attach`),

@@ -7,7 +7,12 @@
 //! with the same safe open as hq, [`FileRoot::open_beneath`]), 400 (a target that is not an
 //! absolute path), 405 with `allow` for other methods. The same slots as hq bound the files
 //! open and read at once ([`HqLimits`]); each file is read a 64 KiB chunk at a time on
-//! tokio's blocking pool, the next only once the previous is in the stream.
+//! tokio's blocking pool, the next only once the previous is in the stream. A response
+//! holds its slots until the client acknowledged its end ([`xdp_quic_h3::StreamEnds`]),
+//! so what a client does not take counts against them: every wait on the client (headers,
+//! each chunk, the end) is bounded by `send_stall`, the acknowledgement by a stall per
+//! chunk still queued and one more, past which the response is reset
+//! (`H3_REQUEST_CANCELLED`).
 //!
 //! The request's path is percent-decoded (RFC 3986 §2.1) before it is checked: `%2F` (a
 //! slash inside a name) and NUL find nothing (404), a malformed escape is a bad request.
@@ -37,9 +42,17 @@ pub use xdp_quic_h3::ALPN;
 /// Octets read from a file at a time.
 pub const CHUNK: usize = 64 * 1024;
 
+/// The chunks a stream's send queue holds (the async API's `Limits::stream_send`, 256 KiB).
+const QUEUE_CHUNKS: usize = (256 << 10) / CHUNK;
+
 /// After GOAWAY, once every request before it is answered, how long a connection stays open
 /// for requests that raced the GOAWAY (they are rejected) before it ends.
 pub const GOAWAY_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Requests of one connection that end before their headers were read (empty, reset,
+/// late or malformed): h3 0.0.8 keeps an entry for each such stream for the connection's
+/// life, so past this many the connection is closed (`H3_EXCESSIVE_LOAD`).
+pub const MAX_UNRESOLVED: u64 = 1024;
 
 /// The largest header section a request may have (SETTINGS_MAX_FIELD_SECTION_SIZE; h3's
 /// own default is unlimited).
@@ -88,9 +101,11 @@ impl H3Server {
 
     /// Serves the requests of one connection.
     pub async fn serve_connection(&self, conn: Connection, mut stop: watch::Receiver<bool>) {
+        let quic = xdp_quic_h3::Connection::new(conn.clone());
+        let ends = quic.stream_ends();
         let mut h3 = match h3::server::builder()
             .max_field_section_size(MAX_FIELD_SECTION)
-            .build::<_, Bytes>(xdp_quic_h3::Connection::new(conn))
+            .build::<_, Bytes>(quic)
             .await
         {
             Ok(h3) => h3,
@@ -105,6 +120,7 @@ impl H3Server {
         // and requests from there on are rejected.
         let mut accepted = 0u64;
         let goaway = Arc::new(AtomicU64::new(u64::MAX));
+        let unresolved = Arc::new(AtomicU64::new(0));
         // The requests being answered (their results reaped as they end).
         let mut tasks = tokio::task::JoinSet::new();
         // Once GOAWAY is sent and every request before it is answered, the connection ends
@@ -145,10 +161,19 @@ impl H3Server {
                 }
                 _ = &mut quiet, if stopping && tasks.is_empty() => break,
             };
+            if unresolved.load(Ordering::Relaxed) >= MAX_UNRESOLVED {
+                let code = h3::error::Code::H3_EXCESSIVE_LOAD.value();
+                conn.close(
+                    xdp_quic::VarInt::from_u64(code).expect("a varint"),
+                    b"too many requests without headers",
+                );
+                break;
+            }
             match next {
                 Ok(Some(resolver)) => {
                     accepted += 1;
                     let (server, mine, goaway) = (self.clone(), mine.clone(), goaway.clone());
+                    let (ends, unresolved) = (ends.clone(), unresolved.clone());
                     let limit = self.limits.request_timeout;
                     tasks.spawn(async move {
                         match resolve_within(resolver, limit).await {
@@ -160,11 +185,14 @@ impl H3Server {
                                     stream.stop_stream(rejected);
                                     return;
                                 }
-                                if let Err(e) = server.answer(req, stream, &mine).await {
+                                if let Err(e) = server.answer(req, stream, &mine, &ends).await {
                                     tracing::debug!("request ended: {e}");
                                 }
                             }
-                            Err(e) => tracing::debug!("bad request: {e}"),
+                            Err(e) => {
+                                unresolved.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!("bad request: {e}");
+                            }
                         }
                     });
                 }
@@ -185,6 +213,7 @@ impl H3Server {
         req: Request<()>,
         mut stream: Stream,
         mine: &Semaphore,
+        ends: &xdp_quic_h3::StreamEnds,
     ) -> anyhow::Result<()> {
         let head = match *req.method() {
             Method::GET => false,
@@ -240,7 +269,16 @@ impl H3Server {
             .header("content-length", len)
             .header("content-type", content_type(ext.as_deref()))
             .body(())?;
-        stream.send_response(resp).await?;
+        let stall = self.limits.send_stall;
+        // Every step that waits for the client to take data is bounded by `send_stall`: a
+        // client that never reads must not hold the slots (nor the file) for good.
+        if tokio::time::timeout(stall, stream.send_response(resp))
+            .await
+            .is_err()
+        {
+            stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+            anyhow::bail!("the client took no headers in {stall:?}");
+        }
         if !head {
             // Exactly the length announced: a file that shrank meanwhile is cut off with an
             // error, one that grew is not read past it.
@@ -262,7 +300,6 @@ impl H3Server {
                     anyhow::bail!("the file shrank while it was sent ({left} octets short)");
                 }
                 if !chunk.is_empty() {
-                    let stall = self.limits.send_stall;
                     match tokio::time::timeout(stall, stream.send_data(chunk)).await {
                         Ok(sent) => sent?,
                         Err(_) => {
@@ -273,7 +310,30 @@ impl H3Server {
                 }
             }
         }
-        stream.finish().await?;
+        drop(file);
+        let id = stream.id();
+        match tokio::time::timeout(stall, stream.finish()).await {
+            Ok(finished) => finished?,
+            Err(_) => {
+                stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+                anyhow::bail!("the client took not the answer's end in {stall:?}");
+            }
+        }
+        // h3 counts the request done (and may end the connection) once its stream goes.
+        drop(stream);
+        // The slots are held until the client took the end: what is queued (up to the
+        // stream's send limit) is this request's memory until then. A client taking a chunk
+        // per `send_stall` drains the queue's chunks in as many stalls: one that does not
+        // within that, and one more, loses the answer.
+        let queued = usize::try_from(len).unwrap_or(usize::MAX).div_ceil(CHUNK);
+        let within = stall * (queued.min(QUEUE_CHUNKS) as u32 + 1);
+        if tokio::time::timeout(within, ends.acknowledged(id))
+            .await
+            .is_err()
+        {
+            ends.reset(id, h3::error::Code::H3_REQUEST_CANCELLED);
+            anyhow::bail!("the client took not the answer in {within:?}");
+        }
         Ok(())
     }
 }
@@ -399,7 +459,10 @@ pub async fn fetch(
     paths: &[String],
     max_body: usize,
 ) -> anyhow::Result<Vec<Fetched>> {
-    let (mut driver, send) = h3::client::new(xdp_quic_h3::Connection::new(conn)).await?;
+    let (mut driver, send) = h3::client::builder()
+        .max_field_section_size(MAX_FIELD_SECTION)
+        .build::<_, _, Bytes>(xdp_quic_h3::Connection::new(conn))
+        .await?;
     let drive = tokio::spawn(async move { futures_close(&mut driver).await });
     let mut tasks = Vec::new();
     for path in paths {

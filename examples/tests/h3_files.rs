@@ -78,7 +78,17 @@ fn server_with(
 
 /// A connection of a client endpoint of ours to `server`.
 async fn connect(server: &Endpoint, cert: CertificateDer<'static>) -> (Endpoint, Connection) {
-    let client = tls::client_config(tls::Trust::Roots(vec![cert]), &[ALPN]).unwrap();
+    connect_with(server, cert, xdp_quic::TransportConfig::default()).await
+}
+
+/// The same with the client's `transport` settings.
+async fn connect_with(
+    server: &Endpoint,
+    cert: CertificateDer<'static>,
+    transport: xdp_quic::TransportConfig,
+) -> (Endpoint, Connection) {
+    let mut client = tls::client_config(tls::Trust::Roots(vec![cert]), &[ALPN]).unwrap();
+    client.transport_config(std::sync::Arc::new(transport));
     let engine = EngineBuilder::default()
         .workers(1)
         .client(client)
@@ -410,19 +420,26 @@ fn reserved_frame(len: usize) -> Vec<u8> {
     f
 }
 
-/// GETs `path` on a request stream of `conn` written by hand (a HEADERS frame of QPACK
-/// static-table references, RFC 9204 Appendix A), with `extra` frames before it; returns
-/// the response's DATA, read from the raw frames.
-async fn raw_get(conn: &Connection, path: &str, extra: &[u8]) -> Vec<u8> {
-    // Required Insert Count 0, Base 0; :method GET (17), :scheme https (23); :authority
-    // (0) and :path (1) as literals with a static name reference.
+/// The field section of a GET of `path` (at most 255 octets): Required Insert Count 0, Base
+/// 0; :method GET (17), :scheme https (23); :authority (0) and :path (1) as literals with a
+/// static name reference (RFC 9204 Appendix A).
+fn get_fields(path: &str) -> Vec<u8> {
     let mut fields = vec![0x00, 0x00, 0xc0 | 17, 0xc0 | 23, 0x50, 9];
     fields.extend_from_slice(b"localhost");
     fields.extend_from_slice(&[0x51, path.len() as u8]);
     fields.extend_from_slice(path.as_bytes());
+    fields
+}
+
+/// GETs `path` on a request stream of `conn` written by hand (a HEADERS frame of QPACK
+/// static-table references, RFC 9204 Appendix A), with `extra` frames before it; returns
+/// the response's DATA, read from the raw frames.
+async fn raw_get(conn: &Connection, path: &str, extra: &[u8]) -> Vec<u8> {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(extra).await.unwrap();
-    send.write_all(&raw_frame(0x01, &fields)).await.unwrap();
+    send.write_all(&raw_frame(0x01, &get_fields(path)))
+        .await
+        .unwrap();
     send.finish().unwrap();
     let raw = recv.read_to_end(16 << 20).await.expect("the response");
     let (mut data, mut at) = (Vec::new(), 0);
@@ -588,6 +605,108 @@ async fn headers_that_never_come_whole_are_rejected_when_their_time_is_up() {
         assert_eq!(resp.status(), StatusCode::OK);
         assert_same("a b.txt", &body(&mut stream, Duration::ZERO).await, &small);
         drop(client);
+    })
+    .await;
+    stop_server(ep).await;
+}
+
+/// An answer the client does not take gives its slot back: with one file slot per
+/// connection and a 300 ms stall, a 100 KB answer to a quinn client with a 16 KB stream
+/// window (quinn leaves what is not read in flow control) holds the slot until the client
+/// took its end, within a stall per chunk queued and one more, and is then reset
+/// (H3_REQUEST_CANCELLED); the next request, waiting for that slot, is served. (Before, the
+/// slot went back once the answer was queued, so a client that never read held a stream's
+/// queue per request beyond the slots; and `finish`, unbounded, could hold the slot for
+/// good behind a full queue.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_client_does_not_take_gives_its_slot_back() {
+    let (dir, _, small) = site();
+    let mid = payload(9, 100_000);
+    std::fs::write(dir.0.join("mid.bin"), &mid).unwrap();
+    let (_keep, stop) = watch::channel(false);
+    let limits = HqLimits {
+        files_per_connection: 1,
+        send_stall: Duration::from_millis(300),
+        ..HqLimits::default()
+    };
+    let (ep, cert) = server_with(&dir.0, stop, limits);
+    guard("an answer not taken", async {
+        let mut config = common::quinn_client_config(cert, ALPN);
+        let mut t = common::quinn_transport();
+        t.stream_receive_window(16_000u32.into());
+        config.transport_config(std::sync::Arc::new(t));
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(config);
+        let conn = common::quinn_connect(&client, ep.local_addr().unwrap()).await;
+        let get = |path: &'static str| {
+            let conn = conn.clone();
+            async move {
+                let (mut send, recv) = conn.open_bi().await.unwrap();
+                send.write_all(&raw_frame(0x01, &get_fields(path)))
+                    .await
+                    .unwrap();
+                send.finish().unwrap();
+                recv
+            }
+        };
+        let mut unread = get("/mid.bin").await;
+        // Its answer has begun: it holds the one slot (a little is read, the rest not).
+        let first = unread.read_chunk(1_000, true).await.unwrap();
+        assert!(first.is_some_and(|c| !c.bytes.is_empty()));
+        // Waits for the slot, which the unread answer holds until its stall.
+        let raw = get("/a%20b.txt").await.read_to_end(1 << 20).await.unwrap();
+        assert!(
+            raw.ends_with(&small),
+            "the small file's answer: {} octets",
+            raw.len()
+        );
+        let got = unread.read_to_end(1 << 20).await;
+        assert!(
+            matches!(
+                &got,
+                Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(c)))
+                    if c.into_inner() == h3::error::Code::H3_REQUEST_CANCELLED.value()
+            ),
+            "{got:?}"
+        );
+        conn.close(0u32.into(), b"");
+        client.wait_idle().await;
+    })
+    .await;
+    stop_server(ep).await;
+}
+
+/// Requests that end before their headers (h3 0.0.8 keeps an entry for each for the
+/// connection's life) close the connection with H3_EXCESSIVE_LOAD past `MAX_UNRESOLVED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_headers_are_bounded_per_connection() {
+    use xdp_quic_examples::h3_files::MAX_UNRESOLVED;
+    let (dir, _, _) = site();
+    let (_keep, stop) = watch::channel(false);
+    let (ep, cert) = server(&dir.0, stop);
+    guard("requests without headers", async {
+        let (_client, conn) = connect(&ep, cert).await;
+        let mut opened = 0u64;
+        let reason = loop {
+            match conn.open_bi().await {
+                Ok((mut send, _)) => {
+                    // An empty request: its stream ends before any HEADERS.
+                    send.finish().unwrap();
+                    opened += 1;
+                }
+                Err(e) => break e,
+            }
+            assert!(opened <= MAX_UNRESOLVED + 200, "still open after {opened}");
+        };
+        assert!(opened >= MAX_UNRESOLVED, "closed after {opened}: {reason}");
+        assert!(
+            matches!(
+                &reason,
+                xdp_quic::ConnectionError::ApplicationClosed(c)
+                    if c.error_code.into_inner() == h3::error::Code::H3_EXCESSIVE_LOAD.value()
+            ),
+            "{reason}"
+        );
     })
     .await;
     stop_server(ep).await;

@@ -6,8 +6,9 @@
 //! [`FrameFilter`] reads the frame headers as the octets go by and:
 //! - passes the frames of the types RFC 9114 defines (§7.2: DATA, HEADERS, CANCEL_PUSH,
 //!   SETTINGS, PUSH_PROMISE, GOAWAY, MAX_PUSH_ID, and HTTP/2's reserved types, which h3
-//!   answers with H3_FRAME_UNEXPECTED) unchanged, and refuses one other than DATA longer
-//!   than [`MAX_FRAME`] at its header ([`TooLong`]);
+//!   answers with H3_FRAME_UNEXPECTED) unchanged, and refuses at its header ([`TooLong`])
+//!   a HEADERS or PUSH_PROMISE frame longer than [`MAX_FIELD_FRAME`] and any other but DATA
+//!   longer than [`MAX_FRAME`];
 //! - drops the frames of every other type, header and payload, whatever their length: they
 //!   carry nothing this server understands and MUST be ignored (§7.2.8, §9).
 //!
@@ -16,11 +17,28 @@
 
 use bytes::{Bytes, BytesMut};
 
-/// The longest frame other than DATA a peer may send (HEADERS, SETTINGS, ...).
+/// The longest frame other than DATA a peer may send (SETTINGS, GOAWAY, ...).
 pub const MAX_FRAME: u64 = 64 << 10;
+
+/// The longest HEADERS or PUSH_PROMISE frame a peer may send, whatever the field section
+/// size the application allows: h3 0.0.8 makes a `HeaderMap` as large as the section's
+/// field lines, which panics at 24,576 of them, and each line takes an octet at least.
+pub const MAX_FIELD_FRAME: u64 = 24_576 - 1;
+
+/// The longest frame of type `ty` a peer may send (DATA: any).
+fn max_len(ty: u64) -> u64 {
+    match ty {
+        DATA => u64::MAX,
+        HEADERS | PUSH_PROMISE => MAX_FIELD_FRAME,
+        _ => MAX_FRAME,
+    }
+}
 
 /// The frame type of DATA (RFC 9114 §7.2.1).
 const DATA: u64 = 0x0;
+/// The frame types of HEADERS and PUSH_PROMISE (RFC 9114 §7.2.2, §7.2.5).
+const HEADERS: u64 = 0x1;
+const PUSH_PROMISE: u64 = 0x5;
 /// The unidirectional stream type of the control stream (RFC 9114 §6.2.1); the others a
 /// peer may open (QPACK's encoder and decoder streams, RFC 9204 §4.2) are not framed.
 pub const CONTROL: u64 = 0x0;
@@ -59,7 +77,8 @@ pub struct FrameFilter {
     stream_type: Option<u64>,
 }
 
-/// A frame longer than [`MAX_FRAME`] that is not DATA: its type and announced length.
+/// A frame longer than its type allows ([`MAX_FIELD_FRAME`] for HEADERS and PUSH_PROMISE,
+/// [`MAX_FRAME`] for the others but DATA): its type and announced length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooLong {
     pub frame_type: u64,
@@ -70,8 +89,10 @@ impl std::fmt::Display for TooLong {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "a frame of type {:#x} announced {} octets, over the {MAX_FRAME} allowed",
-            self.frame_type, self.length
+            "a frame of type {:#x} announced {} octets, over the {} allowed",
+            self.frame_type,
+            self.length,
+            max_len(self.frame_type)
         )
     }
 }
@@ -210,7 +231,7 @@ impl FrameFilter {
                         State::FrameType => self.state = State::Length(v),
                         State::Length(ty) => {
                             let keep = defined(ty);
-                            if keep && ty != DATA && v > MAX_FRAME {
+                            if keep && v > max_len(ty) {
                                 return Err(TooLong {
                                     frame_type: ty,
                                     length: v,
@@ -390,6 +411,13 @@ mod tests {
                     "type {ty} split {split}"
                 );
             }
+        }
+        // Header sections: h3 would panic on as many field lines as octets here.
+        for ty in [0x1, 0x5] {
+            let s = frame(ty, MAX_FIELD_FRAME + 1, 0);
+            assert!(seen(FrameFilter::bidi(), &s, 3).is_err(), "type {ty}");
+            let s = frame(ty, MAX_FIELD_FRAME, MAX_FIELD_FRAME as usize);
+            assert_eq!(seen(FrameFilter::bidi(), &s, 1000).unwrap(), s, "type {ty}");
         }
         // After an allowed frame too.
         let mut s = frame(0x1, 10, 10);

@@ -41,11 +41,12 @@
 //! connection (which it does once it has read its answers), at most [`CLOSE_LINGER`];
 //! h3's control and QPACK streams stay open meanwhile. Other codes close at once.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -55,7 +56,7 @@ use xdp_quic::VarInt;
 
 mod frames;
 use frames::FrameFilter;
-pub use frames::MAX_FRAME;
+pub use frames::{MAX_FIELD_FRAME, MAX_FRAME};
 
 /// ALPN of HTTP/3.
 pub const ALPN: &[u8] = b"h3";
@@ -68,6 +69,10 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct InFlight {
     streams: AtomicUsize,
+    /// The same streams by id ([`StreamEnds`]); an entry goes when its stream's `stopped`
+    /// completes, so there are no more than the streams the peer's stream limits allow in
+    /// flight.
+    ends: std::sync::Mutex<HashMap<u64, End>>,
     /// Unidirectional streams h3 dropped without ending them: its control and QPACK
     /// streams, which must stay open as long as the connection (RFC 9114 §6.2.1: closing
     /// one is a connection error) and so outlive h3 while a clean close waits. Dropped (so
@@ -82,16 +87,96 @@ impl InFlight {
     /// Counts a stream until `stopped` (its `SendStream::stopped`) completes. Needs a tokio
     /// runtime (the async API's handles live in one); without one the stream is not waited
     /// for.
-    fn watch(self: &Arc<Self>, stopped: impl Future + Send + 'static) {
+    fn watch(self: &Arc<Self>, id: u64, stopped: impl Future + Send + 'static) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
         self.streams.fetch_add(1, Ordering::AcqRel);
+        self.lock_ends().insert(id, End::default());
         let me = self.clone();
         rt.spawn(async move {
             let _ = stopped.await;
+            let end = me.lock_ends().remove(&id);
+            if let Some(end) = end {
+                end.waiting.into_iter().for_each(Waker::wake);
+                drop(end.stream);
+            }
             me.streams.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+
+    /// Keeps the handle of a finished stream h3 dropped while its end is in flight, so that
+    /// [`StreamEnds::reset`] can still reach it.
+    fn adopt(&self, id: u64, stream: xq::SendStream) {
+        let mut ends = self.lock_ends();
+        let left = match ends.get_mut(&id) {
+            Some(end) => end.stream.replace(stream),
+            None => Some(stream),
+        };
+        drop(ends);
+        drop(left);
+    }
+
+    fn lock_ends(&self) -> std::sync::MutexGuard<'_, HashMap<u64, End>> {
+        self.ends.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A stream whose end is in flight.
+#[derive(Default)]
+struct End {
+    /// The wakers of those awaiting its acknowledgement ([`StreamEnds::acknowledged`]).
+    waiting: Vec<Waker>,
+    /// Its handle, once h3 dropped it ([`InFlight::adopt`]).
+    stream: Option<xq::SendStream>,
+}
+
+/// Tells when the end of a stream that h3 finished has reached the peer, and resets one that
+/// takes too long: what an application that bounds the memory of its answers needs (h3's
+/// `finish` returns once the end is queued, with the whole answer possibly still queued
+/// behind it). From [`Connection::stream_ends`], before h3 takes the connection.
+///
+/// Drop h3's stream once `finish` returned, then await [`StreamEnds::acknowledged`]: h3
+/// counts a request as ongoing until its stream is dropped, and a clean close made while an
+/// end is in flight waits for the peer (see the crate's docs), which one made after the end
+/// was acknowledged does not.
+#[derive(Clone)]
+pub struct StreamEnds(Arc<InFlight>);
+
+impl StreamEnds {
+    /// Resolves once the peer acknowledged the end of stream `id` and all its data, or the
+    /// stream was stopped or reset, or the connection lost. Await it after h3's `finish`
+    /// (`RequestStream::finish`) returned; for a stream whose end is not in flight (not
+    /// finished, or already acknowledged) it resolves at once. Needs the tokio runtime the
+    /// connection's handles live in (without one, every stream counts as acknowledged).
+    pub fn acknowledged(&self, id: StreamId) -> impl Future<Output = ()> + Send + 'static {
+        let (flight, id) = (self.0.clone(), id.into_inner());
+        std::future::poll_fn(move |cx| {
+            let mut ends = flight.lock_ends();
+            match ends.get_mut(&id) {
+                None => Poll::Ready(()),
+                Some(end) => {
+                    if !end.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                        end.waiting.push(cx.waker().clone());
+                    }
+                    Poll::Pending
+                }
+            }
+        })
+    }
+
+    /// Resets stream `id` with `code` if its end is still in flight and h3 has dropped it
+    /// (what is queued is thrown away, and the peer is told); returns whether it did.
+    pub fn reset(&self, id: StreamId, code: h3::error::Code) -> bool {
+        let code = VarInt::from_u64(code.value()).unwrap_or(VarInt::MAX);
+        let mut ends = self.0.lock_ends();
+        match ends
+            .get_mut(&id.into_inner())
+            .and_then(|e| e.stream.as_mut())
+        {
+            Some(stream) => stream.reset(code).is_ok(),
+            None => false,
+        }
     }
 }
 
@@ -125,6 +210,12 @@ impl Connection {
     /// The connection underneath.
     pub fn inner(&self) -> &xq::Connection {
         &self.conn
+    }
+
+    /// Tells when the ends of this connection's streams reach the peer (take it before h3
+    /// takes the connection).
+    pub fn stream_ends(&self) -> StreamEnds {
+        StreamEnds(self.flight.clone())
     }
 }
 
@@ -370,7 +461,7 @@ pub struct RecvStream {
     /// Read to its end, reset, or stopped.
     ended: bool,
     /// Takes out the frames h3 is not to see, refuses those it would buffer without bound
-    /// ([`MAX_FRAME`]); knows a unidirectional stream's type.
+    /// ([`MAX_FRAME`], [`MAX_FIELD_FRAME`]); knows a unidirectional stream's type.
     frames: FrameFilter,
 }
 
@@ -537,7 +628,7 @@ impl RecvStream {
         })
     }
 
-    /// Refuses a frame h3 would buffer whole ([`MAX_FRAME`]): on a request stream the peer
+    /// Refuses a frame h3 would buffer whole ([`MAX_FRAME`], [`MAX_FIELD_FRAME`]): on a request stream the peer
     /// is told to stop (H3_EXCESSIVE_LOAD) and h3 sees the stream fail; on the peer's
     /// control stream, which must not be stopped (RFC 9114 §6.2.1), the connection is
     /// closed with H3_EXCESSIVE_LOAD.
@@ -572,6 +663,9 @@ pub struct SendStream<B: Buf> {
     keep_open: bool,
     /// Finished or reset.
     ended: bool,
+    /// Finished, its end watched ([`InFlight::watch`]): the handle goes to the watch when
+    /// h3 drops it.
+    watched: bool,
     /// h3 gave it something to send.
     written: bool,
 }
@@ -584,6 +678,7 @@ impl<B: Buf> SendStream<B> {
             pending: None,
             flight: flight.clone(),
             ended: false,
+            watched: false,
             written: false,
         }
     }
@@ -641,8 +736,10 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
             .map_err(|e| StreamErrorIncoming::Unknown(Box::new(e)));
         if finished.is_ok() {
             self.ended = true;
+            let id = VarInt::from(self.stream().id()).into_inner();
             let stopped = self.stream().stopped();
-            self.flight.watch(stopped);
+            self.flight.watch(id, stopped);
+            self.watched = true;
         }
         Poll::Ready(finished)
     }
@@ -663,10 +760,19 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
 impl<B: Buf> Drop for SendStream<B> {
     /// A stream h3 drops without ending it: its control and QPACK streams are parked (kept
     /// open with the connection); a request or response stream it wrote to is finished (the
-    /// async API's drop), as h3 expects; one it never wrote to is reset with
-    /// H3_REQUEST_CANCELLED, so that the peer sees a cancelled exchange and not an empty
-    /// response (h3 drops a request's stream so when it refuses the request).
+    /// async API's drop), as h3 expects; one it never wrote to, or dropped with a frame
+    /// half written, is reset with H3_REQUEST_CANCELLED, so that the peer sees a cancelled
+    /// exchange and not an empty or cut-off response (h3 drops a request's stream so when
+    /// it refuses the request). A finished one
+    /// whose end is in flight goes to [`InFlight::adopt`].
     fn drop(&mut self) {
+        if self.watched {
+            if let Some(stream) = self.stream.take() {
+                let id = VarInt::from(stream.id()).into_inner();
+                self.flight.adopt(id, stream);
+            }
+            return;
+        }
         if self.ended {
             return;
         }
@@ -675,7 +781,9 @@ impl<B: Buf> Drop for SendStream<B> {
                 let mut parked = self.flight.parked.lock().unwrap_or_else(|p| p.into_inner());
                 parked.push(stream);
             }
-        } else if !self.written {
+        } else if !self.written || self.pending.as_ref().is_some_and(|b| b.has_remaining()) {
+            // Never written to, or dropped with a frame half queued (a cancelled
+            // `send_data`): ending it would make a cut-off body look whole.
             let code = h3::error::Code::H3_REQUEST_CANCELLED.value();
             if let Some(stream) = self.stream.as_mut() {
                 let _ = stream.reset(VarInt::from_u64(code).unwrap_or(VarInt::MAX));

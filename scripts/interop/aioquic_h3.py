@@ -86,6 +86,10 @@ class H3Client(QuicConnectionProtocol):
                 r["fut"].set_result(r)
 
 
+# Every test's fetch ends well within this.
+CLIENT_DEADLINE_S = 120
+
+
 async def run_client(args):
     c = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name="localhost")
     c.verify_mode = False  # the test servers' certificates are self-signed
@@ -169,7 +173,13 @@ def main():
     p.add_argument("paths", nargs="*")
     args = p.parse_intermixed_args()
     try:
-        asyncio.run(run_server(args) if args.role == "server" else run_client(args))
+        if args.role == "server":
+            asyncio.run(run_server(args))
+        else:
+            # A stalled connection fails the client instead of hanging its test.
+            asyncio.run(asyncio.wait_for(run_client(args), CLIENT_DEADLINE_S))
+    except TimeoutError:
+        sys.exit(f"aioquic h3 client: not done within {CLIENT_DEADLINE_S} s (a stalled connection?)")
     except ConnectionError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -211,6 +211,13 @@ expect "fake: check after the second tune: no warning" eq "$?" 0
 : >"$F/nic/changes.log"
 fk "$tune" ens1f0 --revert --dry-run >"$tmp/rdry.out" 2>&1
 expect "fake: revert --dry-run changes nothing and keeps the state" eval '[ -z "$(changes)" ] && [ -e "$state" ]'
+# Another NIC tuned later: its saved host-wide settings are ens1f0's tuned ones.
+echo "iface=eth9" >"$F/state/eth9.state" && touch -d '+1 minute' "$F/state/eth9.state"
+fk "$tune" ens1f0 --revert --dry-run >"$tmp/rdry2.out" 2>&1
+detail=$(cat "$tmp/rdry2.out")
+expect "fake: revert warns of a NIC tuned after this one (host-wide settings)" \
+    grep -q "warning: eth9 tuned after ens1f0: revert eth9 first" "$tmp/rdry2.out"
+rm -f "$F/state/eth9.state"
 fk "$tune" ens1f0 --revert >"$tmp/revert.out" 2>&1
 rc=$?
 detail=$(cat "$tmp/revert.out")

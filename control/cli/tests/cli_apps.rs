@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
-use xdp_quic_control::testing::privileged;
+use xdp_quic_control::testing::{dies_with_test, privileged, unique_name};
 
 const BIN: &str = env!("CARGO_BIN_EXE_xdp-quic");
 
@@ -43,7 +43,7 @@ impl Server {
 
     /// Spawns `cmd` (a server command line), its stderr piped for [`Server::wait_for`].
     fn spawn(mut cmd: Command) -> Server {
-        let mut child = cmd
+        let mut child = dies_with_test(&mut cmd)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -507,7 +507,7 @@ fn serve_over_af_xdp_on_a_pinned_attachment() {
     if !privileged("serve_over_af_xdp_on_a_pinned_attachment") {
         return;
     }
-    let name = format!("xc{}", std::process::id() % 100_000);
+    let name = unique_name("xc");
     let tb = xdp_quic_control::testbed::Testbed::create(&name, 2, 215).unwrap();
     let xq = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
     let pins = PinnedAttach::new(&tb);
@@ -637,7 +637,7 @@ fn serve_over_af_xdp_on_a_pinned_attachment() {
 /// exits. Without `--iface` it is a clear error.
 #[test]
 fn client_over_af_xdp_from_the_command_line() {
-    use xdp_quic_control::testing::{unique_name, xdp_prog_on};
+    use xdp_quic_control::testing::xdp_prog_on;
     if !privileged("client_over_af_xdp_from_the_command_line") {
         return;
     }
@@ -736,7 +736,7 @@ fn umem_over_the_memlock_limit_is_a_clear_error() {
     if !privileged("umem_over_the_memlock_limit_is_a_clear_error") {
         return;
     }
-    let name = format!("xm{}", std::process::id() % 100_000);
+    let name = unique_name("xm");
     let tb = xdp_quic_control::testbed::Testbed::create(&name, 1, 216).unwrap();
     let out = Command::new("prlimit")
         .args([
@@ -996,12 +996,7 @@ fn auto_falls_back_to_udp_when_the_program_is_detached_from_under_it() {
     if !privileged("auto_falls_back_to_udp_when_the_program_is_detached_from_under_it") {
         return;
     }
-    let tb = xdp_quic_control::testbed::Testbed::create(
-        &format!("xd{}", std::process::id() % 100_000),
-        1,
-        223,
-    )
-    .unwrap();
+    let tb = xdp_quic_control::testbed::Testbed::create(&unique_name("xd"), 1, 223).unwrap();
     let pins = PinnedAttach::new(&tb);
     let (mut server, line) = serve_xdp_in(&tb, "auto");
     assert!(line.contains("AF_XDP worker"), "{line}");
@@ -1038,12 +1033,7 @@ fn xdp_backend_exits_with_an_error_when_the_program_is_detached() {
     if !privileged("xdp_backend_exits_with_an_error_when_the_program_is_detached") {
         return;
     }
-    let tb = xdp_quic_control::testbed::Testbed::create(
-        &format!("xe{}", std::process::id() % 100_000),
-        1,
-        224,
-    )
-    .unwrap();
+    let tb = xdp_quic_control::testbed::Testbed::create(&unique_name("xe"), 1, 224).unwrap();
     let pins = PinnedAttach::new(&tb);
     let (server, line) = serve_xdp_in(&tb, "xdp");
     assert!(line.contains("AF_XDP worker"), "{line}");
@@ -1068,12 +1058,7 @@ fn serve_after_attach_needs_only_net_raw_ipc_lock_and_bpf() {
     if !privileged("serve_after_attach_needs_only_net_raw_ipc_lock_and_bpf") {
         return;
     }
-    let tb = xdp_quic_control::testbed::Testbed::create(
-        &format!("xp{}", std::process::id() % 100_000),
-        1,
-        225,
-    )
-    .unwrap();
+    let tb = xdp_quic_control::testbed::Testbed::create(&unique_name("xp"), 1, 225).unwrap();
     let _pins = PinnedAttach::new(&tb);
     let caps = "-all,+net_raw,+ipc_lock,+bpf";
     let mut cmd = Command::new("nsenter");
@@ -1146,7 +1131,7 @@ fn serve_with_the_xdp_shield() {
         text(&out.stderr)
     );
 
-    let name = format!("xh{}", std::process::id() % 100_000);
+    let name = unique_name("xh");
     let tb = xdp_quic_control::testbed::Testbed::create(&name, 2, 230).unwrap();
     let (mut server, line) = Server::start_with(&[
         "--netns",
@@ -1230,7 +1215,7 @@ fn serve_over_af_xdp_serves_the_active_queues() {
     if !privileged("serve_over_af_xdp_serves_the_active_queues") {
         return;
     }
-    let name = format!("xa{}", std::process::id() % 100_000);
+    let name = unique_name("xa");
     let tb = xdp_quic_control::testbed::Testbed::create(&name, 4, 216).unwrap();
     // 4 queues allocated, 2 in use.
     let out = Command::new("ip")

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use rand::{RngCore, SeedableRng};
+use xdp_quic_control::testing::dies_with_test;
 
 const BIN: &str = env!("CARGO_BIN_EXE_xdp-quic");
 const H3_PY: &str = concat!(
@@ -120,7 +121,7 @@ struct Server {
 
 impl Server {
     fn start(site: &Site, args: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
+        let mut child = dies_with_test(&mut Command::new(BIN))
             .args(["serve", "--app", "h3", "--root"])
             .arg(site.www())
             .args(args)

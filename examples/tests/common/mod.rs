@@ -710,8 +710,9 @@ pub struct Round {
     /// Write the requests as soon as the connection exists, before the handshake (0-RTT when
     /// a resumed session allows it), rather than once connected.
     pub early: bool,
-    /// Force a 1-RTT key update once this many response octets have arrived.
-    pub key_update_after: Option<usize>,
+    /// Force a 1-RTT key update each time this many more response octets have arrived
+    /// (quinn-proto ignores one asked for while the last is under way).
+    pub key_update_every: Option<usize>,
 }
 
 /// What one round saw.
@@ -725,8 +726,8 @@ pub struct RoundFacts {
     pub accepted_0rtt: bool,
     /// The handshake completed.
     pub connected: bool,
-    /// A key update was forced (after `key_update_after` octets).
-    pub key_update_forced: bool,
+    /// Key updates forced (one per `key_update_every` octets).
+    pub key_updates_forced: usize,
     /// Response octets received.
     pub received: usize,
     /// Why the connection ended, if not by our own close after the last response.
@@ -875,10 +876,10 @@ impl Handler for RoundsClient {
         });
         let f = &mut self.facts[self.current];
         f.received += got;
-        if let Some(after) = self.rounds[self.current].key_update_after {
-            if !f.key_update_forced && f.received >= after {
+        if let Some(every) = self.rounds[self.current].key_update_every {
+            if f.received / every > f.key_updates_forced {
                 conn.force_key_update();
-                f.key_update_forced = true;
+                f.key_updates_forced += 1;
             }
         }
         match status {
