@@ -111,6 +111,13 @@ impl Ctx<'_> {
         crate::accept::MAX_DEFERRED.saturating_sub(self.shard.deferred.len())
     }
 
+    /// Serves connections accepted from now on with `config` (made by
+    /// `EngineHandle::server_config`).
+    pub(crate) fn set_server_config(&mut self, config: std::sync::Arc<quinn_proto::ServerConfig>) {
+        self.shard.endpoint.set_server_config(Some(config));
+        self.shard.serves = true;
+    }
+
     /// The time of the current turn (the virtual clock's under the in-memory backend).
     pub fn now(&self) -> Instant {
         self.shard.now

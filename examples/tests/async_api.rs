@@ -916,3 +916,115 @@ async fn limits_of_zero_are_refused() {
     };
     assert!(e.to_string().contains("stream_receive"), "{e}");
 }
+
+/// After `Endpoint::close`, the tasks of its connections hear `LocallyClosed` as quinn's do:
+/// a waiting `accept_bi` ends, writes fail, `close_reason` says so (before, they went on
+/// as if open until the close's drain had ended, and a write in between said Ok).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_endpoint_ends_what_its_tasks_wait_for() {
+    for mode in MODES {
+        let (tx, rx) = std::sync::mpsc::channel::<xdp_quic::tokio::Connection>();
+        let tx = std::sync::Mutex::new(tx);
+        let (ep, cert) = server(mode, 1, Limits::default(), move |ep: Endpoint| {
+            let tx = tx.lock().unwrap().clone();
+            async move {
+                if let Some(incoming) = ep.accept().await {
+                    let _ = tx.send(incoming.await.unwrap());
+                }
+            }
+        });
+        let client = quinn_client(cert, async_echo::ALPN);
+        let qc = quinn_connect(&client, ep.local_addr().unwrap()).await;
+        let (mut qsend, _qrecv) = qc.open_bi().await.unwrap();
+        qsend.write_all(b"hi").await.unwrap();
+        let conn = guard("the server's connection", async {
+            loop {
+                if let Ok(c) = rx.try_recv() {
+                    break c;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let (mut send, _recv) = guard("the client's stream", conn.accept_bi())
+            .await
+            .unwrap();
+        let waiting = {
+            let conn = conn.clone();
+            tokio::spawn(async move { conn.accept_bi().await.map(|_| ()) })
+        };
+        ep.close(VarInt::from_u32(7), b"bye");
+        let accepted = guard("the waiting accept", waiting).await.unwrap();
+        assert!(
+            matches!(accepted, Err(xdp_quic::ConnectionError::LocallyClosed)),
+            "{mode:?}: {accepted:?}"
+        );
+        assert!(
+            matches!(
+                conn.close_reason(),
+                Some(xdp_quic::ConnectionError::LocallyClosed)
+            ),
+            "{mode:?}: {:?}",
+            conn.close_reason()
+        );
+        let wrote = send.write_all(b"late").await;
+        assert!(
+            matches!(
+                wrote,
+                Err(xdp_quic::tokio::WriteError::ConnectionLost(
+                    xdp_quic::ConnectionError::LocallyClosed
+                ))
+            ),
+            "{mode:?}: {wrote:?}"
+        );
+        guard("idle", ep.wait_idle()).await;
+    }
+}
+
+/// Streams the peer opened and finished before it closed the connection are still handed
+/// out by `accept_uni`, with their data, as quinn does (before, the close emptied the accept
+/// queue: the last request of a client that closed at once was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_the_peer_sent_before_closing_are_still_accepted() {
+    for mode in MODES {
+        let (tx, rx) = std::sync::mpsc::channel::<xdp_quic::tokio::Connection>();
+        let tx = std::sync::Mutex::new(tx);
+        let (ep, cert) = server(mode, 1, Limits::default(), move |ep: Endpoint| {
+            let tx = tx.lock().unwrap().clone();
+            async move {
+                if let Some(incoming) = ep.accept().await {
+                    let _ = tx.send(incoming.await.unwrap());
+                }
+            }
+        });
+        let client = quinn_client(cert, async_echo::ALPN);
+        let qc = quinn_connect(&client, ep.local_addr().unwrap()).await;
+        let mut s = qc.open_uni().await.unwrap();
+        s.write_all(b"bye").await.unwrap();
+        s.finish().unwrap();
+        guard("the server took the stream", s.stopped())
+            .await
+            .unwrap();
+        qc.close(VarInt::from_u32(9), b"done");
+        let conn = guard("the server's connection", async {
+            loop {
+                if let Ok(c) = rx.try_recv() {
+                    break c;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        guard("the server hears the close", conn.closed()).await;
+        let mut recv = guard("the stream sent before the close", conn.accept_uni())
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        let got = recv.read_to_end(100).await.unwrap();
+        assert_eq!(got, b"bye", "{mode:?}");
+        assert!(conn.accept_uni().await.is_err(), "{mode:?}: then the close");
+        drop(recv);
+        drop(conn);
+        ep.close(VarInt::from_u32(0), b"");
+        guard("idle", ep.wait_idle()).await;
+    }
+}

@@ -247,22 +247,25 @@ impl<H: Handler> EngineHandle<H> {
     /// Replaces the server configuration of every worker (a new certificate, new ALPNs, new
     /// transport parameters): connections accepted from now on use it; those alive keep
     /// theirs. Waits for room in the workers' queues.
-    pub fn set_server_config(
+    pub fn set_server_config(&self, config: quinn_proto::ServerConfig) -> Result<(), PostError> {
+        let config = self.server_config(config);
+        for w in 0..self.workers() {
+            let c = config.clone();
+            self.post_wait(w, move |_, ctx| ctx.set_server_config(c))?;
+        }
+        Ok(())
+    }
+
+    /// `config` as the workers take it (the engine's transport settings, if the builder was
+    /// given any, replace its own): for [`Ctx::set_server_config`].
+    pub(crate) fn server_config(
         &self,
         mut config: quinn_proto::ServerConfig,
-    ) -> Result<(), PostError> {
+    ) -> Arc<quinn_proto::ServerConfig> {
         if let Some(t) = &self.mesh.transport {
             config.transport_config(t.clone());
         }
-        let config = Arc::new(config);
-        for w in 0..self.workers() {
-            let c = config.clone();
-            self.post_wait(w, move |_, ctx| {
-                ctx.shard.endpoint.set_server_config(Some(c));
-                ctx.shard.serves = true;
-            })?;
-        }
-        Ok(())
+        Arc::new(config)
     }
 
     /// Asks every worker to close its connections with `code` and `reason` and stop.

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use quinn_proto::{ConnectionError, ConnectionStats, Dir, Side, VarInt};
 
 use super::error::SendDatagramError;
-use super::shared::{dir_index, register, ConnShared, WakerList, Wakes};
+use super::shared::{dir_index, register, ConnShared, WakerList};
 use super::stream::{RecvStream, SendStream};
 use super::streams::StreamKey;
 use super::Keeper;
@@ -328,7 +328,6 @@ impl Connection {
     /// arrive, `finish` its stream and await [`SendStream::stopped`] before closing.
     pub fn close(&self, error_code: VarInt, reason: &[u8]) {
         let c = self.shared();
-        let mut wakes = Wakes::default();
         {
             let mut st = c.lock();
             if st.error.is_some() {
@@ -336,11 +335,8 @@ impl Connection {
             }
             st.close = Some((error_code, Bytes::copy_from_slice(reason)));
             c.schedule(&mut st);
-            st.error = Some(ConnectionError::LocallyClosed);
-            st.wake_all(&mut wakes);
         }
-        wakes.wake();
-        c.closed.notify_waiters();
+        c.closed_locally();
     }
 
     /// Waits until the connection ends; says why.

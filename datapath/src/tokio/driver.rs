@@ -94,10 +94,15 @@ impl Driver {
                         fail(&conn, ConnectionError::LocallyClosed)
                     }
                 },
+                Op::SetServerConfig(config) => ctx.set_server_config(config),
                 Op::CloseAll(code, reason) => {
-                    let ids: Vec<ConnId> = self.conns.keys().copied().collect();
-                    for id in ids {
+                    let conns: Vec<(ConnId, Arc<ConnShared>)> =
+                        self.conns.iter().map(|(id, c)| (*id, c.clone())).collect();
+                    for (id, c) in conns {
                         ctx.with_conn(id, |conn| conn.close(code, &reason));
+                        // As `Connection::close`: new operations fail from now on, not once
+                        // the close's drain has ended.
+                        c.closed_locally();
                     }
                 }
             }
@@ -334,13 +339,35 @@ fn over_already(slot: &mut StreamSlot, wakes: &mut Wakes) {
 /// budgets (see [`read_into`]).
 const STARVING_GRANT: usize = 64 << 10;
 
+/// Received data (stream chunks, datagrams) shorter than this is copied out of the receive
+/// buffer it arrived in before it waits for the application: a slice of that buffer keeps
+/// all of it ([`crate::backend::rx::POOL_CHUNK`], 16 KiB), so a peer landing one small
+/// frame per packet would make the counted octets hold many times their size. Longer
+/// data keeps at most twice its size.
+pub(crate) const COPY_BELOW: usize = crate::backend::rx::POOL_CHUNK / 2;
+
+/// Chunks queued for the application on one connection at most (beyond them the worker
+/// leaves data in quinn-proto, as past the octet budgets): each costs its queue slot and
+/// allocation beside its octets.
+pub(crate) const MAX_CHUNKS: usize = 1024;
+
+/// `b`, in an allocation of its own when it is short (see [`COPY_BELOW`]).
+fn own(b: Bytes) -> Bytes {
+    if b.len() < COPY_BELOW {
+        Bytes::copy_from_slice(&b)
+    } else {
+        b
+    }
+}
+
 /// Moves what stream `id` has received out of quinn-proto into its buffer, while the
 /// limits leave room; a stream left with data in quinn-proto is paused until the
 /// application makes room.
 ///
 /// A stream whose reader waits on an empty buffer is never held back by the connection's
-/// budgets (`connection_receive`, `held_streams`), only by its own: it takes one chunk of
-/// at most [`STARVING_GRANT`] beyond them. Otherwise streams the application has not
+/// budgets (`connection_receive`, `held_streams`, [`MAX_CHUNKS`]), only by its own: it
+/// takes one chunk of at most [`STARVING_GRANT`] beyond them, as it comes (its reader takes
+/// it at once); what waits in the buffer is in buffers of its own ([`COPY_BELOW`]). Otherwise streams the application has not
 /// accepted (or read to their end) yet could fill the budgets and stall the one it reads,
 /// which quinn's per-stream flow control never does.
 fn read_into(
@@ -351,7 +378,7 @@ fn read_into(
     wakes: &mut Wakes,
 ) {
     let limits = &ep.limits;
-    let (mut buffered, mut held) = (st.buffered, st.held);
+    let (mut buffered, mut held, mut chunks) = (st.buffered, st.held, st.chunks);
     let mut pause = false;
     {
         let Some(slot) = st.streams.get_mut(&id) else {
@@ -363,7 +390,9 @@ fn read_into(
         let mut woke = false;
         loop {
             let starving = slot.recv_len == 0 && slot.read_waker.is_some();
-            let over = buffered >= limits.connection_receive || held >= limits.held_streams;
+            let over = buffered >= limits.connection_receive
+                || held >= limits.held_streams
+                || chunks >= MAX_CHUNKS;
             if slot.recv_len >= limits.stream_receive || (over && !starving) {
                 pause = !slot.paused;
                 slot.paused = true;
@@ -378,8 +407,10 @@ fn read_into(
             }
             match conn.read_chunk(id, room) {
                 Ok(Chunk::Data(b)) => {
+                    let b = if starving { b } else { own(b) };
                     slot.recv_len += b.len();
                     buffered += b.len();
+                    chunks += 1;
                     slot.recv.push_back(b);
                     woke = true;
                 }
@@ -406,6 +437,7 @@ fn read_into(
     }
     st.buffered = buffered;
     st.held = held;
+    st.chunks = chunks;
     if pause {
         st.paused.push(id);
     }
@@ -526,7 +558,7 @@ impl Handler for Driver {
     fn datagram(&mut self, conn: &mut Conn<'_>, data: Bytes) {
         self.with_state(conn, |_, st, ep, wakes| {
             // Unreliable: the oldest go when the application falls behind.
-            st.datagrams.push(data, ep.limits.datagram_receive);
+            st.datagrams.push(own(data), ep.limits.datagram_receive);
             wakes.all(&mut st.datagram_waiters);
         });
     }
@@ -546,7 +578,15 @@ impl Handler for Driver {
             st.streams.retain(|_, s| {
                 s.recv_handle && (!s.recv.is_empty() || s.recv_end != RecvEnd::Open)
             });
-            st.incoming = Default::default();
+            // Streams the peer opened and the application has not accepted yet stay
+            // acceptable while their data lasts (quinn's accept hands them out before the
+            // error too).
+            let ConnState {
+                incoming, streams, ..
+            } = &mut *st;
+            for q in incoming.iter_mut() {
+                q.retain(|id| streams.get(id).is_some());
+            }
             st.opened = Default::default();
             st.out_datagrams.clear();
         }
@@ -618,6 +658,20 @@ mod tests {
 
     use super::super::Builder;
     use crate::{tls, EngineBuilder};
+
+    /// A short slice of a receive buffer waits in an allocation of its own (the buffer can
+    /// go); a long one stays a slice (it keeps at most twice its size).
+    #[test]
+    fn short_data_is_copied_out_of_its_receive_buffer() {
+        let buf = bytes::Bytes::from(vec![7u8; crate::backend::rx::POOL_CHUNK]);
+        let short = buf.slice(100..110);
+        let owned = super::own(short.clone());
+        assert_eq!(owned, short);
+        assert!(!buf.as_ptr_range().contains(&owned.as_ptr()));
+        let long = buf.slice(0..super::COPY_BELOW);
+        assert_eq!(super::own(long.clone()).as_ptr(), long.as_ptr());
+        assert_eq!(super::own(bytes::Bytes::new()), bytes::Bytes::new());
+    }
 
     /// Once a worker has ended (what its thread marks, `Driver::end`), what the tasks ask of
     /// its connections fails at once instead of waiting for a worker that will never serve it.

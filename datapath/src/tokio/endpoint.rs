@@ -117,8 +117,13 @@ impl Endpoint {
         match config {
             Some(c) => {
                 self.shared.refusing.store(false, Ordering::Release);
-                if let Err(e) = handle.set_server_config(c) {
-                    tracing::warn!("cannot set the server configuration: {e}");
+                // Through the workers' inboxes, as every operation: never waits (a task of
+                // thread-per-core mode runs on a worker, whose queue only it empties).
+                let c = handle.server_config(c);
+                for w in 0..self.shared.inboxes.len() {
+                    if self.shared.push(w, Op::SetServerConfig(c.clone())).is_err() {
+                        tracing::warn!("cannot set the server configuration: worker {w} has ended");
+                    }
                 }
             }
             None => self.shared.refusing.store(true, Ordering::Release),

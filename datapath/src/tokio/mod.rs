@@ -47,6 +47,12 @@
 //!   attempt not decided within [`crate::accept::DEFER_TIMEOUT`] is ignored;
 //! - `Endpoint::connect` checks what it can at once (configuration, server name, address); a
 //!   failure found on the worker makes the [`Connecting`] fail with `LocallyClosed`;
+//! - `Endpoint::open_connections` and `wait_idle` count a connection once its worker has
+//!   it: one `connect` or `accept` asked for a moment before may not be counted yet (quinn
+//!   counts it from the call);
+//! - received data waits in the stream's queue, not in quinn-proto: each chunk under 8 KiB
+//!   is copied out of its receive buffer as it is queued (quinn copies once too, when the
+//!   application reads into its buffer); `read_chunk` then hands out that copy;
 //! - not offered: 0-RTT ([`Connecting::into_0rtt`] always gives the `Connecting` back, as
 //!   quinn does when 0-RTT is impossible), unordered reads (`read_chunk(_, false)` reads in
 //!   order, which an unordered reader accepts), stream priorities, `Endpoint::rebind`;
@@ -100,10 +106,11 @@ pub struct Limits {
     /// Default 256 KiB.
     pub stream_send: usize,
     /// Received datagrams waiting for `read_datagram`, in octets, each counted with 32 more
-    /// for its queue slot (the oldest are dropped beyond it). Default 256 KiB.
+    /// for its queue slot (the oldest are dropped beyond it; the newest always waits).
+    /// Default 256 KiB.
     pub datagram_receive: usize,
     /// Datagrams waiting to be sent, in octets, each counted with 32 more for its slot (the
-    /// oldest dropped beyond). Default 256 KiB.
+    /// oldest dropped beyond; the newest always waits). Default 256 KiB.
     pub datagram_send: usize,
     /// Connection attempts waiting for `accept` (per worker in thread-per-core mode);
     /// refused beyond it. Default 1,024.
@@ -113,7 +120,7 @@ pub struct Limits {
 impl Limits {
     /// Refuses limits that would stall every stream or refuse every connection: the
     /// receive and send buffers, the held streams and the accept queue must be at least 1
-    /// (the datagram queues may be 0: no datagram waits).
+    /// (the datagram queues may be 0: only the newest datagram waits).
     fn check(&self) -> Result<(), EngineError> {
         for (value, name) in [
             (self.stream_receive, "stream_receive"),

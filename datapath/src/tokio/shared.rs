@@ -73,6 +73,11 @@ impl Chunks {
         self.head.is_none()
     }
 
+    /// How many chunks are queued.
+    pub fn count(&self) -> usize {
+        usize::from(self.head.is_some()) + self.rest.len()
+    }
+
     pub fn push_back(&mut self, b: Bytes) {
         if self.head.is_none() {
             self.head = Some(b);
@@ -112,6 +117,8 @@ pub(crate) enum Op {
     },
     /// Close every connection of the worker.
     CloseAll(VarInt, Bytes),
+    /// Serve the connections accepted from now on with this configuration.
+    SetServerConfig(Arc<quinn_proto::ServerConfig>),
 }
 
 #[derive(Default)]
@@ -163,7 +170,7 @@ pub(crate) fn fail_op(op: Op) {
         }
         Op::Decide(_, _, c) => c,
         Op::Connect { conn, .. } => Some(conn),
-        Op::CloseAll(..) => None,
+        Op::CloseAll(..) | Op::SetServerConfig(_) => None,
     };
     if let Some(c) = conn {
         super::driver::fail(&c, ConnectionError::LocallyClosed);
@@ -497,6 +504,8 @@ pub(crate) struct ConnState {
     pub resume: bool,
     /// Octets received and not read by the application yet, all streams.
     pub buffered: usize,
+    /// The chunks they are in (`driver::MAX_CHUNKS`).
+    pub chunks: usize,
     /// Streams whose receiving side quinn-proto is done with but the application is not.
     pub held: usize,
     pub close: Option<(VarInt, Bytes)>,
@@ -520,14 +529,13 @@ pub(crate) struct DatagramQueue {
 }
 
 impl DatagramQueue {
-    /// Queues `d`, dropping the oldest while the queue holds more than `limit`.
+    /// Queues `d`, dropping the oldest while the queue holds more than `limit`; `d` itself
+    /// always stays (a datagram accepted is not dropped before it could go).
     pub fn push(&mut self, d: Bytes, limit: usize) {
         self.size += d.len() + DATAGRAM_SLOT;
         self.items.push_back(d);
-        while self.size > limit {
-            if self.pop().is_none() {
-                break;
-            }
+        while self.size > limit && self.items.len() > 1 {
+            self.pop();
         }
     }
 
@@ -569,6 +577,24 @@ pub(crate) struct ConnShared {
 }
 
 impl ConnShared {
+    /// Closed on our side (`Connection::close`, `Endpoint::close`): unless the connection
+    /// already has its error, new operations fail with `LocallyClosed` from now on (reads
+    /// still hand out what was received before, accepts the streams waiting), and every
+    /// waiting task hears it.
+    pub fn closed_locally(&self) {
+        let mut wakes = Wakes::default();
+        {
+            let mut st = self.lock();
+            if st.error.is_some() {
+                return;
+            }
+            st.error = Some(ConnectionError::LocallyClosed);
+            st.wake_all(&mut wakes);
+        }
+        wakes.wake();
+        self.closed.notify_waiters();
+    }
+
     pub fn new(worker: usize, side: Side, ep: Arc<EndpointShared>) -> Arc<Self> {
         Arc::new(Self {
             worker,
@@ -594,6 +620,7 @@ impl ConnShared {
                 paused: Vec::new(),
                 resume: false,
                 buffered: 0,
+                chunks: 0,
                 held: 0,
                 close: None,
                 scheduled: false,
@@ -643,16 +670,18 @@ impl ConnShared {
 }
 
 impl ConnState {
-    /// The application took `n` octets of stream `id`: whether paused streams should
-    /// resume, which is when the connection's buffer comes down across half its limit (so
-    /// that reading does not resume for every read).
-    pub fn consumed(&mut self, limits: &Limits, n: usize) -> bool {
-        let before = self.buffered;
+    /// The application took `n` octets in `k` chunks: whether paused streams should
+    /// resume, which is when the connection's buffer, or its count of chunks, comes down
+    /// across half its limit (so that reading does not resume for every read).
+    pub fn consumed(&mut self, limits: &Limits, n: usize, k: usize) -> bool {
+        let (before, chunks_before) = (self.buffered, self.chunks);
         self.buffered -= n;
+        self.chunks -= k;
         let half = limits.connection_receive / 2;
+        let half_chunks = super::driver::MAX_CHUNKS / 2;
         !self.paused.is_empty()
-            && before > half
-            && self.buffered <= half
+            && ((before > half && self.buffered <= half)
+                || (chunks_before > half_chunks && self.chunks <= half_chunks))
             && self.held < limits.held_streams
     }
 
@@ -664,12 +693,13 @@ impl ConnState {
             return false;
         };
         let n = std::mem::take(&mut slot.recv_len);
+        let k = slot.recv.count();
         slot.recv.clear();
         slot.recv_handle = false;
         if std::mem::take(&mut slot.held) {
             self.held -= 1;
         }
-        self.consumed(limits, n) || (!self.paused.is_empty() && self.held < limits.held_streams)
+        self.consumed(limits, n, k) || (!self.paused.is_empty() && self.held < limits.held_streams)
     }
 
     /// Forgets the stream if nothing is left to do for it (see [`StreamSlot::is_done`]).
@@ -733,6 +763,13 @@ mod tests {
         }
         assert_eq!(q.len(), 4);
         assert_eq!(q.pop().unwrap()[0], 6);
+        // A limit below one datagram (0 is allowed) keeps the newest, never drops what was
+        // just accepted (before, `send_datagram` said Ok and nothing ever went).
+        q.clear();
+        q.push(Bytes::from_static(b"one"), 0);
+        q.push(Bytes::from_static(b"two"), 0);
+        assert_eq!(q.len(), 1);
+        assert_eq!(&q.pop().unwrap()[..], b"two");
         q.clear();
         assert!(q.pop().is_none());
         assert_eq!(q.size, 0);

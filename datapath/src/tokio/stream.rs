@@ -544,12 +544,14 @@ impl RecvStream {
         };
         if !slot.recv.is_empty() {
             let before = slot.recv_len;
+            let chunks = slot.recv.count();
             let (out, n) = take(&mut slot.recv, slot.recv_offset);
+            let taken = chunks - slot.recv.count();
             slot.recv_len -= n;
             slot.recv_offset += n as u64;
             let half = limits.stream_receive / 2;
             let room_here = slot.paused && before > half && slot.recv_len <= half;
-            let room_on_conn = st.consumed(&limits, n);
+            let room_on_conn = st.consumed(&limits, n, taken);
             if (room_here || room_on_conn) && error.is_none() {
                 st.resume = true;
                 c.schedule(&mut st);
