@@ -165,7 +165,7 @@ impl AsyncHq {
                 // chunk per `send_stall` drains the queue's chunks (at most QUEUE_CHUNKS) in
                 // as many stalls: one that does not within that, and one more, loses it.
                 let queued = sent.div_ceil(CHUNK).min(QUEUE_CHUNKS) as u32;
-                let within = self.limits.send_stall * (queued + 1);
+                let within = self.limits.send_stall.saturating_mul(queued + 1);
                 match tokio::time::timeout(within, send.stopped()).await {
                     Ok(_) => {}
                     Err(_) => {

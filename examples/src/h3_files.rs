@@ -42,7 +42,8 @@ pub use xdp_quic_h3::ALPN;
 /// Octets read from a file at a time.
 pub const CHUNK: usize = 64 * 1024;
 
-/// The chunks a stream's send queue holds (the async API's `Limits::stream_send`, 256 KiB).
+/// The chunks a stream's send queue holds with the async API's default
+/// `Limits::stream_send` (256 KiB): the acknowledgement's deadline counts on it.
 const QUEUE_CHUNKS: usize = (256 << 10) / CHUNK;
 
 /// After GOAWAY, once every request before it is answered, how long a connection stays open
@@ -189,9 +190,11 @@ impl H3Server {
                                     tracing::debug!("request ended: {e}");
                                 }
                             }
-                            Err(e) => {
-                                unresolved.fetch_add(1, Ordering::Relaxed);
-                                tracing::debug!("bad request: {e}");
+                            Err(refused) => {
+                                if refused.unresolved {
+                                    unresolved.fetch_add(1, Ordering::Relaxed);
+                                }
+                                tracing::debug!("bad request: {:#}", refused.why);
                             }
                         }
                     });
@@ -326,7 +329,7 @@ impl H3Server {
         // per `send_stall` drains the queue's chunks in as many stalls: one that does not
         // within that, and one more, loses the answer.
         let queued = usize::try_from(len).unwrap_or(usize::MAX).div_ceil(CHUNK);
-        let within = stall * (queued.min(QUEUE_CHUNKS) as u32 + 1);
+        let within = stall.saturating_mul(queued.min(QUEUE_CHUNKS) as u32 + 1);
         if tokio::time::timeout(within, ends.acknowledged(id))
             .await
             .is_err()
@@ -338,6 +341,16 @@ impl H3Server {
     }
 }
 
+/// Why a request was not served.
+#[derive(Debug)]
+struct Refused {
+    why: anyhow::Error,
+    /// It ended before h3 had its headers: h3 0.0.8 keeps an entry for it for the
+    /// connection's life ([`MAX_UNRESOLVED`]). (One whose headers h3 took and refused
+    /// leaves nothing behind.)
+    unresolved: bool,
+}
+
 /// Reads a request's headers, if they come whole within `limit` (from when its stream was
 /// accepted); a request that does not is rejected (its response side reset with
 /// H3_REQUEST_REJECTED, its request side stopped when dropped), so that headers sent a
@@ -345,19 +358,33 @@ impl H3Server {
 async fn resolve_within(
     mut resolver: h3::server::RequestResolver<xdp_quic_h3::Connection, Bytes>,
     limit: std::time::Duration,
-) -> anyhow::Result<(Request<()>, Stream)> {
+) -> Result<(Request<()>, Stream), Refused> {
     use h3::quic::SendStream as _;
+    let unresolved = |why: anyhow::Error| Refused {
+        why,
+        unresolved: true,
+    };
     // h3 0.0.8 offers no way to reject a request whose headers have not come, but its
     // resolver's frame stream is public (the workspace pins h3 to 0.0.8): the first frame is
     // read here, under the time limit, and handed to h3 as `resolve_request` would.
     let first = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx));
     match tokio::time::timeout(limit, first).await {
-        Ok(frame) => Ok(resolver.accept_with_frame(frame)?.resolve().await?),
+        Ok(frame) => {
+            let accepted = resolver
+                .accept_with_frame(frame)
+                .map_err(|e| unresolved(e.into()))?;
+            accepted.resolve().await.map_err(|e| Refused {
+                why: e.into(),
+                unresolved: false,
+            })
+        }
         Err(_) => {
             resolver
                 .frame_stream
                 .reset(h3::error::Code::H3_REQUEST_REJECTED.value());
-            anyhow::bail!("the request's headers did not come within {limit:?}")
+            Err(unresolved(anyhow::anyhow!(
+                "the request's headers did not come within {limit:?}"
+            )))
         }
     }
 }

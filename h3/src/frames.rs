@@ -22,7 +22,7 @@ pub const MAX_FRAME: u64 = 64 << 10;
 
 /// The longest HEADERS or PUSH_PROMISE frame a peer may send, whatever the field section
 /// size the application allows: h3 0.0.8 makes a `HeaderMap` as large as the section's
-/// field lines, which panics at 24,576 of them, and each line takes an octet at least.
+/// field lines, which panics past 24,576 of them, and each line takes an octet at least.
 pub const MAX_FIELD_FRAME: u64 = 24_576 - 1;
 
 /// The longest frame of type `ty` a peer may send (DATA: any).

@@ -87,7 +87,11 @@ impl InFlight {
     /// Counts a stream until `stopped` (its `SendStream::stopped`) completes. Needs a tokio
     /// runtime (the async API's handles live in one); without one the stream is not waited
     /// for.
-    fn watch(self: &Arc<Self>, id: u64, stopped: impl Future + Send + 'static) {
+    fn watch(
+        self: &Arc<Self>,
+        id: u64,
+        stopped: impl Future<Output = Result<Option<VarInt>, xq::StoppedError>> + Send + 'static,
+    ) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -95,11 +99,15 @@ impl InFlight {
         self.lock_ends().insert(id, End::default());
         let me = self.clone();
         rt.spawn(async move {
-            let _ = stopped.await;
+            let outcome = stopped.await;
             let end = me.lock_ends().remove(&id);
             if let Some(end) = end {
                 end.waiting.into_iter().for_each(Waker::wake);
-                drop(end.stream);
+                if let (Ok(Some(code)), Some(mut stream)) = (outcome, end.stream) {
+                    // The peer asked us to stop: what is not acknowledged is not sent again
+                    // (RFC 9000 §3.5), as when h3's handle goes.
+                    let _ = stream.reset(code);
+                }
             }
             me.streams.fetch_sub(1, Ordering::AcqRel);
         });

@@ -352,7 +352,7 @@ pub(crate) const COPY_BELOW: usize = crate::backend::rx::POOL_CHUNK / 2;
 pub(crate) const MAX_CHUNKS: usize = 1024;
 
 /// `b`, in an allocation of its own when it is short (see [`COPY_BELOW`]).
-fn own(b: Bytes) -> Bytes {
+pub(crate) fn own(b: Bytes) -> Bytes {
     if b.len() < COPY_BELOW {
         Bytes::copy_from_slice(&b)
     } else {
@@ -366,8 +366,8 @@ fn own(b: Bytes) -> Bytes {
 ///
 /// A stream whose reader waits on an empty buffer is never held back by the connection's
 /// budgets (`connection_receive`, `held_streams`, [`MAX_CHUNKS`]), only by its own: it
-/// takes one chunk of at most [`STARVING_GRANT`] beyond them, as it comes (its reader takes
-/// it at once); what waits in the buffer is in buffers of its own ([`COPY_BELOW`]). Otherwise streams the application has not
+/// takes one chunk of at most [`STARVING_GRANT`] beyond them. What waits is in buffers of
+/// its own ([`COPY_BELOW`]). Otherwise streams the application has not
 /// accepted (or read to their end) yet could fill the budgets and stall the one it reads,
 /// which quinn's per-stream flow control never does.
 fn read_into(
@@ -407,7 +407,7 @@ fn read_into(
             }
             match conn.read_chunk(id, room) {
                 Ok(Chunk::Data(b)) => {
-                    let b = if starving { b } else { own(b) };
+                    let b = own(b);
                     slot.recv_len += b.len();
                     buffered += b.len();
                     chunks += 1;

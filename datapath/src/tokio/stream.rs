@@ -512,6 +512,7 @@ impl RecvStream {
                     recv.pop_front();
                 } else {
                     let _ = front.split_to(k);
+                    keep_own(front, k);
                 }
             }
             (n, n)
@@ -596,7 +597,19 @@ fn take_chunk(recv: &mut Chunks, max: usize) -> Bytes {
     if front.len() <= max {
         recv.pop_front().expect("front exists")
     } else {
-        front.split_to(max)
+        let b = front.split_to(max);
+        keep_own(front, max);
+        b
+    }
+}
+
+/// After `taken` octets came off the front of `rest`, a chunk long enough to be kept as a
+/// slice of its receive buffer: the rest, once it is short, goes into a buffer of its own
+/// (once: a short chunk already is one), so that it does not keep the whole of that buffer
+/// (`driver::COPY_BELOW`).
+fn keep_own(rest: &mut Bytes, taken: usize) {
+    if rest.len() + taken >= super::driver::COPY_BELOW {
+        *rest = super::driver::own(std::mem::take(rest));
     }
 }
 
