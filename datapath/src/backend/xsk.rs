@@ -402,7 +402,7 @@ impl XskBackend {
             {
                 Ok(()) => {}
                 // Room and size were checked above; a family mismatch is the caller's error.
-                Err(TxError::NoRoom) | Err(TxError::Write(_)) => {
+                Err(TxError::NoRoom) | Err(TxError::Write(_)) | Err(TxError::TooShort) => {
                     return Err(SendError::Failed(io::ErrorKind::InvalidInput.into()));
                 }
             }
@@ -415,7 +415,8 @@ impl XskBackend {
     /// exit).
     fn flush_ring(&mut self) -> io::Result<()> {
         self.sock.submit_tx();
-        let must_kick = self.sock.tx_needs_kick();
+        // With busy polling the device sends only inside our calls (see `recv`).
+        let must_kick = self.sock.tx_needs_kick() || self.cfg.socket.busy_poll.is_some();
         let mut rounds = self.sock.tx_ring_size() / 16 + 2;
         while self.sock.tx_in_flight() > 0
             && must_kick
@@ -481,6 +482,11 @@ impl Backend for XskBackend {
             });
         if taken > 0 {
             self.sock.refill(self.fill_target);
+        } else if self.cfg.socket.busy_poll.is_some() {
+            // Preferred busy polling runs the device's NAPI only inside the application's
+            // calls: an empty look at the ring makes one (as libxdp's xdpsock does), or
+            // nothing would ever fill it without the interrupts busy polling turned off.
+            self.sock.wake_rx()?;
         }
         Ok(added)
     }
@@ -928,6 +934,21 @@ mod tests {
         // Normal traffic goes on.
         k.deliver(&packet(b"after", 4433)).unwrap();
         assert_eq!(b.recv(&mut batch).unwrap(), 1);
+        assert_conserved(&b, &mut k);
+    }
+
+    /// A frame written shorter than an Ethernet header is refused and kept: the kernel
+    /// would skip its descriptor without completing it, and the frame would be lost.
+    #[test]
+    fn a_frame_shorter_than_a_header_is_not_lent_to_the_kernel() {
+        let (mut b, mut k) = backend();
+        let free = b.socket().umem().free_frames();
+        let sent = b.sock.send(|_buf| Ok::<usize, ()>(0));
+        assert!(matches!(sent, Err(TxError::TooShort)), "{sent:?}");
+        let sent = b.sock.send(|_buf| Ok::<usize, ()>(13));
+        assert!(matches!(sent, Err(TxError::TooShort)), "{sent:?}");
+        assert_eq!(b.socket().umem().free_frames(), free);
+        assert_eq!(b.socket().tx_in_flight(), 0);
         assert_conserved(&b, &mut k);
     }
 

@@ -81,9 +81,9 @@ impl EngineBuilder {
     /// does not answer the port with ICMP, as the canary of what misses the XDP path, and as
     /// the kernel transmit path), and starts one worker per queue.
     ///
-    /// Each queue's UMEM is mapped and touched on a thread pinned to its worker's CPU (see
-    /// [`EngineBuilder::pin_cpus`]), so its pages sit on that CPU's NUMA node, and its fill
-    /// ring is filled before the socket is bound. The engine takes the sockets out of `map`
+    /// Each queue's UMEM is mapped and touched, and its socket's rings made and bound, on a
+    /// thread pinned to its worker's CPU (see [`EngineBuilder::pin_cpus`]), so that they sit
+    /// on that CPU's NUMA node; its fill ring is filled before the socket is bound. The engine takes the sockets out of `map`
     /// when it is joined. The worker count is the number of queues.
     pub fn start_xdp<H, F>(
         self,
@@ -170,7 +170,7 @@ impl EngineBuilder {
             socket.rx_size = setup.ring_size;
             socket.tx_size = setup.ring_size;
             socket.comp_size = setup.ring_size;
-            socket.fill_size = setup.ring_size * 2;
+            socket.fill_size = setup.ring_size.saturating_mul(2);
             socket.mode = setup.mode;
             socket.busy_poll = setup.busy_poll;
             let cpu = self
@@ -182,23 +182,23 @@ impl EngineBuilder {
             let named = |e: io::Error| {
                 io::Error::new(e.kind(), format!("{} queue {queue}: {e}", setup.iface))
             };
-            let umem = crate::cpu::on_cpu(cpu, move || crate::xsk::umem::Umem::new(umem_cfg))
-                .and_then(|u| u)
-                .map_err(named)?;
-            let b = XskBackend::open(
-                XskBackendConfig {
-                    socket,
-                    umem: setup.umem,
-                    port,
-                    poll: setup.poll,
-                    verify_checksum: setup.verify_checksum,
-                    // A batch must fit the TX ring, with room to spare for the next one.
-                    max_segments: (setup.ring_size as usize / 2).clamp(1, 16),
-                    tx: setup.tx,
-                },
-                umem,
-                Some(service),
-            )
+            let cfg = XskBackendConfig {
+                socket,
+                umem: setup.umem,
+                port,
+                poll: setup.poll,
+                verify_checksum: setup.verify_checksum,
+                // A batch must fit the TX ring, with room to spare for the next one.
+                max_segments: (setup.ring_size as usize / 2).clamp(1, 16),
+                tx: setup.tx,
+            };
+            // The UMEM, the rings the kernel allocates at their setsockopt and its buffer pool
+            // at bind: all made on the worker's CPU, so on its NUMA node.
+            let b = crate::cpu::on_cpu(cpu, move || {
+                let umem = crate::xsk::umem::Umem::new(umem_cfg)?;
+                XskBackend::open(cfg, umem, Some(service))
+            })
+            .and_then(|b| b)
             .map_err(named)?;
             if client_only && b.tx_path() == TxPath::Xsk {
                 return Err(EngineError::Config(format!(

@@ -12,8 +12,12 @@
 //! Every frame of the UMEM is, at any time, in exactly one place: the user's free list, the
 //! fill ring, the kernel, the RX ring, the TX ring or the completion ring. The UMEM records
 //! which side holds each frame, and the socket moves frames only through that record
-//! ([`umem`], [`socket`]): safe code cannot reach a frame the kernel holds. The rings are
-//! private to the socket; [`emulated`] (feature `testing`) plays the kernel's side in tests.
+//! ([`umem`], [`socket`]): safe code cannot reach a frame the kernel holds. A descriptor the
+//! kernel hands back is refused unless it names a frame lent to the kernel for that ring's
+//! purpose (RX, or TX for the completion ring); the record cannot tell a frame the kernel
+//! returned from one still waiting in the fill or TX ring, so that much rests on a correct
+//! kernel, as with libxdp. The rings are private to the socket; [`emulated`] (feature
+//! `testing`) plays the kernel's side in tests.
 
 #[cfg(any(test, feature = "testing"))]
 pub mod emulated;

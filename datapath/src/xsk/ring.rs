@@ -148,6 +148,11 @@ impl<T: Copy> ConsRing<T> {
         }
     }
 
+    /// Number of entries of the ring.
+    pub fn size(&self) -> u32 {
+        self.p.size
+    }
+
     /// Entries ready to read, looking at the shared producer index only when none are known.
     pub fn available(&mut self) -> u32 {
         let n = self.cached_prod.wrapping_sub(self.cached_cons);

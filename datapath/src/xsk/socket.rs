@@ -134,6 +134,9 @@ pub enum TxError<E> {
     NoRoom,
     /// The writer failed: the frame went back to the free list.
     Write(E),
+    /// The writer returned fewer octets than an Ethernet header: the frame went back to the
+    /// free list (the kernel drops such a descriptor without ever completing it).
+    TooShort,
 }
 
 /// A bound AF_XDP socket with its UMEM and rings.
@@ -267,7 +270,9 @@ fn map_ring<T>(
 ) -> io::Result<(Mapping, RingParts<T>)> {
     // The ring's header (three 32-bit indices) lies before its descriptors, which are
     // aligned for `T`: checked, so that the pointers below stay inside the mapping.
-    let fits = |at: u64| at.checked_add(4).is_some_and(|end| end <= off.desc);
+    // (Each index is an `AtomicU32`: 4-aligned, or the casts below would be undefined.)
+    let fits =
+        |at: u64| at.is_multiple_of(4) && at.checked_add(4).is_some_and(|end| end <= off.desc);
     let sane = fits(off.producer)
         && fits(off.consumer)
         && fits(off.flags)
@@ -297,7 +302,8 @@ fn map_ring<T>(
     }
     let base = p.cast::<u8>();
     // SAFETY: the offsets come from XDP_MMAP_OFFSETS, checked above to lie inside the
-    // mapping (indices before the descriptors, which end at `len`).
+    // mapping (indices before the descriptors, which end at `len`) and to be aligned for
+    // their types (the mapping itself is page-aligned).
     let parts = unsafe {
         RingParts {
             producer: base.add(off.producer as usize).cast::<AtomicU32>(),
@@ -626,6 +632,12 @@ impl XskSocket {
             }
         };
         let max = (self.umem.config().frame_size - headroom) as usize;
+        if len < crate::packet::eth::HEADER_LEN {
+            // The kernel skips such a descriptor without completing it: the frame would be
+            // lost to the kernel for good.
+            self.umem.release(frame);
+            return Err(TxError::TooShort);
+        }
         let len = len.min(max) as u32;
         let addr = self.umem.lend(frame, Holder::KernelTx, headroom);
         let pushed = self.tx.push(Desc {
@@ -652,7 +664,12 @@ impl XskSocket {
     /// Returns how many.
     pub fn reap(&mut self) -> u32 {
         let mut n = 0;
-        while let Some(addr) = self.comp.pop() {
+        // At most a ring's worth: a bogus producer index cannot keep this looping.
+        let most = self.comp.size();
+        while n < most {
+            let Some(addr) = self.comp.pop() else {
+                break;
+            };
             n += 1;
             match self.umem.take_back(addr, Holder::KernelTx) {
                 Some(frame) => self.umem.release(frame),
@@ -734,7 +751,8 @@ impl XskSocket {
         }
     }
 
-    /// Tells the kernel to refill from the fill ring (when it set need-wakeup on it). EAGAIN,
+    /// Tells the kernel to refill from the fill ring (when it set need-wakeup on it), or,
+    /// with busy polling ([`XskConfig::busy_poll`]), to run the device's NAPI now. EAGAIN,
     /// EBUSY, EINTR, ENOBUFS and ENETDOWN are transient (the next turn wakes it again); any
     /// other errno is fatal, as for [`XskSocket::kick_tx`].
     pub fn wake_rx(&self) -> io::Result<()> {

@@ -280,6 +280,13 @@ impl Umem {
     /// the descriptor will be pushed (the ring has room).
     pub(crate) fn lend(&mut self, frame: Frame, to: Holder, offset: u32) -> u64 {
         debug_assert_ne!(to, Holder::User);
+        // As in `release`: a token of another UMEM must not lend a frame this one holds
+        // elsewhere (lent, or on its free list and soon lent again).
+        assert_eq!(
+            self.holder[frame.0 as usize],
+            Holder::User,
+            "a frame token of another UMEM"
+        );
         let addr = self.addr(&frame, offset);
         self.holder[frame.0 as usize] = to;
         match to {
