@@ -284,8 +284,8 @@ impl<H: Handler> Server<H> {
     /// say what serves ([`Event::XdpUnavailable`], [`Event::Serving`], [`Event::Metrics`]),
     /// or the events end and [`Server::join`] returns why nothing could (AF_XDP without
     /// fallback, UDP, the metrics endpoint's port). Fails only on a `watch_every` under
-    /// [`MIN_WATCH_EVERY`], on shield options whose CIDs are not the builder's, or when no
-    /// thread can be started.
+    /// [`MIN_WATCH_EVERY`], on metrics limits the endpoint cannot serve with, on shield
+    /// options whose CIDs are not the builder's, or when no thread can be started.
     pub fn start<F>(
         builder: EngineBuilder,
         backend: Backend,
@@ -316,6 +316,11 @@ impl<H: Handler> Server<H> {
                 );
             }
         }
+        // Refused here, before anything is attached or served, not when the endpoint starts.
+        options
+            .metrics_limits
+            .validate()
+            .context("ServeOptions::metrics_limits")?;
         if options.watch_every < MIN_WATCH_EVERY {
             anyhow::bail!(
                 "ServeOptions::watch_every of {:?}: at least {MIN_WATCH_EVERY:?} (the \
@@ -745,8 +750,11 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
             self.report(Event::Stopped {
                 counters: handle.counters(),
             });
-            if !matches!(reason, StopReason::ProgramLost { .. }) || self.fallback == Fallback::Never
+            if !matches!(reason, StopReason::ProgramLost { .. })
+                || self.fallback == Fallback::Never
+                || self.stop.is_stopped()
             {
+                // (A stop asked for while the lost program's engine stopped: no fallback.)
                 return Ok(reason);
             }
             self.report(Event::FallingBack {

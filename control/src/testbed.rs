@@ -74,12 +74,19 @@ impl Testbed {
         };
         // Registered first: a failure half-way still removes what was made (Drop).
         for ns in [&tb.server_ns, &tb.client_ns] {
+            // Made and registered under the lock, which a signal's clean-up takes too: it
+            // cannot come between the two and miss this namespace.
+            let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
             ip(&["netns", "add", ns]).map_err(|e| {
-                e.context("creating a network namespace (needs root: CAP_SYS_ADMIN)")
+                let denied = format!("{e:#}").contains("Operation not permitted")
+                    || format!("{e:#}").contains("Permission denied");
+                if denied {
+                    e.context("creating a network namespace (needs root: CAP_SYS_ADMIN)")
+                } else {
+                    e.context("creating a network namespace")
+                }
             })?;
-            LIVE.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(ns.clone());
+            live.push(ns.clone());
         }
         let q = queues.to_string();
         ip(&[

@@ -156,6 +156,24 @@ fn a_metrics_port_in_use_fails_the_server_before_it_serves() {
     assert!(err.contains("watch_every"), "{err}");
 }
 
+/// Metrics limits the endpoint cannot serve with are refused at the start, before anything
+/// serves (before, only once the engine had started and said it was serving).
+#[test]
+fn metrics_limits_of_zero_are_refused_at_the_start() {
+    let (builder, _) = echo_builder(1);
+    let options = ServeOptions {
+        metrics: Some("127.0.0.1:0".parse().unwrap()),
+        metrics_limits: xdp_quic_control::metrics::MetricsLimits {
+            max_connections: 0,
+            ..Default::default()
+        },
+        ..ServeOptions::default()
+    };
+    let refused = start_udp(builder, options);
+    let err = format!("{:#}", refused.err().expect("refused"));
+    assert!(err.contains("metrics_limits"), "{err}");
+}
+
 /// Shield options whose CIDs are not the engine's are refused at the start (the shield would
 /// drop every short header of the engine's connections).
 #[test]
@@ -358,4 +376,44 @@ fn losing_the_program_without_fallback_ends_the_server() {
         std::net::UdpSocket::bind("0.0.0.0:4433").expect("the port is free again");
     })
     .unwrap();
+}
+
+/// `attach` that would steer less than before (a port dropped, addresses narrowed) while a
+/// server's AF_XDP sockets are registered is refused: the program stays the same, so the
+/// server would go deaf without noticing. Adding a port is fine; `--force` goes ahead; once
+/// the server has stopped, the update is made.
+#[test]
+fn an_update_that_would_cut_a_running_servers_traffic_is_refused() {
+    if !privileged("an_update_that_would_cut_a_running_servers_traffic_is_refused") {
+        return;
+    }
+    let (tb, _pins) = pinned_testbed("xy", 234);
+    let (server, cert) = serve_in(&tb, Fallback::Never);
+    let addr = SocketAddr::new(tb.server_v4.into(), 4433);
+    let update = |ports: &[u16], force: bool| {
+        let opts = AttachOptions {
+            service: ServiceConfig {
+                ports: ports.iter().copied().collect(),
+                addrs: Default::default(),
+            },
+            mode: AttachMode::Auto,
+            force,
+        };
+        tb.in_server(|| xdp::attach(&tb.server_if, &opts).map(|_| ()))
+            .unwrap()
+    };
+    let refused = update(&[443], false).expect_err("the server's port would go");
+    assert!(
+        format!("{refused:#}").contains("running server"),
+        "{refused:#}"
+    );
+    // Nothing changed: the server still serves.
+    tb.in_client(|| echo_through(addr, &cert, 1, 1000)).unwrap();
+    // Steering more is fine.
+    update(&[4433, 443], false).expect("adding a port");
+    tb.in_client(|| echo_through(addr, &cert, 1, 1000)).unwrap();
+    // Once the server has stopped, the update goes ahead.
+    server.stop();
+    server.join().unwrap();
+    update(&[443], false).expect("no server any more");
 }

@@ -459,10 +459,11 @@ impl<H: Handler> Worker<H> {
     fn on_datagram<B: Backend>(&mut self, io: &mut B, d: Datagram) {
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += d.data.len() as u64;
-        if d.remote.port() == 0 || d.remote.ip().is_unspecified() {
-            // No answer can go there: Linux fails a send to port 0 with EINVAL, which
-            // quinn-udp takes for a NIC without GSO (and without ECN marks) and turns both off
-            // for the socket's life. One such datagram would slow every connection.
+        if unanswerable(&d) {
+            // No answer can go there: Linux fails a send to port 0, or from a group
+            // address, with EINVAL, which quinn-udp takes for a NIC without GSO (and without
+            // ECN marks) and turns both off for the socket's life. One such datagram would
+            // slow every connection of the worker.
             self.counters.rx_malformed += 1;
             return;
         }
@@ -1033,5 +1034,63 @@ fn dispatch<H: Handler>(h: &mut H, conn: &mut Conn<'_>, ev: Event) {
             }
         }
         Event::HandshakeDataReady | Event::DatagramsUnblocked => {}
+    }
+}
+
+/// A datagram no answer can go back to: from port 0 or an unspecified address (an IPv4 one
+/// mapped into IPv6 included), or sent to a multicast or broadcast address (quinn-proto
+/// would answer from it, and every packet of a connection it accepted too).
+fn unanswerable(d: &Datagram) -> bool {
+    let remote = d.remote.ip().to_canonical();
+    let group = |ip: IpAddr| match ip.to_canonical() {
+        IpAddr::V4(a) => a.is_multicast() || a.is_broadcast(),
+        IpAddr::V6(a) => a.is_multicast(),
+    };
+    d.remote.port() == 0 || remote.is_unspecified() || d.local_ip.is_some_and(group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn datagram(remote: &str, local: &str) -> Datagram {
+        Datagram {
+            remote: remote.parse().unwrap(),
+            local_ip: Some(local.parse().unwrap()),
+            ecn: None,
+            data: bytes::BytesMut::from(&b"x"[..]),
+            link: None,
+        }
+    }
+
+    /// Datagrams no answer can go back to are recognised: from port 0 or an unspecified
+    /// address (IPv4-mapped too), or to a group address (multicast, broadcast), from which
+    /// Linux refuses to send (EINVAL, which turns quinn-udp's GSO off for the socket).
+    #[test]
+    fn datagrams_no_answer_can_go_back_to_are_recognised() {
+        for (remote, local) in [
+            ("10.0.0.2:0", "10.0.0.1"),
+            ("0.0.0.0:5000", "10.0.0.1"),
+            ("[::ffff:0.0.0.0]:5000", "::ffff:10.0.0.1"),
+            ("10.0.0.2:5000", "224.0.0.1"),
+            ("10.0.0.2:5000", "255.255.255.255"),
+            ("10.0.0.2:5000", "::ffff:224.0.0.251"),
+            ("[fd00::2]:5000", "ff02::1"),
+        ] {
+            assert!(
+                unanswerable(&datagram(remote, local)),
+                "{remote} -> {local}"
+            );
+        }
+        for (remote, local) in [
+            ("10.0.0.2:5000", "10.0.0.1"),
+            ("[::ffff:10.0.0.2]:5000", "::ffff:10.0.0.1"),
+            ("[fd00::2]:5000", "fd00::1"),
+        ] {
+            assert!(
+                !unanswerable(&datagram(remote, local)),
+                "{remote} -> {local}"
+            );
+        }
     }
 }

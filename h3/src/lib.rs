@@ -40,6 +40,16 @@
 //! while a stream's end is sent and not acknowledged waits for the peer to close the
 //! connection (which it does once it has read its answers), at most [`CLOSE_LINGER`];
 //! h3's control and QPACK streams stay open meanwhile. Other codes close at once.
+//!
+//! **Answers a peer does not take.** h3's `finish` returns once a response's end is queued;
+//! a server that bounds the memory of its answers needs to know when the peer took them:
+//! [`Connection::stream_ends`] tells when a finished stream's end is acknowledged, and
+//! resets one that takes too long ([`StreamEnds`]; `examples/src/h3_files.rs` holds its
+//! file slots until then).
+//!
+//! **Frames h3 would buffer whole** are refused at their header: HEADERS and PUSH_PROMISE
+//! beyond [`MAX_FIELD_FRAME`], the other types RFC 9114 defines, but DATA, beyond
+//! [`MAX_FRAME`]; frames of undefined types are dropped unread.
 
 use std::collections::HashMap;
 use std::future::Future;

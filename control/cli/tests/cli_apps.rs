@@ -1050,6 +1050,39 @@ fn xdp_backend_exits_with_an_error_when_the_program_is_detached() {
     }
 }
 
+/// `serve --app h3` (on the async API, not under the supervisor) watches its program too:
+/// detached from under it, it says so and exits with an error (before, it went deaf and
+/// served on).
+#[test]
+fn h3_over_af_xdp_exits_with_an_error_when_the_program_is_detached() {
+    if !privileged("h3_over_af_xdp_exits_with_an_error_when_the_program_is_detached") {
+        return;
+    }
+    let tb = xdp_quic_control::testbed::Testbed::create(&unique_name("xj"), 1, 235).unwrap();
+    let pins = PinnedAttach::new(&tb);
+    let root = temp_dir("h3-lost");
+    let (server, line) = Server::start_with(&[
+        "--netns",
+        &tb.server_ns,
+        "--listen",
+        "0.0.0.0:4433",
+        "--backend",
+        "xdp",
+        "--iface",
+        &tb.server_if,
+        "--app",
+        "h3",
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    assert!(line.contains("AF_XDP worker"), "{line}");
+    pins.detach();
+    let (status, stderr) = server.wait_exit();
+    let _ = std::fs::remove_dir_all(&root);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the XDP program was detached"), "{stderr}");
+}
+
 /// After `xdp-quic attach` (root), the server runs with CAP_NET_RAW, CAP_IPC_LOCK and CAP_BPF
 /// only: no CAP_NET_ADMIN, no CAP_SYS_ADMIN (the README's recipe, `setpriv` here, systemd's
 /// `AmbientCapabilities=` in production), and serves over AF_XDP.

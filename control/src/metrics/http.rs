@@ -163,7 +163,9 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 impl Limits {
-    fn validate(&self) -> io::Result<()> {
+    /// Refuses limits the endpoint cannot serve with (no connection, no or too long a
+    /// deadline).
+    pub fn validate(&self) -> io::Result<()> {
         if self.max_connections == 0 || self.deadline.is_zero() || self.deadline > MAX_DEADLINE {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

@@ -211,6 +211,20 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
                         prog_id: live.prog_id,
                     });
                 }
+                if !opts.force && narrows(&before, &opts.service) {
+                    // The program stays the same, so a server on these queues would not
+                    // notice: its datagrams would go to the kernel, and be dropped there.
+                    let serving = live.maps.registered_queues(u32::MAX)?;
+                    if !serving.is_empty() {
+                        anyhow::bail!(
+                            "{iface}: AF_XDP sockets of a running server are registered on                              queue(s) {serving:?}, and this update steers less than before                              (ports {:?} -> {:?}, addresses {} -> {}): the server's traffic                              could stop without its knowing. Stop the server first, or run                              with --force",
+                            before.ports,
+                            opts.service.ports,
+                            if before.addrs.is_empty() { "any".to_string() } else { format!("{:?}", before.addrs) },
+                            if opts.service.addrs.is_empty() { "any".to_string() } else { format!("{:?}", opts.service.addrs) },
+                        );
+                    }
+                }
                 live.maps.write_service(&opts.service)?;
                 return Ok(AttachOutcome::Updated {
                     mode: live.mode,
@@ -532,4 +546,13 @@ pub fn attach_embedded(
         prog_id: loaded.prog_id,
         ifindex: st.ifindex,
     })
+}
+
+/// Whether `after` steers less than `before`: a port dropped, or addresses narrowed (from
+/// any, or one dropped).
+fn narrows(before: &ServiceConfig, after: &ServiceConfig) -> bool {
+    let ports = !before.ports.is_subset(&after.ports);
+    let addrs = !after.addrs.is_empty()
+        && (before.addrs.is_empty() || !before.addrs.is_subset(&after.addrs));
+    ports || addrs
 }

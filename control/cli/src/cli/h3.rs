@@ -5,7 +5,11 @@
 //! supervisor: it takes the options of the engine (workers, CPUs, Retry, connection limit,
 //! AF_XDP set-up) but not `--backend auto`, `--metrics`, `--stats-every` or `--xdp-shield`
 //! (refused with an error). SIGTERM or Ctrl-C sends GOAWAY on every connection, lets the
-//! requests in flight finish for up to 10 s, then closes what is left.
+//! requests in flight finish for up to 10 s, then closes what is left. Over AF_XDP it looks
+//! at its interface every second, as `serve` does for the other apps: if the program its
+//! sockets are registered with goes (detached, replaced, the interface gone), it says so,
+//! closes its connections and exits with an error; a shield a killed server left on the
+//! attachment is turned off at the start.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -14,6 +18,7 @@ use anyhow::{bail, Context};
 use xdp_quic::tokio::{Builder, Endpoint};
 use xdp_quic::{tls, EngineBuilder, VarInt};
 use xdp_quic_control::xdp::socket_map::ServerSteering;
+use xdp_quic_control::xdp::{ProgramWatch, WatchEvent};
 use xdp_quic_examples::h3_files::{self, H3Server, HqLimits};
 
 use super::args::BackendArg;
@@ -48,13 +53,27 @@ pub fn serve(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<()> {
     })
     .context("installing the Ctrl-C handler")?;
     rt.block_on(async move {
-        let (ep, how) = bind(a, b)?;
+        let (ep, how, mut watch) = bind(a, b)?;
         tokio::spawn(server.serve(ep.clone(), stop_rx.clone()));
         eprintln!("serving H3 on {} {how}; Ctrl-C stops", ep.local_addr()?);
         let mut stop = stop_rx;
+        let mut every = tokio::time::interval(Duration::from_secs(1));
         while !*stop.borrow() {
-            if stop.changed().await.is_err() {
-                break;
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = every.tick(), if watch.is_some() => {
+                    let (iface, w) = watch.as_mut().expect("checked");
+                    if let Some(lost) = program_lost(iface, w) {
+                        eprintln!("{lost}: the AF_XDP workers receive nothing any more; closing");
+                        ep.close(VarInt::from_u32(0x100), b"shutting down");
+                        ep.wait_idle().await;
+                        bail!(lost);
+                    }
+                }
             }
         }
         eprintln!("shutting down: GOAWAY sent, finishing the requests in flight");
@@ -68,31 +87,74 @@ pub fn serve(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<()> {
     })
 }
 
+/// The interface an AF_XDP endpoint serves on, and what watches its program.
+type Watched = (String, ProgramWatch);
+
+/// One look at the interface (see [`ProgramWatch`]): the loss of the program, said for the
+/// operator, if it is gone; a link going down or up is only reported.
+fn program_lost(iface: &str, w: &mut ProgramWatch) -> Option<String> {
+    let events = match w.check() {
+        Ok(events) => events,
+        Err(e) => {
+            eprintln!("{iface}: cannot read the interface's state: {e}");
+            return None;
+        }
+    };
+    let mut lost = None;
+    for e in events {
+        match e {
+            WatchEvent::Down | WatchEvent::Up => eprintln!("{iface}: {e}"),
+            WatchEvent::Detached { .. } | WatchEvent::InterfaceGone => {
+                lost = Some(format!("{iface}: {e}"))
+            }
+        }
+    }
+    lost
+}
+
 /// Binds the endpoint of `serve --app h3`; over AF_XDP uses the program `xdp-quic attach`
 /// pinned for the interface, or attaches it for the port for the endpoint's life, as the
-/// other apps do ([`ServerSteering::for_server`]).
-fn bind(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<(Endpoint, String)> {
+/// other apps do ([`ServerSteering::for_server`]), and returns what watches that program.
+fn bind(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<(Endpoint, String, Option<Watched>)> {
     let builder = Builder::new(b);
     match a.backend {
         BackendArg::Udp => {
             let ep = builder.bind_udp(a.listen)?;
-            Ok((ep, format!("with {} UDP worker(s)", a.workers)))
+            Ok((ep, format!("with {} UDP worker(s)", a.workers), None))
         }
         BackendArg::Xdp | BackendArg::Auto => {
             let setup = super::serve::xdp_setup(a)?;
             let steering = ServerSteering::for_server(&setup.iface, a.listen, a.xdp_mode.into())
                 .with_context(|| format!("steering {} to AF_XDP", setup.iface))?;
             let origin = steering.describe();
+            let shield = steering.shield_maps(&setup.iface).ok();
+            let ifindex = xdp_quic::engine::ifindex(&setup.iface)
+                .with_context(|| format!("looking up {}", setup.iface))?;
+            let watch = ProgramWatch::new(ifindex, steering.prog_id())
+                .with_context(|| format!("reading the state of {}", setup.iface))?;
             let ep = builder
                 .bind_xdp(&setup, Box::new(steering))
                 .with_context(|| format!("starting AF_XDP workers on {}", setup.iface))?;
+            // Serving without the shield: one a killed server left on (with its CID layout,
+            // which could name workers this server does not have) goes, as `serve` does.
+            if let Some(mut maps) = shield {
+                match maps.clear_left_by_server(&setup.queues) {
+                    Ok(true) => eprintln!(
+                        "{}: turned off the flood shield a server that did not stop cleanly \
+                         had left on",
+                        setup.iface
+                    ),
+                    Ok(false) => {}
+                    Err(e) => eprintln!("{}: cannot read the XDP shield: {e:#}", setup.iface),
+                }
+            }
             let how = format!(
                 "with {} AF_XDP worker(s) on {} queues {:?} ({origin})",
                 setup.queues.len(),
                 setup.iface,
                 setup.queues
             );
-            Ok((ep, how))
+            Ok((ep, how, Some((setup.iface.clone(), watch))))
         }
     }
 }

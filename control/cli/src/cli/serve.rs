@@ -265,12 +265,26 @@ fn serve<H: Handler>(
     let stop = Stop::new();
     let on_signal = stop.clone();
     let mut signals = 0u32;
+    // The shield this server may turn on over a pinned attachment, which its guard turns
+    // off when it stops: a second Ctrl-C does not wait for that.
+    let shielded = if a.xdp_shield {
+        xdp_setup(a).ok().map(|s| (s.iface, s.queues))
+    } else {
+        None
+    };
     ctrlc::set_handler(move || {
         signals += 1;
         if signals == 1 {
             eprintln!("stopping (Ctrl-C again to exit at once)");
             on_signal.stop();
         } else {
+            if let Some((iface, queues)) = &shielded {
+                // Best effort: only a server's shield, and only when no other server
+                // holds queues of the attachment.
+                if let Ok(mut maps) = xdp_quic_control::xdp::ShieldMaps::from_pins(iface) {
+                    let _ = maps.clear_left_by_server(queues);
+                }
+            }
             // The kernel closes what the process held: its own XDP link and AF_XDP sockets
             // go with it (pins made by `xdp-quic attach` stay, as they should).
             std::process::exit(130);
@@ -282,6 +296,10 @@ fn serve<H: Handler>(
         BackendArg::Xdp => true,
         BackendArg::Auto => a.iface.is_some(),
     };
+    if a.backend == BackendArg::Auto && !use_xdp {
+        // The choice is logged, as the flag says: AF_XDP needs an interface.
+        eprintln!("--backend auto without --iface: serving over kernel UDP");
+    }
     let backend = if use_xdp {
         match xdp_setup(a) {
             Ok(setup) => Backend::Xdp {
