@@ -73,9 +73,8 @@ pub fn dies_with_test(cmd: &mut Command) -> &mut Command {
             }
             // The parent may have died before the prctl: then nothing would signal us.
             if libc::getppid() != parent {
-                return Err(std::io::Error::other(
-                    "the test that spawned this has ended",
-                ));
+                // ESRCH ("no such process"): an error made without allocating.
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         })

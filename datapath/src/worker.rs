@@ -157,6 +157,8 @@ pub struct Worker<H: Handler> {
     drain_timeout: Duration,
     next_kernel_read: Instant,
     max_connections: usize,
+    /// The largest datagram taken in (see [`max_datagram`]).
+    max_datagram: usize,
     /// Hold a connection's transmit back for one turn after its handler heard events
     /// (thread-per-core mode, whose tasks answer between two turns).
     hold_transmits: bool,
@@ -214,6 +216,7 @@ impl<H: Handler> Worker<H> {
         handler.attached(&crate::engine::EngineHandle {
             mesh: p.mesh.clone(),
         });
+        let max_datagram = max_datagram(&p.endpoint);
         Self {
             mesh: p.mesh,
             shard: Shard {
@@ -251,6 +254,7 @@ impl<H: Handler> Worker<H> {
             drain_timeout: p.drain_timeout,
             next_kernel_read: Instant::now(),
             max_connections: p.max_connections,
+            max_datagram,
             hold_transmits: false,
             held: Vec::new(),
             stray_owners: Vec::new(),
@@ -464,6 +468,12 @@ impl<H: Handler> Worker<H> {
             // address, with EINVAL, which quinn-udp takes for a NIC without GSO (and without
             // ECN marks) and turns both off for the socket's life. One such datagram would
             // slow every connection of the worker.
+            self.counters.rx_malformed += 1;
+            return;
+        }
+        if d.data.len() > self.max_datagram {
+            // Larger than any peer may send us (see `max_datagram`): an IP-fragmented
+            // datagram a peer made big to pin memory with each small frame it carries.
             self.counters.rx_malformed += 1;
             return;
         }
@@ -1037,9 +1047,24 @@ fn dispatch<H: Handler>(h: &mut H, conn: &mut Conn<'_>, ev: Event) {
     }
 }
 
+/// The largest UDP payload a worker takes in: what its endpoint announces to peers
+/// (`max_udp_payload_size`, RFC 9000 §18.2: larger ones "are not likely to be processed"),
+/// but never less than a receive chunk ([`crate::backend::rx::POOL_CHUNK`], 16 KiB), so that a
+/// client's first Initial, sent before it knows the limit, is taken on any path. Within it,
+/// a datagram fits in one receive chunk and what the async API keeps of it is at most twice
+/// its octets; beyond, one small frame could hold a 64 KiB datagram.
+fn max_datagram(endpoint: &quinn_proto::Endpoint) -> usize {
+    let announced = endpoint.config().get_max_udp_payload_size();
+    usize::try_from(announced)
+        .unwrap_or(usize::MAX)
+        .max(crate::backend::rx::POOL_CHUNK)
+}
+
 /// A datagram no answer can go back to: from port 0 or an unspecified address (an IPv4 one
-/// mapped into IPv6 included), or sent to a multicast or broadcast address (quinn-proto
-/// would answer from it, and every packet of a connection it accepted too).
+/// mapped into IPv6 included), or sent to a multicast address or the limited broadcast
+/// address 255.255.255.255 (quinn-proto would answer from it, and every packet of a
+/// connection it accepted too). A subnet's directed broadcast (10.0.0.255 on a /24) is not
+/// recognised: only the interface's prefix tells it, which the worker does not know.
 fn unanswerable(d: &Datagram) -> bool {
     let remote = d.remote.ip().to_canonical();
     let group = |ip: IpAddr| match ip.to_canonical() {

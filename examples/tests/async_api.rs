@@ -725,6 +725,52 @@ async fn a_stream_stopped_after_its_handle_went_is_reset_and_freed() {
     }
 }
 
+/// The same, but the handle outlives the peer's STOP_SENDING: the stream was finished,
+/// `stopped` reports the code, and only then is the handle dropped. The drop resets the
+/// stream with the peer's code, as quinn's does (quinn-proto would otherwise go on sending
+/// what the peer refused until it is acknowledged), and the stream is freed: the peer's one
+/// stream of credit comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_stream_the_peer_stops_is_reset_when_its_handle_goes() {
+    for mode in MODES {
+        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (server, cert) = one_stream_quinn_server(move |mut send, mut recv| {
+            let first = first.swap(false, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if first {
+                    let mut buf = [0u8; 10];
+                    recv.read_exact(&mut buf).await.unwrap();
+                    recv.stop(VarInt::from_u32(7)).unwrap();
+                    send.finish().unwrap();
+                    let _ = send.stopped().await;
+                } else {
+                    quinn_echo_stream(send, recv).await;
+                }
+            }
+        });
+        let addr = server.local_addr().unwrap();
+        let (stopped, back) = with_client(mode, cert, move |ep| async move {
+            let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_chunk(payload(9, 3 << 20)).await.unwrap();
+            send.finish().unwrap();
+            let stopped = guard("stopped", send.stopped()).await;
+            drop(send);
+            assert!(recv.read_to_end(1 << 10).await.unwrap().is_empty());
+            let (mut send, mut recv) = guard("an open", conn.open_bi()).await.unwrap();
+            send.write_all(b"again").await.unwrap();
+            send.finish().unwrap();
+            let back = recv.read_to_end(1 << 10).await.unwrap();
+            conn.close(VarInt::from_u32(0), b"");
+            (stopped, back)
+        })
+        .await;
+        assert_eq!(stopped, Ok(Some(VarInt::from_u32(7))), "{mode:?}");
+        assert_eq!(back, b"again", "{mode:?}");
+        server.close(VarInt::from_u32(0), b"");
+    }
+}
+
 /// `read_chunks` hands out what is buffered and leaves the stream's end, or its reset, for
 /// the next call, which reports it (quinn's semantics); reads past the end give the end
 /// again. (Before, a `read_chunks` that found the data and the end buffered together took

@@ -886,6 +886,32 @@ async fn empty_udp_datagrams_are_counted_malformed() {
     assert_eq!(t.rx_malformed, 17, "{t:?}");
 }
 
+/// Datagrams larger than the server announces (`max_udp_payload_size`, here quinn-proto's
+/// default of 1,472) and than a receive chunk (16 KiB) are dropped before quinn-proto sees
+/// them: otherwise one small frame in each would keep its whole 64 KiB buffer queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_larger_than_a_receive_chunk_are_dropped() {
+    let (b, _cert) = our_server(1, echo::ALPN);
+    let engine = b
+        .start_udp("127.0.0.1:0".parse().unwrap(), |_| EchoServer::default())
+        .unwrap();
+    let handle = engine.handle();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A short header each (0x40), with a CID not of ours: not malformed as such.
+    let big = vec![0x40u8; 16 * 1024 + 1];
+    for _ in 0..3 {
+        sock.send_to(&big, engine.local_addr()).unwrap();
+    }
+    // One of exactly 16 KiB is taken (a stray, not malformed); then an empty marker.
+    sock.send_to(&big[..16 * 1024], engine.local_addr())
+        .unwrap();
+    sock.send_to(&[], engine.local_addr()).unwrap();
+    let t = wait_counters(&handle, "5 datagrams", |t| t.rx_packets >= 5).await;
+    shutdown(engine).await;
+    assert_eq!(t.rx_packets, 5, "{t:?}");
+    assert_eq!(t.rx_malformed, 4, "{t:?}");
+}
+
 #[test]
 fn udp_backend_keeps_every_gro_segment() {
     use xdp_quic::backend::{Backend, RxBatch, Transmit};

@@ -154,7 +154,11 @@ fn resolve(iface: &str) -> anyhow::Result<LinkState> {
 /// after this process exits.
 ///
 /// If xdp-quic is already attached there: same service → [`AttachOutcome::Unchanged`];
-/// other ports/addresses → updated in place ([`AttachOutcome::Updated`]); another mode
+/// other ports/addresses → updated in place ([`AttachOutcome::Updated`]), except that an
+/// update that steers less than before (a port or address dropped) while AF_XDP sockets of
+/// a running server are registered is refused unless `force`: the program cannot tell which
+/// ports that server serves, so it refuses even if the port dropped is not that server's.
+/// Another mode
 /// asked explicitly → [`XdpError::ModeMismatch`]. Another program on the interface (or
 /// xdp-quic's, attached by a running process) → [`XdpError::ProgramPresent`] unless `force`.
 /// In a private mount namespace without bpffs (`ip netns exec`) →
@@ -217,7 +221,10 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
                     let serving = live.maps.registered_queues(u32::MAX)?;
                     if !serving.is_empty() {
                         anyhow::bail!(
-                            "{iface}: AF_XDP sockets of a running server are registered on                              queue(s) {serving:?}, and this update steers less than before                              (ports {:?} -> {:?}, addresses {} -> {}): the server's traffic                              could stop without its knowing. Stop the server first, or run                              with --force",
+                            "{iface}: AF_XDP sockets of a running server are registered on queue(s) \
+                             {serving:?}, and this update steers less than before (ports {:?} \
+                             -> {:?}, addresses {} -> {}): the server's traffic could stop \
+                             without its knowing. Stop the server first, or run with --force",
                             before.ports,
                             opts.service.ports,
                             if before.addrs.is_empty() { "any".to_string() } else { format!("{:?}", before.addrs) },

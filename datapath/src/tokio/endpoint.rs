@@ -109,22 +109,28 @@ impl Endpoint {
     }
 
     /// Replaces the server configuration for connections accepted from now on (a new
-    /// certificate, say); `None` refuses new connections.
+    /// certificate, say): every [`Incoming`] accepted after this returns uses it, even one
+    /// that arrived before; `None` refuses new connections. The workers apply it as they next
+    /// drain their queues (this never waits for them).
     pub fn set_server_config(&self, config: Option<ServerConfig>) {
         let Some(handle) = self.shared.handle.get() else {
             return;
         };
         match config {
             Some(c) => {
-                self.shared.refusing.store(false, Ordering::Release);
                 // Through the workers' inboxes, as every operation: never waits (a task of
-                // thread-per-core mode runs on a worker, whose queue only it empties).
+                // thread-per-core mode runs on a worker, whose queue only it empties). A
+                // worker applies its inbox in order, so an accept decided after this call
+                // (queued behind) uses the new configuration.
                 let c = handle.server_config(c);
                 for w in 0..self.shared.inboxes.len() {
                     if self.shared.push(w, Op::SetServerConfig(c.clone())).is_err() {
                         tracing::warn!("cannot set the server configuration: worker {w} has ended");
                     }
                 }
+                // Only now: an attempt a worker lets through from here on is decided behind
+                // the new configuration.
+                self.shared.refusing.store(false, Ordering::Release);
             }
             None => self.shared.refusing.store(true, Ordering::Release),
         }

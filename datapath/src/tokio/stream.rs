@@ -284,11 +284,13 @@ impl Drop for SendStream {
         };
         slot.send_handle = false;
         slot.write_waker = None;
-        if !slot.finish && slot.reset.is_none() {
+        if slot.reset.is_none() {
             match slot.send_end {
-                SendEnd::Open => slot.finish = true,
+                SendEnd::Open if !slot.finish => slot.finish = true,
+                SendEnd::Open | SendEnd::Acked => {}
+                // Finished or not: quinn-proto keeps a stopped stream, retransmitting what
+                // the peer refused, until it is reset (quinn's drop resets it too).
                 SendEnd::Stopped(code) => slot.reset = Some(code),
-                SendEnd::Acked => {}
             }
         }
         if slot.is_done() {
