@@ -389,6 +389,27 @@ async fn resolve_within(
     }
 }
 
+/// Ends a request (a GET's empty body) as `RequestStream::finish` does, but takes the
+/// server's STOP_SENDING with H3_NO_ERROR for success: a server that has its whole answer
+/// may stop the request side so (RFC 9114 §4.1), and that can reach the client before its
+/// own finish does. The answer is still to be read.
+pub async fn finish_request<S, B>(
+    stream: &mut h3::client::RequestStream<S, B>,
+) -> Result<(), h3::error::StreamError>
+where
+    S: h3::quic::SendStream<B>,
+    B: bytes::Buf,
+{
+    match stream.finish().await {
+        Err(h3::error::StreamError::RemoteTerminate { code, .. })
+            if code == h3::error::Code::H3_NO_ERROR =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// A `%` not followed by two hexadecimal digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MalformedEscape;
@@ -498,7 +519,7 @@ pub async fn fetch(
         tasks.push(tokio::spawn(async move {
             let req = Request::get(uri).body(())?;
             let mut stream = send.send_request(req).await?;
-            stream.finish().await?;
+            finish_request(&mut stream).await?;
             let resp = stream.recv_response().await?;
             let mut body = Vec::new();
             while let Some(mut chunk) = stream.recv_data().await? {

@@ -14,7 +14,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
 use xdp_quic::tokio::{Builder, Connection, Endpoint};
 use xdp_quic::{tls, EngineBuilder};
-use xdp_quic_examples::h3_files::{H3Server, HqLimits, ALPN};
+use xdp_quic_examples::h3_files::{self, H3Server, HqLimits, ALPN};
 
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -165,7 +165,7 @@ async fn a_response_in_flight_when_the_connection_ends_arrives_whole() {
         let (_client, mut driver, mut send) = h3_client(&ep, cert).await;
         let req = Request::get("https://localhost/big.bin").body(()).unwrap();
         let mut stream = send.send_request(req).await.unwrap();
-        stream.finish().await.unwrap();
+        h3_files::finish_request(&mut stream).await.unwrap();
         let resp = stream.recv_response().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         // GOAWAY from the client: no request after this one.
@@ -200,7 +200,7 @@ async fn requests_at_or_past_the_goaway_are_rejected() {
             .unwrap();
         let mut stream = send.send_request(req).await.unwrap();
         assert_eq!(stream.id().index(), 0);
-        stream.finish().await.unwrap();
+        h3_files::finish_request(&mut stream).await.unwrap();
         let drive = drive(driver);
         match stream.recv_response().await {
             Err(h3::error::StreamError::RemoteTerminate { code, .. }) => {
@@ -242,7 +242,7 @@ async fn percent_encoded_paths_are_decoded() {
                 .body(())
                 .unwrap();
             let mut stream = send.send_request(req).await.unwrap();
-            stream.finish().await.unwrap();
+            h3_files::finish_request(&mut stream).await.unwrap();
             let resp = stream.recv_response().await.unwrap();
             assert_eq!(resp.status(), want, "{path}");
             let got = body(&mut stream, Duration::ZERO).await;
@@ -318,7 +318,7 @@ async fn shutdown_closes_an_idle_connection_cleanly() {
             .body(())
             .unwrap();
         let mut stream = send.send_request(req).await.unwrap();
-        stream.finish().await.unwrap();
+        h3_files::finish_request(&mut stream).await.unwrap();
         assert_eq!(
             stream.recv_response().await.unwrap().status(),
             StatusCode::OK
@@ -600,7 +600,7 @@ async fn headers_that_never_come_whole_are_rejected_when_their_time_is_up() {
             .body(())
             .unwrap();
         let mut stream = sender.send_request(req).await.unwrap();
-        stream.finish().await.unwrap();
+        h3_files::finish_request(&mut stream).await.unwrap();
         let resp = stream.recv_response().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         assert_same("a b.txt", &body(&mut stream, Duration::ZERO).await, &small);
@@ -690,13 +690,15 @@ async fn requests_without_headers_are_bounded_per_connection() {
         let reason = loop {
             match conn.open_bi().await {
                 Ok((mut send, _)) => {
-                    // An empty request: its stream ends before any HEADERS.
-                    send.finish().unwrap();
+                    // An empty request: its stream ends before any HEADERS. (A finish the
+                    // close overtook fails; the next open says why.) How many more than
+                    // MAX_UNRESOLVED go out before the close depends on how far the server's
+                    // tasks lag: the guard, not a count, catches a close that never comes.
+                    let _ = send.finish();
                     opened += 1;
                 }
                 Err(e) => break e,
             }
-            assert!(opened <= MAX_UNRESOLVED + 200, "still open after {opened}");
         };
         assert!(opened >= MAX_UNRESOLVED, "closed after {opened}: {reason}");
         assert!(

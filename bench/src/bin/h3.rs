@@ -342,7 +342,7 @@ fn load(
                             let req =
                                 http::Request::get(format!("https://localhost/{size}")).body(())?;
                             let mut s = send.send_request(req).await?;
-                            s.finish().await?;
+                            xdp_quic_examples::h3_files::finish_request(&mut s).await?;
                             let resp = s.recv_response().await?;
                             anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
                             let mut got = 0;

@@ -139,7 +139,28 @@ pub fn bind_group(
 /// non-blocking, dual-stack for an unspecified IPv6 address, and checks on the bound sockets
 /// that no other socket shares the port: SO_REUSEPORT lets any socket of the same user join
 /// the group, and it would take a share of the packets.
+///
+/// With port 0 the kernel may pick a port that another SO_REUSEPORT socket of the same user
+/// holds (for the kernel that is no conflict): such a port is not free, so another is tried,
+/// up to [`PORT_ZERO_TRIES`] times.
 pub fn bind_reuseport(addr: SocketAddr, n: usize) -> io::Result<Vec<UdpSocket>> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match bind_reuseport_once(addr, n) {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse
+                    && addr.port() == 0
+                    && tries < PORT_ZERO_TRIES => {}
+            other => return other,
+        }
+    }
+}
+
+/// How many ports a bind to port 0 tries before it gives up (see [`bind_reuseport`]).
+pub const PORT_ZERO_TRIES: usize = 16;
+
+fn bind_reuseport_once(addr: SocketAddr, n: usize) -> io::Result<Vec<UdpSocket>> {
     let mut addr = addr;
     let mut sockets = Vec::with_capacity(n);
     for _ in 0..n {
