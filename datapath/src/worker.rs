@@ -410,7 +410,8 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Step 3: receive batches and route each datagram. Returns whether anything came.
+    /// Steps 3 to 5: receive batches, route each datagram, feed the endpoint. Returns
+    /// whether anything came.
     fn receive<B: Backend>(&mut self, io: &mut B) -> bool {
         let mut any = false;
         for _ in 0..MAX_RX_BATCHES {
@@ -436,7 +437,7 @@ impl<H: Handler> Worker<H> {
         any
     }
 
-    /// Step 4: the connections whose timer is due.
+    /// Step 6: the connections whose timer is due.
     fn fire_timers(&mut self, now: Instant) {
         while let Some(h) = self.conns.timers.pop_due(now) {
             if let Some(slot) = self.conns.slot(h) {
@@ -446,7 +447,7 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Step 6: the counters, published once per turn (and the kernel's drop count once a
+    /// Step 8: the counters, published once per turn (and the kernel's drop count once a
     /// second).
     fn publish<B: Backend>(&mut self, io: &mut B, now: Instant) {
         if now >= self.next_kernel_read {
@@ -767,7 +768,7 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Step 5: drives every dirty connection, and those that callbacks opened, until quiet.
+    /// Step 7: drives every dirty connection, and those that callbacks opened, until quiet.
     fn drive_all<B: Backend>(&mut self, io: &mut B) {
         let mut dirty = std::mem::take(&mut self.conns.dirty);
         let mut deferred = Vec::new();

@@ -44,8 +44,9 @@
 //! **Answers a peer does not take.** h3's `finish` returns once a response's end is queued;
 //! a server that bounds the memory of its answers needs to know when the peer took them:
 //! [`Connection::stream_ends`] tells when a finished stream's end is acknowledged, and
-//! resets one that takes too long ([`StreamEnds`]; `examples/src/h3_files.rs` holds its
-//! file slots until then).
+//! lets the caller reset one that takes too long ([`StreamEnds::reset`]; the deadline is
+//! the caller's: `examples/src/h3_files.rs` holds its file slots until the end or its
+//! deadline).
 //!
 //! **Frames h3 would buffer whole** are refused at their header: HEADERS and PUSH_PROMISE
 //! beyond [`MAX_FIELD_FRAME`], the other types RFC 9114 defines, but DATA, beyond

@@ -40,7 +40,7 @@ struct Args {
     /// AF_XDP: the interface to serve on.
     #[arg(long)]
     iface: Option<String>,
-    /// Kernel UDP: the number of workers (default: one per CPU).
+    /// Kernel UDP: the number of workers (default: 1).
     #[arg(long)]
     workers: Option<usize>,
     /// Run the connections' tasks on their worker's thread (a runtime per worker).

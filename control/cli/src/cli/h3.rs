@@ -71,7 +71,7 @@ pub fn serve(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<()> {
                         eprintln!("{lost}: the AF_XDP workers receive nothing any more; closing");
                         ep.close(VarInt::from_u32(0x100), b"shutting down");
                         ep.wait_idle().await;
-                        bail!(lost);
+                        bail!("{iface}: stopped serving: the XDP program is gone");
                     }
                 }
             }
