@@ -158,13 +158,13 @@ fn resolve(iface: &str) -> anyhow::Result<LinkState> {
 /// update that steers less than before (a port or address dropped) while AF_XDP sockets of
 /// a running server are registered is refused unless `force`: the program cannot tell which
 /// ports that server serves, so it refuses even if the port dropped is not that server's.
-/// Another mode
-/// asked explicitly → [`XdpError::ModeMismatch`]. Another program on the interface (or
-/// xdp-quic's, attached by a running process) → [`XdpError::ProgramPresent`] unless `force`.
-/// In a private mount namespace without bpffs (`ip netns exec`) →
-/// [`XdpError::PrivateMountNamespace`]. On error nothing is left changed, with one exception: with `force`, the program that was
-/// there is removed before ours attaches, so an attach that fails then (the mode refused,
-/// say) leaves the interface with none; the error says so.
+/// Another mode asked explicitly → [`XdpError::ModeMismatch`]. Another program on the
+/// interface (or xdp-quic's, attached by a running process) → [`XdpError::ProgramPresent`]
+/// unless `force`. In a private mount namespace without bpffs (`ip netns exec`) →
+/// [`XdpError::PrivateMountNamespace`]. On error nothing is left changed, with one
+/// exception: with `force`, the program that was there is removed before ours attaches, so
+/// an attach that fails then (the mode refused, say) leaves the interface with none; the
+/// error says so.
 pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome> {
     opts.service.validate()?;
     caps::require_xdp_admin(&format!("attaching XDP to {iface}"))?;

@@ -67,7 +67,8 @@ pub struct XskConfig {
 }
 
 impl XskConfig {
-    /// Defaults for queue `queue` of interface `ifindex`: 2048-entry RX, TX and completion rings, a 4096-entry fill ring, auto mode.
+    /// Defaults for queue `queue` of interface `ifindex`: 2048-entry RX, TX and completion
+    /// rings, a 4096-entry fill ring, auto mode.
     pub fn new(ifindex: u32, queue: u32) -> Self {
         Self {
             ifindex,
