@@ -676,6 +676,26 @@ async fn a_cancelled_open_holds_no_stream() {
     }
 }
 
+/// A quinn server (one stream at a time) that reads a little of the first stream, then
+/// stops it with code 7, and echoes every later one.
+fn first_stream_stopped_with_7() -> (quinn::Endpoint, CertificateDer<'static>) {
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    one_stream_quinn_server(move |mut send, mut recv| {
+        let first = first.swap(false, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if first {
+                let mut buf = [0u8; 10];
+                recv.read_exact(&mut buf).await.unwrap();
+                recv.stop(VarInt::from_u32(7)).unwrap();
+                send.finish().unwrap();
+                let _ = send.stopped().await;
+            } else {
+                quinn_echo_stream(send, recv).await;
+            }
+        }
+    })
+}
+
 /// The peer stops a stream whose `SendStream` was dropped with data still queued: the
 /// stream is reset with the peer's code, so it is freed and the peer's one stream of credit
 /// comes back (before, nobody reset it and the next open waited forever). A `stopped`
@@ -683,22 +703,7 @@ async fn a_cancelled_open_holds_no_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_stopped_after_its_handle_went_is_reset_and_freed() {
     for mode in MODES {
-        // The first stream: read a little, then stop it with code 7; the rest: echoed.
-        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let (server, cert) = one_stream_quinn_server(move |mut send, mut recv| {
-            let first = first.swap(false, std::sync::atomic::Ordering::SeqCst);
-            async move {
-                if first {
-                    let mut buf = [0u8; 10];
-                    recv.read_exact(&mut buf).await.unwrap();
-                    recv.stop(VarInt::from_u32(7)).unwrap();
-                    send.finish().unwrap();
-                    let _ = send.stopped().await;
-                } else {
-                    quinn_echo_stream(send, recv).await;
-                }
-            }
-        });
+        let (server, cert) = first_stream_stopped_with_7();
         let addr = server.local_addr().unwrap();
         let (stopped, back) = with_client(mode, cert, move |ep| async move {
             let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
@@ -733,21 +738,7 @@ async fn a_stream_stopped_after_its_handle_went_is_reset_and_freed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_stream_the_peer_stops_is_reset_when_its_handle_goes() {
     for mode in MODES {
-        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let (server, cert) = one_stream_quinn_server(move |mut send, mut recv| {
-            let first = first.swap(false, std::sync::atomic::Ordering::SeqCst);
-            async move {
-                if first {
-                    let mut buf = [0u8; 10];
-                    recv.read_exact(&mut buf).await.unwrap();
-                    recv.stop(VarInt::from_u32(7)).unwrap();
-                    send.finish().unwrap();
-                    let _ = send.stopped().await;
-                } else {
-                    quinn_echo_stream(send, recv).await;
-                }
-            }
-        });
+        let (server, cert) = first_stream_stopped_with_7();
         let addr = server.local_addr().unwrap();
         let (stopped, back) = with_client(mode, cert, move |ep| async move {
             let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
