@@ -334,6 +334,87 @@ fn ports_move_to_a_disjoint_set_that_does_not_fit_beside_the_old() {
     assert_eq!(steered.ports, (41..81).collect());
 }
 
+/// A queue another AF_XDP socket holds: a bind that tries zero-copy first and falls back to
+/// copy mode (`BindMode::Auto`) reports the held queue from its zero-copy try, where it
+/// waited for the queue, instead of waiting as long again in copy mode.
+#[test]
+fn a_held_queue_is_reported_without_a_second_wait_in_copy_mode() {
+    use xdp_quic::xsk::socket::{BindMode, XskConfig, XskSocket};
+    use xdp_quic::xsk::umem::{Umem, UmemConfig};
+
+    if !privileged("a_held_queue_is_reported_without_a_second_wait_in_copy_mode") {
+        return;
+    }
+    let tb = Testbed::create(&unique_name("xb"), 1, 94).expect("testbed");
+    tb.in_server(|| {
+        let name = std::ffi::CString::new(tb.server_if.as_str()).unwrap();
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(ifindex, 0);
+        let cfg = XskConfig::new(ifindex, 0);
+        assert_eq!(cfg.mode, BindMode::Auto);
+        let socket = || XskSocket::open(&cfg, Umem::new(UmemConfig::default()).expect("umem"), 0);
+        let first = socket().expect("the first socket of the queue");
+        let err = socket().err().expect("the queue is held");
+        assert_eq!(err.kind(), std::io::ErrorKind::ResourceBusy, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("zero-copy mode") && text.contains("holds this queue"),
+            "{text}"
+        );
+        drop(first);
+        socket().expect("the queue is free again");
+    })
+    .unwrap();
+}
+
+/// Pins are named by interface, and a renamed interface keeps its program: a server given
+/// the old name refuses the pins, which steer another interface now, and takes them again
+/// once the name is back.
+#[test]
+fn a_server_refuses_pins_whose_interface_was_renamed() {
+    use xdp_quic_control::testing::PinGuard;
+    use xdp_quic_control::xdp::{attach, socket_map::ServerSteering};
+
+    if !privileged("a_server_refuses_pins_whose_interface_was_renamed") {
+        return;
+    }
+    let tb = Testbed::create(&unique_name("xn"), 1, 95).expect("testbed");
+    let _pins = PinGuard(tb.server_if.clone());
+    tb.in_server(|| attach(&tb.server_if, &skb_attach_of_4433()))
+        .unwrap()
+        .expect("attach");
+    let renamed = unique_name("xn");
+    let rename = |from: &str, to: &str| {
+        for args in [
+            vec!["link", "set", "dev", from, "down"],
+            vec!["link", "set", "dev", from, "name", to],
+        ] {
+            let st = std::process::Command::new("ip")
+                .args(["-n", &tb.server_ns])
+                .args(&args)
+                .status()
+                .expect("running ip");
+            assert!(st.success(), "ip {args:?}");
+        }
+    };
+    let listen: std::net::SocketAddr = (tb.server_v4, 4433).into();
+    let steering = || {
+        tb.in_server(|| {
+            ServerSteering::for_server(&tb.server_if, listen, AttachMode::Skb).map(|_| ())
+        })
+        .unwrap()
+    };
+    rename(&tb.server_if, &renamed);
+    let err = steering().expect_err("the pins steer the renamed interface");
+    assert!(
+        format!("{err:#}").contains("attached to another interface"),
+        "{err:#}"
+    );
+    rename(&renamed, &tb.server_if);
+    steering().expect("the pins of the interface under its own name");
+}
+
 /// Run by `an_interrupted_test_run_removes_its_testbeds_and_pins`, in a process of its own:
 /// makes a testbed with a pinned attachment, says so, and waits to be killed.
 #[test]

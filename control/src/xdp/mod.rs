@@ -20,6 +20,8 @@
 //! private mount namespace without bpffs (`ip netns exec`) the pins are read through
 //! `/proc` and never changed ([`pins::root`]).
 
+use anyhow::Context;
+
 mod attach;
 mod caps;
 mod counters;
@@ -56,6 +58,27 @@ pub use shield::{ShieldConfig, ShieldGuard, ShieldMaps};
 pub use status::{status, IfaceStatus, QueueStatus, ShieldStatus};
 pub use watch::{ProgramWatch, WatchEvent};
 pub use xsk::XskRegistry;
+
+/// The active RX queues of `iface` in this thread's network namespace, as a list 0..n: its
+/// channels (`ethtool -l`), or, where the driver reports none, the queues it has (netlink).
+/// Not the queues a driver allocated: after `ethtool -L` (nic-tune.sh) only the active ones
+/// can take an AF_XDP socket.
+pub fn active_queues(iface: &str) -> anyhow::Result<Vec<u32>> {
+    pins::check_iface_name(iface)?;
+    let link = netlink::link_by_name(iface)
+        .with_context(|| format!("looking up {iface}"))?
+        .with_context(|| format!("no interface {iface:?} in this network namespace"))?;
+    let active = ethtool::active_rx_queues(iface)
+        .with_context(|| format!("reading the channels of {iface} (ethtool -l)"))?;
+    let n = match active {
+        Some(n) => n.min(link.rx_queues),
+        None => link.rx_queues,
+    };
+    if n == 0 {
+        anyhow::bail!("{iface} has no RX queue");
+    }
+    Ok((0..n).collect())
+}
 
 /// Reads the counters of xdp-quic's program on `iface`: the attachment pinned for it, or
 /// else the program a running process attached to it for itself (found by the interface's

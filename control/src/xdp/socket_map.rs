@@ -6,6 +6,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use anyhow::Context;
+
 use super::{
     attach_embedded, inspect, pins, AttachMode, EmbeddedAttachment, Pinned, ServiceConfig,
     XskRegistry,
@@ -26,8 +28,22 @@ impl ServerSteering {
     /// `listen`'s port (and its address, unless unspecified).
     pub fn for_server(iface: &str, listen: SocketAddr, mode: AttachMode) -> anyhow::Result<Self> {
         if pins::dir(iface).join(xdp_quic_ebpf::maps::XSKS).exists() {
+            // Read the pins as a whole: no attach or detach changes them meanwhile.
+            let _lock = pins::PinLock::existing()
+                .with_context(|| format!("locking {}", pins::pin_root().display()))?;
             let prog_id = match inspect(iface)? {
                 Pinned::Live(live) => {
+                    // The pins are named by interface: after a rename, the name may be
+                    // another interface's now.
+                    let here = super::netlink::link_by_name(iface)?.map(|l| l.ifindex);
+                    if here != Some(live.config.ifindex) {
+                        anyhow::bail!(
+                            "the program xdp-quic attach pinned as {iface} is attached to \
+                             another interface (index {}; renamed since?): detach it \
+                             (`xdp-quic detach {iface}`) and attach again",
+                            live.config.ifindex
+                        );
+                    }
                     // The attachment must steer what this server listens on, or every
                     // client packet would reach the canary socket instead.
                     let service = live.maps.read_service()?;

@@ -473,6 +473,9 @@ impl XskSocket {
             }
             BindMode::Auto => match bind(fd, cfg, libc::XDP_ZEROCOPY | wakeup) {
                 Ok(()) => true,
+                // Another socket holds the queue (after `bind`'s wait for it): copy mode
+                // would wait as long again and fail the same way.
+                Err(e) if e.kind() == io::ErrorKind::ResourceBusy => return Err(e),
                 Err(_) => {
                     bind(fd, cfg, libc::XDP_COPY | wakeup)?;
                     false

@@ -128,13 +128,8 @@ fn bind(
                 .iface
                 .as_deref()
                 .context("--backend xdp needs --iface")?;
-            let link = xdp::netlink::link_by_name(iface)
-                .with_context(|| format!("looking up {iface}"))?
-                .with_context(|| format!("no interface {iface:?} in this network namespace"))?;
-            if link.rx_queues == 0 {
-                bail!("{iface} has no RX queue");
-            }
-            let setup = XdpSetup::new(iface, args.listen, (0..link.rx_queues).collect());
+            // The active channels only, as `xdp-quic serve` takes them.
+            let setup = XdpSetup::new(iface, args.listen, xdp::active_queues(iface)?);
             let service = ServiceConfig {
                 ports: [args.listen.port()].into(),
                 addrs: Default::default(),

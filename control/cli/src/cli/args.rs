@@ -91,26 +91,6 @@ pub fn parse_queues(s: &str) -> Result<Vec<u32>, String> {
         .collect())
 }
 
-/// The active RX queues of `iface` in this thread's network namespace, as a list 0..n: its
-/// channels (`ethtool -l`), or, where the driver reports none, the queues it has (netlink).
-/// Not the queues a driver allocated: after `ethtool -L` (nic-tune.sh) only the active ones
-/// can take an AF_XDP socket.
-pub fn all_queues(iface: &str) -> anyhow::Result<Vec<u32>> {
-    let link = xdp_quic_control::xdp::netlink::link_by_name(iface)
-        .with_context(|| format!("looking up {iface}"))?
-        .with_context(|| format!("no interface {iface:?} in this network namespace"))?;
-    let active = xdp_quic_control::xdp::ethtool::active_rx_queues(iface)
-        .with_context(|| format!("reading the channels of {iface} (ethtool -l)"))?;
-    let n = match active {
-        Some(n) => n.min(link.rx_queues),
-        None => link.rx_queues,
-    };
-    if n == 0 {
-        bail!("{iface} has no RX queue");
-    }
-    Ok((0..n).collect())
-}
-
 /// Parses a size such as `1500`, `64k`, `10M`, `1G` (powers of 1000; `Ki`, `Mi`, `Gi` for
 /// powers of 1024).
 pub fn parse_size(s: &str) -> Result<u64, String> {

@@ -100,7 +100,7 @@ impl Launch {
                 )?;
                 let queues = match &a.queues {
                     Some(q) => q.clone(),
-                    None => args::all_queues(&iface)?,
+                    None => xdp_quic_control::xdp::active_queues(&iface)?,
                 };
                 Launch::Xdp {
                     iface,

@@ -192,7 +192,7 @@ pub fn xdp_setup(a: &ServeArgs) -> anyhow::Result<XdpSetup> {
         .context("--backend xdp needs --iface, the interface to serve on")?;
     let queues = match &a.queues {
         Some(q) => q.clone(),
-        None => args::all_queues(iface)?,
+        None => xdp_quic_control::xdp::active_queues(iface)?,
     };
     // Over AF_XDP the engine runs one worker per queue: a --workers that says otherwise was
     // meant for something else (1, the default, says nothing).
