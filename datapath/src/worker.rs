@@ -164,6 +164,10 @@ pub struct Worker<H: Handler> {
     hold_transmits: bool,
     /// Connections whose transmit was held this turn (a buffer reused turn after turn).
     held: Vec<usize>,
+    /// `drive_all`'s lists (buffers reused turn after turn): the connections being driven
+    /// while callbacks mark others dirty, and those the backend had no room for.
+    driving: Vec<usize>,
+    pushed_back: Vec<usize>,
     /// The other workers a stray datagram goes to (a buffer reused; see `on_stray`).
     stray_owners: Vec<usize>,
     /// Marks the worker ended when it drops (last: see [`EndMark`]).
@@ -257,6 +261,8 @@ impl<H: Handler> Worker<H> {
             max_datagram,
             hold_transmits: false,
             held: Vec::new(),
+            driving: Vec::new(),
+            pushed_back: Vec::new(),
             stray_owners: Vec::new(),
             _end: end,
         }
@@ -548,7 +554,8 @@ impl<H: Handler> Worker<H> {
         // While attempts await a decision, quinn-proto keeps the long-header datagrams that
         // come for them, counting their lengths (`tls::INCOMING_BUFFER`): each gets a copy
         // of its own, so that a small one does not keep the 16 KiB receive chunk it landed
-        // in. (Only then, and only long headers: the hot path copies nothing.)
+        // in. (Only then, and only long headers: the hot path copies nothing. The first
+        // datagram of an attempt that comes while none waits keeps its chunk: one at a time.)
         let data = if self.shard.deferred.len() > 0 && d.data.first().is_some_and(|b| b & 0x80 != 0)
         {
             BytesMut::from(&d.data[..])
@@ -770,13 +777,15 @@ impl<H: Handler> Worker<H> {
 
     /// Step 7: drives every dirty connection, and those that callbacks opened, until quiet.
     fn drive_all<B: Backend>(&mut self, io: &mut B) {
-        let mut dirty = std::mem::take(&mut self.conns.dirty);
-        let mut deferred = Vec::new();
+        // The lists swap places, keeping their capacity: nothing is allocated here.
+        let mut dirty = std::mem::take(&mut self.driving);
+        std::mem::swap(&mut dirty, &mut self.conns.dirty);
+        let mut pushed_back = std::mem::take(&mut self.pushed_back);
         loop {
             for h in dirty.drain(..) {
                 if self.stalled.is_some() {
                     // The backend is full: poll this one next turn.
-                    deferred.push(h);
+                    pushed_back.push(h);
                     continue;
                 }
                 if let Some(slot) = self.conns.slot(h) {
@@ -804,9 +813,10 @@ impl<H: Handler> Worker<H> {
             }
             std::mem::swap(&mut dirty, &mut self.conns.dirty);
         }
-        // Keep the deferred ones marked so they are polled once the backend takes more.
-        self.conns.dirty = dirty;
-        self.conns.dirty.extend(deferred);
+        // Keep the pushed-back ones marked so they are polled once the backend takes more.
+        self.conns.dirty.append(&mut pushed_back);
+        self.driving = dirty;
+        self.pushed_back = pushed_back;
         // The held ones transmit at their next drive, next turn.
         for h in self.held.drain(..) {
             self.conns.mark_dirty(h);
