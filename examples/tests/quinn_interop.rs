@@ -1841,3 +1841,68 @@ async fn an_echo_the_peer_stops_is_forgotten() {
     guard("client idle", ep.wait_idle()).await;
     shutdown(engine).await;
 }
+
+/// A connection attempt sent to a subnet's directed broadcast address (10.N.0.255 on the
+/// testbed's /24: any host of the link may send one) is dropped as a datagram no answer can
+/// go back to. Answering it would go out from that address, which Linux refuses (EINVAL),
+/// and quinn-udp would take that for a NIC without GSO and ECN and turn both off for the
+/// worker's socket. Our server on the unspecified address; quinn's client, allowed to
+/// broadcast, in the other namespace. Then a connection to the server's own address works.
+#[test]
+fn connection_attempts_to_a_directed_broadcast_address_are_dropped() {
+    if !xdp_quic_control::testing::privileged(
+        "connection_attempts_to_a_directed_broadcast_address_are_dropped",
+    ) {
+        return;
+    }
+    use xdp_quic_control::testbed::Testbed;
+    let tb = Testbed::create(&xdp_quic_control::testing::unique_name("xq"), 1, 228).unwrap();
+    let [a, b, c, _] = tb.server_v4.octets();
+    let broadcast = std::net::Ipv4Addr::new(a, b, c, 255);
+    let (builder, cert) = our_server(1, echo::ALPN);
+    let engine = tb
+        .in_server(|| {
+            builder
+                .start_udp("0.0.0.0:0".parse().unwrap(), |_| EchoServer::default())
+                .unwrap()
+        })
+        .unwrap();
+    let port = engine.local_addr().port();
+    let handle = engine.handle();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    tb.in_client(|| {
+        rt.block_on(async {
+            let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+            sock.set_broadcast(true).unwrap();
+            let mut ep = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                sock,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .unwrap();
+            ep.set_default_client_config(quinn_client_config(cert, echo::ALPN));
+            // Never answered: the attempt is left to time out when the endpoint goes.
+            let _attempt = ep.connect((broadcast, port).into(), "localhost").unwrap();
+            let t = wait_counters(&handle, "the attempt dropped", |t| t.rx_malformed >= 1).await;
+            assert_eq!(
+                t.tx_errors, 0,
+                "nothing was sent from the broadcast address: {t:?}"
+            );
+            assert_eq!(t.conns_accepted, 0, "{t:?}");
+            let conn = quinn_connect(&ep, (tb.server_v4, port).into()).await;
+            let (mut send, mut recv) = guard("an open", conn.open_bi()).await.unwrap();
+            send.write_all(b"after the broadcast").await.unwrap();
+            send.finish().unwrap();
+            let back = guard("the echo", recv.read_to_end(1 << 10)).await.unwrap();
+            assert_eq!(back, b"after the broadcast");
+            let t = handle.total();
+            assert_eq!(t.tx_errors, 0, "{t:?}");
+            conn.close(VarInt::from_u32(0), b"done");
+            ep.close(VarInt::from_u32(0), b"done");
+            guard("client idle", ep.wait_idle()).await;
+        })
+    })
+    .unwrap();
+    rt.block_on(shutdown(engine));
+}

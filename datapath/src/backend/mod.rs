@@ -11,6 +11,7 @@
 //! each datagram (or GSO batch) it produces, [`Backend::flush`] once at the end, and, when it
 //! has nothing to do, [`Backend::wait`].
 
+pub mod broadcast;
 #[cfg(any(test, feature = "testing"))]
 pub mod mem;
 pub mod rx;
@@ -107,6 +108,14 @@ pub trait Backend {
 
     /// The local address datagrams are received on.
     fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// Whether `ip`, the local address a datagram was sent to, is a broadcast address of
+    /// this host (a subnet's directed broadcast): no answer can go out from it through a
+    /// kernel socket ([`broadcast`]). Called per datagram: answers from a cache. `false`
+    /// where replies do not go through the kernel.
+    fn is_broadcast(&mut self, _ip: std::net::Ipv4Addr) -> bool {
+        false
+    }
 
     /// For runtimes that wait by themselves instead of calling [`Backend::wait`] (the async
     /// thread-per-core mode, [`crate::tokio`]): the descriptors to watch. `None`: this

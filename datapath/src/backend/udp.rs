@@ -49,6 +49,7 @@ pub struct UdpBackend {
     buf: Vec<u8>,
     meta: [RecvMeta; BATCH_SIZE],
     pending: Pending,
+    broadcasts: super::broadcast::Broadcasts,
 }
 
 /// Datagrams of the last recvmmsg not yet handed out: message `msg` of `msgs`, from octet
@@ -82,6 +83,7 @@ impl UdpBackend {
             buf: Vec::new(),
             meta: [RecvMeta::default(); BATCH_SIZE],
             pending: Pending::default(),
+            broadcasts: Default::default(),
         })
     }
 
@@ -470,6 +472,10 @@ impl Backend for UdpBackend {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+
+    fn is_broadcast(&mut self, ip: std::net::Ipv4Addr) -> bool {
+        self.broadcasts.is_broadcast(ip)
     }
 
     fn wait(

@@ -513,6 +513,15 @@ impl Backend for XskBackend {
         self.cfg.poll == PollMode::Busy
     }
 
+    fn is_broadcast(&mut self, ip: std::net::Ipv4Addr) -> bool {
+        // Frames built here go out from any address; the kernel's path refuses these (on
+        // the ring, frames to a group MAC, as broadcasts are, never reach the worker).
+        match (&mut self.service, self.tx) {
+            (Some(s), TxPath::Kernel) => s.is_broadcast(ip),
+            _ => false,
+        }
+    }
+
     fn wait(
         &mut self,
         deadline: Option<Instant>,
