@@ -470,13 +470,13 @@ impl<H: Handler> Worker<H> {
     fn on_datagram<B: Backend>(&mut self, io: &mut B, d: Datagram) {
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += d.data.len() as u64;
-        let mut to_broadcast = || match d.local_ip.map(|ip| ip.to_canonical()) {
-            Some(IpAddr::V4(ip)) => io.is_broadcast(ip),
+        let mut from_elsewhere = || match d.local_ip.map(|ip| ip.to_canonical()) {
+            Some(IpAddr::V4(ip)) => !io.answerable_from(ip),
             _ => false,
         };
-        if unanswerable(&d) || to_broadcast() {
+        if unanswerable(&d) || from_elsewhere() {
             // No answer can go there: Linux fails a send to port 0, or from a group or
-            // broadcast address, with EINVAL, which quinn-udp takes for a NIC without GSO
+            // broadcast address or one not the host's, with EINVAL, which quinn-udp takes for a NIC without GSO
             // (and without ECN marks) and turns both off for the socket's life. One such
             // datagram would slow every connection of the worker.
             self.counters.rx_malformed += 1;
@@ -1079,7 +1079,7 @@ fn max_datagram(endpoint: &quinn_proto::Endpoint) -> usize {
 /// mapped into IPv6 included), or sent to a multicast address or the limited broadcast
 /// address 255.255.255.255 (quinn-proto would answer from it, and every packet of a
 /// connection it accepted too). A subnet's directed broadcast (10.0.0.255 on a /24) only
-/// the kernel's routing table tells: the backend answers that ([`Backend::is_broadcast`]).
+/// the kernel tells: the backend answers that ([`Backend::answerable_from`]).
 fn unanswerable(d: &Datagram) -> bool {
     let remote = d.remote.ip().to_canonical();
     let group = |ip: IpAddr| match ip.to_canonical() {

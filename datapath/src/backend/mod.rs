@@ -11,7 +11,7 @@
 //! each datagram (or GSO batch) it produces, [`Backend::flush`] once at the end, and, when it
 //! has nothing to do, [`Backend::wait`].
 
-pub mod broadcast;
+pub mod local_addrs;
 #[cfg(any(test, feature = "testing"))]
 pub mod mem;
 pub mod rx;
@@ -109,12 +109,13 @@ pub trait Backend {
     /// The local address datagrams are received on.
     fn local_addr(&self) -> io::Result<SocketAddr>;
 
-    /// Whether `ip`, the local address a datagram was sent to, is a broadcast address of
-    /// this host (a subnet's directed broadcast): no answer can go out from it through a
-    /// kernel socket ([`broadcast`]). Called per datagram: answers from a cache. `false`
-    /// where replies do not go through the kernel.
-    fn is_broadcast(&mut self, _ip: std::net::Ipv4Addr) -> bool {
-        false
+    /// Whether a reply can go out from `ip`, the local address a datagram was sent to:
+    /// through a kernel socket, only from one of the host's own unicast addresses, not from
+    /// a broadcast address (a subnet's directed broadcast) nor, over AF_XDP, from an
+    /// address a frame named that is not the host's ([`local_addrs`]). Called per datagram:
+    /// answers from a cache. `true` where replies do not go through the kernel.
+    fn answerable_from(&mut self, _ip: std::net::Ipv4Addr) -> bool {
+        true
     }
 
     /// For runtimes that wait by themselves instead of calling [`Backend::wait`] (the async

@@ -49,7 +49,7 @@ pub struct UdpBackend {
     buf: Vec<u8>,
     meta: [RecvMeta; BATCH_SIZE],
     pending: Pending,
-    broadcasts: super::broadcast::Broadcasts,
+    local_addrs: super::local_addrs::LocalAddrs,
 }
 
 /// Datagrams of the last recvmmsg not yet handed out: message `msg` of `msgs`, from octet
@@ -83,7 +83,7 @@ impl UdpBackend {
             buf: Vec::new(),
             meta: [RecvMeta::default(); BATCH_SIZE],
             pending: Pending::default(),
-            broadcasts: Default::default(),
+            local_addrs: Default::default(),
         })
     }
 
@@ -474,8 +474,8 @@ impl Backend for UdpBackend {
         Ok(())
     }
 
-    fn is_broadcast(&mut self, ip: std::net::Ipv4Addr) -> bool {
-        self.broadcasts.is_broadcast(ip)
+    fn answerable_from(&mut self, ip: std::net::Ipv4Addr) -> bool {
+        self.local_addrs.answerable_from(ip)
     }
 
     fn wait(

@@ -513,12 +513,13 @@ impl Backend for XskBackend {
         self.cfg.poll == PollMode::Busy
     }
 
-    fn is_broadcast(&mut self, ip: std::net::Ipv4Addr) -> bool {
-        // Frames built here go out from any address; the kernel's path refuses these (on
-        // the ring, frames to a group MAC, as broadcasts are, never reach the worker).
+    fn answerable_from(&mut self, ip: std::net::Ipv4Addr) -> bool {
+        // Frames built here go out from any address; the kernel's path takes only the
+        // host's own (on the ring, frames to a group MAC, as broadcasts are, never reach
+        // the worker).
         match (&mut self.service, self.tx) {
-            (Some(s), TxPath::Kernel) => s.is_broadcast(ip),
-            _ => false,
+            (Some(s), TxPath::Kernel) => s.answerable_from(ip),
+            _ => true,
         }
     }
 

@@ -59,7 +59,8 @@ impl UdpFrame<'_> {
             return true;
         }
         let unroutable = |ip: IpAddr| match ip {
-            IpAddr::V4(a) => a.is_unspecified() || a.is_loopback() || a.is_multicast(),
+            // 0.0.0.0/8 whole: "this network", never a source or destination on the wire.
+            IpAddr::V4(a) => a.octets()[0] == 0 || a.is_loopback() || a.is_multicast(),
             IpAddr::V6(a) => {
                 a.is_unspecified()
                     || a.is_loopback()
@@ -631,6 +632,8 @@ mod tests {
         }
         for (src, dst) in [
             ("0.0.0.0:1", "192.0.2.2:4433"),
+            ("0.1.2.3:1", "192.0.2.2:4433"),
+            ("192.0.2.1:1", "0.1.2.3:4433"),
             ("255.255.255.255:1", "192.0.2.2:4433"),
             ("224.0.0.1:1", "192.0.2.2:4433"),
             ("127.0.0.1:1", "192.0.2.2:4433"),
