@@ -1,6 +1,6 @@
 //! What a handler acts on: a connection ([`Conn`]) and its worker ([`Ctx`]).
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV6};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -186,6 +186,15 @@ impl Ctx<'_> {
         if shard.stop_requested {
             return Err(quinn_proto::ConnectError::EndpointStopping.into());
         }
+        // As quinn does: a dual-stack socket reports an IPv4 peer's replies as from its
+        // IPv4-mapped address, and quinn-proto drops a client's packets from any address but
+        // its peer's.
+        let remote = match remote {
+            SocketAddr::V4(a) if shard.maps_ipv4 => {
+                SocketAddr::V6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
+            }
+            other => other,
+        };
         let (handle, conn) = shard
             .endpoint
             .connect(shard.now, config, remote, server_name)

@@ -40,6 +40,9 @@ pub(crate) struct Shard {
     /// The serial of the next connection: with the handle, it makes [`ConnId`]s unique for
     /// the engine's life although quinn-proto reuses handles.
     pub next_serial: u32,
+    /// The backend names IPv4 peers as IPv4-mapped IPv6 addresses
+    /// ([`crate::backend::Backend::maps_ipv4`]): so must the connections this worker opens.
+    pub maps_ipv4: bool,
     /// A callback asked the worker to stop (`Ctx::stop_worker`), or a shutdown came.
     pub stop_requested: bool,
     /// The most connections this worker holds.

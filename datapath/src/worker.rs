@@ -231,6 +231,7 @@ impl<H: Handler> Worker<H> {
                 serves,
                 born: Vec::new(),
                 next_serial: 0,
+                maps_ipv4: false,
                 stop_requested: false,
                 max_connections: p.max_connections,
                 deferred: crate::accept::Deferred::for_worker(p.index),
@@ -291,6 +292,12 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Ends the worker, giving its handler back.
+    /// Tells the worker how its backend names IPv4 peers ([`Backend::maps_ipv4`]). Call
+    /// before its first turn.
+    pub(crate) fn set_maps_ipv4(&mut self, maps: bool) {
+        self.shard.maps_ipv4 = maps;
+    }
+
     pub fn into_handler(self) -> H {
         self.handler.inner
     }

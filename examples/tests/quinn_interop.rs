@@ -1906,3 +1906,29 @@ fn connection_attempts_to_a_directed_broadcast_address_are_dropped() {
     .unwrap();
     rt.block_on(shutdown(engine));
 }
+
+/// A client engine on a dual-stack IPv6 socket (`[::]:0`, quinn's usual idiom) reaches a
+/// server's IPv4 address: it names the peer by its IPv4-mapped address, as quinn does, since
+/// the socket reports the replies as from there. (Before, quinn-proto dropped every reply as
+/// from an unknown peer, and the attempt timed out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_client_engine_reaches_an_ipv4_server() {
+    let srv = QuinnServer::start(Service::Echo, false);
+    let addr = srv.addr;
+    assert!(addr.is_ipv4(), "{addr}");
+    let b = our_client(1, srv.cert.clone(), echo::ALPN);
+    let data = payload(12, 100_000);
+    let (hs, _) = blocking("client::run", move || {
+        client::run(
+            b,
+            "[::]:0".parse().unwrap(),
+            move |_| EchoClient::new(addr, "localhost", vec![data.clone()], vec![], 0),
+            |h, ctx| h.start(ctx),
+        )
+        .expect("client ran")
+    })
+    .await;
+    assert_echo_ok(&hs[0]);
+    assert_eq!(srv.streams.load(Ordering::Relaxed), 1);
+    srv.stop().await;
+}

@@ -109,6 +109,13 @@ pub trait Backend {
     /// The local address datagrams are received on.
     fn local_addr(&self) -> io::Result<SocketAddr>;
 
+    /// Whether the backend reports IPv4 peers as IPv4-mapped IPv6 addresses (a dual-stack
+    /// IPv6 socket): connections it opens to IPv4 peers must then name them so too, or the
+    /// replies, from the mapped address, would not be recognised as their peer's.
+    fn maps_ipv4(&self) -> bool {
+        false
+    }
+
     /// Whether a reply can go out from `ip`, the local address a datagram was sent to:
     /// through a kernel socket, only from one of the host's own unicast addresses, not from
     /// a broadcast address (a subnet's directed broadcast) nor, over AF_XDP, from an

@@ -497,6 +497,10 @@ impl Backend for UdpBackend {
         self.socket.local_addr()
     }
 
+    fn maps_ipv4(&self) -> bool {
+        self.socket.local_addr().is_ok_and(|a| a.is_ipv6())
+    }
+
     fn readiness(&self) -> Option<super::Readiness> {
         let fd = self.socket.as_fd().as_raw_fd();
         Some(super::Readiness {

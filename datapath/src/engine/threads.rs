@@ -86,6 +86,8 @@ impl EngineBuilder {
                             tracing::warn!(worker = i, cpu, "cannot pin worker: {e}");
                         }
                     }
+                    let mut worker = worker;
+                    worker.set_maps_ipv4(backend.maps_ipv4());
                     runner.run(worker, backend, &waker)
                 });
             match spawned {
