@@ -259,6 +259,17 @@ static __always_inline int our_cid(const struct xq_shield *s, const __u8 *p,
 	return *w < s->workers;
 }
 
+/* Whether the DCID of a long header (`p`: the QUIC payload, at least
+ * XQ_MIN_QUIC_PAYLOAD octets before `end`) is in our layout, its length octet
+ * included. */
+static __always_inline int our_long_cid(const struct xq_shield *s,
+					const __u8 *p, void *end)
+{
+	if (p[5] != (s->cid_first & 0x1f) + 1)
+		return 0;
+	return our_cid(s, p + 5, end);
+}
+
 /* Whether the Initial at `p` (a datagram of at least XQ_MIN_INITIAL_DATAGRAM
  * octets) carries a token: a nonzero token length after the two CIDs. A
  * header that cannot be read counts as carrying none. */
@@ -324,7 +335,7 @@ static __always_inline __u32 shield_check(struct xdp_md *ctx, const __u8 *p,
 	 * (at p + 6, its length at p + 5: our_cid reads p + 5 as a short
 	 * header). Any other is dropped, whatever its size. */
 	if (version == 0) {
-		if ((s->flags & XQ_SHIELD_CID) && our_cid(s, p + 5, end))
+		if ((s->flags & XQ_SHIELD_CID) && our_long_cid(s, p, end))
 			return 0;
 		return XQ_FAM_UNKNOWN_VERSION;
 	}
@@ -343,7 +354,7 @@ static __always_inline __u32 shield_check(struct xdp_md *ctx, const __u8 *p,
 	 * and a Retry only by a server this host connected to: either way the
 	 * DCID is ours. Initials and 0-RTT may carry a client's random DCID. */
 	if (p[0] & 0x20) {
-		if ((s->flags & XQ_SHIELD_CID) && !our_cid(s, p + 5, end))
+		if ((s->flags & XQ_SHIELD_CID) && !our_long_cid(s, p, end))
 			return XQ_FAM_FOREIGN_CID;
 		return 0;
 	}
@@ -354,10 +365,18 @@ static __always_inline __u32 shield_check(struct xdp_md *ctx, const __u8 *p,
 		if (p[5] > 20)
 			return XQ_FAM_MALFORMED;
 		if (p[5] < 8 && (s->flags & XQ_SHIELD_CID) &&
-		    !our_cid(s, p + 5, end))
+		    !our_long_cid(s, p, end))
 			return XQ_FAM_FOREIGN_CID;
 		return 0;
 	}
+	/* An Initial whose DCID is ours is no new attempt: a client's after it
+	 * heard from us (its ACK, its Finished coalesced behind), or a server's
+	 * to a connection this host opened, which may be shorter than 1200
+	 * octets when it only acknowledges (RFC 9000 14.1). Neither takes a
+	 * token. (A forged one gains what a forged token gains: the worker's
+	 * Retry policy stands behind both.) */
+	if ((s->flags & XQ_SHIELD_CID) && our_long_cid(s, p, end))
+		return 0;
 	if (len < XQ_MIN_INITIAL_DATAGRAM)
 		return XQ_FAM_SHORT_INITIAL;
 	if (!(s->flags & XQ_SHIELD_ADMIT))

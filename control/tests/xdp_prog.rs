@@ -962,3 +962,67 @@ fn shield_buckets_refill_at_their_rate() {
     assert_eq!(c.get(Counter::Admitted), 3);
     invariants(&c);
 }
+
+/// An Initial whose DCID is ours is no new connection attempt: a client's second one (its
+/// ACK, with its Finished coalesced behind), or a server's small ACK-only one to a
+/// connection this host opened. Under pressure it takes no admission token (before, the
+/// client's second Initial was dropped once its prefix had spent its tokens, stalling its
+/// handshake a whole PTO), and it may be shorter than 1200 octets. A long header's DCID is
+/// ours only with our length octet.
+#[test]
+fn shield_lets_initials_whose_cid_is_ours_pass_without_a_token() {
+    if !privileged("shield_lets_initials_whose_cid_is_ours_pass_without_a_token") {
+        return;
+    }
+    use FamilyCounter::*;
+    let layout = CidLayout::new(10, 3, &[0xab, 0xcd], 4).unwrap();
+    let config = ShieldConfig {
+        initial: Rate {
+            per_sec: 0,
+            burst: 1,
+        },
+        ..ShieldConfig::default()
+    };
+    let mut p = shield_program(config, Some(&layout));
+    p.shield().unwrap().set_pressure(0, true).unwrap();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0x1417_1a15);
+    let mut ours = [0u8; 10];
+    layout.write(2, &mut rng, &mut ours);
+    // The client's first Initial (its own random DCID) takes the prefix's only token.
+    check(
+        &mut p,
+        &quic4(SRC4, &initial(V1, 1200)),
+        XDP_PASS,
+        &plus(f4(NoSocket), Counter::Admitted),
+    );
+    check(
+        &mut p,
+        &quic4(SRC4, &initial(V1, 1200)),
+        XDP_DROP,
+        &f4(InitialRate),
+    );
+    // Its next one, to our CID, passes without a token; so does a small one to our CID.
+    for len in [1200, 200] {
+        check(
+            &mut p,
+            &quic4(SRC4, &long(0, V1, &ours, &[9; 8], &[0], len)),
+            XDP_PASS,
+            &f4(NoSocket),
+        );
+    }
+    check(
+        &mut p,
+        &quic4(SRC4, &long(0, V1, &[7; 8], &[9; 8], &[0], 200)),
+        XDP_DROP,
+        &f4(ShortInitial),
+    );
+    // Our CID's octets behind another length octet are not our CID.
+    let mut longer = ours.to_vec();
+    longer.push(0);
+    check(
+        &mut p,
+        &quic4(SRC4, &long(2, V1, &longer, &[9; 8], &[], 60)),
+        XDP_DROP,
+        &f4(ForeignCid),
+    );
+}
