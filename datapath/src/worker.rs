@@ -764,6 +764,14 @@ impl<H: Handler> Worker<H> {
             // Nothing new from here: no connection accepted or opened by a callback.
             self.shard.stop_requested = true;
             self.stop_code = (INTERNAL_ERROR, Bytes::from_static(b"internal error"));
+            // A panic may have left connections marked dirty in no list (`drive_all`'s own
+            // went with the unwinding), and a transmit stalled, which would keep every
+            // connection waiting: start clean, so that each is driven once more.
+            self.stalled = None;
+            self.conns.dirty.clear();
+            for slot in self.conns.slots.iter_mut().flatten() {
+                slot.dirty = false;
+            }
             self.begin_stop();
             self.drive_all(io);
             io.flush()

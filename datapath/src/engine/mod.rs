@@ -246,14 +246,19 @@ impl<H: Handler> EngineHandle<H> {
 
     /// Replaces the server configuration of every worker (a new certificate, new ALPNs, new
     /// transport parameters): connections accepted from now on use it; those alive keep
-    /// theirs. Waits for room in the workers' queues.
+    /// theirs. Waits for room in the workers' queues. Every worker still running gets it,
+    /// whichever ended; [`PostError::Stopped`] then says that some had ended (and
+    /// accept nothing any more).
     pub fn set_server_config(&self, config: quinn_proto::ServerConfig) -> Result<(), PostError> {
         let config = self.server_config(config);
+        let mut result = Ok(());
         for w in 0..self.workers() {
             let c = config.clone();
-            self.post_wait(w, move |_, ctx| ctx.set_server_config(c))?;
+            if let Err(e) = self.post_wait(w, move |_, ctx| ctx.set_server_config(c)) {
+                result = Err(e);
+            }
         }
-        Ok(())
+        result
     }
 
     /// `config` as the workers take it (the engine's transport settings, if the builder was
