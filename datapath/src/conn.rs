@@ -18,11 +18,11 @@ use crate::shard::{Connections, Shard, Slot};
 pub struct ConnId {
     worker: u16,
     handle: u32,
-    serial: u32,
+    serial: u64,
 }
 
 impl ConnId {
-    pub(crate) fn new(worker: usize, handle: ConnectionHandle, serial: u32) -> Self {
+    pub(crate) fn new(worker: usize, handle: ConnectionHandle, serial: u64) -> Self {
         Self {
             worker: worker as u16,
             handle: handle.0 as u32,

@@ -39,7 +39,7 @@ pub(crate) struct Shard {
     pub born: Vec<ConnId>,
     /// The serial of the next connection: with the handle, it makes [`ConnId`]s unique for
     /// the engine's life although quinn-proto reuses handles.
-    pub next_serial: u32,
+    pub next_serial: u64,
     /// The backend names IPv4 peers as IPv4-mapped IPv6 addresses
     /// ([`crate::backend::Backend::maps_ipv4`]): so must the connections this worker opens.
     pub maps_ipv4: bool,
@@ -141,9 +141,9 @@ impl Shard {
     }
 
     /// The next connection serial.
-    pub fn take_serial(&mut self) -> u32 {
+    pub fn take_serial(&mut self) -> u64 {
         let s = self.next_serial;
-        self.next_serial = s.wrapping_add(1);
+        self.next_serial = s + 1;
         s
     }
 }
