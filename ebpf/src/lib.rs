@@ -449,6 +449,7 @@ mod tests {
         assert_eq!(num(&d, "XQ_SHIELD_ON"), SHIELD_ON);
         assert_eq!(num(&d, "XQ_SHIELD_CID"), SHIELD_CID);
         assert_eq!(num(&d, "XQ_SHIELD_ADMIT"), SHIELD_ADMIT);
+        assert_eq!(num(&d, "XQ_SHIELD_SERVER"), SHIELD_SERVER);
         assert_eq!(num(&d, "XQ_MIN_INITIAL_DATAGRAM"), MIN_INITIAL_DATAGRAM);
         assert_eq!(num(&d, "XQ_MAX_VERSIONS") as usize, MAX_VERSIONS);
         assert_eq!(num(&d, "XQ_MAX_SERVER_ID") as usize, MAX_SERVER_ID);
