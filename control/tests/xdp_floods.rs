@@ -778,6 +778,9 @@ fn short_initials_are_dropped_in_xdp_and_reach_no_worker() {
             q[0] = 0xc0 | (q[0] & 0x0f);
             q[1..5].copy_from_slice(&1u32.to_be_bytes());
             q[5] = 8;
+            // Never our CID (whose first octet's low bits are its length less one, at most
+            // 19): an Initial to our CID is no new attempt, and passes whatever its size.
+            q[6] |= 0x1f;
             q[14] = 8;
             raw_packet(forged(i), tb.server_v4, &q)
         })
