@@ -77,8 +77,11 @@ impl Shield {
             return ((!ours).then_some("dropped_foreign_cid"), Vec::new());
         }
         let version = u32::from_be_bytes([p[1], p[2], p[3], p[4]]);
-        // A long header's DCID, where the program reads it (26 octets at least).
-        let ours_long = p.len() >= 26 && self.layout.decode(&p[6..6 + self.layout.len()]).is_some();
+        // A long header's DCID, where the program reads it (26 octets at least), with our
+        // length octet.
+        let ours_long = p.len() >= 26
+            && usize::from(p[5]) == self.layout.len()
+            && self.layout.decode(&p[6..6 + self.layout.len()]).is_some();
         if version == 0 {
             // Version negotiation: only an answer to a connection of ours.
             return (
@@ -107,6 +110,10 @@ impl Shield {
             if p[5] < 8 && !ours_long {
                 return (Some("dropped_foreign_cid"), Vec::new());
             }
+            return (None, Vec::new());
+        }
+        if ours_long {
+            // An Initial to our CID is no new attempt: no size rule, no token.
             return (None, Vec::new());
         }
         if len < MIN_INITIAL {
