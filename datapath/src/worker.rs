@@ -483,7 +483,7 @@ impl<H: Handler> Worker<H> {
         };
         if unanswerable(&d) || from_elsewhere() {
             // No answer can go there: Linux fails a send to port 0, or from a group or
-            // broadcast address or one not the host's, with EINVAL, which quinn-udp takes for a NIC without GSO
+            // broadcast address, with EINVAL, which quinn-udp takes for a NIC without GSO
             // (and without ECN marks) and turns both off for the socket's life. One such
             // datagram would slow every connection of the worker.
             self.counters.rx_malformed += 1;

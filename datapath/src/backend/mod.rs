@@ -116,11 +116,10 @@ pub trait Backend {
         false
     }
 
-    /// Whether a reply can go out from `ip`, the local address a datagram was sent to:
-    /// through a kernel socket, only from one of the host's own unicast addresses, not from
-    /// a broadcast address (a subnet's directed broadcast) nor, over AF_XDP, from an
-    /// address a frame named that is not the host's ([`local_addrs`]). Called per datagram:
-    /// answers from a cache. `true` where replies do not go through the kernel.
+    /// Whether a reply can go out from `ip`, the local address a datagram was sent to,
+    /// through a kernel socket: not from a broadcast address of the host (a subnet's
+    /// directed broadcast) ([`local_addrs`]). Called per datagram: answers from a cache.
+    /// `true` where replies do not go through the kernel.
     fn answerable_from(&mut self, _ip: std::net::Ipv4Addr) -> bool {
         true
     }
