@@ -744,3 +744,94 @@ fn busy_polling_with_busy_poll_socket_options() {
     rig.client(async move || echo_once(&cert, addr, 2_000_000, 9).await);
     rig.stop();
 }
+
+/// The MAC address of `dev` in namespace `ns`.
+fn mac_of(ns: &str, dev: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "link", "show", "dev", dev])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC for {dev} in {text:?}"))
+        .to_string()
+}
+
+/// Over AF_XDP with the kernel's transmit path, connection attempts sent to an address that
+/// is not the server host's (any sender on the link can make such frames: here the client
+/// has a neighbour entry sending 10.214.0.99 and fd00:d6::99 to the server's MAC, and the
+/// XDP program steers by port) are dropped unanswered, IPv4 and IPv6. Answering would go out
+/// from that address, which Linux refuses (EINVAL), and quinn-udp would turn GSO and ECN off
+/// for the queue's socket. Then connections to the server's own addresses work, and no send
+/// failed. (Before: the attempts were accepted, and every answer failed, `tx_errors`.)
+#[test]
+fn attempts_to_an_address_not_the_hosts_are_dropped_over_af_xdp() {
+    if !privileged("attempts_to_an_address_not_the_hosts_are_dropped_over_af_xdp") {
+        return;
+    }
+    let rig = Rig::new(1, &[0], AttachMode::Native, |s| s.tx = TxMode::Kernel);
+    let mac = mac_of(&rig.tb.server_ns, &rig.tb.server_if);
+    let foreign: [std::net::IpAddr; 2] = [
+        "10.214.0.99".parse().unwrap(),
+        "fd00:d6::99".parse().unwrap(),
+    ];
+    for ip in foreign {
+        let (ns, dev, ip) = (&rig.tb.client_ns, &rig.tb.client_if, ip.to_string());
+        sh(&[
+            "ip", "-n", ns, "neigh", "replace", &ip, "lladdr", &mac, "dev", dev,
+        ]);
+    }
+    let cert = rig.cert.clone();
+    let handle = rig.engine().handle();
+    let own = [rig.addr(false), rig.addr(true)];
+    rig.client(async move || {
+        for ip in foreign {
+            let ep = quinn_endpoint(&cert, ip.is_ipv6());
+            // Never answered: the attempt is left to time out when the endpoint goes.
+            let seen = handle.total().rx_packets;
+            let _attempt = ep.connect(SocketAddr::new(ip, PORT), "localhost").unwrap();
+            while handle.total().rx_packets == seen {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let t = handle.total();
+            assert_eq!(
+                t.rx_malformed, t.rx_packets,
+                "{ip}: every one dropped: {t:?}"
+            );
+            assert_eq!(t.conns_accepted, 0, "{ip}: {t:?}");
+            assert_eq!(t.tx_errors, 0, "{ip}: nothing was sent from it: {t:?}");
+        }
+        for (i, addr) in own.into_iter().enumerate() {
+            echo_once(&cert, addr, 100_000, i as u64).await;
+        }
+    });
+    let t = rig.engine().handle().total();
+    assert_eq!(t.conns_accepted, 2, "{t:?}");
+    assert_eq!(t.tx_errors, 0, "{t:?}");
+}
+
+/// The answers come from the namespace of the sockets that send the replies, also when the
+/// asking thread is in another one (a client engine started outside the namespace its
+/// sockets were made in): the testbed server's addresses are answerable from its socket, a
+/// neighbour's address and the subnet's broadcast address are not. (Before, the question was
+/// asked in the thread's namespace, where the server's addresses are foreign.)
+#[test]
+fn local_addresses_are_asked_in_the_sockets_namespace() {
+    if !privileged("local_addresses_are_asked_in_the_sockets_namespace") {
+        return;
+    }
+    use xdp_quic::backend::local_addrs::LocalAddrs;
+    let tb = Testbed::create(&unique_name("xl"), 1, 215).expect("testbed");
+    let socket = tb
+        .in_server(|| std::net::UdpSocket::bind("[::]:0").unwrap())
+        .unwrap();
+    let mut asked = LocalAddrs::beside(&socket);
+    assert!(asked.answerable_from(tb.server_v4.into()));
+    assert!(asked.answerable_from(tb.server_v6.into()));
+    assert!(!asked.answerable_from(tb.client_v4.into()));
+    assert!(!asked.answerable_from(tb.client_v6.into()));
+    let broadcast = std::net::Ipv4Addr::new(10, 215, 0, 255);
+    assert!(!asked.answerable_from(broadcast.into()));
+}

@@ -477,13 +477,13 @@ impl<H: Handler> Worker<H> {
     fn on_datagram<B: Backend>(&mut self, io: &mut B, d: Datagram) {
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += d.data.len() as u64;
-        let mut from_elsewhere = || match d.local_ip.map(|ip| ip.to_canonical()) {
-            Some(IpAddr::V4(ip)) => !io.answerable_from(ip),
-            _ => false,
+        let mut from_elsewhere = || {
+            d.local_ip
+                .is_some_and(|ip| !io.answerable_from(ip.to_canonical()))
         };
         if unanswerable(&d) || from_elsewhere() {
             // No answer can go there: Linux fails a send to port 0, or from a group or
-            // broadcast address, with EINVAL, which quinn-udp takes for a NIC without GSO
+            // broadcast address or one not the host's (over AF_XDP), with EINVAL, which quinn-udp takes for a NIC without GSO
             // (and without ECN marks) and turns both off for the socket's life. One such
             // datagram would slow every connection of the worker.
             self.counters.rx_malformed += 1;
@@ -1093,8 +1093,9 @@ fn max_datagram(endpoint: &quinn_proto::Endpoint) -> usize {
 /// A datagram no answer can go back to: from port 0 or an unspecified address (an IPv4 one
 /// mapped into IPv6 included), or sent to a multicast address or the limited broadcast
 /// address 255.255.255.255 (quinn-proto would answer from it, and every packet of a
-/// connection it accepted too). A subnet's directed broadcast (10.0.0.255 on a /24) only
-/// the kernel tells: the backend answers that ([`Backend::answerable_from`]).
+/// connection it accepted too). A subnet's directed broadcast (10.0.0.255 on a /24), or an
+/// address not the host's (a frame over AF_XDP may name any), only the kernel tells: the
+/// backend answers that ([`Backend::answerable_from`]).
 fn unanswerable(d: &Datagram) -> bool {
     let remote = d.remote.ip().to_canonical();
     let group = |ip: IpAddr| match ip.to_canonical() {

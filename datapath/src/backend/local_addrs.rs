@@ -1,33 +1,37 @@
-//! Which IPv4 addresses a reply cannot go out from: broadcast addresses of the host (a
-//! subnet's directed broadcast, 10.0.0.255 on a /24, loopback's 127.255.255.255, any the
-//! local routing table lists as `broadcast`). A datagram can be sent to one (the kernel
-//! delivers it to a socket bound to the unspecified address), but Linux refuses a send from
-//! it (IP_PKTINFO) with EINVAL, which quinn-udp takes for a NIC without segmentation offload
-//! and without ECN, and turns both off for the socket's life. So a worker drops such
-//! datagrams, asking [`LocalAddrs::answerable_from`] per datagram.
+//! Which local addresses a reply can go out from through a kernel socket: the host's own
+//! addresses, and no broadcast address (a subnet's directed broadcast, 10.0.0.255 on a /24,
+//! loopback's 127.255.255.255). A datagram can be sent to a broadcast address (the kernel
+//! delivers it to a socket bound to the unspecified address), and over AF_XDP a frame may
+//! name any destination at all (any sender on the link can make one); but Linux refuses a
+//! send from such an address (IP_PKTINFO, IPV6_PKTINFO) with EINVAL, which quinn-udp takes
+//! for a NIC without segmentation offload and without ECN, and turns both off for the
+//! socket's life. So a worker drops such datagrams, asking [`LocalAddrs::answerable_from`]
+//! per datagram.
 //!
-//! Only the kernel's routing table knows (an interface's prefix alone misses loopback's
-//! broadcast address, and the network address where a route makes it a broadcast one).
-//! Asked without netlink: connecting a socket that may not broadcast to a broadcast address
-//! fails with EACCES, and to any other address succeeds. No packet is sent. The question is
-//! asked in the calling thread's network namespace, which must be the sockets' (a worker's
-//! thread is where its engine was started); from another namespace, the answer is always
-//! "answerable", as without this check, never the reverse.
+//! Only the kernel knows (an interface's prefix alone misses loopback's broadcast address,
+//! secondary addresses, and a network address that a route makes a broadcast one). Asked
+//! without netlink and without sending anything: a `sendmsg` with `MSG_PROBE` (route and
+//! checks, no packet) from the address (in IP_PKTINFO / IPV6_PKTINFO) to itself fails for
+//! exactly the addresses a reply could not go out from.
+//!
+//! The question must be asked in the network namespace of the sockets that send the replies,
+//! which a worker's thread need not be in (a client engine's sockets may be made in another
+//! namespace than the thread that starts it). So the probe sockets are made when the backend
+//! is, [`LocalAddrs::beside`] its socket: in that socket's namespace (a socket stays in the
+//! namespace it was made in).
 //!
 //! Answers are cached, so a worker asks once per address it sees, not per datagram; and
 //! the questions are budgeted, so a flood of frames to ever new addresses (over AF_XDP) costs
 //! no syscall per packet: past the budget, an address not in the caches is taken for
 //! answerable (no check, as before it), until the caches are emptied and the budget renewed.
-//!
-//! Not asked: whether the address is the host's at all. Over AF_XDP a frame may name any
-//! destination; a reply from an address not the host's fails the same way. (Binding a
-//! socket to the address would tell, but only in the sockets' namespace, which a worker's
-//! thread need not be in: a client engine's sockets may be made in another.)
+//! IPv6 link-local addresses are not asked (a reply from one names its interface, which the
+//! probe cannot): they are answerable.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, SockAddr, Socket, Type};
 
 /// Addresses cached per answer. A host has few addresses of its own.
 const CACHED: usize = 64;
@@ -39,28 +43,93 @@ const REFRESH_EVERY: u32 = 1 << 16;
 /// Questions to the kernel per [`REFRESH_EVERY`] lookups (at most 1 in 256 datagrams).
 const QUESTIONS: u32 = 256;
 
+/// `sendmsg(2)` flag: route and check, send nothing (linux/socket.h; not in the libc
+/// crate).
+const MSG_PROBE: libc::c_int = 0x10;
+
+/// `ioctl(2)` request for a descriptor of a socket's network namespace (linux/sockios.h).
+const SIOCGSKNS: libc::c_ulong = 0x894C;
+
 /// The answers of one worker.
 #[derive(Debug, Default)]
 pub struct LocalAddrs {
-    /// Made at the first question, on the calling thread (so in its network namespace):
-    /// connected to each address asked. `None` before, or where IPv4 sockets cannot be made
-    /// (then every address is taken for answerable, as without this check).
-    probe: Option<Socket>,
-    unavailable: bool,
+    /// Made in the namespace of the sockets whose replies are asked about. `None` where
+    /// that family's sockets cannot be made there (then its addresses are taken for
+    /// answerable, as without this check).
+    v4: Option<Socket>,
+    v6: Option<Socket>,
     /// Addresses a reply can go out from.
-    own: Vec<Ipv4Addr>,
-    /// Broadcast addresses.
-    others: Vec<Ipv4Addr>,
+    own: Vec<IpAddr>,
+    /// Addresses it cannot.
+    others: Vec<IpAddr>,
     lookups: u32,
     questions: u32,
 }
 
 impl LocalAddrs {
+    /// Probes made in the calling thread's network namespace.
+    pub fn here() -> Self {
+        let probe = |domain| {
+            let s = Socket::new(domain, Type::DGRAM, None).ok()?;
+            if domain == Domain::IPV6 {
+                s.set_only_v6(true).ok()?;
+            }
+            // It never reads: whatever reaches the port it takes at its first probe is
+            // dropped once this (the smallest) buffer is full.
+            let _ = s.set_recv_buffer_size(0);
+            Some(s)
+        };
+        let v4 = probe(Domain::IPV4);
+        if v4.is_none() {
+            tracing::warn!(
+                "no IPv4 socket to tell the host's addresses with: datagrams sent to an \
+                 address a reply cannot go out from are not recognised"
+            );
+        }
+        Self {
+            v4,
+            v6: probe(Domain::IPV6),
+            ..Self::default()
+        }
+    }
+
+    /// Probes made in `socket`'s network namespace: in the calling thread's when it is that
+    /// one (or when the kernel does not tell, without CAP_NET_ADMIN), else on a short-lived
+    /// thread that enters it (CAP_SYS_ADMIN; without it, no probes: every address is
+    /// answerable).
+    pub fn beside(socket: &impl AsFd) -> Self {
+        let here = Self::here();
+        let mine = here.v4.as_ref().or(here.v6.as_ref()).and_then(netns_of);
+        let theirs = netns_of(socket);
+        match (mine, theirs) {
+            (Some((_, a)), Some((ns, b))) if a != b => {
+                std::thread::scope(|s| s.spawn(|| Self::entering(&ns)).join()).unwrap_or_default()
+            }
+            _ => here,
+        }
+    }
+
+    /// On a thread of its own: enters `ns` (that thread stays there until it ends) and makes
+    /// the probes there.
+    fn entering(ns: &OwnedFd) -> Self {
+        // SAFETY: `ns` is an open namespace descriptor; setns changes only this thread's
+        // namespace, and this thread ends after making the probes.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            tracing::warn!(
+                "cannot enter the sockets' network namespace ({}): datagrams sent to an \
+                 address a reply cannot go out from are not recognised",
+                io::Error::last_os_error()
+            );
+            return Self::default();
+        }
+        Self::here()
+    }
+
     /// Whether a reply can go out from `ip` (the local address a datagram was sent to)
-    /// through a kernel socket in this thread's network namespace: not a broadcast address.
-    /// Answers from the caches; asks the kernel (one syscall, within the budget) for an
-    /// address they do not hold.
-    pub fn answerable_from(&mut self, ip: Ipv4Addr) -> bool {
+    /// through a kernel socket of the probes' network namespace: one of the host's own
+    /// addresses, not a broadcast address. Answers from the caches; asks the kernel (one
+    /// syscall, within the budget) for an address they do not hold.
+    pub fn answerable_from(&mut self, ip: IpAddr) -> bool {
         self.lookups += 1;
         if self.lookups >= REFRESH_EVERY {
             self.lookups = 0;
@@ -68,7 +137,7 @@ impl LocalAddrs {
             self.own.clear();
             self.others.clear();
         }
-        if self.own.contains(&ip) || ip.is_loopback() {
+        if ip.is_loopback() || is_link_local(ip) || self.own.contains(&ip) {
             return true;
         }
         if self.others.contains(&ip) {
@@ -94,74 +163,182 @@ impl LocalAddrs {
     }
 
     /// The kernel's answer for `ip`; `None` if it could not be asked.
-    fn ask(&mut self, ip: Ipv4Addr) -> Option<bool> {
-        if self.unavailable {
-            return None;
-        }
-        if self.probe.is_none() {
-            match Socket::new(Domain::IPV4, Type::DGRAM, None) {
-                Ok(s) => self.probe = Some(s),
-                Err(e) => {
-                    tracing::warn!(
-                        "no IPv4 socket to tell the host's addresses with ({e}): datagrams \
-                         sent to a broadcast address are not recognised"
-                    );
-                    self.unavailable = true;
-                    return None;
-                }
-            }
-        }
-        // Port 9 (discard): any port does, nothing is sent.
-        let at = |port| SocketAddr::V4(SocketAddrV4::new(ip, port));
-        let probe = self.probe.as_ref()?;
-        match probe.connect(&at(9).into()) {
+    fn ask(&self, ip: IpAddr) -> Option<bool> {
+        let probe = match ip {
+            IpAddr::V4(_) => self.v4.as_ref()?,
+            IpAddr::V6(_) => self.v6.as_ref()?,
+        };
+        match probe_from(probe, ip) {
             Ok(()) => Some(true),
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Some(false),
-            Err(_) => None,
+            Err(e) => match e.raw_os_error() {
+                // Not the host's (EINVAL, ENETUNREACH, EADDRNOTAVAIL, by family and kernel
+                // version), or a broadcast address (EACCES: the probe may not broadcast).
+                Some(
+                    libc::EINVAL
+                    | libc::ENETUNREACH
+                    | libc::EHOSTUNREACH
+                    | libc::EADDRNOTAVAIL
+                    | libc::EACCES,
+                ) => Some(false),
+                _ => None,
+            },
         }
     }
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(_) => false,
+        IpAddr::V6(a) => a.segments()[0] & 0xffc0 == 0xfe80,
+    }
+}
+
+/// Sends nothing from `ip` to `ip` port 9 on `probe` (of `ip`'s family) with `MSG_PROBE`:
+/// the kernel routes and checks the source address as for a reply, and sends no packet.
+fn probe_from(probe: &Socket, ip: IpAddr) -> io::Result<()> {
+    let to = SockAddr::from(SocketAddr::new(ip, 9));
+    // Room for one control message of either family, aligned for `cmsghdr`.
+    let mut control = [0u64; 8];
+    let (level, kind, info_len) = match ip {
+        IpAddr::V4(_) => (
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            std::mem::size_of::<libc::in_pktinfo>(),
+        ),
+        IpAddr::V6(_) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_PKTINFO,
+            std::mem::size_of::<libc::in6_pktinfo>(),
+        ),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no buffers, no control).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = to.as_ptr() as *mut libc::c_void;
+    msg.msg_namelen = to.len();
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(info_len as u32) } as usize;
+    debug_assert!(msg.msg_controllen <= std::mem::size_of_val(&control));
+    // SAFETY: `msg_control` points at `control`, 64 octets aligned for `cmsghdr`, and
+    // `msg_controllen` (at most 40 octets) fits in it, so the first header and its data
+    // (`info_len` octets) are inside `control`; the data is written unaligned.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = level;
+        (*c).cmsg_type = kind;
+        (*c).cmsg_len = libc::CMSG_LEN(info_len as u32) as usize;
+        let data = libc::CMSG_DATA(c);
+        match ip {
+            IpAddr::V4(a) => data
+                .cast::<libc::in_pktinfo>()
+                .write_unaligned(libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.octets()),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                }),
+            IpAddr::V6(a) => data
+                .cast::<libc::in6_pktinfo>()
+                .write_unaligned(libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: a.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                }),
+        }
+    }
+    // SAFETY: `msg` and everything it points at (`to`, `control`) live across the call; no
+    // buffer is read (no iovec).
+    let rc = unsafe { libc::sendmsg(probe.as_raw_fd(), &msg, MSG_PROBE) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A descriptor of `socket`'s network namespace and its identity (device, inode); `None`
+/// if the kernel does not tell (no CAP_NET_ADMIN, or a kernel before 4.9).
+fn netns_of(socket: &impl AsFd) -> Option<(OwnedFd, (u64, u64))> {
+    let fd: BorrowedFd<'_> = socket.as_fd();
+    // SAFETY: SIOCGSKNS takes no argument and returns a new descriptor, or -1.
+    let ns = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCGSKNS as _) };
+    if ns < 0 {
+        return None;
+    }
+    // SAFETY: `ns` is a descriptor the kernel just opened for us, owned by nobody else.
+    let ns = unsafe { OwnedFd::from_raw_fd(ns) };
+    // SAFETY: an all-zero stat is valid; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `ns` is open and `st` is a live, writable stat.
+    if unsafe { libc::fstat(ns.as_raw_fd(), &mut st) } != 0 {
+        return None;
+    }
+    Some((ns, (st.st_dev, st.st_ino)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
-    /// Loopback's addresses and an address the host does not have (TEST-NET-3) are
-    /// answerable; 255.255.255.255 is not; answers are cached and asked again after a
-    /// refresh.
+    /// Loopback's addresses are answerable without a question; 255.255.255.255 and an
+    /// address the host does not have (TEST-NET-3, documentation's IPv6 prefix) are not;
+    /// answers are cached and asked again after a refresh.
     #[test]
-    fn the_kernel_tells_broadcast_addresses_and_answers_are_cached() {
-        let mut b = LocalAddrs::default();
-        let other = Ipv4Addr::new(203, 0, 113, 7);
-        assert!(b.answerable_from(Ipv4Addr::LOCALHOST));
-        assert!(!b.answerable_from(Ipv4Addr::BROADCAST));
-        assert!(b.answerable_from(other));
-        assert_eq!(b.others, [Ipv4Addr::BROADCAST]);
-        assert_eq!(b.questions, 2, "loopback needs no question");
+    fn the_kernel_tells_foreign_and_broadcast_addresses_and_answers_are_cached() {
+        let mut b = LocalAddrs::here();
+        let other = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+        let other6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7));
+        let bcast = IpAddr::V4(Ipv4Addr::BROADCAST);
+        assert!(b.answerable_from(Ipv4Addr::LOCALHOST.into()));
+        assert!(b.answerable_from(Ipv6Addr::LOCALHOST.into()));
+        assert_eq!(b.questions, 0, "loopback needs no question");
+        assert!(!b.answerable_from(bcast));
+        assert!(!b.answerable_from(other));
+        if b.v6.is_some() {
+            assert!(!b.answerable_from(other6));
+        }
+        assert_eq!(&b.others[..2], [bcast, other]);
+        let asked = b.questions;
         // From the caches: no new question.
-        assert!(!b.answerable_from(Ipv4Addr::BROADCAST));
-        assert!(b.answerable_from(other));
-        assert_eq!(b.questions, 2);
+        assert!(!b.answerable_from(bcast));
+        assert!(!b.answerable_from(other));
+        assert_eq!(b.questions, asked);
         b.lookups = REFRESH_EVERY - 1;
-        assert!(b.answerable_from(Ipv4Addr::LOCALHOST));
+        assert!(b.answerable_from(Ipv4Addr::LOCALHOST.into()));
         assert!(
             b.others.is_empty() && b.questions == 0,
             "emptied, budget renewed"
         );
     }
 
+    /// An address of the host's (whichever this machine's interfaces have: the probe's
+    /// source towards TEST-NET-3, if it has a route there) is answerable.
+    #[test]
+    fn the_hosts_own_address_is_answerable() {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        if s.connect("203.0.113.7:9").is_err() {
+            return; // no route off this host: nothing but loopback to ask about
+        }
+        let mine = s.local_addr().unwrap().ip();
+        let mut b = LocalAddrs::beside(&s);
+        assert!(b.answerable_from(mine), "{mine}");
+        assert_eq!(b.own, [mine]);
+    }
+
     /// The caches and the questions are bounded: past the budget, an address the caches
     /// do not hold is answered without a syscall.
     #[test]
     fn the_caches_and_the_questions_are_bounded() {
-        let mut b = LocalAddrs::default();
+        let mut b = LocalAddrs::here();
         for i in 0..QUESTIONS {
-            assert!(b.answerable_from(Ipv4Addr::from(0xcb00_7100 + i)));
+            assert!(!b.answerable_from(Ipv4Addr::from(0xcb00_7100 + i).into()));
         }
-        assert_eq!(b.own.len(), CACHED);
+        assert_eq!(b.others.len(), CACHED);
         assert_eq!(b.questions, QUESTIONS);
         assert!(
-            b.answerable_from(Ipv4Addr::BROADCAST),
+            b.answerable_from(Ipv4Addr::BROADCAST.into()),
             "over budget: not asked"
         );
         assert_eq!(b.questions, QUESTIONS);

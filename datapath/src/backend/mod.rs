@@ -116,11 +116,11 @@ pub trait Backend {
         false
     }
 
-    /// Whether a reply can go out from `ip`, the local address a datagram was sent to,
-    /// through a kernel socket: not from a broadcast address of the host (a subnet's
-    /// directed broadcast) ([`local_addrs`]). Called per datagram: answers from a cache.
+    /// Whether a reply can go out from `ip`, the local address a datagram was sent to
+    /// (IPv4 ones unmapped), through a kernel socket: one of the host's own addresses, not
+    /// a broadcast address ([`local_addrs`]). Called per datagram: answers from a cache.
     /// `true` where replies do not go through the kernel.
-    fn answerable_from(&mut self, _ip: std::net::Ipv4Addr) -> bool {
+    fn answerable_from(&mut self, _ip: std::net::IpAddr) -> bool {
         true
     }
 

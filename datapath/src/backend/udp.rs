@@ -78,12 +78,12 @@ impl UdpBackend {
         let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), 8 << 20);
         let _ = state.set_send_buffer_size(UdpSockRef::from(&socket), 8 << 20);
         Ok(Self {
+            local_addrs: super::local_addrs::LocalAddrs::beside(&socket),
             socket,
             state,
             buf: Vec::new(),
             meta: [RecvMeta::default(); BATCH_SIZE],
             pending: Pending::default(),
-            local_addrs: Default::default(),
         })
     }
 
@@ -474,7 +474,7 @@ impl Backend for UdpBackend {
         Ok(())
     }
 
-    fn answerable_from(&mut self, ip: std::net::Ipv4Addr) -> bool {
+    fn answerable_from(&mut self, ip: std::net::IpAddr) -> bool {
         self.local_addrs.answerable_from(ip)
     }
 

@@ -513,7 +513,7 @@ impl Backend for XskBackend {
         self.cfg.poll == PollMode::Busy
     }
 
-    fn answerable_from(&mut self, ip: std::net::Ipv4Addr) -> bool {
+    fn answerable_from(&mut self, ip: std::net::IpAddr) -> bool {
         // Frames built here go out from any address; the kernel's path takes only the
         // host's own (on the ring, frames to a group MAC, as broadcasts are, never reach
         // the worker).
