@@ -915,38 +915,45 @@ impl<H: Handler> Worker<H> {
         let span = slot.span.clone();
         let _in_span = span.enter();
         let (mut events, mut panicked) = (0, false);
-        while let Some(ev) = slot.conn.poll() {
-            events += 1;
-            match &ev {
-                Event::Connected if slot.handshaking => {
-                    slot.handshaking = false;
-                    self.conns.handshaking -= 1;
-                    self.counters.handshakes += 1;
-                    let took = self.shard.now.saturating_duration_since(slot.created);
-                    self.histograms.handshake.observe(took.as_secs_f64());
-                    tracing::debug!(?took, "handshake complete");
-                }
-                Event::ConnectionLost { reason } => {
-                    if slot.reported_closed {
-                        continue;
+        // The handler's panics are caught per call; one elsewhere (quinn-proto's `poll`)
+        // fails the worker, which must still find the connection in its place to close it.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            while let Some(ev) = slot.conn.poll() {
+                events += 1;
+                match &ev {
+                    Event::Connected if slot.handshaking => {
+                        slot.handshaking = false;
+                        self.conns.handshaking -= 1;
+                        self.counters.handshakes += 1;
+                        let took = self.shard.now.saturating_duration_since(slot.created);
+                        self.histograms.handshake.observe(took.as_secs_f64());
+                        tracing::debug!(?took, "handshake complete");
                     }
-                    slot.reported_closed = true;
-                    count_close(&mut self.counters, reason);
-                    tracing::debug!(%reason, "closed");
+                    Event::ConnectionLost { reason } => {
+                        if slot.reported_closed {
+                            continue;
+                        }
+                        slot.reported_closed = true;
+                        count_close(&mut self.counters, reason);
+                        tracing::debug!(%reason, "closed");
+                    }
+                    _ => {}
                 }
-                _ => {}
+                let conn = &mut Conn {
+                    slot: &mut slot,
+                    ctx: Ctx {
+                        shard: &mut self.shard,
+                        conns: &mut self.conns,
+                    },
+                };
+                panicked |= self.handler.call(|h| dispatch(h, conn, ev));
             }
-            let conn = &mut Conn {
-                slot: &mut slot,
-                ctx: Ctx {
-                    shard: &mut self.shard,
-                    conns: &mut self.conns,
-                },
-            };
-            panicked |= self.handler.call(|h| dispatch(h, conn, ev));
-        }
+        }));
         drop(_in_span);
         self.conns.put_back(slot, false);
+        if let Err(panic) = polled {
+            std::panic::resume_unwind(panic);
+        }
         (events, panicked)
     }
 
