@@ -308,6 +308,20 @@ static __always_inline int has_token(const __u8 *p, void *end)
 	}
 }
 
+/* Whether the shield's admission is on and the worker of this packet's rx
+ * queue says it is under pressure. */
+static __always_inline int under_pressure(struct xdp_md *ctx,
+					  const struct xq_shield *s)
+{
+	__u32 q = ctx->rx_queue_index;
+	__u32 *pr;
+
+	if (!(s->flags & XQ_SHIELD_ADMIT))
+		return 0;
+	pr = bpf_map_lookup_elem(&pressure, &q);
+	return pr && *pr;
+}
+
 /* The shield's verdict on a service packet whose QUIC payload `p` of `len`
  * octets (at least XQ_MIN_QUIC_PAYLOAD, inside the packet) came from `src`:
  * 0 to steer it, else the XQ_FAM_* reason to drop it. */
@@ -317,7 +331,7 @@ static __always_inline __u32 shield_check(struct xdp_md *ctx, const __u8 *p,
 {
 	__u32 zero = 0;
 	struct xq_shield *s = bpf_map_lookup_elem(&shield, &zero);
-	__u32 version, q, *pr;
+	__u32 version;
 
 	if (!s || !(s->flags & XQ_SHIELD_ON))
 		return 0;
@@ -360,12 +374,15 @@ static __always_inline __u32 shield_check(struct xdp_md *ctx, const __u8 *p,
 	}
 	/* 0-RTT, of any size: a DCID of at most 20 octets (RFC 9000 17.2), and
 	 * either the client's first (at least 8 octets, 7.2) or, once it heard
-	 * from us, ours. (p[5] lies within XQ_MIN_QUIC_PAYLOAD.) */
+	 * from us, ours. Under pressure, only ours: a client's first 0-RTT can
+	 * be forged at any rate and size, and the client sends what it carried
+	 * again in 1-RTT (after a Retry, its 0-RTT goes to our CID and passes).
+	 * (p[5] lies within XQ_MIN_QUIC_PAYLOAD.) */
 	if ((p[0] & 0x30) == 0x10) {
 		if (p[5] > 20)
 			return XQ_FAM_MALFORMED;
-		if (p[5] < 8 && (s->flags & XQ_SHIELD_CID) &&
-		    !our_long_cid(s, p, end))
+		if ((s->flags & XQ_SHIELD_CID) && !our_long_cid(s, p, end) &&
+		    (p[5] < 8 || under_pressure(ctx, s)))
 			return XQ_FAM_FOREIGN_CID;
 		return 0;
 	}
@@ -379,11 +396,7 @@ static __always_inline __u32 shield_check(struct xdp_md *ctx, const __u8 *p,
 		return 0;
 	if (len < XQ_MIN_INITIAL_DATAGRAM)
 		return XQ_FAM_SHORT_INITIAL;
-	if (!(s->flags & XQ_SHIELD_ADMIT))
-		return 0;
-	q = ctx->rx_queue_index;
-	pr = bpf_map_lookup_elem(&pressure, &q);
-	if (!pr || !*pr)
+	if (!under_pressure(ctx, s))
 		return 0;
 	if (has_token(p, end)) {
 		count(XQ_CNT_WITH_TOKEN);

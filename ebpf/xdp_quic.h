@@ -176,7 +176,7 @@ struct xq_bucket {
 #define XQ_FAM_SHORT_INITIAL 8   /* dropped (shield): Initial in a datagram < 1200 */
 #define XQ_FAM_UNKNOWN_VERSION 9 /* dropped (shield): other version, datagram < 1200; VN not ours */
 #define XQ_FAM_VERSION_RATE 10   /* dropped (shield): other version, its prefix over rate */
-#define XQ_FAM_FOREIGN_CID 11    /* dropped (shield): short header, Handshake or Retry, DCID not ours */
+#define XQ_FAM_FOREIGN_CID 11    /* dropped (shield): short header, Handshake or Retry, DCID not ours; 0-RTT, DCID not ours, under 8 or under pressure */
 #define XQ_FAM_INITIAL_RATE 12   /* dropped (shield): tokenless Initial under pressure, prefix over rate */
 #define XQ_FAM_COUNT 13
 

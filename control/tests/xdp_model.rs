@@ -103,11 +103,13 @@ impl Shield {
             return ((!ours_long).then_some("dropped_foreign_cid"), Vec::new());
         }
         if p[0] & 0x30 == 0x10 {
-            // 0-RTT: a DCID of at most 20 octets, the client's first (8 or more) or ours.
+            // 0-RTT: a DCID of at most 20 octets, the client's first (8 or more) or ours;
+            // under pressure, ours only.
             if p[5] > 20 {
                 return (Some("dropped_malformed"), Vec::new());
             }
-            if p[5] < 8 && !ours_long {
+            let pressed = self.config.admit_under_pressure && self.pressure;
+            if (p[5] < 8 || pressed) && !ours_long {
                 return (Some("dropped_foreign_cid"), Vec::new());
             }
             return (None, Vec::new());

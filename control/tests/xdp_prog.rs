@@ -1026,3 +1026,44 @@ fn shield_lets_initials_whose_cid_is_ours_pass_without_a_token() {
         &f4(ForeignCid),
     );
 }
+
+/// Under pressure, a 0-RTT packet passes only to our CID: a client's first 0-RTT (its own
+/// random DCID of 8 to 20 octets) can be forged at any rate and size, and a client whose
+/// 0-RTT is lost sends the data again in 1-RTT; after a Retry its 0-RTT goes to our CID.
+/// Without pressure, or with admission off, the first 0-RTT passes as before. (Before, a
+/// flood of small forged 0-RTT packets passed the shield at any rate.)
+#[test]
+fn shield_drops_foreign_zero_rtt_under_pressure() {
+    if !privileged("shield_drops_foreign_zero_rtt_under_pressure") {
+        return;
+    }
+    use FamilyCounter::*;
+    let layout = CidLayout::new(10, 3, &[0xab, 0xcd], 4).unwrap();
+    let config = ShieldConfig::default();
+    let mut p = shield_program(config.clone(), Some(&layout));
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0x0a77_0001);
+    let mut ours = [0u8; 10];
+    layout.write(1, &mut rng, &mut ours);
+    let first4 = quic4(SRC4, &long(1, V1, &[7; 8], &[9; 8], &[], 100));
+    let first6 = quic6(SRC6, &long(1, V1, &[7; 20], &[9; 8], &[], 100));
+    let to_us = quic4(SRC4, &long(1, V1, &ours, &[9; 8], &[], 100));
+    check(&mut p, &first4, XDP_PASS, &f4(NoSocket));
+    check(&mut p, &first6, XDP_PASS, &f6(NoSocket));
+    p.shield().unwrap().set_pressure(0, true).unwrap();
+    check(&mut p, &first4, XDP_DROP, &f4(ForeignCid));
+    check(&mut p, &first6, XDP_DROP, &f6(ForeignCid));
+    check(&mut p, &to_us, XDP_PASS, &f4(NoSocket));
+    // Admission off: pressure is ignored.
+    p.shield()
+        .unwrap()
+        .set_config(Some(&ShieldConfig {
+            admit_under_pressure: false,
+            ..config.clone()
+        }))
+        .unwrap();
+    check(&mut p, &first4, XDP_PASS, &f4(NoSocket));
+    // Pressure gone: the first 0-RTT passes again.
+    p.shield().unwrap().set_config(Some(&config)).unwrap();
+    p.shield().unwrap().set_pressure(0, false).unwrap();
+    check(&mut p, &first4, XDP_PASS, &f4(NoSocket));
+}
