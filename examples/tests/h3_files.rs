@@ -520,6 +520,50 @@ async fn a_huge_frame_on_the_control_stream_closes_the_connection() {
     stop_server(ep).await;
 }
 
+/// A MAX_PUSH_ID frame with no push ID on the client's control stream, then a DATA frame
+/// of a terabyte: h3 0.0.8 alone would wait for the missing integer without end, buffering
+/// every later octet. The frame is malformed (RFC 9114 §7.1): the connection is closed
+/// with H3_FRAME_ERROR. So is a request stream that ends inside its HEADERS frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_truncated_frames_close_the_connection() {
+    let (dir, _, _) = site();
+    let (_keep, stop) = watch::channel(false);
+    let (ep, cert) = server(&dir.0, stop);
+    let frame_error = h3::error::Code::H3_FRAME_ERROR.value();
+    guard("malformed and truncated frames", async {
+        let (_client, conn) = connect(&ep, cert.clone()).await;
+        let mut control = conn.open_uni().await.unwrap();
+        let mut c = vec![0x00];
+        c.extend(raw_frame(0x04, &[]));
+        c.extend(raw_frame(0x0d, &[]));
+        c.push(0x00);
+        c.extend_from_slice(&varint8(1 << 40));
+        c.extend(std::iter::repeat_n(0x5a, 64 << 10));
+        // The server may close before all of it is written.
+        let _ = control.write_all(&c).await;
+        match conn.closed().await {
+            xdp_quic::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code.into_inner(), frame_error)
+            }
+            other => panic!("closed with {other:?}"),
+        }
+
+        let (_client, conn) = connect(&ep, cert).await;
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        let headers = raw_frame(0x01, &get_fields("/a%20b.txt"));
+        send.write_all(&headers[..headers.len() - 3]).await.unwrap();
+        send.finish().unwrap();
+        match conn.closed().await {
+            xdp_quic::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code.into_inner(), frame_error)
+            }
+            other => panic!("closed with {other:?}"),
+        }
+    })
+    .await;
+    stop_server(ep).await;
+}
+
 /// A stream of an unknown type (h3 stops it) and a WebTransport stream (not offered: the
 /// adapter stops it) are stopped with H3_STREAM_CREATION_ERROR, not kept open (each would
 /// hold one of the connection's unidirectional stream credits for its life), and the

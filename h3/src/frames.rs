@@ -10,7 +10,14 @@
 //!   a HEADERS or PUSH_PROMISE frame longer than [`MAX_FIELD_FRAME`] and any other but DATA
 //!   longer than [`MAX_FRAME`];
 //! - drops the frames of every other type, header and payload, whatever their length: they
-//!   carry nothing this server understands and MUST be ignored (§7.2.8, §9).
+//!   carry nothing this server understands and MUST be ignored (§7.2.8, §9);
+//! - refuses ([`FrameError::Malformed`]) a CANCEL_PUSH, GOAWAY or MAX_PUSH_ID frame whose
+//!   payload is not exactly one variable-length integer, and a PUSH_PROMISE too short for
+//!   its push ID (§7.1: H3_FRAME_ERROR). h3 0.0.8 reads only the integer: on a payload too
+//!   short it waits for the rest without end, buffering every later octet of the stream; on
+//!   one too long it reads the excess as the next frame's header;
+//! - tells, at the stream's end, whether it ended inside a frame ([`FrameFilter::at_end`]:
+//!   §7.1, H3_FRAME_ERROR), which h3 does not always notice.
 //!
 //! A chunk that loses nothing is passed on as it came (no copy); one that does is copied
 //! once, without the dropped octets.
@@ -34,8 +41,30 @@ fn max_len(ty: u64) -> u64 {
     }
 }
 
+/// What the payload of a frame of type `ty` must hold at least, and at most, beyond its
+/// length: one variable-length integer and nothing else (CANCEL_PUSH, GOAWAY, MAX_PUSH_ID),
+/// or one first (PUSH_PROMISE's push ID); `None` for the other types.
+fn leading_varint(ty: u64) -> Option<Exactly> {
+    match ty {
+        CANCEL_PUSH | GOAWAY | MAX_PUSH_ID => Some(Exactly::Yes),
+        PUSH_PROMISE => Some(Exactly::No),
+        _ => None,
+    }
+}
+
+/// Whether a frame's payload is its leading integer and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exactly {
+    Yes,
+    No,
+}
+
 /// The frame type of DATA (RFC 9114 §7.2.1).
 const DATA: u64 = 0x0;
+/// The frame types whose payload is one integer (RFC 9114 §7.2.3, §7.2.6, §7.2.7).
+const CANCEL_PUSH: u64 = 0x3;
+const GOAWAY: u64 = 0x7;
+const MAX_PUSH_ID: u64 = 0xd;
 /// The frame types of HEADERS and PUSH_PROMISE (RFC 9114 §7.2.2, §7.2.5).
 const HEADERS: u64 = 0x1;
 const PUSH_PROMISE: u64 = 0x5;
@@ -60,6 +89,9 @@ enum State {
     Length(u64),
     /// Inside a frame's payload, this many octets left; passed on if `keep`.
     Payload { left: u64, keep: bool },
+    /// Before the first octet of the payload of `len` octets of a frame of type `ty` that
+    /// starts with an integer ([`leading_varint`]): that octet tells the integer's length.
+    Leading { ty: u64, len: u64, exactly: Exactly },
     /// Not framed (a QPACK stream, or one h3 refuses): passed on as it comes.
     Unframed,
 }
@@ -77,27 +109,41 @@ pub struct FrameFilter {
     stream_type: Option<u64>,
 }
 
-/// A frame longer than its type allows ([`MAX_FIELD_FRAME`] for HEADERS and PUSH_PROMISE,
-/// [`MAX_FRAME`] for the others but DATA): its type and announced length.
+/// A frame refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TooLong {
-    pub frame_type: u64,
-    pub length: u64,
+pub enum FrameError {
+    /// Longer than its type allows ([`MAX_FIELD_FRAME`] for HEADERS and PUSH_PROMISE,
+    /// [`MAX_FRAME`] for the others but DATA): its type and announced length. Answered with
+    /// H3_EXCESSIVE_LOAD.
+    TooLong { frame_type: u64, length: u64 },
+    /// A payload its type cannot have (a CANCEL_PUSH, GOAWAY or MAX_PUSH_ID that is not
+    /// exactly one integer, a PUSH_PROMISE shorter than its push ID): its type and announced
+    /// length. A connection error of type H3_FRAME_ERROR (RFC 9114 §7.1).
+    Malformed { frame_type: u64, length: u64 },
+    /// The stream ended inside a frame: a connection error of type H3_FRAME_ERROR (RFC
+    /// 9114 §7.1).
+    Truncated,
 }
 
-impl std::fmt::Display for TooLong {
+impl std::fmt::Display for FrameError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "a frame of type {:#x} announced {} octets, over the {} allowed",
-            self.frame_type,
-            self.length,
-            max_len(self.frame_type)
-        )
+        match *self {
+            FrameError::TooLong { frame_type, length } => write!(
+                f,
+                "a frame of type {frame_type:#x} announced {length} octets, over the {} allowed",
+                max_len(frame_type)
+            ),
+            FrameError::Malformed { frame_type, length } => write!(
+                f,
+                "a frame of type {frame_type:#x} of {length} octets that do not hold its one \
+                 integer"
+            ),
+            FrameError::Truncated => write!(f, "the stream ended inside a frame"),
+        }
     }
 }
 
-impl std::error::Error for TooLong {}
+impl std::error::Error for FrameError {}
 
 /// What a chunk becomes: a prefix of it (no copy) until something in it is dropped or
 /// octets of an earlier chunk go in front; then a copy.
@@ -184,7 +230,7 @@ impl FrameFilter {
     /// The next octets of the stream, `data`, as h3 is to see them: frames of undefined
     /// types taken out, and the octets of a frame header that `data` ends inside held back
     /// until the rest of it comes. Empty when nothing of `data` is to be seen (yet).
-    pub fn filter(&mut self, data: Bytes) -> Result<Bytes, TooLong> {
+    pub fn filter(&mut self, data: Bytes) -> Result<Bytes, FrameError> {
         let mut out = Out::new(&data);
         // The frame header being read started in this chunk at `head_from` (so it can be
         // passed on as a range of it), or in an earlier one.
@@ -195,6 +241,25 @@ impl FrameFilter {
                 State::Unframed => {
                     out.range(at, data.len());
                     at = data.len();
+                }
+                State::Leading { ty, len, exactly } => {
+                    // The integer's length, from its first octet; its octets stay in `data`
+                    // for the payload state to pass on.
+                    let need = 1u64 << (data[at] >> 6);
+                    let fits = match exactly {
+                        Exactly::Yes => need == len,
+                        Exactly::No => need <= len,
+                    };
+                    if !fits {
+                        return Err(FrameError::Malformed {
+                            frame_type: ty,
+                            length: len,
+                        });
+                    }
+                    self.state = State::Payload {
+                        left: len,
+                        keep: true,
+                    };
                 }
                 State::Payload { left, keep } => {
                     let n = left.min((data.len() - at) as u64) as usize;
@@ -232,7 +297,14 @@ impl FrameFilter {
                         State::Length(ty) => {
                             let keep = defined(ty);
                             if keep && v > max_len(ty) {
-                                return Err(TooLong {
+                                return Err(FrameError::TooLong {
+                                    frame_type: ty,
+                                    length: v,
+                                });
+                            }
+                            let leading = leading_varint(ty);
+                            if leading.is_some_and(|e| v == 0 || (e == Exactly::Yes && v > 8)) {
+                                return Err(FrameError::Malformed {
                                     frame_type: ty,
                                     length: v,
                                 });
@@ -242,10 +314,14 @@ impl FrameFilter {
                             } else {
                                 self.head_len = 0;
                             }
-                            self.state = if v == 0 {
-                                State::FrameType
-                            } else {
-                                State::Payload { left: v, keep }
+                            self.state = match leading {
+                                Some(exactly) => State::Leading {
+                                    ty,
+                                    len: v,
+                                    exactly,
+                                },
+                                None if v == 0 => State::FrameType,
+                                None => State::Payload { left: v, keep },
                             };
                         }
                         _ => unreachable!("only header states read integers"),
@@ -254,6 +330,19 @@ impl FrameFilter {
             }
         }
         Ok(out.finish())
+    }
+
+    /// Whether the stream may end here, after the octets filtered so far: not inside a
+    /// frame (a unidirectional stream may end before its type is complete, RFC 9114 §6.2;
+    /// one that is not framed, anywhere). Call when the stream's end is read.
+    pub fn at_end(&self) -> Result<(), FrameError> {
+        match self.state {
+            State::Unframed | State::StreamType => Ok(()),
+            State::FrameType if self.head_len == 0 => Ok(()),
+            State::FrameType | State::Length(_) | State::Payload { .. } | State::Leading { .. } => {
+                Err(FrameError::Truncated)
+            }
+        }
     }
 
     /// Passes on the header read (it ends at `to` in this chunk), and starts the next.
@@ -321,7 +410,7 @@ mod tests {
     }
 
     /// What h3 sees of `s` given in chunks of `split` octets.
-    fn seen(mut g: FrameFilter, s: &[u8], split: usize) -> Result<Vec<u8>, TooLong> {
+    fn seen(mut g: FrameFilter, s: &[u8], split: usize) -> Result<Vec<u8>, FrameError> {
         let mut out = Vec::new();
         for part in s.chunks(split) {
             out.extend_from_slice(&g.filter(Bytes::copy_from_slice(part))?);
@@ -338,7 +427,7 @@ mod tests {
         let mut s = frame(0x1, 100, 100);
         s.extend(frame(DATA, 200_000, 200_000));
         s.extend(frame(0x4, MAX_FRAME, MAX_FRAME as usize));
-        s.extend(frame(0x7, 0, 0));
+        s.extend(frame(0x7, 1, 1));
         s.extend(frame(0x6, 8, 8));
         for split in SPLITS {
             assert_eq!(
@@ -404,7 +493,7 @@ mod tests {
             for split in [1, 4, s.len()] {
                 assert_eq!(
                     seen(FrameFilter::bidi(), &s, split),
-                    Err(TooLong {
+                    Err(FrameError::TooLong {
                         frame_type: ty,
                         length: MAX_FRAME + 1
                     }),
@@ -452,5 +541,102 @@ mod tests {
         assert_eq!(g.stream_type(), None);
         assert!(g.filter(Bytes::copy_from_slice(&s[1..])).is_err());
         assert_eq!(g.stream_type(), Some(CONTROL));
+    }
+
+    /// A frame whose payload is one integer with a payload that is not (RFC 9114 §7.1): h3
+    /// would wait without end for an integer too long for it, buffering every later octet,
+    /// or read the excess as the next frame. Refused, however the octets are split.
+    #[test]
+    fn a_frame_of_one_integer_must_be_exactly_that() {
+        for ty in [CANCEL_PUSH, GOAWAY, MAX_PUSH_ID] {
+            let malformed = |length| FrameError::Malformed {
+                frame_type: ty,
+                length,
+            };
+            // Good: each length of integer.
+            for len in [1usize, 2, 4, 8] {
+                let mut s = varint(CONTROL, 1);
+                s.extend(frame(ty, len as u64, 0));
+                s.extend(varint(5, len));
+                s.extend(frame(0x4, 0, 0));
+                for split in SPLITS {
+                    assert_eq!(seen(FrameFilter::uni(), &s, split).unwrap(), s);
+                }
+            }
+            // Empty, longer than any integer, or not its integer's length.
+            for (len, payload, want) in [
+                (0u64, vec![], malformed(0)),
+                (9, vec![0; 9], malformed(9)),
+                (1, vec![0x40], malformed(1)),
+                (2, vec![0x00, 0x21], malformed(2)),
+                (4, vec![0x40, 0, 0, 0], malformed(4)),
+            ] {
+                let mut s = varint(CONTROL, 1);
+                s.extend(frame(ty, len, 0));
+                s.extend(payload);
+                s.extend(frame(DATA, 1 << 40, 100));
+                for split in SPLITS {
+                    assert_eq!(
+                        seen(FrameFilter::uni(), &s, split),
+                        Err(want),
+                        "type {ty} length {len} split {split}"
+                    );
+                }
+            }
+        }
+        // PUSH_PROMISE: its push ID, then a field section.
+        let mut s = frame(PUSH_PROMISE, 3, 0);
+        s.extend([0x40, 0x01, 0xff]);
+        assert_eq!(seen(FrameFilter::bidi(), &s, 1).unwrap(), s);
+        let mut s = frame(PUSH_PROMISE, 3, 0);
+        s.extend([0x80, 0, 0, 1]);
+        assert!(seen(FrameFilter::bidi(), &s, 2).is_err());
+        assert!(seen(FrameFilter::bidi(), &frame(PUSH_PROMISE, 0, 0), 2).is_err());
+    }
+
+    /// A stream may end between frames, before a unidirectional stream's type is complete,
+    /// and anywhere in an unframed stream; not inside a frame's header or payload, nor inside
+    /// a dropped frame (RFC 9114 §7.1).
+    #[test]
+    fn a_stream_that_ends_inside_a_frame_is_truncated() {
+        let ends = |g: FrameFilter, s: &[u8]| {
+            let mut g = g;
+            g.filter(Bytes::copy_from_slice(s)).unwrap();
+            g.at_end()
+        };
+        let headers = frame(0x1, 3, 3);
+        let mut cut_header = headers.clone();
+        cut_header.push(0x00);
+        let mut cut_length = headers.clone();
+        cut_length.extend([0x00, 0x40]);
+        let data = frame(DATA, 10, 5);
+        let dropped = frame(0x21, 10, 5);
+        assert_eq!(ends(FrameFilter::bidi(), &[]), Ok(()));
+        assert_eq!(ends(FrameFilter::bidi(), &headers), Ok(()));
+        for cut in [
+            &cut_header,
+            &cut_length,
+            &data,
+            &dropped,
+            &frame(GOAWAY, 1, 0),
+        ] {
+            assert_eq!(
+                ends(FrameFilter::bidi(), cut),
+                Err(FrameError::Truncated),
+                "{cut:?}"
+            );
+        }
+        assert_eq!(ends(FrameFilter::uni(), &[0x40]), Ok(()), "inside its type");
+        assert_eq!(
+            ends(FrameFilter::uni(), &[0x02, 0x00, 0x40]),
+            Ok(()),
+            "QPACK"
+        );
+        let mut control = varint(CONTROL, 1);
+        control.extend(frame(0x4, 2, 1));
+        assert_eq!(
+            ends(FrameFilter::uni(), &control),
+            Err(FrameError::Truncated)
+        );
     }
 }

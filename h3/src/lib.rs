@@ -575,15 +575,22 @@ impl quic::RecvStream for RecvStream {
             let data = match self.stream().poll_read_chunk(cx, READ_CHUNK) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(Some(data))) => data,
-                Poll::Ready(other) => {
+                Poll::Ready(Ok(None)) => {
                     self.ended = true;
-                    return Poll::Ready(other.map_err(read_error));
+                    if let Err(cut) = self.frames.at_end() {
+                        return Poll::Ready(Err(self.refuse(cut)));
+                    }
+                    return Poll::Ready(Ok(None));
+                }
+                Poll::Ready(Err(e)) => {
+                    self.ended = true;
+                    return Poll::Ready(Err(read_error(e)));
                 }
             };
             let typed = self.frames.stream_type().is_some();
             let seen = match self.frames.filter(data) {
                 Ok(seen) => seen,
-                Err(too_long) => return Poll::Ready(Err(self.refuse(too_long))),
+                Err(refused) => return Poll::Ready(Err(self.refuse(refused))),
             };
             if !typed {
                 if let Some(refused) = self
@@ -647,15 +654,29 @@ impl RecvStream {
         })
     }
 
-    /// Refuses a frame h3 would buffer whole ([`MAX_FRAME`], [`MAX_FIELD_FRAME`]): on a request stream the peer
-    /// is told to stop (H3_EXCESSIVE_LOAD) and h3 sees the stream fail; on the peer's
-    /// control stream, which must not be stopped (RFC 9114 §6.2.1), the connection is
-    /// closed with H3_EXCESSIVE_LOAD.
-    fn refuse(&mut self, too_long: frames::TooLong) -> StreamErrorIncoming {
+    /// Refuses a frame ([`frames::FrameError`]). One h3 would buffer whole ([`MAX_FRAME`],
+    /// [`MAX_FIELD_FRAME`]): on a request stream the peer is told to stop
+    /// (H3_EXCESSIVE_LOAD) and h3 sees the stream fail; on the peer's control stream, which
+    /// must not be stopped (RFC 9114 §6.2.1), the connection is closed with
+    /// H3_EXCESSIVE_LOAD. A malformed or truncated frame closes the connection with
+    /// H3_FRAME_ERROR (RFC 9114 §7.1).
+    fn refuse(&mut self, refused: frames::FrameError) -> StreamErrorIncoming {
         self.ended = true;
-        let code = h3::error::Code::H3_EXCESSIVE_LOAD;
-        if self.is_uni() {
-            close(&self.conn, &self.flight, code, b"frame too long");
+        let (code, why): (_, &[u8]) = match refused {
+            frames::FrameError::TooLong { .. } => {
+                (h3::error::Code::H3_EXCESSIVE_LOAD, b"frame too long")
+            }
+            frames::FrameError::Malformed { .. } => {
+                (h3::error::Code::H3_FRAME_ERROR, b"malformed frame")
+            }
+            frames::FrameError::Truncated => (
+                h3::error::Code::H3_FRAME_ERROR,
+                b"stream ended inside a frame",
+            ),
+        };
+        let connection_error = !matches!(refused, frames::FrameError::TooLong { .. });
+        if self.is_uni() || connection_error {
+            close(&self.conn, &self.flight, code, why);
             return StreamErrorIncoming::ConnectionErrorIncoming {
                 connection_error: ConnectionErrorIncoming::ApplicationClose {
                     error_code: code.value(),
@@ -665,7 +686,7 @@ impl RecvStream {
         let _ = self
             .stream()
             .stop(VarInt::from_u64(code.value()).unwrap_or(VarInt::MAX));
-        StreamErrorIncoming::Unknown(Box::new(too_long))
+        StreamErrorIncoming::Unknown(Box::new(refused))
     }
 }
 
