@@ -564,6 +564,48 @@ async fn malformed_and_truncated_frames_close_the_connection() {
     stop_server(ep).await;
 }
 
+/// A server that opens a push stream to our client, which allowed no push (it sends no
+/// MAX_PUSH_ID): the client closes the connection with H3_ID_ERROR (RFC 9114 §4.6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_stream_to_the_client_closes_the_connection_with_h3_id_error() {
+    let (id, cert) = identity();
+    let engine = EngineBuilder::default()
+        .workers(1)
+        .server(tls::server_config(id, &[ALPN]).unwrap())
+        .drain_timeout(DRAIN);
+    let ep = Builder::new(engine)
+        .bind_udp("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    guard("a push stream to the client", async {
+        let ((_client, conn), server_side) = tokio::join!(connect(&ep, cert), async {
+            ep.accept().await.unwrap().await.unwrap()
+        });
+        // A request this server never answers: the client is still at work when the push
+        // stream comes.
+        let c = conn.clone();
+        let fetch = tokio::spawn(async move {
+            h3_files::fetch(c, "localhost", &["/never".to_string()], 1 << 10).await
+        });
+        let mut push = server_side.open_uni().await.unwrap();
+        // Push stream type, push ID 0, then nothing more.
+        push.write_all(&[0x01, 0x00]).await.unwrap();
+        match conn.closed().await {
+            xdp_quic::ConnectionError::LocallyClosed => {}
+            other => panic!("closed with {other:?}"),
+        }
+        match server_side.closed().await {
+            xdp_quic::ConnectionError::ApplicationClosed(close) => assert_eq!(
+                close.error_code.into_inner(),
+                h3::error::Code::H3_ID_ERROR.value()
+            ),
+            other => panic!("closed with {other:?}"),
+        }
+        let _ = fetch.await;
+    })
+    .await;
+    stop_server(ep).await;
+}
+
 /// A stream of an unknown type (h3 stops it) and a WebTransport stream (not offered: the
 /// adapter stops it) are stopped with H3_STREAM_CREATION_ERROR, not kept open (each would
 /// hold one of the connection's unidirectional stream credits for its life), and the

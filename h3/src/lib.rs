@@ -629,17 +629,22 @@ impl RecvStream {
     /// Refuses a unidirectional stream of type `ty` that h3 0.0.8 would hold without reading
     /// (it waits for octets past the push id that may never come, for the connection's
     /// life, holding a stream credit): a client's push stream closes the connection with
-    /// H3_STREAM_CREATION_ERROR (§6.2.2: only servers push); a push stream to a client that
-    /// allowed none, or a WebTransport stream, is stopped with that code. h3 sees the stream
-    /// end before its type and forgets it. `None`: a type h3 takes.
+    /// H3_STREAM_CREATION_ERROR (§6.2.2: only servers push); a push stream to a client,
+    /// which allowed none (it sends no MAX_PUSH_ID), closes it with H3_ID_ERROR (§4.6); a
+    /// WebTransport stream is stopped with H3_STREAM_CREATION_ERROR. h3 sees the stream end
+    /// before its type and forgets it. `None`: a type h3 takes.
     fn refuse_type(&mut self, ty: u64) -> Option<StreamErrorIncoming> {
         if ty != PUSH && ty != WEBTRANSPORT_UNI {
             return None;
         }
         self.ended = true;
         let code = h3::error::Code::H3_STREAM_CREATION_ERROR;
-        if ty == PUSH && self.conn.side() == xdp_quic::Side::Server {
-            close(&self.conn, &self.flight, code, b"a client's push stream");
+        if ty == PUSH {
+            let (code, why): (_, &[u8]) = match self.conn.side() {
+                xdp_quic::Side::Server => (code, b"a client's push stream"),
+                xdp_quic::Side::Client => (h3::error::Code::H3_ID_ERROR, b"a push not allowed"),
+            };
+            close(&self.conn, &self.flight, code, why);
             return Some(StreamErrorIncoming::ConnectionErrorIncoming {
                 connection_error: ConnectionErrorIncoming::ApplicationClose {
                     error_code: code.value(),
