@@ -534,6 +534,19 @@ pub async fn fetch(
                     chunk.advance(n);
                 }
             }
+            // A body shorter or longer than its content-length is malformed (RFC 9114
+            // §4.1.2): a response cut short must not pass for a whole one.
+            let announced = resp.headers().get(http::header::CONTENT_LENGTH);
+            if let Some(announced) = announced {
+                let length = announced.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+                if length != Some(body.len() as u64) {
+                    stream.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+                    anyhow::bail!(
+                        "a body of {} octets, its content-length {announced:?}",
+                        body.len()
+                    );
+                }
+            }
             anyhow::Ok(Fetched {
                 status: resp.status(),
                 headers: resp.headers().clone(),

@@ -606,6 +606,57 @@ async fn a_push_stream_to_the_client_closes_the_connection_with_h3_id_error() {
     stop_server(ep).await;
 }
 
+/// A response whose body is shorter than its content-length, ended cleanly: malformed
+/// (RFC 9114 §4.1.2); our client fails the request instead of passing a cut body for a
+/// whole one. A response whose length agrees is fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_shorter_than_its_content_length_fails_the_fetch() {
+    let (id, cert) = identity();
+    let engine = EngineBuilder::default()
+        .workers(1)
+        .server(tls::server_config(id, &[ALPN]).unwrap())
+        .drain_timeout(DRAIN);
+    let ep = Builder::new(engine)
+        .bind_udp("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    guard("a body shorter than its content-length", async {
+        for (announced, sent) in [(100u8, 50usize), (50, 50)] {
+            let ((_client, conn), server_side) = tokio::join!(connect(&ep, cert.clone()), async {
+                ep.accept().await.unwrap().await.unwrap()
+            });
+            let c = conn.clone();
+            let fetch = tokio::spawn(async move {
+                h3_files::fetch(c, "localhost", &["/x".to_string()], 1 << 10).await
+            });
+            // The server's control stream (SETTINGS), then the response, by hand: :status
+            // 200 (static 25) and content-length (static name 4) as a literal (RFC 9204
+            // Appendix A).
+            let mut control = server_side.open_uni().await.unwrap();
+            let mut c = vec![0x00];
+            c.extend(raw_frame(0x04, &[]));
+            control.write_all(&c).await.unwrap();
+            let (mut send, _recv) = server_side.accept_bi().await.unwrap();
+            let length = announced.to_string();
+            let mut fields = vec![0x00, 0x00, 0xc0 | 25, 0x54, length.len() as u8];
+            fields.extend_from_slice(length.as_bytes());
+            let mut response = raw_frame(0x01, &fields);
+            response.extend(raw_frame(0x00, &vec![0x5a; sent]));
+            send.write_all(&response).await.unwrap();
+            send.finish().unwrap();
+            let got = fetch.await.unwrap();
+            if usize::from(announced) == sent {
+                assert_eq!(got.unwrap()[0].body, vec![0x5a; sent]);
+            } else {
+                let e = got.expect_err("a cut body fails the fetch");
+                assert!(e.to_string().contains("content-length"), "{e:#}");
+            }
+            drop(control);
+        }
+    })
+    .await;
+    stop_server(ep).await;
+}
+
 /// A stream of an unknown type (h3 stops it) and a WebTransport stream (not offered: the
 /// adapter stops it) are stopped with H3_STREAM_CREATION_ERROR, not kept open (each would
 /// hold one of the connection's unidirectional stream credits for its life), and the
