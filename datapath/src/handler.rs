@@ -58,6 +58,11 @@ pub trait Handler: Send + 'static {
     /// An unreliable datagram (RFC 9221) arrived.
     fn datagram(&mut self, conn: &mut Conn<'_>, data: Bytes) {}
 
+    /// `conn` was lost (closed by the peer, timed out, reset), just before [`Handler::closed`]:
+    /// what quinn-proto received on its streams and nobody read yet can still be read here
+    /// (the peer may have had it acknowledged). Not called for a connection closed by us.
+    fn lost(&mut self, conn: &mut Conn<'_>, reason: &ConnectionError) {}
+
     /// `conn` is gone: lost, closed by the peer, closed by us, or the connect failed. Called
     /// once per connection; its [`ConnId`] is stale afterwards (`with_conn`, posts and calls
     /// to it are not run).

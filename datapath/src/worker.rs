@@ -1052,6 +1052,7 @@ fn dispatch<H: Handler>(h: &mut H, conn: &mut Conn<'_>, ev: Event) {
     match ev {
         Event::Connected => h.connected(conn),
         Event::ConnectionLost { reason } => {
+            h.lost(conn, &reason);
             let id = conn.id();
             h.closed(&mut conn.ctx, id, &reason)
         }

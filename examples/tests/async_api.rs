@@ -1065,3 +1065,74 @@ async fn streams_the_peer_sent_before_closing_are_still_accepted() {
         guard("idle", ep.wait_idle()).await;
     }
 }
+
+/// What the peer sent before closing, and saw acknowledged, but the application had not read
+/// yet, is still read after the close, all of it, also past the stream's receive limit (the
+/// worker pauses a stream there, and the rest waits in quinn-proto): on a stream the
+/// application reads, and on one it accepts only after the close. (Before, the close dropped
+/// what quinn-proto still held: `read_to_end` failed with the connection's error.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_acknowledged_before_the_peer_closed_is_read_whole() {
+    const LEN: usize = 300_000;
+    for mode in MODES {
+        let limits = Limits {
+            stream_receive: 16 << 10,
+            ..Limits::default()
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<xdp_quic::tokio::Connection>();
+        let tx = std::sync::Mutex::new(tx);
+        let (ep, cert) = server(mode, 1, limits, move |ep: Endpoint| {
+            let tx = tx.lock().unwrap().clone();
+            async move {
+                if let Some(incoming) = ep.accept().await {
+                    let _ = tx.send(incoming.await.unwrap());
+                }
+            }
+        });
+        let client = quinn_client(cert, async_echo::ALPN);
+        let qc = quinn_connect(&client, ep.local_addr().unwrap()).await;
+        let conn = guard("the server's connection", async {
+            loop {
+                if let Ok(c) = rx.try_recv() {
+                    break c;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let (data_bi, data_uni) = (payload(31, LEN), payload(32, LEN));
+        let (mut bi, _bi_back) = qc.open_bi().await.unwrap();
+        bi.write_all(&data_bi[..1]).await.unwrap();
+        // The application accepts the bidirectional stream before the close, and reads it
+        // only after.
+        let (_send, mut read_later) = guard("the first stream", conn.accept_bi()).await.unwrap();
+        bi.write_all(&data_bi[1..]).await.unwrap();
+        bi.finish().unwrap();
+        let mut uni = qc.open_uni().await.unwrap();
+        uni.write_all(&data_uni).await.unwrap();
+        uni.finish().unwrap();
+        guard("all of it acknowledged", async {
+            bi.stopped().await.unwrap();
+            uni.stopped().await.unwrap();
+        })
+        .await;
+        qc.close(VarInt::from_u32(9), b"done");
+        guard("the server hears the close", conn.closed()).await;
+        let got = read_later
+            .read_to_end(LEN)
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: the stream read after the close: {e}"));
+        assert_same(&format!("{mode:?}: bidi"), &got, &data_bi);
+        let mut recv = guard("the stream accepted after the close", conn.accept_uni())
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        let got = recv
+            .read_to_end(LEN)
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: the stream accepted after the close: {e}"));
+        assert_same(&format!("{mode:?}: uni"), &got, &data_uni);
+        drop((read_later, recv, conn));
+        ep.close(VarInt::from_u32(0), b"");
+        guard("idle", ep.wait_idle()).await;
+    }
+}

@@ -194,6 +194,52 @@ impl Driver {
     }
 }
 
+/// Moves everything quinn-proto holds for the streams a handle may read into their queues,
+/// ends included, ignoring the receive budgets: the connection is lost, nothing more comes.
+fn drain_on_loss(conn: &mut Conn<'_>, st: &mut ConnState, wakes: &mut Wakes) {
+    let (mut buffered, mut held, mut chunks) = (st.buffered, st.held, st.chunks);
+    for slot in st.streams.values_mut() {
+        if slot.stop.is_some() || slot.recv_end != RecvEnd::Open || !slot.recv_handle {
+            continue;
+        }
+        let mut woke = false;
+        loop {
+            match conn.read_chunk(slot.id, usize::MAX) {
+                Ok(Chunk::Data(b)) => {
+                    let b = own(b);
+                    slot.recv_len += b.len();
+                    buffered += b.len();
+                    chunks += 1;
+                    slot.recv.push_back(b);
+                    woke = true;
+                }
+                Ok(Chunk::Finished) => {
+                    slot.recv_end = RecvEnd::Finished;
+                    slot.held = true;
+                    held += 1;
+                    woke = true;
+                    break;
+                }
+                Err(StreamError::Reset(code)) => {
+                    slot.recv_end = RecvEnd::Reset(code);
+                    slot.held = true;
+                    held += 1;
+                    woke = true;
+                    break;
+                }
+                Ok(Chunk::Blocked) | Err(_) => break,
+            }
+        }
+        slot.paused = false;
+        if woke {
+            wakes.add(slot.read_waker.take());
+        }
+    }
+    st.buffered = buffered;
+    st.held = held;
+    st.chunks = chunks;
+}
+
 /// Ends connection `c` that never registered on a worker.
 pub(crate) fn fail(c: &ConnShared, error: ConnectionError) {
     let mut wakes = Wakes::default();
@@ -561,6 +607,14 @@ impl Handler for Driver {
             st.datagrams.push(own(data), ep.limits.datagram_receive);
             wakes.all(&mut st.datagram_waiters);
         });
+    }
+
+    fn lost(&mut self, conn: &mut Conn<'_>, _reason: &ConnectionError) {
+        // What the peer sent (and may have seen acknowledged) and quinn-proto still holds
+        // for streams a handle may read: taken now, whatever the budgets (quinn-proto's
+        // windows bounded it), before `closed` keeps only what was taken. quinn reads it
+        // from quinn-proto after the loss as well.
+        self.with_state(conn, |conn, st, _, wakes| drain_on_loss(conn, st, wakes));
     }
 
     fn closed(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, reason: &ConnectionError) {
