@@ -1136,3 +1136,29 @@ async fn data_acknowledged_before_the_peer_closed_is_read_whole() {
         guard("idle", ep.wait_idle()).await;
     }
 }
+
+/// A connection is whole when `Connecting` resolves: what the handshake settled (the peer's
+/// datagram support, the RTT, the remote address) is known at once, also to a task on
+/// another thread than the worker's. (Before, the worker woke the task before it filled
+/// these in: a `send_datagram` at once could fail with `UnsupportedByPeer`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_handshake_settled_is_known_when_the_connection_resolves() {
+    for mode in MODES {
+        let (ep, cert) = echo_server(mode);
+        let server = ep.local_addr().unwrap();
+        with_client(mode, cert, move |client: Endpoint| async move {
+            for round in 0..50 {
+                let conn = client.connect(server, "localhost").unwrap().await.unwrap();
+                assert!(
+                    conn.max_datagram_size().is_some(),
+                    "{mode:?} round {round}: datagrams"
+                );
+                assert_eq!(conn.remote_address(), server, "{mode:?} round {round}");
+                conn.close(VarInt::from_u32(0), b"");
+            }
+        })
+        .await;
+        ep.close(VarInt::from_u32(0), b"");
+        guard("idle", ep.wait_idle()).await;
+    }
+}

@@ -530,7 +530,8 @@ impl Handler for Driver {
             st.established = true;
             st.info.handshake = conn.handshake_data();
             st.info.peer_certificates = conn.peer_certificates();
-            st.info.datagrams_enabled = conn.max_datagram_size().is_some();
+            // Before the wake: the woken task may ask at once (on another thread).
+            refresh(conn, &mut st);
             if let Some(w) = st.connecting.take() {
                 w.wake();
             }

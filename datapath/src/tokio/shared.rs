@@ -466,7 +466,6 @@ pub(crate) struct Info {
     pub local_ip: Option<std::net::IpAddr>,
     pub rtt: std::time::Duration,
     pub max_datagram: Option<usize>,
-    pub datagrams_enabled: bool,
     pub handshake: Option<quinn_proto::crypto::rustls::HandshakeData>,
     pub peer_certificates: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
     pub stats: Option<quinn_proto::ConnectionStats>,
