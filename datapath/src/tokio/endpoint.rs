@@ -212,17 +212,17 @@ impl Endpoint {
 
     /// Waits until no connection is alive (after [`Endpoint::close`], say: they have closed
     /// and drained, within the engine's drain timeout).
-    pub fn wait_idle(&self) -> impl Future<Output = ()> + Send + '_ {
-        poll_fn(move |cx| {
+    pub async fn wait_idle(&self) {
+        loop {
+            // Enabled before the check: an end between the two still wakes it.
+            let idle = self.shared.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
             if self.open_connections() == 0 {
-                return Poll::Ready(());
+                return;
             }
-            register(&mut lock(&self.shared.idle_waiters), cx.waker());
-            if self.open_connections() == 0 {
-                return Poll::Ready(());
-            }
-            Poll::Pending
-        })
+            idle.await;
+        }
     }
 
     /// The engine's counters, summed over the workers.

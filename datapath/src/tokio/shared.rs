@@ -239,7 +239,9 @@ pub(crate) struct EndpointShared {
     pub refusing: std::sync::atomic::AtomicBool,
     /// Connections alive (registered on a worker, not closed yet).
     pub open: AtomicUsize,
-    pub idle_waiters: Mutex<WakerList>,
+    /// Notified when `open` falls to 0 (a `Notify`: a dropped `wait_idle` leaves nothing
+    /// behind).
+    pub idle: tokio::sync::Notify,
     pub next_worker: AtomicUsize,
     pub local_addr: OnceLock<SocketAddr>,
     /// Notified once `handle` is set: the engine has started.
@@ -274,7 +276,7 @@ impl EndpointShared {
             closing: Default::default(),
             refusing: Default::default(),
             open: AtomicUsize::new(0),
-            idle_waiters: Mutex::default(),
+            idle: tokio::sync::Notify::new(),
             next_worker: AtomicUsize::new(0),
             local_addr: OnceLock::new(),
         }
@@ -341,10 +343,7 @@ impl EndpointShared {
     /// A registered connection ended.
     pub fn ended(&self) {
         if self.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let waiters = std::mem::take(&mut *lock(&self.idle_waiters));
-            for w in waiters {
-                w.wake();
-            }
+            self.idle.notify_waiters();
         }
     }
 }
