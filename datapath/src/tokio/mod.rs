@@ -53,6 +53,11 @@
 //! - received data waits in the stream's queue, not in quinn-proto: each chunk under 8 KiB
 //!   is copied out of its receive buffer as it is queued (quinn copies once too, when the
 //!   application reads into its buffer); `read_chunk` then hands out that copy;
+//! - a stream the peer resets still hands out the octets already in its queue before
+//!   `ReadError::Reset` (quinn drops what it had not handed out); a stream the peer stops
+//!   (STOP_SENDING) is reset by the worker at once with the peer's code, so a later
+//!   `SendStream::reset` with another code is not seen by the peer (quinn leaves the reset
+//!   to the application);
 //! - not offered: 0-RTT ([`Connecting::into_0rtt`] always gives the `Connecting` back, as
 //!   quinn does when 0-RTT is impossible), unordered reads (`read_chunk(_, false)` reads in
 //!   order, which an unordered reader accepts), stream priorities, `Endpoint::rebind`;
