@@ -44,7 +44,8 @@ use crate::xsk::umem::{Umem, UmemConfig};
 pub enum PollMode {
     /// Never sleep: spin on the rings (lowest latency, one core per worker).
     Busy,
-    /// Spin for `spin`, then sleep in poll(2) until the socket is readable or a timer is due.
+    /// Spin for up to `spin` (less after spins that caught no frame: [`super::spin`]),
+    /// then sleep in poll(2) until the socket is readable or a timer is due.
     Adaptive { spin: Duration },
 }
 
@@ -241,6 +242,8 @@ pub struct XskBackend {
     local: Local,
     counters: Arc<XskCounters>,
     canary_countdown: u32,
+    /// The spin before each sleep, in adaptive poll mode ([`super::spin`]).
+    spin: super::spin::Spin,
 }
 
 impl XskBackend {
@@ -291,6 +294,10 @@ impl XskBackend {
             local: Local::default(),
             counters: Arc::new(XskCounters::default()),
             canary_countdown: CANARY_EVERY,
+            spin: super::spin::Spin::new(match cfg.poll {
+                PollMode::Adaptive { spin } => spin,
+                PollMode::Busy => Duration::ZERO,
+            }),
             cfg,
         };
         b.sock.refill(b.fill_target);
@@ -529,16 +536,23 @@ impl Backend for XskBackend {
         want_write: bool,
         waker: &Waker,
     ) -> io::Result<()> {
-        let spin = match self.cfg.poll {
-            PollMode::Busy => return Ok(()),
-            PollMode::Adaptive { spin } => spin,
-        };
-        let until = Instant::now() + spin;
-        while Instant::now() < until {
-            if self.sock.rx_available() > 0 || deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(());
+        if self.cfg.poll == PollMode::Busy {
+            return Ok(());
+        }
+        let spin = self.spin.next();
+        if !spin.is_zero() {
+            let until = Instant::now() + spin;
+            loop {
+                let now = Instant::now();
+                if self.sock.rx_available() > 0 || deadline.is_some_and(|d| now >= d) {
+                    return Ok(());
+                }
+                if now >= until {
+                    break;
+                }
+                std::hint::spin_loop();
             }
-            std::hint::spin_loop();
+            self.spin.missed();
         }
         let deadline = self.before_sleep(deadline);
         // A negative fd (no service socket) is ignored by poll. Writability is the TX ring's
@@ -557,7 +571,12 @@ impl Backend for XskBackend {
                 want_write && kernel_tx,
             ),
         ];
-        poll_fds(&mut fds, deadline)
+        let slept = Instant::now();
+        poll_fds(&mut fds, deadline)?;
+        if self.sock.rx_available() > 0 {
+            self.spin.woke_to_frames(slept.elapsed());
+        }
+        Ok(())
     }
 
     fn readiness(&self) -> Option<super::Readiness> {

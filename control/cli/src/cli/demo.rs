@@ -65,7 +65,8 @@ pub struct DemoArgs {
     /// 19 rounds (busy: 6): busy ×0.59 bulk, ×0.54 requests/s; adaptive 0 µs ×0.98 / ×0.98,
     /// 10 µs ×0.97 / ×0.98 (14 rounds), 25 µs ×0.99 / ×1.01, 50 µs (serve's default) ×0.96 /
     /// ×0.94. With 50,000 requests, 15 rounds each, alternating: 0 µs ×0.99 / ×1.03 (IQR of
-    /// requests/s 0.96–1.04), 25 µs ×1.01 / ×0.94 (0.92–0.98): 0 µs is the default.
+    /// requests/s 0.96–1.04), 25 µs ×1.01 / ×0.94 (0.92–0.98): 0 µs is the default. (These
+    /// were fixed spins; a spin now shrinks when it catches nothing, `backend::spin`.)
     #[arg(long, value_enum, default_value_t = args::PollArg::Adaptive)]
     pub poll: args::PollArg,
     /// AF_XDP, adaptive polling: microseconds an idle worker spins before it sleeps.
