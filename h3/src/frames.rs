@@ -61,6 +61,8 @@ enum Exactly {
 
 /// The frame type of DATA (RFC 9114 §7.2.1).
 const DATA: u64 = 0x0;
+/// The frame type of SETTINGS (RFC 9114 §7.2.4).
+const SETTINGS: u64 = 0x4;
 /// The frame types whose payload is one integer (RFC 9114 §7.2.3, §7.2.6, §7.2.7).
 const CANCEL_PUSH: u64 = 0x3;
 const GOAWAY: u64 = 0x7;
@@ -107,6 +109,8 @@ pub struct FrameFilter {
     varint_at: usize,
     /// The stream type of a unidirectional stream, once read.
     stream_type: Option<u64>,
+    /// A control stream's first frame has come (it must be SETTINGS).
+    first_frame: bool,
 }
 
 /// A frame refused.
@@ -123,6 +127,10 @@ pub enum FrameError {
     /// The stream ended inside a frame: a connection error of type H3_FRAME_ERROR (RFC
     /// 9114 §7.1).
     Truncated,
+    /// A control stream whose first frame is not SETTINGS, of whatever type (h3 checks the
+    /// types it sees; frames of undefined types it never sees): a connection error of type
+    /// H3_MISSING_SETTINGS (RFC 9114 §6.2.1).
+    MissingSettings,
 }
 
 impl std::fmt::Display for FrameError {
@@ -139,6 +147,9 @@ impl std::fmt::Display for FrameError {
                  integer"
             ),
             FrameError::Truncated => write!(f, "the stream ended inside a frame"),
+            FrameError::MissingSettings => {
+                write!(f, "a control stream whose first frame is not SETTINGS")
+            }
         }
     }
 }
@@ -219,6 +230,7 @@ impl FrameFilter {
             head_len: 0,
             varint_at: 0,
             stream_type: None,
+            first_frame: false,
         }
     }
 
@@ -293,7 +305,15 @@ impl FrameFilter {
                                 State::Unframed
                             };
                         }
-                        State::FrameType => self.state = State::Length(v),
+                        State::FrameType => {
+                            if self.stream_type == Some(CONTROL) && !self.first_frame {
+                                if v != SETTINGS {
+                                    return Err(FrameError::MissingSettings);
+                                }
+                                self.first_frame = true;
+                            }
+                            self.state = State::Length(v);
+                        }
                         State::Length(ty) => {
                             let keep = defined(ty);
                             if keep && v > max_len(ty) {
@@ -535,7 +555,7 @@ mod tests {
         }
         // A stream type in two octets, split.
         let mut s = varint(CONTROL, 2);
-        s.extend(frame(0x7, MAX_FRAME + 1, 0));
+        s.extend(frame(0x4, MAX_FRAME + 1, 0));
         let mut g = FrameFilter::uni();
         assert_eq!(g.filter(Bytes::copy_from_slice(&s[..1])).unwrap().len(), 0);
         assert_eq!(g.stream_type(), None);
@@ -556,6 +576,7 @@ mod tests {
             // Good: each length of integer.
             for len in [1usize, 2, 4, 8] {
                 let mut s = varint(CONTROL, 1);
+                s.extend(frame(0x4, 0, 0));
                 s.extend(frame(ty, len as u64, 0));
                 s.extend(varint(5, len));
                 s.extend(frame(0x4, 0, 0));
@@ -572,6 +593,7 @@ mod tests {
                 (4, vec![0x40, 0, 0, 0], malformed(4)),
             ] {
                 let mut s = varint(CONTROL, 1);
+                s.extend(frame(0x4, 0, 0));
                 s.extend(frame(ty, len, 0));
                 s.extend(payload);
                 s.extend(frame(DATA, 1 << 40, 100));
@@ -638,5 +660,35 @@ mod tests {
             ends(FrameFilter::uni(), &control),
             Err(FrameError::Truncated)
         );
+    }
+
+    /// A control stream must begin with SETTINGS (RFC 9114 §6.2.1), also when what comes
+    /// first is a frame of an undefined type, which h3 would never see.
+    #[test]
+    fn a_control_stream_must_begin_with_settings() {
+        let reserved = 0x1f * 1337 + 0x21;
+        for first in [reserved, GOAWAY, DATA] {
+            let mut s = varint(CONTROL, 1);
+            s.extend(frame(first, 1, 1));
+            s.extend(frame(0x4, 0, 0));
+            for split in SPLITS {
+                assert_eq!(
+                    seen(FrameFilter::uni(), &s, split),
+                    Err(FrameError::MissingSettings),
+                    "first {first:#x} split {split}"
+                );
+            }
+        }
+        // SETTINGS first, then anything: as before.
+        let mut s = varint(CONTROL, 1);
+        s.extend(frame(0x4, 0, 0));
+        s.extend(frame(reserved, 1, 1));
+        s.extend(frame(0x4, 0, 0));
+        let mut want = varint(CONTROL, 1);
+        want.extend(frame(0x4, 0, 0));
+        want.extend(frame(0x4, 0, 0));
+        assert_eq!(seen(FrameFilter::uni(), &s, 1).unwrap(), want);
+        // Request streams have no such rule.
+        assert!(seen(FrameFilter::bidi(), &frame(reserved, 1, 1), 1).is_ok());
     }
 }

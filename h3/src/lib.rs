@@ -664,7 +664,8 @@ impl RecvStream {
     /// (H3_EXCESSIVE_LOAD) and h3 sees the stream fail; on the peer's control stream, which
     /// must not be stopped (RFC 9114 §6.2.1), the connection is closed with
     /// H3_EXCESSIVE_LOAD. A malformed or truncated frame closes the connection with
-    /// H3_FRAME_ERROR (RFC 9114 §7.1).
+    /// H3_FRAME_ERROR (RFC 9114 §7.1), a control stream that does not begin with SETTINGS
+    /// with H3_MISSING_SETTINGS (§6.2.1).
     fn refuse(&mut self, refused: frames::FrameError) -> StreamErrorIncoming {
         self.ended = true;
         let (code, why): (_, &[u8]) = match refused {
@@ -677,6 +678,10 @@ impl RecvStream {
             frames::FrameError::Truncated => (
                 h3::error::Code::H3_FRAME_ERROR,
                 b"stream ended inside a frame",
+            ),
+            frames::FrameError::MissingSettings => (
+                h3::error::Code::H3_MISSING_SETTINGS,
+                b"control stream without SETTINGS first",
             ),
         };
         let connection_error = !matches!(refused, frames::FrameError::TooLong { .. });
