@@ -51,9 +51,20 @@ impl Wakes {
     }
 }
 
-/// Registers `w` in `list` unless a waker there wakes the same task.
+/// Waiters a list holds before it is woken whole ([`register`]).
+const MAX_WAITERS: usize = 64;
+
+/// Registers `w` in `list` unless a waker there wakes the same task. A list that holds
+/// [`MAX_WAITERS`] already is woken whole first: a future dropped while it waited leaves its
+/// waker behind (tasks that race `accept_bi` in a `select!`, say), and the waiters still
+/// alive only poll again and register anew, so the list stays bounded.
 pub(crate) fn register(list: &mut WakerList, w: &Waker) {
     if !list.iter().any(|x| x.will_wake(w)) {
+        if list.len() >= MAX_WAITERS {
+            for old in list.drain(..) {
+                old.wake();
+            }
+        }
         list.push(w.clone());
     }
 }
@@ -789,5 +800,37 @@ mod tests {
         let ids: Vec<u64> = std::iter::from_fn(|| q.next()).map(|a| a.id.0).collect();
         assert_eq!(ids, [3, 5]);
         assert!(q.attempts.is_empty());
+    }
+
+    struct Counted(AtomicUsize);
+
+    impl std::task::Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Wakers of tasks that stopped waiting (their futures dropped) do not pile up: past
+    /// `MAX_WAITERS` distinct tasks, the list is woken whole and starts again; the same
+    /// task twice is held once.
+    #[test]
+    fn waiter_lists_stay_bounded() {
+        let tasks: Vec<Arc<Counted>> = (0..MAX_WAITERS * 3 + 1)
+            .map(|_| Arc::new(Counted(AtomicUsize::new(0))))
+            .collect();
+        let mut list = WakerList::new();
+        for t in &tasks {
+            let w = Waker::from(t.clone());
+            register(&mut list, &w);
+            register(&mut list, &w);
+            assert!(list.len() <= MAX_WAITERS);
+        }
+        assert_eq!(list.len(), 1);
+        let woken: usize = tasks.iter().map(|t| t.0.load(Ordering::Relaxed)).sum();
+        assert_eq!(
+            woken,
+            MAX_WAITERS * 3,
+            "each one woken once, the last still waiting"
+        );
     }
 }
