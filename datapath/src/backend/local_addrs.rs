@@ -47,6 +47,9 @@ const QUESTIONS: u32 = 256;
 /// crate).
 const MSG_PROBE: libc::c_int = 0x10;
 
+/// `getsockopt(2)` option: the socket's network namespace cookie (asm-generic/socket.h).
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
 /// `ioctl(2)` request for a descriptor of a socket's network namespace (linux/sockios.h).
 const SIOCGSKNS: libc::c_ulong = 0x894C;
 
@@ -94,19 +97,32 @@ impl LocalAddrs {
     }
 
     /// Probes made in `socket`'s network namespace: in the calling thread's when it is that
-    /// one (or when the kernel does not tell, without CAP_NET_ADMIN), else on a short-lived
-    /// thread that enters it (CAP_SYS_ADMIN; without it, no probes: every address is
-    /// answerable).
+    /// one, else on a short-lived thread that enters it (CAP_SYS_ADMIN; without it, no
+    /// probes: every address is answerable). The namespaces are told apart by their cookies
+    /// (`SO_NETNS_COOKIE`, Linux 5.14, no privilege needed), else by the namespace itself
+    /// (`SIOCGSKNS`, CAP_NET_ADMIN); where neither tells, the thread's is taken.
     pub fn beside(socket: &impl AsFd) -> Self {
         let here = Self::here();
-        let mine = here.v4.as_ref().or(here.v6.as_ref()).and_then(netns_of);
-        let theirs = netns_of(socket);
-        match (mine, theirs) {
-            (Some((_, a)), Some((ns, b))) if a != b => {
-                std::thread::scope(|s| s.spawn(|| Self::entering(&ns)).join()).unwrap_or_default()
-            }
-            _ => here,
+        let mine = here.v4.as_ref().or(here.v6.as_ref());
+        let same = match (mine.and_then(netns_cookie), netns_cookie(socket)) {
+            (Some(a), Some(b)) => a == b,
+            _ => match (mine.and_then(netns_of), netns_of(socket)) {
+                (Some((_, a)), Some((_, b))) => a == b,
+                _ => true,
+            },
+        };
+        if same {
+            return here;
         }
+        let Some((ns, _)) = netns_of(socket) else {
+            tracing::warn!(
+                "the sockets' network namespace is not this thread's and cannot be entered \
+                 (CAP_NET_ADMIN): datagrams sent to an address a reply cannot go out from are \
+                 not recognised"
+            );
+            return Self::default();
+        };
+        std::thread::scope(|s| s.spawn(|| Self::entering(&ns)).join()).unwrap_or_default()
     }
 
     /// On a thread of its own: enters `ns` (that thread stays there until it ends) and makes
@@ -255,6 +271,24 @@ fn probe_from(probe: &Socket, ip: IpAddr) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The cookie of `socket`'s network namespace (unique for the system's life); `None` on
+/// kernels before 5.14.
+fn netns_cookie(socket: &impl AsFd) -> Option<u64> {
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` octets into the live `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len as usize == std::mem::size_of::<u64>()).then_some(cookie)
 }
 
 /// A descriptor of `socket`'s network namespace and its identity (device, inode); `None`
