@@ -1297,3 +1297,41 @@ fn serve_over_af_xdp_serves_the_active_queues() {
     let (ok, stderr) = server.stop();
     assert!(ok, "{stderr}");
 }
+
+/// AF_XDP options given to a server that serves over kernel UDP (`--backend udp`, or `auto`
+/// without `--iface`) are refused before anything is done, naming them; before, they were
+/// ignored without a word.
+#[test]
+fn af_xdp_options_over_kernel_udp_are_refused() {
+    for (backend, extra, named) in [
+        (
+            "udp",
+            &["--queues", "0-1", "--huge-pages"][..],
+            "--queues, --huge-pages are",
+        ),
+        ("udp", &["--iface", "lo"][..], "--iface is an"),
+        (
+            "auto",
+            &["--umem-frames", "8192"][..],
+            "--umem-frames is an",
+        ),
+        (
+            "auto",
+            &["--xdp-shield"][..],
+            "--xdp-shield needs the AF_XDP backend",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--backend", backend])
+            .args(["--app", "echo"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{backend} {extra:?}");
+        assert!(
+            text(&out.stderr).contains(named),
+            "{backend} {extra:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}

@@ -40,6 +40,19 @@ impl ServiceConfig {
                 xdp_quic_ebpf::MAX_PORTS
             )));
         }
+        // No packet is addressed to these as a service's destination: an attachment for
+        // one would steer nothing.
+        if let Some(a) = self.addrs.iter().find(|a| {
+            let a = a.to_canonical();
+            a.is_unspecified()
+                || a.is_multicast()
+                || matches!(a, IpAddr::V4(v4) if v4.is_broadcast())
+        }) {
+            return Err(XdpError::BadArgument(format!(
+                "{a} is not an address a service is reached at (unspecified, multicast or \
+                 broadcast): leave --addr out to steer every address"
+            )));
+        }
         let v4 = self.addrs.iter().filter(|a| a.is_ipv4()).count();
         if v4 > xdp_quic_ebpf::MAX_ADDRS as usize
             || self.addrs.len() - v4 > xdp_quic_ebpf::MAX_ADDRS as usize
@@ -381,4 +394,33 @@ pub(crate) fn owner_alive(o: &XskOwner) -> bool {
     };
     rd.flatten()
         .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == want.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An address no service is reached at is refused, whatever the family; the host's
+    /// own kinds of address are taken.
+    #[test]
+    fn addresses_no_packet_is_sent_to_are_refused() {
+        let with = |a: &str| ServiceConfig {
+            ports: [443].into(),
+            addrs: [a.parse().unwrap()].into(),
+        };
+        for bad in [
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "ff02::1",
+            "255.255.255.255",
+            "::ffff:0.0.0.0",
+        ] {
+            let e = with(bad).validate().expect_err(bad);
+            assert!(e.to_string().contains("not an address"), "{bad}: {e}");
+        }
+        for good in ["10.0.0.1", "fd00::1", "127.0.0.1", "10.0.0.255"] {
+            with(good).validate().unwrap();
+        }
+    }
 }

@@ -57,7 +57,7 @@ pub struct ServeArgs {
     pub xdp_mode: super::xdp::ModeArg,
     /// AF_XDP: UMEM frames per queue (2 KiB each; a power of two). A queue needs
     /// frames × 2 KiB of locked memory (8 MiB by default).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = DEFAULT_UMEM_FRAMES)]
     pub umem_frames: u32,
     /// AF_XDP: do not verify UDP checksums of received frames (only where the NIC does).
     #[arg(long)]
@@ -156,7 +156,49 @@ pub fn builder(a: &ServeArgs) -> anyhow::Result<EngineBuilder> {
     Ok(b)
 }
 
+/// `--umem-frames`' default.
+const DEFAULT_UMEM_FRAMES: u32 = 4096;
+
+/// Refuses, before anything is done, the AF_XDP options of a server that will serve over
+/// kernel UDP (`--backend udp`, or `auto` without `--iface`): they would be ignored.
+fn refuse_ignored_xdp_flags(a: &ServeArgs) -> anyhow::Result<()> {
+    let over_udp = match a.backend {
+        BackendArg::Udp => true,
+        BackendArg::Xdp => false,
+        BackendArg::Auto => a.iface.is_none(),
+    };
+    if !over_udp {
+        return Ok(());
+    }
+    if a.xdp_shield {
+        bail!("--xdp-shield needs the AF_XDP backend (--backend xdp --iface IF)");
+    }
+    let set = [
+        ("--iface", a.iface.is_some()),
+        ("--queues", a.queues.is_some()),
+        ("--poll", a.poll != PollArg::Adaptive),
+        ("--bind-mode", a.bind_mode != BindArg::Auto),
+        ("--tx", a.tx != TxArg::Auto),
+        ("--xdp-mode", a.xdp_mode != super::xdp::ModeArg::Auto),
+        ("--umem-frames", a.umem_frames != DEFAULT_UMEM_FRAMES),
+        ("--skip-checksum", a.skip_checksum),
+        ("--busy-poll", a.busy_poll.is_some()),
+        ("--huge-pages", a.huge_pages),
+    ];
+    let named: Vec<&str> = set.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect();
+    if !named.is_empty() {
+        bail!(
+            "{} {} AF_XDP options: serving over kernel UDP, they would be ignored (add \
+             --backend xdp --iface IF, or leave them out)",
+            named.join(", "),
+            if named.len() == 1 { "is an" } else { "are" }
+        );
+    }
+    Ok(())
+}
+
 pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
+    refuse_ignored_xdp_flags(a)?;
     if let Some(ns) = &a.netns {
         xdp_quic_control::xdp::netns::enter(ns)?;
     }
