@@ -178,8 +178,12 @@ pub fn status() -> anyhow::Result<Vec<IfaceStatus>> {
         if link.xdp_prog_id == 0 || pinned.contains(&link.xdp_prog_id) {
             continue;
         }
-        if let Some(s) = unpinned(&link)? {
-            out.push(s);
+        // A program that goes while this reads it (its process exited, its maps gone
+        // halfway) is left out with a warning; it does not fail the whole status.
+        match unpinned(&link) {
+            Ok(Some(s)) => out.push(s),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("status of {}: {e:#}", link.name),
         }
     }
     out.sort_by(|a, b| a.iface.cmp(&b.iface));
