@@ -960,29 +960,12 @@ async fn limits_of_zero_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_the_endpoint_ends_what_its_tasks_wait_for() {
     for mode in MODES {
-        let (tx, rx) = std::sync::mpsc::channel::<xdp_quic::tokio::Connection>();
-        let tx = std::sync::Mutex::new(tx);
-        let (ep, cert) = server(mode, 1, Limits::default(), move |ep: Endpoint| {
-            let tx = tx.lock().unwrap().clone();
-            async move {
-                if let Some(incoming) = ep.accept().await {
-                    let _ = tx.send(incoming.await.unwrap());
-                }
-            }
-        });
+        let (ep, cert, rx) = first_connection_server(mode, Limits::default());
         let client = quinn_client(cert, async_echo::ALPN);
         let qc = quinn_connect(&client, ep.local_addr().unwrap()).await;
         let (mut qsend, _qrecv) = qc.open_bi().await.unwrap();
         qsend.write_all(b"hi").await.unwrap();
-        let conn = guard("the server's connection", async {
-            loop {
-                if let Ok(c) = rx.try_recv() {
-                    break c;
-                }
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
+        let conn = first_connection(&rx).await;
         let (mut send, _recv) = guard("the client's stream", conn.accept_bi())
             .await
             .unwrap();
@@ -1018,22 +1001,51 @@ async fn closing_the_endpoint_ends_what_its_tasks_wait_for() {
     }
 }
 
+/// A server (one worker, `limits`) whose application hands its first connection to the
+/// test, through the receiver ([`first_connection`]).
+fn first_connection_server(
+    mode: Mode,
+    limits: Limits,
+) -> (
+    Endpoint,
+    CertificateDer<'static>,
+    std::sync::mpsc::Receiver<xdp_quic::tokio::Connection>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<xdp_quic::tokio::Connection>();
+    let tx = std::sync::Mutex::new(tx);
+    let (ep, cert) = server(mode, 1, limits, move |ep: Endpoint| {
+        let tx = tx.lock().unwrap().clone();
+        async move {
+            if let Some(incoming) = ep.accept().await {
+                let _ = tx.send(incoming.await.unwrap());
+            }
+        }
+    });
+    (ep, cert, rx)
+}
+
+/// The connection a [`first_connection_server`] hands over, once it has it.
+async fn first_connection(
+    rx: &std::sync::mpsc::Receiver<xdp_quic::tokio::Connection>,
+) -> xdp_quic::tokio::Connection {
+    guard("the server's connection", async {
+        loop {
+            if let Ok(c) = rx.try_recv() {
+                break c;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+}
+
 /// Streams the peer opened and finished before it closed the connection are still handed
 /// out by `accept_uni`, with their data, as quinn does (before, the close emptied the accept
 /// queue: the last request of a client that closed at once was lost).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_the_peer_sent_before_closing_are_still_accepted() {
     for mode in MODES {
-        let (tx, rx) = std::sync::mpsc::channel::<xdp_quic::tokio::Connection>();
-        let tx = std::sync::Mutex::new(tx);
-        let (ep, cert) = server(mode, 1, Limits::default(), move |ep: Endpoint| {
-            let tx = tx.lock().unwrap().clone();
-            async move {
-                if let Some(incoming) = ep.accept().await {
-                    let _ = tx.send(incoming.await.unwrap());
-                }
-            }
-        });
+        let (ep, cert, rx) = first_connection_server(mode, Limits::default());
         let client = quinn_client(cert, async_echo::ALPN);
         let qc = quinn_connect(&client, ep.local_addr().unwrap()).await;
         let mut s = qc.open_uni().await.unwrap();
@@ -1043,15 +1055,7 @@ async fn streams_the_peer_sent_before_closing_are_still_accepted() {
             .await
             .unwrap();
         qc.close(VarInt::from_u32(9), b"done");
-        let conn = guard("the server's connection", async {
-            loop {
-                if let Ok(c) = rx.try_recv() {
-                    break c;
-                }
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
+        let conn = first_connection(&rx).await;
         guard("the server hears the close", conn.closed()).await;
         let mut recv = guard("the stream sent before the close", conn.accept_uni())
             .await
@@ -1079,27 +1083,10 @@ async fn data_acknowledged_before_the_peer_closed_is_read_whole() {
             stream_receive: 16 << 10,
             ..Limits::default()
         };
-        let (tx, rx) = std::sync::mpsc::channel::<xdp_quic::tokio::Connection>();
-        let tx = std::sync::Mutex::new(tx);
-        let (ep, cert) = server(mode, 1, limits, move |ep: Endpoint| {
-            let tx = tx.lock().unwrap().clone();
-            async move {
-                if let Some(incoming) = ep.accept().await {
-                    let _ = tx.send(incoming.await.unwrap());
-                }
-            }
-        });
+        let (ep, cert, rx) = first_connection_server(mode, limits);
         let client = quinn_client(cert, async_echo::ALPN);
         let qc = quinn_connect(&client, ep.local_addr().unwrap()).await;
-        let conn = guard("the server's connection", async {
-            loop {
-                if let Ok(c) = rx.try_recv() {
-                    break c;
-                }
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
+        let conn = first_connection(&rx).await;
         let (data_bi, data_uni) = (payload(31, LEN), payload(32, LEN));
         let (mut bi, _bi_back) = qc.open_bi().await.unwrap();
         bi.write_all(&data_bi[..1]).await.unwrap();

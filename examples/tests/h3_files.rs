@@ -63,6 +63,15 @@ fn server_with(
     stop: watch::Receiver<bool>,
     limits: HqLimits,
 ) -> (Endpoint, CertificateDer<'static>) {
+    let (ep, cert) = bare_server();
+    let h3 = H3Server::new(root, limits).unwrap();
+    tokio::spawn(h3.serve(ep.clone(), stop));
+    (ep, cert)
+}
+
+/// A UDP endpoint of ours with the file server's ALPN and no application: the test plays
+/// the server by hand.
+fn bare_server() -> (Endpoint, CertificateDer<'static>) {
     let (id, cert) = identity();
     let engine = EngineBuilder::default()
         .workers(1)
@@ -71,9 +80,28 @@ fn server_with(
     let ep = Builder::new(engine)
         .bind_udp("127.0.0.1:0".parse().unwrap())
         .unwrap();
-    let h3 = H3Server::new(root, limits).unwrap();
-    tokio::spawn(h3.serve(ep.clone(), stop));
     (ep, cert)
+}
+
+/// Our client's `fetch` of `path` from `server` (a [`bare_server`]) on a task: the client
+/// endpoint, its connection, the server's side of it (for the test to answer by hand), and
+/// the fetch.
+async fn fetch_by_hand(
+    server: &Endpoint,
+    cert: CertificateDer<'static>,
+    path: &str,
+) -> (
+    Endpoint,
+    Connection,
+    Connection,
+    tokio::task::JoinHandle<anyhow::Result<Vec<h3_files::Fetched>>>,
+) {
+    let ((client, conn), server_side) = tokio::join!(connect(server, cert), async {
+        server.accept().await.unwrap().await.unwrap()
+    });
+    let (c, paths) = (conn.clone(), vec![path.to_string()]);
+    let fetch = tokio::spawn(async move { h3_files::fetch(c, "localhost", &paths, 1 << 10).await });
+    (client, conn, server_side, fetch)
 }
 
 /// A connection of a client endpoint of ours to `server`.
@@ -568,24 +596,11 @@ async fn malformed_and_truncated_frames_close_the_connection() {
 /// MAX_PUSH_ID): the client closes the connection with H3_ID_ERROR (RFC 9114 §4.6).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_stream_to_the_client_closes_the_connection_with_h3_id_error() {
-    let (id, cert) = identity();
-    let engine = EngineBuilder::default()
-        .workers(1)
-        .server(tls::server_config(id, &[ALPN]).unwrap())
-        .drain_timeout(DRAIN);
-    let ep = Builder::new(engine)
-        .bind_udp("127.0.0.1:0".parse().unwrap())
-        .unwrap();
+    let (ep, cert) = bare_server();
     guard("a push stream to the client", async {
-        let ((_client, conn), server_side) = tokio::join!(connect(&ep, cert), async {
-            ep.accept().await.unwrap().await.unwrap()
-        });
         // A request this server never answers: the client is still at work when the push
         // stream comes.
-        let c = conn.clone();
-        let fetch = tokio::spawn(async move {
-            h3_files::fetch(c, "localhost", &["/never".to_string()], 1 << 10).await
-        });
+        let (_client, conn, server_side, fetch) = fetch_by_hand(&ep, cert, "/never").await;
         let mut push = server_side.open_uni().await.unwrap();
         // Push stream type, push ID 0, then nothing more.
         push.write_all(&[0x01, 0x00]).await.unwrap();
@@ -611,23 +626,10 @@ async fn a_push_stream_to_the_client_closes_the_connection_with_h3_id_error() {
 /// whole one. A response whose length agrees is fetched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_shorter_than_its_content_length_fails_the_fetch() {
-    let (id, cert) = identity();
-    let engine = EngineBuilder::default()
-        .workers(1)
-        .server(tls::server_config(id, &[ALPN]).unwrap())
-        .drain_timeout(DRAIN);
-    let ep = Builder::new(engine)
-        .bind_udp("127.0.0.1:0".parse().unwrap())
-        .unwrap();
+    let (ep, cert) = bare_server();
     guard("a body shorter than its content-length", async {
         for (announced, sent) in [(100u8, 50usize), (50, 50)] {
-            let ((_client, conn), server_side) = tokio::join!(connect(&ep, cert.clone()), async {
-                ep.accept().await.unwrap().await.unwrap()
-            });
-            let c = conn.clone();
-            let fetch = tokio::spawn(async move {
-                h3_files::fetch(c, "localhost", &["/x".to_string()], 1 << 10).await
-            });
+            let (_client, _conn, server_side, fetch) = fetch_by_hand(&ep, cert.clone(), "/x").await;
             // The server's control stream (SETTINGS), then the response, by hand: :status
             // 200 (static 25) and content-length (static name 4) as a literal (RFC 9204
             // Appendix A).

@@ -197,37 +197,20 @@ impl Driver {
 /// Moves everything quinn-proto holds for the streams a handle may read into their queues,
 /// ends included, ignoring the receive budgets: the connection is lost, nothing more comes.
 fn drain_on_loss(conn: &mut Conn<'_>, st: &mut ConnState, wakes: &mut Wakes) {
-    let (mut buffered, mut held, mut chunks) = (st.buffered, st.held, st.chunks);
+    let mut taken = Taken::of(st);
     for slot in st.streams.values_mut() {
         if slot.stop.is_some() || slot.recv_end != RecvEnd::Open || !slot.recv_handle {
             continue;
         }
         let mut woke = false;
         loop {
-            match conn.read_chunk(slot.id, usize::MAX) {
-                Ok(Chunk::Data(b)) => {
-                    let b = own(b);
-                    slot.recv_len += b.len();
-                    buffered += b.len();
-                    chunks += 1;
-                    slot.recv.push_back(b);
-                    woke = true;
-                }
-                Ok(Chunk::Finished) => {
-                    slot.recv_end = RecvEnd::Finished;
-                    slot.held = true;
-                    held += 1;
+            match take_chunk(conn, slot, usize::MAX, &mut taken) {
+                Took::Data => woke = true,
+                Took::End => {
                     woke = true;
                     break;
                 }
-                Err(StreamError::Reset(code)) => {
-                    slot.recv_end = RecvEnd::Reset(code);
-                    slot.held = true;
-                    held += 1;
-                    woke = true;
-                    break;
-                }
-                Ok(Chunk::Blocked) | Err(_) => break,
+                Took::Nothing => break,
             }
         }
         slot.paused = false;
@@ -235,9 +218,70 @@ fn drain_on_loss(conn: &mut Conn<'_>, st: &mut ConnState, wakes: &mut Wakes) {
             wakes.add(slot.read_waker.take());
         }
     }
-    st.buffered = buffered;
-    st.held = held;
-    st.chunks = chunks;
+    taken.store(st);
+}
+
+/// The connection's receive budgets in use ([`ConnState`]'s `buffered`, `held`, `chunks`),
+/// tallied while reads move data into the slots.
+#[derive(Clone, Copy)]
+struct Taken {
+    buffered: usize,
+    held: usize,
+    chunks: usize,
+}
+
+impl Taken {
+    fn of(st: &ConnState) -> Self {
+        Self {
+            buffered: st.buffered,
+            held: st.held,
+            chunks: st.chunks,
+        }
+    }
+
+    fn store(self, st: &mut ConnState) {
+        st.buffered = self.buffered;
+        st.held = self.held;
+        st.chunks = self.chunks;
+    }
+}
+
+/// What one [`take_chunk`] moved.
+enum Took {
+    /// Octets.
+    Data,
+    /// The stream's end: finished or reset.
+    End,
+    /// Nothing, for now.
+    Nothing,
+}
+
+/// Moves one chunk of at most `max` octets of `slot`'s stream, or its end, from quinn-proto
+/// into its queue, counting it in `taken`.
+fn take_chunk(conn: &mut Conn<'_>, slot: &mut StreamSlot, max: usize, taken: &mut Taken) -> Took {
+    match conn.read_chunk(slot.id, max) {
+        Ok(Chunk::Data(b)) => {
+            let b = own(b);
+            slot.recv_len += b.len();
+            taken.buffered += b.len();
+            taken.chunks += 1;
+            slot.recv.push_back(b);
+            Took::Data
+        }
+        Ok(Chunk::Finished) => {
+            slot.recv_end = RecvEnd::Finished;
+            slot.held = true;
+            taken.held += 1;
+            Took::End
+        }
+        Err(StreamError::Reset(code)) => {
+            slot.recv_end = RecvEnd::Reset(code);
+            slot.held = true;
+            taken.held += 1;
+            Took::End
+        }
+        Ok(Chunk::Blocked) | Err(_) => Took::Nothing,
+    }
 }
 
 /// Ends connection `c` that never registered on a worker.
@@ -424,7 +468,7 @@ fn read_into(
     wakes: &mut Wakes,
 ) {
     let limits = &ep.limits;
-    let (mut buffered, mut held, mut chunks) = (st.buffered, st.held, st.chunks);
+    let mut taken = Taken::of(st);
     let mut pause = false;
     {
         let Some(slot) = st.streams.get_mut(&id) else {
@@ -436,9 +480,9 @@ fn read_into(
         let mut woke = false;
         loop {
             let starving = slot.recv_len == 0 && slot.read_waker.is_some();
-            let over = buffered >= limits.connection_receive
-                || held >= limits.held_streams
-                || chunks >= MAX_CHUNKS;
+            let over = taken.buffered >= limits.connection_receive
+                || taken.held >= limits.held_streams
+                || taken.chunks >= MAX_CHUNKS;
             if slot.recv_len >= limits.stream_receive || (over && !starving) {
                 pause = !slot.paused;
                 slot.paused = true;
@@ -449,41 +493,22 @@ fn read_into(
                 room = room.min(STARVING_GRANT);
             } else {
                 // Not past the connection's budget with this read either.
-                room = room.min(limits.connection_receive - buffered);
+                room = room.min(limits.connection_receive - taken.buffered);
             }
-            match conn.read_chunk(id, room) {
-                Ok(Chunk::Data(b)) => {
-                    let b = own(b);
-                    slot.recv_len += b.len();
-                    buffered += b.len();
-                    chunks += 1;
-                    slot.recv.push_back(b);
-                    woke = true;
-                }
-                Ok(Chunk::Finished) => {
-                    slot.recv_end = RecvEnd::Finished;
-                    slot.held = true;
-                    held += 1;
+            match take_chunk(conn, slot, room, &mut taken) {
+                Took::Data => woke = true,
+                Took::End => {
                     woke = true;
                     break;
                 }
-                Err(StreamError::Reset(code)) => {
-                    slot.recv_end = RecvEnd::Reset(code);
-                    slot.held = true;
-                    held += 1;
-                    woke = true;
-                    break;
-                }
-                Ok(Chunk::Blocked) | Err(_) => break,
+                Took::Nothing => break,
             }
         }
         if woke {
             wakes.add(slot.read_waker.take());
         }
     }
-    st.buffered = buffered;
-    st.held = held;
-    st.chunks = chunks;
+    taken.store(st);
     if pause {
         st.paused.push(id);
     }
