@@ -976,3 +976,22 @@ fn pins_whose_maps_do_not_open_are_told_apart_and_detached_only_from_their_names
     assert_eq!(xdp_prog_on(s, i), None);
     assert!(!Path::new(&pin_dir(i)).exists());
 }
+
+/// Pins are named by interface, and another namespace may have an interface of that name:
+/// `stats` reads the pinned counters only when the attachment is this namespace's. From the
+/// root namespace, which has no interface of the testbed's name, `stats` says it is not
+/// attached; with `--netns` it reads them. (Before, it read another namespace's counters and
+/// called them this interface's.)
+#[test]
+fn stats_read_no_other_namespaces_pins() {
+    if !privileged("stats_read_no_other_namespaces_pins") {
+        return;
+    }
+    let tb = Testbed::new(1);
+    let _pins = PinGuard(tb.server_if.clone());
+    let (s, i) = (tb.server.name.as_str(), tb.server_if.as_str());
+    xq_ok(&["attach", i, "--netns", s, "--port", "4433"]);
+    xq_err(&["stats", i], &format!("xdp-quic is not attached to '{i}'"));
+    let text = xq_ok(&["stats", i, "--netns", s]);
+    assert!(text.contains("v4"), "{text}");
+}

@@ -88,7 +88,7 @@ pub fn interface_counters(iface: &str) -> anyhow::Result<Counters> {
     pins::check_iface_name(iface)?;
     caps::require_xdp_admin(&format!("reading the counters of {iface}"))?;
     let dir = pins::dir(iface);
-    if pins::bpffs_mounted() && dir.join(xdp_quic_ebpf::maps::COUNTERS).exists() {
+    if pinned_here(iface) {
         return pinned_counters(iface);
     }
     if let Some(link) = netlink::link_by_name(iface)? {
@@ -108,7 +108,7 @@ pub fn interface_counters(iface: &str) -> anyhow::Result<Counters> {
 pub fn interface_owner(iface: &str) -> anyhow::Result<Owner> {
     pins::check_iface_name(iface)?;
     let dir = pins::dir(iface);
-    if pins::bpffs_mounted() && dir.join(xdp_quic_ebpf::maps::COUNTERS).exists() {
+    if pinned_here(iface) {
         return Ok(Owner::Pinned {
             pin_dir: dir,
             pinned_as: iface.into(),
@@ -127,12 +127,23 @@ pub fn interface_owner(iface: &str) -> anyhow::Result<Owner> {
     .into())
 }
 
+/// Whether xdp-quic's pins named `iface` hold counters that are not another network
+/// namespace's attachment (pins are named by interface, and another namespace may have an
+/// interface of that name: the counters of this one's `iface` are not those).
+fn pinned_here(iface: &str) -> bool {
+    pins::bpffs_mounted()
+        && pins::dir(iface)
+            .join(xdp_quic_ebpf::maps::COUNTERS)
+            .exists()
+        && !matches!(attach::inspect(iface), Ok(attach::Pinned::OtherNamespace))
+}
+
 /// Reads the counters of the program attached (pinned) on `iface`.
 pub fn pinned_counters(iface: &str) -> anyhow::Result<Counters> {
     pins::check_iface_name(iface)?;
     caps::require_xdp_admin(&format!("reading the counters of {iface}"))?;
     let dir = pins::dir(iface);
-    if !pins::bpffs_mounted() || !dir.join(xdp_quic_ebpf::maps::COUNTERS).exists() {
+    if !pinned_here(iface) {
         return Err(XdpError::NotAttached {
             iface: iface.into(),
             path: dir,
