@@ -104,6 +104,14 @@ async fn fetch_by_hand(
     (client, conn, server_side, fetch)
 }
 
+/// The error code of a connection the peer closed with an application close.
+fn close_code(e: xdp_quic::ConnectionError) -> u64 {
+    match e {
+        xdp_quic::ConnectionError::ApplicationClosed(close) => close.error_code.into_inner(),
+        other => panic!("closed with {other:?}"),
+    }
+}
+
 /// A connection of a client endpoint of ours to `server`.
 async fn connect(server: &Endpoint, cert: CertificateDer<'static>) -> (Endpoint, Connection) {
     connect_with(server, cert, xdp_quic::TransportConfig::default()).await
@@ -536,13 +544,10 @@ async fn a_huge_frame_on_the_control_stream_closes_the_connection() {
         let mut c = vec![0x00, 0x04];
         c.extend_from_slice(&varint8(xdp_quic_h3::MAX_FRAME + 1));
         control.write_all(&c).await.unwrap();
-        match conn.closed().await {
-            xdp_quic::ConnectionError::ApplicationClosed(close) => assert_eq!(
-                close.error_code.into_inner(),
-                h3::error::Code::H3_EXCESSIVE_LOAD.value()
-            ),
-            other => panic!("closed with {other:?}"),
-        }
+        assert_eq!(
+            close_code(conn.closed().await),
+            h3::error::Code::H3_EXCESSIVE_LOAD.value()
+        );
     })
     .await;
     stop_server(ep).await;
@@ -569,24 +574,14 @@ async fn malformed_and_truncated_frames_close_the_connection() {
         c.extend(std::iter::repeat_n(0x5a, 64 << 10));
         // The server may close before all of it is written.
         let _ = control.write_all(&c).await;
-        match conn.closed().await {
-            xdp_quic::ConnectionError::ApplicationClosed(close) => {
-                assert_eq!(close.error_code.into_inner(), frame_error)
-            }
-            other => panic!("closed with {other:?}"),
-        }
+        assert_eq!(close_code(conn.closed().await), frame_error);
 
         let (_client, conn) = connect(&ep, cert).await;
         let (mut send, _recv) = conn.open_bi().await.unwrap();
         let headers = raw_frame(0x01, &get_fields("/a%20b.txt"));
         send.write_all(&headers[..headers.len() - 3]).await.unwrap();
         send.finish().unwrap();
-        match conn.closed().await {
-            xdp_quic::ConnectionError::ApplicationClosed(close) => {
-                assert_eq!(close.error_code.into_inner(), frame_error)
-            }
-            other => panic!("closed with {other:?}"),
-        }
+        assert_eq!(close_code(conn.closed().await), frame_error);
     })
     .await;
     stop_server(ep).await;
@@ -608,13 +603,10 @@ async fn a_push_stream_to_the_client_closes_the_connection_with_h3_id_error() {
             xdp_quic::ConnectionError::LocallyClosed => {}
             other => panic!("closed with {other:?}"),
         }
-        match server_side.closed().await {
-            xdp_quic::ConnectionError::ApplicationClosed(close) => assert_eq!(
-                close.error_code.into_inner(),
-                h3::error::Code::H3_ID_ERROR.value()
-            ),
-            other => panic!("closed with {other:?}"),
-        }
+        assert_eq!(
+            close_code(server_side.closed().await),
+            h3::error::Code::H3_ID_ERROR.value()
+        );
         let _ = fetch.await;
     })
     .await;
@@ -691,13 +683,10 @@ async fn unidirectional_streams_h3_does_not_take_are_refused() {
         let (_client, conn) = connect(&ep, cert).await;
         let mut push = conn.open_uni().await.unwrap();
         push.write_all(&[0x01, 0x00, 0x5a]).await.unwrap();
-        match conn.closed().await {
-            xdp_quic::ConnectionError::ApplicationClosed(close) => assert_eq!(
-                close.error_code.into_inner(),
-                h3::error::Code::H3_STREAM_CREATION_ERROR.value()
-            ),
-            other => panic!("closed with {other:?}"),
-        }
+        assert_eq!(
+            close_code(conn.closed().await),
+            h3::error::Code::H3_STREAM_CREATION_ERROR.value()
+        );
     })
     .await;
     stop_server(ep).await;
