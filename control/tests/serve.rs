@@ -255,6 +255,7 @@ fn pinned_testbed(name: &str, net: u8) -> (Testbed, PinGuard) {
         },
         mode: AttachMode::Auto,
         force: false,
+        shield: None,
     };
     tb.in_server(|| xdp::attach(&tb.server_if, &opts))
         .unwrap()
@@ -398,6 +399,7 @@ fn an_update_that_would_cut_a_running_servers_traffic_is_refused() {
             },
             mode: AttachMode::Auto,
             force,
+            shield: None,
         };
         tb.in_server(|| xdp::attach(&tb.server_if, &opts).map(|_| ()))
             .unwrap()

@@ -70,6 +70,7 @@ fn skb_attach_of_4433() -> xdp_quic_control::xdp::AttachOptions {
         },
         mode: AttachMode::Skb,
         force: false,
+        shield: None,
     }
 }
 
@@ -318,6 +319,7 @@ fn ports_move_to_a_disjoint_set_that_does_not_fit_beside_the_old() {
         },
         mode: AttachMode::Skb,
         force: false,
+        shield: None,
     };
     tb.in_server(|| attach(&tb.server_if, &opts(1..41)))
         .unwrap()
@@ -482,4 +484,142 @@ fn an_interrupted_test_run_removes_its_testbeds_and_pins() {
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status}");
     assert!(!netns_exists(ns), "{ns} is left");
     assert!(!pins.exists(), "{} is left", pins.display());
+}
+
+/// `attach` sets the shield with the attachment, under the pin lock: on a new attachment
+/// before the program runs, on a live one beside the service; a shield that cannot be set
+/// changes nothing. (Before, `xdp-quic attach --shield` set it after the lock was released,
+/// and undid a failure with a detach of whatever was attached by then.)
+#[test]
+fn the_shield_is_set_with_the_attachment_under_its_lock() {
+    use std::os::unix::fs::MetadataExt;
+    use xdp_quic_control::testing::PinGuard;
+    use xdp_quic_control::xdp::shield::Rate;
+    use xdp_quic_control::xdp::{
+        attach, AttachOptions, AttachOutcome, ProgramMaps, ShieldConfig, ShieldMaps,
+    };
+
+    if !privileged("the_shield_is_set_with_the_attachment_under_its_lock") {
+        return;
+    }
+    let tb = Testbed::create(&unique_name("xh"), 1, 94).expect("testbed");
+    let _pins = PinGuard(tb.server_if.clone());
+    let opts = |ports: std::ops::Range<u16>, shield: Option<Option<ShieldConfig>>| AttachOptions {
+        service: ServiceConfig {
+            ports: ports.collect(),
+            addrs: Default::default(),
+        },
+        mode: AttachMode::Skb,
+        force: false,
+        shield,
+    };
+    let slow = ShieldConfig {
+        initial: Rate {
+            per_sec: 10,
+            burst: 10,
+        },
+        ..ShieldConfig::default()
+    };
+    let maps = || {
+        tb.in_server(|| ShieldMaps::from_pins(&tb.server_if))
+            .unwrap()
+            .expect("the pinned shield")
+    };
+    let ports = || {
+        ProgramMaps::open_pinned(&pins::dir(&tb.server_if))
+            .unwrap()
+            .read_service()
+            .unwrap()
+            .ports
+    };
+
+    // A new attachment: on from the start.
+    let got = tb
+        .in_server(|| attach(&tb.server_if, &opts(4433..4434, Some(Some(slow.clone())))))
+        .unwrap()
+        .expect("attach");
+    assert!(matches!(got, AttachOutcome::Attached { .. }), "{got:?}");
+    assert_eq!(maps().config().unwrap(), Some(slow.clone()));
+
+    // A shield the program cannot hold: refused, and the service not changed either.
+    let bad = ShieldConfig {
+        versions: vec![],
+        ..ShieldConfig::default()
+    };
+    let err = tb
+        .in_server(|| attach(&tb.server_if, &opts(5000..5001, Some(Some(bad)))))
+        .unwrap()
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("versions"), "{err:#}");
+    assert_eq!(ports(), [4433].into(), "the service is as it was");
+    assert_eq!(
+        maps().config().unwrap(),
+        Some(slow.clone()),
+        "so is the shield"
+    );
+
+    // The same service, the shield off: the service unchanged, the shield before reported.
+    let got = tb
+        .in_server(|| attach(&tb.server_if, &opts(4433..4434, Some(None))))
+        .unwrap()
+        .expect("attach --no-shield");
+    assert!(
+        matches!(&got, AttachOutcome::Unchanged { shield_before: Some(c), .. } if *c == slow),
+        "{got:?}"
+    );
+    assert_eq!(maps().config().unwrap(), None);
+
+    // An update waits for the lock, and keeps what was written under it meanwhile (a
+    // server's CID layout).
+    let root_ino = std::fs::metadata(pins::PIN_ROOT).unwrap().ino();
+    let lock = pins::PinLock::existing().unwrap().expect("the pin root");
+    std::thread::scope(|s| {
+        let attacher = s.spawn(|| {
+            tb.in_server(|| {
+                attach(
+                    &tb.server_if,
+                    &opts(4433..4435, Some(Some(ShieldConfig::default()))),
+                )
+            })
+            .unwrap()
+        });
+        wait_until("attach waits for the pin lock", GUARD, || {
+            std::fs::read_to_string("/proc/locks")
+                .unwrap()
+                .lines()
+                .any(|l| l.contains("->") && l.contains(&format!(":{root_ino} ")))
+        });
+        let mut m = maps();
+        let mut e = m.entry().unwrap();
+        e.flags |= xdp_quic_ebpf::SHIELD_CID;
+        e.cid_first = 7;
+        e.workers = 3;
+        m.set_entry(&e).unwrap();
+        assert_eq!(
+            ports(),
+            [4433].into(),
+            "nothing changed while the lock is held"
+        );
+        drop(lock);
+        let got = attacher.join().unwrap().expect("the update");
+        assert!(
+            matches!(
+                &got,
+                AttachOutcome::Updated {
+                    shield_before: None,
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
+    });
+    assert_eq!(ports(), [4433, 4434].into());
+    let m = maps();
+    assert_eq!(m.config().unwrap(), Some(ShieldConfig::default()));
+    let e = m.entry().unwrap();
+    assert_eq!(
+        (e.flags & xdp_quic_ebpf::SHIELD_CID, e.cid_first, e.workers),
+        (xdp_quic_ebpf::SHIELD_CID, 7, 3),
+        "the layout written meanwhile is kept"
+    );
 }

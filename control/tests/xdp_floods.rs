@@ -1213,6 +1213,7 @@ fn server_with_the_shield_engages_it_and_puts_it_back() {
         },
         mode: AttachMode::Auto,
         force: false,
+        shield: None,
     };
     tb.in_server(|| xdp::attach(&tb.server_if, &opts))
         .unwrap()
@@ -1362,6 +1363,7 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
         },
         mode: AttachMode::Auto,
         force: false,
+        shield: None,
     };
     tb.in_server(|| xdp::attach(&tb.server_if, &opts))
         .unwrap()

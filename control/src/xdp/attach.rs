@@ -13,7 +13,7 @@ use super::load::{self, AttachMode, Mode};
 use super::maps::{ProgramMaps, ServiceConfig};
 use super::netlink::{self, LinkState, XdpAttached};
 use super::owner::{self, Owner};
-use super::shield::ShieldMaps;
+use super::shield::{self, ShieldConfig, ShieldMaps};
 use super::{caps, netns, pins, sys, Counters, XdpError, XskRegistry};
 
 /// What [`attach`] asks for.
@@ -25,6 +25,12 @@ pub struct AttachOptions {
     pub mode: AttachMode,
     /// Replace an XDP program that xdp-quic did not attach.
     pub force: bool,
+    /// The shield: `None` leaves it as it is (off on a new attachment), `Some(None)` turns
+    /// it off, `Some(Some(config))` on (what `--shield` and `--no-shield` ask). Set under
+    /// the same lock as the rest, and on a new attachment before the program is attached:
+    /// the program never runs without the shield asked, and an attach that fails changes
+    /// neither the shield nor the service.
+    pub shield: Option<Option<ShieldConfig>>,
 }
 
 /// What [`attach`] did.
@@ -43,12 +49,15 @@ pub enum AttachOutcome {
         /// Whether stale pins (of a vanished interface) were removed first.
         removed_stale: bool,
     },
-    /// Already attached with this service configuration: nothing changed.
+    /// Already attached with this service configuration: ports and addresses unchanged
+    /// (the shield as [`AttachOptions::shield`] asked).
     Unchanged {
         /// Mode of the attachment.
         mode: Mode,
         /// Program id.
         prog_id: u32,
+        /// The shield's configuration before (`None`: off).
+        shield_before: Option<ShieldConfig>,
     },
     /// Already attached: ports/addresses updated in place.
     Updated {
@@ -58,6 +67,8 @@ pub enum AttachOutcome {
         prog_id: u32,
         /// The service before.
         before: ServiceConfig,
+        /// The shield's configuration before (`None`: off).
+        shield_before: Option<ShieldConfig>,
     },
 }
 
@@ -167,6 +178,9 @@ fn resolve(iface: &str) -> anyhow::Result<LinkState> {
 /// error says so.
 pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome> {
     opts.service.validate()?;
+    if let Some(Some(c)) = &opts.shield {
+        c.validate()?;
+    }
     caps::require_xdp_admin(&format!("attaching XDP to {iface}"))?;
     pins::require_host_bpffs("attach")?;
     // An unknown interface is refused before anything changes.
@@ -209,13 +223,7 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
                     .into());
                 }
                 let before = live.maps.read_service()?;
-                if before == opts.service {
-                    return Ok(AttachOutcome::Unchanged {
-                        mode: live.mode,
-                        prog_id: live.prog_id,
-                    });
-                }
-                if !opts.force && narrows(&before, &opts.service) {
+                if before != opts.service && !opts.force && narrows(&before, &opts.service) {
                     // The program stays the same, so a server on these queues would not
                     // notice: its datagrams would go to the kernel, and be dropped there.
                     let serving = live.maps.registered_queues(u32::MAX)?;
@@ -232,11 +240,40 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
                         );
                     }
                 }
-                live.maps.write_service(&opts.service)?;
+                // Every refusal is behind: the shield, then the service, and the shield put
+                // back if the service cannot be written.
+                let (entry, shield_before) = match &opts.shield {
+                    Some(want) => {
+                        let (entry, was) = shield::set_on_maps(&live.maps, want.as_ref())?;
+                        (Some(entry), was)
+                    }
+                    None => (
+                        None,
+                        ShieldMaps::from_maps(&live.maps.shield, &live.maps.pressure)?.config()?,
+                    ),
+                };
+                if before == opts.service {
+                    return Ok(AttachOutcome::Unchanged {
+                        mode: live.mode,
+                        prog_id: live.prog_id,
+                        shield_before,
+                    });
+                }
+                if let Err(e) = live.maps.write_service(&opts.service) {
+                    if let Some(entry) = entry {
+                        if let Err(r) = shield::restore_entry(&live.maps, &entry) {
+                            return Err(e.context(format!(
+                                "the shield was changed and could not be put back ({r:#})"
+                            )));
+                        }
+                    }
+                    return Err(e);
+                }
                 return Ok(AttachOutcome::Updated {
                     mode: live.mode,
                     prog_id: live.prog_id,
                     before,
+                    shield_before,
                 });
             }
         }
@@ -262,6 +299,10 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
         ..Config::default()
     };
     let mut loaded = load::load(&opts.service, config)?;
+    if let Some(want) = &opts.shield {
+        // Before the program is attached: it never runs without the shield asked.
+        shield::set_on_maps(&loaded.maps, want.as_ref())?;
+    }
     let replaced = clear_foreign(iface, &link_state, opts.force, Requester::Attach)?;
     let (link, mode) = load::attach_link(&mut loaded, iface, link_state.ifindex, opts.mode)
         .map_err(|e| match replaced {

@@ -535,8 +535,10 @@ impl Drop for ShieldGuard {
     }
 }
 
-/// Turns the shield on or off for `iface`'s pinned attachment (what `xdp-quic attach
-/// --shield` and `--no-shield` do); returns what it was.
+/// Turns the shield on or off for `iface`'s pinned attachment; returns what it was.
+/// `xdp-quic attach --shield` and `--no-shield` set it with the attachment, under the same
+/// lock ([`AttachOptions::shield`](super::AttachOptions::shield)); this changes the shield
+/// alone.
 pub fn set_pinned(
     iface: &str,
     config: Option<&ShieldConfig>,
@@ -545,14 +547,36 @@ pub fn set_pinned(
         c.validate()?;
     }
     let mut maps = ShieldMaps::from_pins(iface)?;
-    maps.update(|entry| {
-        let before = ShieldConfig::from_map(entry);
-        let next = match config {
-            Some(c) => c.apply(entry),
-            None => off(entry),
-        };
-        Ok((next, before))
-    })
+    maps.update(|entry| Ok(switched(entry, config)))
+}
+
+/// `entry` with the shield on with `config`, or off; and what it was.
+fn switched(entry: &Shield, config: Option<&ShieldConfig>) -> (Shield, Option<ShieldConfig>) {
+    let before = ShieldConfig::from_map(entry);
+    let next = match config {
+        Some(c) => c.apply(entry),
+        None => off(entry),
+    };
+    (next, before)
+}
+
+/// Turns the shield on (`Some`) or off on the `shield` map of a loaded program or an
+/// attachment, whose pins the caller has locked (or which has none yet). Returns the entry
+/// before, for [`restore_entry`], and the configuration it held.
+pub(crate) fn set_on_maps(
+    maps: &super::ProgramMaps,
+    config: Option<&ShieldConfig>,
+) -> anyhow::Result<(Shield, Option<ShieldConfig>)> {
+    let mut shield = ShieldMaps::from_maps(&maps.shield, &maps.pressure)?;
+    let entry = shield.entry()?;
+    let (next, before) = switched(&entry, config);
+    shield.set_entry(&next)?;
+    Ok((entry, before))
+}
+
+/// Writes back an entry [`set_on_maps`] returned.
+pub(crate) fn restore_entry(maps: &super::ProgramMaps, entry: &Shield) -> anyhow::Result<()> {
+    ShieldMaps::from_maps(&maps.shield, &maps.pressure)?.set_entry(entry)
 }
 
 /// The shield of `iface`'s pinned attachment as `xdp-quic attach --shield` set it; `Ok(None)`

@@ -185,18 +185,20 @@ pub fn attach(a: &AttachArgs) -> anyhow::Result<()> {
         service: service.clone(),
         mode: a.mode.into(),
         force: a.force,
+        // Set with the attachment, under its lock: a failure changes nothing.
+        shield: shield.clone(),
     };
     let ports = list(&service.ports, "-");
     let addrs = list(&service.addrs, "any");
     let pin_dir = xdp::pins::dir(&a.iface);
-    let outcome = xdp::attach(&a.iface, &opts)?;
-    let fresh = matches!(outcome, AttachOutcome::Attached { .. });
-    let previous = match &outcome {
-        AttachOutcome::Updated { before, .. } => Some(before.clone()),
-        _ => None,
-    };
-    match outcome {
-        AttachOutcome::Attached { mode, prog_id, replaced, mounted_bpffs, removed_stale } => {
+    let shield_before = match xdp::attach(&a.iface, &opts)? {
+        AttachOutcome::Attached {
+            mode,
+            prog_id,
+            replaced,
+            mounted_bpffs,
+            removed_stale,
+        } => {
             if mounted_bpffs {
                 println!("mounted bpffs at {}", xdp::pins::BPFFS);
             }
@@ -207,7 +209,10 @@ pub fn attach(a: &AttachArgs) -> anyhow::Result<()> {
                 println!("removed the XDP program {id} from {} (--force)", a.iface);
             }
             if a.mode == ModeArg::Auto && mode == Mode::Skb {
-                println!("native XDP is not available on {}: using generic (skb) mode", a.iface);
+                println!(
+                    "native XDP is not available on {}: using generic (skb) mode",
+                    a.iface
+                );
             }
             println!(
                 "attached xdp-quic to {} in {} mode (program id {prog_id}); ports {ports}; addresses {addrs}; pins in {}",
@@ -215,56 +220,40 @@ pub fn attach(a: &AttachArgs) -> anyhow::Result<()> {
                 mode.name(),
                 pin_dir.display()
             );
+            None
         }
-        AttachOutcome::Unchanged { mode, prog_id } => println!(
-            "xdp-quic is already attached to {} in {} mode (program id {prog_id}) with ports {ports}, addresses {addrs}: nothing changed",
-            a.iface,
-            mode.name()
-        ),
-        AttachOutcome::Updated { mode, prog_id, before } => println!(
-            "xdp-quic is already attached to {} in {} mode (program id {prog_id}): updated ports {} -> {ports}, addresses {} -> {addrs}",
-            a.iface,
-            mode.name(),
-            list(&before.ports, "-"),
-            list(&before.addrs, "any"),
-        ),
-    }
+        AttachOutcome::Unchanged {
+            mode,
+            prog_id,
+            shield_before,
+        } => {
+            println!(
+                "xdp-quic is already attached to {} in {} mode (program id {prog_id}) with ports {ports}, addresses {addrs}: {}",
+                a.iface,
+                mode.name(),
+                if shield.is_some() { "ports and addresses unchanged" } else { "nothing changed" }
+            );
+            shield_before
+        }
+        AttachOutcome::Updated {
+            mode,
+            prog_id,
+            before,
+            shield_before,
+        } => {
+            println!(
+                "xdp-quic is already attached to {} in {} mode (program id {prog_id}): updated ports {} -> {ports}, addresses {} -> {addrs}",
+                a.iface,
+                mode.name(),
+                list(&before.ports, "-"),
+                list(&before.addrs, "any"),
+            );
+            shield_before
+        }
+    };
     if let Some(want) = shield {
-        let before = match xdp::shield::set_pinned(&a.iface, want.as_ref()) {
-            Ok(b) => b,
-            Err(e) if fresh => {
-                // Nothing left behind: the attachment this command made goes too.
-                let undone = xdp::detach(&a.iface).map(|_| ());
-                return Err(e.context(match undone {
-                    Ok(()) => format!("the shield could not be set: {} detached again", a.iface),
-                    Err(d) => format!(
-                        "the shield could not be set, and detaching {} again failed too ({d:#})",
-                        a.iface
-                    ),
-                }));
-            }
-            Err(e) => {
-                // Nothing left changed: an update this command made is undone.
-                let Some(previous) = previous else {
-                    return Err(e);
-                };
-                let back = AttachOptions {
-                    service: previous,
-                    ..opts
-                };
-                let undone = xdp::attach(&a.iface, &back).map(|_| ());
-                return Err(e.context(match undone {
-                    Ok(()) => "the shield could not be set: the ports and addresses are put back"
-                        .to_string(),
-                    Err(d) => format!(
-                        "the shield could not be set, and putting the ports and addresses back \
-                         failed too ({d:#})"
-                    ),
-                }));
-            }
-        };
-        match (&before, &want) {
-            (_, Some(c)) if before.as_ref() == Some(c) => {
+        match (&shield_before, &want) {
+            (_, Some(c)) if shield_before.as_ref() == Some(c) => {
                 println!("shield: on, unchanged")
             }
             (_, Some(c)) => println!("shield: on ({})", shield_words(c)),
