@@ -623,3 +623,83 @@ fn the_shield_is_set_with_the_attachment_under_its_lock() {
         "the layout written meanwhile is kept"
     );
 }
+
+/// Two commands that find no bpffs at once mount it once: the second waits for the first's
+/// lock on the mount point, then sees its mount. (Before, both mounted, the second over the
+/// first, hiding what the first pinned.) In a mount namespace of the test's own, without
+/// bpffs; the test holds the lock as a command between its look and its mount would.
+#[test]
+fn commands_that_find_no_bpffs_at_once_mount_it_once() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+
+    if !privileged("commands_that_find_no_bpffs_at_once_mount_it_once") {
+        return;
+    }
+    let bpf_mounts = || {
+        std::fs::read_to_string("/proc/thread-self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(4) == Some(&pins::BPFFS) && l.contains(" - bpf ")
+            })
+            .count()
+    };
+    // The namespace is this thread's (and its children's), gone when they end.
+    std::thread::spawn(move || {
+        // SAFETY: plain syscalls on NUL-terminated constant strings; this thread has its
+        // own file-system context after the unshare.
+        unsafe {
+            assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare");
+            assert_eq!(
+                libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ),
+                0,
+                "making the namespace's mounts private"
+            );
+            while bpf_mounts() > 0 {
+                assert_eq!(
+                    libc::umount2(c"/sys/fs/bpf".as_ptr(), libc::MNT_DETACH),
+                    0,
+                    "unmounting bpffs in the test's namespace"
+                );
+            }
+        }
+        let dir = std::fs::File::open(pins::BPFFS).expect("the mount point");
+        let ino = dir.metadata().unwrap().ino();
+        // SAFETY: flock on a descriptor `dir` owns, open for the whole call.
+        assert_eq!(unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let other = std::thread::spawn(pins::ensure_bpffs);
+        wait_until("the other command waits for the lock", GUARD, || {
+            std::fs::read_to_string("/proc/locks")
+                .unwrap()
+                .lines()
+                .any(|l| l.contains("->") && l.contains(&format!(":{ino} ")))
+        });
+        assert_eq!(bpf_mounts(), 0, "nothing mounted while the lock is held");
+        // The first command's mount.
+        // SAFETY: as above.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                c"mode=0700".as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mounting bpffs");
+        drop(dir);
+        let mounted = other.join().unwrap().expect("ensure_bpffs");
+        assert!(!mounted, "the second command finds bpffs mounted");
+        assert_eq!(bpf_mounts(), 1, "bpffs is mounted once");
+    })
+    .join()
+    .unwrap();
+}

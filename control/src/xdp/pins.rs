@@ -179,6 +179,10 @@ fn is_bpffs(path: &Path) -> bool {
 
 /// Makes sure bpffs is mounted at `/sys/fs/bpf`, mounting it (mode 0700) if it is not.
 /// Returns whether it mounted it.
+///
+/// Two processes at once mount it once: the mount point's directory is locked (`flock`)
+/// from the look to the mount, and the second looks again once it has the lock. (Without,
+/// both would mount, the second over the first, hiding what the first pinned there.)
 pub fn ensure_bpffs() -> Result<bool, XdpError> {
     let path = Path::new(BPFFS);
     if is_bpffs(path) {
@@ -188,6 +192,17 @@ pub fn ensure_bpffs() -> Result<bool, XdpError> {
         return Err(XdpError::BpffsMissing {
             cause: format!("cannot create {BPFFS}: {e}"),
         });
+    }
+    // Opened before the mount, this is the directory under it: the one every process that
+    // finds no bpffs here locks too.
+    let missing = |what: &str, e: io::Error| XdpError::BpffsMissing {
+        cause: format!("{what} {BPFFS}: {e}"),
+    };
+    let mount_point = open_dir(path).map_err(|e| missing("cannot open", e))?;
+    lock_exclusive(&mount_point).map_err(|e| missing("cannot lock", e))?;
+    if is_bpffs(path) {
+        // Another process mounted it while this one waited.
+        return Ok(false);
     }
     // SAFETY: all pointers are valid NUL-terminated strings.
     let rc = unsafe {
@@ -324,29 +339,14 @@ impl PinLock {
     /// Opens and locks the pin root; `None` when, once locked, it is no longer the root
     /// (the holder before removed it: the caller looks again).
     fn lock_root() -> io::Result<Option<PinLock>> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::fs::OpenOptionsExt;
         check_pin_root()?;
-        let root = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-            .open(pin_root())
-        {
+        let root = match open_dir(&pin_root()) {
             Ok(f) => f,
             // Removed between the check and the open: look again.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        loop {
-            // SAFETY: flock on a descriptor `root` owns, open for the whole call.
-            if unsafe { libc::flock(root.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                break;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+        lock_exclusive(&root)?;
         // While we waited, the holder may have removed the root (it was empty) and another
         // command made a new one: the lock must be on the root that is there.
         let locked = root.metadata()?;
@@ -357,6 +357,31 @@ impl PinLock {
             Ok(_) => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// Opens directory `path` (not a link to one) for a lock.
+fn open_dir(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Takes an exclusive `flock` on `file`, waiting for other holders; closing `file` (or its
+/// last duplicate) unlocks.
+fn lock_exclusive(file: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock on a descriptor `file` owns, open for the whole call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
