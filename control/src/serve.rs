@@ -42,8 +42,8 @@ use crate::metrics::{bind_metrics, EngineCollector, MetricsLimits, MetricsServer
 use crate::xdp::pressure::PressureChange;
 use crate::xdp::socket_map::ServerSteering;
 use crate::xdp::{
-    AttachMode, CountersReader, PressurePolicy, ProgramWatch, ShieldConfig, ShieldGuard,
-    ShieldMaps, WatchEvent,
+    AttachMode, CountersReader, LeftByServer, PressurePolicy, ProgramWatch, ShieldConfig,
+    ShieldGuard, ShieldMaps, WatchEvent,
 };
 use xdp_quic::cid::CidLayout;
 
@@ -263,10 +263,12 @@ pub enum Event {
         iface: String,
         change: PressureChange,
     },
-    /// The engine on `iface`, serving without the shield, found it on as a server that did
-    /// not stop cleanly (killed) had left it (no other server holds the attachment's
-    /// queues), and turned it off ([`crate::xdp::ShieldMaps::clear_left_by_server`]).
-    StaleShieldCleared { iface: String },
+    /// The engine on `iface`, serving without the shield, found what a server that did not
+    /// stop cleanly (killed) had left on it (no other server holds the attachment's
+    /// queues), and cleared it ([`crate::xdp::ShieldMaps::clear_left_by_server`]): the
+    /// shield it had turned on (`turned_off`), or its CID layout and pressure flags on the
+    /// shield of `xdp-quic attach --shield`, which stays.
+    StaleShieldCleared { iface: String, turned_off: bool },
 }
 
 /// A running server: its engine, watched by a supervisor thread. Dropping it stops it and
@@ -587,18 +589,19 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
         iface: &str,
     ) -> anyhow::Result<Option<ShieldGuard>> {
         let Some(opts) = &self.shield else {
-            // Serving without the shield: one that a server killed before it could turn it
-            // off left on (with that server's CID layout) goes, now that this engine holds
-            // the queues.
+            // Serving without the shield: what a server killed before it could clean up left
+            // (the shield it turned on, its CID layout, its pressure flags) goes, now that
+            // this engine holds the queues.
             if let Ok(mut maps) = maps {
                 let ours: Vec<u32> = engine.xsk_queues().iter().map(|q| q.queue).collect();
                 match maps.clear_left_by_server(&ours) {
-                    Ok(true) => {
+                    Ok(LeftByServer::Nothing) => {}
+                    Ok(left) => {
                         let _ = self.events.try_send(Event::StaleShieldCleared {
                             iface: iface.to_string(),
+                            turned_off: left == LeftByServer::Shield,
                         });
                     }
-                    Ok(false) => {}
                     Err(e) => tracing::warn!("cannot read the XDP shield on {iface}: {e:#}"),
                 }
             }

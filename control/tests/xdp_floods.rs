@@ -1417,14 +1417,15 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
     };
     let serve_plain = || {
         let server = serve_on(0..QUEUES, PORT, false);
-        // Whether it turned a stale shield off (said before it serves).
-        let mut cleared = false;
+        // What it cleared of a killed server's (said before it serves): `Some(true)` the
+        // shield, `Some(false)` its layout and flags on an operator's shield.
+        let mut cleared = None;
         loop {
             match server.events().recv_timeout(GUARD).expect("an event") {
                 Event::Serving(_) => break,
-                Event::StaleShieldCleared { iface } => {
+                Event::StaleShieldCleared { iface, turned_off } => {
                     assert_eq!(iface, tb.server_if);
-                    cleared = true;
+                    cleared = Some(turned_off);
                 }
                 Event::Link { .. } | Event::WatchFailed { .. } => {}
                 other => panic!("expected the server to serve, got {other:?}"),
@@ -1453,7 +1454,11 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
     );
 
     let (server, cleared) = serve_plain();
-    assert!(cleared, "the server said nothing of the stale shield");
+    assert_eq!(
+        cleared,
+        Some(true),
+        "the server said nothing of the stale shield"
+    );
     assert_eq!(maps().entry().unwrap(), xdp_quic_ebpf::Shield::default());
     assert_eq!(maps().pressured(QUEUES).unwrap(), Vec::<u32>::new());
     server.stop();
@@ -1465,10 +1470,38 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
         .unwrap();
     assert!(!maps().on_for_a_server().unwrap());
     let (server, cleared) = serve_plain();
-    assert!(!cleared, "an attach's shield was taken for a stale one");
+    assert_eq!(
+        cleared, None,
+        "an attach's shield was taken for a stale one"
+    );
     server.stop();
     server.join().expect("the server ended cleanly");
     assert_eq!(maps().config().unwrap(), Some(ShieldConfig::default()));
+
+    // A server killed while it served under that shield leaves its CID layout and pressure
+    // flags on it: the next server that does not engage the shield (`serve --app h3`)
+    // clears them, and the operator's shield stays. (Before, they stayed, and the old
+    // layout dropped the short headers of workers beyond its count.)
+    let one = xdp_quic::cid::CidLayout::for_workers(1).unwrap();
+    let mut m = maps();
+    m.set_layout(Some(&one)).unwrap();
+    m.set_pressure(0, true).unwrap();
+    let (server, cleared) = serve_plain();
+    assert_eq!(cleared, Some(false), "the killed server's layout was kept");
+    server.stop();
+    server.join().expect("the server ended cleanly");
+    let m = maps();
+    assert_eq!(
+        m.config().unwrap(),
+        Some(ShieldConfig::default()),
+        "the shield stays"
+    );
+    assert_eq!(
+        m.entry().unwrap().flags & xdp_quic_ebpf::SHIELD_CID,
+        0,
+        "no layout"
+    );
+    assert_eq!(m.pressured(QUEUES).unwrap(), Vec::<u32>::new());
 
     // Two servers on one attachment, on queues of their own: the shield one of them turned
     // on for its life is not the other's to turn off, nor to take over.

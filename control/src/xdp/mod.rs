@@ -54,7 +54,7 @@ pub use load::{AttachMode, Mode};
 pub use maps::{ProgramMaps, ServiceConfig};
 pub use owner::{Holder, OwnProgram, Owner};
 pub use pressure::{PressureMonitor, PressurePolicy};
-pub use shield::{ShieldConfig, ShieldGuard, ShieldMaps};
+pub use shield::{LeftByServer, ShieldConfig, ShieldGuard, ShieldMaps};
 pub use status::{status, IfaceStatus, QueueStatus, ShieldStatus};
 pub use watch::{ProgramWatch, WatchEvent};
 pub use xsk::XskRegistry;

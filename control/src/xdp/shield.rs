@@ -208,6 +208,19 @@ fn with_layout(entry: &Shield, layout: Option<&CidLayout>) -> anyhow::Result<Shi
     Ok(s)
 }
 
+/// What [`ShieldMaps::clear_left_by_server`] found a server that is gone had left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftByServer {
+    /// Nothing (or another live server holds queues of the attachment).
+    Nothing,
+    /// The shield it turned on for its life: turned off, its CID layout and pressure flags
+    /// cleared.
+    Shield,
+    /// Its CID layout or pressure flags on a shield `xdp-quic attach --shield` turned on
+    /// (which stays), or flags on a shield that is off: cleared.
+    Layout,
+}
+
 /// The `shield` and `pressure` maps of one program, on descriptors of their own.
 pub struct ShieldMaps {
     shield: Array<MapData, Shield>,
@@ -339,9 +352,12 @@ impl ShieldMaps {
     /// did not stop cleanly (killed) left behind, its CID layout too. (Another live server
     /// on other queues of the attachment may own it: then it is not stale.)
     pub fn left_by_server(&self, ours: &[u32]) -> anyhow::Result<bool> {
-        if !self.on_for_a_server()? {
-            return Ok(false);
-        }
+        Ok(self.on_for_a_server()? && self.no_other_server(ours)?)
+    }
+
+    /// Whether no process but this one holds an AF_XDP socket registered on the attachment,
+    /// on a queue outside `ours`.
+    fn no_other_server(&self, ours: &[u32]) -> anyhow::Result<bool> {
         let Some(dir) = &self.dir else {
             // Maps of a program this process loaded: no other server registers on them.
             return Ok(true);
@@ -353,30 +369,39 @@ impl ShieldMaps {
         Ok(!others)
     }
 
-    /// Turns off, with its CID layout, a shield a server that is gone left on
-    /// ([`ShieldMaps::left_by_server`]); a shield `xdp-quic attach --shield` turned on, or
-    /// that a live server owns, stays. For a server that serves queues `ours` of the
-    /// attachment. Returns whether there was one.
-    pub fn clear_left_by_server(&mut self, ours: &[u32]) -> anyhow::Result<bool> {
-        if !self.left_by_server(ours)? {
-            return Ok(false);
+    /// Clears what a server that is gone left on the shield, for a server that serves
+    /// queues `ours` of the attachment without engaging the shield: a shield it turned on
+    /// goes whole ([`ShieldMaps::left_by_server`]); on a shield `xdp-quic attach --shield`
+    /// turned on, which stays, its CID layout goes (it would drop the short headers of
+    /// workers beyond its count), and in both cases its pressure flags (a flag left on
+    /// would rate-limit tokenless Initials there for good). Nothing changes while another
+    /// live server holds queues of the attachment: what is there may be its own.
+    pub fn clear_left_by_server(&mut self, ours: &[u32]) -> anyhow::Result<LeftByServer> {
+        let layout = self.entry()?.flags & SHIELD_CID != 0;
+        let pressured = self.pressured(xdp_quic_ebpf::MAX_QUEUES)?;
+        if !(self.on_for_a_server()? || layout || !pressured.is_empty())
+            || !self.no_other_server(ours)?
+        {
+            return Ok(LeftByServer::Nothing);
         }
-        let cleared = self.update(|e| {
+        let left = self.update(|e| {
             if e.flags & SHIELD_ON != 0 && e.flags & SHIELD_SERVER != 0 {
-                Ok((with_layout(&off(e), None)?, true))
+                Ok((with_layout(&off(e), None)?, LeftByServer::Shield))
+            } else if e.flags & SHIELD_CID != 0 {
+                Ok((with_layout(e, None)?, LeftByServer::Layout))
             } else {
-                Ok((*e, false))
+                Ok((*e, LeftByServer::Nothing))
             }
         })?;
-        if cleared {
-            // Its pressure flags too: no live server owns a queue (`left_by_server`), and a
-            // flag left on would go on rate-limiting tokenless Initials there for good once
-            // a shield is on again.
-            for q in self.pressured(xdp_quic_ebpf::MAX_QUEUES)? {
-                self.set_pressure(q, false)?;
-            }
+        let mut flags = false;
+        for q in self.pressured(xdp_quic_ebpf::MAX_QUEUES)? {
+            self.set_pressure(q, false)?;
+            flags = true;
         }
-        Ok(cleared)
+        Ok(match left {
+            LeftByServer::Nothing if flags => LeftByServer::Layout,
+            other => other,
+        })
     }
 
     /// The configuration; `None` when the shield is off.

@@ -9,7 +9,8 @@
 //! at its interface every second, as `serve` does for the other apps: if the program its
 //! sockets are registered with goes (detached, replaced, the interface gone), it says so,
 //! closes its connections and exits with an error; a shield a killed server left on the
-//! attachment is turned off at the start.
+//! attachment is turned off at the start (on a shield of `xdp-quic attach --shield`, which
+//! stays, the killed server's CID layout and pressure flags are cleared).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -18,7 +19,7 @@ use anyhow::{bail, Context};
 use xdp_quic::tokio::{Builder, Endpoint};
 use xdp_quic::{tls, EngineBuilder, VarInt};
 use xdp_quic_control::xdp::socket_map::ServerSteering;
-use xdp_quic_control::xdp::{ProgramWatch, WatchEvent};
+use xdp_quic_control::xdp::{LeftByServer, ProgramWatch, WatchEvent};
 use xdp_quic_examples::h3_files::{self, H3Server, HqLimits};
 
 use super::args::BackendArg;
@@ -135,16 +136,22 @@ fn bind(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<(Endpoint, String, Op
             let ep = builder
                 .bind_xdp(&setup, Box::new(steering))
                 .with_context(|| format!("starting AF_XDP workers on {}", setup.iface))?;
-            // Serving without the shield: one a killed server left on (with its CID layout,
-            // which could name workers this server does not have) goes, as `serve` does.
+            // Serving without engaging the shield: what a killed server left goes, as `serve`
+            // does: the shield it turned on, or, on an operator's shield, its CID layout
+            // (which could name fewer workers than this server has) and pressure flags.
             if let Some(mut maps) = shield {
                 match maps.clear_left_by_server(&setup.queues) {
-                    Ok(true) => eprintln!(
+                    Ok(LeftByServer::Shield) => eprintln!(
                         "{}: turned off the flood shield a server that did not stop cleanly \
                          had left on",
                         setup.iface
                     ),
-                    Ok(false) => {}
+                    Ok(LeftByServer::Layout) => eprintln!(
+                        "{}: cleared the CID layout and pressure flags a server that did not \
+                         stop cleanly had left on the flood shield (which stays on)",
+                        setup.iface
+                    ),
+                    Ok(LeftByServer::Nothing) => {}
                     Err(e) => eprintln!("{}: cannot read the XDP shield: {e:#}", setup.iface),
                 }
             }

@@ -546,8 +546,11 @@ fn report(a: &ServeArgs, event: &Event) {
                 change.queue
             ),
         },
-        Event::StaleShieldCleared { iface } => eprintln!(
+        Event::StaleShieldCleared { iface, turned_off: true } => eprintln!(
             "XDP shield: turned off on {iface}: a server that did not stop cleanly had left it on (without --xdp-shield, this server serves without it)"
+        ),
+        Event::StaleShieldCleared { iface, turned_off: false } => eprintln!(
+            "XDP shield: cleared on {iface} the CID layout and pressure flags a server that did not stop cleanly had left (the shield of `xdp-quic attach --shield` stays on)"
         ),
     }
 }
