@@ -6,8 +6,8 @@
 //! crypto, a client's think time): the core burns the whole spin, then sleeps anyway. So the
 //! spin adapts to what it sees, with the configured spin as its ceiling:
 //! - a spin that ran out without a frame halves the next one (down to none, below 1 µs);
-//! - a sleep that a frame ended sooner than the full spin sets it back to full: a spin
-//!   would have caught that frame.
+//! - a wait (its spin and its sleep) that a frame ended sooner than the full spin after it
+//!   began sets it back to full: a full spin would have caught that frame.
 //!
 //! Pure bookkeeping (the caller reads the clock): no syscall, no allocation.
 
@@ -42,10 +42,10 @@ impl Spin {
         }
     }
 
-    /// A sleep of `slept` ended with frames to read: if a full spin would have caught them,
-    /// spin in full again.
-    pub fn woke_to_frames(&mut self, slept: Duration) {
-        if slept < self.full {
+    /// A wait that began `waited` ago (its spin included, not its sleep alone) ended with
+    /// frames to read: if a full spin would have caught them, spin in full again.
+    pub fn woke_to_frames(&mut self, waited: Duration) {
+        if waited < self.full {
             self.next = self.full;
         }
     }
@@ -72,6 +72,26 @@ mod tests {
             spun,
             [50_000, 25_000, 12_500, 6_250, 3_125, 1_562, 0, 0].map(Duration::from_nanos)
         );
+    }
+
+    /// A peer that answers a little later than a full spin (60 µs after each wait begins,
+    /// the spin 50): the spins shrink to none and stay so. (Measured from the end of the
+    /// spin, the sleep alone was shorter than a spin, and set it back to full every time.)
+    #[test]
+    fn frames_just_past_a_full_spin_shrink_it_to_none() {
+        let answer = Duration::from_micros(60);
+        let mut s = Spin::new(FULL);
+        let mut spun = Vec::new();
+        for _ in 0..10 {
+            let spin = s.next();
+            spun.push(spin);
+            assert!(spin < answer, "no spin here catches the frame");
+            if !spin.is_zero() {
+                s.missed();
+            }
+            s.woke_to_frames(answer);
+        }
+        assert_eq!(spun[6..], [Duration::ZERO; 4], "{spun:?}");
     }
 
     /// A peer that answers within the spin (one request outstanding): a short sleep sets

@@ -539,9 +539,10 @@ impl Backend for XskBackend {
         if self.cfg.poll == PollMode::Busy {
             return Ok(());
         }
+        let began = Instant::now();
         let spin = self.spin.next();
         if !spin.is_zero() {
-            let until = Instant::now() + spin;
+            let until = began + spin;
             loop {
                 let now = Instant::now();
                 if self.sock.rx_available() > 0 || deadline.is_some_and(|d| now >= d) {
@@ -571,10 +572,10 @@ impl Backend for XskBackend {
                 want_write && kernel_tx,
             ),
         ];
-        let slept = Instant::now();
         poll_fds(&mut fds, deadline)?;
         if self.sock.rx_available() > 0 {
-            self.spin.woke_to_frames(slept.elapsed());
+            // Since the wait began: whether a full spin would have caught the frames.
+            self.spin.woke_to_frames(began.elapsed());
         }
         Ok(())
     }
