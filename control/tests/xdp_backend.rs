@@ -761,11 +761,13 @@ fn mac_of(ns: &str, dev: &str) -> String {
 
 /// Over AF_XDP with the kernel's transmit path, connection attempts sent to an address that
 /// is not the server host's (any sender on the link can make such frames: here the client
-/// has a neighbour entry sending 10.214.0.99 and fd00:d6::99 to the server's MAC, and the
-/// XDP program steers by port) are dropped unanswered, IPv4 and IPv6. Answering would go out
-/// from that address, which Linux refuses (EINVAL), and quinn-udp would turn GSO and ECN off
-/// for the queue's socket. Then connections to the server's own addresses work, and no send
-/// failed. (Before: the attempts were accepted, and every answer failed, `tx_errors`.)
+/// has a neighbour entry sending 10.214.0.99, fd00:d6::99 and the link-local fe80::dead to
+/// the server's MAC, and the XDP program steers by port) are dropped unanswered, IPv4 and
+/// IPv6. Answering would go out from that address, which Linux refuses (EINVAL), and
+/// quinn-udp would turn GSO and ECN off for the queue's socket. Then connections to the
+/// server's own addresses, its link-local one too, work, and no send failed. (Before: the
+/// attempts were accepted, and every answer failed, `tx_errors`; the link-local one until
+/// link-local addresses were asked on the queue's interface.)
 #[test]
 fn attempts_to_an_address_not_the_hosts_are_dropped_over_af_xdp() {
     if !privileged("attempts_to_an_address_not_the_hosts_are_dropped_over_af_xdp") {
@@ -773,10 +775,19 @@ fn attempts_to_an_address_not_the_hosts_are_dropped_over_af_xdp() {
     }
     let rig = Rig::new(1, &[0], AttachMode::Native, |s| s.tx = TxMode::Kernel);
     let mac = mac_of(&rig.tb.server_ns, &rig.tb.server_if);
-    let foreign: [std::net::IpAddr; 2] = [
+    let foreign: [std::net::IpAddr; 3] = [
         "10.214.0.99".parse().unwrap(),
         "fd00:d6::99".parse().unwrap(),
+        "fe80::dead".parse().unwrap(),
     ];
+    // A link-local peer is named with its interface; the client sends from its own
+    // link-local address, once it may.
+    link_local_of(&rig.tb.client_ns, &rig.tb.client_if);
+    let client_if = rig
+        .tb
+        .in_client(|| xdp_quic::engine::ifindex(&rig.tb.client_if))
+        .unwrap()
+        .unwrap();
     for ip in foreign {
         let (ns, dev, ip) = (&rig.tb.client_ns, &rig.tb.client_if, ip.to_string());
         sh(&[
@@ -785,13 +796,25 @@ fn attempts_to_an_address_not_the_hosts_are_dropped_over_af_xdp() {
     }
     let cert = rig.cert.clone();
     let handle = rig.engine().handle();
-    let own = [rig.addr(false), rig.addr(true)];
+    // The server's own addresses, its link-local one too (asked on its interface).
+    let own_ll = link_local_of(&rig.tb.server_ns, &rig.tb.server_if);
+    let own = [
+        rig.addr(false),
+        rig.addr(true),
+        SocketAddr::V6(std::net::SocketAddrV6::new(own_ll, PORT, 0, client_if)),
+    ];
     rig.client(async move || {
         for ip in foreign {
             let ep = quinn_endpoint(&cert, ip.is_ipv6());
             // Never answered: the attempt is left to time out when the endpoint goes.
             let seen = handle.total().rx_packets;
-            let _attempt = ep.connect(SocketAddr::new(ip, PORT), "localhost").unwrap();
+            let to = match ip {
+                std::net::IpAddr::V6(a) if a.is_unicast_link_local() => {
+                    SocketAddr::V6(std::net::SocketAddrV6::new(a, PORT, 0, client_if))
+                }
+                _ => SocketAddr::new(ip, PORT),
+            };
+            let _attempt = ep.connect(to, "localhost").unwrap();
             while handle.total().rx_packets == seen {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -802,14 +825,46 @@ fn attempts_to_an_address_not_the_hosts_are_dropped_over_af_xdp() {
             );
             assert_eq!(t.conns_accepted, 0, "{ip}: {t:?}");
             assert_eq!(t.tx_errors, 0, "{ip}: nothing was sent from it: {t:?}");
+            // Nothing more from this attempt: the next address's datagram is its own.
+            ep.close(0u32.into(), b"");
+            ep.wait_idle().await;
         }
         for (i, addr) in own.into_iter().enumerate() {
             echo_once(&cert, addr, 100_000, i as u64).await;
         }
     });
     let t = rig.engine().handle().total();
-    assert_eq!(t.conns_accepted, 2, "{t:?}");
+    assert_eq!(t.conns_accepted, 3, "{t:?}");
     assert_eq!(t.tx_errors, 0, "{t:?}");
+}
+
+/// The link-local address of interface `dev` of namespace `ns`, once it is usable (past
+/// duplicate address detection, which the testbed's link-local addresses go through).
+fn link_local_of(ns: &str, dev: &str) -> std::net::Ipv6Addr {
+    let look = || {
+        let out = std::process::Command::new("ip")
+            .args([
+                "-n", ns, "-6", "-o", "addr", "show", "dev", dev, "scope", "link",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains("tentative") {
+            return None;
+        }
+        text.split_whitespace()
+            .find_map(|w| w.split('/').next()?.parse::<std::net::Ipv6Addr>().ok())
+    };
+    let mut found = None;
+    wait_until(
+        &format!("the link-local address of {dev}, past DAD"),
+        GUARD,
+        || {
+            found = look();
+            found.is_some()
+        },
+    );
+    found.unwrap()
 }
 
 /// The answers come from the namespace of the sockets that send the replies, also when the
@@ -828,10 +883,25 @@ fn local_addresses_are_asked_in_the_sockets_namespace() {
         .in_server(|| std::net::UdpSocket::bind("[::]:0").unwrap())
         .unwrap();
     let mut asked = LocalAddrs::beside(&socket);
-    assert!(asked.answerable_from(tb.server_v4.into()));
-    assert!(asked.answerable_from(tb.server_v6.into()));
-    assert!(!asked.answerable_from(tb.client_v4.into()));
-    assert!(!asked.answerable_from(tb.client_v6.into()));
+    let now = std::time::Instant::now();
+    assert!(asked.answerable_from(tb.server_v4.into(), now));
+    assert!(asked.answerable_from(tb.server_v6.into(), now));
+    assert!(!asked.answerable_from(tb.client_v4.into(), now));
+    assert!(!asked.answerable_from(tb.client_v6.into(), now));
     let broadcast = std::net::Ipv4Addr::new(10, 215, 0, 255);
-    assert!(!asked.answerable_from(broadcast.into()));
+    assert!(!asked.answerable_from(broadcast.into(), now));
+
+    // IPv6 link-local addresses, asked on the interface an AF_XDP queue takes them from:
+    // the server's own is answerable, another is not (a reply from it fails with EINVAL).
+    // Without an interface named, they are answerable unasked.
+    let ifindex = tb
+        .in_server(|| xdp_quic::engine::ifindex(&tb.server_if))
+        .unwrap()
+        .unwrap();
+    let own_ll = link_local_of(&tb.server_ns, &tb.server_if);
+    let foreign_ll: std::net::Ipv6Addr = "fe80::dead".parse().unwrap();
+    assert!(asked.answerable_from(foreign_ll.into(), now), "unasked");
+    let mut on_link = LocalAddrs::beside(&socket).on_link(ifindex);
+    assert!(on_link.answerable_from(own_ll.into(), now), "{own_ll}");
+    assert!(!on_link.answerable_from(foreign_ll.into(), now));
 }

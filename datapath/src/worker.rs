@@ -479,7 +479,7 @@ impl<H: Handler> Worker<H> {
         self.counters.rx_bytes += d.data.len() as u64;
         let mut from_elsewhere = || {
             d.local_ip
-                .is_some_and(|ip| !io.answerable_from(ip.to_canonical()))
+                .is_some_and(|ip| !io.answerable_from(ip.to_canonical(), self.shard.now))
         };
         if unanswerable(&d) || from_elsewhere() {
             // No answer can go there: Linux fails a send to port 0, or from a group or

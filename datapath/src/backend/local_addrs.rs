@@ -23,13 +23,18 @@
 //! Answers are cached, so a worker asks once per address it sees, not per datagram; and
 //! the questions are budgeted, so a flood of frames to ever new addresses (over AF_XDP) costs
 //! no syscall per packet: past the budget, an address not in the caches is taken for
-//! answerable (no check, as before it), until the caches are emptied and the budget renewed.
-//! IPv6 link-local addresses are not asked (a reply from one names its interface, which the
-//! probe cannot): they are answerable.
+//! answerable (no check, as before it), until the caches are emptied and the budget renewed,
+//! every second or every 65,536 datagrams, whichever comes first (so an address that became
+//! the host's, a service address moved back, is answered again within a second).
+//! An IPv6 link-local address is asked on its interface where the backend names one
+//! ([`LocalAddrs::on_link`]: AF_XDP's queue's interface, where a frame may name any such
+//! address); elsewhere it is answerable (the kernel delivers a datagram to one only if it is
+//! the host's).
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -40,7 +45,10 @@ const CACHED: usize = 64;
 /// that changed roles (the host renumbered) is asked again.
 const REFRESH_EVERY: u32 = 1 << 16;
 
-/// Questions to the kernel per [`REFRESH_EVERY`] lookups (at most 1 in 256 datagrams).
+/// Time after which the caches are emptied and the budget renewed, whatever the lookups.
+const REFRESH_AFTER: Duration = Duration::from_secs(1);
+
+/// Questions to the kernel per refresh (at most 1 in 256 datagrams, and 256 a second).
 const QUESTIONS: u32 = 256;
 
 /// `sendmsg(2)` flag: route and check, send nothing (linux/socket.h; not in the libc
@@ -67,6 +75,10 @@ pub struct LocalAddrs {
     others: Vec<IpAddr>,
     lookups: u32,
     questions: u32,
+    /// When the caches were last emptied (`None`: not yet).
+    refreshed: Option<Instant>,
+    /// The interface IPv6 link-local addresses are asked on (`None`: they are answerable).
+    link: Option<u32>,
 }
 
 impl LocalAddrs {
@@ -103,16 +115,31 @@ impl LocalAddrs {
     /// (`SIOCGSKNS`, CAP_NET_ADMIN); where neither tells, the thread's is taken.
     pub fn beside(socket: &impl AsFd) -> Self {
         let here = Self::here();
-        let mine = here.v4.as_ref().or(here.v6.as_ref());
-        let same = match (mine.and_then(netns_cookie), netns_cookie(socket)) {
-            (Some(a), Some(b)) => a == b,
-            _ => match (mine.and_then(netns_of), netns_of(socket)) {
-                (Some((_, a)), Some((_, b))) => a == b,
-                _ => true,
+        let Some(mine) = here.v4.as_ref().or(here.v6.as_ref()) else {
+            return here;
+        };
+        let same = match (netns_cookie(mine), netns_cookie(socket)) {
+            (Some(a), Some(b)) => Some(a == b),
+            _ => match (netns_of(mine), netns_of(socket)) {
+                (Some((_, a)), Some((_, b))) => Some(a == b),
+                // Nothing tells: probes in the wrong namespace would drop the host's own
+                // traffic, so none.
+                (None, None) => None,
+                // Allowed in one namespace and not the other: not the same one.
+                _ => Some(false),
             },
         };
-        if same {
-            return here;
+        match same {
+            Some(true) => return here,
+            None => {
+                tracing::warn!(
+                    "cannot tell whether the sockets' network namespace is this thread's \
+                     (Linux before 5.14, no CAP_NET_ADMIN): datagrams sent to an address a \
+                     reply cannot go out from are not recognised"
+                );
+                return Self::default();
+            }
+            Some(false) => {}
         }
         let Some((ns, _)) = netns_of(socket) else {
             tracing::warn!(
@@ -122,7 +149,26 @@ impl LocalAddrs {
             );
             return Self::default();
         };
-        std::thread::scope(|s| s.spawn(|| Self::entering(&ns)).join()).unwrap_or_default()
+        std::thread::scope(|s| {
+            match std::thread::Builder::new().spawn_scoped(s, || Self::entering(&ns)) {
+                Ok(t) => t.join().unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot start a thread to enter the sockets' network namespace \
+                         ({e}): datagrams sent to an address a reply cannot go out from are \
+                         not recognised"
+                    );
+                    Self::default()
+                }
+            }
+        })
+    }
+
+    /// IPv6 link-local addresses are asked on interface `ifindex` (where they are taken
+    /// from, over AF_XDP), rather than taken for answerable.
+    pub fn on_link(mut self, ifindex: u32) -> Self {
+        self.link = Some(ifindex);
+        self
     }
 
     /// On a thread of its own: enters `ns` (that thread stays there until it ends) and makes
@@ -131,10 +177,10 @@ impl LocalAddrs {
         // SAFETY: `ns` is an open namespace descriptor; setns changes only this thread's
         // namespace, and this thread ends after making the probes.
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            let e = io::Error::last_os_error();
             tracing::warn!(
-                "cannot enter the sockets' network namespace ({}): datagrams sent to an \
-                 address a reply cannot go out from are not recognised",
-                io::Error::last_os_error()
+                "cannot enter the sockets' network namespace ({e}): datagrams sent to an \
+                 address a reply cannot go out from are not recognised"
             );
             return Self::default();
         }
@@ -144,16 +190,24 @@ impl LocalAddrs {
     /// Whether a reply can go out from `ip` (the local address a datagram was sent to)
     /// through a kernel socket of the probes' network namespace: one of the host's own
     /// addresses, not a broadcast address. Answers from the caches; asks the kernel (one
-    /// syscall, within the budget) for an address they do not hold.
-    pub fn answerable_from(&mut self, ip: IpAddr) -> bool {
+    /// syscall, within the budget) for an address they do not hold. `now` is the caller's
+    /// clock (the worker's turn): no clock is read here.
+    pub fn answerable_from(&mut self, ip: IpAddr, now: Instant) -> bool {
         self.lookups += 1;
-        if self.lookups >= REFRESH_EVERY {
+        let due = self
+            .refreshed
+            .is_none_or(|at| now.saturating_duration_since(at) >= REFRESH_AFTER);
+        if self.lookups >= REFRESH_EVERY || due {
             self.lookups = 0;
             self.questions = 0;
             self.own.clear();
             self.others.clear();
+            self.refreshed = Some(now);
         }
-        if ip.is_loopback() || is_link_local(ip) || self.own.contains(&ip) {
+        if ip.is_loopback() || (is_link_local(ip) && self.link.is_none()) {
+            return true;
+        }
+        if self.own.contains(&ip) {
             return true;
         }
         if self.others.contains(&ip) {
@@ -163,8 +217,13 @@ impl LocalAddrs {
             // Rather answer than drop what may be the host's own traffic.
             return true;
         }
+        let Some(probe) = self.probe_for(ip) else {
+            // Not asked, not counted.
+            return true;
+        };
+        let probed = probe_from(probe, ip, self.link);
         self.questions += 1;
-        let Some(answer) = self.ask(ip) else {
+        let Some(answer) = verdict(probed) else {
             return true;
         };
         let cache = if answer {
@@ -178,27 +237,31 @@ impl LocalAddrs {
         answer
     }
 
-    /// The kernel's answer for `ip`; `None` if it could not be asked.
-    fn ask(&self, ip: IpAddr) -> Option<bool> {
-        let probe = match ip {
-            IpAddr::V4(_) => self.v4.as_ref()?,
-            IpAddr::V6(_) => self.v6.as_ref()?,
-        };
-        match probe_from(probe, ip) {
-            Ok(()) => Some(true),
-            Err(e) => match e.raw_os_error() {
-                // Not the host's (EINVAL, ENETUNREACH, EADDRNOTAVAIL, by family and kernel
-                // version), or a broadcast address (EACCES: the probe may not broadcast).
-                Some(
-                    libc::EINVAL
-                    | libc::ENETUNREACH
-                    | libc::EHOSTUNREACH
-                    | libc::EADDRNOTAVAIL
-                    | libc::EACCES,
-                ) => Some(false),
-                _ => None,
-            },
+    /// The probe socket of `ip`'s family, if there is one.
+    fn probe_for(&self, ip: IpAddr) -> Option<&Socket> {
+        match ip {
+            IpAddr::V4(_) => self.v4.as_ref(),
+            IpAddr::V6(_) => self.v6.as_ref(),
         }
+    }
+}
+
+/// The kernel's answer from a probe; `None` if it tells nothing.
+fn verdict(probed: io::Result<()>) -> Option<bool> {
+    match probed {
+        Ok(()) => Some(true),
+        Err(e) => match e.raw_os_error() {
+            // Not the host's (EINVAL, ENETUNREACH, EADDRNOTAVAIL, by family and kernel
+            // version), or a broadcast address (EACCES: the probe may not broadcast).
+            Some(
+                libc::EINVAL
+                | libc::ENETUNREACH
+                | libc::EHOSTUNREACH
+                | libc::EADDRNOTAVAIL
+                | libc::EACCES,
+            ) => Some(false),
+            _ => None,
+        },
     }
 }
 
@@ -210,9 +273,18 @@ fn is_link_local(ip: IpAddr) -> bool {
 }
 
 /// Sends nothing from `ip` to `ip` port 9 on `probe` (of `ip`'s family) with `MSG_PROBE`:
-/// the kernel routes and checks the source address as for a reply, and sends no packet.
-fn probe_from(probe: &Socket, ip: IpAddr) -> io::Result<()> {
-    let to = SockAddr::from(SocketAddr::new(ip, 9));
+/// the kernel routes and checks the source address as for a reply, and sends no packet. An
+/// IPv6 link-local address is asked on interface `link` (both ends scoped to it).
+fn probe_from(probe: &Socket, ip: IpAddr, link: Option<u32>) -> io::Result<()> {
+    let scope = match ip {
+        IpAddr::V6(a) if is_link_local(ip) => link.map(|i| (a, i)),
+        _ => None,
+    };
+    let to = SockAddr::from(match scope {
+        Some((a, i)) => SocketAddr::V6(SocketAddrV6::new(a, 9, 0, i)),
+        None => SocketAddr::new(ip, 9),
+    });
+    let ifindex = scope.map_or(0, |(_, i)| i);
     // Room for one control message of either family, aligned for `cmsghdr`.
     let mut control = [0u64; 8];
     let (level, kind, info_len) = match ip {
@@ -260,7 +332,7 @@ fn probe_from(probe: &Socket, ip: IpAddr) -> io::Result<()> {
                     ipi6_addr: libc::in6_addr {
                         s6_addr: a.octets(),
                     },
-                    ipi6_ifindex: 0,
+                    ipi6_ifindex: ifindex,
                 }),
         }
     }
@@ -316,31 +388,36 @@ mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
+    fn start() -> Instant {
+        Instant::now()
+    }
+
     /// Loopback's addresses are answerable without a question; 255.255.255.255 and an
     /// address the host does not have (TEST-NET-3, documentation's IPv6 prefix) are not;
     /// answers are cached and asked again after a refresh.
     #[test]
     fn the_kernel_tells_foreign_and_broadcast_addresses_and_answers_are_cached() {
+        let now = start();
         let mut b = LocalAddrs::here();
         let other = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
         let other6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7));
         let bcast = IpAddr::V4(Ipv4Addr::BROADCAST);
-        assert!(b.answerable_from(Ipv4Addr::LOCALHOST.into()));
-        assert!(b.answerable_from(Ipv6Addr::LOCALHOST.into()));
+        assert!(b.answerable_from(Ipv4Addr::LOCALHOST.into(), now));
+        assert!(b.answerable_from(Ipv6Addr::LOCALHOST.into(), now));
         assert_eq!(b.questions, 0, "loopback needs no question");
-        assert!(!b.answerable_from(bcast));
-        assert!(!b.answerable_from(other));
+        assert!(!b.answerable_from(bcast, now));
+        assert!(!b.answerable_from(other, now));
         if b.v6.is_some() {
-            assert!(!b.answerable_from(other6));
+            assert!(!b.answerable_from(other6, now));
         }
         assert_eq!(&b.others[..2], [bcast, other]);
         let asked = b.questions;
         // From the caches: no new question.
-        assert!(!b.answerable_from(bcast));
-        assert!(!b.answerable_from(other));
+        assert!(!b.answerable_from(bcast, now));
+        assert!(!b.answerable_from(other, now));
         assert_eq!(b.questions, asked);
         b.lookups = REFRESH_EVERY - 1;
-        assert!(b.answerable_from(Ipv4Addr::LOCALHOST.into()));
+        assert!(b.answerable_from(Ipv4Addr::LOCALHOST.into(), now));
         assert!(
             b.others.is_empty() && b.questions == 0,
             "emptied, budget renewed"
@@ -351,13 +428,14 @@ mod tests {
     /// source towards TEST-NET-3, if it has a route there) is answerable.
     #[test]
     fn the_hosts_own_address_is_answerable() {
+        let now = start();
         let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
         if s.connect("203.0.113.7:9").is_err() {
             return; // no route off this host: nothing but loopback to ask about
         }
         let mine = s.local_addr().unwrap().ip();
         let mut b = LocalAddrs::beside(&s);
-        assert!(b.answerable_from(mine), "{mine}");
+        assert!(b.answerable_from(mine, now), "{mine}");
         assert_eq!(b.own, [mine]);
     }
 
@@ -365,16 +443,65 @@ mod tests {
     /// do not hold is answered without a syscall.
     #[test]
     fn the_caches_and_the_questions_are_bounded() {
+        let now = start();
         let mut b = LocalAddrs::here();
         for i in 0..QUESTIONS {
-            assert!(!b.answerable_from(Ipv4Addr::from(0xcb00_7100 + i).into()));
+            assert!(!b.answerable_from(Ipv4Addr::from(0xcb00_7100 + i).into(), now));
         }
         assert_eq!(b.others.len(), CACHED);
         assert_eq!(b.questions, QUESTIONS);
         assert!(
-            b.answerable_from(Ipv4Addr::BROADCAST.into()),
+            b.answerable_from(Ipv4Addr::BROADCAST.into(), now),
             "over budget: not asked"
         );
         assert_eq!(b.questions, QUESTIONS);
+    }
+
+    /// The caches are emptied and the budget renewed a second after the last refresh,
+    /// whatever the lookups: an address that was not the host's is asked again (a service
+    /// address moved back to this host is answered within a second).
+    #[test]
+    fn answers_are_asked_again_after_a_second() {
+        let now = start();
+        let mut b = LocalAddrs::here();
+        let other = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+        assert!(!b.answerable_from(other, now));
+        assert_eq!(b.questions, 1);
+        assert!(!b.answerable_from(other, now + REFRESH_AFTER / 2));
+        assert_eq!(b.questions, 1, "cached within the second");
+        assert!(!b.answerable_from(other, now + REFRESH_AFTER));
+        assert_eq!((b.questions, b.lookups), (1, 0), "emptied, asked again");
+    }
+
+    /// An address of a family without a probe socket is answerable, and spends no budget.
+    #[test]
+    fn a_family_without_a_probe_spends_no_budget() {
+        let now = start();
+        let mut b = LocalAddrs::here();
+        b.v6 = None;
+        let other6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9));
+        for _ in 0..QUESTIONS + 1 {
+            assert!(b.answerable_from(other6, now));
+        }
+        assert_eq!(b.questions, 0);
+    }
+
+    /// A link-local address is answerable without a question unless the backend names its
+    /// interface; then it is asked there: loopback has no link-local address, so one is not
+    /// the host's on it.
+    #[test]
+    fn link_local_addresses_are_asked_on_the_named_interface() {
+        let now = start();
+        let ll = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x99));
+        let mut b = LocalAddrs::here();
+        assert!(b.answerable_from(ll, now));
+        assert_eq!(b.questions, 0);
+        if b.v6.is_none() {
+            return; // no IPv6 here
+        }
+        let lo = 1; // loopback's index
+        let mut b = LocalAddrs::here().on_link(lo);
+        assert!(!b.answerable_from(ll, now), "not an address of loopback");
+        assert_eq!(b.questions, 1);
     }
 }

@@ -121,7 +121,7 @@ pub trait Backend {
     /// (IPv4 ones unmapped), through a kernel socket: one of the host's own addresses, not
     /// a broadcast address ([`local_addrs`]). Called per datagram: answers from a cache.
     /// `true` where replies do not go through the kernel.
-    fn answerable_from(&mut self, _ip: std::net::IpAddr) -> bool {
+    fn answerable_from(&mut self, _ip: std::net::IpAddr, _now: Instant) -> bool {
         true
     }
 

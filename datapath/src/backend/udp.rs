@@ -91,6 +91,12 @@ impl UdpBackend {
     pub fn socket(&self) -> &UdpSocket {
         &self.socket
     }
+
+    /// Datagrams to IPv6 link-local addresses are taken from interface `ifindex` (AF_XDP's,
+    /// whose frames may name any address): the local-address check asks there.
+    pub(crate) fn link_local_on(&mut self, ifindex: u32) {
+        self.local_addrs = std::mem::take(&mut self.local_addrs).on_link(ifindex);
+    }
 }
 
 /// Datagrams the kernel dropped at `socket` (receive buffer full, bad checksum): the
@@ -474,8 +480,8 @@ impl Backend for UdpBackend {
         Ok(())
     }
 
-    fn answerable_from(&mut self, ip: std::net::IpAddr) -> bool {
-        self.local_addrs.answerable_from(ip)
+    fn answerable_from(&mut self, ip: std::net::IpAddr, now: Instant) -> bool {
+        self.local_addrs.answerable_from(ip, now)
     }
 
     fn wait(

@@ -300,6 +300,9 @@ impl XskBackend {
             }),
             cfg,
         };
+        if let Some(s) = &mut b.service {
+            s.link_local_on(b.cfg.socket.ifindex);
+        }
         b.sock.refill(b.fill_target);
         Ok(b)
     }
@@ -520,12 +523,12 @@ impl Backend for XskBackend {
         self.cfg.poll == PollMode::Busy
     }
 
-    fn answerable_from(&mut self, ip: std::net::IpAddr) -> bool {
+    fn answerable_from(&mut self, ip: std::net::IpAddr, now: Instant) -> bool {
         // Frames built here go out from any address; the kernel's path takes only the
         // host's own (on the ring, frames to a group MAC, as broadcasts are, never reach
         // the worker).
         match (&mut self.service, self.tx) {
-            (Some(s), TxPath::Kernel) => s.answerable_from(ip),
+            (Some(s), TxPath::Kernel) => s.answerable_from(ip, now),
             _ => true,
         }
     }
