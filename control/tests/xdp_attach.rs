@@ -541,7 +541,8 @@ fn the_shield_is_set_with_the_attachment_under_its_lock() {
     assert!(matches!(got, AttachOutcome::Attached { .. }), "{got:?}");
     assert_eq!(maps().config().unwrap(), Some(slow.clone()));
 
-    // A shield the program cannot hold: refused, and the service not changed either.
+    // A shield the program cannot hold: refused before anything is written, the service
+    // not changed either.
     let bad = ShieldConfig {
         versions: vec![],
         ..ShieldConfig::default()

@@ -1511,6 +1511,8 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
     // Its shield engaged (after it serves) before the other starts.
     let a = serve_shielded();
     assert!(maps().on_for_a_server().unwrap());
+    // A flag on a's queue, as a's pressure monitor would set it.
+    maps().set_pressure(0, true).unwrap();
     let b = serve_on(1..2, PORT + 1, false);
     loop {
         match b.events().recv_timeout(GUARD) {
@@ -1526,6 +1528,10 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
         maps().on_for_a_server().unwrap(),
         "server a's shield stays on"
     );
+    let e = maps().entry().unwrap();
+    assert_ne!(e.flags & xdp_quic_ebpf::SHIELD_CID, 0, "a's layout stays");
+    assert_eq!(maps().pressured(QUEUES).unwrap(), [0], "a's flag stays");
+    maps().set_pressure(0, false).unwrap();
     b.stop();
     b.join().expect("server b ended cleanly");
     assert!(maps().on_for_a_server().unwrap(), "still on after b");

@@ -244,13 +244,10 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
                 // back if the service cannot be written.
                 let (entry, shield_before) = match &opts.shield {
                     Some(want) => {
-                        let (entry, was) = shield::set_on_maps(&live.maps, want.as_ref())?;
+                        let (entry, was) = shield::set_on_maps(&mut live.maps, want.as_ref())?;
                         (Some(entry), was)
                     }
-                    None => (
-                        None,
-                        ShieldMaps::from_maps(&live.maps.shield, &live.maps.pressure)?.config()?,
-                    ),
+                    None => (None, shield::config_on_maps(&live.maps)?),
                 };
                 if before == opts.service {
                     return Ok(AttachOutcome::Unchanged {
@@ -261,7 +258,7 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
                 }
                 if let Err(e) = live.maps.write_service(&opts.service) {
                     if let Some(entry) = entry {
-                        if let Err(r) = shield::restore_entry(&live.maps, &entry) {
+                        if let Err(r) = shield::restore_entry(&mut live.maps, &entry) {
                             return Err(e.context(format!(
                                 "the shield was changed and could not be put back ({r:#})"
                             )));
@@ -301,7 +298,7 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
     let mut loaded = load::load(&opts.service, config)?;
     if let Some(want) = &opts.shield {
         // Before the program is attached: it never runs without the shield asked.
-        shield::set_on_maps(&loaded.maps, want.as_ref())?;
+        shield::set_on_maps(&mut loaded.maps, want.as_ref())?;
     }
     let replaced = clear_foreign(iface, &link_state, opts.force, Requester::Attach)?;
     let (link, mode) = load::attach_link(&mut loaded, iface, link_state.ifindex, opts.mode)

@@ -383,14 +383,17 @@ impl ProgramMaps {
     }
 }
 
-/// Whether process `o.pid` still holds the socket with inode `o.sock_ino`.
+/// Whether process `o.pid` still holds the socket with inode `o.sock_ino`. A process whose
+/// descriptors this one may not look at (one with capabilities this one lacks) is taken for
+/// alive: taking a live server for a dead one would clear what it relies on.
 pub(crate) fn owner_alive(o: &XskOwner) -> bool {
     if o.pid == 0 || o.sock_ino == 0 {
         return false;
     }
     let want = format!("socket:[{}]", o.sock_ino);
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{}/fd", o.pid)) else {
-        return false;
+    let rd = match std::fs::read_dir(format!("/proc/{}/fd", o.pid)) {
+        Ok(rd) => rd,
+        Err(e) => return e.kind() == std::io::ErrorKind::PermissionDenied,
     };
     rd.flatten()
         .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == want.as_str()))

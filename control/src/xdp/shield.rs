@@ -313,17 +313,22 @@ impl ShieldMaps {
         &mut self,
         f: impl FnOnce(&Shield) -> anyhow::Result<(Shield, T)>,
     ) -> anyhow::Result<T> {
-        let _lock = if self.pinned {
-            pins::PinLock::existing().unwrap_or_else(|e| {
-                tracing::debug!("updating the shield without the pin lock: {e}");
-                None
-            })
-        } else {
-            None
-        };
+        let _lock = self.lock();
         let (next, out) = f(&self.entry()?)?;
         self.set_entry(&next)?;
         Ok(out)
+    }
+
+    /// The pin lock, for pinned maps (`None` for a loaded program's, or where the lock
+    /// cannot be taken: then changes go without it).
+    fn lock(&self) -> Option<pins::PinLock> {
+        if !self.pinned {
+            return None;
+        }
+        pins::PinLock::existing().unwrap_or_else(|e| {
+            tracing::debug!("changing the shield without the pin lock: {e}");
+            None
+        })
     }
 
     /// The map entry as it is.
@@ -377,30 +382,30 @@ impl ShieldMaps {
     /// would rate-limit tokenless Initials there for good). Nothing changes while another
     /// live server holds queues of the attachment: what is there may be its own.
     pub fn clear_left_by_server(&mut self, ours: &[u32]) -> anyhow::Result<LeftByServer> {
-        let layout = self.entry()?.flags & SHIELD_CID != 0;
+        // Looked at and changed under the pin lock: a server engaging the shield meanwhile
+        // (it writes its layout under the lock, after it registered its sockets) either is
+        // seen registered here, or writes its layout after this.
+        let _lock = self.lock();
+        let entry = self.entry()?;
+        let server = entry.flags & SHIELD_ON != 0 && entry.flags & SHIELD_SERVER != 0;
+        let layout = entry.flags & SHIELD_CID != 0;
         let pressured = self.pressured(xdp_quic_ebpf::MAX_QUEUES)?;
-        if !(self.on_for_a_server()? || layout || !pressured.is_empty())
-            || !self.no_other_server(ours)?
-        {
+        if !(server || layout || !pressured.is_empty()) || !self.no_other_server(ours)? {
             return Ok(LeftByServer::Nothing);
         }
-        let left = self.update(|e| {
-            if e.flags & SHIELD_ON != 0 && e.flags & SHIELD_SERVER != 0 {
-                Ok((with_layout(&off(e), None)?, LeftByServer::Shield))
-            } else if e.flags & SHIELD_CID != 0 {
-                Ok((with_layout(e, None)?, LeftByServer::Layout))
-            } else {
-                Ok((*e, LeftByServer::Nothing))
-            }
-        })?;
-        let mut flags = false;
-        for q in self.pressured(xdp_quic_ebpf::MAX_QUEUES)? {
-            self.set_pressure(q, false)?;
-            flags = true;
+        if server {
+            self.set_entry(&with_layout(&off(&entry), None)?)?;
+        } else if layout {
+            self.set_entry(&with_layout(&entry, None)?)?;
         }
-        Ok(match left {
-            LeftByServer::Nothing if flags => LeftByServer::Layout,
-            other => other,
+        // No other server holds a queue of the attachment: every flag is a dead one's.
+        for q in pressured {
+            self.set_pressure(q, false)?;
+        }
+        Ok(if server {
+            LeftByServer::Shield
+        } else {
+            LeftByServer::Layout
         })
     }
 
@@ -586,22 +591,31 @@ fn switched(entry: &Shield, config: Option<&ShieldConfig>) -> (Shield, Option<Sh
 }
 
 /// Turns the shield on (`Some`) or off on the `shield` map of a loaded program or an
-/// attachment, whose pins the caller has locked (or which has none yet). Returns the entry
-/// before, for [`restore_entry`], and the configuration it held.
+/// attachment, whose pins the caller has locked (or which has none yet), through the
+/// descriptor `maps` holds (opening a map by id would need CAP_SYS_ADMIN, which an attach
+/// does not). Returns the entry before, for [`restore_entry`], and the configuration it held.
 pub(crate) fn set_on_maps(
-    maps: &super::ProgramMaps,
+    maps: &mut super::ProgramMaps,
     config: Option<&ShieldConfig>,
 ) -> anyhow::Result<(Shield, Option<ShieldConfig>)> {
-    let mut shield = ShieldMaps::from_maps(&maps.shield, &maps.pressure)?;
-    let entry = shield.entry()?;
+    let mut shield: Array<&mut MapData, Shield> = Array::try_from(&mut maps.shield)?;
+    let entry = shield.get(&0, 0)?;
     let (next, before) = switched(&entry, config);
-    shield.set_entry(&next)?;
+    shield.set(0, next, 0)?;
     Ok((entry, before))
 }
 
 /// Writes back an entry [`set_on_maps`] returned.
-pub(crate) fn restore_entry(maps: &super::ProgramMaps, entry: &Shield) -> anyhow::Result<()> {
-    ShieldMaps::from_maps(&maps.shield, &maps.pressure)?.set_entry(entry)
+pub(crate) fn restore_entry(maps: &mut super::ProgramMaps, entry: &Shield) -> anyhow::Result<()> {
+    let mut shield: Array<&mut MapData, Shield> = Array::try_from(&mut maps.shield)?;
+    shield.set(0, *entry, 0)?;
+    Ok(())
+}
+
+/// The shield's configuration on the `shield` map `maps` holds; `None` when it is off.
+pub(crate) fn config_on_maps(maps: &super::ProgramMaps) -> anyhow::Result<Option<ShieldConfig>> {
+    let shield: Array<&MapData, Shield> = Array::try_from(&maps.shield)?;
+    Ok(ShieldConfig::from_map(&shield.get(&0, 0)?))
 }
 
 /// The shield of `iface`'s pinned attachment as `xdp-quic attach --shield` set it; `Ok(None)`

@@ -148,7 +148,8 @@ fn bind(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<(Endpoint, String, Op
                     ),
                     Ok(LeftByServer::Layout) => eprintln!(
                         "{}: cleared the CID layout and pressure flags a server that did not \
-                         stop cleanly had left on the flood shield (which stays on)",
+                         stop cleanly had left (the flood shield's rules stay as `xdp-quic \
+                         attach` set them)",
                         setup.iface
                     ),
                     Ok(LeftByServer::Nothing) => {}

@@ -321,8 +321,10 @@ fn serve<H: Handler>(
             on_signal.stop();
         } else {
             if let Some((iface, queues)) = &shielded {
-                // Best effort: only a server's shield, and only when no other server
-                // holds queues of the attachment.
+                // Best effort, and only when no other server holds queues of the
+                // attachment: what this server left (the shield it turned on, or its CID
+                // layout and pressure flags on an operator's). Its pressure monitor still
+                // runs and may set a flag again meanwhile: the next server clears it.
                 if let Ok(mut maps) = xdp_quic_control::xdp::ShieldMaps::from_pins(iface) {
                     let _ = maps.clear_left_by_server(queues);
                 }
@@ -550,7 +552,7 @@ fn report(a: &ServeArgs, event: &Event) {
             "XDP shield: turned off on {iface}: a server that did not stop cleanly had left it on (without --xdp-shield, this server serves without it)"
         ),
         Event::StaleShieldCleared { iface, turned_off: false } => eprintln!(
-            "XDP shield: cleared on {iface} the CID layout and pressure flags a server that did not stop cleanly had left (the shield of `xdp-quic attach --shield` stays on)"
+            "XDP shield: cleared on {iface} the CID layout and pressure flags a server that did not stop cleanly had left (the shield's rules stay as `xdp-quic attach` set them)"
         ),
     }
 }
