@@ -25,7 +25,10 @@
 //! no syscall per packet: past the budget, an address not in the caches is taken for
 //! answerable (no check, as before it), until the caches are emptied and the budget renewed,
 //! every second or every 65,536 datagrams, whichever comes first (so an address that became
-//! the host's, a service address moved back, is answered again within a second).
+//! the host's, a service address moved back, is answered again within a second). A reply
+//! that goes out from such an address anyway (past the budget) fails with EINVAL; the UDP
+//! backend then asks about its source ([`LocalAddrs::refuses`]) and, if that was the cause,
+//! renews the socket's state, GSO and ECN included: it costs that reply, not the socket.
 //! An IPv6 link-local address is asked on its interface where the backend names one
 //! ([`LocalAddrs::on_link`]: AF_XDP's queue's interface, where a frame may name any such
 //! address); elsewhere it is answerable (the kernel delivers a datagram to one only if it is
@@ -235,6 +238,22 @@ impl LocalAddrs {
             cache.push(ip);
         }
         answer
+    }
+
+    /// Whether the kernel says a reply cannot go out from `ip`, asked now whatever the
+    /// budget (after a send from it failed: one question per failed send), and cached so.
+    pub fn refuses(&mut self, ip: IpAddr) -> bool {
+        let Some(probe) = self.probe_for(ip) else {
+            return false;
+        };
+        if verdict(probe_from(probe, ip, self.link)) != Some(false) {
+            return false;
+        }
+        self.own.retain(|&a| a != ip);
+        if !self.others.contains(&ip) && self.others.len() < CACHED {
+            self.others.push(ip);
+        }
+        true
     }
 
     /// The probe socket of `ip`'s family, if there is one.

@@ -92,6 +92,25 @@ impl UdpBackend {
         &self.socket
     }
 
+    /// A send refused with EINVAL. quinn-udp takes that for a NIC without segmentation
+    /// offload (or without ECN marks) and turns them off for the socket's life; but the
+    /// cause may be the source address, one a reply cannot go out from that the
+    /// local-address check let through (past its budget, or an address the host gave up
+    /// within the second its answer is kept). Then the socket's state is made afresh (GSO and
+    /// ECN back, the socket's options set again) and the address is known for what it is,
+    /// so that one datagram to such an address cannot slow the socket for good. Costs a
+    /// probe, and a rebuild when the source was the cause: after a failed send only.
+    fn after_einval(&mut self, src: Option<std::net::IpAddr>) {
+        let Some(ip) = src else { return };
+        if !self.local_addrs.refuses(ip.to_canonical()) {
+            return;
+        }
+        match UdpSocketState::new(UdpSockRef::from(&self.socket)) {
+            Ok(state) => self.state = state,
+            Err(e) => tracing::debug!("cannot renew the socket's state: {e}"),
+        }
+    }
+
     /// Datagrams to IPv6 link-local addresses are taken from interface `ifindex` (AF_XDP's,
     /// whose frames may name any address): the local-address check asks there.
     pub(crate) fn link_local_on(&mut self, ifindex: u32) {
@@ -472,7 +491,12 @@ impl Backend for UdpBackend {
         {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(SendError::Blocked),
-            Err(e) => Err(SendError::Failed(e)),
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    self.after_einval(t.src_ip);
+                }
+                Err(SendError::Failed(e))
+            }
         }
     }
 
@@ -568,6 +592,41 @@ pub(crate) fn poll_fds(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A send from an address not the host's (one the local-address check let through)
+    /// fails with EINVAL, and quinn-udp turns GSO off for the socket; the backend puts it
+    /// back, and takes the address for one a reply cannot go out from. (Before, GSO stayed
+    /// off for the socket's life.)
+    #[test]
+    fn a_send_refused_for_its_source_address_does_not_cost_the_socket_gso() {
+        // IPv6: Linux refuses a foreign source with EINVAL even towards loopback (IPv4
+        // says ENETUNREACH there, which quinn-udp lets be).
+        let socket = UdpSocket::bind("[::1]:0").unwrap();
+        let to = socket.local_addr().unwrap();
+        let mut b = UdpBackend::new(socket).unwrap();
+        let segments = b.max_segments();
+        assert!(segments > 1, "GSO on this machine");
+        let foreign: std::net::IpAddr = "2001:db8::7".parse().unwrap();
+        let payload = [0u8; 2400];
+        let t = Transmit {
+            destination: to,
+            src_ip: Some(foreign),
+            ecn: None,
+            segment_size: Some(1200),
+            contents: &payload,
+            link: None,
+        };
+        match b.send(&t) {
+            Err(SendError::Failed(e)) => assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}"),
+            other => panic!("a send from {foreign}: {other:?}"),
+        }
+        assert_eq!(b.max_segments(), segments, "GSO as it was");
+        assert!(!b.answerable_from(foreign, Instant::now()), "known now");
+        // And a send from the socket's own address goes, in GSO batches still.
+        let t = Transmit { src_ip: None, ..t };
+        assert!(b.send(&t).is_ok());
+        assert_eq!(b.max_segments(), segments);
+    }
 
     #[test]
     fn group_binds_one_port_and_steers_by_cid() {
