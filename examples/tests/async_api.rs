@@ -1149,3 +1149,32 @@ async fn what_the_handshake_settled_is_known_when_the_connection_resolves() {
         guard("idle", ep.wait_idle()).await;
     }
 }
+
+/// A connection counts among the endpoint's open ones from `connect` (and from an
+/// `Incoming`'s accept) on, as in quinn: a `wait_idle` right after waits for it, and
+/// returns once it has ended. (Before, it counted once its worker had it: a `wait_idle`
+/// right after `connect` could return at once, with the connection about to open.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_counts_from_connect_on() {
+    for mode in MODES {
+        let (ep, cert) = echo_server(mode);
+        let server = ep.local_addr().unwrap();
+        with_client(mode, cert, move |client: Endpoint| async move {
+            for round in 0..20 {
+                let connecting = client.connect(server, "localhost").unwrap();
+                assert_eq!(client.open_connections(), 1, "{mode:?} round {round}");
+                let conn = tokio::select! {
+                    biased;
+                    _ = client.wait_idle() => panic!("{mode:?} round {round}: idle while connecting"),
+                    c = connecting => c.unwrap(),
+                };
+                conn.close(VarInt::from_u32(0), b"");
+                client.wait_idle().await;
+                assert_eq!(client.open_connections(), 0, "{mode:?} round {round}");
+            }
+        })
+        .await;
+        ep.close(VarInt::from_u32(0), b"");
+        guard("idle", ep.wait_idle()).await;
+    }
+}

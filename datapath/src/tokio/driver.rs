@@ -115,7 +115,6 @@ impl Driver {
             let mut st = c.lock();
             st.id = Some(id);
         }
-        self.ep.opened();
         self.conns.insert(id, c);
     }
 
@@ -294,6 +293,7 @@ pub(crate) fn fail(c: &ConnShared, error: ConnectionError) {
     }
     wakes.wake();
     c.closed.notify_waiters();
+    c.uncount();
 }
 
 /// Refreshes what the tasks read without asking.
@@ -672,7 +672,7 @@ impl Handler for Driver {
         }
         wakes.wake();
         c.closed.notify_waiters();
-        self.ep.ended();
+        c.uncount();
     }
 }
 
@@ -689,7 +689,6 @@ impl Driver {
             .store(true, std::sync::atomic::Ordering::Release);
         for (_, c) in self.conns.drain() {
             fail(&c, ConnectionError::LocallyClosed);
-            self.ep.ended();
         }
         self.ep.inboxes[self.worker].end();
         // The endpoint accepts nothing more, on any worker (`closing`): every accept

@@ -13,7 +13,7 @@ use quinn_proto::{ClientConfig, ConnectError, ConnectionError, ServerConfig, Sid
 
 use super::connection::{ConnRef, Connecting, Connection};
 use super::error::RetryError;
-use super::shared::{lock, register, Attempt, ConnShared, EndpointShared, Op};
+use super::shared::{fail_op, lock, register, Attempt, ConnShared, EndpointShared, Op};
 use super::{Builder, Keeper};
 use crate::{Decision, EngineBuilder};
 
@@ -168,14 +168,20 @@ impl Endpoint {
         let shared = ConnShared::new(worker, Side::Client, ep.clone());
         shared.lock().info.remote = Some(addr);
         let conn = ConnRef::first(shared.clone(), self.keeper.clone());
+        // Open from now on, as in quinn: a `wait_idle` waits for it.
+        shared.count();
         let op = Op::Connect {
             conn: shared,
             config,
             remote: addr,
             server_name: server_name.into(),
         };
-        ep.push(worker, op)
-            .map_err(|_| ConnectError::EndpointStopping)?;
+        if let Err(op) = ep.push(worker, op) {
+            if let Some(op) = op {
+                fail_op(op);
+            }
+            return Err(ConnectError::EndpointStopping);
+        }
         Ok(Connecting::new(conn))
     }
 
@@ -255,6 +261,10 @@ impl std::fmt::Debug for Incoming {
 impl Incoming {
     fn decide(&mut self, decision: Decision, conn: Option<Arc<ConnShared>>) {
         self.decided = true;
+        if let Some(c) = &conn {
+            // Open from now on, as in quinn: a `wait_idle` waits for it.
+            c.count();
+        }
         let op = Op::Decide(self.attempt.id, decision, conn);
         // A worker that ended has dropped the attempt already; the connection it would have
         // made fails, so that its `Connecting` resolves.

@@ -47,9 +47,6 @@
 //!   attempt not decided within [`crate::accept::DEFER_TIMEOUT`] is ignored;
 //! - `Endpoint::connect` checks what it can at once (configuration, server name, address); a
 //!   failure found on the worker makes the [`Connecting`] fail with `LocallyClosed`;
-//! - `Endpoint::open_connections` and `wait_idle` count a connection once its worker has
-//!   it: one `connect` or `accept` asked for a moment before may not be counted yet (quinn
-//!   counts it from the call);
 //! - received data waits in the stream's queue, not in quinn-proto: each chunk under 8 KiB
 //!   is copied out of its receive buffer as it is queued (quinn copies once too, when the
 //!   application reads into its buffer); `read_chunk` then hands out that copy;

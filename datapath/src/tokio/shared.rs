@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
 
@@ -248,7 +248,7 @@ pub(crate) struct EndpointShared {
     pub closing: std::sync::atomic::AtomicBool,
     /// `set_server_config(None)`: new attempts are refused.
     pub refusing: std::sync::atomic::AtomicBool,
-    /// Connections alive (registered on a worker, not closed yet).
+    /// Connections alive: handed to a worker (connecting, or accepted) and not ended yet.
     pub open: AtomicUsize,
     /// Notified when `open` falls to 0 (a `Notify`: a dropped `wait_idle` leaves nothing
     /// behind).
@@ -346,13 +346,13 @@ impl EndpointShared {
         Ok(())
     }
 
-    /// A connection was registered on a worker.
-    pub fn opened(&self) {
+    /// A connection was handed to a worker ([`ConnShared::count`]).
+    fn opened(&self) {
         self.open.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// A registered connection ended.
-    pub fn ended(&self) {
+    /// A counted connection ended ([`ConnShared::uncount`]).
+    fn ended(&self) {
         if self.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
         }
@@ -583,9 +583,28 @@ pub(crate) struct ConnShared {
     /// `Connection::closed` waits on. A `Notify`, not a waker list, so that a `closed()`
     /// future dropped unfinished (in a `select!` per stream, say) leaves nothing behind.
     pub closed: tokio::sync::Notify,
+    /// Counted in [`EndpointShared::open`]: from the moment its connect or accept is handed
+    /// to the worker ([`ConnShared::count`]) to its end ([`ConnShared::uncount`]).
+    counted: AtomicBool,
 }
 
 impl ConnShared {
+    /// Counts the connection among the endpoint's open ones, as quinn does from `connect`
+    /// or `accept` on (so a `wait_idle` right after waits for it): call before its connect
+    /// or accept is handed to the worker.
+    pub fn count(&self) {
+        if !self.counted.swap(true, Ordering::AcqRel) {
+            self.ep.opened();
+        }
+    }
+
+    /// The connection has ended (or will never be): no longer counted. Idempotent.
+    pub fn uncount(&self) {
+        if self.counted.swap(false, Ordering::AcqRel) {
+            self.ep.ended();
+        }
+    }
+
     /// Closed on our side (`Connection::close`, `Endpoint::close`): unless the connection
     /// already has its error, new operations fail with `LocallyClosed` from now on (reads
     /// still hand out what was received before, accepts the streams waiting), and every
@@ -609,6 +628,7 @@ impl ConnShared {
             worker,
             ep,
             closed: tokio::sync::Notify::new(),
+            counted: AtomicBool::new(false),
             state: Mutex::new(ConnState {
                 id: None,
                 side,
