@@ -1103,14 +1103,23 @@ fn max_datagram(endpoint: &quinn_proto::Endpoint) -> usize {
 /// address 255.255.255.255 (quinn-proto would answer from it, and every packet of a
 /// connection it accepted too). A subnet's directed broadcast (10.0.0.255 on a /24), or an
 /// address not the host's (a frame over AF_XDP may name any), only the kernel tells: the
-/// backend answers that ([`Backend::answerable_from`]).
+/// backend answers that ([`Backend::answerable_from`]). Also one sent to an IPv6 link-local
+/// address from a peer that is not link-local: a reply from a link-local source needs the
+/// peer's link as its interface, which a global peer does not name (Linux: EINVAL).
 fn unanswerable(d: &Datagram) -> bool {
     let remote = d.remote.ip().to_canonical();
     let group = |ip: IpAddr| match ip.to_canonical() {
         IpAddr::V4(a) => a.is_multicast() || a.is_broadcast(),
         IpAddr::V6(a) => a.is_multicast(),
     };
-    d.remote.port() == 0 || remote.is_unspecified() || d.local_ip.is_some_and(group)
+    let link_local = |ip: IpAddr| matches!(ip, IpAddr::V6(a) if a.is_unicast_link_local());
+    let scope_mismatch = d
+        .local_ip
+        .is_some_and(|l| link_local(l.to_canonical()) && !link_local(remote));
+    d.remote.port() == 0
+        || remote.is_unspecified()
+        || d.local_ip.is_some_and(group)
+        || scope_mismatch
 }
 
 #[cfg(test)]
@@ -1140,6 +1149,7 @@ mod tests {
             ("10.0.0.2:5000", "255.255.255.255"),
             ("10.0.0.2:5000", "::ffff:224.0.0.251"),
             ("[fd00::2]:5000", "ff02::1"),
+            ("[fd00::2]:5000", "fe80::1"),
         ] {
             assert!(
                 unanswerable(&datagram(remote, local)),
@@ -1150,6 +1160,8 @@ mod tests {
             ("10.0.0.2:5000", "10.0.0.1"),
             ("[::ffff:10.0.0.2]:5000", "::ffff:10.0.0.1"),
             ("[fd00::2]:5000", "fd00::1"),
+            ("[fe80::2%3]:5000", "fe80::1"),
+            ("[fe80::2]:5000", "fd00::1"),
         ] {
             assert!(
                 !unanswerable(&datagram(remote, local)),

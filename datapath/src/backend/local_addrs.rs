@@ -22,13 +22,15 @@
 //!
 //! Answers are cached, so a worker asks once per address it sees, not per datagram; and
 //! the questions are budgeted, so a flood of frames to ever new addresses (over AF_XDP) costs
-//! no syscall per packet: past the budget, an address not in the caches is taken for
-//! answerable (no check, as before it), until the caches are emptied and the budget renewed,
-//! every second or every 65,536 datagrams, whichever comes first (so an address that became
-//! the host's, a service address moved back, is answered again within a second). A reply
-//! that goes out from such an address anyway (past the budget) fails with EINVAL; the UDP
-//! backend then asks about its source ([`LocalAddrs::refuses`]) and, if that was the cause,
-//! renews the socket's state, GSO and ECN included: it costs that reply, not the socket.
+//! at most the budget's questions a second, not one per packet: past the budget, an address
+//! not in the caches is taken for answerable (no check, as before it), until the caches are
+//! emptied and the budget renewed, every second or every 65,536 datagrams, whichever comes
+//! first (so an address that became the host's, a service address moved back, is answered
+//! again within a second). A reply that goes out from such an address anyway (past the
+//! budget) fails with EINVAL, a syscall spent on a reply that could not go; the UDP backend
+//! then asks about its source ([`LocalAddrs::refuses`], one more) and, if that was the cause
+//! and GSO was turned down, renews the socket's state (GSO and ECN back), at most once a
+//! second: such replies cost themselves, not the socket.
 //! An IPv6 link-local address is asked on its interface where the backend names one
 //! ([`LocalAddrs::on_link`]: AF_XDP's queue's interface, where a frame may name any such
 //! address); elsewhere it is answerable (the kernel delivers a datagram to one only if it is

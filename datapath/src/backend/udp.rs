@@ -50,7 +50,24 @@ pub struct UdpBackend {
     meta: [RecvMeta; BATCH_SIZE],
     pending: Pending,
     local_addrs: super::local_addrs::LocalAddrs,
+    /// The GSO segments the socket's state allowed when it was made: a state that allows
+    /// fewer was turned down by a refused send.
+    gso_segments: usize,
+    renewal: Renewal,
 }
+
+/// When the socket's state may be made afresh again: at most once a second, so that a flood
+/// of refused replies costs a rebuild a second, not one per reply.
+#[derive(Debug, Default, Clone, Copy)]
+struct Renewal {
+    /// No rebuild before this instant.
+    not_before: Option<Instant>,
+    /// A rebuild was held back by `not_before`: the next send past it makes it.
+    due: bool,
+}
+
+/// The shortest time between two rebuilds of a socket's state.
+const RENEWAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Datagrams of the last recvmmsg not yet handed out: message `msg` of `msgs`, from octet
 /// `offset` of its slot.
@@ -78,6 +95,8 @@ impl UdpBackend {
         let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), 8 << 20);
         let _ = state.set_send_buffer_size(UdpSockRef::from(&socket), 8 << 20);
         Ok(Self {
+            gso_segments: state.max_gso_segments(),
+            renewal: Renewal::default(),
             local_addrs: super::local_addrs::LocalAddrs::beside(&socket),
             socket,
             state,
@@ -93,18 +112,37 @@ impl UdpBackend {
     }
 
     /// A send refused with EINVAL. quinn-udp takes that for a NIC without segmentation
-    /// offload (or without ECN marks) and turns them off for the socket's life; but the
-    /// cause may be the source address, one a reply cannot go out from that the
-    /// local-address check let through (past its budget, or an address the host gave up
-    /// within the second its answer is kept). Then the socket's state is made afresh (GSO and
-    /// ECN back, the socket's options set again) and the address is known for what it is,
-    /// so that one datagram to such an address cannot slow the socket for good. Costs a
-    /// probe, and a rebuild when the source was the cause: after a failed send only.
-    fn after_einval(&mut self, src: Option<std::net::IpAddr>) {
+    /// offload and turns GSO off (and IPv4 ECN marks) for the socket's life; but the cause
+    /// may be the source address, one a reply cannot go out from that the local-address
+    /// check let through (past its budget, or an address the host gave up within the second
+    /// its answer is kept). Then the address is known for what it is, and the socket's state
+    /// is made afresh (GSO and ECN back, the socket's options set again), so that such
+    /// datagrams cannot slow the socket for good.
+    ///
+    /// Costs a probe per refused send, and a rebuild (about 17 syscalls and quinn-udp's log
+    /// line) only when GSO was turned down, at most once a second ([`RENEWAL_INTERVAL`]): a
+    /// rebuild held back is made by the first send past the second.
+    fn after_einval(&mut self, src: Option<std::net::IpAddr>, now: Instant) {
         let Some(ip) = src else { return };
         if !self.local_addrs.refuses(ip.to_canonical()) {
             return;
         }
+        if self.state.max_gso_segments() >= self.gso_segments {
+            return;
+        }
+        self.renewal.due = true;
+        self.renew_if_due(now);
+    }
+
+    /// Makes a rebuild that is due, if its time has come.
+    fn renew_if_due(&mut self, now: Instant) {
+        if self.renewal.not_before.is_some_and(|t| now < t) {
+            return;
+        }
+        self.renewal = Renewal {
+            not_before: Some(now + RENEWAL_INTERVAL),
+            due: false,
+        };
         match UdpSocketState::new(UdpSockRef::from(&self.socket)) {
             Ok(state) => self.state = state,
             Err(e) => tracing::debug!("cannot renew the socket's state: {e}"),
@@ -475,6 +513,9 @@ impl Backend for UdpBackend {
     }
 
     fn send(&mut self, t: &Transmit<'_>) -> Result<(), SendError> {
+        if self.renewal.due {
+            self.renew_if_due(Instant::now());
+        }
         let transmit = quinn_udp::Transmit {
             destination: t.destination,
             ecn: t
@@ -493,7 +534,7 @@ impl Backend for UdpBackend {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(SendError::Blocked),
             Err(e) => {
                 if e.raw_os_error() == Some(libc::EINVAL) {
-                    self.after_einval(t.src_ip);
+                    self.after_einval(t.src_ip, Instant::now());
                 }
                 Err(SendError::Failed(e))
             }
@@ -623,9 +664,27 @@ mod tests {
         assert_eq!(b.max_segments(), segments, "GSO as it was");
         assert!(!b.answerable_from(foreign, Instant::now()), "known now");
         // And a send from the socket's own address goes, in GSO batches still.
-        let t = Transmit { src_ip: None, ..t };
-        assert!(b.send(&t).is_ok());
+        let own = Transmit { src_ip: None, ..t };
+        assert!(b.send(&own).is_ok());
         assert_eq!(b.max_segments(), segments);
+
+        // A flood of refused replies rebuilds the state once a second, not once a reply:
+        // the second address within the second leaves GSO off...
+        let other: std::net::IpAddr = "2001:db8::8".parse().unwrap();
+        let t2 = Transmit {
+            src_ip: Some(other),
+            ..t
+        };
+        assert!(matches!(b.send(&t2), Err(SendError::Failed(_))));
+        assert_eq!(b.max_segments(), 1, "no second rebuild within the second");
+        assert!(b.renewal.due);
+        assert!(b.send(&own).is_ok());
+        assert_eq!(b.max_segments(), 1, "still within the second");
+        // ...until the first send past it, which makes the rebuild held back.
+        b.renewal.not_before = Some(Instant::now() - std::time::Duration::from_millis(1));
+        assert!(b.send(&own).is_ok());
+        assert_eq!(b.max_segments(), segments, "GSO back past the second");
+        assert!(!b.renewal.due);
     }
 
     #[test]

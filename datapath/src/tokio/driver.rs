@@ -26,8 +26,12 @@ pub struct Driver {
     /// A stream the peer opened, announced by `stream_opened` and registered with the
     /// `stream_readable` call the worker makes right after it: one lock for both.
     opened: Option<(ConnId, StreamId)>,
-    /// Spare buffers, reused batch after batch.
+    /// The ops of the batch being run, last first; after the batch, its spare buffer. A
+    /// panic in the batch leaves the ops it did not reach here, and the connection of the op
+    /// it cut short in `running`: [`Driver::end`] fails both, so that no task waits on them
+    /// (nor `wait_idle` on their count).
     ops: Vec<Op>,
+    running: Option<Arc<ConnShared>>,
     todo: Vec<StreamKey>,
 }
 
@@ -39,6 +43,7 @@ impl Driver {
             conns: HashMap::default(),
             opened: None,
             ops: Vec::new(),
+            running: None,
             todo: Vec::new(),
         }
     }
@@ -46,9 +51,9 @@ impl Driver {
     /// Runs the ops the tasks queued for this worker (posted by [`EndpointShared::push`]).
     pub(crate) fn drain(&mut self, ctx: &mut Ctx<'_>) {
         self.flush_opened();
-        let mut ops = std::mem::take(&mut self.ops);
-        self.ep.inboxes[self.worker].take(&mut ops);
-        for op in ops.drain(..) {
+        self.ep.inboxes[self.worker].take(&mut self.ops);
+        self.ops.reverse();
+        while let Some(op) = self.ops.pop() {
             match op {
                 Op::Service(c) => {
                     let id = c.lock().id;
@@ -68,7 +73,9 @@ impl Driver {
                     } else {
                         decision
                     };
+                    self.running.clone_from(&conn);
                     let outcome = ctx.decide(attempt, decision);
+                    self.running = None;
                     if let Some(c) = conn {
                         match outcome {
                             Ok(Some(id)) => self.register(id, c),
@@ -87,13 +94,18 @@ impl Driver {
                     config,
                     remote,
                     server_name,
-                } => match ctx.connect_with(config, remote, &server_name) {
-                    Ok(id) => self.register(id, conn),
-                    Err(e) => {
-                        tracing::debug!(%remote, "connect failed on the worker: {e}");
-                        fail(&conn, ConnectionError::LocallyClosed)
+                } => {
+                    self.running = Some(conn.clone());
+                    let opened = ctx.connect_with(config, remote, &server_name);
+                    self.running = None;
+                    match opened {
+                        Ok(id) => self.register(id, conn),
+                        Err(e) => {
+                            tracing::debug!(%remote, "connect failed on the worker: {e}");
+                            fail(&conn, ConnectionError::LocallyClosed)
+                        }
                     }
-                },
+                }
                 Op::SetServerConfig(config) => ctx.set_server_config(config),
                 Op::CloseAll(code, reason) => {
                     let conns: Vec<(ConnId, Arc<ConnShared>)> =
@@ -107,7 +119,6 @@ impl Driver {
                 }
             }
         }
-        self.ops = ops;
     }
 
     fn register(&mut self, id: ConnId, c: Arc<ConnShared>) {
@@ -283,7 +294,11 @@ fn take_chunk(conn: &mut Conn<'_>, slot: &mut StreamSlot, max: usize, taken: &mu
     }
 }
 
-/// Ends connection `c` that never registered on a worker.
+/// Ends connection `c` for its tasks, where no worker will: it takes `error` (unless it has
+/// an error already), its waiters are woken, and the endpoint no longer counts it. For a
+/// connection that never registered on a worker, or whose worker has ended
+/// ([`Driver::end`]); one its worker serves ends through `Handler::closed`. Call it holding
+/// no connection's lock.
 pub(crate) fn fail(c: &ConnShared, error: ConnectionError) {
     let mut wakes = Wakes::default();
     {
@@ -690,6 +705,12 @@ impl Driver {
         for (_, c) in self.conns.drain() {
             fail(&c, ConnectionError::LocallyClosed);
         }
+        if let Some(c) = self.running.take() {
+            fail(&c, ConnectionError::LocallyClosed);
+        }
+        for op in self.ops.drain(..) {
+            super::shared::fail_op(op);
+        }
         self.ep.inboxes[self.worker].end();
         // The endpoint accepts nothing more, on any worker (`closing`): every accept
         // queue's waiters learn it (in thread-per-core mode the other workers' `accept`s
@@ -750,6 +771,72 @@ mod tests {
         let long = buf.slice(0..super::COPY_BELOW);
         assert_eq!(super::own(long.clone()).as_ptr(), long.as_ptr());
         assert_eq!(super::own(bytes::Bytes::new()), bytes::Bytes::new());
+    }
+
+    /// A panic in a batch of ops (the handler is then poisoned and the worker ends) leaves
+    /// neither the ops it did not reach nor the one it cut short unfailed: their tasks hear
+    /// that the connection is gone, and the endpoint no longer counts it.
+    #[test]
+    fn a_batch_cut_short_fails_what_it_did_not_run() {
+        use super::super::shared::{ConnShared, EndpointShared, Op};
+        use super::super::Limits;
+        use std::sync::atomic::Ordering;
+        use std::sync::Arc;
+
+        let ep = Arc::new(EndpointShared::new(1, false, Limits::default()));
+        let mut driver = super::Driver::new(ep.clone(), 0);
+        let waiting = ConnShared::new(0, quinn_proto::Side::Client, ep.clone());
+        let cut_short = ConnShared::new(0, quinn_proto::Side::Client, ep.clone());
+        waiting.count();
+        cut_short.count();
+        assert_eq!(ep.open.load(Ordering::Acquire), 2);
+        // As a panic leaves them: an op not reached, the connection of the op it was in.
+        driver.ops.push(Op::Service(waiting.clone()));
+        driver.running = Some(cut_short.clone());
+        drop(driver);
+        assert_eq!(ep.open.load(Ordering::Acquire), 0, "no longer counted");
+        for c in [&waiting, &cut_short] {
+            assert_eq!(
+                c.lock().error,
+                Some(quinn_proto::ConnectionError::LocallyClosed)
+            );
+        }
+    }
+
+    /// End to end: a connect whose crypto panics on the worker (the handler is poisoned, the
+    /// worker ends) fails its `Connecting`, and the endpoint goes idle.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_while_connecting_fails_the_connection() {
+        struct Panics;
+        impl quinn_proto::crypto::ClientConfig for Panics {
+            fn start_session(
+                self: std::sync::Arc<Self>,
+                _: u32,
+                _: &str,
+                _: &quinn_proto::transport_parameters::TransportParameters,
+            ) -> Result<Box<dyn quinn_proto::crypto::Session>, quinn_proto::ConnectError>
+            {
+                panic!("a crypto provider that panics, as this test asks");
+            }
+        }
+        let id = tls::Identity::self_signed_ed25519(&["localhost"]).unwrap();
+        let trust = tls::Trust::Roots(vec![id.chain[0].clone()]);
+        let client = EngineBuilder::default().client(tls::client_config(trust, &[b"t"]).unwrap());
+        let client = Builder::new(client)
+            .bind_udp("127.0.0.1:0".parse().unwrap())
+            .unwrap();
+        let config = quinn_proto::ClientConfig::new(std::sync::Arc::new(Panics));
+        // Nothing is sent: the panic comes before the first packet.
+        let to = "127.0.0.1:9".parse().unwrap();
+        let connecting = client.connect_with(config, to, "localhost").unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(30), connecting)
+            .await
+            .expect("the connect fails, not left waiting");
+        assert!(outcome.is_err());
+        tokio::time::timeout(Duration::from_secs(30), client.wait_idle())
+            .await
+            .expect("the endpoint no longer counts it");
+        assert_eq!(client.open_connections(), 0);
     }
 
     /// Once a worker has ended (what its thread marks, `Driver::end`), what the tasks ask of
