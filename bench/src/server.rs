@@ -353,7 +353,6 @@ macro_rules! perf_app {
                         if send.finish().is_ok() {
                             counters.requests.fetch_add(1, Relaxed);
                         }
-                        let _ = send.stopped().await;
                     });
                 }
             }
