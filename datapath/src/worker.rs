@@ -483,9 +483,10 @@ impl<H: Handler> Worker<H> {
         };
         if unanswerable(&d) || from_elsewhere() {
             // No answer can go there: Linux fails a send to port 0, or from a group or
-            // broadcast address or one not the host's (over AF_XDP), with EINVAL, which quinn-udp takes for a NIC without GSO
-            // (and without ECN marks) and turns both off for the socket's life. One such
-            // datagram would slow every connection of the worker.
+            // broadcast address or one not the host's (over AF_XDP), or from a link-local
+            // address to a peer that is not, with EINVAL, which quinn-udp takes for a NIC
+            // without GSO (and without ECN marks) and turns both off for the socket's life.
+            // One such datagram would slow every connection of the worker.
             self.counters.rx_malformed += 1;
             return;
         }
@@ -1105,7 +1106,10 @@ fn max_datagram(endpoint: &quinn_proto::Endpoint) -> usize {
 /// address not the host's (a frame over AF_XDP may name any), only the kernel tells: the
 /// backend answers that ([`Backend::answerable_from`]). Also one sent to an IPv6 link-local
 /// address from a peer that is not link-local: a reply from a link-local source needs the
-/// peer's link as its interface, which a global peer does not name (Linux: EINVAL).
+/// peer's link as its interface, which a global peer does not name (Linux: EINVAL). It is
+/// dropped on every backend, even where a reply could go (AF_XDP's own TX ring, a socket
+/// bound to a device): a global peer reaches a link-local address only from the same link,
+/// and a link-local source towards a global address is out of its scope (RFC 4007).
 fn unanswerable(d: &Datagram) -> bool {
     let remote = d.remote.ip().to_canonical();
     let group = |ip: IpAddr| match ip.to_canonical() {
@@ -1138,7 +1142,8 @@ mod tests {
 
     /// Datagrams no answer can go back to are recognised: from port 0 or an unspecified
     /// address (IPv4-mapped too), or to a group address (multicast, broadcast), from which
-    /// Linux refuses to send (EINVAL, which turns quinn-udp's GSO off for the socket).
+    /// Linux refuses to send (EINVAL, which turns quinn-udp's GSO off for the socket), or to
+    /// an IPv6 link-local address from a peer that is not link-local.
     #[test]
     fn datagrams_no_answer_can_go_back_to_are_recognised() {
         for (remote, local) in [

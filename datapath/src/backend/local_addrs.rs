@@ -22,15 +22,15 @@
 //!
 //! Answers are cached, so a worker asks once per address it sees, not per datagram; and
 //! the questions are budgeted, so a flood of frames to ever new addresses (over AF_XDP) costs
-//! at most the budget's questions a second, not one per packet: past the budget, an address
-//! not in the caches is taken for answerable (no check, as before it), until the caches are
-//! emptied and the budget renewed, every second or every 65,536 datagrams, whichever comes
-//! first (so an address that became the host's, a service address moved back, is answered
-//! again within a second). A reply that goes out from such an address anyway (past the
-//! budget) fails with EINVAL, a syscall spent on a reply that could not go; the UDP backend
-//! then asks about its source ([`LocalAddrs::refuses`], one more) and, if that was the cause
-//! and GSO was turned down, renews the socket's state (GSO and ECN back), at most once a
-//! second: such replies cost themselves, not the socket.
+//! a question for 1 in 256 of its datagrams at most, not one per packet: past the budget of
+//! 256, an address not in the caches is taken for answerable (no check, as before it), until
+//! the caches are emptied and the budget renewed, every second or every 65,536 datagrams,
+//! whichever comes first (so an address that became the host's, a service address moved
+//! back, is answered again within a second). A reply that goes out from such an address
+//! anyway (past the budget) fails with EINVAL, a syscall spent on a reply that could not go;
+//! the UDP backend then asks about its source ([`LocalAddrs::refuses`], one more) and, if
+//! that was the cause, renews the socket's state (GSO and ECN back), at most once a second:
+//! such replies cost themselves, not the socket.
 //! An IPv6 link-local address is asked on its interface where the backend names one
 //! ([`LocalAddrs::on_link`]: AF_XDP's queue's interface, where a frame may name any such
 //! address); elsewhere it is answerable (the kernel delivers a datagram to one only if it is
@@ -53,7 +53,8 @@ const REFRESH_EVERY: u32 = 1 << 16;
 /// Time after which the caches are emptied and the budget renewed, whatever the lookups.
 const REFRESH_AFTER: Duration = Duration::from_secs(1);
 
-/// Questions to the kernel per refresh (at most 1 in 256 datagrams, and 256 a second).
+/// Questions to the kernel per refresh: at most 1 in 256 datagrams (a refresh every 65,536
+/// of them), and 256 a second when fewer come.
 const QUESTIONS: u32 = 256;
 
 /// `sendmsg(2)` flag: route and check, send nothing (linux/socket.h; not in the libc
@@ -245,6 +246,11 @@ impl LocalAddrs {
     /// Whether the kernel says a reply cannot go out from `ip`, asked now whatever the
     /// budget (after a send from it failed: one question per failed send), and cached so.
     pub fn refuses(&mut self, ip: IpAddr) -> bool {
+        // As `answerable_from`: not asked. A link-local source without the interface to ask
+        // it on would be refused by the probe for want of one, whatever the send's cause.
+        if ip.is_loopback() || (is_link_local(ip) && self.link.is_none()) {
+            return false;
+        }
         let Some(probe) = self.probe_for(ip) else {
             return false;
         };
@@ -517,6 +523,10 @@ mod tests {
         let mut b = LocalAddrs::here();
         assert!(b.answerable_from(ll, now));
         assert_eq!(b.questions, 0);
+        // Nor does a failed send from one blame its source: without an interface the probe
+        // would refuse any link-local address.
+        assert!(!b.refuses(ll));
+        assert!(b.answerable_from(ll, now));
         if b.v6.is_none() {
             return; // no IPv6 here
         }
@@ -524,5 +534,6 @@ mod tests {
         let mut b = LocalAddrs::here().on_link(lo);
         assert!(!b.answerable_from(ll, now), "not an address of loopback");
         assert_eq!(b.questions, 1);
+        assert!(b.refuses(ll), "asked on the interface");
     }
 }

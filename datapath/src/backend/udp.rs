@@ -50,9 +50,6 @@ pub struct UdpBackend {
     meta: [RecvMeta; BATCH_SIZE],
     pending: Pending,
     local_addrs: super::local_addrs::LocalAddrs,
-    /// The GSO segments the socket's state allowed when it was made: a state that allows
-    /// fewer was turned down by a refused send.
-    gso_segments: usize,
     renewal: Renewal,
 }
 
@@ -64,6 +61,10 @@ struct Renewal {
     not_before: Option<Instant>,
     /// A rebuild was held back by `not_before`: the next send past it makes it.
     due: bool,
+    /// A send failed for a cause other than its source (EIO, or an EINVAL from an address
+    /// the kernel does not refuse): quinn-udp's GSO is off for a reason of the path or the
+    /// NIC, which a rebuild would only bring back to fail again. No more rebuilds.
+    never: bool,
 }
 
 /// The shortest time between two rebuilds of a socket's state.
@@ -95,7 +96,6 @@ impl UdpBackend {
         let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), 8 << 20);
         let _ = state.set_send_buffer_size(UdpSockRef::from(&socket), 8 << 20);
         Ok(Self {
-            gso_segments: state.max_gso_segments(),
             renewal: Renewal::default(),
             local_addrs: super::local_addrs::LocalAddrs::beside(&socket),
             socket,
@@ -111,23 +111,27 @@ impl UdpBackend {
         &self.socket
     }
 
-    /// A send refused with EINVAL. quinn-udp takes that for a NIC without segmentation
-    /// offload and turns GSO off (and IPv4 ECN marks) for the socket's life; but the cause
-    /// may be the source address, one a reply cannot go out from that the local-address
-    /// check let through (past its budget, or an address the host gave up within the second
-    /// its answer is kept). Then the address is known for what it is, and the socket's state
-    /// is made afresh (GSO and ECN back, the socket's options set again), so that such
-    /// datagrams cannot slow the socket for good.
+    /// A send refused with EINVAL or EIO. quinn-udp takes either for a NIC without
+    /// segmentation offload and turns GSO off (and, on the first EINVAL, IPv4 ECN marks) for
+    /// the socket's life; but an EINVAL may come from the source address, one a reply cannot
+    /// go out from that the local-address check let through (past its budget, or an address
+    /// the host gave up within the second its answer is kept). Then the address is known for
+    /// what it is, and the socket's state is made afresh (GSO and ECN back, the socket's
+    /// options set again), so that such datagrams cannot slow the socket for good; but not
+    /// once a send has failed for another cause ([`Renewal::never`]).
     ///
     /// Costs a probe per refused send, and a rebuild (about 17 syscalls and quinn-udp's log
-    /// line) only when GSO was turned down, at most once a second ([`RENEWAL_INTERVAL`]): a
-    /// rebuild held back is made by the first send past the second.
-    fn after_einval(&mut self, src: Option<std::net::IpAddr>, now: Instant) {
-        let Some(ip) = src else { return };
-        if !self.local_addrs.refuses(ip.to_canonical()) {
+    /// line) at most once a second ([`RENEWAL_INTERVAL`]): a rebuild held back is made by the
+    /// first send past the second.
+    fn after_failure(&mut self, errno: i32, src: Option<std::net::IpAddr>, now: Instant) {
+        let from_source = errno == libc::EINVAL
+            && src.is_some_and(|ip| self.local_addrs.refuses(ip.to_canonical()));
+        if !from_source {
+            self.renewal.never = true;
+            self.renewal.due = false;
             return;
         }
-        if self.state.max_gso_segments() >= self.gso_segments {
+        if self.renewal.never {
             return;
         }
         self.renewal.due = true;
@@ -139,10 +143,8 @@ impl UdpBackend {
         if self.renewal.not_before.is_some_and(|t| now < t) {
             return;
         }
-        self.renewal = Renewal {
-            not_before: Some(now + RENEWAL_INTERVAL),
-            due: false,
-        };
+        self.renewal.not_before = Some(now + RENEWAL_INTERVAL);
+        self.renewal.due = false;
         match UdpSocketState::new(UdpSockRef::from(&self.socket)) {
             Ok(state) => self.state = state,
             Err(e) => tracing::debug!("cannot renew the socket's state: {e}"),
@@ -533,8 +535,8 @@ impl Backend for UdpBackend {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(SendError::Blocked),
             Err(e) => {
-                if e.raw_os_error() == Some(libc::EINVAL) {
-                    self.after_einval(t.src_ip, Instant::now());
+                if let Some(errno @ (libc::EINVAL | libc::EIO)) = e.raw_os_error() {
+                    self.after_failure(errno, t.src_ip, Instant::now());
                 }
                 Err(SendError::Failed(e))
             }
@@ -669,7 +671,9 @@ mod tests {
         assert_eq!(b.max_segments(), segments);
 
         // A flood of refused replies rebuilds the state once a second, not once a reply:
-        // the second address within the second leaves GSO off...
+        // the second address within the second leaves GSO off (the second made long, so
+        // that a slow machine does not see it pass)...
+        b.renewal.not_before = Some(Instant::now() + std::time::Duration::from_secs(3600));
         let other: std::net::IpAddr = "2001:db8::8".parse().unwrap();
         let t2 = Transmit {
             src_ip: Some(other),
@@ -685,6 +689,36 @@ mod tests {
         assert!(b.send(&own).is_ok());
         assert_eq!(b.max_segments(), segments, "GSO back past the second");
         assert!(!b.renewal.due);
+
+        // A send that fails for another cause (EIO here stands for a NIC that refuses GSO)
+        // ends the rebuilds: GSO is off for a reason a rebuild would only bring back.
+        b.after_failure(libc::EIO, None, Instant::now());
+        assert!(b.renewal.never);
+        b.renewal.not_before = None;
+        assert!(matches!(b.send(&t2), Err(SendError::Failed(_))));
+        assert_eq!(b.max_segments(), 1, "no rebuild once GSO failed on its own");
+        assert!(!b.renewal.due);
+    }
+
+    /// A refused reply of one datagram (no GSO asked) renews the state too: the EINVAL turned
+    /// quinn-udp's IPv4 ECN marks off as well as GSO, whether the socket had GSO or not.
+    #[test]
+    fn a_refused_reply_of_one_datagram_renews_the_state() {
+        let socket = UdpSocket::bind("[::1]:0").unwrap();
+        let to = socket.local_addr().unwrap();
+        let mut b = UdpBackend::new(socket).unwrap();
+        let payload = [0u8; 100];
+        let t = Transmit {
+            destination: to,
+            src_ip: Some("2001:db8::9".parse().unwrap()),
+            ecn: None,
+            segment_size: None,
+            contents: &payload,
+            link: None,
+        };
+        assert!(matches!(b.send(&t), Err(SendError::Failed(_))));
+        assert!(b.renewal.not_before.is_some(), "rebuilt");
+        assert!(!b.renewal.due && !b.renewal.never);
     }
 
     #[test]

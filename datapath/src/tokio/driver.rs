@@ -804,7 +804,8 @@ mod tests {
     }
 
     /// End to end: a connect whose crypto panics on the worker (the handler is poisoned, the
-    /// worker ends) fails its `Connecting`, and the endpoint goes idle.
+    /// worker ends) fails its `Connecting`, and so do the connects queued behind it, and the
+    /// endpoint goes idle.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panic_while_connecting_fails_the_connection() {
         struct Panics;
@@ -826,13 +827,23 @@ mod tests {
             .bind_udp("127.0.0.1:0".parse().unwrap())
             .unwrap();
         let config = quinn_proto::ClientConfig::new(std::sync::Arc::new(Panics));
-        // Nothing is sent: the panic comes before the first packet.
+        // Nothing is sent: the panic comes before the first packet. Connects in a row, so
+        // that some wait in the batch of the first, behind the panic, and the rest come to
+        // a worker that has ended.
         let to = "127.0.0.1:9".parse().unwrap();
-        let connecting = client.connect_with(config, to, "localhost").unwrap();
-        let outcome = tokio::time::timeout(Duration::from_secs(30), connecting)
-            .await
-            .expect("the connect fails, not left waiting");
-        assert!(outcome.is_err());
+        let mut waiting = Vec::new();
+        for _ in 0..50 {
+            if let Ok(c) = client.connect_with(config.clone(), to, "localhost") {
+                waiting.push(c);
+            }
+        }
+        assert!(!waiting.is_empty());
+        for connecting in waiting {
+            let outcome = tokio::time::timeout(Duration::from_secs(30), connecting)
+                .await
+                .expect("the connect fails, not left waiting");
+            assert!(outcome.is_err());
+        }
         tokio::time::timeout(Duration::from_secs(30), client.wait_idle())
             .await
             .expect("the endpoint no longer counts it");
