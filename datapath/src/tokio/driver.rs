@@ -805,9 +805,15 @@ mod tests {
 
     /// End to end: a connect whose crypto panics on the worker (the handler is poisoned, the
     /// worker ends) fails its `Connecting`, and so do the connects queued behind it, and the
-    /// endpoint goes idle.
+    /// endpoint goes idle. In both modes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panic_while_connecting_fails_the_connection() {
+        for thread_per_core in [false, true] {
+            a_panic_while_connecting(thread_per_core).await;
+        }
+    }
+
+    async fn a_panic_while_connecting(thread_per_core: bool) {
         struct Panics;
         impl quinn_proto::crypto::ClientConfig for Panics {
             fn start_session(
@@ -823,9 +829,11 @@ mod tests {
         let id = tls::Identity::self_signed_ed25519(&["localhost"]).unwrap();
         let trust = tls::Trust::Roots(vec![id.chain[0].clone()]);
         let client = EngineBuilder::default().client(tls::client_config(trust, &[b"t"]).unwrap());
-        let client = Builder::new(client)
-            .bind_udp("127.0.0.1:0".parse().unwrap())
-            .unwrap();
+        let mut client = Builder::new(client);
+        if thread_per_core {
+            client = client.thread_per_core(|_| async {});
+        }
+        let client = client.bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
         let config = quinn_proto::ClientConfig::new(std::sync::Arc::new(Panics));
         // Nothing is sent: the panic comes before the first packet. Connects in a row, so
         // that some wait in the batch of the first, behind the panic, and the rest come to
@@ -841,7 +849,9 @@ mod tests {
         for connecting in waiting {
             let outcome = tokio::time::timeout(Duration::from_secs(30), connecting)
                 .await
-                .expect("the connect fails, not left waiting");
+                .unwrap_or_else(|_| {
+                    panic!("thread_per_core {thread_per_core}: the connect is left waiting")
+                });
             assert!(outcome.is_err());
         }
         tokio::time::timeout(Duration::from_secs(30), client.wait_idle())
