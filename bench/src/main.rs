@@ -648,10 +648,14 @@ impl Sampler<'_> {
             )
         };
         let cpu = || -> anyhow::Result<_> {
-            Ok((sys::proc_cpu(pid)?, sys::cpu_jiffies()?, sys::proc_cpu(me)?))
+            Ok((
+                sys::cpu_seconds(pid)?,
+                sys::cpu_jiffies()?,
+                sys::cpu_seconds(me)?,
+            ))
         };
         // Before the work: noise, CPU, counters; after it: counters, CPU, noise.
-        let ((kthreads_cpu_s, others_ticks), (server_cpu, cpus, client_cpu), app) = if start {
+        let ((kthreads_cpu_s, others_ticks), (server_cpu_s, cpus, client_cpu_s), app) = if start {
             let n = noise();
             let c = cpu()?;
             (n, c, self.srv.stats()?.app)
@@ -661,9 +665,9 @@ impl Sampler<'_> {
             (noise(), c, app)
         };
         Ok(Sample {
-            server_cpu,
+            server_cpu_s,
             cpus,
-            client_cpu,
+            client_cpu_s,
             server_rss_kib: sys::rss_kib(pid)?,
             kthreads_cpu_s,
             others_ticks,

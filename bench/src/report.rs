@@ -15,9 +15,9 @@ use crate::{Loader, Workload, CLIENT_CPU, MAIN_WORKERS, SERVER_CPU};
 /// What the bench reads at each edge of a measured span.
 #[derive(Debug, Clone)]
 pub struct Sample {
-    pub server_cpu: crate::sys::ProcCpu,
+    pub server_cpu_s: f64,
     /// CPU time of the bench process: the client (and the bench's own few samples).
-    pub client_cpu: crate::sys::ProcCpu,
+    pub client_cpu_s: f64,
     pub cpus: Vec<CpuJiffies>,
     pub server_rss_kib: u64,
     /// CPU seconds of the kernel threads ([`crate::sys::kernel_threads_cpu_seconds`]).
@@ -44,8 +44,8 @@ pub struct Measure {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub p999_ms: Option<f64>,
-    /// Server process CPU seconds: the run time of its threads to the nanosecond
-    /// ([`crate::sys::ProcCpu`]; 10 ms ticks of /proc/PID/stat where a thread ended).
+    /// Server process CPU seconds, to the nanosecond (its CPU-time clock,
+    /// [`crate::sys::cpu_seconds`]).
     pub server_cpu_s: f64,
     /// Busy CPU seconds of every core (/proc/stat user, nice, system, irq, softirq): on veth
     /// the receiver's stack runs in the sender's context, so a server's cost is partly on the
@@ -107,8 +107,8 @@ impl Measure {
     ) -> Self {
         let hz = crate::sys::hz();
         let secs = o.elapsed_s.max(1e-9);
-        let server = after.server_cpu.since(&before.server_cpu);
-        let client = after.client_cpu.since(&before.client_cpu);
+        let server = after.server_cpu_s - before.server_cpu_s;
+        let client = after.client_cpu_s - before.client_cpu_s;
         let d = |i: usize, f: fn(&CpuJiffies) -> u64| -> f64 {
             match (before.cpus.get(i), after.cpus.get(i)) {
                 (Some(b), Some(a)) => f(a).saturating_sub(f(b)) as f64,
@@ -694,9 +694,8 @@ pub fn markdown(rows: &[Row], meta: &Meta) -> String {
     ));
     out.push_str(
         "\n## Server process CPU per unit of work\n\n\
-         Run time of the server process's threads (/proc/PID/task/*/schedstat, to the \
-         nanosecond; its 10 ms ticks of /proc/PID/stat where one of its threads ended \
-         during the span).\n\n",
+         CPU time of the server process, to the nanosecond (its CPU-time clock: the run \
+         time of all its threads).\n\n",
     );
     out.push_str(&table(
         rows,

@@ -21,76 +21,32 @@ pub fn pin_and_prioritize(cpu: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// User plus system CPU seconds of process `pid` so far (from /proc/PID/stat).
+/// CPU seconds process `pid` has run so far, to the nanosecond, every thread it ever had
+/// included (those that ended too): its CPU-time clock (`clock_getcpuclockid(3)`, the
+/// kernel's sum of its threads' run time). /proc/PID/stat's user + system time counts the
+/// same in 10 ms ticks.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-    let (u, s): (u64, u64) = (
-        f.get(11).unwrap_or(&"0").parse()?,
-        f.get(12).unwrap_or(&"0").parse()?,
-    );
-    // SAFETY: sysconf takes no pointers.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((u + s) as f64 / hz)
-}
-
-/// A process's CPU time at one instant, two ways: its user + system ticks (/proc/PID/stat,
-/// 10 ms each, every thread it ever had included), and the nanoseconds its live threads have
-/// run (the first field of /proc/PID/task/TID/schedstat), with their ids.
-#[derive(Debug, Clone, Default)]
-pub struct ProcCpu {
-    ticks_s: f64,
-    /// Nanoseconds run by the live threads, and their ids (sorted); `None` where schedstat
-    /// could not be read.
-    run: Option<(u64, Vec<u32>)>,
-}
-
-impl ProcCpu {
-    /// CPU seconds from `before` to `self`. Nanosecond-precise where that is whole: no thread
-    /// of `before` has ended, and the ticks do not show more time than the threads' own
-    /// counts by more than a tick per thread (a thread that started and ended between the
-    /// two, which neither saw). Else the ticks.
-    pub fn since(&self, before: &ProcCpu) -> f64 {
-        let ticks = (self.ticks_s - before.ticks_s).max(0.0);
-        if let (Some((now, tids)), Some((then, tids_then))) = (&self.run, &before.run) {
-            let kept = tids_then.iter().all(|t| tids.binary_search(t).is_ok());
-            let precise = now.saturating_sub(*then) as f64 / 1e9;
-            let slack = (tids.len() + 1) as f64 / hz();
-            if kept && ticks <= precise + slack {
-                return precise;
-            }
-        }
-        ticks
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: the call writes one clockid_t into the live local.
+    let rc = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
+    if rc != 0 {
+        bail!(
+            "the CPU clock of process {pid}: {}",
+            std::io::Error::from_raw_os_error(rc)
+        );
     }
-}
-
-/// [`ProcCpu`] of process `pid` now.
-pub fn proc_cpu(pid: u32) -> anyhow::Result<ProcCpu> {
-    let ticks_s = cpu_seconds(pid)?;
-    let run = (|| -> Option<(u64, Vec<u32>)> {
-        let mut ns = 0u64;
-        let mut tids = Vec::new();
-        for e in std::fs::read_dir(format!("/proc/{pid}/task"))
-            .ok()?
-            .flatten()
-        {
-            let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
-                continue;
-            };
-            // A thread that ended since the listing is skipped: `since` sees it gone.
-            let Ok(line) = std::fs::read_to_string(e.path().join("schedstat")) else {
-                continue;
-            };
-            ns += line.split_whitespace().next()?.parse::<u64>().ok()?;
-            tids.push(tid);
-        }
-        tids.sort_unstable();
-        Some((ns, tids))
-    })();
-    Ok(ProcCpu { ticks_s, run })
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: the kernel writes one timespec into the live local.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        bail!(
+            "the CPU clock of process {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9)
 }
 
 /// Jiffies of one CPU from /proc/stat.
@@ -317,74 +273,23 @@ mod tests {
         }
     }
 
-    fn cpu(ticks_s: f64, ns: u64, tids: &[u32]) -> super::ProcCpu {
-        super::ProcCpu {
-            ticks_s,
-            run: Some((ns, tids.to_vec())),
-        }
-    }
-
-    /// Precise where the threads' own counts are whole, the ticks where a thread's time may
-    /// be missing from them.
+    /// A process's CPU time counts its threads to the nanosecond, one that ended too.
     #[test]
-    fn process_cpu_is_precise_unless_a_thread_may_be_missing() {
-        let tick = 1.0 / super::hz();
-        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
-        let before = cpu(1.0, 1_000_000_000, &[1, 2]);
-        let same = cpu(1.0 + 2.0 * tick, 1_015_000_000, &[1, 2]);
-        assert!(near(same.since(&before), 0.015), "the same threads");
-        let started = cpu(1.0 + 2.0 * tick, 1_015_000_000, &[1, 2, 3]);
-        assert!(near(started.since(&before), 0.015), "one more");
-        let ended = cpu(1.0 + 2.0 * tick, 1_015_000_000, &[1]);
-        assert!(
-            near(ended.since(&before), 2.0 * tick),
-            "thread 2 ended: its time is gone"
-        );
-        let unseen = cpu(1.0 + 20.0 * tick, 1_015_000_000, &[1, 2]);
-        assert!(
-            near(unseen.since(&before), 20.0 * tick),
-            "a thread came and went between"
-        );
-        let unread = super::ProcCpu {
-            ticks_s: 1.0 + 2.0 * tick,
-            run: None,
-        };
-        assert!(near(unread.since(&before), 2.0 * tick));
-    }
-
-    /// The kernel's side: a thread's run time is read from schedstat. It counts what
-    /// CLOCK_THREAD_CPUTIME_ID counts, but a running thread's count is brought up to date only
-    /// at the scheduler's ticks and switches: it may lag by one kernel tick (at most 10 ms,
-    /// HZ ≥ 100).
-    #[test]
-    fn schedstat_counts_what_a_thread_ran() {
-        let (go_tx, go) = std::sync::mpsc::channel::<()>();
-        let (done, done_rx) = std::sync::mpsc::channel::<std::time::Duration>();
-        let t = std::thread::spawn(move || {
-            while go.recv().is_ok() {
-                burn(thread_cpu() + std::time::Duration::from_millis(20));
-                done.send(thread_cpu()).unwrap();
-            }
-        });
+    fn process_cpu_counts_a_thread_that_ended() {
         let me = std::process::id();
-        go_tx.send(()).unwrap();
-        let first = done_rx.recv().unwrap();
-        let before = super::proc_cpu(me).unwrap();
-        go_tx.send(()).unwrap();
-        let second = done_rx.recv().unwrap();
-        let after = super::proc_cpu(me).unwrap();
-        drop(go_tx);
-        t.join().unwrap();
-        let (Some((ns0, _)), Some((ns1, _))) = (&before.run, &after.run) else {
-            panic!("schedstat unreadable: {before:?} {after:?}");
-        };
-        let ran = (second - first).as_nanos() as u64;
-        assert!(ran >= 20_000_000);
-        let lag = 10_000_000;
+        let before = super::cpu_seconds(me).unwrap();
+        let ran = std::thread::spawn(|| {
+            burn(thread_cpu() + std::time::Duration::from_millis(20));
+            thread_cpu()
+        })
+        .join()
+        .unwrap();
+        let after = super::cpu_seconds(me).unwrap();
+        assert!(ran.as_secs_f64() >= 0.020);
         assert!(
-            ns1 - ns0 + lag >= ran,
-            "{} ns counted, the thread ran {ran}",
-            ns1 - ns0
+            after - before >= ran.as_secs_f64(),
+            "{} s counted, the ended thread alone ran {ran:?}",
+            after - before
         );
     }
 
@@ -393,7 +298,7 @@ mod tests {
         let t = super::today();
         assert_eq!(t.len(), 10);
         assert!(t.starts_with("20"));
-        // This process's CPU time grows while it works (burn until the 10 ms tick moves it).
+        // This process's CPU time grows while it works.
         let before = super::cpu_seconds(std::process::id()).unwrap();
         let mut x = 0u64;
         let began = std::time::Instant::now();

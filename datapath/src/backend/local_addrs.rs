@@ -243,25 +243,24 @@ impl LocalAddrs {
         answer
     }
 
-    /// Whether the kernel says a reply cannot go out from `ip`, asked now whatever the
-    /// budget (after a send from it failed: one question per failed send), and cached so.
-    pub fn refuses(&mut self, ip: IpAddr) -> bool {
-        // As `answerable_from`: not asked. A link-local source without the interface to ask
-        // it on would be refused by the probe for want of one, whatever the send's cause.
+    /// Whether the kernel says a reply cannot go out from `ip` (`Some(true)`, cached so) or
+    /// can (`Some(false)`), asked now whatever the budget (after a send from it failed: one
+    /// question per failed send); `None` where it cannot be asked: no probe for the family,
+    /// loopback, a link-local address without the interface to ask it on (the probe would
+    /// refuse any for want of one), or a probe that tells nothing.
+    pub fn refuses(&mut self, ip: IpAddr) -> Option<bool> {
         if ip.is_loopback() || (is_link_local(ip) && self.link.is_none()) {
-            return false;
+            return None;
         }
-        let Some(probe) = self.probe_for(ip) else {
-            return false;
-        };
-        if verdict(probe_from(probe, ip, self.link)) != Some(false) {
-            return false;
+        let probe = self.probe_for(ip)?;
+        if verdict(probe_from(probe, ip, self.link))? {
+            return Some(false);
         }
         self.own.retain(|&a| a != ip);
         if !self.others.contains(&ip) && self.others.len() < CACHED {
             self.others.push(ip);
         }
-        true
+        Some(true)
     }
 
     /// The probe socket of `ip`'s family, if there is one.
@@ -525,7 +524,7 @@ mod tests {
         assert_eq!(b.questions, 0);
         // Nor does a failed send from one blame its source: without an interface the probe
         // would refuse any link-local address.
-        assert!(!b.refuses(ll));
+        assert_eq!(b.refuses(ll), None);
         assert!(b.answerable_from(ll, now));
         if b.v6.is_none() {
             return; // no IPv6 here
@@ -534,6 +533,6 @@ mod tests {
         let mut b = LocalAddrs::here().on_link(lo);
         assert!(!b.answerable_from(ll, now), "not an address of loopback");
         assert_eq!(b.questions, 1);
-        assert!(b.refuses(ll), "asked on the interface");
+        assert_eq!(b.refuses(ll), Some(true), "asked on the interface");
     }
 }

@@ -61,9 +61,9 @@ struct Renewal {
     not_before: Option<Instant>,
     /// A rebuild was held back by `not_before`: the next send past it makes it.
     due: bool,
-    /// A send failed for a cause other than its source (EIO, or an EINVAL from an address
-    /// the kernel does not refuse): quinn-udp's GSO is off for a reason of the path or the
-    /// NIC, which a rebuild would only bring back to fail again. No more rebuilds.
+    /// A send failed in a way that speaks of the NIC or the path (EIO, or an EINVAL of a GSO
+    /// batch from an address a reply can go out from): quinn-udp's GSO is off for a reason
+    /// a rebuild would only bring back to fail again. No more rebuilds.
     never: bool,
 }
 
@@ -115,18 +115,24 @@ impl UdpBackend {
     /// segmentation offload and turns GSO off (and, on the first EINVAL, IPv4 ECN marks) for
     /// the socket's life; but an EINVAL may come from the source address, one a reply cannot
     /// go out from that the local-address check let through (past its budget, or an address
-    /// the host gave up within the second its answer is kept). Then the address is known for
-    /// what it is, and the socket's state is made afresh (GSO and ECN back, the socket's
-    /// options set again), so that such datagrams cannot slow the socket for good; but not
-    /// once a send has failed for another cause ([`Renewal::never`]).
+    /// the host gave up within the second its answer is kept), or from another cause of that
+    /// one datagram. Then the socket's state is made afresh (GSO and ECN back, the socket's
+    /// options set again), so that such datagrams cannot slow the socket for good, and a
+    /// refused source is known for what it is. Only the failures that speak of the NIC or
+    /// the path end the rebuilds ([`Renewal::never`]): an EIO, or an EINVAL of a GSO batch
+    /// from an address the kernel says a reply can go out from.
     ///
-    /// Costs a probe per refused send, and a rebuild (about 17 syscalls and quinn-udp's log
-    /// line) at most once a second ([`RENEWAL_INTERVAL`]): a rebuild held back is made by the
-    /// first send past the second.
-    fn after_failure(&mut self, errno: i32, src: Option<std::net::IpAddr>, now: Instant) {
-        let from_source = errno == libc::EINVAL
-            && src.is_some_and(|ip| self.local_addrs.refuses(ip.to_canonical()));
-        if !from_source {
+    /// Costs a probe per failed send with a source address, and a rebuild (about 17 syscalls
+    /// and quinn-udp's log line) at most once a second ([`RENEWAL_INTERVAL`]): a rebuild held
+    /// back is made by the first send past the second.
+    fn after_failure(&mut self, errno: i32, t: &Transmit<'_>, now: Instant) {
+        let gso = t.segment_size.is_some_and(|s| s < t.contents.len());
+        // The socket's own address (no source given) is one a reply goes out from.
+        let refused = match t.src_ip {
+            None => Some(false),
+            Some(ip) => self.local_addrs.refuses(ip.to_canonical()),
+        };
+        if errno == libc::EIO || (errno == libc::EINVAL && gso && refused == Some(false)) {
             self.renewal.never = true;
             self.renewal.due = false;
             return;
@@ -138,16 +144,19 @@ impl UdpBackend {
         self.renew_if_due(now);
     }
 
-    /// Makes a rebuild that is due, if its time has come.
+    /// Makes a rebuild that is due, if its time has come (one that fails stays due, tried
+    /// again a second later).
     fn renew_if_due(&mut self, now: Instant) {
         if self.renewal.not_before.is_some_and(|t| now < t) {
             return;
         }
         self.renewal.not_before = Some(now + RENEWAL_INTERVAL);
-        self.renewal.due = false;
         match UdpSocketState::new(UdpSockRef::from(&self.socket)) {
-            Ok(state) => self.state = state,
-            Err(e) => tracing::debug!("cannot renew the socket's state: {e}"),
+            Ok(state) => {
+                self.state = state;
+                self.renewal.due = false;
+            }
+            Err(e) => tracing::warn!("cannot renew the UDP socket's state: {e}"),
         }
     }
 
@@ -536,7 +545,7 @@ impl Backend for UdpBackend {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(SendError::Blocked),
             Err(e) => {
                 if let Some(errno @ (libc::EINVAL | libc::EIO)) = e.raw_os_error() {
-                    self.after_failure(errno, t.src_ip, Instant::now());
+                    self.after_failure(errno, t, Instant::now());
                 }
                 Err(SendError::Failed(e))
             }
@@ -692,7 +701,7 @@ mod tests {
 
         // A send that fails for another cause (EIO here stands for a NIC that refuses GSO)
         // ends the rebuilds: GSO is off for a reason a rebuild would only bring back.
-        b.after_failure(libc::EIO, None, Instant::now());
+        b.after_failure(libc::EIO, &own, Instant::now());
         assert!(b.renewal.never);
         b.renewal.not_before = None;
         assert!(matches!(b.send(&t2), Err(SendError::Failed(_))));
@@ -707,6 +716,7 @@ mod tests {
         let socket = UdpSocket::bind("[::1]:0").unwrap();
         let to = socket.local_addr().unwrap();
         let mut b = UdpBackend::new(socket).unwrap();
+        let segments = b.max_segments();
         let payload = [0u8; 100];
         let t = Transmit {
             destination: to,
@@ -717,8 +727,23 @@ mod tests {
             link: None,
         };
         assert!(matches!(b.send(&t), Err(SendError::Failed(_))));
-        assert!(b.renewal.not_before.is_some(), "rebuilt");
+        assert_eq!(b.max_segments(), segments, "GSO as it was");
         assert!(!b.renewal.due && !b.renewal.never);
+        // A datagram the kernel refuses for another cause than its source (here: to port 0
+        // of a peer, which IPv6 refuses with EINVAL too) is not taken for a NIC's failure:
+        // it renews the state (once a second), it does not end the renewals.
+        b.renewal.not_before = None;
+        let to_port_0 = Transmit {
+            destination: SocketAddr::new(to.ip(), 0),
+            src_ip: None,
+            ..t
+        };
+        match b.send(&to_port_0) {
+            Err(SendError::Failed(e)) => assert_eq!(e.raw_os_error(), Some(libc::EINVAL)),
+            other => panic!("a send to port 0: {other:?}"),
+        }
+        assert!(!b.renewal.never);
+        assert_eq!(b.max_segments(), segments, "GSO back");
     }
 
     #[test]
