@@ -1116,7 +1116,7 @@ fn unanswerable(d: &Datagram) -> bool {
         IpAddr::V4(a) => a.is_multicast() || a.is_broadcast(),
         IpAddr::V6(a) => a.is_multicast(),
     };
-    let link_local = |ip: IpAddr| matches!(ip, IpAddr::V6(a) if a.is_unicast_link_local());
+    let link_local = crate::backend::local_addrs::is_link_local;
     let scope_mismatch = d
         .local_ip
         .is_some_and(|l| link_local(l.to_canonical()) && !link_local(remote));

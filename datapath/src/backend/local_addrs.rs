@@ -291,11 +291,10 @@ fn verdict(probed: io::Result<()>) -> Option<bool> {
     }
 }
 
-fn is_link_local(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(_) => false,
-        IpAddr::V6(a) => a.segments()[0] & 0xffc0 == 0xfe80,
-    }
+/// Whether `ip` is an IPv6 link-local unicast address (fe80::/10), which names no link of
+/// its own: a reply from one must be given its interface.
+pub(crate) fn is_link_local(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(a) if a.is_unicast_link_local())
 }
 
 /// Sends nothing from `ip` to `ip` port 9 on `probe` (of `ip`'s family) with `MSG_PROBE`:

@@ -660,14 +660,7 @@ mod tests {
         assert!(segments > 1, "GSO on this machine");
         let foreign: std::net::IpAddr = "2001:db8::7".parse().unwrap();
         let payload = [0u8; 2400];
-        let t = Transmit {
-            destination: to,
-            src_ip: Some(foreign),
-            ecn: None,
-            segment_size: Some(1200),
-            contents: &payload,
-            link: None,
-        };
+        let t = transmit(to, Some(foreign), Some(1200), &payload);
         match b.send(&t) {
             Err(SendError::Failed(e)) => assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}"),
             other => panic!("a send from {foreign}: {other:?}"),
@@ -709,6 +702,23 @@ mod tests {
         assert!(!b.renewal.due);
     }
 
+    /// A transmit of `contents` to `destination`, from `src_ip` (none: the socket's own).
+    fn transmit<'a>(
+        destination: SocketAddr,
+        src_ip: Option<std::net::IpAddr>,
+        segment_size: Option<usize>,
+        contents: &'a [u8],
+    ) -> Transmit<'a> {
+        Transmit {
+            destination,
+            src_ip,
+            ecn: None,
+            segment_size,
+            contents,
+            link: None,
+        }
+    }
+
     /// A refused reply of one datagram (no GSO asked) renews the state too: the EINVAL turned
     /// quinn-udp's IPv4 ECN marks off as well as GSO, whether the socket had GSO or not.
     #[test]
@@ -718,14 +728,7 @@ mod tests {
         let mut b = UdpBackend::new(socket).unwrap();
         let segments = b.max_segments();
         let payload = [0u8; 100];
-        let t = Transmit {
-            destination: to,
-            src_ip: Some("2001:db8::9".parse().unwrap()),
-            ecn: None,
-            segment_size: None,
-            contents: &payload,
-            link: None,
-        };
+        let t = transmit(to, Some("2001:db8::9".parse().unwrap()), None, &payload);
         assert!(matches!(b.send(&t), Err(SendError::Failed(_))));
         assert_eq!(b.max_segments(), segments, "GSO as it was");
         assert!(!b.renewal.due && !b.renewal.never);
