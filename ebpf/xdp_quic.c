@@ -35,9 +35,6 @@
 #define IPV4_OFFSET 0x1FFF
 #define IPV6_NEXTHDR_FRAGMENT 44
 #define NSEC_PER_SEC 1000000000ull
-/* A bucket idle this long is full again, whatever its rate (and the refill's
- * multiplication cannot overflow: 2^40 ns times a rate below 2^24). */
-#define REFILL_FULL_NS (1ull << 40)
 
 /* The layouts ebpf/src/lib.rs mirrors (its tests check the same numbers). */
 _Static_assert(sizeof(struct xq_config) == 24, "struct xq_config");
@@ -177,8 +174,11 @@ static __always_inline int take_token(struct xq_bucket_key *key,
 	}
 	if (per_sec && now > b->stamp_ns) {
 		__u64 elapsed = now - b->stamp_ns;
-		__u64 add = elapsed >= REFILL_FULL_NS ?
-			burst : elapsed * per_sec / NSEC_PER_SEC;
+		/* Whole seconds and the rest apart, so that no product overflows
+		 * (under 2^35 s times a rate of at most 10^7; under 10^9 ns times
+		 * that rate) and a long idle earns what its rate gives, no more. */
+		__u64 add = elapsed / NSEC_PER_SEC * per_sec +
+			elapsed % NSEC_PER_SEC * per_sec / NSEC_PER_SEC;
 
 		if (add) {
 			__u64 tokens = b->tokens + add;

@@ -963,6 +963,78 @@ fn shield_buckets_refill_at_their_rate() {
     invariants(&c);
 }
 
+/// A bucket idle for long earns what its rate gives and no more: before, one idle for 2^40
+/// ns (18 minutes) was made full whatever its rate. The bucket is backdated to the clock's
+/// start (the machine's boot), so the test shows the old rule only where the machine has
+/// been up for more than 18 minutes; the refill it checks holds everywhere.
+#[test]
+fn a_long_idle_bucket_earns_its_rate_not_its_burst() {
+    if !privileged("a_long_idle_bucket_earns_its_rate_not_its_burst") {
+        return;
+    }
+    use FamilyCounter::*;
+    const BURST: u32 = 4_000_000_000;
+    let config = ShieldConfig {
+        initial: Rate {
+            per_sec: 3,
+            burst: BURST,
+        },
+        ..ShieldConfig::default()
+    };
+    let mut p = shield_program(config, None);
+    p.shield().unwrap().set_pressure(0, true).unwrap();
+    let pkt = quic4(SRC4, &initial(V1, 1200));
+    let admitted = plus(f4(NoSocket), Counter::Admitted);
+    check(&mut p, &pkt, XDP_PASS, &admitted);
+    let buckets = p.buckets().unwrap();
+    assert_eq!(buckets.len(), 1, "one bucket: {buckets:?}");
+    let key = buckets[0].0;
+    assert_eq!(
+        buckets[0].1.tokens,
+        BURST - 1,
+        "a new bucket is full less one"
+    );
+    // Empty, last filled at the clock's start (CLOCK_MONOTONIC: bpf_ktime_get_ns and
+    // Instant read the same clock).
+    let empty = xdp_quic_ebpf::Bucket {
+        stamp_ns: 0,
+        tokens: 0,
+        reserved: 0,
+    };
+    p.set_bucket(&key, &empty).unwrap();
+    let before = monotonic_ns();
+    check(&mut p, &pkt, XDP_PASS, &admitted);
+    let after = monotonic_ns();
+    let b = p.buckets().unwrap()[0].1;
+    // 3 tokens a second since the clock's start, less the one taken.
+    let earned = |ns: u64| ns / 1_000_000_000 * 3 + ns % 1_000_000_000 * 3 / 1_000_000_000;
+    let (least, most) = (earned(before) - 1, earned(after) - 1);
+    assert!(
+        (least..=most).contains(&u64::from(b.tokens)),
+        "{} tokens after {before}..{after} ns idle at 3/s: expected {least}..={most}",
+        b.tokens
+    );
+    // The fraction of a token earned is kept: the stamp is the time of the last whole
+    // token, less than a token's time (1/3 s) before the packet.
+    assert!(
+        b.stamp_ns <= after && b.stamp_ns + 1_000_000_000 / 3 >= before,
+        "stamp {} for a packet within {before}..{after}",
+        b.stamp_ns
+    );
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// An Initial whose DCID is ours is no new connection attempt: a client's second one (its
 /// ACK, with its Finished coalesced behind), or a server's small ACK-only one to a
 /// connection this host opened. Under pressure it takes no admission token (before, the

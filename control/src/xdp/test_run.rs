@@ -77,6 +77,21 @@ impl TestProgram {
         Ok(m.iter().collect::<Result<_, _>>()?)
     }
 
+    /// Writes a token bucket as given (for tests of the program's refill).
+    pub fn set_bucket(
+        &mut self,
+        key: &xdp_quic_ebpf::BucketKey,
+        bucket: &xdp_quic_ebpf::Bucket,
+    ) -> anyhow::Result<()> {
+        let mut m: aya::maps::HashMap<
+            &mut aya::maps::MapData,
+            xdp_quic_ebpf::BucketKey,
+            xdp_quic_ebpf::Bucket,
+        > = aya::maps::HashMap::try_from(&mut self.loaded.maps.buckets)?;
+        m.insert(key, bucket, 0)?;
+        Ok(())
+    }
+
     /// Removes every token bucket.
     pub fn clear_buckets(&mut self) -> anyhow::Result<()> {
         let mut m: aya::maps::HashMap<
