@@ -860,6 +860,94 @@ mod tests {
         assert_eq!(client.open_connections(), 0);
     }
 
+    /// The same for an accept: a decision whose crypto panics on the worker (in
+    /// `start_session`) fails the accepted connection's future, and the endpoint goes idle.
+    /// In both modes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_while_accepting_fails_the_connection() {
+        for thread_per_core in [false, true] {
+            a_panic_while_accepting(thread_per_core).await;
+        }
+    }
+
+    async fn a_panic_while_accepting(thread_per_core: bool) {
+        use std::sync::Arc;
+        /// The server's real crypto, but for a session that never starts.
+        struct Panics(Arc<dyn quinn_proto::crypto::ServerConfig>);
+        impl quinn_proto::crypto::ServerConfig for Panics {
+            fn initial_keys(
+                &self,
+                version: u32,
+                dst_cid: &quinn_proto::ConnectionId,
+            ) -> Result<quinn_proto::crypto::Keys, quinn_proto::crypto::UnsupportedVersion>
+            {
+                self.0.initial_keys(version, dst_cid)
+            }
+            fn retry_tag(
+                &self,
+                version: u32,
+                orig_dst_cid: &quinn_proto::ConnectionId,
+                packet: &[u8],
+            ) -> [u8; 16] {
+                self.0.retry_tag(version, orig_dst_cid, packet)
+            }
+            fn start_session(
+                self: Arc<Self>,
+                _: u32,
+                _: &quinn_proto::transport_parameters::TransportParameters,
+            ) -> Box<dyn quinn_proto::crypto::Session> {
+                panic!("a crypto provider that panics, as this test asks");
+            }
+        }
+        let id = tls::Identity::self_signed_ed25519(&["localhost"]).unwrap();
+        let cert = id.chain[0].clone();
+        let mut config = tls::server_config(id, &[b"t"]).unwrap();
+        config.crypto = Arc::new(Panics(config.crypto.clone()));
+        let any = "127.0.0.1:0".parse().unwrap();
+        // The first attempt, from the worker's own endpoint in thread-per-core mode, from
+        // the one `bind_*` returned otherwise; accepted here, off the worker.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut server = Builder::new(EngineBuilder::default().server(config));
+        if thread_per_core {
+            let tx = tx.clone();
+            server = server.thread_per_core(move |ep| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(ep.accept().await);
+                }
+            });
+        }
+        let server = server.bind_udp(any).unwrap();
+        if !thread_per_core {
+            let ep = server.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(ep.accept().await);
+            });
+        }
+        let trust = tls::Trust::Roots(vec![cert]);
+        let client = EngineBuilder::default().client(tls::client_config(trust, &[b"t"]).unwrap());
+        let client = Builder::new(client).bind_udp(any).unwrap();
+        let _connecting = client
+            .connect(server.local_addr().unwrap(), "localhost")
+            .unwrap();
+        let incoming = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("thread_per_core {thread_per_core}: no attempt"))
+            .flatten()
+            .unwrap_or_else(|| panic!("thread_per_core {thread_per_core}: the endpoint ended"));
+        // Accepting it runs the panicking `start_session` on the worker.
+        let accepted = tokio::time::timeout(Duration::from_secs(30), incoming.into_future())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("thread_per_core {thread_per_core}: the accept is left waiting")
+            });
+        assert!(accepted.is_err());
+        tokio::time::timeout(Duration::from_secs(30), server.wait_idle())
+            .await
+            .expect("the endpoint no longer counts it");
+        assert_eq!(server.open_connections(), 0);
+    }
+
     /// Once a worker has ended (what its thread marks, `Driver::end`), what the tasks ask of
     /// its connections fails at once instead of waiting for a worker that will never serve it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
