@@ -74,6 +74,31 @@ pub enum Chunk {
     Finished,
 }
 
+/// Received data shorter than this is copied by [`detach`]: half a receive buffer
+/// ([`crate::backend::rx::POOL_CHUNK`], 16 KiB).
+pub const DETACH_BELOW: usize = crate::backend::rx::POOL_CHUNK / 2;
+
+/// `chunk` (received data: a stream chunk or a datagram), in an allocation of its own when
+/// it is short (under [`DETACH_BELOW`] octets). Call it on data the application keeps for a
+/// while (until the peer reads an echo, say).
+///
+/// What [`Conn::read`], [`Conn::read_chunk`] and [`Handler::datagram`] hand over is a slice
+/// of the buffer its packet arrived in, shared with the packets received next to it, and a
+/// slice keeps that whole buffer alive: a peer that lands one small frame per packet would
+/// make an application that bounds what it keeps by octets hold many times that. A detached
+/// chunk holds at most twice its octets (a long one keeps its buffer, at most twice its
+/// size). The copy costs what a `memcpy` of under 8 KiB costs; data consumed within the
+/// callback needs none.
+///
+/// [`Handler::datagram`]: crate::Handler::datagram
+pub fn detach(chunk: Bytes) -> Bytes {
+    if chunk.len() < DETACH_BELOW {
+        Bytes::copy_from_slice(&chunk)
+    } else {
+        chunk
+    }
+}
+
 /// How far a [`Conn::read`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadStatus {
@@ -394,6 +419,7 @@ impl<'a> Conn<'a> {
     }
 
     /// Reads what `stream` has now, in order, handing each chunk to `sink` without copying.
+    /// A chunk kept beyond the callback keeps its receive buffer: see [`detach`].
     pub fn read(
         &mut self,
         stream: StreamId,
@@ -423,7 +449,8 @@ impl<'a> Conn<'a> {
     }
 
     /// Reads the next chunk of `stream`, at most `max` octets (quinn's `read_chunk`): for a
-    /// reader that takes what it has room for and leaves the rest to flow control.
+    /// reader that takes what it has room for and leaves the rest to flow control. A chunk
+    /// kept beyond the callback keeps its receive buffer: see [`detach`].
     pub fn read_chunk(&mut self, stream: StreamId, max: usize) -> Result<Chunk, StreamError> {
         let mut recv = self.slot.conn.recv_stream(stream);
         let mut chunks = recv.read(true).map_err(|e| match e {

@@ -65,7 +65,7 @@ pub mod xsk;
 
 pub use accept::{AttemptId, Decision, Incoming};
 pub use backend::Backend;
-pub use conn::{Chunk, Conn, ConnId, ConnectError, Ctx, ReadStatus, StreamError};
+pub use conn::{detach, Chunk, Conn, ConnId, ConnectError, Ctx, ReadStatus, StreamError};
 pub use engine::{
     default_transport, Engine, EngineBuilder, EngineError, EngineHandle, PostError, RetryPolicy,
     SocketMap, XdpSetup,

@@ -13,7 +13,8 @@ use crate::outbox::Outbox;
 pub const ALPN: &[u8] = b"echo";
 
 /// Octets buffered per stream (what the stream could not take back yet) before reading
-/// pauses until the peer reads: with 100 concurrent streams, at most 6.4 MiB per connection.
+/// pauses until the peer reads: with 100 concurrent streams, at most 6.4 MiB per connection,
+/// held in at most about twice that ([`read_into`]).
 const MAX_BUFFERED: usize = 64 * 1024;
 
 #[derive(Default)]
@@ -67,17 +68,12 @@ impl EchoServer {
             if e.out.len() >= MAX_BUFFERED {
                 return;
             }
-            let mut got = 0u64;
             // At most what the buffer has room for: a whole receive window of out-of-order
             // data made readable at once stays in quinn-proto (its flow control holds the
             // peer), not here.
-            match conn.read_chunk(s, MAX_BUFFERED - e.out.len()) {
-                Ok(Chunk::Data(b)) => {
-                    got = b.len() as u64;
-                    e.out.push(b);
-                }
-                Ok(Chunk::Finished) => e.fin = true,
-                Ok(Chunk::Blocked) => return,
+            let room = MAX_BUFFERED - e.out.len();
+            let (got, more) = match read_into(conn, s, room, &mut e.out) {
+                Ok(read) => read,
                 Err(StreamError::Reset(code)) => {
                     // The peer abandoned its side: abandon ours.
                     let _ = conn.reset(s, code);
@@ -89,9 +85,82 @@ impl EchoServer {
                     self.forget(id, s);
                     return;
                 }
+            };
+            self.echoed += got as u64;
+            match more {
+                More::Finished => e.fin = true,
+                More::Blocked if got == 0 => return,
+                // Send what was read, then read on (or wait, blocked).
+                More::Blocked | More::Maybe => {}
             }
-            self.echoed += got;
         }
+    }
+}
+
+/// Whether a stream may have more to read after [`read_into`].
+enum More {
+    /// Nothing now: wait for `stream_readable`.
+    Blocked,
+    /// Read to its end.
+    Finished,
+    /// The room was filled.
+    Maybe,
+}
+
+/// Reads up to `room` octets of `s` into `out` ([`Gather`]).
+fn read_into(
+    conn: &mut Conn<'_>,
+    s: StreamId,
+    room: usize,
+    out: &mut Outbox,
+) -> Result<(usize, More), StreamError> {
+    let mut got = 0;
+    let mut gather = Gather::default();
+    let more = loop {
+        if got >= room {
+            break More::Maybe;
+        }
+        match conn.read_chunk(s, room - got)? {
+            Chunk::Data(b) => {
+                got += b.len();
+                gather.push(b, out);
+            }
+            Chunk::Finished => break More::Finished,
+            Chunk::Blocked => break More::Blocked,
+        }
+    };
+    gather.finish(out);
+    Ok((got, more))
+}
+
+/// Queues received chunks that wait for the peer to read them back. A received chunk is a
+/// slice of the receive buffer its packet arrived in, and keeps that buffer's share of the
+/// packet and more; a peer sending one-octet frames, one per packet, would make each
+/// octet hold a packet's worth of memory and an allocation of its own. So short chunks
+/// (under [`xdp_quic::conn::DETACH_BELOW`] octets) are copied, gathered into buffers of
+/// their own of at least that size; long ones are kept as they are ([`xdp_quic::detach`]).
+/// What waits then holds at most about twice its octets, in few allocations.
+#[derive(Default)]
+struct Gather {
+    short: bytes::BytesMut,
+}
+
+impl Gather {
+    fn push(&mut self, b: Bytes, out: &mut Outbox) {
+        if b.len() >= xdp_quic::conn::DETACH_BELOW {
+            out.push(std::mem::take(&mut self.short).freeze());
+            out.push(b);
+            return;
+        }
+        self.short.extend_from_slice(&b);
+        if self.short.len() >= xdp_quic::conn::DETACH_BELOW {
+            out.push(std::mem::take(&mut self.short).freeze());
+        }
+    }
+
+    /// Queues what is gathered.
+    fn finish(self, out: &mut Outbox) {
+        out.push(self.short.freeze());
     }
 }
 
@@ -125,7 +194,9 @@ impl Handler for EchoServer {
 
     fn datagram(&mut self, conn: &mut Conn<'_>, data: Bytes) {
         self.datagrams += 1;
-        let _ = conn.send_datagram(data);
+        // It waits in quinn-proto's send queue (octets bounded) until it goes out: in a
+        // buffer of its own, not holding its receive buffer.
+        let _ = conn.send_datagram(xdp_quic::detach(data));
     }
 
     fn closed(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, _reason: &ConnectionError) {
@@ -310,5 +381,45 @@ impl Handler for EchoClient {
             r.get_or_insert(false);
         }
         ctx.stop_worker();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Short chunks are copied out of their receive buffer and gathered; a long one stays a
+    /// slice of it; the order is kept.
+    #[test]
+    fn short_chunks_are_gathered_out_of_their_receive_buffer() {
+        let received = Bytes::from((0..16 * 1024).map(|i| i as u8).collect::<Vec<u8>>());
+        let inside = |b: &Bytes| received.as_ptr_range().contains(&b.as_ptr());
+        let mut out = Outbox::default();
+        let mut gather = Gather::default();
+        // 10,000 one-octet chunks (one per packet, as a hostile peer would send them),
+        // then a long one, then a short one.
+        for i in 0..10_000 {
+            gather.push(received.slice(i..i + 1), &mut out);
+        }
+        let long = received.slice(0..xdp_quic::conn::DETACH_BELOW);
+        gather.push(long.clone(), &mut out);
+        gather.push(received.slice(5..8), &mut out);
+        gather.finish(&mut out);
+        let chunks = out.chunks().cloned().collect::<Vec<_>>();
+        let sizes = chunks.iter().map(Bytes::len).collect::<Vec<_>>();
+        // 8,192 gathered, the remaining 1,808 before the long one, the long one, 3.
+        assert_eq!(sizes, [8192, 1808, 8192, 3]);
+        assert!(!inside(&chunks[0]) && !inside(&chunks[1]) && !inside(&chunks[3]));
+        assert_eq!(
+            chunks[2].as_ptr(),
+            long.as_ptr(),
+            "a long chunk is not copied"
+        );
+        let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let mut want: Vec<u8> = received[..10_000].to_vec();
+        want.extend_from_slice(&long);
+        want.extend_from_slice(&received[5..8]);
+        assert_eq!(all, want);
+        assert_eq!(out.len(), want.len());
     }
 }

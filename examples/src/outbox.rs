@@ -27,6 +27,11 @@ impl Outbox {
         self.queued
     }
 
+    /// The chunks waiting, in order.
+    pub fn chunks(&self) -> impl Iterator<Item = &Bytes> {
+        self.queue.iter()
+    }
+
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.queued == 0

@@ -444,25 +444,15 @@ fn over_already(slot: &mut StreamSlot, wakes: &mut Wakes) {
 /// budgets (see [`read_into`]).
 const STARVING_GRANT: usize = 64 << 10;
 
-/// Received data (stream chunks, datagrams) shorter than this is copied out of the receive
-/// buffer it arrived in before it waits for the application: a slice of that buffer keeps
-/// all of it ([`crate::backend::rx::POOL_CHUNK`], 16 KiB), so a peer landing one small
-/// frame per packet would make the counted octets hold many times their size. Longer
-/// data keeps at most twice its size.
-pub(crate) const COPY_BELOW: usize = crate::backend::rx::POOL_CHUNK / 2;
-
 /// Chunks queued for the application on one connection at most (beyond them the worker
 /// leaves data in quinn-proto, as past the octet budgets): each costs its queue slot and
 /// allocation beside its octets.
 pub(crate) const MAX_CHUNKS: usize = 1024;
 
-/// `b`, in an allocation of its own when it is short (see [`COPY_BELOW`]).
+/// `b`, in an allocation of its own when it is short ([`crate::conn::detach`]): what
+/// waits for the application holds at most twice its octets.
 pub(crate) fn own(b: Bytes) -> Bytes {
-    if b.len() < COPY_BELOW {
-        Bytes::copy_from_slice(&b)
-    } else {
-        b
-    }
+    crate::conn::detach(b)
 }
 
 /// Moves what stream `id` has received out of quinn-proto into its buffer, while the
@@ -472,7 +462,7 @@ pub(crate) fn own(b: Bytes) -> Bytes {
 /// A stream whose reader waits on an empty buffer is never held back by the connection's
 /// budgets (`connection_receive`, `held_streams`, [`MAX_CHUNKS`]), only by its own: it
 /// takes one chunk of at most [`STARVING_GRANT`] beyond them. What waits is in buffers of
-/// its own ([`COPY_BELOW`]). Otherwise streams the application has not
+/// its own ([`own`]). Otherwise streams the application has not
 /// accepted (or read to their end) yet could fill the budgets and stall the one it reads,
 /// which quinn's per-stream flow control never does.
 fn read_into(
@@ -768,7 +758,7 @@ mod tests {
         let owned = super::own(short.clone());
         assert_eq!(owned, short);
         assert!(!buf.as_ptr_range().contains(&owned.as_ptr()));
-        let long = buf.slice(0..super::COPY_BELOW);
+        let long = buf.slice(0..crate::conn::DETACH_BELOW);
         assert_eq!(super::own(long.clone()).as_ptr(), long.as_ptr());
         assert_eq!(super::own(bytes::Bytes::new()), bytes::Bytes::new());
     }

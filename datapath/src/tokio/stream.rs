@@ -608,9 +608,9 @@ fn take_chunk(recv: &mut Chunks, max: usize) -> Bytes {
 /// After `taken` octets came off the front of `rest`, a chunk long enough to be kept as a
 /// slice of its receive buffer: the rest, once it is short, goes into a buffer of its own
 /// (once: a short chunk already is one), so that it does not keep the whole of that buffer
-/// (`driver::COPY_BELOW`).
+/// ([`crate::conn::DETACH_BELOW`]).
 fn keep_own(rest: &mut Bytes, taken: usize) {
-    if rest.len() + taken >= super::driver::COPY_BELOW {
+    if rest.len() + taken >= crate::conn::DETACH_BELOW {
         *rest = super::driver::own(std::mem::take(rest));
     }
 }
