@@ -932,9 +932,15 @@ struct PinnedAttach<'a> {
 
 impl<'a> PinnedAttach<'a> {
     fn new(tb: &'a xdp_quic_control::testbed::Testbed) -> Self {
+        Self::with(tb, &[])
+    }
+
+    /// `attach` with `extra` arguments.
+    fn with(tb: &'a xdp_quic_control::testbed::Testbed, extra: &[&str]) -> Self {
         let out = Command::new(BIN)
             .args(["attach", &tb.server_if, "--netns", &tb.server_ns])
             .args(["--port", "4433"])
+            .args(extra)
             .output()
             .unwrap();
         // The guard first: an attach that failed half-way is cleaned up too.
@@ -1091,8 +1097,24 @@ fn serve_after_attach_needs_only_net_raw_ipc_lock_and_bpf() {
     if !privileged("serve_after_attach_needs_only_net_raw_ipc_lock_and_bpf") {
         return;
     }
-    let tb = xdp_quic_control::testbed::Testbed::create(&unique_name("xp"), 1, 225).unwrap();
-    let _pins = PinnedAttach::new(&tb);
+    serve_least_privileged(&[], "xp", 225);
+}
+
+/// The same over an attachment with the shield on (`attach --shield`): the server engages
+/// it (its CID layout, the pressure monitor) through the descriptors it opened from the
+/// pins. Before, the monitor opened the maps again by id, which needs CAP_SYS_ADMIN, and the
+/// server failed to start.
+#[test]
+fn a_least_privileged_server_engages_an_operators_shield() {
+    if !privileged("a_least_privileged_server_engages_an_operators_shield") {
+        return;
+    }
+    serve_least_privileged(&["--shield"], "xr", 237);
+}
+
+fn serve_least_privileged(attach: &[&str], prefix: &str, net: u8) {
+    let tb = xdp_quic_control::testbed::Testbed::create(&unique_name(prefix), 1, net).unwrap();
+    let _pins = PinnedAttach::with(&tb, attach);
     let caps = "-all,+net_raw,+ipc_lock,+bpf";
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{}", tb.server_ns))
@@ -1112,6 +1134,29 @@ fn serve_after_attach_needs_only_net_raw_ipc_lock_and_bpf() {
         .unwrap();
     // CAP_NET_RAW 13, CAP_IPC_LOCK 14, CAP_BPF 39: nothing else.
     assert_eq!(eff, (1 << 13) | (1 << 14) | (1 << 39), "{status}");
+    if attach.contains(&"--shield") {
+        let on = server.wait_for("XDP shield on");
+        assert!(on.contains("under pressure, tokenless Initials"), "{on}");
+        // The server's CID layout is on the shield (written through its descriptors).
+        let out = Command::new(BIN)
+            .args(["status", "--netns", &tb.server_ns, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let me = v["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["iface"] == tb.server_if.as_str())
+            .cloned()
+            .expect("our interface in status");
+        let layout = me["shield"]["cid_layout"].as_str().unwrap_or_default();
+        assert!(
+            layout.contains("8 octets") && layout.contains(", 1 workers"),
+            "{me}"
+        );
+    }
     assert_eq!(client_in(&tb, "least-privilege"), "least-privilege\n");
     let (ok, stderr) = server.stop();
     assert!(ok, "{stderr}");

@@ -26,7 +26,9 @@
 //! the drafts 29 to 34, which share v1's packet types). A version outside the set is one the
 //! endpoint answers with version negotiation.
 
-use aya::maps::{Array, Map, MapData};
+use std::os::fd::AsFd as _;
+
+use aya::maps::{Array, IterableMap as _, Map, MapData};
 use xdp_quic::cid::CidLayout;
 use xdp_quic_ebpf::{
     Shield, MAX_SERVER_ID, MAX_VERSIONS, SHIELD_ADMIT, SHIELD_CID, SHIELD_ON, SHIELD_SERVER,
@@ -225,8 +227,6 @@ pub enum LeftByServer {
 pub struct ShieldMaps {
     shield: Array<MapData, Shield>,
     pressure: Array<MapData, u32>,
-    /// Kernel ids of the two maps (to open them again).
-    ids: (u32, u32),
     /// An attachment's pinned maps, which other processes change too (`attach --shield`, a
     /// server's [`ShieldGuard`]): their entry is read, changed and written back under the
     /// pin lock ([`pins::PinLock`]).
@@ -242,25 +242,26 @@ impl std::fmt::Debug for ShieldMaps {
     }
 }
 
-fn array_id(map: &Map) -> anyhow::Result<u32> {
+/// A second descriptor on `map` (an ARRAY): a `dup` of its own, which needs no capability
+/// (opening the map again by id needs CAP_SYS_ADMIN, which a least-privileged server lacks).
+fn dup(map: &MapData) -> anyhow::Result<Map> {
+    let fd = map.fd().as_fd().try_clone_to_owned()?;
+    Ok(Map::Array(MapData::from_fd(fd)?))
+}
+
+fn array_data(map: &Map) -> anyhow::Result<&MapData> {
     let Map::Array(data) = map else {
         anyhow::bail!("expected an ARRAY map");
     };
-    Ok(data.info()?.id())
+    Ok(data)
 }
 
 impl ShieldMaps {
     /// Second descriptors on `shield` and `pressure` (of a loaded program or an attachment).
     pub(crate) fn from_maps(shield: &Map, pressure: &Map) -> anyhow::Result<Self> {
-        Self::from_ids(array_id(shield)?, array_id(pressure)?)
-    }
-
-    fn from_ids(shield: u32, pressure: u32) -> anyhow::Result<Self> {
-        let open = |id| -> anyhow::Result<Map> { Ok(Map::from_map_data(MapData::from_id(id)?)?) };
         Ok(Self {
-            shield: Array::try_from(open(shield)?)?,
-            pressure: Array::try_from(open(pressure)?)?,
-            ids: (shield, pressure),
+            shield: Array::try_from(dup(array_data(shield)?)?)?,
+            pressure: Array::try_from(dup(array_data(pressure)?)?)?,
             pinned: false,
             dir: None,
         })
@@ -268,10 +269,12 @@ impl ShieldMaps {
 
     /// Other descriptors on the same maps.
     pub fn try_clone(&self) -> anyhow::Result<Self> {
-        let mut maps = Self::from_ids(self.ids.0, self.ids.1)?;
-        maps.pinned = self.pinned;
-        maps.dir = self.dir.clone();
-        Ok(maps)
+        Ok(Self {
+            shield: Array::try_from(dup(self.shield.map())?)?,
+            pressure: Array::try_from(dup(self.pressure.map())?)?,
+            pinned: self.pinned,
+            dir: self.dir.clone(),
+        })
     }
 
     /// The maps `xdp-quic attach` pinned for `iface`; [`XdpError::NotAttached`] when there
@@ -295,11 +298,9 @@ impl ShieldMaps {
             open(xdp_quic_ebpf::maps::SHIELD)?,
             open(xdp_quic_ebpf::maps::PRESSURE)?,
         );
-        let ids = (array_id(&shield)?, array_id(&pressure)?);
         Ok(Self {
             shield: Array::try_from(shield)?,
             pressure: Array::try_from(pressure)?,
-            ids,
             pinned: true,
             dir: Some(dir),
         })
@@ -500,10 +501,8 @@ impl ShieldGuard {
             layout.workers(),
             engine.xsk_queues().len()
         );
-        // On by `attach --shield`, or by another live server (kept after this one): not one
-        // a server that is gone left on.
         let ours: Vec<u32> = engine.xsk_queues().iter().map(|q| q.queue).collect();
-        let was_on = maps.config()?.is_some() && !maps.left_by_server(&ours)?;
+        let no_other_server = maps.no_other_server(&ours)?;
         let monitor = if config.admit_under_pressure {
             Some(PressureMonitor::for_engine(
                 maps.try_clone()?,
@@ -516,14 +515,21 @@ impl ShieldGuard {
         };
         let mut guard = Self {
             maps,
-            was_on,
+            was_on: false,
             wrote: config.clone(),
             monitor,
         };
         guard.maps.set_layout(Some(layout))?;
         // On, and, when this server turns it on for its life, marked so in the same write:
         // what a server killed before it could put the shield back is known for what it is.
-        guard.maps.update(|before| {
+        // Whether it was on is read in the same locked change: an `attach --shield` just
+        // before is seen, and its shield not taken for this server's.
+        guard.was_on = guard.maps.update(|before| {
+            // On by `attach --shield`, or by another live server (kept after this one): not
+            // one a server that is gone left on.
+            let on = ShieldConfig::from_map(before).is_some();
+            let left_by_server = on && before.flags & SHIELD_SERVER != 0 && no_other_server;
+            let was_on = on && !left_by_server;
             let mut e = config.apply(before);
             // A server's mark stays a server's (one already on, of a server on other queues,
             // keeps its mark: the last server to go turns it off, or the next one finds it
@@ -531,7 +537,7 @@ impl ShieldGuard {
             if !was_on || before.flags & SHIELD_SERVER != 0 {
                 e.flags |= SHIELD_SERVER;
             }
-            Ok((e, ()))
+            Ok((e, was_on))
         })?;
         // As the map holds it, to tell at drop whether anyone changed it since.
         if let Some(written) = guard.maps.config()? {
