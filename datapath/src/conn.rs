@@ -344,8 +344,10 @@ impl<'a> Conn<'a> {
     /// The application's state of `stream`, created (`T::default()`) at the first call.
     /// The engine drops it, once, when the stream is over on both sides (what we send is
     /// finished and acknowledged, reset by us or stopped by the peer; what we receive is read
-    /// to its end, reset by the peer or stopped by us), or when the connection ends. One type
-    /// per stream, as for [`Conn::state`].
+    /// to its end, reset by the peer or stopped by us), or when the connection ends. It is
+    /// dropped once the callback in which the stream became over has returned: a callback
+    /// whose `read` returns [`ReadStatus::Finished`] may still add to the state and take it.
+    /// One type per stream, as for [`Conn::state`].
     pub fn stream_state<T: Any + Send + Default>(&mut self, stream: StreamId) -> &mut T {
         let side = self.side();
         let conn = &mut self.slot.conn;

@@ -341,7 +341,8 @@ impl Connections {
     /// Puts a connection [`Connections::take`] took back. `dirty`: mark it for a poll this
     /// turn, so that what a callback did to it goes out (the connection being driven needs
     /// none: its drive goes on).
-    pub fn put_back(&mut self, slot: Box<Slot>, dirty: bool) {
+    pub fn put_back(&mut self, mut slot: Box<Slot>, dirty: bool) {
+        slot.streams.sweep();
         let h = slot.id.handle();
         self.slots[h] = Some(slot);
         if dirty {
@@ -383,6 +384,10 @@ pub(crate) struct StreamStates {
     /// side over, so that it still goes when the other side ends. At most one per stream
     /// quinn-proto keeps open; forgotten when both sides are over.
     ended: HashMap<StreamId, (bool, bool)>,
+    /// Entries whose two sides are over, dropped by [`StreamStates::sweep`] once the
+    /// callback in which that happened has returned (a read that ends a stream's last side
+    /// is followed in the same callback by what the handler does with its state).
+    over: Vec<StreamId>,
 }
 
 pub(crate) struct StreamEntry {
@@ -475,12 +480,21 @@ impl StreamStates {
         let Some(e) = self.map.get_mut(&id) else {
             return self.note_ended(id, send);
         };
+        let was_over = e.send_over && e.recv_over;
         if send {
             e.send_over = true;
         } else {
             e.recv_over = true;
         }
-        if e.send_over && e.recv_over {
+        if e.send_over && e.recv_over && !was_over {
+            self.over.push(id);
+        }
+    }
+
+    /// Drops the entries whose two sides are over. Called when a callback on the
+    /// connection has returned ([`Connections::put_back`]), not within it.
+    pub fn sweep(&mut self) {
+        for id in self.over.drain(..) {
             self.map.remove(&id);
         }
     }
@@ -510,11 +524,16 @@ mod tests {
         s.recv_over(bi(1));
         *s.entry(bi(1), Side::Server, || false).state::<u8>() = 2;
         s.send_over(bi(1));
+        // Kept until the callback returns (the sweep), for the handler to use still.
+        assert_eq!(*s.entry(bi(1), Side::Server, || false).state::<u8>(), 2);
+        s.sweep();
         assert!(!s.map.contains_key(&bi(1)));
         // Its sending side already forgotten by quinn-proto when the state is made.
         *s.entry(bi(2), Side::Server, || true).state::<u8>() = 3;
         s.recv_over(bi(2));
+        s.sweep();
         assert!(!s.map.contains_key(&bi(2)));
+        assert!(s.over.is_empty());
         // Streams without state: noted, then forgotten.
         s.recv_over(bi(3));
         s.send_over(bi(3));

@@ -251,6 +251,125 @@ fn connection_and_stream_state_are_dropped_exactly_once() {
     assert_eq!(conn_drops.load(Ordering::SeqCst), 1, "not twice");
 }
 
+/// Gathers each unidirectional stream the peer opens in its stream state, read by read,
+/// and takes it whole at the end: a handler whose messages span packets.
+struct Gatherer {
+    created: Arc<AtomicUsize>,
+    drops: Arc<AtomicUsize>,
+    whole: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Handler for Gatherer {
+    fn stream_readable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        let mut got = Vec::new();
+        let status = conn.read(s, |b| got.extend_from_slice(&b));
+        let st = conn.stream_state::<StreamBuf>(s);
+        if st.tracked.is_none() {
+            st.tracked = Some(Tracked(self.drops.clone()));
+            self.created.fetch_add(1, Ordering::SeqCst);
+        }
+        st.data.extend(got);
+        if status == Ok(ReadStatus::Finished) {
+            let data = std::mem::take(&mut conn.stream_state::<StreamBuf>(s).data);
+            self.whole.lock().unwrap().push(data);
+        }
+    }
+}
+
+/// Opens a unidirectional stream per payload once connected and writes it whole, as the
+/// streams take it.
+struct UniSender {
+    payloads: Vec<Bytes>,
+    left: BTreeMap<StreamId, Bytes>,
+}
+
+impl Handler for UniSender {
+    fn connected(&mut self, conn: &mut Conn<'_>) {
+        for p in std::mem::take(&mut self.payloads) {
+            let s = conn.open_uni().expect("stream credit");
+            self.left.insert(s, p);
+            self.stream_writable(conn, s);
+        }
+    }
+    fn stream_writable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        let Some(data) = self.left.get_mut(&s) else {
+            return;
+        };
+        while !data.is_empty() {
+            if conn.write_chunk(s, data).unwrap() == 0 {
+                return;
+            }
+        }
+        conn.finish(s).unwrap();
+        self.left.remove(&s);
+    }
+}
+
+/// A stream over on both sides when its last read returns (one the peer opened one-way) keeps
+/// its state until the callback returns: the handler can still add to it and take it whole,
+/// and it is dropped then, once. Before, the read dropped it: the data gathered on earlier
+/// reads was lost, and the state the handler made again after the read stayed until the
+/// connection ended (a long connection's one-way streams grew it without bound).
+#[test]
+fn a_stream_over_in_a_read_keeps_its_state_until_the_callback_returns() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let (created, drops) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let whole = Arc::new(Mutex::new(Vec::new()));
+    let (c, d, w) = (created.clone(), drops.clone(), whole.clone());
+    let b = EngineBuilder::default()
+        .server(server_config())
+        .drain_timeout(Duration::from_millis(300));
+    let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, move |_| {
+        Gatherer {
+            created: c.clone(),
+            drops: d.clone(),
+            whole: w.clone(),
+        }
+    })
+    .unwrap();
+    // Long enough to come in many reads.
+    let payloads: Vec<Bytes> = (0..8u8)
+        .map(|i| Bytes::from(vec![i; 200_000 + i as usize]))
+        .collect();
+    let p = payloads.clone();
+    let client = Node::new(
+        client_builder(),
+        &net,
+        addr("10.7.4.1:5000"),
+        MemSteering::Hash,
+        move |_| UniSender {
+            payloads: p.clone(),
+            left: BTreeMap::new(),
+        },
+    )
+    .unwrap();
+    client
+        .handle
+        .post(0, |_, ctx| {
+            ctx.connect(addr(SERVER), "localhost").unwrap();
+        })
+        .expect("the worker is running");
+    let mut client = client;
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut client];
+    run_until(&net, &mut nodes, Duration::from_secs(30), |_| {
+        whole.lock().unwrap().len() == payloads.len()
+    })
+    .expect("every stream read to its end");
+    drop(nodes);
+    let mut got = whole.lock().unwrap().clone();
+    got.sort();
+    let want: Vec<Vec<u8>> = payloads.iter().map(|p| p.to_vec()).collect();
+    assert!(
+        got == want,
+        "the streams came whole: got lengths {:?}",
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    // The connection is still open: each stream's state was made once and is gone.
+    assert_eq!(server.connections(), 1);
+    assert_eq!(created.load(Ordering::SeqCst), payloads.len());
+    assert_eq!(drops.load(Ordering::SeqCst), payloads.len(), "none held");
+}
+
 /// Relays what one client sends to every other connection of the worker, from the
 /// callback, on a new unidirectional stream each: `Ctx::with_conn`.
 #[derive(Default)]
