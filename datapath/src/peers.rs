@@ -1,5 +1,6 @@
 //! Which workers have opened connections to which peers, so that a stateless reset from a
-//! peer reaches the worker that can recognise it.
+//! peer reaches the worker that can recognise it, and a server's first packets (Initial,
+//! Retry, Version Negotiation) the worker that opened the connection.
 //!
 //! A stateless reset (RFC 9000 §10.3) looks like a short-header packet whose destination CID
 //! is random: nothing in it names the worker that owns the connection, so it lands on
@@ -10,13 +11,19 @@
 //! the reset was dropped and the connection waited for its idle timeout.
 //!
 //! Each worker records here the remote address of each connection it opened, for as long as
-//! the connection lives (and forgets them all when it ends); a worker that receives a short
+//! the connection lives (and forgets them all when it ends). A worker that receives a short
 //! header whose CID this host did not issue ([`crate::route::Destination::Stray`]) from such
 //! an address hands a copy to the workers that opened connections to it, and gives it to its
-//! own endpoint too (a connection that peer opened to this worker may be the reset's). Entries are made by the application's own `connect`s (a
-//! peer cannot add any), one per open connection. The lock is taken only on that cold path
-//! (stray packets while outgoing connections exist) and when outgoing connections open and
-//! end; the count lets every other packet skip it.
+//! own endpoint too (a connection that peer opened to this worker may be the reset's). An
+//! Initial, Retry or Version Negotiation whose CID names another worker
+//! ([`crate::route::Destination::Opened`]) goes to that worker only if it opened connections
+//! to the sender; otherwise it is a client's, whose CID looks like ours, and stays where it
+//! landed.
+//!
+//! Entries are made by the application's own `connect`s (a peer cannot add any), one per
+//! open connection. The lock is taken only on those cold paths, while outgoing connections
+//! exist, and when outgoing connections open and end; the count lets every other packet
+//! skip it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -81,6 +88,17 @@ impl OutgoingPeers {
             !owners.is_empty()
         });
         self.count.fetch_sub(gone, Ordering::Release);
+    }
+
+    /// Whether `worker` has connections open to `remote`. Takes no lock while no connection
+    /// is recorded.
+    pub fn opened(&self, remote: SocketAddr, worker: usize) -> bool {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&remote)
+            .is_some_and(|owners| owners.iter().any(|&(w, _)| w == worker))
     }
 
     /// The workers other than `me` with connections open to `remote` (into `others`,

@@ -4,15 +4,16 @@
 //! 1. Short header, or long-header Handshake: the destination CID was issued by this host and
 //!    names its worker. Another worker's CID goes to that worker (hand-over); it must never
 //!    reach this shard's endpoint, which would answer with a stateless reset.
-//! 2. Initial and 0-RTT: routed by DCID too when it is of our layout. An Initial from a
-//!    server (to a connection this host opened, on an engine that may serve as well) carries
-//!    a CID this host issued, which names the worker that owns the connection. An Initial
-//!    from a client carries a CID the client chose: almost always not of our layout, so it
-//!    stays on the worker that got it (the 4-tuple keeps the rest of the handshake there);
-//!    the rare client CID that looks like ours names one worker for every packet of that
-//!    handshake, which the hand-over keeps consistent.
-//! 3. Retry and Version Negotiation go only from servers to clients and carry our CID: routed
-//!    by CID.
+//! 2. Initial and 0-RTT, Retry and Version Negotiation whose DCID is of our layout and names
+//!    another worker: [`Destination::Opened`]. From a server (to a connection this host
+//!    opened, on an engine that may serve as well) they carry a CID this host issued, which
+//!    names the worker that owns the connection; the worker hands them over when that worker
+//!    has connections open to the sender ([`crate::peers`]). Otherwise the CID is one a
+//!    client chose that looks like ours (by chance, or made so: the layout is no secret, and
+//!    a client could otherwise pick the worker that derives the keys of its every Initial):
+//!    it stays on the worker that got it, which the 4-tuple keeps the rest of the handshake
+//!    on. A client's CID not of our layout stays too.
+//! 3. Handshake packets carry the CID the server chose: routed by CID.
 //! 4. A short header whose DCID this host did not issue is a stateless reset from a peer, or
 //!    junk: [`Destination::Stray`], which the worker hands to the workers that opened
 //!    connections to its sender ([`crate::peers`]), or else judges itself.
@@ -28,6 +29,10 @@ pub enum Destination {
     Local,
     /// Hand it to worker `n`.
     Worker(usize),
+    /// An Initial, 0-RTT, Retry or Version Negotiation packet whose DCID names worker `n`
+    /// (not this one): hand it to `n` if `n` opened connections to its sender (a server's
+    /// answer), else feed it to this worker's endpoint (a client's CID that looks like ours).
+    Opened(usize),
     /// A short header whose destination CID is not of this host's layout: a stateless
     /// reset from a peer (its CID is random), or junk. Only an endpoint holding a connection
     /// to its sender can tell: the worker finds out which ([`crate::peers`]) and otherwise
@@ -39,8 +44,8 @@ pub enum Destination {
 
 /// The routing decision for `datagram` received by worker `me`.
 pub fn route(layout: &CidLayout, me: usize, datagram: &[u8]) -> Destination {
-    let by_cid = |dcid: &[u8]| match layout.decode(dcid) {
-        Some(w) if w != me => Destination::Worker(w),
+    let opened_by = |dcid: &[u8]| match layout.decode(dcid) {
+        Some(w) if w != me => Destination::Opened(w),
         _ => Destination::Local,
     };
     match quic::peek(datagram, layout.len()) {
@@ -51,11 +56,13 @@ pub fn route(layout: &CidLayout, me: usize, datagram: &[u8]) -> Destination {
             Some(_) => Destination::Local,
         },
         Ok(Header::Long { ty, dcid }) => match ty {
-            LongType::Handshake | LongType::Retry | LongType::Initial | LongType::ZeroRtt => {
-                by_cid(dcid)
-            }
+            LongType::Handshake => match layout.decode(dcid) {
+                Some(w) if w != me => Destination::Worker(w),
+                _ => Destination::Local,
+            },
+            LongType::Retry | LongType::Initial | LongType::ZeroRtt => opened_by(dcid),
         },
-        Ok(Header::VersionNegotiation { dcid }) => by_cid(dcid),
+        Ok(Header::VersionNegotiation { dcid }) => opened_by(dcid),
         Ok(Header::Other) => Destination::Local,
     }
 }
@@ -99,18 +106,23 @@ mod tests {
         let mut p = vec![0xc3, 0, 0, 0, 1, 8];
         p.extend_from_slice(&cid);
         p.resize(1200, 0);
-        // A server's Initial to a connection worker 3 opened carries worker 3's CID.
-        assert_eq!(route(&l, 0, &p), Destination::Worker(3));
-        // So do its Handshake packets, and a Retry.
+        // A server's Initial to a connection worker 3 opened carries worker 3's CID; so
+        // could a client's: the worker asks whether 3 opened connections to the sender.
+        assert_eq!(route(&l, 0, &p), Destination::Opened(3));
+        assert_eq!(route(&l, 3, &p), Destination::Local);
+        // Handshake packets carry the CID the server chose: to its worker.
         p[0] = 0xe3;
         assert_eq!(route(&l, 0, &p), Destination::Worker(3));
+        // A Retry, as an Initial.
         p[0] = 0xf3;
-        assert_eq!(route(&l, 0, &p), Destination::Worker(3));
+        assert_eq!(route(&l, 0, &p), Destination::Opened(3));
         // And a Version Negotiation (version 0) answering it.
         p[0] = 0x80;
         p[1..5].copy_from_slice(&[0; 4]);
-        assert_eq!(route(&l, 0, &p), Destination::Worker(3));
+        assert_eq!(route(&l, 0, &p), Destination::Opened(3));
         p[1..5].copy_from_slice(&[0, 0, 0, 1]);
+        p[0] = 0xd3; // 0-RTT, as an Initial
+        assert_eq!(route(&l, 0, &p), Destination::Opened(3));
         // A client's Initial carries a CID it chose: not of our layout, it stays.
         p[0] = 0xc3;
         p[6] = l.first_octet() ^ 0x80;

@@ -500,6 +500,10 @@ impl<H: Handler> Worker<H> {
         match route(&self.mesh.layout, me, &d.data) {
             Destination::Local => self.feed_endpoint(io, d),
             Destination::Worker(w) => self.hand_over(w, d),
+            Destination::Opened(w) if self.mesh.outgoing.opened(d.remote, w) => {
+                self.hand_over(w, d)
+            }
+            Destination::Opened(_) => self.feed_endpoint(io, d),
             Destination::Stray => self.on_stray(io, d),
             Destination::Drop(_) => self.counters.rx_malformed += 1,
         }

@@ -97,7 +97,7 @@ proptest! {
         let layout = CidLayout::for_workers(workers).unwrap();
         let me = me_pick % workers;
         match route(&layout, me, &data) {
-            Destination::Worker(w) => prop_assert!(w < workers && w != me),
+            Destination::Worker(w) | Destination::Opened(w) => prop_assert!(w < workers && w != me),
             Destination::Stray => prop_assert!(data[0] & 0x80 == 0, "only short headers stray"),
             Destination::Local | Destination::Drop(_) => {}
         }

@@ -190,6 +190,47 @@ fn misrouted_packets_are_handed_over_never_reset() {
     );
 }
 
+/// A client's Initial whose destination CID looks like one of ours, naming another worker
+/// (the layout is no secret: a client can pick the worker that derives the keys of its every
+/// Initial), stays on the worker it reached: only a worker that opened connections to the
+/// sender gets such an Initial handed over. Before, every worker handed it to the named one.
+#[test]
+fn a_client_cannot_pick_the_worker_of_its_initial_by_its_cid() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut server = echo_server(&net, server_builder(4), MemSteering::Fixed(0));
+    let mut cid = [0u8; 8];
+    let layout = CidLayout::for_workers(4).unwrap();
+    layout.write(3, &mut rand::rngs::StdRng::seed_from_u64(7), &mut cid);
+    let mut config = tls::client_config(tls::Trust::InsecureAnyCertificate, &[echo::ALPN]).unwrap();
+    config.initial_dst_cid_provider(Arc::new(move || quinn_proto::ConnectionId::new(&cid)));
+    let builder = EngineBuilder::default()
+        .client(config)
+        .drain_timeout(Duration::from_millis(500));
+    let p = payload(31, 50_000);
+    let client = Node::new(
+        builder,
+        &net,
+        addr("10.0.2.7:7000"),
+        MemSteering::Hash,
+        move |_| EchoClient::new(addr(SERVER), "localhost", vec![p.clone()], vec![], 0),
+    )
+    .unwrap();
+    client
+        .handle
+        .post(0, |h, ctx| h.start(ctx))
+        .expect("the worker is running");
+    let mut clients = vec![client];
+    run(&net, &mut server, &mut clients);
+    assert_all_ok(&clients);
+    let per_worker: Vec<u64> = server
+        .workers
+        .iter()
+        .map(|w| w.counters().conns_accepted)
+        .collect();
+    assert_eq!(per_worker, [1, 0, 0, 0], "served where it landed");
+    assert_eq!(server.total().handover_out, 0);
+}
+
 /// Each datagram in a worker's hand-over queue holds at most one receive chunk (16 KiB):
 /// that is what bounds the queue's memory (README). A datagram larger than a chunk (and
 /// than the endpoint's `max_udp_payload_size`, 1,472 here), which has a buffer of its own

@@ -37,11 +37,21 @@ fn by_cid(layout: &CidLayout, me: usize, dcid: &[u8]) -> Destination {
     }
 }
 
+/// As [`by_cid`], for the packets a server sends first (Initial, 0-RTT from a client, Retry,
+/// Version Negotiation): handed over only to a worker that opened connections to the sender,
+/// which the worker checks.
+fn opened_by(layout: &CidLayout, me: usize, dcid: &[u8]) -> Destination {
+    match by_cid(layout, me, dcid) {
+        Destination::Worker(w) => Destination::Opened(w),
+        d => d,
+    }
+}
+
 fn arbitrary_datagram(input: &RouteInput<'_>) {
     let (layout, me, d) = (&input.layout, input.me, input.datagram);
     let workers = layout.workers();
     let r = route(layout, me, d);
-    if let Destination::Worker(w) = r {
+    if let Destination::Worker(w) | Destination::Opened(w) = r {
         assert!(w < workers, "worker {w} of {workers}");
         assert_ne!(w, me, "hand-over to oneself");
     }
@@ -92,11 +102,17 @@ fn arbitrary_datagram(input: &RouteInput<'_>) {
         // A short header whose CID is not of our layout: a peer's stateless reset, or junk.
         Ok(Header::Short { dcid }) if layout.decode(dcid).is_none() => Destination::Stray,
         Ok(Header::Short { dcid }) => by_cid(layout, me, dcid),
-        // Every long-header type by CID: a client's Initial carries a CID of its own,
-        // which `decode` does not take for ours (unless it happens to look like one).
-        Ok(Header::Long { dcid, .. }) => by_cid(layout, me, dcid),
+        // Handshake packets carry the CID the server chose: by CID.
+        Ok(Header::Long {
+            ty: LongType::Handshake,
+            dcid,
+        }) => by_cid(layout, me, dcid),
+        // The others by CID only to a worker that opened connections to the sender: a
+        // client's Initial carries a CID of its own, which may look like ours (by chance or
+        // made so).
+        Ok(Header::Long { dcid, .. }) => opened_by(layout, me, dcid),
         // Version Negotiation echoes the CID a connection of ours chose.
-        Ok(Header::VersionNegotiation { dcid }) => by_cid(layout, me, dcid),
+        Ok(Header::VersionNegotiation { dcid }) => opened_by(layout, me, dcid),
         Ok(Header::Other) => Destination::Local,
     };
     assert_eq!(r, want);
@@ -122,8 +138,13 @@ fn built_packet(input: &RouteInput<'_>) {
         p.extend_from_slice(dcid);
         p
     };
-    // Every long-header type goes by CID (Initials too: from a server, they carry ours).
-    let by_type = |_ty: u8| ours;
+    // Handshake packets (type 2) go by CID; the other types (Initials too: from a server,
+    // they carry ours) by CID to a worker that opened connections to the sender.
+    let opened = match ours {
+        Destination::Worker(w) => Destination::Opened(w),
+        d => d,
+    };
+    let by_type = |ty: u8| if ty & 3 == 2 { ours } else { opened };
     let draft = 0xff00_0000 | u32::from(input.version);
     let (mut p, want) = match input.built {
         Built::Short => {

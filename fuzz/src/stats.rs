@@ -93,6 +93,7 @@ fn corpus_stats() {
         let key = match route(&i.layout, i.me, i.datagram) {
             Destination::Local => "datagram Local".to_string(),
             Destination::Worker(_) => "datagram Worker(_)".to_string(),
+            Destination::Opened(_) => "datagram Opened(_)".to_string(),
             Destination::Stray => "datagram Stray".to_string(),
             Destination::Drop(e) => format!("datagram Drop({e:?})"),
         };
