@@ -417,6 +417,40 @@ fn a_server_refuses_pins_whose_interface_was_renamed() {
     steering().expect("the pins of the interface under its own name");
 }
 
+/// `detach` removes pins another xdp-quic version left in the directory (a map this version
+/// does not have): before, only this version's were unlinked, the directory stayed, and
+/// every later `attach` failed on it until someone removed it by hand.
+#[test]
+fn detach_removes_pins_of_another_version_too() {
+    use xdp_quic_control::testing::PinGuard;
+    use xdp_quic_control::xdp::{attach, detach};
+
+    if !privileged("detach_removes_pins_of_another_version_too") {
+        return;
+    }
+    let tb = Testbed::create(&unique_name("xv"), 1, 93).expect("testbed");
+    let _pins = PinGuard(tb.server_if.clone());
+    tb.in_server(|| attach(&tb.server_if, &skb_attach_of_4433()))
+        .unwrap()
+        .expect("attach");
+    let dir = std::path::Path::new(pins::PIN_ROOT).join(&tb.server_if);
+    // A map pinned under a name this version does not know, as another version would.
+    let ports = aya::maps::MapData::from_pin(dir.join(xdp_quic_ebpf::maps::PORTS)).unwrap();
+    ports.pin(dir.join("a_map_of_another_version")).unwrap();
+    drop(ports);
+    tb.in_server(|| detach(&tb.server_if))
+        .unwrap()
+        .expect("detach");
+    assert!(!dir.exists(), "the directory is gone");
+    assert_eq!(xdp_prog_on(&tb.server_ns, &tb.server_if), None, "detached");
+    tb.in_server(|| attach(&tb.server_if, &skb_attach_of_4433()))
+        .unwrap()
+        .expect("attach again");
+    tb.in_server(|| detach(&tb.server_if))
+        .unwrap()
+        .expect("detach");
+}
+
 /// Run by `an_interrupted_test_run_removes_its_testbeds_and_pins`, in a process of its own:
 /// makes a testbed with a pinned attachment, says so, and waits to be killed.
 #[test]

@@ -53,6 +53,19 @@ impl ServiceConfig {
                  broadcast): leave --addr out to steer every address"
             )));
         }
+        // The program looks IPv4 packets up in the IPv4 table: a mapped address in the IPv6
+        // one would match nothing.
+        if let Some(a) = self
+            .addrs
+            .iter()
+            .find(|a| matches!(a, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()))
+        {
+            return Err(XdpError::BadArgument(format!(
+                "{a} is an IPv4-mapped address: give it as the IPv4 address {}, which its \
+                 packets carry",
+                a.to_canonical()
+            )));
+        }
         let v4 = self.addrs.iter().filter(|a| a.is_ipv4()).count();
         if v4 > xdp_quic_ebpf::MAX_ADDRS as usize
             || self.addrs.len() - v4 > xdp_quic_ebpf::MAX_ADDRS as usize
@@ -425,5 +438,8 @@ mod tests {
         for good in ["10.0.0.1", "fd00::1", "127.0.0.1", "10.0.0.255"] {
             with(good).validate().unwrap();
         }
+        // A mapped address would go to the IPv6 table, where no IPv4 packet is looked up.
+        let e = with("::ffff:10.0.0.1").validate().unwrap_err().to_string();
+        assert!(e.contains("give it as the IPv4 address 10.0.0.1"), "{e}");
     }
 }

@@ -1,4 +1,6 @@
-//! The bpffs layout: `/sys/fs/bpf/xdp-quic/<iface>/{link,xsks,ports,addrs4,addrs6,config,counters}`.
+//! The bpffs layout: `/sys/fs/bpf/xdp-quic/<iface>/{link,xsks,ports,addrs4,addrs6,config,counters,
+//! xsk_owners,shield,pressure,buckets}`: the link and the program's maps
+//! (`xdp_quic_ebpf::maps::ALL`).
 //!
 //! Directories are made mode 0700 (root only). The `link` pin keeps the program attached
 //! after the attaching process exits; removing the directory's pins detaches it.
@@ -396,17 +398,25 @@ impl Drop for PinLock {
 }
 
 /// Removes the pins of `iface` and its directory; the link pin goes first so that the
-/// program is detached before its maps disappear. Missing pins are fine.
+/// program is detached before its maps disappear. Missing pins are fine. Every pin in the
+/// directory goes, not only this version's maps: the directory is xdp-quic's (mode 0700),
+/// and pins of another version (a map this one does not have) would otherwise keep it from
+/// being removed, and every later `attach` from making it again.
 pub fn remove_dir(iface: &str) -> io::Result<()> {
     check_iface_name(iface)?;
     let d = dir(iface);
-    let names = std::iter::once(LINK).chain(xdp_quic_ebpf::maps::ALL);
-    for name in names {
-        match std::fs::remove_file(d.join(name)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+    let gone = |r: io::Result<()>| match r {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    gone(std::fs::remove_file(d.join(LINK)))?;
+    let entries = match std::fs::read_dir(&d) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        gone(std::fs::remove_file(e?.path()))?;
     }
     match std::fs::remove_dir(&d) {
         Ok(()) => {}

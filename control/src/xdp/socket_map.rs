@@ -47,9 +47,10 @@ impl ServerSteering {
                     // The attachment must steer what this server listens on, or every
                     // client packet would reach the canary socket instead.
                     let service = live.maps.read_service()?;
+                    let ip = listen.ip().to_canonical();
                     let addr_ok = service.addrs.is_empty()
-                        || listen.ip().is_unspecified()
-                        || service.addrs.contains(&listen.ip());
+                        || ip.is_unspecified()
+                        || service.addrs.contains(&ip);
                     if !service.ports.contains(&listen.port()) || !addr_ok {
                         let ports: Vec<String> = service.ports.iter().map(u16::to_string).collect();
                         anyhow::bail!(
@@ -108,9 +109,12 @@ impl ServerSteering {
     /// `listen`'s port (and its address, unless unspecified), whatever `xdp-quic attach`
     /// pinned: for a client engine, whose port is its own.
     pub fn attach_own(iface: &str, listen: SocketAddr, mode: AttachMode) -> anyhow::Result<Self> {
+        // An IPv4-mapped address ([::ffff:10.0.0.1]:443, a dual-stack socket's) is steered
+        // as the IPv4 address its packets carry.
         let mut addrs = BTreeSet::new();
-        if !listen.ip().is_unspecified() {
-            addrs.insert(listen.ip());
+        let ip = listen.ip().to_canonical();
+        if !ip.is_unspecified() {
+            addrs.insert(ip);
         }
         let service = ServiceConfig {
             ports: BTreeSet::from([listen.port()]),

@@ -173,7 +173,8 @@ fn list<T: ToString>(v: impl IntoIterator<Item = T>, empty: &str) -> String {
 pub fn attach(a: &AttachArgs) -> anyhow::Result<()> {
     let service = ServiceConfig {
         ports: a.ports.iter().copied().collect(),
-        addrs: a.addrs.iter().copied().collect(),
+        // `--addr ::ffff:10.0.0.1` steers the IPv4 address its packets carry.
+        addrs: a.addrs.iter().map(IpAddr::to_canonical).collect(),
     };
     service.validate()?;
     let shield = a.shield_config();
