@@ -8,16 +8,15 @@
 //!    another worker: [`Destination::Opened`]. From a server (to a connection this host
 //!    opened, on an engine that may serve as well) they carry a CID this host issued, which
 //!    names the worker that owns the connection; the worker hands them over when that worker
-//!    has connections open to the sender ([`crate::peers`]). Otherwise the CID is one a
+//!    has connections open to the sender (`peers.rs`). Otherwise the CID is one a
 //!    client chose that looks like ours (by chance, or made so: the layout is no secret, and
 //!    a client could otherwise pick the worker that derives the keys of its every Initial):
 //!    it stays on the worker that got it, which the 4-tuple keeps the rest of the handshake
 //!    on. A client's CID not of our layout stays too.
-//! 3. Handshake packets carry the CID the server chose: routed by CID.
-//! 4. A short header whose DCID this host did not issue is a stateless reset from a peer, or
+//! 3. A short header whose DCID this host did not issue is a stateless reset from a peer, or
 //!    junk: [`Destination::Stray`], which the worker hands to the workers that opened
 //!    connections to its sender ([`crate::peers`]), or else judges itself.
-//! 5. Anything else is the local endpoint's to judge (it drops what is not QUIC).
+//! 4. Anything else is the local endpoint's to judge (it drops what is not QUIC).
 
 use crate::cid::CidLayout;
 use crate::packet::quic::{self, Header, HeaderError, LongType};

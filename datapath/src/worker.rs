@@ -6,13 +6,17 @@
 //!
 //! 1. retry a transmit the backend pushed back last turn;
 //! 2. run work posted by other threads, take datagrams handed over by other workers;
-//! 3. receive batches from the backend; route each datagram by its destination CID
-//!    ([`crate::route`]): to this shard's endpoint, to its owner worker, or drop;
-//! 4. fire the connection timers that are due;
-//! 5. drive every connection that changed (`Worker::drive`): endpoint events, application
+//! 3. receive batches from the backend;
+//! 4. route each datagram by its header ([`crate::route`]): to this shard's endpoint, to
+//!    its owner worker, or drop;
+//! 5. feed this shard's endpoint (`Endpoint::handle`);
+//! 6. fire the connection timers that are due;
+//! 7. drive every connection that changed (`Worker::drive`): endpoint events, application
 //!    callbacks ([`Handler`]), then transmits straight to the backend (or, with
 //!    [`Worker::hold_transmits`], at the next turn, after the application answered);
-//! 6. flush the backend, publish the counters, report the next deadline.
+//! 8. flush the backend, publish the counters, report the next deadline.
+//!
+//! The steps are docs/ARCHITECTURE.md's ("The data path, step by step").
 //!
 //! Nothing here allocates, locks, logs or makes a syscall per packet of a connection: batches,
 //! buffers and queues are reused; the backend decides how many syscalls a batch costs. (The
@@ -291,13 +295,13 @@ impl<H: Handler> Worker<H> {
         &self.handler.inner
     }
 
-    /// Ends the worker, giving its handler back.
     /// Tells the worker how its backend names IPv4 peers ([`Backend::maps_ipv4`]). Call
     /// before its first turn.
     pub(crate) fn set_maps_ipv4(&mut self, maps: bool) {
         self.shard.maps_ipv4 = maps;
     }
 
+    /// Ends the worker, giving its handler back.
     pub fn into_handler(self) -> H {
         self.handler.inner
     }
@@ -428,11 +432,13 @@ impl<H: Handler> Worker<H> {
     fn receive<B: Backend>(&mut self, io: &mut B) -> bool {
         let mut any = false;
         for _ in 0..MAX_RX_BATCHES {
-            let n = match io.recv(&mut self.rx) {
-                Ok(n) => n,
+            let (n, failed) = match io.recv(&mut self.rx) {
+                Ok(n) => (n, false),
                 Err(e) => {
                     tracing::debug!(worker = self.index(), "receive failed: {e}");
-                    break;
+                    // Nothing should have been added (`Backend::recv`); whatever a backend
+                    // added anyway is not left in the batch until more comes.
+                    (self.rx.len(), true)
                 }
             };
             if n == 0 {
@@ -446,6 +452,9 @@ impl<H: Handler> Worker<H> {
             }
             self.rx = batch;
             any = true;
+            if failed {
+                break;
+            }
         }
         any
     }

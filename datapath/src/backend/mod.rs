@@ -82,7 +82,8 @@ pub trait Backend {
     fn max_segments(&self) -> usize;
 
     /// Moves received datagrams into `batch` until it is full or nothing is pending; returns
-    /// how many were added. Never blocks.
+    /// how many were added. Never blocks. An error is returned only when nothing was added
+    /// (what was is returned first; the error may come again on the next call).
     fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize>;
 
     /// Sends one transmit, or queues it for [`Backend::flush`]. Never blocks.

@@ -510,6 +510,9 @@ impl Backend for UdpBackend {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(added),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // What the earlier slots gave goes first (the worker would leave it in
+                    // the batch until more came).
+                    Err(_) if added > 0 => return Ok(added),
                     Err(e) => return Err(e),
                 };
             self.pending = Pending {

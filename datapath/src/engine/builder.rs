@@ -25,7 +25,8 @@ use crate::worker::{Worker, WorkerParts};
 /// every unvalidated path to the 3x anti-amplification limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryPolicy {
-    /// Never (one round trip less; pending handshakes are then unbounded).
+    /// Never (one round trip less; pending handshakes are then bounded only by
+    /// [`EngineBuilder::max_connections`], which counts them).
     Never,
     /// Always.
     Always,

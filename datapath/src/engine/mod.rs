@@ -381,14 +381,17 @@ impl<H: Handler> Engine<H> {
     }
 
     /// Closes every connection with `code`, waits for them to drain (bounded by the drain
-    /// timeout), joins the threads and returns the handlers.
+    /// timeout), joins the threads and returns the handlers (as [`Engine::join`]: an error
+    /// instead when a worker failed).
     pub fn shutdown(self, code: VarInt, reason: &[u8]) -> Result<Vec<H>, EngineError> {
         self.handle.shutdown(code, reason);
         self.join()
     }
 
     /// Waits until every worker has stopped by itself ([`Ctx::stop_worker`]) or by
-    /// [`EngineHandle::shutdown`], and returns the handlers.
+    /// [`EngineHandle::shutdown`], and returns the handlers: all of them, or, when a worker
+    /// failed or panicked, the first such error (the other workers' handlers are then
+    /// dropped).
     pub fn join(mut self) -> Result<Vec<H>, EngineError> {
         self.join_threads()
     }

@@ -229,7 +229,6 @@ fn run<H: Handler, B: Backend>(mut worker: Worker<H>, mut io: B, waker: &Waker) 
     }
 }
 
-/// Runs `f`, turning a panic or an I/O error into the reason a worker fails.
 /// One turn of `worker` at `last`, its time accounted as work or spin (a turn that moved
 /// nothing is spin: busy polling reports its real load); `last` moves to now. Errs with why
 /// the turn failed (hand it to [`failed`]).
@@ -251,6 +250,7 @@ pub(crate) fn accounted_turn<H: Handler, B: Backend>(
     Ok(outcome)
 }
 
+/// Runs `f`, turning a panic or an I/O error into the reason a worker fails.
 pub(crate) fn contain<T>(f: impl FnOnce() -> io::Result<T>) -> Result<T, String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
