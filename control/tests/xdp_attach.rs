@@ -417,6 +417,33 @@ fn a_server_refuses_pins_whose_interface_was_renamed() {
     steering().expect("the pins of the interface under its own name");
 }
 
+/// `serve --xdp-mode native` over an attachment pinned in skb mode is refused, naming both
+/// modes; before, the mode asked for was ignored over pins. The mode it runs in, or none
+/// asked, is taken.
+#[test]
+fn a_server_refuses_pins_of_another_xdp_mode() {
+    use xdp_quic_control::testing::PinGuard;
+    use xdp_quic_control::xdp::{attach, socket_map::ServerSteering};
+
+    if !privileged("a_server_refuses_pins_of_another_xdp_mode") {
+        return;
+    }
+    let tb = Testbed::create(&unique_name("xm"), 1, 92).expect("testbed");
+    let _pins = PinGuard(tb.server_if.clone());
+    tb.in_server(|| attach(&tb.server_if, &skb_attach_of_4433()))
+        .unwrap()
+        .expect("attach");
+    let listen: std::net::SocketAddr = (tb.server_v4, 4433).into();
+    let steering = |mode| {
+        tb.in_server(|| ServerSteering::for_server(&tb.server_if, listen, mode).map(|_| ()))
+            .unwrap()
+    };
+    let err = format!("{:#}", steering(AttachMode::Native).unwrap_err());
+    assert!(err.contains("runs in skb mode, not native"), "{err}");
+    steering(AttachMode::Skb).expect("the mode it runs in");
+    steering(AttachMode::Auto).expect("no mode asked");
+}
+
 /// `detach` removes pins another xdp-quic version left in the directory (a map this version
 /// does not have): before, only this version's were unlinked, the directory stayed, and
 /// every later `attach` failed on it until someone removed it by hand.

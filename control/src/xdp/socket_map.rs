@@ -44,6 +44,22 @@ impl ServerSteering {
                             live.config.ifindex
                         );
                     }
+                    // `serve --xdp-mode` over pins is refused, not ignored, when the
+                    // attachment runs in another mode.
+                    if !live.mode.satisfies(mode) {
+                        let wanted = if mode == AttachMode::Native {
+                            "native"
+                        } else {
+                            "skb"
+                        };
+                        anyhow::bail!(
+                            "the program xdp-quic attach pinned for {iface} runs in {} mode, \
+                             not {wanted} (--xdp-mode): attach it in {wanted} mode \
+                             (`xdp-quic detach {iface}`, then `xdp-quic attach {iface} --mode \
+                             {wanted}` with its ports), or serve without --xdp-mode",
+                            live.mode.name()
+                        );
+                    }
                     // The attachment must steer what this server listens on, or every
                     // client packet would reach the canary socket instead.
                     let service = live.maps.read_service()?;
