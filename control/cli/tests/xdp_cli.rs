@@ -898,7 +898,7 @@ fn attach_shield_shows_in_status_and_stats() {
 /// The attached interface is renamed and another takes its name: a new `attach` under that
 /// name is refused, saying so, and the renamed interface keeps its program (before, its pins
 /// were taken for stale and removed, which detached a program in use). `detach` under the
-/// name still ends that attachment; `--force` would replace it.
+/// name still ends that attachment; `--force` replaces it.
 #[test]
 fn attach_refuses_to_drop_a_live_attachment_of_a_renamed_interface() {
     if !privileged("attach_renamed") {
@@ -934,6 +934,21 @@ fn attach_refuses_to_drop_a_live_attachment_of_a_renamed_interface() {
     assert_eq!(xdp_prog_on(s, &renamed), Some(prog), "still attached");
     xq_ok(&["detach", i, "--netns", s]);
     assert_eq!(xdp_prog_on(s, &renamed), None);
+    assert!(!Path::new(&pin_dir(i)).exists());
+    // Once more, replaced with --force: the renamed interface's attachment goes (once ours
+    // is loaded), and the interface of the name has ours.
+    ip(&["link", "set", i, "name", "xqtmp0"]);
+    ip(&["link", "set", &renamed, "name", i]);
+    xq_ok(&["attach", i, "--netns", s, "--port", "4433"]);
+    let prog = xdp_prog_on(s, i).unwrap();
+    ip(&["link", "set", i, "name", &renamed]);
+    ip(&["link", "set", "xqtmp0", "name", i]);
+    let out = xq_ok(&["attach", i, "--netns", s, "--port", "4433", "--force"]);
+    assert_eq!(xdp_prog_on(s, &renamed), None, "{out}");
+    let ours = xdp_prog_on(s, i).expect("attached");
+    assert_ne!(ours, prog);
+    xq_ok(&["detach", i, "--netns", s]);
+    assert_eq!(xdp_prog_on(s, i), None);
     assert!(!Path::new(&pin_dir(i)).exists());
 }
 

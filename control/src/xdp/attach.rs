@@ -173,9 +173,10 @@ fn resolve(iface: &str) -> anyhow::Result<LinkState> {
 /// interface (or xdp-quic's, attached by a running process) → [`XdpError::ProgramPresent`]
 /// unless `force`. In a private mount namespace without bpffs (`ip netns exec`) →
 /// [`XdpError::PrivateMountNamespace`]. On error nothing is left changed, with one
-/// exception: with `force`, the program that was there is removed before ours attaches, so
-/// an attach that fails then (the mode refused, say) leaves the interface with none; the
-/// error says so.
+/// exception: with `force`, the program that was there (and the live attachment of another
+/// interface whose pins hold this name) is removed after ours loaded but before it
+/// attaches, so an attach that fails then (the mode refused, say) leaves the interface
+/// with none; the error says so.
 pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome> {
     opts.service.validate()?;
     if let Some(Some(c)) = &opts.shield {
@@ -191,6 +192,9 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
         pins::PinLock::take().with_context(|| format!("locking {}", pins::pin_root().display()))?;
     let link_state = resolve(iface)?;
     let mut removed_stale = false;
+    // With --force, the live attachment of another interface whose pins hold this name:
+    // (its interface index, its program id).
+    let mut displaced = None;
     match inspect(iface)? {
         Pinned::Live(mut live) => {
             if link_state.ifindex != live.config.ifindex || link_state.xdp_prog_id != live.prog_id {
@@ -207,8 +211,8 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
                         live.prog_id
                     );
                 }
-                pins::remove_dir(iface).context("removing the pins of the other attachment")?;
-                removed_stale = true;
+                // Removed once ours is loaded (below): a load that fails leaves it serving.
+                displaced = Some((live.config.ifindex, live.prog_id));
             } else {
                 if !live.mode.satisfies(opts.mode) {
                     return Err(XdpError::ModeMismatch {
@@ -300,15 +304,31 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
         // Before the program is attached: it never runs without the shield asked.
         shield::set_on_maps(&mut loaded.maps, want.as_ref())?;
     }
+    if let Some((index, prog)) = displaced {
+        pins::remove_dir(iface).with_context(|| {
+            format!("removing the pins of the attachment of interface index {index}")
+        })?;
+        removed_stale = true;
+        tracing::debug!("removed the pins of program {prog} on interface index {index}");
+    }
     let replaced = clear_foreign(iface, &link_state, opts.force, Requester::Attach)?;
     let (link, mode) = load::attach_link(&mut loaded, iface, link_state.ifindex, opts.mode)
-        .map_err(|e| match replaced {
-            // The one step that cannot be undone: say so.
-            Some(id) => e.context(format!(
-                "the program that was on {iface} (id {id}) was removed (--force) before \
-                 this attach failed: {iface} has no XDP program now"
-            )),
-            None => e,
+        .map_err(|e| {
+            // The steps that cannot be undone: say so.
+            let e = match displaced {
+                Some((index, prog)) => e.context(format!(
+                    "the attachment whose pins were named {iface} (program {prog} on \
+                     interface index {index}) was removed (--force) before this attach failed"
+                )),
+                None => e,
+            };
+            match replaced {
+                Some(id) => e.context(format!(
+                    "the program that was on {iface} (id {id}) was removed (--force) before \
+                     this attach failed: {iface} has no XDP program now"
+                )),
+                None => e,
+            }
         })?;
     let mut config = loaded.maps.read_config()?;
     config.mode = mode.to_config();
