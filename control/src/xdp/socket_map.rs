@@ -16,6 +16,10 @@ use super::{
 /// Where a server's AF_XDP sockets are registered.
 pub struct ServerSteering {
     registry: XskRegistry,
+    /// Over pins: the interface and the address served, checked again once a socket is
+    /// registered (an `attach` may have narrowed the pins between the first check and the
+    /// registration, which its own check of registrations did not see yet).
+    pinned: Option<(String, SocketAddr)>,
     /// Held for the life of the server when the process attached the program itself.
     embedded: Option<EmbeddedAttachment>,
     origin: String,
@@ -63,26 +67,7 @@ impl ServerSteering {
                     // The attachment must steer what this server listens on, or every
                     // client packet would reach the canary socket instead.
                     let service = live.maps.read_service()?;
-                    let ip = listen.ip().to_canonical();
-                    let addr_ok = service.addrs.is_empty()
-                        || ip.is_unspecified()
-                        || service.addrs.contains(&ip);
-                    if !service.ports.contains(&listen.port()) || !addr_ok {
-                        let ports: Vec<String> = service.ports.iter().map(u16::to_string).collect();
-                        anyhow::bail!(
-                            "the program xdp-quic attach pinned for {iface} steers port(s) {} \
-                             {}, not {listen}: attach again naming this port too \
-                             (`xdp-quic attach {iface} --port {}` with its other ports) or \
-                             listen on one it steers",
-                            ports.join(","),
-                            if service.addrs.is_empty() {
-                                "of every address".to_string()
-                            } else {
-                                format!("of {:?}", service.addrs)
-                            },
-                            listen.port()
-                        );
-                    }
+                    check_steers(iface, &service, listen)?;
                     let others: Vec<String> = (service.ports.iter())
                         .filter(|&&p| p != listen.port())
                         .map(u16::to_string)
@@ -113,6 +98,7 @@ impl ServerSteering {
             };
             return Ok(Self {
                 registry: XskRegistry::open(iface)?,
+                pinned: Some((iface.to_string(), listen)),
                 embedded: None,
                 origin: "pinned by xdp-quic attach".into(),
                 prog_id,
@@ -138,6 +124,7 @@ impl ServerSteering {
         };
         let attachment = attach_embedded(iface, &service, mode)?;
         Ok(Self {
+            pinned: None,
             prog_id: attachment.prog_id(),
             registry: attachment.xsks()?,
             origin: format!(
@@ -153,6 +140,7 @@ impl ServerSteering {
     pub fn with_registry(registry: XskRegistry, origin: &str, prog_id: u32) -> Self {
         Self {
             registry,
+            pinned: None,
             embedded: None,
             origin: origin.into(),
             prog_id,
@@ -198,11 +186,54 @@ impl AsRawFd for Fd {
     }
 }
 
+/// Whether the pinned `service` of `iface` steers `listen`; the error says what to do.
+fn check_steers(iface: &str, service: &ServiceConfig, listen: SocketAddr) -> anyhow::Result<()> {
+    let ip = listen.ip().to_canonical();
+    let addr_ok = service.addrs.is_empty() || ip.is_unspecified() || service.addrs.contains(&ip);
+    if !service.ports.contains(&listen.port()) || !addr_ok {
+        let ports: Vec<String> = service.ports.iter().map(u16::to_string).collect();
+        anyhow::bail!(
+            "the program xdp-quic attach pinned for {iface} steers port(s) {} {}, not \
+             {listen}: attach again naming this port too (`xdp-quic attach {iface} --port {}` \
+             with its other ports) or listen on one it steers",
+            ports.join(","),
+            if service.addrs.is_empty() {
+                "of every address".to_string()
+            } else {
+                format!("of {:?}", service.addrs)
+            },
+            listen.port()
+        );
+    }
+    Ok(())
+}
+
+impl ServerSteering {
+    /// Over pins, once a socket is registered: the pins still steer what this server
+    /// listens on. Checked under the pin lock, as `attach` checks the registrations before
+    /// it narrows the pins: one of the two sees the other.
+    fn check_still_steered(&self) -> anyhow::Result<()> {
+        let Some((iface, listen)) = &self.pinned else {
+            return Ok(());
+        };
+        let _lock = pins::PinLock::existing()
+            .with_context(|| format!("locking {}", pins::pin_root().display()))?;
+        let service = super::maps::ProgramMaps::open_pinned(&pins::dir(iface))?.read_service()?;
+        check_steers(iface, &service, *listen)
+            .context("the pinned attachment changed while this server started")
+    }
+}
+
 impl xdp_quic::SocketMap for ServerSteering {
     fn insert(&mut self, queue: u32, fd: BorrowedFd<'_>) -> io::Result<()> {
         self.registry
             .register(queue, &Fd(fd.as_raw_fd()))
-            .map_err(|e| io::Error::other(format!("{e:#}")))
+            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+        if let Err(e) = self.check_still_steered() {
+            let _ = self.registry.unregister(queue);
+            return Err(io::Error::other(format!("{e:#}")));
+        }
+        Ok(())
     }
 
     fn remove(&mut self, queue: u32) -> io::Result<()> {
