@@ -70,10 +70,11 @@ struct xq_config {
 };
 
 /* Who registered the AF_XDP socket of a queue; all zero: nobody. The socket
- * counts as registered while process `pid` holds a socket with inode `sock_ino`. */
+ * counts as registered while process `pid` (of the PID namespace whose inode is
+ * `pidns`; 0: not recorded) holds a socket with inode `sock_ino`. */
 struct xq_xsk_owner {
 	unsigned int pid;
-	unsigned int reserved;       /* zero */
+	unsigned int pidns;
 	unsigned long long sock_ino;
 };
 

@@ -213,10 +213,11 @@ unsafe impl aya::Pod for Bucket {}
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XskOwner {
-    /// Process that registered the socket.
+    /// Process that registered the socket, as its PID namespace numbers it.
     pub pid: u32,
-    /// Zero.
-    pub reserved: u32,
+    /// Inode of that PID namespace (`/proc/<pid>/ns/pid`; nsfs inodes fit 32 bits); 0: not
+    /// recorded (an older registration).
+    pub pidns: u32,
     /// Inode of the socket (`socket:[ino]` in `/proc/<pid>/fd`).
     pub sock_ino: u64,
 }

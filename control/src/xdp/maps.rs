@@ -396,12 +396,25 @@ impl ProgramMaps {
     }
 }
 
+/// The inode of this process's PID namespace, as [`XskOwner::pidns`] records it (0 where it
+/// cannot be read).
+pub(crate) fn own_pidns() -> u32 {
+    std::fs::metadata("/proc/self/ns/pid")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32)
+        .unwrap_or(0)
+}
+
 /// Whether process `o.pid` still holds the socket with inode `o.sock_ino`. A process whose
-/// descriptors this one may not look at (one with capabilities this one lacks) is taken for
-/// alive: taking a live server for a dead one would clear what it relies on.
+/// descriptors this one may not look at (one with capabilities this one lacks), or one of
+/// another PID namespace (a server in a container sharing the host's network and pins,
+/// whose pid names another process here, or none), is taken for alive: taking a live server
+/// for a dead one would clear what it relies on.
 pub(crate) fn owner_alive(o: &XskOwner) -> bool {
     if o.pid == 0 || o.sock_ino == 0 {
         return false;
+    }
+    if o.pidns != 0 && o.pidns != own_pidns() {
+        return true;
     }
     let want = format!("socket:[{}]", o.sock_ino);
     let rd = match std::fs::read_dir(format!("/proc/{}/fd", o.pid)) {
@@ -415,6 +428,35 @@ pub(crate) fn owner_alive(o: &XskOwner) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registration is alive while its process holds the socket; one recorded in another
+    /// PID namespace cannot be looked up here and is taken for alive; one of no recorded
+    /// namespace (an older version's) is looked up as before.
+    #[test]
+    fn owners_of_another_pid_namespace_are_taken_for_alive() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        let ino = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap();
+        let ours = own_pidns();
+        assert_ne!(ours, 0);
+        let owner = |pidns, sock_ino| XskOwner {
+            pid: std::process::id(),
+            pidns,
+            sock_ino,
+        };
+        assert!(owner_alive(&owner(ours, ino)), "held");
+        assert!(owner_alive(&owner(0, ino)), "held, no namespace recorded");
+        // A socket no process holds (socket inodes are 32-bit numbers).
+        let none = 1 << 40;
+        assert!(!owner_alive(&owner(ours, none)), "not held");
+        assert!(
+            !owner_alive(&owner(0, none)),
+            "not held, no namespace recorded"
+        );
+        assert!(owner_alive(&owner(ours ^ 1, none)), "another namespace");
+    }
 
     /// An address no service is reached at is refused, whatever the family; the host's
     /// own kinds of address are taken.

@@ -104,7 +104,7 @@ impl XskRegistry {
         })?;
         let owner = XskOwner {
             pid: std::process::id(),
-            reserved: 0,
+            pidns: super::maps::own_pidns(),
             sock_ino: ino,
         };
         self.owners
