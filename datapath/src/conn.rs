@@ -230,7 +230,8 @@ impl Ctx<'_> {
         let gate = crate::congestion::take_last_built().unwrap_or_default();
         let id = ConnId::new(shard.worker, handle, shard.take_serial());
         // In its place at once (marked for a poll): reachable by `with_conn`, posts and a
-        // stop in this very turn. The worker counts it at the end of the turn.
+        // stop in this very turn. The worker notes it (counted, and recorded as an outgoing
+        // connection) before it drives it.
         self.conns
             .insert(Box::new(Slot::new(id, conn, gate, None, shard.now)));
         shard.born.push(id);

@@ -815,6 +815,10 @@ impl<H: Handler> Worker<H> {
         std::mem::swap(&mut dirty, &mut self.conns.dirty);
         let mut pushed_back = std::mem::take(&mut self.pushed_back);
         loop {
+            // Connections opened since (by posted work, or by the callbacks of the last
+            // round) are noted before they are driven: their first Initial goes out then,
+            // and the peer's answer may reach another worker at once.
+            self.note_born();
             for h in dirty.drain(..) {
                 if self.stalled.is_some() {
                     // The backend is full: poll this one next turn.
@@ -825,21 +829,6 @@ impl<H: Handler> Worker<H> {
                     slot.dirty = false;
                 }
                 self.drive(io, h);
-            }
-            let me = self.index();
-            while let Some(id) = self.shard.born.pop() {
-                self.counters.conns_opened += 1;
-                // Drained already when the callback that opened it closed it at once.
-                let Some(born) = self.conns.slot(id.handle()).filter(|s| s.id == id) else {
-                    continue;
-                };
-                born.span.in_scope(|| tracing::debug!("opened"));
-                // Its peer's stateless reset may reach another worker of a shared port.
-                if self.mesh.handovers.len() > 1 {
-                    let remote = born.conn.remote_address();
-                    self.mesh.outgoing.add(remote, me);
-                    born.outgoing_to = Some(remote);
-                }
             }
             if self.conns.dirty.is_empty() {
                 break;
@@ -853,6 +842,27 @@ impl<H: Handler> Worker<H> {
         // The held ones transmit at their next drive, next turn.
         for h in self.held.drain(..) {
             self.conns.mark_dirty(h);
+        }
+    }
+
+    /// Notes the connections opened since the last call: counted, and, where workers share a
+    /// port, recorded as this worker's connections to their peer ([`crate::peers`]), so that
+    /// the peer's first packets (its Initial, a Retry, a Version Negotiation) and stateless
+    /// resets reach this worker from any other. Called before they are driven.
+    fn note_born(&mut self) {
+        let me = self.index();
+        while let Some(id) = self.shard.born.pop() {
+            self.counters.conns_opened += 1;
+            // Drained already when the callback that opened it closed it at once.
+            let Some(born) = self.conns.slot(id.handle()).filter(|s| s.id == id) else {
+                continue;
+            };
+            born.span.in_scope(|| tracing::debug!("opened"));
+            if self.mesh.handovers.len() > 1 {
+                let remote = born.conn.remote_address();
+                self.mesh.outgoing.add(remote, me);
+                born.outgoing_to = Some(remote);
+            }
         }
     }
 

@@ -89,7 +89,15 @@ impl EchoServer {
             self.echoed += got as u64;
             match more {
                 More::Finished => e.fin = true,
-                More::Blocked if got == 0 => return,
+                More::Blocked if got == 0 => {
+                    // Nothing held: no state kept (the next `stream_readable` makes it again).
+                    // A stream whose answer the peer stopped still receives its request;
+                    // each read of it would otherwise leave an empty entry behind.
+                    if e.out.is_empty() {
+                        self.forget(id, s);
+                    }
+                    return;
+                }
                 // Send what was read, then read on (or wait, blocked).
                 More::Blocked | More::Maybe => {}
             }
