@@ -346,8 +346,9 @@ impl<'a> Conn<'a> {
     /// The engine drops it, once, when the stream is over on both sides (what we send is
     /// finished and acknowledged, reset by us or stopped by the peer; what we receive is read
     /// to its end, reset by the peer or stopped by us), or when the connection ends. It is
-    /// dropped once the callback in which the stream became over has returned: a callback
-    /// whose `read` returns [`ReadStatus::Finished`] may still add to the state and take it.
+    /// dropped once the callback in which the stream became over has returned (with the
+    /// others of that connection in the same batch): a callback whose `read` returns
+    /// [`ReadStatus::Finished`] may still add to the state and take it.
     /// One type per stream, as for [`Conn::state`].
     pub fn stream_state<T: Any + Send + Default>(&mut self, stream: StreamId) -> &mut T {
         let side = self.side();

@@ -937,12 +937,17 @@ fn attach_refuses_to_drop_a_live_attachment_of_a_renamed_interface() {
     assert!(!Path::new(&pin_dir(i)).exists());
     // Once more, replaced with --force: the renamed interface's attachment goes (once ours
     // is loaded), and the interface of the name has ours.
-    ip(&["link", "set", i, "name", "xqtmp0"]);
-    ip(&["link", "set", &renamed, "name", i]);
+    // (Each interface down while it is renamed: kernels before 6.2 refuse to rename one up.)
+    let rename = |from: &str, to: &str| {
+        ip(&["link", "set", from, "down"]);
+        ip(&["link", "set", from, "name", to]);
+    };
+    rename(i, "xqtmp0");
+    rename(&renamed, i);
     xq_ok(&["attach", i, "--netns", s, "--port", "4433"]);
     let prog = xdp_prog_on(s, i).unwrap();
-    ip(&["link", "set", i, "name", &renamed]);
-    ip(&["link", "set", "xqtmp0", "name", i]);
+    rename(i, &renamed);
+    rename("xqtmp0", i);
     let out = xq_ok(&["attach", i, "--netns", s, "--port", "4433", "--force"]);
     assert_eq!(xdp_prog_on(s, &renamed), None, "{out}");
     let ours = xdp_prog_on(s, i).expect("attached");

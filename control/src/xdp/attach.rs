@@ -311,36 +311,40 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
         removed_stale = true;
         tracing::debug!("removed the pins of program {prog} on interface index {index}");
     }
-    let replaced = clear_foreign(iface, &link_state, opts.force, Requester::Attach)?;
-    let (link, mode) = load::attach_link(&mut loaded, iface, link_state.ifindex, opts.mode)
-        .map_err(|e| {
-            // The steps that cannot be undone: say so.
-            let e = match displaced {
-                Some((index, prog)) => e.context(format!(
-                    "the attachment whose pins were named {iface} (program {prog} on \
-                     interface index {index}) was removed (--force) before this attach failed"
-                )),
-                None => e,
-            };
-            match replaced {
-                Some(id) => e.context(format!(
-                    "the program that was on {iface} (id {id}) was removed (--force) before \
-                     this attach failed: {iface} has no XDP program now"
-                )),
-                None => e,
-            }
-        })?;
-    let mut config = loaded.maps.read_config()?;
-    config.mode = mode.to_config();
-    loaded.maps.write_config(&config)?;
-
-    let dir = pins::create_dir(iface)
-        .with_context(|| format!("creating {}", pins::dir(iface).display()))?;
-    let guard = pins::DirGuard::new(iface);
-    loaded.maps.pin(&dir)?;
-    link.pin(dir.join(pins::LINK))
-        .with_context(|| format!("pinning the link in {}", dir.display()))?;
-    guard.commit();
+    // From here on a failure leaves what --force removed removed: the error says so.
+    let displaced_note = |e: anyhow::Error| match displaced {
+        Some((index, prog)) => e.context(format!(
+            "the attachment whose pins were named {iface} (program {prog} on interface index \
+             {index}) was removed (--force) before this attach failed"
+        )),
+        None => e,
+    };
+    let replaced =
+        clear_foreign(iface, &link_state, opts.force, Requester::Attach).map_err(displaced_note)?;
+    let replaced_note = |e: anyhow::Error| match replaced {
+        Some(id) => e.context(format!(
+            "the program that was on {iface} (id {id}) was removed (--force) before this \
+             attach failed: {iface} has no XDP program now"
+        )),
+        None => e,
+    };
+    let mut attach_and_pin = || -> anyhow::Result<Mode> {
+        let (link, mode) = load::attach_link(&mut loaded, iface, link_state.ifindex, opts.mode)?;
+        let mut config = loaded.maps.read_config()?;
+        config.mode = mode.to_config();
+        loaded.maps.write_config(&config)?;
+        let dir = pins::create_dir(iface)
+            .with_context(|| format!("creating {}", pins::dir(iface).display()))?;
+        let guard = pins::DirGuard::new(iface);
+        loaded.maps.pin(&dir)?;
+        link.pin(dir.join(pins::LINK))
+            .with_context(|| format!("pinning the link in {}", dir.display()))?;
+        guard.commit();
+        Ok(mode)
+    };
+    let mode = attach_and_pin()
+        .map_err(displaced_note)
+        .map_err(replaced_note)?;
     Ok(AttachOutcome::Attached {
         mode,
         prog_id: loaded.prog_id,

@@ -404,17 +404,26 @@ pub(crate) fn own_pidns() -> u32 {
         .unwrap_or(0)
 }
 
-/// Whether process `o.pid` still holds the socket with inode `o.sock_ino`. A process whose
-/// descriptors this one may not look at (one with capabilities this one lacks), or one of
-/// another PID namespace (a server in a container sharing the host's network and pins,
-/// whose pid names another process here, or none), is taken for alive: taking a live server
-/// for a dead one would clear what it relies on.
+/// The inode of the initial PID namespace (`PROC_PID_INIT_INO`): a process there sees every
+/// process of the host in `/proc`.
+const INITIAL_PIDNS: u32 = 0xEFFF_FFFC;
+
+/// Whether process `o.pid` still holds the socket with inode `o.sock_ino`. Taking a live
+/// server for a dead one would clear what it relies on, so where this process cannot tell,
+/// the owner is taken for alive:
+/// - a process whose descriptors this one may not look at (one with capabilities this one
+///   lacks);
+/// - a registrant of another PID namespace (a server in a container sharing the host's
+///   network and pins), whose pid names another process here, or none: from the initial
+///   PID namespace, which sees every process, it is alive while any process holds its
+///   socket (socket inodes are the host's); from any other, it is taken for alive.
 pub(crate) fn owner_alive(o: &XskOwner) -> bool {
     if o.pid == 0 || o.sock_ino == 0 {
         return false;
     }
-    if o.pidns != 0 && o.pidns != own_pidns() {
-        return true;
+    let ours = own_pidns();
+    if o.pidns != 0 && o.pidns != ours {
+        return ours != INITIAL_PIDNS || socket_held_anywhere(o.sock_ino);
     }
     let want = format!("socket:[{}]", o.sock_ino);
     let rd = match std::fs::read_dir(format!("/proc/{}/fd", o.pid)) {
@@ -425,12 +434,46 @@ pub(crate) fn owner_alive(o: &XskOwner) -> bool {
         .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == want.as_str()))
 }
 
+/// Whether any process holds the socket with inode `ino` (true, too, when a process's
+/// descriptors may not be read: it might). Reads every `/proc/<pid>/fd`: for the cold paths
+/// (status, attach, a server's start and stop), not per packet.
+fn socket_held_anywhere(ino: u64) -> bool {
+    let want = format!("socket:[{ino}]");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    for p in procs.flatten() {
+        if !p
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let fds = match std::fs::read_dir(p.path().join("fd")) {
+            Ok(fds) => fds,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return true,
+            // Gone meanwhile.
+            Err(_) => continue,
+        };
+        if fds
+            .flatten()
+            .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == want.as_str()))
+        {
+            return true;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// A registration is alive while its process holds the socket; one recorded in another
-    /// PID namespace cannot be looked up here and is taken for alive; one of no recorded
+    /// PID namespace, whose pid cannot be looked up here, while any process holds it (from
+    /// the initial PID namespace; from another it is taken for alive); one of no recorded
     /// namespace (an older version's) is looked up as before.
     #[test]
     fn owners_of_another_pid_namespace_are_taken_for_alive() {
@@ -455,7 +498,18 @@ mod tests {
             !owner_alive(&owner(0, none)),
             "not held, no namespace recorded"
         );
-        assert!(owner_alive(&owner(ours ^ 1, none)), "another namespace");
+        // Another namespace: its pid means nothing here. Held by some process: alive.
+        assert!(
+            owner_alive(&owner(ours ^ 1, ino)),
+            "another namespace, held"
+        );
+        // Held by none: dead where every process is seen (the initial PID namespace, as
+        // in CI), else taken for alive.
+        assert_eq!(
+            owner_alive(&owner(ours ^ 1, none)),
+            ours != INITIAL_PIDNS,
+            "another namespace, not held"
+        );
     }
 
     /// An address no service is reached at is refused, whatever the family; the host's

@@ -249,6 +249,20 @@ fn dup(map: &MapData) -> anyhow::Result<Map> {
     Ok(Map::Array(MapData::from_fd(fd)?))
 }
 
+/// Whether no process but this one holds an AF_XDP socket registered on the attachment
+/// pinned in `dir`, on a queue outside `ours` (`None`: maps of a program this process
+/// loaded, on which no other server registers).
+fn no_other_server_in(dir: Option<&std::path::Path>, ours: &[u32]) -> anyhow::Result<bool> {
+    let Some(dir) = dir else {
+        return Ok(true);
+    };
+    let others = super::maps::ProgramMaps::open_pinned(dir)?
+        .registered_queues(u32::MAX)?
+        .into_iter()
+        .any(|q| !ours.contains(&q));
+    Ok(!others)
+}
+
 fn array_data(map: &Map) -> anyhow::Result<&MapData> {
     let Map::Array(data) = map else {
         anyhow::bail!("expected an ARRAY map");
@@ -364,15 +378,7 @@ impl ShieldMaps {
     /// Whether no process but this one holds an AF_XDP socket registered on the attachment,
     /// on a queue outside `ours`.
     fn no_other_server(&self, ours: &[u32]) -> anyhow::Result<bool> {
-        let Some(dir) = &self.dir else {
-            // Maps of a program this process loaded: no other server registers on them.
-            return Ok(true);
-        };
-        let others = super::maps::ProgramMaps::open_pinned(dir)?
-            .registered_queues(u32::MAX)?
-            .into_iter()
-            .any(|q| !ours.contains(&q));
-        Ok(!others)
+        no_other_server_in(self.dir.as_deref(), ours)
     }
 
     /// Clears what a server that is gone left on the shield, for a server that serves
@@ -502,7 +508,6 @@ impl ShieldGuard {
             engine.xsk_queues().len()
         );
         let ours: Vec<u32> = engine.xsk_queues().iter().map(|q| q.queue).collect();
-        let no_other_server = maps.no_other_server(&ours)?;
         let monitor = if config.admit_under_pressure {
             Some(PressureMonitor::for_engine(
                 maps.try_clone()?,
@@ -522,13 +527,18 @@ impl ShieldGuard {
         guard.maps.set_layout(Some(layout))?;
         // On, and, when this server turns it on for its life, marked so in the same write:
         // what a server killed before it could put the shield back is known for what it is.
-        // Whether it was on is read in the same locked change: an `attach --shield` just
-        // before is seen, and its shield not taken for this server's.
+        // Whether it was on, and whether another server holds queues of the attachment, are
+        // read in the same locked change: an `attach --shield`, or another server that
+        // engaged the shield, just before is seen, and its shield not taken for one a server
+        // that is gone left on.
+        let dir = guard.maps.dir.clone();
         guard.was_on = guard.maps.update(|before| {
             // On by `attach --shield`, or by another live server (kept after this one): not
             // one a server that is gone left on.
             let on = ShieldConfig::from_map(before).is_some();
-            let left_by_server = on && before.flags & SHIELD_SERVER != 0 && no_other_server;
+            let left_by_server = on
+                && before.flags & SHIELD_SERVER != 0
+                && no_other_server_in(dir.as_deref(), &ours)?;
             let was_on = on && !left_by_server;
             let mut e = config.apply(before);
             // A server's mark stays a server's (one already on, of a server on other queues,

@@ -218,9 +218,18 @@ impl ServerSteering {
         };
         let _lock = pins::PinLock::existing()
             .with_context(|| format!("locking {}", pins::pin_root().display()))?;
-        let service = super::maps::ProgramMaps::open_pinned(&pins::dir(iface))?.read_service()?;
-        check_steers(iface, &service, *listen)
-            .context("the pinned attachment changed while this server started")
+        let changed = "the pinned attachment changed while this server started";
+        // The same attachment (not one detached and attached again, whose sockets map is
+        // another), steering this server's address still.
+        let live = match inspect(iface)? {
+            Pinned::Live(live) if live.prog_id == self.prog_id => live,
+            _ => anyhow::bail!(
+                "{changed}: {iface} has no longer the program {} it found (detached, or \
+                 attached again?): start it again",
+                self.prog_id
+            ),
+        };
+        check_steers(iface, &live.maps.read_service()?, *listen).context(changed)
     }
 }
 
