@@ -37,7 +37,7 @@
 //! the host's).
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -210,7 +210,7 @@ impl LocalAddrs {
             self.others.clear();
             self.refreshed = Some(now);
         }
-        if ip.is_loopback() || (is_link_local(ip) && self.link.is_none()) {
+        if answerable_unasked(ip) || (is_link_local(ip) && self.link.is_none()) {
             return true;
         }
         if self.own.contains(&ip) {
@@ -249,7 +249,7 @@ impl LocalAddrs {
     /// loopback, a link-local address without the interface to ask it on (the probe would
     /// refuse any for want of one), or a probe that tells nothing.
     pub fn refuses(&mut self, ip: IpAddr) -> Option<bool> {
-        if ip.is_loopback() || (is_link_local(ip) && self.link.is_none()) {
+        if answerable_unasked(ip) || (is_link_local(ip) && self.link.is_none()) {
             return None;
         }
         let probe = self.probe_for(ip)?;
@@ -288,6 +288,15 @@ fn verdict(probed: io::Result<()>) -> Option<bool> {
             ) => Some(false),
             _ => None,
         },
+    }
+}
+
+/// Loopback's addresses, which a reply can go out from without asking: all of 127.0.0.0/8
+/// but its broadcast address, 127.255.255.255 (asked, as any other), and ::1.
+fn answerable_unasked(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_loopback() && a != Ipv4Addr::new(127, 255, 255, 255),
+        IpAddr::V6(a) => a.is_loopback(),
     }
 }
 
@@ -430,6 +439,13 @@ mod tests {
         assert!(b.answerable_from(Ipv4Addr::LOCALHOST.into(), now));
         assert!(b.answerable_from(Ipv6Addr::LOCALHOST.into(), now));
         assert_eq!(b.questions, 0, "loopback needs no question");
+        // But for its broadcast address, which the kernel refuses a reply from.
+        let lo_bcast = IpAddr::V4(Ipv4Addr::new(127, 255, 255, 255));
+        assert!(!b.answerable_from(lo_bcast, now));
+        assert_eq!(b.questions, 1);
+        assert_eq!(b.refuses(lo_bcast), Some(true));
+        b.others.retain(|&a| a != lo_bcast);
+        b.questions = 0;
         assert!(!b.answerable_from(bcast, now));
         assert!(!b.answerable_from(other, now));
         if b.v6.is_some() {
