@@ -298,6 +298,9 @@ impl Connection {
     }
 
     /// Sends an unreliable datagram; when too many wait to be sent, the oldest is dropped.
+    /// Its size is checked against [`Connection::max_datagram_size`], as the worker last saw
+    /// it (at the connection's last event it handled); one the path no longer takes when the
+    /// worker sends it is dropped, as the network could.
     pub fn send_datagram(&self, data: Bytes) -> Result<(), SendDatagramError> {
         let c = self.shared();
         let mut st = c.lock();
@@ -315,7 +318,9 @@ impl Connection {
         Ok(())
     }
 
-    /// The largest datagram the peer and the path take now (`None`: the peer takes none).
+    /// The largest datagram the peer and the path take (`None`: the peer takes none), as the
+    /// worker last saw it: refreshed at each event of the connection it handles (a stream's
+    /// data, a datagram, a request of the application's).
     pub fn max_datagram_size(&self) -> Option<usize> {
         self.shared().lock().info.max_datagram
     }

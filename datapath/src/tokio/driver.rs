@@ -111,7 +111,13 @@ impl Driver {
                     let conns: Vec<(ConnId, Arc<ConnShared>)> =
                         self.conns.iter().map(|(id, c)| (*id, c.clone())).collect();
                     for (id, c) in conns {
-                        ctx.with_conn(id, |conn| conn.close(code, &reason));
+                        let mut wakes = Wakes::default();
+                        ctx.with_conn(id, |conn| {
+                            // As `Connection::close`: what quinn-proto holds stays readable.
+                            drain_on_loss(conn, &mut c.lock(), &mut wakes);
+                            conn.close(code, &reason)
+                        });
+                        wakes.wake();
                         // As `Connection::close`: new operations fail from now on, not once
                         // the close's drain has ended.
                         c.closed_locally();
@@ -140,7 +146,12 @@ impl Driver {
             let mut st = c.lock();
             st.scheduled = false;
             if let Some((code, reason)) = st.close.take() {
+                // What quinn-proto holds for the streams a handle may read stays readable,
+                // as in quinn, which reads it from quinn-proto after a close too. Readers
+                // that waited for this (`RecvStream`'s reads after a close) look again.
+                drain_on_loss(conn, &mut st, &mut wakes);
                 conn.close(code, &reason);
+                st.wake_all(&mut wakes);
             }
             open_streams(conn, &mut st, &mut wakes);
             while let Some(d) = st.out_datagrams.pop() {
@@ -205,7 +216,8 @@ impl Driver {
 }
 
 /// Moves everything quinn-proto holds for the streams a handle may read into their queues,
-/// ends included, ignoring the receive budgets: the connection is lost, nothing more comes.
+/// ends included, ignoring the receive budgets: the connection is lost or closed, nothing
+/// more comes (quinn-proto's windows bounded what it holds).
 fn drain_on_loss(conn: &mut Conn<'_>, st: &mut ConnState, wakes: &mut Wakes) {
     let mut taken = Taken::of(st);
     for slot in st.streams.values_mut() {
@@ -304,6 +316,8 @@ pub(crate) fn fail(c: &ConnShared, error: ConnectionError) {
     {
         let mut st = c.lock();
         st.error.get_or_insert(error);
+        // A close no worker will apply: readers waiting for it hear the error now.
+        st.close = None;
         st.wake_all(&mut wakes);
     }
     wakes.wake();
@@ -633,7 +647,8 @@ impl Handler for Driver {
     }
 
     fn datagram(&mut self, conn: &mut Conn<'_>, data: Bytes) {
-        self.with_state(conn, |_, st, ep, wakes| {
+        self.with_state(conn, |conn, st, ep, wakes| {
+            refresh(conn, st);
             // Unreliable: the oldest go when the application falls behind.
             st.datagrams.push(own(data), ep.limits.datagram_receive);
             wakes.all(&mut st.datagram_waiters);
@@ -657,11 +672,15 @@ impl Handler for Driver {
         {
             let mut st = c.lock();
             st.error.get_or_insert_with(|| reason.clone());
+            st.close = None;
             st.wake_all(&mut wakes);
             // What no handle can read any more goes now; what a handle may still read stays
             // with it (quinn hands out buffered data before the connection's error).
+            // A `stopped` future keeps its slot too: it must still learn how the sending side
+            // ended (acknowledged before the close, say), as quinn tells it.
             st.streams.retain(|_, s| {
-                s.recv_handle && (!s.recv.is_empty() || s.recv_end != RecvEnd::Open)
+                s.stopped_futures > 0
+                    || (s.recv_handle && (!s.recv.is_empty() || s.recv_end != RecvEnd::Open))
             });
             // Streams the peer opened and the application has not accepted yet stay
             // acceptable while their data lasts (quinn's accept hands them out before the

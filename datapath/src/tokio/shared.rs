@@ -462,11 +462,6 @@ impl StreamSlot {
             // not `None`). Each uncounts itself as it completes or drops.
             && self.stopped_futures == 0
     }
-
-    /// The sending side is over: acknowledged, stopped by the peer, or reset by us.
-    pub fn send_over(&self) -> bool {
-        self.send_end != SendEnd::Open || self.reset_sent
-    }
 }
 
 /// Facts about a connection the tasks read without asking the worker, refreshed by it.

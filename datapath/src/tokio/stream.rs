@@ -209,12 +209,14 @@ impl Stopped {
     fn new(conn: ConnRef, key: StreamKey) -> Self {
         let counted = {
             let mut st = conn.shared().lock();
+            // Counted whenever the slot is there, its sending side over or not: the handle may
+            // go before the future runs, and the slot must stay for it to read a stop's code.
             match st.streams.get_mut(&key) {
-                Some(slot) if !slot.send_over() => {
+                Some(slot) => {
                     slot.stopped_futures += 1;
                     true
                 }
-                _ => false,
+                None => false,
             }
         };
         Self { conn, key, counted }
@@ -539,6 +541,9 @@ impl RecvStream {
         let limits = c.ep.limits;
         let mut st = c.lock();
         let error = st.error.clone();
+        // A local close the worker has not applied yet: it first moves here what quinn-proto
+        // holds for the stream, then wakes the readers.
+        let close_pending = st.close.is_some();
         let Some(slot) = st.streams.get_mut(&self.key) else {
             return Poll::Ready(Err(match error {
                 Some(e) => ReadError::ConnectionLost(e),
@@ -564,8 +569,15 @@ impl RecvStream {
         let end = slot.recv_end;
         match end {
             RecvEnd::Open => {
-                if let Some(e) = error {
-                    return Poll::Ready(Err(ReadError::ConnectionLost(e)));
+                match error {
+                    Some(e) if !close_pending => {
+                        return Poll::Ready(Err(ReadError::ConnectionLost(e)));
+                    }
+                    Some(_) => {
+                        slot.read_waker = Some(cx.waker().clone());
+                        return Poll::Pending;
+                    }
+                    None => {}
                 }
                 slot.read_waker = Some(cx.waker().clone());
                 if slot.paused {
@@ -623,7 +635,17 @@ impl Drop for RecvStream {
         let c = &self.conn.shared();
         let mut st = c.lock();
         if st.error.is_some() {
-            st.streams.remove(&self.key);
+            // The receiving side goes; a `stopped` future of the sending side still reads
+            // the slot (it uncounts itself, and the slot goes with the last).
+            match st.streams.get_mut(&self.key) {
+                Some(slot) if slot.stopped_futures > 0 => {
+                    slot.recv_handle = false;
+                    slot.recv = Default::default();
+                }
+                _ => {
+                    st.streams.remove(&self.key);
+                }
+            }
             return;
         }
         drop(st);
