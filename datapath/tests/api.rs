@@ -32,6 +32,13 @@ fn server_config() -> quinn_proto::ServerConfig {
     tls::server_config(identity(), &[echo::ALPN]).unwrap()
 }
 
+/// A server of [`server_config`] that drains for 300 ms at most.
+fn server_builder() -> EngineBuilder {
+    EngineBuilder::default()
+        .server(server_config())
+        .drain_timeout(Duration::from_millis(300))
+}
+
 fn client_builder() -> EngineBuilder {
     EngineBuilder::default()
         .client(tls::client_config(tls::Trust::InsecureAnyCertificate, &[echo::ALPN]).unwrap())
@@ -99,9 +106,7 @@ impl Handler for Gatekeeper {
 #[test]
 fn the_accept_hook_refuses_retries_ignores_and_accepts_by_name_and_address() {
     let net = MemNetwork::new(Duration::from_millis(5));
-    let b = EngineBuilder::default()
-        .server(server_config())
-        .drain_timeout(Duration::from_millis(300));
+    let b = server_builder();
     let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, |_| {
         Gatekeeper::default()
     })
@@ -199,9 +204,7 @@ fn connection_and_stream_state_are_dropped_exactly_once() {
     let net = MemNetwork::new(Duration::from_millis(5));
     let (stream_drops, conn_drops) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (s, c) = (stream_drops.clone(), conn_drops.clone());
-    let b = EngineBuilder::default()
-        .server(server_config())
-        .drain_timeout(Duration::from_millis(300));
+    let b = server_builder();
     let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, move |_| {
         Stateful {
             stream_drops: s.clone(),
@@ -316,9 +319,7 @@ fn a_stream_over_in_a_read_keeps_its_state_until_the_callback_returns() {
     let (created, drops) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let whole = Arc::new(Mutex::new(Vec::new()));
     let (c, d, w) = (created.clone(), drops.clone(), whole.clone());
-    let b = EngineBuilder::default()
-        .server(server_config())
-        .drain_timeout(Duration::from_millis(300));
+    let b = server_builder();
     let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, move |_| {
         Gatherer {
             created: c.clone(),
@@ -441,9 +442,7 @@ impl Handler for Listener {
 #[test]
 fn a_callback_acts_on_other_connections_of_its_worker() {
     let net = MemNetwork::new(Duration::from_millis(5));
-    let b = EngineBuilder::default()
-        .server(server_config())
-        .drain_timeout(Duration::from_millis(300));
+    let b = server_builder();
     let mut server = Node::new(b, &net, addr(SERVER), MemSteering::Hash, |_| {
         Relay::default()
     })

@@ -89,6 +89,15 @@ fn run(net: &MemNetwork, server: &mut dyn Drive, clients: &mut [Node<EchoClient>
     run_clients(net, &mut nodes, Duration::from_secs(60)).expect("clients finish");
 }
 
+/// Connections each worker of `server` accepted.
+fn accepted_per_worker(server: &Node<EchoServer>) -> Vec<u64> {
+    server
+        .workers
+        .iter()
+        .map(|w| w.counters().conns_accepted)
+        .collect()
+}
+
 fn assert_all_ok(clients: &[Node<EchoClient>]) {
     for (i, c) in clients.iter().enumerate() {
         let h = c.handler(0);
@@ -136,11 +145,7 @@ fn connections_spread_over_shards_and_stay_there() {
     run(&net, &mut server, &mut clients);
 
     assert_all_ok(&clients);
-    let per_worker: Vec<u64> = server
-        .workers
-        .iter()
-        .map(|w| w.counters().conns_accepted)
-        .collect();
+    let per_worker = accepted_per_worker(&server);
     assert_eq!(per_worker.iter().sum::<u64>(), 24);
     assert!(
         per_worker.iter().filter(|&&n| n > 0).count() >= 3,
@@ -222,11 +227,7 @@ fn a_client_cannot_pick_the_worker_of_its_initial_by_its_cid() {
     let mut clients = vec![client];
     run(&net, &mut server, &mut clients);
     assert_all_ok(&clients);
-    let per_worker: Vec<u64> = server
-        .workers
-        .iter()
-        .map(|w| w.counters().conns_accepted)
-        .collect();
+    let per_worker = accepted_per_worker(&server);
     assert_eq!(per_worker, [1, 0, 0, 0], "served where it landed");
     assert_eq!(server.total().handover_out, 0);
 }

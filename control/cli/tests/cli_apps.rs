@@ -967,6 +967,23 @@ impl Drop for PinnedAttach<'_> {
     }
 }
 
+/// `xdp-quic status --json` of the testbed's server interface.
+fn status_of(tb: &xdp_quic_control::testbed::Testbed) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["status", "--netns", &tb.server_ns, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["iface"] == tb.server_if.as_str())
+        .cloned()
+        .expect("our interface in status")
+}
+
 /// `xdp-quic client` from the testbed's client namespace; returns what it echoed.
 fn client_in(tb: &xdp_quic_control::testbed::Testbed, message: &str) -> String {
     let out = Command::new("ip")
@@ -1138,19 +1155,7 @@ fn serve_least_privileged(attach: &[&str], prefix: &str, net: u8) {
         let on = server.wait_for("XDP shield on");
         assert!(on.contains("under pressure, tokenless Initials"), "{on}");
         // The server's CID layout is on the shield (written through its descriptors).
-        let out = Command::new(BIN)
-            .args(["status", "--netns", &tb.server_ns, "--json"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let me = v["interfaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["iface"] == tb.server_if.as_str())
-            .cloned()
-            .expect("our interface in status");
+        let me = status_of(&tb);
         let layout = me["shield"]["cid_layout"].as_str().unwrap_or_default();
         assert!(
             layout.contains("8 octets") && layout.contains(", 1 workers"),
@@ -1234,19 +1239,7 @@ fn serve_with_the_xdp_shield() {
         on.contains(&tb.server_if) && on.contains("under pressure, tokenless Initials 64/s"),
         "{on}"
     );
-    let out = Command::new(BIN)
-        .args(["status", "--netns", &tb.server_ns, "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let me = v["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["iface"] == tb.server_if.as_str())
-        .cloned()
-        .expect("our interface in status");
+    let me = status_of(&tb);
     assert_eq!(me["pinned"], false, "{me}");
     let layout = me["shield"]["cid_layout"].as_str().unwrap_or_default();
     assert!(
