@@ -529,19 +529,7 @@ fn serve_over_af_xdp_on_a_pinned_attachment() {
     assert!(line.contains("2 AF_XDP worker(s)"), "{line}");
     assert!(line.contains("pinned by xdp-quic attach"), "{line}");
 
-    let status = |ns: &str| -> serde_json::Value {
-        let out = xq(&["status", "--netns", ns, "--json"]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["interfaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["iface"] == tb.server_if.as_str())
-            .cloned()
-            .expect("our interface in status")
-    };
-    let st = status(&tb.server_ns);
+    let st = status_of(&tb);
     let sockets: Vec<bool> = st["queues"]
         .as_array()
         .unwrap()
@@ -594,7 +582,7 @@ fn serve_over_af_xdp_on_a_pinned_attachment() {
         stderr.contains("queue 0: copy mode") && stderr.contains("canary 0"),
         "{stderr}"
     );
-    let st = status(&tb.server_ns);
+    let st = status_of(&tb);
     assert!(
         st["queues"]
             .as_array()
