@@ -43,9 +43,13 @@ pub enum Destination {
 
 /// The routing decision for `datagram` received by worker `me`.
 pub fn route(layout: &CidLayout, me: usize, datagram: &[u8]) -> Destination {
-    let opened_by = |dcid: &[u8]| match layout.decode(dcid) {
-        Some(w) if w != me => Destination::Opened(w),
+    let by_cid = |dcid: &[u8]| match layout.decode(dcid) {
+        Some(w) if w != me => Destination::Worker(w),
         _ => Destination::Local,
+    };
+    let opened_by = |dcid: &[u8]| match by_cid(dcid) {
+        Destination::Worker(w) => Destination::Opened(w),
+        d => d,
     };
     match quic::peek(datagram, layout.len()) {
         Err(e) => Destination::Drop(e),
@@ -55,10 +59,7 @@ pub fn route(layout: &CidLayout, me: usize, datagram: &[u8]) -> Destination {
             Some(_) => Destination::Local,
         },
         Ok(Header::Long { ty, dcid }) => match ty {
-            LongType::Handshake => match layout.decode(dcid) {
-                Some(w) if w != me => Destination::Worker(w),
-                _ => Destination::Local,
-            },
+            LongType::Handshake => by_cid(dcid),
             LongType::Retry | LongType::Initial | LongType::ZeroRtt => opened_by(dcid),
         },
         Ok(Header::VersionNegotiation { dcid }) => opened_by(dcid),

@@ -432,13 +432,12 @@ impl<H: Handler> Worker<H> {
     fn receive<B: Backend>(&mut self, io: &mut B) -> bool {
         let mut any = false;
         for _ in 0..MAX_RX_BATCHES {
-            let (n, failed) = match io.recv(&mut self.rx) {
-                Ok(n) => (n, false),
+            // An error comes with nothing added (`Backend::recv`).
+            let n = match io.recv(&mut self.rx) {
+                Ok(n) => n,
                 Err(e) => {
                     tracing::debug!(worker = self.index(), "receive failed: {e}");
-                    // Nothing should have been added (`Backend::recv`); whatever a backend
-                    // added anyway is not left in the batch until more comes.
-                    (self.rx.len(), true)
+                    break;
                 }
             };
             if n == 0 {
@@ -452,9 +451,6 @@ impl<H: Handler> Worker<H> {
             }
             self.rx = batch;
             any = true;
-            if failed {
-                break;
-            }
         }
         any
     }
@@ -853,7 +849,7 @@ impl<H: Handler> Worker<H> {
         let me = self.index();
         while let Some(id) = self.shard.born.pop() {
             self.counters.conns_opened += 1;
-            // Drained already when the callback that opened it closed it at once.
+            // Gone already (removed at the drain deadline, say): counted, nothing to record.
             let Some(born) = self.conns.slot(id.handle()).filter(|s| s.id == id) else {
                 continue;
             };

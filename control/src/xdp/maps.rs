@@ -425,43 +425,41 @@ pub(crate) fn owner_alive(o: &XskOwner) -> bool {
     if o.pidns != 0 && o.pidns != ours {
         return ours != INITIAL_PIDNS || socket_held_anywhere(o.sock_ino);
     }
-    let want = format!("socket:[{}]", o.sock_ino);
-    let rd = match std::fs::read_dir(format!("/proc/{}/fd", o.pid)) {
-        Ok(rd) => rd,
-        Err(e) => return e.kind() == std::io::ErrorKind::PermissionDenied,
-    };
-    rd.flatten()
-        .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == want.as_str()))
+    match holds_socket(&format!("/proc/{}/fd", o.pid), o.sock_ino) {
+        Ok(held) => held,
+        Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
+    }
+}
+
+/// Whether the descriptors listed in `fd_dir` (a `/proc/<pid>/fd`) include the socket with
+/// inode `ino`.
+fn holds_socket(fd_dir: &str, ino: u64) -> std::io::Result<bool> {
+    let want = format!("socket:[{ino}]");
+    Ok(std::fs::read_dir(fd_dir)?
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == want.as_str())))
 }
 
 /// Whether any process holds the socket with inode `ino` (true, too, when a process's
 /// descriptors may not be read: it might). Reads every `/proc/<pid>/fd`: for the cold paths
 /// (status, attach, a server's start and stop), not per packet.
 fn socket_held_anywhere(ino: u64) -> bool {
-    let want = format!("socket:[{ino}]");
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return true;
     };
     for p in procs.flatten() {
-        if !p
-            .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
+        let name = p.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
-        }
-        let fds = match std::fs::read_dir(p.path().join("fd")) {
-            Ok(fds) => fds,
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return true,
-            // Gone meanwhile.
-            Err(_) => continue,
         };
-        if fds
-            .flatten()
-            .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == want.as_str()))
-        {
-            return true;
+        match holds_socket(&format!("/proc/{pid}/fd"), ino) {
+            Ok(true) => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return true,
+            // Not held there, or the process is gone meanwhile.
+            _ => {}
         }
     }
     false

@@ -14,7 +14,7 @@ use super::shared::{
 use super::streams::{Lookup, StreamKey};
 use crate::accept::{Decision, Incoming};
 use crate::backend::Backend;
-use crate::conn::{Chunk, Conn, ConnId, Ctx, StreamError};
+use crate::conn::{detach, Chunk, Conn, ConnId, Ctx, StreamError};
 use crate::engine::threads::Runner;
 use crate::handler::Handler;
 
@@ -283,7 +283,7 @@ enum Took {
 fn take_chunk(conn: &mut Conn<'_>, slot: &mut StreamSlot, max: usize, taken: &mut Taken) -> Took {
     match conn.read_chunk(slot.id, max) {
         Ok(Chunk::Data(b)) => {
-            let b = own(b);
+            let b = detach(b);
             slot.recv_len += b.len();
             taken.buffered += b.len();
             taken.chunks += 1;
@@ -463,12 +463,6 @@ const STARVING_GRANT: usize = 64 << 10;
 /// allocation beside its octets.
 pub(crate) const MAX_CHUNKS: usize = 1024;
 
-/// `b`, in an allocation of its own when it is short ([`crate::conn::detach`]): what
-/// waits for the application holds at most twice its octets.
-pub(crate) fn own(b: Bytes) -> Bytes {
-    crate::conn::detach(b)
-}
-
 /// Moves what stream `id` has received out of quinn-proto into its buffer, while the
 /// limits leave room; a stream left with data in quinn-proto is paused until the
 /// application makes room.
@@ -476,7 +470,7 @@ pub(crate) fn own(b: Bytes) -> Bytes {
 /// A stream whose reader waits on an empty buffer is never held back by the connection's
 /// budgets (`connection_receive`, `held_streams`, [`MAX_CHUNKS`]), only by its own: it
 /// takes one chunk of at most [`STARVING_GRANT`] beyond them. What waits is in buffers of
-/// its own ([`own`]). Otherwise streams the application has not
+/// its own ([`detach`]). Otherwise streams the application has not
 /// accepted (or read to their end) yet could fill the budgets and stall the one it reads,
 /// which quinn's per-stream flow control never does.
 fn read_into(
@@ -650,7 +644,7 @@ impl Handler for Driver {
         self.with_state(conn, |conn, st, ep, wakes| {
             refresh(conn, st);
             // Unreliable: the oldest go when the application falls behind.
-            st.datagrams.push(own(data), ep.limits.datagram_receive);
+            st.datagrams.push(detach(data), ep.limits.datagram_receive);
             wakes.all(&mut st.datagram_waiters);
         });
     }
@@ -774,12 +768,15 @@ mod tests {
     fn short_data_is_copied_out_of_its_receive_buffer() {
         let buf = bytes::Bytes::from(vec![7u8; crate::backend::rx::POOL_CHUNK]);
         let short = buf.slice(100..110);
-        let owned = super::own(short.clone());
+        let owned = crate::conn::detach(short.clone());
         assert_eq!(owned, short);
         assert!(!buf.as_ptr_range().contains(&owned.as_ptr()));
         let long = buf.slice(0..crate::conn::DETACH_BELOW);
-        assert_eq!(super::own(long.clone()).as_ptr(), long.as_ptr());
-        assert_eq!(super::own(bytes::Bytes::new()), bytes::Bytes::new());
+        assert_eq!(crate::conn::detach(long.clone()).as_ptr(), long.as_ptr());
+        assert_eq!(
+            crate::conn::detach(bytes::Bytes::new()),
+            bytes::Bytes::new()
+        );
     }
 
     /// A panic in a batch of ops (the handler is then poisoned and the worker ends) leaves

@@ -21,9 +21,10 @@ use crate::{Decision, EngineBuilder};
 /// client), or both. Cheap to clone. The engine shuts down when the last endpoint handle and
 /// the last connection handle are gone (in thread-per-core mode: when the endpoint `bind_*`
 /// returned and its clones are gone, whatever the workers' own endpoints and connections
-/// hold, so keep it for as long as the engine should serve); its workers are then joined on a thread of their own
-/// (no task blocks), so what they hold (the sockets, an XDP program attached for the
-/// engine's life) is released shortly after, not by the time the last handle's drop returns.
+/// hold, so keep it for as long as the engine should serve); its workers are then joined
+/// on a thread of their own (no task blocks), so what they hold (the sockets, an XDP
+/// program attached for the engine's life) is released shortly after, not by the time the
+/// last handle's drop returns.
 #[derive(Clone)]
 #[must_use = "the engine shuts down when the last endpoint handle is gone"]
 pub struct Endpoint {

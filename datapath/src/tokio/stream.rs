@@ -623,7 +623,7 @@ fn take_chunk(recv: &mut Chunks, max: usize) -> Bytes {
 /// ([`crate::conn::DETACH_BELOW`]).
 fn keep_own(rest: &mut Bytes, taken: usize) {
     if rest.len() + taken >= crate::conn::DETACH_BELOW {
-        *rest = super::driver::own(std::mem::take(rest));
+        *rest = crate::conn::detach(std::mem::take(rest));
     }
 }
 
