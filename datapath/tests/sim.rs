@@ -1122,3 +1122,31 @@ fn an_engine_that_serves_and_connects_reaches_servers_from_every_worker() {
         "the hash moved some: the test proves something"
     );
 }
+
+/// A turn looks for datagrams again only after a batch came back full: a batch left with room
+/// means the backend found nothing more (`Backend::recv`), and another look could only find
+/// nothing (on the UDP backend, a `recvmmsg` answered EAGAIN).
+#[test]
+fn a_turn_looks_for_datagrams_again_only_after_a_full_batch() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let mut server = echo_server(&net, server_builder(1), MemSteering::Hash);
+    let (s, from) = (addr(SERVER), addr("10.0.9.9:5000"));
+    // The worker's batch holds 64 datagrams (the builder's default).
+    for (sent, looks) in [(3u64, 1u64), (64, 2), (150, 3), (0, 1)] {
+        for i in 0..sent {
+            // Short headers of a CID no connection has: received, counted, dropped.
+            net.inject(from, s, &[0x40 | (i as u8 & 0x3f); 30]);
+        }
+        if let Some(at) = net.next_delivery() {
+            net.advance_to(at);
+        }
+        let (looks_before, rx_before) = (server.io[0].recv_calls(), server.total().rx_packets);
+        server.turn(net.now()).unwrap();
+        assert_eq!(
+            server.io[0].recv_calls() - looks_before,
+            looks,
+            "looks for {sent} datagrams"
+        );
+        assert_eq!(server.total().rx_packets - rx_before, sent, "all received");
+    }
+}

@@ -269,6 +269,7 @@ impl MemNetwork {
                 addr,
                 member,
                 max_segments: 4,
+                recv_calls: 0,
             })
             .collect())
     }
@@ -374,9 +375,15 @@ pub struct MemBackend {
     addr: SocketAddr,
     member: usize,
     max_segments: usize,
+    recv_calls: u64,
 }
 
 impl MemBackend {
+    /// How many times [`Backend::recv`] was called: how often the worker looked for datagrams.
+    pub fn recv_calls(&self) -> u64 {
+        self.recv_calls
+    }
+
     /// Sets how many datagrams one transmit may carry (default 4, to exercise splitting).
     pub fn set_max_segments(&mut self, n: usize) {
         self.max_segments = n.max(1);
@@ -389,6 +396,7 @@ impl Backend for MemBackend {
     }
 
     fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
+        self.recv_calls += 1;
         let mut n = self.net.lock();
         let now = n.now;
         let Some(group) = n.groups.get_mut(&self.addr) else {

@@ -82,8 +82,11 @@ pub trait Backend {
     fn max_segments(&self) -> usize;
 
     /// Moves received datagrams into `batch` until it is full or nothing is pending; returns
-    /// how many were added. Never blocks. An error is returned only when nothing was added
-    /// (what was is returned first; the error may come again on the next call).
+    /// how many were added. Never blocks. A call that leaves the batch with room found
+    /// nothing more pending: the worker calls again (in the same turn) only after a call
+    /// that filled it, so a backend need not look twice to say it is empty. An error is
+    /// returned only when nothing was added (what was is returned first; the error may come
+    /// again on the next call).
     fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize>;
 
     /// Sends one transmit, or queues it for [`Backend::flush`]. Never blocks.

@@ -489,11 +489,13 @@ impl Backend for UdpBackend {
 
     fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
         let mut added = 0;
+        let mut drained = false;
         loop {
             // First what an earlier call left over (a GRO slot can hold more segments than
-            // the batch had room for), then a fresh recvmmsg.
+            // the batch had room for), then a fresh recvmmsg, unless the last one found the
+            // socket's queue empty: a second would only say EAGAIN.
             added += self.drain_pending(batch);
-            if batch.is_full() || self.pending.msgs > 0 {
+            if batch.is_full() || self.pending.msgs > 0 || drained {
                 return Ok(added);
             }
             if self.buf.is_empty() {
@@ -523,6 +525,8 @@ impl Backend for UdpBackend {
             if n == 0 {
                 return Ok(added);
             }
+            // Fewer messages than slots: the queue was empty then.
+            drained = n < BATCH_SIZE;
         }
     }
 

@@ -471,32 +471,54 @@ impl Backend for XskBackend {
         let (local, port, verify) = (&mut self.local, self.cfg.port, self.cfg.verify_checksum);
         let ifindex = self.cfg.socket.ifindex;
         let ring_tx = self.tx == TxPath::Xsk;
-        let taken = self
-            .sock
-            .recv(batch.room(), |octets| match frame::parse(octets, verify) {
-                Ok(f) if f.dst.port() != port => local.rx_other_port += 1,
-                Ok(f) if f.is_martian() || (ring_tx && f.to_group_mac()) => local.rx_martians += 1,
-                Ok(f) => {
-                    let ecn = quinn_proto::EcnCodepoint::from_bits(f.ecn);
-                    let reply = L2 {
-                        src_mac: f.l2.dst_mac,
-                        dst_mac: f.l2.src_mac,
-                        vlan: f.l2.vlan,
-                    };
-                    let from = scoped(f.src, ifindex);
-                    batch.push_linked(from, Some(f.dst.ip()), ecn, Some(reply), f.payload);
-                    added += 1;
-                }
-                Err(ParseError::BadChecksum) => local.rx_bad_checksum += 1,
-                Err(_) => local.rx_parse_errors += 1,
-            });
+        let mut taken = 0;
+        // Until the batch is full or the ring had fewer frames than asked for: frames dropped
+        // here take no room, and a batch left with room must mean an empty ring
+        // (`Backend::recv`).
+        let drained = loop {
+            let room = batch.room();
+            let took = self
+                .sock
+                .recv(room, |octets| match frame::parse(octets, verify) {
+                    Ok(f) if f.dst.port() != port => local.rx_other_port += 1,
+                    Ok(f) if f.is_martian() || (ring_tx && f.to_group_mac()) => {
+                        local.rx_martians += 1
+                    }
+                    Ok(f) => {
+                        let ecn = quinn_proto::EcnCodepoint::from_bits(f.ecn);
+                        let reply = L2 {
+                            src_mac: f.l2.dst_mac,
+                            dst_mac: f.l2.src_mac,
+                            vlan: f.l2.vlan,
+                        };
+                        let from = scoped(f.src, ifindex);
+                        batch.push_linked(from, Some(f.dst.ip()), ecn, Some(reply), f.payload);
+                        added += 1;
+                    }
+                    Err(ParseError::BadChecksum) => local.rx_bad_checksum += 1,
+                    Err(_) => local.rx_parse_errors += 1,
+                });
+            taken += took;
+            if took < room {
+                break true;
+            }
+            if batch.is_full() {
+                break false;
+            }
+        };
         if taken > 0 {
             self.sock.refill(self.fill_target);
-        } else if self.cfg.socket.busy_poll.is_some() {
+        }
+        if drained && self.cfg.socket.busy_poll.is_some() {
             // Preferred busy polling runs the device's NAPI only inside the application's
-            // calls: an empty look at the ring makes one (as libxdp's xdpsock does), or
-            // nothing would ever fill it without the interrupts busy polling turned off.
-            self.sock.wake_rx()?;
+            // calls: a look that empties the ring makes one (as libxdp's xdpsock does), or
+            // nothing would ever fill it without the interrupts busy polling turned off. Its
+            // frames are taken at the next call. A failure with frames added comes again then.
+            if let Err(e) = self.sock.wake_rx() {
+                if added == 0 {
+                    return Err(e);
+                }
+            }
         }
         Ok(added)
     }
