@@ -441,6 +441,8 @@ pub fn start_xdp<H: Handler>(
     mode: AttachMode,
     factory: impl FnMut(usize) -> H,
 ) -> anyhow::Result<XdpEngine<H>> {
+    // Nothing is attached for a set-up the workers would refuse.
+    setup.check()?;
     let steering = ServerSteering::for_server(&setup.iface, setup.listen, mode)?;
     let how = steering.describe();
     let program = steering.counters_reader(&setup.iface).ok();
@@ -473,6 +475,7 @@ pub fn start_xdp_client<H: Handler>(
     mode: AttachMode,
     factory: impl FnMut(usize) -> H,
 ) -> anyhow::Result<(XdpEngine<H>, u16)> {
+    setup.check()?;
     let services = xdp_quic::engine::bind_services(setup.listen, setup.queues.len())?;
     let port = services[0].local_addr()?.port();
     let mut setup = setup.clone();

@@ -1314,6 +1314,35 @@ fn serve_over_af_xdp_serves_the_active_queues() {
             && err.contains("[0, 1]"),
         "{err}"
     );
+    // Values the workers would refuse are the operator's error before anything is attached:
+    // `--backend auto` says so instead of falling back to UDP as for a host without AF_XDP.
+    for (extra, says) in [
+        (&["--queues", "3"][..], "--queues lists queue 3"),
+        (&["--umem-frames", "1000"][..], "UMEM frames 1000"),
+        (
+            &["--busy-poll", "3000000000"][..],
+            "busy-poll time 3000000000",
+        ),
+    ] {
+        let mut args = vec!["serve"];
+        args.extend_from_slice(&base);
+        args.extend_from_slice(extra);
+        let auto = args.iter().position(|a| *a == "xdp").unwrap();
+        args[auto] = "auto";
+        // A server that fell back to UDP would serve until killed.
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg(BIN)
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} served: {err}");
+        assert!(
+            err.contains(says) && !err.contains("falling back"),
+            "{extra:?}: {err}"
+        );
+    }
 
     let (server, line) = Server::start_with(&base);
     assert!(

@@ -58,6 +58,59 @@ impl XdpSetup {
             tx: crate::backend::xsk::TxMode::Auto,
         }
     }
+
+    /// Refuses a set-up the workers could not open, before anything is made for it (the
+    /// engine checks it first; call it before attaching a program for it, too): no queue or
+    /// a queue twice, a UMEM layout [`crate::xsk::umem::Umem::new`] refuses, rings that are
+    /// not a power of two, busy-poll values the kernel refuses, an adaptive spin over 1 s.
+    pub fn check(&self) -> Result<(), EngineError> {
+        let bad = |m: String| Err(EngineError::Config(m));
+        if self.queues.is_empty() {
+            return bad("no queue to serve".into());
+        }
+        let mut seen = self.queues.clone();
+        seen.sort_unstable();
+        if let Some(w) = seen.windows(2).find(|w| w[0] == w[1]) {
+            return bad(format!(
+                "queue {} listed twice in {:?} (one worker per queue)",
+                w[0], self.queues
+            ));
+        }
+        self.umem
+            .check()
+            .map_err(|e| EngineError::Config(e.to_string()))?;
+        // The fill ring has twice the entries.
+        if !self.ring_size.is_power_of_two() || self.ring_size > 1 << 30 {
+            return bad(format!(
+                "AF_XDP ring size {} (a power of two, at most 2^30)",
+                self.ring_size
+            ));
+        }
+        if let Some(bp) = &self.busy_poll {
+            if i32::try_from(bp.usecs).is_err() {
+                return bad(format!(
+                    "busy-poll time {} µs (at most {})",
+                    bp.usecs,
+                    i32::MAX
+                ));
+            }
+            if bp.budget > u32::from(u16::MAX) {
+                return bad(format!(
+                    "busy-poll budget {} (at most {})",
+                    bp.budget,
+                    u16::MAX
+                ));
+            }
+        }
+        if let crate::backend::xsk::PollMode::Adaptive { spin } = self.poll {
+            // A worker spins this long before each sleep: past a second it would only keep
+            // its core busy (and `Duration::MAX` overflows the instant it spins to).
+            if spin > std::time::Duration::from_secs(1) {
+                return bad(format!("an adaptive poll spin of {spin:?} (at most 1 s)"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The interface index of `name`.
@@ -141,18 +194,7 @@ impl EngineBuilder {
         R: super::threads::Runner<H>,
     {
         use crate::backend::xsk::{TxPath, XskBackend, XskBackendConfig};
-        if setup.queues.is_empty() {
-            return Err(EngineError::Config("no queue to serve".into()));
-        }
-        if let crate::backend::xsk::PollMode::Adaptive { spin } = setup.poll {
-            // A worker spins this long before each sleep: past a second it would only keep
-            // its core busy (and `Duration::MAX` overflows the instant it spins to).
-            if spin > std::time::Duration::from_secs(1) {
-                return Err(EngineError::Config(format!(
-                    "an adaptive poll spin of {spin:?} (at most 1 s)"
-                )));
-            }
-        }
+        setup.check()?;
         if services.len() != setup.queues.len() {
             return Err(EngineError::Config(format!(
                 "{} UDP sockets for {} queues",

@@ -57,7 +57,8 @@ impl UmemConfig {
         self.frame_size as usize * self.frames as usize
     }
 
-    fn check(&self) -> io::Result<()> {
+    /// Refuses a layout [`Umem::new`] cannot make (it checks the same first).
+    pub fn check(&self) -> io::Result<()> {
         let bad = |m: String| Err(io::Error::new(io::ErrorKind::InvalidInput, m));
         if !FRAME_SIZES.contains(&self.frame_size) {
             return bad(format!(

@@ -233,7 +233,20 @@ pub fn xdp_setup(a: &ServeArgs) -> anyhow::Result<XdpSetup> {
         .as_deref()
         .context("--backend xdp needs --iface, the interface to serve on")?;
     let queues = match &a.queues {
-        Some(q) => q.clone(),
+        Some(q) => {
+            // A queue the interface does not have would fail at its socket's bind, after
+            // the program was attached, and `--backend auto` would take it for a host
+            // without AF_XDP. (Where the queues cannot be read, the bind says.)
+            if let Ok(active) = xdp_quic_control::xdp::active_queues(iface) {
+                if let Some(q) = q.iter().find(|q| !active.contains(q)) {
+                    return Err(BadArgs(format!(
+                        "--queues lists queue {q}, but {iface} has queues {active:?}"
+                    ))
+                    .into());
+                }
+            }
+            q.clone()
+        }
         None => xdp_quic_control::xdp::active_queues(iface)?,
     };
     // Over AF_XDP the engine runs one worker per queue: a --workers that says otherwise was
@@ -270,6 +283,9 @@ pub fn xdp_setup(a: &ServeArgs) -> anyhow::Result<XdpSetup> {
         BindArg::Copy => BindMode::Copy,
     };
     setup.tx = a.tx.into();
+    // Values the workers would refuse are the operator's error, found before anything is
+    // attached (and not taken by `--backend auto` for a host without AF_XDP).
+    setup.check().map_err(|e| BadArgs(e.to_string()))?;
     Ok(setup)
 }
 
