@@ -841,3 +841,53 @@ async fn requests_without_headers_are_bounded_per_connection() {
     .await;
     stop_server(ep).await;
 }
+
+/// A handler that stops a request body mid-frame (`stop_sending`) and then reads on, as one
+/// that drains the body or asks for trailers does: the read fails, and the connection stays
+/// open. Before, the stop's end of the stream was taken for the peer's, inside a DATA frame,
+/// and the connection was closed with H3_FRAME_ERROR, every other request with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_a_body_after_stopping_it_fails_the_read_not_the_connection() {
+    let (ep, cert) = bare_server();
+    guard("reading after a stop", async {
+        let server = ep.clone();
+        let handler = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let quic = xdp_quic_h3::Connection::new(conn);
+            let mut h3 = h3::server::builder().build::<_, Bytes>(quic).await.unwrap();
+            let resolver = h3.accept().await.unwrap().expect("a request");
+            let (_req, mut stream) = resolver.resolve_request().await.unwrap();
+            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+            let read = loop {
+                match stream.recv_data().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break "the end",
+                    Err(_) => break "an error",
+                }
+            };
+            let status = http::Response::builder().status(413).body(()).unwrap();
+            stream.send_response(status).await.unwrap();
+            stream.finish().await.unwrap();
+            (h3, read)
+        });
+        let (_client, conn) = connect(&ep, cert).await;
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        // HEADERS, then a DATA frame of 100 octets of which 10 come; the stream stays open.
+        let mut frames = raw_frame(0x01, &get_fields("/upload"));
+        frames.push(0x00);
+        frames.extend_from_slice(&varint8(100));
+        frames.extend_from_slice(&[0x5a; 10]);
+        send.write_all(&frames).await.unwrap();
+        let response = recv.read_to_end(1 << 20).await.expect("the response");
+        assert_eq!(
+            response.first(),
+            Some(&0x01),
+            "a response starts with HEADERS"
+        );
+        let (_h3, read) = handler.await.expect("the handler ends without a panic");
+        assert_eq!(read, "an error");
+        assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+    })
+    .await;
+    stop_server(ep).await;
+}

@@ -111,6 +111,9 @@ pub struct FrameFilter {
     stream_type: Option<u64>,
     /// A control stream's first frame has come (it must be SETTINGS).
     first_frame: bool,
+    /// What was refused: every later call says it again (the state stops where the refusal
+    /// found it, mid-header).
+    refused: Option<FrameError>,
 }
 
 /// A frame refused.
@@ -231,6 +234,7 @@ impl FrameFilter {
             varint_at: 0,
             stream_type: None,
             first_frame: false,
+            refused: None,
         }
     }
 
@@ -241,8 +245,20 @@ impl FrameFilter {
 
     /// The next octets of the stream, `data`, as h3 is to see them: frames of undefined
     /// types taken out, and the octets of a frame header that `data` ends inside held back
-    /// until the rest of it comes. Empty when nothing of `data` is to be seen (yet).
+    /// until the rest of it comes. Empty when nothing of `data` is to be seen (yet). Once it
+    /// refused something, it refuses every later chunk the same way.
     pub fn filter(&mut self, data: Bytes) -> Result<Bytes, FrameError> {
+        if let Some(refused) = self.refused {
+            return Err(refused);
+        }
+        let seen = self.filter_frames(data);
+        if let Err(refused) = seen {
+            self.refused = Some(refused);
+        }
+        seen
+    }
+
+    fn filter_frames(&mut self, data: Bytes) -> Result<Bytes, FrameError> {
         let mut out = Out::new(&data);
         // The frame header being read started in this chunk at `head_from` (so it can be
         // passed on as a range of it), or in an earlier one.
@@ -356,6 +372,9 @@ impl FrameFilter {
     /// frame (a unidirectional stream may end before its type is complete, RFC 9114 §6.2;
     /// one that is not framed, anywhere). Call when the stream's end is read.
     pub fn at_end(&self) -> Result<(), FrameError> {
+        if let Some(refused) = self.refused {
+            return Err(refused);
+        }
         match self.state {
             State::Unframed | State::StreamType => Ok(()),
             State::FrameType if self.head_len == 0 => Ok(()),
@@ -427,6 +446,25 @@ mod tests {
         f.extend(varint(len, 8));
         f.extend((0..payload).map(|i| i as u8));
         f
+    }
+
+    /// A refusal mid-header (a GOAWAY whose 8-octet length says 0) stays: the next chunk,
+    /// which would start another integer past the header's buffer, is refused the same way,
+    /// and so is the stream's end.
+    #[test]
+    fn a_refusal_stays_whatever_comes_after() {
+        let mut g = FrameFilter::bidi();
+        let mut s = frame(0x1, 3, 3);
+        s.extend(frame(0x7, 0, 0));
+        let refused = FrameError::Malformed {
+            frame_type: 0x7,
+            length: 0,
+        };
+        assert_eq!(g.filter(Bytes::from(s)), Err(refused));
+        for next in [&[0xc0u8, 0, 0, 0][..], &[0xff; 20], &[0x00]] {
+            assert_eq!(g.filter(Bytes::copy_from_slice(next)), Err(refused));
+        }
+        assert_eq!(g.at_end(), Err(refused));
     }
 
     /// What h3 sees of `s` given in chunks of `split` octets.

@@ -479,6 +479,10 @@ pub struct RecvStream {
     flight: Arc<InFlight>,
     /// Read to its end, reset, or stopped.
     ended: bool,
+    /// Stopped here, or a frame or type refused: later reads fail (`ClosedStream`, as
+    /// quinn's after a stop) instead of reading on from where the refusal left the filter,
+    /// or taking the stop for the peer's end.
+    given_up: bool,
     /// Takes out the frames h3 is not to see, refuses those it would buffer without bound
     /// ([`MAX_FRAME`], [`MAX_FIELD_FRAME`]); knows a unidirectional stream's type.
     frames: FrameFilter,
@@ -497,6 +501,7 @@ impl RecvStream {
             conn: conn.clone(),
             flight: flight.clone(),
             ended: false,
+            given_up: false,
             frames: if uni {
                 FrameFilter::uni()
             } else {
@@ -571,6 +576,11 @@ impl quic::RecvStream for RecvStream {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Self::Buf>, StreamErrorIncoming>> {
+        if self.given_up {
+            return Poll::Ready(Err(StreamErrorIncoming::Unknown(Box::new(
+                xq::ReadError::ClosedStream,
+            ))));
+        }
         for _ in 0..EMPTIED_CHUNKS {
             let data = match self.stream().poll_read_chunk(cx, READ_CHUNK) {
                 Poll::Pending => return Poll::Pending,
@@ -611,6 +621,7 @@ impl quic::RecvStream for RecvStream {
 
     fn stop_sending(&mut self, error_code: u64) {
         self.ended = true;
+        self.given_up = true;
         let _ = self
             .stream()
             .stop(VarInt::from_u64(error_code).unwrap_or(VarInt::MAX));
@@ -638,6 +649,7 @@ impl RecvStream {
             return None;
         }
         self.ended = true;
+        self.given_up = true;
         let code = h3::error::Code::H3_STREAM_CREATION_ERROR;
         if ty == PUSH {
             let (code, why): (_, &[u8]) = match self.conn.side() {
@@ -668,6 +680,7 @@ impl RecvStream {
     /// with H3_MISSING_SETTINGS (§6.2.1).
     fn refuse(&mut self, refused: frames::FrameError) -> StreamErrorIncoming {
         self.ended = true;
+        self.given_up = true;
         let (code, why): (_, &[u8]) = match refused {
             frames::FrameError::TooLong { .. } => {
                 (h3::error::Code::H3_EXCESSIVE_LOAD, b"frame too long")
@@ -809,8 +822,8 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
 
 impl<B: Buf> Drop for SendStream<B> {
     /// A stream h3 drops without ending it: its control and QPACK streams are parked (kept
-    /// open with the connection); a request or response stream it wrote to is finished (the
-    /// async API's drop), as h3 expects; one it never wrote to, or dropped with a frame
+    /// open with the connection); a request or response stream it wrote to is finished, as
+    /// h3 expects, and its end watched as `poll_finish`'s (a clean close waits for it); one it never wrote to, or dropped with a frame
     /// half written, is reset with H3_REQUEST_CANCELLED, so that the peer sees a cancelled
     /// exchange and not an empty or cut-off response (h3 drops a request's stream so when
     /// it refuses the request). A finished one
@@ -837,6 +850,14 @@ impl<B: Buf> Drop for SendStream<B> {
             let code = h3::error::Code::H3_REQUEST_CANCELLED.value();
             if let Some(stream) = self.stream.as_mut() {
                 let _ = stream.reset(VarInt::from_u64(code).unwrap_or(VarInt::MAX));
+            }
+        } else if let Some(mut stream) = self.stream.take() {
+            // Written whole and dropped (h3's own 431 answer, say): finished here, its end
+            // watched as `poll_finish`'s, so that a clean close waits for it too.
+            if stream.finish().is_ok() {
+                let id = VarInt::from(stream.id()).into_inner();
+                self.flight.watch(id, stream.stopped());
+                self.flight.adopt(id, stream);
             }
         }
     }
