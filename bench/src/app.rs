@@ -69,6 +69,13 @@ pub struct AppStats {
     pub ingest_cut: u64,
 }
 
+impl AppStats {
+    /// Ingest streams that ended at the application: taken in, found corrupt, or cut.
+    pub fn ingest_ended(&self) -> u64 {
+        self.ingested + self.ingest_bad + self.ingest_cut
+    }
+}
+
 impl AppCounters {
     pub fn snapshot(&self) -> AppStats {
         AppStats {

@@ -137,6 +137,9 @@ struct Sizes {
 pub const SERVER_CPU: usize = 0;
 pub const CLIENT_CPU: usize = 1;
 const PORT: u16 = 4433;
+/// How long the ingest check waits for the server's application to take in the streams its
+/// transport acknowledged.
+const INGEST_SETTLE: Duration = Duration::from_secs(10);
 
 /// One server instance and what runs against it.
 struct Step {
@@ -779,7 +782,19 @@ fn measure(
     let (Some(before), Some(after)) = (probe.before, probe.after) else {
         bail!("the workload ended without its samples");
     };
-    let stats1 = srv.stats()?;
+    let mut stats1 = srv.stats()?;
+    if w == Workload::Ingest {
+        // Every stream the server's transport acknowledged whole must reach its application
+        // intact. The async API's tasks may still be reading the last ones: wait for them
+        // (each ends ingested, corrupt or cut), for a bounded time.
+        let wait_until = Instant::now() + INGEST_SETTLE;
+        while stats1.app.since(&stats0.app).ingest_ended() < outcome.completed
+            && Instant::now() < wait_until
+        {
+            std::thread::sleep(Duration::from_millis(10));
+            stats1 = srv.stats()?;
+        }
+    }
     let app = stats1.app.since(&stats0.app);
     outcome.acknowledged = outcome.completed;
     if w == Workload::Ingest {
@@ -809,15 +824,18 @@ fn check(w: Workload, o: &Outcome, app: &AppStats, s: &Sizes) -> anyhow::Result<
         | Workload::Latency
         | Workload::Handshakes
         | Workload::HandshakesRetry => app.requests == o.completed,
-        Workload::Ingest => app.ingest_bad == 0 && app.ingested >= o.completed,
+        // `completed` is what the application took in within the span, `acknowledged` every
+        // stream the client saw acknowledged whole: each of those must have been taken in.
+        Workload::Ingest => app.ingested >= o.completed && app.ingested >= o.acknowledged,
         Workload::Scale(_) => app.requests >= o.completed,
     };
     if !ok || o.completed == 0 || app.ingest_bad != 0 {
         bail!(
             "{}: the server's account {app:?} does not match the client's \
-             (completed {}, downloaded {}, uploaded {})",
+             (completed {}, acknowledged {}, downloaded {}, uploaded {})",
             w.name(),
             o.completed,
+            o.acknowledged,
             o.downloaded,
             o.uploaded
         );
