@@ -31,6 +31,10 @@ while [ $# -gt 0 ]; do
 	esac
 done
 case "$queues" in ''|*[!0-9]*) echo "testbed.sh: --queues must be a number" >&2; exit 2 ;; esac
+# Decimal whatever its leading zeros (iproute2 would read 010 as octal), and short enough
+# for the shell's arithmetic.
+[ "${#queues}" -le 3 ] || { echo "testbed.sh: --queues must be 1..64" >&2; exit 2; }
+queues=$((10#$queues))
 if [ "$queues" -lt 1 ] || [ "$queues" -gt 64 ]; then
 	echo "testbed.sh: --queues must be 1..64" >&2
 	exit 2
@@ -47,9 +51,11 @@ if [ "$(id -u)" != 0 ]; then
 	exit 1
 fi
 
+# Removes the namespaces named, their processes, and, with the server's, the pins of its
+# interface.
 down() {
 	local ns pids
-	for ns in "$srv_ns" "$cli_ns"; do
+	for ns in "$@"; do
 		# A process left in the namespace (a server started in it) would keep it, its veth
 		# and its XDP program alive after the name is gone.
 		pids=$(ip netns pids "$ns" 2>/dev/null || true)
@@ -66,6 +72,7 @@ down() {
 		fi
 		ip netns del "$ns" 2>/dev/null || true
 	done
+	case " $* " in *" $srv_ns "*) ;; *) return 0 ;; esac
 	# Under the lock `xdp-quic attach` and `detach` take on the pin root.
 	if [ -d /sys/fs/bpf/xdp-quic ] && command -v flock >/dev/null 2>&1; then
 		# shellcheck disable=SC2016 # $1 is the inner shell's
@@ -85,10 +92,15 @@ up)
 			exit 1
 		fi
 	done
-	trap 'down; echo "testbed.sh: failed; removed what was made" >&2' ERR
-	trap 'down; echo "testbed.sh: interrupted; removed what was made" >&2; exit 130' INT TERM
+	# A failure removes only what this run made: a namespace another run made meanwhile
+	# (`ip netns add` then fails) is not ours to remove.
+	made=()
+	trap 'down "${made[@]}"; echo "testbed.sh: failed; removed what was made" >&2' ERR
+	trap 'down "${made[@]}"; echo "testbed.sh: interrupted; removed what was made" >&2; exit 130' INT TERM
 	ip netns add "$srv_ns"
+	made+=("$srv_ns")
 	ip netns add "$cli_ns"
+	made+=("$cli_ns")
 	ip link add "$srv_if" netns "$srv_ns" numrxqueues "$queues" numtxqueues "$queues" type veth \
 		peer name "$cli_if" netns "$cli_ns" numrxqueues "$queues" numtxqueues "$queues"
 	ip -n "$srv_ns" addr add "$srv4/24" dev "$srv_if"
@@ -112,6 +124,6 @@ up)
 	echo "client: netns $cli_ns, $cli_if, $cli4 $cli6"
 	echo "queues: $queues"
 	;;
-down) down ;;
+down) down "$srv_ns" "$cli_ns" ;;
 *) usage ;;
 esac
