@@ -1390,3 +1390,20 @@ fn af_xdp_options_over_kernel_udp_are_refused() {
         );
     }
 }
+
+/// A RUST_LOG the log filter cannot read is an error naming it; before, the CLI went on with
+/// `warn` and the operator never saw the logs asked for.
+#[test]
+fn an_invalid_rust_log_is_refused() {
+    let out = Command::new(BIN)
+        .arg("status")
+        .env("RUST_LOG", "xdp_quic=verbose")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("RUST_LOG=\"xdp_quic=verbose\""),
+        "{}",
+        text(&out.stderr)
+    );
+}
