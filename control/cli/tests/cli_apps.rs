@@ -1407,3 +1407,35 @@ fn an_invalid_rust_log_is_refused() {
         text(&out.stderr)
     );
 }
+
+/// Options the client's backend or application would ignore are refused, naming them, before
+/// anything is done; before, `--iface` over kernel UDP, `--workers` for echo or `--path` for
+/// perf went unused without a word.
+#[test]
+fn client_options_its_run_would_ignore_are_refused() {
+    for (extra, named) in [
+        (
+            &["--app", "echo", "--iface", "lo", "--queues", "0"][..],
+            "--iface, --queues are AF_XDP options",
+        ),
+        (&["--app", "echo", "--workers", "2"][..], "--workers not used by --app echo"),
+        (&["--app", "perf", "--path", "/x"][..], "--path not used by --app perf"),
+        (
+            &["--app", "hq", "--path", "/x", "--streams", "4"][..],
+            "--download, --upload, --requests, --duration, --connections, --streams not used by --app hq",
+        ),
+        (&["--app", "echo", "--json"][..], "--json not used by --app echo"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["client", "--connect", "127.0.0.1:9", "--insecure"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?}");
+        assert!(
+            text(&out.stderr).contains(named),
+            "{extra:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}

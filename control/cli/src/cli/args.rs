@@ -19,6 +19,16 @@ pub enum App {
 }
 
 impl App {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            App::Echo => "echo",
+            App::Perf => "perf",
+            App::Hq => "hq",
+            App::H3 => "h3",
+        }
+    }
+
     /// The ALPN protocol of the application.
     pub fn alpn(self) -> &'static [u8] {
         match self {

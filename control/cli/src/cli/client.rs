@@ -220,7 +220,69 @@ impl ClientArgs {
     }
 }
 
+/// Options the chosen backend or application would ignore are refused, naming them, before
+/// anything is done (as `serve` does): a client run is not what its command line says
+/// otherwise.
+fn refuse_ignored_flags(a: &ClientArgs) -> anyhow::Result<()> {
+    if a.backend == ClientBackend::Udp {
+        let set = [
+            ("--iface", a.iface.is_some()),
+            ("--queues", a.queues.is_some()),
+            ("--xdp-mode", a.xdp_mode != super::xdp::ModeArg::Auto),
+        ];
+        let named: Vec<&str> = set.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect();
+        if !named.is_empty() {
+            bail!(
+                "{} {} AF_XDP options: the client runs over kernel UDP, they would be ignored \
+                 (add --backend xdp, or leave them out)",
+                named.join(", "),
+                if named.len() == 1 { "is an" } else { "are" }
+            );
+        }
+    }
+    let (app, p) = (a.app, &a.perf);
+    // Told from their defaults (the default "1M" is 10^6 octets).
+    let perf_set = p.download != 1_000_000
+        || p.upload != 0
+        || p.requests.is_some()
+        || p.duration.is_some()
+        || p.connections != 1
+        || p.streams != 1;
+    let set = [
+        ("--workers", a.workers != 1, app == App::Perf),
+        ("--message", !a.messages.is_empty(), app == App::Echo),
+        ("--path", !a.paths.is_empty(), app == App::Hq),
+        ("--url", !a.urls.is_empty(), app == App::H3),
+        ("--out", a.out.is_some(), matches!(app, App::Hq | App::H3)),
+        ("--json", a.json, matches!(app, App::Perf | App::H3)),
+        (
+            "--download, --upload, --requests, --duration, --connections, --streams",
+            perf_set,
+            app == App::Perf,
+        ),
+    ];
+    let named: Vec<&str> = set
+        .iter()
+        .filter(|(_, on, used)| *on && !*used)
+        .map(|(f, _, _)| *f)
+        .collect();
+    if !named.is_empty() {
+        bail!(
+            "{} not used by --app {}: leave {} out",
+            named.join(", "),
+            app.name(),
+            if named.len() == 1 && !named[0].contains(',') {
+                "it"
+            } else {
+                "them"
+            }
+        );
+    }
+    Ok(())
+}
+
 pub fn run(a: &ClientArgs) -> anyhow::Result<()> {
+    refuse_ignored_flags(a)?;
     if a.app == App::H3 {
         return super::h3::client(a);
     }
