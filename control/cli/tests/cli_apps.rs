@@ -1439,3 +1439,35 @@ fn client_options_its_run_would_ignore_are_refused() {
         );
     }
 }
+
+/// `serve` and `demo` refuse options their run would not use, naming them: `--root` for the
+/// echo and perf servers, the AF_XDP side's options for the UDP demo.
+#[test]
+fn serve_and_demo_options_their_run_would_ignore_are_refused() {
+    for (args, named) in [
+        (
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--app",
+                "echo",
+                "--root",
+                "/tmp",
+            ][..],
+            "--root not used by --app echo",
+        ),
+        (
+            &["demo", "--backend", "udp", "--tx", "xsk", "--spin", "5"][..],
+            "--tx, --spin not used by the UDP demo",
+        ),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(named),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}

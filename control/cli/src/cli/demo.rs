@@ -97,6 +97,22 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     if a.connections == 0 || a.queues == 0 || a.queues > 64 {
         bail!("--connections must be at least 1 and --queues between 1 and 64");
     }
+    if a.backend == DemoBackend::Udp {
+        let set = [
+            ("--tx", a.tx != args::TxArg::Auto),
+            ("--poll", a.poll != args::PollArg::Adaptive),
+            ("--spin", a.spin != DEMO_SPIN_US),
+            ("--rounds", a.rounds != 3),
+        ];
+        let named: Vec<&str> = set.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect();
+        if !named.is_empty() {
+            bail!(
+                "{} not used by the UDP demo (they set the AF_XDP side and its rounds against \
+                 UDP): leave them out, or run --backend xdp",
+                named.join(", ")
+            );
+        }
+    }
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let xdp = match a.backend {

@@ -199,6 +199,12 @@ fn refuse_ignored_xdp_flags(a: &ServeArgs) -> anyhow::Result<()> {
 
 pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
     refuse_ignored_xdp_flags(a)?;
+    if a.root.is_some() && !matches!(a.app, App::Hq | App::H3) {
+        bail!(
+            "--root not used by --app {} (it is the directory of hq and h3): leave it out",
+            a.app.name()
+        );
+    }
     if let Some(ns) = &a.netns {
         xdp_quic_control::xdp::netns::enter(ns)?;
     }
