@@ -1471,3 +1471,26 @@ fn serve_and_demo_options_their_run_would_ignore_are_refused() {
         );
     }
 }
+
+/// `stats IFACE --daemon ADDR` of an interface that is not there fails naming it (before, the
+/// daemon's table was printed under that name, without end with `--watch`).
+#[test]
+fn stats_of_a_missing_interface_through_a_daemon_fails() {
+    let out = Command::new(BIN)
+        .args([
+            "stats",
+            "xqnosuch0",
+            "--daemon",
+            "127.0.0.1:9",
+            "--watch",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no interface named \"xqnosuch0\""),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -489,6 +489,9 @@ fn stats_with_daemon(a: &StatsArgs) -> anyhow::Result<()> {
     use xdp_quic_control::metrics::{parse, scrape};
     let addr = a.daemon.expect("checked by the caller");
     enter(&a.netns)?;
+    // The table is headed by the interface: one that is not there is an error, not a table
+    // of the daemon's queues under a name it does not serve.
+    xdp_quic::engine::ifindex(&a.iface)?;
     let mut prev = parse(&scrape(addr)?);
     let mut last = Instant::now();
     let Some(secs) = a.watch else {
