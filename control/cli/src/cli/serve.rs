@@ -329,9 +329,15 @@ fn serve<H: Handler>(
     let stop = Stop::new();
     let on_signal = stop.clone();
     let mut signals = 0u32;
-    // The shield this server may turn on over a pinned attachment, which its guard turns
-    // off when it stops: a second Ctrl-C does not wait for that.
-    let shielded = if a.xdp_shield {
+    let use_xdp = match a.backend {
+        BackendArg::Udp => false,
+        BackendArg::Xdp => true,
+        BackendArg::Auto => a.iface.is_some(),
+    };
+    // The shield this server may turn on over a pinned attachment (`--xdp-shield`), or engage
+    // where an operator's `attach --shield` put one, which its guard turns off or clears when
+    // it stops: a second Ctrl-C does not wait for that.
+    let shielded = if use_xdp {
         xdp_setup(a).ok().map(|s| (s.iface, s.queues))
     } else {
         None
@@ -357,11 +363,6 @@ fn serve<H: Handler>(
         }
     })
     .context("installing the Ctrl-C handler")?;
-    let use_xdp = match a.backend {
-        BackendArg::Udp => false,
-        BackendArg::Xdp => true,
-        BackendArg::Auto => a.iface.is_some(),
-    };
     if a.backend == BackendArg::Auto && !use_xdp {
         // The choice is logged, as the flag says: AF_XDP needs an interface.
         eprintln!("--backend auto without --iface: serving over kernel UDP");
