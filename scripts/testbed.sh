@@ -95,8 +95,8 @@ up)
 	# A failure removes only what this run made: a namespace another run made meanwhile
 	# (`ip netns add` then fails) is not ours to remove.
 	made=()
-	trap 'down "${made[@]}"; echo "testbed.sh: failed; removed what was made" >&2' ERR
-	trap 'down "${made[@]}"; echo "testbed.sh: interrupted; removed what was made" >&2; exit 130' INT TERM
+	trap 'down ${made[@]+"${made[@]}"}; echo "testbed.sh: failed; removed what was made" >&2' ERR
+	trap 'down ${made[@]+"${made[@]}"}; echo "testbed.sh: interrupted; removed what was made" >&2; exit 130' INT TERM
 	ip netns add "$srv_ns"
 	made+=("$srv_ns")
 	ip netns add "$cli_ns"

@@ -70,9 +70,9 @@ pub struct AppStats {
 }
 
 impl AppStats {
-    /// Ingest streams that ended at the application: taken in, found corrupt, or cut.
-    pub fn ingest_ended(&self) -> u64 {
-        self.ingested + self.ingest_bad + self.ingest_cut
+    /// Ingest streams the application read to their end: taken in, or found corrupt.
+    pub fn ingest_taken(&self) -> u64 {
+        self.ingested + self.ingest_bad
     }
 }
 

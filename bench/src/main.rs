@@ -786,9 +786,10 @@ fn measure(
     if w == Workload::Ingest {
         // Every stream the server's transport acknowledged whole must reach its application
         // intact. The async API's tasks may still be reading the last ones: wait for them
-        // (each ends ingested, corrupt or cut), for a bounded time.
+        // (each ends taken in or found corrupt; streams cut by the client's close at the end
+        // were not acknowledged and do not count), for a bounded time.
         let wait_until = Instant::now() + INGEST_SETTLE;
-        while stats1.app.since(&stats0.app).ingest_ended() < outcome.completed
+        while stats1.app.since(&stats0.app).ingest_taken() < outcome.completed
             && Instant::now() < wait_until
         {
             std::thread::sleep(Duration::from_millis(10));

@@ -52,7 +52,8 @@ use xdp_quic::cid::CidLayout;
 pub enum Fallback {
     /// Fail at start; end the server when the program is lost.
     Never,
-    /// Serve over kernel UDP on the same address instead.
+    /// Serve over kernel UDP on the same address instead (not for a configuration the
+    /// engine refuses, [`xdp_quic::EngineError::Config`]: that fails the start either way).
     ToUdp,
 }
 
@@ -514,6 +515,16 @@ pub fn start_xdp_client<H: Handler>(
     ))
 }
 
+/// Whether `e` is (or wraps) a configuration the engine refused ([`EngineError::Config`]).
+fn is_config_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<xdp_quic::EngineError>(),
+            Some(xdp_quic::EngineError::Config(_))
+        )
+    })
+}
+
 /// An engine under supervision.
 struct Running<H: Handler> {
     engine: Engine<H>,
@@ -560,7 +571,9 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
             Backend::Xdp { setup, mode, .. } => {
                 match start_xdp(self.builder.clone(), &setup, mode, &mut self.factory) {
                     Ok(x) => self.begin_xdp(x, &setup),
-                    Err(e) if self.fallback == Fallback::ToUdp => {
+                    // A configuration the engine refuses is the caller's error, not a host
+                    // without AF_XDP: UDP would not make it right.
+                    Err(e) if self.fallback == Fallback::ToUdp && !is_config_error(&e) => {
                         self.report(Event::XdpUnavailable(e));
                         self.start_udp()
                     }

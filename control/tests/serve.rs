@@ -239,6 +239,25 @@ fn af_xdp_that_cannot_start_fails_or_falls_back() {
         assert_eq!(addr, listen);
         echo_through(addr, &cert, 1, 1000);
         drop(server); // stops it and waits
+
+        // A set-up the engine refuses is the caller's error, with fallback too: no UDP.
+        let mut bad = setup.clone();
+        bad.umem.frames = 1000;
+        let (builder, _) = echo_builder(1);
+        let refused = Server::start(
+            builder,
+            Backend::Xdp {
+                setup: bad,
+                mode: AttachMode::Auto,
+                fallback: Fallback::ToUdp,
+            },
+            ServeOptions::default(),
+            |_| EchoServer::default(),
+        )
+        .unwrap();
+        no_more_events(&refused);
+        let why = format!("{:#}", refused.join().expect_err("a refused set-up"));
+        assert!(why.contains("UMEM frames 1000"), "{why}");
     })
     .unwrap();
 }

@@ -793,6 +793,14 @@ impl<H: Handler> Worker<H> {
             io.flush()
         }));
         self.publish_gauges();
+        // The worker ends here: its connections (closed above, as far as it could) and
+        // waiting attempts end with it, counted so, and its gauges say so from now on.
+        self.counters.conns_closed += self.conns.active as u64;
+        self.counters.closed_locally += self.conns.active as u64;
+        self.counters.conns_active = 0;
+        self.counters.conns_handshaking = 0;
+        self.counters.attempts_deferred = 0;
+        self.metrics.publish(&self.counters);
     }
 
     /// Closes every connection and refuses new ones; the worker ends when they have drained

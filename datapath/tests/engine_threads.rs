@@ -57,3 +57,36 @@ fn workers_are_pinned_and_shutdown_joins_them() {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// A CPU list the workers could not be pinned to (empty, or naming a CPU this process may not
+/// run on), and any setting the build refuses, fail the start before a socket is bound:
+/// before, the workers ran unpinned with a warning, and the build's refusals came after the
+/// sockets had joined the port.
+#[test]
+fn settings_the_engine_cannot_honour_fail_before_anything_is_bound() {
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let builder = || {
+        let id = tls::Identity::self_signed(&["localhost"]).unwrap();
+        EngineBuilder::default()
+            .workers(2)
+            .server(tls::server_config(id, &[echo::ALPN]).unwrap())
+    };
+    for (b, says) in [
+        (builder().pin_cpus(vec![]), "pin_cpus with no CPU"),
+        (
+            builder().pin_cpus(vec![0, 100_000]),
+            "CPU 100000 is not one this process may run on",
+        ),
+        (builder().max_connections(0), "max_connections"),
+    ] {
+        let err = match b.start_udp(addr, |_| EchoServer::default()) {
+            Ok(_) => panic!("started despite: {says}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(says), "{err}");
+        // Nothing holds the port: it binds without SO_REUSEPORT.
+        std::net::UdpSocket::bind(addr).expect("the port is free");
+    }
+}

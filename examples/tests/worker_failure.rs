@@ -142,6 +142,22 @@ async fn worker_fails_with(fault: u8, what: &str) {
     assert!(failed[0].1.contains("injected"), "{what}: {failed:?}");
     assert_eq!(handle.counters()[1].failed, 1);
     assert_eq!(handle.counters()[0].failed, 0);
+    // Its gauges say it holds nothing any more, and its connections count as closed (the
+    // worker publishes that last, after the closes went out).
+    let failed_one = conns.iter().filter(|c| c.2 == 1).count() as u64;
+    guard("the failed worker's last counters", async {
+        while handle.counters()[1].conns_active != 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let last = &handle.counters()[1];
+    assert_eq!(
+        (last.conns_handshaking, last.attempts_deferred),
+        (0, 0),
+        "{what}"
+    );
+    assert_eq!(last.conns_closed, failed_one, "{what}");
 
     // The other worker goes on, and new clients are served.
     for (_, conn, w) in &conns {

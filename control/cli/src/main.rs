@@ -46,7 +46,10 @@ fn main() -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) => tracing_subscriber::EnvFilter::try_new(&spec)
             .map_err(|e| anyhow::anyhow!("RUST_LOG={spec:?}: {e}"))?,
-        Err(_) => tracing_subscriber::EnvFilter::new("warn"),
+        Err(std::env::VarError::NotUnicode(spec)) => {
+            anyhow::bail!("RUST_LOG={spec:?} is not UTF-8")
+        }
+        Err(std::env::VarError::NotPresent) => tracing_subscriber::EnvFilter::new("warn"),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1425,6 +1425,10 @@ fn client_options_its_run_would_ignore_are_refused() {
             "--download, --upload, --requests, --duration, --connections, --streams not used by --app hq",
         ),
         (&["--app", "echo", "--json"][..], "--json not used by --app echo"),
+        (
+            &["--app", "perf", "--backend", "xdp", "--iface", "lo", "--workers", "2"][..],
+            "--workers not used by --app perf over AF_XDP",
+        ),
     ] {
         let out = Command::new(BIN)
             .args(["client", "--connect", "127.0.0.1:9", "--insecure"])

@@ -6,8 +6,8 @@
 //!   deterministic tests;
 //! * [`xsk::XskBackend`]: an AF_XDP socket per NIC queue, its own UMEM and rings.
 //!
-//! The worker calls, per turn: [`Backend::recv`] until it returns 0 (at most 8 batches, so
-//! that timers and transmits get their turn under load), [`Backend::send`] for
+//! The worker calls, per turn: [`Backend::recv`] until a batch comes back with room (at most
+//! 8 batches, so that timers and transmits get their turn under load), [`Backend::send`] for
 //! each datagram (or GSO batch) it produces, [`Backend::flush`] once at the end, and, when it
 //! has nothing to do, [`Backend::wait`].
 

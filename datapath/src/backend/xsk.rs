@@ -790,6 +790,28 @@ mod tests {
         assert_conserved(&b, &mut k);
     }
 
+    /// Frames dropped here (for another port) take no room in the batch: one `recv` reads on
+    /// past them until the batch is full or the ring is empty, so that a batch left with room
+    /// means an empty ring (`Backend::recv`; the worker then looks no more this turn). Before,
+    /// a batch's worth of dropped frames ended the call with nothing, ahead of valid ones.
+    #[test]
+    fn dropped_frames_take_no_room_in_the_batch() {
+        let (mut b, mut k) = backend();
+        let mut batch = RxBatch::new(4);
+        for _ in 0..6 {
+            k.deliver(&packet(b"not ours", 53)).unwrap();
+        }
+        for i in 0..3u8 {
+            k.deliver(&packet(&[i], 4433)).unwrap();
+        }
+        assert_eq!(b.recv(&mut batch).unwrap(), 3);
+        let got: Vec<Vec<u8>> = batch.drain().map(|d| d.data.to_vec()).collect();
+        assert_eq!(got, vec![vec![0], vec![1], vec![2]]);
+        assert_eq!(b.local.rx_other_port, 6);
+        assert_eq!(b.recv(&mut batch).unwrap(), 0, "the ring is empty");
+        assert_conserved(&b, &mut k);
+    }
+
     /// A link-local IPv6 peer is named with the interface's scope (the socket's ifindex, 1
     /// here), so that a reply through the kernel can reach it; other addresses have none.
     #[test]

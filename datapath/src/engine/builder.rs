@@ -270,23 +270,13 @@ impl EngineBuilder {
         self
     }
 
-    /// Builds the workers without starting threads (sans-IO). Drive each with
-    /// [`Worker::turn`] on its own backend; `factory(i)` makes worker `i`'s handler.
-    pub fn build<H, F>(
-        self,
-        mut factory: F,
-    ) -> Result<(Vec<Worker<H>>, EngineHandle<H>), EngineError>
-    where
-        H: Handler,
-        F: FnMut(usize) -> H,
-    {
-        let n = self.workers;
-        let layout = Arc::new(CidLayout::new(
-            self.cid_len,
-            self.config_rotation,
-            &self.server_id,
-            n,
-        )?);
+    /// Refuses what [`EngineBuilder::build`] would, for `workers` workers, without building
+    /// anything: the engines' `start_*` call it before they bind a socket or touch the XDP
+    /// socket map, so that a bad setting changes nothing. It also refuses a CPU list of
+    /// [`EngineBuilder::pin_cpus`] that is empty or names a CPU this process may not run on
+    /// (a worker would run unpinned, its memory away from the CPU meant for it).
+    pub(crate) fn check(&self, workers: usize) -> Result<(), EngineError> {
+        CidLayout::new(self.cid_len, self.config_rotation, &self.server_id, workers)?;
         if self.server.is_none() && self.client.is_none() {
             return Err(EngineError::Config(
                 "neither a server nor a client configuration was given".into(),
@@ -315,6 +305,44 @@ impl EngineBuilder {
                 )));
             }
         }
+        if self.max_connections == 0 {
+            return Err(EngineError::Config(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        if let Some(cpus) = &self.cpus {
+            if cpus.is_empty() {
+                return Err(EngineError::Config("pin_cpus with no CPU".into()));
+            }
+            let allowed = crate::cpu::allowed()?;
+            if let Some(cpu) = cpus.iter().find(|c| !allowed.contains(c)) {
+                return Err(EngineError::Config(format!(
+                    "CPU {cpu} is not one this process may run on (its CPUs: {})",
+                    crate::cpu::list(&allowed)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the workers without starting threads (sans-IO). Drive each with
+    /// [`Worker::turn`] on its own backend; `factory(i)` makes worker `i`'s handler.
+    pub fn build<H, F>(
+        self,
+        mut factory: F,
+    ) -> Result<(Vec<Worker<H>>, EngineHandle<H>), EngineError>
+    where
+        H: Handler,
+        F: FnMut(usize) -> H,
+    {
+        let n = self.workers;
+        self.check(n)?;
+        let layout = Arc::new(CidLayout::new(
+            self.cid_len,
+            self.config_rotation,
+            &self.server_id,
+            n,
+        )?);
         // One generator for everything random the engine chooses: seeded, or from entropy.
         let mut rng = match self.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
@@ -327,11 +355,6 @@ impl EngineBuilder {
         });
         let reset_key: Arc<dyn quinn_proto::crypto::HmacKey> =
             Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key));
-        if self.max_connections == 0 {
-            return Err(EngineError::Config(
-                "max_connections must be at least 1".into(),
-            ));
-        }
         // The engine's transport, when it was given one (or a controller): it replaces the
         // configurations'.
         if self.transport.is_some() {

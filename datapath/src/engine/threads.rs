@@ -137,6 +137,8 @@ impl EngineBuilder {
         F: FnMut(usize) -> H,
         R: Runner<H>,
     {
+        // Nothing is bound for settings the build would refuse.
+        self.check(self.workers)?;
         let layout = CidLayout::new(
             self.cid_len,
             self.config_rotation,

@@ -195,6 +195,8 @@ impl EngineBuilder {
     {
         use crate::backend::xsk::{TxPath, XskBackend, XskBackendConfig};
         setup.check()?;
+        // Nothing is opened, nor put in the socket map, for settings the build would refuse.
+        self.check(setup.queues.len())?;
         if services.len() != setup.queues.len() {
             return Err(EngineError::Config(format!(
                 "{} UDP sockets for {} queues",

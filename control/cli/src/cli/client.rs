@@ -249,7 +249,12 @@ fn refuse_ignored_flags(a: &ClientArgs) -> anyhow::Result<()> {
         || p.connections != 1
         || p.streams != 1;
     let set = [
-        ("--workers", a.workers != 1, app == App::Perf),
+        (
+            "--workers",
+            a.workers != 1,
+            // Over AF_XDP the client runs a worker per queue (--queues).
+            app == App::Perf && a.backend == ClientBackend::Udp,
+        ),
         ("--message", !a.messages.is_empty(), app == App::Echo),
         ("--path", !a.paths.is_empty(), app == App::Hq),
         ("--url", !a.urls.is_empty(), app == App::H3),
@@ -268,9 +273,13 @@ fn refuse_ignored_flags(a: &ClientArgs) -> anyhow::Result<()> {
         .collect();
     if !named.is_empty() {
         bail!(
-            "{} not used by --app {}: leave {} out",
+            "{} not used by --app {}{}: leave {} out",
             named.join(", "),
             app.name(),
+            match a.backend {
+                ClientBackend::Udp => "",
+                ClientBackend::Xdp => " over AF_XDP",
+            },
             if named.len() == 1 && !named[0].contains(',') {
                 "it"
             } else {
