@@ -1430,17 +1430,9 @@ fn client_options_its_run_would_ignore_are_refused() {
             "--workers not used by --app perf over AF_XDP",
         ),
     ] {
-        let out = Command::new(BIN)
-            .args(["client", "--connect", "127.0.0.1:9", "--insecure"])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{extra:?}");
-        assert!(
-            text(&out.stderr).contains(named),
-            "{extra:?}: {}",
-            text(&out.stderr)
-        );
+        let mut args = vec!["client", "--connect", "127.0.0.1:9", "--insecure"];
+        args.extend_from_slice(extra);
+        fails_with(&args, named);
     }
 }
 
@@ -1466,13 +1458,7 @@ fn serve_and_demo_options_their_run_would_ignore_are_refused() {
             "--tx, --spin not used by the UDP demo",
         ),
     ] {
-        let out = Command::new(BIN).args(args).output().unwrap();
-        assert!(!out.status.success(), "{args:?}");
-        assert!(
-            text(&out.stderr).contains(named),
-            "{args:?}: {}",
-            text(&out.stderr)
-        );
+        fails_with(args, named);
     }
 }
 
