@@ -104,7 +104,11 @@ impl AsyncHq {
                 let _ = recv.stop(BAD_REQUEST);
                 return Ok(());
             }
-            Ok(Err(e)) => return Err(e.into()),
+            Ok(Err(e)) => {
+                // Never finished (its drop would): an empty answer would look whole.
+                let _ = send.reset(BAD_REQUEST);
+                return Err(e.into());
+            }
         };
         let rel = match crate::hq::parse_request(&line) {
             Ok(rel) => rel,
@@ -118,9 +122,17 @@ impl AsyncHq {
             }
         };
         // Slots in a fixed order (the connection's, then the endpoint's): no two requests
-        // wait for each other's.
-        let _mine = mine.acquire().await?;
-        let _slot = self.files.acquire().await?;
+        // wait for each other's. The wait ends when the answer can no longer go (the peer
+        // stopped the stream, or the connection ended), as hq drops a waiting request: a
+        // task and its stream are not held behind slots for nothing.
+        let permits = async {
+            Ok::<_, tokio::sync::AcquireError>((mine.acquire().await?, self.files.acquire().await?))
+        };
+        let stopped = send.stopped();
+        let (_mine, _slot) = tokio::select! {
+            permits = permits => permits?,
+            _ = stopped => return Ok(()),
+        };
         let root = self.root.clone();
         let opened = match tokio::task::spawn_blocking(move || root.open_beneath(&rel)).await {
             Ok(opened) => opened,

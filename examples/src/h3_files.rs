@@ -175,6 +175,7 @@ impl H3Server {
                     accepted += 1;
                     let (server, mine, goaway) = (self.clone(), mine.clone(), goaway.clone());
                     let (ends, unresolved) = (ends.clone(), unresolved.clone());
+                    let conn = conn.clone();
                     let limit = self.limits.request_timeout;
                     tasks.spawn(async move {
                         match resolve_within(resolver, limit).await {
@@ -186,7 +187,8 @@ impl H3Server {
                                     stream.stop_stream(rejected);
                                     return;
                                 }
-                                if let Err(e) = server.answer(req, stream, &mine, &ends).await {
+                                let answer = server.answer(req, stream, &mine, &ends, &conn);
+                                if let Err(e) = answer.await {
                                     tracing::debug!("request ended: {e}");
                                 }
                             }
@@ -217,6 +219,7 @@ impl H3Server {
         mut stream: Stream,
         mine: &Semaphore,
         ends: &xdp_quic_h3::StreamEnds,
+        conn: &Connection,
     ) -> anyhow::Result<()> {
         let head = match *req.method() {
             Method::GET => false,
@@ -243,8 +246,16 @@ impl H3Server {
         if plain_names(&rel).is_err() {
             return status(stream, StatusCode::NOT_FOUND).await;
         }
-        let _mine = mine.acquire().await?;
-        let _slot = self.files.acquire().await?;
+        // The wait for slots ends with the connection: the answers of a connection gone
+        // (tasks that outlive it, see `serve_connection`) do not wait behind slots others
+        // hold, each with its request and stream.
+        let permits = async {
+            Ok::<_, tokio::sync::AcquireError>((mine.acquire().await?, self.files.acquire().await?))
+        };
+        let (_mine, _slot) = tokio::select! {
+            permits = permits => permits?,
+            _ = conn.closed() => return Ok(()),
+        };
         let root = self.root.clone();
         let ext = rel
             .extension()

@@ -404,3 +404,80 @@ async fn the_async_hq_server_takes_back_the_slot_of_an_answer_not_taken() {
     ep.close(VarInt::from_u32(0), b"");
     guard("idle", ep.wait_idle()).await;
 }
+
+/// Requests waiting for a file slot end when the peer stops their streams: their tasks do not
+/// stay parked behind slots others hold (hq drops such a request at once). Before, each
+/// stopped request kept a task and its stream until a slot came, however many there were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_async_hq_server_drops_waiting_requests_the_peer_stopped() {
+    let dir = Scratch::new("async-hq-waiting");
+    let www = dir.0.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("mid"), payload(3, 100_000)).unwrap();
+    std::fs::write(www.join("small"), payload(4, 700)).unwrap();
+    let (id, cert) = identity();
+    let engine = EngineBuilder::default()
+        .server(tls::server_config(id, &[async_hq::ALPN]).unwrap())
+        .drain_timeout(DRAIN);
+    // The unread answer holds its slot past any wait of this test (no stall reset).
+    let limits = HqLimits {
+        files_per_connection: 1,
+        send_stall: std::time::Duration::from_secs(3600),
+        ..HqLimits::default()
+    };
+    let hq = AsyncHq::new(&www, limits).unwrap();
+    let ep = Builder::new(engine)
+        .bind_udp("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    tokio::spawn(hq.serve(ep.clone()));
+    let mut config = quinn_client_config(cert, async_hq::ALPN);
+    let mut t = quinn_transport();
+    t.stream_receive_window(VarInt::from_u32(16_000));
+    // Alive however long the requests wait (the idle timeout would end them all).
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
+    config.transport_config(std::sync::Arc::new(t));
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(config);
+    let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
+    // An answer not read holds the connection's one slot.
+    let (mut send, mut unread) = conn.open_bi().await.unwrap();
+    send.write_all(b"GET /mid\r\n").await.unwrap();
+    send.finish().unwrap();
+    let first = guard("the answer's start", unread.read_chunk(1_000, true)).await;
+    assert!(first.unwrap().is_some_and(|c| !c.bytes.is_empty()));
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    // 20 requests wait for the slot, a task each...
+    let mut waiting = Vec::new();
+    for _ in 0..20 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"GET /small\r\n").await.unwrap();
+        send.finish().unwrap();
+        waiting.push(recv);
+    }
+    guard("the waiting requests' tasks", async {
+        while tasks() < before + 20 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // ...until the peer stops them: at least those 20 end (counted from the peak: the
+    // holder's answer may start or end a task of its own meanwhile).
+    let peak = tasks();
+    for recv in &mut waiting {
+        recv.stop(VarInt::from_u32(7)).unwrap();
+    }
+    guard("the stopped requests' tasks end", async {
+        while tasks() + 20 > peak {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    conn.close(VarInt::from_u32(0), b"");
+    ep.close(VarInt::from_u32(0), b"");
+    guard("idle", ep.wait_idle()).await;
+}

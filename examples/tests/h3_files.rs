@@ -891,3 +891,71 @@ async fn reading_a_body_after_stopping_it_fails_the_read_not_the_connection() {
     .await;
     stop_server(ep).await;
 }
+
+/// Requests of a connection that ends while they wait for a file slot (another connection's
+/// unread answer holds the only one) end with it: their tasks, which outlive their
+/// connection, do not stay parked behind the slot. Before, each kept its task, request and
+/// stream until the slot came, and a peer could leave any number of them so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_a_slot_end_with_their_connection() {
+    let (dir, _, _) = site();
+    std::fs::write(dir.0.join("mid.bin"), payload(9, 100_000)).unwrap();
+    let (_keep, stop) = watch::channel(false);
+    // One slot for the server, held past any wait of this test (no stall reset).
+    let limits = HqLimits {
+        files_per_worker: 1,
+        send_stall: Duration::from_secs(3600),
+        ..HqLimits::default()
+    };
+    let (ep, cert) = server_with(&dir.0, stop, limits);
+    guard("requests waiting for a slot", async {
+        let mut config = common::quinn_client_config(cert, ALPN);
+        let mut t = common::quinn_transport();
+        t.stream_receive_window(16_000u32.into());
+        // Alive however long they wait (the idle timeout would end everything).
+        t.keep_alive_interval(Some(Duration::from_secs(1)));
+        config.transport_config(std::sync::Arc::new(t));
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(config);
+        let server = ep.local_addr().unwrap();
+        let get = |conn: &quinn::Connection, path: &'static str| {
+            let conn = conn.clone();
+            async move {
+                let (mut send, recv) = conn.open_bi().await.unwrap();
+                send.write_all(&raw_frame(0x01, &get_fields(path)))
+                    .await
+                    .unwrap();
+                send.finish().unwrap();
+                recv
+            }
+        };
+        let holder = common::quinn_connect(&client, server).await;
+        let mut unread = get(&holder, "/mid.bin").await;
+        let first = unread.read_chunk(1_000, true).await.unwrap();
+        assert!(first.is_some_and(|c| !c.bytes.is_empty()));
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = tasks();
+        let waiter = common::quinn_connect(&client, server).await;
+        let mut waiting = Vec::new();
+        for _ in 0..20 {
+            waiting.push(get(&waiter, "/a%20b.txt").await);
+        }
+        while tasks() < before + 20 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // At least the 20 end (the holder's connection may start or end a task of its own
+        // meanwhile: counted from the peak, not from `before`).
+        let peak = tasks();
+        waiter.close(0u32.into(), b"gone");
+        while tasks() + 20 > peak {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        holder.close(0u32.into(), b"");
+    })
+    .await;
+    stop_server(ep).await;
+}
