@@ -390,9 +390,12 @@ pub fn bind_each(addr: SocketAddr, workers: usize) -> io::Result<Vec<UdpBackend>
 
 /// The classic-BPF reuseport program for `layout`. It runs with the UDP payload at offset 0
 /// and returns the index of the socket to use; an index past the group makes the kernel fall
-/// back to its hash.
+/// back to its hash. A datagram too short to hold the worker octet goes to the hash too (a
+/// load past its end would end the program with 0: socket 0 for every runt).
 ///
 /// ```text
+/// ld len                 ; the payload's length
+/// jge #3 + sid_len, +0, hash
 /// ldb [0]                ; first byte
 /// jset #0x80, hash       ; long header: hash
 /// ldb [1]                ; first octet of the DCID
@@ -401,7 +404,9 @@ pub fn bind_each(addr: SocketAddr, workers: usize) -> io::Result<Vec<UdpBackend>
 /// ret a
 /// hash: ret #0xffffffff
 /// ```
-pub fn reuseport_program(layout: &CidLayout) -> [libc::sock_filter; 7] {
+pub fn reuseport_program(layout: &CidLayout) -> [libc::sock_filter; 9] {
+    const LD_LEN: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_LEN) as u16;
+    const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
     const LDB_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
     const JSET: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
     const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
@@ -410,6 +415,8 @@ pub fn reuseport_program(layout: &CidLayout) -> [libc::sock_filter; 7] {
     let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let worker_at = 1 + layout.worker_offset() as u32;
     [
+        op(LD_LEN, 0, 0, 0),
+        op(JGE, 0, 6, worker_at + 1),
         op(LDB_ABS, 0, 0, 0),
         op(JSET, 4, 0, 0x80),
         op(LDB_ABS, 0, 0, 1),
@@ -651,6 +658,69 @@ pub(crate) fn poll_fds(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the kernel's classic-BPF interpreter does with the opcodes of
+    /// [`reuseport_program`], over a UDP payload: a load past its end ends the program
+    /// with 0.
+    fn run_cbpf(prog: &[libc::sock_filter], payload: &[u8]) -> u32 {
+        let (mut a, mut pc) = (0u32, 0usize);
+        loop {
+            let i = prog[pc];
+            pc += 1;
+            match u32::from(i.code) {
+                c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_LEN => a = payload.len() as u32,
+                c if c == libc::BPF_LD | libc::BPF_B | libc::BPF_ABS => {
+                    match payload.get(i.k as usize) {
+                        Some(&b) => a = u32::from(b),
+                        None => return 0,
+                    }
+                }
+                c if c == libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K => {
+                    pc += usize::from(if a >= i.k { i.jt } else { i.jf })
+                }
+                c if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => {
+                    pc += usize::from(if a == i.k { i.jt } else { i.jf })
+                }
+                c if c == libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K => {
+                    pc += usize::from(if a & i.k != 0 { i.jt } else { i.jf })
+                }
+                c if c == libc::BPF_RET | libc::BPF_A => return a,
+                c if c == libc::BPF_RET | libc::BPF_K => return i.k,
+                other => panic!("opcode {other:#x} not in the program's set"),
+            }
+        }
+    }
+
+    /// The steering program picks the socket a short header's CID names, and leaves to the
+    /// kernel's hash long headers, CIDs of another layout, and datagrams too short to hold
+    /// the worker octet (they went to socket 0 before: a load past the end returns 0).
+    #[test]
+    fn the_reuseport_program_steers_by_cid_and_hashes_the_rest() {
+        let layout = CidLayout::new(8, 0, &[0xaa, 0xbb], 4).unwrap();
+        let prog = reuseport_program(&layout);
+        let mut rng = rand::thread_rng();
+        for worker in 0..4 {
+            let mut cid = [0u8; 8];
+            layout.write(worker, &mut rng, &mut cid);
+            let mut short = vec![0x40];
+            short.extend_from_slice(&cid);
+            short.extend_from_slice(&[0; 20]);
+            assert_eq!(run_cbpf(&prog, &short), worker as u32);
+            // Just long enough: the first octet, the CID's octet 0, the server id, the
+            // worker octet.
+            assert_eq!(run_cbpf(&prog, &short[..5]), worker as u32);
+            assert_eq!(run_cbpf(&prog, &short[..4]), u32::MAX, "too short");
+        }
+        let hash = u32::MAX;
+        assert_eq!(run_cbpf(&prog, &[]), hash);
+        assert_eq!(run_cbpf(&prog, &[0x40]), hash);
+        assert_eq!(run_cbpf(&prog, &[0xc0; 40]), hash, "long header");
+        assert_eq!(
+            run_cbpf(&prog, &[0x40, 0x17, 0, 0, 2, 0]),
+            hash,
+            "another layout"
+        );
+    }
 
     /// A send from an address not the host's (one the local-address check let through)
     /// fails with EINVAL, and quinn-udp turns GSO off for the socket; the backend puts it
