@@ -352,21 +352,33 @@ async fn the_async_hq_server_serves_files_and_refuses_what_it_must() {
 /// held until the end is acknowledged. (Before, a file smaller than the queue released its
 /// slot once queued, so a client that never read held up to the queue's size per stream, with
 /// no deadline.) Its next request, waiting for that slot, is served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_async_hq_server_takes_back_the_slot_of_an_answer_not_taken() {
-    let dir = Scratch::new("async-hq-stall");
+/// An async hq server of one file slot per connection, answers reset after `stall` without
+/// progress, serving `mid` and `small`; and a quinn client connected to it whose streams have
+/// 16 KB of window (it cannot take `mid` whole without reading), on `transport`.
+async fn one_slot_server(
+    name: &str,
+    mid: &[u8],
+    small: &[u8],
+    stall: std::time::Duration,
+    mut transport: quinn::TransportConfig,
+) -> (
+    Scratch,
+    xdp_quic::tokio::Endpoint,
+    quinn::Endpoint,
+    quinn::Connection,
+) {
+    let dir = Scratch::new(name);
     let www = dir.0.join("www");
     std::fs::create_dir_all(&www).unwrap();
-    let (mid, small) = (payload(3, 100_000), payload(4, 700));
-    std::fs::write(www.join("mid"), &mid).unwrap();
-    std::fs::write(www.join("small"), &small).unwrap();
+    std::fs::write(www.join("mid"), mid).unwrap();
+    std::fs::write(www.join("small"), small).unwrap();
     let (id, cert) = identity();
     let engine = EngineBuilder::default()
         .server(tls::server_config(id, &[async_hq::ALPN]).unwrap())
         .drain_timeout(DRAIN);
     let limits = HqLimits {
         files_per_connection: 1,
-        send_stall: std::time::Duration::from_millis(300),
+        send_stall: stall,
         ..HqLimits::default()
     };
     let hq = AsyncHq::new(&www, limits).unwrap();
@@ -374,14 +386,26 @@ async fn the_async_hq_server_takes_back_the_slot_of_an_answer_not_taken() {
         .bind_udp("127.0.0.1:0".parse().unwrap())
         .unwrap();
     tokio::spawn(hq.serve(ep.clone()));
-    // Streams of 16 KB of window: the client cannot take the 100 KB answer without reading.
     let mut config = quinn_client_config(cert, async_hq::ALPN);
-    let mut t = quinn_transport();
-    t.stream_receive_window(VarInt::from_u32(16_000));
-    config.transport_config(std::sync::Arc::new(t));
+    transport.stream_receive_window(VarInt::from_u32(16_000));
+    config.transport_config(std::sync::Arc::new(transport));
     let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     client.set_default_client_config(config);
     let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
+    (dir, ep, client, conn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_async_hq_server_takes_back_the_slot_of_an_answer_not_taken() {
+    let (mid, small) = (payload(3, 100_000), payload(4, 700));
+    let (_dir, ep, _client, conn) = one_slot_server(
+        "async-hq-stall",
+        &mid,
+        &small,
+        std::time::Duration::from_millis(300),
+        quinn_transport(),
+    )
+    .await;
     let (mut send, mut unread) = conn.open_bi().await.unwrap();
     send.write_all(b"GET /mid\r\n").await.unwrap();
     send.finish().unwrap();
@@ -410,35 +434,18 @@ async fn the_async_hq_server_takes_back_the_slot_of_an_answer_not_taken() {
 /// stopped request kept a task and its stream until a slot came, however many there were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_async_hq_server_drops_waiting_requests_the_peer_stopped() {
-    let dir = Scratch::new("async-hq-waiting");
-    let www = dir.0.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("mid"), payload(3, 100_000)).unwrap();
-    std::fs::write(www.join("small"), payload(4, 700)).unwrap();
-    let (id, cert) = identity();
-    let engine = EngineBuilder::default()
-        .server(tls::server_config(id, &[async_hq::ALPN]).unwrap())
-        .drain_timeout(DRAIN);
-    // The unread answer holds its slot past any wait of this test (no stall reset).
-    let limits = HqLimits {
-        files_per_connection: 1,
-        send_stall: std::time::Duration::from_secs(3600),
-        ..HqLimits::default()
-    };
-    let hq = AsyncHq::new(&www, limits).unwrap();
-    let ep = Builder::new(engine)
-        .bind_udp("127.0.0.1:0".parse().unwrap())
-        .unwrap();
-    tokio::spawn(hq.serve(ep.clone()));
-    let mut config = quinn_client_config(cert, async_hq::ALPN);
+    // Alive however long the requests wait (the idle timeout would end them all), and the
+    // unread answer holds its slot past any wait of this test (no stall reset).
     let mut t = quinn_transport();
-    t.stream_receive_window(VarInt::from_u32(16_000));
-    // Alive however long the requests wait (the idle timeout would end them all).
     t.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
-    config.transport_config(std::sync::Arc::new(t));
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    client.set_default_client_config(config);
-    let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
+    let (_dir, ep, _client, conn) = one_slot_server(
+        "async-hq-waiting",
+        &payload(3, 100_000),
+        &payload(4, 700),
+        std::time::Duration::from_secs(3600),
+        t,
+    )
+    .await;
     // An answer not read holds the connection's one slot.
     let (mut send, mut unread) = conn.open_bi().await.unwrap();
     send.write_all(b"GET /mid\r\n").await.unwrap();

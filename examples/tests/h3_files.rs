@@ -502,6 +502,17 @@ async fn raw_get(conn: &Connection, path: &str, extra: &[u8]) -> Vec<u8> {
     data
 }
 
+/// A GET of `path` on a new request stream of `conn` (quinn's), written by hand and finished;
+/// returns the stream's receiving side.
+async fn quinn_get(conn: &quinn::Connection, path: &str) -> quinn::RecvStream {
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&raw_frame(0x01, &get_fields(path)))
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    recv
+}
+
 /// Frames of types RFC 9114 does not define must be ignored whatever their length (§7.2.8,
 /// §9): before and after a request's HEADERS, and on the client's control stream after
 /// its SETTINGS, frames of a reserved type far over `MAX_FRAME` are skipped, and the
@@ -766,17 +777,7 @@ async fn an_answer_the_client_does_not_take_gives_its_slot_back() {
         let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         client.set_default_client_config(config);
         let conn = common::quinn_connect(&client, ep.local_addr().unwrap()).await;
-        let get = |path: &'static str| {
-            let conn = conn.clone();
-            async move {
-                let (mut send, recv) = conn.open_bi().await.unwrap();
-                send.write_all(&raw_frame(0x01, &get_fields(path)))
-                    .await
-                    .unwrap();
-                send.finish().unwrap();
-                recv
-            }
-        };
+        let get = |path: &'static str| quinn_get(&conn, path);
         let mut unread = get("/mid.bin").await;
         // Its answer has begun: it holds the one slot (a little is read, the rest not).
         let first = unread.read_chunk(1_000, true).await.unwrap();
@@ -918,17 +919,7 @@ async fn requests_waiting_for_a_slot_end_with_their_connection() {
         let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         client.set_default_client_config(config);
         let server = ep.local_addr().unwrap();
-        let get = |conn: &quinn::Connection, path: &'static str| {
-            let conn = conn.clone();
-            async move {
-                let (mut send, recv) = conn.open_bi().await.unwrap();
-                send.write_all(&raw_frame(0x01, &get_fields(path)))
-                    .await
-                    .unwrap();
-                send.finish().unwrap();
-                recv
-            }
-        };
+        let get = quinn_get;
         let holder = common::quinn_connect(&client, server).await;
         let mut unread = get(&holder, "/mid.bin").await;
         let first = unread.read_chunk(1_000, true).await.unwrap();
