@@ -50,6 +50,7 @@ pub mod memory;
 pub mod metrics;
 pub mod packet;
 mod peers;
+pub mod procfs;
 pub mod reply;
 pub mod route;
 mod shard;

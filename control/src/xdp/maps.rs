@@ -423,46 +423,13 @@ pub(crate) fn owner_alive(o: &XskOwner) -> bool {
     }
     let ours = own_pidns();
     if o.pidns != 0 && o.pidns != ours {
-        return ours != INITIAL_PIDNS || socket_held_anywhere(o.sock_ino);
+        return ours != INITIAL_PIDNS
+            || xdp_quic::procfs::socket_holder(o.sock_ino) != xdp_quic::procfs::Holder::Nobody;
     }
-    match holds_socket(&format!("/proc/{}/fd", o.pid), o.sock_ino) {
+    match xdp_quic::procfs::holds_socket(o.pid, o.sock_ino) {
         Ok(held) => held,
         Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
     }
-}
-
-/// Whether the descriptors listed in `fd_dir` (a `/proc/<pid>/fd`) include the socket with
-/// inode `ino`.
-fn holds_socket(fd_dir: &str, ino: u64) -> std::io::Result<bool> {
-    let want = format!("socket:[{ino}]");
-    Ok(std::fs::read_dir(fd_dir)?
-        .flatten()
-        .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == want.as_str())))
-}
-
-/// Whether any process holds the socket with inode `ino` (true, too, when a process's
-/// descriptors may not be read: it might). Reads every `/proc/<pid>/fd`: for the cold paths
-/// (status, attach, a server's start and stop), not per packet.
-fn socket_held_anywhere(ino: u64) -> bool {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return true;
-    };
-    for p in procs.flatten() {
-        let name = p.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        match holds_socket(&format!("/proc/{pid}/fd"), ino) {
-            Ok(true) => return true,
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return true,
-            // Not held there, or the process is gone meanwhile.
-            _ => {}
-        }
-    }
-    false
 }
 
 #[cfg(test)]

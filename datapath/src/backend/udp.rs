@@ -309,9 +309,12 @@ fn foreign_sockets(addr: SocketAddr, ours: &[UdpSocket]) -> io::Result<Vec<Strin
         for (ip, port, inode) in text.lines().skip(1).filter_map(parse_udp_line) {
             let overlaps = ip.is_unspecified() || addr.ip().is_unspecified() || ip == addr.ip();
             if port == addr.port() && overlaps && !own.contains(&inode) && inode != 0 {
-                foreign.push(match socket_holder(inode) {
-                    Some(who) => format!("socket inode {inode}, held by {who}"),
-                    None => format!("socket inode {inode}"),
+                foreign.push(match crate::procfs::socket_holder(inode) {
+                    crate::procfs::Holder::Pid(pid) => format!(
+                        "socket inode {inode}, held by {}",
+                        crate::procfs::describe(pid)
+                    ),
+                    _ => format!("socket inode {inode}"),
                 });
             }
         }
@@ -344,31 +347,6 @@ fn parse_udp_line(line: &str) -> Option<(std::net::IpAddr, u16, u64)> {
         _ => return None,
     };
     Some((ip, port, inode))
-}
-
-/// `PID (COMM)` of a process with a descriptor of socket `inode`, if one can be read.
-fn socket_holder(inode: u64) -> Option<String> {
-    let want = format!("socket:[{inode}]");
-    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let name = proc_entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want.as_str()) {
-                let comm =
-                    std::fs::read_to_string(proc_entry.path().join("comm")).unwrap_or_default();
-                return Some(format!("pid {pid} ({})", comm.trim()));
-            }
-        }
-    }
-    None
 }
 
 /// Binds one socket per worker to `addr`, each on its own port when `addr`'s port is 0: a

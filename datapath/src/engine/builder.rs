@@ -274,9 +274,10 @@ impl EngineBuilder {
     /// anything: the engines' `start_*` call it before they bind a socket or touch the XDP
     /// socket map, so that a bad setting changes nothing. It also refuses a CPU list of
     /// [`EngineBuilder::pin_cpus`] that is empty or names a CPU this process may not run on
-    /// (a worker would run unpinned, its memory away from the CPU meant for it).
-    pub(crate) fn check(&self, workers: usize) -> Result<(), EngineError> {
-        CidLayout::new(self.cid_len, self.config_rotation, &self.server_id, workers)?;
+    /// (a worker would run unpinned, its memory away from the CPU meant for it). Returns the
+    /// engine's CID layout.
+    pub(crate) fn check(&self, workers: usize) -> Result<CidLayout, EngineError> {
+        let layout = CidLayout::new(self.cid_len, self.config_rotation, &self.server_id, workers)?;
         if self.server.is_none() && self.client.is_none() {
             return Err(EngineError::Config(
                 "neither a server nor a client configuration was given".into(),
@@ -322,7 +323,7 @@ impl EngineBuilder {
                 )));
             }
         }
-        Ok(())
+        Ok(layout)
     }
 
     /// Builds the workers without starting threads (sans-IO). Drive each with
@@ -336,13 +337,7 @@ impl EngineBuilder {
         F: FnMut(usize) -> H,
     {
         let n = self.workers;
-        self.check(n)?;
-        let layout = Arc::new(CidLayout::new(
-            self.cid_len,
-            self.config_rotation,
-            &self.server_id,
-            n,
-        )?);
+        let layout = Arc::new(self.check(n)?);
         // One generator for everything random the engine chooses: seeded, or from entropy.
         let mut rng = match self.seed {
             Some(seed) => StdRng::seed_from_u64(seed),

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use super::{Engine, EngineBuilder, EngineError};
 use crate::backend::udp;
 use crate::backend::Backend;
-use crate::cid::CidLayout;
 use crate::handler::Handler;
 use crate::waker::Waker;
 use crate::worker::{TurnOutcome, Worker};
@@ -138,13 +137,7 @@ impl EngineBuilder {
         R: Runner<H>,
     {
         // Nothing is bound for settings the build would refuse.
-        self.check(self.workers)?;
-        let layout = CidLayout::new(
-            self.cid_len,
-            self.config_rotation,
-            &self.server_id,
-            self.workers,
-        )?;
+        let layout = self.check(self.workers)?;
         let (backends, steering) = udp::bind_group(addr, self.workers, &layout)?;
         tracing::info!(
             workers = self.workers,
