@@ -93,6 +93,24 @@ impl From<TxArg> for xdp_quic::backend::xsk::TxMode {
 }
 
 /// Parses a queue list such as `0-3` or `0,2` (the same syntax as CPU lists).
+/// Refuses the flags of `flags` that were given (`true`) where the run would not use them:
+/// `why(names, several)` says so, naming them (`--a, --b`). Ok when none was given.
+pub fn refuse_given(
+    flags: &[(&str, bool)],
+    why: impl FnOnce(&str, bool) -> String,
+) -> anyhow::Result<()> {
+    let given: Vec<&str> = flags
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(f, _)| *f)
+        .collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    let several = given.len() > 1 || given[0].contains(',');
+    bail!("{}", why(&given.join(", "), several))
+}
+
 pub fn parse_queues(s: &str) -> Result<Vec<u32>, String> {
     // Queue numbers of real NICs stay far below this; an engine has at most 256 workers.
     Ok(parse_list(s, "queue", 4095)?

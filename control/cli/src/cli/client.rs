@@ -230,15 +230,13 @@ fn refuse_ignored_flags(a: &ClientArgs) -> anyhow::Result<()> {
             ("--queues", a.queues.is_some()),
             ("--xdp-mode", a.xdp_mode != super::xdp::ModeArg::Auto),
         ];
-        let named: Vec<&str> = set.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect();
-        if !named.is_empty() {
-            bail!(
-                "{} {} AF_XDP options: the client runs over kernel UDP, they would be ignored \
-                 (add --backend xdp, or leave them out)",
-                named.join(", "),
-                if named.len() == 1 { "is an" } else { "are" }
-            );
-        }
+        args::refuse_given(&set, |named, several| {
+            format!(
+                "{named} {} AF_XDP options: the client runs over kernel UDP, they would be \
+                 ignored (add --backend xdp, or leave them out)",
+                if several { "are" } else { "is an" }
+            )
+        })?;
     }
     let (app, p) = (a.app, &a.perf);
     // Told from their defaults (the default "1M" is 10^6 octets).
@@ -251,43 +249,33 @@ fn refuse_ignored_flags(a: &ClientArgs) -> anyhow::Result<()> {
     let set = [
         (
             "--workers",
-            a.workers != 1,
             // Over AF_XDP the client runs a worker per queue (--queues).
-            app == App::Perf && a.backend == ClientBackend::Udp,
+            a.workers != 1 && !(app == App::Perf && a.backend == ClientBackend::Udp),
         ),
-        ("--message", !a.messages.is_empty(), app == App::Echo),
-        ("--path", !a.paths.is_empty(), app == App::Hq),
-        ("--url", !a.urls.is_empty(), app == App::H3),
-        ("--out", a.out.is_some(), matches!(app, App::Hq | App::H3)),
-        ("--json", a.json, matches!(app, App::Perf | App::H3)),
+        ("--message", !a.messages.is_empty() && app != App::Echo),
+        ("--path", !a.paths.is_empty() && app != App::Hq),
+        ("--url", !a.urls.is_empty() && app != App::H3),
+        (
+            "--out",
+            a.out.is_some() && !matches!(app, App::Hq | App::H3),
+        ),
+        ("--json", a.json && !matches!(app, App::Perf | App::H3)),
         (
             "--download, --upload, --requests, --duration, --connections, --streams",
-            perf_set,
-            app == App::Perf,
+            perf_set && app != App::Perf,
         ),
     ];
-    let named: Vec<&str> = set
-        .iter()
-        .filter(|(_, on, used)| *on && !*used)
-        .map(|(f, _, _)| *f)
-        .collect();
-    if !named.is_empty() {
-        bail!(
-            "{} not used by --app {}{}: leave {} out",
-            named.join(", "),
+    let over = match a.backend {
+        ClientBackend::Udp => "",
+        ClientBackend::Xdp => " over AF_XDP",
+    };
+    args::refuse_given(&set, |named, several| {
+        format!(
+            "{named} not used by --app {}{over}: leave {} out",
             app.name(),
-            match a.backend {
-                ClientBackend::Udp => "",
-                ClientBackend::Xdp => " over AF_XDP",
-            },
-            if named.len() == 1 && !named[0].contains(',') {
-                "it"
-            } else {
-                "them"
-            }
-        );
-    }
-    Ok(())
+            if several { "them" } else { "it" }
+        )
+    })
 }
 
 pub fn run(a: &ClientArgs) -> anyhow::Result<()> {

@@ -104,14 +104,12 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
             ("--spin", a.spin != DEMO_SPIN_US),
             ("--rounds", a.rounds != 3),
         ];
-        let named: Vec<&str> = set.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect();
-        if !named.is_empty() {
-            bail!(
-                "{} not used by the UDP demo (they set the AF_XDP side and its rounds against \
-                 UDP): leave them out, or run --backend xdp",
-                named.join(", ")
-            );
-        }
+        args::refuse_given(&set, |named, _| {
+            format!(
+                "{named} not used by the UDP demo (they set the AF_XDP side and its rounds \
+                 against UDP): leave them out, or run --backend xdp"
+            )
+        })?;
     }
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;

@@ -185,16 +185,13 @@ fn refuse_ignored_xdp_flags(a: &ServeArgs) -> anyhow::Result<()> {
         ("--busy-poll", a.busy_poll.is_some()),
         ("--huge-pages", a.huge_pages),
     ];
-    let named: Vec<&str> = set.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect();
-    if !named.is_empty() {
-        bail!(
-            "{} {} AF_XDP options: serving over kernel UDP, they would be ignored (add \
+    super::args::refuse_given(&set, |named, several| {
+        format!(
+            "{named} {} AF_XDP options: serving over kernel UDP, they would be ignored (add \
              --backend xdp --iface IF, or leave them out)",
-            named.join(", "),
-            if named.len() == 1 { "is an" } else { "are" }
-        );
-    }
-    Ok(())
+            if several { "are" } else { "is an" }
+        )
+    })
 }
 
 pub fn run(a: &ServeArgs) -> anyhow::Result<()> {
