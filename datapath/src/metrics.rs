@@ -89,6 +89,12 @@ counters! {
     /// Datagrams the kernel dropped at this worker's UDP socket (receive buffer full, bad
     /// checksum), read about once a second from SO_MEMINFO: the worker does not keep up.
     kernel_rx_dropped,
+    /// Receive chunks (16 KiB) the worker keeps, held by datagrams that quinn-proto or the
+    /// application keep, or free for reuse (a gauge; at most `EngineBuilder::receive_chunks`).
+    rx_chunks,
+    /// Datagrams received into a buffer of their own size because every receive chunk was
+    /// held at the limit (an allocation each).
+    rx_own_buffers,
     /// Transmits that failed for good (not counting back-pressure).
     tx_errors,
     /// Times the backend pushed back (socket buffer or TX ring full).

@@ -208,6 +208,7 @@ pub(crate) struct WorkerParts<H: Handler> {
     pub commands: Receiver<Command<H>>,
     pub handovers: Receiver<Datagram>,
     pub rx_batch: usize,
+    pub rx_chunks: usize,
     pub drain_timeout: Duration,
     pub max_connections: usize,
 }
@@ -250,7 +251,7 @@ impl<H: Handler> Worker<H> {
             retry: p.retry,
             commands: p.commands,
             handovers: p.handovers,
-            rx: RxBatch::new(p.rx_batch),
+            rx: RxBatch::with_chunk_limit(p.rx_batch, p.rx_chunks),
             tx_buf: Vec::with_capacity(64 * 1024),
             stalled: None,
             initial: Vec::with_capacity(1500),
@@ -800,6 +801,8 @@ impl<H: Handler> Worker<H> {
         self.counters.conns_active = 0;
         self.counters.conns_handshaking = 0;
         self.counters.attempts_deferred = 0;
+        // The batch goes with the worker: chunks outlive it only in datagrams still alive.
+        self.counters.rx_chunks = 0;
         self.metrics.publish(&self.counters);
     }
 
@@ -1044,6 +1047,8 @@ impl<H: Handler> Worker<H> {
         self.counters.conns_active = self.conns.active as u64;
         self.counters.conns_handshaking = self.conns.handshaking as u64;
         self.counters.attempts_deferred = self.shard.deferred.len() as u64;
+        self.counters.rx_chunks = self.rx.chunks() as u64;
+        self.counters.rx_own_buffers = self.rx.own_buffers();
         self.metrics.publish(&self.counters);
     }
 

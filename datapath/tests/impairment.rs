@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rand::{Rng, RngCore, SeedableRng};
 use xdp_quic::backend::mem::{MemNetwork, MemPacket, MemSteering, Verdict};
-use xdp_quic::testing::{run_clients, Drive, Node};
+use xdp_quic::testing::{run_clients, run_until, Drive, Node};
 use xdp_quic::{tls, EngineBuilder, TransportConfig, VarInt};
 use xdp_quic_examples::echo::{self, EchoClient, EchoServer};
 
@@ -209,4 +209,65 @@ fn a_seed_replays_the_run_exactly() {
     );
     assert_eq!(first, again, "seed {seed} did not replay");
     assert!(first.3 .0 > 0, "the run lost packets: {:?}", first.3);
+}
+
+/// Every 200th datagram to the server is lost, so the datagrams after each gap wait out of
+/// order in quinn-proto, each keeping the receive chunk it came in. The server's worker
+/// keeps no more chunks than its limit: once they are all held, datagrams get buffers of
+/// their own, and the echo still comes back byte-exact.
+#[test]
+fn data_kept_out_of_order_holds_at_most_the_receive_chunk_limit() {
+    const LIMIT: usize = 4;
+    let net = MemNetwork::new(Duration::from_millis(10));
+    let s: SocketAddr = "10.4.0.1:4433".parse().unwrap();
+    let id = tls::Identity::self_signed_ed25519(&["localhost"]).unwrap();
+    let b = EngineBuilder::default()
+        .transport(patient())
+        .receive_chunks(LIMIT)
+        .server(tls::server_config(id, &[echo::ALPN]).unwrap());
+    let mut srv = Node::new(b, &net, s, MemSteering::Hash, |_| EchoServer::default()).unwrap();
+    let mut cli = [client(
+        &net,
+        "10.4.0.2:5000".parse().unwrap(),
+        s,
+        payload(4_000_000, 4),
+    )];
+    let mut sent = 0u64;
+    net.set_impairment(move |p: &mut MemPacket| {
+        if p.to == s {
+            sent += 1;
+            if sent.is_multiple_of(200) {
+                return Verdict::Drop;
+            }
+        }
+        Verdict::Deliver
+    });
+    let handle = srv.handle.clone();
+    let mut most = 0;
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut srv, &mut cli[0]];
+    run_until(&net, &mut nodes, Duration::from_secs(600), |n| {
+        most = most.max(handle.counters()[0].rx_chunks);
+        n[1].is_done()
+    })
+    .expect("transfer ends");
+    drop(nodes);
+    let h = cli[0].handler(0);
+    assert!(
+        h.all_ok(),
+        "seed {}: {:?} {:?}",
+        net.seed(),
+        h.results,
+        h.error
+    );
+    let t = srv.total();
+    assert!(
+        most <= LIMIT as u64,
+        "seed {}: {most} chunks kept",
+        net.seed()
+    );
+    assert!(
+        t.rx_own_buffers > 0,
+        "seed {}: the limit was never reached ({most} chunks at most)",
+        net.seed()
+    );
 }

@@ -18,6 +18,7 @@ const GAUGES: &[&str] = &[
     "conns_active",
     "conns_handshaking",
     "attempts_deferred",
+    "rx_chunks",
     "failed",
 ];
 /// Counters kept in nanoseconds, exported in seconds.

@@ -1,17 +1,22 @@
 //! The batch a worker receives into: the one copy of a packet on its way in.
 //!
 //! quinn-proto takes each datagram as an owned `BytesMut`. The batch carves them out of
-//! chunks of [`POOL_CHUNK`] octets (`split_to`), so receiving allocates once per chunk, not
-//! per packet; a chunk's memory returns to the allocator when quinn-proto and the application
-//! have dropped every datagram cut from it.
+//! chunks of [`POOL_CHUNK`] octets (`split_to`), so receiving allocates nothing per packet:
+//! a chunk serves about ten full-sized datagrams, and once quinn-proto and the application
+//! have dropped every datagram cut from it, the batch takes it back for the next ones
+//! (`BytesMut::try_reclaim`, which succeeds only on the last handle of a buffer).
 //!
-//! The chunk is small on purpose: a datagram that quinn-proto keeps (out-of-order stream
-//! data waiting for a gap to fill) keeps its whole chunk, while quinn-proto counts only the
-//! datagram's own size against its receive windows and defragmentation thresholds. A peer
-//! that lands one small frame in each chunk makes the worker hold at most `POOL_CHUNK` per
-//! frame kept (quinn itself shares one buffer between the segments of a GRO batch, up to
-//! 64 KiB).
+//! A datagram that quinn-proto keeps (out-of-order stream data waiting for a gap to fill)
+//! keeps its whole chunk, while quinn-proto counts only the datagram's own size against its
+//! receive windows. A peer that lands one small frame in each chunk, with other datagrams
+//! filling the chunks in between, could so make a connection hold 16 KiB per frame kept,
+//! far beyond its window. So the batch keeps at most `chunk_limit` chunks
+//! ([`DEFAULT_CHUNK_LIMIT`]: 16 MiB a worker), held or free: past that, while every chunk it
+//! has is still held, each datagram gets a buffer of its own size (counted by
+//! [`RxBatch::own_buffers`]), which quinn-proto's accounting then measures truly. The worker's memory behind received data is then at
+//! most the limit's chunks plus what quinn-proto and the application count.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::BytesMut;
@@ -20,8 +25,17 @@ use quinn_proto::EcnCodepoint;
 use crate::packet::frame::L2;
 
 /// Octets reserved at a time for received datagrams (a datagram larger than this gets a
-/// chunk of its own size).
+/// buffer of its own size).
 pub const POOL_CHUNK: usize = 16 * 1024;
+
+/// Chunks a batch keeps at most by default ([`RxBatch::with_chunk_limit`]): 16 MiB.
+pub const DEFAULT_CHUNK_LIMIT: usize = 1024;
+
+/// Chunks looked at for one taken back, oldest first, before a fresh one is allocated.
+const PROBES: usize = 4;
+
+/// Free chunks kept for reuse beyond which each chunk taken back frees one more.
+const SPARE: usize = 16;
 
 /// One received UDP datagram.
 #[derive(Debug)]
@@ -44,16 +58,34 @@ pub struct Datagram {
 pub struct RxBatch {
     items: Vec<Datagram>,
     capacity: usize,
-    pool: BytesMut,
+    /// The chunk datagrams are being cut from (`None` before the first, and while the limit
+    /// is reached with every chunk held).
+    pool: Option<BytesMut>,
+    /// The other chunks datagrams were cut from, each by the empty end of it the batch kept,
+    /// oldest first: held by datagrams still alive, or free to take back.
+    chunks: VecDeque<BytesMut>,
+    chunk_limit: usize,
+    own_buffers: u64,
 }
 
 impl RxBatch {
-    /// A batch of at most `capacity` datagrams.
+    /// A batch of at most `capacity` datagrams, keeping at most [`DEFAULT_CHUNK_LIMIT`]
+    /// chunks.
     pub fn new(capacity: usize) -> Self {
+        Self::with_chunk_limit(capacity, DEFAULT_CHUNK_LIMIT)
+    }
+
+    /// A batch of at most `capacity` datagrams that keeps at most `chunk_limit` (at least 1)
+    /// chunks of [`POOL_CHUNK`] octets: past it, datagrams that find every chunk held get
+    /// buffers of their own (see the module's documentation).
+    pub fn with_chunk_limit(capacity: usize, chunk_limit: usize) -> Self {
         Self {
             items: Vec::with_capacity(capacity),
             capacity: capacity.max(1),
-            pool: BytesMut::new(),
+            pool: None,
+            chunks: VecDeque::new(),
+            chunk_limit: chunk_limit.max(1),
+            own_buffers: 0,
         }
     }
 
@@ -77,6 +109,17 @@ impl RxBatch {
         self.items.is_empty()
     }
 
+    /// The chunks the batch keeps, held by datagrams or free (at most its chunk limit).
+    pub fn chunks(&self) -> usize {
+        self.chunks.len() + usize::from(self.pool.is_some())
+    }
+
+    /// Datagrams given a buffer of their own because every chunk was held at the limit
+    /// (since the batch was made).
+    pub fn own_buffers(&self) -> u64 {
+        self.own_buffers
+    }
+
     /// Copies `payload` into the batch. Call only while `!self.is_full()`.
     pub fn push(
         &mut self,
@@ -98,12 +141,7 @@ impl RxBatch {
         payload: &[u8],
     ) {
         debug_assert!(!self.is_full());
-        if self.pool.capacity() < payload.len() {
-            // A fresh chunk (`reserve` could size it from the buffer's history instead).
-            self.pool = BytesMut::with_capacity(POOL_CHUNK.max(payload.len()));
-        }
-        self.pool.extend_from_slice(payload);
-        let data = self.pool.split_to(payload.len());
+        let data = self.copy_in(payload);
         self.items.push(Datagram {
             remote,
             local_ip,
@@ -111,6 +149,69 @@ impl RxBatch {
             data,
             link,
         });
+    }
+
+    /// The one copy: into the current chunk, or a buffer of its own.
+    fn copy_in(&mut self, payload: &[u8]) -> BytesMut {
+        if payload.len() > POOL_CHUNK {
+            // No chunk holds it (an IP-fragmented datagram; the worker drops those).
+            return BytesMut::from(payload);
+        }
+        if self
+            .pool
+            .as_ref()
+            .is_none_or(|p| p.capacity() < payload.len())
+        {
+            self.next_chunk();
+        }
+        match &mut self.pool {
+            Some(pool) => {
+                pool.extend_from_slice(payload);
+                pool.split_to(payload.len())
+            }
+            None => {
+                self.own_buffers += 1;
+                BytesMut::from(payload)
+            }
+        }
+    }
+
+    /// Puts the current chunk aside and takes the next: the oldest free one, else a fresh
+    /// one while under the limit, else none.
+    fn next_chunk(&mut self) {
+        if let Some(used) = self.pool.take() {
+            self.chunks.push_back(used);
+        }
+        // Datagrams mostly end in the order they came: the oldest chunks first. A held one
+        // goes to the back, so that one a connection keeps does not hide the others.
+        for _ in 0..self.chunks.len().min(PROBES) {
+            let Some(mut chunk) = self.chunks.pop_front() else {
+                break;
+            };
+            // Succeeds only on the last handle of the chunk's buffer, then makes the whole
+            // buffer this handle's again.
+            if chunk.try_reclaim(POOL_CHUNK) {
+                self.pool = Some(chunk);
+                self.free_a_spare();
+                return;
+            }
+            self.chunks.push_back(chunk);
+        }
+        if self.chunks.len() < self.chunk_limit {
+            self.pool = Some(BytesMut::with_capacity(POOL_CHUNK));
+        }
+    }
+
+    /// After a burst, frees the oldest chunk if it is free and more than [`SPARE`] are
+    /// kept, so that the batch's memory follows its use back down.
+    fn free_a_spare(&mut self) {
+        if self.chunks.len() > SPARE {
+            if let Some(front) = self.chunks.front_mut() {
+                if front.try_reclaim(POOL_CHUNK) {
+                    self.chunks.pop_front();
+                }
+            }
+        }
     }
 
     /// Takes the datagrams out, oldest first, leaving the batch empty and reusable.
@@ -156,6 +257,111 @@ mod tests {
             .iter()
             .enumerate()
             .all(|(i, d)| d[..] == [i as u8; LEN]));
+    }
+
+    fn addr() -> SocketAddr {
+        "127.0.0.1:1".parse().unwrap()
+    }
+
+    /// Chunks whose datagrams were all dropped serve again: rounds of datagrams that end
+    /// before the next round come never make the batch keep more than a few chunks (without
+    /// reuse, it would take a fresh one per round up to its limit).
+    #[test]
+    fn chunks_serve_again_once_their_datagrams_are_dropped() {
+        let mut b = RxBatch::with_chunk_limit(64, 1000);
+        for round in 0..500u32 {
+            for i in 0..40u32 {
+                b.push(
+                    addr(),
+                    None,
+                    None,
+                    &(round * 64 + i).to_be_bytes().repeat(300),
+                );
+            }
+            for (i, d) in b.drain().enumerate() {
+                assert_eq!(&d.data[..4], (round * 64 + i as u32).to_be_bytes());
+                assert_eq!(d.data.len(), 1200);
+            }
+            assert!(b.chunks() <= 5, "round {round}: {} chunks", b.chunks());
+        }
+        assert_eq!(b.own_buffers(), 0);
+    }
+
+    /// One datagram kept per chunk, the rest dropped (what a peer leaving one small
+    /// out-of-order frame per chunk would do): the batch takes fresh chunks up to its limit,
+    /// then gives each datagram a buffer of its own, and goes back to chunks once the kept
+    /// datagrams are dropped.
+    #[test]
+    fn kept_datagrams_hold_at_most_the_chunk_limit() {
+        const LIMIT: usize = 8;
+        const LEN: usize = POOL_CHUNK / 4;
+        let mut b = RxBatch::with_chunk_limit(4, LIMIT);
+        let mut kept = Vec::new();
+        for round in 0..20u8 {
+            for i in 0..4u8 {
+                b.push(
+                    addr(),
+                    None,
+                    None,
+                    &[round.wrapping_mul(4).wrapping_add(i); LEN],
+                );
+            }
+            kept.push(b.drain().next().expect("four came").data);
+            assert!(b.chunks() <= LIMIT, "round {round}: {} chunks", b.chunks());
+            // Rounds past the limit find every chunk held: 4 buffers of their own each.
+            let past = u64::from(round + 1).saturating_sub(LIMIT as u64);
+            assert_eq!(b.own_buffers(), past * 4, "round {round}");
+        }
+        for (round, d) in kept.iter().enumerate() {
+            assert_eq!(d[..], [(round as u8) * 4; LEN], "round {round}");
+        }
+        // Once the kept datagrams go, the chunks serve again.
+        drop(kept);
+        let before = b.own_buffers();
+        for _ in 0..20 {
+            for i in 0..4u8 {
+                b.push(addr(), None, None, &[i; LEN]);
+            }
+            b.drain().for_each(drop);
+        }
+        assert_eq!(b.own_buffers(), before);
+        assert!(b.chunks() <= LIMIT);
+    }
+
+    /// After a burst that held many chunks at once, the free ones beyond a few spares are
+    /// freed as traffic goes on.
+    #[test]
+    fn free_chunks_beyond_a_few_spares_are_freed_as_traffic_goes_on() {
+        let mut b = RxBatch::with_chunk_limit(1024, 1000);
+        let burst: Vec<BytesMut> = (0..1000)
+            .map(|_| {
+                b.push(addr(), None, None, &[1u8; 1400]);
+                b.drain().next().expect("one came").data
+            })
+            .collect();
+        let peak = b.chunks();
+        assert!(
+            peak >= 1000 * 1400 / POOL_CHUNK,
+            "{peak} chunks for the burst"
+        );
+        drop(burst);
+        for _ in 0..2000 {
+            b.push(addr(), None, None, &[2u8; 1400]);
+            b.drain().for_each(drop);
+        }
+        assert!(b.chunks() <= SPARE + 2, "{} chunks kept", b.chunks());
+        assert_eq!(b.own_buffers(), 0);
+    }
+
+    /// A datagram larger than a chunk gets a buffer of its own and takes no chunk.
+    #[test]
+    fn a_datagram_larger_than_a_chunk_takes_none() {
+        let mut b = RxBatch::with_chunk_limit(2, 1);
+        b.push(addr(), None, None, &[3u8; POOL_CHUNK + 1]);
+        assert_eq!(b.chunks(), 0);
+        assert_eq!(b.own_buffers(), 0);
+        let d = b.drain().next().expect("it came");
+        assert_eq!(d.data[..], [3u8; POOL_CHUNK + 1]);
     }
 
     #[test]

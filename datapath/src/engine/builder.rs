@@ -68,6 +68,7 @@ pub struct EngineBuilder {
     pub(crate) handover_capacity: usize,
     pub(crate) drain_timeout: Duration,
     pub(crate) rx_batch: usize,
+    pub(crate) rx_chunks: usize,
     pub(crate) reset_key: Option<[u8; 64]>,
     pub(crate) min_reset_interval: Duration,
     pub(crate) max_connections: usize,
@@ -114,6 +115,7 @@ impl Default for EngineBuilder {
             handover_capacity: 4096,
             drain_timeout: Duration::from_secs(3),
             rx_batch: 64,
+            rx_chunks: crate::backend::rx::DEFAULT_CHUNK_LIMIT,
             reset_key: None,
             min_reset_interval: Duration::from_millis(20),
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -211,6 +213,18 @@ impl EngineBuilder {
         self
     }
 
+    /// Receive chunks (of 16 KiB, [`crate::backend::rx::POOL_CHUNK`]) each worker keeps at
+    /// most (default [`crate::backend::rx::DEFAULT_CHUNK_LIMIT`], 1,024: 16 MiB; at most
+    /// 2^20). Datagrams are received into shared chunks, and a datagram quinn-proto or the
+    /// application keeps holds its whole chunk; while every chunk is held at this limit,
+    /// datagrams get buffers of their own size instead (an allocation each, counted in
+    /// `rx_own_buffers`). This bounds what peers that leave one small out-of-order frame per
+    /// chunk can make a worker hold (see [`crate::backend::rx`]).
+    pub fn receive_chunks(mut self, n: usize) -> Self {
+        self.rx_chunks = n;
+        self
+    }
+
     /// Work items ([`crate::EngineHandle::post`]) each worker queues at most (default 4096,
     /// at most 2^20): past it, posting fails with [`crate::engine::PostError::Full`] (or
     /// waits, with `post_wait`).
@@ -287,6 +301,7 @@ impl EngineBuilder {
         for (n, name) in [
             (self.command_capacity, "command capacity"),
             (self.handover_capacity, "handover capacity"),
+            (self.rx_chunks, "receive chunk limit"),
         ] {
             if !(1..=MAX_QUEUE).contains(&n) {
                 return Err(EngineError::Config(format!(
@@ -462,6 +477,7 @@ impl EngineBuilder {
                 commands,
                 handovers,
                 rx_batch: self.rx_batch,
+                rx_chunks: self.rx_chunks,
                 drain_timeout: self.drain_timeout,
                 max_connections: self.max_connections,
             }));
