@@ -6,7 +6,8 @@
 //! the program for the server's life; or over kernel UDP) and, every
 //! [`ServeOptions::watch_every`]:
 //!
-//! * stops the engine when workers failed ([`StopReason::WorkersFailed`]);
+//! * stops the engine when workers failed, or an application callback panicked on one
+//!   ([`StopReason::WorkersFailed`]; [`ServeOptions::keep_serving_after_handler_panic`]);
 //! * gives freed memory back to the system once a burst of connection churn is over
 //!   ([`xdp_quic::memory::TrimPolicy`]);
 //! * over AF_XDP, looks at the interface ([`ProgramWatch`]): it reports the interface going
@@ -98,6 +99,12 @@ pub struct ServeOptions {
     /// Over AF_XDP: engage the XDP program's shield for each engine's life (default none:
     /// the shield is left as the attachment has it, and no pressure is ever flagged).
     pub shield: Option<ShieldOptions>,
+    /// Keep serving with the other workers after an application callback panicked (default
+    /// `false`: the server stops, [`StopReason::WorkersFailed`]). A panicking callback ends
+    /// its worker (its connections closed with INTERNAL_ERROR, `handler_panics` counted); the
+    /// packets steered to that worker's socket or queue then go unanswered for as long as
+    /// the server runs, so a server that cannot restart itself should stop and be restarted.
+    pub keep_serving_after_handler_panic: bool,
 }
 
 impl Default for ServeOptions {
@@ -109,6 +116,7 @@ impl Default for ServeOptions {
             trim_after: Some(1000),
             stop: Stop::new(),
             shield: None,
+            keep_serving_after_handler_panic: false,
         }
     }
 }
@@ -216,8 +224,10 @@ pub enum Serving {
 pub enum StopReason {
     /// [`Stop::stop`] was called.
     Requested,
-    /// Workers failed (a panic outside the application's callbacks, or a fatal I/O error):
-    /// (index, why). They closed their connections; the others are stopped too.
+    /// Workers failed (a panic outside the application's callbacks, or a fatal I/O error),
+    /// or, unless [`ServeOptions::keep_serving_after_handler_panic`], an application
+    /// callback panicked on them: (index, why). They closed their connections; the others are
+    /// stopped too.
     WorkersFailed(Vec<(usize, String)>),
     /// The XDP program the AF_XDP workers were registered with is gone from `iface`: `why`
     /// is [`WatchEvent::Detached`] or [`WatchEvent::InterfaceGone`].
@@ -349,6 +359,7 @@ impl<H: Handler> Server<H> {
             metrics_listener: None,
             watch_every: options.watch_every,
             trim_after: options.trim_after,
+            keep_serving_after_handler_panic: options.keep_serving_after_handler_panic,
             shield: options.shield,
             stop: options.stop.clone(),
             events: tx,
@@ -548,6 +559,7 @@ struct Supervisor<H: Handler, F> {
     metrics_listener: Option<std::net::TcpListener>,
     watch_every: Duration,
     trim_after: Option<u64>,
+    keep_serving_after_handler_panic: bool,
     shield: Option<ShieldOptions>,
     stop: Stop,
     events: mpsc::SyncSender<Event>,
@@ -791,7 +803,19 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
             if self.stop.wait(self.watch_every) {
                 return StopReason::Requested;
             }
-            let failed = handle.failed_workers();
+            let mut failed = handle.failed_workers();
+            if !self.keep_serving_after_handler_panic {
+                for (w, c) in handle.counters().iter().enumerate() {
+                    if c.handler_panics > 0 && !failed.iter().any(|(f, _)| *f == w) {
+                        failed.push((
+                            w,
+                            "an application callback panicked (the worker closed its \
+                             connections and ends)"
+                                .into(),
+                        ));
+                    }
+                }
+            }
             if !failed.is_empty() {
                 return StopReason::WorkersFailed(failed);
             }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::echo_through;
-use xdp_quic::{tls, EngineBuilder, XdpSetup};
+use xdp_quic::{tls, Conn, EngineBuilder, Handler, XdpSetup};
 use xdp_quic_control::serve::{
     Backend, Event, Fallback, ServeOptions, Server, Serving, StopReason,
 };
@@ -45,7 +45,7 @@ fn echo_builder(workers: usize) -> (EngineBuilder, Vec<Cert>) {
 }
 
 /// The next event (the test fails if none comes within [`GUARD`]).
-fn next(server: &Server<EchoServer>) -> Event {
+fn next<H: Handler>(server: &Server<H>) -> Event {
     server
         .events()
         .recv_timeout(GUARD)
@@ -53,7 +53,7 @@ fn next(server: &Server<EchoServer>) -> Event {
 }
 
 /// Asserts that the events have ended (the server has).
-fn no_more_events(server: &Server<EchoServer>) {
+fn no_more_events<H: Handler>(server: &Server<H>) {
     match server.events().recv_timeout(GUARD) {
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
         other => panic!("the server should have ended: {other:?}"),
@@ -62,7 +62,12 @@ fn no_more_events(server: &Server<EchoServer>) {
 
 /// Expects `Stopping` for `reason` with `queues` AF_XDP queues, then `Stopped` with the
 /// counters of `workers` workers; returns the connections they accepted.
-fn stops(server: &Server<EchoServer>, reason: &StopReason, queues: usize, workers: usize) -> u64 {
+fn stops<H: Handler>(
+    server: &Server<H>,
+    reason: &StopReason,
+    queues: usize,
+    workers: usize,
+) -> u64 {
     match next(server) {
         Event::Stopping {
             reason: r,
@@ -126,6 +131,67 @@ fn udp_server_reports_its_events_and_stops_on_request() {
     assert_eq!(server.join().unwrap(), StopReason::Requested);
     // The endpoint went with the engine.
     assert!(std::net::TcpStream::connect(metrics).is_err());
+}
+
+/// A handler whose every connection panics its callback.
+struct PanicsOnConnect;
+
+impl Handler for PanicsOnConnect {
+    fn connected(&mut self, _: &mut Conn<'_>) {
+        panic!("a bug in the application");
+    }
+}
+
+/// An application callback that panics ends its worker (its connections closed with
+/// INTERNAL_ERROR). The server then stops, naming the worker, as for a failed one: the
+/// packets steered to an ended worker would go unanswered for as long as it ran.
+#[test]
+fn a_panicking_callback_stops_the_server() {
+    let (builder, cert) = echo_builder(1);
+    let options = ServeOptions {
+        watch_every: xdp_quic_control::serve::MIN_WATCH_EVERY,
+        ..ServeOptions::default()
+    };
+    let server = Server::start(
+        builder,
+        Backend::Udp("127.0.0.1:0".parse().unwrap()),
+        options,
+        |_| PanicsOnConnect,
+    )
+    .unwrap();
+    let addr = match next(&server) {
+        Event::Serving(Serving::Udp { local_addr, .. }) => local_addr,
+        other => panic!("expected Serving over UDP, got {other:?}"),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let closed = rt.block_on(async {
+        let ep = support::quinn_endpoint(&cert, false);
+        let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
+        tokio::time::timeout(GUARD, conn.closed()).await
+    });
+    assert!(
+        matches!(
+            closed,
+            Ok(quinn::ConnectionError::ApplicationClosed(ref c))
+                if c.error_code == xdp_quic::INTERNAL_ERROR
+        ),
+        "{closed:?}"
+    );
+    let why = "an application callback panicked (the worker closed its connections and ends)";
+    stops(
+        &server,
+        &StopReason::WorkersFailed(vec![(0, why.into())]),
+        0,
+        1,
+    );
+    no_more_events(&server);
+    assert!(matches!(
+        server.join().unwrap(),
+        StopReason::WorkersFailed(f) if f.len() == 1
+    ));
 }
 
 /// A metrics port already in use fails the server before it serves anything: the port is
