@@ -817,6 +817,7 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
                 }
             }
             if !failed.is_empty() {
+                failed.sort_by_key(|(w, _)| *w);
                 return StopReason::WorkersFailed(failed);
             }
             if let Some(trim) = trim.as_mut() {

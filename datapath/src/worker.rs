@@ -370,6 +370,9 @@ impl<H: Handler> Worker<H> {
 
         if let Some(deadline) = self.drain_deadline {
             if self.conns.active == 0 || now >= deadline {
+                // Nothing more is received: the chunks go (those still held, with their
+                // datagrams), and the gauge says so.
+                self.rx = RxBatch::default();
                 self.abandon_all();
                 return Ok(TurnOutcome::Done);
             }

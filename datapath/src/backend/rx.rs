@@ -7,14 +7,19 @@
 //! (`BytesMut::try_reclaim`, which succeeds only on the last handle of a buffer).
 //!
 //! A datagram that quinn-proto keeps (out-of-order stream data waiting for a gap to fill)
-//! keeps its whole chunk, while quinn-proto counts only the datagram's own size against its
-//! receive windows. A peer that lands one small frame in each chunk, with other datagrams
-//! filling the chunks in between, could so make a connection hold 16 KiB per frame kept,
-//! far beyond its window. So the batch keeps at most `chunk_limit` chunks
-//! ([`DEFAULT_CHUNK_LIMIT`]: 16 MiB a worker), held or free: past that, while every chunk it
-//! has is still held, each datagram gets a buffer of its own size (counted by
-//! [`RxBatch::own_buffers`]), which quinn-proto's accounting then measures truly. The worker's memory behind received data is then at
-//! most the limit's chunks plus what quinn-proto and the application count.
+//! keeps its whole chunk. quinn-proto's receive windows count stream octets, and its check
+//! for buffers that hold far more than their data (which then copies the data out) counts
+//! each kept frame at its datagram's size, not its chunk's. A peer that lands one small
+//! frame in each chunk, with other datagrams filling the chunks in between, could so make a
+//! connection hold 16 KiB per frame kept, far beyond its window. So the batch keeps at most
+//! `chunk_limit` chunks ([`DEFAULT_CHUNK_LIMIT`]: 16 MiB a worker), held or free: past that,
+//! while every chunk it has is still held, each datagram gets a buffer of its own size
+//! (counted by [`RxBatch::own_buffers`]), which quinn-proto's check then measures truly.
+//! The worker's memory behind received data is then at most the limit's chunks plus what
+//! quinn-proto and the application count.
+//!
+//! Free chunks found beyond [`SPARE`] are freed; a batch that stops receiving keeps what it
+//! had (at most its limit) until it receives again.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -34,7 +39,7 @@ pub const DEFAULT_CHUNK_LIMIT: usize = 1024;
 /// Chunks looked at for one taken back, oldest first, before a fresh one is allocated.
 const PROBES: usize = 4;
 
-/// Free chunks kept for reuse beyond which each chunk taken back frees one more.
+/// Free chunks kept for reuse at most: those found beyond are freed.
 const SPARE: usize = 16;
 
 /// One received UDP datagram.
@@ -62,8 +67,10 @@ pub struct RxBatch {
     /// is reached with every chunk held).
     pool: Option<BytesMut>,
     /// The other chunks datagrams were cut from, each by the empty end of it the batch kept,
-    /// oldest first: held by datagrams still alive, or free to take back.
+    /// oldest first: held by datagrams still alive, or free but not looked at since.
     chunks: VecDeque<BytesMut>,
+    /// Chunks found free (whole again), at most [`SPARE`].
+    free: Vec<BytesMut>,
     chunk_limit: usize,
     own_buffers: u64,
 }
@@ -84,6 +91,7 @@ impl RxBatch {
             capacity: capacity.max(1),
             pool: None,
             chunks: VecDeque::new(),
+            free: Vec::new(),
             chunk_limit: chunk_limit.max(1),
             own_buffers: 0,
         }
@@ -111,7 +119,7 @@ impl RxBatch {
 
     /// The chunks the batch keeps, held by datagrams or free (at most its chunk limit).
     pub fn chunks(&self) -> usize {
-        self.chunks.len() + usize::from(self.pool.is_some())
+        self.chunks.len() + self.free.len() + usize::from(self.pool.is_some())
     }
 
     /// Datagrams given a buffer of their own because every chunk was held at the limit
@@ -176,14 +184,16 @@ impl RxBatch {
         }
     }
 
-    /// Puts the current chunk aside and takes the next: the oldest free one, else a fresh
-    /// one while under the limit, else none.
+    /// Puts the current chunk aside and takes the next: a free one, else a fresh one while
+    /// under the limit, else none.
     fn next_chunk(&mut self) {
         if let Some(used) = self.pool.take() {
             self.chunks.push_back(used);
         }
         // Datagrams mostly end in the order they came: the oldest chunks first. A held one
-        // goes to the back, so that one a connection keeps does not hide the others.
+        // goes to the back, so that one a connection keeps does not hide the others. A few
+        // each time, whatever the free list holds, so that the chunks a burst left are found
+        // and, beyond the spares, freed.
         for _ in 0..self.chunks.len().min(PROBES) {
             let Some(mut chunk) = self.chunks.pop_front() else {
                 break;
@@ -191,27 +201,20 @@ impl RxBatch {
             // Succeeds only on the last handle of the chunk's buffer, then makes the whole
             // buffer this handle's again.
             if chunk.try_reclaim(POOL_CHUNK) {
-                self.pool = Some(chunk);
-                self.free_a_spare();
-                return;
-            }
-            self.chunks.push_back(chunk);
-        }
-        if self.chunks.len() < self.chunk_limit {
-            self.pool = Some(BytesMut::with_capacity(POOL_CHUNK));
-        }
-    }
-
-    /// After a burst, frees the oldest chunk if it is free and more than [`SPARE`] are
-    /// kept, so that the batch's memory follows its use back down.
-    fn free_a_spare(&mut self) {
-        if self.chunks.len() > SPARE {
-            if let Some(front) = self.chunks.front_mut() {
-                if front.try_reclaim(POOL_CHUNK) {
-                    self.chunks.pop_front();
+                if self.free.len() < SPARE {
+                    self.free.push(chunk);
                 }
+            } else {
+                self.chunks.push_back(chunk);
             }
         }
+        self.pool = match self.free.pop() {
+            Some(chunk) => Some(chunk),
+            None if self.chunks.len() < self.chunk_limit => {
+                Some(BytesMut::with_capacity(POOL_CHUNK))
+            }
+            None => None,
+        };
     }
 
     /// Takes the datagrams out, oldest first, leaving the batch empty and reusable.
@@ -349,7 +352,11 @@ mod tests {
             b.push(addr(), None, None, &[2u8; 1400]);
             b.drain().for_each(drop);
         }
-        assert!(b.chunks() <= SPARE + 2, "{} chunks kept", b.chunks());
+        assert!(
+            b.chunks() <= SPARE + PROBES + 1,
+            "{} chunks kept",
+            b.chunks()
+        );
         assert_eq!(b.own_buffers(), 0);
     }
 
