@@ -69,8 +69,10 @@ pub struct XskCounters {
     pub rx_bad_checksum: AtomicU64,
     /// Frames for another UDP port than the service's.
     pub rx_other_port: AtomicU64,
-    /// Frames no reply may answer (martians: a multicast or broadcast source, an
-    /// unspecified, loopback or multicast address; `UdpFrame::is_martian`), dropped.
+    /// Frames no reply may answer, dropped: martians (a multicast or broadcast source, an
+    /// unspecified, loopback or multicast address; `UdpFrame::is_martian`) and, on the `xsk`
+    /// transmit path, frames sent to a multicast or broadcast MAC (`UdpFrame::to_group_mac`),
+    /// whose reply would leave from a group address.
     pub rx_martians: AtomicU64,
     /// Transmits on the TX ring without a link layer or local address (a connection this
     /// host opened: the xsk path answers peers, the kernel path opens connections).
@@ -412,7 +414,7 @@ impl XskBackend {
             {
                 Ok(()) => {}
                 // Room and size were checked above; a family mismatch is the caller's error.
-                Err(TxError::NoRoom) | Err(TxError::Write(_)) | Err(TxError::TooShort) => {
+                Err(TxError::NoRoom | TxError::Write(_) | TxError::TooShort | TxError::TooLong) => {
                     return Err(SendError::Failed(io::ErrorKind::InvalidInput.into()));
                 }
             }
@@ -1015,7 +1017,8 @@ mod tests {
     }
 
     /// A frame written shorter than an Ethernet header is refused and kept: the kernel
-    /// would skip its descriptor without completing it, and the frame would be lost.
+    /// would skip its descriptor without completing it, and the frame would be lost. So is
+    /// one the writer says is longer than its frame.
     #[test]
     fn a_frame_shorter_than_a_header_is_not_lent_to_the_kernel() {
         let (mut b, mut k) = backend();
@@ -1024,6 +1027,9 @@ mod tests {
         assert!(matches!(sent, Err(TxError::TooShort)), "{sent:?}");
         let sent = b.sock.send(|_buf| Ok::<usize, ()>(13));
         assert!(matches!(sent, Err(TxError::TooShort)), "{sent:?}");
+        // Nor one longer than its frame (a writer's bug): cut, it would lie about its lengths.
+        let sent = b.sock.send(|buf| Ok::<usize, ()>(buf.len() + 1));
+        assert!(matches!(sent, Err(TxError::TooLong)), "{sent:?}");
         assert_eq!(b.socket().umem().free_frames(), free);
         assert_eq!(b.socket().tx_in_flight(), 0);
         assert_conserved(&b, &mut k);

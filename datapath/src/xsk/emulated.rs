@@ -138,8 +138,9 @@ impl EmulatedKernel {
         Some(unsafe { std::slice::from_raw_parts_mut(ptr.add(start), frame_end - start) })
     }
 
-    /// A packet arrives: written into a frame from the fill ring (after the UMEM headroom)
-    /// and its descriptor pushed on the RX ring, published at once.
+    /// A packet arrives: written into a frame from the fill ring after the UMEM headroom and
+    /// the kernel's own (`XDP_PACKET_HEADROOM`, 256 octets), as the kernel writes it, and its
+    /// descriptor pushed on the RX ring, published at once.
     pub fn deliver(&mut self, packet: &[u8]) -> Result<(), Dropped> {
         if self.rx.free(1) == 0 {
             return Err(Dropped::RxRingFull);
@@ -152,7 +153,7 @@ impl EmulatedKernel {
                 a.ok_or(Dropped::FillRingEmpty)?
             }
         };
-        let headroom = self.headroom as usize;
+        let headroom = self.headroom as usize + super::umem::XDP_PACKET_HEADROOM as usize;
         let Some(frame) = self.frame_at(addr) else {
             self.invalid_descs += 1;
             return Err(Dropped::FillRingEmpty);
@@ -256,5 +257,35 @@ impl EmulatedKernel {
     pub fn set_need_wakeup(&self, on: bool) {
         self.rings.fill.set_need_wakeup(on);
         self.rings.tx.set_need_wakeup(on);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xsk::umem::UmemConfig;
+
+    /// The emulated kernel leaves the kernel's 256 octets in front of a packet, as the real
+    /// one does: the largest packet a frame takes is its size less both headrooms, and the
+    /// socket reads it at the descriptor's address, whatever the offset.
+    #[test]
+    fn packets_land_behind_both_headrooms() {
+        let umem = UmemConfig {
+            frames: 16,
+            headroom: 64,
+            ..Default::default()
+        };
+        let room = (umem.frame_size - umem.headroom - 256) as usize;
+        let (mut sock, mut k) = socket(&XskConfig::new(1, 0), Umem::new(umem).unwrap(), 8).unwrap();
+        let packet: Vec<u8> = (0..room).map(|i| i as u8).collect();
+        k.deliver(&packet).unwrap();
+        assert_eq!(
+            k.deliver(&vec![0u8; room + 1]),
+            Err(Dropped::TooLarge),
+            "one octet more than the room"
+        );
+        let mut got = Vec::new();
+        assert_eq!(sock.recv(8, |b| got.push(b.to_vec())), 1);
+        assert_eq!(got, [packet]);
     }
 }

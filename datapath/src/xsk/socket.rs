@@ -138,6 +138,9 @@ pub enum TxError<E> {
     /// The writer returned fewer octets than an Ethernet header: the frame went back to the
     /// free list (the kernel drops such a descriptor without ever completing it).
     TooShort,
+    /// The writer returned more octets than the frame it was given holds: the frame went
+    /// back to the free list (cut short, it would leave with IP and UDP lengths it lacks).
+    TooLong,
 }
 
 /// A bound AF_XDP socket with its UMEM and rings.
@@ -642,7 +645,11 @@ impl XskSocket {
             self.umem.release(frame);
             return Err(TxError::TooShort);
         }
-        let len = len.min(max) as u32;
+        if len > max {
+            self.umem.release(frame);
+            return Err(TxError::TooLong);
+        }
+        let len = len as u32;
         let addr = self.umem.lend(frame, Holder::KernelTx, headroom);
         let pushed = self.tx.push(Desc {
             addr,

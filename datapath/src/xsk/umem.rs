@@ -21,7 +21,7 @@ pub const FRAME_SIZES: [u32; 2] = [2048, 4096];
 
 /// The headroom the kernel keeps in front of received data, besides the UMEM's own
 /// (`XDP_PACKET_HEADROOM`).
-const XDP_PACKET_HEADROOM: u32 = 256;
+pub(crate) const XDP_PACKET_HEADROOM: u32 = 256;
 
 /// The least room a frame must leave for a packet: a 1,500-octet IP packet (the MTU
 /// Ethernet paths have) behind an Ethernet header with one VLAN tag.
