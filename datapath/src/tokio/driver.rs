@@ -155,8 +155,10 @@ impl Driver {
             }
             open_streams(conn, &mut st, &mut wakes);
             while let Some(d) = st.out_datagrams.pop() {
-                // Too large or unsupported was checked by the task; a path that shrank
-                // since drops it, as the network could.
+                // Too large or unsupported by the peer was checked by the task. quinn-proto
+                // refuses it still on a path that shrank since (dropped, as the network
+                // could) and when this endpoint's transport turned datagrams off (a setting
+                // it does not show: `Connection::send_datagram` says so).
                 let _ = conn.send_datagram(d);
             }
             let mut todo = std::mem::take(&mut self.todo);

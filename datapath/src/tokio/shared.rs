@@ -30,7 +30,34 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Tasks waiting for one thing. Most waits have one waiter: it is held without allocating.
-pub(crate) type WakerList = SmallVec<[Waker; 1]>;
+/// Taking the list whole (`std::mem::take`, [`Wakes::all`]), when what they wait for came,
+/// starts it afresh.
+#[derive(Default)]
+pub(crate) struct WakerList {
+    wakers: SmallVec<[Waker; 1]>,
+    /// Waiters held before the list is woken whole ([`register`]): [`MAX_WAITERS`] at first
+    /// (0 stands for it), doubled at each such wake.
+    limit: usize,
+}
+
+impl WakerList {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.wakers.len()
+    }
+}
+
+impl IntoIterator for WakerList {
+    type Item = Waker;
+    type IntoIter = smallvec::IntoIter<[Waker; 1]>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.wakers.into_iter()
+    }
+}
 
 /// Wakers collected under a lock, woken after it is released (a few without allocating:
 /// this runs on every event of the worker).
@@ -42,7 +69,7 @@ impl Wakes {
         self.0.extend(w);
     }
     pub fn all(&mut self, ws: &mut WakerList) {
-        self.0.extend(ws.drain(..));
+        self.0.extend(std::mem::take(ws));
     }
     pub fn wake(self) {
         for w in self.0 {
@@ -51,22 +78,28 @@ impl Wakes {
     }
 }
 
-/// Waiters a list holds before it is woken whole ([`register`]).
+/// Waiters a list holds before it is first woken whole ([`register`]).
 const MAX_WAITERS: usize = 64;
 
-/// Registers `w` in `list` unless a waker there wakes the same task. A list that holds
-/// [`MAX_WAITERS`] already is woken whole first: a future dropped while it waited leaves its
-/// waker behind (tasks that race `accept_bi` in a `select!`, say), and the waiters still
-/// alive only poll again and register anew, so the list stays bounded.
+/// Registers `w` in `list` unless a waker there wakes the same task. A list that holds its
+/// limit already is woken whole first: a future dropped while it waited leaves its waker
+/// behind (tasks that race `accept_bi` in a `select!`, say), and the waiters still alive
+/// only poll again and register anew, so dead wakers do not pile up. The limit then doubles
+/// until the list is taken for what it waits for: more live waiters than the limit would
+/// otherwise wake each other without end. So a list holds at most [`MAX_WAITERS`], or twice
+/// the distinct tasks that registered since it was last taken.
 pub(crate) fn register(list: &mut WakerList, w: &Waker) {
-    if !list.iter().any(|x| x.will_wake(w)) {
-        if list.len() >= MAX_WAITERS {
-            for old in list.drain(..) {
-                old.wake();
-            }
-        }
-        list.push(w.clone());
+    if list.wakers.iter().any(|x| x.will_wake(w)) {
+        return;
     }
+    let limit = list.limit.max(MAX_WAITERS);
+    if list.wakers.len() >= limit {
+        list.limit = limit * 2;
+        for old in list.wakers.drain(..) {
+            old.wake();
+        }
+    }
+    list.wakers.push(w.clone());
 }
 
 /// A stream's queue of chunks, in order. Most streams of request-response protocols hold
@@ -674,6 +707,9 @@ impl ConnShared {
             // a woken task takes the lock after the caller has let it go).
             st.scheduled = false;
             st.error = Some(ConnectionError::LocallyClosed);
+            // A close no worker will apply (as `driver::fail` does; the worker's end
+            // uncounts the connection).
+            st.close = None;
             let mut wakes = Wakes::default();
             st.wake_all(&mut wakes);
             wakes.wake();
@@ -825,27 +861,71 @@ mod tests {
         }
     }
 
+    fn counted(n: usize) -> Vec<Arc<Counted>> {
+        (0..n)
+            .map(|_| Arc::new(Counted(AtomicUsize::new(0))))
+            .collect()
+    }
+
+    fn woken(tasks: &[Arc<Counted>]) -> usize {
+        tasks.iter().map(|t| t.0.load(Ordering::Relaxed)).sum()
+    }
+
     /// Wakers of tasks that stopped waiting (their futures dropped) do not pile up: past
-    /// `MAX_WAITERS` distinct tasks, the list is woken whole and starts again; the same
+    /// `MAX_WAITERS` distinct tasks, the list is woken whole and starts again, with twice
+    /// the room; taken for what it waits for, it starts from `MAX_WAITERS` again. The same
     /// task twice is held once.
     #[test]
     fn waiter_lists_stay_bounded() {
-        let tasks: Vec<Arc<Counted>> = (0..MAX_WAITERS * 3 + 1)
-            .map(|_| Arc::new(Counted(AtomicUsize::new(0))))
-            .collect();
+        let tasks = counted(MAX_WAITERS * 3 + 1);
         let mut list = WakerList::new();
-        for t in &tasks {
+        for (i, t) in tasks.iter().enumerate() {
             let w = Waker::from(t.clone());
             register(&mut list, &w);
             register(&mut list, &w);
-            assert!(list.len() <= MAX_WAITERS);
+            assert!(list.len() <= MAX_WAITERS.max(2 * (i + 1)));
         }
+        // Woken whole at 64 (then room for 128) and at 128 more (then 256): 1 left.
         assert_eq!(list.len(), 1);
-        let woken: usize = tasks.iter().map(|t| t.0.load(Ordering::Relaxed)).sum();
         assert_eq!(
-            woken,
+            woken(&tasks),
             MAX_WAITERS * 3,
             "each one woken once, the last still waiting"
         );
+        let mut wakes = Wakes::default();
+        wakes.all(&mut list);
+        wakes.wake();
+        let again = counted(MAX_WAITERS + 1);
+        for t in &again {
+            register(&mut list, &Waker::from(t.clone()));
+        }
+        assert_eq!(list.len(), 1, "taken, the list woke at 64 again");
+    }
+
+    /// More live waiters than the list's first room (200 tasks waiting for stream credit,
+    /// say), each registering again when woken, settle: the list makes room for them rather
+    /// than waking them again and again.
+    #[test]
+    fn more_live_waiters_than_the_room_settle() {
+        let tasks = counted(200);
+        let mut list = WakerList::new();
+        let mut seen = vec![0usize; tasks.len()];
+        let mut rounds = 0;
+        // Each round, every task woken since the last one polls again and registers anew.
+        let mut due: Vec<usize> = (0..tasks.len()).collect();
+        while !due.is_empty() {
+            rounds += 1;
+            assert!(rounds <= 8, "still waking each other after {rounds} rounds");
+            for &i in &due {
+                register(&mut list, &Waker::from(tasks[i].clone()));
+            }
+            due = (0..tasks.len())
+                .filter(|&i| tasks[i].0.load(Ordering::Relaxed) > seen[i])
+                .collect();
+            for &i in &due {
+                seen[i] = tasks[i].0.load(Ordering::Relaxed);
+            }
+        }
+        assert_eq!(list.len(), 200, "every live waiter held");
     }
 }
