@@ -45,6 +45,7 @@ impl WakerList {
         Self::default()
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.wakers.len()
     }
