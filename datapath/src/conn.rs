@@ -49,7 +49,9 @@ impl std::fmt::Display for ConnId {
 /// Stream operations that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StreamError {
-    /// No such stream, or this side of it is closed (read to the end, finished, reset).
+    /// No such stream, or this side of it is closed (read to the end, finished, reset), or
+    /// the stream has no such side here (a write to a unidirectional stream the peer opened,
+    /// a read of one this side opened).
     #[error("stream closed or unknown")]
     Closed,
     /// The peer reset the stream with this code.
@@ -406,6 +408,27 @@ impl<'a> Conn<'a> {
         self.slot.conn.side()
     }
 
+    /// `Ok` when this side sends on `stream`: every bidirectional stream, and the
+    /// unidirectional ones it opened. quinn-proto panics on a send call for one it does not.
+    fn sends_on(&self, stream: StreamId) -> Result<(), StreamError> {
+        if stream.dir() == Dir::Bi || stream.initiator() == self.side() {
+            Ok(())
+        } else {
+            Err(StreamError::Closed)
+        }
+    }
+
+    /// `Ok` when this side receives on `stream`: every bidirectional stream, and the
+    /// unidirectional ones the peer opened. quinn-proto panics on a read or stop call for
+    /// one it does not.
+    fn receives_on(&self, stream: StreamId) -> Result<(), StreamError> {
+        if stream.dir() == Dir::Bi || stream.initiator() != self.side() {
+            Ok(())
+        } else {
+            Err(StreamError::Closed)
+        }
+    }
+
     /// The ALPN protocol the handshake settled on.
     pub fn alpn(&mut self) -> Option<Vec<u8>> {
         self.handshake_data().and_then(|d| d.protocol)
@@ -429,6 +452,7 @@ impl<'a> Conn<'a> {
         stream: StreamId,
         mut sink: impl FnMut(Bytes),
     ) -> Result<ReadStatus, StreamError> {
+        self.receives_on(stream)?;
         let mut recv = self.slot.conn.recv_stream(stream);
         let mut chunks = recv.read(true).map_err(|e| match e {
             ReadableError::ClosedStream | ReadableError::IllegalOrderedRead => StreamError::Closed,
@@ -456,6 +480,7 @@ impl<'a> Conn<'a> {
     /// reader that takes what it has room for and leaves the rest to flow control. A chunk
     /// kept beyond the callback keeps its receive buffer: see [`detach`].
     pub fn read_chunk(&mut self, stream: StreamId, max: usize) -> Result<Chunk, StreamError> {
+        self.receives_on(stream)?;
         let mut recv = self.slot.conn.recv_stream(stream);
         let mut chunks = recv.read(true).map_err(|e| match e {
             ReadableError::ClosedStream | ReadableError::IllegalOrderedRead => StreamError::Closed,
@@ -476,6 +501,7 @@ impl<'a> Conn<'a> {
     /// Writes as much of `data` as flow control allows; `Ok(0)` means blocked until
     /// `stream_writable`.
     pub fn write(&mut self, stream: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        self.sends_on(stream)?;
         match self.slot.conn.send_stream(stream).write(data) {
             Ok(n) => Ok(n),
             Err(WriteError::Blocked) => Ok(0),
@@ -492,6 +518,7 @@ impl<'a> Conn<'a> {
         stream: StreamId,
         data: &mut Bytes,
     ) -> Result<usize, StreamError> {
+        self.sends_on(stream)?;
         match self
             .slot
             .conn
@@ -507,6 +534,7 @@ impl<'a> Conn<'a> {
 
     /// Ends the sending side of `stream` after what was written.
     pub fn finish(&mut self, stream: StreamId) -> Result<(), StreamError> {
+        self.sends_on(stream)?;
         self.slot
             .conn
             .send_stream(stream)
@@ -519,6 +547,7 @@ impl<'a> Conn<'a> {
 
     /// Abandons the sending side of `stream` with `code`.
     pub fn reset(&mut self, stream: StreamId, code: VarInt) -> Result<(), StreamError> {
+        self.sends_on(stream)?;
         let r = self
             .slot
             .conn
@@ -534,6 +563,7 @@ impl<'a> Conn<'a> {
 
     /// Asks the peer to stop sending on `stream` with `code`, discarding what arrives.
     pub fn stop(&mut self, stream: StreamId, code: VarInt) -> Result<(), StreamError> {
+        self.receives_on(stream)?;
         let r = self
             .slot
             .conn

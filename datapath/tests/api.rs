@@ -371,6 +371,90 @@ fn a_stream_over_in_a_read_keeps_its_state_until_the_callback_returns() {
     assert_eq!(drops.load(Ordering::SeqCst), payloads.len(), "none held");
 }
 
+/// Tries every call of the side a unidirectional stream lacks, and records the results:
+/// the sending calls on one the peer opened (then reads it), the receiving calls on one it
+/// opened itself (then writes and finishes it).
+#[derive(Default)]
+struct WrongWay {
+    results: Arc<Mutex<Vec<Result<(), xdp_quic::StreamError>>>>,
+    read: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Handler for WrongWay {
+    fn connected(&mut self, conn: &mut Conn<'_>) {
+        if conn.side() == quinn_proto::Side::Server {
+            return;
+        }
+        let s = conn.open_uni().expect("stream credit");
+        let mut r = self.results.lock().unwrap();
+        r.push(conn.read(s, |_| {}).map(drop));
+        r.push(conn.read_chunk(s, 10).map(drop));
+        r.push(conn.stop(s, VarInt::from_u32(1)));
+        assert_eq!(conn.write(s, b"one way").unwrap(), 7);
+        conn.finish(s).unwrap();
+    }
+    fn stream_readable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        {
+            let mut r = self.results.lock().unwrap();
+            r.push(conn.write(s, b"back").map(drop));
+            r.push(
+                conn.write_chunk(s, &mut Bytes::from_static(b"back"))
+                    .map(drop),
+            );
+            r.push(conn.finish(s));
+            r.push(conn.reset(s, VarInt::from_u32(1)));
+        }
+        let mut read = self.read.lock().unwrap();
+        let _ = conn.read(s, |b| read.extend_from_slice(&b));
+    }
+}
+
+/// Calls for a side a unidirectional stream does not have here (writing to one the peer
+/// opened, reading one this side opened) fail with `Closed`; quinn-proto would panic on
+/// them, which poisoned the handler and closed every connection of its worker.
+#[test]
+fn calls_for_the_side_a_one_way_stream_lacks_fail_without_a_panic() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let (server_side, client_side) = (WrongWay::default(), WrongWay::default());
+    let (sr, sread) = (server_side.results.clone(), server_side.read.clone());
+    let cr = client_side.results.clone();
+    let mut server = Node::new(server_builder(), &net, addr(SERVER), MemSteering::Hash, {
+        let mut h = Some(server_side);
+        move |_| h.take().expect("one worker")
+    })
+    .unwrap();
+    let mut client = Node::new(
+        client_builder(),
+        &net,
+        addr("10.7.5.1:5000"),
+        MemSteering::Hash,
+        {
+            let mut h = Some(client_side);
+            move |_| h.take().expect("one worker")
+        },
+    )
+    .unwrap();
+    client
+        .handle
+        .post(0, |_, ctx| {
+            ctx.connect(addr(SERVER), "localhost").unwrap();
+        })
+        .expect("the worker is running");
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut client];
+    run_until(&net, &mut nodes, Duration::from_secs(30), |_| {
+        sread.lock().unwrap().as_slice() == b"one way"
+    })
+    .expect("the one-way stream is read");
+    drop(nodes);
+    let closed = Err(xdp_quic::StreamError::Closed);
+    assert_eq!(*cr.lock().unwrap(), [closed; 3], "read, read_chunk, stop");
+    let r = sr.lock().unwrap();
+    assert!(r.len() >= 4 && r.iter().all(|x| *x == closed), "{r:?}");
+    assert_eq!(server.total().handler_panics, 0);
+    assert_eq!(client.total().handler_panics, 0);
+    assert_eq!(server.connections(), 1, "the connection lives on");
+}
+
 /// Relays what one client sends to every other connection of the worker, from the
 /// callback, on a new unidirectional stream each: `Ctx::with_conn`.
 #[derive(Default)]
