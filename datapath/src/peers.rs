@@ -21,9 +21,10 @@
 //! landed.
 //!
 //! Entries are made by the application's own `connect`s (a peer cannot add any), one per
-//! open connection. The lock is taken only on those cold paths, while outgoing connections
-//! exist, and when outgoing connections open and end; the count lets every other packet
-//! skip it.
+//! open connection. The lock is taken only on those cold paths: for a stray short header
+//! while outgoing connections exist, for a long header naming another worker while that
+//! worker has outgoing connections, and when outgoing connections open and end; the counts
+//! (of all, and per worker) let every other packet skip it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,15 +32,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 
 /// The workers that have connections open to each remote address (connections they opened).
-#[derive(Default)]
 pub(crate) struct OutgoingPeers {
     /// Connections recorded, all addresses.
     count: AtomicUsize,
+    /// Connections recorded per worker.
+    per_worker: Box<[AtomicUsize]>,
     /// Per address: (worker, its connections to the address).
     map: RwLock<HashMap<SocketAddr, Vec<(usize, u32)>>>,
 }
 
 impl OutgoingPeers {
+    /// None recorded, for `workers` workers.
+    pub fn new(workers: usize) -> Self {
+        Self {
+            count: AtomicUsize::new(0),
+            per_worker: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            map: RwLock::default(),
+        }
+    }
+
     /// Records a connection of `worker` to `remote`. Pair with [`OutgoingPeers::remove`].
     pub fn add(&self, remote: SocketAddr, worker: usize) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
@@ -47,6 +58,9 @@ impl OutgoingPeers {
         match owners.iter_mut().find(|(w, _)| *w == worker) {
             Some((_, n)) => *n += 1,
             None => owners.push((worker, 1)),
+        }
+        if let Some(c) = self.per_worker.get(worker) {
+            c.fetch_add(1, Ordering::Release);
         }
         self.count.fetch_add(1, Ordering::Release);
     }
@@ -66,6 +80,9 @@ impl OutgoingPeers {
         }
         if owners.is_empty() {
             map.remove(&remote);
+        }
+        if let Some(c) = self.per_worker.get(worker) {
+            c.fetch_sub(1, Ordering::Release);
         }
         self.count.fetch_sub(1, Ordering::Release);
     }
@@ -87,13 +104,20 @@ impl OutgoingPeers {
             });
             !owners.is_empty()
         });
+        if let Some(c) = self.per_worker.get(worker) {
+            c.fetch_sub(gone, Ordering::Release);
+        }
         self.count.fetch_sub(gone, Ordering::Release);
     }
 
-    /// Whether `worker` has connections open to `remote`. Takes no lock while no connection
-    /// is recorded.
+    /// Whether `worker` has connections open to `remote`. Takes no lock while `worker` has
+    /// none recorded (a peer can send any number of long headers whose CID names a worker).
     pub fn opened(&self, remote: SocketAddr, worker: usize) -> bool {
-        if self.count.load(Ordering::Acquire) == 0 {
+        if self
+            .per_worker
+            .get(worker)
+            .is_none_or(|c| c.load(Ordering::Acquire) == 0)
+        {
             return false;
         }
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
@@ -125,7 +149,7 @@ mod tests {
 
     #[test]
     fn owners_are_counted_per_connection_and_forgotten_with_the_last() {
-        let p = OutgoingPeers::default();
+        let p = OutgoingPeers::new(4);
         let a: SocketAddr = "192.0.2.1:443".parse().unwrap();
         let b: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
         let mut others = Vec::new();
@@ -152,9 +176,11 @@ mod tests {
         p.remove(a, 1);
         p.others(a, 0, &mut others);
         assert_eq!(others, [2]);
+        assert!(p.opened(a, 2) && !p.opened(a, 3) && !p.opened(b, 2));
         p.remove(a, 2);
         p.remove(b, 0);
         assert_eq!(p.count.load(Ordering::Relaxed), 0);
+        assert!(p.per_worker.iter().all(|c| c.load(Ordering::Relaxed) == 0));
         assert!(p.map.read().unwrap().is_empty(), "nothing left behind");
 
         // Removing what was never added changes nothing.
@@ -164,7 +190,7 @@ mod tests {
 
     #[test]
     fn a_worker_that_ended_is_forgotten_whole() {
-        let p = OutgoingPeers::default();
+        let p = OutgoingPeers::new(3);
         let a: SocketAddr = "192.0.2.1:443".parse().unwrap();
         let b: SocketAddr = "192.0.2.2:443".parse().unwrap();
         p.add(a, 1);
@@ -178,6 +204,8 @@ mod tests {
         p.others(b, 0, &mut others);
         assert!(others.is_empty());
         assert_eq!(p.count.load(Ordering::Relaxed), 1);
+        assert_eq!(p.per_worker[1].load(Ordering::Relaxed), 0);
+        assert!(!p.opened(a, 1) && p.opened(a, 2));
         p.remove(a, 2);
         assert_eq!(p.count.load(Ordering::Relaxed), 0);
         assert!(p.map.read().unwrap().is_empty());

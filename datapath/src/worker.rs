@@ -20,8 +20,8 @@
 //!
 //! Nothing here allocates, locks, logs or makes a syscall per packet of a connection: batches,
 //! buffers and queues are reused; the backend decides how many syscalls a batch costs. (The
-//! exceptions, stray short headers while the engine has outgoing connections among them, are
-//! listed in docs/ARCHITECTURE.md.)
+//! exceptions, stray short headers while the engine has outgoing connections among them, and
+//! long headers naming a worker that has some, are listed in docs/ARCHITECTURE.md.)
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

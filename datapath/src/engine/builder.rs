@@ -426,7 +426,7 @@ impl EngineBuilder {
             metrics: Vec::with_capacity(n),
             failures: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
             transport: transport.clone(),
-            outgoing: Default::default(),
+            outgoing: crate::peers::OutgoingPeers::new(n),
             command_rx: Vec::with_capacity(n),
             handover_rx: Vec::with_capacity(n),
             ended: (0..n).map(|_| Default::default()).collect(),
