@@ -1373,11 +1373,12 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
             .unwrap()
             .unwrap()
     };
-    // A server on `queues`, with the shield for its life or not.
-    let serve_on = |queues: std::ops::Range<u32>, port: u16, shield: bool| {
+    // A server on `queues` with CIDs of `cid_len` octets, with the shield for its life or not.
+    let serve_with = |queues: std::ops::Range<u32>, port: u16, shield: bool, cid_len: usize| {
         let id = tls::Identity::self_signed(&["localhost"]).unwrap();
         let builder = EngineBuilder::default()
             .server(tls::server_config(id, &[echo::ALPN]).unwrap())
+            .connection_ids(cid_len, &[], 0)
             .drain_timeout(Duration::from_secs(1));
         let setup = XdpSetup::new(
             &tb.server_if,
@@ -1395,6 +1396,7 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
                     admit_under_pressure: false,
                     ..ShieldConfig::default()
                 },
+                cid_len,
                 ..Default::default()
             }),
             ..ServeOptions::default()
@@ -1403,6 +1405,8 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
             .unwrap()
             .expect("start the server")
     };
+    let serve_on =
+        |queues: std::ops::Range<u32>, port: u16, shield: bool| serve_with(queues, port, shield, 8);
     // A server on queue 0 with the shield for its life, once its shield is engaged.
     let serve_shielded = || {
         let a = serve_on(0..1, PORT, true);
@@ -1542,6 +1546,79 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
         None,
         "a turned it off as it ended"
     );
+
+    // Two servers that engage the shield with the same CIDs (8 octets, one worker each)
+    // share it: the first to end leaves it to the other, the last puts it back.
+    let engaged = |s: &Server<EchoServer>, who: &str| loop {
+        match s.events().recv_timeout(GUARD) {
+            Ok(Event::Shield { .. }) => break,
+            Ok(_) => {}
+            Err(e) => panic!("server {who}: {e}"),
+        }
+    };
+    let a = serve_shielded();
+    let c = serve_on(1..2, PORT + 1, true);
+    engaged(&c, "c");
+    let shared = maps().entry().unwrap();
+    assert_eq!(
+        (shared.flags & xdp_quic_ebpf::SHIELD_CID, shared.workers),
+        (xdp_quic_ebpf::SHIELD_CID, 1)
+    );
+    a.stop();
+    a.join().expect("server a ended cleanly");
+    assert_eq!(
+        maps().entry().unwrap(),
+        shared,
+        "a put the shield back under c"
+    );
+    c.stop();
+    c.join().expect("server c ended cleanly");
+    assert_eq!(
+        maps().entry().unwrap(),
+        xdp_quic_ebpf::Shield::default(),
+        "c, the last, put it back"
+    );
+
+    // A server that would write other CIDs over a live server's, or its own under a server
+    // that serves without the shield, is refused and changes nothing.
+    let refused = |s: Server<EchoServer>, who: &str| -> String {
+        loop {
+            match s.events().recv_timeout(GUARD) {
+                Ok(Event::Shield { .. }) => panic!("server {who} engaged the shield"),
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(e) => panic!("server {who}: {e}"),
+            }
+        }
+        format!("{:#}", s.join().expect_err("the server was refused"))
+    };
+    let a = serve_shielded();
+    let before = maps().entry().unwrap();
+    let why = refused(serve_with(1..2, PORT + 1, true, 10), "d");
+    assert!(
+        why.contains("another server holds queues [0]") && why.contains("other CIDs"),
+        "{why}"
+    );
+    assert_eq!(maps().entry().unwrap(), before, "a's shield changed");
+    a.stop();
+    a.join().expect("server a ended cleanly");
+    assert_eq!(maps().entry().unwrap(), xdp_quic_ebpf::Shield::default());
+    let b = serve_on(1..2, PORT + 1, false);
+    loop {
+        match b.events().recv_timeout(GUARD) {
+            Ok(Event::Serving(_)) => break,
+            Ok(_) => {}
+            Err(e) => panic!("server b: {e}: {:?}", b.join()),
+        }
+    }
+    let why = refused(serve_on(0..1, PORT, true), "a");
+    assert!(
+        why.contains("another server holds queues [1]") && why.contains("without the shield"),
+        "{why}"
+    );
+    assert_eq!(maps().entry().unwrap(), xdp_quic_ebpf::Shield::default());
+    b.stop();
+    b.join().expect("server b ended cleanly");
 
     // `attach --shield` under a server that turned the shield on for its life, with the
     // very rules the server wrote ("on, unchanged"): the shield is the operator's now, and

@@ -253,14 +253,26 @@ fn dup(map: &MapData) -> anyhow::Result<Map> {
 /// pinned in `dir`, on a queue outside `ours` (`None`: maps of a program this process
 /// loaded, on which no other server registers).
 fn no_other_server_in(dir: Option<&std::path::Path>, ours: &[u32]) -> anyhow::Result<bool> {
+    Ok(other_servers_in(dir, ours)?.is_empty())
+}
+
+/// The queues outside `ours` on which another live process holds an AF_XDP socket
+/// registered on the attachment pinned in `dir` (none for a loaded program's maps).
+fn other_servers_in(dir: Option<&std::path::Path>, ours: &[u32]) -> anyhow::Result<Vec<u32>> {
     let Some(dir) = dir else {
-        return Ok(true);
+        return Ok(Vec::new());
     };
-    let others = super::maps::ProgramMaps::open_pinned(dir)?
-        .registered_queues(u32::MAX)?
-        .into_iter()
-        .any(|q| !ours.contains(&q));
-    Ok(!others)
+    let mut others = super::maps::ProgramMaps::open_pinned(dir)?.registered_queues(u32::MAX)?;
+    others.retain(|q| !ours.contains(q));
+    Ok(others)
+}
+
+/// Whether `a` and `b` hold the same CID layout (or both none).
+fn same_layout(a: &Shield, b: &Shield) -> bool {
+    let layout = |s: &Shield| {
+        (s.flags & SHIELD_CID != 0).then_some((s.cid_first, s.sid_len, s.workers, s.server_id))
+    };
+    layout(a) == layout(b)
 }
 
 fn array_data(map: &Map) -> anyhow::Result<&MapData> {
@@ -468,20 +480,27 @@ impl ShieldMaps {
 /// The shield engaged for a running server engine: on with its configuration, the engine's
 /// CID layout written, and a [`PressureMonitor`] keeping the pressure flags of its queues.
 /// Dropping it stops the monitor (clearing the flags), removes the layout, and turns the
-/// shield off again if it was off before and still holds the configuration this guard
-/// wrote (a configuration changed meanwhile, by `xdp-quic attach --shield`, is kept).
+/// shield off again if a server turned it on (this one, or one it shared it with) and it
+/// still holds the configuration this guard wrote (a configuration changed meanwhile, by
+/// `xdp-quic attach --shield`, is kept); while another server that engaged the same layout
+/// still holds queues of the attachment, it leaves the shield to that one.
+///
+/// [`ShieldGuard::engage`] refuses when another live server holds queues of the attachment
+/// with another layout, or without the shield: the program checks one CID layout per
+/// attachment.
 pub struct ShieldGuard {
     maps: ShieldMaps,
-    was_on: bool,
     /// The configuration this guard turned on.
     wrote: ShieldConfig,
+    /// The engine's queues (other servers' registrations are on the others).
+    ours: Vec<u32>,
     monitor: Option<PressureMonitor>,
 }
 
 impl std::fmt::Debug for ShieldGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShieldGuard")
-            .field("was_on", &self.was_on)
+            .field("queues", &self.ours)
             .field("monitor", &self.monitor)
             .finish_non_exhaustive()
     }
@@ -508,50 +527,65 @@ impl ShieldGuard {
             engine.xsk_queues().len()
         );
         let ours: Vec<u32> = engine.xsk_queues().iter().map(|q| q.queue).collect();
-        let monitor = if config.admit_under_pressure {
-            Some(PressureMonitor::for_engine(
-                maps.try_clone()?,
-                engine,
-                policy,
-                report,
-            )?)
-        } else {
-            None
-        };
-        let mut guard = Self {
-            maps,
-            was_on: false,
-            wrote: config.clone(),
-            monitor,
-        };
-        guard.maps.set_layout(Some(layout))?;
-        // On, and, when this server turns it on for its life, marked so in the same write:
-        // what a server killed before it could put the shield back is known for what it is.
-        // Whether it was on, and whether another server holds queues of the attachment, are
-        // read in the same locked change: an `attach --shield`, or another server that
-        // engaged the shield, just before is seen, and its shield not taken for one a server
-        // that is gone left on.
-        let dir = guard.maps.dir.clone();
-        guard.was_on = guard.maps.update(|before| {
-            // On by `attach --shield`, or by another live server (kept after this one): not
-            // one a server that is gone left on.
+        let mut maps = maps;
+        // On, with this engine's layout, and, when this server turns it on for its life,
+        // marked so, in one locked change: whether it was on, and whether another server
+        // holds queues of the attachment, are read in it too, so that an `attach --shield`,
+        // or another server that engaged the shield, just before is seen, and its shield
+        // not taken for one a server that is gone left on.
+        let dir = maps.dir.clone();
+        maps.update(|before| {
+            let others = other_servers_in(dir.as_deref(), &ours)?;
             let on = ShieldConfig::from_map(before).is_some();
-            let left_by_server = on
-                && before.flags & SHIELD_SERVER != 0
-                && no_other_server_in(dir.as_deref(), &ours)?;
+            let left_by_server = on && before.flags & SHIELD_SERVER != 0 && others.is_empty();
             let was_on = on && !left_by_server;
-            let mut e = config.apply(before);
+            let e = with_layout(&config.apply(before), Some(layout))?;
+            // The program checks one CID layout per attachment: servers on other queues
+            // share the shield only when they wrote the same one (then the last to go puts
+            // it back). Writing ours over theirs, or over none while they serve without the
+            // shield, would drop their short headers that do not fit ours.
+            let shares = on && same_layout(before, &e);
+            if !others.is_empty() && !shares {
+                anyhow::bail!(
+                    "another server holds queues {others:?} of this attachment {}: the shield \
+                     checks one CID layout per attachment, so servers on one attachment \
+                     engage it only with the same connection ids (length, server id, config \
+                     rotation) and worker count; serve this one without the shield, or on an \
+                     attachment of its own",
+                    if before.flags & SHIELD_CID != 0 {
+                        "with the shield engaged for other CIDs"
+                    } else {
+                        "without the shield"
+                    }
+                );
+            }
+            let mut e = e;
             // A server's mark stays a server's (one already on, of a server on other queues,
             // keeps its mark: the last server to go turns it off, or the next one finds it
             // stale), rather than passing for an operator's `attach --shield` for good.
             if !was_on || before.flags & SHIELD_SERVER != 0 {
                 e.flags |= SHIELD_SERVER;
             }
-            Ok((e, was_on))
+            Ok((e, ()))
         })?;
+        let mut guard = Self {
+            maps,
+            wrote: config.clone(),
+            ours,
+            monitor: None,
+        };
         // As the map holds it, to tell at drop whether anyone changed it since.
         if let Some(written) = guard.maps.config()? {
             guard.wrote = written;
+        }
+        // Started once the shield is on (a failure drops the guard, which puts it back).
+        if config.admit_under_pressure {
+            guard.monitor = Some(PressureMonitor::for_engine(
+                guard.maps.try_clone()?,
+                engine,
+                policy,
+                report,
+            )?);
         }
         Ok(guard)
     }
@@ -566,13 +600,23 @@ impl ShieldGuard {
 impl Drop for ShieldGuard {
     fn drop(&mut self) {
         drop(self.monitor.take());
-        let (was_on, wrote) = (self.was_on, &self.wrote);
+        let wrote = &self.wrote;
+        let dir = self.maps.dir.clone();
+        let queues = &self.ours;
         let restored = self.maps.update(|e| {
-            // Ours: the configuration this server wrote, still marked as a server's (an
-            // `attach --shield` since clears the mark, and its shield stays).
+            // Another live server on the attachment shares this shield (same layout): it
+            // stays as it is, for the last one to put back.
+            if !other_servers_in(dir.as_deref(), queues)?.is_empty() {
+                return Ok((*e, ()));
+            }
+            // Ours: the configuration this server (or one it shared the shield with, now
+            // gone) wrote, still marked as a server's (an `attach --shield` since clears the
+            // mark, and its shield stays).
+            // (A shield that was on when this server engaged it is not marked as a server's
+            // unless a server had turned it on.)
             let ours =
                 e.flags & SHIELD_SERVER != 0 && ShieldConfig::from_map(e).as_ref() == Some(wrote);
-            let e = if was_on || !ours { *e } else { off(e) };
+            let e = if ours { off(e) } else { *e };
             Ok((with_layout(&e, None)?, ()))
         });
         if let Err(e) = restored {
