@@ -1102,7 +1102,19 @@ fn serve_after_attach_needs_only_net_raw_ipc_lock_and_bpf() {
     if !privileged("serve_after_attach_needs_only_net_raw_ipc_lock_and_bpf") {
         return;
     }
-    serve_least_privileged(&[], "xp", 225);
+    serve_least_privileged(Some(&[]), "xp", 225);
+}
+
+/// A server that attaches the program for its own life (no `xdp-quic attach`) needs
+/// CAP_NET_ADMIN, CAP_BPF and CAP_PERFMON besides, not CAP_SYS_ADMIN: it registers its
+/// sockets through descriptors of its own on the maps it loaded. Before, it opened them
+/// again by id (`BPF_MAP_GET_FD_BY_ID`, CAP_SYS_ADMIN only) and failed to start.
+#[test]
+fn a_server_attaching_for_itself_needs_no_cap_sys_admin() {
+    if !privileged("a_server_attaching_for_itself_needs_no_cap_sys_admin") {
+        return;
+    }
+    serve_least_privileged(None, "xa", 243);
 }
 
 /// The same over an attachment with the shield on (`attach --shield`): the server engages
@@ -1114,13 +1126,28 @@ fn a_least_privileged_server_engages_an_operators_shield() {
     if !privileged("a_least_privileged_server_engages_an_operators_shield") {
         return;
     }
-    serve_least_privileged(&["--shield"], "xr", 237);
+    serve_least_privileged(Some(&["--shield"]), "xr", 237);
 }
 
-fn serve_least_privileged(attach: &[&str], prefix: &str, net: u8) {
+/// A server with only the capabilities it needs serves an echo: over an attachment `xdp-quic
+/// attach` pinned with `attach` (CAP_NET_RAW, CAP_IPC_LOCK, CAP_BPF), or, for `None`, over
+/// the program it attaches for itself (CAP_NET_ADMIN and CAP_PERFMON besides).
+fn serve_least_privileged(attach: Option<&[&str]>, prefix: &str, net: u8) {
     let tb = xdp_quic_control::testbed::Testbed::create(&unique_name(prefix), 1, net).unwrap();
-    let _pins = PinnedAttach::with(&tb, attach);
-    let caps = "-all,+net_raw,+ipc_lock,+bpf";
+    let pins = attach.map(|a| PinnedAttach::with(&tb, a));
+    let attach = attach.unwrap_or_default();
+    let (caps, want) = match &pins {
+        // CAP_NET_RAW 13, CAP_IPC_LOCK 14, CAP_BPF 39: nothing else.
+        Some(_) => (
+            "-all,+net_raw,+ipc_lock,+bpf",
+            (1 << 13) | (1 << 14) | (1 << 39),
+        ),
+        // And CAP_NET_ADMIN 12, CAP_PERFMON 38 (for the verifier).
+        None => (
+            "-all,+net_raw,+ipc_lock,+bpf,+net_admin,+perfmon",
+            (1 << 12) | (1 << 13) | (1 << 14) | (1 << 38) | (1 << 39),
+        ),
+    };
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{}", tb.server_ns))
         .args(["setpriv", "--inh-caps", caps, "--ambient-caps", caps])
@@ -1137,8 +1164,7 @@ fn serve_least_privileged(attach: &[&str], prefix: &str, net: u8) {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
         .unwrap();
-    // CAP_NET_RAW 13, CAP_IPC_LOCK 14, CAP_BPF 39: nothing else.
-    assert_eq!(eff, (1 << 13) | (1 << 14) | (1 << 39), "{status}");
+    assert_eq!(eff, want, "{status}");
     if attach.contains(&"--shield") {
         let on = server.wait_for("XDP shield on");
         assert!(on.contains("under pressure, tokenless Initials"), "{on}");

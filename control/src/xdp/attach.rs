@@ -182,7 +182,7 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
     if let Some(Some(c)) = &opts.shield {
         c.validate()?;
     }
-    caps::require_xdp_admin(&format!("attaching XDP to {iface}"))?;
+    caps::require_xdp_load(&format!("attaching XDP to {iface}"))?;
     pins::require_host_bpffs("attach")?;
     // An unknown interface is refused before anything changes.
     resolve(iface)?;
@@ -352,6 +352,14 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
         mounted_bpffs,
         removed_stale,
     })
+}
+
+/// A descriptor of its own on `map`: a `dup` (opening the map again by id, as
+/// `BPF_MAP_GET_FD_BY_ID`, needs CAP_SYS_ADMIN, which a server attaching with CAP_BPF and
+/// CAP_NET_ADMIN lacks).
+fn dup_map(map: &MapData) -> anyhow::Result<MapData> {
+    let fd = map.fd().as_fd().try_clone_to_owned()?;
+    Ok(MapData::from_fd(fd)?)
 }
 
 /// Removes the XDP program on the interface when `force`; refuses otherwise, saying whose
@@ -553,11 +561,11 @@ impl EmbeddedAttachment {
         let Map::XskMap(data) = &self.maps.xsks else {
             anyhow::bail!("xsks is not an XSKMAP");
         };
-        let dup = MapData::from_id(data.info()?.id())?;
+        let dup = dup_map(data)?;
         let Map::Array(odata) = &self.maps.xsk_owners else {
             anyhow::bail!("xsk_owners is not an ARRAY");
         };
-        let odup = MapData::from_id(odata.info()?.id())?;
+        let odup = dup_map(odata)?;
         Ok(XskRegistry::from_maps(
             XskMap::try_from(Map::from_map_data(dup)?)?,
             aya::maps::Array::try_from(Map::from_map_data(odup)?)?,
@@ -572,7 +580,7 @@ impl EmbeddedAttachment {
         let aya::maps::Map::PerCpuArray(data) = &self.maps.counters else {
             anyhow::bail!("counters is not a per-CPU array");
         };
-        super::CountersReader::from_map_id(data.info()?.id())
+        super::CountersReader::from_map_data(dup_map(data)?)
     }
     /// Changes the steered ports/addresses.
     pub fn set_service(&mut self, service: &ServiceConfig) -> anyhow::Result<()> {
@@ -593,7 +601,7 @@ pub fn attach_embedded(
     mode: AttachMode,
 ) -> anyhow::Result<EmbeddedAttachment> {
     service.validate()?;
-    caps::require_xdp_admin(&format!("attaching XDP to {iface}"))?;
+    caps::require_xdp_load(&format!("attaching XDP to {iface}"))?;
     let st = resolve(iface)?;
     let port = service.ports.first().copied().unwrap_or_default();
     clear_foreign(iface, &st, false, Requester::Server { port })?;

@@ -5,6 +5,7 @@ use super::XdpError;
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// Effective capability set of this process, from `/proc/self/status`.
@@ -23,6 +24,23 @@ pub fn require_xdp_admin(what: &str) -> Result<(), XdpError> {
     let has = |caps: u64, cap: u32| caps & (1u64 << cap) != 0;
     let caps = effective().unwrap_or(0);
     if has(caps, CAP_NET_ADMIN) && (has(caps, CAP_BPF) || has(caps, CAP_SYS_ADMIN)) {
+        Ok(())
+    } else {
+        Err(XdpError::NotPermitted {
+            what: what.to_string(),
+        })
+    }
+}
+
+/// Fails with [`XdpError::NotPermitted`] unless the process may also load the program:
+/// [`require_xdp_admin`], and CAP_PERFMON (or CAP_SYS_ADMIN). Without it the verifier runs
+/// with its Spectre mitigations and refuses arithmetic on a packet pointer by a variable
+/// offset ("pointer arithmetic with it prohibited for !root"), which parsing an IPv4
+/// header of any length takes.
+pub fn require_xdp_load(what: &str) -> Result<(), XdpError> {
+    require_xdp_admin(what)?;
+    let caps = effective().unwrap_or(0);
+    if caps & (1u64 << CAP_PERFMON) != 0 || caps & (1u64 << CAP_SYS_ADMIN) != 0 {
         Ok(())
     } else {
         Err(XdpError::NotPermitted {

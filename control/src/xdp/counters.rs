@@ -57,7 +57,14 @@ impl CountersReader {
         })
     }
 
-    /// The counters map with id `id`.
+    /// The counters map `data` (a descriptor of its own on it).
+    pub fn from_map_data(data: MapData) -> anyhow::Result<Self> {
+        Ok(Self {
+            map: Map::from_map_data(data)?,
+        })
+    }
+
+    /// The counters map with id `id` (`BPF_MAP_GET_FD_BY_ID`: needs CAP_SYS_ADMIN).
     pub fn from_map_id(id: u32) -> anyhow::Result<Self> {
         Ok(Self {
             map: Map::from_map_data(MapData::from_id(id)?)?,

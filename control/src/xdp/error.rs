@@ -21,9 +21,11 @@ pub enum XdpError {
     UnknownNetns(String),
     /// The process lacks capabilities.
     #[error(
-        "not permitted: {what} needs the capabilities CAP_NET_ADMIN and CAP_BPF (CAP_SYS_ADMIN \
-         to mount bpffs or where the kernel has no CAP_BPF); run it as root or grant them, e.g. \
-         `sudo setcap cap_net_admin,cap_bpf,cap_sys_admin+ep $(command -v xdp-quic)`"
+        "not permitted: {what} needs the capabilities CAP_NET_ADMIN and CAP_BPF, and CAP_PERFMON \
+         to load the program (the kernel's verifier allows its packet parsing only with it); \
+         CAP_SYS_ADMIN stands for CAP_BPF and CAP_PERFMON, and mounts bpffs; run it as root or \
+         grant them, e.g. `sudo setcap cap_net_admin,cap_bpf,cap_perfmon,cap_sys_admin+ep \
+         $(command -v xdp-quic)`"
     )]
     NotPermitted {
         /// The operation that was refused.
