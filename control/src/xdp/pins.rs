@@ -259,9 +259,13 @@ fn make_root() -> io::Result<()> {
 /// The pin root must be a real directory (not a link), ours, and writable by us alone:
 /// on a bpffs that others may write to, another user could have made it first.
 fn check_pin_root() -> io::Result<()> {
+    check_pin_root_is_ours(&std::fs::symlink_metadata(pin_root())?)
+}
+
+/// [`check_pin_root`] on metadata already taken (of the path, or of an open descriptor).
+fn check_pin_root_is_ours(m: &std::fs::Metadata) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let root = pin_root();
-    let m = std::fs::symlink_metadata(&root)?;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     if !m.file_type().is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
@@ -341,13 +345,23 @@ impl PinLock {
     /// Opens and locks the pin root; `None` when, once locked, it is no longer the root
     /// (the holder before removed it: the caller looks again).
     fn lock_root() -> io::Result<Option<PinLock>> {
-        check_pin_root()?;
+        // Opened first (not following a link), then checked on the descriptor: what is
+        // checked is what gets locked.
         let root = match open_dir(&pin_root()) {
             Ok(f) => f,
-            // Removed between the check and the open: look again.
+            // Removed by a holder that found it empty since the caller looked: look again.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                // A link or a file where the root goes: say so (or, if it has just been
+                // replaced by a directory, look again).
+                return match check_pin_root() {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(None),
+                };
+            }
             Err(e) => return Err(e),
         };
+        check_pin_root_is_ours(&root.metadata()?)?;
         lock_exclusive(&root)?;
         // While we waited, the holder may have removed the root (it was empty) and another
         // command made a new one: the lock must be on the root that is there.
