@@ -374,6 +374,10 @@ impl<H: Handler> Worker<H> {
                 // datagrams), and the gauge says so.
                 self.rx = RxBatch::default();
                 self.abandon_all();
+                // Answers to attempts decided since the last turn's look (refusals, Retries)
+                // still go; deferred attempts are let go.
+                self.settle_deferred(io);
+                io.flush()?;
                 return Ok(TurnOutcome::Done);
             }
         }

@@ -249,6 +249,12 @@ impl<H: Handler> EngineHandle<H> {
     /// theirs. Waits for room in the workers' queues. Every worker still running gets it,
     /// whichever ended; [`PostError::Stopped`] then says that some had ended (and
     /// accept nothing any more).
+    ///
+    /// Never call it on a worker (from a callback): like [`EngineHandle::post_wait`], it may
+    /// wait for room in that worker's own queue, which only that worker empties. A callback
+    /// hands it to a thread that may block (a spawned one, or the application's control
+    /// thread); the tokio API's `Endpoint::set_server_config` never waits and may be called
+    /// anywhere.
     pub fn set_server_config(&self, config: quinn_proto::ServerConfig) -> Result<(), PostError> {
         let config = self.server_config(config);
         let mut result = Ok(());
