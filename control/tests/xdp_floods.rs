@@ -1559,13 +1559,15 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
     let a = serve_shielded();
     let c = serve_on(1..2, PORT + 1, true);
     engaged(&c, "c");
-    let shared = maps().entry().unwrap();
+    let mut shared = maps().entry().unwrap();
     assert_eq!(
         (shared.flags & xdp_quic_ebpf::SHIELD_CID, shared.workers),
         (xdp_quic_ebpf::SHIELD_CID, 1)
     );
+    assert_eq!(shared.engaged, 2, "both servers counted");
     a.stop();
     a.join().expect("server a ended cleanly");
+    shared.engaged = 1;
     assert_eq!(
         maps().entry().unwrap(),
         shared,
@@ -1578,6 +1580,27 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
         xdp_quic_ebpf::Shield::default(),
         "c, the last, put it back"
     );
+
+    // A shielded server that stops first under a plain one puts the shield back as it would
+    // alone: the plain one never engaged it.
+    let a = serve_shielded();
+    let b = serve_on(1..2, PORT + 1, false);
+    loop {
+        match b.events().recv_timeout(GUARD) {
+            Ok(Event::Serving(_)) => break,
+            Ok(_) => {}
+            Err(e) => panic!("server b: {e}: {:?}", b.join()),
+        }
+    }
+    a.stop();
+    a.join().expect("server a ended cleanly");
+    assert_eq!(
+        maps().entry().unwrap(),
+        xdp_quic_ebpf::Shield::default(),
+        "a's shield stayed under b"
+    );
+    b.stop();
+    b.join().expect("server b ended cleanly");
 
     // A server that would write other CIDs over a live server's, or its own under a server
     // that serves without the shield, is refused and changes nothing.

@@ -154,8 +154,9 @@ pub struct Shield {
     pub prefix4: u8,
     /// Source prefix of a bucket, IPv6 (bits, 0..=128).
     pub prefix6: u8,
-    /// Zero.
-    pub reserved: u16,
+    /// Not read by the program (`reserved` in the C struct): how many servers engaged the
+    /// shield together ([`SHIELD_SERVER`]'s bookkeeping, user space's alone).
+    pub engaged: u16,
     /// Versions the server speaks, with v1's long packet types; 0: an empty slot.
     pub versions: [u32; MAX_VERSIONS],
     /// Per prefix: Initials without a token, while their queue is under pressure.

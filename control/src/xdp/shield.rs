@@ -165,7 +165,6 @@ impl ShieldConfig {
             flags,
             prefix4: self.prefix_v4,
             prefix6: self.prefix_v6,
-            reserved: 0,
             versions,
             initial: self.initial,
             version: self.version_negotiation,
@@ -415,7 +414,9 @@ impl ShieldMaps {
         if server {
             self.set_entry(&with_layout(&off(&entry), None)?)?;
         } else if layout {
-            self.set_entry(&with_layout(&entry, None)?)?;
+            let mut e = with_layout(&entry, None)?;
+            e.engaged = 0;
+            self.set_entry(&e)?;
         }
         // No other server holds a queue of the attachment: every flag is a dead one's.
         for q in pressured {
@@ -482,12 +483,13 @@ impl ShieldMaps {
 /// Dropping it stops the monitor (clearing the flags), removes the layout, and turns the
 /// shield off again if a server turned it on (this one, or one it shared it with) and it
 /// still holds the configuration this guard wrote (a configuration changed meanwhile, by
-/// `xdp-quic attach --shield`, is kept); while another server that engaged the same layout
-/// still holds queues of the attachment, it leaves the shield to that one.
+/// `xdp-quic attach --shield`, is kept); while other servers that engaged it with this one
+/// still hold queues of the attachment, it leaves the shield to them (the entry counts the
+/// servers that engaged it: `Shield::engaged`).
 ///
 /// [`ShieldGuard::engage`] refuses when another live server holds queues of the attachment
-/// with another layout, or without the shield: the program checks one CID layout per
-/// attachment.
+/// and serves without the shield, or engaged it with another CID layout or other rules: the
+/// program checks one layout, with one set of rules, per attachment.
 pub struct ShieldGuard {
     maps: ShieldMaps,
     /// The configuration this guard turned on.
@@ -527,67 +529,74 @@ impl ShieldGuard {
             engine.xsk_queues().len()
         );
         let ours: Vec<u32> = engine.xsk_queues().iter().map(|q| q.queue).collect();
+        // Started before the shield is changed: a monitor that cannot start changes nothing
+        // (dropped, it clears only its own queues' flags).
+        let monitor = if config.admit_under_pressure {
+            Some(PressureMonitor::for_engine(
+                maps.try_clone()?,
+                engine,
+                policy,
+                report,
+            )?)
+        } else {
+            None
+        };
         let mut maps = maps;
         // On, with this engine's layout, and, when this server turns it on for its life,
-        // marked so, in one locked change: whether it was on, and whether another server
-        // holds queues of the attachment, are read in it too, so that an `attach --shield`,
-        // or another server that engaged the shield, just before is seen, and its shield
-        // not taken for one a server that is gone left on.
+        // marked so, in one locked change: whether it was on, and whether other servers hold
+        // queues of the attachment and engaged it, are read in it too, so that an `attach
+        // --shield`, or another server that engaged the shield, just before is seen, and its
+        // shield not taken for one a server that is gone left on.
         let dir = maps.dir.clone();
-        maps.update(|before| {
+        let wrote = maps.update(|before| {
             let others = other_servers_in(dir.as_deref(), &ours)?;
             let on = ShieldConfig::from_map(before).is_some();
             let left_by_server = on && before.flags & SHIELD_SERVER != 0 && others.is_empty();
             let was_on = on && !left_by_server;
-            let e = with_layout(&config.apply(before), Some(layout))?;
-            // The program checks one CID layout per attachment: servers on other queues
-            // share the shield only when they wrote the same one (then the last to go puts
-            // it back). Writing ours over theirs, or over none while they serve without the
-            // shield, would drop their short headers that do not fit ours.
-            let shares = on && same_layout(before, &e);
-            if !others.is_empty() && !shares {
-                anyhow::bail!(
-                    "another server holds queues {others:?} of this attachment {}: the shield \
-                     checks one CID layout per attachment, so servers on one attachment \
-                     engage it only with the same connection ids (length, server id, config \
-                     rotation) and worker count; serve this one without the shield, or on an \
-                     attachment of its own",
-                    if before.flags & SHIELD_CID != 0 {
-                        "with the shield engaged for other CIDs"
-                    } else {
-                        "without the shield"
-                    }
+            // Servers that engaged it and still serve (a count no live server holds is what
+            // killed ones left).
+            let engaged = if others.is_empty() { 0 } else { before.engaged };
+            let mut e = with_layout(&config.apply(before), Some(layout))?;
+            if !others.is_empty() {
+                // The program checks one CID layout per attachment, with one set of rules:
+                // servers on other queues share the shield only when they engaged it with the
+                // same ones. Writing ours over theirs, or under a server that serves without
+                // the shield, would drop its short headers that do not fit ours.
+                let why = if engaged == 0 {
+                    "serves without engaging the shield"
+                } else if !same_layout(before, &e) {
+                    "engaged the shield with other CIDs (length, server id, config rotation or \
+                     worker count)"
+                } else if ShieldConfig::from_map(before) != ShieldConfig::from_map(&e) {
+                    "engaged the shield with other rules"
+                } else {
+                    ""
+                };
+                anyhow::ensure!(
+                    why.is_empty(),
+                    "another server holds queues {others:?} of this attachment and {why}: \
+                     servers on one attachment share the shield only with the same CIDs, worker \
+                     count and rules; serve this one without the shield, or on an attachment of \
+                     its own"
                 );
             }
-            let mut e = e;
+            e.engaged = engaged.saturating_add(1);
             // A server's mark stays a server's (one already on, of a server on other queues,
             // keeps its mark: the last server to go turns it off, or the next one finds it
             // stale), rather than passing for an operator's `attach --shield` for good.
             if !was_on || before.flags & SHIELD_SERVER != 0 {
                 e.flags |= SHIELD_SERVER;
             }
-            Ok((e, ()))
+            // As the map will hold it, to tell at drop whether anyone changed it since.
+            let wrote = ShieldConfig::from_map(&e).unwrap_or_else(|| config.clone());
+            Ok((e, wrote))
         })?;
-        let mut guard = Self {
+        Ok(Self {
             maps,
-            wrote: config.clone(),
+            wrote,
             ours,
-            monitor: None,
-        };
-        // As the map holds it, to tell at drop whether anyone changed it since.
-        if let Some(written) = guard.maps.config()? {
-            guard.wrote = written;
-        }
-        // Started once the shield is on (a failure drops the guard, which puts it back).
-        if config.admit_under_pressure {
-            guard.monitor = Some(PressureMonitor::for_engine(
-                guard.maps.try_clone()?,
-                engine,
-                policy,
-                report,
-            )?);
-        }
-        Ok(guard)
+            monitor,
+        })
     }
 
     /// What the pressure monitor publishes (none when the shield does not admit under
@@ -604,10 +613,13 @@ impl Drop for ShieldGuard {
         let dir = self.maps.dir.clone();
         let queues = &self.ours;
         let restored = self.maps.update(|e| {
-            // Another live server on the attachment shares this shield (same layout): it
-            // stays as it is, for the last one to put back.
-            if !other_servers_in(dir.as_deref(), queues)?.is_empty() {
-                return Ok((*e, ()));
+            // Other servers that engaged it with this one still serve: it stays, one fewer,
+            // for the last one to put back.
+            let remaining = e.engaged.saturating_sub(1);
+            if remaining > 0 && !other_servers_in(dir.as_deref(), queues)?.is_empty() {
+                let mut e = *e;
+                e.engaged = remaining;
+                return Ok((e, ()));
             }
             // Ours: the configuration this server (or one it shared the shield with, now
             // gone) wrote, still marked as a server's (an `attach --shield` since clears the
@@ -616,8 +628,9 @@ impl Drop for ShieldGuard {
             // unless a server had turned it on.)
             let ours =
                 e.flags & SHIELD_SERVER != 0 && ShieldConfig::from_map(e).as_ref() == Some(wrote);
-            let e = if ours { off(e) } else { *e };
-            Ok((with_layout(&e, None)?, ()))
+            let mut e = with_layout(&if ours { off(e) } else { *e }, None)?;
+            e.engaged = 0;
+            Ok((e, ()))
         });
         if let Err(e) = restored {
             tracing::warn!("cannot put the XDP shield back as it was: {e:#}");
