@@ -240,6 +240,92 @@ fn error_not_permitted_names_capabilities() {
     assert!(!Path::new(&pin_dir(&tb.server_if)).exists());
 }
 
+/// Loading the program takes CAP_PERFMON besides CAP_NET_ADMIN and CAP_BPF (the verifier's
+/// Spectre mitigations refuse its packet parsing without it): a first attach without it is
+/// refused up front, naming it, and changes nothing; an update of a live attachment's ports
+/// loads nothing and goes without it. Whose a program on the interface is takes
+/// CAP_SYS_ADMIN to tell: without it the refusal says so, and --force is refused.
+#[test]
+fn attach_needs_cap_perfmon_only_to_load() {
+    if !privileged("attach_needs_cap_perfmon_only_to_load") {
+        return;
+    }
+    let tb = Testbed::new(1);
+    let _pins = PinGuard(tb.server_if.clone());
+    let (s, i) = (tb.server.name.as_str(), tb.server_if.as_str());
+    // In the server's netns, the host's mount namespace (its bpffs) kept.
+    let with_caps = |caps: &str, args: &[&str]| {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{s}"))
+            .args(["setpriv", "--inh-caps", caps, "--ambient-caps", caps])
+            .args(["--bounding-set", caps])
+            .arg(env!("CARGO_BIN_EXE_xdp-quic"))
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let caps = "-all,+net_admin,+bpf";
+    let out = with_caps(caps, &["attach", i, "--port", "4433"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "attached without CAP_PERFMON");
+    assert!(
+        err.contains("not permitted") && err.contains("CAP_PERFMON"),
+        "{err}"
+    );
+    assert_eq!(xdp_prog_on(s, i), None);
+    assert!(!Path::new(&pin_dir(i)).exists());
+
+    // Whose a program on the interface is cannot be told without CAP_SYS_ADMIN: said so,
+    // rather than taken for another tool's; replacing it (--force) is refused up front.
+    let load = "-all,+net_admin,+bpf,+perfmon";
+    let obj = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ebpf/xdp_quic.o");
+    sh(&[
+        "ip",
+        "-n",
+        s,
+        "link",
+        "set",
+        "dev",
+        i,
+        "xdpgeneric",
+        "obj",
+        obj,
+        "sec",
+        "xdp",
+    ]);
+    let foreign = xdp_prog_on(s, i).expect("a program attached");
+    let out = with_caps(load, &["attach", i, "--port", "4433"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot be told without CAP_SYS_ADMIN"),
+        "{err}"
+    );
+    let out = with_caps(load, &["attach", i, "--port", "4433", "--force"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && err.contains("needs CAP_SYS_ADMIN"),
+        "{err}"
+    );
+    assert_eq!(xdp_prog_on(s, i), Some(foreign), "the program stays");
+    assert!(!Path::new(&pin_dir(i)).exists());
+    sh(&["ip", "-n", s, "link", "set", "dev", i, "xdpgeneric", "off"]);
+
+    xq_ok(&["attach", i, "--netns", s, "--port", "4433"]);
+    let out = with_caps(caps, &["attach", i, "--port", "4433", "--port", "4434"]);
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{err}");
+    assert!(
+        stdout.contains("updated ports") && stdout.contains("4434"),
+        "{stdout}"
+    );
+    xq_ok(&["detach", i, "--netns", s]);
+}
+
 #[test]
 fn error_foreign_program_refused_unless_force() {
     if !privileged("foreign_program") {

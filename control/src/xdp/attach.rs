@@ -182,10 +182,17 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
     if let Some(Some(c)) = &opts.shield {
         c.validate()?;
     }
-    caps::require_xdp_load(&format!("attaching XDP to {iface}"))?;
+    // CAP_PERFMON besides only where a program is loaded (below): an update of a live
+    // attachment's ports or shield loads none.
+    let what = format!("attaching XDP to {iface}");
+    caps::require_xdp_admin(&what)?;
     pins::require_host_bpffs("attach")?;
     // An unknown interface is refused before anything changes.
     resolve(iface)?;
+    if !pins::bpffs_mounted() {
+        // No pins without it: this attach loads the program.
+        caps::require_xdp_load(&what)?;
+    }
     let mounted_bpffs = pins::ensure_bpffs()?;
     // From the first look at the pins to the last change: no other attach or detach.
     let _lock =
@@ -211,6 +218,7 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
                         live.prog_id
                     );
                 }
+                caps::require_xdp_load(&what)?;
                 // Removed once ours is loaded (below): a load that fails leaves it serving.
                 displaced = Some((live.config.ifindex, live.prog_id));
             } else {
@@ -286,11 +294,20 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
             .into());
         }
         Pinned::Stale => {
+            caps::require_xdp_load(&what)?;
             pins::remove_dir(iface).context("removing stale pins")?;
             removed_stale = true;
         }
         Pinned::Incompatible { prog_id } => anyhow::bail!(incompatible(iface, prog_id)),
-        Pinned::None => {}
+        Pinned::None => caps::require_xdp_load(&what)?,
+    }
+    if opts.force && link_state.xdp != XdpAttached::None && !caps::may_list_programs() {
+        // Refused before anything is removed: without it the link that holds the program
+        // cannot be found, and detaching by netlink cannot take a program a link holds.
+        anyhow::bail!(
+            "not permitted: replacing the XDP program on {iface} (--force) needs CAP_SYS_ADMIN \
+             (finding and detaching the BPF link that may hold it takes it); run it as root"
+        );
     }
     // Loaded (and verified) before another program is removed: a load that fails leaves
     // the interface as it was.

@@ -36,7 +36,8 @@ pub fn require_xdp_admin(what: &str) -> Result<(), XdpError> {
 /// [`require_xdp_admin`], and CAP_PERFMON (or CAP_SYS_ADMIN). Without it the verifier runs
 /// with its Spectre mitigations and refuses arithmetic on a packet pointer by a variable
 /// offset ("pointer arithmetic with it prohibited for !root"), which parsing an IPv4
-/// header of any length takes.
+/// header of any length takes. (A kernel booted with `mitigations=off` may load it without;
+/// this check still asks for CAP_PERFMON there.)
 pub fn require_xdp_load(what: &str) -> Result<(), XdpError> {
     require_xdp_admin(what)?;
     let caps = effective().unwrap_or(0);
@@ -47,4 +48,10 @@ pub fn require_xdp_load(what: &str) -> Result<(), XdpError> {
             what: what.to_string(),
         })
     }
+}
+
+/// Whether the process may list loaded BPF programs and open them and their maps by id
+/// (`BPF_PROG_GET_NEXT_ID`, `BPF_*_GET_FD_BY_ID`): CAP_SYS_ADMIN.
+pub fn may_list_programs() -> bool {
+    effective().unwrap_or(0) & (1u64 << CAP_SYS_ADMIN) != 0
 }

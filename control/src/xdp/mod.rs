@@ -116,6 +116,13 @@ pub fn interface_owner(iface: &str) -> anyhow::Result<Owner> {
     }
     if let Some(link) = netlink::link_by_name(iface)? {
         let (owner, program) = owner::identify(link.xdp_prog_id, link.ifindex)?;
+        if owner == Owner::Unknown {
+            anyhow::bail!(
+                "{iface} has an XDP program (id {}), and whether it is xdp-quic's cannot be \
+                 told without CAP_SYS_ADMIN (listing BPF programs takes it)",
+                link.xdp_prog_id
+            );
+        }
         if program.is_some() {
             return Ok(owner);
         }

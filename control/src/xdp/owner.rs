@@ -35,6 +35,9 @@ pub struct Holder {
 pub enum Owner {
     /// Another tool's (including xdp-quic's object attached by another tool).
     Other,
+    /// Not known: telling takes listing the loaded programs, which needs CAP_SYS_ADMIN this
+    /// process lacks. It may be xdp-quic's, attached by a running server.
+    Unknown,
     /// xdp-quic's, pinned by `xdp-quic attach` in `pin_dir` (the interface's name then was
     /// `pinned_as`).
     Pinned {
@@ -121,6 +124,9 @@ pub fn own_program(prog_id: u32, ifindex: u32) -> anyhow::Result<Option<OwnProgr
 /// Whose program `prog_id`, on interface `ifindex` of this network namespace, is; with
 /// its maps when it is xdp-quic's.
 pub fn identify(prog_id: u32, ifindex: u32) -> anyhow::Result<(Owner, Option<OwnProgram>)> {
+    if prog_id != 0 && !super::caps::may_list_programs() {
+        return Ok((Owner::Unknown, None));
+    }
     let Some(own) = own_program(prog_id, ifindex)? else {
         return Ok((Owner::Other, None));
     };
