@@ -53,6 +53,10 @@ impl OutgoingPeers {
 
     /// Records a connection of `worker` to `remote`. Pair with [`OutgoingPeers::remove`].
     pub fn add(&self, remote: SocketAddr, worker: usize) {
+        debug_assert!(
+            worker < self.per_worker.len(),
+            "worker {worker} out of range"
+        );
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         let owners = map.entry(remote).or_default();
         match owners.iter_mut().find(|(w, _)| *w == worker) {

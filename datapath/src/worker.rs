@@ -370,14 +370,14 @@ impl<H: Handler> Worker<H> {
 
         if let Some(deadline) = self.drain_deadline {
             if self.conns.active == 0 || now >= deadline {
-                // Nothing more is received: the chunks go (those still held, with their
-                // datagrams), and the gauge says so.
-                self.rx = RxBatch::default();
-                self.abandon_all();
                 // Answers to attempts decided since the last turn's look (refusals, Retries)
-                // still go; deferred attempts are let go.
+                // still go; deferred attempts are let go (and counted, below).
                 self.settle_deferred(io);
                 io.flush()?;
+                // Nothing more is received: the chunks go (those still held, with their
+                // datagrams), and the gauge says so; the count of own buffers stays.
+                self.rx.release();
+                self.abandon_all();
                 return Ok(TurnOutcome::Done);
             }
         }

@@ -285,7 +285,24 @@ fn upload_with_chunk_limit(limit: usize, lose_every: Option<u64>) -> (u64, u64) 
         "seed {}: {most} chunks kept",
         net.seed()
     );
-    (most, srv.total().rx_own_buffers)
+    // A worker that stops lets its chunks go and keeps its count of own buffers (a
+    // counter: it never goes back).
+    let own = srv.total().rx_own_buffers;
+    srv.handle.shutdown(VarInt::from_u32(0), b"done");
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut srv, &mut cli];
+    run_until(&net, &mut nodes, Duration::from_secs(60), |n| {
+        n[0].is_done()
+    })
+    .unwrap_or_else(|e| panic!("seed {}: the server did not stop: {e}", net.seed()));
+    drop(nodes);
+    let t = srv.total();
+    assert_eq!(
+        (t.rx_chunks, t.rx_own_buffers),
+        (0, own),
+        "seed {}",
+        net.seed()
+    );
+    (most, own)
 }
 
 /// Every 500th datagram to the server is lost, so the datagrams after each gap wait out of

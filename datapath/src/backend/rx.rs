@@ -128,6 +128,15 @@ impl RxBatch {
         self.own_buffers
     }
 
+    /// Lets go of every datagram and chunk (those still held elsewhere go with their last
+    /// holder); [`RxBatch::own_buffers`] keeps its count. For a worker that receives no more.
+    pub fn release(&mut self) {
+        self.items = Vec::new();
+        self.pool = None;
+        self.chunks = VecDeque::new();
+        self.free = Vec::new();
+    }
+
     /// Copies `payload` into the batch. Call only while `!self.is_full()`.
     pub fn push(
         &mut self,

@@ -82,20 +82,26 @@ impl Wakes {
 /// Waiters a list holds before it is first woken whole ([`register`]).
 const MAX_WAITERS: usize = 64;
 
+/// The most waiters a list holds ([`register`]): 64 KiB of wakers.
+const MAX_ROOM: usize = MAX_WAITERS << 6;
+
 /// Registers `w` in `list` unless a waker there wakes the same task. A list that holds its
 /// limit already is woken whole first: a future dropped while it waited leaves its waker
 /// behind (tasks that race `accept_bi` in a `select!`, say), and the waiters still alive
-/// only poll again and register anew, so dead wakers do not pile up. The limit then doubles
-/// until the list is taken for what it waits for: more live waiters than the limit would
-/// otherwise wake each other without end. So a list holds at most [`MAX_WAITERS`], or twice
-/// the distinct tasks that registered since it was last taken.
+/// only poll again and register anew, so dead wakers do not pile up. The limit then doubles,
+/// up to [`MAX_ROOM`], until the list is taken for what it waits for: more live waiters than
+/// the limit would otherwise wake each other without end. So a list holds at most
+/// [`MAX_ROOM`] wakers however many tasks register (and dead ones go at each wake); more
+/// live waiters than that on one thing (4,096 tasks waiting to open a stream on one
+/// connection) are woken whole each time the list fills, and poll again: they make progress,
+/// at a cost in CPU.
 pub(crate) fn register(list: &mut WakerList, w: &Waker) {
     if list.wakers.iter().any(|x| x.will_wake(w)) {
         return;
     }
     let limit = list.limit.max(MAX_WAITERS);
     if list.wakers.len() >= limit {
-        list.limit = limit * 2;
+        list.limit = (limit * 2).min(MAX_ROOM);
         for old in list.wakers.drain(..) {
             old.wake();
         }
@@ -885,6 +891,7 @@ mod tests {
             register(&mut list, &w);
             register(&mut list, &w);
             assert!(list.len() <= MAX_WAITERS.max(2 * (i + 1)));
+            assert!(list.len() <= MAX_ROOM);
         }
         // Woken whole at 64 (then room for 128) and at 128 more (then 256): 1 left.
         assert_eq!(list.len(), 1);
@@ -901,6 +908,22 @@ mod tests {
             register(&mut list, &Waker::from(t.clone()));
         }
         assert_eq!(list.len(), 1, "taken, the list woke at 64 again");
+    }
+
+    /// However many tasks register without the list being taken (futures dropped while they
+    /// waited, for as long as the peer withholds what they wait for), the list holds at
+    /// most [`MAX_ROOM`] wakers.
+    #[test]
+    fn waiter_lists_hold_at_most_their_room() {
+        let tasks = counted(MAX_ROOM * 3);
+        let mut list = WakerList::new();
+        let mut most = 0;
+        for t in &tasks {
+            register(&mut list, &Waker::from(t.clone()));
+            most = most.max(list.len());
+        }
+        assert_eq!(most, MAX_ROOM);
+        assert_eq!(list.limit, MAX_ROOM);
     }
 
     /// More live waiters than the list's first room (200 tasks waiting for stream credit,
