@@ -310,6 +310,13 @@ fn attach_needs_cap_perfmon_only_to_load() {
     );
     assert_eq!(xdp_prog_on(s, i), Some(foreign), "the program stays");
     assert!(!Path::new(&pin_dir(i)).exists());
+    let out = with_caps(load, &["stats", i]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot be told without CAP_SYS_ADMIN"),
+        "{err}"
+    );
     sh(&["ip", "-n", s, "link", "set", "dev", i, "xdpgeneric", "off"]);
 
     xq_ok(&["attach", i, "--netns", s, "--port", "4433"]);

@@ -198,6 +198,19 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
     let _lock =
         pins::PinLock::take().with_context(|| format!("locking {}", pins::pin_root().display()))?;
     let link_state = resolve(iface)?;
+    // Asked where a program is loaded, before anything is removed: without it the link
+    // that holds the program on the interface cannot be found, and detaching by netlink
+    // cannot take a program a link holds.
+    let may_replace = || -> anyhow::Result<()> {
+        if opts.force && link_state.xdp != XdpAttached::None && !caps::may_list_programs() {
+            anyhow::bail!(
+                "not permitted: replacing the XDP program on {iface} (--force) needs \
+                 CAP_SYS_ADMIN (finding and detaching the BPF link that may hold it takes \
+                 it); run it as root"
+            );
+        }
+        Ok(())
+    };
     let mut removed_stale = false;
     // With --force, the live attachment of another interface whose pins hold this name:
     // (its interface index, its program id).
@@ -219,6 +232,7 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
                     );
                 }
                 caps::require_xdp_load(&what)?;
+                may_replace()?;
                 // Removed once ours is loaded (below): a load that fails leaves it serving.
                 displaced = Some((live.config.ifindex, live.prog_id));
             } else {
@@ -295,19 +309,15 @@ pub fn attach(iface: &str, opts: &AttachOptions) -> anyhow::Result<AttachOutcome
         }
         Pinned::Stale => {
             caps::require_xdp_load(&what)?;
+            may_replace()?;
             pins::remove_dir(iface).context("removing stale pins")?;
             removed_stale = true;
         }
         Pinned::Incompatible { prog_id } => anyhow::bail!(incompatible(iface, prog_id)),
-        Pinned::None => caps::require_xdp_load(&what)?,
-    }
-    if opts.force && link_state.xdp != XdpAttached::None && !caps::may_list_programs() {
-        // Refused before anything is removed: without it the link that holds the program
-        // cannot be found, and detaching by netlink cannot take a program a link holds.
-        anyhow::bail!(
-            "not permitted: replacing the XDP program on {iface} (--force) needs CAP_SYS_ADMIN \
-             (finding and detaching the BPF link that may hold it takes it); run it as root"
-        );
+        Pinned::None => {
+            caps::require_xdp_load(&what)?;
+            may_replace()?;
+        }
     }
     // Loaded (and verified) before another program is removed: a load that fails leaves
     // the interface as it was.

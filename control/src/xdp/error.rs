@@ -184,18 +184,17 @@ impl fmt::Display for Occupied {
                 f,
                 "interface '{iface}' already has an XDP program (id {prog_id}, {mode} mode), \
                  and whose it is cannot be told without CAP_SYS_ADMIN (listing BPF programs \
-                 takes it): it may be xdp-quic's, attached by a running server; see `xdp-quic \
-                 status` as root, then remove it (`ip link set dev {iface} xdp off`) or pass \
-                 --force to replace it"
+                 takes it): it may be xdp-quic's, attached by a running server; as root, see \
+                 `xdp-quic status`, then remove it or attach with --force to replace it"
             ),
             (Owner::Unknown, Requester::Server { port }) => write!(
                 f,
                 "interface '{iface}' already has an XDP program (id {prog_id}, {mode} mode), \
                  and a server does not replace it; whose it is cannot be told without \
                  CAP_SYS_ADMIN (listing BPF programs takes it): it may be another server's \
-                 (see `xdp-quic status` as root); if nothing needs it, remove it (`ip link set \
-                 dev {iface} xdp off`) or replace it for good with `xdp-quic attach {iface} \
-                 --port {port} --force`; then start the server again"
+                 (see `xdp-quic status` as root); if nothing needs it, as root, replace it \
+                 for good with `xdp-quic attach {iface} --port {port} --force`; then start \
+                 the server again"
             ),
             (Owner::Process { holders }, Requester::Attach) => write!(
                 f,

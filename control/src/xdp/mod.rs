@@ -92,6 +92,13 @@ pub fn interface_counters(iface: &str) -> anyhow::Result<Counters> {
         return pinned_counters(iface);
     }
     if let Some(link) = netlink::link_by_name(iface)? {
+        if link.xdp_prog_id != 0 && !caps::may_list_programs() {
+            anyhow::bail!(
+                "{iface} has an XDP program (id {}), and whether it is xdp-quic's cannot be \
+                 told without CAP_SYS_ADMIN (listing BPF programs takes it): run it as root",
+                link.xdp_prog_id
+            );
+        }
         if let Some(p) = owner::own_program(link.xdp_prog_id, link.ifindex)? {
             return Counters::read(&p.maps.counters);
         }
@@ -119,7 +126,7 @@ pub fn interface_owner(iface: &str) -> anyhow::Result<Owner> {
         if owner == Owner::Unknown {
             anyhow::bail!(
                 "{iface} has an XDP program (id {}), and whether it is xdp-quic's cannot be \
-                 told without CAP_SYS_ADMIN (listing BPF programs takes it)",
+                 told without CAP_SYS_ADMIN (listing BPF programs takes it): run it as root",
                 link.xdp_prog_id
             );
         }
