@@ -1623,6 +1623,14 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
         "{why}"
     );
     assert_eq!(maps().entry().unwrap(), before, "a's shield changed");
+    // A plain server whose CIDs do not fit a live server's shield (its short headers would
+    // be dropped) is refused too; one whose CIDs fit is not (b, above and below).
+    let why = refused(serve_with(1..2, PORT + 1, false, 10), "e");
+    assert!(
+        why.contains("another server holds queues [0]") && why.contains("do not fit"),
+        "{why}"
+    );
+    assert_eq!(maps().entry().unwrap(), before, "a's shield changed");
     a.stop();
     a.join().expect("server a ended cleanly");
     assert_eq!(maps().entry().unwrap(), xdp_quic_ebpf::Shield::default());

@@ -429,6 +429,38 @@ impl ShieldMaps {
         })
     }
 
+    /// Refuses a server that serves queues `ours` of the attachment without engaging the
+    /// shield, with CIDs of `layout`, while another live server engaged it with a layout
+    /// that would drop its short headers (another first octet or server id, or fewer
+    /// workers than its own).
+    pub fn check_plain_server_fits(&self, layout: &CidLayout, ours: &[u32]) -> anyhow::Result<()> {
+        let _lock = self.lock();
+        let e = self.entry()?;
+        if e.flags & SHIELD_ON == 0 || e.flags & SHIELD_CID == 0 || e.engaged == 0 {
+            return Ok(());
+        }
+        let sid = layout.server_id();
+        let fits = e.cid_first == layout.first_octet()
+            && usize::from(e.sid_len) == sid.len()
+            && e.server_id[..sid.len()] == *sid
+            && layout.workers() <= usize::from(e.workers);
+        if fits {
+            return Ok(());
+        }
+        let others = other_servers_in(self.dir.as_deref(), ours)?;
+        anyhow::ensure!(
+            others.is_empty(),
+            "another server holds queues {others:?} of this attachment and engaged the shield \
+             for CIDs this server's do not fit (length, server id, config rotation, or {} \
+             workers where this one has {}): the shield would drop this server's short \
+             headers; give it the same connection ids and at most as many workers, engage \
+             the shield with it, or serve it on an attachment of its own",
+            e.workers,
+            layout.workers()
+        );
+        Ok(())
+    }
+
     /// The configuration; `None` when the shield is off.
     pub fn config(&self) -> anyhow::Result<Option<ShieldConfig>> {
         Ok(ShieldConfig::from_map(&self.entry()?))

@@ -117,6 +117,10 @@ fn program_lost(iface: &str, w: &mut ProgramWatch) -> Option<String> {
 /// pinned for the interface, or attaches it for the port for the endpoint's life, as the
 /// other apps do ([`ServerSteering::for_server`]), and returns what watches that program.
 fn bind(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<(Endpoint, String, Option<Watched>)> {
+    let b_cids = {
+        let (len, server_id, rotation) = b.connection_id_settings();
+        (len, server_id.to_vec(), rotation)
+    };
     let builder = Builder::new(b);
     match a.backend {
         BackendArg::Udp => {
@@ -140,6 +144,13 @@ fn bind(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<(Endpoint, String, Op
             // does: the shield it turned on, or, on an operator's shield, its CID layout
             // (which could name fewer workers than this server has) and pressure flags.
             if let Some(mut maps) = shield {
+                // Refused (the endpoint drops, its sockets go) under a live server's shield
+                // whose CID layout would drop this one's short headers.
+                let (len, server_id, rotation) = b_cids;
+                let layout =
+                    xdp_quic::cid::CidLayout::new(len, rotation, &server_id, setup.queues.len())?;
+                maps.check_plain_server_fits(&layout, &setup.queues)
+                    .with_context(|| format!("serving on {}", setup.iface))?;
                 match maps.clear_left_by_server(&setup.queues) {
                     Ok(LeftByServer::Shield) => eprintln!(
                         "{}: turned off the flood shield a server that did not stop cleanly \
