@@ -1419,6 +1419,22 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
         }
         a
     };
+    // A server on queue 1 without the shield, once it serves (a live server's shield is
+    // never taken for one left behind).
+    let serve_plain_beside = || {
+        let b = serve_on(1..2, PORT + 1, false);
+        loop {
+            match b.events().recv_timeout(GUARD) {
+                Ok(Event::Serving(_)) => break,
+                Ok(Event::StaleShieldCleared { .. }) => {
+                    panic!("a live server's shield taken for stale")
+                }
+                Ok(_) => {}
+                Err(e) => panic!("server b: {e}: {:?}", b.join()),
+            }
+        }
+        b
+    };
     let serve_plain = || {
         let server = serve_on(0..QUEUES, PORT, false);
         // What it cleared of a killed server's (said before it serves): `Some(true)` the
@@ -1517,17 +1533,7 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
     assert!(maps().on_for_a_server().unwrap());
     // A flag on a's queue, as a's pressure monitor would set it.
     maps().set_pressure(0, true).unwrap();
-    let b = serve_on(1..2, PORT + 1, false);
-    loop {
-        match b.events().recv_timeout(GUARD) {
-            Ok(Event::Serving(_)) => break,
-            Ok(Event::StaleShieldCleared { .. }) => {
-                panic!("a live server's shield taken for stale")
-            }
-            Ok(_) => {}
-            Err(e) => panic!("server b: {e}: {:?}", b.join()),
-        }
-    }
+    let b = serve_plain_beside();
     assert!(
         maps().on_for_a_server().unwrap(),
         "server a's shield stays on"
@@ -1584,14 +1590,7 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
     // A shielded server that stops first under a plain one puts the shield back as it would
     // alone: the plain one never engaged it.
     let a = serve_shielded();
-    let b = serve_on(1..2, PORT + 1, false);
-    loop {
-        match b.events().recv_timeout(GUARD) {
-            Ok(Event::Serving(_)) => break,
-            Ok(_) => {}
-            Err(e) => panic!("server b: {e}: {:?}", b.join()),
-        }
-    }
+    let b = serve_plain_beside();
     a.stop();
     a.join().expect("server a ended cleanly");
     assert_eq!(
@@ -1634,14 +1633,7 @@ fn a_shield_left_on_by_a_killed_server_is_turned_off_by_the_next() {
     a.stop();
     a.join().expect("server a ended cleanly");
     assert_eq!(maps().entry().unwrap(), xdp_quic_ebpf::Shield::default());
-    let b = serve_on(1..2, PORT + 1, false);
-    loop {
-        match b.events().recv_timeout(GUARD) {
-            Ok(Event::Serving(_)) => break,
-            Ok(_) => {}
-            Err(e) => panic!("server b: {e}: {:?}", b.join()),
-        }
-    }
+    let b = serve_plain_beside();
     let why = refused(serve_on(0..1, PORT, true), "a");
     assert!(
         why.contains("another server holds queues [1]") && why.contains("without the shield"),

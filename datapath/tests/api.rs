@@ -344,12 +344,7 @@ fn a_stream_over_in_a_read_keeps_its_state_until_the_callback_returns() {
         },
     )
     .unwrap();
-    client
-        .handle
-        .post(0, |_, ctx| {
-            ctx.connect(addr(SERVER), "localhost").unwrap();
-        })
-        .expect("the worker is running");
+    connect_to_server(&client);
     let mut client = client;
     let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut client];
     run_until(&net, &mut nodes, Duration::from_secs(30), |_| {
@@ -434,12 +429,7 @@ fn calls_for_the_side_a_one_way_stream_lacks_fail_without_a_panic() {
         },
     )
     .unwrap();
-    client
-        .handle
-        .post(0, |_, ctx| {
-            ctx.connect(addr(SERVER), "localhost").unwrap();
-        })
-        .expect("the worker is running");
+    connect_to_server(&client);
     let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut client];
     run_until(&net, &mut nodes, Duration::from_secs(30), |_| {
         sread.lock().unwrap().as_slice() == b"one way"
@@ -625,12 +615,7 @@ fn calls_reply_and_the_applications_transport_and_controller_are_used() {
         move |_| Opener(o.clone()),
     )
     .unwrap();
-    client
-        .handle
-        .post(0, |_, ctx| {
-            ctx.connect(addr(SERVER), "localhost").unwrap();
-        })
-        .expect("the worker is running");
+    connect_to_server(&client);
     let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut client];
     run_until(&net, &mut nodes, Duration::from_secs(30), |_| {
         !open.lock().unwrap().is_empty()
@@ -1189,12 +1174,7 @@ fn a_connection_accepted_while_another_closes_is_served() {
         move |_| Quiet(c.clone()),
     )
     .unwrap();
-    quiet
-        .handle
-        .post(0, |_, ctx| {
-            ctx.connect(addr(SERVER), "localhost").unwrap();
-        })
-        .expect("the worker is running");
+    connect_to_server(&quiet);
     {
         let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut quiet];
         run_until(&net, &mut nodes, Duration::from_secs(5), |_| {
@@ -1635,4 +1615,14 @@ fn an_attempt_decided_on_another_worker_is_gone() {
             }
         }
     }
+}
+
+/// Asks worker 0 of `client` to connect to [`SERVER`].
+fn connect_to_server<H: xdp_quic::Handler>(client: &Node<H>) {
+    client
+        .handle
+        .post(0, |_, ctx| {
+            ctx.connect(addr(SERVER), "localhost").unwrap();
+        })
+        .expect("the worker is running");
 }

@@ -12,6 +12,26 @@ fn pin_dir(iface: &str) -> String {
     format!("/sys/fs/bpf/xdp-quic/{iface}")
 }
 
+/// Attaches xdp-quic's object to `iface` in netns `ns` the way another tool would (`ip link
+/// set ... xdpgeneric obj`, no config entry): a program not xdp-quic's.
+fn attach_foreign(ns: &str, iface: &str) {
+    let obj = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ebpf/xdp_quic.o");
+    sh(&[
+        "ip",
+        "-n",
+        ns,
+        "link",
+        "set",
+        "dev",
+        iface,
+        "xdpgeneric",
+        "obj",
+        obj,
+        "sec",
+        "xdp",
+    ]);
+}
+
 fn attach_counts_and_detaches(mode: &str) {
     let tb = Testbed::new(2);
     let _pins = PinGuard(tb.server_if.clone());
@@ -279,21 +299,7 @@ fn attach_needs_cap_perfmon_only_to_load() {
     // Whose a program on the interface is cannot be told without CAP_SYS_ADMIN: said so,
     // rather than taken for another tool's; replacing it (--force) is refused up front.
     let load = "-all,+net_admin,+bpf,+perfmon";
-    let obj = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ebpf/xdp_quic.o");
-    sh(&[
-        "ip",
-        "-n",
-        s,
-        "link",
-        "set",
-        "dev",
-        i,
-        "xdpgeneric",
-        "obj",
-        obj,
-        "sec",
-        "xdp",
-    ]);
+    attach_foreign(s, i);
     let foreign = xdp_prog_on(s, i).expect("a program attached");
     let out = with_caps(load, &["attach", i, "--port", "4433"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -341,21 +347,7 @@ fn error_foreign_program_refused_unless_force() {
     let tb = Testbed::new(1);
     let _pins = PinGuard(tb.server_if.clone());
     let (s, i) = (tb.server.name.as_str(), tb.server_if.as_str());
-    let obj = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ebpf/xdp_quic.o");
-    sh(&[
-        "ip",
-        "-n",
-        s,
-        "link",
-        "set",
-        "dev",
-        i,
-        "xdpgeneric",
-        "obj",
-        obj,
-        "sec",
-        "xdp",
-    ]);
+    attach_foreign(s, i);
     let foreign = xdp_prog_on(s, i).expect("foreign program attached");
     let err = xq_err(
         &["attach", i, "--netns", s, "--port", "4433"],
@@ -437,21 +429,7 @@ fn error_native_refused_and_auto_falls_back() {
     assert_eq!(xdp_prog_on(&ns.name, lo), None);
     // With --force over another program, the refusal comes after that program is gone
     // (the two steps are not atomic): the error says so.
-    let obj = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ebpf/xdp_quic.o");
-    sh(&[
-        "ip",
-        "-n",
-        &ns.name,
-        "link",
-        "set",
-        "dev",
-        lo,
-        "xdpgeneric",
-        "obj",
-        obj,
-        "sec",
-        "xdp",
-    ]);
+    attach_foreign(&ns.name, lo);
     let foreign = xdp_prog_on(&ns.name, lo).expect("foreign program attached");
     let err = xq_err(
         &[
