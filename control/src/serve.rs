@@ -280,6 +280,10 @@ pub enum Event {
     /// shield it had turned on (`turned_off`), or its CID layout and pressure flags on the
     /// shield of `xdp-quic attach --shield`, which stays.
     StaleShieldCleared { iface: String, turned_off: bool },
+    /// Under [`ServeOptions::keep_serving_after_handler_panic`]: an application callback
+    /// panicked on worker `worker`, which closed its connections and ended; the server
+    /// serves on with the others (once per worker).
+    HandlerPanicked { worker: usize },
 }
 
 /// A running server: its engine, watched by a supervisor thread. Dropping it stops it and
@@ -803,21 +807,27 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
     fn watch(&mut self, running: &mut Running<H>) -> StopReason {
         let handle = running.engine.handle();
         let mut trim = self.trim_after.map(xdp_quic::memory::TrimPolicy::new);
+        // Workers whose callback panic was reported (kept serving).
+        let mut panicked = vec![false; handle.workers()];
         loop {
             if self.stop.wait(self.watch_every) {
                 return StopReason::Requested;
             }
             let mut failed = handle.failed_workers();
-            if !self.keep_serving_after_handler_panic {
-                for (w, c) in handle.counters().iter().enumerate() {
-                    if c.handler_panics > 0 && !failed.iter().any(|(f, _)| *f == w) {
-                        failed.push((
-                            w,
-                            "an application callback panicked (the worker closed its \
-                             connections and ends)"
-                                .into(),
-                        ));
-                    }
+            for (w, c) in handle.counters().iter().enumerate() {
+                if c.handler_panics == 0 || failed.iter().any(|(f, _)| *f == w) {
+                    continue;
+                }
+                if !self.keep_serving_after_handler_panic {
+                    failed.push((
+                        w,
+                        "an application callback panicked (the worker closed its connections \
+                         and ends)"
+                            .into(),
+                    ));
+                } else if let Some(seen @ false) = panicked.get_mut(w) {
+                    *seen = true;
+                    self.report(Event::HandlerPanicked { worker: w });
                 }
             }
             if !failed.is_empty() {

@@ -194,6 +194,56 @@ fn a_panicking_callback_stops_the_server() {
     ));
 }
 
+/// Under `keep_serving_after_handler_panic`, a callback that panics ends its worker (its
+/// connections closed with INTERNAL_ERROR), the server says so once, and serves on: it
+/// stops only when asked.
+#[test]
+fn a_server_told_to_keep_serving_reports_a_callback_panic_and_serves_on() {
+    let (builder, cert) = echo_builder(1);
+    let options = ServeOptions {
+        watch_every: xdp_quic_control::serve::MIN_WATCH_EVERY,
+        keep_serving_after_handler_panic: true,
+        ..ServeOptions::default()
+    };
+    let server = Server::start(
+        builder,
+        Backend::Udp("127.0.0.1:0".parse().unwrap()),
+        options,
+        |_| PanicsOnConnect,
+    )
+    .unwrap();
+    let addr = match next(&server) {
+        Event::Serving(Serving::Udp { local_addr, .. }) => local_addr,
+        other => panic!("expected Serving over UDP, got {other:?}"),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let closed = rt.block_on(async {
+        let ep = support::quinn_endpoint(&cert, false);
+        let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
+        tokio::time::timeout(GUARD, conn.closed()).await
+    });
+    assert!(
+        matches!(
+            closed,
+            Ok(quinn::ConnectionError::ApplicationClosed(ref c))
+                if c.error_code == xdp_quic::INTERNAL_ERROR
+        ),
+        "{closed:?}"
+    );
+    match next(&server) {
+        Event::HandlerPanicked { worker } => assert_eq!(worker, 0),
+        other => panic!("expected HandlerPanicked, got {other:?}"),
+    }
+    // Reported in the look that would have stopped it: what stops it now is the request.
+    server.stop();
+    stops(&server, &StopReason::Requested, 0, 1);
+    no_more_events(&server);
+    assert_eq!(server.join().unwrap(), StopReason::Requested);
+}
+
 /// A metrics port already in use fails the server before it serves anything: the port is
 /// bound before the engine starts, so no `Serving` is reported for a server that then ends.
 /// A watch period under the minimum is refused at once.

@@ -574,6 +574,9 @@ fn report(a: &ServeArgs, event: &Event) {
         Event::StaleShieldCleared { iface, turned_off: false } => eprintln!(
             "XDP shield: cleared on {iface} the CID layout and pressure flags a server that did not stop cleanly had left (the shield's rules stay as `xdp-quic attach` set them)"
         ),
+        Event::HandlerPanicked { worker } => eprintln!(
+            "worker {worker}: an application callback panicked; the worker closed its connections and ended, the others serve on"
+        ),
     }
 }
 
