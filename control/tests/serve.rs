@@ -398,6 +398,74 @@ fn pinned_testbed(name: &str, net: u8) -> (Testbed, PinGuard) {
     (tb, pins)
 }
 
+/// Pins are named by interface alone, so another namespace's interface of the same name
+/// (each container's eth0) finds an attachment that is not its own: a server there attaches
+/// the program to its interface for its life, serves, and takes it away at its end; the
+/// pinned attachment of the other namespace is untouched. Before, the server was refused
+/// ("serve there, or detach it first": a detach from there would have taken the other
+/// namespace's server's program).
+#[test]
+fn pins_of_another_namespace_leave_a_server_its_own_attachment() {
+    if !privileged("pins_of_another_namespace_leave_a_server_its_own_attachment") {
+        return;
+    }
+    let (pinned, _pins) = pinned_testbed("xn", 238);
+    let tb = Testbed::create(&unique_name("xm"), 1, 239).expect("testbed");
+    let name = pinned.server_if.as_str();
+    for args in [
+        &["link", "set", "dev", &tb.server_if, "down"][..],
+        &["link", "set", "dev", &tb.server_if, "name", name],
+        &["link", "set", "dev", name, "up"],
+    ] {
+        let mut cmd = vec!["ip", "-n", &tb.server_ns];
+        cmd.extend_from_slice(args);
+        sh(&cmd);
+    }
+    let (builder, cert) = echo_builder(1);
+    let backend = Backend::Xdp {
+        setup: XdpSetup::new(name, "0.0.0.0:4433".parse().unwrap(), vec![0]),
+        mode: AttachMode::Auto,
+        fallback: Fallback::Never,
+    };
+    let server = tb
+        .in_server(|| {
+            Server::start(builder, backend, ServeOptions::default(), |_| {
+                EchoServer::default()
+            })
+        })
+        .unwrap()
+        .expect("serving over AF_XDP");
+    match next(&server) {
+        Event::Serving(Serving::Xdp { iface, program, .. }) => {
+            assert_eq!(iface, name);
+            assert!(program.starts_with("attached by this process"), "{program}");
+        }
+        other => panic!("expected Serving over AF_XDP, got {other:?}"),
+    }
+    let addr = SocketAddr::new(tb.server_v4.into(), 4433);
+    tb.in_client(|| echo_through(addr, &cert, 1, 1000)).unwrap();
+    server.stop();
+    assert_eq!(server.join().unwrap(), StopReason::Requested);
+    let program_on = |ns: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", ns, "-d", "link", "show", "dev", name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    };
+    assert!(
+        !program_on(&tb.server_ns),
+        "the server's program went with it"
+    );
+    assert!(program_on(&pinned.server_ns), "the pinned attachment stays");
+    assert!(
+        xdp::pins::dir(name)
+            .join(xdp_quic_ebpf::maps::XSKS)
+            .exists(),
+        "its pins stay"
+    );
+}
+
 fn serve_in(tb: &Testbed, fallback: Fallback) -> (Server<EchoServer>, Vec<Cert>) {
     let (builder, cert) = echo_builder(1);
     let setup = XdpSetup::new(&tb.server_if, "0.0.0.0:4433".parse().unwrap(), vec![0]);

@@ -27,9 +27,10 @@ pub struct ServerSteering {
 }
 
 impl ServerSteering {
-    /// Uses the attachment `xdp-quic attach` pinned for `iface`, or, when there is none,
-    /// attaches the program to `iface` for the life of the returned value, steering
-    /// `listen`'s port (and its address, unless unspecified).
+    /// Uses the attachment `xdp-quic attach` pinned for `iface`, or, when there is none
+    /// (or the pins of that name are another network namespace's interface's), attaches the
+    /// program to `iface` for the life of the returned value, steering `listen`'s port (and
+    /// its address, unless unspecified).
     pub fn for_server(iface: &str, listen: SocketAddr, mode: AttachMode) -> anyhow::Result<Self> {
         if pins::dir(iface).join(xdp_quic_ebpf::maps::XSKS).exists() {
             // Read the pins as a whole: no attach or detach changes them meanwhile.
@@ -82,12 +83,12 @@ impl ServerSteering {
                             listen.port()
                         );
                     }
-                    live.prog_id
+                    Some(live.prog_id)
                 }
-                Pinned::OtherNamespace => anyhow::bail!(
-                    "the program xdp-quic attach pinned for {iface} serves an interface of \
-                     another network namespace: serve there (--netns), or detach it first"
-                ),
+                // The pins are named by interface alone: another namespace's interface of the
+                // same name (each container's eth0) has them. This server's interface has no
+                // pinned attachment: it attaches the program for its life, as without pins.
+                Pinned::OtherNamespace => None,
                 Pinned::Incompatible { prog_id } => {
                     anyhow::bail!(super::attach::incompatible(iface, prog_id))
                 }
@@ -96,13 +97,19 @@ impl ServerSteering {
                      nothing): run `xdp-quic detach {iface}`, then attach again"
                 ),
             };
-            return Ok(Self {
-                registry: XskRegistry::open(iface)?,
-                pinned: Some((iface.to_string(), listen)),
-                embedded: None,
-                origin: "pinned by xdp-quic attach".into(),
-                prog_id,
-            });
+            if let Some(prog_id) = prog_id {
+                return Ok(Self {
+                    registry: XskRegistry::open(iface)?,
+                    pinned: Some((iface.to_string(), listen)),
+                    embedded: None,
+                    origin: "pinned by xdp-quic attach".into(),
+                    prog_id,
+                });
+            }
+            tracing::info!(
+                "the pins named {iface} hold another network namespace's attachment: this \
+                 server attaches the program to its own {iface} for its life"
+            );
         }
         Self::attach_own(iface, listen, mode)
     }
