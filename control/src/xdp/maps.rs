@@ -239,10 +239,13 @@ impl ProgramMaps {
         Ok(a.get(&0, 0)?)
     }
 
-    /// Writes the shield entry.
+    /// Writes the shield entry (in [`super::shield::staged`] steps).
     pub fn write_shield(&mut self, s: &Shield) -> anyhow::Result<()> {
         let mut a: Array<&mut MapData, Shield> = Array::try_from(&mut self.shield)?;
-        a.set(0, s, 0)?;
+        let old = a.get(&0, 0)?;
+        for step in super::shield::staged(&old, s) {
+            a.set(0, step, 0)?;
+        }
         Ok(())
     }
 

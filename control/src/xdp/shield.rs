@@ -362,9 +362,13 @@ impl ShieldMaps {
         Ok(self.shield.get(&0, 0)?)
     }
 
-    /// Writes the map entry as given (what [`ShieldMaps::entry`] read, to restore it).
+    /// Writes the map entry as given (what [`ShieldMaps::entry`] read, to restore it), in
+    /// [`staged`] steps.
     pub fn set_entry(&mut self, s: &Shield) -> anyhow::Result<()> {
-        self.shield.set(0, s, 0)?;
+        let old = self.entry()?;
+        for step in staged(&old, s) {
+            self.shield.set(0, step, 0)?;
+        }
         Ok(())
     }
 
@@ -706,15 +710,51 @@ pub(crate) fn set_on_maps(
     let mut shield: Array<&mut MapData, Shield> = Array::try_from(&mut maps.shield)?;
     let entry = shield.get(&0, 0)?;
     let (next, before) = switched(&entry, config);
-    shield.set(0, next, 0)?;
+    for step in staged(&entry, &next) {
+        shield.set(0, step, 0)?;
+    }
     Ok((entry, before))
 }
 
 /// Writes back an entry [`set_on_maps`] returned.
 pub(crate) fn restore_entry(maps: &mut super::ProgramMaps, entry: &Shield) -> anyhow::Result<()> {
     let mut shield: Array<&mut MapData, Shield> = Array::try_from(&mut maps.shield)?;
-    shield.set(0, *entry, 0)?;
+    let now = shield.get(&0, 0)?;
+    for step in staged(&now, entry) {
+        shield.set(0, step, 0)?;
+    }
     Ok(())
+}
+
+/// The writes that take the shield entry from `old` to `new`, in order. An array map's
+/// update copies the entry in while the program may read it on another CPU, so one read
+/// can mix the two. So the shield goes off first (the same entry, `SHIELD_ON` clear: a mix
+/// differs only in that aligned word), then the new rules and layout go in while it is off
+/// (a mix of two entries that are both off is off: the program checks nothing), then it
+/// comes on (again only the flags word differs). The cost is a few packets let through
+/// unchecked while the rules change.
+pub(crate) fn staged(old: &Shield, new: &Shield) -> Vec<Shield> {
+    let mut steps = Vec::with_capacity(3);
+    if old == new {
+        return steps;
+    }
+    let mut at = *old;
+    if at.flags & SHIELD_ON != 0 {
+        at.flags &= !SHIELD_ON;
+        steps.push(at);
+    }
+    if new.flags & SHIELD_ON != 0 {
+        let mut off = *new;
+        off.flags &= !SHIELD_ON;
+        if off != at {
+            steps.push(off);
+            at = off;
+        }
+    }
+    if at != *new {
+        steps.push(*new);
+    }
+    steps
 }
 
 /// The shield's configuration on the `shield` map `maps` holds; `None` when it is off.
@@ -740,6 +780,40 @@ pub fn pinned(iface: &str) -> anyhow::Result<Option<ShieldConfig>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every step of a change differs from the one before only in its flags word, or both
+    /// are off; the last is the new entry.
+    #[test]
+    fn entry_changes_never_mix_two_entries_that_are_on() {
+        let layout = CidLayout::for_workers(2).unwrap();
+        let on = ShieldConfig::default().apply(&Shield::default());
+        let on_cid = with_layout(&on, Some(&layout)).unwrap();
+        let other = ShieldConfig {
+            prefix_v4: 16,
+            ..ShieldConfig::default()
+        }
+        .apply(&on_cid);
+        let off_cid = with_layout(&Shield::default(), Some(&layout)).unwrap();
+        let entries = [Shield::default(), on, on_cid, other, off_cid];
+        for old in &entries {
+            for new in &entries {
+                let steps = staged(old, new);
+                assert_eq!(steps.last().unwrap_or(old), new);
+                let mut at = *old;
+                for s in &steps {
+                    let mut a = at;
+                    a.flags = s.flags;
+                    let only_flags = a == *s;
+                    let both_off = at.flags & SHIELD_ON == 0 && s.flags & SHIELD_ON == 0;
+                    assert!(only_flags || both_off, "{at:?} -> {s:?}");
+                    at = *s;
+                }
+                if old == new {
+                    assert!(steps.len() <= 1);
+                }
+            }
+        }
+    }
 
     #[test]
     fn default_versions_are_quinn_protos() {
