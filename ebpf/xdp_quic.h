@@ -130,7 +130,7 @@ struct xq_shield {
 	unsigned char server_id[16]; /* the first sid_len octets count */
 	unsigned char prefix4;       /* source prefix of a bucket: IPv4 bits, 0..32 */
 	unsigned char prefix6;       /* IPv6 bits, 0..128 */
-	unsigned short reserved;     /* zero */
+	unsigned short reserved;     /* user space's: servers engaged */
 	unsigned int versions[XQ_MAX_VERSIONS]; /* versions spoken (v1's packet types); 0: none */
 	struct xq_rate initial;      /* per prefix: tokenless Initials under pressure */
 	struct xq_rate version;      /* per prefix: long headers of other versions, >= 1200 */

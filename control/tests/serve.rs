@@ -464,6 +464,18 @@ fn pins_of_another_namespace_leave_a_server_its_own_attachment() {
             .exists(),
         "its pins stay"
     );
+    // Nor are its shield maps this namespace's to read or change.
+    let (maps, pinned_shield) = tb
+        .in_server(|| {
+            (
+                xdp::ShieldMaps::from_pins(name).map(|_| ()),
+                xdp::shield::pinned(name).ok(),
+            )
+        })
+        .unwrap();
+    let refused = format!("{:#}", maps.expect_err("another namespace's shield maps"));
+    assert!(refused.contains("another network namespace"), "{refused}");
+    assert_eq!(pinned_shield, Some(None));
 }
 
 fn serve_in(tb: &Testbed, fallback: Fallback) -> (Server<EchoServer>, Vec<Cert>) {

@@ -306,6 +306,15 @@ impl ShieldMaps {
     /// are none.
     pub fn from_pins(iface: &str) -> anyhow::Result<Self> {
         let dir = pins::dir(iface);
+        // Pins are named by interface alone: another namespace's, of the same name, are not
+        // this interface's to change.
+        if pins_of_another_namespace(iface) {
+            return Err(XdpError::OtherNamespace {
+                iface: iface.into(),
+                path: dir,
+            }
+            .into());
+        }
         let open = |name: &str| -> anyhow::Result<Map> {
             let path = dir.join(name);
             if !path.exists() {
@@ -439,7 +448,14 @@ impl ShieldMaps {
     /// workers than its own).
     pub fn check_plain_server_fits(&self, layout: &CidLayout, ours: &[u32]) -> anyhow::Result<()> {
         let _lock = self.lock();
-        let e = self.entry()?;
+        let e = match self.entry() {
+            Ok(e) => e,
+            // As where a server clears what a killed one left: said, and no reason to stop.
+            Err(err) => {
+                tracing::warn!("cannot read the XDP shield: {err:#}");
+                return Ok(());
+            }
+        };
         if e.flags & SHIELD_ON == 0 || e.flags & SHIELD_CID == 0 || e.engaged == 0 {
             return Ok(());
         }
@@ -451,7 +467,13 @@ impl ShieldMaps {
         if fits {
             return Ok(());
         }
-        let others = other_servers_in(self.dir.as_deref(), ours)?;
+        let others = match other_servers_in(self.dir.as_deref(), ours) {
+            Ok(o) => o,
+            Err(err) => {
+                tracing::warn!("cannot read the XDP socket registrations: {err:#}");
+                return Ok(());
+            }
+        };
         anyhow::ensure!(
             others.is_empty(),
             "another server holds queues {others:?} of this attachment and engaged the shield \
@@ -731,11 +753,24 @@ pub(crate) fn restore_entry(maps: &mut super::ProgramMaps, entry: &Shield) -> an
 /// can mix the two. So the shield goes off first (the same entry, `SHIELD_ON` clear: a mix
 /// differs only in that aligned word), then the new rules and layout go in while it is off
 /// (a mix of two entries that are both off is off: the program checks nothing), then it
-/// comes on (again only the flags word differs). The cost is a few packets let through
-/// unchecked while the rules change.
+/// comes on (again only the flags word differs). A read that still mixes two entries that
+/// are on takes one program run (it reads the flags first, the rules later) to span two
+/// of these updates (system calls). The cost is a few packets let through unchecked while
+/// the rules change; a change of what the program does not read (the servers'
+/// bookkeeping: `engaged`, `SHIELD_SERVER`) is one write.
 pub(crate) fn staged(old: &Shield, new: &Shield) -> Vec<Shield> {
     let mut steps = Vec::with_capacity(3);
     if old == new {
+        return steps;
+    }
+    // What the program reads of the entry: all but the servers' bookkeeping.
+    let read = |e: &Shield| Shield {
+        flags: e.flags & !SHIELD_SERVER,
+        engaged: 0,
+        ..*e
+    };
+    if read(old) == read(new) {
+        steps.push(*new);
         return steps;
     }
     let mut at = *old;
@@ -763,11 +798,22 @@ pub(crate) fn config_on_maps(maps: &super::ProgramMaps) -> anyhow::Result<Option
     Ok(ShieldConfig::from_map(&shield.get(&0, 0)?))
 }
 
+/// Whether the pins named `iface` hold another network namespace's attachment.
+fn pins_of_another_namespace(iface: &str) -> bool {
+    matches!(
+        super::attach::inspect(iface),
+        Ok(super::attach::Pinned::OtherNamespace)
+    )
+}
+
 /// The shield of `iface`'s pinned attachment as `xdp-quic attach --shield` set it; `Ok(None)`
-/// when it is off, nothing is pinned, or a server turned it on for its life (see
+/// when it is off, nothing is pinned (here: pins of that name in another network namespace
+/// are not this interface's), or a server turned it on for its life (see
 /// [`ShieldMaps::on_for_a_server`]).
 pub fn pinned(iface: &str) -> anyhow::Result<Option<ShieldConfig>> {
-    if !pins::dir(iface).join(xdp_quic_ebpf::maps::SHIELD).exists() {
+    if !pins::dir(iface).join(xdp_quic_ebpf::maps::SHIELD).exists()
+        || pins_of_another_namespace(iface)
+    {
         return Ok(None);
     }
     let maps = ShieldMaps::from_pins(iface)?;
@@ -781,8 +827,9 @@ pub fn pinned(iface: &str) -> anyhow::Result<Option<ShieldConfig>> {
 mod tests {
     use super::*;
 
-    /// Every step of a change differs from the one before only in its flags word, or both
-    /// are off; the last is the new entry.
+    /// Every step of a change differs from the one before only in its flags word (and the
+    /// count the program does not read), or both are off; the last is the new entry; a
+    /// change of the servers' bookkeeping alone is one write.
     #[test]
     fn entry_changes_never_mix_two_entries_that_are_on() {
         let layout = CidLayout::for_workers(2).unwrap();
@@ -794,22 +841,32 @@ mod tests {
         }
         .apply(&on_cid);
         let off_cid = with_layout(&Shield::default(), Some(&layout)).unwrap();
-        let entries = [Shield::default(), on, on_cid, other, off_cid];
+        let mut counted = on_cid;
+        counted.engaged = 2;
+        counted.flags |= SHIELD_SERVER;
+        assert_eq!(
+            staged(&on_cid, &counted),
+            [counted],
+            "bookkeeping: one write"
+        );
+        let entries = [Shield::default(), on, on_cid, other, off_cid, counted];
         for old in &entries {
             for new in &entries {
                 let steps = staged(old, new);
                 assert_eq!(steps.last().unwrap_or(old), new);
                 let mut at = *old;
                 for s in &steps {
+                    // What the program reads: all but the flags word and the count.
                     let mut a = at;
                     a.flags = s.flags;
+                    a.engaged = s.engaged;
                     let only_flags = a == *s;
                     let both_off = at.flags & SHIELD_ON == 0 && s.flags & SHIELD_ON == 0;
                     assert!(only_flags || both_off, "{at:?} -> {s:?}");
                     at = *s;
                 }
                 if old == new {
-                    assert!(steps.len() <= 1);
+                    assert!(steps.is_empty());
                 }
             }
         }
