@@ -826,8 +826,11 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
                             .into(),
                     ));
                 } else if let Some(seen @ false) = panicked.get_mut(w) {
-                    *seen = true;
-                    self.report(Event::HandlerPanicked { worker: w });
+                    // Seen once it is sent (a full queue of events: the next look tries again).
+                    *seen = self
+                        .events
+                        .try_send(Event::HandlerPanicked { worker: w })
+                        .is_ok();
                 }
             }
             if !failed.is_empty() {

@@ -443,9 +443,9 @@ impl ShieldMaps {
     }
 
     /// Refuses a server that serves queues `ours` of the attachment without engaging the
-    /// shield, with CIDs of `layout`, while another live server engaged it with a layout
-    /// that would drop its short headers (another first octet or server id, or fewer
-    /// workers than its own).
+    /// shield, with CIDs of `layout`, while another live server holds queues of it and the
+    /// shield is on with a layout that would drop its short headers (another first octet
+    /// or server id, or fewer workers than its own).
     pub fn check_plain_server_fits(&self, layout: &CidLayout, ours: &[u32]) -> anyhow::Result<()> {
         let _lock = self.lock();
         let e = match self.entry() {
@@ -456,7 +456,7 @@ impl ShieldMaps {
                 return Ok(());
             }
         };
-        if e.flags & SHIELD_ON == 0 || e.flags & SHIELD_CID == 0 || e.engaged == 0 {
+        if e.flags & SHIELD_ON == 0 || e.flags & SHIELD_CID == 0 {
             return Ok(());
         }
         let sid = layout.server_id();
@@ -476,11 +476,11 @@ impl ShieldMaps {
         };
         anyhow::ensure!(
             others.is_empty(),
-            "another server holds queues {others:?} of this attachment and engaged the shield \
-             for CIDs this server's do not fit (length, server id, config rotation, or {} \
-             workers where this one has {}): the shield would drop this server's short \
-             headers; give it the same connection ids and at most as many workers, engage \
-             the shield with it, or serve it on an attachment of its own",
+            "another server holds queues {others:?} of this attachment, whose shield is on \
+             with a CID layout this server's CIDs do not fit (length, server id, config \
+             rotation, or {} workers where this one has {}): the shield would drop this \
+             server's short headers; give it the same connection ids and at most as many \
+             workers, engage the shield with it, or serve it on an attachment of its own",
             e.workers,
             layout.workers()
         );
@@ -756,20 +756,19 @@ pub(crate) fn restore_entry(maps: &mut super::ProgramMaps, entry: &Shield) -> an
 /// comes on (again only the flags word differs). A read that still mixes two entries that
 /// are on takes one program run (it reads the flags first, the rules later) to span two
 /// of these updates (system calls). The cost is a few packets let through unchecked while
-/// the rules change; a change of what the program does not read (the servers'
-/// bookkeeping: `engaged`, `SHIELD_SERVER`) is one write.
+/// the rules change; a change of the flags word alone (on or off, the servers' mark) or of
+/// what the program does not read (`engaged`) is one write.
 pub(crate) fn staged(old: &Shield, new: &Shield) -> Vec<Shield> {
     let mut steps = Vec::with_capacity(3);
     if old == new {
         return steps;
     }
-    // What the program reads of the entry: all but the servers' bookkeeping.
-    let read = |e: &Shield| Shield {
-        flags: e.flags & !SHIELD_SERVER,
-        engaged: 0,
-        ..*e
-    };
-    if read(old) == read(new) {
+    // Only the flags word differs (and the count, which the program does not read): one
+    // aligned word, which a read takes whole.
+    let mut same_but_flags = *old;
+    same_but_flags.flags = new.flags;
+    same_but_flags.engaged = new.engaged;
+    if same_but_flags == *new {
         steps.push(*new);
         return steps;
     }
@@ -848,6 +847,15 @@ mod tests {
             staged(&on_cid, &counted),
             [counted],
             "bookkeeping: one write"
+        );
+        let off_same = Shield {
+            flags: on_cid.flags & !SHIELD_ON,
+            ..on_cid
+        };
+        assert_eq!(
+            staged(&on_cid, &off_same),
+            [off_same],
+            "the flags alone: one write"
         );
         let entries = [Shield::default(), on, on_cid, other, off_cid, counted];
         for old in &entries {
