@@ -142,14 +142,13 @@ impl Handler for PanicsOnConnect {
     }
 }
 
-/// An application callback that panics ends its worker (its connections closed with
-/// INTERNAL_ERROR). The server then stops, naming the worker, as for a failed one: the
-/// packets steered to an ended worker would go unanswered for as long as it ran.
-#[test]
-fn a_panicking_callback_stops_the_server() {
+/// A UDP server of one worker whose callback panics on a connection, after a quinn client's
+/// connection was closed by it with INTERNAL_ERROR.
+fn serve_a_panicking_callback(keep_serving: bool) -> Server<PanicsOnConnect> {
     let (builder, cert) = echo_builder(1);
     let options = ServeOptions {
         watch_every: xdp_quic_control::serve::MIN_WATCH_EVERY,
+        keep_serving_after_handler_panic: keep_serving,
         ..ServeOptions::default()
     };
     let server = Server::start(
@@ -180,6 +179,15 @@ fn a_panicking_callback_stops_the_server() {
         ),
         "{closed:?}"
     );
+    server
+}
+
+/// An application callback that panics ends its worker (its connections closed with
+/// INTERNAL_ERROR). The server then stops, naming the worker, as for a failed one: the
+/// packets steered to an ended worker would go unanswered for as long as it ran.
+#[test]
+fn a_panicking_callback_stops_the_server() {
+    let server = serve_a_panicking_callback(false);
     let why = "an application callback panicked (the worker closed its connections and ends)";
     stops(
         &server,
@@ -199,40 +207,7 @@ fn a_panicking_callback_stops_the_server() {
 /// stops only when asked.
 #[test]
 fn a_server_told_to_keep_serving_reports_a_callback_panic_and_serves_on() {
-    let (builder, cert) = echo_builder(1);
-    let options = ServeOptions {
-        watch_every: xdp_quic_control::serve::MIN_WATCH_EVERY,
-        keep_serving_after_handler_panic: true,
-        ..ServeOptions::default()
-    };
-    let server = Server::start(
-        builder,
-        Backend::Udp("127.0.0.1:0".parse().unwrap()),
-        options,
-        |_| PanicsOnConnect,
-    )
-    .unwrap();
-    let addr = match next(&server) {
-        Event::Serving(Serving::Udp { local_addr, .. }) => local_addr,
-        other => panic!("expected Serving over UDP, got {other:?}"),
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let closed = rt.block_on(async {
-        let ep = support::quinn_endpoint(&cert, false);
-        let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
-        tokio::time::timeout(GUARD, conn.closed()).await
-    });
-    assert!(
-        matches!(
-            closed,
-            Ok(quinn::ConnectionError::ApplicationClosed(ref c))
-                if c.error_code == xdp_quic::INTERNAL_ERROR
-        ),
-        "{closed:?}"
-    );
+    let server = serve_a_panicking_callback(true);
     match next(&server) {
         Event::HandlerPanicked { worker } => assert_eq!(worker, 0),
         other => panic!("expected HandlerPanicked, got {other:?}"),
@@ -427,14 +402,7 @@ fn pins_of_another_namespace_leave_a_server_its_own_attachment() {
         mode: AttachMode::Auto,
         fallback: Fallback::Never,
     };
-    let server = tb
-        .in_server(|| {
-            Server::start(builder, backend, ServeOptions::default(), |_| {
-                EchoServer::default()
-            })
-        })
-        .unwrap()
-        .expect("serving over AF_XDP");
+    let server = start_echo_in(&tb, builder, backend);
     match next(&server) {
         Event::Serving(Serving::Xdp { iface, program, .. }) => {
             assert_eq!(iface, name);
@@ -478,6 +446,17 @@ fn pins_of_another_namespace_leave_a_server_its_own_attachment() {
     assert_eq!(pinned_shield, Some(None));
 }
 
+/// An echo server per `builder` and `backend`, started in `tb`'s server namespace.
+fn start_echo_in(tb: &Testbed, builder: EngineBuilder, backend: Backend) -> Server<EchoServer> {
+    tb.in_server(|| {
+        Server::start(builder, backend, ServeOptions::default(), |_| {
+            EchoServer::default()
+        })
+    })
+    .unwrap()
+    .expect("serving over AF_XDP")
+}
+
 fn serve_in(tb: &Testbed, fallback: Fallback) -> (Server<EchoServer>, Vec<Cert>) {
     let (builder, cert) = echo_builder(1);
     let setup = XdpSetup::new(&tb.server_if, "0.0.0.0:4433".parse().unwrap(), vec![0]);
@@ -486,14 +465,7 @@ fn serve_in(tb: &Testbed, fallback: Fallback) -> (Server<EchoServer>, Vec<Cert>)
         mode: AttachMode::Auto,
         fallback,
     };
-    let server = tb
-        .in_server(|| {
-            Server::start(builder, backend, ServeOptions::default(), |_| {
-                EchoServer::default()
-            })
-        })
-        .unwrap()
-        .expect("serving over AF_XDP");
+    let server = start_echo_in(tb, builder, backend);
     match next(&server) {
         Event::Serving(Serving::Xdp {
             iface,
