@@ -626,8 +626,7 @@ impl<H: Handler, F: FnMut(usize) -> H> Supervisor<H, F> {
             // this engine holds the queues.
             if let Ok(mut maps) = maps {
                 let ours: Vec<u32> = engine.xsk_queues().iter().map(|q| q.queue).collect();
-                let (len, server_id, rotation) = self.builder.connection_id_settings();
-                let layout = CidLayout::new(len, rotation, server_id, ours.len())?;
+                let layout = self.builder.cid_layout(ours.len())?;
                 maps.check_plain_server_fits(&layout, &ours)
                     .with_context(|| format!("serving on {iface}"))?;
                 match maps.clear_left_by_server(&ours) {

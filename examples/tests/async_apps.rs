@@ -406,12 +406,8 @@ async fn the_async_hq_server_takes_back_the_slot_of_an_answer_not_taken() {
         quinn_transport(),
     )
     .await;
-    let (mut send, mut unread) = conn.open_bi().await.unwrap();
-    send.write_all(b"GET /mid\r\n").await.unwrap();
-    send.finish().unwrap();
     // Its answer has begun: it holds the one slot (a little is read here, the rest not).
-    let first = guard("the answer's start", unread.read_chunk(1_000, true)).await;
-    assert!(first.unwrap().is_some_and(|c| !c.bytes.is_empty()));
+    let mut unread = begin_unread_answer(&conn).await;
     // Waits for the one slot, which the unread answer holds until its stall.
     let got = guard("the request after it", get(&conn, b"GET /small\r\n")).await;
     assert_same("small", &got.unwrap(), &small);
@@ -447,11 +443,7 @@ async fn the_async_hq_server_drops_waiting_requests_the_peer_stopped() {
     )
     .await;
     // An answer not read holds the connection's one slot.
-    let (mut send, mut unread) = conn.open_bi().await.unwrap();
-    send.write_all(b"GET /mid\r\n").await.unwrap();
-    send.finish().unwrap();
-    let first = guard("the answer's start", unread.read_chunk(1_000, true)).await;
-    assert!(first.unwrap().is_some_and(|c| !c.bytes.is_empty()));
+    let _unread = begin_unread_answer(&conn).await;
     let tasks = || {
         tokio::runtime::Handle::current()
             .metrics()
@@ -487,4 +479,15 @@ async fn the_async_hq_server_drops_waiting_requests_the_peer_stopped() {
     conn.close(VarInt::from_u32(0), b"");
     ep.close(VarInt::from_u32(0), b"");
     guard("idle", ep.wait_idle()).await;
+}
+
+/// Asks for `/mid` on `conn` and reads the first chunk of its answer, no more: the answer
+/// has begun and holds its file slot. Returns the rest, unread.
+async fn begin_unread_answer(conn: &quinn::Connection) -> quinn::RecvStream {
+    let (mut send, mut unread) = conn.open_bi().await.unwrap();
+    send.write_all(b"GET /mid\r\n").await.unwrap();
+    send.finish().unwrap();
+    let first = guard("the answer's start", unread.read_chunk(1_000, true)).await;
+    assert!(first.unwrap().is_some_and(|c| !c.bytes.is_empty()));
+    unread
 }

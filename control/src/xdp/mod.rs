@@ -92,13 +92,7 @@ pub fn interface_counters(iface: &str) -> anyhow::Result<Counters> {
         return pinned_counters(iface);
     }
     if let Some(link) = netlink::link_by_name(iface)? {
-        if link.xdp_prog_id != 0 && !caps::may_list_programs() {
-            anyhow::bail!(
-                "{iface} has an XDP program (id {}), and whether it is xdp-quic's cannot be \
-                 told without CAP_SYS_ADMIN (listing BPF programs takes it): run it as root",
-                link.xdp_prog_id
-            );
-        }
+        may_tell_whose(iface, link.xdp_prog_id)?;
         if let Some(p) = owner::own_program(link.xdp_prog_id, link.ifindex)? {
             return Counters::read(&p.maps.counters);
         }
@@ -122,14 +116,8 @@ pub fn interface_owner(iface: &str) -> anyhow::Result<Owner> {
         });
     }
     if let Some(link) = netlink::link_by_name(iface)? {
+        may_tell_whose(iface, link.xdp_prog_id)?;
         let (owner, program) = owner::identify(link.xdp_prog_id, link.ifindex)?;
-        if owner == Owner::Unknown {
-            anyhow::bail!(
-                "{iface} has an XDP program (id {}), and whether it is xdp-quic's cannot be \
-                 told without CAP_SYS_ADMIN (listing BPF programs takes it): run it as root",
-                link.xdp_prog_id
-            );
-        }
         if program.is_some() {
             return Ok(owner);
         }
@@ -139,6 +127,18 @@ pub fn interface_owner(iface: &str) -> anyhow::Result<Owner> {
         path: dir,
     }
     .into())
+}
+
+/// Refuses to guess whose program `prog_id` on `iface` is where this process may not list
+/// the loaded programs ([`Owner::Unknown`]): it would be taken for another tool's.
+fn may_tell_whose(iface: &str, prog_id: u32) -> anyhow::Result<()> {
+    if prog_id != 0 && !caps::may_list_programs() {
+        anyhow::bail!(
+            "{iface} has an XDP program (id {prog_id}), and whether it is xdp-quic's cannot be \
+             told without CAP_SYS_ADMIN (listing BPF programs takes it): run it as root"
+        );
+    }
+    Ok(())
 }
 
 /// Whether xdp-quic's pins named `iface` hold counters that are not another network

@@ -349,8 +349,9 @@ impl ShieldMaps {
         f: impl FnOnce(&Shield) -> anyhow::Result<(Shield, T)>,
     ) -> anyhow::Result<T> {
         let _lock = self.lock();
-        let (next, out) = f(&self.entry()?)?;
-        self.set_entry(&next)?;
+        let entry = self.entry()?;
+        let (next, out) = f(&entry)?;
+        self.write_from(&entry, &next)?;
         Ok(out)
     }
 
@@ -375,7 +376,12 @@ impl ShieldMaps {
     /// [`staged`] steps.
     pub fn set_entry(&mut self, s: &Shield) -> anyhow::Result<()> {
         let old = self.entry()?;
-        for step in staged(&old, s) {
+        self.write_from(&old, s)
+    }
+
+    /// Writes `new` over `old` (the entry as last read) in [`staged`] steps.
+    fn write_from(&mut self, old: &Shield, new: &Shield) -> anyhow::Result<()> {
+        for step in staged(old, new) {
             self.shield.set(0, step, 0)?;
         }
         Ok(())

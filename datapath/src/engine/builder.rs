@@ -206,6 +206,17 @@ impl EngineBuilder {
         (self.cid_len, &self.server_id, self.config_rotation)
     }
 
+    /// The CID layout of an engine of `workers` workers built from this (what an XDP
+    /// shield's layout must be for the engine's short headers to pass it).
+    pub fn cid_layout(&self, workers: usize) -> Result<CidLayout, EngineError> {
+        Ok(CidLayout::new(
+            self.cid_len,
+            self.config_rotation,
+            &self.server_id,
+            workers,
+        )?)
+    }
+
     /// Datagrams each worker can have waiting from other workers (default 4096, at most
     /// 2^20: the slots are allocated at the build).
     pub fn handover_capacity(mut self, n: usize) -> Self {
@@ -291,7 +302,7 @@ impl EngineBuilder {
     /// (a worker would run unpinned, its memory away from the CPU meant for it). Returns the
     /// engine's CID layout.
     pub(crate) fn check(&self, workers: usize) -> Result<CidLayout, EngineError> {
-        let layout = CidLayout::new(self.cid_len, self.config_rotation, &self.server_id, workers)?;
+        let layout = self.cid_layout(workers)?;
         if self.server.is_none() && self.client.is_none() {
             return Err(EngineError::Config(
                 "neither a server nor a client configuration was given".into(),

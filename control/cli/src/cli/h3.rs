@@ -117,18 +117,15 @@ fn program_lost(iface: &str, w: &mut ProgramWatch) -> Option<String> {
 /// pinned for the interface, or attaches it for the port for the endpoint's life, as the
 /// other apps do ([`ServerSteering::for_server`]), and returns what watches that program.
 fn bind(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<(Endpoint, String, Option<Watched>)> {
-    let b_cids = {
-        let (len, server_id, rotation) = b.connection_id_settings();
-        (len, server_id.to_vec(), rotation)
-    };
-    let builder = Builder::new(b);
     match a.backend {
         BackendArg::Udp => {
-            let ep = builder.bind_udp(a.listen)?;
+            let ep = Builder::new(b).bind_udp(a.listen)?;
             Ok((ep, format!("with {} UDP worker(s)", a.workers), None))
         }
         BackendArg::Xdp | BackendArg::Auto => {
             let setup = super::serve::xdp_setup(a)?;
+            let layout = b.cid_layout(setup.queues.len())?;
+            let builder = Builder::new(b);
             let steering = ServerSteering::for_server(&setup.iface, a.listen, a.xdp_mode.into())
                 .with_context(|| format!("steering {} to AF_XDP", setup.iface))?;
             let origin = steering.describe();
@@ -146,9 +143,6 @@ fn bind(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<(Endpoint, String, Op
             if let Some(mut maps) = shield {
                 // Refused (the endpoint drops, its sockets go) under a live server's shield
                 // whose CID layout would drop this one's short headers.
-                let (len, server_id, rotation) = b_cids;
-                let layout =
-                    xdp_quic::cid::CidLayout::new(len, rotation, &server_id, setup.queues.len())?;
                 maps.check_plain_server_fits(&layout, &setup.queues)
                     .with_context(|| format!("serving on {}", setup.iface))?;
                 match maps.clear_left_by_server(&setup.queues) {
