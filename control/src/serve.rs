@@ -219,8 +219,9 @@ pub enum Serving {
     },
 }
 
-/// Why a server stopped an engine.
+/// Why a server stopped an engine. More reasons may come: a `match` needs a `_` arm.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StopReason {
     /// [`Stop::stop`] was called.
     Requested,
@@ -234,8 +235,10 @@ pub enum StopReason {
     ProgramLost { iface: String, why: WatchEvent },
 }
 
-/// What a [`Server`] reports, in the order it happens.
+/// What a [`Server`] reports, in the order it happens. More events may come (a new one is
+/// not a breaking change): a `match` needs a `_` arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Event {
     /// An engine started and serves.
     Serving(Serving),

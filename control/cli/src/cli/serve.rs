@@ -440,6 +440,7 @@ fn serve<H: Handler>(
              attach {iface} --port PORT` again if it was attached so), or run with --backend auto to fall \
              back to kernel UDP"
         ),
+        other => bail!("the server stopped: {other:?}"),
     }
 }
 
@@ -521,6 +522,7 @@ fn report(a: &ServeArgs, event: &Event) {
                     "error: {why} on {iface}: the AF_XDP workers receive nothing any more; \
                      closing their connections"
                 ),
+                other => eprintln!("stopping ({other:?}): closing connections"),
             }
         }
         Event::Stopped { counters } => print_counters(counters),
@@ -577,6 +579,7 @@ fn report(a: &ServeArgs, event: &Event) {
         Event::HandlerPanicked { worker } => eprintln!(
             "worker {worker}: an application callback panicked; the worker closed its connections and ended, the others serve on"
         ),
+        other => eprintln!("{other:?}"),
     }
 }
 
