@@ -28,8 +28,28 @@ pub use crate::hq::{
     HqLimits, ALPN, BAD_REQUEST, CHUNK, MAX_REQUEST, NOT_FOUND, REQUEST_TIMED_OUT, STALLED,
 };
 
+/// Reads a request as the callback server does: up to a line's end (`\n` at the end of what
+/// has arrived) or the stream's end, whichever comes first, so that a client that leaves
+/// its stream open after the line is answered. `None`: longer than [`MAX_REQUEST`].
+async fn read_request(
+    recv: &mut RecvStream,
+) -> Result<Option<Vec<u8>>, xdp_quic::tokio::ReadError> {
+    let mut line = Vec::new();
+    while let Some(chunk) = recv.read_chunk(MAX_REQUEST + 1 - line.len(), true).await? {
+        line.extend_from_slice(&chunk.bytes);
+        if line.len() > MAX_REQUEST {
+            return Ok(None);
+        }
+        if line.ends_with(b"\n") {
+            break;
+        }
+    }
+    Ok(Some(line))
+}
+
 /// Chunks a stream's send queue holds at most, with the async API's default
-/// `Limits::stream_send` (256 KiB).
+/// `Limits::stream_send` (256 KiB): an endpoint with a larger one needs a longer
+/// `send_stall` for the answers' ends (see `answer`).
 const QUEUE_CHUNKS: usize = (256 << 10) / CHUNK;
 
 /// The server: the root and the endpoint-wide slots.
@@ -91,15 +111,15 @@ impl AsyncHq {
         mut recv: RecvStream,
         mine: &Semaphore,
     ) -> anyhow::Result<()> {
-        let line = recv.read_to_end(MAX_REQUEST);
+        let line = read_request(&mut recv);
         let line = match tokio::time::timeout(self.limits.request_timeout, line).await {
-            Ok(Ok(line)) => line,
+            Ok(Ok(Some(line))) => line,
             Err(_) => {
                 let _ = send.reset(REQUEST_TIMED_OUT);
                 let _ = recv.stop(REQUEST_TIMED_OUT);
                 return Ok(());
             }
-            Ok(Err(xdp_quic::tokio::ReadToEndError::TooLong)) => {
+            Ok(Ok(None)) => {
                 let _ = send.reset(BAD_REQUEST);
                 let _ = recv.stop(BAD_REQUEST);
                 return Ok(());

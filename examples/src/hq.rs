@@ -27,18 +27,20 @@
 //! read): at most [`HqLimits::files_per_connection`] (default 16) per connection and
 //! [`HqLimits::files_per_worker`] (default 256) per worker. Requests beyond either wait, in
 //! stream order per connection and round-robin between connections, and are served as
-//! slots free up; they are never refused for it. A stream that ends (stopped, reset) or a
-//! connection that closes gives its slots and waiting requests back at once (its
-//! descriptors close as soon as the pool hands them back).
+//! slots free up; they are never refused for it. A stream the client stops (or resets while
+//! its request line is coming) or a connection that closes gives its slots and waiting
+//! requests back at once (its descriptors close as soon as the pool hands them back).
 //!
 //! A handler wrapped in another handler must be attached with [`HqServer::attach_via`]; one
-//! that is never attached opens and reads on the worker thread (with the same safe open)
-//! and only the per-connection cap applies.
+//! that is never attached opens and reads on the worker thread (with the same safe open),
+//! and only the per-connection cap applies: no worker cap, and no stall sweeper, so neither
+//! [`HqLimits::send_stall`] nor [`HqLimits::request_timeout`] is enforced.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -210,13 +212,20 @@ type WorkerTask = Box<dyn FnOnce(&mut HqServer) + Send>;
 
 /// Posts work back to the worker of an [`HqServer`], however it is wrapped.
 struct Poster {
+    /// Waits while the worker's queue is full: only ever called on the pool's threads.
     to_conn: Box<dyn Fn(ConnId, ConnTask) -> bool + Send + Sync>,
+    /// Never blocks (it may run on the worker itself): a full queue drops the task.
     to_worker: Box<dyn Fn(usize, WorkerTask) -> bool + Send + Sync>,
+    /// Slots of jobs whose delivery was dropped (their connection was gone), not yet taken
+    /// back by the server ([`HqServer::take_returned`]).
+    returned: AtomicUsize,
 }
 
 /// The result of one pool job on its way back to the worker. If it never gets there (the
 /// connection was gone when it arrived), dropping it tells the worker that the slot is
-/// free.
+/// free: a count the server reads at its next admission, and a wake-up that may be lost
+/// (the drop can happen on the worker itself, which must not wait on its own queue; the
+/// stall sweeper's next admission then takes the slot back).
 struct Delivery {
     poster: Arc<Poster>,
     conn: ConnId,
@@ -247,7 +256,8 @@ impl Drop for Delivery {
     fn drop(&mut self) {
         if let Some(result) = self.result.take() {
             drop(result); // closes the file first
-            (self.poster.to_worker)(self.conn.worker(), Box::new(|h| h.orphan_returned()));
+            self.poster.returned.fetch_add(1, Ordering::Release);
+            (self.poster.to_worker)(self.conn.worker(), Box::new(|h| h.admit(None)));
         }
     }
 }
@@ -341,6 +351,10 @@ pub struct HqServer {
     pub timed_out: u64,
     /// Dropped with the handler: ends its stall sweeper at once.
     sweeper: Option<std::sync::mpsc::Sender<()>>,
+    /// Time between two sweeps, and the last sweep: every worker's sweeper asks every
+    /// worker, so a sweep closer than half a period to the last is skipped.
+    sweep_every: Duration,
+    last_sweep: Option<Instant>,
 }
 
 impl HqServer {
@@ -375,6 +389,8 @@ impl HqServer {
             stalled: 0,
             timed_out: 0,
             sweeper: None,
+            sweep_every: Duration::ZERO,
+            last_sweep: None,
         })
     }
 
@@ -401,8 +417,12 @@ impl HqServer {
 
     /// What the server holds now.
     pub fn state(&self) -> HqState {
+        let returned = self
+            .io
+            .as_ref()
+            .map_or(0, |io| io.poster.returned.load(Ordering::Acquire));
         let mut s = HqState {
-            open: self.open,
+            open: self.open - returned,
             connections: self.conns.len(),
             ..HqState::default()
         };
@@ -429,8 +449,9 @@ impl HqServer {
                     .is_ok()
             }),
             to_worker: Box::new(move |w, task: WorkerTask| {
-                workers.post_wait(w, move |h, _| task(project(h))).is_ok()
+                workers.post(w, move |h, _| task(project(h))).is_ok()
             }),
+            returned: AtomicUsize::new(0),
         });
         // Each slot has at most one job out, so the queue never fills.
         match FilePool::new(self.limits.pool_threads, self.limits.files_per_worker) {
@@ -447,6 +468,7 @@ impl HqServer {
             engine.clone(),
             (shortest / 4).max(Duration::from_millis(10)),
         );
+        self.sweep_every = period;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name("hq-stall-sweep".into())
@@ -474,6 +496,13 @@ impl HqServer {
     /// did not come whole within `request_timeout`.
     fn sweep_stalled(&mut self, ctx: &mut Ctx<'_>) {
         let (now, stall) = (ctx.now(), self.limits.send_stall);
+        if self
+            .last_sweep
+            .is_some_and(|last| now.saturating_duration_since(last) < self.sweep_every / 2)
+        {
+            return;
+        }
+        self.last_sweep = Some(now);
         let limit = self.limits.request_timeout;
         let late: Vec<(ConnId, StreamId)> = self
             .conns
@@ -548,6 +577,7 @@ impl HqServer {
     }
 
     fn admit_queued(&mut self) {
+        self.take_returned();
         let Some(io) = &self.io else { return };
         let per_conn = self.limits.files_per_connection;
         while self.open < self.limits.files_per_worker {
@@ -773,7 +803,14 @@ impl HqServer {
         self.admit(Some(conn));
     }
 
-    /// A job of a closed connection came back (or was dropped): its slot is free.
+    /// Frees the slots of the jobs whose deliveries were dropped.
+    fn take_returned(&mut self) {
+        if let Some(io) = &self.io {
+            self.open -= io.poster.returned.swap(0, Ordering::Acquire);
+        }
+    }
+
+    /// A job of a closed connection came back: its slot is free.
     fn orphan_returned(&mut self) {
         self.open -= 1;
         self.admit(None);
@@ -912,6 +949,8 @@ pub struct HqClient {
     /// The next path to request (the rest wait for the peer's stream limit).
     next: usize,
     pending: HashMap<StreamId, (usize, BytesMut)>,
+    /// Requests the stream's flow control has not taken whole yet: finished once written.
+    sending: HashMap<StreamId, Outbox>,
     /// One result per path, in the order given.
     pub results: Vec<Option<Fetched>>,
     conn: Option<ConnId>,
@@ -935,6 +974,7 @@ impl HqClient {
             paths,
             next: 0,
             pending: HashMap::new(),
+            sending: HashMap::new(),
             results: vec![None; n],
             conn: None,
             budget: CLIENT_BODIES,
@@ -976,12 +1016,34 @@ impl HqClient {
             let Some(s) = conn.open_bi() else {
                 return;
             };
-            let req = format!("GET {}\r\n", self.paths[self.next]);
-            // A request line is far below any initial stream window.
-            let _ = conn.write(s, req.as_bytes());
-            let _ = conn.finish(s);
+            let mut req = Outbox::default();
+            req.push(Bytes::from(format!("GET {}\r\n", self.paths[self.next])));
             self.pending.insert(s, (self.next, BytesMut::new()));
             self.next += 1;
+            // A server may give a window smaller than the line: the rest waits for
+            // `stream_writable`, and the stream ends only after the whole line.
+            self.send_request(conn, s, req);
+        }
+    }
+
+    /// Writes what the stream takes of `req`, then ends the stream; keeps the rest.
+    fn send_request(&mut self, conn: &mut Conn<'_>, s: StreamId, mut req: Outbox) {
+        let failed = match req.flush(conn, s) {
+            Ok(true) => conn.finish(s).err(),
+            Ok(false) => {
+                self.sending.insert(s, req);
+                None
+            }
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
+            if let Some((i, _)) = self.pending.remove(&s) {
+                self.finish_one(
+                    conn,
+                    i,
+                    Fetched::Failed(format!("sending the request: {e}")),
+                );
+            }
         }
     }
 }
@@ -996,6 +1058,12 @@ impl Handler for HqClient {
 
     fn streams_available(&mut self, conn: &mut Conn<'_>) {
         self.request_more(conn);
+    }
+
+    fn stream_writable(&mut self, conn: &mut Conn<'_>, s: StreamId) {
+        if let Some(req) = self.sending.remove(&s) {
+            self.send_request(conn, s, req);
+        }
     }
 
     fn stream_readable(&mut self, conn: &mut Conn<'_>, s: StreamId) {

@@ -329,6 +329,16 @@ async fn the_async_hq_server_serves_files_and_refuses_what_it_must() {
                 String::from_utf8_lossy(&request[..request.len().min(40)])
             );
         }
+        // A whole line is a request, as in the callback server, though the client leaves its
+        // stream open (it was answered only at the stream's end, after the request timeout).
+        let (name, body) = files[0].clone();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(format!("GET /{name}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let got = guard("a line on an open stream", recv.read_to_end(usize::MAX)).await;
+        assert_same(&format!("{name} on an open stream"), &got.unwrap(), &body);
+        drop(send);
         // A request line that never ends is refused once its time is up.
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         send.write_all(b"GET /big.bin").await.unwrap();

@@ -974,6 +974,47 @@ async fn the_hq_client_takes_in_at_most_its_budget_body() {
     shutdown(engine).await;
 }
 
+/// A server whose streams take 8 octets of a request at a time: our hq client writes the
+/// rest of its request line as the window opens and ends the stream only after it (it
+/// wrote 8 octets and ended the stream, so that the server looked up `/sma`).
+#[test]
+fn the_hq_client_sends_its_whole_request_through_a_small_window() {
+    on_runtime(the_hq_client_sends_its_whole_request_through_a_small_window_body());
+}
+
+async fn the_hq_client_sends_its_whole_request_through_a_small_window_body() {
+    let (_t, www, _big, small) = cap_site("client-window");
+    let (b, cert) = our_server(1, hq::ALPN);
+    let mut t = TransportConfig::default();
+    t.stream_receive_window(VarInt::from_u32(8));
+    let root = www.clone();
+    let engine = b
+        .transport(t)
+        .start_udp("127.0.0.1:0".parse().unwrap(), move |_| {
+            HqServer::with_limits(&root, HqLimits::default()).unwrap()
+        })
+        .unwrap();
+    let addr = engine.local_addr();
+    let paths = vec!["/small".to_string()];
+    assert!(format!("GET {}\r\n", paths[0]).len() > 8);
+    let c = our_client(1, cert, hq::ALPN);
+    let (mut hs, _) = blocking("the client", move || {
+        xdp_quic_examples::client::run(
+            c,
+            "127.0.0.1:0".parse().unwrap(),
+            move |_| hq::HqClient::new(addr, "localhost", paths.clone()),
+            |h: &mut hq::HqClient, ctx| h.start(ctx),
+        )
+        .unwrap()
+    })
+    .await;
+    match hs.pop().unwrap().results.pop().unwrap() {
+        Some(hq::Fetched::Body(b)) => assert_eq!(b, small),
+        other => panic!("/small: {other:?}"),
+    }
+    shutdown(engine).await;
+}
+
 /// An hq server with one file slot per connection and a 300 ms send stall, and a connection
 /// to it of a client whose streams' windows hold 16 KiB; with the small file's content.
 async fn one_slot_stalling_server(
