@@ -588,6 +588,23 @@ impl<'a> Conn<'a> {
         self.slot.conn.datagrams().max_size()
     }
 
+    /// Whether this endpoint's transport sends and takes datagrams at all (false: its
+    /// `TransportConfig::datagram_receive_buffer_size` is `None`, and `send_datagram`
+    /// fails with `Disabled`). quinn-proto has no getter for it: this asks it to send a
+    /// datagram larger than any path takes, which it refuses (with `Disabled` before any
+    /// other check) and never queues.
+    pub fn datagrams_enabled(&mut self) -> bool {
+        // Larger than any datagram a path of at most 65,527 octets of UDP payload takes.
+        static PROBE: [u8; 1 << 16] = [0; 1 << 16];
+        !matches!(
+            self.slot
+                .conn
+                .datagrams()
+                .send(Bytes::from_static(&PROBE), false),
+            Err(quinn_proto::SendDatagramError::Disabled)
+        )
+    }
+
     /// Closes the connection with an application error `code` and `reason`.
     pub fn close(&mut self, code: VarInt, reason: &[u8]) {
         self.slot

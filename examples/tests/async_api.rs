@@ -1202,6 +1202,63 @@ async fn what_the_handshake_settled_is_known_when_the_connection_resolves() {
     }
 }
 
+/// An endpoint whose transport turns datagrams off refuses to send one with `Disabled`, as
+/// quinn does, though its peer takes them (it said Ok, and the worker dropped the datagram).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_datagram_says_disabled_when_this_endpoint_turned_datagrams_off() {
+    for mode in MODES {
+        let (id, cert) = identity();
+        let mut t = transport();
+        t.datagram_receive_buffer_size(None);
+        let engine = EngineBuilder::default()
+            .workers(1)
+            .server(tls::server_config(id, &[async_echo::ALPN]).unwrap())
+            .transport(t)
+            .drain_timeout(DRAIN);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = move |ep: Endpoint| {
+            let tx = tx.clone();
+            async move {
+                while let Some(incoming) = ep.accept().await {
+                    let conn = incoming.await.unwrap();
+                    let _ = tx.send((
+                        conn.send_datagram(Bytes::from_static(b"x")),
+                        conn.max_datagram_size(),
+                    ));
+                }
+            }
+        };
+        let b = Builder::new(engine);
+        let any = "127.0.0.1:0".parse().unwrap();
+        let ep = match mode {
+            Mode::AppRuntime => {
+                let ep = b.bind_udp(any).unwrap();
+                tokio::spawn(app(ep.clone()));
+                ep
+            }
+            Mode::ThreadPerCore => b.thread_per_core(app).bind_udp(any).unwrap(),
+        };
+        let client = quinn_client(cert, async_echo::ALPN);
+        let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
+        assert!(
+            conn.max_datagram_size().is_none(),
+            "{mode:?}: the server takes none"
+        );
+        let (sent, max) = guard("the server's send_datagram", rx.recv())
+            .await
+            .unwrap();
+        assert!(max.is_some(), "{mode:?}: quinn takes datagrams");
+        assert_eq!(
+            sent,
+            Err(xdp_quic::tokio::SendDatagramError::Disabled),
+            "{mode:?}"
+        );
+        conn.close(VarInt::from_u32(0), b"");
+        ep.close(VarInt::from_u32(0), b"");
+        guard("idle", ep.wait_idle()).await;
+    }
+}
+
 /// A connection counts among the endpoint's open ones from `connect` (and from an
 /// `Incoming`'s accept) on, as in quinn: a `wait_idle` right after waits for it, and
 /// returns once it has ended. (Before, it counted once its worker had it: a `wait_idle`

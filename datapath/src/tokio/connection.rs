@@ -300,15 +300,17 @@ impl Connection {
     /// Sends an unreliable datagram; when too many wait to be sent, the oldest is dropped.
     /// Its size is checked against [`Connection::max_datagram_size`], as the worker last saw
     /// it (at the connection's last event it handled); one the path no longer takes when the
-    /// worker sends it is dropped, as the network could. Unlike quinn, this does not fail
-    /// with `Disabled` when this endpoint's transport turned datagrams off
-    /// (`datagram_receive_buffer_size(None)`): quinn-proto does not let the task see that
-    /// setting, and the worker drops such datagrams.
+    /// worker sends it is dropped, as the network could. As in quinn, it fails with
+    /// `Disabled` when this endpoint's transport turned datagrams off
+    /// (`datagram_receive_buffer_size(None)`), before any other check but a lost connection.
     pub fn send_datagram(&self, data: Bytes) -> Result<(), SendDatagramError> {
         let c = self.shared();
         let mut st = c.lock();
         if let Some(e) = &st.error {
             return Err(SendDatagramError::ConnectionLost(e.clone()));
+        }
+        if st.info.datagrams_off {
+            return Err(SendDatagramError::Disabled);
         }
         let Some(max) = st.info.max_datagram else {
             return Err(SendDatagramError::UnsupportedByPeer);

@@ -155,10 +155,9 @@ impl Driver {
             }
             open_streams(conn, &mut st, &mut wakes);
             while let Some(d) = st.out_datagrams.pop() {
-                // Too large or unsupported by the peer was checked by the task. quinn-proto
-                // refuses it still on a path that shrank since (dropped, as the network
-                // could) and when this endpoint's transport turned datagrams off (a setting
-                // it does not show: `Connection::send_datagram` says so).
+                // Too large, unsupported by the peer or turned off here was checked by the
+                // task. quinn-proto refuses it still on a path that shrank since (dropped,
+                // as the network could).
                 let _ = conn.send_datagram(d);
             }
             let mut todo = std::mem::take(&mut self.todo);
@@ -332,6 +331,7 @@ fn refresh(conn: &mut Conn<'_>, st: &mut ConnState) {
     st.info.remote = Some(conn.remote_address());
     st.info.rtt = conn.rtt();
     st.info.max_datagram = conn.max_datagram_size();
+    st.info.datagrams_off = !conn.datagrams_enabled();
 }
 
 /// A stream the peer opened: it waits for `accept_bi` / `accept_uni`.

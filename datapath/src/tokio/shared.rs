@@ -511,6 +511,8 @@ pub(crate) struct Info {
     pub local_ip: Option<std::net::IpAddr>,
     pub rtt: std::time::Duration,
     pub max_datagram: Option<usize>,
+    /// This endpoint's transport turned datagrams off (`Conn::datagrams_enabled`).
+    pub datagrams_off: bool,
     pub handshake: Option<quinn_proto::crypto::rustls::HandshakeData>,
     pub peer_certificates: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
     pub stats: Option<quinn_proto::ConnectionStats>,
