@@ -893,6 +893,65 @@ async fn reading_a_body_after_stopping_it_fails_the_read_not_the_connection() {
     stop_server(ep).await;
 }
 
+/// A request body the client resets inside a DATA frame: every read after the reset fails
+/// with the reset's code, as the first did, and the connection stays open. Before, only the
+/// first read failed; the next found the stream ended inside the frame and closed the
+/// connection with H3_FRAME_ERROR (and a reset on a frame's boundary passed for the body's
+/// end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_after_the_peer_reset_a_body_fail_as_the_first_did() {
+    let (ep, cert) = bare_server();
+    guard("reading after a reset", async {
+        let server = ep.clone();
+        let (read_some, got_some) = tokio::sync::oneshot::channel();
+        let handler = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let quic = xdp_quic_h3::Connection::new(conn);
+            let mut h3 = h3::server::builder().build::<_, Bytes>(quic).await.unwrap();
+            let resolver = h3.accept().await.unwrap().expect("a request");
+            let (_req, mut stream) = resolver.resolve_request().await.unwrap();
+            let first = stream
+                .recv_data()
+                .await
+                .unwrap()
+                .expect("the body's first octets");
+            assert!(first.has_remaining());
+            let _ = read_some.send(());
+            let mut errors = Vec::new();
+            while errors.len() < 3 {
+                match stream.recv_data().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("a reset body read as whole"),
+                    Err(e) => errors.push(format!("{e}")),
+                }
+            }
+            (h3, errors)
+        });
+        let (_client, conn) = connect(&ep, cert).await;
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        // HEADERS, then a DATA frame of 100 octets of which 10 come, then the reset.
+        let mut frames = raw_frame(0x01, &get_fields("/upload"));
+        frames.push(0x00);
+        frames.extend_from_slice(&varint8(100));
+        frames.extend_from_slice(&[0x5a; 10]);
+        send.write_all(&frames).await.unwrap();
+        got_some
+            .await
+            .expect("the handler read the body's first octets");
+        let cancelled = h3::error::Code::H3_REQUEST_CANCELLED.value();
+        send.reset(xdp_quic::VarInt::from_u64(cancelled).unwrap())
+            .unwrap();
+        let (_h3, errors) = handler.await.expect("the handler ends without a panic");
+        assert!(
+            errors.iter().all(|e| e.contains("H3_REQUEST_CANCELLED")),
+            "{errors:?}"
+        );
+        assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+    })
+    .await;
+    stop_server(ep).await;
+}
+
 /// Requests of a connection that ends while they wait for a file slot (another connection's
 /// unread answer holds the only one) end with it: their tasks, which outlive their
 /// connection, do not stay parked behind the slot. Before, each kept its task, request and

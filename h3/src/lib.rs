@@ -483,6 +483,12 @@ pub struct RecvStream {
     /// quinn's after a stop) instead of reading on from where the refusal left the filter,
     /// or taking the stop for the peer's end.
     given_up: bool,
+    /// How the stream failed (the peer reset it, the connection ended): later reads fail
+    /// the same way. (h3 reads again after an error, for the rest of a body or its
+    /// trailers, and the async API's stream reads as ended after a reset: a reset on a
+    /// frame's boundary would pass for a whole body, one inside a frame for a truncated
+    /// frame, a connection error.)
+    failed: Option<xq::ReadError>,
     /// Takes out the frames h3 is not to see, refuses those it would buffer without bound
     /// ([`MAX_FRAME`], [`MAX_FIELD_FRAME`]); knows a unidirectional stream's type.
     frames: FrameFilter,
@@ -502,6 +508,7 @@ impl RecvStream {
             flight: flight.clone(),
             ended: false,
             given_up: false,
+            failed: None,
             frames: if uni {
                 FrameFilter::uni()
             } else {
@@ -581,6 +588,9 @@ impl quic::RecvStream for RecvStream {
                 xq::ReadError::ClosedStream,
             ))));
         }
+        if let Some(e) = &self.failed {
+            return Poll::Ready(Err(read_error(e.clone())));
+        }
         for _ in 0..EMPTIED_CHUNKS {
             let data = match self.stream().poll_read_chunk(cx, READ_CHUNK) {
                 Poll::Pending => return Poll::Pending,
@@ -594,6 +604,7 @@ impl quic::RecvStream for RecvStream {
                 }
                 Poll::Ready(Err(e)) => {
                     self.ended = true;
+                    self.failed = Some(e.clone());
                     return Poll::Ready(Err(read_error(e)));
                 }
             };
@@ -642,8 +653,9 @@ impl RecvStream {
     /// life, holding a stream credit): a client's push stream closes the connection with
     /// H3_STREAM_CREATION_ERROR (§6.2.2: only servers push); a push stream to a client,
     /// which allowed none (it sends no MAX_PUSH_ID), closes it with H3_ID_ERROR (§4.6); a
-    /// WebTransport stream is stopped with H3_STREAM_CREATION_ERROR. h3 sees the stream end
-    /// before its type and forgets it. `None`: a type h3 takes.
+    /// WebTransport stream is stopped with H3_STREAM_CREATION_ERROR, and h3 sees it end
+    /// before its type and forgets it (for a push stream, h3 hears the connection's error).
+    /// `None`: a type h3 takes.
     fn refuse_type(&mut self, ty: u64) -> Option<StreamErrorIncoming> {
         if ty != PUSH && ty != WEBTRANSPORT_UNI {
             return None;
