@@ -23,7 +23,7 @@ pages are taken from the options, else from the state nic-tune.sh saved for IFAC
   --json     print one JSON object instead of text
 
 Exit status: 0 no warning, 3 warnings, 2 bad arguments, 1 other errors (unknown interface,
-ethtool or ip missing).
+ethtool, ip or awk missing).
 Environment: NIC_PROC, NIC_SYS, NIC_ETC, NIC_STATE_DIR (roots, see scripts/lib/nic-common.sh).
 EOF
 }
@@ -66,6 +66,7 @@ fi
 nic_require_iface "$iface"
 nic_have ethtool || nic_die "ethtool not found on PATH (install it: apt-get install ethtool)"
 nic_have ip || nic_die "ip not found on PATH (install iproute2)"
+nic_have awk || nic_die "awk not found on PATH (install gawk or mawk)"
 
 # Expectations not given on the command line come from nic-tune.sh's saved target.
 state=$(nic_state_file "$iface")

@@ -20,7 +20,8 @@ Usage: nic-tune.sh IFACE --queues N --cpus LIST [--busy-poll USECS] [--hugepages
                           napi_defer_hard_irqs / gro_flush_timeout (0 turns them off)
   --defer-hard-irqs N     napi_defer_hard_irqs with --busy-poll (default 2)
   --gro-flush-timeout NS  gro_flush_timeout with --busy-poll (default 200000 ns)
-  --hugepages N           reserve at least N huge pages (vm.nr_hugepages) for the UMEM
+  --hugepages N           reserve at least N huge pages (vm.nr_hugepages) for the UMEM;
+                          refused when the pages to add exceed 3/4 of MemAvailable
   --dry-run               print every command it would run, change nothing
   --revert                restore the state saved by the first tune, then forget it
 
@@ -34,7 +35,7 @@ The state before the first change is saved to \$NIC_STATE_DIR/IFACE.state (defau
 (net.core.busy_poll, busy_read), huge pages and irqbalance's file are host-wide, yet saved
 per interface: when tuning a second NIC, its saved state holds the first one's changes, so
 revert in the reverse order of tuning (both runs warn when another NIC's state is saved). The first failing
-command stops the run; it then says what it had changed.
+command stops the run (as does Ctrl-C or SIGTERM); it then says what it had changed.
 Exit status: 0 done, 1 failed or error, 2 bad arguments.
 Environment: NIC_PROC, NIC_SYS, NIC_ETC, NIC_STATE_DIR (roots, see scripts/lib/nic-common.sh).
 EOF
@@ -99,7 +100,10 @@ nic_have ethtool || nic_die "ethtool not found on PATH (install it: apt-get inst
 state=$(nic_state_file "$iface")
 CHANGED=() SKIPPED=()
 
-say() { printf '%s\n' "$*"; }
+# A closed stdout (`| head -1`) must not kill the tune half-way: SIGPIPE is ignored and
+# what cannot be printed is dropped.
+trap '' PIPE
+say() { printf '%s\n' "$*" 2>/dev/null || true; }
 note_skip() { SKIPPED+=("$1"); say "  skip: $1"; }
 
 # A revert goes on past a failed step (BEST_EFFORT=1): the failure is kept in FAILED and the
@@ -113,7 +117,14 @@ fail() { # message
         FAILED+=("$1")
         return 0
     fi
+    REPORTED=1
     printf '%s: FAILED: %s\n' "$nic_prog" "$1" >&2
+    report_changes
+    exit 1
+}
+
+# What this run changed, and how to undo it (on stderr).
+report_changes() {
     if [ "${#CHANGED[@]}" -eq 0 ]; then
         printf '%s: nothing was changed by this run.\n' "$nic_prog" >&2
     else
@@ -124,8 +135,20 @@ fail() { # message
         printf '%s: the state before tuning is saved in %s; undo with: %s %s --revert\n' \
             "$nic_prog" "$state" "$0" "$iface" >&2
     fi
-    exit 1
 }
+
+# A tune stopped by anything but fail (Ctrl-C, SIGTERM, an unexpected error) says the same.
+REPORTED=0
+on_exit() {
+    local rc=$?
+    if [ "$rc" -ne 0 ] && [ "$REPORTED" = 0 ] && [ "$dry" = 0 ]; then
+        printf '%s: stopped before the end (exit status %d)\n' "$nic_prog" "$rc" >&2
+        report_changes
+    fi
+    return "$rc"
+}
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # Runs a command (or only prints it with --dry-run). Status 3 when the driver answered
 # "not supported" and unsupported_ok was given; any other failure stops the run.
@@ -340,13 +363,20 @@ do_revert() {
 
     # IRQ affinities and irqbalance after the channels: the queues that come back with the
     # saved channel count have their IRQs again (a driver may also renumber them on -L).
-    local rebooted=0
+    # Only the IRQ numbers that are still this NIC's queue IRQs: a driver that renumbered
+    # them may have left a saved number to another device.
+    local rebooted=0 qirqs=' '
     same_boot "$state" || rebooted=1
+    if nic_queue_irqs "$iface"; then qirqs+="${QIRQ[*]} "; fi
     while IFS= read -r line; do
         [[ $line =~ ^irq\.([0-9]+)=(.*)$ ]] || continue
         irq=${BASH_REMATCH[1]} saved=${BASH_REMATCH[2]}
         if [ "$rebooted" = 1 ]; then
             note_skip "IRQ $irq affinity ($saved): saved before a reboot, the number may be another device's now"
+            continue
+        fi
+        if [[ $qirqs != *" $irq "* ]]; then
+            note_skip "IRQ $irq affinity ($saved): IRQ $irq is not one of $iface's queue IRQs now (renumbered by the driver?), not restored"
             continue
         fi
         if ! cur=$(nic_irq_affinity "$irq"); then
@@ -396,7 +426,7 @@ do_revert() {
     BEST_EFFORT=0
     rm -f "$state" || fail "restored everything but cannot remove $state"
     say "nic-tune $iface: reverted (${#CHANGED[@]} changes), removed $state"
-    [ "${#SKIPPED[@]}" -eq 0 ] || { say "not restored:"; printf '    %s\n' "${SKIPPED[@]}"; }
+    [ "${#SKIPPED[@]}" -eq 0 ] || { say "not restored:"; printf '    %s\n' "${SKIPPED[@]}" 2>/dev/null || true; }
 }
 
 restart_irqbalance() {
@@ -445,8 +475,26 @@ have_irqs=0
 nic_queue_irqs "$iface" && have_irqs=1
 ib_pid=''
 if [ "$have_irqs" = 1 ] && ib_pid=$(nic_irqbalance_pid); then
-    nic_have systemctl || nic_die "irqbalance (pid $ib_pid) is running and would move the queue IRQs, but systemctl is not there to restart it with them banned: stop irqbalance, or run it with --banirq for this NIC's IRQs, then tune again"
+    # Only the irqbalance systemd runs is restarted with the bans: another would go on.
+    ib_main=''
+    if nic_have systemctl; then ib_main=$(systemctl show -p MainPID --value irqbalance 2>/dev/null || true); fi
+    [ "$ib_main" = "$ib_pid" ] || nic_die "irqbalance (pid $ib_pid) is running and would move the queue IRQs, but systemd does not run it (systemctl show -p MainPID --value irqbalance: ${ib_main:-no answer}), so it cannot be restarted with them banned: stop irqbalance, or run it with --banirq for this NIC's IRQs, then tune again"
 fi
+# Huge pages the kernel would take from the free memory: at most 3/4 of MemAvailable.
+if [ -n "$huge" ] && hp_cur=$(nic_read "$(nic_sysctl_path vm.nr_hugepages)") && [ "$hp_cur" -lt "$huge" ]; then
+    hp_kb='' avail_kb=''
+    if [ -r "$NIC_PROC/meminfo" ]; then
+        while read -r k v _; do
+            case $k in Hugepagesize:) hp_kb=$v ;; MemAvailable:) avail_kb=$v ;; esac
+        done <"$NIC_PROC/meminfo"
+    fi
+    if nic_is_uint "$hp_kb" && nic_is_uint "$avail_kb" && [ $(((huge - hp_cur) * hp_kb * 4)) -gt $((avail_kb * 3)) ]; then
+        nic_usage_error "--hugepages $huge adds $((huge - hp_cur)) huge pages of $hp_kb kB to the $hp_cur reserved: $(((huge - hp_cur) * hp_kb)) kB, more than 3/4 of MemAvailable ($avail_kb kB) in $NIC_PROC/meminfo"
+    fi
+fi
+
+# From here on the host changes: a run stopped before the end says what it had changed.
+[ "$dry" = 1 ] || trap on_exit EXIT
 
 if [ "$dry" = 1 ]; then
     say "# dry run: nothing will be changed"
@@ -465,7 +513,17 @@ if [ -n "$huge" ]; then
             write_val "vm.nr_hugepages $cur -> $huge" "$p" "$huge"
             if [ "$dry" = 0 ]; then
                 got=$(nic_read "$p" || echo 0)
-                [ "$got" -ge "$huge" ] || fail "the kernel reserved only $got of $huge huge pages (memory too fragmented: reserve them at boot with hugepages=$huge on the kernel command line)"
+                if [ "$got" -lt "$huge" ]; then
+                    # A partial reservation is not left behind: the count goes back.
+                    say "+ echo $cur > $p"
+                    if { printf '%s\n' "$cur" >"$p"; } 2>/dev/null; then
+                        unset 'CHANGED[${#CHANGED[@]}-1]'
+                        back="the count is back to $cur"
+                    else
+                        back="writing $cur back to $p failed too"
+                    fi
+                    fail "asked the kernel for $huge huge pages, it reserved only $got ($back; memory too fragmented: reserve them at boot with hugepages=$huge on the kernel command line)"
+                fi
             fi
         else
             say "  ok: $cur huge pages reserved"
@@ -654,4 +712,4 @@ if [ "$dry" = 1 ]; then
 else
     say "nic-tune $iface: done, ${#CHANGED[@]} changes; undo with: $0 $iface --revert"
 fi
-[ "${#SKIPPED[@]}" -eq 0 ] || { say "unsupported or skipped:"; printf '    %s\n' "${SKIPPED[@]}"; }
+[ "${#SKIPPED[@]}" -eq 0 ] || { say "unsupported or skipped:"; printf '    %s\n' "${SKIPPED[@]}" 2>/dev/null || true; }

@@ -25,8 +25,8 @@ queues=4
 prefix=xq
 while [ $# -gt 0 ]; do
 	case "$1" in
-	--queues) queues="${2:?--queues needs a number}"; shift 2 ;;
-	--name) prefix="${2:?--name needs a prefix}"; shift 2 ;;
+	--queues) [ $# -ge 2 ] || { echo "testbed.sh: --queues needs a number" >&2; usage; }; queues=$2; shift 2 ;;
+	--name) [ $# -ge 2 ] || { echo "testbed.sh: --name needs a prefix" >&2; usage; }; prefix=$2; shift 2 ;;
 	*) echo "testbed.sh: unknown argument '$1'" >&2; usage ;;
 	esac
 done
@@ -87,7 +87,8 @@ down() {
 case "$cmd" in
 up)
 	for ns in "$srv_ns" "$cli_ns"; do
-		if ip netns list | grep -qw "^$ns"; then
+		# The exact name: xq-server-old is not xq-server.
+		if ip netns list | cut -d' ' -f1 | grep -xF -- "$ns" >/dev/null; then
 			echo "testbed.sh: namespace $ns exists: run 'scripts/testbed.sh down --name $prefix' first" >&2
 			exit 1
 		fi
@@ -96,7 +97,8 @@ up)
 	# (`ip netns add` then fails) is not ours to remove.
 	made=()
 	trap 'down ${made[@]+"${made[@]}"}; echo "testbed.sh: failed; removed what was made" >&2' ERR
-	trap 'down ${made[@]+"${made[@]}"}; echo "testbed.sh: interrupted; removed what was made" >&2; exit 130' INT TERM
+	trap 'down ${made[@]+"${made[@]}"}; echo "testbed.sh: interrupted; removed what was made" >&2; exit 130' INT
+	trap 'down ${made[@]+"${made[@]}"}; echo "testbed.sh: interrupted; removed what was made" >&2; exit 143' TERM
 	ip netns add "$srv_ns"
 	made+=("$srv_ns")
 	ip netns add "$cli_ns"

@@ -5,7 +5,8 @@
 #   2. a simulated 8-queue NIC: fake ethtool/ip/systemctl on PATH and fake /proc, /sys, /etc
 #      trees (scripts/tests/fixtures/): exact commands, saved state, byte-exact revert;
 #   3. a real veth pair in a network namespace of its own (needs root; required when CI is
-#      set): what veth supports is done, the rest is reported unsupported.
+#      set): what veth supports is done, the rest is reported unsupported;
+#   4. scripts/testbed.sh: argument errors, and (root) up/down in namespaces of its own.
 # Ends with "nic-scripts: N passed, M failed[, K skipped]"; exits non-zero if any failed.
 set -uo pipefail
 
@@ -14,6 +15,7 @@ scripts=$(cd "$here/.." && pwd)
 fixtures=$here/fixtures
 check=$scripts/nic-check.sh
 tune=$scripts/nic-tune.sh
+testbed=$scripts/testbed.sh
 
 pass=0 failed=0 skipped=0
 ok() { pass=$((pass + 1)); printf 'ok    %s\n' "$1"; }
@@ -33,16 +35,18 @@ expect() {
 detail=''
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/nic-scripts-test.XXXXXX")
-netns=''
+netns='' tb_ns=()
 cleanup() {
+    local n
     if [ -n "$netns" ]; then ip netns del "$netns" 2>/dev/null || true; fi
+    for n in ${tb_ns[@]+"${tb_ns[@]}"}; do ip netns del "$n" 2>/dev/null || true; done
     rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
 # --- 1. shellcheck -------------------------------------------------------------------------
-sc_files=("$scripts/nic-check.sh" "$scripts/nic-tune.sh" "$scripts/lib/nic-common.sh" "$here/nic_scripts_test.sh"
+sc_files=("$scripts/nic-check.sh" "$scripts/nic-tune.sh" "$scripts/lib/nic-common.sh" "$here/nic_scripts_test.sh" "$testbed"
     "$fixtures/make-fake-nic.sh" "$fixtures/bin/ethtool" "$fixtures/bin/ip" "$fixtures/bin/systemctl")
 if command -v shellcheck >/dev/null 2>&1; then
     if out=$(cd "$scripts/.." && shellcheck -x "${sc_files[@]}" 2>&1); then ok "shellcheck clean (${#sc_files[@]} files)"; else not_ok "shellcheck clean" "$out"; fi
@@ -268,6 +272,18 @@ detail=$(cat "$tmp/rn2.out")
 expect "fake: revert with renumbered IRQs exits 0" eq "$rc" 0
 expect "fake: revert restores the saved affinity of an IRQ back after the channels" eq \
     "$(cat "$F/proc/irq/121/smp_affinity_list")" 1
+# The driver renumbers on the revert's channel change too, and the tuned IRQ 121 it gave up
+# is another device's by then: its saved affinity is not written over that device's.
+new_fake
+FAKE_RENUMBER_IRQS=100 fk "$tune" ens1f0 --queues 4 --cpus 4-7 >"$tmp/rn3.out" 2>&1
+printf ' 121: %s IR-PCI-MSIX-0000:5e:00.0    1-edge      nvme0q1\n' "$(printf '%10s ' 0 0 0 0 0 0 0 0)" >>"$F/proc/interrupts"
+mkdir -p "$F/proc/irq/121" && echo 3 >"$F/proc/irq/121/smp_affinity_list"
+FAKE_RENUMBER_IRQS=100 fk "$tune" ens1f0 --revert >"$tmp/rn4.out" 2>&1
+rc=$?
+detail=$(cat "$tmp/rn4.out")
+expect "fake: revert leaves a saved IRQ number that is no longer the NIC's alone, and says so" eval \
+    '[ "$rc" = 0 ] && [ "$(cat "$F/proc/irq/121/smp_affinity_list")" = 3 ] &&
+     grep -q "skip: IRQ 121 affinity (0-7): IRQ 121 is not one of ens1f0.s queue IRQs now" "$tmp/rn4.out"'
 
 # Across a reboot (another boot id): the IRQ numbers saved before it are left alone by revert,
 # and a tune after it bans this boot's queue IRQs only, not those of every earlier tune.
@@ -303,7 +319,7 @@ bad() { # expected-rc message-regex args...
     shift 2
     out=$(fk "$@" 2>&1)
     rc=$?
-    if [ "$rc" = "$want" ] && grep -Eq "$re" <<<"$out" && same_tree && [ -z "$(changes)" ] && [ ! -e "$state" ]; then
+    if [ "$rc" = "$want" ] && grep -Eq -- "$re" <<<"$out" && same_tree && [ -z "$(changes)" ] && [ ! -e "$state" ]; then
         ok "fake: bad input rejected, nothing changed: ${*#"$scripts/"}"
     else
         not_ok "fake: bad input rejected, nothing changed: ${*#"$scripts/"}" "rc=$rc (want $want)
@@ -329,6 +345,17 @@ bad 2 "invalid interface name" "$tune" ../etc --queues 1 --cpus 0
 bad 1 "no such network interface: nosuch0" "$tune" nosuch0 --queues 1 --cpus 0
 bad 1 "no such network interface: nosuch0" "$check" nosuch0
 bad 2 "unknown option" "$check" ens1f0 --yaml
+# more huge pages than 3/4 of MemAvailable (60000000 kB in the fake): 21972 pages of 2048 kB fit
+bad 2 "--hugepages 21973 adds 21973 huge pages of 2048 kB to the 0 reserved: 45000704 kB, more than 3/4 of MemAvailable \(60000000 kB\)" \
+    "$tune" ens1f0 --queues 2 --cpus 0,1 --hugepages 21973
+fk "$tune" ens1f0 --queues 2 --cpus 0,1 --hugepages 21972 --dry-run >"$tmp/hp.out" 2>&1
+rc=$?
+detail=$(cat "$tmp/hp.out")
+expect "fake: --hugepages up to 3/4 of MemAvailable is accepted" eval \
+    '[ "$rc" = 0 ] && grep -q "^+ echo 21972 > .*/proc/sys/vm/nr_hugepages$" "$tmp/hp.out"'
+# an irqbalance that systemd does not run (MainPID 0): restarting the unit would not ban anything
+FAKE_IRQBALANCE_MAINPID=0 bad 1 "irqbalance \(pid 4242\) is running .* systemd does not run it .*MainPID --value irqbalance: 0.*: stop irqbalance" \
+    "$tune" ens1f0 --queues 2 --cpus 0,1
 
 # a command failing midway: stop, say what changed, keep the state; revert still restores
 FAKE_ETHTOOL_FAIL="-N ens1f0 rx-flow-hash udp6 sdfn" fk "$tune" "${tune_args[@]}" >"$tmp/fail.out" 2>&1
@@ -344,6 +371,70 @@ fk "$tune" ens1f0 --revert >"$tmp/revert2.out" 2>&1
 rc=$?
 detail=$(cat "$tmp/revert2.out")
 expect "fake: revert after a failed tune restores the tree byte for byte" eval '[ "$rc" = 0 ] && same_tree && [ ! -e "$state" ]'
+
+# The kernel reserving fewer huge pages than asked: nr_hugepages is a FIFO here, whose lines
+# are what the kernel answers to the reads (2, each time) and which keeps what is written.
+hp=$F/proc/sys/vm/nr_hugepages
+: >"$F/nic/changes.log"
+rm -f "$hp" && mkfifo "$hp" && exec 9<>"$hp"
+printf '2\n%.0s' 1 2 3 4 5 6 7 8 9 10 >&9
+fk timeout 60 "$tune" ens1f0 --queues 4 --cpus 2-5 --hugepages 64 >"$tmp/hp2.out" 2>&1
+rc=$?
+echo end >&9
+left=()
+while IFS= read -r -t 5 line <&9 && [ "$line" != end ]; do left+=("$line"); done
+exec 9>&-
+rm -f "$hp" && cp "$tmp/snap/proc/sys/vm/nr_hugepages" "$hp"
+detail=$(cat "$tmp/hp2.out")
+expect "fake: huge pages short of the count asked: exit 1, says asked and got, nothing else changed" eval \
+    '[ "$rc" = 1 ] && grep -q "FAILED: asked the kernel for 64 huge pages, it reserved only 2 (the count is back to 2;" "$tmp/hp2.out" &&
+     grep -q "nothing was changed by this run" "$tmp/hp2.out" && [ -z "$(changes)" ]'
+expect "fake: huge pages short of the count asked: the previous count is written back after the 64" \
+    eq "${left[*]: -2}" "64 2"
+rm -rf "$F/state"
+
+# A closed stdout (`nic-tune.sh ... | head -1`): the tune does not die of SIGPIPE half-way.
+# The pipe's read end is closed before the tune starts, so every line it prints meets it.
+: >"$F/nic/changes.log"
+fk python3 -c 'import os, subprocess, sys
+r, w = os.pipe()
+os.close(r)
+sys.exit(subprocess.call(sys.argv[1:], stdout=w))' "$tune" "${tune_args[@]}" 2>"$tmp/epipe.err"
+rc=$?
+detail=$(cat "$tmp/epipe.err")
+expect "fake: tune with its stdout closed completes: exit 0, every change made, state saved" eval \
+    '[ "$rc" = 0 ] && [ "$(changes)" = "$expected_ethtool" ] && [ ! -s "$tmp/epipe.err" ] && grep -qx "target.hugepages=64" "$state"'
+fk "$tune" ens1f0 --revert >"$tmp/epipe2.out" 2>&1
+rc=$?
+detail=$(cat "$tmp/epipe2.out")
+expect "fake: revert after a tune with its stdout closed restores the tree byte for byte" eval '[ "$rc" = 0 ] && same_tree && [ ! -e "$state" ]'
+
+# SIGTERM half-way (systemd stopping the unit): exit 143, and it says what it had changed.
+: >"$F/nic/changes.log"
+FAKE_ETHTOOL_TERM="-N ens1f0 rx-flow-hash udp6 sdfn" fk setsid -w "$tune" "${tune_args[@]}" >"$tmp/term.out" 2>"$tmp/term.err"
+rc=$?
+detail=$(cat "$tmp/term.out" "$tmp/term.err")
+expect "fake: tune stopped by SIGTERM exits 143 and lists what it had changed, with the revert" eval \
+    '[ "$rc" = 143 ] && grep -q "stopped before the end (exit status 143)" "$tmp/term.err" &&
+     grep -q "^    channels 8 -> 4$" "$tmp/term.err" && grep -q "^    udp4 hash sd -> sdfn$" "$tmp/term.err" &&
+     grep -q -- "ens1f0 --revert" "$tmp/term.err" && ! grep -q "lro off" "$tmp/term.out" && [ -e "$state" ]'
+fk "$tune" ens1f0 --revert >"$tmp/term2.out" 2>&1
+rc=$?
+detail=$(cat "$tmp/term2.out")
+expect "fake: revert after a tune stopped by SIGTERM restores the tree byte for byte" eval '[ "$rc" = 0 ] && same_tree && [ ! -e "$state" ]'
+
+# nic-check without awk: exit 1 with the reason, not 127 half-way
+noawk=$tmp/noawk
+mkdir -p "$noawk"
+for f in /usr/local/bin/* /usr/bin/* /bin/* /usr/sbin/* /sbin/*; do
+    case ${f##*/} in awk | gawk | mawk | nawk | original-awk | busybox) continue ;; esac
+    [ -e "$noawk/${f##*/}" ] || ln -s "$f" "$noawk/${f##*/}"
+done
+PATH=$noawk fk "$BASH" "$check" ens1f0 >"$tmp/noawk.out" 2>"$tmp/noawk.err"
+rc=$?
+detail=$(cat "$tmp/noawk.out" "$tmp/noawk.err")
+expect "fake: check without awk exits 1 and says awk is missing" eval \
+    '[ "$rc" = 1 ] && grep -q "error: awk not found on PATH" "$tmp/noawk.err" && [ ! -s "$tmp/noawk.out" ]'
 
 # a revert step failing: the steps after it are still restored, the state stays, exit 1;
 # the next revert finishes the job
@@ -446,10 +537,51 @@ veth_tests() {
         eval '[ "$rc" = 0 ] && [ "$(nsx ethtool -l va; nsx cat /sys/class/net/va/napi_defer_hard_irqs /sys/class/net/va/gro_flush_timeout)" = "$before" ] && [ ! -e "$vs/va.state" ]'
 }
 
+# --- 4. scripts/testbed.sh -----------------------------------------------------------------
+# Argument errors exit 2 with the usage, as every other one does (before the root check).
+for opt in --queues --name; do
+    out=$(bash "$testbed" up "$opt" 2>&1)
+    rc=$?
+    detail=$out
+    expect "testbed: $opt without a value exits 2 with the usage" eval \
+        '[ "$rc" = 2 ] && grep -q "^testbed.sh: $opt needs a" <<<"$out" && grep -q "scripts/testbed.sh up" <<<"$out"'
+done
+
+has_ns() { ip netns list | cut -d' ' -f1 | grep -xF -- "$1" >/dev/null; }
+testbed_tests() {
+    local p=$1 out rc real_ip
+    tb_ns+=("$p-server-old" "$p-server" "$p-client")
+    ip netns add "$p-server-old" || { not_ok "testbed: create namespace $p-server-old"; return; }
+    out=$(bash "$testbed" up --name "$p" --queues 2 2>&1)
+    rc=$?
+    detail=$out
+    expect "testbed: up is not stopped by $p-server-old (exact namespace names)" eval \
+        '[ "$rc" = 0 ] && has_ns "$p-server" && has_ns "$p-client"'
+    out=$(bash "$testbed" up --name "$p" 2>&1)
+    rc=$?
+    detail=$out
+    expect "testbed: up refuses when $p-server exists" eval '[ "$rc" = 1 ] && grep -q "namespace $p-server exists" <<<"$out"'
+    bash "$testbed" down --name "$p" >/dev/null 2>&1
+    expect "testbed: down removes $p-server and $p-client, not $p-server-old" eval \
+        '! has_ns "$p-server" && ! has_ns "$p-client" && has_ns "$p-server-old"'
+
+    # SIGTERM while up creates the veth pair (an `ip` that sends it to its parent first):
+    # what up made is removed, exit 143.
+    real_ip=$(command -v ip)
+    mkdir -p "$tmp/tbbin"
+    printf '#!/usr/bin/env bash\n[ "${1:-} ${2:-}" != "link add" ] || kill -TERM "$PPID"\nexec %q "$@"\n' "$real_ip" >"$tmp/tbbin/ip"
+    chmod +x "$tmp/tbbin/ip"
+    out=$(PATH="$tmp/tbbin:$PATH" bash "$testbed" up --name "$p" 2>&1)
+    rc=$?
+    detail=$out
+    expect "testbed: SIGTERM during up exits 143 and removes what up made" eval \
+        '[ "$rc" = 143 ] && grep -q "interrupted; removed what was made" <<<"$out" && ! has_ns "$p-server" && ! has_ns "$p-client"'
+}
+
 if [ "$(id -u)" != 0 ]; then
-    if [ -n "${CI:-}" ]; then not_ok "veth tests" "need root (CI is set)"; else skip "veth tests" "need root"; fi
+    if [ -n "${CI:-}" ]; then not_ok "veth and testbed tests" "need root (CI is set)"; else skip "veth and testbed tests" "need root"; fi
 elif ! command -v ethtool >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
-    if [ -n "${CI:-}" ]; then not_ok "veth tests" "ethtool and ip (iproute2) are required"; else skip "veth tests" "ethtool or ip missing"; fi
+    if [ -n "${CI:-}" ]; then not_ok "veth and testbed tests" "ethtool and ip (iproute2) are required"; else skip "veth and testbed tests" "ethtool or ip missing"; fi
 else
     netns="nicq-test-$$"
     if ip netns add "$netns"; then
@@ -457,6 +589,7 @@ else
     else
         not_ok "veth: create network namespace $netns"
     fi
+    testbed_tests "tb$$"
 fi
 
 if [ "$skipped" -gt 0 ]; then
