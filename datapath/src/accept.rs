@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use quinn_proto::Incoming as ProtoIncoming;
 
-use crate::packet::client_hello::{self, ClientHelloInfo};
+use crate::packet::client_hello::{self, ClientHelloInfo, PeekError};
 use crate::packet::frame::L2;
 
 /// The most attempts one worker holds awaiting a deferred decision ([`Decision::Defer`]);
@@ -27,14 +27,17 @@ pub struct AttemptId(pub(crate) u64);
 /// The server name and ALPN protocols come from a peek at the client's ClientHello in its
 /// Initial packet (decrypted with the public Initial keys, on first use: see
 /// [`crate::packet::client_hello`]): claims of an unauthenticated peer, good for choosing
-/// what to do; the handshake itself still checks them.
+/// what to do; the handshake itself still checks them. The peek may fail (a ClientHello
+/// whose name comes in the client's next datagram, as large post-quantum key shares make
+/// it): [`Incoming::client_hello`] tells a name not known from no name, which a policy that
+/// refuses names must do.
 pub struct Incoming<'a> {
     pub(crate) id: AttemptId,
     pub(crate) remote: SocketAddr,
     pub(crate) local_ip: Option<IpAddr>,
     pub(crate) validated: bool,
     pub(crate) datagram: &'a [u8],
-    pub(crate) hello: OnceCell<Option<ClientHelloInfo>>,
+    pub(crate) hello: OnceCell<Result<ClientHelloInfo, PeekError>>,
 }
 
 impl Incoming<'_> {
@@ -60,22 +63,30 @@ impl Incoming<'_> {
         self.validated
     }
 
-    fn hello(&self) -> Option<&ClientHelloInfo> {
+    /// What the client's ClientHello says (its server name made canonical: lower case, no
+    /// trailing dot, `None` for an IP address), or why it could not be read from this packet
+    /// ([`PeekError::Incomplete`]: it goes on in the client's next datagram). An error is
+    /// not "no name": a policy that refuses names (a deny-list) decides what an error
+    /// means, most safely to refuse.
+    pub fn client_hello(&self) -> Result<&ClientHelloInfo, PeekError> {
         self.hello
-            .get_or_init(|| client_hello::peek(self.datagram).ok())
+            .get_or_init(|| client_hello::peek(self.datagram))
             .as_ref()
+            .map_err(|e| *e)
     }
 
-    /// The server name the client asks for (SNI), if its ClientHello could be read from this
-    /// packet and names one.
+    /// The server name the client asks for (SNI), canonical as in
+    /// [`Incoming::client_hello`]; `None` when it names none, and also when its ClientHello
+    /// could not be read ([`Incoming::client_hello`] tells the two apart).
     pub fn server_name(&self) -> Option<&str> {
-        self.hello()?.server_name.as_deref()
+        self.client_hello().ok()?.server_name.as_deref()
     }
 
-    /// The ALPN protocols the client offers, in its order of preference (empty when its
-    /// ClientHello could not be read from this packet, or offers none).
+    /// The ALPN protocols the client offers, in its order of preference (empty when it
+    /// offers none, and also when its ClientHello could not be read: see
+    /// [`Incoming::client_hello`]).
     pub fn alpn(&self) -> &[Vec<u8>] {
-        self.hello().map_or(&[], |h| &h.alpn)
+        self.client_hello().map_or(&[], |h| &h.alpn)
     }
 }
 

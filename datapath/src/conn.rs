@@ -141,7 +141,8 @@ impl Ctx<'_> {
     /// Serves connections accepted from now on with `config` (made by
     /// `EngineHandle::server_config`).
     pub(crate) fn set_server_config(&mut self, config: std::sync::Arc<quinn_proto::ServerConfig>) {
-        self.shard.endpoint.set_server_config(Some(config));
+        self.shard.endpoint.set_server_config(Some(config.clone()));
+        self.shard.rotated = Some(config);
         self.shard.serves = true;
     }
 

@@ -34,6 +34,11 @@ pub(crate) struct Shard {
     /// This worker accepts connections: built with a server configuration, or given one
     /// since (`EngineHandle::set_server_config`). Its Initials are then kept for the hook.
     pub serves: bool,
+    /// The server configuration given since the engine started
+    /// (`EngineHandle::set_server_config`), if any: `Decision::Accept` uses it, also for an
+    /// attempt that arrived before it and waited for a deferred decision (quinn-proto's
+    /// `Incoming` keeps the configuration it arrived under).
+    pub rotated: Option<std::sync::Arc<quinn_proto::ServerConfig>>,
     /// Connections opened by callbacks this turn (already in [`Connections`]), for the
     /// worker to count and register at the end of the turn.
     pub born: Vec<ConnId>,
@@ -93,7 +98,7 @@ impl Shard {
             decision
         };
         let config = match decision {
-            Decision::Accept => None,
+            Decision::Accept => self.rotated.clone(),
             Decision::AcceptWith(config) => Some(config),
             Decision::Retry if !incoming.remote_address_validated() => {
                 return match self.endpoint.retry(incoming, buf) {

@@ -234,6 +234,7 @@ impl<H: Handler> Worker<H> {
                 endpoint: p.endpoint,
                 client: p.client,
                 serves,
+                rotated: None,
                 born: Vec::new(),
                 next_serial: 0,
                 maps_ipv4: false,
@@ -797,6 +798,9 @@ impl<H: Handler> Worker<H> {
                 slot.dirty = false;
             }
             self.begin_stop();
+            // Attempts awaiting a decision are ignored and counted refused (stop requested:
+            // every one of them).
+            self.settle_deferred(io);
             self.drive_all(io);
             io.flush()
         }));

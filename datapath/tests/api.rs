@@ -116,6 +116,9 @@ fn the_accept_hook_refuses_retries_ignores_and_accepts_by_name_and_address() {
         client(&net, "10.7.1.2:5000", "blocked.example", b"no"),
         client(&net, "10.7.1.3:5000", "retry.example", b"after a retry"),
         client(&net, "10.7.1.66:5000", "localhost", b"bad address"),
+        // The name in other case: the hook sees it canonical, in lower case, as the TLS
+        // stack takes it (it saw it as sent, which passed the policy).
+        client(&net, "10.7.1.5:5000", "Blocked.EXAMPLE", b"no either"),
     ];
     run(&net, &mut server, &mut clients);
     let ok = |i: usize| clients[i].handler(0).all_ok();
@@ -127,6 +130,11 @@ fn the_accept_hook_refuses_retries_ignores_and_accepts_by_name_and_address() {
         error(3).contains("refused"),
         "blocked address: {}",
         error(3)
+    );
+    assert!(
+        error(4).contains("refused"),
+        "blocked name in upper case: {}",
+        error(4)
     );
     let t = server.total();
     assert_eq!(t.retries_sent, 1);
@@ -882,6 +890,19 @@ fn calls_left_queued_when_their_worker_ends_reply_gone() {
     ));
 }
 
+/// A client that notes the server's certificate, closes and stops.
+struct CertSeen(Option<Vec<u8>>);
+
+impl Handler for CertSeen {
+    fn connected(&mut self, conn: &mut Conn<'_>) {
+        self.0 = conn.peer_certificates().map(|c| c[0].to_vec());
+        conn.close(0u32.into(), b"seen");
+    }
+    fn closed(&mut self, ctx: &mut Ctx<'_>, _: ConnId, _: &ConnectionError) {
+        ctx.stop_worker();
+    }
+}
+
 /// A new server configuration (another certificate) takes effect for new connections while
 /// the engine serves; the connections alive keep theirs.
 #[test]
@@ -896,16 +917,6 @@ fn a_server_configuration_is_replaced_while_serving() {
         EchoServer::default()
     })
     .unwrap();
-    struct CertSeen(Option<Vec<u8>>);
-    impl Handler for CertSeen {
-        fn connected(&mut self, conn: &mut Conn<'_>) {
-            self.0 = conn.peer_certificates().map(|c| c[0].to_vec());
-            conn.close(0u32.into(), b"seen");
-        }
-        fn closed(&mut self, ctx: &mut Ctx<'_>, _: ConnId, _: &ConnectionError) {
-            ctx.stop_worker();
-        }
-    }
     let seen = |at: &str, server: &mut Node<EchoServer>| -> Vec<u8> {
         let mut c = Node::new(client_builder(), &net, addr(at), MemSteering::Hash, |_| {
             CertSeen(None)
@@ -1025,6 +1036,51 @@ fn a_deferred_decision_is_taken_later_by_posted_work() {
     assert_eq!(again.wait().unwrap(), Err(xdp_quic::Gone));
     let t = server.total();
     assert_eq!((t.conns_accepted, t.conns_refused), (1, 1));
+}
+
+/// An attempt that waited for a deferred decision while the server configuration changed is
+/// accepted with the new one, as every connection accepted after the change. Before, it got
+/// the configuration it arrived under (quinn-proto's `Incoming` keeps it).
+#[test]
+fn an_attempt_deferred_across_a_configuration_change_is_accepted_with_the_new_one() {
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let (mut server, waiting) = deferring_server(&net);
+    let mut c = Node::new(
+        client_builder(),
+        &net,
+        addr("10.7.2.9:5000"),
+        MemSteering::Hash,
+        |_| CertSeen(None),
+    )
+    .unwrap();
+    c.handle
+        .post(0, |_, ctx| {
+            ctx.connect(addr(SERVER), "localhost").unwrap();
+        })
+        .expect("the worker is running");
+    {
+        let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut c];
+        run_until(&net, &mut nodes, Duration::from_secs(5), |_| {
+            waiting.lock().unwrap().len() == 1
+        })
+        .expect("the attempt reaches the hook");
+    }
+    let second = identity();
+    let second_cert = second.chain[0].clone();
+    server
+        .handle
+        .set_server_config(tls::server_config(second, &[echo::ALPN]).unwrap())
+        .unwrap();
+    let id = waiting.lock().unwrap()[0].0;
+    let reply = server
+        .handle
+        .call(0, move |_, ctx| ctx.decide(id, Decision::Accept))
+        .unwrap();
+    let mut nodes: Vec<&mut dyn Drive> = vec![&mut server, &mut c];
+    run_clients(&net, &mut nodes, Duration::from_secs(30)).unwrap();
+    drop(nodes);
+    assert!(reply.wait().unwrap().is_ok_and(|c| c.is_some()));
+    assert_eq!(c.handler(0).0.clone(), Some(second_cert.to_vec()));
 }
 
 /// Attempts awaiting a decision count towards the Retry threshold: with two of them held,

@@ -41,7 +41,8 @@ use std::cell::RefCell;
 use libfuzzer_sys::fuzz_target;
 use xdp_quic::packet::client_hello::testing::Initial;
 use xdp_quic::packet::client_hello::{
-    peek, peek_with, ClientHelloInfo, PeekError, Scratch, MAX_CLIENT_HELLO_LEN, MAX_PACKET_LEN,
+    canonical_server_name, peek, peek_with, ClientHelloInfo, PeekError, Scratch,
+    MAX_CLIENT_HELLO_LEN, MAX_PACKET_LEN,
 };
 use xdp_quic_fuzz::{ref_crypto_stream, ClientHelloInput, HelloPayload, RefStream, TRAILER};
 
@@ -107,8 +108,6 @@ fn arbitrary_datagram(d: &[u8]) {
     let version = u32::from_be_bytes(version.try_into().unwrap());
     if version != 1 {
         assert_eq!(r, Err(PeekError::UnsupportedVersion(version)));
-    } else if first & 0x40 == 0 {
-        assert_eq!(r, Err(PeekError::Malformed));
     } else if first & 0x30 != 0 {
         assert_eq!(r, Err(PeekError::NotInitial));
     } else {
@@ -229,13 +228,21 @@ fn against_stream(r: &Result<ClientHelloInfo, PeekError>, stream: Option<&RefStr
             .any(|(at, w)| at >= 4 && w == needle && s.get(at, needle.len()).is_some())
     };
     if let Some(name) = &info.server_name {
-        let mut entry = vec![0];
-        entry.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        entry.extend_from_slice(name.as_bytes());
-        assert!(
-            within(&entry),
-            "server name {name:?} not in the ClientHello"
-        );
+        // A received host_name entry (type 0, length, name) that the name is the canonical
+        // form of (lower case, one trailing dot dropped).
+        let found = (4..end).any(|at| {
+            let Some(head) = s.get(at, 3) else {
+                return false;
+            };
+            let len = usize::from(u16::from_be_bytes([head[1], head[2]]));
+            head[0] == 0
+                && at + 3 + len <= end
+                && s.get(at + 3, len)
+                    .and_then(|raw| std::str::from_utf8(raw).ok())
+                    .and_then(canonical_server_name)
+                    .is_some_and(|c| c == *name)
+        });
+        assert!(found, "server name {name:?} not in the ClientHello");
     }
     if !info.alpn.is_empty() {
         let list = xdp_quic_fuzz::alpn_list(&info.alpn);

@@ -840,7 +840,10 @@ impl HelloSpec {
         }
         let expected = if sent >= need {
             Ok(ClientHelloInfo {
-                server_name: self.server_name.clone(),
+                server_name: self
+                    .server_name
+                    .as_deref()
+                    .and_then(xdp_quic::packet::client_hello::canonical_server_name),
                 alpn: self.alpn.clone(),
             })
         } else {

@@ -245,10 +245,18 @@ impl<H: Handler> EngineHandle<H> {
     }
 
     /// Replaces the server configuration of every worker (a new certificate, new ALPNs, new
-    /// transport parameters): connections accepted from now on use it; those alive keep
-    /// theirs. Waits for room in the workers' queues. Every worker still running gets it,
-    /// whichever ended; [`PostError::Stopped`] then says that some had ended (and
-    /// accept nothing any more).
+    /// transport parameters): connections accepted from now on use it, also those whose
+    /// attempt arrived before and waited for a deferred decision ([`crate::Decision::Defer`]);
+    /// those alive keep theirs. Waits for room in the workers' queues. Every worker still
+    /// running gets it, whichever ended; [`PostError::Stopped`] then says that some had
+    /// ended (and accept nothing any more).
+    ///
+    /// Retry tokens are sealed with the configuration's token key, and
+    /// `ServerConfig::with_crypto` (so `tls::server_config`) makes a new random one each
+    /// time: a client retried just before the change echoes a token the new configuration
+    /// cannot read, counts as unvalidated, and under a Retry policy is retried again, which
+    /// RFC 9000 has it ignore (its handshake times out). Give both configurations one key
+    /// (`ServerConfig::token_key`) to keep tokens valid across the change.
     ///
     /// Never call it on a worker (from a callback): like [`EngineHandle::post_wait`], it may
     /// wait for room in that worker's own queue, which only that worker empties. A callback

@@ -40,19 +40,30 @@
 //!
 //! QUIC version 1 only. quinn-proto's default `EndpointConfig` also accepts the drafts 29 to
 //! 34 (versions `0xff00001d..=0xff000022`), whose Initial keys derive from other salts: the
-//! peek answers [`PeekError::UnsupportedVersion`] for them, and the application chooses what
-//! that means (let them through, or limit `EndpointConfig::supported_versions` to 1).
+//! peek answers [`PeekError::UnsupportedVersion`] for them. The engine's endpoints take
+//! version 1 only (`EndpointConfig::supported_versions`), so its accept hook never sees
+//! them.
 //!
 //! # A ClientHello over more than one Initial
 //!
 //! Large key shares (post-quantum hybrids) spread a ClientHello over two Initial packets, in
-//! two datagrams. The parse reads the fields it needs (the fixed part, every extension's type
-//! and length, the bodies of `server_name` and ALPN) and only skips over the others, so it
-//! goes on past bytes this packet does not carry as long as they lie inside an extension it
-//! skips. When it needs a byte the packet does not carry, it answers
+//! two datagrams. The parse reads only the start of the CRYPTO stream that this packet
+//! carries without a gap (offsets 0 up to the first byte it lacks): bytes past a gap are not
+//! what the TLS stack will read if another packet (coalesced in the same datagram, or in a
+//! later one) fills the gap, since quinn-proto hands the stream over in order and drops the
+//! later copy of a byte received twice. When it needs a byte past that start, it answers
 //! [`PeekError::Incomplete`], unless both the `server_name` and the ALPN extensions were
 //! already read in full: then it returns them (extensions do not repeat, so nothing later can
 //! change them). An absent extension is only known once every extension header was read.
+//!
+//! # For a policy
+//!
+//! An error ([`PeekError`]) says the name and protocols are not known, not that there are
+//! none: an application that refuses by name (a deny-list) must decide what an error means
+//! (refuse: a client whose ClientHello spans two datagrams, as post-quantum key shares make
+//! it, is then refused too). [`ClientHelloInfo::server_name`] is the name as the TLS stack
+//! takes it: in lower case, without a trailing dot, and `None` for an IP address (which
+//! rustls takes as no name).
 //!
 //! # Allocation
 //!
@@ -141,9 +152,10 @@ pub enum PeekError {
 /// The server name and ALPN protocols a ClientHello offers, owned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientHelloInfo {
-    /// The `host_name` of the `server_name` extension, as sent (ASCII; a client sends a DNS
-    /// name in lower or mixed case, compare without case). `None` when the extension is
-    /// absent, as when the client connects to an IP address.
+    /// The `host_name` of the `server_name` extension, made canonical: in lower case, one
+    /// trailing dot removed. `None` when the extension is absent, as when the client
+    /// connects to an IP address, or when the name is an IP address (rustls takes both as
+    /// no name).
     pub server_name: Option<String>,
     /// The ALPN protocol names in the client's order of preference; empty when the
     /// extension is absent.
@@ -153,17 +165,18 @@ pub struct ClientHelloInfo {
 /// The server name and ALPN protocols a ClientHello offers, borrowed from a [`Scratch`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClientHello<'a> {
-    /// As [`ClientHelloInfo::server_name`].
+    /// The `host_name` of the `server_name` extension as sent (printable ASCII, in any
+    /// case); [`ClientHello::to_info`] makes it canonical.
     pub server_name: Option<&'a str>,
     /// As [`ClientHelloInfo::alpn`].
     pub alpn: Alpn<'a>,
 }
 
 impl ClientHello<'_> {
-    /// The owned copy.
+    /// The owned copy, its server name made canonical ([`ClientHelloInfo::server_name`]).
     pub fn to_info(&self) -> ClientHelloInfo {
         ClientHelloInfo {
-            server_name: self.server_name.map(str::to_owned),
+            server_name: self.server_name.and_then(canonical_server_name),
             alpn: self.alpn.iter().map(<[u8]>::to_vec).collect(),
         }
     }
@@ -285,6 +298,7 @@ pub fn peek_with<'s>(
     };
     collect_crypto(payload, &mut crypto)?;
     let crypto = Received {
+        prefix: contiguous_prefix(crypto.received),
         data: crypto.data,
         received: crypto.received,
     };
@@ -319,10 +333,9 @@ fn layout(datagram: &[u8]) -> Result<Layout, PeekError> {
     if version != VERSION_1 {
         return Err(PeekError::UnsupportedVersion(version));
     }
-    if first & 0x40 == 0 {
-        // The fixed bit; greasing it (RFC 9287) needs a transport parameter from the server.
-        return Err(PeekError::Malformed);
-    }
+    // The fixed bit (0x40) is not checked: quinn-proto takes an Initial without it (RFC
+    // 9287's greasing), and a peek that refused one would let its ClientHello through
+    // unread.
     if (first >> 4) & 0b11 != 0 {
         return Err(PeekError::NotInitial);
     }
@@ -564,17 +577,49 @@ fn collect_crypto(payload: &[u8], crypto: &mut CryptoStream<'_>) -> Result<(), P
 struct Received<'a> {
     data: &'a [u8; MAX_CLIENT_HELLO_LEN],
     received: &'a [u64; MAX_CLIENT_HELLO_LEN / 64],
+    /// Bytes `0..prefix` were all received: only these are read (see the module docs).
+    prefix: usize,
 }
 
 impl<'a> Received<'a> {
-    /// Bytes `start..start + len`, if all of them were received.
+    /// Bytes `start..start + len`, if they lie in the received start of the stream.
     fn get(&self, start: usize, len: usize) -> Option<&'a [u8]> {
         let end = start.checked_add(len)?;
+        if end > self.prefix {
+            return None;
+        }
         let bytes = self.data.get(start..end)?;
-        (start..end)
-            .all(|i| self.received[i / 64] & (1 << (i % 64)) != 0)
-            .then_some(bytes)
+        debug_assert!((start..end).all(|i| self.received[i / 64] & (1 << (i % 64)) != 0));
+        Some(bytes)
     }
+}
+
+/// How many bytes from offset 0 were received without a gap.
+fn contiguous_prefix(received: &[u64; MAX_CLIENT_HELLO_LEN / 64]) -> usize {
+    let mut n = 0;
+    for word in received {
+        n += word.trailing_ones() as usize;
+        if *word != u64::MAX {
+            break;
+        }
+    }
+    n
+}
+
+/// A `host_name` as the TLS stack takes it ([`ClientHelloInfo::server_name`]): `None` for
+/// an IP address, else in lower case without one trailing dot (a lone `.` stays: rustls
+/// refuses it as no DNS name).
+pub fn canonical_server_name(name: &str) -> Option<String> {
+    if let Ok(rustls::pki_types::ServerName::IpAddress(_)) =
+        rustls::pki_types::ServerName::try_from(name)
+    {
+        return None;
+    }
+    let name = name
+        .strip_suffix('.')
+        .filter(|n| !n.is_empty())
+        .unwrap_or(name);
+    Some(name.to_ascii_lowercase())
 }
 
 /// A position in the ClientHello, bounded by its end. Reading a byte that lies within the
@@ -694,7 +739,9 @@ fn walk_client_hello<'a>(c: &mut Cursor<'a>, found: &mut Found<'a>) -> Result<()
 }
 
 /// The `host_name` of a `server_name` extension body (RFC 6066 §3): a `ServerNameList` of
-/// at least one entry, at most one of each name type. The name must be printable ASCII.
+/// at least one entry. Read as rustls reads it: `host_name` entries until one of another
+/// type, whose encoding is unknown, ends the list (what follows is ignored); a second
+/// `host_name` is an error. The name must be printable ASCII.
 fn parse_server_name(body: &[u8]) -> Result<Option<&str>, PeekError> {
     let m = PeekError::Malformed;
     let mut r = Reader::new(body);
@@ -705,11 +752,11 @@ fn parse_server_name(body: &[u8]) -> Result<Option<&str>, PeekError> {
     let mut host_name = None;
     while !r.is_empty() {
         let ty = r.u8().ok_or(m)?;
+        if ty != SNI_HOST_NAME {
+            break;
+        }
         let len = r.u16().ok_or(m)?;
         let name = r.bytes(u64::from(len)).ok_or(m)?;
-        if ty != SNI_HOST_NAME {
-            continue;
-        }
         if host_name.is_some() || name.is_empty() || !name.iter().all(u8::is_ascii_graphic) {
             return Err(m);
         }
@@ -893,13 +940,23 @@ pub mod testing {
         /// too short for the header-protection sample gets PADDING frames. Panics on a
         /// connection ID over 255 bytes, a `pn_len` out of 1..=4 or a payload of 16 KiB.
         pub fn seal(&self) -> Vec<u8> {
+            self.sealed(0x40)
+        }
+
+        /// [`seal`](Self::seal) with the fixed bit clear (greased, RFC 9287).
+        pub fn seal_without_fixed_bit(&self) -> Vec<u8> {
+            self.sealed(0)
+        }
+
+        fn sealed(&self, fixed_bit: u8) -> Vec<u8> {
             assert!((1..=4).contains(&self.pn_len));
             let mut payload = self.payload.clone();
             let min = (SAMPLE_OFFSET + SAMPLE_LEN).saturating_sub(self.pn_len + TAG_LEN);
             if payload.len() < min {
                 payload.resize(min, 0);
             }
-            let mut packet = vec![0xc0 | (self.reserved & 0b11) << 2 | (self.pn_len - 1) as u8];
+            let mut packet =
+                vec![0x80 | fixed_bit | (self.reserved & 0b11) << 2 | (self.pn_len - 1) as u8];
             packet.extend_from_slice(&VERSION_1.to_be_bytes());
             for cid in [&self.dcid, &self.scid] {
                 packet.push(u8::try_from(cid.len()).expect("CID length"));
@@ -1123,7 +1180,8 @@ mod tests {
         assert_eq!(peek(&with(0, 0xd0)), Err(PeekError::NotInitial)); // 0-RTT
         assert_eq!(peek(&with(0, 0xe0)), Err(PeekError::NotInitial)); // Handshake
         assert_eq!(peek(&with(0, 0xf0)), Err(PeekError::NotInitial)); // Retry
-        assert_eq!(peek(&with(0, 0x80)), Err(PeekError::Malformed)); // fixed bit clear
+                                                                      // The fixed bit clear after sealing: the header is the AEAD's associated data.
+        assert_eq!(peek(&with(0, 0x80)), Err(PeekError::Decrypt));
         assert_eq!(peek(&with(4, 2)), Err(PeekError::UnsupportedVersion(2)));
         assert_eq!(peek(&with(4, 0)), Err(PeekError::UnsupportedVersion(0)));
         assert_eq!(peek(&with(5, 21)), Err(PeekError::Malformed)); // DCID of 21 bytes
@@ -1222,7 +1280,7 @@ mod tests {
         let got = peek(&initial(&[crypto_frame(0, &ch)]));
         assert_eq!(
             got,
-            Ok(info(Some("Server.Example"), &[b"h3", b"hq-interop"]))
+            Ok(info(Some("server.example"), &[b"h3", b"hq-interop"]))
         );
     }
 
@@ -1284,7 +1342,7 @@ mod tests {
             crypto_frame(5, &ch[5..6]),
             crypto_frame(n as u64, &[]),
         ];
-        let want = info(Some("Server.Example"), &[b"h3", b"hq-interop"]);
+        let want = info(Some("server.example"), &[b"h3", b"hq-interop"]);
         assert_eq!(peek(&initial(&frames)), Ok(want));
 
         // Overlaps that disagree.
@@ -1403,24 +1461,70 @@ mod tests {
         let second = initial(&[crypto_frame(1000, &ch[1000..])]);
         assert_eq!(peek(&second), Err(PeekError::Incomplete));
 
-        // The missing bytes lie inside an extension that is only skipped: the parse goes on
-        // over them, finds the extensions after it and reaches the end.
+        // Bytes past a gap are not read, even inside an extension that is only skipped:
+        // another packet may fill the gap with other bytes, and the TLS stack reads those
+        // (the stream in order, the later copy of a byte dropped). So a packet that carries
+        // the start and, past a gap, a decoy tail naming an allowed server is Incomplete,
+        // not that name.
         let ch = client_hello(Some(&[big_share.clone(), sni.clone(), alpn.clone()]));
         let tail = ch.len() - sni.len() - alpn.len() - 4;
         let frames = [
             crypto_frame(0, &ch[..200]),
             crypto_frame(tail as u64, &ch[tail..]),
         ];
-        assert_eq!(peek(&initial(&frames)), Ok(want.clone()));
-        let ch = client_hello(Some(&[big_share.clone(), sni.clone()]));
-        let tail = ch.len() - sni.len() - 4;
+        assert_eq!(peek(&initial(&frames)), Err(PeekError::Incomplete));
+        // The gap filled in the same packet: read whole.
         let frames = [
-            crypto_frame(0, &ch[..200]),
             crypto_frame(tail as u64, &ch[tail..]),
+            crypto_frame(0, &ch[..200]),
+            crypto_frame(200, &ch[200..tail]),
         ];
+        assert_eq!(peek(&initial(&frames)), Ok(want.clone()));
+    }
+
+    /// Names as the TLS stack takes them: lower case, no trailing dot, an IP address as no
+    /// name; a `server_name` list read as rustls reads it, up to an entry of another type.
+    #[test]
+    fn server_names_are_canonical() {
+        let named = |entries: &[(u8, &[u8])]| {
+            let ch = client_hello(Some(&[sni_ext(entries)]));
+            peek(&initial(&[crypto_frame(0, &ch)])).map(|i| i.server_name)
+        };
         assert_eq!(
-            peek(&initial(&frames)),
-            Ok(info(Some("server.example"), &[]))
+            named(&[(0, b"Blocked.Example.")]),
+            Ok(Some("blocked.example".into()))
+        );
+        assert_eq!(named(&[(0, b"192.0.2.1")]), Ok(None));
+        assert_eq!(named(&[(0, b"2001:db8::1")]), Ok(None));
+        // A host_name, then an entry of an unknown type: rustls stops there and takes the
+        // name (the entry's encoding is unknown).
+        let mut odd = sni_ext(&[(0, b"blocked.example")]);
+        odd.extend_from_slice(&[0x01, 0xff]);
+        let n = odd.len();
+        odd[2..4].copy_from_slice(&((n - 4) as u16).to_be_bytes()); // extension length
+        odd[4..6].copy_from_slice(&((n - 6) as u16).to_be_bytes()); // list length
+        let ch = client_hello(Some(&[odd]));
+        assert_eq!(
+            peek(&initial(&[crypto_frame(0, &ch)])).map(|i| i.server_name),
+            Ok(Some("blocked.example".into()))
+        );
+        // Two host_names: an error, as in rustls.
+        assert_eq!(
+            named(&[(0, b"a.example"), (0, b"b.example")]),
+            Err(PeekError::Malformed)
+        );
+    }
+
+    /// An Initial with its fixed bit clear (greased, RFC 9287), which quinn-proto takes, is
+    /// read as any other.
+    #[test]
+    fn an_initial_without_the_fixed_bit_is_read() {
+        let ch = typical();
+        let packet = Initial::new(&DCID, crypto_frame(0, &ch)).seal_without_fixed_bit();
+        assert_eq!(packet[0] & 0x40, 0);
+        assert_eq!(
+            peek(&packet),
+            Ok(info(Some("server.example"), &[b"h3", b"hq-interop"]))
         );
     }
 

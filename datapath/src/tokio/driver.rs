@@ -551,8 +551,7 @@ impl Handler for Driver {
                 remote: i.remote_address(),
                 local_ip: i.local_ip(),
                 validated: i.address_validated(),
-                server_name: i.server_name().map(str::to_string),
-                alpn: i.alpn().to_vec(),
+                hello: i.client_hello().cloned(),
             });
             std::mem::take(&mut q.waiters)
         };

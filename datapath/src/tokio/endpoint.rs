@@ -116,6 +116,13 @@ impl Endpoint {
     /// certificate, say): every [`Incoming`] accepted after this returns uses it, even one
     /// that arrived before; `None` refuses new connections. The workers apply it as they next
     /// drain their queues (this never waits for them).
+    ///
+    /// Retry tokens are sealed with the configuration's token key, and
+    /// `ServerConfig::with_crypto` (so `tls::server_config`) makes a new random one each
+    /// time: a client retried just before the change echoes a token the new configuration
+    /// cannot read, counts as unvalidated, and under a Retry policy is retried again, which
+    /// RFC 9000 has it ignore (its handshake times out). Give both configurations one key
+    /// (`ServerConfig::token_key`) to keep tokens valid across the change.
     pub fn set_server_config(&self, config: Option<ServerConfig>) {
         let Some(handle) = self.shared.handle.get() else {
             return;
@@ -257,7 +264,7 @@ impl std::fmt::Debug for Incoming {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Incoming")
             .field("remote", &self.attempt.remote)
-            .field("server_name", &self.attempt.server_name)
+            .field("client_hello", &self.attempt.hello)
             .finish()
     }
 }
@@ -345,15 +352,28 @@ impl Incoming {
         !self.attempt.validated
     }
 
-    /// The server name the client asks for (SNI), peeked from its ClientHello (not in
-    /// quinn: there it is known after the handshake only).
-    pub fn server_name(&self) -> Option<&str> {
-        self.attempt.server_name.as_deref()
+    /// What the client's ClientHello says, peeked from its Initial (not in quinn: there it
+    /// is known after the handshake only), or why it could not be read from that packet:
+    /// as [`crate::Incoming::client_hello`], whose caveats hold (an error is not "no
+    /// name").
+    pub fn client_hello(
+        &self,
+    ) -> Result<&crate::packet::client_hello::ClientHelloInfo, crate::packet::client_hello::PeekError>
+    {
+        self.attempt.hello.as_ref().map_err(|e| *e)
     }
 
-    /// The ALPN protocols the client offers (peeked, as [`Incoming::server_name`]).
+    /// The server name the client asks for (SNI), canonical; `None` when it names none, and
+    /// also when its ClientHello could not be read ([`Incoming::client_hello`] tells the two
+    /// apart).
+    pub fn server_name(&self) -> Option<&str> {
+        self.client_hello().ok()?.server_name.as_deref()
+    }
+
+    /// The ALPN protocols the client offers (empty also when its ClientHello could not be
+    /// read, as [`Incoming::server_name`]).
     pub fn alpn(&self) -> &[Vec<u8>] {
-        &self.attempt.alpn
+        self.client_hello().map_or(&[], |h| &h.alpn)
     }
 }
 

@@ -237,8 +237,11 @@ pub(crate) struct Attempt {
     pub remote: SocketAddr,
     pub local_ip: Option<std::net::IpAddr>,
     pub validated: bool,
-    pub server_name: Option<String>,
-    pub alpn: Vec<Vec<u8>>,
+    /// The peek at its ClientHello (`accept::Incoming::client_hello`).
+    pub hello: Result<
+        crate::packet::client_hello::ClientHelloInfo,
+        crate::packet::client_hello::PeekError,
+    >,
 }
 
 /// Attempts for [`super::Endpoint::accept`].
@@ -812,8 +815,7 @@ mod tests {
             remote: SocketAddr::from(([127, 0, 0, 1], 4433)),
             local_ip: None,
             validated: false,
-            server_name: None,
-            alpn: Vec::new(),
+            hello: Ok(Default::default()),
         }
     }
 
