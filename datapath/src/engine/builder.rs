@@ -461,10 +461,6 @@ impl EngineBuilder {
         for (index, (handovers, commands)) in handover_rx.into_iter().zip(command_rx).enumerate() {
             let mut config = EndpointConfig::new(reset_key.clone());
             config.min_reset_interval(self.min_reset_interval);
-            // QUIC version 1 only (quinn-proto's default also takes the drafts 29 to 34):
-            // the ClientHello peek the accept hook sees reads version 1's Initials only,
-            // and a draft client would otherwise pass a policy on names unread.
-            config.supported_versions(vec![1]);
             let l = layout.clone();
             let lifetime = self.cid_lifetime;
             let cid_rng = StdRng::from_rng(&mut rng).expect("a StdRng seeds another");

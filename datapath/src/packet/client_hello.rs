@@ -40,9 +40,9 @@
 //!
 //! QUIC version 1 only. quinn-proto's default `EndpointConfig` also accepts the drafts 29 to
 //! 34 (versions `0xff00001d..=0xff000022`), whose Initial keys derive from other salts: the
-//! peek answers [`PeekError::UnsupportedVersion`] for them. The engine's endpoints take
-//! version 1 only (`EndpointConfig::supported_versions`), so its accept hook never sees
-//! them.
+//! peek answers [`PeekError::UnsupportedVersion`] for them, which an accept hook sees as
+//! [`crate::Incoming::client_hello`]'s error (a policy on names refuses it, or the
+//! application limits `EndpointConfig::supported_versions` to 1).
 //!
 //! # A ClientHello over more than one Initial
 //!
