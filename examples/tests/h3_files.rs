@@ -703,6 +703,33 @@ async fn unidirectional_streams_h3_does_not_take_are_refused() {
     stop_server(ep).await;
 }
 
+/// A client's QPACK encoder stream is read and dropped, however much comes on it (h3 kept
+/// it unread: 2 MiB could not even be written, the stream's window full), requests are
+/// served meanwhile, and its end closes the connection with H3_CLOSED_CRITICAL_STREAM
+/// (RFC 9204 §4.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qpack_stream_is_drained_and_its_end_closes_the_connection() {
+    let (dir, _, small) = site();
+    let (_keep, stop) = watch::channel(false);
+    let (ep, cert) = server(&dir.0, stop);
+    guard("a QPACK encoder stream", async {
+        let (_client, conn) = connect(&ep, cert).await;
+        let mut encoder = conn.open_uni().await.unwrap();
+        encoder.write_all(&[0x02]).await.unwrap();
+        // "Set Dynamic Table Capacity" to 0, over and over: allowed, and 2 MiB of it.
+        encoder.write_all(&vec![0x20; 2 << 20]).await.unwrap();
+        let body = raw_get(&conn, "/a%20b.txt", &[]).await;
+        assert_same("a b.txt", &body, &small);
+        encoder.finish().unwrap();
+        assert_eq!(
+            close_code(conn.closed().await),
+            h3::error::Code::H3_CLOSED_CRITICAL_STREAM.value()
+        );
+    })
+    .await;
+    stop_server(ep).await;
+}
+
 /// A request whose HEADERS frame never comes whole is rejected (H3_REQUEST_REJECTED) once
 /// `request_timeout` has passed, and the connection goes on serving. (Before, h3 waited for
 /// the rest of the frame for the connection's life.)
@@ -729,6 +756,13 @@ async fn headers_that_never_come_whole_are_rejected_when_their_time_is_up() {
                     if c.into_inner() == h3::error::Code::H3_REQUEST_REJECTED.value()
             ),
             "{got:?}"
+        );
+        // The request's side is stopped with the same code (it was H3_NO_ERROR, which says
+        // that a whole answer came).
+        let stopped = send.stopped().await.unwrap();
+        assert_eq!(
+            stopped.map(|c| c.into_inner()),
+            Some(h3::error::Code::H3_REQUEST_REJECTED.value())
         );
         // The connection still serves.
         let (driver, mut sender) = h3::client::new(xdp_quic_h3::Connection::new(conn))

@@ -55,7 +55,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -92,6 +92,9 @@ struct InFlight {
     /// The same for the peer's unidirectional streams h3 dropped before their end: dropping
     /// them would ask the peer to stop its critical streams.
     parked_recv: std::sync::Mutex<Vec<xq::RecvStream>>,
+    /// One end of a channel per task draining a peer's QPACK stream ([`RecvStream::drain`]):
+    /// dropped with this, which ends the tasks.
+    drains: std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl InFlight {
@@ -412,12 +415,17 @@ impl<B: Buf> BidiStream<B> {
         conn: &xq::Connection,
         flight: &Arc<InFlight>,
     ) -> Self {
-        Self {
-            send: SendStream::new(send, flight),
-            recv: RecvStream::new(recv, conn, flight),
-        }
+        let reset = Arc::new(AtomicU64::new(NOT_RESET));
+        let mut send = SendStream::new(send, flight);
+        send.reset_code = Some(reset.clone());
+        let mut recv = RecvStream::new(recv, conn, flight);
+        recv.peer_reset_code = Some(reset);
+        Self { send, recv }
     }
 }
+
+/// No reset yet, in a bidirectional stream's shared reset code (a code is below 2^62).
+const NOT_RESET: u64 = u64::MAX;
 
 impl<B: Buf> quic::BidiStream<B> for BidiStream<B> {
     type SendStream = SendStream<B>;
@@ -471,8 +479,10 @@ impl<B: Buf> quic::SendStream<B> for BidiStream<B> {
 
 /// The receiving side of a stream.
 pub struct RecvStream {
-    /// `None` only once parked, in `drop`.
+    /// `None` once parked (in `drop`) or handed to a drain task (a QPACK stream).
     stream: Option<xq::RecvStream>,
+    /// The stream's id, known without it.
+    id: xq::StreamId,
     /// To close it when the peer's control stream carries a frame h3 would buffer without
     /// bound.
     conn: xq::Connection,
@@ -489,6 +499,9 @@ pub struct RecvStream {
     /// frame's boundary would pass for a whole body, one inside a frame for a truncated
     /// frame, a connection error.)
     failed: Option<xq::ReadError>,
+    /// A bidirectional stream's: the code its sending half was reset with, if it was
+    /// ([`NOT_RESET`] else).
+    peer_reset_code: Option<Arc<AtomicU64>>,
     /// Takes out the frames h3 is not to see, refuses those it would buffer without bound
     /// ([`MAX_FRAME`], [`MAX_FIELD_FRAME`]); knows a unidirectional stream's type.
     frames: FrameFilter,
@@ -503,12 +516,14 @@ impl RecvStream {
     fn new(stream: xq::RecvStream, conn: &xq::Connection, flight: &Arc<InFlight>) -> Self {
         let uni = stream.id().dir() == xdp_quic::Dir::Uni;
         Self {
+            id: stream.id(),
             stream: Some(stream),
             conn: conn.clone(),
             flight: flight.clone(),
             ended: false,
             given_up: false,
             failed: None,
+            peer_reset_code: None,
             frames: if uni {
                 FrameFilter::uni()
             } else {
@@ -550,12 +565,22 @@ impl Drop for RecvStream {
                 Some(h3::error::Code::H3_REQUEST_CANCELLED)
             }
             // A request body (or response) nobody reads: the peer is asked to stop sending
-            // with H3_NO_ERROR (RFC 9114 §4.1.1), not the async API's default code 0.
+            // with H3_NO_ERROR (RFC 9114 §4.1.1), not the async API's default code 0, or
+            // with the code the answer was reset with (a request rejected or cancelled).
             (false, _) => Some(h3::error::Code::H3_NO_ERROR),
         };
+        let reset = self
+            .peer_reset_code
+            .as_ref()
+            .map(|c| c.load(Ordering::Acquire))
+            .filter(|&c| c != NOT_RESET);
+        let code = code.map(|c| match reset {
+            Some(r) if !uni && self.conn.side() == xdp_quic::Side::Server => r,
+            _ => c.value(),
+        });
         match code {
             Some(code) => {
-                let _ = stream.stop(VarInt::from_u64(code.value()).unwrap_or(VarInt::MAX));
+                let _ = stream.stop(VarInt::from_u64(code).unwrap_or(VarInt::MAX));
             }
             None => {
                 let mut parked = self
@@ -591,6 +616,10 @@ impl quic::RecvStream for RecvStream {
         if let Some(e) = &self.failed {
             return Poll::Ready(Err(read_error(e.clone())));
         }
+        if self.stream.is_none() {
+            // A QPACK stream a task drains: h3 does not read it past its type.
+            return Poll::Pending;
+        }
         for _ in 0..EMPTIED_CHUNKS {
             let data = match self.stream().poll_read_chunk(cx, READ_CHUNK) {
                 Poll::Pending => return Poll::Pending,
@@ -621,6 +650,18 @@ impl quic::RecvStream for RecvStream {
                 {
                     return Poll::Ready(Err(refused));
                 }
+                if self
+                    .frames
+                    .stream_type()
+                    .is_some_and(|ty| QPACK_UNI.contains(&ty))
+                    && self.drain()
+                {
+                    return if seen.is_empty() {
+                        Poll::Pending
+                    } else {
+                        Poll::Ready(Ok(Some(seen)))
+                    };
+                }
             }
             if !seen.is_empty() {
                 return Poll::Ready(Ok(Some(seen)));
@@ -633,21 +674,72 @@ impl quic::RecvStream for RecvStream {
     fn stop_sending(&mut self, error_code: u64) {
         self.ended = true;
         self.given_up = true;
-        let _ = self
-            .stream()
-            .stop(VarInt::from_u64(error_code).unwrap_or(VarInt::MAX));
+        if let Some(s) = self.stream.as_mut() {
+            let _ = s.stop(VarInt::from_u64(error_code).unwrap_or(VarInt::MAX));
+        }
     }
 
     fn recv_id(&self) -> StreamId {
-        stream_id(self.stream.as_ref().expect("present until dropped").id())
+        stream_id(self.id)
     }
 }
 
 /// The push stream type (RFC 9114 §6.2.2) and WebTransport's (not offered here).
 const PUSH: u64 = 0x1;
 const WEBTRANSPORT_UNI: u64 = 0x54;
+/// QPACK's encoder and decoder stream types (RFC 9204 §4.2).
+const QPACK_UNI: [u64; 2] = [0x2, 0x3];
 
 impl RecvStream {
+    /// Hands a peer's QPACK stream, whose type h3 has just been given, to a task that reads
+    /// and drops what comes on it (h3 0.0.8 keeps the stream and never reads it again, so
+    /// what the peer sends there would wait for the connection's life, in its receive
+    /// budget) and closes the connection with H3_CLOSED_CRITICAL_STREAM when the peer ends
+    /// or resets it (RFC 9204 §4.2). The table this side offers has no room (h3's default
+    /// QPACK settings), so nothing on it is needed. The task ends with the connection, or
+    /// when this connection's adapter is gone. `false` without a tokio runtime: the stream
+    /// stays with h3, as before.
+    fn drain(&mut self) -> bool {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let Some(mut stream) = self.stream.take() else {
+            return false;
+        };
+        self.ended = true;
+        let (tx, gone) = tokio::sync::oneshot::channel::<()>();
+        self.flight
+            .drains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        let conn = self.conn.clone();
+        rt.spawn(async move {
+            let read = async {
+                loop {
+                    match stream.read_chunk(READ_CHUNK, true).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(xq::ReadError::Reset(_)) => {
+                            let code = h3::error::Code::H3_CLOSED_CRITICAL_STREAM.value();
+                            conn.close(
+                                VarInt::from_u64(code).unwrap_or(VarInt::MAX),
+                                b"a QPACK stream closed",
+                            );
+                            return;
+                        }
+                        // The connection ended.
+                        Err(_) => return,
+                    }
+                }
+            };
+            tokio::select! {
+                _ = read => {}
+                _ = gone => {}
+            }
+        });
+        true
+    }
+
     /// Refuses a unidirectional stream of type `ty` that h3 0.0.8 would hold without reading
     /// (it waits for octets past the push id that may never come, for the connection's
     /// life, holding a stream credit): a client's push stream closes the connection with
@@ -743,6 +835,9 @@ pub struct SendStream<B: Buf> {
     watched: bool,
     /// h3 gave it something to send.
     written: bool,
+    /// A bidirectional stream's: where a reset leaves its code, for the receiving half to
+    /// stop the peer's side with the same one.
+    reset_code: Option<Arc<AtomicU64>>,
 }
 
 impl<B: Buf> SendStream<B> {
@@ -755,6 +850,7 @@ impl<B: Buf> SendStream<B> {
             ended: false,
             watched: false,
             written: false,
+            reset_code: None,
         }
     }
 
@@ -820,6 +916,9 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
     }
 
     fn reset(&mut self, reset_code: u64) {
+        if let Some(shared) = &self.reset_code {
+            shared.store(reset_code, Ordering::Release);
+        }
         self.pending = None;
         self.ended = true;
         let _ = self
