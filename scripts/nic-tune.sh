@@ -477,8 +477,9 @@ ib_pid=''
 if [ "$have_irqs" = 1 ] && ib_pid=$(nic_irqbalance_pid); then
     # Only the irqbalance systemd runs is restarted with the bans: another would go on.
     ib_main=''
-    if nic_have systemctl; then ib_main=$(systemctl show -p MainPID --value irqbalance 2>/dev/null || true); fi
-    [ "$ib_main" = "$ib_pid" ] || nic_die "irqbalance (pid $ib_pid) is running and would move the queue IRQs, but systemd does not run it (systemctl show -p MainPID --value irqbalance: ${ib_main:-no answer}), so it cannot be restarted with them banned: stop irqbalance, or run it with --banirq for this NIC's IRQs, then tune again"
+    # (Not --value: systemd before 230 has no such option.)
+    if nic_have systemctl; then ib_main=$(systemctl show -p MainPID irqbalance 2>/dev/null | sed -n 's/^MainPID=//p' || true); fi
+    [ "$ib_main" = "$ib_pid" ] || nic_die "irqbalance (pid $ib_pid) is running and would move the queue IRQs, but systemd does not run it (systemctl show -p MainPID irqbalance: ${ib_main:-no answer}), so it cannot be restarted with them banned: stop irqbalance, or run it with --banirq for this NIC's IRQs, then tune again"
 fi
 # Huge pages the kernel would take from the free memory: at most 3/4 of MemAvailable.
 if [ -n "$huge" ] && hp_cur=$(nic_read "$(nic_sysctl_path vm.nr_hugepages)") && [ "$hp_cur" -lt "$huge" ]; then

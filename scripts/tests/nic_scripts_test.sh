@@ -354,7 +354,7 @@ detail=$(cat "$tmp/hp.out")
 expect "fake: --hugepages up to 3/4 of MemAvailable is accepted" eval \
     '[ "$rc" = 0 ] && grep -q "^+ echo 21972 > .*/proc/sys/vm/nr_hugepages$" "$tmp/hp.out"'
 # an irqbalance that systemd does not run (MainPID 0): restarting the unit would not ban anything
-FAKE_IRQBALANCE_MAINPID=0 bad 1 "irqbalance \(pid 4242\) is running .* systemd does not run it .*MainPID --value irqbalance: 0.*: stop irqbalance" \
+FAKE_IRQBALANCE_MAINPID=0 bad 1 "irqbalance \(pid 4242\) is running .* systemd does not run it .*MainPID irqbalance: 0.*: stop irqbalance" \
     "$tune" ens1f0 --queues 2 --cpus 0,1
 
 # a command failing midway: stop, say what changed, keep the state; revert still restores
