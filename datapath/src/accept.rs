@@ -64,7 +64,7 @@ impl Incoming<'_> {
     }
 
     /// What the client's ClientHello says (its server name made canonical: lower case, no
-    /// trailing dot, `None` for an IP address), or why it could not be read from this packet
+    /// trailing dot, `None` for an IP address: see [`ClientHelloInfo::server_name`]), or why it could not be read from this packet
     /// ([`PeekError::Incomplete`]: it goes on in the client's next datagram). An error is
     /// not "no name": a policy that refuses names (a deny-list) decides what an error
     /// means, most safely to refuse.

@@ -112,7 +112,7 @@ impl Shard {
                     }
                 };
             }
-            Decision::Retry => None,
+            Decision::Retry => self.rotated.clone(),
             Decision::Refuse => {
                 self.tally.refused += 1;
                 return Settled::Answer(self.endpoint.refuse(incoming, buf));

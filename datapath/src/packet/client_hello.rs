@@ -41,8 +41,7 @@
 //! QUIC version 1 only. quinn-proto's default `EndpointConfig` also accepts the drafts 29 to
 //! 34 (versions `0xff00001d..=0xff000022`), whose Initial keys derive from other salts: the
 //! peek answers [`PeekError::UnsupportedVersion`] for them, which an accept hook sees as
-//! [`crate::Incoming::client_hello`]'s error (a policy on names refuses it, or the
-//! application limits `EndpointConfig::supported_versions` to 1).
+//! [`crate::Incoming::client_hello`]'s error (a policy on names refuses it).
 //!
 //! # A ClientHello over more than one Initial
 //!
@@ -61,9 +60,10 @@
 //! An error ([`PeekError`]) says the name and protocols are not known, not that there are
 //! none: an application that refuses by name (a deny-list) must decide what an error means
 //! (refuse: a client whose ClientHello spans two datagrams, as post-quantum key shares make
-//! it, is then refused too). [`ClientHelloInfo::server_name`] is the name as the TLS stack
-//! takes it: in lower case, without a trailing dot, and `None` for an IP address (which
-//! rustls takes as no name).
+//! it, is then refused too). [`ClientHelloInfo::server_name`] is the name made canonical
+//! for such a comparison: in lower case as rustls takes it, `None` for an IP address (which
+//! rustls takes as no name), and without a trailing dot, which rustls keeps (its certificate
+//! resolver and `Conn::server_name` see `example.com.` where the hook sees `example.com`).
 //!
 //! # Allocation
 //!
@@ -153,9 +153,9 @@ pub enum PeekError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientHelloInfo {
     /// The `host_name` of the `server_name` extension, made canonical: in lower case, one
-    /// trailing dot removed. `None` when the extension is absent, as when the client
-    /// connects to an IP address, or when the name is an IP address (rustls takes both as
-    /// no name).
+    /// trailing dot removed (rustls keeps it). `None` when the extension is absent, as when
+    /// the client connects to an IP address, or when the name is an IP address (rustls takes
+    /// both as no name).
     pub server_name: Option<String>,
     /// The ALPN protocol names in the client's order of preference; empty when the
     /// extension is absent.
@@ -606,9 +606,9 @@ fn contiguous_prefix(received: &[u64; MAX_CLIENT_HELLO_LEN / 64]) -> usize {
     n
 }
 
-/// A `host_name` as the TLS stack takes it ([`ClientHelloInfo::server_name`]): `None` for
-/// an IP address, else in lower case without one trailing dot (a lone `.` stays: rustls
-/// refuses it as no DNS name).
+/// A `host_name` made canonical ([`ClientHelloInfo::server_name`]): `None` for an IP
+/// address (rustls takes it as no name), else in lower case (as rustls takes it) without one
+/// trailing dot (which rustls keeps; a lone `.` stays: rustls refuses it as no DNS name).
 pub fn canonical_server_name(name: &str) -> Option<String> {
     if let Ok(rustls::pki_types::ServerName::IpAddress(_)) =
         rustls::pki_types::ServerName::try_from(name)
