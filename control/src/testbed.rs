@@ -190,8 +190,17 @@ impl Testbed {
     /// process; refused when another handler of these signals is installed.
     pub fn remove_all_on_signal() -> anyhow::Result<()> {
         crate::signal::on_termination(|_| {
-            Testbed::remove_all();
-            eprintln!("interrupted: testbed removed");
+            // The lock is held to the exit: a namespace the main thread would make next
+            // (it makes and registers each under this lock) is not made after the list was
+            // read.
+            let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+            for ns in std::mem::take(&mut *live) {
+                let _ = ip(&["netns", "del", &ns]);
+            }
+            // Not eprintln!: a closed stderr (a pipe whose reader went with the Ctrl-C)
+            // would panic this thread before the exit.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "interrupted: testbed removed");
             std::process::exit(130);
         })
         .context("installing the Ctrl-C handler")

@@ -185,6 +185,30 @@ fn hq_serves_files_and_nothing_outside_its_root() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read(out_dir.join("data.bin")).unwrap(), body);
+    // A file already there is not overwritten, and two paths of one name are refused,
+    // before anything is fetched (it wrote over both, keeping the last body).
+    std::fs::write(out_dir.join("data.bin"), b"mine").unwrap();
+    let again = |paths: &[&str]| {
+        let mut args = vec![
+            "--app",
+            "hq",
+            "--insecure",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ];
+        for p in paths {
+            args.extend(["--path", p]);
+        }
+        client(server.addr, &args)
+    };
+    let out = again(&["/data.bin"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("exists (it is not overwritten)"));
+    assert_eq!(std::fs::read(out_dir.join("data.bin")).unwrap(), b"mine");
+    let out = again(&["/a/b", "/a_b"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("two of the fetches would be written to"));
+    assert!(text(&out.stdout).is_empty(), "nothing fetched");
 
     let out = client(
         server.addr,

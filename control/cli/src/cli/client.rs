@@ -60,7 +60,8 @@ pub struct ClientArgs {
     /// h3: URLs to fetch (https://HOST[:PORT]/PATH), in parallel on one connection.
     #[arg(long = "url", value_name = "URL")]
     pub urls: Vec<String>,
-    /// hq, h3: save fetched files into this directory (default: print sizes only).
+    /// hq, h3: save fetched files into this directory as new files (default: print sizes
+    /// only); refused before fetching if two fetches share a name or a file is there.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Print the result as JSON on stdout.
@@ -99,7 +100,18 @@ impl Launch {
                     "--backend xdp needs --iface, the interface the server is reached through",
                 )?;
                 let queues = match &a.queues {
-                    Some(q) => q.clone(),
+                    Some(q) => {
+                        // Refused before anything is attached, as `serve` does: the queue's
+                        // bind would fail after the program was.
+                        if let Ok(active) = xdp_quic_control::xdp::active_queues(&iface) {
+                            if let Some(q) = q.iter().find(|q| !active.contains(q)) {
+                                bail!(
+                                    "--queues lists queue {q}, but {iface} has queues {active:?}"
+                                );
+                            }
+                        }
+                        q.clone()
+                    }
                     None => xdp_quic_control::xdp::active_queues(&iface)?,
                 };
                 Launch::Xdp {
@@ -223,6 +235,45 @@ impl ClientArgs {
 /// Options the chosen backend or application would ignore are refused, naming them, before
 /// anything is done (as `serve` does): a client run is not what its command line says
 /// otherwise.
+/// Where `--out DIR` puts the bodies named `names`: checked before anything is fetched (or
+/// attached), so that no body is lost to a name another one takes, and no file already
+/// there is overwritten.
+pub fn out_files(dir: &std::path::Path, names: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        bail!("--out {}: not a directory", dir.display());
+    }
+    let mut seen = std::collections::HashSet::new();
+    names
+        .iter()
+        .map(|n| {
+            let file = dir.join(n);
+            if !seen.insert(n.as_str()) {
+                bail!(
+                    "--out: two of the fetches would be written to {} (fetch them in two runs)",
+                    file.display()
+                );
+            }
+            if file.symlink_metadata().is_ok() {
+                bail!("--out: {} exists (it is not overwritten)", file.display());
+            }
+            Ok(file)
+        })
+        .collect()
+}
+
+/// Writes a new file `path` (never over one that appeared meanwhile, nor through a symbolic
+/// link left there).
+pub fn write_new(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 fn refuse_ignored_flags(a: &ClientArgs) -> anyhow::Result<()> {
     if a.backend == ClientBackend::Udp {
         let set = [
@@ -431,6 +482,20 @@ fn hq(b: EngineBuilder, a: &ClientArgs) -> anyhow::Result<()> {
         bail!("--path {p}: paths start with /");
     }
     let (remote, name, paths) = (a.connect()?, a.server_name(), a.paths.clone());
+    let files = match &a.out {
+        Some(dir) => {
+            let names: Vec<String> = a
+                .paths
+                .iter()
+                .map(|p| match p.trim_start_matches('/').replace('/', "_") {
+                    n if n.is_empty() => "index".to_string(),
+                    n => n,
+                })
+                .collect();
+            Some(out_files(dir, &names)?)
+        }
+        None => None,
+    };
     let (handlers, _) = Launch::of(a)?.run(
         b,
         remote,
@@ -440,15 +505,12 @@ fn hq(b: EngineBuilder, a: &ClientArgs) -> anyhow::Result<()> {
     )?;
     let h = handlers.into_iter().next().context("no worker")?;
     let mut failed = 0;
-    for (path, r) in a.paths.iter().zip(&h.results) {
+    for (i, (path, r)) in a.paths.iter().zip(&h.results).enumerate() {
         match r {
             Some(Fetched::Body(body)) => {
                 println!("{path}: {} octets", body.len());
-                if let Some(dir) = &a.out {
-                    let name = path.trim_start_matches('/').replace('/', "_");
-                    let file = dir.join(if name.is_empty() { "index" } else { &name });
-                    std::fs::write(&file, body)
-                        .with_context(|| format!("writing {}", file.display()))?;
+                if let Some(file) = files.as_ref().and_then(|f| f.get(i)) {
+                    write_new(file, body)?;
                 }
             }
             Some(Fetched::Reset(code)) => {

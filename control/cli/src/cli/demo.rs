@@ -97,35 +97,39 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     if a.connections == 0 || a.queues == 0 || a.queues > 64 {
         bail!("--connections must be at least 1 and --queues between 1 and 64");
     }
-    if a.backend == DemoBackend::Udp {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let xdp = match a.backend {
+        DemoBackend::Udp => false,
+        DemoBackend::Xdp => true,
+        DemoBackend::Auto => root,
+    };
+    if !xdp {
+        // Also under --backend auto without root: refused, not silently dropped.
         let set = [
             ("--tx", a.tx != args::TxArg::Auto),
             ("--poll", a.poll != args::PollArg::Adaptive),
             ("--spin", a.spin != DEMO_SPIN_US),
             ("--rounds", a.rounds != 3),
         ];
+        let why = if a.backend == DemoBackend::Auto {
+            " (the AF_XDP demo needs root)"
+        } else {
+            ""
+        };
         args::refuse_given(&set, |named, _| {
             format!(
-                "{named} not used by the UDP demo (they set the AF_XDP side and its rounds \
-                 against UDP): leave them out, or run --backend xdp"
+                "{named} not used by the UDP demo{why} (they set the AF_XDP side and its \
+                 rounds against UDP): leave them out, or run --backend xdp as root"
             )
         })?;
     }
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let xdp = match a.backend {
-        DemoBackend::Udp => false,
-        DemoBackend::Xdp => true,
-        DemoBackend::Auto => {
-            if !root {
-                eprintln!(
-                    "xdp-quic demo: the AF_XDP demo needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF, \
-                     CAP_NET_RAW, CAP_IPC_LOCK) to build its testbed; running the UDP demo on loopback"
-                );
-            }
-            root
-        }
-    };
+    if a.backend == DemoBackend::Auto && !root {
+        eprintln!(
+            "xdp-quic demo: the AF_XDP demo needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF, \
+             CAP_NET_RAW, CAP_IPC_LOCK) to build its testbed; running the UDP demo on loopback"
+        );
+    }
     let runs = if xdp {
         testbed_runs(a)?
     } else {

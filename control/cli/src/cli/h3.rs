@@ -219,13 +219,31 @@ pub fn client(a: &ClientArgs) -> anyhow::Result<()> {
     if a.backend != super::client::ClientBackend::Udp {
         bail!("--app h3 runs its client over kernel UDP (--backend udp)");
     }
+    let files = match &a.out {
+        Some(dir) => {
+            let names: Vec<String> = paths
+                .iter()
+                .map(|path| {
+                    path.split('?')
+                        .next()
+                        .unwrap_or("")
+                        .rsplit('/')
+                        .next()
+                        .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+                        .unwrap_or("index.html")
+                        .to_string()
+                })
+                .collect();
+            Some(super::client::out_files(dir, &names)?)
+        }
+        None => None,
+    };
     let trust = super::args::client_trust(a.ca.as_ref(), a.insecure)?;
     let engine = EngineBuilder::default()
         .workers(1)
         .client(tls::client_config(trust, &[h3_files::ALPN])?)
         .transport(super::serve::transport());
     let rt = tokio::runtime::Runtime::new()?;
-    let out = a.out.clone();
     let json = a.json;
     rt.block_on(async move {
         let ep = Builder::new(engine).bind_udp(xdp_quic_examples::client::any_local_for(remote))?;
@@ -240,7 +258,7 @@ pub fn client(a: &ClientArgs) -> anyhow::Result<()> {
         let fetched = h3_files::fetch(conn.clone(), &authority, &paths, per_body).await?;
         conn.close(VarInt::from_u32(0x100), b"");
         let mut failed = 0;
-        for (path, f) in paths.iter().zip(&fetched) {
+        for (i, (path, f)) in paths.iter().zip(&fetched).enumerate() {
             if !f.status.is_success() {
                 failed += 1;
             }
@@ -253,18 +271,10 @@ pub fn client(a: &ClientArgs) -> anyhow::Result<()> {
             } else {
                 println!("{path}: {} {} octets", f.status, f.body.len());
             }
-            if let (Some(dir), true) = (&out, f.status.is_success()) {
-                let name = path
-                    .split('?')
-                    .next()
-                    .unwrap_or("")
-                    .rsplit('/')
-                    .next()
-                    .filter(|n| !n.is_empty() && *n != "." && *n != "..")
-                    .unwrap_or("index.html");
-                let dest = dir.join(name);
-                std::fs::write(&dest, &f.body)
-                    .with_context(|| format!("writing {}", dest.display()))?;
+            if let (Some(dest), true) =
+                (files.as_ref().and_then(|f| f.get(i)), f.status.is_success())
+            {
+                super::client::write_new(dest, &f.body)?;
             }
         }
         ep.wait_idle().await;

@@ -40,6 +40,24 @@ fn value(samples: &[Sample], name: &str, worker: &str) -> f64 {
         .sum()
 }
 
+/// Checks that a daemon's `samples` are `iface`'s: an AF_XDP daemon labels its workers with
+/// the interface they serve, and one of another interface is an error (its table would pass
+/// for `iface`'s). A kernel UDP daemon's workers carry no interface: taken as they are.
+pub fn check_iface(samples: &[Sample], iface: &str) -> anyhow::Result<()> {
+    let served: std::collections::BTreeSet<&str> = samples
+        .iter()
+        .filter(|s| s.name == "xdpquic_worker_rx_packets_total")
+        .filter_map(|s| s.label("iface"))
+        .collect();
+    if !served.is_empty() && !served.contains(iface) {
+        anyhow::bail!(
+            "the daemon serves {} over AF_XDP, not {iface}: ask for its interface",
+            served.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// The rows of the workers in `now`, with rates against `prev` over `dt` seconds.
 pub fn rows(prev: &[Sample], now: &[Sample], dt: f64) -> Vec<Row> {
     let mut workers: Vec<(String, Option<String>)> = now
@@ -133,5 +151,16 @@ mod tests {
         assert_eq!(r[1].drops_ps, 2.0);
         assert_eq!(r[1].connections, 3.0);
         assert!(render(&r).contains("busy%"));
+    }
+
+    #[test]
+    fn a_daemon_of_another_interface_is_refused() {
+        let xdp =
+            parse("xdpquic_worker_rx_packets_total{worker=\"0\",iface=\"eth0\",queue=\"0\"} 1\n");
+        assert!(check_iface(&xdp, "eth0").is_ok());
+        let e = check_iface(&xdp, "lo").unwrap_err().to_string();
+        assert!(e.contains("serves eth0 over AF_XDP, not lo"), "{e}");
+        let udp = parse("xdpquic_worker_rx_packets_total{worker=\"0\"} 1\n");
+        assert!(check_iface(&udp, "lo").is_ok());
     }
 }

@@ -2,6 +2,15 @@
 //! the control library's [`Server`] does it (program watched, fallback to UDP), saying on
 //! stderr what happens.
 
+/// `eprintln!` that ignores a failed write: a server whose stderr is a pipe that closed (its
+/// reader went with a Ctrl-C) goes on, and stops, instead of panicking on a report.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
@@ -342,8 +351,9 @@ fn serve<H: Handler>(
     ctrlc::set_handler(move || {
         signals += 1;
         if signals == 1 {
-            eprintln!("stopping (Ctrl-C again to exit at once)");
+            // Stopped first: a print to a closed stderr must not keep it from happening.
             on_signal.stop();
+            note!("stopping (Ctrl-C again to exit at once)");
         } else {
             if let Some((iface, queues)) = &shielded {
                 // Best effort, and only when no other server holds queues of the
@@ -362,7 +372,7 @@ fn serve<H: Handler>(
     .context("installing the Ctrl-C handler")?;
     if a.backend == BackendArg::Auto && !use_xdp {
         // The choice is logged, as the flag says: AF_XDP needs an interface.
-        eprintln!("--backend auto without --iface: serving over kernel UDP");
+        note!("--backend auto without --iface: serving over kernel UDP");
     }
     let backend = if use_xdp {
         match xdp_setup(a) {
@@ -457,7 +467,7 @@ fn shield_options(
         Ok(p) => p,
         Err(e) => {
             // A shield an operator attached that cannot be read is not silently dropped.
-            eprintln!(
+            note!(
                 "warning: cannot read the shield pinned for {iface} ({e:#}): serving without \
                  it unless --xdp-shield"
             );
@@ -478,7 +488,7 @@ fn shield_options(
 /// Says on stderr what the server did.
 fn report(a: &ServeArgs, event: &Event) {
     match event {
-        Event::XdpUnavailable(e) => eprintln!("AF_XDP is not available ({e:#}); falling back to UDP"),
+        Event::XdpUnavailable(e) => note!("AF_XDP is not available ({e:#}); falling back to UDP"),
         Event::Serving(Serving::Xdp {
             listen,
             iface,
@@ -486,7 +496,7 @@ fn report(a: &ServeArgs, event: &Event) {
             zero_copy,
             tx,
             program,
-        }) => eprintln!(
+        }) => note!(
             "serving {:?} on {listen} with {} AF_XDP worker(s) on {iface} queues {queues:?} ({} mode; transmit {}; XDP program {program}); Ctrl-C stops",
             a.app,
             queues.len(),
@@ -497,43 +507,43 @@ fn report(a: &ServeArgs, event: &Event) {
             local_addr,
             workers,
             steering,
-        }) => eprintln!(
+        }) => note!(
             "serving {:?} on {local_addr} with {workers} UDP worker(s), steering {steering:?}; Ctrl-C stops",
             a.app,
         ),
-        Event::Metrics(addr) => eprintln!("metrics on http://{addr}/metrics"),
-        Event::Link { iface, change } => eprintln!("warning: {iface}: {change}"),
+        Event::Metrics(addr) => note!("metrics on http://{addr}/metrics"),
+        Event::Link { iface, change } => note!("warning: {iface}: {change}"),
         Event::WatchFailed { iface, error } => {
-            eprintln!("warning: cannot read the state of {iface}: {error}")
+            note!("warning: cannot read the state of {iface}: {error}")
         }
         Event::Stopping { reason, queues } => {
             for q in queues {
-                eprintln!("queue {}: {}", q.queue, xsk_summary(q));
+                note!("queue {}: {}", q.queue, xsk_summary(q));
             }
             match reason {
-                StopReason::Requested => eprintln!("shutting down: closing connections"),
+                StopReason::Requested => note!("shutting down: closing connections"),
                 StopReason::WorkersFailed(failed) => {
                     for (w, why) in failed {
-                        eprintln!("error: worker {w} failed: {why}; its connections were closed");
+                        note!("error: worker {w} failed: {why}; its connections were closed");
                     }
-                    eprintln!("stopping the other workers");
+                    note!("stopping the other workers");
                 }
-                StopReason::ProgramLost { iface, why } => eprintln!(
+                StopReason::ProgramLost { iface, why } => note!(
                     "error: {why} on {iface}: the AF_XDP workers receive nothing any more; \
                      closing their connections"
                 ),
-                other => eprintln!("stopping ({other:?}): closing connections"),
+                other => note!("stopping ({other:?}): closing connections"),
             }
         }
         Event::Stopped { counters } => print_counters(counters),
         Event::FallingBack { listen } => {
-            eprintln!("--backend auto: falling back to kernel UDP on {listen}")
+            note!("--backend auto: falling back to kernel UDP on {listen}")
         }
         Event::Shield {
             iface,
             config,
             monitor,
-        } => eprintln!(
+        } => note!(
             "XDP shield on {iface}: Initials under {} octets, other versions under {} \
              octets and short headers of other CIDs dropped; version negotiation {}/s per \
              source prefix (/{}, /{}){}",
@@ -552,7 +562,7 @@ fn report(a: &ServeArgs, event: &Event) {
             }
         ),
         Event::Pressure { iface, change } => match change.cause {
-            Some(cause) => eprintln!(
+            Some(cause) => note!(
                 "XDP shield: {iface} queue {} under pressure ({}): admitting tokenless \
                  Initials per source prefix",
                 change.queue,
@@ -565,28 +575,28 @@ fn report(a: &ServeArgs, event: &Event) {
                         format!("{n} packets dropped for a full RX ring"),
                 }
             ),
-            None => eprintln!(
+            None => note!(
                 "XDP shield: {iface} queue {} no longer under pressure",
                 change.queue
             ),
         },
-        Event::StaleShieldCleared { iface, turned_off: true } => eprintln!(
+        Event::StaleShieldCleared { iface, turned_off: true } => note!(
             "XDP shield: turned off on {iface}: a server that did not stop cleanly had left it on (without --xdp-shield, this server serves without it)"
         ),
-        Event::StaleShieldCleared { iface, turned_off: false } => eprintln!(
+        Event::StaleShieldCleared { iface, turned_off: false } => note!(
             "XDP shield: cleared on {iface} the CID layout and pressure flags a server that did not stop cleanly had left (the shield's rules stay as `xdp-quic attach` set them)"
         ),
-        Event::HandlerPanicked { worker } => eprintln!(
+        Event::HandlerPanicked { worker } => note!(
             "worker {worker}: an application callback panicked; the worker closed its connections and ended, the others serve on"
         ),
-        other => eprintln!("{other:?}"),
+        other => note!("{other:?}"),
     }
 }
 
 /// Prints one line per worker with its main counters.
 pub fn print_counters(counters: &[Counters]) {
     for (i, c) in counters.iter().enumerate() {
-        eprintln!("worker {i}: {}", summary(c));
+        note!("worker {i}: {}", summary(c));
     }
 }
 

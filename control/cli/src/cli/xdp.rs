@@ -493,6 +493,9 @@ fn stats_with_daemon(a: &StatsArgs) -> anyhow::Result<()> {
     // of the daemon's queues under a name it does not serve.
     xdp_quic::engine::ifindex(&a.iface)?;
     let mut prev = parse(&scrape(addr)?);
+    anyhow::Context::with_context(live::check_iface(&prev, &a.iface), || {
+        format!("--daemon {addr}")
+    })?;
     let mut last = Instant::now();
     let Some(secs) = a.watch else {
         // The table's columns are rates: measured over one second between two scrapes.
