@@ -892,6 +892,22 @@ fn sigterm_shuts_the_server_down_gracefully() {
     );
 }
 
+/// A server whose stderr was a pipe that closed (its reader gone, as `| tee` goes with a
+/// Ctrl-C) stops on SIGINT, and cleanly. Before, the signal handler's message panicked its
+/// thread before the stop: the server went on serving, and no later signal stopped it.
+#[test]
+fn a_server_whose_stderr_closed_stops_on_ctrl_c() {
+    let mut server = Server::start(&["--app", "echo"]);
+    // The pipe's reading end closes: every later write to it fails (EPIPE).
+    server.stderr = Box::new(std::io::empty());
+    let _done = server.watchdog();
+    let mut child = server.child.take().unwrap();
+    // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
 impl Server {
     /// Reads stderr until a line contains `needle` and returns it; fails (killing the server)
     /// if none does within a minute (a hang guard, not a performance bound).
