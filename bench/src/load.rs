@@ -486,8 +486,8 @@ pub struct Outcome {
     /// Requests, ingest streams or handshakes completed within `elapsed_s` (ingest: streams
     /// the server's application took in, checked).
     pub completed: u64,
-    /// What the client counted as completed: ingest streams acknowledged by the server's
-    /// transport, end included.
+    /// What the client counted as completed over the whole run, past the span's end too:
+    /// ingest streams acknowledged by the server's transport, end included.
     pub acknowledged: u64,
     /// Latencies in seconds (requests; handshakes: connect to response).
     #[serde(skip)]
@@ -566,6 +566,8 @@ pub fn run(
         bail!("client: {}", errors.join("; "));
     }
     out.completed = completed.unwrap_or(total_completed);
+    // Every one, through the end of the run (past the span's end too).
+    out.acknowledged = total_completed;
     Ok(out)
 }
 

@@ -789,7 +789,7 @@ fn measure(
         // (each ends taken in or found corrupt; streams cut by the client's close at the end
         // were not acknowledged and do not count), for a bounded time.
         let wait_until = Instant::now() + INGEST_SETTLE;
-        while stats1.app.since(&stats0.app).ingest_taken() < outcome.completed
+        while stats1.app.since(&stats0.app).ingest_taken() < outcome.acknowledged
             && Instant::now() < wait_until
         {
             std::thread::sleep(Duration::from_millis(10));
@@ -797,7 +797,9 @@ fn measure(
         }
     }
     let app = stats1.app.since(&stats0.app);
-    outcome.acknowledged = outcome.completed;
+    if w != Workload::Ingest {
+        outcome.acknowledged = outcome.completed;
+    }
     if w == Workload::Ingest {
         // What the server's application took in within the span: the async API acknowledges
         // a stream once its worker queued it for a task, which may read it later.
@@ -826,7 +828,9 @@ fn check(w: Workload, o: &Outcome, app: &AppStats, s: &Sizes) -> anyhow::Result<
         | Workload::Handshakes
         | Workload::HandshakesRetry => app.requests == o.completed,
         // `completed` is what the application took in within the span, `acknowledged` every
-        // stream the client saw acknowledged whole: each of those must have been taken in.
+        // stream the client saw acknowledged whole, through the end of the run (what the
+        // server takes in after the span counts too): each of those must have been taken
+        // in.
         Workload::Ingest => app.ingested >= o.completed && app.ingested >= o.acknowledged,
         Workload::Scale(_) => app.requests >= o.completed,
     };

@@ -420,13 +420,7 @@ fn table(
                         }
                         _ => String::new(),
                     };
-                    let mut flag = String::new();
-                    if r.reps.iter().any(|m| m.client_saturated) {
-                        flag.push_str(" ‡");
-                    }
-                    if r.reps.iter().any(|m| m.noisy) {
-                        flag.push_str(" §");
-                    }
+                    let flag = marks(&[r]);
                     let spread = if r.reps.len() > 1 {
                         format!(" [{}–{}]", fmt(lo), fmt(hi))
                     } else {
@@ -441,7 +435,22 @@ fn table(
     out
 }
 
-/// The targets of the issue, checked against the medians of this run.
+/// " ‡" where the client's core was saturated, " §" where the machine was noisy, in some
+/// repetition of one of `rows`.
+fn marks(rows: &[&Row]) -> String {
+    let mut flag = String::new();
+    if rows.iter().any(|r| r.reps.iter().any(|m| m.client_saturated)) {
+        flag.push_str(" ‡");
+    }
+    if rows.iter().any(|r| r.reps.iter().any(|m| m.noisy)) {
+        flag.push_str(" §");
+    }
+    flag
+}
+
+/// The targets of the issue, checked against the medians of this run; a verdict on rows
+/// where the client's core was saturated (‡) or the machine noisy (§) says so: it may be the
+/// client's or the noise's, not the servers'.
 fn targets(rows: &[Row]) -> String {
     let mut out =
         String::from("| target | workload | figures (medians; ×: median [min–max] of the repetitions' ratios) | met |\n|---|---|---|---|\n");
@@ -463,11 +472,12 @@ fn targets(rows: &[Row]) -> String {
             rate.median >= 1.0
         };
         out.push_str(&format!(
-            "| AF_XDP (tx auto = kernel on veth) rate ≥ UDP's | {name}{} | {} vs {} {} ({rate}) | {} |\n",
+            "| AF_XDP (tx auto = kernel on veth) rate ≥ UDP's | {name}{} | {} vs {} {} ({rate}){} | {} |\n",
             workers_note(workers),
             fmt(xv),
             fmt(uv),
             x.reps[0].unit,
+            marks(&[x, u]),
             yes(rate_ok)
         ));
         let (xc, uc) = (
@@ -476,11 +486,12 @@ fn targets(rows: &[Row]) -> String {
         );
         let cpu = ratio(x, u, |m| m.machine_cpu_per_unit);
         out.push_str(&format!(
-            "| AF_XDP machine CPU per unit ≤ UDP's | {name}{} | {} vs {} {} ({cpu}) | {} |\n",
+            "| AF_XDP machine CPU per unit ≤ UDP's | {name}{} | {} vs {} {} ({cpu}){} | {} |\n",
             workers_note(workers),
             fmt(xc),
             fmt(uc),
             x.reps[0].cpu_unit,
+            marks(&[x, u]),
             yes(cpu.median <= 1.0)
         ));
     }
@@ -496,9 +507,10 @@ fn targets(rows: &[Row]) -> String {
             );
             let r = ratio(u, q, |m| m.server_cpu_per_unit);
             out.push_str(&format!(
-                "| UDP server CPU per GB ≤ 0.67 × quinn's | {name} | {} vs {} CPU-s/GB ({r}) | {} |\n",
+                "| UDP server CPU per GB ≤ 0.67 × quinn's | {name} | {} vs {} CPU-s/GB ({r}){} | {} |\n",
                 fmt(uc),
                 fmt(qc),
+                marks(&[u, q]),
                 yes(r.median <= 0.67)
             ));
         }
@@ -508,10 +520,11 @@ fn targets(rows: &[Row]) -> String {
         if let Some(r) = find(rows, &name, k, MAIN_WORKERS, Loader::Ours) {
             let per_core = med(r, |m| 1e6 / m.server_cpu_per_unit.max(1e-12));
             out.push_str(&format!(
-                "| ingest ≥ 270k streams/s per server core | {name}, {} | {} streams per server CPU-second ({} streams/s on the one server core) | {} |\n",
+                "| ingest ≥ 270k streams/s per server core | {name}, {} | {} streams per server CPU-second ({} streams/s on the one server core){} | {} |\n",
                 k.label(),
                 fmt(per_core),
                 fmt(med(r, |m| m.value)),
+                marks(&[r]),
                 yes(per_core >= 270_000.0)
             ));
         }
@@ -584,9 +597,10 @@ fn async_section(rows: &[Row]) -> String {
     if let (Some(t), Some(c)) = (row(Kind::AsyncTpc), row(Kind::Udp)) {
         let r = ratio(t, c, cpu);
         out.push_str(&format!(
-            "| thread-per-core CPU per request within 10% of the callback engine's | {} vs {} server CPU-µs/req ({r}) | {} |\n",
+            "| thread-per-core CPU per request within 10% of the callback engine's | {} vs {} server CPU-µs/req ({r}){} | {} |\n",
             fmt(med(t)),
             fmt(med(c)),
+            marks(&[t, c]),
             yes(r.median <= 1.10)
         ));
     }
@@ -603,10 +617,11 @@ fn async_section(rows: &[Row]) -> String {
             // is quinn's CPU per request over this one's.
             let r = ratio(q, x, cpu);
             out.push_str(&format!(
-                "| {} requests per server core ≥ 3 × quinn's | {} vs {} req per server CPU-s ({r}) | {} |\n",
+                "| {} requests per server core ≥ 3 × quinn's | {} vs {} req per server CPU-s ({r}){} | {} |\n",
                 k.label(),
                 fmt(1e6 / med(x)),
                 fmt(1e6 / med(q)),
+                marks(&[x, q]),
                 yes(r.median >= 3.0)
             ));
         }

@@ -118,8 +118,12 @@ pub fn kernel_threads_cpu_seconds() -> f64 {
     ticks as f64 / hz()
 }
 
-/// CPU ticks (utime + stime) of every process but kernel threads and `exclude`, by pid:
-/// the other work of the machine (sampled around a span; see `report::Measure::new`).
+/// CPU ticks of every process but kernel threads and `exclude`, by pid: the other work of
+/// the machine (sampled around a span; see `report::Measure::new`). Its own (utime, stime)
+/// and that of its children it reaped (cutime, cstime): a process that starts and ends
+/// within the span (a compiler a build runs) is gone from the second sample, and only its
+/// parent's reaped-children time shows it. (A child reaped in the span counts whole, also
+/// its time before the span: this errs towards calling a span noisy.)
 pub fn other_processes_ticks(exclude: &[u32]) -> std::collections::HashMap<u32, u64> {
     let mut out = std::collections::HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -142,7 +146,7 @@ pub fn other_processes_ticks(exclude: &[u32]) -> std::collections::HashMap<u32, 
             continue;
         }
         let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        out.insert(pid, n(11) + n(12));
+        out.insert(pid, n(11) + n(12) + n(13) + n(14));
     }
     out
 }
