@@ -439,7 +439,10 @@ fn table(
 /// repetition of one of `rows`.
 fn marks(rows: &[&Row]) -> String {
     let mut flag = String::new();
-    if rows.iter().any(|r| r.reps.iter().any(|m| m.client_saturated)) {
+    if rows
+        .iter()
+        .any(|r| r.reps.iter().any(|m| m.client_saturated))
+    {
         flag.push_str(" ‡");
     }
     if rows.iter().any(|r| r.reps.iter().any(|m| m.noisy)) {

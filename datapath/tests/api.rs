@@ -890,6 +890,17 @@ fn calls_left_queued_when_their_worker_ends_reply_gone() {
     ));
 }
 
+/// Gives the engine of `handle` a server configuration of a new identity; returns its
+/// certificate.
+fn new_certificate<H: Handler>(handle: &xdp_quic::EngineHandle<H>) -> Vec<u8> {
+    let id = identity();
+    let cert = id.chain[0].to_vec();
+    handle
+        .set_server_config(tls::server_config(id, &[echo::ALPN]).unwrap())
+        .unwrap();
+    cert
+}
+
 /// A client that notes the server's certificate, closes and stops.
 struct CertSeen(Option<Vec<u8>>);
 
@@ -933,13 +944,8 @@ fn a_server_configuration_is_replaced_while_serving() {
         c.handler(0).0.clone().expect("a certificate")
     };
     assert_eq!(seen("10.7.6.1:5000", &mut server), first_cert.to_vec());
-    let second = identity();
-    let second_cert = second.chain[0].clone();
-    server
-        .handle
-        .set_server_config(tls::server_config(second, &[echo::ALPN]).unwrap())
-        .unwrap();
-    assert_eq!(seen("10.7.6.2:5000", &mut server), second_cert.to_vec());
+    let second_cert = new_certificate(&server.handle);
+    assert_eq!(seen("10.7.6.2:5000", &mut server), second_cert);
 }
 
 /// Attempts awaiting a decision: id and server name.
@@ -1065,12 +1071,7 @@ fn an_attempt_deferred_across_a_configuration_change_is_accepted_with_the_new_on
         })
         .expect("the attempt reaches the hook");
     }
-    let second = identity();
-    let second_cert = second.chain[0].clone();
-    server
-        .handle
-        .set_server_config(tls::server_config(second, &[echo::ALPN]).unwrap())
-        .unwrap();
+    let second_cert = new_certificate(&server.handle);
     let id = waiting.lock().unwrap()[0].0;
     let reply = server
         .handle
@@ -1080,7 +1081,7 @@ fn an_attempt_deferred_across_a_configuration_change_is_accepted_with_the_new_on
     run_clients(&net, &mut nodes, Duration::from_secs(30)).unwrap();
     drop(nodes);
     assert!(reply.wait().unwrap().is_ok_and(|c| c.is_some()));
-    assert_eq!(c.handler(0).0.clone(), Some(second_cert.to_vec()));
+    assert_eq!(c.handler(0).0.clone(), Some(second_cert));
 }
 
 /// Attempts awaiting a decision count towards the Retry threshold: with two of them held,

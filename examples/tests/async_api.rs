@@ -53,11 +53,26 @@ where
     F: Fn(Endpoint) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    server_with(mode, workers, limits, transport(), app)
+}
+
+/// [`server`] on `transport`.
+fn server_with<F, Fut>(
+    mode: Mode,
+    workers: usize,
+    limits: Limits,
+    transport: xdp_quic::TransportConfig,
+    app: F,
+) -> (Endpoint, CertificateDer<'static>)
+where
+    F: Fn(Endpoint) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let (id, cert) = identity();
     let engine = EngineBuilder::default()
         .workers(workers)
         .server(tls::server_config(id, &[async_echo::ALPN]).unwrap())
-        .transport(transport())
+        .transport(transport)
         .drain_timeout(DRAIN);
     let b = Builder::new(engine).limits(limits);
     let any = "127.0.0.1:0".parse().unwrap();
@@ -1207,14 +1222,8 @@ async fn what_the_handshake_settled_is_known_when_the_connection_resolves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_datagram_says_disabled_when_this_endpoint_turned_datagrams_off() {
     for mode in MODES {
-        let (id, cert) = identity();
         let mut t = transport();
         t.datagram_receive_buffer_size(None);
-        let engine = EngineBuilder::default()
-            .workers(1)
-            .server(tls::server_config(id, &[async_echo::ALPN]).unwrap())
-            .transport(t)
-            .drain_timeout(DRAIN);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let app = move |ep: Endpoint| {
             let tx = tx.clone();
@@ -1228,16 +1237,7 @@ async fn send_datagram_says_disabled_when_this_endpoint_turned_datagrams_off() {
                 }
             }
         };
-        let b = Builder::new(engine);
-        let any = "127.0.0.1:0".parse().unwrap();
-        let ep = match mode {
-            Mode::AppRuntime => {
-                let ep = b.bind_udp(any).unwrap();
-                tokio::spawn(app(ep.clone()));
-                ep
-            }
-            Mode::ThreadPerCore => b.thread_per_core(app).bind_udp(any).unwrap(),
-        };
+        let (ep, cert) = server_with(mode, 1, Limits::default(), t, app);
         let client = quinn_client(cert, async_echo::ALPN);
         let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
         assert!(
