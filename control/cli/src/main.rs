@@ -54,7 +54,11 @@ fn main() -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr a pipe that closed) is dropped: the
+        // library would report it with `eprintln!`, which panics there, in the middle of a
+        // server's shutdown.
+        .log_internal_errors(false);
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

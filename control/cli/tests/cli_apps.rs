@@ -897,15 +897,20 @@ fn sigterm_shuts_the_server_down_gracefully() {
 /// thread before the stop: the server went on serving, and no later signal stopped it.
 #[test]
 fn a_server_whose_stderr_closed_stops_on_ctrl_c() {
-    let mut server = Server::start(&["--app", "echo"]);
-    // The pipe's reading end closes: every later write to it fails (EPIPE).
-    server.stderr = Box::new(std::io::empty());
-    let _done = server.watchdog();
-    let mut child = server.child.take().unwrap();
-    // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status}");
+    let dir = temp_dir("closed-stderr");
+    let root = dir.to_str().unwrap();
+    for app in [&["--app", "echo"][..], &["--app", "h3", "--root", root]] {
+        let mut server = Server::start(app);
+        // The pipe's reading end closes: every later write to it fails (EPIPE).
+        server.stderr = Box::new(std::io::empty());
+        let _done = server.watchdog();
+        let mut child = server.child.take().unwrap();
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{app:?}: {status}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 impl Server {

@@ -270,8 +270,12 @@ pub fn write_new(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
         .create_new(true)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("writing {}", path.display()))
+    f.write_all(data).map_err(|e| {
+        // A half-written file is not left to pass for a body, nor to refuse the next run.
+        drop(f);
+        let _ = std::fs::remove_file(path);
+        anyhow::Error::new(e).context(format!("writing {}", path.display()))
+    })
 }
 
 fn refuse_ignored_flags(a: &ClientArgs) -> anyhow::Result<()> {

@@ -56,7 +56,7 @@ pub fn serve(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<()> {
     rt.block_on(async move {
         let (ep, how, mut watch) = bind(a, b)?;
         tokio::spawn(server.serve(ep.clone(), stop_rx.clone()));
-        eprintln!("serving H3 on {} {how}; Ctrl-C stops", ep.local_addr()?);
+        note!("serving H3 on {} {how}; Ctrl-C stops", ep.local_addr()?);
         let mut stop = stop_rx;
         let mut every = tokio::time::interval(Duration::from_secs(1));
         while !*stop.borrow() {
@@ -69,7 +69,7 @@ pub fn serve(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<()> {
                 _ = every.tick(), if watch.is_some() => {
                     let (iface, w) = watch.as_mut().expect("checked");
                     if let Some(lost) = program_lost(iface, w) {
-                        eprintln!("{lost}: the AF_XDP workers receive nothing any more; closing");
+                        note!("{lost}: the AF_XDP workers receive nothing any more; closing");
                         ep.close(VarInt::from_u32(0x100), b"shutting down");
                         ep.wait_idle().await;
                         bail!("{iface}: stopped serving: the XDP program is gone");
@@ -77,9 +77,9 @@ pub fn serve(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<()> {
                 }
             }
         }
-        eprintln!("shutting down: GOAWAY sent, finishing the requests in flight");
+        note!("shutting down: GOAWAY sent, finishing the requests in flight");
         if tokio::time::timeout(GRACE, ep.wait_idle()).await.is_err() {
-            eprintln!("requests still in flight after {GRACE:?}: closing");
+            note!("requests still in flight after {GRACE:?}: closing");
         }
         ep.close(VarInt::from_u32(0x100), b"shutting down");
         ep.wait_idle().await;
@@ -97,14 +97,14 @@ fn program_lost(iface: &str, w: &mut ProgramWatch) -> Option<String> {
     let events = match w.check() {
         Ok(events) => events,
         Err(e) => {
-            eprintln!("{iface}: cannot read the interface's state: {e}");
+            note!("{iface}: cannot read the interface's state: {e}");
             return None;
         }
     };
     let mut lost = None;
     for e in events {
         match e {
-            WatchEvent::Down | WatchEvent::Up => eprintln!("{iface}: {e}"),
+            WatchEvent::Down | WatchEvent::Up => note!("{iface}: {e}"),
             WatchEvent::Detached { .. } | WatchEvent::InterfaceGone => {
                 lost = Some(format!("{iface}: {e}"))
             }
@@ -146,19 +146,19 @@ fn bind(a: &ServeArgs, b: EngineBuilder) -> anyhow::Result<(Endpoint, String, Op
                 maps.check_plain_server_fits(&layout, &setup.queues)
                     .with_context(|| format!("serving on {}", setup.iface))?;
                 match maps.clear_left_by_server(&setup.queues) {
-                    Ok(LeftByServer::Shield) => eprintln!(
+                    Ok(LeftByServer::Shield) => note!(
                         "{}: turned off the flood shield a server that did not stop cleanly \
                          had left on",
                         setup.iface
                     ),
-                    Ok(LeftByServer::Layout) => eprintln!(
+                    Ok(LeftByServer::Layout) => note!(
                         "{}: cleared the CID layout and pressure flags a server that did not \
                          stop cleanly had left (the flood shield's rules stay as `xdp-quic \
                          attach` set them)",
                         setup.iface
                     ),
                     Ok(LeftByServer::Nothing) => {}
-                    Err(e) => eprintln!("{}: cannot read the XDP shield: {e:#}", setup.iface),
+                    Err(e) => note!("{}: cannot read the XDP shield: {e:#}", setup.iface),
                 }
             }
             let how = format!(

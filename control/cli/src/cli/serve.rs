@@ -2,15 +2,6 @@
 //! the control library's [`Server`] does it (program watched, fallback to UDP), saying on
 //! stderr what happens.
 
-/// `eprintln!` that ignores a failed write: a server whose stderr is a pipe that closed (its
-/// reader went with a Ctrl-C) goes on, and stops, instead of panicking on a report.
-macro_rules! note {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
