@@ -549,6 +549,9 @@ fn client_sockets(tb: &Testbed) -> anyhow::Result<(Vec<UdpSocket>, Vec<usize>)> 
 }
 
 /// A server child: its stdin takes commands, its stdout answers.
+/// The longest a server may take to say it is ready (a hang guard).
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
+
 struct ServerProc {
     child: Child,
     stdin: ChildStdin,
@@ -580,11 +583,29 @@ impl ServerProc {
         let stdin = child.stdin.take().expect("piped");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
         let mut line = String::new();
-        stdout.read_line(&mut line)?;
-        if line.trim() != "ready" {
+        // A server that hangs before it is ready is killed (its stdout then ends), not
+        // waited for without end.
+        let pid = child.id() as i32;
+        let (started, watchdog) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                watchdog.recv_timeout(SERVER_START_TIMEOUT)
+            {
+                // SAFETY: kill(2) on our child, which is not reaped before the answer this
+                // thread ends (the read below returns, then `started` is sent, then `wait`):
+                // its pid cannot be another process's.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+        let read = stdout.read_line(&mut line);
+        let _ = started.send(());
+        if read.is_err() || line.trim() != "ready" {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{} did not start", step.kind.label());
+            bail!(
+                "{} did not start (within {SERVER_START_TIMEOUT:?})",
+                step.kind.label()
+            );
         }
         Ok(Self {
             child,
