@@ -48,6 +48,11 @@
 //! the caller's: `examples/src/h3_files.rs` holds its file slots until the end or its
 //! deadline).
 //!
+//! **The peer's QPACK streams**, which h3 0.0.8 never reads past their type, are read and
+//! dropped by a task of their own (the table this side offers has no room, so nothing on
+//! them is needed), and the end of one closes the connection with
+//! H3_CLOSED_CRITICAL_STREAM (RFC 9204 §4.2). Their instructions are not checked.
+//!
 //! **Frames h3 would buffer whole** are refused at their header: HEADERS and PUSH_PROMISE
 //! beyond [`MAX_FIELD_FRAME`], the other types RFC 9114 defines, but DATA, beyond
 //! [`MAX_FRAME`]; frames of undefined types are dropped unread.
