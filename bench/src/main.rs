@@ -458,13 +458,20 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until the machine's cores are quiet (under 0.2 busy cores over 0.5 s), at most
-/// `max`; a shared machine's other work would otherwise land in the measurements.
+/// Waits until the server's and the client's cores are quiet (under 0.2 busy cores over
+/// 0.5 s), at most `max`; a shared machine's other work would otherwise land in the
+/// measurements.
 fn wait_quiet(max: Duration) {
     let start = Instant::now();
     let mut said = false;
     loop {
-        let busy = |c: &[sys::CpuJiffies]| c.iter().map(|c| c.busy).sum::<u64>();
+        let busy = |c: &[sys::CpuJiffies]| {
+            [SERVER_CPU, CLIENT_CPU]
+                .iter()
+                .filter_map(|&i| c.get(i))
+                .map(|c| c.busy)
+                .sum::<u64>()
+        };
         let Ok(a) = sys::cpu_jiffies() else { return };
         std::thread::sleep(Duration::from_millis(500));
         let Ok(b) = sys::cpu_jiffies() else { return };

@@ -115,10 +115,12 @@ impl Measure {
                 _ => 0.0,
             }
         };
-        let n = after.cpus.len();
-        let machine: f64 = (0..n).map(|i| d(i, |c| c.busy)).sum::<f64>() / hz;
-        let steal: f64 = (0..n).map(|i| d(i, |c| c.steal)).sum::<f64>() / hz;
-        let irq: f64 = (0..n).map(|i| d(i, |c| c.irq)).sum::<f64>() / hz;
+        // The two cores the server and the client are pinned to (a larger host's others
+        // are not this measurement's).
+        let both = [crate::SERVER_CPU, crate::CLIENT_CPU];
+        let machine: f64 = both.iter().map(|&i| d(i, |c| c.busy)).sum::<f64>() / hz;
+        let steal: f64 = both.iter().map(|&i| d(i, |c| c.steal)).sum::<f64>() / hz;
+        let irq: f64 = both.iter().map(|&i| d(i, |c| c.irq)).sum::<f64>() / hz;
         let kernel = irq + (after.kthreads_cpu_s - before.kthreads_cpu_s).max(0.0);
         let rest = (machine - server - client).max(0.0);
         // The other processes' own CPU over the span (one that started during it counts

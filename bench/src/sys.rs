@@ -62,25 +62,32 @@ pub struct CpuJiffies {
     pub irq: u64,
 }
 
-/// Per-CPU jiffies now (`cpuN` lines of /proc/stat, in CPU order).
+/// Per-CPU jiffies now (`cpuN` lines of /proc/stat), indexed by CPU number: an offline CPU,
+/// which has no line, is a zero entry, so that index N is CPU N.
 pub fn cpu_jiffies() -> anyhow::Result<Vec<CpuJiffies>> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let mut out = Vec::new();
     for line in stat.lines() {
         let mut f = line.split_whitespace();
         let Some(name) = f.next() else { continue };
-        if !(name.starts_with("cpu") && name.len() > 3) {
+        let Some(id) = name
+            .strip_prefix("cpu")
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
             continue;
+        };
+        if out.len() <= id {
+            out.resize(id + 1, CpuJiffies::default());
         }
         let v: Vec<u64> = f.map(|x| x.parse().unwrap_or(0)).collect();
         let g = |i: usize| v.get(i).copied().unwrap_or(0);
         let busy = g(0) + g(1) + g(2) + g(5) + g(6);
-        out.push(CpuJiffies {
+        out[id] = CpuJiffies {
             busy,
             total: busy + g(3) + g(4) + g(7),
             steal: g(7),
             irq: g(5) + g(6),
-        });
+        };
     }
     if out.is_empty() {
         bail!("/proc/stat has no cpuN lines");
