@@ -300,7 +300,6 @@ pub fn peek_with<'s>(
     let crypto = Received {
         prefix: contiguous_prefix(crypto.received),
         data: crypto.data,
-        received: crypto.received,
     };
     parse_client_hello(crypto)
 }
@@ -576,7 +575,6 @@ fn collect_crypto(payload: &[u8], crypto: &mut CryptoStream<'_>) -> Result<(), P
 #[derive(Clone, Copy)]
 struct Received<'a> {
     data: &'a [u8; MAX_CLIENT_HELLO_LEN],
-    received: &'a [u64; MAX_CLIENT_HELLO_LEN / 64],
     /// Bytes `0..prefix` were all received: only these are read (see the module docs).
     prefix: usize,
 }
@@ -588,9 +586,7 @@ impl<'a> Received<'a> {
         if end > self.prefix {
             return None;
         }
-        let bytes = self.data.get(start..end)?;
-        debug_assert!((start..end).all(|i| self.received[i / 64] & (1 << (i % 64)) != 0));
-        Some(bytes)
+        self.data.get(start..end)
     }
 }
 
@@ -623,7 +619,7 @@ pub fn canonical_server_name(name: &str) -> Option<String> {
 }
 
 /// A position in the ClientHello, bounded by its end. Reading a byte that lies within the
-/// message but was not received is [`PeekError::Incomplete`]; reading past the end of the
+/// message but past the received start of the stream is [`PeekError::Incomplete`]; reading past the end of the
 /// message is [`PeekError::Malformed`]. Skipping needs no byte.
 struct Cursor<'a> {
     stream: Received<'a>,

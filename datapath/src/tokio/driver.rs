@@ -331,7 +331,6 @@ fn refresh(conn: &mut Conn<'_>, st: &mut ConnState) {
     st.info.remote = Some(conn.remote_address());
     st.info.rtt = conn.rtt();
     st.info.max_datagram = conn.max_datagram_size();
-    st.info.datagrams_off = !conn.datagrams_enabled();
 }
 
 /// A stream the peer opened: it waits for `accept_bi` / `accept_uni`.
@@ -569,6 +568,9 @@ impl Handler for Driver {
             st.established = true;
             st.info.handshake = conn.handshake_data();
             st.info.peer_certificates = conn.peer_certificates();
+            // A setting of the connection's transport: asked once (a task has the
+            // connection only from here on: no 0-RTT).
+            st.info.datagrams_off = !conn.datagrams_enabled();
             // Before the wake: the woken task may ask at once (on another thread).
             refresh(conn, &mut st);
             if let Some(w) = st.connecting.take() {

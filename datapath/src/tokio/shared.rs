@@ -514,7 +514,8 @@ pub(crate) struct Info {
     pub local_ip: Option<std::net::IpAddr>,
     pub rtt: std::time::Duration,
     pub max_datagram: Option<usize>,
-    /// This endpoint's transport turned datagrams off (`Conn::datagrams_enabled`).
+    /// This endpoint's transport turned datagrams off (`Conn::datagrams_enabled`, asked
+    /// once, as the connection is established).
     pub datagrams_off: bool,
     pub handshake: Option<quinn_proto::crypto::rustls::HandshakeData>,
     pub peer_certificates: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
