@@ -1019,6 +1019,70 @@ async fn limits_of_zero_are_refused() {
         panic!("limits of 0 were taken");
     };
     assert!(e.to_string().contains("stream_receive"), "{e}");
+
+    let (id, _) = identity();
+    let engine =
+        EngineBuilder::default().server(tls::server_config(id, &[async_echo::ALPN]).unwrap());
+    let bound = Builder::new(engine)
+        .thread_per_core(async_echo::serve)
+        .tasks_per_turn(0)
+        .bind_udp("127.0.0.1:0".parse().unwrap());
+    let Err(e) = bound else {
+        panic!("0 tasks per turn was taken");
+    };
+    assert!(e.to_string().contains("tasks_per_turn"), "{e}");
+}
+
+/// A future that is always ready to run again: it wakes itself at every poll, so the
+/// runtime's queue of ready tasks never empties.
+struct Spin;
+
+impl Future for Spin {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+/// In thread-per-core mode a task that is ready without end does not starve the worker it
+/// shares a thread with: the worker still turns every `tasks_per_turn` polls, and the echo
+/// server beside the spinning task answers, with the default and with a turn after every
+/// poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_ready_without_end_does_not_starve_its_worker() {
+    for polls in [xdp_quic::tokio::DEFAULT_TASKS_PER_TURN, 1] {
+        let (id, cert) = identity();
+        let engine = EngineBuilder::default()
+            .workers(1)
+            .server(tls::server_config(id, &[async_echo::ALPN]).unwrap())
+            .transport(transport())
+            .drain_timeout(DRAIN);
+        let ep = Builder::new(engine)
+            .tasks_per_turn(polls)
+            .thread_per_core(|ep: Endpoint| {
+                tokio::spawn(Spin);
+                async_echo::serve(ep)
+            })
+            .bind_udp("127.0.0.1:0".parse().unwrap())
+            .unwrap();
+        let client = quinn_client(cert, async_echo::ALPN);
+        let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
+        let data = payload(polls as u64, 1 << 20);
+        let back = guard(
+            "1 MB echo beside a spinning task",
+            quinn_echo(&conn, data.clone()),
+        )
+        .await
+        .unwrap();
+        assert_same(&format!("{polls} polls per turn: echoed"), &back, &data);
+        conn.close(VarInt::from_u32(0), b"done");
+        ep.close(VarInt::from_u32(0), b"");
+        guard("idle", ep.wait_idle()).await;
+    }
 }
 
 /// After `Endpoint::close`, the tasks of its connections hear `LocallyClosed` as quinn's do:

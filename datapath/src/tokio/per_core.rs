@@ -28,13 +28,16 @@ use crate::worker::{TurnOutcome, Worker};
 pub(crate) struct PerCore {
     main: Main,
     ep: Arc<EndpointShared>,
+    /// [`super::Builder::tasks_per_turn`].
+    tasks_per_turn: u32,
 }
 
 impl PerCore {
-    pub(crate) fn new(main: Main, ep: &Arc<EndpointShared>) -> Self {
+    pub(crate) fn new(main: Main, ep: &Arc<EndpointShared>, tasks_per_turn: u32) -> Self {
         Self {
             main,
             ep: ep.clone(),
+            tasks_per_turn,
         }
     }
 }
@@ -48,7 +51,10 @@ impl Runner<Driver> for PerCore {
     ) -> io::Result<Driver> {
         // The tasks answer between two turns: their answers leave with the ACKs.
         worker.hold_transmits(true);
+        // The worker's turns are the `block_on` future: the runtime polls it when its ready
+        // tasks are all run, or after this many of them (then its I/O driver too).
         let rt = tokio::runtime::Builder::new_current_thread()
+            .event_interval(self.tasks_per_turn)
             .enable_all()
             .build()?;
         let local = tokio::task::LocalSet::new();
