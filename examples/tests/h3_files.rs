@@ -730,6 +730,42 @@ async fn a_qpack_stream_is_drained_and_its_end_closes_the_connection() {
     stop_server(ep).await;
 }
 
+/// QPACK instructions this side cannot take close the connection with the QPACK error of
+/// their stream (RFC 9204 §4.3, §4.4; they were read and dropped): an insertion into a table
+/// of no room on the encoder stream (QPACK_ENCODER_STREAM_ERROR), sent with the stream's
+/// type; a Section Acknowledgment on the decoder stream (QPACK_DECODER_STREAM_ERROR), sent
+/// after it. Stream Cancellations, which the decoder stream may carry, are taken, and
+/// requests served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qpack_instructions_this_side_cannot_take_close_the_connection() {
+    let (dir, _, small) = site();
+    let (_keep, stop) = watch::channel(false);
+    let (ep, cert) = server(&dir.0, stop);
+    guard("QPACK instructions", async {
+        let (_client, conn) = connect(&ep, cert.clone()).await;
+        let mut encoder = conn.open_uni().await.unwrap();
+        // The type, then Insert With Literal Name "abc" = "x".
+        encoder
+            .write_all(&[0x02, 0x43, b'a', b'b', b'c', 0x01, b'x'])
+            .await
+            .unwrap();
+        assert_eq!(close_code(conn.closed().await), 0x201);
+
+        let (_client, conn) = connect(&ep, cert).await;
+        let mut decoder = conn.open_uni().await.unwrap();
+        decoder.write_all(&[0x03]).await.unwrap();
+        // Stream Cancellation of streams 4 and 63 + 300 (a continued integer).
+        decoder.write_all(&[0x44, 0x7f, 0xac, 0x02]).await.unwrap();
+        let body = raw_get(&conn, "/a%20b.txt", &[]).await;
+        assert_same("a b.txt", &body, &small);
+        // Section Acknowledgment of stream 0: none of our field sections needs one.
+        decoder.write_all(&[0x80]).await.unwrap();
+        assert_eq!(close_code(conn.closed().await), 0x202);
+    })
+    .await;
+    stop_server(ep).await;
+}
+
 /// A request whose HEADERS frame never comes whole is rejected (H3_REQUEST_REJECTED) once
 /// `request_timeout` has passed, and the connection goes on serving. (Before, h3 waited for
 /// the rest of the frame for the connection's life.)

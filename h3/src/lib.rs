@@ -48,10 +48,13 @@
 //! the caller's: `examples/src/h3_files.rs` holds its file slots until the end or its
 //! deadline).
 //!
-//! **The peer's QPACK streams**, which h3 0.0.8 never reads past their type, are read and
-//! dropped by a task of their own (the table this side offers has no room, so nothing on
-//! them is needed), and the end of one closes the connection with
-//! H3_CLOSED_CRITICAL_STREAM (RFC 9204 §4.2). Their instructions are not checked.
+//! **The peer's QPACK streams**, which h3 0.0.8 never reads past their type, are read by a
+//! task of their own, which checks their instructions against what this side allows (the
+//! table it offers has no room, and its field sections never refer to the peer's: on the
+//! encoder stream only a capacity of 0, on the decoder stream only Stream Cancellation)
+//! and closes the connection with QPACK_ENCODER_STREAM_ERROR or QPACK_DECODER_STREAM_ERROR
+//! on any other (RFC 9204 §4.3, §4.4); the end of one closes it with
+//! H3_CLOSED_CRITICAL_STREAM (§4.2).
 //!
 //! **Frames h3 would buffer whole** are refused at their header: HEADERS and PUSH_PROMISE
 //! beyond [`MAX_FIELD_FRAME`], the other types RFC 9114 defines, but DATA, beyond
@@ -71,6 +74,7 @@ use xdp_quic::tokio as xq;
 use xdp_quic::VarInt;
 
 mod frames;
+mod qpack;
 use frames::FrameFilter;
 pub use frames::{MAX_FIELD_FRAME, MAX_FRAME};
 
@@ -655,16 +659,25 @@ impl quic::RecvStream for RecvStream {
                 {
                     return Poll::Ready(Err(refused));
                 }
-                if self
+                if let Some(check) = self
                     .frames
                     .stream_type()
-                    .is_some_and(|ty| QPACK_UNI.contains(&ty))
-                    && self.drain()
+                    .and_then(qpack::InstructionCheck::for_stream_type)
                 {
-                    return if seen.is_empty() {
-                        Poll::Pending
-                    } else {
-                        Poll::Ready(Ok(Some(seen)))
+                    // `seen` is the stream's type, whole (the filter held its octets until
+                    // the last came), and what followed it in this chunk: h3 reads the
+                    // type, the drain task the instructions.
+                    let mut seen = seen;
+                    let type_len = (1usize << (seen.first().map_or(0, |b| b >> 6))).min(seen.len());
+                    let instructions = seen.split_off(type_len);
+                    return match self.drain(check, instructions) {
+                        None => Poll::Ready(Ok(Some(seen))),
+                        // Not drained: all of it goes to h3, as before.
+                        Some(instructions) => {
+                            let mut whole = bytes::BytesMut::from(&seen[..]);
+                            whole.extend_from_slice(&instructions);
+                            Poll::Ready(Ok(Some(whole.freeze())))
+                        }
                     };
                 }
             }
@@ -692,24 +705,25 @@ impl quic::RecvStream for RecvStream {
 /// The push stream type (RFC 9114 §6.2.2) and WebTransport's (not offered here).
 const PUSH: u64 = 0x1;
 const WEBTRANSPORT_UNI: u64 = 0x54;
-/// QPACK's encoder and decoder stream types (RFC 9204 §4.2).
-const QPACK_UNI: [u64; 2] = [0x2, 0x3];
 
 impl RecvStream {
     /// Hands a peer's QPACK stream, whose type h3 has just been given, to a task that reads
-    /// and drops what comes on it (h3 0.0.8 keeps the stream and never reads it again, so
-    /// what the peer sends there would wait for the connection's life, in its receive
-    /// budget) and closes the connection with H3_CLOSED_CRITICAL_STREAM when the peer ends
-    /// or resets it (RFC 9204 §4.2). The table this side offers has no room (h3's default
-    /// QPACK settings), so nothing on it is needed. The task ends with the connection, or
-    /// when this connection's adapter is gone. `false` without a tokio runtime: the stream
-    /// stays with h3, as before.
-    fn drain(&mut self) -> bool {
+    /// what comes on it, starting with `first` (what followed the type in its chunk): h3
+    /// 0.0.8 keeps the stream and never reads it again, so what the peer sends there would
+    /// wait for the connection's life, in its receive budget. The task checks the
+    /// instructions against what this side allows (`check`, [`qpack`]: the table this side
+    /// offers has no room, and its field sections never refer to the peer's), closes the
+    /// connection with QPACK_ENCODER_STREAM_ERROR or QPACK_DECODER_STREAM_ERROR on one it
+    /// refuses, and with H3_CLOSED_CRITICAL_STREAM when the peer ends or resets the stream
+    /// (RFC 9204 §4.2). The task ends with the connection, or when this connection's adapter
+    /// is gone. Without a tokio runtime the stream stays with h3, as before, and `first` is
+    /// handed back.
+    fn drain(&mut self, mut check: qpack::InstructionCheck, first: Bytes) -> Option<Bytes> {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return false;
+            return Some(first);
         };
         let Some(mut stream) = self.stream.take() else {
-            return false;
+            return Some(first);
         };
         self.ended = true;
         let (tx, gone) = tokio::sync::oneshot::channel::<()>();
@@ -720,14 +734,22 @@ impl RecvStream {
             .push(tx);
         let conn = self.conn.clone();
         rt.spawn(async move {
+            let close = |code: u64, reason: &[u8]| {
+                conn.close(VarInt::from_u64(code).unwrap_or(VarInt::MAX), reason);
+            };
             let read = async {
+                let mut next = Ok(Some(first));
                 loop {
-                    match stream.read_chunk(READ_CHUNK, true).await {
-                        Ok(Some(_)) => {}
+                    match next {
+                        Ok(Some(data)) => {
+                            if let Err(e) = check.feed(&data) {
+                                close(e.code, e.reason.as_bytes());
+                                return;
+                            }
+                        }
                         Ok(None) | Err(xq::ReadError::Reset(_)) => {
-                            let code = h3::error::Code::H3_CLOSED_CRITICAL_STREAM.value();
-                            conn.close(
-                                VarInt::from_u64(code).unwrap_or(VarInt::MAX),
+                            close(
+                                h3::error::Code::H3_CLOSED_CRITICAL_STREAM.value(),
                                 b"a QPACK stream closed",
                             );
                             return;
@@ -735,6 +757,10 @@ impl RecvStream {
                         // The connection ended.
                         Err(_) => return,
                     }
+                    next = stream
+                        .read_chunk(READ_CHUNK, true)
+                        .await
+                        .map(|c| c.map(|c| c.bytes));
                 }
             };
             tokio::select! {
@@ -742,7 +768,7 @@ impl RecvStream {
                 _ = gone => {}
             }
         });
-        true
+        None
     }
 
     /// Refuses a unidirectional stream of type `ty` that h3 0.0.8 would hold without reading
