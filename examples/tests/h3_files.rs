@@ -766,6 +766,30 @@ async fn qpack_instructions_this_side_cannot_take_close_the_connection() {
     stop_server(ep).await;
 }
 
+/// A frame of a type HTTP/3 reserves for HTTP/2's closes the connection with
+/// H3_FRAME_UNEXPECTED (RFC 9114 §7.2.8) whatever its length: one that announces 1 MiB
+/// was refused as too long (H3_EXCESSIVE_LOAD).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_frame_type_closes_the_connection_as_unexpected() {
+    let (dir, _, _) = site();
+    let (_keep, stop) = watch::channel(false);
+    let (ep, cert) = server(&dir.0, stop);
+    guard("an HTTP/2 frame", async {
+        let (_client, conn) = connect(&ep, cert).await;
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        // WINDOW_UPDATE (0x8) announcing 1 MiB (a 4-octet integer).
+        send.write_all(&[0x08, 0x80, 0x10, 0x00, 0x00, 0x00])
+            .await
+            .unwrap();
+        assert_eq!(
+            close_code(conn.closed().await),
+            h3::error::Code::H3_FRAME_UNEXPECTED.value()
+        );
+    })
+    .await;
+    stop_server(ep).await;
+}
+
 /// A request whose HEADERS frame never comes whole is rejected (H3_REQUEST_REJECTED) once
 /// `request_timeout` has passed, and the connection goes on serving. (Before, h3 waited for
 /// the rest of the frame for the connection's life.)

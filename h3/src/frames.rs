@@ -5,10 +5,13 @@
 //! included, so a peer announcing a huge frame could make it buffer without bound.
 //! [`FrameFilter`] reads the frame headers as the octets go by and:
 //! - passes the frames of the types RFC 9114 defines (§7.2: DATA, HEADERS, CANCEL_PUSH,
-//!   SETTINGS, PUSH_PROMISE, GOAWAY, MAX_PUSH_ID, and HTTP/2's reserved types, which h3
-//!   answers with H3_FRAME_UNEXPECTED) unchanged, and refuses at its header ([`TooLong`])
-//!   a HEADERS or PUSH_PROMISE frame longer than [`MAX_FIELD_FRAME`] and any other but DATA
-//!   longer than [`MAX_FRAME`];
+//!   SETTINGS, PUSH_PROMISE, GOAWAY, MAX_PUSH_ID) unchanged, and refuses at its header
+//!   ([`TooLong`]) a HEADERS or PUSH_PROMISE frame longer than [`MAX_FIELD_FRAME`] and any
+//!   other but DATA longer than [`MAX_FRAME`];
+//! - refuses at its type ([`FrameError::Unexpected`]) a frame of the types HTTP/3 reserves
+//!   for HTTP/2's PRIORITY, PING, WINDOW_UPDATE and CONTINUATION (§7.2.8: a connection error
+//!   of type H3_FRAME_UNEXPECTED, whatever its length; h3 says the same once it has read
+//!   the frame whole);
 //! - drops the frames of every other type, header and payload, whatever their length: they
 //!   carry nothing this server understands and MUST be ignored (§7.2.8, §9);
 //! - refuses ([`FrameError::Malformed`]) a CANCEL_PUSH, GOAWAY or MAX_PUSH_ID frame whose
@@ -74,8 +77,12 @@ const PUSH_PROMISE: u64 = 0x5;
 /// peer may open (QPACK's encoder and decoder streams, RFC 9204 §4.2) are not framed.
 pub const CONTROL: u64 = 0x0;
 
-/// Whether RFC 9114 defines frame type `ty` (HTTP/2's reserved types included: h3 refuses
-/// those itself).
+/// The frame types HTTP/3 reserves for HTTP/2's PRIORITY, PING, WINDOW_UPDATE and
+/// CONTINUATION (RFC 9114 §7.2.8, §11.2.1).
+const H2_RESERVED: [u64; 4] = [0x2, 0x6, 0x8, 0x9];
+
+/// Whether RFC 9114 defines frame type `ty` (HTTP/2's reserved types included: refused at
+/// their type, [`FrameError::Unexpected`]).
 fn defined(ty: u64) -> bool {
     ty <= 0x9 || ty == 0xd
 }
@@ -134,6 +141,9 @@ pub enum FrameError {
     /// types it sees; frames of undefined types it never sees): a connection error of type
     /// H3_MISSING_SETTINGS (RFC 9114 §6.2.1).
     MissingSettings,
+    /// A frame of a type HTTP/3 reserves for HTTP/2's (PRIORITY, PING, WINDOW_UPDATE,
+    /// CONTINUATION): a connection error of type H3_FRAME_UNEXPECTED (RFC 9114 §7.2.8).
+    Unexpected { frame_type: u64 },
 }
 
 impl std::fmt::Display for FrameError {
@@ -152,6 +162,12 @@ impl std::fmt::Display for FrameError {
             FrameError::Truncated => write!(f, "the stream ended inside a frame"),
             FrameError::MissingSettings => {
                 write!(f, "a control stream whose first frame is not SETTINGS")
+            }
+            FrameError::Unexpected { frame_type } => {
+                write!(
+                    f,
+                    "a frame of type {frame_type:#x}, which HTTP/3 reserves for HTTP/2's"
+                )
             }
         }
     }
@@ -328,6 +344,9 @@ impl FrameFilter {
                                 }
                                 self.first_frame = true;
                             }
+                            if H2_RESERVED.contains(&v) {
+                                return Err(FrameError::Unexpected { frame_type: v });
+                            }
                             self.state = State::Length(v);
                         }
                         State::Length(ty) => {
@@ -481,12 +500,11 @@ mod tests {
     #[test]
     fn defined_frames_pass_unchanged_across_any_split() {
         // HEADERS of 100, DATA of 200 000 (over the limit: DATA may be), SETTINGS of
-        // MAX_FRAME, an empty GOAWAY, HTTP/2's PING (h3 refuses it, so it must see it).
+        // MAX_FRAME, an empty GOAWAY.
         let mut s = frame(0x1, 100, 100);
         s.extend(frame(DATA, 200_000, 200_000));
         s.extend(frame(0x4, MAX_FRAME, MAX_FRAME as usize));
         s.extend(frame(0x7, 1, 1));
-        s.extend(frame(0x6, 8, 8));
         for split in SPLITS {
             assert_eq!(
                 seen(FrameFilter::bidi(), &s, split).unwrap(),
@@ -570,6 +588,31 @@ mod tests {
         let mut s = frame(0x1, 10, 10);
         s.extend(frame(0x1, 1 << 40, 0));
         assert!(seen(FrameFilter::bidi(), &s, usize::MAX).is_err());
+    }
+
+    #[test]
+    fn http2_frame_types_are_refused_at_their_type_whatever_their_length() {
+        for ty in H2_RESERVED {
+            for len in [0, 8, MAX_FRAME + 1, 1 << 40] {
+                let mut s = frame(0x1, 10, 10);
+                s.extend(frame(ty, len, 0));
+                for split in [1, 11, 12, s.len()] {
+                    assert_eq!(
+                        seen(FrameFilter::bidi(), &s, split),
+                        Err(FrameError::Unexpected { frame_type: ty }),
+                        "type {ty} length {len} split {split}"
+                    );
+                }
+            }
+            // On a control stream too, after its SETTINGS.
+            let mut c = varint(CONTROL, 1);
+            c.extend(frame(SETTINGS, 0, 0));
+            c.extend(frame(ty, 1, 1));
+            assert_eq!(
+                seen(FrameFilter::uni(), &c, 2),
+                Err(FrameError::Unexpected { frame_type: ty })
+            );
+        }
     }
 
     #[test]

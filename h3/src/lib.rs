@@ -831,6 +831,10 @@ impl RecvStream {
                 h3::error::Code::H3_MISSING_SETTINGS,
                 b"control stream without SETTINGS first",
             ),
+            frames::FrameError::Unexpected { .. } => (
+                h3::error::Code::H3_FRAME_UNEXPECTED,
+                b"a frame type reserved for HTTP/2",
+            ),
         };
         let connection_error = !matches!(refused, frames::FrameError::TooLong { .. });
         if self.is_uni() || connection_error {
