@@ -703,7 +703,7 @@ async fn unidirectional_streams_h3_does_not_take_are_refused() {
     stop_server(ep).await;
 }
 
-/// A client's QPACK encoder stream is read and dropped, however much comes on it (h3 kept
+/// A client's QPACK encoder stream is read and checked, however much comes on it (h3 kept
 /// it unread: 2 MiB could not even be written, the stream's window full), requests are
 /// served meanwhile, and its end closes the connection with H3_CLOSED_CRITICAL_STREAM
 /// (RFC 9204 §4.2).
@@ -731,7 +731,7 @@ async fn a_qpack_stream_is_drained_and_its_end_closes_the_connection() {
 }
 
 /// QPACK instructions this side cannot take close the connection with the QPACK error of
-/// their stream (RFC 9204 §4.3, §4.4; they were read and dropped): an insertion into a table
+/// their stream (RFC 9204 §4.3, §4.4; before, they were read and dropped unchecked): an insertion into a table
 /// of no room on the encoder stream (QPACK_ENCODER_STREAM_ERROR), sent with the stream's
 /// type; a Section Acknowledgment on the decoder stream (QPACK_DECODER_STREAM_ERROR), sent
 /// after it. Stream Cancellations, which the decoder stream may carry, are taken, and

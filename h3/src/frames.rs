@@ -442,6 +442,19 @@ impl FrameFilter {
     }
 }
 
+/// Splits what [`FrameFilter::filter`] passed on in the chunk where a unidirectional
+/// stream's type came whole (the filter holds a type's octets until its last comes, then
+/// passes them all) into the type's octets, for h3, and the octets after it.
+pub fn split_stream_type(mut seen: Bytes) -> (Bytes, Bytes) {
+    // A variable-length integer's length is in its first octet's two high bits.
+    let type_len = seen
+        .first()
+        .map_or(0, |b| 1usize << (b >> 6))
+        .min(seen.len());
+    let rest = seen.split_off(type_len);
+    (seen, rest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,6 +625,39 @@ mod tests {
                 seen(FrameFilter::uni(), &c, 2),
                 Err(FrameError::Unexpected { frame_type: ty })
             );
+        }
+    }
+
+    /// A QPACK stream's type, in one octet or two, and what follows it, split at every
+    /// position: the chunk where the type comes whole splits into the type and the octets
+    /// after it, and nothing is lost or seen twice.
+    #[test]
+    fn the_type_of_a_stream_splits_from_what_follows_it() {
+        for type_octets in [varint(0x2, 1), varint(0x3, 2)] {
+            let mut s = type_octets.clone();
+            s.extend([0x44, 0x7f, 0xac, 0x02]);
+            for at in 0..=s.len() {
+                let mut g = FrameFilter::uni();
+                let (mut ty, mut rest) = (Vec::new(), Vec::new());
+                for part in [&s[..at], &s[at..]] {
+                    let typed = g.stream_type().is_some();
+                    let seen = g.filter(Bytes::copy_from_slice(part)).unwrap();
+                    if !typed && g.stream_type().is_some() {
+                        let (t, r) = split_stream_type(seen);
+                        ty.extend_from_slice(&t);
+                        rest.extend_from_slice(&r);
+                    } else if typed {
+                        rest.extend_from_slice(&seen);
+                    } else {
+                        assert!(
+                            seen.is_empty(),
+                            "a type's octets are held until it is whole"
+                        );
+                    }
+                }
+                assert_eq!(ty, type_octets, "split at {at}");
+                assert_eq!(rest, s[type_octets.len()..], "split at {at}");
+            }
         }
     }
 

@@ -54,11 +54,13 @@
 //! encoder stream only a capacity of 0, on the decoder stream only Stream Cancellation)
 //! and closes the connection with QPACK_ENCODER_STREAM_ERROR or QPACK_DECODER_STREAM_ERROR
 //! on any other (RFC 9204 §4.3, §4.4); the end of one closes it with
-//! H3_CLOSED_CRITICAL_STREAM (§4.2).
+//! H3_CLOSED_CRITICAL_STREAM (§4.2). (Outside a tokio runtime, where no task can be
+//! started, the streams stay with h3, unread, as h3 alone leaves them.)
 //!
 //! **Frames h3 would buffer whole** are refused at their header: HEADERS and PUSH_PROMISE
-//! beyond [`MAX_FIELD_FRAME`], the other types RFC 9114 defines, but DATA, beyond
-//! [`MAX_FRAME`]; frames of undefined types are dropped unread.
+//! beyond [`MAX_FIELD_FRAME`], the other types RFC 9114 defines, but DATA and HTTP/2's
+//! reserved types (refused at their type with H3_FRAME_UNEXPECTED, whatever their length),
+//! beyond [`MAX_FRAME`]; frames of undefined types are dropped unread.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -659,26 +661,17 @@ impl quic::RecvStream for RecvStream {
                 {
                     return Poll::Ready(Err(refused));
                 }
-                if let Some(check) = self
-                    .frames
-                    .stream_type()
-                    .and_then(qpack::InstructionCheck::for_stream_type)
-                {
-                    // `seen` is the stream's type, whole (the filter held its octets until
-                    // the last came), and what followed it in this chunk: h3 reads the
-                    // type, the drain task the instructions.
-                    let mut seen = seen;
-                    let type_len = (1usize << (seen.first().map_or(0, |b| b >> 6))).min(seen.len());
-                    let instructions = seen.split_off(type_len);
-                    return match self.drain(check, instructions) {
-                        None => Poll::Ready(Ok(Some(seen))),
-                        // Not drained: all of it goes to h3, as before.
-                        Some(instructions) => {
-                            let mut whole = bytes::BytesMut::from(&seen[..]);
-                            whole.extend_from_slice(&instructions);
-                            Poll::Ready(Ok(Some(whole.freeze())))
-                        }
-                    };
+                // Without a tokio runtime the stream stays with h3, as before.
+                if let (Some(check), Ok(rt)) = (
+                    self.frames
+                        .stream_type()
+                        .and_then(qpack::InstructionCheck::for_stream_type),
+                    tokio::runtime::Handle::try_current(),
+                ) {
+                    // h3 reads the type, the drain task the instructions after it.
+                    let (ty, instructions) = frames::split_stream_type(seen);
+                    self.drain(rt, check, instructions);
+                    return Poll::Ready(Ok(Some(ty)));
                 }
             }
             if !seen.is_empty() {
@@ -716,14 +709,15 @@ impl RecvStream {
     /// connection with QPACK_ENCODER_STREAM_ERROR or QPACK_DECODER_STREAM_ERROR on one it
     /// refuses, and with H3_CLOSED_CRITICAL_STREAM when the peer ends or resets the stream
     /// (RFC 9204 §4.2). The task ends with the connection, or when this connection's adapter
-    /// is gone. Without a tokio runtime the stream stays with h3, as before, and `first` is
-    /// handed back.
-    fn drain(&mut self, mut check: qpack::InstructionCheck, first: Bytes) -> Option<Bytes> {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return Some(first);
-        };
+    /// is gone. The task runs on `rt`.
+    fn drain(
+        &mut self,
+        rt: tokio::runtime::Handle,
+        mut check: qpack::InstructionCheck,
+        first: Bytes,
+    ) {
         let Some(mut stream) = self.stream.take() else {
-            return Some(first);
+            return;
         };
         self.ended = true;
         let (tx, gone) = tokio::sync::oneshot::channel::<()>();
@@ -768,7 +762,6 @@ impl RecvStream {
                 _ = gone => {}
             }
         });
-        None
     }
 
     /// Refuses a unidirectional stream of type `ty` that h3 0.0.8 would hold without reading
@@ -812,7 +805,8 @@ impl RecvStream {
     /// must not be stopped (RFC 9114 §6.2.1), the connection is closed with
     /// H3_EXCESSIVE_LOAD. A malformed or truncated frame closes the connection with
     /// H3_FRAME_ERROR (RFC 9114 §7.1), a control stream that does not begin with SETTINGS
-    /// with H3_MISSING_SETTINGS (§6.2.1).
+    /// with H3_MISSING_SETTINGS (§6.2.1), a frame of a type reserved for HTTP/2's with
+    /// H3_FRAME_UNEXPECTED (§7.2.8).
     fn refuse(&mut self, refused: frames::FrameError) -> StreamErrorIncoming {
         self.ended = true;
         self.given_up = true;

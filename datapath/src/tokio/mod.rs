@@ -209,12 +209,19 @@ impl Builder {
     /// `event_interval`; its I/O and timers are polled as often). Default
     /// [`DEFAULT_TASKS_PER_TURN`]; `bind_*` refuses 0.
     ///
+    /// This counts the tasks started with `tokio::spawn` (the runtime's). Those started
+    /// with `spawn_local` run in the worker's `LocalSet`, which tokio polls beside the
+    /// worker's turns and which runs at most 61 of them per poll (tokio's
+    /// `MAX_TASKS_PER_TICK`, not configurable): with those, the worker turns at least every
+    /// 61 polls of them, and a burst's answers leave in smaller batches. Spawn a
+    /// connection's or a stream's tasks with `tokio::spawn` where they are `Send`.
+    ///
     /// The worker turns as soon as no task is ready, so under light load this changes
     /// nothing. Under load, a burst of received requests wakes a task per stream: a turn
     /// after all of them have answered sends their answers in one batch per connection,
     /// where a turn every 61 polls (tokio's default) split them into many smaller ones
     /// (measured with the bench's 64 streams × 16 connections of 1 KB requests: 4,096 polls
-    /// per turn cost 0.86–0.93× the server CPU per request of 61, with 0.6× the `sendmsg`
+    /// per turn cost 0.87–0.93× the server CPU per request of 61, with 0.6× the `sendmsg`
     /// calls and a fifth of the `recvmmsg` calls; bench/README.md). Fewer polls per turn
     /// bound how long a worker's connections wait behind tasks that are ready without end
     /// (a task that wakes itself in a loop).
@@ -243,7 +250,7 @@ impl Builder {
         self.limits.check()?;
         if self.tasks_per_turn == 0 {
             return Err(EngineError::Config(
-                "tasks_per_turn must be at least 1 (0 would never run a task)".into(),
+                "tasks_per_turn must be at least 1 (tokio's event_interval refuses 0)".into(),
             ));
         }
         Ok(())
