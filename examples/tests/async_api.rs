@@ -1033,6 +1033,167 @@ async fn limits_of_zero_are_refused() {
     assert!(e.to_string().contains("tasks_per_turn"), "{e}");
 }
 
+/// The streams as tokio's `AsyncRead` and `AsyncWrite`, as quinn code uses them: the server
+/// reads each request with `read_buf` into spare capacity that was never initialized, and
+/// answers with `write_all` and `shutdown` (which finishes the stream); 1 MB echoed
+/// byte-exact to a quinn client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streams_serve_as_tokio_async_read_and_write() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for mode in MODES {
+        let app = |ep: Endpoint| async move {
+            while let Some(incoming) = ep.accept().await {
+                tokio::spawn(async move {
+                    let conn = incoming.await.unwrap();
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        tokio::spawn(async move {
+                            let mut got = bytes::BytesMut::with_capacity(64 << 10);
+                            loop {
+                                if got.capacity() == got.len() {
+                                    got.reserve(64 << 10);
+                                }
+                                if recv.read_buf(&mut got).await.unwrap() == 0 {
+                                    break;
+                                }
+                            }
+                            send.write_all(&got).await.unwrap();
+                            send.shutdown().await.unwrap();
+                        });
+                    }
+                });
+            }
+        };
+        let (ep, cert) = server(mode, 1, Limits::default(), app);
+        let client = quinn_client(cert, async_echo::ALPN);
+        let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
+        let data = payload(11, 1 << 20);
+        let back = guard(
+            "1 MB through AsyncRead/AsyncWrite",
+            quinn_echo(&conn, data.clone()),
+        )
+        .await
+        .unwrap();
+        assert_same(&format!("{mode:?}: echoed"), &back, &data);
+        conn.close(VarInt::from_u32(0), b"done");
+        ep.close(VarInt::from_u32(0), b"");
+        guard("idle", ep.wait_idle()).await;
+    }
+}
+
+/// `Connection::stats` after the peer closed the connection gives the final figures: the
+/// whole 100 KB answer counted as sent (they were those of the batch that queued it, taken
+/// before its packets left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_after_the_peer_closed_are_final() {
+    for mode in MODES {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = move |ep: Endpoint| {
+            let tx = tx.clone();
+            async move {
+                let Some(incoming) = ep.accept().await else {
+                    return;
+                };
+                let conn = incoming.await.unwrap();
+                let (mut send, recv) = conn.accept_bi().await.unwrap();
+                drop(recv);
+                send.write_all(&[7u8; 100_000]).await.unwrap();
+                send.finish().unwrap();
+                let _ = conn.closed().await;
+                let _ = tx.send(conn.stats());
+            }
+        };
+        let (ep, cert) = server(mode, 1, Limits::default(), app);
+        let client = quinn_client(cert, async_echo::ALPN);
+        let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
+        let got = guard("100 KB", async {
+            let (mut s, mut r) = conn.open_bi().await.unwrap();
+            s.finish().unwrap();
+            r.read_to_end(1 << 20).await.unwrap()
+        })
+        .await;
+        assert_eq!(got.len(), 100_000);
+        conn.close(VarInt::from_u32(0), b"done");
+        let stats = guard("the server's stats", rx.recv()).await.unwrap();
+        assert!(
+            stats.udp_tx.bytes >= 100_000,
+            "{mode:?}: {} octets counted as sent",
+            stats.udp_tx.bytes
+        );
+        ep.close(VarInt::from_u32(0), b"");
+        guard("idle", ep.wait_idle()).await;
+    }
+}
+
+/// `SendStream::stopped` asked after the connection ended still says how the sending side
+/// had ended, as quinn's does: `Ok(None)` for a response the peer acknowledged, the peer's
+/// code for a stream it stopped (both said `ConnectionLost` once the receiving side's handle
+/// was gone). And `write_chunks` that cannot write after the close says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_after_the_close_says_how_the_stream_had_ended() {
+    for mode in MODES {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = move |ep: Endpoint| {
+            let tx = tx.clone();
+            async move {
+                let Some(incoming) = ep.accept().await else {
+                    return;
+                };
+                let conn = incoming.await.unwrap();
+                // A: answered and finished. B: read, then left open (the client stops it).
+                let (mut a, mut recv) = conn.accept_bi().await.unwrap();
+                let req = recv.read_to_end(1 << 10).await.unwrap();
+                drop(recv);
+                a.write_all(&req).await.unwrap();
+                a.finish().unwrap();
+                let (mut b, mut recv) = conn.accept_bi().await.unwrap();
+                recv.read_to_end(1 << 10).await.unwrap();
+                drop(recv);
+                // C: a round trip after the client acknowledged A and stopped B.
+                let (mut c, mut recv) = conn.accept_bi().await.unwrap();
+                let req = recv.read_to_end(1 << 10).await.unwrap();
+                drop(recv);
+                c.write_all(&req).await.unwrap();
+                c.finish().unwrap();
+                let _ = conn.closed().await;
+                let a = a.stopped().await.map_err(|e| e.to_string());
+                let b_stopped = b.stopped().await.map_err(|e| e.to_string());
+                let mut chunks = [Bytes::from_static(b"late")];
+                let b_write = b.write_chunks(&mut chunks).await.map_err(|e| e.to_string());
+                let _ = tx.send((a, b_stopped, b_write));
+            }
+        };
+        let (ep, cert) = server(mode, 1, Limits::default(), app);
+        let client = quinn_client(cert, async_echo::ALPN);
+        let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
+        guard("three streams", async {
+            let (mut s, mut r) = conn.open_bi().await.unwrap();
+            s.write_all(b"a").await.unwrap();
+            s.finish().unwrap();
+            assert_eq!(r.read_to_end(10).await.unwrap(), b"a");
+            let (mut s, mut r) = conn.open_bi().await.unwrap();
+            s.write_all(b"b").await.unwrap();
+            s.finish().unwrap();
+            r.stop(VarInt::from_u32(7)).unwrap();
+            let (mut s, mut r) = conn.open_bi().await.unwrap();
+            s.write_all(b"c").await.unwrap();
+            s.finish().unwrap();
+            assert_eq!(r.read_to_end(10).await.unwrap(), b"c");
+        })
+        .await;
+        conn.close(VarInt::from_u32(0), b"done");
+        let (a, b_stopped, b_write) = guard("the server's answers", rx.recv()).await.unwrap();
+        assert_eq!(a, Ok(None), "{mode:?}: A was acknowledged");
+        assert_eq!(
+            b_stopped,
+            Ok(Some(VarInt::from_u32(7))),
+            "{mode:?}: B was stopped with 7"
+        );
+        assert!(b_write.is_err(), "{mode:?}: {b_write:?}");
+        ep.close(VarInt::from_u32(0), b"");
+        guard("idle", ep.wait_idle()).await;
+    }
+}
+
 /// A future that is always ready to run again: it wakes itself at every poll, so the
 /// runtime's queue of ready tasks never empties.
 struct Spin;

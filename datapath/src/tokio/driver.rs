@@ -657,7 +657,11 @@ impl Handler for Driver {
         // for streams a handle may read: taken now, whatever the budgets (quinn-proto's
         // windows bounded it), before `closed` keeps only what was taken. quinn reads it
         // from quinn-proto after the loss as well.
-        self.with_state(conn, |conn, st, _, wakes| drain_on_loss(conn, st, wakes));
+        self.with_state(conn, |conn, st, _, wakes| {
+            drain_on_loss(conn, st, wakes);
+            // The final figures (quinn's `stats` after the end gives them too).
+            st.info.stats = Some(conn.stats());
+        });
     }
 
     fn closed(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, reason: &ConnectionError) {
@@ -673,12 +677,19 @@ impl Handler for Driver {
             st.wake_all(&mut wakes);
             // What no handle can read any more goes now; what a handle may still read stays
             // with it (quinn hands out buffered data before the connection's error).
-            // A `stopped` future keeps its slot too: it must still learn how the sending side
-            // ended (acknowledged before the close, say), as quinn tells it.
+            // A `stopped` future keeps its slot too, and so does a `SendStream`, which may
+            // make one later: it must still learn how the sending side ended (acknowledged
+            // or stopped before the close), as quinn tells it. What such a slot queued to
+            // send goes: nothing will send it.
             st.streams.retain(|_, s| {
                 s.stopped_futures > 0
+                    || s.send_handle
                     || (s.recv_handle && (!s.recv.is_empty() || s.recv_end != RecvEnd::Open))
             });
+            for s in st.streams.values_mut() {
+                s.send.clear();
+                s.send_len = 0;
+            }
             // Streams the peer opened and the application has not accepted yet stay
             // acceptable while their data lasts (quinn's accept hands them out before the
             // error too).

@@ -58,7 +58,9 @@
 //! - not offered: 0-RTT ([`Connecting::into_0rtt`] always gives the `Connecting` back, as
 //!   quinn does when 0-RTT is impossible), unordered reads (`read_chunk(_, false)` reads in
 //!   order, which an unordered reader accepts), stream priorities, `Endpoint::rebind`;
-//!   `Connection::stats` is as of the worker's last batch for the connection; `local_ip` is
+//!   `Connection::stats` is as of the worker's last batch of the connection's requests
+//!   (taken before that batch's packets leave), and final once the peer closed it or it
+//!   was lost (one closed here keeps the figures of the batch that closed it); `local_ip` is
 //!   known for accepted connections only.
 
 mod connection;

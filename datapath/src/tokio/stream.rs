@@ -70,10 +70,19 @@ impl SendStream {
                 written.chunks += 1;
                 continue;
             }
-            if written.bytes > 0 && !self.has_room()? {
-                break;
+            if written.bytes > 0 {
+                // Written already: a failure now is the next call's to report (as
+                // quinn-proto's `write_chunks` fails only before it wrote anything).
+                match self.has_room() {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => break,
+                }
             }
-            written.bytes += self.write_taken(b).await?;
+            match self.write_taken(b).await {
+                Ok(n) => written.bytes += n,
+                Err(e) if written.bytes == 0 => return Err(e),
+                Err(_) => break,
+            }
             written.chunks += 1;
         }
         Ok(written)
@@ -109,6 +118,9 @@ impl SendStream {
     fn has_room(&self) -> Result<bool, WriteError> {
         let c = &self.conn.shared();
         let st = c.lock();
+        if let Some(e) = &st.error {
+            return Err(WriteError::ConnectionLost(e.clone()));
+        }
         let slot = st.streams.get(&self.key).ok_or(WriteError::ClosedStream)?;
         Ok(slot.send_len < c.ep.limits.stream_send)
     }
@@ -281,11 +293,20 @@ impl Drop for SendStream {
     fn drop(&mut self) {
         let c = &self.conn.shared();
         let mut st = c.lock();
+        let ended = st.error.is_some();
         let Some(slot) = st.streams.get_mut(&self.key) else {
             return;
         };
         slot.send_handle = false;
         slot.write_waker = None;
+        if ended {
+            // The connection ended: nothing is sent any more. The slot stays for the
+            // receiving side's handle, or a `stopped` future, while there is one.
+            if !slot.recv_handle && slot.stopped_futures == 0 {
+                st.streams.remove(&self.key);
+            }
+            return;
+        }
         if slot.reset.is_none() {
             match slot.send_end {
                 SendEnd::Open if !slot.finish => slot.finish = true,
@@ -356,7 +377,8 @@ impl RecvStream {
         if buf.is_empty() {
             return Ok(Some(0));
         }
-        poll_fn(|cx| self.poll_copy(cx, buf)).await
+        let mut buf = tokio::io::ReadBuf::new(buf);
+        poll_fn(|cx| self.poll_copy(cx, &mut buf)).await
     }
 
     /// Fills `buf`, or errs with how much came before the stream ended.
@@ -496,21 +518,22 @@ impl RecvStream {
         })
     }
 
-    /// Copies as much buffered data as fits into `buf` (from as many chunks as it takes);
+    /// Copies as much buffered data as fits into the unfilled part of `buf` (from as many
+    /// chunks as it takes, writing only the octets it copies: no zeroing of the rest);
     /// `None` at the end.
     fn poll_copy(
         &mut self,
         cx: &mut Context<'_>,
-        buf: &mut [u8],
+        buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<Result<Option<usize>, ReadError>> {
         self.poll_take(cx, |recv, _| {
             let mut n = 0;
-            while n < buf.len() {
+            while buf.remaining() > 0 {
                 let Some(front) = recv.front_mut() else {
                     break;
                 };
-                let k = front.len().min(buf.len() - n);
-                buf[n..n + k].copy_from_slice(&front[..k]);
+                let k = front.len().min(buf.remaining());
+                buf.put_slice(&front[..k]);
                 n += k;
                 if k == front.len() {
                     recv.pop_front();
@@ -635,10 +658,10 @@ impl Drop for RecvStream {
         let c = &self.conn.shared();
         let mut st = c.lock();
         if st.error.is_some() {
-            // The receiving side goes; a `stopped` future of the sending side still reads
-            // the slot (it uncounts itself, and the slot goes with the last).
+            // The receiving side goes; the sending side's handle, or a `stopped` future of
+            // it, still reads the slot (each lets it go in turn).
             match st.streams.get_mut(&self.key) {
-                Some(slot) if slot.stopped_futures > 0 => {
+                Some(slot) if slot.stopped_futures > 0 || slot.send_handle => {
                     slot.recv_handle = false;
                     slot.recv = Default::default();
                 }
@@ -664,15 +687,11 @@ impl tokio::io::AsyncRead for RecvStream {
             // Past the end: end of file again, as for any reader.
             return Poll::Ready(Ok(()));
         }
-        let dst = buf.initialize_unfilled();
-        if dst.is_empty() {
+        if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        match this.poll_copy(cx, dst) {
-            Poll::Ready(Ok(Some(n))) => {
-                buf.advance(n);
-                Poll::Ready(Ok(()))
-            }
+        match this.poll_copy(cx, buf) {
+            Poll::Ready(Ok(Some(_))) => Poll::Ready(Ok(())),
             Poll::Ready(Ok(None)) => Poll::Ready(Ok(())),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
             Poll::Pending => Poll::Pending,
