@@ -26,7 +26,7 @@
 //! client no longer keeps its connection until the client itself sends GOAWAY.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -55,6 +55,48 @@ pub const GOAWAY_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
 /// life, so past this many the connection is closed (`H3_EXCESSIVE_LOAD`).
 pub const MAX_UNRESOLVED: u64 = 1024;
 
+/// Requests of one connection waiting for a file slot (`HqLimits::files_per_connection`,
+/// `files_per_worker`); past this many a request is rejected (`H3_REQUEST_REJECTED`: not
+/// processed, the client may retry). Above the 100 requests a client may have open at once
+/// (the transport's concurrent streams), so only a client that cancels requests that wait
+/// (STOP_SENDING frees their stream credit, but not their wait, which h3 cannot see) and
+/// sends more reaches it: each waiting request holds its task, its headers and its stream's
+/// state.
+pub const MAX_WAITING: usize = 128;
+
+/// A connection's file slots and the count of its requests waiting for one.
+#[derive(Clone, Copy)]
+struct Slots<'a> {
+    mine: &'a Semaphore,
+    waiting: &'a AtomicUsize,
+}
+
+/// A request counted among those of its connection (and of the server) waiting for a
+/// slot, until dropped.
+struct Waiting<'a> {
+    conn: &'a AtomicUsize,
+    server: &'a AtomicUsize,
+}
+
+impl<'a> Waiting<'a> {
+    /// Counts one more, unless [`MAX_WAITING`] of the connection wait already.
+    fn enter(conn: &'a AtomicUsize, server: &'a AtomicUsize) -> Option<Self> {
+        conn.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_WAITING).then_some(n + 1)
+        })
+        .ok()?;
+        server.fetch_add(1, Ordering::AcqRel);
+        Some(Self { conn, server })
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.conn.fetch_sub(1, Ordering::AcqRel);
+        self.server.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The largest header section a request may have (SETTINGS_MAX_FIELD_SECTION_SIZE; h3's
 /// own default is unlimited).
 pub const MAX_FIELD_SECTION: u64 = 16 * 1024;
@@ -65,6 +107,8 @@ pub struct H3Server {
     root: Arc<FileRoot>,
     limits: HqLimits,
     files: Arc<Semaphore>,
+    /// Requests waiting for slots, every connection together.
+    waiting: Arc<AtomicUsize>,
 }
 
 type Stream = RequestStream<xdp_quic_h3::BidiStream<Bytes>, Bytes>;
@@ -83,7 +127,14 @@ impl H3Server {
             root: Arc::new(FileRoot::open(root)?),
             files: Arc::new(Semaphore::new(limits.files_per_worker.max(1))),
             limits,
+            waiting: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Requests waiting for a file slot now, every connection together (for tests and
+    /// monitoring; at most [`MAX_WAITING`] per connection).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// Accepts connections until the endpoint closes; once `stop` turns true, stops
@@ -116,6 +167,7 @@ impl H3Server {
             }
         };
         let mine = Arc::new(Semaphore::new(self.limits.files_per_connection.max(1)));
+        let waiting = Arc::new(AtomicUsize::new(0));
         // Requests accepted so far: the client's bidirectional streams come in order, so the
         // next one's stream index. Once GOAWAY is sent, its id (as an index) is in `goaway`
         // and requests from there on are rejected.
@@ -174,6 +226,7 @@ impl H3Server {
                 Ok(Some(resolver)) => {
                     accepted += 1;
                     let (server, mine, goaway) = (self.clone(), mine.clone(), goaway.clone());
+                    let waiting = waiting.clone();
                     let (ends, unresolved) = (ends.clone(), unresolved.clone());
                     let conn = conn.clone();
                     let limit = self.limits.request_timeout;
@@ -187,7 +240,11 @@ impl H3Server {
                                     stream.stop_stream(rejected);
                                     return;
                                 }
-                                let answer = server.answer(req, stream, &mine, &ends, &conn);
+                                let slots = Slots {
+                                    mine: &mine,
+                                    waiting: &waiting,
+                                };
+                                let answer = server.answer(req, stream, slots, &ends, &conn);
                                 if let Err(e) = answer.await {
                                     tracing::debug!("request ended: {e}");
                                 }
@@ -217,7 +274,7 @@ impl H3Server {
         &self,
         req: Request<()>,
         mut stream: Stream,
-        mine: &Semaphore,
+        slots: Slots<'_>,
         ends: &xdp_quic_h3::StreamEnds,
         conn: &Connection,
     ) -> anyhow::Result<()> {
@@ -249,13 +306,23 @@ impl H3Server {
         // The wait for slots ends with the connection: the answers of a connection gone
         // (tasks that outlive it, see `serve_connection`) do not wait behind slots others
         // hold, each with its request and stream.
+        let Some(wait) = Waiting::enter(slots.waiting, &self.waiting) else {
+            let rejected = h3::error::Code::H3_REQUEST_REJECTED;
+            stream.stop_sending(rejected);
+            stream.stop_stream(rejected);
+            anyhow::bail!("{MAX_WAITING} requests of the connection wait for a slot already");
+        };
         let permits = async {
-            Ok::<_, tokio::sync::AcquireError>((mine.acquire().await?, self.files.acquire().await?))
+            Ok::<_, tokio::sync::AcquireError>((
+                slots.mine.acquire().await?,
+                self.files.acquire().await?,
+            ))
         };
         let (_mine, _slot) = tokio::select! {
             permits = permits => permits?,
             _ = conn.closed() => return Ok(()),
         };
+        drop(wait);
         let root = self.root.clone();
         let ext = rel
             .extension()

@@ -899,6 +899,71 @@ async fn an_answer_the_client_does_not_take_gives_its_slot_back() {
     stop_server(ep).await;
 }
 
+/// Requests waiting for a file slot are bounded per connection (`MAX_WAITING`): a client
+/// that holds its one slot with an answer it does not read, then sends requests and cancels
+/// each (STOP_SENDING gives its stream credit back, but h3 cannot see it, so the request
+/// waits on), gets the next request rejected (H3_REQUEST_REJECTED) once `MAX_WAITING` wait.
+/// (Before, they piled up, each with its task, headers and stream state, bounded only by
+/// the async API's held streams.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_a_slot_are_bounded_per_connection() {
+    use xdp_quic_examples::h3_files::MAX_WAITING;
+    let (dir, _, _) = site();
+    std::fs::write(dir.0.join("mid.bin"), payload(9, 100_000)).unwrap();
+    let (_keep, stop) = watch::channel(false);
+    let limits = HqLimits {
+        files_per_connection: 1,
+        ..HqLimits::default()
+    };
+    let (ep, cert) = bare_server();
+    let h3 = H3Server::new(&dir.0, limits).unwrap();
+    tokio::spawn(h3.clone().serve(ep.clone(), stop));
+    guard("requests waiting for a slot", async {
+        let mut config = common::quinn_client_config(cert, ALPN);
+        let mut t = common::quinn_transport();
+        t.stream_receive_window(16_000u32.into());
+        config.transport_config(std::sync::Arc::new(t));
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(config);
+        let conn = common::quinn_connect(&client, ep.local_addr().unwrap()).await;
+        let mut unread = quinn_get(&conn, "/mid.bin").await;
+        // Its answer has begun: it holds the one slot (30 s without a chunk taken).
+        let first = unread.read_chunk(1_000, true).await.unwrap();
+        assert!(first.is_some_and(|c| !c.bytes.is_empty()));
+        for _ in 0..MAX_WAITING {
+            let mut recv = quinn_get(&conn, "/a%20b.txt").await;
+            recv.stop(
+                h3::error::Code::H3_REQUEST_CANCELLED
+                    .value()
+                    .try_into()
+                    .unwrap(),
+            )
+            .unwrap();
+        }
+        // Wait until the server counts them all (a condition, not a delay).
+        while h3.waiting() < MAX_WAITING {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(h3.waiting(), MAX_WAITING, "no more than the bound wait");
+        let got = quinn_get(&conn, "/a%20b.txt")
+            .await
+            .read_to_end(1 << 20)
+            .await;
+        assert!(
+            matches!(
+                &got,
+                Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(c)))
+                    if c.into_inner() == h3::error::Code::H3_REQUEST_REJECTED.value()
+            ),
+            "{got:?}"
+        );
+        conn.close(0u32.into(), b"");
+        client.wait_idle().await;
+    })
+    .await;
+    stop_server(ep).await;
+}
+
 /// Requests that end before their headers (h3 0.0.8 keeps an entry for each for the
 /// connection's life) close the connection with H3_EXCESSIVE_LOAD past `MAX_UNRESOLVED`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
