@@ -17,6 +17,10 @@ pub trait Handler: Send + 'static {
     /// Called once per worker, before any other callback, with a handle to the engine: keep
     /// it to hand work back to this worker from other threads (the result of blocking I/O
     /// done elsewhere, say) with [`EngineHandle::post`] or [`EngineHandle::post_to_conn`].
+    /// Unlike the other callbacks it runs as the engine is built, on the thread that builds
+    /// it (`start_*`), before the worker's thread starts: allocate what the worker uses on
+    /// its own thread (NUMA) in the first callback it gets instead, and do not panic here
+    /// (a panic unwinds out of `start_*`).
     fn attached(&mut self, engine: &EngineHandle<Self>)
     where
         Self: Sized,
@@ -64,7 +68,9 @@ pub trait Handler: Send + 'static {
     fn lost(&mut self, conn: &mut Conn<'_>, reason: &ConnectionError) {}
 
     /// `conn` is gone: lost, closed by the peer, closed by us, or the connect failed. Called
-    /// once per connection; its [`ConnId`] is stale afterwards (`with_conn`, posts and calls
-    /// to it are not run).
+    /// once per connection, also for those a failing worker closes as it ends (with
+    /// `LocallyClosed`); not for the connections of a handler that panicked (it is called no
+    /// more). Its [`ConnId`] is stale afterwards (`with_conn`, posts and calls to it are not
+    /// run).
     fn closed(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, reason: &ConnectionError) {}
 }

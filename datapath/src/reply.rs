@@ -50,11 +50,16 @@ pub(crate) fn channel<T>() -> (Filler<T>, Reply<T>) {
 
 impl<T> Shared<T> {
     fn settle(&self, to: State<T>) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let State::Pending(Some(waker)) = std::mem::replace(&mut *s, to) {
+        let before = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *s, to)
+        };
+        self.filled.notify_all();
+        // Woken with the lock released: a waker that polls the reply at once (an executor
+        // that runs the task inline) takes it again.
+        if let State::Pending(Some(waker)) = before {
             waker.wake();
         }
-        self.filled.notify_all();
     }
 }
 

@@ -773,7 +773,8 @@ impl<H: Handler> Worker<H> {
     /// quinn-proto or the backend) or a fatal I/O error. Records `why` (see
     /// [`crate::EngineHandle::failed_workers`]), logs it, sets the `failed` gauge,
     /// closes every connection with [`INTERNAL_ERROR`] and sends what the backend still
-    /// takes, once, without waiting for the peers. Do not turn the worker again.
+    /// takes, once, without waiting for the peers, then calls the handler's `closed`
+    /// (`LocallyClosed`) for each connection not reported yet. Do not turn the worker again.
     pub fn fail<B: Backend>(&mut self, io: &mut B, now: Instant, why: &str) {
         tracing::error!(
             worker = self.index(),
@@ -802,7 +803,10 @@ impl<H: Handler> Worker<H> {
             // every one of them).
             self.settle_deferred(io);
             self.drive_all(io);
-            io.flush()
+            let _ = io.flush();
+            // The handler hears `closed` once for each connection, as at a drain deadline:
+            // the failure was not its own (`Handler::closed` is once per connection).
+            self.abandon_all();
         }));
         self.publish_gauges();
         // The worker ends here: its connections (closed above, as far as it could) and

@@ -90,3 +90,31 @@ fn settings_the_engine_cannot_honour_fail_before_anything_is_bound() {
         std::net::UdpSocket::bind(addr).expect("the port is free");
     }
 }
+
+/// An engine shut down from one of its own workers (its owner moved into a posted call, as
+/// a callback-API application that stops itself from a callback might) neither deadlocks
+/// nor panics: the other worker is joined, the calling one, which cannot wait for itself,
+/// is reported as not waited for. (Before, std's join of the current thread panicked.)
+#[test]
+fn an_engine_shut_down_on_its_own_worker_does_not_wait_for_that_worker() {
+    let id = tls::Identity::self_signed(&["localhost"]).unwrap();
+    let engine = EngineBuilder::default()
+        .workers(2)
+        .server(tls::server_config(id, &[echo::ALPN]).unwrap())
+        .drain_timeout(Duration::from_millis(200))
+        .start_udp("127.0.0.1:0".parse().unwrap(), |_| EchoServer::default())
+        .unwrap();
+    let handle = engine.handle();
+    let (tx, rx) = std::sync::mpsc::channel();
+    handle
+        .post(0, move |_, _| {
+            let joined = engine.shutdown(VarInt::from_u32(0), b"bye");
+            let _ = tx.send(joined.map(|h| h.len()).map_err(|e| e.to_string()));
+        })
+        .unwrap();
+    let joined = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the shutdown returned on the worker");
+    let err = joined.expect_err("worker 0 was not waited for");
+    assert!(err.contains("own thread"), "{err}");
+}

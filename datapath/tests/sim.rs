@@ -367,6 +367,66 @@ impl xdp_quic::Handler for Silent {
     }
 }
 
+/// A handler that counts its connections' `connected` and `closed` calls.
+#[derive(Default)]
+struct Tally {
+    connected: usize,
+    closed: Vec<ConnectionError>,
+}
+impl xdp_quic::Handler for Tally {
+    fn connected(&mut self, _conn: &mut xdp_quic::Conn<'_>) {
+        self.connected += 1;
+    }
+    fn closed(&mut self, _ctx: &mut xdp_quic::Ctx<'_>, _id: xdp_quic::ConnId, r: &ConnectionError) {
+        self.closed.push(r.clone());
+    }
+}
+
+/// A worker that fails (an I/O error, or a panic outside the application's callbacks)
+/// still calls `closed` once for each of its connections, as its handler did nothing wrong:
+/// `Handler::closed` is once per connection. (Before, the worker and its handler were
+/// dropped with their connections unreported.)
+#[test]
+fn a_failing_worker_reports_each_of_its_connections_closed() {
+    let net = MemNetwork::new(Duration::from_millis(10));
+    let mut server = Node::new(
+        server_builder(1),
+        &net,
+        addr(SERVER),
+        MemSteering::Hash,
+        |_| Tally::default(),
+    )
+    .unwrap();
+    let mut client = Node::new(
+        client_builder(1),
+        &net,
+        addr("10.0.6.9:7400"),
+        MemSteering::Hash,
+        |_| Tally::default(),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        client
+            .handle
+            .post(0, |_, ctx| {
+                ctx.connect(addr(SERVER), "localhost").unwrap();
+            })
+            .expect("the worker is running");
+    }
+    while server.handler(0).connected < 2 || client.handler(0).connected < 2 {
+        step(&net, &mut [&mut server, &mut client]).unwrap();
+    }
+    let now = net.now();
+    server.workers[0].fail(&mut server.io[0], now, "a test failure");
+    assert_eq!(
+        server.handler(0).closed,
+        vec![ConnectionError::LocallyClosed; 2],
+        "each connection reported closed, once"
+    );
+    assert_eq!(server.connections(), 0);
+    assert_eq!(server.total().conns_closed, 2, "counted once each");
+}
+
 #[test]
 fn idle_timers_fire_at_their_deadline_on_both_sides() {
     let net = MemNetwork::new(Duration::from_millis(10));

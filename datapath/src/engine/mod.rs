@@ -405,7 +405,13 @@ impl<H: Handler> Engine<H> {
     /// Waits until every worker has stopped by itself ([`Ctx::stop_worker`]) or by
     /// [`EngineHandle::shutdown`], and returns the handlers: all of them, or, when a worker
     /// failed or panicked, the first such error (the other workers' handlers are then
-    /// dropped).
+    /// dropped). A worker whose handler panicked ends normally (its connections closed):
+    /// its handler is returned; [`EngineHandle::counters`] counts `handler_panics`.
+    ///
+    /// Call it (or [`Engine::shutdown`], or drop the engine) from a thread of your own, not
+    /// from a worker's (a callback, or a task of thread-per-core mode): the worker would
+    /// wait for the others while its own connections stall, and is itself not waited for
+    /// (its result is an error saying so).
     pub fn join(mut self) -> Result<Vec<H>, EngineError> {
         self.join_threads()
     }
@@ -421,6 +427,10 @@ impl<H: Handler> Engine<H> {
         // A placeholder while the thread is joined; replaced by its result below.
         let joining = WorkerThread::Ended(Ok(Err(io::Error::other("being joined"))));
         *t = match std::mem::replace(t, joining) {
+            // A thread cannot wait for itself (see `join_threads`).
+            WorkerThread::Running(h) if h.thread().id() == std::thread::current().id() => {
+                WorkerThread::Running(h)
+            }
             WorkerThread::Running(h) => WorkerThread::Ended(h.join()),
             ended => ended,
         };
@@ -431,6 +441,14 @@ impl<H: Handler> Engine<H> {
         let mut first_error = None;
         for (worker, t) in std::mem::take(&mut self.threads).into_iter().enumerate() {
             let ended = match t {
+                // Joined from its own thread (the engine dropped in a callback, or by a
+                // task of thread-per-core mode): a thread cannot wait for itself, and std
+                // panics trying. It ends once its caller returns; its handler is not seen.
+                WorkerThread::Running(h) if h.thread().id() == std::thread::current().id() => {
+                    Ok(Err(io::Error::other(
+                        "the engine was joined on this worker's own thread: not waited for",
+                    )))
+                }
                 WorkerThread::Running(h) => h.join(),
                 WorkerThread::Ended(r) => r,
             };

@@ -46,17 +46,22 @@ impl Runner<Driver> for PerCore {
     fn run<B: Backend>(
         self,
         mut worker: Worker<Driver>,
-        io: B,
+        mut io: B,
         waker: &Waker,
     ) -> io::Result<Driver> {
         // The tasks answer between two turns: their answers leave with the ACKs.
         worker.hold_transmits(true);
         // The worker's turns are the `block_on` future: the runtime polls it when its ready
         // tasks are all run, or after this many of them (then its I/O driver too).
-        let rt = tokio::runtime::Builder::new_current_thread()
+        let rt = match tokio::runtime::Builder::new_current_thread()
             .event_interval(self.tasks_per_turn)
             .enable_all()
-            .build()?;
+            .build()
+        {
+            Ok(rt) => rt,
+            // Recorded and reported as any worker's failure (`failed_workers`).
+            Err(e) => return Err(failed(worker, &mut io, format!("tokio runtime: {e}"))),
+        };
         let local = tokio::task::LocalSet::new();
         let ep = Endpoint::new(
             self.ep.clone(),
@@ -92,12 +97,11 @@ async fn drive<B: Backend>(
     mut io: B,
     waker: &Waker,
 ) -> io::Result<Driver> {
-    let ready = io.readiness().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::Unsupported,
-            "this backend cannot run thread-per-core (it has no descriptor to wait on)",
-        )
-    })?;
+    // A failure to start is recorded and reported as any worker's (`failed_workers`).
+    let Some(ready) = io.readiness() else {
+        let why = "this backend cannot run thread-per-core (it has no descriptor to wait on)";
+        return Err(failed(worker, &mut io, why.into()));
+    };
     let both = Interest::READABLE | Interest::WRITABLE;
     let register = |fd: RawFd| {
         // SAFETY: `fd` is one of `io`'s descriptors, open for as long as `io` lives
@@ -105,11 +109,23 @@ async fn drive<B: Backend>(
         // the registrations, which are locals, and nothing here closes or replaces it.
         unsafe { AsyncFd::register_with_interest(Fd(fd), both) }.map_err(io::Error::from)
     };
-    let read = register(ready.read)?;
-    let write = if ready.write != ready.read {
-        Some(register(ready.write)?)
-    } else {
-        None
+    let registered = register(ready.read).and_then(|read| {
+        let write = if ready.write != ready.read {
+            Some(register(ready.write)?)
+        } else {
+            None
+        };
+        Ok((read, write))
+    });
+    let (read, write) = match registered {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(failed(
+                worker,
+                &mut io,
+                format!("registering with tokio: {e}"),
+            ))
+        }
     };
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
