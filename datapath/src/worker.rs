@@ -803,11 +803,12 @@ impl<H: Handler> Worker<H> {
             // every one of them).
             self.settle_deferred(io);
             self.drive_all(io);
-            let _ = io.flush();
-            // The handler hears `closed` once for each connection, as at a drain deadline:
-            // the failure was not its own (`Handler::closed` is once per connection).
-            self.abandon_all();
+            io.flush()
         }));
+        // The handler hears `closed` once for each connection, as at a drain deadline: the
+        // failure was not its own (`Handler::closed` is once per connection). Apart from the
+        // above, which may fail again the way the worker did.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.abandon_all()));
         self.publish_gauges();
         // The worker ends here: its connections (closed above, as far as it could) and
         // waiting attempts end with it, counted so, and its gauges say so from now on.

@@ -58,7 +58,9 @@ pub const MAX_UNRESOLVED: u64 = 1024;
 /// Requests of one connection waiting for a file slot (`HqLimits::files_per_connection`,
 /// `files_per_worker`); past this many a request is rejected (`H3_REQUEST_REJECTED`: not
 /// processed, the client may retry). Above the 100 requests a client may have open at once
-/// (the transport's concurrent streams), so only a client that cancels requests that wait
+/// (the concurrent streams of quinn-proto's default transport, which `serve` uses; an
+/// endpoint that allows more than 128 should expect rejections), so only a client that
+/// cancels requests that wait
 /// (STOP_SENDING frees their stream credit, but not their wait, which h3 cannot see) and
 /// sends more reaches it: each waiting request holds its task, its headers and its stream's
 /// state.

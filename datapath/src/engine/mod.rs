@@ -411,7 +411,8 @@ impl<H: Handler> Engine<H> {
     /// Call it (or [`Engine::shutdown`], or drop the engine) from a thread of your own, not
     /// from a worker's (a callback, or a task of thread-per-core mode): the worker would
     /// wait for the others while its own connections stall, and is itself not waited for
-    /// (its result is an error saying so).
+    /// (its result is an error saying so; the engine's clean-up, such as removing its
+    /// AF_XDP sockets from the XDP program's map, then runs while it still drains).
     pub fn join(mut self) -> Result<Vec<H>, EngineError> {
         self.join_threads()
     }
@@ -419,7 +420,8 @@ impl<H: Handler> Engine<H> {
     /// Waits until worker `worker` has stopped (by itself, [`Ctx::stop_worker`], or failed),
     /// the others running on: a client whose connections all live on one worker, say, while
     /// the others receive for it. [`Engine::join`] or [`Engine::shutdown`] still returns its
-    /// handler.
+    /// handler. On that worker's own thread it returns at once (a thread cannot wait for
+    /// itself).
     pub fn wait_worker(&mut self, worker: usize) {
         let Some(t) = self.threads.get_mut(worker) else {
             return;

@@ -681,9 +681,18 @@ impl Handler for Driver {
             // make one later: it must still learn how the sending side ended (acknowledged
             // or stopped before the close), as quinn tells it. What such a slot queued to
             // send goes: nothing will send it.
-            st.streams.retain(|_, s| {
+            // (`send_handle` is set ahead for streams no handle holds yet: those the peer
+            // opened, waiting to be accepted, and those opened for an `open_*` not served.)
+            let unclaimed: Vec<StreamId> = st
+                .incoming
+                .iter()
+                .chain(&st.opened)
+                .flatten()
+                .copied()
+                .collect();
+            st.streams.retain(|id, s| {
                 s.stopped_futures > 0
-                    || s.send_handle
+                    || (s.send_handle && !unclaimed.contains(id))
                     || (s.recv_handle && (!s.recv.is_empty() || s.recv_end != RecvEnd::Open))
             });
             for s in st.streams.values_mut() {

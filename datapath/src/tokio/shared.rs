@@ -778,8 +778,17 @@ impl ConnState {
     /// Forgets the stream if nothing is left to do for it (see [`StreamSlot::is_done`]).
     /// Returns whether it is still there.
     pub fn forget_if_done(&mut self, k: &impl Lookup) -> bool {
+        let ended = self.error.is_some();
         match self.streams.get(k) {
-            Some(slot) if slot.is_done() => {
+            // After the connection's end nothing more is sent: a slot no handle or
+            // `stopped` future reads goes, whatever it had left to send.
+            Some(slot)
+                if slot.is_done()
+                    || (ended
+                        && !slot.recv_handle
+                        && !slot.send_handle
+                        && slot.stopped_futures == 0) =>
+            {
                 self.streams.remove(k);
                 false
             }
