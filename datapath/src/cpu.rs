@@ -4,8 +4,8 @@ use std::io;
 
 /// Pins the calling thread to CPU `cpu`.
 pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it (bounds-checked by the libc
-    // macro against CPU_SETSIZE); sched_setaffinity reads `size_of` bytes of it.
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it (`cpu` is checked against
+    // CPU_SETSIZE first); sched_setaffinity reads `size_of` bytes of it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         if cpu >= libc::CPU_SETSIZE as usize {

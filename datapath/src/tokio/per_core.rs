@@ -7,7 +7,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -81,14 +81,18 @@ impl Runner<Driver> for PerCore {
     }
 }
 
-/// A descriptor the backend owns, registered with the runtime for as long as this lives
-/// (dropped before the backend: see [`drive`]).
-struct Fd(RawFd);
-
-impl AsRawFd for Fd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
+/// A duplicate of one of the backend's descriptors, to register with the runtime: owned
+/// here, so that the registration never outlives the descriptor it names, whatever the
+/// backend does with its own (`Backend::readiness` is a safe method: nothing but its docs
+/// keeps a backend from closing its descriptors early).
+fn duplicate(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl takes no pointers; a descriptor that is not open is refused (EBADF).
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
     }
+    // SAFETY: `new` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 /// Turns `worker` over `io` until it stops, sleeping in the runtime between turns.
@@ -104,10 +108,11 @@ async fn drive<B: Backend>(
     };
     let both = Interest::READABLE | Interest::WRITABLE;
     let register = |fd: RawFd| {
-        // SAFETY: `fd` is one of `io`'s descriptors, open for as long as `io` lives
-        // (`Backend::readiness`); `io` is this function's argument, so it is dropped after
-        // the registrations, which are locals, and nothing here closes or replaces it.
-        unsafe { AsyncFd::register_with_interest(Fd(fd), both) }.map_err(io::Error::from)
+        let owned = duplicate(fd)?;
+        // SAFETY: the `AsyncFd` owns `owned`, a descriptor of its own (a duplicate), so it
+        // stays open, naming the same open file description, until the `AsyncFd` drops it;
+        // an `OwnedFd` always returns that one descriptor.
+        unsafe { AsyncFd::register_with_interest(owned, both) }.map_err(io::Error::from)
     };
     let registered = register(ready.read).and_then(|read| {
         let write = if ready.write != ready.read {

@@ -242,8 +242,10 @@ impl EmulatedKernel {
     ///
     /// # Safety
     ///
-    /// `desc` must not name a frame this emulated kernel holds (one in the fill ring, or
-    /// taken for transmit): the user side would accept it as received and lend it out again
+    /// `desc` must not name a frame lent to this emulated kernel's side in any way: in the
+    /// fill ring, taken for transmit, or waiting on the RX or completion ring already (a
+    /// second descriptor of a frame on the RX ring would be taken back after the first was
+    /// freed and lent again). The user side would accept it as received and hand it out
     /// while this kernel may still write into it (`deliver`), two writers of one frame.
     /// Frames the user side holds, and addresses outside the UMEM, are what such a test
     /// pushes: those it refuses.

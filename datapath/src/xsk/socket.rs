@@ -169,12 +169,15 @@ impl Drop for XskSocket {
             // ring mappings, unused from here), then `backing`'s ring mappings, then the UMEM.
             // Closing the descriptor does not release the socket by itself: each ring mapping
             // holds a reference to the socket's file, and the kernel releases the socket
-            // (unbinds it, takes it out of the XSKMAP, and unregisters the UMEM) when the
-            // last of them is unmapped, before the UMEM is. (A `StatsSource` in the middle of
-            // its `getsockopt` holds the descriptor a moment longer, and the socket with it:
-            // the kernel reaches the UMEM through its own pins on the pages and the rings
-            // through its own references to their pages, never through these mappings, so
-            // unmapping them meanwhile stays safe.)
+            // (unbinds it, takes it out of the XSKMAP) when the last of them is unmapped. The
+            // UMEM's own teardown (stopping a zero-copy driver, unmapping its DMA, unpinning
+            // the pages) is deferred to a kernel work queue, so it may run after `Area`
+            // unmaps our range. That is safe because the kernel never reaches the UMEM
+            // through our addresses: XDP_UMEM_REG pinned its pages, which stay allocated
+            // until the kernel unpins them, and the kernel reaches the rings through its own
+            // references to their pages too. (The same holds while a `StatsSource` in the
+            // middle of its `getsockopt`, or a duplicate of the descriptor, keeps the socket
+            // a moment longer.)
             unsafe { ManuallyDrop::drop(fd) };
         }
     }

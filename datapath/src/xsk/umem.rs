@@ -5,8 +5,10 @@
 //! [`Umem`] records which for every frame, and hands frames out as `Frame` tokens: a token
 //! is neither `Copy` nor `Clone`, only `Umem::alloc` and `Umem::take_back` make one, and
 //! `Umem::release` and `Umem::lend` consume it. So the frame bytes that safe code can
-//! reach (through a token) are never the kernel's at the same time, and a frame is never
-//! released twice. A descriptor the kernel returns is checked against the record before it
+//! reach (through a token) are never the kernel's at the same time. (A token of another
+//! UMEM could name a free frame here and be released into its free list twice; every
+//! access and every `lend` checks the record again, so that stays sound, and tokens never
+//! leave the socket whose UMEM made them.) A descriptor the kernel returns is checked against the record before it
 //! becomes a token again: an address that names no frame lent for that purpose is refused.
 //!
 //! The area lives as long as its last holder ([`Umem`], and in tests the emulated kernel);
@@ -118,11 +120,10 @@ impl Area {
 impl Drop for Area {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the range mapped in `Umem::new`; no `Umem` or emulated
-        // kernel refers to it any more (this is the last `Arc`). The socket the UMEM was
-        // registered with is released before (`XskSocket` drops its ring mappings, the
-        // socket's last references, before its UMEM); and a kernel socket that still had it
-        // registered would hold its own pins on the pages (XDP_UMEM_REG pins them and the
-        // kernel reaches them through its own mapping), never this address range.
+        // kernel refers to it any more (this is the last `Arc`). A kernel socket that had it
+        // registered may not have finished releasing it (the kernel defers a UMEM's teardown
+        // to a work queue), but it holds its own pins on the pages (XDP_UMEM_REG pins them
+        // and the kernel reaches them through its own mapping), never this address range.
         let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.mapped) };
         debug_assert_eq!(rc, 0, "munmap of the UMEM: {}", io::Error::last_os_error());
     }
@@ -219,6 +220,16 @@ impl Umem {
             len,
             mapped,
         });
+        // Not inherited by a child (`fork`, as `Command` does before `exec`): on kernels
+        // before 5.9, a write by this process after a fork copied its pages away from those
+        // the kernel pinned, and the frames then read and sent stale bytes.
+        // SAFETY: advice on the range mapped above; the result is checked.
+        if unsafe { libc::madvise(p, mapped, libc::MADV_DONTFORK) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::other(format!(
+                "madvise(MADV_DONTFORK) of the UMEM: {e}"
+            )));
+        }
         Ok(Self {
             area,
             cfg,
