@@ -130,6 +130,24 @@ where
     guard("client", rx.recv()).await.expect("the client ran")
 }
 
+/// A quinn client has 1 MB (from `seed`) echoed byte-exact by `ep`'s server; then the
+/// connection and the endpoint are closed and drained.
+async fn quinn_echoes_1_mb_then_closes(
+    ep: Endpoint,
+    cert: CertificateDer<'static>,
+    seed: u64,
+    what: &str,
+) {
+    let client = quinn_client(cert, async_echo::ALPN);
+    let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
+    let data = payload(seed, 1 << 20);
+    let back = guard(what, quinn_echo(&conn, data.clone())).await.unwrap();
+    assert_same(&format!("{what}: echoed"), &back, &data);
+    conn.close(VarInt::from_u32(0), b"done");
+    ep.close(VarInt::from_u32(0), b"");
+    guard("idle", ep.wait_idle()).await;
+}
+
 /// Echoes `data` over a new stream of our connection, writing and reading at once.
 async fn our_echo(conn: &xdp_quic::tokio::Connection, data: Bytes) -> Vec<u8> {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -1064,19 +1082,8 @@ async fn the_streams_serve_as_tokio_async_read_and_write() {
             }
         };
         let (ep, cert) = server(mode, 1, Limits::default(), app);
-        let client = quinn_client(cert, async_echo::ALPN);
-        let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
-        let data = payload(11, 1 << 20);
-        let back = guard(
-            "1 MB through AsyncRead/AsyncWrite",
-            quinn_echo(&conn, data.clone()),
-        )
-        .await
-        .unwrap();
-        assert_same(&format!("{mode:?}: echoed"), &back, &data);
-        conn.close(VarInt::from_u32(0), b"done");
-        ep.close(VarInt::from_u32(0), b"");
-        guard("idle", ep.wait_idle()).await;
+        quinn_echoes_1_mb_then_closes(ep, cert, 11, &format!("{mode:?}: AsyncRead/AsyncWrite"))
+            .await;
     }
 }
 
@@ -1086,34 +1093,24 @@ async fn the_streams_serve_as_tokio_async_read_and_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_after_the_peer_closed_are_final() {
     for mode in MODES {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let app = move |ep: Endpoint| {
-            let tx = tx.clone();
-            async move {
-                let Some(incoming) = ep.accept().await else {
-                    return;
-                };
-                let conn = incoming.await.unwrap();
-                let (mut send, recv) = conn.accept_bi().await.unwrap();
-                drop(recv);
-                send.write_all(&[7u8; 100_000]).await.unwrap();
-                send.finish().unwrap();
-                let _ = conn.closed().await;
-                let _ = tx.send(conn.stats());
-            }
-        };
-        let (ep, cert) = server(mode, 1, Limits::default(), app);
+        let (ep, cert, rx) = first_connection_server(mode, Limits::default());
         let client = quinn_client(cert, async_echo::ALPN);
         let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
-        let got = guard("100 KB", async {
-            let (mut s, mut r) = conn.open_bi().await.unwrap();
-            s.finish().unwrap();
-            r.read_to_end(1 << 20).await.unwrap()
-        })
-        .await;
+        let (mut s, mut r) = conn.open_bi().await.unwrap();
+        s.finish().unwrap();
+        let ours = first_connection(&rx).await;
+        let server = tokio::spawn(async move {
+            let (mut send, recv) = ours.accept_bi().await.unwrap();
+            drop(recv);
+            send.write_all(&[7u8; 100_000]).await.unwrap();
+            send.finish().unwrap();
+            let _ = ours.closed().await;
+            ours.stats()
+        });
+        let got = guard("100 KB", r.read_to_end(1 << 20)).await.unwrap();
         assert_eq!(got.len(), 100_000);
         conn.close(VarInt::from_u32(0), b"done");
-        let stats = guard("the server's stats", rx.recv()).await.unwrap();
+        let stats = guard("the server's stats", server).await.unwrap();
         assert!(
             stats.udp_tx.bytes >= 100_000,
             "{mode:?}: {} octets counted as sent",
@@ -1231,19 +1228,8 @@ async fn a_task_ready_without_end_does_not_starve_its_worker() {
             })
             .bind_udp("127.0.0.1:0".parse().unwrap())
             .unwrap();
-        let client = quinn_client(cert, async_echo::ALPN);
-        let conn = quinn_connect(&client, ep.local_addr().unwrap()).await;
-        let data = payload(polls as u64, 1 << 20);
-        let back = guard(
-            "1 MB echo beside a spinning task",
-            quinn_echo(&conn, data.clone()),
-        )
-        .await
-        .unwrap();
-        assert_same(&format!("{polls} polls per turn: echoed"), &back, &data);
-        conn.close(VarInt::from_u32(0), b"done");
-        ep.close(VarInt::from_u32(0), b"");
-        guard("idle", ep.wait_idle()).await;
+        let what = format!("{polls} polls per turn, beside a spinning task");
+        quinn_echoes_1_mb_then_closes(ep, cert, u64::from(polls), &what).await;
     }
 }
 

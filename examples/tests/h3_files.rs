@@ -504,6 +504,34 @@ async fn raw_get(conn: &Connection, path: &str, extra: &[u8]) -> Vec<u8> {
 
 /// A GET of `path` on a new request stream of `conn` (quinn's), written by hand and finished;
 /// returns the stream's receiving side.
+/// A quinn client connected to `ep` with a 16 KB stream window: an answer it does not read
+/// stays in flight.
+async fn quinn_with_a_small_window(
+    ep: &Endpoint,
+    cert: CertificateDer<'static>,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let mut config = common::quinn_client_config(cert, ALPN);
+    let mut t = common::quinn_transport();
+    t.stream_receive_window(16_000u32.into());
+    config.transport_config(std::sync::Arc::new(t));
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(config);
+    let conn = common::quinn_connect(&client, ep.local_addr().unwrap()).await;
+    (client, conn)
+}
+
+/// `got`, a quinn read to the end, failed with a reset of code `code`.
+fn assert_reset(got: &Result<Vec<u8>, quinn::ReadToEndError>, code: h3::error::Code) {
+    assert!(
+        matches!(
+            got,
+            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(c)))
+                if c.into_inner() == code.value()
+        ),
+        "{got:?}"
+    );
+}
+
 async fn quinn_get(conn: &quinn::Connection, path: &str) -> quinn::RecvStream {
     let (mut send, recv) = conn.open_bi().await.unwrap();
     send.write_all(&raw_frame(0x01, &get_fields(path)))
@@ -864,13 +892,7 @@ async fn an_answer_the_client_does_not_take_gives_its_slot_back() {
     };
     let (ep, cert) = server_with(&dir.0, stop, limits);
     guard("an answer not taken", async {
-        let mut config = common::quinn_client_config(cert, ALPN);
-        let mut t = common::quinn_transport();
-        t.stream_receive_window(16_000u32.into());
-        config.transport_config(std::sync::Arc::new(t));
-        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        client.set_default_client_config(config);
-        let conn = common::quinn_connect(&client, ep.local_addr().unwrap()).await;
+        let (client, conn) = quinn_with_a_small_window(&ep, cert).await;
         let get = |path: &'static str| quinn_get(&conn, path);
         let mut unread = get("/mid.bin").await;
         // Its answer has begun: it holds the one slot (a little is read, the rest not).
@@ -884,14 +906,7 @@ async fn an_answer_the_client_does_not_take_gives_its_slot_back() {
             raw.len()
         );
         let got = unread.read_to_end(1 << 20).await;
-        assert!(
-            matches!(
-                &got,
-                Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(c)))
-                    if c.into_inner() == h3::error::Code::H3_REQUEST_CANCELLED.value()
-            ),
-            "{got:?}"
-        );
+        assert_reset(&got, h3::error::Code::H3_REQUEST_CANCELLED);
         conn.close(0u32.into(), b"");
         client.wait_idle().await;
     })
@@ -919,13 +934,7 @@ async fn requests_waiting_for_a_slot_are_bounded_per_connection() {
     let h3 = H3Server::new(&dir.0, limits).unwrap();
     tokio::spawn(h3.clone().serve(ep.clone(), stop));
     guard("requests waiting for a slot", async {
-        let mut config = common::quinn_client_config(cert, ALPN);
-        let mut t = common::quinn_transport();
-        t.stream_receive_window(16_000u32.into());
-        config.transport_config(std::sync::Arc::new(t));
-        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        client.set_default_client_config(config);
-        let conn = common::quinn_connect(&client, ep.local_addr().unwrap()).await;
+        let (client, conn) = quinn_with_a_small_window(&ep, cert).await;
         let mut unread = quinn_get(&conn, "/mid.bin").await;
         // Its answer has begun: it holds the one slot (30 s without a chunk taken).
         let first = unread.read_chunk(1_000, true).await.unwrap();
@@ -949,14 +958,7 @@ async fn requests_waiting_for_a_slot_are_bounded_per_connection() {
             .await
             .read_to_end(1 << 20)
             .await;
-        assert!(
-            matches!(
-                &got,
-                Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(c)))
-                    if c.into_inner() == h3::error::Code::H3_REQUEST_REJECTED.value()
-            ),
-            "{got:?}"
-        );
+        assert_reset(&got, h3::error::Code::H3_REQUEST_REJECTED);
         conn.close(0u32.into(), b"");
         client.wait_idle().await;
     })
