@@ -174,9 +174,10 @@ pub(crate) struct Slot {
     /// The connection's tracing span: its life-cycle events, and whatever the application
     /// logs in its callbacks, carry the connection id (free when the level is off).
     pub span: tracing::Span,
-    /// The link layer of replies to the connection's current address and to the address
-    /// it had before its last move (AF_XDP; see [`crate::backend::Transmit::link`]).
-    pub links: [Option<(SocketAddr, L2)>; 2],
+    /// The link layer of replies to the connection's current address and to the addresses
+    /// it had before its last moves, the most recent first (AF_XDP; see
+    /// [`crate::backend::Transmit::link`]).
+    pub links: [Option<(SocketAddr, L2)>; LINKS],
     /// The application's state of the connection ([`crate::Conn::state`]).
     pub user: Option<Box<dyn Any + Send>>,
     /// The application's state of its streams ([`crate::Conn::stream_state`]).
@@ -207,7 +208,7 @@ impl Slot {
             gate,
             created: now,
             span: tracing::debug_span!("connection", conn = %id),
-            links: [link, None],
+            links: [link, None, None],
             user: None,
             streams: StreamStates::default(),
             outgoing_to: None,
@@ -232,46 +233,108 @@ impl Slot {
 
     /// Hands the connection a datagram from `remote` that came with link layer `link`, and
     /// keeps that link layer for replies to `remote` when the datagram moved the connection
-    /// there (quinn-proto moves a connection only for a packet it authenticated) or when none
-    /// is known yet; the previous address keeps its own (quinn-proto may still validate it).
-    /// So a forged frame, which cannot be authenticated, never changes where a connection's
-    /// replies go.
+    /// there (quinn-proto moves a connection only for a packet it authenticated), or when
+    /// `remote` has none yet and the datagram carried a frame quinn-proto authenticated (its
+    /// frame counters moved: the first datagram of a connection we opened, a peer's probe
+    /// of a new path, which quinn-proto answers there). The addresses it had before keep
+    /// theirs ([`LINKS`] in all): quinn-proto may go back to one when a move fails
+    /// validation, and after two moves in a row it goes back to the last address it had
+    /// validated, not the one between. So a forged frame, which cannot be authenticated,
+    /// never changes where a connection's replies go.
     pub fn handle_datagram(
         &mut self,
         event: ConnectionEvent,
         remote: SocketAddr,
         link: Option<L2>,
     ) {
+        let Some(link) = link else {
+            self.handle_event(event);
+            return;
+        };
         let before = self.conn.remote_address();
+        // Rare (a datagram from an address without a link layer): counted only then.
+        let unknown = !self.links.iter().flatten().any(|(a, _)| *a == remote);
+        let frames = unknown.then(|| frames_received(&self.conn));
         self.handle_event(event);
         let now = self.conn.remote_address();
-        let Some(link) = link else { return };
-        if self.links[0].is_none() {
-            self.links[0] = Some((remote, link));
-        } else if now != before && now == remote {
-            // Keep the link of the address it moved from: a move that fails validation
-            // goes back to that one (not always `links[0]`: after a failed move, that is
-            // the address the connection left again).
-            let from = self
-                .links
-                .iter()
-                .flatten()
-                .find(|(a, _)| *a == before)
-                .copied();
-            self.links = [Some((remote, link)), from];
+        let moved = now != before && now == remote;
+        if moved || frames.is_some_and(|n| frames_received(&self.conn) != n) {
+            self.remember(remote, link, now == remote);
         }
     }
 
-    /// The link layer of a reply to `to`: the one learned for that address, else the
-    /// current one.
+    /// Makes `link` the link layer of `addr`: first if it is the connection's address, else
+    /// right after the connection's address's; the others keep theirs, the oldest dropped
+    /// beyond [`LINKS`].
+    fn remember(&mut self, addr: SocketAddr, link: L2, current: bool) {
+        let mut order: [Option<(SocketAddr, L2)>; LINKS] = [None; LINKS];
+        let mut others = self
+            .links
+            .iter()
+            .flatten()
+            .filter(|(a, _)| *a != addr)
+            .copied();
+        let mut at = 0;
+        if !current {
+            if let Some(first) = others.next() {
+                order[0] = Some(first);
+                at = 1;
+            }
+        }
+        order[at] = Some((addr, link));
+        for (slot, other) in order[at + 1..].iter_mut().zip(others) {
+            *slot = Some(other);
+        }
+        self.links = order;
+    }
+
+    /// The link layer of a reply to `to`: the one learned for that address. None for an
+    /// address it has none for (the reply is not sent, counted `tx_no_route`): another
+    /// address's would send it to the wrong host.
     pub fn link_for(&self, to: SocketAddr) -> Option<L2> {
         self.links
             .iter()
             .flatten()
             .find(|(a, _)| *a == to)
-            .or(self.links[0].as_ref())
             .map(|(_, l)| *l)
     }
+}
+
+/// The link layers a connection keeps: its address's and those of its last two moves.
+pub const LINKS: usize = 3;
+
+/// The frames quinn-proto has authenticated on `conn` so far (all types; PADDING is not
+/// counted, and no packet is only that).
+fn frames_received(conn: &quinn_proto::Connection) -> u64 {
+    let f = conn.stats().frame_rx;
+    [
+        f.acks,
+        f.ack_frequency,
+        f.crypto,
+        f.connection_close,
+        f.data_blocked,
+        f.datagram,
+        u64::from(f.handshake_done),
+        f.immediate_ack,
+        f.max_data,
+        f.max_stream_data,
+        f.max_streams_bidi,
+        f.max_streams_uni,
+        f.new_connection_id,
+        f.new_token,
+        f.path_challenge,
+        f.path_response,
+        f.ping,
+        f.reset_stream,
+        f.retire_connection_id,
+        f.stream_data_blocked,
+        f.streams_blocked_bidi,
+        f.streams_blocked_uni,
+        f.stop_sending,
+        f.stream,
+    ]
+    .iter()
+    .fold(0u64, |n, c| n.wrapping_add(*c))
 }
 
 /// The connections of a worker.

@@ -1033,6 +1033,99 @@ fn forged_frames_never_redirect_a_connections_replies() {
     );
 }
 
+/// Two moves in a row replayed by an on-link attacker (two fresh packets of the client,
+/// held back and sent from two spoofed addresses with the attacker's MAC) do not leave the
+/// client's own address without its link layer: quinn-proto goes back to the address it had
+/// validated when the moves fail validation, and the replies toward it keep the client's
+/// MAC. (Before, a connection kept the link layers of two addresses and fell back to its
+/// latest for any other: after the revert, replies to the client went to the attacker's
+/// MAC.)
+#[test]
+fn two_replayed_moves_do_not_send_the_clients_replies_elsewhere() {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use xdp_quic::backend::mem::{mac_of, MemPacket, Verdict};
+    let net = MemNetwork::new(Duration::from_millis(5));
+    let client_at = addr("10.0.16.1:8200");
+    let spoofed = [addr("10.0.16.7:8201"), addr("10.0.16.8:8202")];
+    let attacker_mac = [0x02, 0xee, 0xee, 0xee, 0xee, 0x16];
+    let server_addr = addr(SERVER);
+    let macs = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let held = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    // How many of the client's short-header packets to hold back, and whether to drop the
+    // client's packets (it falls silent while the server gives up on the spoofed paths).
+    let hold = Arc::new(AtomicUsize::new(0));
+    let silent = Arc::new(AtomicBool::new(false));
+    let (m, h, n, quiet) = (macs.clone(), held.clone(), hold.clone(), silent.clone());
+    net.set_impairment(move |p: &mut MemPacket| {
+        if p.from.port() == server_addr.port() {
+            if let Some(l) = p.link {
+                m.lock().unwrap().insert((p.to, l.dst_mac));
+            }
+            return Verdict::Deliver;
+        }
+        if p.from != client_at || p.to != server_addr {
+            return Verdict::Deliver;
+        }
+        if p.data[0] & 0x80 == 0 && n.load(Ordering::SeqCst) > 0 {
+            n.fetch_sub(1, Ordering::SeqCst);
+            h.lock().unwrap().push(p.data.clone());
+            return Verdict::Drop;
+        }
+        if quiet.load(Ordering::SeqCst) {
+            Verdict::Drop
+        } else {
+            Verdict::Deliver
+        }
+    });
+    let mut server = echo_server(&net, server_builder(1), MemSteering::Hash);
+    let mut clients = vec![echo_client(
+        &net,
+        "10.0.16.1:8200",
+        vec![payload(16, 4_000_000)],
+        vec![],
+    )];
+    while server.handler_total_echoed() < 1_000_000 {
+        step(&net, &mut [&mut server, &mut clients[0]]).unwrap();
+    }
+    // The client's next two packets are held back, and it falls silent after them; they
+    // arrive from the spoofed addresses, in order, each moving the connection (authentic,
+    // and the newest the server has).
+    silent.store(true, Ordering::SeqCst);
+    hold.store(2, Ordering::SeqCst);
+    while held.lock().unwrap().len() < 2 {
+        step(&net, &mut [&mut server, &mut clients[0]]).unwrap();
+    }
+    for (from, p) in spoofed.iter().zip(held.lock().unwrap().iter()) {
+        net.inject_from_mac(*from, attacker_mac, server_addr, p);
+    }
+    // Long enough for the server to give up validating the spoofed paths and go back to
+    // the client's (virtual time: a few hundred milliseconds of probe timeouts).
+    let until = net.now() + Duration::from_secs(2);
+    while net.now() < until {
+        step(&net, &mut [&mut server, &mut clients[0]]).unwrap();
+    }
+    silent.store(false, Ordering::SeqCst);
+    run(&net, &mut server, &mut clients);
+    assert_all_ok(&clients);
+    let macs = macs.lock().unwrap();
+    let toward_client: BTreeSet<[u8; 6]> = macs
+        .iter()
+        .filter(|(to, _)| *to == client_at)
+        .map(|(_, m)| *m)
+        .collect();
+    assert_eq!(
+        toward_client,
+        BTreeSet::from([mac_of(client_at)]),
+        "every reply to the client's address went to its MAC (seed {})",
+        net.seed()
+    );
+    assert!(
+        macs.iter().any(|(to, _)| spoofed.contains(to)),
+        "the replayed packets did move the connection: {macs:?}"
+    );
+}
+
 /// Answers between turns, as the tasks of the async API's thread-per-core mode do: reads each
 /// stream to its end in its callbacks, writes it back when the test posts [`LateEcho::answer`].
 #[derive(Default)]
