@@ -208,7 +208,7 @@ impl Slot {
             gate,
             created: now,
             span: tracing::debug_span!("connection", conn = %id),
-            links: [link, None, None],
+            links: std::array::from_fn(|i| if i == 0 { link } else { None }),
             user: None,
             streams: StreamStates::default(),
             outgoing_to: None,
@@ -259,31 +259,30 @@ impl Slot {
         let now = self.conn.remote_address();
         let moved = now != before && now == remote;
         if moved || frames.is_some_and(|n| frames_received(&self.conn) != n) {
-            self.remember(remote, link, now == remote);
+            self.remember(remote, link);
         }
     }
 
-    /// Makes `link` the link layer of `addr`: first if it is the connection's address, else
-    /// right after the connection's address's; the others keep theirs, the oldest dropped
-    /// beyond [`LINKS`].
-    fn remember(&mut self, addr: SocketAddr, link: L2, current: bool) {
+    /// Makes `link` the link layer of `addr`. The connection's address's comes first (it
+    /// may not be `addr`: a probe of a new path, or quinn-proto gone back to an earlier
+    /// address on a timer), then `addr`'s, then the others, the most recent first; the
+    /// oldest go beyond [`LINKS`]. (After more than two moves in a row that fail
+    /// validation, the address quinn-proto goes back to may be one of those gone: its
+    /// replies are then not sent until the peer sends from it again.)
+    fn remember(&mut self, addr: SocketAddr, link: L2) {
+        let now = self.conn.remote_address();
+        let old = self.links;
+        let candidates = std::iter::once((addr, link)).chain(
+            old.iter()
+                .flatten()
+                .copied()
+                .filter(move |(a, _)| *a != addr),
+        );
+        let current = candidates.clone().find(|(a, _)| *a == now);
+        let others = candidates.filter(|(a, _)| *a != now);
         let mut order: [Option<(SocketAddr, L2)>; LINKS] = [None; LINKS];
-        let mut others = self
-            .links
-            .iter()
-            .flatten()
-            .filter(|(a, _)| *a != addr)
-            .copied();
-        let mut at = 0;
-        if !current {
-            if let Some(first) = others.next() {
-                order[0] = Some(first);
-                at = 1;
-            }
-        }
-        order[at] = Some((addr, link));
-        for (slot, other) in order[at + 1..].iter_mut().zip(others) {
-            *slot = Some(other);
+        for (slot, e) in order.iter_mut().zip(current.into_iter().chain(others)) {
+            *slot = Some(e);
         }
         self.links = order;
     }
