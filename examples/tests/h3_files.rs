@@ -759,10 +759,11 @@ async fn a_qpack_stream_is_drained_and_its_end_closes_the_connection() {
 }
 
 /// QPACK instructions this side cannot take close the connection with the QPACK error of
-/// their stream (RFC 9204 §4.3, §4.4; before, they were read and dropped unchecked): an insertion into a table
-/// of no room on the encoder stream (QPACK_ENCODER_STREAM_ERROR), sent with the stream's
-/// type; a Section Acknowledgment on the decoder stream (QPACK_DECODER_STREAM_ERROR), sent
-/// after it. Stream Cancellations, which the decoder stream may carry, are taken, and
+/// their stream (RFC 9204 §4.3, §4.4; before, they were read and dropped unchecked): an
+/// insertion into a table of no room on the encoder stream (QPACK_ENCODER_STREAM_ERROR),
+/// sent with the stream's type; a Section Acknowledgment on the decoder stream
+/// (QPACK_DECODER_STREAM_ERROR), sent after it. Stream Cancellations, which the decoder
+/// stream may carry, are taken, and
 /// requests served meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qpack_instructions_this_side_cannot_take_close_the_connection() {

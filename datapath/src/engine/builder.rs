@@ -262,7 +262,8 @@ impl EngineBuilder {
     /// Connections one worker accepts at most (default [`DEFAULT_MAX_CONNECTIONS`]); past it,
     /// new connections from peers are refused (CONNECTION_REFUSED, counted in
     /// `conns_refused`) until some close. Connections the application opens
-    /// ([`crate::Ctx::connect`]) are not refused, but count towards it. With the default transport an idle connection costs about 24 KiB, and a
+    /// ([`crate::Ctx::connect`]) are not refused, but count towards it. With the default
+    /// transport an idle connection costs about 24 KiB, and a
     /// connection whose peer never reads at most its receive and send windows (16 + 10 MB)
     /// plus what the application buffers: size this bound to the memory the host can give.
     pub fn max_connections(mut self, n: usize) -> Self {

@@ -8,7 +8,8 @@
 //! reach (through a token) are never the kernel's at the same time. (A token of another
 //! UMEM could name a free frame here and be released into its free list twice; every
 //! access and every `lend` checks the record again, so that stays sound, and tokens never
-//! leave the socket whose UMEM made them.) A descriptor the kernel returns is checked against the record before it
+//! leave the socket whose UMEM made them.) A descriptor the kernel returns is checked
+//! against the record before it
 //! becomes a token again: an address that names no frame lent for that purpose is refused.
 //!
 //! The area lives as long as its last holder ([`Umem`], and in tests the emulated kernel);
