@@ -70,13 +70,10 @@ impl SendStream {
                 written.chunks += 1;
                 continue;
             }
-            if written.bytes > 0 {
-                // Written already: a failure now is the next call's to report (as
-                // quinn-proto's `write_chunks` fails only before it wrote anything).
-                match self.has_room() {
-                    Ok(true) => {}
-                    Ok(false) | Err(_) => break,
-                }
+            // Written already: no waiting for room, and a failure now is the next call's to
+            // report (quinn-proto's `write_chunks` fails only before it wrote anything).
+            if written.bytes > 0 && !self.has_room() {
+                break;
             }
             match self.write_taken(b).await {
                 Ok(n) => written.bytes += n,
@@ -115,14 +112,15 @@ impl SendStream {
         self.poll_write_with(cx, max, |n| buf.copy_to_bytes(n))
     }
 
-    fn has_room(&self) -> Result<bool, WriteError> {
+    /// Whether a write would queue at once (false too when it would fail).
+    fn has_room(&self) -> bool {
         let c = &self.conn.shared();
         let st = c.lock();
-        if let Some(e) = &st.error {
-            return Err(WriteError::ConnectionLost(e.clone()));
-        }
-        let slot = st.streams.get(&self.key).ok_or(WriteError::ClosedStream)?;
-        Ok(slot.send_len < c.ep.limits.stream_send)
+        st.error.is_none()
+            && st
+                .streams
+                .get(&self.key)
+                .is_some_and(|slot| slot.send_len < c.ep.limits.stream_send)
     }
 
     /// Takes up to `max` octets made by `take(n)` when the queue has room.
@@ -302,9 +300,7 @@ impl Drop for SendStream {
         if ended {
             // The connection ended: nothing is sent any more. The slot stays for the
             // receiving side's handle, or a `stopped` future, while there is one.
-            if !slot.recv_handle && slot.stopped_futures == 0 {
-                st.streams.remove(&self.key);
-            }
+            st.forget_if_done(&self.key);
             return;
         }
         if slot.reset.is_none() {
@@ -660,15 +656,11 @@ impl Drop for RecvStream {
         if st.error.is_some() {
             // The receiving side goes; the sending side's handle, or a `stopped` future of
             // it, still reads the slot (each lets it go in turn).
-            match st.streams.get_mut(&self.key) {
-                Some(slot) if slot.stopped_futures > 0 || slot.send_handle => {
-                    slot.recv_handle = false;
-                    slot.recv = Default::default();
-                }
-                _ => {
-                    st.streams.remove(&self.key);
-                }
+            if let Some(slot) = st.streams.get_mut(&self.key) {
+                slot.recv_handle = false;
+                slot.recv = Default::default();
             }
+            st.forget_if_done(&self.key);
             return;
         }
         drop(st);
