@@ -2,6 +2,19 @@
 //! paths), side by side in one run, on the same testbed, cores, certificate, cipher and
 //! client. See bench/README.md.
 
+/// With feature `mimalloc`, every server of the bench allocates with it (one binary runs
+/// them all, quinn's included).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The allocator of this build's servers (the results say it).
+const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc (feature `mimalloc`)"
+} else {
+    "glibc's malloc"
+};
+
 mod app;
 mod client;
 mod crypto;
@@ -60,6 +73,10 @@ struct Cli {
     /// Requests per measurement of the request workloads (longer spans: finer CPU figures).
     #[arg(long, default_value_t = 200_000)]
     requests: u64,
+    /// The async servers' application (quinn, async-rt, async-tpc): a task per stream, or a
+    /// task per connection serving its streams in turn.
+    #[arg(long, value_enum, default_value_t)]
+    app_tasks: server::AppTasks,
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +237,7 @@ struct Bench {
     sizes: Sizes,
     cert: PathBuf,
     key: PathBuf,
+    app_tasks: server::AppTasks,
 }
 
 /// A testbed with the client's sockets, one per server RX queue.
@@ -294,6 +312,7 @@ fn main() -> anyhow::Result<()> {
         sizes,
         cert: cert_path,
         key: key_path,
+        app_tasks: cli.app_tasks,
     };
 
     // The bench's own thread (sampling, /proc walks, the servers' stats) runs on the
@@ -342,6 +361,8 @@ fn main() -> anyhow::Result<()> {
         offloads,
         socket_queues: beds[1].socket_queues.clone(),
         duration_s: bench.sizes.duration.as_secs_f64(),
+        app_tasks: cli.app_tasks,
+        allocator: ALLOCATOR,
     };
 
     let out = if cli.quick {
@@ -575,6 +596,7 @@ impl ServerProc {
             .args(["--listen", &format!("0.0.0.0:{PORT}")])
             .args(["--workers", &step.workers.to_string()])
             .args(["--cpu", &SERVER_CPU.to_string()])
+            .args(["--app-tasks", b.app_tasks.arg()])
             .arg("--cert")
             .arg(&b.cert)
             .arg("--key")

@@ -229,6 +229,10 @@ pub struct Meta {
     /// The server RX queue of each client socket on the 2-queue testbed.
     pub socket_queues: Vec<usize>,
     pub duration_s: f64,
+    /// The async servers' application: a task per stream or per connection.
+    pub app_tasks: crate::server::AppTasks,
+    /// The servers' memory allocator.
+    pub allocator: &'static str,
 }
 
 /// (median, min, max) of `f` over the repetitions.
@@ -685,6 +689,22 @@ pub fn markdown(rows: &[Row], meta: &Meta) -> String {
         NOISY,
         meta.ceiling_gbps,
     );
+    out.push_str(&format!(
+        "Memory allocator of every server: {}. ",
+        meta.allocator
+    ));
+    out.push_str(match meta.app_tasks {
+        crate::server::AppTasks::Stream => {
+            "The async servers' application (quinn's, and xdp-quic's async API: one source) \
+             spawns a task per stream, as quinn's perf server does.\n\n"
+        }
+        crate::server::AppTasks::Connection => {
+            "The async servers' application (quinn's, and xdp-quic's async API: one source) \
+             serves each connection's streams in turn in one task per connection (and one \
+             for its unidirectional streams), as issue 15's example does \
+             (`--app-tasks connection`).\n\n"
+        }
+    });
     out.push_str(
         "Offloads (`ethtool -k`) of the veth testbeds: the server's end keeps its defaults, \
          as a real NIC would (checksum offload, so the kernel's UDP path does GSO); only the \

@@ -30,6 +30,30 @@ use xdp_quic_control::xdp::{socket_map::ServerSteering, AttachMode};
 
 use crate::app::{AppCounters, AppStats, BenchApp};
 
+/// How the application of the async servers (quinn's and `xdp_quic::tokio`'s: one source)
+/// gives out its tasks. The callback engine's application has none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppTasks {
+    /// A task per stream, as quinn's own perf server and most quinn servers do.
+    #[default]
+    Stream,
+    /// A task per connection that serves its streams in turn, as issue 15's example does (a
+    /// stream that has all its request in hand is answered at once, so in-turn costs no
+    /// throughput on these workloads; only tokio's task per stream is saved).
+    Connection,
+}
+
+impl AppTasks {
+    /// The `--app-tasks` argument.
+    pub fn arg(self) -> &'static str {
+        match self {
+            AppTasks::Stream => "stream",
+            AppTasks::Connection => "connection",
+        }
+    }
+}
+
 /// Which server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -111,6 +135,9 @@ pub struct ServerArgs {
     /// CPU the server runs on.
     #[arg(long)]
     pub cpu: usize,
+    /// The async servers' tasks.
+    #[arg(long, value_enum, default_value_t)]
+    pub app_tasks: AppTasks,
 }
 
 /// A server's answer to `stats`.
@@ -242,7 +269,12 @@ fn quinn_server(a: &ServerArgs, counters: Arc<AppCounters>) -> anyhow::Result<()
             Arc::new(quinn::TokioRuntime),
         )?
     };
-    rt.spawn(quinn_app::serve(endpoint.clone(), retry, counters.clone()));
+    rt.spawn(quinn_app::serve(
+        endpoint.clone(),
+        retry,
+        a.app_tasks,
+        counters.clone(),
+    ));
     serve_commands(|| ServerStats {
         app: counters.snapshot(),
         busy_s: 0.0,
@@ -261,10 +293,11 @@ fn async_server(a: &ServerArgs, counters: Arc<AppCounters>) -> anyhow::Result<()
     use xdp_quic::tokio::Builder;
     let b = Builder::new(engine_builder(a)?);
     let retry = false;
+    let tasks = a.app_tasks;
     let (endpoint, rt) = if a.kind == Kind::AsyncTpc {
         let c = counters.clone();
         let ep = b
-            .thread_per_core(move |ep| async_app::serve(ep, retry, c.clone()))
+            .thread_per_core(move |ep| async_app::serve(ep, retry, tasks, c.clone()))
             .bind_udp(a.listen)?;
         // Only to wait for the end at `stop`.
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -277,7 +310,7 @@ fn async_server(a: &ServerArgs, counters: Arc<AppCounters>) -> anyhow::Result<()
             .enable_all()
             .build()?;
         let ep = b.bind_udp(a.listen)?;
-        rt.spawn(async_app::serve(ep.clone(), retry, counters.clone()));
+        rt.spawn(async_app::serve(ep.clone(), retry, tasks, counters.clone()));
         (ep, rt)
     };
     serve_commands(|| ServerStats {
@@ -300,11 +333,18 @@ macro_rules! perf_app {
             use std::sync::Arc;
 
             use crate::app::{AppCounters, IngestCheck, INGEST_SIZE};
+            use crate::server::AppTasks;
             use $($api)::+ as api;
 
             /// Accepts connections (asking for Retry first if `retry`), each served by tasks
-            /// of its own.
-            pub async fn serve(ep: api::Endpoint, retry: bool, counters: Arc<AppCounters>) {
+            /// of its own: two (its bidirectional and its unidirectional streams), and one
+            /// more per stream with [`AppTasks::Stream`].
+            pub async fn serve(
+                ep: api::Endpoint,
+                retry: bool,
+                tasks: AppTasks,
+                counters: Arc<AppCounters>,
+            ) {
                 while let Some(incoming) = ep.accept().await {
                     if retry && !incoming.remote_address_validated() {
                         let _ = incoming.retry();
@@ -313,8 +353,8 @@ macro_rules! perf_app {
                     let c = counters.clone();
                     tokio::spawn(async move {
                         if let Ok(conn) = incoming.await {
-                            tokio::spawn(serve_ingest(conn.clone(), c.clone()));
-                            serve_perf(conn, c).await;
+                            tokio::spawn(serve_ingest(conn.clone(), tasks, c.clone()));
+                            serve_perf(conn, tasks, c).await;
                         }
                     });
                 }
@@ -322,59 +362,73 @@ macro_rules! perf_app {
 
             /// The perf protocol: per stream, the 8-octet size, the upload to its end, then
             /// that many octets back.
-            async fn serve_perf(conn: api::Connection, counters: Arc<AppCounters>) {
+            async fn serve_perf(conn: api::Connection, tasks: AppTasks, counters: Arc<AppCounters>) {
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    let request = serve_request(send, recv, counters.clone());
+                    match tasks {
+                        AppTasks::Stream => drop(tokio::spawn(request)),
+                        AppTasks::Connection => request.await,
+                    }
+                }
+            }
+
+            async fn serve_request(
+                mut send: api::SendStream,
+                mut recv: api::RecvStream,
+                counters: Arc<AppCounters>,
+            ) {
                 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                    let counters = counters.clone();
-                    tokio::spawn(async move {
-                        let mut header = [0u8; 8];
-                        if recv.read_exact(&mut header).await.is_err() {
-                            return;
-                        }
-                        let mut received = 8u64;
-                        while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
-                            received += chunk.bytes.len() as u64;
-                        }
-                        counters.received.fetch_add(received, Relaxed);
-                        // Without copying, like xdp-quic's perf server: the stack keeps
-                        // references to the static buffer.
-                        let mut left = u64::from_be_bytes(header);
-                        while left > 0 {
-                            let n = left.min(ZEROS.len() as u64) as usize;
-                            if send
-                                .write_chunk(bytes::Bytes::from_static(&ZEROS[..n]))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                            left -= n as u64;
-                        }
-                        if send.finish().is_ok() {
-                            counters.requests.fetch_add(1, Relaxed);
-                        }
-                    });
+                let mut header = [0u8; 8];
+                if recv.read_exact(&mut header).await.is_err() {
+                    return;
+                }
+                let mut received = 8u64;
+                while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
+                    received += chunk.bytes.len() as u64;
+                }
+                counters.received.fetch_add(received, Relaxed);
+                // Without copying, like xdp-quic's perf server: the stack keeps references to
+                // the static buffer.
+                let mut left = u64::from_be_bytes(header);
+                while left > 0 {
+                    let n = left.min(ZEROS.len() as u64) as usize;
+                    if send
+                        .write_chunk(bytes::Bytes::from_static(&ZEROS[..n]))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+                if send.finish().is_ok() {
+                    counters.requests.fetch_add(1, Relaxed);
                 }
             }
 
             /// Ingest: each unidirectional stream read to its end, checked, counted, dropped.
-            async fn serve_ingest(conn: api::Connection, counters: Arc<AppCounters>) {
-                while let Ok(mut recv) = conn.accept_uni().await {
-                    let counters = counters.clone();
-                    tokio::spawn(async move {
-                        let index = recv.id().index();
-                        let mut check = IngestCheck::default();
-                        let c = loop {
-                            match recv.read_chunk(INGEST_SIZE, true).await {
-                                Ok(Some(chunk)) => check.take(index, &chunk.bytes),
-                                Ok(None) if check.intact() => break &counters.ingested,
-                                Ok(None) => break &counters.ingest_bad,
-                                Err(_) => break &counters.ingest_cut,
-                            }
-                        };
-                        c.fetch_add(1, Relaxed);
-                    });
+            async fn serve_ingest(conn: api::Connection, tasks: AppTasks, counters: Arc<AppCounters>) {
+                while let Ok(recv) = conn.accept_uni().await {
+                    let ingest = ingest_stream(recv, counters.clone());
+                    match tasks {
+                        AppTasks::Stream => drop(tokio::spawn(ingest)),
+                        AppTasks::Connection => ingest.await,
+                    }
                 }
+            }
+
+            async fn ingest_stream(mut recv: api::RecvStream, counters: Arc<AppCounters>) {
+                let index = recv.id().index();
+                let mut check = IngestCheck::default();
+                let c = loop {
+                    match recv.read_chunk(INGEST_SIZE, true).await {
+                        Ok(Some(chunk)) => check.take(index, &chunk.bytes),
+                        Ok(None) if check.intact() => break &counters.ingested,
+                        Ok(None) => break &counters.ingest_bad,
+                        Err(_) => break &counters.ingest_cut,
+                    }
+                };
+                c.fetch_add(1, Relaxed);
             }
         }
     };
