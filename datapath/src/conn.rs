@@ -499,6 +499,51 @@ impl<'a> Conn<'a> {
         result
     }
 
+    /// Reads chunks of `stream` in one pass over quinn-proto's receive buffer (one lookup of
+    /// the stream and one flow-control update for them all, where a [`Conn::read_chunk`] per
+    /// chunk costs each): `take(None)` answers the most octets of the first chunk, then
+    /// `take(Some(chunk))` is handed each chunk and answers the most of the next; 0 stops
+    /// the pass there, leaving the rest in quinn-proto. Returns how the pass ended:
+    /// `Ok(None)` when `take` stopped it, `Ok(Some(status))` when the stream had nothing
+    /// more for now or was read to its end. A chunk kept beyond the callback keeps its
+    /// receive buffer: see [`detach`].
+    pub(crate) fn read_chunks(
+        &mut self,
+        stream: StreamId,
+        mut take: impl FnMut(Option<Bytes>) -> usize,
+    ) -> Result<Option<ReadStatus>, StreamError> {
+        self.receives_on(stream)?;
+        let mut max = take(None);
+        if max == 0 {
+            return Ok(None);
+        }
+        let mut recv = self.slot.conn.recv_stream(stream);
+        let mut chunks = recv.read(true).map_err(|e| match e {
+            ReadableError::ClosedStream | ReadableError::IllegalOrderedRead => StreamError::Closed,
+        })?;
+        let result = loop {
+            match chunks.next(max) {
+                Ok(Some(chunk)) => {
+                    max = take(Some(chunk.bytes));
+                    if max == 0 {
+                        break Ok(None);
+                    }
+                }
+                Ok(None) => break Ok(Some(ReadStatus::Finished)),
+                Err(ReadError::Blocked) => break Ok(Some(ReadStatus::Blocked)),
+                Err(ReadError::Reset(code)) => break Err(StreamError::Reset(code)),
+            }
+        };
+        let _ = chunks.finalize();
+        if matches!(
+            result,
+            Ok(Some(ReadStatus::Finished)) | Err(StreamError::Reset(_))
+        ) {
+            self.slot.streams.recv_over(stream);
+        }
+        result
+    }
+
     /// Writes as much of `data` as flow control allows; `Ok(0)` means blocked until
     /// `stream_writable`.
     pub fn write(&mut self, stream: StreamId, data: &[u8]) -> Result<usize, StreamError> {

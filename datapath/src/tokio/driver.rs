@@ -14,7 +14,7 @@ use super::shared::{
 use super::streams::{Lookup, StreamKey};
 use crate::accept::{Decision, Incoming};
 use crate::backend::Backend;
-use crate::conn::{detach, Chunk, Conn, ConnId, Ctx, StreamError};
+use crate::conn::{detach, Conn, ConnId, Ctx, ReadStatus, StreamError};
 use crate::engine::threads::Runner;
 use crate::handler::Handler;
 
@@ -226,16 +226,14 @@ fn drain_on_loss(conn: &mut Conn<'_>, st: &mut ConnState, wakes: &mut Wakes) {
             continue;
         }
         let mut woke = false;
-        loop {
-            match take_chunk(conn, slot, usize::MAX, &mut taken) {
-                Took::Data => woke = true,
-                Took::End => {
-                    woke = true;
-                    break;
-                }
-                Took::Nothing => break,
+        let end = conn.read_chunks(slot.id, |chunk| {
+            if let Some(b) = chunk {
+                queue_chunk(slot, b, &mut taken);
+                woke = true;
             }
-        }
+            usize::MAX
+        });
+        woke |= queue_end(slot, end, &mut taken);
         slot.paused = false;
         if woke {
             wakes.add(slot.read_waker.take());
@@ -269,42 +267,30 @@ impl Taken {
     }
 }
 
-/// What one [`take_chunk`] moved.
-enum Took {
-    /// Octets.
-    Data,
-    /// The stream's end: finished or reset.
-    End,
-    /// Nothing, for now.
-    Nothing,
+/// Queues chunk `b` of `slot`'s stream for its reader, counting it in `taken`.
+fn queue_chunk(slot: &mut StreamSlot, b: Bytes, taken: &mut Taken) {
+    let b = detach(b);
+    slot.recv_len += b.len();
+    taken.buffered += b.len();
+    taken.chunks += 1;
+    slot.recv.push_back(b);
 }
 
-/// Moves one chunk of at most `max` octets of `slot`'s stream, or its end, from quinn-proto
-/// into its queue, counting it in `taken`.
-fn take_chunk(conn: &mut Conn<'_>, slot: &mut StreamSlot, max: usize, taken: &mut Taken) -> Took {
-    match conn.read_chunk(slot.id, max) {
-        Ok(Chunk::Data(b)) => {
-            let b = detach(b);
-            slot.recv_len += b.len();
-            taken.buffered += b.len();
-            taken.chunks += 1;
-            slot.recv.push_back(b);
-            Took::Data
-        }
-        Ok(Chunk::Finished) => {
-            slot.recv_end = RecvEnd::Finished;
-            slot.held = true;
-            taken.held += 1;
-            Took::End
-        }
-        Err(StreamError::Reset(code)) => {
-            slot.recv_end = RecvEnd::Reset(code);
-            slot.held = true;
-            taken.held += 1;
-            Took::End
-        }
-        Ok(Chunk::Blocked) | Err(_) => Took::Nothing,
-    }
+/// Records the end of `slot`'s stream if a [`Conn::read_chunks`] pass reached it (finished
+/// or reset), counting the stream as held in `taken`; returns whether it did.
+fn queue_end(
+    slot: &mut StreamSlot,
+    end: Result<Option<ReadStatus>, StreamError>,
+    taken: &mut Taken,
+) -> bool {
+    slot.recv_end = match end {
+        Ok(Some(ReadStatus::Finished)) => RecvEnd::Finished,
+        Err(StreamError::Reset(code)) => RecvEnd::Reset(code),
+        Ok(Some(ReadStatus::Blocked)) | Ok(None) | Err(_) => return false,
+    };
+    slot.held = true;
+    taken.held += 1;
+    true
 }
 
 /// Ends connection `c` for its tasks, where no worker will: it takes `error` (unless it has
@@ -492,7 +478,11 @@ fn read_into(
             return;
         }
         let mut woke = false;
-        loop {
+        let end = conn.read_chunks(id, |chunk| {
+            if let Some(b) = chunk {
+                queue_chunk(slot, b, &mut taken);
+                woke = true;
+            }
             let starving = slot.recv_len == 0 && slot.read_waker.is_some();
             let over = taken.buffered >= limits.connection_receive
                 || taken.held >= limits.held_streams
@@ -500,24 +490,17 @@ fn read_into(
             if slot.recv_len >= limits.stream_receive || (over && !starving) {
                 pause = !slot.paused;
                 slot.paused = true;
-                break;
+                return 0;
             }
-            let mut room = limits.stream_receive - slot.recv_len;
+            let room = limits.stream_receive - slot.recv_len;
             if over {
-                room = room.min(STARVING_GRANT);
+                room.min(STARVING_GRANT)
             } else {
                 // Not past the connection's budget with this read either.
-                room = room.min(limits.connection_receive - taken.buffered);
+                room.min(limits.connection_receive - taken.buffered)
             }
-            match take_chunk(conn, slot, room, &mut taken) {
-                Took::Data => woke = true,
-                Took::End => {
-                    woke = true;
-                    break;
-                }
-                Took::Nothing => break,
-            }
-        }
+        });
+        woke |= queue_end(slot, end, &mut taken);
         if woke {
             wakes.add(slot.read_waker.take());
         }
