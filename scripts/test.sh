@@ -22,6 +22,8 @@ cargo fmt --all --check
 cargo test --workspace --all-targets
 bash scripts/tests/nic_scripts_test.sh
 cargo run -q -p xdp-quic-bench -- --quick
+# The paced client and the async servers' task-per-connection application.
+cargo run -q -p xdp-quic-bench -- --quick --servers udp,async-tpc --only ingest --ingest-rate 50000 --app-tasks connection
 cargo run -q -p xdp-quic-bench --bin xdp-quic-h3-bench -- --quick
 cargo test --manifest-path fuzz/Cargo.toml --target-dir fuzz/target --lib
 scripts/fuzz.sh 20

@@ -51,8 +51,9 @@ pub enum Job {
     /// `total` connections one after the other, each with one 1-octet request.
     Handshakes { total: u64 },
     /// `conns` connections sending [`crate::app::INGEST_SIZE`]-octet unidirectional streams as fast as
-    /// the server grants them, until stopped.
-    Ingest { conns: usize },
+    /// the server grants them (or, with a `rate`, at most that many per second over all
+    /// connections), until stopped.
+    Ingest { conns: usize, rate: Option<u64> },
     /// `conns` connections, each with one `size`-octet request in flight at all times, until
     /// stopped.
     Scale { conns: usize, size: u64 },
@@ -63,7 +64,7 @@ impl Job {
         match *self {
             Job::Download { conns, .. }
             | Job::Requests { conns, .. }
-            | Job::Ingest { conns }
+            | Job::Ingest { conns, .. }
             | Job::Scale { conns, .. } => conns,
             Job::Upload { .. } => 1,
             Job::Handshakes { .. } => 0,
@@ -134,6 +135,10 @@ pub struct Load {
     finished_conns: usize,
     /// Handshake workload: when the current connection was opened.
     connecting_since: Option<Instant>,
+    /// Paced ingest: streams this worker may still open (granted by the bench, [`Load::grant`]).
+    tokens: Option<u64>,
+    /// Paced ingest: the connection the next grant starts its round at.
+    next_conn: usize,
     done: bool,
     /// Request (or handshake) latencies in seconds.
     pub latencies: Vec<f64>,
@@ -181,6 +186,8 @@ impl Load {
             phase: Phase::Opening,
             finished_conns: 0,
             connecting_since: None,
+            tokens: matches!(job, Job::Ingest { rate: Some(_), .. }).then_some(0),
+            next_conn: 0,
             done: false,
             latencies: Vec::new(),
             downloaded: 0,
@@ -312,18 +319,56 @@ impl Load {
     }
 
     fn issue_ingest(&mut self, conn: &mut Conn<'_>) {
-        while self.phase == Phase::Running {
-            let Some(s) = conn.open_uni() else {
-                return;
-            };
-            let mut data = Bytes::from_static(expected(s.index()));
-            if let Err(e) = conn.write_chunk(s, &mut data) {
-                return self.fail(format!("ingest write: {e}"));
+        while self.issue_one_ingest(conn) {}
+    }
+
+    /// Opens one ingest stream on `conn` if the phase, the server's stream credit and (when
+    /// paced) the tokens allow; returns whether it did.
+    fn issue_one_ingest(&mut self, conn: &mut Conn<'_>) -> bool {
+        if self.phase != Phase::Running || self.tokens == Some(0) {
+            return false;
+        }
+        let Some(s) = conn.open_uni() else {
+            return false;
+        };
+        if let Some(t) = &mut self.tokens {
+            *t -= 1;
+        }
+        let mut data = Bytes::from_static(expected(s.index()));
+        if let Err(e) = conn.write_chunk(s, &mut data) {
+            self.fail(format!("ingest write: {e}"));
+            return false;
+        }
+        if data.is_empty() {
+            let _ = conn.finish(s);
+        } else {
+            self.unsent.insert((conn.id(), s), data);
+        }
+        true
+    }
+
+    /// Paced ingest: `n` more streams may open (tokens beyond `cap` are dropped, so that a
+    /// stall of the server is not followed by a burst), one per connection in turn.
+    fn grant(&mut self, n: u64, cap: u64, ctx: &mut Ctx<'_>) {
+        let Some(t) = self.tokens else { return };
+        self.tokens = Some((t + n).min(cap));
+        let conns = self.conns.clone();
+        if conns.is_empty() {
+            return;
+        }
+        let start = self.next_conn % conns.len();
+        self.next_conn = start + 1;
+        loop {
+            let mut opened = false;
+            for i in 0..conns.len() {
+                if self.tokens == Some(0) {
+                    return;
+                }
+                let id = conns[(start + i) % conns.len()];
+                ctx.with_conn(id, |conn| opened |= self.issue_one_ingest(conn));
             }
-            if data.is_empty() {
-                let _ = conn.finish(s);
-            } else {
-                self.unsent.insert((conn.id(), s), data);
+            if !opened {
+                return;
             }
         }
     }
@@ -502,6 +547,9 @@ pub trait Probe {
     fn after(&mut self) -> anyhow::Result<()>;
 }
 
+/// How often a paced ingest grants its streams.
+const PACE_TICK: Duration = Duration::from_millis(1);
+
 /// How long a workload may run.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -612,12 +660,38 @@ fn drive(
     if matches!(job, Job::Ingest { .. } | Job::Scale { .. }) {
         // Duration-bound: a failure ends the wait early.
         let until = start + duration;
+        let rate = match job {
+            Job::Ingest { rate, .. } => rate,
+            _ => None,
+        };
+        // Paced ingest: every millisecond, the streams due since the start are granted,
+        // split over the workers; a worker holds at most 10 ms of them.
+        let cap = rate.map_or(0, |r| (r / workers as u64 / 100).max(1));
+        let mut granted = 0u64;
+        let mut tick = 0usize;
         loop {
-            let left = until.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            let left = until.saturating_duration_since(now);
             if left.is_zero() {
                 break;
             }
-            if let Ok(Event::Failed(why)) = rx.recv_timeout(left) {
+            let wait = match rate {
+                Some(r) => {
+                    let due = (r as f64 * (now - start).as_secs_f64()) as u64;
+                    let n = due - granted;
+                    granted = due;
+                    for w in 0..workers {
+                        // The remainder goes to each worker in turn.
+                        let share = n / workers as u64
+                            + u64::from((w + tick) % workers < (n % workers as u64) as usize);
+                        let _ = h.post(w, move |l: &mut Load, ctx| l.grant(share, cap, ctx));
+                    }
+                    tick += 1;
+                    left.min(PACE_TICK)
+                }
+                None => left,
+            };
+            if let Ok(Event::Failed(why)) = rx.recv_timeout(wait) {
                 bail!("client: {why}");
             }
         }

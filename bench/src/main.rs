@@ -73,6 +73,11 @@ struct Cli {
     /// Requests per measurement of the request workloads (longer spans: finer CPU figures).
     #[arg(long, default_value_t = 200_000)]
     requests: u64,
+    /// Ingest: offer this many streams per second (all connections together) instead of as
+    /// many as each server's flow control grants, so that every server's CPU per stream is
+    /// measured at the same load (below the slowest one's saturation).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    ingest_rate: Option<u64>,
     /// The async servers' application (quinn, async-rt, async-tpc): a task per stream, or a
     /// task per connection serving its streams in turn.
     #[arg(long, value_enum, default_value_t)]
@@ -110,6 +115,10 @@ pub const MAIN_WORKERS: usize = 1;
 /// Connections of the ingest workload.
 pub const INGEST_CONNS: usize = 64;
 
+/// The ingest workload's offered streams per second (`--ingest-rate`); unset: as many as the
+/// server grants.
+static INGEST_RATE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
 impl Workload {
     pub fn name(self) -> String {
         match self {
@@ -122,9 +131,12 @@ impl Workload {
             Workload::Latency => "1 KB request, one outstanding".into(),
             Workload::Handshakes => "new connection per request".into(),
             Workload::HandshakesRetry => "new connection per request, Retry".into(),
-            Workload::Ingest => {
-                format!("ingest, 1 KB uni streams on {INGEST_CONNS} connections")
-            }
+            Workload::Ingest => match INGEST_RATE.get() {
+                Some(r) => format!(
+                    "ingest, 1 KB uni streams on {INGEST_CONNS} connections, {r} offered per second"
+                ),
+                None => format!("ingest, 1 KB uni streams on {INGEST_CONNS} connections"),
+            },
             Workload::Scale(n) => format!("{n} connections, 1 KB requests in a loop"),
         }
     }
@@ -252,6 +264,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Cmd::Server(a)) = &cli.cmd {
         return server::run(a);
+    }
+    if let Some(r) = cli.ingest_rate {
+        INGEST_RATE.set(r).expect("set once, here");
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -785,6 +800,7 @@ fn measure(
                 },
                 Workload::Ingest => Job::Ingest {
                     conns: INGEST_CONNS,
+                    rate: INGEST_RATE.get().copied(),
                 },
                 Workload::Scale(n) => Job::Scale {
                     conns: n,
