@@ -525,7 +525,12 @@ fn targets(rows: &[Row]) -> String {
         }
     }
     let name = Workload::Ingest.name();
-    for k in [Kind::Udp, Kind::XdpKernel, Kind::XdpXsk] {
+    // A paced ingest (`--ingest-rate`) measures a given load, not what a core can take in.
+    let paced = crate::INGEST_RATE.get().is_some();
+    for k in [Kind::Udp, Kind::XdpKernel, Kind::XdpXsk]
+        .into_iter()
+        .filter(|_| !paced)
+    {
         if let Some(r) = find(rows, &name, k, MAIN_WORKERS, Loader::Ours) {
             let per_core = med(r, |m| 1e6 / m.server_cpu_per_unit.max(1e-12));
             out.push_str(&format!(
