@@ -453,28 +453,14 @@ impl<'a> Conn<'a> {
         stream: StreamId,
         mut sink: impl FnMut(Bytes),
     ) -> Result<ReadStatus, StreamError> {
-        self.receives_on(stream)?;
-        let mut recv = self.slot.conn.recv_stream(stream);
-        let mut chunks = recv.read(true).map_err(|e| match e {
-            ReadableError::ClosedStream | ReadableError::IllegalOrderedRead => StreamError::Closed,
-        })?;
-        let result = loop {
-            match chunks.next(usize::MAX) {
-                Ok(Some(chunk)) => sink(chunk.bytes),
-                Ok(None) => break Ok(ReadStatus::Finished),
-                Err(ReadError::Blocked) => break Ok(ReadStatus::Blocked),
-                Err(ReadError::Reset(code)) => break Err(StreamError::Reset(code)),
+        // `take` never stops the pass, so it ends with a status.
+        let status = self.read_chunks(stream, |chunk| {
+            if let Some(b) = chunk {
+                sink(b);
             }
-        };
-        // Credit flow control; the worker polls for transmits after the callback anyway.
-        let _ = chunks.finalize();
-        if matches!(
-            result,
-            Ok(ReadStatus::Finished) | Err(StreamError::Reset(_))
-        ) {
-            self.slot.streams.recv_over(stream);
-        }
-        result
+            usize::MAX
+        })?;
+        Ok(status.unwrap_or(ReadStatus::Blocked))
     }
 
     /// Reads the next chunk of `stream`, at most `max` octets (quinn's `read_chunk`): for a
@@ -534,6 +520,7 @@ impl<'a> Conn<'a> {
                 Err(ReadError::Reset(code)) => break Err(StreamError::Reset(code)),
             }
         };
+        // Credit flow control; the worker polls for transmits after the callback anyway.
         let _ = chunks.finalize();
         if matches!(
             result,
