@@ -551,8 +551,9 @@ fn our_udp_client_against_our_xdp_server() {
     rig.stop();
 }
 
-/// A 20 MB upload through a queue whose UMEM is too small for the load (32 frames wait in
-/// the fill ring): the kernel drops what finds no frame, QUIC resends, nothing is lost.
+/// A 20 MB upload through a queue whose UMEM is too small for the load (64 frames, and as
+/// many RX ring entries): the kernel drops what finds no frame, QUIC resends, nothing is
+/// lost.
 #[test]
 fn starved_fill_ring_drops_and_recovers() {
     if !privileged("starved_fill_ring_drops_and_recovers") {

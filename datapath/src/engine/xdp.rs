@@ -29,7 +29,8 @@ pub struct XdpSetup {
     pub queues: Vec<u32>,
     /// The UMEM of each queue.
     pub umem: crate::xsk::umem::UmemConfig,
-    /// Entries of each ring.
+    /// Entries of the TX and completion rings. The RX and fill rings have one entry per
+    /// UMEM frame (`umem.frames`): every frame can wait there for the worker.
     pub ring_size: u32,
     pub mode: crate::xsk::socket::BindMode,
     pub poll: crate::backend::xsk::PollMode,
@@ -41,9 +42,10 @@ pub struct XdpSetup {
 }
 
 impl XdpSetup {
-    /// Defaults for `iface`, `listen` and `queues`: 4096 frames of 2 KiB per queue (8 MiB),
-    /// 2048-entry rings, zero-copy where possible, adaptive polling, checksums verified, the
-    /// transmit path chosen per queue (`TxMode::Auto`).
+    /// Defaults for `iface`, `listen` and `queues`: 16,384 frames of 2 KiB per queue (32 MiB,
+    /// [`crate::xsk::umem::DEFAULT_FRAMES`]) and as many RX and fill ring entries, 2048-entry
+    /// TX and completion rings, zero-copy where possible, adaptive polling, checksums
+    /// verified, the transmit path chosen per queue (`TxMode::Auto`).
     pub fn new(iface: &str, listen: SocketAddr, queues: Vec<u32>) -> Self {
         Self {
             iface: iface.to_string(),
@@ -79,7 +81,6 @@ impl XdpSetup {
         self.umem
             .check()
             .map_err(|e| EngineError::Config(e.to_string()))?;
-        // The fill ring has twice the entries.
         if !self.ring_size.is_power_of_two() || self.ring_size > 1 << 30 {
             return bad(format!(
                 "AF_XDP ring size {} (a power of two, at most 2^30)",
@@ -110,6 +111,21 @@ impl XdpSetup {
             }
         }
         Ok(())
+    }
+
+    /// The socket of `queue` (of the interface `ifindex`): rings, bind mode and busy-poll.
+    /// Its RX and fill rings have one entry per UMEM frame, so that every frame can wait in
+    /// them (the fill ring lends them all on the kernel transmit path): a worker that falls
+    /// behind loses packets when its UMEM is full, not before, at a smaller ring.
+    pub fn socket_config(&self, ifindex: u32, queue: u32) -> crate::xsk::socket::XskConfig {
+        let mut socket = crate::xsk::socket::XskConfig::new(ifindex, queue);
+        socket.rx_size = self.umem.frames;
+        socket.fill_size = self.umem.frames;
+        socket.tx_size = self.ring_size;
+        socket.comp_size = self.ring_size;
+        socket.mode = self.mode;
+        socket.busy_poll = self.busy_poll;
+        socket
     }
 }
 
@@ -210,13 +226,7 @@ impl EngineBuilder {
         let client_only = self.server.is_none();
         let mut backends = Vec::with_capacity(setup.queues.len());
         for (i, (&queue, service)) in setup.queues.iter().zip(services).enumerate() {
-            let mut socket = crate::xsk::socket::XskConfig::new(index, queue);
-            socket.rx_size = setup.ring_size;
-            socket.tx_size = setup.ring_size;
-            socket.comp_size = setup.ring_size;
-            socket.fill_size = setup.ring_size.saturating_mul(2);
-            socket.mode = setup.mode;
-            socket.busy_poll = setup.busy_poll;
+            let socket = setup.socket_config(index, queue);
             let cpu = self
                 .cpus
                 .as_ref()
@@ -310,4 +320,27 @@ pub fn bind_services(listen: SocketAddr, queues: usize) -> io::Result<Vec<std::n
             format!("cannot reserve UDP {listen} for the queues: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_umem_frame_can_wait_in_the_rx_ring() {
+        let mut setup = XdpSetup::new("eth0", "0.0.0.0:4433".parse().unwrap(), vec![0, 1]);
+        assert_eq!(setup.umem.frames, crate::xsk::umem::DEFAULT_FRAMES);
+        let s = setup.socket_config(7, 1);
+        assert_eq!((s.ifindex, s.queue), (7, 1));
+        assert_eq!((s.rx_size, s.fill_size), (16384, 16384));
+        assert_eq!((s.tx_size, s.comp_size), (2048, 2048));
+        setup.umem.frames = 64;
+        setup.ring_size = 8;
+        setup.check().unwrap();
+        let s = setup.socket_config(7, 0);
+        assert_eq!(
+            (s.rx_size, s.fill_size, s.tx_size, s.comp_size),
+            (64, 64, 8, 8)
+        );
+    }
 }

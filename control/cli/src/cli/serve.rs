@@ -55,8 +55,9 @@ pub struct ServeArgs {
     /// `xdp-quic attach` for --iface).
     #[arg(long, value_enum, default_value_t = super::xdp::ModeArg::Auto)]
     pub xdp_mode: super::xdp::ModeArg,
-    /// AF_XDP: UMEM frames per queue (2 KiB each; a power of two). A queue needs
-    /// frames × 2 KiB of locked memory (8 MiB by default).
+    /// AF_XDP: UMEM frames per queue (2 KiB each; a power of two), and as many RX ring
+    /// entries: how many packets can wait for a worker. A queue needs frames × 2 KiB of
+    /// locked memory (32 MiB by default).
     #[arg(long, default_value_t = DEFAULT_UMEM_FRAMES)]
     pub umem_frames: u32,
     /// AF_XDP: do not verify UDP checksums of received frames (only where the NIC does).
@@ -157,7 +158,7 @@ pub fn builder(a: &ServeArgs) -> anyhow::Result<EngineBuilder> {
 }
 
 /// `--umem-frames`' default.
-const DEFAULT_UMEM_FRAMES: u32 = 4096;
+const DEFAULT_UMEM_FRAMES: u32 = xdp_quic::xsk::umem::DEFAULT_FRAMES;
 
 /// Refuses, before anything is done, the AF_XDP options of a server that will serve over
 /// kernel UDP (`--backend udp`, or `auto` without `--iface`): they would be ignored.
