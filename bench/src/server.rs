@@ -252,14 +252,10 @@ fn quinn_server(a: &ServerArgs, counters: Arc<AppCounters>) -> anyhow::Result<()
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let retry = a.retry;
-    // The socket buffers ours ask for (8 MiB, `UdpBackend::new`), so that neither side's
-    // bursts are cut by a smaller buffer than the other's.
+    // The socket buffers ours get (`UdpBackend::new`), so that neither side's bursts are
+    // cut by a smaller buffer than the other's.
     let socket = std::net::UdpSocket::bind(a.listen)?;
-    {
-        let state = quinn::udp::UdpSocketState::new((&socket).into())?;
-        let _ = state.set_recv_buffer_size((&socket).into(), 8 << 20);
-        let _ = state.set_send_buffer_size((&socket).into(), 8 << 20);
-    }
+    xdp_quic::backend::sockbuf::grow(&socket, xdp_quic::backend::sockbuf::SOCKET_BUFFER);
     let endpoint = {
         let _guard = rt.enter();
         quinn::Endpoint::new(

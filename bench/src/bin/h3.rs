@@ -437,11 +437,11 @@ fn server(
                 ));
                 config.transport_config(Arc::new(transport));
                 let socket = std::net::UdpSocket::bind(listen)?;
-                {
-                    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
-                    let _ = state.set_recv_buffer_size((&socket).into(), 8 << 20);
-                    let _ = state.set_send_buffer_size((&socket).into(), 8 << 20);
-                }
+                // The socket buffers ours get (`UdpBackend::new`).
+                xdp_quic::backend::sockbuf::grow(
+                    &socket,
+                    xdp_quic::backend::sockbuf::SOCKET_BUFFER,
+                );
                 let ep = quinn::Endpoint::new(
                     quinn::EndpointConfig::default(),
                     Some(config),

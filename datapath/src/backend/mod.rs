@@ -15,6 +15,7 @@ pub mod local_addrs;
 #[cfg(any(test, feature = "testing"))]
 pub mod mem;
 pub mod rx;
+pub mod sockbuf;
 pub mod spin;
 pub mod udp;
 pub mod xsk;

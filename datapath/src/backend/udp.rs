@@ -92,9 +92,8 @@ impl UdpBackend {
     pub fn new(socket: UdpSocket) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
-        // Generous buffers: bulk transfers burst far past the defaults.
-        let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), 8 << 20);
-        let _ = state.set_send_buffer_size(UdpSockRef::from(&socket), 8 << 20);
+        // Generous buffers: bulk transfers and busy workers burst far past the defaults.
+        super::sockbuf::grow(&socket, super::sockbuf::SOCKET_BUFFER);
         Ok(Self {
             renewal: Renewal::default(),
             local_addrs: super::local_addrs::LocalAddrs::beside(&socket),
