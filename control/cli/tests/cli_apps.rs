@@ -1202,6 +1202,10 @@ fn serve_least_privileged(attach: Option<&[&str]>, prefix: &str, net: u8) {
     let mut server = Server::spawn(cmd);
     let line = server.wait_for("serving");
     assert!(line.contains("AF_XDP worker"), "{line}");
+    assert!(
+        line.contains("16384 UMEM frames a queue, 32 MiB locked"),
+        "{line}"
+    );
     let pid = server.child.as_ref().unwrap().id();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let eff = status

@@ -489,11 +489,15 @@ fn report(a: &ServeArgs, event: &Event) {
             tx,
             program,
         }) => note!(
-            "serving {:?} on {listen} with {} AF_XDP worker(s) on {iface} queues {queues:?} ({} mode; transmit {}; XDP program {program}); Ctrl-C stops",
+            "serving {:?} on {listen} with {} AF_XDP worker(s) on {iface} queues {queues:?} ({} mode; transmit {}; {} UMEM frames a queue, {} MiB locked; XDP program {program}); Ctrl-C stops",
             a.app,
             queues.len(),
             if *zero_copy { "zero-copy" } else { "copy" },
             tx_summary(queues, tx),
+            a.umem_frames,
+            u64::from(a.umem_frames)
+                * u64::from(xdp_quic::xsk::umem::UmemConfig::default().frame_size)
+                >> 20,
         ),
         Event::Serving(Serving::Udp {
             local_addr,
