@@ -74,9 +74,17 @@ fn grow_one(sock: &socket2::SockRef<'_>, want: usize, dir: Dir) -> usize {
     };
     let v = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
     if set_int(sock, force, v).is_err() {
-        // Up to the cap: at least what the socket had, since that was under the cap too
-        // (only a forced size goes past it, and this process may not force).
-        let _ = set_int(sock, plain, v);
+        // Up to the cap, unless the socket has more already (one another process forced and
+        // handed over): the kernel would set the capped size, smaller.
+        let cap = std::fs::read_to_string(match dir {
+            Dir::Recv => "/proc/sys/net/core/rmem_max",
+            Dir::Send => "/proc/sys/net/core/wmem_max",
+        })
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok());
+        if cap.is_none_or(|cap| want.min(cap).saturating_mul(2) > before) {
+            let _ = set_int(sock, plain, v);
+        }
     }
     get().unwrap_or(0)
 }
