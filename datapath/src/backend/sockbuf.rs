@@ -9,8 +9,9 @@
 //! CAP_NET_ADMIN may use past the cap, and a process without it is told once, with the fix.
 
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::xsk::socket::setsockopt;
 
 /// What each of a backend's UDP sockets asks for, receive and send: 8 MiB (the kernel
 /// reports twice that, and counts packet memory, headers included, against it).
@@ -28,10 +29,9 @@ pub struct BufferSizes {
 /// is left as it is (never shrunk). Returns what the socket has; the first socket of the
 /// process left short logs a warning that says how to lift the cap.
 pub fn grow(socket: &UdpSocket, want: usize) -> BufferSizes {
-    let sock = socket2::SockRef::from(socket);
     let got = BufferSizes {
-        recv: grow_one(&sock, want, Dir::Recv),
-        send: grow_one(&sock, want, Dir::Send),
+        recv: grow_one(socket, want, Dir::Recv),
+        send: grow_one(socket, want, Dir::Send),
     };
     let target = want.saturating_mul(2);
     if (got.recv < target || got.send < target) && !WARNED.swap(true, Ordering::Relaxed) {
@@ -56,7 +56,8 @@ enum Dir {
     Send,
 }
 
-fn grow_one(sock: &socket2::SockRef<'_>, want: usize, dir: Dir) -> usize {
+fn grow_one(socket: &UdpSocket, want: usize, dir: Dir) -> usize {
+    let sock = socket2::SockRef::from(socket);
     let get = || match dir {
         Dir::Recv => sock.recv_buffer_size(),
         Dir::Send => sock.send_buffer_size(),
@@ -73,7 +74,7 @@ fn grow_one(sock: &socket2::SockRef<'_>, want: usize, dir: Dir) -> usize {
         Dir::Send => (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
     };
     let v = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
-    if set_int(sock, force, v).is_err() {
+    if setsockopt(socket, libc::SOL_SOCKET, force, &v).is_err() {
         // Up to the cap, unless the socket has more already (one another process forced and
         // handed over): the kernel would set the capped size, smaller.
         let cap = std::fs::read_to_string(match dir {
@@ -83,28 +84,10 @@ fn grow_one(sock: &socket2::SockRef<'_>, want: usize, dir: Dir) -> usize {
         .ok()
         .and_then(|c| c.trim().parse::<usize>().ok());
         if cap.is_none_or(|cap| want.min(cap).saturating_mul(2) > before) {
-            let _ = set_int(sock, plain, v);
+            let _ = setsockopt(socket, libc::SOL_SOCKET, plain, &v);
         }
     }
     get().unwrap_or(0)
-}
-
-fn set_int(sock: &socket2::SockRef<'_>, name: libc::c_int, v: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: passes a pointer to a live c_int and its exact size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            name,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 #[cfg(test)]

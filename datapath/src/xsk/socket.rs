@@ -191,7 +191,8 @@ fn err(what: &str, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-fn setsockopt<T>(
+/// Sets a socket option of type `T` (an integer, a struct the kernel reads).
+pub(crate) fn setsockopt<T>(
     fd: &impl AsRawFd,
     level: libc::c_int,
     name: libc::c_int,
