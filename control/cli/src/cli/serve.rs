@@ -495,8 +495,11 @@ fn report(a: &ServeArgs, event: &Event) {
             if *zero_copy { "zero-copy" } else { "copy" },
             tx_summary(queues, tx),
             a.umem_frames,
-            (u64::from(a.umem_frames)
-                * u64::from(xdp_quic::xsk::umem::UmemConfig::default().frame_size))
+            xdp_quic::xsk::umem::UmemConfig {
+                frames: a.umem_frames,
+                ..Default::default()
+            }
+            .bytes()
                 >> 20,
         ),
         Event::Serving(Serving::Udp {
